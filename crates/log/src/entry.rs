@@ -1,0 +1,316 @@
+//! Log entries: one audit event each, encoded as RFC 8785 (JCS) canonical
+//! JSON so that every party hashes exactly the same bytes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The largest encoded entry: tlog-tiles entry bundles prefix each entry
+/// with a 16-bit length.
+pub const MAX_ENTRY_SIZE: usize = 65535;
+
+/// What is wrong with an entry.
+#[derive(Debug, Error)]
+pub enum EntryError {
+    /// The encoded entry is larger than [`MAX_ENTRY_SIZE`].
+    #[error("entry is {size} bytes, more than the {max} a log entry may hold; move large data out of the payload and log its digest instead")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not a JSON entry with exactly the expected fields.
+    #[error("entry is not valid entry JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The bytes decode but are not the canonical (RFC 8785) encoding.
+    #[error("entry is not in canonical (RFC 8785) JSON form: keys must be sorted, no whitespace, no null optional fields")]
+    NotCanonical,
+    /// A field has an invalid value.
+    #[error("entry field `{field}` is invalid: {reason}")]
+    InvalidField {
+        /// The field name.
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// One audit-log entry: something that happened to a request, grant or
+/// policy, attributed and timestamped.
+///
+/// `index` repeats the entry's position in the log inside the signed bytes,
+/// so a verifier detects deleted, inserted or reordered entries even before
+/// comparing hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Position of this entry in the log (0-based).
+    pub index: u64,
+    /// When it happened: RFC 3339 in UTC, e.g. `2025-01-31T12:00:00Z`.
+    pub time: String,
+    /// What happened, e.g. `request.created`, `review.approved`.
+    pub event: String,
+    /// Who did it, e.g. `user:alice`; absent for the gateway's own events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Ids of what it concerns: `request`, `grant`, `policy`, …
+    pub subjects: BTreeMap<String, String>,
+    /// The action digest (lowercase hex SHA-256), when an action is involved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Event-specific details.
+    pub payload: serde_json::Value,
+}
+
+/// The largest integer magnitude that survives RFC 8785 (I-JSON numbers are
+/// IEEE 754 doubles): 2^53 - 1.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Whether every integer in `v` survives JCS's conversion to a double.
+fn numbers_are_safe(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                u <= MAX_SAFE_INTEGER
+            } else if let Some(i) = n.as_i64() {
+                i.unsigned_abs() <= MAX_SAFE_INTEGER
+            } else {
+                true
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().all(numbers_are_safe),
+        serde_json::Value::Object(o) => o.values().all(numbers_are_safe),
+        _ => true,
+    }
+}
+
+/// Accepts `YYYY-MM-DDTHH:MM:SS[.fraction]Z`.
+fn is_rfc3339_utc(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[b.len() - 1] != b'Z' {
+        return false;
+    }
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = s.get(r)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    let seps = b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':';
+    let (Some(_y), Some(mo), Some(d), Some(h), Some(mi), Some(sec)) = (
+        digits(0..4),
+        digits(5..7),
+        digits(8..10),
+        digits(11..13),
+        digits(14..16),
+        digits(17..19),
+    ) else {
+        return false;
+    };
+    let frac = &b[19..b.len() - 1];
+    let frac_ok = frac.is_empty()
+        || (frac.len() >= 2 && frac[0] == b'.' && frac[1..].iter().all(u8::is_ascii_digit));
+    seps && (1..=12).contains(&mo)
+        && (1..=31).contains(&d)
+        && h < 24
+        && mi < 60
+        && sec <= 60
+        && frac_ok
+}
+
+impl Entry {
+    /// Checks field values that serde cannot.
+    pub fn validate(&self) -> Result<(), EntryError> {
+        if self.index > MAX_SAFE_INTEGER {
+            return Err(EntryError::InvalidField {
+                field: "index",
+                reason: "must be at most 2^53 - 1 (canonical JSON numbers are doubles)",
+            });
+        }
+        if !numbers_are_safe(&self.payload) {
+            return Err(EntryError::InvalidField {
+                field: "payload",
+                reason: "holds an integer beyond 2^53 - 1, which canonical JSON cannot represent exactly; encode it as a string",
+            });
+        }
+        if !is_rfc3339_utc(&self.time) {
+            return Err(EntryError::InvalidField {
+                field: "time",
+                reason: "must be RFC 3339 in UTC, like 2025-01-31T12:00:00Z",
+            });
+        }
+        if self.event.is_empty() {
+            return Err(EntryError::InvalidField {
+                field: "event",
+                reason: "must not be empty",
+            });
+        }
+        Ok(())
+    }
+
+    /// The canonical (RFC 8785) JSON bytes that are hashed into the log.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EntryError> {
+        self.validate()?;
+        let bytes = serde_jcs::to_vec(self)?;
+        if bytes.len() > MAX_ENTRY_SIZE {
+            return Err(EntryError::TooLarge {
+                size: bytes.len(),
+                max: MAX_ENTRY_SIZE,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes entry bytes strictly: unknown fields are rejected and the
+    /// bytes must be exactly the canonical encoding, so one entry has one
+    /// byte representation and one leaf hash.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Entry, EntryError> {
+        if bytes.len() > MAX_ENTRY_SIZE {
+            return Err(EntryError::TooLarge {
+                size: bytes.len(),
+                max: MAX_ENTRY_SIZE,
+            });
+        }
+        let entry: Entry = serde_json::from_slice(bytes)?;
+        if entry.to_bytes()? != bytes {
+            return Err(EntryError::NotCanonical);
+        }
+        Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn sample() -> Entry {
+        Entry {
+            index: 7,
+            time: "2025-01-31T12:00:00.123Z".into(),
+            event: "request.created".into(),
+            actor: Some("agent:report-bot".into()),
+            subjects: BTreeMap::from([("request".into(), "req_1".into())]),
+            digest: Some("ab".repeat(32)),
+            payload: json!({"z": 1, "a": [true, null, "x"], "n": 1.5}),
+        }
+    }
+
+    #[test]
+    fn canonical_round_trip() {
+        let e = sample();
+        let bytes = e.to_bytes().unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.starts_with(r#"{"actor":"agent:report-bot","digest":"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""payload":{"a":[true,null,"x"],"n":1.5,"z":1}"#));
+        assert_eq!(Entry::from_bytes(&bytes).unwrap(), e);
+    }
+
+    #[test]
+    fn optional_fields_are_omitted() {
+        let mut e = sample();
+        e.actor = None;
+        e.digest = None;
+        let bytes = e.to_bytes().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(!text.contains("actor") && !text.contains("digest"));
+        assert_eq!(Entry::from_bytes(&bytes).unwrap(), e);
+        let with_null = text.replacen('{', r#"{"actor":null,"#, 1);
+        assert!(matches!(
+            Entry::from_bytes(with_null.as_bytes()),
+            Err(EntryError::NotCanonical)
+        ));
+    }
+
+    #[test]
+    fn strictness() {
+        let bytes = sample().to_bytes().unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        // Whitespace.
+        let spaced = text.replacen(':', ": ", 1);
+        assert!(matches!(
+            Entry::from_bytes(spaced.as_bytes()),
+            Err(EntryError::NotCanonical)
+        ));
+        // Unknown field.
+        let extra = text.replacen('{', r#"{"aaa":1,"#, 1);
+        assert!(matches!(
+            Entry::from_bytes(extra.as_bytes()),
+            Err(EntryError::Json(_))
+        ));
+        // Missing field.
+        assert!(Entry::from_bytes(br#"{"index":0}"#).is_err());
+        // Garbage.
+        assert!(Entry::from_bytes(b"\xff\x00").is_err());
+        // Bad time.
+        let mut e = sample();
+        e.time = "2025-01-31 12:00:00".into();
+        assert!(matches!(
+            e.to_bytes(),
+            Err(EntryError::InvalidField { field: "time", .. })
+        ));
+        e.time = "2025-01-31T12:00:00+01:00".into();
+        assert!(e.to_bytes().is_err());
+        let mut e = sample();
+        e.event.clear();
+        assert!(e.to_bytes().is_err());
+    }
+
+    #[test]
+    fn large_integers_are_rejected_not_rounded() {
+        let mut e = sample();
+        e.payload = json!({"n": 18704123126418137u64});
+        assert!(matches!(
+            e.to_bytes(),
+            Err(EntryError::InvalidField {
+                field: "payload",
+                ..
+            })
+        ));
+        e.payload = json!([-9007199254740992i64]);
+        assert!(e.to_bytes().is_err());
+        e.payload = json!([9007199254740991u64, -9007199254740991i64]);
+        assert_eq!(Entry::from_bytes(&e.to_bytes().unwrap()).unwrap(), e);
+        let mut e = sample();
+        e.index = MAX_SAFE_INTEGER + 1;
+        assert!(e.to_bytes().is_err());
+    }
+
+    #[test]
+    fn size_limit() {
+        let mut e = sample();
+        e.payload = json!("x".repeat(MAX_ENTRY_SIZE));
+        assert!(matches!(e.to_bytes(), Err(EntryError::TooLarge { .. })));
+        assert!(matches!(
+            Entry::from_bytes(&vec![b' '; MAX_ENTRY_SIZE + 1]),
+            Err(EntryError::TooLarge { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn from_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Entry::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn round_trips(index in 0..=MAX_SAFE_INTEGER, event in "[a-z.]{1,20}", actor in proptest::option::of("[a-z:]{1,10}"),
+                       subjects in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,10}", 0..4),
+                       s in "\\PC{0,30}", n in -(MAX_SAFE_INTEGER as i64)..=(MAX_SAFE_INTEGER as i64), f in -1e300f64..1e300) {
+            let e = Entry {
+                index, time: "2024-02-29T23:59:60Z".into(), event, actor, subjects, digest: None,
+                payload: serde_json::json!({"s": s, "n": n, "f": f}),
+            };
+            let bytes = e.to_bytes().unwrap();
+            prop_assert_eq!(Entry::from_bytes(&bytes).unwrap(), e);
+        }
+    }
+}
