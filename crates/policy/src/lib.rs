@@ -1,1 +1,95 @@
-//! placeholder
+//! Cedar policy for secondkey: schema, entities, the allow / deny / review
+//! decision, explanations and table-driven policy tests.
+//!
+//! # The request Cedar sees
+//!
+//! | Cedar      | secondkey                                                             |
+//! |------------|-----------------------------------------------------------------------|
+//! | principal  | `User::"alice"`, `Agent::"report-bot"`, `Service::"ci"`, member of `Group::"<g>"` for each configured group; an agent with a known owner has `owner: User::"<owner>"` |
+//! | action     | `Action::"<kind>.<operation>"`, member of `Action::"<kind>"` (plus any ancestors a schema declares) |
+//! | resource   | `Resource::"<resource>"` with `uri` (the resource string, for `like`), `kind`, `operation` and optional `target`; it has no parents, so `resource in R` means `resource == R` |
+//! | context    | see below                                                             |
+//!
+//! The Cedar `context` record mixes two sources that policies must tell apart
+//! (invariant 8):
+//!
+//! * **declared** — the action's own `context` object, as the agent sent it:
+//!   top-level keys such as `context.environment` or `context.estimated_rows`.
+//!   Untrusted: an agent can write anything there.
+//! * **gateway-filled** — reserved keys the agent cannot set (a declared
+//!   context naming one of them is refused, see [`RESERVED_CONTEXT_KEYS`]):
+//!   `context.params` (the action's params), `context.lineage`
+//!   (`{reads, writes}` as sets of strings), `context.justification` (string,
+//!   `""` when absent) and `context.gateway` — facts the gateway derived itself
+//!   and passes to [`PolicyEngine::decide`] (authenticated principal kind,
+//!   transport, the configured environment of the target, the tables a parser
+//!   found, …). Write rules that matter against `context.gateway.*`.
+//!
+//! JSON maps to Cedar as: string → String, bool → Bool, integer → Long, array
+//! → Set, object → Record. A non-integral number or an integer outside the
+//! 64-bit signed range cannot be represented and the action is denied with a
+//! clear error ([`check_action`] lets callers answer `400` first). `null`
+//! object members are dropped (as if absent); `null` inside an array is refused.
+//!
+//! # Decision rules
+//!
+//! Every policy that can match is evaluated; then, on top of Cedar:
+//!
+//! 1. any matching plain `forbid` → **deny**;
+//! 2. otherwise, if a matching `forbid` carries `@review("g1,g2")` and some
+//!    `permit` matches → **review**, with one [`Requirement`] per matching
+//!    review policy (`@quorum("N")`, default 1); the request may wait the
+//!    smallest `@ttl` (default 1h) and an approval stays usable for the
+//!    smallest `@grant_ttl` (default 5m). A review forbid without a matching
+//!    permit → **deny**;
+//! 3. otherwise a matching `permit` → **allow**; nothing matches → **deny**.
+//!
+//! A policy that fails to evaluate counts against the action: an erroring
+//! `forbid` counts as matching (deny, or review for a `@review` forbid), an
+//! erroring `permit` is ignored. Both are reported in [`Decision::reasons`]
+//! and [`Decision::errors`].
+//!
+//! `@review`, `@quorum`, `@ttl` and `@grant_ttl` are checked at load time:
+//! `@review` only on `forbid`, the others only together with `@review`;
+//! durations are `30s`, `15m`, `1h`, `1d`.
+//!
+//! # Loading and schema
+//!
+//! [`PolicyEngine::load_dir`] reads `*.cedar` files (policy ids are
+//! `<file stem>:<index in file>` or `<file stem>:<@id>`) and validates them
+//! strictly against a schema. The built-in schema ([`BUILTIN_SCHEMA`])
+//! declares the entity types above, the `Context` type and the common action
+//! kinds. A `schema.cedarschema` in the directory **replaces** it (Cedar
+//! fragments cannot redefine a type, so extending `Context` requires a
+//! replacement); copy the built-in one and add to it. Actions the policies
+//! name but the schema does not declare (custom kinds such as
+//! `Action::"jira.create"`) are declared automatically — member of their kind,
+//! applying to all principal types, `Resource` and `Context` — so custom kinds
+//! validate without schema edits.
+//!
+//! # Speed
+//!
+//! Policies are sliced by their action scope (`==`, `in`, `in [...]`, none)
+//! and by a resource `==`/`in` scope, so a decision evaluates only policies
+//! that can match. Each policy is evaluated as a `permit` twin (same scope and
+//! conditions) so Cedar lists every satisfied policy; effects are applied by
+//! the rules above.
+
+mod annotations;
+mod compat;
+mod engine;
+mod load;
+mod request;
+mod testing;
+
+/// The core types this crate consumes.
+pub mod types {
+    pub use crate::compat::{Action, Lineage, Principal, PrincipalId, PrincipalKind, Requirement};
+}
+
+pub use annotations::{parse_duration, DEFAULT_GRANT_TTL, DEFAULT_TTL};
+pub use engine::{Decision, Outcome, PolicyEngine, Reason, ReasonEffect};
+pub use load::{Issue, LoadError, BUILTIN_SCHEMA, SCHEMA_FILE};
+pub use request::{check_action, RequestError, RESERVED_CONTEXT_KEYS};
+pub use testing::{run_tests, run_tests_str, CaseResult, TestReport};
+pub use types::{Action, Principal, PrincipalId, Requirement};

@@ -1,0 +1,605 @@
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::types::PrincipalId;
+use crate::{Issue, BUILTIN_SCHEMA};
+
+fn engine(files: &[(&str, &str)]) -> PolicyEngine {
+    match PolicyEngine::from_sources(files, None) {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn principal(id: &str, groups: &[&str]) -> Principal {
+    Principal {
+        id: PrincipalId::parse(id).unwrap(),
+        owner: None,
+        groups: groups
+            .iter()
+            .map(|g| (*g).to_owned())
+            .collect::<BTreeSet<_>>(),
+    }
+}
+
+fn action(kind: &str, op: &str, resource: &str) -> Action {
+    Action {
+        kind: kind.into(),
+        operation: op.into(),
+        resource: resource.into(),
+        ..Action::default()
+    }
+}
+
+fn facts(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn none() -> Map<String, Value> {
+    Map::new()
+}
+
+const PERMIT_ALL: &str = "permit (principal, action, resource);";
+
+#[test]
+fn nothing_matches_is_deny() {
+    let e = engine(&[(
+        "a.cedar",
+        "permit (principal in Group::\"x\", action, resource);",
+    )]);
+    let d = e.decide(
+        &principal("user:a", &[]),
+        &action("sql", "read", "r"),
+        &none(),
+    );
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.reasons[0].effect, ReasonEffect::Default);
+    assert!(d.errors.is_empty());
+}
+
+#[test]
+fn permit_is_allow() {
+    let e = engine(&[("a.cedar", PERMIT_ALL)]);
+    let d = e.decide(
+        &principal("user:a", &[]),
+        &action("sql", "read", "r"),
+        &none(),
+    );
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.reasons.len(), 1);
+    assert_eq!(d.reasons[0].policy_id, "a:0");
+    assert_eq!(
+        (d.reasons[0].file.as_deref(), d.reasons[0].line),
+        (Some("a.cedar"), Some(1))
+    );
+    assert_eq!((d.ttl, d.grant_ttl), (DEFAULT_TTL, DEFAULT_GRANT_TTL));
+}
+
+#[test]
+fn plain_forbid_beats_permit_and_review() {
+    let e = engine(&[(
+        "a.cedar",
+        "permit (principal, action, resource);\n\
+         @id(\"stop\") forbid (principal, action == Action::\"sql.delete\", resource);\n\
+         @review(\"dba\") forbid (principal, action, resource);",
+    )]);
+    let d = e.decide(
+        &principal("user:a", &[]),
+        &action("sql", "delete", "r"),
+        &none(),
+    );
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.reasons.len(), 1);
+    assert_eq!(d.reasons[0].policy_id, "a:stop");
+    assert_eq!(d.reasons[0].line, Some(2));
+    assert!(d.requirements.is_empty());
+}
+
+#[test]
+fn review_forbid_with_permit_is_review() {
+    let e = engine(&[
+        ("p.cedar", PERMIT_ALL),
+        (
+            "r.cedar",
+            "@review(\"data-owners, security\")\n@quorum(\"2\")\n@ttl(\"15m\")\n@grant_ttl(\"1m\")\n\
+             forbid (principal, action == Action::\"sql.export\", resource);",
+        ),
+    ]);
+    let d = e.decide(
+        &principal("agent:bot", &[]),
+        &action("sql", "export", "r"),
+        &none(),
+    );
+    assert_eq!(d.outcome, Outcome::Review);
+    assert_eq!(
+        d.requirements,
+        vec![Requirement {
+            policy_id: "r:0".into(),
+            groups: vec!["data-owners".into(), "security".into()],
+            quorum: 2
+        }]
+    );
+    assert_eq!(d.ttl, Duration::from_secs(900));
+    assert_eq!(d.grant_ttl, Duration::from_secs(60));
+    let effects: Vec<_> = d.reasons.iter().map(|r| r.effect).collect();
+    assert_eq!(effects, vec![ReasonEffect::Review, ReasonEffect::Permit]);
+    // Other actions are plainly allowed.
+    let d = e.decide(
+        &principal("agent:bot", &[]),
+        &action("sql", "read", "r"),
+        &none(),
+    );
+    assert_eq!(d.outcome, Outcome::Allow);
+}
+
+#[test]
+fn review_forbid_without_permit_is_deny() {
+    let e = engine(&[(
+        "r.cedar",
+        "@review(\"dba\") forbid (principal, action, resource);",
+    )]);
+    let d = e.decide(
+        &principal("user:a", &[]),
+        &action("sql", "read", "r"),
+        &none(),
+    );
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(d.requirements.is_empty());
+    assert_eq!(d.reasons[0].effect, ReasonEffect::Review);
+    assert!(d.reasons[0].message.contains("no permit"));
+}
+
+#[test]
+fn two_review_policies_need_both_and_take_minimum_ttls() {
+    let e = engine(&[(
+        "r.cedar",
+        "permit (principal, action, resource);\n\
+         @id(\"one\") @review(\"dba\") @ttl(\"2h\") @grant_ttl(\"1m\") forbid (principal, action, resource);\n\
+         @id(\"two\") @review(\"security\") @quorum(\"3\") @ttl(\"30m\") forbid (principal, action in Action::\"sql\", resource);",
+    )]);
+    let d = e.decide(
+        &principal("user:a", &[]),
+        &action("sql", "grant", "r"),
+        &none(),
+    );
+    assert_eq!(d.outcome, Outcome::Review);
+    let req: Vec<_> = d
+        .requirements
+        .iter()
+        .map(|r| (r.policy_id.as_str(), r.quorum))
+        .collect();
+    assert_eq!(req, vec![("r:one", 1), ("r:two", 3)]);
+    assert_eq!(d.ttl, Duration::from_secs(1800));
+    assert_eq!(d.grant_ttl, Duration::from_secs(60));
+}
+
+// `estimated_rows * 10^12` overflows for large estimates: a runtime error the
+// validator cannot see.
+const OVERFLOW: &str = "context has estimated_rows && context.estimated_rows * 1000000000000 < 0";
+
+fn big_rows() -> Action {
+    let mut a = action("sql", "read", "r");
+    a.context
+        .insert("estimated_rows".into(), json!(1_000_000_000_000i64));
+    a
+}
+
+#[test]
+fn erroring_forbid_denies() {
+    let e = engine(&[(
+        "a.cedar",
+        &format!("permit (principal, action, resource);\nforbid (principal, action, resource) when {{ {OVERFLOW} }};"),
+    )]);
+    let d = e.decide(&principal("user:a", &[]), &big_rows(), &none());
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+    assert!(d.errors[0].contains("a:1"), "{:?}", d.errors);
+    assert!(d.reasons[0].message.contains("failed to evaluate"));
+    // Small estimates evaluate fine and do not match.
+    let mut ok = big_rows();
+    ok.context.insert("estimated_rows".into(), json!(5));
+    assert_eq!(
+        e.decide(&principal("user:a", &[]), &ok, &none()).outcome,
+        Outcome::Allow
+    );
+}
+
+#[test]
+fn erroring_review_forbid_reviews() {
+    let e = engine(&[(
+        "a.cedar",
+        &format!("permit (principal, action, resource);\n@review(\"dba\") forbid (principal, action, resource) when {{ {OVERFLOW} }};"),
+    )]);
+    let d = e.decide(&principal("user:a", &[]), &big_rows(), &none());
+    assert_eq!(d.outcome, Outcome::Review);
+    assert_eq!(d.requirements.len(), 1);
+    assert_eq!(d.errors.len(), 1);
+}
+
+#[test]
+fn erroring_permit_is_ignored_and_reported() {
+    let e = engine(&[(
+        "a.cedar",
+        &format!("permit (principal, action, resource) when {{ {OVERFLOW} }};"),
+    )]);
+    let d = e.decide(&principal("user:a", &[]), &big_rows(), &none());
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.errors.len(), 1);
+    assert!(d
+        .reasons
+        .iter()
+        .any(|r| r.policy_id == "a:0" && r.message.contains("ignored")));
+}
+
+#[test]
+fn bad_request_is_denied_with_error() {
+    let e = engine(&[("a.cedar", PERMIT_ALL)]);
+    let mut a = action("sql", "read", "r");
+    a.context
+        .insert("gateway".into(), json!({"environment": "staging"}));
+    let d = e.decide(&principal("user:a", &[]), &a, &none());
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(d.errors[0].contains("reserved"), "{:?}", d.errors);
+    let mut a = action("sql", "read", "r");
+    a.context.insert("ratio".into(), json!(0.5));
+    let d = e.decide(&principal("user:a", &[]), &a, &none());
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(d.errors[0].contains("context.ratio"), "{:?}", d.errors);
+}
+
+#[test]
+fn entities_and_context_reach_policies() {
+    let e = engine(&[(
+        "a.cedar",
+        r#"@id("owner") permit (principal is Agent, action, resource) when { principal has owner && principal.owner == User::"alice" };
+@id("group") permit (principal in Group::"ops", action in Action::"sql", resource == Resource::"pg://x");
+@id("attrs") permit (principal, action, resource) when { resource.kind == "http" && resource.operation == "write" && resource has target && resource.target == "t" && resource.uri like "https://*" };
+@id("ctx") permit (principal, action, resource) when { context.lineage.reads.contains("s3://a") && context.justification == "why" && context.gateway has transport && context.gateway.transport == "pg" && context has model && context.model == "m" };"#,
+    )]);
+    let allowed_by = |p: &Principal, a: &Action, f: &Map<String, Value>| {
+        let d = e.decide(p, a, f);
+        d.reasons
+            .iter()
+            .filter(|r| r.effect == ReasonEffect::Permit)
+            .map(|r| r.policy_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut bot = principal("agent:bot", &[]);
+    assert!(allowed_by(&bot, &action("x", "y", "z"), &none()).is_empty());
+    bot.owner = Some(PrincipalId::parse("user:alice").unwrap());
+    assert_eq!(
+        allowed_by(&bot, &action("x", "y", "z"), &none()),
+        ["a:owner"]
+    );
+    let ops = principal("service:ci", &["ops"]);
+    assert_eq!(
+        allowed_by(&ops, &action("sql", "custom", "pg://x"), &none()),
+        ["a:group"]
+    );
+    assert!(allowed_by(&ops, &action("sqlx", "read", "pg://x"), &none()).is_empty());
+    let mut a = action("http", "write", "https://api");
+    a.target = Some("t".into());
+    assert_eq!(allowed_by(&ops, &a, &none()), ["a:attrs"]);
+    let mut a = action("k", "o", "r");
+    a.lineage.reads.push("s3://a".into());
+    a.justification = Some("why".into());
+    a.context.insert("model".into(), json!("m"));
+    assert!(allowed_by(&ops, &a, &none()).is_empty());
+    assert_eq!(
+        allowed_by(&ops, &a, &facts(json!({"transport": "pg"}))),
+        ["a:ctx"]
+    );
+}
+
+#[test]
+fn custom_kinds_validate_and_decide() {
+    let e = engine(&[(
+        "jira.cedar",
+        r#"permit (principal, action == Action::"jira.create", resource);
+forbid (principal, action in Action::"jira", resource) when { context.gateway has environment && context.gateway.environment == "prod" };"#,
+    )]);
+    let p = principal("agent:bot", &[]);
+    assert_eq!(
+        e.decide(&p, &action("jira", "create", "j"), &none())
+            .outcome,
+        Outcome::Allow
+    );
+    let prod = facts(json!({"environment": "prod"}));
+    assert_eq!(
+        e.decide(&p, &action("jira", "create", "j"), &prod).outcome,
+        Outcome::Deny
+    );
+    assert_eq!(
+        e.decide(&p, &action("jira", "delete", "j"), &none())
+            .outcome,
+        Outcome::Deny
+    );
+}
+
+fn issues(files: &[(&str, &str)], schema: Option<&str>) -> Vec<Issue> {
+    match PolicyEngine::from_sources(files, schema) {
+        Ok(_) => panic!("expected a load error"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("secondkey policy validate"), "{text}");
+            e.issues().to_vec()
+        }
+    }
+}
+
+#[test]
+fn annotation_errors_are_load_errors_with_location() {
+    let cases = [
+        "permit (principal, action, resource);\n\n@review(\"dba\") permit (principal, action, resource);",
+        "permit (principal, action, resource);\n\n@quorum(\"2\") forbid (principal, action, resource);",
+        "permit (principal, action, resource);\n\n@review(\"dba\") @quorum(\"0\") forbid (principal, action, resource);",
+        "permit (principal, action, resource);\n\n@review(\"dba\") @ttl(\"soon\") forbid (principal, action, resource);",
+        "permit (principal, action, resource);\n\n@review(\"dba\") @grant_ttl(\"5x\") forbid (principal, action, resource);",
+        "permit (principal, action, resource);\n\n@review(\"\") forbid (principal, action, resource);",
+    ];
+    for src in cases {
+        let i = issues(&[("bad.cedar", src)], None);
+        assert_eq!(i.len(), 1, "{src}: {i:?}");
+        assert_eq!(
+            (i[0].file.as_str(), i[0].line),
+            ("bad.cedar", Some(3)),
+            "{src}"
+        );
+        assert!(i[0].message.contains("bad:1"), "{:?}", i[0]);
+    }
+}
+
+#[test]
+fn parse_errors_have_line_and_column() {
+    let i = issues(
+        &[
+            ("ok.cedar", PERMIT_ALL),
+            (
+                "bad.cedar",
+                "permit (principal, action, resource);\npermit (principal action, resource);",
+            ),
+        ],
+        None,
+    );
+    assert!(!i.is_empty());
+    assert_eq!(i[0].file, "bad.cedar");
+    assert_eq!(i[0].line, Some(2));
+    assert!(i[0].column.is_some());
+}
+
+#[test]
+fn validation_errors_have_line_and_column() {
+    let i = issues(
+        &[("v.cedar", "permit (principal, action, resource);\npermit (principal, action, resource)\n  when { principal.nope == 1 };")],
+        None,
+    );
+    assert!(!i.is_empty());
+    for issue in &i {
+        assert_eq!(
+            (issue.file.as_str(), issue.line, issue.column),
+            ("v.cedar", Some(3), Some(10))
+        );
+        assert!(issue.message.contains("policy `v:1`"), "{issue:?}");
+    }
+    let shown = LoadError::Invalid(i).to_string();
+    assert!(
+        shown.contains("v.cedar:3:10: for policy `v:1`, attribute `nope`"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn duplicate_ids_and_templates_are_refused() {
+    let i = issues(&[("d.cedar", "@id(\"x\") permit (principal, action, resource);\n@id(\"x\") permit (principal, action, resource);")], None);
+    assert_eq!((i.len(), i[0].line), (1, Some(2)));
+    let i = issues(
+        &[(
+            "t.cedar",
+            "permit (principal == ?principal, action, resource);",
+        )],
+        None,
+    );
+    assert!(i[0].message.contains("templates"));
+}
+
+#[test]
+fn a_schema_file_replaces_the_builtin() {
+    let schema = format!("{BUILTIN_SCHEMA}\ntype Extra = {{ ticket: String }};").replace(
+        "  estimated_rows?: Long,",
+        "  estimated_rows?: Long,\n  ticket?: String,",
+    );
+    let policy = [("t.cedar", "permit (principal, action, resource) when { context has ticket && context.ticket like \"T-*\" };")];
+    // With the built-in schema `ticket` is undeclared: the validator flags the
+    // policy as impossible (a warning).
+    assert!(!PolicyEngine::from_sources(&policy, None)
+        .unwrap()
+        .warnings()
+        .is_empty());
+    let e = PolicyEngine::from_sources(&policy, Some(&schema)).unwrap();
+    assert!(e.warnings().is_empty(), "{:?}", e.warnings());
+    let mut a = action("sql", "read", "r");
+    assert_eq!(
+        e.decide(&principal("user:a", &[]), &a, &none()).outcome,
+        Outcome::Deny
+    );
+    a.context.insert("ticket".into(), json!("T-1"));
+    assert_eq!(
+        e.decide(&principal("user:a", &[]), &a, &none()).outcome,
+        Outcome::Allow
+    );
+    let i = issues(&policy, Some("entity User;\nentity = ;"));
+    assert_eq!(
+        (i[0].file.as_str(), i[0].line),
+        (crate::SCHEMA_FILE, Some(2))
+    );
+}
+
+#[test]
+fn explain_names_rule_policies_and_annotations() {
+    let e = engine(&[(
+        "x.cedar",
+        "@id(\"ok\") permit (principal, action, resource);\n@id(\"exp\") @review(\"data-owners\") @quorum(\"2\") forbid (principal, action == Action::\"sql.export\", resource);",
+    )]);
+    let s = e.explain(
+        &principal("agent:bot", &[]),
+        &action("sql", "export", "r"),
+        &none(),
+    );
+    assert!(s.contains("decision: review (rule 2"), "{s}");
+    assert!(
+        s.contains("requires 2 approval(s) from [data-owners]"),
+        "{s}"
+    );
+    assert!(s.contains("permit x:ok (x.cedar:1)"), "{s}");
+    assert!(
+        s.contains("review x:exp (x.cedar:2) @id(\"exp\") @quorum(\"2\") @review(\"data-owners\")"),
+        "{s}"
+    );
+    let s = e.explain(
+        &principal("agent:bot", &[]),
+        &action("sql", "read", "r"),
+        &none(),
+    );
+    assert!(s.contains("decision: allow (rule 3"), "{s}");
+}
+
+#[test]
+fn sample_policies_pass_their_tests() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies");
+    let e = match PolicyEngine::load_dir(&dir) {
+        Ok(e) => e,
+        Err(err) => panic!("{err}"),
+    };
+    assert!(e.warnings().is_empty(), "{:?}", e.warnings());
+    let report = crate::run_tests(&e, dir.join("demo.tests.toml"));
+    assert!(report.passed(), "{report}");
+    assert!(report.cases.len() >= 8);
+}
+
+#[test]
+fn test_reports_show_failures() {
+    let e = engine(&[("a.cedar", PERMIT_ALL)]);
+    let r = crate::run_tests_str(
+        &e,
+        "t.tests.toml",
+        r#"
+[[case]]
+name = "wrong"
+principal = "user:a"
+action = { kind = "sql", operation = "read", resource = "r" }
+expect = "deny"
+[[case]]
+name = "right"
+principal = "user:a"
+action = { kind = "sql", operation = "read", resource = "r" }
+expect = "allow"
+"#,
+    );
+    assert!(!r.passed());
+    assert_eq!(r.failures(), 1);
+    assert!(r.cases[0]
+        .failure
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("expected deny, got allow"));
+    assert!(r.to_string().contains("FAIL wrong"));
+    let r = crate::run_tests_str(&e, "t.tests.toml", "[[case]]\nname = 1");
+    assert!(r.error.is_some() && !r.passed());
+}
+
+#[test]
+fn load_dir_reads_files_and_reports_io_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.cedar"), PERMIT_ALL).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+    let e = PolicyEngine::load_dir(dir.path()).unwrap();
+    assert_eq!(e.len(), 1);
+    assert!(matches!(
+        PolicyEngine::load_dir(dir.path().join("missing")),
+        Err(LoadError::Io { .. })
+    ));
+}
+
+// ---- slicing must not change any decision ----
+
+const KINDS: [&str; 3] = ["sql", "http", "jira"];
+const OPS: [&str; 4] = ["read", "write", "delete", "export"];
+const RESOURCES: [&str; 3] = ["r1", "r2", "r3"];
+const GROUPS: [&str; 3] = ["agents", "dba", "security"];
+
+/// A deterministic mix of every scope shape the index distinguishes.
+fn sliced_engine() -> PolicyEngine {
+    let mut seed: u64 = 0x5eed;
+    let mut next = |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as usize) % n
+    };
+    let mut src = String::new();
+    for _ in 0..300 {
+        let k = KINDS[next(3)];
+        let action = match next(5) {
+            0 => "action".to_owned(),
+            1 => format!("action == Action::\"{k}.{}\"", OPS[next(4)]),
+            2 => format!("action in Action::\"{k}\""),
+            3 => format!(
+                "action in [Action::\"{k}.{}\", Action::\"{}\"]",
+                OPS[next(4)],
+                KINDS[next(3)]
+            ),
+            _ => format!("action in Action::\"{k}.{}\"", OPS[next(4)]),
+        };
+        let resource = match next(4) {
+            0 => format!("resource == Resource::\"{}\"", RESOURCES[next(3)]),
+            1 => format!("resource in Resource::\"{}\"", RESOURCES[next(3)]),
+            2 => "resource is Resource".to_owned(),
+            _ => "resource".to_owned(),
+        };
+        let principal = match next(4) {
+            0 => format!("principal in Group::\"{}\"", GROUPS[next(3)]),
+            1 => "principal is Agent".to_owned(),
+            _ => "principal".to_owned(),
+        };
+        let cond = match next(4) {
+            0 => " when { context.gateway has environment && context.gateway.environment == \"prod\" }".to_owned(),
+            1 => format!(" when {{ {OVERFLOW} }}"),
+            _ => String::new(),
+        };
+        let head = match next(4) {
+            0 => "permit",
+            1 => "forbid",
+            2 => "@review(\"dba\") @ttl(\"10m\") forbid",
+            _ => "permit",
+        };
+        src.push_str(&format!(
+            "{head} ({principal}, {action}, {resource}){cond};\n"
+        ));
+    }
+    engine(&[("gen.cedar", &src)])
+}
+
+proptest! {
+    #[test]
+    fn sliced_and_unsliced_decisions_agree(
+        kind in 0..3usize, op in 0..4usize, res in 0..3usize, pkind in 0..3usize,
+        groups in proptest::collection::btree_set(0..3usize, 0..3),
+        prod in any::<bool>(), big in any::<bool>(),
+    ) {
+        thread_local!(static ENGINE: PolicyEngine = sliced_engine());
+        let id = ["user:u", "agent:a", "service:s"][pkind];
+        let p = principal(id, &groups.iter().map(|g| GROUPS[*g]).collect::<Vec<_>>());
+        let mut a = action(KINDS[kind], OPS[op], RESOURCES[res]);
+        if big { a.context.insert("estimated_rows".into(), json!(1_000_000_000_000i64)); }
+        let f = if prod { facts(json!({"environment": "prod"})) } else { none() };
+        ENGINE.with(|e| {
+            let sliced = e.decide(&p, &a, &f);
+            let full = e.decide_unsliced(&p, &a, &f);
+            prop_assert_eq!(sliced, full);
+            Ok(())
+        })?;
+    }
+}
