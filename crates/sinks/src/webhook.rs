@@ -217,28 +217,38 @@ impl Sink for WebhookSink {
                 .set("webhook-signature", &signature);
             let body = entry.to_vec();
             let url = self.url.clone();
-            let outcome = tokio::task::spawn_blocking(move || request.send_bytes(&body)).await;
-            let rejected = |status: u16, response: ureq::Response| SinkError::Rejected {
-                address: url.clone(),
-                status,
-                body: response
-                    .into_string()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(200)
-                    .collect(),
-            };
+            // Runs on a blocking thread; returns (status, body excerpt) or a
+            // transport error, small enough to move back cheaply.
+            let outcome = tokio::task::spawn_blocking(move || {
+                let excerpt = |r: ureq::Response| -> String {
+                    r.into_string()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect()
+                };
+                match request.send_bytes(&body) {
+                    Ok(r) if (200..300).contains(&r.status()) => Ok((r.status(), String::new())),
+                    Ok(r) => Ok((r.status(), excerpt(r))),
+                    Err(ureq::Error::Status(code, r)) => Ok((code, excerpt(r))),
+                    Err(ureq::Error::Transport(t)) => Err(t.to_string()),
+                }
+            })
+            .await;
             match outcome {
                 Err(e) => Err(SinkError::Http {
-                    address: url.clone(),
+                    address: url,
                     message: format!("request task failed: {e}"),
                 }),
-                Ok(Ok(response)) if (200..300).contains(&response.status()) => Ok(()),
-                Ok(Ok(response)) => Err(rejected(response.status(), response)),
-                Ok(Err(ureq::Error::Status(status, response))) => Err(rejected(status, response)),
-                Ok(Err(ureq::Error::Transport(t))) => Err(SinkError::Http {
-                    address: url.clone(),
-                    message: t.to_string(),
+                Ok(Ok((status, _))) if (200..300).contains(&status) => Ok(()),
+                Ok(Ok((status, body))) => Err(SinkError::Rejected {
+                    address: url,
+                    status,
+                    body,
+                }),
+                Ok(Err(message)) => Err(SinkError::Http {
+                    address: url,
+                    message,
                 }),
             }
         })

@@ -49,7 +49,7 @@ fn entry(i: u64) -> Vec<u8> {
     serde_json::json!({
         "actor": "agent:report-bot",
         "digest": format!("{i:064x}"),
-        "event": if i % 2 == 0 { "request.created" } else { "review.submitted" },
+        "event": if i.is_multiple_of(2) { "request.created" } else { "review.submitted" },
         "index": i,
         "payload": {"action": {"kind": "sql", "operation": "export", "resource": "db://prod/\"t]\\"},
                     "note": "héllo ] \" \\ end"},
