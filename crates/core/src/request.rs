@@ -1,0 +1,867 @@
+//! The approval state machine of a request that needs human review.
+//!
+//! ```text
+//! pending ─┬─ approve (quorum met) ─→ approved ─┬─ consume ─→ executed ─┬─→ failed
+//!          ├─ deny ─→ denied                    ├─ revoke ─→ revoked    └─→ unknown
+//!          ├─ withdraw ─→ withdrawn             └─ grant expires ─→ expired
+//!          └─ ttl passes ─→ expired
+//! ```
+//!
+//! Every method takes `now` and, where an id is minted, the id itself. It
+//! either changes the request and returns a [`Transition`] with the
+//! [`CoreEvent`]s to log, or returns an error and leaves the request exactly
+//! as it was — with one documented exception: a review that arrives at or
+//! after `expires_at` first records the expiry
+//! ([`ReviewError::Expired`] carries that transition).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::action::{Action, Digest};
+use crate::principal::{Principal, PrincipalId};
+use crate::quorum;
+use crate::time::Timestamp;
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    /// Waiting for reviews.
+    Pending,
+    /// Quorum met; the grant may be used once.
+    Approved,
+    /// An eligible reviewer said no.
+    Denied,
+    /// Nobody decided in time, or the grant went unused until it expired.
+    Expired,
+    /// The requester took it back.
+    Withdrawn,
+    /// An eligible reviewer took the approval back before it was used.
+    Revoked,
+    /// The grant was used; the action ran (or is running).
+    Executed,
+    /// The action ran and failed.
+    Failed,
+    /// The action ran and its result is unknown.
+    Unknown,
+}
+
+impl RequestState {
+    /// Whether no decision can change it any more (invariant 4). The one move
+    /// out of a terminal state is [`Request::record_outcome`], which only
+    /// notes how an `Executed` action ended.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RequestState::Pending | RequestState::Approved)
+    }
+
+    /// The snake_case name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Denied => "denied",
+            RequestState::Expired => "expired",
+            RequestState::Withdrawn => "withdrawn",
+            RequestState::Revoked => "revoked",
+            RequestState::Executed => "executed",
+            RequestState::Failed => "failed",
+            RequestState::Unknown => "unknown",
+        }
+    }
+}
+
+/// What one matching review policy demands: `quorum` distinct humans, each a
+/// member of at least one of `groups`. A request needs all its requirements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirement {
+    /// The policy that asked for the review, for explanations.
+    pub policy_id: String,
+    /// Groups whose members may approve.
+    pub groups: Vec<String>,
+    /// How many distinct approvers (0 is treated as 1).
+    pub quorum: u32,
+}
+
+impl Requirement {
+    /// Whether someone in `groups` may fill one of this requirement's slots.
+    pub fn admits(&self, groups: &BTreeSet<String>) -> bool {
+        self.groups.iter().any(|g| groups.contains(g))
+    }
+
+    /// The number of approvers needed; at least one.
+    pub fn needed(&self) -> usize {
+        usize::try_from(self.quorum).unwrap_or(usize::MAX).max(1)
+    }
+}
+
+/// A reviewer's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewDecision {
+    /// Counts toward quorum.
+    Approve,
+    /// Denies the request outright.
+    Deny,
+}
+
+/// One recorded review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    /// Who reviewed.
+    pub reviewer: PrincipalId,
+    /// What they decided.
+    pub decision: ReviewDecision,
+    /// Their comment, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// When.
+    pub at: Timestamp,
+    /// The reviewer's groups among those this request requires, as they were
+    /// at review time; quorum is computed from them, so a later group change
+    /// cannot retroactively approve or un-approve.
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+}
+
+/// The single-use grant an approval issues. The signed token is derived
+/// from it on demand (see [`crate::grant`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// The grant id (the token's `jti`), minted by the caller.
+    pub id: String,
+    /// When it stops being usable.
+    pub expires_at: Timestamp,
+    /// When it was used; a grant is used at most once.
+    #[serde(default)]
+    pub used_at: Option<Timestamp>,
+}
+
+/// How an executed action ended, reported by whoever ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It worked; the request stays `Executed`.
+    Succeeded,
+    /// It failed; the request becomes `Failed`.
+    Failed,
+    /// Nobody knows (e.g. a timeout); the request becomes `Unknown`.
+    Unknown,
+}
+
+/// Facts a transition produced, which the caller appends to the audit log in
+/// the same transaction that stores the new state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum CoreEvent {
+    /// A review was recorded.
+    Reviewed {
+        /// Who.
+        reviewer: PrincipalId,
+        /// What they decided.
+        decision: ReviewDecision,
+        /// Their comment.
+        comment: Option<String>,
+    },
+    /// Quorum was met and a grant issued.
+    Approved {
+        /// The new grant's id.
+        grant_id: String,
+        /// Everyone who approved, in review order.
+        approvers: Vec<PrincipalId>,
+    },
+    /// A reviewer denied the request.
+    Denied {
+        /// Who.
+        by: PrincipalId,
+    },
+    /// The request (or its unused grant) expired.
+    Expired,
+    /// The requester withdrew it.
+    Withdrawn,
+    /// A reviewer revoked the approval.
+    Revoked {
+        /// Who.
+        by: PrincipalId,
+    },
+    /// The grant was used; execution starts.
+    Consumed {
+        /// The grant's id.
+        grant_id: String,
+    },
+    /// The executor reported how it ended.
+    OutcomeRecorded {
+        /// How.
+        outcome: Outcome,
+    },
+}
+
+/// A state change and the events that record it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Transition {
+    /// The state before.
+    pub from: RequestState,
+    /// The state after (may equal `from`, e.g. a review below quorum).
+    pub to: RequestState,
+    /// What to log, in order.
+    pub events: Vec<CoreEvent>,
+}
+
+/// Why a review was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// The reviewer is the requester, its owner, or who it acts for.
+    #[error(
+        "{reviewer} may not review this request: {why}; ask another member of a required group"
+    )]
+    SelfReview {
+        /// The would-be reviewer.
+        reviewer: PrincipalId,
+        /// Which relation forbids it.
+        why: &'static str,
+    },
+    /// The reviewer is not a human in a required group.
+    #[error("{reviewer} may not review this request: {why}")]
+    NotEligible {
+        /// The would-be reviewer.
+        reviewer: PrincipalId,
+        /// Why, and who may.
+        why: String,
+    },
+    /// The request is no longer pending.
+    #[error("the request is already {}; it cannot be reviewed again", state.as_str())]
+    AlreadyDecided {
+        /// Its state.
+        state: RequestState,
+    },
+    /// The request expired. If `transition` is set, this call recorded the
+    /// expiry and the caller must persist and log it; nothing else changed.
+    #[error("the request expired before this review; submit the action again")]
+    Expired {
+        /// The expiry this call performed, if it performed one.
+        transition: Option<Box<Transition>>,
+    },
+    /// This reviewer already reviewed; one human counts once.
+    #[error("{reviewer} already reviewed this request; quorum counts distinct people")]
+    DuplicateReviewer {
+        /// Who.
+        reviewer: PrincipalId,
+    },
+}
+
+impl ReviewError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReviewError::SelfReview { .. } => "self_review",
+            ReviewError::NotEligible { .. } => "not_eligible",
+            ReviewError::AlreadyDecided { .. } => "already_decided",
+            ReviewError::Expired { .. } => "expired",
+            ReviewError::DuplicateReviewer { .. } => "duplicate_reviewer",
+        }
+    }
+
+    /// The HTTP status the contract assigns (403 or 409).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ReviewError::SelfReview { .. } | ReviewError::NotEligible { .. } => 403,
+            _ => 409,
+        }
+    }
+
+    /// The state change this failed call still made (only an expiry).
+    pub fn state_changed(&self) -> Option<&Transition> {
+        match self {
+            ReviewError::Expired {
+                transition: Some(t),
+            } => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Why a withdrawal, revocation or outcome report was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// Only the requester withdraws.
+    #[error("{by} did not make this request; only its requester may withdraw it")]
+    NotRequester {
+        /// Who tried.
+        by: PrincipalId,
+    },
+    /// The revoker is the requester, its owner, or who it acts for.
+    #[error("{by} may not revoke this request: {why}")]
+    SelfReview {
+        /// Who tried.
+        by: PrincipalId,
+        /// Which relation forbids it.
+        why: &'static str,
+    },
+    /// The revoker is not a human in a required group.
+    #[error("{by} may not revoke this request: {why}")]
+    NotEligible {
+        /// Who tried.
+        by: PrincipalId,
+        /// Why.
+        why: String,
+    },
+    /// The request is in a state that does not allow this.
+    #[error("the request is {}; {what}", state.as_str())]
+    WrongState {
+        /// Its state.
+        state: RequestState,
+        /// What would have been needed.
+        what: &'static str,
+    },
+    /// The deadline passed (call `expire_if_due` to record it).
+    #[error("the request or its grant has expired")]
+    Expired,
+    /// The grant was already used, so there is nothing to revoke.
+    #[error("the grant was already used; an executed action cannot be revoked")]
+    GrantUsed,
+    /// The outcome was reported already.
+    #[error("the outcome of this action was already recorded")]
+    OutcomeRecorded,
+}
+
+impl TransitionError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransitionError::NotRequester { .. } => "not_requester",
+            TransitionError::SelfReview { .. } => "self_review",
+            TransitionError::NotEligible { .. } => "not_eligible",
+            TransitionError::WrongState { .. } => "already_decided",
+            TransitionError::Expired => "expired",
+            TransitionError::GrantUsed => "grant_used",
+            TransitionError::OutcomeRecorded => "outcome_recorded",
+        }
+    }
+
+    /// The HTTP status the contract assigns (403 or 409).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            TransitionError::NotRequester { .. }
+            | TransitionError::SelfReview { .. }
+            | TransitionError::NotEligible { .. } => 403,
+            _ => 409,
+        }
+    }
+}
+
+/// Why a grant could not be consumed. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsumeError {
+    /// The grant id is not this request's grant.
+    #[error("grant {grant_id} does not belong to this request")]
+    UnknownGrant {
+        /// The id presented.
+        grant_id: String,
+    },
+    /// Single use: it was used already.
+    #[error(
+        "this grant was already used; approvals execute at most once — submit the action again"
+    )]
+    AlreadyUsed,
+    /// The action differs from what was approved.
+    #[error("the action's digest differs from the approved one; nothing was executed — submit the changed action for review")]
+    DigestMismatch,
+    /// The grant (or the request) expired.
+    #[error("this grant has expired; submit the action again")]
+    Expired,
+    /// The request is not approved (pending, denied, revoked, …).
+    #[error("the request is {}, not approved; nothing was executed", state.as_str())]
+    NotApproved {
+        /// Its state.
+        state: RequestState,
+    },
+    /// Only the requester may use its grant.
+    #[error("this grant was issued to {requester}; only it may use it")]
+    WrongRequester {
+        /// Who the grant belongs to.
+        requester: PrincipalId,
+    },
+}
+
+impl ConsumeError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConsumeError::UnknownGrant { .. } => "unknown_grant",
+            ConsumeError::AlreadyUsed => "grant_used",
+            ConsumeError::DigestMismatch => "digest_mismatch",
+            ConsumeError::Expired => "expired",
+            ConsumeError::NotApproved { .. } => "not_approved",
+            ConsumeError::WrongRequester { .. } => "wrong_requester",
+        }
+    }
+
+    /// The HTTP status the contract assigns (403 or 409).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ConsumeError::WrongRequester { .. } => 403,
+            _ => 409,
+        }
+    }
+}
+
+/// An action waiting for, or past, human review.
+///
+/// Serializable so the store can persist it whole; the requester is a
+/// snapshot (with its owner) taken at submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The id, minted by the caller.
+    pub id: String,
+    /// The digest of the action as submitted; the grant is bound to it.
+    pub digest: Digest,
+    /// The action.
+    pub action: Action,
+    /// Who asked, as known at submission.
+    pub requester: Principal,
+    /// What must be satisfied, all of it.
+    pub requirements: Vec<Requirement>,
+    /// When it was submitted.
+    pub created_at: Timestamp,
+    /// When it expires if undecided.
+    pub expires_at: Timestamp,
+    /// How long an approval stays usable, in milliseconds.
+    pub grant_ttl_ms: i64,
+    /// Reviews so far, in order.
+    #[serde(default)]
+    pub reviews: Vec<Review>,
+    /// Where it is.
+    pub state: RequestState,
+    /// When it was approved or denied.
+    #[serde(default)]
+    pub decided_at: Option<Timestamp>,
+    /// The grant, once approved.
+    #[serde(default)]
+    pub grant: Option<GrantRecord>,
+    /// Whether the escalation notice went out.
+    #[serde(default)]
+    pub escalated: bool,
+    /// More principals barred from reviewing, beyond the requester, its owner
+    /// and `on_behalf_of` (e.g. the owner of an `on_behalf_of` agent).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub excluded: BTreeSet<PrincipalId>,
+    /// How execution ended, once reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+/// A separation-of-duties or eligibility failure, before it is phrased for
+/// the operation at hand.
+enum Refusal {
+    SelfReview(&'static str),
+    NotEligible(String),
+}
+
+impl Request {
+    /// A new pending request. `ttl` bounds how long it may wait for a
+    /// decision; `grant_ttl` how long an approval stays usable.
+    ///
+    /// A request without requirements can never be approved (nobody is
+    /// eligible); it simply expires.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        digest: Digest,
+        action: Action,
+        requester: Principal,
+        requirements: Vec<Requirement>,
+        ttl: Duration,
+        grant_ttl: Duration,
+        now: Timestamp,
+    ) -> Request {
+        Request {
+            id,
+            digest,
+            action,
+            requester,
+            requirements,
+            created_at: now,
+            expires_at: now.plus(ttl),
+            grant_ttl_ms: i64::try_from(grant_ttl.as_millis()).unwrap_or(i64::MAX),
+            reviews: Vec::new(),
+            state: RequestState::Pending,
+            decided_at: None,
+            grant: None,
+            escalated: false,
+            excluded: BTreeSet::new(),
+            outcome: None,
+        }
+    }
+
+    /// Bars more principals from reviewing or revoking, e.g. the owner of the
+    /// agent named in `on_behalf_of`, which only the caller can look up.
+    pub fn with_excluded(mut self, ids: impl IntoIterator<Item = PrincipalId>) -> Request {
+        self.excluded.extend(ids);
+        self
+    }
+
+    /// Everyone who may never review this request: the requester, its owner,
+    /// the `on_behalf_of` principal, and [`Request::excluded`].
+    pub fn sod_set(&self) -> BTreeSet<PrincipalId> {
+        let mut set = self.excluded.clone();
+        set.insert(self.requester.id.clone());
+        set.extend(self.requester.owner.iter().cloned());
+        set.extend(self.action.on_behalf_of.iter().cloned());
+        set
+    }
+
+    fn refusal(&self, who: &Principal) -> Option<Refusal> {
+        let id = &who.id;
+        if *id == self.requester.id {
+            return Some(Refusal::SelfReview("it is the requester"));
+        }
+        if self.requester.owner.as_ref() == Some(id) {
+            return Some(Refusal::SelfReview("it owns the requesting agent"));
+        }
+        if self.action.on_behalf_of.as_ref() == Some(id) {
+            return Some(Refusal::SelfReview("the action is done on its behalf"));
+        }
+        if self.excluded.contains(id) {
+            return Some(Refusal::SelfReview(
+                "it is excluded from reviewing this request (e.g. it owns the agent the action is done for)",
+            ));
+        }
+        if !who.is_human() {
+            return Some(Refusal::NotEligible(
+                "agents and services never review; a human must".to_string(),
+            ));
+        }
+        if !self.requirements.iter().any(|r| r.admits(&who.groups)) {
+            let mut groups: Vec<&str> = self
+                .requirements
+                .iter()
+                .flat_map(|r| r.groups.iter().map(String::as_str))
+                .collect();
+            groups.sort_unstable();
+            groups.dedup();
+            return Some(Refusal::NotEligible(format!(
+                "it is not a member of any required group ({})",
+                groups.join(", ")
+            )));
+        }
+        None
+    }
+
+    /// Separation of duties and eligibility: the requester, its owner and the
+    /// principal the action is done for never review; agents and services
+    /// never review; the reviewer must be in a group some requirement names.
+    pub fn check_reviewer(&self, reviewer: &Principal) -> Result<(), ReviewError> {
+        match self.refusal(reviewer) {
+            None => Ok(()),
+            Some(Refusal::SelfReview(why)) => Err(ReviewError::SelfReview {
+                reviewer: reviewer.id.clone(),
+                why,
+            }),
+            Some(Refusal::NotEligible(why)) => Err(ReviewError::NotEligible {
+                reviewer: reviewer.id.clone(),
+                why,
+            }),
+        }
+    }
+
+    /// Everyone who approved, in review order.
+    pub fn approvers(&self) -> Vec<PrincipalId> {
+        self.reviews
+            .iter()
+            .filter(|r| r.decision == ReviewDecision::Approve)
+            .map(|r| r.reviewer.clone())
+            .collect()
+    }
+
+    /// Which approvers fill which requirement's slots, if the approvals so far
+    /// satisfy every requirement with distinct people (see [`quorum`]).
+    pub fn assignment(&self) -> Option<Vec<Vec<PrincipalId>>> {
+        if self.requirements.is_empty() {
+            return None;
+        }
+        let approvers: Vec<(PrincipalId, BTreeSet<String>)> = self
+            .reviews
+            .iter()
+            .filter(|r| r.decision == ReviewDecision::Approve)
+            .map(|r| (r.reviewer.clone(), r.groups.clone()))
+            .collect();
+        quorum::assignment(&self.requirements, &approvers)
+    }
+
+    fn expire(&mut self) -> Transition {
+        let from = self.state;
+        self.state = RequestState::Expired;
+        Transition {
+            from,
+            to: RequestState::Expired,
+            events: vec![CoreEvent::Expired],
+        }
+    }
+
+    /// Records a review. A deny by any eligible reviewer denies; approvals
+    /// approve once distinct humans fill every requirement, issuing a grant
+    /// with id `next_grant_id` that expires `grant_ttl` after `now`.
+    pub fn review(
+        &mut self,
+        reviewer: &Principal,
+        decision: ReviewDecision,
+        comment: Option<String>,
+        now: Timestamp,
+        next_grant_id: &str,
+    ) -> Result<Transition, ReviewError> {
+        match self.state {
+            RequestState::Pending => {}
+            RequestState::Expired => return Err(ReviewError::Expired { transition: None }),
+            state => return Err(ReviewError::AlreadyDecided { state }),
+        }
+        if now >= self.expires_at {
+            let t = self.expire();
+            return Err(ReviewError::Expired {
+                transition: Some(Box::new(t)),
+            });
+        }
+        self.check_reviewer(reviewer)?;
+        if self.reviews.iter().any(|r| r.reviewer == reviewer.id) {
+            return Err(ReviewError::DuplicateReviewer {
+                reviewer: reviewer.id.clone(),
+            });
+        }
+        let relevant: BTreeSet<String> = reviewer
+            .groups
+            .iter()
+            .filter(|g| self.requirements.iter().any(|r| r.groups.contains(g)))
+            .cloned()
+            .collect();
+        self.reviews.push(Review {
+            reviewer: reviewer.id.clone(),
+            decision,
+            comment: comment.clone(),
+            at: now,
+            groups: relevant,
+        });
+        let mut events = vec![CoreEvent::Reviewed {
+            reviewer: reviewer.id.clone(),
+            decision,
+            comment,
+        }];
+        match decision {
+            ReviewDecision::Deny => {
+                self.state = RequestState::Denied;
+                self.decided_at = Some(now);
+                events.push(CoreEvent::Denied {
+                    by: reviewer.id.clone(),
+                });
+            }
+            ReviewDecision::Approve => {
+                if self.assignment().is_some() {
+                    self.state = RequestState::Approved;
+                    self.decided_at = Some(now);
+                    self.grant = Some(GrantRecord {
+                        id: next_grant_id.to_string(),
+                        expires_at: now.plus_millis(self.grant_ttl_ms),
+                        used_at: None,
+                    });
+                    events.push(CoreEvent::Approved {
+                        grant_id: next_grant_id.to_string(),
+                        approvers: self.approvers(),
+                    });
+                }
+            }
+        }
+        Ok(Transition {
+            from: RequestState::Pending,
+            to: self.state,
+            events,
+        })
+    }
+
+    /// The requester takes a pending request back.
+    pub fn withdraw(
+        &mut self,
+        by: &PrincipalId,
+        now: Timestamp,
+    ) -> Result<Transition, TransitionError> {
+        if *by != self.requester.id {
+            return Err(TransitionError::NotRequester { by: by.clone() });
+        }
+        if self.state != RequestState::Pending {
+            return Err(TransitionError::WrongState {
+                state: self.state,
+                what: "only a pending request can be withdrawn",
+            });
+        }
+        if now >= self.expires_at {
+            return Err(TransitionError::Expired);
+        }
+        self.state = RequestState::Withdrawn;
+        Ok(Transition {
+            from: RequestState::Pending,
+            to: RequestState::Withdrawn,
+            events: vec![CoreEvent::Withdrawn],
+        })
+    }
+
+    /// An eligible reviewer (same separation-of-duties rules as reviewing)
+    /// takes back an approval whose grant is still unused.
+    pub fn revoke(
+        &mut self,
+        by: &Principal,
+        now: Timestamp,
+    ) -> Result<Transition, TransitionError> {
+        match self.refusal(by) {
+            None => {}
+            Some(Refusal::SelfReview(why)) => {
+                return Err(TransitionError::SelfReview {
+                    by: by.id.clone(),
+                    why,
+                })
+            }
+            Some(Refusal::NotEligible(why)) => {
+                return Err(TransitionError::NotEligible {
+                    by: by.id.clone(),
+                    why,
+                })
+            }
+        }
+        if self.grant.as_ref().is_some_and(|g| g.used_at.is_some()) {
+            return Err(TransitionError::GrantUsed);
+        }
+        let grant_expiry = match (&self.state, &self.grant) {
+            (RequestState::Approved, Some(g)) => g.expires_at,
+            (state, _) => {
+                return Err(TransitionError::WrongState {
+                    state: *state,
+                    what: "only an approved request with an unused grant can be revoked",
+                })
+            }
+        };
+        if now >= grant_expiry {
+            return Err(TransitionError::Expired);
+        }
+        self.state = RequestState::Revoked;
+        Ok(Transition {
+            from: RequestState::Approved,
+            to: RequestState::Revoked,
+            events: vec![CoreEvent::Revoked { by: by.id.clone() }],
+        })
+    }
+
+    /// Expires a pending request past `expires_at`, or an approved one whose
+    /// grant went unused past its expiry. `None` if nothing was due.
+    pub fn expire_if_due(&mut self, now: Timestamp) -> Option<Transition> {
+        let due = match (self.state, &self.grant) {
+            (RequestState::Pending, _) => now >= self.expires_at,
+            (RequestState::Approved, Some(g)) => g.used_at.is_none() && now >= g.expires_at,
+            _ => false,
+        };
+        due.then(|| self.expire())
+    }
+
+    /// Whether reviewers should be reminded: still pending, not yet
+    /// escalated, and `fraction` (0..=1) of the waiting time has passed.
+    pub fn escalation_due(&self, now: Timestamp, fraction: f64) -> bool {
+        if self.state != RequestState::Pending || self.escalated || now >= self.expires_at {
+            return false;
+        }
+        if !fraction.is_finite() {
+            return false;
+        }
+        let span = self.expires_at.0.saturating_sub(self.created_at.0) as f64;
+        // `as` saturates for out-of-range floats, which is what we want here.
+        let offset = (fraction.clamp(0.0, 1.0) * span).floor() as i64;
+        now >= self.created_at.plus_millis(offset)
+    }
+
+    /// Notes that the escalation went out, so it goes out once. Returns
+    /// whether anything changed.
+    pub fn mark_escalated(&mut self) -> bool {
+        if self.state != RequestState::Pending || self.escalated {
+            return false;
+        }
+        self.escalated = true;
+        true
+    }
+
+    /// Uses the grant: exactly once, only by the requester, only for the
+    /// approved digest, only before it expires. Success moves the request to
+    /// `Executed` (execution starts).
+    pub fn consume(
+        &mut self,
+        grant_id: &str,
+        digest: &Digest,
+        requester: &PrincipalId,
+        now: Timestamp,
+    ) -> Result<Transition, ConsumeError> {
+        let Some(grant) = &self.grant else {
+            return Err(ConsumeError::NotApproved { state: self.state });
+        };
+        if grant.id != grant_id {
+            return Err(ConsumeError::UnknownGrant {
+                grant_id: grant_id.to_string(),
+            });
+        }
+        if grant.used_at.is_some() {
+            return Err(ConsumeError::AlreadyUsed);
+        }
+        match self.state {
+            RequestState::Approved => {}
+            RequestState::Expired => return Err(ConsumeError::Expired),
+            state => return Err(ConsumeError::NotApproved { state }),
+        }
+        if now >= grant.expires_at {
+            return Err(ConsumeError::Expired);
+        }
+        if *requester != self.requester.id {
+            return Err(ConsumeError::WrongRequester {
+                requester: self.requester.id.clone(),
+            });
+        }
+        if *digest != self.digest {
+            return Err(ConsumeError::DigestMismatch);
+        }
+        if let Some(g) = self.grant.as_mut() {
+            g.used_at = Some(now);
+        }
+        self.state = RequestState::Executed;
+        Ok(Transition {
+            from: RequestState::Approved,
+            to: RequestState::Executed,
+            events: vec![CoreEvent::Consumed {
+                grant_id: grant_id.to_string(),
+            }],
+        })
+    }
+
+    /// Records how an executed action ended: once, and only after `consume`.
+    /// `Succeeded` keeps `Executed`; `Failed` and `Unknown` move there.
+    pub fn record_outcome(
+        &mut self,
+        outcome: Outcome,
+        _now: Timestamp,
+    ) -> Result<Transition, TransitionError> {
+        if self.state != RequestState::Executed {
+            return Err(TransitionError::WrongState {
+                state: self.state,
+                what: "an outcome can only be recorded for an executed action",
+            });
+        }
+        if self.outcome.is_some() {
+            return Err(TransitionError::OutcomeRecorded);
+        }
+        self.outcome = Some(outcome);
+        self.state = match outcome {
+            Outcome::Succeeded => RequestState::Executed,
+            Outcome::Failed => RequestState::Failed,
+            Outcome::Unknown => RequestState::Unknown,
+        };
+        Ok(Transition {
+            from: RequestState::Executed,
+            to: self.state,
+            events: vec![CoreEvent::OutcomeRecorded { outcome }],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,430 @@
+use super::*;
+use serde_json::json;
+
+fn id(s: &str) -> PrincipalId {
+    PrincipalId::parse(s).unwrap()
+}
+
+fn user(name: &str, groups: &[&str]) -> Principal {
+    Principal {
+        id: id(&format!("user:{name}")),
+        owner: None,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+fn req_of(groups: &[&str], quorum: u32) -> Requirement {
+    Requirement {
+        policy_id: "p".into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        quorum,
+    }
+}
+
+/// agent:bot owned by alice asks, on behalf of user:olivia; dba and sec
+/// each need one approver; ttl 1000 ms, grant ttl 100 ms, created at 0.
+fn request(requirements: Vec<Requirement>) -> Request {
+    let raw = json!({"kind": "sql", "operation": "delete", "resource": "db://prod/t",
+                     "on_behalf_of": "user:olivia"});
+    let (action, digest) = Action::from_json(&raw).unwrap();
+    let requester = Principal {
+        id: id("agent:bot"),
+        owner: Some(id("user:alice")),
+        groups: ["agents".to_string()].into(),
+    };
+    Request::new(
+        "req-1".into(),
+        digest,
+        action,
+        requester,
+        requirements,
+        Duration::from_millis(1000),
+        Duration::from_millis(100),
+        Timestamp(0),
+    )
+}
+
+fn two_groups() -> Request {
+    request(vec![req_of(&["dba"], 1), req_of(&["sec"], 1)])
+}
+
+fn approve(r: &mut Request, who: &Principal, at: i64) -> Result<Transition, ReviewError> {
+    r.review(who, ReviewDecision::Approve, None, Timestamp(at), "grant-1")
+}
+
+/// Runs `f` and checks the request did not change when it failed.
+fn unchanged_on_err<T, E: std::fmt::Debug>(
+    r: &mut Request,
+    f: impl FnOnce(&mut Request) -> Result<T, E>,
+) -> E {
+    let before = r.clone();
+    let e = match f(r) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e,
+    };
+    assert_eq!(*r, before, "a failed call changed the request: {e:?}");
+    e
+}
+
+#[test]
+fn approval_needs_distinct_humans_for_every_requirement() {
+    let mut r = two_groups();
+    let bob = user("bob", &["dba", "sec"]);
+    let t = approve(&mut r, &bob, 10).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (RequestState::Pending, RequestState::Pending)
+    );
+    assert_eq!(t.events.len(), 1);
+    assert!(r.grant.is_none());
+    // bob again: duplicate, even though he is in both groups
+    let e = unchanged_on_err(&mut r, |r| approve(r, &bob, 11));
+    assert_eq!(e.code(), "duplicate_reviewer");
+    let carol = user("carol", &["dba"]);
+    let t = approve(&mut r, &carol, 12).unwrap();
+    assert_eq!(t.to, RequestState::Approved);
+    assert_eq!(
+        t.events[1],
+        CoreEvent::Approved {
+            grant_id: "grant-1".into(),
+            approvers: vec![bob.id.clone(), carol.id.clone()]
+        }
+    );
+    assert_eq!(r.grant.as_ref().map(|g| g.expires_at), Some(Timestamp(112)));
+    assert_eq!(r.decided_at, Some(Timestamp(12)));
+    assert_eq!(r.assignment(), Some(vec![vec![carol.id], vec![bob.id]]));
+}
+
+#[test]
+fn quorum_two_in_one_group() {
+    let mut r = request(vec![req_of(&["dba"], 2)]);
+    approve(&mut r, &user("a", &["dba"]), 1).unwrap();
+    assert_eq!(r.state, RequestState::Pending);
+    approve(&mut r, &user("b", &["dba"]), 2).unwrap();
+    assert_eq!(r.state, RequestState::Approved);
+}
+
+#[test]
+fn separation_of_duties() {
+    let mut r = two_groups();
+    // the owner, the requester and the on-behalf-of principal, whatever their groups
+    for who in [
+        user("alice", &["dba", "sec"]),
+        user("olivia", &["dba"]),
+        Principal {
+            id: id("agent:bot"),
+            owner: Some(id("user:alice")),
+            groups: ["dba".to_string()].into(),
+        },
+    ] {
+        let e = unchanged_on_err(&mut r, |r| approve(r, &who, 5));
+        assert_eq!(
+            (e.code(), e.http_status()),
+            ("self_review", 403),
+            "{}",
+            who.id
+        );
+        assert!(r.check_reviewer(&who).is_err());
+    }
+    // agents and services never review, even in a required group
+    for who in [
+        Principal {
+            id: id("agent:other"),
+            owner: Some(id("user:zed")),
+            groups: ["dba".to_string()].into(),
+        },
+        Principal {
+            id: id("service:ci"),
+            owner: None,
+            groups: ["dba".to_string()].into(),
+        },
+    ] {
+        let e = unchanged_on_err(&mut r, |r| approve(r, &who, 5));
+        assert_eq!((e.code(), e.http_status()), ("not_eligible", 403));
+    }
+    // a human outside every required group
+    let e = unchanged_on_err(&mut r, |r| approve(r, &user("eve", &["ops"]), 5));
+    assert_eq!(e.code(), "not_eligible");
+    assert!(e.to_string().contains("dba, sec"), "{e}");
+    // a deny from an ineligible person does nothing either
+    let e = unchanged_on_err(&mut r, |r| {
+        r.review(
+            &user("alice", &["dba"]),
+            ReviewDecision::Deny,
+            None,
+            Timestamp(5),
+            "g",
+        )
+    });
+    assert_eq!(e.code(), "self_review");
+}
+
+#[test]
+fn excluded_principals_cannot_review() {
+    let mut r = two_groups().with_excluded([id("user:zoe")]);
+    assert!(r.sod_set().contains(&id("user:zoe")));
+    assert!(r.sod_set().contains(&id("user:alice")));
+    assert!(r.sod_set().contains(&id("user:olivia")));
+    let e = unchanged_on_err(&mut r, |r| approve(r, &user("zoe", &["dba"]), 1));
+    assert_eq!(e.code(), "self_review");
+}
+
+#[test]
+fn deny_by_one_eligible_reviewer_denies() {
+    let mut r = two_groups();
+    approve(&mut r, &user("bob", &["dba"]), 1).unwrap();
+    let t = r
+        .review(
+            &user("carol", &["sec"]),
+            ReviewDecision::Deny,
+            Some("no".into()),
+            Timestamp(2),
+            "g",
+        )
+        .unwrap();
+    assert_eq!(t.to, RequestState::Denied);
+    assert_eq!(
+        t.events[1],
+        CoreEvent::Denied {
+            by: id("user:carol")
+        }
+    );
+    assert!(r.grant.is_none());
+    // decided: nothing more
+    let e = unchanged_on_err(&mut r, |r| approve(r, &user("dan", &["sec"]), 3));
+    assert_eq!((e.code(), e.http_status()), ("already_decided", 409));
+}
+
+#[test]
+fn review_at_expiry_expires_then_refuses() {
+    let mut r = two_groups();
+    approve(&mut r, &user("bob", &["dba"]), 1).unwrap();
+    let before = r.clone();
+    let e = approve(&mut r, &user("carol", &["sec"]), 1000).unwrap_err();
+    assert_eq!(e.code(), "expired");
+    let t = e.state_changed().unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (RequestState::Pending, RequestState::Expired)
+    );
+    assert_eq!(t.events, vec![CoreEvent::Expired]);
+    // the expiry is the only change
+    let mut expected = before;
+    expected.state = RequestState::Expired;
+    assert_eq!(r, expected);
+    // later calls report expiry without a new transition
+    let e = unchanged_on_err(&mut r, |r| approve(r, &user("carol", &["sec"]), 2000));
+    assert_eq!(e, ReviewError::Expired { transition: None });
+    // one millisecond before the deadline is still in time
+    let mut r = two_groups();
+    approve(&mut r, &user("bob", &["dba"]), 999).unwrap();
+}
+
+#[test]
+fn withdraw_rules() {
+    let mut r = two_groups();
+    let e = unchanged_on_err(&mut r, |r| r.withdraw(&id("user:alice"), Timestamp(1)));
+    assert_eq!((e.code(), e.http_status()), ("not_requester", 403));
+    let e = unchanged_on_err(&mut r, |r| r.withdraw(&id("agent:bot"), Timestamp(1000)));
+    assert_eq!(e.code(), "expired");
+    let t = r.withdraw(&id("agent:bot"), Timestamp(1)).unwrap();
+    assert_eq!(t.to, RequestState::Withdrawn);
+    let e = unchanged_on_err(&mut r, |r| r.withdraw(&id("agent:bot"), Timestamp(2)));
+    assert_eq!(e.code(), "already_decided");
+    let e = unchanged_on_err(&mut r, |r| approve(r, &user("bob", &["dba"]), 3));
+    assert_eq!(e.code(), "already_decided");
+}
+
+fn approved() -> Request {
+    let mut r = two_groups();
+    approve(&mut r, &user("bob", &["dba"]), 10).unwrap();
+    approve(&mut r, &user("carol", &["sec"]), 20).unwrap();
+    assert_eq!(r.state, RequestState::Approved);
+    r
+}
+
+#[test]
+fn revoke_rules() {
+    let mut r = two_groups();
+    let e = unchanged_on_err(&mut r, |r| r.revoke(&user("bob", &["dba"]), Timestamp(1)));
+    assert_eq!(e.code(), "already_decided"); // pending: nothing to revoke
+    let mut r = approved();
+    let e = unchanged_on_err(&mut r, |r| {
+        r.revoke(&user("alice", &["dba"]), Timestamp(30))
+    });
+    assert_eq!(e.code(), "self_review");
+    let e = unchanged_on_err(&mut r, |r| r.revoke(&user("eve", &["ops"]), Timestamp(30)));
+    assert_eq!(e.code(), "not_eligible");
+    let svc = Principal {
+        id: id("service:ci"),
+        owner: None,
+        groups: ["dba".to_string()].into(),
+    };
+    let e = unchanged_on_err(&mut r, |r| r.revoke(&svc, Timestamp(30)));
+    assert_eq!(e.code(), "not_eligible");
+    // grant expires at 120
+    let e = unchanged_on_err(&mut r, |r| r.revoke(&user("dan", &["dba"]), Timestamp(120)));
+    assert_eq!(e.code(), "expired");
+    let t = r.revoke(&user("dan", &["dba"]), Timestamp(30)).unwrap();
+    assert_eq!(t.events, vec![CoreEvent::Revoked { by: id("user:dan") }]);
+    let e = unchanged_on_err(&mut r, |r| {
+        r.consume(
+            "grant-1",
+            &r.digest.clone(),
+            &id("agent:bot"),
+            Timestamp(31),
+        )
+    });
+    assert_eq!(e.code(), "not_approved");
+    // after use, revoke says so
+    let mut r = approved();
+    let d = r.digest.clone();
+    r.consume("grant-1", &d, &id("agent:bot"), Timestamp(30))
+        .unwrap();
+    let e = unchanged_on_err(&mut r, |r| r.revoke(&user("dan", &["dba"]), Timestamp(31)));
+    assert_eq!(e.code(), "grant_used");
+}
+
+#[test]
+fn consume_exactly_once_as_approved() {
+    let mut r = approved();
+    let d = r.digest.clone();
+    let bot = id("agent:bot");
+    let other = Digest::of_json(&json!({"x": 1})).unwrap();
+    let e = unchanged_on_err(&mut r, |r| {
+        r.consume("grant-1", &other, &bot, Timestamp(30))
+    });
+    assert_eq!((e.code(), e.http_status()), ("digest_mismatch", 409));
+    let e = unchanged_on_err(&mut r, |r| {
+        r.consume("grant-1", &d, &id("agent:other"), Timestamp(30))
+    });
+    assert_eq!((e.code(), e.http_status()), ("wrong_requester", 403));
+    let e = unchanged_on_err(&mut r, |r| r.consume("grant-2", &d, &bot, Timestamp(30)));
+    assert_eq!(e.code(), "unknown_grant");
+    let e = unchanged_on_err(&mut r, |r| r.consume("grant-1", &d, &bot, Timestamp(120)));
+    assert_eq!(e.code(), "expired");
+    let t = r.consume("grant-1", &d, &bot, Timestamp(119)).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (RequestState::Approved, RequestState::Executed)
+    );
+    assert_eq!(
+        r.grant.as_ref().and_then(|g| g.used_at),
+        Some(Timestamp(119))
+    );
+    let e = unchanged_on_err(&mut r, |r| r.consume("grant-1", &d, &bot, Timestamp(119)));
+    assert_eq!((e.code(), e.http_status()), ("grant_used", 409));
+    // executed is never expired by the sweeper
+    assert!(r.expire_if_due(Timestamp(10_000)).is_none());
+}
+
+#[test]
+fn consume_before_approval() {
+    let mut r = two_groups();
+    let d = r.digest.clone();
+    let e = unchanged_on_err(&mut r, |r| {
+        r.consume("grant-1", &d, &id("agent:bot"), Timestamp(1))
+    });
+    assert_eq!(
+        e,
+        ConsumeError::NotApproved {
+            state: RequestState::Pending
+        }
+    );
+}
+
+#[test]
+fn outcomes() {
+    let mut r = approved();
+    let e = unchanged_on_err(&mut r, |r| r.record_outcome(Outcome::Failed, Timestamp(30)));
+    assert_eq!(e.code(), "already_decided");
+    let d = r.digest.clone();
+    r.consume("grant-1", &d, &id("agent:bot"), Timestamp(30))
+        .unwrap();
+    let t = r.record_outcome(Outcome::Failed, Timestamp(40)).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (RequestState::Executed, RequestState::Failed)
+    );
+    let e = unchanged_on_err(&mut r, |r| {
+        r.record_outcome(Outcome::Succeeded, Timestamp(41))
+    });
+    assert_eq!(e.code(), "already_decided");
+
+    let mut r = approved();
+    r.consume("grant-1", &d, &id("agent:bot"), Timestamp(30))
+        .unwrap();
+    let t = r.record_outcome(Outcome::Succeeded, Timestamp(40)).unwrap();
+    assert_eq!(t.to, RequestState::Executed);
+    let e = unchanged_on_err(&mut r, |r| {
+        r.record_outcome(Outcome::Unknown, Timestamp(41))
+    });
+    assert_eq!(e.code(), "outcome_recorded");
+}
+
+#[test]
+fn expiry_and_escalation() {
+    let mut r = two_groups();
+    assert!(r.expire_if_due(Timestamp(999)).is_none());
+    assert!(!r.escalation_due(Timestamp(499), 0.5));
+    assert!(r.escalation_due(Timestamp(500), 0.5));
+    assert!(!r.escalation_due(Timestamp(500), f64::NAN));
+    assert!(r.mark_escalated());
+    assert!(!r.mark_escalated());
+    assert!(!r.escalation_due(Timestamp(600), 0.5));
+    let t = r.expire_if_due(Timestamp(1000)).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (RequestState::Pending, RequestState::Expired)
+    );
+    assert!(r.expire_if_due(Timestamp(2000)).is_none());
+    assert!(!r.escalation_due(Timestamp(2000), 0.5));
+
+    // an approved request whose grant goes unused expires with the grant
+    let mut r = approved();
+    assert!(r.expire_if_due(Timestamp(119)).is_none());
+    let t = r.expire_if_due(Timestamp(120)).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (RequestState::Approved, RequestState::Expired)
+    );
+    let d = r.digest.clone();
+    let e = unchanged_on_err(&mut r, |r| {
+        r.consume("grant-1", &d, &id("agent:bot"), Timestamp(50))
+    });
+    assert_eq!(e.code(), "expired");
+}
+
+#[test]
+fn no_requirements_never_approves() {
+    let mut r = request(vec![]);
+    let e = unchanged_on_err(&mut r, |r| approve(r, &user("bob", &["dba"]), 1));
+    assert_eq!(e.code(), "not_eligible");
+    assert!(r.assignment().is_none());
+}
+
+#[test]
+fn serde_round_trip() {
+    let r = approved();
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["state"], json!("approved"));
+    assert_eq!(v["requester"]["owner"], json!("user:alice"));
+    let back: Request = serde_json::from_value(v).unwrap();
+    assert_eq!(back, r);
+    assert!(RequestState::Executed.is_terminal());
+    assert!(!RequestState::Approved.is_terminal());
+    for s in [
+        "pending",
+        "approved",
+        "denied",
+        "expired",
+        "withdrawn",
+        "revoked",
+        "executed",
+        "failed",
+        "unknown",
+    ] {
+        let st: RequestState = serde_json::from_value(json!(s)).unwrap();
+        assert_eq!(st.as_str(), s);
+    }
+}
