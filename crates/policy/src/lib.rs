@@ -76,15 +76,16 @@
 //! the rules above.
 
 mod annotations;
-mod compat;
 mod engine;
 mod load;
 mod request;
 mod testing;
 
-/// The core types this crate consumes.
+/// The `secondkey-core` types this crate consumes, re-exported for callers.
 pub mod types {
-    pub use crate::compat::{Action, Lineage, Principal, PrincipalId, PrincipalKind, Requirement};
+    pub use secondkey_core::action::{Action, Lineage};
+    pub use secondkey_core::principal::{Principal, PrincipalId, PrincipalKind};
+    pub use secondkey_core::request::Requirement;
 }
 
 pub use annotations::{parse_duration, DEFAULT_GRANT_TTL, DEFAULT_TTL};

@@ -107,8 +107,11 @@ pub(crate) struct Loaded {
     pub warnings: Vec<String>,
 }
 
+/// `(file name, text)` of each policy file, sorted by name.
+pub(crate) type Sources = Vec<(String, String)>;
+
 /// Reads `*.cedar` and an optional `schema.cedarschema` from `dir`.
-pub(crate) fn read_dir(dir: &Path) -> Result<(Vec<(String, String)>, Option<String>), LoadError> {
+pub(crate) fn read_dir(dir: &Path) -> Result<(Sources, Option<String>), LoadError> {
     let io = |path: &Path, source| LoadError::Io {
         path: path.to_owned(),
         source,

@@ -12,8 +12,9 @@ use serde_json::Value;
 use crate::types::{Action, Principal, PrincipalKind};
 
 /// Context keys only the gateway may fill; an action's declared `context`
-/// carrying one of them is refused.
-pub const RESERVED_CONTEXT_KEYS: [&str; 4] = ["params", "lineage", "justification", "gateway"];
+/// carrying one of them is refused (core refuses them too; this is the guard
+/// at the policy boundary).
+pub use secondkey_core::action::RESERVED_CONTEXT_KEYS;
 
 /// Why an action could not be turned into a Cedar request. The decision for
 /// such an action is `deny` (fail closed); callers can check earlier with
