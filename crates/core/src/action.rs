@@ -781,8 +781,8 @@ mod props {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<i32>().prop_map(|n| Value::from(n)),
-            (-1e12f64..1e12).prop_map(|f| Value::from(f)),
+            any::<i32>().prop_map(Value::from),
+            (-1e12f64..1e12).prop_map(Value::from),
             "\\PC{0,8}".prop_map(Value::String),
         ];
         leaf.prop_recursive(5, 48, 6, |inner| {
