@@ -114,6 +114,10 @@ pub enum ActionError {
     /// The canonical form could not be produced.
     #[error("the action cannot be canonicalized (RFC 8785): {0}")]
     Canonicalization(String),
+    /// The bytes are not JSON, or an object repeats a key (I-JSON forbids it,
+    /// and parsers disagree on which duplicate wins).
+    #[error("the action is not valid JSON: {0}; send one JSON object with each key once")]
+    InvalidJson(String),
 }
 
 impl ActionError {
@@ -129,6 +133,7 @@ impl ActionError {
             ActionError::TooDeep { .. } => "too_deep",
             ActionError::TooLarge { .. } => "too_large",
             ActionError::UnsafeInteger { .. } => "unsafe_integer",
+            ActionError::InvalidJson(_) => "invalid_json",
         }
     }
 }
@@ -318,6 +323,16 @@ impl Action {
         Ok((action, digest))
     }
 
+    /// Parses action bytes strictly (a repeated object key is an error, not
+    /// "last one wins"), then validates and digests them like
+    /// [`Action::from_json`]. Returns the parsed JSON too, since that is what
+    /// was digested and what should be logged and executed.
+    pub fn from_slice(bytes: &[u8]) -> Result<(Value, Action, Digest), ActionError> {
+        let raw = parse_json_strict(bytes)?;
+        let (action, digest) = Action::from_json(&raw)?;
+        Ok((raw, action, digest))
+    }
+
     /// Serializes this action (omitting empty optional fields), validates the
     /// result and digests it: how an adapter that builds actions in code gets
     /// the same JSON and digest the gateway computes on submission.
@@ -331,6 +346,82 @@ impl Action {
     /// The Cedar action id, `"<kind>.<operation>"`.
     pub fn cedar_action_id(&self) -> String {
         format!("{}.{}", self.kind, self.operation)
+    }
+}
+
+/// Parses JSON, refusing objects that repeat a key anywhere.
+///
+/// `serde_json` keeps the last duplicate silently; another parser downstream
+/// might keep the first, so two readers could see different actions behind
+/// one digest. Refusing duplicates removes the ambiguity.
+pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, ActionError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let StrictValue(v) = serde::Deserialize::deserialize(&mut de)
+        .map_err(|e| ActionError::InvalidJson(e.to_string()))?;
+    de.end()
+        .map_err(|e| ActionError::InvalidJson(e.to_string()))?;
+    Ok(v)
+}
+
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("a number is not finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {:?} appears twice in one object",
+                    key.chars().take(64).collect::<String>()
+                )));
+            }
+            let StrictValue(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -746,6 +837,26 @@ mod tests {
     }
 
     #[test]
+    fn strict_parsing() {
+        let text = br#"{"kind":"sql","operation":"read","resource":"db://x","params":{"n":1.5,"s":"\u00e9","a":[null,true,-3]}}"#;
+        let (raw, action, digest) = Action::from_slice(text).unwrap();
+        assert_eq!(raw, serde_json::from_slice::<Value>(text).unwrap());
+        assert_eq!(Action::from_json(&raw).unwrap(), (action, digest));
+        for bad in [
+            &br#"{"kind":"sql","kind":"mcp","operation":"read","resource":"x"}"#[..],
+            br#"{"kind":"sql","operation":"read","resource":"x","params":{"a":1,"a":2}}"#,
+            br#"{"kind":"sql","operation":"read","resource":"x"} trailing"#,
+            b"{",
+            b"",
+        ] {
+            assert_eq!(Action::from_slice(bad).unwrap_err().code(), "invalid_json");
+        }
+        // serde_json's own recursion limit still applies
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(parse_json_strict(deep.as_bytes()).is_err());
+    }
+
+    #[test]
     fn depth_limit() {
         // The action is depth 1 and params depth 2, so 30 more levels fit.
         let nest = |levels: usize| {
@@ -807,6 +918,13 @@ mod props {
                 Ok((_, d)) => prop_assert_eq!(d, Digest::of_json(&raw).unwrap()),
                 Err(e) => prop_assert!(!e.code().is_empty()),
             }
+        }
+
+        /// Strict parsing reads exactly what serde_json writes.
+        #[test]
+        fn strict_parse_round_trip(v in json_value()) {
+            let text = serde_json::to_vec(&v).unwrap();
+            prop_assert_eq!(parse_json_strict(&text).unwrap(), v);
         }
 
         /// The digest ignores key order but nothing else.
