@@ -1,1 +1,497 @@
-fn main() {}
+//! `secondkey`: one binary for the gateway, its operators, reviewers and
+//! auditors. Thin: every verb calls a library crate or the REST API.
+
+mod client;
+mod demo;
+mod logcmd;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use client::Client;
+
+#[derive(Parser)]
+#[command(
+    name = "secondkey",
+    version,
+    about = "Action-level approvals for AI agents and pipelines.",
+    long_about = "secondkey intercepts the privileged actions of agents and pipelines, decides each one from \
+Cedar policy, holds the risky ones for human review, and proves every step in a signed, \
+tamper-evident log.\n\nStart here:  secondkey demo --auto-approve"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    #[command(after_help = "Example:\n  secondkey serve --config secondkey.toml")]
+    Serve {
+        /// The TOML config file (SECONDKEY_* environment variables override it).
+        #[arg(long, env = "SECONDKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// A guided first run: a gateway with sample policies and a scripted agent.
+    #[command(
+        after_help = "Examples:\n  secondkey demo                  # you approve as two reviewers in another terminal\n  secondkey demo --auto-approve   # no interaction"
+    )]
+    Demo(demo::DemoArgs),
+    /// Validate, test and explain Cedar policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// List, inspect and decide requests on a running gateway.
+    #[command(subcommand)]
+    Request(RequestCmd),
+    /// Submit actions to a running gateway.
+    #[command(subcommand)]
+    Action(ActionCmd),
+    /// Verify, prove and export the audit log.
+    #[command(subcommand)]
+    Log(logcmd::LogCmd),
+    /// Create signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Check every policy in DIR against the schema; errors name file and line.
+    #[command(after_help = "Example:\n  secondkey policy validate ./policies")]
+    Validate { dir: PathBuf },
+    /// Run the table-driven cases in DIR/*.tests.toml.
+    #[command(after_help = "Example:\n  secondkey policy test ./policies")]
+    Test { dir: PathBuf },
+    /// Show which policies decide an action and why.
+    #[command(
+        after_help = "Example:\n  secondkey policy explain ./policies --principal agent:report-bot --owner user:alice \\\n      --group agents --action export.json --fact environment=prod"
+    )]
+    Explain {
+        dir: PathBuf,
+        /// The principal, e.g. agent:report-bot.
+        #[arg(long)]
+        principal: String,
+        /// The principal's groups (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The agent's owner, e.g. user:alice.
+        #[arg(long)]
+        owner: Option<String>,
+        /// The action as a JSON file ('-' for stdin).
+        #[arg(long)]
+        action: PathBuf,
+        /// A gateway-derived fact, KEY=VALUE (repeatable).
+        #[arg(long = "fact")]
+        facts: Vec<String>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Remote {
+    /// The gateway's base URL.
+    #[arg(long, env = "SECONDKEY_URL", default_value = "http://127.0.0.1:8750")]
+    url: String,
+    /// Your bearer token.
+    #[arg(long, env = "SECONDKEY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(&self) -> Result<Client> {
+        let token = self
+            .token
+            .clone()
+            .ok_or_else(|| anyhow!("no token: pass --token or set SECONDKEY_TOKEN"))?;
+        Ok(Client::new(&self.url, Some(token)))
+    }
+}
+
+#[derive(Subcommand)]
+enum RequestCmd {
+    /// Requests you made or may review.
+    #[command(after_help = "Example:\n  secondkey request list --state pending")]
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One request in full.
+    #[command(after_help = "Example:\n  secondkey request show req_0123 --wait 30")]
+    Show {
+        id: String,
+        /// Wait up to this many seconds for its state to change.
+        #[arg(long)]
+        wait: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Approve a request.
+    #[command(
+        after_help = "Example:\n  secondkey request approve req_0123 --comment \"checked the export scope\""
+    )]
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Deny a request.
+    #[command(
+        after_help = "Example:\n  secondkey request deny req_0123 --comment \"not during the freeze\""
+    )]
+    Deny {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke an approval before its grant is used.
+    #[command(after_help = "Example:\n  secondkey request revoke req_0123")]
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Withdraw your own pending request.
+    #[command(after_help = "Example:\n  secondkey request withdraw req_0123")]
+    Withdraw {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActionCmd {
+    /// Submit an action (JSON file, '-' for stdin); with --wait, wait for the
+    /// decision and print the grant.
+    #[command(after_help = "Example:\n  secondkey action submit export.json --wait")]
+    Submit {
+        file: PathBuf,
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a log signing key (mode 0600) and print its verifier key.
+    #[command(
+        after_help = "Example:\n  secondkey keys generate --name secondkey.example/log --out log.key"
+    )]
+    Generate {
+        /// The key name: use the log origin.
+        #[arg(long)]
+        name: String,
+        /// Where to write the private key; it must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SECONDKEY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line an auditor can read: what was verified.
+pub fn describe(r: &secondkey_log::bundle::VerifyReport) -> String {
+    let mut s = format!(
+        "log {} verified: {} entries, root {}, signature good, {} hash tiles checked",
+        r.origin,
+        r.size,
+        hex::encode(r.root),
+        r.tiles_checked
+    );
+    if let Some(old) = r.consistent_with {
+        s.push_str(&format!(
+            "; consistent with the older checkpoint of size {old} (nothing rewritten or truncated)"
+        ));
+    }
+    s
+}
+
+pub fn env_map() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+pub fn read_input(path: &Path) -> Result<String> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = secondkey_server::Config::load(&config, &env_map())?;
+            runtime()?.block_on(secondkey_server::serve(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => demo::run(args),
+        Command::Policy(p) => policy(p),
+        Command::Request(r) => request(r),
+        Command::Action(ActionCmd::Submit {
+            file,
+            wait,
+            timeout,
+            remote,
+        }) => submit(&file, wait, timeout, &remote),
+        Command::Log(l) => logcmd::run(l),
+        Command::Keys(KeysCmd::Generate { name, out }) => {
+            let signer = secondkey_log::note::Signer::generate(&name)
+                .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;
+            secondkey_server::keys::write_secret_file(&out, &format!("{}\n", signer.to_string()))
+                .map_err(|e| anyhow!("{e} (it must not exist already)"))?;
+            eprintln!(
+                "wrote the private key to {} (mode 0600); keep it secret",
+                out.display()
+            );
+            println!("{}", signer.verifier());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn policy(cmd: PolicyCmd) -> Result<ExitCode> {
+    use secondkey_policy::PolicyEngine;
+    match cmd {
+        PolicyCmd::Validate { dir } => match PolicyEngine::load_dir(&dir) {
+            Ok(engine) => {
+                println!(
+                    "ok: {} policies in {} are valid",
+                    engine.len(),
+                    dir.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        PolicyCmd::Test { dir } => {
+            let engine = PolicyEngine::load_dir(&dir).map_err(|e| anyhow!("{e}"))?;
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".tests.toml"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                bail!("no *.tests.toml files in {}", dir.display());
+            }
+            let (mut passed, mut failed) = (0, 0);
+            for f in files {
+                let report = secondkey_policy::run_tests(&engine, &f);
+                print!("{report}");
+                failed += report.failures() + usize::from(report.error.is_some());
+                passed += report.cases.len() - report.failures();
+            }
+            println!("{passed} passed, {failed} failed");
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PolicyCmd::Explain {
+            dir,
+            principal,
+            groups,
+            owner,
+            action,
+            facts,
+        } => {
+            let engine = PolicyEngine::load_dir(&dir).map_err(|e| anyhow!("{e}"))?;
+            let id: secondkey_core::principal::PrincipalId =
+                principal.parse().map_err(|e| anyhow!("--principal: {e}"))?;
+            let owner = owner
+                .map(|o| o.parse().map_err(|e| anyhow!("--owner: {e}")))
+                .transpose()?;
+            let p = secondkey_core::principal::Principal {
+                id,
+                owner,
+                groups: groups.into_iter().collect(),
+            };
+            let raw: Value = serde_json::from_str(&read_input(&action)?)
+                .with_context(|| format!("{} is not JSON", action.display()))?;
+            let (act, digest) = secondkey_core::action::Action::from_json(&raw)
+                .map_err(|e| anyhow!("the action is not valid: {e}"))?;
+            let mut m = serde_json::Map::new();
+            for f in facts {
+                let (k, v) = f
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--fact {f:?}: use KEY=VALUE"))?;
+                let v = serde_json::from_str(v).unwrap_or(json!(v));
+                m.insert(k.to_string(), v);
+            }
+            println!("action digest: {}", digest.as_str());
+            println!("{}", engine.explain(&p, &act, &m));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn request(cmd: RequestCmd) -> Result<ExitCode> {
+    match cmd {
+        RequestCmd::List { state, remote } => {
+            let c = remote.client()?;
+            let path = match state {
+                Some(s) => format!("/v1/requests?state={s}"),
+                None => "/v1/requests".to_string(),
+            };
+            let v = c.get(&path)?;
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no requests");
+            }
+            for r in list {
+                let a = &r["action"];
+                println!(
+                    "{}  {:<9} {}.{} {}  by {}  expires {}",
+                    r["id"].as_str().unwrap_or("?"),
+                    r["state"].as_str().unwrap_or("?"),
+                    a["kind"].as_str().unwrap_or("?"),
+                    a["operation"].as_str().unwrap_or("?"),
+                    a["resource"].as_str().unwrap_or("?"),
+                    r["requester"].as_str().unwrap_or("?"),
+                    r["expires_at"].as_str().unwrap_or("?"),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RequestCmd::Show { id, wait, remote } => {
+            let c = remote.client()?;
+            let path = match wait {
+                Some(w) => format!("/v1/requests/{id}?wait={w}"),
+                None => format!("/v1/requests/{id}"),
+            };
+            print_json(&c.get(&path)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        RequestCmd::Approve {
+            id,
+            comment,
+            remote,
+        } => review(&remote, &id, "approve", comment),
+        RequestCmd::Deny {
+            id,
+            comment,
+            remote,
+        } => review(&remote, &id, "deny", comment),
+        RequestCmd::Revoke { id, remote } => {
+            let v = remote
+                .client()?
+                .post(&format!("/v1/requests/{id}/revoke"), &json!({}))?;
+            println!("{id}: {}", v["state"].as_str().unwrap_or("?"));
+            Ok(ExitCode::SUCCESS)
+        }
+        RequestCmd::Withdraw { id, remote } => {
+            let v = remote
+                .client()?
+                .post(&format!("/v1/requests/{id}/withdraw"), &json!({}))?;
+            println!("{id}: {}", v["state"].as_str().unwrap_or("?"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn review(remote: &Remote, id: &str, decision: &str, comment: Option<String>) -> Result<ExitCode> {
+    let v = remote.client()?.post(
+        &format!("/v1/requests/{id}/reviews"),
+        &json!({"decision": decision, "comment": comment}),
+    )?;
+    let approvals = v["reviews"]
+        .as_array()
+        .map(|r| r.iter().filter(|x| x["decision"] == "approve").count())
+        .unwrap_or(0);
+    let needed: u64 = v["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x["quorum"].as_u64()).sum())
+        .unwrap_or(0);
+    println!(
+        "{id}: {} ({approvals} of {needed} approvals)",
+        v["state"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn submit(file: &Path, wait: bool, timeout: u64, remote: &Remote) -> Result<ExitCode> {
+    let c = remote.client()?;
+    let raw: Value = serde_json::from_str(&read_input(file)?)
+        .with_context(|| format!("{} is not JSON", file.display()))?;
+    let v = c.post("/v1/actions", &raw)?;
+    let decision = v["decision"].as_str().unwrap_or("?").to_string();
+    if decision != "review" || !wait {
+        print_json(&v);
+        return Ok(if decision == "deny" {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let id = v["request"]["id"].as_str().unwrap_or_default().to_string();
+    eprintln!(
+        "held for review: {} (open {})",
+        id,
+        v["request"]["url"].as_str().unwrap_or("")
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let r = c.get(&format!("/v1/requests/{id}?wait=30"))?;
+        let state = r["state"].as_str().unwrap_or("?");
+        if state != "pending" {
+            print_json(&r);
+            return Ok(if state == "approved" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("still pending after {timeout}s: {id}");
+        }
+    }
+}

@@ -1,1 +1,165 @@
-//! placeholder
+//! The secondkey gateway service.
+//!
+//! Wires the deterministic core, Cedar policy, the store and the
+//! transparency log behind the REST API; runs the expiry/escalation sweeper,
+//! policy reload (SIGHUP and file changes) and the log sinks. This is the
+//! only crate that knows HTTP.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod keys;
+pub mod logview;
+pub mod reload;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secondkey_policy::PolicyEngine;
+use secondkey_store::{Store, StoreOptions};
+
+pub use config::Config;
+pub use gateway::Gateway;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+}
+
+/// Opens the store, loads keys and policy, records the start in the log.
+/// Fails (and the gateway does not start) if any of that fails.
+pub async fn build(config: Config) -> anyhow::Result<Arc<Gateway>> {
+    use anyhow::Context;
+    let policy = PolicyEngine::load_dir(&config.policy_dir)
+        .map_err(|e| anyhow::anyhow!("policy directory {}: {e}", config.policy_dir.display()))?;
+    let log_signer = keys::load_or_create_log_signer(&config.log_key_file, &config.log_origin)?;
+    let grant_key = keys::load_or_create_grant_key(&config.grant_key_file)?;
+    let store = Store::open(StoreOptions::new(&config.data_dir))
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let gateway = Arc::new(Gateway::new(config, store, policy, log_signer, grant_key));
+    gateway
+        .started()
+        .await
+        .map_err(|e| anyhow::anyhow!("the audit log is not writable, refusing to start: {e}"))?;
+    Ok(gateway)
+}
+
+/// A running gateway: its address and a handle to stop it.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub gateway: Arc<Gateway>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting connections, finishes in-flight requests and closes
+    /// the store.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let r = self.task.await.unwrap_or(Ok(()));
+        self.gateway.store.close();
+        r
+    }
+}
+
+/// Starts the gateway on `config.listen` (port 0 picks a free port) with the
+/// sweeper, policy watcher and sinks.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let mut config = config;
+    if config.public_url == format!("http://{}", config.listen) && config.listen.port() == 0 {
+        config.public_url = format!("http://{addr}");
+    }
+    let gateway = build(config).await?;
+    spawn_background(gateway.clone());
+    let app = api::router(AppState {
+        gateway: gateway.clone(),
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(Running {
+        addr,
+        gateway,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+fn spawn_background(gateway: Arc<Gateway>) {
+    let g = gateway.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = g.sweep().await {
+                tracing::warn!(error = %e, "expiry sweep failed; will retry");
+            }
+        }
+    });
+    reload::spawn(gateway.clone());
+    start_sinks(&gateway);
+}
+
+fn start_sinks(gateway: &Arc<Gateway>) {
+    if gateway.config.sinks.is_empty() {
+        return;
+    }
+    let source = Arc::new(logview::StoreSource(gateway.store.clone()));
+    let dir = gateway.config.data_dir.join("sinks");
+    for cfg in &gateway.config.sinks {
+        let sink = match cfg.build(&gateway.config.log_origin) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(sink = cfg.name(), error = %e, "sink not started");
+                continue;
+            }
+        };
+        let cursor = match secondkey_sinks::FileCursor::open(&dir, cfg.name()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(sink = cfg.name(), error = %e, "sink cursor unavailable; sink not started");
+                continue;
+            }
+        };
+        secondkey_sinks::spawn_sink(
+            cfg.name(),
+            sink,
+            source.clone(),
+            cursor,
+            gateway.store.watch_log_size(),
+        );
+        tracing::info!(sink = cfg.name(), "sink started");
+    }
+}
+
+/// Runs until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    tracing::info!(addr = %running.addr, "secondkey gateway listening");
+    eprintln!("secondkey gateway listening on http://{}", running.addr);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("shutting down");
+    running.stop().await?;
+    Ok(())
+}

@@ -1,1 +1,167 @@
-//! placeholder
+//! Persistence for secondkey: requests, grants and the transparency log,
+//! committed together.
+//!
+//! Every state change the gateway makes runs as a *job* inside one database
+//! transaction together with the log entries that record it (invariant 1:
+//! nothing is authorized unless the entry that authorizes it is durable).
+//! Jobs from many tasks are queued to one writer thread, which runs a batch of
+//! them in a single transaction (each under its own savepoint, so one failing
+//! job does not undo the others) and commits once — group commit: one fsync
+//! for many appends. A job's future resolves only after that commit; if the
+//! commit fails, every job of the batch gets the error and the in-memory tree
+//! is left untouched (fail closed).
+//!
+//! The jobs see the database only through the [`Tx`] trait, so the same
+//! gateway logic runs on any backend that can implement it. SQLite (WAL,
+//! `synchronous=FULL`) is the embedded default; a PostgreSQL backend will
+//! implement the same trait.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), secondkey_store::StoreError> {
+//! use secondkey_store::{Store, StoreOptions};
+//! let store = Store::open(StoreOptions::new("./secondkey-data"))?;
+//! let index = store
+//!     .transact(|tx| {
+//!         let entry = secondkey_store::new_entry("2026-01-01T00:00:00Z", "demo.event", None, serde_json::json!({}));
+//!         tx.append(entry)
+//!     })
+//!     .await?;
+//! println!("logged as entry {index}");
+//! # Ok(()) }
+//! ```
+
+mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use secondkey_core::request::{Request, RequestState};
+use secondkey_log::entry::Entry;
+use secondkey_log::merkle::{Hash, Tree};
+
+pub use sqlite::Store;
+
+/// Errors from the store. Any of them means the change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("cannot open the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the audit log is inconsistent with its last signed checkpoint: {0}. Restore the data directory from a backup and run `secondkey log verify`")]
+    Tampered(String),
+    #[error("log entry rejected: {0}")]
+    Entry(String),
+    #[error("the transaction did not commit ({0}); nothing was recorded and the action is not authorized")]
+    Commit(String),
+    #[error("the store is shut down or its writer failed; the action is not authorized")]
+    Unavailable,
+    #[error("database schema version {found} is newer than this binary understands ({supported}); upgrade secondkey")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// A domain error raised by a job; carried through unchanged.
+    #[error("{0}")]
+    Job(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps a domain error raised inside a job so that the caller can
+    /// downcast it back.
+    pub fn job<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        StoreError::Job(Box::new(e))
+    }
+}
+
+/// A grant as the store keeps it: enough to make consumption an atomic
+/// compare-and-set that survives restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GrantRow {
+    pub id: String,
+    pub request_id: Option<String>,
+    pub digest: String,
+    pub requester: String,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+/// What a job can do inside the transaction. Reads see the job's own writes
+/// and those of earlier jobs in the same batch.
+pub trait Tx {
+    fn get_request(&mut self, id: &str) -> Result<Option<Request>, StoreError>;
+    /// Inserts or replaces a request.
+    fn put_request(&mut self, request: &Request) -> Result<(), StoreError>;
+    fn insert_grant(&mut self, grant: &GrantRow) -> Result<(), StoreError>;
+    fn get_grant(&mut self, id: &str) -> Result<Option<GrantRow>, StoreError>;
+    /// Marks a grant used if, and only if, it is unused: returns false if it
+    /// was already used (the compare-and-set behind single use).
+    fn use_grant(&mut self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Appends a log entry; the store assigns its index (the `index` field of
+    /// `entry` is overwritten) and returns it. The entry becomes part of the
+    /// tree only when the transaction commits.
+    fn append(&mut self, entry: Entry) -> Result<u64, StoreError>;
+    /// Reads a small key/value setting (e.g. a sink cursor or a fingerprint).
+    fn get_meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+}
+
+/// Builds an entry with no index yet (the store assigns it at append).
+/// `time` is RFC 3339 UTC, chosen by the caller: the store keeps no clock.
+pub fn new_entry(
+    time: &str,
+    event: &str,
+    actor: Option<&str>,
+    payload: serde_json::Value,
+) -> Entry {
+    Entry {
+        index: 0,
+        time: time.to_string(),
+        event: event.to_string(),
+        actor: actor.map(str::to_string),
+        subjects: Default::default(),
+        digest: None,
+        payload,
+    }
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    /// Most jobs committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl StoreOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            data_dir: data_dir.into(),
+            max_batch: 4096,
+        }
+    }
+}
+
+/// The in-memory view of the committed log, shared by readers.
+#[derive(Debug)]
+pub(crate) struct LogView {
+    pub tree: RwLock<Tree>,
+}
+
+/// Summary of requests by state, for `/metrics` and the CLI.
+pub type StateCounts = Vec<(RequestState, u64)>;
+
+/// A root the store last saw signed; used at startup to detect entries that
+/// were changed in the database behind the gateway's back.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    pub size: u64,
+    pub root: Hash,
+}
+
+pub(crate) type Shared = Arc<LogView>;
+
+#[cfg(test)]
+mod tests;

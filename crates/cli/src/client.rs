@@ -1,0 +1,109 @@
+//! A small blocking client for the gateway's REST API.
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+
+/// Where the gateway is and who we are.
+pub struct Client {
+    pub url: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(url: &str, token: Option<String>) -> Client {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(std::time::Duration::from_secs(5))
+            .timeout_read(std::time::Duration::from_secs(120))
+            .build();
+        Client {
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            agent,
+        }
+    }
+
+    fn req(&self, method: &str, path: &str) -> ureq::Request {
+        let r = self.agent.request(method, &format!("{}{}", self.url, path));
+        match &self.token {
+            Some(t) => r.set("Authorization", &format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
+    fn handle(&self, what: &str, r: Result<ureq::Response, ureq::Error>) -> Result<Value> {
+        match r {
+            Ok(resp) => {
+                let text = resp.into_string()?;
+                serde_json::from_str(&text).with_context(|| format!("{what}: the gateway's answer is not JSON"))
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let body = resp.into_string().unwrap_or_default();
+                let (c, m) = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| {
+                        let e = v.get("error")?;
+                        Some((e.get("code")?.as_str()?.to_string(), e.get("message")?.as_str()?.to_string()))
+                    })
+                    .unwrap_or_else(|| ("http".into(), body.clone()));
+                Err(anyhow!(ApiFailure { status: code, code: c, message: m }))
+                    .with_context(|| what.to_string())
+            }
+            Err(e) => Err(anyhow!(
+                "{what}: cannot reach the gateway at {}: {e}. Is `secondkey serve` running, and is --url (or SECONDKEY_URL) right?",
+                self.url
+            )),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value> {
+        let r = self.req("GET", path).call();
+        self.handle(&format!("GET {path}"), r)
+    }
+
+    pub fn get_text(&self, path: &str) -> Result<String> {
+        match self.req("GET", path).call() {
+            Ok(r) => Ok(r.into_string()?),
+            Err(e) => Err(anyhow!("GET {path}: {e}")),
+        }
+    }
+
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        match self.req("GET", path).call() {
+            Ok(r) => {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut r.into_reader(), &mut buf)?;
+                Ok(buf)
+            }
+            Err(e) => Err(anyhow!("GET {path}: {e}")),
+        }
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let r = self.req("POST", path).send_json(body.clone());
+        self.handle(&format!("POST {path}"), r)
+    }
+}
+
+/// An error answer from the gateway, with its machine code.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+/// The machine code of an API failure anywhere in an error chain.
+pub fn failure_code(e: &anyhow::Error) -> Option<&str> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<ApiFailure>())
+        .map(|f| f.code.as_str())
+}

@@ -1,0 +1,268 @@
+//! `secondkey log …`: what an auditor runs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use secondkey_log::note::Verifier;
+
+use crate::{env_map, Remote};
+
+#[derive(Subcommand)]
+pub enum LogCmd {
+    /// Verify a bundle offline (signature, every entry, the root; with --since,
+    /// consistency with an older checkpoint), or a single receipt.
+    #[command(
+        after_help = "Examples:\n  secondkey log verify --bundle ./audit --key \"$(cat log.vkey)\"\n  secondkey log verify --bundle ./audit --key log.vkey --since old-checkpoint\n  secondkey log verify --receipt receipt.json --key log.vkey\n  secondkey log verify --config secondkey.toml   # the live data directory"
+    )]
+    Verify {
+        /// A directory written by `secondkey log export --bundle`.
+        #[arg(long, conflicts_with_all = ["receipt", "config"])]
+        bundle: Option<PathBuf>,
+        /// A receipt written by `secondkey log proof`.
+        #[arg(long, conflicts_with = "config")]
+        receipt: Option<PathBuf>,
+        /// Verify the gateway's own data directory.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The verifier key, or a file holding it.
+        #[arg(long)]
+        key: Option<String>,
+        /// An older signed checkpoint (file) the log must extend.
+        #[arg(long)]
+        since: Option<PathBuf>,
+    },
+    /// Print an inclusion receipt for entry INDEX (verifies offline).
+    #[command(after_help = "Example:\n  secondkey log proof 42 > receipt.json")]
+    Proof {
+        index: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Export the log: a static tlog-tiles bundle, or JSONL / OCSF events.
+    #[command(
+        after_help = "Examples:\n  secondkey log export --config secondkey.toml --bundle ./audit\n  secondkey log export --config secondkey.toml --format ocsf --out events.json"
+    )]
+    Export {
+        #[arg(long, env = "SECONDKEY_CONFIG")]
+        config: PathBuf,
+        /// Write a C2SP tlog-tiles copy (checkpoint + tiles + entry bundles).
+        #[arg(long, conflicts_with = "format")]
+        bundle: Option<PathBuf>,
+        /// jsonl or ocsf, one event per line.
+        #[arg(long)]
+        format: Option<String>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the gateway's current signed checkpoint.
+    #[command(after_help = "Example:\n  secondkey log checkpoint > checkpoint-2026-11-22")]
+    Checkpoint {
+        #[arg(long, env = "SECONDKEY_URL", default_value = "http://127.0.0.1:8750")]
+        url: String,
+    },
+}
+
+fn load_key(k: &str) -> Result<Verifier> {
+    let text = if Path::new(k).is_file() {
+        std::fs::read_to_string(k).with_context(|| format!("cannot read key file {k}"))?
+    } else {
+        k.to_string()
+    };
+    text.trim()
+        .parse()
+        .map_err(|e| anyhow!("--key is not a signed-note verifier key (name+hash+base64): {e}"))
+}
+
+pub fn run(cmd: LogCmd) -> Result<ExitCode> {
+    match cmd {
+        LogCmd::Verify {
+            bundle,
+            receipt,
+            config,
+            key,
+            since,
+        } => {
+            let since_text = since
+                .as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))
+                })
+                .transpose()?;
+            if let Some(dir) = bundle {
+                let key = key.ok_or_else(|| anyhow!("--key is required to verify a bundle"))?;
+                let v = load_key(&key)?;
+                match secondkey_log::bundle::verify_bundle(&dir, &v, since_text.as_deref()) {
+                    Ok(report) => {
+                        println!("ok: {}", crate::describe(&report));
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("FAILED: {e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            } else if let Some(r) = receipt {
+                let key = key.ok_or_else(|| anyhow!("--key is required to verify a receipt"))?;
+                let v = load_key(&key)?;
+                let text = std::fs::read_to_string(&r)
+                    .with_context(|| format!("cannot read {}", r.display()))?;
+                let receipt: secondkey_log::receipt::Receipt = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a receipt", r.display()))?;
+                match receipt.verify(&v) {
+                    Ok(entry) => {
+                        println!(
+                            "ok: entry {} ({}) is in the log of size {} signed by {}",
+                            entry.index,
+                            entry.event,
+                            receipt.tree_size,
+                            v.name()
+                        );
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("FAILED: {e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            } else if let Some(cfg) = config {
+                let (dir, v) = export_bundle_tmp(&cfg)?;
+                let v = match key {
+                    Some(k) => load_key(&k)?,
+                    None => v,
+                };
+                match secondkey_log::bundle::verify_bundle(dir.path(), &v, since_text.as_deref()) {
+                    Ok(report) => {
+                        println!("ok: {}", crate::describe(&report));
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("FAILED: {e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            } else {
+                bail!("give --bundle DIR, --receipt FILE or --config FILE")
+            }
+        }
+        LogCmd::Proof { index, remote } => {
+            let c = remote.client()?;
+            let v = c.get(&format!("/v1/log/proof/{index}"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCmd::Checkpoint { url } => {
+            let c = crate::client::Client::new(&url, None);
+            print!("{}", c.get_text("/v1/log/checkpoint")?);
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCmd::Export {
+            config,
+            bundle,
+            format,
+            out,
+        } => {
+            let cfg = secondkey_server::Config::load(&config, &env_map())?;
+            let store =
+                secondkey_store::Store::open(secondkey_store::StoreOptions::new(&cfg.data_dir))
+                    .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+            let size = store.log_size();
+            let entries = store.entries(0, size)?;
+            if let Some(dir) = bundle {
+                let signer = secondkey_server::keys::load_or_create_log_signer(
+                    &cfg.log_key_file,
+                    &cfg.log_origin,
+                )?;
+                let note = store.with_tree(|t| {
+                    secondkey_log::checkpoint::Checkpoint::new(
+                        cfg.log_origin.clone(),
+                        t.size(),
+                        t.root(),
+                    )
+                    .sign(&signer)
+                })??;
+                store.with_tree(|t| {
+                    secondkey_log::bundle::export_bundle(&dir, &note, &entries, t)
+                })??;
+                store.close();
+                eprintln!("wrote {size} entries to {}", dir.display());
+                eprintln!(
+                    "verify with: secondkey log verify --bundle {} --key '{}'",
+                    dir.display(),
+                    signer.verifier()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            store.close();
+            let format = format.unwrap_or_else(|| "jsonl".into());
+            let mut w: Box<dyn Write> = match &out {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("cannot create {}", p.display()))?,
+                )),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            for (i, e) in entries.iter().enumerate() {
+                let line = match format.as_str() {
+                    "jsonl" => secondkey_sinks::export::to_jsonl_line(i as u64, e),
+                    "ocsf" => {
+                        let v: serde_json::Value = serde_json::from_slice(e)?;
+                        serde_json::to_string(&secondkey_sinks::export::to_ocsf(i as u64, &v))?
+                    }
+                    other => bail!("--format {other:?}: use jsonl or ocsf"),
+                };
+                writeln!(w, "{}", line.trim_end())?;
+            }
+            w.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Exports the live log to a temporary bundle (for `verify --config`).
+fn export_bundle_tmp(config: &Path) -> Result<(tempdir::TempDir, Verifier)> {
+    let cfg = secondkey_server::Config::load(config, &env_map())?;
+    let store = secondkey_store::Store::open(secondkey_store::StoreOptions::new(&cfg.data_dir))
+        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let signer =
+        secondkey_server::keys::load_or_create_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
+    let entries = store.entries(0, store.log_size())?;
+    let dir = tempdir::TempDir::new()?;
+    let note = store.with_tree(|t| {
+        secondkey_log::checkpoint::Checkpoint::new(cfg.log_origin.clone(), t.size(), t.root())
+            .sign(&signer)
+    })??;
+    store.with_tree(|t| secondkey_log::bundle::export_bundle(dir.path(), &note, &entries, t))??;
+    store.close();
+    Ok((dir, signer.verifier()))
+}
+
+/// A temporary directory removed on drop (no extra dependency needed).
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new() -> std::io::Result<TempDir> {
+            let mut b = [0u8; 8];
+            getrandom::getrandom(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let p = std::env::temp_dir().join(format!("secondkey-{}", hex::encode(b)));
+            std::fs::create_dir(&p)?;
+            Ok(TempDir(p))
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Harness for black-box tests: starts the real `secondkey` binary on a free
+//! port with a throwaway data directory, and talks to it over HTTP.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_secondkey");
+
+pub const POLICIES: &str = r#"
+@id("agents-read")
+permit(principal in Group::"agents", action == Action::"sql.read", resource);
+
+@id("agents-export")
+permit(principal in Group::"agents", action == Action::"sql.export", resource);
+
+@id("export-needs-two-owners")
+@review("data-owners")
+@quorum("2")
+@ttl("1h")
+@grant_ttl("5m")
+forbid(principal, action == Action::"sql.export", resource);
+
+@id("agents-write")
+permit(principal in Group::"agents", action == Action::"sql.write", resource);
+
+@id("writes-expire-fast")
+@review("data-owners")
+@ttl("2s")
+forbid(principal, action == Action::"sql.write", resource);
+
+@id("agents-ddl")
+permit(principal in Group::"agents", action == Action::"sql.ddl", resource);
+
+@id("no-ddl-in-prod")
+forbid(principal, action == Action::"sql.ddl", resource)
+when { context.gateway has environment && context.gateway.environment == "prod" };
+"#;
+
+pub struct Person {
+    pub id: &'static str,
+    pub token: String,
+}
+
+pub fn people() -> Vec<(&'static str, Option<&'static str>, Vec<&'static str>)> {
+    vec![
+        ("agent:report-bot", Some("user:alice"), vec!["agents"]),
+        ("agent:other-bot", Some("user:dave"), vec!["agents"]),
+        ("service:ci", None, vec!["data-owners"]),
+        ("user:alice", None, vec!["data-owners"]),
+        ("user:bob", None, vec!["data-owners"]),
+        ("user:carol", None, vec!["data-owners"]),
+        ("user:dave", None, vec!["data-owners"]),
+        ("user:erin", None, vec!["marketing"]),
+    ]
+}
+
+pub fn token_of(id: &str) -> String {
+    format!("test-token-{}", id.replace(':', "-"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub url: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub agent: ureq::Agent,
+}
+
+pub fn write_config(dir: &Path, port: u16, policies: &str) -> PathBuf {
+    let pdir = dir.join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(pdir.join("test.cedar"), policies).unwrap();
+    let mut cfg = format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n[log]\norigin = \"test.secondkey/log\"\n[[environments]]\nname = \"prod\"\nresources = [\"postgres://analytics/*\"]\n",
+        dir.join("data").display(),
+        pdir.display()
+    );
+    for (id, owner, groups) in people() {
+        let hash = hex::encode(Sha256::digest(token_of(id).as_bytes()));
+        cfg.push_str(&format!(
+            "\n[[principals]]\nid = \"{id}\"\ngroups = {groups:?}\ntoken_sha256 = \"{hash}\"\n"
+        ));
+        if let Some(o) = owner {
+            cfg.push_str(&format!("owner = \"{o}\"\n"));
+        }
+    }
+    let path = dir.join("secondkey.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+impl Gateway {
+    pub fn start(dir: &Path) -> Gateway {
+        Self::start_with(dir, POLICIES)
+    }
+
+    pub fn start_with(dir: &Path, policies: &str) -> Gateway {
+        let port = free_port();
+        let config = write_config(dir, port, policies);
+        let mut g = Gateway {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
+            config,
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(90))
+                .build(),
+        };
+        g.spawn();
+        g
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("gateway.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start secondkey serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.agent.get(&format!("{}/healthz", self.url)).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
+                panic!("the gateway exited with {status}: {log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_sigterm(c.id());
+            let _ = c.wait();
+        }
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        who: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut r = self.agent.request(method, &format!("{}{}", self.url, path));
+        if let Some(w) = who {
+            r = r.set("Authorization", &format!("Bearer {}", token_of(w)));
+        }
+        let res = match body {
+            Some(b) => r.send_json(b.clone()),
+            None => r.call(),
+        };
+        match res {
+            Ok(resp) => {
+                let s = resp.status();
+                let text = resp.into_string().unwrap_or_default();
+                (
+                    s,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
+            }
+            Err(ureq::Error::Status(s, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                (
+                    s,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
+            }
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        who: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut r = self
+            .agent
+            .request(method, &format!("{}{}", self.url, path))
+            .set("Content-Type", content_type);
+        if let Some(w) = who {
+            r = r.set("Authorization", &format!("Bearer {}", token_of(w)));
+        }
+        match r.send_bytes(body) {
+            Ok(resp) => {
+                let s = resp.status();
+                (
+                    s,
+                    serde_json::from_str(&resp.into_string().unwrap_or_default())
+                        .unwrap_or(Value::Null),
+                )
+            }
+            Err(ureq::Error::Status(s, resp)) => (
+                s,
+                serde_json::from_str(&resp.into_string().unwrap_or_default())
+                    .unwrap_or(Value::Null),
+            ),
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+
+    pub fn submit(&self, who: &str, action: &Value) -> Value {
+        let (s, v) = self.call("POST", "/v1/actions", Some(who), Some(action));
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    pub fn review(&self, who: &str, id: &str, decision: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            &format!("/v1/requests/{id}/reviews"),
+            Some(who),
+            Some(&json!({"decision": decision, "comment": "black-box test"})),
+        )
+    }
+
+    pub fn text(&self, path: &str) -> String {
+        self.agent
+            .get(&format!("{}{}", self.url, path))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    }
+
+    /// Runs the CLI with arguments; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str], token_for: Option<&str>) -> (i32, String, String) {
+        run_cli(args, &self.url, token_for)
+    }
+}
+
+pub fn run_cli(args: &[&str], url: &str, token_for: Option<&str>) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("SECONDKEY_URL", url)
+        .env_remove("SECONDKEY_TOKEN");
+    if let Some(w) = token_for {
+        c.env("SECONDKEY_TOKEN", token_of(w));
+    }
+    let out = c.output().expect("run secondkey");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn export_action(resource: &str) -> Value {
+    json!({
+        "kind": "sql",
+        "operation": "export",
+        "resource": resource,
+        "params": {"statement": "COPY customers TO STDOUT"},
+        "justification": "quarterly report",
+        "on_behalf_of": "user:carol",
+        "context": {"environment": "prod", "estimated_rows": 1200},
+        "lineage": {"reads": [resource], "writes": ["s3://reports/q3.csv"]}
+    })
+}
+
+pub fn read_action() -> Value {
+    json!({"kind": "sql", "operation": "read", "resource": "postgres://analytics/public.orders",
+           "params": {"statement": "SELECT 1"}, "context": {"environment": "prod"}})
+}

@@ -1,0 +1,860 @@
+//! Black-box tests: the real `secondkey` binary, over HTTP and its CLI.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+
+fn b64url(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .expect("base64url")
+}
+
+/// Verifies a grant JWS against the gateway's JWKS, independently of the
+/// gateway's own code.
+fn verify_with_jwks(g: &Gateway, token: &str) -> Value {
+    let (s, jwks) = g.call("GET", "/.well-known/jwks.json", None, None);
+    assert_eq!(s, 200);
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "compact JWS");
+    let header: Value = serde_json::from_slice(&b64url(parts[0])).unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the grant's kid is in the JWKS");
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["crv"], "Ed25519");
+    let x: [u8; 32] = b64url(key["x"].as_str().unwrap()).try_into().unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&b64url(parts[2])).unwrap();
+    let signing_input = format!("{}.{}", parts[0], parts[1]);
+    vk.verify_strict(signing_input.as_bytes(), &sig)
+        .expect("grant signature verifies with the JWKS key");
+    serde_json::from_slice(&b64url(parts[1])).unwrap()
+}
+
+fn consume(g: &Gateway, who: &str, grant: &Value, digest: &str) -> (u16, Value) {
+    g.call(
+        "POST",
+        "/v1/grants/consume",
+        Some(who),
+        Some(&json!({"grant": grant, "digest": digest})),
+    )
+}
+
+fn export_log(g: &Gateway) -> (tempfile::TempDir, String, Vec<Value>) {
+    let out = tempfile::tempdir().unwrap();
+    let bundle = out.path().join("bundle");
+    let (code, _o, e) = run_cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{e}");
+    let vkey = g.text("/v1/log/verifier-key").trim().to_string();
+    let (code, o, e) = run_cli(
+        &[
+            "log",
+            "verify",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--key",
+            &vkey,
+        ],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0, "the log must verify: {o} {e}");
+    let (code, o, e) = run_cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{e}");
+    let entries = o
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out, vkey, entries)
+}
+
+#[test]
+fn allow_deny_and_a_two_person_review_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+
+    // Allow: the grant comes at once, verifies with the JWKS, works once.
+    let r = g.submit("agent:report-bot", &read_action());
+    assert_eq!(r["decision"], "allow", "{r}");
+    let digest = r["digest"].as_str().unwrap().to_string();
+    assert_eq!(digest.len(), 64);
+    let claims = verify_with_jwks(&g, r["grant"].as_str().unwrap());
+    assert_eq!(claims["dig"], digest);
+    assert_eq!(claims["sub"], "agent:report-bot");
+    let (s, v) = consume(&g, "agent:report-bot", &r["grant"], &digest);
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = consume(&g, "agent:report-bot", &r["grant"], &digest);
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("grant_used")));
+
+    // Deny: a plain forbid wins, and says which policy.
+    // The agent claims "dev"; the gateway knows the resource is in prod.
+    let ddl = json!({"kind": "sql", "operation": "ddl", "resource": "postgres://analytics/public.customers",
+                     "params": {"statement": "DROP TABLE customers"}, "context": {"environment": "dev"}});
+    let r = g.submit("agent:report-bot", &ddl);
+    assert_eq!(r["decision"], "deny", "{r}");
+    assert!(r.get("grant").is_none());
+    assert!(r.to_string().contains("no-ddl-in-prod"), "{r}");
+
+    // Review with quorum 2.
+    let r = g.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.customers"),
+    );
+    assert_eq!(r["decision"], "review", "{r}");
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let digest = r["digest"].as_str().unwrap().to_string();
+    assert!(r["request"]["url"].as_str().unwrap().ends_with(&id));
+    assert_eq!(r["request"]["state"], "pending");
+
+    // Separation of duties.
+    let code = |x: (u16, Value)| (x.0, x.1["error"]["code"].as_str().unwrap_or("").to_string());
+    assert_eq!(
+        code(g.review("user:alice", &id, "approve")),
+        (403, "self_review".into()),
+        "the agent's owner"
+    );
+    assert_eq!(
+        code(g.review("user:carol", &id, "approve")),
+        (403, "self_review".into()),
+        "on_behalf_of"
+    );
+    assert_eq!(
+        code(g.review("agent:report-bot", &id, "approve")).0,
+        403,
+        "the requester"
+    );
+    assert_eq!(
+        code(g.review("agent:other-bot", &id, "approve")).0,
+        403,
+        "agents never review"
+    );
+    assert_eq!(
+        code(g.review("service:ci", &id, "approve")).0,
+        403,
+        "services never review"
+    );
+    assert_eq!(
+        code(g.review("user:erin", &id, "approve")),
+        (403, "not_eligible".into())
+    );
+
+    let (s, v) = g.review("user:bob", &id, "approve");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "pending", "one of two");
+    assert_eq!(
+        code(g.review("user:bob", &id, "approve")),
+        (409, "duplicate_reviewer".into())
+    );
+
+    // The agent long-polls; the second approval wakes it.
+    let url = g.url.clone();
+    let id2 = id.clone();
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let v: Value = ureq::get(&format!("{url}/v1/requests/{id2}?wait=30"))
+            .set(
+                "Authorization",
+                &format!("Bearer {}", token_of("agent:report-bot")),
+            )
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        (v, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (s, v) = g.review("user:dave", &id, "approve");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "approved");
+    assert!(
+        v.get("grant").is_none(),
+        "only the requester sees the grant"
+    );
+    let (waited, elapsed) = waiter.join().unwrap();
+    assert_eq!(waited["state"], "approved", "{waited}");
+    assert!(
+        elapsed < Duration::from_secs(29),
+        "woken by the decision, not the timeout"
+    );
+    let grant = waited["grant"].clone();
+    let claims = verify_with_jwks(&g, grant.as_str().unwrap());
+    assert_eq!(claims["rid"], id.as_str());
+    let mut apr: Vec<String> = serde_json::from_value(claims["apr"].clone()).unwrap();
+    apr.sort();
+    assert_eq!(apr, vec!["user:bob", "user:dave"]);
+
+    // A decided request cannot be decided again.
+    assert_eq!(
+        code(g.review("user:dave", &id, "deny")).1,
+        "already_decided"
+    );
+
+    // Digest mismatch executes nothing; then the real one, once.
+    let other = "0".repeat(64);
+    assert_eq!(
+        code(consume(&g, "agent:report-bot", &grant, &other)),
+        (409, "digest_mismatch".into())
+    );
+    assert_eq!(
+        code(consume(&g, "agent:other-bot", &grant, &digest)).0,
+        403,
+        "someone else's grant"
+    );
+    let (s, v) = consume(&g, "agent:report-bot", &grant, &digest);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        code(consume(&g, "agent:report-bot", &grant, &digest)),
+        (409, "grant_used".into())
+    );
+    let (_, v) = g.call(
+        "GET",
+        &format!("/v1/requests/{id}"),
+        Some("agent:report-bot"),
+        None,
+    );
+    assert_eq!(v["state"], "executed");
+
+    // Listing: pending requests visible to a reviewer.
+    let r = g.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.invoices"),
+    );
+    let pid = r["request"]["id"].as_str().unwrap().to_string();
+    let (s, v) = g.call("GET", "/v1/requests?state=pending", Some("user:bob"), None);
+    assert_eq!(s, 200);
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == pid.as_str()));
+    let (s, v) = g.call("GET", "/v1/requests?state=pending", Some("user:erin"), None);
+    assert_eq!(s, 200);
+    assert!(v.as_array().unwrap().is_empty(), "erin may not see it: {v}");
+    let (s, _) = g.call(
+        "GET",
+        &format!("/v1/requests/{pid}"),
+        Some("user:erin"),
+        None,
+    );
+    assert_eq!(s, 404);
+
+    // The log holds every transition and verifies.
+    let (_dir, _vkey, entries) = export_log(&g);
+    let events: HashSet<&str> = entries.iter().filter_map(|e| e["event"].as_str()).collect();
+    for want in [
+        "gateway.started",
+        "action.allowed",
+        "action.denied",
+        "request.created",
+        "review.submitted",
+        "request.approved",
+        "grant.consumed",
+    ] {
+        assert!(events.contains(want), "missing {want} in {events:?}");
+    }
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["index"], i as u64);
+    }
+}
+
+#[test]
+fn expiry_withdraw_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let code = |x: (u16, Value)| (x.0, x.1["error"]["code"].as_str().unwrap_or("").to_string());
+
+    // Expiry (policy @ttl("2s")): the waiting agent is told, reviews refused.
+    let write = json!({"kind": "sql", "operation": "write", "resource": "postgres://analytics/public.orders",
+                       "params": {"statement": "UPDATE orders SET x = 1"}});
+    let r = g.submit("agent:report-bot", &write);
+    assert_eq!(r["decision"], "review", "{r}");
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = g.call(
+            "GET",
+            &format!("/v1/requests/{id}?wait=5"),
+            Some("agent:report-bot"),
+            None,
+        );
+        if v["state"] == "expired" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the request never expired: {v}");
+    }
+    assert_eq!(code(g.review("user:bob", &id, "approve")).1, "expired");
+
+    // Withdraw: only the requester, only while pending.
+    let r = g.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.a"),
+    );
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let (s, _) = g.call(
+        "POST",
+        &format!("/v1/requests/{id}/withdraw"),
+        Some("user:bob"),
+        None,
+    );
+    assert!(s == 403 || s == 404, "{s}");
+    let (s, v) = g.call(
+        "POST",
+        &format!("/v1/requests/{id}/withdraw"),
+        Some("agent:report-bot"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "withdrawn");
+    assert_eq!(
+        code(g.review("user:bob", &id, "approve")).1,
+        "already_decided"
+    );
+
+    // Revoke before the grant is used: the grant then executes nothing.
+    let r = g.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.b"),
+    );
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let digest = r["digest"].as_str().unwrap().to_string();
+    assert_eq!(g.review("user:bob", &id, "approve").0, 200);
+    assert_eq!(g.review("user:dave", &id, "approve").0, 200);
+    let (_, v) = g.call(
+        "GET",
+        &format!("/v1/requests/{id}"),
+        Some("agent:report-bot"),
+        None,
+    );
+    let grant = v["grant"].clone();
+    assert!(grant.is_string(), "{v}");
+    let (s, _) = g.call(
+        "POST",
+        &format!("/v1/requests/{id}/revoke"),
+        Some("user:erin"),
+        None,
+    );
+    assert!(s == 403 || s == 404);
+    let (s, v) = g.call(
+        "POST",
+        &format!("/v1/requests/{id}/revoke"),
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "revoked");
+    let (s, _) = consume(&g, "agent:report-bot", &grant, &digest);
+    assert_eq!(s, 409, "a revoked approval executes nothing");
+
+    // A denial by one eligible reviewer denies.
+    let r = g.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.c"),
+    );
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let (s, v) = g.review("user:dave", &id, "deny");
+    assert_eq!(s, 200);
+    assert_eq!(v["state"], "denied");
+
+    let (_d, _k, entries) = export_log(&g);
+    let events: HashSet<&str> = entries.iter().filter_map(|e| e["event"].as_str()).collect();
+    for want in [
+        "request.expired",
+        "request.withdrawn",
+        "request.revoked",
+        "request.denied",
+    ] {
+        assert!(events.contains(want), "missing {want} in {events:?}");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let size_before = g.text("/healthz");
+    let err = |x: (u16, Value)| (x.0, x.1["error"]["code"].as_str().unwrap_or("").to_string());
+
+    assert_eq!(
+        err(g.raw(
+            "POST",
+            "/v1/actions",
+            Some("agent:report-bot"),
+            "application/json",
+            b"{not json"
+        ))
+        .0,
+        400
+    );
+    assert_eq!(
+        err(g.raw(
+            "POST",
+            "/v1/actions",
+            Some("agent:report-bot"),
+            "application/json",
+            b"{\"kind\":\"sql\",\"operation\":\"read\",\"resource\":\"x\",\"surprise\":1}"
+        )),
+        (400, "unknown_field".into())
+    );
+    assert_eq!(
+        err(g.raw(
+            "POST",
+            "/v1/actions",
+            Some("agent:report-bot"),
+            "text/plain",
+            b"{}"
+        ))
+        .0,
+        415
+    );
+    let big = vec![b' '; 2 * 1024 * 1024];
+    assert_eq!(
+        err(g.raw(
+            "POST",
+            "/v1/actions",
+            Some("agent:report-bot"),
+            "application/json",
+            &big
+        )),
+        (413, "too_large".into())
+    );
+    let mut reserved = read_action();
+    reserved["context"]["gateway"] = json!({"environment": "dev"});
+    let (s, v) = g.call(
+        "POST",
+        "/v1/actions",
+        Some("agent:report-bot"),
+        Some(&reserved),
+    );
+    assert_eq!(s, 400, "an agent may not forge gateway facts: {v}");
+    let (s, _) = g.call("POST", "/v1/actions", None, Some(&read_action()));
+    assert_eq!(s, 401);
+    let (s, v) = g.raw("POST", "/v1/actions", None, "application/json", b"{}");
+    assert_eq!(s, 401, "{v}");
+    let mut r = g
+        .agent
+        .post(&format!("{}/v1/actions", g.url))
+        .set("Authorization", "Bearer wrong-token");
+    r = r.set("Content-Type", "application/json");
+    match r.send_string("{}") {
+        Err(ureq::Error::Status(401, _)) => {}
+        other => panic!("a wrong token must be 401, got {other:?}"),
+    }
+    let (s, v) = g.call(
+        "POST",
+        "/v1/requests/req_nope/reviews",
+        Some("user:bob"),
+        Some(&json!({"decision": "maybe"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_decision"))
+    );
+    let (s, _) = g.call("GET", "/v1/requests?state=bogus", Some("user:bob"), None);
+    assert_eq!(s, 400);
+    let (s, _) = g.call(
+        "POST",
+        "/v1/grants/consume",
+        Some("agent:report-bot"),
+        Some(&json!({"grant": "a.b.c", "digest": "00"})),
+    );
+    assert_eq!(s, 400);
+    let (s, _) = g.call("GET", "/v1/log/proof/999999", Some("user:bob"), None);
+    assert_eq!(s, 404);
+    let (s, _) = g.call("GET", "/v1/log/tile/0/x999/001", None, None);
+    assert_eq!(s, 404);
+    // Nothing above was logged: only the start entry exists.
+    assert_eq!(g.text("/healthz"), size_before);
+
+    // The OpenAPI document is served and lists the contract's paths.
+    let (s, v) = g.call("GET", "/openapi.json", None, None);
+    assert_eq!(s, 200);
+    for p in [
+        "/v1/actions",
+        "/v1/requests/{id}",
+        "/v1/requests/{id}/reviews",
+        "/v1/grants/consume",
+        "/v1/log/checkpoint",
+    ] {
+        assert!(v["paths"].get(p).is_some(), "openapi lacks {p}");
+    }
+}
+
+#[test]
+fn racing_reviews_and_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = std::sync::Arc::new(Gateway::start(dir.path()));
+    // Ten reviews race for a quorum of two: exactly two count.
+    let r = g.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.race"),
+    );
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let digest = r["digest"].as_str().unwrap().to_string();
+    let handles: Vec<_> = [
+        "user:bob",
+        "user:dave",
+        "user:bob",
+        "user:dave",
+        "user:bob",
+        "user:dave",
+    ]
+    .into_iter()
+    .map(|who| {
+        let g = g.clone();
+        let id = id.clone();
+        std::thread::spawn(move || g.review(who, &id, "approve").0)
+    })
+    .collect();
+    let codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 2, "{codes:?}");
+    let (_, v) = g.call(
+        "GET",
+        &format!("/v1/requests/{id}"),
+        Some("agent:report-bot"),
+        None,
+    );
+    assert_eq!(v["state"], "approved");
+    assert_eq!(v["reviews"].as_array().unwrap().len(), 2);
+    // A grant presented twice at once: exactly one wins.
+    let grant = v["grant"].clone();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let g = g.clone();
+            let grant = grant.clone();
+            let digest = digest.clone();
+            std::thread::spawn(move || consume(&g, "agent:report-bot", &grant, &digest).0)
+        })
+        .collect();
+    let codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 1, "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 200 || *c == 409), "{codes:?}");
+}
+
+#[test]
+fn pending_requests_and_used_grants_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start(dir.path());
+    let r = g.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.k9"),
+    );
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let digest = r["digest"].as_str().unwrap().to_string();
+    assert_eq!(g.review("user:bob", &id, "approve").0, 200);
+    let allowed = g.submit("agent:report-bot", &read_action());
+    g.kill();
+    g.spawn();
+    let (_, v) = g.call(
+        "GET",
+        &format!("/v1/requests/{id}"),
+        Some("agent:report-bot"),
+        None,
+    );
+    assert_eq!(v["state"], "pending", "{v}");
+    assert_eq!(
+        v["reviews"].as_array().unwrap().len(),
+        1,
+        "the first approval survived"
+    );
+    assert_eq!(g.review("user:dave", &id, "approve").0, 200);
+    let (_, v) = g.call(
+        "GET",
+        &format!("/v1/requests/{id}"),
+        Some("agent:report-bot"),
+        None,
+    );
+    let grant = v["grant"].clone();
+    assert_eq!(consume(&g, "agent:report-bot", &grant, &digest).0, 200);
+    // The allow grant issued before the crash still works, once.
+    assert_eq!(
+        consume(
+            &g,
+            "agent:report-bot",
+            &allowed["grant"],
+            allowed["digest"].as_str().unwrap()
+        )
+        .0,
+        200
+    );
+    g.kill();
+    g.spawn();
+    assert_eq!(
+        consume(&g, "agent:report-bot", &grant, &digest).0,
+        409,
+        "single use survives kill -9"
+    );
+    assert_eq!(
+        consume(
+            &g,
+            "agent:report-bot",
+            &allowed["grant"],
+            allowed["digest"].as_str().unwrap()
+        )
+        .0,
+        409
+    );
+    g.stop();
+    g.spawn();
+    export_log(&g);
+}
+
+#[test]
+fn no_acknowledged_entry_is_lost_when_killed_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start(dir.path());
+    let url = g.url.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(5))
+                    .build();
+                let mut acked = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && acked.len() < 5000 {
+                    let r = agent
+                        .post(&format!("{url}/v1/actions"))
+                        .set(
+                            "Authorization",
+                            &format!("Bearer {}", token_of("agent:report-bot")),
+                        )
+                        .send_json(read_action());
+                    match r {
+                        Ok(resp) => {
+                            let v: Value = resp.into_json().unwrap();
+                            acked.push(v["id"].as_str().unwrap().to_string());
+                        }
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    g.kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(acked.len() > 10, "the stream ran ({} acked)", acked.len());
+    g.spawn();
+    g.stop();
+    g.spawn();
+    let (_d, _k, entries) = export_log(&g);
+    let logged: HashSet<&str> = entries
+        .iter()
+        .filter(|e| e["event"] == "action.allowed")
+        .filter_map(|e| e["subjects"]["action"].as_str())
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|a| !logged.contains(a.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged decisions lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
+#[test]
+fn the_cli_walks_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let action = dir.path().join("export.json");
+    std::fs::write(
+        &action,
+        export_action("postgres://analytics/public.cli").to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = g.cli(
+        &["action", "submit", action.to_str().unwrap()],
+        Some("agent:report-bot"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    let (code, out, _) = g.cli(&["request", "list", "--state", "pending"], Some("user:bob"));
+    assert_eq!(code, 0);
+    assert!(out.contains(&id), "{out}");
+    let (code, _, err) = g.cli(&["request", "approve", &id], Some("user:alice"));
+    assert_ne!(code, 0);
+    assert!(err.contains("self_review"), "{err}");
+    let (code, out, err) = g.cli(
+        &["request", "approve", &id, "--comment", "ok"],
+        Some("user:bob"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 of 2"), "{out}");
+    let (code, out, _) = g.cli(&["request", "approve", &id], Some("user:dave"));
+    assert_eq!(code, 0);
+    assert!(out.contains("approved"), "{out}");
+    let (code, out, _) = g.cli(&["request", "show", &id], Some("agent:report-bot"));
+    assert_eq!(code, 0);
+    assert!(out.contains("\"grant\""), "{out}");
+    let (code, _, err) = g.cli(&["request", "show", &id], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("SECONDKEY_TOKEN"), "{err}");
+    // Receipts verify offline.
+    let (code, out, err) = g.cli(&["log", "proof", "1"], Some("user:bob"));
+    assert_eq!(code, 0, "{err}");
+    let receipt = dir.path().join("receipt.json");
+    std::fs::write(&receipt, out).unwrap();
+    let vkey = g.text("/v1/log/verifier-key");
+    let (code, out, err) = g.cli(
+        &[
+            "log",
+            "verify",
+            "--receipt",
+            receipt.to_str().unwrap(),
+            "--key",
+            vkey.trim(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // --help on every verb carries an example.
+    for verb in [
+        vec!["serve"],
+        vec!["demo"],
+        vec!["policy", "validate"],
+        vec!["policy", "test"],
+        vec!["policy", "explain"],
+        vec!["request", "list"],
+        vec!["request", "approve"],
+        vec!["action", "submit"],
+        vec!["log", "verify"],
+        vec!["log", "proof"],
+        vec!["log", "export"],
+        vec!["keys", "generate"],
+    ] {
+        let mut args = verb.clone();
+        args.push("--help");
+        let (code, out, _) = g.cli(&args, None);
+        assert_eq!(code, 0);
+        assert!(out.contains("Example"), "{verb:?} --help has no example");
+    }
+}
+
+#[test]
+fn keys_generate_writes_a_private_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let (code, out, err) = run_cli(
+        &[
+            "keys",
+            "generate",
+            "--name",
+            "example.org/log",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().starts_with("example.org/log+"), "{out}");
+    assert!(!out.contains("PRIVATE"), "the secret is never printed");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (code, _, _) = run_cli(
+        &[
+            "keys",
+            "generate",
+            "--name",
+            "example.org/log",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0, "an existing key is never overwritten");
+}
+
+#[test]
+fn a_broken_policy_is_rejected_and_the_old_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    assert_eq!(
+        g.submit("agent:report-bot", &read_action())["decision"],
+        "allow"
+    );
+    std::fs::write(
+        dir.path().join("policies/test.cedar"),
+        "permit(principal, action, resource) when { nonsense",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (_d, _k, entries) = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let (d, k, entries) = export_log(&g);
+        if entries.iter().any(|e| e["event"] == "policy.rejected") {
+            break (d, k, entries);
+        }
+        assert!(Instant::now() < deadline, "the rejection was never logged");
+    };
+    assert!(!entries.iter().any(|e| e["event"] == "policy.reloaded"));
+    assert_eq!(
+        g.submit("agent:report-bot", &read_action())["decision"],
+        "allow",
+        "old policy in force"
+    );
+    // A good change takes effect: now reads are denied (nothing permits them).
+    std::fs::write(
+        dir.path().join("policies/test.cedar"),
+        "@id(\"only-ddl\")\npermit(principal, action == Action::\"sql.ddl\", resource);\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        if g.submit("agent:report-bot", &read_action())["decision"] == "deny" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new policy never took effect"
+        );
+    }
+}

@@ -1,0 +1,503 @@
+//! The REST API: thin handlers that extract input, call the [`Gateway`] and
+//! map the result. The OpenAPI document is generated from these handlers.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::Stream;
+use secondkey_core::request::{Outcome as ExecOutcome, RequestState, ReviewDecision};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::OpenApi;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::gateway::clamp_wait;
+use crate::views::*;
+use crate::AppState;
+
+/// A JSON body kept as bytes, after the same content-type and size checks
+/// (actions are parsed strictly by the core).
+pub struct RawJson(pub Bytes);
+
+impl FromRequest<AppState> for RawJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| body_error(e, state))?;
+        if !ct.starts_with("application/json") {
+            return Err(unsupported_media());
+        }
+        Ok(RawJson(bytes))
+    }
+}
+
+fn body_error(e: axum::extract::rejection::BytesRejection, state: &AppState) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the body is larger than {} bytes",
+                state.gateway.config.max_body_bytes
+            ),
+        )
+    } else {
+        ApiError::bad_request("invalid_body", e.body_text())
+    }
+}
+
+fn unsupported_media() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as `Content-Type: application/json`",
+    )
+}
+
+/// A JSON body whose errors follow our error format (400 with a code, 413
+/// when too large) instead of the framework's defaults.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| body_error(e, state))?;
+        if !ct.starts_with("application/json") {
+            return Err(unsupported_media());
+        }
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            let msg = e.to_string();
+            let code = if msg.contains("unknown field") {
+                "unknown_field"
+            } else {
+                "invalid_json"
+            };
+            ApiError::bad_request(code, format!("the body is not valid: {msg}"))
+        })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "secondkey", description = "Action-level approvals for AI agents and pipelines."),
+    paths(submit_action, list_requests, get_request, request_events, review_request,
+          withdraw_request, revoke_request, request_result, consume_grant, jwks, log_checkpoint,
+          log_proof, log_tile, log_verifier_key, healthz, metrics),
+    components(schemas(ActionResponse, ReasonView, RequestSummary, RequirementView, RequestView,
+                       ReviewView, ReviewBody, ConsumeBody, ResultBody, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.gateway.config.max_body_bytes;
+    Router::new()
+        .route("/v1/actions", post(submit_action))
+        .route("/v1/requests", get(list_requests))
+        .route("/v1/requests/{id}", get(get_request))
+        .route("/v1/requests/{id}/events", get(request_events))
+        .route("/v1/requests/{id}/reviews", post(review_request))
+        .route("/v1/requests/{id}/withdraw", post(withdraw_request))
+        .route("/v1/requests/{id}/revoke", post(revoke_request))
+        .route("/v1/requests/{id}/result", post(request_result))
+        .route("/v1/grants/consume", post(consume_grant))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/log/checkpoint", get(log_checkpoint))
+        .route("/v1/log/proof/{index}", get(log_proof))
+        .route("/v1/log/tile/{*path}", get(log_tile))
+        .route("/v1/log/verifier-key", get(log_verifier_key))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/requests/{id}", get(request_page))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /openapi.json")
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// Submit an action for a decision.
+#[utoipa::path(post, path = "/v1/actions", request_body(content = Object, description = "An action (see the brief's contract)"),
+    responses((status = 200, body = ActionResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody, description = "the log could not record the decision: nothing authorized")))]
+async fn submit_action(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    RawJson(body): RawJson,
+) -> Result<Json<ActionResponse>, ApiError> {
+    Ok(Json(s.gateway.submit(&p, &body).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+fn parse_state(s: &str) -> Result<RequestState, ApiError> {
+    serde_json::from_value(json!(s)).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_state",
+            format!("unknown state {s:?}; use pending, approved, denied, expired, withdrawn, revoked, executed, failed or unknown"),
+        )
+    })
+}
+
+/// Requests the caller made or may review.
+#[utoipa::path(get, path = "/v1/requests", params(("state" = Option<String>, Query, description = "e.g. pending")),
+    responses((status = 200, body = [RequestView])))]
+async fn list_requests(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<RequestView>>, ApiError> {
+    let state = q.state.as_deref().map(parse_state).transpose()?;
+    let reqs = s.gateway.list(&p, state).await?;
+    let views = reqs
+        .iter()
+        .map(|r| s.gateway.view(&p, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(views))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    wait: Option<u64>,
+}
+
+/// One request; `?wait=N` long-polls up to N seconds until its state changes.
+#[utoipa::path(get, path = "/v1/requests/{id}", params(("id" = String, Path), ("wait" = Option<u64>, Query)),
+    responses((status = 200, body = RequestView), (status = 404, body = ErrorBody)))]
+async fn get_request(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<RequestView>, ApiError> {
+    let g = &s.gateway;
+    let mut changes = g.subscribe();
+    let req = g.get_request(&p, &id).await?;
+    let wait = clamp_wait(q.wait.unwrap_or(0), g.config.max_wait);
+    if wait.is_zero() || req.state.is_terminal() {
+        return Ok(Json(g.view(&p, &req)?));
+    }
+    let start_state = req.state;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Err(_) => break,
+            Ok(Ok(c)) if c.id == id && c.state != start_state => break,
+            Ok(Ok(_)) => continue,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                let now = g.get_request(&p, &id).await?;
+                if now.state != start_state {
+                    break;
+                }
+            }
+            Ok(Err(_)) => break,
+        }
+    }
+    let req = g.get_request(&p, &id).await?;
+    Ok(Json(g.view(&p, &req)?))
+}
+
+/// Server-sent events: the request now, then on every change, until final.
+#[utoipa::path(get, path = "/v1/requests/{id}/events", params(("id" = String, Path)),
+    responses((status = 200, description = "text/event-stream of `state` events carrying a RequestView")))]
+async fn request_events(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let g = s.gateway.clone();
+    let mut changes = g.subscribe();
+    let first = g.get_request(&p, &id).await?;
+    let stream = async_stream(move |tx| async move {
+        let mut req = first;
+        let mut last: Option<(RequestState, usize)> = None;
+        loop {
+            let key = (req.state, req.reviews.len());
+            if last != Some(key) {
+                last = Some(key);
+                let data = match g.view(&p, &req) {
+                    Ok(v) => serde_json::to_string(&v).unwrap_or_default(),
+                    Err(_) => break,
+                };
+                if tx
+                    .send(Event::default().event("state").data(data))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            if req.state.is_terminal() {
+                break;
+            }
+            match changes.recv().await {
+                Ok(c) if c.id != id => continue,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+            match g.get_request(&p, &id).await {
+                Ok(r) => req = r,
+                Err(_) => break,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// A tiny adapter from a producer task to a `Stream`, so that SSE needs no
+/// extra dependency.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
+    tokio::spawn(f(tx));
+    futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
+
+/// Approve or deny a request.
+#[utoipa::path(post, path = "/v1/requests/{id}/reviews", params(("id" = String, Path)), request_body = ReviewBody,
+    responses((status = 200, body = RequestView),
+              (status = 403, body = ErrorBody, description = "`self_review` or `not_eligible`"),
+              (status = 409, body = ErrorBody, description = "`already_decided`, `expired` or `duplicate_reviewer`")))]
+async fn review_request(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReviewBody>,
+) -> Result<Json<RequestView>, ApiError> {
+    let decision = match body.decision.as_str() {
+        "approve" => ReviewDecision::Approve,
+        "deny" => ReviewDecision::Deny,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_decision",
+                format!("decision must be \"approve\" or \"deny\", not {other:?}"),
+            ))
+        }
+    };
+    let req = s.gateway.review(&p, &id, decision, body.comment).await?;
+    Ok(Json(s.gateway.view(&p, &req)?))
+}
+
+/// The requester withdraws a pending request.
+#[utoipa::path(post, path = "/v1/requests/{id}/withdraw", params(("id" = String, Path)),
+    responses((status = 200, body = RequestView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn withdraw_request(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let req = s.gateway.withdraw(&p, &id).await?;
+    Ok(Json(s.gateway.view(&p, &req)?))
+}
+
+/// An eligible reviewer revokes an approval before its grant is used.
+#[utoipa::path(post, path = "/v1/requests/{id}/revoke", params(("id" = String, Path)),
+    responses((status = 200, body = RequestView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn revoke_request(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let req = s.gateway.revoke(&p, &id).await?;
+    Ok(Json(s.gateway.view(&p, &req)?))
+}
+
+/// The requester reports how an executed action ended.
+#[utoipa::path(post, path = "/v1/requests/{id}/result", params(("id" = String, Path)), request_body = ResultBody,
+    responses((status = 200, body = RequestView), (status = 409, body = ErrorBody)))]
+async fn request_result(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ResultBody>,
+) -> Result<Json<RequestView>, ApiError> {
+    let outcome = match body.outcome.as_str() {
+        "succeeded" => ExecOutcome::Succeeded,
+        "failed" => ExecOutcome::Failed,
+        "unknown" => ExecOutcome::Unknown,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_outcome",
+                format!("outcome must be succeeded, failed or unknown, not {other:?}"),
+            ))
+        }
+    };
+    let req = s
+        .gateway
+        .record_outcome(&p, &id, outcome, body.detail)
+        .await?;
+    Ok(Json(s.gateway.view(&p, &req)?))
+}
+
+/// Use a grant: succeeds exactly once, for exactly the approved digest.
+#[utoipa::path(post, path = "/v1/grants/consume", request_body = ConsumeBody,
+    responses((status = 200, description = "consumed"), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "`grant_used`, `digest_mismatch` or `expired`")))]
+async fn consume_grant(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(body): JsonBody<ConsumeBody>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        s.gateway.consume(&p, &body.grant, &body.digest).await?,
+    ))
+}
+
+/// Public keys that verify grants offline.
+#[utoipa::path(get, path = "/.well-known/jwks.json", security(), responses((status = 200, description = "JWK set")))]
+async fn jwks(State(s): State<AppState>) -> Json<Value> {
+    Json(s.gateway.jwks())
+}
+
+/// The latest signed checkpoint (C2SP tlog-checkpoint signed note).
+#[utoipa::path(get, path = "/v1/log/checkpoint", security(), responses((status = 200, description = "text/plain signed note")))]
+async fn log_checkpoint(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let note = s.gateway.checkpoint().await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+/// The log's signed-note verifier key. Auditors should obtain it out of band.
+#[utoipa::path(get, path = "/v1/log/verifier-key", security(), responses((status = 200, description = "text/plain verifier key")))]
+async fn log_verifier_key(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}\n", s.gateway.verifier_key()),
+    )
+        .into_response()
+}
+
+/// An inclusion-proof receipt for one entry against the current checkpoint.
+#[utoipa::path(get, path = "/v1/log/proof/{index}", params(("index" = u64, Path)),
+    responses((status = 200, description = "receipt JSON"), (status = 404, body = ErrorBody)))]
+async fn log_proof(
+    State(s): State<AppState>,
+    Caller(_p): Caller,
+    Path(index): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let index: u64 = index.parse().map_err(|_| {
+        ApiError::bad_request("invalid_index", "the index must be a non-negative integer")
+    })?;
+    let receipt = crate::logview::receipt(&s.gateway, index).await?;
+    Ok(Json(receipt))
+}
+
+/// C2SP tlog-tiles: hash tiles and entry bundles.
+#[utoipa::path(get, path = "/v1/log/tile/{path}", security(), params(("path" = String, Path, description = "e.g. 0/x001/234.p/7 or entries/000")),
+    responses((status = 200, description = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+async fn log_tile(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    let bytes = crate::logview::tile(&s.gateway, &format!("tile/{path}")).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// Liveness and log writability.
+#[utoipa::path(get, path = "/healthz", security(), responses((status = 200, description = "ok")))]
+async fn healthz(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"status": "ok", "log_size": s.gateway.store.log_size()}))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", security(), responses((status = 200, description = "Prometheus text format")))]
+async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let store = s.gateway.store.clone();
+    let counts = tokio::task::spawn_blocking(move || store.count_by_state())
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let mut out = String::new();
+    out.push_str(
+        "# HELP secondkey_log_size Entries in the audit log.\n# TYPE secondkey_log_size gauge\n",
+    );
+    out.push_str(&format!(
+        "secondkey_log_size {}\n",
+        s.gateway.store.log_size()
+    ));
+    out.push_str("# HELP secondkey_requests Requests by state.\n# TYPE secondkey_requests gauge\n");
+    for (state, n) in counts {
+        out.push_str(&format!("secondkey_requests{{state=\"{state}\"}} {n}\n"));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// A minimal page for a request link. It shows no action details (those
+/// need sign-in, which the web UI adds); it tells a human how to decide.
+async fn request_page(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let safe: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect();
+    let url = &s.gateway.config.public_url;
+    Html(format!(
+        "<!doctype html><meta charset=utf-8><title>secondkey request {safe}</title>\
+         <h1>Request {safe}</h1><p>Review it with the CLI:</p>\
+         <pre>secondkey request show {safe} --url {url} --token $SECONDKEY_TOKEN\n\
+secondkey request approve {safe} --url {url} --token $SECONDKEY_TOKEN</pre>"
+    ))
+    .into_response()
+}

@@ -1,0 +1,52 @@
+//! Bearer-token authentication against the configured principals.
+//!
+//! Tokens are kept only as SHA-256 hashes; lookup is by hash, so the
+//! comparison never touches the secret itself.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use secondkey_core::principal::Principal;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// SHA-256 of a bearer token, as stored in the config (`token_sha256`).
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
+            })?;
+        let value = header
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?
+            .trim();
+        state
+            .gateway
+            .config
+            .tokens
+            .get(&token_hash(token))
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| ApiError::unauthorized("unknown token"))
+    }
+}

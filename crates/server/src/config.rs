@@ -1,0 +1,487 @@
+//! Configuration: a TOML file plus `SECONDKEY_*` environment variables.
+//!
+//! Every error names the key at fault and what to do about it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secondkey_core::principal::{Principal, PrincipalId, PrincipalKind};
+use serde::Deserialize;
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The file as written. Unknown keys are errors, so a typo never silently
+/// turns a setting off.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub policy_dir: Option<PathBuf>,
+    /// Base URL humans use to reach this gateway (request links).
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub grants: RawGrants,
+    #[serde(default)]
+    pub requests: RawRequests,
+    #[serde(default)]
+    pub principals: Vec<RawPrincipal>,
+    #[serde(default)]
+    pub sinks: Vec<secondkey_sinks::SinkConfig>,
+    /// Which resources live in which environment. The gateway passes the
+    /// match to policy as `context.gateway.environment` — a fact the agent
+    /// cannot forge, unlike its declared `context.environment`.
+    #[serde(default)]
+    pub environments: Vec<RawEnvironment>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub name: String,
+    /// Resource patterns: exact strings, or a prefix ending in `*`.
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub origin: Option<String>,
+    /// Signer key file (C2SP note signer format). Created on first start.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrants {
+    /// How long the grant of an immediately allowed action stays usable.
+    pub allow_ttl: Option<String>,
+    /// Ed25519 key for grant JWS. Created on first start.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequests {
+    /// Fraction of a request's TTL after which `escalation_due` fires.
+    pub escalation_fraction: Option<f64>,
+    /// Longest `?wait=` a client may ask for, in seconds.
+    pub max_wait_seconds: Option<u64>,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrincipal {
+    pub id: String,
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub token_sha256: Option<String>,
+    pub token_env: Option<String>,
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub policy_dir: PathBuf,
+    pub public_url: String,
+    pub log_origin: String,
+    pub log_key_file: PathBuf,
+    pub grant_key_file: PathBuf,
+    pub allow_grant_ttl: Duration,
+    pub escalation_fraction: f64,
+    pub max_wait: Duration,
+    pub max_body_bytes: usize,
+    /// sha256(token) → principal.
+    pub tokens: HashMap<[u8; 32], Principal>,
+    /// Every configured principal by id (reviewer lookups, ownership).
+    pub principals: HashMap<String, Principal>,
+    pub sinks: Vec<secondkey_sinks::SinkConfig>,
+    /// (environment, resource patterns), first match wins.
+    pub environments: Vec<(String, Vec<String>)>,
+}
+
+impl Config {
+    /// The configured environment of a resource, if any.
+    pub fn environment_of(&self, resource: &str) -> Option<&str> {
+        self.environments.iter().find_map(|(name, pats)| {
+            pats.iter()
+                .any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => resource.starts_with(prefix),
+                    None => resource == p,
+                })
+                .then_some(name.as_str())
+        })
+    }
+
+    /// Reads `path` and applies `SECONDKEY_*` overrides from `env`.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, &path.display().to_string(), base, env)
+    }
+
+    /// Parses TOML text; relative paths are resolved against `base`.
+    pub fn from_toml(
+        text: &str,
+        name: &str,
+        base: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_string(),
+            message: e.to_string(),
+        })?;
+        Config::from_raw(raw, base, env)
+    }
+
+    pub fn from_raw(
+        mut raw: RawConfig,
+        base: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        if let Some(v) = env.get("SECONDKEY_LISTEN") {
+            raw.listen = Some(v.clone());
+        }
+        if let Some(v) = env.get("SECONDKEY_DATA_DIR") {
+            raw.data_dir = Some(v.into());
+        }
+        if let Some(v) = env.get("SECONDKEY_POLICY_DIR") {
+            raw.policy_dir = Some(v.into());
+        }
+        if let Some(v) = env.get("SECONDKEY_PUBLIC_URL") {
+            raw.public_url = Some(v.clone());
+        }
+        if let Some(v) = env.get("SECONDKEY_LOG_ORIGIN") {
+            raw.log.origin = Some(v.clone());
+        }
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let listen_s = raw.listen.unwrap_or_else(|| "127.0.0.1:8750".into());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_s:?} is not an address like \"127.0.0.1:8750\""),
+            )
+        })?;
+        let data_dir = resolve(raw.data_dir.unwrap_or_else(|| "./secondkey-data".into()));
+        let policy_dir = resolve(raw.policy_dir.unwrap_or_else(|| "./policies".into()));
+        let public_url = raw
+            .public_url
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_string();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(invalid("public_url", "must start with http:// or https://"));
+        }
+        let log_origin = raw
+            .log
+            .origin
+            .unwrap_or_else(|| "secondkey.local/log".into());
+        if log_origin.is_empty()
+            || log_origin.contains(char::is_whitespace)
+            || log_origin.contains('+')
+        {
+            return Err(invalid(
+                "log.origin",
+                "must be a non-empty name without spaces or '+', like \"secondkey.example/log\"",
+            ));
+        }
+        let log_key_file = resolve(
+            raw.log
+                .key_file
+                .unwrap_or_else(|| data_dir.join("keys/log.key")),
+        );
+        let grant_key_file = resolve(
+            raw.grants
+                .key_file
+                .unwrap_or_else(|| data_dir.join("keys/grant.key")),
+        );
+        let allow_grant_ttl = match raw.grants.allow_ttl {
+            Some(s) => secondkey_core::time::parse_duration(&s)
+                .map_err(|e| invalid("grants.allow_ttl", e.to_string()))?,
+            None => Duration::from_secs(300),
+        };
+        let escalation_fraction = raw.requests.escalation_fraction.unwrap_or(0.5);
+        if !(escalation_fraction > 0.0 && escalation_fraction < 1.0) {
+            return Err(invalid(
+                "requests.escalation_fraction",
+                "must be between 0 and 1 (exclusive), e.g. 0.5",
+            ));
+        }
+        let max_wait = Duration::from_secs(raw.requests.max_wait_seconds.unwrap_or(60));
+        let max_body_bytes = raw.requests.max_body_bytes.unwrap_or(1 << 20);
+        if max_body_bytes < 1024 {
+            return Err(invalid("requests.max_body_bytes", "must be at least 1024"));
+        }
+
+        let mut principals = HashMap::new();
+        let mut tokens = HashMap::new();
+        for (i, p) in raw.principals.iter().enumerate() {
+            let key = |k: &str| format!("principals[{i}].{k}");
+            let id: PrincipalId =
+                p.id.parse()
+                    .map_err(|e: secondkey_core::principal::PrincipalError| {
+                        invalid(key("id"), e.to_string())
+                    })?;
+            let owner = match &p.owner {
+                Some(o) => {
+                    let o: PrincipalId =
+                        o.parse()
+                            .map_err(|e: secondkey_core::principal::PrincipalError| {
+                                invalid(key("owner"), e.to_string())
+                            })?;
+                    if id.kind() != PrincipalKind::Agent {
+                        return Err(invalid(key("owner"), "only agents have an owner"));
+                    }
+                    if o.kind() != PrincipalKind::User {
+                        return Err(invalid(key("owner"), "an owner must be a user (user:NAME)"));
+                    }
+                    Some(o)
+                }
+                None => None,
+            };
+            let groups: BTreeSet<String> = p.groups.iter().cloned().collect();
+            for g in &groups {
+                if g.is_empty() || g.contains(',') || g.contains('"') {
+                    return Err(invalid(key("groups"), format!("bad group name {g:?}")));
+                }
+            }
+            let principal = Principal {
+                id: id.clone(),
+                owner,
+                groups,
+            };
+            let hash = match (&p.token_sha256, &p.token_env) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        key("token_sha256"),
+                        "set either token_sha256 or token_env, not both",
+                    ))
+                }
+                (Some(h), None) => {
+                    let bytes = hex::decode(h).ok().filter(|b| b.len() == 32).ok_or_else(|| {
+                        invalid(
+                            key("token_sha256"),
+                            "must be 64 hex characters: the SHA-256 of the token (e.g. `printf %s TOKEN | sha256sum`)",
+                        )
+                    })?;
+                    let mut a = [0u8; 32];
+                    a.copy_from_slice(&bytes);
+                    Some(a)
+                }
+                (None, Some(var)) => {
+                    let token = env.get(var).ok_or_else(|| {
+                        invalid(
+                            key("token_env"),
+                            format!("environment variable {var} is not set"),
+                        )
+                    })?;
+                    if token.len() < 16 {
+                        return Err(invalid(
+                            key("token_env"),
+                            format!("the token in {var} is shorter than 16 characters"),
+                        ));
+                    }
+                    Some(crate::auth::token_hash(token))
+                }
+                (None, None) => None,
+            };
+            if principals
+                .insert(id.to_string(), principal.clone())
+                .is_some()
+            {
+                return Err(invalid(key("id"), format!("{id} is configured twice")));
+            }
+            if let Some(h) = hash {
+                if tokens.insert(h, principal).is_some() {
+                    return Err(invalid(
+                        key("token_sha256"),
+                        "the same token is used by two principals",
+                    ));
+                }
+            }
+        }
+        for (id, p) in &principals {
+            if let Some(o) = &p.owner {
+                if !principals.contains_key(&o.to_string()) {
+                    return Err(invalid(
+                        "principals",
+                        format!("{id} is owned by {o}, which is not configured"),
+                    ));
+                }
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, s) in raw.sinks.iter().enumerate() {
+            if !names.insert(s.name().to_string()) {
+                return Err(invalid(
+                    format!("sinks[{i}].name"),
+                    "sink names must be unique",
+                ));
+            }
+        }
+        let mut environments = Vec::new();
+        for (i, e) in raw.environments.iter().enumerate() {
+            if e.name.is_empty() || e.resources.is_empty() {
+                return Err(invalid(
+                    format!("environments[{i}]"),
+                    "needs a name and at least one resource pattern",
+                ));
+            }
+            if let Some(p) = e
+                .resources
+                .iter()
+                .find(|p| p.is_empty() || p[..p.len().saturating_sub(1)].contains('*'))
+            {
+                return Err(invalid(
+                    format!("environments[{i}].resources"),
+                    format!("{p:?}: use an exact resource or a prefix ending in a single `*`"),
+                ));
+            }
+            environments.push((e.name.clone(), e.resources.clone()));
+        }
+        Ok(Config {
+            environments,
+            listen,
+            data_dir,
+            policy_dir,
+            public_url,
+            log_origin,
+            log_key_file,
+            grant_key_file,
+            allow_grant_ttl,
+            escalation_fraction,
+            max_wait,
+            max_body_bytes,
+            tokens,
+            principals,
+            sinks: raw.sinks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml", Path::new("/tmp"), &HashMap::new())
+    }
+
+    #[test]
+    fn the_brief_example_loads() {
+        let c = load(
+            r#"
+listen = "127.0.0.1:8750"
+data_dir = "./secondkey-data"
+policy_dir = "./policies"
+[log]
+origin = "secondkey.example/log"
+[[principals]]
+id = "user:alice"
+[[principals]]
+id = "agent:report-bot"
+owner = "user:alice"
+groups = ["agents"]
+token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.log_origin, "secondkey.example/log");
+        assert_eq!(c.tokens.len(), 1);
+        assert_eq!(c.data_dir, Path::new("/tmp/./secondkey-data"));
+        assert_eq!(c.environment_of("postgres://x"), None);
+        let c = load("[[environments]]\nname = \"prod\"\nresources = [\"postgres://analytics/*\", \"https://api.example\"]").unwrap();
+        assert_eq!(
+            c.environment_of("postgres://analytics/public.t"),
+            Some("prod")
+        );
+        assert_eq!(c.environment_of("https://api.example"), Some("prod"));
+        assert_eq!(c.environment_of("https://api.example/x"), None);
+        assert!(load("[[environments]]\nname = \"prod\"\nresources = [\"a*b*\"]").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load("listen = \"nope\"").unwrap_err().to_string();
+        assert!(e.contains("`listen`"), "{e}");
+        let e = load("[[principals]]\nid = \"robot\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("principals[0].id"), "{e}");
+        let e = load("[[principals]]\nid = \"user:a\"\nowner = \"user:b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("principals[0].owner"), "{e}");
+        let e = load("[[principals]]\nid = \"user:a\"\ntoken_sha256 = \"abc\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("principals[0].token_sha256"), "{e}");
+        let e = load("lisen = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = load("[requests]\nescalation_fraction = 2.0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("requests.escalation_fraction"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_and_token_env() {
+        let mut env = HashMap::new();
+        env.insert("SECONDKEY_LISTEN".to_string(), "127.0.0.1:9999".to_string());
+        env.insert(
+            "BOB_TOKEN".to_string(),
+            "a-very-long-token-for-bob".to_string(),
+        );
+        let c = Config::from_toml(
+            "[[principals]]\nid = \"user:bob\"\ntoken_env = \"BOB_TOKEN\"",
+            "t",
+            Path::new("/"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        let h = crate::auth::token_hash("a-very-long-token-for-bob");
+        assert_eq!(c.tokens[&h].id.to_string(), "user:bob");
+        let e = Config::from_toml(
+            "[[principals]]\nid = \"user:bob\"\ntoken_env = \"MISSING\"",
+            "t",
+            Path::new("/"),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("MISSING"), "{e}");
+    }
+}

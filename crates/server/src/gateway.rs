@@ -1,0 +1,1008 @@
+//! The gateway's use cases: submit an action, review, withdraw, revoke,
+//! consume a grant, expire and escalate. Handlers in `api` only extract
+//! input and call these; the rules themselves live in `secondkey-core` and
+//! `secondkey-policy`. Every change and the log entries that record it
+//! commit in one store transaction before anyone is told (invariant 1).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use secondkey_core::action::{Action, Digest};
+use secondkey_core::grant::{sign_grant, verify_grant, GrantClaims};
+use secondkey_core::principal::{Principal, PrincipalKind};
+use secondkey_core::request::{
+    CoreEvent, Outcome as ExecOutcome, Request, RequestState, ReviewDecision, ReviewError,
+};
+use secondkey_core::time::Timestamp;
+use secondkey_log::checkpoint::Checkpoint;
+use secondkey_log::entry::Entry;
+use secondkey_log::note::Signer;
+use secondkey_policy::{Outcome, PolicyEngine};
+use secondkey_store::{GrantRow, Store, StoreError, Tx};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::views::{
+    ActionResponse, ReasonView, RequestSummary, RequestView, RequirementView, ReviewView,
+};
+
+/// Largest action, as canonical JSON, that the gateway accepts: the whole
+/// action must fit in one audit-log entry (64 KiB), with room to spare.
+pub const MAX_ACTION_BYTES: usize = 48 * 1024;
+
+/// Something that happened to a request, for waiters and channels.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestChange {
+    pub id: String,
+    pub state: RequestState,
+    /// `request.created`, `request.approved`, `request.escalation_due`, …
+    pub event: String,
+}
+
+/// The gateway: configuration, keys, policy, store and the change feed.
+pub struct Gateway {
+    pub config: Config,
+    pub store: Store,
+    policy: RwLock<Arc<PolicyEngine>>,
+    log_signer: Signer,
+    grant_key: SigningKey,
+    grant_kid: String,
+    changes: broadcast::Sender<RequestChange>,
+    checkpoint_cache: Mutex<Option<(u64, String)>>,
+    clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+/// Wall-clock time in Unix milliseconds: the only clock the gateway reads.
+pub fn system_now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp(ms)
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: Timestamp) -> String {
+    let nanos = (t.0 as i128) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(dt) => {
+            let fmt = time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            );
+            dt.format(&fmt).unwrap_or_else(|_| t.0.to_string())
+        }
+        Err(_) => t.0.to_string(),
+    }
+}
+
+/// A fresh random id with a type prefix, e.g. `req_3f9a…`.
+pub fn new_id(prefix: &str) -> Result<String, ApiError> {
+    let mut b = [0u8; 12];
+    getrandom::getrandom(&mut b).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("no randomness available: {e}"),
+        )
+    })?;
+    Ok(format!("{prefix}_{}", hex::encode(b)))
+}
+
+fn entry(
+    now: Timestamp,
+    event: &str,
+    actor: &str,
+    subjects: &[(&str, &str)],
+    digest: Option<&str>,
+    payload: Value,
+) -> Entry {
+    Entry {
+        index: 0,
+        time: rfc3339(now),
+        event: event.to_string(),
+        actor: Some(actor.to_string()),
+        subjects: subjects
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        digest: digest.map(str::to_string),
+        payload,
+    }
+}
+
+/// Appends the log entries for the events a core transition produced.
+fn log_events(
+    tx: &mut dyn Tx,
+    now: Timestamp,
+    actor: &str,
+    req: &Request,
+    events: &[CoreEvent],
+) -> Result<(), StoreError> {
+    for ev in events {
+        let (name, payload) = event_payload(req, ev);
+        tx.append(entry(
+            now,
+            &name,
+            actor,
+            &[("request", &req.id)],
+            Some(req.digest.as_str()),
+            payload,
+        ))?;
+    }
+    Ok(())
+}
+
+fn approvers(req: &Request) -> Vec<String> {
+    req.reviews
+        .iter()
+        .filter(|r| r.decision == ReviewDecision::Approve)
+        .map(|r| r.reviewer.to_string())
+        .collect()
+}
+
+fn event_payload(req: &Request, ev: &CoreEvent) -> (String, Value) {
+    let state = serde_json::to_value(req.state).unwrap_or(Value::Null);
+    match ev {
+        CoreEvent::Reviewed {
+            reviewer,
+            decision,
+            comment,
+        } => (
+            "review.submitted".into(),
+            json!({"reviewer": reviewer.to_string(), "decision": decision, "comment": comment, "state": state}),
+        ),
+        CoreEvent::Approved {
+            grant_id,
+            approvers,
+        } => (
+            "request.approved".into(),
+            json!({"decision": "approved", "grant": grant_id,
+                   "approvers": approvers.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                   "action": {"kind": req.action.kind, "operation": req.action.operation, "resource": req.action.resource},
+                   "requester": req.requester.id.to_string()}),
+        ),
+        CoreEvent::Denied { by } => (
+            "request.denied".into(),
+            json!({"decision": "denied", "by": by.to_string(),
+                   "action": {"kind": req.action.kind, "operation": req.action.operation, "resource": req.action.resource},
+                   "requester": req.requester.id.to_string()}),
+        ),
+        CoreEvent::Expired => (
+            "request.expired".into(),
+            json!({"decision": "expired", "state": state}),
+        ),
+        CoreEvent::Withdrawn => ("request.withdrawn".into(), json!({"state": state})),
+        CoreEvent::Revoked { by } => (
+            "request.revoked".into(),
+            json!({"by": by.to_string(), "state": state}),
+        ),
+        CoreEvent::Consumed { grant_id } => (
+            "grant.consumed".into(),
+            json!({"grant": grant_id, "approvers": approvers(req),
+                   "action": {"kind": req.action.kind, "operation": req.action.operation, "resource": req.action.resource}}),
+        ),
+        CoreEvent::OutcomeRecorded { outcome } => (
+            "action.result".into(),
+            json!({"outcome": outcome, "state": state}),
+        ),
+        #[allow(unreachable_patterns)]
+        other => (
+            "request.event".into(),
+            json!({"event": format!("{other:?}")}),
+        ),
+    }
+}
+
+/// What a review call produced: the request, or an error that still needed
+/// the store (an expiry discovered while reviewing is recorded, then
+/// reported).
+enum Reviewed {
+    Done(Box<Request>),
+    Refused(ApiError),
+}
+
+impl Gateway {
+    pub fn new(
+        config: Config,
+        store: Store,
+        policy: PolicyEngine,
+        log_signer: Signer,
+        grant_key: SigningKey,
+    ) -> Gateway {
+        let grant_kid = secondkey_core::grant::kid_for(&grant_key.verifying_key());
+        let (changes, _) = broadcast::channel(4096);
+        Gateway {
+            config,
+            store,
+            policy: RwLock::new(Arc::new(policy)),
+            log_signer,
+            grant_key,
+            grant_kid,
+            changes,
+            checkpoint_cache: Mutex::new(None),
+            clock: Box::new(system_now),
+        }
+    }
+
+    /// Replaces the clock (tests of expiry use a fake one; nothing sleeps).
+    pub fn with_clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    pub fn policy(&self) -> Arc<PolicyEngine> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Swaps in a new policy set atomically and records it.
+    pub async fn replace_policy(
+        &self,
+        engine: PolicyEngine,
+        summary: Value,
+    ) -> Result<(), ApiError> {
+        let now = self.now();
+        self.store
+            .transact(move |tx| {
+                tx.append(entry(
+                    now,
+                    "policy.reloaded",
+                    "service:secondkey",
+                    &[],
+                    None,
+                    summary,
+                ))
+            })
+            .await?;
+        match self.policy.write() {
+            Ok(mut p) => *p = Arc::new(engine),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),
+        }
+        Ok(())
+    }
+
+    /// Records that a new policy set was rejected and the old one stays.
+    pub async fn policy_rejected(&self, error: String) -> Result<(), ApiError> {
+        let now = self.now();
+        self.store
+            .transact(move |tx| {
+                tx.append(entry(
+                    now,
+                    "policy.rejected",
+                    "service:secondkey",
+                    &[],
+                    None,
+                    json!({"error": error, "kept": "previous policy set"}),
+                ))
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RequestChange> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, req: &Request, event: &str) {
+        let _ = self.changes.send(RequestChange {
+            id: req.id.clone(),
+            state: req.state,
+            event: event.to_string(),
+        });
+    }
+
+    pub fn request_url(&self, id: &str) -> String {
+        format!("{}/requests/{id}", self.config.public_url)
+    }
+
+    pub fn jwks(&self) -> Value {
+        json!({"keys": [secondkey_core::grant::jwk(&self.grant_key.verifying_key(), &self.grant_kid)]})
+    }
+
+    pub fn verifier_key(&self) -> String {
+        self.log_signer.verifier().to_string()
+    }
+
+    fn sign_claims(&self, claims: &GrantClaims) -> Result<String, ApiError> {
+        sign_grant(claims, &self.grant_key, &self.grant_kid).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            )
+        })
+    }
+
+    /// Facts the gateway itself knows about this call, kept apart from what
+    /// the agent declares (invariant 8).
+    fn facts(
+        &self,
+        principal: &Principal,
+        action: &Action,
+        transport: &str,
+    ) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        if let Some(env) = self.config.environment_of(&action.resource) {
+            m.insert("environment".into(), json!(env));
+        }
+        m.insert(
+            "principal_kind".into(),
+            json!(match principal.id.kind() {
+                PrincipalKind::User => "user",
+                PrincipalKind::Agent => "agent",
+                PrincipalKind::Service => "service",
+            }),
+        );
+        m.insert("transport".into(), json!(transport));
+        m
+    }
+
+    /// `POST /v1/actions`: decide an action and record the decision.
+    /// The body is parsed strictly (a repeated key is refused) and the parsed
+    /// JSON is what gets logged and digested.
+    pub async fn submit(
+        &self,
+        principal: &Principal,
+        body: &[u8],
+    ) -> Result<ActionResponse, ApiError> {
+        let (raw, action, digest) =
+            Action::from_slice(body).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        let size = serde_jcs::to_vec(&raw)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_ACTION_BYTES {
+            return Err(ApiError::bad_request(
+                "action_too_large",
+                format!(
+                    "the action is {size} bytes as canonical JSON; the limit is {MAX_ACTION_BYTES}. Move bulk data out of params"
+                ),
+            ));
+        }
+        let facts = self.facts(principal, &action, "api");
+        let decision = self.policy().decide(principal, &action, &facts);
+        let reasons: Vec<ReasonView> = decision.reasons.iter().map(ReasonView::from).collect();
+        let now = self.now();
+        let actor = principal.id.to_string();
+        let summary = json!({"kind": action.kind, "operation": action.operation, "resource": action.resource});
+        match decision.outcome {
+            Outcome::Deny => {
+                let id = new_id("act")?;
+                let payload = json!({"decision": "deny", "action": raw, "reasons": reasons, "errors": decision.errors});
+                let (id2, dg) = (id.clone(), digest.as_str().to_string());
+                self.store
+                    .transact(move |tx| {
+                        tx.append(entry(
+                            now,
+                            "action.denied",
+                            &actor,
+                            &[("action", &id2)],
+                            Some(&dg),
+                            payload,
+                        ))
+                    })
+                    .await?;
+                Ok(ActionResponse {
+                    id,
+                    digest: digest.as_str().to_string(),
+                    decision: "deny".into(),
+                    reasons,
+                    request: None,
+                    grant: None,
+                })
+            }
+            Outcome::Allow => {
+                let id = new_id("act")?;
+                let grant_id = new_id("grt")?;
+                let exp = now.plus(self.config.allow_grant_ttl);
+                let claims = GrantClaims {
+                    jti: grant_id.clone(),
+                    rid: None,
+                    dig: digest.as_str().to_string(),
+                    sub: actor.clone(),
+                    apr: vec![],
+                    env: env_of(&action),
+                    iat: now.0 / 1000,
+                    exp: exp.0 / 1000,
+                    iss: self.config.log_origin.clone(),
+                };
+                let token = self.sign_claims(&claims)?;
+                let row = GrantRow {
+                    id: grant_id.clone(),
+                    request_id: None,
+                    digest: digest.as_str().to_string(),
+                    requester: actor.clone(),
+                    expires_at: exp.0,
+                    used_at: None,
+                };
+                let payload = json!({"decision": "allow", "action": raw, "reasons": reasons, "grant": grant_id, "grant_expires_at": rfc3339(exp)});
+                let (id2, dg) = (id.clone(), digest.as_str().to_string());
+                self.store
+                    .transact(move |tx| {
+                        tx.insert_grant(&row)?;
+                        tx.append(entry(
+                            now,
+                            "action.allowed",
+                            &actor,
+                            &[("action", &id2), ("grant", &row.id)],
+                            Some(&dg),
+                            payload,
+                        ))
+                    })
+                    .await?;
+                Ok(ActionResponse {
+                    id,
+                    digest: digest.as_str().to_string(),
+                    decision: "allow".into(),
+                    reasons,
+                    request: None,
+                    grant: Some(token),
+                })
+            }
+            Outcome::Review => {
+                let id = new_id("req")?;
+                // The owner of an agent this action is done for may not
+                // review it either; only the gateway knows who that is.
+                let on_behalf_owner: Vec<_> = action
+                    .on_behalf_of
+                    .as_ref()
+                    .and_then(|o| self.config.principals.get(o.as_str()))
+                    .and_then(|p| p.owner.clone())
+                    .into_iter()
+                    .collect();
+                let req = Request::new(
+                    id.clone(),
+                    digest.clone(),
+                    action,
+                    principal.clone(),
+                    decision.requirements.clone(),
+                    decision.ttl,
+                    decision.grant_ttl,
+                    now,
+                )
+                .with_excluded(on_behalf_owner);
+                let payload = json!({
+                    "decision": "review", "action": raw, "reasons": reasons,
+                    "required": decision.requirements.iter().map(RequirementView::from).collect::<Vec<_>>(),
+                    "expires_at": rfc3339(req.expires_at), "summary": summary,
+                });
+                let stored = req.clone();
+                self.store
+                    .transact(move |tx| {
+                        tx.put_request(&stored)?;
+                        tx.append(entry(
+                            now,
+                            "request.created",
+                            &actor,
+                            &[("request", &stored.id)],
+                            Some(stored.digest.as_str()),
+                            payload,
+                        ))
+                    })
+                    .await?;
+                self.announce(&req, "request.created");
+                Ok(ActionResponse {
+                    id: id.clone(),
+                    digest: digest.as_str().to_string(),
+                    decision: "review".into(),
+                    reasons,
+                    request: Some(RequestSummary {
+                        id: id.clone(),
+                        state: req.state,
+                        url: self.request_url(&id),
+                        expires_at: rfc3339(req.expires_at),
+                        required: req.requirements.iter().map(RequirementView::from).collect(),
+                    }),
+                    grant: None,
+                })
+            }
+        }
+    }
+
+    /// Whether `who` may see request `req`: its requester side, or anyone
+    /// who could review it.
+    pub fn may_view(&self, who: &Principal, req: &Request) -> bool {
+        let id = &who.id;
+        if *id == req.requester.id || req.requester.owner.as_ref() == Some(id) {
+            return true;
+        }
+        if req.action.on_behalf_of.as_ref() == Some(id) {
+            return true;
+        }
+        req.requirements
+            .iter()
+            .any(|r| r.groups.iter().any(|g| who.groups.contains(g)))
+    }
+
+    /// Loads a request the caller may see (404 otherwise, so ids do not leak).
+    pub async fn get_request(&self, who: &Principal, id: &str) -> Result<Request, ApiError> {
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        let req = tokio::task::spawn_blocking(move || store.get_request(&id2))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))??;
+        match req {
+            Some(r) if self.may_view(who, &r) => Ok(r),
+            _ => Err(ApiError::not_found(format!(
+                "no request {id} that you may see"
+            ))),
+        }
+    }
+
+    /// The public view of a request; the grant is included only for its
+    /// requester, once approved and while unused.
+    pub fn view(&self, who: &Principal, req: &Request) -> Result<RequestView, ApiError> {
+        let mut grant = None;
+        let mut grant_expires_at = None;
+        if let Some(g) = &req.grant {
+            grant_expires_at = Some(rfc3339(g.expires_at));
+            if req.state == RequestState::Approved && who.id == req.requester.id {
+                let claims = GrantClaims {
+                    jti: g.id.clone(),
+                    rid: Some(req.id.clone()),
+                    dig: req.digest.as_str().to_string(),
+                    sub: req.requester.id.to_string(),
+                    apr: approvers(req),
+                    env: env_of(&req.action),
+                    iat: req
+                        .decided_at
+                        .map(|t| t.0 / 1000)
+                        .unwrap_or(req.created_at.0 / 1000),
+                    exp: g.expires_at.0 / 1000,
+                    iss: self.config.log_origin.clone(),
+                };
+                grant = Some(self.sign_claims(&claims)?);
+            }
+        }
+        Ok(RequestView {
+            id: req.id.clone(),
+            state: req.state,
+            url: self.request_url(&req.id),
+            digest: req.digest.as_str().to_string(),
+            action: serde_json::to_value(&req.action).unwrap_or(Value::Null),
+            requester: req.requester.id.to_string(),
+            owner: req.requester.owner.as_ref().map(|o| o.to_string()),
+            required: req.requirements.iter().map(RequirementView::from).collect(),
+            reviews: req.reviews.iter().map(ReviewView::from).collect(),
+            created_at: rfc3339(req.created_at),
+            expires_at: rfc3339(req.expires_at),
+            decided_at: req.decided_at.map(rfc3339),
+            grant,
+            grant_expires_at,
+        })
+    }
+
+    /// `GET /v1/requests`: what the caller asked for or may review.
+    pub async fn list(
+        &self,
+        who: &Principal,
+        state: Option<RequestState>,
+    ) -> Result<Vec<Request>, ApiError> {
+        let store = self.store.clone();
+        let all = tokio::task::spawn_blocking(move || store.list_requests(state, 500))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))??;
+        Ok(all.into_iter().filter(|r| self.may_view(who, r)).collect())
+    }
+
+    /// `POST /v1/requests/{id}/reviews`.
+    pub async fn review(
+        &self,
+        reviewer: &Principal,
+        id: &str,
+        decision: ReviewDecision,
+        comment: Option<String>,
+    ) -> Result<Request, ApiError> {
+        if let Some(c) = &comment {
+            if c.len() > 4096 {
+                return Err(ApiError::bad_request(
+                    "invalid_comment",
+                    "a comment is at most 4096 bytes",
+                ));
+            }
+        }
+        let now = self.now();
+        let grant_id = new_id("grt")?;
+        let who = reviewer.clone();
+        let id2 = id.to_string();
+        let out = self
+            .store
+            .transact(move |tx| {
+                let mut req = tx
+                    .get_request(&id2)?
+                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                let actor = who.id.to_string();
+                match req.review(&who, decision, comment, now, &grant_id) {
+                    Ok(t) => {
+                        tx.put_request(&req)?;
+                        log_events(tx, now, &actor, &req, &t.events)?;
+                        if let (RequestState::Approved, Some(g)) = (req.state, &req.grant) {
+                            tx.insert_grant(&GrantRow {
+                                id: g.id.clone(),
+                                request_id: Some(req.id.clone()),
+                                digest: req.digest.as_str().to_string(),
+                                requester: req.requester.id.to_string(),
+                                expires_at: g.expires_at.0,
+                                used_at: None,
+                            })?;
+                        }
+                        Ok(Reviewed::Done(Box::new(req)))
+                    }
+                    Err(ReviewError::Expired {
+                        transition: Some(t),
+                    }) => {
+                        tx.put_request(&req)?;
+                        log_events(tx, now, "service:secondkey", &req, &t.events)?;
+                        Ok(Reviewed::Refused(ApiError::conflict(
+                            "expired",
+                            format!("request {} expired before this review", req.id),
+                        )))
+                    }
+                    Err(e) => Err(review_error(e).into()),
+                }
+            })
+            .await?;
+        match out {
+            Reviewed::Done(req) => {
+                self.announce(&req, "request.reviewed");
+                Ok(*req)
+            }
+            Reviewed::Refused(e) => {
+                if let Ok(Some(r)) = self.store.get_request(id) {
+                    self.announce(&r, "request.expired");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `POST /v1/requests/{id}/withdraw`.
+    pub async fn withdraw(&self, who: &Principal, id: &str) -> Result<Request, ApiError> {
+        let now = self.now();
+        let by = who.id.clone();
+        let id2 = id.to_string();
+        let req = self
+            .store
+            .transact(move |tx| {
+                let mut req = tx
+                    .get_request(&id2)?
+                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                let t = req
+                    .withdraw(&by, now)
+                    .map_err(|e| ApiError::from(transition_error(e)))?;
+                tx.put_request(&req)?;
+                log_events(tx, now, &by.to_string(), &req, &t.events)?;
+                Ok(req)
+            })
+            .await?;
+        self.announce(&req, "request.withdrawn");
+        Ok(req)
+    }
+
+    /// `POST /v1/requests/{id}/revoke`.
+    pub async fn revoke(&self, who: &Principal, id: &str) -> Result<Request, ApiError> {
+        let now = self.now();
+        let by = who.clone();
+        let id2 = id.to_string();
+        let req = self
+            .store
+            .transact(move |tx| {
+                let mut req = tx
+                    .get_request(&id2)?
+                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                let t = req
+                    .revoke(&by, now)
+                    .map_err(|e| ApiError::from(transition_error(e)))?;
+                tx.put_request(&req)?;
+                log_events(tx, now, &by.id.to_string(), &req, &t.events)?;
+                Ok(req)
+            })
+            .await?;
+        self.announce(&req, "request.revoked");
+        Ok(req)
+    }
+
+    /// `POST /v1/grants/consume`: single use, exactly as approved.
+    pub async fn consume(
+        &self,
+        who: &Principal,
+        token: &str,
+        digest: &str,
+    ) -> Result<Value, ApiError> {
+        let now = self.now();
+        let vk = self.grant_key.verifying_key();
+        // Signature first, expiry checked below against the stored row so the
+        // error names the real cause.
+        let claims = verify_grant(token, &vk, Timestamp(0))
+            .map_err(|e| ApiError::bad_request("invalid_grant", e.to_string()))?;
+        if claims.dig != digest {
+            return Err(ApiError::conflict(
+                "digest_mismatch",
+                "the action's digest differs from the one approved: nothing was executed",
+            ));
+        }
+        if claims.sub != who.id.to_string() && who.id.kind() != PrincipalKind::Service {
+            return Err(ApiError::forbidden(
+                "not_requester",
+                format!(
+                    "this grant belongs to {}; only it (or an executing service) may use it",
+                    claims.sub
+                ),
+            ));
+        }
+        let actor = who.id.to_string();
+        let c2 = claims.clone();
+        let digest_s = digest.to_string();
+        let changed = self
+            .store
+            .transact(move |tx| {
+                let row = tx
+                    .get_grant(&c2.jti)?
+                    .ok_or_else(|| ApiError::not_found("unknown grant"))?;
+                if row.used_at.is_some() {
+                    return Err(
+                        ApiError::conflict("grant_used", "this grant was already used").into(),
+                    );
+                }
+                if now.0 >= row.expires_at {
+                    return Err(ApiError::conflict("expired", "this grant has expired").into());
+                }
+                if row.digest != digest_s {
+                    return Err(ApiError::conflict(
+                        "digest_mismatch",
+                        "digest differs from the approved one",
+                    )
+                    .into());
+                }
+                let mut changed = None;
+                if let Some(rid) = &row.request_id {
+                    let mut req = tx.get_request(rid)?.ok_or_else(|| {
+                        ApiError::not_found(format!("grant's request {rid} is missing"))
+                    })?;
+                    let dg = Digest::from_hex(&digest_s)
+                        .map_err(|e| ApiError::bad_request("invalid_digest", e.to_string()))?;
+                    let t = req
+                        .consume(&row.id, &dg, &req.requester.id.clone(), now)
+                        .map_err(|e| ApiError::from(consume_error(e)))?;
+                    tx.put_request(&req)?;
+                    log_events(tx, now, &actor, &req, &t.events)?;
+                    changed = Some(req);
+                } else {
+                    tx.append(entry(
+                        now,
+                        "grant.consumed",
+                        &actor,
+                        &[("grant", &row.id)],
+                        Some(&row.digest),
+                        json!({"grant": row.id, "requester": row.requester}),
+                    ))?;
+                }
+                if !tx.use_grant(&row.id, now.0)? {
+                    return Err(
+                        ApiError::conflict("grant_used", "this grant was already used").into(),
+                    );
+                }
+                Ok(changed)
+            })
+            .await?;
+        if let Some(req) = &changed {
+            self.announce(req, "grant.consumed");
+        }
+        Ok(json!({
+            "consumed": true,
+            "grant": claims.jti,
+            "request": claims.rid,
+            "digest": claims.dig,
+            "requester": claims.sub,
+            "approvers": claims.apr,
+        }))
+    }
+
+    /// Records the result of an executed action (adapters call this).
+    pub async fn record_outcome(
+        &self,
+        who: &Principal,
+        id: &str,
+        outcome: ExecOutcome,
+        detail: Value,
+    ) -> Result<Request, ApiError> {
+        let now = self.now();
+        let actor = who.id.to_string();
+        let id2 = id.to_string();
+        let req = self
+            .store
+            .transact(move |tx| {
+                let mut req = tx
+                    .get_request(&id2)?
+                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                if actor != req.requester.id.to_string() {
+                    return Err(ApiError::forbidden(
+                        "not_requester",
+                        "only the requester reports the result",
+                    )
+                    .into());
+                }
+                let t = req
+                    .record_outcome(outcome, now)
+                    .map_err(|e| ApiError::from(transition_error(e)))?;
+                tx.put_request(&req)?;
+                log_events(tx, now, &actor, &req, &t.events)?;
+                tx.append(entry(
+                    now,
+                    "action.result.detail",
+                    &actor,
+                    &[("request", &req.id)],
+                    Some(req.digest.as_str()),
+                    detail,
+                ))?;
+                Ok(req)
+            })
+            .await?;
+        self.announce(&req, "action.result");
+        Ok(req)
+    }
+
+    /// Expires what is due and fires `escalation_due`; called every second.
+    pub async fn sweep(&self) -> Result<(), ApiError> {
+        let now = self.now();
+        let store = self.store.clone();
+        let fraction = self.config.escalation_fraction;
+        let (due, esc) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((
+                store.due_for_expiry(now.0)?,
+                store.due_for_escalation(now.0, fraction)?,
+            ))
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+        for id in due {
+            let r = self
+                .store
+                .transact(move |tx| {
+                    let Some(mut req) = tx.get_request(&id)? else {
+                        return Ok(None);
+                    };
+                    match req.expire_if_due(now) {
+                        Some(t) => {
+                            tx.put_request(&req)?;
+                            log_events(tx, now, "service:secondkey", &req, &t.events)?;
+                            Ok(Some(req))
+                        }
+                        None => Ok(None),
+                    }
+                })
+                .await?;
+            if let Some(req) = r {
+                self.announce(&req, "request.expired");
+            }
+        }
+        for id in esc {
+            let r = self
+                .store
+                .transact(move |tx| {
+                    let Some(mut req) = tx.get_request(&id)? else {
+                        return Ok(None);
+                    };
+                    if !req.escalation_due(now, fraction) {
+                        return Ok(None);
+                    }
+                    req.mark_escalated();
+                    tx.put_request(&req)?;
+                    tx.append(entry(
+                        now,
+                        "request.escalation_due",
+                        "service:secondkey",
+                        &[("request", &req.id)],
+                        Some(req.digest.as_str()),
+                        json!({"fraction": fraction, "expires_at": rfc3339(req.expires_at)}),
+                    ))?;
+                    Ok(Some(req))
+                })
+                .await?;
+            if let Some(req) = r {
+                self.announce(&req, "escalation_due");
+            }
+        }
+        Ok(())
+    }
+
+    /// The current signed checkpoint (C2SP signed note). Signed once per
+    /// tree size; each new size is anchored in the store so that a later
+    /// start detects edited entries.
+    pub async fn checkpoint(&self) -> Result<String, ApiError> {
+        let (size, root) = self.store.with_tree(|t| (t.size(), t.root()))?;
+        if let Ok(c) = self.checkpoint_cache.lock() {
+            if let Some((s, note)) = c.as_ref() {
+                if *s == size {
+                    return Ok(note.clone());
+                }
+            }
+        }
+        let cp = Checkpoint {
+            origin: self.config.log_origin.clone(),
+            size,
+            root,
+            extensions: vec![],
+        };
+        let note = cp
+            .sign(&self.log_signer)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        self.store.anchor(size, root).await?;
+        if let Ok(mut c) = self.checkpoint_cache.lock() {
+            *c = Some((size, note.clone()));
+        }
+        Ok(note)
+    }
+
+    /// Records gateway start in the log (also proves the log is writable:
+    /// the gateway refuses to start if it is not).
+    pub async fn started(&self) -> Result<(), ApiError> {
+        let now = self.now();
+        let version = env!("CARGO_PKG_VERSION");
+        let policies = self.policy().len();
+        self.store
+            .transact(move |tx| {
+                tx.append(entry(
+                    now,
+                    "gateway.started",
+                    "service:secondkey",
+                    &[],
+                    None,
+                    json!({"version": version, "policies": policies}),
+                ))
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn env_of(action: &Action) -> Option<String> {
+    action
+        .context
+        .get("environment")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+fn review_error(e: ReviewError) -> ApiError {
+    let code = e.code();
+    let msg = e.to_string();
+    match code {
+        "self_review" | "not_eligible" => ApiError::forbidden(code, msg),
+        "not_found" => ApiError::not_found(msg),
+        _ => ApiError::conflict(code, msg),
+    }
+}
+
+fn transition_error(e: secondkey_core::request::TransitionError) -> ApiError {
+    let code = e.code();
+    let msg = e.to_string();
+    match code {
+        "not_requester" | "self_review" | "not_eligible" => ApiError::forbidden(code, msg),
+        _ => ApiError::conflict(code, msg),
+    }
+}
+
+fn consume_error(e: secondkey_core::request::ConsumeError) -> ApiError {
+    let code = e.code();
+    let msg = e.to_string();
+    match code {
+        "wrong_requester" => ApiError::forbidden(code, msg),
+        _ => ApiError::conflict(code, msg),
+    }
+}
+
+/// How long `?wait=` may hold a request open.
+pub fn clamp_wait(asked: u64, max: Duration) -> Duration {
+    Duration::from_secs(asked).min(max)
+}

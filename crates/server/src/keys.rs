@@ -1,0 +1,150 @@
+//! The gateway's two signing keys: the log's checkpoint signer (C2SP note
+//! format) and the grant key (Ed25519 for EdDSA JWS). Both are created on
+//! first start with mode 0600 and never logged.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use ed25519_dalek::SigningKey;
+use secondkey_log::note::Signer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn file_err(path: &Path, message: impl std::fmt::Display) -> KeyError {
+    KeyError::File {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Writes `contents` to a new file readable only by its owner. Fails if the
+/// file exists, so a key is never silently replaced.
+pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), KeyError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(path, e))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| file_err(path, e))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| file_err(path, e))?;
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> Result<String, KeyError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| file_err(path, e))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(file_err(
+                path,
+                format!(
+                    "is readable by others (mode {:o}); run `chmod 600 {}`",
+                    meta.permissions().mode() & 0o777,
+                    path.display()
+                ),
+            ));
+        }
+    }
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| file_err(path, e))
+}
+
+/// Loads the log signer, creating it (named after the log origin) if the
+/// file does not exist. A signer whose name differs from the origin is an
+/// error: verifiers would look for the wrong key name.
+pub fn load_or_create_log_signer(path: &Path, origin: &str) -> Result<Signer, KeyError> {
+    if !path.exists() {
+        let signer = Signer::generate(origin).map_err(|e| file_err(path, e))?;
+        write_secret_file(path, &format!("{}\n", signer.to_string()))?;
+        return Ok(signer);
+    }
+    let text = read_secret(path)?;
+    let signer: Signer = text
+        .parse()
+        .map_err(|e| file_err(path, format!("not a note signer key: {e}")))?;
+    if signer.name() != origin {
+        return Err(file_err(
+            path,
+            format!(
+                "the key is named {:?} but [log].origin is {origin:?}; use a key generated for this origin (`secondkey keys generate --name {origin}`)",
+                signer.name()
+            ),
+        ));
+    }
+    Ok(signer)
+}
+
+/// Loads the grant signing key (base64 of the 32-byte Ed25519 seed),
+/// creating it if the file does not exist.
+pub fn load_or_create_grant_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if !path.exists() {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).map_err(|e| file_err(path, e))?;
+        write_secret_file(path, &format!("{}\n", b64.encode(seed)))?;
+        return Ok(SigningKey::from_bytes(&seed));
+    }
+    let text = read_secret(path)?;
+    let bytes = b64
+        .decode(text.as_bytes())
+        .map_err(|e| file_err(path, format!("not base64: {e}")))?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| file_err(path, "must hold a 32-byte Ed25519 seed in base64"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_created_private_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys/log.key");
+        let s1 = load_or_create_log_signer(&p, "example.org/log").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let s2 = load_or_create_log_signer(&p, "example.org/log").unwrap();
+        assert_eq!(s1.verifier().to_string(), s2.verifier().to_string());
+        let e = load_or_create_log_signer(&p, "other/log")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("other/log"), "{e}");
+
+        let g = dir.path().join("keys/grant.key");
+        let k1 = load_or_create_grant_key(&g).unwrap();
+        let k2 = load_or_create_grant_key(&g).unwrap();
+        assert_eq!(k1.verifying_key(), k2.verifying_key());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_world_readable_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let g = dir.path().join("grant.key");
+        load_or_create_grant_key(&g).unwrap();
+        std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_create_grant_key(&g).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+}

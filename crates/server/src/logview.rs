@@ -1,0 +1,85 @@
+//! Serving the transparency log: tiles, entry bundles and receipts, read
+//! from the store and its in-memory tree.
+
+use secondkey_log::tiles::{encode_bundle, parse_tile_path, TileKind};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::Gateway;
+
+/// Bytes of a C2SP tlog-tiles resource (`tile/<L>/…` or `tile/entries/…`).
+pub async fn tile(gateway: &Gateway, path: &str) -> Result<Vec<u8>, ApiError> {
+    let r = parse_tile_path(path).map_err(|e| ApiError::not_found(e.to_string()))?;
+    match r.kind {
+        TileKind::Hash { level } => gateway
+            .store
+            .with_tree(|t| t.tile(level, r.index, r.width))?
+            .map_err(|e| ApiError::not_found(e.to_string())),
+        TileKind::Entries => {
+            let start = r.index * 256;
+            let end = start + u64::from(r.width);
+            if end > gateway.store.log_size() {
+                return Err(ApiError::not_found(format!(
+                    "{path}: the log has only {} entries",
+                    gateway.store.log_size()
+                )));
+            }
+            let store = gateway.store.clone();
+            let entries = tokio::task::spawn_blocking(move || store.entries(start, end))
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))??;
+            encode_bundle(&entries).map_err(|e| ApiError::unavailable(e.to_string()))
+        }
+    }
+}
+
+/// A self-contained inclusion receipt for entry `index` against the current
+/// signed checkpoint.
+pub async fn receipt(gateway: &Gateway, index: u64) -> Result<Value, ApiError> {
+    let note = gateway.checkpoint().await?;
+    let cp = secondkey_log::checkpoint::Checkpoint::parse_note_unverified(&note)
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if index >= cp.size {
+        return Err(ApiError::not_found(format!(
+            "entry {index} is not in the log (size {})",
+            cp.size
+        )));
+    }
+    let store = gateway.store.clone();
+    let bytes = tokio::task::spawn_blocking(move || store.entries(index, index + 1))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let entry = bytes
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(format!("entry {index} is missing")))?;
+    let receipt = gateway
+        .store
+        .with_tree(|t| secondkey_log::receipt::Receipt::build(t, &entry, index, &note))?
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    serde_json::to_value(receipt).map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+/// The store as a source of entries for the log sinks.
+pub struct StoreSource(pub secondkey_store::Store);
+
+impl secondkey_sinks::EntrySource for StoreSource {
+    fn read_from(
+        &self,
+        start: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, secondkey_sinks::SourceError> {
+        let end = (start + max as u64).min(self.0.log_size());
+        if end <= start {
+            return Ok(vec![]);
+        }
+        let entries = self
+            .0
+            .entries(start, end)
+            .map_err(|e| secondkey_sinks::SourceError {
+                start,
+                message: e.to_string(),
+            })?;
+        Ok((start..).zip(entries).collect())
+    }
+}

@@ -1,0 +1,145 @@
+//! JSON shapes of the REST API (the public contract; see BRIEF.md).
+
+use secondkey_core::request::{RequestState, Requirement, Review};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Answer to `POST /v1/actions`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ActionResponse {
+    /// Id of this decision (`act_…`), or of the request for a review (`req_…`).
+    pub id: String,
+    /// Lowercase hex SHA-256 of the RFC 8785 canonical JSON of the action.
+    pub digest: String,
+    /// `allow`, `deny` or `review`.
+    pub decision: String,
+    pub reasons: Vec<ReasonView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestSummary>,
+    /// Compact JWS (EdDSA), present at once for an allow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+}
+
+/// Why a decision came out as it did: one matching policy each.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReasonView {
+    pub policy: String,
+    pub effect: String,
+    pub message: String,
+}
+
+impl From<&secondkey_policy::Reason> for ReasonView {
+    fn from(r: &secondkey_policy::Reason) -> Self {
+        ReasonView {
+            policy: r.policy_id.clone(),
+            effect: r.effect.to_string(),
+            message: r.message.clone(),
+        }
+    }
+}
+
+/// The held request, as returned with a `review` decision.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RequestSummary {
+    pub id: String,
+    #[schema(value_type = String)]
+    pub state: RequestState,
+    /// A page a human can open.
+    pub url: String,
+    pub expires_at: String,
+    pub required: Vec<RequirementView>,
+}
+
+/// One review requirement: `quorum` distinct humans from `groups`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RequirementView {
+    pub policy: String,
+    pub groups: Vec<String>,
+    pub quorum: u32,
+}
+
+impl From<&Requirement> for RequirementView {
+    fn from(r: &Requirement) -> Self {
+        RequirementView {
+            policy: r.policy_id.clone(),
+            groups: r.groups.clone(),
+            quorum: r.quorum,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReviewView {
+    pub reviewer: String,
+    /// `approve` or `deny`.
+    pub decision: String,
+    pub comment: Option<String>,
+    pub at: i64,
+}
+
+impl From<&Review> for ReviewView {
+    fn from(r: &Review) -> Self {
+        ReviewView {
+            reviewer: r.reviewer.to_string(),
+            decision: serde_json::to_value(r.decision)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            comment: r.comment.clone(),
+            at: r.at.0,
+        }
+    }
+}
+
+/// A request as `GET /v1/requests/{id}` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RequestView {
+    pub id: String,
+    #[schema(value_type = String)]
+    pub state: RequestState,
+    pub url: String,
+    pub digest: String,
+    /// The action exactly as it will run.
+    #[schema(value_type = Object)]
+    pub action: serde_json::Value,
+    pub requester: String,
+    pub owner: Option<String>,
+    pub required: Vec<RequirementView>,
+    pub reviews: Vec<ReviewView>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub decided_at: Option<String>,
+    /// The grant (compact JWS) — only for the requester, once approved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    pub grant_expires_at: Option<String>,
+}
+
+/// Body of `POST /v1/requests/{id}/reviews`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    /// `approve` or `deny`.
+    pub decision: String,
+    pub comment: Option<String>,
+}
+
+/// Body of `POST /v1/grants/consume`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeBody {
+    pub grant: String,
+    pub digest: String,
+}
+
+/// Body of `POST /v1/requests/{id}/result`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultBody {
+    /// `succeeded`, `failed` or `unknown`.
+    pub outcome: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}

@@ -1,0 +1,114 @@
+//! Durable log appends through the store's group commit, against plain
+//! SQLite inserts of the same rows, in the same run.
+//!
+//! `cargo bench -p secondkey-store --bench append`
+
+use std::time::Instant;
+
+use rusqlite::params;
+use secondkey_store::{new_entry, Store, StoreOptions};
+
+const TOTAL: usize = 200_000;
+const TASKS: usize = 256;
+
+fn sample(i: usize) -> secondkey_log::entry::Entry {
+    let mut e = new_entry(
+        "2026-11-22T10:00:00.000Z",
+        "action.allowed",
+        Some("agent:report-bot"),
+        serde_json::json!({"decision": "allow", "action": {"kind": "sql", "operation": "read",
+            "resource": "postgres://analytics/public.orders"}, "n": i}),
+    );
+    e.subjects.insert("action".into(), format!("act_{i:024x}"));
+    e.digest = Some("9f".repeat(32));
+    e
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows: Vec<Vec<u8>> = (0..TOTAL)
+        .map(|i| sample(i).to_bytes().expect("entry"))
+        .collect();
+    let avg = rows.iter().map(Vec::len).sum::<usize>() / rows.len();
+    println!("entries: {TOTAL}, average size {avg} bytes, {TASKS} concurrent appenders");
+
+    // 1. secondkey: every append acknowledged only after its commit.
+    let store = Store::open(StoreOptions::new(dir.path().join("sk"))).expect("store");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut handles = Vec::new();
+        for task in 0..TASKS {
+            let s = store.clone();
+            handles.push(tokio::spawn(async move {
+                let mut i = task;
+                while i < TOTAL {
+                    let e = sample(i);
+                    s.transact(move |tx| tx.append(e)).await.expect("append");
+                    i += TASKS;
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("task");
+        }
+    });
+    let sk = t.elapsed();
+    assert_eq!(store.log_size(), TOTAL as u64);
+    store.close();
+    let sk_rate = TOTAL as f64 / sk.as_secs_f64();
+    println!(
+        "secondkey group commit:             {:>10.0} entries/s ({:.2} s)",
+        sk_rate,
+        sk.as_secs_f64()
+    );
+
+    // 2. Plain SQLite, same rows, same durability (WAL, synchronous=FULL),
+    //    one transaction per row — what a naive durable audit table does.
+    let conn = rusqlite::Connection::open(dir.path().join("plain.db")).expect("db");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    conn.pragma_update(None, "synchronous", "FULL")
+        .expect("sync");
+    conn.execute_batch("CREATE TABLE t (idx INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+        .expect("table");
+    let n1 = 5_000;
+    let t = Instant::now();
+    for (i, r) in rows.iter().take(n1).enumerate() {
+        conn.execute(
+            "INSERT INTO t (idx, data) VALUES (?1, ?2)",
+            params![i as i64, r],
+        )
+        .expect("insert");
+    }
+    let per_row = n1 as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "plain SQLite, a commit per row:     {:>10.0} rows/s    (ratio secondkey/plain {:.1}x)",
+        per_row,
+        sk_rate / per_row
+    );
+
+    // 3. Plain SQLite, all rows in one transaction: the upper bound with no
+    //    per-entry durability and no hashing.
+    conn.execute_batch("DELETE FROM t").expect("clear");
+    let t = Instant::now();
+    conn.execute_batch("BEGIN").expect("begin");
+    {
+        let mut stmt = conn
+            .prepare("INSERT INTO t (idx, data) VALUES (?1, ?2)")
+            .expect("prepare");
+        for (i, r) in rows.iter().enumerate() {
+            stmt.execute(params![i as i64, r]).expect("insert");
+        }
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+    let bulk = TOTAL as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "plain SQLite, one bulk transaction: {:>10.0} rows/s    (ratio secondkey/plain {:.2}x)",
+        bulk,
+        sk_rate / bulk
+    );
+}

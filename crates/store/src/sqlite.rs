@@ -1,0 +1,688 @@
+//! The embedded SQLite backend: one writer thread doing group commit, a
+//! small pool of reader connections (WAL lets them read while it writes).
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use secondkey_core::request::{Request, RequestState};
+use secondkey_log::entry::Entry;
+use secondkey_log::merkle::{leaf_hash, Hash, Tree};
+
+use crate::{Anchor, GrantRow, LogView, Shared, StoreError, StoreOptions, Tx};
+
+/// The newest schema version this binary knows. Each migration below moves
+/// the database one version forward, inside a transaction.
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE log_entries (
+        idx  INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+     );
+     CREATE TABLE requests (
+        id               TEXT PRIMARY KEY,
+        state            TEXT NOT NULL,
+        requester        TEXT NOT NULL,
+        created_at       INTEGER NOT NULL,
+        expires_at       INTEGER NOT NULL,
+        grant_expires_at INTEGER,
+        escalated        INTEGER NOT NULL DEFAULT 0,
+        body             TEXT NOT NULL
+     );
+     CREATE INDEX requests_by_state ON requests(state, expires_at);
+     CREATE TABLE grants (
+        id         TEXT PRIMARY KEY,
+        request_id TEXT,
+        digest     TEXT NOT NULL,
+        requester  TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER
+     );
+     CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     );",
+];
+
+type JobResult = Result<Box<dyn Any + Send>, StoreError>;
+type JobFn = Box<dyn FnOnce(&mut dyn Tx) -> JobResult + Send>;
+
+struct Job {
+    run: JobFn,
+    reply: tokio::sync::oneshot::Sender<JobResult>,
+}
+
+struct Inner {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    view: Shared,
+    size_tx: tokio::sync::watch::Sender<u64>,
+}
+
+/// The store. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit returns only after the WAL is fsynced.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Rebuilds the tree from the stored entries, checking that indices are
+/// contiguous and that the last anchored root still matches.
+fn load_tree(conn: &Connection) -> Result<Tree, StoreError> {
+    let mut stmt = conn.prepare("SELECT idx, data FROM log_entries ORDER BY idx")?;
+    let mut rows = stmt.query([])?;
+    let mut hashes: Vec<Hash> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let idx: i64 = row.get(0)?;
+        if idx != hashes.len() as i64 {
+            return Err(StoreError::Tampered(format!(
+                "log entry {} is missing (found entry {idx} after it)",
+                hashes.len()
+            )));
+        }
+        let data: Vec<u8> = row.get(1)?;
+        hashes.push(leaf_hash(&data));
+    }
+    let tree = Tree::from_leaf_hashes(hashes);
+    let anchor: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'anchor'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(a) = anchor {
+        let anchor = parse_anchor(&a)?;
+        if anchor.size > tree.size() {
+            return Err(StoreError::Tampered(format!(
+                "the log was signed at size {} but only {} entries remain (truncated)",
+                anchor.size,
+                tree.size()
+            )));
+        }
+        let root = tree
+            .root_at(anchor.size)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if root != anchor.root {
+            return Err(StoreError::Tampered(format!(
+                "the root of the first {} entries no longer matches the signed checkpoint (an entry was changed)",
+                anchor.size
+            )));
+        }
+    }
+    Ok(tree)
+}
+
+fn parse_anchor(s: &str) -> Result<Anchor, StoreError> {
+    let bad = || StoreError::Corrupt(format!("meta 'anchor' is malformed: {s:?}"));
+    let (size, root) = s.split_once(' ').ok_or_else(bad)?;
+    let size: u64 = size.parse().map_err(|_| bad())?;
+    let bytes = hex_decode(root).ok_or_else(bad)?;
+    let root: Hash = bytes.try_into().map_err(|_| bad())?;
+    Ok(Anchor { size, root })
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `options.data_dir`, runs
+    /// migrations, rebuilds the log tree and starts the writer thread.
+    pub fn open(options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&options.data_dir).map_err(|source| StoreError::DataDir {
+            path: options.data_dir.clone(),
+            source,
+        })?;
+        let path = options.data_dir.join("secondkey.db");
+        let mut conn = open_conn(&path)?;
+        migrate(&mut conn)?;
+        let tree = load_tree(&conn)?;
+        let size = tree.size();
+        let view = Arc::new(LogView {
+            tree: RwLock::new(tree),
+        });
+        let (size_tx, _) = tokio::sync::watch::channel(size);
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let inner = Arc::new(Inner {
+            path: path.clone(),
+            jobs: Mutex::new(Some(jobs_tx)),
+            writer: Mutex::new(None),
+            readers: Mutex::new(Vec::new()),
+            view: view.clone(),
+            size_tx: size_tx.clone(),
+        });
+        let max_batch = options.max_batch.max(1);
+        let handle = std::thread::Builder::new()
+            .name("secondkey-store-writer".into())
+            .spawn(move || writer_loop(conn, jobs_rx, view, size_tx, max_batch))
+            .map_err(|source| StoreError::DataDir { path, source })?;
+        if let Ok(mut w) = inner.writer.lock() {
+            *w = Some(handle);
+        }
+        Ok(Store { inner })
+    }
+
+    /// Runs `job` inside a transaction, together with other queued jobs, and
+    /// resolves once the transaction is durable. The job must be quick and
+    /// must not block: it runs on the writer thread.
+    pub async fn transact<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let rx = self.enqueue(job)?;
+        let result = rx.await.map_err(|_| StoreError::Unavailable)??;
+        result
+            .downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| StoreError::Corrupt("job result type mismatch".into()))
+    }
+
+    /// Like [`Store::transact`] for synchronous callers (CLI, tests). Must not
+    /// be called from inside an async runtime.
+    pub fn transact_blocking<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let rx = self.enqueue(job)?;
+        let result = rx.blocking_recv().map_err(|_| StoreError::Unavailable)??;
+        result
+            .downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| StoreError::Corrupt("job result type mismatch".into()))
+    }
+
+    fn enqueue<T, F>(&self, job: F) -> Result<tokio::sync::oneshot::Receiver<JobResult>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let run: JobFn = Box::new(move |tx| job(tx).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        let guard = self
+            .inner
+            .jobs
+            .lock()
+            .map_err(|_| StoreError::Unavailable)?;
+        let sender = guard.as_ref().ok_or(StoreError::Unavailable)?;
+        sender
+            .send(Job { run, reply })
+            .map_err(|_| StoreError::Unavailable)?;
+        Ok(rx)
+    }
+
+    /// Stops accepting jobs, lets the writer finish what is queued, and waits
+    /// for it.
+    pub fn close(&self) {
+        if let Ok(mut j) = self.inner.jobs.lock() {
+            j.take();
+        }
+        let handle = self.inner.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Runs a read on a pooled reader connection.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = {
+            let mut pool = self
+                .inner
+                .readers
+                .lock()
+                .map_err(|_| StoreError::Unavailable)?;
+            pool.pop()
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => open_conn(&self.inner.path)?,
+        };
+        let out = f(&conn);
+        if let Ok(mut pool) = self.inner.readers.lock() {
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+        }
+        out
+    }
+
+    /// Committed log size.
+    pub fn log_size(&self) -> u64 {
+        self.inner.view.tree.read().map(|t| t.size()).unwrap_or(0)
+    }
+
+    /// A receiver that changes whenever committed log size grows.
+    pub fn watch_log_size(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.size_tx.subscribe()
+    }
+
+    /// Runs `f` with the committed tree (read lock; keep it short).
+    pub fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> Result<T, StoreError> {
+        let t = self
+            .inner
+            .view
+            .tree
+            .read()
+            .map_err(|_| StoreError::Unavailable)?;
+        Ok(f(&t))
+    }
+
+    /// Log entries `[start, end)` as stored bytes.
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT idx, data FROM log_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+            )?;
+            let rows = stmt.query_map(params![start as i64, end as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for (want, row) in (start as i64..).zip(rows) {
+                let (idx, data) = row?;
+                if idx != want {
+                    return Err(StoreError::Tampered(format!("log entry {want} is missing")));
+                }
+                out.push(data);
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn get_request(&self, id: &str) -> Result<Option<Request>, StoreError> {
+        self.read(|c| read_request(c, id))
+    }
+
+    /// Requests in `state` (all states if `None`), newest first.
+    pub fn list_requests(
+        &self,
+        state: Option<RequestState>,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            let mut push = |body: String| -> Result<(), StoreError> {
+                out.push(decode_request(&body)?);
+                Ok(())
+            };
+            match state {
+                Some(s) => {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT body FROM requests WHERE state = ?1 ORDER BY created_at DESC, id LIMIT ?2",
+                    )?;
+                    let rows =
+                        stmt.query_map(params![state_str(s), limit as i64], |r| r.get(0))?;
+                    for r in rows {
+                        push(r?)?;
+                    }
+                }
+                None => {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT body FROM requests ORDER BY created_at DESC, id LIMIT ?1",
+                    )?;
+                    let rows = stmt.query_map(params![limit as i64], |r| r.get(0))?;
+                    for r in rows {
+                        push(r?)?;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Ids of requests whose request or grant deadline has passed at `now_ms`.
+    pub fn due_for_expiry(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id FROM requests
+                 WHERE (state = 'pending' AND expires_at <= ?1)
+                    OR (state = 'approved' AND grant_expires_at IS NOT NULL AND grant_expires_at <= ?1)
+                 LIMIT 1000",
+            )?;
+            let rows = stmt.query_map(params![now_ms], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+    }
+
+    /// Ids of pending, not yet escalated requests of which at least
+    /// `fraction` of the TTL has passed at `now_ms`.
+    pub fn due_for_escalation(
+        &self,
+        now_ms: i64,
+        fraction: f64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id FROM requests
+                 WHERE state = 'pending' AND escalated = 0
+                   AND created_at + CAST((expires_at - created_at) * ?2 AS INTEGER) <= ?1
+                 LIMIT 1000",
+            )?;
+            let rows = stmt.query_map(params![now_ms, fraction], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+    }
+
+    pub fn get_grant(&self, id: &str) -> Result<Option<GrantRow>, StoreError> {
+        self.read(|c| read_grant(c, id))
+    }
+
+    /// Number of requests per state.
+    pub fn count_by_state(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT state, COUNT(*) FROM requests GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| read_meta(c, key))
+    }
+
+    /// Records that the first `size` entries were signed with root `root`;
+    /// at every later start the store refuses to serve a log whose entries
+    /// no longer hash to it.
+    pub async fn anchor(&self, size: u64, root: Hash) -> Result<(), StoreError> {
+        self.transact(move |tx| tx.put_meta("anchor", &format!("{size} {}", hex_encode(&root))))
+            .await
+    }
+}
+
+fn state_str(s: RequestState) -> String {
+    match serde_json::to_value(s) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{s:?}").to_lowercase(),
+    }
+}
+
+fn decode_request(body: &str) -> Result<Request, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("request record: {e}")))
+}
+
+fn read_request(c: &Connection, id: &str) -> Result<Option<Request>, StoreError> {
+    let body: Option<String> = c
+        .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?;
+    body.map(|b| decode_request(&b)).transpose()
+}
+
+fn read_grant(c: &Connection, id: &str) -> Result<Option<GrantRow>, StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT id, request_id, digest, requester, expires_at, used_at FROM grants WHERE id = ?1",
+    )?
+    .query_row(params![id], |r| {
+        Ok(GrantRow {
+            id: r.get(0)?,
+            request_id: r.get(1)?,
+            digest: r.get(2)?,
+            requester: r.get(3)?,
+            expires_at: r.get(4)?,
+            used_at: r.get(5)?,
+        })
+    })
+    .optional()?)
+}
+
+fn read_meta(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row(params![key], |r| r.get(0))
+        .optional()?)
+}
+
+struct SqliteTx<'a> {
+    conn: &'a Connection,
+    base: u64,
+    pending: &'a mut Vec<Hash>,
+}
+
+impl Tx for SqliteTx<'_> {
+    fn get_request(&mut self, id: &str) -> Result<Option<Request>, StoreError> {
+        read_request(self.conn, id)
+    }
+
+    fn put_request(&mut self, r: &Request) -> Result<(), StoreError> {
+        let body = serde_json::to_string(r)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode request: {e}")))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO requests (id, state, requester, created_at, expires_at, grant_expires_at, escalated, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at,
+                   grant_expires_at = excluded.grant_expires_at, escalated = excluded.escalated, body = excluded.body",
+            )?
+            .execute(params![
+                r.id,
+                state_str(r.state),
+                r.requester.id.to_string(),
+                r.created_at.0,
+                r.expires_at.0,
+                r.grant.as_ref().map(|g| g.expires_at.0),
+                r.escalated as i64,
+                body
+            ])?;
+        Ok(())
+    }
+
+    fn insert_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO grants (id, request_id, digest, requester, expires_at, used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                g.id,
+                g.request_id,
+                g.digest,
+                g.requester,
+                g.expires_at,
+                g.used_at
+            ])?;
+        Ok(())
+    }
+
+    fn get_grant(&mut self, id: &str) -> Result<Option<GrantRow>, StoreError> {
+        read_grant(self.conn, id)
+    }
+
+    fn use_grant(&mut self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("UPDATE grants SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL")?
+            .execute(params![id, now_ms])?;
+        Ok(n == 1)
+    }
+
+    fn append(&mut self, mut entry: Entry) -> Result<u64, StoreError> {
+        let index = self.base + self.pending.len() as u64;
+        entry.index = index;
+        let bytes = entry
+            .to_bytes()
+            .map_err(|e| StoreError::Entry(e.to_string()))?;
+        self.conn
+            .prepare_cached("INSERT INTO log_entries (idx, data) VALUES (?1, ?2)")?
+            .execute(params![index as i64, bytes])?;
+        self.pending.push(leaf_hash(&bytes));
+        Ok(index)
+    }
+
+    fn get_meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        read_meta(self.conn, key)
+    }
+
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
+        Ok(())
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    view: Shared,
+    size_tx: tokio::sync::watch::Sender<u64>,
+    max_batch: usize,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch, &view, &size_tx);
+    }
+}
+
+fn run_batch(
+    conn: &Connection,
+    batch: Vec<Job>,
+    view: &Shared,
+    size_tx: &tokio::sync::watch::Sender<u64>,
+) {
+    let base = match view.tree.read() {
+        Ok(t) => t.size(),
+        Err(_) => return fail_all(batch, "the log tree lock is poisoned"),
+    };
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        return fail_all(batch, &format!("cannot begin a transaction: {e}"));
+    }
+    let mut pending: Vec<Hash> = Vec::new();
+    let mut results: Vec<(tokio::sync::oneshot::Sender<JobResult>, JobResult)> =
+        Vec::with_capacity(batch.len());
+    for job in batch {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            let _ = conn.execute_batch("ROLLBACK");
+            let mut rest: Vec<_> = results.into_iter().map(|(r, _)| r).collect();
+            rest.push(job.reply);
+            for r in rest {
+                let _ = r.send(Err(StoreError::Commit(format!("savepoint failed: {e}"))));
+            }
+            return;
+        }
+        let mark = pending.len();
+        let run = job.run;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let mut tx = SqliteTx {
+                conn,
+                base,
+                pending: &mut pending,
+            };
+            run(&mut tx)
+        }))
+        .unwrap_or_else(|_| Err(StoreError::Corrupt("a store job panicked".into())));
+        let undo = outcome.is_err();
+        let sp = if undo {
+            pending.truncate(mark);
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+        } else {
+            conn.execute_batch("RELEASE job")
+        };
+        if let Err(e) = sp {
+            let _ = conn.execute_batch("ROLLBACK");
+            let mut rest: Vec<_> = results.into_iter().map(|(r, _)| r).collect();
+            rest.push(job.reply);
+            for r in rest {
+                let _ = r.send(Err(StoreError::Commit(format!("savepoint failed: {e}"))));
+            }
+            return;
+        }
+        results.push((job.reply, outcome));
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        for (reply, _) in results {
+            let _ = reply.send(Err(StoreError::Commit(e.to_string())));
+        }
+        return;
+    }
+    if !pending.is_empty() {
+        match view.tree.write() {
+            Ok(mut tree) => {
+                for h in pending {
+                    tree.push(h);
+                }
+                let size = tree.size();
+                drop(tree);
+                size_tx.send_replace(size);
+            }
+            Err(_) => {
+                // Durable but not visible: refuse to claim success.
+                for (reply, _) in results {
+                    let _ = reply.send(Err(StoreError::Unavailable));
+                }
+                return;
+            }
+        }
+    }
+    for (reply, result) in results {
+        let _ = reply.send(result);
+    }
+}
+
+fn fail_all(batch: Vec<Job>, why: &str) {
+    for job in batch {
+        let _ = job.reply.send(Err(StoreError::Commit(why.to_string())));
+    }
+}

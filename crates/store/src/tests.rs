@@ -1,0 +1,187 @@
+use super::*;
+use secondkey_log::merkle::leaf_hash;
+
+fn entry(event: &str) -> Entry {
+    new_entry(
+        "2026-11-22T00:00:00Z",
+        event,
+        Some("user:alice"),
+        serde_json::json!({"n": 1}),
+    )
+}
+
+#[test]
+fn appends_are_durable_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    for i in 0..10u64 {
+        let idx = store
+            .transact_blocking(|tx| tx.append(entry("t.append")))
+            .unwrap();
+        assert_eq!(idx, i);
+    }
+    let root = store.with_tree(|t| t.root()).unwrap();
+    store.close();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    assert_eq!(store.log_size(), 10);
+    assert_eq!(store.with_tree(|t| t.root()).unwrap(), root);
+    let entries = store.entries(0, 10).unwrap();
+    assert_eq!(entries.len(), 10);
+    let e = Entry::from_bytes(&entries[3]).unwrap();
+    assert_eq!(e.index, 3);
+}
+
+#[test]
+fn a_failing_job_changes_nothing_and_does_not_spoil_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ok1 = store.transact(|tx| tx.append(entry("a")));
+        let bad = store.transact(|tx| {
+            tx.append(entry("b"))?;
+            tx.put_meta("k", "v")?;
+            Err::<u64, _>(StoreError::Corrupt("refused on purpose".into()))
+        });
+        let ok2 = store.transact(|tx| tx.append(entry("c")));
+        let (a, b, c) = tokio::join!(ok1, bad, ok2);
+        assert_eq!(a.unwrap(), 0);
+        assert!(b.is_err());
+        assert_eq!(
+            c.unwrap(),
+            1,
+            "the failed job's entry must not take an index"
+        );
+    });
+    assert_eq!(store.log_size(), 2);
+    assert_eq!(store.get_meta("k").unwrap(), None);
+    let data = store.entries(0, 2).unwrap();
+    assert_eq!(Entry::from_bytes(&data[1]).unwrap().event, "c");
+}
+
+#[test]
+fn oversized_entry_is_refused_with_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let big = "x".repeat(70_000);
+    let r = store.transact_blocking(move |tx| {
+        tx.append(new_entry(
+            "2026-11-22T00:00:00Z",
+            "big",
+            None,
+            serde_json::json!({ "s": big }),
+        ))
+    });
+    assert!(matches!(r, Err(StoreError::Entry(_))), "{r:?}");
+    assert_eq!(store.log_size(), 0);
+}
+
+#[test]
+fn grant_use_is_compare_and_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let g = GrantRow {
+        id: "g1".into(),
+        request_id: None,
+        digest: "d".into(),
+        requester: "agent:x".into(),
+        expires_at: 10,
+        used_at: None,
+    };
+    store
+        .transact_blocking(move |tx| tx.insert_grant(&g))
+        .unwrap();
+    // Many concurrent consumers: exactly one wins.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let wins = rt.block_on(async {
+        let mut set = Vec::new();
+        for _ in 0..50 {
+            let s = store.clone();
+            set.push(tokio::spawn(async move {
+                s.transact(|tx| tx.use_grant("g1", 5)).await
+            }));
+        }
+        let mut wins = 0;
+        for h in set {
+            if h.await.unwrap().unwrap() {
+                wins += 1;
+            }
+        }
+        wins
+    });
+    assert_eq!(wins, 1);
+    store.close();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    assert!(
+        !store.transact_blocking(|tx| tx.use_grant("g1", 6)).unwrap(),
+        "single use survives a restart"
+    );
+    assert_eq!(store.get_grant("g1").unwrap().unwrap().used_at, Some(5));
+}
+
+#[test]
+fn a_changed_entry_is_caught_at_startup_against_the_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    for _ in 0..5 {
+        store.transact_blocking(|tx| tx.append(entry("x"))).unwrap();
+    }
+    let (size, root) = store.with_tree(|t| (t.size(), t.root())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(store.anchor(size, root)).unwrap();
+    store.close();
+    // An operator with write access edits entry 2 in place.
+    let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
+    let mut forged = entry("forged");
+    forged.index = 2;
+    conn.execute(
+        "UPDATE log_entries SET data = ?1 WHERE idx = 2",
+        rusqlite::params![forged.to_bytes().unwrap()],
+    )
+    .unwrap();
+    drop(conn);
+    let err = Store::open(StoreOptions::new(dir.path())).unwrap_err();
+    assert!(matches!(err, StoreError::Tampered(_)), "{err}");
+    // And a deleted entry.
+    let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
+    conn.execute("DELETE FROM log_entries WHERE idx = 4", [])
+        .unwrap();
+    drop(conn);
+    let err = Store::open(StoreOptions::new(dir.path())).unwrap_err();
+    assert!(matches!(err, StoreError::Tampered(_)), "{err}");
+}
+
+#[test]
+fn the_tree_matches_the_stored_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    for _ in 0..300 {
+        store.transact_blocking(|tx| tx.append(entry("x"))).unwrap();
+    }
+    let data = store.entries(0, 300).unwrap();
+    let hashes: Vec<_> = data.iter().map(|d| leaf_hash(d)).collect();
+    let want = secondkey_log::merkle::root_from_leaves(&hashes);
+    assert_eq!(store.with_tree(|t| t.root()).unwrap(), want);
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    store.close();
+    let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Store::open(StoreOptions::new(dir.path())).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+}
