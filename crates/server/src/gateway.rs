@@ -677,9 +677,7 @@ impl Gateway {
                 let mut req = tx
                     .get_request(&id2)?
                     .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
-                let t = req
-                    .withdraw(&by, now)
-                    .map_err(|e| ApiError::from(transition_error(e)))?;
+                let t = req.withdraw(&by, now).map_err(transition_error)?;
                 tx.put_request(&req)?;
                 log_events(tx, now, &by.to_string(), &req, &t.events)?;
                 Ok(req)
@@ -700,9 +698,7 @@ impl Gateway {
                 let mut req = tx
                     .get_request(&id2)?
                     .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
-                let t = req
-                    .revoke(&by, now)
-                    .map_err(|e| ApiError::from(transition_error(e)))?;
+                let t = req.revoke(&by, now).map_err(transition_error)?;
                 tx.put_request(&req)?;
                 log_events(tx, now, &by.id.to_string(), &req, &t.events)?;
                 Ok(req)
@@ -773,7 +769,7 @@ impl Gateway {
                         .map_err(|e| ApiError::bad_request("invalid_digest", e.to_string()))?;
                     let t = req
                         .consume(&row.id, &dg, &req.requester.id.clone(), now)
-                        .map_err(|e| ApiError::from(consume_error(e)))?;
+                        .map_err(consume_error)?;
                     tx.put_request(&req)?;
                     log_events(tx, now, &actor, &req, &t.events)?;
                     changed = Some(req);
@@ -832,9 +828,7 @@ impl Gateway {
                     )
                     .into());
                 }
-                let t = req
-                    .record_outcome(outcome, now)
-                    .map_err(|e| ApiError::from(transition_error(e)))?;
+                let t = req.record_outcome(outcome, now).map_err(transition_error)?;
                 tx.put_request(&req)?;
                 log_events(tx, now, &actor, &req, &t.events)?;
                 tx.append(entry(

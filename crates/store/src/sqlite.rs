@@ -162,7 +162,7 @@ fn parse_anchor(s: &str) -> Result<Anchor, StoreError> {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
