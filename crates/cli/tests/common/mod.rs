@@ -81,6 +81,10 @@ pub struct Gateway {
 }
 
 pub fn write_config(dir: &Path, port: u16, policies: &str) -> PathBuf {
+    write_config_extra(dir, port, policies, "")
+}
+
+pub fn write_config_extra(dir: &Path, port: u16, policies: &str, extra: &str) -> PathBuf {
     let pdir = dir.join("policies");
     std::fs::create_dir_all(&pdir).unwrap();
     std::fs::write(pdir.join("test.cedar"), policies).unwrap();
@@ -98,6 +102,7 @@ pub fn write_config(dir: &Path, port: u16, policies: &str) -> PathBuf {
             cfg.push_str(&format!("owner = \"{o}\"\n"));
         }
     }
+    cfg.push_str(extra);
     let path = dir.join("secondkey.toml");
     std::fs::write(&path, cfg).unwrap();
     path
@@ -109,8 +114,13 @@ impl Gateway {
     }
 
     pub fn start_with(dir: &Path, policies: &str) -> Gateway {
+        Self::start_extra(dir, policies, "")
+    }
+
+    /// Starts with extra TOML appended to the config (e.g. `[[sinks]]`).
+    pub fn start_extra(dir: &Path, policies: &str, extra: &str) -> Gateway {
         let port = free_port();
-        let config = write_config(dir, port, policies);
+        let config = write_config_extra(dir, port, policies, extra);
         let mut g = Gateway {
             child: None,
             url: format!("http://127.0.0.1:{port}"),
@@ -158,6 +168,14 @@ impl Gateway {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
         }
     }
 

@@ -1,0 +1,454 @@
+//! Black-box tests of the audit side: bundles, the independent verifier,
+//! tamper detection from the CLI, tiles over HTTP, SSE, reload, escalation
+//! and the live webhook sink.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn export(g: &Gateway, to: &Path) {
+    let (code, _o, e) = run_cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--bundle",
+            to.to_str().unwrap(),
+        ],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{e}");
+}
+
+fn verify(bundle: &Path, key: &str, since: Option<&Path>) -> (i32, String) {
+    let mut args = vec![
+        "log",
+        "verify",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--key",
+        key,
+    ];
+    if let Some(s) = since {
+        args.push("--since");
+        args.push(s.to_str().unwrap());
+    }
+    let (code, out, err) = run_cli(&args, "http://127.0.0.1:1", None);
+    (code, format!("{out}{err}"))
+}
+
+fn python_verify(bundle: &Path, key: &str) -> (bool, String) {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/tlog_verify.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--bundle", bundle.to_str().unwrap(), "--key", key])
+        .output()
+        .expect("python3 runs (install it and `pip install cryptography`)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+fn busy(g: &Gateway, n: usize) {
+    for _ in 0..n {
+        g.submit("agent:report-bot", &read_action());
+    }
+}
+
+#[test]
+fn an_exported_log_verifies_independently_and_every_tamper_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    busy(&g, 40);
+    let key = g.text("/v1/log/verifier-key").trim().to_string();
+    let old = dir.path().join("old");
+    export(&g, &old);
+    let old_checkpoint = dir.path().join("old-checkpoint");
+    std::fs::copy(old.join("checkpoint"), &old_checkpoint).unwrap();
+    busy(&g, 300); // crosses a full tile of 256 entries
+    let new = dir.path().join("new");
+    export(&g, &new);
+
+    // Both our verifier and the independent Python one accept it.
+    let (code, out) = verify(&new, &key, Some(&old_checkpoint));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("consistent with the older checkpoint"),
+        "{out}"
+    );
+    let (ok, out) = python_verify(&new, &key);
+    assert!(ok, "independent verifier: {out}");
+
+    // The tiles served over HTTP are the exported ones, byte for byte.
+    for rel in ["tile/0/000", "tile/entries/000"] {
+        let file = std::fs::read(new.join(rel)).unwrap();
+        let mut served = Vec::new();
+        g.agent
+            .get(&format!("{}/v1/log/{rel}", g.url))
+            .call()
+            .unwrap()
+            .into_reader()
+            .read_to_end(&mut served)
+            .unwrap();
+        assert_eq!(file, served, "{rel}");
+    }
+
+    // A flipped byte inside an entry.
+    let t = dir.path().join("flip");
+    copy_dir(&new, &t);
+    let bundle = t.join("tile/entries/000");
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let pos = bytes
+        .windows(5)
+        .position(|w| w == b"sql\",")
+        .expect("an entry mentions sql");
+    bytes[pos] = b'S';
+    std::fs::write(&bundle, bytes).unwrap();
+    let (code, out) = verify(&t, &key, None);
+    assert_ne!(code, 0);
+    assert!(out.contains("entry"), "names the entry: {out}");
+    assert!(
+        !python_verify(&t, &key).0,
+        "the independent verifier catches it too"
+    );
+
+    // A checkpoint forged with another key.
+    let t = dir.path().join("forged");
+    copy_dir(&new, &t);
+    let other = dir.path().join("other.key");
+    let (code, other_vkey, e) = run_cli(
+        &[
+            "keys",
+            "generate",
+            "--name",
+            "test.secondkey/log",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{e}");
+    let (code, out) = verify(&t, other_vkey.trim(), None);
+    assert_ne!(code, 0, "a bundle checked with the wrong key fails: {out}");
+
+    // Truncation: the old (shorter) log presented as newer than the new checkpoint.
+    let new_checkpoint = dir.path().join("new-checkpoint");
+    std::fs::copy(new.join("checkpoint"), &new_checkpoint).unwrap();
+    let (code, out) = verify(&old, &key, Some(&new_checkpoint));
+    assert_ne!(code, 0);
+    assert!(out.to_lowercase().contains("truncat"), "{out}");
+}
+
+#[test]
+fn an_entry_edited_in_the_database_stops_the_gateway_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start(dir.path());
+    busy(&g, 5);
+    // Serving a checkpoint anchors its root in the store.
+    let cp = g.text("/v1/log/checkpoint");
+    assert!(cp.contains("test.secondkey/log"));
+    g.stop();
+    let db = dir.path().join("data/secondkey.db");
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             d=c.execute('select data from log_entries where idx=2').fetchone()[0]; \
+             c.execute('update log_entries set data=? where idx=2', (bytes(d).replace(b'allow', b'Allow'),)); c.commit()",
+            db.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config", g.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a tampered log must not be served");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("inconsistent with its last signed checkpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn server_sent_events_follow_a_request_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let r = g.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.sse"),
+    );
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let resp = g
+        .agent
+        .get(&format!("{}/v1/requests/{id}/events", g.url))
+        .set(
+            "Authorization",
+            &format!("Bearer {}", token_of("agent:report-bot")),
+        )
+        .call()
+        .unwrap();
+    assert!(resp.content_type().starts_with("text/event-stream"));
+    let reader = BufReader::new(resp.into_reader());
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data:") {
+                let _ = tx.send(serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first["state"], "pending");
+    g.review("user:bob", &id, "approve");
+    let second = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(second["reviews"].as_array().unwrap().len(), 1);
+    g.review("user:dave", &id, "approve");
+    let third = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(third["state"], "approved");
+    assert!(
+        third["grant"].is_string(),
+        "the requester's stream carries the grant"
+    );
+}
+
+#[test]
+fn sighup_reloads_escalation_fires_and_metrics_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    g.signal("-HUP");
+    // A request with a 2 s TTL escalates at half of it, then expires.
+    let write = json!({"kind": "sql", "operation": "write", "resource": "postgres://analytics/public.t",
+                       "params": {"statement": "UPDATE t SET x = 1"}});
+    let r = g.submit("agent:report-bot", &write);
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = g.call(
+            "GET",
+            &format!("/v1/requests/{id}?wait=5"),
+            Some("agent:report-bot"),
+            None,
+        );
+        if v["state"] == "expired" {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    let (code, out, e) = run_cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{e}");
+    let entries: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = entries.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(
+        events.contains(&"policy.reloaded"),
+        "SIGHUP reloads: {events:?}"
+    );
+    let esc = events
+        .iter()
+        .position(|e| *e == "request.escalation_due")
+        .expect("escalation_due logged");
+    let exp = events
+        .iter()
+        .position(|e| *e == "request.expired")
+        .expect("expiry logged");
+    assert!(esc < exp, "escalation comes before expiry");
+    // OCSF export carries the fields auditors filter on.
+    let (code, out, _) = run_cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--format",
+            "ocsf",
+        ],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0);
+    let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(
+        first.get("time").is_some() && first.get("class_uid").is_some(),
+        "{first}"
+    );
+    // Metrics.
+    let m = g.text("/metrics");
+    assert!(m.contains("secondkey_requests{state=\"expired\"} 1"), "{m}");
+    assert!(m.contains("secondkey_log_size "), "{m}");
+}
+
+/// A minimal HTTP receiver: records each POST body with its headers and
+/// answers 200.
+fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Value)>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let tx = tx.clone();
+            std::thread::spawn(move || loop {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    head.push_str(&line);
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let _ = tx.send((head, serde_json::from_slice(&body).unwrap()));
+                conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .unwrap();
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_configured_webhook_sink_receives_every_entry_signed() {
+    let (port, rx) = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\n[[sinks]]\nname = \"siem\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+    );
+    let g = Gateway::start_extra(dir.path(), POLICIES, &extra);
+    busy(&g, 5);
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let (head, body) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("entries arrive");
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.contains("webhook-id:") && head.contains("webhook-signature: v1,"),
+            "{head}"
+        );
+        got.push(body["index"].as_u64().unwrap());
+    }
+    assert_eq!(got, vec![0, 1, 2, 3, 4, 5], "in order, from the start");
+}
+
+#[test]
+fn policy_verbs_from_the_cli() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies");
+    let (code, out, err) = run_cli(
+        &["policy", "validate", examples.to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run_cli(
+        &["policy", "test", examples.to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.cedar"), "permit(principal, action, resource);\n\nforbid(principal, action == Action::\"sql.read\", resource)\nwhen { context.nope > 1 };\n").unwrap();
+    let (code, out, err) = run_cli(
+        &["policy", "validate", dir.path().to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0);
+    let text = format!("{out}{err}");
+    assert!(
+        text.contains("bad.cedar:4:"),
+        "file and line of the bad attribute: {text}"
+    );
+
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "@id(\"p\")\npermit(principal, action, resource);\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("x.tests.toml"), "[[case]]\nname = \"wrong on purpose\"\nprincipal = \"agent:a\"\naction = { kind = \"sql\", operation = \"read\", resource = \"r\" }\nexpect = \"deny\"\n").unwrap();
+    let (code, out, _) = run_cli(
+        &["policy", "test", dir.path().to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0, "a failing case fails the run: {out}");
+    assert!(out.contains("0 passed, 1 failed"), "{out}");
+
+    let action = dir.path().join("a.json");
+    std::fs::write(
+        &action,
+        r#"{"kind":"sql","operation":"export","resource":"postgres://analytics/public.t"}"#,
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &[
+            "policy",
+            "explain",
+            examples.to_str().unwrap(),
+            "--principal",
+            "agent:report-bot",
+            "--group",
+            "agents",
+            "--action",
+            action.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("export-needs-data-owners"), "{out}");
+}
