@@ -111,4 +111,43 @@ fn main() {
         bulk,
         sk_rate / bulk
     );
+
+    // 4. Where secondkey's time goes: each step of the writer's per-job work
+    //    alone, single-threaded, over the same rows.
+    println!("breakdown, per entry, single thread:");
+    let t = Instant::now();
+    let entries: Vec<_> = (0..TOTAL).map(sample).collect();
+    per_entry("build the Entry (caller side)", t, TOTAL);
+    let t = Instant::now();
+    for e in &entries {
+        std::hint::black_box(e.to_bytes().expect("entry"));
+    }
+    per_entry("Entry::to_bytes (RFC 8785 JCS)", t, TOTAL);
+    let t = Instant::now();
+    for r in &rows {
+        std::hint::black_box(secondkey_log::merkle::leaf_hash(r));
+    }
+    per_entry("leaf hash (SHA-256)", t, TOTAL);
+    conn.execute_batch("DELETE FROM t").expect("clear");
+    let t = Instant::now();
+    conn.execute_batch("BEGIN").expect("begin");
+    {
+        let mut stmt = conn
+            .prepare_cached("INSERT INTO t (idx, data) VALUES (?1, ?2)")
+            .expect("prepare");
+        for (i, r) in rows.iter().enumerate() {
+            conn.execute_batch("SAVEPOINT job").expect("savepoint");
+            stmt.execute(params![i as i64, r]).expect("insert");
+            conn.execute_batch("RELEASE job").expect("release");
+        }
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+    per_entry("SQLite insert inside SAVEPOINT/RELEASE", t, TOTAL);
+}
+
+fn per_entry(what: &str, since: Instant, n: usize) {
+    println!(
+        "  {what:<40} {:>6.2} µs",
+        since.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
 }
