@@ -29,7 +29,9 @@ BIN="$ROOT/target/release/secondkey"
 
 WORK=$(mktemp -d /tmp/secondkey-bench-mem.XXXXXX)
 PID=""
+WRK=""
 cleanup() {
+  if [ -n "$WRK" ]; then kill "$WRK" 2>/dev/null || true; fi
   if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
     kill -TERM "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
@@ -124,11 +126,22 @@ IDLE=$(rss VmRSS)
 echo "RESULT idle VmRSS: $IDLE  (target < 40 MB)"
 
 echo "== creating $PENDING pending requests: wrk -t$THREADS -c$CONNS"
+pending() {
+  curl -fsS "http://127.0.0.1:$PORT/metrics" |
+    awk '/^secondkey_requests\{state="pending"\}/ {n = $2} END {print n + 0}'
+}
+# wrk only exits at the end of -d even after every thread stopped, so the
+# load time is taken from the gateway's own count of pending requests.
 T0=$(date +%s.%N)
 wrk -t"$THREADS" -c"$CONNS" -d300s --timeout 10s -s "$WORK/pending.lua" \
-  "http://127.0.0.1:$PORT/v1/actions"
+  "http://127.0.0.1:$PORT/v1/actions" >"$WORK/wrk.out" 2>&1 &
+WRK=$!
+while kill -0 "$WRK" 2>/dev/null && [ "$(pending)" -lt "$PENDING" ]; do sleep 0.2; done
 T1=$(date +%s.%N)
-N=$(curl -fsS "http://127.0.0.1:$PORT/metrics" | awk -F' ' '/^secondkey_requests\{state="pending"\}/ {print $2}')
+sleep 1
+kill "$WRK" 2>/dev/null || true
+wait "$WRK" 2>/dev/null || true
+N=$(pending)
 echo "RESULT created ${N:-0} pending requests in $(awk -v a="$T0" -v b="$T1" 'BEGIN{printf "%.1f", b-a}') s"
 echo "RESULT VmRSS with ${N:-0} pending: $(rss VmRSS)  (peak VmHWM $(rss VmHWM); target < 500 MB)"
 sleep 5
