@@ -79,6 +79,14 @@ impl Client {
         }
     }
 
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> Result<Value> {
+        let r = self
+            .req("POST", path)
+            .set("Content-Type", "application/json")
+            .send_bytes(body);
+        self.handle(&format!("POST {path}"), r)
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
         let r = self.req("POST", path).send_json(body.clone());
         self.handle(&format!("POST {path}"), r)

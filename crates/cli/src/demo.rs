@@ -125,7 +125,7 @@ token_sha256 = "{bob}"
 
 [[principals]]
 id = "user:carol"
-groups = ["data-owners", "security"]
+groups = ["data-owners", "security", "auditors"]
 token_sha256 = "{carol}"
 "#,
         data = dir.join("data").display(),
@@ -319,7 +319,9 @@ fn script(url: &str, p: &People, auto: bool, config: &std::path::Path) -> Result
         .map_err(|e| anyhow!("verifier key: {e}"))?;
     let tmp = std::env::temp_dir().join(format!("secondkey-demo-bundle-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    fetch_bundle(&bot, &checkpoint, &tmp)?;
+    // Entry bundles hold the actions: an auditor's token reads them.
+    let auditor = Client::new(url, Some(p.carol.clone()));
+    fetch_bundle(&auditor, &checkpoint, &tmp)?;
     let report = secondkey_log::bundle::verify_bundle(&tmp, &vkey, None)
         .map_err(|e| anyhow!("the log does not verify: {e}"))?;
     println!("  {}", crate::describe(&report));

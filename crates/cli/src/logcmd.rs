@@ -130,11 +130,14 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                     }
                 }
             } else if let Some(cfg) = config {
-                let (dir, v) = export_bundle_tmp(&cfg)?;
+                let (dir, v, stored) = export_bundle_tmp(&cfg)?;
                 let v = match key {
                     Some(k) => load_key(&k)?,
                     None => v,
                 };
+                // Without --since, the gateway's own last signed checkpoint is
+                // the reference: entries changed after it was signed are caught.
+                let since_text = since_text.or(stored);
                 match secondkey_log::bundle::verify_bundle(dir.path(), &v, since_text.as_deref()) {
                     Ok(report) => {
                         println!("ok: {}", crate::describe(&report));
@@ -167,16 +170,15 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             out,
         } => {
             let cfg = secondkey_server::Config::load(&config, &env_map())?;
-            let store =
-                secondkey_store::Store::open(secondkey_store::StoreOptions::new(&cfg.data_dir))
-                    .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+            let store = secondkey_store::Store::open(
+                secondkey_store::StoreOptions::new(&cfg.data_dir).read_only(),
+            )
+            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
             let size = store.log_size();
             let entries = store.entries(0, size)?;
             if let Some(dir) = bundle {
-                let signer = secondkey_server::keys::load_or_create_log_signer(
-                    &cfg.log_key_file,
-                    &cfg.log_origin,
-                )?;
+                let signer =
+                    secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
                 let note = store.with_tree(|t| {
                     secondkey_log::checkpoint::Checkpoint::new(
                         cfg.log_origin.clone(),
@@ -185,6 +187,12 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                     )
                     .sign(&signer)
                 })??;
+                // Never sign over a rewritten history: the new checkpoint must
+                // extend the gateway's last signed one.
+                if let Some(stored) = store.last_checkpoint()? {
+                    secondkey_log::bundle::verify_log(&note, &signer.verifier(), &entries, Some(&stored))
+                        .map_err(|e| anyhow!("refusing to export: the stored log does not extend the gateway's last signed checkpoint: {e}"))?;
+                }
                 store.with_tree(|t| {
                     secondkey_log::bundle::export_bundle(&dir, &note, &entries, t)
                 })??;
@@ -224,12 +232,12 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
 }
 
 /// Exports the live log to a temporary bundle (for `verify --config`).
-fn export_bundle_tmp(config: &Path) -> Result<(tempdir::TempDir, Verifier)> {
+fn export_bundle_tmp(config: &Path) -> Result<(tempdir::TempDir, Verifier, Option<String>)> {
     let cfg = secondkey_server::Config::load(config, &env_map())?;
-    let store = secondkey_store::Store::open(secondkey_store::StoreOptions::new(&cfg.data_dir))
-        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
-    let signer =
-        secondkey_server::keys::load_or_create_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
+    let store =
+        secondkey_store::Store::open(secondkey_store::StoreOptions::new(&cfg.data_dir).read_only())
+            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
     let entries = store.entries(0, store.log_size())?;
     let dir = tempdir::TempDir::new()?;
     let note = store.with_tree(|t| {
@@ -237,8 +245,9 @@ fn export_bundle_tmp(config: &Path) -> Result<(tempdir::TempDir, Verifier)> {
             .sign(&signer)
     })??;
     store.with_tree(|t| secondkey_log::bundle::export_bundle(dir.path(), &note, &entries, t))??;
+    let stored = store.last_checkpoint()?;
     store.close();
-    Ok((dir, signer.verifier()))
+    Ok((dir, signer.verifier(), stored))
 }
 
 /// A temporary directory removed on drop (no extra dependency needed).

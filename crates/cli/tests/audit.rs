@@ -111,6 +111,10 @@ fn an_exported_log_verifies_independently_and_every_tamper_is_caught() {
         let mut served = Vec::new();
         g.agent
             .get(&format!("{}/v1/log/{rel}", g.url))
+            .set(
+                "Authorization",
+                &format!("Bearer {}", token_of("user:audrey")),
+            )
             .call()
             .unwrap()
             .into_reader()
@@ -187,12 +191,30 @@ fn an_entry_edited_in_the_database_stops_the_gateway_from_starting() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(BIN)
         .args(["serve", "--config", g.config.to_str().unwrap()])
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "a tampered log must not be served");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a gateway over a tampered log must refuse to start, but it is serving");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "a tampered log must not be served");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(
         err.contains("inconsistent with its last signed checkpoint"),
         "{err}"

@@ -156,19 +156,18 @@ fn allow_deny_and_a_two_person_review_end_to_end() {
         "the requester"
     );
     assert_eq!(
-        code(g.review("agent:other-bot", &id, "approve")).0,
-        403,
-        "agents never review"
+        code(g.review("agent:rogue-bot", &id, "approve")),
+        (403, "not_eligible".into()),
+        "agents never review, even in a reviewer group"
     );
     assert_eq!(
-        code(g.review("service:ci", &id, "approve")).0,
-        403,
+        code(g.review("service:ci", &id, "approve")),
+        (403, "not_eligible".into()),
         "services never review"
     );
-    assert_eq!(
-        code(g.review("user:erin", &id, "approve")),
-        (403, "not_eligible".into())
-    );
+    // Someone with no part in the request does not even learn it exists.
+    assert_eq!(code(g.review("user:erin", &id, "approve")).0, 404);
+    assert_eq!(code(g.review("agent:other-bot", &id, "approve")).0, 404);
 
     let (s, v) = g.review("user:bob", &id, "approve");
     assert_eq!(s, 200, "{v}");
@@ -438,7 +437,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .0,
         415
     );
-    let big = vec![b' '; 2 * 1024 * 1024];
+    let big = vec![b' '; 100_000];
     assert_eq!(
         err(g.raw(
             "POST",
@@ -490,7 +489,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         Some(&json!({"grant": "a.b.c", "digest": "00"})),
     );
     assert_eq!(s, 400);
-    let (s, _) = g.call("GET", "/v1/log/proof/999999", Some("user:bob"), None);
+    let (s, _) = g.call("GET", "/v1/log/proof/999999", Some("user:audrey"), None);
     assert_eq!(s, 404);
     let (s, _) = g.call("GET", "/v1/log/tile/0/x999/001", None, None);
     assert_eq!(s, 404);
@@ -733,7 +732,10 @@ fn the_cli_walks_a_request() {
     assert_ne!(code, 0);
     assert!(err.contains("SECONDKEY_TOKEN"), "{err}");
     // Receipts verify offline.
-    let (code, out, err) = g.cli(&["log", "proof", "1"], Some("user:bob"));
+    let (code, _, err) = g.cli(&["log", "proof", "1"], Some("user:bob"));
+    assert_ne!(code, 0, "entries are for log readers only");
+    assert!(err.contains("not_log_reader"), "{err}");
+    let (code, out, err) = g.cli(&["log", "proof", "1"], Some("user:audrey"));
     assert_eq!(code, 0, "{err}");
     let receipt = dir.path().join("receipt.json");
     std::fs::write(&receipt, out).unwrap();

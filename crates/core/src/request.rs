@@ -449,6 +449,10 @@ pub struct Request {
     /// How execution ended, once reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// The action JSON exactly as submitted (what `digest` covers), so that
+    /// reviewers see those very bytes' meaning rather than a re-encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted: Option<serde_json::Value>,
 }
 
 /// A separation-of-duties or eligibility failure, before it is phrased for
@@ -491,7 +495,14 @@ impl Request {
             escalated: false,
             excluded: BTreeSet::new(),
             outcome: None,
+            submitted: None,
         }
+    }
+
+    /// Keeps the action JSON exactly as submitted alongside the parsed one.
+    pub fn with_submitted(mut self, raw: serde_json::Value) -> Request {
+        self.submitted = Some(raw);
+        self
     }
 
     /// Bars more principals from reviewing or revoking, e.g. the owner of the

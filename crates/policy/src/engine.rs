@@ -168,6 +168,7 @@ pub struct PolicyEngine {
     names: TypeNames,
     schema: Schema,
     warnings: Vec<String>,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -202,6 +203,7 @@ impl PolicyEngine {
         files: &[(String, String)],
         schema: Option<&str>,
     ) -> Result<Self, LoadError> {
+        let fingerprint = fingerprint(files, schema);
         let loaded = load::load(files, schema)?;
         let internal = |message: String| {
             LoadError::Invalid(vec![load::Issue {
@@ -267,7 +269,15 @@ impl PolicyEngine {
             names,
             schema: loaded.schema,
             warnings: loaded.warnings,
+            fingerprint,
         })
+    }
+
+    /// Lowercase hex SHA-256 over every policy file (name and text, in name
+    /// order) and the schema: names the exact policy set behind a decision,
+    /// so an auditor can tell which policies were in force.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Number of loaded policies.
@@ -446,7 +456,10 @@ impl PolicyEngine {
             let m = &self.metas[i];
             match (m.effect, &m.review, errored.get(&i)) {
                 (Effect::Forbid, None, _) => forbids.push(i),
-                (Effect::Forbid, Some(_), _) => reviews.push(i),
+                // The brief: an erroring forbid denies. A review forbid that
+                // cannot be evaluated cannot say what review it wants either.
+                (Effect::Forbid, Some(_), Some(_)) => forbids.push(i),
+                (Effect::Forbid, Some(_), None) => reviews.push(i),
                 (Effect::Permit, _, None) => permits.push(i),
                 (Effect::Permit, _, Some(_)) => {}
             }
@@ -663,3 +676,22 @@ const _: fn() = || {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+fn fingerprint(files: &[(String, String)], schema: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&(String, String)> = files.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (name, text) in sorted {
+        for part in [name.as_bytes(), text.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+    }
+    if let Some(s) = schema {
+        h.update(b"schema");
+        h.update((s.len() as u64).to_be_bytes());
+        h.update(s.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

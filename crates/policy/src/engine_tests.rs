@@ -208,15 +208,25 @@ fn erroring_forbid_denies() {
 }
 
 #[test]
-fn erroring_review_forbid_reviews() {
+fn erroring_review_forbid_denies() {
     let e = engine(&[(
         "a.cedar",
         &format!("permit (principal, action, resource);\n@review(\"dba\") forbid (principal, action, resource) when {{ {OVERFLOW} }};"),
     )]);
     let d = e.decide(&principal("user:a", &[]), &big_rows(), &none());
-    assert_eq!(d.outcome, Outcome::Review);
-    assert_eq!(d.requirements.len(), 1);
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(d.requirements.is_empty());
     assert_eq!(d.errors.len(), 1);
+}
+
+#[test]
+fn the_fingerprint_names_the_policy_set() {
+    let a = engine(&[("a.cedar", "permit (principal, action, resource);")]);
+    let b = engine(&[("a.cedar", "permit (principal, action, resource);")]);
+    let c = engine(&[("a.cedar", "forbid (principal, action, resource);")]);
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    assert_ne!(a.fingerprint(), c.fingerprint());
+    assert_eq!(a.fingerprint().len(), 64);
 }
 
 #[test]

@@ -45,7 +45,7 @@
 //! 3. otherwise a matching `permit` → **allow**; nothing matches → **deny**.
 //!
 //! A policy that fails to evaluate counts against the action: an erroring
-//! `forbid` counts as matching (deny, or review for a `@review` forbid), an
+//! `forbid` — plain or `@review` — counts as a matching plain forbid (deny), an
 //! erroring `permit` is ignored. Both are reported in [`Decision::reasons`]
 //! and [`Decision::errors`].
 //!

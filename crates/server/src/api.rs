@@ -5,7 +5,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -18,11 +19,25 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, MaybeCaller};
 use crate::error::{ApiError, ErrorBody};
 use crate::gateway::clamp_wait;
 use crate::views::*;
 use crate::AppState;
+
+/// Query parameters whose errors follow our error format.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
 
 /// A JSON body kept as bytes, after the same content-type and size checks
 /// (actions are parsed strictly by the core).
@@ -153,8 +168,17 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .route("/requests/{id}", get(request_page))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; see /openapi.json",
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -181,6 +205,10 @@ async fn submit_action(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
+    /// Page size, 1..=500 (default 100).
+    limit: Option<usize>,
+    /// The `x-next-before` header of the previous page.
+    before: Option<String>,
 }
 
 fn parse_state(s: &str) -> Result<RequestState, ApiError> {
@@ -198,15 +226,30 @@ fn parse_state(s: &str) -> Result<RequestState, ApiError> {
 async fn list_requests(
     State(s): State<AppState>,
     Caller(p): Caller,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<RequestView>>, ApiError> {
+    Q(q): Q<ListQuery>,
+) -> Result<Response, ApiError> {
     let state = q.state.as_deref().map(parse_state).transpose()?;
-    let reqs = s.gateway.list(&p, state).await?;
-    let views = reqs
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 500",
+        ));
+    }
+    let page = s.gateway.list(&p, state, limit, q.before).await?;
+    let views = page
+        .requests
         .iter()
         .map(|r| s.gateway.view(&p, r))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(views))
+    let mut resp = Json(views).into_response();
+    if let Some(next) = page
+        .next
+        .and_then(|n| header::HeaderValue::from_str(&n).ok())
+    {
+        resp.headers_mut().insert("x-next-before", next);
+    }
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -222,7 +265,7 @@ async fn get_request(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    Q(q): Q<WaitQuery>,
 ) -> Result<Json<RequestView>, ApiError> {
     let g = &s.gateway;
     let mut changes = g.subscribe();
@@ -265,6 +308,8 @@ async fn request_events(
     let stream = async_stream(move |tx| async move {
         let mut req = first;
         let mut last: Option<(RequestState, usize)> = None;
+        // A stream lives at most an hour; clients reconnect.
+        let end = tokio::time::Instant::now() + Duration::from_secs(3600);
         loop {
             let key = (req.state, req.reviews.len());
             if last != Some(key) {
@@ -284,7 +329,12 @@ async fn request_events(
             if req.state.is_terminal() {
                 break;
             }
-            match changes.recv().await {
+            let next = tokio::select! {
+                _ = tx.closed() => break,
+                _ = tokio::time::sleep_until(end) => break,
+                n = changes.recv() => n,
+            };
+            match next {
                 Ok(c) if c.id != id => continue,
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => break,
@@ -428,9 +478,10 @@ async fn log_verifier_key(State(s): State<AppState>) -> Response {
     responses((status = 200, description = "receipt JSON"), (status = 404, body = ErrorBody)))]
 async fn log_proof(
     State(s): State<AppState>,
-    Caller(_p): Caller,
+    Caller(p): Caller,
     Path(index): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    s.gateway.require_log_reader(&p)?;
     let index: u64 = index.parse().map_err(|_| {
         ApiError::bad_request("invalid_index", "the index must be a non-negative integer")
     })?;
@@ -438,14 +489,16 @@ async fn log_proof(
     Ok(Json(receipt))
 }
 
-/// C2SP tlog-tiles: hash tiles and entry bundles.
+/// C2SP tlog-tiles: hash tiles (public) and entry bundles (log readers only:
+/// entries hold actions and their parameters).
 #[utoipa::path(get, path = "/v1/log/tile/{path}", security(), params(("path" = String, Path, description = "e.g. 0/x001/234.p/7 or entries/000")),
     responses((status = 200, description = "application/octet-stream"), (status = 404, body = ErrorBody)))]
 async fn log_tile(
     State(s): State<AppState>,
+    MaybeCaller(caller): MaybeCaller,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
-    let bytes = crate::logview::tile(&s.gateway, &format!("tile/{path}")).await?;
+    let bytes = crate::logview::tile(&s.gateway, &format!("tile/{path}"), caller.as_ref()).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream"),
@@ -457,9 +510,21 @@ async fn log_tile(
 }
 
 /// Liveness and log writability.
-#[utoipa::path(get, path = "/healthz", security(), responses((status = 200, description = "ok")))]
-async fn healthz(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ok", "log_size": s.gateway.store.log_size()}))
+#[utoipa::path(get, path = "/healthz", security(), responses((status = 200, description = "ok"), (status = 503, description = "the log cannot be written: everything is refused")))]
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.gateway.store.health() {
+        Ok(()) => {
+            Json(json!({"status": "ok", "log_size": s.gateway.store.log_size()})).into_response()
+        }
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "failing", "error": {"code": "log_unavailable", "message": why},
+                        "log_size": s.gateway.store.log_size()}),
+            ),
+        )
+            .into_response(),
+    }
 }
 
 /// Prometheus metrics.

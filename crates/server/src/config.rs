@@ -31,6 +31,40 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The canonical spelling of a URI-like resource for matching: scheme and
+/// host lowercased, user info dropped, the scheme's default port dropped.
+/// `None` for a resource with `.`/`..` path segments or percent-encoded dots,
+/// which could name something other than what they appear to.
+pub fn normalize_resource(resource: &str) -> Option<String> {
+    let Some((scheme, rest)) = resource.split_once("://") else {
+        return Some(resource.to_string());
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host_port = host_port.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "postgres" | "postgresql" => Some("5432"),
+        "mysql" => Some("3306"),
+        "http" | "ws" => Some("80"),
+        "https" | "wss" => Some("443"),
+        _ => None,
+    };
+    let host = match (host_port.rsplit_once(':'), default_port) {
+        (Some((h, p)), Some(d)) if p == d => h.to_string(),
+        _ => host_port,
+    };
+    let lower = path.to_ascii_lowercase();
+    let only_path = lower.split(['?', '#']).next().unwrap_or("");
+    if only_path.split('/').any(|seg| seg == "." || seg == "..") || lower.contains("%2e") {
+        return None;
+    }
+    Some(format!("{scheme}://{host}{path}"))
+}
+
 /// The file as written. Unknown keys are errors, so a typo never silently
 /// turns a setting off.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -72,6 +106,9 @@ pub struct RawLog {
     pub origin: Option<String>,
     /// Signer key file (C2SP note signer format). Created on first start.
     pub key_file: Option<PathBuf>,
+    /// Groups whose members may read log entries (entry bundles, receipts).
+    /// Checkpoints and hash tiles are public: they reveal nothing.
+    pub readers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -81,6 +118,11 @@ pub struct RawGrants {
     pub allow_ttl: Option<String>,
     /// Ed25519 key for grant JWS. Created on first start.
     pub key_file: Option<PathBuf>,
+    /// Principals (usually interception adapters, e.g. `service:pg-gateway`)
+    /// that may consume a grant on its requester's behalf and report the
+    /// result. Nobody else can use someone else's grant.
+    #[serde(default)]
+    pub executors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -114,6 +156,8 @@ pub struct Config {
     pub public_url: String,
     pub log_origin: String,
     pub log_key_file: PathBuf,
+    pub log_readers: Vec<String>,
+    pub executors: BTreeSet<String>,
     pub grant_key_file: PathBuf,
     pub allow_grant_ttl: Duration,
     pub escalation_fraction: f64,
@@ -129,13 +173,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// The configured environment of a resource, if any.
+    /// The configured environment of a resource, if any. Matching is on the
+    /// normalized resource (see [`normalize_resource`]), so spelling tricks
+    /// (`postgres://Analytics`, `postgres://bob@analytics:5432`) do not
+    /// escape it; a resource with dot segments has no environment.
     pub fn environment_of(&self, resource: &str) -> Option<&str> {
+        let resource = normalize_resource(resource)?;
         self.environments.iter().find_map(|(name, pats)| {
             pats.iter()
                 .any(|p| match p.strip_suffix('*') {
                     Some(prefix) => resource.starts_with(prefix),
-                    None => resource == p,
+                    None => resource == *p,
                 })
                 .then_some(name.as_str())
         })
@@ -369,9 +417,41 @@ impl Config {
                     format!("{p:?}: use an exact resource or a prefix ending in a single `*`"),
                 ));
             }
-            environments.push((e.name.clone(), e.resources.clone()));
+            let mut pats = Vec::new();
+            for p in &e.resources {
+                let (body, star) = match p.strip_suffix('*') {
+                    Some(b) => (b, "*"),
+                    None => (p.as_str(), ""),
+                };
+                let norm = normalize_resource(body).ok_or_else(|| {
+                    invalid(
+                        format!("environments[{i}].resources"),
+                        format!("{p:?} has dot segments"),
+                    )
+                })?;
+                pats.push(format!("{norm}{star}"));
+            }
+            environments.push((e.name.clone(), pats));
         }
+        let mut executors = BTreeSet::new();
+        for (i, e) in raw.grants.executors.iter().enumerate() {
+            let id: PrincipalId =
+                e.parse()
+                    .map_err(|err: secondkey_core::principal::PrincipalError| {
+                        invalid(format!("grants.executors[{i}]"), err.to_string())
+                    })?;
+            if !principals.contains_key(id.as_str()) {
+                return Err(invalid(
+                    format!("grants.executors[{i}]"),
+                    format!("{id} is not a configured principal"),
+                ));
+            }
+            executors.insert(id.to_string());
+        }
+        let log_readers = raw.log.readers.unwrap_or_else(|| vec!["auditors".into()]);
         Ok(Config {
+            log_readers,
+            executors,
             environments,
             listen,
             data_dir,
@@ -430,6 +510,17 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
         assert_eq!(c.environment_of("https://api.example"), Some("prod"));
         assert_eq!(c.environment_of("https://api.example/x"), None);
         assert!(load("[[environments]]\nname = \"prod\"\nresources = [\"a*b*\"]").is_err());
+        // Spelling tricks do not escape the environment.
+        for r in [
+            "postgres://Analytics/public.t",
+            "POSTGRES://analytics/public.t",
+            "postgres://bob@analytics/public.t",
+            "postgres://analytics:5432/public.t",
+        ] {
+            assert_eq!(c.environment_of(r), Some("prod"), "{r}");
+        }
+        assert_eq!(c.environment_of("postgres://analytics/../billing/t"), None);
+        assert_eq!(c.environment_of("postgres://analytics:6543/public.t"), None);
     }
 
     #[test]

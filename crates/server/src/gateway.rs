@@ -54,6 +54,8 @@ pub struct Gateway {
     grant_kid: String,
     changes: broadcast::Sender<RequestChange>,
     checkpoint_cache: Mutex<Option<(u64, String)>>,
+    /// Largest size anchored in the store by this process.
+    anchored: Mutex<u64>,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
 }
 
@@ -225,6 +227,7 @@ impl Gateway {
             grant_kid,
             changes,
             checkpoint_cache: Mutex::new(None),
+            anchored: Mutex::new(0),
             clock: Box::new(system_now),
         }
     }
@@ -302,6 +305,27 @@ impl Gateway {
         });
     }
 
+    /// Log entries hold actions with their parameters: only members of the
+    /// configured reader groups (`[log] readers`, default `auditors`) read them.
+    pub fn require_log_reader(&self, who: &Principal) -> Result<(), ApiError> {
+        if self
+            .config
+            .log_readers
+            .iter()
+            .any(|g| who.groups.contains(g))
+        {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "not_log_reader",
+                format!(
+                    "reading log entries needs membership in one of: {}",
+                    self.config.log_readers.join(", ")
+                ),
+            ))
+        }
+    }
+
     pub fn request_url(&self, id: &str) -> String {
         format!("{}/requests/{id}", self.config.public_url)
     }
@@ -370,7 +394,13 @@ impl Gateway {
             ));
         }
         let facts = self.facts(principal, &action, "api");
-        let decision = self.policy().decide(principal, &action, &facts);
+        let policy = self.policy();
+        let decision = policy.decide(principal, &action, &facts);
+        let policy_set = policy.fingerprint().to_string();
+        let env = self
+            .config
+            .environment_of(&action.resource)
+            .map(str::to_string);
         let reasons: Vec<ReasonView> = decision.reasons.iter().map(ReasonView::from).collect();
         let now = self.now();
         let actor = principal.id.to_string();
@@ -378,7 +408,7 @@ impl Gateway {
         match decision.outcome {
             Outcome::Deny => {
                 let id = new_id("act")?;
-                let payload = json!({"decision": "deny", "action": raw, "reasons": reasons, "errors": decision.errors});
+                let payload = json!({"decision": "deny", "action": raw, "reasons": reasons, "errors": decision.errors, "policy_set": policy_set});
                 let (id2, dg) = (id.clone(), digest.as_str().to_string());
                 self.store
                     .transact(move |tx| {
@@ -411,7 +441,7 @@ impl Gateway {
                     dig: digest.as_str().to_string(),
                     sub: actor.clone(),
                     apr: vec![],
-                    env: env_of(&action),
+                    env: env.clone(),
                     iat: now.0 / 1000,
                     exp: exp.0 / 1000,
                     iss: self.config.log_origin.clone(),
@@ -425,7 +455,7 @@ impl Gateway {
                     expires_at: exp.0,
                     used_at: None,
                 };
-                let payload = json!({"decision": "allow", "action": raw, "reasons": reasons, "grant": grant_id, "grant_expires_at": rfc3339(exp)});
+                let payload = json!({"decision": "allow", "action": raw, "reasons": reasons, "grant": grant_id, "grant_expires_at": rfc3339(exp), "policy_set": policy_set});
                 let (id2, dg) = (id.clone(), digest.as_str().to_string());
                 self.store
                     .transact(move |tx| {
@@ -470,11 +500,13 @@ impl Gateway {
                     decision.grant_ttl,
                     now,
                 )
-                .with_excluded(on_behalf_owner);
+                .with_excluded(on_behalf_owner)
+                .with_submitted(raw.clone());
                 let payload = json!({
                     "decision": "review", "action": raw, "reasons": reasons,
                     "required": decision.requirements.iter().map(RequirementView::from).collect::<Vec<_>>(),
                     "expires_at": rfc3339(req.expires_at), "summary": summary,
+                    "policy_set": policy_set,
                 });
                 let stored = req.clone();
                 self.store
@@ -512,6 +544,13 @@ impl Gateway {
     /// Whether `who` may see request `req`: its requester side, or anyone
     /// who could review it.
     pub fn may_view(&self, who: &Principal, req: &Request) -> bool {
+        may_view(who, req)
+    }
+}
+
+/// Whether `who` may see request `req` (see [`Gateway::may_view`]).
+pub fn may_view(who: &Principal, req: &Request) -> bool {
+    {
         let id = &who.id;
         if *id == req.requester.id || req.requester.owner.as_ref() == Some(id) {
             return true;
@@ -523,7 +562,9 @@ impl Gateway {
             .iter()
             .any(|r| r.groups.iter().any(|g| who.groups.contains(g)))
     }
+}
 
+impl Gateway {
     /// Loads a request the caller may see (404 otherwise, so ids do not leak).
     pub async fn get_request(&self, who: &Principal, id: &str) -> Result<Request, ApiError> {
         let store = self.store.clone();
@@ -553,7 +594,10 @@ impl Gateway {
                     dig: req.digest.as_str().to_string(),
                     sub: req.requester.id.to_string(),
                     apr: approvers(req),
-                    env: env_of(&req.action),
+                    env: self
+                        .config
+                        .environment_of(&req.action.resource)
+                        .map(str::to_string),
                     iat: req
                         .decided_at
                         .map(|t| t.0 / 1000)
@@ -569,7 +613,10 @@ impl Gateway {
             state: req.state,
             url: self.request_url(&req.id),
             digest: req.digest.as_str().to_string(),
-            action: serde_json::to_value(&req.action).unwrap_or(Value::Null),
+            action: match &req.submitted {
+                Some(raw) => raw.clone(),
+                None => serde_json::to_value(&req.action).unwrap_or(Value::Null),
+            },
             requester: req.requester.id.to_string(),
             owner: req.requester.owner.as_ref().map(|o| o.to_string()),
             required: req.requirements.iter().map(RequirementView::from).collect(),
@@ -582,17 +629,34 @@ impl Gateway {
         })
     }
 
-    /// `GET /v1/requests`: what the caller asked for or may review.
+    /// `GET /v1/requests`: what the caller asked for or may review, newest
+    /// first, a page at a time.
     pub async fn list(
         &self,
         who: &Principal,
         state: Option<RequestState>,
-    ) -> Result<Vec<Request>, ApiError> {
+        limit: usize,
+        before: Option<String>,
+    ) -> Result<secondkey_store::RequestPage, ApiError> {
         let store = self.store.clone();
-        let all = tokio::task::spawn_blocking(move || store.list_requests(state, 500))
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))??;
-        Ok(all.into_iter().filter(|r| self.may_view(who, r)).collect())
+        let viewer = secondkey_store::Viewer {
+            principal: who.id.to_string(),
+            groups: who.groups.iter().cloned().collect(),
+        };
+        let mut page = tokio::task::spawn_blocking(move || {
+            store.list_for(&viewer, state, limit, before.as_deref())
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .map_err(|e| match e {
+            StoreError::Corrupt(m) if m.starts_with("bad page cursor") => {
+                ApiError::bad_request("invalid_cursor", m)
+            }
+            other => ApiError::from(other),
+        })?;
+        // The SQL filter is by party; this check is the authority.
+        page.requests.retain(|r| may_view(who, r));
+        Ok(page)
     }
 
     /// `POST /v1/requests/{id}/reviews`.
@@ -620,7 +684,10 @@ impl Gateway {
             .transact(move |tx| {
                 let mut req = tx
                     .get_request(&id2)?
-                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                    .filter(|r| may_view(&who, r))
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("no request {id2} that you may see"))
+                    })?;
                 let actor = who.id.to_string();
                 match req.review(&who, decision, comment, now, &grant_id) {
                     Ok(t) => {
@@ -651,7 +718,21 @@ impl Gateway {
                     Err(e) => Err(review_error(e).into()),
                 }
             })
-            .await?;
+            .await;
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                let e = ApiError::from(e);
+                if matches!(
+                    e.code,
+                    "self_review" | "not_eligible" | "duplicate_reviewer"
+                ) {
+                    self.log_refusal("review.refused", reviewer, &[("request", id)], &e)
+                        .await;
+                }
+                return Err(e);
+            }
+        };
         match out {
             Reviewed::Done(req) => {
                 self.announce(&req, "request.reviewed");
@@ -676,7 +757,8 @@ impl Gateway {
             .transact(move |tx| {
                 let mut req = tx
                     .get_request(&id2)?
-                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                    .filter(|r| r.requester.id == by)
+                    .ok_or_else(|| ApiError::not_found(format!("no request {id2} of yours")))?;
                 let t = req.withdraw(&by, now).map_err(transition_error)?;
                 tx.put_request(&req)?;
                 log_events(tx, now, &by.to_string(), &req, &t.events)?;
@@ -697,7 +779,10 @@ impl Gateway {
             .transact(move |tx| {
                 let mut req = tx
                     .get_request(&id2)?
-                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                    .filter(|r| may_view(&by, r))
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("no request {id2} that you may see"))
+                    })?;
                 let t = req.revoke(&by, now).map_err(transition_error)?;
                 tx.put_request(&req)?;
                 log_events(tx, now, &by.id.to_string(), &req, &t.events)?;
@@ -721,22 +806,64 @@ impl Gateway {
         // error names the real cause.
         let claims = verify_grant(token, &vk, Timestamp(0))
             .map_err(|e| ApiError::bad_request("invalid_grant", e.to_string()))?;
+        let result = self.consume_checked(who, &claims, digest, now).await;
+        match result {
+            Ok(changed) => {
+                if let Some(req) = &changed {
+                    self.announce(req, "grant.consumed");
+                }
+                Ok(json!({
+                    "consumed": true,
+                    "grant": claims.jti,
+                    "request": claims.rid,
+                    "digest": claims.dig,
+                    "requester": claims.sub,
+                    "approvers": claims.apr,
+                }))
+            }
+            Err(e) => {
+                // A refused use of a valid grant is security-relevant: record it.
+                if matches!(
+                    e.code,
+                    "digest_mismatch"
+                        | "grant_used"
+                        | "not_requester"
+                        | "expired"
+                        | "wrong_requester"
+                ) {
+                    self.log_refusal("grant.refused", who, &[("grant", &claims.jti)], &e)
+                        .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn consume_checked(
+        &self,
+        who: &Principal,
+        claims: &GrantClaims,
+        digest: &str,
+        now: Timestamp,
+    ) -> Result<Option<Request>, ApiError> {
         if claims.dig != digest {
             return Err(ApiError::conflict(
                 "digest_mismatch",
                 "the action's digest differs from the one approved: nothing was executed",
             ));
         }
-        if claims.sub != who.id.to_string() && who.id.kind() != PrincipalKind::Service {
+        let is_executor = self.config.executors.contains(who.id.as_str());
+        if claims.sub != who.id.as_str() && !is_executor {
             return Err(ApiError::forbidden(
                 "not_requester",
                 format!(
-                    "this grant belongs to {}; only it (or an executing service) may use it",
+                    "this grant belongs to {}; only it, or a configured executor ([grants] executors), may use it",
                     claims.sub
                 ),
             ));
         }
         let actor = who.id.to_string();
+        let consumer = who.id.clone();
         let c2 = claims.clone();
         let digest_s = digest.to_string();
         let changed = self
@@ -767,8 +894,15 @@ impl Gateway {
                     })?;
                     let dg = Digest::from_hex(&digest_s)
                         .map_err(|e| ApiError::bad_request("invalid_digest", e.to_string()))?;
+                    // An executor consumes on the requester's behalf; anyone
+                    // else is checked by the core as themselves.
+                    let as_who = if is_executor {
+                        req.requester.id.clone()
+                    } else {
+                        consumer
+                    };
                     let t = req
-                        .consume(&row.id, &dg, &req.requester.id.clone(), now)
+                        .consume(&row.id, &dg, &as_who, now)
                         .map_err(consume_error)?;
                     tx.put_request(&req)?;
                     log_events(tx, now, &actor, &req, &t.events)?;
@@ -791,17 +925,39 @@ impl Gateway {
                 Ok(changed)
             })
             .await?;
-        if let Some(req) = &changed {
-            self.announce(req, "grant.consumed");
+        Ok(changed)
+    }
+
+    /// Appends a record of a refused attempt. Best effort: the refusal stands
+    /// whether or not the record could be written.
+    async fn log_refusal(
+        &self,
+        event: &str,
+        who: &Principal,
+        subjects: &[(&str, &str)],
+        e: &ApiError,
+    ) {
+        let now = self.now();
+        let event = event.to_string();
+        let actor = who.id.to_string();
+        let subjects: Vec<(String, String)> = subjects
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let payload = json!({"code": e.code, "message": e.message});
+        let r = self
+            .store
+            .transact(move |tx| {
+                let subs: Vec<(&str, &str)> = subjects
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                tx.append(entry(now, &event, &actor, &subs, None, payload))
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not record a refused attempt");
         }
-        Ok(json!({
-            "consumed": true,
-            "grant": claims.jti,
-            "request": claims.rid,
-            "digest": claims.dig,
-            "requester": claims.sub,
-            "approvers": claims.apr,
-        }))
     }
 
     /// Records the result of an executed action (adapters call this).
@@ -815,13 +971,14 @@ impl Gateway {
         let now = self.now();
         let actor = who.id.to_string();
         let id2 = id.to_string();
+        let is_executor = self.config.executors.contains(who.id.as_str());
         let req = self
             .store
             .transact(move |tx| {
                 let mut req = tx
                     .get_request(&id2)?
                     .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
-                if actor != req.requester.id.to_string() {
+                if actor != req.requester.id.as_str() && !is_executor {
                     return Err(ApiError::forbidden(
                         "not_requester",
                         "only the requester reports the result",
@@ -859,66 +1016,109 @@ impl Gateway {
         })
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))??;
-        for id in due {
-            let r = self
+        // One transaction for all due expiries; a record that cannot be read
+        // is skipped (and reported) rather than blocking every other one.
+        if !due.is_empty() {
+            let (expired, unreadable) = self
                 .store
                 .transact(move |tx| {
-                    let Some(mut req) = tx.get_request(&id)? else {
-                        return Ok(None);
-                    };
-                    match req.expire_if_due(now) {
-                        Some(t) => {
+                    let mut expired = Vec::new();
+                    let mut unreadable = Vec::new();
+                    for id in due {
+                        let mut req = match tx.get_request(&id) {
+                            Ok(Some(r)) => r,
+                            Ok(None) => continue,
+                            Err(StoreError::Corrupt(m)) => {
+                                unreadable.push(format!("{id}: {m}"));
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        if let Some(t) = req.expire_if_due(now) {
                             tx.put_request(&req)?;
                             log_events(tx, now, "service:secondkey", &req, &t.events)?;
-                            Ok(Some(req))
+                            expired.push(req);
                         }
-                        None => Ok(None),
                     }
+                    Ok((expired, unreadable))
                 })
                 .await?;
-            if let Some(req) = r {
-                self.announce(&req, "request.expired");
+            for req in &expired {
+                self.announce(req, "request.expired");
+            }
+            for u in unreadable {
+                tracing::error!(record = %u, "a stored request cannot be read; it cannot expire");
             }
         }
-        for id in esc {
-            let r = self
+        if !esc.is_empty() {
+            let escalated = self
                 .store
                 .transact(move |tx| {
-                    let Some(mut req) = tx.get_request(&id)? else {
-                        return Ok(None);
-                    };
-                    if !req.escalation_due(now, fraction) {
-                        return Ok(None);
+                    let mut out = Vec::new();
+                    for id in esc {
+                        let mut req = match tx.get_request(&id) {
+                            Ok(Some(r)) => r,
+                            Ok(None) | Err(StoreError::Corrupt(_)) => continue,
+                            Err(e) => return Err(e),
+                        };
+                        if !req.escalation_due(now, fraction) {
+                            continue;
+                        }
+                        req.mark_escalated();
+                        tx.put_request(&req)?;
+                        tx.append(entry(
+                            now,
+                            "request.escalation_due",
+                            "service:secondkey",
+                            &[("request", &req.id)],
+                            Some(req.digest.as_str()),
+                            json!({"fraction": fraction, "expires_at": rfc3339(req.expires_at)}),
+                        ))?;
+                        out.push(req);
                     }
-                    req.mark_escalated();
-                    tx.put_request(&req)?;
-                    tx.append(entry(
-                        now,
-                        "request.escalation_due",
-                        "service:secondkey",
-                        &[("request", &req.id)],
-                        Some(req.digest.as_str()),
-                        json!({"fraction": fraction, "expires_at": rfc3339(req.expires_at)}),
-                    ))?;
-                    Ok(Some(req))
+                    Ok(out)
                 })
                 .await?;
-            if let Some(req) = r {
-                self.announce(&req, "escalation_due");
+            for req in &escalated {
+                self.announce(req, "escalation_due");
             }
         }
         Ok(())
     }
 
-    /// The current signed checkpoint (C2SP signed note). Signed once per
-    /// tree size; each new size is anchored in the store so that a later
-    /// start detects edited entries.
+    /// The current signed checkpoint (C2SP signed note), signed once per
+    /// tree size. Reading it writes nothing; [`Gateway::anchor_latest`]
+    /// persists it.
     pub async fn checkpoint(&self) -> Result<String, ApiError> {
+        Ok(self.signed_checkpoint()?.2)
+    }
+
+    /// Persists the latest signed checkpoint as the store's anchor (only ever
+    /// forward), so that a later start, `log verify --config` and
+    /// `log export` detect entries edited behind the gateway's back. Runs
+    /// every second from the background loop.
+    pub async fn anchor_latest(&self) -> Result<(), ApiError> {
+        let (size, root, note) = self.signed_checkpoint()?;
+        if size == 0 {
+            return Ok(());
+        }
+        let already = self.anchored.lock().map(|a| *a >= size).unwrap_or(false);
+        if already {
+            return Ok(());
+        }
+        self.store.anchor(size, root, note).await?;
+        if let Ok(mut a) = self.anchored.lock() {
+            *a = (*a).max(size);
+        }
+        Ok(())
+    }
+
+    fn signed_checkpoint(&self) -> Result<(u64, secondkey_log::merkle::Hash, String), ApiError> {
         let (size, root) = self.store.with_tree(|t| (t.size(), t.root()))?;
         if let Ok(c) = self.checkpoint_cache.lock() {
             if let Some((s, note)) = c.as_ref() {
                 if *s == size {
-                    return Ok(note.clone());
+                    return Ok((size, root, note.clone()));
                 }
             }
         }
@@ -931,11 +1131,10 @@ impl Gateway {
         let note = cp
             .sign(&self.log_signer)
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
-        self.store.anchor(size, root).await?;
         if let Ok(mut c) = self.checkpoint_cache.lock() {
             *c = Some((size, note.clone()));
         }
-        Ok(note)
+        Ok((size, root, note))
     }
 
     /// Records gateway start in the log (also proves the log is writable:
@@ -943,7 +1142,8 @@ impl Gateway {
     pub async fn started(&self) -> Result<(), ApiError> {
         let now = self.now();
         let version = env!("CARGO_PKG_VERSION");
-        let policies = self.policy().len();
+        let policies =
+            json!({"count": self.policy().len(), "policy_set": self.policy().fingerprint()});
         self.store
             .transact(move |tx| {
                 tx.append(entry(
@@ -958,14 +1158,6 @@ impl Gateway {
             .await?;
         Ok(())
     }
-}
-
-fn env_of(action: &Action) -> Option<String> {
-    action
-        .context
-        .get("environment")
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
 }
 
 fn review_error(e: ReviewError) -> ApiError {

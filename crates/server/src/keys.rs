@@ -63,6 +63,18 @@ fn read_secret(path: &Path) -> Result<String, KeyError> {
         .map_err(|e| file_err(path, e))
 }
 
+/// Loads an existing log signer; never creates one (for verbs that only
+/// read, such as `log export`).
+pub fn load_log_signer(path: &Path, origin: &str) -> Result<Signer, KeyError> {
+    if !path.exists() {
+        return Err(file_err(
+            path,
+            "does not exist; run this where the gateway's keys are, or set [log].key_file",
+        ));
+    }
+    load_or_create_log_signer(path, origin)
+}
+
 /// Loads the log signer, creating it (named after the log origin) if the
 /// file does not exist. A signer whose name differs from the origin is an
 /// error: verifiers would look for the wrong key name.

@@ -63,7 +63,22 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let r = self.task.await.unwrap_or(Ok(()));
+        // In-flight requests get a grace period; idle keep-alive or
+        // long-poll clients do not hold the shutdown hostage.
+        let abort = self.task.abort_handle();
+        let r = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await
+        {
+            Ok(r) => r.unwrap_or(Ok(())),
+            Err(_) => {
+                tracing::warn!("connections still open after 5 s; closing them");
+                abort.abort();
+                Ok(())
+            }
+        };
+        // Anchor what was signed last, so the next start checks against it.
+        if let Err(e) = self.gateway.anchor_latest().await {
+            tracing::warn!(error = %e, "could not anchor the last checkpoint at shutdown");
+        }
         self.gateway.store.close();
         r
     }
@@ -110,6 +125,9 @@ fn spawn_background(gateway: Arc<Gateway>) {
             tick.tick().await;
             if let Err(e) = g.sweep().await {
                 tracing::warn!(error = %e, "expiry sweep failed; will retry");
+            }
+            if let Err(e) = g.anchor_latest().await {
+                tracing::warn!(error = %e, "could not anchor the latest checkpoint; will retry");
             }
         }
     });

@@ -8,7 +8,11 @@ use crate::error::ApiError;
 use crate::Gateway;
 
 /// Bytes of a C2SP tlog-tiles resource (`tile/<L>/…` or `tile/entries/…`).
-pub async fn tile(gateway: &Gateway, path: &str) -> Result<Vec<u8>, ApiError> {
+pub async fn tile(
+    gateway: &Gateway,
+    path: &str,
+    caller: Option<&secondkey_core::principal::Principal>,
+) -> Result<Vec<u8>, ApiError> {
     let r = parse_tile_path(path).map_err(|e| ApiError::not_found(e.to_string()))?;
     match r.kind {
         TileKind::Hash { level } => gateway
@@ -16,8 +20,20 @@ pub async fn tile(gateway: &Gateway, path: &str) -> Result<Vec<u8>, ApiError> {
             .with_tree(|t| t.tile(level, r.index, r.width))?
             .map_err(|e| ApiError::not_found(e.to_string())),
         TileKind::Entries => {
-            let start = r.index * 256;
-            let end = start + u64::from(r.width);
+            match caller {
+                Some(p) => gateway.require_log_reader(p)?,
+                None => return Err(ApiError::unauthorized(
+                    "entry bundles hold actions and their parameters: send a log reader's token",
+                )),
+            }
+            let end = r
+                .index
+                .checked_mul(256)
+                .and_then(|start| start.checked_add(u64::from(r.width)));
+            let Some(end) = end else {
+                return Err(ApiError::not_found(format!("{path}: no such bundle")));
+            };
+            let start = end - u64::from(r.width);
             if end > gateway.store.log_size() {
                 return Err(ApiError::not_found(format!(
                     "{path}: the log has only {} entries",

@@ -34,7 +34,7 @@ pub async fn reload_now(gateway: &Gateway) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     match loaded {
         Ok(engine) => {
-            let summary = json!({"policies": engine.len()});
+            let summary = json!({"policies": engine.len(), "policy_set": engine.fingerprint()});
             gateway
                 .replace_policy(engine, summary)
                 .await

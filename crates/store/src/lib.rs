@@ -61,6 +61,10 @@ pub enum StoreError {
     Commit(String),
     #[error("the store is shut down or its writer failed; the action is not authorized")]
     Unavailable,
+    #[error("another secondkey process holds the data directory {path} (lock file {lock}); stop it first, or use a separate data_dir")]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("the store was opened read-only; start the gateway to change it")]
+    ReadOnly,
     #[error("database schema version {found} is newer than this binary understands ({supported}); upgrade secondkey")]
     SchemaTooNew { found: i64, supported: i64 },
     /// A domain error raised by a job; carried through unchanged.
@@ -133,6 +137,12 @@ pub struct StoreOptions {
     pub data_dir: PathBuf,
     /// Most jobs committed in one transaction.
     pub max_batch: usize,
+    /// Open for reading only: no writer, no lock, no migrations (for
+    /// `secondkey log export` next to a running gateway).
+    pub read_only: bool,
+    /// Caps the database at this many pages (SQLite `max_page_count`):
+    /// a way to exercise the disk-full path in tests.
+    pub max_pages: Option<u64>,
 }
 
 impl StoreOptions {
@@ -140,8 +150,31 @@ impl StoreOptions {
         StoreOptions {
             data_dir: data_dir.into(),
             max_batch: 4096,
+            read_only: false,
+            max_pages: None,
         }
     }
+
+    /// The same directory, for reading only.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+}
+
+/// A page of requests, and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct RequestPage {
+    pub requests: Vec<Request>,
+    /// Pass back as `before` to get the next (older) page.
+    pub next: Option<String>,
+}
+
+/// Who a request concerns, for listing: principal ids and group names.
+#[derive(Debug, Clone, Default)]
+pub struct Viewer {
+    pub principal: String,
+    pub groups: Vec<String>,
 }
 
 /// The in-memory view of the committed log, shared by readers.

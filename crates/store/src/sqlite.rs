@@ -16,7 +16,7 @@ use crate::{Anchor, GrantRow, LogView, Shared, StoreError, StoreOptions, Tx};
 
 /// The newest schema version this binary knows. Each migration below moves
 /// the database one version forward, inside a transaction.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -47,6 +47,24 @@ const MIGRATIONS: &[&str] = &[
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
      );",
+    // 2: who each request concerns, so listing filters and pages in SQL
+    // instead of reading every request; backfilled from the stored bodies.
+    "CREATE TABLE request_parties (
+        party      TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        PRIMARY KEY (party, request_id)
+     ) WITHOUT ROWID;
+     CREATE INDEX requests_by_created ON requests(created_at, id);
+     INSERT OR IGNORE INTO request_parties SELECT 'p:' || requester, id FROM requests;
+     INSERT OR IGNORE INTO request_parties
+        SELECT 'p:' || json_extract(body, '$.requester.owner'), id FROM requests
+        WHERE json_extract(body, '$.requester.owner') IS NOT NULL;
+     INSERT OR IGNORE INTO request_parties
+        SELECT 'p:' || json_extract(body, '$.action.on_behalf_of'), id FROM requests
+        WHERE json_extract(body, '$.action.on_behalf_of') IS NOT NULL;
+     INSERT OR IGNORE INTO request_parties
+        SELECT 'g:' || g.value, requests.id
+        FROM requests, json_each(requests.body, '$.requirements') AS r, json_each(r.value, '$.groups') AS g;",
 ];
 
 type JobResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -59,6 +77,11 @@ struct Job {
 
 struct Inner {
     path: PathBuf,
+    read_only: bool,
+    /// Held until `close`: one writer per data directory.
+    lock: Mutex<Option<std::fs::File>>,
+    /// The last commit failure, cleared by the next success (`/healthz`).
+    health: Arc<Mutex<Option<String>>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
@@ -80,7 +103,15 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    if read_only {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        return Ok(conn);
+    }
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -175,17 +206,69 @@ fn hex_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Takes an exclusive, non-blocking lock on `dir/lock`: two gateways on one
+/// data directory would each keep their own tree and corrupt the log.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::io::AsRawFd;
+    let lock = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|source| StoreError::DataDir {
+            path: lock.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StoreError::Locked {
+            path: dir.to_path_buf(),
+            lock,
+        });
+    }
+    Ok(file)
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `options.data_dir`, runs
     /// migrations, rebuilds the log tree and starts the writer thread.
+    /// Read-only stores skip the lock, migrations and writer.
     pub fn open(options: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(&options.data_dir).map_err(|source| StoreError::DataDir {
-            path: options.data_dir.clone(),
-            source,
-        })?;
         let path = options.data_dir.join("secondkey.db");
-        let mut conn = open_conn(&path)?;
-        migrate(&mut conn)?;
+        let (conn, lock) = if options.read_only {
+            if !path.exists() {
+                return Err(StoreError::DataDir {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no database here; is data_dir right?",
+                    ),
+                });
+            }
+            let conn = open_conn(&path, true)?;
+            let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if found != SCHEMA_VERSION {
+                return Err(StoreError::SchemaTooNew {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            (conn, None)
+        } else {
+            std::fs::create_dir_all(&options.data_dir).map_err(|source| StoreError::DataDir {
+                path: options.data_dir.clone(),
+                source,
+            })?;
+            let lock = lock_dir(&options.data_dir)?;
+            let mut conn = open_conn(&path, false)?;
+            migrate(&mut conn)?;
+            if let Some(pages) = options.max_pages {
+                conn.pragma_update(None, "max_page_count", pages as i64)?;
+            }
+            (conn, Some(lock))
+        };
         let tree = load_tree(&conn)?;
         let size = tree.size();
         let view = Arc::new(LogView {
@@ -193,18 +276,25 @@ impl Store {
         });
         let (size_tx, _) = tokio::sync::watch::channel(size);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let health = Arc::new(Mutex::new(None));
         let inner = Arc::new(Inner {
             path: path.clone(),
-            jobs: Mutex::new(Some(jobs_tx)),
+            read_only: options.read_only,
+            lock: Mutex::new(lock),
+            health: health.clone(),
+            jobs: Mutex::new((!options.read_only).then_some(jobs_tx)),
             writer: Mutex::new(None),
             readers: Mutex::new(Vec::new()),
             view: view.clone(),
             size_tx: size_tx.clone(),
         });
+        if options.read_only {
+            return Ok(Store { inner });
+        }
         let max_batch = options.max_batch.max(1);
         let handle = std::thread::Builder::new()
             .name("secondkey-store-writer".into())
-            .spawn(move || writer_loop(conn, jobs_rx, view, size_tx, max_batch))
+            .spawn(move || writer_loop(conn, jobs_rx, view, size_tx, max_batch, health))
             .map_err(|source| StoreError::DataDir { path, source })?;
         if let Ok(mut w) = inner.writer.lock() {
             *w = Some(handle);
@@ -250,6 +340,9 @@ impl Store {
     {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let run: JobFn = Box::new(move |tx| job(tx).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        if self.inner.read_only {
+            return Err(StoreError::ReadOnly);
+        }
         let guard = self
             .inner
             .jobs
@@ -272,6 +365,9 @@ impl Store {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        if let Ok(mut l) = self.inner.lock.lock() {
+            l.take();
+        }
     }
 
     /// Runs a read on a pooled reader connection.
@@ -289,7 +385,7 @@ impl Store {
         };
         let conn = match conn {
             Some(c) => c,
-            None => open_conn(&self.inner.path)?,
+            None => open_conn(&self.inner.path, self.inner.read_only)?,
         };
         let out = f(&conn);
         if let Ok(mut pool) = self.inner.readers.lock() {
@@ -298,6 +394,87 @@ impl Store {
             }
         }
         out
+    }
+
+    /// `Err` with the reason while the last commit failed (disk full, I/O
+    /// error): the gateway is then refusing everything.
+    pub fn health(&self) -> Result<(), String> {
+        match self.inner.health.lock() {
+            Ok(h) => h.clone().map_or(Ok(()), Err),
+            Err(_) => Err("the store's health lock is poisoned".into()),
+        }
+    }
+
+    /// Requests that concern `viewer` (as requester, owner, on-behalf-of
+    /// principal or member of a required group), newest first, `limit` at a
+    /// time; `before` is the `next` of the previous page.
+    pub fn list_for(
+        &self,
+        viewer: &crate::Viewer,
+        state: Option<RequestState>,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<crate::RequestPage, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let cursor = match before {
+            Some(c) => {
+                let (ts, id) = c
+                    .split_once('.')
+                    .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_string())))
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad page cursor {c:?}")))?;
+                Some((ts, id))
+            }
+            None => None,
+        };
+        let mut parties = vec![format!("p:{}", viewer.principal)];
+        parties.extend(viewer.groups.iter().map(|g| format!("g:{g}")));
+        self.read(|c| {
+            let marks = (0..parties.len())
+                .map(|i| format!("?{}", i + 5))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "SELECT body, created_at, id FROM requests
+                 WHERE id IN (SELECT request_id FROM request_parties WHERE party IN ({marks}))
+                   AND (?1 IS NULL OR state = ?1)
+                   AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND id < ?3))
+                 ORDER BY created_at DESC, id DESC LIMIT ?4"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut args: Vec<rusqlite::types::Value> = vec![
+                state.map(state_str).into(),
+                cursor.as_ref().map(|c| c.0).into(),
+                cursor.as_ref().map(|c| c.1.clone()).into(),
+                ((limit + 1) as i64).into(),
+            ];
+            args.extend(parties.iter().cloned().map(rusqlite::types::Value::from));
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut requests = Vec::new();
+            let mut next = None;
+            for row in rows {
+                let (body, ts, id) = row?;
+                if requests.len() == limit {
+                    break;
+                }
+                requests.push(decode_request(&body)?);
+                next = Some(format!("{ts}.{id}"));
+            }
+            if requests.len() < limit {
+                next = None;
+            }
+            Ok(crate::RequestPage { requests, next })
+        })
+    }
+
+    /// The last signed checkpoint the gateway recorded, if any.
+    pub fn last_checkpoint(&self) -> Result<Option<String>, StoreError> {
+        self.get_meta("checkpoint")
     }
 
     /// Committed log size.
@@ -434,12 +611,21 @@ impl Store {
         self.read(|c| read_meta(c, key))
     }
 
-    /// Records that the first `size` entries were signed with root `root`;
-    /// at every later start the store refuses to serve a log whose entries
-    /// no longer hash to it.
-    pub async fn anchor(&self, size: u64, root: Hash) -> Result<(), StoreError> {
-        self.transact(move |tx| tx.put_meta("anchor", &format!("{size} {}", hex_encode(&root))))
-            .await
+    /// Records that the first `size` entries were signed with root `root`
+    /// (and the signed note saying so); at every later start the store
+    /// refuses to serve a log whose entries no longer hash to it. Only ever
+    /// moves forward.
+    pub async fn anchor(&self, size: u64, root: Hash, note: String) -> Result<(), StoreError> {
+        self.transact(move |tx| {
+            if let Some(old) = tx.get_meta("anchor")? {
+                if parse_anchor(&old)?.size >= size {
+                    return Ok(());
+                }
+            }
+            tx.put_meta("anchor", &format!("{size} {}", hex_encode(&root)))?;
+            tx.put_meta("checkpoint", &note)
+        })
+        .await
     }
 }
 
@@ -516,6 +702,22 @@ impl Tx for SqliteTx<'_> {
                 r.escalated as i64,
                 body
             ])?;
+        let mut parties = vec![format!("p:{}", r.requester.id)];
+        if let Some(o) = &r.requester.owner {
+            parties.push(format!("p:{o}"));
+        }
+        if let Some(o) = &r.action.on_behalf_of {
+            parties.push(format!("p:{o}"));
+        }
+        for req in &r.requirements {
+            parties.extend(req.groups.iter().map(|g| format!("g:{g}")));
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO request_parties (party, request_id) VALUES (?1, ?2)",
+        )?;
+        for p in parties {
+            stmt.execute(params![p, r.id])?;
+        }
         Ok(())
     }
 
@@ -582,6 +784,7 @@ fn writer_loop(
     view: Shared,
     size_tx: tokio::sync::watch::Sender<u64>,
     max_batch: usize,
+    health: Arc<Mutex<Option<String>>>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -591,7 +794,10 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_batch(&conn, batch, &view, &size_tx);
+        let outcome = run_batch(&conn, batch, &view, &size_tx);
+        if let Ok(mut h) = health.lock() {
+            *h = outcome.err();
+        }
     }
 }
 
@@ -600,7 +806,7 @@ fn run_batch(
     batch: Vec<Job>,
     view: &Shared,
     size_tx: &tokio::sync::watch::Sender<u64>,
-) {
+) -> Result<(), String> {
     let base = match view.tree.read() {
         Ok(t) => t.size(),
         Err(_) => return fail_all(batch, "the log tree lock is poisoned"),
@@ -609,6 +815,7 @@ fn run_batch(
         return fail_all(batch, &format!("cannot begin a transaction: {e}"));
     }
     let mut pending: Vec<Hash> = Vec::new();
+    let mut storage_failure: Option<String> = None;
     let mut results: Vec<(tokio::sync::oneshot::Sender<JobResult>, JobResult)> =
         Vec::with_capacity(batch.len());
     for job in batch {
@@ -619,7 +826,7 @@ fn run_batch(
             for r in rest {
                 let _ = r.send(Err(StoreError::Commit(format!("savepoint failed: {e}"))));
             }
-            return;
+            return Err(format!("savepoint failed: {e}"));
         }
         let mark = pending.len();
         let run = job.run;
@@ -632,6 +839,11 @@ fn run_batch(
             run(&mut tx)
         }))
         .unwrap_or_else(|_| Err(StoreError::Corrupt("a store job panicked".into())));
+        if let Err(StoreError::Db(e)) = &outcome {
+            if is_storage_failure(e) {
+                storage_failure = Some(e.to_string());
+            }
+        }
         let undo = outcome.is_err();
         let sp = if undo {
             pending.truncate(mark);
@@ -646,7 +858,7 @@ fn run_batch(
             for r in rest {
                 let _ = r.send(Err(StoreError::Commit(format!("savepoint failed: {e}"))));
             }
-            return;
+            return Err(format!("savepoint failed: {e}"));
         }
         results.push((job.reply, outcome));
     }
@@ -655,7 +867,7 @@ fn run_batch(
         for (reply, _) in results {
             let _ = reply.send(Err(StoreError::Commit(e.to_string())));
         }
-        return;
+        return Err(format!("commit failed: {e}"));
     }
     if !pending.is_empty() {
         match view.tree.write() {
@@ -672,17 +884,28 @@ fn run_batch(
                 for (reply, _) in results {
                     let _ = reply.send(Err(StoreError::Unavailable));
                 }
-                return;
+                return Err("the log tree lock is poisoned".into());
             }
         }
     }
     for (reply, result) in results {
         let _ = reply.send(result);
     }
+    storage_failure.map_or(Ok(()), Err)
 }
 
-fn fail_all(batch: Vec<Job>, why: &str) {
+/// Errors that mean the storage itself is failing (not a bad job).
+fn is_storage_failure(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseCorrupt | NotADatabase)
+    )
+}
+
+fn fail_all(batch: Vec<Job>, why: &str) -> Result<(), String> {
     for job in batch {
         let _ = job.reply.send(Err(StoreError::Commit(why.to_string())));
     }
+    Err(why.to_string())
 }

@@ -135,7 +135,12 @@ fn a_changed_entry_is_caught_at_startup_against_the_anchor() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    rt.block_on(store.anchor(size, root)).unwrap();
+    rt.block_on(store.anchor(size, root, "note".into()))
+        .unwrap();
+    // The anchor never moves backwards.
+    rt.block_on(store.anchor(1, [0u8; 32], "older".into()))
+        .unwrap();
+    assert_eq!(store.last_checkpoint().unwrap().as_deref(), Some("note"));
     store.close();
     // An operator with write access edits entry 2 in place.
     let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
@@ -183,5 +188,71 @@ fn newer_schema_is_refused() {
     assert!(
         matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
         "{err}"
+    );
+}
+
+#[test]
+fn one_writer_per_data_directory_and_read_only_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    store.transact_blocking(|tx| tx.append(entry("x"))).unwrap();
+    let err = Store::open(StoreOptions::new(dir.path())).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    let ro = Store::open(StoreOptions::new(dir.path()).read_only()).unwrap();
+    assert_eq!(ro.log_size(), 1);
+    assert_eq!(ro.entries(0, 1).unwrap().len(), 1);
+    let err = ro
+        .transact_blocking(|tx| tx.append(entry("y")))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ReadOnly), "{err}");
+    let missing = tempfile::tempdir().unwrap();
+    assert!(Store::open(StoreOptions::new(missing.path()).read_only()).is_err());
+}
+
+#[test]
+fn a_full_disk_fails_every_append_closed_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = StoreOptions::new(dir.path());
+    opts.max_pages = Some(40);
+    let store = Store::open(opts).unwrap();
+    let mut acked = 0u64;
+    let mut failed = 0;
+    for i in 0..2000 {
+        let big = "y".repeat(2000 + i);
+        let r = store.transact_blocking(move |tx| {
+            tx.append(new_entry(
+                "2026-11-22T00:00:00Z",
+                "fill",
+                None,
+                serde_json::json!({ "s": big }),
+            ))
+        });
+        match r {
+            Ok(idx) => {
+                assert_eq!(idx, acked);
+                acked += 1;
+            }
+            Err(e) => {
+                assert!(!matches!(e, StoreError::Job(_)), "{e}");
+                failed += 1;
+                if failed > 5 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(failed > 0, "the cap was reached");
+    assert!(
+        store.health().is_err(),
+        "health reports the failing storage"
+    );
+    // Nothing unacknowledged became part of the log; the tree matches disk.
+    assert_eq!(store.log_size(), acked);
+    let data = store.entries(0, acked + 10).unwrap();
+    assert_eq!(data.len() as u64, acked);
+    let hashes: Vec<_> = data.iter().map(|d| leaf_hash(d)).collect();
+    assert_eq!(
+        store.with_tree(|t| t.root()).unwrap(),
+        secondkey_log::merkle::root_from_leaves(&hashes)
     );
 }

@@ -52,12 +52,14 @@ pub fn people() -> Vec<(&'static str, Option<&'static str>, Vec<&'static str>)> 
     vec![
         ("agent:report-bot", Some("user:alice"), vec!["agents"]),
         ("agent:other-bot", Some("user:dave"), vec!["agents"]),
+        ("agent:rogue-bot", Some("user:dave"), vec!["data-owners"]),
         ("service:ci", None, vec!["data-owners"]),
         ("user:alice", None, vec!["data-owners"]),
         ("user:bob", None, vec!["data-owners"]),
         ("user:carol", None, vec!["data-owners"]),
         ("user:dave", None, vec!["data-owners"]),
         ("user:erin", None, vec!["marketing"]),
+        ("user:audrey", None, vec!["auditors"]),
     ]
 }
 
@@ -89,7 +91,7 @@ pub fn write_config_extra(dir: &Path, port: u16, policies: &str, extra: &str) ->
     std::fs::create_dir_all(&pdir).unwrap();
     std::fs::write(pdir.join("test.cedar"), policies).unwrap();
     let mut cfg = format!(
-        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n[log]\norigin = \"test.secondkey/log\"\n[[environments]]\nname = \"prod\"\nresources = [\"postgres://analytics/*\"]\n",
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n[requests]\nmax_body_bytes = 65536\n[log]\norigin = \"test.secondkey/log\"\n[[environments]]\nname = \"prod\"\nresources = [\"postgres://analytics/*\"]\n",
         dir.join("data").display(),
         pdir.display()
     );
