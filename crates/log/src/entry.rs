@@ -155,7 +155,10 @@ impl Entry {
     /// The canonical (RFC 8785) JSON bytes that are hashed into the log.
     pub fn to_bytes(&self) -> Result<Vec<u8>, EntryError> {
         self.validate()?;
-        let bytes = serde_jcs::to_vec(self)?;
+        let bytes = match self.canonical_fast() {
+            Some(b) => b,
+            None => serde_jcs::to_vec(self)?,
+        };
         if bytes.len() > MAX_ENTRY_SIZE {
             return Err(EntryError::TooLarge {
                 size: bytes.len(),
@@ -163,6 +166,42 @@ impl Entry {
             });
         }
         Ok(bytes)
+    }
+
+    /// The canonical bytes written directly (fields in their sorted order),
+    /// or `None` if the payload holds a non-integral number.
+    fn canonical_fast(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        if let Some(a) = &self.actor {
+            out.extend_from_slice(b"\"actor\":");
+            crate::jcs::write_str(a, &mut out);
+            out.push(b',');
+        }
+        if let Some(d) = &self.digest {
+            out.extend_from_slice(b"\"digest\":");
+            crate::jcs::write_str(d, &mut out);
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"event\":");
+        crate::jcs::write_str(&self.event, &mut out);
+        out.extend_from_slice(format!(",\"index\":{},\"payload\":", self.index).as_bytes());
+        crate::jcs::write_value(&self.payload, &mut out)?;
+        out.extend_from_slice(b",\"subjects\":{");
+        let mut keys: Vec<&String> = self.subjects.keys().collect();
+        keys.sort_by(|a, b| crate::jcs::cmp_utf16(a, b));
+        for (i, k) in keys.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            crate::jcs::write_str(k, &mut out);
+            out.push(b':');
+            crate::jcs::write_str(&self.subjects[k], &mut out);
+        }
+        out.extend_from_slice(b"},\"time\":");
+        crate::jcs::write_str(&self.time, &mut out);
+        out.push(b'}');
+        Some(out)
     }
 
     /// Decodes entry bytes strictly: unknown fields are rejected and the
@@ -188,6 +227,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn the_fast_encoding_is_the_canonical_one() {
+        let mut e = sample();
+        e.payload = json!({"z": 1, "a": [true, null, "x\u{1}\"\\"], "\u{e9}": {"b": -5, "a": "\u{1F600}"}});
+        e.subjects.insert("\u{FF61}".into(), "y".into());
+        e.subjects.insert("\u{1F600}".into(), "z".into());
+        let fast = e.canonical_fast().expect("integers only");
+        assert_eq!(fast, serde_jcs::to_vec(&e).unwrap());
+        e.actor = None;
+        e.digest = None;
+        assert_eq!(e.canonical_fast().unwrap(), serde_jcs::to_vec(&e).unwrap());
+    }
 
     fn sample() -> Entry {
         Entry {

@@ -819,7 +819,7 @@ fn run_batch(
     let mut results: Vec<(tokio::sync::oneshot::Sender<JobResult>, JobResult)> =
         Vec::with_capacity(batch.len());
     for job in batch {
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = sql(conn, "SAVEPOINT job") {
             let _ = conn.execute_batch("ROLLBACK");
             let mut rest: Vec<_> = results.into_iter().map(|(r, _)| r).collect();
             rest.push(job.reply);
@@ -847,9 +847,9 @@ fn run_batch(
         let undo = outcome.is_err();
         let sp = if undo {
             pending.truncate(mark);
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            sql(conn, "ROLLBACK TO job").and_then(|_| sql(conn, "RELEASE job"))
         } else {
-            conn.execute_batch("RELEASE job")
+            sql(conn, "RELEASE job")
         };
         if let Err(e) = sp {
             let _ = conn.execute_batch("ROLLBACK");
@@ -901,6 +901,13 @@ fn is_storage_failure(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseCorrupt | NotADatabase)
     )
+}
+
+/// Runs a statement through the statement cache (savepoints run once per
+/// job; re-parsing them each time showed up in profiles).
+fn sql(conn: &Connection, stmt: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(stmt)?.execute([])?;
+    Ok(())
 }
 
 fn fail_all(batch: Vec<Job>, why: &str) -> Result<(), String> {
