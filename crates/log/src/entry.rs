@@ -215,10 +215,18 @@ impl Entry {
             });
         }
         let entry: Entry = serde_json::from_slice(bytes)?;
-        if entry.to_bytes()? != bytes {
-            return Err(EntryError::NotCanonical);
+        entry.validate()?;
+        match crate::jcs::scan(bytes) {
+            // One pass proves the bytes canonical without re-encoding them.
+            crate::jcs::Scan::Canonical => Ok(entry),
+            crate::jcs::Scan::NotCanonical => Err(EntryError::NotCanonical),
+            crate::jcs::Scan::Undecided => {
+                if entry.to_bytes()? != bytes {
+                    return Err(EntryError::NotCanonical);
+                }
+                Ok(entry)
+            }
         }
-        Ok(entry)
     }
 }
 
@@ -231,7 +239,8 @@ mod tests {
     #[test]
     fn the_fast_encoding_is_the_canonical_one() {
         let mut e = sample();
-        e.payload = json!({"z": 1, "a": [true, null, "x\u{1}\"\\"], "\u{e9}": {"b": -5, "a": "\u{1F600}"}});
+        e.payload =
+            json!({"z": 1, "a": [true, null, "x\u{1}\"\\"], "\u{e9}": {"b": -5, "a": "\u{1F600}"}});
         e.subjects.insert("\u{FF61}".into(), "y".into());
         e.subjects.insert("\u{1F600}".into(), "z".into());
         let fast = e.canonical_fast().expect("integers only");

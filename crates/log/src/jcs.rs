@@ -113,7 +113,7 @@ mod tests {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            (-(1i64 << 53)..(1i64 << 53)).prop_map(|i| Value::from(i)),
+            (-(1i64 << 53)..(1i64 << 53)).prop_map(Value::from),
             any::<String>().prop_map(Value::String),
             "[\\x00-\\x20\"\\\\a-z\u{e9}\u{1F600}\u{FFFF}]{0,8}".prop_map(Value::String),
         ];
@@ -149,5 +149,313 @@ mod tests {
         let mut out = Vec::new();
         write_value(&v, &mut out).unwrap();
         assert_eq!(out, serde_jcs::to_vec(&v).unwrap());
+    }
+}
+
+/// What a single pass over some JSON bytes found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// The bytes are the RFC 8785 form of the value they encode.
+    Canonical,
+    /// The bytes hold a non-integral number; only re-encoding can tell.
+    Undecided,
+    /// The bytes are not canonical (or not JSON).
+    NotCanonical,
+}
+
+/// Checks in one pass, without building a value, that `bytes` are canonical
+/// JSON: no whitespace, members sorted by UTF-16 code units with no
+/// duplicates, minimal string escapes, integers written plainly. Used by
+/// verification, where re-encoding every entry dominated the cost.
+pub(crate) fn scan(bytes: &[u8]) -> Scan {
+    if std::str::from_utf8(bytes).is_err() {
+        return Scan::NotCanonical;
+    }
+    let mut p = Scanner {
+        b: bytes,
+        i: 0,
+        undecided: false,
+    };
+    match p.value(0) {
+        Some(()) if p.i == bytes.len() => {
+            if p.undecided {
+                Scan::Undecided
+            } else {
+                Scan::Canonical
+            }
+        }
+        _ => Scan::NotCanonical,
+    }
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+    undecided: bool,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn lit(&mut self, s: &[u8]) -> Option<()> {
+        if self.b.get(self.i..self.i + s.len())? == s {
+            self.i += s.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Option<()> {
+        if depth > 128 {
+            return None;
+        }
+        match self.peek()? {
+            b'n' => self.lit(b"null"),
+            b't' => self.lit(b"true"),
+            b'f' => self.lit(b"false"),
+            b'"' => self.string().map(|_| ()),
+            b'[' => {
+                self.i += 1;
+                if self.peek()? == b']' {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.value(depth + 1)?;
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'{' => {
+                self.i += 1;
+                if self.peek()? == b'}' {
+                    self.i += 1;
+                    return Some(());
+                }
+                let mut prev: Option<std::borrow::Cow<'_, str>> = None;
+                loop {
+                    let (start, end, escaped) = self.string()?;
+                    let key = if escaped {
+                        std::borrow::Cow::Owned(decode(&self.b[start..end])?)
+                    } else {
+                        std::borrow::Cow::Borrowed(std::str::from_utf8(&self.b[start..end]).ok()?)
+                    };
+                    if let Some(p) = &prev {
+                        if cmp_utf16(p, &key) != std::cmp::Ordering::Less {
+                            return None;
+                        }
+                    }
+                    prev = Some(key);
+                    if self.peek()? != b':' {
+                        return None;
+                    }
+                    self.i += 1;
+                    self.value(depth + 1)?;
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    fn number(&mut self) -> Option<()> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        let digits = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            // A double: ECMAScript formatting decides; leave it to re-encoding.
+            while matches!(
+                self.peek(),
+                Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+            ) {
+                self.i += 1;
+            }
+            self.undecided = true;
+            return Some(());
+        }
+        let d = &self.b[digits..self.i];
+        let neg = digits > start;
+        // Canonical integers: no leading zeros, no "-0", within 2^53 - 1
+        // (larger ones would print in exponent form).
+        if d.is_empty() || (d[0] == b'0' && (d.len() > 1 || neg)) || d.len() > 16 {
+            return None;
+        }
+        let v: u64 = std::str::from_utf8(d).ok()?.parse().ok()?;
+        (v <= crate::entry::MAX_SAFE_INTEGER).then_some(())
+    }
+
+    /// A canonical string: returns the span of its contents (without the
+    /// quotes) and whether it holds escapes. Allocates nothing.
+    fn string(&mut self) -> Option<(usize, usize, bool)> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    let end = self.i;
+                    self.i += 1;
+                    return Some((start, end, escaped));
+                }
+                0x00..=0x1f => return None,
+                b'\\' => {
+                    escaped = true;
+                    match *self.b.get(self.i + 1)? {
+                        b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
+                        b'u' => {
+                            let hex = self.b.get(self.i + 2..self.i + 6)?;
+                            // Only control characters without a short form
+                            // are \u-escaped, in lowercase hex.
+                            if &hex[..2] != b"00" || hex.iter().any(|h| h.is_ascii_uppercase()) {
+                                return None;
+                            }
+                            let v = u8::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16)
+                                .ok()?;
+                            if v > 0x1f || matches!(v, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
+                                return None;
+                            }
+                            self.i += 6;
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => self.i += 1,
+            }
+        }
+    }
+}
+
+/// Decodes the contents of a string already checked by `Scanner::string`.
+fn decode(raw: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    let mut run = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' {
+            out.push_str(std::str::from_utf8(&raw[run..i]).ok()?);
+            let (ch, len) = match raw[i + 1] {
+                b'"' => ('"', 2),
+                b'\\' => ('\\', 2),
+                b'b' => ('\u{8}', 2),
+                b'f' => ('\u{c}', 2),
+                b'n' => ('\n', 2),
+                b'r' => ('\r', 2),
+                b't' => ('\t', 2),
+                _ => (
+                    u8::from_str_radix(std::str::from_utf8(raw.get(i + 4..i + 6)?).ok()?, 16)
+                        .ok()? as char,
+                    6,
+                ),
+            };
+            out.push(ch);
+            i += len;
+            run = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(std::str::from_utf8(&raw[run..]).ok()?);
+    Some(out)
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_canonical_and_refuses_the_rest() {
+        for ok in [
+            &b"{}"[..],
+            b"[]",
+            b"{\"a\":1,\"b\":[true,null,\"x\\n\\u001f\"]}",
+            b"-5",
+            b"0",
+            b"\"\\\"\"",
+        ] {
+            assert_eq!(scan(ok), Scan::Canonical, "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"{ }"[..],
+            b"{\"b\":1,\"a\":2}",
+            b"{\"a\":1,\"a\":2}",
+            b"01",
+            b"-0",
+            b"\"\\u0041\"",
+            b"\"\\u001F\"",
+            b"\"\\/\"",
+            b"\"\\u000a\"",
+            b"[1,]",
+            b"tru",
+            b"{\"a\":1}x",
+            b"9007199254740992",
+        ] {
+            assert_eq!(
+                scan(bad),
+                Scan::NotCanonical,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(scan(b"{\"a\":1.5}"), Scan::Undecided);
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_reencoding(v in any::<u32>().prop_flat_map(|_| super::tests_support::arb_json())) {
+            let canonical = serde_jcs::to_vec(&v).unwrap();
+            prop_assert_eq!(scan(&canonical), Scan::Canonical);
+            let pretty = serde_json::to_vec_pretty(&v).unwrap();
+            if pretty != canonical {
+                prop_assert_eq!(scan(&pretty), Scan::NotCanonical);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    pub fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-(1i64 << 53) + 1..(1i64 << 53)).prop_map(Value::from),
+            "[\\x00-\\x20\"\\\\a-z\u{e9}\u{1F600}\u{FFFF}]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(("[a-zA-Z\u{e9}\u{1F600}\u{FF61}_]{0,4}", inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
     }
 }
