@@ -860,3 +860,66 @@ fn a_broken_policy_is_rejected_and_the_old_one_stays() {
         );
     }
 }
+
+#[test]
+fn executors_consume_for_requesters_and_lists_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    // A configured executor (an adapter) uses the agent's grant for it once.
+    let r = g.submit("agent:report-bot", &read_action());
+    let digest = r["digest"].as_str().unwrap();
+    assert_eq!(consume(&g, "agent:other-bot", &r["grant"], digest).0, 403);
+    let (s, v) = consume(&g, "service:ci", &r["grant"], digest);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["requester"], "agent:report-bot");
+    assert_eq!(consume(&g, "agent:report-bot", &r["grant"], digest).0, 409);
+
+    // Listing pages through x-next-before, newest first, nothing twice.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = g.submit(
+            "agent:report-bot",
+            &export_action(&format!("postgres://analytics/public.p{i}")),
+        );
+        ids.push(r["request"]["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut url = format!("{}/v1/requests?state=pending&limit=2", g.url);
+        if let Some(b) = &before {
+            url.push_str(&format!("&before={b}"));
+        }
+        let resp = g
+            .agent
+            .get(&url)
+            .set("Authorization", &format!("Bearer {}", token_of("user:bob")))
+            .call()
+            .unwrap();
+        let next = resp.header("x-next-before").map(str::to_string);
+        let page: Vec<Value> = resp.into_json().unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|r| r["id"].as_str().unwrap().to_string()));
+        match next {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "all five, newest first, once each");
+    let (s, v) = g.call("GET", "/v1/requests?limit=0", Some("user:bob"), None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_limit"))
+    );
+    let (s, v) = g.call(
+        "GET",
+        "/v1/requests?wait=abc&nope=1",
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+}

@@ -91,7 +91,7 @@ pub fn write_config_extra(dir: &Path, port: u16, policies: &str, extra: &str) ->
     std::fs::create_dir_all(&pdir).unwrap();
     std::fs::write(pdir.join("test.cedar"), policies).unwrap();
     let mut cfg = format!(
-        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n[requests]\nmax_body_bytes = 65536\n[log]\norigin = \"test.secondkey/log\"\n[[environments]]\nname = \"prod\"\nresources = [\"postgres://analytics/*\"]\n",
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n[requests]\nmax_body_bytes = 65536\n[grants]\nexecutors = [\"service:ci\"]\n[log]\norigin = \"test.secondkey/log\"\n[[environments]]\nname = \"prod\"\nresources = [\"postgres://analytics/*\"]\n",
         dir.join("data").display(),
         pdir.display()
     );
