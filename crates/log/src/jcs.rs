@@ -109,22 +109,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            (-(1i64 << 53)..(1i64 << 53)).prop_map(Value::from),
-            any::<String>().prop_map(Value::String),
-            "[\\x00-\\x20\"\\\\a-z\u{e9}\u{1F600}\u{FFFF}]{0,8}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::vec(("[a-zA-Z\u{e9}\u{1F600}\u{FF61}_]{0,4}", inner), 0..6)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
-    }
+    use super::tests_support::arb_json;
 
     proptest! {
         #[test]

@@ -94,18 +94,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let ct = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| body_error(e, state))?;
-        if !ct.starts_with("application/json") {
-            return Err(unsupported_media());
-        }
+        let RawJson(bytes) = RawJson::from_request(req, state).await?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             let msg = e.to_string();
             let code = if msg.contains("unknown field") {

@@ -549,6 +549,14 @@ impl Gateway {
     }
 }
 
+/// Loads a request inside a job, as `not_found` unless `who` may see it (so
+/// ids of other people's requests do not leak through 403s).
+fn visible_request(tx: &mut dyn Tx, id: &str, who: &Principal) -> Result<Request, StoreError> {
+    tx.get_request(id)?
+        .filter(|r| may_view(who, r))
+        .ok_or_else(|| ApiError::not_found(format!("no request {id} that you may see")).into())
+}
+
 /// Whether `who` may see request `req` (see [`Gateway::may_view`]).
 pub fn may_view(who: &Principal, req: &Request) -> bool {
     {
@@ -683,12 +691,7 @@ impl Gateway {
         let out = self
             .store
             .transact(move |tx| {
-                let mut req = tx
-                    .get_request(&id2)?
-                    .filter(|r| may_view(&who, r))
-                    .ok_or_else(|| {
-                        ApiError::not_found(format!("no request {id2} that you may see"))
-                    })?;
+                let mut req = visible_request(tx, &id2, &who)?;
                 let actor = who.id.to_string();
                 match req.review(&who, decision, comment, now, &grant_id) {
                     Ok(t) => {
@@ -778,12 +781,7 @@ impl Gateway {
         let req = self
             .store
             .transact(move |tx| {
-                let mut req = tx
-                    .get_request(&id2)?
-                    .filter(|r| may_view(&by, r))
-                    .ok_or_else(|| {
-                        ApiError::not_found(format!("no request {id2} that you may see"))
-                    })?;
+                let mut req = visible_request(tx, &id2, &by)?;
                 let t = req.revoke(&by, now).map_err(transition_error)?;
                 tx.put_request(&req)?;
                 log_events(tx, now, &by.id.to_string(), &req, &t.events)?;
