@@ -75,7 +75,11 @@ impl Client {
                 std::io::Read::read_to_end(&mut r.into_reader(), &mut buf)?;
                 Ok(buf)
             }
-            Err(e) => Err(anyhow!("GET {path}: {e}")),
+            // Same error reporting as JSON calls (status, code, message).
+            Err(e) => Err(self
+                .handle(&format!("GET {path}"), Err(e))
+                .err()
+                .unwrap_or_else(|| anyhow!("GET {path} failed"))),
         }
     }
 

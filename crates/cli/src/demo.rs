@@ -321,7 +321,7 @@ fn script(url: &str, p: &People, auto: bool, config: &std::path::Path) -> Result
     let _ = std::fs::remove_dir_all(&tmp);
     // Entry bundles hold the actions: an auditor's token reads them.
     let auditor = Client::new(url, Some(p.carol.clone()));
-    fetch_bundle(&auditor, &checkpoint, &tmp)?;
+    crate::logcmd::fetch_bundle(&auditor, &checkpoint, &tmp)?;
     let report = secondkey_log::bundle::verify_bundle(&tmp, &vkey, None)
         .map_err(|e| anyhow!("the log does not verify: {e}"))?;
     println!("  {}", crate::describe(&report));
@@ -383,29 +383,6 @@ fn finish(bot: &Client, id: &str, digest: &str, r: Value) -> Result<()> {
             failure_code(&e).unwrap_or("?")
         ),
         Ok(_) => bail!("a grant was accepted twice"),
-    }
-    Ok(())
-}
-
-/// Downloads the checkpoint's tiles and entry bundles into `dir`, the way
-/// any tlog-tiles client would.
-fn fetch_bundle(c: &Client, checkpoint: &str, dir: &std::path::Path) -> Result<()> {
-    let cp = secondkey_log::checkpoint::Checkpoint::parse_note_unverified(checkpoint)
-        .map_err(|e| anyhow!("checkpoint: {e}"))?;
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("checkpoint"), checkpoint)?;
-    let refs = secondkey_log::tiles::tiles_for_size(cp.size)
-        .into_iter()
-        .chain(secondkey_log::tiles::bundles_for_size(cp.size));
-    for t in refs {
-        let path = t.path();
-        let rest = path.strip_prefix("tile/").unwrap_or(&path);
-        let bytes = c.get_bytes(&format!("/v1/log/tile/{rest}"))?;
-        let out = dir.join(&path);
-        if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(out, bytes)?;
     }
     Ok(())
 }

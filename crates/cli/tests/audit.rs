@@ -95,6 +95,24 @@ fn an_exported_log_verifies_independently_and_every_tamper_is_caught() {
     let new = dir.path().join("new");
     export(&g, &new);
 
+    // An auditor fetches the same log over HTTP; without a reader's token
+    // the entry bundles are refused.
+    let fetched = dir.path().join("fetched");
+    let (code, _, err) = g.cli(
+        &["log", "fetch", "--bundle", fetched.to_str().unwrap()],
+        Some("user:bob"),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("not_log_reader"), "{err}");
+    let (code, _, err) = g.cli(
+        &["log", "fetch", "--bundle", fetched.to_str().unwrap()],
+        Some("user:audrey"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out) = verify(&fetched, &key, Some(&old_checkpoint));
+    assert_eq!(code, 0, "{out}");
+    assert!(python_verify(&fetched, &key).0);
+
     // Both our verifier and the independent Python one accept it.
     let (code, out) = verify(&new, &key, Some(&old_checkpoint));
     assert_eq!(code, 0, "{out}");
