@@ -492,3 +492,51 @@ fn policy_verbs_from_the_cli() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("export-needs-data-owners"), "{out}");
 }
+
+#[test]
+fn event_streams_per_principal_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let r = g.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.streams"),
+    );
+    let id = r["request"]["id"].as_str().unwrap().to_string();
+    let open = |who: &str| {
+        // A fresh agent per stream: one connection each.
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .get(&format!("{}/v1/requests/{id}/events", g.url))
+            .set("Authorization", &format!("Bearer {}", token_of(who)))
+            .call()
+    };
+    let mut streams: Vec<ureq::Response> = (0..16).map(|_| open("user:bob").unwrap()).collect();
+    match open("user:bob") {
+        Err(ureq::Error::Status(429, resp)) => {
+            let v: Value = resp.into_json().unwrap();
+            assert_eq!(v["error"]["code"], "too_many_streams");
+        }
+        other => panic!(
+            "the 17th stream must be refused with 429, got {:?}",
+            other.map(|r| r.status())
+        ),
+    }
+    // Another principal is not affected.
+    assert!(open("user:dave").is_ok());
+    // Closing a stream gives its slot back.
+    drop(streams.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open("user:bob") {
+            Ok(s) => {
+                streams.push(s);
+                break;
+            }
+            Err(ureq::Error::Status(429, _)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("the slot never came back: {e}"),
+        }
+    }
+}

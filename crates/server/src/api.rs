@@ -294,7 +294,11 @@ async fn request_events(
     let g = s.gateway.clone();
     let mut changes = g.subscribe();
     let first = g.get_request(&p, &id).await?;
+    // Each principal holds a bounded number of open streams; the slot is
+    // given back when the stream ends, however it ends.
+    let slot = g.open_stream(&p)?;
     let stream = async_stream(move |tx| async move {
+        let _slot = slot;
         let mut req = first;
         let mut last: Option<(RequestState, usize)> = None;
         // A stream lives at most an hour; clients reconnect.

@@ -56,7 +56,31 @@ pub struct Gateway {
     checkpoint_cache: Mutex<Option<(u64, String)>>,
     /// Largest size anchored in the store by this process.
     anchored: Mutex<u64>,
+    /// Open event streams per principal.
+    streams: Mutex<std::collections::HashMap<String, usize>>,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+/// How many server-sent-event streams one principal may hold open.
+pub const MAX_STREAMS_PER_PRINCIPAL: usize = 16;
+
+/// An open event stream; dropping it frees the slot.
+pub struct StreamSlot {
+    gateway: Arc<Gateway>,
+    key: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.gateway.streams.lock() {
+            if let Some(n) = open.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&self.key);
+                }
+            }
+        }
+    }
 }
 
 /// Wall-clock time in Unix milliseconds: the only clock the gateway reads.
@@ -228,6 +252,7 @@ impl Gateway {
             changes,
             checkpoint_cache: Mutex::new(None),
             anchored: Mutex::new(0),
+            streams: Mutex::new(Default::default()),
             clock: Box::new(system_now),
         }
     }
@@ -303,6 +328,29 @@ impl Gateway {
             state: req.state,
             event: event.to_string(),
         });
+    }
+
+    /// Takes one of the caller's server-sent-event slots (at most
+    /// [`MAX_STREAMS_PER_PRINCIPAL`] open at once), or refuses with 429.
+    pub fn open_stream(self: &Arc<Self>, who: &Principal) -> Result<StreamSlot, ApiError> {
+        let key = who.id.to_string();
+        let mut open = self
+            .streams
+            .lock()
+            .map_err(|_| ApiError::unavailable("stream table poisoned"))?;
+        let n = open.entry(key.clone()).or_insert(0);
+        if *n >= MAX_STREAMS_PER_PRINCIPAL {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!("{key} already has {MAX_STREAMS_PER_PRINCIPAL} event streams open; close one or long-poll with ?wait="),
+            ));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            gateway: self.clone(),
+            key,
+        })
     }
 
     /// Log entries hold actions with their parameters: only members of the
