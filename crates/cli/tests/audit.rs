@@ -494,6 +494,7 @@ fn policy_verbs_from_the_cli() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // ureq's error type, in a test
 fn event_streams_per_principal_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let g = Gateway::start(dir.path());
