@@ -590,38 +590,6 @@ impl Gateway {
         }
     }
 
-    /// Whether `who` may see request `req`: its requester side, or anyone
-    /// who could review it.
-    pub fn may_view(&self, who: &Principal, req: &Request) -> bool {
-        may_view(who, req)
-    }
-}
-
-/// Loads a request inside a job, as `not_found` unless `who` may see it (so
-/// ids of other people's requests do not leak through 403s).
-fn visible_request(tx: &mut dyn Tx, id: &str, who: &Principal) -> Result<Request, StoreError> {
-    tx.get_request(id)?
-        .filter(|r| may_view(who, r))
-        .ok_or_else(|| ApiError::not_found(format!("no request {id} that you may see")).into())
-}
-
-/// Whether `who` may see request `req` (see [`Gateway::may_view`]).
-pub fn may_view(who: &Principal, req: &Request) -> bool {
-    {
-        let id = &who.id;
-        if *id == req.requester.id || req.requester.owner.as_ref() == Some(id) {
-            return true;
-        }
-        if req.action.on_behalf_of.as_ref() == Some(id) {
-            return true;
-        }
-        req.requirements
-            .iter()
-            .any(|r| r.groups.iter().any(|g| who.groups.contains(g)))
-    }
-}
-
-impl Gateway {
     /// Loads a request the caller may see (404 otherwise, so ids do not leak).
     pub async fn get_request(&self, who: &Principal, id: &str) -> Result<Request, ApiError> {
         let store = self.store.clone();
@@ -630,7 +598,7 @@ impl Gateway {
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))??;
         match req {
-            Some(r) if self.may_view(who, &r) => Ok(r),
+            Some(r) if may_view(who, &r) => Ok(r),
             _ => Err(ApiError::not_found(format!(
                 "no request {id} that you may see"
             ))),
@@ -1238,4 +1206,27 @@ fn consume_error(e: secondkey_core::request::ConsumeError) -> ApiError {
 /// How long `?wait=` may hold a request open.
 pub fn clamp_wait(asked: u64, max: Duration) -> Duration {
     Duration::from_secs(asked).min(max)
+}
+
+/// Whether `who` may see request `req`: its requester side (requester, the
+/// agent's owner, the principal it acts for), or anyone who could review it.
+pub fn may_view(who: &Principal, req: &Request) -> bool {
+    let id = &who.id;
+    if *id == req.requester.id || req.requester.owner.as_ref() == Some(id) {
+        return true;
+    }
+    if req.action.on_behalf_of.as_ref() == Some(id) {
+        return true;
+    }
+    req.requirements
+        .iter()
+        .any(|r| r.groups.iter().any(|g| who.groups.contains(g)))
+}
+
+/// Loads a request inside a job, as `not_found` unless `who` may see it (so
+/// ids of other people's requests do not leak through 403s).
+fn visible_request(tx: &mut dyn Tx, id: &str, who: &Principal) -> Result<Request, StoreError> {
+    tx.get_request(id)?
+        .filter(|r| may_view(who, r))
+        .ok_or_else(|| ApiError::not_found(format!("no request {id} that you may see")).into())
 }

@@ -35,7 +35,7 @@ mod sqlite;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use secondkey_core::request::{Request, RequestState};
+use secondkey_core::request::Request;
 use secondkey_log::entry::Entry;
 use secondkey_log::merkle::{Hash, Tree};
 
@@ -182,9 +182,6 @@ pub struct Viewer {
 pub(crate) struct LogView {
     pub tree: RwLock<Tree>,
 }
-
-/// Summary of requests by state, for `/metrics` and the CLI.
-pub type StateCounts = Vec<(RequestState, u64)>;
 
 /// A root the store last saw signed; used at startup to detect entries that
 /// were changed in the database behind the gateway's back.

@@ -523,43 +523,6 @@ impl Store {
         self.read(|c| read_request(c, id))
     }
 
-    /// Requests in `state` (all states if `None`), newest first.
-    pub fn list_requests(
-        &self,
-        state: Option<RequestState>,
-        limit: usize,
-    ) -> Result<Vec<Request>, StoreError> {
-        self.read(|c| {
-            let mut out = Vec::new();
-            let mut push = |body: String| -> Result<(), StoreError> {
-                out.push(decode_request(&body)?);
-                Ok(())
-            };
-            match state {
-                Some(s) => {
-                    let mut stmt = c.prepare_cached(
-                        "SELECT body FROM requests WHERE state = ?1 ORDER BY created_at DESC, id LIMIT ?2",
-                    )?;
-                    let rows =
-                        stmt.query_map(params![state_str(s), limit as i64], |r| r.get(0))?;
-                    for r in rows {
-                        push(r?)?;
-                    }
-                }
-                None => {
-                    let mut stmt = c.prepare_cached(
-                        "SELECT body FROM requests ORDER BY created_at DESC, id LIMIT ?1",
-                    )?;
-                    let rows = stmt.query_map(params![limit as i64], |r| r.get(0))?;
-                    for r in rows {
-                        push(r?)?;
-                    }
-                }
-            }
-            Ok(out)
-        })
-    }
-
     /// Ids of requests whose request or grant deadline has passed at `now_ms`.
     pub fn due_for_expiry(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
