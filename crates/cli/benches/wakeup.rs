@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use secondkey_server::auth::token_sha256_hex as sha;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const POLICY: &str = r#"
 @id("agents-export")
@@ -38,10 +38,6 @@ impl Drop for Gateway {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn sha(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 fn post(agent: &ureq::Agent, url: &str, token: &str, body: &Value) -> Value {

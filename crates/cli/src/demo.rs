@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use secondkey_server::auth::token_sha256_hex as sha;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::client::{failure_code, Client};
 
@@ -50,10 +50,6 @@ fn token() -> Result<String> {
     let mut b = [0u8; 18];
     getrandom::getrandom(&mut b).map_err(|e| anyhow!("no randomness: {e}"))?;
     Ok(format!("sk_{}", hex::encode(b)))
-}
-
-fn sha(t: &str) -> String {
-    hex::encode(Sha256::digest(t.as_bytes()))
 }
 
 struct People {

@@ -255,14 +255,14 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
 }
 
 /// Exports the live log to a temporary bundle (for `verify --config`).
-fn export_bundle_tmp(config: &Path) -> Result<(tempdir::TempDir, Verifier, Option<String>)> {
+fn export_bundle_tmp(config: &Path) -> Result<(tempfile::TempDir, Verifier, Option<String>)> {
     let cfg = secondkey_server::Config::load(config, &env_map())?;
     let store =
         secondkey_store::Store::open(secondkey_store::StoreOptions::new(&cfg.data_dir).read_only())
             .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
     let entries = store.entries(0, store.log_size())?;
-    let dir = tempdir::TempDir::new()?;
+    let dir = tempfile::tempdir()?;
     let note = store.with_tree(|t| {
         secondkey_log::checkpoint::Checkpoint::new(cfg.log_origin.clone(), t.size(), t.root())
             .sign(&signer)
@@ -271,32 +271,6 @@ fn export_bundle_tmp(config: &Path) -> Result<(tempdir::TempDir, Verifier, Optio
     let stored = store.last_checkpoint()?;
     store.close();
     Ok((dir, signer.verifier(), stored))
-}
-
-/// A temporary directory removed on drop (no extra dependency needed).
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new() -> std::io::Result<TempDir> {
-            let mut b = [0u8; 8];
-            getrandom::getrandom(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
-            let p = std::env::temp_dir().join(format!("secondkey-{}", hex::encode(b)));
-            std::fs::create_dir(&p)?;
-            Ok(TempDir(p))
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// Downloads the checkpoint's tiles and entry bundles into `dir`, the way

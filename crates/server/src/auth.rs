@@ -16,6 +16,11 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The value of a principal's `token_sha256` config key for `token`.
+pub fn token_sha256_hex(token: &str) -> String {
+    hex::encode(token_hash(token))
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);

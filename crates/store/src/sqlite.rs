@@ -187,23 +187,9 @@ fn parse_anchor(s: &str) -> Result<Anchor, StoreError> {
     let bad = || StoreError::Corrupt(format!("meta 'anchor' is malformed: {s:?}"));
     let (size, root) = s.split_once(' ').ok_or_else(bad)?;
     let size: u64 = size.parse().map_err(|_| bad())?;
-    let bytes = hex_decode(root).ok_or_else(bad)?;
+    let bytes = hex::decode(root).map_err(|_| bad())?;
     let root: Hash = bytes.try_into().map_err(|_| bad())?;
     Ok(Anchor { size, root })
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Takes an exclusive, non-blocking lock on `dir/lock`: two gateways on one
@@ -585,7 +571,7 @@ impl Store {
                     return Ok(());
                 }
             }
-            tx.put_meta("anchor", &format!("{size} {}", hex_encode(&root)))?;
+            tx.put_meta("anchor", &format!("{size} {}", hex::encode(root)))?;
             tx.put_meta("checkpoint", &note)
         })
         .await
