@@ -11,7 +11,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use secondkey_core::action::{Action, Digest};
 use secondkey_core::grant::{sign_grant, verify_grant, GrantClaims};
-use secondkey_core::principal::{Principal, PrincipalKind};
+use secondkey_core::principal::Principal;
 use secondkey_core::request::{
     CoreEvent, Outcome as ExecOutcome, Request, RequestState, ReviewDecision, ReviewError,
 };
@@ -398,24 +398,17 @@ impl Gateway {
 
     /// Facts the gateway itself knows about this call, kept apart from what
     /// the agent declares (invariant 8).
+    /// `environment` is the configured environment of the action's resource.
     fn facts(
-        &self,
         principal: &Principal,
-        action: &Action,
+        environment: Option<&str>,
         transport: &str,
     ) -> serde_json::Map<String, Value> {
         let mut m = serde_json::Map::new();
-        if let Some(env) = self.config.environment_of(&action.resource) {
+        if let Some(env) = environment {
             m.insert("environment".into(), json!(env));
         }
-        m.insert(
-            "principal_kind".into(),
-            json!(match principal.id.kind() {
-                PrincipalKind::User => "user",
-                PrincipalKind::Agent => "agent",
-                PrincipalKind::Service => "service",
-            }),
-        );
+        m.insert("principal_kind".into(), json!(principal.id.kind().as_str()));
         m.insert("transport".into(), json!(transport));
         m
     }
@@ -442,14 +435,14 @@ impl Gateway {
         }
         let (raw, action, digest) =
             Action::from_slice(body).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
-        let facts = self.facts(principal, &action, "api");
-        let policy = self.policy();
-        let decision = policy.decide(principal, &action, &facts);
-        let policy_set = policy.fingerprint().to_string();
         let env = self
             .config
             .environment_of(&action.resource)
             .map(str::to_string);
+        let facts = Self::facts(principal, env.as_deref(), "api");
+        let policy = self.policy();
+        let decision = policy.decide(principal, &action, &facts);
+        let policy_set = policy.fingerprint().to_string();
         let reasons: Vec<ReasonView> = decision.reasons.iter().map(ReasonView::from).collect();
         let now = self.now();
         let actor = principal.id.to_string();
