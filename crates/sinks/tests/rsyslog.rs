@@ -4,45 +4,21 @@
 //! same port: the sink must retry without advancing its cursor, then deliver
 //! everything, in order, with the entry JSON intact.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use secondkey_sinks::runner::{spawn_sink_with, Backoff, EntrySource, RunnerOptions, SourceError};
+use common::MemLog;
+use secondkey_sinks::runner::{spawn_sink_with, Backoff, EntrySource, RunnerOptions};
 use secondkey_sinks::syslog::{Facility, SyslogFormatter, SyslogSink};
 use secondkey_sinks::FileCursor;
 use tokio::sync::watch;
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
-
-#[derive(Default)]
-struct MemLog(Mutex<Vec<Vec<u8>>>);
-
-impl MemLog {
-    fn append(&self, entry: Vec<u8>) -> u64 {
-        let mut log = self.0.lock().unwrap();
-        log.push(entry);
-        log.len() as u64
-    }
-    fn all(&self) -> Vec<Vec<u8>> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-impl EntrySource for MemLog {
-    fn read_from(&self, start: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, SourceError> {
-        let log = self.0.lock().unwrap();
-        Ok(log
-            .iter()
-            .enumerate()
-            .skip(start as usize)
-            .take(max)
-            .map(|(i, e)| (i as u64, e.clone()))
-            .collect())
-    }
-}
 
 /// An entry with characters that need escaping in SD and JSON.
 fn entry(i: u64) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! The syslog sink over TLS (RFC 5425) to an in-test receiver with a private CA.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use secondkey_sinks::syslog::{Facility, SyslogFormatter, SyslogSink, TlsSettings};
@@ -10,20 +11,7 @@ use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_octet_counted_frames_over_tls_and_checks_the_certificate() {
-    let certified = rcgen::generate_simple_self_signed(vec!["siem.test".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, certified.cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![certified.cert.der().clone()], key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let (_dir, ca, acceptor) = common::tls_server("siem.test");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let reader = tokio::spawn(async move {

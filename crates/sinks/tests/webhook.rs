@@ -1,12 +1,15 @@
 //! The webhook sink against a local HTTP(S) receiver that verifies Standard
 //! Webhooks signatures and can fail on purpose.
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::MemLog;
 use secondkey_sinks::config::SinkConfig;
-use secondkey_sinks::runner::{spawn_sink_with, Backoff, EntrySource, RunnerOptions, SourceError};
+use secondkey_sinks::runner::{spawn_sink_with, Backoff, RunnerOptions};
 use secondkey_sinks::webhook::{verify, WebhookSecret, WebhookSink};
 use secondkey_sinks::{FileCursor, SinkHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,30 +18,6 @@ use tokio::sync::watch;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const ORIGIN: &str = "secondkey.test/log";
-
-#[derive(Default)]
-struct MemLog(Mutex<Vec<Vec<u8>>>);
-
-impl MemLog {
-    fn append(&self, entry: Vec<u8>) -> u64 {
-        let mut log = self.0.lock().unwrap();
-        log.push(entry);
-        log.len() as u64
-    }
-}
-
-impl EntrySource for MemLog {
-    fn read_from(&self, start: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, SourceError> {
-        let log = self.0.lock().unwrap();
-        Ok(log
-            .iter()
-            .enumerate()
-            .skip(start as usize)
-            .take(max)
-            .map(|(i, e)| (i as u64, e.clone()))
-            .collect())
-    }
-}
 
 fn entry(i: u64) -> Vec<u8> {
     serde_json::json!({"event": "grant.consumed", "index": i, "subjects": {"grant": format!("g\"]{i}")}})
@@ -302,20 +281,8 @@ async fn a_bad_signature_is_refused_and_never_counts_as_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_a_private_ca_from_config() {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, certified.cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![certified.cert.der().clone()], key)
-    .unwrap();
-    let (port, state) = serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+    let (dir, ca_path, acceptor) = common::tls_server("127.0.0.1");
+    let (port, state) = serve(Some(acceptor)).await;
 
     #[derive(serde::Deserialize)]
     struct Cfg {
