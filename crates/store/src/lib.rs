@@ -65,6 +65,8 @@ pub enum StoreError {
     Locked { path: PathBuf, lock: PathBuf },
     #[error("the store was opened read-only; start the gateway to change it")]
     ReadOnly,
+    #[error("database schema version {found} is older than this binary's ({current}); start the gateway once to migrate it, then read it")]
+    SchemaTooOld { found: i64, current: i64 },
     #[error("database schema version {found} is newer than this binary understands ({supported}); upgrade secondkey")]
     SchemaTooNew { found: i64, supported: i64 },
     /// A domain error raised by a job; carried through unchanged.

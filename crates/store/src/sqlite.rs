@@ -235,10 +235,16 @@ impl Store {
             }
             let conn = open_conn(&path, true)?;
             let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if found != SCHEMA_VERSION {
+            if found > SCHEMA_VERSION {
                 return Err(StoreError::SchemaTooNew {
                     found,
                     supported: SCHEMA_VERSION,
+                });
+            }
+            if found < SCHEMA_VERSION {
+                return Err(StoreError::SchemaTooOld {
+                    found,
+                    current: SCHEMA_VERSION,
                 });
             }
             (conn, None)

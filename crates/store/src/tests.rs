@@ -189,6 +189,20 @@ fn newer_schema_is_refused() {
         matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
         "{err}"
     );
+    let err = Store::open(StoreOptions::new(dir.path()).read_only()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+    // A reader does not migrate: an older database is refused, and says so.
+    let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
+    conn.pragma_update(None, "user_version", 1).unwrap();
+    drop(conn);
+    let err = Store::open(StoreOptions::new(dir.path()).read_only()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooOld { found: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
