@@ -216,11 +216,6 @@ fn event_payload(req: &Request, ev: &CoreEvent) -> (String, Value) {
             "action.result".into(),
             json!({"outcome": outcome, "state": state}),
         ),
-        #[allow(unreachable_patterns)]
-        other => (
-            "request.event".into(),
-            json!({"event": format!("{other:?}")}),
-        ),
     }
 }
 
