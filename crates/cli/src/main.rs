@@ -262,7 +262,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let cfg = secondkey_server::Config::load(&config, &env_map())?;
-            runtime()?.block_on(secondkey_server::serve(cfg))?;
+            let extensions = extensions(&cfg)?;
+            runtime()?.block_on(secondkey_server::serve_with(cfg, extensions))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args),
@@ -495,4 +496,19 @@ fn submit(file: &Path, wait: bool, timeout: u64, remote: &Remote) -> Result<Exit
             bail!("still pending after {timeout}s: {id}");
         }
     }
+}
+
+/// The extensions the configuration asks for (interception adapters and
+/// channels), each validating its own section. A section no linked crate
+/// claims is an error, so a typo never silently turns an adapter off.
+fn extensions(
+    cfg: &secondkey_server::Config,
+) -> anyhow::Result<Vec<std::sync::Arc<dyn secondkey_server::Extension>>> {
+    let exts: Vec<std::sync::Arc<dyn secondkey_server::Extension>> = Vec::new();
+    if let Some(key) = cfg.sections.keys().next() {
+        anyhow::bail!(
+            "config key `{key}`: this build of secondkey has no {key} support yet; remove the section"
+        );
+    }
+    Ok(exts)
 }

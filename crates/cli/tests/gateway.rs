@@ -923,3 +923,168 @@ fn executors_consume_for_requesters_and_lists_page() {
         (400, Some("invalid_query"))
     );
 }
+
+/// The REST form of the adapter interface: `?execute=true`, results and
+/// lineage, as an adapter outside the gateway process uses them.
+#[test]
+fn execute_mode_over_rest_runs_once_and_records_results_and_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let bot = "agent:report-bot";
+    // An allow comes back used up: an execution, no grant.
+    let (s, r) = g.call(
+        "POST",
+        "/v1/actions?execute=true",
+        Some(bot),
+        Some(&read_action()),
+    );
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["decision"], "allow");
+    assert!(r.get("grant").is_none(), "{r}");
+    let exec = r["execution"]["id"].as_str().unwrap().to_string();
+    assert_eq!(exec, r["id"].as_str().unwrap());
+    let result = json!({"ok": true, "summary": {"rows": 2},
+                        "reads": ["postgres://analytics/public.orders"]});
+    let path = format!("/v1/executions/{exec}/result");
+    // Only its own caller reports it, and only once.
+    let (s, v) = g.call("POST", &path, Some("agent:other-bot"), Some(&result));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let (s, v) = g.call("POST", &path, Some(bot), Some(&json!({"ok": "yes"})));
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = g.call("POST", &path, Some(bot), Some(&result));
+    assert_eq!(s, 204);
+    let (s, v) = g.call("POST", &path, Some(bot), Some(&result));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("outcome_recorded")),
+        "{v}"
+    );
+    // A held export: retried while pending it is the same request; after
+    // two approvals the identical retry runs once, a changed one does not.
+    let export = json!({"kind": "sql", "operation": "export", "resource": "postgres://analytics/public.customers",
+                        "params": {"statement": "COPY customers TO STDOUT"}});
+    let (_, held) = g.call("POST", "/v1/actions?execute=true", Some(bot), Some(&export));
+    assert_eq!(held["decision"], "review", "{held}");
+    let rid = held["request"]["id"].as_str().unwrap().to_string();
+    let (_, again) = g.call("POST", "/v1/actions?execute=true", Some(bot), Some(&export));
+    assert_eq!(again["request"]["id"], json!(rid));
+    for who in ["user:bob", "user:carol"] {
+        let (s, v) = g.call(
+            "POST",
+            &format!("/v1/requests/{rid}/reviews"),
+            Some(who),
+            Some(&json!({"decision": "approve"})),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut changed = export.clone();
+    changed["params"]["statement"] = json!("COPY customers TO STDOUT WITH CSV");
+    let (_, other) = g.call(
+        "POST",
+        "/v1/actions?execute=true",
+        Some(bot),
+        Some(&changed),
+    );
+    assert_eq!(other["decision"], "review");
+    assert_ne!(other["request"]["id"], json!(rid));
+    // Another agent's identical action does not use this approval.
+    let (_, theirs) = g.call(
+        "POST",
+        "/v1/actions?execute=true",
+        Some("agent:other-bot"),
+        Some(&export),
+    );
+    assert_eq!(theirs["decision"], "review");
+    assert_ne!(theirs["request"]["id"], json!(rid));
+    let (s, ran) = g.call("POST", "/v1/actions?execute=true", Some(bot), Some(&export));
+    assert_eq!(s, 200);
+    assert_eq!(ran["decision"], "allow", "{ran}");
+    assert_eq!(ran["execution"]["request_id"], json!(rid));
+    assert_eq!(ran["execution"]["approvers"].as_array().unwrap().len(), 2);
+    let (_, once_more) = g.call("POST", "/v1/actions?execute=true", Some(bot), Some(&export));
+    assert_eq!(
+        once_more["decision"], "review",
+        "the approval is used up: {once_more}"
+    );
+    let (s, _) = g.call(
+        "POST",
+        &format!("/v1/executions/{rid}/result"),
+        Some(bot),
+        Some(&json!({"ok": true, "summary": {"rows": 3}, "reads": ["postgres://analytics/public.customers"]})),
+    );
+    assert_eq!(s, 204);
+    let (_, req) = g.call("GET", &format!("/v1/requests/{rid}"), Some(bot), None);
+    assert_eq!(req["state"], "executed");
+    // Lineage: the agent, its owner and auditors read it; others may not.
+    let (s, lin) = g.call(
+        "GET",
+        "/v1/lineage?principal=agent:report-bot",
+        Some("user:alice"),
+        None,
+    );
+    assert_eq!(s, 200, "{lin}");
+    let datasets: HashSet<&str> = lin
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dataset"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        datasets,
+        HashSet::from([
+            "postgres://analytics/public.orders",
+            "postgres://analytics/public.customers"
+        ])
+    );
+    let customers = lin
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dataset"] == "postgres://analytics/public.customers")
+        .unwrap();
+    assert_eq!(customers["last_approvers"].as_array().unwrap().len(), 2);
+    let (s, _) = g.call(
+        "GET",
+        "/v1/lineage?principal=agent:report-bot",
+        Some("user:audrey"),
+        None,
+    );
+    assert_eq!(s, 200);
+    let (s, v) = g.call(
+        "GET",
+        "/v1/lineage?principal=agent:report-bot",
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("not_lineage_reader"))
+    );
+    let (s, _) = g.call(
+        "POST",
+        "/v1/actions?execute=maybe",
+        Some(bot),
+        Some(&read_action()),
+    );
+    assert_eq!(s, 400);
+    // The log verifies and holds every step.
+    let (_tmp, _bundle, entries) = export_log(&g);
+    let events: Vec<&str> = entries
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for want in [
+        "action.allowed",
+        "action.result",
+        "request.created",
+        "request.approved",
+        "grant.consumed",
+        "action.result.detail",
+    ] {
+        assert!(events.contains(&want), "{want} missing from {events:?}");
+    }
+}

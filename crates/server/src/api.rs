@@ -110,10 +110,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "secondkey", description = "Action-level approvals for AI agents and pipelines."),
-    paths(submit_action, list_requests, get_request, request_events, review_request,
+    paths(submit_action, execution_result, lineage, list_requests, get_request, request_events, review_request,
           withdraw_request, revoke_request, request_result, consume_grant, jwks, log_checkpoint,
           log_proof, log_tile, log_verifier_key, healthz, metrics),
-    components(schemas(ActionResponse, ReasonView, RequestSummary, RequirementView, RequestView,
+    components(schemas(ActionResponse, ExecutionView, ExecutionResultBody, crate::intercept::LineageRecord, ReasonView, RequestSummary, RequirementView, RequestView,
                        ReviewView, ReviewBody, ConsumeBody, ResultBody, ErrorBody)),
     modifiers(&BearerAuth)
 )]
@@ -135,10 +135,19 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The gateway's router, with the routes of `extensions` merged in.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] with extra routes (those of the extensions).
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let limit = state.gateway.config.max_body_bytes;
     Router::new()
+        .merge(extra)
         .route("/v1/actions", post(submit_action))
+        .route("/v1/executions/{id}/result", post(execution_result))
+        .route("/v1/lineage", get(lineage))
         .route("/v1/requests", get(list_requests))
         .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests/{id}/events", get(request_events))
@@ -178,16 +187,94 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-/// Submit an action for a decision.
-#[utoipa::path(post, path = "/v1/actions", request_body(content = Object, description = "An action (see the brief's contract)"),
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitQuery {
+    /// `true`: the caller runs the action itself at once (an adapter).
+    execute: Option<bool>,
+}
+
+/// Submit an action for a decision. With `?execute=true` an allow (or the
+/// approval of an identical earlier request of the caller) comes back used
+/// up as `execution`, and an identical pending request is returned rather
+/// than a second one.
+#[utoipa::path(post, path = "/v1/actions", params(("execute" = Option<bool>, Query)),
+    request_body(content = Object, description = "An action (see the brief's contract)"),
     responses((status = 200, body = ActionResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 503, body = ErrorBody, description = "the log could not record the decision: nothing authorized")))]
 async fn submit_action(
     State(s): State<AppState>,
     Caller(p): Caller,
+    Q(q): Q<SubmitQuery>,
     RawJson(body): RawJson,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    Ok(Json(s.gateway.submit(&p, &body).await?))
+    let execute = q.execute.unwrap_or(false);
+    Ok(Json(s.gateway.submit(&p, &body, execute).await?))
+}
+
+/// How an action run with `?execute=true` went.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionResultBody {
+    pub ok: bool,
+    /// What the runner knows: status, size, duration, error…
+    #[serde(default)]
+    pub summary: Value,
+    /// Dataset URIs read and written.
+    #[serde(default)]
+    pub reads: Vec<String>,
+    #[serde(default)]
+    pub writes: Vec<String>,
+}
+
+/// Report the result of an execution (once; only its own caller).
+#[utoipa::path(post, path = "/v1/executions/{id}/result", params(("id" = String, Path)),
+    request_body = ExecutionResultBody,
+    responses((status = 204, description = "recorded"), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "`outcome_recorded`")))]
+async fn execution_result(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ExecutionResultBody>,
+) -> Result<StatusCode, ApiError> {
+    let too_many = body.reads.len() + body.writes.len() > 1024;
+    let too_long = body
+        .reads
+        .iter()
+        .chain(&body.writes)
+        .any(|d| d.is_empty() || d.len() > 2048);
+    if too_many || too_long {
+        return Err(ApiError::bad_request(
+            "invalid_lineage",
+            "reads and writes: at most 1024 dataset URIs in all, each 1 to 2048 bytes",
+        ));
+    }
+    let result = crate::intercept::ExecutionResult {
+        ok: body.ok,
+        summary: body.summary,
+        reads: body.reads,
+        writes: body.writes,
+    };
+    s.gateway.report_execution(&p, &id, result).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineageQuery {
+    principal: String,
+}
+
+/// What a principal read and wrote through the gateway's adapters.
+#[utoipa::path(get, path = "/v1/lineage", params(("principal" = String, Query)),
+    responses((status = 200, body = [crate::intercept::LineageRecord]), (status = 403, body = ErrorBody)))]
+async fn lineage(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Q(q): Q<LineageQuery>,
+) -> Result<Json<Vec<crate::intercept::LineageRecord>>, ApiError> {
+    Ok(Json(s.gateway.lineage(&p, &q.principal).await?))
 }
 
 #[derive(Deserialize)]

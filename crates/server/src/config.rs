@@ -90,7 +90,19 @@ pub struct RawConfig {
     /// cannot forge, unlike its declared `context.environment`.
     #[serde(default)]
     pub environments: Vec<RawEnvironment>,
+    /// Sections that extensions validate themselves (see
+    /// [`EXTENSION_SECTIONS`]), kept as written.
+    pub postgres: Option<toml::Value>,
+    pub mcp: Option<toml::Value>,
+    pub slack: Option<toml::Value>,
+    pub teams: Option<toml::Value>,
+    pub webhooks: Option<toml::Value>,
 }
+
+/// Top-level keys whose contents belong to an extension crate: the gateway
+/// keeps them raw in [`Config::sections`]; the extension's own parser names
+/// the full key in its errors (e.g. `postgres[0].upstream.password_env`).
+pub const EXTENSION_SECTIONS: [&str; 5] = ["postgres", "mcp", "slack", "teams", "webhooks"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -170,6 +182,13 @@ pub struct Config {
     pub sinks: Vec<secondkey_sinks::SinkConfig>,
     /// (environment, resource patterns), first match wins.
     pub environments: Vec<(String, Vec<String>)>,
+    /// Raw extension sections by top-level key (see [`EXTENSION_SECTIONS`]).
+    pub sections: std::collections::BTreeMap<String, toml::Value>,
+    /// The directory relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+    /// The environment the configuration was read with (for `*_env` keys of
+    /// extension sections).
+    pub env: HashMap<String, String>,
 }
 
 impl Config {
@@ -211,6 +230,21 @@ impl Config {
             message: e.to_string(),
         })?;
         Config::from_raw(raw, base, env)
+    }
+
+    /// A path from the file, resolved against [`Config::base_dir`].
+    pub fn resolve_path(&self, p: impl AsRef<Path>) -> PathBuf {
+        let p = p.as_ref();
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Builds the error an extension returns for a key of its section.
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        invalid(key, message)
     }
 
     pub fn from_raw(
@@ -449,7 +483,20 @@ impl Config {
             executors.insert(id.to_string());
         }
         let log_readers = raw.log.readers.unwrap_or_else(|| vec!["auditors".into()]);
+        let sections = [
+            ("postgres", raw.postgres),
+            ("mcp", raw.mcp),
+            ("slack", raw.slack),
+            ("teams", raw.teams),
+            ("webhooks", raw.webhooks),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+        .collect();
         Ok(Config {
+            sections,
+            base_dir: base.to_path_buf(),
+            env: env.clone(),
             log_readers,
             executors,
             environments,

@@ -27,8 +27,10 @@ use tokio::sync::broadcast;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::intercept::{Decided, Denied, Execution, Held, Mode, Submitted};
 use crate::views::{
-    ActionResponse, ReasonView, RequestSummary, RequestView, RequirementView, ReviewView,
+    ActionResponse, ExecutionView, ReasonView, RequestSummary, RequestView, RequirementView,
+    ReviewView,
 };
 
 /// Largest action, as canonical JSON, that the gateway accepts: the whole
@@ -119,7 +121,7 @@ pub fn new_id(prefix: &str) -> Result<String, ApiError> {
     Ok(format!("{prefix}_{}", hex::encode(b)))
 }
 
-fn entry(
+pub(crate) fn entry(
     now: Timestamp,
     event: &str,
     actor: &str,
@@ -142,7 +144,7 @@ fn entry(
 }
 
 /// Appends the log entries for the events a core transition produced.
-fn log_events(
+pub(crate) fn log_events(
     tx: &mut dyn Tx,
     now: Timestamp,
     actor: &str,
@@ -163,7 +165,7 @@ fn log_events(
     Ok(())
 }
 
-fn approvers(req: &Request) -> Vec<String> {
+pub(crate) fn approvers(req: &Request) -> Vec<String> {
     req.reviews
         .iter()
         .filter(|r| r.decision == ReviewDecision::Approve)
@@ -317,7 +319,7 @@ impl Gateway {
         self.changes.subscribe()
     }
 
-    fn announce(&self, req: &Request, event: &str) {
+    pub(crate) fn announce(&self, req: &Request, event: &str) {
         let _ = self.changes.send(RequestChange {
             id: req.id.clone(),
             state: req.state,
@@ -394,7 +396,7 @@ impl Gateway {
     /// Facts the gateway itself knows about this call, kept apart from what
     /// the agent declares (invariant 8).
     /// `environment` is the configured environment of the action's resource.
-    fn facts(
+    pub(crate) fn facts(
         principal: &Principal,
         environment: Option<&str>,
         transport: &str,
@@ -410,43 +412,77 @@ impl Gateway {
 
     /// `POST /v1/actions`: decide an action and record the decision.
     /// The body is parsed strictly (a repeated key is refused) and the parsed
-    /// JSON is what gets logged and digested.
+    /// JSON is what gets logged and digested. With `execute`, the caller runs
+    /// the action itself at once: an allow (or an approved identical request)
+    /// comes back already used up as an `execution` instead of a grant.
     pub async fn submit(
         &self,
         principal: &Principal,
         body: &[u8],
+        execute: bool,
     ) -> Result<ActionResponse, ApiError> {
         // The whole action must fit in one log entry. The body's size is a
         // cheap bound (canonical JSON is never much larger); the log's own
         // entry limit backs it up with `entry_too_large`.
         if body.len() > MAX_ACTION_BYTES {
-            return Err(ApiError::bad_request(
-                "action_too_large",
-                format!(
-                    "the action is {} bytes; the limit is {MAX_ACTION_BYTES}. Move bulk data out of params",
-                    body.len()
-                ),
-            ));
+            return Err(too_large(body.len()));
         }
         let (raw, action, digest) =
             Action::from_slice(body).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        let mode = if execute { Mode::Execute } else { Mode::Grant };
+        let submitted = Submitted {
+            raw,
+            action,
+            digest,
+            transport: "api",
+            facts: serde_json::Map::new(),
+            track: execute,
+        };
+        let decided = self.decide_recorded(principal, submitted, mode).await?;
+        Ok(self.action_response(decided))
+    }
+
+    /// Decides a parsed action and records the decision in one durable
+    /// transaction before anything is returned (invariant 1). Shared by the
+    /// REST API and the interception adapters.
+    pub(crate) async fn decide_recorded(
+        &self,
+        principal: &Principal,
+        s: Submitted,
+        mode: Mode,
+    ) -> Result<Decided, ApiError> {
+        let Submitted {
+            raw,
+            action,
+            digest,
+            transport,
+            facts: derived,
+            track,
+        } = s;
         let env = self
             .config
             .environment_of(&action.resource)
             .map(str::to_string);
-        let facts = Self::facts(principal, env.as_deref(), "api");
+        // What the adapter derived, then the gateway's own facts on top: an
+        // adapter cannot override the environment or the principal kind.
+        let mut facts = derived.clone();
+        facts.extend(Self::facts(principal, env.as_deref(), transport));
         let policy = self.policy();
         let decision = policy.decide(principal, &action, &facts);
         let policy_set = policy.fingerprint().to_string();
         let reasons: Vec<ReasonView> = decision.reasons.iter().map(ReasonView::from).collect();
         let now = self.now();
         let actor = principal.id.to_string();
-        let summary = json!({"kind": action.kind, "operation": action.operation, "resource": action.resource});
+        let dg = digest.as_str().to_string();
+        // Adapter-derived facts are part of the record: they are what policy saw.
+        let seen = (!derived.is_empty()).then(|| Value::Object(derived));
         match decision.outcome {
             Outcome::Deny => {
                 let id = new_id("act")?;
-                let payload = json!({"decision": "deny", "action": raw, "reasons": reasons, "errors": decision.errors, "policy_set": policy_set});
-                let (id2, dg) = (id.clone(), digest.as_str().to_string());
+                let mut payload = json!({"decision": "deny", "action": raw, "reasons": reasons,
+                    "errors": decision.errors, "policy_set": policy_set, "transport": transport});
+                add_facts(&mut payload, seen);
+                let id2 = id.clone();
                 self.store
                     .transact(move |tx| {
                         tx.append(entry(
@@ -459,62 +495,103 @@ impl Gateway {
                         ))
                     })
                     .await?;
-                Ok(ActionResponse {
+                Ok(Decided::Denied(Denied {
+                    message: deny_message(&id, &reasons),
                     id,
-                    digest: digest.as_str().to_string(),
-                    decision: "deny".into(),
+                    digest,
                     reasons,
-                    request: None,
-                    grant: None,
-                })
+                }))
             }
             Outcome::Allow => {
                 let id = new_id("act")?;
-                let grant_id = new_id("grt")?;
-                let exp = now.plus(self.config.allow_grant_ttl);
-                let claims = GrantClaims {
-                    jti: grant_id.clone(),
-                    rid: None,
-                    dig: digest.as_str().to_string(),
-                    sub: actor.clone(),
-                    apr: vec![],
-                    env: env.clone(),
-                    iat: now.0 / 1000,
-                    exp: exp.0 / 1000,
-                    iss: self.config.log_origin.clone(),
-                };
-                let token = self.sign_claims(&claims)?;
-                let row = GrantRow {
-                    id: grant_id.clone(),
-                    request_id: None,
-                    digest: digest.as_str().to_string(),
-                    requester: actor.clone(),
-                    expires_at: exp.0,
-                    used_at: None,
-                };
-                let payload = json!({"decision": "allow", "action": raw, "reasons": reasons, "grant": grant_id, "grant_expires_at": rfc3339(exp), "policy_set": policy_set});
-                let (id2, dg) = (id.clone(), digest.as_str().to_string());
-                self.store
-                    .transact(move |tx| {
-                        tx.insert_grant(&row)?;
-                        tx.append(entry(
-                            now,
-                            "action.allowed",
-                            &actor,
-                            &[("action", &id2), ("grant", &row.id)],
-                            Some(&dg),
-                            payload,
-                        ))
-                    })
-                    .await?;
-                Ok(ActionResponse {
-                    id,
-                    digest: digest.as_str().to_string(),
-                    decision: "allow".into(),
-                    reasons,
-                    request: None,
-                    grant: Some(token),
-                })
+                let mut payload = json!({"decision": "allow", "action": raw, "reasons": reasons,
+                    "policy_set": policy_set, "transport": transport});
+                add_facts(&mut payload, seen);
+                match mode {
+                    Mode::Execute => {
+                        // The caller runs it now: no token to leak or replay,
+                        // so the authorization is this entry alone.
+                        payload["executed"] = json!(true);
+                        let id2 = id.clone();
+                        self.store
+                            .transact(move |tx| {
+                                if track {
+                                    let rec = crate::intercept::TrackedExecution {
+                                        actor: actor.clone(),
+                                        digest: dg.clone(),
+                                        reported: false,
+                                    };
+                                    tx.put_record(
+                                        crate::intercept::EXECUTION_NS,
+                                        &id2,
+                                        &rec.encode(),
+                                    )?;
+                                }
+                                tx.append(entry(
+                                    now,
+                                    "action.allowed",
+                                    &actor,
+                                    &[("action", &id2)],
+                                    Some(&dg),
+                                    payload,
+                                ))
+                            })
+                            .await?;
+                        Ok(Decided::Run(Execution {
+                            id,
+                            request_id: None,
+                            digest,
+                            approvers: vec![],
+                            reasons,
+                        }))
+                    }
+                    Mode::Grant => {
+                        let grant_id = new_id("grt")?;
+                        let exp = now.plus(self.config.allow_grant_ttl);
+                        let claims = GrantClaims {
+                            jti: grant_id.clone(),
+                            rid: None,
+                            dig: dg.clone(),
+                            sub: actor.clone(),
+                            apr: vec![],
+                            env,
+                            iat: now.0 / 1000,
+                            exp: exp.0 / 1000,
+                            iss: self.config.log_origin.clone(),
+                        };
+                        let token = self.sign_claims(&claims)?;
+                        let row = GrantRow {
+                            id: grant_id.clone(),
+                            request_id: None,
+                            digest: dg.clone(),
+                            requester: actor.clone(),
+                            expires_at: exp.0,
+                            used_at: None,
+                        };
+                        payload["grant"] = json!(grant_id);
+                        payload["grant_expires_at"] = json!(rfc3339(exp));
+                        let id2 = id.clone();
+                        self.store
+                            .transact(move |tx| {
+                                tx.insert_grant(&row)?;
+                                tx.append(entry(
+                                    now,
+                                    "action.allowed",
+                                    &actor,
+                                    &[("action", &id2), ("grant", &row.id)],
+                                    Some(&dg),
+                                    payload,
+                                ))
+                            })
+                            .await?;
+                        Ok(Decided::Granted {
+                            id,
+                            digest,
+                            reasons,
+                            token,
+                        })
+                    }
+                }
             }
             Outcome::Review => {
                 let id = new_id("req")?;
@@ -527,6 +604,7 @@ impl Gateway {
                     .and_then(|p| p.owner.clone())
                     .into_iter()
                     .collect();
+                let summary = json!({"kind": action.kind, "operation": action.operation, "resource": action.resource});
                 let req = Request::new(
                     id.clone(),
                     digest.clone(),
@@ -539,41 +617,108 @@ impl Gateway {
                 )
                 .with_excluded(on_behalf_owner)
                 .with_submitted(raw.clone());
-                let payload = json!({
+                let mut payload = json!({
                     "decision": "review", "action": raw, "reasons": reasons,
                     "required": decision.requirements.iter().map(RequirementView::from).collect::<Vec<_>>(),
                     "expires_at": rfc3339(req.expires_at), "summary": summary,
-                    "policy_set": policy_set,
+                    "policy_set": policy_set, "transport": transport,
                 });
-                let stored = req.clone();
-                self.store
+                add_facts(&mut payload, seen);
+                let execute = mode == Mode::Execute;
+                let out = self
+                    .store
                     .transact(move |tx| {
-                        tx.put_request(&stored)?;
+                        if execute {
+                            if let Some(found) = reuse_identical(tx, &req, now)? {
+                                return Ok(found);
+                            }
+                        }
+                        tx.put_request(&req)?;
                         tx.append(entry(
                             now,
                             "request.created",
                             &actor,
-                            &[("request", &stored.id)],
-                            Some(stored.digest.as_str()),
+                            &[("request", &req.id)],
+                            Some(req.digest.as_str()),
                             payload,
-                        ))
+                        ))?;
+                        Ok(Reused::New(Box::new(req)))
                     })
                     .await?;
-                self.announce(&req, "request.created");
-                Ok(ActionResponse {
-                    id: id.clone(),
-                    digest: digest.as_str().to_string(),
-                    decision: "review".into(),
-                    reasons,
+                match out {
+                    Reused::New(req) => {
+                        self.announce(&req, "request.created");
+                        Ok(Decided::Held(self.held(req, reasons, false)))
+                    }
+                    Reused::Pending(req) => Ok(Decided::Held(self.held(req, reasons, true))),
+                    Reused::Executed(req) => {
+                        self.announce(&req, "grant.consumed");
+                        Ok(Decided::Run(Execution {
+                            id: req.id.clone(),
+                            request_id: Some(req.id.clone()),
+                            digest,
+                            approvers: approvers(&req),
+                            reasons,
+                        }))
+                    }
+                }
+            }
+        }
+    }
+
+    fn held(&self, request: Box<Request>, reasons: Vec<ReasonView>, reused: bool) -> Held {
+        Held {
+            url: self.request_url(&request.id),
+            request,
+            reasons,
+            reused,
+        }
+    }
+
+    /// The REST shape of a decision.
+    fn action_response(&self, d: Decided) -> ActionResponse {
+        let base = |id: String, digest: &Digest, decision: &str, reasons: Vec<ReasonView>| {
+            ActionResponse {
+                id,
+                digest: digest.as_str().to_string(),
+                decision: decision.into(),
+                reasons,
+                request: None,
+                grant: None,
+                execution: None,
+            }
+        };
+        match d {
+            Decided::Denied(x) => base(x.id, &x.digest, "deny", x.reasons),
+            Decided::Granted {
+                id,
+                digest,
+                reasons,
+                token,
+            } => ActionResponse {
+                grant: Some(token),
+                ..base(id, &digest, "allow", reasons)
+            },
+            Decided::Run(x) => ActionResponse {
+                execution: Some(ExecutionView {
+                    id: x.id.clone(),
+                    request_id: x.request_id.clone(),
+                    approvers: x.approvers.clone(),
+                }),
+                ..base(x.id, &x.digest, "allow", x.reasons)
+            },
+            Decided::Held(h) => {
+                let req = &h.request;
+                ActionResponse {
                     request: Some(RequestSummary {
-                        id: id.clone(),
+                        id: req.id.clone(),
                         state: req.state,
-                        url: self.request_url(&id),
+                        url: h.url.clone(),
                         expires_at: rfc3339(req.expires_at),
                         required: req.requirements.iter().map(RequirementView::from).collect(),
                     }),
-                    grant: None,
-                })
+                    ..base(req.id.clone(), &req.digest, "review", h.reasons)
+                }
             }
         }
     }
@@ -1173,7 +1318,7 @@ fn review_error(e: ReviewError) -> ApiError {
     }
 }
 
-fn transition_error(e: secondkey_core::request::TransitionError) -> ApiError {
+pub(crate) fn transition_error(e: secondkey_core::request::TransitionError) -> ApiError {
     let code = e.code();
     let msg = e.to_string();
     match code {
@@ -1182,13 +1327,95 @@ fn transition_error(e: secondkey_core::request::TransitionError) -> ApiError {
     }
 }
 
-fn consume_error(e: secondkey_core::request::ConsumeError) -> ApiError {
+pub(crate) fn consume_error(e: secondkey_core::request::ConsumeError) -> ApiError {
     let code = e.code();
     let msg = e.to_string();
     match code {
         "wrong_requester" => ApiError::forbidden(code, msg),
         _ => ApiError::conflict(code, msg),
     }
+}
+
+fn too_large(len: usize) -> ApiError {
+    ApiError::bad_request(
+        "action_too_large",
+        format!("the action is {len} bytes; the limit is {MAX_ACTION_BYTES}. Move bulk data out of params"),
+    )
+}
+
+fn add_facts(payload: &mut Value, facts: Option<Value>) {
+    if let Some(f) = facts {
+        payload["facts"] = f;
+    }
+}
+
+/// What a denied agent reads: which policies and which decision id, so it can
+/// change course and a human can find the record.
+fn deny_message(id: &str, reasons: &[ReasonView]) -> String {
+    let policies: Vec<&str> = reasons
+        .iter()
+        .filter(|r| r.effect != "permit")
+        .map(|r| r.policy.as_str())
+        .collect();
+    if policies.is_empty() {
+        format!("denied by secondkey (decision {id}): no policy permits this action")
+    } else {
+        format!(
+            "denied by secondkey (decision {id}) under policy {}",
+            policies.join(", ")
+        )
+    }
+}
+
+/// What an identical earlier request of the same requester gives a new
+/// submission in execute mode.
+pub(crate) enum Reused {
+    New(Box<Request>),
+    /// Still waiting: the same request, not a second one.
+    Pending(Box<Request>),
+    /// Approved and unused: used now.
+    Executed(Box<Request>),
+}
+
+/// Finds an approved (then a pending) request of `req`'s requester for the
+/// same digest. An approved one is consumed here, in the caller's
+/// transaction, so it runs once; one whose deadline passed is expired on
+/// the spot and not reused.
+fn reuse_identical(
+    tx: &mut dyn Tx,
+    req: &Request,
+    now: Timestamp,
+) -> Result<Option<Reused>, StoreError> {
+    let who = req.requester.id.to_string();
+    let dg = req.digest.as_str();
+    if let Some(mut found) = tx.find_request(&who, dg, RequestState::Approved)? {
+        if let Some(t) = found.expire_if_due(now) {
+            tx.put_request(&found)?;
+            log_events(tx, now, "service:secondkey", &found, &t.events)?;
+        } else if let Some(grant_id) = found.grant.as_ref().map(|g| g.id.clone()) {
+            let digest = found.digest.clone();
+            let requester = found.requester.id.clone();
+            if let Ok(t) = found.consume(&grant_id, &digest, &requester, now) {
+                if !tx.use_grant(&grant_id, now.0)? {
+                    return Err(
+                        ApiError::conflict("grant_used", "this approval was already used").into(),
+                    );
+                }
+                tx.put_request(&found)?;
+                log_events(tx, now, &who, &found, &t.events)?;
+                return Ok(Some(Reused::Executed(Box::new(found))));
+            }
+        }
+    }
+    if let Some(mut found) = tx.find_request(&who, dg, RequestState::Pending)? {
+        if let Some(t) = found.expire_if_due(now) {
+            tx.put_request(&found)?;
+            log_events(tx, now, "service:secondkey", &found, &t.events)?;
+        } else {
+            return Ok(Some(Reused::Pending(Box::new(found))));
+        }
+    }
+    Ok(None)
 }
 
 /// How long `?wait=` may hold a request open.

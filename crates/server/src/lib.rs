@@ -9,7 +9,9 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod extension;
 pub mod gateway;
+pub mod intercept;
 pub mod keys;
 pub mod logview;
 pub mod reload;
@@ -21,8 +23,10 @@ use std::time::Duration;
 use secondkey_policy::PolicyEngine;
 use secondkey_store::{Store, StoreOptions};
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
+pub use extension::Extension;
 pub use gateway::Gateway;
+pub use intercept::{Denied, Execution, ExecutionResult, Held, Intercept, Verdict};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -87,6 +91,15 @@ impl Running {
 /// Starts the gateway on `config.listen` (port 0 picks a free port) with the
 /// sweeper, policy watcher and sinks.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, Vec::new()).await
+}
+
+/// [`start`] with extensions: their routes are served and each is started
+/// (in order) before the gateway accepts connections.
+pub async fn start_with(
+    config: Config,
+    extensions: Vec<Arc<dyn Extension>>,
+) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -97,9 +110,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let gateway = build(config).await?;
     spawn_background(gateway.clone());
-    let app = api::router(AppState {
-        gateway: gateway.clone(),
-    });
+    let mut extra = axum::Router::new();
+    for ext in &extensions {
+        ext.start(gateway.clone())
+            .map_err(|e| anyhow::anyhow!("{} did not start: {e}", ext.name()))?;
+        extra = extra.merge(ext.routes());
+    }
+    let app = api::router_with(
+        AppState {
+            gateway: gateway.clone(),
+        },
+        extra,
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -169,7 +191,12 @@ fn start_sinks(gateway: &Arc<Gateway>) {
 
 /// Runs until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let running = start(config).await?;
+    serve_with(config, Vec::new()).await
+}
+
+/// [`serve`] with extensions (see [`start_with`]).
+pub async fn serve_with(config: Config, extensions: Vec<Arc<dyn Extension>>) -> anyhow::Result<()> {
+    let running = start_with(config, extensions).await?;
     tracing::info!(addr = %running.addr, "secondkey gateway listening");
     eprintln!("secondkey gateway listening on http://{}", running.addr);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

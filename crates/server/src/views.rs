@@ -19,10 +19,27 @@ pub struct ActionResponse {
     /// Compact JWS (EdDSA), present at once for an allow.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
+    /// With `?execute=true`: the allow (or the approval of an identical
+    /// earlier request) is already used up, and the caller runs the action
+    /// now; it reports the result to `/v1/executions/{id}/result`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<ExecutionView>,
+}
+
+/// An authorization used up for the caller to run the action once, now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionView {
+    /// `act_…` for an allow, the request id for an approved action.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Who approved it (empty for an allow).
+    #[serde(default)]
+    pub approvers: Vec<String>,
 }
 
 /// Why a decision came out as it did: one matching policy each.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReasonView {
     pub policy: String,
     pub effect: String,

@@ -35,7 +35,7 @@ mod sqlite;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use secondkey_core::request::Request;
+use secondkey_core::request::{Request, RequestState};
 use secondkey_log::entry::Entry;
 use secondkey_log::merkle::{Hash, Tree};
 
@@ -112,6 +112,23 @@ pub trait Tx {
     /// Reads a small key/value setting (e.g. a sink cursor or a fingerprint).
     fn get_meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// The newest request of `requester` for the action with `digest` in
+    /// `state` (an adapter seeing the same action again).
+    fn find_request(
+        &mut self,
+        requester: &str,
+        digest: &str,
+        state: RequestState,
+    ) -> Result<Option<Request>, StoreError>;
+    /// Adapter state kept next to the log, in the same transactions:
+    /// namespaced key/value records (`ns` names the owner, e.g.
+    /// `slack.link`, `mcp.pin`, `lineage`). Values are opaque text
+    /// (usually JSON).
+    fn get_record(&mut self, ns: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// Inserts or replaces a record.
+    fn put_record(&mut self, ns: &str, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Deletes a record; false if there was none.
+    fn delete_record(&mut self, ns: &str, key: &str) -> Result<bool, StoreError>;
 }
 
 /// Builds an entry with no index yet (the store assigns it at append).

@@ -16,7 +16,7 @@ use crate::{Anchor, GrantRow, LogView, Shared, StoreError, StoreOptions, Tx};
 
 /// The newest schema version this binary knows. Each migration below moves
 /// the database one version forward, inside a transaction.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -65,6 +65,19 @@ const MIGRATIONS: &[&str] = &[
      INSERT OR IGNORE INTO request_parties
         SELECT 'g:' || g.value, requests.id
         FROM requests, json_each(requests.body, '$.requirements') AS r, json_each(r.value, '$.groups') AS g;",
+    // 3: the action digest of each request, so an adapter finds the pending
+    // or approved request for an action it sees again (retry after
+    // approval, deduplicated holds); and namespaced records for adapter
+    // state (identity links, channel messages, tool pins, lineage).
+    "ALTER TABLE requests ADD COLUMN digest TEXT;
+     UPDATE requests SET digest = json_extract(body, '$.digest');
+     CREATE INDEX requests_by_digest ON requests(requester, digest, state);
+     CREATE TABLE records (
+        ns         TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        PRIMARY KEY (ns, key)
+     ) WITHOUT ROWID;",
 ];
 
 type JobResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -566,6 +579,53 @@ impl Store {
         self.read(|c| read_meta(c, key))
     }
 
+    /// The newest request of `requester` for the action with `digest` in
+    /// `state`, if any.
+    pub fn find_request(
+        &self,
+        requester: &str,
+        digest: &str,
+        state: RequestState,
+    ) -> Result<Option<Request>, StoreError> {
+        self.read(|c| find_request(c, requester, digest, state))
+    }
+
+    /// One adapter record (see [`Tx::put_record`]).
+    pub fn get_record(&self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| read_record(c, ns, key))
+    }
+
+    /// Records of namespace `ns` whose key starts with `prefix`, in key
+    /// order, at most `limit` (capped at 10,000), starting after the key
+    /// `after` when given (for paging).
+    pub fn list_records(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let limit = limit.clamp(1, 10_000) as i64;
+        // Keys in [prefix, prefix + U+10FFFF): everything that starts with it.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let lower = match after {
+            Some(a) if a >= prefix => a.to_string(),
+            _ => prefix.to_string(),
+        };
+        let inclusive = after.is_none_or(|a| a < prefix);
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT key, value FROM records
+                 WHERE ns = ?1 AND (key > ?2 OR (?3 AND key = ?2)) AND key < ?4
+                 ORDER BY key LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(params![ns, lower, inclusive, upper, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     /// Records that the first `size` entries were signed with root `root`
     /// (and the signed note saying so); at every later start the store
     /// refuses to serve a log whose entries no longer hash to it. Only ever
@@ -626,6 +686,30 @@ fn read_meta(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
         .optional()?)
 }
 
+fn find_request(
+    c: &Connection,
+    requester: &str,
+    digest: &str,
+    state: RequestState,
+) -> Result<Option<Request>, StoreError> {
+    let body: Option<String> = c
+        .prepare_cached(
+            "SELECT body FROM requests WHERE requester = ?1 AND digest = ?2 AND state = ?3
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+        )?
+        .query_row(params![requester, digest, state_str(state)], |r| r.get(0))
+        .optional()?;
+    body.map(|b| decode_request(&b)).transpose()
+}
+
+fn read_record(c: &Connection, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT value FROM records WHERE ns = ?1 AND key = ?2")?
+            .query_row(params![ns, key], |r| r.get(0))
+            .optional()?,
+    )
+}
+
 struct SqliteTx<'a> {
     conn: &'a Connection,
     base: u64,
@@ -642,8 +726,8 @@ impl Tx for SqliteTx<'_> {
             .map_err(|e| StoreError::Corrupt(format!("cannot encode request: {e}")))?;
         self.conn
             .prepare_cached(
-                "INSERT INTO requests (id, state, requester, created_at, expires_at, grant_expires_at, escalated, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO requests (id, state, requester, created_at, expires_at, grant_expires_at, escalated, body, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(id) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at,
                    grant_expires_at = excluded.grant_expires_at, escalated = excluded.escalated, body = excluded.body",
             )?
@@ -655,7 +739,8 @@ impl Tx for SqliteTx<'_> {
                 r.expires_at.0,
                 r.grant.as_ref().map(|g| g.expires_at.0),
                 r.escalated as i64,
-                body
+                body,
+                r.digest.as_str()
             ])?;
         let mut parties = vec![format!("p:{}", r.requester.id)];
         if let Some(o) = &r.requester.owner {
@@ -720,6 +805,37 @@ impl Tx for SqliteTx<'_> {
 
     fn get_meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
         read_meta(self.conn, key)
+    }
+
+    fn find_request(
+        &mut self,
+        requester: &str,
+        digest: &str,
+        state: RequestState,
+    ) -> Result<Option<Request>, StoreError> {
+        find_request(self.conn, requester, digest, state)
+    }
+
+    fn get_record(&mut self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
+        read_record(self.conn, ns, key)
+    }
+
+    fn put_record(&mut self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO records (ns, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(ns, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![ns, key, value])?;
+        Ok(())
+    }
+
+    fn delete_record(&mut self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM records WHERE ns = ?1 AND key = ?2")?
+            .execute(params![ns, key])?;
+        Ok(n == 1)
     }
 
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {

@@ -270,3 +270,167 @@ fn a_full_disk_fails_every_append_closed_and_is_reported() {
         secondkey_log::merkle::root_from_leaves(&hashes)
     );
 }
+
+fn pending_request(id: &str, requester: &str, action_json: serde_json::Value) -> Request {
+    use secondkey_core::action::Action;
+    use secondkey_core::principal::Principal;
+    use secondkey_core::time::Timestamp;
+    let (action, digest) = Action::from_json(&action_json).unwrap();
+    let requester = Principal {
+        id: requester.parse().unwrap(),
+        owner: None,
+        groups: Default::default(),
+    };
+    Request::new(
+        id.into(),
+        digest,
+        action,
+        requester,
+        vec![],
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(60),
+        Timestamp(1_000),
+    )
+}
+
+#[test]
+fn requests_are_found_by_requester_digest_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let a = serde_json::json!({"kind": "sql", "operation": "read", "resource": "postgres://x/t"});
+    let b = serde_json::json!({"kind": "sql", "operation": "read", "resource": "postgres://x/u"});
+    let r1 = pending_request("req_1", "agent:bot", a.clone());
+    let r2 = pending_request("req_2", "agent:other", a.clone());
+    let digest = r1.digest.as_str().to_string();
+    store
+        .transact_blocking(move |tx| {
+            tx.put_request(&r1)?;
+            tx.put_request(&r2)
+        })
+        .unwrap();
+    let found = store
+        .find_request("agent:bot", &digest, RequestState::Pending)
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, "req_1");
+    assert!(store
+        .find_request("agent:bot", &digest, RequestState::Approved)
+        .unwrap()
+        .is_none());
+    let other = pending_request("req_3", "agent:bot", b).digest;
+    assert!(store
+        .find_request("agent:bot", other.as_str(), RequestState::Pending)
+        .unwrap()
+        .is_none());
+    // Inside a job the lookup sees the job's own writes.
+    let d2 = digest.clone();
+    let seen = store
+        .transact_blocking(move |tx| {
+            let mut r = tx
+                .find_request("agent:other", &d2, RequestState::Pending)?
+                .unwrap();
+            r.state = RequestState::Withdrawn;
+            tx.put_request(&r)?;
+            Ok(tx
+                .find_request("agent:other", &d2, RequestState::Pending)?
+                .is_none())
+        })
+        .unwrap();
+    assert!(seen);
+}
+
+#[test]
+fn migration_backfills_the_digest_of_existing_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let r = pending_request(
+        "req_old",
+        "agent:bot",
+        serde_json::json!({"kind": "mcp", "operation": "write", "resource": "mcp://s/t"}),
+    );
+    let digest = r.digest.as_str().to_string();
+    store
+        .transact_blocking(move |tx| tx.put_request(&r))
+        .unwrap();
+    store.close();
+    // Roll the database back to schema 2 as an older binary left it.
+    let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
+    conn.execute_batch(
+        "DROP INDEX requests_by_digest; ALTER TABLE requests DROP COLUMN digest;
+         DROP TABLE records; PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let found = store
+        .find_request("agent:bot", &digest, RequestState::Pending)
+        .unwrap();
+    assert_eq!(found.map(|r| r.id), Some("req_old".to_string()));
+}
+
+#[test]
+fn records_are_namespaced_listed_by_prefix_and_rolled_back_with_their_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    store
+        .transact_blocking(|tx| {
+            for k in ["U1", "U2", "U3", "V1"] {
+                tx.put_record("slack.link", k, &format!("user:{k}"))?;
+            }
+            tx.put_record("teams.link", "U1", "user:t")?;
+            tx.put_record("slack.link", "U2", "user:replaced")
+        })
+        .unwrap();
+    assert_eq!(
+        store.get_record("slack.link", "U2").unwrap().as_deref(),
+        Some("user:replaced")
+    );
+    assert_eq!(
+        store.get_record("teams.link", "U1").unwrap().as_deref(),
+        Some("user:t")
+    );
+    assert_eq!(store.get_record("slack.link", "nope").unwrap(), None);
+    let keys = |v: Vec<(String, String)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(
+        keys(store.list_records("slack.link", "U", None, 100).unwrap()),
+        ["U1", "U2", "U3"]
+    );
+    assert_eq!(
+        keys(store.list_records("slack.link", "", None, 2).unwrap()),
+        ["U1", "U2"]
+    );
+    assert_eq!(
+        keys(
+            store
+                .list_records("slack.link", "U", Some("U1"), 100)
+                .unwrap()
+        ),
+        ["U2", "U3"]
+    );
+    assert_eq!(
+        keys(
+            store
+                .list_records("slack.link", "", Some("U3"), 100)
+                .unwrap()
+        ),
+        ["V1"]
+    );
+    // A failing job's records are undone with it.
+    let r = store.transact_blocking(|tx| {
+        tx.put_record("slack.link", "U9", "x")?;
+        assert!(tx.delete_record("slack.link", "U1")?);
+        Err::<(), _>(StoreError::Corrupt("refused on purpose".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(store.get_record("slack.link", "U9").unwrap(), None);
+    assert!(store.get_record("slack.link", "U1").unwrap().is_some());
+    let deleted = store
+        .transact_blocking(|tx| {
+            Ok((
+                tx.delete_record("slack.link", "U1")?,
+                tx.delete_record("slack.link", "U1")?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(deleted, (true, false));
+}

@@ -1,0 +1,510 @@
+//! The gateway as interception adapters see it (PostgreSQL, MCP, …): an
+//! adapter turns traffic into an action, asks [`Gateway::intercept`], runs
+//! only what comes back as [`Verdict::Run`], and reports what happened with
+//! [`Gateway::record_execution`].
+//!
+//! Unlike the REST API's allow, a `Run` carries no grant token: the
+//! authorization is the durable log entry written before `intercept`
+//! returns, used up in the same transaction, so there is nothing to replay
+//! or leak. An approval of a held action is used the same way, once, either
+//! by the adapter that waited for it ([`Gateway::execute_approved`]) or by
+//! the identical action submitted again.
+
+use std::time::Duration;
+
+use secondkey_core::action::{Action, Digest};
+use secondkey_core::principal::Principal;
+use secondkey_core::request::{Outcome as ExecOutcome, Request, RequestState};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::gateway::{approvers, entry, log_events, rfc3339, Gateway, MAX_ACTION_BYTES};
+use crate::views::ReasonView;
+
+/// What an adapter intercepted.
+#[derive(Debug, Clone)]
+pub struct Intercept {
+    /// The action, shaped as the brief's contract says (kind, operation,
+    /// resource, params, …). Its digest is computed over exactly this JSON.
+    pub action: Value,
+    /// `context.gateway.transport`: `pg`, `mcp`, `http`, …
+    pub transport: &'static str,
+    /// Facts the adapter derived itself (the tables the parser found, the
+    /// connection, a tool's annotations). Policy sees them under
+    /// `context.gateway`, next to the gateway's own, which win on a clash.
+    /// Never put what the client declared here (invariant 8).
+    pub facts: Map<String, Value>,
+}
+
+/// What to do with an intercepted action.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Run it now, once. The authorization is recorded and used up.
+    Run(Execution),
+    /// Refuse it; tell the client `message`.
+    Deny(Denied),
+    /// Hold it: a request waits for reviewers.
+    Held(Held),
+}
+
+/// An authorized, used-up permission to run one action once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    /// The decision id (`act_…`), or the request id for an approved action.
+    pub id: String,
+    /// Set when a human approval authorized it.
+    pub request_id: Option<String>,
+    pub digest: Digest,
+    /// Who approved it (empty for an allow).
+    pub approvers: Vec<String>,
+    #[serde(skip)]
+    pub reasons: Vec<ReasonView>,
+}
+
+/// A refusal.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub id: String,
+    pub digest: Digest,
+    pub reasons: Vec<ReasonView>,
+    /// Names the policies and the decision id, for the client to read.
+    pub message: String,
+}
+
+/// A held action.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// Boxed: a request is large next to the other verdicts.
+    pub request: Box<Request>,
+    /// The page a human opens to decide.
+    pub url: String,
+    pub reasons: Vec<ReasonView>,
+    /// The requester already had this exact action pending: no new request.
+    pub reused: bool,
+}
+
+/// What happened when an adapter ran an action.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionResult {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Command tag, rows, duration, error, size… as the adapter knows them.
+    pub summary: Value,
+    /// Datasets (URIs) it read and wrote, as the adapter observed them.
+    pub reads: Vec<String>,
+    pub writes: Vec<String>,
+}
+
+/// The parsed submission, shared by the REST API and the adapters.
+pub(crate) struct Submitted {
+    pub raw: Value,
+    pub action: Action,
+    pub digest: Digest,
+    pub transport: &'static str,
+    pub facts: Map<String, Value>,
+    /// Keep a record of an execute-mode allow (REST callers report results
+    /// by id).
+    pub track: bool,
+}
+
+/// Whether the caller takes a grant (REST) or runs the action at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Grant,
+    Execute,
+}
+
+/// A recorded decision.
+pub(crate) enum Decided {
+    Denied(Denied),
+    Granted {
+        id: String,
+        digest: Digest,
+        reasons: Vec<ReasonView>,
+        token: String,
+    },
+    Run(Execution),
+    Held(Held),
+}
+
+/// Executions allowed through the REST API (`?execute=true`), by id, so
+/// their result is reported by their own caller and only once. In-process
+/// adapters hold their [`Execution`] and need no such record.
+pub(crate) const EXECUTION_NS: &str = "execution";
+
+/// The record kept for a tracked execution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TrackedExecution {
+    pub actor: String,
+    pub digest: String,
+    #[serde(default)]
+    pub reported: bool,
+}
+
+impl TrackedExecution {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Lineage keys are `"<principal> <dataset>"`: principal ids have no spaces.
+pub const LINEAGE_NS: &str = "lineage";
+
+/// What one principal did with one dataset, as the lineage index keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LineageRecord {
+    pub principal: String,
+    pub dataset: String,
+    pub reads: u64,
+    pub writes: u64,
+    pub first_at: String,
+    pub last_at: String,
+    /// The execution that touched it last, and who approved that one.
+    pub last_execution: String,
+    pub last_approvers: Vec<String>,
+}
+
+impl Gateway {
+    /// Decides an intercepted action and records the decision durably
+    /// before returning (invariant 1).
+    ///
+    /// If policy holds it for review and this requester already has the
+    /// identical action (same digest) approved and unused, that approval is
+    /// used now (`Run` with `request_id`); if it has it pending, that
+    /// request comes back (`Held` with `reused`) instead of a second one.
+    pub async fn intercept(&self, who: &Principal, it: Intercept) -> Result<Verdict, ApiError> {
+        let (action, digest) = Action::from_json(&it.action)
+            .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        let size = serde_json::to_vec(&it.action).map(|v| v.len()).unwrap_or(0);
+        if size > MAX_ACTION_BYTES {
+            return Err(ApiError::bad_request(
+                "action_too_large",
+                format!("the action is {size} bytes; the limit is {MAX_ACTION_BYTES}"),
+            ));
+        }
+        let s = Submitted {
+            raw: it.action,
+            action,
+            digest,
+            transport: it.transport,
+            facts: it.facts,
+            track: false,
+        };
+        Ok(match self.decide_recorded(who, s, Mode::Execute).await? {
+            Decided::Run(x) => Verdict::Run(x),
+            Decided::Denied(d) => Verdict::Deny(d),
+            Decided::Held(h) => Verdict::Held(h),
+            Decided::Granted { .. } => {
+                return Err(ApiError::unavailable("a grant was minted in execute mode"))
+            }
+        })
+    }
+
+    /// Waits until request `request_id` leaves `pending`, or `timeout`
+    /// passes; returns it as it is then.
+    pub async fn wait_decided(
+        &self,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<Request, ApiError> {
+        let mut changes = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let req = self.load_request(request_id).await?;
+            if req.state != RequestState::Pending {
+                return Ok(req);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, changes.recv()).await {
+                    Err(_) => return self.load_request(request_id).await,
+                    Ok(Ok(c)) if c.id == request_id => break,
+                    Ok(Ok(_)) => continue,
+                    // Lagged or closed: look again.
+                    Ok(Err(_)) => break,
+                }
+            }
+        }
+    }
+
+    async fn load_request(&self, id: &str) -> Result<Request, ApiError> {
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        tokio::task::spawn_blocking(move || store.get_request(&id2))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))??
+            .ok_or_else(|| ApiError::not_found(format!("no request {id}")))
+    }
+
+    /// Uses the approval of request `request_id` now, once: `who` must be
+    /// its requester (or a configured executor), and `digest` must be the
+    /// digest of what is about to run.
+    pub async fn execute_approved(
+        &self,
+        who: &Principal,
+        request_id: &str,
+        digest: &Digest,
+    ) -> Result<Execution, ApiError> {
+        let now = self.now();
+        let is_executor = self.config.executors.contains(who.id.as_str());
+        let actor = who.id.clone();
+        let id = request_id.to_string();
+        let dg = digest.clone();
+        let req = self
+            .store
+            .transact(move |tx| {
+                let mut req = tx
+                    .get_request(&id)?
+                    .filter(|r| r.requester.id == actor || is_executor)
+                    .ok_or_else(|| ApiError::not_found(format!("no request {id} of yours")))?;
+                let grant_id = req.grant.as_ref().map(|g| g.id.clone()).ok_or_else(|| {
+                    ApiError::conflict(
+                        "not_approved",
+                        format!("request {id} is {}, not approved", req.state.as_str()),
+                    )
+                })?;
+                let as_who = req.requester.id.clone();
+                let t = req
+                    .consume(&grant_id, &dg, &as_who, now)
+                    .map_err(crate::gateway::consume_error)?;
+                if !tx.use_grant(&grant_id, now.0)? {
+                    return Err(
+                        ApiError::conflict("grant_used", "this approval was already used").into(),
+                    );
+                }
+                tx.put_request(&req)?;
+                log_events(tx, now, actor.as_str(), &req, &t.events)?;
+                Ok(req)
+            })
+            .await?;
+        self.announce(&req, "grant.consumed");
+        Ok(Execution {
+            id: req.id.clone(),
+            request_id: Some(req.id.clone()),
+            digest: req.digest.clone(),
+            approvers: approvers(&req),
+            reasons: vec![],
+        })
+    }
+
+    /// Records what happened when `ex` ran (`action.result`) and updates
+    /// the lineage of `who` with what it read and wrote.
+    pub async fn record_execution(
+        &self,
+        who: &Principal,
+        ex: &Execution,
+        result: ExecutionResult,
+    ) -> Result<(), ApiError> {
+        self.record_result(who, ex, result, false).await
+    }
+
+    /// `record_execution` for a caller outside the process, who names the
+    /// execution by id: it must be the caller's own, reported once.
+    pub(crate) async fn record_result(
+        &self,
+        who: &Principal,
+        ex: &Execution,
+        result: ExecutionResult,
+        track: bool,
+    ) -> Result<(), ApiError> {
+        let now = self.now();
+        let at = rfc3339(now);
+        let actor = who.id.to_string();
+        let is_executor = self.config.executors.contains(who.id.as_str());
+        let ex = ex.clone();
+        let changed = self
+            .store
+            .transact(move |tx| {
+                let detail = json!({"execution": ex.id, "ok": result.ok, "summary": result.summary,
+                                    "reads": result.reads, "writes": result.writes});
+                let mut changed = None;
+                let mut lineage_owner = actor.clone();
+                match &ex.request_id {
+                    Some(rid) => {
+                        let mut req = tx
+                            .get_request(rid)?
+                            .ok_or_else(|| ApiError::not_found(format!("no request {rid}")))?;
+                        if actor != req.requester.id.as_str() && !is_executor {
+                            return Err(ApiError::forbidden(
+                                "not_requester",
+                                "only the requester, or a configured executor, reports the result",
+                            )
+                            .into());
+                        }
+                        let outcome = if result.ok {
+                            ExecOutcome::Succeeded
+                        } else {
+                            ExecOutcome::Failed
+                        };
+                        let t = req
+                            .record_outcome(outcome, now)
+                            .map_err(crate::gateway::transition_error)?;
+                        tx.put_request(&req)?;
+                        log_events(tx, now, &actor, &req, &t.events)?;
+                        tx.append(entry(
+                            now,
+                            "action.result.detail",
+                            &actor,
+                            &[("request", rid)],
+                            Some(req.digest.as_str()),
+                            detail,
+                        ))?;
+                        lineage_owner = req.requester.id.to_string();
+                        changed = Some(req);
+                    }
+                    None => {
+                        if track {
+                            // A REST caller names the execution by id: it must
+                            // be its own, and reported once.
+                            let mut rec: TrackedExecution = tx
+                                .get_record(EXECUTION_NS, &ex.id)?
+                                .and_then(|v| serde_json::from_str(&v).ok())
+                                .filter(|r: &TrackedExecution| r.actor == actor)
+                                .ok_or_else(|| {
+                                    ApiError::not_found(format!("no execution {} of yours", ex.id))
+                                })?;
+                            if rec.reported {
+                                return Err(ApiError::conflict(
+                                    "outcome_recorded",
+                                    format!("the result of {} is already recorded", ex.id),
+                                )
+                                .into());
+                            }
+                            rec.reported = true;
+                            tx.put_record(EXECUTION_NS, &ex.id, &rec.encode())?;
+                        }
+                        tx.append(entry(
+                            now,
+                            "action.result",
+                            &actor,
+                            &[("action", &ex.id)],
+                            Some(ex.digest.as_str()),
+                            detail,
+                        ))?;
+                    }
+                }
+                for (datasets, write) in [(&result.reads, false), (&result.writes, true)] {
+                    for d in datasets {
+                        touch_lineage(tx, &lineage_owner, d, write, &ex, &at)?;
+                    }
+                }
+                Ok(changed)
+            })
+            .await?;
+        if let Some(req) = changed {
+            self.announce(&req, "action.result");
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/executions/{id}/result`: a REST caller that ran an action
+    /// with `?execute=true` reports how it went, once.
+    pub async fn report_execution(
+        &self,
+        who: &Principal,
+        id: &str,
+        result: ExecutionResult,
+    ) -> Result<(), ApiError> {
+        let ex = if id.starts_with("req_") {
+            let req = self.get_request(who, id).await?;
+            Execution {
+                id: req.id.clone(),
+                request_id: Some(req.id.clone()),
+                digest: req.digest.clone(),
+                approvers: approvers(&req),
+                reasons: vec![],
+            }
+        } else {
+            let store = self.store.clone();
+            let key = id.to_string();
+            let rec: TrackedExecution =
+                tokio::task::spawn_blocking(move || store.get_record(EXECUTION_NS, &key))
+                    .await
+                    .map_err(|e| ApiError::unavailable(e.to_string()))??
+                    .and_then(|v| serde_json::from_str(&v).ok())
+                    .filter(|r: &TrackedExecution| r.actor == who.id.as_str())
+                    .ok_or_else(|| ApiError::not_found(format!("no execution {id} of yours")))?;
+            Execution {
+                id: id.to_string(),
+                request_id: None,
+                digest: Digest::from_hex(&rec.digest)
+                    .map_err(|e| ApiError::unavailable(format!("stored digest: {e}")))?,
+                approvers: vec![],
+                reasons: vec![],
+            }
+        };
+        self.record_result(who, &ex, result, ex.request_id.is_none())
+            .await
+    }
+
+    /// The lineage index of `principal`: every dataset it read or wrote
+    /// through an adapter, with counts and who approved the last use.
+    /// Visible to the principal itself, its owner, and log readers.
+    pub async fn lineage(
+        &self,
+        who: &Principal,
+        principal: &str,
+    ) -> Result<Vec<LineageRecord>, ApiError> {
+        let owner = self
+            .config
+            .principals
+            .get(principal)
+            .and_then(|p| p.owner.as_ref())
+            .map(|o| o.to_string());
+        let me = who.id.to_string();
+        if me != principal
+            && owner.as_deref() != Some(me.as_str())
+            && self.require_log_reader(who).is_err()
+        {
+            return Err(ApiError::forbidden(
+                "not_lineage_reader",
+                format!("only {principal}, its owner, or a log reader may read its lineage"),
+            ));
+        }
+        let store = self.store.clone();
+        let prefix = format!("{principal} ");
+        let rows = tokio::task::spawn_blocking(move || {
+            store.list_records(LINEAGE_NS, &prefix, None, 10_000)
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+        rows.into_iter()
+            .map(|(k, v)| {
+                serde_json::from_str(&v).map_err(|e| {
+                    ApiError::unavailable(format!("lineage record {k:?} is unreadable: {e}"))
+                })
+            })
+            .collect()
+    }
+}
+
+fn touch_lineage(
+    tx: &mut dyn secondkey_store::Tx,
+    principal: &str,
+    dataset: &str,
+    write: bool,
+    ex: &Execution,
+    at: &str,
+) -> Result<(), secondkey_store::StoreError> {
+    let key = format!("{principal} {dataset}");
+    let mut rec: LineageRecord = match tx.get_record(LINEAGE_NS, &key)? {
+        Some(v) => serde_json::from_str(&v).unwrap_or_default(),
+        None => LineageRecord::default(),
+    };
+    if rec.first_at.is_empty() {
+        rec.first_at = at.to_string();
+    }
+    rec.principal = principal.to_string();
+    rec.dataset = dataset.to_string();
+    if write {
+        rec.writes += 1;
+    } else {
+        rec.reads += 1;
+    }
+    rec.last_at = at.to_string();
+    rec.last_execution = ex.id.clone();
+    rec.last_approvers = ex.approvers.clone();
+    let value = serde_json::to_string(&rec)
+        .map_err(|e| secondkey_store::StoreError::Corrupt(e.to_string()))?;
+    tx.put_record(LINEAGE_NS, &key, &value)
+}

@@ -1,0 +1,409 @@
+//! The adapter interface, in process: what a PostgreSQL or MCP adapter gets
+//! from `Gateway::intercept` and friends, and what the log records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secondkey_core::action::Digest;
+use secondkey_core::principal::Principal;
+use secondkey_core::request::{RequestState, ReviewDecision};
+use secondkey_log::entry::Entry;
+use secondkey_server::{Config, ExecutionResult, Gateway, Intercept, Verdict};
+use serde_json::{json, Map, Value};
+
+const POLICIES: &str = r#"
+@id("agents-read")
+permit(principal in Group::"agents", action == Action::"sql.read", resource);
+
+@id("agents-export")
+permit(principal in Group::"agents", action == Action::"sql.export", resource);
+
+@id("export-needs-two")
+@review("data-owners")
+@quorum("2")
+forbid(principal, action == Action::"sql.export", resource);
+
+@id("no-reads-of-secrets")
+forbid(principal, action == Action::"sql.read", resource)
+when { context.gateway has tables && context.gateway.tables.contains("secrets") };
+
+@id("prod-reads-need-review")
+@review("data-owners")
+forbid(principal, action == Action::"sql.read", resource)
+when { context.gateway has environment && context.gateway.environment == "prod" };
+"#;
+
+struct Env {
+    gateway: Arc<Gateway>,
+    _dir: tempfile::TempDir,
+}
+
+async fn gateway() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("policies");
+    std::fs::create_dir_all(&pol).unwrap();
+    std::fs::write(pol.join("p.cedar"), POLICIES).unwrap();
+    let toml = r#"
+data_dir = "data"
+policy_dir = "policies"
+[[environments]]
+name = "prod"
+resources = ["postgres://prod/*"]
+[[principals]]
+id = "agent:bot"
+owner = "user:alice"
+groups = ["agents"]
+[[principals]]
+id = "user:alice"
+groups = ["data-owners"]
+[[principals]]
+id = "user:bob"
+groups = ["data-owners"]
+[[principals]]
+id = "user:carol"
+groups = ["data-owners"]
+[[principals]]
+id = "user:audrey"
+groups = ["auditors"]
+"#;
+    let config = Config::from_toml(toml, "test.toml", dir.path(), &HashMap::new()).unwrap();
+    let gateway = secondkey_server::build(config).await.unwrap();
+    Env { gateway, _dir: dir }
+}
+
+fn who(g: &Gateway, id: &str) -> Principal {
+    g.config.principals[id].clone()
+}
+
+fn sql(operation: &str, resource: &str, text: &str) -> Value {
+    json!({"kind": "sql", "operation": operation, "resource": resource, "params": {"statement": text}})
+}
+
+fn facts(tables: &[&str]) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("tables".into(), json!(tables));
+    m
+}
+
+fn it(action: Value, tables: &[&str]) -> Intercept {
+    Intercept {
+        action,
+        transport: "pg",
+        facts: facts(tables),
+    }
+}
+
+fn entries(g: &Gateway) -> Vec<Entry> {
+    let n = g.store.log_size();
+    g.store
+        .entries(0, n)
+        .unwrap()
+        .iter()
+        .map(|b| Entry::from_bytes(b).unwrap())
+        .collect()
+}
+
+async fn approve(g: &Gateway, id: &str, by: &[&str]) {
+    for r in by {
+        g.review(&who(g, r), id, ReviewDecision::Approve, None)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn allow_runs_once_recorded_and_the_result_feeds_lineage() {
+    let env = gateway().await;
+    let g = &env.gateway;
+    let bot = who(g, "agent:bot");
+    let v = g
+        .intercept(
+            &bot,
+            it(
+                sql("read", "postgres://dev/public.t", "SELECT 1 FROM t"),
+                &["public.t"],
+            ),
+        )
+        .await
+        .unwrap();
+    let Verdict::Run(ex) = v else {
+        panic!("expected run, got {v:?}")
+    };
+    assert!(ex.id.starts_with("act_") && ex.request_id.is_none());
+    let allowed = entries(g)
+        .into_iter()
+        .find(|e| e.event == "action.allowed")
+        .unwrap();
+    assert_eq!(allowed.payload["executed"], json!(true));
+    assert_eq!(allowed.payload["transport"], json!("pg"));
+    assert_eq!(allowed.payload["facts"]["tables"], json!(["public.t"]));
+    assert!(allowed.payload.get("grant").is_none(), "no token is minted");
+    g.record_execution(
+        &bot,
+        &ex,
+        ExecutionResult {
+            ok: true,
+            summary: json!({"tag": "SELECT 1", "rows": 1}),
+            reads: vec!["postgres://dev/public.t".into()],
+            writes: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let result = entries(g)
+        .into_iter()
+        .find(|e| e.event == "action.result")
+        .unwrap();
+    assert_eq!(result.payload["summary"]["rows"], json!(1));
+    assert_eq!(result.digest.as_deref(), Some(ex.digest.as_str()));
+    let lineage = g.lineage(&bot, "agent:bot").await.unwrap();
+    assert_eq!(lineage.len(), 1);
+    assert_eq!(lineage[0].dataset, "postgres://dev/public.t");
+    assert_eq!((lineage[0].reads, lineage[0].writes), (1, 0));
+    // The owner and log readers may read it; another human may not.
+    assert!(g.lineage(&who(g, "user:alice"), "agent:bot").await.is_ok());
+    assert!(g.lineage(&who(g, "user:audrey"), "agent:bot").await.is_ok());
+    let e = g
+        .lineage(&who(g, "user:bob"), "agent:bot")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "not_lineage_reader");
+}
+
+#[tokio::test]
+async fn adapter_facts_reach_policy_but_cannot_override_the_gateways() {
+    let env = gateway().await;
+    let g = &env.gateway;
+    let bot = who(g, "agent:bot");
+    // The parser found a secrets table: denied, and the message names the
+    // policy and the decision.
+    let v = g
+        .intercept(
+            &bot,
+            it(
+                sql(
+                    "read",
+                    "postgres://dev/public.t",
+                    "SELECT * FROM t, secrets",
+                ),
+                &["public.t", "secrets"],
+            ),
+        )
+        .await
+        .unwrap();
+    let Verdict::Deny(d) = v else {
+        panic!("expected deny, got {v:?}")
+    };
+    assert!(d.message.contains("no-reads-of-secrets"), "{}", d.message);
+    assert!(d.message.contains(&d.id), "{}", d.message);
+    // An adapter claiming a dev environment for a prod resource does not
+    // escape the prod review.
+    let mut f = facts(&["public.t"]);
+    f.insert("environment".into(), json!("dev"));
+    let v = g
+        .intercept(
+            &bot,
+            Intercept {
+                action: sql("read", "postgres://prod/public.t", "SELECT 1"),
+                transport: "pg",
+                facts: f,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(v, Verdict::Held(_)), "{v:?}");
+}
+
+#[tokio::test]
+async fn a_held_action_is_deduplicated_then_runs_once_after_approval() {
+    let env = gateway().await;
+    let g = &env.gateway;
+    let bot = who(g, "agent:bot");
+    let export = || {
+        it(
+            sql(
+                "export",
+                "postgres://dev/public.customers",
+                "COPY customers TO STDOUT",
+            ),
+            &["public.customers"],
+        )
+    };
+    let Verdict::Held(first) = g.intercept(&bot, export()).await.unwrap() else {
+        panic!("expected a hold")
+    };
+    assert!(!first.reused);
+    assert!(first
+        .url
+        .ends_with(&format!("/requests/{}", first.request.id)));
+    // Retried while pending: the same request, no second one.
+    let Verdict::Held(again) = g.intercept(&bot, export()).await.unwrap() else {
+        panic!("expected a hold")
+    };
+    assert!(again.reused);
+    assert_eq!(again.request.id, first.request.id);
+    let created = entries(g)
+        .iter()
+        .filter(|e| e.event == "request.created")
+        .count();
+    assert_eq!(created, 1);
+    // The owner cannot approve; two other humans can.
+    assert!(g
+        .review(
+            &who(g, "user:alice"),
+            &first.request.id,
+            ReviewDecision::Approve,
+            None
+        )
+        .await
+        .is_err());
+    approve(g, &first.request.id, &["user:bob", "user:carol"]).await;
+    let decided = g
+        .wait_decided(&first.request.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(decided.state, RequestState::Approved);
+    // A different statement does not use the approval.
+    let other = it(
+        sql(
+            "export",
+            "postgres://dev/public.customers",
+            "COPY customers TO STDOUT WITH CSV",
+        ),
+        &["public.customers"],
+    );
+    assert!(matches!(g.intercept(&bot, other).await.unwrap(), Verdict::Held(h) if !h.reused));
+    // Eight identical retries at once: exactly one runs.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let g = g.clone();
+        let bot = bot.clone();
+        tasks.push(tokio::spawn(
+            async move { g.intercept(&bot, export()).await },
+        ));
+    }
+    let mut runs = Vec::new();
+    let mut holds = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Verdict::Run(ex) => runs.push(ex),
+            Verdict::Held(h) => {
+                assert_ne!(h.request.id, first.request.id);
+                holds += 1
+            }
+            Verdict::Deny(d) => panic!("unexpected deny {d:?}"),
+        }
+    }
+    assert_eq!(runs.len(), 1, "the approval runs once");
+    assert_eq!(holds, 7);
+    let ex = &runs[0];
+    assert_eq!(ex.request_id.as_deref(), Some(first.request.id.as_str()));
+    assert_eq!(ex.approvers.len(), 2);
+    let req = g.store.get_request(&first.request.id).unwrap().unwrap();
+    assert_eq!(req.state, RequestState::Executed);
+    g.record_execution(
+        &bot,
+        ex,
+        ExecutionResult {
+            ok: true,
+            summary: json!({"tag": "COPY 3", "rows": 3}),
+            reads: vec!["postgres://dev/public.customers".into()],
+            writes: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    // Reported once.
+    let e = g
+        .record_execution(&bot, ex, ExecutionResult::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "outcome_recorded");
+    let detail = entries(g)
+        .into_iter()
+        .find(|e| e.event == "action.result.detail")
+        .unwrap();
+    assert_eq!(detail.payload["summary"]["rows"], json!(3));
+    let lineage = g.lineage(&bot, "agent:bot").await.unwrap();
+    assert_eq!(lineage[0].last_approvers.len(), 2);
+}
+
+#[tokio::test]
+async fn a_waiting_adapter_uses_the_approval_once_and_only_for_its_digest() {
+    let env = gateway().await;
+    let g = &env.gateway;
+    let bot = who(g, "agent:bot");
+    let action = sql(
+        "export",
+        "postgres://dev/public.orders",
+        "COPY orders TO STDOUT",
+    );
+    let Verdict::Held(h) = g.intercept(&bot, it(action, &[])).await.unwrap() else {
+        panic!("expected a hold")
+    };
+    let id = h.request.id.clone();
+    let digest = h.request.digest.clone();
+    // Still pending: nothing to use, and waiting times out as pending.
+    let e = g.execute_approved(&bot, &id, &digest).await.unwrap_err();
+    assert_eq!(e.code, "not_approved");
+    let waited = g
+        .wait_decided(&id, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(waited.state, RequestState::Pending);
+    let g2 = g.clone();
+    let id2 = id.clone();
+    let waiter = tokio::spawn(async move { g2.wait_decided(&id2, Duration::from_secs(10)).await });
+    approve(g, &id, &["user:bob", "user:carol"]).await;
+    assert_eq!(waiter.await.unwrap().unwrap().state, RequestState::Approved);
+    // Another principal cannot use it; another digest cannot; then once.
+    let e = g
+        .execute_approved(&who(g, "user:bob"), &id, &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "not_found");
+    let wrong = Digest::of_json(&json!({"other": 1})).unwrap();
+    let e = g.execute_approved(&bot, &id, &wrong).await.unwrap_err();
+    assert_eq!(e.code, "digest_mismatch");
+    let ex = g.execute_approved(&bot, &id, &digest).await.unwrap();
+    assert_eq!(ex.request_id.as_deref(), Some(id.as_str()));
+    let e = g.execute_approved(&bot, &id, &digest).await.unwrap_err();
+    assert!(
+        matches!(e.code, "already_used" | "not_approved" | "grant_used"),
+        "{}",
+        e.code
+    );
+    // A failed run marks the request failed.
+    g.record_execution(
+        &bot,
+        &ex,
+        ExecutionResult {
+            ok: false,
+            summary: json!({"error": "connection reset"}),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let req = g.store.get_request(&id).unwrap().unwrap();
+    assert_eq!(req.state, RequestState::Failed);
+}
+
+#[tokio::test]
+async fn malformed_intercepts_change_nothing() {
+    let env = gateway().await;
+    let g = &env.gateway;
+    let bot = who(g, "agent:bot");
+    let before = g.store.log_size();
+    for bad in [
+        json!({"kind": "sql"}),
+        json!({"kind": "sql", "operation": "read", "resource": "x", "context": {"gateway": {}}}),
+        json!({"kind": "sql", "operation": "read", "resource": "x", "params": {"big": "a".repeat(60_000)}}),
+        json!([1, 2]),
+    ] {
+        let e = g.intercept(&bot, it(bad.clone(), &[])).await.unwrap_err();
+        assert_eq!(e.status.as_u16(), 400, "{bad}");
+    }
+    assert_eq!(g.store.log_size(), before);
+}
