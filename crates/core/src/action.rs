@@ -155,8 +155,8 @@ impl Digest {
     /// Digests a JSON value as-is: SHA-256 over its RFC 8785 canonical form.
     /// Does not validate it as an action; see [`Action::from_json`].
     pub fn of_json(value: &Value) -> Result<Digest, ActionError> {
-        let canonical =
-            serde_jcs::to_vec(value).map_err(|e| ActionError::Canonicalization(e.to_string()))?;
+        let canonical = secondkey_jcs::to_vec(value)
+            .map_err(|e| ActionError::Canonicalization(e.to_string()))?;
         Ok(Digest(hex::encode(Sha256::digest(&canonical))))
     }
 
@@ -938,6 +938,10 @@ mod props {
                 }
             }
             prop_assert_eq!(Digest::of_json(&v).unwrap(), Digest::of_json(&reverse(&v)).unwrap());
+            // The digest is that of the reference encoder's output.
+            let reference = serde_jcs::to_vec(&v).unwrap();
+            let ours = Digest::of_json(&v).unwrap();
+            prop_assert_eq!(ours.as_str(), hex::encode(Sha256::digest(&reference)));
             // The canonical text parses back to the same value.
             let text = serde_jcs::to_string(&v).unwrap();
             let back: Value = serde_json::from_str(&text).unwrap();

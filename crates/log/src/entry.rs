@@ -175,31 +175,31 @@ impl Entry {
         out.push(b'{');
         if let Some(a) = &self.actor {
             out.extend_from_slice(b"\"actor\":");
-            crate::jcs::write_str(a, &mut out);
+            secondkey_jcs::write_str(a, &mut out);
             out.push(b',');
         }
         if let Some(d) = &self.digest {
             out.extend_from_slice(b"\"digest\":");
-            crate::jcs::write_str(d, &mut out);
+            secondkey_jcs::write_str(d, &mut out);
             out.push(b',');
         }
         out.extend_from_slice(b"\"event\":");
-        crate::jcs::write_str(&self.event, &mut out);
+        secondkey_jcs::write_str(&self.event, &mut out);
         out.extend_from_slice(format!(",\"index\":{},\"payload\":", self.index).as_bytes());
-        crate::jcs::write_value(&self.payload, &mut out)?;
+        secondkey_jcs::write_value(&self.payload, &mut out)?;
         out.extend_from_slice(b",\"subjects\":{");
         let mut keys: Vec<&String> = self.subjects.keys().collect();
-        keys.sort_by(|a, b| crate::jcs::cmp_utf16(a, b));
+        keys.sort_by(|a, b| secondkey_jcs::cmp_utf16(a, b));
         for (i, k) in keys.into_iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            crate::jcs::write_str(k, &mut out);
+            secondkey_jcs::write_str(k, &mut out);
             out.push(b':');
-            crate::jcs::write_str(&self.subjects[k], &mut out);
+            secondkey_jcs::write_str(&self.subjects[k], &mut out);
         }
         out.extend_from_slice(b"},\"time\":");
-        crate::jcs::write_str(&self.time, &mut out);
+        secondkey_jcs::write_str(&self.time, &mut out);
         out.push(b'}');
         Some(out)
     }
@@ -216,11 +216,11 @@ impl Entry {
         }
         let entry: Entry = serde_json::from_slice(bytes)?;
         entry.validate()?;
-        match crate::jcs::scan(bytes) {
+        match secondkey_jcs::scan(bytes) {
             // One pass proves the bytes canonical without re-encoding them.
-            crate::jcs::Scan::Canonical => Ok(entry),
-            crate::jcs::Scan::NotCanonical => Err(EntryError::NotCanonical),
-            crate::jcs::Scan::Undecided => {
+            secondkey_jcs::Scan::Canonical => Ok(entry),
+            secondkey_jcs::Scan::NotCanonical => Err(EntryError::NotCanonical),
+            secondkey_jcs::Scan::Undecided => {
                 if entry.to_bytes()? != bytes {
                     return Err(EntryError::NotCanonical);
                 }

@@ -48,7 +48,6 @@
 pub mod bundle;
 pub mod checkpoint;
 pub mod entry;
-mod jcs;
 pub mod merkle;
 pub mod note;
 pub mod receipt;

@@ -169,6 +169,8 @@ pub struct PolicyEngine {
     schema: Schema,
     warnings: Vec<String>,
     fingerprint: String,
+    /// Entity stores of recent (principal, action target) pairs.
+    entity_cache: request::EntityCache,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -270,6 +272,7 @@ impl PolicyEngine {
             schema: loaded.schema,
             warnings: loaded.warnings,
             fingerprint,
+            entity_cache: Default::default(),
         })
     }
 
@@ -350,7 +353,14 @@ impl PolicyEngine {
     ) -> Evaluation {
         let action_uid = self.names.action_uid(action);
         let ancestors = self.ancestors(action, &action_uid);
-        let built = match request::build(&self.names, principal, action, ancestors.clone(), facts) {
+        let built = match request::build(
+            &self.names,
+            &self.entity_cache,
+            principal,
+            action,
+            ancestors.clone(),
+            facts,
+        ) {
             Ok(b) => b,
             Err(e) => {
                 return Evaluation {

@@ -613,3 +613,51 @@ proptest! {
         })?;
     }
 }
+
+/// Entity stores are cached by everything they are built from: a principal
+/// whose groups or owner changed (an OIDC sign-in with other claims), or
+/// names crafted to run together, never gets another principal's entities.
+#[test]
+fn cached_entities_never_cross_principals_groups_or_resources() {
+    let e = engine(&[(
+        "a.cedar",
+        r#"permit (principal in Group::"dba", action, resource);
+           forbid (principal, action, resource) when { resource.uri like "*secret*" };
+           permit (principal, action, resource) when { principal has owner && principal.owner == User::"alice" };"#,
+    )]);
+    let read = action("sql", "read", "postgres://db/t");
+    let dba = principal("user:a", &["dba"]);
+    let not_dba = principal("user:a", &["dev"]);
+    for _ in 0..3 {
+        assert_eq!(e.decide(&dba, &read, &none()).outcome, Outcome::Allow);
+        assert_eq!(e.decide(&not_dba, &read, &none()).outcome, Outcome::Deny);
+    }
+    // Group names that would run together under a naive separator.
+    let joined = principal("user:a", &["d", "ba"]);
+    let split = principal("user:a", &["dba"]);
+    assert_eq!(e.decide(&split, &read, &none()).outcome, Outcome::Allow);
+    assert_eq!(e.decide(&joined, &read, &none()).outcome, Outcome::Deny);
+    // The resource's attributes come from its own entity.
+    let secret = action("sql", "read", "postgres://db/secret");
+    assert_eq!(e.decide(&dba, &secret, &none()).outcome, Outcome::Deny);
+    assert_eq!(e.decide(&dba, &read, &none()).outcome, Outcome::Allow);
+    // An agent's owner is part of the key.
+    let mut bot = principal("agent:bot", &[]);
+    bot.owner = Some(PrincipalId::parse("user:alice").unwrap());
+    assert_eq!(e.decide(&bot, &read, &none()).outcome, Outcome::Allow);
+    bot.owner = Some(PrincipalId::parse("user:mallory").unwrap());
+    assert_eq!(e.decide(&bot, &read, &none()).outcome, Outcome::Deny);
+    // Many distinct principals: the bounded cache keeps deciding right.
+    for i in 0..5000 {
+        let p = principal(
+            &format!("user:u{i}"),
+            if i % 2 == 0 { &["dba"] } else { &[] },
+        );
+        let want = if i % 2 == 0 {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        };
+        assert_eq!(e.decide(&p, &read, &none()).outcome, want, "user:u{i}");
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
@@ -98,15 +99,91 @@ impl TypeNames {
 /// A Cedar request plus its entities.
 pub(crate) struct Built {
     pub request: Request,
-    pub entities: Entities,
+    pub entities: Arc<Entities>,
     pub action: EntityUid,
     pub resource: EntityUid,
+}
+
+/// The entity store of one request and the uids in it. It depends only on
+/// the principal (id, owner, groups) and the action's kind, operation,
+/// resource and target — not on the context — so it is cached: Cedar's
+/// transitive-closure computation dominated building a request.
+#[derive(Clone)]
+pub(crate) struct BuiltEntities {
+    pub entities: Arc<Entities>,
+    pub principal: EntityUid,
+    pub action: EntityUid,
+    pub resource: EntityUid,
+}
+
+/// Most entity stores kept; the cache is emptied when it is full (a bound
+/// on memory, not an eviction policy: a miss only costs a rebuild).
+const ENTITY_CACHE_MAX: usize = 4096;
+
+/// Entity stores by everything they are built from (full keys: a hash
+/// collision must never hand a request someone else's entities).
+#[derive(Default)]
+pub(crate) struct EntityCache {
+    map: Mutex<HashMap<String, BuiltEntities>>,
+}
+
+impl EntityCache {
+    /// An injective encoding of everything the entities are built from:
+    /// each part length-prefixed, so no choice of names makes two
+    /// different inputs share a key.
+    fn key(principal: &Principal, action: &Action) -> String {
+        use std::fmt::Write;
+        let mut k = String::with_capacity(160);
+        let mut part = |s: &str| {
+            let _ = write!(k, "{}:{s}", s.len());
+        };
+        part(principal.id.as_str());
+        part(principal.owner.as_ref().map_or("", |o| o.as_str()));
+        part(&principal.groups.len().to_string());
+        for g in &principal.groups {
+            part(g);
+        }
+        part(&action.kind);
+        part(&action.operation);
+        part(&action.resource);
+        match &action.target {
+            Some(t) => {
+                part("t");
+                part(t);
+            }
+            None => part("-"),
+        }
+        k
+    }
+
+    fn get_or_build(
+        &self,
+        principal: &Principal,
+        action: &Action,
+        build: impl FnOnce() -> Result<BuiltEntities, RequestError>,
+    ) -> Result<BuiltEntities, RequestError> {
+        let key = Self::key(principal, action);
+        if let Ok(map) = self.map.lock() {
+            if let Some(hit) = map.get(&key) {
+                return Ok(hit.clone());
+            }
+        }
+        let built = build()?;
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= ENTITY_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(key, built.clone());
+        }
+        Ok(built)
+    }
 }
 
 /// Builds the Cedar request. `action_ancestors` are all ancestors of the
 /// action entity (its kind group first).
 pub(crate) fn build(
     names: &TypeNames,
+    cache: &EntityCache,
     principal: &Principal,
     action: &Action,
     action_ancestors: Vec<EntityUid>,
@@ -134,6 +211,31 @@ pub(crate) fn build(
     pairs.push(("gateway".to_owned(), record(gateway, "gateway")?));
     let context = Context::from_pairs(pairs).map_err(|e| RequestError::Cedar(e.to_string()))?;
 
+    let e = cache.get_or_build(principal, action, || {
+        build_entities(names, principal, action, action_ancestors)
+    })?;
+    let request = Request::new(
+        e.principal,
+        e.action.clone(),
+        e.resource.clone(),
+        context,
+        None,
+    )
+    .map_err(|e| RequestError::Cedar(e.to_string()))?;
+    Ok(Built {
+        request,
+        entities: e.entities,
+        action: e.action,
+        resource: e.resource,
+    })
+}
+
+fn build_entities(
+    names: &TypeNames,
+    principal: &Principal,
+    action: &Action,
+    action_ancestors: Vec<EntityUid>,
+) -> Result<BuiltEntities, RequestError> {
     let principal_uid = names.principal_uid(principal);
     let parents: HashSet<EntityUid> = principal
         .groups
@@ -183,17 +285,9 @@ pub(crate) fn build(
     let entities =
         Entities::from_entities([principal_entity, action_entity, resource_entity], None)
             .map_err(|e| RequestError::Cedar(e.to_string()))?;
-    let request = Request::new(
-        principal_uid,
-        action_uid.clone(),
-        resource_uid.clone(),
-        context,
-        None,
-    )
-    .map_err(|e| RequestError::Cedar(e.to_string()))?;
-    Ok(Built {
-        request,
-        entities,
+    Ok(BuiltEntities {
+        entities: Arc::new(entities),
+        principal: principal_uid,
         action: action_uid,
         resource: resource_uid,
     })

@@ -1,9 +1,10 @@
-//! A fast path for RFC 8785 (JCS) canonical JSON.
+//! RFC 8785 (JCS) canonical JSON, fast: shared by action digests (core)
+//! and log entries (log).
 //!
 //! The log encodes every entry canonically when it is appended and again
 //! when it is verified (to prove the stored bytes are the one canonical
 //! form). Going through `serde_jcs` for that dominated both costs, so this
-//! module writes the canonical form directly for values whose numbers are
+//! crate writes the canonical form directly for values whose numbers are
 //! all integers — every entry the gateway writes. A value holding a
 //! non-integral number returns `None` and the caller falls back to
 //! `serde_jcs`, which formats doubles the ECMAScript way RFC 8785 requires.
@@ -11,21 +12,38 @@
 
 use serde_json::Value;
 
+/// Largest integer magnitude RFC 8785 writes as plain digits (2^53 - 1):
+/// beyond it the ECMAScript number form takes over, which only `serde_jcs`
+/// produces.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// The RFC 8785 canonical form of `v`: the fast writer, or `serde_jcs` for
+/// values holding a non-integral number (ECMAScript number formatting).
+pub fn to_vec(v: &Value) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(256);
+    match write_value(v, &mut out) {
+        Some(()) => Ok(out),
+        None => serde_jcs::to_vec(v),
+    }
+}
+
 /// Appends the canonical form of `v` to `out`, or returns `None` (with
 /// `out` in an unspecified state) if `v` holds a non-integral number.
-pub(crate) fn write_value(v: &Value, out: &mut Vec<u8>) -> Option<()> {
+pub fn write_value(v: &Value, out: &mut Vec<u8>) -> Option<()> {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                write_int(i as i128, out);
-            } else if let Some(u) = n.as_u64() {
-                write_int(u as i128, out);
-            } else {
+            let i = match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => i as i128,
+                (None, Some(u)) => u as i128,
+                _ => return None,
+            };
+            if i.unsigned_abs() > MAX_SAFE_INTEGER as u128 {
                 return None;
             }
+            write_int(i, out);
         }
         Value::String(s) => write_str(s, out),
         Value::Array(items) => {
@@ -57,7 +75,7 @@ pub(crate) fn write_value(v: &Value, out: &mut Vec<u8>) -> Option<()> {
 }
 
 /// RFC 8785 §3.2.3: member names sort by their UTF-16 code units.
-pub(crate) fn cmp_utf16(a: &str, b: &str) -> std::cmp::Ordering {
+pub fn cmp_utf16(a: &str, b: &str) -> std::cmp::Ordering {
     if a.is_ascii() && b.is_ascii() {
         a.as_bytes().cmp(b.as_bytes())
     } else {
@@ -72,7 +90,7 @@ fn write_int(i: i128, out: &mut Vec<u8>) {
 
 /// RFC 8785 §3.2.2.2: only `"`, `\` and control characters are escaped;
 /// the short forms where JSON has them, `\u00xx` (lowercase) otherwise.
-pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
+pub fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -139,7 +157,7 @@ mod tests {
 
 /// What a single pass over some JSON bytes found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Scan {
+pub enum Scan {
     /// The bytes are the RFC 8785 form of the value they encode.
     Canonical,
     /// The bytes hold a non-integral number; only re-encoding can tell.
@@ -152,7 +170,7 @@ pub(crate) enum Scan {
 /// JSON: no whitespace, members sorted by UTF-16 code units with no
 /// duplicates, minimal string escapes, integers written plainly. Used by
 /// verification, where re-encoding every entry dominated the cost.
-pub(crate) fn scan(bytes: &[u8]) -> Scan {
+pub fn scan(bytes: &[u8]) -> Scan {
     if std::str::from_utf8(bytes).is_err() {
         return Scan::NotCanonical;
     }
@@ -288,7 +306,7 @@ impl Scanner<'_> {
             return None;
         }
         let v: u64 = std::str::from_utf8(d).ok()?.parse().ok()?;
-        (v <= crate::entry::MAX_SAFE_INTEGER).then_some(())
+        (v <= MAX_SAFE_INTEGER).then_some(())
     }
 
     /// A canonical string: returns the span of its contents (without the
@@ -423,6 +441,7 @@ mod scan_tests {
     }
 }
 
+#[cfg(test)]
 #[cfg(test)]
 pub(crate) mod tests_support {
     use proptest::prelude::*;
