@@ -182,16 +182,8 @@ fn allow_deny_and_a_two_person_review_end_to_end() {
     let id2 = id.clone();
     let waiter = std::thread::spawn(move || {
         let t = Instant::now();
-        let v: Value = ureq::get(&format!("{url}/v1/requests/{id2}?wait=30"))
-            .set(
-                "Authorization",
-                &format!("Bearer {}", token_of("agent:report-bot")),
-            )
-            .call()
-            .unwrap()
-            .into_json()
-            .unwrap();
-        (v, t.elapsed())
+        let (v, at) = long_poll(&url, &id2, "agent:report-bot", 30);
+        (v, at - t)
     });
     std::thread::sleep(Duration::from_millis(300));
     let (s, v) = g.review("user:dave", &id, "approve");

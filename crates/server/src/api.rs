@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::Stream;
@@ -111,10 +111,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 #[openapi(
     info(title = "secondkey", description = "Action-level approvals for AI agents and pipelines."),
     paths(submit_action, execution_result, lineage, list_requests, get_request, request_events, review_request,
-          withdraw_request, revoke_request, request_result, consume_grant, jwks, log_checkpoint,
+          review_batch, withdraw_request, revoke_request, request_result, consume_grant, jwks, log_checkpoint,
           log_proof, log_tile, log_verifier_key, healthz, metrics),
     components(schemas(ActionResponse, ExecutionView, ExecutionResultBody, crate::intercept::LineageRecord, ReasonView, RequestSummary, RequirementView, RequestView,
-                       ReviewView, ReviewBody, ConsumeBody, ResultBody, ErrorBody)),
+                       ReviewView, ReviewBody, BatchReviewBody, BatchReviewResult, ConsumeBody, ResultBody, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -164,7 +164,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
-        .route("/requests/{id}", get(request_page))
+        .route("/v1/reviews/batch", post(review_batch))
+        .merge(crate::web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
@@ -451,18 +452,57 @@ async fn review_request(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReviewBody>,
 ) -> Result<Json<RequestView>, ApiError> {
-    let decision = match body.decision.as_str() {
-        "approve" => ReviewDecision::Approve,
-        "deny" => ReviewDecision::Deny,
-        other => {
-            return Err(ApiError::bad_request(
-                "invalid_decision",
-                format!("decision must be \"approve\" or \"deny\", not {other:?}"),
-            ))
-        }
-    };
+    let decision = parse_review_decision(&body.decision)?;
     let req = s.gateway.review(&p, &id, decision, body.comment).await?;
     Ok(Json(s.gateway.view(&p, &req)?))
+}
+
+fn parse_review_decision(s: &str) -> Result<ReviewDecision, ApiError> {
+    match s {
+        "approve" => Ok(ReviewDecision::Approve),
+        "deny" => Ok(ReviewDecision::Deny),
+        other => Err(ApiError::bad_request(
+            "invalid_decision",
+            format!("decision must be \"approve\" or \"deny\", not {other:?}"),
+        )),
+    }
+}
+
+/// Approve or deny several pending requests of one agent session (same
+/// requester, same `context.session`) together. Each is reviewed on its own,
+/// through the same checks as a single review, and recorded as its own
+/// review; one refusal does not stop the others.
+#[utoipa::path(post, path = "/v1/reviews/batch", request_body = BatchReviewBody,
+    responses((status = 200, body = [BatchReviewResult]),
+              (status = 400, body = ErrorBody, description = "`invalid_batch` or `mixed_batch`"),
+              (status = 404, body = ErrorBody)))]
+async fn review_batch(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(body): JsonBody<BatchReviewBody>,
+) -> Result<Json<Vec<BatchReviewResult>>, ApiError> {
+    let decision = parse_review_decision(&body.decision)?;
+    let results =
+        crate::web::review_batch(&s.gateway, &p, &body.requests, decision, body.comment).await?;
+    let mut out = Vec::with_capacity(results.len());
+    for (id, r) in results {
+        out.push(match r {
+            Ok(req) => BatchReviewResult {
+                id,
+                request: Some(s.gateway.view(&p, &req)?),
+                error: None,
+            },
+            Err(e) => BatchReviewResult {
+                id,
+                request: None,
+                error: Some(crate::error::ErrorDetail {
+                    code: e.code.to_string(),
+                    message: e.message,
+                }),
+            },
+        });
+    }
+    Ok(Json(out))
 }
 
 /// The requester withdraws a pending request.
@@ -627,22 +667,4 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
         out.push_str(&format!("secondkey_requests{{state=\"{state}\"}} {n}\n"));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
-}
-
-/// A minimal page for a request link. It shows no action details (those
-/// need sign-in, which the web UI adds); it tells a human how to decide.
-async fn request_page(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    let safe: String = id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(64)
-        .collect();
-    let url = &s.gateway.config.public_url;
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><title>secondkey request {safe}</title>\
-         <h1>Request {safe}</h1><p>Review it with the CLI:</p>\
-         <pre>secondkey request show {safe} --url {url} --token $SECONDKEY_TOKEN\n\
-secondkey request approve {safe} --url {url} --token $SECONDKEY_TOKEN</pre>"
-    ))
-    .into_response()
 }

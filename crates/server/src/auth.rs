@@ -1,7 +1,10 @@
-//! Bearer-token authentication against the configured principals.
+//! Bearer-token authentication: static tokens of the configured principals,
+//! or JWTs from a workload identity provider (`[[identity.jwt]]`).
 //!
-//! Tokens are kept only as SHA-256 hashes; lookup is by hash, so the
-//! comparison never touches the secret itself.
+//! Static tokens are kept only as SHA-256 hashes; lookup is by hash, so the
+//! comparison never touches the secret itself. A JWT is verified by
+//! [`crate::identity::Identity`] (signature, issuer, audience, lifetime) and
+//! its principal merged with the configured entry of the same id.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -45,14 +48,19 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?
             .trim();
-        state
-            .gateway
-            .config
-            .tokens
-            .get(&token_hash(token))
-            .cloned()
-            .map(Caller)
-            .ok_or_else(|| ApiError::unauthorized("unknown token"))
+        let g = &state.gateway;
+        if let Some(p) = g.config.tokens.get(&token_hash(token)) {
+            return Ok(Caller(p.clone()));
+        }
+        if g.identity.accepts_jwts() && crate::jwt::looks_like_jwt(token) {
+            return g
+                .identity
+                .authenticate(&g.config, token)
+                .await
+                .map(Caller)
+                .map_err(|why| ApiError::unauthorized(format!("JWT refused: {why}")));
+        }
+        Err(ApiError::unauthorized("unknown token"))
     }
 }
 

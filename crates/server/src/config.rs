@@ -97,6 +97,121 @@ pub struct RawConfig {
     pub slack: Option<toml::Value>,
     pub teams: Option<toml::Value>,
     pub webhooks: Option<toml::Value>,
+    /// Human sign-in for the web UI (OpenID Connect).
+    pub oidc: Option<RawOidc>,
+    /// Other ways for machines to authenticate besides static tokens.
+    #[serde(default)]
+    pub identity: RawIdentity,
+}
+
+/// `[oidc]`: the identity provider humans sign in with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    /// The provider's issuer URL; its metadata is at
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret (mode 0600).
+    pub client_secret_file: Option<PathBuf>,
+    /// Where the provider sends the browser back; defaults to
+    /// `{public_url}/auth/callback`. Register exactly this URL.
+    pub redirect_url: Option<String>,
+    /// Default `["openid", "profile", "email"]`.
+    pub scopes: Option<Vec<String>>,
+    /// The ID-token claim that names the user (principal `user:<value>`).
+    /// Default `preferred_username`.
+    pub username_claim: Option<String>,
+    /// The ID-token claim listing the user's groups (an array of strings).
+    pub groups_claim: Option<String>,
+    /// Provider group → secondkey groups. When set, only mapped groups count.
+    pub group_map: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// How long a web session lasts. Default `8h`.
+    pub session_ttl: Option<String>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    pub token_auth_method: Option<String>,
+}
+
+/// `[identity]`: machine identities beyond static tokens.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    #[serde(default)]
+    pub jwt: Vec<RawJwtIssuer>,
+}
+
+/// `[[identity.jwt]]`: a workload identity provider whose JWTs agents and
+/// services present as bearer tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtIssuer {
+    pub issuer: String,
+    /// Accepted audiences (a string or a list).
+    pub audience: StringOrList,
+    /// The JWKS URL; or else `metadata_url`; or else the issuer's
+    /// `/.well-known/openid-configuration`.
+    pub jwks_url: Option<String>,
+    pub metadata_url: Option<String>,
+    /// The claim naming the principal. Default `sub`.
+    pub principal_claim: Option<String>,
+    /// `agent` or `service` (default): the principal is `<kind>:<claim>`.
+    pub principal_kind: Option<String>,
+    /// Claim value → principal id, for subjects that are not plain names
+    /// (e.g. `repo:org/app:ref:refs/heads/main` → `service:deploy`). When
+    /// set, unmapped subjects are refused.
+    pub map: Option<std::collections::BTreeMap<String, String>>,
+    /// Only principals configured in `[[principals]]` are accepted.
+    #[serde(default)]
+    pub require_configured: bool,
+    /// Default: RS256, RS384, RS512, PS256, ES256, ES384, EdDSA.
+    pub algorithms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            StringOrList::One(s) => vec![s.clone()],
+            StringOrList::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The validated `[oidc]` section.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub redirect_url: String,
+    pub scopes: Vec<String>,
+    pub username_claim: String,
+    pub groups_claim: Option<String>,
+    pub group_map: std::collections::BTreeMap<String, Vec<String>>,
+    pub session_ttl: Duration,
+    /// true: `client_secret_post`; false: HTTP Basic.
+    pub secret_in_body: bool,
+}
+
+/// One validated `[[identity.jwt]]` entry.
+#[derive(Debug, Clone)]
+pub struct JwtIssuerConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: crate::jwt::KeySource,
+    pub principal_claim: String,
+    pub principal_kind: PrincipalKind,
+    pub map: std::collections::BTreeMap<String, PrincipalId>,
+    pub require_configured: bool,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
 }
 
 /// Top-level keys whose contents belong to an extension crate: the gateway
@@ -189,6 +304,10 @@ pub struct Config {
     /// The environment the configuration was read with (for `*_env` keys of
     /// extension sections).
     pub env: HashMap<String, String>,
+    /// Human sign-in, when configured.
+    pub oidc: Option<OidcConfig>,
+    /// Workload identity providers whose JWTs are accepted as bearer tokens.
+    pub jwt_issuers: Vec<JwtIssuerConfig>,
 }
 
 impl Config {
@@ -483,6 +602,17 @@ impl Config {
             executors.insert(id.to_string());
         }
         let log_readers = raw.log.readers.unwrap_or_else(|| vec!["auditors".into()]);
+        let oidc = match &raw.oidc {
+            Some(o) => Some(oidc_config(o, &public_url, base, env)?),
+            None => None,
+        };
+        let jwt_issuers = raw
+            .identity
+            .jwt
+            .iter()
+            .enumerate()
+            .map(|(i, j)| jwt_issuer(i, j, &principals))
+            .collect::<Result<Vec<_>, _>>()?;
         let sections = [
             ("postgres", raw.postgres),
             ("mcp", raw.mcp),
@@ -497,6 +627,8 @@ impl Config {
             sections,
             base_dir: base.to_path_buf(),
             env: env.clone(),
+            oidc,
+            jwt_issuers,
             log_readers,
             executors,
             environments,
@@ -516,6 +648,227 @@ impl Config {
             sinks: raw.sinks,
         })
     }
+}
+
+fn check_claim_name(key: &str, v: &str) -> Result<(), ConfigError> {
+    if v.is_empty() || v.len() > 128 {
+        return Err(invalid(key, "must be a claim name like \"groups\""));
+    }
+    Ok(())
+}
+
+fn oidc_config(
+    o: &RawOidc,
+    public_url: &str,
+    base: &Path,
+    env: &HashMap<String, String>,
+) -> Result<OidcConfig, ConfigError> {
+    let issuer = o.issuer.trim_end_matches('/').to_string();
+    crate::jwt::check_url(&issuer, false).map_err(|m| invalid("oidc.issuer", m))?;
+    if o.client_id.is_empty() {
+        return Err(invalid("oidc.client_id", "must not be empty"));
+    }
+    let client_secret = match (&o.client_secret_env, &o.client_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "oidc.client_secret_env",
+                "set either client_secret_env or client_secret_file, not both",
+            ))
+        }
+        (Some(var), None) => Some(env.get(var).cloned().ok_or_else(|| {
+            invalid(
+                "oidc.client_secret_env",
+                format!("environment variable {var} is not set"),
+            )
+        })?),
+        (None, Some(f)) => {
+            let path = if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(f)
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "oidc.client_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(text.trim().to_string())
+        }
+        (None, None) => None,
+    };
+    let redirect_url = o
+        .redirect_url
+        .clone()
+        .unwrap_or_else(|| format!("{public_url}/auth/callback"));
+    if !redirect_url.ends_with("/auth/callback") {
+        return Err(invalid(
+            "oidc.redirect_url",
+            "must end with /auth/callback (the gateway's sign-in return endpoint)",
+        ));
+    }
+    crate::jwt::check_url(&redirect_url, false).map_err(|m| invalid("oidc.redirect_url", m))?;
+    let scopes = o
+        .scopes
+        .clone()
+        .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]);
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(invalid("oidc.scopes", "must include \"openid\""));
+    }
+    if let Some(s) = scopes
+        .iter()
+        .find(|s| s.is_empty() || s.contains(char::is_whitespace))
+    {
+        return Err(invalid("oidc.scopes", format!("bad scope {s:?}")));
+    }
+    let username_claim = o
+        .username_claim
+        .clone()
+        .unwrap_or_else(|| "preferred_username".into());
+    check_claim_name("oidc.username_claim", &username_claim)?;
+    if let Some(g) = &o.groups_claim {
+        check_claim_name("oidc.groups_claim", g)?;
+    }
+    let group_map = o.group_map.clone().unwrap_or_default();
+    for (from, to) in &group_map {
+        if let Some(g) = to
+            .iter()
+            .find(|g| g.is_empty() || g.contains(',') || g.contains('"'))
+        {
+            return Err(invalid(
+                format!("oidc.group_map.{from}"),
+                format!("bad group name {g:?}"),
+            ));
+        }
+    }
+    let session_ttl = match &o.session_ttl {
+        Some(s) => secondkey_core::time::parse_duration(s)
+            .map_err(|e| invalid("oidc.session_ttl", e.to_string()))?,
+        None => Duration::from_secs(8 * 3600),
+    };
+    if session_ttl < Duration::from_secs(60) || session_ttl > Duration::from_secs(30 * 86400) {
+        return Err(invalid(
+            "oidc.session_ttl",
+            "must be between 1m and 30d (e.g. \"8h\")",
+        ));
+    }
+    let secret_in_body = match o.token_auth_method.as_deref() {
+        None | Some("client_secret_basic") => false,
+        Some("client_secret_post") => true,
+        Some(other) => {
+            return Err(invalid(
+                "oidc.token_auth_method",
+                format!("{other:?}: use client_secret_basic or client_secret_post"),
+            ))
+        }
+    };
+    Ok(OidcConfig {
+        issuer,
+        client_id: o.client_id.clone(),
+        client_secret,
+        redirect_url,
+        scopes,
+        username_claim,
+        groups_claim: o.groups_claim.clone(),
+        group_map,
+        session_ttl,
+        secret_in_body,
+    })
+}
+
+fn jwt_issuer(
+    i: usize,
+    j: &RawJwtIssuer,
+    principals: &HashMap<String, Principal>,
+) -> Result<JwtIssuerConfig, ConfigError> {
+    use crate::jwt::{check_url, KeySource};
+    let key = |k: &str| format!("identity.jwt[{i}].{k}");
+    if j.issuer.is_empty() {
+        return Err(invalid(key("issuer"), "must not be empty"));
+    }
+    let audiences = j.audience.to_vec();
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        return Err(invalid(key("audience"), "name at least one audience"));
+    }
+    let keys = match (&j.jwks_url, &j.metadata_url) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                key("jwks_url"),
+                "set either jwks_url or metadata_url, not both",
+            ))
+        }
+        (Some(u), None) => {
+            check_url(u, false).map_err(|m| invalid(key("jwks_url"), m))?;
+            KeySource::Jwks(u.clone())
+        }
+        (None, Some(u)) => {
+            check_url(u, false).map_err(|m| invalid(key("metadata_url"), m))?;
+            KeySource::Metadata(u.clone())
+        }
+        (None, None) => {
+            let u = format!(
+                "{}/.well-known/openid-configuration",
+                j.issuer.trim_end_matches('/')
+            );
+            check_url(&u, false).map_err(|m| invalid(key("issuer"), m))?;
+            KeySource::Metadata(u)
+        }
+    };
+    let principal_claim = j.principal_claim.clone().unwrap_or_else(|| "sub".into());
+    check_claim_name(&key("principal_claim"), &principal_claim)?;
+    let principal_kind = match j.principal_kind.as_deref() {
+        None | Some("service") => PrincipalKind::Service,
+        Some("agent") => PrincipalKind::Agent,
+        Some(other) => {
+            return Err(invalid(
+                key("principal_kind"),
+                format!("{other:?}: use agent or service (humans sign in through [oidc])"),
+            ))
+        }
+    };
+    let mut map = std::collections::BTreeMap::new();
+    for (from, to) in j.map.clone().unwrap_or_default() {
+        let id: PrincipalId =
+            to.parse()
+                .map_err(|e: secondkey_core::principal::PrincipalError| {
+                    invalid(key(&format!("map.{from}")), e.to_string())
+                })?;
+        if id.kind() == PrincipalKind::User {
+            return Err(invalid(
+                key(&format!("map.{from}")),
+                "workload tokens name agents or services, not users",
+            ));
+        }
+        map.insert(from, id);
+    }
+    if j.require_configured {
+        if let Some(id) = map
+            .values()
+            .find(|id| !principals.contains_key(id.as_str()))
+        {
+            return Err(invalid(
+                key("map"),
+                format!("{id} is not configured in [[principals]]"),
+            ));
+        }
+    }
+    let algorithms = match &j.algorithms {
+        None => crate::jwt::DEFAULT_ALGORITHMS.to_vec(),
+        Some(names) => names
+            .iter()
+            .map(|n| crate::jwt::parse_algorithm(n).map_err(|m| invalid(key("algorithms"), m)))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(JwtIssuerConfig {
+        issuer: j.issuer.clone(),
+        audiences,
+        keys,
+        principal_claim,
+        principal_kind,
+        map,
+        require_configured: j.require_configured,
+        algorithms,
+    })
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `self_review`.
     pub code: String,

@@ -61,6 +61,10 @@ pub struct Gateway {
     /// Open event streams per principal.
     streams: Mutex<std::collections::HashMap<String, usize>>,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Workload identity providers (JWT bearer tokens) and their key caches.
+    pub identity: crate::identity::Identity,
+    /// Web sessions and OpenID Connect sign-in.
+    pub web: crate::web::WebState,
 }
 
 /// How many server-sent-event streams one principal may hold open.
@@ -239,7 +243,11 @@ impl Gateway {
     ) -> Gateway {
         let grant_kid = secondkey_core::grant::kid_for(&grant_key.verifying_key());
         let (changes, _) = broadcast::channel(4096);
+        let identity = crate::identity::Identity::new(&config);
+        let web = crate::web::WebState::ephemeral(&config);
         Gateway {
+            identity,
+            web,
             config,
             store,
             policy: RwLock::new(Arc::new(policy)),
@@ -252,6 +260,13 @@ impl Gateway {
             streams: Mutex::new(Default::default()),
             clock: Box::new(system_now),
         }
+    }
+
+    /// Signs web sessions with `key` (kept on disk, so sessions survive a
+    /// restart) instead of the per-process random one.
+    pub fn with_session_key(mut self, key: [u8; 32]) -> Self {
+        self.web = crate::web::WebState::new(&self.config, key);
+        self
     }
 
     /// Replaces the clock (tests of expiry use a fake one; nothing sleeps).

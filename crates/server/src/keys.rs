@@ -103,21 +103,27 @@ pub fn load_or_create_log_signer(path: &Path, origin: &str) -> Result<Signer, Ke
 /// Loads the grant signing key (base64 of the 32-byte Ed25519 seed),
 /// creating it if the file does not exist.
 pub fn load_or_create_grant_key(path: &Path) -> Result<SigningKey, KeyError> {
+    load_or_create_secret(path).map(|seed| SigningKey::from_bytes(&seed))
+}
+
+/// Loads a 32-byte secret kept as base64 in `path` (mode 0600), creating a
+/// random one if the file does not exist: the grant key's seed, the web
+/// session key.
+pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], KeyError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     if !path.exists() {
         let mut seed = [0u8; 32];
         getrandom::getrandom(&mut seed).map_err(|e| file_err(path, e))?;
         write_secret_file(path, &format!("{}\n", b64.encode(seed)))?;
-        return Ok(SigningKey::from_bytes(&seed));
+        return Ok(seed);
     }
     let text = read_secret(path)?;
     let bytes = b64
         .decode(text.as_bytes())
         .map_err(|e| file_err(path, format!("not base64: {e}")))?;
-    let seed: [u8; 32] = bytes
+    bytes
         .try_into()
-        .map_err(|_| file_err(path, "must hold a 32-byte Ed25519 seed in base64"))?;
-    Ok(SigningKey::from_bytes(&seed))
+        .map_err(|_| file_err(path, "must hold a 32-byte secret in base64"))
 }
 
 #[cfg(test)]

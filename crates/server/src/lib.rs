@@ -11,11 +11,14 @@ pub mod config;
 pub mod error;
 pub mod extension;
 pub mod gateway;
+pub mod identity;
 pub mod intercept;
+pub mod jwt;
 pub mod keys;
 pub mod logview;
 pub mod reload;
 pub mod views;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +45,12 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Gateway>> {
         .map_err(|e| anyhow::anyhow!("policy directory {}: {e}", config.policy_dir.display()))?;
     let log_signer = keys::load_or_create_log_signer(&config.log_key_file, &config.log_origin)?;
     let grant_key = keys::load_or_create_grant_key(&config.grant_key_file)?;
+    let session_key = keys::load_or_create_secret(&config.data_dir.join("keys/session.key"))?;
     let store = Store::open(StoreOptions::new(&config.data_dir))
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let gateway = Arc::new(Gateway::new(config, store, policy, log_signer, grant_key));
+    let gateway = Arc::new(
+        Gateway::new(config, store, policy, log_signer, grant_key).with_session_key(session_key),
+    );
     gateway
         .started()
         .await

@@ -142,6 +142,30 @@ pub struct ReviewBody {
     pub comment: Option<String>,
 }
 
+/// Body of `POST /v1/reviews/batch`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchReviewBody {
+    /// Request ids, all from one agent session (1 to 100).
+    pub requests: Vec<String>,
+    /// `approve` or `deny`, for each of them.
+    pub decision: String,
+    pub comment: Option<String>,
+}
+
+/// One request's outcome in a batch review.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchReviewResult {
+    pub id: String,
+    /// The request after the review, when it was recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestView>,
+    /// Why this one was refused (`self_review`, `already_decided`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<crate::error::ErrorDetail>,
+}
+
 /// Body of `POST /v1/grants/consume`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

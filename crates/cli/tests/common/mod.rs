@@ -315,6 +315,21 @@ impl Drop for Gateway {
     }
 }
 
+/// Long-polls `GET /v1/requests/{id}?wait=secs` as `who`, as a waiting
+/// agent does; returns the answer and when it arrived.
+pub fn long_poll(url: &str, id: &str, who: &str, secs: u64) -> (Value, Instant) {
+    let v: Value = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(secs + 30))
+        .build()
+        .get(&format!("{url}/v1/requests/{id}?wait={secs}"))
+        .set("Authorization", &format!("Bearer {}", token_of(who)))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    (v, Instant::now())
+}
+
 pub fn export_action(resource: &str) -> Value {
     json!({
         "kind": "sql",

@@ -1,0 +1,855 @@
+//! The reviewer web UI, black-box: the real `secondkey` binary signs humans
+//! in through a real OpenID Connect provider process (`oidc-provider-mock`
+//! from PyPI, an authlib-based provider), and a real headless Chromium
+//! drives it over WebDriver (chromedriver). Hostile input is sent with a
+//! plain HTTP client holding a real session.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+
+const WEB_POLICIES: &str = r#"
+@id("agents-delete")
+permit(principal in Group::"agents", action == Action::"sql.delete", resource);
+
+@id("deletes-need-a-data-owner")
+@review("data-owners")
+@ttl("1h")
+forbid(principal, action == Action::"sql.delete", resource);
+"#;
+
+/// A child process killed when dropped.
+struct Proc(Child, &'static str);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status} before listening");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `oidc-provider-mock` on a free port. Users sign in by typing a
+/// subject; the claims of the users named here are what its ID tokens carry.
+fn start_idp(dir: &Path) -> (Proc, String) {
+    let ok = Command::new("python3")
+        .args(["-c", "import oidc_provider_mock"])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "the OpenID Connect provider for these tests is missing: run `python3 -m pip install oidc-provider-mock` (scripts/test does)"
+    );
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "oidc_provider_mock", "--port", &port.to_string()]);
+    for (sub, groups) in [
+        ("bob", json!(["data-owners"])),
+        ("alice", json!(["data-owners"])),
+        ("erin", json!(["marketing"])),
+        ("frank", json!(["idp-data-owners"])),
+        ("report-bot", json!([])),
+    ] {
+        cmd.arg("--user-claims").arg(
+            json!({"sub": sub, "preferred_username": sub, "groups": groups, "email": format!("{sub}@example.test")})
+                .to_string(),
+        );
+    }
+    let log = std::fs::File::create(dir.join("idp.log")).unwrap();
+    let mut child = cmd
+        .env("PYTHONWARNINGS", "ignore")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start python3 -m oidc_provider_mock");
+    wait_port(port, "oidc-provider-mock", &mut child);
+    (Proc(child, "idp"), format!("http://127.0.0.1:{port}"))
+}
+
+fn oidc_config(dir: &Path, issuer: &str) -> String {
+    let secret = dir.join("client_secret");
+    std::fs::write(&secret, "web-test-client-secret\n").unwrap();
+    format!(
+            "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\ngroups_claim = \"groups\"\nsession_ttl = \"1h\"\n[oidc.group_map]\n\"data-owners\" = [\"data-owners\"]\n\"idp-data-owners\" = [\"data-owners\"]\n\"marketing\" = [\"marketing\"]\n\n[[identity.jwt]]\nissuer = \"{issuer}\"\naudience = \"agent-login\"\nprincipal_kind = \"agent\"\nprincipal_claim = \"preferred_username\"\n",
+            secret.display()
+        )
+}
+
+fn start_gateway(dir: &Path, issuer: &str) -> Gateway {
+    let policies = format!("{POLICIES}\n{WEB_POLICIES}");
+    Gateway::start_extra(dir, &policies, &oidc_config(dir, issuer))
+}
+
+fn no_redirects() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+/// A response's status, `Location`, `Set-Cookie` values and body, whatever the status.
+struct Resp {
+    status: u16,
+    location: Option<String>,
+    cookies: Vec<String>,
+    body: String,
+}
+
+fn resp(r: Result<ureq::Response, ureq::Error>) -> Resp {
+    let r = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let cookies = r.all("set-cookie").iter().map(|s| s.to_string()).collect();
+    Resp {
+        status: r.status(),
+        location: r.header("location").map(str::to_string),
+        cookies,
+        body: r.into_string().unwrap_or_default(),
+    }
+}
+
+fn cookie_value(cookies: &[String], name: &str) -> Option<String> {
+    cookies.iter().find_map(|c| {
+        c.split(';')
+            .next()
+            .and_then(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+/// Signs in through the provider with plain HTTP, returning the session
+/// cookie and the final redirect target. Also returns the callback URL and
+/// login cookie, to replay them.
+struct SignIn {
+    session: String,
+    landed: String,
+    callback: String,
+    login_cookie: String,
+}
+
+fn sign_in(gw: &str, user: &str, return_to: &str) -> SignIn {
+    let a = no_redirects();
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("return", return_to)
+        .finish();
+    let start = resp(a.get(&format!("{gw}/login?{q}")).call());
+    assert_eq!(start.status, 303, "{}", start.body);
+    let login_cookie = cookie_value(&start.cookies, "sk_login").expect("login cookie");
+    let authorize = start.location.expect("redirect to the provider");
+    assert!(
+        authorize.contains("code_challenge_method=S256"),
+        "{authorize}"
+    );
+    assert!(authorize.contains("nonce="), "{authorize}");
+    let granted = resp(a.post(&authorize).send_form(&[("sub", user)]));
+    assert_eq!(granted.status, 302, "{}", granted.body);
+    let callback = granted.location.expect("back to the gateway");
+    assert!(
+        callback.starts_with(&format!("{gw}/auth/callback?")),
+        "{callback}"
+    );
+    let done = resp(
+        a.get(&callback)
+            .set("Cookie", &format!("sk_login={login_cookie}"))
+            .call(),
+    );
+    assert_eq!(done.status, 303, "{}", done.body);
+    SignIn {
+        session: cookie_value(&done.cookies, "sk_session").expect("a session cookie"),
+        landed: done.location.unwrap_or_default(),
+        callback,
+        login_cookie,
+    }
+}
+
+fn get_page(gw: &str, session: &str, path: &str) -> Resp {
+    resp(
+        no_redirects()
+            .get(&format!("{gw}{path}"))
+            .set("Cookie", &format!("sk_session={session}"))
+            .call(),
+    )
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field");
+    let rest = &html[at + 19..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+fn post_form(
+    gw: &str,
+    session: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+    origin: Option<&str>,
+) -> Resp {
+    let mut r = no_redirects()
+        .post(&format!("{gw}{path}"))
+        .set("Cookie", &format!("sk_session={session}"));
+    if let Some(o) = origin {
+        r = r.set("Origin", o);
+    }
+    resp(r.send_form(fields))
+}
+
+fn delete_action(n: u32, session: &str) -> Value {
+    json!({
+        "kind": "sql", "operation": "delete", "resource": "postgres://analytics/public.events",
+        "params": {"statement": format!("DELETE FROM events WHERE day < '2026-0{n}-01' AND kind <> 'audit' -- keep <audit>")},
+        "justification": "retention policy",
+        "context": {"environment": "prod", "session": session, "model": "gpt-test", "estimated_rows": 1000 * n},
+        "lineage": {"writes": ["postgres://analytics/public.events"]}
+    })
+}
+
+fn state_of(g: &Gateway, id: &str) -> (String, usize) {
+    let (s, v) = g.call(
+        "GET",
+        &format!("/v1/requests/{id}"),
+        Some("user:carol"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    (
+        v["state"].as_str().unwrap().to_string(),
+        v["reviews"].as_array().unwrap().len(),
+    )
+}
+
+/// The session cookie format (see `web/session.rs`), to forge one with the
+/// real key: only the expiry makes it invalid.
+fn signed_cookie(key_file: &Path, claims: &Value) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(std::fs::read_to_string(key_file).unwrap().trim())
+        .unwrap();
+    let payload = b64.encode(claims.to_string());
+    let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+    for p in [&b"session"[..], payload.as_bytes()] {
+        m.update(&(p.len() as u64).to_be_bytes());
+        m.update(p);
+    }
+    format!("{payload}.{}", b64.encode(m.finalize().into_bytes()))
+}
+
+#[test]
+fn oidc_sign_in_decisions_and_hostile_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(dir.path());
+    let g = start_gateway(dir.path(), &issuer);
+    let gw = g.url.clone();
+
+    // Not signed in: the request link sends the browser to sign in and back.
+    let held = g.submit("agent:report-bot", &delete_action(1, "sess-a"));
+    assert_eq!(held["decision"], "review", "{held}");
+    let id = held["request"]["id"].as_str().unwrap().to_string();
+    let url = held["request"]["url"].as_str().unwrap();
+    assert_eq!(url, format!("{gw}/requests/{id}"));
+    let anon = resp(no_redirects().get(url).call());
+    assert_eq!(anon.status, 303);
+    assert_eq!(
+        anon.location.as_deref(),
+        Some(format!("/login?return=%2Frequests%2F{id}").as_str())
+    );
+
+    // Sign in as bob (data-owners from the provider's groups claim).
+    let bob = sign_in(&gw, "bob", &format!("/requests/{id}"));
+    assert_eq!(bob.landed, format!("/requests/{id}"));
+    let page = get_page(&gw, &bob.session, &format!("/requests/{id}"));
+    assert_eq!(page.status, 200);
+    for must in [
+        "agent:report-bot",
+        "user:alice", // owner
+        "gpt-test",   // model
+        "retention policy",
+        "deletes-need-a-data-owner",
+        "<span class=\"k\">DELETE</span>",
+        "&#39;2026-01-01&#39;",
+        "-- keep &lt;audit&gt;",
+        "postgres://analytics/public.events",
+        "id=\"approve\"",
+    ] {
+        assert!(page.body.contains(must), "request page lacks {must}");
+    }
+    let csrf = csrf_of(&page.body);
+
+    // A GET never changes state: the decision endpoints refuse GET.
+    for path in [
+        format!("/requests/{id}/review?decision=approve&csrf={csrf}"),
+        format!("/inbox/batch?decision=approve&id={id}&csrf={csrf}"),
+        format!("/logout?csrf={csrf}"),
+    ] {
+        let r = get_page(&gw, &bob.session, &path);
+        assert_eq!(r.status, 405, "GET {path}");
+    }
+    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+
+    // CSRF: no token, a wrong token, a token of another session, a
+    // cross-site Origin with the right token.
+    let review = format!("/requests/{id}/review");
+    let erin = sign_in(&gw, "erin", "/");
+    let erin_csrf = csrf_of(&get_page(&gw, &erin.session, "/inbox").body);
+    for (fields, origin) in [
+        (vec![("decision", "approve")], None),
+        (vec![("decision", "approve"), ("csrf", "forged")], None),
+        (
+            vec![("decision", "approve"), ("csrf", erin_csrf.as_str())],
+            None,
+        ),
+        (
+            vec![("decision", "approve"), ("csrf", csrf.as_str())],
+            Some("http://evil.example"),
+        ),
+    ] {
+        let r = post_form(&gw, &bob.session, &review, &fields, origin);
+        assert_eq!(r.status, 403, "{fields:?} {origin:?}: {}", r.body);
+        assert!(r.body.contains("Nothing was changed"), "{}", r.body);
+    }
+    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+
+    // Forged and expired sessions are no sessions.
+    let (payload, sig) = bob.session.split_once('.').unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: Value = serde_json::from_slice(&b64.decode(payload).unwrap()).unwrap();
+    claims["sub"] = json!("user:dave");
+    let forged = format!("{}.{sig}", b64.encode(claims.to_string()));
+    claims["sub"] = json!("user:bob");
+    claims["exp"] = json!(1);
+    let expired = signed_cookie(&dir.path().join("data/keys/session.key"), &claims);
+    for bad in [forged.as_str(), expired.as_str(), "garbage", "a.b"] {
+        let r = get_page(&gw, bad, "/inbox");
+        assert_eq!(r.status, 303, "{bad}: a bad cookie must not be a session");
+        assert!(r.location.unwrap().starts_with("/login"));
+        let r = post_form(
+            &gw,
+            bad,
+            &review,
+            &[("decision", "approve"), ("csrf", &csrf)],
+            None,
+        );
+        assert_eq!(r.status, 401, "{bad}");
+    }
+    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+
+    // A replayed OIDC callback (same state and code) is refused and makes
+    // no session; a callback without the browser's login cookie too.
+    let replay = resp(
+        no_redirects()
+            .get(&bob.callback)
+            .set("Cookie", &format!("sk_login={}", bob.login_cookie))
+            .call(),
+    );
+    assert_eq!(replay.status, 401, "{}", replay.body);
+    assert!(cookie_value(&replay.cookies, "sk_session").is_none());
+    let foreign = resp(no_redirects().get(&bob.callback).call());
+    assert_eq!(foreign.status, 403);
+
+    // Open redirects in the return URL end at home.
+    for evil in [
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/%09/evil.example",
+    ] {
+        let s = sign_in(&gw, "bob", evil);
+        assert!(
+            s.landed == "/"
+                || (s.landed.starts_with('/')
+                    && !s.landed.starts_with("//")
+                    && !s.landed.contains('\\')),
+            "{evil} → {}",
+            s.landed
+        );
+        if evil != "/%09/evil.example" {
+            assert_eq!(s.landed, "/", "{evil}");
+        }
+    }
+
+    // The requester's owner (alice owns agent:report-bot) cannot review it
+    // through the UI: no form, and a post is refused with nothing changed.
+    let alice = sign_in(&gw, "alice", "/");
+    let ap = get_page(&gw, &alice.session, &format!("/requests/{id}"));
+    assert_eq!(ap.status, 200);
+    assert!(!ap.body.contains("id=\"approve\""));
+    assert!(ap.body.contains("owns the requesting agent"), "{}", ap.body);
+    let a_csrf = csrf_of(&ap.body);
+    let r = post_form(
+        &gw,
+        &alice.session,
+        &review,
+        &[("decision", "approve"), ("csrf", &a_csrf)],
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("Nothing was changed"));
+    // Not eligible (marketing) either.
+    let r = post_form(
+        &gw,
+        &erin.session,
+        &review,
+        &[("decision", "approve"), ("csrf", &erin_csrf)],
+        None,
+    );
+    assert_eq!(r.status, 404, "erin may not even see it: {}", r.body);
+    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+
+    // Bob approves; a double submit is refused and changes nothing.
+    let r = post_form(
+        &gw,
+        &bob.session,
+        &review,
+        &[
+            ("decision", "approve"),
+            ("comment", "ok <b>"),
+            ("csrf", &csrf),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.location.as_deref(),
+        Some(format!("/requests/{id}?done=approve").as_str())
+    );
+    assert_eq!(state_of(&g, &id), ("approved".into(), 1));
+    let again = post_form(
+        &gw,
+        &bob.session,
+        &review,
+        &[("decision", "deny"), ("csrf", &csrf)],
+        None,
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(state_of(&g, &id), ("approved".into(), 1));
+    let shown = get_page(&gw, &bob.session, &format!("/requests/{id}?done=approve"));
+    assert!(shown.body.contains("Your approval was recorded"));
+    assert!(shown.body.contains("ok &lt;b&gt;"), "comments are escaped");
+
+    // The next similar request shows a diff against the approved one.
+    let next = g.submit("agent:report-bot", &delete_action(2, "sess-b"));
+    let next_id = next["request"]["id"].as_str().unwrap().to_string();
+    let np = get_page(&gw, &bob.session, &format!("/requests/{next_id}"));
+    assert!(
+        np.body
+            .contains("Changes since the last similar approved action"),
+        "{}",
+        np.body
+    );
+    assert!(np.body.contains(&format!("href=\"/requests/{id}\"")));
+    assert!(np
+        .body
+        .contains("<span class=\"del\">- DELETE FROM events WHERE day &lt; &#39;2026-01-01&#39;"));
+    assert!(np
+        .body
+        .contains("<span class=\"ins\">+ DELETE FROM events WHERE day &lt; &#39;2026-02-01&#39;"));
+
+    // A decision after expiry is refused (writes expire after 2 s).
+    let write = g.submit(
+        "agent:report-bot",
+        &json!({"kind": "sql", "operation": "write", "resource": "postgres://analytics/public.t", "params": {"statement": "UPDATE t SET x = 1"}}),
+    );
+    let wid = write["request"]["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(2300));
+    let late = post_form(
+        &gw,
+        &bob.session,
+        &format!("/requests/{wid}/review"),
+        &[("decision", "approve"), ("csrf", &csrf)],
+        None,
+    );
+    assert_eq!(late.status, 409, "{}", late.body);
+    assert_eq!(state_of(&g, &wid), ("expired".into(), 0));
+
+    // Batch: three requests of one agent session, decided together, each
+    // recorded as its own review. Frank is a data owner only through the
+    // provider group mapping.
+    let ids: Vec<String> = (3..6)
+        .map(|n| {
+            g.submit("agent:report-bot", &delete_action(n, "sess-batch"))["request"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let frank = sign_in(&gw, "frank", "/inbox");
+    let inbox = get_page(&gw, &frank.session, "/inbox");
+    assert!(inbox.body.contains("session sess-batch"), "{}", inbox.body);
+    assert!(inbox.body.contains("Approve selected"));
+    let f_csrf = csrf_of(&inbox.body);
+    let mut fields = vec![
+        ("decision", "approve"),
+        ("comment", "retention"),
+        ("csrf", f_csrf.as_str()),
+    ];
+    for i in &ids {
+        fields.push(("id", i.as_str()));
+    }
+    let r = post_form(&gw, &frank.session, "/inbox/batch", &fields, Some(&gw));
+    assert_eq!(r.status, 200, "{}", r.body);
+    for i in &ids {
+        assert_eq!(state_of(&g, i), ("approved".into(), 1), "{i}");
+    }
+    // A mixed batch (two sessions) is refused whole.
+    let other = g.submit("agent:report-bot", &delete_action(7, "sess-other"))["request"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = g.call(
+        "POST",
+        "/v1/reviews/batch",
+        Some("user:bob"),
+        Some(&json!({"requests": [other, next_id], "decision": "approve"})),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "mixed_batch");
+    assert_eq!(state_of(&g, &other), ("pending".into(), 0));
+    // The batch API: one refused (owner alice), each its own review.
+    let pair: Vec<String> = (8..10)
+        .map(|n| {
+            g.submit("agent:report-bot", &delete_action(n, "sess-api"))["request"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let (s, v) = g.call(
+        "POST",
+        "/v1/reviews/batch",
+        Some("user:carol"),
+        Some(&json!({"requests": pair, "decision": "deny", "comment": "no"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v[0]["request"]["state"], "denied");
+    assert_eq!(v[1]["request"]["state"], "denied");
+    let (s, v) = g.call(
+        "POST",
+        "/v1/reviews/batch",
+        Some("user:alice"),
+        Some(&json!({"requests": [other], "decision": "approve"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v[0]["error"]["code"], "self_review");
+
+    // History and audit pages; receipts for log readers only.
+    let h = get_page(&gw, &bob.session, "/history");
+    assert!(h.body.contains(&id) && h.body.contains("expired"));
+    let a = get_page(&gw, &bob.session, "/audit?index=1");
+    assert!(a.body.contains("test.secondkey/log"), "{}", a.body);
+    assert!(a.body.contains("needs membership"), "bob is no log reader");
+    assert_eq!(get_page(&gw, &bob.session, "/audit/receipt/1").status, 403);
+
+    // Sign-out ends the session (POST with CSRF).
+    let r = post_form(&gw, &erin.session, "/logout", &[("csrf", &erin_csrf)], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(get_page(&gw, &erin.session, "/inbox").status, 303);
+}
+
+#[test]
+fn workload_jwt_from_the_provider_authenticates_an_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(dir.path());
+    let g = start_gateway(dir.path(), &issuer);
+    // An ID token the provider issues to client `agent-login` for subject
+    // report-bot stands in for a workload identity token.
+    let a = no_redirects();
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("response_type", "code")
+        .append_pair("client_id", "agent-login")
+        .append_pair("redirect_uri", "http://127.0.0.1:1/cb")
+        .append_pair("scope", "openid profile")
+        .append_pair("state", "s")
+        .finish();
+    let granted = resp(
+        a.post(&format!("{issuer}/oauth2/authorize?{q}"))
+            .send_form(&[("sub", "report-bot")]),
+    );
+    let code = granted
+        .location
+        .unwrap()
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let tok: Value = a
+        .post(&format!("{issuer}/oauth2/token"))
+        .send_form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "http://127.0.0.1:1/cb"),
+            ("client_id", "agent-login"),
+            ("client_secret", "x"),
+        ])
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let jwt = tok["id_token"].as_str().unwrap();
+    let submit = |token: &str| {
+        resp(
+            g.agent
+                .post(&format!("{}/v1/actions", g.url))
+                .set("Authorization", &format!("Bearer {token}"))
+                .set("Content-Type", "application/json")
+                .send_string(&delete_action(1, "jwt").to_string()),
+        )
+    };
+    let ok = submit(jwt);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let v: Value = serde_json::from_str(&ok.body).unwrap();
+    let id = v["request"]["id"].as_str().unwrap();
+    // The principal is agent:report-bot with its configured owner: alice
+    // (its owner) may not review, bob may.
+    let (s, r) = g.review("user:alice", id, "approve");
+    assert_eq!((s, r["error"]["code"].as_str()), (403, Some("self_review")));
+    let (s, r) = g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert_eq!(s, 200);
+    assert_eq!(r["requester"], "agent:report-bot");
+    assert_eq!(r["owner"], "user:alice");
+    // A tampered token (payload changed, signature kept) and garbage are 401.
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    claims["preferred_username"] = json!("rogue-bot");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(claims.to_string()),
+        parts[2]
+    );
+    for bad in [tampered.as_str(), "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0."] {
+        let r = submit(bad);
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+}
+
+// ---------------------------------------------------------------- Chromium
+
+/// A minimal WebDriver client over HTTP (chromedriver), enough for the
+/// end-to-end test.
+struct Driver {
+    base: String,
+    session: String,
+    http: ureq::Agent,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52f-4a4b0d0c2f8b";
+
+impl Driver {
+    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let r = self.http.request(method, &url);
+        let r = match body {
+            Some(b) => r.send_json(b),
+            None => r.call(),
+        };
+        match r {
+            Ok(r) => r.into_json::<Value>().unwrap()["value"].take(),
+            Err(ureq::Error::Status(s, r)) => panic!(
+                "WebDriver {method} {path}: {s} {}",
+                r.into_string().unwrap_or_default()
+            ),
+            Err(e) => panic!("WebDriver {method} {path}: {e}"),
+        }
+    }
+    fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({"url": url})));
+    }
+    fn url(&self) -> String {
+        self.cmd("GET", "/url", None).as_str().unwrap().to_string()
+    }
+    fn find(&self, css: &str) -> String {
+        let v = self.cmd(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v[ELEMENT]
+            .as_str()
+            .or_else(|| v["ELEMENT"].as_str())
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+    fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+    }
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css);
+        self.cmd(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        );
+    }
+    fn source(&self) -> String {
+        self.cmd("GET", "/source", None)
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+    fn screenshot(&self, name: &str) {
+        let png = self.cmd("GET", "/screenshot", None);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    fn wait_for(&self, what: &str, f: impl Fn(&Driver) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; page: {}",
+                self.source()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn start_chromium(dir: &Path) -> (Proc, Driver) {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let driver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let (Some(chromium), Some(driver)) = (chromium, driver) else {
+        panic!("headless Chromium is missing: run `apt-get install -y chromium chromium-driver` (scripts/test does)");
+    };
+    let port = free_port();
+    let mut child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    wait_port(port, "chromedriver", &mut child);
+    let proc = Proc(child, "chromedriver");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let profile = dir.join("chromium-profile");
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run",
+                     "--disable-dev-shm-usage", "--window-size=1280,1400",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    }}});
+    let r = http
+        .post(&format!("{base}/session"))
+        .send_json(caps)
+        .unwrap_or_else(|e| panic!("chromedriver could not start Chromium: {e}"));
+    let mut body = String::new();
+    r.into_reader().read_to_string(&mut body).unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let session = v["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_string();
+    (
+        proc,
+        Driver {
+            base,
+            session,
+            http,
+        },
+    )
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self
+            .http
+            .delete(&format!("{}/session/{}", self.base, self.session))
+            .call();
+    }
+}
+
+#[test]
+fn chromium_signs_in_and_approves_and_the_agent_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(dir.path());
+    let g = start_gateway(dir.path(), &issuer);
+    let (_chromedriver, browser) = start_chromium(dir.path());
+
+    // The agent asks, and waits (long-poll) for the decision.
+    let held = g.submit("agent:report-bot", &delete_action(1, "e2e"));
+    let id = held["request"]["id"].as_str().unwrap().to_string();
+    let url = held["request"]["url"].as_str().unwrap().to_string();
+    let digest = held["digest"].as_str().unwrap().to_string();
+    let (gw, wid) = (g.url.clone(), id.clone());
+    let waiter = std::thread::spawn(move || long_poll(&gw, &wid, "agent:report-bot", 60));
+
+    // The reviewer opens the link, signs in at the provider, comes back.
+    browser.goto(&url);
+    browser.wait_for("the provider's sign-in form", |b| {
+        b.url().starts_with(&issuer)
+    });
+    browser.screenshot("web-1-provider-sign-in.png");
+    browser.type_into("input[name=sub]", "bob");
+    browser.click("form button[type=submit]");
+    browser.wait_for("the request page", |b| b.url() == url);
+    let src = browser.source();
+    assert!(src.contains("retention policy") && src.contains("agent:report-bot"));
+    browser.screenshot("web-2-request-page.png");
+
+    browser.type_into("#comment", "approved in Chromium");
+    browser.click("#approve");
+    browser.wait_for("the confirmation", |b| {
+        b.source().contains("Your approval was recorded")
+    });
+    let clicked = Instant::now();
+    browser.screenshot("web-3-approved.png");
+
+    // The waiting agent resumes with its grant and uses it once.
+    let (v, resumed) = waiter.join().unwrap();
+    assert_eq!(v["state"], "approved", "{v}");
+    assert!(resumed <= clicked + Duration::from_secs(5));
+    let grant = v["grant"]
+        .as_str()
+        .expect("the requester sees its grant")
+        .to_string();
+    let (s, c) = g.call(
+        "POST",
+        "/v1/grants/consume",
+        Some("agent:report-bot"),
+        Some(&json!({"grant": grant, "digest": digest})),
+    );
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(c["approvers"], json!(["user:bob"]));
+    assert_eq!(state_of(&g, &id).0, "executed");
+}

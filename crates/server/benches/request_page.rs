@@ -1,0 +1,206 @@
+//! Issue 4: "rendering the request page under 20 ms server time".
+//!
+//! Starts a gateway in this process on 127.0.0.1 with a throwaway data dir,
+//! fills it with history (N similar requests by the same agent, half of them
+//! approved, so the "last similar approved action" lookup has work to do),
+//! submits one more request with a long SQL statement, and then:
+//!
+//! 1. times `GET /requests/{id}` as a signed-in reviewer over loopback
+//!    (keep-alive): the whole server path — session check, store read,
+//!    similar-action lookup, diff, highlighting, HTML — plus loopback;
+//! 2. times the rendering alone (`web::render_request`).
+//!
+//! `cargo bench -p secondkey-server --bench request_page`
+//! (`SK_BENCH_N` history size, default 400; `SK_BENCH_ITER` default 500).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use secondkey_core::principal::{Principal, PrincipalId};
+use secondkey_server::web::session::{SessionClaims, SignedIn};
+use secondkey_server::Config;
+use serde_json::{json, Value};
+
+const POLICY: &str = r#"
+@id("agents-delete")
+permit(principal in Group::"agents", action == Action::"sql.delete", resource);
+
+@id("deletes-need-a-data-owner")
+@review("data-owners")
+forbid(principal, action == Action::"sql.delete", resource);
+"#;
+
+fn percentiles(name: &str, mut v: Vec<Duration>) {
+    v.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    println!(
+        "  {name:<40} p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms",
+        ms(at(0.50)),
+        ms(at(0.99)),
+        ms(v[v.len() - 1])
+    );
+}
+
+fn action(n: usize, sql: &str) -> Value {
+    json!({
+        "kind": "sql", "operation": "delete", "resource": "postgres://analytics/public.events",
+        "params": {"statement": sql, "n": n},
+        "justification": "retention",
+        "context": {"session": format!("s{}", n % 7), "model": "bench", "estimated_rows": n},
+        "lineage": {"writes": ["postgres://analytics/public.events"]}
+    })
+}
+
+fn main() {
+    let n: usize = env_or("SK_BENCH_N", 400);
+    let iters: usize = env_or("SK_BENCH_ITER", 500);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pdir = dir.path().join("policies");
+    std::fs::create_dir_all(&pdir).expect("policy dir");
+    std::fs::write(pdir.join("bench.cedar"), POLICY).expect("policy");
+    let sha = secondkey_server::auth::token_sha256_hex;
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n\
+         [log]\norigin = \"bench.secondkey.example/log\"\n\
+         [[principals]]\nid = \"agent:bot\"\nowner = \"user:alice\"\ngroups = [\"agents\"]\ntoken_sha256 = \"{}\"\n\
+         [[principals]]\nid = \"user:alice\"\n\
+         [[principals]]\nid = \"user:bob\"\ngroups = [\"data-owners\"]\ntoken_sha256 = \"{}\"\n",
+        dir.path().join("data").display(),
+        pdir.display(),
+        sha("bench-agent-token-123"),
+        sha("bench-bob-token-12345"),
+    );
+    let config = Config::from_toml(&toml, "bench", dir.path(), &HashMap::new()).expect("config");
+    let running = rt
+        .block_on(secondkey_server::start(config))
+        .expect("gateway");
+    let g = running.gateway.clone();
+    let base = format!("http://{}", running.addr);
+    let http = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let post = |path: &str, token: &str, body: Value| -> Value {
+        http.post(&format!("{base}{path}"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            .into_json()
+            .expect("json")
+    };
+    // A statement of ~12 KB: 300 lines.
+    let long_sql: String = (0..300)
+        .map(|i| format!("DELETE FROM events WHERE id = {i} AND kind <> 'audit'; -- row {i}\n"))
+        .collect();
+    println!("filling: {n} similar requests, every second one approved");
+    for i in 0..n {
+        let v = post("/v1/actions", "bench-agent-token-123", action(i, &long_sql));
+        if i % 2 == 0 {
+            let id = v["request"]["id"].as_str().expect("held").to_string();
+            post(
+                &format!("/v1/requests/{id}/reviews"),
+                "bench-bob-token-12345",
+                json!({"decision": "approve"}),
+            );
+        }
+    }
+    let changed = long_sql.replace("id = 150 ", "id = 150 OR true ");
+    let v = post("/v1/actions", "bench-agent-token-123", action(n, &changed));
+    let id = v["request"]["id"].as_str().expect("held").to_string();
+
+    let now = g.now().0 / 1000;
+    let claims = SessionClaims {
+        sid: "bench".into(),
+        sub: "user:bob".into(),
+        groups: vec![],
+        iat: now,
+        exp: now + 3600,
+    };
+    let cookie = format!(
+        "{}={}",
+        g.web.sessions.cookie_name(),
+        g.web.sessions.encode(&claims)
+    );
+    let url = format!("{base}/requests/{id}");
+    let page = http
+        .get(&url)
+        .set("Cookie", &cookie)
+        .call()
+        .expect("page")
+        .into_string()
+        .expect("html");
+    assert!(page.contains("Changes since the last similar approved action"));
+    println!(
+        "request page: {} KB of HTML, statement {} KB",
+        page.len() / 1024,
+        changed.len() / 1024
+    );
+    for _ in 0..20 {
+        let _ = http.get(&url).set("Cookie", &cookie).call();
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let r = http.get(&url).set("Cookie", &cookie).call().expect("page");
+        let _ = r.into_string();
+        times.push(t.elapsed());
+    }
+    percentiles("GET /requests/{id} (loopback, whole path)", times);
+
+    let req = rt
+        .block_on(g.get_request(
+            &Principal {
+                id: "user:bob".parse::<PrincipalId>().expect("id"),
+                owner: None,
+                groups: ["data-owners".to_string()].into(),
+            },
+            &id,
+        ))
+        .expect("request");
+    let user = SignedIn::from_headers(&g, &{
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(axum::http::header::COOKIE, cookie.parse().expect("header"));
+        h
+    })
+    .expect("session");
+    let similar = rt
+        .block_on(secondkey_server::web::similar_approved(
+            &g,
+            &user.principal,
+            &req,
+        ))
+        .expect("a similar approved request");
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let html = secondkey_server::web::render_request(&g, &user, &req, Some(&similar), None);
+        std::hint::black_box(html);
+        times.push(t.elapsed());
+    }
+    percentiles("render_request (HTML only)", times);
+    let mut times = Vec::with_capacity(iters / 5);
+    for _ in 0..iters / 5 {
+        let t = Instant::now();
+        let s = rt.block_on(secondkey_server::web::similar_approved(
+            &g,
+            &user.principal,
+            &req,
+        ));
+        std::hint::black_box(s);
+        times.push(t.elapsed());
+    }
+    percentiles("similar_approved (store lookup)", times);
+    rt.block_on(running.stop()).expect("stop");
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}

@@ -1,0 +1,113 @@
+//! Who a caller is, beyond static bearer tokens: principals from workload
+//! identity JWTs (`[[identity.jwt]]`) and from OpenID Connect sign-in.
+//!
+//! Both end in [`principal_for`], which merges what the token says with the
+//! `[[principals]]` entry of the same id, so an agent's configured `owner`
+//! (separation of duties) and configured groups hold however it signed in.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use secondkey_core::principal::{Principal, PrincipalId};
+use serde_json::Value;
+
+use crate::config::{Config, JwtIssuerConfig};
+use crate::jwt::{peek_issuer, JwtVerifier, VerifierConfig};
+
+/// The principal `id` as the gateway knows it: the configured entry's owner
+/// and groups, plus `extra_groups` from the identity provider.
+pub fn principal_for(
+    config: &Config,
+    id: PrincipalId,
+    extra_groups: BTreeSet<String>,
+) -> Principal {
+    match config.principals.get(id.as_str()) {
+        Some(p) => {
+            let mut p = p.clone();
+            p.groups.extend(extra_groups);
+            p
+        }
+        None => Principal {
+            id,
+            owner: None,
+            groups: extra_groups,
+        },
+    }
+}
+
+/// Group names from a claim: a JSON array of strings (or one string).
+/// Values that could not be group names (empty, with `,` or `"`) are dropped.
+pub fn groups_from_claim(v: Option<&Value>) -> Vec<String> {
+    let items: Vec<&str> = match v {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(s)) => vec![s.as_str()],
+        _ => vec![],
+    };
+    items
+        .into_iter()
+        .filter(|g| !g.is_empty() && g.len() <= 256 && !g.contains(',') && !g.contains('"'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runtime state of the workload identity providers (their key caches).
+#[derive(Debug, Default)]
+pub struct Identity {
+    issuers: Vec<(JwtIssuerConfig, Arc<JwtVerifier>)>,
+}
+
+impl Identity {
+    pub fn new(config: &Config) -> Identity {
+        let issuers = config
+            .jwt_issuers
+            .iter()
+            .map(|c| {
+                let mut vc = VerifierConfig::new(
+                    vec![c.issuer.clone()],
+                    c.audiences.clone(),
+                    c.keys.clone(),
+                );
+                vc.algorithms = c.algorithms.clone();
+                (c.clone(), Arc::new(JwtVerifier::new(vc)))
+            })
+            .collect();
+        Identity { issuers }
+    }
+
+    /// Whether any workload identity provider is configured.
+    pub fn accepts_jwts(&self) -> bool {
+        !self.issuers.is_empty()
+    }
+
+    /// Authenticates a workload JWT: the issuer named in the token picks the
+    /// verifier, which checks everything; then the principal claim becomes a
+    /// principal id.
+    pub async fn authenticate(&self, config: &Config, token: &str) -> Result<Principal, String> {
+        let iss = peek_issuer(token).ok_or("the token names no issuer")?;
+        let (c, verifier) = self
+            .issuers
+            .iter()
+            .find(|(c, _)| c.issuer == iss)
+            .ok_or_else(|| format!("tokens from issuer {iss:?} are not accepted"))?;
+        let verified = verifier.verify(token).await.map_err(|e| e.to_string())?;
+        let value = verified
+            .str_claim(&c.principal_claim)
+            .ok_or_else(|| format!("the token has no string claim {:?}", c.principal_claim))?;
+        let id: PrincipalId = if c.map.is_empty() {
+            format!("{}:{value}", c.principal_kind.as_str())
+                .parse()
+                .map_err(|e| {
+                    format!("claim {:?} is not a principal name: {e}", c.principal_claim)
+                })?
+        } else {
+            c.map
+                .get(value)
+                .cloned()
+                .ok_or_else(|| format!("subject {value:?} is not mapped to a principal"))?
+        };
+        if c.require_configured && !config.principals.contains_key(id.as_str()) {
+            return Err(format!("{id} is not a configured principal"));
+        }
+        Ok(principal_for(config, id, BTreeSet::new()))
+    }
+}

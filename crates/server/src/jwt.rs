@@ -1,0 +1,562 @@
+//! Verifying JWTs signed with keys a provider publishes as a JWK set.
+//!
+//! One verifier per trusted issuer: OpenID Connect ID tokens (the web
+//! sign-in), workload identity tokens of agents and services
+//! (`[[identity.jwt]]`), and Bot Framework tokens (Microsoft Teams) all go
+//! through [`JwtVerifier`]. It checks the signature with a key from the
+//! issuer's JWKS (found directly, or through its OpenID metadata document),
+//! the algorithm against an allow-list (never `none`, never HMAC: a public
+//! key must not double as a shared secret), the issuer, the audience, `exp`
+//! and `nbf`.
+//!
+//! Keys are cached. A token whose `kid` is not in the cache triggers one
+//! refetch (providers rotate keys by publishing the new one first), but at
+//! most one per `min_refetch`, so tokens with made-up key ids cannot make us
+//! hammer the provider. When a refetch fails the cached keys stay in use.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), secondkey_server::jwt::JwtError> {
+//! use secondkey_server::jwt::{JwtVerifier, KeySource, VerifierConfig};
+//! let v = JwtVerifier::new(VerifierConfig::new(
+//!     vec!["https://api.botframework.com".into()],
+//!     vec!["<app id>".into()],
+//!     KeySource::Metadata("https://login.botframework.com/v1/.well-known/openidconfiguration".into()),
+//! ));
+//! let verified = v.verify("eyJ…").await?;
+//! let _service_url = verified.claims.get("serviceurl");
+//! # Ok(()) }
+//! ```
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+/// Why a token was refused, or keys could not be had.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum JwtError {
+    #[error("not a JWT (expected three base64url parts separated by dots)")]
+    Malformed,
+    #[error("algorithm {0} is not accepted for this issuer")]
+    Algorithm(String),
+    #[error("no key with id {0:?} in the issuer's key set")]
+    UnknownKey(String),
+    #[error("the token is invalid: {0}")]
+    Invalid(String),
+    #[error("the issuer's keys could not be fetched: {0}")]
+    Fetch(String),
+}
+
+/// Where the issuer's signing keys are published.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A JWKS document URL.
+    Jwks(String),
+    /// An OpenID provider metadata URL whose `jwks_uri` names the JWKS.
+    Metadata(String),
+    /// A fixed key set (tests, air-gapped issuers).
+    Static(Value),
+}
+
+/// What a verifier trusts.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// Accepted `iss` values (one is usual; Entra ID has v1 and v2 spellings).
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; the token must name one of them.
+    pub audiences: Vec<String>,
+    pub keys: KeySource,
+    /// Accepted signature algorithms (asymmetric only).
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew allowed on `exp`/`nbf`.
+    pub leeway: Duration,
+    /// How long fetched keys are used before they are fetched again.
+    pub cache_ttl: Duration,
+    /// Shortest time between two fetches caused by unknown key ids.
+    pub min_refetch: Duration,
+    /// Allow `http://` key URLs on hosts other than loopback (never in
+    /// production: keys fetched in clear text can be swapped in transit).
+    pub allow_insecure_http: bool,
+}
+
+impl VerifierConfig {
+    /// Defaults: RS256/RS384/RS512/PS256/ES256/ES384/EdDSA, 60 s leeway, keys
+    /// cached for an hour, refetched on an unknown `kid` at most every 30 s.
+    pub fn new(issuers: Vec<String>, audiences: Vec<String>, keys: KeySource) -> VerifierConfig {
+        VerifierConfig {
+            issuers,
+            audiences,
+            keys,
+            algorithms: DEFAULT_ALGORITHMS.to_vec(),
+            leeway: Duration::from_secs(60),
+            cache_ttl: Duration::from_secs(3600),
+            min_refetch: Duration::from_secs(30),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// The asymmetric algorithms accepted unless configured otherwise.
+pub const DEFAULT_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Parses an algorithm name from configuration; HMAC algorithms are refused.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    let alg: Algorithm = name
+        .parse()
+        .map_err(|_| format!("unknown JWS algorithm {name:?}"))?;
+    if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        return Err(format!(
+            "{name} is a shared-secret algorithm; only public-key algorithms are accepted"
+        ));
+    }
+    Ok(alg)
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// All claims of the payload.
+    pub claims: Map<String, Value>,
+    /// The JWK that verified it, as published (e.g. Bot Framework's
+    /// `endorsements` live here).
+    pub key: Value,
+}
+
+impl Verified {
+    /// A string claim, if present.
+    pub fn str_claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(Value::as_str)
+    }
+}
+
+struct Cache {
+    /// (raw JWK, parsed JWK) pairs.
+    keys: Vec<(Value, Jwk)>,
+    fetched: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+/// Verifies tokens of one issuer; cheap to share (`Arc`), safe to call from
+/// many tasks at once.
+pub struct JwtVerifier {
+    config: VerifierConfig,
+    cache: Mutex<Cache>,
+    /// Serializes fetches so a burst of tokens causes one download.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("issuers", &self.config.issuers)
+            .field("audiences", &self.config.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `iss` claim of a token, read without verifying anything: only to
+/// choose which verifier to try.
+pub fn peek_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_string)
+}
+
+/// Whether a bearer token has the shape of a compact JWS.
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3 && token.starts_with("ey")
+}
+
+impl JwtVerifier {
+    pub fn new(config: VerifierConfig) -> JwtVerifier {
+        let keys = match &config.keys {
+            KeySource::Static(set) => parse_set(set).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let fetched = matches!(config.keys, KeySource::Static(_)).then(Instant::now);
+        JwtVerifier {
+            config,
+            cache: Mutex::new(Cache {
+                keys,
+                fetched,
+                last_attempt: None,
+            }),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    /// Checks signature, algorithm, issuer, audience and lifetime.
+    pub async fn verify(&self, token: &str) -> Result<Verified, JwtError> {
+        if token.len() > 16 * 1024 || !looks_like_jwt(token) {
+            return Err(JwtError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        if !self.config.algorithms.contains(&header.alg) {
+            return Err(JwtError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header.kid.clone();
+        let (raw, jwk) = match self.find_key(kid.as_deref(), header.alg) {
+            Some(k) => k,
+            None => {
+                self.refresh(kid.is_some()).await?;
+                self.find_key(kid.as_deref(), header.alg)
+                    .ok_or_else(|| JwtError::UnknownKey(kid.clone().unwrap_or_default()))?
+            }
+        };
+        let key = DecodingKey::from_jwk(&jwk)
+            .map_err(|e| JwtError::Invalid(format!("the issuer's key is unusable: {e}")))?;
+        let mut v = Validation::new(header.alg);
+        v.algorithms = vec![header.alg];
+        v.leeway = self.config.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.set_issuer(&self.config.issuers);
+        v.set_audience(&self.config.audiences);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
+            .map_err(|e| JwtError::Invalid(describe(&e)))?;
+        Ok(Verified {
+            claims: data.claims,
+            key: raw,
+        })
+    }
+
+    fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<(Value, Jwk)> {
+        let cache = self.cache.lock().ok()?;
+        let fresh = cache
+            .fetched
+            .is_some_and(|t| t.elapsed() < self.config.cache_ttl)
+            || matches!(self.config.keys, KeySource::Static(_));
+        if !fresh {
+            return None;
+        }
+        let usable = |j: &Jwk| {
+            let family_ok = matches!(
+                (&j.algorithm, alg),
+                (
+                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_),
+                    Algorithm::RS256
+                        | Algorithm::RS384
+                        | Algorithm::RS512
+                        | Algorithm::PS256
+                        | Algorithm::PS384
+                        | Algorithm::PS512
+                ) | (
+                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_),
+                    Algorithm::ES256 | Algorithm::ES384
+                ) | (
+                    jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_),
+                    Algorithm::EdDSA
+                )
+            );
+            let alg_ok = j
+                .common
+                .key_algorithm
+                .is_none_or(|ka| format!("{ka:?}") == format!("{alg:?}"));
+            let use_ok = !matches!(
+                j.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            );
+            family_ok && alg_ok && use_ok
+        };
+        let mut candidates = cache.keys.iter().filter(|(_, j)| usable(j));
+        match kid {
+            Some(kid) => candidates
+                .find(|(_, j)| j.common.key_id.as_deref() == Some(kid))
+                .cloned(),
+            None => {
+                // Without a key id only an unambiguous key set will do.
+                let first = candidates.next().cloned();
+                if candidates.next().is_some() {
+                    None
+                } else {
+                    first
+                }
+            }
+        }
+    }
+
+    /// Fetches the key set again if allowed now. `forced` is a refetch for an
+    /// unknown key id, rate-limited by `min_refetch`.
+    async fn refresh(&self, forced: bool) -> Result<(), JwtError> {
+        let _guard = self.fetching.lock().await;
+        {
+            let cache = self
+                .cache
+                .lock()
+                .map_err(|_| JwtError::Fetch("key cache poisoned".into()))?;
+            let fresh = cache
+                .fetched
+                .is_some_and(|t| t.elapsed() < self.config.cache_ttl);
+            let recent = cache
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < self.config.min_refetch);
+            if matches!(self.config.keys, KeySource::Static(_)) || recent || (fresh && !forced) {
+                return Ok(());
+            }
+        }
+        let source = self.config.keys.clone();
+        let insecure = self.config.allow_insecure_http;
+        let fetched = tokio::task::spawn_blocking(move || fetch_keys(&source, insecure))
+            .await
+            .map_err(|e| JwtError::Fetch(e.to_string()))?;
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| JwtError::Fetch("key cache poisoned".into()))?;
+        cache.last_attempt = Some(Instant::now());
+        match fetched {
+            Ok(keys) => {
+                cache.keys = keys;
+                cache.fetched = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) if !cache.keys.is_empty() => {
+                // Keep verifying with what we had; the provider may be down.
+                tracing::warn!(error = %e, "JWKS refetch failed; keeping cached keys");
+                cache.fetched = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => "bad signature".into(),
+        K::ExpiredSignature => "expired".into(),
+        K::ImmatureSignature => "not valid yet (nbf)".into(),
+        K::InvalidIssuer => "wrong issuer".into(),
+        K::InvalidAudience => "wrong audience".into(),
+        K::MissingRequiredClaim(c) => format!("missing claim {c}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn parse_set(set: &Value) -> Result<Vec<(Value, Jwk)>, JwtError> {
+    let keys = set
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| JwtError::Fetch("the key set has no `keys` array".into()))?;
+    // Keys of types we do not know are skipped, not fatal: a provider may
+    // publish more kinds than we use.
+    Ok(keys
+        .iter()
+        .filter_map(|k| {
+            serde_json::from_value::<Jwk>(k.clone())
+                .ok()
+                .map(|j| (k.clone(), j))
+        })
+        .collect())
+}
+
+/// Refuses plain-HTTP URLs except on loopback (where tests and sidecars run).
+pub fn check_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    if url.starts_with("https://") || allow_insecure_http {
+        return Ok(());
+    }
+    if let Some(rest) = url.strip_prefix("http://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let name = if host.starts_with('[') {
+            host.split(']').next().map(|h| &h[1..]).unwrap_or("")
+        } else {
+            host.split(':').next().unwrap_or("")
+        };
+        if matches!(name, "127.0.0.1" | "localhost" | "::1") {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{url:?} must be an https:// URL (plain http is accepted only on loopback)"
+    ))
+}
+
+/// Fetches a JSON document (at most 1 MiB, 10 s).
+pub fn fetch_json(url: &str, allow_insecure_http: bool) -> Result<Value, String> {
+    check_url(url, allow_insecure_http)?;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .redirects(0)
+        .build();
+    let resp = agent
+        .get(url)
+        .set("Accept", "application/json")
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(resp.into_reader(), 1 << 20),
+        &mut body,
+    )
+    .map_err(|e| format!("GET {url}: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
+}
+
+fn fetch_keys(source: &KeySource, insecure: bool) -> Result<Vec<(Value, Jwk)>, JwtError> {
+    let url = match source {
+        KeySource::Static(set) => return parse_set(set),
+        KeySource::Jwks(u) => u.clone(),
+        KeySource::Metadata(m) => {
+            let meta = fetch_json(m, insecure).map_err(JwtError::Fetch)?;
+            meta.get("jwks_uri")
+                .and_then(Value::as_str)
+                .ok_or_else(|| JwtError::Fetch(format!("{m} names no jwks_uri")))?
+                .to_string()
+        }
+    };
+    let set = fetch_json(&url, insecure).map_err(JwtError::Fetch)?;
+    parse_set(&set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    fn key(seed: u8) -> (EncodingKey, Value) {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let der = sk.to_pkcs8_der().unwrap();
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
+        (
+            EncodingKey::from_ed_der(der.as_bytes()),
+            json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": format!("k{seed}"), "alg": "EdDSA", "use": "sig"}),
+        )
+    }
+
+    fn token(k: &EncodingKey, kid: &str, claims: Value) -> String {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        encode(&h, &claims, k).unwrap()
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn verifier(set: Value) -> JwtVerifier {
+        JwtVerifier::new(VerifierConfig::new(
+            vec!["https://idp.test".into()],
+            vec!["secondkey".into()],
+            KeySource::Static(set),
+        ))
+    }
+
+    #[tokio::test]
+    async fn checks_signature_issuer_audience_and_lifetime() {
+        let (k1, j1) = key(1);
+        let (k2, _) = key(2);
+        let v = verifier(json!({"keys": [j1]}));
+        let good =
+            json!({"iss": "https://idp.test", "aud": "secondkey", "sub": "ci", "exp": now() + 300});
+        let ok = v.verify(&token(&k1, "k1", good.clone())).await.unwrap();
+        assert_eq!(ok.str_claim("sub"), Some("ci"));
+        assert_eq!(ok.key["kid"], "k1");
+
+        // Signed by another key under the same kid.
+        assert_eq!(
+            v.verify(&token(&k2, "k1", good.clone())).await.unwrap_err(),
+            JwtError::Invalid("bad signature".into())
+        );
+        // Unknown kid (static sets are never refetched).
+        assert!(matches!(
+            v.verify(&token(&k1, "nope", good.clone())).await,
+            Err(JwtError::UnknownKey(_))
+        ));
+        let mut c = good.clone();
+        c["iss"] = json!("https://evil.test");
+        assert_eq!(
+            v.verify(&token(&k1, "k1", c)).await.unwrap_err(),
+            JwtError::Invalid("wrong issuer".into())
+        );
+        let mut c = good.clone();
+        c["aud"] = json!("other");
+        assert_eq!(
+            v.verify(&token(&k1, "k1", c)).await.unwrap_err(),
+            JwtError::Invalid("wrong audience".into())
+        );
+        let mut c = good.clone();
+        c["exp"] = json!(now() - 600);
+        assert_eq!(
+            v.verify(&token(&k1, "k1", c)).await.unwrap_err(),
+            JwtError::Invalid("expired".into())
+        );
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove("exp");
+        assert!(v.verify(&token(&k1, "k1", c)).await.is_err());
+        let mut c = good;
+        c["nbf"] = json!(now() + 600);
+        assert!(v.verify(&token(&k1, "k1", c)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn refuses_hmac_none_and_garbage() {
+        let (_, j1) = key(1);
+        let v = verifier(json!({"keys": [j1.clone()]}));
+        // HS256 "signed" with the public key bytes: the classic confusion.
+        let claims = json!({"iss": "https://idp.test", "aud": "secondkey", "exp": now() + 60});
+        let hs = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(j1["x"].as_str().unwrap().as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&hs).await, Err(JwtError::Algorithm(_))));
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none"}"#),
+            b64.encode(claims.to_string())
+        );
+        assert!(v.verify(&none).await.is_err());
+        for bad in ["", "a.b", "eyJ.eyJ.x", &"ey".repeat(20_000)] {
+            assert!(v.verify(bad).await.is_err(), "{bad:.20}");
+        }
+        assert!(parse_algorithm("HS256").is_err());
+        assert!(parse_algorithm("RS256").is_ok());
+    }
+
+    #[test]
+    fn http_only_on_loopback() {
+        assert!(check_url("https://idp.example/jwks", false).is_ok());
+        assert!(check_url("http://127.0.0.1:9400/jwks", false).is_ok());
+        assert!(check_url("http://localhost/jwks", false).is_ok());
+        assert!(check_url("http://[::1]:80/jwks", false).is_ok());
+        assert!(check_url("http://idp.example/jwks", false).is_err());
+        assert!(check_url("http://127.0.0.1.evil.example/jwks", false).is_err());
+        assert!(check_url("http://user@evil.example/jwks", false).is_err());
+        assert!(check_url("http://idp.example/jwks", true).is_ok());
+        assert_eq!(
+            peek_issuer(&format!(
+                "eyJ.{}.x",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"iss":"a"}"#)
+            )),
+            Some("a".into())
+        );
+    }
+}

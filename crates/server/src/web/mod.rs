@@ -1,0 +1,627 @@
+//! The reviewer web UI, served by the gateway: OpenID Connect sign-in, an
+//! inbox of requests the signed-in human may decide, the request page (the
+//! `url` every request carries), batch decisions per agent session, history
+//! and the audit page.
+//!
+//! Server-rendered HTML (`pages`), one vendored stylesheet, no script. The
+//! handlers are thin: every decision goes through [`Gateway::review`], the
+//! same checks as the REST API (separation of duties, eligibility, quorum,
+//! expiry, decided-is-final). GETs never change state; every POST needs a
+//! session and its CSRF token ([`session::Posted`]).
+//!
+//! Other routes that need a signed-in human (e.g. "link your Slack
+//! account") use [`SignedIn`] and [`Posted`].
+
+pub mod highlight;
+pub mod oidc;
+pub mod pages;
+pub mod session;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use secondkey_core::request::{Request, RequestState, ReviewDecision};
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::AppState;
+use session::{now_secs, random_token, SessionClaims, Sessions};
+pub use session::{Posted, SignedIn, WebReject};
+
+/// Web UI state: the session signer and the sign-in flow.
+#[derive(Debug)]
+pub struct WebState {
+    pub sessions: Sessions,
+    pub oidc: Option<oidc::Oidc>,
+}
+
+impl WebState {
+    /// `key` signs session cookies (load it with
+    /// [`crate::keys::load_or_create_secret`] so sessions survive restarts).
+    pub fn new(config: &Config, key: [u8; 32]) -> WebState {
+        WebState {
+            sessions: Sessions::new(key, config.public_url.starts_with("https://")),
+            oidc: config.oidc.clone().map(oidc::Oidc::new),
+        }
+    }
+
+    /// With a random key: sessions last until the process ends.
+    pub fn ephemeral(config: &Config) -> WebState {
+        let mut key = [0u8; 32];
+        let _ = getrandom::getrandom(&mut key);
+        WebState::new(config, key)
+    }
+}
+
+/// The routes of the web UI.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/inbox") }))
+        .route("/login", get(login))
+        .route("/auth/callback", get(callback))
+        .route("/logout", post(logout))
+        .route("/inbox", get(inbox))
+        .route("/inbox/batch", post(batch))
+        .route("/requests/{id}", get(request_page))
+        .route("/requests/{id}/review", post(review))
+        .route("/history", get(history))
+        .route("/audit", get(audit))
+        .route("/audit/receipt/{index}", get(receipt))
+        .route("/assets/app.css", get(css))
+}
+
+/// An HTML page with the headers every page gets: never cached, never
+/// framed, no script, forms only to this origin.
+fn page(status: StatusCode, html: String) -> Response {
+    let mut r = (status, Html(html)).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn ok(html: String) -> Response {
+    page(StatusCode::OK, html)
+}
+
+/// An API error as an error page; says that nothing changed.
+fn api_error_page(e: &ApiError) -> Response {
+    let msg = match e.code {
+        "self_review" | "not_eligible" | "duplicate_reviewer" | "already_decided" | "expired"
+        | "not_found" => format!("{} Nothing was changed.", e.message),
+        _ => e.message.clone(),
+    };
+    page(e.status, pages::error_page(e.status, &msg).0)
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        pages::CSS,
+    )
+        .into_response()
+}
+
+fn login_cookie_name(s: &Sessions) -> &'static str {
+    if s.secure() {
+        "__Host-sk_login"
+    } else {
+        "sk_login"
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    #[serde(rename = "return")]
+    return_to: Option<String>,
+}
+
+/// Starts sign-in at the identity provider. The `state` is also put in a
+/// short-lived cookie, so a callback only completes in the browser that
+/// started it (no login CSRF).
+async fn login(State(s): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
+    let web = &s.gateway.web;
+    let Some(oidc) = &web.oidc else {
+        return page(
+            StatusCode::NOT_FOUND,
+            pages::error_page(
+                StatusCode::NOT_FOUND,
+                "Web sign-in is not configured (no [oidc] section).",
+            )
+            .0,
+        );
+    };
+    let back = oidc::safe_return(q.return_to.as_deref().unwrap_or("/"));
+    match oidc.begin(&back).await {
+        Ok((url, state)) => {
+            let cookie = format!(
+                "{}={state}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+                login_cookie_name(&web.sessions),
+                oidc::LOGIN_TTL.as_secs(),
+                if web.sessions.secure() {
+                    "; Secure"
+                } else {
+                    ""
+                }
+            );
+            let mut r = Redirect::to(&url).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => page(
+            StatusCode::BAD_GATEWAY,
+            pages::error_page(StatusCode::BAD_GATEWAY, &e.to_string()).0,
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// The provider sends the browser back here with a code and our state.
+async fn callback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let g = &s.gateway;
+    let web = &g.web;
+    let fail = |status: StatusCode, m: String| page(status, pages::error_page(status, &m).0);
+    let Some(oidc) = &web.oidc else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "Web sign-in is not configured.".into(),
+        );
+    };
+    let state = q.state.unwrap_or_default();
+    let bound = session::cookie(&headers, login_cookie_name(&web.sessions)).unwrap_or("");
+    if state.is_empty() || !session::ct_eq(bound.as_bytes(), state.as_bytes()) {
+        return fail(
+            StatusCode::FORBIDDEN,
+            "This sign-in was not started in this browser (or its cookie expired). Start again from the gateway.".into(),
+        );
+    }
+    if let Some(err) = q.error {
+        // Use the state up so it cannot be completed later.
+        let _ = oidc.finish(&state, "").await;
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "The identity provider refused sign-in: {err} {}",
+                q.error_description.unwrap_or_default()
+            ),
+        );
+    }
+    let user = match oidc.finish(&state, q.code.as_deref().unwrap_or("")).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(error = %e, "web sign-in refused");
+            let status = match e {
+                oidc::LoginError::Unavailable(_) => StatusCode::BAD_GATEWAY,
+                oidc::LoginError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            return fail(status, e.to_string());
+        }
+    };
+    let now = now_secs(g);
+    let ttl = oidc.config.session_ttl.as_secs() as i64;
+    let sid = match random_token() {
+        Ok(t) => t,
+        Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let claims = SessionClaims {
+        sid,
+        sub: user.id.to_string(),
+        groups: user.groups.iter().cloned().collect(),
+        iat: now,
+        exp: now + ttl,
+    };
+    tracing::info!(principal = %user.id, groups = ?user.groups, "signed in through OpenID Connect");
+    let mut r = Redirect::to(&user.return_to).into_response();
+    let h = r.headers_mut();
+    for c in [
+        web.sessions.set_cookie(&web.sessions.encode(&claims), ttl),
+        format!(
+            "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
+            login_cookie_name(&web.sessions),
+            if web.sessions.secure() {
+                "; Secure"
+            } else {
+                ""
+            }
+        ),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn logout(State(s): State<AppState>, p: Posted) -> Response {
+    let web = &s.gateway.web;
+    web.sessions.revoke(&p.user.session, now_secs(&s.gateway));
+    let mut r = ok(pages::signed_out());
+    if let Ok(v) = HeaderValue::from_str(&web.sessions.clear_cookie()) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// Whether `who` may decide `req` now, or why not (the same checks the
+/// review itself makes; this only decides whether to show the form).
+pub fn cannot_decide(req: &Request, who: &secondkey_core::principal::Principal) -> Option<String> {
+    if req.state != RequestState::Pending {
+        return Some(format!(
+            "This request is {} and can no longer be decided.",
+            req.state.as_str()
+        ));
+    }
+    if req.reviews.iter().any(|r| r.reviewer == who.id) {
+        return Some("You already reviewed this request.".into());
+    }
+    req.check_reviewer(who)
+        .err()
+        .map(|e| format!("You cannot review this request: {e}."))
+}
+
+/// Pending requests the user may decide (up to 500).
+async fn decidable(
+    g: &Gateway,
+    who: &secondkey_core::principal::Principal,
+) -> Result<Vec<Request>, ApiError> {
+    let page = g.list(who, Some(RequestState::Pending), 500, None).await?;
+    let now = g.now();
+    Ok(page
+        .requests
+        .into_iter()
+        .filter(|r| r.expires_at > now && cannot_decide(r, who).is_none())
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct NoticeQuery {
+    done: Option<String>,
+}
+
+fn notice_text(done: Option<&str>) -> Option<&'static str> {
+    match done {
+        Some("approve") => Some("Your approval was recorded."),
+        Some("deny") => Some("Your denial was recorded."),
+        _ => None,
+    }
+}
+
+async fn inbox(
+    State(s): State<AppState>,
+    user: SignedIn,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let g = &s.gateway;
+    match decidable(g, &user.principal).await {
+        Ok(reqs) => {
+            let refs: Vec<&Request> = reqs.iter().collect();
+            ok(pages::inbox(
+                &user,
+                &refs,
+                g.now().0,
+                notice_text(q.done.as_deref()),
+            ))
+        }
+        Err(e) => api_error_page(&e),
+    }
+}
+
+fn parse_decision(v: Option<&str>) -> Result<ReviewDecision, ApiError> {
+    match v {
+        Some("approve") => Ok(ReviewDecision::Approve),
+        Some("deny") => Ok(ReviewDecision::Deny),
+        _ => Err(ApiError::bad_request(
+            "invalid_decision",
+            "choose Approve or Deny",
+        )),
+    }
+}
+
+fn comment_of(p: &Posted) -> Option<String> {
+    p.get("comment")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+}
+
+/// The last request like `req` (same requester, kind, operation and
+/// resource) that was approved, among those `who` may see.
+pub async fn similar_approved(
+    g: &Gateway,
+    who: &secondkey_core::principal::Principal,
+    req: &Request,
+) -> Option<Request> {
+    let page = g.list(who, None, 200, None).await.ok()?;
+    page.requests.into_iter().find(|r| {
+        r.id != req.id
+            && r.created_at <= req.created_at
+            && matches!(
+                r.state,
+                RequestState::Approved
+                    | RequestState::Executed
+                    | RequestState::Failed
+                    | RequestState::Unknown
+            )
+            && r.requester.id == req.requester.id
+            && r.action.kind == req.action.kind
+            && r.action.operation == req.action.operation
+            && r.action.resource == req.action.resource
+    })
+}
+
+/// The page at each request's `url`.
+async fn request_page(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let g = &s.gateway;
+    let user = match SignedIn::from_headers(g, &headers) {
+        Some(u) => u,
+        None if g.web.oidc.is_none() => return ok(pages::cli_hint(&id, &g.config.public_url)),
+        None => return WebReject::SignIn(uri.path().to_string()).into_response(),
+    };
+    let req = match g.get_request(&user.principal, &id).await {
+        Ok(r) => r,
+        Err(e) => return api_error_page(&e),
+    };
+    let similar = similar_approved(g, &user.principal, &req).await;
+    ok(render_request(
+        g,
+        &user,
+        &req,
+        similar.as_ref(),
+        notice_text(q.done.as_deref()),
+    ))
+}
+
+/// Renders the request page (separate from IO so it can be benchmarked).
+pub fn render_request(
+    g: &Gateway,
+    user: &SignedIn,
+    req: &Request,
+    similar: Option<&Request>,
+    notice: Option<&str>,
+) -> String {
+    let fallback;
+    let submitted = match &req.submitted {
+        Some(v) => v,
+        None => {
+            fallback = serde_json::to_value(&req.action).unwrap_or_default();
+            &fallback
+        }
+    };
+    let mut cannot = cannot_decide(req, &user.principal);
+    if cannot.is_none() && req.expires_at <= g.now() {
+        cannot = Some("This request has expired.".into());
+    }
+    pages::request(
+        user,
+        &pages::RequestPage {
+            req,
+            submitted,
+            environment: g.config.environment_of(&req.action.resource),
+            similar,
+            cannot_decide: cannot,
+            now_ms: g.now().0,
+            notice,
+        },
+    )
+}
+
+/// Approve or deny from the request page; the same review as the API.
+async fn review(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Response {
+    let g = &s.gateway;
+    let decision = match parse_decision(p.get("decision")) {
+        Ok(d) => d,
+        Err(e) => return api_error_page(&e),
+    };
+    match g
+        .review(&p.user.principal, &id, decision, comment_of(&p))
+        .await
+    {
+        Ok(_) => {
+            let done = if decision == ReviewDecision::Approve {
+                "approve"
+            } else {
+                "deny"
+            };
+            Redirect::to(&format!(
+                "/requests/{}?done={done}",
+                form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+            ))
+            .into_response()
+        }
+        Err(e) => api_error_page(&e),
+    }
+}
+
+/// Largest batch decided at once.
+pub const MAX_BATCH: usize = 100;
+
+/// Decides several requests of one agent session, each as its own review
+/// through [`Gateway::review`]. All must share a requester and a session:
+/// a batch never mixes unrelated work.
+pub async fn review_batch(
+    g: &Gateway,
+    who: &secondkey_core::principal::Principal,
+    ids: &[String],
+    decision: ReviewDecision,
+    comment: Option<String>,
+) -> Result<Vec<(String, Result<Request, ApiError>)>, ApiError> {
+    if ids.is_empty() || ids.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!("a batch holds 1 to {MAX_BATCH} requests"),
+        ));
+    }
+    let mut unique = ids.to_vec();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != ids.len() {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            "a request appears twice in the batch",
+        ));
+    }
+    let mut key = None;
+    for id in ids {
+        let r = g.get_request(who, id).await?;
+        let k = (
+            r.requester.id.clone(),
+            pages::session_of(&r).map(str::to_string),
+        );
+        if k.1.is_none() && ids.len() > 1 {
+            return Err(ApiError::bad_request(
+                "mixed_batch",
+                format!("{id} belongs to no agent session; decide it on its own"),
+            ));
+        }
+        match &key {
+            None => key = Some(k),
+            Some(first) if *first != k => {
+                return Err(ApiError::bad_request(
+                    "mixed_batch",
+                    "every request of a batch must come from the same agent session",
+                ))
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let r = g.review(who, id, decision, comment.clone()).await;
+        out.push((id.clone(), r));
+    }
+    Ok(out)
+}
+
+async fn batch(State(s): State<AppState>, p: Posted) -> Response {
+    let g = &s.gateway;
+    let decision = match parse_decision(p.get("decision")) {
+        Ok(d) => d,
+        Err(e) => return api_error_page(&e),
+    };
+    let ids: Vec<String> = p.all("id").into_iter().map(str::to_string).collect();
+    match review_batch(g, &p.user.principal, &ids, decision, comment_of(&p)).await {
+        Ok(results) => {
+            let rows: Vec<(String, Result<RequestState, String>)> = results
+                .into_iter()
+                .map(|(id, r)| (id, r.map(|r| r.state).map_err(|e| e.message)))
+                .collect();
+            ok(pages::batch_result(&p.user, &rows))
+        }
+        Err(e) => api_error_page(&e),
+    }
+}
+
+async fn history(State(s): State<AppState>, user: SignedIn) -> Response {
+    let g = &s.gateway;
+    match g.list(&user.principal, None, 200, None).await {
+        Ok(page) => {
+            let decided: Vec<&Request> = page
+                .requests
+                .iter()
+                .filter(|r| r.state != RequestState::Pending)
+                .collect();
+            ok(pages::history(&user, &decided))
+        }
+        Err(e) => api_error_page(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    index: Option<String>,
+}
+
+async fn audit(State(s): State<AppState>, user: SignedIn, Query(q): Query<AuditQuery>) -> Response {
+    let g = &s.gateway;
+    let checkpoint = match g.checkpoint().await {
+        Ok(c) => c,
+        Err(e) => return api_error_page(&e),
+    };
+    let reader = g.require_log_reader(&user.principal).map_err(|e| e.message);
+    let receipt = match (&reader, q.index.as_deref().map(str::trim)) {
+        (Ok(()), Some(ix)) if !ix.is_empty() => Some(match ix.parse::<u64>() {
+            Ok(index) => crate::logview::receipt(g, index)
+                .await
+                .map(|v| (index, serde_json::to_string_pretty(&v).unwrap_or_default()))
+                .map_err(|e| e.message),
+            Err(_) => Err("The index must be a non-negative integer.".into()),
+        }),
+        _ => None,
+    };
+    ok(pages::audit(
+        &user,
+        &checkpoint,
+        &g.verifier_key(),
+        reader,
+        receipt,
+    ))
+}
+
+/// A receipt as a JSON download (log readers only, like the API).
+async fn receipt(State(s): State<AppState>, user: SignedIn, Path(index): Path<String>) -> Response {
+    let g = &s.gateway;
+    if let Err(e) = g.require_log_reader(&user.principal) {
+        return api_error_page(&e);
+    }
+    let Ok(index) = index.parse::<u64>() else {
+        return api_error_page(&ApiError::bad_request(
+            "invalid_index",
+            "the index must be a non-negative integer",
+        ));
+    };
+    match crate::logview::receipt(g, index).await {
+        Ok(v) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            serde_json::to_string_pretty(&v).unwrap_or_default(),
+        )
+            .into_response(),
+        Err(e) => api_error_page(&e),
+    }
+}
