@@ -658,7 +658,7 @@ struct Driver {
     http: ureq::Agent,
 }
 
-const ELEMENT: &str = "element-6066-11e4-a52f-4a4b0d0c2f8b";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Driver {
     fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -691,7 +691,6 @@ impl Driver {
         );
         v[ELEMENT]
             .as_str()
-            .or_else(|| v["ELEMENT"].as_str())
             .unwrap_or_else(|| panic!("no element {css}: {v}"))
             .to_string()
     }
