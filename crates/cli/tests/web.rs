@@ -28,7 +28,7 @@ forbid(principal, action == Action::"sql.delete", resource);
 "#;
 
 /// A child process killed when dropped.
-struct Proc(Child, &'static str);
+struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -84,7 +84,7 @@ fn start_idp(dir: &Path) -> (Proc, String) {
         .spawn()
         .expect("start python3 -m oidc_provider_mock");
     wait_port(port, "oidc-provider-mock", &mut child);
-    (Proc(child, "idp"), format!("http://127.0.0.1:{port}"))
+    (Proc(child), format!("http://127.0.0.1:{port}"))
 }
 
 fn oidc_config(dir: &Path, issuer: &str) -> String {
@@ -752,7 +752,7 @@ fn start_chromium(dir: &Path) -> (Proc, Driver) {
         .spawn()
         .expect("start chromedriver");
     wait_port(port, "chromedriver", &mut child);
-    let proc = Proc(child, "chromedriver");
+    let proc = Proc(child);
     let base = format!("http://127.0.0.1:{port}");
     let http = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(60))

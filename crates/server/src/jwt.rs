@@ -541,6 +541,100 @@ mod tests {
         assert!(parse_algorithm("RS256").is_ok());
     }
 
+    /// A JWKS server on loopback whose key set can be swapped, counting
+    /// fetches; also serves OpenID metadata pointing at it.
+    async fn jwks_server(
+        set: Value,
+    ) -> (
+        String,
+        std::sync::Arc<Mutex<Value>>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let keys = Arc::new(Mutex::new(set));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (k, h, b) = (keys.clone(), hits.clone(), base.clone());
+        let app = axum::Router::new()
+            .route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let (k, h) = (k.clone(), h.clone());
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        axum::Json(k.lock().unwrap().clone())
+                    }
+                }),
+            )
+            .route(
+                "/meta",
+                axum::routing::get(move || {
+                    let b = b.clone();
+                    async move { axum::Json(json!({"jwks_uri": format!("{b}/jwks")})) }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, keys, hits)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fetches_keys_follows_rotation_and_rate_limits_refetches() {
+        use std::sync::atomic::Ordering;
+        let (k1, j1) = key(1);
+        let (k2, j2) = key(2);
+        let (base, keys, hits) = jwks_server(json!({"keys": [j1]})).await;
+        let mut cfg = VerifierConfig::new(
+            vec!["https://idp.test".into()],
+            vec!["secondkey".into()],
+            KeySource::Metadata(format!("{base}/meta")),
+        );
+        cfg.min_refetch = Duration::ZERO;
+        let v = JwtVerifier::new(cfg.clone());
+        let claims = json!({"iss": "https://idp.test", "aud": "secondkey", "exp": now() + 300});
+        v.verify(&token(&k1, "k1", claims.clone())).await.unwrap();
+        v.verify(&token(&k1, "k1", claims.clone())).await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "keys are cached");
+        // The provider rotates: k2 published, k1 withdrawn.
+        *keys.lock().unwrap() = json!({"keys": [j2]});
+        v.verify(&token(&k2, "k2", claims.clone())).await.unwrap();
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "an unknown kid refetches once"
+        );
+        assert!(matches!(
+            v.verify(&token(&k1, "k1", claims.clone())).await,
+            Err(JwtError::UnknownKey(_))
+        ));
+        // Made-up key ids cannot make us hammer the provider.
+        cfg.min_refetch = Duration::from_secs(3600);
+        let limited = JwtVerifier::new(cfg);
+        limited
+            .verify(&token(&k2, "k2", claims.clone()))
+            .await
+            .unwrap();
+        let before = hits.load(Ordering::SeqCst);
+        for i in 0..20 {
+            let r = limited
+                .verify(&token(&k2, &format!("bogus{i}"), claims.clone()))
+                .await;
+            assert!(matches!(r, Err(JwtError::UnknownKey(_))));
+        }
+        assert!(hits.load(Ordering::SeqCst) <= before + 1);
+        // An unreachable provider is a clear error, not a panic.
+        let dead = JwtVerifier::new(VerifierConfig::new(
+            vec!["https://idp.test".into()],
+            vec!["secondkey".into()],
+            KeySource::Jwks("http://127.0.0.1:9/jwks".into()),
+        ));
+        assert!(matches!(
+            dead.verify(&token(&k1, "k1", claims)).await,
+            Err(JwtError::Fetch(_))
+        ));
+    }
+
     #[test]
     fn http_only_on_loopback() {
         assert!(check_url("https://idp.example/jwks", false).is_ok());
