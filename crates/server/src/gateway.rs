@@ -870,6 +870,13 @@ impl Gateway {
                                 expires_at: g.expires_at.0,
                                 used_at: None,
                             })?;
+                            // The request page diffs the next similar
+                            // action against this one.
+                            tx.put_record(
+                                crate::web::SIMILAR_NS,
+                                &crate::web::similar_key(&req),
+                                &req.id,
+                            )?;
                         }
                         Ok(Reviewed::Done(Box::new(req)))
                     }

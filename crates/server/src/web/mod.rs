@@ -362,29 +362,42 @@ fn comment_of(p: &Posted) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Records namespace of the "last similar approved request" index.
+pub const SIMILAR_NS: &str = "web.similar";
+
+/// The index key of requests alike for review: same requester, kind,
+/// operation and resource (hashed: resources can be long).
+pub fn similar_key(req: &Request) -> String {
+    use sha2::{Digest, Sha256};
+    let a = &req.action;
+    hex::encode(Sha256::digest(
+        format!(
+            "{}\n{}\n{}\n{}",
+            req.requester.id, a.kind, a.operation, a.resource
+        )
+        .as_bytes(),
+    ))
+}
+
 /// The last request like `req` (same requester, kind, operation and
-/// resource) that was approved, among those `who` may see.
+/// resource) that was approved before it, if `who` may see it. One indexed
+/// lookup (written when a request is approved), not a scan.
 pub async fn similar_approved(
     g: &Gateway,
     who: &secondkey_core::principal::Principal,
     req: &Request,
 ) -> Option<Request> {
-    let page = g.list(who, None, 200, None).await.ok()?;
-    page.requests.into_iter().find(|r| {
-        r.id != req.id
-            && r.created_at <= req.created_at
-            && matches!(
-                r.state,
-                RequestState::Approved
-                    | RequestState::Executed
-                    | RequestState::Failed
-                    | RequestState::Unknown
-            )
-            && r.requester.id == req.requester.id
-            && r.action.kind == req.action.kind
-            && r.action.operation == req.action.operation
-            && r.action.resource == req.action.resource
-    })
+    let store = g.store.clone();
+    let key = similar_key(req);
+    let id = tokio::task::spawn_blocking(move || store.get_record(SIMILAR_NS, &key))
+        .await
+        .ok()?
+        .ok()??;
+    if id == req.id {
+        return None;
+    }
+    let prev = g.get_request(who, &id).await.ok()?;
+    (prev.created_at <= req.created_at && similar_key(&prev) == similar_key(req)).then_some(prev)
 }
 
 /// The page at each request's `url`.
