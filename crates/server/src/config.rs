@@ -948,6 +948,50 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
     }
 
     #[test]
+    fn identity_sections_validate_and_name_the_key() {
+        let mut env = HashMap::new();
+        env.insert("OIDC_SECRET".to_string(), "s3cret".to_string());
+        let ok = Config::from_toml(
+            "public_url = \"https://sk.example\"\n[oidc]\nissuer = \"https://idp.example/\"\nclient_id = \"sk\"\nclient_secret_env = \"OIDC_SECRET\"\ngroups_claim = \"groups\"\n[oidc.group_map]\n\"DBA Team\" = [\"dba\"]\n[[identity.jwt]]\nissuer = \"https://token.example\"\naudience = [\"sk\", \"sk2\"]\nprincipal_kind = \"agent\"\n[identity.jwt.map]\n\"repo:a/b\" = \"service:deploy\"",
+            "t",
+            Path::new("/"),
+            &env,
+        )
+        .unwrap();
+        let o = ok.oidc.unwrap();
+        assert_eq!(o.issuer, "https://idp.example");
+        assert_eq!(o.redirect_url, "https://sk.example/auth/callback");
+        assert_eq!(o.client_secret.as_deref(), Some("s3cret"));
+        assert_eq!(o.username_claim, "preferred_username");
+        assert_eq!(o.group_map["DBA Team"], vec!["dba".to_string()]);
+        let j = &ok.jwt_issuers[0];
+        assert_eq!(j.audiences, vec!["sk", "sk2"]);
+        assert!(
+            matches!(&j.keys, crate::jwt::KeySource::Metadata(u) if u == "https://token.example/.well-known/openid-configuration")
+        );
+        assert_eq!(j.map["repo:a/b"].as_str(), "service:deploy");
+
+        let oidc = "[oidc]\nclient_id = \"sk\"\n";
+        for (text, key) in [
+            (format!("{oidc}issuer = \"http://idp.example\""), "oidc.issuer"),
+            (format!("{oidc}issuer = \"https://idp.example\"\nclient_secret_env = \"NOPE\""), "oidc.client_secret_env"),
+            (format!("{oidc}issuer = \"https://idp.example\"\nredirect_url = \"https://evil.example/x\""), "oidc.redirect_url"),
+            (format!("{oidc}issuer = \"https://idp.example\"\nscopes = [\"profile\"]"), "oidc.scopes"),
+            (format!("{oidc}issuer = \"https://idp.example\"\nsession_ttl = \"10s\""), "oidc.session_ttl"),
+            (format!("{oidc}issuer = \"https://idp.example\"\ntoken_auth_method = \"none\""), "oidc.token_auth_method"),
+            (format!("{oidc}issuer = \"https://idp.example\"\nclient_secret = \"inline\""), "client_secret"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = []".into(), "identity.jwt[0].audience"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nprincipal_kind = \"user\"".into(), "identity.jwt[0].principal_kind"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nalgorithms = [\"HS256\"]".into(), "identity.jwt[0].algorithms"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\njwks_url = \"http://t.example/k\"".into(), "identity.jwt[0].jwks_url"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\n[identity.jwt.map]\nx = \"user:bob\"".into(), "identity.jwt[0].map.x"),
+        ] {
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn env_overrides_and_token_env() {
         let mut env = HashMap::new();
         env.insert("SECONDKEY_LISTEN".to_string(), "127.0.0.1:9999".to_string());
