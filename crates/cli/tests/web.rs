@@ -70,6 +70,7 @@ fn start_idp(dir: &Path) -> (Proc, String) {
         ("erin", json!(["marketing"])),
         ("frank", json!(["idp-data-owners"])),
         ("report-bot", json!([])),
+        ("audrey", json!([])),
     ] {
         cmd.arg("--user-claims").arg(
             json!({"sub": sub, "preferred_username": sub, "groups": groups, "email": format!("{sub}@example.test")})
@@ -561,10 +562,28 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     assert!(a.body.contains("test.secondkey/log"), "{}", a.body);
     assert!(a.body.contains("needs membership"), "bob is no log reader");
     assert_eq!(get_page(&gw, &bob.session, "/audit/receipt/1").status, 403);
+    // Audrey gets no groups from the provider, but [[principals]] makes her
+    // an auditor: she fetches receipts.
+    let audrey = sign_in(&gw, "audrey", "/audit");
+    let a = get_page(&gw, &audrey.session, "/audit?index=1");
+    assert!(a.body.contains("id=\"receipt\""), "{}", a.body);
+    let r = get_page(&gw, &audrey.session, "/audit/receipt/1");
+    assert_eq!(r.status, 200);
+    let receipt: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(receipt.get("checkpoint").is_some(), "{receipt}");
+    let a = get_page(&gw, &audrey.session, "/audit?index=999999");
+    assert!(a.body.contains("class=\"error\""), "an index past the end is a clear error");
 
     // Sign-out ends the session (POST with CSRF).
     let r = post_form(&gw, &erin.session, "/logout", &[("csrf", &erin_csrf)], None);
     assert_eq!(r.status, 200);
+    assert_eq!(get_page(&gw, &erin.session, "/inbox").status, 303);
+    // After a restart: sessions survive (signed with the key on disk), and
+    // a signed-out one stays signed out.
+    let mut g = g;
+    g.stop();
+    g.spawn();
+    assert_eq!(get_page(&gw, &bob.session, "/inbox").status, 200);
     assert_eq!(get_page(&gw, &erin.session, "/inbox").status, 303);
 }
 

@@ -52,6 +52,10 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Gateway>> {
         Gateway::new(config, store, policy, log_signer, grant_key).with_session_key(session_key),
     );
     gateway
+        .web
+        .sessions
+        .load_revoked(&gateway.store, gateway.now().0 / 1000);
+    gateway
         .started()
         .await
         .map_err(|e| anyhow::anyhow!("the audit log is not writable, refusing to start: {e}"))?;

@@ -271,8 +271,20 @@ async fn callback(
 }
 
 async fn logout(State(s): State<AppState>, p: Posted) -> Response {
-    let web = &s.gateway.web;
-    web.sessions.revoke(&p.user.session, now_secs(&s.gateway));
+    let g = &s.gateway;
+    let web = &g.web;
+    let now = now_secs(g);
+    web.sessions.revoke(&p.user.session, now);
+    // Durable, so the cookie stays dead after a restart (records whose
+    // session has expired are harmless and skipped at load).
+    let (sid, exp) = (p.user.session.sid.clone(), p.user.session.exp);
+    let recorded = g
+        .store
+        .transact(move |tx| tx.put_record(session::SIGNED_OUT_NS, &sid, &exp.to_string()))
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "sign-out not persisted; it holds until restart");
+    }
     let mut r = ok(pages::signed_out());
     if let Ok(v) = HeaderValue::from_str(&web.sessions.clear_cookie()) {
         r.headers_mut().append(header::SET_COOKIE, v);

@@ -8,6 +8,9 @@
 //! simply not a session. The principal is re-resolved against the current
 //! `[[principals]]` on every request, so configuration changes apply at once.
 //!
+//! Signing out is recorded (records namespace `web.signed_out`) and loaded
+//! at start, so a signed-out cookie stays dead across restarts.
+//!
 //! Cookies are `HttpOnly`, `SameSite=Lax` and, when `public_url` is https,
 //! `Secure` with the `__Host-` prefix. Every state-changing form carries a
 //! CSRF token bound to the session ([`Posted`] checks it, and refuses
@@ -160,6 +163,34 @@ impl Sessions {
         }
     }
 
+    /// Loads the sign-outs recorded in the store (at start).
+    pub fn load_revoked(&self, store: &secondkey_store::Store, now: i64) {
+        let mut after: Option<String> = None;
+        loop {
+            let page = match store.list_records(SIGNED_OUT_NS, "", after.as_deref(), 10_000) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not load signed-out web sessions");
+                    return;
+                }
+            };
+            let Ok(mut r) = self.revoked.lock() else {
+                return;
+            };
+            for (sid, exp) in &page {
+                if let Ok(exp) = exp.parse::<i64>() {
+                    if exp > now {
+                        r.insert(sid.clone(), exp);
+                    }
+                }
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == 10_000 => after = Some(k.clone()),
+                _ => return,
+            }
+        }
+    }
+
     /// `Set-Cookie` for a new session.
     pub fn set_cookie(&self, value: &str, max_age: i64) -> String {
         format!(
@@ -174,6 +205,9 @@ impl Sessions {
         self.set_cookie("", 0)
     }
 }
+
+/// Records namespace of signed-out session ids (value: their expiry).
+pub const SIGNED_OUT_NS: &str = "web.signed_out";
 
 /// The value of cookie `name`, if sent.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
