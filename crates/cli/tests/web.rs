@@ -419,6 +419,35 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     assert_eq!(r.status, 404, "erin may not even see it: {}", r.body);
     assert_eq!(state_of(&g, &id), ("pending".into(), 0));
 
+    // Oversized input: a comment over 4096 bytes, a form over 256 KiB.
+    let long = "x".repeat(5000);
+    let r = post_form(
+        &gw,
+        &bob.session,
+        &review,
+        &[("decision", "approve"), ("comment", &long), ("csrf", &csrf)],
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let huge = "x".repeat(300 * 1024);
+    let r = post_form(
+        &gw,
+        &bob.session,
+        &review,
+        &[("decision", "approve"), ("csrf", &csrf), ("pad", &huge)],
+        None,
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = post_form(
+        &gw,
+        &bob.session,
+        &review,
+        &[("decision", "maybe"), ("csrf", &csrf)],
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+
     // Bob approves; a double submit is refused and changes nothing.
     let r = post_form(
         &gw,
@@ -572,7 +601,10 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     let receipt: Value = serde_json::from_str(&r.body).unwrap();
     assert!(receipt.get("checkpoint").is_some(), "{receipt}");
     let a = get_page(&gw, &audrey.session, "/audit?index=999999");
-    assert!(a.body.contains("class=\"error\""), "an index past the end is a clear error");
+    assert!(
+        a.body.contains("class=\"error\""),
+        "an index past the end is a clear error"
+    );
 
     // Sign-out ends the session (POST with CSRF).
     let r = post_form(&gw, &erin.session, "/logout", &[("csrf", &erin_csrf)], None);

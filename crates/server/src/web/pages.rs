@@ -243,10 +243,15 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
     let mut b = String::with_capacity(8192);
     let _ = write!(
         b,
-        "<h1>{} {}</h1><p class=\"lead\">{}</p>",
+        "<h1>{} {}</h1><p class=\"lead\">{}{}</p>",
         esc(&r.id),
         state_badge(r.state),
-        summary(r)
+        summary(r),
+        if p.cannot_decide.is_none() {
+            " · <a href=\"#decide\">Decide ↓</a>"
+        } else {
+            ""
+        }
     );
     if let Some(n) = p.notice {
         let _ = write!(b, "<p class=\"notice\">{}</p>", esc(n));
