@@ -902,4 +902,25 @@ fn chromium_signs_in_and_approves_and_the_agent_resumes() {
     assert_eq!(s, 200, "{c}");
     assert_eq!(c["approvers"], json!(["user:bob"]));
     assert_eq!(state_of(&g, &id).0, "executed");
+
+    // The inbox groups one agent session's requests for a batch decision.
+    let batch: Vec<String> = (2..4)
+        .map(|n| {
+            g.submit("agent:report-bot", &delete_action(n, "e2e-batch"))["request"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    browser.goto(&format!("{}/inbox", g.url));
+    browser.wait_for("the inbox", |b| b.source().contains("session e2e-batch"));
+    browser.screenshot("web-4-inbox-batch.png");
+    browser.click("button.approve");
+    browser.wait_for("the batch result", |b| {
+        b.source().contains("Batch decision")
+    });
+    browser.screenshot("web-5-batch-result.png");
+    for i in &batch {
+        assert_eq!(state_of(&g, i), ("approved".into(), 1), "{i}");
+    }
 }
