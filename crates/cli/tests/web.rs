@@ -497,6 +497,35 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         .body
         .contains("<span class=\"ins\">+ DELETE FROM events WHERE day &lt; &#39;2026-02-01&#39;"));
 
+    // Concurrent double submits (four tabs at once): exactly one review.
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                sc.spawn(|| {
+                    post_form(
+                        &gw,
+                        &bob.session,
+                        &format!("/requests/{next_id}/review"),
+                        &[("decision", "approve"), ("csrf", &csrf)],
+                        None,
+                    )
+                    .status
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 303).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 303 || *s == 409),
+        "{statuses:?}"
+    );
+    assert_eq!(state_of(&g, &next_id), ("approved".into(), 1));
+
     // A decision after expiry is refused (writes expire after 2 s).
     let write = g.submit(
         "agent:report-bot",
