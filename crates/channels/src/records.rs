@@ -1,0 +1,78 @@
+//! Small persistent records of this crate (identity links, link codes,
+//! channel message references), namespaced, as JSON strings.
+//!
+//! Written inside store jobs ([`Tx`]) so a link and the log entry that
+//! records it commit together; read outside jobs through the [`Store`].
+//! Today they live in the store's key/value `meta` table under
+//! `channels/<ns>/<key>`; when the store's generic record table lands this
+//! module is the only place that changes.
+
+use secondkey_store::{Store, StoreError, Tx};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+fn meta_key(ns: &str, key: &str) -> String {
+    format!("channels/{ns}/{key}")
+}
+
+fn decode<T: DeserializeOwned>(
+    ns: &str,
+    key: &str,
+    v: Option<String>,
+) -> Result<Option<T>, StoreError> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => serde_json::from_str(&s)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("record {ns}/{key}: {e}"))),
+    }
+}
+
+/// Reads a record inside a job.
+pub fn get<T: DeserializeOwned>(
+    tx: &mut dyn Tx,
+    ns: &str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let v = tx.get_meta(&meta_key(ns, key))?;
+    decode(ns, key, v)
+}
+
+/// Writes a record inside a job.
+pub fn put<T: Serialize>(
+    tx: &mut dyn Tx,
+    ns: &str,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let s = serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.put_meta(&meta_key(ns, key), &s)
+}
+
+/// Removes a record inside a job.
+pub fn delete(tx: &mut dyn Tx, ns: &str, key: &str) -> Result<(), StoreError> {
+    tx.put_meta(&meta_key(ns, key), "")
+}
+
+/// Reads a committed record (blocking: call from `spawn_blocking`).
+pub fn read<T: DeserializeOwned>(
+    store: &Store,
+    ns: &str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let v = store.get_meta(&meta_key(ns, key))?;
+    decode(ns, key, v)
+}
+
+/// [`read`] on a blocking thread.
+pub async fn read_async<T: DeserializeOwned + Send + 'static>(
+    store: &Store,
+    ns: &'static str,
+    key: String,
+) -> Result<Option<T>, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || read(&store, ns, &key))
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("record read task failed: {e}")))?
+}
