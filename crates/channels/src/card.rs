@@ -35,6 +35,19 @@ pub struct Summary {
     pub escalated_to: Vec<String>,
 }
 
+/// `s` cut to at most `max` bytes on a character boundary. Callers say
+/// when they cut; nothing is shortened silently.
+pub fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::Null => None,

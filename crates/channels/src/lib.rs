@@ -222,3 +222,17 @@ async fn link_confirm(
                    "display": ext.display, "principal": who.id.to_string()}),
     ))
 }
+
+impl secondkey_server::Extension for Channels {
+    fn name(&self) -> &'static str {
+        Channels::name(self)
+    }
+
+    fn routes(&self) -> Router<AppState> {
+        Channels::routes(self)
+    }
+
+    fn start(&self, gateway: Arc<Gateway>) -> anyhow::Result<()> {
+        Channels::start(self, gateway)
+    }
+}

@@ -3,16 +3,15 @@
 //!
 //! Written inside store jobs ([`Tx`]) so a link and the log entry that
 //! records it commit together; read outside jobs through the [`Store`].
-//! Today they live in the store's key/value `meta` table under
-//! `channels/<ns>/<key>`; when the store's generic record table lands this
-//! module is the only place that changes.
+//! They live in the store's generic record table, in namespaces prefixed
+//! `channels.` (`channels.link`, `channels.linkcode`, `channels.msg`).
 
 use secondkey_store::{Store, StoreError, Tx};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-fn meta_key(ns: &str, key: &str) -> String {
-    format!("channels/{ns}/{key}")
+fn namespace(ns: &str) -> String {
+    format!("channels.{ns}")
 }
 
 fn decode<T: DeserializeOwned>(
@@ -22,7 +21,6 @@ fn decode<T: DeserializeOwned>(
 ) -> Result<Option<T>, StoreError> {
     match v {
         None => Ok(None),
-        Some(s) if s.is_empty() => Ok(None),
         Some(s) => serde_json::from_str(&s)
             .map(Some)
             .map_err(|e| StoreError::Corrupt(format!("record {ns}/{key}: {e}"))),
@@ -35,7 +33,7 @@ pub fn get<T: DeserializeOwned>(
     ns: &str,
     key: &str,
 ) -> Result<Option<T>, StoreError> {
-    let v = tx.get_meta(&meta_key(ns, key))?;
+    let v = tx.get_record(&namespace(ns), key)?;
     decode(ns, key, v)
 }
 
@@ -47,12 +45,12 @@ pub fn put<T: Serialize>(
     value: &T,
 ) -> Result<(), StoreError> {
     let s = serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.put_meta(&meta_key(ns, key), &s)
+    tx.put_record(&namespace(ns), key, &s)
 }
 
 /// Removes a record inside a job.
-pub fn delete(tx: &mut dyn Tx, ns: &str, key: &str) -> Result<(), StoreError> {
-    tx.put_meta(&meta_key(ns, key), "")
+pub fn delete(tx: &mut dyn Tx, ns: &str, key: &str) -> Result<bool, StoreError> {
+    tx.delete_record(&namespace(ns), key)
 }
 
 /// Reads a committed record (blocking: call from `spawn_blocking`).
@@ -61,7 +59,7 @@ pub fn read<T: DeserializeOwned>(
     ns: &str,
     key: &str,
 ) -> Result<Option<T>, StoreError> {
-    let v = store.get_meta(&meta_key(ns, key))?;
+    let v = store.get_record(&namespace(ns), key)?;
     decode(ns, key, v)
 }
 

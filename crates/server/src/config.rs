@@ -97,12 +97,14 @@ pub struct RawConfig {
     pub slack: Option<toml::Value>,
     pub teams: Option<toml::Value>,
     pub webhooks: Option<toml::Value>,
+    pub routing: Option<toml::Value>,
 }
 
 /// Top-level keys whose contents belong to an extension crate: the gateway
 /// keeps them raw in [`Config::sections`]; the extension's own parser names
 /// the full key in its errors (e.g. `postgres[0].upstream.password_env`).
-pub const EXTENSION_SECTIONS: [&str; 5] = ["postgres", "mcp", "slack", "teams", "webhooks"];
+pub const EXTENSION_SECTIONS: [&str; 6] =
+    ["postgres", "mcp", "slack", "teams", "webhooks", "routing"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -489,6 +491,7 @@ impl Config {
             ("slack", raw.slack),
             ("teams", raw.teams),
             ("webhooks", raw.webhooks),
+            ("routing", raw.routing),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))

@@ -7,7 +7,7 @@
 
 use serde_json::{json, Value};
 
-use crate::card::Summary;
+use crate::card::{prefix, Summary};
 
 /// Block Kit `mrkdwn` needs `&`, `<` and `>` escaped.
 pub fn escape(s: &str) -> String {
@@ -18,18 +18,6 @@ pub fn escape(s: &str) -> String {
 
 fn field(label: &str, value: &str) -> Value {
     json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", escape(value))})
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn prefix(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Whether the statement needs the file upload.
@@ -66,7 +54,16 @@ pub fn message(s: &Summary, inline_limit: usize) -> Vec<Value> {
         .into_iter()
         .map(|f| {
             let t = f["text"].as_str().unwrap_or_default();
-            json!({"type": "mrkdwn", "text": prefix(t, 1900)})
+            if t.len() > 1900 {
+                let cut = format!(
+                    "{}… _(cut: {} bytes in all; the request page has it whole)_",
+                    prefix(t, 1800),
+                    t.len()
+                );
+                json!({"type": "mrkdwn", "text": cut})
+            } else {
+                json!({"type": "mrkdwn", "text": t})
+            }
         })
         .collect();
     blocks.push(json!({"type": "section", "fields": fields}));
@@ -92,7 +89,13 @@ pub fn message(s: &Summary, inline_limit: usize) -> Vec<Value> {
     if !s.approvals.is_empty() {
         req.push_str(&format!("\n*Reviews*\n{}", escape(&s.approvals.join("\n"))));
     }
-    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": prefix(&req, 2900)}}));
+    if req.len() > 2900 {
+        req = format!(
+            "{}… _(cut: the request page has every review)_",
+            prefix(&req, 2800)
+        );
+    }
+    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": req}}));
     match &s.outcome {
         None => {
             blocks.push(json!({

@@ -187,4 +187,28 @@ mod tests {
         assert!(ver.check(Some(TS), Some(SIG), b"x", now).is_err());
         ver.check(Some(TS), Some(SIG), BODY, now).unwrap();
     }
+
+    proptest::proptest! {
+        /// Any change to the body, the timestamp or the signature is refused.
+        #[test]
+        fn any_tampering_is_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+                                    at in 0usize..300, flip in 1u8..=255, skew in -300i64..=300) {
+            let ts = "1700000000";
+            let sig = sign(SECRET, ts, &body);
+            let now = 1_700_000_000 + skew;
+            proptest::prop_assert!(verify(SECRET, Some(ts), Some(&sig), &body, now).is_ok());
+            if !body.is_empty() {
+                let mut b = body.clone();
+                let i = at % b.len();
+                b[i] ^= flip;
+                proptest::prop_assert_eq!(verify(SECRET, Some(ts), Some(&sig), &b, now), Err(SignatureError::Mismatch));
+            }
+            let mut s = sig.clone().into_bytes();
+            let i = 3 + at % (s.len() - 3);
+            s[i] = if s[i] == b'0' { b'1' } else { b'0' };
+            let s = String::from_utf8(s).unwrap();
+            proptest::prop_assert!(verify(SECRET, Some(ts), Some(&s), &body, now).is_err());
+            proptest::prop_assert!(verify(SECRET, Some("1700000001"), Some(&sig), &body, now).is_err());
+        }
+    }
 }

@@ -6,24 +6,13 @@
 
 use serde_json::{json, Value};
 
-use crate::card::Summary;
+use crate::card::{prefix, Summary};
 
 /// Longest statement shown in full on a card, in bytes.
 pub const INLINE_LIMIT: usize = 12_000;
 
 /// The attachment content type of an Adaptive Card.
 pub const CONTENT_TYPE: &str = "application/vnd.microsoft.card.adaptive";
-
-fn prefix(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
 
 fn fact(title: &str, value: &str) -> Value {
     json!({"title": title, "value": value})
