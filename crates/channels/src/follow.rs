@@ -38,6 +38,20 @@ pub struct Messages {
     pub teams: Vec<PostedActivity>,
     #[serde(default)]
     pub reminded: bool,
+    /// What the messages last showed ([`fingerprint`]), so a restart or a
+    /// lagging feed redraws exactly the ones that are out of date.
+    #[serde(default)]
+    pub drawn: Option<String>,
+}
+
+/// What a message shows that can change: state, reviews, escalation.
+pub fn fingerprint(req: &Request) -> String {
+    format!(
+        "{}:{}:{}",
+        req.state.as_str(),
+        req.reviews.len(),
+        req.escalated_to.len()
+    )
 }
 
 struct Follower {
@@ -67,6 +81,7 @@ fn groups_of(req: &Request) -> BTreeSet<String> {
 
 impl Follower {
     async fn run(mut self, mut rx: tokio::sync::broadcast::Receiver<RequestChange>) {
+        self.reconcile().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -74,11 +89,8 @@ impl Follower {
                 c = rx.recv() => match c {
                     Ok(c) => self.on_change(c).await,
                     Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "channel follower lagged; redrawing every pending message");
-                        let ids: Vec<String> = self.pending.keys().cloned().collect();
-                        for id in ids {
-                            self.redraw(&id).await;
-                        }
+                        tracing::warn!(missed = n, "channel follower lagged; redrawing what is out of date");
+                        self.reconcile().await;
                     }
                     Err(RecvError::Closed) => return,
                 },
@@ -120,6 +132,33 @@ impl Follower {
         }
     }
 
+    /// Redraws every message whose request changed since it was drawn, and
+    /// tracks the pending ones for reminders (at start and after a lag).
+    async fn reconcile(&mut self) {
+        let store = self.gateway.store.clone();
+        let all =
+            tokio::task::spawn_blocking(move || records::list::<Messages>(&store, "msg")).await;
+        let all = match all {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not list posted messages");
+                return;
+            }
+            Err(_) => return,
+        };
+        for (id, m) in all {
+            let Some(req) = self.load(&id).await else {
+                continue;
+            };
+            if req.state == RequestState::Pending && !m.reminded {
+                self.pending.insert(id.clone(), req.expires_at.0);
+            }
+            if m.drawn.as_deref() != Some(fingerprint(&req).as_str()) {
+                self.redraw(&id).await;
+            }
+        }
+    }
+
     async fn on_change(&mut self, c: RequestChange) {
         match c.event.as_str() {
             "request.created" => self.post(&c.id).await,
@@ -151,6 +190,7 @@ impl Follower {
         let summary = crate::summary(&self.gateway, &req);
         let mut m = self.messages(id).await;
         let before = (m.slack.len(), m.teams.len());
+        let first = before == (0, 0);
         if let Some(slack) = &self.inner.slack {
             for ch in &targets.slack {
                 if m.slack.iter().any(|p| &p.channel == ch) {
@@ -183,6 +223,9 @@ impl Follower {
         }
         if (m.slack.len(), m.teams.len()) != before {
             self.pending.insert(id.to_string(), req.expires_at.0);
+            if first {
+                m.drawn = Some(fingerprint(&req));
+            }
             self.save(id, m).await;
         }
     }
@@ -206,9 +249,10 @@ impl Follower {
         }
     }
 
-    /// Redraws every message of the request with its current state.
+    /// Redraws every message of the request with its current state (unless
+    /// they already show it).
     async fn redraw(&mut self, id: &str) {
-        let m = self.messages(id).await;
+        let mut m = self.messages(id).await;
         if m.slack.is_empty() && m.teams.is_empty() {
             return;
         }
@@ -217,8 +261,12 @@ impl Follower {
         };
         if req.state != RequestState::Pending {
             self.pending.remove(id);
-        } else {
+        } else if !m.reminded {
             self.pending.insert(id.to_string(), req.expires_at.0);
+        }
+        let fp = fingerprint(&req);
+        if m.drawn.as_deref() == Some(fp.as_str()) {
+            return;
         }
         let summary = crate::summary(&self.gateway, &req);
         if let Some(slack) = &self.inner.slack {
@@ -239,6 +287,8 @@ impl Follower {
                 }
             }
         }
+        m.drawn = Some(fp);
+        self.save(id, m).await;
     }
 
     async fn remind(&mut self) {

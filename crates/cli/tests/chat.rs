@@ -690,6 +690,7 @@ fn escalation_and_expiry_update_every_channel() {
          [slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\n\
          [teams]\napp_id = \"{TEAMS_APP_ID}\"\napp_password_env = \"SK_TEAMS_PW\"\n\
          openid_metadata = \"{bf}/v1/.well-known/openidconfiguration\"\ntoken_url = \"{bf}/token\"\nservice_url = \"{bf}\"\n\
+         [routing]\nremind_before = \"3s\"\n\
          [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\nteams_conversation = \"conv-owners\"\nescalate_to = [\"dba-leads\"]\n\
          [[routing.routes]]\ngroup = \"dba-leads\"\nslack_channel = \"C9\"\nteams_conversation = \"conv-leads\"\n",
         secondkey_server::auth::token_sha256_hex(lena)
@@ -760,6 +761,29 @@ fn escalation_and_expiry_update_every_channel() {
                 c.path == "chat.update"
                     && c.body["channel"] == "C1"
                     && c.body["blocks"].to_string().contains("Escalated")
+            })
+            .map(|_| ())
+    });
+    // Three seconds before it expires, a reminder goes to every thread.
+    wait_for(&slack, "a Slack reminder in the thread", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.path == "chat.postMessage"
+                    && c.body["thread_ts"].is_string()
+                    && c.body["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("Reminder") && t.contains(&wid))
+            })
+            .map(|_| ())
+    });
+    wait_for(&teams, "a Teams reminder replying to the card", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.method == "POST"
+                    && c.body["replyToId"].is_string()
+                    && c.body["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("Reminder") && t.contains(&wid))
             })
             .map(|_| ())
     });

@@ -77,6 +77,64 @@ pub(crate) fn valid_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A button click on one of our messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Click {
+    pub decision: ReviewDecision,
+    pub request: String,
+    pub external: External,
+    /// Where to answer the clicker (ephemeral messages).
+    pub channel: Option<String>,
+    pub user: String,
+}
+
+/// Parses a (verified) interaction body: `payload=<JSON>`, form-encoded.
+/// `Ok(None)` for interactions that are not an Approve/Deny click on a
+/// request (they do nothing); `Err` for a body that is not a payload.
+pub fn parse_click(body: &[u8]) -> Result<Option<Click>, String> {
+    let it: Interaction = serde_urlencoded::from_bytes::<Form>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|f| serde_json::from_str(&f.payload).map_err(|e| e.to_string()))?;
+    if it.kind != "block_actions" {
+        return Ok(None);
+    }
+    let Some((decision, request)) = it.actions.iter().find_map(|a| {
+        let d = match a.action_id.as_str() {
+            "approve" => ReviewDecision::Approve,
+            "deny" => ReviewDecision::Deny,
+            _ => return None,
+        };
+        a.value
+            .as_deref()
+            .filter(|v| valid_request_id(v))
+            .map(|v| (d, v.to_string()))
+    }) else {
+        return Ok(None);
+    };
+    let team = it
+        .user
+        .team_id
+        .clone()
+        .or_else(|| it.team.as_ref().map(|t| t.id.clone()))
+        .unwrap_or_else(|| "-".into());
+    Ok(Some(Click {
+        decision,
+        request,
+        external: External {
+            platform: "slack".into(),
+            id: format!("{team}/{}", it.user.id),
+            display: it
+                .user
+                .username
+                .clone()
+                .or(it.user.name.clone())
+                .unwrap_or_else(|| it.user.id.clone()),
+        },
+        channel: it.channel.as_ref().map(|c| c.id.clone()),
+        user: it.user.id,
+    }))
+}
+
 /// `POST /chat/slack/interactions`.
 pub(crate) async fn interactions(
     gateway: Arc<Gateway>,
@@ -99,11 +157,9 @@ pub(crate) async fn interactions(
         return ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())
             .into_response();
     }
-    let parsed: Result<Interaction, String> = serde_urlencoded::from_bytes::<Form>(&body)
-        .map_err(|e| e.to_string())
-        .and_then(|f| serde_json::from_str(&f.payload).map_err(|e| e.to_string()));
-    let it = match parsed {
-        Ok(it) => it,
+    let click = match parse_click(&body) {
+        Ok(Some(c)) => c,
+        Ok(None) => return StatusCode::OK.into_response(),
         Err(e) => {
             return ApiError::bad_request(
                 "invalid_payload",
@@ -112,41 +168,13 @@ pub(crate) async fn interactions(
             .into_response()
         }
     };
-    if it.kind != "block_actions" {
-        // Other interaction types (shortcuts, view submissions) do nothing.
-        return StatusCode::OK.into_response();
-    }
-    let Some((decision, id)) = it.actions.iter().find_map(|a| {
-        let d = match a.action_id.as_str() {
-            "approve" => ReviewDecision::Approve,
-            "deny" => ReviewDecision::Deny,
-            _ => return None,
-        };
-        a.value
-            .as_deref()
-            .filter(|v| valid_request_id(v))
-            .map(|v| (d, v.to_string()))
-    }) else {
-        return StatusCode::OK.into_response();
-    };
-    let team = it
-        .user
-        .team_id
-        .clone()
-        .or_else(|| it.team.as_ref().map(|t| t.id.clone()))
-        .unwrap_or_else(|| "-".into());
-    let external = External {
-        platform: "slack".into(),
-        id: format!("{team}/{}", it.user.id),
-        display: it
-            .user
-            .username
-            .clone()
-            .or(it.user.name.clone())
-            .unwrap_or_else(|| it.user.id.clone()),
-    };
-    let channel = it.channel.as_ref().map(|c| c.id.clone());
-    let user = it.user.id.clone();
+    let Click {
+        decision,
+        request: id,
+        external,
+        channel,
+        user,
+    } = click;
     let tell = |text: String| {
         if let Some(ch) = channel.clone() {
             let api = slack.api.clone();
@@ -176,7 +204,7 @@ pub(crate) async fn interactions(
             return StatusCode::OK.into_response();
         }
     };
-    let comment = Some(format!("via Slack ({})", it.user.id));
+    let comment = Some(format!("via Slack ({user})"));
     match gateway.review(&who, &id, decision, comment).await {
         Ok(_) => {}
         Err(e) => {
@@ -202,7 +230,9 @@ pub(crate) async fn post(
         .post_message(channel, &s.headline(), &blocks, None)
         .await?;
     if blocks::needs_file(s, slack.inline_limit) {
-        slack
+        // The message is out either way; keep it (so it is updated later)
+        // and say loudly if its attachment did not make it.
+        if let Err(e) = slack
             .api
             .upload(
                 &posted.channel,
@@ -216,7 +246,10 @@ pub(crate) async fn post(
                     s.action_json.len()
                 ),
             )
-            .await?;
+            .await
+        {
+            tracing::error!(request = %s.id, error = %e, "the full action could not be attached in Slack; reviewers must open the request page");
+        }
     }
     Ok(posted)
 }
@@ -249,11 +282,49 @@ pub(crate) async fn remind(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn clicks_parse_and_everything_else_does_nothing() {
+        let payload = |v: serde_json::Value| {
+            serde_urlencoded::to_string([("payload", v.to_string())]).unwrap()
+        };
+        let b = payload(
+            serde_json::json!({"type": "block_actions", "user": {"id": "U1", "username": "bob", "team_id": "T1"},
+            "channel": {"id": "C1"}, "actions": [{"action_id": "deny", "value": "req_ab12"}]}),
+        );
+        let c = parse_click(b.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            (c.decision, c.request.as_str(), c.external.id.as_str()),
+            (ReviewDecision::Deny, "req_ab12", "T1/U1")
+        );
+        assert_eq!(c.channel.as_deref(), Some("C1"));
+        let other = payload(serde_json::json!({"type": "view_submission", "user": {"id": "U1"}}));
+        assert_eq!(parse_click(other.as_bytes()), Ok(None));
+        let bad_id = payload(
+            serde_json::json!({"type": "block_actions", "user": {"id": "U1"},
+            "actions": [{"action_id": "approve", "value": "../etc"}]}),
+        );
+        assert_eq!(parse_click(bad_id.as_bytes()), Ok(None));
+        assert!(parse_click(b"payload=%7Bnot-json").is_err());
+        assert!(parse_click(b"").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = parse_click(&body);
+            let mut b = b"payload=".to_vec();
+            b.extend_from_slice(&body);
+            let _ = parse_click(&b);
+        }
+    }
+
     #[test]
     fn request_ids_are_checked_before_use() {
-        assert!(super::valid_request_id("req_0123abcd"));
-        assert!(!super::valid_request_id("act_0123"));
-        assert!(!super::valid_request_id("req_../../x"));
-        assert!(!super::valid_request_id(&format!("req_{}", "a".repeat(80))));
+        assert!(valid_request_id("req_0123abcd"));
+        assert!(!valid_request_id("act_0123"));
+        assert!(!valid_request_id("req_../../x"));
+        assert!(!valid_request_id(&format!("req_{}", "a".repeat(80))));
     }
 }
