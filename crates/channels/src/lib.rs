@@ -154,7 +154,17 @@ impl Channels {
     /// Spawns the follower and the webhooks. Call inside the runtime.
     pub fn start(&self, gateway: Arc<Gateway>) -> anyhow::Result<()> {
         webhooks::start(&gateway, &self.inner.config.webhooks)?;
-        if self.inner.slack.is_some() || self.inner.teams.is_some() {
+        // Escalation needs the follower even without a chat channel (e.g.
+        // webhooks only): it is what turns `escalation_due` into the core
+        // transition.
+        let escalates = self
+            .inner
+            .config
+            .routing
+            .routes
+            .iter()
+            .any(|r| !r.escalate_to.is_empty());
+        if self.inner.slack.is_some() || self.inner.teams.is_some() || escalates {
             follow::spawn(gateway, self.inner.clone());
         }
         Ok(())

@@ -228,7 +228,12 @@ fn main() {
     );
     assert_eq!(s, 200, "{v}");
 
-    println!("approve click → waiting agent resumes, {n} requests per channel (gateway: release binary, 127.0.0.1):");
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("approve click → waiting agent resumes, {n} requests per channel (gateway: {build} binary, 127.0.0.1):");
     let mut verdicts = Vec::new();
     for channel in ["slack", "teams"] {
         let mut delays = Vec::with_capacity(n);
