@@ -504,8 +504,15 @@ fn submit(file: &Path, wait: bool, timeout: u64, remote: &Remote) -> Result<Exit
 fn extensions(
     cfg: &secondkey_server::Config,
 ) -> anyhow::Result<Vec<std::sync::Arc<dyn secondkey_server::Extension>>> {
-    let exts: Vec<std::sync::Arc<dyn secondkey_server::Extension>> = Vec::new();
-    if let Some(key) = cfg.sections.keys().next() {
+    let mut exts: Vec<std::sync::Arc<dyn secondkey_server::Extension>> = Vec::new();
+    let mut unclaimed: Vec<&String> = cfg.sections.keys().collect();
+    if let Some(ch) =
+        secondkey_channels::Channels::from_sections(&cfg.sections, &cfg.env, &cfg.base_dir)?
+    {
+        exts.push(std::sync::Arc::new(ch));
+    }
+    unclaimed.retain(|k| !secondkey_channels::config::SECTIONS.contains(&k.as_str()));
+    if let Some(key) = unclaimed.first() {
         anyhow::bail!(
             "config key `{key}`: this build of secondkey has no {key} support yet; remove the section"
         );

@@ -5,6 +5,9 @@
 //! plain HTTP client holding a real session.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/fakes.rs"]
+mod fakes;
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -952,4 +955,127 @@ fn chromium_signs_in_and_approves_and_the_agent_resumes() {
     for i in &batch {
         assert_eq!(state_of(&g, i), ("approved".into(), 1), "{i}");
     }
+}
+
+/// A Slack account is linked once, through the web UI, by the human signed
+/// in through the OIDC provider: the link page sends an anonymous browser to
+/// sign in and back, shows what will be linked, and only a same-origin,
+/// CSRF-checked POST links; after that the account's clicks are that
+/// human's reviews.
+#[test]
+fn a_slack_account_is_linked_through_the_signed_in_web_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(dir.path());
+    let (api, slack) = fakes::slack();
+    let extra = format!(
+        "{}\n[slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\n",
+        oidc_config(dir.path(), &issuer)
+    );
+    let g = Gateway::start_full(
+        dir.path(),
+        &format!("{POLICIES}\n{WEB_POLICIES}"),
+        "",
+        &extra,
+        &[
+            ("SK_SLACK_BOT", fakes::SLACK_BOT_TOKEN),
+            ("SK_SLACK_SIGNING", fakes::SLACK_SIGNING_SECRET),
+        ],
+    );
+    let gw = g.url.clone();
+    let held = g.submit("agent:report-bot", &delete_action(1, "sess-link"));
+    assert_eq!(held["decision"], "review", "{held}");
+    let id = held["request"]["id"].as_str().unwrap().to_string();
+    fakes::wait_for(&slack, "the request posted to C1", |cs| {
+        cs.iter()
+            .find(|c| c.path == "chat.postMessage" && c.body.to_string().contains(&id))
+            .map(|_| ())
+    });
+    let msg_ts = "1700000000.000001";
+    let click = |user: &str| {
+        let (body, ts, sig) = fakes::slack_click(
+            fakes::SLACK_SIGNING_SECRET,
+            fakes::unix_now(),
+            user,
+            "approve",
+            &id,
+            msg_ts,
+        );
+        resp(
+            no_redirects()
+                .post(&format!("{gw}/chat/slack/interactions"))
+                .set("X-Slack-Request-Timestamp", &ts)
+                .set("X-Slack-Signature", &sig)
+                .set("Content-Type", "application/x-www-form-urlencoded")
+                .send_bytes(body.as_bytes()),
+        )
+    };
+
+    // An unlinked click counts for nothing and gets a link only it sees.
+    let before = slack.lock().unwrap().len();
+    assert_eq!(click("U_BOB").status, 200);
+    let text = fakes::wait_for(&slack, "a link for U_BOB", |cs| {
+        cs[before..]
+            .iter()
+            .filter(|c| c.path == "chat.postEphemeral" && c.body["user"] == "U_BOB")
+            .filter_map(|c| c.body["text"].as_str())
+            .find(|t| t.contains("/chat/link/"))
+            .map(str::to_string)
+    });
+    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    let at = text.find("/chat/link/").unwrap();
+    let path: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "/-_".contains(*c))
+        .collect();
+
+    // Anonymous: sign in first, then back to the link page.
+    let anon = resp(no_redirects().get(&format!("{gw}{path}")).call());
+    assert_eq!(anon.status, 303, "{}", anon.body);
+    let bob = sign_in(&gw, "bob", &path);
+    assert_eq!(bob.landed, path);
+    let page = get_page(&gw, &bob.session, &path);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("T0TEST/U_BOB") && page.body.contains("Link to user:bob"), "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    // Opening the page twice links nobody; forged posts change nothing.
+    get_page(&gw, &bob.session, &path);
+    assert_eq!(post_form(&gw, &bob.session, &path, &[], Some(&gw)).status, 403);
+    assert_eq!(post_form(&gw, &bob.session, &path, &[("csrf", "forged")], Some(&gw)).status, 403);
+    assert_eq!(
+        post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some("https://evil.example")).status,
+        403
+    );
+    let before = slack.lock().unwrap().len();
+    assert_eq!(click("U_BOB").status, 200);
+    fakes::wait_for(&slack, "a second link offer", |cs| {
+        cs[before..]
+            .iter()
+            .find(|c| c.path == "chat.postEphemeral" && c.body["user"] == "U_BOB")
+            .map(|_| ())
+    });
+    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+
+    // The real form links, once.
+    let done = post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some(&gw));
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("now linked to user:bob"), "{}", done.body);
+    let again = post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some(&gw));
+    assert_eq!(again.status, 409, "{}", again.body);
+
+    // Now bob's click is bob's review.
+    assert_eq!(click("U_BOB").status, 200);
+    assert_eq!(state_of(&g, &id), ("approved".into(), 1));
+    let (code, out, err) = run_cli(
+        &["log", "export", "--config", g.config.to_str().unwrap(), "--format", "jsonl"],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|e| e["event"] == "identity.linked" && e["payload"]["principal"] == "user:bob"),
+        "the link is in the audit log: {out}"
+    );
 }

@@ -4,7 +4,8 @@
 //! pending ─┬─ approve (quorum met) ─→ approved ─┬─ consume ─→ executed ─┬─→ failed
 //!          ├─ deny ─→ denied                    ├─ revoke ─→ revoked    └─→ unknown
 //!          ├─ withdraw ─→ withdrawn             └─ grant expires ─→ expired
-//!          └─ ttl passes ─→ expired
+//!          ├─ ttl passes ─→ expired
+//!          └─ escalate (waited long enough) ─→ pending, more groups may review
 //! ```
 //!
 //! Every method takes `now` and, where an id is minted, the id itself. It
@@ -195,6 +196,12 @@ pub enum CoreEvent {
         /// How.
         outcome: Outcome,
     },
+    /// The request waited long enough that members of more groups may now
+    /// review it (each requirement admits them too).
+    Escalated {
+        /// The groups added, sorted.
+        groups: Vec<String>,
+    },
 }
 
 /// A state change and the events that record it.
@@ -323,6 +330,15 @@ pub enum TransitionError {
     /// The outcome was reported already.
     #[error("the outcome of this action was already recorded")]
     OutcomeRecorded,
+    /// The request has not waited long enough to escalate.
+    #[error("the request is not due for escalation until {due}")]
+    NotDue {
+        /// When it will be.
+        due: Timestamp,
+    },
+    /// Every group named already may review (or none was named).
+    #[error("nothing to escalate: every named group may already review this request")]
+    NothingToEscalate,
 }
 
 impl TransitionError {
@@ -336,6 +352,8 @@ impl TransitionError {
             TransitionError::Expired => "expired",
             TransitionError::GrantUsed => "grant_used",
             TransitionError::OutcomeRecorded => "outcome_recorded",
+            TransitionError::NotDue { .. } => "not_due",
+            TransitionError::NothingToEscalate => "nothing_to_escalate",
         }
     }
 
@@ -442,6 +460,9 @@ pub struct Request {
     /// Whether the escalation notice went out.
     #[serde(default)]
     pub escalated: bool,
+    /// Groups added to every requirement by [`Request::escalate`].
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub escalated_to: BTreeSet<String>,
     /// More principals barred from reviewing, beyond the requester, its owner
     /// and `on_behalf_of` (e.g. the owner of an `on_behalf_of` agent).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -493,6 +514,7 @@ impl Request {
             decided_at: None,
             grant: None,
             escalated: false,
+            escalated_to: BTreeSet::new(),
             excluded: BTreeSet::new(),
             outcome: None,
             submitted: None,
@@ -769,19 +791,73 @@ impl Request {
         due.then(|| self.expire())
     }
 
+    /// When `fraction` (0..=1) of the waiting time has passed; `None` for a
+    /// fraction that is not a number.
+    pub fn escalation_time(&self, fraction: f64) -> Option<Timestamp> {
+        if !fraction.is_finite() {
+            return None;
+        }
+        let span = self.expires_at.0.saturating_sub(self.created_at.0) as f64;
+        // `as` saturates for out-of-range floats, which is what we want here.
+        let offset = (fraction.clamp(0.0, 1.0) * span).floor() as i64;
+        Some(self.created_at.plus_millis(offset))
+    }
+
     /// Whether reviewers should be reminded: still pending, not yet
     /// escalated, and `fraction` (0..=1) of the waiting time has passed.
     pub fn escalation_due(&self, now: Timestamp, fraction: f64) -> bool {
         if self.state != RequestState::Pending || self.escalated || now >= self.expires_at {
             return false;
         }
-        if !fraction.is_finite() {
-            return false;
+        self.escalation_time(fraction).is_some_and(|t| now >= t)
+    }
+
+    /// Escalates a pending request that has waited `fraction` of its TTL:
+    /// members of `groups` may from now on fill any requirement's slots.
+    /// Quorum, separation of duties and earlier reviews stay as they were;
+    /// groups are only ever added. Changing who may review is a decision
+    /// rule, so it lives here and is logged ([`CoreEvent::Escalated`]).
+    pub fn escalate(
+        &mut self,
+        groups: &BTreeSet<String>,
+        fraction: f64,
+        now: Timestamp,
+    ) -> Result<Transition, TransitionError> {
+        if self.state != RequestState::Pending {
+            return Err(TransitionError::WrongState {
+                state: self.state,
+                what: "only a pending request can be escalated",
+            });
         }
-        let span = self.expires_at.0.saturating_sub(self.created_at.0) as f64;
-        // `as` saturates for out-of-range floats, which is what we want here.
-        let offset = (fraction.clamp(0.0, 1.0) * span).floor() as i64;
-        now >= self.created_at.plus_millis(offset)
+        if now >= self.expires_at {
+            return Err(TransitionError::Expired);
+        }
+        let due = self.escalation_time(fraction).unwrap_or(self.expires_at);
+        if now < due {
+            return Err(TransitionError::NotDue { due });
+        }
+        let added: Vec<String> = groups
+            .iter()
+            .filter(|g| !g.is_empty() && !self.requirements.iter().all(|r| r.groups.contains(g)))
+            .cloned()
+            .collect();
+        if added.is_empty() || self.requirements.is_empty() {
+            return Err(TransitionError::NothingToEscalate);
+        }
+        for r in &mut self.requirements {
+            for g in &added {
+                if !r.groups.contains(g) {
+                    r.groups.push(g.clone());
+                }
+            }
+        }
+        self.escalated_to.extend(added.iter().cloned());
+        self.escalated = true;
+        Ok(Transition {
+            from: RequestState::Pending,
+            to: RequestState::Pending,
+            events: vec![CoreEvent::Escalated { groups: added }],
+        })
     }
 
     /// Notes that the escalation went out, so it goes out once. Returns

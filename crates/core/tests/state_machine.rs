@@ -38,6 +38,7 @@ fn universe() -> Vec<Principal> {
         p("agent:deploy-bot", Some("user:carol"), &["agents"]),
         p("agent:stray", None, &["dba"]),
         p("service:ci", None, &["dba", "sec"]),
+        p("user:lena", None, &["leads"]),
     ]
 }
 
@@ -111,24 +112,31 @@ enum Op {
         r: usize,
         fraction: f64,
     },
+    EscalateTo {
+        r: usize,
+        fraction: f64,
+        group: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (0..10usize, 0..4usize, 0..6usize, 1..4000u64, 1..1500u64).prop_map(
+        2 => (0..11usize, 0..4usize, 0..6usize, 1..4000u64, 1..1500u64).prop_map(
             |(requester, action, reqs, ttl, grant_ttl)| Op::Submit { requester, action, reqs, ttl, grant_ttl }
         ),
-        8 => (any::<usize>(), 0..10usize, prop::bool::weighted(0.85))
+        8 => (any::<usize>(), 0..11usize, prop::bool::weighted(0.85))
             .prop_map(|(r, who, approve)| Op::Review { r, who, approve }),
-        1 => (any::<usize>(), 0..10usize).prop_map(|(r, who)| Op::Withdraw { r, who }),
-        1 => (any::<usize>(), 0..10usize).prop_map(|(r, who)| Op::Revoke { r, who }),
+        1 => (any::<usize>(), 0..11usize).prop_map(|(r, who)| Op::Withdraw { r, who }),
+        1 => (any::<usize>(), 0..11usize).prop_map(|(r, who)| Op::Revoke { r, who }),
         2 => (0..1200i64).prop_map(|ms| Op::Advance { ms }),
         1 => any::<usize>().prop_map(|r| Op::Expire { r }),
         4 => (any::<usize>(), prop::bool::weighted(0.8), prop::bool::weighted(0.8),
-              prop::option::weighted(0.2, 0..10usize))
+              prop::option::weighted(0.2, 0..11usize))
             .prop_map(|(r, right_grant, right_digest, who)| Op::Consume { r, right_grant, right_digest, who }),
         1 => (any::<usize>(), 0..3u8).prop_map(|(r, outcome)| Op::Outcome { r, outcome }),
         1 => (any::<usize>(), 0.0..1.0f64).prop_map(|(r, fraction)| Op::Escalate { r, fraction }),
+        2 => (any::<usize>(), 0.0..1.0f64, 0..3usize)
+            .prop_map(|(r, fraction, group)| Op::EscalateTo { r, fraction, group }),
     ]
 }
 
@@ -319,7 +327,8 @@ impl World {
             | Op::Expire { r }
             | Op::Consume { r, .. }
             | Op::Outcome { r, .. }
-            | Op::Escalate { r, .. } => match pick(r) {
+            | Op::Escalate { r, .. }
+            | Op::EscalateTo { r, .. } => match pick(r) {
                 Some(i) => i,
                 None => return Ok(()),
             },
@@ -433,6 +442,30 @@ impl World {
                     (true, None, false)
                 } else {
                     (false, None, false)
+                }
+            }
+            Op::EscalateTo {
+                fraction, group, ..
+            } => {
+                let g = ["leads", "ops", "sec"][group].to_string();
+                match req.escalate(&BTreeSet::from([g.clone()]), fraction, now) {
+                    Ok(t) => {
+                        // only pending, only once due, only before expiry
+                        prop_assert_eq!(before.state, RequestState::Pending);
+                        prop_assert!(now < before.expires_at);
+                        prop_assert!(before.escalation_time(fraction).is_some_and(|d| now >= d));
+                        // groups are only added: same requirements, same
+                        // quorum, every one now admits the group
+                        prop_assert_eq!(req.requirements.len(), before.requirements.len());
+                        for (a, b) in req.requirements.iter().zip(&before.requirements) {
+                            prop_assert_eq!(a.quorum, b.quorum);
+                            prop_assert!(b.groups.iter().all(|x| a.groups.contains(x)));
+                            prop_assert!(a.groups.contains(&g));
+                        }
+                        prop_assert!(req.reviews == before.reviews);
+                        (true, Some((t.from, t.to)), false)
+                    }
+                    Err(_) => (false, None, false),
                 }
             }
             Op::Submit { .. } | Op::Advance { .. } => unreachable!(),

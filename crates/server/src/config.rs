@@ -102,6 +102,8 @@ pub struct RawConfig {
     /// Other ways for machines to authenticate besides static tokens.
     #[serde(default)]
     pub identity: RawIdentity,
+    /// Channel routing (owned by the channels crate).
+    pub routing: Option<toml::Value>,
 }
 
 /// `[oidc]`: the identity provider humans sign in with.
@@ -217,7 +219,8 @@ pub struct JwtIssuerConfig {
 /// Top-level keys whose contents belong to an extension crate: the gateway
 /// keeps them raw in [`Config::sections`]; the extension's own parser names
 /// the full key in its errors (e.g. `postgres[0].upstream.password_env`).
-pub const EXTENSION_SECTIONS: [&str; 5] = ["postgres", "mcp", "slack", "teams", "webhooks"];
+pub const EXTENSION_SECTIONS: [&str; 6] =
+    ["postgres", "mcp", "slack", "teams", "webhooks", "routing"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -619,6 +622,7 @@ impl Config {
             ("slack", raw.slack),
             ("teams", raw.teams),
             ("webhooks", raw.webhooks),
+            ("routing", raw.routing),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))

@@ -222,6 +222,11 @@ fn event_payload(req: &Request, ev: &CoreEvent) -> (String, Value) {
             "action.result".into(),
             json!({"outcome": outcome, "state": state}),
         ),
+        CoreEvent::Escalated { groups } => (
+            "request.escalated".into(),
+            json!({"groups": groups, "state": state,
+                   "required": req.requirements.iter().map(RequirementView::from).collect::<Vec<_>>()}),
+        ),
     }
 }
 
@@ -1170,6 +1175,37 @@ impl Gateway {
             })
             .await?;
         self.announce(&req, "action.result");
+        Ok(req)
+    }
+
+    /// Escalates a pending request to more reviewer groups once it has
+    /// waited `requests.escalation_fraction` of its TTL (the rule is the
+    /// core's [`Request::escalate`]); the change is logged as
+    /// `request.escalated` and announced. Channels call this when they see
+    /// `escalation_due` and a route names groups to escalate to.
+    pub async fn escalate(
+        &self,
+        id: &str,
+        groups: std::collections::BTreeSet<String>,
+    ) -> Result<Request, ApiError> {
+        let now = self.now();
+        let fraction = self.config.escalation_fraction;
+        let id2 = id.to_string();
+        let req = self
+            .store
+            .transact(move |tx| {
+                let mut req = tx
+                    .get_request(&id2)?
+                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                let t = req
+                    .escalate(&groups, fraction, now)
+                    .map_err(transition_error)?;
+                tx.put_request(&req)?;
+                log_events(tx, now, "service:secondkey", &req, &t.events)?;
+                Ok(req)
+            })
+            .await?;
+        self.announce(&req, "request.escalated");
         Ok(req)
     }
 

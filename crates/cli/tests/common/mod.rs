@@ -76,6 +76,8 @@ pub fn free_port() -> u16 {
 
 pub struct Gateway {
     pub child: Option<Child>,
+    /// Extra environment for the gateway process (secrets named by the config).
+    pub env: Vec<(String, String)>,
     pub url: String,
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -87,11 +89,23 @@ pub fn write_config(dir: &Path, port: u16, policies: &str) -> PathBuf {
 }
 
 pub fn write_config_extra(dir: &Path, port: u16, policies: &str, extra: &str) -> PathBuf {
+    write_config_full(dir, port, policies, "", extra)
+}
+
+/// `requests` is added to the `[requests]` table (e.g.
+/// `escalation_fraction = 0.25`); `extra` is appended at the end.
+pub fn write_config_full(
+    dir: &Path,
+    port: u16,
+    policies: &str,
+    requests: &str,
+    extra: &str,
+) -> PathBuf {
     let pdir = dir.join("policies");
     std::fs::create_dir_all(&pdir).unwrap();
     std::fs::write(pdir.join("test.cedar"), policies).unwrap();
     let mut cfg = format!(
-        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n[requests]\nmax_body_bytes = 65536\n[grants]\nexecutors = [\"service:ci\"]\n[log]\norigin = \"test.secondkey/log\"\n[[environments]]\nname = \"prod\"\nresources = [\"postgres://analytics/*\"]\n",
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n[requests]\nmax_body_bytes = 65536\n{requests}\n[grants]\nexecutors = [\"service:ci\"]\n[log]\norigin = \"test.secondkey/log\"\n[[environments]]\nname = \"prod\"\nresources = [\"postgres://analytics/*\"]\n",
         dir.join("data").display(),
         pdir.display()
     );
@@ -121,10 +135,25 @@ impl Gateway {
 
     /// Starts with extra TOML appended to the config (e.g. `[[sinks]]`).
     pub fn start_extra(dir: &Path, policies: &str, extra: &str) -> Gateway {
+        Self::start_full(dir, policies, "", extra, &[])
+    }
+
+    /// Starts with keys for `[requests]`, extra TOML and extra environment.
+    pub fn start_full(
+        dir: &Path,
+        policies: &str,
+        requests: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let port = free_port();
-        let config = write_config_extra(dir, port, policies, extra);
+        let config = write_config_full(dir, port, policies, requests, extra);
         let mut g = Gateway {
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             url: format!("http://127.0.0.1:{port}"),
             dir: dir.to_path_buf(),
             config,
@@ -141,6 +170,7 @@ impl Gateway {
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -428,3 +428,65 @@ fn serde_round_trip() {
         assert_eq!(st.as_str(), s);
     }
 }
+
+#[test]
+fn escalation_widens_who_may_review_once_due() {
+    let mut r = two_groups();
+    let leads: BTreeSet<String> = ["leads".to_string()].into();
+    let lena = user("lena", &["leads"]);
+    // before escalation a lead is not eligible
+    let e = unchanged_on_err(&mut r, |r| approve(r, &lena, 10));
+    assert_eq!(e.code(), "not_eligible");
+    // not yet due at 499 ms of a 1000 ms TTL with fraction 0.5
+    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.5, Timestamp(499)));
+    assert_eq!(e.code(), "not_due");
+    let e = unchanged_on_err(&mut r, |r| {
+        r.escalate(&BTreeSet::new(), 0.5, Timestamp(600))
+    });
+    assert_eq!(e.code(), "nothing_to_escalate");
+    let t = r.escalate(&leads, 0.5, Timestamp(500)).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (RequestState::Pending, RequestState::Pending)
+    );
+    assert_eq!(
+        t.events,
+        vec![CoreEvent::Escalated {
+            groups: vec!["leads".into()]
+        }]
+    );
+    assert!(r.escalated);
+    assert_eq!(r.escalated_to, leads);
+    assert!(r
+        .requirements
+        .iter()
+        .all(|q| q.groups.contains(&"leads".into())));
+    assert!(r.requirements.iter().all(|q| q.quorum == 1));
+    // twice is refused and changes nothing
+    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.5, Timestamp(600)));
+    assert_eq!(e.code(), "nothing_to_escalate");
+    // now a lead may fill one slot, but quorum still needs distinct humans:
+    // one lead cannot satisfy both requirements
+    let t = approve(&mut r, &lena, 600).unwrap();
+    assert_eq!(t.to, RequestState::Pending);
+    let t = approve(&mut r, &user("bob", &["dba"]), 610).unwrap();
+    assert_eq!(t.to, RequestState::Approved);
+    // separation of duties still holds for escalation members
+    let mut r = two_groups();
+    r.escalate(&leads, 0.5, Timestamp(500)).unwrap();
+    let alice = user("alice", &["leads"]);
+    let e = unchanged_on_err(&mut r, |r| approve(r, &alice, 600));
+    assert_eq!(e.code(), "self_review");
+    // only pending, only before expiry
+    let e = unchanged_on_err(&mut r, |r| {
+        r.escalate(&["others".to_string()].into(), 0.5, Timestamp(1000))
+    });
+    assert_eq!(e.code(), "expired");
+    let mut r = approved();
+    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.5, Timestamp(60)));
+    assert_eq!(e.code(), "already_decided");
+    // a request without requirements has nothing to escalate
+    let mut r = request(vec![]);
+    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.0, Timestamp(1)));
+    assert_eq!(e.code(), "nothing_to_escalate");
+}

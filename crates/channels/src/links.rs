@@ -1,0 +1,176 @@
+//! Linking a chat account (a Slack user, a Teams/Entra ID object id) to a
+//! secondkey identity, once, through the web.
+//!
+//! A click from an unlinked account never counts. Instead the clicker gets a
+//! single-use link code (128 random bits, valid `routing.link_ttl`, 10
+//! minutes by default) as a URL only they see. Opening it (`GET`) shows what
+//! will be linked and changes nothing — link unfurlers and prefetchers
+//! follow URLs. Confirming it (`POST`) as a signed-in human binds the chat
+//! account to that human, uses the code up, and records `identity.linked`
+//! in the audit log in the same transaction.
+//!
+//! **Who confirms.** [`complete`] takes the principal that confirms. The
+//! HTTP handler in `lib.rs` obtains it from the web session (signed in
+//! through OIDC; the form is CSRF-checked) or, for API use without a cookie
+//! (so no CSRF exposure), from a human's bearer token.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine as _;
+use secondkey_core::principal::Principal;
+use secondkey_server::error::ApiError;
+use secondkey_server::gateway::{rfc3339, Gateway};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::records;
+
+/// The chat account a link is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct External {
+    /// `slack` or `teams`.
+    pub platform: String,
+    /// Slack: `TEAM/USER`; Teams: `TENANT/AAD-OBJECT-ID`.
+    pub id: String,
+    /// A name to show (`@bob`), for humans only.
+    pub display: String,
+}
+
+impl External {
+    fn key(&self) -> String {
+        format!("{}:{}", self.platform, self.id)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Link {
+    principal: String,
+    linked_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Code {
+    external: External,
+    expires_at: i64,
+    used: bool,
+}
+
+fn code_key(code: &str) -> String {
+    hex::encode(Sha256::digest(code.as_bytes()))
+}
+
+fn conflict(code: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, code, msg)
+}
+
+/// The secondkey principal linked to `external`, as configured now (its
+/// groups are today's, not those at link time). `None` when unlinked, or
+/// when the linked principal is no longer configured.
+pub async fn principal_of(
+    gateway: &Gateway,
+    external: &External,
+) -> Result<Option<Principal>, ApiError> {
+    let link: Option<Link> = records::read_async(&gateway.store, "link", external.key()).await?;
+    Ok(link.and_then(|l| gateway.config.principals.get(&l.principal).cloned()))
+}
+
+/// Mints a single-use link code for `external`; returns the URL to show.
+pub async fn issue(
+    gateway: &Gateway,
+    external: External,
+    ttl: Duration,
+) -> Result<String, ApiError> {
+    let mut raw = [0u8; 16];
+    getrandom::getrandom(&mut raw)
+        .map_err(|e| ApiError::unavailable(format!("no randomness available: {e}")))?;
+    let code = B64URL.encode(raw);
+    let rec = Code {
+        external,
+        expires_at: gateway.now().plus(ttl).0,
+        used: false,
+    };
+    let key = code_key(&code);
+    gateway
+        .store
+        .transact(move |tx| records::put(tx, "linkcode", &key, &rec))
+        .await?;
+    Ok(format!("{}/chat/link/{code}", gateway.config.public_url))
+}
+
+/// What a code would link, for the confirmation page. Reads only.
+pub async fn describe(gateway: &Gateway, code: &str) -> Result<External, ApiError> {
+    let rec: Option<Code> = records::read_async(&gateway.store, "linkcode", code_key(code)).await?;
+    match rec {
+        Some(c) if !c.used && gateway.now().0 < c.expires_at => Ok(c.external),
+        Some(c) if c.used => Err(conflict(
+            "link_code_used",
+            "this link code was already used; click a button in the chat again for a new one",
+        )),
+        Some(_) => Err(conflict(
+            "link_code_expired",
+            "this link code has expired; click a button in the chat again for a new one",
+        )),
+        None => Err(ApiError::not_found("no such link code")),
+    }
+}
+
+/// Binds the code's chat account to `who` (a human), uses the code up and
+/// logs `identity.linked`, all in one transaction. Refuses agents and
+/// services, used or expired codes, and an account already linked to
+/// someone else.
+pub async fn complete(
+    gateway: &Gateway,
+    code: &str,
+    who: &Principal,
+) -> Result<External, ApiError> {
+    if !who.is_human() {
+        return Err(ApiError::forbidden(
+            "not_human",
+            "only a human (user:…) can link a chat account; agents and services never review",
+        ));
+    }
+    let now = gateway.now();
+    let key = code_key(code);
+    let principal = who.id.to_string();
+    let time = rfc3339(now);
+    let linked = gateway
+        .store
+        .transact(move |tx| {
+            let mut c: Code = records::get(tx, "linkcode", &key)?
+                .ok_or_else(|| ApiError::not_found("no such link code"))?;
+            if c.used {
+                return Err(conflict("link_code_used", "this link code was already used").into());
+            }
+            if now.0 >= c.expires_at {
+                return Err(conflict("link_code_expired", "this link code has expired; click a button in the chat again for a new one").into());
+            }
+            let lkey = c.external.key();
+            if let Some(l) = records::get::<Link>(tx, "link", &lkey)? {
+                if l.principal != principal {
+                    return Err(conflict(
+                        "already_linked",
+                        format!("this {} account is already linked to {}; an administrator must unlink it first", c.external.platform, l.principal),
+                    )
+                    .into());
+                }
+            }
+            records::put(tx, "link", &lkey, &Link { principal: principal.clone(), linked_at: now.0 })?;
+            c.used = true;
+            records::put(tx, "linkcode", &key, &c)?;
+            let mut e = secondkey_store::new_entry(
+                &time,
+                "identity.linked",
+                Some(&principal),
+                json!({"platform": c.external.platform, "external_id": c.external.id,
+                       "display": c.external.display, "principal": principal}),
+            );
+            e.subjects.insert("principal".into(), principal.clone());
+            tx.append(e)?;
+            Ok(c.external)
+        })
+        .await?;
+    Ok(linked)
+}

@@ -1,0 +1,198 @@
+//! Block Kit messages for a request.
+//!
+//! Slack caps a section's text at 3000 characters. A statement longer than
+//! the configured inline limit is shown as a clearly marked excerpt, and the
+//! whole action goes up as a file in the message's thread; the message says
+//! so. Nothing is ever cut silently.
+
+use serde_json::{json, Value};
+
+use crate::card::{prefix, Summary};
+
+/// Block Kit `mrkdwn` needs `&`, `<` and `>` escaped.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn field(label: &str, value: &str) -> Value {
+    json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", escape(value))})
+}
+
+/// Whether the statement needs the file upload.
+pub fn needs_file(s: &Summary, inline_limit: usize) -> bool {
+    s.what.len() > inline_limit
+}
+
+/// The message blocks. `file_note` says where the full statement is when it
+/// does not fit (set once the upload is known).
+pub fn message(s: &Summary, inline_limit: usize) -> Vec<Value> {
+    let mut blocks = vec![json!({
+        "type": "header",
+        "text": {"type": "plain_text", "text": prefix(&format!("Approval request: {}", s.title), 150), "emoji": true}
+    })];
+    let mut fields = vec![field("Who asked", &s.who())];
+    if let Some(j) = &s.justification {
+        fields.push(field("Why", j));
+    }
+    if !s.environment.is_empty() || !s.source.is_empty() {
+        let mut w = s.environment.join("\n");
+        if !s.source.is_empty() {
+            if !w.is_empty() {
+                w.push('\n');
+            }
+            w.push_str(&s.source.join("\n"));
+        }
+        fields.push(field("Where", &w));
+    }
+    if !s.impact.is_empty() {
+        fields.push(field("Impact", &s.impact.join("\n")));
+    }
+    // A section holds at most 10 fields of 2000 characters each.
+    let fields: Vec<Value> = fields
+        .into_iter()
+        .map(|f| {
+            let t = f["text"].as_str().unwrap_or_default();
+            if t.len() > 1900 {
+                let cut = format!(
+                    "{}… _(cut: {} bytes in all; the request page has it whole)_",
+                    prefix(t, 1800),
+                    t.len()
+                );
+                json!({"type": "mrkdwn", "text": cut})
+            } else {
+                json!({"type": "mrkdwn", "text": t})
+            }
+        })
+        .collect();
+    blocks.push(json!({"type": "section", "fields": fields}));
+    let what = if needs_file(s, inline_limit) {
+        format!(
+            "*What* — the statement is {} bytes long; the first {} are shown and *the full action is attached in this message's thread* (`{}.json`):\n```{}```",
+            s.what.len(),
+            prefix(&s.what, inline_limit).len(),
+            s.id,
+            escape(prefix(&s.what, inline_limit))
+        )
+    } else {
+        format!("*What*\n```{}```", escape(&s.what))
+    };
+    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": what}}));
+    let mut req = format!("*Required*\n{}", escape(&s.required.join("\n")));
+    if !s.escalated_to.is_empty() {
+        req.push_str(&format!(
+            "\n_Escalated: members of {} may now review._",
+            escape(&s.escalated_to.join(", "))
+        ));
+    }
+    if !s.approvals.is_empty() {
+        req.push_str(&format!("\n*Reviews*\n{}", escape(&s.approvals.join("\n"))));
+    }
+    if req.len() > 2900 {
+        req = format!(
+            "{}… _(cut: the request page has every review)_",
+            prefix(&req, 2800)
+        );
+    }
+    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": req}}));
+    match &s.outcome {
+        None => {
+            blocks.push(json!({
+                "type": "actions",
+                "block_id": "secondkey_review",
+                "elements": [
+                    {"type": "button", "action_id": "approve", "style": "primary",
+                     "text": {"type": "plain_text", "text": "Approve"}, "value": s.id},
+                    {"type": "button", "action_id": "deny", "style": "danger",
+                     "text": {"type": "plain_text", "text": "Deny"}, "value": s.id,
+                     "confirm": {"title": {"type": "plain_text", "text": "Deny this request?"},
+                                 "text": {"type": "plain_text", "text": "The agent is told no; it must submit again."},
+                                 "confirm": {"type": "plain_text", "text": "Deny"},
+                                 "deny": {"type": "plain_text", "text": "Cancel"}}}
+                ]
+            }));
+            blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                "Request `{}` · expires {} · <{}|open in secondkey>", s.id, s.expires_at, s.url)}]}));
+        }
+        Some(o) => {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", escape(o))}}));
+            blocks.push(
+                json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                "Request `{}` · <{}|open in secondkey>", s.id, s.url)}]}),
+            );
+        }
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secondkey_core::request::RequestState;
+
+    fn summary(what: &str) -> Summary {
+        Summary {
+            id: "req_1".into(),
+            url: "https://sk.example/requests/req_1".into(),
+            title: "sql.export on postgres://analytics/public.customers".into(),
+            requester: "agent:report-bot".into(),
+            owner: Some("user:alice".into()),
+            on_behalf_of: Some("user:carol".into()),
+            model: Some("gpt-x".into()),
+            what: what.into(),
+            action_json: "{}".into(),
+            justification: Some("quarterly <report>".into()),
+            environment: vec!["prod (configured)".into()],
+            source: vec![],
+            impact: vec!["rows: 1200".into()],
+            required: vec!["2 of data-owners (0 approvals so far) — policy p".into()],
+            approvals: vec![],
+            state: RequestState::Pending,
+            outcome: None,
+            expires_at: "2026-01-01T00:00:00.000Z".into(),
+            escalated_to: vec![],
+        }
+    }
+
+    #[test]
+    fn short_statements_are_inline_with_buttons() {
+        let b = message(&summary("COPY customers TO STDOUT"), 2000);
+        let all = serde_json::to_string(&b).unwrap();
+        assert!(all.contains("COPY customers TO STDOUT"));
+        assert!(all.contains("quarterly &lt;report&gt;"));
+        assert!(all.contains(
+            "agent:report-bot, owned by user:alice, on behalf of user:carol, model gpt-x"
+        ));
+        assert!(
+            all.contains("\"action_id\":\"approve\"") && all.contains("\"action_id\":\"deny\"")
+        );
+        assert!(!all.contains("attached"));
+    }
+
+    #[test]
+    fn long_statements_say_they_are_attached_and_never_cut_silently() {
+        let long = "x".repeat(10_000) + "é";
+        assert!(needs_file(&summary(&long), 2000));
+        let b = message(&summary(&long), 2000);
+        let all = serde_json::to_string(&b).unwrap();
+        assert!(all.contains("10002 bytes long"), "{all}");
+        assert!(all.contains("the first 2000 are shown"));
+        assert!(all.contains("full action is attached"));
+        for block in &b {
+            if let Some(t) = block.pointer("/text/text").and_then(Value::as_str) {
+                assert!(t.chars().count() <= 3000);
+            }
+        }
+    }
+
+    #[test]
+    fn decided_requests_lose_their_buttons() {
+        let mut s = summary("SELECT 1");
+        s.state = RequestState::Approved;
+        s.outcome = Some("✅ Approved by user:bob".into());
+        let all = serde_json::to_string(&message(&s, 2000)).unwrap();
+        assert!(all.contains("Approved by user:bob"));
+        assert!(!all.contains("\"actions\""));
+    }
+}

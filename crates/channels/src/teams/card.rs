@@ -1,0 +1,153 @@
+//! Adaptive Cards (schema 1.4, for `Action.Execute`) for a request.
+//!
+//! Teams limits a message to about 28 KB, so a statement over
+//! [`INLINE_LIMIT`] is shown as a marked excerpt and the card says where the
+//! full action is (the request page); never cut silently.
+
+use serde_json::{json, Value};
+
+use crate::card::{prefix, Summary};
+
+/// Longest statement shown in full on a card, in bytes.
+pub const INLINE_LIMIT: usize = 12_000;
+
+/// The attachment content type of an Adaptive Card.
+pub const CONTENT_TYPE: &str = "application/vnd.microsoft.card.adaptive";
+
+fn fact(title: &str, value: &str) -> Value {
+    json!({"title": title, "value": value})
+}
+
+/// The card for `s`; `note` is an extra line for the viewer (e.g. why a
+/// click was refused).
+pub fn card(s: &Summary, note: Option<&str>) -> Value {
+    let mut facts = vec![fact("Who asked", &s.who())];
+    if let Some(j) = &s.justification {
+        facts.push(fact("Why", j));
+    }
+    if !s.environment.is_empty() || !s.source.is_empty() {
+        let mut w = s.environment.clone();
+        w.extend(s.source.iter().cloned());
+        facts.push(fact("Where", &w.join("; ")));
+    }
+    if !s.impact.is_empty() {
+        facts.push(fact("Impact", &s.impact.join("; ")));
+    }
+    facts.push(fact("Required", &s.required.join("; ")));
+    if !s.escalated_to.is_empty() {
+        facts.push(fact("Escalated to", &s.escalated_to.join(", ")));
+    }
+    if !s.approvals.is_empty() {
+        facts.push(fact("Reviews", &s.approvals.join("; ")));
+    }
+    facts.push(fact("Request", &s.id));
+    let mut body = vec![
+        json!({"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
+               "text": format!("Approval request: {}", s.title)}),
+        json!({"type": "FactSet", "facts": facts}),
+    ];
+    if s.what.len() > INLINE_LIMIT {
+        body.push(json!({"type": "TextBlock", "wrap": true, "weight": "Bolder",
+            "text": format!("What — the statement is {} bytes long; the first {} are shown, the full action is on the request page.",
+                            s.what.len(), prefix(&s.what, INLINE_LIMIT).len())}));
+        body.push(
+            json!({"type": "TextBlock", "wrap": true, "fontType": "Monospace",
+                         "text": prefix(&s.what, INLINE_LIMIT)}),
+        );
+    } else {
+        body.push(json!({"type": "TextBlock", "wrap": true, "weight": "Bolder", "text": "What"}));
+        body.push(
+            json!({"type": "TextBlock", "wrap": true, "fontType": "Monospace", "text": s.what}),
+        );
+    }
+    if let Some(o) = &s.outcome {
+        body.push(json!({"type": "TextBlock", "wrap": true, "weight": "Bolder", "size": "Medium", "text": o}));
+    }
+    if let Some(n) = note {
+        body.push(json!({"type": "TextBlock", "wrap": true, "color": "Attention", "text": n}));
+    }
+    let mut actions = Vec::new();
+    if s.open() {
+        actions.push(
+            json!({"type": "Action.Execute", "title": "Approve", "verb": "approve",
+                            "style": "positive", "data": {"request": s.id}}),
+        );
+        actions.push(
+            json!({"type": "Action.Execute", "title": "Deny", "verb": "deny",
+                            "style": "destructive", "data": {"request": s.id}}),
+        );
+    }
+    actions.push(json!({"type": "Action.OpenUrl", "title": "Open in secondkey", "url": s.url}));
+    json!({
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": "1.4",
+        "body": body,
+        "actions": actions,
+    })
+}
+
+/// A message activity carrying `card`.
+pub fn activity(card: Value, summary: &str) -> Value {
+    json!({"type": "message", "summary": summary,
+           "attachments": [{"contentType": CONTENT_TYPE, "content": card}]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secondkey_core::request::RequestState;
+
+    fn summary(what: &str, state: RequestState) -> Summary {
+        Summary {
+            id: "req_1".into(),
+            url: "https://sk.example/requests/req_1".into(),
+            title: "sql.export on x".into(),
+            requester: "agent:a".into(),
+            owner: None,
+            on_behalf_of: None,
+            model: None,
+            what: what.into(),
+            action_json: "{}".into(),
+            justification: None,
+            environment: vec![],
+            source: vec![],
+            impact: vec![],
+            required: vec!["1 of dba".into()],
+            approvals: vec![],
+            state,
+            outcome: (state != RequestState::Pending).then(|| "✅ Approved by user:bob".into()),
+            expires_at: "t".into(),
+            escalated_to: vec![],
+        }
+    }
+
+    #[test]
+    fn pending_cards_carry_execute_actions_decided_ones_do_not() {
+        let c = card(&summary("SELECT 1", RequestState::Pending), None);
+        assert_eq!(c["version"], "1.4");
+        let verbs: Vec<&str> = c["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["type"] == "Action.Execute")
+            .map(|a| a["verb"].as_str().unwrap())
+            .collect();
+        assert_eq!(verbs, ["approve", "deny"]);
+        let c = card(&summary("SELECT 1", RequestState::Approved), Some("note"));
+        let s = c.to_string();
+        assert!(
+            !s.contains("Action.Execute")
+                && s.contains("Approved by user:bob")
+                && s.contains("note")
+        );
+    }
+
+    #[test]
+    fn long_statements_are_marked_as_excerpts() {
+        let long = "y".repeat(INLINE_LIMIT + 5);
+        let s = card(&summary(&long, RequestState::Pending), None).to_string();
+        assert!(s.contains(&format!("{} bytes long", INLINE_LIMIT + 5)));
+        assert!(s.contains("the full action is on the request page"));
+    }
+}

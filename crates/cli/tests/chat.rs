@@ -1,0 +1,855 @@
+//! Black-box tests of chat approvals: the real `secondkey` binary against
+//! local stand-ins for Slack and the Bot Framework that speak their
+//! documented formats (signatures and tokens included), and a Standard
+//! Webhooks receiver.
+
+mod common;
+#[path = "common/fakes.rs"]
+mod fakes;
+
+use std::time::Duration;
+
+use common::{token_of, Gateway};
+use fakes::*;
+use serde_json::{json, Value};
+
+/// Exports need one data owner within `export_ttl`; writes within `write_ttl`.
+fn policies(export_ttl: &str, write_ttl: &str) -> String {
+    format!(
+        r#"
+@id("agents-export")
+permit(principal in Group::"agents", action == Action::"sql.export", resource);
+
+@id("export-needs-an-owner")
+@review("data-owners")
+@ttl("{export_ttl}")
+forbid(principal, action == Action::"sql.export", resource);
+
+@id("agents-write")
+permit(principal in Group::"agents", action == Action::"sql.write", resource);
+
+@id("writes-expire-fast")
+@review("data-owners")
+@ttl("{write_ttl}")
+forbid(principal, action == Action::"sql.write", resource);
+"#
+    )
+}
+
+fn export(statement: &str) -> Value {
+    json!({
+        "kind": "sql", "operation": "export", "resource": "postgres://analytics/public.customers",
+        "params": {"statement": statement},
+        "justification": "quarterly report",
+        "on_behalf_of": "user:carol",
+        "context": {"environment": "prod", "estimated_rows": 1200, "model": "test-model-1"},
+        "lineage": {"reads": ["postgres://analytics/public.customers"], "writes": ["s3://reports/q3.csv"]}
+    })
+}
+
+fn write_action() -> Value {
+    json!({"kind": "sql", "operation": "write", "resource": "postgres://analytics/public.t",
+           "params": {"statement": "UPDATE t SET x = 1"}})
+}
+
+/// POSTs raw bytes with headers; returns (status, body).
+fn post_raw(
+    g: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+    ct: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    let mut r = g
+        .agent
+        .post(&format!("{}{}", g.url, path))
+        .set("Content-Type", ct);
+    for (k, v) in headers {
+        r = r.set(k, v);
+    }
+    let read = |resp: ureq::Response| {
+        let s = resp.status();
+        let t = resp.into_string().unwrap_or_default();
+        (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
+    };
+    match r.send_bytes(body) {
+        Ok(resp) => read(resp),
+        Err(ureq::Error::Status(_, resp)) => read(resp),
+        Err(e) => panic!("POST {path}: {e}"),
+    }
+}
+
+fn click(g: &Gateway, body: &str, ts: &str, sig: &str) -> (u16, Value) {
+    post_raw(
+        g,
+        "/chat/slack/interactions",
+        &[
+            ("X-Slack-Request-Timestamp", ts),
+            ("X-Slack-Signature", sig),
+        ],
+        "application/x-www-form-urlencoded",
+        body.as_bytes(),
+    )
+}
+
+fn state(g: &Gateway, id: &str) -> Value {
+    let (s, v) = g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn ephemeral_for(calls: &Calls, user: &str, after: usize, needle: &str) -> String {
+    wait_for(
+        calls,
+        &format!("an ephemeral message to {user} containing {needle:?}"),
+        |cs| {
+            cs[after..]
+                .iter()
+                .filter(|c| c.path == "chat.postEphemeral" && c.body["user"] == user)
+                .filter_map(|c| c.body["text"].as_str())
+                .find(|t| t.contains(needle))
+                .map(str::to_string)
+        },
+    )
+}
+
+fn link_url(text: &str) -> String {
+    let start = text.find("http").expect("a link URL");
+    text[start..].split_whitespace().next().unwrap().to_string()
+}
+
+/// Long-polls as the agent in a thread; returns the state it wakes with.
+fn waiter(g: &Gateway, id: &str) -> std::thread::JoinHandle<Value> {
+    let url = format!("{}/v1/requests/{id}?wait=30", g.url);
+    let agent = g.agent.clone();
+    std::thread::spawn(move || {
+        agent
+            .get(&url)
+            .set(
+                "Authorization",
+                &format!("Bearer {}", token_of("agent:report-bot")),
+            )
+            .call()
+            .unwrap()
+            .into_json::<Value>()
+            .unwrap()
+    })
+}
+
+fn link(g: &Gateway, url: &str, who: &str) -> (u16, Value) {
+    let path = url.strip_prefix(&g.url).expect("a link on this gateway");
+    g.call("POST", path, Some(who), None)
+}
+
+#[test]
+fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, slack) = fakes::slack();
+    let (hook_url, hooks) = webhook_receiver();
+    let extra = format!(
+        "\n[slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\ninline_limit = 500\n\
+         [[webhooks]]\nname = \"ops\"\nurl = \"{hook_url}\"\nsecret_env = \"SK_HOOK\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\n"
+    );
+    let g = Gateway::start_full(
+        dir.path(),
+        &policies("1h", "3s"),
+        "",
+        &extra,
+        &[
+            ("SK_SLACK_BOT", SLACK_BOT_TOKEN),
+            ("SK_SLACK_SIGNING", SLACK_SIGNING_SECRET),
+            ("SK_HOOK", HOOK_SECRET),
+        ],
+    );
+
+    // A held export is posted to the group's channel with the whole context.
+    let a = g.submit("agent:report-bot", &export("COPY customers TO STDOUT"));
+    assert_eq!(a["decision"], "review", "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let msg = wait_for(&slack, "the request posted to C1", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.path == "chat.postMessage"
+                    && c.body["channel"] == "C1"
+                    && c.body.to_string().contains(&id)
+            })
+            .cloned()
+    });
+    assert_eq!(
+        msg.auth.as_deref(),
+        Some(format!("Bearer {SLACK_BOT_TOKEN}").as_str())
+    );
+    let blocks = msg.body["blocks"].to_string();
+    for needle in [
+        "COPY customers TO STDOUT",
+        "quarterly report",
+        "agent:report-bot, owned by user:alice, on behalf of user:carol, model test-model-1",
+        "prod (configured)",
+        "rows: 1200",
+        "s3://reports/q3.csv",
+        "data-owners",
+        "\"action_id\":\"approve\"",
+        "\"action_id\":\"deny\"",
+    ] {
+        assert!(blocks.contains(needle), "{needle} missing from {blocks}");
+    }
+    let msg_ts = {
+        let calls = slack.lock().unwrap();
+        let n = calls
+            .iter()
+            .filter(|c| c.path == "chat.postMessage")
+            .count();
+        format!("1700000000.{n:06}")
+    };
+
+    // A long statement goes in full as a file in the thread; the message says so.
+    let long = format!(
+        "SELECT {} FROM customers",
+        (0..400)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let b = g.submit("agent:report-bot", &export(&long));
+    let bid = b["id"].as_str().unwrap().to_string();
+    let done = wait_for(&slack, "the long statement's upload to complete", |cs| {
+        cs.iter()
+            .find(|c| c.path == "files.completeUploadExternal")
+            .cloned()
+    });
+    let calls = slack.lock().unwrap().clone();
+    let posted = calls
+        .iter()
+        .find(|c| c.path == "chat.postMessage" && c.body.to_string().contains(&bid))
+        .unwrap();
+    assert!(
+        posted.body["blocks"]
+            .to_string()
+            .contains("full action is attached"),
+        "{}",
+        posted.body
+    );
+    let get_url = calls
+        .iter()
+        .find(|c| c.path == "files.getUploadURLExternal")
+        .unwrap();
+    let uploaded = calls
+        .iter()
+        .find(|c| c.path.starts_with("upload/"))
+        .unwrap();
+    let bytes = uploaded.body["bytes"].as_str().unwrap();
+    assert!(bytes.contains(&long), "the file holds the whole statement");
+    assert_eq!(get_url.body["length"], json!(bytes.len().to_string()));
+    assert_eq!(done.body["channel_id"], "C1");
+    assert!(done.body["thread_ts"].as_str().is_some());
+    drop(calls);
+
+    let pending = |g: &Gateway| {
+        let v = state(g, &id);
+        assert_eq!(v["state"], "pending", "{v}");
+        assert_eq!(v["reviews"], json!([]), "{v}");
+    };
+
+    // Forged (another secret), stale and unsigned clicks are refused.
+    let now = unix_now();
+    let (body, ts, _) = slack_click(SLACK_SIGNING_SECRET, now, "U_BOB", "approve", &id, &msg_ts);
+    let forged = slack_signature("not-the-signing-secret-at-all!!", &ts, body.as_bytes());
+    let (s, v) = click(&g, &body, &ts, &forged);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("bad_signature")),
+        "{v}"
+    );
+    let (sbody, sts, ssig) = slack_click(
+        SLACK_SIGNING_SECRET,
+        now - 400,
+        "U_BOB",
+        "approve",
+        &id,
+        &msg_ts,
+    );
+    let (s, v) = click(&g, &sbody, &sts, &ssig);
+    assert_eq!(s, 401, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("five minutes"),
+        "{v}"
+    );
+    let (s, _) = post_raw(
+        &g,
+        "/chat/slack/interactions",
+        &[],
+        "application/x-www-form-urlencoded",
+        body.as_bytes(),
+    );
+    assert_eq!(s, 401);
+    // A body tampered with after signing.
+    let (tbody, tts, tsig) = slack_click(SLACK_SIGNING_SECRET, now, "U_BOB", "deny", &id, &msg_ts);
+    let (s, _) = click(&g, &tbody.replace("deny", "approve"), &tts, &tsig);
+    assert_eq!(s, 401);
+    // GET never does anything.
+    let (s, _) = g.call("GET", "/chat/slack/interactions", None, None);
+    assert_eq!(s, 405);
+    pending(&g);
+
+    // An unlinked clicker gets a single-use link, only for them.
+    let before = slack.lock().unwrap().len();
+    let (body, ts, sig) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_BOB",
+        "approve",
+        &id,
+        &msg_ts,
+    );
+    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    let text = ephemeral_for(&slack, "U_BOB", before, "/chat/link/");
+    let url = link_url(&text);
+    // The exact same signed request again is a replay.
+    let (s, v) = click(&g, &body, &ts, &sig);
+    assert_eq!(
+        (
+            s,
+            v["error"]["message"].as_str().map(|m| m.contains("replay"))
+        ),
+        (401, Some(true)),
+        "{v}"
+    );
+    pending(&g);
+    // Opening (or unfurling) the link changes nothing.
+    let page = g.text(url.strip_prefix(&g.url).unwrap());
+    assert!(
+        page.contains("u_bob") && page.contains("T0TEST/U_BOB"),
+        "{page}"
+    );
+    let before = slack.lock().unwrap().len();
+    let (body, ts, sig) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_BOB",
+        "approve",
+        &id,
+        &msg_ts,
+    );
+    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    ephemeral_for(&slack, "U_BOB", before, "/chat/link/");
+    pending(&g);
+    // Agents cannot link; bob can, once.
+    assert_eq!(link(&g, &url, "agent:report-bot").0, 403);
+    let (s, v) = link(&g, &url, "user:bob");
+    assert_eq!((s, v["principal"].as_str()), (200, Some("user:bob")), "{v}");
+    let (s, v) = link(&g, &url, "user:dave");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("link_code_used")),
+        "{v}"
+    );
+    let (s, _) = link(&g, &format!("{}/chat/link/not-a-code", g.url), "user:bob");
+    assert_eq!(s, 404);
+
+    // The requester's owner links too, but her click is refused.
+    let before = slack.lock().unwrap().len();
+    let (body, ts, sig) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_ALICE",
+        "approve",
+        &id,
+        &msg_ts,
+    );
+    click(&g, &body, &ts, &sig);
+    let url = link_url(&ephemeral_for(&slack, "U_ALICE", before, "/chat/link/"));
+    assert_eq!(link(&g, &url, "user:alice").0, 200);
+    let before = slack.lock().unwrap().len();
+    let (body, ts, sig) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_ALICE",
+        "approve",
+        &id,
+        &msg_ts,
+    );
+    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    ephemeral_for(&slack, "U_ALICE", before, "self_review");
+    pending(&g);
+
+    // Bob's signed click approves; the waiting agent resumes; the message
+    // is updated with the outcome and who decided.
+    let w = waiter(&g, &id);
+    std::thread::sleep(Duration::from_millis(200));
+    let (body, ts, sig) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_BOB",
+        "approve",
+        &id,
+        &msg_ts,
+    );
+    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    let woke = w.join().unwrap();
+    assert_eq!(woke["state"], "approved", "{woke}");
+    assert!(woke["grant"].as_str().is_some());
+    wait_for(&slack, "chat.update with the outcome", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.path == "chat.update"
+                    && c.body["ts"] == msg_ts.as_str()
+                    && c.body["blocks"]
+                        .to_string()
+                        .contains("Approved by user:bob")
+                    && !c.body["blocks"]
+                        .to_string()
+                        .contains("\"action_id\":\"approve\"")
+            })
+            .map(|_| ())
+    });
+    // A double click is refused and changes nothing.
+    let before = slack.lock().unwrap().len();
+    let (body, ts, sig) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_BOB",
+        "approve",
+        &id,
+        &msg_ts,
+    );
+    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    ephemeral_for(&slack, "U_BOB", before, "already_decided");
+    let v = state(&g, &id);
+    assert_eq!(
+        (v["state"].as_str(), v["reviews"].as_array().map(Vec::len)),
+        (Some("approved"), Some(1)),
+        "{v}"
+    );
+    // The agent uses its grant once.
+    let (s, v) = g.call(
+        "POST",
+        "/v1/grants/consume",
+        Some("agent:report-bot"),
+        Some(&json!({"grant": woke["grant"], "digest": woke["digest"]})),
+    );
+    assert_eq!(s, 200, "{v}");
+
+    // A click after expiry is refused; the message shows the expiry.
+    let wreq = g.submit("agent:report-bot", &write_action());
+    let wid = wreq["id"].as_str().unwrap().to_string();
+    wait_for(&slack, "the write posted", |cs| {
+        cs.iter()
+            .any(|c| c.path == "chat.postMessage" && c.body.to_string().contains(&wid))
+            .then_some(())
+    });
+    wait_for(&slack, "the expired write's message", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.path == "chat.update"
+                    && c.body["blocks"]
+                        .to_string()
+                        .contains("Expired: nobody decided")
+            })
+            .map(|_| ())
+    });
+    let before = slack.lock().unwrap().len();
+    let (body, ts, sig) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_BOB",
+        "approve",
+        &wid,
+        "1.1",
+    );
+    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    ephemeral_for(&slack, "U_BOB", before, "expired");
+    assert_eq!(state(&g, &wid)["state"], "expired");
+
+    // The request events went out as signed webhooks, retried with the
+    // same id after the receiver's first failure.
+    let wanted = [
+        (id.as_str(), "request.created"),
+        (id.as_str(), "request.reviewed"),
+        (id.as_str(), "request.approved"),
+        (id.as_str(), "request.executed"),
+        (wid.as_str(), "request.expired"),
+    ];
+    wait_for(&hooks, "the request webhooks", |cs| {
+        wanted
+            .iter()
+            .all(|(r, t)| {
+                cs.iter()
+                    .any(|c| c.body["type"] == *t && c.body["data"]["request"] == *r)
+            })
+            .then_some(())
+    });
+    let calls = hooks.lock().unwrap().clone();
+    let secret = secondkey_sinks::webhook::WebhookSecret::parse(HOOK_SECRET).unwrap();
+    for c in &calls {
+        let h = |k: &str| c.headers.get(k).cloned().unwrap_or_default();
+        secondkey_sinks::webhook::verify(
+            &secret,
+            &h("webhook-id"),
+            &h("webhook-timestamp"),
+            &h("webhook-signature"),
+            h("x-raw-body").as_bytes(),
+            unix_now() as u64,
+            300,
+        )
+        .unwrap_or_else(|e| panic!("bad webhook signature on {:?}: {e}", c.body));
+    }
+    assert_eq!(
+        calls[0].headers["webhook-id"], calls[1].headers["webhook-id"],
+        "a retry keeps its id"
+    );
+    let mut ids: Vec<&String> = calls.iter().map(|c| &c.headers["webhook-id"]).collect();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        calls.len() - 1,
+        "only the failed delivery repeats"
+    );
+    // Nothing but request events.
+    assert!(calls
+        .iter()
+        .all(|c| c.body["type"].as_str().unwrap().starts_with("request.")));
+}
+
+#[test]
+fn teams_action_execute_needs_a_valid_bot_framework_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rsa_key(dir.path(), "bf");
+    let other = rsa_key(dir.path(), "other");
+    let (bf, calls) = bot_framework(&key);
+    let extra = format!(
+        "\n[teams]\napp_id = \"{TEAMS_APP_ID}\"\napp_password_env = \"SK_TEAMS_PW\"\n\
+         openid_metadata = \"{bf}/v1/.well-known/openidconfiguration\"\ntoken_url = \"{bf}/token\"\nservice_url = \"{bf}/\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nteams_conversation = \"19:reviewers@thread.tacv2\"\n"
+    );
+    let g = Gateway::start_full(
+        dir.path(),
+        &policies("1h", "3s"),
+        "",
+        &extra,
+        &[("SK_TEAMS_PW", TEAMS_APP_PASSWORD)],
+    );
+    let service_url = format!("{bf}/");
+
+    let a = g.submit("agent:report-bot", &export("COPY customers TO STDOUT"));
+    let id = a["id"].as_str().unwrap().to_string();
+    let sent = wait_for(&calls, "the card sent to the conversation", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.method == "POST" && c.path == "conversations/19:reviewers@thread.tacv2/activities"
+            })
+            .cloned()
+    });
+    assert_eq!(
+        sent.auth.as_deref(),
+        Some(format!("Bearer {CONNECTOR_TOKEN}").as_str())
+    );
+    let att = &sent.body["attachments"][0];
+    assert_eq!(
+        att["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(att["content"]["version"], "1.4");
+    let card = att["content"].to_string();
+    assert!(
+        card.contains("\"verb\":\"approve\"")
+            && card.contains("Action.Execute")
+            && card.contains("COPY customers TO STDOUT"),
+        "{card}"
+    );
+    let activity_id = "1:activity-1";
+
+    let send = |token: Option<&str>, activity: &Value| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        post_raw(
+            &g,
+            "/chat/teams/messages",
+            &headers,
+            "application/json",
+            activity.to_string().as_bytes(),
+        )
+    };
+    let pending = || {
+        let v = state(&g, &id);
+        assert_eq!(
+            (v["state"].as_str(), v["reviews"].as_array().map(Vec::len)),
+            (Some("pending"), Some(0)),
+            "{v}"
+        );
+    };
+    let act = |n: &str| invoke(n, &service_url, "aad-bob", "approve", &id, activity_id);
+
+    // Refused: no token, another key, wrong audience, expired, a token
+    // minted for another service URL.
+    assert_eq!(send(None, &act("i1")).0, 401);
+    let (s, v) = send(
+        Some(&bot_token(&other, TEAMS_APP_ID, &service_url, 600)),
+        &act("i2"),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("bad_token")),
+        "{v}"
+    );
+    assert_eq!(
+        send(
+            Some(&bot_token(&key, "another-app", &service_url, 600)),
+            &act("i3")
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        send(
+            Some(&bot_token(&key, TEAMS_APP_ID, &service_url, -600)),
+            &act("i4")
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        send(
+            Some(&bot_token(&key, TEAMS_APP_ID, "https://evil.example/", 600)),
+            &act("i5")
+        )
+        .0,
+        401
+    );
+    assert_eq!(send(Some("not.a.jwt"), &act("i6")).0, 401);
+    pending();
+
+    // Valid token, unlinked account: told to link, nothing counted.
+    let tok = bot_token(&key, TEAMS_APP_ID, &service_url, 600);
+    let (s, v) = send(Some(&tok), &act("i7"));
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (200, Some("application/vnd.microsoft.activity.message")),
+        "{v}"
+    );
+    let url = link_url(v["value"].as_str().unwrap());
+    pending();
+    assert_eq!(link(&g, &url, "user:bob").0, 200);
+
+    // Linked and valid: approves, the invoke answer refreshes the card, the
+    // posted card is updated, the agent resumes.
+    let w = waiter(&g, &id);
+    std::thread::sleep(Duration::from_millis(200));
+    let (s, v) = send(Some(&tok), &act("i8"));
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (200, Some("application/vnd.microsoft.card.adaptive")),
+        "{v}"
+    );
+    assert!(
+        v["value"].to_string().contains("Approved by user:bob"),
+        "{v}"
+    );
+    assert!(!v["value"].to_string().contains("Action.Execute"));
+    assert_eq!(w.join().unwrap()["state"], "approved");
+    wait_for(&calls, "the card updated with the outcome", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.method == "PUT"
+                    && c.path.ends_with(activity_id)
+                    && c.body.to_string().contains("Approved by user:bob")
+            })
+            .map(|_| ())
+    });
+    // The same activity with the same token again: a replay.
+    let (s, v) = send(Some(&tok), &act("i8"));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("replayed")),
+        "{v}"
+    );
+    // A new click on the decided request: refused, nothing changes.
+    let (s, v) = send(Some(&tok), &act("i9"));
+    assert_eq!(s, 200);
+    assert!(
+        v["value"].as_str().unwrap().contains("already_decided"),
+        "{v}"
+    );
+    assert_eq!(state(&g, &id)["reviews"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn escalation_and_expiry_update_every_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rsa_key(dir.path(), "bf");
+    let (bf, teams) = bot_framework(&key);
+    let (api, slack) = fakes::slack();
+    let policies = policies("30s", "4s");
+    let lena = "test-token-user-lena";
+    let extra = format!(
+        "\n[[principals]]\nid = \"user:lena\"\ngroups = [\"dba-leads\"]\ntoken_sha256 = \"{}\"\n\
+         [slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\n\
+         [teams]\napp_id = \"{TEAMS_APP_ID}\"\napp_password_env = \"SK_TEAMS_PW\"\n\
+         openid_metadata = \"{bf}/v1/.well-known/openidconfiguration\"\ntoken_url = \"{bf}/token\"\nservice_url = \"{bf}\"\n\
+         [routing]\nremind_before = \"3s\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\nteams_conversation = \"conv-owners\"\nescalate_to = [\"dba-leads\"]\n\
+         [[routing.routes]]\ngroup = \"dba-leads\"\nslack_channel = \"C9\"\nteams_conversation = \"conv-leads\"\n",
+        secondkey_server::auth::token_sha256_hex(lena)
+    );
+    let g = Gateway::start_full(
+        dir.path(),
+        &policies,
+        "escalation_fraction = 0.25",
+        &extra,
+        &[
+            ("SK_SLACK_BOT", SLACK_BOT_TOKEN),
+            ("SK_SLACK_SIGNING", SLACK_SIGNING_SECRET),
+            ("SK_TEAMS_PW", TEAMS_APP_PASSWORD),
+        ],
+    );
+    let as_lena = |id: &str| {
+        g.agent
+            .post(&format!("{}/v1/requests/{id}/reviews", g.url))
+            .set("Authorization", &format!("Bearer {lena}"))
+            .send_json(json!({"decision": "approve"}))
+            .map(|r| r.status())
+            .unwrap_or_else(|e| match e {
+                ureq::Error::Status(s, _) => s,
+                e => panic!("{e}"),
+            })
+    };
+
+    // An export (30 s TTL, escalates after 7.5 s): a lead may not review it yet.
+    let e = g.submit("agent:report-bot", &export("COPY customers TO STDOUT"));
+    let eid = e["id"].as_str().unwrap().to_string();
+    // (404: someone who may not review a request does not even see it)
+    assert_eq!(as_lena(&eid), 404, "not eligible before escalation");
+    // A write (4 s TTL, escalates after 1 s, then expires).
+    let w = g.submit("agent:report-bot", &write_action());
+    let wid = w["id"].as_str().unwrap().to_string();
+    let posted_to = |calls: &Calls, id: &str, path: &str| {
+        let id = id.to_string();
+        let path = path.to_string();
+        wait_for(calls, &format!("{id} posted to {path}"), move |cs| {
+            cs.iter()
+                .find(|c| c.method == "POST" && c.path == path && c.body.to_string().contains(&id))
+                .cloned()
+        })
+    };
+    let in_slack = |cs: &[fakes::Call], ch: &str, id: &str| {
+        cs.iter()
+            .find(|c| {
+                c.path == "chat.postMessage"
+                    && c.body["channel"] == ch
+                    && c.body.to_string().contains(id)
+            })
+            .map(|c| c.body["channel"].clone())
+    };
+    for id in [&eid, &wid] {
+        wait_for(&slack, "posted to C1", |cs| in_slack(cs, "C1", id));
+        posted_to(&teams, id, "conversations/conv-owners/activities");
+    }
+
+    // The write escalates to the leads: posted to their channels too, the
+    // owners' messages say so, and the log records it.
+    wait_for(&slack, "the write posted to the leads' channel", |cs| {
+        in_slack(cs, "C9", &wid)
+    });
+    posted_to(&teams, &wid, "conversations/conv-leads/activities");
+    wait_for(&slack, "the owners' message marked escalated", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.path == "chat.update"
+                    && c.body["channel"] == "C1"
+                    && c.body["blocks"].to_string().contains("Escalated")
+            })
+            .map(|_| ())
+    });
+    // Three seconds before it expires, a reminder goes to every thread.
+    wait_for(&slack, "a Slack reminder in the thread", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.path == "chat.postMessage"
+                    && c.body["thread_ts"].is_string()
+                    && c.body["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("Reminder") && t.contains(&wid))
+            })
+            .map(|_| ())
+    });
+    wait_for(&teams, "a Teams reminder replying to the card", |cs| {
+        cs.iter()
+            .find(|c| {
+                c.method == "POST"
+                    && c.body["replyToId"].is_string()
+                    && c.body["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("Reminder") && t.contains(&wid))
+            })
+            .map(|_| ())
+    });
+    // Then it expires: every Slack message and every Teams card says so.
+    wait_for(&slack, "both Slack messages show the expiry", |cs| {
+        let ch: std::collections::BTreeSet<String> = cs
+            .iter()
+            .filter(|c| {
+                c.path == "chat.update"
+                    && c.body["blocks"]
+                        .to_string()
+                        .contains("Expired: nobody decided")
+            })
+            .map(|c| c.body["channel"].as_str().unwrap_or("").to_string())
+            .collect();
+        (ch.contains("C1") && ch.contains("C9")).then_some(())
+    });
+    wait_for(&teams, "both Teams cards show the expiry", |cs| {
+        let n = cs
+            .iter()
+            .filter(|c| c.method == "PUT" && c.body.to_string().contains("Expired: nobody decided"))
+            .map(|c| c.path.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        (n >= 2).then_some(())
+    });
+    assert_eq!(state(&g, &wid)["state"], "expired");
+
+    // Once the export escalates, a lead may approve it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = state(&g, &eid);
+        if v["required"].to_string().contains("dba-leads") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export did not escalate: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(as_lena(&eid), 200);
+    assert_eq!(state(&g, &eid)["state"], "approved");
+
+    // Both escalations are in the audit log, with the groups they added.
+    let (code, out, err) = common::run_cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let escalated: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "request.escalated")
+        .collect();
+    assert_eq!(escalated.len(), 2, "{escalated:?}");
+    for e in &escalated {
+        assert_eq!(e["payload"]["groups"], json!(["dba-leads"]), "{e}");
+        assert_eq!(e["actor"], "service:secondkey");
+    }
+}
