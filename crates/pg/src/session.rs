@@ -765,13 +765,15 @@ impl Session {
                         ),
                     )));
                 }
-                W::Decided(Err(e)) => return Ok(Err(Refusal::new(
-                    "42501",
-                    format!(
+                W::Decided(Err(e)) => {
+                    return Ok(Err(Refusal::new(
+                        "42501",
+                        format!(
                         "secondkey could not follow request {id}, so the statement was not run: {}",
                         e.message
                     ),
-                ))),
+                    )))
+                }
                 W::Decided(Ok(req)) => {
                     match req.state {
                         RequestState::Pending => continue,

@@ -83,31 +83,14 @@ impl Cluster {
                 "--no-sync",
             ],
         );
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200",
-            c.port,
-            c.socket_dir().display()
-        );
-        c.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &c.dir.display().to_string(),
-                "-o",
-                &opts,
-                "-l",
-                &c.dir.join("../server.log").display().to_string(),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
+        c.pg_start();
+        c.superuser_sql(
+            "postgres",
+            &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
         );
         c.superuser_sql(
             "postgres",
-            &format!(
-                "CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'; CREATE DATABASE {DATABASE} OWNER {APP_USER};"
-            ),
+            &format!("CREATE DATABASE {DATABASE} OWNER {APP_USER}"),
         );
         c.superuser_sql(
             DATABASE,
@@ -119,6 +102,29 @@ impl Cluster {
             ),
         );
         c
+    }
+
+    fn pg_start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200",
+            self.port,
+            self.socket_dir().display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir.display().to_string(),
+                "-o",
+                &opts,
+                "-l",
+                &self.dir.join("../server.log").display().to_string(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
     }
 
     fn socket_dir(&self) -> PathBuf {
@@ -188,9 +194,10 @@ impl Cluster {
                 "-m",
                 "fast",
                 "-w",
-                "restart",
+                "stop",
             ],
         );
+        self.pg_start();
     }
 
     /// Waits until `sql` (run as superuser) returns `want`, for state
