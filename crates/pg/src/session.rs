@@ -636,7 +636,10 @@ impl Session {
         params: Option<&[Value]>,
         protocol: &str,
     ) -> Result<Result<Run, Refusal>, End> {
-        let (action, facts, reads, writes) = self.action(class, text, params, protocol);
+        let (action, mut facts, reads, writes) = self.action(class, text, params, protocol);
+        if let Some(rows) = self.estimate(class, text, params).await? {
+            facts.insert("estimated_rows".into(), json!(rows));
+        }
         let verdict = self
             .sh
             .gateway
@@ -700,6 +703,99 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// EXPLAIN's row estimate for a write, delete or export, when the
+    /// connection asks for it (`estimate_rows`): simple-protocol statements
+    /// on their own (`COPY table TO` is estimated as `SELECT * FROM table`),
+    /// outside transactions (a failing EXPLAIN must not abort the client's)
+    /// and only while nothing else is in flight. EXPLAIN without ANALYZE
+    /// executes nothing.
+    async fn estimate(
+        &mut self,
+        class: &Classification,
+        text: &str,
+        params: Option<&[Value]>,
+    ) -> Result<Option<i64>, End> {
+        use crate::classify::Operation;
+        if !self.sh.conn.estimate_rows
+            || params.is_some()
+            || self.tx_status != b'I'
+            || class.statements.len() != 1
+            || !self.pending.is_empty()
+            || !self.uin.is_empty()
+            || !matches!(
+                class.operation(),
+                Operation::Write | Operation::Delete | Operation::Export
+            )
+        {
+            return Ok(None);
+        }
+        let st = &class.statements[0];
+        let target = if st.command == "CopyStmt" {
+            match (st.reads.iter().next(), st.reads.len()) {
+                (Some(t), 1)
+                    if text
+                        .trim_start()
+                        .get(..5)
+                        .is_some_and(|p| p.eq_ignore_ascii_case("copy ")) =>
+                {
+                    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+                    format!(
+                        "SELECT * FROM {}.{}",
+                        ident(t.schema.as_deref().unwrap_or(&self.sh.conn.default_schema)),
+                        ident(&t.name)
+                    )
+                }
+                _ => return Ok(None),
+            }
+        } else {
+            text.to_string()
+        };
+        let mut q = BytesMut::new();
+        proto::put(&mut q, b'Q', |b| {
+            proto::put_cstr(b, &format!("EXPLAIN (FORMAT JSON) {target}"))
+        });
+        self.upstream
+            .write_all(&q)
+            .await
+            .map_err(|e| End::UpstreamLost(e.to_string()))?;
+        let mut plan = None;
+        loop {
+            let msg = proto::take_message(&mut self.uin, MAX_UPSTREAM_MESSAGE)
+                .map_err(|e| End::UpstreamLost(e.to_string()))?;
+            let Some((ty, body)) = msg else {
+                let n = self
+                    .upstream
+                    .read_buf(&mut self.uin)
+                    .await
+                    .map_err(|e| End::UpstreamLost(e.to_string()))?;
+                if n == 0 {
+                    return Err(End::UpstreamLost("closed during EXPLAIN".into()));
+                }
+                continue;
+            };
+            match ty {
+                b'D' => {
+                    let mut r = proto::Reader::new(&body, "DataRow");
+                    if let (Ok(1), Ok(len)) = (r.i16(), r.i32()) {
+                        if let Ok(b) = r.bytes(len.max(0) as usize) {
+                            plan = serde_json::from_slice::<Value>(b).ok();
+                        }
+                    }
+                }
+                b'Z' => {
+                    self.tx_status = body.first().copied().unwrap_or(self.tx_status);
+                    break;
+                }
+                // Notices and parameter changes still go to the client.
+                b'N' | b'S' | b'A' => proto::put_raw(&mut self.cout, ty, &body),
+                _ => {}
+            }
+        }
+        Ok(plan
+            .and_then(|p| p[0]["Plan"]["Plan Rows"].as_f64())
+            .map(|r| r as i64))
     }
 
     /// Wait mode: tell the client at once, then wait for the decision while

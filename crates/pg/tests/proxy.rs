@@ -76,7 +76,7 @@ async fn setup(hold: &str) -> Env {
     }
     let verifier = secondkey_pg::scram::new_verifier(&token("agent:report-bot"));
     cfg.push_str(&format!(
-        "[[postgres]]\nname = \"analytics\"\nlisten = \"127.0.0.1:0\"\nprincipals = [\"agent:report-bot\"]\nhold = \"{hold}\"\nhold_timeout = \"20s\"\n[postgres.upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword_env = \"SK_TEST_PG_PASSWORD\"\n[postgres.scram]\n\"agent:report-bot\" = \"{verifier}\"\n",
+        "[[postgres]]\nname = \"analytics\"\nlisten = \"127.0.0.1:0\"\nprincipals = [\"agent:report-bot\"]\nhold = \"{hold}\"\nhold_timeout = \"20s\"\nestimate_rows = true\n[postgres.upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword_env = \"SK_TEST_PG_PASSWORD\"\n[postgres.scram]\n\"agent:report-bot\" = \"{verifier}\"\n",
         cluster.port
     ));
     let env: HashMap<String, String> =
