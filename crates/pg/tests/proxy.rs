@@ -235,6 +235,19 @@ async fn reads_run_denials_name_the_policy_and_nothing_unparseable_passes() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1200);
+    // Writes carry EXPLAIN's estimate as a gateway fact.
+    c.batch_execute("DELETE FROM orders WHERE id > 15")
+        .await
+        .unwrap();
+    let del = env
+        .events("action.allowed")
+        .into_iter()
+        .find(|e| e["payload"]["action"]["operation"] == "delete")
+        .unwrap();
+    assert!(
+        del["payload"]["facts"]["estimated_rows"].as_i64().unwrap() > 0,
+        "{del}"
+    );
     // The log holds a decision for each, and results with row counts.
     assert!(env.events("action.denied").len() >= 9);
     wait_for(|| {
