@@ -720,15 +720,36 @@ impl Session {
         use crate::classify::Operation;
         if !self.sh.conn.estimate_rows
             || params.is_some()
-            || self.tx_status != b'I'
             || class.statements.len() != 1
-            || !self.pending.is_empty()
-            || !self.uin.is_empty()
             || !matches!(
                 class.operation(),
                 Operation::Write | Operation::Delete | Operation::Export
             )
         {
+            return Ok(None);
+        }
+        // Responses still due to the client go first (a driver pipelines a
+        // Close behind its last query), unless one of them may wait for the
+        // client itself (COPY FROM STDIN).
+        while !self.pending.is_empty() {
+            if self
+                .pending
+                .iter()
+                .any(|p| matches!(p, Pending::Query { .. } | Pending::Execute(_)))
+            {
+                return Ok(None);
+            }
+            let n = self
+                .upstream
+                .read_buf(&mut self.uin)
+                .await
+                .map_err(|e| End::UpstreamLost(e.to_string()))?;
+            if n == 0 {
+                return Err(End::UpstreamLost("the upstream closed the connection".into()));
+            }
+            self.on_upstream()?;
+        }
+        if self.tx_status != b'I' {
             return Ok(None);
         }
         let st = &class.statements[0];
@@ -793,9 +814,17 @@ impl Session {
                 _ => {}
             }
         }
-        Ok(plan
-            .and_then(|p| p[0]["Plan"]["Plan Rows"].as_f64())
-            .map(|r| r as i64))
+        // A write's top node (ModifyTable) returns nothing; the rows it
+        // changes are its input's.
+        Ok(plan.and_then(|p| {
+            let top = &p[0]["Plan"];
+            let node = if top["Node Type"] == "ModifyTable" {
+                &top["Plans"][0]
+            } else {
+                top
+            };
+            node["Plan Rows"].as_f64().map(|r| r as i64)
+        }))
     }
 
     /// Wait mode: tell the client at once, then wait for the decision while

@@ -245,7 +245,9 @@ async fn reads_run_denials_name_the_policy_and_nothing_unparseable_passes() {
         .find(|e| e["payload"]["action"]["operation"] == "delete")
         .unwrap();
     assert!(
-        del["payload"]["facts"]["estimated_rows"].as_i64().unwrap() > 0,
+        del["payload"]["facts"]["estimated_rows"]
+            .as_i64()
+            .is_some_and(|n| n > 0),
         "{del}"
     );
     // The log holds a decision for each, and results with row counts.
