@@ -58,6 +58,23 @@ enum Command {
     /// Create signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// The PostgreSQL gateway's helpers.
+    #[command(subcommand)]
+    Pg(PgCmd),
+}
+
+#[derive(Subcommand)]
+enum PgCmd {
+    /// Print the SCRAM-SHA-256 verifier of a principal's token, for
+    /// `[postgres.scram]` (clients then log in with the token as password).
+    #[command(
+        after_help = "Example:\n  REPORT_BOT_TOKEN=… secondkey pg verifier --token-env REPORT_BOT_TOKEN\n\nThe verifier cannot be used to log in; only the token can."
+    )]
+    Verifier {
+        /// The environment variable holding the token (default: read one line from stdin).
+        #[arg(long)]
+        token_env: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -264,6 +281,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = secondkey_server::Config::load(&config, &env_map())?;
             let extensions = extensions(&cfg)?;
             runtime()?.block_on(secondkey_server::serve_with(cfg, extensions))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pg(PgCmd::Verifier { token_env }) => {
+            let token = match token_env {
+                Some(var) => std::env::var(&var)
+                    .map_err(|_| anyhow!("environment variable {var} is not set"))?,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\n', '\r']).to_string()
+                }
+            };
+            if token.len() < 16 {
+                bail!(
+                    "that token is shorter than 16 characters; use the principal's secondkey token"
+                );
+            }
+            println!("{}", secondkey_pg::scram::new_verifier(&token));
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args),
@@ -512,6 +547,16 @@ fn extensions(
         exts.push(std::sync::Arc::new(ch));
     }
     unclaimed.retain(|k| !secondkey_channels::config::SECTIONS.contains(&k.as_str()));
+    let principals = cfg.principals.keys().cloned().collect();
+    if let Some(pg) = secondkey_pg::PgGateway::from_section(
+        cfg.sections.get("postgres"),
+        &cfg.base_dir,
+        &principals,
+        &cfg.env,
+    )? {
+        exts.push(std::sync::Arc::new(pg));
+    }
+    unclaimed.retain(|k| k.as_str() != "postgres");
     if let Some(key) = unclaimed.first() {
         anyhow::bail!(
             "config key `{key}`: this build of secondkey has no {key} support yet; remove the section"

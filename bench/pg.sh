@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# pgbench -S (select-only) side by side: PostgreSQL direct, pgbouncer
+# (session mode) and the secondkey PostgreSQL gateway (every statement
+# classified, decided by Cedar policy and logged durably), simple and
+# extended protocol, 10 clients and 1 client, in one run. Prints TPS and
+# the ratios secondkey/pgbouncer and secondkey/direct.
+#
+#   bench/pg.sh                      # DURATION=10 CLIENTS="10 1" MODES="simple extended" SCALE=10
+#   PROFILE=1 bench/pg.sh            # adds a perf profile of the gateway (10 clients, simple)
+#
+# Needs postgresql-15, pgbench, pgbouncer (Debian); as root it installs
+# pgbouncer itself. Everything runs on 127.0.0.1 with throwaway data and is
+# removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-"10 1"}
+MODES=${MODES:-"simple extended"}
+SCALE=${SCALE:-10}
+BIN=/usr/lib/postgresql/15/bin
+
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+  else
+    echo "pgbouncer is missing; run: sudo apt-get install -y pgbouncer" >&2; exit 1
+  fi
+fi
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+[ -x "$BIN/initdb" ] || { echo "PostgreSQL 15 is missing; run: apt-get install -y postgresql-15" >&2; exit 1; }
+
+cargo build --release --locked -p secondkey >/dev/null 2>&1 || cargo build --release --locked -p secondkey
+SK=$PWD/target/release/secondkey
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d /tmp/sk-pgbench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  as_pg "$BIN/pg_ctl" -D "$WORK/pg" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PGPORT=$(free_port); BOUNCER_PORT=$(free_port); SKPG_PORT=$(free_port); SKHTTP_PORT=$(free_port)
+PW=bench-upstream-password
+TOKEN=bench-agent-token-0123456789
+
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+as_pg "$BIN/initdb" -D "$WORK/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-sync >/dev/null
+as_pg "$BIN/pg_ctl" -D "$WORK/pg" -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=100 -c shared_buffers=256MB" \
+  -l "$WORK/pg.log" -w start >/dev/null
+psql_su() { psql -X -q -h "$WORK" -p "$PGPORT" -U postgres "$@"; }
+psql_su -d postgres -c "CREATE ROLE app LOGIN PASSWORD '$PW'; CREATE DATABASE bench OWNER app;"
+PGPASSWORD=$PW pgbench -q -i -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U app bench >/dev/null 2>&1
+
+# pgbouncer, session mode, SCRAM to both sides.
+cat > "$WORK/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PGPORT dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $WORK/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 20
+logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
+EOF
+echo "\"app\" \"$PW\"" > "$WORK/userlist.txt"
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"/pgbouncer.ini "$WORK"/userlist.txt
+as_pg "$PGBOUNCER" -q "$WORK/pgbouncer.ini" & PIDS+=($!)
+
+# secondkey with one permit policy: every statement decided and logged.
+mkdir -p "$WORK/policies"
+cat > "$WORK/policies/bench.cedar" <<'EOF'
+@id("bench-reads") permit(principal in Group::"agents", action == Action::"sql.read", resource);
+EOF
+HASH=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
+VERIFIER=$(printf '%s\n' "$TOKEN" | "$SK" pg verifier)
+cat > "$WORK/secondkey.toml" <<EOF
+listen = "127.0.0.1:$SKHTTP_PORT"
+data_dir = "$WORK/skdata"
+policy_dir = "$WORK/policies"
+[[principals]]
+id = "agent:bench"
+groups = ["agents"]
+token_sha256 = "$HASH"
+[[postgres]]
+name = "bench"
+listen = "127.0.0.1:$SKPG_PORT"
+principals = ["agent:bench"]
+[postgres.upstream]
+host = "127.0.0.1"
+port = $PGPORT
+database = "bench"
+user = "app"
+password_env = "BENCH_PG_PASSWORD"
+[postgres.scram]
+"agent:bench" = "$VERIFIER"
+EOF
+BENCH_PG_PASSWORD=$PW "$SK" serve --config "$WORK/secondkey.toml" 2>"$WORK/secondkey.log" & SKPID=$!; PIDS+=($SKPID)
+for _ in $(seq 100); do
+  PGPASSWORD=$TOKEN psql -X -q -h 127.0.0.1 -p "$SKPG_PORT" -U agent:bench -d bench -c "SELECT 1" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+run() { # target mode clients → tps
+  local port user pw
+  case $1 in
+    direct) port=$PGPORT user=app pw=$PW ;;
+    pgbouncer) port=$BOUNCER_PORT user=app pw=$PW ;;
+    secondkey) port=$SKPG_PORT user=agent:bench pw=$TOKEN ;;
+  esac
+  local threads=$(( $3 < 2 ? 1 : 2 ))
+  PGPASSWORD=$pw pgbench -n -S -M "$2" -c "$3" -j "$threads" -T "$DURATION" -h 127.0.0.1 -p "$port" -U "$user" bench 2>&1 \
+    | awk '/^tps = / {print int($3); exit}'
+}
+
+echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg); duration ${DURATION}s per run; scale $SCALE"
+LOG0=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)
+printf "%-9s %-8s %12s %12s %12s %10s %10s\n" mode clients direct pgbouncer secondkey "sk/bouncer" "sk/direct"
+for mode in $MODES; do
+  for c in $CLIENTS; do
+    d=$(run direct "$mode" "$c"); b=$(run pgbouncer "$mode" "$c"); s=$(run secondkey "$mode" "$c")
+    printf "%-9s %-8s %12s %12s %12s %10s %10s\n" "$mode" "$c" "$d" "$b" "$s" \
+      "$(python3 -c "print(f'{$s/$b:.2f}x')")" "$(python3 -c "print(f'{$s/$d:.2f}x')")"
+  done
+done
+LOG1=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)
+echo "secondkey log entries added: $(( LOG1 - LOG0 )); gateway CPU: $(awk '{print ($14+$15)/100 " s"}' /proc/$SKPID/stat)"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [ "${PROFILE:-0}" = 1 ]; then
+  command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf" >&2; exit 1; }
+  PGPASSWORD=$TOKEN pgbench -n -S -c 10 -j 2 -T 8 -h 127.0.0.1 -p "$SKPG_PORT" -U agent:bench bench >/dev/null 2>&1 &
+  sleep 1
+  perf record -g -p "$SKPID" -o "$WORK/perf.data" -- sleep 5 >/dev/null 2>&1
+  wait
+  perf report -i "$WORK/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null | head -80
+fi

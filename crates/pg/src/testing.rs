@@ -1,0 +1,231 @@
+//! Test support: a throwaway PostgreSQL 15 cluster on a free port in a
+//! temporary directory, removed when dropped. Used by this crate's tests
+//! and the black-box tests of the `secondkey` binary.
+//!
+//! It needs Debian's `postgresql-15` (`apt-get install -y postgresql-15`);
+//! without it, starting a cluster panics with that command. As root the
+//! server runs as the `postgres` system user (PostgreSQL refuses root).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Where Debian installs the server binaries.
+pub const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// The application role the gateway logs in as, and its password.
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "upstream-secret-never-shown";
+/// The database the tests use.
+pub const DATABASE: &str = "analytics";
+
+pub struct Cluster {
+    pub port: u16,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    as_postgres: bool,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Cluster {
+    /// initdb, start, create the `app` role (SCRAM password) and the
+    /// `analytics` database with a `customers` table of `rows` rows.
+    pub fn start(rows: usize) -> Cluster {
+        let initdb = Path::new(BIN_DIR).join("initdb");
+        assert!(
+            initdb.exists(),
+            "PostgreSQL 15 is not installed ({} is missing); run: apt-get install -y postgresql-15",
+            initdb.display()
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("secondkey-pg-")
+            .tempdir()
+            .expect("a temp dir");
+        let as_postgres = is_root();
+        let dir = tmp.path().join("data");
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(tmp.path())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "cannot chown the cluster dir to the postgres user");
+        }
+        let c = Cluster {
+            port: free_port(),
+            dir,
+            _tmp: tmp,
+            as_postgres,
+        };
+        c.run(
+            "initdb",
+            &[
+                "-D",
+                &c.dir.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        c.pg_start();
+        c.superuser_sql(
+            "postgres",
+            &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
+        );
+        c.superuser_sql(
+            "postgres",
+            &format!("CREATE DATABASE {DATABASE} OWNER {APP_USER}"),
+        );
+        c.superuser_sql(
+            DATABASE,
+            &format!(
+                "SET ROLE {APP_USER}; CREATE TABLE customers (id int PRIMARY KEY, email text); \
+                 INSERT INTO customers SELECT g, 'c' || g || '@example.com' FROM generate_series(1, {rows}) g; \
+                 CREATE TABLE orders (id int PRIMARY KEY, customer int, total numeric); \
+                 INSERT INTO orders SELECT g, g % 7 + 1, g * 1.5 FROM generate_series(1, 20) g;"
+            ),
+        );
+        c
+    }
+
+    fn pg_start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200",
+            self.port,
+            self.socket_dir().display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir.display().to_string(),
+                "-o",
+                &opts,
+                "-l",
+                &self.dir.join("../server.log").display().to_string(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.dir.parent().unwrap_or(Path::new("/tmp")).to_path_buf()
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = Path::new(BIN_DIR).join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs SQL as the superuser over the Unix socket; returns psql's
+    /// unaligned, tuples-only output.
+    pub fn superuser_sql(&self, db: &str, sql: &str) -> String {
+        let out = self.run(
+            "psql",
+            &[
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &self.socket_dir().display().to_string(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Restarts the server (fast shutdown): clients see their connections end.
+    pub fn restart(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir.display().to_string(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+        self.pg_start();
+    }
+
+    /// Waits until `sql` (run as superuser) returns `want`, for state
+    /// changes caused by other connections.
+    pub fn wait_for(&self, sql: &str, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.superuser_sql(DATABASE, sql);
+            if got == want || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args([
+                "-D",
+                &self.dir.display().to_string(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .output();
+    }
+}
