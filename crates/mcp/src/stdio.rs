@@ -67,8 +67,15 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<String>) {
-    while let Some(line) = rx.recv().await {
+async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<String>, close: Arc<tokio::sync::Notify>) {
+    loop {
+        let line = tokio::select! {
+            l = rx.recv() => match l {
+                Some(l) => l,
+                None => break,
+            },
+            _ = close.notified() => break,
+        };
         let mut buf = line.into_bytes();
         buf.push(b'\n');
         if w.write_all(&buf).await.is_err() {
@@ -112,8 +119,9 @@ where
     let server_out = child.stdout.take().context("no stdout from the server")?;
     let (to_client, client_rx) = mpsc::channel::<String>(256);
     let (to_server, server_rx) = mpsc::channel::<String>(256);
-    let client_writer = tokio::spawn(writer(client_out, client_rx));
-    let server_writer = tokio::spawn(writer(server_in, server_rx));
+    let close_server = Arc::new(tokio::sync::Notify::new());
+    let client_writer = tokio::spawn(writer(client_out, client_rx, Arc::new(tokio::sync::Notify::new())));
+    let server_writer = tokio::spawn(writer(server_in, server_rx, close_server.clone()));
     let max_message = icp.config.max_message_bytes;
     let relay = Arc::new(Relay {
         icp,
@@ -145,6 +153,7 @@ where
             // The client closed stdin: close the server's, as the MCP stdio
             // transport prescribes, and give it a moment to exit.
             relay.close_server();
+            close_server.notify_one();
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut from_server).await;
         }
         _ = &mut from_server => {
