@@ -4,6 +4,7 @@
 mod client;
 mod demo;
 mod logcmd;
+mod mcpcmd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,9 @@ enum Command {
     /// Create signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Put secondkey in front of MCP servers; manage pinned tool definitions.
+    #[command(subcommand)]
+    Mcp(mcpcmd::McpCmd),
 }
 
 #[derive(Subcommand)]
@@ -93,7 +97,7 @@ enum PolicyCmd {
 }
 
 #[derive(Args, Clone)]
-struct Remote {
+pub struct Remote {
     /// The gateway's base URL.
     #[arg(long, env = "SECONDKEY_URL", default_value = "http://127.0.0.1:8750")]
     url: String,
@@ -103,7 +107,7 @@ struct Remote {
 }
 
 impl Remote {
-    fn client(&self) -> Result<Client> {
+    pub fn client(&self) -> Result<Client> {
         let token = self
             .token
             .clone()
@@ -252,7 +256,7 @@ pub fn read_input(path: &Path) -> Result<String> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -276,6 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             remote,
         }) => submit(&file, wait, timeout, &remote),
         Command::Log(l) => logcmd::run(l),
+        Command::Mcp(m) => mcpcmd::run(m),
         Command::Keys(KeysCmd::Generate { name, out }) => {
             let signer = secondkey_log::note::Signer::generate(&name)
                 .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;
@@ -371,7 +376,7 @@ fn policy(cmd: PolicyCmd) -> Result<ExitCode> {
     }
 }
 
-fn print_json(v: &Value) {
+pub fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
