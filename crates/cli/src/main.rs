@@ -509,8 +509,12 @@ fn submit(file: &Path, wait: bool, timeout: u64, remote: &Remote) -> Result<Exit
 fn extensions(
     cfg: &secondkey_server::Config,
 ) -> anyhow::Result<Vec<std::sync::Arc<dyn secondkey_server::Extension>>> {
-    let exts: Vec<std::sync::Arc<dyn secondkey_server::Extension>> = Vec::new();
-    if let Some(key) = cfg.sections.keys().next() {
+    // The MCP extension always runs: stdio mode (`secondkey mcp stdio`)
+    // pins tool definitions through its API even without an [mcp] section.
+    let exts: Vec<std::sync::Arc<dyn secondkey_server::Extension>> = vec![std::sync::Arc::new(
+        secondkey_mcp::http::McpExtension::from_config(cfg)?,
+    )];
+    if let Some(key) = cfg.sections.keys().find(|k| k.as_str() != "mcp") {
         anyhow::bail!(
             "config key `{key}`: this build of secondkey has no {key} support yet; remove the section"
         );

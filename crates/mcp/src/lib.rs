@@ -19,8 +19,10 @@ pub mod action;
 pub mod config;
 pub mod decide;
 pub mod frame;
+pub mod http;
 pub mod intercept;
 pub mod jsonrpc;
+pub mod pins;
 pub mod stdio;
 pub mod tools;
 
