@@ -5,19 +5,21 @@
 //! ```json
 //! {"kind": "mcp", "operation": "export", "resource": "mcp://warehouse/export_table",
 //!  "params": {"table": "customers", "format": "csv"},
-//!  "context": {"session": "…", "client": {"name": "claude-code", "version": "1.2"}},
+//!  "context": {"client": {"name": "claude-code", "version": "1.2"}},
 //!  "lineage": {"reads": ["postgres://warehouse/customers"]}}
 //! ```
 //!
 //! `params` are the call's arguments exactly as sent, so policy conditions
 //! on them as `context.params.<argument>` and an approval binds them: a
 //! changed argument is a different digest. `context` holds what the client
-//! declares (its `clientInfo`, the session). What secondkey derives itself
-//! (server, tool, annotations, operation and where it came from, the pin
-//! state) are facts: in HTTP mode the gateway passes them to policy under
-//! `context.gateway`; in stdio mode (secondkey runs on the agent's side)
-//! they travel in the declared `context.mcp` instead, because there the
-//! gateway cannot know them better than the agent.
+//! declares (its `clientInfo`). What secondkey derives itself (server,
+//! tool, annotations, where the operation came from, whether the tool was
+//! listed, the session) are facts: in HTTP mode the gateway passes them to
+//! policy under `context.gateway.mcp`; in stdio mode (secondkey runs on the
+//! agent's side) they travel in the declared `context.mcp` instead, because
+//! there the gateway cannot know them better than the agent. The session is
+//! never digested: the identical call retried from a new session after an
+//! approval is the same action.
 
 use serde_json::{json, Map, Value};
 
@@ -55,9 +57,6 @@ pub fn build(call: &Call<'_>) -> (Value, Map<String, Value>) {
     let cfg = call.server.tools.get(call.tool);
     let (op, source) = operation(call.definition, cfg);
     let mut context = Map::new();
-    if let Some(s) = call.session {
-        context.insert("session".into(), json!(s));
-    }
     if let Some(ci) = call.client_info.and_then(client_info) {
         context.insert("client".into(), ci);
     }
@@ -93,6 +92,11 @@ pub fn build(call: &Call<'_>) -> (Value, Map<String, Value>) {
         Value::Object(annotation_facts(call.definition)),
     );
     mcp.insert("listed".into(), json!(call.definition.is_some()));
+    // Not part of the action: a retry after approval comes in a new
+    // session as often as not, and must still be the identical action.
+    if let Some(s) = call.session {
+        mcp.insert("session".into(), json!(s));
+    }
     let mut facts = Map::new();
     facts.insert("mcp".into(), Value::Object(mcp));
     if !context.is_empty() {
@@ -103,7 +107,12 @@ pub fn build(call: &Call<'_>) -> (Value, Map<String, Value>) {
 
 /// Moves derived facts into the declared context (stdio mode: the adapter
 /// runs on the agent's side, so what it derives is what the agent says).
-pub fn declare_facts(action: &mut Value, facts: Map<String, Value>) {
+/// The session stays out: the context is digested, and the identical call
+/// retried from a new session must be the same action.
+pub fn declare_facts(action: &mut Value, mut facts: Map<String, Value>) {
+    if let Some(Value::Object(m)) = facts.get_mut("mcp") {
+        m.remove("session");
+    }
     if let Some(obj) = action.as_object_mut() {
         let ctx = obj
             .entry("context")
@@ -238,7 +247,11 @@ mod tests {
         assert_eq!(a["operation"], "export");
         assert_eq!(a["resource"], "mcp://warehouse/export_table");
         assert_eq!(a["params"], args);
-        assert_eq!(a["context"], json!({"session": "s1", "client": {"name": "cli", "version": "1"}}));
+        assert_eq!(a["context"], json!({"client": {"name": "cli", "version": "1"}}));
+        assert_eq!(facts["mcp"]["session"], "s1");
+        let mut declared = a.clone();
+        declare_facts(&mut declared, facts.clone());
+        assert!(declared["context"]["mcp"].get("session").is_none(), "the session is not digested");
         assert_eq!(
             a["lineage"],
             json!({"reads": ["postgres://warehouse/customers"], "writes": ["s3://out/c.csv"]})

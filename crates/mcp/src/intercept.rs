@@ -138,6 +138,29 @@ impl<D: Decider> Interceptor<D> {
         pin: Option<PinState>,
         client_info: Option<&Value>,
         session: Option<&str>,
+        waiting: Waiting,
+    ) -> Plan {
+        let plan = self
+            .decide_call(params, definition, pin, client_info, session, waiting)
+            .await;
+        // The stateless protocol revisions (2026-07-28 on) type every
+        // result; a result secondkey writes itself must say it is complete.
+        match plan {
+            Plan::Respond(mut r) if crate::jsonrpc::request_protocol_version(Some(params)).is_some() => {
+                r["resultType"] = json!("complete");
+                Plan::Respond(r)
+            }
+            other => other,
+        }
+    }
+
+    async fn decide_call(
+        &self,
+        params: &Map<String, Value>,
+        definition: Option<&Value>,
+        pin: Option<PinState>,
+        client_info: Option<&Value>,
+        session: Option<&str>,
         mut waiting: Waiting,
     ) -> Plan {
         let Some(tool) = params.get("name").and_then(Value::as_str) else {
@@ -265,6 +288,19 @@ impl<D: Decider> Interceptor<D> {
         };
         let deadline = tokio::time::Instant::now() + limit;
         let mut step = 0u64;
+        let progress = |step: u64| {
+            w.progress.as_ref().map(|(token, tx)| {
+                let note = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                    "progressToken": token, "progress": step,
+                    "message": format!("waiting for human approval of secondkey request {request_id}{}: {url}", required_text(required)),
+                }});
+                (tx.clone(), note.to_string())
+            })
+        };
+        // Tell the client at once that the call is held, and where.
+        if let Some((tx, note)) = progress(0) {
+            let _ = tx.send(note).await;
+        }
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -289,12 +325,8 @@ impl<D: Decider> Interceptor<D> {
                 }
             }
             step += 1;
-            if let Some((token, tx)) = &w.progress {
-                let note = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
-                    "progressToken": token, "progress": step,
-                    "message": format!("waiting for human approval of secondkey request {request_id}{}: {url}", required_text(required)),
-                }});
-                let _ = tx.send(note.to_string()).await;
+            if let Some((tx, note)) = progress(step) {
+                let _ = tx.send(note).await;
             }
         }
     }
