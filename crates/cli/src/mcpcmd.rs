@@ -14,7 +14,9 @@ use crate::{print_json, Remote};
 pub enum McpCmd {
     /// Run an MCP server over stdio behind secondkey: put this command where
     /// the client expects the server's, and the server's after `--`.
-    #[command(after_help = "Example (in a client's mcpServers entry):\n  secondkey mcp stdio --server warehouse --url http://127.0.0.1:8750 --token-env SECONDKEY_TOKEN \\\n      -- python3 warehouse_server.py")]
+    #[command(
+        after_help = "Example (in a client's mcpServers entry):\n  secondkey mcp stdio --server warehouse --url http://127.0.0.1:8750 --token-env SECONDKEY_TOKEN \\\n      -- python3 warehouse_server.py"
+    )]
     Stdio(StdioArgs),
     /// Pinned tool definitions.
     #[command(subcommand)]
@@ -51,7 +53,9 @@ pub enum ToolsCmd {
         remote: Remote,
     },
     /// Accept a changed tool definition (a human in `mcp.tool_admins`).
-    #[command(after_help = "Example:\n  secondkey mcp tools accept --server warehouse --tool delete_customer --fingerprint 3f…")]
+    #[command(
+        after_help = "Example:\n  secondkey mcp tools accept --server warehouse --tool delete_customer --fingerprint 3f…"
+    )]
     Accept {
         #[arg(long)]
         server: String,
@@ -81,7 +85,10 @@ pub fn run(cmd: McpCmd) -> Result<ExitCode> {
                     p["tool"].as_str().unwrap_or("?"),
                     p["fingerprint"].as_str().unwrap_or("?"),
                     match p["changed"]["fingerprint"].as_str() {
-                        Some(f) => format!("  CHANGED to {f} (seen {}), waiting for acceptance", p["changed"]["seen_at"].as_str().unwrap_or("?")),
+                        Some(f) => format!(
+                            "  CHANGED to {f} (seen {}), waiting for acceptance",
+                            p["changed"]["seen_at"].as_str().unwrap_or("?")
+                        ),
                         None => String::new(),
                     }
                 );
@@ -108,7 +115,18 @@ fn stdio(a: StdioArgs) -> Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
     let (file_url, file_token_env, config) = match &a.config {
         Some(p) => secondkey_mcp::stdio::load_options_file(p, &env).map_err(|e| anyhow!("{e}"))?,
-        None => (None, None, secondkey_mcp::McpConfig::parse(None, &secondkey_mcp::config::Sources { env: &env, base_dir: std::path::Path::new(".") }).map_err(|e| anyhow!("{e}"))?),
+        None => (
+            None,
+            None,
+            secondkey_mcp::McpConfig::parse(
+                None,
+                &secondkey_mcp::config::Sources {
+                    env: &env,
+                    base_dir: std::path::Path::new("."),
+                },
+            )
+            .map_err(|e| anyhow!("{e}"))?,
+        ),
     };
     let url = a
         .url

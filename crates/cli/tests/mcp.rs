@@ -68,7 +68,11 @@ fn start(gateway_extra: &str) -> Env {
     let stdio_cfg = dir.join("stdio.toml");
     std::fs::write(
         &stdio_cfg,
-        format!("url = \"{}\"\ntoken_env = \"AGENT_TOKEN\"\n{MCP_SECTION}{}", g.url, tools_section("")),
+        format!(
+            "url = \"{}\"\ntoken_env = \"AGENT_TOKEN\"\n{MCP_SECTION}{}",
+            g.url,
+            tools_section("")
+        ),
     )
     .unwrap();
     Env {
@@ -98,7 +102,10 @@ impl Env {
             .env("MCP_CLIENT_ENV_AGENT_TOKEN", token_of("agent:report-bot"))
             .env("MCP_CLIENT_ENV_MCP_TEST_RUNS", &self.runs)
             .env("MCP_CLIENT_ENV_MCP_TEST_VARIANT", variant)
-            .env("MCP_CLIENT_ENV_PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "MCP_CLIENT_ENV_PATH",
+                std::env::var("PATH").unwrap_or_default(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         c.spawn().expect("python3")
@@ -124,7 +131,10 @@ impl Env {
     }
 
     fn runs_of(&self, tool: &str) -> Vec<Value> {
-        self.runs().into_iter().filter(|r| r["tool"] == tool).collect()
+        self.runs()
+            .into_iter()
+            .filter(|r| r["tool"] == tool)
+            .collect()
     }
 
     /// Waits for a pending request and approves it as bob (after a while,
@@ -133,9 +143,16 @@ impl Env {
         std::thread::sleep(Duration::from_millis(1500));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (s, v) = self.g.call("GET", "/v1/requests?state=pending", Some("user:bob"), None);
+            let (s, v) = self
+                .g
+                .call("GET", "/v1/requests?state=pending", Some("user:bob"), None);
             assert_eq!(s, 200, "{v}");
-            if let Some(r) = v.as_array().unwrap().iter().find(|r| !seen.contains(&r["id"].as_str().unwrap().to_string())) {
+            if let Some(r) = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| !seen.contains(&r["id"].as_str().unwrap().to_string()))
+            {
                 let id = r["id"].as_str().unwrap().to_string();
                 assert_eq!(r["action"]["kind"], "mcp");
                 let (s, v) = self.g.review("user:bob", &id, "approve");
@@ -170,7 +187,10 @@ fn check_allow_and_deny(e: &Env, out: &[Value]) {
     assert_eq!(out[1]["isError"], false);
     assert_eq!(out[2]["isError"], true, "{out:?}");
     let t = out[2]["text"].as_str().unwrap();
-    assert!(t.contains("no-destructive-tools") && t.contains("act_") && t.contains("Nothing ran"), "{t}");
+    assert!(
+        t.contains("no-destructive-tools") && t.contains("act_") && t.contains("Nothing ran"),
+        "{t}"
+    );
     assert!(e.runs_of("delete_customer").is_empty());
 }
 
@@ -179,19 +199,39 @@ fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
     let e = start("");
     for mode in ["legacy", "auto"] {
         let out = outputs(e.stdio_client(
-            &steps(mode, json!([{"list": true}, {"call": "read_table", "args": {"table": "orders"}},
-                                {"call": "delete_customer", "args": {"customer_id": 7}}])),
+            &steps(
+                mode,
+                json!([{"list": true}, {"call": "read_table", "args": {"table": "orders"}},
+                                {"call": "delete_customer", "args": {"customer_id": 7}}]),
+            ),
             "",
         ));
         check_allow_and_deny(&e, &out);
     }
     assert_eq!(e.runs_of("read_table").len(), 2, "one run per allowed call");
-    let (s, v) = e.g.call("GET", "/v1/lineage?principal=agent:report-bot", Some("agent:report-bot"), None);
+    let (s, v) = e.g.call(
+        "GET",
+        "/v1/lineage?principal=agent:report-bot",
+        Some("agent:report-bot"),
+        None,
+    );
     assert_eq!(s, 200, "{v}");
-    assert!(v.to_string().contains("mcp://warehouse/orders"), "lineage from the `table` argument: {v}");
-    let (s, v) = e.g.call("GET", "/v1/mcp/pins?server=warehouse", Some("user:bob"), None);
+    assert!(
+        v.to_string().contains("mcp://warehouse/orders"),
+        "lineage from the `table` argument: {v}"
+    );
+    let (s, v) = e.g.call(
+        "GET",
+        "/v1/mcp/pins?server=warehouse",
+        Some("user:bob"),
+        None,
+    );
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v.as_array().unwrap().len(), 5, "every listed tool is pinned: {v}");
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        5,
+        "every listed tool is pinned: {v}"
+    );
 }
 
 #[test]
@@ -202,8 +242,14 @@ fn stdio_held_call_runs_once_after_approval_and_changed_arguments_do_not() {
     let client = e.stdio_client(&steps("auto", json!([{"list": true}, export])), "");
     e.approve_next(&mut seen);
     let out = outputs(client);
-    assert_eq!(out[1]["text"], "exported customers to s3://reports/c.csv", "{out:?}");
-    assert!(!out[1]["progress"].as_array().unwrap().is_empty(), "progress while held: {out:?}");
+    assert_eq!(
+        out[1]["text"], "exported customers to s3://reports/c.csv",
+        "{out:?}"
+    );
+    assert!(
+        !out[1]["progress"].as_array().unwrap().is_empty(),
+        "progress while held: {out:?}"
+    );
     assert_eq!(e.runs_of("export_table").len(), 1, "ran exactly once");
 
     // No progress token: the call returns after hold_seconds, telling the
@@ -211,18 +257,37 @@ fn stdio_held_call_runs_once_after_approval_and_changed_arguments_do_not() {
     let quiet = json!({"call": "export_table", "args": {"table": "customers", "destination": "s3://reports/c.csv"}});
     let out = outputs(e.stdio_client(&steps("legacy", json!([quiet])), ""));
     let t = out[0]["text"].as_str().unwrap();
-    assert!(out[0]["isError"] == true && t.contains("req_") && t.contains("exactly the same arguments"), "{t}");
-    assert_eq!(e.runs_of("export_table").len(), 1, "the held call did not run");
+    assert!(
+        out[0]["isError"] == true && t.contains("req_") && t.contains("exactly the same arguments"),
+        "{t}"
+    );
+    assert_eq!(
+        e.runs_of("export_table").len(),
+        1,
+        "the held call did not run"
+    );
     let id = e.approve_next(&mut seen);
     assert!(t.contains(&id), "the message names the request: {t}");
     let changed = json!({"call": "export_table", "args": {"table": "orders", "destination": "s3://reports/c.csv"}});
     let out = outputs(e.stdio_client(&steps("legacy", json!([changed, quiet, quiet])), ""));
-    assert_eq!(out[0]["isError"], true, "changed arguments are a new request, not the approved one: {out:?}");
-    assert_eq!(out[1]["text"], "exported customers to s3://reports/c.csv", "{out:?}");
-    assert_eq!(out[2]["isError"], true, "the approval was used once: {out:?}");
+    assert_eq!(
+        out[0]["isError"], true,
+        "changed arguments are a new request, not the approved one: {out:?}"
+    );
+    assert_eq!(
+        out[1]["text"], "exported customers to s3://reports/c.csv",
+        "{out:?}"
+    );
+    assert_eq!(
+        out[2]["isError"], true,
+        "the approval was used once: {out:?}"
+    );
     let exports = e.runs_of("export_table");
     assert_eq!(exports.len(), 2, "{exports:?}");
-    assert!(exports.iter().all(|r| r["args"]["table"] == "customers"), "orders never ran: {exports:?}");
+    assert!(
+        exports.iter().all(|r| r["args"]["table"] == "customers"),
+        "orders never ran: {exports:?}"
+    );
 }
 
 #[test]
@@ -234,10 +299,31 @@ fn stdio_changed_tool_definition_is_held_until_a_human_accepts_it() {
     // The server now describes `echo` differently (a "rug pull").
     let out = outputs(e.stdio_client(&steps("legacy", json!([{"list": true}, echo])), "changed"));
     let t = out[1]["text"].as_str().unwrap();
-    assert!(out[1]["isError"] == true && t.contains("changed since it was pinned"), "{t}");
+    assert!(
+        out[1]["isError"] == true && t.contains("changed since it was pinned"),
+        "{t}"
+    );
     assert_eq!(e.runs_of("echo").len(), 1, "the changed tool did not run");
-    let fp = t.split("--fingerprint ").nth(1).unwrap().split_whitespace().next().unwrap().trim_end_matches('`').to_string();
-    let accept = ["mcp", "tools", "accept", "--server", "warehouse", "--tool", "echo", "--fingerprint", &fp];
+    let fp = t
+        .split("--fingerprint ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('`')
+        .to_string();
+    let accept = [
+        "mcp",
+        "tools",
+        "accept",
+        "--server",
+        "warehouse",
+        "--tool",
+        "echo",
+        "--fingerprint",
+        &fp,
+    ];
     let (code, _, err) = e.g.cli(&accept, Some("agent:report-bot"));
     assert_ne!(code, 0, "an agent cannot accept a definition");
     assert!(err.contains("not_tool_admin"), "{err}");
@@ -245,8 +331,18 @@ fn stdio_changed_tool_definition_is_held_until_a_human_accepts_it() {
     assert_eq!(code, 0, "{out_s}{err}");
     let out = outputs(e.stdio_client(&steps("legacy", json!([{"list": true}, echo])), "changed"));
     assert_eq!(out[1]["text"], "hi", "accepted: it runs again: {out:?}");
-    let (_, pins) = e.g.call("GET", "/v1/mcp/pins?server=warehouse", Some("user:bob"), None);
-    let p = pins.as_array().unwrap().iter().find(|p| p["tool"] == "echo").unwrap();
+    let (_, pins) = e.g.call(
+        "GET",
+        "/v1/mcp/pins?server=warehouse",
+        Some("user:bob"),
+        None,
+    );
+    let p = pins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tool"] == "echo")
+        .unwrap();
     assert_eq!(p["accepted_by"], "user:bob");
     assert_eq!(p["fingerprint"], fp);
 }
@@ -279,7 +375,10 @@ fn upstream(dir: &Path, runs: &Path) -> Upstream {
         .expect("python3");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the upstream MCP server did not start");
+        assert!(
+            Instant::now() < deadline,
+            "the upstream MCP server did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Upstream {
@@ -307,8 +406,11 @@ fn http_mode_holds_credentials_and_decides_every_call() {
     let agent = token_of("agent:report-bot");
     for mode in ["legacy", "auto"] {
         let out = outputs(e.http_client(
-            &steps(mode, json!([{"list": true}, {"call": "read_table", "args": {"table": "orders"}},
-                                {"call": "delete_customer", "args": {"customer_id": 7}}])),
+            &steps(
+                mode,
+                json!([{"list": true}, {"call": "read_table", "args": {"table": "orders"}},
+                                {"call": "delete_customer", "args": {"customer_id": 7}}]),
+            ),
             &url,
             &agent,
         ));
@@ -316,29 +418,63 @@ fn http_mode_holds_credentials_and_decides_every_call() {
     }
     let mut seen = Vec::new();
     let export = json!({"call": "export_table", "args": {"table": "customers", "destination": "s3://reports/c.csv"}, "progress": true});
-    let client = e.http_client(&steps("legacy", json!([{"list": true}, export])), &url, &agent);
+    let client = e.http_client(
+        &steps("legacy", json!([{"list": true}, export])),
+        &url,
+        &agent,
+    );
     e.approve_next(&mut seen);
     let out = outputs(client);
-    assert_eq!(out[1]["text"], "exported customers to s3://reports/c.csv", "{out:?}");
-    assert!(!out[1]["progress"].as_array().unwrap().is_empty(), "{out:?}");
+    assert_eq!(
+        out[1]["text"], "exported customers to s3://reports/c.csv",
+        "{out:?}"
+    );
+    assert!(
+        !out[1]["progress"].as_array().unwrap().is_empty(),
+        "{out:?}"
+    );
     assert_eq!(e.runs_of("export_table").len(), 1);
 
     // The upstream saw secondkey's credential, never the agent's token.
     let seen_headers = std::fs::read_to_string(&up.headers).unwrap();
     assert!(seen_headers.contains("Bearer upstream-secret"));
-    assert!(!seen_headers.contains(&agent), "the agent's token never reaches the upstream");
+    assert!(
+        !seen_headers.contains(&agent),
+        "the agent's token never reaches the upstream"
+    );
     // An unauthenticated caller gets nothing.
-    let (s, _) = e.g.raw("POST", "/mcp/warehouse", None, "application/json",
-        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    let (s, _) = e.g.raw(
+        "POST",
+        "/mcp/warehouse",
+        None,
+        "application/json",
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
     assert_eq!(s, 401);
     // Nor a malformed message, nor an unknown server.
-    let (s, v) = e.g.raw("POST", "/mcp/warehouse", Some("agent:report-bot"), "application/json", b"{nope");
+    let (s, v) = e.g.raw(
+        "POST",
+        "/mcp/warehouse",
+        Some("agent:report-bot"),
+        "application/json",
+        b"{nope",
+    );
     assert_eq!((s, v["error"]["code"].clone()), (400, json!(-32700)), "{v}");
-    let (s, _) = e.g.raw("POST", "/mcp/elsewhere", Some("agent:report-bot"), "application/json",
-        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    let (s, _) = e.g.raw(
+        "POST",
+        "/mcp/elsewhere",
+        Some("agent:report-bot"),
+        "application/json",
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
     assert_eq!(s, 404);
     // Pins came from the upstream listing.
-    let (_, pins) = e.g.call("GET", "/v1/mcp/pins?server=warehouse", Some("user:bob"), None);
+    let (_, pins) = e.g.call(
+        "GET",
+        "/v1/mcp/pins?server=warehouse",
+        Some("user:bob"),
+        None,
+    );
     assert_eq!(pins.as_array().unwrap().len(), 5, "{pins}");
     let _ = e.dir;
 }

@@ -179,8 +179,14 @@ pub fn datasets(args: &Map<String, Value>, paths: &[String], prefix: &str) -> Ve
 /// What the log keeps of a tool result: whether it failed, how big it was,
 /// and the content itself only when configured.
 pub fn result_summary(result: &Value, record_content: bool) -> (bool, Value) {
-    let is_error = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
-    let content = result.get("content").cloned().unwrap_or(Value::Array(vec![]));
+    let is_error = result
+        .get("isError")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let content = result
+        .get("content")
+        .cloned()
+        .unwrap_or(Value::Array(vec![]));
     let bytes = serde_json::to_vec(&content).map(|b| b.len()).unwrap_or(0)
         + result
             .get("structuredContent")
@@ -234,7 +240,8 @@ mod tests {
     fn a_call_becomes_an_action() {
         let s = server();
         let args = json!({"table": "customers", "dest": {"path": "s3://out/c.csv"}});
-        let def = json!({"name": "export_table", "annotations": {"readOnlyHint": true, "title": "x"}});
+        let def =
+            json!({"name": "export_table", "annotations": {"readOnlyHint": true, "title": "x"}});
         let (a, facts) = build(&Call {
             server: &s,
             tool: "export_table",
@@ -247,11 +254,17 @@ mod tests {
         assert_eq!(a["operation"], "export");
         assert_eq!(a["resource"], "mcp://warehouse/export_table");
         assert_eq!(a["params"], args);
-        assert_eq!(a["context"], json!({"client": {"name": "cli", "version": "1"}}));
+        assert_eq!(
+            a["context"],
+            json!({"client": {"name": "cli", "version": "1"}})
+        );
         assert_eq!(facts["mcp"]["session"], "s1");
         let mut declared = a.clone();
         declare_facts(&mut declared, facts.clone());
-        assert!(declared["context"]["mcp"].get("session").is_none(), "the session is not digested");
+        assert!(
+            declared["context"]["mcp"].get("session").is_none(),
+            "the session is not digested"
+        );
         assert_eq!(
             a["lineage"],
             json!({"reads": ["postgres://warehouse/customers"], "writes": ["s3://out/c.csv"]})

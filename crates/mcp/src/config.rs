@@ -195,8 +195,7 @@ impl McpConfig {
                 ),
             ));
         }
-        let hold_with_progress =
-            Duration::from_secs(raw.hold_with_progress_seconds.unwrap_or(300));
+        let hold_with_progress = Duration::from_secs(raw.hold_with_progress_seconds.unwrap_or(300));
         if hold_with_progress < hold || hold_with_progress > Duration::from_secs(3600) {
             return Err(bad(
                 "mcp.hold_with_progress_seconds",
@@ -233,7 +232,10 @@ impl McpConfig {
                 return Err(bad(key("name"), "use 1 to 64 of A-Z a-z 0-9 - _ ."));
             }
             if servers.contains_key(&s.name) {
-                return Err(bad(key("name"), format!("{:?} is configured twice", s.name)));
+                return Err(bad(
+                    key("name"),
+                    format!("{:?} is configured twice", s.name),
+                ));
             }
             if let Some(u) = &s.url {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -245,7 +247,10 @@ impl McpConfig {
                 let hk = |k: &str| format!("mcp.servers[{i}].headers[{j}].{k}");
                 let lname = h.name.to_ascii_lowercase();
                 if h.name.is_empty()
-                    || !h.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    || !h
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-')
                 {
                     return Err(bad(hk("name"), "not a valid HTTP header name"));
                 }
@@ -279,7 +284,10 @@ impl McpConfig {
                 };
                 let full = format!("{}{value}", h.prefix);
                 if full.chars().any(|c| c.is_control()) {
-                    return Err(bad(hk("value_env"), "the value contains control characters"));
+                    return Err(bad(
+                        hk("value_env"),
+                        "the value contains control characters",
+                    ));
                 }
                 headers.push((h.name, full));
             }
@@ -298,7 +306,9 @@ impl McpConfig {
                     if let Some(p) = paths.iter().find(|p| !valid_path(p)) {
                         return Err(bad(
                             tk(k),
-                            format!("{p:?} is not an argument path (e.g. `table` or `source.path`)"),
+                            format!(
+                                "{p:?} is not an argument path (e.g. `table` or `source.path`)"
+                            ),
                         ));
                     }
                 }
@@ -319,9 +329,7 @@ impl McpConfig {
                     headers,
                     on_change: s.on_definition_change.unwrap_or(default_on_change),
                     record_content: s.record_content.unwrap_or(default_record),
-                    dataset_prefix: s
-                        .dataset_prefix
-                        .unwrap_or_else(|| format!("mcp://{name}/")),
+                    dataset_prefix: s.dataset_prefix.unwrap_or_else(|| format!("mcp://{name}/")),
                     tools,
                     name,
                 },
@@ -349,11 +357,14 @@ impl McpConfig {
 
     /// The settings of server `name`: configured, or the defaults.
     pub fn server(&self, name: &str) -> ServerConfig {
-        self.servers.get(name).cloned().unwrap_or_else(|| ServerConfig {
-            name: name.to_string(),
-            dataset_prefix: format!("mcp://{name}/"),
-            ..self.defaults.clone()
-        })
+        self.servers
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| ServerConfig {
+                name: name.to_string(),
+                dataset_prefix: format!("mcp://{name}/"),
+                ..self.defaults.clone()
+            })
     }
 }
 
@@ -394,7 +405,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.hold, Duration::from_secs(50));
         let s = c.server("warehouse");
-        assert_eq!(s.headers, vec![("Authorization".into(), "Bearer s3cret".into())]);
+        assert_eq!(
+            s.headers,
+            vec![("Authorization".into(), "Bearer s3cret".into())]
+        );
         assert_eq!(s.tools["export_table"].operation.as_deref(), Some("export"));
         assert_eq!(s.dataset_prefix, "mcp://warehouse/");
         assert_eq!(c.server("other").dataset_prefix, "mcp://other/");
@@ -409,8 +423,10 @@ mod tests {
         assert_eq!(e.key, "mcp.servers[0].headers[0].value_env");
         let e = parse("[[mcp.servers]]\nname = \"a/b\"\n").unwrap_err();
         assert_eq!(e.key, "mcp.servers[0].name");
-        let e = parse("[[mcp.servers]]\nname = \"a\"\n[mcp.servers.tools.t]\noperation = \"Drop Table\"\n")
-            .unwrap_err();
+        let e = parse(
+            "[[mcp.servers]]\nname = \"a\"\n[mcp.servers.tools.t]\noperation = \"Drop Table\"\n",
+        )
+        .unwrap_err();
         assert_eq!(e.key, "mcp.servers[0].tools.t.operation");
         let e = parse("[[mcp.servers]]\nname = \"a\"\nheaders = [{ name = \"Mcp-Session-Id\", value_env = \"TOKEN\" }]\n")
             .unwrap_err();

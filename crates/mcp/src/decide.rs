@@ -130,7 +130,12 @@ impl RestDecider {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, DecideError> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, DecideError> {
         let mut r = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -159,7 +164,10 @@ impl RestDecider {
         if status.is_success() {
             return Ok(v);
         }
-        let code = v["error"]["code"].as_str().unwrap_or("gateway_error").to_string();
+        let code = v["error"]["code"]
+            .as_str()
+            .unwrap_or("gateway_error")
+            .to_string();
         let message = v["error"]["message"]
             .as_str()
             .map(str::to_string)
@@ -180,7 +188,11 @@ pub fn decision_from_response(v: &Value) -> Result<Decision, DecideError> {
                 digest: v["digest"].as_str().unwrap_or_default().to_string(),
                 approvers: x["approvers"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             }))
         }
@@ -192,7 +204,10 @@ pub fn decision_from_response(v: &Value) -> Result<Decision, DecideError> {
             request_id: v["request"]["id"].as_str().unwrap_or_default().to_string(),
             url: v["request"]["url"].as_str().unwrap_or_default().to_string(),
             reused: v["request"]["reused"].as_bool().unwrap_or(false),
-            required: v["request"]["required"].as_array().cloned().unwrap_or_default(),
+            required: v["request"]["required"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
         }),
         _ => Err(DecideError::new(
             "gateway_error",
@@ -202,11 +217,19 @@ pub fn decision_from_response(v: &Value) -> Result<Decision, DecideError> {
 }
 
 impl Decider for RestDecider {
-    async fn decide(&self, action: Value, facts: Map<String, Value>) -> Result<Decision, DecideError> {
+    async fn decide(
+        &self,
+        action: Value,
+        facts: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
         let mut action = action;
         crate::action::declare_facts(&mut action, facts);
         let v = self
-            .call(reqwest::Method::POST, "/v1/actions?execute=true", Some(&action))
+            .call(
+                reqwest::Method::POST,
+                "/v1/actions?execute=true",
+                Some(&action),
+            )
             .await?;
         decision_from_response(&v)
     }
@@ -261,7 +284,11 @@ impl Decider for RestDecider {
         .map(|_| ())
     }
 
-    async fn observe(&self, server: &str, tools: Vec<Value>) -> Result<Vec<(String, PinState)>, DecideError> {
+    async fn observe(
+        &self,
+        server: &str,
+        tools: Vec<Value>,
+    ) -> Result<Vec<(String, PinState)>, DecideError> {
         let v = self
             .call(
                 reqwest::Method::POST,

@@ -73,7 +73,10 @@ mod tests {
         let mut buf = Vec::new();
         assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Line);
         assert_eq!(buf, b"{\"a\":1}");
-        assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::TooLong(20));
+        assert_eq!(
+            read_frame(&mut r, 10, &mut buf).await.unwrap(),
+            Frame::TooLong(20)
+        );
         assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Line);
         assert_eq!(buf, b"{\"b\":2}");
         assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Line);

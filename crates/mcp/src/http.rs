@@ -64,7 +64,11 @@ fn reasons_json(r: &[secondkey_server::views::ReasonView]) -> Vec<Value> {
 }
 
 impl Decider for InProcess {
-    async fn decide(&self, action: Value, facts: Map<String, Value>) -> Result<Decision, DecideError> {
+    async fn decide(
+        &self,
+        action: Value,
+        facts: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
         use secondkey_server::Verdict;
         let it = secondkey_server::Intercept {
             action,
@@ -106,8 +110,8 @@ impl Decider for InProcess {
         action: Value,
         _facts: Map<String, Value>,
     ) -> Result<Decision, DecideError> {
-        let (_, digest) = Action::from_json(&action)
-            .map_err(|e| DecideError::new(e.code(), e.to_string()))?;
+        let (_, digest) =
+            Action::from_json(&action).map_err(|e| DecideError::new(e.code(), e.to_string()))?;
         let x = self
             .gateway
             .execute_approved(&self.who, request_id, &digest)
@@ -132,7 +136,8 @@ impl Decider for InProcess {
         reads: Vec<String>,
         writes: Vec<String>,
     ) -> Result<(), DecideError> {
-        let digest = Digest::from_hex(&run.digest).map_err(|e| DecideError::new("invalid_digest", e.to_string()))?;
+        let digest = Digest::from_hex(&run.digest)
+            .map_err(|e| DecideError::new("invalid_digest", e.to_string()))?;
         let ex = secondkey_server::Execution {
             id: run.id.clone(),
             request_id: run.request_id.clone(),
@@ -152,7 +157,11 @@ impl Decider for InProcess {
             .map_err(de)
     }
 
-    async fn observe(&self, server: &str, tools: Vec<Value>) -> Result<Vec<(String, PinState)>, DecideError> {
+    async fn observe(
+        &self,
+        server: &str,
+        tools: Vec<Value>,
+    ) -> Result<Vec<(String, PinState)>, DecideError> {
         pins::observe(&self.gateway, &self.who, server, tools)
             .await
             .map_err(de)
@@ -179,7 +188,9 @@ struct Inner {
 
 impl McpExtension {
     /// Reads the `[mcp]` section of the gateway's configuration.
-    pub fn from_config(cfg: &secondkey_server::Config) -> Result<McpExtension, secondkey_server::ConfigError> {
+    pub fn from_config(
+        cfg: &secondkey_server::Config,
+    ) -> Result<McpExtension, secondkey_server::ConfigError> {
         let env = |k: &str| cfg.env.get(k).cloned();
         let mcp = McpConfig::parse(
             cfg.sections.get("mcp"),
@@ -242,9 +253,18 @@ impl Extension for McpExtension {
                     .get(move |s, c, p, h| other_mcp(b.clone(), Method::GET, s, c, p, h))
                     .delete(move |s, c2, p, h| other_mcp(c.clone(), Method::DELETE, s, c2, p, h)),
             )
-            .route("/v1/mcp/pins/observe", post(move |s, c, j| observe_pins(d.clone(), s, c, j)))
-            .route("/v1/mcp/pins/accept", post(move |s, c, j| accept_pin(e.clone(), s, c, j)))
-            .route("/v1/mcp/pins", get(move |s, c, q| list_pins(f.clone(), s, c, q)))
+            .route(
+                "/v1/mcp/pins/observe",
+                post(move |s, c, j| observe_pins(d.clone(), s, c, j)),
+            )
+            .route(
+                "/v1/mcp/pins/accept",
+                post(move |s, c, j| accept_pin(e.clone(), s, c, j)),
+            )
+            .route(
+                "/v1/mcp/pins",
+                get(move |s, c, q| list_pins(f.clone(), s, c, q)),
+            )
     }
 }
 
@@ -262,7 +282,9 @@ async fn observe_pins(
     secondkey_server::api::JsonBody(body): secondkey_server::api::JsonBody<ObserveBody>,
 ) -> Result<Json<Value>, ApiError> {
     let out = pins::observe(&s.gateway, &p, &body.server, body.tools).await?;
-    Ok(Json(json!({"tools": out.into_iter().map(|(n, st)| json!({"name": n, "pin": st})).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"tools": out.into_iter().map(|(n, st)| json!({"name": n, "pin": st})).collect::<Vec<_>>()}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -308,7 +330,9 @@ async fn list_pins(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<pins::Pin>>, ApiError> {
     let _ = inner;
-    Ok(Json(pins::list(&s.gateway, q.server.as_deref().unwrap_or("")).await?))
+    Ok(Json(
+        pins::list(&s.gateway, q.server.as_deref().unwrap_or("")).await?,
+    ))
 }
 
 /// Request headers passed to the upstream: the transport's own, never the
@@ -319,7 +343,13 @@ fn forwarded(h: &HeaderMap) -> Vec<(String, HeaderValue)> {
             let k = k.as_str();
             matches!(
                 k,
-                "accept" | "content-type" | "mcp-session-id" | "mcp-protocol-version" | "mcp-method" | "mcp-name" | "last-event-id"
+                "accept"
+                    | "content-type"
+                    | "mcp-session-id"
+                    | "mcp-protocol-version"
+                    | "mcp-method"
+                    | "mcp-name"
+                    | "last-event-id"
             ) || k.starts_with("mcp-param-")
         })
         .map(|(k, v)| (k.as_str().to_string(), v.clone()))
@@ -345,13 +375,20 @@ async fn upstream(
         r = r.body(b);
     }
     let resp = r.send().await.map_err(|e| {
-        gateway_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", format!("the MCP server {} cannot be reached: {e}", srv.name))
+        gateway_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            format!("the MCP server {} cannot be reached: {e}", srv.name),
+        )
     })?;
     if matches!(resp.status().as_u16(), 401 | 403) {
         return Err(gateway_error(
             StatusCode::BAD_GATEWAY,
             "upstream_refused",
-            format!("the MCP server {} refused secondkey's credentials (mcp.servers.headers)", srv.name),
+            format!(
+                "the MCP server {} refused secondkey's credentials (mcp.servers.headers)",
+                srv.name
+            ),
         ));
     }
     Ok(resp)
@@ -365,12 +402,18 @@ fn gateway_error(status: StatusCode, code: &'static str, message: String) -> Res
 /// streamed through.
 fn relay_response(resp: reqwest::Response, body: Body) -> Response {
     let mut out = Response::builder().status(resp.status().as_u16());
-    for k in ["content-type", "mcp-session-id", "mcp-protocol-version", "cache-control"] {
+    for k in [
+        "content-type",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "cache-control",
+    ] {
         if let Some(v) = resp.headers().get(k) {
             out = out.header(k, v.as_bytes());
         }
     }
-    out.body(body).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+    out.body(body)
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
 fn is_sse(resp: &reqwest::Response) -> bool {
@@ -390,7 +433,9 @@ fn server_of(inner: &Inner, name: &str) -> Result<Arc<ServerConfig>, Response> {
             gateway_error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("no MCP server {name:?} is configured with an upstream url ([[mcp.servers]])"),
+                format!(
+                    "no MCP server {name:?} is configured with an upstream url ([[mcp.servers]])"
+                ),
             )
         })
 }
@@ -416,7 +461,12 @@ async fn other_mcp(
     }
 }
 
-fn take_stream(resp: reqwest::Response) -> (reqwest::Response, impl Stream<Item = Result<Bytes, std::io::Error>>) {
+fn take_stream(
+    resp: reqwest::Response,
+) -> (
+    reqwest::Response,
+    impl Stream<Item = Result<Bytes, std::io::Error>>,
+) {
     // reqwest hands out the body only by consuming the response; keep the
     // head for the headers.
     let head = reqwest::Response::from(
@@ -454,7 +504,15 @@ async fn post_mcp(
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let call_key = |id: &Value| format!("{}|{}|{}|{}", p.id, server, session.as_deref().unwrap_or(""), id_key(id));
+    let call_key = |id: &Value| {
+        format!(
+            "{}|{}|{}|{}",
+            p.id,
+            server,
+            session.as_deref().unwrap_or(""),
+            id_key(id)
+        )
+    };
     match (msg.kind, msg.method()) {
         (Kind::Request, Some("tools/call")) => {
             let id = msg.id().cloned().unwrap_or(Value::Null);
@@ -513,7 +571,12 @@ async fn post_mcp(
         (Kind::Request, Some("initialize")) => {
             let info = msg.params().and_then(|p| p.get("clientInfo")).cloned();
             let resp = pass(&inner, &srv, &fwd_headers, body).await;
-            if let (Some(info), Some(sid)) = (info, resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok())) {
+            if let (Some(info), Some(sid)) = (
+                info,
+                resp.headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok()),
+            ) {
                 let mut c = lock(&inner.clients);
                 // Bounded: a client that opens sessions without end cannot
                 // grow this without end.
@@ -528,7 +591,12 @@ async fn post_mcp(
     }
 }
 
-async fn pass(inner: &Inner, srv: &ServerConfig, headers: &[(String, HeaderValue)], body: Bytes) -> Response {
+async fn pass(
+    inner: &Inner,
+    srv: &ServerConfig,
+    headers: &[(String, HeaderValue)],
+    body: Bytes,
+) -> Response {
     match upstream(inner, srv, Method::POST, headers, Some(body)).await {
         Ok(resp) => {
             let (head, stream) = take_stream(resp);
@@ -563,7 +631,10 @@ fn sse_events(buf: &mut Vec<u8>) -> Vec<String> {
         let event = &norm[..end];
         let data: Vec<&str> = event
             .lines()
-            .filter_map(|l| l.strip_prefix("data:").map(|d| d.strip_prefix(' ').unwrap_or(d)))
+            .filter_map(|l| {
+                l.strip_prefix("data:")
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            })
             .collect();
         if !data.is_empty() {
             out.push(data.join("\n"));
@@ -577,7 +648,9 @@ fn sse_events(buf: &mut Vec<u8>) -> Vec<String> {
 /// The JSON-RPC response to `id` in an upstream body (JSON or SSE).
 fn final_response(bytes: &[u8], sse: bool, id: Option<&Value>) -> Option<Value> {
     let want = id.map(id_key);
-    let matches = |v: &Value| v.get("id").map(id_key) == want && (v.get("result").is_some() || v.get("error").is_some());
+    let matches = |v: &Value| {
+        v.get("id").map(id_key) == want && (v.get("result").is_some() || v.get("error").is_some())
+    };
     if sse {
         let mut buf = bytes.to_vec();
         buf.extend_from_slice(b"\n\n");
@@ -586,12 +659,22 @@ fn final_response(bytes: &[u8], sse: bool, id: Option<&Value>) -> Option<Value> 
             .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
             .find(|v| matches(v))
     } else {
-        serde_json::from_slice::<Value>(bytes).ok().filter(|v| matches(v))
+        serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .filter(|v| matches(v))
     }
 }
 
-async fn observe(inner: &Inner, gw: &Arc<Gateway>, who: &Principal, srv: &ServerConfig, result: &Value) {
-    let Some(list) = result.get("tools").and_then(Value::as_array) else { return };
+async fn observe(
+    inner: &Inner,
+    gw: &Arc<Gateway>,
+    who: &Principal,
+    srv: &ServerConfig,
+    result: &Value,
+) {
+    let Some(list) = result.get("tools").and_then(Value::as_array) else {
+        return;
+    };
     let defs: Vec<Value> = list
         .iter()
         .filter(|t| t.get("name").and_then(Value::as_str).is_some())
@@ -662,12 +745,22 @@ impl CallCtx {
             .cloned()
             .collect();
         headers.push(("mcp-method".into(), HeaderValue::from_static("tools/list")));
-        let Ok(resp) = upstream(&self.inner, &self.srv, Method::POST, &headers, Some(Bytes::from(req.to_string()))).await else {
+        let Ok(resp) = upstream(
+            &self.inner,
+            &self.srv,
+            Method::POST,
+            &headers,
+            Some(Bytes::from(req.to_string())),
+        )
+        .await
+        else {
             return;
         };
         let sse = is_sse(&resp);
         let (_, stream) = take_stream(resp);
-        let Ok(bytes) = collect(stream, self.inner.config.max_message_bytes * 4).await else { return };
+        let Ok(bytes) = collect(stream, self.inner.config.max_message_bytes * 4).await else {
+            return;
+        };
         if let Some(r) = final_response(&bytes, sse, Some(&json!("secondkey-tools"))) {
             if let Some(result) = r.get("result") {
                 observe(&self.inner, &self.gateway, &self.who, &self.srv, result).await;
@@ -679,7 +772,11 @@ impl CallCtx {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let empty = Map::new();
         let params = msg.params().unwrap_or(&empty).clone();
-        let tool = params.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let tool = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if self.known(&tool).is_none() && !tool.is_empty() {
             self.list_tools(&params).await;
         }
@@ -711,11 +808,20 @@ impl CallCtx {
             tokio::spawn(async move {
                 let icp = self.interceptor();
                 let plan = icp
-                    .tools_call(&params, definition.as_ref(), pin, client_info.as_ref(), self.session.as_deref(), waiting)
+                    .tools_call(
+                        &params,
+                        definition.as_ref(),
+                        pin,
+                        client_info.as_ref(),
+                        self.session.as_deref(),
+                        waiting,
+                    )
                     .await;
                 self.finish_streaming(&icp, plan, msg, id, tx).await;
             });
-            let events = tokio_stream_of(rx).map(|line| Ok::<_, std::io::Error>(Bytes::from(format!("event: message\ndata: {line}\n\n"))));
+            let events = tokio_stream_of(rx).map(|line| {
+                Ok::<_, std::io::Error>(Bytes::from(format!("event: message\ndata: {line}\n\n")))
+            });
             return Response::builder()
                 .status(200)
                 .header("content-type", "text/event-stream")
@@ -732,7 +838,14 @@ impl CallCtx {
             (),
         );
         let plan = icp
-            .tools_call(&params, definition.as_ref(), pin, client_info.as_ref(), self.session.as_deref(), waiting)
+            .tools_call(
+                &params,
+                definition.as_ref(),
+                pin,
+                client_info.as_ref(),
+                self.session.as_deref(),
+                waiting,
+            )
             .await;
         match plan {
             Plan::Cancelled => StatusCode::ACCEPTED.into_response(),
@@ -743,12 +856,30 @@ impl CallCtx {
 
     /// Sends the decided call upstream and relays the answer as it comes,
     /// recording its outcome when the final response passes.
-    async fn forward(&self, icp: Interceptor<InProcess>, fwd: Forward, msg: Message, id: Value) -> Response {
+    async fn forward(
+        &self,
+        icp: Interceptor<InProcess>,
+        fwd: Forward,
+        msg: Message,
+        id: Value,
+    ) -> Response {
         let body = Bytes::from(msg.to_line());
-        let resp = match upstream(&self.inner, &self.srv, Method::POST, &self.headers, Some(body)).await {
+        let resp = match upstream(
+            &self.inner,
+            &self.srv,
+            Method::POST,
+            &self.headers,
+            Some(body),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(r) => {
-                icp.finished(&fwd, Outcome::Lost("the upstream could not be reached".into())).await;
+                icp.finished(
+                    &fwd,
+                    Outcome::Lost("the upstream could not be reached".into()),
+                )
+                .await;
                 return r;
             }
         };
@@ -762,17 +893,30 @@ impl CallCtx {
                     return Json(result_response(id, tool_error(format!("the MCP server failed during this call; whether it took effect is unknown ({e})")))).into_response();
                 }
             };
-            match final_response(&bytes, false, Some(&id)) {
-                Some(r) => icp.finished(&fwd, outcome_of(&r)).await,
-                None => icp.finished(&fwd, Outcome::Lost(format!("the upstream answered {} without a result", head.status()))).await,
-            }
+            // The run was authorized and recorded before it started; its
+            // result is recorded off the answer's path.
+            let outcome = match final_response(&bytes, false, Some(&id)) {
+                Some(r) => outcome_of(&r),
+                None => Outcome::Lost(format!(
+                    "the upstream answered {} without a result",
+                    head.status()
+                )),
+            };
+            tokio::spawn(async move { icp.finished(&fwd, outcome).await });
             return relay_response(head, Body::from(bytes));
         }
         let tap = Tap::new(stream, id, icp, fwd);
         relay_response(head, Body::from_stream(tap))
     }
 
-    async fn finish_streaming(&self, icp: &Interceptor<InProcess>, plan: Plan, msg: Message, id: Value, tx: mpsc::Sender<String>) {
+    async fn finish_streaming(
+        &self,
+        icp: &Interceptor<InProcess>,
+        plan: Plan,
+        msg: Message,
+        id: Value,
+        tx: mpsc::Sender<String>,
+    ) {
         match plan {
             Plan::Cancelled => {}
             Plan::Respond(result) => {
@@ -780,11 +924,34 @@ impl CallCtx {
             }
             Plan::Forward(fwd) => {
                 let body = Bytes::from(msg.to_line());
-                let resp = match upstream(&self.inner, &self.srv, Method::POST, &self.headers, Some(body)).await {
+                let resp = match upstream(
+                    &self.inner,
+                    &self.srv,
+                    Method::POST,
+                    &self.headers,
+                    Some(body),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(_) => {
-                        icp.finished(&fwd, Outcome::Lost("the upstream could not be reached".into())).await;
-                        let _ = tx.send(result_response(id, tool_error("the MCP server cannot be reached; the call was not sent".into())).to_string()).await;
+                        icp.finished(
+                            &fwd,
+                            Outcome::Lost("the upstream could not be reached".into()),
+                        )
+                        .await;
+                        let _ = tx
+                            .send(
+                                result_response(
+                                    id,
+                                    tool_error(
+                                        "the MCP server cannot be reached; the call was not sent"
+                                            .into(),
+                                    ),
+                                )
+                                .to_string(),
+                            )
+                            .await;
                         return;
                     }
                 };
@@ -800,7 +967,9 @@ impl CallCtx {
                     }
                     for data in sse_events(&mut buf) {
                         if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                            if v.get("id").map(id_key) == Some(id_key(&id)) && (v.get("result").is_some() || v.get("error").is_some()) {
+                            if v.get("id").map(id_key) == Some(id_key(&id))
+                                && (v.get("result").is_some() || v.get("error").is_some())
+                            {
                                 icp.finished(&fwd, outcome_of(&v)).await;
                                 done = true;
                             }
@@ -816,7 +985,11 @@ impl CallCtx {
                     }
                 }
                 if !done {
-                    icp.finished(&fwd, Outcome::Lost("the upstream connection ended before the result".into())).await;
+                    icp.finished(
+                        &fwd,
+                        Outcome::Lost("the upstream connection ended before the result".into()),
+                    )
+                    .await;
                     let _ = tx.send(result_response(id, tool_error("the MCP server failed during this call; whether it took effect is unknown".into())).to_string()).await;
                 }
             }
@@ -904,7 +1077,9 @@ impl<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin> Stream for Tap<S> 
                         self.id.clone(),
                         tool_error("the MCP server failed during this call; whether it took effect is unknown".into()),
                     );
-                    return Poll::Ready(Some(Ok(Bytes::from(format!("event: message\ndata: {ev}\n\n")))));
+                    return Poll::Ready(Some(Ok(Bytes::from(format!(
+                        "event: message\ndata: {ev}\n\n"
+                    )))));
                 }
                 Poll::Ready(None)
             }
@@ -917,7 +1092,9 @@ impl<S> Drop for Tap<S> {
     fn drop(&mut self) {
         if self.pending.is_some() {
             // The client went away before the result passed.
-            self.settle(Outcome::Lost("the client disconnected before the result".into()));
+            self.settle(Outcome::Lost(
+                "the client disconnected before the result".into(),
+            ));
         }
     }
 }

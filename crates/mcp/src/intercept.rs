@@ -108,8 +108,16 @@ fn required_text(required: &[Value]) -> String {
     let parts: Vec<String> = required
         .iter()
         .filter_map(|r| {
-            let groups: Vec<&str> = r["groups"].as_array()?.iter().filter_map(Value::as_str).collect();
-            Some(format!("{} of {}", r["quorum"].as_u64().unwrap_or(1), groups.join("/")))
+            let groups: Vec<&str> = r["groups"]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            Some(format!(
+                "{} of {}",
+                r["quorum"].as_u64().unwrap_or(1),
+                groups.join("/")
+            ))
         })
         .collect();
     if parts.is_empty() {
@@ -146,7 +154,9 @@ impl<D: Decider> Interceptor<D> {
         // The stateless protocol revisions (2026-07-28 on) type every
         // result; a result secondkey writes itself must say it is complete.
         match plan {
-            Plan::Respond(mut r) if crate::jsonrpc::request_protocol_version(Some(params)).is_some() => {
+            Plan::Respond(mut r)
+                if crate::jsonrpc::request_protocol_version(Some(params)).is_some() =>
+            {
                 r["resultType"] = json!("complete");
                 Plan::Respond(r)
             }
@@ -165,7 +175,8 @@ impl<D: Decider> Interceptor<D> {
     ) -> Plan {
         let Some(tool) = params.get("name").and_then(Value::as_str) else {
             return Plan::Respond(tool_error(
-                "secondkey refused this call: `params.name` (the tool) is missing. Nothing ran.".into(),
+                "secondkey refused this call: `params.name` (the tool) is missing. Nothing ran."
+                    .into(),
             ));
         };
         let empty = Map::new();
@@ -174,11 +185,14 @@ impl<D: Decider> Interceptor<D> {
             Some(Value::Object(m)) => m,
             Some(_) => {
                 return Plan::Respond(tool_error(
-                    "secondkey refused this call: `arguments` must be an object. Nothing ran.".into(),
+                    "secondkey refused this call: `arguments` must be an object. Nothing ran."
+                        .into(),
                 ))
             }
         };
-        let size = serde_json::to_vec(arguments).map(|b| b.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(arguments)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
         if size > self.config.max_argument_bytes {
             return Plan::Respond(tool_error(format!(
                 "secondkey refused this call: its arguments are {size} bytes, more than the {} allowed (mcp.max_argument_bytes). \
@@ -225,17 +239,25 @@ impl<D: Decider> Interceptor<D> {
             client_info,
             session,
         });
-        let reads = action["lineage"]["reads"].as_array().map(strings).unwrap_or_default();
-        let writes = action["lineage"]["writes"].as_array().map(strings).unwrap_or_default();
+        let reads = action["lineage"]["reads"]
+            .as_array()
+            .map(strings)
+            .unwrap_or_default();
+        let writes = action["lineage"]["writes"]
+            .as_array()
+            .map(strings)
+            .unwrap_or_default();
         let decision = match self.decider.decide(action.clone(), facts.clone()).await {
             Ok(d) => d,
             Err(e) => return Plan::Respond(undecided(&e)),
         };
-        let forward = |run| Plan::Forward(Forward {
-            run,
-            reads: reads.clone(),
-            writes: writes.clone(),
-        });
+        let forward = |run| {
+            Plan::Forward(Forward {
+                run,
+                reads: reads.clone(),
+                writes: writes.clone(),
+            })
+        };
         match decision {
             Decision::Run(run) => forward(run),
             Decision::Deny { id, reasons } => Plan::Respond(tool_error(format!(
@@ -331,7 +353,12 @@ impl<D: Decider> Interceptor<D> {
         }
     }
 
-    async fn wait_for_acceptance(&self, tool: &str, def: &Value, w: &mut Waiting) -> Result<bool, Cancelled> {
+    async fn wait_for_acceptance(
+        &self,
+        tool: &str,
+        def: &Value,
+        w: &mut Waiting,
+    ) -> Result<bool, Cancelled> {
         let limit = if w.progress.is_some() {
             self.config.hold_with_progress
         } else {
@@ -340,8 +367,15 @@ impl<D: Decider> Interceptor<D> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut step = 0u64;
         loop {
-            match self.decider.observe(&self.server.name, vec![def.clone()]).await {
-                Ok(v) if v.iter().any(|(n, s)| n == tool && matches!(s, PinState::Pinned { .. })) => {
+            match self
+                .decider
+                .observe(&self.server.name, vec![def.clone()])
+                .await
+            {
+                Ok(v)
+                    if v.iter()
+                        .any(|(n, s)| n == tool && matches!(s, PinState::Pinned { .. })) =>
+                {
                     return Ok(true)
                 }
                 Ok(_) => {}
@@ -398,7 +432,11 @@ impl<D: Decider> Interceptor<D> {
                 vec![],
             ),
         };
-        if let Err(e) = self.decider.record(&fwd.run, ok, summary, reads, writes).await {
+        if let Err(e) = self
+            .decider
+            .record(&fwd.run, ok, summary, reads, writes)
+            .await
+        {
             tracing::warn!(execution = %fwd.run.id, error = %e, "could not record a tool call's result");
         }
     }
@@ -415,7 +453,9 @@ enum Held {
 }
 
 fn strings(a: &Vec<Value>) -> Vec<String> {
-    a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()
+    a.iter()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
 }
 
 fn held_text(tool: &str, request_id: &str, url: &str, required: &[Value]) -> Value {

@@ -37,7 +37,11 @@ pub struct Refused {
 impl Refused {
     /// The JSON-RPC error response for this refusal.
     pub fn response(&self) -> Value {
-        error_response(self.id.clone().unwrap_or(Value::Null), self.code, &self.message)
+        error_response(
+            self.id.clone().unwrap_or(Value::Null),
+            self.code,
+            &self.message,
+        )
     }
 }
 
@@ -123,7 +127,8 @@ impl Message {
             }
             (Some(_), _) => return Err(refuse("`method` must be a string")),
             (None, Some(id)) => {
-                let n = usize::from(obj.contains_key("result")) + usize::from(obj.contains_key("error"));
+                let n = usize::from(obj.contains_key("result"))
+                    + usize::from(obj.contains_key("error"));
                 if n != 1 {
                     return Err(refuse("a response has exactly one of `result` or `error`"));
                 }
@@ -193,27 +198,49 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(p(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap().kind, Kind::Request);
         assert_eq!(
-            p(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap().kind,
+            p(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+                .unwrap()
+                .kind,
+            Kind::Request
+        );
+        assert_eq!(
+            p(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+                .unwrap()
+                .kind,
             Kind::Notification
         );
-        assert_eq!(p(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap().kind, Kind::Response);
+        assert_eq!(
+            p(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap().kind,
+            Kind::Response
+        );
     }
 
     #[test]
     fn malformed_is_refused_with_the_right_code() {
         assert_eq!(p("{not json").unwrap_err().code, PARSE_ERROR);
         let dup = p(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}"#);
-        assert_eq!(dup.unwrap_err().code, PARSE_ERROR, "a repeated key could hide a second call");
-        assert_eq!(p(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).unwrap_err().code, INVALID_REQUEST);
+        assert_eq!(
+            dup.unwrap_err().code,
+            PARSE_ERROR,
+            "a repeated key could hide a second call"
+        );
+        assert_eq!(
+            p(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)
+                .unwrap_err()
+                .code,
+            INVALID_REQUEST
+        );
         let e = p(r#"{"jsonrpc":"1.0","id":7,"method":"ping"}"#).unwrap_err();
         assert_eq!((e.code, e.id), (INVALID_REQUEST, Some(json!(7))));
         assert!(p(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).is_err());
         assert!(p(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#).is_err());
         assert!(p(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#).is_err());
         assert!(p(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#).is_err());
-        let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#, "x".repeat(2000));
+        let big = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#,
+            "x".repeat(2000)
+        );
         assert!(p(&big).unwrap_err().message.contains("at most 1024"));
     }
 

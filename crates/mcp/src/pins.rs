@@ -57,10 +57,16 @@ fn entry(time: &str, event: &str, actor: &str, payload: Value) -> secondkey_log:
 
 fn check_names(server: &str, tool: &str) -> Result<(), ApiError> {
     if !is_server_name(server) {
-        return Err(ApiError::bad_request("invalid_server", "a server name is 1 to 64 of A-Z a-z 0-9 - _ ."));
+        return Err(ApiError::bad_request(
+            "invalid_server",
+            "a server name is 1 to 64 of A-Z a-z 0-9 - _ .",
+        ));
     }
     if tool.is_empty() || tool.len() > 256 || tool.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("invalid_tool", "a tool name is 1 to 256 characters, no control characters"));
+        return Err(ApiError::bad_request(
+            "invalid_tool",
+            "a tool name is 1 to 256 characters, no control characters",
+        ));
     }
     Ok(())
 }
@@ -72,7 +78,8 @@ async fn read_pin(gw: &Gateway, server: &str, tool: &str) -> Result<Option<Pin>,
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))??;
     raw.map(|r| {
-        serde_json::from_str(&r).map_err(|e| ApiError::unavailable(format!("a stored pin is unreadable: {e}")))
+        serde_json::from_str(&r)
+            .map_err(|e| ApiError::unavailable(format!("a stored pin is unreadable: {e}")))
     })
     .transpose()
 }
@@ -97,7 +104,10 @@ pub async fn observe(
     tools: Vec<Value>,
 ) -> Result<Vec<(String, PinState)>, ApiError> {
     if tools.len() > MAX_TOOLS {
-        return Err(ApiError::bad_request("too_many_tools", format!("at most {MAX_TOOLS} tools per observation")));
+        return Err(ApiError::bad_request(
+            "too_many_tools",
+            format!("at most {MAX_TOOLS} tools per observation"),
+        ));
     }
     let mut seen = Vec::with_capacity(tools.len());
     let mut dirty = false;
@@ -112,7 +122,9 @@ pub async fn observe(
         let pin = read_pin(gw, server, &name).await?;
         let needs_write = match &pin {
             None => true,
-            Some(p) => p.fingerprint != fp && p.changed.as_ref().map(|c| &c.fingerprint) != Some(&fp),
+            Some(p) => {
+                p.fingerprint != fp && p.changed.as_ref().map(|c| &c.fingerprint) != Some(&fp)
+            }
         };
         dirty |= needs_write;
         seen.push((name, fp, pinned_part(t), pin));
@@ -121,7 +133,9 @@ pub async fn observe(
         return Ok(seen
             .into_iter()
             .map(|(n, fp, _, pin)| {
-                let st = pin.map(|p| standing(&p, &fp)).unwrap_or(PinState::Pinned { new: false });
+                let st = pin
+                    .map(|p| standing(&p, &fp))
+                    .unwrap_or(PinState::Pinned { new: false });
                 (n, st)
             })
             .collect());
@@ -194,12 +208,20 @@ pub async fn accept(
     if who.id.kind() != PrincipalKind::User || !admins.iter().any(|g| who.groups.contains(g)) {
         return Err(ApiError::forbidden(
             "not_tool_admin",
-            format!("accepting a tool definition needs a human in one of: {}", admins.join(", ")),
+            format!(
+                "accepting a tool definition needs a human in one of: {}",
+                admins.join(", ")
+            ),
         ));
     }
     let now = rfc3339(gw.now());
     let actor = who.id.to_string();
-    let (k, server, tool, fp) = (key(server, tool), server.to_string(), tool.to_string(), fp.to_string());
+    let (k, server, tool, fp) = (
+        key(server, tool),
+        server.to_string(),
+        tool.to_string(),
+        fp.to_string(),
+    );
     let pin = gw
         .store
         .transact(move |tx| {
@@ -236,7 +258,11 @@ pub async fn accept(
 /// The pins of a server (all servers: `""`), with any waiting change.
 pub async fn list(gw: &Gateway, server: &str) -> Result<Vec<Pin>, ApiError> {
     let store = gw.store.clone();
-    let prefix = if server.is_empty() { String::new() } else { format!("{server}/") };
+    let prefix = if server.is_empty() {
+        String::new()
+    } else {
+        format!("{server}/")
+    };
     let rows = tokio::task::spawn_blocking(move || store.list_records(NS, &prefix, None, 1000))
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))??;

@@ -67,7 +67,11 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<String>, close: Arc<tokio::sync::Notify>) {
+async fn writer<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<String>,
+    close: Arc<tokio::sync::Notify>,
+) {
     loop {
         let line = tokio::select! {
             l = rx.recv() => match l {
@@ -120,7 +124,11 @@ where
     let (to_client, client_rx) = mpsc::channel::<String>(256);
     let (to_server, server_rx) = mpsc::channel::<String>(256);
     let close_server = Arc::new(tokio::sync::Notify::new());
-    let client_writer = tokio::spawn(writer(client_out, client_rx, Arc::new(tokio::sync::Notify::new())));
+    let client_writer = tokio::spawn(writer(
+        client_out,
+        client_rx,
+        Arc::new(tokio::sync::Notify::new()),
+    ));
     let server_writer = tokio::spawn(writer(server_in, server_rx, close_server.clone()));
     let max_message = icp.config.max_message_bytes;
     let relay = Arc::new(Relay {
@@ -160,7 +168,9 @@ where
             from_client.abort();
         }
     }
-    relay.fail_all("the session ended before the server answered").await;
+    relay
+        .fail_all("the session ended before the server answered")
+        .await;
     let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
         Ok(Ok(s)) => s.code().unwrap_or(1),
         _ => {
@@ -315,8 +325,12 @@ impl<D: Decider> Relay<D> {
                 .await;
             }
             Next::Gone => {
-                self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, "the MCP server has exited"))
-                    .await;
+                self.send_client(&error_response(
+                    id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "the MCP server has exited",
+                ))
+                .await;
             }
             Next::Decide(rx) => {
                 let relay = self.clone();
@@ -331,7 +345,11 @@ impl<D: Decider> Relay<D> {
         let key = id_key(&id);
         let empty = Map::new();
         let params = msg.params().unwrap_or(&empty);
-        let tool = params.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let tool = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let mut known = lock(&self.state).catalog.get(&tool).cloned();
         if known.is_none() && !tool.is_empty() {
             self.list_tools(params).await;
@@ -379,7 +397,10 @@ impl<D: Decider> Relay<D> {
                 };
                 if gone {
                     self.icp
-                        .finished(&fwd, Outcome::Lost("the MCP server exited before the call was sent".into()))
+                        .finished(
+                            &fwd,
+                            Outcome::Lost("the MCP server exited before the call was sent".into()),
+                        )
                         .await;
                     self.send_client(&result_response(
                         id,
@@ -430,7 +451,9 @@ impl<D: Decider> Relay<D> {
                     return;
                 }
             };
-            let Some(result) = answer.get("result") else { return };
+            let Some(result) = answer.get("result") else {
+                return;
+            };
             self.observe(result).await;
             match result.get("nextCursor") {
                 Some(c) if !c.is_null() => cursor = Some(c.clone()),
@@ -441,7 +464,9 @@ impl<D: Decider> Relay<D> {
 
     /// Records a `tools/list` result's definitions against their pins.
     async fn observe(&self, result: &Value) {
-        let Some(list) = result.get("tools").and_then(Value::as_array) else { return };
+        let Some(list) = result.get("tools").and_then(Value::as_array) else {
+            return;
+        };
         let defs: Vec<Value> = list
             .iter()
             .filter(|t| t.get("name").and_then(Value::as_str).is_some())
@@ -491,7 +516,9 @@ impl<D: Decider> Relay<D> {
                     let msg = match Message::parse(&buf, self.max_message) {
                         Ok(m) => m,
                         Err(e) => {
-                            eprintln!("secondkey: dropped an unreadable message from the MCP server: {e}");
+                            eprintln!(
+                                "secondkey: dropped an unreadable message from the MCP server: {e}"
+                            );
                             continue;
                         }
                     };
@@ -564,7 +591,10 @@ impl<D: Decider> Relay<D> {
             let mut st = lock(&self.state);
             st.server_gone = true;
             st.own.clear();
-            (std::mem::take(&mut st.inflight), std::mem::take(&mut st.deciding))
+            (
+                std::mem::take(&mut st.inflight),
+                std::mem::take(&mut st.deciding),
+            )
         };
         for (_, cancel) in deciding {
             let _ = cancel.send(true);
@@ -583,7 +613,8 @@ impl<D: Decider> Relay<D> {
                     .await;
                 }
                 _ => {
-                    self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, why)).await;
+                    self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, why))
+                        .await;
                 }
             }
         }
@@ -625,9 +656,13 @@ pub fn load_options_file(
         key: key.to_string(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
-    let v: toml::Value = toml::from_str(&text).map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
-    let table = v.as_table().ok_or_else(|| bad("--config", "not a TOML table".into()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
+    let v: toml::Value =
+        toml::from_str(&text).map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
+    let table = v
+        .as_table()
+        .ok_or_else(|| bad("--config", "not a TOML table".into()))?;
     for k in table.keys() {
         if !matches!(k.as_str(), "url" | "token_env" | "mcp") {
             return Err(bad(k, "unknown key (use url, token_env and [mcp])".into()));
@@ -643,7 +678,10 @@ pub fn load_options_file(
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     let cfg = McpConfig::parse(
         table.get("mcp"),
-        &crate::config::Sources { env, base_dir: base },
+        &crate::config::Sources {
+            env,
+            base_dir: base,
+        },
     )?;
     Ok((s("url")?, s("token_env")?, cfg))
 }
@@ -651,9 +689,13 @@ pub fn load_options_file(
 /// Runs `secondkey mcp stdio` on this process's stdin and stdout.
 pub async fn run_stdio(opts: Options) -> anyhow::Result<i32> {
     if !crate::config::is_server_name(&opts.server) {
-        anyhow::bail!("--server {:?}: use 1 to 64 of A-Z a-z 0-9 - _ .", opts.server);
+        anyhow::bail!(
+            "--server {:?}: use 1 to 64 of A-Z a-z 0-9 - _ .",
+            opts.server
+        );
     }
-    let decider = crate::decide::RestDecider::new(&opts.url, &opts.token).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let decider = crate::decide::RestDecider::new(&opts.url, &opts.token)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = Arc::new(opts.config.server(&opts.server));
     let icp = Interceptor::new(Arc::new(opts.config), server, Arc::new(decider));
     run(

@@ -70,8 +70,16 @@ pub fn operation(tool: Option<&Value>, cfg: Option<&ToolConfig>) -> (String, Ope
 /// `title` is free text).
 pub fn annotation_facts(tool: Option<&Value>) -> Map<String, Value> {
     let mut m = Map::new();
-    if let Some(a) = tool.and_then(|t| t.get("annotations")).and_then(Value::as_object) {
-        for k in ["readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"] {
+    if let Some(a) = tool
+        .and_then(|t| t.get("annotations"))
+        .and_then(Value::as_object)
+    {
+        for k in [
+            "readOnlyHint",
+            "destructiveHint",
+            "idempotentHint",
+            "openWorldHint",
+        ] {
             if let Some(b) = a.get(k).and_then(Value::as_bool) {
                 m.insert(k.into(), Value::Bool(b));
             }
@@ -111,11 +119,17 @@ mod tests {
         assert_eq!(operation(Some(&ro), None).0, "read");
         assert_eq!(operation(Some(&add), None).0, "write");
         assert_eq!(operation(Some(&del), None).0, "delete");
-        assert_eq!(operation(Some(&json!({})), None), ("call".into(), OperationSource::Default));
+        assert_eq!(
+            operation(Some(&json!({})), None),
+            ("call".into(), OperationSource::Default)
+        );
         let cfg = ToolConfig {
             operation: Some("export".into()),
             ..Default::default()
         };
-        assert_eq!(operation(Some(&ro), Some(&cfg)), ("export".into(), OperationSource::Config));
+        assert_eq!(
+            operation(Some(&ro), Some(&cfg)),
+            ("export".into(), OperationSource::Config)
+        );
     }
 }

@@ -55,12 +55,18 @@ impl Scripted {
 }
 
 impl Decider for Scripted {
-    async fn decide(&self, action: Value, _facts: Map<String, Value>) -> Result<Decision, DecideError> {
+    async fn decide(
+        &self,
+        action: Value,
+        _facts: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
         self.log().decided.push(action.clone());
         match tool_of(&action).as_str() {
             "delete_customer" => Ok(Decision::Deny {
                 id: "act_denied".into(),
-                reasons: vec![json!({"policy": "no-deleting-customers", "effect": "forbid", "message": ""})],
+                reasons: vec![
+                    json!({"policy": "no-deleting-customers", "effect": "forbid", "message": ""}),
+                ],
             }),
             "export_table" => Ok(Decision::Held {
                 request_id: "req_1".into(),
@@ -83,7 +89,12 @@ impl Decider for Scripted {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    async fn run_approved(&self, request_id: &str, _a: Value, _f: Map<String, Value>) -> Result<Decision, DecideError> {
+    async fn run_approved(
+        &self,
+        request_id: &str,
+        _a: Value,
+        _f: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
         if self.log().approved.remove(request_id) {
             Ok(self.run())
         } else {
@@ -94,18 +105,31 @@ impl Decider for Scripted {
         self.log().withdrawn.push(request_id.into());
         Ok(())
     }
-    async fn record(&self, run: &Run, ok: bool, summary: Value, _r: Vec<String>, _w: Vec<String>) -> Result<(), DecideError> {
+    async fn record(
+        &self,
+        run: &Run,
+        ok: bool,
+        summary: Value,
+        _r: Vec<String>,
+        _w: Vec<String>,
+    ) -> Result<(), DecideError> {
         self.log().recorded.push((run.id.clone(), ok, summary));
         Ok(())
     }
-    async fn observe(&self, _server: &str, tools: Vec<Value>) -> Result<Vec<(String, PinState)>, DecideError> {
+    async fn observe(
+        &self,
+        _server: &str,
+        tools: Vec<Value>,
+    ) -> Result<Vec<(String, PinState)>, DecideError> {
         let l = self.log();
         Ok(tools
             .iter()
             .map(|t| {
                 let n = t["name"].as_str().unwrap_or_default().to_string();
                 let st = if l.changed.contains(&n) {
-                    PinState::Changed { pinned: "f".repeat(64) }
+                    PinState::Changed {
+                        pinned: "f".repeat(64),
+                    }
                 } else {
                     PinState::Pinned { new: true }
                 };
@@ -141,7 +165,14 @@ fn config(extra: &str) -> McpConfig {
     let text = format!("[mcp]\nhold_seconds = 2\nhold_with_progress_seconds = 10\nprogress_interval_seconds = 1\nmax_argument_bytes = 2048\n{extra}");
     let v: toml::Value = toml::from_str(&text).unwrap();
     let env = |_: &str| None;
-    McpConfig::parse(v.get("mcp"), &Sources { env: &env, base_dir: std::path::Path::new(".") }).unwrap()
+    McpConfig::parse(
+        v.get("mcp"),
+        &Sources {
+            env: &env,
+            base_dir: std::path::Path::new("."),
+        },
+    )
+    .unwrap()
 }
 
 async fn start(script: &str, env: &[(&str, &str)], log: Scripted) -> Session {
@@ -152,7 +183,10 @@ async fn start(script: &str, env: &[(&str, &str)], log: Scripted) -> Session {
     let icp = Interceptor::new(Arc::new(cfg), server, Arc::new(log.clone()));
     // The relay starts the server with the environment it has: the test
     // server reads MCP_TEST_* variables; pass them through a wrapper.
-    let mut command = vec!["env".to_string(), format!("MCP_TEST_RUNS={}", runs.display())];
+    let mut command = vec![
+        "env".to_string(),
+        format!("MCP_TEST_RUNS={}", runs.display()),
+    ];
     for (k, v) in env {
         command.push(format!("{k}={v}"));
     }
@@ -200,16 +234,22 @@ impl Session {
         }
     }
     async fn call(&mut self, id: Value, method: &str, params: Value) -> Value {
-        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
         self.answer(&mut vec![]).await
     }
     async fn init(&mut self) {
         let r = self
-            .call(json!(0), "initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "relay-test", "version": "1"}}))
+            .call(
+                json!(0),
+                "initialize",
+                json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "relay-test", "version": "1"}}),
+            )
             .await;
         assert!(r["result"]["protocolVersion"].is_string(), "{r}");
-        self.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+        self.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
     }
     fn runs(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.runs)
@@ -220,12 +260,19 @@ impl Session {
     }
     async fn close(self) -> i32 {
         drop(self.to);
-        tokio::time::timeout(Duration::from_secs(20), self.task).await.unwrap().unwrap().unwrap()
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
     }
 }
 
 fn text(r: &Value) -> String {
-    r["result"]["content"][0]["text"].as_str().unwrap_or_default().to_string()
+    r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tokio::test]
@@ -234,23 +281,55 @@ async fn allowed_denied_and_passed_through() {
     let mut s = start("test_server.py", &[], Scripted::default()).await;
     s.init().await;
     let list = s.call(json!(1), "tools/list", json!({})).await;
-    assert_eq!(list["result"]["tools"].as_array().unwrap().len(), 5, "{list}");
-    let r = s.call(json!(2), "tools/call", json!({"name": "read_table", "arguments": {"table": "orders"}})).await;
+    assert_eq!(
+        list["result"]["tools"].as_array().unwrap().len(),
+        5,
+        "{list}"
+    );
+    let r = s
+        .call(
+            json!(2),
+            "tools/call",
+            json!({"name": "read_table", "arguments": {"table": "orders"}}),
+        )
+        .await;
     assert_eq!(text(&r), "10 rows of orders", "{r}");
-    let r = s.call(json!("del"), "tools/call", json!({"name": "delete_customer", "arguments": {"customer_id": 7}})).await;
+    let r = s
+        .call(
+            json!("del"),
+            "tools/call",
+            json!({"name": "delete_customer", "arguments": {"customer_id": 7}}),
+        )
+        .await;
     assert_eq!(r["result"]["isError"], true);
-    assert!(text(&r).contains("no-deleting-customers") && text(&r).contains("act_denied"), "{r}");
+    assert!(
+        text(&r).contains("no-deleting-customers") && text(&r).contains("act_denied"),
+        "{r}"
+    );
     let r = s.call(json!(3), "ping", json!({})).await;
     assert_eq!(r["result"], json!({}), "pings pass through: {r}");
-    let r = s.call(json!(4), "tools/call", json!({"name": "no_such_tool", "arguments": {}})).await;
+    let r = s
+        .call(
+            json!(4),
+            "tools/call",
+            json!({"name": "no_such_tool", "arguments": {}}),
+        )
+        .await;
     assert_eq!(r["result"]["isError"], true);
     assert!(text(&r).contains("does not list a tool"), "{r}");
     let runs = s.runs();
-    assert_eq!(runs, vec![json!({"tool": "read_table", "args": {"table": "orders", "limit": 10}})]);
+    assert_eq!(
+        runs,
+        vec![json!({"tool": "read_table", "args": {"table": "orders", "limit": 10}})]
+    );
     let log = s.log.clone();
     assert_eq!(s.close().await, 0);
     let l = log.log();
-    assert_eq!(l.decided.len(), 2, "a call of an unknown tool is refused before any decision");
+    assert_eq!(
+        l.decided.len(),
+        2,
+        "a call of an unknown tool is refused before any decision"
+    );
     assert_eq!(l.decided[0]["params"], json!({"table": "orders"}));
     assert_eq!(l.decided[0]["context"]["client"]["name"], "relay-test");
     assert_eq!(l.recorded.len(), 1);
@@ -263,7 +342,13 @@ async fn a_call_of_a_tool_never_listed_is_checked_against_the_server_list() {
     let mut s = start("test_server.py", &[], Scripted::default()).await;
     s.init().await;
     // No tools/list by the client: secondkey lists the tools itself.
-    let r = s.call(json!(1), "tools/call", json!({"name": "echo", "arguments": {"text": "hi"}})).await;
+    let r = s
+        .call(
+            json!(1),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+        )
+        .await;
     assert_eq!(text(&r), "hi", "{r}");
     assert_eq!(s.runs().len(), 1);
     s.close().await;
@@ -276,10 +361,12 @@ async fn held_call_reports_progress_and_runs_once_after_approval() {
     let mut s = start("test_server.py", &[], log.clone()).await;
     s.init().await;
     s.call(json!(1), "tools/list", json!({})).await;
-    s.send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+    s.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
         "name": "export_table", "arguments": {"table": "customers", "destination": "s3://x"},
-        "_meta": {"progressToken": "p1"}}}))
-        .await;
+        "_meta": {"progressToken": "p1"}}}),
+    )
+    .await;
     // Wait for two progress notifications, then approve.
     let mut notes = Vec::new();
     let approver = {
@@ -295,13 +382,25 @@ async fn held_call_reports_progress_and_runs_once_after_approval() {
     assert!(notes.len() >= 2, "progress while held: {notes:?}");
     assert_eq!(notes[0]["method"], "notifications/progress");
     assert_eq!(notes[0]["params"]["progressToken"], "p1");
-    assert!(notes[0]["params"]["message"].as_str().unwrap().contains("req_1"));
+    assert!(notes[0]["params"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("req_1"));
     assert_eq!(s.runs().len(), 1, "ran exactly once");
     // The approval is used up: the same call is held again, then times out.
-    let r = s.call(json!(3), "tools/call", json!({"name": "export_table",
-        "arguments": {"table": "customers", "destination": "s3://x"}})).await;
+    let r = s
+        .call(
+            json!(3),
+            "tools/call",
+            json!({"name": "export_table",
+        "arguments": {"table": "customers", "destination": "s3://x"}}),
+        )
+        .await;
     assert_eq!(r["result"]["isError"], true);
-    assert!(text(&r).contains("req_1") && text(&r).contains("exactly the same arguments"), "{r}");
+    assert!(
+        text(&r).contains("req_1") && text(&r).contains("exactly the same arguments"),
+        "{r}"
+    );
     assert_eq!(s.runs().len(), 1, "nothing ran the second time");
     s.close().await;
 }
@@ -320,17 +419,25 @@ async fn cancelling_a_held_call_withdraws_it_and_a_duplicate_id_is_refused() {
     s.send(call).await;
     let dup = s.answer(&mut vec![]).await;
     assert_eq!(dup["error"]["code"], -32600, "{dup}");
-    assert!(dup["error"]["message"].as_str().unwrap().contains("still in progress"));
+    assert!(dup["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("still in progress"));
     s.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9, "reason": "user"}}))
         .await;
     // No answer for a cancelled request: the next answer is the ping's.
     let mut notes = Vec::new();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    s.send(json!({"jsonrpc": "2.0", "id": 10, "method": "ping"})).await;
+    s.send(json!({"jsonrpc": "2.0", "id": 10, "method": "ping"}))
+        .await;
     let r = s.answer(&mut notes).await;
     assert_eq!(r["id"], 10, "{r}");
     assert_eq!(log.log().withdrawn, vec!["req_1".to_string()]);
-    assert_eq!(log.log().decided.len(), 1, "the duplicate was never decided");
+    assert_eq!(
+        log.log().decided.len(),
+        1,
+        "the duplicate was never decided"
+    );
     assert!(s.runs().is_empty());
     s.close().await;
 }
@@ -346,22 +453,46 @@ async fn bad_input_from_the_client_is_refused_and_forwards_nothing() {
     s.send_raw(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list","method":"tools/call","params":{"name":"delete_customer","arguments":{"customer_id":1}}}"#).await;
     let r = s.answer(&mut vec![]).await;
     assert_eq!(r["error"]["code"], -32700, "a repeated key is refused: {r}");
-    s.send_raw(r#"[{"jsonrpc":"2.0","id":6,"method":"ping"}]"#).await;
+    s.send_raw(r#"[{"jsonrpc":"2.0","id":6,"method":"ping"}]"#)
+        .await;
     let r = s.answer(&mut vec![]).await;
     assert_eq!(r["error"]["code"], -32600, "{r}");
     let big = "x".repeat(4000);
-    let r = s.call(json!(7), "tools/call", json!({"name": "echo", "arguments": {"text": big}})).await;
+    let r = s
+        .call(
+            json!(7),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": big}}),
+        )
+        .await;
     assert_eq!(r["result"]["isError"], true);
     assert!(text(&r).contains("max_argument_bytes"), "{r}");
     let huge = "y".repeat(5 * 1024 * 1024);
     s.send_raw(&format!(r#"{{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{huge}"}}}}}}"#)).await;
     let r = s.answer(&mut vec![]).await;
-    assert_eq!(r["error"]["code"], -32600, "{}", &r.to_string()[..200.min(r.to_string().len())]);
-    let r = s.call(json!(9), "tools/call", json!({"name": "echo", "arguments": "not an object"})).await;
+    assert_eq!(
+        r["error"]["code"],
+        -32600,
+        "{}",
+        &r.to_string()[..200.min(r.to_string().len())]
+    );
+    let r = s
+        .call(
+            json!(9),
+            "tools/call",
+            json!({"name": "echo", "arguments": "not an object"}),
+        )
+        .await;
     assert_eq!(r["result"]["isError"], true, "{r}");
     assert!(s.runs().is_empty(), "nothing ran: {:?}", s.runs());
     // The session still works.
-    let r = s.call(json!(10), "tools/call", json!({"name": "echo", "arguments": {"text": "still here"}})).await;
+    let r = s
+        .call(
+            json!(10),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "still here"}}),
+        )
+        .await;
     assert_eq!(text(&r), "still here");
     s.close().await;
 }
@@ -374,9 +505,19 @@ async fn a_changed_definition_holds_calls_of_that_tool() {
     let mut s = start("test_server.py", &[], log.clone()).await;
     s.init().await;
     s.call(json!(1), "tools/list", json!({})).await;
-    let r = s.call(json!(2), "tools/call", json!({"name": "echo", "arguments": {"text": "x"}})).await;
+    let r = s
+        .call(
+            json!(2),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "x"}}),
+        )
+        .await;
     assert_eq!(r["result"]["isError"], true);
-    assert!(text(&r).contains("changed since it was pinned") && text(&r).contains("secondkey mcp tools accept"), "{r}");
+    assert!(
+        text(&r).contains("changed since it was pinned")
+            && text(&r).contains("secondkey mcp tools accept"),
+        "{r}"
+    );
     assert!(s.runs().is_empty());
     assert!(log.log().decided.is_empty(), "not even decided");
     s.close().await;
@@ -392,10 +533,30 @@ async fn a_hostile_server_floods_writes_garbage_and_crashes() {
     s.send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "flood", "arguments": {}}})).await;
     let r = s.answer(&mut notes).await;
     assert_eq!(text(&r), "flood done", "{r}");
-    assert!(notes.len() < 30000, "a flood is cut to a rate: {} of 30000 relayed", notes.len());
-    let r = s.call(json!(3), "tools/call", json!({"name": "garbage", "arguments": {}})).await;
-    assert_eq!(text(&r), "garbage done", "malformed and over-long lines are dropped, the answer still comes: {r}");
-    let r = s.call(json!(4), "tools/call", json!({"name": "crash", "arguments": {}})).await;
+    assert!(
+        notes.len() < 30000,
+        "a flood is cut to a rate: {} of 30000 relayed",
+        notes.len()
+    );
+    let r = s
+        .call(
+            json!(3),
+            "tools/call",
+            json!({"name": "garbage", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(
+        text(&r),
+        "garbage done",
+        "malformed and over-long lines are dropped, the answer still comes: {r}"
+    );
+    let r = s
+        .call(
+            json!(4),
+            "tools/call",
+            json!({"name": "crash", "arguments": {}}),
+        )
+        .await;
     assert_eq!(r["result"]["isError"], true, "{r}");
     assert!(text(&r).contains("unknown"), "{r}");
     let code = s.close().await;
@@ -403,5 +564,9 @@ async fn a_hostile_server_floods_writes_garbage_and_crashes() {
     let l = log.log();
     let last = l.recorded.last().unwrap();
     assert!(!last.1);
-    assert_eq!(last.2["status"], "unknown", "the crashed call is recorded as unknown: {:?}", l.recorded);
+    assert_eq!(
+        last.2["status"], "unknown",
+        "the crashed call is recorded as unknown: {:?}",
+        l.recorded
+    );
 }
