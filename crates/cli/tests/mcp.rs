@@ -478,3 +478,58 @@ fn http_mode_holds_credentials_and_decides_every_call() {
     assert_eq!(pins.as_array().unwrap().len(), 5, "{pins}");
     let _ = e.dir;
 }
+
+/// The Rust SDK (`rmcp`) as the client, over stdio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_client_over_stdio() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+    use rmcp::ServiceExt;
+
+    let e = start("");
+    let cmd = tokio::process::Command::new(BIN).configure(|c| {
+        c.args(["mcp", "stdio", "--server", "warehouse", "--config"])
+            .arg(&e.stdio_cfg)
+            .arg("--")
+            .arg("python3")
+            .arg(python().join("test_server.py"))
+            .arg("stdio")
+            .env("AGENT_TOKEN", token_of("agent:report-bot"))
+            .env("MCP_TEST_RUNS", &e.runs);
+    });
+    let client =
+        ().serve(TokioChildProcess::new(cmd).unwrap())
+            .await
+            .expect("the handshake through secondkey");
+    let tools = client.list_all_tools().await.unwrap();
+    assert_eq!(tools.len(), 5);
+    let mut args = serde_json::Map::new();
+    args.insert("table".into(), json!("orders"));
+    let r = client
+        .call_tool(CallToolRequestParams::new("read_table").with_arguments(args))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true));
+    assert!(
+        serde_json::to_string(&r.content)
+            .unwrap()
+            .contains("10 rows of orders"),
+        "{r:?}"
+    );
+    let mut args = serde_json::Map::new();
+    args.insert("customer_id".into(), json!(7));
+    let r = client
+        .call_tool(CallToolRequestParams::new("delete_customer").with_arguments(args))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(
+        serde_json::to_string(&r.content)
+            .unwrap()
+            .contains("no-destructive-tools"),
+        "{r:?}"
+    );
+    client.cancel().await.unwrap();
+    assert_eq!(e.runs_of("read_table").len(), 1);
+    assert!(e.runs_of("delete_customer").is_empty());
+}

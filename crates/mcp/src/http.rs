@@ -9,6 +9,9 @@
 //! in-process ([`InProcess`]), so the facts secondkey derives (server,
 //! annotations, pin state) reach policy as gateway facts.
 
+// The error of the request helpers is the HTTP answer itself.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::pin::Pin as StdPin;
 use std::sync::{Arc, Mutex};
@@ -168,6 +171,9 @@ impl Decider for InProcess {
     }
 }
 
+/// Tools as last listed, with their pin standing, by name.
+type Catalog = HashMap<String, (Value, PinState)>;
+
 /// The MCP extension of the gateway: the `/mcp/<server>` endpoints and the
 /// pin API (`/v1/mcp/pins…`, also what stdio mode uses).
 pub struct McpExtension {
@@ -179,7 +185,7 @@ struct Inner {
     servers: HashMap<String, Arc<ServerConfig>>,
     http: reqwest::Client,
     /// Tools as last listed, per server.
-    catalogs: Mutex<HashMap<String, HashMap<String, (Value, PinState)>>>,
+    catalogs: Mutex<HashMap<String, Catalog>>,
     /// Calls being decided or held, by caller, server, session and id.
     deciding: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// The `clientInfo` each handshake-era session declared, by session id.
@@ -639,7 +645,7 @@ fn sse_events(buf: &mut Vec<u8>) -> Vec<String> {
         if !data.is_empty() {
             out.push(data.join("\n"));
         }
-        let rest = norm[end + 2..].as_bytes().to_vec();
+        let rest = norm.as_bytes()[end + 2..].to_vec();
         *buf = rest;
     }
     out

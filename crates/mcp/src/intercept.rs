@@ -241,11 +241,11 @@ impl<D: Decider> Interceptor<D> {
         });
         let reads = action["lineage"]["reads"]
             .as_array()
-            .map(strings)
+            .map(|a| strings(a.as_slice()))
             .unwrap_or_default();
         let writes = action["lineage"]["writes"]
             .as_array()
-            .map(strings)
+            .map(|a| strings(a.as_slice()))
             .unwrap_or_default();
         let decision = match self.decider.decide(action.clone(), facts.clone()).await {
             Ok(d) => d,
@@ -394,7 +394,7 @@ impl<D: Decider> Interceptor<D> {
                 _ = tokio::time::sleep(slice) => {}
             }
             step += 1;
-            if step % self.config.progress_interval.as_secs().max(1) == 0 {
+            if step.is_multiple_of(self.config.progress_interval.as_secs().max(1)) {
                 if let Some((token, tx)) = &w.progress {
                     let note = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
                         "progressToken": token, "progress": step,
@@ -452,7 +452,7 @@ enum Held {
     Failed(DecideError),
 }
 
-fn strings(a: &Vec<Value>) -> Vec<String> {
+fn strings(a: &[Value]) -> Vec<String> {
     a.iter()
         .filter_map(|s| s.as_str().map(str::to_string))
         .collect()

@@ -4,7 +4,7 @@
 //! tests in `crates/cli/tests/mcp.rs` run the same paths through the real
 //! binary and gateway.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
