@@ -4,6 +4,7 @@
 mod client;
 mod demo;
 mod logcmd;
+mod mcpcmd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,9 @@ enum Command {
     /// The PostgreSQL gateway's helpers.
     #[command(subcommand)]
     Pg(PgCmd),
+    /// Put secondkey in front of MCP servers; manage pinned tool definitions.
+    #[command(subcommand)]
+    Mcp(mcpcmd::McpCmd),
 }
 
 #[derive(Subcommand)]
@@ -110,7 +114,7 @@ enum PolicyCmd {
 }
 
 #[derive(Args, Clone)]
-struct Remote {
+pub struct Remote {
     /// The gateway's base URL.
     #[arg(long, env = "SECONDKEY_URL", default_value = "http://127.0.0.1:8750")]
     url: String,
@@ -120,7 +124,7 @@ struct Remote {
 }
 
 impl Remote {
-    fn client(&self) -> Result<Client> {
+    pub fn client(&self) -> Result<Client> {
         let token = self
             .token
             .clone()
@@ -269,7 +273,7 @@ pub fn read_input(path: &Path) -> Result<String> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -311,6 +315,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             remote,
         }) => submit(&file, wait, timeout, &remote),
         Command::Log(l) => logcmd::run(l),
+        Command::Mcp(m) => mcpcmd::run(m),
         Command::Keys(KeysCmd::Generate { name, out }) => {
             let signer = secondkey_log::note::Signer::generate(&name)
                 .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;
@@ -406,7 +411,7 @@ fn policy(cmd: PolicyCmd) -> Result<ExitCode> {
     }
 }
 
-fn print_json(v: &Value) {
+pub fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -539,7 +544,11 @@ fn submit(file: &Path, wait: bool, timeout: u64, remote: &Remote) -> Result<Exit
 fn extensions(
     cfg: &secondkey_server::Config,
 ) -> anyhow::Result<Vec<std::sync::Arc<dyn secondkey_server::Extension>>> {
-    let mut exts: Vec<std::sync::Arc<dyn secondkey_server::Extension>> = Vec::new();
+    // The MCP extension always runs: stdio mode (`secondkey mcp stdio`)
+    // pins tool definitions through its API even without an [mcp] section.
+    let mut exts: Vec<std::sync::Arc<dyn secondkey_server::Extension>> = vec![std::sync::Arc::new(
+        secondkey_mcp::http::McpExtension::from_config(cfg)?,
+    )];
     let mut unclaimed: Vec<&String> = cfg.sections.keys().collect();
     if let Some(ch) =
         secondkey_channels::Channels::from_sections(&cfg.sections, &cfg.env, &cfg.base_dir)?
@@ -556,7 +565,7 @@ fn extensions(
     )? {
         exts.push(std::sync::Arc::new(pg));
     }
-    unclaimed.retain(|k| k.as_str() != "postgres");
+    unclaimed.retain(|k| !["postgres", "mcp"].contains(&k.as_str()));
     if let Some(key) = unclaimed.first() {
         anyhow::bail!(
             "config key `{key}`: this build of secondkey has no {key} support yet; remove the section"

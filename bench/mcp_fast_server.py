@@ -1,0 +1,51 @@
+"""A minimal MCP server for the latency benchmark: it answers at once, so
+that what is measured is what secondkey adds. `stdio`, or `http PORT`
+(HTTP/1.1 keep-alive, JSON answers)."""
+
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+TOOLS = [{"name": "echo", "description": "Returns its argument.", "inputSchema": {"type": "object"},
+          "annotations": {"readOnlyHint": True}}]
+
+
+def answer(msg):
+    mid, method = msg.get("id"), msg.get("method")
+    if mid is None:
+        return None
+    if method == "initialize":
+        r = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "fast", "version": "0"}}
+    elif method == "tools/list":
+        r = {"tools": TOOLS}
+    elif method == "tools/call":
+        r = {"content": [{"type": "text", "text": msg["params"]["arguments"].get("text", "")}]}
+    else:
+        r = {}
+    return {"jsonrpc": "2.0", "id": mid, "result": r}
+
+
+if sys.argv[1] == "stdio":
+    for line in sys.stdin:
+        a = answer(json.loads(line))
+        if a is not None:
+            sys.stdout.write(json.dumps(a) + "\n")
+            sys.stdout.flush()
+else:
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            n = int(self.headers.get("content-length", "0"))
+            a = answer(json.loads(self.rfile.read(n)))
+            body = json.dumps(a).encode() if a is not None else b""
+            self.send_response(200 if a is not None else 202)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), H).serve_forever()

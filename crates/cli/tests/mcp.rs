@@ -1,0 +1,535 @@
+//! Black-box tests of the MCP gateway: the real `secondkey` binary and
+//! gateway, the official MCP Python SDK as client and server, over stdio
+//! (`secondkey mcp stdio`) and Streamable HTTP (`/mcp/<server>`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const MCP_POLICIES: &str = r#"
+@id("agents-read") permit(principal in Group::"agents", action == Action::"mcp.read", resource);
+@id("agents-call") permit(principal in Group::"agents", action == Action::"mcp.call", resource);
+@id("agents-export") permit(principal in Group::"agents", action == Action::"mcp.export", resource);
+@id("export-needs-review")
+@review("data-owners")
+forbid(principal, action == Action::"mcp.export", resource);
+@id("no-destructive-tools") forbid(principal, action == Action::"mcp.delete", resource);
+"#;
+
+/// The `[mcp]` section both modes use (stdio reads it from its own file).
+const MCP_SECTION: &str = r#"
+[mcp]
+hold_seconds = 3
+hold_with_progress_seconds = 30
+progress_interval_seconds = 1
+tool_admins = ["data-owners"]
+"#;
+
+fn tools_section(extra: &str) -> String {
+    format!(
+        "[[mcp.servers]]\nname = \"warehouse\"\n{extra}\n[mcp.servers.tools.export_table]\noperation = \"export\"\nreads = [\"table\"]\nwrites = [\"destination\"]\n[mcp.servers.tools.read_table]\nreads = [\"table\"]\n"
+    )
+}
+
+fn python() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../mcp/tests/python")
+}
+
+fn require_python_mcp() {
+    let ok = Command::new("python3")
+        .args(["-c", "import mcp, httpx2"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests need the official MCP Python SDK: run `python3 -m pip install mcp` (./scripts/test does)"
+    );
+}
+
+struct Env {
+    g: Gateway,
+    dir: PathBuf,
+    runs: PathBuf,
+    stdio_cfg: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn start(gateway_extra: &str) -> Env {
+    require_python_mcp();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let g = Gateway::start_extra(&dir, MCP_POLICIES, &format!("{MCP_SECTION}{gateway_extra}"));
+    let stdio_cfg = dir.join("stdio.toml");
+    std::fs::write(
+        &stdio_cfg,
+        format!(
+            "url = \"{}\"\ntoken_env = \"AGENT_TOKEN\"\n{MCP_SECTION}{}",
+            g.url,
+            tools_section("")
+        ),
+    )
+    .unwrap();
+    Env {
+        g,
+        runs: dir.join("runs.jsonl"),
+        dir,
+        stdio_cfg,
+        _tmp: tmp,
+    }
+}
+
+impl Env {
+    /// The Python SDK client driving `secondkey mcp stdio` in front of the
+    /// Python SDK server; one JSON line per step.
+    fn stdio_client(&self, script: &Value, variant: &str) -> Child {
+        let mut c = Command::new("python3");
+        c.arg(python().join("test_client.py"))
+            .arg(script.to_string())
+            .arg("--stdio")
+            .arg(BIN)
+            .args(["mcp", "stdio", "--server", "warehouse", "--config"])
+            .arg(&self.stdio_cfg)
+            .arg("--")
+            .arg("python3")
+            .arg(python().join("test_server.py"))
+            .arg("stdio")
+            .env("MCP_CLIENT_ENV_AGENT_TOKEN", token_of("agent:report-bot"))
+            .env("MCP_CLIENT_ENV_MCP_TEST_RUNS", &self.runs)
+            .env("MCP_CLIENT_ENV_MCP_TEST_VARIANT", variant)
+            .env(
+                "MCP_CLIENT_ENV_PATH",
+                std::env::var("PATH").unwrap_or_default(),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().expect("python3")
+    }
+
+    fn http_client(&self, script: &Value, url: &str, token: &str) -> Child {
+        Command::new("python3")
+            .arg(python().join("test_client.py"))
+            .arg(script.to_string())
+            .args(["--http", url, token])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3")
+    }
+
+    fn runs(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.runs)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn runs_of(&self, tool: &str) -> Vec<Value> {
+        self.runs()
+            .into_iter()
+            .filter(|r| r["tool"] == tool)
+            .collect()
+    }
+
+    /// Waits for a pending request and approves it as bob (after a while,
+    /// so that a waiting client sees progress).
+    fn approve_next(&self, seen: &mut Vec<String>) -> String {
+        std::thread::sleep(Duration::from_millis(1500));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, v) = self
+                .g
+                .call("GET", "/v1/requests?state=pending", Some("user:bob"), None);
+            assert_eq!(s, 200, "{v}");
+            if let Some(r) = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| !seen.contains(&r["id"].as_str().unwrap().to_string()))
+            {
+                let id = r["id"].as_str().unwrap().to_string();
+                assert_eq!(r["action"]["kind"], "mcp");
+                let (s, v) = self.g.review("user:bob", &id, "approve");
+                assert_eq!(s, 200, "{v}");
+                seen.push(id.clone());
+                return id;
+            }
+            assert!(Instant::now() < deadline, "no pending request appeared");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn outputs(child: Child) -> Vec<Value> {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "client failed: {stdout}\n{stderr}");
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("{l}\n{stderr}")))
+        .collect()
+}
+
+fn steps(mode: &str, steps: Value) -> Value {
+    json!({"mode": mode, "steps": steps})
+}
+
+fn check_allow_and_deny(e: &Env, out: &[Value]) {
+    assert_eq!(out[0]["tools"].as_array().unwrap().len(), 5, "{out:?}");
+    assert_eq!(out[1]["text"], "10 rows of orders", "{out:?}");
+    assert_eq!(out[1]["isError"], false);
+    assert_eq!(out[2]["isError"], true, "{out:?}");
+    let t = out[2]["text"].as_str().unwrap();
+    assert!(
+        t.contains("no-destructive-tools") && t.contains("act_") && t.contains("Nothing ran"),
+        "{t}"
+    );
+    assert!(e.runs_of("delete_customer").is_empty());
+}
+
+#[test]
+fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
+    let e = start("");
+    for mode in ["legacy", "auto"] {
+        let out = outputs(e.stdio_client(
+            &steps(
+                mode,
+                json!([{"list": true}, {"call": "read_table", "args": {"table": "orders"}},
+                                {"call": "delete_customer", "args": {"customer_id": 7}}]),
+            ),
+            "",
+        ));
+        check_allow_and_deny(&e, &out);
+    }
+    assert_eq!(e.runs_of("read_table").len(), 2, "one run per allowed call");
+    let (s, v) = e.g.call(
+        "GET",
+        "/v1/lineage?principal=agent:report-bot",
+        Some("agent:report-bot"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v.to_string().contains("mcp://warehouse/orders"),
+        "lineage from the `table` argument: {v}"
+    );
+    let (s, v) = e.g.call(
+        "GET",
+        "/v1/mcp/pins?server=warehouse",
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        5,
+        "every listed tool is pinned: {v}"
+    );
+}
+
+#[test]
+fn stdio_held_call_runs_once_after_approval_and_changed_arguments_do_not() {
+    let e = start("");
+    let mut seen = Vec::new();
+    let export = json!({"call": "export_table", "args": {"table": "customers", "destination": "s3://reports/c.csv"}, "progress": true});
+    let client = e.stdio_client(&steps("auto", json!([{"list": true}, export])), "");
+    e.approve_next(&mut seen);
+    let out = outputs(client);
+    assert_eq!(
+        out[1]["text"], "exported customers to s3://reports/c.csv",
+        "{out:?}"
+    );
+    assert!(
+        !out[1]["progress"].as_array().unwrap().is_empty(),
+        "progress while held: {out:?}"
+    );
+    assert_eq!(e.runs_of("export_table").len(), 1, "ran exactly once");
+
+    // No progress token: the call returns after hold_seconds, telling the
+    // agent the request id; approved, the identical call runs once.
+    let quiet = json!({"call": "export_table", "args": {"table": "customers", "destination": "s3://reports/c.csv"}});
+    let out = outputs(e.stdio_client(&steps("legacy", json!([quiet])), ""));
+    let t = out[0]["text"].as_str().unwrap();
+    assert!(
+        out[0]["isError"] == true && t.contains("req_") && t.contains("exactly the same arguments"),
+        "{t}"
+    );
+    assert_eq!(
+        e.runs_of("export_table").len(),
+        1,
+        "the held call did not run"
+    );
+    let id = e.approve_next(&mut seen);
+    assert!(t.contains(&id), "the message names the request: {t}");
+    let changed = json!({"call": "export_table", "args": {"table": "orders", "destination": "s3://reports/c.csv"}});
+    let out = outputs(e.stdio_client(&steps("legacy", json!([changed, quiet, quiet])), ""));
+    assert_eq!(
+        out[0]["isError"], true,
+        "changed arguments are a new request, not the approved one: {out:?}"
+    );
+    assert_eq!(
+        out[1]["text"], "exported customers to s3://reports/c.csv",
+        "{out:?}"
+    );
+    assert_eq!(
+        out[2]["isError"], true,
+        "the approval was used once: {out:?}"
+    );
+    let exports = e.runs_of("export_table");
+    assert_eq!(exports.len(), 2, "{exports:?}");
+    assert!(
+        exports.iter().all(|r| r["args"]["table"] == "customers"),
+        "orders never ran: {exports:?}"
+    );
+}
+
+#[test]
+fn stdio_changed_tool_definition_is_held_until_a_human_accepts_it() {
+    let e = start("");
+    let echo = json!({"call": "echo", "args": {"text": "hi"}});
+    let out = outputs(e.stdio_client(&steps("legacy", json!([{"list": true}, echo])), ""));
+    assert_eq!(out[1]["text"], "hi");
+    // The server now describes `echo` differently (a "rug pull").
+    let out = outputs(e.stdio_client(&steps("legacy", json!([{"list": true}, echo])), "changed"));
+    let t = out[1]["text"].as_str().unwrap();
+    assert!(
+        out[1]["isError"] == true && t.contains("changed since it was pinned"),
+        "{t}"
+    );
+    assert_eq!(e.runs_of("echo").len(), 1, "the changed tool did not run");
+    let fp = t
+        .split("--fingerprint ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('`')
+        .to_string();
+    let accept = [
+        "mcp",
+        "tools",
+        "accept",
+        "--server",
+        "warehouse",
+        "--tool",
+        "echo",
+        "--fingerprint",
+        &fp,
+    ];
+    let (code, _, err) = e.g.cli(&accept, Some("agent:report-bot"));
+    assert_ne!(code, 0, "an agent cannot accept a definition");
+    assert!(err.contains("not_tool_admin"), "{err}");
+    let (code, out_s, err) = e.g.cli(&accept, Some("user:bob"));
+    assert_eq!(code, 0, "{out_s}{err}");
+    let out = outputs(e.stdio_client(&steps("legacy", json!([{"list": true}, echo])), "changed"));
+    assert_eq!(out[1]["text"], "hi", "accepted: it runs again: {out:?}");
+    let (_, pins) = e.g.call(
+        "GET",
+        "/v1/mcp/pins?server=warehouse",
+        Some("user:bob"),
+        None,
+    );
+    let p = pins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tool"] == "echo")
+        .unwrap();
+    assert_eq!(p["accepted_by"], "user:bob");
+    assert_eq!(p["fingerprint"], fp);
+}
+
+struct Upstream {
+    child: Child,
+    url: String,
+    headers: PathBuf,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn upstream(dir: &Path, runs: &Path) -> Upstream {
+    let port = free_port();
+    let headers = dir.join("upstream-headers.jsonl");
+    let child = Command::new("python3")
+        .arg(python().join("test_server.py"))
+        .args(["http", &port.to_string()])
+        .env("MCP_TEST_RUNS", runs)
+        .env("MCP_TEST_UPSTREAM_TOKEN", "upstream-secret")
+        .env("MCP_TEST_HEADERS", &headers)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream MCP server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Upstream {
+        child,
+        url: format!("http://127.0.0.1:{port}/mcp"),
+        headers,
+    }
+}
+
+#[test]
+fn http_mode_holds_credentials_and_decides_every_call() {
+    require_python_mcp();
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs.jsonl");
+    let up = upstream(tmp.path(), &runs);
+    std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
+    let header = format!(
+        "url = \"{}\"\nheaders = [{{ name = \"Authorization\", value_file = \"{}\", prefix = \"Bearer \" }}]",
+        up.url,
+        tmp.path().join("upstream.token").display()
+    );
+    let mut e = start(&tools_section(&header));
+    e.runs = runs;
+    let url = format!("{}/mcp/warehouse", e.g.url);
+    let agent = token_of("agent:report-bot");
+    for mode in ["legacy", "auto"] {
+        let out = outputs(e.http_client(
+            &steps(
+                mode,
+                json!([{"list": true}, {"call": "read_table", "args": {"table": "orders"}},
+                                {"call": "delete_customer", "args": {"customer_id": 7}}]),
+            ),
+            &url,
+            &agent,
+        ));
+        check_allow_and_deny(&e, &out);
+    }
+    let mut seen = Vec::new();
+    let export = json!({"call": "export_table", "args": {"table": "customers", "destination": "s3://reports/c.csv"}, "progress": true});
+    let client = e.http_client(
+        &steps("legacy", json!([{"list": true}, export])),
+        &url,
+        &agent,
+    );
+    e.approve_next(&mut seen);
+    let out = outputs(client);
+    assert_eq!(
+        out[1]["text"], "exported customers to s3://reports/c.csv",
+        "{out:?}"
+    );
+    assert!(
+        !out[1]["progress"].as_array().unwrap().is_empty(),
+        "{out:?}"
+    );
+    assert_eq!(e.runs_of("export_table").len(), 1);
+
+    // The upstream saw secondkey's credential, never the agent's token.
+    let seen_headers = std::fs::read_to_string(&up.headers).unwrap();
+    assert!(seen_headers.contains("Bearer upstream-secret"));
+    assert!(
+        !seen_headers.contains(&agent),
+        "the agent's token never reaches the upstream"
+    );
+    // An unauthenticated caller gets nothing.
+    let (s, _) = e.g.raw(
+        "POST",
+        "/mcp/warehouse",
+        None,
+        "application/json",
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
+    assert_eq!(s, 401);
+    // Nor a malformed message, nor an unknown server.
+    let (s, v) = e.g.raw(
+        "POST",
+        "/mcp/warehouse",
+        Some("agent:report-bot"),
+        "application/json",
+        b"{nope",
+    );
+    assert_eq!((s, v["error"]["code"].clone()), (400, json!(-32700)), "{v}");
+    let (s, _) = e.g.raw(
+        "POST",
+        "/mcp/elsewhere",
+        Some("agent:report-bot"),
+        "application/json",
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
+    assert_eq!(s, 404);
+    // Pins came from the upstream listing.
+    let (_, pins) = e.g.call(
+        "GET",
+        "/v1/mcp/pins?server=warehouse",
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(pins.as_array().unwrap().len(), 5, "{pins}");
+    let _ = e.dir;
+}
+
+/// The Rust SDK (`rmcp`) as the client, over stdio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_client_over_stdio() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+    use rmcp::ServiceExt;
+
+    let e = start("");
+    let cmd = tokio::process::Command::new(BIN).configure(|c| {
+        c.args(["mcp", "stdio", "--server", "warehouse", "--config"])
+            .arg(&e.stdio_cfg)
+            .arg("--")
+            .arg("python3")
+            .arg(python().join("test_server.py"))
+            .arg("stdio")
+            .env("AGENT_TOKEN", token_of("agent:report-bot"))
+            .env("MCP_TEST_RUNS", &e.runs);
+    });
+    let client =
+        ().serve(TokioChildProcess::new(cmd).unwrap())
+            .await
+            .expect("the handshake through secondkey");
+    let tools = client.list_all_tools().await.unwrap();
+    assert_eq!(tools.len(), 5);
+    let mut args = serde_json::Map::new();
+    args.insert("table".into(), json!("orders"));
+    let r = client
+        .call_tool(CallToolRequestParams::new("read_table").with_arguments(args))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true));
+    assert!(
+        serde_json::to_string(&r.content)
+            .unwrap()
+            .contains("10 rows of orders"),
+        "{r:?}"
+    );
+    let mut args = serde_json::Map::new();
+    args.insert("customer_id".into(), json!(7));
+    let r = client
+        .call_tool(CallToolRequestParams::new("delete_customer").with_arguments(args))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(
+        serde_json::to_string(&r.content)
+            .unwrap()
+            .contains("no-destructive-tools"),
+        "{r:?}"
+    );
+    client.cancel().await.unwrap();
+    assert_eq!(e.runs_of("read_table").len(), 1);
+    assert!(e.runs_of("delete_customer").is_empty());
+}

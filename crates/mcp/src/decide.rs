@@ -1,0 +1,316 @@
+//! How the MCP adapter asks the gateway: [`Decider`], with two
+//! implementations — [`RestDecider`] (stdio mode, a separate process that
+//! talks to a running gateway over its REST API) and the in-process one of
+//! HTTP mode (`http::InProcess`), which calls the gateway directly.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// An authorization to run one call now, once; already used up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// `act_…`, or the request id of an approved call.
+    pub id: String,
+    pub request_id: Option<String>,
+    /// The action's digest.
+    pub digest: String,
+    pub approvers: Vec<String>,
+}
+
+/// What the gateway decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Run(Run),
+    Deny {
+        id: String,
+        reasons: Vec<Value>,
+    },
+    Held {
+        request_id: String,
+        url: String,
+        /// The identical call was already pending.
+        reused: bool,
+        required: Vec<Value>,
+    },
+}
+
+/// A tool definition's standing against its pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum PinState {
+    /// The definition is the pinned (accepted) one; `new` when this
+    /// observation pinned it.
+    Pinned {
+        #[serde(default)]
+        new: bool,
+    },
+    /// It differs from the pinned one, and no human has accepted it yet.
+    Changed { pinned: String },
+}
+
+/// The gateway could not be asked, or refused the question: nothing runs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct DecideError {
+    pub code: String,
+    pub message: String,
+}
+
+impl DecideError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        DecideError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The gateway, as the adapter uses it.
+pub trait Decider: Send + Sync + 'static {
+    /// Decides and records a call; a `Run` is already used up.
+    fn decide(
+        &self,
+        action: Value,
+        facts: Map<String, Value>,
+    ) -> impl Future<Output = Result<Decision, DecideError>> + Send;
+    /// Waits up to `timeout` for a request to leave `pending`; its state.
+    fn wait(
+        &self,
+        request_id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<String, DecideError>> + Send;
+    /// Uses the approval of request `request_id` for exactly this action.
+    fn run_approved(
+        &self,
+        request_id: &str,
+        action: Value,
+        facts: Map<String, Value>,
+    ) -> impl Future<Output = Result<Decision, DecideError>> + Send;
+    /// The client gave up on a held call.
+    fn withdraw(&self, request_id: &str) -> impl Future<Output = Result<(), DecideError>> + Send;
+    /// Records how a run went.
+    fn record(
+        &self,
+        run: &Run,
+        ok: bool,
+        summary: Value,
+        reads: Vec<String>,
+        writes: Vec<String>,
+    ) -> impl Future<Output = Result<(), DecideError>> + Send;
+    /// Compares listed definitions with their pins, pinning new tools.
+    fn observe(
+        &self,
+        server: &str,
+        tools: Vec<Value>,
+    ) -> impl Future<Output = Result<Vec<(String, PinState)>, DecideError>> + Send;
+}
+
+/// Stdio mode: a running gateway, over REST with the agent's own token.
+#[derive(Clone)]
+pub struct RestDecider {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl RestDecider {
+    pub fn new(base: &str, token: &str) -> Result<RestDecider, DecideError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| DecideError::new("client", e.to_string()))?;
+        Ok(RestDecider {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, DecideError> {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(b).unwrap_or_default());
+        }
+        let resp = r.send().await.map_err(|e| {
+            DecideError::new(
+                "gateway_unreachable",
+                format!("cannot reach the secondkey gateway at {}: {e}", self.base),
+            )
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| DecideError::new("gateway_unreachable", e.to_string()))?;
+        let v: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if status.is_success() {
+            return Ok(v);
+        }
+        let code = v["error"]["code"]
+            .as_str()
+            .unwrap_or("gateway_error")
+            .to_string();
+        let message = v["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("the gateway answered {status}"));
+        Err(DecideError { code, message })
+    }
+}
+
+/// Reads `POST /v1/actions?execute=true`'s answer.
+pub fn decision_from_response(v: &Value) -> Result<Decision, DecideError> {
+    let reasons = v["reasons"].as_array().cloned().unwrap_or_default();
+    match v["decision"].as_str() {
+        Some("allow") | Some("review") if v.get("execution").is_some_and(|e| e.is_object()) => {
+            let x = &v["execution"];
+            Ok(Decision::Run(Run {
+                id: x["id"].as_str().unwrap_or_default().to_string(),
+                request_id: x["request_id"].as_str().map(str::to_string),
+                digest: v["digest"].as_str().unwrap_or_default().to_string(),
+                approvers: x["approvers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }))
+        }
+        Some("deny") => Ok(Decision::Deny {
+            id: v["id"].as_str().unwrap_or_default().to_string(),
+            reasons,
+        }),
+        Some("review") => Ok(Decision::Held {
+            request_id: v["request"]["id"].as_str().unwrap_or_default().to_string(),
+            url: v["request"]["url"].as_str().unwrap_or_default().to_string(),
+            reused: v["request"]["reused"].as_bool().unwrap_or(false),
+            required: v["request"]["required"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        }),
+        _ => Err(DecideError::new(
+            "gateway_error",
+            "the gateway's answer carries no usable decision (does it support ?execute=true?)",
+        )),
+    }
+}
+
+impl Decider for RestDecider {
+    async fn decide(
+        &self,
+        action: Value,
+        facts: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
+        let mut action = action;
+        crate::action::declare_facts(&mut action, facts);
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/actions?execute=true",
+                Some(&action),
+            )
+            .await?;
+        decision_from_response(&v)
+    }
+
+    async fn wait(&self, request_id: &str, timeout: Duration) -> Result<String, DecideError> {
+        let secs = timeout.as_secs().max(1);
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/requests/{request_id}?wait={secs}"),
+                None,
+            )
+            .await?;
+        Ok(v["state"].as_str().unwrap_or("unknown").to_string())
+    }
+
+    async fn run_approved(
+        &self,
+        _request_id: &str,
+        action: Value,
+        facts: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
+        // The identical action again: the gateway uses this requester's
+        // approved request with the same digest, once.
+        self.decide(action, facts).await
+    }
+
+    async fn withdraw(&self, request_id: &str) -> Result<(), DecideError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/requests/{request_id}/withdraw"),
+            Some(&json!({})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn record(
+        &self,
+        run: &Run,
+        ok: bool,
+        summary: Value,
+        reads: Vec<String>,
+        writes: Vec<String>,
+    ) -> Result<(), DecideError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/executions/{}/result", run.id),
+            Some(&json!({"ok": ok, "summary": summary, "reads": reads, "writes": writes})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn observe(
+        &self,
+        server: &str,
+        tools: Vec<Value>,
+    ) -> Result<Vec<(String, PinState)>, DecideError> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/mcp/pins/observe",
+                Some(&json!({"server": server, "tools": tools})),
+            )
+            .await?;
+        parse_observed(&v)
+    }
+}
+
+/// Reads the answer of `POST /v1/mcp/pins/observe`.
+pub fn parse_observed(v: &Value) -> Result<Vec<(String, PinState)>, DecideError> {
+    let list = v["tools"]
+        .as_array()
+        .ok_or_else(|| DecideError::new("gateway_error", "no `tools` in the pin answer"))?;
+    list.iter()
+        .map(|t| {
+            let name = t["name"].as_str().unwrap_or_default().to_string();
+            let st: PinState = serde_json::from_value(t["pin"].clone())
+                .map_err(|e| DecideError::new("gateway_error", format!("pin state: {e}")))?;
+            Ok((name, st))
+        })
+        .collect()
+}

@@ -1,0 +1,86 @@
+//! Newline-delimited framing (the MCP stdio transport) with a size limit,
+//! so that a peer cannot make secondkey buffer an endless line.
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// One read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A line is in the buffer (without its newline).
+    Line,
+    /// A line longer than the limit was skipped; its length so far.
+    TooLong(usize),
+    /// The peer closed the stream.
+    Eof,
+}
+
+/// Reads the next line into `buf` (cleared first), at most `max` bytes;
+/// a longer line is read to its end and discarded.
+pub async fn read_frame<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Frame> {
+    buf.clear();
+    let mut seen = 0usize;
+    let mut overflow = false;
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(if overflow {
+                Frame::TooLong(seen)
+            } else if buf.is_empty() {
+                Frame::Eof
+            } else {
+                Frame::Line
+            });
+        }
+        let (chunk, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (&avail[..i], Some(i + 1)),
+            None => (avail, None),
+        };
+        seen += chunk.len();
+        if !overflow {
+            if buf.len() + chunk.len() > max {
+                overflow = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let used = done.unwrap_or(avail.len());
+        r.consume(used);
+        if done.is_some() {
+            if overflow {
+                return Ok(Frame::TooLong(seen));
+            }
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(Frame::Line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_limits_and_eof() {
+        let data = b"{\"a\":1}\r\nxxxxxxxxxxxxxxxxxxxx\n{\"b\":2}\nlast".to_vec();
+        let mut r = tokio::io::BufReader::with_capacity(4, &data[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Line);
+        assert_eq!(buf, b"{\"a\":1}");
+        assert_eq!(
+            read_frame(&mut r, 10, &mut buf).await.unwrap(),
+            Frame::TooLong(20)
+        );
+        assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Line);
+        assert_eq!(buf, b"{\"b\":2}");
+        assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Line);
+        assert_eq!(buf, b"last");
+        assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Eof);
+    }
+}

@@ -1,0 +1,251 @@
+//! JSON-RPC 2.0 messages as MCP uses them: one object per message, parsed
+//! strictly (a repeated key is refused, so secondkey and the server cannot
+//! read two different calls out of one message), with a size limit.
+
+use serde_json::{json, Map, Value};
+
+/// JSON-RPC's standard error codes.
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
+
+/// One JSON-RPC message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub value: Map<String, Value>,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+}
+
+/// Why a message was refused, as the JSON-RPC error to answer with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    pub code: i64,
+    pub message: String,
+    /// The id, when the message had a usable one.
+    pub id: Option<Value>,
+}
+
+impl Refused {
+    /// The JSON-RPC error response for this refusal.
+    pub fn response(&self) -> Value {
+        error_response(
+            self.id.clone().unwrap_or(Value::Null),
+            self.code,
+            &self.message,
+        )
+    }
+}
+
+/// A JSON-RPC error response.
+pub fn error_response(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// A JSON-RPC result response.
+pub fn result_response(id: Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// Whether `id` is a valid request id: a string or an integer (MCP forbids
+/// null ids).
+fn valid_id(id: &Value) -> bool {
+    id.is_string() || id.as_i64().is_some() || id.as_u64().is_some()
+}
+
+/// A map key for an id: `1` and `"1"` are different ids.
+pub fn id_key(id: &Value) -> String {
+    id.to_string()
+}
+
+impl Message {
+    /// Parses one message of at most `max` bytes.
+    pub fn parse(bytes: &[u8], max: usize) -> Result<Message, Refused> {
+        if bytes.len() > max {
+            return Err(Refused {
+                code: INVALID_REQUEST,
+                message: format!(
+                    "the message is {} bytes; secondkey relays at most {max} (mcp.max_message_bytes)",
+                    bytes.len()
+                ),
+                id: None,
+            });
+        }
+        let v = secondkey_core::action::parse_json_strict(bytes).map_err(|e| Refused {
+            code: PARSE_ERROR,
+            message: format!("not a JSON-RPC message: {e}"),
+            id: None,
+        })?;
+        Self::from_value(v)
+    }
+
+    /// Classifies a parsed value.
+    pub fn from_value(v: Value) -> Result<Message, Refused> {
+        let obj = match v {
+            Value::Object(m) => m,
+            Value::Array(_) => {
+                return Err(Refused {
+                    code: INVALID_REQUEST,
+                    message: "JSON-RPC batches are not part of MCP; send one message at a time"
+                        .into(),
+                    id: None,
+                })
+            }
+            _ => {
+                return Err(Refused {
+                    code: INVALID_REQUEST,
+                    message: "a JSON-RPC message is a JSON object".into(),
+                    id: None,
+                })
+            }
+        };
+        let id = obj.get("id").cloned();
+        let usable_id = id.clone().filter(valid_id);
+        let refuse = |message: &str| Refused {
+            code: INVALID_REQUEST,
+            message: message.to_string(),
+            id: usable_id.clone(),
+        };
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return Err(refuse("`jsonrpc` must be \"2.0\""));
+        }
+        let kind = match (obj.get("method"), &id) {
+            (Some(Value::String(_)), None) => Kind::Notification,
+            (Some(Value::String(_)), Some(id)) => {
+                if !valid_id(id) {
+                    return Err(refuse("a request id is a string or an integer"));
+                }
+                Kind::Request
+            }
+            (Some(_), _) => return Err(refuse("`method` must be a string")),
+            (None, Some(id)) => {
+                let n = usize::from(obj.contains_key("result"))
+                    + usize::from(obj.contains_key("error"));
+                if n != 1 {
+                    return Err(refuse("a response has exactly one of `result` or `error`"));
+                }
+                if !valid_id(id) && !id.is_null() {
+                    return Err(refuse("a response id is a string or an integer"));
+                }
+                Kind::Response
+            }
+            (None, None) => return Err(refuse("neither a request, a notification nor a response")),
+        };
+        if let Some(p) = obj.get("params") {
+            if !p.is_object() && !p.is_array() {
+                return Err(refuse("`params` must be an object"));
+            }
+        }
+        Ok(Message { value: obj, kind })
+    }
+
+    pub fn id(&self) -> Option<&Value> {
+        self.value.get("id")
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        self.value.get("method").and_then(Value::as_str)
+    }
+
+    pub fn params(&self) -> Option<&Map<String, Value>> {
+        self.value.get("params").and_then(Value::as_object)
+    }
+
+    pub fn result(&self) -> Option<&Value> {
+        self.value.get("result")
+    }
+
+    /// The message as one JSON line (no trailing newline).
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(&self.value).unwrap_or_default()
+    }
+}
+
+/// The `_meta.progressToken` of a request's params, if the client asked for
+/// progress notifications.
+pub fn progress_token(params: Option<&Map<String, Value>>) -> Option<Value> {
+    params?
+        .get("_meta")?
+        .get("progressToken")
+        .filter(|t| t.is_string() || t.is_i64() || t.is_u64())
+        .cloned()
+}
+
+/// The protocol version a stateless (2026-07-28 and later) request carries
+/// in `_meta`; `None` for the handshake era.
+pub fn request_protocol_version(params: Option<&Map<String, Value>>) -> Option<&str> {
+    params?
+        .get("_meta")?
+        .get("io.modelcontextprotocol/protocolVersion")?
+        .as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Message, Refused> {
+        Message::parse(s.as_bytes(), 1024)
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(
+            p(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+                .unwrap()
+                .kind,
+            Kind::Request
+        );
+        assert_eq!(
+            p(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+                .unwrap()
+                .kind,
+            Kind::Notification
+        );
+        assert_eq!(
+            p(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap().kind,
+            Kind::Response
+        );
+    }
+
+    #[test]
+    fn malformed_is_refused_with_the_right_code() {
+        assert_eq!(p("{not json").unwrap_err().code, PARSE_ERROR);
+        let dup = p(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}"#);
+        assert_eq!(
+            dup.unwrap_err().code,
+            PARSE_ERROR,
+            "a repeated key could hide a second call"
+        );
+        assert_eq!(
+            p(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)
+                .unwrap_err()
+                .code,
+            INVALID_REQUEST
+        );
+        let e = p(r#"{"jsonrpc":"1.0","id":7,"method":"ping"}"#).unwrap_err();
+        assert_eq!((e.code, e.id), (INVALID_REQUEST, Some(json!(7))));
+        assert!(p(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).is_err());
+        assert!(p(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#).is_err());
+        assert!(p(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#).is_err());
+        assert!(p(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#).is_err());
+        let big = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#,
+            "x".repeat(2000)
+        );
+        assert!(p(&big).unwrap_err().message.contains("at most 1024"));
+    }
+
+    #[test]
+    fn ids_of_different_types_differ() {
+        assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
+    }
+}

@@ -1,0 +1,708 @@
+//! Stdio mode: secondkey runs as the MCP server the client launched, starts
+//! the real server as its child, and relays newline-delimited JSON-RPC both
+//! ways. Everything passes through byte for byte except what it decides:
+//! `tools/call` requests (decided first, and forwarded as the exact JSON
+//! that was digested), `tools/list` results (observed for pinning), and
+//! cancellations of calls it is still holding (the request is withdrawn).
+//!
+//! One task reads the client, one reads the server; a decision runs in its
+//! own task so that a held call does not stop the rest of the session.
+//! Writes to each side go through one writer task, so lines never
+//! interleave.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::McpConfig;
+use crate::decide::{Decider, PinState};
+use crate::frame::{read_frame, Frame};
+use crate::intercept::{tool_error, Forward, Interceptor, Outcome, Plan, Waiting};
+use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
+use crate::tools;
+
+/// Server notifications relayed per second at most; a flood beyond that is
+/// dropped (and reported on stderr) so it cannot starve the session.
+pub const MAX_NOTIFICATIONS_PER_SECOND: u32 = 2000;
+
+/// A client request the server has not answered yet.
+enum Pending {
+    Plain,
+    ToolsList,
+    ToolsCall(Forward),
+}
+
+#[derive(Default)]
+struct State {
+    /// Client requests forwarded to the server, by id.
+    inflight: HashMap<String, Pending>,
+    /// `tools/call`s being decided or held, by id: their cancel switch.
+    deciding: HashMap<String, watch::Sender<bool>>,
+    /// The tools as last listed, with their pin standing.
+    catalog: HashMap<String, (Value, PinState)>,
+    client_info: Option<Value>,
+    /// secondkey's own requests to the server (listing a tool the client
+    /// calls without having listed it).
+    own: HashMap<String, oneshot::Sender<Value>>,
+    next_own: u64,
+    /// The server is gone: nothing more can be forwarded.
+    server_gone: bool,
+}
+
+struct Relay<D: Decider> {
+    icp: Interceptor<D>,
+    state: Mutex<State>,
+    to_client: mpsc::Sender<String>,
+    to_server: mpsc::Sender<String>,
+    session: String,
+    max_message: usize,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn writer<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<String>,
+    close: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let line = tokio::select! {
+            l = rx.recv() => match l {
+                Some(l) => l,
+                None => break,
+            },
+            _ = close.notified() => break,
+        };
+        let mut buf = line.into_bytes();
+        buf.push(b'\n');
+        if w.write_all(&buf).await.is_err() {
+            break;
+        }
+        // Flush whenever the queue is drained, not per line.
+        if rx.is_empty() && w.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+}
+
+/// Runs the relay until the client closes its end (or the server exits);
+/// returns the server's exit code.
+pub async fn run<D, R, W>(
+    icp: Interceptor<D>,
+    command: &[String],
+    client_in: R,
+    client_out: W,
+) -> anyhow::Result<i32>
+where
+    D: Decider,
+    R: AsyncBufRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    use anyhow::Context;
+    let (program, args) = command
+        .split_first()
+        .context("no server command given: put it after `--`")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start the MCP server {program:?}"))?;
+    let server_in = child.stdin.take().context("no stdin for the server")?;
+    let server_out = child.stdout.take().context("no stdout from the server")?;
+    let (to_client, client_rx) = mpsc::channel::<String>(256);
+    let (to_server, server_rx) = mpsc::channel::<String>(256);
+    let close_server = Arc::new(tokio::sync::Notify::new());
+    let client_writer = tokio::spawn(writer(
+        client_out,
+        client_rx,
+        Arc::new(tokio::sync::Notify::new()),
+    ));
+    let server_writer = tokio::spawn(writer(server_in, server_rx, close_server.clone()));
+    let max_message = icp.config.max_message_bytes;
+    let relay = Arc::new(Relay {
+        icp,
+        state: Mutex::new(State::default()),
+        to_client,
+        to_server,
+        session: session_id(),
+        max_message,
+    });
+
+    let from_server = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            relay
+                .read_server(tokio::io::BufReader::with_capacity(64 * 1024, server_out))
+                .await
+        })
+    };
+    let from_client = {
+        let relay = relay.clone();
+        tokio::spawn(async move { relay.read_client(client_in).await })
+    };
+
+    // Whichever side ends first ends the session.
+    let mut from_server = from_server;
+    let mut from_client = from_client;
+    tokio::select! {
+        _ = &mut from_client => {
+            // The client closed stdin: close the server's, as the MCP stdio
+            // transport prescribes, and give it a moment to exit.
+            relay.close_server();
+            close_server.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut from_server).await;
+        }
+        _ = &mut from_server => {
+            from_client.abort();
+        }
+    }
+    relay
+        .fail_all("the session ended before the server answered")
+        .await;
+    let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+        Ok(Ok(s)) => s.code().unwrap_or(1),
+        _ => {
+            let _ = child.kill().await;
+            1
+        }
+    };
+    drop(relay);
+    let _ = tokio::time::timeout(Duration::from_secs(5), client_writer).await;
+    server_writer.abort();
+    Ok(status)
+}
+
+fn session_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::getrandom(&mut b);
+    format!("mcp_{}", hex::encode(b))
+}
+
+impl<D: Decider> Relay<D> {
+    fn close_server(&self) {
+        let mut st = lock(&self.state);
+        st.server_gone = true;
+    }
+
+    async fn send_client(&self, v: &Value) {
+        let _ = self.to_client.send(v.to_string()).await;
+    }
+
+    async fn read_client<R: AsyncBufRead + Unpin>(self: &Arc<Self>, mut r: R) {
+        let mut buf = Vec::new();
+        loop {
+            match read_frame(&mut r, self.max_message, &mut buf).await {
+                Ok(Frame::Eof) | Err(_) => return,
+                Ok(Frame::TooLong(n)) => {
+                    self.send_client(&error_response(
+                        Value::Null,
+                        jsonrpc::INVALID_REQUEST,
+                        &format!(
+                            "a message of {n} bytes or more was refused: secondkey relays at most {} (mcp.max_message_bytes); nothing was forwarded",
+                            self.max_message
+                        ),
+                    ))
+                    .await;
+                }
+                Ok(Frame::Line) => {
+                    if buf.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    self.from_client_line(&buf).await;
+                }
+            }
+        }
+    }
+
+    async fn from_client_line(self: &Arc<Self>, line: &[u8]) {
+        let msg = match Message::parse(line, self.max_message) {
+            Ok(m) => m,
+            Err(e) => {
+                // Not forwarded: the server must never act on a message
+                // secondkey could not read the same way.
+                self.send_client(&e.response()).await;
+                return;
+            }
+        };
+        match msg.kind {
+            Kind::Request => self.client_request(msg, line).await,
+            Kind::Notification => {
+                if msg.method() == Some("notifications/cancelled") {
+                    let target = msg.params().and_then(|p| p.get("requestId")).map(id_key);
+                    let held = target.is_some_and(|k| {
+                        let st = lock(&self.state);
+                        match st.deciding.get(&k) {
+                            // The server never saw this call: withdraw it
+                            // here and tell the server nothing.
+                            Some(cancel) => {
+                                let _ = cancel.send(true);
+                                true
+                            }
+                            None => false,
+                        }
+                    });
+                    if held {
+                        return;
+                    }
+                }
+                self.forward_raw(line).await;
+            }
+            Kind::Response => self.forward_raw(line).await,
+        }
+    }
+
+    async fn forward_raw(&self, line: &[u8]) {
+        let _ = self
+            .to_server
+            .send(String::from_utf8_lossy(line).into_owned())
+            .await;
+    }
+
+    async fn client_request(self: &Arc<Self>, msg: Message, line: &[u8]) {
+        let Some(id) = msg.id().cloned() else { return };
+        let key = id_key(&id);
+        let method = msg.method().unwrap_or_default().to_string();
+        enum Next {
+            Duplicate,
+            Gone,
+            Decide(watch::Receiver<bool>),
+            Forward,
+        }
+        let next = {
+            let mut st = lock(&self.state);
+            if st.inflight.contains_key(&key) || st.deciding.contains_key(&key) {
+                Next::Duplicate
+            } else if st.server_gone {
+                Next::Gone
+            } else {
+                let params = msg.params();
+                let declared = match method.as_str() {
+                    "initialize" => params.and_then(|p| p.get("clientInfo")).cloned(),
+                    _ => params
+                        .and_then(|p| p.get("_meta"))
+                        .and_then(|m| m.get("io.modelcontextprotocol/clientInfo"))
+                        .cloned(),
+                };
+                if declared.is_some() {
+                    st.client_info = declared;
+                }
+                match method.as_str() {
+                    "tools/call" => {
+                        let (tx, rx) = watch::channel(false);
+                        st.deciding.insert(key.clone(), tx);
+                        Next::Decide(rx)
+                    }
+                    "tools/list" => {
+                        st.inflight.insert(key, Pending::ToolsList);
+                        Next::Forward
+                    }
+                    _ => {
+                        st.inflight.insert(key, Pending::Plain);
+                        Next::Forward
+                    }
+                }
+            }
+        };
+        match next {
+            Next::Duplicate => {
+                self.send_client(&error_response(
+                    id,
+                    jsonrpc::INVALID_REQUEST,
+                    "a request with this id is still in progress; ids must be unique within a session. This one was not forwarded",
+                ))
+                .await;
+            }
+            Next::Gone => {
+                self.send_client(&error_response(
+                    id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "the MCP server has exited",
+                ))
+                .await;
+            }
+            Next::Decide(rx) => {
+                let relay = self.clone();
+                tokio::spawn(async move { relay.tools_call(msg, rx).await });
+            }
+            Next::Forward => self.forward_raw(line).await,
+        }
+    }
+
+    async fn tools_call(self: Arc<Self>, msg: Message, cancelled: watch::Receiver<bool>) {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        let key = id_key(&id);
+        let empty = Map::new();
+        let params = msg.params().unwrap_or(&empty);
+        let tool = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut known = lock(&self.state).catalog.get(&tool).cloned();
+        if known.is_none() && !tool.is_empty() {
+            self.list_tools(params).await;
+            known = lock(&self.state).catalog.get(&tool).cloned();
+        }
+        let client_info = lock(&self.state).client_info.clone();
+        let progress = jsonrpc::progress_token(Some(params)).map(|t| (t, self.to_client.clone()));
+        let waiting = Waiting {
+            progress,
+            cancelled,
+        };
+        let (definition, pin) = match known {
+            Some((d, p)) => (Some(d), Some(p)),
+            None => (None, None),
+        };
+        let plan = self
+            .icp
+            .tools_call(
+                params,
+                definition.as_ref(),
+                pin,
+                client_info.as_ref(),
+                Some(&self.session),
+                waiting,
+            )
+            .await;
+        match plan {
+            Plan::Cancelled => {
+                lock(&self.state).deciding.remove(&key);
+            }
+            Plan::Respond(result) => {
+                lock(&self.state).deciding.remove(&key);
+                self.send_client(&result_response(id, result)).await;
+            }
+            Plan::Forward(fwd) => {
+                let gone = {
+                    let mut st = lock(&self.state);
+                    st.deciding.remove(&key);
+                    if st.server_gone {
+                        true
+                    } else {
+                        st.inflight.insert(key, Pending::ToolsCall(fwd.clone()));
+                        false
+                    }
+                };
+                if gone {
+                    self.icp
+                        .finished(
+                            &fwd,
+                            Outcome::Lost("the MCP server exited before the call was sent".into()),
+                        )
+                        .await;
+                    self.send_client(&result_response(
+                        id,
+                        tool_error("the MCP server has exited; the call was not sent".into()),
+                    ))
+                    .await;
+                    return;
+                }
+                // Exactly the JSON that was decided and digested.
+                let _ = self.to_server.send(msg.to_line()).await;
+            }
+        }
+    }
+
+    /// Asks the server for its tools (all pages) and observes them: how a
+    /// call of a tool the client never listed still gets checked.
+    async fn list_tools(&self, call_params: &Map<String, Value>) {
+        let mut cursor: Option<Value> = None;
+        for _ in 0..20 {
+            let mut params = Map::new();
+            if let Some(meta) = call_params.get("_meta").and_then(Value::as_object) {
+                // Stateless protocol versions need the envelope on every
+                // request; progress belongs to the call, not to this.
+                let mut m = meta.clone();
+                m.remove("progressToken");
+                params.insert("_meta".into(), Value::Object(m));
+            }
+            if let Some(c) = cursor.take() {
+                params.insert("cursor".into(), c);
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = {
+                let mut st = lock(&self.state);
+                if st.server_gone {
+                    return;
+                }
+                st.next_own += 1;
+                let id = format!("secondkey-tools-{}", st.next_own);
+                st.own.insert(id_key(&json!(id)), tx);
+                id
+            };
+            let req = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params});
+            let _ = self.to_server.send(req.to_string()).await;
+            let answer = match tokio::time::timeout(Duration::from_secs(15), rx).await {
+                Ok(Ok(v)) => v,
+                _ => {
+                    lock(&self.state).own.remove(&id_key(&json!(id)));
+                    return;
+                }
+            };
+            let Some(result) = answer.get("result") else {
+                return;
+            };
+            self.observe(result).await;
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => return,
+            }
+        }
+    }
+
+    /// Records a `tools/list` result's definitions against their pins.
+    async fn observe(&self, result: &Value) {
+        let Some(list) = result.get("tools").and_then(Value::as_array) else {
+            return;
+        };
+        let defs: Vec<Value> = list
+            .iter()
+            .filter(|t| t.get("name").and_then(Value::as_str).is_some())
+            .map(tools::pinned_part)
+            .collect();
+        if defs.is_empty() {
+            return;
+        }
+        match self
+            .icp
+            .decider
+            .observe(&self.icp.server.name, defs.clone())
+            .await
+        {
+            Ok(states) => {
+                let mut st = lock(&self.state);
+                for (d, (name, pin)) in defs.into_iter().zip(states) {
+                    st.catalog.insert(name, (d, pin));
+                }
+            }
+            Err(e) => {
+                // Without a pin check, calls of these tools stay unknown and
+                // are refused; say why.
+                eprintln!("secondkey: cannot check the tool definitions with the gateway: {e}");
+            }
+        }
+    }
+
+    async fn read_server<R: AsyncBufRead + Unpin>(self: &Arc<Self>, mut r: R) {
+        let mut buf = Vec::new();
+        let mut window = tokio::time::Instant::now();
+        let mut in_window = 0u32;
+        let mut dropped = 0u64;
+        loop {
+            match read_frame(&mut r, self.max_message, &mut buf).await {
+                Ok(Frame::Eof) | Err(_) => break,
+                Ok(Frame::TooLong(n)) => {
+                    eprintln!(
+                        "secondkey: dropped a message of {n}+ bytes from the MCP server (limit mcp.max_message_bytes = {})",
+                        self.max_message
+                    );
+                }
+                Ok(Frame::Line) => {
+                    if buf.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let msg = match Message::parse(&buf, self.max_message) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            eprintln!(
+                                "secondkey: dropped an unreadable message from the MCP server: {e}"
+                            );
+                            continue;
+                        }
+                    };
+                    if msg.kind == Kind::Notification {
+                        let now = tokio::time::Instant::now();
+                        if now.duration_since(window) >= Duration::from_secs(1) {
+                            window = now;
+                            in_window = 0;
+                        }
+                        in_window += 1;
+                        if in_window > MAX_NOTIFICATIONS_PER_SECOND {
+                            dropped += 1;
+                            if dropped % 1000 == 1 {
+                                eprintln!("secondkey: the MCP server floods notifications; dropped {dropped} so far");
+                            }
+                            continue;
+                        }
+                    }
+                    self.from_server_msg(msg, &buf).await;
+                }
+            }
+        }
+        lock(&self.state).server_gone = true;
+    }
+
+    async fn from_server_msg(self: &Arc<Self>, msg: Message, line: &[u8]) {
+        if msg.kind != Kind::Response {
+            let _ = self
+                .to_client
+                .send(String::from_utf8_lossy(line).into_owned())
+                .await;
+            return;
+        }
+        let key = msg.id().map(id_key).unwrap_or_default();
+        let (own, pending) = {
+            let mut st = lock(&self.state);
+            (st.own.remove(&key), st.inflight.remove(&key))
+        };
+        if let Some(tx) = own {
+            let _ = tx.send(Value::Object(msg.value));
+            return;
+        }
+        match pending {
+            Some(Pending::ToolsList) => {
+                if let Some(r) = msg.result() {
+                    self.observe(r).await;
+                }
+            }
+            Some(Pending::ToolsCall(fwd)) => {
+                let outcome = match (msg.result(), msg.value.get("error")) {
+                    (Some(r), _) => Outcome::Result(r.clone()),
+                    (None, Some(e)) => Outcome::Error(e.clone()),
+                    _ => Outcome::Lost("an empty response".into()),
+                };
+                let relay = self.clone();
+                tokio::spawn(async move { relay.icp.finished(&fwd, outcome).await });
+            }
+            Some(Pending::Plain) | None => {}
+        }
+        let _ = self
+            .to_client
+            .send(String::from_utf8_lossy(line).into_owned())
+            .await;
+    }
+
+    /// Answers every request still waiting on the server, and records the
+    /// calls that may or may not have run.
+    async fn fail_all(&self, why: &str) {
+        let (pending, deciding) = {
+            let mut st = lock(&self.state);
+            st.server_gone = true;
+            st.own.clear();
+            (
+                std::mem::take(&mut st.inflight),
+                std::mem::take(&mut st.deciding),
+            )
+        };
+        for (_, cancel) in deciding {
+            let _ = cancel.send(true);
+        }
+        for (key, p) in pending {
+            let id: Value = serde_json::from_str(&key).unwrap_or(Value::Null);
+            match p {
+                Pending::ToolsCall(fwd) => {
+                    self.icp.finished(&fwd, Outcome::Lost(why.into())).await;
+                    self.send_client(&result_response(
+                        id,
+                        tool_error(format!(
+                            "the MCP server exited during this call; whether it took effect is unknown ({why})"
+                        )),
+                    ))
+                    .await;
+                }
+                _ => {
+                    self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, why))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// What `secondkey mcp stdio` runs with.
+pub struct Options {
+    /// The name the server goes by in resources and pins.
+    pub server: String,
+    /// The gateway's base URL.
+    pub url: String,
+    /// The agent's bearer token for the gateway.
+    pub token: String,
+    pub config: McpConfig,
+    /// The real server's command line.
+    pub command: Vec<String>,
+}
+
+/// The file `secondkey mcp stdio --config FILE` reads: where the gateway is,
+/// which variable holds the token, and an optional `[mcp]` section of the
+/// same shape as the gateway's (tool operations, lineage paths, limits).
+///
+/// ```toml
+/// url = "http://127.0.0.1:8750"
+/// token_env = "SECONDKEY_TOKEN"
+/// [mcp]
+/// [[mcp.servers]]
+/// name = "warehouse"
+/// [mcp.servers.tools.export_table]
+/// operation = "export"
+/// reads = ["table"]
+/// ```
+pub fn load_options_file(
+    path: &std::path::Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Option<String>, Option<String>, McpConfig), crate::config::ConfigError> {
+    let bad = |key: &str, message: String| crate::config::ConfigError {
+        key: key.to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
+    let v: toml::Value =
+        toml::from_str(&text).map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
+    let table = v
+        .as_table()
+        .ok_or_else(|| bad("--config", "not a TOML table".into()))?;
+    for k in table.keys() {
+        if !matches!(k.as_str(), "url" | "token_env" | "mcp") {
+            return Err(bad(k, "unknown key (use url, token_env and [mcp])".into()));
+        }
+    }
+    let s = |k: &str| -> Result<Option<String>, crate::config::ConfigError> {
+        match table.get(k) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(bad(k, "must be a string".into())),
+        }
+    };
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let cfg = McpConfig::parse(
+        table.get("mcp"),
+        &crate::config::Sources {
+            env,
+            base_dir: base,
+        },
+    )?;
+    Ok((s("url")?, s("token_env")?, cfg))
+}
+
+/// Runs `secondkey mcp stdio` on this process's stdin and stdout.
+pub async fn run_stdio(opts: Options) -> anyhow::Result<i32> {
+    if !crate::config::is_server_name(&opts.server) {
+        anyhow::bail!(
+            "--server {:?}: use 1 to 64 of A-Z a-z 0-9 - _ .",
+            opts.server
+        );
+    }
+    let decider = crate::decide::RestDecider::new(&opts.url, &opts.token)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = Arc::new(opts.config.server(&opts.server));
+    let icp = Interceptor::new(Arc::new(opts.config), server, Arc::new(decider));
+    run(
+        icp,
+        &opts.command,
+        tokio::io::BufReader::with_capacity(64 * 1024, tokio::io::stdin()),
+        tokio::io::stdout(),
+    )
+    .await
+}

@@ -1,0 +1,572 @@
+//! The stdio relay against real MCP servers (the official Python SDK's, and
+//! a deliberately hostile one), with a scripted decider standing in for the
+//! gateway so that each protocol path is driven exactly. The black-box
+//! tests in `crates/cli/tests/mcp.rs` run the same paths through the real
+//! binary and gateway.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secondkey_mcp::config::{McpConfig, Sources};
+use secondkey_mcp::decide::{DecideError, Decider, Decision, PinState, Run};
+use secondkey_mcp::intercept::Interceptor;
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+
+#[derive(Default)]
+struct Log {
+    decided: Vec<Value>,
+    approved: HashSet<String>,
+    withdrawn: Vec<String>,
+    recorded: Vec<(String, bool, Value)>,
+    changed: HashSet<String>,
+    next: u64,
+}
+
+#[derive(Default, Clone)]
+struct Scripted(Arc<Mutex<Log>>);
+
+fn tool_of(action: &Value) -> String {
+    action["resource"]
+        .as_str()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl Scripted {
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.0.lock().unwrap()
+    }
+    fn run(&self) -> Decision {
+        let mut l = self.log();
+        l.next += 1;
+        Decision::Run(Run {
+            id: format!("act_{}", l.next),
+            request_id: None,
+            digest: "0".repeat(64),
+            approvers: vec![],
+        })
+    }
+}
+
+impl Decider for Scripted {
+    async fn decide(
+        &self,
+        action: Value,
+        _facts: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
+        self.log().decided.push(action.clone());
+        match tool_of(&action).as_str() {
+            "delete_customer" => Ok(Decision::Deny {
+                id: "act_denied".into(),
+                reasons: vec![
+                    json!({"policy": "no-deleting-customers", "effect": "forbid", "message": ""}),
+                ],
+            }),
+            "export_table" => Ok(Decision::Held {
+                request_id: "req_1".into(),
+                url: "http://gateway/requests/req_1".into(),
+                reused: false,
+                required: vec![json!({"groups": ["data-owners"], "quorum": 1})],
+            }),
+            _ => Ok(self.run()),
+        }
+    }
+    async fn wait(&self, request_id: &str, timeout: Duration) -> Result<String, DecideError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.log().approved.contains(request_id) {
+                return Ok("approved".into());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok("pending".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    async fn run_approved(
+        &self,
+        request_id: &str,
+        _a: Value,
+        _f: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
+        if self.log().approved.remove(request_id) {
+            Ok(self.run())
+        } else {
+            Err(DecideError::new("not_approved", "used"))
+        }
+    }
+    async fn withdraw(&self, request_id: &str) -> Result<(), DecideError> {
+        self.log().withdrawn.push(request_id.into());
+        Ok(())
+    }
+    async fn record(
+        &self,
+        run: &Run,
+        ok: bool,
+        summary: Value,
+        _r: Vec<String>,
+        _w: Vec<String>,
+    ) -> Result<(), DecideError> {
+        self.log().recorded.push((run.id.clone(), ok, summary));
+        Ok(())
+    }
+    async fn observe(
+        &self,
+        _server: &str,
+        tools: Vec<Value>,
+    ) -> Result<Vec<(String, PinState)>, DecideError> {
+        let l = self.log();
+        Ok(tools
+            .iter()
+            .map(|t| {
+                let n = t["name"].as_str().unwrap_or_default().to_string();
+                let st = if l.changed.contains(&n) {
+                    PinState::Changed {
+                        pinned: "f".repeat(64),
+                    }
+                } else {
+                    PinState::Pinned { new: true }
+                };
+                (n, st)
+            })
+            .collect())
+    }
+}
+
+fn python_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python")
+}
+
+fn require_python_mcp() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import mcp"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "these tests need the official MCP Python SDK: run `python3 -m pip install mcp` (./scripts/test does)");
+}
+
+struct Session {
+    to: DuplexStream,
+    from: tokio::io::Lines<BufReader<DuplexStream>>,
+    task: tokio::task::JoinHandle<anyhow::Result<i32>>,
+    log: Scripted,
+    runs: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn config(extra: &str) -> McpConfig {
+    let text = format!("[mcp]\nhold_seconds = 2\nhold_with_progress_seconds = 10\nprogress_interval_seconds = 1\nmax_argument_bytes = 2048\n{extra}");
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    let env = |_: &str| None;
+    McpConfig::parse(
+        v.get("mcp"),
+        &Sources {
+            env: &env,
+            base_dir: std::path::Path::new("."),
+        },
+    )
+    .unwrap()
+}
+
+async fn start(script: &str, env: &[(&str, &str)], log: Scripted) -> Session {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs.jsonl");
+    let cfg = config("[[mcp.servers]]\nname = \"warehouse\"\n[mcp.servers.tools.export_table]\noperation = \"export\"\nreads = [\"table\"]\n");
+    let server = Arc::new(cfg.server("warehouse"));
+    let icp = Interceptor::new(Arc::new(cfg), server, Arc::new(log.clone()));
+    // The relay starts the server with the environment it has: the test
+    // server reads MCP_TEST_* variables; pass them through a wrapper.
+    let mut command = vec![
+        "env".to_string(),
+        format!("MCP_TEST_RUNS={}", runs.display()),
+    ];
+    for (k, v) in env {
+        command.push(format!("{k}={v}"));
+    }
+    command.push("python3".into());
+    command.push(python_dir().join(script).display().to_string());
+    command.push("stdio".into());
+    let (client_side, relay_in) = tokio::io::duplex(1 << 20);
+    let (relay_out, client_read) = tokio::io::duplex(1 << 20);
+    let task = tokio::spawn(async move {
+        secondkey_mcp::stdio::run(icp, &command, BufReader::new(relay_in), relay_out).await
+    });
+    Session {
+        to: client_side,
+        from: BufReader::new(client_read).lines(),
+        task,
+        log,
+        runs,
+        _dir: dir,
+    }
+}
+
+impl Session {
+    async fn send(&mut self, v: Value) {
+        self.send_raw(&v.to_string()).await;
+    }
+    async fn send_raw(&mut self, s: &str) {
+        self.to.write_all(s.as_bytes()).await.unwrap();
+        self.to.write_all(b"\n").await.unwrap();
+        self.to.flush().await.unwrap();
+    }
+    /// The next message that is not a notification (notifications collected).
+    async fn answer(&mut self, notes: &mut Vec<Value>) -> Value {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), self.from.next_line())
+                .await
+                .expect("an answer within 30 s")
+                .unwrap()
+                .expect("the relay is still running");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v.get("id").is_none() {
+                notes.push(v);
+                continue;
+            }
+            return v;
+        }
+    }
+    async fn call(&mut self, id: Value, method: &str, params: Value) -> Value {
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        self.answer(&mut vec![]).await
+    }
+    async fn init(&mut self) {
+        let r = self
+            .call(
+                json!(0),
+                "initialize",
+                json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "relay-test", "version": "1"}}),
+            )
+            .await;
+        assert!(r["result"]["protocolVersion"].is_string(), "{r}");
+        self.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+    }
+    fn runs(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.runs)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+    async fn close(self) -> i32 {
+        drop(self.to);
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+}
+
+fn text(r: &Value) -> String {
+    r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn allowed_denied_and_passed_through() {
+    require_python_mcp();
+    let mut s = start("test_server.py", &[], Scripted::default()).await;
+    s.init().await;
+    let list = s.call(json!(1), "tools/list", json!({})).await;
+    assert_eq!(
+        list["result"]["tools"].as_array().unwrap().len(),
+        5,
+        "{list}"
+    );
+    let r = s
+        .call(
+            json!(2),
+            "tools/call",
+            json!({"name": "read_table", "arguments": {"table": "orders"}}),
+        )
+        .await;
+    assert_eq!(text(&r), "10 rows of orders", "{r}");
+    let r = s
+        .call(
+            json!("del"),
+            "tools/call",
+            json!({"name": "delete_customer", "arguments": {"customer_id": 7}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], true);
+    assert!(
+        text(&r).contains("no-deleting-customers") && text(&r).contains("act_denied"),
+        "{r}"
+    );
+    let r = s.call(json!(3), "ping", json!({})).await;
+    assert_eq!(r["result"], json!({}), "pings pass through: {r}");
+    let r = s
+        .call(
+            json!(4),
+            "tools/call",
+            json!({"name": "no_such_tool", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], true);
+    assert!(text(&r).contains("does not list a tool"), "{r}");
+    let runs = s.runs();
+    assert_eq!(
+        runs,
+        vec![json!({"tool": "read_table", "args": {"table": "orders", "limit": 10}})]
+    );
+    let log = s.log.clone();
+    assert_eq!(s.close().await, 0);
+    let l = log.log();
+    assert_eq!(
+        l.decided.len(),
+        2,
+        "a call of an unknown tool is refused before any decision"
+    );
+    assert_eq!(l.decided[0]["params"], json!({"table": "orders"}));
+    assert_eq!(l.decided[0]["context"]["client"]["name"], "relay-test");
+    assert_eq!(l.recorded.len(), 1);
+    assert!(l.recorded[0].1, "the read succeeded");
+}
+
+#[tokio::test]
+async fn a_call_of_a_tool_never_listed_is_checked_against_the_server_list() {
+    require_python_mcp();
+    let mut s = start("test_server.py", &[], Scripted::default()).await;
+    s.init().await;
+    // No tools/list by the client: secondkey lists the tools itself.
+    let r = s
+        .call(
+            json!(1),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+        )
+        .await;
+    assert_eq!(text(&r), "hi", "{r}");
+    assert_eq!(s.runs().len(), 1);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn held_call_reports_progress_and_runs_once_after_approval() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    s.call(json!(1), "tools/list", json!({})).await;
+    s.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "export_table", "arguments": {"table": "customers", "destination": "s3://x"},
+        "_meta": {"progressToken": "p1"}}}),
+    )
+    .await;
+    // Wait for two progress notifications, then approve.
+    let mut notes = Vec::new();
+    let approver = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            log.log().approved.insert("req_1".into());
+        })
+    };
+    let r = s.answer(&mut notes).await;
+    approver.await.unwrap();
+    assert_eq!(text(&r), "exported customers to s3://x", "{r}");
+    assert!(notes.len() >= 2, "progress while held: {notes:?}");
+    assert_eq!(notes[0]["method"], "notifications/progress");
+    assert_eq!(notes[0]["params"]["progressToken"], "p1");
+    assert!(notes[0]["params"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("req_1"));
+    assert_eq!(s.runs().len(), 1, "ran exactly once");
+    // The approval is used up: the same call is held again, then times out.
+    let r = s
+        .call(
+            json!(3),
+            "tools/call",
+            json!({"name": "export_table",
+        "arguments": {"table": "customers", "destination": "s3://x"}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], true);
+    assert!(
+        text(&r).contains("req_1") && text(&r).contains("exactly the same arguments"),
+        "{r}"
+    );
+    assert_eq!(s.runs().len(), 1, "nothing ran the second time");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_held_call_withdraws_it_and_a_duplicate_id_is_refused() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    s.call(json!(1), "tools/list", json!({})).await;
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "export_table", "arguments": {"table": "customers", "destination": "s3://x"},
+        "_meta": {"progressToken": 5}}});
+    s.send(call.clone()).await;
+    s.send(call).await;
+    let dup = s.answer(&mut vec![]).await;
+    assert_eq!(dup["error"]["code"], -32600, "{dup}");
+    assert!(dup["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("still in progress"));
+    s.send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9, "reason": "user"}}))
+        .await;
+    // No answer for a cancelled request: the next answer is the ping's.
+    let mut notes = Vec::new();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.send(json!({"jsonrpc": "2.0", "id": 10, "method": "ping"}))
+        .await;
+    let r = s.answer(&mut notes).await;
+    assert_eq!(r["id"], 10, "{r}");
+    assert_eq!(log.log().withdrawn, vec!["req_1".to_string()]);
+    assert_eq!(
+        log.log().decided.len(),
+        1,
+        "the duplicate was never decided"
+    );
+    assert!(s.runs().is_empty());
+    s.close().await;
+}
+
+#[tokio::test]
+async fn bad_input_from_the_client_is_refused_and_forwards_nothing() {
+    require_python_mcp();
+    let mut s = start("test_server.py", &[], Scripted::default()).await;
+    s.init().await;
+    s.send_raw("{not json").await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(r["error"]["code"], -32700, "{r}");
+    s.send_raw(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list","method":"tools/call","params":{"name":"delete_customer","arguments":{"customer_id":1}}}"#).await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(r["error"]["code"], -32700, "a repeated key is refused: {r}");
+    s.send_raw(r#"[{"jsonrpc":"2.0","id":6,"method":"ping"}]"#)
+        .await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    let big = "x".repeat(4000);
+    let r = s
+        .call(
+            json!(7),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": big}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], true);
+    assert!(text(&r).contains("max_argument_bytes"), "{r}");
+    let huge = "y".repeat(5 * 1024 * 1024);
+    s.send_raw(&format!(r#"{{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{huge}"}}}}}}"#)).await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(
+        r["error"]["code"],
+        -32600,
+        "{}",
+        &r.to_string()[..200.min(r.to_string().len())]
+    );
+    let r = s
+        .call(
+            json!(9),
+            "tools/call",
+            json!({"name": "echo", "arguments": "not an object"}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(s.runs().is_empty(), "nothing ran: {:?}", s.runs());
+    // The session still works.
+    let r = s
+        .call(
+            json!(10),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "still here"}}),
+        )
+        .await;
+    assert_eq!(text(&r), "still here");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_changed_definition_holds_calls_of_that_tool() {
+    require_python_mcp();
+    let log = Scripted::default();
+    log.log().changed.insert("echo".into());
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    s.call(json!(1), "tools/list", json!({})).await;
+    let r = s
+        .call(
+            json!(2),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "x"}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], true);
+    assert!(
+        text(&r).contains("changed since it was pinned")
+            && text(&r).contains("secondkey mcp tools accept"),
+        "{r}"
+    );
+    assert!(s.runs().is_empty());
+    assert!(log.log().decided.is_empty(), "not even decided");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_hostile_server_floods_writes_garbage_and_crashes() {
+    let log = Scripted::default();
+    let mut s = start("hostile_server.py", &[("MCP_FLOOD", "30000")], log.clone()).await;
+    s.init().await;
+    s.call(json!(1), "tools/list", json!({})).await;
+    let mut notes = Vec::new();
+    s.send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "flood", "arguments": {}}})).await;
+    let r = s.answer(&mut notes).await;
+    assert_eq!(text(&r), "flood done", "{r}");
+    assert!(
+        notes.len() < 30000,
+        "a flood is cut to a rate: {} of 30000 relayed",
+        notes.len()
+    );
+    let r = s
+        .call(
+            json!(3),
+            "tools/call",
+            json!({"name": "garbage", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(
+        text(&r),
+        "garbage done",
+        "malformed and over-long lines are dropped, the answer still comes: {r}"
+    );
+    let r = s
+        .call(
+            json!(4),
+            "tools/call",
+            json!({"name": "crash", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(text(&r).contains("unknown"), "{r}");
+    let code = s.close().await;
+    assert_eq!(code, 7, "the relay exits with the server's code");
+    let l = log.log();
+    let last = l.recorded.last().unwrap();
+    assert!(!last.1);
+    assert_eq!(
+        last.2["status"], "unknown",
+        "the crashed call is recorded as unknown: {:?}",
+        l.recorded
+    );
+}
