@@ -867,8 +867,11 @@ fn executors_consume_for_requesters_and_lists_page() {
     assert_eq!(consume(&g, "agent:report-bot", &r["grant"], digest).0, 409);
 
     // Listing pages through x-next-before, newest first, nothing twice.
+    // (Requests made in the same millisecond are ordered by id, so space
+    // them out to know the expected order.)
     let mut ids = Vec::new();
     for i in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(3));
         let r = g.submit(
             "agent:report-bot",
             &export_action(&format!("postgres://analytics/public.p{i}")),

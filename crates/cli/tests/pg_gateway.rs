@@ -150,7 +150,7 @@ fn psql_connects_as_its_principal_and_never_learns_the_upstream_password() {
 fn a_prod_export_is_held_approved_by_two_reviewers_run_once_and_its_rows_logged() {
     let s = setup(1200);
     let agent = "agent:report-bot";
-    let child = Command::new("psql")
+    let mut child = Command::new("psql")
         .args([
             "-X",
             "-h",
@@ -174,7 +174,7 @@ fn a_prod_export_is_held_approved_by_two_reviewers_run_once_and_its_rows_logged(
     wait_until("the held request", || {
         let (_, v) =
             s.gw.call("GET", "/v1/requests?state=pending", Some("user:bob"), None);
-        match v["requests"].as_array().and_then(|a| a.first()) {
+        match v.as_array().and_then(|a| a.first()) {
             Some(r) => {
                 assert_eq!(r["action"]["operation"], "export", "{r}");
                 assert_eq!(
@@ -188,10 +188,17 @@ fn a_prod_export_is_held_approved_by_two_reviewers_run_once_and_its_rows_logged(
     });
     let (_, v) =
         s.gw.call("GET", "/v1/requests?state=pending", Some("user:bob"), None);
-    id.push_str(v["requests"][0]["id"].as_str().unwrap());
+    id.push_str(v[0]["id"].as_str().unwrap());
     // The owner of the agent may not approve; two data owners do.
     assert_eq!(s.gw.review("user:alice", &id, "approve").0, 403);
     assert_eq!(s.gw.review("user:bob", &id, "approve").0, 200);
+    // One approval of two: nothing runs yet, psql still waits.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "psql must still wait");
+    let (_, r) =
+        s.gw.call("GET", &format!("/v1/requests/{id}"), Some(agent), None);
+    assert_eq!(r["state"], "pending", "{r}");
+    assert!(!log_events(&s.gw).iter().any(|e| e["event"] == "grant.consumed"));
     assert_eq!(s.gw.review("user:carol", &id, "approve").0, 200);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -325,7 +332,7 @@ try:
     raise SystemExit("the write was not held")
 except psycopg.Error as e:
     assert e.sqlstate == "SK001", e.sqlstate
-    rid = str(e).split()[-1]
+    rid = e.diag.message_primary.split()[-1]
 review(rid, bob)
 cur.execute("INSERT INTO orders VALUES (%s, 1, 1)", (900,))
 assert cur.rowcount == 1

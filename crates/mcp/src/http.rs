@@ -281,12 +281,28 @@ struct ObserveBody {
     tools: Vec<Value>,
 }
 
+/// `POST /v1/mcp/pins/observe`: a stdio relay reports the tools its server
+/// listed. Servers this gateway reaches itself over HTTP are pinned only
+/// from what the gateway saw: a client cannot pin (or pre-pin) them.
 async fn observe_pins(
-    _inner: Arc<Inner>,
+    inner: Arc<Inner>,
     State(s): State<AppState>,
     Caller(p): Caller,
     secondkey_server::api::JsonBody(body): secondkey_server::api::JsonBody<ObserveBody>,
 ) -> Result<Json<Value>, ApiError> {
+    if inner
+        .servers
+        .get(&body.server)
+        .is_some_and(|c| c.url.is_some())
+    {
+        return Err(ApiError::forbidden(
+            "pinned_by_gateway",
+            format!(
+                "server {:?} is reached by this gateway over HTTP; its tool definitions are pinned from what the gateway sees, not from reports",
+                body.server
+            ),
+        ));
+    }
     let out = pins::observe(&s.gateway, &p, &body.server, body.tools).await?;
     Ok(Json(
         json!({"tools": out.into_iter().map(|(n, st)| json!({"name": n, "pin": st})).collect::<Vec<_>>()}),

@@ -730,7 +730,12 @@ impl Session {
         }
         // Responses still due to the client go first (a driver pipelines a
         // Close behind its last query), unless one of them may wait for the
-        // client itself (COPY FROM STDIN).
+        // client itself (COPY FROM STDIN). What the client sent before this
+        // statement may still sit in our buffer: send it, or its answers
+        // never come.
+        if !self.pending.is_empty() {
+            self.flush().await?;
+        }
         while !self.pending.is_empty() {
             if self
                 .pending
