@@ -5,7 +5,6 @@
 //! plain HTTP client holding a real session.
 
 mod common;
-#[allow(dead_code)]
 #[path = "common/fakes.rs"]
 mod fakes;
 

@@ -92,7 +92,7 @@ pub fn shape_key(sql: &str) -> Option<Vec<u8>> {
                 out.push(kind);
                 last = kind;
             }
-            b'$' if !(ident_byte(last) && !spaced) => {
+            b'$' if !ident_byte(last) || spaced => {
                 // A parameter marker $n is kept as is; anything else is a
                 // dollar quote.
                 let start = i;
@@ -157,6 +157,11 @@ impl ClassCache {
             }
         }
         Ok(c)
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     #[cfg(test)]

@@ -567,7 +567,7 @@ impl<'a> Walk<'a> {
     }
 
     fn is_cte(&self, t: &Table) -> bool {
-        t.schema.is_none() && self.scopes.iter().any(|s| s.iter().any(|n| *n == t.name))
+        t.schema.is_none() && self.scopes.iter().any(|s| s.contains(&t.name))
     }
 
     fn range_var(&mut self, m: &serde_json::Map<String, Value>, target: bool) {

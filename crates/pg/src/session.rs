@@ -867,6 +867,8 @@ impl Session {
                 )));
             }
             let slice = left.min(Duration::from_secs(30));
+            // Lives for one select; its size does not matter.
+            #[allow(clippy::large_enum_variant)]
             enum W {
                 Decided(
                     Result<secondkey_core::request::Request, secondkey_server::error::ApiError>,
@@ -1002,23 +1004,21 @@ impl Session {
                         }
                         self.emit_said();
                     }
-                    Some(Pending::Query { run, special }) => {
-                        if ty == b'C' {
-                            if let Some(run) = run {
-                                run.tags.push(tag.clone());
+                    Some(Pending::Query { run, special }) if ty == b'C' => {
+                        if let Some(run) = run {
+                            run.tags.push(tag.clone());
+                        }
+                        match special.clone() {
+                            Special::Deallocate(Some(name)) if tag == "DEALLOCATE" => {
+                                self.statements.remove(&name);
                             }
-                            match special.clone() {
-                                Special::Deallocate(Some(name)) if tag == "DEALLOCATE" => {
-                                    self.statements.remove(&name);
+                            Special::Deallocate(None) => {
+                                self.statements.clear();
+                                if tag == "DISCARD ALL" {
+                                    self.portals.clear();
                                 }
-                                Special::Deallocate(None) => {
-                                    self.statements.clear();
-                                    if tag == "DISCARD ALL" {
-                                        self.portals.clear();
-                                    }
-                                }
-                                _ => {}
                             }
+                            _ => {}
                         }
                     }
                     _ => {}
