@@ -46,7 +46,7 @@ def stdio(cmd, env=None):
     return out
 
 
-def http(url, token=None):
+def over_http(url, token=None):
     u = urllib.parse.urlparse(url)
     c = http.client.HTTPConnection(u.hostname, u.port)
     h = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
@@ -81,5 +81,5 @@ def show(name, direct, via):
 
 
 env = dict(os.environ, SECONDKEY_TOKEN=TOKEN)
-show("stdio", stdio(SERVER), stdio([BIN, "mcp", "stdio", "--server", "bench", "--url", GW, "--"] + SERVER, env))
-show("http ", http(DIRECT), http(f"{GW}/mcp/bench", TOKEN))
+show("stdio", stdio(SERVER), stdio([BIN, "mcp", "stdio", "--server", "bench-stdio", "--url", GW, "--"] + SERVER, env))
+show("http ", over_http(DIRECT), over_http(f"{GW}/mcp/bench", TOKEN))

@@ -39,6 +39,8 @@ PIDS=()
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # runuser does not pass the signal on: stop pgbouncer by its pid file.
+  [ -f "$WORK/pgbouncer.pid" ] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
   as_pg "$BIN/pg_ctl" -D "$WORK/pg" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -53,7 +55,7 @@ as_pg "$BIN/initdb" -D "$WORK/pg" -U postgres --auth-local=trust --auth-host=scr
 as_pg "$BIN/pg_ctl" -D "$WORK/pg" -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=100 -c shared_buffers=256MB" \
   -l "$WORK/pg.log" -w start >/dev/null
 psql_su() { psql -X -q -h "$WORK" -p "$PGPORT" -U postgres "$@"; }
-psql_su -d postgres -c "CREATE ROLE app LOGIN PASSWORD '$PW'; CREATE DATABASE bench OWNER app;"
+psql_su -d postgres -c "CREATE ROLE app LOGIN PASSWORD '$PW'" -c "CREATE DATABASE bench OWNER app"
 PGPASSWORD=$PW pgbench -q -i -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U app bench >/dev/null 2>&1
 
 # pgbouncer, session mode, SCRAM to both sides.

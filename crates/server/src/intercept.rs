@@ -314,7 +314,7 @@ impl Gateway {
         let ex = ex.clone();
         let changed = self
             .store
-            .transact(move |tx| {
+            .transact_background(move |tx| {
                 let detail = json!({"execution": ex.id, "ok": result.ok, "summary": result.summary,
                                     "reads": result.reads, "writes": result.writes});
                 let mut changed = None;

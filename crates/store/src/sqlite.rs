@@ -86,7 +86,15 @@ type JobFn = Box<dyn FnOnce(&mut dyn Tx) -> JobResult + Send>;
 struct Job {
     run: JobFn,
     reply: tokio::sync::oneshot::Sender<JobResult>,
+    /// Nobody is held up by it (a result recorded after the fact): it may
+    /// wait up to [`BACKGROUND_LINGER`] for other work to share its commit.
+    background: bool,
 }
+
+/// How long a batch of only background jobs waits for a job someone waits
+/// on, so that both share one fsync instead of the waiting job queuing
+/// behind the background commit.
+const BACKGROUND_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 struct Inner {
     path: PathBuf,
@@ -315,7 +323,24 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
-        let rx = self.enqueue(job)?;
+        let rx = self.enqueue(job, false)?;
+        let result = rx.await.map_err(|_| StoreError::Unavailable)??;
+        result
+            .downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| StoreError::Corrupt("job result type mismatch".into()))
+    }
+
+    /// [`Store::transact`] for work nobody is waiting on (recording what an
+    /// action did once it ran): just as durable when it returns, but it may
+    /// wait up to 2 ms to share its commit with a decision, instead of making
+    /// that decision wait behind a commit of its own.
+    pub async fn transact_background<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let rx = self.enqueue(job, true)?;
         let result = rx.await.map_err(|_| StoreError::Unavailable)??;
         result
             .downcast::<T>()
@@ -330,7 +355,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
-        let rx = self.enqueue(job)?;
+        let rx = self.enqueue(job, false)?;
         let result = rx.blocking_recv().map_err(|_| StoreError::Unavailable)??;
         result
             .downcast::<T>()
@@ -338,7 +363,11 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("job result type mismatch".into()))
     }
 
-    fn enqueue<T, F>(&self, job: F) -> Result<tokio::sync::oneshot::Receiver<JobResult>, StoreError>
+    fn enqueue<T, F>(
+        &self,
+        job: F,
+        background: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<JobResult>, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
@@ -355,7 +384,11 @@ impl Store {
             .map_err(|_| StoreError::Unavailable)?;
         let sender = guard.as_ref().ok_or(StoreError::Unavailable)?;
         sender
-            .send(Job { run, reply })
+            .send(Job {
+                run,
+                reply,
+                background,
+            })
             .map_err(|_| StoreError::Unavailable)?;
         Ok(rx)
     }
@@ -857,12 +890,32 @@ fn writer_loop(
     max_batch: usize,
     health: Arc<Mutex<Option<String>>>,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+    let drain = |batch: &mut Vec<Job>| {
         while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
+            }
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        drain(&mut batch);
+        if batch.iter().all(|j| j.background) {
+            let deadline = std::time::Instant::now() + BACKGROUND_LINGER;
+            while batch.len() < max_batch {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(job) => {
+                        let waited_on = !job.background;
+                        batch.push(job);
+                        if waited_on {
+                            drain(&mut batch);
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
             }
         }
         let outcome = run_batch(&conn, batch, &view, &size_tx);

@@ -434,3 +434,42 @@ fn records_are_namespaced_listed_by_prefix_and_rolled_back_with_their_job() {
         .unwrap();
     assert_eq!(deleted, (true, false));
 }
+
+/// Background jobs (results recorded after the fact) are as durable as any
+/// other when they return, whether they commit alone after their linger or
+/// together with a job someone waits on; a failing background job changes
+/// nothing and does not take the other job of its batch down.
+#[test]
+fn background_jobs_commit_durably_alone_or_with_a_waited_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Alone: it commits once its linger is over.
+        store
+            .transact_background(|tx| tx.put_record("t.bg", "alone", "1"))
+            .await
+            .unwrap();
+        // With a waited-on job arriving while it lingers, and a failing one.
+        let bg = store.transact_background(|tx| tx.put_record("t.bg", "shared", "2"));
+        let bad = store.transact_background(|tx| {
+            tx.put_record("t.bg", "bad", "3")?;
+            Err::<(), _>(StoreError::Corrupt("refused".into()))
+        });
+        let fg = store.transact(|tx| tx.put_record("t.fg", "decision", "4"));
+        let (a, b, c) = tokio::join!(bg, bad, fg);
+        a.unwrap();
+        assert!(b.is_err());
+        c.unwrap();
+    });
+    store.close();
+    drop(store);
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    assert_eq!(store.get_record("t.bg", "alone").unwrap().as_deref(), Some("1"));
+    assert_eq!(store.get_record("t.bg", "shared").unwrap().as_deref(), Some("2"));
+    assert_eq!(store.get_record("t.bg", "bad").unwrap(), None);
+    assert_eq!(store.get_record("t.fg", "decision").unwrap().as_deref(), Some("4"));
+}
