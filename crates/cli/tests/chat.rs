@@ -32,6 +32,14 @@ permit(principal in Group::"agents", action == Action::"sql.write", resource);
 @review("data-owners")
 @ttl("{write_ttl}")
 forbid(principal, action == Action::"sql.write", resource);
+
+@id("agents-delete")
+permit(principal in Group::"agents", action == Action::"sql.delete", resource);
+
+@id("deletes-need-two-owners")
+@review("data-owners")
+@quorum("2")
+forbid(principal, action == Action::"sql.delete", resource);
 "#
     )
 }
@@ -45,6 +53,11 @@ fn export(statement: &str) -> Value {
         "context": {"environment": "prod", "estimated_rows": 1200, "model": "test-model-1"},
         "lineage": {"reads": ["postgres://analytics/public.customers"], "writes": ["s3://reports/q3.csv"]}
     })
+}
+
+fn delete_action() -> Value {
+    json!({"kind": "sql", "operation": "delete", "resource": "postgres://analytics/public.t",
+           "params": {"statement": "DELETE FROM t WHERE x = 1"}})
 }
 
 fn write_action() -> Value {
@@ -675,6 +688,283 @@ fn teams_action_execute_needs_a_valid_bot_framework_token() {
         "{v}"
     );
     assert_eq!(state(&g, &id)["reviews"].as_array().unwrap().len(), 1);
+}
+
+/// Refused Teams clicks, each changing nothing: the requester's owner, a
+/// click after expiry, a key that does not endorse the channel, a double
+/// click; and what a reused token (new activity id) can and cannot do.
+#[test]
+fn teams_refuses_owners_late_unendorsed_and_double_clicks() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rsa_key(dir.path(), "bf");
+    let webchat_key = rsa_key(dir.path(), "webchat");
+    const WEBCHAT_KID: &str = "bf-webchat-only";
+    let (bf, calls) = bot_framework_keys(vec![
+        jwk(&key, KID, &["msteams", "webchat"]),
+        jwk(&webchat_key, WEBCHAT_KID, &["webchat"]),
+    ]);
+    let extra = format!(
+        "\n[teams]\napp_id = \"{TEAMS_APP_ID}\"\napp_password_env = \"SK_TEAMS_PW\"\n\
+         openid_metadata = \"{bf}/v1/.well-known/openidconfiguration\"\ntoken_url = \"{bf}/token\"\nservice_url = \"{bf}/\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nteams_conversation = \"19:reviewers@thread.tacv2\"\n"
+    );
+    let g = Gateway::start_full(
+        dir.path(),
+        &policies("1h", "3s"),
+        "",
+        &extra,
+        &[("SK_TEAMS_PW", TEAMS_APP_PASSWORD)],
+    );
+    let service_url = format!("{bf}/");
+    let send = |token: &str, activity: &Value| {
+        let auth = format!("Bearer {token}");
+        post_raw(
+            &g,
+            "/chat/teams/messages",
+            &[("Authorization", auth.as_str())],
+            "application/json",
+            activity.to_string().as_bytes(),
+        )
+    };
+    let tok = bot_token(&key, TEAMS_APP_ID, &service_url, 600);
+    let click = |n: &str, aad: &str, verb: &str, req: &str| {
+        invoke(n, &service_url, aad, verb, req, "1:activity-1")
+    };
+    // (status, what Teams shows: a message's text or a card's JSON)
+    let answer = |(s, v): (u16, Value)| -> (u16, String, String) {
+        let kind = v["type"].as_str().unwrap_or_default().to_string();
+        let shown = match &v["value"] {
+            Value::String(t) => t.clone(),
+            other => other.to_string(),
+        };
+        (s, kind, shown)
+    };
+    const MESSAGE: &str = "application/vnd.microsoft.activity.message";
+    const CARD: &str = "application/vnd.microsoft.card.adaptive";
+    let reviews = |id: &str| -> (String, Vec<String>) {
+        let v = state(&g, id);
+        let who = v["reviews"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no reviews array: {v}"))
+            .iter()
+            .map(|r| r["reviewer"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (v["state"].as_str().unwrap_or_default().to_string(), who)
+    };
+    let untouched = |id: &str| assert_eq!(reviews(id), ("pending".into(), vec![]), "{id}");
+
+    // An export by agent:report-bot (owned by user:alice), and a write that
+    // expires in 3 s while the rest runs.
+    let e = g.submit("agent:report-bot", &export("COPY customers TO STDOUT"));
+    assert_eq!(e["decision"], "review", "{e}");
+    let id = e["id"].as_str().unwrap().to_string();
+    let w = g.submit("agent:report-bot", &write_action());
+    let wid = w["id"].as_str().unwrap().to_string();
+
+    // Bob and alice link their Teams accounts (their first clicks count for nothing).
+    for (n, aad, user) in [
+        ("l1", "aad-bob", "user:bob"),
+        ("l2", "aad-alice", "user:alice"),
+    ] {
+        let (s, kind, text) = answer(send(&tok, &click(n, aad, "approve", &id)));
+        assert_eq!((s, kind.as_str()), (200, MESSAGE), "{text}");
+        assert!(text.contains("link your Teams account"), "{text}");
+        assert_eq!(link(&g, &link_url(&text), user).0, 200);
+    }
+    untouched(&id);
+
+    // 1. The requester's owner, linked and in the reviewer group, is refused
+    // and told why; the request stays pending with no review.
+    let owner = click("o1", "aad-alice", "approve", &id);
+    let (s, kind, text) = answer(send(&tok, &owner));
+    assert_eq!((s, kind.as_str()), (200, MESSAGE), "{text}");
+    assert!(
+        text.contains("not counted") && text.contains("self_review"),
+        "{text}"
+    );
+    untouched(&id);
+    // 5. The exact same activity with the same token is a replay…
+    let (s, v) = send(&tok, &owner);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("replayed")),
+        "{v}"
+    );
+    // …but the Bot Framework reuses one token for every activity it sends
+    // during the token's lifetime, so the same token with a new activity id
+    // is a new activity. It gets exactly the checks of any click: the owner
+    // (deny or approve) is still refused.
+    let (s, kind, text) = answer(send(&tok, &click("o2", "aad-alice", "deny", &id)));
+    assert_eq!((s, kind.as_str()), (200, MESSAGE), "{text}");
+    assert!(text.contains("self_review"), "{text}");
+    untouched(&id);
+
+    // 3. A token from a key endorsed only for "webchat", on an msteams
+    // activity of an eligible, linked reviewer: 403 not_endorsed.
+    let webchat_tok = bot_token_kid(&webchat_key, WEBCHAT_KID, TEAMS_APP_ID, &service_url, 600);
+    let (s, v) = send(&webchat_tok, &click("n1", "aad-bob", "approve", &id));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("not_endorsed")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("msteams"),
+        "{v}"
+    );
+    untouched(&id);
+    // (The key itself verifies: the same token on a webchat activity is
+    // accepted — a plain message, which does nothing.)
+    let mut chat = click("n2", "aad-bob", "approve", &id);
+    chat["type"] = json!("message");
+    chat["channelId"] = json!("webchat");
+    assert_eq!(send(&webchat_tok, &chat).0, 200);
+    untouched(&id);
+
+    // 4. A double click on a request that needs two approvers: the first
+    // counts, the second (a new activity, same person) adds nothing.
+    let d = g.submit("agent:report-bot", &delete_action());
+    assert_eq!(d["decision"], "review", "{d}");
+    let did = d["id"].as_str().unwrap().to_string();
+    let (s, kind, shown) = answer(send(&tok, &click("d1", "aad-bob", "approve", &did)));
+    assert_eq!((s, kind.as_str()), (200, CARD), "{shown}");
+    assert!(
+        shown.contains("user:bob approved") && shown.contains("Action.Execute"),
+        "the card shows bob's review and still has its buttons: {shown}"
+    );
+    let (s, kind, text) = answer(send(&tok, &click("d2", "aad-bob", "approve", &did)));
+    assert_eq!((s, kind.as_str()), (200, MESSAGE), "{text}");
+    assert!(text.contains("duplicate_reviewer"), "{text}");
+    assert_eq!(reviews(&did), ("pending".into(), vec!["user:bob".into()]));
+    // The same two clicks at the same moment: one counts.
+    let d = g.submit("agent:report-bot", &delete_action());
+    let did2 = d["id"].as_str().unwrap().to_string();
+    let both = std::sync::Barrier::new(2);
+    let answers: Vec<(u16, String, String)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = ["d3", "d4"]
+            .into_iter()
+            .map(|n| {
+                let a = click(n, "aad-bob", "approve", &did2);
+                let (send, answer, both, tok) = (&send, &answer, &both, &tok);
+                sc.spawn(move || {
+                    both.wait();
+                    answer(send(tok, &a))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut kinds: Vec<(u16, &str)> = answers.iter().map(|(s, k, _)| (*s, k.as_str())).collect();
+    kinds.sort();
+    assert_eq!(kinds, [(200, MESSAGE), (200, CARD)], "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|(_, k, t)| k == MESSAGE && t.contains("duplicate_reviewer")),
+        "{answers:?}"
+    );
+    assert_eq!(reviews(&did2), ("pending".into(), vec!["user:bob".into()]));
+
+    // 2. Once the write has expired its card says so (no buttons left); a
+    // click then is refused, and the request stays expired with no review.
+    wait_for(&calls, "the write's card updated to expired", |cs| {
+        cs.iter()
+            .find(|c| {
+                let b = c.body.to_string();
+                c.method == "PUT"
+                    && b.contains(&wid)
+                    && b.contains("Expired: nobody decided")
+                    && !b.contains("Action.Execute")
+            })
+            .map(|_| ())
+    });
+    let (s, kind, text) = answer(send(&tok, &click("x1", "aad-bob", "approve", &wid)));
+    assert_eq!((s, kind.as_str()), (200, MESSAGE), "{text}");
+    assert!(
+        text.contains("not counted") && text.contains("(expired)"),
+        "{text}"
+    );
+    assert_eq!(reviews(&wid), ("expired".into(), vec![]));
+
+    // After all that, the export is still open to an eligible reviewer.
+    untouched(&id);
+    let (s, kind, shown) = answer(send(&tok, &click("b1", "aad-bob", "approve", &id)));
+    assert_eq!((s, kind.as_str()), (200, CARD), "{shown}");
+    assert_eq!(reviews(&id), ("approved".into(), vec!["user:bob".into()]));
+
+    // The audit log agrees: per request, exactly these events.
+    let (code, out, err) = common::run_cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let entries: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events_of = |rid: &str| -> Vec<(String, String, String)> {
+        entries
+            .iter()
+            .filter(|e| e["subjects"]["request"] == rid)
+            .map(|e| {
+                let detail = e["payload"]["code"]
+                    .as_str()
+                    .or(e["payload"]["decision"].as_str())
+                    .unwrap_or_default();
+                (
+                    e["event"].as_str().unwrap_or_default().to_string(),
+                    e["actor"].as_str().unwrap_or_default().to_string(),
+                    detail.to_string(),
+                )
+            })
+            .collect()
+    };
+    let ev = |e: &str, a: &str, d: &str| (e.to_string(), a.to_string(), d.to_string());
+    let created = |rid: &str| {
+        let c = events_of(rid);
+        assert_eq!(
+            c.first().map(|e| e.0.as_str()),
+            Some("request.created"),
+            "{c:?}"
+        );
+        c[1..].to_vec()
+    };
+    assert_eq!(
+        created(&id),
+        [
+            ev("review.refused", "user:alice", "self_review"),
+            ev("review.refused", "user:alice", "self_review"),
+            ev("review.submitted", "user:bob", "approve"),
+            ev("request.approved", "user:bob", "approved"),
+        ],
+    );
+    // (The sweeper may also have noted the write due for escalation; that
+    // changes nothing.)
+    assert_eq!(
+        created(&wid)
+            .into_iter()
+            .filter(|e| !e.0.starts_with("request.escalat"))
+            .collect::<Vec<_>>(),
+        [ev("request.expired", "service:secondkey", "expired")],
+        "expired once, no review"
+    );
+    for rid in [&did, &did2] {
+        assert_eq!(
+            created(rid),
+            [
+                ev("review.submitted", "user:bob", "approve"),
+                ev("review.refused", "user:bob", "duplicate_reviewer"),
+            ],
+        );
+    }
 }
 
 #[test]

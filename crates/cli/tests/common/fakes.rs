@@ -337,8 +337,13 @@ pub fn rsa_key(dir: &std::path::Path, name: &str) -> RsaKey {
 
 pub const KID: &str = "bf-test-key-1";
 
-/// A Bot Framework token signed with `key`.
+/// A Bot Framework token signed with `key`, naming [`KID`].
 pub fn bot_token(key: &RsaKey, aud: &str, service_url: &str, exp_in: i64) -> String {
+    bot_token_kid(key, KID, aud, service_url, exp_in)
+}
+
+/// A Bot Framework token signed with `key`, naming key id `kid`.
+pub fn bot_token_kid(key: &RsaKey, kid: &str, aud: &str, service_url: &str, exp_in: i64) -> String {
     let now = unix_now();
     let claims = json!({
         "iss": "https://api.botframework.com", "aud": aud,
@@ -346,7 +351,7 @@ pub fn bot_token(key: &RsaKey, aud: &str, service_url: &str, exp_in: i64) -> Str
         "serviceUrl": service_url,
     });
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    h.kid = Some(KID.into());
+    h.kid = Some(kid.into());
     jsonwebtoken::encode(
         &h,
         &claims,
@@ -359,8 +364,16 @@ pub fn bot_token(key: &RsaKey, aud: &str, service_url: &str, exp_in: i64) -> Str
 struct BotState {
     calls: Calls,
     base: Arc<Mutex<String>>,
-    n: String,
+    /// The published JWK set's `keys`.
+    keys: Vec<Value>,
     next: Arc<Mutex<u64>>,
+}
+
+/// A published signing key, as the Bot Framework lists it: with the
+/// channels it may sign for (`endorsements`).
+pub fn jwk(key: &RsaKey, kid: &str, endorsements: &[&str]) -> Value {
+    json!({"kty": "RSA", "use": "sig", "kid": kid, "n": key.n_b64url, "e": "AQAB",
+           "endorsements": endorsements})
 }
 
 async fn bf_metadata(State(s): State<BotState>) -> Json<Value> {
@@ -373,10 +386,7 @@ async fn bf_metadata(State(s): State<BotState>) -> Json<Value> {
 }
 
 async fn bf_keys(State(s): State<BotState>) -> Json<Value> {
-    Json(
-        json!({"keys": [{"kty": "RSA", "use": "sig", "kid": KID, "n": s.n, "e": "AQAB",
-                          "endorsements": ["msteams", "webchat"]}]}),
-    )
+    Json(json!({ "keys": s.keys }))
 }
 
 async fn bf_token(State(s): State<BotState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -447,12 +457,18 @@ async fn bf_update(
 }
 
 /// The fake Bot Framework: its base URL (also the service URL) and calls.
+/// It publishes `key` as [`KID`], endorsed for `msteams` and `webchat`.
 pub fn bot_framework(key: &RsaKey) -> (String, Calls) {
+    bot_framework_keys(vec![jwk(key, KID, &["msteams", "webchat"])])
+}
+
+/// The fake Bot Framework publishing exactly `keys` (see [`jwk`]).
+pub fn bot_framework_keys(keys: Vec<Value>) -> (String, Calls) {
     let calls: Calls = Default::default();
     let st = BotState {
         calls: calls.clone(),
         base: Default::default(),
-        n: key.n_b64url.clone(),
+        keys,
         next: Default::default(),
     };
     let base_slot = st.base.clone();
