@@ -62,7 +62,8 @@ pub fn shape_key(sql: &str) -> Option<Vec<u8>> {
                             i += 1;
                             break;
                         }
-                        Some(b'\\') => return None,
+                        // classify refuses a NUL anywhere, so a shape must too.
+                        Some(b'\\') | Some(0) => return None,
                         Some(_) => i += 1,
                     }
                 }
@@ -173,6 +174,7 @@ impl ClassCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn literals_are_masked_and_structure_kept() {
@@ -236,6 +238,185 @@ mod tests {
         // Errors are never cached.
         assert!(c.classify("SELEC a FROM t").is_err());
         assert_eq!(c.len(), 1);
+    }
+
+    /// Statement shapes with `{}` where a literal goes: reads, writes,
+    /// deletes and side-effect functions (cached), settings and COPY (never
+    /// cached: their classification depends on the value), and literals
+    /// glued together or to operators.
+    const TEMPLATES: &[&str] = &[
+        "SELECT a FROM t WHERE b = {}",
+        "SELECT {}, {} FROM customers WHERE id > {} LIMIT {}",
+        "select * from customers where email = {} or id = {}",
+        "INSERT INTO orders VALUES ({}, {}, {})",
+        "INSERT INTO t (a) VALUES ({}) ON CONFLICT (a) DO UPDATE SET b = {}",
+        "UPDATE accounts SET balance = {} WHERE id = {}",
+        "DELETE FROM sessions WHERE id = {} OR token = {}",
+        "WITH d AS (DELETE FROM t WHERE id = {} RETURNING *) SELECT {} FROM d",
+        "MERGE INTO t USING s ON t.id = {} WHEN MATCHED THEN DELETE",
+        "SELECT lower({}) || {}, {}::text",
+        "SELECT * FROM t WHERE a IN ({}, {}, {}) FOR UPDATE",
+        "SELECT {}; DELETE FROM t WHERE id = {}",
+        "BEGIN; SELECT {}; COMMIT",
+        "SELECT {} {}",
+        "SELECT {}\n{}",
+        "SELECT a FROM t WHERE b = {}{}",
+        "SELECT a FROM t WHERE b ={}",
+        "SELECT $1, {} FROM t",
+        "SELECT pg_read_file({})",
+        "SELECT nextval({})",
+        "SET application_name = {}",
+        "SET client_encoding = {}",
+        "SET standard_conforming_strings = {}",
+        "COPY t TO {}",
+    ];
+
+    /// String contents an attacker would try: quotes, statement
+    /// separators, comment openers, dollar quotes, backslashes, NUL.
+    const NASTY: &[&str] = &[
+        "",
+        "x",
+        "it''s",
+        "'",
+        "; DROP TABLE t; --",
+        "'; DELETE FROM customers; --",
+        "/* x",
+        "*/ DROP TABLE t; /*",
+        "--",
+        "$$",
+        "$$; DROP TABLE t; $$",
+        "$q$ DROP $q$",
+        "\\",
+        "\\'; DROP TABLE t; --",
+        "\"",
+        "\n\n",
+        "é; ü",
+        "\0",
+        "UTF8",
+        "SJIS",
+        "off",
+        "on",
+        "/tmp/x",
+        "STDOUT",
+    ];
+
+    /// Every way a value can be written: numbers, plain strings, strings
+    /// with prefixes, dollar quotes, typed literals.
+    fn literal() -> impl Strategy<Value = String> {
+        let content = prop_oneof![
+            proptest::sample::select(NASTY).prop_map(str::to_string),
+            r#"[a-z '";/*$\\\n\-é\x00]{0,12}"#,
+        ]
+        .boxed();
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            (0u32..1000).prop_map(|n| n.to_string()),
+            (0u32..1000, 0u32..1000).prop_map(|(a, b)| format!("{a}.{b}")),
+            (0u32..1000).prop_map(|n| format!(".{n}")),
+            (0u32..1000).prop_map(|n| format!("-{n}")),
+            (0u32..1000).prop_map(|n| format!("{n}e3")),
+            content
+                .clone()
+                .prop_map(|c| format!("'{}'", c.replace('\'', "''"))),
+            (
+                proptest::sample::select(
+                    &["E", "e", "U&", "B", "X", "N", "interval ", "text "][..]
+                ),
+                content.clone()
+            )
+                .prop_map(|(p, c)| format!("{p}'{}'", c.replace('\'', "''"))),
+            (proptest::sample::select(&["$$", "$q$"][..]), content)
+                .prop_filter("a dollar quote cannot hold its own tag", |(t, c)| {
+                    !c.contains(*t)
+                })
+                .prop_map(|(t, c)| format!("{t}{c}{t}")),
+        ]
+    }
+
+    fn render(template: &str, values: &[String]) -> String {
+        let mut out = String::new();
+        let mut parts = template.split("{}");
+        let mut values = values.iter();
+        if let Some(first) = parts.next() {
+            out.push_str(first);
+        }
+        for p in parts {
+            out.push_str(values.next().map(String::as_str).unwrap_or("0"));
+            out.push_str(p);
+        }
+        out
+    }
+
+    /// A wrong cache hit would decide a statement as another one: whatever
+    /// the literals, the answer through the shared cache (warmed by every
+    /// earlier variant of the same shape) equals a fresh classification —
+    /// operation, tables read and written, functions, or the error.
+    #[test]
+    fn a_cached_classification_equals_a_fresh_one() {
+        let opts = Options::default();
+        let cache = ClassCache::new(opts.clone(), 1 << 20);
+        let hits = std::cell::Cell::new(0u32);
+        let seen = std::cell::RefCell::new(std::collections::HashSet::new());
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 3000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(
+                &(
+                    proptest::sample::select(TEMPLATES),
+                    proptest::collection::vec(literal(), 4),
+                ),
+                |(template, values)| {
+                    let sql = render(template, &values);
+                    let fresh = classify(&sql, &opts);
+                    if let (Some(k), Ok(c)) = (shape_key(&sql), &fresh) {
+                        if c.literal_independent && !seen.borrow_mut().insert(k) {
+                            hits.set(hits.get() + 1);
+                        }
+                    }
+                    let cached = cache.classify(&sql).map(|c| (*c).clone());
+                    prop_assert_eq!(cached, fresh, "{:?}", sql);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        // The test means something only if shapes were shared.
+        assert!(hits.get() > 300, "only {} cache hits", hits.get());
+    }
+
+    /// The same for each nasty string in each literal position, whichever
+    /// of the two variants the cache saw first.
+    #[test]
+    fn nasty_strings_never_change_a_cached_answer() {
+        let opts = Options::default();
+        let quote = |c: &str| format!("'{}'", c.replace('\'', "''"));
+        for template in TEMPLATES {
+            let holes = template.matches("{}").count();
+            let plain = render(template, &vec![quote("x"); holes]);
+            for at in 0..holes {
+                for nasty in NASTY {
+                    let mut values = vec![quote("x"); holes];
+                    values[at] = quote(nasty);
+                    let sql = render(template, &values);
+                    for (first, then) in [(&plain, &sql), (&sql, &plain)] {
+                        let cache = ClassCache::new(opts.clone(), 10);
+                        let _ = cache.classify(first);
+                        let cached = cache.classify(then).map(|c| (*c).clone());
+                        assert_eq!(cached, classify(then, &opts), "{then:?} after {first:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_nul_in_a_string_needs_a_full_parse() {
+        assert_eq!(shape_key("SELECT a FROM t WHERE b = 'x\0y'"), None);
+        let c = ClassCache::new(Options::default(), 10);
+        c.classify("SELECT a FROM t WHERE b = 'xy'").unwrap();
+        assert!(c.classify("SELECT a FROM t WHERE b = 'x\0y'").is_err());
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct Statement {
     pub unknown_functions: BTreeSet<String>,
     /// What the gateway itself must handle.
     pub special: Special,
+    /// The cursor a `FETCH` or `MOVE` runs. A portal bound through the
+    /// extended protocol shares the cursors' name space, and fetching from
+    /// it runs its statement, so the session checks this name.
+    pub portal: Option<String>,
 }
 
 /// Statements that change the proxy's own view of the session.
@@ -191,8 +195,17 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
         Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
         _ => String::new(),
     };
+    // EXECUTE runs a prepared statement the classifier never sees (one a
+    // driver prepared through the protocol shares its name space), wherever
+    // it sits: EXPLAIN ANALYZE EXECUTE, CREATE TABLE … AS EXECUTE.
+    if has_key(&tree, "ExecuteStmt") || has_key(&tree, "PrepareStmt") {
+        return Err(ClassifyError::Refused(
+            "PREPARE and EXECUTE in SQL are not supported through secondkey; use your driver's prepared statements (the extended protocol)".into(),
+        ));
+    }
     let mut w = Walk::new(opts);
     let mut special = Special::None;
+    let mut portal = None;
     let mut literal_independent = false;
     let base = match node {
         N::SelectStmt(_) | N::InsertStmt(_) | N::UpdateStmt(_) | N::DeleteStmt(_) => {
@@ -205,12 +218,26 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
             w.walk(&tree, false);
             Operation::Write
         }
-        N::TransactionStmt(_) => {
-            literal_independent = true;
-            Operation::Read
+        N::TransactionStmt(t) => {
+            use protobuf::TransactionStmtKind as K;
+            // Two-phase commit hands a transaction to (or takes one from)
+            // the server beyond this session: an administrator's business.
+            match K::try_from(t.kind).unwrap_or(K::Undefined) {
+                K::TransStmtPrepare | K::TransStmtCommitPrepared | K::TransStmtRollbackPrepared => {
+                    Operation::Admin
+                }
+                _ => {
+                    literal_independent = true;
+                    Operation::Read
+                }
+            }
         }
         N::VariableShowStmt(_) | N::ConstraintsSetStmt(_) | N::ListenStmt(_) => Operation::Read,
-        N::UnlistenStmt(_) | N::ClosePortalStmt(_) | N::FetchStmt(_) => Operation::Read,
+        N::UnlistenStmt(_) | N::ClosePortalStmt(_) => Operation::Read,
+        N::FetchStmt(f) => {
+            portal = Some(f.portalname.clone());
+            Operation::Read
+        }
         N::NotifyStmt(_) => Operation::Write,
         N::DeallocateStmt(d) => {
             special = Special::Deallocate(if d.isall { None } else { Some(d.name.clone()) });
@@ -242,8 +269,21 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
                 Operation::Export
             }
         }
-        N::ExplainStmt(_) | N::DeclareCursorStmt(_) => {
-            // EXPLAIN ANALYZE executes its statement: classify it as that.
+        N::ExplainStmt(e) => {
+            // EXPLAIN ANALYZE executes its statement (a CREATE TABLE AS
+            // creates the table): classify it as that statement. A plain
+            // EXPLAIN runs nothing, but is classified the same way.
+            if let Some(inner) = e.query.as_ref().and_then(|q| q.node.as_ref()) {
+                let (s, _) = statement(inner, opts)?;
+                w.reads = s.reads;
+                w.writes = s.writes;
+                w.functions = s.functions;
+                w.unknown = s.unknown_functions;
+                w.nested = s.operations;
+            }
+            Operation::Read
+        }
+        N::DeclareCursorStmt(_) => {
             w.walk(&tree, false);
             Operation::Read
         }
@@ -304,11 +344,6 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
             w.walk(&tree, true);
             Operation::Grant
         }
-        N::PrepareStmt(_) | N::ExecuteStmt(_) => {
-            return Err(ClassifyError::Refused(
-                "PREPARE and EXECUTE in SQL are not supported through secondkey; use your driver's prepared statements (the extended protocol)".into(),
-            ))
-        }
         N::CallStmt(_) => {
             // A procedure can do anything its owner can: it is decided as
             // the functions it calls (unknown ones count as writes).
@@ -338,6 +373,7 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
             functions: w.functions,
             unknown_functions: w.unknown,
             special,
+            portal,
         },
         literal_independent,
     ))
@@ -547,6 +583,17 @@ struct Walk<'a> {
     nested: BTreeSet<Operation>,
     /// CTE names in scope, innermost last.
     scopes: Vec<Vec<String>>,
+}
+
+/// Whether a node of type `name` (an object key) appears anywhere in `v`.
+/// Keys are node and field names; what a statement spells (identifiers,
+/// literals) only ever appears as values.
+fn has_key(v: &Value, name: &str) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, x)| k == name || has_key(x, name)),
+        Value::Array(a) => a.iter().any(|x| has_key(x, name)),
+        _ => false,
+    }
 }
 
 fn has(m: &serde_json::Map<String, Value>, keys: &[&str]) -> bool {

@@ -505,6 +505,11 @@ impl Session {
             .first()
             .map(|s| (*s).clone())
             .unwrap_or(Special::None);
+        if let Some(r) = self.fetches_bound_portal(&class) {
+            let b = Self::refusal_bytes(&r);
+            self.say(b, true);
+            return Ok(());
+        }
         match self.decide(&class, &text, None, "simple").await? {
             Ok(run) => {
                 self.forward(b'Q', body);
@@ -545,6 +550,10 @@ impl Session {
             ));
             return Ok(());
         }
+        if let Some(r) = self.fetches_bound_portal(&class) {
+            self.batch_error(r);
+            return Ok(());
+        }
         let text = portal.stmt.text.clone();
         match self
             .decide(&class, &text, Some(&portal.params), "extended")
@@ -558,6 +567,22 @@ impl Session {
             Err(r) => self.batch_error(r),
         }
         Ok(())
+    }
+
+    /// A `FETCH` or `MOVE` from a portal bound through the extended
+    /// protocol would run that portal's statement, which was never decided
+    /// (only an `Execute` of it is): refused. Cursors made with `DECLARE`
+    /// were decided when declared, and are not in the mirror.
+    fn fetches_bound_portal(&self, class: &Classification) -> Option<Refusal> {
+        let name = class
+            .statements
+            .iter()
+            .filter_map(|s| s.portal.as_deref())
+            .find(|n| self.lookup_portal(n).is_some())?;
+        Some(Refusal::new(
+            "0A000",
+            format!("secondkey: FETCH and MOVE cannot read portal \"{name}\": it was bound through the extended protocol, so run it with Execute"),
+        ))
     }
 
     // ---- deciding ---------------------------------------------------------
@@ -709,8 +734,9 @@ impl Session {
     /// connection asks for it (`estimate_rows`): simple-protocol statements
     /// on their own (`COPY table TO` is estimated as `SELECT * FROM table`),
     /// outside transactions (a failing EXPLAIN must not abort the client's)
-    /// and only while nothing else is in flight. EXPLAIN without ANALYZE
-    /// executes nothing.
+    /// and only while nothing else is in flight, never for statements that
+    /// call functions we do not know. EXPLAIN without ANALYZE executes
+    /// nothing.
     async fn estimate(
         &mut self,
         class: &Classification,
@@ -718,9 +744,12 @@ impl Session {
         params: Option<&[Value]>,
     ) -> Result<Option<i64>, End> {
         use crate::classify::Operation;
+        // Planning may evaluate functions declared IMMUTABLE: one we do not
+        // know (a write for all we know) must not run before the decision.
         if !self.sh.conn.estimate_rows
             || params.is_some()
             || class.statements.len() != 1
+            || !class.statements[0].unknown_functions.is_empty()
             || !matches!(
                 class.operation(),
                 Operation::Write | Operation::Delete | Operation::Export
@@ -750,7 +779,9 @@ impl Session {
                 .await
                 .map_err(|e| End::UpstreamLost(e.to_string()))?;
             if n == 0 {
-                return Err(End::UpstreamLost("the upstream closed the connection".into()));
+                return Err(End::UpstreamLost(
+                    "the upstream closed the connection".into(),
+                ));
             }
             self.on_upstream()?;
         }

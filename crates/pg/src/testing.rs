@@ -42,6 +42,18 @@ impl Cluster {
     /// initdb, start, create the `app` role (SCRAM password) and the
     /// `analytics` database with a `customers` table of `rows` rows.
     pub fn start(rows: usize) -> Cluster {
+        Cluster::start_with(rows, None)
+    }
+
+    /// Like [`Cluster::start`], with TLS on (`ssl = on`): the server
+    /// presents `cert_pem` (its private key `key_pem`, both PEM) and still
+    /// accepts plain connections. It also logs every connection and every
+    /// statement, so a test can tell what reached it ([`Cluster::server_log`]).
+    pub fn start_tls(rows: usize, cert_pem: &str, key_pem: &str) -> Cluster {
+        Cluster::start_with(rows, Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(rows: usize, tls: Option<(&str, &str)>) -> Cluster {
         let initdb = Path::new(BIN_DIR).join("initdb");
         assert!(
             initdb.exists(),
@@ -83,6 +95,9 @@ impl Cluster {
                 "--no-sync",
             ],
         );
+        if let Some((cert, key)) = tls {
+            c.enable_tls(cert, key);
+        }
         c.pg_start();
         c.superuser_sql(
             "postgres",
@@ -102,6 +117,44 @@ impl Cluster {
             ),
         );
         c
+    }
+
+    /// Writes `server.crt` and `server.key` into the data directory (the
+    /// key readable by the server's user only, as PostgreSQL demands) and
+    /// turns TLS and connection/statement logging on.
+    fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let cert = self.dir.join("server.crt");
+        let key = self.dir.join("server.key");
+        std::fs::write(&cert, cert_pem).expect("write server.crt");
+        std::fs::write(&key, key_pem).expect("write server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod server.key");
+        if self.as_postgres {
+            let ok = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&cert)
+                .arg(&key)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(
+                ok,
+                "cannot chown the server certificate to the postgres user"
+            );
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        conf.write_all(b"\nssl = on\nlog_connections = on\nlog_statement = 'all'\n")
+            .expect("write postgresql.conf");
+    }
+
+    /// What the server wrote to its log so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.socket_dir().join("server.log")).unwrap_or_default()
     }
 
     fn pg_start(&self) {

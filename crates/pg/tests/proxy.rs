@@ -2,8 +2,12 @@
 //! (in-process), with tokio-postgres as the client.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use secondkey_core::principal::Principal;
@@ -13,6 +17,8 @@ use secondkey_pg::PgGateway;
 use secondkey_server::{Config, Gateway, Running};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -44,6 +50,8 @@ struct Env {
     running: Option<Running>,
     gw: Arc<Gateway>,
     pg: SocketAddr,
+    /// Every connection's listener, in configuration order.
+    addrs: Vec<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,6 +59,17 @@ async fn setup(hold: &str) -> Env {
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(1200))
         .await
         .unwrap();
+    let verifier = secondkey_pg::scram::new_verifier(&token("agent:report-bot"));
+    let section = format!(
+        "[[postgres]]\nname = \"analytics\"\nlisten = \"127.0.0.1:0\"\nprincipals = [\"agent:report-bot\"]\nhold = \"{hold}\"\nhold_timeout = \"20s\"\nestimate_rows = true\n[postgres.upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword_env = \"SK_TEST_PG_PASSWORD\"\n[postgres.scram]\n\"agent:report-bot\" = \"{verifier}\"\n",
+        cluster.port
+    );
+    start_gateway(cluster, &section).await
+}
+
+/// A gateway (in-process) with the test principals and policies, and the
+/// `[[postgres]]` sections `postgres` in front of `cluster`.
+async fn start_gateway(cluster: Cluster, postgres: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let pdir = dir.path().join("policies");
     std::fs::create_dir_all(&pdir).unwrap();
@@ -74,11 +93,7 @@ async fn setup(hold: &str) -> Env {
             cfg.push_str(&format!("owner = \"{o}\"\n"));
         }
     }
-    let verifier = secondkey_pg::scram::new_verifier(&token("agent:report-bot"));
-    cfg.push_str(&format!(
-        "[[postgres]]\nname = \"analytics\"\nlisten = \"127.0.0.1:0\"\nprincipals = [\"agent:report-bot\"]\nhold = \"{hold}\"\nhold_timeout = \"20s\"\nestimate_rows = true\n[postgres.upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword_env = \"SK_TEST_PG_PASSWORD\"\n[postgres.scram]\n\"agent:report-bot\" = \"{verifier}\"\n",
-        cluster.port
-    ));
+    cfg.push_str(postgres);
     let env: HashMap<String, String> =
         [("SK_TEST_PG_PASSWORD".to_string(), APP_PASSWORD.to_string())].into();
     let config = Config::from_toml(&cfg, "test.toml", dir.path(), &env).unwrap();
@@ -100,23 +115,30 @@ async fn setup(hold: &str) -> Env {
         running: Some(running),
         gw,
         pg: addrs[0],
+        addrs,
         _dir: dir,
     }
 }
 
 impl Env {
     async fn connect(&self) -> Client {
+        self.connect_to(self.pg)
+            .await
+            .expect("connect through the gateway")
+    }
+
+    /// Logs in as agent:report-bot (SCRAM, no TLS) at one listener.
+    async fn connect_to(&self, addr: SocketAddr) -> Result<Client, tokio_postgres::Error> {
         let (client, conn) = tokio_postgres::Config::new()
             .host("127.0.0.1")
-            .port(self.pg.port())
+            .port(addr.port())
             .user("agent:report-bot")
             .password(token("agent:report-bot"))
             .dbname(DATABASE)
             .connect(NoTls)
-            .await
-            .expect("connect through the gateway");
+            .await?;
         tokio::spawn(conn);
-        client
+        Ok(client)
     }
 
     fn who(&self, id: &str) -> Principal {
@@ -447,5 +469,472 @@ async fn upstream_restart_and_client_exit_are_handled() {
     assert!(c.batch_execute("SELECT 1").await.is_err());
     let c = env.connect().await;
     c.batch_execute("SELECT 1").await.unwrap();
+    env.stop().await;
+}
+
+// ---- TLS ------------------------------------------------------------------
+
+/// A private certificate authority, made with rcgen.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, name.to_string());
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server certificate for `names` (host names or IP addresses) and
+    /// its private key, both PEM.
+    fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut p = rcgen::CertificateParams::new(names.clone()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].clone());
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A `[[postgres]]` section whose upstream speaks TLS: the gateway dials
+/// `host` and trusts `ca_file` (`None`: the public web roots).
+fn tls_upstream_section(name: &str, port: u16, host: &str, ca_file: Option<&Path>) -> String {
+    let verifier = secondkey_pg::scram::new_verifier(&token("agent:report-bot"));
+    let ca = ca_file
+        .map(|p| format!("ca_file = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    format!(
+        "[[postgres]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ndatabase = \"{DATABASE}\"\nprincipals = [\"agent:report-bot\"]\nhold = \"retry\"\n[postgres.upstream]\nhost = \"{host}\"\nport = {port}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword_env = \"SK_TEST_PG_PASSWORD\"\ntls = true\n{ca}[postgres.scram]\n\"agent:report-bot\" = \"{verifier}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_certificate_is_verified_before_anything_is_sent() {
+    let ca = Ca::new("secondkey test CA");
+    let other = Ca::new("someone else's CA");
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start_tls(20, &cert, &key))
+        .await
+        .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let ours = certs.path().join("ca.pem");
+    let theirs = certs.path().join("other-ca.pem");
+    std::fs::write(&ours, ca.pem()).unwrap();
+    std::fs::write(&theirs, other.pem()).unwrap();
+    let port = cluster.port;
+    let sections = [
+        tls_upstream_section("verified", port, "127.0.0.1", Some(&ours)),
+        // The server's certificate is not signed by the CA the gateway trusts.
+        tls_upstream_section("other-ca", port, "127.0.0.1", Some(&theirs)),
+        // The certificate names 127.0.0.1, not the host the gateway dials.
+        tls_upstream_section("other-name", port, "localhost", Some(&ours)),
+        // Without ca_file only public roots are trusted, not a private CA.
+        tls_upstream_section("public-roots", port, "127.0.0.1", None),
+    ]
+    .concat();
+    let env = start_gateway(cluster, &sections).await;
+
+    // The right CA: the gateway logs in over TLS and queries run.
+    let c = env.connect_to(env.addrs[0]).await.expect("connect via TLS");
+    let row = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the upstream session is not TLS");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 20);
+    drop(c);
+    let log = env._cluster.server_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection authorized: user=app") && l.contains("SSL enabled")),
+        "{log}"
+    );
+
+    for (i, why) in [
+        (1, "UnknownIssuer"),
+        (2, "not valid for name"),
+        (3, "UnknownIssuer"),
+    ] {
+        let before = env._cluster.server_log().len();
+        let e = env.connect_to(env.addrs[i]).await.unwrap_err();
+        assert_eq!(code(&e), "08006", "{e}");
+        let m = message(&e);
+        assert!(
+            m.contains("TLS to the upstream database failed") && m.contains(why),
+            "{why}: {m}"
+        );
+        assert!(!m.contains(APP_PASSWORD), "{m}");
+        // The server saw the handshake fail, and no login or statement after it.
+        let since = || env._cluster.server_log()[before..].to_string();
+        wait_for(|| since().contains("could not accept SSL connection")).await;
+        let new = since();
+        for never in ["connection authorized", "statement:", "execute "] {
+            assert!(!new.contains(never), "{why}: {never:?} in\n{new}");
+        }
+    }
+    env.stop().await;
+}
+
+/// tokio-postgres over rustls (tokio-postgres ships no TLS of its own).
+#[derive(Clone)]
+struct RustlsConnector(Arc<rustls::ClientConfig>);
+
+impl RustlsConnector {
+    fn trusting(ca_pem: &str) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        RustlsConnector(Arc::new(cfg))
+    }
+}
+
+struct RustlsConnect(
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
+struct RustlsStream(tokio_rustls::client::TlsStream<tokio_postgres::Socket>);
+
+impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for RustlsConnector {
+    type Stream = RustlsStream;
+    type TlsConnect = RustlsConnect;
+    type Error = rustls::pki_types::InvalidDnsNameError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, Self::Error> {
+        let name = rustls::pki_types::ServerName::try_from(domain.to_string())?;
+        Ok(RustlsConnect(self.0.clone(), name))
+    }
+}
+
+impl tokio_postgres::tls::TlsConnect<tokio_postgres::Socket> for RustlsConnect {
+    type Stream = RustlsStream;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<RustlsStream>> + Send>>;
+
+    fn connect(self, stream: tokio_postgres::Socket) -> Self::Future {
+        Box::pin(async move {
+            tokio_rustls::TlsConnector::from(self.0)
+                .connect(self.1, stream)
+                .await
+                .map(RustlsStream)
+        })
+    }
+}
+
+impl tokio_postgres::tls::TlsStream for RustlsStream {
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        tokio_postgres::tls::ChannelBinding::none()
+    }
+}
+
+impl AsyncRead for RustlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RustlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+async fn connect_tls(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    tls: &RustlsConnector,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(addr.port())
+        .user(user)
+        .password(password)
+        .dbname(DATABASE)
+        .ssl_mode(SslMode::Require)
+        .connect(tls.clone())
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Sends a plain startup message and returns the first message the
+/// gateway answers with: its type, SQLSTATE and message.
+async fn first_answer_to_plain_startup(addr: SocketAddr, user: &str) -> (u8, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = secondkey_pg::proto::PROTOCOL_3.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", DATABASE)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&msg).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if let Some((ty, body)) = secondkey_pg::proto::take_message(&mut buf, 1 << 20).unwrap() {
+            let (code, message) = secondkey_pg::proto::error_fields(&body);
+            return (ty, code, message);
+        }
+        let n = s.read_buf(&mut buf).await.unwrap();
+        assert!(n > 0, "the gateway closed without an answer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_a_password_only_over_tls() {
+    let ca = Ca::new("secondkey test CA");
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    let certs = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (
+        certs.path().join("gateway.crt"),
+        certs.path().join("gateway.key"),
+    );
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(20))
+        .await
+        .unwrap();
+    // No SCRAM verifier: the agent's token is its password, over TLS.
+    let section = format!(
+        "[[postgres]]\nname = \"analytics\"\nlisten = \"127.0.0.1:0\"\nprincipals = [\"agent:report-bot\"]\nhold = \"retry\"\n[postgres.upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword_env = \"SK_TEST_PG_PASSWORD\"\n[postgres.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cluster.port,
+        cert_file.display(),
+        key_file.display()
+    );
+    let env = start_gateway(cluster, &section).await;
+    let tls = RustlsConnector::trusting(&ca.pem());
+    let bot = "agent:report-bot";
+
+    // sslmode=require, the certificate verified against the CA, the token
+    // as the password: in, as the upstream role.
+    let c = connect_tls(env.pg, bot, &token(bot), &tls)
+        .await
+        .expect("a TLS login with the token");
+    let row = c.query_one("SELECT current_user", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), APP_USER);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 20);
+    let allowed = env.events("action.allowed");
+    assert!(
+        allowed
+            .iter()
+            .any(|e| e.to_string().contains("agent:report-bot")),
+        "{allowed:?}"
+    );
+
+    // Over TLS, a wrong token, another principal's token, or a principal
+    // this connection does not serve: refused alike.
+    let alice = token("user:alice");
+    for (user, password) in [
+        (bot, "not-the-token"),
+        (bot, alice.as_str()),
+        ("user:alice", alice.as_str()),
+    ] {
+        let e = connect_tls(env.pg, user, password, &tls)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} logged in with {password:?}"));
+        assert_eq!(code(&e), "28P01", "{user}: {e}");
+    }
+
+    // Without TLS the same login is refused, before any password is asked
+    // for: a token never crosses the network in clear.
+    let e = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(env.pg.port())
+        .user(bot)
+        .password(token(bot))
+        .dbname(DATABASE)
+        .ssl_mode(SslMode::Disable)
+        .connect(NoTls)
+        .await
+        .err()
+        .expect("a plain login with the token was accepted");
+    assert_eq!(code(&e), "28000", "{e}");
+    assert!(message(&e).contains("over TLS"), "{}", message(&e));
+    let (ty, sqlstate, msg) = first_answer_to_plain_startup(env.pg, bot).await;
+    assert_eq!(
+        (ty, sqlstate.as_str()),
+        (b'E', "28000"),
+        "the first answer was {:?}: {msg}",
+        ty as char
+    );
+
+    // Only the one good login opened an upstream session.
+    let sessions = tokio::task::block_in_place(|| {
+        env._cluster.superuser_sql(
+            DATABASE,
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
+        )
+    });
+    assert_eq!(sessions, "1");
+    drop(c);
+    env.stop().await;
+}
+
+// ---- SQL that reaches around the decision ---------------------------------
+
+/// A driver's prepared statements and bound portals share PostgreSQL's
+/// name space with SQL's EXECUTE and FETCH. Preparing or binding runs
+/// nothing, so the gateway decides only when it sees Execute; SQL that runs
+/// them by name must never pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_and_portals_cannot_be_run_from_sql() {
+    let env = setup("retry").await;
+    let delete = "DELETE FROM customers WHERE id = 1 RETURNING id";
+    let gone = "SELECT count(*) FROM customers WHERE id = 1";
+    let statement_name = "SELECT name FROM pg_prepared_statements WHERE statement = $1";
+    let portal_name = "SELECT name FROM pg_cursors WHERE statement = $1";
+
+    // Straight to the database, each of these deletes the row: the attacks
+    // are real (rolled back here).
+    let (mut direct, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(env.cluster_port)
+        .user(APP_USER)
+        .password(APP_PASSWORD)
+        .dbname(DATABASE)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for attack in ["EXPLAIN ANALYZE EXECUTE {s}", "FETCH ALL FROM {p}"] {
+        let tx = direct.transaction().await.unwrap();
+        let st = tx.prepare(delete).await.unwrap();
+        let portal = tx.bind(&st, &[]).await.unwrap();
+        let s: String = tx
+            .query_one(statement_name, &[&delete])
+            .await
+            .unwrap()
+            .get(0);
+        let p: String = tx.query_one(portal_name, &[&delete]).await.unwrap().get(0);
+        tx.batch_execute(&attack.replace("{s}", &s).replace("{p}", &p))
+            .await
+            .unwrap();
+        let n: i64 = tx.query_one(gone, &[]).await.unwrap().get(0);
+        assert_eq!(n, 0, "{attack} did not run the delete");
+        drop(portal);
+        tx.rollback().await.unwrap();
+    }
+
+    // Through the gateway: refused, and the row stays.
+    let mut c = env.connect().await;
+    let st = c.prepare(delete).await.unwrap();
+    let s: String = c
+        .query_one(statement_name, &[&delete])
+        .await
+        .unwrap()
+        .get(0);
+    for sql in [
+        format!("EXPLAIN ANALYZE EXECUTE {s}"),
+        format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {s}"),
+        format!("CREATE TEMP TABLE stolen AS EXECUTE {s}"),
+        format!("EXECUTE {s}"),
+    ] {
+        let e = c.batch_execute(&sql).await.unwrap_err();
+        assert_eq!(code(&e), "0A000", "{sql}: {e}");
+        let n: i64 = c.query_one(gone, &[]).await.unwrap().get(0);
+        assert_eq!(n, 1, "{sql} ran the delete");
+    }
+    let tx = c.transaction().await.unwrap();
+    let portal = tx.bind(&st, &[]).await.unwrap();
+    let p: String = tx.query_one(portal_name, &[&delete]).await.unwrap().get(0);
+    for sql in [
+        format!("FETCH ALL FROM {p}"),
+        format!("MOVE ALL IN {p}"),
+        format!("SELECT 1; FETCH 1 FROM {p}"),
+    ] {
+        let e = tx.batch_execute(&sql).await.unwrap_err();
+        assert_eq!(code(&e), "0A000", "{sql}: {e}");
+        assert!(message(&e).contains(&p), "{}", message(&e));
+    }
+    // The same FETCH prepared and executed through the protocol.
+    let fetch = tx.prepare(&format!("FETCH ALL FROM {p}")).await.unwrap();
+    let e = tx.query(&fetch, &[]).await.unwrap_err();
+    assert_eq!(code(&e), "0A000", "{e}");
+    let n: i64 = tx.query_one(gone, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "a FETCH ran the delete");
+    // Executing the portal itself is decided — and this delete is denied.
+    let e = tx.query_portal(&portal, 0).await.unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    assert!(
+        message(&e).contains("no-deletes-of-customers"),
+        "{}",
+        message(&e)
+    );
+    let n: i64 = tx.query_one(gone, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    // A cursor declared in SQL was decided when declared, and fetches.
+    tx.batch_execute("DECLARE mine CURSOR FOR SELECT id FROM customers ORDER BY id")
+        .await
+        .unwrap();
+    let rows = tx.simple_query("FETCH 2 FROM mine").await.unwrap();
+    let ids: Vec<&str> = rows
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, ["1", "2"]);
+    drop(portal);
+    tx.rollback().await.unwrap();
     env.stop().await;
 }

@@ -476,6 +476,199 @@ const CORPUS: &[(&str, Operation, &[&str], &[&str])] = &[
         &[],
     ),
     ("LOCK TABLE t", Operation::Admin, &[], &["public.t"]),
+    // Block comments nest in PostgreSQL (unlike C): here the DROP is inside
+    // the comment, and nothing but SELECT 1 runs …
+    (
+        "SELECT 1 /* /* */ ; DROP TABLE t; /* */ */",
+        Operation::Read,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT 1 /* a /* b /* c */ */ ; DELETE FROM customers */",
+        Operation::Read,
+        &[],
+        &[],
+    ),
+    // … and here the comment closes before it.
+    (
+        "SELECT 1 /* /* */ */; DROP TABLE t",
+        Operation::Ddl,
+        &[],
+        &["public.t"],
+    ),
+    (
+        "SELECT 1 /* -- */ ; DELETE FROM t",
+        Operation::Delete,
+        &[],
+        &["public.t"],
+    ),
+    // Quoted identifiers keep their case (another table); unquoted and
+    // quoted lower case, and Unicode escapes, name the same one.
+    (
+        "DELETE FROM \"Customers\"",
+        Operation::Delete,
+        &[],
+        &["public.Customers"],
+    ),
+    (
+        "DELETE FROM \"customers\"",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "delete from PUBLIC.CUSTOMERS where ID = 1",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "DELETE FROM \"public\".\"customers\"",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "SELECT * FROM U&\"d\\0061ta\"",
+        Operation::Read,
+        &["public.data"],
+        &[],
+    ),
+    (
+        "DELETE FROM U&\"\\0063ustomers\"",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "DELETE FROM U&\"!0063ustomers\" UESCAPE '!'",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    // TABLE x is SELECT * FROM x; ONLY changes inheritance, not the table.
+    (
+        "TABLE customers",
+        Operation::Read,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "TABLE ONLY sales.orders",
+        Operation::Read,
+        &["sales.orders"],
+        &[],
+    ),
+    (
+        "DELETE FROM ONLY customers",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "UPDATE ONLY customers SET email = NULL",
+        Operation::Write,
+        &[],
+        &["public.customers"],
+    ),
+    // Row locks need UPDATE rights in PostgreSQL and block writers: a
+    // write, wherever the locking clause sits. The table is listed as read
+    // (and in `tables`), not as written: no data changes.
+    (
+        "SELECT * FROM customers FOR UPDATE",
+        Operation::Write,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "SELECT id FROM customers WHERE id = 1 FOR KEY SHARE SKIP LOCKED",
+        Operation::Write,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "SELECT * FROM (SELECT * FROM customers FOR NO KEY UPDATE) s",
+        Operation::Write,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "WITH l AS (SELECT * FROM customers FOR SHARE) SELECT 1",
+        Operation::Write,
+        &["public.customers"],
+        &[],
+    ),
+    // EXPLAIN ANALYZE runs its statement, however the options are spelled.
+    (
+        "EXPLAIN ANALYZE DELETE FROM customers WHERE id = 1",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "explain (analyze, format json) delete from customers",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "EXPLAIN (ANALYZE true, BUFFERS) WITH d AS (DELETE FROM customers RETURNING *) SELECT 1",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "EXPLAIN ANALYZE UPDATE t SET a = 1",
+        Operation::Write,
+        &[],
+        &["public.t"],
+    ),
+    (
+        "EXPLAIN ANALYZE SELECT pg_read_file('/etc/passwd')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "EXPLAIN ANALYZE SELECT * FROM customers FOR UPDATE",
+        Operation::Write,
+        &["public.customers"],
+        &[],
+    ),
+    // EXPLAIN ANALYZE CREATE TABLE AS creates the table.
+    (
+        "EXPLAIN ANALYZE CREATE TABLE x AS SELECT * FROM customers",
+        Operation::Ddl,
+        &["public.customers"],
+        &["public.x"],
+    ),
+    (
+        "EXPLAIN ANALYZE CREATE MATERIALIZED VIEW mv AS SELECT * FROM customers",
+        Operation::Ddl,
+        &["public.customers"],
+        &["public.mv"],
+    ),
+    (
+        "EXPLAIN ANALYZE SELECT * INTO x FROM customers",
+        Operation::Ddl,
+        &["public.customers"],
+        &["public.x"],
+    ),
+    // A temporary table is still created (it is named like any other
+    // unqualified table, though it lives in pg_temp).
+    (
+        "CREATE TEMP TABLE x AS SELECT * FROM customers",
+        Operation::Ddl,
+        &["public.customers"],
+        &["public.x"],
+    ),
+    (
+        "create temporary table x as select email from customers where id = 1",
+        Operation::Ddl,
+        &["public.customers"],
+        &["public.x"],
+    ),
 ];
 
 #[test]
@@ -527,9 +720,65 @@ fn what_cannot_be_classified_is_an_error() {
         "SET standard_conforming_strings = off",
         "SET standard_conforming_strings TO 0",
         "SET backslash_quote = on",
+        // A nested comment left open.
+        "SELECT 1 /* /* */ ; DROP TABLE t",
     ] {
         assert!(c(sql).is_err(), "{sql:?} was classified: {:?}", c(sql));
     }
+}
+
+/// PREPARE and EXECUTE are refused wherever they appear: EXECUTE runs a
+/// statement the classifier cannot see (a driver's protocol-level prepared
+/// statements share the name space), also under EXPLAIN ANALYZE or as the
+/// query of CREATE TABLE AS.
+#[test]
+fn prepare_and_execute_are_refused_everywhere() {
+    for sql in [
+        "PREPARE p AS DELETE FROM customers",
+        "prepare p (int) as select $1",
+        "EXECUTE p",
+        "execute P (1, 'x')",
+        "SELECT 1; EXECUTE p",
+        "EXPLAIN EXECUTE p",
+        "EXPLAIN ANALYZE EXECUTE p",
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE s1 (42)",
+        "CREATE TABLE x AS EXECUTE p",
+        "CREATE TEMP TABLE x AS EXECUTE p (1)",
+        "EXPLAIN ANALYZE CREATE TABLE x AS EXECUTE p",
+    ] {
+        match c(sql) {
+            Err(ClassifyError::Refused(m)) => {
+                assert!(m.contains("extended protocol"), "{sql:?}: {m}")
+            }
+            other => panic!("{sql:?} was not refused: {other:?}"),
+        }
+    }
+    // The words alone, as names or in strings, are fine.
+    for sql in [
+        "SELECT 'EXECUTE p'",
+        "SELECT \"ExecuteStmt\" FROM t",
+        "SELECT * FROM prepare",
+    ] {
+        assert!(c(sql).is_ok(), "{sql:?}: {:?}", c(sql));
+    }
+}
+
+/// FETCH and MOVE name the cursor they run, for the session to check
+/// against the portals it saw bound.
+#[test]
+fn fetch_and_move_name_their_portal() {
+    for (sql, portal) in [
+        ("FETCH ALL FROM c1", "c1"),
+        ("fetch next in C1", "c1"),
+        ("MOVE FORWARD 5 IN \"P0\"", "P0"),
+        ("FETCH 10 p7", "p7"),
+    ] {
+        let got = c(sql).unwrap();
+        assert_eq!(got.operation(), Operation::Read, "{sql}");
+        assert_eq!(got.statements[0].portal.as_deref(), Some(portal), "{sql}");
+    }
+    assert_eq!(c("SELECT 1").unwrap().statements[0].portal, None);
+    assert_eq!(c("CLOSE c1").unwrap().statements[0].portal, None);
 }
 
 #[test]
@@ -575,4 +824,18 @@ fn deallocate_is_special() {
         Special::Deallocate(None)
     );
     assert!(c("").unwrap().statements.is_empty());
+}
+
+#[test]
+fn two_phase_commit_is_admin_plain_transactions_are_not() {
+    for sql in [
+        "PREPARE TRANSACTION 'gid1'",
+        "COMMIT PREPARED 'gid1'",
+        "ROLLBACK PREPARED 'gid1'",
+    ] {
+        assert_eq!(c(sql).unwrap().operation(), Operation::Admin, "{sql}");
+    }
+    for sql in ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT a", "RELEASE a", "ROLLBACK TO a"] {
+        assert_eq!(c(sql).unwrap().operation(), Operation::Read, "{sql}");
+    }
 }
