@@ -3,23 +3,16 @@
 //! (`secondkey mcp stdio`) and Streamable HTTP (`/mcp/<server>`).
 
 mod common;
+#[path = "common/mcp.rs"]
+mod mcp_common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use mcp_common::*;
 use serde_json::{json, Value};
-
-const MCP_POLICIES: &str = r#"
-@id("agents-read") permit(principal in Group::"agents", action == Action::"mcp.read", resource);
-@id("agents-call") permit(principal in Group::"agents", action == Action::"mcp.call", resource);
-@id("agents-export") permit(principal in Group::"agents", action == Action::"mcp.export", resource);
-@id("export-needs-review")
-@review("data-owners")
-forbid(principal, action == Action::"mcp.export", resource);
-@id("no-destructive-tools") forbid(principal, action == Action::"mcp.delete", resource);
-"#;
 
 /// The `[mcp]` section both modes use (stdio reads it from its own file).
 const MCP_SECTION: &str = r#"
@@ -34,22 +27,6 @@ fn tools_section(extra: &str) -> String {
     format!(
         "[[mcp.servers]]\nname = \"warehouse\"\n{extra}\n[mcp.servers.tools.export_table]\noperation = \"export\"\nreads = [\"table\"]\nwrites = [\"destination\"]\n[mcp.servers.tools.read_table]\nreads = [\"table\"]\n"
     )
-}
-
-fn python() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../mcp/tests/python")
-}
-
-fn require_python_mcp() {
-    let ok = Command::new("python3")
-        .args(["-c", "import mcp, httpx2"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "these tests need the official MCP Python SDK: run `python3 -m pip install mcp` (./scripts/test does)"
-    );
 }
 
 struct Env {
@@ -345,47 +322,6 @@ fn stdio_changed_tool_definition_is_held_until_a_human_accepts_it() {
         .unwrap();
     assert_eq!(p["accepted_by"], "user:bob");
     assert_eq!(p["fingerprint"], fp);
-}
-
-struct Upstream {
-    child: Child,
-    url: String,
-    headers: PathBuf,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn upstream(dir: &Path, runs: &Path) -> Upstream {
-    let port = free_port();
-    let headers = dir.join("upstream-headers.jsonl");
-    let child = Command::new("python3")
-        .arg(python().join("test_server.py"))
-        .args(["http", &port.to_string()])
-        .env("MCP_TEST_RUNS", runs)
-        .env("MCP_TEST_UPSTREAM_TOKEN", "upstream-secret")
-        .env("MCP_TEST_HEADERS", &headers)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream MCP server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Upstream {
-        child,
-        url: format!("http://127.0.0.1:{port}/mcp"),
-        headers,
-    }
 }
 
 #[test]

@@ -12,7 +12,7 @@
 // The error of the request helpers is the HTTP answer itself.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin as StdPin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -32,10 +32,11 @@ use secondkey_server::error::ApiError;
 use secondkey_server::{AppState, Extension, Gateway};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{McpConfig, ServerConfig, Sources};
 use crate::decide::{DecideError, Decider, Decision, PinState, Run};
+use crate::flood::{self, Budget};
 use crate::intercept::{tool_error, Forward, Interceptor, Outcome, Plan, Waiting};
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
 use crate::{pins, tools};
@@ -378,13 +379,24 @@ fn forwarded(h: &HeaderMap) -> Vec<(String, HeaderValue)> {
         .collect()
 }
 
+/// An upstream request that got no usable answer.
+struct Failure {
+    /// The answer for the client (a 502 naming the server).
+    response: Response,
+    /// What happened, for the log.
+    why: String,
+    /// The request may have reached the server, so a call may have run
+    /// (everything but a refused connection or credentials).
+    maybe_ran: bool,
+}
+
 async fn upstream(
     inner: &Inner,
     srv: &ServerConfig,
     method: Method,
     headers: &[(String, HeaderValue)],
     body: Option<Bytes>,
-) -> Result<reqwest::Response, Response> {
+) -> Result<reqwest::Response, Failure> {
     let url = srv.url.as_deref().unwrap_or_default();
     let mut r = inner.http.request(method, url);
     for (k, v) in headers {
@@ -397,23 +409,47 @@ async fn upstream(
         r = r.body(b);
     }
     let resp = r.send().await.map_err(|e| {
-        gateway_error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unreachable",
-            format!("the MCP server {} cannot be reached: {e}", srv.name),
-        )
+        // The url stays out: it may carry a credential.
+        let connect = e.is_connect();
+        let e = e.without_url();
+        let (code, why) = if connect {
+            (
+                "upstream_unreachable",
+                format!("the MCP server {} cannot be reached: {e}", srv.name),
+            )
+        } else {
+            (
+                "upstream_failed",
+                format!(
+                    "the MCP server {} failed before answering ({e}); whether the request took effect is unknown",
+                    srv.name
+                ),
+            )
+        };
+        Failure {
+            response: gateway_error(StatusCode::BAD_GATEWAY, code, why.clone()),
+            why,
+            maybe_ran: !connect,
+        }
     })?;
     if matches!(resp.status().as_u16(), 401 | 403) {
-        return Err(gateway_error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_refused",
-            format!(
-                "the MCP server {} refused secondkey's credentials (mcp.servers.headers)",
-                srv.name
-            ),
-        ));
+        let why = format!(
+            "the MCP server {} refused secondkey's credentials (mcp.servers.headers)",
+            srv.name
+        );
+        return Err(Failure {
+            response: gateway_error(StatusCode::BAD_GATEWAY, "upstream_refused", why.clone()),
+            why,
+            maybe_ran: false,
+        });
     }
     Ok(resp)
+}
+
+/// The largest answer secondkey takes from an upstream: a JSON body, or
+/// one event of an event stream (results can be larger than requests).
+fn answer_limit(cfg: &McpConfig) -> usize {
+    cfg.max_message_bytes.saturating_mul(4)
 }
 
 fn gateway_error(status: StatusCode, code: &'static str, message: String) -> Response {
@@ -475,11 +511,21 @@ async fn other_mcp(
         Err(r) => return r,
     };
     match upstream(&inner, &srv, method, &forwarded(&headers), None).await {
-        Ok(resp) => {
-            let (head, stream) = take_stream(resp);
-            relay_response(head, Body::from_stream(stream))
-        }
-        Err(r) => r,
+        Ok(resp) => relay_stream(&inner, resp),
+        Err(f) => f.response,
+    }
+}
+
+/// The upstream's answer streamed through; an event stream through a
+/// [`Tap`] (notifications bounded, unreadable events dropped).
+fn relay_stream(inner: &Inner, resp: reqwest::Response) -> Response {
+    let sse = is_sse(&resp);
+    let (head, stream) = take_stream(resp);
+    if sse {
+        let tap = Tap::new(stream, answer_limit(&inner.config), None);
+        relay_response(head, Body::from_stream(tap))
+    } else {
+        relay_response(head, Body::from_stream(stream))
     }
 }
 
@@ -505,16 +551,69 @@ fn take_stream(
     (head, s)
 }
 
+/// `413` with a JSON-RPC error (no id: the message was not read).
+fn too_large(limit: usize) -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Json(error_response(
+            Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            &format!(
+                "the message is larger than {limit} bytes, the most secondkey relays (mcp.max_message_bytes); nothing was forwarded"
+            ),
+        )),
+    )
+        .into_response()
+}
+
+/// The request body, of at most `limit` bytes (`mcp.max_message_bytes`,
+/// the limit of stdio mode too, whatever the REST API's). A declared
+/// length over it is refused before any of the body is read, so a client
+/// waiting for `100 Continue` never sends it.
+async fn read_message(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                Json(error_response(
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    &format!("the message could not be read: {e}; nothing was forwarded"),
+                )),
+            )
+                .into_response()
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
 async fn post_mcp(
     inner: Arc<Inner>,
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(server): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let srv = match server_of(&inner, &server) {
         Ok(s) => s,
+        Err(r) => return r,
+    };
+    let body = match read_message(&headers, body, inner.config.max_message_bytes).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
     let msg = match Message::parse(&body, inner.config.max_message_bytes) {
@@ -539,7 +638,7 @@ async fn post_mcp(
         (Kind::Request, Some("tools/call")) => {
             let id = msg.id().cloned().unwrap_or(Value::Null);
             let key = call_key(&id);
-            {
+            let cancel = {
                 let mut d = lock(&inner.deciding);
                 if d.contains_key(&key) {
                     return Json(error_response(
@@ -550,8 +649,9 @@ async fn post_mcp(
                     .into_response();
                 }
                 let (tx, _) = watch::channel(false);
-                d.insert(key.clone(), tx);
-            }
+                d.insert(key.clone(), tx.clone());
+                tx
+            };
             let call = CallCtx {
                 inner: inner.clone(),
                 gateway: s.gateway.clone(),
@@ -560,17 +660,18 @@ async fn post_mcp(
                 headers: fwd_headers,
                 session,
                 key,
+                cancel,
             };
             call.run(msg).await
         }
         (Kind::Request, Some("tools/list")) => {
             let resp = match upstream(&inner, &srv, Method::POST, &fwd_headers, Some(body)).await {
                 Ok(r) => r,
-                Err(r) => return r,
+                Err(f) => return f.response,
             };
             let sse = is_sse(&resp);
             let (head, stream) = take_stream(resp);
-            let bytes = match collect(stream, inner.config.max_message_bytes * 4).await {
+            let bytes = match collect(stream, answer_limit(&inner.config)).await {
                 Ok(b) => b,
                 Err(e) => return gateway_error(StatusCode::BAD_GATEWAY, "upstream_failed", e),
             };
@@ -579,12 +680,20 @@ async fn post_mcp(
                     observe(&inner, &s.gateway, &p, &srv, result).await;
                 }
             }
+            if sse {
+                let once =
+                    futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(bytes))]);
+                let tap = Tap::new(once, answer_limit(&inner.config), None);
+                return relay_response(head, Body::from_stream(tap));
+            }
             relay_response(head, Body::from(bytes))
         }
         (Kind::Notification, Some("notifications/cancelled")) => {
             if let Some(target) = msg.params().and_then(|x| x.get("requestId")) {
                 if let Some(tx) = lock(&inner.deciding).get(&call_key(target)) {
-                    let _ = tx.send(true);
+                    // The upstream never saw this call: withdraw it here and
+                    // tell the upstream nothing.
+                    tx.send_replace(true);
                     return StatusCode::ACCEPTED.into_response();
                 }
             }
@@ -620,11 +729,8 @@ async fn pass(
     body: Bytes,
 ) -> Response {
     match upstream(inner, srv, Method::POST, headers, Some(body)).await {
-        Ok(resp) => {
-            let (head, stream) = take_stream(resp);
-            relay_response(head, Body::from_stream(stream))
-        }
-        Err(r) => r,
+        Ok(resp) => relay_stream(inner, resp),
+        Err(f) => f.response,
     }
 }
 
@@ -643,47 +749,130 @@ async fn collect<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin>(
     Ok(out)
 }
 
-/// The `data` payloads of the complete SSE events in `buf`, consuming them.
-fn sse_events(buf: &mut Vec<u8>) -> Vec<String> {
-    let mut out = Vec::new();
-    loop {
-        let text = String::from_utf8_lossy(buf);
-        let norm = text.replace("\r\n", "\n");
-        let Some(end) = norm.find("\n\n") else { break };
-        let event = &norm[..end];
-        let data: Vec<&str> = event
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("data:")
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            })
-            .collect();
-        if !data.is_empty() {
-            out.push(data.join("\n"));
+/// Cuts an upstream event stream into events as its bytes arrive, in one
+/// pass: line ends normalized to `\n` (CRLF and CR are line ends too), an
+/// event ends at a blank line. An event longer than `max` is dropped whole
+/// (the stream goes on), so a server cannot grow the buffer without end.
+struct SseSplitter {
+    max: usize,
+    cur: Vec<u8>,
+    /// Bytes in the current line so far (0: a line end would be a blank line).
+    line: usize,
+    /// The last byte seen was `\r` (a following `\n` belongs to it).
+    cr: bool,
+    /// The event being read is over `max`: skip to its end.
+    skipping: bool,
+    /// Events dropped for their size.
+    oversized: u64,
+}
+
+impl SseSplitter {
+    fn new(max: usize) -> SseSplitter {
+        SseSplitter {
+            // Room for the field names around the data.
+            max: max.saturating_add(1024),
+            cur: Vec::new(),
+            line: 0,
+            cr: false,
+            skipping: false,
+            oversized: 0,
         }
-        let rest = norm.as_bytes()[end + 2..].to_vec();
-        *buf = rest;
     }
-    out
+
+    /// Adds `chunk`; appends each event it completes (blank line included)
+    /// to `out`.
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<Vec<u8>>) {
+        for &b in chunk {
+            let b = match b {
+                b'\n' if self.cr => {
+                    self.cr = false;
+                    continue;
+                }
+                b'\r' => {
+                    self.cr = true;
+                    b'\n'
+                }
+                b => {
+                    self.cr = false;
+                    b
+                }
+            };
+            if b == b'\n' {
+                let blank = self.line == 0;
+                self.line = 0;
+                if blank {
+                    if self.skipping {
+                        self.skipping = false;
+                    } else if !self.cur.is_empty() {
+                        self.cur.push(b'\n');
+                        out.push(std::mem::take(&mut self.cur));
+                    }
+                } else if !self.skipping {
+                    self.cur.push(b'\n');
+                }
+                continue;
+            }
+            self.line = self.line.saturating_add(1);
+            if self.skipping {
+                continue;
+            }
+            self.cur.push(b);
+            if self.cur.len() > self.max {
+                self.cur = Vec::new();
+                self.skipping = true;
+                self.oversized += 1;
+            }
+        }
+    }
+}
+
+/// The `data` of one event (its `data:` lines joined by `\n`); `None` for
+/// an event without data or with only whitespace in it (a comment, a
+/// `retry:`, an event id priming a reconnection).
+fn event_data(event: &[u8]) -> Option<Vec<u8>> {
+    let mut data: Option<Vec<u8>> = None;
+    for line in event.split(|b| *b == b'\n') {
+        let Some(d) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let d = d.strip_prefix(b" ").unwrap_or(d);
+        match &mut data {
+            None => data = Some(d.to_vec()),
+            Some(v) => {
+                v.push(b'\n');
+                v.extend_from_slice(d);
+            }
+        }
+    }
+    data.filter(|d| !d.iter().all(u8::is_ascii_whitespace))
+}
+
+/// The data of the events in a whole upstream event-stream body.
+fn sse_payloads(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut split = SseSplitter::new(usize::MAX);
+    let mut events = Vec::new();
+    split.push(bytes, &mut events);
+    split.push(b"\n\n", &mut events);
+    events.iter().filter_map(|e| event_data(e)).collect()
+}
+
+fn is_final_for(v: &Value, want: Option<&str>) -> bool {
+    v.get("id").map(id_key).as_deref() == want
+        && (v.get("result").is_some() || v.get("error").is_some())
 }
 
 /// The JSON-RPC response to `id` in an upstream body (JSON or SSE).
 fn final_response(bytes: &[u8], sse: bool, id: Option<&Value>) -> Option<Value> {
     let want = id.map(id_key);
-    let matches = |v: &Value| {
-        v.get("id").map(id_key) == want && (v.get("result").is_some() || v.get("error").is_some())
-    };
     if sse {
-        let mut buf = bytes.to_vec();
-        buf.extend_from_slice(b"\n\n");
-        sse_events(&mut buf)
+        sse_payloads(bytes)
             .into_iter()
-            .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
-            .find(|v| matches(v))
+            .filter_map(|d| serde_json::from_slice::<Value>(&d).ok())
+            .find(|v| is_final_for(v, want.as_deref()))
     } else {
         serde_json::from_slice::<Value>(bytes)
             .ok()
-            .filter(|v| matches(v))
+            .filter(|v| is_final_for(v, want.as_deref()))
     }
 }
 
@@ -723,11 +912,33 @@ struct CallCtx {
     headers: Vec<(String, HeaderValue)>,
     session: Option<String>,
     key: String,
+    /// The call's cancel switch (also in `Inner::deciding`, under `key`).
+    cancel: watch::Sender<bool>,
 }
 
 impl Drop for CallCtx {
     fn drop(&mut self) {
         lock(&self.inner.deciding).remove(&self.key);
+    }
+}
+
+/// Flips a call's cancel switch when dropped before it is disarmed: the
+/// client went away, which withdraws a held call as `notifications/cancelled`
+/// would. (The MCP transport does not make a disconnection a cancellation,
+/// but these answers cannot be resumed: nobody could receive the result.)
+struct CancelOnDrop(Option<watch::Sender<bool>>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            tx.send_replace(true);
+        }
     }
 }
 
@@ -780,7 +991,7 @@ impl CallCtx {
         };
         let sse = is_sse(&resp);
         let (_, stream) = take_stream(resp);
-        let Ok(bytes) = collect(stream, self.inner.config.max_message_bytes * 4).await else {
+        let Ok(bytes) = collect(stream, answer_limit(&self.inner.config)).await else {
             return;
         };
         if let Some(r) = final_response(&bytes, sse, Some(&json!("secondkey-tools"))) {
@@ -814,10 +1025,10 @@ impl CallCtx {
                 let s = self.session.as_deref()?;
                 lock(&self.inner.clients).get(s).cloned()
             });
-        let cancelled = match lock(&self.inner.deciding).get(&self.key) {
-            Some(tx) => tx.subscribe(),
-            None => watch::channel(false).1,
-        };
+        let cancelled = self.cancel.subscribe();
+        // The client going away cancels the call: its HTTP request (or the
+        // event stream answering it) is dropped, and so is this guard.
+        let gone = CancelOnDrop(Some(self.cancel.clone()));
         let token = jsonrpc::progress_token(Some(&params));
         if let Some(token) = token {
             // The client hears progress while the call is held: answer with
@@ -839,9 +1050,10 @@ impl CallCtx {
                         waiting,
                     )
                     .await;
-                self.finish_streaming(&icp, plan, msg, id, tx).await;
+                self.finish_streaming(icp, plan, msg, id, tx).await;
             });
-            let events = tokio_stream_of(rx).map(|line| {
+            let events = tokio_stream_of(rx).map(move |line| {
+                let _stream_alive = &gone;
                 Ok::<_, std::io::Error>(Bytes::from(format!("event: message\ndata: {line}\n\n")))
             });
             return Response::builder()
@@ -851,29 +1063,39 @@ impl CallCtx {
                 .body(Body::from_stream(events))
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         }
-        let icp = self.interceptor();
-        let (waiting, _keep) = (
-            Waiting {
+        // One JSON answer. The call is decided in a task of its own, so that
+        // a client that goes away while it is held withdraws it (instead of
+        // leaving it pending), and a run already under way is still
+        // recorded.
+        let (done, answer) = oneshot::channel();
+        tokio::spawn(async move {
+            let icp = self.interceptor();
+            let waiting = Waiting {
                 progress: None,
                 cancelled,
-            },
-            (),
-        );
-        let plan = icp
-            .tools_call(
-                &params,
-                definition.as_ref(),
-                pin,
-                client_info.as_ref(),
-                self.session.as_deref(),
-                waiting,
-            )
-            .await;
-        match plan {
-            Plan::Cancelled => StatusCode::ACCEPTED.into_response(),
-            Plan::Respond(result) => Json(result_response(id, result)).into_response(),
-            Plan::Forward(fwd) => self.forward(icp, fwd, msg, id).await,
-        }
+            };
+            let plan = icp
+                .tools_call(
+                    &params,
+                    definition.as_ref(),
+                    pin,
+                    client_info.as_ref(),
+                    self.session.as_deref(),
+                    waiting,
+                )
+                .await;
+            let resp = match plan {
+                Plan::Cancelled => StatusCode::ACCEPTED.into_response(),
+                Plan::Respond(result) => Json(result_response(id, result)).into_response(),
+                Plan::Forward(fwd) => self.forward(icp, fwd, msg, id).await,
+            };
+            let _ = done.send(resp);
+        });
+        let resp = answer
+            .await
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        gone.disarm();
+        resp
     }
 
     /// Sends the decided call upstream and relays the answer as it comes,
@@ -896,19 +1118,23 @@ impl CallCtx {
         .await
         {
             Ok(r) => r,
-            Err(r) => {
-                icp.finished(
-                    &fwd,
-                    Outcome::Lost("the upstream could not be reached".into()),
-                )
-                .await;
-                return r;
+            Err(f) => {
+                icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
+                if f.maybe_ran {
+                    return Json(result_response(id, tool_error(format!(
+                        "the MCP server failed during this call; whether it took effect is unknown ({})",
+                        f.why
+                    ))))
+                    .into_response();
+                }
+                return f.response;
             }
         };
         let sse = is_sse(&resp);
         let (head, stream) = take_stream(resp);
+        let max = answer_limit(&self.inner.config);
         if !sse {
-            let bytes = match collect(stream, self.inner.config.max_message_bytes * 4).await {
+            let bytes = match collect(stream, max).await {
                 Ok(b) => b,
                 Err(e) => {
                     icp.finished(&fwd, Outcome::Lost(e.clone())).await;
@@ -927,95 +1153,94 @@ impl CallCtx {
             tokio::spawn(async move { icp.finished(&fwd, outcome).await });
             return relay_response(head, Body::from(bytes));
         }
-        let tap = Tap::new(stream, id, icp, fwd);
+        let tap = Tap::new(stream, max, Some((id, icp, fwd)));
         relay_response(head, Body::from_stream(tap))
     }
 
+    /// The rest of a call answered with our own event stream (`tx`): the
+    /// decision's answer, or the upstream's messages once it is forwarded.
     async fn finish_streaming(
         &self,
-        icp: &Interceptor<InProcess>,
+        icp: Interceptor<InProcess>,
         plan: Plan,
         msg: Message,
         id: Value,
         tx: mpsc::Sender<String>,
     ) {
-        match plan {
-            Plan::Cancelled => {}
+        let fwd = match plan {
+            Plan::Cancelled => return,
             Plan::Respond(result) => {
                 let _ = tx.send(result_response(id, result).to_string()).await;
+                return;
             }
-            Plan::Forward(fwd) => {
-                let body = Bytes::from(msg.to_line());
-                let resp = match upstream(
-                    &self.inner,
-                    &self.srv,
-                    Method::POST,
-                    &self.headers,
-                    Some(body),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        icp.finished(
-                            &fwd,
-                            Outcome::Lost("the upstream could not be reached".into()),
-                        )
-                        .await;
-                        let _ = tx
-                            .send(
-                                result_response(
-                                    id,
-                                    tool_error(
-                                        "the MCP server cannot be reached; the call was not sent"
-                                            .into(),
-                                    ),
-                                )
-                                .to_string(),
-                            )
-                            .await;
-                        return;
-                    }
-                };
-                let sse = is_sse(&resp);
-                let (_, mut stream) = take_stream(resp);
-                let mut buf = Vec::new();
-                let mut done = false;
-                while let Some(chunk) = stream.next().await {
-                    let Ok(chunk) = chunk else { break };
-                    buf.extend_from_slice(&chunk);
-                    if !sse {
-                        continue;
-                    }
-                    for data in sse_events(&mut buf) {
-                        if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                            if v.get("id").map(id_key) == Some(id_key(&id))
-                                && (v.get("result").is_some() || v.get("error").is_some())
-                            {
-                                icp.finished(&fwd, outcome_of(&v)).await;
-                                done = true;
-                            }
-                        }
-                        let _ = tx.send(data).await;
-                    }
-                }
-                if !sse {
-                    if let Some(v) = final_response(&buf, false, Some(&id)) {
-                        icp.finished(&fwd, outcome_of(&v)).await;
-                        done = true;
-                        let _ = tx.send(v.to_string()).await;
-                    }
-                }
-                if !done {
-                    icp.finished(
-                        &fwd,
-                        Outcome::Lost("the upstream connection ended before the result".into()),
+            Plan::Forward(fwd) => fwd,
+        };
+        let body = Bytes::from(msg.to_line());
+        let resp = match upstream(
+            &self.inner,
+            &self.srv,
+            Method::POST,
+            &self.headers,
+            Some(body),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(f) => {
+                icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
+                let text = if f.maybe_ran {
+                    format!(
+                        "the MCP server failed during this call; whether it took effect is unknown ({})",
+                        f.why
                     )
+                } else {
+                    format!("the call was not sent: {}", f.why)
+                };
+                let _ = tx
+                    .send(result_response(id, tool_error(text)).to_string())
                     .await;
-                    let _ = tx.send(result_response(id, tool_error("the MCP server failed during this call; whether it took effect is unknown".into())).to_string()).await;
+                return;
+            }
+        };
+        let max = answer_limit(&self.inner.config);
+        let sse = is_sse(&resp);
+        let (head, stream) = take_stream(resp);
+        if sse {
+            // The tap records the outcome (or its loss) and adds the tool
+            // error of a stream that ends without the result.
+            let mut tap = Tap::new(stream, max, Some((id, icp, fwd)));
+            while let Some(Ok(event)) = tap.next().await {
+                if let Some(data) = event_data(&event) {
+                    // A client gone does not stop the tap: the outcome is
+                    // still recorded.
+                    let _ = tx.send(String::from_utf8_lossy(&data).into_owned()).await;
                 }
             }
+            return;
         }
+        let why = match collect(stream, max).await {
+            Ok(bytes) => match final_response(&bytes, false, Some(&id)) {
+                Some(v) => {
+                    icp.finished(&fwd, outcome_of(&v)).await;
+                    let _ = tx.send(v.to_string()).await;
+                    return;
+                }
+                None => format!("the upstream answered {} without a result", head.status()),
+            },
+            Err(e) => e,
+        };
+        icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+        let _ = tx
+            .send(
+                result_response(
+                    id,
+                    tool_error(format!(
+                        "the MCP server failed during this call; whether it took effect is unknown ({why})"
+                    )),
+                )
+                .to_string(),
+            )
+            .await;
     }
 }
 
@@ -1031,81 +1256,136 @@ fn tokio_stream_of(mut rx: mpsc::Receiver<String>) -> impl Stream<Item = String>
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Passes an upstream event stream through unchanged while watching for the
-/// call's final response; if the stream ends without one, the outcome is
-/// recorded as unknown and the client gets a tool error event.
+/// Passes an upstream event stream through event by event, holding it to
+/// what stdio mode holds a server to: notifications beyond
+/// [`flood::MAX_NOTIFICATIONS_PER_SECOND`] are dropped, and so are events
+/// whose data is not a JSON-RPC message or that exceed [`answer_limit`].
+/// For a forwarded `tools/call` it watches for the
+/// call's final response to record the outcome; if the stream ends without
+/// one, the outcome is recorded as unknown and the client gets a tool
+/// error event.
 struct Tap<S> {
     inner: S,
-    buf: Vec<u8>,
-    id: Value,
-    pending: Option<(Interceptor<InProcess>, Forward)>,
+    split: SseSplitter,
+    max: usize,
+    budget: Budget,
+    oversized_seen: u64,
+    /// Events ready for the client.
+    out: VecDeque<Bytes>,
+    /// The call's id and what records its outcome, until it is recorded.
+    pending: Option<(Value, Interceptor<InProcess>, Forward)>,
     ended: bool,
 }
 
 impl<S> Tap<S> {
-    fn new(inner: S, id: Value, icp: Interceptor<InProcess>, fwd: Forward) -> Self {
+    fn new(inner: S, max: usize, call: Option<(Value, Interceptor<InProcess>, Forward)>) -> Self {
         Tap {
             inner,
-            buf: Vec::new(),
-            id,
-            pending: Some((icp, fwd)),
+            split: SseSplitter::new(max),
+            max,
+            budget: Budget::new(tokio::time::Instant::now()),
+            oversized_seen: 0,
+            out: VecDeque::new(),
+            pending: call,
             ended: false,
         }
     }
 
     fn settle(&mut self, outcome: Outcome) {
-        if let Some((icp, fwd)) = self.pending.take() {
+        if let Some((_, icp, fwd)) = self.pending.take() {
             tokio::spawn(async move { icp.finished(&fwd, outcome).await });
         }
+    }
+
+    /// Takes the events `chunk` completes.
+    fn feed(&mut self, chunk: &[u8]) {
+        let mut events = Vec::new();
+        self.split.push(chunk, &mut events);
+        if self.split.oversized > self.oversized_seen {
+            self.oversized_seen = self.split.oversized;
+            tracing::warn!(
+                limit = self.max,
+                "dropped an event of the MCP server larger than 4 × mcp.max_message_bytes"
+            );
+        }
+        for e in events {
+            self.event(e);
+        }
+    }
+
+    fn event(&mut self, event: Vec<u8>) {
+        let msg = match event_data(&event) {
+            None => None,
+            Some(data) => match Message::parse(&data, self.max) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropped an unreadable event of the MCP server");
+                    return;
+                }
+            },
+        };
+        // Answers and the server's own requests pass; everything else
+        // counts against the budget.
+        let counted = msg.as_ref().is_none_or(|m| m.kind == Kind::Notification);
+        if counted && !self.budget.admit(tokio::time::Instant::now()) {
+            if self.budget.report_drop() {
+                tracing::warn!(
+                    dropped = self.budget.dropped(),
+                    "the MCP server floods notifications; dropping what exceeds {} a second",
+                    flood::MAX_NOTIFICATIONS_PER_SECOND
+                );
+            }
+            return;
+        }
+        if let (Some(m), Some((id, _, _))) = (&msg, &self.pending) {
+            if m.kind == Kind::Response && m.id().map(id_key) == Some(id_key(id)) {
+                let outcome = outcome_of(&Value::Object(m.value.clone()));
+                self.settle(outcome);
+            }
+        }
+        self.out.push_back(Bytes::from(event));
     }
 }
 
 impl<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin> Stream for Tap<S> {
     type Item = Result<Bytes, std::io::Error>;
 
-    fn poll_next(mut self: StdPin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        match StdPin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if self.pending.is_some() {
-                    self.buf.extend_from_slice(&chunk);
-                    let mut buf = std::mem::take(&mut self.buf);
-                    let events = sse_events(&mut buf);
-                    self.buf = buf;
-                    let want = id_key(&self.id);
-                    for d in events {
-                        if let Ok(v) = serde_json::from_str::<Value>(&d) {
-                            if v.get("id").map(id_key).as_deref() == Some(want.as_str())
-                                && (v.get("result").is_some() || v.get("error").is_some())
-                            {
-                                self.settle(outcome_of(&v));
-                            }
-                        }
+    fn poll_next(self: StdPin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(b) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(b)));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match StdPin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => this.feed(&chunk),
+                Poll::Ready(end) => {
+                    this.ended = true;
+                    // An event the stream did not finish still counts.
+                    this.feed(b"\n\n");
+                    if let Some((id, _, _)) = &this.pending {
+                        let id = id.clone();
+                        let why = match &end {
+                            Some(Err(e)) => format!("the upstream stream broke off: {e}"),
+                            _ if this.split.oversized > 0 => format!(
+                                "the upstream's answer was larger than {} bytes (4 × mcp.max_message_bytes) and was dropped",
+                                this.max
+                            ),
+                            _ => "the upstream stream ended before the result".to_string(),
+                        };
+                        let ev = result_response(
+                            id,
+                            tool_error(format!("the MCP server failed during this call; whether it took effect is unknown ({why})")),
+                        );
+                        this.settle(Outcome::Lost(why));
+                        this.out
+                            .push_back(Bytes::from(format!("event: message\ndata: {ev}\n\n")));
                     }
                 }
-                Poll::Ready(Some(Ok(chunk)))
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(other) => {
-                self.ended = true;
-                if self.pending.is_some() {
-                    let why = match &other {
-                        Some(Err(e)) => format!("the upstream stream broke off: {e}"),
-                        _ => "the upstream stream ended before the result".to_string(),
-                    };
-                    self.settle(Outcome::Lost(why));
-                    let ev = result_response(
-                        self.id.clone(),
-                        tool_error("the MCP server failed during this call; whether it took effect is unknown".into()),
-                    );
-                    return Poll::Ready(Some(Ok(Bytes::from(format!(
-                        "event: message\ndata: {ev}\n\n"
-                    )))));
-                }
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -1118,5 +1398,73 @@ impl<S> Drop for Tap<S> {
                 "the client disconnected before the result".into(),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(max: usize, chunks: &[&[u8]]) -> (Vec<Vec<u8>>, u64) {
+        let mut s = SseSplitter::new(max);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, &mut out);
+        }
+        (out, s.oversized)
+    }
+
+    #[test]
+    fn events_are_cut_at_blank_lines_whatever_the_line_ends_and_chunks() {
+        let (ev, _) = split(
+            100,
+            &[
+                b"event: message\r\ndata: {\"a\"",
+                b":1}\r",
+                b"\n\r\n: ping\n\ndata: x\rdata: y\r\r",
+            ],
+        );
+        assert_eq!(
+            ev,
+            vec![
+                b"event: message\ndata: {\"a\":1}\n\n".to_vec(),
+                b": ping\n\n".to_vec(),
+                b"data: x\ndata: y\n\n".to_vec()
+            ]
+        );
+        assert_eq!(event_data(&ev[0]).unwrap(), b"{\"a\":1}");
+        assert_eq!(event_data(&ev[1]), None, "a comment has no data");
+        assert_eq!(event_data(&ev[2]).unwrap(), b"x\ny");
+        assert_eq!(event_data(b"id: 7\ndata:\n\n"), None, "a priming event");
+        let (ev, _) = split(100, &[b"\n\n\ndata: 1\n\n\n\n"]);
+        assert_eq!(
+            ev,
+            vec![b"data: 1\n\n".to_vec()],
+            "stray blank lines dispatch nothing"
+        );
+    }
+
+    #[test]
+    fn an_oversized_event_is_dropped_whole_and_the_stream_goes_on() {
+        let big = format!("data: {}\nmore: x\n\n", "y".repeat(3000));
+        let (ev, oversized) = split(
+            1000,
+            &[
+                b"data: 1\n\n",
+                &big.as_bytes()[..1500],
+                &big.as_bytes()[1500..],
+                b"data: 2\n\n",
+            ],
+        );
+        assert_eq!(ev, vec![b"data: 1\n\n".to_vec(), b"data: 2\n\n".to_vec()]);
+        assert_eq!(oversized, 1);
+    }
+
+    #[test]
+    fn the_final_response_is_found_in_an_event_stream() {
+        let body = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}";
+        let r = final_response(body, true, Some(&json!(3))).unwrap();
+        assert_eq!(r["id"], 3);
+        assert!(final_response(body, true, Some(&json!("3"))).is_none());
     }
 }

@@ -18,6 +18,7 @@
 pub mod action;
 pub mod config;
 pub mod decide;
+pub mod flood;
 pub mod frame;
 pub mod http;
 pub mod intercept;

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::McpConfig;
 use crate::decide::{Decider, PinState};
+use crate::flood::Budget;
 use crate::frame::{read_frame, Frame};
 use crate::intercept::{tool_error, Forward, Interceptor, Outcome, Plan, Waiting};
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
@@ -28,7 +29,7 @@ use crate::tools;
 
 /// Server notifications relayed per second at most; a flood beyond that is
 /// dropped (and reported on stderr) so it cannot starve the session.
-pub const MAX_NOTIFICATIONS_PER_SECOND: u32 = 2000;
+pub use crate::flood::MAX_NOTIFICATIONS_PER_SECOND;
 
 /// A client request the server has not answered yet.
 enum Pending {
@@ -497,9 +498,7 @@ impl<D: Decider> Relay<D> {
 
     async fn read_server<R: AsyncBufRead + Unpin>(self: &Arc<Self>, mut r: R) {
         let mut buf = Vec::new();
-        let mut window = tokio::time::Instant::now();
-        let mut in_window = 0u32;
-        let mut dropped = 0u64;
+        let mut budget = Budget::new(tokio::time::Instant::now());
         loop {
             match read_frame(&mut r, self.max_message, &mut buf).await {
                 Ok(Frame::Eof) | Err(_) => break,
@@ -522,20 +521,15 @@ impl<D: Decider> Relay<D> {
                             continue;
                         }
                     };
-                    if msg.kind == Kind::Notification {
-                        let now = tokio::time::Instant::now();
-                        if now.duration_since(window) >= Duration::from_secs(1) {
-                            window = now;
-                            in_window = 0;
+                    if msg.kind == Kind::Notification && !budget.admit(tokio::time::Instant::now())
+                    {
+                        if budget.report_drop() {
+                            eprintln!(
+                                "secondkey: the MCP server floods notifications; dropped {} so far",
+                                budget.dropped()
+                            );
                         }
-                        in_window += 1;
-                        if in_window > MAX_NOTIFICATIONS_PER_SECOND {
-                            dropped += 1;
-                            if dropped % 1000 == 1 {
-                                eprintln!("secondkey: the MCP server floods notifications; dropped {dropped} so far");
-                            }
-                            continue;
-                        }
+                        continue;
                     }
                     self.from_server_msg(msg, &buf).await;
                 }

@@ -1,7 +1,10 @@
-"""A deliberately hostile MCP server over stdio (no SDK: it writes raw
-lines), for secondkey's relay tests. Tools: `flood` (answers after
-MCP_FLOOD notifications, default 20000), `garbage` (writes a malformed line
-and an over-long line before answering), `crash` (exits mid-call)."""
+"""A deliberately hostile MCP server (no SDK: it writes raw messages), for
+secondkey's relay tests: `hostile_server.py` over stdio, or
+`hostile_server.py http PORT` over Streamable HTTP. Tools: `flood` (answers
+after MCP_FLOOD notifications, default 20000), `garbage` (writes a
+malformed message and an over-long one before answering), `crash` (exits
+mid-call). Over HTTP, a GET stream is a flood too, and every request is
+recorded as a JSON line in MCP_TEST_HEADERS."""
 
 import json
 import os
@@ -17,6 +20,85 @@ TOOLS = [
     {"name": n, "description": d, "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}
     for n, d in [("flood", "floods"), ("garbage", "writes garbage"), ("crash", "exits")]
 ]
+
+
+def notification():
+    return {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x" * 100}}
+
+
+def serve_http(port):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    flood = int(os.environ.get("MCP_FLOOD", "20000"))
+    seen = os.environ.get("MCP_TEST_HEADERS")
+
+    def event(obj):
+        return "event: message\ndata: " + json.dumps(obj) + "\n\n"
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def record(self, what):
+            if seen:
+                with open(seen, "a") as f:
+                    f.write(json.dumps(what) + "\n")
+
+        def reply(self, status, body=b"", ctype="application/json", extra=()):
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            for k, v in extra:
+                self.send_header(k, v)
+            if ctype == "application/json":
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+
+        def do_GET(self):
+            self.record({"http": "GET"})
+            notes = event(notification()) * flood
+            self.reply(200, notes.encode(), ctype="text/event-stream")
+
+        def do_POST(self):
+            msg = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+            mid, method = msg.get("id"), msg.get("method")
+            self.record({"http": "POST", "method": method, "id": mid})
+            if mid is None:
+                return self.reply(202)
+            if method == "initialize":
+                result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                          "serverInfo": {"name": "hostile", "version": "0"}}
+                body = json.dumps({"jsonrpc": "2.0", "id": mid, "result": result}).encode()
+                return self.reply(200, body, extra=[("Mcp-Session-Id", "hostile-session")])
+            if method == "tools/list":
+                body = json.dumps({"jsonrpc": "2.0", "id": mid, "result": {"tools": TOOLS}}).encode()
+                return self.reply(200, body)
+            if method != "tools/call":
+                return self.reply(200, json.dumps({"jsonrpc": "2.0", "id": mid, "result": {}}).encode())
+            name = msg["params"]["name"]
+            done = event({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": f"{name} done"}]}})
+            if name == "flood":
+                out = event(notification()) * flood + done
+            elif name == "garbage":
+                out = "data: {this is not json\n\n" + event({"jsonrpc": "2.0", "method": "notifications/message",
+                                                               "params": {"data": "y" * 200000}}) + done
+            else:  # crash: a JSON answer cut off by the process exiting
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"jsonrpc":"2.0",')
+                self.wfile.flush()
+                os._exit(7)
+            self.reply(200, out.encode(), ctype="text/event-stream")
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+if len(sys.argv) > 2 and sys.argv[1] == "http":
+    serve_http(int(sys.argv[2]))
+    sys.exit(0)
 
 for line in sys.stdin:
     msg = json.loads(line)

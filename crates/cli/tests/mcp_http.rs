@@ -1,0 +1,1142 @@
+//! Black-box tests of the MCP gateway's Streamable HTTP mode (`/mcp/<server>`)
+//! when calls are held and when either side is hostile: the real binary and
+//! gateway, the official MCP Python SDK's server (or a raw hostile one)
+//! upstream, and the client spoken as raw HTTP, so that every message,
+//! header and byte is the test's choice. `mcp.rs` runs the SDK's own client.
+
+mod common;
+#[path = "common/mcp.rs"]
+mod mcp_common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mcp_common::*;
+use serde_json::{json, Value};
+
+const PROTOCOL: &str = "2025-11-25";
+
+const EXPORT_TOOL: &str = "[mcp.servers.tools.export_table]\noperation = \"export\"\nreads = [\"table\"]\nwrites = [\"destination\"]\n";
+
+/// A `[[mcp.servers]]` entry for `url`, holding the upstream's token;
+/// `extra` adds keys, then tool tables.
+fn server(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[mcp.servers]]\nname = \"{name}\"\nurl = \"{url}\"\nheaders = [{{ name = \"Authorization\", value_file = \"upstream.token\", prefix = \"Bearer \" }}]\n{extra}\n"
+    )
+}
+
+struct Env {
+    g: Gateway,
+    up: Upstream,
+    runs: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+/// An SDK test server upstream (`variant`: `MCP_TEST_VARIANT`), on `port`
+/// if given (a restart).
+fn sdk_upstream(tmp: &tempfile::TempDir, variant: &str, port: Option<u16>) -> Upstream {
+    let runs = tmp.path().join("runs.jsonl");
+    upstream_with(
+        tmp.path(),
+        "test_server.py",
+        &[
+            ("MCP_TEST_RUNS", runs.to_str().unwrap()),
+            ("MCP_TEST_UPSTREAM_TOKEN", "upstream-secret"),
+            ("MCP_TEST_VARIANT", variant),
+        ],
+        port,
+    )
+}
+
+/// The gateway with `[mcp]` keys `keys` and the servers `servers(url)`
+/// returns for the upstream's url.
+fn start_with(keys: &str, up: Upstream, tmp: tempfile::TempDir, servers: &str) -> Env {
+    std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
+    let section = format!(
+        "\n[mcp]\nprogress_interval_seconds = 1\ntool_admins = [\"data-owners\"]\n{keys}\n{servers}"
+    );
+    let g = Gateway::start_extra(tmp.path(), MCP_POLICIES, &section);
+    Env {
+        g,
+        up,
+        runs: tmp.path().join("runs.jsonl"),
+        tmp,
+    }
+}
+
+fn start(keys: &str, servers: impl Fn(&str) -> String) -> Env {
+    require_python_mcp();
+    let tmp = tempfile::tempdir().unwrap();
+    let up = sdk_upstream(&tmp, "", None);
+    let servers = servers(&up.url);
+    start_with(keys, up, tmp, &servers)
+}
+
+impl Env {
+    fn session(&self, server: &str, who: &str) -> Session {
+        Session::open(&self.g, server, who)
+    }
+
+    fn runs(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.runs)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn runs_of(&self, tool: &str) -> Vec<Value> {
+        self.runs()
+            .into_iter()
+            .filter(|r| r["tool"] == tool)
+            .collect()
+    }
+
+    fn state(&self, id: &str) -> String {
+        let (s, v) = self
+            .g
+            .call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+        assert_eq!(s, 200, "{v}");
+        v["state"].as_str().unwrap().to_string()
+    }
+
+    fn wait_state(&self, id: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self.state(id);
+            if st == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request {id} is {st}, never {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pending(&self) -> Vec<String> {
+        let (s, v) = self
+            .g
+            .call("GET", "/v1/requests?state=pending", Some("user:bob"), None);
+        assert_eq!(s, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Waits for a pending request not in `known`.
+    fn new_pending(&self, known: &[String]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(id) = self.pending().into_iter().find(|i| !known.contains(i)) {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "no new pending request");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn approve(&self, id: &str) {
+        let (s, v) = self.g.review("user:bob", id, "approve");
+        assert_eq!(s, 200, "{v}");
+    }
+
+    /// The audit log as entries (read-only, while the gateway runs).
+    fn log(&self) -> Vec<Value> {
+        let (code, out, err) = run_cli(
+            &[
+                "log",
+                "export",
+                "--config",
+                self.g.config.to_str().unwrap(),
+                "--format",
+                "jsonl",
+            ],
+            &self.g.url,
+            None,
+        );
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits for a log entry matching `f` (results are recorded off the
+    /// client's path).
+    fn wait_log(&self, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.log().into_iter().find(&f) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "the entry was never logged");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the upstream and starts it again on the same port.
+    fn restart_upstream(&mut self, variant: &str) {
+        let _ = self.up.child.kill();
+        self.up.wait_exited();
+        self.up = sdk_upstream(&self.tmp, variant, Some(self.up.port));
+    }
+}
+
+/// An MCP session spoken as raw HTTP through the gateway.
+struct Session {
+    url: String,
+    token: String,
+    id: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// One HTTP answer and the JSON-RPC messages in it (JSON or event stream).
+struct Answer {
+    status: u16,
+    body: String,
+    messages: Vec<Value>,
+    session: Option<String>,
+}
+
+fn messages_in(content_type: &str, body: &str) -> Vec<Value> {
+    if content_type.starts_with("text/event-stream") {
+        body.replace("\r\n", "\n")
+            .split("\n\n")
+            .filter_map(|ev| {
+                let data: Vec<&str> = ev
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                (!data.is_empty()).then(|| {
+                    serde_json::from_str(&data.join("\n")).unwrap_or_else(|e| {
+                        panic!("an unreadable event reached the client ({e}): {ev}")
+                    })
+                })
+            })
+            .collect()
+    } else if body.trim().is_empty() {
+        vec![]
+    } else {
+        vec![serde_json::from_str(body).unwrap_or(Value::String(body.to_string()))]
+    }
+}
+
+impl Answer {
+    /// The JSON-RPC response in it.
+    fn response(&self) -> &Value {
+        self.messages
+            .iter()
+            .find(|m| m.get("result").is_some() || m.get("error").is_some())
+            .unwrap_or_else(|| panic!("no response in {}: {}", self.status, self.body))
+    }
+
+    fn is_error(&self) -> bool {
+        self.response()["result"]["isError"] == true
+    }
+
+    fn text(&self) -> String {
+        tool_text(self.response())
+    }
+
+    fn notifications(&self, method: &str) -> usize {
+        self.messages
+            .iter()
+            .filter(|m| m["method"] == method)
+            .count()
+    }
+}
+
+fn tool_text(r: &Value) -> String {
+    r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a tool result: {r}"))
+        .to_string()
+}
+
+/// The `req_…` id a held call's text names.
+fn request_id_in(text: &str) -> String {
+    let at = text
+        .find("request req_")
+        .unwrap_or_else(|| panic!("no request id in: {text}"));
+    text[at + "request ".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+fn call_msg(id: &Value, tool: &str, args: &Value, progress: Option<&Value>) -> Value {
+    let mut params = json!({"name": tool, "arguments": args});
+    if let Some(t) = progress {
+        params["_meta"] = json!({"progressToken": t});
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+}
+
+/// An event stream read as it comes, one JSON-RPC message at a time.
+struct Events {
+    rx: mpsc::Receiver<Value>,
+}
+
+impl Events {
+    /// The next message (within 20 s); `None` when the stream ended.
+    fn next(&self) -> Option<Value> {
+        match self.rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(v) => Some(v),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("no event within 20 s"),
+        }
+    }
+
+    /// Everything until the stream ends.
+    fn rest(&self) -> Vec<Value> {
+        std::iter::from_fn(|| self.next()).collect()
+    }
+}
+
+impl Session {
+    fn open(g: &Gateway, server: &str, who: &str) -> Session {
+        let mut s = Session {
+            url: format!("{}/mcp/{server}", g.url),
+            token: token_of(who),
+            id: None,
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(60))
+                .build(),
+        };
+        let a = s.send(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL, "capabilities": {},
+            "clientInfo": {"name": "raw-http-test", "version": "1"}}}),
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(
+            a.response()["result"]["protocolVersion"].is_string(),
+            "{}",
+            a.body
+        );
+        s.id = a.session.clone();
+        assert!(s.id.is_some(), "the upstream names the session");
+        let a = s.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        assert_eq!(a.status, 202, "{}", a.body);
+        s
+    }
+
+    /// The same session id, another caller.
+    fn as_other(&self, who: &str) -> Session {
+        Session {
+            url: self.url.clone(),
+            token: token_of(who),
+            id: self.id.clone(),
+            agent: self.agent.clone(),
+        }
+    }
+
+    fn request(&self, method: &str) -> ureq::Request {
+        let mut r = self
+            .agent
+            .request(method, &self.url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Content-Type", "application/json")
+            .set("Accept", "application/json, text/event-stream")
+            .set("MCP-Protocol-Version", PROTOCOL);
+        if let Some(id) = &self.id {
+            r = r.set("Mcp-Session-Id", id);
+        }
+        r
+    }
+
+    fn answer(res: Result<ureq::Response, ureq::Error>) -> Answer {
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{e}"),
+        };
+        let status = resp.status();
+        let ct = resp.content_type().to_string();
+        let session = resp.header("mcp-session-id").map(str::to_string);
+        let body = resp.into_string().unwrap();
+        Answer {
+            status,
+            messages: messages_in(&ct, &body),
+            body,
+            session,
+        }
+    }
+
+    fn post(&self, body: &[u8]) -> Answer {
+        Self::answer(self.request("POST").send_bytes(body))
+    }
+
+    fn send(&self, msg: &Value) -> Answer {
+        self.post(msg.to_string().as_bytes())
+    }
+
+    fn get(&self) -> Answer {
+        Self::answer(
+            self.request("GET")
+                .set("Accept", "text/event-stream")
+                .call(),
+        )
+    }
+
+    fn list(&self) -> Answer {
+        let a = self.send(&json!({"jsonrpc": "2.0", "id": "list", "method": "tools/list"}));
+        assert_eq!(a.status, 200, "{}", a.body);
+        a
+    }
+
+    fn call(&self, id: Value, tool: &str, args: &Value) -> Answer {
+        self.send(&call_msg(&id, tool, args, None))
+    }
+
+    fn cancel(&self, id: Value) -> Answer {
+        self.send(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                          "params": {"requestId": id, "reason": "the user gave up"}}),
+        )
+    }
+
+    /// A call with a progress token, its event stream read in a thread.
+    fn call_streaming(&self, id: Value, tool: &str, args: &Value, token: Value) -> Events {
+        let req = self.request("POST");
+        let body = call_msg(&id, tool, args, Some(&token)).to_string();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let resp = req.send_string(&body).expect("an event stream");
+            assert_eq!(resp.content_type(), "text/event-stream");
+            let mut data = Vec::new();
+            for line in BufReader::new(resp.into_reader()).lines() {
+                let Ok(line) = line else { break };
+                if line.is_empty() {
+                    if !data.is_empty() {
+                        let v: Value = serde_json::from_str(&data.join("\n")).unwrap();
+                        data.clear();
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
+                }
+            }
+        });
+        Events { rx }
+    }
+
+    /// Opens a socket of its own and writes a POST's head: the session's
+    /// headers and `framing` (Content-Length, Transfer-Encoding, Expect).
+    fn raw_head(&self, framing: &str) -> TcpStream {
+        let rest = self.url.trim_start_matches("http://");
+        let (host, path) = rest.split_at(rest.find('/').unwrap());
+        let mut c = TcpStream::connect(host).unwrap();
+        write!(
+            c,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {}\r\nMCP-Protocol-Version: {PROTOCOL}\r\n{framing}\r\n",
+            self.token,
+            self.id.as_deref().unwrap_or_default(),
+        )
+        .unwrap();
+        c
+    }
+
+    /// Sends a call over a socket of its own and returns the socket
+    /// unread: dropping it is the client going away.
+    fn raw_call(&self, msg: &Value) -> TcpStream {
+        let body = msg.to_string();
+        let mut c = self.raw_head(&format!("Content-Length: {}\r\n", body.len()));
+        c.write_all(body.as_bytes()).unwrap();
+        c.flush().unwrap();
+        c
+    }
+
+    /// POSTs `body` (if any) after the head with `framing`, as a client
+    /// that keeps writing when the server answers early (it may then
+    /// close: write errors are ignored), and reads the answer: status and
+    /// body.
+    fn raw_exchange(&self, framing: &str, body: Option<&[u8]>) -> (u16, String) {
+        let mut c = self.raw_head(framing);
+        if let Some(b) = body {
+            let _ = c.write_all(b).and_then(|_| c.flush());
+        }
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match std::io::Read::read(&mut c, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&got);
+            // One answer with a length is all there is to read.
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok());
+                if len.is_some_and(|n| rest.len() >= n) {
+                    break;
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&got).to_string();
+        let (head, rest) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no answer: {text:?}"));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status: {head}"));
+        assert!(
+            !head.contains("100 Continue"),
+            "the body was never asked for: {head}"
+        );
+        (status, rest.to_string())
+    }
+}
+
+#[test]
+fn http_silent_hold_names_the_request_and_the_identical_retry_runs_once_after_approval() {
+    let e = start("hold_seconds = 3", |url| {
+        server("warehouse", url, EXPORT_TOOL)
+    });
+    let s = e.session("warehouse", "agent:report-bot");
+    let args = json!({"table": "customers", "destination": "s3://reports/q.csv"});
+    // No progress token: after hold_seconds the call returns, saying what
+    // to do.
+    let a = s.call(json!(1), "export_table", &args);
+    assert_eq!((a.status, a.is_error()), (200, true), "{}", a.body);
+    let t = a.text();
+    assert!(
+        t.contains("for human review")
+            && t.contains("Nothing ran yet")
+            && t.contains("call the tool again with exactly the same arguments: it then runs once"),
+        "{t}"
+    );
+    let first = request_id_in(&t);
+    assert_eq!(e.state(&first), "pending");
+    assert!(e.runs_of("export_table").is_empty(), "held: nothing ran");
+
+    // Only an eligible human approves: not the agent, not its owner, not
+    // someone outside the reviewing group (who does not even see it).
+    let (st, v) = e.g.review("agent:report-bot", &first, "approve");
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = e.g.review("user:alice", &first, "approve");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("self_review")),
+        "{v}"
+    );
+    let (st, v) = e.g.review("user:erin", &first, "approve");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    assert_eq!(e.state(&first), "pending");
+    e.approve(&first);
+    assert_eq!(e.state(&first), "approved");
+
+    // The agent comes back in a new session. Changed arguments are another
+    // request, held in turn, and do not run.
+    let s = e.session("warehouse", "agent:report-bot");
+    let changed = json!({"table": "orders", "destination": "s3://reports/q.csv"});
+    let a = s.call(json!(1), "export_table", &changed);
+    let t = a.text();
+    assert!(a.is_error() && t.contains("for human review"), "{t}");
+    let second = request_id_in(&t);
+    assert_ne!(second, first, "not the approved request");
+    assert!(e.runs_of("export_table").is_empty());
+    assert_eq!(e.state(&first), "approved", "the approval is still unused");
+
+    // The identical call runs at once, once.
+    let a = s.call(json!(2), "export_table", &args);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(!a.is_error(), "{}", a.body);
+    assert_eq!(a.text(), "exported customers to s3://reports/q.csv");
+    assert_eq!(
+        e.runs_of("export_table"),
+        vec![json!({"tool": "export_table", "args": args})]
+    );
+    e.wait_state(&first, "executed");
+    // The approval is used up: the same call again is held anew.
+    let a = s.call(json!(3), "export_table", &args);
+    let third = request_id_in(&a.text());
+    assert!(
+        a.is_error() && third != first && third != second,
+        "{}",
+        a.body
+    );
+    assert_eq!(e.runs_of("export_table").len(), 1, "ran exactly once");
+    assert_eq!(e.state(&second), "pending");
+}
+
+#[test]
+fn http_cancelling_a_held_call_or_going_away_withdraws_it_and_nothing_runs() {
+    let e = start(
+        "hold_seconds = 10\nhold_with_progress_seconds = 30",
+        |url| server("warehouse", url, EXPORT_TOOL),
+    );
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+
+    // notifications/cancelled for a call held with progress.
+    let ev = s.call_streaming(
+        json!("c1"),
+        "export_table",
+        &json!({"table": "customers", "destination": "s3://c/1.csv"}),
+        json!("p1"),
+    );
+    let note = ev.next().unwrap();
+    assert_eq!(note["method"], "notifications/progress", "{note}");
+    assert_eq!(note["params"]["progressToken"], "p1");
+    let held = request_id_in(note["params"]["message"].as_str().unwrap());
+    // Another caller cannot cancel it, even naming the same session and id.
+    s.as_other("agent:other-bot").cancel(json!("c1"));
+    let note = ev.next().unwrap();
+    assert_eq!(
+        note["method"], "notifications/progress",
+        "still held: {note}"
+    );
+    assert_eq!(e.state(&held), "pending");
+    let a = s.cancel(json!("c1"));
+    assert_eq!(a.status, 202, "{}", a.body);
+    let rest = ev.rest();
+    assert!(
+        rest.iter().all(|m| m.get("id").is_none()),
+        "no answer to a cancelled call: {rest:?}"
+    );
+    e.wait_state(&held, "withdrawn");
+
+    // The client goes away during a silent hold: the HTTP request is dropped.
+    let known = e.pending();
+    assert!(known.is_empty(), "{known:?}");
+    let conn = s.raw_call(&call_msg(
+        &json!("d1"),
+        "export_table",
+        &json!({"table": "customers", "destination": "s3://c/2.csv"}),
+        None,
+    ));
+    let silent = e.new_pending(&known);
+    drop(conn);
+    e.wait_state(&silent, "withdrawn");
+
+    // ... and while held with progress: the event stream is dropped.
+    let conn = s.raw_call(&call_msg(
+        &json!("d2"),
+        "export_table",
+        &json!({"table": "customers", "destination": "s3://c/3.csv"}),
+        Some(&json!("p2")),
+    ));
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut r = BufReader::new(conn);
+    let mut line = String::new();
+    while !line.starts_with("data:") {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the stream ended");
+    }
+    assert!(line.contains("notifications/progress"), "{line}");
+    let streamed = request_id_in(&line);
+    drop(r);
+    e.wait_state(&streamed, "withdrawn");
+
+    // A withdrawn request cannot be approved; nothing ran.
+    for id in [&held, &silent, &streamed] {
+        let (st, v) = e.g.review("user:bob", id, "approve");
+        assert_eq!(st, 409, "{v}");
+    }
+    assert!(e.runs().is_empty(), "{:?}", e.runs());
+    // The session goes on, and the ids are free again.
+    let a = s.call(json!("c1"), "read_table", &json!({"table": "orders"}));
+    assert_eq!(a.text(), "10 rows of orders", "{}", a.body);
+}
+
+#[test]
+fn http_a_duplicate_request_id_while_one_is_held_is_refused_and_nothing_runs_twice() {
+    let e = start(
+        "hold_seconds = 10\nhold_with_progress_seconds = 30",
+        |url| server("warehouse", url, EXPORT_TOOL),
+    );
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let args = json!({"table": "customers", "destination": "s3://d/1.csv"});
+    let ev = s.call_streaming(json!(5), "export_table", &args, json!("p"));
+    let note = ev.next().unwrap();
+    let held = request_id_in(note["params"]["message"].as_str().unwrap());
+    // Id 5 again in this session, whatever it asks: refused, not decided,
+    // not forwarded.
+    let seen = e.up.requests_seen();
+    for (tool, a) in [
+        ("export_table", &args),
+        (
+            "export_table",
+            &json!({"table": "orders", "destination": "s3://d/2.csv"}),
+        ),
+        ("read_table", &json!({"table": "orders"})),
+    ] {
+        let a = s.call(json!(5), tool, a);
+        assert_eq!(a.status, 200, "{}", a.body);
+        let r = a.response();
+        assert_eq!(
+            (&r["id"], &r["error"]["code"]),
+            (&json!(5), &json!(-32600)),
+            "{r}"
+        );
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("still in progress"),
+            "{r}"
+        );
+    }
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
+    assert_eq!(e.pending(), vec![held.clone()], "nothing else was decided");
+
+    // The same id in another session of the same agent is its own call:
+    // the identical action waits on the same request.
+    let s2 = e.session("warehouse", "agent:report-bot");
+    let ev2 = s2.call_streaming(json!(5), "export_table", &args, json!("p"));
+    let note = ev2.next().unwrap();
+    assert_eq!(
+        request_id_in(note["params"]["message"].as_str().unwrap()),
+        held
+    );
+    e.approve(&held);
+    let finals: Vec<Value> = [ev, ev2]
+        .iter()
+        .map(|ev| {
+            ev.rest()
+                .into_iter()
+                .find(|m| m["id"] == 5)
+                .expect("each call is answered")
+        })
+        .collect();
+    let ran: Vec<&Value> = finals
+        .iter()
+        .filter(|r| r["result"]["isError"] != true)
+        .collect();
+    assert_eq!(ran.len(), 1, "one approval, one run: {finals:?}");
+    assert_eq!(tool_text(ran[0]), "exported customers to s3://d/1.csv");
+    let other = finals
+        .iter()
+        .find(|r| r["result"]["isError"] == true)
+        .unwrap();
+    assert!(tool_text(other).contains("did not run"), "{other}");
+    assert_eq!(e.runs_of("export_table").len(), 1, "{:?}", e.runs());
+    e.wait_state(&held, "executed");
+    // Once answered, the id is free again.
+    let a = s.call(json!(5), "read_table", &json!({"table": "orders"}));
+    assert_eq!(a.text(), "10 rows of orders", "{}", a.body);
+}
+
+#[test]
+fn http_an_upstream_crash_mid_call_is_a_clear_error_recorded_as_failed_and_not_retried() {
+    let mut e = start("hold_seconds = 3\nhold_with_progress_seconds = 30", |url| {
+        format!(
+            "{}{}",
+            server("warehouse", url, ""),
+            server(
+                "reviewed",
+                url,
+                "[mcp.servers.tools.crash]\noperation = \"export\"\n"
+            )
+        )
+    });
+    // An allowed call; the server dies while answering it.
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let a = s.call(json!(1), "crash", &json!({"reason": "allowed"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let r = a.response();
+    assert_eq!(r["id"], 1, "{r}");
+    assert!(a.is_error(), "{}", a.body);
+    assert!(
+        a.text()
+            .contains("the MCP server failed during this call; whether it took effect is unknown"),
+        "{}",
+        a.text()
+    );
+    e.up.wait_exited();
+    assert_eq!(e.runs_of("crash").len(), 1);
+    let entry = e.wait_log(|en| en["event"] == "action.result");
+    assert_eq!(entry["payload"]["ok"], false, "{entry}");
+    assert_eq!(entry["payload"]["summary"]["status"], "unknown", "{entry}");
+    // With the server gone, the next call is a 502 naming it.
+    let a = s.call(json!(2), "read_table", &json!({"table": "orders"}));
+    assert_eq!(a.status, 502, "{}", a.body);
+    let v: Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be reached"));
+
+    // A held call, approved while the client waits; the server dies
+    // running it.
+    e.restart_upstream("");
+    let s = e.session("reviewed", "agent:report-bot");
+    s.list();
+    let args = json!({"reason": "approved"});
+    let ev = s.call_streaming(json!(3), "crash", &args, json!("p"));
+    let note = ev.next().unwrap();
+    let held = request_id_in(note["params"]["message"].as_str().unwrap());
+    e.approve(&held);
+    let rest = ev.rest();
+    let r = rest.iter().find(|m| m["id"] == 3).expect("an answer");
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(
+        tool_text(r).contains("whether it took effect is unknown"),
+        "{r}"
+    );
+    e.up.wait_exited();
+    assert_eq!(e.runs_of("crash").len(), 2);
+    e.wait_state(&held, "failed");
+    let detail = e.wait_log(|en| {
+        en["event"] == "action.result.detail" && en["subjects"]["request"] == held.as_str()
+    });
+    assert_eq!(
+        detail["payload"]["summary"]["status"], "unknown",
+        "{detail}"
+    );
+    // Nothing retries it: with the server back, the identical call is a new
+    // request, held, and does not run.
+    e.restart_upstream("");
+    let s = e.session("reviewed", "agent:report-bot");
+    let a = s.call(json!(4), "crash", &args);
+    assert!(a.is_error(), "{}", a.body);
+    assert_ne!(request_id_in(&a.text()), held);
+    assert_eq!(e.runs_of("crash").len(), 2, "{:?}", e.runs());
+}
+
+#[test]
+fn http_an_oversized_message_is_413_with_a_json_rpc_error_and_nothing_is_forwarded() {
+    let e = start("max_message_bytes = 40000", |url| {
+        server("warehouse", url, "")
+    });
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let seen = e.up.requests_seen();
+    let echo =
+        |n: usize| call_msg(&json!(7), "echo", &json!({"text": "x".repeat(n)}), None).to_string();
+    // Over mcp.max_message_bytes, whether or not it is also over the REST
+    // API's body limit (64 KiB in these tests): refused by its length
+    // before the body is read (a client that waits for `100 Continue` never
+    // sends it), or, without a length, once the limit is read.
+    let body = echo(50_000);
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    let cases: [(String, Option<&[u8]>); 4] = [
+        (
+            format!("Content-Length: {}\r\n", body.len()),
+            Some(body.as_bytes()),
+        ),
+        (
+            "Content-Length: 100000\r\nExpect: 100-continue\r\n".into(),
+            None,
+        ),
+        (
+            format!("Content-Length: {}\r\nExpect: 100-continue\r\n", body.len()),
+            None,
+        ),
+        (
+            "Transfer-Encoding: chunked\r\n".into(),
+            Some(chunked.as_bytes()),
+        ),
+    ];
+    for (framing, sent) in cases {
+        let (status, answer) = s.raw_exchange(&framing, sent);
+        assert_eq!(status, 413, "{framing}: {answer}");
+        let r: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(
+            (&r["id"], &r["error"]["code"]),
+            (&Value::Null, &json!(-32600)),
+            "{r}"
+        );
+        let m = r["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains("40000")
+                && m.contains("mcp.max_message_bytes")
+                && m.contains("nothing was forwarded"),
+            "{m}"
+        );
+    }
+    // Within it, arguments over mcp.max_argument_bytes (32 KiB) are refused
+    // as a tool error.
+    let a = s.post(echo(35_000).as_bytes());
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.is_error() && a.text().contains("max_argument_bytes"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
+    assert!(e.runs().is_empty(), "{:?}", e.runs());
+    // A message within both limits runs.
+    let a = s.post(echo(30_000).as_bytes());
+    assert_eq!(
+        a.text().len(),
+        30_000,
+        "{}",
+        &a.body[..200.min(a.body.len())]
+    );
+    assert_eq!(e.runs_of("echo").len(), 1);
+}
+
+#[test]
+fn http_malformed_json_rpc_is_refused_with_its_code_and_nothing_is_forwarded() {
+    let e = start("", |url| server("warehouse", url, ""));
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let seen = e.up.requests_seen();
+    let cases: [(&[u8], i64, Value); 11] = [
+        (b"{nope", -32700, Value::Null),
+        (b"", -32700, Value::Null),
+        (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"\xff}", -32700, Value::Null),
+        // A repeated key could make secondkey and the server read two
+        // different calls out of one message.
+        (
+            br#"{"jsonrpc":"2.0","id":2,"method":"tools/list","method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#,
+            -32700,
+            Value::Null,
+        ),
+        (br#"{"id":3,"method":"tools/list"}"#, -32600, json!(3)),
+        (br#"{"jsonrpc":"1.0","id":4,"method":"tools/list"}"#, -32600, json!(4)),
+        (br#""tools/list""#, -32600, Value::Null),
+        (br#"[{"jsonrpc":"2.0","id":5,"method":"tools/list"}]"#, -32600, Value::Null),
+        (br#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"echo"}}"#, -32600, Value::Null),
+        (br#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":"echo"}"#, -32600, json!(6)),
+        (br#"{"jsonrpc":"2.0","id":7,"result":{},"error":{"code":1}}"#, -32600, json!(7)),
+    ];
+    for (body, code, id) in cases {
+        let a = s.post(body);
+        let shown = String::from_utf8_lossy(body);
+        assert_eq!(a.status, 400, "{shown}: {}", a.body);
+        let r = a.response();
+        assert_eq!(
+            (&r["error"]["code"], &r["id"]),
+            (&json!(code), &id),
+            "{shown}: {r}"
+        );
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{r}"
+        );
+    }
+    let a = s.post(br#"[{"jsonrpc":"2.0","id":5,"method":"tools/list"}]"#);
+    assert!(a.body.contains("batches"), "says why: {}", a.body);
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
+    assert!(e.runs().is_empty(), "{:?}", e.runs());
+    // The session still works.
+    let a = s.call(json!(8), "echo", &json!({"text": "still here"}));
+    assert_eq!(a.text(), "still here", "{}", a.body);
+}
+
+fn fingerprint_in(text: &str) -> String {
+    text.split("--fingerprint ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no fingerprint in: {text}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('`')
+        .to_string()
+}
+
+fn pin_of(e: &Env, server: &str, tool: &str) -> Value {
+    let (s, v) = e.g.call(
+        "GET",
+        &format!("/v1/mcp/pins?server={server}"),
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tool"] == tool)
+        .cloned()
+        .unwrap_or_else(|| panic!("no pin of {tool}: {v}"))
+}
+
+#[test]
+fn http_a_changed_tool_definition_is_held_or_denied_until_a_tool_admin_accepts_it() {
+    let mut e = start("hold_seconds = 3\nhold_with_progress_seconds = 30", |url| {
+        format!(
+            "{}{}",
+            server("warehouse", url, ""),
+            server("strict", url, "on_definition_change = \"deny\"")
+        )
+    });
+    let echo = json!({"text": "hi"});
+    for server in ["warehouse", "strict"] {
+        let s = e.session(server, "agent:report-bot");
+        s.list();
+        assert_eq!(s.call(json!(1), "echo", &echo).text(), "hi");
+    }
+    let pinned = pin_of(&e, "warehouse", "echo")["fingerprint"].clone();
+    // The server now describes `echo` differently (a "rug pull").
+    e.restart_upstream("changed");
+    let strict = e.session("strict", "agent:report-bot");
+    strict.list();
+    let a = strict.call(json!(2), "echo", &echo);
+    let t = a.text();
+    assert!(
+        a.is_error()
+            && t.contains("refused")
+            && t.contains("changed since it was pinned")
+            && t.contains("Nothing ran"),
+        "on_change = deny refuses at once: {t}"
+    );
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let a = s.call(json!(2), "echo", &echo);
+    let t = a.text();
+    assert!(
+        a.is_error() && t.contains("holding calls of tool") && t.contains("Retry after that"),
+        "on_change = hold holds, then says so: {t}"
+    );
+    assert_eq!(e.runs_of("echo").len(), 2, "the changed tool did not run");
+    let fp = fingerprint_in(&t);
+    assert_ne!(json!(fp), pinned);
+    assert_eq!(pin_of(&e, "warehouse", "echo")["fingerprint"], pinned);
+
+    // A call held with progress waits for the acceptance.
+    let ev = s.call_streaming(json!(3), "echo", &echo, json!("p"));
+    let note = ev.next().unwrap();
+    assert!(
+        note["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("accept the changed definition"),
+        "{note}"
+    );
+    let accept = |who: &str, fp: &str| {
+        e.g.call(
+            "POST",
+            "/v1/mcp/pins/accept",
+            Some(who),
+            Some(&json!({"server": "warehouse", "tool": "echo", "fingerprint": fp})),
+        )
+    };
+    let (st, v) = accept("agent:report-bot", &fp);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("not_tool_admin")),
+        "{v}"
+    );
+    let (st, v) = accept("user:erin", &fp);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("not_tool_admin")),
+        "{v}"
+    );
+    let (st, v) = accept("user:bob", pinned.as_str().unwrap());
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("no_such_change")),
+        "{v}"
+    );
+    assert_eq!(e.runs_of("echo").len(), 2, "not accepted yet: nothing ran");
+    let (st, v) = accept("user:bob", &fp);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (&v["fingerprint"], &v["accepted_by"]),
+        (&json!(fp), &json!("user:bob"))
+    );
+    let r = ev
+        .rest()
+        .into_iter()
+        .find(|m| m["id"] == 3)
+        .expect("an answer");
+    assert_eq!(tool_text(&r), "hi", "accepted: the held call runs: {r}");
+    assert_eq!(e.runs_of("echo").len(), 3);
+    assert_eq!(s.call(json!(4), "echo", &echo).text(), "hi");
+    // The acceptance is per server: the other one still refuses.
+    let a = strict.call(json!(5), "echo", &echo);
+    assert!(
+        a.is_error() && a.text().contains("changed since it was pinned"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(e.runs_of("echo").len(), 4);
+    let log = e.log();
+    for ev in ["mcp.tool.changed", "mcp.tool.accepted"] {
+        assert!(log.iter().any(|en| en["event"] == ev), "{ev} is logged");
+    }
+}
+
+#[test]
+fn http_a_hostile_upstream_flood_is_cut_to_a_rate_and_garbage_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream_with(
+        tmp.path(),
+        "hostile_server.py",
+        &[("MCP_FLOOD", "30000")],
+        None,
+    );
+    let servers = server("hostile", &up.url, "");
+    // Upstream answers may be 4 × max_message_bytes = 160000 bytes.
+    let e = start_with("max_message_bytes = 40000", up, tmp, &servers);
+    let s = e.session("hostile", "agent:report-bot");
+    s.list();
+    // A flood inside a call's answer: relayed as an event stream (no
+    // progress token) and through secondkey's own stream (a progress
+    // token), and on the session's GET stream.
+    for progress in [None, Some(json!("p"))] {
+        let t0 = Instant::now();
+        let a = s.send(&call_msg(&json!(2), "flood", &json!({}), progress.as_ref()));
+        let relayed = a.notifications("notifications/message");
+        assert_eq!(a.text(), "flood done", "the answer still comes");
+        assert!(
+            (2000..=flood_bound(t0.elapsed())).contains(&relayed),
+            "a flood of 30000 is cut to 2000 a second: {relayed} relayed in {:?}",
+            t0.elapsed()
+        );
+    }
+    let t0 = Instant::now();
+    let a = s.get();
+    assert_eq!(a.status, 200, "{}", &a.body[..200.min(a.body.len())]);
+    let relayed = a.notifications("notifications/message");
+    assert!(
+        (2000..=flood_bound(t0.elapsed())).contains(&relayed),
+        "the GET stream too: {relayed} relayed in {:?}",
+        t0.elapsed()
+    );
+    // An unreadable event and one of 200000 bytes are dropped;
+    // the answer comes (an unreadable event reaching the client would fail
+    // the parse in `messages_in`).
+    let a = s.call(json!(3), "garbage", &json!({}));
+    assert_eq!(a.text(), "garbage done");
+    assert_eq!(a.messages.len(), 1, "{:?}", a.messages);
+    // A JSON answer cut off by the server exiting.
+    let a = s.call(json!(4), "crash", &json!({}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.is_error() && a.text().contains("whether it took effect is unknown"),
+        "{}",
+        a.body
+    );
+}
+
+/// The most notifications one stream may relay in `elapsed`: 2000 per
+/// one-second window, and a window starts at the first notification after
+/// the last one ended.
+fn flood_bound(elapsed: Duration) -> usize {
+    2000 * (elapsed.as_secs() as usize + 2)
+}
