@@ -64,6 +64,8 @@ struct Run {
     started: Instant,
     tags: Vec<String>,
     error: Option<(String, String)>,
+    /// The session ended before its answer: it may or may not have run.
+    unknown: bool,
     reads: Vec<String>,
     writes: Vec<String>,
 }
@@ -276,6 +278,7 @@ impl Session {
             } = p
             {
                 run.error = Some(("08006".into(), format!("outcome unknown: {why}")));
+                run.unknown = true;
                 self.record(*run);
             }
         }
@@ -682,6 +685,7 @@ impl Session {
             started: Instant::now(),
             tags: Vec::new(),
             error: None,
+            unknown: false,
             reads: reads.clone(),
             writes: writes.clone(),
         };
@@ -1154,6 +1158,9 @@ impl Session {
         });
         if let Some((code, message)) = &run.error {
             summary["error"] = json!({"sqlstate": code, "message": message});
+        }
+        if run.unknown {
+            summary["status"] = json!("unknown");
         }
         let result = ExecutionResult {
             ok: run.error.is_none(),

@@ -90,10 +90,20 @@ pub struct ExecutionResult {
     /// Whether it succeeded.
     pub ok: bool,
     /// Command tag, rows, duration, error, size… as the adapter knows them.
+    /// `"status": "unknown"` says the adapter cannot tell whether it took
+    /// effect (the connection was lost mid-call): the request then ends
+    /// `unknown`, not `failed`.
     pub summary: Value,
     /// Datasets (URIs) it read and wrote, as the adapter observed them.
     pub reads: Vec<String>,
     pub writes: Vec<String>,
+}
+
+impl ExecutionResult {
+    /// Whether the adapter could not tell if the action took effect.
+    pub fn outcome_unknown(&self) -> bool {
+        !self.ok && self.summary.get("status").and_then(Value::as_str) == Some("unknown")
+    }
 }
 
 /// The parsed submission, shared by the REST API and the adapters.
@@ -333,6 +343,8 @@ impl Gateway {
                         }
                         let outcome = if result.ok {
                             ExecOutcome::Succeeded
+                        } else if result.outcome_unknown() {
+                            ExecOutcome::Unknown
                         } else {
                             ExecOutcome::Failed
                         };
