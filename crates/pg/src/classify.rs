@@ -67,6 +67,19 @@ impl Table {
         };
         format!("{schema}.{}", self.name)
     }
+
+    /// Every table an unqualified name may resolve to: a `pg_` name is
+    /// looked up in `pg_catalog` first and, when no such catalog exists,
+    /// in the search path — which one runs depends on the database, so
+    /// both are named (a policy on either matches).
+    pub fn candidates(&self, default_schema: &str) -> Vec<String> {
+        let first = self.qualified(default_schema);
+        if self.schema.is_none() && self.name.starts_with("pg_") {
+            vec![first, format!("{default_schema}.{}", self.name)]
+        } else {
+            vec![first]
+        }
+    }
 }
 
 /// One top-level statement of a query string.

@@ -604,8 +604,8 @@ impl Session {
         let mut writes = std::collections::BTreeSet::new();
         let mut functions = std::collections::BTreeSet::new();
         for s in &class.statements {
-            reads.extend(s.reads.iter().map(|t| t.qualified(schema)));
-            writes.extend(s.writes.iter().map(|t| t.qualified(schema)));
+            reads.extend(s.reads.iter().flat_map(|t| t.candidates(schema)));
+            writes.extend(s.writes.iter().flat_map(|t| t.candidates(schema)));
             functions.extend(s.functions.iter().cloned());
         }
         let uri = |t: &String| format!("postgres://{}/{t}", conn.name);
