@@ -31,9 +31,10 @@ pub struct StdioArgs {
     /// The gateway's base URL.
     #[arg(long, env = "SECONDKEY_URL")]
     url: Option<String>,
-    /// The environment variable that holds the agent's gateway token.
-    #[arg(long, default_value = "SECONDKEY_TOKEN")]
-    token_env: String,
+    /// The environment variable that holds the agent's gateway token
+    /// (default: the config file's `token_env`, else SECONDKEY_TOKEN).
+    #[arg(long)]
+    token_env: Option<String>,
     /// A TOML file with `url`, `token_env` and an `[mcp]` section.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -74,7 +75,7 @@ pub fn run(cmd: McpCmd) -> Result<ExitCode> {
         McpCmd::Stdio(a) => stdio(a),
         McpCmd::Tools(ToolsCmd::List { server, remote }) => {
             let path = match server {
-                Some(s) => format!("/v1/mcp/pins?server={s}"),
+                Some(s) => format!("/v1/mcp/pins?server={}", query_escape(&s)),
                 None => "/v1/mcp/pins".to_string(),
             };
             let v = remote.client()?.get(&path)?;
@@ -132,7 +133,11 @@ fn stdio(a: StdioArgs) -> Result<ExitCode> {
         .url
         .or(file_url)
         .unwrap_or_else(|| "http://127.0.0.1:8750".to_string());
-    let var = file_token_env.unwrap_or(a.token_env);
+    // An explicit flag wins over the file, the file over the default.
+    let var = a
+        .token_env
+        .or(file_token_env)
+        .unwrap_or_else(|| "SECONDKEY_TOKEN".to_string());
     let token = std::env::var(&var).map_err(|_| {
         anyhow!("no gateway token: set {var} (the agent's secondkey token), or name another variable with --token-env")
     })?;
@@ -145,4 +150,25 @@ fn stdio(a: StdioArgs) -> Result<ExitCode> {
     };
     let code = crate::runtime()?.block_on(secondkey_mcp::stdio::run_stdio(opts))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved bytes).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_escaped() {
+        assert_eq!(super::query_escape("ware-house_1.x~"), "ware-house_1.x~");
+        assert_eq!(super::query_escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
 }
