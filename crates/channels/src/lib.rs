@@ -37,19 +37,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use secondkey_core::request::Request;
-use axum::extract::{FromRequest, FromRequestParts};
 use secondkey_server::auth::Caller;
+use secondkey_server::config::ConfigError;
+use secondkey_server::gateway::rfc3339;
 use secondkey_server::web::highlight::esc;
 use secondkey_server::web::pages::layout;
 use secondkey_server::web::{Posted, SignedIn, WebReject};
-use secondkey_server::config::ConfigError;
-use secondkey_server::gateway::rfc3339;
 use secondkey_server::{AppState, Gateway};
 use serde_json::json;
 
@@ -255,15 +255,20 @@ async fn link_confirm(
     UrlPath(code): UrlPath<String>,
     req: axum::extract::Request,
 ) -> Response {
-    if req.headers().contains_key(axum::http::header::AUTHORIZATION) {
+    if req
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
         let (mut parts, _) = req.into_parts();
         let who = match Caller::from_request_parts(&mut parts, &s).await {
             Ok(Caller(who)) => who,
             Err(e) => return e.into_response(),
         };
         return match links::complete(&s.gateway, &code, &who).await {
-            Ok(ext) => Json(json!({"linked": true, "platform": ext.platform, "external_id": ext.id,
-                                   "display": ext.display, "principal": who.id.to_string()}))
+            Ok(ext) => Json(
+                json!({"linked": true, "platform": ext.platform, "external_id": ext.id,
+                                   "display": ext.display, "principal": who.id.to_string()}),
+            )
             .into_response(),
             Err(e) => e.into_response(),
         };

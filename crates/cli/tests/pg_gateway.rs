@@ -198,7 +198,9 @@ fn a_prod_export_is_held_approved_by_two_reviewers_run_once_and_its_rows_logged(
     let (_, r) =
         s.gw.call("GET", &format!("/v1/requests/{id}"), Some(agent), None);
     assert_eq!(r["state"], "pending", "{r}");
-    assert!(!log_events(&s.gw).iter().any(|e| e["event"] == "grant.consumed"));
+    assert!(!log_events(&s.gw)
+        .iter()
+        .any(|e| e["event"] == "grant.consumed"));
     assert_eq!(s.gw.review("user:carol", &id, "approve").0, 200);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));

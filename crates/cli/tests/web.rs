@@ -437,7 +437,8 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         use std::io::Write;
         let addr = gw.trim_start_matches("http://").to_string();
         let mut sock = TcpStream::connect(&addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let body = form_urlencoded::Serializer::new(String::new())
             .append_pair("decision", "approve")
             .append_pair("csrf", &csrf)
@@ -1050,14 +1051,31 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
     assert_eq!(bob.landed, path);
     let page = get_page(&gw, &bob.session, &path);
     assert_eq!(page.status, 200, "{}", page.body);
-    assert!(page.body.contains("T0TEST/U_BOB") && page.body.contains("Link to user:bob"), "{}", page.body);
+    assert!(
+        page.body.contains("T0TEST/U_BOB") && page.body.contains("Link to user:bob"),
+        "{}",
+        page.body
+    );
     let csrf = csrf_of(&page.body);
     // Opening the page twice links nobody; forged posts change nothing.
     get_page(&gw, &bob.session, &path);
-    assert_eq!(post_form(&gw, &bob.session, &path, &[], Some(&gw)).status, 403);
-    assert_eq!(post_form(&gw, &bob.session, &path, &[("csrf", "forged")], Some(&gw)).status, 403);
     assert_eq!(
-        post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some("https://evil.example")).status,
+        post_form(&gw, &bob.session, &path, &[], Some(&gw)).status,
+        403
+    );
+    assert_eq!(
+        post_form(&gw, &bob.session, &path, &[("csrf", "forged")], Some(&gw)).status,
+        403
+    );
+    assert_eq!(
+        post_form(
+            &gw,
+            &bob.session,
+            &path,
+            &[("csrf", &csrf)],
+            Some("https://evil.example")
+        )
+        .status,
         403
     );
     let before = slack.lock().unwrap().len();
@@ -1073,7 +1091,11 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
     // The real form links, once.
     let done = post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some(&gw));
     assert_eq!(done.status, 200, "{}", done.body);
-    assert!(done.body.contains("now linked to user:bob"), "{}", done.body);
+    assert!(
+        done.body.contains("now linked to user:bob"),
+        "{}",
+        done.body
+    );
     let again = post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some(&gw));
     assert_eq!(again.status, 409, "{}", again.body);
 
@@ -1081,7 +1103,14 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
     assert_eq!(click("U_BOB").status, 200);
     assert_eq!(state_of(&g, &id), ("approved".into(), 1));
     let (code, out, err) = run_cli(
-        &["log", "export", "--config", g.config.to_str().unwrap(), "--format", "jsonl"],
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ],
         &g.url,
         None,
     );

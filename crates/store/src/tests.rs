@@ -468,8 +468,17 @@ fn background_jobs_commit_durably_alone_or_with_a_waited_job() {
     store.close();
     drop(store);
     let store = Store::open(StoreOptions::new(dir.path())).unwrap();
-    assert_eq!(store.get_record("t.bg", "alone").unwrap().as_deref(), Some("1"));
-    assert_eq!(store.get_record("t.bg", "shared").unwrap().as_deref(), Some("2"));
+    assert_eq!(
+        store.get_record("t.bg", "alone").unwrap().as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        store.get_record("t.bg", "shared").unwrap().as_deref(),
+        Some("2")
+    );
     assert_eq!(store.get_record("t.bg", "bad").unwrap(), None);
-    assert_eq!(store.get_record("t.fg", "decision").unwrap().as_deref(), Some("4"));
+    assert_eq!(
+        store.get_record("t.fg", "decision").unwrap().as_deref(),
+        Some("4")
+    );
 }

@@ -835,7 +835,14 @@ fn two_phase_commit_is_admin_plain_transactions_are_not() {
     ] {
         assert_eq!(c(sql).unwrap().operation(), Operation::Admin, "{sql}");
     }
-    for sql in ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT a", "RELEASE a", "ROLLBACK TO a"] {
+    for sql in [
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT a",
+        "RELEASE a",
+        "ROLLBACK TO a",
+    ] {
         assert_eq!(c(sql).unwrap().operation(), Operation::Read, "{sql}");
     }
 }
@@ -844,9 +851,18 @@ fn two_phase_commit_is_admin_plain_transactions_are_not() {
 fn an_unqualified_pg_name_names_both_tables_it_may_be() {
     let st = &c("DELETE FROM pg_secrets WHERE id = 1").unwrap().statements[0];
     let t = st.writes.iter().next().unwrap();
-    assert_eq!(t.candidates("public"), ["pg_catalog.pg_secrets", "public.pg_secrets"]);
+    assert_eq!(
+        t.candidates("public"),
+        ["pg_catalog.pg_secrets", "public.pg_secrets"]
+    );
     let st = &c("DELETE FROM app.pg_secrets").unwrap().statements[0];
-    assert_eq!(st.writes.iter().next().unwrap().candidates("public"), ["app.pg_secrets"]);
+    assert_eq!(
+        st.writes.iter().next().unwrap().candidates("public"),
+        ["app.pg_secrets"]
+    );
     let st = &c("SELECT * FROM customers").unwrap().statements[0];
-    assert_eq!(st.reads.iter().next().unwrap().candidates("public"), ["public.customers"]);
+    assert_eq!(
+        st.reads.iter().next().unwrap().candidates("public"),
+        ["public.customers"]
+    );
 }
