@@ -41,6 +41,14 @@ use crate::intercept::{tool_error, Forward, Interceptor, Outcome, Plan, Waiting}
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
 use crate::{pins, tools};
 
+/// The tool result for a call the server received but never answered: it
+/// may or may not have run.
+fn lost_mid_call(why: &str) -> Value {
+    tool_error(format!(
+        "the MCP server failed during this call; whether it took effect is unknown ({why})"
+    ))
+}
+
 /// Decides in the gateway process, as the authenticated caller.
 pub struct InProcess {
     pub gateway: Arc<Gateway>,
@@ -1121,11 +1129,7 @@ impl CallCtx {
             Err(f) => {
                 icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
                 if f.maybe_ran {
-                    return Json(result_response(id, tool_error(format!(
-                        "the MCP server failed during this call; whether it took effect is unknown ({})",
-                        f.why
-                    ))))
-                    .into_response();
+                    return Json(result_response(id, lost_mid_call(&f.why))).into_response();
                 }
                 return f.response;
             }
@@ -1138,7 +1142,7 @@ impl CallCtx {
                 Ok(b) => b,
                 Err(e) => {
                     icp.finished(&fwd, Outcome::Lost(e.clone())).await;
-                    return Json(result_response(id, tool_error(format!("the MCP server failed during this call; whether it took effect is unknown ({e})")))).into_response();
+                    return Json(result_response(id, lost_mid_call(&e))).into_response();
                 }
             };
             // The run was authorized and recorded before it started; its
@@ -1188,17 +1192,12 @@ impl CallCtx {
             Ok(r) => r,
             Err(f) => {
                 icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
-                let text = if f.maybe_ran {
-                    format!(
-                        "the MCP server failed during this call; whether it took effect is unknown ({})",
-                        f.why
-                    )
+                let answer = if f.maybe_ran {
+                    lost_mid_call(&f.why)
                 } else {
-                    format!("the call was not sent: {}", f.why)
+                    tool_error(format!("the call was not sent: {}", f.why))
                 };
-                let _ = tx
-                    .send(result_response(id, tool_error(text)).to_string())
-                    .await;
+                let _ = tx.send(result_response(id, answer).to_string()).await;
                 return;
             }
         };
@@ -1231,15 +1230,7 @@ impl CallCtx {
         };
         icp.finished(&fwd, Outcome::Lost(why.clone())).await;
         let _ = tx
-            .send(
-                result_response(
-                    id,
-                    tool_error(format!(
-                        "the MCP server failed during this call; whether it took effect is unknown ({why})"
-                    )),
-                )
-                .to_string(),
-            )
+            .send(result_response(id, lost_mid_call(&why)).to_string())
             .await;
     }
 }
@@ -1375,10 +1366,7 @@ impl<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin> Stream for Tap<S> 
                             ),
                             _ => "the upstream stream ended before the result".to_string(),
                         };
-                        let ev = result_response(
-                            id,
-                            tool_error(format!("the MCP server failed during this call; whether it took effect is unknown ({why})")),
-                        );
+                        let ev = result_response(id, lost_mid_call(&why));
                         this.settle(Outcome::Lost(why));
                         this.out
                             .push_back(Bytes::from(format!("event: message\ndata: {ev}\n\n")));
