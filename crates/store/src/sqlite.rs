@@ -324,11 +324,7 @@ impl Store {
         F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
         let rx = self.enqueue(job, false)?;
-        let result = rx.await.map_err(|_| StoreError::Unavailable)??;
-        result
-            .downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| StoreError::Corrupt("job result type mismatch".into()))
+        downcast(rx.await.map_err(|_| StoreError::Unavailable)?)
     }
 
     /// [`Store::transact`] for work nobody is waiting on (recording what an
@@ -341,11 +337,7 @@ impl Store {
         F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
         let rx = self.enqueue(job, true)?;
-        let result = rx.await.map_err(|_| StoreError::Unavailable)??;
-        result
-            .downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| StoreError::Corrupt("job result type mismatch".into()))
+        downcast(rx.await.map_err(|_| StoreError::Unavailable)?)
     }
 
     /// Like [`Store::transact`] for synchronous callers (CLI, tests). Must not
@@ -356,11 +348,7 @@ impl Store {
         F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
         let rx = self.enqueue(job, false)?;
-        let result = rx.blocking_recv().map_err(|_| StoreError::Unavailable)??;
-        result
-            .downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| StoreError::Corrupt("job result type mismatch".into()))
+        downcast(rx.blocking_recv().map_err(|_| StoreError::Unavailable)?)
     }
 
     fn enqueue<T, F>(
@@ -880,6 +868,14 @@ impl Tx for SqliteTx<'_> {
             .execute(params![key, value])?;
         Ok(())
     }
+}
+
+/// A job's answer, as the type its caller asked for.
+fn downcast<T: 'static>(result: JobResult) -> Result<T, StoreError> {
+    result?
+        .downcast::<T>()
+        .map(|b| *b)
+        .map_err(|_| StoreError::Corrupt("job result type mismatch".into()))
 }
 
 fn writer_loop(
