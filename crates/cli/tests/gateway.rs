@@ -429,30 +429,21 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .0,
         415
     );
-    // Oversized: the gateway answers 413 as soon as it sees the length and
-    // closes the connection without reading the body, so the client may
-    // get EPIPE while still sending. Sent on its own socket (not the
-    // pooled one, which the close would break) and the answer read anyway.
-    {
-        use std::io::{Read, Write};
-        let addr = g.url.trim_start_matches("http://").to_string();
-        let mut sock = std::net::TcpStream::connect(&addr).unwrap();
-        sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let big = vec![b' '; 100_000];
-        let head = format!(
-            "POST /v1/actions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            token_of("agent:report-bot"),
-            big.len()
-        );
-        sock.write_all(head.as_bytes()).unwrap();
-        let _ = sock.write_all(&big); // may fail with EPIPE: that is fine
-        let mut answer = Vec::new();
-        let _ = sock.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("\"too_large\""), "{answer}");
-    }
+    // Oversized: 413 before the body is read (see `post_oversized`).
+    let answer = post_oversized(
+        &g.url,
+        "/v1/actions",
+        &[
+            (
+                "Authorization",
+                &format!("Bearer {}", token_of("agent:report-bot")),
+            ),
+            ("Content-Type", "application/json"),
+        ],
+        &vec![b' '; 100_000],
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"too_large\""), "{answer}");
     let mut reserved = read_action();
     reserved["context"]["gateway"] = json!({"environment": "dev"});
     let (s, v) = g.call(

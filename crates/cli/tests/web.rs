@@ -431,30 +431,21 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         None,
     );
     assert_eq!(r.status, 400, "{}", r.body);
-    // Oversized: answered 413 without reading the body, then closed — so
-    // it goes on its own socket, and EPIPE while sending is expected.
-    let answer = {
-        use std::io::Write;
-        let addr = gw.trim_start_matches("http://").to_string();
-        let mut sock = TcpStream::connect(&addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let body = form_urlencoded::Serializer::new(String::new())
-            .append_pair("decision", "approve")
-            .append_pair("csrf", &csrf)
-            .append_pair("pad", &"x".repeat(300 * 1024))
-            .finish();
-        let head = format!(
-            "POST {review} HTTP/1.1\r\nHost: {addr}\r\nCookie: sk_session={}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            bob.session,
-            body.len()
-        );
-        sock.write_all(head.as_bytes()).unwrap();
-        let _ = sock.write_all(body.as_bytes());
-        let mut answer = Vec::new();
-        let _ = sock.read_to_end(&mut answer);
-        String::from_utf8_lossy(&answer).into_owned()
-    };
+    // Oversized: 413 before the body is read (see `post_oversized`).
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("decision", "approve")
+        .append_pair("csrf", &csrf)
+        .append_pair("pad", &"x".repeat(300 * 1024))
+        .finish();
+    let answer = post_oversized(
+        &gw,
+        &review,
+        &[
+            ("Cookie", &format!("sk_session={}", bob.session)),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    );
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let r = post_form(
         &gw,

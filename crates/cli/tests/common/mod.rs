@@ -377,3 +377,29 @@ pub fn read_action() -> Value {
     json!({"kind": "sql", "operation": "read", "resource": "postgres://analytics/public.orders",
            "params": {"statement": "SELECT 1"}, "context": {"environment": "prod"}})
 }
+
+/// POSTs a body the gateway refuses as too large, on a socket of its own,
+/// and returns the raw answer. The gateway answers 413 as soon as it sees
+/// the length and closes without reading the body, so sending may fail
+/// with EPIPE (ignored) and a pooled connection would be broken by the
+/// close; the answer is read either way.
+pub fn post_oversized(url: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    sock.write_all(head.as_bytes()).unwrap();
+    let _ = sock.write_all(body);
+    let mut answer = Vec::new();
+    let _ = sock.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
