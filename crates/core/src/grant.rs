@@ -131,7 +131,9 @@ impl KeyLookup for BTreeMap<String, VerifyingKey> {
 /// Signs `claims` as a compact JWS with header
 /// `{"alg":"EdDSA","typ":"JWT","kid":kid}`.
 pub fn sign_grant(claims: &GrantClaims, key: &SigningKey, kid: &str) -> Result<String, GrantError> {
-    let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}).to_string();
+    // Written directly rather than through a `Value`: this runs once per allow.
+    let kid = serde_json::to_string(kid).map_err(|e| GrantError::Encoding(e.to_string()))?;
+    let header = format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":{kid}}}"#);
     let payload = serde_json::to_vec(claims).map_err(|e| GrantError::Encoding(e.to_string()))?;
     Ok(sign_compact(header.as_bytes(), &payload, key))
 }

@@ -112,17 +112,57 @@ pub fn rfc3339(t: Timestamp) -> String {
     }
 }
 
-/// A fresh random id with a type prefix, e.g. `req_3f9a…`.
+/// A fresh id with a type prefix, e.g. `req_019ad7c3e1f03f9a…`: 48 bits of
+/// wall-clock milliseconds, then 80 random bits. Ids minted later sort
+/// later, so the store's primary-key indexes grow at their right edge
+/// instead of taking every insert at a random page (random keys made each
+/// grant insert touch pages all over an index that outgrows the cache).
 pub fn new_id(prefix: &str) -> Result<String, ApiError> {
-    let mut b = [0u8; 12];
-    getrandom::getrandom(&mut b).map_err(|e| {
+    let mut b = [0u8; 16];
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6..].copy_from_slice(&id_randomness()?);
+    Ok(format!("{prefix}_{}", hex::encode(b)))
+}
+
+/// 80 unpredictable bits without a system call each time: HMAC-SHA-256,
+/// under a key drawn from the operating system once per process, of a
+/// counter. Two ids per allow made `getrandom` a visible share of its cost.
+fn id_randomness() -> Result<[u8; 10], ApiError> {
+    use hmac::Mac;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static KEY: OnceLock<Result<[u8; 32], String>> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let key = KEY
+        .get_or_init(|| {
+            let mut k = [0u8; 32];
+            getrandom::getrandom(&mut k).map_err(|e| e.to_string())?;
+            Ok(k)
+        })
+        .as_ref()
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("no randomness available: {e}"),
+            )
+        })?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            format!("no randomness available: {e}"),
+            e.to_string(),
         )
     })?;
-    Ok(format!("{prefix}_{}", hex::encode(b)))
+    mac.update(&n.to_le_bytes());
+    let out = mac.finalize().into_bytes();
+    let mut r = [0u8; 10];
+    r.copy_from_slice(&out[..10]);
+    Ok(r)
 }
 
 pub(crate) fn entry(

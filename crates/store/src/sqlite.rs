@@ -16,7 +16,7 @@ use crate::{Anchor, GrantRow, LogView, Shared, StoreError, StoreOptions, Tx};
 
 /// The newest schema version this binary knows. Each migration below moves
 /// the database one version forward, inside a transaction.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -78,6 +78,20 @@ const MIGRATIONS: &[&str] = &[
         value      TEXT NOT NULL,
         PRIMARY KEY (ns, key)
      ) WITHOUT ROWID;",
+    // 4: grants keyed by their id alone (WITHOUT ROWID): one B-tree per
+    // insert instead of a rowid table plus its index. Every allow inserts a
+    // grant, so this is a page less to write at nearly every commit.
+    "CREATE TABLE grants_by_id (
+        id         TEXT PRIMARY KEY,
+        request_id TEXT,
+        digest     TEXT NOT NULL,
+        requester  TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER
+     ) WITHOUT ROWID;
+     INSERT INTO grants_by_id SELECT id, request_id, digest, requester, expires_at, used_at FROM grants;
+     DROP TABLE grants;
+     ALTER TABLE grants_by_id RENAME TO grants;",
 ];
 
 type JobResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -139,6 +153,10 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     // FULL: a commit returns only after the WAL is fsynced.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // 16 MiB of page cache (SQLite's default is 2 MiB): the writer keeps
+    // the hot right edges of every index in memory instead of re-reading
+    // them through the kernel at each batch. Pages are cached only as used.
+    conn.pragma_update(None, "cache_size", -16384)?;
     Ok(conn)
 }
 

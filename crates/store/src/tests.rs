@@ -369,6 +369,54 @@ fn migration_backfills_the_digest_of_existing_requests() {
 }
 
 #[test]
+fn migration_keeps_grants_and_their_single_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    store.close();
+    // The grants table as schema 3 had it (a rowid table), with one used
+    // and one unused grant in it.
+    let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
+    conn.execute_batch(
+        "DROP TABLE grants;
+         CREATE TABLE grants (id TEXT PRIMARY KEY, request_id TEXT, digest TEXT NOT NULL,
+            requester TEXT NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER);
+         INSERT INTO grants VALUES ('grt_used', 'req_1', 'd1', 'agent:x', 10, 5);
+         INSERT INTO grants VALUES ('grt_fresh', NULL, 'd2', 'agent:y', 20, NULL);
+         PRAGMA user_version = 3;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let used = store.get_grant("grt_used").unwrap().unwrap();
+    assert_eq!(
+        (used.request_id.as_deref(), used.used_at),
+        (Some("req_1"), Some(5))
+    );
+    let fresh = store.get_grant("grt_fresh").unwrap().unwrap();
+    assert_eq!((fresh.digest.as_str(), fresh.expires_at), ("d2", 20));
+    let first = store
+        .transact_blocking(|tx| tx.use_grant("grt_fresh", 7))
+        .unwrap();
+    let again = store
+        .transact_blocking(|tx| tx.use_grant("grt_fresh", 8))
+        .unwrap();
+    let old = store
+        .transact_blocking(|tx| tx.use_grant("grt_used", 9))
+        .unwrap();
+    assert_eq!((first, again, old), (true, false, false));
+    let without_rowid: String = store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'grants'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert!(without_rowid.contains("WITHOUT ROWID"), "{without_rowid}");
+}
+
+#[test]
 fn records_are_namespaced_listed_by_prefix_and_rolled_back_with_their_job() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreOptions::new(dir.path())).unwrap();
