@@ -84,6 +84,15 @@ pub struct Held {
     pub reused: bool,
 }
 
+/// Whose result is being recorded.
+pub(crate) enum Reported {
+    /// An execution the caller holds (an adapter in this process, or an
+    /// approved request it was given).
+    Known(Execution),
+    /// The id of an `?execute=true` allow, as a REST caller names it.
+    Tracked(String),
+}
+
 /// What happened when an adapter ran an action.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionResult {
@@ -305,26 +314,57 @@ impl Gateway {
         ex: &Execution,
         result: ExecutionResult,
     ) -> Result<(), ApiError> {
-        self.record_result(who, ex, result, false).await
+        self.record_result(who, Reported::Known(ex.clone()), result)
+            .await
     }
 
-    /// `record_execution` for a caller outside the process, who names the
-    /// execution by id: it must be the caller's own, reported once.
+    /// Records the result of `target`: an execution the caller holds, or
+    /// one a caller outside the process names by id, which must be the
+    /// caller's own and is reported once (checked and marked in the same
+    /// transaction that records it).
     pub(crate) async fn record_result(
         &self,
         who: &Principal,
-        ex: &Execution,
+        target: Reported,
         result: ExecutionResult,
-        track: bool,
     ) -> Result<(), ApiError> {
         let now = self.now();
         let at = rfc3339(now);
         let actor = who.id.to_string();
         let is_executor = self.config.executors.contains(who.id.as_str());
-        let ex = ex.clone();
         let changed = self
             .store
             .transact_background(move |tx| {
+                let ex = match target {
+                    Reported::Known(ex) => ex,
+                    Reported::Tracked(id) => {
+                        let mut rec: TrackedExecution = tx
+                            .get_record(EXECUTION_NS, &id)?
+                            .and_then(|v| serde_json::from_str(&v).ok())
+                            .filter(|r: &TrackedExecution| r.actor == actor)
+                            .ok_or_else(|| {
+                                ApiError::not_found(format!("no execution {id} of yours"))
+                            })?;
+                        if rec.reported {
+                            return Err(ApiError::conflict(
+                                "outcome_recorded",
+                                format!("the result of {id} is already recorded"),
+                            )
+                            .into());
+                        }
+                        rec.reported = true;
+                        tx.put_record(EXECUTION_NS, &id, &rec.encode())?;
+                        let digest = Digest::from_hex(&rec.digest)
+                            .map_err(|e| ApiError::unavailable(format!("stored digest: {e}")))?;
+                        Execution {
+                            id,
+                            request_id: None,
+                            digest,
+                            approvers: vec![],
+                            reasons: vec![],
+                        }
+                    }
+                };
                 let detail = json!({"execution": ex.id, "ok": result.ok, "summary": result.summary,
                                     "reads": result.reads, "writes": result.writes});
                 let mut changed = None;
@@ -365,26 +405,6 @@ impl Gateway {
                         changed = Some(req);
                     }
                     None => {
-                        if track {
-                            // A REST caller names the execution by id: it must
-                            // be its own, and reported once.
-                            let mut rec: TrackedExecution = tx
-                                .get_record(EXECUTION_NS, &ex.id)?
-                                .and_then(|v| serde_json::from_str(&v).ok())
-                                .filter(|r: &TrackedExecution| r.actor == actor)
-                                .ok_or_else(|| {
-                                    ApiError::not_found(format!("no execution {} of yours", ex.id))
-                                })?;
-                            if rec.reported {
-                                return Err(ApiError::conflict(
-                                    "outcome_recorded",
-                                    format!("the result of {} is already recorded", ex.id),
-                                )
-                                .into());
-                            }
-                            rec.reported = true;
-                            tx.put_record(EXECUTION_NS, &ex.id, &rec.encode())?;
-                        }
                         tx.append(entry(
                             now,
                             "action.result",
@@ -417,36 +437,21 @@ impl Gateway {
         id: &str,
         result: ExecutionResult,
     ) -> Result<(), ApiError> {
-        let ex = if id.starts_with("req_") {
+        let target = if id.starts_with("req_") {
             let req = self.get_request(who, id).await?;
-            Execution {
+            Reported::Known(Execution {
                 id: req.id.clone(),
                 request_id: Some(req.id.clone()),
                 digest: req.digest.clone(),
                 approvers: approvers(&req),
                 reasons: vec![],
-            }
+            })
         } else {
-            let store = self.store.clone();
-            let key = id.to_string();
-            let rec: TrackedExecution =
-                tokio::task::spawn_blocking(move || store.get_record(EXECUTION_NS, &key))
-                    .await
-                    .map_err(|e| ApiError::unavailable(e.to_string()))??
-                    .and_then(|v| serde_json::from_str(&v).ok())
-                    .filter(|r: &TrackedExecution| r.actor == who.id.as_str())
-                    .ok_or_else(|| ApiError::not_found(format!("no execution {id} of yours")))?;
-            Execution {
-                id: id.to_string(),
-                request_id: None,
-                digest: Digest::from_hex(&rec.digest)
-                    .map_err(|e| ApiError::unavailable(format!("stored digest: {e}")))?,
-                approvers: vec![],
-                reasons: vec![],
-            }
+            // Looked up inside the recording transaction: no read (and no
+            // blocking-pool hop) ahead of it on this frequent path.
+            Reported::Tracked(id.to_string())
         };
-        self.record_result(who, &ex, result, ex.request_id.is_none())
-            .await
+        self.record_result(who, target, result).await
     }
 
     /// The lineage index of `principal`: every dataset it read or wrote
