@@ -148,7 +148,13 @@ fn stdio(a: StdioArgs) -> Result<ExitCode> {
         config,
         command: a.command,
     };
-    let code = crate::runtime()?.block_on(secondkey_mcp::stdio::run_stdio(opts))?;
+    // One thread: the relay only moves bytes and waits on the gateway, and
+    // on a multi-threaded runtime each message hopped between workers
+    // (a futex wake-up per hop), which showed in the latency it adds.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let code = rt.block_on(secondkey_mcp::stdio::run_stdio(opts))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 

@@ -1087,3 +1087,132 @@ fn execute_mode_over_rest_runs_once_and_records_results_and_lineage() {
         assert!(events.contains(&want), "{want} missing from {events:?}");
     }
 }
+
+/// `POST /v1/executions/results`: several results in one request, each
+/// checked and recorded as on its own; a malformed batch changes nothing.
+#[test]
+fn results_reported_in_a_batch_are_checked_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let bot = "agent:report-bot";
+    let mut execs = Vec::new();
+    for _ in 0..3 {
+        let (s, r) = g.call(
+            "POST",
+            "/v1/actions?execute=true",
+            Some(bot),
+            Some(&read_action()),
+        );
+        assert_eq!(s, 200, "{r}");
+        execs.push(r["execution"]["id"].as_str().unwrap().to_string());
+    }
+    let (_, theirs) = g.call(
+        "POST",
+        "/v1/actions?execute=true",
+        Some("agent:other-bot"),
+        Some(&read_action()),
+    );
+    let theirs = theirs["execution"]["id"].as_str().unwrap().to_string();
+    let item = |id: &str| {
+        json!({"execution": id, "ok": true, "summary": {"rows": 1},
+               "reads": ["postgres://analytics/public.orders"]})
+    };
+    let size = |g: &Gateway| g.call("GET", "/v1/log/checkpoint", None, None).1;
+    let before = size(&g);
+    // Malformed batches are refused whole, and nothing is recorded.
+    let too_many: Vec<Value> = (0..257).map(|i| item(&format!("act_{i}"))).collect();
+    let mut bad_lineage = item(&execs[1]);
+    bad_lineage["reads"] = json!([""]);
+    for (body, code) in [
+        (json!({"results": []}), "invalid_batch"),
+        (json!({"results": too_many}), "invalid_batch"),
+        (
+            json!({"results": [item(&execs[0]), item(&execs[0])]}),
+            "invalid_batch",
+        ),
+        (
+            json!({"results": [item(&execs[0]), bad_lineage]}),
+            "invalid_lineage",
+        ),
+        (
+            json!({"results": [item(&execs[0])], "extra": 1}),
+            "unknown_field",
+        ),
+        (json!({"results": "no"}), "invalid_json"),
+    ] {
+        let (s, v) = g.call("POST", "/v1/executions/results", Some(bot), Some(&body));
+        assert_eq!((s, v["error"]["code"].as_str()), (400, Some(code)), "{v}");
+    }
+    let (s, _) = g.call(
+        "POST",
+        "/v1/executions/results",
+        None,
+        Some(&json!({"results": [item(&execs[0])]})),
+    );
+    assert_eq!(s, 401);
+    assert_eq!(size(&g), before, "a refused batch logs nothing");
+    // One refusal does not stop the others: someone else's execution and
+    // an unknown one are refused, the caller's own are recorded.
+    let (s, v) = g.call(
+        "POST",
+        "/v1/executions/results",
+        Some(bot),
+        Some(&json!({"results": [item(&execs[0]), item(&theirs), item("act_nope"), item(&execs[1])]})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let got: Vec<(String, bool, Option<String>)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["execution"].as_str().unwrap().to_string(),
+                o["recorded"].as_bool().unwrap(),
+                o["error"]["code"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (execs[0].clone(), true, None),
+            (theirs.clone(), false, Some("not_found".into())),
+            ("act_nope".into(), false, Some("not_found".into())),
+            (execs[1].clone(), true, None),
+        ]
+    );
+    // Once each: a second report of a recorded one is refused, also when
+    // it shares a batch with a fresh one; the single endpoint agrees.
+    let (s, v) = g.call(
+        "POST",
+        "/v1/executions/results",
+        Some(bot),
+        Some(&json!({"results": [item(&execs[1]), item(&execs[2])]})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v[0]["error"]["code"], "outcome_recorded", "{v}");
+    assert_eq!(v[1]["recorded"], true, "{v}");
+    let (s, v) = g.call(
+        "POST",
+        &format!("/v1/executions/{}/result", execs[2]),
+        Some(bot),
+        Some(&json!({"ok": true})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("outcome_recorded")),
+        "{v}"
+    );
+    // Three results recorded, each once, and the log verifies.
+    let (_tmp, _bundle, entries) = export_log(&g);
+    let results: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["event"] == "action.result")
+        .map(|e| e["payload"]["execution"].as_str().unwrap_or_default())
+        .collect();
+    let mut sorted = results.clone();
+    sorted.sort();
+    let mut want: Vec<&str> = execs.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(sorted, want, "{results:?}");
+}

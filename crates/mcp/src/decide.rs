@@ -3,8 +3,12 @@
 //! talks to a running gateway over its REST API) and the in-process one of
 //! HTTP mode (`http::InProcess`), which calls the gateway directly.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -114,7 +118,21 @@ pub struct RestDecider {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// Results waiting to go out in the next `POST /v1/executions/results`.
+    reports: Arc<Mutex<Vec<QueuedReport>>>,
 }
+
+/// One result to report, and who waits for how it went.
+type QueuedReport = (Value, oneshot::Sender<Result<(), DecideError>>);
+
+/// How long the first result waits for others to share its request. A
+/// client calling tools back to back produces a result every few hundred
+/// µs; one request per result made the gateway handle the report of each
+/// call at the same moment as the decision of the next, on the same cores.
+const REPORT_WINDOW: Duration = Duration::from_millis(5);
+
+/// Most results in one batch (the gateway's limit).
+const REPORT_BATCH: usize = 256;
 
 impl RestDecider {
     pub fn new(base: &str, token: &str) -> Result<RestDecider, DecideError> {
@@ -127,7 +145,61 @@ impl RestDecider {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
             http,
+            reports: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// Sends the queued results (all of them, in batches) and tells each
+    /// waiter how its own went.
+    async fn flush_reports(&self) {
+        let queued = std::mem::take(&mut *self.reports.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut queued = queued.into_iter().peekable();
+        while queued.peek().is_some() {
+            let chunk: Vec<QueuedReport> = queued.by_ref().take(REPORT_BATCH).collect();
+            let (items, waiters): (Vec<Value>, Vec<_>) = chunk.into_iter().unzip();
+            let ids: Vec<String> = items
+                .iter()
+                .map(|i| i["execution"].as_str().unwrap_or_default().to_string())
+                .collect();
+            let answer = self
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/executions/results",
+                    Some(&json!({ "results": items })),
+                )
+                .await;
+            let mut outcomes: HashMap<String, Result<(), DecideError>> = HashMap::new();
+            match answer {
+                Ok(v) => {
+                    for o in v.as_array().into_iter().flatten() {
+                        let id = o["execution"].as_str().unwrap_or_default().to_string();
+                        let r = if o["recorded"] == true {
+                            Ok(())
+                        } else {
+                            Err(DecideError::new(
+                                o["error"]["code"].as_str().unwrap_or("gateway_error"),
+                                o["error"]["message"].as_str().unwrap_or("not recorded"),
+                            ))
+                        };
+                        outcomes.insert(id, r);
+                    }
+                }
+                Err(e) => {
+                    for id in &ids {
+                        outcomes.insert(id.clone(), Err(e.clone()));
+                    }
+                }
+            }
+            for (id, waiter) in ids.into_iter().zip(waiters) {
+                let r = outcomes.remove(&id).unwrap_or_else(|| {
+                    Err(DecideError::new(
+                        "gateway_error",
+                        "the gateway's answer does not mention this execution",
+                    ))
+                });
+                let _ = waiter.send(r);
+            }
+        }
     }
 
     async fn call(
@@ -275,13 +347,30 @@ impl Decider for RestDecider {
         reads: Vec<String>,
         writes: Vec<String>,
     ) -> Result<(), DecideError> {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/v1/executions/{}/result", run.id),
-            Some(&json!({"ok": ok, "summary": summary, "reads": reads, "writes": writes})),
-        )
-        .await
-        .map(|_| ())
+        // Queued, and sent with the results of the calls that follow within
+        // REPORT_WINDOW in one `POST /v1/executions/results`; this resolves
+        // once the gateway has recorded it (or refused it).
+        let item = json!({"execution": run.id, "ok": ok, "summary": summary,
+                          "reads": reads, "writes": writes});
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut q = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+            q.push((item, tx));
+            q.len() == 1
+        };
+        if first {
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REPORT_WINDOW).await;
+                me.flush_reports().await;
+            });
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(DecideError::new(
+                "client",
+                "the result was dropped before it was sent",
+            ))
+        })
     }
 
     async fn observe(

@@ -62,6 +62,9 @@ struct Relay<D: Decider> {
     to_server: mpsc::Sender<String>,
     session: String,
     max_message: usize,
+    /// Results being recorded: awaited before the relay exits, so that the
+    /// last calls' results are not lost with the process.
+    recording: Mutex<tokio::task::JoinSet<()>>,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -139,6 +142,7 @@ where
         to_server,
         session: session_id(),
         max_message,
+        recording: Mutex::new(tokio::task::JoinSet::new()),
     });
 
     let from_server = {
@@ -172,6 +176,12 @@ where
     relay
         .fail_all("the session ended before the server answered")
         .await;
+    let mut recording =
+        std::mem::take(&mut *relay.recording.lock().unwrap_or_else(|p| p.into_inner()));
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while recording.join_next().await.is_some() {}
+    })
+    .await;
     let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
         Ok(Ok(s)) => s.code().unwrap_or(1),
         _ => {
@@ -568,7 +578,9 @@ impl<D: Decider> Relay<D> {
                     _ => Outcome::Lost("an empty response".into()),
                 };
                 let relay = self.clone();
-                tokio::spawn(async move { relay.icp.finished(&fwd, outcome).await });
+                let mut recording = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+                while recording.try_join_next().is_some() {}
+                recording.spawn(async move { relay.icp.finished(&fwd, outcome).await });
             }
             Some(Pending::Plain) | None => {}
         }
@@ -692,11 +704,21 @@ pub async fn run_stdio(opts: Options) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = Arc::new(opts.config.server(&opts.server));
     let icp = Interceptor::new(Arc::new(opts.config), server, Arc::new(decider));
+    let client_in: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match crate::stdfd::StdFd::new(0)
+    {
+        Some(fd) => Box::new(fd),
+        None => Box::new(tokio::io::stdin()),
+    };
+    let client_out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> =
+        match crate::stdfd::StdFd::new(1) {
+            Some(fd) => Box::new(fd),
+            None => Box::new(tokio::io::stdout()),
+        };
     run(
         icp,
         &opts.command,
-        tokio::io::BufReader::with_capacity(64 * 1024, tokio::io::stdin()),
-        tokio::io::stdout(),
+        tokio::io::BufReader::with_capacity(64 * 1024, client_in),
+        client_out,
     )
     .await
 }

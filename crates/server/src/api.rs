@@ -110,10 +110,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "secondkey", description = "Action-level approvals for AI agents and pipelines."),
-    paths(submit_action, execution_result, lineage, list_requests, get_request, request_events, review_request,
+    paths(submit_action, execution_result, execution_results, lineage, list_requests, get_request, request_events, review_request,
           review_batch, withdraw_request, revoke_request, request_result, consume_grant, jwks, log_checkpoint,
           log_proof, log_tile, log_verifier_key, healthz, metrics),
-    components(schemas(ActionResponse, ExecutionView, ExecutionResultBody, crate::intercept::LineageRecord, ReasonView, RequestSummary, RequirementView, RequestView,
+    components(schemas(ActionResponse, ExecutionView, ExecutionResultBody, ExecutionResultsBody, BatchResultItem, BatchResultOutcome, crate::intercept::LineageRecord, ReasonView, RequestSummary, RequirementView, RequestView,
                        ReviewView, ReviewBody, BatchReviewBody, BatchReviewResult, ConsumeBody, ResultBody, ErrorBody)),
     modifiers(&BearerAuth)
 )]
@@ -147,6 +147,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .route("/v1/actions", post(submit_action))
         .route("/v1/executions/{id}/result", post(execution_result))
+        .route("/v1/executions/results", post(execution_results))
         .route("/v1/lineage", get(lineage))
         .route("/v1/requests", get(list_requests))
         .route("/v1/requests/{id}", get(get_request))
@@ -239,26 +240,144 @@ async fn execution_result(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ExecutionResultBody>,
 ) -> Result<StatusCode, ApiError> {
-    let too_many = body.reads.len() + body.writes.len() > 1024;
-    let too_long = body
-        .reads
-        .iter()
-        .chain(&body.writes)
-        .any(|d| d.is_empty() || d.len() > 2048);
-    if too_many || too_long {
-        return Err(ApiError::bad_request(
-            "invalid_lineage",
-            "reads and writes: at most 1024 dataset URIs in all, each 1 to 2048 bytes",
-        ));
-    }
-    let result = crate::intercept::ExecutionResult {
-        ok: body.ok,
-        summary: body.summary,
-        reads: body.reads,
-        writes: body.writes,
-    };
+    let result = body.checked()?;
     s.gateway.report_execution(&p, &id, result).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+impl ExecutionResultBody {
+    /// The result, once its lineage is within bounds.
+    fn checked(self) -> Result<crate::intercept::ExecutionResult, ApiError> {
+        let too_many = self.reads.len() + self.writes.len() > 1024;
+        let too_long = self
+            .reads
+            .iter()
+            .chain(&self.writes)
+            .any(|d| d.is_empty() || d.len() > 2048);
+        if too_many || too_long {
+            return Err(ApiError::bad_request(
+                "invalid_lineage",
+                "reads and writes: at most 1024 dataset URIs in all, each 1 to 2048 bytes",
+            ));
+        }
+        Ok(crate::intercept::ExecutionResult {
+            ok: self.ok,
+            summary: self.summary,
+            reads: self.reads,
+            writes: self.writes,
+        })
+    }
+}
+
+/// Most results in one `POST /v1/executions/results`.
+const MAX_BATCH_RESULTS: usize = 256;
+
+/// Body of `POST /v1/executions/results`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionResultsBody {
+    /// 1 to 256 results, each of a different execution.
+    pub results: Vec<BatchResultItem>,
+}
+
+/// One result in a batch: an execution id and what `POST
+/// /v1/executions/{id}/result` would carry.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchResultItem {
+    pub execution: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub summary: Value,
+    #[serde(default)]
+    pub reads: Vec<String>,
+    #[serde(default)]
+    pub writes: Vec<String>,
+}
+
+/// How one result of a batch went.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BatchResultOutcome {
+    pub execution: String,
+    /// Whether it is now recorded.
+    pub recorded: bool,
+    /// Why not (`not_found`, `outcome_recorded`, …), when it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<crate::error::ErrorDetail>,
+}
+
+/// Report the results of several executions at once, as a runner that
+/// runs many actions in a row does (the MCP stdio relay). Each is checked
+/// and recorded exactly as by `POST /v1/executions/{id}/result`, on its
+/// own: one refusal does not stop the others. A malformed batch (empty,
+/// over 256, the same execution twice, bad lineage in any item) is
+/// refused whole with `400`, and nothing is recorded.
+#[utoipa::path(post, path = "/v1/executions/results", request_body = ExecutionResultsBody,
+    responses((status = 200, body = [BatchResultOutcome]),
+              (status = 400, body = ErrorBody, description = "`invalid_batch`, `invalid_lineage`")))]
+async fn execution_results(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(body): JsonBody<ExecutionResultsBody>,
+) -> Result<Json<Vec<BatchResultOutcome>>, ApiError> {
+    let n = body.results.len();
+    if n == 0 || n > MAX_BATCH_RESULTS {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!("results: 1 to {MAX_BATCH_RESULTS} items, not {n}"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut items = Vec::with_capacity(n);
+    for (i, item) in body.results.into_iter().enumerate() {
+        if !seen.insert(item.execution.clone()) {
+            return Err(ApiError::bad_request(
+                "invalid_batch",
+                format!("results[{i}]: execution {:?} appears twice", item.execution),
+            ));
+        }
+        let one = ExecutionResultBody {
+            ok: item.ok,
+            summary: item.summary,
+            reads: item.reads,
+            writes: item.writes,
+        };
+        let result = one
+            .checked()
+            .map_err(|e| ApiError::bad_request(e.code, format!("results[{i}]: {}", e.message)))?;
+        items.push((item.execution, result));
+    }
+    // Concurrently: each becomes its own store job, and they share a commit.
+    let outcomes = futures_util::future::join_all(items.into_iter().map(|(id, result)| {
+        let g = &s.gateway;
+        let p = &p;
+        async move {
+            let r = g.report_execution(p, &id, result).await;
+            (id, r)
+        }
+    }))
+    .await;
+    Ok(Json(
+        outcomes
+            .into_iter()
+            .map(|(execution, r)| match r {
+                Ok(()) => BatchResultOutcome {
+                    execution,
+                    recorded: true,
+                    error: None,
+                },
+                Err(e) => BatchResultOutcome {
+                    execution,
+                    recorded: false,
+                    error: Some(crate::error::ErrorDetail {
+                        code: e.code.to_string(),
+                        message: e.message,
+                    }),
+                },
+            })
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize)]
