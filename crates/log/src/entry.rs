@@ -37,6 +37,28 @@ pub enum EntryError {
     },
 }
 
+/// An entry encoded except for its index (see [`Entry::prepare`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// Everything up to and including `"index":`.
+    head: Vec<u8>,
+    /// Everything after the index digits.
+    tail: Vec<u8>,
+}
+
+impl Prepared {
+    /// The entry's canonical bytes at log position `index` (at most
+    /// 2^53 - 1), the same as [`Entry::to_bytes`] with that index.
+    pub fn at(&self, index: u64) -> Vec<u8> {
+        let digits = index.to_string();
+        let mut out = Vec::with_capacity(self.head.len() + digits.len() + self.tail.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(digits.as_bytes());
+        out.extend_from_slice(&self.tail);
+        out
+    }
+}
+
 /// One audit-log entry: something that happened to a request, grant or
 /// policy, attributed and timestamped.
 ///
@@ -202,6 +224,34 @@ impl Entry {
         secondkey_jcs::write_str(&self.time, &mut out);
         out.push(b'}');
         Some(out)
+    }
+
+    /// The canonical bytes of this entry for whatever index the log gives it
+    /// later: everything is encoded now (off the log writer's thread), and
+    /// [`Prepared::at`] only splices the index in. The size limit is checked
+    /// for the largest index, so `at` cannot produce an entry too large.
+    pub fn prepare(mut self) -> Result<Prepared, EntryError> {
+        self.index = 0;
+        let bytes = self.to_bytes()?;
+        // Keys are sorted and quotes inside strings are escaped, so the first
+        // `"index":0,` is the index field itself.
+        const KEY: &[u8] = b"\"index\":0,";
+        let at = bytes
+            .windows(KEY.len())
+            .position(|w| w == KEY)
+            .map(|p| p + KEY.len() - 2)
+            .ok_or(EntryError::NotCanonical)?;
+        let widest = bytes.len() - 1 + MAX_SAFE_INTEGER.to_string().len();
+        if widest > MAX_ENTRY_SIZE {
+            return Err(EntryError::TooLarge {
+                size: widest,
+                max: MAX_ENTRY_SIZE,
+            });
+        }
+        let mut bytes = bytes;
+        let tail = bytes.split_off(at + 1);
+        bytes.truncate(at);
+        Ok(Prepared { head: bytes, tail })
     }
 
     /// Decodes entry bytes strictly: unknown fields are rejected and the
@@ -371,7 +421,26 @@ mod tests {
                 payload: serde_json::json!({"s": s, "n": n, "f": f}),
             };
             let bytes = e.to_bytes().unwrap();
-            prop_assert_eq!(Entry::from_bytes(&bytes).unwrap(), e);
+            prop_assert_eq!(&Entry::from_bytes(&bytes).unwrap(), &e);
+            // Prepared without its index, then placed: the same bytes.
+            let placed = e.clone().prepare().unwrap().at(index);
+            prop_assert_eq!(placed, bytes);
+        }
+
+        #[test]
+        fn prepared_entries_survive_hostile_strings(index in 0..=MAX_SAFE_INTEGER,
+                       trap in prop_oneof![Just("\"index\":0,".to_string()), Just(",\"index\":0,\"payload\":".to_string()), "\\PC{1,20}"],
+                       float in any::<bool>()) {
+            // Strings that spell the index field must not fool the splice.
+            let mut payload = serde_json::json!({"index": 0, "k": trap.clone()});
+            if float {
+                payload["f"] = serde_json::json!(0.5);
+            }
+            let e = Entry {
+                index, time: "2024-02-29T23:59:60Z".into(), event: trap.clone(), actor: Some(trap.clone()),
+                subjects: [("index".to_string(), trap.clone())].into_iter().collect(), digest: Some(trap), payload,
+            };
+            prop_assert_eq!(e.clone().prepare().unwrap().at(index), e.to_bytes().unwrap());
         }
     }
 }

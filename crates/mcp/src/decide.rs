@@ -165,7 +165,7 @@ impl RestDecider {
                 .call(
                     reqwest::Method::POST,
                     "/v1/executions/results",
-                    Some(&json!({ "results": items })),
+                    Some(&json!({ "results": &items })),
                 )
                 .await;
             let mut outcomes: HashMap<String, Result<(), DecideError>> = HashMap::new();
@@ -181,6 +181,26 @@ impl RestDecider {
                                 o["error"]["message"].as_str().unwrap_or("not recorded"),
                             ))
                         };
+                        outcomes.insert(id, r);
+                    }
+                }
+                // The batch endpoint answers 200 whatever its items' fate: a
+                // 404 means a gateway older than it. Report one by one.
+                Err(e) if e.code == "not_found" => {
+                    for item in &items {
+                        let id = item["execution"].as_str().unwrap_or_default().to_string();
+                        let mut body = item.clone();
+                        if let Some(o) = body.as_object_mut() {
+                            o.remove("execution");
+                        }
+                        let r = self
+                            .call(
+                                reqwest::Method::POST,
+                                &format!("/v1/executions/{id}/result"),
+                                Some(&body),
+                            )
+                            .await
+                            .map(|_| ());
                         outcomes.insert(id, r);
                     }
                 }
@@ -402,4 +422,141 @@ pub fn parse_observed(v: &Value) -> Result<Vec<(String, PinState)>, DecideError>
             Ok((name, st))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::post;
+    use axum::{Json, Router};
+
+    type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+    /// A gateway stand-in: the batch endpoint (when `batch`) refusing the
+    /// execution `act_theirs`, and the single-result endpoint.
+    async fn serve(batch: bool) -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let s1 = seen.clone();
+        let s2 = seen.clone();
+        let mut app = Router::new().route(
+            "/v1/executions/{id}/result",
+            post(
+                move |axum::extract::Path(id): axum::extract::Path<String>,
+                      Json(b): Json<Value>| {
+                    let s = s2.clone();
+                    async move {
+                        s.lock().unwrap().push((format!("single {id}"), b));
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        );
+        if batch {
+            app = app.route(
+                "/v1/executions/results",
+                post(move |Json(b): Json<Value>| {
+                    let s = s1.clone();
+                    async move {
+                        s.lock().unwrap().push(("batch".into(), b.clone()));
+                        let out: Vec<Value> = b["results"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|i| {
+                                if i["execution"] == "act_theirs" {
+                                    json!({"execution": i["execution"], "recorded": false,
+                                           "error": {"code": "not_found", "message": "no execution act_theirs of yours"}})
+                                } else {
+                                    json!({"execution": i["execution"], "recorded": true})
+                                }
+                            })
+                            .collect();
+                        Json(Value::Array(out))
+                    }
+                }),
+            );
+        }
+        let app = app.fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                Json(json!({"error": {"code": "not_found", "message": "no such endpoint"}})),
+            )
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, seen)
+    }
+
+    fn run(id: &str) -> Run {
+        Run {
+            id: id.into(),
+            request_id: None,
+            digest: "d".into(),
+            approvers: vec![],
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn results_in_quick_succession_share_one_request_and_keep_their_own_fate() {
+        let (url, seen) = serve(true).await;
+        let d = RestDecider::new(&url, "t").unwrap();
+        let ids = ["act_1", "act_theirs", "act_2", "act_3"];
+        let runs: Vec<Run> = ids.iter().map(|id| run(id)).collect();
+        let outcomes = futures_util::future::join_all(
+            runs.iter()
+                .map(|r| d.record(r, true, json!({"n": 1}), vec!["r".into()], vec![])),
+        )
+        .await;
+        let codes: Vec<Option<String>> = outcomes
+            .into_iter()
+            .map(|r| r.err().map(|e| e.code))
+            .collect();
+        assert_eq!(codes, vec![None, Some("not_found".into()), None, None]);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "one request for all four: {seen:?}");
+        let sent: Vec<&str> = seen[0].1["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["execution"].as_str().unwrap())
+            .collect();
+        assert_eq!(sent, ids);
+        assert_eq!(seen[0].1["results"][0]["reads"], json!(["r"]));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_older_gateway_without_the_batch_endpoint_gets_them_one_by_one() {
+        let (url, seen) = serve(false).await;
+        let d = RestDecider::new(&url, "t").unwrap();
+        let (r1, r2) = (run("act_1"), run("act_2"));
+        let (a, b) = tokio::join!(
+            d.record(&r1, true, json!({}), vec![], vec![]),
+            d.record(&r2, false, json!({"status": "unknown"}), vec![], vec![]),
+        );
+        assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+        let seen = seen.lock().unwrap();
+        let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["single act_1", "single act_2"]);
+        assert_eq!(
+            seen[1].1,
+            json!({"ok": false, "summary": {"status": "unknown"}, "reads": [], "writes": []})
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unreachable_gateway_fails_every_queued_result() {
+        // A port nothing listens on.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        let d = RestDecider::new(&url, "t").unwrap();
+        let (r1, r2) = (run("act_1"), run("act_2"));
+        let (a, b) = tokio::join!(
+            d.record(&r1, true, json!({}), vec![], vec![]),
+            d.record(&r2, true, json!({}), vec![], vec![]),
+        );
+        assert_eq!(a.unwrap_err().code, "gateway_unreachable");
+        assert_eq!(b.unwrap_err().code, "gateway_unreachable");
+    }
 }

@@ -165,6 +165,13 @@ fn id_randomness() -> Result<[u8; 10], ApiError> {
     Ok(r)
 }
 
+/// `e` encoded now, before its job reaches the store writer (see
+/// [`Entry::prepare`]); an entry too large is refused like in the store.
+pub(crate) fn prepared(e: Entry) -> Result<secondkey_log::entry::Prepared, ApiError> {
+    e.prepare()
+        .map_err(|e| ApiError::from(StoreError::Entry(e.to_string())))
+}
+
 pub(crate) fn entry(
     now: Timestamp,
     event: &str,
@@ -542,19 +549,15 @@ impl Gateway {
                 let mut payload = json!({"decision": "deny", "action": raw, "reasons": reasons,
                     "errors": decision.errors, "policy_set": policy_set, "transport": transport});
                 add_facts(&mut payload, seen);
-                let id2 = id.clone();
-                self.store
-                    .transact(move |tx| {
-                        tx.append(entry(
-                            now,
-                            "action.denied",
-                            &actor,
-                            &[("action", &id2)],
-                            Some(&dg),
-                            payload,
-                        ))
-                    })
-                    .await?;
+                let e = prepared(entry(
+                    now,
+                    "action.denied",
+                    &actor,
+                    &[("action", &id)],
+                    Some(&dg),
+                    payload,
+                ))?;
+                self.store.transact(move |tx| tx.append_prepared(e)).await?;
                 Ok(Decided::Denied(Denied {
                     message: deny_message(&id, &reasons),
                     id,
@@ -572,29 +575,29 @@ impl Gateway {
                         // The caller runs it now: no token to leak or replay,
                         // so the authorization is this entry alone.
                         payload["executed"] = json!(true);
+                        let e = prepared(entry(
+                            now,
+                            "action.allowed",
+                            &actor,
+                            &[("action", &id)],
+                            Some(&dg),
+                            payload,
+                        ))?;
+                        let tracked = track.then(|| {
+                            crate::intercept::TrackedExecution {
+                                actor: actor.clone(),
+                                digest: dg.clone(),
+                                reported: false,
+                            }
+                            .encode()
+                        });
                         let id2 = id.clone();
                         self.store
                             .transact(move |tx| {
-                                if track {
-                                    let rec = crate::intercept::TrackedExecution {
-                                        actor: actor.clone(),
-                                        digest: dg.clone(),
-                                        reported: false,
-                                    };
-                                    tx.put_record(
-                                        crate::intercept::EXECUTION_NS,
-                                        &id2,
-                                        &rec.encode(),
-                                    )?;
+                                if let Some(rec) = tracked {
+                                    tx.put_record(crate::intercept::EXECUTION_NS, &id2, &rec)?;
                                 }
-                                tx.append(entry(
-                                    now,
-                                    "action.allowed",
-                                    &actor,
-                                    &[("action", &id2)],
-                                    Some(&dg),
-                                    payload,
-                                ))
+                                tx.append_prepared(e)
                             })
                             .await?;
                         Ok(Decided::Run(Execution {
@@ -630,18 +633,18 @@ impl Gateway {
                         };
                         payload["grant"] = json!(grant_id);
                         payload["grant_expires_at"] = json!(rfc3339(exp));
-                        let id2 = id.clone();
+                        let e = prepared(entry(
+                            now,
+                            "action.allowed",
+                            &actor,
+                            &[("action", &id), ("grant", &row.id)],
+                            Some(&dg),
+                            payload,
+                        ))?;
                         self.store
                             .transact(move |tx| {
                                 tx.insert_grant(&row)?;
-                                tx.append(entry(
-                                    now,
-                                    "action.allowed",
-                                    &actor,
-                                    &[("action", &id2), ("grant", &row.id)],
-                                    Some(&dg),
-                                    payload,
-                                ))
+                                tx.append_prepared(e)
                             })
                             .await?;
                         Ok(Decided::Granted {

@@ -332,6 +332,25 @@ impl Gateway {
         let at = rfc3339(now);
         let actor = who.id.to_string();
         let is_executor = self.config.executors.contains(who.id.as_str());
+        let detail_of = |ex_id: &str, result: &ExecutionResult| {
+            json!({"execution": ex_id, "ok": result.ok, "summary": result.summary,
+                   "reads": result.reads, "writes": result.writes})
+        };
+        // The common case (an allow an adapter ran) is encoded here, off the
+        // store writer's thread.
+        let ready = match &target {
+            Reported::Known(ex) if ex.request_id.is_none() => {
+                Some(crate::gateway::prepared(entry(
+                    now,
+                    "action.result",
+                    &actor,
+                    &[("action", &ex.id)],
+                    Some(ex.digest.as_str()),
+                    detail_of(&ex.id, &result),
+                ))?)
+            }
+            _ => None,
+        };
         let changed = self
             .store
             .transact_background(move |tx| {
@@ -365,8 +384,6 @@ impl Gateway {
                         }
                     }
                 };
-                let detail = json!({"execution": ex.id, "ok": result.ok, "summary": result.summary,
-                                    "reads": result.reads, "writes": result.writes});
                 let mut changed = None;
                 let mut lineage_owner = actor.clone();
                 match &ex.request_id {
@@ -399,21 +416,26 @@ impl Gateway {
                             &actor,
                             &[("request", rid)],
                             Some(req.digest.as_str()),
-                            detail,
+                            detail_of(&ex.id, &result),
                         ))?;
                         lineage_owner = req.requester.id.to_string();
                         changed = Some(req);
                     }
-                    None => {
-                        tx.append(entry(
-                            now,
-                            "action.result",
-                            &actor,
-                            &[("action", &ex.id)],
-                            Some(ex.digest.as_str()),
-                            detail,
-                        ))?;
-                    }
+                    None => match ready {
+                        Some(e) => {
+                            tx.append_prepared(e)?;
+                        }
+                        None => {
+                            tx.append(entry(
+                                now,
+                                "action.result",
+                                &actor,
+                                &[("action", &ex.id)],
+                                Some(ex.digest.as_str()),
+                                detail_of(&ex.id, &result),
+                            ))?;
+                        }
+                    },
                 }
                 for (datasets, write) in [(&result.reads, false), (&result.writes, true)] {
                     for d in datasets {

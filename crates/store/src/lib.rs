@@ -108,7 +108,17 @@ pub trait Tx {
     /// Appends a log entry; the store assigns its index (the `index` field of
     /// `entry` is overwritten) and returns it. The entry becomes part of the
     /// tree only when the transaction commits.
-    fn append(&mut self, entry: Entry) -> Result<u64, StoreError>;
+    fn append(&mut self, entry: Entry) -> Result<u64, StoreError> {
+        let prepared = entry
+            .prepare()
+            .map_err(|e| StoreError::Entry(e.to_string()))?;
+        self.append_prepared(prepared)
+    }
+    /// [`Tx::append`] of an entry encoded before the job (see
+    /// [`Entry::prepare`]): the writer thread, which runs jobs one after
+    /// another, then only places the index and hashes.
+    fn append_prepared(&mut self, entry: secondkey_log::entry::Prepared)
+        -> Result<u64, StoreError>;
     /// Reads a small key/value setting (e.g. a sink cursor or a fingerprint).
     fn get_meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;

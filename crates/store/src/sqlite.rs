@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use secondkey_core::request::{Request, RequestState};
-use secondkey_log::entry::Entry;
 use secondkey_log::merkle::{leaf_hash, Hash, Tree};
 
 use crate::{Anchor, GrantRow, LogView, Shared, StoreError, StoreOptions, Tx};
@@ -829,12 +828,12 @@ impl Tx for SqliteTx<'_> {
         Ok(n == 1)
     }
 
-    fn append(&mut self, mut entry: Entry) -> Result<u64, StoreError> {
+    fn append_prepared(
+        &mut self,
+        entry: secondkey_log::entry::Prepared,
+    ) -> Result<u64, StoreError> {
         let index = self.base + self.pending.len() as u64;
-        entry.index = index;
-        let bytes = entry
-            .to_bytes()
-            .map_err(|e| StoreError::Entry(e.to_string()))?;
+        let bytes = entry.at(index);
         self.conn
             .prepare_cached("INSERT INTO log_entries (idx, data) VALUES (?1, ?2)")?
             .execute(params![index as i64, bytes])?;
