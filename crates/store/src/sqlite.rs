@@ -152,10 +152,6 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     // FULL: a commit returns only after the WAL is fsynced.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // 16 MiB of page cache (SQLite's default is 2 MiB): the writer keeps
-    // the hot right edges of every index in memory instead of re-reading
-    // them through the kernel at each batch. Pages are cached only as used.
-    conn.pragma_update(None, "cache_size", -16384)?;
     Ok(conn)
 }
 
@@ -293,6 +289,11 @@ impl Store {
             })?;
             let lock = lock_dir(&options.data_dir)?;
             let mut conn = open_conn(&path, false)?;
+            // The writer gets 16 MiB of page cache (SQLite's default, which
+            // the readers keep, is 2 MiB): it keeps the hot right edges of
+            // every index in memory instead of re-reading them through the
+            // kernel at each batch. Pages are cached only as they are used.
+            conn.pragma_update(None, "cache_size", -16384)?;
             migrate(&mut conn)?;
             if let Some(pages) = options.max_pages {
                 conn.pragma_update(None, "max_page_count", pages as i64)?;
