@@ -370,10 +370,7 @@ async fn execution_results(
                 Err(e) => BatchResultOutcome {
                     execution,
                     recorded: false,
-                    error: Some(crate::error::ErrorDetail {
-                        code: e.code.to_string(),
-                        message: e.message,
-                    }),
+                    error: Some(e.into()),
                 },
             })
             .collect(),
@@ -614,10 +611,7 @@ async fn review_batch(
             Err(e) => BatchReviewResult {
                 id,
                 request: None,
-                error: Some(crate::error::ErrorDetail {
-                    code: e.code.to_string(),
-                    message: e.message,
-                }),
+                error: Some(e.into()),
             },
         });
     }

@@ -98,14 +98,19 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+impl From<ApiError> for ErrorDetail {
+    fn from(e: ApiError) -> ErrorDetail {
+        ErrorDetail {
+            code: e.code.to_string(),
+            message: e.message,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-            },
-        };
-        (self.status, axum::Json(body)).into_response()
+        let status = self.status;
+        let body = ErrorBody { error: self.into() };
+        (status, axum::Json(body)).into_response()
     }
 }

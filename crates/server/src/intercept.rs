@@ -15,6 +15,7 @@ use std::time::Duration;
 use secondkey_core::action::{Action, Digest};
 use secondkey_core::principal::Principal;
 use secondkey_core::request::{Outcome as ExecOutcome, Request, RequestState};
+use secondkey_core::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -332,23 +333,12 @@ impl Gateway {
         let at = rfc3339(now);
         let actor = who.id.to_string();
         let is_executor = self.config.executors.contains(who.id.as_str());
-        let detail_of = |ex_id: &str, result: &ExecutionResult| {
-            json!({"execution": ex_id, "ok": result.ok, "summary": result.summary,
-                   "reads": result.reads, "writes": result.writes})
-        };
         // The common case (an allow an adapter ran) is encoded here, off the
         // store writer's thread.
         let ready = match &target {
-            Reported::Known(ex) if ex.request_id.is_none() => {
-                Some(crate::gateway::prepared(entry(
-                    now,
-                    "action.result",
-                    &actor,
-                    &[("action", &ex.id)],
-                    Some(ex.digest.as_str()),
-                    detail_of(&ex.id, &result),
-                ))?)
-            }
+            Reported::Known(ex) if ex.request_id.is_none() => Some(crate::gateway::prepared(
+                result_entry(now, &actor, ex, &result),
+            )?),
             _ => None,
         };
         let changed = self
@@ -416,7 +406,7 @@ impl Gateway {
                             &actor,
                             &[("request", rid)],
                             Some(req.digest.as_str()),
-                            detail_of(&ex.id, &result),
+                            result_detail(&ex.id, &result),
                         ))?;
                         lineage_owner = req.requester.id.to_string();
                         changed = Some(req);
@@ -426,14 +416,7 @@ impl Gateway {
                             tx.append_prepared(e)?;
                         }
                         None => {
-                            tx.append(entry(
-                                now,
-                                "action.result",
-                                &actor,
-                                &[("action", &ex.id)],
-                                Some(ex.digest.as_str()),
-                                detail_of(&ex.id, &result),
-                            ))?;
+                            tx.append(result_entry(now, &actor, &ex, &result))?;
                         }
                     },
                 }
@@ -515,6 +498,29 @@ impl Gateway {
             })
             .collect()
     }
+}
+
+/// What an `action.result` (or `.detail`) entry says about a run.
+fn result_detail(execution: &str, result: &ExecutionResult) -> Value {
+    json!({"execution": execution, "ok": result.ok, "summary": result.summary,
+           "reads": result.reads, "writes": result.writes})
+}
+
+/// The `action.result` entry of an allow `ex` that ran.
+fn result_entry(
+    now: Timestamp,
+    actor: &str,
+    ex: &Execution,
+    result: &ExecutionResult,
+) -> secondkey_log::entry::Entry {
+    entry(
+        now,
+        "action.result",
+        actor,
+        &[("action", &ex.id)],
+        Some(ex.digest.as_str()),
+        result_detail(&ex.id, result),
+    )
 }
 
 fn touch_lineage(
