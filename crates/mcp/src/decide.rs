@@ -185,8 +185,15 @@ impl RestDecider {
                     }
                 }
                 // The batch endpoint answers 200 whatever its items' fate: a
-                // 404 means a gateway older than it. Report one by one.
-                Err(e) if e.code == "not_found" => {
+                // 404 means a gateway older than it, and a batch refused
+                // whole (one item's lineage out of bounds) must not cost the
+                // others their record. Report one by one.
+                Err(e)
+                    if matches!(
+                        e.code.as_str(),
+                        "not_found" | "invalid_lineage" | "invalid_batch"
+                    ) =>
+                {
                     for item in &items {
                         let id = item["execution"].as_str().unwrap_or_default().to_string();
                         let mut body = item.clone();
@@ -458,6 +465,17 @@ mod tests {
                     let s = s1.clone();
                     async move {
                         s.lock().unwrap().push(("batch".into(), b.clone()));
+                        let whole = b["results"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|i| i["execution"] == "act_badlineage");
+                        if whole {
+                            return (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                Json(json!({"error": {"code": "invalid_lineage", "message": "results[1]: reads…"}})),
+                            );
+                        }
                         let out: Vec<Value> = b["results"]
                             .as_array()
                             .unwrap()
@@ -471,7 +489,7 @@ mod tests {
                                 }
                             })
                             .collect();
-                        Json(Value::Array(out))
+                        (axum::http::StatusCode::OK, Json(Value::Array(out)))
                     }
                 }),
             );
@@ -542,6 +560,23 @@ mod tests {
             seen[1].1,
             json!({"ok": false, "summary": {"status": "unknown"}, "reads": [], "writes": []})
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_refused_whole_is_reported_one_by_one() {
+        let (url, seen) = serve(true).await;
+        let d = RestDecider::new(&url, "t").unwrap();
+        let (r1, r2) = (run("act_1"), run("act_badlineage"));
+        let (a, b) = tokio::join!(
+            d.record(&r1, true, json!({}), vec![], vec![]),
+            d.record(&r2, true, json!({}), vec![], vec![]),
+        );
+        // The stand-in's single endpoint accepts both: neither result is
+        // lost because the other made the batch unacceptable.
+        assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+        let seen = seen.lock().unwrap();
+        let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["batch", "single act_1", "single act_badlineage"]);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -121,3 +121,60 @@ impl AsyncWrite for StdFd {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn flags(fd: RawFd) -> libc::c_int {
+        // SAFETY: F_GETFL on a descriptor the test owns.
+        unsafe { libc::fcntl(fd, libc::F_GETFL) }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_socket_is_read_and_written_through_the_reactor_and_its_mode_restored() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let before = flags(ours.as_raw_fd());
+        assert_eq!(before & libc::O_NONBLOCK, 0);
+        let mut io = StdFd::new(ours.as_raw_fd()).expect("a socket is pollable");
+        assert_ne!(flags(ours.as_raw_fd()) & libc::O_NONBLOCK, 0);
+        let peer = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            theirs.write_all(b"ping\n").unwrap();
+            let mut buf = [0u8; 5];
+            theirs.read_exact(&mut buf).unwrap();
+            buf
+        });
+        let mut buf = [0u8; 5];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping\n");
+        io.write_all(b"pong\n").await.unwrap();
+        assert_eq!(&peer.join().unwrap(), b"pong\n");
+        drop(io);
+        assert_eq!(flags(ours.as_raw_fd()), before, "the mode is put back");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pipe_reads_to_its_end() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe() fills the two descriptors we pass it.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are fresh and owned here.
+        let (r, mut w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let mut io = StdFd::new(r.as_raw_fd()).expect("a pipe is pollable");
+        w.write_all(b"a line\n").unwrap();
+        drop(w);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"a line\n");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_regular_file_keeps_blocking_stdio() {
+        let f = tempfile::tempfile().unwrap();
+        assert!(StdFd::new(f.as_raw_fd()).is_none());
+        assert_eq!(flags(f.as_raw_fd()) & libc::O_NONBLOCK, 0);
+    }
+}
