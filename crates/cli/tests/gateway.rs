@@ -1216,3 +1216,37 @@ fn results_reported_in_a_batch_are_checked_one_by_one() {
     want.sort();
     assert_eq!(sorted, want, "{results:?}");
 }
+
+/// A request refused for its missing token before its body arrived: the
+/// answer says `Connection: close` and the connection is closed, so a
+/// client never sends its next request on a connection being torn down.
+#[test]
+fn an_unauthenticated_post_is_answered_with_connection_close() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let addr = g.url.trim_start_matches("http://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // Headers only: the promised body never comes.
+    let head = format!(
+        "POST /v1/actions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = sock.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 401"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.contains("\"unauthorized\""), "{answer}");
+    // read_to_end returned: the gateway closed the connection. A request
+    // with a token still works on a fresh one.
+    let (s, _) = g.call(
+        "POST",
+        "/v1/actions",
+        Some("agent:report-bot"),
+        Some(&read_action()),
+    );
+    assert_eq!(s, 200);
+}

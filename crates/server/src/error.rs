@@ -111,6 +111,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
         let body = ErrorBody { error: self.into() };
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // Refused before its body was read: if the body has not fully
+            // arrived, the server cannot reuse the connection and closes it.
+            // Saying so keeps a client from sending its next request on a
+            // connection that is about to close (seen as an unexpected EOF).
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 }
