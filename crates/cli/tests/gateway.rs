@@ -1217,11 +1217,12 @@ fn results_reported_in_a_batch_are_checked_one_by_one() {
     assert_eq!(sorted, want, "{results:?}");
 }
 
-/// A request refused for its missing token before its body arrived: the
-/// answer says `Connection: close` and the connection is closed, so a
-/// client never sends its next request on a connection being torn down.
+/// A request refused before its body arrived (no token; a body declared
+/// over the limit): the answer says `Connection: close` and the connection
+/// is closed, so a client never sends its next request on a connection
+/// being torn down, nor waits for one that cannot be accepted.
 #[test]
-fn an_unauthenticated_post_is_answered_with_connection_close() {
+fn a_post_refused_before_its_body_is_answered_with_connection_close() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let g = Gateway::start(dir.path());
@@ -1240,8 +1241,23 @@ fn an_unauthenticated_post_is_answered_with_connection_close() {
     assert!(answer.starts_with("http/1.1 401"), "{answer}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     assert!(answer.contains("\"unauthorized\""), "{answer}");
-    // read_to_end returned: the gateway closed the connection. A request
-    // with a token still works on a fresh one.
+    // read_to_end returned: the gateway closed the connection. The same,
+    // at once, for a body declared larger than the limit (with a token).
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "POST /v1/actions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n",
+        token_of("agent:report-bot")
+    );
+    sock.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = sock.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.contains("\"too_large\""), "{answer}");
+    // A request with a token still works on a fresh connection.
     let (s, _) = g.call(
         "POST",
         "/v1/actions",

@@ -53,6 +53,17 @@ impl FromRequest<AppState> for RawJson {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        // A body declared over the limit is refused at once, from its
+        // header, instead of waiting for bytes that will be refused anyway.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let limit = state.gateway.config.max_body_bytes;
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large_body(limit));
+        }
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| body_error(e, state))?;
@@ -63,16 +74,17 @@ impl FromRequest<AppState> for RawJson {
     }
 }
 
+fn too_large_body(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the body is larger than {limit} bytes"),
+    )
+}
+
 fn body_error(e: axum::extract::rejection::BytesRejection, state: &AppState) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "the body is larger than {} bytes",
-                state.gateway.config.max_body_bytes
-            ),
-        )
+        too_large_body(state.gateway.config.max_body_bytes)
     } else {
         ApiError::bad_request("invalid_body", e.body_text())
     }

@@ -112,8 +112,11 @@ impl IntoResponse for ApiError {
         let status = self.status;
         let body = ErrorBody { error: self.into() };
         let mut resp = (status, axum::Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            // Refused before its body was read: if the body has not fully
+        if matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::PAYLOAD_TOO_LARGE
+        ) {
+            // Refused before its body was (fully) read: if the body has not
             // arrived, the server cannot reuse the connection and closes it.
             // Saying so keeps a client from sending its next request on a
             // connection that is about to close (seen as an unexpected EOF).
