@@ -1106,6 +1106,29 @@ impl CallCtx {
         resp
     }
 
+    /// Sends exactly the decided call upstream; a call that could not be
+    /// sent, or whose answer was lost, is recorded as such here.
+    async fn send_call(
+        &self,
+        icp: &Interceptor<InProcess>,
+        fwd: &Forward,
+        msg: &Message,
+    ) -> Result<reqwest::Response, Failure> {
+        let body = Bytes::from(msg.to_line());
+        let sent = upstream(
+            &self.inner,
+            &self.srv,
+            Method::POST,
+            &self.headers,
+            Some(body),
+        )
+        .await;
+        if let Err(f) = &sent {
+            icp.finished(fwd, Outcome::Lost(f.why.clone())).await;
+        }
+        sent
+    }
+
     /// Sends the decided call upstream and relays the answer as it comes,
     /// recording its outcome when the final response passes.
     async fn forward(
@@ -1115,19 +1138,9 @@ impl CallCtx {
         msg: Message,
         id: Value,
     ) -> Response {
-        let body = Bytes::from(msg.to_line());
-        let resp = match upstream(
-            &self.inner,
-            &self.srv,
-            Method::POST,
-            &self.headers,
-            Some(body),
-        )
-        .await
-        {
+        let resp = match self.send_call(&icp, &fwd, &msg).await {
             Ok(r) => r,
             Err(f) => {
-                icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
                 if f.maybe_ran {
                     return Json(result_response(id, lost_mid_call(&f.why))).into_response();
                 }
@@ -1179,19 +1192,9 @@ impl CallCtx {
             }
             Plan::Forward(fwd) => fwd,
         };
-        let body = Bytes::from(msg.to_line());
-        let resp = match upstream(
-            &self.inner,
-            &self.srv,
-            Method::POST,
-            &self.headers,
-            Some(body),
-        )
-        .await
-        {
+        let resp = match self.send_call(&icp, &fwd, &msg).await {
             Ok(r) => r,
             Err(f) => {
-                icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
                 let answer = if f.maybe_ran {
                     lost_mid_call(&f.why)
                 } else {
