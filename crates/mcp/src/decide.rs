@@ -194,8 +194,7 @@ impl RestDecider {
                         "not_found" | "invalid_lineage" | "invalid_batch"
                     ) =>
                 {
-                    for item in &items {
-                        let id = item["execution"].as_str().unwrap_or_default().to_string();
+                    for (id, item) in ids.iter().zip(&items) {
                         let mut body = item.clone();
                         if let Some(o) = body.as_object_mut() {
                             o.remove("execution");
@@ -208,7 +207,7 @@ impl RestDecider {
                             )
                             .await
                             .map(|_| ());
-                        outcomes.insert(id, r);
+                        outcomes.insert(id.clone(), r);
                     }
                 }
                 Err(e) => {

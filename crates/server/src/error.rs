@@ -49,6 +49,10 @@ impl ApiError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
+    /// A fault of the gateway itself (500 `internal`).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
     /// The log or store could not record the decision: nothing is authorized.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "log_unavailable", message)
@@ -60,11 +64,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Job(inner) => match inner.downcast::<ApiError>() {
                 Ok(api) => *api,
-                Err(other) => ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    other.to_string(),
-                ),
+                Err(other) => ApiError::internal(other.to_string()),
             },
             StoreError::Entry(m) => ApiError::bad_request(
                 "entry_too_large",

@@ -143,21 +143,10 @@ fn id_randomness() -> Result<[u8; 10], ApiError> {
             Ok(k)
         })
         .as_ref()
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("no randomness available: {e}"),
-            )
-        })?;
+        .map_err(|e| ApiError::internal(format!("no randomness available: {e}")))?;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            e.to_string(),
-        )
-    })?;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     mac.update(&n.to_le_bytes());
     let out = mac.finalize().into_bytes();
     let mut r = [0u8; 10];
@@ -451,13 +440,8 @@ impl Gateway {
     }
 
     fn sign_claims(&self, claims: &GrantClaims) -> Result<String, ApiError> {
-        sign_grant(claims, &self.grant_key, &self.grant_kid).map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-            )
-        })
+        sign_grant(claims, &self.grant_key, &self.grant_kid)
+            .map_err(|e| ApiError::internal(e.to_string()))
     }
 
     /// Facts the gateway itself knows about this call, kept apart from what
