@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin as StdPin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -32,7 +33,7 @@ use secondkey_server::error::ApiError;
 use secondkey_server::{AppState, Extension, Gateway};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{McpConfig, ServerConfig, Sources};
 use crate::decide::{DecideError, Decider, Decision, PinState, Run};
@@ -950,6 +951,46 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// A future that finishes even when whoever awaits it goes away. Awaited,
+/// it runs on the awaiting task; dropped before it is done, it is spawned
+/// to run to its end on its own (its output is then discarded).
+struct Detachable<F: Future + Send + 'static>(Option<StdPin<Box<F>>>);
+
+impl<F: Future + Send + 'static> Detachable<F> {
+    fn new(f: F) -> Self {
+        Self(Some(Box::pin(f)))
+    }
+}
+
+impl<F: Future + Send + 'static> Future for Detachable<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: StdPin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(f) = self.0.as_mut() else {
+            // Polled again after it finished: never ready again.
+            return Poll::Pending;
+        };
+        let out = std::task::ready!(f.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        f.await;
+                    });
+                }
+                Err(_) => tracing::warn!("a call was dropped outside the runtime, unfinished"),
+            }
+        }
+    }
+}
+
 impl CallCtx {
     fn interceptor(&self) -> Interceptor<InProcess> {
         Interceptor::new(
@@ -1071,12 +1112,12 @@ impl CallCtx {
                 .body(Body::from_stream(events))
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         }
-        // One JSON answer. The call is decided in a task of its own, so that
-        // a client that goes away while it is held withdraws it (instead of
-        // leaving it pending), and a run already under way is still
-        // recorded.
-        let (done, answer) = oneshot::channel();
-        tokio::spawn(async move {
+        // One JSON answer. The call is decided on this task (no hand-off to
+        // another worker on the common path), but it is `Detachable`: if the
+        // client goes away first, it goes on in a task of its own, so that a
+        // held call is withdrawn (instead of left pending) and a run already
+        // under way is still recorded.
+        let resp = Detachable::new(async move {
             let icp = self.interceptor();
             let waiting = Waiting {
                 progress: None,
@@ -1092,16 +1133,13 @@ impl CallCtx {
                     waiting,
                 )
                 .await;
-            let resp = match plan {
+            match plan {
                 Plan::Cancelled => StatusCode::ACCEPTED.into_response(),
                 Plan::Respond(result) => Json(result_response(id, result)).into_response(),
                 Plan::Forward(fwd) => self.forward(icp, fwd, msg, id).await,
-            };
-            let _ = done.send(resp);
-        });
-        let resp = answer
-            .await
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+            }
+        })
+        .await;
         gone.disarm();
         resp
     }
@@ -1395,6 +1433,7 @@ impl<S> Drop for Tap<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
 
     fn split(max: usize, chunks: &[&[u8]]) -> (Vec<Vec<u8>>, u64) {
         let mut s = SseSplitter::new(max);
@@ -1457,5 +1496,34 @@ mod tests {
         let r = final_response(body, true, Some(&json!(3))).unwrap();
         assert_eq!(r["id"], 3);
         assert!(final_response(body, true, Some(&json!("3"))).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_detachable_call_finishes_on_the_awaiting_task_or_after_it_is_dropped() {
+        // Awaited: the output comes back, from the same task.
+        let here = std::thread::current().id();
+        let (out, there) = Detachable::new(async move {
+            tokio::task::yield_now().await;
+            (7, std::thread::current().id())
+        })
+        .await;
+        assert_eq!(out, 7);
+        assert_eq!(there, here, "a current-task future stays on its thread");
+
+        // Dropped half way: it still runs to its end.
+        let (started_tx, started) = oneshot::channel::<()>();
+        let (go_tx, go) = oneshot::channel::<()>();
+        let (done_tx, done) = oneshot::channel::<&str>();
+        let waiter = tokio::spawn(Detachable::new(async move {
+            let _ = started_tx.send(());
+            let _ = go.await;
+            let _ = done_tx.send("finished");
+        }));
+        started.await.unwrap();
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        go_tx.send(()).unwrap();
+        let finished = tokio::time::timeout(Duration::from_secs(5), done).await;
+        assert_eq!(finished.unwrap().unwrap(), "finished");
     }
 }
