@@ -498,8 +498,21 @@ impl World {
     }
 }
 
+/// 512 cases, unless `PROPTEST_CASES` asks for another number (a
+/// `cases` written here would otherwise override the variable).
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn approval_invariants_hold(ops in prop::collection::vec(op(), 1..80)) {
