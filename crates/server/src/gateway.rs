@@ -1225,6 +1225,11 @@ impl Gateway {
     /// core's [`Request::escalate`]); the change is logged as
     /// `request.escalated` and announced. Channels call this when they see
     /// `escalation_due` and a route names groups to escalate to.
+    ///
+    /// If the approvals already given meet quorum under the widened
+    /// requirements, the escalation approves the request: logged as
+    /// `request.approved` after `request.escalated`, with its grant stored
+    /// in the same transaction, as when a review completes the quorum.
     pub async fn escalate(
         &self,
         id: &str,
@@ -1232,6 +1237,7 @@ impl Gateway {
     ) -> Result<Request, ApiError> {
         let now = self.now();
         let fraction = self.config.escalation_fraction;
+        let grant_id = new_id("grt")?;
         let id2 = id.to_string();
         let req = self
             .store
@@ -1240,10 +1246,9 @@ impl Gateway {
                     .get_request(&id2)?
                     .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
                 let t = req
-                    .escalate(&groups, fraction, now)
+                    .escalate(&groups, fraction, now, &grant_id)
                     .map_err(transition_error)?;
-                tx.put_request(&req)?;
-                log_events(tx, now, "service:secondkey", &req, &t.events)?;
+                record_transition(tx, now, "service:secondkey", &req, &t)?;
                 Ok(req)
             })
             .await?;
