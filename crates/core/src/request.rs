@@ -5,7 +5,9 @@
 //!          ├─ deny ─→ denied                    ├─ revoke ─→ revoked    └─→ unknown
 //!          ├─ withdraw ─→ withdrawn             └─ grant expires ─→ expired
 //!          ├─ ttl passes ─→ expired
-//!          └─ escalate (waited long enough) ─→ pending, more groups may review
+//!          └─ escalate (waited long enough) ─→ pending, more groups may review,
+//!                                              or approved if the approvals given
+//!                                              already meet quorum
 //! ```
 //!
 //! Every method takes `now` and, where an id is minted, the id itself. It
@@ -632,6 +634,27 @@ impl Request {
         }
     }
 
+    /// Approves a pending request whose approvals fill every requirement with
+    /// distinct humans, issuing a grant with id `grant_id` that expires
+    /// `grant_ttl` after `now`. The one way into `Approved`, whether the last
+    /// review or an escalation completed the quorum.
+    fn approve_if_met(&mut self, now: Timestamp, grant_id: &str) -> Option<CoreEvent> {
+        if self.state != RequestState::Pending || self.assignment().is_none() {
+            return None;
+        }
+        self.state = RequestState::Approved;
+        self.decided_at = Some(now);
+        self.grant = Some(GrantRecord {
+            id: grant_id.to_string(),
+            expires_at: now.plus_millis(self.grant_ttl_ms),
+            used_at: None,
+        });
+        Some(CoreEvent::Approved {
+            grant_id: grant_id.to_string(),
+            approvers: self.approvers(),
+        })
+    }
+
     /// Records a review. A deny by any eligible reviewer denies; approvals
     /// approve once distinct humans fill every requirement, issuing a grant
     /// with id `next_grant_id` that expires `grant_ttl` after `now`.
@@ -686,21 +709,7 @@ impl Request {
                     by: reviewer.id.clone(),
                 });
             }
-            ReviewDecision::Approve => {
-                if self.assignment().is_some() {
-                    self.state = RequestState::Approved;
-                    self.decided_at = Some(now);
-                    self.grant = Some(GrantRecord {
-                        id: next_grant_id.to_string(),
-                        expires_at: now.plus_millis(self.grant_ttl_ms),
-                        used_at: None,
-                    });
-                    events.push(CoreEvent::Approved {
-                        grant_id: next_grant_id.to_string(),
-                        approvers: self.approvers(),
-                    });
-                }
-            }
+            ReviewDecision::Approve => events.extend(self.approve_if_met(now, next_grant_id)),
         }
         Ok(Transition {
             from: RequestState::Pending,
@@ -817,11 +826,18 @@ impl Request {
     /// Quorum, separation of duties and earlier reviews stay as they were;
     /// groups are only ever added. Changing who may review is a decision
     /// rule, so it lives here and is logged ([`CoreEvent::Escalated`]).
+    ///
+    /// The approvals already given are counted again under the widened
+    /// requirements (each with the groups recorded at its review): if they
+    /// now meet quorum, the request is approved here, exactly as if the last
+    /// review had completed it — [`CoreEvent::Approved`] follows
+    /// `Escalated`, with a grant of id `next_grant_id`.
     pub fn escalate(
         &mut self,
         groups: &BTreeSet<String>,
         fraction: f64,
         now: Timestamp,
+        next_grant_id: &str,
     ) -> Result<Transition, TransitionError> {
         if self.state != RequestState::Pending {
             return Err(TransitionError::WrongState {
@@ -853,10 +869,12 @@ impl Request {
         }
         self.escalated_to.extend(added.iter().cloned());
         self.escalated = true;
+        let mut events = vec![CoreEvent::Escalated { groups: added }];
+        events.extend(self.approve_if_met(now, next_grant_id));
         Ok(Transition {
             from: RequestState::Pending,
-            to: RequestState::Pending,
-            events: vec![CoreEvent::Escalated { groups: added }],
+            to: self.state,
+            events,
         })
     }
 

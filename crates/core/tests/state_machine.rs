@@ -3,14 +3,14 @@
 //! quorum, single use bound to digest and requester, terminal states stay
 //! terminal, and failed calls change nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use secondkey_core::action::{Action, Digest};
 use secondkey_core::principal::{Principal, PrincipalId};
 use secondkey_core::request::{
-    Outcome, Request, RequestState, Requirement, ReviewDecision, ReviewError,
+    CoreEvent, Outcome, Request, RequestState, Requirement, ReviewDecision, ReviewError,
 };
 use secondkey_core::time::Timestamp;
 use serde_json::json;
@@ -19,8 +19,13 @@ fn id(s: &str) -> PrincipalId {
     PrincipalId::parse(s).unwrap()
 }
 
+/// How many principals [`universe`] holds.
+const PEOPLE: usize = 12;
+
 /// Users in overlapping groups, agents with and without owners (some in
-/// reviewer groups, which must not help them), and a service.
+/// reviewer groups, which must not help them), a service, and users in
+/// groups only an escalation names (lena; gil, whose `leads` membership is
+/// not required when he reviews, so it must not count later either).
 fn universe() -> Vec<Principal> {
     let p = |s: &str, owner: Option<&str>, groups: &[&str]| Principal {
         id: id(s),
@@ -39,6 +44,7 @@ fn universe() -> Vec<Principal> {
         p("agent:stray", None, &["dba"]),
         p("service:ci", None, &["dba", "sec"]),
         p("user:lena", None, &["leads"]),
+        p("user:gil", None, &["dba", "leads"]),
     ]
 }
 
@@ -121,28 +127,28 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (0..11usize, 0..4usize, 0..6usize, 1..4000u64, 1..1500u64).prop_map(
+        2 => (0..PEOPLE, 0..4usize, 0..6usize, 1..4000u64, 1..1500u64).prop_map(
             |(requester, action, reqs, ttl, grant_ttl)| Op::Submit { requester, action, reqs, ttl, grant_ttl }
         ),
-        8 => (any::<usize>(), 0..11usize, prop::bool::weighted(0.85))
+        8 => (any::<usize>(), 0..PEOPLE, prop::bool::weighted(0.85))
             .prop_map(|(r, who, approve)| Op::Review { r, who, approve }),
-        1 => (any::<usize>(), 0..11usize).prop_map(|(r, who)| Op::Withdraw { r, who }),
-        1 => (any::<usize>(), 0..11usize).prop_map(|(r, who)| Op::Revoke { r, who }),
+        1 => (any::<usize>(), 0..PEOPLE).prop_map(|(r, who)| Op::Withdraw { r, who }),
+        1 => (any::<usize>(), 0..PEOPLE).prop_map(|(r, who)| Op::Revoke { r, who }),
         2 => (0..1200i64).prop_map(|ms| Op::Advance { ms }),
         1 => any::<usize>().prop_map(|r| Op::Expire { r }),
         4 => (any::<usize>(), prop::bool::weighted(0.8), prop::bool::weighted(0.8),
-              prop::option::weighted(0.2, 0..11usize))
+              prop::option::weighted(0.2, 0..PEOPLE))
             .prop_map(|(r, right_grant, right_digest, who)| Op::Consume { r, right_grant, right_digest, who }),
         1 => (any::<usize>(), 0..3u8).prop_map(|(r, outcome)| Op::Outcome { r, outcome }),
         1 => (any::<usize>(), 0.0..1.0f64).prop_map(|(r, fraction)| Op::Escalate { r, fraction }),
-        2 => (any::<usize>(), 0.0..1.0f64, 0..3usize)
+        2 => (any::<usize>(), 0.0..1.0f64, 0..4usize)
             .prop_map(|(r, fraction, group)| Op::EscalateTo { r, fraction, group }),
     ]
 }
 
-/// Independent reference for quorum: can the approvers (with their real
-/// groups) be split into disjoint sets, one per requirement, of the required
-/// size and eligible for it? Exhaustive; the universe is tiny.
+/// Independent reference for quorum: can the approvers (with the groups they
+/// reviewed in) be split into disjoint sets, one per requirement, of the
+/// required size and eligible for it? Exhaustive; the universe is tiny.
 fn satisfiable(reqs: &[Requirement], people: &[BTreeSet<String>], used: u32) -> bool {
     let Some((first, rest)) = reqs.split_first() else {
         return true;
@@ -166,6 +172,9 @@ struct World {
     consumed: Vec<u32>,
     /// The first terminal state each request reached, if any.
     first_terminal: Vec<Option<RequestState>>,
+    /// Per request, the groups each reviewer reviewed in, as the model
+    /// computes them: their groups that some requirement named at the time.
+    reviewed_in: Vec<BTreeMap<PrincipalId, BTreeSet<String>>>,
     grants: u64,
 }
 
@@ -176,6 +185,24 @@ impl World {
             .find(|p| p.id == *who)
             .map(|p| p.groups.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether the approvals given so far, with the groups each approver
+    /// reviewed in, meet every requirement of request `i` as it is now.
+    fn quorum_met(&self, i: usize) -> bool {
+        let r = &self.requests[i];
+        let approvers: Vec<BTreeSet<String>> = r
+            .reviews
+            .iter()
+            .filter(|v| v.decision == ReviewDecision::Approve)
+            .map(|v| {
+                self.reviewed_in[i]
+                    .get(&v.reviewer)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        satisfiable(&r.requirements, &approvers, 0)
     }
 
     /// Invariants over one request, whatever just happened.
@@ -212,6 +239,7 @@ impl World {
             );
             let real = self.groups_of(&rev.reviewer);
             prop_assert!(rev.groups.is_subset(&real));
+            prop_assert_eq!(Some(&rev.groups), self.reviewed_in[i].get(&rev.reviewer));
             prop_assert!(
                 r.requirements
                     .iter()
@@ -220,14 +248,8 @@ impl World {
                 rev.reviewer
             );
         }
-        let approvers: Vec<BTreeSet<String>> = r
-            .reviews
-            .iter()
-            .filter(|v| v.decision == ReviewDecision::Approve)
-            .map(|v| self.groups_of(&v.reviewer))
-            .collect();
         let denied = r.reviews.iter().any(|v| v.decision == ReviewDecision::Deny);
-        let quorum_met = satisfiable(&r.requirements, &approvers, 0);
+        let quorum_met = self.quorum_met(i);
         match r.state {
             RequestState::Pending => {
                 prop_assert!(!quorum_met, "pending although quorum is met");
@@ -315,6 +337,7 @@ impl World {
                 self.requests.push(req);
                 self.consumed.push(0);
                 self.first_terminal.push(None);
+                self.reviewed_in.push(BTreeMap::new());
                 return self.check(n);
             }
             Op::Advance { ms } => {
@@ -359,6 +382,18 @@ impl World {
                         prop_assert!(reviewer.is_human());
                         prop_assert!(!before.sod_set().contains(&reviewer.id));
                         prop_assert!(before.check_reviewer(reviewer).is_ok());
+                        let required: BTreeSet<&String> = before
+                            .requirements
+                            .iter()
+                            .flat_map(|q| q.groups.iter())
+                            .collect();
+                        let groups = reviewer
+                            .groups
+                            .iter()
+                            .filter(|g| required.contains(g))
+                            .cloned()
+                            .collect();
+                        self.reviewed_in[i].insert(reviewer.id.clone(), groups);
                         (true, Some((t.from, t.to)), false)
                     }
                     Err(e @ ReviewError::Expired { .. }) => {
@@ -447,8 +482,10 @@ impl World {
             Op::EscalateTo {
                 fraction, group, ..
             } => {
-                let g = ["leads", "ops", "sec"][group].to_string();
-                match req.escalate(&BTreeSet::from([g.clone()]), fraction, now) {
+                self.grants += 1;
+                let grant_id = format!("grant-{}", self.grants);
+                let g = ["leads", "ops", "sec", "dba"][group].to_string();
+                match req.escalate(&BTreeSet::from([g.clone()]), fraction, now, &grant_id) {
                     Ok(t) => {
                         // only pending, only once due, only before expiry
                         prop_assert_eq!(before.state, RequestState::Pending);
@@ -463,6 +500,31 @@ impl World {
                             prop_assert!(a.groups.contains(&g));
                         }
                         prop_assert!(req.reviews == before.reviews);
+                        // the events: the escalation, then the approval if
+                        // the approvals given now meet quorum (checked
+                        // against the model below)
+                        let mut events = vec![CoreEvent::Escalated {
+                            groups: vec![g.clone()],
+                        }];
+                        if t.to == RequestState::Approved {
+                            events.push(CoreEvent::Approved {
+                                grant_id: grant_id.clone(),
+                                approvers: before
+                                    .reviews
+                                    .iter()
+                                    .filter(|v| v.decision == ReviewDecision::Approve)
+                                    .map(|v| v.reviewer.clone())
+                                    .collect(),
+                            });
+                            prop_assert_eq!(req.decided_at, Some(now));
+                            prop_assert_eq!(
+                                req.grant.as_ref().map(|x| (&x.id, x.expires_at, x.used_at)),
+                                Some((&grant_id, now.plus_millis(before.grant_ttl_ms), None))
+                            );
+                        } else {
+                            prop_assert_eq!(t.to, RequestState::Pending);
+                        }
+                        prop_assert_eq!(&t.events, &events);
                         (true, Some((t.from, t.to)), false)
                     }
                     Err(_) => (false, None, false),
@@ -498,8 +560,21 @@ impl World {
     }
 }
 
+/// 512 cases, unless `PROPTEST_CASES` asks for another number (a
+/// `cases` written here would otherwise override the variable).
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn approval_invariants_hold(ops in prop::collection::vec(op(), 1..80)) {
@@ -509,8 +584,10 @@ proptest! {
             requests: Vec::new(),
             consumed: Vec::new(),
             first_terminal: Vec::new(),
+            reviewed_in: Vec::new(),
             grants: 0,
         };
+        prop_assert_eq!(world.people.len(), PEOPLE);
         for op in &ops {
             world.step(op)?;
             for i in 0..world.requests.len() {

@@ -14,6 +14,7 @@ use secondkey_core::grant::{sign_grant, verify_grant, GrantClaims};
 use secondkey_core::principal::Principal;
 use secondkey_core::request::{
     CoreEvent, Outcome as ExecOutcome, Request, RequestState, ReviewDecision, ReviewError,
+    Transition,
 };
 use secondkey_core::time::Timestamp;
 use secondkey_log::checkpoint::Checkpoint;
@@ -201,6 +202,38 @@ pub(crate) fn log_events(
             Some(req.digest.as_str()),
             payload,
         ))?;
+    }
+    Ok(())
+}
+
+/// Stores a request after a core transition that may have approved it, in
+/// the caller's transaction: the new state, the log entries of its events
+/// and, if it was approved, the grant row that consuming checks and the
+/// `web.similar` record (the request page diffs the next similar action
+/// against this one). Every path into `approved` goes through here.
+fn record_transition(
+    tx: &mut dyn Tx,
+    now: Timestamp,
+    actor: &str,
+    req: &Request,
+    t: &Transition,
+) -> Result<(), StoreError> {
+    tx.put_request(req)?;
+    log_events(tx, now, actor, req, &t.events)?;
+    if let (RequestState::Approved, RequestState::Pending, Some(g)) = (t.to, t.from, &req.grant) {
+        tx.insert_grant(&GrantRow {
+            id: g.id.clone(),
+            request_id: Some(req.id.clone()),
+            digest: req.digest.as_str().to_string(),
+            requester: req.requester.id.to_string(),
+            expires_at: g.expires_at.0,
+            used_at: None,
+        })?;
+        tx.put_record(
+            crate::web::SIMILAR_NS,
+            &crate::web::similar_key(req),
+            &req.id,
+        )?;
     }
     Ok(())
 }
@@ -891,25 +924,7 @@ impl Gateway {
                 let actor = who.id.to_string();
                 match req.review(&who, decision, comment, now, &grant_id) {
                     Ok(t) => {
-                        tx.put_request(&req)?;
-                        log_events(tx, now, &actor, &req, &t.events)?;
-                        if let (RequestState::Approved, Some(g)) = (req.state, &req.grant) {
-                            tx.insert_grant(&GrantRow {
-                                id: g.id.clone(),
-                                request_id: Some(req.id.clone()),
-                                digest: req.digest.as_str().to_string(),
-                                requester: req.requester.id.to_string(),
-                                expires_at: g.expires_at.0,
-                                used_at: None,
-                            })?;
-                            // The request page diffs the next similar
-                            // action against this one.
-                            tx.put_record(
-                                crate::web::SIMILAR_NS,
-                                &crate::web::similar_key(&req),
-                                &req.id,
-                            )?;
-                        }
+                        record_transition(tx, now, &actor, &req, &t)?;
                         Ok(Reviewed::Done(Box::new(req)))
                     }
                     Err(ReviewError::Expired {
@@ -1210,6 +1225,11 @@ impl Gateway {
     /// core's [`Request::escalate`]); the change is logged as
     /// `request.escalated` and announced. Channels call this when they see
     /// `escalation_due` and a route names groups to escalate to.
+    ///
+    /// If the approvals already given meet quorum under the widened
+    /// requirements, the escalation approves the request: logged as
+    /// `request.approved` after `request.escalated`, with its grant stored
+    /// in the same transaction, as when a review completes the quorum.
     pub async fn escalate(
         &self,
         id: &str,
@@ -1217,6 +1237,7 @@ impl Gateway {
     ) -> Result<Request, ApiError> {
         let now = self.now();
         let fraction = self.config.escalation_fraction;
+        let grant_id = new_id("grt")?;
         let id2 = id.to_string();
         let req = self
             .store
@@ -1225,10 +1246,9 @@ impl Gateway {
                     .get_request(&id2)?
                     .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
                 let t = req
-                    .escalate(&groups, fraction, now)
+                    .escalate(&groups, fraction, now, &grant_id)
                     .map_err(transition_error)?;
-                tx.put_request(&req)?;
-                log_events(tx, now, "service:secondkey", &req, &t.events)?;
+                record_transition(tx, now, "service:secondkey", &req, &t)?;
                 Ok(req)
             })
             .await?;

@@ -438,13 +438,15 @@ fn escalation_widens_who_may_review_once_due() {
     let e = unchanged_on_err(&mut r, |r| approve(r, &lena, 10));
     assert_eq!(e.code(), "not_eligible");
     // not yet due at 499 ms of a 1000 ms TTL with fraction 0.5
-    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.5, Timestamp(499)));
+    let e = unchanged_on_err(&mut r, |r| {
+        r.escalate(&leads, 0.5, Timestamp(499), "grant-e")
+    });
     assert_eq!(e.code(), "not_due");
     let e = unchanged_on_err(&mut r, |r| {
-        r.escalate(&BTreeSet::new(), 0.5, Timestamp(600))
+        r.escalate(&BTreeSet::new(), 0.5, Timestamp(600), "grant-e")
     });
     assert_eq!(e.code(), "nothing_to_escalate");
-    let t = r.escalate(&leads, 0.5, Timestamp(500)).unwrap();
+    let t = r.escalate(&leads, 0.5, Timestamp(500), "grant-e").unwrap();
     assert_eq!(
         (t.from, t.to),
         (RequestState::Pending, RequestState::Pending)
@@ -463,7 +465,9 @@ fn escalation_widens_who_may_review_once_due() {
         .all(|q| q.groups.contains(&"leads".into())));
     assert!(r.requirements.iter().all(|q| q.quorum == 1));
     // twice is refused and changes nothing
-    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.5, Timestamp(600)));
+    let e = unchanged_on_err(&mut r, |r| {
+        r.escalate(&leads, 0.5, Timestamp(600), "grant-e")
+    });
     assert_eq!(e.code(), "nothing_to_escalate");
     // now a lead may fill one slot, but quorum still needs distinct humans:
     // one lead cannot satisfy both requirements
@@ -473,20 +477,111 @@ fn escalation_widens_who_may_review_once_due() {
     assert_eq!(t.to, RequestState::Approved);
     // separation of duties still holds for escalation members
     let mut r = two_groups();
-    r.escalate(&leads, 0.5, Timestamp(500)).unwrap();
+    r.escalate(&leads, 0.5, Timestamp(500), "grant-e").unwrap();
     let alice = user("alice", &["leads"]);
     let e = unchanged_on_err(&mut r, |r| approve(r, &alice, 600));
     assert_eq!(e.code(), "self_review");
     // only pending, only before expiry
     let e = unchanged_on_err(&mut r, |r| {
-        r.escalate(&["others".to_string()].into(), 0.5, Timestamp(1000))
+        r.escalate(
+            &["others".to_string()].into(),
+            0.5,
+            Timestamp(1000),
+            "grant-e",
+        )
     });
     assert_eq!(e.code(), "expired");
     let mut r = approved();
-    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.5, Timestamp(60)));
+    let e = unchanged_on_err(&mut r, |r| {
+        r.escalate(&leads, 0.5, Timestamp(60), "grant-e")
+    });
     assert_eq!(e.code(), "already_decided");
     // a request without requirements has nothing to escalate
     let mut r = request(vec![]);
-    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.0, Timestamp(1)));
+    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.0, Timestamp(1), "grant-e"));
     assert_eq!(e.code(), "nothing_to_escalate");
+}
+
+#[test]
+fn escalation_that_completes_quorum_approves_at_once() {
+    // dba needs one, sec needs one. Two dba members approve: only one of
+    // them counts, so the request waits for a sec member.
+    let mut r = two_groups();
+    let dan = user("dan", &["dba"]);
+    let dora = user("dora", &["dba"]);
+    approve(&mut r, &dan, 10).unwrap();
+    let t = approve(&mut r, &dora, 20).unwrap();
+    assert_eq!(t.to, RequestState::Pending);
+    assert!(r.assignment().is_none());
+    // Escalating to dba lets dba members fill the sec slot too: the two
+    // approvals already given now meet quorum, and the escalation approves
+    // exactly as a last review would have.
+    let dba: BTreeSet<String> = ["dba".to_string()].into();
+    let t = r.escalate(&dba, 0.5, Timestamp(500), "grant-e").unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (RequestState::Pending, RequestState::Approved)
+    );
+    assert_eq!(
+        t.events,
+        vec![
+            CoreEvent::Escalated {
+                groups: vec!["dba".into()]
+            },
+            CoreEvent::Approved {
+                grant_id: "grant-e".into(),
+                approvers: vec![dan.id.clone(), dora.id.clone()],
+            },
+        ]
+    );
+    assert_eq!(r.state, RequestState::Approved);
+    assert_eq!(r.decided_at, Some(Timestamp(500)));
+    assert_eq!(
+        r.grant,
+        Some(GrantRecord {
+            id: "grant-e".into(),
+            expires_at: Timestamp(600),
+            used_at: None,
+        })
+    );
+    assert!(r.escalated);
+    // Distinct humans, one slot each; nobody from the SoD set.
+    let seats = r.assignment().unwrap();
+    assert_eq!(seats.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
+    assert_ne!(seats[0], seats[1]);
+    assert!(seats.iter().flatten().all(|p| !r.sod_set().contains(p)));
+    // The grant is single-use like any other.
+    let digest = r.digest.clone();
+    let bot = r.requester.id.clone();
+    r.consume("grant-e", &digest, &bot, Timestamp(550)).unwrap();
+    let e = r
+        .consume("grant-e", &digest, &bot, Timestamp(551))
+        .unwrap_err();
+    assert_eq!(e.code(), "grant_used");
+}
+
+#[test]
+fn escalation_counts_each_human_once_and_only_recorded_groups() {
+    // One dba approval, escalated to dba: one human still fills one slot.
+    let mut r = two_groups();
+    approve(&mut r, &user("dan", &["dba"]), 10).unwrap();
+    let dba: BTreeSet<String> = ["dba".to_string()].into();
+    let t = r.escalate(&dba, 0.5, Timestamp(500), "grant-e").unwrap();
+    assert_eq!(t.to, RequestState::Pending);
+    assert_eq!(t.events.len(), 1);
+    assert!(r.grant.is_none() && r.decided_at.is_none());
+    // A reviewer counts with the groups recorded at review time, those the
+    // request required then: gil's membership of leads was not one of them,
+    // so escalating to leads does not seat him in the sec slot afterwards.
+    let mut r = two_groups();
+    let gil = user("gil", &["dba", "leads"]);
+    approve(&mut r, &gil, 10).unwrap();
+    approve(&mut r, &user("dan", &["dba"]), 20).unwrap();
+    assert_eq!(r.reviews[0].groups, ["dba".to_string()].into());
+    let leads: BTreeSet<String> = ["leads".to_string()].into();
+    let t = r.escalate(&leads, 0.5, Timestamp(500), "grant-e").unwrap();
+    assert_eq!(t.to, RequestState::Pending);
+    // A lead reviewing after the escalation completes it the usual way.
+    let t = approve(&mut r, &user("lena", &["leads"]), 600).unwrap();
+    assert_eq!(t.to, RequestState::Approved);
 }
