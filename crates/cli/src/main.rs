@@ -278,10 +278,20 @@ pub fn read_input(path: &Path) -> Result<String> {
     }
 }
 
+/// The runtime of `secondkey serve`. The store's
+/// writer is a thread of its own, busy whenever the gateway is, so the
+/// runtime takes one worker fewer than the machine has cores (at least one):
+/// on two cores one worker plus the writer decided as many allows per second
+/// as two workers with a lower p99, and answered an MCP call sooner, because
+/// fewer tasks hop between cores (bench/README.md §3, §10).
+/// `TOKIO_WORKER_THREADS` sets the number of workers instead.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        b.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    Ok(b.enable_all().build()?)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
