@@ -143,6 +143,6 @@ if [ "${PROFILE:-0}" = 1 ]; then
   PGPASSWORD=$TOKEN pgbench -n -S -c 10 -j 2 -T 8 -h 127.0.0.1 -p "$SKPG_PORT" -U agent:bench bench >/dev/null 2>&1 &
   sleep 1
   perf record -g -p "$SKPID" -o "$WORK/perf.data" -- sleep 5 >/dev/null 2>&1
-  wait
+  wait "$!"
   perf report -i "$WORK/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null | head -80
 fi
