@@ -953,7 +953,9 @@ impl Drop for CancelOnDrop {
 
 /// A future that finishes even when whoever awaits it goes away. Awaited,
 /// it runs on the awaiting task; dropped before it is done, it is spawned
-/// to run to its end on its own (its output is then discarded).
+/// to run to its end on its own (its output is then discarded). A panic
+/// inside it comes out as `Err`, as a spawned task's would, and leaves
+/// nothing behind to spawn.
 struct Detachable<F: Future + Send + 'static>(Option<StdPin<Box<F>>>);
 
 impl<F: Future + Send + 'static> Detachable<F> {
@@ -963,14 +965,19 @@ impl<F: Future + Send + 'static> Detachable<F> {
 }
 
 impl<F: Future + Send + 'static> Future for Detachable<F> {
-    type Output = F::Output;
+    type Output = std::thread::Result<F::Output>;
 
-    fn poll(mut self: StdPin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(mut self: StdPin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(f) = self.0.as_mut() else {
             // Polled again after it finished: never ready again.
             return Poll::Pending;
         };
-        let out = std::task::ready!(f.as_mut().poll(cx));
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx)));
+        let out = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(out)) => Ok(out),
+            Err(panic) => Err(panic),
+        };
         self.0 = None;
         Poll::Ready(out)
     }
@@ -1139,7 +1146,8 @@ impl CallCtx {
                 Plan::Forward(fwd) => self.forward(icp, fwd, msg, id).await,
             }
         })
-        .await;
+        .await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         gone.disarm();
         resp
     }
@@ -1506,7 +1514,8 @@ mod tests {
             tokio::task::yield_now().await;
             (7, std::thread::current().id())
         })
-        .await;
+        .await
+        .unwrap();
         assert_eq!(out, 7);
         assert_eq!(there, here, "a current-task future stays on its thread");
 
@@ -1525,5 +1534,13 @@ mod tests {
         go_tx.send(()).unwrap();
         let finished = tokio::time::timeout(Duration::from_secs(5), done).await;
         assert_eq!(finished.unwrap().unwrap(), "finished");
+
+        // A panic comes out as an error, once: nothing is left to respawn.
+        let panicked = Detachable::new(async {
+            tokio::task::yield_now().await;
+            panic!("a bug in a call");
+        })
+        .await;
+        assert!(panicked.is_err());
     }
 }
