@@ -99,14 +99,25 @@ type JobFn = Box<dyn FnOnce(&mut dyn Tx) -> JobResult + Send>;
 struct Job {
     run: JobFn,
     reply: tokio::sync::oneshot::Sender<JobResult>,
-    /// Nobody is held up by it (a result recorded after the fact): it may
-    /// wait up to [`BACKGROUND_LINGER`] for other work to share its commit.
-    background: bool,
 }
 
-/// How long a batch of only background jobs waits for a job someone waits
-/// on, so that both share one fsync instead of the waiting job queuing
-/// behind the background commit.
+/// What the writer thread is woken with.
+enum Wake {
+    /// A job someone waits on: commit it now, with the parked ones.
+    Job(Job),
+    /// A parked job's linger is over: commit the parked jobs.
+    Nudge,
+}
+
+/// Jobs nobody is held up by (results recorded after the fact) wait here,
+/// without waking the writer, for the next job someone waits on to take
+/// them into its commit, or at most [`BACKGROUND_LINGER`], after which
+/// their submitter nudges the writer.
+type Parked = Arc<Mutex<Vec<Job>>>;
+
+/// How long a background job waits for a commit to share, so that it
+/// neither costs a commit (and a wake-up of the writer) of its own nor
+/// makes a waited-on job queue behind one.
 const BACKGROUND_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 struct Inner {
@@ -116,7 +127,10 @@ struct Inner {
     lock: Mutex<Option<std::fs::File>>,
     /// The last commit failure, cleared by the next success (`/healthz`).
     health: Arc<Mutex<Option<String>>>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// `None` once closed. Held while a background job is parked, so that
+    /// no job is parked after the writer took the last ones.
+    jobs: Mutex<Option<mpsc::Sender<Wake>>>,
+    parked: Parked,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     view: Shared,
@@ -306,7 +320,8 @@ impl Store {
             tree: RwLock::new(tree),
         });
         let (size_tx, _) = tokio::sync::watch::channel(size);
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Wake>();
+        let parked: Parked = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(Mutex::new(None));
         let inner = Arc::new(Inner {
             path: path.clone(),
@@ -314,6 +329,7 @@ impl Store {
             lock: Mutex::new(lock),
             health: health.clone(),
             jobs: Mutex::new((!options.read_only).then_some(jobs_tx)),
+            parked: parked.clone(),
             writer: Mutex::new(None),
             readers: Mutex::new(Vec::new()),
             view: view.clone(),
@@ -325,7 +341,7 @@ impl Store {
         let max_batch = options.max_batch.max(1);
         let handle = std::thread::Builder::new()
             .name("secondkey-store-writer".into())
-            .spawn(move || writer_loop(conn, jobs_rx, view, size_tx, max_batch, health))
+            .spawn(move || writer_loop(conn, jobs_rx, parked, view, size_tx, max_batch, health))
             .map_err(|source| StoreError::DataDir { path, source })?;
         if let Ok(mut w) = inner.writer.lock() {
             *w = Some(handle);
@@ -346,16 +362,36 @@ impl Store {
     }
 
     /// [`Store::transact`] for work nobody is waiting on (recording what an
-    /// action did once it ran): just as durable when it returns, but it may
-    /// wait up to 2 ms to share its commit with a decision, instead of making
-    /// that decision wait behind a commit of its own.
+    /// action did once it ran): just as durable when it returns, but it is
+    /// parked without waking the writer for up to 2 ms, to share its commit
+    /// with a decision instead of making that decision wait behind a commit
+    /// of its own. Needs a Tokio runtime with timers.
     pub async fn transact_background<T, F>(&self, job: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
-        let rx = self.enqueue(job, true)?;
-        downcast(rx.await.map_err(|_| StoreError::Unavailable)?)
+        let mut rx = self.enqueue(job, true)?;
+        // Dropped before the job ran, the caller still leaves it a commit.
+        let nudge = NudgeOnDrop(Some(self));
+        let out = match tokio::time::timeout(BACKGROUND_LINGER, &mut rx).await {
+            Ok(out) => out,
+            Err(_) => {
+                self.nudge();
+                (&mut rx).await
+            }
+        };
+        nudge.disarm();
+        downcast(out.map_err(|_| StoreError::Unavailable)?)
+    }
+
+    /// Wakes the writer to commit the parked jobs.
+    fn nudge(&self) {
+        if let Ok(jobs) = self.inner.jobs.lock() {
+            if let Some(tx) = jobs.as_ref() {
+                let _ = tx.send(Wake::Nudge);
+            }
+        }
     }
 
     /// Like [`Store::transact`] for synchronous callers (CLI, tests). Must not
@@ -389,13 +425,18 @@ impl Store {
             .lock()
             .map_err(|_| StoreError::Unavailable)?;
         let sender = guard.as_ref().ok_or(StoreError::Unavailable)?;
-        sender
-            .send(Job {
-                run,
-                reply,
-                background,
-            })
-            .map_err(|_| StoreError::Unavailable)?;
+        let job = Job { run, reply };
+        if background {
+            self.inner
+                .parked
+                .lock()
+                .map_err(|_| StoreError::Unavailable)?
+                .push(job);
+        } else {
+            sender
+                .send(Wake::Job(job))
+                .map_err(|_| StoreError::Unavailable)?;
+        }
         Ok(rx)
     }
 
@@ -898,43 +939,68 @@ fn downcast<T: 'static>(result: JobResult) -> Result<T, StoreError> {
 
 fn writer_loop(
     conn: Connection,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Wake>,
+    parked: Parked,
     view: Shared,
     size_tx: tokio::sync::watch::Sender<u64>,
     max_batch: usize,
     health: Arc<Mutex<Option<String>>>,
 ) {
-    let drain = |batch: &mut Vec<Job>| {
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+    // Parked jobs first: they were submitted before the job that woke us.
+    let unpark = |batch: &mut Vec<Job>| {
+        if let Ok(mut p) = parked.lock() {
+            let n = p.len().min(max_batch.saturating_sub(batch.len()));
+            batch.extend(p.drain(..n));
         }
     };
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        drain(&mut batch);
-        if batch.iter().all(|j| j.background) {
-            let deadline = std::time::Instant::now() + BACKGROUND_LINGER;
-            while batch.len() < max_batch {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(job) => {
-                        let waited_on = !job.background;
-                        batch.push(job);
-                        if waited_on {
-                            drain(&mut batch);
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
+    let commit = |batch: Vec<Job>| {
         let outcome = run_batch(&conn, batch, &view, &size_tx);
         if let Ok(mut h) = health.lock() {
             *h = outcome.err();
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        unpark(&mut batch);
+        if let Wake::Job(job) = first {
+            batch.push(job);
+        }
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Wake::Job(job)) => batch.push(job),
+                Ok(Wake::Nudge) => {}
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            commit(batch);
+        }
+    }
+    // Closed: what is still parked gets its commit before the writer ends.
+    loop {
+        let mut batch = Vec::new();
+        unpark(&mut batch);
+        if batch.is_empty() {
+            break;
+        }
+        commit(batch);
+    }
+}
+
+/// Nudges the writer when a background job's submitter goes away before
+/// its job ran, so that the job does not wait for some later commit.
+struct NudgeOnDrop<'a>(Option<&'a Store>);
+
+impl NudgeOnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for NudgeOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.take() {
+            store.nudge();
         }
     }
 }

@@ -530,3 +530,34 @@ fn background_jobs_commit_durably_alone_or_with_a_waited_job() {
         Some("4")
     );
 }
+
+/// A background job is parked without waking the writer; if whoever
+/// submitted it goes away before it ran, it still gets its commit (the
+/// submitter nudges the writer as it goes), without any other job coming.
+#[test]
+fn a_background_job_whose_submitter_goes_away_is_still_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let job = store.transact_background(|tx| tx.put_record("t.bg", "orphan", "1"));
+        // Polled (so parked), then dropped long before its linger is over.
+        let gone = tokio::time::timeout(std::time::Duration::from_micros(1), job).await;
+        assert!(
+            gone.is_err(),
+            "the job cannot have committed within 1 µs of its linger"
+        );
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.get_record("t.bg", "orphan").unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an orphaned background job was never committed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    store.close();
+}
