@@ -192,8 +192,14 @@ pub(crate) fn log_events(
     req: &Request,
     events: &[CoreEvent],
 ) -> Result<(), StoreError> {
-    for ev in events {
-        let (name, payload) = event_payload(req, ev);
+    for (i, ev) in events.iter().enumerate() {
+        let (name, mut payload) = event_payload(req, ev);
+        // An approval that an escalation completed, with no review at that
+        // moment, says so: the approvers reviewed before the escalation.
+        let after_escalation = i > 0 && matches!(events[i - 1], CoreEvent::Escalated { .. });
+        if matches!(ev, CoreEvent::Approved { .. }) && after_escalation {
+            payload["via"] = json!("escalation");
+        }
         tx.append(entry(
             now,
             &name,

@@ -174,6 +174,7 @@ async fn escalation_that_completes_quorum_approves_with_a_single_use_grant() {
     }
     assert_eq!(escalated.payload["groups"], json!(["data-owners"]));
     assert_eq!(approved.payload["grant"], json!(grant.id));
+    assert_eq!(approved.payload["via"], json!("escalation"));
     assert_eq!(
         approved.payload["approvers"],
         json!(["user:bob", "user:carol"])
@@ -226,6 +227,17 @@ async fn escalation_that_does_not_complete_quorum_leaves_the_request_pending() {
     let log = entries(g);
     assert!(log.iter().any(|e| e.event == "request.escalated"));
     assert!(!log.iter().any(|e| e.event == "request.approved"));
-    // A second data owner now completes it the usual way, by review.
+    // A second data owner now completes it the usual way, by review, and
+    // that approval is not marked as the escalation's.
     assert_eq!(approve(g, &id, "user:carol").await, RequestState::Approved);
+    let log = entries(g);
+    let approved = log
+        .iter()
+        .find(|e| e.event == "request.approved")
+        .expect("an approval entry");
+    assert!(
+        approved.payload.get("via").is_none(),
+        "{:?}",
+        approved.payload
+    );
 }
