@@ -561,3 +561,59 @@ fn a_background_job_whose_submitter_goes_away_is_still_committed() {
     }
     store.close();
 }
+
+/// Many background jobs at once, from many tasks, mixed with jobs someone
+/// waits on, and more parked than one batch may hold: every one commits,
+/// once, and each waiter hears its own outcome.
+#[test]
+fn concurrent_background_and_waited_jobs_all_commit_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path());
+    options.max_batch = 4;
+    let store = Store::open(options).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let failed = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut failed = 0;
+                for i in 0..50 {
+                    let key = format!("{t}-{i}");
+                    let r = if i % 5 == 0 {
+                        s.transact(move |tx| tx.put_record("t.fg", &key, "1")).await
+                    } else if i % 7 == 0 {
+                        // A failing background job changes nothing.
+                        s.transact_background(move |tx| {
+                            tx.put_record("t.bg", &key, "1")?;
+                            Err(StoreError::Corrupt("refused".into()))
+                        })
+                        .await
+                    } else {
+                        s.transact_background(move |tx| tx.put_record("t.bg", &key, "1"))
+                            .await
+                    };
+                    failed += usize::from(r.is_err());
+                }
+                failed
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            failed += t.await.unwrap();
+        }
+        failed
+    });
+    // Of i in 0..50: multiples of 5 are waited on (10); of the rest,
+    // multiples of 7 (7, 14, 21, 28, 42, 49) fail: 6 per task.
+    assert_eq!(failed, 8 * 6);
+    let bg = store.list_records("t.bg", "", None, 10_000).unwrap();
+    let fg = store.list_records("t.fg", "", None, 10_000).unwrap();
+    assert_eq!(fg.len(), 8 * 10);
+    assert_eq!(bg.len(), 8 * 34);
+    store.close();
+}
