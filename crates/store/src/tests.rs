@@ -1,6 +1,14 @@
 use super::*;
 use secondkey_log::merkle::leaf_hash;
 
+/// A runtime for the async store calls (`transact_background` needs timers).
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn entry(event: &str) -> Entry {
     new_entry(
         "2026-11-22T00:00:00Z",
@@ -35,9 +43,7 @@ fn appends_are_durable_and_survive_reopen() {
 fn a_failing_job_changes_nothing_and_does_not_spoil_its_batch() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreOptions::new(dir.path())).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         let ok1 = store.transact(|tx| tx.append(entry("a")));
         let bad = store.transact(|tx| {
@@ -132,9 +138,7 @@ fn a_changed_entry_is_caught_at_startup_against_the_anchor() {
         store.transact_blocking(|tx| tx.append(entry("x"))).unwrap();
     }
     let (size, root) = store.with_tree(|t| (t.size(), t.root())).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(store.anchor(size, root, "note".into()))
         .unwrap();
     // The anchor never moves backwards.
@@ -491,10 +495,7 @@ fn records_are_namespaced_listed_by_prefix_and_rolled_back_with_their_job() {
 fn background_jobs_commit_durably_alone_or_with_a_waited_job() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreOptions::new(dir.path())).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         // Alone: it commits once its linger is over.
         store
@@ -538,10 +539,7 @@ fn background_jobs_commit_durably_alone_or_with_a_waited_job() {
 fn a_background_job_whose_submitter_goes_away_is_still_committed() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreOptions::new(dir.path())).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         let job = store.transact_background(|tx| tx.put_record("t.bg", "orphan", "1"));
         // Polled (so parked), then dropped long before its linger is over.
