@@ -19,6 +19,8 @@ pub const PROTOCOL_3: i32 = 196608;
 pub enum ProtoError {
     #[error("malformed {0} message")]
     Malformed(&'static str),
+    #[error("a string in the {0} message is not valid UTF-8")]
+    NotUtf8(&'static str),
     #[error("message of {0} bytes is larger than the gateway accepts")]
     TooLarge(usize),
 }
@@ -84,7 +86,7 @@ impl<'a> Reader<'a> {
             .iter()
             .position(|&c| c == 0)
             .ok_or_else(|| self.err())?;
-        let s = std::str::from_utf8(&self.b[..end]).map_err(|_| self.err())?;
+        let s = std::str::from_utf8(&self.b[..end]).map_err(|_| ProtoError::NotUtf8(self.what))?;
         self.b = &self.b[end + 1..];
         Ok(s)
     }
@@ -115,6 +117,16 @@ impl<'a> Reader<'a> {
     }
     pub fn is_empty(&self) -> bool {
         self.b.is_empty()
+    }
+    /// Ends a message that must have nothing after its last field (the
+    /// server refuses such a message too; the gateway does not forward
+    /// bytes it did not read).
+    pub fn end(&self) -> Result<(), ProtoError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(self.err())
+        }
     }
     pub fn count(&mut self) -> Result<usize, ProtoError> {
         let n = self.i16()?;
@@ -156,6 +168,7 @@ pub fn parse_parse(body: &[u8]) -> Result<Parse<'_>, ProtoError> {
     for _ in 0..n {
         types.push(r.i32()? as u32);
     }
+    r.end()?;
     Ok(Parse { name, query, types })
 }
 
@@ -200,6 +213,11 @@ pub fn parse_bind(body: &[u8]) -> Result<Bind<'_>, ProtoError> {
             values.push(Some(r.bytes(len as usize)?));
         }
     }
+    let nr = r.count()?;
+    for _ in 0..nr {
+        r.i16()?;
+    }
+    r.end()?;
     Ok(Bind {
         portal,
         statement,
@@ -215,17 +233,27 @@ pub fn parse_target<'a>(body: &'a [u8], what: &'static str) -> Result<(u8, &'a s
     if kind != b'S' && kind != b'P' {
         return Err(ProtoError::Malformed(what));
     }
-    Ok((kind, r.cstr()?))
+    let name = r.cstr()?;
+    r.end()?;
+    Ok((kind, name))
 }
 
 /// `(portal, max_rows)` of an Execute message.
 pub fn parse_execute(body: &[u8]) -> Result<(&str, i32), ProtoError> {
     let mut r = Reader::new(body, "Execute");
-    Ok((r.cstr()?, r.i32()?))
+    let portal = r.cstr()?;
+    let max_rows = r.i32()?;
+    r.end()?;
+    Ok((portal, max_rows))
 }
 
+/// The text of a Query message: one NUL-terminated string and nothing
+/// after it, so that what is classified is all that is forwarded.
 pub fn query_text(body: &[u8]) -> Result<&str, ProtoError> {
-    Reader::new(body, "Query").cstr()
+    let mut r = Reader::new(body, "Query");
+    let text = r.cstr()?;
+    r.end()?;
+    Ok(text)
 }
 
 // ---- writing ------------------------------------------------------------
@@ -410,5 +438,151 @@ mod tests {
         error(&mut b, "42501", "no", Some("d"), None);
         let (_, body) = take_message(&mut b, MAX_MESSAGE).unwrap().unwrap();
         assert_eq!(error_fields(&body), ("42501".into(), "no".into()));
+    }
+
+    #[test]
+    fn trailing_bytes_and_bad_utf8_are_refused() {
+        assert_eq!(query_text(b"SELECT 1\0").unwrap(), "SELECT 1");
+        // The server would run only the first string, and refuses the
+        // message; the gateway refuses it before that.
+        assert!(matches!(
+            query_text(b"SELECT 1\0DROP TABLE t\0"),
+            Err(ProtoError::Malformed("Query"))
+        ));
+        assert!(matches!(
+            query_text(b"SELECT 1"),
+            Err(ProtoError::Malformed("Query"))
+        ));
+        assert!(matches!(
+            query_text(b"SELECT '\xff'\0"),
+            Err(ProtoError::NotUtf8("Query"))
+        ));
+        assert!(parse_execute(b"\0\0\0\0\0").is_ok());
+        assert!(parse_execute(b"\0\0\0\0\0x").is_err());
+        assert!(parse_target(b"Sname\0", "Describe").is_ok());
+        assert!(parse_target(b"Sname\0x", "Describe").is_err());
+        assert!(parse_target(b"Xname\0", "Describe").is_err());
+        let mut p = BytesMut::new();
+        put_cstr(&mut p, "s");
+        put_cstr(&mut p, "SELECT $1");
+        p.put_i16(1);
+        p.put_i32(23);
+        assert_eq!(parse_parse(&p).unwrap().types, vec![23]);
+        p.put_u8(0);
+        assert!(parse_parse(&p).is_err());
+    }
+
+    fn bind_body(
+        portal: &str,
+        stmt: &str,
+        formats: &[i16],
+        values: &[Option<Vec<u8>>],
+        results: &[i16],
+    ) -> BytesMut {
+        let mut b = BytesMut::new();
+        put_cstr(&mut b, portal);
+        put_cstr(&mut b, stmt);
+        b.put_i16(formats.len() as i16);
+        for f in formats {
+            b.put_i16(*f);
+        }
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+            }
+        }
+        b.put_i16(results.len() as i16);
+        for r in results {
+            b.put_i16(*r);
+        }
+        b
+    }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cstring() -> impl Strategy<Value = String> {
+            "[^\\x00]{0,12}"
+        }
+
+        proptest! {
+            /// Hostile bytes: every parser answers, none panics, and framing
+            /// takes exactly one whole message or nothing.
+            #[test]
+            fn no_parser_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64), max in 0usize..100) {
+                let mut b = BytesMut::from(&bytes[..]);
+                match take_message(&mut b, max) {
+                    Ok(Some((ty, body))) => {
+                        prop_assert_eq!(ty, bytes[0]);
+                        prop_assert_eq!(1 + 4 + body.len() + b.len(), bytes.len());
+                        prop_assert!(body.len() + 4 <= max);
+                    }
+                    Ok(None) => prop_assert_eq!(&b[..], &bytes[..]),
+                    Err(_) => {}
+                }
+                let mut b = BytesMut::from(&bytes[..]);
+                if let Ok(Some(body)) = take_startup(&mut b) {
+                    prop_assert_eq!(4 + body.len() + b.len(), bytes.len());
+                    prop_assert!(body.len() + 4 <= MAX_STARTUP);
+                }
+                let _ = startup_params(&bytes);
+                let _ = parse_parse(&bytes);
+                let _ = parse_bind(&bytes);
+                let _ = parse_target(&bytes, "Describe");
+                let _ = parse_execute(&bytes);
+                let _ = query_text(&bytes);
+                let _ = error_fields(&bytes);
+            }
+
+            /// A message arriving in pieces is taken once it is whole, and
+            /// not before, whatever the cut.
+            #[test]
+            fn a_message_is_taken_only_when_whole(text in cstring(), cut in 0usize..40) {
+                let mut whole = BytesMut::new();
+                put(&mut whole, b'Q', |b| put_cstr(b, &text));
+                let cut = cut.min(whole.len());
+                let mut b = BytesMut::from(&whole[..cut]);
+                if cut < whole.len() {
+                    prop_assert!(take_message(&mut b, MAX_MESSAGE).unwrap().is_none());
+                    b.extend_from_slice(&whole[cut..]);
+                }
+                let (ty, body) = take_message(&mut b, MAX_MESSAGE).unwrap().unwrap();
+                prop_assert_eq!(ty, b'Q');
+                prop_assert_eq!(query_text(&body).unwrap(), text.as_str());
+                prop_assert!(b.is_empty());
+            }
+
+            /// A well-formed Bind reads back as sent; cut short or with a
+            /// byte more it is refused.
+            #[test]
+            fn bind_round_trips_and_is_refused_cut_or_padded(
+                portal in cstring(),
+                stmt in cstring(),
+                values in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)), 0..4),
+                binary in any::<bool>(),
+                results in proptest::collection::vec(0i16..2, 0..3),
+                cut in any::<proptest::sample::Index>(),
+            ) {
+                let formats: Vec<i16> = if binary { vec![1] } else { vec![] };
+                let body = bind_body(&portal, &stmt, &formats, &values, &results);
+                let b = parse_bind(&body).unwrap();
+                prop_assert_eq!(b.portal, portal.as_str());
+                prop_assert_eq!(b.statement, stmt.as_str());
+                let got: Vec<Option<Vec<u8>>> = b.values.iter().map(|v| v.map(|v| v.to_vec())).collect();
+                prop_assert_eq!(got, values.clone());
+                prop_assert_eq!(b.is_binary(0), binary);
+                let at = cut.index(body.len());
+                prop_assert!(parse_bind(&body[..at]).is_err(), "cut at {} of {}", at, body.len());
+                let mut padded = body.clone();
+                padded.put_u8(0);
+                prop_assert!(parse_bind(&padded).is_err());
+            }
+        }
     }
 }

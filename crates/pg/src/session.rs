@@ -460,12 +460,13 @@ impl Session {
     async fn query(&mut self, body: &[u8]) -> Result<(), End> {
         let text = match proto::query_text(body) {
             Ok(t) => t.to_string(),
-            Err(_) => {
+            Err(ProtoError::NotUtf8(_)) => {
                 let r = Refusal::new("22021", "the statement is not valid UTF-8");
                 let b = Self::refusal_bytes(&r);
                 self.say(b, true);
                 return Ok(());
             }
+            Err(e) => return Err(self.protocol_error(e)),
         };
         if let Some(why) = self.poisoned.clone() {
             let b = Self::refusal_bytes(&poisoned(&why));

@@ -938,3 +938,187 @@ async fn prepared_statements_and_portals_cannot_be_run_from_sql() {
     tx.rollback().await.unwrap();
     env.stop().await;
 }
+
+/// A frame of type `ty` around `body`, exactly as given (no checks).
+fn frame(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![ty];
+    v.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// What came back on a raw connection: `(type, sqlstate, message)` per
+/// message (the codes only for errors), up to ReadyForQuery when `upto_ready`,
+/// else up to the end of the connection.
+async fn answers(
+    s: &mut secondkey_pg::upstream::Session,
+    upto_ready: bool,
+) -> Vec<(char, String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = std::mem::take(&mut s.leftover);
+    let mut out = Vec::new();
+    let read = async {
+        loop {
+            while let Some((ty, body)) =
+                secondkey_pg::proto::take_message(&mut buf, 1 << 20).unwrap()
+            {
+                let (code, msg) = if ty == b'E' {
+                    secondkey_pg::proto::error_fields(&body)
+                } else {
+                    Default::default()
+                };
+                out.push((ty as char, code, msg));
+                if upto_ready && ty == b'Z' {
+                    return;
+                }
+            }
+            if s.stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the gateway answers");
+    out
+}
+
+/// Hostile bytes from a logged-in client: each ends only its own connection
+/// with a protocol error (08P01) naming what was wrong, or refuses the one
+/// statement; nothing malformed is forwarded or decided, and the gateway
+/// goes on serving. Garbage startup packets are dropped unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_wire_input_ends_only_its_connection_and_runs_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = setup("retry").await;
+    let decided = |env: &Env| {
+        env.entries()
+            .iter()
+            .filter(|e| {
+                e["event"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("action."))
+            })
+            .count()
+    };
+    let login = secondkey_pg::config::Upstream {
+        host: "127.0.0.1".into(),
+        port: env.pg.port(),
+        database: DATABASE.into(),
+        user: "agent:report-bot".into(),
+        password: Some(secondkey_pg::config::Secret(token("agent:report-bot"))),
+        tls: false,
+        ca_file: None,
+    };
+    let before = decided(&env);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "an unknown message type",
+            frame(b'Z', b""),
+            "unexpected message type",
+        ),
+        (
+            "a length below 4",
+            vec![b'Q', 0, 0, 0, 2],
+            "malformed framed",
+        ),
+        (
+            "a 2 GiB length",
+            vec![b'Q', 0x7f, 0xff, 0xff, 0xff],
+            "larger than the gateway accepts",
+        ),
+        (
+            "a second statement after the Query's NUL",
+            frame(b'Q', b"SELECT 1\0DROP TABLE customers\0"),
+            "malformed Query",
+        ),
+        (
+            "a Query without its NUL",
+            frame(b'Q', b"DROP TABLE customers"),
+            "malformed Query",
+        ),
+        (
+            "a Bind cut short",
+            frame(b'B', b"\0\0\0\x01"),
+            "malformed Bind",
+        ),
+        (
+            "a Parse named in bad UTF-8",
+            frame(b'P', b"\xff\0SELECT 1\0\0\0"),
+            "not valid UTF-8",
+        ),
+        (
+            "an Execute without its row limit",
+            frame(b'E', b"\0"),
+            "malformed Execute",
+        ),
+        (
+            "a Describe of neither kind",
+            frame(b'D', b"Xs\0"),
+            "malformed Describe",
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let mut s = secondkey_pg::upstream::connect(&login, None, &[])
+            .await
+            .unwrap();
+        s.stream.write_all(&bytes).await.unwrap();
+        let got = answers(&mut s, false).await;
+        let last = got.last().unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(last.0, 'E', "{what}: {got:?}");
+        assert_eq!(last.1, "08P01", "{what}: {got:?}");
+        assert!(last.2.contains(want), "{what}: {got:?}");
+    }
+    // A simple query that is not UTF-8 is refused as a statement; the
+    // connection goes on and runs the next one.
+    let mut s = secondkey_pg::upstream::connect(&login, None, &[])
+        .await
+        .unwrap();
+    s.stream
+        .write_all(&frame(b'Q', b"SELECT '\xff'\0"))
+        .await
+        .unwrap();
+    let got = answers(&mut s, true).await;
+    assert_eq!(got.first().map(|m| m.1.as_str()), Some("22021"), "{got:?}");
+    s.stream
+        .write_all(&frame(b'Q', b"SELECT 1\0"))
+        .await
+        .unwrap();
+    let got = answers(&mut s, true).await;
+    let types: String = got.iter().map(|m| m.0).collect();
+    assert_eq!(types, "TDCZ", "{got:?}");
+    // Garbage where the startup packet goes: the connection is dropped,
+    // with a FATAL where PostgreSQL sends one, never with a login.
+    for (bytes, want) in [
+        (vec![0u8, 0, 0, 3], None),
+        (vec![0, 1, 0, 0, 0, 3, 0, 0], None),
+        (vec![0, 0, 0, 8, 1, 2, 3, 4], Some("0A000")),
+        (vec![0, 0, 0, 9, 0, 3, 0, 0, 0], Some("28000")),
+    ] {
+        let mut t = tokio::net::TcpStream::connect(env.pg).await.unwrap();
+        t.write_all(&bytes).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), t.read_to_end(&mut rest))
+            .await
+            .expect("the gateway closes the connection");
+        let mut buf = bytes::BytesMut::from(&rest[..]);
+        let mut codes = Vec::new();
+        while let Some((ty, body)) = secondkey_pg::proto::take_message(&mut buf, 1 << 20).unwrap() {
+            assert_eq!(ty, b'E', "{bytes:?}: {rest:?}");
+            codes.push(secondkey_pg::proto::error_fields(&body).0);
+        }
+        assert!(buf.is_empty(), "{bytes:?}: {rest:?}");
+        assert_eq!(codes, want.into_iter().collect::<Vec<_>>(), "{bytes:?}");
+    }
+    // Only the one good SELECT was decided (its decision and its result).
+    wait_for(|| decided(&env) >= before + 2).await;
+    assert_eq!(decided(&env), before + 2, "{:?}", env.entries());
+    let c = env.connect().await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1200);
+    env.stop().await;
+}
