@@ -83,4 +83,64 @@ mod tests {
         assert_eq!(buf, b"last");
         assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Eof);
     }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What `read_frame` should give for `data`: newline-terminated lines
+        /// (a trailing `\r` dropped), an unterminated last line as it is,
+        /// and any line over `max` bytes as `TooLong` with its length.
+        fn model(data: &[u8], max: usize) -> Vec<(Frame, Vec<u8>)> {
+            let mut out = Vec::new();
+            let mut rest = data;
+            while !rest.is_empty() {
+                let (line, terminated, next) = match rest.iter().position(|&b| b == b'\n') {
+                    Some(i) => (&rest[..i], true, &rest[i + 1..]),
+                    None => (rest, false, &rest[rest.len()..]),
+                };
+                if line.len() > max {
+                    out.push((Frame::TooLong(line.len()), Vec::new()));
+                } else {
+                    let mut l = line.to_vec();
+                    if terminated && l.last() == Some(&b'\r') {
+                        l.pop();
+                    }
+                    out.push((Frame::Line, l));
+                }
+                rest = next;
+            }
+            out.push((Frame::Eof, Vec::new()));
+            out
+        }
+
+        proptest! {
+            /// Any bytes, read through any buffer size: the same frames as
+            /// the model, and never more than `max` bytes held for a line.
+            #[test]
+            fn frames_match_the_model_whatever_the_chunking(
+                data in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'\n'), Just(b'\r'), any::<u8>()], 0..80),
+                cap in 1usize..9,
+                max in 0usize..12,
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let got = rt.block_on(async {
+                    let mut r = tokio::io::BufReader::with_capacity(cap, &data[..]);
+                    let mut buf = Vec::new();
+                    let mut got = Vec::new();
+                    loop {
+                        let f = read_frame(&mut r, max, &mut buf).await.unwrap();
+                        assert!(buf.len() <= max);
+                        let eof = f == Frame::Eof;
+                        let line = if f == Frame::Line { buf.clone() } else { Vec::new() };
+                        got.push((f, line));
+                        if eof {
+                            return got;
+                        }
+                    }
+                });
+                prop_assert_eq!(got, model(&data, max));
+            }
+        }
+    }
 }

@@ -248,4 +248,124 @@ mod tests {
     fn ids_of_different_types_differ() {
         assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
     }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                "[a-z\\u{0}-\\u{7f}\\u{e9}\\u{1f600}]{0,6}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("jsonrpc".to_string()),
+                            Just("id".to_string()),
+                            Just("method".to_string()),
+                            Just("params".to_string()),
+                            Just("result".to_string()),
+                            Just("error".to_string()),
+                            "[a-z]{1,3}"
+                        ],
+                        inner,
+                        0..5
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// An object with each JSON-RPC member absent, well-typed or not.
+        fn near_message() -> impl Strategy<Value = Value> {
+            let member = |good: BoxedStrategy<Value>| prop_oneof![2 => Just(None), 3 => good.prop_map(Some), 1 => json().prop_map(Some)];
+            (
+                member(prop_oneof![Just(json!("2.0")), Just(json!("1.0"))].boxed()),
+                member(
+                    prop_oneof![
+                        any::<i64>().prop_map(Value::from),
+                        "[a-z0-9]{0,4}".prop_map(Value::from),
+                        Just(Value::Null)
+                    ]
+                    .boxed(),
+                ),
+                member(prop_oneof![Just(json!("tools/call")), Just(json!("ping"))].boxed()),
+                member(prop_oneof![Just(json!({})), Just(json!([]))].boxed()),
+                member(json().boxed()),
+                member(Just(json!({"code": -1, "message": "x"})).boxed()),
+            )
+                .prop_map(|(jsonrpc, id, method, params, result, error)| {
+                    let mut m = Map::new();
+                    for (k, v) in [
+                        ("jsonrpc", jsonrpc),
+                        ("id", id),
+                        ("method", method),
+                        ("params", params),
+                        ("result", result),
+                        ("error", error),
+                    ] {
+                        if let Some(v) = v {
+                            m.insert(k.into(), v);
+                        }
+                    }
+                    Value::Object(m)
+                })
+        }
+
+        proptest! {
+            /// Any bytes: an answer, never a panic, and a refusal carries a
+            /// JSON-RPC code.
+            #[test]
+            fn any_bytes_are_parsed_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                if let Err(e) = Message::parse(&bytes, 1024) {
+                    prop_assert!([PARSE_ERROR, INVALID_REQUEST].contains(&e.code));
+                }
+            }
+
+            /// Messages near the valid ones (each member present or not,
+            /// of the right type or not) and any JSON value: what is
+            /// accepted has the shape its kind says, and reads back the same
+            /// from its own line; the rest is refused as an invalid request.
+            #[test]
+            fn accepted_messages_have_their_kind_and_round_trip(
+                v in prop_oneof![json(), near_message()],
+            ) {
+                let line = serde_json::to_vec(&v).unwrap();
+                match Message::parse(&line, 1 << 20) {
+                    Ok(m) => {
+                        prop_assert_eq!(m.value.get("jsonrpc"), Some(&json!("2.0")));
+                        match m.kind {
+                            Kind::Request => prop_assert!(m.method().is_some() && m.id().is_some_and(valid_id)),
+                            Kind::Notification => prop_assert!(m.method().is_some() && m.id().is_none()),
+                            Kind::Response => prop_assert!(m.method().is_none() && m.id().is_some()),
+                        }
+                        let again = Message::parse(m.to_line().as_bytes(), 1 << 20).unwrap();
+                        prop_assert_eq!(again, m);
+                    }
+                    Err(e) => prop_assert!(e.code == INVALID_REQUEST, "{:?}", e),
+                }
+            }
+
+            /// A key repeated in any object, at any depth, refuses the whole
+            /// message: no two readers can see two different calls in it.
+            #[test]
+            fn a_repeated_key_anywhere_is_refused(depth in 0usize..4, key in "[a-z]{1,4}", a in json(), b in json()) {
+                let mut inner = format!(r#"{{"{key}":{a},"{key}":{b}}}"#);
+                for _ in 0..depth {
+                    inner = format!(r#"{{"x":[{inner}]}}"#);
+                }
+                let line = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{inner}}}"#);
+                let e = Message::parse(line.as_bytes(), 1 << 20).unwrap_err();
+                prop_assert_eq!(e.code, PARSE_ERROR);
+            }
+        }
+    }
 }
