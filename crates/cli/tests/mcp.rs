@@ -209,6 +209,29 @@ fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
         5,
         "every listed tool is pinned: {v}"
     );
+    // The served OpenAPI document describes the MCP gateway's routes too,
+    // next to the gateway's own.
+    let (s, v) = e.g.call("GET", "/openapi.json", None, None);
+    assert_eq!(s, 200, "{v}");
+    for (path, methods) in [
+        ("/mcp/{server}", &["post", "get", "delete"][..]),
+        ("/v1/mcp/pins", &["get"][..]),
+        ("/v1/mcp/pins/observe", &["post"][..]),
+        ("/v1/mcp/pins/accept", &["post"][..]),
+        ("/v1/actions", &["post"][..]),
+    ] {
+        for m in methods {
+            assert!(
+                v["paths"][path].get(m).is_some(),
+                "openapi lacks {m} {path}"
+            );
+        }
+    }
+    assert!(
+        v["components"]["schemas"].get("Pin").is_some(),
+        "{}",
+        v["components"]
+    );
 }
 
 #[test]

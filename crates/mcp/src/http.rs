@@ -253,6 +253,10 @@ impl Extension for McpExtension {
         "mcp"
     }
 
+    fn openapi(&self) -> Option<utoipa::openapi::OpenApi> {
+        Some(<McpDoc as utoipa::OpenApi>::openapi())
+    }
+
     fn routes(&self) -> Router<AppState> {
         let (a, b, c, d, e, f) = (
             self.inner.clone(),
@@ -284,22 +288,93 @@ impl Extension for McpExtension {
     }
 }
 
-#[derive(Deserialize)]
+/// The OpenAPI description of the MCP gateway's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(post_mcp_doc, get_mcp, delete_mcp, observe_pins, accept_pin, list_pins),
+    components(schemas(
+        ObserveBody,
+        ObservedTool,
+        ObserveResponse,
+        AcceptBody,
+        pins::Pin,
+        pins::Changed
+    ))
+)]
+struct McpDoc;
+
+/// Relays an MCP client's JSON-RPC message (Streamable HTTP) to the
+/// configured server `server`: `tools/call` is decided first (allowed,
+/// denied as a tool error, or held for review), everything else passes.
+/// The answer is one JSON body or an event stream, as the server gives it.
+#[utoipa::path(post, path = "/mcp/{server}", tag = "mcp", operation_id = "post_mcp",
+    params(("server" = String, Path, description = "an `[[mcp.servers]]` name with a `url`")),
+    request_body(content = Object, description = "one JSON-RPC 2.0 message", content_type = "application/json"),
+    responses((status = 200, description = "the server's answer, `application/json` or `text/event-stream`"),
+              (status = 202, description = "a notification or response was accepted"),
+              (status = 400, body = secondkey_server::error::ErrorBody, description = "not one valid JSON-RPC message"),
+              (status = 401, body = secondkey_server::error::ErrorBody),
+              (status = 404, body = secondkey_server::error::ErrorBody, description = "no such server"),
+              (status = 413, body = secondkey_server::error::ErrorBody),
+              (status = 502, description = "the server did not answer usably")))]
+#[allow(dead_code)]
+fn post_mcp_doc() {}
+
+/// Opens the server-to-client event stream of an MCP session (relayed).
+#[utoipa::path(get, path = "/mcp/{server}", tag = "mcp", operation_id = "get_mcp",
+    params(("server" = String, Path)),
+    responses((status = 200, description = "`text/event-stream` from the server"),
+              (status = 401, body = secondkey_server::error::ErrorBody),
+              (status = 404, body = secondkey_server::error::ErrorBody),
+              (status = 405, description = "the server offers no stream")))]
+#[allow(dead_code)]
+fn get_mcp() {}
+
+/// Ends an MCP session (relayed).
+#[utoipa::path(delete, path = "/mcp/{server}", tag = "mcp", operation_id = "delete_mcp",
+    params(("server" = String, Path)),
+    responses((status = 200, description = "ended"),
+              (status = 401, body = secondkey_server::error::ErrorBody),
+              (status = 404, body = secondkey_server::error::ErrorBody)))]
+#[allow(dead_code)]
+fn delete_mcp() {}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ObserveBody {
     server: String,
     tools: Vec<Value>,
 }
 
-/// `POST /v1/mcp/pins/observe`: a stdio relay reports the tools its server
-/// listed. Servers this gateway reaches itself over HTTP are pinned only
-/// from what the gateway saw: a client cannot pin (or pre-pin) them.
+/// One tool of an observation, and where it stands against its pin.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ObservedTool {
+    name: String,
+    /// `{"state": "pinned", "new": bool}` or `{"state": "changed", "pinned": fingerprint}`.
+    #[schema(value_type = Object)]
+    pin: crate::decide::PinState,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ObserveResponse {
+    tools: Vec<ObservedTool>,
+}
+
+/// A stdio relay (`secondkey mcp stdio`) reports the tools its server
+/// listed: each is pinned on first sight, or marked changed when it differs
+/// from its pin. Servers this gateway reaches itself over HTTP are pinned
+/// only from what the gateway saw: a client cannot pin (or pre-pin) them.
+#[utoipa::path(post, path = "/v1/mcp/pins/observe", tag = "mcp", request_body = ObserveBody,
+    responses((status = 200, body = ObserveResponse),
+              (status = 400, body = secondkey_server::error::ErrorBody),
+              (status = 401, body = secondkey_server::error::ErrorBody),
+              (status = 403, body = secondkey_server::error::ErrorBody, description = "`pinned_by_gateway`")))]
 async fn observe_pins(
     inner: Arc<Inner>,
     State(s): State<AppState>,
     Caller(p): Caller,
     secondkey_server::api::JsonBody(body): secondkey_server::api::JsonBody<ObserveBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ObserveResponse>, ApiError> {
     if inner
         .servers
         .get(&body.server)
@@ -314,12 +389,15 @@ async fn observe_pins(
         ));
     }
     let out = pins::observe(&s.gateway, &p, &body.server, body.tools).await?;
-    Ok(Json(
-        json!({"tools": out.into_iter().map(|(n, st)| json!({"name": n, "pin": st})).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(ObserveResponse {
+        tools: out
+            .into_iter()
+            .map(|(name, pin)| ObservedTool { name, pin })
+            .collect(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AcceptBody {
     server: String,
@@ -327,6 +405,16 @@ struct AcceptBody {
     fingerprint: String,
 }
 
+/// A tool admin (`mcp.tool_admins`) accepts a changed tool definition,
+/// named by its fingerprint, as the new pin; calls of it are decided
+/// normally again.
+#[utoipa::path(post, path = "/v1/mcp/pins/accept", tag = "mcp", request_body = AcceptBody,
+    responses((status = 200, body = pins::Pin),
+              (status = 400, body = secondkey_server::error::ErrorBody),
+              (status = 401, body = secondkey_server::error::ErrorBody),
+              (status = 403, body = secondkey_server::error::ErrorBody, description = "`not_tool_admin`: a human in `mcp.tool_admins` is needed"),
+              (status = 404, body = secondkey_server::error::ErrorBody),
+              (status = 409, body = secondkey_server::error::ErrorBody, description = "`no_such_change`: the fingerprint is not the changed definition waiting")))]
 async fn accept_pin(
     inner: Arc<Inner>,
     State(s): State<AppState>,
@@ -355,6 +443,10 @@ struct ListQuery {
     server: Option<String>,
 }
 
+/// The pinned tools, of one server or of all.
+#[utoipa::path(get, path = "/v1/mcp/pins", tag = "mcp",
+    params(("server" = Option<String>, Query, description = "only this server's pins")),
+    responses((status = 200, body = [pins::Pin]), (status = 401, body = secondkey_server::error::ErrorBody)))]
 async fn list_pins(
     inner: Arc<Inner>,
     State(s): State<AppState>,

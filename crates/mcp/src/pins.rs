@@ -23,7 +23,7 @@ pub const NS: &str = "mcp.pin";
 pub const MAX_TOOLS: usize = 1000;
 
 /// A pinned tool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Pin {
     pub server: String,
     pub tool: String,
@@ -39,7 +39,7 @@ pub struct Pin {
 }
 
 /// A definition that differs from the pin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Changed {
     pub fingerprint: String,
     pub definition: Value,

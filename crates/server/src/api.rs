@@ -2,6 +2,7 @@
 //! map the result. The OpenAPI document is generated from these handlers.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -147,14 +148,20 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The gateway's router, with the routes of `extensions` merged in.
+/// The gateway's router, without extensions.
 pub fn router(state: AppState) -> Router {
-    router_with(state, Router::new())
+    router_with(state, Router::new(), ApiDoc::openapi())
 }
 
-/// [`router`] with extra routes (those of the extensions).
-pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+/// [`router`] with extra routes (those of the extensions), and `doc` (the
+/// gateway's OpenAPI document with theirs merged in) at `/openapi.json`.
+pub fn router_with(
+    state: AppState,
+    extra: Router<AppState>,
+    doc: utoipa::openapi::OpenApi,
+) -> Router {
     let limit = state.gateway.config.max_body_bytes;
+    let doc = Arc::new(doc);
     Router::new()
         .merge(extra)
         .route("/v1/actions", post(submit_action))
@@ -176,7 +183,13 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/v1/log/verifier-key", get(log_verifier_key))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi_json))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
+        )
         .route("/v1/reviews/batch", post(review_batch))
         .merge(crate::web::routes())
         .fallback(not_found)
@@ -195,10 +208,6 @@ async fn method_not_allowed() -> ApiError {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint; see /openapi.json")
-}
-
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
 }
 
 #[derive(Deserialize)]

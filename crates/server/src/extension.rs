@@ -22,6 +22,12 @@ pub trait Extension: Send + Sync {
         axum::Router::new()
     }
 
+    /// The OpenAPI description of [`Extension::routes`], merged into the
+    /// document served at `/openapi.json`.
+    fn openapi(&self) -> Option<utoipa::openapi::OpenApi> {
+        None
+    }
+
     /// Called inside the runtime once the gateway is built and before it
     /// serves: spawn listeners and background tasks here. An error stops
     /// the gateway from starting.

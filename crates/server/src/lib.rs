@@ -121,16 +121,21 @@ pub async fn start_with(
     let gateway = build(config).await?;
     spawn_background(gateway.clone());
     let mut extra = axum::Router::new();
+    let mut doc = <api::ApiDoc as utoipa::OpenApi>::openapi();
     for ext in &extensions {
         ext.start(gateway.clone())
             .map_err(|e| anyhow::anyhow!("{} did not start: {e}", ext.name()))?;
         extra = extra.merge(ext.routes());
+        if let Some(d) = ext.openapi() {
+            doc.merge(d);
+        }
     }
     let app = api::router_with(
         AppState {
             gateway: gateway.clone(),
         },
         extra,
+        doc,
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
