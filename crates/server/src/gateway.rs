@@ -967,7 +967,10 @@ impl Gateway {
                 Ok(*req)
             }
             Reviewed::Refused(e) => {
-                if let Ok(Some(r)) = self.store.get_request(id) {
+                let (store, id) = (self.store.clone(), id.to_string());
+                if let Ok(Ok(Some(r))) =
+                    tokio::task::spawn_blocking(move || store.get_request(&id)).await
+                {
                     self.announce(&r, "request.expired");
                 }
                 Err(e)
