@@ -128,12 +128,10 @@ impl<'a> Reader<'a> {
             Err(self.err())
         }
     }
+    /// A count of fields that follow: PostgreSQL reads it as unsigned 16
+    /// bits (libpq sends up to 65,535 parameters).
     pub fn count(&mut self) -> Result<usize, ProtoError> {
-        let n = self.i16()?;
-        if n < 0 {
-            return Err(self.err());
-        }
-        Ok(n as usize)
+        Ok(self.i16()? as u16 as usize)
     }
 }
 
@@ -425,11 +423,12 @@ mod tests {
         for cut in 0..b.len() - 2 {
             assert!(parse_bind(&b[..cut]).is_err(), "cut at {cut}");
         }
-        let mut neg = BytesMut::new();
-        put_cstr(&mut neg, "");
-        put_cstr(&mut neg, "");
-        neg.put_i16(-1);
-        assert!(parse_bind(&neg).is_err());
+        // 65,535 format codes announced (0xffff), none sent.
+        let mut short = BytesMut::new();
+        put_cstr(&mut short, "");
+        put_cstr(&mut short, "");
+        short.put_i16(-1);
+        assert!(parse_bind(&short).is_err());
     }
 
     #[test]
@@ -443,8 +442,8 @@ mod tests {
     #[test]
     fn trailing_bytes_and_bad_utf8_are_refused() {
         assert_eq!(query_text(b"SELECT 1\0").unwrap(), "SELECT 1");
-        // The server would run only the first string, and refuses the
-        // message; the gateway refuses it before that.
+        // PostgreSQL refuses the whole message (08P01, it runs nothing);
+        // the gateway refuses it before classifying the first string.
         assert!(matches!(
             query_text(b"SELECT 1\0DROP TABLE t\0"),
             Err(ProtoError::Malformed("Query"))
@@ -472,6 +471,22 @@ mod tests {
         assert!(parse_parse(&p).is_err());
     }
 
+    #[test]
+    fn counts_are_unsigned_as_postgresql_reads_them() {
+        let n = 40_000;
+        let values = vec![Some(b"1".to_vec()); n];
+        let body = bind_body("", "s", &[], &values, &[]);
+        assert_eq!(parse_bind(&body).unwrap().values.len(), n);
+        let mut p = BytesMut::new();
+        put_cstr(&mut p, "");
+        put_cstr(&mut p, "SELECT 1");
+        p.put_u16(40_000);
+        for _ in 0..40_000 {
+            p.put_i32(0);
+        }
+        assert_eq!(parse_parse(&p).unwrap().types.len(), 40_000);
+    }
+
     fn bind_body(
         portal: &str,
         stmt: &str,
@@ -482,11 +497,11 @@ mod tests {
         let mut b = BytesMut::new();
         put_cstr(&mut b, portal);
         put_cstr(&mut b, stmt);
-        b.put_i16(formats.len() as i16);
+        b.put_u16(formats.len() as u16);
         for f in formats {
             b.put_i16(*f);
         }
-        b.put_i16(values.len() as i16);
+        b.put_u16(values.len() as u16);
         for v in values {
             match v {
                 None => b.put_i32(-1),
@@ -512,10 +527,25 @@ mod tests {
         }
 
         proptest! {
-            /// Hostile bytes: every parser answers, none panics, and framing
-            /// takes exactly one whole message or nothing.
+            /// Hostile bytes, mostly near a valid frame (a type, a length
+            /// off by a little from the body's, a body): every parser
+            /// answers, none panics, and framing takes exactly one whole
+            /// message or nothing.
             #[test]
-            fn no_parser_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64), max in 0usize..100) {
+            fn no_parser_panics_on_any_bytes(
+                raw in proptest::collection::vec(any::<u8>(), 0..64),
+                framed in any::<bool>(),
+                off in -5i32..5,
+                max in 0usize..100,
+            ) {
+                let bytes = if framed && !raw.is_empty() {
+                    let mut v = vec![raw[0]];
+                    v.extend_from_slice(&(raw.len() as i32 + 3 + off).to_be_bytes());
+                    v.extend_from_slice(&raw[1..]);
+                    v
+                } else {
+                    raw
+                };
                 let mut b = BytesMut::from(&bytes[..]);
                 match take_message(&mut b, max) {
                     Ok(Some((ty, body))) => {
@@ -526,9 +556,9 @@ mod tests {
                     Ok(None) => prop_assert_eq!(&b[..], &bytes[..]),
                     Err(_) => {}
                 }
-                let mut b = BytesMut::from(&bytes[..]);
+                let mut b = BytesMut::from(bytes.get(1..).unwrap_or_default());
                 if let Ok(Some(body)) = take_startup(&mut b) {
-                    prop_assert_eq!(4 + body.len() + b.len(), bytes.len());
+                    prop_assert_eq!(4 + body.len() + b.len(), bytes.len() - 1);
                     prop_assert!(body.len() + 4 <= MAX_STARTUP);
                 }
                 let _ = startup_params(&bytes);
@@ -565,18 +595,37 @@ mod tests {
                 portal in cstring(),
                 stmt in cstring(),
                 values in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)), 0..4),
-                binary in any::<bool>(),
+                shape in 0u8..4,
+                per in proptest::collection::vec(0i16..2, 4),
                 results in proptest::collection::vec(0i16..2, 0..3),
                 cut in any::<proptest::sample::Index>(),
             ) {
-                let formats: Vec<i16> = if binary { vec![1] } else { vec![] };
+                // No format codes (all text), one for all, one per value,
+                // or a count that matches neither (refused).
+                let formats: Vec<i16> = match shape {
+                    0 => vec![],
+                    1 => vec![per[0]],
+                    2 => per[..values.len()].to_vec(),
+                    _ => vec![0; values.len() + 2],
+                };
                 let body = bind_body(&portal, &stmt, &formats, &values, &results);
+                if shape == 3 {
+                    prop_assert!(parse_bind(&body).is_err());
+                    return Ok(());
+                }
                 let b = parse_bind(&body).unwrap();
                 prop_assert_eq!(b.portal, portal.as_str());
                 prop_assert_eq!(b.statement, stmt.as_str());
                 let got: Vec<Option<Vec<u8>>> = b.values.iter().map(|v| v.map(|v| v.to_vec())).collect();
                 prop_assert_eq!(got, values.clone());
-                prop_assert_eq!(b.is_binary(0), binary);
+                for i in 0..values.len() {
+                    let want = match shape {
+                        0 => false,
+                        1 => per[0] == 1,
+                        _ => per[i] == 1,
+                    };
+                    prop_assert_eq!(b.is_binary(i), want);
+                }
                 let at = cut.index(body.len());
                 prop_assert!(parse_bind(&body[..at]).is_err(), "cut at {} of {}", at, body.len());
                 let mut padded = body.clone();

@@ -300,6 +300,19 @@ impl Session {
         End::Protocol(e.to_string())
     }
 
+    /// An extended-protocol message that could not be read: a string that
+    /// is not UTF-8 is an error of this batch, as in PostgreSQL (22021);
+    /// anything else ends the connection.
+    fn malformed(&mut self, e: ProtoError) -> Result<(), End> {
+        match e {
+            ProtoError::NotUtf8(_) => {
+                self.batch_error(Refusal::new("22021", e.to_string()));
+                Ok(())
+            }
+            e => Err(self.protocol_error(e)),
+        }
+    }
+
     fn forward(&mut self, ty: u8, body: &[u8]) {
         proto::put_raw(&mut self.uout, ty, body);
     }
@@ -343,7 +356,10 @@ impl Session {
         match ty {
             b'Q' => self.query(&body).await,
             b'P' => {
-                let p = proto::parse_parse(&body).map_err(|e| self.protocol_error(e))?;
+                let p = match proto::parse_parse(&body) {
+                    Ok(p) => p,
+                    Err(e) => return self.malformed(e),
+                };
                 let text = p.query.to_string();
                 let name = p.name.to_string();
                 if let Some(why) = &self.poisoned {
@@ -362,7 +378,10 @@ impl Session {
                 Ok(())
             }
             b'B' => {
-                let b = proto::parse_bind(&body).map_err(|e| self.protocol_error(e))?;
+                let b = match proto::parse_bind(&body) {
+                    Ok(b) => b,
+                    Err(e) => return self.malformed(e),
+                };
                 let Some(stmt) = self.lookup_statement(b.statement) else {
                     let msg = format!("prepared statement \"{}\" does not exist", b.statement);
                     self.batch_error(Refusal::new("26000", msg));
@@ -383,14 +402,18 @@ impl Session {
                 Ok(())
             }
             b'D' => {
-                proto::parse_target(&body, "Describe").map_err(|e| self.protocol_error(e))?;
+                if let Err(e) = proto::parse_target(&body, "Describe") {
+                    return self.malformed(e);
+                }
                 self.forward(ty, &body);
                 self.pending.push_back(Pending::Describe);
                 Ok(())
             }
             b'C' => {
-                let (kind, name) =
-                    proto::parse_target(&body, "Close").map_err(|e| self.protocol_error(e))?;
+                let (kind, name) = match proto::parse_target(&body, "Close") {
+                    Ok(t) => t,
+                    Err(e) => return self.malformed(e),
+                };
                 let name = name.to_string();
                 self.forward(ty, &body);
                 self.pending.push_back(Pending::Close { kind, name });
@@ -531,7 +554,10 @@ impl Session {
     }
 
     async fn execute(&mut self, body: &[u8]) -> Result<(), End> {
-        let (name, _) = proto::parse_execute(body).map_err(|e| self.protocol_error(e))?;
+        let (name, _) = match proto::parse_execute(body) {
+            Ok(x) => x,
+            Err(e) => return self.malformed(e),
+        };
         let Some(portal) = self.lookup_portal(name) else {
             let msg = format!("portal \"{name}\" does not exist");
             self.batch_error(Refusal::new("34000", msg));

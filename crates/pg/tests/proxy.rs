@@ -941,10 +941,9 @@ async fn prepared_statements_and_portals_cannot_be_run_from_sql() {
 
 /// A frame of type `ty` around `body`, exactly as given (no checks).
 fn frame(ty: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![ty];
-    v.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    v.extend_from_slice(body);
-    v
+    let mut v = bytes::BytesMut::new();
+    secondkey_pg::proto::put_raw(&mut v, ty, body);
+    v.to_vec()
 }
 
 /// What came back on a raw connection: `(type, sqlstate, message)` per
@@ -1043,11 +1042,6 @@ async fn hostile_wire_input_ends_only_its_connection_and_runs_nothing() {
             "malformed Bind",
         ),
         (
-            "a Parse named in bad UTF-8",
-            frame(b'P', b"\xff\0SELECT 1\0\0\0"),
-            "not valid UTF-8",
-        ),
-        (
             "an Execute without its row limit",
             frame(b'E', b"\0"),
             "malformed Execute",
@@ -1055,6 +1049,33 @@ async fn hostile_wire_input_ends_only_its_connection_and_runs_nothing() {
         (
             "a Describe of neither kind",
             frame(b'D', b"Xs\0"),
+            "malformed Describe",
+        ),
+        // Bytes after the last field: PostgreSQL would refuse these too,
+        // the gateway does before forwarding or deciding anything.
+        (
+            "a byte after a Parse",
+            frame(b'P', b"s\0SELECT 1\0\0\0X"),
+            "malformed Parse",
+        ),
+        (
+            "a Bind without its result formats",
+            frame(b'B', b"\0s\0\0\0\0\0"),
+            "malformed Bind",
+        ),
+        (
+            "a byte after a Bind",
+            frame(b'B', b"\0s\0\0\0\0\0\0\0X"),
+            "malformed Bind",
+        ),
+        (
+            "a byte after an Execute",
+            frame(b'E', b"\0\0\0\0\0X"),
+            "malformed Execute",
+        ),
+        (
+            "a byte after a Describe",
+            frame(b'D', b"Ss\0X"),
             "malformed Describe",
         ),
     ];
@@ -1069,8 +1090,9 @@ async fn hostile_wire_input_ends_only_its_connection_and_runs_nothing() {
         assert_eq!(last.1, "08P01", "{what}: {got:?}");
         assert!(last.2.contains(want), "{what}: {got:?}");
     }
-    // A simple query that is not UTF-8 is refused as a statement; the
-    // connection goes on and runs the next one.
+    // A simple query that is not UTF-8 is refused as a statement, and a
+    // Parse or Bind holding such a string as an error of its batch (22021,
+    // as in PostgreSQL); the connection goes on and runs the next one.
     let mut s = secondkey_pg::upstream::connect(&login, None, &[])
         .await
         .unwrap();
@@ -1080,6 +1102,22 @@ async fn hostile_wire_input_ends_only_its_connection_and_runs_nothing() {
         .unwrap();
     let got = answers(&mut s, true).await;
     assert_eq!(got.first().map(|m| m.1.as_str()), Some("22021"), "{got:?}");
+    for bad in [
+        frame(b'P', b"\xff\0SELECT 1\0\0\0"),
+        frame(b'B', b"\0\xff\0\0\0\0\0\0\0"),
+    ] {
+        let mut batch = bad;
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(frame(b'S', b""));
+        s.stream.write_all(&batch).await.unwrap();
+        let got = answers(&mut s, true).await;
+        let types: String = got.iter().map(|m| m.0).collect();
+        assert_eq!(
+            types, "EZ",
+            "one error, the rest skipped up to Sync: {got:?}"
+        );
+        assert_eq!(got[0].1, "22021", "{got:?}");
+    }
     s.stream
         .write_all(&frame(b'Q', b"SELECT 1\0"))
         .await
