@@ -856,6 +856,25 @@ mod tests {
         assert!(parse_json_strict(deep.as_bytes()).is_err());
     }
 
+    /// A number is read as the double nearest to what was written (the
+    /// `float_roundtrip` parser), so the digest is of the action as the
+    /// agent wrote it: the default parser reads this one a unit in the last
+    /// place low and the canonical form would end in ...306, not ...3061.
+    #[test]
+    fn numbers_are_read_exactly() {
+        let text = br#"{"kind":"sql","operation":"read","resource":"db://x","params":{"n":130.65331632653061}}"#;
+        let (raw, _, digest) = Action::from_slice(text).unwrap();
+        let n = raw["params"]["n"].as_f64().unwrap();
+        assert_eq!(n, "130.65331632653061".parse::<f64>().unwrap());
+        let canonical = secondkey_jcs::to_vec(&raw).unwrap();
+        assert!(
+            String::from_utf8_lossy(&canonical).contains("130.65331632653061"),
+            "{}",
+            String::from_utf8_lossy(&canonical)
+        );
+        assert_eq!(digest, Action::from_json(&raw).unwrap().1);
+    }
+
     #[test]
     fn depth_limit() {
         // The action is depth 1 and params depth 2, so 30 more levels fit.

@@ -324,9 +324,17 @@ mod tests {
             /// Any bytes: an answer, never a panic, and a refusal carries a
             /// JSON-RPC code.
             #[test]
-            fn any_bytes_are_parsed_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-                if let Err(e) = Message::parse(&bytes, 1024) {
-                    prop_assert!([PARSE_ERROR, INVALID_REQUEST].contains(&e.code));
+            fn any_bytes_are_parsed_or_refused(
+                bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                max in 0usize..256,
+            ) {
+                match Message::parse(&bytes, max) {
+                    Err(e) if bytes.len() > max => {
+                        prop_assert_eq!(e.code, INVALID_REQUEST);
+                        prop_assert!(e.message.contains("mcp.max_message_bytes"), "{}", e.message);
+                    }
+                    Err(e) => prop_assert!([PARSE_ERROR, INVALID_REQUEST].contains(&e.code)),
+                    Ok(_) => prop_assert!(bytes.len() <= max),
                 }
             }
 
@@ -345,7 +353,13 @@ mod tests {
                         match m.kind {
                             Kind::Request => prop_assert!(m.method().is_some() && m.id().is_some_and(valid_id)),
                             Kind::Notification => prop_assert!(m.method().is_some() && m.id().is_none()),
-                            Kind::Response => prop_assert!(m.method().is_none() && m.id().is_some()),
+                            Kind::Response => {
+                                prop_assert!(m.method().is_none() && m.id().is_some());
+                                prop_assert!(m.value.contains_key("result") != m.value.contains_key("error"));
+                            }
+                        }
+                        if let Some(p) = m.value.get("params") {
+                            prop_assert!(p.is_object() || p.is_array());
                         }
                         let again = Message::parse(m.to_line().as_bytes(), 1 << 20).unwrap();
                         prop_assert_eq!(again, m);
