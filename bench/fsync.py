@@ -5,7 +5,7 @@ preallocated file with fdatasync, with O_DSYNC, and with O_DIRECT|O_DSYNC.
 This is the floor under any log entry that must be durable before the
 statement it authorizes runs (invariant 1).
 
-    python3 bench/fsync.py [DIR] [N]     # DIR defaults to the data directory's file system (.)
+    python3 bench/fsync.py [DIR] [N]     # run it on the file system of data_dir (/tmp for bench/pg.sh); default .
 """
 import mmap
 import os
