@@ -232,6 +232,22 @@ fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
         "{}",
         v["components"]
     );
+    let refused = &v["paths"]["/mcp/{server}"]["post"]["responses"]["400"];
+    assert_eq!(
+        refused["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/JsonRpcError",
+        "a refused message is a JSON-RPC error: {refused}"
+    );
+    // And what it says holds: an unknown query parameter is a 400 with the
+    // gateway's error body.
+    let (s, v) = e.g.call(
+        "GET",
+        "/v1/mcp/pins?sever=warehouse",
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["code"].is_string(), "{v}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -291,8 +291,17 @@ impl Extension for McpExtension {
 /// The OpenAPI description of the MCP gateway's routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(post_mcp_doc, get_mcp, delete_mcp, observe_pins, accept_pin, list_pins),
+    paths(
+        post_mcp_doc,
+        get_mcp_doc,
+        delete_mcp_doc,
+        observe_pins,
+        accept_pin,
+        list_pins
+    ),
     components(schemas(
+        JsonRpcError,
+        JsonRpcErrorDetail,
         ObserveBody,
         ObservedTool,
         ObserveResponse,
@@ -303,6 +312,30 @@ impl Extension for McpExtension {
 )]
 struct McpDoc;
 
+/// A JSON-RPC error answer (what the MCP routes send for a message
+/// secondkey refuses before relaying it).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct JsonRpcError {
+    /// `"2.0"`.
+    jsonrpc: String,
+    /// The request's id, or null when it had no usable one.
+    #[schema(value_type = Object)]
+    id: Value,
+    error: JsonRpcErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct JsonRpcErrorDetail {
+    /// -32700 (not JSON) or -32600 (not a valid message, or too large).
+    code: i64,
+    message: String,
+}
+
+// The three operations of `/mcp/{server}` are documented on these
+// signatures; the handlers are closures over the gateway's state.
+
 /// Relays an MCP client's JSON-RPC message (Streamable HTTP) to the
 /// configured server `server`: `tools/call` is decided first (allowed,
 /// denied as a tool error, or held for review), everything else passes.
@@ -310,13 +343,14 @@ struct McpDoc;
 #[utoipa::path(post, path = "/mcp/{server}", tag = "mcp", operation_id = "post_mcp",
     params(("server" = String, Path, description = "an `[[mcp.servers]]` name with a `url`")),
     request_body(content = Object, description = "one JSON-RPC 2.0 message", content_type = "application/json"),
-    responses((status = 200, description = "the server's answer, `application/json` or `text/event-stream`"),
+    responses((status = 200, description = "the server's answer (or secondkey's, for a denied or held call), `application/json` or `text/event-stream`"),
               (status = 202, description = "a notification or response was accepted"),
-              (status = 400, body = secondkey_server::error::ErrorBody, description = "not one valid JSON-RPC message"),
+              (status = 400, body = JsonRpcError, description = "not one valid JSON-RPC message; nothing was forwarded"),
               (status = 401, body = secondkey_server::error::ErrorBody),
               (status = 404, body = secondkey_server::error::ErrorBody, description = "no such server"),
-              (status = 413, body = secondkey_server::error::ErrorBody),
-              (status = 502, description = "the server did not answer usably")))]
+              (status = 413, body = JsonRpcError, description = "larger than `mcp.max_message_bytes`; nothing was forwarded"),
+              (status = 502, body = secondkey_server::error::ErrorBody, description = "the server could not be reached or refused the gateway's credentials (`upstream_refused`)"),
+              (status = "default", description = "any other status and body the server answered, relayed")))]
 #[allow(dead_code)]
 fn post_mcp_doc() {}
 
@@ -325,19 +359,22 @@ fn post_mcp_doc() {}
     params(("server" = String, Path)),
     responses((status = 200, description = "`text/event-stream` from the server"),
               (status = 401, body = secondkey_server::error::ErrorBody),
-              (status = 404, body = secondkey_server::error::ErrorBody),
-              (status = 405, description = "the server offers no stream")))]
+              (status = 404, body = secondkey_server::error::ErrorBody, description = "no such server"),
+              (status = 502, body = secondkey_server::error::ErrorBody, description = "the server could not be reached or refused the gateway's credentials"),
+              (status = "default", description = "any other status and body the server answered (405: it offers no stream), relayed")))]
 #[allow(dead_code)]
-fn get_mcp() {}
+fn get_mcp_doc() {}
 
 /// Ends an MCP session (relayed).
 #[utoipa::path(delete, path = "/mcp/{server}", tag = "mcp", operation_id = "delete_mcp",
     params(("server" = String, Path)),
     responses((status = 200, description = "ended"),
               (status = 401, body = secondkey_server::error::ErrorBody),
-              (status = 404, body = secondkey_server::error::ErrorBody)))]
+              (status = 404, body = secondkey_server::error::ErrorBody, description = "no such server"),
+              (status = 502, body = secondkey_server::error::ErrorBody, description = "the server could not be reached or refused the gateway's credentials"),
+              (status = "default", description = "any other status and body the server answered (405: it does not end sessions), relayed")))]
 #[allow(dead_code)]
-fn delete_mcp() {}
+fn delete_mcp_doc() {}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -368,7 +405,10 @@ struct ObserveResponse {
     responses((status = 200, body = ObserveResponse),
               (status = 400, body = secondkey_server::error::ErrorBody),
               (status = 401, body = secondkey_server::error::ErrorBody),
-              (status = 403, body = secondkey_server::error::ErrorBody, description = "`pinned_by_gateway`")))]
+              (status = 403, body = secondkey_server::error::ErrorBody, description = "`pinned_by_gateway`"),
+              (status = 413, body = secondkey_server::error::ErrorBody),
+              (status = 415, body = secondkey_server::error::ErrorBody),
+              (status = 503, body = secondkey_server::error::ErrorBody, description = "the log could not record it: nothing pinned")))]
 async fn observe_pins(
     inner: Arc<Inner>,
     State(s): State<AppState>,
@@ -414,7 +454,10 @@ struct AcceptBody {
               (status = 401, body = secondkey_server::error::ErrorBody),
               (status = 403, body = secondkey_server::error::ErrorBody, description = "`not_tool_admin`: a human in `mcp.tool_admins` is needed"),
               (status = 404, body = secondkey_server::error::ErrorBody),
-              (status = 409, body = secondkey_server::error::ErrorBody, description = "`no_such_change`: the fingerprint is not the changed definition waiting")))]
+              (status = 409, body = secondkey_server::error::ErrorBody, description = "`no_such_change`: the fingerprint is not the changed definition waiting"),
+              (status = 413, body = secondkey_server::error::ErrorBody),
+              (status = 415, body = secondkey_server::error::ErrorBody),
+              (status = 503, body = secondkey_server::error::ErrorBody, description = "the log could not record it: nothing accepted")))]
 async fn accept_pin(
     inner: Arc<Inner>,
     State(s): State<AppState>,
@@ -443,15 +486,17 @@ struct ListQuery {
     server: Option<String>,
 }
 
-/// The pinned tools, of one server or of all.
+/// The pinned tools, of one server or of all (at most 1,000).
 #[utoipa::path(get, path = "/v1/mcp/pins", tag = "mcp",
     params(("server" = Option<String>, Query, description = "only this server's pins")),
-    responses((status = 200, body = [pins::Pin]), (status = 401, body = secondkey_server::error::ErrorBody)))]
+    responses((status = 200, body = [pins::Pin]),
+              (status = 400, body = secondkey_server::error::ErrorBody, description = "an unknown query parameter"),
+              (status = 401, body = secondkey_server::error::ErrorBody)))]
 async fn list_pins(
     inner: Arc<Inner>,
     State(s): State<AppState>,
     Caller(_p): Caller,
-    Query(q): Query<ListQuery>,
+    secondkey_server::api::Q(q): secondkey_server::api::Q<ListQuery>,
 ) -> Result<Json<Vec<pins::Pin>>, ApiError> {
     let _ = inner;
     Ok(Json(

@@ -150,17 +150,21 @@ impl utoipa::Modify for BearerAuth {
 
 /// The gateway's router, without extensions.
 pub fn router(state: AppState) -> Router {
-    router_with(state, Router::new(), ApiDoc::openapi())
+    router_with(state, Router::new(), Vec::new())
 }
 
-/// [`router`] with extra routes (those of the extensions), and `doc` (the
-/// gateway's OpenAPI document with theirs merged in) at `/openapi.json`.
+/// [`router`] with extra routes (those of the extensions), and their
+/// OpenAPI descriptions merged into the document at `/openapi.json`.
 pub fn router_with(
     state: AppState,
     extra: Router<AppState>,
-    doc: utoipa::openapi::OpenApi,
+    docs: Vec<utoipa::openapi::OpenApi>,
 ) -> Router {
     let limit = state.gateway.config.max_body_bytes;
+    let mut doc = ApiDoc::openapi();
+    for d in docs {
+        doc.merge(d);
+    }
     let doc = Arc::new(doc);
     Router::new()
         .merge(extra)

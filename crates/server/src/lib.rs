@@ -121,21 +121,19 @@ pub async fn start_with(
     let gateway = build(config).await?;
     spawn_background(gateway.clone());
     let mut extra = axum::Router::new();
-    let mut doc = <api::ApiDoc as utoipa::OpenApi>::openapi();
+    let mut docs = Vec::new();
     for ext in &extensions {
         ext.start(gateway.clone())
             .map_err(|e| anyhow::anyhow!("{} did not start: {e}", ext.name()))?;
         extra = extra.merge(ext.routes());
-        if let Some(d) = ext.openapi() {
-            doc.merge(d);
-        }
+        docs.extend(ext.openapi());
     }
     let app = api::router_with(
         AppState {
             gateway: gateway.clone(),
         },
         extra,
-        doc,
+        docs,
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
