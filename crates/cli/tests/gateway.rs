@@ -455,6 +455,26 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(s, 400, "an agent may not forge gateway facts: {v}");
     let (s, _) = g.call("POST", "/v1/actions", None, Some(&read_action()));
     assert_eq!(s, 401);
+    // A number past 2^53 - 1, written as a double: refused like the
+    // integer it canonicalizes to (it used to be logged, and the log could
+    // then no longer be exported or verified).
+    for n in ["1e16", "6.505955555555555e20", "-1e300"] {
+        let body = format!(
+            r#"{{"kind":"sql","operation":"read","resource":"postgres://analytics/public.orders","params":{{"n":{n}}}}}"#
+        );
+        let (s, v) = g.raw(
+            "POST",
+            "/v1/actions",
+            Some("agent:report-bot"),
+            "application/json",
+            body.as_bytes(),
+        );
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("unsafe_integer")),
+            "{n}: {v}"
+        );
+    }
     let (s, v) = g.raw("POST", "/v1/actions", None, "application/json", b"{}");
     assert_eq!(s, 401, "{v}");
     let mut r = g

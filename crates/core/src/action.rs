@@ -106,7 +106,7 @@ pub enum ActionError {
         limit: usize,
     },
     /// An integer RFC 8785 cannot represent exactly.
-    #[error("the integer at {path} is beyond ±2^53-1 and would lose precision in the digest; send it as a string")]
+    #[error("the number at {path} is beyond ±2^53-1 and would lose precision in the digest; send it as a string")]
     UnsafeInteger {
         /// Where.
         path: String,
@@ -583,7 +583,12 @@ fn walk<'a>(
             let safe = match (n.as_u64(), n.as_i64()) {
                 (Some(u), _) => u <= MAX_SAFE_INTEGER,
                 (None, Some(i)) => i.unsigned_abs() <= MAX_SAFE_INTEGER,
-                (None, None) => true, // a finite f64
+                // A finite f64: past 2^53 it is an integer too, whose
+                // canonical form (plain digits below 1e21) would read
+                // back as an unsafe integer.
+                (None, None) => n
+                    .as_f64()
+                    .is_some_and(|f| f.abs() <= MAX_SAFE_INTEGER as f64),
             };
             if safe {
                 Ok(())
@@ -820,6 +825,17 @@ mod tests {
             "unsafe_integer"
         );
         assert!(Action::from_json(&with("params", json!({"n": 9_007_199_254_740_991u64}))).is_ok());
+        // The same bound for numbers written as doubles: 1e16 canonicalizes
+        // to 10000000000000000, an unsafe integer.
+        for big in [1e16, -1e16, 6.505955555555555e20, 1e300] {
+            assert_eq!(
+                err(with("params", json!({"n": big}))).code(),
+                "unsafe_integer",
+                "{big}"
+            );
+        }
+        assert!(Action::from_json(&with("params", json!({"n": 9007199254740990.5}))).is_ok());
+        assert!(Action::from_json(&with("params", json!({"n": 1.5e-300}))).is_ok());
         assert_eq!(
             err(with(
                 "params",

@@ -300,13 +300,22 @@ impl Scanner<'_> {
         }
         let d = &self.b[digits..self.i];
         let neg = digits > start;
-        // Canonical integers: no leading zeros, no "-0", within 2^53 - 1
-        // (larger ones would print in exponent form).
-        if d.is_empty() || (d[0] == b'0' && (d.len() > 1 || neg)) || d.len() > 16 {
+        // Canonical integers: no leading zeros, no "-0".
+        if d.is_empty() || (d[0] == b'0' && (d.len() > 1 || neg)) {
             return None;
         }
+        // Beyond 2^53 - 1 an integer is a double, which ECMAScript writes
+        // as plain digits below 1e21 (9007199254740992 is canonical,
+        // 9007199254740993 is not): leave it to re-encoding.
+        if d.len() > 16 {
+            self.undecided = true;
+            return Some(());
+        }
         let v: u64 = std::str::from_utf8(d).ok()?.parse().ok()?;
-        (v <= MAX_SAFE_INTEGER).then_some(())
+        if v > MAX_SAFE_INTEGER {
+            self.undecided = true;
+        }
+        Some(())
     }
 
     /// A canonical string: returns the span of its contents (without the
@@ -416,7 +425,7 @@ mod scan_tests {
             b"[1,]",
             b"tru",
             b"{\"a\":1}x",
-            b"9007199254740992",
+            b"0123456789012345678901",
         ] {
             assert_eq!(
                 scan(bad),
@@ -426,6 +435,39 @@ mod scan_tests {
             );
         }
         assert_eq!(scan(b"{\"a\":1.5}"), Scan::Undecided);
+        // Integers past 2^53 - 1: re-encoding decides (found by fuzzing;
+        // the scan used to call all of them not canonical, so a log
+        // holding one failed verification).
+        for big in [
+            &b"9007199254740992"[..],
+            b"9007199254740993",
+            b"12345678901234567000",
+            b"650595555555555500000",
+            b"-9007199254740993",
+        ] {
+            assert_eq!(
+                scan(big),
+                Scan::Undecided,
+                "{}",
+                String::from_utf8_lossy(big)
+            );
+        }
+    }
+
+    proptest! {
+        /// Any integer, of any size JSON can carry: its canonical form is
+        /// never called not canonical, and a non-canonical spelling of a
+        /// large one is never called canonical.
+        #[test]
+        fn large_integers_are_left_to_reencoding(n in any::<i128>(), scale in 0u32..8) {
+            let text = format!("{n}{}", "0".repeat(scale as usize));
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let canonical = to_vec(&v).unwrap();
+            prop_assert_ne!(scan(&canonical), Scan::NotCanonical, "{}", String::from_utf8_lossy(&canonical));
+            if canonical != text.as_bytes() {
+                prop_assert_ne!(scan(text.as_bytes()), Scan::Canonical, "{}", text);
+            }
+        }
     }
 
     proptest! {
