@@ -343,7 +343,12 @@ impl Scanner<'_> {
                             let hex = self.b.get(self.i + 2..self.i + 6)?;
                             // Only control characters without a short form
                             // are \u-escaped, in lowercase hex.
-                            if &hex[..2] != b"00" || hex.iter().any(|h| h.is_ascii_uppercase()) {
+                            // (from_str_radix alone would take "+0").
+                            if &hex[..2] != b"00"
+                                || !hex[2..]
+                                    .iter()
+                                    .all(|h| h.is_ascii_digit() || (b'a'..=b'f').contains(h))
+                            {
                                 return None;
                             }
                             let v = u8::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16)
@@ -426,6 +431,8 @@ mod scan_tests {
             b"tru",
             b"{\"a\":1}x",
             b"0123456789012345678901",
+            b"\"\\u00+0\"",
+            b"\"\\u00-1\"",
         ] {
             assert_eq!(
                 scan(bad),
