@@ -30,42 +30,37 @@ def preallocate():
     os.close(fd)
 
 
+def timed(name, flags, write):
+    """Opens PATH with `flags`, times N calls of write(fd, i), reports."""
+    fd = os.open(PATH, os.O_RDWR | flags, 0o600)
+    ts = []
+    for i in range(N):
+        t = time.perf_counter_ns()
+        write(fd, i)
+        ts.append(time.perf_counter_ns() - t)
+    os.close(fd)
+    report(name, ts)
+
+
 def main():
     buf = b"x" * SIZE
+    aligned = mmap.mmap(-1, SIZE)
+    aligned.write(buf)
+
+    def synced(fd, _):
+        os.write(fd, buf)
+        os.fdatasync(fd)
+
+    def positioned(fd, i):
+        os.pwritev(fd, [aligned], i * SIZE)
+
     try:
-        fd = os.open(PATH, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        ts = []
-        for _ in range(N):
-            t = time.perf_counter_ns()
-            os.write(fd, buf)
-            os.fdatasync(fd)
-            ts.append(time.perf_counter_ns() - t)
-        os.close(fd)
-        report("append + fdatasync", ts)
-
+        timed("append + fdatasync", os.O_CREAT | os.O_TRUNC, synced)
         preallocate()
-        fd = os.open(PATH, os.O_RDWR)
-        ts = []
-        for _ in range(N):
-            t = time.perf_counter_ns()
-            os.write(fd, buf)
-            os.fdatasync(fd)
-            ts.append(time.perf_counter_ns() - t)
-        os.close(fd)
-        report("overwrite + fdatasync", ts)
-
-        aligned = mmap.mmap(-1, SIZE)
-        aligned.write(buf)
+        timed("overwrite + fdatasync", 0, synced)
         for flags, name in [(os.O_DSYNC, "overwrite, O_DSYNC"), (os.O_DSYNC | os.O_DIRECT, "overwrite, O_DIRECT|O_DSYNC")]:
             preallocate()
-            fd = os.open(PATH, os.O_RDWR | flags)
-            ts = []
-            for i in range(N):
-                t = time.perf_counter_ns()
-                os.pwritev(fd, [aligned], i * SIZE)
-                ts.append(time.perf_counter_ns() - t)
-            os.close(fd)
-            report(name, ts)
+            timed(name, flags, positioned)
     finally:
         if os.path.exists(PATH):
             os.unlink(PATH)
