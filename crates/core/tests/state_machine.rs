@@ -125,6 +125,53 @@ enum Op {
     },
 }
 
+/// Walks aimed at escalations that complete quorum: `agent:stray` (no
+/// owner, so nobody is excluded) submits with several requirements, humans
+/// who are each in one or two groups review, time passes, the request is
+/// escalated to one group, then anything may follow.
+fn escalating_walk() -> impl Strategy<Value = Vec<Op>> {
+    // alice (dba), bob (dba, sec), carol (sec), frank (ops), lena (leads),
+    // gil (dba, leads)
+    const REVIEWERS: [usize; 6] = [0, 1, 2, 5, 10, 11];
+    (
+        (2..5usize, 1000..4000u64, 1..1500u64),
+        prop::collection::vec(
+            (
+                prop::sample::select(&REVIEWERS[..]),
+                prop::bool::weighted(0.95),
+            ),
+            1..5,
+        ),
+        300..1300i64,
+        (0.0..0.3f64, 0..4usize),
+        prop::collection::vec(op(), 0..20),
+    )
+        .prop_map(
+            |((reqs, ttl, grant_ttl), reviews, ms, (fraction, group), tail)| {
+                let mut ops = vec![Op::Submit {
+                    requester: 8,
+                    action: 0,
+                    reqs,
+                    ttl,
+                    grant_ttl,
+                }];
+                ops.extend(reviews.into_iter().map(|(who, approve)| Op::Review {
+                    r: 0,
+                    who,
+                    approve,
+                }));
+                ops.push(Op::Advance { ms });
+                ops.push(Op::EscalateTo {
+                    r: 0,
+                    fraction,
+                    group,
+                });
+                ops.extend(tail);
+                ops
+            },
+        )
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..PEOPLE, 0..4usize, 0..6usize, 1..4000u64, 1..1500u64).prop_map(
@@ -176,6 +223,8 @@ struct World {
     /// computes them: their groups that some requirement named at the time.
     reviewed_in: Vec<BTreeMap<PrincipalId, BTreeSet<String>>>,
     grants: u64,
+    /// How many escalations completed quorum (approved the request).
+    escalation_approvals: u32,
 }
 
 impl World {
@@ -521,6 +570,7 @@ impl World {
                                 req.grant.as_ref().map(|x| (&x.id, x.expires_at, x.used_at)),
                                 Some((&grant_id, now.plus_millis(before.grant_ttl_ms), None))
                             );
+                            self.escalation_approvals += 1;
                         } else {
                             prop_assert_eq!(t.to, RequestState::Pending);
                         }
@@ -586,6 +636,7 @@ proptest! {
             first_terminal: Vec::new(),
             reviewed_in: Vec::new(),
             grants: 0,
+            escalation_approvals: 0,
         };
         prop_assert_eq!(world.people.len(), PEOPLE);
         for op in &ops {
@@ -637,4 +688,42 @@ fn scenario_reaches_every_state() {
     assert_eq!(r.state, RequestState::Executed);
     r.record_outcome(Outcome::Unknown, Timestamp(6)).unwrap();
     assert_eq!(r.state, RequestState::Unknown);
+}
+
+/// The same invariants over walks biased towards escalations that complete
+/// quorum, which the general walk reaches rarely; the test counts them so
+/// that it cannot pass without exercising them.
+#[test]
+fn escalations_that_complete_quorum_keep_the_invariants() {
+    let config = config();
+    let cases = config.cases;
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let approvals = std::cell::Cell::new(0u32);
+    runner
+        .run(&escalating_walk(), |ops| {
+            let mut world = World {
+                people: universe(),
+                now: Timestamp(1_700_000_000_000),
+                requests: Vec::new(),
+                consumed: Vec::new(),
+                first_terminal: Vec::new(),
+                reviewed_in: Vec::new(),
+                grants: 0,
+                escalation_approvals: 0,
+            };
+            for op in &ops {
+                world.step(op)?;
+                for i in 0..world.requests.len() {
+                    world.check(i)?;
+                }
+            }
+            approvals.set(approvals.get() + world.escalation_approvals);
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        approvals.get() >= (cases / 128).max(1),
+        "only {} escalations completed quorum in {cases} walks",
+        approvals.get()
+    );
 }
