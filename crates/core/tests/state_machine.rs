@@ -228,6 +228,30 @@ struct World {
 }
 
 impl World {
+    fn new() -> World {
+        World {
+            people: universe(),
+            now: Timestamp(1_700_000_000_000),
+            requests: Vec::new(),
+            consumed: Vec::new(),
+            first_terminal: Vec::new(),
+            reviewed_in: Vec::new(),
+            grants: 0,
+            escalation_approvals: 0,
+        }
+    }
+
+    /// Takes every step of `ops`, checking every request after each.
+    fn walk(&mut self, ops: &[Op]) -> Result<(), TestCaseError> {
+        for op in ops {
+            self.step(op)?;
+            for i in 0..self.requests.len() {
+                self.check(i)?;
+            }
+        }
+        Ok(())
+    }
+
     fn groups_of(&self, who: &PrincipalId) -> BTreeSet<String> {
         self.people
             .iter()
@@ -628,23 +652,9 @@ proptest! {
 
     #[test]
     fn approval_invariants_hold(ops in prop::collection::vec(op(), 1..80)) {
-        let mut world = World {
-            people: universe(),
-            now: Timestamp(1_700_000_000_000),
-            requests: Vec::new(),
-            consumed: Vec::new(),
-            first_terminal: Vec::new(),
-            reviewed_in: Vec::new(),
-            grants: 0,
-            escalation_approvals: 0,
-        };
+        let mut world = World::new();
         prop_assert_eq!(world.people.len(), PEOPLE);
-        for op in &ops {
-            world.step(op)?;
-            for i in 0..world.requests.len() {
-                world.check(i)?;
-            }
-        }
+        world.walk(&ops)?;
     }
 }
 
@@ -701,22 +711,8 @@ fn escalations_that_complete_quorum_keep_the_invariants() {
     let approvals = std::cell::Cell::new(0u32);
     runner
         .run(&escalating_walk(), |ops| {
-            let mut world = World {
-                people: universe(),
-                now: Timestamp(1_700_000_000_000),
-                requests: Vec::new(),
-                consumed: Vec::new(),
-                first_terminal: Vec::new(),
-                reviewed_in: Vec::new(),
-                grants: 0,
-                escalation_approvals: 0,
-            };
-            for op in &ops {
-                world.step(op)?;
-                for i in 0..world.requests.len() {
-                    world.check(i)?;
-                }
-            }
+            let mut world = World::new();
+            world.walk(&ops)?;
             approvals.set(approvals.get() + world.escalation_approvals);
             Ok(())
         })
