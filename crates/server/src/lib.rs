@@ -40,6 +40,15 @@ pub struct AppState {
 /// Opens the store, loads keys and policy, records the start in the log.
 /// Fails (and the gateway does not start) if any of that fails.
 pub async fn build(config: Config) -> anyhow::Result<Arc<Gateway>> {
+    build_with(config, |g| g).await
+}
+
+/// [`build`], with `adjust` applied to the gateway before it starts (tests
+/// give it a clock they move).
+pub async fn build_with(
+    config: Config,
+    adjust: impl FnOnce(Gateway) -> Gateway,
+) -> anyhow::Result<Arc<Gateway>> {
     use anyhow::Context;
     let policy = PolicyEngine::load_dir(&config.policy_dir)
         .map_err(|e| anyhow::anyhow!("policy directory {}: {e}", config.policy_dir.display()))?;
@@ -48,9 +57,9 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Gateway>> {
     let session_key = keys::load_or_create_secret(&config.data_dir.join("keys/session.key"))?;
     let store = Store::open(StoreOptions::new(&config.data_dir))
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let gateway = Arc::new(
+    let gateway = Arc::new(adjust(
         Gateway::new(config, store, policy, log_signer, grant_key).with_session_key(session_key),
-    );
+    ));
     gateway
         .web
         .sessions

@@ -12,10 +12,8 @@ use secondkey_core::principal::Principal;
 use secondkey_core::request::{RequestState, ReviewDecision};
 use secondkey_core::time::Timestamp;
 use secondkey_log::entry::Entry;
-use secondkey_policy::PolicyEngine;
 use secondkey_server::gateway::system_now;
-use secondkey_server::{keys, Config, Gateway};
-use secondkey_store::{Store, StoreOptions};
+use secondkey_server::{Config, Gateway};
 use serde_json::json;
 
 /// An export needs one data owner and one security reviewer.
@@ -44,7 +42,7 @@ impl Env {
     }
 }
 
-/// What `secondkey_server::build` does, with a clock the test moves.
+/// The gateway as `secondkey serve` builds it, with a clock the test moves.
 async fn gateway() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let pol = dir.path().join("policies");
@@ -68,18 +66,13 @@ id = "user:carol"
 groups = ["data-owners"]
 "#;
     let config = Config::from_toml(toml, "test.toml", dir.path(), &HashMap::new()).unwrap();
-    let policy = PolicyEngine::load_dir(&config.policy_dir).unwrap();
-    let log_signer =
-        keys::load_or_create_log_signer(&config.log_key_file, &config.log_origin).unwrap();
-    let grant_key = keys::load_or_create_grant_key(&config.grant_key_file).unwrap();
-    let store = Store::open(StoreOptions::new(&config.data_dir)).unwrap();
     let clock = Arc::new(AtomicI64::new(system_now().0));
     let c = clock.clone();
-    let gateway = Arc::new(
-        Gateway::new(config, store, policy, log_signer, grant_key)
-            .with_clock(move || Timestamp(c.load(Ordering::SeqCst))),
-    );
-    gateway.started().await.unwrap();
+    let gateway = secondkey_server::build_with(config, move |g| {
+        g.with_clock(move || Timestamp(c.load(Ordering::SeqCst)))
+    })
+    .await
+    .unwrap();
     Env {
         gateway,
         clock,
