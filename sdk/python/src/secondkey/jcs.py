@@ -17,6 +17,8 @@ import hashlib
 import math
 from typing import Any
 
+from .errors import SecondkeyError
+
 __all__ = ["JcsError", "canonicalize", "digest", "number_to_string", "MAX_SAFE_INTEGER"]
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -25,7 +27,7 @@ MAX_DEPTH = 64
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-class JcsError(ValueError):
+class JcsError(SecondkeyError, ValueError):
     """The value has no RFC 8785 form (NaN, a lone surrogate, a non-string key…)."""
 
 
