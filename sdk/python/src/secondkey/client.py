@@ -179,6 +179,14 @@ class Client:
         return verify_grant(grant, self._keys(False), digest=digest, request_id=request_id)
 
     # -- the guard ---------------------------------------------------------
+    def authorize(self, action: dict[str, Any], *, mode: str = "execute",
+                  timeout: float = DEFAULT_GUARD_TIMEOUT) -> Authorization:
+        """Submits, waits (SSE, else long-poll) and returns leave to run once; raises a GuardError otherwise.
+
+        Report how the run went with :meth:`record` (``guard`` does it for you).
+        """
+        return self._drive(flow(action, mode=mode, timeout=timeout))
+
     def guard(self, action: dict[str, Any], *, mode: str = "execute", timeout: float = DEFAULT_GUARD_TIMEOUT) -> "Guard":
         """``with client.guard(action) as auth:`` runs the block only once authorized."""
         return Guard(self, action, mode, timeout)
@@ -285,7 +293,7 @@ class Guard:
         self.auth: Optional[Authorization] = None
 
     def __enter__(self) -> Authorization:
-        self.auth = self._c._drive(flow(self._action, mode=self._mode, timeout=self._timeout))
+        self.auth = self._c.authorize(self._action, mode=self._mode, timeout=self._timeout)
         return self.auth
 
     def __exit__(self, et: Optional[type], e: Optional[BaseException], tb: Optional[TracebackType]) -> None:
@@ -427,6 +435,12 @@ class AsyncClient:
     async def verify_grant(self, grant: str, digest: str, request_id: Optional[str] = None) -> dict[str, Any]:
         return verify_grant(grant, await self._keys(False), digest=digest, request_id=request_id)
 
+    async def authorize(self, action: dict[str, Any], *, mode: str = "execute",
+                        timeout: float = DEFAULT_GUARD_TIMEOUT) -> Authorization:
+        """See :meth:`Client.authorize`."""
+        loop = asyncio.get_running_loop()
+        return await self._drive(flow(action, mode=mode, timeout=timeout, now=loop.time))
+
     def guard(self, action: dict[str, Any], *, mode: str = "execute", timeout: float = DEFAULT_GUARD_TIMEOUT) -> "AsyncGuard":
         """``async with client.guard(action) as auth:`` runs the block only once authorized."""
         return AsyncGuard(self, action, mode, timeout)
@@ -523,8 +537,7 @@ class AsyncGuard:
         self.auth: Optional[Authorization] = None
 
     async def __aenter__(self) -> Authorization:
-        loop = asyncio.get_running_loop()
-        self.auth = await self._c._drive(flow(self._action, mode=self._mode, timeout=self._timeout, now=loop.time))
+        self.auth = await self._c.authorize(self._action, mode=self._mode, timeout=self._timeout)
         return self.auth
 
     async def __aexit__(self, et: Optional[type], e: Optional[BaseException], tb: Optional[TracebackType]) -> None:
