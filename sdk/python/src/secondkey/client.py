@@ -41,7 +41,49 @@ def _fallback_to_poll(e: SecondkeyError) -> bool:
     return isinstance(e, (TransportError, ProtocolError)) or (isinstance(e, ApiError) and e.status in (429, 500, 502, 503, 504))
 
 
-class Client:
+class _Base:
+    """What both clients share: settings, the JWKS cache, request building."""
+
+    def __init__(self, url: Optional[str], token: Optional[str], timeout: float, http: Any):
+        self._s = Settings(url, token, timeout)
+        self._http = http
+        self._jwks: Optional[dict[str, Any]] = None
+
+    @property
+    def url(self) -> str:
+        return self._s.url
+
+    def _request_args(self, call: Call, timeout: Optional[float]) -> dict[str, Any]:
+        return {
+            "method": call.spec.method, "url": self._s.url + call.url_path(), "params": call.params(),
+            "content": call.body, "headers": self._s.headers(call), "timeout": timeout or self._s.timeout,
+        }
+
+    def _stream_args(self, id: str, read_timeout: float) -> tuple[Call, dict[str, Any]]:
+        call = Call("request_events", {"id": id})
+        h = self._s.headers(call)
+        h["Accept"] = "text/event-stream"
+        return call, {"method": "GET", "url": self._s.url + call.url_path(), "headers": h,
+                      "timeout": httpx.Timeout(self._s.timeout, read=read_timeout)}
+
+    @staticmethod
+    def _record_call(auth: Authorization, ok: bool, summary: Any, reads: Optional[list[str]],
+                     writes: Optional[list[str]]) -> Optional[Call]:
+        if auth.recorded:
+            return None
+        auth.recorded = True
+        return record_call(auth, ok, summary, reads or [], writes or [])
+
+    @staticmethod
+    def _advance(gen: Generator[Any, Any, Authorization], value: Any, exc: Optional[BaseException]) -> tuple[bool, Any]:
+        """One step of the guard: (True, authorization) when done, else (False, the next effect)."""
+        try:
+            return False, (gen.throw(exc) if exc is not None else gen.send(value))
+        except StopIteration as stop:
+            return True, stop.value
+
+
+class Client(_Base):
     """Blocking client. ``url`` and ``token`` default to ``SECONDKEY_URL`` and ``SECONDKEY_TOKEN``.
 
     ``timeout`` bounds each HTTP call (seconds); waits for a decision are
@@ -56,13 +98,7 @@ class Client:
         timeout: float = 30.0,
         http: Optional[httpx.Client] = None,
     ):
-        self._s = Settings(url, token, timeout)
-        self._http = http or httpx.Client(timeout=timeout)
-        self._jwks: Optional[dict[str, Any]] = None
-
-    @property
-    def url(self) -> str:
-        return self._s.url
+        super().__init__(url, token, timeout, http or httpx.Client(timeout=timeout))
 
     def close(self) -> None:
         self._http.close()
@@ -75,12 +111,8 @@ class Client:
 
     # -- transport ---------------------------------------------------------
     def _send(self, call: Call, timeout: Optional[float] = None) -> Any:
-        url = self._s.url + call.url_path()
         try:
-            r = self._http.request(
-                call.spec.method, url, params=call.params(), content=call.body,
-                headers=self._s.headers(call), timeout=timeout or self._s.timeout,
-            )
+            r = self._http.request(**self._request_args(call, timeout))
         except httpx.HTTPError as e:
             raise transport_error(e, self._s.url) from None
         return read_answer(call, r.status_code, r.headers, r.content)
@@ -100,12 +132,9 @@ class Client:
 
     def events(self, id: str, *, read_timeout: float = 30.0) -> Iterator[m.RequestView]:
         """``GET /v1/requests/{id}/events``: the request now, then on each change, until final."""
-        call = Call("request_events", {"id": id})
-        h = self._s.headers(call)
-        h["Accept"] = "text/event-stream"
+        call, args = self._stream_args(id, read_timeout)
         try:
-            with self._http.stream("GET", self._s.url + call.url_path(), headers=h,
-                                   timeout=httpx.Timeout(self._s.timeout, read=read_timeout)) as r:
+            with self._http.stream(**args) as r:
                 if r.status_code != 200:
                     r.read()
                     read_answer(call, r.status_code, r.headers, r.content)
@@ -217,10 +246,7 @@ class Client:
     def record(self, auth: Authorization, ok: bool, summary: Any = None, *, reads: Optional[list[str]] = None,
                writes: Optional[list[str]] = None) -> None:
         """Records how an authorized run went (once)."""
-        if auth.recorded:
-            return
-        call = record_call(auth, ok, summary, reads or [], writes or [])
-        auth.recorded = True
+        call = self._record_call(auth, ok, summary, reads, writes)
         if call is not None:
             self._send(call)
 
@@ -257,10 +283,9 @@ class Client:
         value: Any = None
         exc: Optional[BaseException] = None
         while True:
-            try:
-                eff = gen.throw(exc) if exc is not None else gen.send(value)
-            except StopIteration as stop:
-                return stop.value
+            done, eff = self._advance(gen, value, exc)
+            if done:
+                return eff
             value, exc = None, None
             try:
                 if isinstance(eff, Call):
@@ -308,7 +333,7 @@ class Guard:
             log.warning("secondkey: the result of %s could not be recorded: %s", auth.execution_id or auth.request_id, err)
 
 
-class AsyncClient:
+class AsyncClient(_Base):
     """The asyncio twin of :class:`Client` (same methods, awaited)."""
 
     def __init__(
@@ -319,13 +344,7 @@ class AsyncClient:
         timeout: float = 30.0,
         http: Optional[httpx.AsyncClient] = None,
     ):
-        self._s = Settings(url, token, timeout)
-        self._http = http or httpx.AsyncClient(timeout=timeout)
-        self._jwks: Optional[dict[str, Any]] = None
-
-    @property
-    def url(self) -> str:
-        return self._s.url
+        super().__init__(url, token, timeout, http or httpx.AsyncClient(timeout=timeout))
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -337,12 +356,8 @@ class AsyncClient:
         await self.aclose()
 
     async def _send(self, call: Call, timeout: Optional[float] = None) -> Any:
-        url = self._s.url + call.url_path()
         try:
-            r = await self._http.request(
-                call.spec.method, url, params=call.params(), content=call.body,
-                headers=self._s.headers(call), timeout=timeout or self._s.timeout,
-            )
+            r = await self._http.request(**self._request_args(call, timeout))
         except httpx.HTTPError as e:
             raise transport_error(e, self._s.url) from None
         return read_answer(call, r.status_code, r.headers, r.content)
@@ -359,12 +374,9 @@ class AsyncClient:
         return await self._send(b.list_requests(state, limit, before))
 
     async def events(self, id: str, *, read_timeout: float = 30.0) -> AsyncIterator[m.RequestView]:
-        call = Call("request_events", {"id": id})
-        h = self._s.headers(call)
-        h["Accept"] = "text/event-stream"
+        call, args = self._stream_args(id, read_timeout)
         try:
-            async with self._http.stream("GET", self._s.url + call.url_path(), headers=h,
-                                         timeout=httpx.Timeout(self._s.timeout, read=read_timeout)) as r:
+            async with self._http.stream(**args) as r:
                 if r.status_code != 200:
                     await r.aread()
                     read_answer(call, r.status_code, r.headers, r.content)
@@ -470,10 +482,7 @@ class AsyncClient:
 
     async def record(self, auth: Authorization, ok: bool, summary: Any = None, *, reads: Optional[list[str]] = None,
                      writes: Optional[list[str]] = None) -> None:
-        if auth.recorded:
-            return
-        call = record_call(auth, ok, summary, reads or [], writes or [])
-        auth.recorded = True
+        call = self._record_call(auth, ok, summary, reads, writes)
         if call is not None:
             await self._send(call)
 
@@ -511,10 +520,9 @@ class AsyncClient:
         value: Any = None
         exc: Optional[BaseException] = None
         while True:
-            try:
-                eff = gen.throw(exc) if exc is not None else gen.send(value)
-            except StopIteration as stop:
-                return stop.value
+            done, eff = self._advance(gen, value, exc)
+            if done:
+                return eff
             value, exc = None, None
             try:
                 if isinstance(eff, Call):
