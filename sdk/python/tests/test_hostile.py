@@ -241,3 +241,17 @@ def test_concurrent_guards_of_one_action_run_it_once_per_approval(gateway, rita)
         t.join(30)
     assert runs == [1], (runs, errors)
     assert len(errors) == 1 and isinstance(errors[0], (secondkey.GuardTimeout, secondkey.RequestEnded))
+
+
+def test_oversized_action_is_a_typed_refusal_and_never_runs(bot):
+    err = guarded_call(bot, {"kind": "tool", "operation": "read", "resource": unique("big"),
+                             "params": {"blob": "x" * (2 * 1024 * 1024)}})
+    assert isinstance(err, secondkey.PayloadTooLarge) and err.code == "too_large"
+
+
+def test_oversized_answer_is_refused(canned):
+    from secondkey._http import MAX_ANSWER_BYTES
+
+    huge = '{"pad": "' + "x" * (MAX_ANSWER_BYTES + 10) + '"}'
+    err = guarded_call(canned((200, "application/json", huge, {})))
+    assert isinstance(err, secondkey.ProtocolError) and "larger than" in str(err)

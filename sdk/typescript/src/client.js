@@ -16,6 +16,22 @@ export const DEFAULT_GUARD_TIMEOUT = 300;
 const ENDED = new Set(['denied', 'expired', 'withdrawn', 'revoked', 'executed', 'failed', 'unknown']);
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** Longest answer body read (the gateway's answers are far smaller). */
+export const MAX_ANSWER_BYTES = 16 * 1024 * 1024;
+
+/** A hostile or broken gateway cannot make the client hold an unbounded answer. */
+async function readCapped(res) {
+  const chunks = [];
+  let size = 0;
+  if (res.body) {
+    for await (const chunk of res.body) {
+      size += chunk.length;
+      if (size > MAX_ANSWER_BYTES) throw new ProtocolError(`the gateway's answer is larger than ${MAX_ANSWER_BYTES} bytes; refused`);
+      chunks.push(chunk);
+    }
+  }
+  return Buffer.concat(chunks);
+}
 
 function readAnswer(name, status, headers, text, bytes) {
   const op = OPS[name];
@@ -150,7 +166,7 @@ export class Client {
     if (op.answer === 'sse' && res.status === 200) return res;
     let buf;
     try {
-      buf = Buffer.from(await res.arrayBuffer());
+      buf = await readCapped(res);
     } catch (e) {
       throw this._transport(e, timer);
     }
@@ -204,7 +220,7 @@ export class Client {
             yield parse('RequestView', data, 'event');
           }
         }
-        if (buf.length > 16 * 1024 * 1024) throw new ProtocolError('an event stream line is too long');
+        if (buf.length > MAX_ANSWER_BYTES) throw new ProtocolError('an event stream line is longer than the answer limit; refused');
       }
     } catch (e) {
       if (ctl.signal.reason instanceof GatewayTimeout) throw ctl.signal.reason;

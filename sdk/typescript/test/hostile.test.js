@@ -8,8 +8,9 @@ import { createServer as httpServer } from 'node:http';
 import { generateKeyPairSync, sign } from 'node:crypto';
 import {
   Client, DigestMismatch, GatewayTimeout, GrantInvalid, ProtocolError, RateLimited, ServerError, TransportError,
-  Unavailable, NotFound, SecondkeyError, JcsError, digest,
+  Unavailable, NotFound, SecondkeyError, JcsError, PayloadTooLarge, digest,
 } from '../src/index.js';
+import { MAX_ANSWER_BYTES } from '../src/client.js';
 import { startGateway, freePort, token, unique } from './helpers.js';
 
 let gw;
@@ -121,4 +122,13 @@ test('a tampered or foreign grant, or another digest, is refused locally and nev
 test('an action without a canonical form is refused before sending', async () => {
   const err = await refused(gw.client(), { kind: 'tool', operation: 'read', resource: 'x://y', params: { n: NaN } });
   assert.ok(err instanceof JcsError);
+});
+
+test('an oversized action is a typed refusal; an oversized answer is refused', async () => {
+  const big = await refused(gw.client(), { kind: 'tool', operation: 'read', resource: unique('big'), params: { blob: 'x'.repeat(2 * 1024 * 1024) } });
+  assert.ok(big instanceof PayloadTooLarge && big.code === 'too_large', String(big));
+  const s = await canned([[200, J, `{"pad": "${'x'.repeat(MAX_ANSWER_BYTES + 10)}"}`]]);
+  const err = await refused(s.client);
+  assert.ok(err instanceof ProtocolError && /larger than/.test(err.message), String(err));
+  s.close();
 });

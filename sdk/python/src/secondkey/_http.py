@@ -41,6 +41,12 @@ def transport_error(e: Exception, url: str) -> Exception:
     return TransportError(f"cannot reach the gateway at {url}: {e}")
 
 
+def check_size(body: bytearray) -> None:
+    """A hostile or broken gateway cannot make the client hold an unbounded answer."""
+    if len(body) > MAX_ANSWER_BYTES:
+        raise ProtocolError(f"the gateway's answer is larger than {MAX_ANSWER_BYTES} bytes; refused")
+
+
 def read_answer(call: Call, status: int, headers: httpx.Headers, content: bytes) -> Any:
     """Raises the typed error for an error status; parses a success answer."""
     spec = call.spec
@@ -73,6 +79,20 @@ def read_answer(call: Call, status: int, headers: httpx.Headers, content: bytes)
             return m.RequestPage(items, headers.get("x-next-before"))
         return items
     return m.parse(answer, data, spec.path)  # type: ignore[arg-type]
+
+
+class LineSplitter:
+    """Splits streamed text into lines (LF or CRLF), refusing a line over the answer limit."""
+
+    def __init__(self) -> None:
+        self.buf = ""
+
+    def feed(self, chunk: str) -> list[str]:
+        self.buf += chunk
+        *lines, self.buf = self.buf.split("\n")
+        if len(self.buf) > MAX_ANSWER_BYTES:
+            raise ProtocolError("an event stream line is longer than the answer limit; refused")
+        return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 class SseParser:

@@ -19,7 +19,7 @@ import httpx
 
 from . import _build as b
 from . import models as m
-from ._http import MAX_POLL_SECONDS, Settings, SseParser, read_answer, state_event, transport_error
+from ._http import MAX_POLL_SECONDS, LineSplitter, Settings, SseParser, check_size, read_answer, state_event, transport_error
 from ._ops import Call
 from .errors import ApiError, GatewayTimeout, NotFound, ProtocolError, SecondkeyError, TransportError, Unauthorized
 from .grants import verify_grant
@@ -112,10 +112,14 @@ class Client(_Base):
     # -- transport ---------------------------------------------------------
     def _send(self, call: Call, timeout: Optional[float] = None) -> Any:
         try:
-            r = self._http.request(**self._request_args(call, timeout))
+            with self._http.stream(**self._request_args(call, timeout)) as r:
+                body = bytearray()
+                for chunk in r.iter_bytes():
+                    body += chunk
+                    check_size(body)
         except httpx.HTTPError as e:
             raise transport_error(e, self._s.url) from None
-        return read_answer(call, r.status_code, r.headers, r.content)
+        return read_answer(call, r.status_code, r.headers, bytes(body))
 
     # -- the API -----------------------------------------------------------
     def submit(self, action: dict[str, Any], *, execute: bool = False) -> m.ActionResponse:
@@ -139,11 +143,12 @@ class Client(_Base):
                     r.read()
                     read_answer(call, r.status_code, r.headers, r.content)
                     raise ProtocolError(f"the event stream answered {r.status_code}")
-                parser = SseParser()
-                for line in r.iter_lines():
-                    ev = parser.feed(line)
-                    if ev and ev[0] == "state":
-                        yield state_event(ev[1])
+                parser, lines = SseParser(), LineSplitter()
+                for chunk in r.iter_text():
+                    for line in lines.feed(chunk):
+                        ev = parser.feed(line)
+                        if ev and ev[0] == "state":
+                            yield state_event(ev[1])
         except httpx.HTTPError as e:
             raise transport_error(e, self._s.url) from None
 
@@ -357,10 +362,14 @@ class AsyncClient(_Base):
 
     async def _send(self, call: Call, timeout: Optional[float] = None) -> Any:
         try:
-            r = await self._http.request(**self._request_args(call, timeout))
+            async with self._http.stream(**self._request_args(call, timeout)) as r:
+                body = bytearray()
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    check_size(body)
         except httpx.HTTPError as e:
             raise transport_error(e, self._s.url) from None
-        return read_answer(call, r.status_code, r.headers, r.content)
+        return read_answer(call, r.status_code, r.headers, bytes(body))
 
     async def submit(self, action: dict[str, Any], *, execute: bool = False) -> m.ActionResponse:
         return await self._send(b.submit(action, execute))
@@ -381,11 +390,12 @@ class AsyncClient(_Base):
                     await r.aread()
                     read_answer(call, r.status_code, r.headers, r.content)
                     raise ProtocolError(f"the event stream answered {r.status_code}")
-                parser = SseParser()
-                async for line in r.aiter_lines():
-                    ev = parser.feed(line)
-                    if ev and ev[0] == "state":
-                        yield state_event(ev[1])
+                parser, lines = SseParser(), LineSplitter()
+                async for chunk in r.aiter_text():
+                    for line in lines.feed(chunk):
+                        ev = parser.feed(line)
+                        if ev and ev[0] == "state":
+                            yield state_event(ev[1])
         except httpx.HTTPError as e:
             raise transport_error(e, self._s.url) from None
 
