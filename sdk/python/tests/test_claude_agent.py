@@ -1,7 +1,8 @@
 """Claude Agent SDK: the ``can_use_tool`` callback and the result hooks,
-called directly with the SDK's own types. The SDK drives the Claude Code
-CLI, which needs Anthropic's service, so no agent loop runs here; the
-callback is what the CLI calls for each tool use."""
+called directly with the SDK's own types, and through the real SDK's
+``query()`` loop driving a stand-in for the Claude Code CLI (the real CLI
+needs Anthropic's service; sdk/testdata/fake-claude-code speaks its stdio
+protocol and plays one scripted tool use)."""
 
 import pytest
 from claude_agent_sdk import ClaudeAgentOptions, PermissionResultAllow, PermissionResultDeny, ToolPermissionContext
@@ -62,3 +63,47 @@ async def test_read_only_tools_and_a_gateway_that_is_down():
     async with secondkey.AsyncClient(f"http://127.0.0.1:{free_port()}", "t", timeout=2) as down:
         result = await SecondkeyPermissions(down).can_use_tool("Read", {"file_path": "/x"}, ToolPermissionContext())
         assert isinstance(result, PermissionResultDeny) and "could not authorize" in result.message
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+async def test_through_the_sdk_query_loop_with_a_stand_in_cli(gateway, rita, tmp_path, monkeypatch, decision):
+    """The real SDK's ``query()`` drives a stand-in for the Claude Code CLI
+    (sdk/testdata/fake-claude-code, the CLI's stdio protocol, one scripted
+    turn): the permission request reaches the callback, the gateway holds it,
+    a reviewer decides, the tool runs once (or not), the hook records it."""
+    import json
+
+    from claude_agent_sdk import AssistantMessage, ResultMessage, TextBlock, query
+
+    from conftest import TESTDATA
+
+    target = tmp_path / "prod.yaml"
+    monkeypatch.setenv("FAKE_CLAUDE_TOOL", json.dumps({"name": "Write", "input": {"file_path": str(target),
+                                                                                   "content": "debug: false\n"}}))
+    monkeypatch.setenv("FAKE_CLAUDE_LOG", str(tmp_path / "cli.log"))
+    resource = unique("claude-cli")
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        perms = perms_for(bot, resource)
+        options = ClaudeAgentOptions(can_use_tool=perms.can_use_tool, hooks=perms.hooks(),
+                                     cli_path=str(TESTDATA / "fake-claude-code"))
+
+        async def prompt():
+            yield {"type": "user", "message": {"role": "user", "content": "turn debug off in prod.yaml"}}
+
+        join = in_thread(approve_when_pending, rita, resource, decision, "checked")
+        texts, results = [], []
+        async for msg in query(prompt=prompt(), options=options):
+            if isinstance(msg, AssistantMessage):
+                texts += [b.text for b in msg.content if isinstance(b, TextBlock)]
+            if isinstance(msg, ResultMessage):
+                results.append(msg)
+        rid = join()
+        events = [json.loads(x) for x in (tmp_path / "cli.log").read_text().splitlines()]
+        assert texts == ["All done."] and results and not results[0].is_error  # the agent continued
+        (seen,) = [e for e in events if e["event"] == "result"]
+        if decision == "approve":
+            assert target.read_text() == "debug: false\n"  # ran exactly once
+            assert (await bot.get_request(rid)).state == "executed"  # the hook recorded it
+        else:
+            assert not target.exists()
+            assert seen["is_error"] and rid in seen["tool_result"] and "sdk:writes-need-a-reviewer" in seen["tool_result"]
