@@ -74,7 +74,7 @@ def read_answer(call: Call, status: int, headers: httpx.Headers, content: bytes)
         _, cls = answer
         if not isinstance(data, list):
             raise ProtocolError(f"{spec.path}: expected an array")
-        items = [m.parse(cls, x, f"{spec.path}[{i}]") for i, x in enumerate(data)]
+        items: list[Any] = [m.parse(cls, x, f"{spec.path}[{i}]") for i, x in enumerate(data)]
         if call.op == "list_requests":
             return m.RequestPage(items, headers.get("x-next-before"))
         return items

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from claude_agent_sdk import HookMatcher, PermissionResultAllow, PermissionResultDeny, ToolPermissionContext
+from claude_agent_sdk import HookContext, HookInput, HookJSONOutput, HookMatcher, PermissionResultAllow, PermissionResultDeny, ToolPermissionContext
 
 from ..client import AsyncClient
 from ..errors import SecondkeyError
@@ -78,13 +78,15 @@ class SecondkeyPermissions:
         except SecondkeyError:
             pass  # the tool ran; nothing to undo
 
-    async def post_tool_use(self, input: dict[str, Any], tool_use_id: Optional[str], context: Any) -> dict[str, Any]:
-        await self._record(tool_use_id or input.get("tool_use_id"), True, result_summary(input.get("tool_response")))
+    async def post_tool_use(self, input: HookInput, tool_use_id: Optional[str], context: HookContext) -> HookJSONOutput:
+        data: dict[str, Any] = dict(input)
+        await self._record(tool_use_id or data.get("tool_use_id"), True, result_summary(data.get("tool_response")))
         return {}
 
-    async def post_tool_use_failure(self, input: dict[str, Any], tool_use_id: Optional[str], context: Any) -> dict[str, Any]:
-        err = input.get("error", "the tool failed")
-        await self._record(tool_use_id or input.get("tool_use_id"), False, {"status": "failed", "error": str(err)[:2000]})
+    async def post_tool_use_failure(self, input: HookInput, tool_use_id: Optional[str], context: HookContext) -> HookJSONOutput:
+        data: dict[str, Any] = dict(input)
+        err = data.get("error", "the tool failed")
+        await self._record(tool_use_id or data.get("tool_use_id"), False, {"status": "failed", "error": str(err)[:2000]})
         return {}
 
     def hooks(self) -> dict[str, list[HookMatcher]]:
