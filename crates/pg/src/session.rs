@@ -1587,11 +1587,9 @@ impl Session {
                     self.put_statement(name, stmt);
                 }
             }
-            b'2' => {
-                if self.pop_if(|p| matches!(p, Pending::Bind { .. })).is_some() {
-                    // The client had its BindComplete when it sent the Bind.
-                    return false;
-                }
+            // The client had its BindComplete when it sent the Bind.
+            b'2' if self.pop_if(|p| matches!(p, Pending::Bind { .. })).is_some() => {
+                return false;
             }
             b'3' => {
                 if let Some(Pending::Close { kind, name, own }) =

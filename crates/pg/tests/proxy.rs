@@ -215,10 +215,16 @@ async fn reads_run_denials_name_the_policy_and_nothing_unparseable_passes() {
         .get(0);
     assert_eq!(n, 1200);
 
-    // Deny: no policy permits DDL. The table survives.
+    // Deny: no policy permits DDL (a default deny, said so). The table
+    // survives.
     let e = c.batch_execute("DROP TABLE customers").await.unwrap_err();
     assert_eq!(code(&e), "42501", "{e}");
     assert!(message(&e).contains("decision act_"), "{}", message(&e));
+    assert!(
+        message(&e).ends_with("default deny (no permit matched)"),
+        "{}",
+        message(&e)
+    );
     // Deny naming the policy.
     let e = c
         .batch_execute("DELETE FROM customers WHERE id = 1")
