@@ -586,7 +586,11 @@ fn gateway_memory_stays_bounded_against_floods_and_huge_rows() {
             let sent = flood(&mut c, &[b'Q', 0x40, 0, 0, 0], b"x", 400 << 20).await;
             assert!(sent < 400 << 20, "the gateway read all {sent} bytes");
             let said = skim(&mut c).await;
-            eprintln!("1 GiB header while held: {said:?}");
+            assert!(
+                said.iter()
+                    .any(|m| m.2 == "54000" && m.3.contains("max_message_bytes")),
+                "{said:?}"
+            );
         })
     });
     eprintln!("1 GiB header + filler while held: peak growth {grew} KiB");

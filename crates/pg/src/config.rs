@@ -102,8 +102,8 @@ pub struct Upstream {
 pub struct Limits {
     /// A client must finish TLS, startup and authentication within this.
     pub login_timeout: Duration,
-    /// A logged-in session with nothing in flight and no message from the
-    /// client for this long is closed; `None`: never.
+    /// A logged-in session with nothing in flight and no traffic either
+    /// way for this long is closed; `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Client sockets open at once on the listener (logging in or not).
     pub max_connections: usize,

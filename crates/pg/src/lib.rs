@@ -297,7 +297,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                     Ok(s) => s,
                     Err(why) => {
                         // Said without waiting (a full socket buffer drops
-                        // it), then closed.
+                        // it), then closed; what already arrived is read
+                        // first, so that the close is not a reset that
+                        // loses the answer.
+                        let mut scrap = [0u8; 1024];
+                        while matches!(tcp.try_read(&mut scrap), Ok(n) if n > 0) {}
                         let mut out = BytesMut::new();
                         proto::fatal(&mut out, "53300", &why);
                         let _ = tcp.try_write(&out);

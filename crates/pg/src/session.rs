@@ -266,8 +266,8 @@ pub struct Session {
     poisoned: Option<String>,
     /// Woken by a CancelRequest while a statement is held.
     cancel: Arc<tokio::sync::Notify>,
-    /// When the client last sent anything (for `idle_timeout`).
-    last_client: Instant,
+    /// When either side last sent anything (for `idle_timeout`).
+    last_active: Instant,
 }
 
 /// Makes room for one more read of about [`READ_CHUNK`].
@@ -309,7 +309,7 @@ impl Session {
             skipping: false,
             poisoned: None,
             cancel,
-            last_client: Instant::now(),
+            last_active: Instant::now(),
         }
     }
 
@@ -343,7 +343,7 @@ impl Session {
         // Anything the client pipelined behind its startup.
         if !self.cin.is_empty() {
             if let Err(e) = self.on_client().await {
-                return e;
+                return self.ending(e).await;
             }
         }
         loop {
@@ -355,10 +355,10 @@ impl Session {
                 Upstream(std::io::Result<usize>),
                 Idle,
             }
-            // Idle: nothing in flight and nothing from the client.
+            // Idle: nothing in flight and no traffic either way.
             let idle_at = match self.sh.conn.limits.idle_timeout {
                 Some(d) if self.pending.is_empty() && self.passing.is_none() => {
-                    Some(tokio::time::Instant::from_std(self.last_client + d))
+                    Some(tokio::time::Instant::from_std(self.last_active + d))
                 }
                 _ => None,
             };
@@ -382,33 +382,64 @@ impl Session {
                 )),
                 Got::Upstream(Err(e)) => Err(End::UpstreamLost(e.to_string())),
                 Got::Client(Ok(_)) => {
-                    self.last_client = Instant::now();
+                    self.last_active = Instant::now();
                     self.on_client().await
                 }
-                Got::Upstream(Ok(_)) => self.on_upstream(),
+                Got::Upstream(Ok(_)) => {
+                    self.last_active = Instant::now();
+                    self.on_upstream()
+                }
                 Got::Idle => Err(self.close(
                     "57P05",
                     format!(
-                        "terminating connection due to idle-session timeout: nothing was sent for {:?} (idle_timeout of postgres connection {})",
+                        "terminating connection due to idle-session timeout: nothing was sent or received for {:?} (idle_timeout of postgres connection {})",
                         self.sh.conn.limits.idle_timeout.unwrap_or_default(),
                         self.sh.conn.name
                     ),
                 )),
             };
             if let Err(e) = r {
-                if let End::UpstreamLost(why) = &e {
-                    // Forward what arrived (often the server's own FATAL).
-                    let _ = self.on_upstream();
-                    proto::fatal(
-                        &mut self.cout,
-                        "08006",
-                        &format!("secondkey lost the connection to the upstream database ({why}); nothing is retried"),
-                    );
-                }
-                let _ = self.flush().await;
-                return e;
+                return self.ending(e).await;
             }
         }
+    }
+
+    /// Tells the client why the session ends, as far as it can be told.
+    async fn ending(&mut self, e: End) -> End {
+        if let End::UpstreamLost(why) = &e {
+            // Forward what arrived (often the server's own FATAL).
+            let _ = self.on_upstream();
+            proto::fatal(
+                &mut self.cout,
+                "08006",
+                &format!("secondkey lost the connection to the upstream database ({why}); nothing is retried"),
+            );
+        }
+        let _ = self.flush().await;
+        if matches!(e, End::Protocol(_) | End::Closed(_)) {
+            self.hang_up().await;
+        }
+        e
+    }
+
+    /// Ends a session the gateway refuses to go on with, so that the client
+    /// reads why: the write side is shut (the reason goes out before the
+    /// end), and what the client still sends is read and dropped for a
+    /// moment (at most [`READ_CHUNK`] × 16 bytes, one second) — closing
+    /// on unread bytes would be a reset that can lose the reason.
+    async fn hang_up(&mut self) {
+        let _ = self.client.shutdown().await;
+        let mut scrap = vec![0u8; READ_CHUNK];
+        let mut left = READ_CHUNK * 16;
+        let drain = async {
+            while left > 0 {
+                match self.client.read(&mut scrap).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     }
 
     /// Ends the session with a FATAL the client reads first.
@@ -459,8 +490,9 @@ impl Session {
 
     // ---- the mirror ---------------------------------------------------------
 
+    /// A statement the server now holds; its text was counted in `kept`
+    /// when the client sent its Parse.
     fn put_statement(&mut self, name: String, stmt: Arc<Prepared>) {
-        self.kept += stmt.text.len();
         if let Some(old) = self.statements.insert(name, stmt) {
             self.kept = self.kept.saturating_sub(old.text.len());
         }
@@ -750,6 +782,7 @@ impl Session {
             ));
             return Ok(());
         }
+        self.kept += text.len();
         let stmt = Arc::new(Prepared {
             text,
             class,
@@ -1461,7 +1494,6 @@ impl Session {
                             "54000",
                             format!("secondkey ended this session while request {id} was held for approval: {why}; the request was withdrawn and the statement was not run"),
                         );
-                        let _ = self.flush().await;
                         return Err(end);
                     }
                     continue;
@@ -1729,6 +1761,10 @@ impl Session {
                 }
                 Pending::Parse { own: true, .. } | Pending::Close { own: true, .. } => {
                     carried = carried || first;
+                }
+                // Never created: its text is no longer kept.
+                Pending::Parse { stmt, .. } => {
+                    self.kept = self.kept.saturating_sub(stmt.text.len());
                 }
                 _ => {}
             }

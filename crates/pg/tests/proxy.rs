@@ -1609,7 +1609,7 @@ async fn connect_as(
 }
 
 /// A socket from `source` that sends the first `n` bytes of a startup
-/// packet and stops.
+/// packet (none: a client that connects and says nothing) and stops.
 async fn partial_startup(addr: SocketAddr, source: &str, n: usize) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -1648,16 +1648,21 @@ async fn listeners_bound_what_one_client_or_principal_can_take() {
         .unwrap();
     let port = cluster.port;
     let sections = format!(
-        "{}{}",
+        "{}{}{}",
         limited_section(
             "analytics",
             port,
             "max_connections = 12\nmax_connections_per_address = 6\nmax_sessions = 4\nmax_sessions_per_principal = 2\nreserved_sessions = 1\nlogin_timeout = \"2s\"",
         ),
         limited_section("idle", port, "idle_timeout = \"1s\""),
+        limited_section(
+            "small",
+            port,
+            "max_message_bytes = 65536\nmax_session_bytes = 131072",
+        ),
     );
     let env = start_gateway(cluster, &sections).await;
-    let (pg, idle) = (env.addrs[0], env.addrs[1]);
+    let (pg, idle, small) = (env.addrs[0], env.addrs[1], env.addrs[2]);
     let refused = |e: tokio_postgres::Error, cap: &str| {
         assert_eq!(code(&e), "53300", "{e}");
         assert!(message(&e).contains(cap), "{}", message(&e));
@@ -1711,41 +1716,32 @@ async fn listeners_bound_what_one_client_or_principal_can_take() {
     assert!(again.is_some(), "the slot was not freed");
     drop((again, _r2, t1));
 
-    // Partial startups from one address: the first six wait (and are
+    // Partial startups from one address (not the one above, whose
+    // sockets close asynchronously): the first six wait (and are
     // dropped at the login timeout), the rest are refused at once...
     let mut flood = Vec::new();
     for _ in 0..6 {
-        flood.push(partial_startup(pg, "127.0.0.1", 3).await);
+        flood.push(partial_startup(pg, "127.0.0.7", 3).await);
     }
-    let mut extra = partial_startup(pg, "127.0.0.1", 3).await;
     let mut said = None;
     for _ in 0..200 {
-        // Slots of the sessions above are freed asynchronously.
-        let got = until_closed(&mut extra).await.expect("refused at once");
+        let mut extra = partial_startup(pg, "127.0.0.7", 0).await;
+        let got = until_closed(&mut extra).await.expect("closed");
         if got.iter().any(|(c, _)| c == "53300") {
             said = Some(got);
             break;
         }
-        extra = partial_startup(pg, "127.0.0.1", 3).await;
     }
     let said = said.expect("a seventh socket from one address is refused");
     assert!(
         said[0].1.contains("max_connections_per_address = 6"),
         "{said:?}"
     );
-    // ...while a client from elsewhere is served, and the listener's own
-    // cap holds across addresses.
+    // ...while a client from elsewhere is served.
     let good = connect_as(pg, "agent:other-bot", "127.0.0.2")
         .await
         .unwrap();
     good.batch_execute("SELECT 1").await.unwrap();
-    let mut others = Vec::new();
-    for _ in 0..5 {
-        others.push(partial_startup(pg, "127.0.0.3", 3).await);
-    }
-    let mut over = partial_startup(pg, "127.0.0.4", 3).await;
-    let said = until_closed(&mut over).await.expect("refused at once");
-    assert!(said[0].1.contains("max_connections)"), "{said:?}");
     // A client that sends a byte at a time is dropped at the login
     // timeout, like the silent ones.
     let mut dribbler = partial_startup(pg, "127.0.0.5", 1).await;
@@ -1770,14 +1766,77 @@ async fn listeners_bound_what_one_client_or_principal_can_take() {
     }
     let dripped = drip.await.unwrap();
     assert!(dripped.is_some(), "the dribbling client was not dropped");
-    // Freed: the address is served again.
-    connect_as(pg, "agent:report-bot", "127.0.0.1")
-        .await
-        .unwrap()
+    drop((good, dripped));
+    // The listener's own cap holds across addresses.
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        open.push(partial_startup(pg, "127.0.0.3", 0).await);
+        open.push(partial_startup(pg, "127.0.0.6", 0).await);
+    }
+    let mut said = None;
+    for _ in 0..200 {
+        // The sockets above (and the good client's) close asynchronously.
+        let mut over = partial_startup(pg, "127.0.0.4", 0).await;
+        let got = until_closed(&mut over).await.expect("closed");
+        if got.iter().any(|(c, _)| c == "53300") {
+            said = Some(got);
+            break;
+        }
+    }
+    let said = said.expect("a thirteenth socket is refused");
+    assert!(said[0].1.contains("(max_connections)"), "{said:?}");
+    drop(open);
+    // Freed: the flooding address is served again.
+    let mut back = None;
+    for _ in 0..200 {
+        if let Ok(c) = connect_as(pg, "agent:report-bot", "127.0.0.7").await {
+            back = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    back.expect("served again")
         .batch_execute("SELECT 1")
         .await
         .unwrap();
-    drop(others);
+
+    // What one session keeps is bounded: prepared statements (even sent
+    // in one batch) up to max_session_bytes, then 54000 and the session
+    // goes on; a message over max_message_bytes ends it, said so.
+    {
+        use bytes::BufMut;
+        use tokio::io::AsyncWriteExt;
+        let mut raw = raw_login(small, "agent:report-bot").await;
+        for i in 0..4 {
+            let mut p = bytes::BytesMut::new();
+            secondkey_pg::proto::put_cstr(&mut p, &format!("s{i}"));
+            secondkey_pg::proto::put_cstr(&mut p, &format!("SELECT '{}'", "x".repeat(40_000)));
+            p.put_u16(0);
+            let mut batch = frame(b'P', &p);
+            batch.extend(frame(b'S', b""));
+            raw.stream.write_all(&batch).await.unwrap();
+            let got = answers(&mut raw, true).await;
+            let types: String = got.iter().map(|m| m.0).collect();
+            if i < 3 {
+                assert_eq!(types, "1Z", "{got:?}");
+            } else {
+                assert_eq!(types, "EZ", "{got:?}");
+                assert_eq!(got[0].1, "54000");
+                assert!(got[0].2.contains("max_session_bytes"), "{got:?}");
+            }
+        }
+        raw.stream
+            .write_all(&frame(
+                b'Q',
+                format!("SELECT '{}'\0", "y".repeat(70_000)).as_bytes(),
+            ))
+            .await
+            .unwrap();
+        let got = answers(&mut raw, false).await;
+        let last = got.last().unwrap();
+        assert_eq!(last.1, "08P01", "{got:?}");
+        assert!(last.2.contains("max_message_bytes = 65536"), "{got:?}");
+    }
 
     // An idle session is closed after idle_timeout, with a reason.
     let quiet = connect_as(idle, "agent:report-bot", "127.0.0.1")
