@@ -422,18 +422,7 @@ const MEMORY_BOUND_KIB: u64 = 64 * 1024;
 
 /// A raw protocol client logged in as `who` (SCRAM).
 async fn raw_client(port: u16, who: &str) -> secondkey_pg::upstream::Session {
-    let login = secondkey_pg::config::Upstream {
-        host: "127.0.0.1".into(),
-        port,
-        database: DATABASE.into(),
-        user: who.into(),
-        password: Some(secondkey_pg::config::Secret(token_of(who))),
-        tls: false,
-        ca_file: None,
-    };
-    secondkey_pg::upstream::connect(&login, None, &[])
-        .await
-        .unwrap()
+    secondkey_pg::testing::raw_login(port, who, &token_of(who)).await
 }
 
 fn query_frame(sql: &str) -> Vec<u8> {
@@ -577,44 +566,32 @@ fn gateway_memory_stays_bounded_against_floods_and_huge_rows() {
         r["state"].as_str().unwrap_or_default().to_string()
     };
 
-    // A held statement, then a Query announcing 1 GiB and 400 MiB of it.
-    let mut id = String::new();
-    let grew = peak_growth(pid, || {
-        rt.block_on(async {
-            let (mut c, held) = held_export(s.port).await;
-            id = held;
-            let sent = flood(&mut c, &[b'Q', 0x40, 0, 0, 0], b"x", 400 << 20).await;
-            assert!(sent < 400 << 20, "the gateway read all {sent} bytes");
-            let said = skim(&mut c).await;
-            assert!(
-                said.iter()
-                    .any(|m| m.2 == "54000" && m.3.contains("max_message_bytes")),
-                "{said:?}"
-            );
-        })
-    });
-    eprintln!("1 GiB header + filler while held: peak growth {grew} KiB");
+    // A held statement, then `total` bytes of `pattern` after `head`: the
+    // gateway stops reading, withdraws the request and says which limit.
+    let held_flood = |head: &[u8], pattern: &[u8], total: usize, limit: &str| {
+        let mut id = String::new();
+        let grew = peak_growth(pid, || {
+            rt.block_on(async {
+                let (mut c, held) = held_export(s.port).await;
+                id = held;
+                let sent = flood(&mut c, head, pattern, total).await;
+                assert!(sent < total, "the gateway read all {sent} bytes");
+                let said = skim(&mut c).await;
+                assert!(
+                    said.iter().any(|m| m.2 == "54000" && m.3.contains(limit)),
+                    "{said:?}"
+                );
+            })
+        });
+        wait_until("the request withdrawn", || state(&id) == "withdrawn");
+        grew
+    };
+    let grew = held_flood(&[b'Q', 0x40, 0, 0, 0], b"x", 400 << 20, "max_message_bytes");
+    eprintln!("1 GiB header + 400 MiB filler while held: peak growth {grew} KiB");
     assert!(grew < MEMORY_BOUND_KIB, "grew {grew} KiB");
-    wait_until("the request withdrawn", || state(&id) == "withdrawn");
-
-    // A held statement, then 300 MiB of small, valid queries.
-    let grew = peak_growth(pid, || {
-        rt.block_on(async {
-            let (mut c, held) = held_export(s.port).await;
-            id = held;
-            let sent = flood(&mut c, &[], &query_frame("SELECT 1"), 300 << 20).await;
-            assert!(sent < 300 << 20, "the gateway read all {sent} bytes");
-            let said = skim(&mut c).await;
-            assert!(
-                said.iter()
-                    .any(|m| m.2 == "54000" && m.3.contains("held_read_bytes")),
-                "{said:?}"
-            );
-        })
-    });
+    let grew = held_flood(&[], &query_frame("SELECT 1"), 300 << 20, "held_read_bytes");
     eprintln!("300 MiB of queries while held: peak growth {grew} KiB");
     assert!(grew < MEMORY_BOUND_KIB, "grew {grew} KiB");
-    wait_until("the request withdrawn", || state(&id) == "withdrawn");
 
     // A 300 MB result row, then four at once, each read by its own client.
     const ROW: usize = 300_000_000;

@@ -80,6 +80,16 @@ struct Gate {
     per_principal: HashMap<String, usize>,
 }
 
+/// One fewer of `key` in `counts` (gone at zero).
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
 /// A client socket counted against `max_connections` and
 /// `max_connections_per_address` while it lives.
 struct SocketSlot {
@@ -91,12 +101,7 @@ impl Drop for SocketSlot {
     fn drop(&mut self) {
         if let Ok(mut g) = self.sh.gate.lock() {
             g.sockets = g.sockets.saturating_sub(1);
-            if let Some(n) = g.per_address.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    g.per_address.remove(&self.ip);
-                }
-            }
+            release(&mut g.per_address, &self.ip);
         }
     }
 }
@@ -112,12 +117,7 @@ impl Drop for SessionSlot {
     fn drop(&mut self) {
         if let Ok(mut g) = self.sh.gate.lock() {
             g.sessions = g.sessions.saturating_sub(1);
-            if let Some(n) = g.per_principal.get_mut(&self.principal) {
-                *n -= 1;
-                if *n == 0 {
-                    g.per_principal.remove(&self.principal);
-                }
-            }
+            release(&mut g.per_principal, &self.principal);
         }
     }
 }

@@ -1303,17 +1303,7 @@ impl Session {
             {
                 return Ok(None);
             }
-            room(&mut self.uin);
-            let n = self
-                .upstream
-                .read_buf(&mut self.uin)
-                .await
-                .map_err(|e| End::UpstreamLost(e.to_string()))?;
-            if n == 0 {
-                return Err(End::UpstreamLost(
-                    "the upstream closed the connection".into(),
-                ));
-            }
+            self.read_upstream().await?;
             self.on_upstream()?;
         }
         if self.tx_status != b'I' || self.passing.is_some() {
@@ -1406,7 +1396,9 @@ impl Session {
             .await
             .map_err(|e| End::UpstreamLost(e.to_string()))?;
         if n == 0 {
-            return Err(End::UpstreamLost("closed during EXPLAIN".into()));
+            return Err(End::UpstreamLost(
+                "the upstream closed the connection".into(),
+            ));
         }
         Ok(())
     }

@@ -143,6 +143,17 @@ impl Env {
         Ok(client)
     }
 
+    /// Straight to the database as the application role, past the gateway.
+    fn direct(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.cluster_port)
+            .user(APP_USER)
+            .password(APP_PASSWORD)
+            .dbname(DATABASE);
+        c
+    }
+
     fn who(&self, id: &str) -> Principal {
         self.gw.config.principals[id].clone()
     }
@@ -150,6 +161,13 @@ impl Env {
     async fn approve(&self, reviewer: &str, id: &str) {
         self.gw
             .review(&self.who(reviewer), id, ReviewDecision::Approve, None)
+            .await
+            .unwrap();
+    }
+
+    async fn deny(&self, reviewer: &str, id: &str) {
+        self.gw
+            .review(&self.who(reviewer), id, ReviewDecision::Deny, None)
             .await
             .unwrap();
     }
@@ -859,15 +877,7 @@ async fn prepared_statements_and_portals_cannot_be_run_from_sql() {
 
     // Straight to the database, each of these deletes the row: the attacks
     // are real (rolled back here).
-    let (mut direct, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(env.cluster_port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(DATABASE)
-        .connect(NoTls)
-        .await
-        .unwrap();
+    let (mut direct, conn) = env.direct().connect(NoTls).await.unwrap();
     tokio::spawn(conn);
     for attack in ["EXPLAIN ANALYZE EXECUTE {s}", "FETCH ALL FROM {p}"] {
         let tx = direct.transaction().await.unwrap();
@@ -1203,18 +1213,7 @@ fn superuser(env: &Env, sql: &str) -> String {
 
 /// A raw client logged in at `addr` as `who` (SCRAM).
 async fn raw_login(addr: SocketAddr, who: &str) -> secondkey_pg::upstream::Session {
-    let login = secondkey_pg::config::Upstream {
-        host: "127.0.0.1".into(),
-        port: addr.port(),
-        database: DATABASE.into(),
-        user: who.into(),
-        password: Some(secondkey_pg::config::Secret(token(who))),
-        tls: false,
-        ca_file: None,
-    };
-    secondkey_pg::upstream::connect(&login, None, &[])
-        .await
-        .expect("raw login through the gateway")
+    secondkey_pg::testing::raw_login(addr.port(), who, &token(who)).await
 }
 
 /// Parse (unnamed, no declared types), Bind of `params` as text, Describe
@@ -1257,15 +1256,7 @@ async fn next_request(
 
 /// Notifications on channel `sk`, received on a direct connection.
 async fn listen_sk(env: &Env) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let (client, mut conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(env.cluster_port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(DATABASE)
-        .connect(NoTls)
-        .await
-        .unwrap();
+    let (client, mut conn) = env.direct().connect(NoTls).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut s = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -1326,7 +1317,6 @@ async fn nothing_the_database_evaluates_runs_before_the_decision() {
     let seq = |env: &Env| superuser(env, "SELECT last_value || '/' || is_called FROM sk_seq");
     let hits = |env: &Env| superuser(env, "SELECT count(*) FROM hits");
     let (_listener, mut notes) = listen_sk(&env).await;
-    let bob = env.who("user:bob");
     let c = env.connect().await;
     let mut changes = env.gw.subscribe();
 
@@ -1339,10 +1329,7 @@ async fn nothing_the_database_evaluates_runs_before_the_decision() {
     let (r, ()) = tokio::join!(c.execute(&ins, &[&300i32]), async {
         let id = next_request(&mut changes).await;
         assert_eq!(seq(&env), "1/false", "the sequence moved while held");
-        env.gw
-            .review(&bob, &id, ReviewDecision::Deny, None)
-            .await
-            .unwrap();
+        env.deny("user:bob", &id).await;
     });
     assert_eq!(code(&r.unwrap_err()), "42501");
     // Denied: never. A marker notified after it arrives after anything the
@@ -1388,10 +1375,7 @@ async fn nothing_the_database_evaluates_runs_before_the_decision() {
     raw.stream.write_all(&update).await.unwrap();
     let id = next_request(&mut changes).await;
     assert_eq!(hits(&env), "0", "the domain's CHECK ran while held");
-    env.gw
-        .review(&bob, &id, ReviewDecision::Deny, None)
-        .await
-        .unwrap();
+    env.deny("user:bob", &id).await;
     let got = answers(&mut raw, true).await;
     assert!(got.iter().any(|m| m.1 == "42501"), "{got:?}");
     assert_eq!(hits(&env), "0");
@@ -1414,10 +1398,7 @@ async fn nothing_the_database_evaluates_runs_before_the_decision() {
     let (r, ()) = tokio::join!(c.execute(&boxed, &[&302i32]), async {
         let id = next_request(&mut changes).await;
         assert_eq!(hits(&env), "1", "the constant was read while held");
-        env.gw
-            .review(&bob, &id, ReviewDecision::Deny, None)
-            .await
-            .unwrap();
+        env.deny("user:bob", &id).await;
     });
     assert_eq!(code(&r.unwrap_err()), "42501");
     assert_eq!(hits(&env), "1");
@@ -1449,10 +1430,7 @@ async fn nothing_the_database_evaluates_runs_before_the_decision() {
                 before,
                 "EXPLAIN ran the default before the decision"
             );
-            env.gw
-                .review(&bob, &id, ReviewDecision::Deny, None)
-                .await
-                .unwrap();
+            env.deny("user:bob", &id).await;
         }
     );
     assert_eq!(code(&r.unwrap_err()), "42501");
@@ -1514,21 +1492,12 @@ async fn drivers_describe_before_execute_and_see_their_parameters_decoded() {
         .await
         .unwrap();
     let portal = tx.bind(&st, &[&5i32]).await.unwrap();
-    let first: Vec<i32> = tx
-        .query_portal(&portal, 3)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let rest: Vec<i32> = tx
-        .query_portal(&portal, 3)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!((first, rest), (vec![1, 2, 3], vec![4, 5]));
+    let mut pieces = Vec::new();
+    for _ in 0..2 {
+        let rows = tx.query_portal(&portal, 3).await.unwrap();
+        pieces.push(rows.iter().map(|r| r.get(0)).collect::<Vec<i32>>());
+    }
+    assert_eq!(pieces, [vec![1, 2, 3], vec![4, 5]]);
     tx.rollback().await.unwrap();
     // Raw: a portal described in a batch without its Execute cannot be
     // described without binding it: refused, and the session goes on. The
@@ -1621,6 +1590,31 @@ async fn partial_startup(addr: SocketAddr, source: &str, n: usize) -> tokio::net
     tcp
 }
 
+/// The answer to a silent socket from `source` once the gateway refuses
+/// one (sockets closed just before are released asynchronously).
+async fn refused_socket(addr: SocketAddr, source: &str) -> Vec<(String, String)> {
+    for _ in 0..200 {
+        let mut tcp = partial_startup(addr, source, 0).await;
+        let got = until_closed(&mut tcp).await.expect("closed");
+        if got.iter().any(|(c, _)| c == "53300") {
+            return got;
+        }
+    }
+    panic!("no socket from {source} was refused");
+}
+
+/// A session of `who` from `source`, once the slots of sessions that just
+/// ended are released.
+async fn served_once_freed(addr: SocketAddr, who: &str, source: &str) -> Client {
+    for _ in 0..200 {
+        if let Ok(c) = connect_as(addr, who, source).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{who} from {source} was not served again");
+}
+
 /// Everything the gateway sends on `tcp` until it closes it: the error
 /// codes and messages (`None` if it stays open 20 s).
 async fn until_closed(tcp: &mut tokio::net::TcpStream) -> Option<Vec<(String, String)>> {
@@ -1670,50 +1664,27 @@ async fn listeners_bound_what_one_client_or_principal_can_take() {
 
     // One agent up to its cap; a second one served; the last slot kept
     // for a principal holding none.
-    let r1 = connect_as(pg, "agent:report-bot", "127.0.0.1")
-        .await
-        .unwrap();
-    let _r2 = connect_as(pg, "agent:report-bot", "127.0.0.1")
-        .await
-        .unwrap();
-    refused(
-        connect_as(pg, "agent:report-bot", "127.0.0.1")
-            .await
-            .unwrap_err(),
-        "max_sessions_per_principal = 2",
-    );
-    let o1 = connect_as(pg, "agent:other-bot", "127.0.0.1")
-        .await
-        .unwrap();
+    let session = |who: &'static str| connect_as(pg, who, "127.0.0.1");
+    let r1 = session("agent:report-bot").await.unwrap();
+    let _r2 = session("agent:report-bot").await.unwrap();
+    let third = session("agent:report-bot").await.unwrap_err();
+    refused(third, "max_sessions_per_principal = 2");
+    let o1 = session("agent:other-bot").await.unwrap();
     o1.batch_execute("SELECT 1").await.unwrap();
     refused(
-        connect_as(pg, "agent:other-bot", "127.0.0.1")
-            .await
-            .unwrap_err(),
+        session("agent:other-bot").await.unwrap_err(),
         "reserved_sessions",
     );
-    let t1 = connect_as(pg, "agent:third-bot", "127.0.0.1")
-        .await
-        .unwrap();
+    let t1 = session("agent:third-bot").await.unwrap();
     t1.batch_execute("SELECT 1").await.unwrap();
     refused(
-        connect_as(pg, "agent:third-bot", "127.0.0.1")
-            .await
-            .unwrap_err(),
+        session("agent:third-bot").await.unwrap_err(),
         "reserved_sessions",
     );
     // Sessions ended free their slots (two, so that report-bot, which
     // holds one, is below the reserve again).
     drop((r1, o1));
-    let mut again = None;
-    for _ in 0..200 {
-        if let Ok(c) = connect_as(pg, "agent:report-bot", "127.0.0.1").await {
-            again = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(again.is_some(), "the slot was not freed");
+    let again = served_once_freed(pg, "agent:report-bot", "127.0.0.1").await;
     drop((again, _r2, t1));
 
     // Partial startups from one address (not the one above, whose
@@ -1723,16 +1694,7 @@ async fn listeners_bound_what_one_client_or_principal_can_take() {
     for _ in 0..6 {
         flood.push(partial_startup(pg, "127.0.0.7", 3).await);
     }
-    let mut said = None;
-    for _ in 0..200 {
-        let mut extra = partial_startup(pg, "127.0.0.7", 0).await;
-        let got = until_closed(&mut extra).await.expect("closed");
-        if got.iter().any(|(c, _)| c == "53300") {
-            said = Some(got);
-            break;
-        }
-    }
-    let said = said.expect("a seventh socket from one address is refused");
+    let said = refused_socket(pg, "127.0.0.7").await;
     assert!(
         said[0].1.contains("max_connections_per_address = 6"),
         "{said:?}"
@@ -1773,36 +1735,19 @@ async fn listeners_bound_what_one_client_or_principal_can_take() {
         open.push(partial_startup(pg, "127.0.0.3", 0).await);
         open.push(partial_startup(pg, "127.0.0.6", 0).await);
     }
-    let mut said = None;
-    for _ in 0..200 {
-        // The sockets above (and the good client's) close asynchronously.
-        let mut over = partial_startup(pg, "127.0.0.4", 0).await;
-        let got = until_closed(&mut over).await.expect("closed");
-        if got.iter().any(|(c, _)| c == "53300") {
-            said = Some(got);
-            break;
-        }
-    }
-    let said = said.expect("a thirteenth socket is refused");
+    let said = refused_socket(pg, "127.0.0.4").await;
     assert!(said[0].1.contains("(max_connections)"), "{said:?}");
     drop(open);
     // Freed: the flooding address is served again.
-    let mut back = None;
-    for _ in 0..200 {
-        if let Ok(c) = connect_as(pg, "agent:report-bot", "127.0.0.7").await {
-            back = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    back.expect("served again")
+    served_once_freed(pg, "agent:report-bot", "127.0.0.7")
+        .await
         .batch_execute("SELECT 1")
         .await
         .unwrap();
 
-    // What one session keeps is bounded: prepared statements (even sent
-    // in one batch) up to max_session_bytes, then 54000 and the session
-    // goes on; a message over max_message_bytes ends it, said so.
+    // What one session keeps is bounded: prepared statements up to
+    // max_session_bytes, then 54000 and the session goes on; a message
+    // over max_message_bytes ends it, said so.
     {
         use bytes::BufMut;
         use tokio::io::AsyncWriteExt;
