@@ -679,6 +679,36 @@ fn kubectl_through_the_gateway() {
     let tmp = tempfile::tempdir().unwrap();
     let (_fixture, port, requests) = k8s_fixture(tmp.path());
     let listen = free_port();
+    // kubectl sends its token only over TLS: the gateway's listener serves
+    // a certificate the kubeconfig trusts.
+    let (cert, key) = (tmp.path().join("gw.pem"), tmp.path().join("gw.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=secondkey-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let extra = format!(
         r#"
 [[http]]
@@ -689,6 +719,9 @@ profile = "kubernetes"
 cluster = "prod"
 principals = ["agent:report-bot"]
 hold_timeout = "60s"
+[http.listen_tls]
+cert_file = "gw.pem"
+key_file = "gw.key"
 [http.credentials]
 type = "bearer"
 value_env = "K8S_UPSTREAM_TOKEN"
@@ -701,7 +734,8 @@ value_env = "K8S_UPSTREAM_TOKEN"
     std::fs::write(
         &kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: http://127.0.0.1:{listen}\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: agent\n    namespace: default\ncurrent-context: prod\nusers:\n- name: agent\n  user:\n    token: {}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://127.0.0.1:{listen}\n    certificate-authority: {}\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: agent\n    namespace: default\ncurrent-context: prod\nusers:\n- name: agent\n  user:\n    token: {}\n",
+            cert.display(),
             token_of("agent:report-bot")
         ),
     )

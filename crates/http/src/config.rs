@@ -53,6 +53,14 @@ struct RawUpstream {
     routes: Vec<RawRoute>,
     credentials: Option<RawCredentials>,
     tls: Option<RawTls>,
+    listen_tls: Option<RawListenTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +203,9 @@ pub struct UpstreamConfig {
     /// The base URL's path without its trailing slash (`""` for the root).
     pub base_path: String,
     pub listen: Option<SocketAddr>,
+    /// Certificate chain and key (PEM files) the own listener serves TLS
+    /// with (kubectl sends its token only over TLS).
+    pub listen_tls: Option<(PathBuf, PathBuf)>,
     /// Path prefix on the main listener (`/http/<name>`), if served there.
     pub prefix: Option<String>,
     /// Principal ids and `group:<name>` entries that may use it.
@@ -333,6 +344,13 @@ pub fn parse(
                     format!("{l:?} is not an address like \"127.0.0.1:8760\""),
                 )
             })?),
+        };
+        let listen_tls = match (&raw.listen_tls, listen) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(invalid(key("listen_tls"), "only used with listen"));
+            }
+            (Some(t), Some(_)) => Some((resolve(&t.cert_file), resolve(&t.key_file))),
         };
         let prefix = match (&raw.prefix, listen) {
             (Some(p), _) => {
@@ -626,6 +644,7 @@ pub fn parse(
             port,
             base_path,
             listen,
+            listen_tls,
             prefix,
             principals: raw.principals.into_iter().collect(),
             profile,

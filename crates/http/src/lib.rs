@@ -97,8 +97,14 @@ impl HttpGateway {
                 std_listener.set_nonblocking(true)?;
                 let listener = tokio::net::TcpListener::from_std(std_listener)?;
                 let addr = listener.local_addr()?;
-                tracing::info!(upstream = %cfg.name, %addr, "http gateway listening");
-                tokio::spawn(accept_loop(listener, sh));
+                let tls = match &cfg.listen_tls {
+                    None => None,
+                    Some((cert, key)) => Some(tls_acceptor(cert, key).map_err(|e| {
+                        anyhow::anyhow!("http upstream {}: listen_tls: {e}", cfg.name)
+                    })?),
+                };
+                tracing::info!(upstream = %cfg.name, %addr, tls = tls.is_some(), "http gateway listening");
+                tokio::spawn(accept_loop(listener, sh, tls));
                 addrs.push((cfg.name.clone(), addr));
             }
         }
@@ -110,30 +116,53 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, sh: Arc<Shared>) {
+/// The TLS settings of an own listener (HTTP/1.1 only: upgrades are
+/// HTTP/1.1's).
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
+    let certs = rustls_pemfile::certs(&mut &read(cert)?[..]).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut &read(key)?[..])?
+        .ok_or_else(|| anyhow::anyhow!("{} holds no private key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    sh: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
                 let sh = sh.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let sh = sh.clone();
-                            async move {
-                                let req = req.map(Body::new);
-                                let path = req.uri().path().to_string();
-                                Ok::<_, Infallible>(proxy::handle(sh, req, &path).await)
-                            }
+                    let r = match tls {
+                        None => serve_connection(tcp, sh).await,
+                        Some(acceptor) => match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            acceptor.accept(tcp),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => serve_connection(s, sh).await,
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err("TLS handshake timed out".into()),
                         },
-                    );
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .with_upgrades();
-                    if let Err(e) = conn.await {
+                    };
+                    if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "http client connection ended");
                     }
                 });
@@ -144,6 +173,29 @@ async fn accept_loop(listener: tokio::net::TcpListener, sh: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Serves one client connection with hyper's HTTP/1.1 server.
+async fn serve_connection<I>(io: I, sh: Arc<Shared>) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let sh = sh.clone();
+        async move {
+            let req = req.map(Body::new);
+            let path = req.uri().path().to_string();
+            Ok::<_, Infallible>(proxy::handle(sh, req, &path).await)
+        }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .with_upgrades()
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The OpenAPI description of the HTTP gateway's routes on the main

@@ -6,8 +6,9 @@ The answers follow the Kubernetes API reference (v1.32): legacy discovery
 `meta.k8s.io/v1` `Table`s when the client asks for them, `Status` errors,
 watch event streams (`{"type": "ADDED", "object": …}` lines), pod logs
 (`text/plain`, streamed with `follow=true`), the `scale` subresource, and
-`exec` over WebSocket with the `v5.channel.k8s.io` / `v4.channel.k8s.io`
-channel protocol (one byte of channel, then data; a `Status` on channel 3
+the OpenAPI v3 discovery and group-version documents (reduced to the
+PATCH operations kubectl checks for `fieldValidation`), `exec` over
+WebSocket with the `v5.channel.k8s.io` / `v4.channel.k8s.io` channel protocol (one byte of channel, then data; a `Status` on channel 3
 ends the command). Every request that reaches it is appended to
 `K8S_FIXTURE_LOG` (JSON lines: method, path, query, the Authorization it
 got, body) so tests can count what ran.
@@ -59,6 +60,32 @@ DISCOVERY = {
         {"name": "deployments/status", "singularName": "", "namespaced": True, "kind": "Deployment",
          "verbs": ["get", "patch", "update"]},
     ]},
+}
+
+
+# OpenAPI v3: the discovery document and the apps/v1 spec, reduced to what
+# kubectl reads before `apply` (whether PATCH of a kind takes the
+# `fieldValidation` parameter: then it validates on the server's side).
+OPENAPI_V3 = {"paths": {
+    "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=F1XTURE1"},
+    "apis/apps/v1": {"serverRelativeURL": "/openapi/v3/apis/apps/v1?hash=F1XTURE2"}}}
+
+
+def gv_spec(prefix, group, kinds):
+    paths = {}
+    for kind, plural in kinds:
+        paths[f"{prefix}/namespaces/{{namespace}}/{plural}/{{name}}"] = {"patch": {
+            "operationId": f"patch{kind}",
+            "parameters": [{"name": p, "in": "query", "schema": {"type": "string"}} for p in ("dryRun", "fieldManager", "fieldValidation")],
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": group, "kind": kind, "version": "v1"}}}
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}}
+
+
+OPENAPI_SPECS = {
+    "/openapi/v3/api/v1": gv_spec("/api/v1", "", [("Pod", "pods"), ("Secret", "secrets")]),
+    "/openapi/v3/apis/apps/v1": gv_spec("/apis/apps/v1", "apps", [("Deployment", "deployments")]),
 }
 
 
@@ -186,6 +213,10 @@ class Handler(BaseHTTPRequestHandler):
         path, q = u.path, urllib.parse.parse_qs(u.query, keep_blank_values=True)
         if path in DISCOVERY and self.command == "GET":
             return self.send_json(200, DISCOVERY[path])
+        if path == "/openapi/v3" and self.command == "GET":
+            return self.send_json(200, OPENAPI_V3)
+        if path in OPENAPI_SPECS and self.command == "GET":
+            return self.send_json(200, OPENAPI_SPECS[path])
         if path == "/version":
             return self.send_json(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"})
         parts = path.strip("/").split("/")
