@@ -142,12 +142,12 @@ writes = ["billing://refunds"]
 match = "DELETE /anything/invoices/*"
 operation = "delete"
 writes = ["billing://invoices/{{1}}"]
-[http.credentials]
-type = "bearer"
-value_file = "upstream.token"
 "#
     )
 }
+
+/// The credential section of an upstream that holds the bearer token.
+const CREDENTIAL: &str = "[http.credentials]\ntype = \"bearer\"\nvalue_file = \"upstream.token\"\n";
 
 fn curl(args: &[&str]) -> (u16, String, String) {
     let out = Command::new("curl")
@@ -224,6 +224,15 @@ fn wait_pending(g: &Gateway, resource: &str) -> String {
     }
 }
 
+/// The log's size, from its signed checkpoint.
+fn log_size(g: &Gateway) -> u64 {
+    let note = g.text("/v1/log/checkpoint");
+    note.lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .expect("a checkpoint")
+}
+
 fn log_entries(g: &Gateway) -> Vec<Value> {
     let (code, out, err) = run_cli(
         &[
@@ -258,8 +267,9 @@ fn wait_log(g: &Gateway, f: impl Fn(&Value) -> bool) -> Value {
 fn http_gateway_with_curl_httpx_and_httpbin() {
     let tmp = tempfile::tempdir().unwrap();
     let (_httpbin, port, access) = httpbin(tmp.path());
+    // billing-short holds no credential of its own.
     let extra = format!(
-        "{}{}{}",
+        "{}{CREDENTIAL}{}{CREDENTIAL}{}",
         billing("billing", port, "hold_timeout = \"60s\""),
         billing("billing-retry", port, "hold = \"retry\""),
         billing(
@@ -314,6 +324,17 @@ fn http_gateway_with_curl_httpx_and_httpbin() {
         !body.contains(&token_of("agent:report-bot")),
         "the client's Authorization was forwarded"
     );
+
+    // Without a credential configured, nothing authorizes the request
+    // upstream: the client's own Authorization is never forwarded.
+    let (s, body, _) = curl(&[
+        "-H",
+        &agent,
+        &format!("{}/http/billing-short/headers", g.url),
+    ]);
+    assert_eq!(s, 200, "{body}");
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    assert!(echoed["headers"].get("Authorization").is_none(), "{echoed}");
 
     // Not authenticated, or not allowed on this upstream.
     let (s, body, headers) = curl(&[&format!("{base}/get")]);
@@ -489,14 +510,23 @@ print(bom.status_code, bom.json()["code"])
         &format!("{rbase}/anything/invoices/in_5?force=false"),
     ]);
     assert_eq!(s, 409, "a changed request is a new one: {body}");
-    let (s, body, _) = curl(&[
-        "-X",
-        "DELETE",
-        "-H",
-        &agent,
-        &format!("{rbase}/anything/invoices/in_5?force=true"),
-    ]);
-    assert_eq!(s, 200, "{body}");
+    // Six identical retries at once: the approval is used exactly once.
+    let racers: Vec<_> = (0..6)
+        .map(|_| {
+            let (a, u) = (
+                agent.clone(),
+                format!("{rbase}/anything/invoices/in_5?force=true"),
+            );
+            std::thread::spawn(move || curl(&["-X", "DELETE", "-H", &a, &u]).0)
+        })
+        .collect();
+    let mut codes: Vec<u16> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        vec![200, 409, 409, 409, 409, 409],
+        "one ran; the rest are held anew"
+    );
     let (s, _, _) = curl(&[
         "-X",
         "DELETE",
@@ -535,6 +565,22 @@ print(bom.status_code, bom.json()["code"])
         .contains(v["request"]["id"].as_str().unwrap()));
     assert_eq!(served_matching(&access, "/anything/invoices/in_7"), 0);
 
+    // The last run's result is recorded off its path: once it is, the log
+    // holds still.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = g.call(
+            "GET",
+            &format!("/v1/requests/{rid}"),
+            Some("user:bob"),
+            None,
+        );
+        if v["state"] == "executed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run was never recorded: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     bypass_corpus(&g, &access);
 }
 
@@ -545,6 +591,8 @@ fn bypass_corpus(g: &Gateway, access: &Path) {
     let addr = g.url.trim_start_matches("http://").to_string();
     let tok = token_of("agent:report-bot");
     let before = served(access).len();
+    let log_before = log_size(g);
+    let pending_before = pending(g).len();
     let req = |line: &str, headers: &str, body: &str| {
         format!(
             "{line} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
@@ -578,13 +626,36 @@ fn bypass_corpus(g: &Gateway, access: &Path) {
         ("GET /http/billing/get", "Host: evil.example\r\n", "", 400, "ambiguous_host"),
         ("GET /http/billing/get", "Impersonate-User: admin\r\n", "", 400, "impersonation"),
         ("TRACE /http/billing/get", "", "", 405, "method_not_supported"),
-        // Case: werkzeug's routes are case-sensitive, so /GET is another
-        // route; here no rule matches it: the most privileged class, denied.
-        ("GET /http/billing/GET", "", "", 403, "denied"),
     ] {
         let answer = raw(&addr, req(line, headers, body).as_bytes());
         assert_eq!((status_of(&answer), problem_code(&answer)), (status, code.to_string()), "{line} {headers:?}: {answer}");
     }
+    // Oversized: a declared length over max_body_bytes is refused before
+    // the body is read.
+    let big = format!(
+        "POST /http/billing/anything/invoices/x/refunds HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n{{"
+    );
+    let answer = raw(&addr, big.as_bytes());
+    assert_eq!(
+        (status_of(&answer), problem_code(&answer)),
+        (413, "body_too_large".to_string()),
+        "{answer}"
+    );
+    // Malformed and hostile requests change nothing: no log entry, no request.
+    assert_eq!(
+        log_size(g),
+        log_before,
+        "refusals are not decisions: the log did not grow"
+    );
+    assert_eq!(pending(g).len(), pending_before);
+    // Case: werkzeug's routes are case-sensitive, so /GET is another route;
+    // no rule matches it here: the most privileged class, denied.
+    let answer = raw(&addr, req("GET /http/billing/GET", "", "").as_bytes());
+    assert_eq!(
+        (status_of(&answer), problem_code(&answer)),
+        (403, "denied".to_string()),
+        "{answer}"
+    );
     // Request smuggling: Content-Length with Transfer-Encoding is read by
     // the chunked framing alone and the connection closed (RFC 9112 §6.1),
     // so the request hidden behind it is never read; the upstream gets a

@@ -817,6 +817,21 @@ value_env = "GH_TOKEN"
     fn a_listener_alone_serves_no_prefix_and_prefixes_must_not_overlap() {
         let text = OK.replacen("hold = \"retry\"", "listen = \"127.0.0.1:0\"", 1);
         assert_eq!(load(&text).unwrap()[0].prefix, None);
+        let tls = format!("{OK}[http.listen_tls]\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\n");
+        let e = load(&tls).unwrap_err().to_string();
+        assert!(
+            e.contains("http[0].listen_tls"),
+            "TLS needs a listener of its own: {e}"
+        );
+        let with_listener = tls.replacen("hold = \"retry\"", "listen = \"127.0.0.1:0\"", 1);
+        let c = load(&with_listener).unwrap();
+        assert_eq!(
+            c[0].listen_tls,
+            Some((
+                PathBuf::from("/nonexistent/a.pem"),
+                PathBuf::from("/nonexistent/a.key")
+            ))
+        );
         let two = format!("{OK}\n[[http]]\nname = \"gh2\"\nupstream = \"http://x\"\nprincipals = [\"agent:bot\"]\nprefix = \"/http/github/sub\"\n");
         let e = load(&two).unwrap_err().to_string();
         assert!(e.contains("http[1].prefix"), "{e}");
