@@ -55,6 +55,17 @@ fn wait_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
+/// Starts `cmd`, a server that listens on `port`, and waits until it does.
+fn serve(mut cmd: Command, port: u16, what: &str) -> Proc {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    wait_port(port, &mut child, what);
+    Proc(child)
+}
+
 fn require(module: &str, install: &str) {
     let ok = Command::new("python3")
         .args(["-c", &format!("import {module}")])
@@ -75,8 +86,8 @@ fn httpbin(dir: &Path) -> (Proc, u16, PathBuf) {
     );
     let port = free_port();
     let log = dir.join("httpbin-access.log");
-    let mut child = Command::new("python3")
-        .args(["-m", "gunicorn", "--bind"])
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "gunicorn", "--bind"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--workers", "2", "--threads", "4", "--access-logfile"])
         .arg(&log)
@@ -84,13 +95,8 @@ fn httpbin(dir: &Path) -> (Proc, u16, PathBuf) {
             "--access-logformat",
             "%(m)s %(U)s?%(q)s %(s)s",
             "httpbin:app",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start gunicorn");
-    wait_port(port, &mut child, "httpbin");
-    (Proc(child), port, log)
+        ]);
+    (serve(cmd, port, "httpbin"), port, log)
 }
 
 fn served(log: &Path) -> Vec<String> {
@@ -233,29 +239,10 @@ fn log_size(g: &Gateway) -> u64 {
         .expect("a checkpoint")
 }
 
-fn log_entries(g: &Gateway) -> Vec<Value> {
-    let (code, out, err) = run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--format",
-            "jsonl",
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{err}");
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn wait_log(g: &Gateway, f: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(e) = log_entries(g).into_iter().find(&f) {
+        if let Some(e) = g.log_entries().into_iter().find(&f) {
             return e;
         }
         assert!(Instant::now() < deadline, "the entry was never logged");
@@ -430,7 +417,8 @@ print(bom.status_code, bom.json()["code"])
         lineage.to_string().contains("billing://refunds"),
         "{lineage}"
     );
-    let all = log_entries(&g)
+    let all = g
+        .log_entries()
         .iter()
         .map(Value::to_string)
         .collect::<String>();
@@ -695,18 +683,13 @@ fn k8s_fixture(dir: &Path) -> (Proc, u16, PathBuf) {
     let log = dir.join("k8s-requests.jsonl");
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../http/tests/python/k8s_fixture.py");
-    let mut child = Command::new("python3")
-        .arg(script)
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
         .arg(port.to_string())
         .env("K8S_FIXTURE_LOG", &log)
         .env("K8S_FIXTURE_TOKEN", K8S_TOKEN)
-        .env("K8S_FIXTURE_RELEASE", dir.join("release"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the Kubernetes fixture");
-    wait_port(port, &mut child, "the Kubernetes fixture");
-    (Proc(child), port, log)
+        .env("K8S_FIXTURE_RELEASE", dir.join("release"));
+    (serve(cmd, port, "the Kubernetes fixture"), port, log)
 }
 
 fn k8s_requests(log: &Path) -> Vec<Value> {
@@ -829,10 +812,23 @@ value_env = "K8S_UPSTREAM_TOKEN"
 
     // Reading a secret is an export: no policy permits it.
     let (ok, _, err) = kube.run(&["get", "secret", "db"]);
+    // kubectl reads a Kubernetes Status, so it prints the decision.
+    assert!(!ok, "{err}");
     assert!(
-        !ok && err.contains("Denied by policy") || err.contains("Forbidden"),
+        err.contains("Error from server (Forbidden): denied by secondkey (decision act_"),
         "{err}"
     );
+    // curl (Accept: */*) gets the RFC 9457 problem.
+    let (s, body, _) = curl(&[
+        "--cacert",
+        cert.to_str().unwrap(),
+        "-H",
+        &bearer("agent:report-bot"),
+        &format!("https://127.0.0.1:{listen}/api/v1/namespaces/default/secrets/db"),
+    ]);
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((s, p["code"].clone()), (403, json!("denied")), "{body}");
+    assert_eq!(p["policies"], json!([]), "no policy permits an export: {p}");
     assert!(!k8s_requests(&requests)
         .iter()
         .any(|r| r["path"].as_str().unwrap().contains("/secrets")));
@@ -871,7 +867,28 @@ value_env = "K8S_UPSTREAM_TOKEN"
         "only the allowed exec reached the cluster"
     );
 
-    // logs -f streams: the first line arrives while the stream is open.
+    // A watch and logs -f stream: the first event and line arrive while
+    // their streams are open (the fixture holds the rest until released).
+    let mut watch = Command::new("curl")
+        .args([
+            "-sN",
+            "--cacert",
+            cert.to_str().unwrap(),
+            "-H",
+            &bearer("agent:report-bot"),
+        ])
+        .arg(format!(
+            "https://127.0.0.1:{listen}/api/v1/namespaces/default/pods?watch=true"
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut events = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&events.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (first["type"].clone(), first["object"]["kind"].clone()),
+        (json!("ADDED"), json!("Pod"))
+    );
     let mut follow = kube
         .cmd(&["logs", "-f", "web-1"])
         .stdout(Stdio::piped())
@@ -883,6 +900,9 @@ value_env = "K8S_UPSTREAM_TOKEN"
     std::fs::write(tmp.path().join("release"), "").unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "line 2: after release");
     assert!(follow.wait().unwrap().success());
+    let next: Value = serde_json::from_str(&events.next().unwrap().unwrap()).unwrap();
+    assert_eq!(next["type"], "MODIFIED");
+    assert!(watch.wait().unwrap().success());
 
     // A production DELETE is held until two data owners approve, then
     // runs once; kubectl simply waits.
@@ -924,7 +944,8 @@ value_env = "K8S_UPSTREAM_TOKEN"
             .all(|r| r["authorization"] == format!("Bearer {K8S_TOKEN}")),
         "{all:?}"
     );
-    let log = log_entries(&g)
+    let log = g
+        .log_entries()
         .iter()
         .map(Value::to_string)
         .collect::<String>();

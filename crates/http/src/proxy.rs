@@ -51,11 +51,74 @@ pub fn problem(
     m.insert("detail".into(), json!(detail));
     m.insert("code".into(), json!(code));
     m.extend(extra);
-    Response::builder()
+    let mut resp = Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/problem+json")
         .header(http::header::CACHE_CONTROL, "no-store")
-        .body(Body::from(Value::Object(m).to_string()))
+        .body(Body::from(Value::Object(m.clone()).to_string()))
+        .unwrap_or_else(|_| Response::new(Body::empty()));
+    resp.extensions_mut().insert(Problem(m));
+    resp
+}
+
+/// A problem this gateway answered with (not one relayed from upstream).
+#[derive(Clone)]
+struct Problem(Map<String, Value>);
+
+/// Whether a client of the Kubernetes profile reads Kubernetes `Status`
+/// objects (kubectl and client-go accept `application/json`, not
+/// `application/problem+json`): it then gets the problem as a `Status`, so
+/// that kubectl prints its message (the decision id, the policies).
+fn wants_k8s_status(up: &crate::config::UpstreamConfig, h: &http::HeaderMap) -> bool {
+    up.profile == crate::config::Profile::Kubernetes
+        && h.get_all(http::header::ACCEPT).iter().any(|v| {
+            let v = v.to_str().unwrap_or("");
+            v.contains("application/json") && !v.contains("application/problem+json")
+        })
+}
+
+/// The problem of `resp` as a Kubernetes `Status` (v1): `message` is the
+/// problem's detail, `reason` the status's, and the problem's other
+/// members (the code, the decision id, the request and its URL) are the
+/// `details.causes`.
+fn k8s_status(mut resp: Response<Body>) -> Response<Body> {
+    let Some(Problem(m)) = resp.extensions_mut().remove::<Problem>() else {
+        return resp;
+    };
+    let status = resp.status();
+    let reason = match status.as_u16() {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "Conflict",
+        413 => "RequestEntityTooLarge",
+        415 => "UnsupportedMediaType",
+        503 => "ServiceUnavailable",
+        _ => "InternalError",
+    };
+    let causes: Vec<Value> = m
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "type" | "title" | "status" | "detail"))
+        .map(|(k, v)| json!({"field": k, "message": v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())}))
+        .collect();
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": m.get("detail").cloned().unwrap_or_default(),
+        "reason": reason, "code": status.as_u16(),
+        "details": {"causes": causes},
+    });
+    let mut out = Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-store");
+    for k in [http::header::RETRY_AFTER, http::header::WWW_AUTHENTICATE] {
+        if let Some(v) = resp.headers().get(&k) {
+            out = out.header(k, v.clone());
+        }
+    }
+    out.body(Body::from(body.to_string()))
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
@@ -120,6 +183,16 @@ async fn read_body(headers: &http::HeaderMap, body: Body, limit: usize) -> Resul
 /// Handles one request; `raw_path` is the request's path (still encoded)
 /// below the upstream's prefix.
 pub async fn handle(sh: Arc<Shared>, req: Request<Body>, raw_path: &str) -> Response<Body> {
+    let as_status = wants_k8s_status(&sh.upstream.cfg, req.headers());
+    let resp = decide_and_forward(sh, req, raw_path).await;
+    if as_status {
+        k8s_status(resp)
+    } else {
+        resp
+    }
+}
+
+async fn decide_and_forward(sh: Arc<Shared>, req: Request<Body>, raw_path: &str) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let state = AppState {
         gateway: sh.gateway.clone(),
@@ -208,10 +281,11 @@ pub async fn handle(sh: Arc<Shared>, req: Request<Body>, raw_path: &str) -> Resp
         Err(e) => api_problem(&e, "Not decided: nothing was forwarded"),
         Ok(Verdict::Run(ex)) => fwd.send(ex).await,
         Ok(Verdict::Deny(d)) => {
+            // The forbidding policies (none when no permit matched).
             let policies: Vec<&str> = d
                 .reasons
                 .iter()
-                .filter(|r| r.effect == "forbid" || d.reasons.len() == 1)
+                .filter(|r| r.effect != "permit" && !r.policy.is_empty())
                 .map(|r| r.policy.as_str())
                 .collect();
             let mut extra = Map::new();

@@ -513,13 +513,13 @@ pub fn body_value(body: &[u8], media_type: Option<&str>) -> Result<Option<Value>
                 m.insert("json_omitted".into(), json!("too_large"));
             }
         }
-        Some("application/x-www-form-urlencoded") => {
-            if form_urlencoded::parse(body).any(|(k, _)| k.eq_ignore_ascii_case("_method")) {
-                return Err(refuse(
-                    "method_override",
-                    "`_method` in a form body asks some frameworks to change the method; send the method itself",
-                ));
-            }
+        Some("application/x-www-form-urlencoded")
+            if form_urlencoded::parse(body).any(|(k, _)| k.eq_ignore_ascii_case("_method")) =>
+        {
+            return Err(refuse(
+                "method_override",
+                "`_method` in a form body asks some frameworks to change the method; send the method itself",
+            ));
         }
         _ => {}
     }

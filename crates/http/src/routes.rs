@@ -288,7 +288,7 @@ impl OpenApi {
         let hit = |m: &Method| {
             self.ops
                 .iter()
-                .find(|o| &o.method == m && capture(&o.pattern, segments).is_some())
+                .find(|o| o.method == *m && capture(&o.pattern, segments).is_some())
         };
         let op = hit(method).or_else(|| {
             (method == Method::HEAD)
