@@ -133,7 +133,11 @@ fn refused(r: Refusal) -> Response<Body> {
         r.status,
         r.code,
         title,
-        &format!("{} Nothing was forwarded.", r.message),
+        &format!(
+            "{}{} Nothing was forwarded.",
+            r.message,
+            if r.message.ends_with('.') { "" } else { "." }
+        ),
         Map::new(),
     )
 }
