@@ -8,6 +8,7 @@
 # secondkey adds over direct.
 #
 #   bench/http.sh                  # DURATION=10 CONNECTIONS=32 RUNS=1
+#   DATA=/dev/shm bench/http.sh    # the store on tmpfs: what durability costs
 #
 # The upstream is nginx itself answering a fixed 2-byte body (so the
 # upstream costs as little as possible). Needs nginx and wrk (Debian); as
@@ -35,7 +36,9 @@ SK=$PWD/target/release/secondkey
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d /tmp/sk-httpbench.XXXXXX)
 PIDS=()
+SKDATA=${DATA:-$WORK}/sk-httpbench-data.$$
 cleanup() {
+  rm -rf "$SKDATA"
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   sleep 0.2
@@ -76,7 +79,7 @@ EOF
 HASH=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
 cat > "$WORK/secondkey.toml" <<EOF
 listen = "127.0.0.1:$SK_API"
-data_dir = "$WORK/skdata"
+data_dir = "$SKDATA"
 policy_dir = "$WORK/policies"
 [[principals]]
 id = "agent:bench"
