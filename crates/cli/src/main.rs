@@ -558,7 +558,8 @@ fn submit(file: &Path, wait: bool, timeout: u64, remote: &Remote) -> Result<Exit
 /// channels), each validating its own section. A section no linked crate
 /// claims is an error, so a typo never silently turns an adapter off.
 /// Every extension section of the config (`EXTENSION_SECTIONS`) is read by
-/// one of these: channels (`slack`, `teams`, `webhooks`, `routing`), `postgres`, `mcp`.
+/// one of these: channels (`slack`, `teams`, `webhooks`, `routing`), `postgres`, `mcp`,
+/// `http`.
 fn extensions(
     cfg: &secondkey_server::Config,
 ) -> anyhow::Result<Vec<std::sync::Arc<dyn secondkey_server::Extension>>> {
@@ -580,6 +581,14 @@ fn extensions(
         &cfg.env,
     )? {
         exts.push(std::sync::Arc::new(pg));
+    }
+    if let Some(http) = secondkey_http::HttpGateway::from_section(
+        cfg.sections.get("http"),
+        &cfg.base_dir,
+        &principals,
+        &cfg.env,
+    )? {
+        exts.push(std::sync::Arc::new(http));
     }
     Ok(exts)
 }

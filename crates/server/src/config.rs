@@ -94,6 +94,8 @@ pub struct RawConfig {
     /// [`EXTENSION_SECTIONS`]), kept as written.
     pub postgres: Option<toml::Value>,
     pub mcp: Option<toml::Value>,
+    /// `[[http]]` upstreams of the HTTP gateway (`secondkey-http`).
+    pub http: Option<toml::Value>,
     pub slack: Option<toml::Value>,
     pub teams: Option<toml::Value>,
     pub webhooks: Option<toml::Value>,
@@ -219,8 +221,9 @@ pub struct JwtIssuerConfig {
 /// Top-level keys whose contents belong to an extension crate: the gateway
 /// keeps them raw in [`Config::sections`]; the extension's own parser names
 /// the full key in its errors (e.g. `postgres[0].upstream.password_env`).
-pub const EXTENSION_SECTIONS: [&str; 6] =
-    ["postgres", "mcp", "slack", "teams", "webhooks", "routing"];
+pub const EXTENSION_SECTIONS: [&str; 7] = [
+    "postgres", "mcp", "slack", "teams", "webhooks", "routing", "http",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -623,6 +626,7 @@ impl Config {
             ("teams", raw.teams),
             ("webhooks", raw.webhooks),
             ("routing", raw.routing),
+            ("http", raw.http),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))

@@ -311,6 +311,18 @@ impl Gateway {
             .unwrap()
     }
 
+    /// The audit log's entries (`log export --format jsonl`, read-only
+    /// while the gateway runs).
+    pub fn log_entries(&self) -> Vec<Value> {
+        let config = self.config.to_str().unwrap();
+        let args = ["log", "export", "--config", config, "--format", "jsonl"];
+        let (code, out, err) = run_cli(&args, &self.url, None);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     /// Runs the CLI with arguments; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str], token_for: Option<&str>) -> (i32, String, String) {
         run_cli(args, &self.url, token_for)

@@ -1,0 +1,519 @@
+//! The Kubernetes profile: a Kubernetes API request read from its path,
+//! method and query the way the API server reads it (its
+//! `RequestInfoFactory`): `/api/v1/…` (core group) and
+//! `/apis/<group>/<version>/…`, then `namespaces/<ns>/` and
+//! `<resource>[/<name>[/<subresource>]]`; the legacy `/watch/` prefix and
+//! `?watch=true` make a watch.
+//!
+//! Operations: reads (get, list, watch, logs) are `read` — of secrets,
+//! `export`; create/update/patch are `write` — of RBAC objects and
+//! service-account tokens, `grant`; delete and deletecollection are
+//! `delete`; exec, attach and port-forward are `exec`; the proxy
+//! subresource and anything the parser does not recognise are `admin`.
+
+use http::Method;
+use serde_json::{json, Map, Value};
+
+/// A parsed Kubernetes API request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sRequest {
+    /// get, list, watch, create, update, patch, delete, deletecollection
+    /// (for a resource), or the lowercase method (for a non-resource path).
+    pub verb: String,
+    /// `None` for a non-resource path (`/version`, `/api`, `/openapi/v2`).
+    pub resource: Option<ResourceRef>,
+    pub operation: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRef {
+    /// `""` for the core group.
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    pub subresource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+fn query<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn truthy(v: Option<&str>) -> bool {
+    matches!(v, Some("true" | "1"))
+}
+
+/// Reads a request. `segments` are the decoded path segments.
+pub fn parse(method: &Method, segments: &[String], q: &[(String, String)]) -> K8sRequest {
+    let nonresource = |verb: String| K8sRequest {
+        operation: if matches!(*method, Method::GET | Method::HEAD) {
+            "read"
+        } else {
+            "admin"
+        },
+        verb,
+        resource: None,
+    };
+    let s: Vec<&str> = segments
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, mut rest) = match s.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return nonresource(method.as_str().to_ascii_lowercase()),
+    };
+    if rest.is_empty() {
+        // Discovery of a group version.
+        return nonresource(method.as_str().to_ascii_lowercase());
+    }
+    let mut watch_prefix = false;
+    if rest[0] == "watch" {
+        watch_prefix = true;
+        rest = &rest[1..];
+    }
+    let mut namespace = None;
+    // `/namespaces/<ns>` and its subresources (`/status`, `/finalize`) are
+    // the namespace object itself; anything else under it is scoped to it.
+    if rest.len() > 2 && rest[0] == "namespaces" && !matches!(rest[2], "status" | "finalize") {
+        namespace = Some(rest[1].to_string());
+        rest = &rest[2..];
+    }
+    let (resource, name, subresource) = match rest {
+        [r] => (*r, None, None),
+        [r, n] => (*r, Some(*n), None),
+        [r, n, sub] => (*r, Some(*n), Some(*sub)),
+        _ => {
+            return K8sRequest {
+                verb: method.as_str().to_ascii_lowercase(),
+                resource: None,
+                operation: "admin",
+            }
+        }
+    };
+    if resource.is_empty() {
+        return nonresource(method.as_str().to_ascii_lowercase());
+    }
+    let watch = watch_prefix || truthy(query(q, "watch"));
+    let verb = match *method {
+        Method::GET | Method::HEAD if watch => "watch",
+        Method::GET | Method::HEAD if name.is_none() => "list",
+        Method::GET | Method::HEAD => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if name.is_none() => "deletecollection",
+        Method::DELETE => "delete",
+        _ => "unknown",
+    };
+    let is_rbac = group == "rbac.authorization.k8s.io"
+        && matches!(
+            resource,
+            "roles" | "rolebindings" | "clusterroles" | "clusterrolebindings"
+        );
+    let grants = is_rbac
+        || (group.is_empty() && resource == "serviceaccounts" && subresource == Some("token"))
+        || (group == "certificates.k8s.io" && subresource == Some("approval"));
+    let operation = match (verb, subresource) {
+        (_, Some("exec" | "attach" | "portforward")) => "exec",
+        (_, Some("proxy")) => "admin",
+        ("unknown", _) => "admin",
+        ("get" | "list" | "watch", _) if group.is_empty() && resource == "secrets" => "export",
+        ("get" | "list" | "watch", _) => "read",
+        ("delete" | "deletecollection", None) => "delete",
+        ("create", Some("eviction")) => "delete",
+        _ if grants => "grant",
+        ("delete" | "deletecollection", Some(_)) => "write",
+        _ => "write",
+    };
+    K8sRequest {
+        verb: verb.to_string(),
+        operation,
+        resource: Some(ResourceRef {
+            group: group.to_string(),
+            version: version.to_string(),
+            resource: resource.to_string(),
+            subresource: subresource.map(str::to_string),
+            namespace,
+            name: name.map(str::to_string),
+        }),
+    }
+}
+
+impl K8sRequest {
+    /// `k8s://<cluster>/<namespace>/<resource>[.<group>][/<name>[/<subresource>]]`;
+    /// cluster-scoped objects sit under `_cluster`, a list across all
+    /// namespaces under `_all`, and non-resource paths under `_path`.
+    pub fn resource_uri(&self, cluster: &str, canonical_path: &str) -> String {
+        let Some(r) = &self.resource else {
+            return format!("k8s://{cluster}/_path{canonical_path}");
+        };
+        let scope = match (&r.namespace, &r.name) {
+            (Some(ns), _) => ns.as_str(),
+            (None, _) if is_namespaced_list(r) => "_all",
+            (None, _) => "_cluster",
+        };
+        let mut out = format!("k8s://{cluster}/{scope}/{}", r.resource);
+        if !r.group.is_empty() {
+            out.push('.');
+            out.push_str(&r.group);
+        }
+        if let Some(n) = &r.name {
+            out.push('/');
+            out.push_str(n);
+        }
+        if let Some(s) = &r.subresource {
+            out.push('/');
+            out.push_str(s);
+        }
+        out
+    }
+
+    /// The facts policy sees under `context.gateway.k8s`.
+    pub fn facts(&self, cluster: &str, q: &[(String, String)]) -> Value {
+        let mut m = Map::new();
+        m.insert("cluster".into(), json!(cluster));
+        m.insert("verb".into(), json!(self.verb));
+        if let Some(r) = &self.resource {
+            m.insert("group".into(), json!(r.group));
+            m.insert("version".into(), json!(r.version));
+            m.insert("resource".into(), json!(r.resource));
+            if let Some(s) = &r.subresource {
+                m.insert("subresource".into(), json!(s));
+            }
+            if let Some(ns) = &r.namespace {
+                m.insert("namespace".into(), json!(ns));
+            }
+            if let Some(n) = &r.name {
+                m.insert("name".into(), json!(n));
+            }
+            if matches!(r.subresource.as_deref(), Some("exec" | "attach")) {
+                let command: Vec<&str> = q
+                    .iter()
+                    .filter(|(k, _)| k == "command")
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                m.insert("command".into(), json!(command));
+            }
+            if let Some(c) = query(q, "container") {
+                m.insert("container".into(), json!(c));
+            }
+            if r.subresource.as_deref() == Some("log") {
+                m.insert("follow".into(), json!(truthy(query(q, "follow"))));
+            }
+        }
+        Value::Object(m)
+    }
+}
+
+/// A list of a namespaced kind without a namespace spans all namespaces;
+/// without the API's discovery we only know the common cluster-scoped kinds.
+fn is_namespaced_list(r: &ResourceRef) -> bool {
+    const CLUSTER_SCOPED: [&str; 12] = [
+        "namespaces",
+        "nodes",
+        "persistentvolumes",
+        "clusterroles",
+        "clusterrolebindings",
+        "customresourcedefinitions",
+        "storageclasses",
+        "priorityclasses",
+        "apiservices",
+        "certificatesigningrequests",
+        "mutatingwebhookconfigurations",
+        "validatingwebhookconfigurations",
+    ];
+    r.name.is_none() && !CLUSTER_SCOPED.contains(&r.resource.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(m: Method, path: &str, q: &str) -> (K8sRequest, String, Value) {
+        let t =
+            crate::request::parse_target(path, Some(q), &["command".to_string()].into()).unwrap();
+        let r = parse(&m, &t.segments, &t.query);
+        let uri = r.resource_uri("prod", &t.path);
+        let facts = r.facts("prod", &t.query);
+        (r, uri, facts)
+    }
+
+    /// What kubectl's requests are, as the API server reads them.
+    #[test]
+    fn kubectl_requests_read_as_the_api_server_reads_them() {
+        for (m, path, q, verb, op, uri) in [
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods",
+                "limit=500",
+                "list",
+                "read",
+                "k8s://prod/default/pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods/web-1",
+                "",
+                "get",
+                "read",
+                "k8s://prod/default/pods/web-1",
+            ),
+            (
+                Method::GET,
+                "/api/v1/pods",
+                "",
+                "list",
+                "read",
+                "k8s://prod/_all/pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods",
+                "watch=true",
+                "watch",
+                "read",
+                "k8s://prod/default/pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/watch/namespaces/default/pods",
+                "",
+                "watch",
+                "read",
+                "k8s://prod/default/pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/prod/secrets/db",
+                "",
+                "get",
+                "export",
+                "k8s://prod/prod/secrets/db",
+            ),
+            (
+                Method::GET,
+                "/api/v1/secrets",
+                "",
+                "list",
+                "export",
+                "k8s://prod/_all/secrets",
+            ),
+            (
+                Method::POST,
+                "/apis/apps/v1/namespaces/default/deployments",
+                "fieldManager=kubectl-client-side-apply",
+                "create",
+                "write",
+                "k8s://prod/default/deployments.apps",
+            ),
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/default/deployments/web",
+                "",
+                "patch",
+                "write",
+                "k8s://prod/default/deployments.apps/web",
+            ),
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/default/deployments/web/scale",
+                "",
+                "patch",
+                "write",
+                "k8s://prod/default/deployments.apps/web/scale",
+            ),
+            (
+                Method::DELETE,
+                "/apis/apps/v1/namespaces/prod/deployments/web",
+                "",
+                "delete",
+                "delete",
+                "k8s://prod/prod/deployments.apps/web",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/default/pods",
+                "",
+                "deletecollection",
+                "delete",
+                "k8s://prod/default/pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods/web-1/exec",
+                "command=ls&command=-l&container=app",
+                "get",
+                "exec",
+                "k8s://prod/default/pods/web-1/exec",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/default/pods/web-1/exec",
+                "command=sh",
+                "create",
+                "exec",
+                "k8s://prod/default/pods/web-1/exec",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/default/pods/web-1/portforward",
+                "",
+                "create",
+                "exec",
+                "k8s://prod/default/pods/web-1/portforward",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods/web-1/log",
+                "follow=true",
+                "get",
+                "read",
+                "k8s://prod/default/pods/web-1/log",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/services/web/proxy",
+                "",
+                "get",
+                "admin",
+                "k8s://prod/default/services/web/proxy",
+            ),
+            (
+                Method::POST,
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                "",
+                "create",
+                "grant",
+                "k8s://prod/_cluster/clusterrolebindings.rbac.authorization.k8s.io",
+            ),
+            (
+                Method::PUT,
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/x/rolebindings/rb",
+                "",
+                "update",
+                "grant",
+                "k8s://prod/x/rolebindings.rbac.authorization.k8s.io/rb",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/x/serviceaccounts/sa/token",
+                "",
+                "create",
+                "grant",
+                "k8s://prod/x/serviceaccounts/sa/token",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/x/pods/p/eviction",
+                "",
+                "create",
+                "delete",
+                "k8s://prod/x/pods/p/eviction",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/kube-system",
+                "",
+                "get",
+                "read",
+                "k8s://prod/_cluster/namespaces/kube-system",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/kube-system",
+                "",
+                "delete",
+                "delete",
+                "k8s://prod/_cluster/namespaces/kube-system",
+            ),
+            (
+                Method::GET,
+                "/api/v1/nodes",
+                "",
+                "list",
+                "read",
+                "k8s://prod/_cluster/nodes",
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/x/finalize",
+                "",
+                "update",
+                "write",
+                "k8s://prod/_cluster/namespaces/x/finalize",
+            ),
+            (
+                Method::GET,
+                "/api",
+                "",
+                "get",
+                "read",
+                "k8s://prod/_path/api",
+            ),
+            (
+                Method::GET,
+                "/apis/apps/v1",
+                "",
+                "get",
+                "read",
+                "k8s://prod/_path/apis/apps/v1",
+            ),
+            (
+                Method::GET,
+                "/version",
+                "",
+                "get",
+                "read",
+                "k8s://prod/_path/version",
+            ),
+            (
+                Method::POST,
+                "/version",
+                "",
+                "post",
+                "admin",
+                "k8s://prod/_path/version",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/pods/b/c/d",
+                "",
+                "get",
+                "admin",
+                "k8s://prod/_path/api/v1/namespaces/a/pods/b/c/d",
+            ),
+        ] {
+            let (r, got_uri, _) = req(m.clone(), path, q);
+            assert_eq!(
+                (r.verb.as_str(), r.operation, got_uri.as_str()),
+                (verb, op, uri),
+                "{m} {path}?{q}"
+            );
+        }
+    }
+
+    #[test]
+    fn exec_decisions_see_the_command_and_container() {
+        let (_, _, f) = req(
+            Method::GET,
+            "/api/v1/namespaces/default/pods/web-1/exec",
+            "command=sh&command=-c&command=rm+-rf+%2F&container=app&stdout=true",
+        );
+        assert_eq!(f["command"], json!(["sh", "-c", "rm -rf /"]));
+        assert_eq!(f["container"], "app");
+        assert_eq!(f["namespace"], "default");
+        assert_eq!(f["subresource"], "exec");
+        let (_, _, f) = req(
+            Method::GET,
+            "/api/v1/namespaces/default/pods/web-1/log",
+            "follow=true&container=app",
+        );
+        assert_eq!(
+            (f["follow"].clone(), f["container"].clone()),
+            (json!(true), json!("app"))
+        );
+    }
+}
