@@ -7,16 +7,18 @@
 mod common;
 #[path = "common/fakes.rs"]
 mod fakes;
+#[path = "common/oidc.rs"]
+mod oidc;
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
 use hmac::{Hmac, Mac};
+use oidc::*;
 use serde_json::{json, Value};
 
 const WEB_POLICIES: &str = r#"
@@ -28,67 +30,6 @@ permit(principal in Group::"agents", action == Action::"sql.delete", resource);
 @ttl("1h")
 forbid(principal, action == Action::"sql.delete", resource);
 "#;
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16, what: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited with {status} before listening");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Starts `oidc-provider-mock` on a free port. Users sign in by typing a
-/// subject; the claims of the users named here are what its ID tokens carry.
-fn start_idp(dir: &Path) -> (Proc, String) {
-    let ok = Command::new("python3")
-        .args(["-c", "import oidc_provider_mock"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "the OpenID Connect provider for these tests is missing: run `python3 -m pip install oidc-provider-mock` (scripts/test does)"
-    );
-    let port = free_port();
-    let mut cmd = Command::new("python3");
-    cmd.args(["-m", "oidc_provider_mock", "--port", &port.to_string()]);
-    for (sub, groups) in [
-        ("bob", json!(["data-owners"])),
-        ("alice", json!(["data-owners"])),
-        ("erin", json!(["marketing"])),
-        ("frank", json!(["idp-data-owners"])),
-        ("report-bot", json!([])),
-        ("audrey", json!([])),
-    ] {
-        cmd.arg("--user-claims").arg(
-            json!({"sub": sub, "preferred_username": sub, "groups": groups, "email": format!("{sub}@example.test")})
-                .to_string(),
-        );
-    }
-    let log = std::fs::File::create(dir.join("idp.log")).unwrap();
-    let mut child = cmd
-        .env("PYTHONWARNINGS", "ignore")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start python3 -m oidc_provider_mock");
-    wait_port(port, "oidc-provider-mock", &mut child);
-    (Proc(child), format!("http://127.0.0.1:{port}"))
-}
 
 fn oidc_config(dir: &Path, issuer: &str) -> String {
     let secret = dir.join("client_secret");
@@ -102,122 +43,6 @@ fn oidc_config(dir: &Path, issuer: &str) -> String {
 fn start_gateway(dir: &Path, issuer: &str) -> Gateway {
     let policies = format!("{POLICIES}\n{WEB_POLICIES}");
     Gateway::start_extra(dir, &policies, &oidc_config(dir, issuer))
-}
-
-fn no_redirects() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .redirects(0)
-        .timeout(Duration::from_secs(30))
-        .build()
-}
-
-/// A response's status, `Location`, `Set-Cookie` values and body, whatever the status.
-struct Resp {
-    status: u16,
-    location: Option<String>,
-    cookies: Vec<String>,
-    body: String,
-}
-
-fn resp(r: Result<ureq::Response, ureq::Error>) -> Resp {
-    let r = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{e}"),
-    };
-    let cookies = r.all("set-cookie").iter().map(|s| s.to_string()).collect();
-    Resp {
-        status: r.status(),
-        location: r.header("location").map(str::to_string),
-        cookies,
-        body: r.into_string().unwrap_or_default(),
-    }
-}
-
-fn cookie_value(cookies: &[String], name: &str) -> Option<String> {
-    cookies.iter().find_map(|c| {
-        c.split(';')
-            .next()
-            .and_then(|kv| kv.split_once('='))
-            .filter(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
-    })
-}
-
-/// Signs in through the provider with plain HTTP, returning the session
-/// cookie and the final redirect target. Also returns the callback URL and
-/// login cookie, to replay them.
-struct SignIn {
-    session: String,
-    landed: String,
-    callback: String,
-    login_cookie: String,
-}
-
-fn sign_in(gw: &str, user: &str, return_to: &str) -> SignIn {
-    let a = no_redirects();
-    let q = form_urlencoded::Serializer::new(String::new())
-        .append_pair("return", return_to)
-        .finish();
-    let start = resp(a.get(&format!("{gw}/login?{q}")).call());
-    assert_eq!(start.status, 303, "{}", start.body);
-    let login_cookie = cookie_value(&start.cookies, "sk_login").expect("login cookie");
-    let authorize = start.location.expect("redirect to the provider");
-    assert!(
-        authorize.contains("code_challenge_method=S256"),
-        "{authorize}"
-    );
-    assert!(authorize.contains("nonce="), "{authorize}");
-    let granted = resp(a.post(&authorize).send_form(&[("sub", user)]));
-    assert_eq!(granted.status, 302, "{}", granted.body);
-    let callback = granted.location.expect("back to the gateway");
-    assert!(
-        callback.starts_with(&format!("{gw}/auth/callback?")),
-        "{callback}"
-    );
-    let done = resp(
-        a.get(&callback)
-            .set("Cookie", &format!("sk_login={login_cookie}"))
-            .call(),
-    );
-    assert_eq!(done.status, 303, "{}", done.body);
-    SignIn {
-        session: cookie_value(&done.cookies, "sk_session").expect("a session cookie"),
-        landed: done.location.unwrap_or_default(),
-        callback,
-        login_cookie,
-    }
-}
-
-fn get_page(gw: &str, session: &str, path: &str) -> Resp {
-    resp(
-        no_redirects()
-            .get(&format!("{gw}{path}"))
-            .set("Cookie", &format!("sk_session={session}"))
-            .call(),
-    )
-}
-
-fn csrf_of(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field");
-    let rest = &html[at + 19..];
-    rest[..rest.find('"').unwrap()].to_string()
-}
-
-fn post_form(
-    gw: &str,
-    session: &str,
-    path: &str,
-    fields: &[(&str, &str)],
-    origin: Option<&str>,
-) -> Resp {
-    let mut r = no_redirects()
-        .post(&format!("{gw}{path}"))
-        .set("Cookie", &format!("sk_session={session}"));
-    if let Some(o) = origin {
-        r = r.set("Origin", o);
-    }
-    resp(r.send_form(fields))
 }
 
 fn delete_action(n: u32, session: &str) -> Value {
@@ -664,41 +489,7 @@ fn workload_jwt_from_the_provider_authenticates_an_agent() {
     let g = start_gateway(dir.path(), &issuer);
     // An ID token the provider issues to client `agent-login` for subject
     // report-bot stands in for a workload identity token.
-    let a = no_redirects();
-    let q = form_urlencoded::Serializer::new(String::new())
-        .append_pair("response_type", "code")
-        .append_pair("client_id", "agent-login")
-        .append_pair("redirect_uri", "http://127.0.0.1:1/cb")
-        .append_pair("scope", "openid profile")
-        .append_pair("state", "s")
-        .finish();
-    let granted = resp(
-        a.post(&format!("{issuer}/oauth2/authorize?{q}"))
-            .send_form(&[("sub", "report-bot")]),
-    );
-    let code = granted
-        .location
-        .unwrap()
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .to_string();
-    let tok: Value = a
-        .post(&format!("{issuer}/oauth2/token"))
-        .send_form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", "http://127.0.0.1:1/cb"),
-            ("client_id", "agent-login"),
-            ("client_secret", "x"),
-        ])
-        .unwrap()
-        .into_json()
-        .unwrap();
-    let jwt = tok["id_token"].as_str().unwrap();
+    let jwt = &id_token_for(&issuer, "agent-login", "report-bot");
     let submit = |token: &str| {
         resp(
             g.agent

@@ -60,6 +60,7 @@ pub fn people() -> Vec<(&'static str, Option<&'static str>, Vec<&'static str>)> 
         ("user:dave", None, vec!["data-owners"]),
         ("user:erin", None, vec!["marketing"]),
         ("user:audrey", None, vec!["auditors"]),
+        ("service:monitor", None, vec!["monitoring"]),
     ]
 }
 
@@ -116,6 +117,10 @@ pub fn write_config_full(
         ));
         if let Some(o) = owner {
             cfg.push_str(&format!("owner = \"{o}\"\n"));
+        }
+        if id == "agent:report-bot" {
+            // What backs the `on_behalf_of` of `export_action`.
+            cfg.push_str("may_act_for = [\"user:carol\"]\n");
         }
     }
     cfg.push_str(extra);

@@ -404,7 +404,7 @@ impl Listener for LimitedListener {
                     };
                     return (io, addr);
                 }
-                Err(why) => refuse(&stream, why),
+                Err(why) => refuse(stream, why),
             }
         }
     }
@@ -414,9 +414,10 @@ impl Listener for LimitedListener {
     }
 }
 
-/// Answers a connection over a cap without reading from it, and lets it
-/// close: a best-effort write that never waits.
-fn refuse(stream: &TcpStream, why: ConnRefusal) {
+/// Answers a connection over a cap without reading from it, and closes
+/// it: one non-blocking write, straight to the socket (the reactor has not
+/// seen this socket yet, so tokio's `try_write` would not even try).
+fn refuse(stream: TcpStream, why: ConnRefusal) {
     let (status, message) = match why {
         ConnRefusal::Full => (
             "503 Service Unavailable",
@@ -432,7 +433,10 @@ fn refuse(stream: &TcpStream, why: ConnRefusal) {
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.try_write(answer.as_bytes());
+    if let Ok(s) = stream.into_std() {
+        use std::io::Write;
+        let _ = (&s).write(answer.as_bytes());
+    }
     tracing::debug!(?why, "connection refused at accept");
 }
 
