@@ -661,6 +661,8 @@ pub fn raise_open_files_limit() -> Option<u64> {
             r.rlim_cur = want;
         }
     }
+    // rlim_t is not u64 on every platform.
+    #[allow(clippy::unnecessary_cast)]
     Some(r.rlim_cur as u64)
 }
 
