@@ -15,7 +15,8 @@
 //!   request). While a request is in flight neither runs: a long-poll or
 //!   an event stream is bounded by its handler, not here. A request body
 //!   must arrive in full within `body_read_timeout` of its head
-//!   ([`BodyTimedOut`]).
+//!   ([`BodyTimedOut`]). A connection that switched protocols (`101`,
+//!   e.g. a WebSocket) has no deadlines here: what took it over bounds it.
 //!
 //! A connection past a deadline is closed by failing its next read, which
 //! the HTTP server treats as the client going away.
@@ -175,6 +176,9 @@ struct Phase {
     head_since: Option<Instant>,
     /// A deadline passed: reads fail from now on.
     expired: bool,
+    /// Switched protocols (`101`): no longer HTTP requests, so no head or
+    /// idle deadline; whoever took the connection over bounds it.
+    upgraded: bool,
     /// Who to wake to notice `expired` (the connection's task).
     reader: Option<Waker>,
 }
@@ -197,6 +201,7 @@ impl ConnState {
                 // connection that sends nothing is a partial head too.
                 head_since: Some(now),
                 expired: false,
+                upgraded: false,
                 reader: None,
             }),
             changed: Notify::new(),
@@ -246,9 +251,14 @@ impl ConnState {
         self.changed.notify_one();
     }
 
+    fn upgraded(&self) {
+        self.lock().upgraded = true;
+        self.changed.notify_one();
+    }
+
     fn deadline(&self, limits: &ConnLimits) -> Option<Instant> {
         let p = self.lock();
-        if p.in_flight > 0 {
+        if p.in_flight > 0 || p.upgraded {
             return None;
         }
         Some(match p.head_since {
@@ -578,12 +588,16 @@ impl tower_service::Service<Request> for Tracked {
             }
         });
         let mut router = self.router.clone();
+        let state = self.state.clone();
         Box::pin(async move {
             std::future::poll_fn(|cx| {
                 tower_service::Service::<Request>::poll_ready(&mut router, cx)
             })
             .await?;
             let resp = tower_service::Service::call(&mut router, req).await?;
+            if resp.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                state.upgraded();
+            }
             Ok(resp.map(|inner| {
                 Body::new(EndsRequest {
                     inner,
@@ -753,6 +767,12 @@ mod tests {
             s.deadline(&limits),
             Some(t2 + limits.header_read_timeout),
             "a trickle does not move the head's deadline"
+        );
+        s.upgraded();
+        assert_eq!(
+            s.deadline(&limits),
+            None,
+            "an upgraded connection is no longer HTTP"
         );
     }
 
