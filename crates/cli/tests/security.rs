@@ -82,20 +82,6 @@ fn web_approve(gw: &str, sub: &str, id: &str) -> Resp {
     )
 }
 
-fn state_and_reviews(g: &Gateway, id: &str) -> (String, usize) {
-    let (s, v) = g.call(
-        "GET",
-        &format!("/v1/requests/{id}"),
-        Some("user:carol"),
-        None,
-    );
-    assert_eq!(s, 200, "{v}");
-    (
-        v["state"].as_str().unwrap().to_string(),
-        v["reviews"].as_array().unwrap().len(),
-    )
-}
-
 /// Finding 1: the OIDC user `Alice` became `user:Alice`, not the owner
 /// `user:alice`, and approved her own agent's request. Finding 4's token
 /// case: an RFC 8693 delegation token backs `on_behalf_of`.
@@ -158,10 +144,10 @@ fn letter_case_never_makes_a_second_principal() {
     // Through the API too.
     let (s, v) = g.review("user:alice", &id, "approve");
     assert_eq!((s, v["error"]["code"].as_str()), (403, Some("self_review")));
-    assert_eq!(state_and_reviews(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
     // Someone else may.
     assert_eq!(web_approve(&gw, "bob", &id).status, 303);
-    assert_eq!(state_and_reviews(&g, &id), ("approved".into(), 1));
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
 
     // A delegation token (RFC 8693 `act`): deploy-bot acting for carol.
     let deploy = id_token_for(&issuer, "agent-login", "carol-via-deploy");
@@ -221,7 +207,7 @@ fn letter_case_never_makes_a_second_principal() {
         let r = web_approve(&gb.url, sub, &id);
         assert_eq!(r.status, 403, "{sub}: {}", r.body);
     }
-    assert_eq!(state_and_reviews(&gb, &id), ("pending".into(), 0));
+    assert_eq!(gb.state_of(&id), ("pending".into(), 0));
     assert_eq!(web_approve(&gb.url, "bob", &id).status, 303);
 }
 

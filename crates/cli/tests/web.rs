@@ -55,20 +55,6 @@ fn delete_action(n: u32, session: &str) -> Value {
     })
 }
 
-fn state_of(g: &Gateway, id: &str) -> (String, usize) {
-    let (s, v) = g.call(
-        "GET",
-        &format!("/v1/requests/{id}"),
-        Some("user:carol"),
-        None,
-    );
-    assert_eq!(s, 200, "{v}");
-    (
-        v["state"].as_str().unwrap().to_string(),
-        v["reviews"].as_array().unwrap().len(),
-    )
-}
-
 /// The session cookie format (see `web/session.rs`), to forge one with the
 /// real key: only the expiry makes it invalid.
 fn signed_cookie(key_file: &Path, claims: &Value) -> String {
@@ -135,7 +121,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         let r = get_page(&gw, &bob.session, &path);
         assert_eq!(r.status, 405, "GET {path}");
     }
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // CSRF: no token, a wrong token, a token of another session, a
     // cross-site Origin with the right token.
@@ -158,7 +144,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         assert_eq!(r.status, 403, "{fields:?} {origin:?}: {}", r.body);
         assert!(r.body.contains("Nothing was changed"), "{}", r.body);
     }
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // Forged and expired sessions are no sessions.
     let (payload, sig) = bob.session.split_once('.').unwrap();
@@ -182,7 +168,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         );
         assert_eq!(r.status, 401, "{bad}");
     }
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // A replayed OIDC callback (same state and code) is refused and makes
     // no session; a callback without the browser's login cookie too.
@@ -244,7 +230,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         None,
     );
     assert_eq!(r.status, 404, "erin may not even see it: {}", r.body);
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // Oversized input: a comment over 4096 bytes, a form over 256 KiB.
     let long = "x".repeat(5000);
@@ -280,7 +266,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         None,
     );
     assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // Bob approves; a double submit is refused and changes nothing.
     let r = post_form(
@@ -299,7 +285,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         r.location.as_deref(),
         Some(format!("/requests/{id}?done=approve").as_str())
     );
-    assert_eq!(state_of(&g, &id), ("approved".into(), 1));
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
     let again = post_form(
         &gw,
         &bob.session,
@@ -308,7 +294,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         None,
     );
     assert_eq!(again.status, 409, "{}", again.body);
-    assert_eq!(state_of(&g, &id), ("approved".into(), 1));
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
     let shown = get_page(&gw, &bob.session, &format!("/requests/{id}?done=approve"));
     assert!(shown.body.contains("Your approval was recorded"));
     assert!(shown.body.contains("ok &lt;b&gt;"), "comments are escaped");
@@ -358,7 +344,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         statuses.iter().all(|s| *s == 303 || *s == 409),
         "{statuses:?}"
     );
-    assert_eq!(state_of(&g, &next_id), ("approved".into(), 1));
+    assert_eq!(g.state_of(&next_id), ("approved".into(), 1));
 
     // A decision after expiry is refused (writes expire after 2 s).
     let write = g.submit(
@@ -375,7 +361,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         None,
     );
     assert_eq!(late.status, 409, "{}", late.body);
-    assert_eq!(state_of(&g, &wid), ("expired".into(), 0));
+    assert_eq!(g.state_of(&wid), ("expired".into(), 0));
 
     // Batch: three requests of one agent session, decided together, each
     // recorded as its own review. Frank is a data owner only through the
@@ -404,7 +390,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     let r = post_form(&gw, &frank.session, "/inbox/batch", &fields, Some(&gw));
     assert_eq!(r.status, 200, "{}", r.body);
     for i in &ids {
-        assert_eq!(state_of(&g, i), ("approved".into(), 1), "{i}");
+        assert_eq!(g.state_of(i), ("approved".into(), 1), "{i}");
     }
     // A mixed batch (two sessions) is refused whole.
     let other = g.submit("agent:report-bot", &delete_action(7, "sess-other"))["request"]["id"]
@@ -419,7 +405,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     );
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["error"]["code"], "mixed_batch");
-    assert_eq!(state_of(&g, &other), ("pending".into(), 0));
+    assert_eq!(g.state_of(&other), ("pending".into(), 0));
     // The batch API: one refused (owner alice), each its own review.
     let pair: Vec<String> = (8..10)
         .map(|n| {
@@ -730,7 +716,7 @@ fn chromium_signs_in_and_approves_and_the_agent_resumes() {
     );
     assert_eq!(s, 200, "{c}");
     assert_eq!(c["approvers"], json!(["user:bob"]));
-    assert_eq!(state_of(&g, &id).0, "executed");
+    assert_eq!(g.state_of(&id).0, "executed");
 
     // The inbox groups one agent session's requests for a batch decision.
     let batch: Vec<String> = (2..4)
@@ -750,7 +736,7 @@ fn chromium_signs_in_and_approves_and_the_agent_resumes() {
     });
     browser.screenshot("web-5-batch-result.png");
     for i in &batch {
-        assert_eq!(state_of(&g, i), ("approved".into(), 1), "{i}");
+        assert_eq!(g.state_of(i), ("approved".into(), 1), "{i}");
     }
 }
 
@@ -819,7 +805,7 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
             .find(|t| t.contains("/chat/link/"))
             .map(str::to_string)
     });
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
     let at = text.find("/chat/link/").unwrap();
     let path: String = text[at..]
         .chars()
@@ -868,7 +854,7 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
             .find(|c| c.path == "chat.postEphemeral" && c.body["user"] == "U_BOB")
             .map(|_| ())
     });
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // The real form links, once.
     let done = post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some(&gw));
@@ -883,7 +869,7 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
 
     // Now bob's click is bob's review.
     assert_eq!(click("U_BOB").status, 200);
-    assert_eq!(state_of(&g, &id), ("approved".into(), 1));
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
     let (code, out, err) = run_cli(
         &[
             "log",

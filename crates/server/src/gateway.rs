@@ -409,44 +409,24 @@ impl Gateway {
     /// Log entries hold actions with their parameters: only members of the
     /// configured reader groups (`[log] readers`, default `auditors`) read them.
     pub fn require_log_reader(&self, who: &Principal) -> Result<(), ApiError> {
-        if self
-            .config
-            .log_readers
-            .iter()
-            .any(|g| who.groups.contains(g))
-        {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "not_log_reader",
-                format!(
-                    "reading log entries needs membership in one of: {}",
-                    self.config.log_readers.join(", ")
-                ),
-            ))
-        }
+        require_member(
+            who,
+            &self.config.log_readers,
+            "not_log_reader",
+            "reading log entries",
+        )
     }
 
     /// Metrics tell request counts by state and the log's size: only
     /// members of the `[metrics] readers` groups (default `monitoring`)
     /// read them.
     pub fn require_metrics_reader(&self, who: &Principal) -> Result<(), ApiError> {
-        if self
-            .config
-            .metrics_readers
-            .iter()
-            .any(|g| who.groups.contains(g))
-        {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "not_metrics_reader",
-                format!(
-                    "reading /metrics needs membership in one of: {} ([metrics] readers)",
-                    self.config.metrics_readers.join(", ")
-                ),
-            ))
-        }
+        require_member(
+            who,
+            &self.config.metrics_readers,
+            "not_metrics_reader",
+            "reading /metrics ([metrics] readers)",
+        )
     }
 
     pub fn request_url(&self, id: &str) -> String {
@@ -1426,6 +1406,23 @@ impl Gateway {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// `403 code` unless `who` is in one of `groups`.
+fn require_member(
+    who: &Principal,
+    groups: &[String],
+    code: &'static str,
+    what: &str,
+) -> Result<(), ApiError> {
+    if groups.iter().any(|g| who.groups.contains(g)) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            code,
+            format!("{what} needs membership in one of: {}", groups.join(", ")),
+        ))
     }
 }
 

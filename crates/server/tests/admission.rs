@@ -3,19 +3,18 @@
 //! and `Gateway::intercept` alike), the aggregate log record of refusals,
 //! the caps on long-polls and streams, and which `on_behalf_of` counts.
 
+mod common;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::{entries, who};
 use secondkey_core::principal::{Principal, PrincipalId};
 use secondkey_core::request::ReviewDecision;
-use secondkey_core::time::Timestamp;
 use secondkey_log::entry::Entry;
 use secondkey_server::admission::Hold;
-use secondkey_server::gateway::system_now;
 use secondkey_server::identity::Credential;
-use secondkey_server::{Config, Gateway, Intercept};
+use secondkey_server::{Gateway, Intercept};
 use serde_json::{json, Value};
 
 /// Writes need a DBA; reads are allowed.
@@ -29,8 +28,6 @@ forbid(principal, action == Action::"sql.write", resource);
 "#;
 
 const CONFIG: &str = r#"
-data_dir = "data"
-policy_dir = "policies"
 [limits]
 max_pending_per_principal = 50
 requests_per_minute = 30
@@ -65,52 +62,6 @@ id = "user:dave"
 groups = ["sales"]
 "#;
 
-struct Env {
-    gateway: Arc<Gateway>,
-    clock: Arc<AtomicI64>,
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn advance(&self, d: Duration) {
-        self.clock.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
-    }
-}
-
-async fn gateway() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let pol = dir.path().join("policies");
-    std::fs::create_dir_all(&pol).unwrap();
-    std::fs::write(pol.join("p.cedar"), POLICIES).unwrap();
-    let config = Config::from_toml(CONFIG, "test.toml", dir.path(), &HashMap::new()).unwrap();
-    let clock = Arc::new(AtomicI64::new(system_now().0));
-    let c = clock.clone();
-    let gateway = secondkey_server::build_with(config, move |g| {
-        g.with_clock(move || Timestamp(c.load(Ordering::SeqCst)))
-    })
-    .await
-    .unwrap();
-    Env {
-        gateway,
-        clock,
-        dir,
-    }
-}
-
-fn who(g: &Gateway, id: &str) -> Principal {
-    g.config.principals[id].clone()
-}
-
-fn entries(g: &Gateway) -> Vec<Entry> {
-    let n = g.store.log_size();
-    g.store
-        .entries(0, n)
-        .unwrap()
-        .iter()
-        .map(|b| Entry::from_bytes(b).unwrap())
-        .collect()
-}
-
 fn dir_size(p: &std::path::Path) -> u64 {
     std::fs::read_dir(p)
         .unwrap()
@@ -140,7 +91,7 @@ fn big_write(n: usize) -> Value {
 /// in one entry per principal per window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_held_requests_is_bounded() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
     let data = env.dir.path().join("data");
@@ -267,7 +218,7 @@ async fn a_flood_of_held_requests_is_bounded() {
 /// a fresh subject buys no fresh slots.
 #[tokio::test]
 async fn waits_and_streams_are_capped_per_principal_and_per_issuer() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bob = who(g, "user:bob");
     let none = Credential::default();
@@ -317,6 +268,14 @@ async fn submit_for(
         .map(|r| r.request.unwrap().id)
 }
 
+/// `by` approves `id`: done, or the refusal's code.
+async fn approve(g: &Gateway, by: &str, id: &str) -> Result<(), &'static str> {
+    g.review(&who(g, by), id, ReviewDecision::Approve, None)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.code)
+}
+
 /// The finding's four cases: an agent could strike its strictest reviewer
 /// by naming them, exclude another agent's owner by naming that agent,
 /// let a non-reviewer read its request by naming them, and name an
@@ -324,7 +283,7 @@ async fn submit_for(
 /// when backed: by `may_act_for` or a verified delegation token.
 #[tokio::test]
 async fn on_behalf_of_counts_only_when_backed() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let none = Credential::default();
     let code = |r: Result<_, secondkey_server::error::ApiError>| r.map(|_| ()).unwrap_err().code;
@@ -338,10 +297,7 @@ async fn on_behalf_of_counts_only_when_backed() {
         serde_json::to_value(&view.on_behalf_of).unwrap(),
         json!({"principal": "user:bob", "backed": false})
     );
-    let r = g
-        .review(&who(g, "user:bob"), &id, ReviewDecision::Approve, None)
-        .await;
-    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(approve(g, "user:bob", &id).await, Ok(()));
 
     // Naming another agent (to exclude its owner carol), or an agent that
     // does not exist: refused outright.
@@ -385,20 +341,13 @@ async fn on_behalf_of_counts_only_when_backed() {
     let id = submit_for(g, "agent:other", "user:bob", &none)
         .await
         .unwrap();
-    assert!(g
-        .review(&who(g, "user:bob"), &id, ReviewDecision::Approve, None)
-        .await
-        .is_ok());
+    assert_eq!(approve(g, "user:bob", &id).await, Ok(()));
 
     // `user:*` backs any human: the one acted for may not review.
     let id = submit_for(g, "agent:helper", "user:bob", &none)
         .await
         .unwrap();
-    let e = g
-        .review(&who(g, "user:bob"), &id, ReviewDecision::Approve, None)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, "self_review");
+    assert_eq!(approve(g, "user:bob", &id).await, Err("self_review"));
 
     // A verified delegation token for carol backs naming carol, and only her.
     let token = Credential {
@@ -408,16 +357,9 @@ async fn on_behalf_of_counts_only_when_backed() {
     let id = submit_for(g, "agent:bot", "user:carol", &token)
         .await
         .unwrap();
-    let e = g
-        .review(&who(g, "user:carol"), &id, ReviewDecision::Approve, None)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, "self_review");
+    assert_eq!(approve(g, "user:carol", &id).await, Err("self_review"));
     let id = submit_for(g, "agent:bot", "user:bob", &token)
         .await
         .unwrap();
-    assert!(g
-        .review(&who(g, "user:bob"), &id, ReviewDecision::Approve, None)
-        .await
-        .is_ok());
+    assert_eq!(approve(g, "user:bob", &id).await, Ok(()));
 }

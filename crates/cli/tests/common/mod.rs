@@ -298,6 +298,22 @@ impl Gateway {
         v
     }
 
+    /// A request's state and how many reviews it has, as carol (a data
+    /// owner, party to no test request) sees it.
+    pub fn state_of(&self, id: &str) -> (String, usize) {
+        let (s, v) = self.call(
+            "GET",
+            &format!("/v1/requests/{id}"),
+            Some("user:carol"),
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        (
+            v["state"].as_str().unwrap().to_string(),
+            v["reviews"].as_array().unwrap().len(),
+        )
+    }
+
     pub fn review(&self, who: &str, id: &str, decision: &str) -> (u16, Value) {
         self.call(
             "POST",
