@@ -93,7 +93,7 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE grants_by_id RENAME TO grants;",
     // 5: the pending requests of each requester, so the per-principal cap
     // on pending requests counts them without reading its history.
-    "CREATE INDEX requests_pending_by_requester ON requests(requester, expires_at)
+    "CREATE INDEX IF NOT EXISTS requests_pending_by_requester ON requests(requester, expires_at)
         WHERE state = 'pending';",
 ];
 
