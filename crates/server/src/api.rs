@@ -134,7 +134,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
           review_batch, withdraw_request, revoke_request, request_result, consume_grant, jwks, log_checkpoint,
           log_proof, log_tile, log_verifier_key, healthz, metrics),
     components(schemas(ActionResponse, OnBehalfOfView, ExecutionView, ExecutionResultBody, ExecutionResultsBody, BatchResultItem, BatchResultOutcome, crate::intercept::LineageRecord, ReasonView, RequestSummary, RequirementView, RequestView,
-                       ReviewView, ReviewBody, BatchReviewBody, BatchReviewResult, ConsumeBody, ResultBody, ErrorBody)),
+                       ReviewView, ReviewBody, BatchReviewBody, BatchReviewResult, ConsumeBody, ConsumedView, ResultBody, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -453,8 +453,12 @@ fn parse_state(s: &str) -> Result<RequestState, ApiError> {
 }
 
 /// Requests the caller made or may review.
-#[utoipa::path(get, path = "/v1/requests", params(("state" = Option<String>, Query, description = "e.g. pending")),
-    responses((status = 200, body = [RequestView])))]
+#[utoipa::path(get, path = "/v1/requests", params(("state" = Option<String>, Query, description = "e.g. pending"),
+        ("limit" = Option<usize>, Query, description = "page size, 1 to 500 (default 100)"),
+        ("before" = Option<String>, Query, description = "the `x-next-before` header of the previous page")),
+    responses((status = 200, body = [RequestView],
+               headers(("x-next-before" = String, description = "present when there are older requests: pass it as `before`"))),
+              (status = 400, body = ErrorBody, description = "`invalid_state` or `invalid_limit`")))]
 async fn list_requests(
     State(s): State<AppState>,
     Caller(p): Caller,
@@ -715,7 +719,7 @@ async fn request_result(
 
 /// Use a grant: succeeds exactly once, for exactly the approved digest.
 #[utoipa::path(post, path = "/v1/grants/consume", request_body = ConsumeBody,
-    responses((status = 200, description = "consumed"), (status = 400, body = ErrorBody),
+    responses((status = 200, body = ConsumedView, description = "consumed"), (status = 400, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "`grant_used`, `digest_mismatch` or `expired`")))]
 async fn consume_grant(
     State(s): State<AppState>,

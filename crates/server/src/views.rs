@@ -188,6 +188,21 @@ pub struct ConsumeBody {
     pub digest: String,
 }
 
+/// Answer to `POST /v1/grants/consume` (documentation of the JSON the
+/// gateway builds from the grant's verified claims).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConsumedView {
+    /// Always `true`: a refused use is an error.
+    pub consumed: bool,
+    /// The grant id (`jti`).
+    pub grant: String,
+    /// The request id, or null for an immediate allow.
+    pub request: Option<String>,
+    pub digest: String,
+    pub requester: String,
+    pub approvers: Vec<String>,
+}
+
 /// Body of `POST /v1/requests/{id}/result`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

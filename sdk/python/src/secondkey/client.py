@@ -1,0 +1,569 @@
+"""The clients: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
+
+Both cover the whole REST API and offer the guard (``guard``, ``guarded``).
+A gateway that is down, slow or answers garbage raises a typed error
+(:mod:`secondkey.errors`); a guard then never runs its function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from types import TracebackType
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterator, Optional, TypeVar
+
+import httpx
+
+from . import _build as b
+from . import models as m
+from ._http import MAX_POLL_SECONDS, LineSplitter, Settings, SseParser, check_size, read_answer, state_event, transport_error
+from ._ops import Call
+from .errors import ApiError, GatewayTimeout, NotFound, ProtocolError, SecondkeyError, TransportError, Unauthorized
+from .grants import verify_grant
+from .guard import Authorization, Jwks, Sleep, Wait, flow, record_call, result_summary
+
+__all__ = ["Client", "AsyncClient", "Guard", "AsyncGuard"]
+
+log = logging.getLogger("secondkey")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: How long a guard waits for a decision unless told otherwise (seconds).
+DEFAULT_GUARD_TIMEOUT = 300.0
+
+
+def _fallback_to_poll(e: SecondkeyError) -> bool:
+    """An event stream that fails this way is replaced by long-polling."""
+    if isinstance(e, (Unauthorized, NotFound)):
+        return False
+    return isinstance(e, (TransportError, ProtocolError)) or (isinstance(e, ApiError) and e.status in (429, 500, 502, 503, 504))
+
+
+class _Base:
+    """What both clients share: settings, the JWKS cache, request building."""
+
+    def __init__(self, url: Optional[str], token: Optional[str], timeout: float, http: Any):
+        self._s = Settings(url, token, timeout)
+        self._http = http
+        self._jwks: Optional[dict[str, Any]] = None
+
+    @property
+    def url(self) -> str:
+        return self._s.url
+
+    def _request_args(self, call: Call, timeout: Optional[float]) -> dict[str, Any]:
+        return {
+            "method": call.spec.method, "url": self._s.url + call.url_path(), "params": call.params(),
+            "content": call.body, "headers": self._s.headers(call), "timeout": timeout or self._s.timeout,
+        }
+
+    def _stream_args(self, id: str, read_timeout: float) -> tuple[Call, dict[str, Any]]:
+        call = Call("request_events", {"id": id})
+        h = self._s.headers(call)
+        h["Accept"] = "text/event-stream"
+        return call, {"method": "GET", "url": self._s.url + call.url_path(), "headers": h,
+                      "timeout": httpx.Timeout(self._s.timeout, read=read_timeout)}
+
+    @staticmethod
+    def _record_call(auth: Authorization, ok: bool, summary: Any, reads: Optional[list[str]],
+                     writes: Optional[list[str]]) -> Optional[Call]:
+        if auth.recorded:
+            return None
+        auth.recorded = True
+        return record_call(auth, ok, summary, reads or [], writes or [])
+
+    @staticmethod
+    def _advance(gen: Generator[Any, Any, Authorization], value: Any, exc: Optional[BaseException]) -> tuple[bool, Any]:
+        """One step of the guard: (True, authorization) when done, else (False, the next effect)."""
+        try:
+            return False, (gen.throw(exc) if exc is not None else gen.send(value))
+        except StopIteration as stop:
+            return True, stop.value
+
+
+class Client(_Base):
+    """Blocking client. ``url`` and ``token`` default to ``SECONDKEY_URL`` and ``SECONDKEY_TOKEN``.
+
+    ``timeout`` bounds each HTTP call (seconds); waits for a decision are
+    bounded by the guard's own ``timeout``.
+    """
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        timeout: float = 30.0,
+        http: Optional[httpx.Client] = None,
+    ):
+        super().__init__(url, token, timeout, http or httpx.Client(timeout=timeout))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- transport ---------------------------------------------------------
+    def _send(self, call: Call, timeout: Optional[float] = None) -> Any:
+        try:
+            with self._http.stream(**self._request_args(call, timeout)) as r:
+                body = bytearray()
+                for chunk in r.iter_bytes():
+                    body += chunk
+                    check_size(body)
+        except httpx.HTTPError as e:
+            raise transport_error(e, self._s.url) from None
+        return read_answer(call, r.status_code, r.headers, bytes(body))
+
+    # -- the API -----------------------------------------------------------
+    def submit(self, action: dict[str, Any], *, execute: bool = False) -> m.ActionResponse:
+        """``POST /v1/actions``: a decision (``allow``/``deny``/``review``)."""
+        return self._send(b.submit(action, execute))
+
+    def get_request(self, id: str, *, wait: Optional[int] = None) -> m.RequestView:
+        """``GET /v1/requests/{id}``; ``wait`` long-polls up to that many seconds."""
+        t = None if wait is None else self._s.timeout + wait
+        return self._send(b.get_request(id, wait), timeout=t)
+
+    def list_requests(self, state: Optional[str] = None, *, limit: Optional[int] = None, before: Optional[str] = None) -> m.RequestPage:
+        return self._send(b.list_requests(state, limit, before))
+
+    def events(self, id: str, *, read_timeout: float = 30.0) -> Iterator[m.RequestView]:
+        """``GET /v1/requests/{id}/events``: the request now, then on each change, until final."""
+        call, args = self._stream_args(id, read_timeout)
+        try:
+            with self._http.stream(**args) as r:
+                if r.status_code != 200:
+                    r.read()
+                    read_answer(call, r.status_code, r.headers, r.content)
+                    raise ProtocolError(f"the event stream answered {r.status_code}")
+                parser, lines = SseParser(), LineSplitter()
+                for chunk in r.iter_text():
+                    for line in lines.feed(chunk):
+                        ev = parser.feed(line)
+                        if ev and ev[0] == "state":
+                            yield state_event(ev[1])
+        except httpx.HTTPError as e:
+            raise transport_error(e, self._s.url) from None
+
+    def review(self, id: str, decision: str, comment: Optional[str] = None) -> m.RequestView:
+        return self._send(b.review(id, decision, comment))
+
+    def approve(self, id: str, comment: Optional[str] = None) -> m.RequestView:
+        return self.review(id, "approve", comment)
+
+    def deny(self, id: str, comment: Optional[str] = None) -> m.RequestView:
+        return self.review(id, "deny", comment)
+
+    def review_batch(self, ids: list[str], decision: str, comment: Optional[str] = None) -> list[m.BatchReviewResult]:
+        return self._send(b.review_batch(ids, decision, comment))
+
+    def withdraw(self, id: str) -> m.RequestView:
+        return self._send(Call("withdraw_request", {"id": id}))
+
+    def revoke(self, id: str) -> m.RequestView:
+        return self._send(Call("revoke_request", {"id": id}))
+
+    def report_outcome(self, id: str, outcome: str, detail: Any = None) -> m.RequestView:
+        """``POST /v1/requests/{id}/result``: ``succeeded``, ``failed`` or ``unknown``."""
+        return self._send(b.request_result(id, outcome, detail))
+
+    def consume_grant(self, grant: str, digest: str) -> m.Consumed:
+        return self._send(b.consume(grant, digest))
+
+    def report_execution(self, id: str, ok: bool, summary: Any = None, *, reads: Optional[list[str]] = None,
+                         writes: Optional[list[str]] = None) -> None:
+        return self._send(b.execution_result(id, ok, summary, reads, writes))
+
+    def report_executions(self, results: list[dict[str, Any]]) -> list[m.BatchResultOutcome]:
+        return self._send(b.execution_results(results))
+
+    def lineage(self, principal: str) -> list[m.LineageRecord]:
+        return self._send(Call("lineage", query={"principal": principal}))
+
+    def jwks(self) -> dict[str, Any]:
+        return self._send(Call("jwks"))
+
+    def checkpoint(self) -> str:
+        return self._send(Call("log_checkpoint"))
+
+    def proof(self, index: int) -> dict[str, Any]:
+        return self._send(Call("log_proof", {"index": str(index)}))
+
+    def tile(self, path: str) -> bytes:
+        return self._send(Call("log_tile", {"path": path}))
+
+    def verifier_key(self) -> str:
+        return self._send(Call("log_verifier_key"))
+
+    def health(self) -> dict[str, Any]:
+        return self._send(Call("healthz"))
+
+    def metrics(self) -> str:
+        return self._send(Call("metrics"))
+
+    def verify_grant(self, grant: str, digest: str, request_id: Optional[str] = None) -> dict[str, Any]:
+        """Verifies a grant locally against the gateway's JWKS (fetched once, refetched for a new key)."""
+        return verify_grant(grant, self._keys(False), digest=digest, request_id=request_id)
+
+    # -- the guard ---------------------------------------------------------
+    def authorize(self, action: dict[str, Any], *, mode: str = "execute",
+                  timeout: float = DEFAULT_GUARD_TIMEOUT) -> Authorization:
+        """Submits, waits (SSE, else long-poll) and returns leave to run once; raises a GuardError otherwise.
+
+        Report how the run went with :meth:`record` (``guard`` does it for you).
+        """
+        return self._drive(flow(action, mode=mode, timeout=timeout))
+
+    def guard(self, action: dict[str, Any], *, mode: str = "execute", timeout: float = DEFAULT_GUARD_TIMEOUT) -> "Guard":
+        """``with client.guard(action) as auth:`` runs the block only once authorized."""
+        return Guard(self, action, mode, timeout)
+
+    def guarded(self, operation: str, *, kind: str = "tool", resource: Optional[str] = None,
+                action: Optional[Callable[..., dict[str, Any]]] = None, justification: Optional[str] = None,
+                context: Optional[dict[str, Any]] = None, mode: str = "execute",
+                timeout: float = DEFAULT_GUARD_TIMEOUT) -> Callable[[F], F]:
+        """Decorator: each call becomes an action (its arguments are ``params``) and runs only once authorized."""
+
+        def deco(fn: F) -> F:
+            if inspect.iscoroutinefunction(fn):
+                raise TypeError("guard a coroutine function with AsyncClient.guarded")
+            build = b.action_builder(fn, operation=operation, kind=kind, resource=resource, action=action,
+                                     justification=justification, context=context)
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self.guard(build(args, kwargs), mode=mode, timeout=timeout) as auth:
+                    out = fn(*args, **kwargs)
+                    auth.result = out
+                    return out
+
+            return wrapper  # type: ignore[return-value]
+
+        return deco
+
+    def record(self, auth: Authorization, ok: bool, summary: Any = None, *, reads: Optional[list[str]] = None,
+               writes: Optional[list[str]] = None) -> None:
+        """Records how an authorized run went (once)."""
+        call = self._record_call(auth, ok, summary, reads, writes)
+        if call is not None:
+            self._send(call)
+
+    def _keys(self, refresh: bool) -> dict[str, Any]:
+        if self._jwks is None or refresh:
+            self._jwks = self.jwks()
+        return self._jwks
+
+    def _wait(self, w: Wait) -> Optional[m.RequestView]:
+        try:
+            while time.monotonic() < w.deadline:
+                left = w.deadline - time.monotonic()
+                for view in self.events(w.id, read_timeout=max(0.05, min(20.0, left))):
+                    if view.state != w.state:
+                        return view
+                    if time.monotonic() >= w.deadline:
+                        return None
+        except GatewayTimeout:
+            if time.monotonic() >= w.deadline:
+                return None
+        except SecondkeyError as e:
+            if not _fallback_to_poll(e):
+                raise
+            log.info("secondkey: the event stream failed (%s); long-polling instead", e)
+        while True:
+            left = w.deadline - time.monotonic()
+            if left <= 0:
+                return None
+            view = self.get_request(w.id, wait=max(1, min(MAX_POLL_SECONDS, int(left))))
+            if view.state != w.state:
+                return view
+
+    def _drive(self, gen: Generator[Any, Any, Authorization]) -> Authorization:
+        value: Any = None
+        exc: Optional[BaseException] = None
+        while True:
+            done, eff = self._advance(gen, value, exc)
+            if done:
+                return eff
+            value, exc = None, None
+            try:
+                if isinstance(eff, Call):
+                    value = self._send(eff)
+                elif isinstance(eff, Wait):
+                    value = self._wait(eff)
+                elif isinstance(eff, Sleep):
+                    time.sleep(eff.seconds)
+                elif isinstance(eff, Jwks):
+                    value = self._keys(eff.refresh)
+            except SecondkeyError as e:
+                exc = e
+
+
+def _exit_summary(auth: Authorization, error: Optional[BaseException]) -> tuple[bool, Any]:
+    if error is not None:
+        return False, result_summary(error=error)
+    return True, result_summary(auth.result)
+
+
+class Guard:
+    """``with client.guard(action) as auth:`` — the block runs once, only when authorized.
+
+    Leaving the block records the result (``ok`` unless it raised) as the
+    execution's result, unless ``client.record(auth, …)`` did already.
+    """
+
+    def __init__(self, client: Client, action: dict[str, Any], mode: str, timeout: float):
+        self._c, self._action, self._mode, self._timeout = client, action, mode, timeout
+        self.auth: Optional[Authorization] = None
+
+    def __enter__(self) -> Authorization:
+        self.auth = self._c.authorize(self._action, mode=self._mode, timeout=self._timeout)
+        return self.auth
+
+    def __exit__(self, et: Optional[type], e: Optional[BaseException], tb: Optional[TracebackType]) -> None:
+        auth = self.auth
+        if auth is None or auth.recorded:
+            return
+        ok, summary = _exit_summary(auth, e)
+        try:
+            self._c.record(auth, ok, summary)
+        except SecondkeyError as err:
+            # The action ran; failing now would invite a second run.
+            log.warning("secondkey: the result of %s could not be recorded: %s", auth.execution_id or auth.request_id, err)
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of :class:`Client` (same methods, awaited)."""
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        timeout: float = 30.0,
+        http: Optional[httpx.AsyncClient] = None,
+    ):
+        super().__init__(url, token, timeout, http or httpx.AsyncClient(timeout=timeout))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def _send(self, call: Call, timeout: Optional[float] = None) -> Any:
+        try:
+            async with self._http.stream(**self._request_args(call, timeout)) as r:
+                body = bytearray()
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    check_size(body)
+        except httpx.HTTPError as e:
+            raise transport_error(e, self._s.url) from None
+        return read_answer(call, r.status_code, r.headers, bytes(body))
+
+    async def submit(self, action: dict[str, Any], *, execute: bool = False) -> m.ActionResponse:
+        return await self._send(b.submit(action, execute))
+
+    async def get_request(self, id: str, *, wait: Optional[int] = None) -> m.RequestView:
+        t = None if wait is None else self._s.timeout + wait
+        return await self._send(b.get_request(id, wait), timeout=t)
+
+    async def list_requests(self, state: Optional[str] = None, *, limit: Optional[int] = None,
+                            before: Optional[str] = None) -> m.RequestPage:
+        return await self._send(b.list_requests(state, limit, before))
+
+    async def events(self, id: str, *, read_timeout: float = 30.0) -> AsyncIterator[m.RequestView]:
+        call, args = self._stream_args(id, read_timeout)
+        try:
+            async with self._http.stream(**args) as r:
+                if r.status_code != 200:
+                    await r.aread()
+                    read_answer(call, r.status_code, r.headers, r.content)
+                    raise ProtocolError(f"the event stream answered {r.status_code}")
+                parser, lines = SseParser(), LineSplitter()
+                async for chunk in r.aiter_text():
+                    for line in lines.feed(chunk):
+                        ev = parser.feed(line)
+                        if ev and ev[0] == "state":
+                            yield state_event(ev[1])
+        except httpx.HTTPError as e:
+            raise transport_error(e, self._s.url) from None
+
+    async def review(self, id: str, decision: str, comment: Optional[str] = None) -> m.RequestView:
+        return await self._send(b.review(id, decision, comment))
+
+    async def approve(self, id: str, comment: Optional[str] = None) -> m.RequestView:
+        return await self.review(id, "approve", comment)
+
+    async def deny(self, id: str, comment: Optional[str] = None) -> m.RequestView:
+        return await self.review(id, "deny", comment)
+
+    async def review_batch(self, ids: list[str], decision: str, comment: Optional[str] = None) -> list[m.BatchReviewResult]:
+        return await self._send(b.review_batch(ids, decision, comment))
+
+    async def withdraw(self, id: str) -> m.RequestView:
+        return await self._send(Call("withdraw_request", {"id": id}))
+
+    async def revoke(self, id: str) -> m.RequestView:
+        return await self._send(Call("revoke_request", {"id": id}))
+
+    async def report_outcome(self, id: str, outcome: str, detail: Any = None) -> m.RequestView:
+        return await self._send(b.request_result(id, outcome, detail))
+
+    async def consume_grant(self, grant: str, digest: str) -> m.Consumed:
+        return await self._send(b.consume(grant, digest))
+
+    async def report_execution(self, id: str, ok: bool, summary: Any = None, *, reads: Optional[list[str]] = None,
+                               writes: Optional[list[str]] = None) -> None:
+        return await self._send(b.execution_result(id, ok, summary, reads, writes))
+
+    async def report_executions(self, results: list[dict[str, Any]]) -> list[m.BatchResultOutcome]:
+        return await self._send(b.execution_results(results))
+
+    async def lineage(self, principal: str) -> list[m.LineageRecord]:
+        return await self._send(Call("lineage", query={"principal": principal}))
+
+    async def jwks(self) -> dict[str, Any]:
+        return await self._send(Call("jwks"))
+
+    async def checkpoint(self) -> str:
+        return await self._send(Call("log_checkpoint"))
+
+    async def proof(self, index: int) -> dict[str, Any]:
+        return await self._send(Call("log_proof", {"index": str(index)}))
+
+    async def tile(self, path: str) -> bytes:
+        return await self._send(Call("log_tile", {"path": path}))
+
+    async def verifier_key(self) -> str:
+        return await self._send(Call("log_verifier_key"))
+
+    async def health(self) -> dict[str, Any]:
+        return await self._send(Call("healthz"))
+
+    async def metrics(self) -> str:
+        return await self._send(Call("metrics"))
+
+    async def verify_grant(self, grant: str, digest: str, request_id: Optional[str] = None) -> dict[str, Any]:
+        return verify_grant(grant, await self._keys(False), digest=digest, request_id=request_id)
+
+    async def authorize(self, action: dict[str, Any], *, mode: str = "execute",
+                        timeout: float = DEFAULT_GUARD_TIMEOUT) -> Authorization:
+        """See :meth:`Client.authorize`."""
+        loop = asyncio.get_running_loop()
+        return await self._drive(flow(action, mode=mode, timeout=timeout, now=loop.time))
+
+    def guard(self, action: dict[str, Any], *, mode: str = "execute", timeout: float = DEFAULT_GUARD_TIMEOUT) -> "AsyncGuard":
+        """``async with client.guard(action) as auth:`` runs the block only once authorized."""
+        return AsyncGuard(self, action, mode, timeout)
+
+    def guarded(self, operation: str, *, kind: str = "tool", resource: Optional[str] = None,
+                action: Optional[Callable[..., dict[str, Any]]] = None, justification: Optional[str] = None,
+                context: Optional[dict[str, Any]] = None, mode: str = "execute",
+                timeout: float = DEFAULT_GUARD_TIMEOUT) -> Callable[[F], F]:
+        """Decorator for coroutine functions (see :meth:`Client.guarded`)."""
+
+        def deco(fn: F) -> F:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError("AsyncClient.guarded guards coroutine functions; use Client.guarded")
+            build = b.action_builder(fn, operation=operation, kind=kind, resource=resource, action=action,
+                                     justification=justification, context=context)
+
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with self.guard(build(args, kwargs), mode=mode, timeout=timeout) as auth:
+                    out = await fn(*args, **kwargs)
+                    auth.result = out
+                    return out
+
+            return wrapper  # type: ignore[return-value]
+
+        return deco
+
+    async def record(self, auth: Authorization, ok: bool, summary: Any = None, *, reads: Optional[list[str]] = None,
+                     writes: Optional[list[str]] = None) -> None:
+        call = self._record_call(auth, ok, summary, reads, writes)
+        if call is not None:
+            await self._send(call)
+
+    async def _keys(self, refresh: bool) -> dict[str, Any]:
+        if self._jwks is None or refresh:
+            self._jwks = await self.jwks()
+        return self._jwks
+
+    async def _wait(self, w: Wait) -> Optional[m.RequestView]:
+        loop = asyncio.get_running_loop()
+        try:
+            while loop.time() < w.deadline:
+                left = w.deadline - loop.time()
+                async for view in self.events(w.id, read_timeout=max(0.05, min(20.0, left))):
+                    if view.state != w.state:
+                        return view
+                    if loop.time() >= w.deadline:
+                        return None
+        except GatewayTimeout:
+            if loop.time() >= w.deadline:
+                return None
+        except SecondkeyError as e:
+            if not _fallback_to_poll(e):
+                raise
+            log.info("secondkey: the event stream failed (%s); long-polling instead", e)
+        while True:
+            left = w.deadline - loop.time()
+            if left <= 0:
+                return None
+            view = await self.get_request(w.id, wait=max(1, min(MAX_POLL_SECONDS, int(left))))
+            if view.state != w.state:
+                return view
+
+    async def _drive(self, gen: Generator[Any, Any, Authorization]) -> Authorization:
+        value: Any = None
+        exc: Optional[BaseException] = None
+        while True:
+            done, eff = self._advance(gen, value, exc)
+            if done:
+                return eff
+            value, exc = None, None
+            try:
+                if isinstance(eff, Call):
+                    value = await self._send(eff)
+                elif isinstance(eff, Wait):
+                    value = await self._wait(eff)
+                elif isinstance(eff, Sleep):
+                    await asyncio.sleep(eff.seconds)
+                elif isinstance(eff, Jwks):
+                    value = await self._keys(eff.refresh)
+            except SecondkeyError as e:
+                exc = e
+
+
+class AsyncGuard:
+    """``async with client.guard(action) as auth:`` (see :class:`Guard`)."""
+
+    def __init__(self, client: AsyncClient, action: dict[str, Any], mode: str, timeout: float):
+        self._c, self._action, self._mode, self._timeout = client, action, mode, timeout
+        self.auth: Optional[Authorization] = None
+
+    async def __aenter__(self) -> Authorization:
+        self.auth = await self._c.authorize(self._action, mode=self._mode, timeout=self._timeout)
+        return self.auth
+
+    async def __aexit__(self, et: Optional[type], e: Optional[BaseException], tb: Optional[TracebackType]) -> None:
+        auth = self.auth
+        if auth is None or auth.recorded:
+            return
+        ok, summary = _exit_summary(auth, e)
+        try:
+            await self._c.record(auth, ok, summary)
+        except SecondkeyError as err:
+            log.warning("secondkey: the result of %s could not be recorded: %s", auth.execution_id or auth.request_id, err)

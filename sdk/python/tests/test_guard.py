@@ -1,0 +1,185 @@
+"""The guard against the real gateway: it runs once, only when authorized."""
+
+import asyncio
+
+import httpx
+import pytest
+
+import secondkey
+from conftest import approve_when_pending, in_thread, token, unique, write_action
+
+
+def test_allow_runs_once_and_records_the_result(bot):
+    action = {"kind": "tool", "operation": "read", "resource": unique("g-read")}
+    runs = []
+    with bot.guard(action) as auth:
+        runs.append(1)
+        auth.result = {"rows": 2}
+    assert runs == [1] and auth.decision == "allow" and auth.execution_id and auth.recorded
+    with pytest.raises(secondkey.Conflict):  # already recorded by leaving the block
+        bot.report_execution(auth.execution_id, True)
+
+
+def test_review_waits_for_approval_then_runs_once(bot, rita):
+    action = write_action()
+    join = in_thread(approve_when_pending, rita, action["resource"])
+    runs = []
+    with bot.guard(action, timeout=30) as auth:
+        runs.append(auth.request_id)
+    rid = join()
+    assert runs == [rid] and auth.approvers == ["user:rita"] and auth.execution_id == rid
+    assert bot.get_request(rid).state == "executed"
+    # the approval is used up: the identical action waits for a new approval
+    with pytest.raises(secondkey.GuardTimeout) as e:
+        with bot.guard(action, timeout=1):
+            runs.append("again")
+    assert runs == [rid]
+    assert bot.get_request(e.value.request_id).state == "withdrawn"
+
+
+def test_reviewer_denial_never_runs_and_names_policy_and_request(bot, rita):
+    action = write_action()
+    join = in_thread(approve_when_pending, rita, action["resource"], "deny", "not this customer")
+    runs = []
+    with pytest.raises(secondkey.Denied) as e:
+        with bot.guard(action, timeout=30):
+            runs.append(1)
+    rid = join()
+    assert runs == []
+    msg = str(e.value)
+    assert rid in msg and "sdk:writes-need-a-reviewer" in msg and "not this customer" in msg
+    assert e.value.request_id == rid and e.value.reviewers == ["user:rita"]
+
+
+def test_policy_denial_never_runs(bot):
+    runs = []
+    with pytest.raises(secondkey.Denied) as e:
+        with bot.guard({"kind": "tool", "operation": "drop", "resource": unique("drop")}):
+            runs.append(1)
+    assert runs == [] and e.value.policies == ["sdk:no-drops"] and e.value.decision_id.startswith("act_")
+    assert "sdk:no-drops" in str(e.value) and e.value.decision_id in str(e.value)
+
+
+def test_expiry_and_withdrawal_never_run(bot):
+    runs = []
+    with pytest.raises(secondkey.RequestEnded) as e:
+        with bot.guard({"kind": "tool", "operation": "delete", "resource": unique("del")}, timeout=30):
+            runs.append(1)
+    assert e.value.state == "expired" and runs == []
+
+    other = secondkey.Client(bot.url, token("agent:sdk-bot"))
+    action = write_action()
+
+    def withdraw_when_pending():
+        while True:
+            for r in other.list_requests("pending").requests:
+                if r.action["resource"] == action["resource"]:
+                    return other.withdraw(r.id)
+
+    join = in_thread(withdraw_when_pending)
+    with pytest.raises(secondkey.RequestEnded) as e:
+        with bot.guard(action, timeout=30):
+            runs.append(1)
+    join()
+    other.close()
+    assert e.value.state == "withdrawn" and runs == []
+
+
+def test_grant_mode_verifies_and_consumes_the_grant(bot, rita):
+    action = write_action()
+    join = in_thread(approve_when_pending, rita, action["resource"])
+    with bot.guard(action, mode="grant", timeout=30) as auth:
+        assert auth.grant_claims["dig"] == auth.digest and auth.grant_claims["rid"] == auth.request_id
+    join()
+    assert bot.get_request(auth.request_id).state == "executed"
+    # allow in grant mode: the grant is consumed before the block
+    with bot.guard({"kind": "tool", "operation": "read", "resource": unique("gr")}, mode="grant") as auth:
+        assert auth.grant_claims["sub"] == "agent:sdk-bot"
+
+
+def test_decorator_builds_the_action_and_records_result_or_exception(bot, rita):
+    calls = []
+
+    @bot.guarded("write", resource="crm://customers", justification="the customer asked")
+    def send_email(to: str, body: str = "hello") -> str:
+        calls.append(to)
+        if to == "bad@example.com":
+            raise RuntimeError("smtp refused")
+        return f"sent to {to}"
+
+    to = unique("addr") + "@example.com"
+    join = in_thread(approve_when_pending_params, rita, to)
+    assert send_email(to) == f"sent to {to}"
+    rid = join()
+    view = bot.get_request(rid)
+    assert view.action["params"] == {"to": to, "body": "hello"} and view.state == "executed"
+    assert view.action["justification"] == "the customer asked"
+
+    join = in_thread(approve_when_pending_params, rita, "bad@example.com")
+    with pytest.raises(RuntimeError, match="smtp refused"):
+        send_email("bad@example.com")
+    rid = join()
+    assert bot.get_request(rid).state == "failed"
+    assert calls == [to, "bad@example.com"]
+
+
+def approve_when_pending_params(client, to: str) -> str:
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for r in client.list_requests("pending").requests:
+            if r.action.get("params", {}).get("to") == to:
+                client.approve(r.id)
+                return r.id
+        time.sleep(0.05)
+    raise AssertionError("nothing pending")
+
+
+def test_events_unavailable_falls_back_to_long_poll(gateway, rita):
+    """A proxy that refuses event streams (as an overloaded gateway would)."""
+    real = httpx.HTTPTransport()
+    streams = []
+
+    class NoEvents(httpx.BaseTransport):
+        def handle_request(self, request):
+            if request.url.path.endswith("/events"):
+                streams.append(1)
+                return httpx.Response(503, json={"error": {"code": "log_unavailable", "message": "busy"}})
+            return real.handle_request(request)
+
+    bot = secondkey.Client(gateway.url, token("agent:sdk-bot"), http=httpx.Client(transport=NoEvents()))
+    action = write_action()
+    join = in_thread(approve_when_pending, rita, action["resource"])
+    with bot.guard(action, timeout=30) as auth:
+        pass
+    join()
+    assert streams and auth.execution_id
+
+
+async def test_async_guard_and_decorator(gateway, rita):
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        action = write_action()
+        join = in_thread(approve_when_pending, rita, action["resource"])
+        runs = []
+        async with bot.guard(action, timeout=30) as auth:
+            runs.append(1)
+        join()
+        assert runs == [1] and auth.approvers == ["user:rita"]
+
+        @bot.guarded("read", resource=unique("async"))
+        async def lookup(q: str) -> dict:
+            await asyncio.sleep(0)
+            return {"q": q}
+
+        assert await lookup("x") == {"q": "x"}
+
+        @bot.guarded("drop", resource=unique("async-drop"))
+        async def drop() -> None:
+            runs.append("dropped")
+
+        with pytest.raises(secondkey.Denied):
+            await drop()
+        assert runs == [1]
+    with pytest.raises(TypeError):
+        bot.guarded("read")(lambda: None)

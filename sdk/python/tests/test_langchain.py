@@ -1,0 +1,110 @@
+"""LangChain / LangGraph against the real gateway, driven by LangChain's own
+fake chat model (GenericFakeChatModel; the subclass only accepts the tool
+binding that create_agent asks for): the model calls a tool, the gateway
+holds it, a reviewer approves through the API, the tool runs once, the
+agent continues; on deny the model sees a tool error naming the policy and
+the request."""
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import tool
+
+import secondkey
+from conftest import approve_when_pending, in_thread, token, unique
+from secondkey.integrations.langchain import SecondkeyMiddleware, guard_tool
+
+
+class ToolCallingFake(GenericFakeChatModel):
+    def bind_tools(self, tools, **kwargs):
+        return self
+
+
+def script(tool_name, args):
+    return ToolCallingFake(messages=iter([
+        AIMessage(content="", tool_calls=[{"name": tool_name, "args": args, "id": "call_1", "type": "tool_call"}]),
+        AIMessage(content="All done."),
+    ]))
+
+
+def make_tool(sent):
+    @tool
+    def send_email(to: str, body: str) -> str:
+        """Send an email to a customer."""
+        sent.append(to)
+        return f"sent to {to}"
+
+    return send_email
+
+
+def tool_messages(result):
+    return [m for m in result["messages"] if isinstance(m, ToolMessage)]
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+def test_guard_tool_in_a_langgraph_agent(bot, rita, decision):
+    sent = []
+    resource = unique("lc-tool")
+    guarded = guard_tool(make_tool(sent), bot, policy={"operation": "write", "resource": resource})
+    agent = create_agent(model=script("send_email", {"to": "a@example.com", "body": "hi"}), tools=[guarded])
+    join = in_thread(approve_when_pending, rita, resource, decision, "checked")
+    result = agent.invoke({"messages": [{"role": "user", "content": "email a"}]})
+    rid = join()
+    (msg,) = tool_messages(result)
+    assert result["messages"][-1].content == "All done."  # the agent continued
+    if decision == "approve":
+        assert sent == ["a@example.com"] and msg.content == "sent to a@example.com" and msg.status != "error"
+        assert bot.get_request(rid).state == "executed"
+    else:
+        assert sent == []
+        assert msg.status == "error" and rid in msg.content and "sdk:writes-need-a-reviewer" in msg.content
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+def test_middleware_routes_the_decision_to_secondkey(bot, rita, decision):
+    sent = []
+    resource = unique("lc-mw")
+    mw = SecondkeyMiddleware({"send_email": {"operation": "write", "resource": resource}}, bot)
+    agent = create_agent(model=script("send_email", {"to": "b@example.com", "body": "hi"}), tools=[make_tool(sent)],
+                         middleware=[mw])
+    join = in_thread(approve_when_pending, rita, resource, decision)
+    result = agent.invoke({"messages": [{"role": "user", "content": "email b"}]})
+    rid = join()
+    (msg,) = tool_messages(result)
+    assert result["messages"][-1].content == "All done."
+    if decision == "approve":
+        assert sent == ["b@example.com"] and bot.get_request(rid).state == "executed"
+    else:
+        assert sent == [] and msg.status == "error" and rid in msg.content and "sdk:writes-need-a-reviewer" in msg.content
+
+
+async def test_middleware_async_and_unlisted_tools_run_untouched(gateway, rita):
+    sent = []
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as abot:
+        resource = unique("lc-async")
+        mw = SecondkeyMiddleware({"send_email": {"operation": "write", "resource": resource}}, async_client=abot)
+        agent = create_agent(model=script("send_email", {"to": "c@example.com", "body": "x"}),
+                             tools=[make_tool(sent)], middleware=[mw])
+        join = in_thread(approve_when_pending, rita, resource)
+        result = await agent.ainvoke({"messages": [{"role": "user", "content": "email c"}]})
+        join()
+        assert sent == ["c@example.com"] and result["messages"][-1].content == "All done."
+        # a tool the policy does not name runs without a request
+        mw2 = SecondkeyMiddleware({"other_tool": "write"}, async_client=abot)
+        agent2 = create_agent(model=script("send_email", {"to": "d@example.com", "body": "x"}),
+                              tools=[make_tool(sent)], middleware=[mw2])
+        await agent2.ainvoke({"messages": [{"role": "user", "content": "email d"}]})
+        assert sent == ["c@example.com", "d@example.com"]
+
+
+def test_gateway_down_is_a_tool_error_and_the_tool_never_runs():
+    from conftest import free_port
+
+    sent = []
+    down = secondkey.Client(f"http://127.0.0.1:{free_port()}", "t", timeout=2)
+    agent = create_agent(model=script("send_email", {"to": "e@example.com", "body": "x"}),
+                         tools=[guard_tool(make_tool(sent), down, policy="write")])
+    result = agent.invoke({"messages": [{"role": "user", "content": "email e"}]})
+    (msg,) = tool_messages(result)
+    assert sent == [] and msg.status == "error" and "could not authorize" in msg.content

@@ -1,0 +1,91 @@
+"""OpenAI Agents SDK against the real gateway, with a test double of the
+SDK's ``Model`` interface (no network): the model calls a tool, the gateway
+holds it, a reviewer approves through the API, the tool runs once, the run
+continues; on deny the model receives a tool output naming the policy and
+the request."""
+
+import json
+
+import pytest
+from agents import Agent, Runner, function_tool
+from agents.items import ModelResponse
+from agents.models.interface import Model
+from agents.usage import Usage
+from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+
+import secondkey
+from agents import set_tracing_disabled
+
+set_tracing_disabled(True)
+from conftest import approve_when_pending, in_thread, token, unique
+from secondkey.integrations.openai_agents import guard_function_tool
+
+
+class ScriptedModel(Model):
+    """First a tool call, then a final answer; remembers what it was shown."""
+
+    def __init__(self, tool: str, args: dict):
+        self.tool, self.args, self.inputs = tool, args, []
+
+    async def get_response(self, system_instructions, input, model_settings, tools, output_schema, handoffs,
+                           tracing, *, previous_response_id=None, conversation_id=None, prompt=None, **kw):
+        self.inputs.append(input)
+        if len(self.inputs) == 1:
+            out = [ResponseFunctionToolCall(arguments=json.dumps(self.args), call_id="call_1", name=self.tool,
+                                            type="function_call", id="fc_1", status="completed")]
+        else:
+            out = [ResponseOutputMessage(id="msg_1", role="assistant", status="completed", type="message",
+                                         content=[ResponseOutputText(text="All done.", type="output_text",
+                                                                     annotations=[])])]
+        return ModelResponse(output=out, usage=Usage(), response_id=None)
+
+    def stream_response(self, *a, **kw):
+        raise NotImplementedError("this test runs without streaming")
+
+    def tool_output_seen(self) -> str:
+        items = self.inputs[-1]
+        return next(i["output"] for i in items if isinstance(i, dict) and i.get("type") == "function_call_output")
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+async def test_tool_approval_backed_by_secondkey(gateway, rita, decision):
+    sent = []
+
+    @function_tool
+    def send_email(to: str, body: str) -> str:
+        """Send an email to a customer."""
+        sent.append(to)
+        return f"sent to {to}"
+
+    resource = unique("oa")
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        tool = guard_function_tool(send_email, bot, policy={"operation": "write", "resource": resource})
+        model = ScriptedModel("send_email", {"to": "a@example.com", "body": "hi"})
+        agent = Agent(name="mailer", instructions="Send emails.", model=model, tools=[tool])
+        join = in_thread(approve_when_pending, rita, resource, decision, "checked")
+        result = await Runner.run(agent, "email a@example.com")
+        rid = join()
+        assert result.final_output == "All done."  # the run continued after the tool
+        seen = model.tool_output_seen()
+        if decision == "approve":
+            assert sent == ["a@example.com"] and seen == "sent to a@example.com"
+            view = await bot.get_request(rid)
+            assert view.state == "executed" and view.action["params"] == {"to": "a@example.com", "body": "hi"}
+        else:
+            assert sent == [] and rid in seen and "sdk:writes-need-a-reviewer" in seen
+
+
+async def test_policy_denial_reaches_the_model_without_running(gateway):
+    ran = []
+
+    @function_tool
+    def drop_table(name: str) -> str:
+        """Drop a table."""
+        ran.append(name)
+        return "dropped"
+
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        tool = guard_function_tool(drop_table, bot, policy={"operation": "drop", "resource": unique("oa-drop")})
+        model = ScriptedModel("drop_table", {"name": "customers"})
+        result = await Runner.run(Agent(name="dba", model=model, tools=[tool]), "drop it")
+        assert ran == [] and "sdk:no-drops" in model.tool_output_seen() and result.final_output == "All done."

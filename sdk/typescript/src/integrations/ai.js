@@ -1,0 +1,32 @@
+// Vercel AI SDK: tool approval backed by secondkey.
+//
+// guardTools({name: tool, …}, client, {name: policy, …}) returns the same tool
+// set with each named tool's execute held at secondkey until policy or a
+// reviewer decides; it runs once, its result (or exception) is recorded, and a
+// refusal becomes the tool's error (a tool-error the model reads on its next
+// step) naming the policy and the request. Tools not named are unchanged.
+import { SecondkeyError } from '../errors.js';
+import { asPolicy, runAuthorized, toolAction, toolErrorText } from './common.js';
+
+export function guardTool(name, tool, client, policy = 'call') {
+  if (typeof tool.execute !== 'function') throw new TypeError(`tool ${name} has no execute to guard`);
+  const pol = asPolicy(policy);
+  const inner = tool.execute;
+  return {
+    ...tool,
+    execute: async (input, options) => {
+      let auth;
+      try {
+        auth = await client.authorize(toolAction(name, input, pol), { mode: pol.mode, timeout: pol.timeout });
+      } catch (e) {
+        if (e instanceof SecondkeyError) throw new Error(toolErrorText(name, e));
+        throw e;
+      }
+      return runAuthorized(auth, () => inner(input, options));
+    },
+  };
+}
+
+export function guardTools(tools, client, policies) {
+  return Object.fromEntries(Object.entries(tools).map(([name, t]) => [name, name in policies ? guardTool(name, t, client, policies[name]) : t]));
+}

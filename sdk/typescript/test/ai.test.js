@@ -1,0 +1,51 @@
+// Vercel AI SDK against the real gateway, with the AI SDK's own mock language
+// model (MockLanguageModelV3 from ai/test): the model calls a tool, the
+// gateway holds it, a reviewer approves through the API, the tool runs once,
+// the model continues; on deny the model sees a tool error naming the policy
+// and the request.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { generateText, tool, stepCountIs } from 'ai';
+import { MockLanguageModelV3 } from 'ai/test';
+import { z } from 'zod';
+import { guardTools } from '../src/integrations/ai.js';
+import { startGateway, unique, decideWhenPending } from './helpers.js';
+
+let gw, bot, rita;
+before(async () => { gw = await startGateway(); bot = gw.client(); rita = gw.client('user:rita'); });
+after(() => gw.stop());
+
+const usage = { inputTokens: { total: 1, noCache: 1, cacheRead: 0, cacheWrite: 0 }, outputTokens: { total: 1, text: 1, reasoning: 0 } };
+const scripted = (input) => new MockLanguageModelV3({
+  doGenerate: [
+    { content: [{ type: 'tool-call', toolCallId: 'call_1', toolName: 'sendEmail', input: JSON.stringify(input) }], finishReason: { unified: 'tool-calls', raw: undefined }, usage, warnings: [] },
+    { content: [{ type: 'text', text: 'All done.' }], finishReason: { unified: 'stop', raw: undefined }, usage, warnings: [] },
+  ],
+});
+
+for (const decision of ['approve', 'deny']) {
+  test(`tool approval backed by secondkey: ${decision}`, async () => {
+    const sent = [];
+    const resource = unique('aisdk');
+    const tools = guardTools({
+      sendEmail: tool({ description: 'Send an email.', inputSchema: z.object({ to: z.string(), body: z.string() }), execute: async ({ to }) => { sent.push(to); return `sent to ${to}`; } }),
+    }, bot, { sendEmail: { operation: 'write', resource } });
+    const model = scripted({ to: 'a@example.com', body: 'hi' });
+    const reviewer = decideWhenPending(rita, resource, decision, 'checked');
+    const result = await generateText({ model, tools, prompt: 'email a', stopWhen: stepCountIs(3) });
+    const rid = await reviewer;
+    assert.equal(result.text, 'All done.');
+    // what the model was shown on its second call
+    const toolMsg = model.doGenerateCalls[1].prompt.find((m) => m.role === 'tool');
+    const part = toolMsg.content.find((c) => c.type === 'tool-result');
+    if (decision === 'approve') {
+      assert.deepEqual(sent, ['a@example.com']);
+      assert.deepEqual(part.output, { type: 'text', value: 'sent to a@example.com' });
+      assert.equal((await bot.getRequest(rid)).state, 'executed');
+    } else {
+      assert.deepEqual(sent, []);
+      assert.equal(part.output.type, 'error-text');
+      assert.ok(part.output.value.includes(rid) && part.output.value.includes('sdk:writes-need-a-reviewer'), part.output.value);
+    }
+  });
+}

@@ -1,0 +1,117 @@
+// The guard against the real gateway: it runs once, only when authorized.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Conflict, Denied, GuardTimeout, RequestEnded, Client } from '../src/index.js';
+import { startGateway, unique, writeAction, decideWhenPending, token } from './helpers.js';
+
+let gw, bot, rita;
+before(async () => { gw = await startGateway(); bot = gw.client(); rita = gw.client('user:rita'); });
+after(() => gw.stop());
+
+test('an allow runs once and its result is recorded', async () => {
+  let runs = 0;
+  let auth;
+  const out = await bot.guard({ kind: 'tool', operation: 'read', resource: unique('g') }, async (a) => { runs++; auth = a; return { rows: 2 }; });
+  assert.deepEqual(out, { rows: 2 });
+  assert.equal(runs, 1);
+  assert.ok(auth.recorded && auth.executionId);
+  await assert.rejects(bot.reportExecution(auth.executionId, true), Conflict);
+});
+
+test('a review waits for the approval, runs once; the approval is then used up', async () => {
+  const action = writeAction();
+  const reviewer = decideWhenPending(rita, action.resource);
+  const runs = [];
+  await bot.guard(action, (auth) => runs.push(auth.requestId), { timeout: 30 });
+  const rid = await reviewer;
+  assert.deepEqual(runs, [rid]);
+  assert.equal((await bot.getRequest(rid)).state, 'executed');
+  const err = await bot.guard(action, () => runs.push('again'), { timeout: 1 }).catch((e) => e);
+  assert.ok(err instanceof GuardTimeout);
+  assert.deepEqual(runs, [rid]);
+  assert.equal((await bot.getRequest(err.requestId)).state, 'withdrawn');
+});
+
+test('a reviewer denial never runs and names the policy and the request', async () => {
+  const action = writeAction();
+  const reviewer = decideWhenPending(rita, action.resource, 'deny', 'not this customer');
+  let runs = 0;
+  const err = await bot.guard(action, () => runs++, { timeout: 30 }).catch((e) => e);
+  const rid = await reviewer;
+  assert.equal(runs, 0);
+  assert.ok(err instanceof Denied);
+  assert.match(err.message, new RegExp(rid));
+  assert.match(err.message, /sdk:writes-need-a-reviewer/);
+  assert.match(err.message, /not this customer/);
+  assert.equal(err.requestId, rid);
+});
+
+test('policy denial, expiry and withdrawal never run', async () => {
+  let runs = 0;
+  const d = await bot.guard({ kind: 'tool', operation: 'drop', resource: unique('drop') }, () => runs++).catch((e) => e);
+  assert.ok(d instanceof Denied && d.policies[0] === 'sdk:no-drops' && d.message.includes(d.decisionId));
+  const x = await bot.guard({ kind: 'tool', operation: 'delete', resource: unique('del') }, () => runs++, { timeout: 30 }).catch((e) => e);
+  assert.ok(x instanceof RequestEnded && x.state === 'expired');
+  const action = writeAction();
+  const other = new Client({ url: gw.url, token: token('agent:sdk-bot') });
+  const withdrawer = (async () => {
+    for (;;) {
+      const r = (await other.listRequests({ state: 'pending' })).requests.find((q) => q.action.resource === action.resource);
+      if (r) return other.withdraw(r.id);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  })();
+  const w = await bot.guard(action, () => runs++, { timeout: 30 }).catch((e) => e);
+  await withdrawer;
+  assert.ok(w instanceof RequestEnded && w.state === 'withdrawn');
+  assert.equal(runs, 0);
+});
+
+test('grant mode verifies and consumes the grant before running', async () => {
+  const action = writeAction();
+  const reviewer = decideWhenPending(rita, action.resource);
+  const auth = await bot.authorize(action, { mode: 'grant', timeout: 30 });
+  await reviewer;
+  assert.equal(auth.grantClaims.dig, auth.digest);
+  assert.equal(auth.grantClaims.rid, auth.requestId);
+  await auth.record(true, { ok: 1 });
+  assert.equal((await bot.getRequest(auth.requestId)).state, 'executed');
+});
+
+test('guarded(): the call becomes the action; the result or exception is recorded', async () => {
+  const calls = [];
+  const sendEmail = bot.guarded({ operation: 'write', resource: 'crm://customers', justification: 'asked' }, async ({ to, body = 'hi' }) => {
+    calls.push(to);
+    if (to === 'bad@example.com') throw new Error('smtp refused');
+    return `sent to ${to}`;
+  });
+  const to = `${unique('addr')}@example.com`;
+  const reviewer = decideWhenPending(rita, (a) => a.params?.to === to);
+  assert.equal(await sendEmail({ to }), `sent to ${to}`);
+  const rid = await reviewer;
+  const view = await bot.getRequest(rid);
+  assert.deepEqual(view.action.params, { to });
+  assert.equal(view.state, 'executed');
+  const reviewer2 = decideWhenPending(rita, (a) => a.params?.to === 'bad@example.com');
+  await assert.rejects(sendEmail({ to: 'bad@example.com' }), /smtp refused/);
+  assert.equal((await bot.getRequest(await reviewer2)).state, 'failed');
+  assert.deepEqual(calls, [to, 'bad@example.com']);
+});
+
+test('event streams refused: the guard long-polls instead', async () => {
+  let streams = 0;
+  const noEvents = (url, init) => {
+    if (String(url).endsWith('/events')) {
+      streams++;
+      return Promise.resolve(new Response('{"error":{"code":"log_unavailable","message":"busy"}}', { status: 503 }));
+    }
+    return fetch(url, init);
+  };
+  const c = new Client({ url: gw.url, token: token('agent:sdk-bot'), fetch: noEvents });
+  const action = writeAction();
+  const reviewer = decideWhenPending(rita, action.resource);
+  const auth = await c.authorize(action, { timeout: 30 });
+  await reviewer;
+  assert.ok(streams >= 1 && auth.executionId);
+  await auth.record(true);
+});

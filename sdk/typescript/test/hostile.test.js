@@ -1,0 +1,134 @@
+// Bad input: a gateway that is down, slow, answers garbage or lies. Each case
+// is a typed error, and the guarded function never runs. The liars wrap the
+// real gateway's fetch and change its answers.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
+import { createServer as httpServer } from 'node:http';
+import { generateKeyPairSync, sign } from 'node:crypto';
+import {
+  Client, DigestMismatch, GatewayTimeout, GrantInvalid, ProtocolError, RateLimited, ServerError, TransportError,
+  Unavailable, NotFound, SecondkeyError, JcsError, PayloadTooLarge, digest,
+} from '../src/index.js';
+import { MAX_ANSWER_BYTES } from '../src/client.js';
+import { startGateway, freePort, token, unique } from './helpers.js';
+
+let gw;
+before(async () => { gw = await startGateway(); });
+after(() => gw.stop());
+
+const READ = { kind: 'tool', operation: 'read', resource: 'crm://hostile/x' };
+async function refused(client, action = READ, opts = {}) {
+  let runs = 0;
+  const err = await client.guard(action, () => runs++, opts).catch((e) => e);
+  assert.equal(runs, 0, 'the guarded function ran');
+  assert.ok(err instanceof SecondkeyError, `not a typed error: ${err}`);
+  return err;
+}
+
+test('gateway down', async () => {
+  const err = await refused(new Client({ url: `http://127.0.0.1:${await freePort()}`, token: 't', timeout: 2 }));
+  assert.ok(err instanceof TransportError && /cannot reach/.test(err.message));
+});
+
+test('gateway slow', async () => {
+  const srv = createServer(() => {}).listen(0, '127.0.0.1');
+  await new Promise((r) => srv.on('listening', r));
+  const t0 = Date.now();
+  const err = await refused(new Client({ url: `http://127.0.0.1:${srv.address().port}`, token: 't', timeout: 0.5 }));
+  assert.ok(err instanceof GatewayTimeout && Date.now() - t0 < 5000);
+  srv.close();
+  for (const s of srv.connections ?? []) s.destroy();
+});
+
+async function canned(answers) {
+  const srv = httpServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      const [status, ctype, body, headers = {}] = answers.length > 1 ? answers.shift() : answers[0];
+      res.writeHead(status, { 'content-type': ctype, ...headers });
+      res.end(body);
+    });
+  }).listen(0, '127.0.0.1');
+  await new Promise((r) => srv.on('listening', r));
+  return { client: new Client({ url: `http://127.0.0.1:${srv.address().port}`, token: 't', timeout: 2 }), close: () => srv.close() };
+}
+
+const ALLOW = { id: 'act_1', digest: digest(READ), decision: 'allow', reasons: [], execution: { id: 'act_1', approvers: [] } };
+const J = 'application/json';
+
+test('garbage answers are typed errors', async () => {
+  const cases = [
+    [[200, 'text/html', '<html>hi</html>'], ProtocolError],
+    [[200, J, '{"id": 1}'], ProtocolError],
+    [[200, J, JSON.stringify({ ...ALLOW, decision: 'maybe' })], ProtocolError],
+    [[200, J, JSON.stringify({ ...ALLOW, execution: null })], ProtocolError],
+    [[200, J, JSON.stringify({ ...ALLOW, reasons: 'none' })], ProtocolError],
+    [[200, J, '[1, 2'], ProtocolError],
+    [[502, 'text/html', '<h1>Bad Gateway</h1>'], ServerError],
+    [[503, J, '{"error":{"code":"log_unavailable","message":"disk"}}'], Unavailable],
+    [[404, 'text/plain', 'nope'], NotFound],
+    [[200, J, JSON.stringify({ ...ALLOW, digest: '0'.repeat(64) })], DigestMismatch],
+  ];
+  for (const [answer, Cls] of cases) {
+    const s = await canned([answer]);
+    const err = await refused(s.client);
+    assert.ok(err instanceof Cls, `${answer[2]} gave ${err}`);
+    s.close();
+  }
+});
+
+test('429 is typed with retryAfter; the guard waits and retries within its deadline', async () => {
+  const limited = [429, J, '{"error":{"code":"too_many_pending","message":"slow down"}}', { 'retry-after': '1' }];
+  let s = await canned([limited, [200, J, JSON.stringify(ALLOW)], [204, J, '']]);
+  const t0 = Date.now();
+  let runs = 0;
+  await s.client.guard(READ, () => runs++, { timeout: 10 });
+  assert.equal(runs, 1);
+  assert.ok(Date.now() - t0 >= 900);
+  s.close();
+  s = await canned([limited]);
+  await assert.rejects(s.client.submit(READ), (e) => e instanceof RateLimited && e.retryAfter === 1 && e.code === 'too_many_pending');
+  assert.ok((await refused(s.client, READ, { timeout: 0.5 })) instanceof RateLimited);
+  s.close();
+});
+
+const b64 = (b) => Buffer.from(b).toString('base64url');
+const rewrite = (fn, seen) => async (url, init) => {
+  if (String(url).includes('/v1/grants/consume')) seen.push('consume');
+  const res = await fetch(url, init);
+  if (new URL(url).pathname === '/v1/actions' && res.status === 200) return Response.json(fn(await res.json()));
+  return res;
+};
+const tamper = (r) => { const [h, p, s] = r.grant.split('.'); const c = JSON.parse(Buffer.from(p, 'base64url')); c.exp += 3600; r.grant = `${h}.${b64(JSON.stringify(c))}.${s}`; return r; };
+const foreign = (r) => { const [h, p] = r.grant.split('.'); const { privateKey } = generateKeyPairSync('ed25519'); r.grant = `${h}.${p}.${b64(sign(null, Buffer.from(`${h}.${p}`), privateKey))}`; return r; };
+const algNone = (r) => { const [, p] = r.grant.split('.'); r.grant = `${b64(JSON.stringify({ alg: 'none', kid: 'x' }))}.${p}.`; return r; };
+const otherDigest = (r) => ({ ...r, digest: 'f'.repeat(64) });
+
+test('a tampered or foreign grant, or another digest, is refused locally and never consumed', async () => {
+  for (const [fn, Cls] of [[tamper, GrantInvalid], [foreign, GrantInvalid], [algNone, GrantInvalid], [otherDigest, DigestMismatch]]) {
+    const seen = [];
+    const c = new Client({ url: gw.url, token: token('agent:sdk-bot'), fetch: rewrite(fn, seen) });
+    const err = await refused(c, { kind: 'tool', operation: 'read', resource: unique('tamper') }, { mode: 'grant' });
+    assert.ok(err instanceof Cls, `${fn.name}: ${err}`);
+    assert.deepEqual(seen, [], `${fn.name}: a refused grant was sent to be consumed`);
+  }
+  const genuine = (await gw.client().submit({ kind: 'tool', operation: 'read', resource: unique('other') })).grant;
+  const c = new Client({ url: gw.url, token: token('agent:sdk-bot'), fetch: rewrite((r) => ({ ...r, grant: genuine }), []) });
+  const err = await refused(c, { kind: 'tool', operation: 'read', resource: unique('mine') }, { mode: 'grant' });
+  assert.ok(err instanceof GrantInvalid && /digest/.test(err.message));
+});
+
+test('an action without a canonical form is refused before sending', async () => {
+  const err = await refused(gw.client(), { kind: 'tool', operation: 'read', resource: 'x://y', params: { n: NaN } });
+  assert.ok(err instanceof JcsError);
+});
+
+test('an oversized action is a typed refusal; an oversized answer is refused', async () => {
+  const big = await refused(gw.client(), { kind: 'tool', operation: 'read', resource: unique('big'), params: { blob: 'x'.repeat(2 * 1024 * 1024) } });
+  assert.ok(big instanceof PayloadTooLarge && big.code === 'too_large', String(big));
+  const s = await canned([[200, J, `{"pad": "${'x'.repeat(MAX_ANSWER_BYTES + 10)}"}`]]);
+  const err = await refused(s.client);
+  assert.ok(err instanceof ProtocolError && /larger than/.test(err.message), String(err));
+  s.close();
+});

@@ -1,0 +1,80 @@
+// LangChain.js / LangGraph.js against the real gateway, driven by LangChain's
+// own fake chat model (fakeModel from @langchain/core/testing): the model calls
+// a tool, the gateway holds it, a reviewer approves through the API, the tool
+// runs once, the agent continues; on deny the model sees a tool error naming
+// the policy and the request.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createAgent, ToolMessage, AIMessage } from 'langchain';
+import { tool } from '@langchain/core/tools';
+import { fakeModel } from '@langchain/core/testing';
+import { z } from 'zod';
+import { Client } from '../src/index.js';
+import { guardTool, secondkeyMiddleware } from '../src/integrations/langchain.js';
+import { startGateway, unique, decideWhenPending, freePort } from './helpers.js';
+
+let gw, bot, rita;
+before(async () => { gw = await startGateway(); bot = gw.client(); rita = gw.client('user:rita'); });
+after(() => gw.stop());
+
+const makeTool = (sent) => tool(async ({ to }) => { sent.push(to); return `sent to ${to}`; }, {
+  name: 'send_email', description: 'Send an email to a customer.', schema: z.object({ to: z.string(), body: z.string() }),
+});
+const script = (args) => fakeModel().respondWithTools([{ name: 'send_email', args, id: 'call_1' }]).respond(new AIMessage('All done.'));
+const toolMessages = (r) => r.messages.filter((m) => ToolMessage.isInstance(m));
+
+for (const decision of ['approve', 'deny']) {
+  test(`guardTool in a LangGraph agent: ${decision}`, async () => {
+    const sent = [];
+    const resource = unique('lcjs-tool');
+    const agent = createAgent({ model: script({ to: 'a@example.com', body: 'hi' }), tools: [guardTool(makeTool(sent), bot, { operation: 'write', resource })] });
+    const reviewer = decideWhenPending(rita, resource, decision, 'checked');
+    const result = await agent.invoke({ messages: [{ role: 'user', content: 'email a' }] });
+    const rid = await reviewer;
+    const [msg] = toolMessages(result);
+    assert.equal(result.messages.at(-1).content, 'All done.');
+    if (decision === 'approve') {
+      assert.deepEqual(sent, ['a@example.com']);
+      assert.equal(msg.content, 'sent to a@example.com');
+      assert.equal((await bot.getRequest(rid)).state, 'executed');
+    } else {
+      assert.deepEqual(sent, []);
+      assert.equal(msg.status, 'error');
+      assert.match(String(msg.content), new RegExp(rid));
+      assert.match(String(msg.content), /sdk:writes-need-a-reviewer/);
+    }
+  });
+
+  test(`secondkeyMiddleware routes the decision to secondkey: ${decision}`, async () => {
+    const sent = [];
+    const resource = unique('lcjs-mw');
+    const agent = createAgent({
+      model: script({ to: 'b@example.com', body: 'hi' }), tools: [makeTool(sent)],
+      middleware: [secondkeyMiddleware({ interruptOn: { send_email: { operation: 'write', resource } }, client: bot })],
+    });
+    const reviewer = decideWhenPending(rita, resource, decision);
+    const result = await agent.invoke({ messages: [{ role: 'user', content: 'email b' }] });
+    const rid = await reviewer;
+    const [msg] = toolMessages(result);
+    assert.equal(result.messages.at(-1).content, 'All done.');
+    if (decision === 'approve') {
+      assert.deepEqual(sent, ['b@example.com']);
+      assert.equal((await bot.getRequest(rid)).state, 'executed');
+    } else {
+      assert.deepEqual(sent, []);
+      assert.equal(msg.status, 'error');
+      assert.ok(String(msg.content).includes(rid) && String(msg.content).includes('sdk:writes-need-a-reviewer'));
+    }
+  });
+}
+
+test('a gateway that is down is a tool error; the tool never runs', async () => {
+  const sent = [];
+  const down = new Client({ url: `http://127.0.0.1:${await freePort()}`, token: 't', timeout: 2 });
+  const agent = createAgent({ model: script({ to: 'e@example.com', body: 'x' }), tools: [guardTool(makeTool(sent), down, 'write')] });
+  const result = await agent.invoke({ messages: [{ role: 'user', content: 'email e' }] });
+  const [msg] = toolMessages(result);
+  assert.deepEqual(sent, []);
+  assert.equal(msg.status, 'error');
+  assert.match(String(msg.content), /could not authorize/);
+});
