@@ -104,6 +104,17 @@ pub struct Statement {
     /// extended protocol shares the cursors' name space, and fetching from
     /// it runs its statement, so the session checks this name.
     pub portal: Option<String>,
+    /// Whether preparing the statement (PostgreSQL's parse analysis, what a
+    /// protocol Parse runs) may read a string constant with the input
+    /// function of a type that could reach user code: an array, composite
+    /// or range value whose element is a domain runs the domain's CHECK.
+    /// True for any string constant of an analyzed statement that is not
+    /// cast straight to a built-in scalar type (see [`sanitize`]).
+    pub literal_input: bool,
+    /// Whether the statement names a type that is not built in (a cast, a
+    /// column definition, `%TYPE`): its casts, operators and input may be
+    /// user code.
+    pub foreign_types: bool,
 }
 
 /// Statements that change the proxy's own view of the session.
@@ -371,6 +382,12 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
             Operation::Admin
         }
     };
+    let literal_input = analyzed(node) && {
+        let mut sites = Vec::new();
+        literal_sites(&tree, &mut sites);
+        !sites.is_empty()
+    };
+    let foreign_types = names_foreign_type(&tree);
     let mut ops = w.nested;
     ops.insert(base);
     if !w.unknown.is_empty() {
@@ -387,9 +404,296 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
             unknown_functions: w.unknown,
             special,
             portal,
+            literal_input,
+            foreign_types,
         },
         literal_independent,
     ))
+}
+
+/// Statements PostgreSQL analyzes when they are prepared (a Parse
+/// message); any other statement is a utility command, analyzed only when
+/// it runs.
+fn analyzed(node: &N) -> bool {
+    matches!(
+        node,
+        N::SelectStmt(_)
+            | N::InsertStmt(_)
+            | N::UpdateStmt(_)
+            | N::DeleteStmt(_)
+            | N::MergeStmt(_)
+            | N::ExplainStmt(_)
+            | N::DeclareCursorStmt(_)
+            | N::CreateTableAsStmt(_)
+            | N::CallStmt(_)
+    )
+}
+
+/// A string constant that parse analysis may hand to a type's input
+/// function: the byte offset of the constant and, for the `type 'text'`
+/// form, of the type name before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Site {
+    at: usize,
+    typed_from: Option<usize>,
+}
+
+fn location(v: &Value) -> Option<usize> {
+    v.get("location")
+        .and_then(Value::as_i64)
+        .and_then(|n| usize::try_from(n).ok())
+}
+
+/// Every string constant below `v` that is not cast straight to a built-in
+/// scalar type (whose input function is PostgreSQL's own): an implicit
+/// coercion's target is known only after analysis, and may be an array or
+/// composite of a domain.
+fn literal_sites(v: &Value, out: &mut Vec<Site>) {
+    let string_const = |v: &Value| -> Option<usize> {
+        let c = v.get("node")?.get("AConst")?;
+        c.get("val")?.get("Sval")?;
+        location(c).or(Some(usize::MAX))
+    };
+    match v {
+        Value::Object(m) => {
+            if let Some(tc) = m.get("TypeCast") {
+                let ty = tc.get("type_name").unwrap_or(&Value::Null);
+                if let Some(at) = tc.get("arg").and_then(string_const) {
+                    if !builtin_type(ty, false) {
+                        // `'…'::t` and CAST('…' AS t) carry the cast's own
+                        // location; the `t '…'` form carries none.
+                        let typed = tc.get("location").and_then(Value::as_i64) == Some(-1);
+                        out.push(Site {
+                            at,
+                            typed_from: if typed { location(ty) } else { None },
+                        });
+                    }
+                    literal_sites(ty, out);
+                    return;
+                }
+            }
+            if let Some(c) = m.get("AConst") {
+                if c.get("val").and_then(|x| x.get("Sval")).is_some() {
+                    out.push(Site {
+                        at: location(c).unwrap_or(usize::MAX),
+                        typed_from: None,
+                    });
+                    return;
+                }
+            }
+            m.values().for_each(|x| literal_sites(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| literal_sites(x, out)),
+        _ => {}
+    }
+}
+
+/// Whether any type named below `v` is not built in.
+fn names_foreign_type(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => {
+            if has(m, &["names", "type_oid", "setof", "pct_type"]) {
+                return !builtin_type(v, true);
+            }
+            m.values().any(names_foreign_type)
+        }
+        Value::Array(a) => a.iter().any(names_foreign_type),
+        _ => false,
+    }
+}
+
+/// Whether a TypeName names a built-in type: unqualified or in
+/// `pg_catalog`, from [`BUILTIN_TYPES`], not `%TYPE`; arrays of one only
+/// when `arrays` (array input runs the element's input).
+fn builtin_type(ty: &Value, arrays: bool) -> bool {
+    let Value::Object(m) = ty else { return false };
+    if m.get("pct_type").and_then(Value::as_bool).unwrap_or(false) {
+        return false;
+    }
+    if !arrays
+        && m.get("array_bounds")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    {
+        return false;
+    }
+    let names = m.get("names").map(strings_in).unwrap_or_default();
+    match names.as_slice() {
+        [name] => BUILTIN_TYPES.contains(&name.as_str()),
+        [schema, name] => schema == "pg_catalog" && BUILTIN_TYPES.contains(&name.as_str()),
+        _ => false,
+    }
+}
+
+/// Built-in scalar types (as the parser names them: `integer` is `int4`,
+/// `timestamp with time zone` is `pg_catalog.timestamptz`) whose input
+/// functions are PostgreSQL's own and read no other type's input.
+const BUILTIN_TYPES: &[&str] = &[
+    "bool",
+    "boolean",
+    "int2",
+    "int4",
+    "int8",
+    "smallint",
+    "integer",
+    "int",
+    "bigint",
+    "numeric",
+    "decimal",
+    "float4",
+    "float8",
+    "real",
+    "text",
+    "varchar",
+    "bpchar",
+    "char",
+    "name",
+    "character",
+    "date",
+    "time",
+    "timetz",
+    "timestamp",
+    "timestamptz",
+    "interval",
+    "uuid",
+    "json",
+    "jsonb",
+    "jsonpath",
+    "bytea",
+    "inet",
+    "cidr",
+    "macaddr",
+    "macaddr8",
+    "money",
+    "bit",
+    "varbit",
+    "oid",
+    "regclass",
+    "regtype",
+    "regproc",
+    "regprocedure",
+    "regoper",
+    "regoperator",
+    "regnamespace",
+    "regrole",
+    "regconfig",
+    "regdictionary",
+    "tsvector",
+    "tsquery",
+    "point",
+    "line",
+    "lseg",
+    "box",
+    "path",
+    "polygon",
+    "circle",
+    "pg_lsn",
+    "xml",
+];
+
+/// For a Parse of `sql` that may run a type's input on a string constant
+/// ([`Statement::literal_input`]): the same statement with every such
+/// constant replaced by `NULL` (`t '…'` by `CAST(NULL AS t)`). A NULL of
+/// unknown type is resolved exactly like a string constant, so the server
+/// infers the same parameter and result types from it, but no input
+/// function reads anything. `None` when that text cannot be built and
+/// checked (the caller then keeps the Parse back).
+pub fn sanitize(sql: &str) -> Option<String> {
+    let sites = sites_of(sql)?;
+    if sites.is_empty() {
+        return Some(sql.to_string());
+    }
+    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let string_token = |t: &protobuf::ScanToken| {
+        matches!(
+            protobuf::Token::try_from(t.token),
+            Ok(protobuf::Token::Sconst) | Ok(protobuf::Token::Usconst)
+        )
+    };
+    let by_start: std::collections::HashMap<usize, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.start as usize, i))
+        .collect();
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    for site in sites {
+        let i = *by_start.get(&site.at)?;
+        let tok = &tokens[i];
+        if !string_token(tok) {
+            // A constant the grammar made from a keyword (EXTRACT's field,
+            // IS NORMALIZED's form): its value is fixed, its type text.
+            continue;
+        }
+        let mut end = tok.end as usize;
+        if protobuf::Token::try_from(tok.token) == Ok(protobuf::Token::Usconst) {
+            if let (Some(u), Some(c)) = (tokens.get(i + 1), tokens.get(i + 2)) {
+                if protobuf::Token::try_from(u.token) == Ok(protobuf::Token::Uescape)
+                    && string_token(c)
+                {
+                    end = c.end as usize;
+                }
+            }
+        }
+        let (start, with) = match site.typed_from {
+            Some(from) if from < site.at => {
+                let ty = sql.get(from..site.at)?.trim_end();
+                (from, format!("CAST(NULL AS {ty})"))
+            }
+            Some(_) => return None,
+            None => (site.at, "NULL".to_string()),
+        };
+        sql.get(start..end)?;
+        edits.push((start, end, with));
+    }
+    edits.sort();
+    if edits.windows(2).any(|w| w[0].1 > w[1].0) {
+        return None;
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut at = 0;
+    for (start, end, with) in &edits {
+        out.push_str(sql.get(at..*start)?);
+        out.push_str(with);
+        at = *end;
+    }
+    out.push_str(sql.get(at..)?);
+    // The result must parse into as many statements, with no string
+    // constant left for an input function to read.
+    let before = pg_query::parse(sql, 0).ok()?.protobuf.stmts.len();
+    let after = pg_query::parse(&out, 0).ok()?.protobuf.stmts.len();
+    if before != after {
+        return None;
+    }
+    let left = sites_of(&out)?;
+    let strings: std::collections::HashSet<usize> = pg_query::scan(&out)
+        .ok()?
+        .tokens
+        .iter()
+        .filter(|t| string_token(t))
+        .map(|t| t.start as usize)
+        .collect();
+    (!left.iter().any(|s| strings.contains(&s.at))).then_some(out)
+}
+
+/// The literal sites of every analyzed statement of `sql`.
+fn sites_of(sql: &str) -> Option<Vec<Site>> {
+    if sql.contains('\0') {
+        return None;
+    }
+    let parsed = std::panic::catch_unwind(|| pg_query::parse(sql, 0))
+        .ok()?
+        .ok()?;
+    let mut sites = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
+        if analyzed(node) {
+            let tree = serde_json::to_value(node).ok()?;
+            literal_sites(&tree, &mut sites);
+        }
+    }
+    Some(sites)
 }
 
 /// `SET name …`: harmless session settings are reads; anything that

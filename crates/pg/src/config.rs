@@ -26,6 +26,16 @@ struct RawConnection {
     pure_functions: Vec<String>,
     #[serde(default)]
     estimate_rows: bool,
+    login_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    max_sessions: Option<usize>,
+    max_sessions_per_principal: Option<usize>,
+    reserved_sessions: Option<usize>,
+    max_message_bytes: Option<usize>,
+    max_session_bytes: Option<usize>,
+    held_read_bytes: Option<usize>,
     upstream: RawUpstream,
     tls: Option<RawTls>,
     #[serde(default)]
@@ -86,6 +96,54 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
 }
 
+/// What one connection definition lets clients take, and how long they
+/// may take it. Every limit is per `[[postgres]]` entry (one listener).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// A client must finish TLS, startup and authentication within this.
+    pub login_timeout: Duration,
+    /// A logged-in session with nothing in flight and no traffic either
+    /// way for this long is closed; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Client sockets open at once on the listener (logging in or not).
+    pub max_connections: usize,
+    /// Client sockets open at once from one source IP address.
+    pub max_connections_per_address: usize,
+    /// Logged-in sessions at once; each holds one upstream connection.
+    pub max_sessions: usize,
+    /// Logged-in sessions of one principal at once.
+    pub max_sessions_per_principal: usize,
+    /// Of `max_sessions`, how many only a principal holding no session
+    /// may take, so that one agent (or a few) cannot take every slot.
+    pub reserved_sessions: usize,
+    /// Largest message a client may send; checked from its header, before
+    /// any of it is buffered.
+    pub max_message_bytes: usize,
+    /// What the gateway keeps for one session at once: buffered client
+    /// bytes plus the prepared statements and portals it mirrors.
+    pub max_session_bytes: usize,
+    /// While a statement is held, the most the gateway reads further from
+    /// that client; past it the session ends.
+    pub held_read_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            login_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(3600)),
+            max_connections: 100,
+            max_connections_per_address: 20,
+            max_sessions: 50,
+            max_sessions_per_principal: 10,
+            reserved_sessions: 5,
+            max_message_bytes: 32 << 20,
+            max_session_bytes: 64 << 20,
+            held_read_bytes: 1 << 20,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub name: String,
@@ -97,6 +155,7 @@ pub struct Connection {
     pub default_schema: String,
     pub pure_functions: BTreeSet<String>,
     pub estimate_rows: bool,
+    pub limits: Limits,
     pub upstream: Upstream,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub scram: HashMap<String, Verifier>,
@@ -188,6 +247,7 @@ pub fn parse(
                 .map_err(|e| invalid(key("hold_timeout"), e.to_string()))?,
             None => Duration::from_secs(15 * 60),
         };
+        let limits = limits(&raw, &key)?;
         let u = &raw.upstream;
         let password = match (&u.password, &u.password_env, &u.password_file) {
             (None, None, None) => None,
@@ -255,6 +315,7 @@ pub fn parse(
             default_schema,
             pure_functions: raw.pure_functions.into_iter().collect(),
             estimate_rows: raw.estimate_rows,
+            limits,
             upstream: Upstream {
                 host: u.host.clone(),
                 port: u.port.unwrap_or(5432),
@@ -270,6 +331,100 @@ pub fn parse(
     }
     Ok(out)
 }
+
+/// The limits of one section, defaults filled in, each checked against
+/// the others so that no combination locks everyone out.
+fn limits(raw: &RawConnection, key: &dyn Fn(&str) -> String) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let duration = |k: &str, v: &Option<String>, default: Duration| match v {
+        Some(s) => {
+            secondkey_core::time::parse_duration(s).map_err(|e| invalid(key(k), e.to_string()))
+        }
+        None => Ok(default),
+    };
+    let count = |k: &str, v: Option<usize>, default: usize, min: usize| {
+        let n = v.unwrap_or(default);
+        if n < min {
+            return Err(invalid(key(k), format!("must be at least {min}")));
+        }
+        Ok(n)
+    };
+    let idle_timeout = match raw.idle_timeout.as_deref() {
+        Some("off") => None,
+        other => Some(duration(
+            "idle_timeout",
+            &other.map(str::to_string),
+            d.idle_timeout.unwrap_or(Duration::from_secs(3600)),
+        )?),
+    };
+    let l = Limits {
+        login_timeout: duration("login_timeout", &raw.login_timeout, d.login_timeout)?,
+        idle_timeout,
+        max_connections: count("max_connections", raw.max_connections, d.max_connections, 1)?,
+        max_connections_per_address: count(
+            "max_connections_per_address",
+            raw.max_connections_per_address,
+            d.max_connections_per_address,
+            1,
+        )?,
+        max_sessions: count("max_sessions", raw.max_sessions, d.max_sessions, 1)?,
+        max_sessions_per_principal: count(
+            "max_sessions_per_principal",
+            raw.max_sessions_per_principal,
+            d.max_sessions_per_principal,
+            1,
+        )?,
+        reserved_sessions: count(
+            "reserved_sessions",
+            raw.reserved_sessions,
+            d.reserved_sessions,
+            0,
+        )?,
+        max_message_bytes: count(
+            "max_message_bytes",
+            raw.max_message_bytes,
+            d.max_message_bytes,
+            MIN_MESSAGE_BYTES,
+        )?,
+        max_session_bytes: count(
+            "max_session_bytes",
+            raw.max_session_bytes,
+            d.max_session_bytes,
+            1,
+        )?,
+        held_read_bytes: count("held_read_bytes", raw.held_read_bytes, d.held_read_bytes, 1)?,
+    };
+    if l.max_message_bytes > MAX_MESSAGE_BYTES {
+        return Err(invalid(
+            key("max_message_bytes"),
+            format!("must be at most {MAX_MESSAGE_BYTES} (PostgreSQL's own limit is 1 GB)"),
+        ));
+    }
+    if l.max_session_bytes < l.max_message_bytes {
+        return Err(invalid(
+            key("max_session_bytes"),
+            "must be at least max_message_bytes (a message is buffered whole before it is decided)",
+        ));
+    }
+    if l.reserved_sessions >= l.max_sessions {
+        return Err(invalid(
+            key("reserved_sessions"),
+            "must be below max_sessions, or nobody could hold a second session",
+        ));
+    }
+    if l.max_sessions > l.max_connections {
+        return Err(invalid(
+            key("max_sessions"),
+            "must be at most max_connections (every session is a client connection)",
+        ));
+    }
+    Ok(l)
+}
+
+/// Bounds of `max_message_bytes`: room for a startup-sized statement, and
+/// PostgreSQL's own largest message.
+const MIN_MESSAGE_BYTES: usize = 16 << 10;
+const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
 #[cfg(test)]
 mod tests {
@@ -305,6 +460,56 @@ password_env = "PGPW"
         assert_eq!(c[0].upstream.port, 5432);
         assert_eq!(c[0].upstream.password.as_ref().unwrap().0, "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(c[0].limits, Limits::default());
+    }
+
+    #[test]
+    fn limits_load_and_bad_combinations_name_the_key() {
+        let text = OK.replacen(
+            "hold = \"retry\"",
+            "hold = \"retry\"\nlogin_timeout = \"2s\"\nidle_timeout = \"off\"\nmax_connections = 8\nmax_connections_per_address = 4\nmax_sessions = 6\nmax_sessions_per_principal = 2\nreserved_sessions = 1\nmax_message_bytes = 65536\nmax_session_bytes = 131072\nheld_read_bytes = 4096",
+            1,
+        );
+        let l = &load(&text).unwrap()[0].limits;
+        assert_eq!(l.login_timeout, Duration::from_secs(2));
+        assert_eq!(l.idle_timeout, None);
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_connections_per_address,
+                l.max_sessions
+            ),
+            (8, 4, 6)
+        );
+        assert_eq!((l.max_sessions_per_principal, l.reserved_sessions), (2, 1));
+        assert_eq!(
+            (l.max_message_bytes, l.max_session_bytes, l.held_read_bytes),
+            (65536, 131072, 4096)
+        );
+        for (extra, key) in [
+            ("login_timeout = \"0s\"", "login_timeout"),
+            ("idle_timeout = \"never\"", "idle_timeout"),
+            ("max_connections = 0", "max_connections"),
+            (
+                "max_sessions = 10\nreserved_sessions = 10",
+                "reserved_sessions",
+            ),
+            (
+                "max_connections = 5\nmax_sessions = 6\nreserved_sessions = 1",
+                "max_sessions",
+            ),
+            ("max_message_bytes = 100", "max_message_bytes"),
+            ("max_message_bytes = 2000000000", "max_message_bytes"),
+            (
+                "max_message_bytes = 65536\nmax_session_bytes = 1000",
+                "max_session_bytes",
+            ),
+            ("held_read_bytes = 0", "held_read_bytes"),
+        ] {
+            let text = OK.replacen("hold = \"retry\"", &format!("hold = \"retry\"\n{extra}"), 1);
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains(&format!("postgres[0].{key}")), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -16,11 +16,19 @@
 //! * a statement the parser rejects is refused, never passed through;
 //! * the upstream password is read here and written only to the upstream;
 //! * an approved statement runs at most once: the proxy never replays
-//!   anything after a lost connection.
+//!   anything after a lost connection;
+//! * nothing the database evaluates runs before the decision: Bind waits
+//!   for its Execute's, and Parse never hands the server a string constant
+//!   whose input could run user code ([`session`]);
+//! * every listener bounds what one client can hold: sockets (per
+//!   listener, per source address), time to log in, idle time, sessions
+//!   (per connection, per principal, with a reserve), and memory per
+//!   message and per session ([`config::Limits`]).
 
 pub mod cache;
 pub mod classify;
 pub mod config;
+pub mod params;
 pub mod proto;
 pub mod scram;
 pub mod session;
@@ -28,6 +36,7 @@ pub mod testing;
 pub mod upstream;
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,8 +53,6 @@ use crate::upstream::Stream;
 
 /// How many shapes of statements each connection's cache keeps.
 const CACHE_ENTRIES: usize = 10_000;
-/// How long a client has to log in.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The cancel key the gateway gave a client, and what it maps to.
 struct CancelEntry {
@@ -61,6 +68,131 @@ pub struct Shared {
     client_tls: Option<tokio_rustls::TlsAcceptor>,
     upstream_tls: Option<Arc<rustls::ClientConfig>>,
     cancels: Mutex<HashMap<(i32, i32), CancelEntry>>,
+    gate: Mutex<Gate>,
+}
+
+/// Who holds what on one listener, against [`config::Limits`].
+#[derive(Default)]
+struct Gate {
+    sockets: usize,
+    per_address: HashMap<IpAddr, usize>,
+    sessions: usize,
+    per_principal: HashMap<String, usize>,
+}
+
+/// One fewer of `key` in `counts` (gone at zero).
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// A client socket counted against `max_connections` and
+/// `max_connections_per_address` while it lives.
+struct SocketSlot {
+    sh: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.sh.gate.lock() {
+            g.sockets = g.sockets.saturating_sub(1);
+            release(&mut g.per_address, &self.ip);
+        }
+    }
+}
+
+/// A logged-in session counted against `max_sessions` and
+/// `max_sessions_per_principal` while it lives.
+struct SessionSlot {
+    sh: Arc<Shared>,
+    principal: String,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.sh.gate.lock() {
+            g.sessions = g.sessions.saturating_sub(1);
+            release(&mut g.per_principal, &self.principal);
+        }
+    }
+}
+
+impl Shared {
+    /// Admits a new client socket, or says which cap refuses it.
+    fn admit_socket(self: &Arc<Self>, ip: IpAddr) -> Result<SocketSlot, String> {
+        let l = &self.conn.limits;
+        let mut g = self
+            .gate
+            .lock()
+            .map_err(|_| "the connection table is unavailable".to_string())?;
+        if g.sockets >= l.max_connections {
+            return Err(format!(
+                "too many connections: postgres connection {} has its {} client connections open (max_connections)",
+                self.conn.name, l.max_connections
+            ));
+        }
+        let from = g.per_address.get(&ip).copied().unwrap_or(0);
+        if from >= l.max_connections_per_address {
+            return Err(format!(
+                "too many connections from {ip}: {from} are open to postgres connection {} (max_connections_per_address = {})",
+                self.conn.name, l.max_connections_per_address
+            ));
+        }
+        g.sockets += 1;
+        *g.per_address.entry(ip).or_insert(0) += 1;
+        Ok(SocketSlot {
+            sh: self.clone(),
+            ip,
+        })
+    }
+
+    /// Admits a logged-in session of `principal` (one upstream
+    /// connection), or says which cap refuses it. The last
+    /// `reserved_sessions` slots go only to principals holding none.
+    fn admit_session(self: &Arc<Self>, principal: &str) -> Result<SessionSlot, String> {
+        let l = &self.conn.limits;
+        let name = &self.conn.name;
+        let mut g = self
+            .gate
+            .lock()
+            .map_err(|_| "the session table is unavailable".to_string())?;
+        let held = g.per_principal.get(principal).copied().unwrap_or(0);
+        if held >= l.max_sessions_per_principal {
+            return Err(format!(
+                "too many connections for {principal}: it holds {held} sessions on postgres connection {name} (max_sessions_per_principal = {})",
+                l.max_sessions_per_principal
+            ));
+        }
+        let open_to = if held == 0 {
+            l.max_sessions
+        } else {
+            l.max_sessions - l.reserved_sessions
+        };
+        if g.sessions >= open_to {
+            return Err(if held == 0 {
+                format!(
+                    "too many connections: all {} sessions of postgres connection {name} are in use (max_sessions)",
+                    l.max_sessions
+                )
+            } else {
+                format!(
+                    "too many connections: {} of {} sessions of postgres connection {name} are in use, and the last {} are kept for principals holding none (reserved_sessions); {principal} already holds {held}",
+                    g.sessions, l.max_sessions, l.reserved_sessions
+                )
+            });
+        }
+        g.sessions += 1;
+        *g.per_principal.entry(principal.to_string()).or_insert(0) += 1;
+        Ok(SessionSlot {
+            sh: self.clone(),
+            principal: principal.to_string(),
+        })
+    }
 }
 
 /// The PostgreSQL gateway extension: the parsed `[[postgres]]` sections.
@@ -121,6 +253,7 @@ impl PgGateway {
                 client_tls,
                 upstream_tls,
                 cancels: Mutex::new(HashMap::new()),
+                gate: Mutex::new(Gate::default()),
             });
             tracing::info!(connection = %conn.name, %addr, "postgres gateway listening");
             tokio::spawn(accept_loop(listener, shared));
@@ -160,8 +293,25 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
+                let slot = match shared.admit_socket(peer.ip().to_canonical()) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        // Said without waiting (a full socket buffer drops
+                        // it), then closed; what already arrived is read
+                        // first, so that the close is not a reset that
+                        // loses the answer.
+                        let mut scrap = [0u8; 1024];
+                        while matches!(tcp.try_read(&mut scrap), Ok(n) if n > 0) {}
+                        let mut out = BytesMut::new();
+                        proto::fatal(&mut out, "53300", &why);
+                        let _ = tcp.try_write(&out);
+                        tracing::debug!(%peer, reason = %why, "postgres connection refused");
+                        continue;
+                    }
+                };
                 let sh = shared.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = serve_client(sh, tcp).await {
                         tracing::debug!(%peer, error = %e, "postgres client ended");
                     }
@@ -226,12 +376,22 @@ async fn serve_client(sh: Arc<Shared>, tcp: TcpStream) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
     let mut s: Stream = Box::new(tcp);
     let mut buf = BytesMut::with_capacity(8192);
-    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&sh, &mut s, &mut buf)).await;
+    let timeout = sh.conn.limits.login_timeout;
+    let login = tokio::time::timeout(timeout, login(&sh, &mut s, &mut buf)).await;
     let (who, params) = match login {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(fatal(&mut s, "08006", "login timed out").await),
+        Err(_) => {
+            let msg = format!(
+                "login timed out: TLS, startup and authentication must finish within {timeout:?} (login_timeout)"
+            );
+            return Err(fatal(&mut s, "08006", &msg).await);
+        }
+    };
+    let _session = match sh.admit_session(who.id.as_str()) {
+        Ok(slot) => slot,
+        Err(why) => return Err(fatal(&mut s, "53300", &why).await),
     };
     let up = match upstream::connect(&sh.conn.upstream, sh.upstream_tls.as_ref(), &params).await {
         Ok(u) => u,
@@ -280,6 +440,7 @@ async fn serve_client(sh: Arc<Shared>, tcp: TcpStream) -> anyhow::Result<()> {
         session::End::ClientLeft => Ok(()),
         session::End::UpstreamLost(w) => Err(anyhow::anyhow!("upstream lost: {w}")),
         session::End::Protocol(w) => Err(anyhow::anyhow!("protocol error: {w}")),
+        session::End::Closed(w) => Err(anyhow::anyhow!("closed by the gateway: {w}")),
     }
 }
 

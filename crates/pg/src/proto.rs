@@ -5,8 +5,12 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-/// Largest message a client may send (COPY data comes in many small ones).
+/// Largest message read during login, and the default bound of tests; a
+/// session's own limit is `max_message_bytes` (configuration).
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// How much room a partial message may reserve ahead of its bytes: a
+/// header announcing a large message allocates only as the bytes arrive.
+const RESERVE_AHEAD: usize = 1 << 20;
 /// Largest startup packet.
 pub const MAX_STARTUP: usize = 10_000;
 
@@ -40,13 +44,43 @@ pub fn take_message(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, BytesM
         return Err(ProtoError::TooLarge(len));
     }
     if buf.len() < 1 + len {
-        buf.reserve(1 + len - buf.len());
+        buf.reserve((1 + len - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     let ty = buf[0];
     let mut m = buf.split_to(1 + len);
     m.advance(5);
     Ok(Some((ty, m)))
+}
+
+/// The type and length (the header's, which counts itself) of the message
+/// at the front of `buf`, once its header is there.
+pub fn peek_header(buf: &[u8]) -> Result<Option<(u8, usize)>, ProtoError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(ProtoError::Malformed("framed"));
+    }
+    Ok(Some((buf[0], len as usize)))
+}
+
+/// Checks the header of every message in `buf` (complete or not) against
+/// `max`, without taking anything: what a client sends while it may not be
+/// read yet is refused as soon as its header says it is too large.
+pub fn check_headers(buf: &[u8], max: usize) -> Result<(), ProtoError> {
+    let mut at = 0;
+    while let Some((_, len)) = peek_header(&buf[at..])? {
+        if len > max {
+            return Err(ProtoError::TooLarge(len));
+        }
+        at += 1 + len;
+        if at >= buf.len() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The untyped startup-phase packet (startup, SSL, GSS or cancel request).
@@ -222,6 +256,20 @@ pub fn parse_bind(body: &[u8]) -> Result<Bind<'_>, ProtoError> {
         formats,
         values,
     })
+}
+
+/// A Bind body naming `statement` instead of the statement it named (the
+/// portal name and everything after the statement name unchanged). The
+/// body must have been read by [`parse_bind`].
+pub fn rebind(body: &[u8], statement: &str) -> BytesMut {
+    let mut r = Reader::new(body, "Bind");
+    let portal = r.cstr().unwrap_or("");
+    let _ = r.cstr();
+    let mut out = BytesMut::with_capacity(body.len() + statement.len());
+    put_cstr(&mut out, portal);
+    put_cstr(&mut out, statement);
+    out.put_slice(r.rest());
+    out
 }
 
 /// `(kind, name)` of a Describe or Close message: kind is `S` or `P`.
@@ -406,6 +454,27 @@ mod tests {
     }
 
     #[test]
+    fn headers_are_checked_before_the_body_arrives() {
+        let mut b = BytesMut::new();
+        put(&mut b, b'Q', |b| put_cstr(b, "SELECT 1"));
+        put(&mut b, b'Q', |b| put_cstr(b, "SELECT 2"));
+        assert!(check_headers(&b, 64).is_ok());
+        // A second message announcing 1 GiB, of which 3 bytes arrived.
+        b.extend_from_slice(&[b'Q', 0x40, 0, 0, 0, 1, 2, 3]);
+        assert!(matches!(
+            check_headers(&b, 1 << 20),
+            Err(ProtoError::TooLarge(0x4000_0000))
+        ));
+        assert_eq!(peek_header(&b).unwrap(), Some((b'Q', 13)));
+        assert!(peek_header(&[b'Q', 0, 0]).unwrap().is_none());
+        assert!(check_headers(&[b'Q', 0, 0, 0, 1], 64).is_err());
+        // Taking a partial large message reserves only a bounded amount.
+        let mut big = BytesMut::from(&[b'd', 0x10, 0, 0, 0][..]);
+        assert!(take_message(&mut big, 1 << 30).unwrap().is_none());
+        assert!(big.capacity() <= 2 * RESERVE_AHEAD);
+    }
+
+    #[test]
     fn bind_parses_and_malformed_bind_is_an_error() {
         let mut b = BytesMut::new();
         put_cstr(&mut b, "p");
@@ -420,6 +489,10 @@ mod tests {
         let bind = parse_bind(&b).unwrap();
         assert_eq!(bind.values, vec![Some(&b"abc"[..]), None]);
         assert!(!bind.is_binary(0));
+        let moved = rebind(&b, "other");
+        let again = parse_bind(&moved).unwrap();
+        assert_eq!((again.portal, again.statement), ("p", "other"));
+        assert_eq!(again.values, bind.values);
         for cut in 0..b.len() - 2 {
             assert!(parse_bind(&b[..cut]).is_err(), "cut at {cut}");
         }

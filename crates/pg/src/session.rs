@@ -1,27 +1,60 @@
 //! One client connection: the proxy loop between a client and its own
 //! upstream session.
 //!
-//! Client messages are read, classified and decided *before* anything that
-//! executes is forwarded: a simple `Query` and an extended-protocol
-//! `Execute` reach the upstream only after `Gateway::intercept` (or an
-//! approval) has recorded the authorizing log entry durably. Parse, Bind,
-//! Describe, Close and Sync execute nothing and are forwarded at once.
+//! Nothing the database evaluates runs before the decision. PostgreSQL
+//! evaluates code at three points of the extended protocol: Parse (parse
+//! analysis reads string constants with their type's input function — an
+//! array, composite or range of a domain runs the domain's CHECK), Bind
+//! (parameter input runs domain CHECKs; planning runs IMMUTABLE functions
+//! on constants, also behind views and column defaults) and Execute. So:
 //!
-//! The proxy mirrors the server's prepared statements and portals exactly:
-//! a creation counts once the server confirmed it (ParseComplete,
-//! BindComplete), and an `Execute` is decided on the portal the server will
-//! run — its statement text and bound values. Within one batch (up to Sync)
-//! the not-yet-confirmed messages are looked up too: if one of them fails,
-//! the server skips everything up to Sync, so nothing decided on a wrong
+//! * **Parse** goes out at once, but the server only ever analyzes a text
+//!   without string constants whose input could reach user code: when a
+//!   statement has such constants ([`Statement::literal_input`]), the
+//!   server gets a copy with each replaced by `NULL` ([`classify::sanitize`];
+//!   a NULL of unknown type is typed exactly like a string constant, so
+//!   the parameter and result types are the same). When no such copy can
+//!   be built, the gateway answers ParseComplete itself and the server
+//!   gets nothing under that name.
+//! * **Describe** of a statement goes out at once (it plans nothing),
+//!   except for a statement the server does not hold (refused, 0A000).
+//! * **Bind** never goes out on its own: the gateway answers BindComplete
+//!   itself, keeps the Bind, and sends it right before the portal's first
+//!   Execute once that Execute is decided — preceded by a Parse of the
+//!   original text under the gateway's own name ([`RUN_STATEMENT`]) when
+//!   the server holds another text (or none) under the client's name. A
+//!   Describe of such a portal is held with it and must be followed by
+//!   the portal's Execute (as libpq, psycopg and JDBC send them);
+//!   otherwise it is refused (0A000).
+//! * **Execute** and a simple **Query** are decided; they reach the
+//!   upstream only after `Gateway::intercept` (or an approval) recorded
+//!   the authorizing log entry durably.
+//! * Close, Sync and Flush go out at once.
+//!
+//! The proxy mirrors the server's prepared statements exactly (a creation
+//! counts once the server confirmed it) and keeps the portals as the client
+//! sees them. An `Execute` is decided on the portal the server will run —
+//! its statement text and bound values. Within one batch (up to Sync) the
+//! not-yet-confirmed messages are looked up too: if one of them fails, the
+//! server skips everything up to Sync, so nothing decided on a wrong
 //! assumption ever runs.
 //!
 //! Responses are forwarded in order; what the gateway says itself (a
-//! denial, a hold) is queued behind the responses still due, so the client
-//! sees exactly the message order PostgreSQL would produce. A denied
-//! statement never touches the upstream: an open transaction stays open.
+//! denial, a hold, a BindComplete) is queued behind the responses still
+//! due, so the client sees exactly the message order PostgreSQL would
+//! produce. A denied statement never touches the upstream: an open
+//! transaction stays open.
+//!
+//! Memory is bounded: a client message is checked against
+//! `max_message_bytes` from its header, before its body is buffered; what
+//! the session keeps (unread input, mirrored statements and portals) is
+//! bounded by `max_session_bytes`; while a statement is held the gateway
+//! reads at most `held_read_bytes` more from the client; upstream rows,
+//! COPY data, errors and notices larger than 64 KiB stream through
+//! instead of being buffered whole.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -32,8 +65,9 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::classify::{Classification, Special};
+use crate::classify::{self, Classification, Special, Statement, Table};
 use crate::config::HoldMode;
+use crate::params;
 use crate::proto::{self, ProtoError};
 use crate::upstream::Stream;
 use crate::Shared;
@@ -41,21 +75,82 @@ use crate::Shared;
 /// Longest statement text kept verbatim in an action; longer ones are cut
 /// and bound by their SHA-256 (the digest covers it).
 const MAX_STATEMENT_CHARS: usize = 8 * 1024;
-/// Longest parameter value kept verbatim.
-const MAX_PARAM_BYTES: usize = 1024;
-/// Largest message the upstream may send in one piece.
-const MAX_UPSTREAM_MESSAGE: usize = 1 << 30;
+/// Upstream messages the proxy does not need whole (rows, COPY data,
+/// errors, notices, notifications) stream through once larger than this.
+const PASS_AT: usize = 64 << 10;
+/// Largest upstream message of any other kind (a RowDescription of 1,664
+/// columns is about 200 KB).
+const MAX_INSPECTED: usize = 1 << 20;
+/// What is kept of a streamed message to read its fields (an error's code
+/// and message come first).
+const HEAD: usize = 4 << 10;
+/// Largest message of the gateway's own EXPLAIN it reads; larger ones are
+/// skipped (no estimate).
+const MAX_PLAN: usize = 16 << 20;
+/// Reads go in pieces of about this size.
+const READ_CHUNK: usize = 64 << 10;
+
+/// The statement name under which the gateway prepares a statement's
+/// original text right before its decided Execute (closed before each
+/// use). Clients may not use it.
+pub const RUN_STATEMENT: &str = "secondkey.run";
+
+/// What the server holds under a prepared statement's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Early {
+    /// The text exactly as the client sent it.
+    Verbatim,
+    /// The text with the string constants analysis would read replaced by
+    /// NULL ([`classify::sanitize`]).
+    Sanitized,
+    /// Nothing: the gateway answered the Parse itself.
+    Absent,
+}
 
 /// A prepared statement the server holds.
 pub struct Prepared {
     pub text: String,
     pub class: Arc<Classification>,
+    /// Parameter types the Parse declared (0: left to the server).
+    pub types: Vec<u32>,
+    pub early: Early,
+    /// Parameter types the server reported (ParameterDescription).
+    pub described: OnceLock<Vec<u32>>,
+}
+
+impl Prepared {
+    /// The type of parameter `i`: declared, else reported, else 0.
+    fn param_type(&self, i: usize) -> u32 {
+        self.types
+            .get(i)
+            .copied()
+            .filter(|&t| t != 0)
+            .or_else(|| self.described.get().and_then(|d| d.get(i).copied()))
+            .unwrap_or(0)
+    }
 }
 
 /// A portal: a prepared statement with its bound values.
 pub struct Portal {
     pub stmt: Arc<Prepared>,
+    /// The statement name the Bind named.
+    pub stmt_name: String,
+    /// The values as the action shows them ([`params::display`]).
     pub params: Vec<Value>,
+    /// [`params::wire_sha256`] of the values, when any was sent in binary.
+    pub wire_sha256: Option<String>,
+    /// The Bind as the client sent it, sent on with the first Execute.
+    bind: BytesMut,
+}
+
+/// A portal as the client sees it.
+struct Slot {
+    portal: Arc<Portal>,
+    /// Whether its Bind went out (with a decided Execute).
+    upstream: bool,
+    /// How many Syncs (and queries) went out before its Bind: it ends with
+    /// the transaction the next ReadyForQuery after them closes.
+    born: u64,
 }
 
 /// A statement that is running with its authorization.
@@ -72,30 +167,46 @@ struct Run {
 
 /// What the proxy expects back from the upstream, in order.
 enum Pending {
+    /// `own`: the gateway's own Parse (of [`RUN_STATEMENT`]); its answer is
+    /// not the client's.
     Parse {
         name: String,
         stmt: Arc<Prepared>,
+        own: bool,
     },
+    /// A Bind sent with its Execute: the client had its BindComplete.
     Bind {
-        name: String,
-        portal: Arc<Portal>,
+        portal: String,
     },
     Close {
         kind: u8,
         name: String,
+        own: bool,
     },
-    Describe,
+    Describe {
+        stmt: Option<Arc<Prepared>>,
+    },
     Execute(Option<Box<Run>>),
     Sync,
     Query {
         run: Option<Box<Run>>,
         special: Special,
     },
-    /// Bytes the gateway itself sends, followed by ReadyForQuery if `ready`.
+    /// Bytes the gateway itself sends, followed by ReadyForQuery if
+    /// `ready`; `parsed` is a statement the gateway prepared on its own
+    /// ([`Early::Absent`]), mirrored when said.
     Say {
         bytes: BytesMut,
         ready: bool,
+        parsed: Option<(String, Arc<Prepared>)>,
     },
+}
+
+/// An upstream message larger than [`PASS_AT`] being passed through.
+struct Passing {
+    ty: u8,
+    left: usize,
+    head: BytesMut,
 }
 
 /// Why a statement did not run.
@@ -121,6 +232,9 @@ pub enum End {
     ClientLeft,
     UpstreamLost(String),
     Protocol(String),
+    /// The gateway ended the session (a limit, the idle timeout); the
+    /// client was told why.
+    Closed(String),
 }
 
 pub struct Session {
@@ -134,7 +248,16 @@ pub struct Session {
     uout: BytesMut,
     pending: VecDeque<Pending>,
     statements: HashMap<String, Arc<Prepared>>,
-    portals: HashMap<String, Arc<Portal>>,
+    portals: HashMap<String, Slot>,
+    /// Bytes of statement texts and Binds mirrored (`max_session_bytes`).
+    kept: usize,
+    /// A Describe of a portal whose Bind has not gone out: it goes out
+    /// with that portal's Execute, which must be the next message.
+    held_describe: Option<(String, BytesMut)>,
+    /// Syncs and queries sent, and ReadyForQuery received.
+    syncs_sent: u64,
+    syncs_done: u64,
+    passing: Option<Passing>,
     tx_status: u8,
     /// After an error in an extended-protocol batch: drop messages up to Sync.
     skipping: bool,
@@ -143,6 +266,15 @@ pub struct Session {
     poisoned: Option<String>,
     /// Woken by a CancelRequest while a statement is held.
     cancel: Arc<tokio::sync::Notify>,
+    /// When either side last sent anything (for `idle_timeout`).
+    last_active: Instant,
+}
+
+/// Makes room for one more read of about [`READ_CHUNK`].
+fn room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
 }
 
 impl Session {
@@ -168,10 +300,16 @@ impl Session {
             pending: VecDeque::new(),
             statements: HashMap::new(),
             portals: HashMap::new(),
+            kept: 0,
+            held_describe: None,
+            syncs_sent: 0,
+            syncs_done: 0,
+            passing: None,
             tx_status: b'I',
             skipping: false,
             poisoned: None,
             cancel,
+            last_active: Instant::now(),
         }
     }
 
@@ -205,7 +343,7 @@ impl Session {
         // Anything the client pipelined behind its startup.
         if !self.cin.is_empty() {
             if let Err(e) = self.on_client().await {
-                return e;
+                return self.ending(e).await;
             }
         }
         loop {
@@ -215,10 +353,27 @@ impl Session {
             enum Got {
                 Client(std::io::Result<usize>),
                 Upstream(std::io::Result<usize>),
+                Idle,
             }
+            // Idle: nothing in flight and no traffic either way.
+            let idle_at = match self.sh.conn.limits.idle_timeout {
+                Some(d) if self.pending.is_empty() && self.passing.is_none() => {
+                    Some(tokio::time::Instant::from_std(self.last_active + d))
+                }
+                _ => None,
+            };
+            let idle = async move {
+                match idle_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            room(&mut self.cin);
+            room(&mut self.uin);
             let got = tokio::select! {
                 r = self.client.read_buf(&mut self.cin) => Got::Client(r),
                 r = self.upstream.read_buf(&mut self.uin) => Got::Upstream(r),
+                _ = idle => Got::Idle,
             };
             let r = match got {
                 Got::Client(Ok(0)) | Got::Client(Err(_)) => return End::ClientLeft,
@@ -226,23 +381,71 @@ impl Session {
                     "the upstream closed the connection".into(),
                 )),
                 Got::Upstream(Err(e)) => Err(End::UpstreamLost(e.to_string())),
-                Got::Client(Ok(_)) => self.on_client().await,
-                Got::Upstream(Ok(_)) => self.on_upstream(),
+                Got::Client(Ok(_)) => {
+                    self.last_active = Instant::now();
+                    self.on_client().await
+                }
+                Got::Upstream(Ok(_)) => {
+                    self.last_active = Instant::now();
+                    self.on_upstream()
+                }
+                Got::Idle => Err(self.close(
+                    "57P05",
+                    format!(
+                        "terminating connection due to idle-session timeout: nothing was sent or received for {:?} (idle_timeout of postgres connection {})",
+                        self.sh.conn.limits.idle_timeout.unwrap_or_default(),
+                        self.sh.conn.name
+                    ),
+                )),
             };
             if let Err(e) = r {
-                if let End::UpstreamLost(why) = &e {
-                    // Forward what arrived (often the server's own FATAL).
-                    let _ = self.on_upstream();
-                    proto::fatal(
-                        &mut self.cout,
-                        "08006",
-                        &format!("secondkey lost the connection to the upstream database ({why}); nothing is retried"),
-                    );
-                }
-                let _ = self.flush().await;
-                return e;
+                return self.ending(e).await;
             }
         }
+    }
+
+    /// Tells the client why the session ends, as far as it can be told.
+    async fn ending(&mut self, e: End) -> End {
+        if let End::UpstreamLost(why) = &e {
+            // Forward what arrived (often the server's own FATAL).
+            let _ = self.on_upstream();
+            proto::fatal(
+                &mut self.cout,
+                "08006",
+                &format!("secondkey lost the connection to the upstream database ({why}); nothing is retried"),
+            );
+        }
+        let _ = self.flush().await;
+        if matches!(e, End::Protocol(_) | End::Closed(_)) {
+            self.hang_up().await;
+        }
+        e
+    }
+
+    /// Ends a session the gateway refuses to go on with, so that the client
+    /// reads why: the write side is shut (the reason goes out before the
+    /// end), and what the client still sends is read and dropped for a
+    /// moment (at most [`READ_CHUNK`] × 16 bytes, one second) — closing
+    /// on unread bytes would be a reset that can lose the reason.
+    async fn hang_up(&mut self) {
+        let _ = self.client.shutdown().await;
+        let mut scrap = vec![0u8; READ_CHUNK];
+        let mut left = READ_CHUNK * 16;
+        let drain = async {
+            while left > 0 {
+                match self.client.read(&mut scrap).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    }
+
+    /// Ends the session with a FATAL the client reads first.
+    fn close(&mut self, code: &str, msg: String) -> End {
+        proto::fatal(&mut self.cout, code, &msg);
+        End::Closed(msg)
     }
 
     async fn flush(&mut self) -> Result<(), End> {
@@ -270,6 +473,7 @@ impl Session {
             End::ClientLeft => "the client disconnected before the result".to_string(),
             End::UpstreamLost(w) => format!("the upstream connection was lost ({w})"),
             End::Protocol(w) => format!("protocol error ({w})"),
+            End::Closed(w) => format!("the gateway closed the session ({w})"),
         };
         for p in std::mem::take(&mut self.pending) {
             if let Pending::Execute(Some(mut run))
@@ -284,11 +488,97 @@ impl Session {
         }
     }
 
+    // ---- the mirror ---------------------------------------------------------
+
+    /// A statement the server now holds; its text was counted in `kept`
+    /// when the client sent its Parse.
+    fn put_statement(&mut self, name: String, stmt: Arc<Prepared>) {
+        if let Some(old) = self.statements.insert(name, stmt) {
+            self.kept = self.kept.saturating_sub(old.text.len());
+        }
+    }
+
+    fn drop_statement(&mut self, name: &str) {
+        if let Some(old) = self.statements.remove(name) {
+            self.kept = self.kept.saturating_sub(old.text.len());
+        }
+    }
+
+    fn put_portal(&mut self, name: String, slot: Slot) {
+        self.kept += slot.portal.bind.len();
+        if let Some(old) = self.portals.insert(name, slot) {
+            self.kept = self.kept.saturating_sub(old.portal.bind.len());
+        }
+    }
+
+    fn drop_portal(&mut self, name: &str) {
+        if let Some(old) = self.portals.remove(name) {
+            self.kept = self.kept.saturating_sub(old.portal.bind.len());
+        }
+    }
+
+    /// Ends the portals bound before the `sync`-th Sync (or query) went out.
+    fn end_portals(&mut self, sync: u64) {
+        let mut freed = 0;
+        self.portals.retain(|_, s| {
+            let keep = s.born >= sync;
+            if !keep {
+                freed += s.portal.bind.len();
+            }
+            keep
+        });
+        self.kept = self.kept.saturating_sub(freed);
+    }
+
+    /// A portal whose Bind failed (or was skipped) upstream.
+    fn unbind(&mut self, name: &str) {
+        if let Some(s) = self.portals.get_mut(name) {
+            s.upstream = false;
+        }
+    }
+
+    /// Refuses what would take the session past `max_session_bytes`.
+    fn over_budget(&self, add: usize) -> Option<Refusal> {
+        let max = self.sh.conn.limits.max_session_bytes;
+        (self.kept + self.cin.len() + add > max).then(|| {
+            let mut r = Refusal::new(
+                "54000",
+                format!("secondkey keeps at most {max} bytes of prepared statements, portals and unread input for one session (max_session_bytes)"),
+            );
+            r.hint = Some("Close prepared statements and portals you no longer need.".into());
+            r
+        })
+    }
+
+    fn lookup_statement(&self, name: &str) -> Option<Arc<Prepared>> {
+        for p in self.pending.iter().rev() {
+            match p {
+                Pending::Parse {
+                    name: n,
+                    stmt,
+                    own: false,
+                } if n == name => return Some(stmt.clone()),
+                Pending::Say {
+                    parsed: Some((n, stmt)),
+                    ..
+                } if n == name => return Some(stmt.clone()),
+                Pending::Close {
+                    kind: b'S',
+                    name: n,
+                    own: false,
+                } if n == name => return None,
+                _ => {}
+            }
+        }
+        self.statements.get(name).cloned()
+    }
+
     // ---- client → upstream ----------------------------------------------
 
     async fn on_client(&mut self) -> Result<(), End> {
-        while let Some((ty, body)) = proto::take_message(&mut self.cin, proto::MAX_MESSAGE)
-            .map_err(|e| self.protocol_error(e))?
+        let max = self.sh.conn.limits.max_message_bytes;
+        while let Some((ty, body)) =
+            proto::take_message(&mut self.cin, max).map_err(|e| self.protocol_error(e))?
         {
             self.client_message(ty, body).await?;
         }
@@ -296,8 +586,15 @@ impl Session {
     }
 
     fn protocol_error(&mut self, e: ProtoError) -> End {
-        proto::fatal(&mut self.cout, "08P01", &e.to_string());
-        End::Protocol(e.to_string())
+        let msg = match e {
+            ProtoError::TooLarge(n) => format!(
+                "message of {n} bytes is larger than the gateway accepts (max_message_bytes = {})",
+                self.sh.conn.limits.max_message_bytes
+            ),
+            e => e.to_string(),
+        };
+        proto::fatal(&mut self.cout, "08P01", &msg);
+        End::Protocol(msg)
     }
 
     /// An extended-protocol message that could not be read: a string that
@@ -319,13 +616,29 @@ impl Session {
 
     /// Queues something the gateway says, behind the responses still due.
     fn say(&mut self, bytes: BytesMut, ready: bool) {
+        self.say_parsed(bytes, ready, None);
+    }
+
+    fn say_parsed(
+        &mut self,
+        bytes: BytesMut,
+        ready: bool,
+        parsed: Option<(String, Arc<Prepared>)>,
+    ) {
         if self.pending.is_empty() {
             self.cout.extend_from_slice(&bytes);
             if ready {
                 proto::ready(&mut self.cout, self.tx_status);
             }
+            if let Some((name, stmt)) = parsed {
+                self.put_statement(name, stmt);
+            }
         } else {
-            self.pending.push_back(Pending::Say { bytes, ready });
+            self.pending.push_back(Pending::Say {
+                bytes,
+                ready,
+                parsed,
+            });
         }
     }
 
@@ -350,73 +663,44 @@ impl Session {
     }
 
     async fn client_message(&mut self, ty: u8, body: BytesMut) -> Result<(), End> {
+        // A Describe of a portal not bound upstream goes out with that
+        // portal's Execute, which must come next.
+        if let Some((portal, _)) = &self.held_describe {
+            let its_execute =
+                ty == b'E' && proto::parse_execute(&body).is_ok_and(|(n, _)| n == portal);
+            if !its_execute {
+                let portal = portal.clone();
+                self.held_describe = None;
+                self.batch_error(Refusal::new(
+                    "0A000",
+                    format!("secondkey describes portal \"{portal}\" only together with its Execute: send Describe and Execute of a portal in one batch (as libpq does), or describe the statement"),
+                ));
+            }
+        }
         if self.skipping && matches!(ty, b'P' | b'B' | b'D' | b'E' | b'C' | b'H') {
             return Ok(());
         }
         match ty {
             b'Q' => self.query(&body).await,
-            b'P' => {
-                let p = match proto::parse_parse(&body) {
-                    Ok(p) => p,
-                    Err(e) => return self.malformed(e),
-                };
-                let text = p.query.to_string();
-                let name = p.name.to_string();
-                if let Some(why) = &self.poisoned {
-                    let why = why.clone();
-                    self.batch_error(poisoned(&why));
-                    return Ok(());
-                }
-                match self.sh.cache.classify(&text) {
-                    Ok(class) => {
-                        let stmt = Arc::new(Prepared { text, class });
-                        self.forward(ty, &body);
-                        self.pending.push_back(Pending::Parse { name, stmt });
-                    }
-                    Err(e) => self.batch_error(classify_refusal(e)),
-                }
-                Ok(())
-            }
-            b'B' => {
-                let b = match proto::parse_bind(&body) {
-                    Ok(b) => b,
-                    Err(e) => return self.malformed(e),
-                };
-                let Some(stmt) = self.lookup_statement(b.statement) else {
-                    let msg = format!("prepared statement \"{}\" does not exist", b.statement);
-                    self.batch_error(Refusal::new("26000", msg));
-                    return Ok(());
-                };
-                let params = b
-                    .values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| param_value(*v, b.is_binary(i)))
-                    .collect();
-                let name = b.portal.to_string();
-                self.forward(ty, &body);
-                self.pending.push_back(Pending::Bind {
-                    name,
-                    portal: Arc::new(Portal { stmt, params }),
-                });
-                Ok(())
-            }
-            b'D' => {
-                if let Err(e) = proto::parse_target(&body, "Describe") {
-                    return self.malformed(e);
-                }
-                self.forward(ty, &body);
-                self.pending.push_back(Pending::Describe);
-                Ok(())
-            }
+            b'P' => self.parse(&body),
+            b'B' => self.bind(body),
+            b'D' => self.describe(body),
             b'C' => {
                 let (kind, name) = match proto::parse_target(&body, "Close") {
                     Ok(t) => t,
                     Err(e) => return self.malformed(e),
                 };
                 let name = name.to_string();
+                if kind == b'P' {
+                    // Portals are the client's view: gone at once.
+                    self.drop_portal(&name);
+                }
                 self.forward(ty, &body);
-                self.pending.push_back(Pending::Close { kind, name });
+                self.pending.push_back(Pending::Close {
+                    kind,
+                    name,
+                    own: false,
+                });
                 Ok(())
             }
             b'E' => self.execute(&body).await,
@@ -424,6 +708,7 @@ impl Session {
                 self.skipping = false;
                 self.forward(ty, &body);
                 self.pending.push_back(Pending::Sync);
+                self.syncs_sent += 1;
                 Ok(())
             }
             b'H' | b'd' | b'c' | b'f' => {
@@ -452,32 +737,159 @@ impl Session {
         }
     }
 
-    fn lookup_statement(&self, name: &str) -> Option<Arc<Prepared>> {
-        for p in self.pending.iter().rev() {
-            match p {
-                Pending::Parse { name: n, stmt } if n == name => return Some(stmt.clone()),
-                Pending::Close {
-                    kind: b'S',
-                    name: n,
-                } if n == name => return None,
-                _ => {}
+    fn parse(&mut self, body: &[u8]) -> Result<(), End> {
+        let p = match proto::parse_parse(body) {
+            Ok(p) => p,
+            Err(e) => return self.malformed(e),
+        };
+        let (text, name, types) = (p.query.to_string(), p.name.to_string(), p.types);
+        if name == RUN_STATEMENT {
+            self.batch_error(Refusal::new(
+                "42P05",
+                format!("prepared statement name \"{RUN_STATEMENT}\" is reserved by secondkey"),
+            ));
+            return Ok(());
+        }
+        if let Some(why) = self.poisoned.clone() {
+            self.batch_error(poisoned(&why));
+            return Ok(());
+        }
+        let class = match self.sh.cache.classify(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                self.batch_error(classify_refusal(e));
+                return Ok(());
+            }
+        };
+        if let Some(r) = self.over_budget(text.len()) {
+            self.batch_error(r);
+            return Ok(());
+        }
+        let sent = if class.statements.iter().any(|s| s.literal_input) {
+            classify::sanitize(&text)
+        } else {
+            Some(text.clone())
+        };
+        let early = match &sent {
+            Some(s) if *s == text => Early::Verbatim,
+            Some(_) => Early::Sanitized,
+            None => Early::Absent,
+        };
+        if early == Early::Absent && !name.is_empty() && self.lookup_statement(&name).is_some() {
+            self.batch_error(Refusal::new(
+                "42P05",
+                format!("prepared statement \"{name}\" already exists"),
+            ));
+            return Ok(());
+        }
+        self.kept += text.len();
+        let stmt = Arc::new(Prepared {
+            text,
+            class,
+            types,
+            early,
+            described: OnceLock::new(),
+        });
+        match (early, sent) {
+            (Early::Verbatim, _) => self.forward(b'P', body),
+            (_, Some(sanitized)) => {
+                let b = parse_body(&name, &sanitized, &stmt.types);
+                self.forward(b'P', &b);
+            }
+            (_, None) => {
+                // The server gets nothing under this name; the statement is
+                // prepared with its decided Execute.
+                let mut b = BytesMut::new();
+                proto::put(&mut b, b'1', |_| {});
+                self.say_parsed(b, false, Some((name, stmt)));
+                return Ok(());
             }
         }
-        self.statements.get(name).cloned()
+        self.pending.push_back(Pending::Parse {
+            name,
+            stmt,
+            own: false,
+        });
+        Ok(())
     }
 
-    fn lookup_portal(&self, name: &str) -> Option<Arc<Portal>> {
-        for p in self.pending.iter().rev() {
-            match p {
-                Pending::Bind { name: n, portal } if n == name => return Some(portal.clone()),
-                Pending::Close {
-                    kind: b'P',
-                    name: n,
-                } if n == name => return None,
-                _ => {}
-            }
+    fn bind(&mut self, body: BytesMut) -> Result<(), End> {
+        let b = match proto::parse_bind(&body) {
+            Ok(b) => b,
+            Err(e) => return self.malformed(e),
+        };
+        let Some(stmt) = self.lookup_statement(b.statement) else {
+            let msg = format!("prepared statement \"{}\" does not exist", b.statement);
+            self.batch_error(Refusal::new("26000", msg));
+            return Ok(());
+        };
+        let binary: Vec<bool> = (0..b.values.len()).map(|i| b.is_binary(i)).collect();
+        let shown: Vec<Value> = b
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| params::display(*v, binary[i], stmt.param_type(i)))
+            .collect();
+        let wire_sha256 = binary
+            .iter()
+            .any(|&x| x)
+            .then(|| params::wire_sha256(&stmt.types, &binary, &b.values));
+        let (name, stmt_name) = (b.portal.to_string(), b.statement.to_string());
+        if let Some(r) = self.over_budget(body.len()) {
+            self.batch_error(r);
+            return Ok(());
         }
-        self.portals.get(name).cloned()
+        let portal = Arc::new(Portal {
+            stmt,
+            stmt_name,
+            params: shown,
+            wire_sha256,
+            bind: body,
+        });
+        let born = self.syncs_sent;
+        self.put_portal(
+            name,
+            Slot {
+                portal,
+                upstream: false,
+                born,
+            },
+        );
+        // The Bind itself goes out with the portal's decided Execute.
+        let mut b = BytesMut::new();
+        proto::put(&mut b, b'2', |_| {});
+        self.say(b, false);
+        Ok(())
+    }
+
+    fn describe(&mut self, body: BytesMut) -> Result<(), End> {
+        let (kind, name) = match proto::parse_target(&body, "Describe") {
+            Ok(t) => t,
+            Err(e) => return self.malformed(e),
+        };
+        let name = name.to_string();
+        let stmt = if kind == b'P' {
+            if self.portals.get(&name).is_some_and(|s| !s.upstream) {
+                self.held_describe = Some((name, body));
+                return Ok(());
+            }
+            None
+        } else {
+            let stmt = self.lookup_statement(&name);
+            if stmt.as_ref().is_some_and(|s| s.early == Early::Absent) {
+                let mut r = Refusal::new(
+                    "0A000",
+                    format!("secondkey cannot describe statement \"{name}\" before it runs: preparing it would let the database read its string constants before the decision"),
+                );
+                r.hint = Some("Send those constants as parameters, or run the statement without describing it first.".into());
+                self.batch_error(r);
+                return Ok(());
+            }
+            stmt
+        };
+        self.forward(b'D', &body);
+        self.pending.push_back(Pending::Describe { stmt });
+        Ok(())
     }
 
     async fn query(&mut self, body: &[u8]) -> Result<(), End> {
@@ -506,11 +918,7 @@ impl Session {
         };
         if class.statements.is_empty() {
             // Only comments or whitespace: nothing runs.
-            self.forward(b'Q', body);
-            self.pending.push_back(Pending::Query {
-                run: None,
-                special: Special::None,
-            });
+            self.send_query(body, None, Special::None);
             return Ok(());
         }
         let specials: Vec<&Special> = class
@@ -537,14 +945,8 @@ impl Session {
             self.say(b, true);
             return Ok(());
         }
-        match self.decide(&class, &text, None, "simple").await? {
-            Ok(run) => {
-                self.forward(b'Q', body);
-                self.pending.push_back(Pending::Query {
-                    run: Some(Box::new(run)),
-                    special,
-                });
-            }
+        match self.decide(&class, &text, None, None, "simple").await? {
+            Ok(run) => self.send_query(body, Some(Box::new(run)), special),
             Err(r) => {
                 let b = Self::refusal_bytes(&r);
                 self.say(b, true);
@@ -553,12 +955,28 @@ impl Session {
         Ok(())
     }
 
+    fn send_query(&mut self, body: &[u8], run: Option<Box<Run>>, special: Special) {
+        self.forward(b'Q', body);
+        self.pending.push_back(Pending::Query { run, special });
+        self.syncs_sent += 1;
+    }
+
     async fn execute(&mut self, body: &[u8]) -> Result<(), End> {
         let (name, _) = match proto::parse_execute(body) {
             Ok(x) => x,
             Err(e) => return self.malformed(e),
         };
-        let Some(portal) = self.lookup_portal(name) else {
+        let name = name.to_string();
+        let describe = self
+            .held_describe
+            .take()
+            .filter(|(p, _)| *p == name)
+            .map(|(_, b)| b);
+        let Some((portal, upstream)) = self
+            .portals
+            .get(&name)
+            .map(|s| (s.portal.clone(), s.upstream))
+        else {
             let msg = format!("portal \"{name}\" does not exist");
             self.batch_error(Refusal::new("34000", msg));
             return Ok(());
@@ -569,6 +987,7 @@ impl Session {
         }
         let class = portal.stmt.class.clone();
         if class.statements.is_empty() {
+            self.send_portal(&name, &portal, upstream, describe);
             self.forward(b'E', body);
             self.pending.push_back(Pending::Execute(None));
             return Ok(());
@@ -586,10 +1005,17 @@ impl Session {
         }
         let text = portal.stmt.text.clone();
         match self
-            .decide(&class, &text, Some(&portal.params), "extended")
+            .decide(
+                &class,
+                &text,
+                Some(&portal.params),
+                portal.wire_sha256.as_deref(),
+                "extended",
+            )
             .await?
         {
             Ok(run) => {
+                self.send_portal(&name, &portal, upstream, describe);
                 self.forward(b'E', body);
                 self.pending
                     .push_back(Pending::Execute(Some(Box::new(run))));
@@ -597,6 +1023,57 @@ impl Session {
             Err(r) => self.batch_error(r),
         }
         Ok(())
+    }
+
+    /// What goes out right before an Execute of a portal the server does
+    /// not have yet: its statement (the original text under
+    /// [`RUN_STATEMENT`], when the server holds another text or none under
+    /// the name the Bind used), the Bind, and the Describe held with it.
+    fn send_portal(
+        &mut self,
+        name: &str,
+        portal: &Portal,
+        upstream: bool,
+        describe: Option<BytesMut>,
+    ) {
+        if !upstream {
+            let as_bound = portal.stmt.early == Early::Verbatim
+                && self
+                    .lookup_statement(&portal.stmt_name)
+                    .is_some_and(|s| Arc::ptr_eq(&s, &portal.stmt));
+            if as_bound {
+                self.forward(b'B', &portal.bind);
+            } else {
+                let mut close = BytesMut::new();
+                close.extend_from_slice(b"S");
+                proto::put_cstr(&mut close, RUN_STATEMENT);
+                self.forward(b'C', &close);
+                self.pending.push_back(Pending::Close {
+                    kind: b'S',
+                    name: RUN_STATEMENT.into(),
+                    own: true,
+                });
+                let parse = parse_body(RUN_STATEMENT, &portal.stmt.text, &portal.stmt.types);
+                self.forward(b'P', &parse);
+                self.pending.push_back(Pending::Parse {
+                    name: RUN_STATEMENT.into(),
+                    stmt: portal.stmt.clone(),
+                    own: true,
+                });
+                let bind = proto::rebind(&portal.bind, RUN_STATEMENT);
+                self.forward(b'B', &bind);
+            }
+            self.pending.push_back(Pending::Bind {
+                portal: name.to_string(),
+            });
+            if let Some(s) = self.portals.get_mut(name) {
+                s.upstream = true;
+            }
+        }
+        if let Some(d) = describe {
+            self.forward(b'D', &d);
+            self.pending.push_back(Pending::Describe { stmt: None });
+        }
     }
 
     /// A `FETCH` or `MOVE` from a portal bound through the extended
@@ -608,7 +1085,7 @@ impl Session {
             .statements
             .iter()
             .filter_map(|s| s.portal.as_deref())
-            .find(|n| self.lookup_portal(n).is_some())?;
+            .find(|n| self.portals.contains_key(*n))?;
         Some(Refusal::new(
             "0A000",
             format!("secondkey: FETCH and MOVE cannot read portal \"{name}\": it was bound through the extended protocol, so run it with Execute"),
@@ -623,6 +1100,7 @@ impl Session {
         class: &Classification,
         text: &str,
         params: Option<&[Value]>,
+        wire_sha256: Option<&str>,
         protocol: &str,
     ) -> (Value, Map<String, Value>, Vec<String>, Vec<String>) {
         let conn = &self.sh.conn;
@@ -659,6 +1137,9 @@ impl Session {
         if let Some(values) = params {
             p.insert("parameters".into(), Value::Array(values.to_vec()));
         }
+        if let Some(h) = wire_sha256 {
+            p.insert("parameters_sha256".into(), json!(h));
+        }
         let action = json!({
             "kind": "sql",
             "operation": op.as_str(),
@@ -689,11 +1170,15 @@ impl Session {
         class: &Classification,
         text: &str,
         params: Option<&[Value]>,
+        wire_sha256: Option<&str>,
         protocol: &str,
     ) -> Result<Result<Run, Refusal>, End> {
-        let (action, mut facts, reads, writes) = self.action(class, text, params, protocol);
-        if let Some(rows) = self.estimate(class, text, params).await? {
-            facts.insert("estimated_rows".into(), json!(rows));
+        let (action, mut facts, reads, writes) =
+            self.action(class, text, params, wire_sha256, protocol);
+        if params.is_none() {
+            if let Some(rows) = self.estimate(class, text).await? {
+                facts.insert("estimated_rows".into(), json!(rows));
+            }
         }
         let verdict = self
             .sh
@@ -762,29 +1247,43 @@ impl Session {
     }
 
     /// EXPLAIN's row estimate for a write, delete or export, when the
-    /// connection asks for it (`estimate_rows`): simple-protocol statements
-    /// on their own (`COPY table TO` is estimated as `SELECT * FROM table`),
-    /// outside transactions (a failing EXPLAIN must not abort the client's)
-    /// and only while nothing else is in flight, never for statements that
-    /// call functions we do not know. EXPLAIN without ANALYZE executes
-    /// nothing.
-    async fn estimate(
-        &mut self,
-        class: &Classification,
-        text: &str,
-        params: Option<&[Value]>,
-    ) -> Result<Option<i64>, End> {
+    /// connection asks for it (`estimate_rows`). Planning evaluates
+    /// IMMUTABLE (and, for estimates, STABLE) functions on constants —
+    /// also those behind views, column defaults, rules and row security —
+    /// and parse analysis reads string constants with their types' input
+    /// functions. So it runs only where the database can reach nothing but
+    /// PostgreSQL's own code:
+    ///
+    /// * simple-protocol statements on their own (`COPY table TO` is
+    ///   estimated as `SELECT * FROM table`), outside transactions (a
+    ///   failing EXPLAIN must not abort the client's), while nothing else
+    ///   is in flight;
+    /// * calling only functions and operators the classifier knows to be
+    ///   built in, naming no type that is not built in;
+    /// * and, checked by the server inside the same read-only transaction
+    ///   that runs the EXPLAIN, with every table it names locked (ACCESS
+    ///   SHARE) first so none can change in between: every table (and its
+    ///   partitions or children) is a plain, partitioned or materialized
+    ///   table without rules or row security, and neither it nor its
+    ///   indexes, defaults and constraints depend on a function, type,
+    ///   operator or operator class that is not built in (OID ≥ 16384).
+    ///
+    /// Otherwise there is no estimate (`estimated_rows` is absent).
+    async fn estimate(&mut self, class: &Classification, text: &str) -> Result<Option<i64>, End> {
         use crate::classify::Operation;
-        // Planning may evaluate functions declared IMMUTABLE: one we do not
-        // know (a write for all we know) must not run before the decision.
+        let Some(st) = class.statements.first() else {
+            return Ok(None);
+        };
         if !self.sh.conn.estimate_rows
-            || params.is_some()
             || class.statements.len() != 1
-            || !class.statements[0].unknown_functions.is_empty()
+            || !st.unknown_functions.is_empty()
+            || st.foreign_types
+            || (st.reads.is_empty() && st.writes.is_empty())
             || !matches!(
                 class.operation(),
                 Operation::Write | Operation::Delete | Operation::Export
             )
+            || self.passing.is_some()
         {
             return Ok(None);
         }
@@ -804,80 +1303,46 @@ impl Session {
             {
                 return Ok(None);
             }
-            let n = self
-                .upstream
-                .read_buf(&mut self.uin)
-                .await
-                .map_err(|e| End::UpstreamLost(e.to_string()))?;
-            if n == 0 {
-                return Err(End::UpstreamLost(
-                    "the upstream closed the connection".into(),
-                ));
-            }
+            self.read_upstream().await?;
             self.on_upstream()?;
         }
-        if self.tx_status != b'I' {
+        if self.tx_status != b'I' || self.passing.is_some() {
             return Ok(None);
         }
-        let st = &class.statements[0];
-        let target = if st.command == "CopyStmt" {
-            match (st.reads.iter().next(), st.reads.len()) {
-                (Some(t), 1)
-                    if text
-                        .trim_start()
-                        .get(..5)
-                        .is_some_and(|p| p.eq_ignore_ascii_case("copy ")) =>
-                {
-                    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-                    format!(
-                        "SELECT * FROM {}.{}",
-                        ident(t.schema.as_deref().unwrap_or(&self.sh.conn.default_schema)),
-                        ident(&t.name)
-                    )
-                }
-                _ => return Ok(None),
-            }
-        } else {
-            text.to_string()
+        let Some(target) = explain_target(st, text, &self.sh.conn.default_schema) else {
+            return Ok(None);
         };
+        let tables: Vec<&Table> = st.reads.iter().chain(st.writes.iter()).collect();
         let mut q = BytesMut::new();
         proto::put(&mut q, b'Q', |b| {
-            proto::put_cstr(b, &format!("EXPLAIN (FORMAT JSON) {target}"))
+            proto::put_cstr(b, &guarded_explain(&tables, &target))
         });
+        proto::put(&mut q, b'Q', |b| proto::put_cstr(b, "ROLLBACK"));
         self.upstream
             .write_all(&q)
             .await
             .map_err(|e| End::UpstreamLost(e.to_string()))?;
         let mut plan = None;
-        loop {
-            let msg = proto::take_message(&mut self.uin, MAX_UPSTREAM_MESSAGE)
-                .map_err(|e| End::UpstreamLost(e.to_string()))?;
-            let Some((ty, body)) = msg else {
-                let n = self
-                    .upstream
-                    .read_buf(&mut self.uin)
-                    .await
-                    .map_err(|e| End::UpstreamLost(e.to_string()))?;
-                if n == 0 {
-                    return Err(End::UpstreamLost("closed during EXPLAIN".into()));
-                }
-                continue;
-            };
+        let mut ready = 0;
+        while ready < 2 {
+            let (ty, body) = self.own_message().await?;
             match ty {
                 b'D' => {
                     let mut r = proto::Reader::new(&body, "DataRow");
                     if let (Ok(1), Ok(len)) = (r.i16(), r.i32()) {
                         if let Ok(b) = r.bytes(len.max(0) as usize) {
-                            plan = serde_json::from_slice::<Value>(b).ok();
+                            if let Ok(p) = serde_json::from_slice::<Value>(b) {
+                                plan = Some(p);
+                            }
                         }
                     }
                 }
                 b'Z' => {
                     self.tx_status = body.first().copied().unwrap_or(self.tx_status);
-                    break;
+                    ready += 1;
                 }
-                // Notices and parameter changes still go to the client.
-                b'N' | b'S' | b'A' => proto::put_raw(&mut self.cout, ty, &body),
+                // Parameter changes still go to the client.
+                b'S' => proto::put_raw(&mut self.cout, ty, &body),
                 _ => {}
             }
         }
@@ -894,8 +1359,55 @@ impl Session {
         }))
     }
 
+    /// The next upstream message of the gateway's own query; the body of
+    /// one larger than [`MAX_PLAN`] is skipped (returned empty).
+    async fn own_message(&mut self) -> Result<(u8, BytesMut), End> {
+        loop {
+            let head =
+                proto::peek_header(&self.uin).map_err(|e| End::UpstreamLost(e.to_string()))?;
+            if let Some((ty, len)) = head {
+                if len > MAX_PLAN {
+                    let mut left = 1 + len;
+                    loop {
+                        let n = left.min(self.uin.len());
+                        let _ = self.uin.split_to(n);
+                        left -= n;
+                        if left == 0 {
+                            return Ok((ty, BytesMut::new()));
+                        }
+                        self.read_upstream().await?;
+                    }
+                }
+                if let Some(m) = proto::take_message(&mut self.uin, MAX_PLAN)
+                    .map_err(|e| End::UpstreamLost(e.to_string()))?
+                {
+                    return Ok(m);
+                }
+            }
+            self.read_upstream().await?;
+        }
+    }
+
+    async fn read_upstream(&mut self) -> Result<(), End> {
+        room(&mut self.uin);
+        let n = self
+            .upstream
+            .read_buf(&mut self.uin)
+            .await
+            .map_err(|e| End::UpstreamLost(e.to_string()))?;
+        if n == 0 {
+            return Err(End::UpstreamLost(
+                "the upstream closed the connection".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Wait mode: tell the client at once, then wait for the decision while
-    /// watching for a cancel request or the client leaving.
+    /// watching for a cancel request or the client leaving. What the client
+    /// sends meanwhile is read (to see it leave) up to `held_read_bytes`,
+    /// each message's header checked against `max_message_bytes`; past
+    /// either, the request is withdrawn and the session ends.
     async fn wait(
         &mut self,
         id: &str,
@@ -918,8 +1430,11 @@ impl Session {
         // A notice may be sent at any time: it goes out now, not in order.
         self.cout.extend_from_slice(&note);
         self.flush().await?;
+        let limits = self.sh.conn.limits.clone();
         let deadline = Instant::now() + self.sh.conn.hold_timeout;
         let gw = self.sh.gateway.clone();
+        let mut scratch = vec![0u8; 16 << 10];
+        let mut read = 0usize;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -941,15 +1456,40 @@ impl Session {
             let w = tokio::select! {
                 r = gw.wait_decided(id, slice) => W::Decided(r),
                 _ = self.cancel.notified() => W::Cancel,
-                r = self.client.read_buf(&mut self.cin) => W::Client(r),
+                r = self.client.read(&mut scratch) => W::Client(r),
             };
             match w {
                 W::Client(Ok(0)) | W::Client(Err(_)) => {
                     let _ = gw.withdraw(&self.who, id).await;
                     return Err(End::ClientLeft);
                 }
-                // Pipelined messages wait in the buffer until this one is done.
-                W::Client(Ok(_)) => continue,
+                // Pipelined messages wait in the buffer until this one is
+                // done — within bounds.
+                W::Client(Ok(n)) => {
+                    self.cin.extend_from_slice(&scratch[..n]);
+                    read += n;
+                    let over = match proto::check_headers(&self.cin, limits.max_message_bytes) {
+                        Err(ProtoError::TooLarge(len)) => Some(format!(
+                            "a message of {len} bytes is larger than the gateway accepts (max_message_bytes = {})",
+                            limits.max_message_bytes
+                        )),
+                        Err(e) => Some(e.to_string()),
+                        Ok(()) if read > limits.held_read_bytes => Some(format!(
+                            "more than {} bytes arrived while the statement waited (held_read_bytes)",
+                            limits.held_read_bytes
+                        )),
+                        Ok(()) => None,
+                    };
+                    if let Some(why) = over {
+                        let _ = gw.withdraw(&self.who, id).await;
+                        let end = self.close(
+                            "54000",
+                            format!("secondkey ended this session while request {id} was held for approval: {why}; the request was withdrawn and the statement was not run"),
+                        );
+                        return Err(end);
+                    }
+                    continue;
+                }
                 W::Cancel => {
                     let _ = gw.withdraw(&self.who, id).await;
                     return Ok(Err(Refusal::new(
@@ -1007,80 +1547,134 @@ impl Session {
 
     // ---- upstream → client ------------------------------------------------
 
-    /// Forwards every complete upstream message, updating the mirrored
-    /// state and completing pending entries.
+    /// Forwards every upstream message that arrived, updating the mirrored
+    /// state and completing pending entries. Large rows, COPY data, errors
+    /// and notices stream through as their bytes arrive.
     fn on_upstream(&mut self) -> Result<(), End> {
         loop {
-            let Some((ty, body)) = proto::take_message(&mut self.uin, MAX_UPSTREAM_MESSAGE)
-                .map_err(|e| End::UpstreamLost(e.to_string()))?
+            if let Some(p) = self.passing.as_mut() {
+                let n = p.left.min(self.uin.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                let chunk = self.uin.split_to(n);
+                let keep = HEAD.saturating_sub(p.head.len()).min(n);
+                p.head.extend_from_slice(&chunk[..keep]);
+                self.cout.extend_from_slice(&chunk);
+                p.left -= n;
+                if p.left == 0 {
+                    if let Some(p) = self.passing.take() {
+                        self.upstream_message(p.ty, &p.head);
+                        self.emit_said();
+                    }
+                }
+                continue;
+            }
+            let head =
+                proto::peek_header(&self.uin).map_err(|e| End::UpstreamLost(e.to_string()))?;
+            let Some((ty, len)) = head else {
+                return Ok(());
+            };
+            if len > PASS_AT && matches!(ty, b'D' | b'd' | b'E' | b'N' | b'A') {
+                let header = self.uin.split_to(5);
+                self.cout.extend_from_slice(&header);
+                self.passing = Some(Passing {
+                    ty,
+                    left: len - 4,
+                    head: BytesMut::new(),
+                });
+                continue;
+            }
+            let Some((ty, body)) = proto::take_message(&mut self.uin, MAX_INSPECTED)
+                .map_err(|e| End::UpstreamLost(format!("the upstream sent {e}")))?
             else {
                 return Ok(());
             };
-            proto::put_raw(&mut self.cout, ty, &body);
-            self.upstream_message(ty, &body);
+            if self.upstream_message(ty, &body) {
+                proto::put_raw(&mut self.cout, ty, &body);
+            }
+            self.emit_said();
         }
     }
 
-    fn upstream_message(&mut self, ty: u8, body: &[u8]) {
+    /// Updates the mirror for one upstream message; `false` when the
+    /// message answers the gateway's own and is not the client's.
+    fn upstream_message(&mut self, ty: u8, body: &[u8]) -> bool {
         match ty {
             b'1' => {
-                if let Some(Pending::Parse { name, stmt }) =
+                if let Some(Pending::Parse { name, stmt, own }) =
                     self.pop_if(|p| matches!(p, Pending::Parse { .. }))
                 {
-                    self.statements.insert(name, stmt);
+                    if own {
+                        return false;
+                    }
+                    self.put_statement(name, stmt);
                 }
             }
-            b'2' => {
-                if let Some(Pending::Bind { name, portal }) =
-                    self.pop_if(|p| matches!(p, Pending::Bind { .. }))
-                {
-                    self.portals.insert(name, portal);
-                }
+            // The client had its BindComplete when it sent the Bind.
+            b'2' if self.pop_if(|p| matches!(p, Pending::Bind { .. })).is_some() => {
+                return false;
             }
             b'3' => {
-                if let Some(Pending::Close { kind, name }) =
+                if let Some(Pending::Close { kind, name, own }) =
                     self.pop_if(|p| matches!(p, Pending::Close { .. }))
                 {
+                    if own {
+                        return false;
+                    }
                     if kind == b'S' {
-                        self.statements.remove(&name);
-                    } else {
-                        self.portals.remove(&name);
+                        self.drop_statement(&name);
+                    }
+                }
+            }
+            b't' => {
+                if let Some(Pending::Describe { stmt: Some(s) }) = self.pending.front() {
+                    let mut r = proto::Reader::new(body, "ParameterDescription");
+                    if let Ok(n) = r.count() {
+                        let types: Vec<u32> = (0..n)
+                            .filter_map(|_| r.i32().ok().map(|t| t as u32))
+                            .collect();
+                        let _ = s.described.set(types);
                     }
                 }
             }
             b'T' | b'n' => {
-                self.pop_if(|p| matches!(p, Pending::Describe));
+                self.pop_if(|p| matches!(p, Pending::Describe { .. }));
             }
             b'C' | b'I' | b's' => {
                 let tag = proto::Reader::new(body, "CommandComplete")
                     .cstr()
                     .unwrap_or("")
                     .to_string();
+                let mut special = Special::None;
                 match self.pending.front_mut() {
                     Some(Pending::Execute(_)) => {
                         if let Some(Pending::Execute(Some(mut run))) = self.pending.pop_front() {
                             if ty == b'C' {
-                                run.tags.push(tag);
+                                run.tags.push(tag.clone());
                             }
                             self.record(*run);
                         }
-                        self.emit_said();
                     }
-                    Some(Pending::Query { run, special }) if ty == b'C' => {
+                    Some(Pending::Query { run, special: s }) if ty == b'C' => {
                         if let Some(run) = run {
                             run.tags.push(tag.clone());
                         }
-                        match special.clone() {
-                            Special::Deallocate(Some(name)) if tag == "DEALLOCATE" => {
-                                self.statements.remove(&name);
-                            }
-                            Special::Deallocate(None) => {
-                                self.statements.clear();
-                                if tag == "DISCARD ALL" {
-                                    self.portals.clear();
-                                }
-                            }
-                            _ => {}
+                        special = s.clone();
+                    }
+                    _ => {}
+                }
+                match special {
+                    Special::Deallocate(Some(name)) if tag == "DEALLOCATE" => {
+                        self.drop_statement(&name);
+                    }
+                    Special::Deallocate(None) => {
+                        let names: Vec<String> = self.statements.keys().cloned().collect();
+                        for n in names {
+                            self.drop_statement(&n);
+                        }
+                        if tag == "DISCARD ALL" {
+                            self.end_portals(self.syncs_done + 1);
                         }
                     }
                     _ => {}
@@ -1095,34 +1689,11 @@ impl Session {
                         }
                     }
                     Some(Pending::Sync) | None | Some(Pending::Say { .. }) => {}
-                    Some(_) => {
-                        // The failed message and everything up to Sync is
-                        // skipped by the server.
-                        let failed = self.pending.pop_front();
-                        if let Some(Pending::Execute(Some(mut run))) = failed {
-                            run.error = Some((code.clone(), msg.clone()));
-                            self.record(*run);
-                        }
-                        while let Some(p) = self.pending.front() {
-                            if matches!(p, Pending::Sync) {
-                                break;
-                            }
-                            if let Some(Pending::Execute(Some(mut run)))
-                            | Some(Pending::Query {
-                                run: Some(mut run), ..
-                            }) = self.pending.pop_front()
-                            {
-                                run.error = Some((
-                                    "not_run".into(),
-                                    "not executed: an earlier message of the batch failed".into(),
-                                ));
-                                self.record(*run);
-                            }
-                        }
-                    }
+                    Some(_) => self.batch_failed(code, msg),
                 }
             }
             b'Z' => {
+                self.syncs_done += 1;
                 self.tx_status = body.first().copied().unwrap_or(b'I');
                 if let Some(Pending::Query { run: Some(run), .. }) =
                     self.pop_if(|p| matches!(p, Pending::Sync | Pending::Query { .. }))
@@ -1131,9 +1702,8 @@ impl Session {
                 }
                 if self.tx_status == b'I' {
                     // Portals end with their transaction.
-                    self.portals.clear();
+                    self.end_portals(self.syncs_done);
                 }
-                self.emit_said();
             }
             b'S' => {
                 let mut r = proto::Reader::new(body, "ParameterStatus");
@@ -1144,8 +1714,53 @@ impl Session {
             }
             _ => {}
         }
-        if matches!(ty, b'1' | b'2' | b'3' | b'T' | b'n') {
-            self.emit_said();
+        true
+    }
+
+    /// An extended-protocol message failed: the server skips everything up
+    /// to Sync. A failure of what was sent for an Execute (the statement's
+    /// own Parse, its Bind) is that Execute's error; anything later did
+    /// not run.
+    fn batch_failed(&mut self, code: String, msg: String) {
+        let mut carried = false;
+        let mut first = true;
+        while let Some(p) = self.pending.front() {
+            if !first && matches!(p, Pending::Sync) {
+                break;
+            }
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            match p {
+                Pending::Execute(Some(mut run))
+                | Pending::Query {
+                    run: Some(mut run), ..
+                } => {
+                    run.error = Some(if first || carried {
+                        (code.clone(), msg.clone())
+                    } else {
+                        (
+                            "not_run".into(),
+                            "not executed: an earlier message of the batch failed".into(),
+                        )
+                    });
+                    carried = false;
+                    self.record(*run);
+                }
+                Pending::Bind { portal } => {
+                    self.unbind(&portal);
+                    carried = carried || first;
+                }
+                Pending::Parse { own: true, .. } | Pending::Close { own: true, .. } => {
+                    carried = carried || first;
+                }
+                // Never created: its text is no longer kept.
+                Pending::Parse { stmt, .. } => {
+                    self.kept = self.kept.saturating_sub(stmt.text.len());
+                }
+                _ => {}
+            }
+            first = false;
         }
     }
 
@@ -1160,10 +1775,18 @@ impl Session {
     /// Emits what the gateway queued once the responses before it are out.
     fn emit_said(&mut self) {
         while let Some(Pending::Say { .. }) = self.pending.front() {
-            if let Some(Pending::Say { bytes, ready }) = self.pending.pop_front() {
+            if let Some(Pending::Say {
+                bytes,
+                ready,
+                parsed,
+            }) = self.pending.pop_front()
+            {
                 self.cout.extend_from_slice(&bytes);
                 if ready {
                     proto::ready(&mut self.cout, self.tx_status);
+                }
+                if let Some((name, stmt)) = parsed {
+                    self.put_statement(name, stmt);
                 }
             }
         }
@@ -1204,6 +1827,93 @@ impl Session {
     }
 }
 
+/// A Parse message body.
+fn parse_body(name: &str, text: &str, types: &[u32]) -> BytesMut {
+    use bytes::BufMut;
+    let mut b = BytesMut::new();
+    proto::put_cstr(&mut b, name);
+    proto::put_cstr(&mut b, text);
+    b.put_u16(types.len() as u16);
+    for t in types {
+        b.put_u32(*t);
+    }
+    b
+}
+
+/// What the gateway's EXPLAIN explains: the statement, or for `COPY table
+/// TO` the equivalent `SELECT * FROM table`.
+fn explain_target(st: &Statement, text: &str, default_schema: &str) -> Option<String> {
+    if st.command != "CopyStmt" {
+        return Some(text.to_string());
+    }
+    match (st.reads.iter().next(), st.reads.len()) {
+        (Some(t), 1)
+            if text
+                .trim_start()
+                .get(..5)
+                .is_some_and(|p| p.eq_ignore_ascii_case("copy ")) =>
+        {
+            Some(format!(
+                "SELECT * FROM {}.{}",
+                ident(t.schema.as_deref().unwrap_or(default_schema)),
+                ident(&t.name)
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The server-side check of [`Session::estimate`]: the tables a statement
+/// names (`$names`, resolved like the statement's own) and everything
+/// planning could reach through them are built in. Every operator and
+/// function is schema-qualified, so a search path cannot change what the
+/// check itself runs. It fails (an integer cast of a text) when unsafe,
+/// which skips the EXPLAIN after it.
+const GUARD: &str = "WITH RECURSIVE named(rel) AS ( \
+ SELECT pg_catalog.to_regclass(n) FROM pg_catalog.unnest(ARRAY[$names]::pg_catalog.text[]) AS n \
+), rels(rel) AS ( \
+ SELECT rel::pg_catalog.oid FROM named WHERE rel IS NOT NULL \
+ UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i, rels r WHERE i.inhparent OPERATOR(pg_catalog.=) r.rel \
+), owned(classid, objid) AS ( \
+ SELECT 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid, rel FROM rels \
+ UNION ALL SELECT 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid, x.indexrelid FROM pg_catalog.pg_index x, rels r WHERE x.indrelid OPERATOR(pg_catalog.=) r.rel \
+ UNION ALL SELECT 'pg_catalog.pg_attrdef'::pg_catalog.regclass::pg_catalog.oid, a.oid FROM pg_catalog.pg_attrdef a, rels r WHERE a.adrelid OPERATOR(pg_catalog.=) r.rel \
+ UNION ALL SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass::pg_catalog.oid, c.oid FROM pg_catalog.pg_constraint c, rels r WHERE c.conrelid OPERATOR(pg_catalog.=) r.rel \
+) SELECT CASE WHEN \
+ NOT EXISTS (SELECT FROM named WHERE rel IS NULL) \
+ AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c, rels r WHERE c.oid OPERATOR(pg_catalog.=) r.rel \
+ AND (c.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p', 'm']::pg_catalog.\"char\"[]) OR c.relhasrules OR c.relrowsecurity)) \
+ AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d, owned o \
+ WHERE d.classid OPERATOR(pg_catalog.=) o.classid AND d.objid OPERATOR(pg_catalog.=) o.objid \
+ AND d.refobjid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid \
+ AND d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass, 'pg_catalog.pg_opclass'::pg_catalog.regclass, 'pg_catalog.pg_opfamily'::pg_catalog.regclass]::pg_catalog.oid[])) \
+ THEN 'built in' \
+ ELSE pg_catalog.int4(('secondkey: no estimate ' OPERATOR(pg_catalog.||) pg_catalog.now()::pg_catalog.text))::pg_catalog.text END";
+
+/// One simple query: a read-only transaction that locks the tables, runs
+/// [`GUARD`] and only then the EXPLAIN (a failing statement skips the rest
+/// of the string). The caller sends ROLLBACK after it.
+fn guarded_explain(tables: &[&Table], target: &str) -> String {
+    let name = |t: &Table| match &t.schema {
+        Some(s) => format!("{}.{}", ident(s), ident(&t.name)),
+        None => ident(&t.name),
+    };
+    let lock: Vec<String> = tables.iter().map(|t| name(t)).collect();
+    let names: Vec<String> = tables
+        .iter()
+        .map(|t| format!("'{}'", name(t).replace('\'', "''")))
+        .collect();
+    format!(
+        "BEGIN READ ONLY; SET LOCAL lock_timeout = '1s'; SET LOCAL statement_timeout = '10s'; LOCK TABLE {} IN ACCESS SHARE MODE; {}; EXPLAIN (FORMAT JSON) {target}",
+        lock.join(", "),
+        GUARD.replace("$names", &names.join(", "))
+    )
+}
+
 fn poisoned(why: &str) -> Refusal {
     Refusal::new(
         "0A000",
@@ -1227,16 +1937,35 @@ fn classify_refusal(e: crate::classify::ClassifyError) -> Refusal {
     }
 }
 
-/// A bound value as the action shows it: text as a string, binary as
-/// base64, long values by their SHA-256 (the digest still binds them).
-fn param_value(v: Option<&[u8]>, binary: bool) -> Value {
-    use base64::Engine;
-    let Some(v) = v else { return Value::Null };
-    if v.len() > MAX_PARAM_BYTES {
-        return json!({"sha256": hex::encode(Sha256::digest(v)), "bytes": v.len()});
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guarded_explain_is_one_valid_query_string() {
+        let tables = [
+            Table {
+                schema: None,
+                name: "orders".into(),
+            },
+            Table {
+                schema: Some("we\"ird".into()),
+                name: "it's".into(),
+            },
+        ];
+        let refs: Vec<&Table> = tables.iter().collect();
+        let q = guarded_explain(&refs, "DELETE FROM orders WHERE id > 15");
+        let parsed = pg_query::parse(&q, 0).expect("parses");
+        assert_eq!(parsed.protobuf.stmts.len(), 6, "{q}");
+        assert!(q.contains("LOCK TABLE \"orders\", \"we\"\"ird\".\"it's\" IN ACCESS SHARE MODE"));
+        assert!(q.contains("'\"we\"\"ird\".\"it''s\"'"), "{q}");
+        assert!(q.ends_with("EXPLAIN (FORMAT JSON) DELETE FROM orders WHERE id > 15"));
     }
-    match (binary, std::str::from_utf8(v)) {
-        (false, Ok(s)) => json!(s),
-        _ => json!({"binary": base64::engine::general_purpose::STANDARD.encode(v)}),
+
+    #[test]
+    fn parse_bodies_round_trip() {
+        let b = parse_body("s", "SELECT $1", &[23]);
+        let p = proto::parse_parse(&b).unwrap();
+        assert_eq!((p.name, p.query, p.types), ("s", "SELECT $1", vec![23]));
     }
 }

@@ -267,6 +267,23 @@ impl Cluster {
     }
 }
 
+/// Logs in to a gateway listener on 127.0.0.1:`port` as `user` with
+/// `password` (SCRAM), for tests that speak the protocol themselves.
+pub async fn raw_login(port: u16, user: &str, password: &str) -> crate::upstream::Session {
+    let login = crate::config::Upstream {
+        host: "127.0.0.1".into(),
+        port,
+        database: DATABASE.into(),
+        user: user.into(),
+        password: Some(crate::config::Secret(password.into())),
+        tls: false,
+        ca_file: None,
+    };
+    crate::upstream::connect(&login, None, &[])
+        .await
+        .unwrap_or_else(|e| panic!("raw login as {user} on port {port}: {e}"))
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self

@@ -81,6 +81,8 @@ async fn start_gateway(cluster: Cluster, postgres: &str) -> Env {
     );
     for (id, owner, group) in [
         ("agent:report-bot", Some("user:alice"), "agents"),
+        ("agent:other-bot", Some("user:alice"), "agents"),
+        ("agent:third-bot", Some("user:alice"), "agents"),
         ("user:alice", None, "data-owners"),
         ("user:bob", None, "data-owners"),
         ("user:carol", None, "data-owners"),
@@ -141,6 +143,17 @@ impl Env {
         Ok(client)
     }
 
+    /// Straight to the database as the application role, past the gateway.
+    fn direct(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.cluster_port)
+            .user(APP_USER)
+            .password(APP_PASSWORD)
+            .dbname(DATABASE);
+        c
+    }
+
     fn who(&self, id: &str) -> Principal {
         self.gw.config.principals[id].clone()
     }
@@ -148,6 +161,13 @@ impl Env {
     async fn approve(&self, reviewer: &str, id: &str) {
         self.gw
             .review(&self.who(reviewer), id, ReviewDecision::Approve, None)
+            .await
+            .unwrap();
+    }
+
+    async fn deny(&self, reviewer: &str, id: &str) {
+        self.gw
+            .review(&self.who(reviewer), id, ReviewDecision::Deny, None)
             .await
             .unwrap();
     }
@@ -213,10 +233,16 @@ async fn reads_run_denials_name_the_policy_and_nothing_unparseable_passes() {
         .get(0);
     assert_eq!(n, 1200);
 
-    // Deny: no policy permits DDL. The table survives.
+    // Deny: no policy permits DDL (a default deny, said so). The table
+    // survives.
     let e = c.batch_execute("DROP TABLE customers").await.unwrap_err();
     assert_eq!(code(&e), "42501", "{e}");
     assert!(message(&e).contains("decision act_"), "{}", message(&e));
+    assert!(
+        message(&e).ends_with("default deny (no permit matched)"),
+        "{}",
+        message(&e)
+    );
     // Deny naming the policy.
     let e = c
         .batch_execute("DELETE FROM customers WHERE id = 1")
@@ -301,7 +327,13 @@ async fn extended_protocol_binds_parameters_into_the_action() {
         last["params"]["statement"],
         "SELECT email FROM customers WHERE id = $1"
     );
-    assert_eq!(last["params"]["parameters"][0]["binary"], "AAAAAw==");
+    // tokio-postgres sends the int4 in binary: shown decoded, and the
+    // digest binds the bytes as sent.
+    assert_eq!(last["params"]["parameters"][0], 3);
+    assert_eq!(
+        last["params"]["parameters_sha256"].as_str().map(str::len),
+        Some(64)
+    );
     // A write to orders needs one review: held with its own parameters.
     let ins = c
         .prepare("INSERT INTO orders VALUES ($1, 1, 10)")
@@ -845,15 +877,7 @@ async fn prepared_statements_and_portals_cannot_be_run_from_sql() {
 
     // Straight to the database, each of these deletes the row: the attacks
     // are real (rolled back here).
-    let (mut direct, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(env.cluster_port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(DATABASE)
-        .connect(NoTls)
-        .await
-        .unwrap();
+    let (mut direct, conn) = env.direct().connect(NoTls).await.unwrap();
     tokio::spawn(conn);
     for attack in ["EXPLAIN ANALYZE EXECUTE {s}", "FETCH ALL FROM {p}"] {
         let tx = direct.transaction().await.unwrap();
@@ -895,7 +919,26 @@ async fn prepared_statements_and_portals_cannot_be_run_from_sql() {
     }
     let tx = c.transaction().await.unwrap();
     let portal = tx.bind(&st, &[]).await.unwrap();
-    let p: String = tx.query_one(portal_name, &[&delete]).await.unwrap().get(0);
+    // Binding sent nothing: the server has no such portal before the
+    // decision of its Execute.
+    let n: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pg_cursors WHERE statement = $1",
+            &[&delete],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the Bind reached the server before any decision");
+    // A portal the server does hold (a read, run in part) is not FETCHed
+    // from SQL either: only Execute continues it, decided.
+    let read = "SELECT id FROM customers ORDER BY id";
+    let reading = tx
+        .bind(&tx.prepare(read).await.unwrap(), &[])
+        .await
+        .unwrap();
+    assert_eq!(tx.query_portal(&reading, 1).await.unwrap().len(), 1);
+    let p: String = tx.query_one(portal_name, &[&read]).await.unwrap().get(0);
     for sql in [
         format!("FETCH ALL FROM {p}"),
         format!("MOVE ALL IN {p}"),
@@ -934,7 +977,7 @@ async fn prepared_statements_and_portals_cannot_be_run_from_sql() {
         })
         .collect();
     assert_eq!(ids, ["1", "2"]);
-    drop(portal);
+    drop((portal, reading));
     tx.rollback().await.unwrap();
     env.stop().await;
 }
@@ -1158,5 +1201,595 @@ async fn hostile_wire_input_ends_only_its_connection_and_runs_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1200);
+    env.stop().await;
+}
+
+// ---- nothing evaluated before the decision ---------------------------------
+
+/// Runs SQL as the superuser (psql) without blocking the runtime.
+fn superuser(env: &Env, sql: &str) -> String {
+    tokio::task::block_in_place(|| env._cluster.superuser_sql(DATABASE, sql))
+}
+
+/// A raw client logged in at `addr` as `who` (SCRAM).
+async fn raw_login(addr: SocketAddr, who: &str) -> secondkey_pg::upstream::Session {
+    secondkey_pg::testing::raw_login(addr.port(), who, &token(who)).await
+}
+
+/// Parse (unnamed, no declared types), Bind of `params` as text, Describe
+/// of the portal, Execute, Sync — what libpq's PQexecParams sends.
+fn exec_params(sql: &str, params: &[&str]) -> Vec<u8> {
+    use bytes::BufMut;
+    let mut p = bytes::BytesMut::new();
+    secondkey_pg::proto::put_cstr(&mut p, "");
+    secondkey_pg::proto::put_cstr(&mut p, sql);
+    p.put_u16(0);
+    let mut b = bytes::BytesMut::new();
+    secondkey_pg::proto::put_cstr(&mut b, "");
+    secondkey_pg::proto::put_cstr(&mut b, "");
+    b.put_u16(0);
+    b.put_u16(params.len() as u16);
+    for v in params {
+        b.put_i32(v.len() as i32);
+        b.put_slice(v.as_bytes());
+    }
+    b.put_u16(0);
+    let mut out = frame(b'P', &p);
+    out.extend(frame(b'B', &b));
+    out.extend(frame(b'D', b"P\0"));
+    out.extend(frame(b'E', b"\0\0\0\0\0"));
+    out.extend(frame(b'S', b""));
+    out
+}
+
+/// The id of the next request the gateway opens.
+async fn next_request(
+    changes: &mut tokio::sync::broadcast::Receiver<secondkey_server::gateway::RequestChange>,
+) -> String {
+    loop {
+        let ch = changes.recv().await.unwrap();
+        if ch.event == "request.created" {
+            return ch.id;
+        }
+    }
+}
+
+/// Notifications on channel `sk`, received on a direct connection.
+async fn listen_sk(env: &Env) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (client, mut conn) = env.direct().connect(NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut s = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = futures_util::StreamExt::next(&mut s).await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.payload().to_string());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client.batch_execute("LISTEN sk").await.unwrap();
+    (client, rx)
+}
+
+/// Payloads received up to and including `marker` (notifications of one
+/// session arrive in commit order).
+async fn notified_until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    marker: &str,
+) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let p = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the marker notification")
+            .unwrap();
+        let done = p == marker;
+        got.push(p);
+        if done {
+            return got;
+        }
+    }
+}
+
+/// What PostgreSQL evaluates before a statement executes — parse analysis
+/// (string constants read by their type's input), Bind (parameter input,
+/// planning that folds IMMUTABLE functions, also behind column defaults)
+/// and the gateway's own EXPLAIN (`estimate_rows = true` here) — must not
+/// run before the decision, nor ever after a denial. Each case has a
+/// positive control: approved, the same statement does run the code, so
+/// the checks would see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_the_database_evaluates_runs_before_the_decision() {
+    let env = setup("wait").await;
+    superuser(
+        &env,
+        "SET ROLE app; CREATE SEQUENCE sk_seq; CREATE TABLE hits (what text); \
+         CREATE FUNCTION sidefx() RETURNS int LANGUAGE plpgsql IMMUTABLE AS \
+           $$ BEGIN PERFORM nextval('sk_seq'); PERFORM pg_notify('sk', 'ran'); RETURN 1; END $$; \
+         CREATE FUNCTION logs_check(int) RETURNS bool LANGUAGE plpgsql AS \
+           $$ BEGIN INSERT INTO hits VALUES ('checked ' || $1); RETURN true; END $$; \
+         CREATE DOMAIN checked AS int CHECK (logs_check(VALUE)); \
+         CREATE TYPE boxed AS (v checked);",
+    );
+    let seq = |env: &Env| superuser(env, "SELECT last_value || '/' || is_called FROM sk_seq");
+    let hits = |env: &Env| superuser(env, "SELECT count(*) FROM hits");
+    let (_listener, mut notes) = listen_sk(&env).await;
+    let c = env.connect().await;
+    let mut changes = env.gw.subscribe();
+
+    // 1. An IMMUTABLE function that advances a sequence and notifies,
+    //    called over the extended protocol in a held statement.
+    let ins = c
+        .prepare("INSERT INTO orders VALUES ($1, sidefx(), 1)")
+        .await
+        .unwrap();
+    let (r, ()) = tokio::join!(c.execute(&ins, &[&300i32]), async {
+        let id = next_request(&mut changes).await;
+        assert_eq!(seq(&env), "1/false", "the sequence moved while held");
+        env.deny("user:bob", &id).await;
+    });
+    assert_eq!(code(&r.unwrap_err()), "42501");
+    // Denied: never. A marker notified after it arrives after anything the
+    // denied statement could have notified.
+    c.batch_execute("SELECT pg_notify('sk', 'after deny')")
+        .await
+        .unwrap();
+    assert_eq!(
+        notified_until(&mut notes, "after deny").await,
+        ["after deny"]
+    );
+    assert_eq!(seq(&env), "1/false");
+    // Positive control: approved, it runs the function.
+    let (r, ()) = tokio::join!(c.execute(&ins, &[&301i32]), async {
+        let id = next_request(&mut changes).await;
+        env.approve("user:bob", &id).await;
+    });
+    assert_eq!(r.unwrap(), 1);
+    assert_eq!(seq(&env), "1/true");
+    assert!(notified_until(&mut notes, "ran")
+        .await
+        .contains(&"ran".to_string()));
+
+    // 2. A parameter of a domain type whose CHECK writes a row: the
+    //    DELETE is denied by policy, a held UPDATE denied by a reviewer.
+    let mut raw = raw_login(env.pg, "agent:report-bot").await;
+    use tokio::io::AsyncWriteExt;
+    raw.stream
+        .write_all(&exec_params(
+            "DELETE FROM customers WHERE id = $1::checked",
+            &["5"],
+        ))
+        .await
+        .unwrap();
+    let got = answers(&mut raw, true).await;
+    assert!(got.iter().any(|m| m.1 == "42501"), "{got:?}");
+    assert_eq!(
+        hits(&env),
+        "0",
+        "the domain's CHECK ran for a denied DELETE"
+    );
+    let update = exec_params("UPDATE orders SET total = 0 WHERE id = $1::checked", &["6"]);
+    raw.stream.write_all(&update).await.unwrap();
+    let id = next_request(&mut changes).await;
+    assert_eq!(hits(&env), "0", "the domain's CHECK ran while held");
+    env.deny("user:bob", &id).await;
+    let got = answers(&mut raw, true).await;
+    assert!(got.iter().any(|m| m.1 == "42501"), "{got:?}");
+    assert_eq!(hits(&env), "0");
+    raw.stream.write_all(&update).await.unwrap();
+    let id = next_request(&mut changes).await;
+    env.approve("user:bob", &id).await;
+    let got = answers(&mut raw, true).await;
+    assert!(got.iter().all(|m| m.0 != 'E'), "{got:?}");
+    assert_eq!(hits(&env), "1", "approved, the CHECK runs");
+
+    // 3. A string constant whose input runs the domain's CHECK (a composite
+    //    with a domain field) in a statement a driver prepares and
+    //    describes first: the description works, nothing runs.
+    let boxed = c
+        .prepare("INSERT INTO orders VALUES ($1, ('(7)'::boxed).v, 1)")
+        .await
+        .unwrap();
+    assert_eq!(boxed.params(), [tokio_postgres::types::Type::INT4]);
+    assert_eq!(hits(&env), "1", "preparing read the constant");
+    let (r, ()) = tokio::join!(c.execute(&boxed, &[&302i32]), async {
+        let id = next_request(&mut changes).await;
+        assert_eq!(hits(&env), "1", "the constant was read while held");
+        env.deny("user:bob", &id).await;
+    });
+    assert_eq!(code(&r.unwrap_err()), "42501");
+    assert_eq!(hits(&env), "1");
+    let (r, ()) = tokio::join!(c.execute(&boxed, &[&303i32]), async {
+        let id = next_request(&mut changes).await;
+        env.approve("user:bob", &id).await;
+    });
+    assert_eq!(r.unwrap(), 1);
+    assert_eq!(hits(&env), "2", "approved, the constant is read");
+    let row = c
+        .query_one("SELECT customer FROM orders WHERE id = 303", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
+
+    // 4. The row estimate (estimate_rows = true) of a held simple query
+    //    whose column default calls the function: planning would fold it.
+    superuser(
+        &env,
+        "SET ROLE app; ALTER TABLE orders ADD COLUMN stamp int DEFAULT sidefx()",
+    );
+    let before = seq(&env);
+    let (r, ()) = tokio::join!(
+        c.batch_execute("INSERT INTO orders (id, customer, total) VALUES (304, 1, 1)"),
+        async {
+            let id = next_request(&mut changes).await;
+            assert_eq!(
+                seq(&env),
+                before,
+                "EXPLAIN ran the default before the decision"
+            );
+            env.deny("user:bob", &id).await;
+        }
+    );
+    assert_eq!(code(&r.unwrap_err()), "42501");
+    assert_eq!(seq(&env), before);
+    let held = env.events("request.created").into_iter().last().unwrap();
+    assert!(
+        held["payload"]["facts"].get("estimated_rows").is_none(),
+        "{held}"
+    );
+    env.stop().await;
+}
+
+/// The flows drivers use keep working with Bind held back: describing a
+/// statement before binding it (tokio-postgres, also with string
+/// constants), a portal bound in one batch and executed in pieces in
+/// later ones, binary parameters shown decoded; what cannot be answered
+/// without running anything is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_describe_before_execute_and_see_their_parameters_decoded() {
+    let env = setup("retry").await;
+    let mut c = env.connect().await;
+    // A string constant in a prepared statement: the server describes a
+    // copy without it, and runs the original once decided.
+    let rows = c
+        .query(
+            "SELECT email FROM customers WHERE id = $1 AND email LIKE 'c%'",
+            &[&2i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "c2@example.com");
+    let allowed = env.events("action.allowed");
+    let last = &allowed.last().unwrap()["payload"]["action"]["params"];
+    assert_eq!(
+        last["statement"],
+        "SELECT email FROM customers WHERE id = $1 AND email LIKE 'c%'"
+    );
+    assert_eq!(last["parameters"], serde_json::json!([2]));
+    // Binary values of built-in types, decoded by their type.
+    let big: i64 = (1 << 53) + 1;
+    let row = c
+        .query_one(
+            "SELECT $1::bool, $2::int8, $3::float8, $4::text, $5::bytea, $6::int2",
+            &[&true, &big, &1.5f64, &"héllo", &vec![1u8, 2], &-7i16],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(1), big);
+    let allowed = env.events("action.allowed");
+    let last = &allowed.last().unwrap()["payload"]["action"]["params"];
+    assert_eq!(
+        last["parameters"],
+        serde_json::json!([true, "9007199254740993", "1.5", "héllo", {"hex": "0102", "bytes": 2}, -7])
+    );
+    // A portal bound in one batch and run in pieces in later ones.
+    let tx = c.transaction().await.unwrap();
+    let st = tx
+        .prepare("SELECT id FROM customers WHERE id <= $1 ORDER BY id")
+        .await
+        .unwrap();
+    let portal = tx.bind(&st, &[&5i32]).await.unwrap();
+    let mut pieces = Vec::new();
+    for _ in 0..2 {
+        let rows = tx.query_portal(&portal, 3).await.unwrap();
+        pieces.push(rows.iter().map(|r| r.get(0)).collect::<Vec<i32>>());
+    }
+    assert_eq!(pieces, [vec![1, 2, 3], vec![4, 5]]);
+    tx.rollback().await.unwrap();
+    // Raw: a portal described in a batch without its Execute cannot be
+    // described without binding it: refused, and the session goes on. The
+    // gateway's own statement name is not the client's.
+    use bytes::BufMut;
+    use tokio::io::AsyncWriteExt;
+    let mut raw = raw_login(env.pg, "agent:report-bot").await;
+    let mut p = bytes::BytesMut::new();
+    secondkey_pg::proto::put_cstr(&mut p, "");
+    secondkey_pg::proto::put_cstr(&mut p, "SELECT 1");
+    p.put_u16(0);
+    let mut batch = frame(b'P', &p);
+    batch.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(frame(b'D', b"P\0"));
+    batch.extend(frame(b'S', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers(&mut raw, true).await;
+    let types: String = got.iter().map(|m| m.0).collect();
+    assert_eq!(types, "12EZ", "{got:?}");
+    assert_eq!(got[2].1, "0A000");
+    assert!(
+        got[2].2.contains("only together with its Execute"),
+        "{got:?}"
+    );
+    let mut named = bytes::BytesMut::new();
+    secondkey_pg::proto::put_cstr(&mut named, secondkey_pg::session::RUN_STATEMENT);
+    secondkey_pg::proto::put_cstr(&mut named, "SELECT 1");
+    named.put_u16(0);
+    let mut batch = frame(b'P', &named);
+    batch.extend(frame(b'S', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers(&mut raw, true).await;
+    assert_eq!(got[0].1, "42P05", "{got:?}");
+    raw.stream
+        .write_all(&exec_params("SELECT $1::int4 + 1", &["41"]))
+        .await
+        .unwrap();
+    let got = answers(&mut raw, true).await;
+    let types: String = got.iter().map(|m| m.0).collect();
+    assert_eq!(types, "12TDCZ", "{got:?}");
+    env.stop().await;
+}
+
+// ---- what one client or principal can take ----------------------------------
+
+/// A `[[postgres]]` section in front of `port` for the three test agents,
+/// with `limits` (TOML lines) added.
+fn limited_section(name: &str, port: u16, limits: &str) -> String {
+    let mut s = format!(
+        "[[postgres]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ndatabase = \"{DATABASE}\"\nprincipals = [\"agent:report-bot\", \"agent:other-bot\", \"agent:third-bot\"]\nhold = \"retry\"\n{limits}\n[postgres.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword_env = \"SK_TEST_PG_PASSWORD\"\n[postgres.scram]\n"
+    );
+    for who in ["agent:report-bot", "agent:other-bot", "agent:third-bot"] {
+        s.push_str(&format!(
+            "\"{who}\" = \"{}\"\n",
+            secondkey_pg::scram::new_verifier(&token(who))
+        ));
+    }
+    s
+}
+
+/// Logs in as `who` at `addr` from `source` (a loopback address).
+async fn connect_as(
+    addr: SocketAddr,
+    who: &str,
+    source: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let (client, conn) = tokio_postgres::Config::new()
+        .user(who)
+        .password(token(who))
+        .dbname(DATABASE)
+        .connect_raw(tcp, NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// A socket from `source` that sends the first `n` bytes of a startup
+/// packet (none: a client that connects and says nothing) and stops.
+async fn partial_startup(addr: SocketAddr, source: &str, n: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut tcp = sock.connect(addr).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 40, 0, 3, 0, 0][..n])
+        .await
+        .unwrap();
+    tcp
+}
+
+/// The answer to a silent socket from `source` once the gateway refuses
+/// one (sockets closed just before are released asynchronously).
+async fn refused_socket(addr: SocketAddr, source: &str) -> Vec<(String, String)> {
+    for _ in 0..200 {
+        let mut tcp = partial_startup(addr, source, 0).await;
+        let got = until_closed(&mut tcp).await.expect("closed");
+        if got.iter().any(|(c, _)| c == "53300") {
+            return got;
+        }
+    }
+    panic!("no socket from {source} was refused");
+}
+
+/// A session of `who` from `source`, once the slots of sessions that just
+/// ended are released.
+async fn served_once_freed(addr: SocketAddr, who: &str, source: &str) -> Client {
+    for _ in 0..200 {
+        if let Ok(c) = connect_as(addr, who, source).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{who} from {source} was not served again");
+}
+
+/// Everything the gateway sends on `tcp` until it closes it: the error
+/// codes and messages (`None` if it stays open 20 s).
+async fn until_closed(tcp: &mut tokio::net::TcpStream) -> Option<Vec<(String, String)>> {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut rest))
+        .await
+        .ok()?
+        .ok()?;
+    let mut buf = bytes::BytesMut::from(&rest[..]);
+    let mut out = Vec::new();
+    while let Some((_, body)) = secondkey_pg::proto::take_message(&mut buf, 1 << 20).unwrap() {
+        out.push(secondkey_pg::proto::error_fields(&body));
+    }
+    Some(out)
+}
+
+/// Connection caps per principal with a reserve (issue: one agent took
+/// every upstream slot), and listener hygiene (slowloris: partial
+/// startups and byte-by-byte dribbling from one address), idle sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_bound_what_one_client_or_principal_can_take() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(10))
+        .await
+        .unwrap();
+    let port = cluster.port;
+    let sections = format!(
+        "{}{}{}",
+        limited_section(
+            "analytics",
+            port,
+            "max_connections = 12\nmax_connections_per_address = 6\nmax_sessions = 4\nmax_sessions_per_principal = 2\nreserved_sessions = 1\nlogin_timeout = \"2s\"",
+        ),
+        limited_section("idle", port, "idle_timeout = \"1s\""),
+        limited_section(
+            "small",
+            port,
+            "max_message_bytes = 65536\nmax_session_bytes = 131072",
+        ),
+    );
+    let env = start_gateway(cluster, &sections).await;
+    let (pg, idle, small) = (env.addrs[0], env.addrs[1], env.addrs[2]);
+    let refused = |e: tokio_postgres::Error, cap: &str| {
+        assert_eq!(code(&e), "53300", "{e}");
+        assert!(message(&e).contains(cap), "{}", message(&e));
+    };
+
+    // One agent up to its cap; a second one served; the last slot kept
+    // for a principal holding none.
+    let session = |who: &'static str| connect_as(pg, who, "127.0.0.1");
+    let r1 = session("agent:report-bot").await.unwrap();
+    let _r2 = session("agent:report-bot").await.unwrap();
+    let third = session("agent:report-bot").await.unwrap_err();
+    refused(third, "max_sessions_per_principal = 2");
+    let o1 = session("agent:other-bot").await.unwrap();
+    o1.batch_execute("SELECT 1").await.unwrap();
+    refused(
+        session("agent:other-bot").await.unwrap_err(),
+        "reserved_sessions",
+    );
+    let t1 = session("agent:third-bot").await.unwrap();
+    t1.batch_execute("SELECT 1").await.unwrap();
+    refused(
+        session("agent:third-bot").await.unwrap_err(),
+        "reserved_sessions",
+    );
+    // Sessions ended free their slots (two, so that report-bot, which
+    // holds one, is below the reserve again).
+    drop((r1, o1));
+    let again = served_once_freed(pg, "agent:report-bot", "127.0.0.1").await;
+    drop((again, _r2, t1));
+
+    // Partial startups from one address (not the one above, whose
+    // sockets close asynchronously): the first six wait (and are
+    // dropped at the login timeout), the rest are refused at once...
+    let mut flood = Vec::new();
+    for _ in 0..6 {
+        flood.push(partial_startup(pg, "127.0.0.7", 3).await);
+    }
+    let said = refused_socket(pg, "127.0.0.7").await;
+    assert!(
+        said[0].1.contains("max_connections_per_address = 6"),
+        "{said:?}"
+    );
+    // ...while a client from elsewhere is served.
+    let good = connect_as(pg, "agent:other-bot", "127.0.0.2")
+        .await
+        .unwrap();
+    good.batch_execute("SELECT 1").await.unwrap();
+    // A client that sends a byte at a time is dropped at the login
+    // timeout, like the silent ones.
+    let mut dribbler = partial_startup(pg, "127.0.0.5", 1).await;
+    let drip = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for b in [0u8, 0, 40, 0, 3, 0, 0, b'u', b's', b'e', b'r'] {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if dribbler.write_all(&[b]).await.is_err() {
+                return Some(dribbler);
+            }
+        }
+        None
+    });
+    for mut s in flood {
+        let got = until_closed(&mut s)
+            .await
+            .expect("dropped at the login timeout");
+        assert!(
+            got.iter().any(|(_, m)| m.contains("login timed out")),
+            "{got:?}"
+        );
+    }
+    let dripped = drip.await.unwrap();
+    assert!(dripped.is_some(), "the dribbling client was not dropped");
+    drop((good, dripped));
+    // The listener's own cap holds across addresses.
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        open.push(partial_startup(pg, "127.0.0.3", 0).await);
+        open.push(partial_startup(pg, "127.0.0.6", 0).await);
+    }
+    let said = refused_socket(pg, "127.0.0.4").await;
+    assert!(said[0].1.contains("(max_connections)"), "{said:?}");
+    drop(open);
+    // Freed: the flooding address is served again.
+    served_once_freed(pg, "agent:report-bot", "127.0.0.7")
+        .await
+        .batch_execute("SELECT 1")
+        .await
+        .unwrap();
+
+    // What one session keeps is bounded: prepared statements up to
+    // max_session_bytes, then 54000 and the session goes on; a message
+    // over max_message_bytes ends it, said so.
+    {
+        use bytes::BufMut;
+        use tokio::io::AsyncWriteExt;
+        let mut raw = raw_login(small, "agent:report-bot").await;
+        for i in 0..4 {
+            let mut p = bytes::BytesMut::new();
+            secondkey_pg::proto::put_cstr(&mut p, &format!("s{i}"));
+            secondkey_pg::proto::put_cstr(&mut p, &format!("SELECT '{}'", "x".repeat(40_000)));
+            p.put_u16(0);
+            let mut batch = frame(b'P', &p);
+            batch.extend(frame(b'S', b""));
+            raw.stream.write_all(&batch).await.unwrap();
+            let got = answers(&mut raw, true).await;
+            let types: String = got.iter().map(|m| m.0).collect();
+            if i < 3 {
+                assert_eq!(types, "1Z", "{got:?}");
+            } else {
+                assert_eq!(types, "EZ", "{got:?}");
+                assert_eq!(got[0].1, "54000");
+                assert!(got[0].2.contains("max_session_bytes"), "{got:?}");
+            }
+        }
+        raw.stream
+            .write_all(&frame(
+                b'Q',
+                format!("SELECT '{}'\0", "y".repeat(70_000)).as_bytes(),
+            ))
+            .await
+            .unwrap();
+        let got = answers(&mut raw, false).await;
+        let last = got.last().unwrap();
+        assert_eq!(last.1, "08P01", "{got:?}");
+        assert!(last.2.contains("max_message_bytes = 65536"), "{got:?}");
+    }
+
+    // An idle session is closed after idle_timeout, with a reason.
+    let quiet = connect_as(idle, "agent:report-bot", "127.0.0.1")
+        .await
+        .unwrap();
+    quiet.batch_execute("SELECT 1").await.unwrap();
+    wait_for(|| quiet.is_closed()).await;
+    let e = quiet.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(format!("{e}").contains("closed"), "{e}");
     env.stop().await;
 }

@@ -1477,11 +1477,11 @@ fn add_facts(payload: &mut Value, facts: Option<Value>, on_behalf_of: Option<Val
 fn deny_message(id: &str, reasons: &[ReasonView]) -> String {
     let policies: Vec<&str> = reasons
         .iter()
-        .filter(|r| r.effect != "permit")
+        .filter(|r| r.effect != "permit" && !r.policy.is_empty())
         .map(|r| r.policy.as_str())
         .collect();
     if policies.is_empty() {
-        format!("denied by secondkey (decision {id}): no policy permits this action")
+        format!("denied by secondkey (decision {id}): default deny (no permit matched)")
     } else {
         format!(
             "denied by secondkey (decision {id}) under policy {}",

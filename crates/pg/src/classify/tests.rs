@@ -866,3 +866,110 @@ fn an_unqualified_pg_name_names_both_tables_it_may_be() {
         ["public.customers"]
     );
 }
+
+/// Which statements a protocol Parse may send as they are: preparing
+/// one runs PostgreSQL's parse analysis, which reads each string constant
+/// with the input function of its (inferred) type.
+#[test]
+fn string_constants_that_analysis_reads_are_found() {
+    let input = |sql: &str| c(sql).unwrap().statements[0].literal_input;
+    for sql in [
+        "SELECT ('{5}'::dom[])[1]",
+        "SELECT ('(6)'::comp).a",
+        "SELECT * FROM t WHERE c = '{1}'",
+        "INSERT INTO t VALUES ('x')",
+        "SELECT mycomp '(1)'",
+        "SELECT '1'::int[]",
+        "EXPLAIN SELECT * FROM t WHERE a = 'x'",
+        "CALL p('{1}')",
+        "DECLARE c CURSOR FOR SELECT 'x'",
+    ] {
+        assert!(input(sql), "{sql}");
+    }
+    for sql in [
+        "SELECT * FROM t WHERE id = $1",
+        "SELECT '2024-01-01'::date, CAST('1' AS int4), interval '1 day', timestamp with time zone '2024-01-01'",
+        "SELECT 1, 2.5, true, NULL, B'101'",
+        // Utility statements are analyzed when they run, after the decision.
+        "SET application_name = 'x'",
+        "COPY (SELECT 'x') TO STDOUT",
+        "CREATE VIEW v AS SELECT 'x' AS a",
+    ] {
+        assert!(!input(sql), "{sql}");
+    }
+}
+
+#[test]
+fn foreign_types_are_found() {
+    let foreign = |sql: &str| c(sql).unwrap().statements[0].foreign_types;
+    for sql in [
+        "SELECT x::mytype FROM t",
+        "SELECT CAST(x AS public.money2) FROM t",
+        "SELECT * FROM json_to_record('{}') AS r(a dom)",
+        "SELECT x::pg_temp.int4 FROM t",
+    ] {
+        assert!(foreign(sql), "{sql}");
+    }
+    for sql in [
+        "SELECT x::int4[], y::text, z::pg_catalog.timestamptz, w::double precision FROM t",
+        "DELETE FROM t WHERE id = $1",
+    ] {
+        assert!(!foreign(sql), "{sql}");
+    }
+}
+
+#[test]
+fn sanitize_replaces_exactly_the_constants_analysis_would_read() {
+    for (sql, want) in [
+        (
+            "SELECT * FROM t WHERE id = $1",
+            "SELECT * FROM t WHERE id = $1",
+        ),
+        (
+            "SELECT a FROM t WHERE b = 'x' AND d > '2024-01-01'::date",
+            "SELECT a FROM t WHERE b = NULL AND d > '2024-01-01'::date",
+        ),
+        (
+            "SELECT ('{5}'::dom[])[1], $1",
+            "SELECT (NULL::dom[])[1], $1",
+        ),
+        (
+            "SELECT mycomp '(1)' AS x",
+            "SELECT CAST(NULL AS mycomp) AS x",
+        ),
+        (
+            "INSERT INTO t VALUES (E'a\\'b', $$c$$, U&'d\\0061' UESCAPE '\\')",
+            "INSERT INTO t VALUES (NULL, NULL, NULL)",
+        ),
+        (
+            "SELECT extract(year FROM now()), 'a'\n'b'",
+            "SELECT extract(year FROM now()), NULL",
+        ),
+        ("SET application_name = 'x'", "SET application_name = 'x'"),
+    ] {
+        assert_eq!(sanitize(sql).as_deref(), Some(want), "{sql}");
+        assert_eq!(sanitize(want).as_deref(), Some(want), "{want}");
+    }
+}
+
+use proptest::prelude::{prop_assert, prop_assert_eq};
+
+proptest::proptest! {
+    /// Whatever the statement, a sanitized text parses and leaves no
+    /// string constant for analysis to read.
+    #[test]
+    fn sanitized_text_has_no_string_constant_left(
+        parts in proptest::collection::vec(proptest::sample::select(vec![
+            "'x'", "'{1}'::d[]", "$1", "1", "'a''b'", "'2024-01-01'::date", "t.c", "mytype '(1)'",
+            "E'\\\\x'", "NULL", "ARRAY['a']", "'z' || $2",
+        ]), 1..6),
+    ) {
+        let sql = format!("SELECT {} FROM t WHERE c IN ({})", parts.join(", "), parts.join(", "));
+        let out = sanitize(&sql).expect("sanitized");
+        let again = c(&out).unwrap();
+        prop_assert_eq!(again.statements.len(), 1);
+        let twice = sanitize(&out);
+        prop_assert_eq!(twice.as_deref(), Some(out.as_str()));
+        prop_assert!(!out.contains("'x'") && !out.contains("'{1}'") && !out.contains("'(1)'"), "{}", out);
+    }
+}
