@@ -60,6 +60,12 @@ policy_dir = "$WORK/policies"
 [log]
 origin = "bench.secondkey.example/log"
 
+# The bench holds $PENDING requests of one agent pending at once: far past
+# the per-principal caps a deployment keeps (docs/security.md).
+[limits]
+max_pending_per_principal = 100000000
+requests_per_minute = 0
+
 [[principals]]
 id = "agent:report-bot"
 owner = "user:alice"
@@ -75,6 +81,12 @@ token_sha256 = "$(printf '%s' "alice-$$" | sha256sum | cut -d' ' -f1)"
 id = "user:bob"
 groups = ["data-owners"]
 token_sha256 = "$(printf '%s' "reviewer-$$" | sha256sum | cut -d' ' -f1)"
+
+# Reads /metrics (members of [metrics] readers, default "monitoring").
+[[principals]]
+id = "service:monitor"
+groups = ["monitoring"]
+token_sha256 = "$(printf '%s' "monitor-$$" | sha256sum | cut -d' ' -f1)"
 TOML
 
 # Each wrk thread sends PENDING/THREADS unique actions, then stops.
@@ -127,7 +139,7 @@ echo "RESULT idle VmRSS: $IDLE  (target < 40 MB)"
 
 echo "== creating $PENDING pending requests: wrk -t$THREADS -c$CONNS"
 pending() {
-  curl -fsS "http://127.0.0.1:$PORT/metrics" |
+  curl -fsS -H "Authorization: Bearer monitor-$$" "http://127.0.0.1:$PORT/metrics" |
     awk '/^secondkey_requests\{state="pending"\}/ {n = $2} END {print n + 0}'
 }
 # wrk only exits at the end of -d even after every thread stopped, so the

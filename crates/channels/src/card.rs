@@ -138,7 +138,12 @@ impl Summary {
             title: format!("{}.{} on {}", a.kind, a.operation, a.resource),
             requester: req.requester.id.to_string(),
             owner: req.requester.owner.as_ref().map(|o| o.to_string()),
-            on_behalf_of: a.on_behalf_of.as_ref().map(|o| o.to_string()),
+            // Only a backed on_behalf_of counts; an unbacked one is shown
+            // for what it is.
+            on_behalf_of: a.on_behalf_of.as_ref().map(|o| match req.acting_for() {
+                Some(_) => o.to_string(),
+                None => format!("{o} (declared by the agent, not verified)"),
+            }),
             model: text(ctx.and_then(|c| c.get("model"))),
             what,
             action_json: serde_json::to_string_pretty(&raw).unwrap_or_default(),

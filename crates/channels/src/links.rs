@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
-use secondkey_core::principal::Principal;
+use secondkey_core::principal::{Principal, PrincipalId};
 use secondkey_server::error::ApiError;
 use secondkey_server::gateway::{rfc3339, Gateway};
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,11 @@ pub async fn principal_of(
     external: &External,
 ) -> Result<Option<Principal>, ApiError> {
     let link: Option<Link> = records::read_async(&gateway.store, "link", external.key()).await?;
-    Ok(link.and_then(|l| gateway.config.principals.get(&l.principal).cloned()))
+    // Read as an id (folded to lowercase), so a link stored under another
+    // spelling still names the one configured principal.
+    Ok(link
+        .and_then(|l| PrincipalId::parse(&l.principal).ok())
+        .and_then(|id| gateway.config.principals.get(id.as_str()).cloned()))
 }
 
 /// Mints a single-use link code for `external`; returns the URL to show.

@@ -107,6 +107,8 @@ resources = ["postgres://analytics/*"]
 id = "agent:report-bot"
 owner = "user:alice"
 groups = ["agents"]
+# Backs the `on_behalf_of` its actions carry (otherwise only declared).
+may_act_for = ["user:alice"]
 token_sha256 = "{bot}"
 
 [[principals]]

@@ -355,8 +355,10 @@ fn sighup_reloads_escalation_fires_and_metrics_count() {
         first.get("time").is_some() && first.get("class_uid").is_some(),
         "{first}"
     );
-    // Metrics.
-    let m = g.text("/metrics");
+    // Metrics, for members of [metrics] readers (default "monitoring").
+    let (s, v) = g.call("GET", "/metrics", Some("service:monitor"), None);
+    assert_eq!(s, 200, "{v}");
+    let m = v.as_str().unwrap().to_string();
     assert!(m.contains("secondkey_requests{state=\"expired\"} 1"), "{m}");
     assert!(m.contains("secondkey_log_size "), "{m}");
 }

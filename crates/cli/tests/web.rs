@@ -7,16 +7,18 @@
 mod common;
 #[path = "common/fakes.rs"]
 mod fakes;
+#[path = "common/oidc.rs"]
+mod oidc;
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
 use hmac::{Hmac, Mac};
+use oidc::*;
 use serde_json::{json, Value};
 
 const WEB_POLICIES: &str = r#"
@@ -28,67 +30,6 @@ permit(principal in Group::"agents", action == Action::"sql.delete", resource);
 @ttl("1h")
 forbid(principal, action == Action::"sql.delete", resource);
 "#;
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16, what: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited with {status} before listening");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Starts `oidc-provider-mock` on a free port. Users sign in by typing a
-/// subject; the claims of the users named here are what its ID tokens carry.
-fn start_idp(dir: &Path) -> (Proc, String) {
-    let ok = Command::new("python3")
-        .args(["-c", "import oidc_provider_mock"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "the OpenID Connect provider for these tests is missing: run `python3 -m pip install oidc-provider-mock` (scripts/test does)"
-    );
-    let port = free_port();
-    let mut cmd = Command::new("python3");
-    cmd.args(["-m", "oidc_provider_mock", "--port", &port.to_string()]);
-    for (sub, groups) in [
-        ("bob", json!(["data-owners"])),
-        ("alice", json!(["data-owners"])),
-        ("erin", json!(["marketing"])),
-        ("frank", json!(["idp-data-owners"])),
-        ("report-bot", json!([])),
-        ("audrey", json!([])),
-    ] {
-        cmd.arg("--user-claims").arg(
-            json!({"sub": sub, "preferred_username": sub, "groups": groups, "email": format!("{sub}@example.test")})
-                .to_string(),
-        );
-    }
-    let log = std::fs::File::create(dir.join("idp.log")).unwrap();
-    let mut child = cmd
-        .env("PYTHONWARNINGS", "ignore")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start python3 -m oidc_provider_mock");
-    wait_port(port, "oidc-provider-mock", &mut child);
-    (Proc(child), format!("http://127.0.0.1:{port}"))
-}
 
 fn oidc_config(dir: &Path, issuer: &str) -> String {
     let secret = dir.join("client_secret");
@@ -104,122 +45,6 @@ fn start_gateway(dir: &Path, issuer: &str) -> Gateway {
     Gateway::start_extra(dir, &policies, &oidc_config(dir, issuer))
 }
 
-fn no_redirects() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .redirects(0)
-        .timeout(Duration::from_secs(30))
-        .build()
-}
-
-/// A response's status, `Location`, `Set-Cookie` values and body, whatever the status.
-struct Resp {
-    status: u16,
-    location: Option<String>,
-    cookies: Vec<String>,
-    body: String,
-}
-
-fn resp(r: Result<ureq::Response, ureq::Error>) -> Resp {
-    let r = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{e}"),
-    };
-    let cookies = r.all("set-cookie").iter().map(|s| s.to_string()).collect();
-    Resp {
-        status: r.status(),
-        location: r.header("location").map(str::to_string),
-        cookies,
-        body: r.into_string().unwrap_or_default(),
-    }
-}
-
-fn cookie_value(cookies: &[String], name: &str) -> Option<String> {
-    cookies.iter().find_map(|c| {
-        c.split(';')
-            .next()
-            .and_then(|kv| kv.split_once('='))
-            .filter(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
-    })
-}
-
-/// Signs in through the provider with plain HTTP, returning the session
-/// cookie and the final redirect target. Also returns the callback URL and
-/// login cookie, to replay them.
-struct SignIn {
-    session: String,
-    landed: String,
-    callback: String,
-    login_cookie: String,
-}
-
-fn sign_in(gw: &str, user: &str, return_to: &str) -> SignIn {
-    let a = no_redirects();
-    let q = form_urlencoded::Serializer::new(String::new())
-        .append_pair("return", return_to)
-        .finish();
-    let start = resp(a.get(&format!("{gw}/login?{q}")).call());
-    assert_eq!(start.status, 303, "{}", start.body);
-    let login_cookie = cookie_value(&start.cookies, "sk_login").expect("login cookie");
-    let authorize = start.location.expect("redirect to the provider");
-    assert!(
-        authorize.contains("code_challenge_method=S256"),
-        "{authorize}"
-    );
-    assert!(authorize.contains("nonce="), "{authorize}");
-    let granted = resp(a.post(&authorize).send_form(&[("sub", user)]));
-    assert_eq!(granted.status, 302, "{}", granted.body);
-    let callback = granted.location.expect("back to the gateway");
-    assert!(
-        callback.starts_with(&format!("{gw}/auth/callback?")),
-        "{callback}"
-    );
-    let done = resp(
-        a.get(&callback)
-            .set("Cookie", &format!("sk_login={login_cookie}"))
-            .call(),
-    );
-    assert_eq!(done.status, 303, "{}", done.body);
-    SignIn {
-        session: cookie_value(&done.cookies, "sk_session").expect("a session cookie"),
-        landed: done.location.unwrap_or_default(),
-        callback,
-        login_cookie,
-    }
-}
-
-fn get_page(gw: &str, session: &str, path: &str) -> Resp {
-    resp(
-        no_redirects()
-            .get(&format!("{gw}{path}"))
-            .set("Cookie", &format!("sk_session={session}"))
-            .call(),
-    )
-}
-
-fn csrf_of(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field");
-    let rest = &html[at + 19..];
-    rest[..rest.find('"').unwrap()].to_string()
-}
-
-fn post_form(
-    gw: &str,
-    session: &str,
-    path: &str,
-    fields: &[(&str, &str)],
-    origin: Option<&str>,
-) -> Resp {
-    let mut r = no_redirects()
-        .post(&format!("{gw}{path}"))
-        .set("Cookie", &format!("sk_session={session}"));
-    if let Some(o) = origin {
-        r = r.set("Origin", o);
-    }
-    resp(r.send_form(fields))
-}
-
 fn delete_action(n: u32, session: &str) -> Value {
     json!({
         "kind": "sql", "operation": "delete", "resource": "postgres://analytics/public.events",
@@ -228,20 +53,6 @@ fn delete_action(n: u32, session: &str) -> Value {
         "context": {"environment": "prod", "session": session, "model": "gpt-test", "estimated_rows": 1000 * n},
         "lineage": {"writes": ["postgres://analytics/public.events"]}
     })
-}
-
-fn state_of(g: &Gateway, id: &str) -> (String, usize) {
-    let (s, v) = g.call(
-        "GET",
-        &format!("/v1/requests/{id}"),
-        Some("user:carol"),
-        None,
-    );
-    assert_eq!(s, 200, "{v}");
-    (
-        v["state"].as_str().unwrap().to_string(),
-        v["reviews"].as_array().unwrap().len(),
-    )
 }
 
 /// The session cookie format (see `web/session.rs`), to forge one with the
@@ -310,7 +121,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         let r = get_page(&gw, &bob.session, &path);
         assert_eq!(r.status, 405, "GET {path}");
     }
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // CSRF: no token, a wrong token, a token of another session, a
     // cross-site Origin with the right token.
@@ -333,7 +144,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         assert_eq!(r.status, 403, "{fields:?} {origin:?}: {}", r.body);
         assert!(r.body.contains("Nothing was changed"), "{}", r.body);
     }
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // Forged and expired sessions are no sessions.
     let (payload, sig) = bob.session.split_once('.').unwrap();
@@ -357,7 +168,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         );
         assert_eq!(r.status, 401, "{bad}");
     }
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // A replayed OIDC callback (same state and code) is refused and makes
     // no session; a callback without the browser's login cookie too.
@@ -419,7 +230,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         None,
     );
     assert_eq!(r.status, 404, "erin may not even see it: {}", r.body);
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // Oversized input: a comment over 4096 bytes, a form over 256 KiB.
     let long = "x".repeat(5000);
@@ -455,7 +266,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         None,
     );
     assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // Bob approves; a double submit is refused and changes nothing.
     let r = post_form(
@@ -474,7 +285,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         r.location.as_deref(),
         Some(format!("/requests/{id}?done=approve").as_str())
     );
-    assert_eq!(state_of(&g, &id), ("approved".into(), 1));
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
     let again = post_form(
         &gw,
         &bob.session,
@@ -483,7 +294,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         None,
     );
     assert_eq!(again.status, 409, "{}", again.body);
-    assert_eq!(state_of(&g, &id), ("approved".into(), 1));
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
     let shown = get_page(&gw, &bob.session, &format!("/requests/{id}?done=approve"));
     assert!(shown.body.contains("Your approval was recorded"));
     assert!(shown.body.contains("ok &lt;b&gt;"), "comments are escaped");
@@ -533,7 +344,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         statuses.iter().all(|s| *s == 303 || *s == 409),
         "{statuses:?}"
     );
-    assert_eq!(state_of(&g, &next_id), ("approved".into(), 1));
+    assert_eq!(g.state_of(&next_id), ("approved".into(), 1));
 
     // A decision after expiry is refused (writes expire after 2 s).
     let write = g.submit(
@@ -550,7 +361,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         None,
     );
     assert_eq!(late.status, 409, "{}", late.body);
-    assert_eq!(state_of(&g, &wid), ("expired".into(), 0));
+    assert_eq!(g.state_of(&wid), ("expired".into(), 0));
 
     // Batch: three requests of one agent session, decided together, each
     // recorded as its own review. Frank is a data owner only through the
@@ -579,7 +390,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     let r = post_form(&gw, &frank.session, "/inbox/batch", &fields, Some(&gw));
     assert_eq!(r.status, 200, "{}", r.body);
     for i in &ids {
-        assert_eq!(state_of(&g, i), ("approved".into(), 1), "{i}");
+        assert_eq!(g.state_of(i), ("approved".into(), 1), "{i}");
     }
     // A mixed batch (two sessions) is refused whole.
     let other = g.submit("agent:report-bot", &delete_action(7, "sess-other"))["request"]["id"]
@@ -594,7 +405,7 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     );
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["error"]["code"], "mixed_batch");
-    assert_eq!(state_of(&g, &other), ("pending".into(), 0));
+    assert_eq!(g.state_of(&other), ("pending".into(), 0));
     // The batch API: one refused (owner alice), each its own review.
     let pair: Vec<String> = (8..10)
         .map(|n| {
@@ -664,41 +475,7 @@ fn workload_jwt_from_the_provider_authenticates_an_agent() {
     let g = start_gateway(dir.path(), &issuer);
     // An ID token the provider issues to client `agent-login` for subject
     // report-bot stands in for a workload identity token.
-    let a = no_redirects();
-    let q = form_urlencoded::Serializer::new(String::new())
-        .append_pair("response_type", "code")
-        .append_pair("client_id", "agent-login")
-        .append_pair("redirect_uri", "http://127.0.0.1:1/cb")
-        .append_pair("scope", "openid profile")
-        .append_pair("state", "s")
-        .finish();
-    let granted = resp(
-        a.post(&format!("{issuer}/oauth2/authorize?{q}"))
-            .send_form(&[("sub", "report-bot")]),
-    );
-    let code = granted
-        .location
-        .unwrap()
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .to_string();
-    let tok: Value = a
-        .post(&format!("{issuer}/oauth2/token"))
-        .send_form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", "http://127.0.0.1:1/cb"),
-            ("client_id", "agent-login"),
-            ("client_secret", "x"),
-        ])
-        .unwrap()
-        .into_json()
-        .unwrap();
-    let jwt = tok["id_token"].as_str().unwrap();
+    let jwt = &id_token_for(&issuer, "agent-login", "report-bot");
     let submit = |token: &str| {
         resp(
             g.agent
@@ -939,7 +716,7 @@ fn chromium_signs_in_and_approves_and_the_agent_resumes() {
     );
     assert_eq!(s, 200, "{c}");
     assert_eq!(c["approvers"], json!(["user:bob"]));
-    assert_eq!(state_of(&g, &id).0, "executed");
+    assert_eq!(g.state_of(&id).0, "executed");
 
     // The inbox groups one agent session's requests for a batch decision.
     let batch: Vec<String> = (2..4)
@@ -959,7 +736,7 @@ fn chromium_signs_in_and_approves_and_the_agent_resumes() {
     });
     browser.screenshot("web-5-batch-result.png");
     for i in &batch {
-        assert_eq!(state_of(&g, i), ("approved".into(), 1), "{i}");
+        assert_eq!(g.state_of(i), ("approved".into(), 1), "{i}");
     }
 }
 
@@ -1028,7 +805,7 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
             .find(|t| t.contains("/chat/link/"))
             .map(str::to_string)
     });
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
     let at = text.find("/chat/link/").unwrap();
     let path: String = text[at..]
         .chars()
@@ -1077,7 +854,7 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
             .find(|c| c.path == "chat.postEphemeral" && c.body["user"] == "U_BOB")
             .map(|_| ())
     });
-    assert_eq!(state_of(&g, &id), ("pending".into(), 0));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // The real form links, once.
     let done = post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some(&gw));
@@ -1092,7 +869,7 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
 
     // Now bob's click is bob's review.
     assert_eq!(click("U_BOB").status, 200);
-    assert_eq!(state_of(&g, &id), ("approved".into(), 1));
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
     let (code, out, err) = run_cli(
         &[
             "log",

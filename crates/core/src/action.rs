@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::principal::{PrincipalError, PrincipalId};
+use crate::principal::{PrincipalError, PrincipalId, PrincipalKind};
 
 /// Longest `resource`, `target` and lineage entry, in characters.
 pub const MAX_RESOURCE_CHARS: usize = 2048;
@@ -81,6 +81,10 @@ pub enum ActionError {
     /// `on_behalf_of` is not a valid principal id.
     #[error("field \"on_behalf_of\" is invalid: {0}")]
     InvalidPrincipal(PrincipalError),
+    /// `on_behalf_of` names an agent or a service: it names the human an
+    /// action is done for, and only humans are ever acted for.
+    #[error("field \"on_behalf_of\" names {0}, but it names the human an action is done for (user:NAME), never an agent or a service")]
+    OnBehalfOfNotHuman(PrincipalId),
     /// The agent used a context key reserved for the gateway.
     #[error("context key {key:?} is reserved for facts the gateway derives; rename it (e.g. \"declared_{key}\")")]
     ReservedContextKey {
@@ -129,6 +133,7 @@ impl ActionError {
             ActionError::MissingField { .. } => "missing_field",
             ActionError::InvalidField { .. } => "invalid_field",
             ActionError::InvalidPrincipal(_) => "invalid_principal",
+            ActionError::OnBehalfOfNotHuman(_) => "on_behalf_of_not_human",
             ActionError::ReservedContextKey { .. } => "reserved_context_key",
             ActionError::TooDeep { .. } => "too_deep",
             ActionError::TooLarge { .. } => "too_large",
@@ -235,11 +240,17 @@ pub struct Action {
     /// Why the agent wants to do this, shown to reviewers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub justification: Option<String>,
-    /// The human (or agent) this action is done for; never a reviewer of it.
+    /// The human this action is done for, as the agent declares it (a user
+    /// id; [`Action::from_json`] refuses agents and services). Declared
+    /// only: whether it counts — bars that human from reviewing, lets them
+    /// see the request — is the gateway's call
+    /// ([`crate::request::Request::acting_for`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<PrincipalId>,
     /// What the agent declares: environment, model, estimates, … (Cedar's
     /// context). Reserved keys are refused; see [`RESERVED_CONTEXT_KEYS`].
+    /// Numbers in it, as in `params`, are in their canonical form (see
+    /// [`Action::from_json`]).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub context: Map<String, Value>,
     /// What the action reads and writes.
@@ -251,6 +262,13 @@ impl Action {
     /// Validates action JSON and computes its digest over the JSON exactly as
     /// submitted (so adding a field with its default value changes the
     /// digest, and re-serializing the struct is never what gets digested).
+    ///
+    /// **One digest, one meaning.** RFC 8785 writes `100`, `1E2`, `100.0`
+    /// and `1.0e2` alike (and `-0` as `0`), so they share a digest. The typed
+    /// action that policy reads holds every number of `params` and
+    /// `context` in that same canonical form: a double with an integral
+    /// value becomes the integer it denotes. Two submissions with one
+    /// digest are then one action to policy too, and get one decision.
     pub fn from_json(raw: &Value) -> Result<(Action, Digest), ActionError> {
         let obj = raw.as_object().ok_or(ActionError::NotAnObject {
             found: type_name(raw),
@@ -272,7 +290,8 @@ impl Action {
             None | Some(Value::Null) => None,
             Some(v) => Some(uri_like("target", v)?),
         };
-        let params = object(obj, "params")?;
+        let mut params = object(obj, "params")?;
+        params.values_mut().for_each(canonical_numbers);
         let justification = match obj.get("justification") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => {
@@ -295,11 +314,16 @@ impl Action {
         let on_behalf_of = match obj.get("on_behalf_of") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => {
-                Some(PrincipalId::parse(s).map_err(ActionError::InvalidPrincipal)?)
+                let id = PrincipalId::parse(s).map_err(ActionError::InvalidPrincipal)?;
+                if id.kind() != PrincipalKind::User {
+                    return Err(ActionError::OnBehalfOfNotHuman(id));
+                }
+                Some(id)
             }
             Some(v) => return Err(wrong_type("on_behalf_of", "a principal id string", v)),
         };
-        let context = object(obj, "context")?;
+        let mut context = object(obj, "context")?;
+        context.values_mut().for_each(canonical_numbers);
         if let Some(key) = context
             .keys()
             .find(|k| RESERVED_CONTEXT_KEYS.contains(&k.as_str()))
@@ -488,6 +512,26 @@ fn uri_like(field: &str, v: &Value) -> Result<String, ActionError> {
         return Err(invalid(field, "control characters are not allowed"));
     }
     Ok(s.to_string())
+}
+
+/// Rewrites the numbers in `v` to the value their RFC 8785 form denotes: a
+/// double with an integral value (`1E2`, `100.0`, `-0`) becomes that
+/// integer (`100`, `0`). Other doubles already read back as themselves.
+/// Runs after [`check_limits`], so every double here is within ±(2^53 − 1)
+/// and the conversion is exact.
+fn canonical_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() <= MAX_SAFE_INTEGER as f64 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(canonical_numbers),
+        Value::Object(m) => m.values_mut().for_each(canonical_numbers),
+        _ => {}
+    }
 }
 
 fn object(obj: &Map<String, Value>, field: &str) -> Result<Map<String, Value>, ActionError> {
@@ -807,6 +851,15 @@ mod tests {
             err(with("on_behalf_of", json!("alice"))).code(),
             "invalid_principal"
         );
+        for not_human in ["agent:ghost", "service:ci", "Agent:Report-Bot"] {
+            assert_eq!(
+                err(with("on_behalf_of", json!(not_human))).code(),
+                "on_behalf_of_not_human",
+                "{not_human}"
+            );
+        }
+        let (a, _) = Action::from_json(&with("on_behalf_of", json!("User:Carol"))).unwrap();
+        assert_eq!(a.on_behalf_of.unwrap().as_str(), "user:carol");
         for key in RESERVED_CONTEXT_KEYS {
             let e = err(with("context", json!({ key: 1 })));
             assert_eq!(e.code(), "reserved_context_key");
@@ -889,6 +942,38 @@ mod tests {
             String::from_utf8_lossy(&canonical)
         );
         assert_eq!(digest, Action::from_json(&raw).unwrap().1);
+    }
+
+    /// Spellings RFC 8785 writes alike are one value to policy: the typed
+    /// action holds the canonical number, whatever the agent wrote.
+    #[test]
+    fn numbers_take_their_canonical_form() {
+        let typed = |n: &str| {
+            let text = format!(
+                r#"{{"kind":"sql","operation":"write","resource":"db://x","params":{{"n":{n},"a":[{n}]}},"context":{{"rows":{{"est":{n}}}}}}}"#
+            );
+            let (raw, action, digest) = Action::from_slice(text.as_bytes()).unwrap();
+            (raw, action, digest)
+        };
+        let (_, plain, d) = typed("100");
+        for spelling in ["1E2", "100.0", "1.0e2", "100.000", "10000e-2"] {
+            let (raw, action, digest) = typed(spelling);
+            assert_eq!(digest, d, "{spelling}");
+            assert_eq!(action, plain, "{spelling}");
+            assert!(action.params["n"].is_i64(), "{spelling}");
+            // What was submitted stays as it was written (what the digest covers).
+            assert!(raw["params"]["n"].is_f64(), "{spelling}");
+        }
+        let (_, zero, dz) = typed("0");
+        for spelling in ["-0", "-0.0", "0.0", "0e5", "-0E-3"] {
+            let (_, action, digest) = typed(spelling);
+            assert_eq!((action, digest), (zero.clone(), dz.clone()), "{spelling}");
+        }
+        // Non-integral doubles keep their value.
+        let (_, half, dh) = typed("2.5");
+        let (_, half2, dh2) = typed("25e-1");
+        assert_eq!((half.clone(), dh), (half2, dh2));
+        assert_eq!(half.params["n"], json!(2.5));
     }
 
     #[test]

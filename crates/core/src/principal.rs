@@ -36,7 +36,7 @@ pub enum PrincipalError {
     #[error("principal id {0:?} must start with user:, agent: or service:, e.g. \"user:alice\"")]
     BadKind(String),
     /// The part after the colon is empty, too long or has bad characters.
-    #[error("principal id {0:?} has an invalid name; use 1-128 characters from A-Z a-z 0-9 . _ @ - starting with a letter or digit")]
+    #[error("principal id {0:?} has an invalid name; use 1-128 ASCII characters from a-z 0-9 . _ @ - (capitals are read as lowercase) starting with a letter or digit")]
     BadName(String),
     /// Only agents have owners.
     #[error("{id} has an owner, but only agents have one; remove it")]
@@ -61,6 +61,15 @@ pub enum PrincipalError {
 ///
 /// Parsed once at the edge so everything downstream can rely on the kind
 /// prefix and a bounded, printable name. Serialized as its string form.
+///
+/// **One spelling per principal.** Ids are ASCII, and [`PrincipalId::parse`]
+/// folds every letter to lowercase, so `user:Alice`, `USER:ALICE` and
+/// `user:alice` are one principal however they reach the gateway (config,
+/// static or workload tokens, OpenID Connect claims, chat links, stored
+/// records). Parsing is the only way to build one, so an unfolded id cannot
+/// exist. Non-ASCII names are refused rather than normalized: Unicode case
+/// folding and compatibility forms (`ｅ`, `ﬁ`, the Kelvin sign) would make
+/// "the same name" depend on tables that differ between identity providers.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct PrincipalId(String);
@@ -69,9 +78,11 @@ pub struct PrincipalId(String);
 pub const MAX_PRINCIPAL_NAME: usize = 128;
 
 impl PrincipalId {
-    /// Parses and validates `kind:name`.
+    /// Parses and validates `kind:name`, folding ASCII letters to lowercase
+    /// (see the type's docs).
     pub fn parse(s: &str) -> Result<Self, PrincipalError> {
-        let (kind, name) = s
+        let folded = s.to_ascii_lowercase();
+        let (kind, name) = folded
             .split_once(':')
             .ok_or_else(|| PrincipalError::BadKind(s.to_string()))?;
         if !matches!(kind, "user" | "agent" | "service") {
@@ -88,7 +99,14 @@ impl PrincipalId {
         if !valid_name {
             return Err(PrincipalError::BadName(s.to_string()));
         }
-        Ok(PrincipalId(s.to_string()))
+        Ok(PrincipalId(folded))
+    }
+
+    /// Whether `name` (the part after `kind:`) is already in the one
+    /// spelling ids are folded to: what a policy must write in
+    /// `User::"…"` to match anyone.
+    pub fn is_canonical_name(name: &str) -> bool {
+        !name.bytes().any(|b| b.is_ascii_uppercase())
     }
 
     /// The kind named by the prefix.
@@ -227,15 +245,7 @@ mod tests {
     #[test]
     fn rejects_bad_ids() {
         for bad in [
-            "alice",
-            "user:",
-            "group:x",
-            "User:alice",
-            "user:-x",
-            "user:.x",
-            "user:a b",
-            "user:a:b",
-            "user:é",
+            "alice", "user:", "group:x", "user:-x", "user:.x", "user:a b", "user:a:b", "user:é",
             "user:a\n",
         ] {
             assert!(PrincipalId::parse(bad).is_err(), "{bad:?} accepted");
@@ -249,6 +259,40 @@ mod tests {
             PrincipalId::parse("bot:x"),
             Err(PrincipalError::BadKind(_))
         ));
+    }
+
+    /// Letter case never makes two principals: every spelling folds to
+    /// the lowercase one, and non-ASCII look-alikes are refused.
+    #[test]
+    fn ids_fold_to_lowercase() {
+        for spelling in [
+            "user:alice",
+            "user:Alice",
+            "user:ALICE",
+            "User:alice",
+            "USER:ALICE",
+        ] {
+            assert_eq!(id(spelling).as_str(), "user:alice", "{spelling}");
+        }
+        assert_eq!(id("agent:ETL-bot"), id("agent:etl-bot"));
+        assert_eq!(id("user:Alice@Example.COM").name(), "alice@example.com");
+        let back: PrincipalId = serde_json::from_str("\"Agent:Report-Bot\"").unwrap();
+        assert_eq!(back.as_str(), "agent:report-bot");
+        // The Kelvin sign, a fullwidth letter, a dotted capital I: refused,
+        // not folded to something that looks like an ASCII name.
+        for bad in [
+            "user:\u{212A}ate",
+            "user:\u{FF41}lice",
+            "user:\u{130}van",
+            "user:ali\u{301}ce",
+        ] {
+            assert!(
+                matches!(PrincipalId::parse(bad), Err(PrincipalError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(PrincipalId::is_canonical_name("alice"));
+        assert!(!PrincipalId::is_canonical_name("Alice"));
     }
 
     #[test]
@@ -287,8 +331,11 @@ mod tests {
         #[test]
         fn parse_display_round_trip(s in "\\PC{0,40}") {
             if let Ok(p) = PrincipalId::parse(&s) {
-                prop_assert_eq!(p.to_string(), s.clone());
-                prop_assert_eq!(format!("{}:{}", p.kind().as_str(), p.name()), s);
+                prop_assert_eq!(p.to_string(), s.to_ascii_lowercase());
+                prop_assert_eq!(format!("{}:{}", p.kind().as_str(), p.name()), s.to_ascii_lowercase());
+                // Parsing is idempotent and blind to case.
+                prop_assert_eq!(PrincipalId::parse(p.as_str()), Ok(p.clone()));
+                prop_assert_eq!(PrincipalId::parse(&s.to_ascii_uppercase()), Ok(p));
             }
         }
     }

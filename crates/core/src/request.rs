@@ -466,9 +466,16 @@ pub struct Request {
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub escalated_to: BTreeSet<String>,
     /// More principals barred from reviewing, beyond the requester, its owner
-    /// and `on_behalf_of` (e.g. the owner of an `on_behalf_of` agent).
+    /// and a backed `on_behalf_of`.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub excluded: BTreeSet<PrincipalId>,
+    /// Whether the action's `on_behalf_of` is backed — by a delegation the
+    /// gateway is configured with or a verified token claim — rather than
+    /// only declared by the agent. Only a backed one counts (see
+    /// [`Request::acting_for`]). Requests stored before this field existed
+    /// read as backed: they keep the exclusion they were created with.
+    #[serde(default = "backed_before_this_field", skip_serializing_if = "is_true")]
+    pub on_behalf_of_backed: bool,
     /// How execution ended, once reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
@@ -476,6 +483,14 @@ pub struct Request {
     /// reviewers see those very bytes' meaning rather than a re-encoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted: Option<serde_json::Value>,
+}
+
+fn backed_before_this_field() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A separation-of-duties or eligibility failure, before it is phrased for
@@ -518,6 +533,7 @@ impl Request {
             escalated: false,
             escalated_to: BTreeSet::new(),
             excluded: BTreeSet::new(),
+            on_behalf_of_backed: false,
             outcome: None,
             submitted: None,
         }
@@ -529,20 +545,40 @@ impl Request {
         self
     }
 
-    /// Bars more principals from reviewing or revoking, e.g. the owner of the
-    /// agent named in `on_behalf_of`, which only the caller can look up.
+    /// Bars more principals from reviewing or revoking, which only the
+    /// caller can know about.
     pub fn with_excluded(mut self, ids: impl IntoIterator<Item = PrincipalId>) -> Request {
         self.excluded.extend(ids);
         self
     }
 
+    /// Marks the action's `on_behalf_of` as backed (a configured delegation
+    /// or a verified token claim) or as only declared by the agent.
+    pub fn with_on_behalf_of_backed(mut self, backed: bool) -> Request {
+        self.on_behalf_of_backed = backed;
+        self
+    }
+
+    /// The human this request is done for, when that counts: the action's
+    /// `on_behalf_of` if it is backed. A merely declared one is shown to
+    /// reviewers as declared and changes nobody's rights — it neither bars
+    /// that human from reviewing (an agent could otherwise strike its
+    /// strictest reviewer) nor lets them see the request.
+    pub fn acting_for(&self) -> Option<&PrincipalId> {
+        self.action
+            .on_behalf_of
+            .as_ref()
+            .filter(|_| self.on_behalf_of_backed)
+    }
+
     /// Everyone who may never review this request: the requester, its owner,
-    /// the `on_behalf_of` principal, and [`Request::excluded`].
+    /// the principal it is backed to be done for ([`Request::acting_for`]),
+    /// and [`Request::excluded`].
     pub fn sod_set(&self) -> BTreeSet<PrincipalId> {
         let mut set = self.excluded.clone();
         set.insert(self.requester.id.clone());
         set.extend(self.requester.owner.iter().cloned());
-        set.extend(self.action.on_behalf_of.iter().cloned());
+        set.extend(self.acting_for().cloned());
         set
     }
 
@@ -554,12 +590,12 @@ impl Request {
         if self.requester.owner.as_ref() == Some(id) {
             return Some(Refusal::SelfReview("it owns the requesting agent"));
         }
-        if self.action.on_behalf_of.as_ref() == Some(id) {
+        if self.acting_for() == Some(id) {
             return Some(Refusal::SelfReview("the action is done on its behalf"));
         }
         if self.excluded.contains(id) {
             return Some(Refusal::SelfReview(
-                "it is excluded from reviewing this request (e.g. it owns the agent the action is done for)",
+                "it is excluded from reviewing this request",
             ));
         }
         if !who.is_human() {

@@ -70,11 +70,15 @@ fn actions() -> Vec<serde_json::Value> {
         json!({"kind": "sql", "operation": "export", "resource": "db://prod/customers",
                "on_behalf_of": "user:bob"}),
         json!({"kind": "mcp", "operation": "call", "resource": "tool://deploy",
-               "on_behalf_of": "agent:deploy-bot", "params": {"env": "prod"}}),
+               "on_behalf_of": "User:Carol", "params": {"env": "prod"}}),
         json!({"kind": "http", "operation": "write", "resource": "https://api.example/x",
                "on_behalf_of": "user:dave"}),
     ]
 }
+
+/// Whether the gateway backed each action's `on_behalf_of` (a configured
+/// delegation or a verified token claim); the last one is only declared.
+const BACKED: [bool; 4] = [false, true, true, false];
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -284,12 +288,9 @@ impl World {
         let sod = {
             let mut s = BTreeSet::from([r.requester.id.clone()]);
             s.extend(r.requester.owner.clone());
-            s.extend(r.action.on_behalf_of.clone());
-            // an agent acting for another agent: its owner, too
-            if let Some(obo) = &r.action.on_behalf_of {
-                if let Some(p) = self.people.iter().find(|p| p.id == *obo) {
-                    s.extend(p.owner.clone());
-                }
+            // only a backed on_behalf_of bars anyone
+            if r.on_behalf_of_backed {
+                s.extend(r.action.on_behalf_of.clone());
             }
             s
         };
@@ -391,11 +392,6 @@ impl World {
             } => {
                 let raw = &actions()[action];
                 let (act, digest) = Action::from_json(raw).unwrap();
-                let obo_owner = act
-                    .on_behalf_of
-                    .as_ref()
-                    .and_then(|o| self.people.iter().find(|p| p.id == *o))
-                    .and_then(|p| p.owner.clone());
                 let req = Request::new(
                     format!("req-{n}"),
                     digest,
@@ -406,7 +402,7 @@ impl World {
                     Duration::from_millis(grant_ttl),
                     now,
                 )
-                .with_excluded(obo_owner);
+                .with_on_behalf_of_backed(BACKED[action]);
                 self.requests.push(req);
                 self.consumed.push(0);
                 self.first_terminal.push(None);

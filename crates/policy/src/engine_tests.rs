@@ -661,3 +661,105 @@ fn cached_entities_never_cross_principals_groups_or_resources() {
         assert_eq!(e.decide(&p, &read, &none()).outcome, want, "user:u{i}");
     }
 }
+
+/// Principal ids are folded to lowercase wherever the gateway reads them,
+/// so a policy naming `User::"Alice"` could never match anyone: a forbid
+/// meant for her would silently never fire. It is refused at load, with
+/// the spelling to use.
+#[test]
+fn principal_ids_with_capitals_are_refused_at_load() {
+    for (src, shown) in [
+        (
+            r#"forbid (principal == User::"Alice", action, resource);"#,
+            r#"User::"alice""#,
+        ),
+        (
+            r#"permit (principal, action, resource) when { principal in [Agent::"ETL-Bot"] };"#,
+            r#"Agent::"etl-bot""#,
+        ),
+        (
+            r#"permit (principal, action, resource) when { principal.owner == User::"Bob" };"#,
+            r#"User::"bob""#,
+        ),
+        (
+            r#"permit (principal, action, resource) unless { principal == Service::"CI" };"#,
+            r#"Service::"ci""#,
+        ),
+    ] {
+        let i = issues(&[("p.cedar", src)], None);
+        assert_eq!(i.len(), 1, "{src}: {i:?}");
+        assert!(
+            i[0].message.contains("can never match") && i[0].message.contains(shown),
+            "{src}: {i:?}"
+        );
+        assert_eq!(i[0].line, Some(1));
+    }
+    // Lowercase ids, and capitals where they are not principal ids, load.
+    engine(&[(
+        "ok.cedar",
+        r#"forbid (principal == User::"alice", action, resource) when { resource.uri like "*Secret*" };
+           permit (principal in Group::"DBA Team", action == Action::"sql.read", resource == Resource::"postgres://Analytics");"#,
+    )]);
+}
+
+/// The spellings of one number that RFC 8785 writes alike.
+fn spellings(n: i64, half: bool) -> Vec<String> {
+    if half {
+        let f = n as f64 + 0.5;
+        return vec![
+            format!("{f}"),
+            format!("{f}0"),
+            format!("{}e-1", n * 10 + 5),
+            format!("{f}E0"),
+        ];
+    }
+    let mut v = vec![
+        format!("{n}"),
+        format!("{n}.0"),
+        format!("{n}E0"),
+        format!("{n}e+0"),
+        format!("{}e-1", n * 10),
+        format!("{n}.000"),
+    ];
+    if n == 0 {
+        v.extend(["-0".to_owned(), "-0.0".to_owned(), "-0E5".to_owned()]);
+    }
+    v
+}
+
+proptest! {
+    /// One digest, one meaning: two submissions with the same digest —
+    /// the same numbers spelled differently (`100`, `1E2`, `100.0`, `-0`) —
+    /// always get the same decision.
+    #[test]
+    fn equal_digests_get_equal_decisions(
+        rows in prop_oneof![Just(0i64), Just(100), Just(999), Just(1000), -5i64..2000],
+        limit in -3i64..3, half_rows in any::<bool>(), half_limit in any::<bool>(),
+        a in 0..16usize, b in 0..16usize, c in 0..16usize, d in 0..16usize,
+    ) {
+        thread_local!(static ENGINE: PolicyEngine = PolicyEngine::from_sources(&[(
+            "n.cedar",
+            r#"permit (principal, action == Action::"sql.write", resource)
+                 when { context has estimated_rows && context.estimated_rows < 1000 };
+               @review("dba") forbid (principal, action == Action::"sql.write", resource)
+                 when { context has estimated_rows && context.estimated_rows >= 100 && context.params has limit && context.params.limit > 0 };
+               forbid (principal, action, resource)
+                 when { (context has estimated_rows && context.estimated_rows == 0) || (context.params has limit && context.params.limit == 0) };"#,
+        )], Some(&BUILTIN_SCHEMA.replace("params: {},", "params: { limit?: Long },"))).unwrap());
+        let rs = spellings(rows, half_rows);
+        let ls = spellings(limit, half_limit);
+        let text = |r: &str, l: &str| format!(
+            r#"{{"kind":"sql","operation":"write","resource":"postgres://db/t","params":{{"limit":{l}}},"context":{{"estimated_rows":{r}}}}}"#
+        );
+        let one = text(&rs[a % rs.len()], &ls[b % ls.len()]);
+        let two = text(&rs[c % rs.len()], &ls[d % ls.len()]);
+        let (_, a1, d1) = secondkey_core::action::Action::from_slice(one.as_bytes()).unwrap();
+        let (_, a2, d2) = secondkey_core::action::Action::from_slice(two.as_bytes()).unwrap();
+        prop_assert_eq!(&d1, &d2, "{} and {} spell the same numbers", one, two);
+        let p = principal("agent:bot", &["agents"]);
+        ENGINE.with(|e| {
+            prop_assert_eq!(e.decide(&p, &a1, &none()), e.decide(&p, &a2, &none()), "{} vs {}", one, two);
+            Ok(())
+        })?;
+    }
+}

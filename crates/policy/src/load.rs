@@ -168,6 +168,37 @@ fn file_stem(name: &str) -> &str {
     name.strip_suffix(".cedar").unwrap_or(name)
 }
 
+/// A principal entity id the policy names that no principal can ever have,
+/// phrased as the fix: principal ids are folded to lowercase wherever the
+/// gateway reads them, so `User::"Alice"` would silently match nobody — a
+/// `forbid` that never fires. Such a policy is refused at load instead.
+fn uncanonical_principal(policy: &Policy) -> Option<String> {
+    fn walk(v: &serde_json::Value) -> Option<(String, String)> {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let (Some(serde_json::Value::String(ty)), Some(serde_json::Value::String(id))) =
+                    (m.get("type"), m.get("id"))
+                {
+                    let principal_type = matches!(ty.as_str(), "User" | "Agent" | "Service");
+                    if principal_type
+                        && !secondkey_core::principal::PrincipalId::is_canonical_name(id)
+                    {
+                        return Some((ty.clone(), id.clone()));
+                    }
+                }
+                m.values().find_map(walk)
+            }
+            serde_json::Value::Array(a) => a.iter().find_map(walk),
+            _ => None,
+        }
+    }
+    let (ty, id) = walk(&policy.to_json().ok()?)?;
+    Some(format!(
+        "{ty}::{id:?} can never match: principal ids are read in lowercase wherever they come from (config, tokens, sign-in), so write {ty}::{:?}",
+        id.to_ascii_lowercase()
+    ))
+}
+
 /// Parses, names, checks annotations and validates against the schema.
 pub(crate) fn load(
     files: &[(String, String)],
@@ -256,6 +287,10 @@ pub(crate) fn load(
                         continue;
                     }
                 };
+            if let Some(m) = uncanonical_principal(policy) {
+                issues.push(issue(format!("policy `{id}`: {m}")));
+                continue;
+            }
             let renamed = policy.new_id(PolicyId::new(&id));
             file_of.insert(id.clone(), fi);
             metas.push(Meta {

@@ -20,7 +20,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::auth::{Caller, MaybeCaller};
+use crate::admission::Hold;
+use crate::auth::{Authenticated, Caller, MaybeCaller};
 use crate::error::{ApiError, ErrorBody};
 use crate::gateway::clamp_wait;
 use crate::views::*;
@@ -85,10 +86,16 @@ fn too_large_body(limit: usize) -> ApiError {
 
 fn body_error(e: axum::extract::rejection::BytesRejection, state: &AppState) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        too_large_body(state.gateway.config.max_body_bytes)
-    } else {
-        ApiError::bad_request("invalid_body", e.body_text())
+        return too_large_body(state.gateway.config.max_body_bytes);
     }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<crate::limits::conn::BodyTimedOut>() {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", t.to_string());
+        }
+        cause = c.source();
+    }
+    ApiError::bad_request("invalid_body", e.body_text())
 }
 
 fn unsupported_media() -> ApiError {
@@ -126,7 +133,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     paths(submit_action, execution_result, execution_results, lineage, list_requests, get_request, request_events, review_request,
           review_batch, withdraw_request, revoke_request, request_result, consume_grant, jwks, log_checkpoint,
           log_proof, log_tile, log_verifier_key, healthz, metrics),
-    components(schemas(ActionResponse, ExecutionView, ExecutionResultBody, ExecutionResultsBody, BatchResultItem, BatchResultOutcome, crate::intercept::LineageRecord, ReasonView, RequestSummary, RequirementView, RequestView,
+    components(schemas(ActionResponse, OnBehalfOfView, ExecutionView, ExecutionResultBody, ExecutionResultsBody, BatchResultItem, BatchResultOutcome, crate::intercept::LineageRecord, ReasonView, RequestSummary, RequirementView, RequestView,
                        ReviewView, ReviewBody, BatchReviewBody, BatchReviewResult, ConsumeBody, ConsumedView, ResultBody, ErrorBody)),
     modifiers(&BearerAuth)
 )]
@@ -228,15 +235,19 @@ struct SubmitQuery {
 #[utoipa::path(post, path = "/v1/actions", params(("execute" = Option<bool>, Query)),
     request_body(content = Object, description = "An action (see the brief's contract)"),
     responses((status = 200, body = ActionResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody, description = "the log could not record the decision: nothing authorized")))]
+              (status = 413, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "`too_many_pending` or `rate_limited`, with `Retry-After`: nothing was recorded"),
+              (status = 503, body = ErrorBody, description = "the log could not record the decision: nothing authorized")))]
 async fn submit_action(
     State(s): State<AppState>,
-    Caller(p): Caller,
+    Authenticated(p, credential): Authenticated,
     Q(q): Q<SubmitQuery>,
     RawJson(body): RawJson,
 ) -> Result<Json<ActionResponse>, ApiError> {
     let execute = q.execute.unwrap_or(false);
-    Ok(Json(s.gateway.submit(&p, &body, execute).await?))
+    Ok(Json(
+        s.gateway.submit_as(&p, &credential, &body, execute).await?,
+    ))
 }
 
 /// How an action run with `?execute=true` went.
@@ -285,6 +296,7 @@ impl ExecutionResultBody {
                 "reads and writes: at most 1024 dataset URIs in all, each 1 to 2048 bytes",
             ));
         }
+        crate::intercept::check_numbers(&self.summary, "summary")?;
         Ok(crate::intercept::ExecutionResult {
             ok: self.ok,
             summary: self.summary,
@@ -416,7 +428,9 @@ async fn lineage(
     Caller(p): Caller,
     Q(q): Q<LineageQuery>,
 ) -> Result<Json<Vec<crate::intercept::LineageRecord>>, ApiError> {
-    Ok(Json(s.gateway.lineage(&p, &q.principal).await?))
+    let principal = secondkey_core::principal::PrincipalId::parse(&q.principal)
+        .map_err(|e| ApiError::bad_request("invalid_principal", e.to_string()))?;
+    Ok(Json(s.gateway.lineage(&p, principal.as_str()).await?))
 }
 
 #[derive(Deserialize)]
@@ -482,10 +496,11 @@ struct WaitQuery {
 
 /// One request; `?wait=N` long-polls up to N seconds until its state changes.
 #[utoipa::path(get, path = "/v1/requests/{id}", params(("id" = String, Path), ("wait" = Option<u64>, Query)),
-    responses((status = 200, body = RequestView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = RequestView), (status = 404, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "`too_many_waits`: the caller holds its most long-polls")))]
 async fn get_request(
     State(s): State<AppState>,
-    Caller(p): Caller,
+    Authenticated(p, credential): Authenticated,
     Path(id): Path<String>,
     Q(q): Q<WaitQuery>,
 ) -> Result<Json<RequestView>, ApiError> {
@@ -496,6 +511,8 @@ async fn get_request(
     if wait.is_zero() || req.state.is_terminal() {
         return Ok(Json(g.view(&p, &req)?));
     }
+    // Held until this handler ends, however it ends.
+    let _slot = g.hold(Hold::Wait, &p, &credential)?;
     let start_state = req.state;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -518,18 +535,20 @@ async fn get_request(
 
 /// Server-sent events: the request now, then on every change, until final.
 #[utoipa::path(get, path = "/v1/requests/{id}/events", params(("id" = String, Path)),
-    responses((status = 200, description = "text/event-stream of `state` events carrying a RequestView")))]
+    responses((status = 200, description = "text/event-stream of `state` events carrying a RequestView"),
+              (status = 429, body = ErrorBody, description = "`too_many_streams`: the caller holds its most event streams")))]
 async fn request_events(
     State(s): State<AppState>,
-    Caller(p): Caller,
+    Authenticated(p, credential): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let g = s.gateway.clone();
     let mut changes = g.subscribe();
     let first = g.get_request(&p, &id).await?;
-    // Each principal holds a bounded number of open streams; the slot is
-    // given back when the stream ends, however it ends.
-    let slot = g.open_stream(&p)?;
+    // Each principal (and each issuer of unconfigured ones) holds a bounded
+    // number of open streams; the slot is given back when the stream ends,
+    // however it ends.
+    let slot = g.hold(Hold::Stream, &p, &credential)?;
     let stream = async_stream(move |tx| async move {
         let _slot = slot;
         let mut req = first;
@@ -789,9 +808,12 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", security(), responses((status = 200, description = "Prometheus text format")))]
-async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+/// Prometheus metrics, for members of the `[metrics] readers` groups
+/// (default `monitoring`).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format"),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "`not_metrics_reader`")))]
+async fn metrics(State(s): State<AppState>, Caller(p): Caller) -> Result<Response, ApiError> {
+    s.gateway.require_metrics_reader(&p)?;
     let store = s.gateway.store.clone();
     let counts = tokio::task::spawn_blocking(move || store.count_by_state())
         .await
@@ -807,6 +829,13 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     out.push_str("# HELP secondkey_requests Requests by state.\n# TYPE secondkey_requests gauge\n");
     for (state, n) in counts {
         out.push_str(&format!("secondkey_requests{{state=\"{state}\"}} {n}\n"));
+    }
+    if let Some(c) = s.gateway.connections.get() {
+        out.push_str(&format!(
+            "# HELP secondkey_connections Connections open on the main listener.\n# TYPE secondkey_connections gauge\nsecondkey_connections {}\n# HELP secondkey_connections_refused_total Connections turned away at accept by [limits] caps.\n# TYPE secondkey_connections_refused_total counter\nsecondkey_connections_refused_total {}\n",
+            c.open(),
+            c.refused()
+        ));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

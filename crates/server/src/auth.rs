@@ -12,6 +12,7 @@ use secondkey_core::principal::Principal;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::identity::Credential;
 use crate::AppState;
 
 /// SHA-256 of a bearer token, as stored in the config (`token_sha256`).
@@ -29,6 +30,21 @@ pub fn token_sha256_hex(token: &str) -> String {
 pub struct Caller(pub Principal);
 
 impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Authenticated::from_request_parts(parts, state)
+            .await
+            .map(|Authenticated(p, _)| Caller(p))
+    }
+}
+
+/// The caller and what its token proved beyond that (see [`Credential`]):
+/// for the handlers whose limits or `on_behalf_of` depend on it.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal, pub Credential);
+
+impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
@@ -50,14 +66,14 @@ impl FromRequestParts<AppState> for Caller {
             .trim();
         let g = &state.gateway;
         if let Some(p) = g.config.tokens.get(&token_hash(token)) {
-            return Ok(Caller(p.clone()));
+            return Ok(Authenticated(p.clone(), Credential::default()));
         }
         if g.identity.accepts_jwts() && crate::jwt::looks_like_jwt(token) {
             return g
                 .identity
                 .authenticate(&g.config, token)
                 .await
-                .map(Caller)
+                .map(|(p, c)| Authenticated(p, c))
                 .map_err(|why| ApiError::unauthorized(format!("JWT refused: {why}")));
         }
         Err(ApiError::unauthorized("unknown token"))

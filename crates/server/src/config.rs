@@ -106,6 +106,84 @@ pub struct RawConfig {
     pub identity: RawIdentity,
     /// Channel routing (owned by the channels crate).
     pub routing: Option<toml::Value>,
+    /// What one client may hold or do at once (see `docs/security.md`).
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Who may read `/metrics`.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[limits]`: connection hygiene of the main listener and what one
+/// principal may hold or do. Every key is optional; see
+/// [`Limits::default`] for the defaults and `docs/security.md` for why.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub max_waits_per_principal: Option<usize>,
+    pub max_streams_per_principal: Option<usize>,
+    pub max_waits_per_issuer: Option<usize>,
+    pub max_streams_per_issuer: Option<usize>,
+    pub max_pending_per_principal: Option<u64>,
+    pub requests_per_minute: Option<u32>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Groups whose members may read `/metrics` (default `["monitoring"]`).
+    pub readers: Option<Vec<String>>,
+}
+
+/// The validated `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The main listener's connection caps and deadlines.
+    pub conn: crate::limits::ConnLimits,
+    /// Concurrent `?wait=` long-polls of one principal.
+    pub max_waits_per_principal: usize,
+    /// Concurrent event streams of one principal.
+    pub max_streams_per_principal: usize,
+    /// Concurrent long-polls of all the principals one `[[identity.jwt]]`
+    /// issuer vouches for that no `[[principals]]` entry names.
+    pub max_waits_per_issuer: usize,
+    /// The same, for event streams.
+    pub max_streams_per_issuer: usize,
+    /// Requests of one principal pending review at once.
+    pub max_pending_per_principal: u64,
+    /// Requests one principal may open per minute (a minute's worth may
+    /// come at once); 0 is unlimited.
+    pub requests_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            conn: crate::limits::ConnLimits::default(),
+            max_waits_per_principal: 32,
+            max_streams_per_principal: 16,
+            max_waits_per_issuer: 256,
+            max_streams_per_issuer: 128,
+            max_pending_per_principal: 100,
+            requests_per_minute: 60,
+        }
+    }
+}
+
+/// Whom a principal may act for (`[[principals]] may_act_for`): what backs
+/// the `on_behalf_of` of its actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActsFor {
+    /// `user:*`: any human.
+    AnyUser,
+    /// One human.
+    User(PrincipalId),
 }
 
 /// `[oidc]`: the identity provider humans sign in with.
@@ -169,6 +247,10 @@ pub struct RawJwtIssuer {
     /// Only principals configured in `[[principals]]` are accepted.
     #[serde(default)]
     pub require_configured: bool,
+    /// Accept RFC 8693 delegation tokens: a token with an `act` claim
+    /// authenticates its actor (`act.sub`, mapped like `principal_claim`),
+    /// acting for the human `user:<this claim's value>`.
+    pub delegation_user_claim: Option<String>,
     /// Default: RS256, RS384, RS512, PS256, ES256, ES384, EdDSA.
     pub algorithms: Option<Vec<String>>,
 }
@@ -216,6 +298,8 @@ pub struct JwtIssuerConfig {
     pub map: std::collections::BTreeMap<String, PrincipalId>,
     pub require_configured: bool,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// RFC 8693 delegation tokens accepted, naming the human in this claim.
+    pub delegation_user_claim: Option<String>,
 }
 
 /// Top-level keys whose contents belong to an extension crate: the gateway
@@ -278,6 +362,10 @@ pub struct RawPrincipal {
     pub groups: Vec<String>,
     pub token_sha256: Option<String>,
     pub token_env: Option<String>,
+    /// The humans this principal may act for: `user:NAME` or `user:*`.
+    /// Backs the `on_behalf_of` of its actions (see `docs/identity.md`).
+    #[serde(default)]
+    pub may_act_for: Vec<String>,
 }
 
 /// The validated configuration the gateway runs with.
@@ -314,6 +402,12 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// Workload identity providers whose JWTs are accepted as bearer tokens.
     pub jwt_issuers: Vec<JwtIssuerConfig>,
+    /// Whom each principal may act for, by principal id (`may_act_for`).
+    pub delegations: HashMap<String, Vec<ActsFor>>,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// Groups whose members may read `/metrics`.
+    pub metrics_readers: Vec<String>,
 }
 
 impl Config {
@@ -454,6 +548,9 @@ impl Config {
 
         let mut principals = HashMap::new();
         let mut tokens = HashMap::new();
+        let mut delegations = HashMap::new();
+        // id → where it was configured, to name both spellings of a collision
+        let mut first_seen: HashMap<String, (usize, String)> = HashMap::new();
         for (i, p) in raw.principals.iter().enumerate() {
             let key = |k: &str| format!("principals[{i}].{k}");
             let id: PrincipalId =
@@ -524,11 +621,22 @@ impl Config {
                 }
                 (None, None) => None,
             };
-            if principals
-                .insert(id.to_string(), principal.clone())
-                .is_some()
-            {
-                return Err(invalid(key("id"), format!("{id} is configured twice")));
+            if let Some((j, earlier)) = first_seen.get(id.as_str()) {
+                return Err(invalid(
+                    key("id"),
+                    format!(
+                        "{:?} is {id}, already configured as {earlier:?} in principals[{j}]; ids are read in lowercase, so letter case never makes two principals",
+                        p.id
+                    ),
+                ));
+            }
+            first_seen.insert(id.to_string(), (i, p.id.clone()));
+            principals.insert(id.to_string(), principal.clone());
+            if !p.may_act_for.is_empty() {
+                delegations.insert(
+                    id.to_string(),
+                    acts_for(&key("may_act_for"), &p.may_act_for)?,
+                );
             }
             if let Some(h) = hash {
                 if tokens.insert(h, principal).is_some() {
@@ -608,6 +716,17 @@ impl Config {
             executors.insert(id.to_string());
         }
         let log_readers = raw.log.readers.unwrap_or_else(|| vec!["auditors".into()]);
+        let limits = limits_config(&raw.limits)?;
+        let metrics_readers = raw
+            .metrics
+            .readers
+            .unwrap_or_else(|| vec!["monitoring".into()]);
+        if metrics_readers.is_empty() || metrics_readers.iter().any(String::is_empty) {
+            return Err(invalid(
+                "metrics.readers",
+                "name at least one group, e.g. [\"monitoring\"]; /metrics is never public",
+            ));
+        }
         let oidc = match &raw.oidc {
             Some(o) => Some(oidc_config(o, &public_url, base, env)?),
             None => None,
@@ -632,6 +751,9 @@ impl Config {
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
         .collect();
         Ok(Config {
+            delegations,
+            limits,
+            metrics_readers,
             sections,
             base_dir: base.to_path_buf(),
             env: env.clone(),
@@ -656,6 +778,118 @@ impl Config {
             sinks: raw.sinks,
         })
     }
+}
+
+/// `may_act_for`: `user:NAME` or `user:*`, never an agent or a service.
+fn acts_for(key: &str, items: &[String]) -> Result<Vec<ActsFor>, ConfigError> {
+    items
+        .iter()
+        .map(|s| {
+            if s.eq_ignore_ascii_case("user:*") {
+                return Ok(ActsFor::AnyUser);
+            }
+            let id: PrincipalId =
+                s.parse()
+                    .map_err(|e: secondkey_core::principal::PrincipalError| {
+                        invalid(key, e.to_string())
+                    })?;
+            if id.kind() != PrincipalKind::User {
+                return Err(invalid(
+                    key,
+                    format!("{id}: a principal acts for humans only; use user:NAME or user:*"),
+                ));
+            }
+            Ok(ActsFor::User(id))
+        })
+        .collect()
+}
+
+fn duration_key(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let d = match v {
+        Some(s) => {
+            secondkey_core::time::parse_duration(s).map_err(|e| invalid(key, e.to_string()))?
+        }
+        None => default,
+    };
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err(invalid(key, "must be between 1s and 1h (e.g. \"10s\")"));
+    }
+    Ok(d)
+}
+
+/// The validated `[limits]`: every cap at least 1 (a cap of 0 would refuse
+/// everyone; `requests_per_minute = 0` is the one way to say unlimited).
+fn limits_config(l: &RawLimits) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let at_least_one = |k: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(invalid(format!("limits.{k}"), "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let conn = crate::limits::ConnLimits {
+        max_connections: at_least_one(
+            "max_connections",
+            l.max_connections,
+            d.conn.max_connections,
+        )?,
+        max_per_address: at_least_one(
+            "max_connections_per_address",
+            l.max_connections_per_address,
+            d.conn.max_per_address,
+        )?,
+        header_read_timeout: duration_key(
+            "limits.header_read_timeout",
+            &l.header_read_timeout,
+            d.conn.header_read_timeout,
+        )?,
+        idle_timeout: duration_key("limits.idle_timeout", &l.idle_timeout, d.conn.idle_timeout)?,
+        body_read_timeout: duration_key(
+            "limits.body_read_timeout",
+            &l.body_read_timeout,
+            d.conn.body_read_timeout,
+        )?,
+    };
+    if conn.max_per_address > conn.max_connections {
+        return Err(invalid(
+            "limits.max_connections_per_address",
+            "must not exceed limits.max_connections",
+        ));
+    }
+    let max_pending_per_principal = match l.max_pending_per_principal {
+        Some(0) => {
+            return Err(invalid(
+                "limits.max_pending_per_principal",
+                "must be at least 1",
+            ))
+        }
+        Some(n) => n,
+        None => d.max_pending_per_principal,
+    };
+    Ok(Limits {
+        conn,
+        max_waits_per_principal: at_least_one(
+            "max_waits_per_principal",
+            l.max_waits_per_principal,
+            d.max_waits_per_principal,
+        )?,
+        max_streams_per_principal: at_least_one(
+            "max_streams_per_principal",
+            l.max_streams_per_principal,
+            d.max_streams_per_principal,
+        )?,
+        max_waits_per_issuer: at_least_one(
+            "max_waits_per_issuer",
+            l.max_waits_per_issuer,
+            d.max_waits_per_issuer,
+        )?,
+        max_streams_per_issuer: at_least_one(
+            "max_streams_per_issuer",
+            l.max_streams_per_issuer,
+            d.max_streams_per_issuer,
+        )?,
+        max_pending_per_principal,
+        requests_per_minute: l.requests_per_minute.unwrap_or(d.requests_per_minute),
+    })
 }
 
 fn check_claim_name(key: &str, v: &str) -> Result<(), ConfigError> {
@@ -867,7 +1101,11 @@ fn jwt_issuer(
             .map(|n| crate::jwt::parse_algorithm(n).map_err(|m| invalid(key("algorithms"), m)))
             .collect::<Result<Vec<_>, _>>()?,
     };
+    if let Some(c) = &j.delegation_user_claim {
+        check_claim_name(&key("delegation_user_claim"), c)?;
+    }
     Ok(JwtIssuerConfig {
+        delegation_user_claim: j.delegation_user_claim.clone(),
         issuer: j.issuer.clone(),
         audiences,
         keys,
@@ -995,6 +1233,114 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\n[identity.jwt.map]\nx = \"user:bob\"".into(), "identity.jwt[0].map.x"),
         ] {
             let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    /// Ids are read in lowercase everywhere in the file: two entries that
+    /// differ only in letter case are one principal configured twice, and
+    /// references (owner, executors, may_act_for, map) fold the same way.
+    #[test]
+    fn principal_ids_fold_and_collisions_are_errors() {
+        let c = load(
+            "[[principals]]\nid = \"User:Alice\"\n[[principals]]\nid = \"Agent:ETL-Bot\"\nowner = \"USER:ALICE\"\nmay_act_for = [\"User:Carol\", \"USER:*\"]\n[grants]\nexecutors = [\"Agent:Etl-Bot\"]\n[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nrequire_configured = true\n[identity.jwt.map]\n\"repo:x\" = \"AGENT:etl-bot\"",
+        )
+        .unwrap();
+        let bot = &c.principals["agent:etl-bot"];
+        assert_eq!(bot.owner.as_ref().unwrap().as_str(), "user:alice");
+        assert!(c.principals.contains_key("user:alice"));
+        assert!(c.executors.contains("agent:etl-bot"));
+        assert_eq!(
+            c.delegations["agent:etl-bot"],
+            vec![
+                ActsFor::User(PrincipalId::parse("user:carol").unwrap()),
+                ActsFor::AnyUser
+            ]
+        );
+        assert_eq!(c.jwt_issuers[0].map["repo:x"].as_str(), "agent:etl-bot");
+        let e = load("[[principals]]\nid = \"user:alice\"\n[[principals]]\nid = \"user:ALICE\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("principals[1].id") && e.contains("\"user:alice\" in principals[0]"),
+            "{e}"
+        );
+        for (text, key) in [
+            (
+                "[[principals]]\nid = \"agent:a\"\nmay_act_for = [\"agent:b\"]",
+                "principals[0].may_act_for",
+            ),
+            (
+                "[[principals]]\nid = \"agent:a\"\nmay_act_for = [\"bob\"]",
+                "principals[0].may_act_for",
+            ),
+            (
+                "[[principals]]\nid = \"user:\u{c9}mile\"",
+                "principals[0].id",
+            ),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits_and_metrics_have_defaults_and_are_checked() {
+        let c = load("").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.metrics_readers, vec!["monitoring".to_string()]);
+        let c = load("[limits]\nmax_connections = 100\nmax_connections_per_address = 10\nheader_read_timeout = \"2s\"\nidle_timeout = \"5s\"\nbody_read_timeout = \"3s\"\nmax_waits_per_principal = 2\nmax_streams_per_principal = 3\nmax_waits_per_issuer = 4\nmax_streams_per_issuer = 5\nmax_pending_per_principal = 6\nrequests_per_minute = 0\n[metrics]\nreaders = [\"ops\"]").unwrap();
+        let l = &c.limits;
+        assert_eq!(
+            (
+                l.conn.max_connections,
+                l.conn.max_per_address,
+                l.conn.header_read_timeout,
+                l.conn.idle_timeout,
+                l.conn.body_read_timeout
+            ),
+            (
+                100,
+                10,
+                Duration::from_secs(2),
+                Duration::from_secs(5),
+                Duration::from_secs(3)
+            )
+        );
+        assert_eq!(
+            (
+                l.max_waits_per_principal,
+                l.max_streams_per_principal,
+                l.max_waits_per_issuer,
+                l.max_streams_per_issuer,
+                l.max_pending_per_principal,
+                l.requests_per_minute
+            ),
+            (2, 3, 4, 5, 6, 0)
+        );
+        assert_eq!(c.metrics_readers, vec!["ops".to_string()]);
+        for (text, key) in [
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            (
+                "[limits]\nmax_connections = 10\nmax_connections_per_address = 11",
+                "limits.max_connections_per_address",
+            ),
+            (
+                "[limits]\nheader_read_timeout = \"0s\"",
+                "limits.header_read_timeout",
+            ),
+            ("[limits]\nidle_timeout = \"soon\"", "limits.idle_timeout"),
+            (
+                "[limits]\nmax_pending_per_principal = 0",
+                "limits.max_pending_per_principal",
+            ),
+            (
+                "[limits]\nmax_wait_per_principal = 3",
+                "max_wait_per_principal",
+            ),
+            ("[metrics]\nreaders = []", "metrics.readers"),
+        ] {
+            let e = load(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
     }

@@ -10,6 +10,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// For a refusal by a limit (`429`): when trying again can succeed.
+    /// Sent as `Retry-After`; an in-process adapter reads it here.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -32,7 +35,24 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+    /// A refusal by a per-principal limit: `429` with `code` (e.g.
+    /// `too_many_pending`, `rate_limited`) and when to retry.
+    pub fn limited(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+    /// Whether a limit refused this (retrying later can succeed).
+    pub fn is_limited(&self) -> bool {
+        self.status == StatusCode::TOO_MANY_REQUESTS
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -66,6 +86,10 @@ impl From<StoreError> for ApiError {
                 Ok(api) => *api,
                 Err(other) => ApiError::internal(other.to_string()),
             },
+            StoreError::Entry(m) if m.contains("2^53") => ApiError::bad_request(
+                "unsafe_number",
+                format!("this cannot be recorded in the audit log: {m}"),
+            ),
             StoreError::Entry(m) => ApiError::bad_request(
                 "entry_too_large",
                 format!("the action cannot be recorded in the audit log: {m}"),
@@ -110,8 +134,17 @@ impl From<ApiError> for ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
+        let retry_after = self.retry_after;
         let body = ErrorBody { error: self.into() };
         let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(d) = retry_after {
+            // Whole seconds, rounded up: never "retry now" for a wait left.
+            let secs = d.as_millis().div_ceil(1000).max(1);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
         if matches!(
             status,
             StatusCode::UNAUTHORIZED | StatusCode::PAYLOAD_TOO_LARGE

@@ -26,12 +26,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+use crate::admission::{on_behalf_of_record, Backing};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::identity::Credential;
 use crate::intercept::{Decided, Denied, Execution, Held, Mode, Submitted};
 use crate::views::{
-    ActionResponse, ExecutionView, ReasonView, RequestSummary, RequestView, RequirementView,
-    ReviewView,
+    ActionResponse, ExecutionView, OnBehalfOfView, ReasonView, RequestSummary, RequestView,
+    RequirementView, ReviewView,
 };
 
 /// Largest action, as canonical JSON, that the gateway accepts: the whole
@@ -59,35 +61,15 @@ pub struct Gateway {
     checkpoint_cache: Mutex<Option<(u64, String)>>,
     /// Largest size anchored in the store by this process.
     anchored: Mutex<u64>,
-    /// Open event streams per principal.
-    streams: Mutex<std::collections::HashMap<String, usize>>,
+    /// Long-polls, streams, pending requests and request rate per principal.
+    pub(crate) admission: Arc<crate::admission::Admission>,
+    /// The main listener's connection counts, once it listens (metrics).
+    pub connections: std::sync::OnceLock<Arc<crate::limits::Connections>>,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
     /// Workload identity providers (JWT bearer tokens) and their key caches.
     pub identity: crate::identity::Identity,
     /// Web sessions and OpenID Connect sign-in.
     pub web: crate::web::WebState,
-}
-
-/// How many server-sent-event streams one principal may hold open.
-pub const MAX_STREAMS_PER_PRINCIPAL: usize = 16;
-
-/// An open event stream; dropping it frees the slot.
-pub struct StreamSlot {
-    gateway: Arc<Gateway>,
-    key: String,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.gateway.streams.lock() {
-            if let Some(n) = open.get_mut(&self.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    open.remove(&self.key);
-                }
-            }
-        }
-    }
 }
 
 /// Wall-clock time in Unix milliseconds: the only clock the gateway reads.
@@ -325,6 +307,7 @@ impl Gateway {
         let (changes, _) = broadcast::channel(4096);
         let identity = crate::identity::Identity::new(&config);
         let web = crate::web::WebState::ephemeral(&config);
+        let admission = Arc::new(crate::admission::Admission::new(&config.limits));
         Gateway {
             identity,
             web,
@@ -337,7 +320,8 @@ impl Gateway {
             changes,
             checkpoint_cache: Mutex::new(None),
             anchored: Mutex::new(0),
-            streams: Mutex::new(Default::default()),
+            admission,
+            connections: std::sync::OnceLock::new(),
             clock: Box::new(system_now),
         }
     }
@@ -422,48 +406,27 @@ impl Gateway {
         });
     }
 
-    /// Takes one of the caller's server-sent-event slots (at most
-    /// [`MAX_STREAMS_PER_PRINCIPAL`] open at once), or refuses with 429.
-    pub fn open_stream(self: &Arc<Self>, who: &Principal) -> Result<StreamSlot, ApiError> {
-        let key = who.id.to_string();
-        let mut open = self
-            .streams
-            .lock()
-            .map_err(|_| ApiError::unavailable("stream table poisoned"))?;
-        let n = open.entry(key.clone()).or_insert(0);
-        if *n >= MAX_STREAMS_PER_PRINCIPAL {
-            return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "too_many_streams",
-                format!("{key} already has {MAX_STREAMS_PER_PRINCIPAL} event streams open; close one or long-poll with ?wait="),
-            ));
-        }
-        *n += 1;
-        Ok(StreamSlot {
-            gateway: self.clone(),
-            key,
-        })
-    }
-
     /// Log entries hold actions with their parameters: only members of the
     /// configured reader groups (`[log] readers`, default `auditors`) read them.
     pub fn require_log_reader(&self, who: &Principal) -> Result<(), ApiError> {
-        if self
-            .config
-            .log_readers
-            .iter()
-            .any(|g| who.groups.contains(g))
-        {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "not_log_reader",
-                format!(
-                    "reading log entries needs membership in one of: {}",
-                    self.config.log_readers.join(", ")
-                ),
-            ))
-        }
+        require_member(
+            who,
+            &self.config.log_readers,
+            "not_log_reader",
+            "reading log entries",
+        )
+    }
+
+    /// Metrics tell request counts by state and the log's size: only
+    /// members of the `[metrics] readers` groups (default `monitoring`)
+    /// read them.
+    pub fn require_metrics_reader(&self, who: &Principal) -> Result<(), ApiError> {
+        require_member(
+            who,
+            &self.config.metrics_readers,
+            "not_metrics_reader",
+            "reading /metrics ([metrics] readers)",
+        )
     }
 
     pub fn request_url(&self, id: &str) -> String {
@@ -511,6 +474,19 @@ impl Gateway {
         body: &[u8],
         execute: bool,
     ) -> Result<ActionResponse, ApiError> {
+        self.submit_as(principal, &Credential::default(), body, execute)
+            .await
+    }
+
+    /// [`Gateway::submit`] for a caller whose token proved more than who it
+    /// is (a delegation that backs `on_behalf_of`; see [`Credential`]).
+    pub async fn submit_as(
+        &self,
+        principal: &Principal,
+        credential: &Credential,
+        body: &[u8],
+        execute: bool,
+    ) -> Result<ActionResponse, ApiError> {
         // The whole action must fit in one log entry. The body's size is a
         // cheap bound (canonical JSON is never much larger); the log's own
         // entry limit backs it up with `entry_too_large`.
@@ -527,6 +503,7 @@ impl Gateway {
             transport: "api",
             facts: serde_json::Map::new(),
             track: execute,
+            credential: credential.clone(),
         };
         let decided = self.decide_recorded(principal, submitted, mode).await?;
         Ok(self.action_response(decided))
@@ -548,7 +525,12 @@ impl Gateway {
             transport,
             facts: derived,
             track,
+            credential,
         } = s;
+        let backing = action.on_behalf_of.as_ref().map_or(Backing::Declared, |o| {
+            crate::admission::backing(&self.config, principal, &credential, o)
+        });
+        let obo = on_behalf_of_record(action.on_behalf_of.as_ref(), backing);
         let env = self
             .config
             .environment_of(&action.resource)
@@ -571,7 +553,7 @@ impl Gateway {
                 let id = new_id("act")?;
                 let mut payload = json!({"decision": "deny", "action": raw, "reasons": reasons,
                     "errors": decision.errors, "policy_set": policy_set, "transport": transport});
-                add_facts(&mut payload, seen);
+                add_facts(&mut payload, seen, obo);
                 let e = prepared(entry(
                     now,
                     "action.denied",
@@ -592,7 +574,7 @@ impl Gateway {
                 let id = new_id("act")?;
                 let mut payload = json!({"decision": "allow", "action": raw, "reasons": reasons,
                     "policy_set": policy_set, "transport": transport});
-                add_facts(&mut payload, seen);
+                add_facts(&mut payload, seen, obo);
                 match mode {
                     Mode::Execute => {
                         // The caller runs it now: no token to leak or replay,
@@ -681,15 +663,6 @@ impl Gateway {
             }
             Outcome::Review => {
                 let id = new_id("req")?;
-                // The owner of an agent this action is done for may not
-                // review it either; only the gateway knows who that is.
-                let on_behalf_owner: Vec<_> = action
-                    .on_behalf_of
-                    .as_ref()
-                    .and_then(|o| self.config.principals.get(o.as_str()))
-                    .and_then(|p| p.owner.clone())
-                    .into_iter()
-                    .collect();
                 let summary = json!({"kind": action.kind, "operation": action.operation, "resource": action.resource});
                 let req = Request::new(
                     id.clone(),
@@ -701,7 +674,7 @@ impl Gateway {
                     decision.grant_ttl,
                     now,
                 )
-                .with_excluded(on_behalf_owner)
+                .with_on_behalf_of_backed(backing.is_backed())
                 .with_submitted(raw.clone());
                 let mut payload = json!({
                     "decision": "review", "action": raw, "reasons": reasons,
@@ -709,8 +682,9 @@ impl Gateway {
                     "expires_at": rfc3339(req.expires_at), "summary": summary,
                     "policy_set": policy_set, "transport": transport,
                 });
-                add_facts(&mut payload, seen);
+                add_facts(&mut payload, seen, obo);
                 let execute = mode == Mode::Execute;
+                let admission = self.admission.clone();
                 let out = self
                     .store
                     .transact(move |tx| {
@@ -719,6 +693,9 @@ impl Gateway {
                                 return Ok(found);
                             }
                         }
+                        // Only a request actually opened counts against the
+                        // caps: an identical one found above does not.
+                        admission.admit(tx, &actor, now)?;
                         tx.put_request(&req)?;
                         tx.append(entry(
                             now,
@@ -730,7 +707,12 @@ impl Gateway {
                         ))?;
                         Ok(Reused::New(Box::new(req)))
                     })
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        let e = ApiError::from(e);
+                        self.note_refusal(principal, &e);
+                        e
+                    })?;
                 match out {
                     Reused::New(req) => {
                         self.announce(&req, "request.created");
@@ -863,6 +845,10 @@ impl Gateway {
             },
             requester: req.requester.id.to_string(),
             owner: req.requester.owner.as_ref().map(|o| o.to_string()),
+            on_behalf_of: req.action.on_behalf_of.as_ref().map(|o| OnBehalfOfView {
+                principal: o.to_string(),
+                backed: req.acting_for().is_some(),
+            }),
             required: req.requirements.iter().map(RequirementView::from).collect(),
             reviews: req.reviews.iter().map(ReviewView::from).collect(),
             created_at: rfc3339(req.created_at),
@@ -1194,6 +1180,7 @@ impl Gateway {
         outcome: ExecOutcome,
         detail: Value,
     ) -> Result<Request, ApiError> {
+        crate::intercept::check_numbers(&detail, "detail")?;
         let now = self.now();
         let actor = who.id.to_string();
         let id2 = id.to_string();
@@ -1422,6 +1409,23 @@ impl Gateway {
     }
 }
 
+/// `403 code` unless `who` is in one of `groups`.
+fn require_member(
+    who: &Principal,
+    groups: &[String],
+    code: &'static str,
+    what: &str,
+) -> Result<(), ApiError> {
+    if groups.iter().any(|g| who.groups.contains(g)) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            code,
+            format!("{what} needs membership in one of: {}", groups.join(", ")),
+        ))
+    }
+}
+
 fn review_error(e: ReviewError) -> ApiError {
     let code = e.code();
     let msg = e.to_string();
@@ -1457,9 +1461,14 @@ fn too_large(len: usize) -> ApiError {
     )
 }
 
-fn add_facts(payload: &mut Value, facts: Option<Value>) {
+/// What a decision's log entry adds to the action: the adapter-derived
+/// facts policy saw, and what backs the action's `on_behalf_of`.
+fn add_facts(payload: &mut Value, facts: Option<Value>, on_behalf_of: Option<Value>) {
     if let Some(f) = facts {
         payload["facts"] = f;
+    }
+    if let Some(o) = on_behalf_of {
+        payload["on_behalf_of"] = o;
     }
 }
 
@@ -1538,13 +1547,14 @@ pub fn clamp_wait(asked: u64, max: Duration) -> Duration {
 }
 
 /// Whether `who` may see request `req`: its requester side (requester, the
-/// agent's owner, the principal it acts for), or anyone who could review it.
+/// agent's owner, the human it is backed to act for — a merely declared
+/// `on_behalf_of` grants nothing), or anyone who could review it.
 pub fn may_view(who: &Principal, req: &Request) -> bool {
     let id = &who.id;
     if *id == req.requester.id || req.requester.owner.as_ref() == Some(id) {
         return true;
     }
-    if req.action.on_behalf_of.as_ref() == Some(id) {
+    if req.acting_for() == Some(id) {
         return true;
     }
     req.requirements

@@ -50,6 +50,18 @@ pub fn groups_from_claim(v: Option<&Value>) -> Vec<String> {
         .collect()
 }
 
+/// What a bearer token proved beyond who the caller is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credential {
+    /// The `[[identity.jwt]]` issuer of a workload token whose principal no
+    /// `[[principals]]` entry names: such principals are counted per issuer
+    /// too, so minting fresh subjects buys no fresh long-polls or streams.
+    pub unconfigured_issuer: Option<String>,
+    /// The human a verified RFC 8693 delegation token (`act` claim) says
+    /// the caller acts for: what backs an `on_behalf_of` naming them.
+    pub acting_for: Option<PrincipalId>,
+}
+
 /// Runtime state of the workload identity providers (their key caches).
 #[derive(Debug, Default)]
 pub struct Identity {
@@ -81,8 +93,15 @@ impl Identity {
 
     /// Authenticates a workload JWT: the issuer named in the token picks the
     /// verifier, which checks everything; then the principal claim becomes a
-    /// principal id.
-    pub async fn authenticate(&self, config: &Config, token: &str) -> Result<Principal, String> {
+    /// principal id (folded to lowercase, like every id). With
+    /// `delegation_user_claim` set, a token carrying an RFC 8693 `act`
+    /// claim authenticates its actor (`act.sub`) and backs its acting for
+    /// the human named by that claim.
+    pub async fn authenticate(
+        &self,
+        config: &Config,
+        token: &str,
+    ) -> Result<(Principal, Credential), String> {
         let iss = peek_issuer(token).ok_or("the token names no issuer")?;
         let (c, verifier) = self
             .issuers
@@ -90,9 +109,26 @@ impl Identity {
             .find(|(c, _)| c.issuer == iss)
             .ok_or_else(|| format!("tokens from issuer {iss:?} are not accepted"))?;
         let verified = verifier.verify(token).await.map_err(|e| e.to_string())?;
-        let value = verified
-            .str_claim(&c.principal_claim)
-            .ok_or_else(|| format!("the token has no string claim {:?}", c.principal_claim))?;
+        let (value, acting_for) = match (&c.delegation_user_claim, verified.claims.get("act")) {
+            (Some(user_claim), Some(act)) => {
+                let actor = act.get("sub").and_then(Value::as_str).ok_or(
+                    "the token's act claim has no string sub (RFC 8693 section 4.1); it names no actor",
+                )?;
+                let user = verified.str_claim(user_claim).ok_or_else(|| {
+                    format!("the delegation token has no string claim {user_claim:?} naming the human it acts for")
+                })?;
+                let human: PrincipalId = format!("user:{user}")
+                    .parse()
+                    .map_err(|e| format!("claim {user_claim:?} is not a user name: {e}"))?;
+                (actor, Some(human))
+            }
+            _ => {
+                let value = verified.str_claim(&c.principal_claim).ok_or_else(|| {
+                    format!("the token has no string claim {:?}", c.principal_claim)
+                })?;
+                (value, None)
+            }
+        };
         let id: PrincipalId = if c.map.is_empty() {
             format!("{}:{value}", c.principal_kind.as_str())
                 .parse()
@@ -105,9 +141,14 @@ impl Identity {
                 .cloned()
                 .ok_or_else(|| format!("subject {value:?} is not mapped to a principal"))?
         };
-        if c.require_configured && !config.principals.contains_key(id.as_str()) {
+        let configured = config.principals.contains_key(id.as_str());
+        if c.require_configured && !configured {
             return Err(format!("{id} is not a configured principal"));
         }
-        Ok(principal_for(config, id, BTreeSet::new()))
+        let credential = Credential {
+            unconfigured_issuer: (!configured).then(|| c.issuer.clone()),
+            acting_for,
+        };
+        Ok((principal_for(config, id, BTreeSet::new()), credential))
     }
 }

@@ -126,6 +126,9 @@ pub(crate) struct Submitted {
     /// Keep a record of an execute-mode allow (REST callers report results
     /// by id).
     pub track: bool,
+    /// What the caller's token proved (adapters in the process: nothing
+    /// beyond the principal).
+    pub credential: crate::identity::Credential,
 }
 
 /// Whether the caller takes a grant (REST) or runs the action at once.
@@ -210,6 +213,7 @@ impl Gateway {
             transport: it.transport,
             facts: it.facts,
             track: false,
+            credential: Default::default(),
         };
         Ok(match self.decide_recorded(who, s, Mode::Execute).await? {
             Decided::Run(x) => Verdict::Run(x),
@@ -329,6 +333,7 @@ impl Gateway {
         target: Reported,
         result: ExecutionResult,
     ) -> Result<(), ApiError> {
+        check_numbers(&result.summary, "summary")?;
         let now = self.now();
         let at = rfc3339(now);
         let actor = who.id.to_string();
@@ -497,6 +502,39 @@ impl Gateway {
                 })
             })
             .collect()
+    }
+}
+
+/// Refuses a number the audit log cannot hold exactly: beyond ±(2^53 − 1),
+/// integer or double (canonical JSON numbers are doubles, and past that
+/// bound a double's digits read back as an unsafe integer). Says where it
+/// is and what to send instead — `400 unsafe_number`, not a size error.
+pub(crate) fn check_numbers(v: &Value, path: &str) -> Result<(), ApiError> {
+    match v {
+        Value::Number(n) => {
+            let max = secondkey_log::entry::MAX_SAFE_INTEGER;
+            let safe = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => u <= max,
+                (None, Some(i)) => i.unsigned_abs() <= max,
+                (None, None) => n.as_f64().is_some_and(|f| f.abs() <= max as f64),
+            };
+            if safe {
+                Ok(())
+            } else {
+                Err(ApiError::bad_request(
+                    "unsafe_number",
+                    format!("{path}: {n} is beyond ±(2^53 − 1), which the audit log cannot record exactly; send it as a string"),
+                ))
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, x)| check_numbers(x, &format!("{path}[{i}]"))),
+        Value::Object(m) => m
+            .iter()
+            .try_for_each(|(k, x)| check_numbers(x, &format!("{path}.{k}"))),
+        _ => Ok(()),
     }
 }
 

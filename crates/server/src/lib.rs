@@ -5,6 +5,7 @@
 //! policy reload (SIGHUP and file changes) and the log sinks. This is the
 //! only crate that knows HTTP.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod identity;
 pub mod intercept;
 pub mod jwt;
 pub mod keys;
+pub mod limits;
 pub mod logview;
 pub mod reload;
 pub mod views;
@@ -80,8 +82,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting connections, finishes in-flight requests and closes
-    /// the store.
+    /// Stops accepting connections, finishes in-flight requests, writes the
+    /// tallied limit refusals and closes the store.
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -98,6 +100,9 @@ impl Running {
                 Ok(())
             }
         };
+        if let Err(e) = self.gateway.flush_refusals(true).await {
+            tracing::warn!(error = %e, "could not record the last limit refusals at shutdown");
+        }
         // Anchor what was signed last, so the next start checks against it.
         if let Err(e) = self.gateway.anchor_latest().await {
             tracing::warn!(error = %e, "could not anchor the last checkpoint at shutdown");
@@ -123,11 +128,17 @@ pub async fn start_with(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
+    let conn_limits = limits::conn::fit_to_open_files(
+        config.limits.conn.clone(),
+        limits::conn::raise_open_files_limit(),
+    );
+    let listener = limits::LimitedListener::new(listener, conn_limits);
     let mut config = config;
     if config.public_url == format!("http://{}", config.listen) && config.listen.port() == 0 {
         config.public_url = format!("http://{addr}");
     }
     let gateway = build(config).await?;
+    let _ = gateway.connections.set(listener.connections());
     spawn_background(gateway.clone());
     let mut extra = axum::Router::new();
     let mut docs = Vec::new();
@@ -146,7 +157,7 @@ pub async fn start_with(
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
+        limits::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = rx.await;
             })
@@ -172,6 +183,9 @@ fn spawn_background(gateway: Arc<Gateway>) {
             }
             if let Err(e) = g.anchor_latest().await {
                 tracing::warn!(error = %e, "could not anchor the latest checkpoint; will retry");
+            }
+            if let Err(e) = g.flush_refusals(false).await {
+                tracing::warn!(error = %e, "could not record limit refusals; will retry");
             }
         }
     });

@@ -122,6 +122,12 @@ pub struct RequestView {
     pub action: serde_json::Value,
     pub requester: String,
     pub owner: Option<String>,
+    /// The human the action says it is done for, and whether that is
+    /// backed (a configured delegation or a verified token claim). Unbacked,
+    /// it is only declared: it bars nobody from reviewing and lets nobody
+    /// see the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<OnBehalfOfView>,
     pub required: Vec<RequirementView>,
     pub reviews: Vec<ReviewView>,
     pub created_at: String,
@@ -131,6 +137,14 @@ pub struct RequestView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
     pub grant_expires_at: Option<String>,
+}
+
+/// `on_behalf_of` as a request shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OnBehalfOfView {
+    pub principal: String,
+    /// `false`: declared by the agent only, with no effect on anyone's rights.
+    pub backed: bool,
 }
 
 /// Body of `POST /v1/requests/{id}/reviews`.

@@ -3,17 +3,14 @@
 //! request there and then, exactly as a last review would (grant, log,
 //! waiters woken).
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+mod common;
+
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use secondkey_core::principal::Principal;
+use common::{entries, who};
 use secondkey_core::request::{RequestState, ReviewDecision};
-use secondkey_core::time::Timestamp;
-use secondkey_log::entry::Entry;
-use secondkey_server::gateway::system_now;
-use secondkey_server::{Config, Gateway};
+use secondkey_server::Gateway;
 use serde_json::json;
 
 /// An export needs one data owner and one security reviewer.
@@ -30,27 +27,7 @@ forbid(principal, action == Action::"sql.export", resource);
 forbid(principal, action == Action::"sql.export", resource);
 "#;
 
-struct Env {
-    gateway: Arc<Gateway>,
-    clock: Arc<AtomicI64>,
-    _dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn advance(&self, d: Duration) {
-        self.clock.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
-    }
-}
-
-/// The gateway as `secondkey serve` builds it, with a clock the test moves.
-async fn gateway() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let pol = dir.path().join("policies");
-    std::fs::create_dir_all(&pol).unwrap();
-    std::fs::write(pol.join("p.cedar"), POLICIES).unwrap();
-    let toml = r#"
-data_dir = "data"
-policy_dir = "policies"
+const CONFIG: &str = r#"
 [[principals]]
 id = "agent:bot"
 owner = "user:alice"
@@ -65,34 +42,6 @@ groups = ["data-owners"]
 id = "user:carol"
 groups = ["data-owners"]
 "#;
-    let config = Config::from_toml(toml, "test.toml", dir.path(), &HashMap::new()).unwrap();
-    let clock = Arc::new(AtomicI64::new(system_now().0));
-    let c = clock.clone();
-    let gateway = secondkey_server::build_with(config, move |g| {
-        g.with_clock(move || Timestamp(c.load(Ordering::SeqCst)))
-    })
-    .await
-    .unwrap();
-    Env {
-        gateway,
-        clock,
-        _dir: dir,
-    }
-}
-
-fn who(g: &Gateway, id: &str) -> Principal {
-    g.config.principals[id].clone()
-}
-
-fn entries(g: &Gateway) -> Vec<Entry> {
-    let n = g.store.log_size();
-    g.store
-        .entries(0, n)
-        .unwrap()
-        .iter()
-        .map(|b| Entry::from_bytes(b).unwrap())
-        .collect()
-}
 
 /// Submits an export as the bot; returns the request id and the digest.
 async fn export(g: &Gateway, table: &str) -> (String, String) {
@@ -119,7 +68,7 @@ fn data_owners() -> BTreeSet<String> {
 
 #[tokio::test]
 async fn escalation_that_completes_quorum_approves_with_a_single_use_grant() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
     let (id, digest) = export(g, "public.customers").await;
@@ -208,7 +157,7 @@ async fn escalation_that_completes_quorum_approves_with_a_single_use_grant() {
 
 #[tokio::test]
 async fn escalation_that_does_not_complete_quorum_leaves_the_request_pending() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let (id, _) = export(g, "public.orders").await;
     // One data owner: one human fills one slot, however wide the groups.

@@ -1,15 +1,14 @@
 //! The adapter interface, in process: what a PostgreSQL or MCP adapter gets
 //! from `Gateway::intercept` and friends, and what the log records.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::{entries, who};
 use secondkey_core::action::Digest;
-use secondkey_core::principal::Principal;
 use secondkey_core::request::{RequestState, ReviewDecision};
-use secondkey_log::entry::Entry;
-use secondkey_server::{Config, ExecutionResult, Gateway, Intercept, Verdict};
+use secondkey_server::{ExecutionResult, Gateway, Intercept, Verdict};
 use serde_json::{json, Map, Value};
 
 const POLICIES: &str = r#"
@@ -34,19 +33,7 @@ forbid(principal, action == Action::"sql.read", resource)
 when { context.gateway has environment && context.gateway.environment == "prod" };
 "#;
 
-struct Env {
-    gateway: Arc<Gateway>,
-    _dir: tempfile::TempDir,
-}
-
-async fn gateway() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let pol = dir.path().join("policies");
-    std::fs::create_dir_all(&pol).unwrap();
-    std::fs::write(pol.join("p.cedar"), POLICIES).unwrap();
-    let toml = r#"
-data_dir = "data"
-policy_dir = "policies"
+const CONFIG: &str = r#"
 [[environments]]
 name = "prod"
 resources = ["postgres://prod/*"]
@@ -67,14 +54,6 @@ groups = ["data-owners"]
 id = "user:audrey"
 groups = ["auditors"]
 "#;
-    let config = Config::from_toml(toml, "test.toml", dir.path(), &HashMap::new()).unwrap();
-    let gateway = secondkey_server::build(config).await.unwrap();
-    Env { gateway, _dir: dir }
-}
-
-fn who(g: &Gateway, id: &str) -> Principal {
-    g.config.principals[id].clone()
-}
 
 fn sql(operation: &str, resource: &str, text: &str) -> Value {
     json!({"kind": "sql", "operation": operation, "resource": resource, "params": {"statement": text}})
@@ -94,16 +73,6 @@ fn it(action: Value, tables: &[&str]) -> Intercept {
     }
 }
 
-fn entries(g: &Gateway) -> Vec<Entry> {
-    let n = g.store.log_size();
-    g.store
-        .entries(0, n)
-        .unwrap()
-        .iter()
-        .map(|b| Entry::from_bytes(b).unwrap())
-        .collect()
-}
-
 async fn approve(g: &Gateway, id: &str, by: &[&str]) {
     for r in by {
         g.review(&who(g, r), id, ReviewDecision::Approve, None)
@@ -114,7 +83,7 @@ async fn approve(g: &Gateway, id: &str, by: &[&str]) {
 
 #[tokio::test]
 async fn allow_runs_once_recorded_and_the_result_feeds_lineage() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
     let v = g
@@ -173,7 +142,7 @@ async fn allow_runs_once_recorded_and_the_result_feeds_lineage() {
 
 #[tokio::test]
 async fn adapter_facts_reach_policy_but_cannot_override_the_gateways() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
     // The parser found a secrets table: denied, and the message names the
@@ -217,7 +186,7 @@ async fn adapter_facts_reach_policy_but_cannot_override_the_gateways() {
 
 #[tokio::test]
 async fn a_held_action_is_deduplicated_then_runs_once_after_approval() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
     let export = || {
@@ -331,7 +300,7 @@ async fn a_held_action_is_deduplicated_then_runs_once_after_approval() {
 
 #[tokio::test]
 async fn a_waiting_adapter_uses_the_approval_once_and_only_for_its_digest() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
     let action = sql(
@@ -392,7 +361,7 @@ async fn a_waiting_adapter_uses_the_approval_once_and_only_for_its_digest() {
 
 #[tokio::test]
 async fn malformed_intercepts_change_nothing() {
-    let env = gateway().await;
+    let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
     let before = g.store.log_size();

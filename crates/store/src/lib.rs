@@ -130,6 +130,16 @@ pub trait Tx {
         digest: &str,
         state: RequestState,
     ) -> Result<Option<Request>, StoreError>;
+    /// How many requests of `requester` are pending and not yet past their
+    /// deadline at `now_ms`, and the earliest such deadline: what the
+    /// gateway's cap on pending requests per principal counts, inside the
+    /// transaction that would add one (so concurrent submissions cannot
+    /// both slip under it).
+    fn pending_of(
+        &mut self,
+        requester: &str,
+        now_ms: i64,
+    ) -> Result<(u64, Option<i64>), StoreError>;
     /// Adapter state kept next to the log, in the same transactions:
     /// namespaced key/value records (`ns` names the owner, e.g.
     /// `slack.link`, `mcp.pin`, `lineage`). Values are opaque text

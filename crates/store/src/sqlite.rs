@@ -15,7 +15,7 @@ use crate::{Anchor, GrantRow, LogView, Shared, StoreError, StoreOptions, Tx};
 
 /// The newest schema version this binary knows. Each migration below moves
 /// the database one version forward, inside a transaction.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -91,6 +91,10 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO grants_by_id SELECT id, request_id, digest, requester, expires_at, used_at FROM grants;
      DROP TABLE grants;
      ALTER TABLE grants_by_id RENAME TO grants;",
+    // 5: the pending requests of each requester, so the per-principal cap
+    // on pending requests counts them without reading its history.
+    "CREATE INDEX IF NOT EXISTS requests_pending_by_requester ON requests(requester, expires_at)
+        WHERE state = 'pending';",
 ];
 
 type JobResult = Result<Box<dyn Any + Send>, StoreError>;
@@ -782,6 +786,20 @@ fn find_request(
     body.map(|b| decode_request(&b)).transpose()
 }
 
+fn pending_of(
+    c: &Connection,
+    requester: &str,
+    now_ms: i64,
+) -> Result<(u64, Option<i64>), StoreError> {
+    let (n, first): (i64, Option<i64>) = c
+        .prepare_cached(
+            "SELECT count(*), min(expires_at) FROM requests
+             WHERE requester = ?1 AND state = 'pending' AND expires_at > ?2",
+        )?
+        .query_row(params![requester, now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok((u64::try_from(n).unwrap_or(0), first))
+}
+
 fn read_record(c: &Connection, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
     Ok(
         c.prepare_cached("SELECT value FROM records WHERE ns = ?1 AND key = ?2")?
@@ -894,6 +912,14 @@ impl Tx for SqliteTx<'_> {
         state: RequestState,
     ) -> Result<Option<Request>, StoreError> {
         find_request(self.conn, requester, digest, state)
+    }
+
+    fn pending_of(
+        &mut self,
+        requester: &str,
+        now_ms: i64,
+    ) -> Result<(u64, Option<i64>), StoreError> {
+        pending_of(self.conn, requester, now_ms)
     }
 
     fn get_record(&mut self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {

@@ -344,6 +344,42 @@ fn requests_are_found_by_requester_digest_and_state() {
 }
 
 #[test]
+fn pending_requests_are_counted_per_requester() {
+    use secondkey_core::time::Timestamp;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let action = |n: u32| serde_json::json!({"kind": "sql", "operation": "write", "resource": format!("postgres://x/t{n}")});
+    let mut rs: Vec<Request> = (0..4)
+        .map(|n| pending_request(&format!("req_{n}"), "agent:bot", action(n)))
+        .collect();
+    rs[1].state = RequestState::Approved;
+    rs[2].expires_at = Timestamp(5_000);
+    rs.push(pending_request("req_x", "agent:other", action(9)));
+    let (n, first) = store
+        .transact_blocking(move |tx| {
+            for r in &rs {
+                tx.put_request(r)?;
+            }
+            tx.pending_of("agent:bot", 2_000)
+        })
+        .unwrap();
+    // req_0, req_2 (until 5 s) and req_3; not the approved one, not another's.
+    assert_eq!((n, first), (3, Some(5_000)));
+    let (n, first) = store
+        .transact_blocking(|tx| tx.pending_of("agent:bot", 5_000))
+        .unwrap();
+    assert_eq!(
+        (n, first),
+        (2, Some(61_000)),
+        "past its deadline it no longer counts"
+    );
+    let none = store
+        .transact_blocking(|tx| tx.pending_of("agent:nobody", 0))
+        .unwrap();
+    assert_eq!(none, (0, None));
+}
+
+#[test]
 fn migration_backfills_the_digest_of_existing_requests() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreOptions::new(dir.path())).unwrap();

@@ -207,4 +207,4 @@ async def test_async_client_covers_the_same_api(gateway):
         await bot.verify_grant(view.grant, resp.digest, rid)
         assert (await bot.consume_grant(view.grant, resp.digest)).consumed
         assert (await bot.report_outcome(rid, "failed", {"error": "boom"})).state == "failed"
-        assert "secondkey_requests" in await bot.metrics()
+        assert "secondkey_requests" in await rita.metrics()

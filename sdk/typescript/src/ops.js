@@ -23,7 +23,7 @@ export const OPS = {
   log_tile: { method: 'GET', path: '/v1/log/tile/{path}', answer: 'bytes' },
   log_verifier_key: { method: 'GET', path: '/v1/log/verifier-key', answer: 'text', public: true },
   healthz: { method: 'GET', path: '/healthz', answer: 'json', public: true },
-  metrics: { method: 'GET', path: '/metrics', answer: 'text', public: true },
+  metrics: { method: 'GET', path: '/metrics', answer: 'text' },
 };
 
 const MCP = 'the MCP gateway speaks MCP to MCP clients; they need no SDK';

@@ -60,6 +60,7 @@ pub fn people() -> Vec<(&'static str, Option<&'static str>, Vec<&'static str>)> 
         ("user:dave", None, vec!["data-owners"]),
         ("user:erin", None, vec!["marketing"]),
         ("user:audrey", None, vec!["auditors"]),
+        ("service:monitor", None, vec!["monitoring"]),
     ]
 }
 
@@ -116,6 +117,10 @@ pub fn write_config_full(
         ));
         if let Some(o) = owner {
             cfg.push_str(&format!("owner = \"{o}\"\n"));
+        }
+        if id == "agent:report-bot" {
+            // What backs the `on_behalf_of` of `export_action`.
+            cfg.push_str("may_act_for = [\"user:carol\"]\n");
         }
     }
     cfg.push_str(extra);
@@ -291,6 +296,22 @@ impl Gateway {
         let (s, v) = self.call("POST", "/v1/actions", Some(who), Some(action));
         assert_eq!(s, 200, "{v}");
         v
+    }
+
+    /// A request's state and how many reviews it has, as carol (a data
+    /// owner, party to no test request) sees it.
+    pub fn state_of(&self, id: &str) -> (String, usize) {
+        let (s, v) = self.call(
+            "GET",
+            &format!("/v1/requests/{id}"),
+            Some("user:carol"),
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        (
+            v["state"].as_str().unwrap().to_string(),
+            v["reviews"].as_array().unwrap().len(),
+        )
     }
 
     pub fn review(&self, who: &str, id: &str, decision: &str) -> (u16, Value) {

@@ -21,8 +21,9 @@ fn req_of(groups: &[&str], quorum: u32) -> Requirement {
     }
 }
 
-/// agent:bot owned by alice asks, on behalf of user:olivia; dba and sec
-/// each need one approver; ttl 1000 ms, grant ttl 100 ms, created at 0.
+/// agent:bot owned by alice asks, on behalf of user:olivia (backed); dba
+/// and sec each need one approver; ttl 1000 ms, grant ttl 100 ms, created
+/// at 0.
 fn request(requirements: Vec<Requirement>) -> Request {
     let raw = json!({"kind": "sql", "operation": "delete", "resource": "db://prod/t",
                      "on_behalf_of": "user:olivia"});
@@ -42,6 +43,7 @@ fn request(requirements: Vec<Requirement>) -> Request {
         Duration::from_millis(100),
         Timestamp(0),
     )
+    .with_on_behalf_of_backed(true)
 }
 
 fn two_groups() -> Request {
@@ -167,6 +169,28 @@ fn excluded_principals_cannot_review() {
     assert!(r.sod_set().contains(&id("user:olivia")));
     let e = unchanged_on_err(&mut r, |r| approve(r, &user("zoe", &["dba"]), 1));
     assert_eq!(e.code(), "self_review");
+}
+
+/// An `on_behalf_of` the gateway could not back is only declared: the
+/// human it names may review (an agent cannot strike a reviewer by naming
+/// them), and it is not who the request is done for.
+#[test]
+fn a_declared_on_behalf_of_changes_nobodys_rights() {
+    let mut r = two_groups().with_on_behalf_of_backed(false);
+    assert_eq!(r.acting_for(), None);
+    assert!(!r.sod_set().contains(&id("user:olivia")));
+    approve(&mut r, &user("olivia", &["dba"]), 1).unwrap();
+    // Backed, it bars her.
+    let r = two_groups();
+    assert_eq!(r.acting_for(), Some(&id("user:olivia")));
+    // A request stored before backing existed keeps its exclusion.
+    let mut old = serde_json::to_value(&r).unwrap();
+    old.as_object_mut().unwrap().remove("on_behalf_of_backed");
+    let old: Request = serde_json::from_value(old).unwrap();
+    assert_eq!(old.acting_for(), Some(&id("user:olivia")));
+    let unbacked = serde_json::to_value(two_groups().with_on_behalf_of_backed(false)).unwrap();
+    let back: Request = serde_json::from_value(unbacked).unwrap();
+    assert_eq!(back.acting_for(), None);
 }
 
 #[test]

@@ -270,11 +270,12 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
         "Owner",
         &code_or_dash(r.requester.owner.as_ref().map(|o| o.as_str())),
     );
-    row(
-        &mut b,
-        "On behalf of",
-        &code_or_dash(a.on_behalf_of.as_ref().map(|o| o.as_str())),
-    );
+    let on_behalf_of = code_or_dash(a.on_behalf_of.as_ref().map(|o| o.as_str()));
+    let on_behalf_of = match (&a.on_behalf_of, r.acting_for()) {
+        (Some(_), None) => format!("{on_behalf_of} <em>declared by the agent, not verified: it changes nobody's rights</em>"),
+        _ => on_behalf_of,
+    };
+    row(&mut b, "On behalf of", &on_behalf_of);
     row(&mut b, "Session", &code_or_dash(ctx_str(r, "session")));
     b.push_str("</table></section>");
 

@@ -79,7 +79,7 @@ OPS: dict[str, Op] = {
     "log_tile": Op("GET", "/v1/log/tile/{path}", answer="bytes"),
     "log_verifier_key": Op("GET", "/v1/log/verifier-key", answer="text", public=True),
     "healthz": Op("GET", "/healthz", answer="json", public=True),
-    "metrics": Op("GET", "/metrics", answer="text", public=True),
+    "metrics": Op("GET", "/metrics", answer="text"),
 }
 
 #: API operations the SDK leaves out on purpose, and why.

@@ -1,0 +1,608 @@
+//! Hardening of the REST API and the web UI (issue 23), black-box: the real
+//! binary, a real OpenID Connect provider (`oidc-provider-mock`), real
+//! sockets. Each test reproduces one finding of the attack and shows it
+//! closed: an owner approving her own agent's request by signing in with
+//! other letter case; `on_behalf_of` taken on the agent's word; connection
+//! exhaustion (slowloris); unbounded long-polls; one digest with two
+//! decisions; `/metrics` open to anyone; a misnamed error code.
+
+mod common;
+#[path = "common/oidc.rs"]
+mod oidc;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use oidc::*;
+use serde_json::{json, Value};
+
+/// Deletes are held for a data owner; any agent may ask (so a principal
+/// the gateway does not know would get a request with nobody excluded).
+const DELETE_POLICIES: &str = r#"
+@id("agents-delete")
+permit(principal is Agent, action == Action::"sql.delete", resource);
+
+@id("deletes-need-a-data-owner")
+@review("data-owners")
+forbid(principal, action == Action::"sql.delete", resource);
+
+@id("small-writes")
+permit(principal in Group::"agents", action == Action::"sql.write", resource)
+when { context has estimated_rows && context.estimated_rows < 1000 };
+"#;
+
+fn delete(n: u32) -> Value {
+    json!({"kind": "sql", "operation": "delete", "resource": "postgres://analytics/public.events",
+           "params": {"statement": format!("DELETE FROM events WHERE id = {n}")}})
+}
+
+fn user(sub: &str, name: &str, email: &str, groups: Value) -> Value {
+    json!({"sub": sub, "preferred_username": name, "email": email, "groups": groups})
+}
+
+fn oidc_section(dir: &Path, issuer: &str, username_claim: &str) -> String {
+    let secret = dir.join("client_secret");
+    std::fs::write(&secret, "security-test-client-secret\n").unwrap();
+    format!(
+        "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\nusername_claim = \"{username_claim}\"\ngroups_claim = \"groups\"\n[oidc.group_map]\n\"data-owners\" = [\"data-owners\"]\n",
+        secret.display()
+    )
+}
+
+/// POSTs a JSON body with a bearer token; (status, body).
+fn post_as(g: &Gateway, token: &str, path: &str, body: &Value) -> (u16, Value) {
+    let r = resp(
+        g.agent
+            .post(&format!("{}{path}", g.url))
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string()),
+    );
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+/// Signs in as `sub` and tries to approve `id` through the web form.
+fn web_approve(gw: &str, sub: &str, id: &str) -> Resp {
+    let s = sign_in(gw, sub, "/");
+    let page = get_page(gw, &s.session, &format!("/requests/{id}"));
+    assert_eq!(page.status, 200, "{sub} sees the request: {}", page.body);
+    let csrf = csrf_of(&page.body);
+    post_form(
+        gw,
+        &s.session,
+        &format!("/requests/{id}/review"),
+        &[("decision", "approve"), ("csrf", &csrf)],
+        None,
+    )
+}
+
+/// Finding 1: the OIDC user `Alice` became `user:Alice`, not the owner
+/// `user:alice`, and approved her own agent's request. Finding 4's token
+/// case: an RFC 8693 delegation token backs `on_behalf_of`.
+#[test]
+fn letter_case_never_makes_a_second_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp_with(
+        dir.path(),
+        &[
+            user(
+                "Alice",
+                "Alice",
+                "Alice@Example.Test",
+                json!(["data-owners"]),
+            ),
+            user(
+                "ALICE",
+                "ALICE",
+                "ALICE@EXAMPLE.TEST",
+                json!(["data-owners"]),
+            ),
+            user("bob", "bob", "bob@example.test", json!(["data-owners"])),
+            user("ETL-bot", "ETL-bot", "etl@example.test", json!([])),
+            // A token-exchange token: the deploy bot acting for carol.
+            json!({"sub": "carol-via-deploy", "preferred_username": "Carol", "act": {"sub": "Deploy-Bot"}}),
+            json!({"sub": "no-actor", "preferred_username": "carol", "act": {"client": "x"}}),
+        ],
+    );
+
+    // Gateway A names users by preferred_username; the bots authenticate
+    // with workload tokens of the same provider. The config spells ids
+    // in any case.
+    let a_dir = dir.path().join("a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let extra = format!(
+        "{}\n[[identity.jwt]]\nissuer = \"{issuer}\"\naudience = \"agent-login\"\nprincipal_kind = \"agent\"\nprincipal_claim = \"preferred_username\"\ndelegation_user_claim = \"preferred_username\"\n\n[[principals]]\nid = \"Agent:ETL-Bot\"\nowner = \"USER:Alice\"\ngroups = [\"agents\"]\n\n[[principals]]\nid = \"agent:deploy-bot\"\nowner = \"user:dave\"\ngroups = [\"agents\"]\n",
+        oidc_section(&a_dir, &issuer, "preferred_username")
+    );
+    let g = Gateway::start_extra(&a_dir, DELETE_POLICIES, &extra);
+    let gw = g.url.clone();
+
+    // sub "ETL-bot" is the configured agent:etl-bot, owned by alice.
+    let etl = id_token_for(&issuer, "agent-login", "ETL-bot");
+    let (s, v) = post_as(&g, &etl, "/v1/actions", &delete(1));
+    assert_eq!((s, v["decision"].as_str()), (200, Some("review")), "{v}");
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    let (_, r) = g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert_eq!(
+        (r["requester"].as_str(), r["owner"].as_str()),
+        (Some("agent:etl-bot"), Some("user:alice")),
+        "{r}"
+    );
+
+    // alice signing in as "Alice" or "ALICE" is alice: refused, nothing changed.
+    for sub in ["Alice", "ALICE"] {
+        let r = web_approve(&gw, sub, &id);
+        assert_eq!(r.status, 403, "{sub}: {}", r.body);
+        assert!(r.body.contains("Nothing was changed"), "{}", r.body);
+    }
+    // Through the API too.
+    let (s, v) = g.review("user:alice", &id, "approve");
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("self_review")));
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
+    // Someone else may.
+    assert_eq!(web_approve(&gw, "bob", &id).status, 303);
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
+
+    // A delegation token (RFC 8693 `act`): deploy-bot acting for carol.
+    let deploy = id_token_for(&issuer, "agent-login", "carol-via-deploy");
+    let mut act = delete(2);
+    act["on_behalf_of"] = json!("user:carol");
+    let (s, v) = post_as(&g, &deploy, "/v1/actions", &act);
+    assert_eq!(s, 200, "{v}");
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    let (_, r) = g.call(
+        "GET",
+        &format!("/v1/requests/{id}"),
+        Some("user:carol"),
+        None,
+    );
+    assert_eq!(r["requester"], "agent:deploy-bot");
+    assert_eq!(
+        r["on_behalf_of"],
+        json!({"principal": "user:carol", "backed": true})
+    );
+    let (s, v) = g.review("user:carol", &id, "approve");
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("self_review")));
+    // The same token naming bob: only declared; bob reviews.
+    act["on_behalf_of"] = json!("user:bob");
+    act["params"]["statement"] = json!("DELETE FROM events WHERE id = 3");
+    let (_, v) = post_as(&g, &deploy, "/v1/actions", &act);
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    let (s, r) = g.review("user:bob", &id, "approve");
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        r["on_behalf_of"],
+        json!({"principal": "user:bob", "backed": false})
+    );
+    // An `act` without a subject names no actor: refused.
+    let (s, v) = post_as(
+        &g,
+        &id_token_for(&issuer, "agent-login", "no-actor"),
+        "/v1/actions",
+        &act,
+    );
+    assert_eq!(s, 401, "{v}");
+
+    // Gateway B names users by their email claim: a mixed-case email is
+    // the configured owner too.
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let mail_bot_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        token_of("agent:mail-bot").as_bytes(),
+    ));
+    let extra = format!(
+        "{}\n[[principals]]\nid = \"user:alice@example.test\"\ngroups = [\"data-owners\"]\n\n[[principals]]\nid = \"agent:mail-bot\"\nowner = \"User:Alice@Example.TEST\"\ngroups = [\"agents\"]\ntoken_sha256 = \"{mail_bot_hash}\"\n",
+        oidc_section(&b_dir, &issuer, "email")
+    );
+    let gb = Gateway::start_extra(&b_dir, DELETE_POLICIES, &extra);
+    let v = gb.submit("agent:mail-bot", &delete(4));
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    for sub in ["Alice", "ALICE"] {
+        let r = web_approve(&gb.url, sub, &id);
+        assert_eq!(r.status, 403, "{sub}: {}", r.body);
+    }
+    assert_eq!(gb.state_of(&id), ("pending".into(), 0));
+    assert_eq!(web_approve(&gb.url, "bob", &id).status, 303);
+}
+
+/// Reads what the server sent until it closes the connection (`None` if
+/// it stays open past `within`).
+fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(String::from_utf8_lossy(&got).into_owned()),
+        }
+    }
+    None
+}
+
+/// A blocking TCP connection from the loopback address `from` (the whole
+/// of 127.0.0.0/8 is this machine), so one test plays several clients.
+fn connect_from(rt: &tokio::runtime::Runtime, from: &str, to: SocketAddr) -> TcpStream {
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        s.bind(format!("{from}:0").parse().unwrap())?;
+        let s = s.connect(to).await?.into_std()?;
+        s.set_nonblocking(false)?;
+        Ok::<_, std::io::Error>(s)
+    })
+    .expect("connect")
+}
+
+/// Finding 2: ~20,000 sockets sending partial headers (or a byte every
+/// 5 s) exhausted the gateway's descriptors and `/healthz` stopped
+/// answering. Now one address holds at most `max_connections_per_address`
+/// connections, the rest are answered 429 and closed at once, a head must
+/// arrive within `header_read_timeout` however it trickles, idle
+/// keep-alive connections end after `idle_timeout`, and a body must arrive
+/// within `body_read_timeout`.
+#[test]
+fn a_slowloris_flood_leaves_health_and_a_good_client_served() {
+    // Thousands of sockets in this process: as many descriptors as allowed.
+    let nofile = secondkey_server::limits::conn::raise_open_files_limit().unwrap_or(1024);
+    let attackers = (nofile.saturating_sub(512) as usize).min(3000);
+    assert!(
+        attackers >= 1500,
+        "the open-files limit ({nofile}) leaves too few sockets for the test"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_extra(
+        dir.path(),
+        POLICIES,
+        "\n[limits]\nmax_connections_per_address = 1000\nheader_read_timeout = \"10s\"\nidle_timeout = \"3s\"\nbody_read_timeout = \"3s\"\n",
+    );
+    let addr: SocketAddr = g.url.trim_start_matches("http://").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // The flood: partial heads from 127.0.0.2, all at once.
+    let t_flood = Instant::now();
+    let flood: Vec<TcpStream> = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..attackers {
+            set.spawn(async move {
+                let s = tokio::net::TcpSocket::new_v4()?;
+                s.bind("127.0.0.2:0".parse().unwrap())?;
+                let s = s.connect(addr).await?.into_std()?;
+                s.set_nonblocking(false)?;
+                (&s).write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")?;
+                Ok::<_, std::io::Error>(s)
+            });
+        }
+        let mut socks = Vec::new();
+        while let Some(r) = set.join_next().await {
+            socks.push(r.unwrap().expect("connect"));
+        }
+        socks
+    });
+    let took = t_flood.elapsed();
+    // Health and a well-behaved client (another address) are served, on a
+    // new connection: accepted after every socket of the flood.
+    let fresh = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let h = resp(fresh.get(&format!("{}/healthz", g.url)).call());
+    assert_eq!(h.status, 200, "{}", h.body);
+    let (s, v) = g.call(
+        "POST",
+        "/v1/actions",
+        Some("agent:report-bot"),
+        Some(&read_action()),
+    );
+    assert_eq!((s, v["decision"].as_str()), (200, Some("allow")), "{v}");
+    let (s, m) = g.call("GET", "/metrics", Some("service:monitor"), None);
+    assert_eq!(s, 200);
+    let m = m.as_str().unwrap().to_string();
+    let gauge = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {m}"))
+    };
+    assert!(gauge("secondkey_connections") <= 1000 + 4, "{m}");
+    assert!(gauge("secondkey_connections_refused_total") >= 1, "{m}");
+
+    // Over the cap, the gateway answered 429 at once and closed; under it,
+    // it holds the connection, but not for long (below).
+    let (mut answered, mut closed) = (0, 0);
+    let mut held = Vec::new();
+    let mut buf = [0u8; 512];
+    for mut s in flood {
+        s.set_nonblocking(true).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+                assert!(text.contains("too_many_connections"), "{text}");
+                answered += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                s.set_nonblocking(false).unwrap();
+                held.push(s);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(held.len() <= 1000, "{} held", held.len());
+    assert!(
+        answered >= 1,
+        "nothing over the per-address cap was refused"
+    );
+    println!(
+        "slowloris: {attackers} sockets from one address in {took:?}: {} held, {answered} refused at accept, {closed} already timed out",
+        held.len()
+    );
+
+    // Byte-trickles from a third address: a byte a second never completes
+    // a head, and the gateway closes them at the head's deadline.
+    let trickles: Vec<_> = (0..20)
+        .map(|_| {
+            let mut s = connect_from(&rt, "127.0.0.3", addr);
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nX-Trickle: ");
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                for _ in 0..60 {
+                    match s.read(&mut [0u8; 64]) {
+                        Ok(0) => return start.elapsed(),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            if s.write_all(b"a").is_err() {
+                                return start.elapsed();
+                            }
+                        }
+                        _ => return start.elapsed(),
+                    }
+                }
+                start.elapsed()
+            })
+        })
+        .collect();
+
+    // The held partial heads are closed at their deadline, with no answer.
+    for mut s in held {
+        let got = read_until_closed(&mut s, Duration::from_secs(60));
+        assert_eq!(
+            got.as_deref(),
+            Some(""),
+            "a partial head is closed without an answer"
+        );
+    }
+    for t in trickles {
+        let lasted = t.join().unwrap();
+        assert!(
+            lasted < Duration::from_secs(30),
+            "a trickle held its connection for {lasted:?}"
+        );
+    }
+
+    // An idle keep-alive connection is closed after idle_timeout.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 15];
+    idle.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200 OK");
+    assert!(
+        read_until_closed(&mut idle, Duration::from_secs(60)).is_some(),
+        "idle connection never closed"
+    );
+
+    // A body that does not arrive in full within body_read_timeout: 408.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /v1/actions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"kind\"",
+        token_of("agent:report-bot")
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    let answer =
+        read_until_closed(&mut slow, Duration::from_secs(60)).expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    // And through all of it, the gateway stayed healthy.
+    assert_eq!(
+        resp(g.agent.get(&format!("{}/healthz", g.url)).call()).status,
+        200
+    );
+}
+
+/// Finding 2, long-polls: one principal could hold any number of them.
+#[test]
+fn long_polls_are_capped_per_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_extra(
+        dir.path(),
+        DELETE_POLICIES,
+        "\n[limits]\nmax_waits_per_principal = 2\n",
+    );
+
+    // Bob opens three long-polls at once: two are held, the third is
+    // refused at once with 429 and Retry-After.
+    let id = g.submit("agent:report-bot", &delete(0))["request"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..3 {
+        let (url, id, tx) = (g.url.clone(), id.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let r = ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(90))
+                .build()
+                .get(&format!("{url}/v1/requests/{id}?wait=60"))
+                .set("Authorization", &format!("Bearer {}", token_of("user:bob")))
+                .call();
+            let out = match r {
+                Ok(r) => (
+                    200,
+                    r.header("retry-after").is_some(),
+                    r.into_string().unwrap(),
+                ),
+                Err(ureq::Error::Status(s, r)) => (
+                    s,
+                    r.header("retry-after").is_some(),
+                    r.into_string().unwrap(),
+                ),
+                Err(e) => panic!("{e}"),
+            };
+            tx.send(out).unwrap();
+        });
+    }
+    let (status, retry_after, body) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((status, retry_after), (429, true), "{body}");
+    assert!(body.contains("too_many_waits"), "{body}");
+    // Another principal is not affected, and answers without a wait take
+    // no slot.
+    let (s, _) = g.call(
+        "GET",
+        &format!("/v1/requests/{id}?wait=0"),
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(s, 200);
+    let (s, v) = g.call(
+        "GET",
+        &format!("/v1/requests/{id}?wait=1"),
+        Some("user:carol"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    // The two held ones end with the decision, and give their slots back.
+    assert_eq!(g.review("user:carol", &id, "deny").0, 200);
+    for _ in 0..2 {
+        let (status, _, body) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"denied\""), "{body}");
+    }
+    let other = g.submit("agent:report-bot", &delete(1))["request"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = g.call(
+        "GET",
+        &format!("/v1/requests/{other}?wait=1"),
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Finding 5: `100` was allowed and `1E2`, `100.0` denied ("not an
+/// integer"), one digest with two decisions in the log.
+#[test]
+fn one_digest_gets_one_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_with(dir.path(), DELETE_POLICIES);
+    // 100, 1E2, 100.0 (and 0, -0) are one value.
+    let write = |rows: &str| -> Value {
+        let text = format!(
+            r#"{{"kind":"sql","operation":"write","resource":"postgres://analytics/public.t","context":{{"estimated_rows":{rows}}}}}"#
+        );
+        let (s, v) = g.raw(
+            "POST",
+            "/v1/actions",
+            Some("agent:report-bot"),
+            "application/json",
+            text.as_bytes(),
+        );
+        assert_eq!(s, 200, "{rows}: {v}");
+        v
+    };
+    for group in [
+        &["100", "1E2", "100.0", "1.0e2"][..],
+        &["0", "-0", "0.0", "-0.0"],
+    ] {
+        let first = write(group[0]);
+        for spelling in &group[1..] {
+            let v = write(spelling);
+            assert_eq!(v["digest"], first["digest"], "{spelling}");
+            assert_eq!(
+                (v["decision"].as_str(), first["decision"].as_str()),
+                (Some("allow"), Some("allow")),
+                "{spelling}: {v}"
+            );
+        }
+    }
+}
+
+/// Finding 6: `/metrics` answered anyone.
+#[test]
+fn metrics_are_for_metrics_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_with(dir.path(), DELETE_POLICIES);
+    // Only for [metrics] readers (default group "monitoring").
+    let (s, v) = g.call("GET", "/metrics", None, None);
+    assert_eq!(s, 401, "{v}");
+    let (s, v) = g.call("GET", "/metrics", Some("user:bob"), None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("not_metrics_reader"))
+    );
+    let (s, v) = g.call("GET", "/metrics", Some("service:monitor"), None);
+    assert_eq!(s, 200);
+    assert!(v.as_str().unwrap().contains("secondkey_log_size "), "{v}");
+}
+
+/// Finding 7: a result summary holding `1e300` was refused as
+/// `entry_too_large`.
+#[test]
+fn an_unsafe_number_in_a_result_is_named_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_with(dir.path(), DELETE_POLICIES);
+    let (s, v) = g.call("POST", "/v1/actions?execute=true", Some("agent:report-bot"), Some(&json!(
+        {"kind": "sql", "operation": "write", "resource": "postgres://analytics/public.t", "context": {"estimated_rows": 5}})));
+    assert_eq!(s, 200, "{v}");
+    let exec = v["execution"]["id"].as_str().unwrap().to_string();
+    let (s, v) = g.call(
+        "POST",
+        &format!("/v1/executions/{exec}/result"),
+        Some("agent:report-bot"),
+        Some(&json!({"ok": true, "summary": {"rows": 1e300}})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("unsafe_number")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("summary.rows"),
+        "{v}"
+    );
+    // Nothing was recorded: the right result still goes in, once.
+    let (s, v) = g.call(
+        "POST",
+        &format!("/v1/executions/{exec}/result"),
+        Some("agent:report-bot"),
+        Some(&json!({"ok": true, "summary": {"rows": 1}})),
+    );
+    assert_eq!(s, 204, "{v}");
+}
