@@ -104,6 +104,10 @@ pub struct RawConfig {
     pub identity: RawIdentity,
     /// Channel routing (owned by the channels crate).
     pub routing: Option<toml::Value>,
+    /// The SSH gateway's listener and agents' keys, and its upstream
+    /// hosts (owned by the ssh crate).
+    pub ssh_gateway: Option<toml::Value>,
+    pub ssh: Option<toml::Value>,
 }
 
 /// `[oidc]`: the identity provider humans sign in with.
@@ -219,8 +223,16 @@ pub struct JwtIssuerConfig {
 /// Top-level keys whose contents belong to an extension crate: the gateway
 /// keeps them raw in [`Config::sections`]; the extension's own parser names
 /// the full key in its errors (e.g. `postgres[0].upstream.password_env`).
-pub const EXTENSION_SECTIONS: [&str; 6] =
-    ["postgres", "mcp", "slack", "teams", "webhooks", "routing"];
+pub const EXTENSION_SECTIONS: [&str; 8] = [
+    "postgres",
+    "mcp",
+    "slack",
+    "teams",
+    "webhooks",
+    "routing",
+    "ssh_gateway",
+    "ssh",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -623,6 +635,8 @@ impl Config {
             ("teams", raw.teams),
             ("webhooks", raw.webhooks),
             ("routing", raw.routing),
+            ("ssh_gateway", raw.ssh_gateway),
+            ("ssh", raw.ssh),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
