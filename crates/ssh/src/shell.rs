@@ -60,6 +60,9 @@ pub struct Redirect {
 impl Redirect {
     /// Whether it may create or change a file.
     pub fn writes(&self) -> bool {
+        if matches!(&self.target, Word::Lit(t) if t == "/dev/null") {
+            return false;
+        }
         match self.op.as_str() {
             ">" | ">>" | ">|" | "<>" | "&>" | "&>>" => true,
             // `>&2` duplicates a descriptor; `>&file` (bash) writes a file.
@@ -614,7 +617,7 @@ impl Reader<'_, '_> {
                     self.skip_to_end();
                     return false;
                 };
-                let body = &self.s[self.i..end];
+                let body = &self.s[self.i + 3..end];
                 if body.contains(&b'`') || body.windows(2).any(|w| w == b"$(") || body.contains(&b'[') {
                     self.opaque("a command or subscript inside an arithmetic expansion");
                 }
