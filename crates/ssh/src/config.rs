@@ -333,3 +333,17 @@ pub fn parse(
         hosts: out_hosts,
     }))
 }
+
+/// Where recordings are kept: `[ssh_gateway] recordings_dir`, or
+/// `<data_dir>/recordings` (for `secondkey recording`, which needs nothing
+/// else of the section).
+pub fn recordings_dir(gateway: Option<&toml::Value>, base: &Path, data_dir: &Path) -> PathBuf {
+    match gateway
+        .and_then(|g| g.get("recordings_dir"))
+        .and_then(|v| v.as_str())
+    {
+        Some(d) if Path::new(d).is_absolute() => PathBuf::from(d),
+        Some(d) => base.join(d),
+        None => data_dir.join("recordings"),
+    }
+}
