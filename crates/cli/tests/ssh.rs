@@ -450,6 +450,42 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "cert-ok\n");
 
+    // OpenSSH's jump-host form: `ssh -J gateway prod-db-1 …` — the inner
+    // session is the gateway's own (its host key, pinned for prod-db-1),
+    // decided like any other.
+    let jump_hosts = w.dir.join("known_hosts_jump");
+    let gw_pub = std::fs::read_to_string(w.dir.join("gateway_host_key.pub")).unwrap();
+    std::fs::write(
+        &jump_hosts,
+        format!("[127.0.0.1]:{} {}prod-db-1 {}", w.port, gw_pub, gw_pub),
+    )
+    .unwrap();
+    let cfg = w.dir.join("ssh_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host gw\n  HostName 127.0.0.1\n  Port {}\n  User agent:report-bot+jump\nHost *\n  IdentityFile {}\n  IdentitiesOnly yes\n  BatchMode yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n",
+            w.port,
+            key.display(),
+            jump_hosts.display()
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["-J", "gw", "-l", "ops", "prod-db-1", "echo via-jump"])
+        .stdin(Stdio::null()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-jump\n");
+    // A jump to anything but a configured host is refused.
+    let out = run(Command::new("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["-J", "gw", "-p", &w.port.to_string(), "127.0.0.1", "true"])
+        .stdin(Stdio::null()));
+    assert_eq!(out.status.code(), Some(255), "{}", String::from_utf8_lossy(&out.stderr));
+
     // Refused with a clear error, logged, and nothing runs: a wrong key…
     let marker = w.dir.join("pwned");
     let touch = format!("touch {}", marker.display());

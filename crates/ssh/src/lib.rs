@@ -11,7 +11,9 @@
 //! an interactive shell is one `shell` action, recorded as asciicast v2
 //! ([`recording`]). Only what the gateway authorized reaches the upstream,
 //! over a connection the gateway logged in to with its own key
-//! ([`upstream`]).
+//! ([`upstream`]). OpenSSH's jump-host form (`ssh -J <principal>@gateway
+//! prod-db-1`) is the same: the gateway answers the `direct-tcpip` channel
+//! to a configured host name with an SSH session of its own.
 //!
 //! Architecture invariants:
 //! * nothing reaches the upstream before `Gateway::intercept` (or
@@ -103,14 +105,16 @@ impl SshGateway {
             .iter()
             .map(|h| (h.name.clone(), Arc::new(Pool::new(h.clone()))))
             .collect::<HashMap<_, _>>();
+        let config = Arc::new(config);
         let shared = Arc::new(Shared {
+            server: config.clone(),
             classifier: Classifier::new(self.cfg.rules.clone()),
             cfg: self.cfg.clone(),
             gateway,
             pools,
         });
         tracing::info!(%addr, hosts = self.cfg.hosts.len(), "ssh gateway listening");
-        tokio::spawn(accept_loop(listener, Arc::new(config), shared.clone()));
+        tokio::spawn(accept_loop(listener, config, shared.clone()));
         let dir = self.cfg.recordings_dir.clone();
         let keep = self.cfg.recording_retention;
         tokio::spawn(async move {

@@ -44,6 +44,9 @@ const MAX_HELD_INPUT: usize = 4 * 1024 * 1024;
 
 /// What every connection shares.
 pub struct Shared {
+    /// The server's own configuration (host key, algorithms), also for
+    /// the inner sessions of the jump-host form.
+    pub server: Arc<server::Config>,
     pub cfg: SshConfig,
     pub gateway: Arc<Gateway>,
     pub classifier: Classifier,
@@ -56,6 +59,9 @@ pub struct Agent {
     peer: Option<SocketAddr>,
     who: Option<Principal>,
     host: String,
+    /// The jump-host form: the session inside a `direct-tcpip` channel to
+    /// this host, by the principal that opened it.
+    inner: Option<(String, String)>,
 }
 
 impl Agent {
@@ -65,15 +71,26 @@ impl Agent {
             peer,
             who: None,
             host: String::new(),
+            inner: None,
         }
     }
 
-    /// `user` is `<host>` or `<principal>+<host>`.
+    /// `user` is `<host>` or `<principal>+<host>`; inside a jump, the host
+    /// is the jump's target and `user` is `[<principal>+]<anything>`.
     fn login(&mut self, user: &str, candidates: &[String], how: &str) -> Auth {
         let (named, host) = match user.rsplit_once('+') {
             Some((p, h)) => (Some(p), h),
             None => (None, user),
         };
+        let (host, candidates): (&str, Vec<String>) = match &self.inner {
+            // The same principal as the outer connection, or nobody.
+            Some((h, outer)) => (
+                h.as_str(),
+                candidates.iter().filter(|c| *c == outer).cloned().collect(),
+            ),
+            None => (host, candidates.to_vec()),
+        };
+        let candidates = &candidates[..];
         let chosen = match named {
             Some(p) => candidates.iter().find(|c| c.as_str() == p),
             None if candidates.len() == 1 => candidates.first(),
@@ -174,7 +191,7 @@ impl server::Handler for Agent {
     #[allow(clippy::too_many_arguments)]
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         host_to_connect: &str,
         port_to_connect: u32,
         _originator_address: &str,
@@ -182,9 +199,35 @@ impl server::Handler for Agent {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::warn!(peer = ?self.peer, host_to_connect, port_to_connect,
-            "ssh: port forwarding refused (connect as <host>@gateway instead of a jump host)");
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        // The jump-host form (`ssh -J gateway prod-db-1`): the agent's
+        // "connection to the host" is a second SSH session with the gateway
+        // itself, inside this channel, decided like any other. Nothing is
+        // forwarded anywhere.
+        let who = self.who.clone();
+        match who {
+            Some(who) if self.inner.is_none() && self.sh.pools.contains_key(host_to_connect) => {
+                reply.accept().await;
+                let mut inner = Agent::new(self.sh.clone(), self.peer);
+                inner.inner = Some((host_to_connect.to_string(), who.id.to_string()));
+                let config = self.sh.server.clone();
+                let peer = self.peer;
+                tokio::spawn(async move {
+                    match russh::server::run_stream(config, channel.into_stream(), inner).await {
+                        Ok(session) => {
+                            if let Err(e) = session.await {
+                                tracing::debug!(?peer, error = %e, "ssh jump session ended");
+                            }
+                        }
+                        Err(e) => tracing::warn!(?peer, error = %e, "ssh jump session refused"),
+                    }
+                });
+            }
+            _ => {
+                tracing::warn!(peer = ?self.peer, host_to_connect, port_to_connect,
+                    "ssh: port forwarding refused (only configured host names are jump targets)");
+                reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            }
+        }
         Ok(())
     }
 }
