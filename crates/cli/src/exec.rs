@@ -119,7 +119,10 @@ pub fn ci_facts(env: &dyn Fn(&str) -> Option<String>) -> Option<Value> {
         put("ref", env("CI_COMMIT_REF_NAME"));
         put("actor", env("GITLAB_USER_LOGIN"));
         put("workflow", env("CI_JOB_NAME"));
-        put("run_url", env("CI_JOB_URL").or_else(|| env("CI_PIPELINE_URL")));
+        put(
+            "run_url",
+            env("CI_JOB_URL").or_else(|| env("CI_PIPELINE_URL")),
+        );
     } else {
         return None;
     }
@@ -161,8 +164,9 @@ fn prepare(a: &ExecArgs) -> Result<(Client, Vec<u8>)> {
         (Some(aud), None) => github_oidc_token(aud)?,
         (None, Some(var)) => std::env::var(var)
             .map_err(|_| anyhow!("--token-env: environment variable {var} is not set"))?,
-        (None, None) => std::env::var("SECONDKEY_TOKEN")
-            .map_err(|_| anyhow!("no token: pass --token-env VAR or --oidc-audience AUD, or set SECONDKEY_TOKEN"))?,
+        (None, None) => std::env::var("SECONDKEY_TOKEN").map_err(|_| {
+            anyhow!("no token: pass --token-env VAR or --oidc-audience AUD, or set SECONDKEY_TOKEN")
+        })?,
         (Some(_), Some(_)) => bail!("pass one of --token-env and --oidc-audience"),
     };
     let cwd: PathBuf = std::env::current_dir().context("the working directory")?;
@@ -189,7 +193,12 @@ fn prepare(a: &ExecArgs) -> Result<(Client, Vec<u8>)> {
 fn execute(a: &ExecArgs, c: &Client, body: &[u8]) -> Result<ExitCode> {
     let wait = match secondkey_core::time::parse_duration(&a.wait_timeout) {
         Ok(d) => d,
-        Err(e) => return Ok(outcome(code::GATEWAY, &format!("--wait-timeout: {e}; nothing ran"))),
+        Err(e) => {
+            return Ok(outcome(
+                code::GATEWAY,
+                &format!("--wait-timeout: {e}; nothing ran"),
+            ))
+        }
     };
     let v = match c.post_raw("/v1/actions?execute=true", body) {
         Ok(v) => v,
@@ -208,7 +217,14 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8]) -> Result<ExitCode> {
             // Use the approval: the identical action again, once.
             let again = match c.post_raw("/v1/actions?execute=true", body) {
                 Ok(v) => v,
-                Err(e) => return Ok(outcome(code::GATEWAY, &format!("request {id} was approved but could not be used: {e:#}; nothing ran"))),
+                Err(e) => {
+                    return Ok(outcome(
+                        code::GATEWAY,
+                        &format!(
+                            "request {id} was approved but could not be used: {e:#}; nothing ran"
+                        ),
+                    ))
+                }
             };
             if again["execution"].is_null() {
                 return Ok(match again["decision"].as_str() {
@@ -218,19 +234,35 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8]) -> Result<ExitCode> {
             }
             again["execution"].clone()
         }
-        other => return Ok(outcome(code::GATEWAY, &format!("unexpected decision {other:?}; nothing ran"))),
+        other => {
+            return Ok(outcome(
+                code::GATEWAY,
+                &format!("unexpected decision {other:?}; nothing ran"),
+            ))
+        }
     };
     let Some(exec_id) = execution["id"].as_str().map(str::to_string) else {
-        return Ok(outcome(code::GATEWAY, "the gateway returned no execution; nothing ran"));
+        return Ok(outcome(
+            code::GATEWAY,
+            "the gateway returned no execution; nothing ran",
+        ));
     };
     let approvers: Vec<String> = execution["approvers"]
         .as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if approvers.is_empty() {
         eprintln!("secondkey: allowed ({exec_id}); running {}", shown(&a.argv));
     } else {
-        eprintln!("secondkey: approved by {} ({exec_id}); running {}", approvers.join(", "), shown(&a.argv));
+        eprintln!(
+            "secondkey: approved by {} ({exec_id}); running {}",
+            approvers.join(", "),
+            shown(&a.argv)
+        );
     }
     let (exit, summary) = run_once(&a.argv);
     let ok = exit == Some(0);
@@ -241,12 +273,21 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8]) -> Result<ExitCode> {
     }
     Ok(match exit {
         Some(0) => outcome(0, &format!("ran {exec_id}: succeeded")),
-        Some(code) => outcome(code, &format!("ran {exec_id}: the command failed with exit code {code}")),
+        Some(code) => outcome(
+            code,
+            &format!("ran {exec_id}: the command failed with exit code {code}"),
+        ),
         None if summary.get("error").is_some() => outcome(
             code::CANNOT_START,
-            &format!("{exec_id}: the command could not be started: {}", summary["error"].as_str().unwrap_or("?")),
+            &format!(
+                "{exec_id}: the command could not be started: {}",
+                summary["error"].as_str().unwrap_or("?")
+            ),
         ),
-        None => outcome(1, &format!("ran {exec_id}: the command ended without an exit code")),
+        None => outcome(
+            1,
+            &format!("ran {exec_id}: the command ended without an exit code"),
+        ),
     })
 }
 
@@ -259,24 +300,42 @@ fn denied(v: &Value) -> ExitCode {
         .as_array()
         .map(|r| {
             r.iter()
-                .filter_map(|x| x["message"].as_str().or(x["policy"].as_str()).map(str::to_string))
+                .filter_map(|x| {
+                    x["message"]
+                        .as_str()
+                        .or(x["policy"].as_str())
+                        .map(str::to_string)
+                })
                 .filter(|m| !m.is_empty())
                 .collect()
         })
         .unwrap_or_default();
-    let why = if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join("; ")) };
+    let why = if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", reasons.join("; "))
+    };
     outcome(code::DENIED, &format!("denied{why}; nothing ran"))
 }
 
 /// Waits for request `id`; `Err(exit code)` when it ends without approval.
 fn wait_decision(c: &Client, id: &str, url: &str, wait: Duration) -> Result<Result<(), ExitCode>> {
     eprintln!("secondkey: held for review as request {id}: {url}");
-    eprintln!("secondkey: waiting up to {} for a decision…", crate::exec::human(wait));
+    eprintln!(
+        "secondkey: waiting up to {} for a decision…",
+        crate::exec::human(wait)
+    );
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(Err(outcome(code::TIMED_OUT, &format!("request {id} was not decided within {}; nothing ran (it stays pending: {url})", human(wait)))));
+            return Ok(Err(outcome(
+                code::TIMED_OUT,
+                &format!(
+                    "request {id} was not decided within {}; nothing ran (it stays pending: {url})",
+                    human(wait)
+                ),
+            )));
         }
         let secs = left.as_secs().clamp(1, 30);
         let r = match c.get(&format!("/v1/requests/{id}?wait={secs}")) {
@@ -293,13 +352,36 @@ fn wait_decision(c: &Client, id: &str, url: &str, wait: Duration) -> Result<Resu
             Some("denied") => {
                 let by: Vec<&str> = r["reviews"]
                     .as_array()
-                    .map(|a| a.iter().filter(|x| x["decision"] == "deny").filter_map(|x| x["reviewer"].as_str()).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter(|x| x["decision"] == "deny")
+                            .filter_map(|x| x["reviewer"].as_str())
+                            .collect()
+                    })
                     .unwrap_or_default();
-                return Ok(Err(outcome(code::DENIED, &format!("request {id} was denied by {}; nothing ran", by.join(", ")))));
+                return Ok(Err(outcome(
+                    code::DENIED,
+                    &format!("request {id} was denied by {}; nothing ran", by.join(", ")),
+                )));
             }
-            Some("expired") => return Ok(Err(outcome(code::EXPIRED, &format!("request {id} expired before a decision; nothing ran")))),
-            Some(s) => return Ok(Err(outcome(code::NOT_RUN, &format!("request {id} is {s}; nothing ran")))),
-            None => return Ok(Err(outcome(code::GATEWAY, &format!("request {id}: unreadable answer; nothing ran")))),
+            Some("expired") => {
+                return Ok(Err(outcome(
+                    code::EXPIRED,
+                    &format!("request {id} expired before a decision; nothing ran"),
+                )))
+            }
+            Some(s) => {
+                return Ok(Err(outcome(
+                    code::NOT_RUN,
+                    &format!("request {id} is {s}; nothing ran"),
+                )))
+            }
+            None => {
+                return Ok(Err(outcome(
+                    code::GATEWAY,
+                    &format!("request {id}: unreadable answer; nothing ran"),
+                )))
+            }
         }
     }
 }
@@ -352,8 +434,14 @@ fn run_once(argv: &[String]) -> (Option<u8>, Value) {
             )
         }
     };
-    let out = child.stdout.take().map(|o| std::thread::spawn(move || tee(o, std::io::stdout())));
-    let err = child.stderr.take().map(|e| std::thread::spawn(move || tee(e, std::io::stderr())));
+    let out = child
+        .stdout
+        .take()
+        .map(|o| std::thread::spawn(move || tee(o, std::io::stdout())));
+    let err = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || tee(e, std::io::stderr())));
     let status = child.wait();
     let (out_sha, out_n) = out.and_then(|t| t.join().ok()).unwrap_or_default();
     let (err_sha, err_n) = err.and_then(|t| t.join().ok()).unwrap_or_default();
@@ -391,34 +479,41 @@ mod tests {
     #[test]
     fn ci_facts_from_github_and_gitlab() {
         let gh = |k: &str| {
-            Some(match k {
-                "GITHUB_ACTIONS" => "true",
-                "GITHUB_REPOSITORY" => "acme/api",
-                "GITHUB_SHA" => "abc123",
-                "GITHUB_REF" => "refs/heads/main",
-                "GITHUB_ACTOR" => "octocat",
-                "GITHUB_SERVER_URL" => "https://github.com",
-                "GITHUB_RUN_ID" => "42",
-                "GITHUB_RUN_ATTEMPT" => "2",
-                _ => return None,
-            }
-            .to_string())
+            Some(
+                match k {
+                    "GITHUB_ACTIONS" => "true",
+                    "GITHUB_REPOSITORY" => "acme/api",
+                    "GITHUB_SHA" => "abc123",
+                    "GITHUB_REF" => "refs/heads/main",
+                    "GITHUB_ACTOR" => "octocat",
+                    "GITHUB_SERVER_URL" => "https://github.com",
+                    "GITHUB_RUN_ID" => "42",
+                    "GITHUB_RUN_ATTEMPT" => "2",
+                    _ => return None,
+                }
+                .to_string(),
+            )
         };
         let f = ci_facts(&gh).unwrap();
         assert_eq!(f["provider"], "github");
-        assert_eq!(f["run_url"], "https://github.com/acme/api/actions/runs/42/attempts/2");
+        assert_eq!(
+            f["run_url"],
+            "https://github.com/acme/api/actions/runs/42/attempts/2"
+        );
         assert_eq!(f["commit"], "abc123");
         let gl = |k: &str| {
-            Some(match k {
-                "GITLAB_CI" => "true",
-                "CI_PROJECT_PATH" => "acme/api",
-                "CI_COMMIT_SHA" => "def456",
-                "CI_COMMIT_REF_NAME" => "main",
-                "GITLAB_USER_LOGIN" => "alice",
-                "CI_JOB_URL" => "https://gitlab.example/acme/api/-/jobs/7",
-                _ => return None,
-            }
-            .to_string())
+            Some(
+                match k {
+                    "GITLAB_CI" => "true",
+                    "CI_PROJECT_PATH" => "acme/api",
+                    "CI_COMMIT_SHA" => "def456",
+                    "CI_COMMIT_REF_NAME" => "main",
+                    "GITLAB_USER_LOGIN" => "alice",
+                    "CI_JOB_URL" => "https://gitlab.example/acme/api/-/jobs/7",
+                    _ => return None,
+                }
+                .to_string(),
+            )
         };
         let f = ci_facts(&gl).unwrap();
         assert_eq!(f["provider"], "gitlab");

@@ -85,7 +85,9 @@ enum Command {
 #[derive(Subcommand)]
 enum RecordingCmd {
     /// Replay a recorded SSH session in this terminal.
-    #[command(after_help = "Example:\n  secondkey recording play act_0193a1b2c3 --config secondkey.toml --speed 2")]
+    #[command(
+        after_help = "Example:\n  secondkey recording play act_0193a1b2c3 --config secondkey.toml --speed 2"
+    )]
     Play {
         /// The recording's id: the execution id of the session (in the log's
         /// `action.result` entry, `summary.recording.id`).

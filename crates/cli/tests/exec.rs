@@ -52,32 +52,52 @@ struct Issuer {
 
 fn mint(key: &fakes::RsaKey, iss: &str, aud: &str, sub: &str, extra: Value) -> String {
     let now = fakes::unix_now();
-    let mut claims = json!({"iss": iss, "aud": aud, "sub": sub, "iat": now, "nbf": now - 5, "exp": now + 300});
+    let mut claims =
+        json!({"iss": iss, "aud": aud, "sub": sub, "iat": now, "nbf": now - 5, "exp": now + 300});
     for (k, v) in extra.as_object().unwrap() {
         claims[k] = v.clone();
     }
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some(KID.into());
-    jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_rsa_der(&key.der)).unwrap()
+    jsonwebtoken::encode(
+        &h,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_der(&key.der),
+    )
+    .unwrap()
 }
 
 async fn metadata(State(s): State<Issuer>) -> Json<Value> {
-    Json(json!({"issuer": s.base, "jwks_uri": format!("{}/keys", s.base),
+    Json(
+        json!({"issuer": s.base, "jwks_uri": format!("{}/keys", s.base),
                 "id_token_signing_alg_values_supported": ["RS256"],
-                "subject_types_supported": ["public", "pairwise"], "response_types_supported": ["id_token"]}))
+                "subject_types_supported": ["public", "pairwise"], "response_types_supported": ["id_token"]}),
+    )
 }
 
 async fn keys(State(s): State<Issuer>) -> Json<Value> {
-    Json(json!({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": KID, "n": s.key.n_b64url, "e": "AQAB"}]}))
+    Json(
+        json!({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": KID, "n": s.key.n_b64url, "e": "AQAB"}]}),
+    )
 }
 
 /// GitHub Actions' token endpoint: bearer-authenticated, audience in the query.
-async fn token(State(s): State<Issuer>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+async fn token(
+    State(s): State<Issuer>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !auth.eq_ignore_ascii_case(&format!("bearer {RUNNER_TOKEN}")) {
         return (axum::http::StatusCode::UNAUTHORIZED, "bad runner token").into_response();
     }
-    let aud = q.get("audience").cloned().unwrap_or_else(|| "https://github.com/acme".into());
+    let aud = q
+        .get("audience")
+        .cloned()
+        .unwrap_or_else(|| "https://github.com/acme".into());
     let jwt = mint(
         &s.key,
         &s.base,
@@ -102,7 +122,10 @@ fn issuer(dir: &std::path::Path) -> Issuer {
         .route("/token", get(token))
         .with_state(s.clone());
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(l).unwrap();
             axum::serve(l, app).await.unwrap();
@@ -156,7 +179,10 @@ fn github_env(iss: &Issuer) -> Vec<(&'static str, String)> {
         ("GITHUB_WORKFLOW", "deploy".into()),
         ("GITHUB_SERVER_URL", "https://github.example".into()),
         ("GITHUB_RUN_ID", "4242".into()),
-        ("ACTIONS_ID_TOKEN_REQUEST_URL", format!("{}/token?api-version=2.0", iss.base)),
+        (
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            format!("{}/token?api-version=2.0", iss.base),
+        ),
         ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", RUNNER_TOKEN.into()),
     ]
 }
@@ -184,18 +210,41 @@ fn step(g: &Gateway, env: &[(&str, String)], args: &[&str], cwd: &std::path::Pat
             }
         }
     });
-    Step { child, lines, seen: vec![] }
+    Step {
+        child,
+        lines,
+        seen: vec![],
+    }
 }
 
 fn request_id(line: &str) -> String {
-    let at = line.find("req_").unwrap_or_else(|| panic!("no request id in {line:?}"));
-    line[at..].split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap().to_string()
+    let at = line
+        .find("req_")
+        .unwrap_or_else(|| panic!("no request id in {line:?}"));
+    line[at..]
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn log(g: &Gateway) -> Vec<Value> {
-    let (code, out, err) = run_cli(&["log", "export", "--config", g.config.to_str().unwrap(), "--format", "jsonl"], &g.url, None);
+    let (code, out, err) = run_cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ],
+        &g.url,
+        None,
+    );
     assert_eq!(code, 0, "{err}");
-    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn wait_log(g: &Gateway, what: &str, f: impl Fn(&Value) -> bool) -> Value {
@@ -234,7 +283,10 @@ require_configured = true
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let deployed = work.join("deployed.log");
-    let script = format!("echo deploying \"$1\"; echo \"$1\" >> {}", deployed.display());
+    let script = format!(
+        "echo deploying \"$1\"; echo \"$1\" >> {}",
+        deployed.display()
+    );
     let gh = github_env(&iss);
 
     // A held production deploy: the request URL while it waits, then the
@@ -242,20 +294,44 @@ require_configured = true
     let mut s = step(
         &g,
         &gh,
-        &["--oidc-audience", "secondkey", "--resource", "deploy://prod/api", "--operation", "deploy",
-          "--justification", "release v1.2.3", "--", "sh", "-c", &script, "deploy", "v1.2.3"],
+        &[
+            "--oidc-audience",
+            "secondkey",
+            "--resource",
+            "deploy://prod/api",
+            "--operation",
+            "deploy",
+            "--justification",
+            "release v1.2.3",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "deploy",
+            "v1.2.3",
+        ],
         &work,
     );
     let held = s.wait_line("held for review as request");
     assert!(held.contains(&g.url), "{held}");
     let id = request_id(&held);
     let (_, req) = g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
-    assert_eq!(req["requester"], "service:deploy", "the CI's OIDC identity: {req}");
+    assert_eq!(
+        req["requester"], "service:deploy",
+        "the CI's OIDC identity: {req}"
+    );
     let a = &req["action"];
-    assert_eq!(a["params"]["argv"], json!(["sh", "-c", script, "deploy", "v1.2.3"]), "{req}");
+    assert_eq!(
+        a["params"]["argv"],
+        json!(["sh", "-c", script, "deploy", "v1.2.3"]),
+        "{req}"
+    );
     assert_eq!(a["params"]["cwd"], work.to_str().unwrap(), "{req}");
     assert_eq!(a["context"]["ci"]["repository"], "acme/api", "{req}");
-    assert_eq!(a["context"]["ci"]["run_url"], "https://github.example/acme/api/actions/runs/4242", "{req}");
+    assert_eq!(
+        a["context"]["ci"]["run_url"], "https://github.example/acme/api/actions/runs/4242",
+        "{req}"
+    );
     assert_eq!(a["justification"], "release v1.2.3");
     assert!(!deployed.exists(), "nothing ran while held");
     let (st, v) = g.review("user:bob", &id, "approve");
@@ -263,66 +339,200 @@ require_configured = true
     let (code, out, err) = s.finish();
     assert_eq!(code, 0, "{err:?}");
     assert_eq!(out, "deploying v1.2.3\n", "its output streams through");
-    assert_eq!(std::fs::read_to_string(&deployed).unwrap(), "v1.2.3\n", "ran once");
+    assert_eq!(
+        std::fs::read_to_string(&deployed).unwrap(),
+        "v1.2.3\n",
+        "ran once"
+    );
     assert!(err.last().unwrap().contains("succeeded"), "{err:?}");
     let detail = wait_log(&g, "the deploy's result", |e| {
         e["event"] == "action.result.detail" && e["subjects"]["request"] == id.as_str()
     });
     let summary = &detail["payload"]["summary"];
     assert_eq!(summary["exit_code"], 0, "{detail}");
-    assert_eq!(summary["stdout_sha256"], hex::encode(Sha256::digest(b"deploying v1.2.3\n")), "{detail}");
+    assert_eq!(
+        summary["stdout_sha256"],
+        hex::encode(Sha256::digest(b"deploying v1.2.3\n")),
+        "{detail}"
+    );
     assert!(summary["duration_ms"].is_u64(), "{detail}");
     let (_, req) = g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
     assert_eq!(req["state"], "executed", "{req}");
 
     // An allowed step that fails: its exit code passes through and is recorded.
-    let s = step(&g, &gh, &["--oidc-audience", "secondkey", "--resource", "deploy://staging/api", "--operation",
-                            "deploy", "--", "sh", "-c", "echo broken >&2; exit 3"], &work);
+    let s = step(
+        &g,
+        &gh,
+        &[
+            "--oidc-audience",
+            "secondkey",
+            "--resource",
+            "deploy://staging/api",
+            "--operation",
+            "deploy",
+            "--",
+            "sh",
+            "-c",
+            "echo broken >&2; exit 3",
+        ],
+        &work,
+    );
     let (code, _, err) = s.finish();
     assert_eq!(code, 3, "{err:?}");
-    assert!(err.iter().any(|l| l.contains("failed with exit code 3")), "{err:?}");
+    assert!(
+        err.iter().any(|l| l.contains("failed with exit code 3")),
+        "{err:?}"
+    );
     wait_log(&g, "the failed step's result", |e| {
-        e["event"] == "action.result" && e["payload"]["summary"]["exit_code"] == 3 && e["payload"]["ok"] == false
+        e["event"] == "action.result"
+            && e["payload"]["summary"]["exit_code"] == 3
+            && e["payload"]["ok"] == false
     });
 
     // GitLab: the `id_tokens` variable is the bearer token.
-    let gl_token = mint(&iss.key, &iss.base, "secondkey", "project_path:acme/api:ref_type:branch:ref:main", json!({}));
+    let gl_token = mint(
+        &iss.key,
+        &iss.base,
+        "secondkey",
+        "project_path:acme/api:ref_type:branch:ref:main",
+        json!({}),
+    );
     let gl = vec![
         ("GITLAB_CI", "true".to_string()),
         ("CI_PROJECT_PATH", "acme/api".into()),
         ("CI_COMMIT_SHA", "def456".into()),
-        ("CI_JOB_URL", "https://gitlab.example/acme/api/-/jobs/7".into()),
+        (
+            "CI_JOB_URL",
+            "https://gitlab.example/acme/api/-/jobs/7".into(),
+        ),
         ("SECONDKEY_ID_TOKEN", gl_token),
     ];
-    let s = step(&g, &gl, &["--token-env", "SECONDKEY_ID_TOKEN", "--resource", "deploy://staging/api", "--", "true"], &work);
+    let s = step(
+        &g,
+        &gl,
+        &[
+            "--token-env",
+            "SECONDKEY_ID_TOKEN",
+            "--resource",
+            "deploy://staging/api",
+            "--",
+            "true",
+        ],
+        &work,
+    );
     let (code, _, err) = s.finish();
     assert_eq!(code, 0, "{err:?}");
 
     // Denied by the reviewer: 100, nothing ran.
-    let mut s = step(&g, &gh, &["--oidc-audience", "secondkey", "--resource", "deploy://prod/api", "--operation",
-                                "deploy", "--", "sh", "-c", &script, "deploy", "v9"], &work);
+    let mut s = step(
+        &g,
+        &gh,
+        &[
+            "--oidc-audience",
+            "secondkey",
+            "--resource",
+            "deploy://prod/api",
+            "--operation",
+            "deploy",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "deploy",
+            "v9",
+        ],
+        &work,
+    );
     let id = request_id(&s.wait_line("held for review as request"));
     g.review("user:bob", &id, "deny");
     let (code, _, err) = s.finish();
     assert_eq!(code, 100, "{err:?}");
     // Pending past --wait-timeout: 102, nothing ran, the request stays pending.
-    let s = step(&g, &gh, &["--oidc-audience", "secondkey", "--resource", "deploy://prod/api", "--operation",
-                            "deploy", "--wait-timeout", "2s", "--", "sh", "-c", &script, "deploy", "v10"], &work);
+    let s = step(
+        &g,
+        &gh,
+        &[
+            "--oidc-audience",
+            "secondkey",
+            "--resource",
+            "deploy://prod/api",
+            "--operation",
+            "deploy",
+            "--wait-timeout",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "deploy",
+            "v10",
+        ],
+        &work,
+    );
     let (code, _, err) = s.finish();
     assert_eq!(code, 102, "{err:?}");
     // Expired before a decision: 101.
-    let s = step(&g, &gh, &["--oidc-audience", "secondkey", "--resource", "db://prod/main", "--operation",
-                            "migrate", "--", "sh", "-c", &script, "migrate", "v11"], &work);
+    let s = step(
+        &g,
+        &gh,
+        &[
+            "--oidc-audience",
+            "secondkey",
+            "--resource",
+            "db://prod/main",
+            "--operation",
+            "migrate",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "migrate",
+            "v11",
+        ],
+        &work,
+    );
     let (code, _, err) = s.finish();
     assert_eq!(code, 101, "{err:?}");
-    assert_eq!(std::fs::read_to_string(&deployed).unwrap(), "v1.2.3\n", "only the approved run ran");
+    assert_eq!(
+        std::fs::read_to_string(&deployed).unwrap(),
+        "v1.2.3\n",
+        "only the approved run ran"
+    );
     // A token the gateway does not accept: 104, nothing ran.
     let bad = vec![("BAD", "not-a-token".to_string())];
-    let s = step(&g, &bad, &["--token-env", "BAD", "--resource", "deploy://staging/api", "--", "sh", "-c", &script, "x", "bad"], &work);
+    let s = step(
+        &g,
+        &bad,
+        &[
+            "--token-env",
+            "BAD",
+            "--resource",
+            "deploy://staging/api",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "x",
+            "bad",
+        ],
+        &work,
+    );
     let (code, _, err) = s.finish();
     assert_eq!(code, 104, "{err:?}");
     // A command that cannot start: 127, recorded as failed.
-    let s = step(&g, &gh, &["--oidc-audience", "secondkey", "--resource", "deploy://staging/api", "--", "/nonexistent/deploy"], &work);
+    let s = step(
+        &g,
+        &gh,
+        &[
+            "--oidc-audience",
+            "secondkey",
+            "--resource",
+            "deploy://staging/api",
+            "--",
+            "/nonexistent/deploy",
+        ],
+        &work,
+    );
     let (code, _, err) = s.finish();
     assert_eq!(code, 127, "{err:?}");
     assert_eq!(std::fs::read_to_string(&deployed).unwrap(), "v1.2.3\n");

@@ -39,9 +39,18 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn keygen(path: &Path, comment: &str) -> String {
-    let out = run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(path));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string()
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn user_name() -> String {
@@ -53,7 +62,10 @@ fn wait_port(port: u16, what: &str, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(s)) = child.try_wait() {
-            panic!("{what} exited with {s}: {}", std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "{what} exited with {s}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");
         std::thread::sleep(Duration::from_millis(50));
@@ -90,7 +102,10 @@ fn world(tmp: &Path) -> World {
     };
     script(
         "systemctl",
-        &format!("#!/bin/sh\necho \"$*\" >> {}/systemctl.log\necho \"systemctl $*: done\"\n", dir.display()),
+        &format!(
+            "#!/bin/sh\necho \"$*\" >> {}/systemctl.log\necho \"systemctl $*: done\"\n",
+            dir.display()
+        ),
     );
     script("sudo", "#!/bin/sh\nexec \"$@\"\n");
     std::fs::write(dir.join("readme.txt"), "hello from the host\n").unwrap();
@@ -129,9 +144,20 @@ fn world(tmp: &Path) -> World {
     let out = run(Command::new("ssh-keygen")
         .args(["-q", "-s"])
         .arg(dir.join("ca_key"))
-        .args(["-I", "other-bot-cert", "-n", "agent:other-bot", "-V", "-5m:+1h"])
+        .args([
+            "-I",
+            "other-bot-cert",
+            "-n",
+            "agent:other-bot",
+            "-V",
+            "-5m:+1h",
+        ])
         .arg(dir.join("other_key.pub")));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     keygen(&dir.join("stranger_key"), "stranger");
     // The gateway's own host key, so the agent can pin it.
     let gw_pub = keygen(&dir.join("gateway_host_key"), "gateway");
@@ -237,12 +263,21 @@ impl World {
 
     fn log(&self) -> Vec<Value> {
         let (code, out, err) = run_cli(
-            &["log", "export", "--config", self.g.config.to_str().unwrap(), "--format", "jsonl"],
+            &[
+                "log",
+                "export",
+                "--config",
+                self.g.config.to_str().unwrap(),
+                "--format",
+                "jsonl",
+            ],
             &self.g.url,
             None,
         );
         assert_eq!(code, 0, "{err}");
-        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     fn wait_log(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
@@ -263,7 +298,11 @@ impl World {
 
 /// Starts `cmd` with stderr piped; returns the child and its stderr lines.
 fn spawn_watching(mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let err = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -304,8 +343,14 @@ fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
 }
 
 fn request_id(line: &str) -> String {
-    let at = line.find("req_").unwrap_or_else(|| panic!("no request id in {line:?}"));
-    line[at..].split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap().to_string()
+    let at = line
+        .find("req_")
+        .unwrap_or_else(|| panic!("no request id in {line:?}"));
+    line[at..]
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -315,28 +360,55 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     let key = w.agent_key.clone();
 
     // An allowed read runs at once, with the gateway's key upstream.
-    let out = run(&mut w.ssh(&key, "prod-db-1", &["cat", &format!("{}/readme.txt", w.dir.display())]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the host\n");
+    let out = run(&mut w.ssh(
+        &key,
+        "prod-db-1",
+        &["cat", &format!("{}/readme.txt", w.dir.display())],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the host\n"
+    );
     // The exit status of the upstream command comes back.
     let out = run(&mut w.ssh(&key, "agent:report-bot+prod-db-1", &["ls /nonexistent-dir"]));
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let entry = w.wait_log("the read's result", |e| {
         e["event"] == "action.result" && e["payload"]["summary"]["exit_status"] == 0
     });
-    assert!(entry["payload"]["summary"]["bytes_out"].as_u64().unwrap() > 0, "{entry}");
+    assert!(
+        entry["payload"]["summary"]["bytes_out"].as_u64().unwrap() > 0,
+        "{entry}"
+    );
 
     // Done when: sudo systemctl restart postgresql on a prod host is held,
     // approved, and run once with the gateway's key.
     let cmd = "sudo systemctl restart postgresql";
     let (mut child, lines) = spawn_watching(w.ssh(&key, "prod-db-1", &[cmd]));
     let held = wait_line(&lines, "held for review as request");
-    assert!(held.contains(&w.g.url), "the line names the request's URL: {held}");
+    assert!(
+        held.contains(&w.g.url),
+        "the line names the request's URL: {held}"
+    );
     let id = request_id(&held);
     assert_eq!(w.systemctl_log(), "", "nothing ran while held");
-    let (_, req) = w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    let (_, req) =
+        w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
     assert_eq!(req["action"]["operation"], "admin", "{req}");
-    assert_eq!(req["action"]["resource"], format!("ssh://prod-db-1/{}", w.upstream_user), "{req}");
+    assert_eq!(
+        req["action"]["resource"],
+        format!("ssh://prod-db-1/{}", w.upstream_user),
+        "{req}"
+    );
     assert_eq!(req["action"]["params"]["command"], cmd, "{req}");
     let (s, v) = w.g.review("user:bob", &id, "approve");
     assert_eq!(s, 200, "{v}");
@@ -345,14 +417,22 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(stdout, "systemctl restart postgresql: done\n");
-    assert_eq!(w.systemctl_log(), "restart postgresql\n", "ran exactly once");
+    assert_eq!(
+        w.systemctl_log(),
+        "restart postgresql\n",
+        "ran exactly once"
+    );
     let detail = w.wait_log("the approved command's result", |e| {
         e["event"] == "action.result.detail" && e["subjects"]["request"] == id.as_str()
     });
     let summary = &detail["payload"]["summary"];
     assert_eq!(summary["exit_status"], 0, "{detail}");
-    assert!(summary["duration_ms"].is_u64() && summary["bytes_out"].as_u64() == Some(35), "{detail}");
-    let (_, req) = w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert!(
+        summary["duration_ms"].is_u64() && summary["bytes_out"].as_u64() == Some(35),
+        "{detail}"
+    );
+    let (_, req) =
+        w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
     assert_eq!(req["state"], "executed", "{req}");
 
     // The same command again is a new request (the approval was used);
@@ -378,7 +458,10 @@ fn ssh_gateway_with_openssh_on_both_sides() {
         assert!(!out.status.success(), "legacy={legacy}");
         assert!(!dst.exists(), "nothing was copied (legacy={legacy})");
         let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(err.contains("denied") || err.contains("Permission denied"), "legacy={legacy}: {err}");
+        assert!(
+            err.contains("denied") || err.contains("Permission denied"),
+            "legacy={legacy}: {err}"
+        );
     }
     let denials: Vec<Value> = w
         .log()
@@ -386,36 +469,79 @@ fn ssh_gateway_with_openssh_on_both_sides() {
         .filter(|e| e["event"] == "action.denied" && e["payload"]["action"]["kind"] == "ssh")
         .collect();
     assert!(
-        denials.iter().any(|e| e["payload"]["action"]["params"]["sftp"] == "open")
-            && denials.iter().any(|e| e["payload"]["action"]["params"]["scp"] == "from"),
+        denials
+            .iter()
+            .any(|e| e["payload"]["action"]["params"]["sftp"] == "open")
+            && denials
+                .iter()
+                .any(|e| e["payload"]["action"]["params"]["scp"] == "from"),
         "{denials:?}"
     );
     // An ordinary download and an upload pass (export, write).
     let got = w.dir.join("readme-copy.txt");
-    let out = run(w.scp(&[]).arg(format!("127.0.0.1:{}/readme.txt", w.dir.display())).arg(&got));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(&got).unwrap(), "hello from the host\n");
+    let out = run(w
+        .scp(&[])
+        .arg(format!("127.0.0.1:{}/readme.txt", w.dir.display()))
+        .arg(&got));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&got).unwrap(),
+        "hello from the host\n"
+    );
     let up = w.dir.join("upload.txt");
     std::fs::write(&up, "uploaded\n").unwrap();
-    let out = run(w.scp(&[]).arg(&up).arg(format!("127.0.0.1:{}/uploaded.txt", w.dir.display())));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(w.dir.join("uploaded.txt")).unwrap(), "uploaded\n");
+    let out = run(w
+        .scp(&[])
+        .arg(&up)
+        .arg(format!("127.0.0.1:{}/uploaded.txt", w.dir.display())));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.dir.join("uploaded.txt")).unwrap(),
+        "uploaded\n"
+    );
 
     // sftp: each operation on its own.
     let batch = w.dir.join("batch");
-    std::fs::write(&batch, format!("ls {d}\n-get /etc/shadow {d}/s2\nrm {d}/uploaded.txt\n", d = w.dir.display())).unwrap();
+    std::fs::write(
+        &batch,
+        format!(
+            "ls {d}\n-get /etc/shadow {d}/s2\nrm {d}/uploaded.txt\n",
+            d = w.dir.display()
+        ),
+    )
+    .unwrap();
     let mut c = Command::new("sftp");
-    c.args(w.opts(&key)).args(["-P", &w.port.to_string(), "-b"]).arg(&batch).arg("prod-db-1@127.0.0.1");
+    c.args(w.opts(&key))
+        .args(["-P", &w.port.to_string(), "-b"])
+        .arg(&batch)
+        .arg("prod-db-1@127.0.0.1");
     let out = run(c.stdin(Stdio::null()));
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("readme.txt"), "the listing passed: {text}");
     assert!(!w.dir.join("s2").exists(), "{text}");
-    assert!(!w.dir.join("uploaded.txt").exists(), "the removal passed: {text}");
+    assert!(
+        !w.dir.join("uploaded.txt").exists(),
+        "the removal passed: {text}"
+    );
 
     // An interactive session is decided as a whole, recorded, and replays.
     let mut c = w.ssh(&key, "prod-db-1", &["-tt"]);
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     {
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(b"echo recorded-$((6*7))\nexit\n").unwrap();
@@ -423,31 +549,68 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     let status = wait_exit(&mut child, 30);
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    assert!(status.success() && out.contains("recorded-42"), "{status}: {out}");
+    assert!(
+        status.success() && out.contains("recorded-42"),
+        "{status}: {out}"
+    );
     let result = w.wait_log("the session's result", |e| {
         e["event"] == "action.result" && e["payload"]["summary"]["recording"].is_object()
     });
     let rec = &result["payload"]["summary"]["recording"];
     let rec_id = rec["id"].as_str().unwrap().to_string();
-    let (code, list, err) = run_cli(&["recording", "list", "--config", w.g.config.to_str().unwrap()], &w.g.url, None);
+    let (code, list, err) = run_cli(
+        &[
+            "recording",
+            "list",
+            "--config",
+            w.g.config.to_str().unwrap(),
+        ],
+        &w.g.url,
+        None,
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(list.contains(&rec_id) && list.contains(rec["sha256"].as_str().unwrap()), "{list} vs {rec}");
+    assert!(
+        list.contains(&rec_id) && list.contains(rec["sha256"].as_str().unwrap()),
+        "{list} vs {rec}"
+    );
     let (code, played, err) = run_cli(
-        &["recording", "play", &rec_id, "--config", w.g.config.to_str().unwrap(), "--speed", "50"],
+        &[
+            "recording",
+            "play",
+            &rec_id,
+            "--config",
+            w.g.config.to_str().unwrap(),
+            "--speed",
+            "50",
+        ],
         &w.g.url,
         None,
     );
     assert_eq!(code, 0, "{err}");
     assert!(played.contains("recorded-42"), "{played}");
     assert!(err.contains(rec["sha256"].as_str().unwrap()), "{err}");
-    let (code, _, err) = run_cli(&["recording", "play", "../../etc/passwd", "--config", w.g.config.to_str().unwrap()], &w.g.url, None);
+    let (code, _, err) = run_cli(
+        &[
+            "recording",
+            "play",
+            "../../etc/passwd",
+            "--config",
+            w.g.config.to_str().unwrap(),
+        ],
+        &w.g.url,
+        None,
+    );
     assert_ne!(code, 0);
     assert!(err.contains("not a recording id"), "{err}");
 
     // A user certificate of a configured authority logs its principal in.
     let other = w.dir.join("other_key");
     let out = run(&mut w.ssh(&other, "agent:other-bot+prod-db-1", &["echo cert-ok"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "cert-ok\n");
 
     // OpenSSH's jump-host form: `ssh -J gateway prod-db-1 …` — the inner
@@ -476,7 +639,11 @@ fn ssh_gateway_with_openssh_on_both_sides() {
         .arg(&cfg)
         .args(["-J", "gw", "-l", "ops", "prod-db-1", "echo via-jump"])
         .stdin(Stdio::null()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "via-jump\n");
     // A jump to anything but a configured host is refused.
     let out = run(Command::new("ssh")
@@ -484,15 +651,27 @@ fn ssh_gateway_with_openssh_on_both_sides() {
         .arg(&cfg)
         .args(["-J", "gw", "-p", &w.port.to_string(), "127.0.0.1", "true"])
         .stdin(Stdio::null()));
-    assert_eq!(out.status.code(), Some(255), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Refused with a clear error, logged, and nothing runs: a wrong key…
     let marker = w.dir.join("pwned");
     let touch = format!("touch {}", marker.display());
     let out = run(&mut w.ssh(&w.dir.join("stranger_key"), "prod-db-1", &[&touch]));
     assert_eq!(out.status.code(), Some(255));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
-    assert!(w.gateway_log().contains("unknown key"), "{}", w.gateway_log());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    assert!(
+        w.gateway_log().contains("unknown key"),
+        "{}",
+        w.gateway_log()
+    );
     // …a certificate used for another principal than it names…
     let out = run(&mut w.ssh(&other, "agent:report-bot+prod-db-1", &[&touch]));
     assert_eq!(out.status.code(), Some(255));
@@ -500,17 +679,33 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     let out = run(&mut w.ssh(&key, "no-such-host", &[&touch]));
     assert_eq!(out.status.code(), Some(104));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown host \"no-such-host\"") && err.contains("prod-db-1"), "{err}");
+    assert!(
+        err.contains("unknown host \"no-such-host\"") && err.contains("prod-db-1"),
+        "{err}"
+    );
     // …an upstream whose host key is not the pinned one…
     let out = run(&mut w.ssh(&key, "bad-pin", &[&touch]));
     assert_eq!(out.status.code(), Some(104));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not match the pinned key"), "{err}");
-    assert!(w.gateway_log().contains("does not match the pinned key"), "logged");
+    assert!(
+        w.gateway_log().contains("does not match the pinned key"),
+        "logged"
+    );
     // …malformed SFTP packets…
     let mut c = w.ssh(&key, "prod-db-1", &["-s", "sftp"]);
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(&[0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0, 1]).unwrap();
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&[0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0, 1])
+        .unwrap();
     let status = wait_exit(&mut child, 30);
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
@@ -521,12 +716,29 @@ fn ssh_gateway_with_openssh_on_both_sides() {
         use std::io::Read;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"SSH-2.0-x\r\n\x00\x00\x00\x10garbage-packet!!").unwrap();
+        s.write_all(b"SSH-2.0-x\r\n\x00\x00\x00\x10garbage-packet!!")
+            .unwrap();
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
     }
     assert!(!marker.exists(), "nothing ran");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !w
+        .gateway_log()
+        .contains("ssh connection ended by a protocol error")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the garbage was not logged: {}",
+            w.gateway_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The gateway still serves.
     let out = run(&mut w.ssh(&key, "prod-db-1", &["true"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -60,12 +60,16 @@ pub struct RawRule {
 
 impl RawRule {
     pub fn rule(&self) -> Result<Rule, String> {
-        let command: Vec<String> = self.command.split_whitespace().map(str::to_string).collect();
+        let command: Vec<String> = self
+            .command
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
         match command.first() {
             None => Err("`command` is empty".into()),
-            Some(p) if p.contains('/') => {
-                Err(format!("`command` names a program by its name, not a path ({p:?})"))
-            }
+            Some(p) if p.contains('/') => Err(format!(
+                "`command` names a program by its name, not a path ({p:?})"
+            )),
             Some(_) => Ok(Rule {
                 class: self.class,
                 command,
@@ -89,31 +93,97 @@ pub fn default_rules() -> Vec<Rule> {
     use Class::*;
     let mut v = Vec::new();
     for p in [
-        "cat", "ls", "head", "tail", "grep", "egrep", "fgrep", "wc", "stat", "file", "df", "du",
-        "free", "uptime", "whoami", "id", "hostname", "uname", "date", "ps", "pwd", "echo",
-        "printf", "true", "false", "test", "[", "journalctl", "sort", "uniq", "cut", "tr", "md5sum",
-        "sha256sum", "sha1sum", "diff", "cmp", "basename", "dirname", "realpath", "readlink",
-        "which", "nproc", "lsblk", "ss", "netstat", "ip", "cd", "sleep", "seq", "getent",
-        "findmnt", "dmesg",
+        "cat",
+        "ls",
+        "head",
+        "tail",
+        "grep",
+        "egrep",
+        "fgrep",
+        "wc",
+        "stat",
+        "file",
+        "df",
+        "du",
+        "free",
+        "uptime",
+        "whoami",
+        "id",
+        "hostname",
+        "uname",
+        "date",
+        "ps",
+        "pwd",
+        "echo",
+        "printf",
+        "true",
+        "false",
+        "test",
+        "[",
+        "journalctl",
+        "sort",
+        "uniq",
+        "cut",
+        "tr",
+        "md5sum",
+        "sha256sum",
+        "sha1sum",
+        "diff",
+        "cmp",
+        "basename",
+        "dirname",
+        "realpath",
+        "readlink",
+        "which",
+        "nproc",
+        "lsblk",
+        "ss",
+        "netstat",
+        "ip",
+        "cd",
+        "sleep",
+        "seq",
+        "getent",
+        "findmnt",
+        "dmesg",
     ] {
         v.push(r(Read, p, &[]));
     }
     for c in [
-        "systemctl status", "systemctl is-active", "systemctl is-enabled", "systemctl is-failed",
-        "systemctl list-units", "systemctl list-unit-files", "systemctl list-timers", "systemctl show",
-        "systemctl cat", "git status", "git log", "git diff", "git show", "docker ps", "docker logs",
+        "systemctl status",
+        "systemctl is-active",
+        "systemctl is-enabled",
+        "systemctl is-failed",
+        "systemctl list-units",
+        "systemctl list-unit-files",
+        "systemctl list-timers",
+        "systemctl show",
+        "systemctl cat",
+        "git status",
+        "git log",
+        "git diff",
+        "git show",
+        "docker ps",
+        "docker logs",
         "docker inspect",
     ] {
         v.push(r(Read, c, &[]));
     }
     // `ip` changes routes and links with other words: only listing is read.
-    v.push(r(Admin, "ip", &["add", "del", "delete", "change", "replace", "set", "flush"]));
+    v.push(r(
+        Admin,
+        "ip",
+        &["add", "del", "delete", "change", "replace", "set", "flush"],
+    ));
     v.push(r(Admin, "dmesg", &["-c", "-C", "--clear", "--read-clear"]));
     v.push(r(Read, "find", &[]));
     v.push(r(
         Admin,
         "find",
-        &["-exec", "-execdir", "-ok", "-okdir", "-delete", "-fprint", "-fprint0", "-fprintf", "-fls"],
+        &[
+            "-exec", "-execdir", "-ok", "-okdir", "-delete", "-fprint", "-fprint0", "-fprintf",
+            "-fls",
+        ],
     ));
     for p in [
         "rm", "mv", "cp", "mkdir", "rmdir", "touch", "chmod", "chown", "chgrp", "ln", "tee",
@@ -125,16 +195,69 @@ pub fn default_rules() -> Vec<Rule> {
     v.push(r(Admin, "chmod", &["-R", "--recursive"]));
     v.push(r(Admin, "chown", &["-R", "--recursive"]));
     for p in [
-        "tar", "zip", "gzip", "gunzip", "zcat", "bzip2", "bzcat", "xz", "xzcat", "zstd", "zstdcat",
-        "base64", "base32", "xxd", "od", "hexdump", "pg_dump", "pg_dumpall", "mysqldump", "cpio",
+        "tar",
+        "zip",
+        "gzip",
+        "gunzip",
+        "zcat",
+        "bzip2",
+        "bzcat",
+        "xz",
+        "xzcat",
+        "zstd",
+        "zstdcat",
+        "base64",
+        "base32",
+        "xxd",
+        "od",
+        "hexdump",
+        "pg_dump",
+        "pg_dumpall",
+        "mysqldump",
+        "cpio",
     ] {
         v.push(r(Export, p, &[]));
     }
     for p in [
-        "sudo", "su", "doas", "pkexec", "systemctl", "service", "apt", "apt-get", "aptitude", "dpkg",
-        "yum", "dnf", "rpm", "zypper", "apk", "pacman", "snap", "pip", "pip3", "reboot", "shutdown",
-        "halt", "poweroff", "kill", "killall", "pkill", "useradd", "userdel", "usermod", "groupadd",
-        "passwd", "mount", "umount", "iptables", "nft", "crontab", "docker", "kubectl", "git",
+        "sudo",
+        "su",
+        "doas",
+        "pkexec",
+        "systemctl",
+        "service",
+        "apt",
+        "apt-get",
+        "aptitude",
+        "dpkg",
+        "yum",
+        "dnf",
+        "rpm",
+        "zypper",
+        "apk",
+        "pacman",
+        "snap",
+        "pip",
+        "pip3",
+        "reboot",
+        "shutdown",
+        "halt",
+        "poweroff",
+        "kill",
+        "killall",
+        "pkill",
+        "useradd",
+        "userdel",
+        "usermod",
+        "groupadd",
+        "passwd",
+        "mount",
+        "umount",
+        "iptables",
+        "nft",
+        "crontab",
+        "docker",
+        "kubectl",
+        "git",
     ] {
         v.push(r(Admin, p, &[]));
     }
@@ -165,13 +288,20 @@ pub struct Analysis {
 /// Directories whose programs are named by their base name
 /// (`/usr/bin/cat` is `cat`); a program run by any other path is unknown.
 const SYSTEM_DIRS: &[&str] = &[
-    "/bin/", "/usr/bin/", "/sbin/", "/usr/sbin/", "/usr/local/bin/", "/usr/local/sbin/",
+    "/bin/",
+    "/usr/bin/",
+    "/sbin/",
+    "/usr/sbin/",
+    "/usr/local/bin/",
+    "/usr/local/sbin/",
 ];
 
 /// Assignments that change nothing about which program runs or how.
 fn harmless_assignment(name: &str) -> bool {
-    matches!(name, "LANG" | "TZ" | "COLUMNS" | "LINES" | "NO_COLOR" | "SYSTEMD_COLORS")
-        || name.starts_with("LC_")
+    matches!(
+        name,
+        "LANG" | "TZ" | "COLUMNS" | "LINES" | "NO_COLOR" | "SYSTEMD_COLORS"
+    ) || name.starts_with("LC_")
 }
 
 /// Wrappers that run their argument as a command when given no options.
@@ -224,7 +354,8 @@ impl Classifier {
         }
         for (name, _) in &c.assignments {
             if !harmless_assignment(name) {
-                a.unknown.push(format!("the assignment {name}=… can change what runs"));
+                a.unknown
+                    .push(format!("the assignment {name}=… can change what runs"));
                 return Class::MOST;
             }
         }
@@ -237,13 +368,15 @@ impl Classifier {
             return Class::Read;
         };
         let Some(name) = first.lit() else {
-            a.unknown.push("a command name known only when it runs".into());
+            a.unknown
+                .push("a command name known only when it runs".into());
             return Class::MOST;
         };
         let program = match program_name(name) {
             Some(p) => p,
             None => {
-                a.unknown.push(format!("a program run by its path ({name})"));
+                a.unknown
+                    .push(format!("a program run by its path ({name})"));
                 return Class::MOST;
             }
         };
@@ -272,7 +405,8 @@ impl Classifier {
                     self.argv(rest, a, depth + 1)
                 }
                 _ => {
-                    a.unknown.push(format!("`{program}` with options or assignments"));
+                    a.unknown
+                        .push(format!("`{program}` with options or assignments"));
                     Class::MOST
                 }
             };

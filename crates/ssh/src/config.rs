@@ -125,7 +125,8 @@ pub fn public_key(line: &str) -> Result<PublicKey, String> {
     let (Some(alg), Some(b64)) = (parts.next(), parts.next()) else {
         return Err("expected `<type> <base64> [comment]`".into());
     };
-    PublicKey::from_openssh(&format!("{alg} {b64}")).map_err(|e| format!("not an OpenSSH public key: {e}"))
+    PublicKey::from_openssh(&format!("{alg} {b64}"))
+        .map_err(|e| format!("not an OpenSSH public key: {e}"))
 }
 
 /// Parses a known_hosts line (`host[,host…] <type> <base64> [comment]`,
@@ -133,11 +134,15 @@ pub fn public_key(line: &str) -> Result<PublicKey, String> {
 pub fn known_hosts_key(line: &str) -> Result<PublicKey, String> {
     let line = line.trim();
     if line.starts_with('@') {
-        return Err("markers (@cert-authority, @revoked) are not supported: pin the host's own key".into());
+        return Err(
+            "markers (@cert-authority, @revoked) are not supported: pin the host's own key".into(),
+        );
     }
     let mut parts = line.splitn(2, char::is_whitespace);
     let _hosts = parts.next();
-    let rest = parts.next().ok_or("expected `<host> <type> <base64>` (a known_hosts line)")?;
+    let rest = parts
+        .next()
+        .ok_or("expected `<host> <type> <base64>` (a known_hosts line)")?;
     public_key(rest.trim())
 }
 
@@ -177,20 +182,23 @@ pub fn parse(
         .map_err(|e| invalid("ssh_gateway.listen", format!("{:?}: {e}", raw.listen)))?;
     let mut keys = Vec::new();
     for (i, k) in raw.keys.iter().enumerate() {
-        let id: secondkey_core::principal::PrincipalId = k
-            .principal
-            .parse()
-            .map_err(|e: secondkey_core::principal::PrincipalError| {
-                invalid(format!("ssh_gateway.keys[{i}].principal"), e.to_string())
-            })?;
+        let id: secondkey_core::principal::PrincipalId =
+            k.principal
+                .parse()
+                .map_err(|e: secondkey_core::principal::PrincipalError| {
+                    invalid(format!("ssh_gateway.keys[{i}].principal"), e.to_string())
+                })?;
         if !principals.contains(id.as_str()) {
             return Err(invalid(
                 format!("ssh_gateway.keys[{i}].principal"),
                 format!("{id} is not a configured principal"),
             ));
         }
-        let key = public_key(&k.key).map_err(|e| invalid(format!("ssh_gateway.keys[{i}].key"), e))?;
-        if keys.iter().any(|(other, p): &(PublicKey, String)| other.key_data() == key.key_data() && p != id.as_str()) {
+        let key =
+            public_key(&k.key).map_err(|e| invalid(format!("ssh_gateway.keys[{i}].key"), e))?;
+        if keys.iter().any(|(other, p): &(PublicKey, String)| {
+            other.key_data() == key.key_data() && p != id.as_str()
+        }) {
             return Err(invalid(
                 format!("ssh_gateway.keys[{i}].key"),
                 "this key is already registered for another principal: one key, one principal",
@@ -201,12 +209,16 @@ pub fn parse(
     let mut authorities = Vec::new();
     for (i, a) in raw.authorities.iter().enumerate() {
         authorities.push(
-            public_key(&a.key).map_err(|e| invalid(format!("ssh_gateway.authorities[{i}].key"), e))?,
+            public_key(&a.key)
+                .map_err(|e| invalid(format!("ssh_gateway.authorities[{i}].key"), e))?,
         );
     }
     let mut rules = Vec::new();
     for (i, r) in raw.rules.iter().enumerate() {
-        rules.push(r.rule().map_err(|e| invalid(format!("ssh_gateway.rules[{i}]"), e))?);
+        rules.push(
+            r.rule()
+                .map_err(|e| invalid(format!("ssh_gateway.rules[{i}]"), e))?,
+        );
     }
     let mut out_hosts = Vec::new();
     if let Some(h) = hosts {
@@ -215,10 +227,9 @@ pub fn parse(
             .ok_or_else(|| invalid("ssh", "must be an array of tables: [[ssh]]"))?;
         for (i, v) in list.iter().enumerate() {
             let key = |k: &str| format!("ssh[{i}].{k}");
-            let raw: RawHost = v
-                .clone()
-                .try_into()
-                .map_err(|e: toml::de::Error| invalid(format!("ssh[{i}]"), e.message().to_string()))?;
+            let raw: RawHost = v.clone().try_into().map_err(|e: toml::de::Error| {
+                invalid(format!("ssh[{i}]"), e.message().to_string())
+            })?;
             if raw.name.is_empty()
                 || !raw
                     .name
@@ -231,12 +242,16 @@ pub fn parse(
                 ));
             }
             if out_hosts.iter().any(|o: &Host| o.name == raw.name) {
-                return Err(invalid(key("name"), format!("{:?} is configured twice", raw.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is configured twice", raw.name),
+                ));
             }
             if raw.user.is_empty() || raw.user.contains('/') {
                 return Err(invalid(key("user"), "an upstream user name"));
             }
-            let host_key = known_hosts_key(&raw.host_key).map_err(|e| invalid(key("host_key"), e))?;
+            let host_key =
+                known_hosts_key(&raw.host_key).map_err(|e| invalid(key("host_key"), e))?;
             let key_text = match (&raw.key_file, &raw.key_env) {
                 (Some(f), None) => std::fs::read_to_string(resolve(f))
                     .map_err(|e| invalid(key("key_file"), format!("cannot read {}: {e}", f.display())))?,
@@ -253,7 +268,11 @@ pub fn parse(
             };
             let private = russh::keys::decode_secret_key(&key_text, None).map_err(|e| {
                 invalid(
-                    key(if raw.key_file.is_some() { "key_file" } else { "key_env" }),
+                    key(if raw.key_file.is_some() {
+                        "key_file"
+                    } else {
+                        "key_env"
+                    }),
                     format!("not an unencrypted OpenSSH private key: {e}"),
                 )
             })?;
@@ -261,21 +280,31 @@ pub fn parse(
                 (None, None) => None,
                 (Some(f), None) => {
                     let text = std::fs::read_to_string(resolve(f)).map_err(|e| {
-                        invalid(key("certificate_file"), format!("cannot read {}: {e}", f.display()))
+                        invalid(
+                            key("certificate_file"),
+                            format!("cannot read {}: {e}", f.display()),
+                        )
                     })?;
-                    Some(
-                        Certificate::from_openssh(text.trim())
-                            .map_err(|e| invalid(key("certificate_file"), format!("not an OpenSSH certificate: {e}")))?,
-                    )
+                    Some(Certificate::from_openssh(text.trim()).map_err(|e| {
+                        invalid(
+                            key("certificate_file"),
+                            format!("not an OpenSSH certificate: {e}"),
+                        )
+                    })?)
                 }
                 (None, Some(var)) => {
                     let text = env.get(var).ok_or_else(|| {
-                        invalid(key("certificate_env"), format!("environment variable {var} is not set"))
+                        invalid(
+                            key("certificate_env"),
+                            format!("environment variable {var} is not set"),
+                        )
                     })?;
-                    Some(
-                        Certificate::from_openssh(text.trim())
-                            .map_err(|e| invalid(key("certificate_env"), format!("not an OpenSSH certificate: {e}")))?,
-                    )
+                    Some(Certificate::from_openssh(text.trim()).map_err(|e| {
+                        invalid(
+                            key("certificate_env"),
+                            format!("not an OpenSSH certificate: {e}"),
+                        )
+                    })?)
                 }
                 _ => {
                     return Err(invalid(
@@ -294,7 +323,10 @@ pub fn parse(
             }
             let max_sessions = raw.max_sessions_per_connection.unwrap_or(8);
             if max_sessions == 0 || max_sessions > 64 {
-                return Err(invalid(key("max_sessions_per_connection"), "between 1 and 64 (sshd's MaxSessions is 10 by default)"));
+                return Err(invalid(
+                    key("max_sessions_per_connection"),
+                    "between 1 and 64 (sshd's MaxSessions is 10 by default)",
+                ));
             }
             out_hosts.push(Host {
                 name: raw.name,
@@ -316,7 +348,11 @@ pub fn parse(
             .as_deref()
             .map(resolve)
             .unwrap_or_else(|| data_dir.join("ssh_host_ed25519_key")),
-        hold_timeout: duration("ssh_gateway.hold_timeout", raw.hold_timeout.as_deref(), Duration::from_secs(600))?,
+        hold_timeout: duration(
+            "ssh_gateway.hold_timeout",
+            raw.hold_timeout.as_deref(),
+            Duration::from_secs(600),
+        )?,
         recordings_dir: raw
             .recordings_dir
             .as_deref()

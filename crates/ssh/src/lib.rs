@@ -94,8 +94,9 @@ impl SshGateway {
             nodelay: true,
             ..Default::default()
         };
-        let std_listener = std::net::TcpListener::bind(self.cfg.listen)
-            .map_err(|e| anyhow::anyhow!("ssh gateway: cannot listen on {}: {e}", self.cfg.listen))?;
+        let std_listener = std::net::TcpListener::bind(self.cfg.listen).map_err(|e| {
+            anyhow::anyhow!("ssh gateway: cannot listen on {}: {e}", self.cfg.listen)
+        })?;
         std_listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let addr = listener.local_addr()?;
@@ -120,7 +121,9 @@ impl SshGateway {
         tokio::spawn(async move {
             loop {
                 let d = dir.clone();
-                if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || recording::prune(&d, keep)).await {
+                if let Ok(Ok(n)) =
+                    tokio::task::spawn_blocking(move || recording::prune(&d, keep)).await
+                {
                     if n > 0 {
                         tracing::info!(removed = n, "ssh: recordings past their retention removed");
                     }
@@ -142,7 +145,11 @@ impl secondkey_server::extension::Extension for SshGateway {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, config: Arc<russh::server::Config>, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    config: Arc<russh::server::Config>,
+    shared: Arc<Shared>,
+) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
@@ -150,15 +157,22 @@ async fn accept_loop(listener: tokio::net::TcpListener, config: Arc<russh::serve
                 let handler = Agent::new(shared.clone(), Some(peer));
                 let config = config.clone();
                 tokio::spawn(async move {
-                    let started = tokio::time::timeout(LOGIN_TIMEOUT, russh::server::run_stream(config, tcp, handler)).await;
+                    let started = tokio::time::timeout(
+                        LOGIN_TIMEOUT,
+                        russh::server::run_stream(config, tcp, handler),
+                    )
+                    .await;
                     match started {
-                        Ok(Ok(session)) => {
-                            if let Err(e) = session.await {
-                                tracing::debug!(%peer, error = %e, "ssh connection ended");
+                        Ok(Ok(session)) => match session.await {
+                            Ok(()) | Err(russh::Error::Disconnect) => {}
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "ssh connection ended by a protocol error")
                             }
-                        }
+                        },
                         Ok(Err(e)) => tracing::warn!(%peer, error = %e, "ssh connection refused"),
-                        Err(_) => tracing::warn!(%peer, "ssh connection refused: no SSH greeting in time"),
+                        Err(_) => {
+                            tracing::warn!(%peer, "ssh connection refused: no SSH greeting in time")
+                        }
                     }
                 });
             }

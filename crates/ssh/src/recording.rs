@@ -44,9 +44,16 @@ pub fn path_of(dir: &Path, id: &str) -> Option<PathBuf> {
 
 impl Recorder {
     /// Starts `<dir>/<id>.cast` with the terminal's size and type.
-    pub fn create(dir: &Path, id: &str, width: u32, height: u32, term: &str) -> std::io::Result<Recorder> {
-        let path = path_of(dir, id)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad recording id"))?;
+    pub fn create(
+        dir: &Path,
+        id: &str,
+        width: u32,
+        height: u32,
+        term: &str,
+    ) -> std::io::Result<Recorder> {
+        let path = path_of(dir, id).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad recording id")
+        })?;
         std::fs::create_dir_all(dir)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -83,7 +90,11 @@ impl Recorder {
         }
         let text = String::from_utf8_lossy(&bytes);
         let t = self.started.elapsed().as_secs_f64();
-        let line = Value::Array(vec![json!((t * 1e6).round() / 1e6), json!("o"), json!(text)]);
+        let line = Value::Array(vec![
+            json!((t * 1e6).round() / 1e6),
+            json!("o"),
+            json!(text),
+        ]);
         writeln!(self.file, "{line}")
     }
 
@@ -198,7 +209,12 @@ pub fn read(text: &str) -> Result<Cast, PlayError> {
 
 /// Replays `cast` to `out`, waiting between events (divided by `speed`,
 /// each pause at most `max_pause`).
-pub fn play(cast: &Cast, out: &mut dyn Write, speed: f64, max_pause: Duration) -> std::io::Result<()> {
+pub fn play(
+    cast: &Cast,
+    out: &mut dyn Write,
+    speed: f64,
+    max_pause: Duration,
+) -> std::io::Result<()> {
     let mut last = 0.0f64;
     for (t, text) in &cast.output {
         let gap = ((t - last).max(0.0) / speed.max(0.001)).min(max_pause.as_secs_f64());
@@ -243,7 +259,10 @@ mod tests {
     #[test]
     fn malformed_recordings_are_refused_with_the_line() {
         assert!(matches!(read(""), Err(PlayError::Format { line: 1, .. })));
-        assert!(matches!(read("{\"version\": 1}"), Err(PlayError::Format { line: 1, .. })));
+        assert!(matches!(
+            read("{\"version\": 1}"),
+            Err(PlayError::Format { line: 1, .. })
+        ));
         let e = read("{\"version\": 2}\n[1.0, \"o\"]\n").unwrap_err();
         assert!(matches!(e, PlayError::Format { line: 2, .. }), "{e}");
     }

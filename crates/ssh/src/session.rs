@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use russh::keys::{Certificate, HashAlg};
-use russh::server::{self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::server::{
+    self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure};
 use secondkey_core::action::Digest;
 use secondkey_core::principal::Principal;
@@ -96,7 +98,8 @@ impl Agent {
             None if candidates.len() == 1 => candidates.first(),
             None => None,
         };
-        let principal = chosen.and_then(|id| self.sh.gateway.config.principals.get(id.as_str()).cloned());
+        let principal =
+            chosen.and_then(|id| self.sh.gateway.config.principals.get(id.as_str()).cloned());
         match principal {
             Some(p) => {
                 tracing::info!(peer = ?self.peer, principal = %p.id, host, how, "ssh agent logged in");
@@ -116,12 +119,20 @@ impl Agent {
 impl server::Handler for Agent {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, _user: &str, _offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
         // Checked after the signature proves possession (auth_publickey).
         Ok(Auth::Accept)
     }
 
-    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         let candidates: Vec<String> = self
             .sh
             .cfg
@@ -139,7 +150,11 @@ impl server::Handler for Agent {
         Ok(self.login(user, &candidates, "key"))
     }
 
-    async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -173,7 +188,9 @@ impl server::Handler for Agent {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(who) = self.who.clone() else {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         reply.accept().await;
@@ -225,7 +242,9 @@ impl server::Handler for Agent {
             _ => {
                 tracing::warn!(peer = ?self.peer, host_to_connect, port_to_connect,
                     "ssh: port forwarding refused (only configured host names are jump targets)");
-                reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
             }
         }
         Ok(())
@@ -272,8 +291,16 @@ async fn say(ch: &Channel<Msg>, text: &str, pty: bool) {
 }
 
 async fn finish(ch: &Channel<Msg>, status: u32) {
+    end(ch, status, false).await;
+}
+
+/// Sends the exit status, EOF (unless the upstream's was passed on
+/// already) and closes the channel.
+async fn end(ch: &Channel<Msg>, status: u32, eof_sent: bool) {
     let _ = ch.exit_status(status).await;
-    let _ = ch.eof().await;
+    if !eof_sent {
+        let _ = ch.eof().await;
+    }
     let _ = ch.close().await;
 }
 
@@ -417,12 +444,25 @@ impl Ctx {
             .await;
         match verdict {
             Err(e) => {
-                say(ch, &format!("secondkey could not decide this, so it was not run: {}\n", e.message), pty).await;
+                say(
+                    ch,
+                    &format!(
+                        "secondkey could not decide this, so it was not run: {}\n",
+                        e.message
+                    ),
+                    pty,
+                )
+                .await;
                 Go::Stop(exit::GATEWAY)
             }
             Ok(Verdict::Run(ex)) => Go::Run(ex),
             Ok(Verdict::Deny(d)) => {
-                let why: Vec<String> = d.reasons.iter().map(|r| r.message.clone()).filter(|m| !m.is_empty()).collect();
+                let why: Vec<String> = d
+                    .reasons
+                    .iter()
+                    .map(|r| r.message.clone())
+                    .filter(|m| !m.is_empty())
+                    .collect();
                 let mut text = format!("secondkey: denied: {}\n", d.message);
                 if !why.is_empty() {
                     text.push_str(&format!("secondkey: {}\n", why.join("; ")));
@@ -448,7 +488,14 @@ impl Ctx {
         }
     }
 
-    async fn wait(&self, ch: &mut Channel<Msg>, id: &str, digest: &Digest, pty: bool, held: &mut Held) -> Go {
+    async fn wait(
+        &self,
+        ch: &mut Channel<Msg>,
+        id: &str,
+        digest: &Digest,
+        pty: bool,
+        held: &mut Held,
+    ) -> Go {
         let gw = &self.sh.gateway;
         let deadline = Instant::now() + self.sh.cfg.hold_timeout;
         loop {
@@ -544,6 +591,8 @@ struct Relayed {
     bytes_in: u64,
     /// The agent went away before the upstream finished.
     agent_left: bool,
+    /// The upstream's EOF was passed on.
+    eof_sent: bool,
 }
 
 /// Relays between the agent's channel and the upstream's until the
@@ -589,8 +638,9 @@ async fn relay(
                 Some(ChannelMsg::ExitStatus { exit_status }) => r.exit = Some(exit_status),
                 Some(ChannelMsg::ExitSignal { signal_name, .. }) => r.signal = Some(format!("{signal_name:?}")),
                 Some(ChannelMsg::Eof) => {
-                    if agent_open {
+                    if agent_open && !r.eof_sent {
                         let _ = ch.eof().await;
+                        r.eof_sent = true;
                     }
                 }
                 Some(_) => {}
@@ -600,7 +650,12 @@ async fn relay(
     r
 }
 
-async fn forward_to_upstream(m: ChannelMsg, up: &mut UpChannel, r: &mut Relayed, rec: Option<&mut Recorder>) {
+async fn forward_to_upstream(
+    m: ChannelMsg,
+    up: &mut UpChannel,
+    r: &mut Relayed,
+    rec: Option<&mut Recorder>,
+) {
     match m {
         ChannelMsg::Data { data } => {
             r.bytes_in += data.len() as u64;
@@ -650,13 +705,20 @@ fn summary(r: &Relayed, started: Instant) -> (bool, Value) {
 
 /// Opens a channel upstream; on failure tells the agent and records the
 /// execution as failed (its authorization is already used).
-async fn open_upstream(ctx: &Ctx, ch: &Channel<Msg>, pool: &Pool, ex: &Execution, pty: bool) -> Option<UpChannel> {
+async fn open_upstream(
+    ctx: &Ctx,
+    ch: &Channel<Msg>,
+    pool: &Pool,
+    ex: &Execution,
+    pty: bool,
+) -> Option<UpChannel> {
     match pool.channel().await {
         Ok(up) => Some(up),
         Err(e) => {
             tracing::warn!(host = %pool.host().name, error = %e, "ssh: upstream unavailable");
             say(ch, &format!("secondkey: {e}\n"), pty).await;
-            ctx.record(ex, false, json!({"error": e.to_string(), "ran": false})).await;
+            ctx.record(ex, false, json!({"error": e.to_string(), "ran": false}))
+                .await;
             finish(ch, exit::GATEWAY).await;
             None
         }
@@ -697,7 +759,13 @@ pub fn scp_mode(script: &crate::shell::Script) -> Option<(Class, Vec<String>)> {
     Some((mode?, paths))
 }
 
-async fn run_command(ch: &mut Channel<Msg>, ctx: &Ctx, command: Vec<u8>, pty: Option<Pty>, env: Vec<String>) {
+async fn run_command(
+    ch: &mut Channel<Msg>,
+    ctx: &Ctx,
+    command: Vec<u8>,
+    pty: Option<Pty>,
+    env: Vec<String>,
+) {
     let tty = pty.is_some();
     let Some(pool) = ctx.pool() else {
         return ctx.unknown_host(ch, tty).await;
@@ -739,15 +807,23 @@ async fn run_command(ch: &mut Channel<Msg>, ctx: &Ctx, command: Vec<u8>, pty: Op
         "resource": ctx.resource(&pool),
         "params": params,
     });
-    let mut held = Held { msgs: VecDeque::new(), bytes: 0 };
+    let mut held = Held {
+        msgs: VecDeque::new(),
+        bytes: 0,
+    };
     let ex = match ctx.decide(ch, action, facts, tty, &mut held).await {
         Go::Stop(code) => return finish(ch, code).await,
         Go::Run(ex) => ex,
     };
     let started = Instant::now();
-    let Some(mut up) = open_upstream(ctx, ch, &pool, &ex, tty).await else { return };
+    let Some(mut up) = open_upstream(ctx, ch, &pool, &ex, tty).await else {
+        return;
+    };
     if let Some(p) = &pty {
-        let _ = up.channel.request_pty(false, &p.term, p.cols, p.rows, 0, 0, &p.modes).await;
+        let _ = up
+            .channel
+            .request_pty(false, &p.term, p.cols, p.rows, 0, 0, &p.modes)
+            .await;
     }
     // Exactly the bytes that were decided, once.
     if let Err(e) = up.channel.exec(true, command).await {
@@ -760,13 +836,19 @@ async fn run_command(ch: &mut Channel<Msg>, ctx: &Ctx, command: Vec<u8>, pty: Op
     let (ok, s) = summary(&r, started);
     ctx.record(&ex, ok, s).await;
     if !r.agent_left {
-        finish(ch, r.exit.unwrap_or(exit::GATEWAY)).await;
+        end(ch, r.exit.unwrap_or(exit::GATEWAY), r.eof_sent).await;
     }
 }
 
 async fn upstream_failed(ctx: &Ctx, ch: &Channel<Msg>, ex: &Execution, e: &str, pty: bool) {
-    say(ch, &format!("secondkey: the upstream host did not start it: {e}\n"), pty).await;
-    ctx.record(ex, false, json!({"error": e, "ran": false})).await;
+    say(
+        ch,
+        &format!("secondkey: the upstream host did not start it: {e}\n"),
+        pty,
+    )
+    .await;
+    ctx.record(ex, false, json!({"error": e, "ran": false}))
+        .await;
     finish(ch, exit::GATEWAY).await;
 }
 
@@ -784,15 +866,26 @@ async fn run_shell(ch: &mut Channel<Msg>, ctx: &Ctx, pty: Option<Pty>, env: Vec<
         "resource": ctx.resource(&pool),
         "params": {"shell": true, "term": pty.as_ref().map(|p| p.term.clone()), "env": env},
     });
-    let mut held = Held { msgs: VecDeque::new(), bytes: 0 };
+    let mut held = Held {
+        msgs: VecDeque::new(),
+        bytes: 0,
+    };
     let ex = match ctx.decide(ch, action, facts, tty, &mut held).await {
         Go::Stop(code) => return finish(ch, code).await,
         Go::Run(ex) => ex,
     };
     let started = Instant::now();
-    let Some(mut up) = open_upstream(ctx, ch, &pool, &ex, tty).await else { return };
+    let Some(mut up) = open_upstream(ctx, ch, &pool, &ex, tty).await else {
+        return;
+    };
     let p = pty.clone().unwrap_or_default();
-    let mut rec = match Recorder::create(&ctx.sh.cfg.recordings_dir, &ex.id, p.cols.max(1), p.rows.max(1), if p.term.is_empty() { "dumb" } else { &p.term }) {
+    let mut rec = match Recorder::create(
+        &ctx.sh.cfg.recordings_dir,
+        &ex.id,
+        p.cols.max(1),
+        p.rows.max(1),
+        if p.term.is_empty() { "dumb" } else { &p.term },
+    ) {
         Ok(r) => r,
         Err(e) => {
             // An allowed session is recorded, or it does not run.
@@ -801,7 +894,10 @@ async fn run_shell(ch: &mut Channel<Msg>, ctx: &Ctx, pty: Option<Pty>, env: Vec<
         }
     };
     if let Some(p) = &pty {
-        let _ = up.channel.request_pty(false, &p.term, p.cols, p.rows, 0, 0, &p.modes).await;
+        let _ = up
+            .channel
+            .request_pty(false, &p.term, p.cols, p.rows, 0, 0, &p.modes)
+            .await;
     }
     if let Err(e) = up.channel.request_shell(true).await {
         return upstream_failed(ctx, ch, &ex, &e.to_string(), tty).await;
@@ -821,7 +917,7 @@ async fn run_shell(ch: &mut Channel<Msg>, ctx: &Ctx, pty: Option<Pty>, env: Vec<
     }
     ctx.record(&ex, ok, s).await;
     if !r.agent_left {
-        finish(ch, r.exit.unwrap_or(exit::GATEWAY)).await;
+        end(ch, r.exit.unwrap_or(exit::GATEWAY), r.eof_sent).await;
     }
 }
 
@@ -847,7 +943,12 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
                     if c.channel.request_subsystem(true, "sftp").await.is_err()
                         || wait_reply(&mut c.channel).await.is_err()
                     {
-                        say(ch, "secondkey: the upstream host refused the sftp subsystem\n", false).await;
+                        say(
+                            ch,
+                            "secondkey: the upstream host refused the sftp subsystem\n",
+                            false,
+                        )
+                        .await;
                         return finish(ch, exit::GATEWAY).await;
                     }
                     up = Some(c);
@@ -933,7 +1034,17 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
                 None | Some(ChannelMsg::Close) => break,
                 Some(ChannelMsg::Data { data }) => {
                     outbuf.extend_from_slice(&data);
-                    while let Ok(Some(p)) = sftp::take_packet(&mut outbuf) {
+                    loop {
+                        let p = match sftp::take_packet(&mut outbuf) {
+                            Ok(Some(p)) => p,
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(host = %pool.host().name, error = %e, "ssh: malformed SFTP reply from the upstream; session closed");
+                                say(ch, &format!("secondkey: the upstream sent {e}; the session is closed\n"), false).await;
+                                let _ = u.channel.close().await;
+                                return finish(ch, exit::GATEWAY).await;
+                            }
+                        };
                         if p.len() >= 5 {
                             let id = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
                             if let Some((ex, at)) = pending.remove(&id) {
@@ -957,7 +1068,12 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
         }
     }
     for (_, (ex, _)) in pending {
-        ctx.record(&ex, false, json!({"status": "unknown", "duration_ms": started.elapsed().as_millis() as u64})).await;
+        ctx.record(
+            &ex,
+            false,
+            json!({"status": "unknown", "duration_ms": started.elapsed().as_millis() as u64}),
+        )
+        .await;
     }
     finish(ch, 0).await;
 }

@@ -226,16 +226,52 @@ mod tests {
     #[test]
     fn requests_are_classified_by_what_they_do() {
         let attrs = 0u32.to_be_bytes();
-        let cases: Vec<(Vec<u8>, Option<(&str, Class, Vec<&str>)>)> = vec![
-            (frame(OPEN, 1, &[&s("/etc/shadow"), &1u32.to_be_bytes(), &attrs]), Some(("open", Class::Export, vec!["/etc/shadow"]))),
-            (frame(OPEN, 2, &[&s("up.txt"), &0x1au32.to_be_bytes(), &attrs]), Some(("open", Class::Write, vec!["up.txt"]))),
-            (frame(OPEN, 3, &[&s("rw"), &3u32.to_be_bytes(), &attrs]), Some(("open", Class::Export, vec!["rw"]))),
-            (frame(REMOVE, 4, &[&s("x")]), Some(("remove", Class::Write, vec!["x"]))),
-            (frame(RENAME, 5, &[&s("a"), &s("b")]), Some(("rename", Class::Write, vec!["a", "b"]))),
-            (frame(OPENDIR, 6, &[&s("/var/log")]), Some(("opendir", Class::Read, vec!["/var/log"]))),
-            (frame(EXTENDED, 7, &[&s("posix-rename@openssh.com"), &s("a"), &s("b")]), Some(("extended:posix-rename@openssh.com", Class::Write, vec!["a", "b"]))),
-            (frame(EXTENDED, 8, &[&s("copy-data"), &[0u8; 8]]), Some(("extended:copy-data", Class::Admin, vec![]))),
-            (frame(EXTENDED, 9, &[&s("statvfs@openssh.com"), &s("/")]), None),
+        type Want<'a> = Option<(&'a str, Class, Vec<&'a str>)>;
+        let cases: Vec<(Vec<u8>, Want)> = vec![
+            (
+                frame(OPEN, 1, &[&s("/etc/shadow"), &1u32.to_be_bytes(), &attrs]),
+                Some(("open", Class::Export, vec!["/etc/shadow"])),
+            ),
+            (
+                frame(OPEN, 2, &[&s("up.txt"), &0x1au32.to_be_bytes(), &attrs]),
+                Some(("open", Class::Write, vec!["up.txt"])),
+            ),
+            (
+                frame(OPEN, 3, &[&s("rw"), &3u32.to_be_bytes(), &attrs]),
+                Some(("open", Class::Export, vec!["rw"])),
+            ),
+            (
+                frame(REMOVE, 4, &[&s("x")]),
+                Some(("remove", Class::Write, vec!["x"])),
+            ),
+            (
+                frame(RENAME, 5, &[&s("a"), &s("b")]),
+                Some(("rename", Class::Write, vec!["a", "b"])),
+            ),
+            (
+                frame(OPENDIR, 6, &[&s("/var/log")]),
+                Some(("opendir", Class::Read, vec!["/var/log"])),
+            ),
+            (
+                frame(
+                    EXTENDED,
+                    7,
+                    &[&s("posix-rename@openssh.com"), &s("a"), &s("b")],
+                ),
+                Some((
+                    "extended:posix-rename@openssh.com",
+                    Class::Write,
+                    vec!["a", "b"],
+                )),
+            ),
+            (
+                frame(EXTENDED, 8, &[&s("copy-data"), &[0u8; 8]]),
+                Some(("extended:copy-data", Class::Admin, vec![])),
+            ),
+            (
+                frame(EXTENDED, 9, &[&s("statvfs@openssh.com"), &s("/")]),
+                None,
+            ),
             (frame(17, 10, &[&s("/etc/shadow")]), None), // STAT: metadata
         ];
         for (bytes, want) in cases {
@@ -257,12 +293,18 @@ mod tests {
     #[test]
     fn hostile_framing_is_refused() {
         let mut big = ((MAX_PACKET + 1) as u32).to_be_bytes().to_vec();
-        assert_eq!(take_packet(&mut big), Err(SftpError::TooLarge(MAX_PACKET + 1)));
+        assert_eq!(
+            take_packet(&mut big),
+            Err(SftpError::TooLarge(MAX_PACKET + 1))
+        );
         let mut empty = 0u32.to_be_bytes().to_vec();
         assert!(take_packet(&mut empty).is_err());
         // A string claiming more bytes than the packet has.
         let p = [OPEN, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, b'a'];
-        assert_eq!(decided_op(&p), Err(SftpError::Malformed("a string longer than its packet")));
+        assert_eq!(
+            decided_op(&p),
+            Err(SftpError::Malformed("a string longer than its packet"))
+        );
         // Not UTF-8.
         let mut p = vec![REMOVE, 0, 0, 0, 1];
         p.extend_from_slice(&s("x"));

@@ -66,7 +66,9 @@ impl Redirect {
         match self.op.as_str() {
             ">" | ">>" | ">|" | "<>" | "&>" | "&>>" => true,
             // `>&2` duplicates a descriptor; `>&file` (bash) writes a file.
-            ">&" => !matches!(&self.target, Word::Lit(t) if t == "-" || t.bytes().all(|b| b.is_ascii_digit())),
+            ">&" => {
+                !matches!(&self.target, Word::Lit(t) if t == "-" || t.bytes().all(|b| b.is_ascii_digit()))
+            }
             _ => false,
         }
     }
@@ -122,8 +124,8 @@ pub fn parse(src: &str) -> Script {
 }
 
 const RESERVED: &[&str] = &[
-    "if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for", "in",
-    "function", "select", "coproc", "[[", "]]", "!",
+    "if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for",
+    "in", "function", "select", "coproc", "[[", "]]", "!",
 ];
 
 /// A lexed token.
@@ -503,9 +505,9 @@ impl Reader<'_, '_> {
                 b'{' => {
                     // bash brace expansion `{a,b}` / `{1..3}`.
                     let rest = &self.s[self.i..];
-                    let end = rest
-                        .iter()
-                        .position(|&b| matches!(b, b'}' | b' ' | b'\t' | b'\n' | b';' | b'|' | b'&'));
+                    let end = rest.iter().position(|&b| {
+                        matches!(b, b'}' | b' ' | b'\t' | b'\n' | b';' | b'|' | b'&')
+                    });
                     if let Some(e) = end {
                         let inner = &rest[..e];
                         if rest.get(e) == Some(&b'}')
@@ -537,7 +539,9 @@ impl Reader<'_, '_> {
             match r.iter().position(|&b| b == b'=') {
                 Some(p) if p > 0 => {
                     (r[0].is_ascii_alphabetic() || r[0] == b'_')
-                        && r[..p].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                        && r[..p]
+                            .iter()
+                            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
                 }
                 _ => false,
             }
@@ -618,7 +622,10 @@ impl Reader<'_, '_> {
                     return false;
                 };
                 let body = &self.s[self.i + 3..end];
-                if body.contains(&b'`') || body.windows(2).any(|w| w == b"$(") || body.contains(&b'[') {
+                if body.contains(&b'`')
+                    || body.windows(2).any(|w| w == b"$(")
+                    || body.contains(&b'[')
+                {
                     self.opaque("a command or subscript inside an arithmetic expansion");
                 }
                 self.i = end + 1;

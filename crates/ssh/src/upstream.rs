@@ -46,12 +46,13 @@ pub struct Pinned {
 impl client::Handler for Pinned {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let presented = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
-            PublicKeyOrCertificate::Certificate(c) => {
-                PublicKey::new(c.public_key().clone(), "")
-            }
+            PublicKeyOrCertificate::Certificate(c) => PublicKey::new(c.public_key().clone(), ""),
         };
         if presented.key_data() == self.pinned.key_data() {
             return Ok(true);

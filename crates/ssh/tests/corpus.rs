@@ -203,7 +203,11 @@ fn the_bypass_corpus_is_never_below_admin() {
             failures.push(format!("{b:?} → {c:?}"));
         }
     }
-    assert!(failures.is_empty(), "classified below admin:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "classified below admin:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -248,7 +252,8 @@ fn configured_rules_extend_the_defaults() {
 
 #[test]
 fn facts_name_programs_and_paths() {
-    let a = Classifier::new(vec![]).classify_str("sudo systemctl restart postgresql && cat /etc/x > /tmp/out");
+    let a = Classifier::new(vec![])
+        .classify_str("sudo systemctl restart postgresql && cat /etc/x > /tmp/out");
     assert_eq!(a.class, Class::Admin);
     assert!(a.commands.contains("sudo") && a.commands.contains("cat"));
     assert!(a.paths.contains("/etc/x") && a.paths.contains("/tmp/out"));
