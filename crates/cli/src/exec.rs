@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::client::Client;
+use secondkey_core::time::format_duration as human;
 
 /// Exit codes of `secondkey exec` when the command did not run. They are
 /// the SSH gateway's too (what an agent's `ssh` exits with).
@@ -321,10 +322,7 @@ fn denied(v: &Value) -> ExitCode {
 /// Waits for request `id`; `Err(exit code)` when it ends without approval.
 fn wait_decision(c: &Client, id: &str, url: &str, wait: Duration) -> Result<Result<(), ExitCode>> {
     eprintln!("secondkey: held for review as request {id}: {url}");
-    eprintln!(
-        "secondkey: waiting up to {} for a decision…",
-        crate::exec::human(wait)
-    );
+    eprintln!("secondkey: waiting up to {} for a decision…", human(wait));
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -383,17 +381,6 @@ fn wait_decision(c: &Client, id: &str, url: &str, wait: Duration) -> Result<Resu
                 )))
             }
         }
-    }
-}
-
-pub fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
-        format!("{}h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
     }
 }
 

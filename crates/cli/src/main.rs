@@ -674,7 +674,7 @@ fn recording(cmd: RecordingCmd) -> Result<ExitCode> {
                 bytes.len(),
                 hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
             );
-            if !(speed > 0.0 && speed.is_finite()) || !(max_pause >= 0.0 && max_pause.is_finite()) {
+            if !(speed > 0.0 && speed.is_finite() && max_pause >= 0.0 && max_pause.is_finite()) {
                 bail!("--speed must be above 0 and --max-pause at least 0");
             }
             let mut out = std::io::stdout();

@@ -16,6 +16,7 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure};
 use secondkey_core::action::Digest;
 use secondkey_core::principal::Principal;
 use secondkey_core::request::RequestState;
+use secondkey_core::time::format_duration as human;
 use secondkey_server::intercept::{Execution, ExecutionResult, Intercept, Verdict};
 use secondkey_server::Gateway;
 use serde_json::{json, Map, Value};
@@ -570,15 +571,6 @@ impl Ctx {
         if let Err(e) = self.sh.gateway.record_execution(&self.who, ex, r).await {
             tracing::warn!(execution = %ex.id, error = %e.message, "ssh: could not record a result");
         }
-    }
-}
-
-fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
     }
 }
 
