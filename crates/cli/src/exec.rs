@@ -20,14 +20,10 @@ use sha2::{Digest, Sha256};
 use crate::client::Client;
 use secondkey_core::time::format_duration as human;
 
-/// Exit codes of `secondkey exec` when the command did not run. They are
-/// the SSH gateway's too (what an agent's `ssh` exits with).
+/// Exit codes of `secondkey exec` when the command did not run: the SSH
+/// gateway's, and 127 for a command that cannot start.
 pub mod code {
-    pub const DENIED: u8 = 100;
-    pub const EXPIRED: u8 = 101;
-    pub const TIMED_OUT: u8 = 102;
-    pub const NOT_RUN: u8 = 103;
-    pub const GATEWAY: u8 = 104;
+    pub use secondkey_ssh::exit::*;
     pub const CANNOT_START: u8 = 127;
 }
 

@@ -11,10 +11,7 @@ mod common;
 mod fakes;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -46,8 +43,14 @@ forbid(principal, action == Action::"exec.migrate", resource);
 
 #[derive(Clone)]
 struct Issuer {
-    base: String,
+    base: std::sync::Arc<std::sync::OnceLock<String>>,
     key: std::sync::Arc<fakes::RsaKey>,
+}
+
+impl Issuer {
+    fn base(&self) -> &str {
+        self.base.get().map(String::as_str).unwrap_or_default()
+    }
 }
 
 fn mint(key: &fakes::RsaKey, iss: &str, aud: &str, sub: &str, extra: Value) -> String {
@@ -69,7 +72,7 @@ fn mint(key: &fakes::RsaKey, iss: &str, aud: &str, sub: &str, extra: Value) -> S
 
 async fn metadata(State(s): State<Issuer>) -> Json<Value> {
     Json(
-        json!({"issuer": s.base, "jwks_uri": format!("{}/keys", s.base),
+        json!({"issuer": s.base(), "jwks_uri": format!("{}/keys", s.base()),
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "subject_types_supported": ["public", "pairwise"], "response_types_supported": ["id_token"]}),
     )
@@ -100,7 +103,7 @@ async fn token(
         .unwrap_or_else(|| "https://github.com/acme".into());
     let jwt = mint(
         &s.key,
-        &s.base,
+        s.base(),
         &aud,
         "repo:acme/api:ref:refs/heads/main",
         json!({"repository": "acme/api", "ref": "refs/heads/main", "actor": "octocat", "sha": "abc123"}),
@@ -109,11 +112,8 @@ async fn token(
 }
 
 fn issuer(dir: &std::path::Path) -> Issuer {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
     let s = Issuer {
-        base,
+        base: Default::default(),
         key: std::sync::Arc::new(fakes::rsa_key(dir, "ci-issuer")),
     };
     let app = Router::new()
@@ -121,52 +121,8 @@ fn issuer(dir: &std::path::Path) -> Issuer {
         .route("/keys", get(keys))
         .route("/token", get(token))
         .with_state(s.clone());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(l).unwrap();
-            axum::serve(l, app).await.unwrap();
-        });
-    });
+    let _ = s.base.set(fakes::serve(app));
     s
-}
-
-struct Step {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Step {
-    fn wait_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!("no stderr line with {needle:?}; saw {:?}", self.seen);
-    }
-
-    /// (exit code, stdout, all stderr lines).
-    fn finish(mut self) -> (i32, String, Vec<String>) {
-        let status = self.child.wait().unwrap();
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut out).unwrap();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(l);
-        }
-        (status.code().unwrap_or(-1), out, self.seen)
-    }
 }
 
 fn github_env(iss: &Issuer) -> Vec<(&'static str, String)> {
@@ -181,13 +137,13 @@ fn github_env(iss: &Issuer) -> Vec<(&'static str, String)> {
         ("GITHUB_RUN_ID", "4242".into()),
         (
             "ACTIONS_ID_TOKEN_REQUEST_URL",
-            format!("{}/token?api-version=2.0", iss.base),
+            format!("{}/token?api-version=2.0", iss.base()),
         ),
         ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", RUNNER_TOKEN.into()),
     ]
 }
 
-fn step(g: &Gateway, env: &[(&str, String)], args: &[&str], cwd: &std::path::Path) -> Step {
+fn step(g: &Gateway, env: &[(&str, String)], args: &[&str], cwd: &std::path::Path) -> Watched {
     let mut c = Command::new(BIN);
     c.arg("exec")
         .args(["--url", &g.url])
@@ -197,65 +153,33 @@ fn step(g: &Gateway, env: &[(&str, String)], args: &[&str], cwd: &std::path::Pat
         .env_remove("GITHUB_ACTIONS")
         .env_remove("GITLAB_CI")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    Step {
-        child,
-        lines,
-        seen: vec![],
-    }
+        .stdin(Stdio::null());
+    Watched::spawn(c)
 }
 
-fn request_id(line: &str) -> String {
-    let at = line
-        .find("req_")
-        .unwrap_or_else(|| panic!("no request id in {line:?}"));
-    line[at..]
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn log(g: &Gateway) -> Vec<Value> {
-    let (code, out, err) = run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--format",
-            "jsonl",
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{err}");
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn wait_log(g: &Gateway, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(e) = log(g).into_iter().find(&f) {
-            return e;
-        }
-        assert!(Instant::now() < deadline, "never logged: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// A GitHub Actions step: `--oidc-audience secondkey --resource R
+/// --operation OP [extra…] -- argv…`.
+fn gh_step(
+    g: &Gateway,
+    iss: &Issuer,
+    resource: &str,
+    op: &str,
+    extra: &[&str],
+    argv: &[&str],
+    cwd: &std::path::Path,
+) -> Watched {
+    let mut args = vec![
+        "--oidc-audience",
+        "secondkey",
+        "--resource",
+        resource,
+        "--operation",
+        op,
+    ];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(argv);
+    step(g, &github_env(iss), &args, cwd)
 }
 
 #[test]
@@ -277,7 +201,7 @@ require_configured = true
 "repo:acme/api:ref:refs/heads/main" = "service:deploy"
 "project_path:acme/api:ref_type:branch:ref:main" = "service:deploy"
 "#,
-        base = iss.base
+        base = iss.base()
     );
     let g = Gateway::start_full(&tmp.path().join("gw"), POLICY, "", &extra, &[]);
     let work = tmp.path().join("work");
@@ -287,29 +211,18 @@ require_configured = true
         "echo deploying \"$1\"; echo \"$1\" >> {}",
         deployed.display()
     );
-    let gh = github_env(&iss);
+    let deploy = |v: &'static str| ["sh", "-c", script.as_str(), "deploy", v];
+    let prod = "deploy://prod/api";
 
     // A held production deploy: the request URL while it waits, then the
     // approved argv runs exactly once.
-    let mut s = step(
+    let mut s = gh_step(
         &g,
-        &gh,
-        &[
-            "--oidc-audience",
-            "secondkey",
-            "--resource",
-            "deploy://prod/api",
-            "--operation",
-            "deploy",
-            "--justification",
-            "release v1.2.3",
-            "--",
-            "sh",
-            "-c",
-            &script,
-            "deploy",
-            "v1.2.3",
-        ],
+        &iss,
+        prod,
+        "deploy",
+        &["--justification", "release v1.2.3"],
+        &deploy("v1.2.3"),
         &work,
     );
     let held = s.wait_line("held for review as request");
@@ -321,11 +234,7 @@ require_configured = true
         "the CI's OIDC identity: {req}"
     );
     let a = &req["action"];
-    assert_eq!(
-        a["params"]["argv"],
-        json!(["sh", "-c", script, "deploy", "v1.2.3"]),
-        "{req}"
-    );
+    assert_eq!(a["params"]["argv"], json!(deploy("v1.2.3")), "{req}");
     assert_eq!(a["params"]["cwd"], work.to_str().unwrap(), "{req}");
     assert_eq!(a["context"]["ci"]["repository"], "acme/api", "{req}");
     assert_eq!(
@@ -336,7 +245,7 @@ require_configured = true
     assert!(!deployed.exists(), "nothing ran while held");
     let (st, v) = g.review("user:bob", &id, "approve");
     assert_eq!(st, 200, "{v}");
-    let (code, out, err) = s.finish();
+    let (code, out, err) = s.finish(60);
     assert_eq!(code, 0, "{err:?}");
     assert_eq!(out, "deploying v1.2.3\n", "its output streams through");
     assert_eq!(
@@ -345,7 +254,7 @@ require_configured = true
         "ran once"
     );
     assert!(err.last().unwrap().contains("succeeded"), "{err:?}");
-    let detail = wait_log(&g, "the deploy's result", |e| {
+    let detail = g.wait_log("the deploy's result", |e| {
         e["event"] == "action.result.detail" && e["subjects"]["request"] == id.as_str()
     });
     let summary = &detail["payload"]["summary"];
@@ -360,30 +269,22 @@ require_configured = true
     assert_eq!(req["state"], "executed", "{req}");
 
     // An allowed step that fails: its exit code passes through and is recorded.
-    let s = step(
+    let s = gh_step(
         &g,
-        &gh,
-        &[
-            "--oidc-audience",
-            "secondkey",
-            "--resource",
-            "deploy://staging/api",
-            "--operation",
-            "deploy",
-            "--",
-            "sh",
-            "-c",
-            "echo broken >&2; exit 3",
-        ],
+        &iss,
+        "deploy://staging/api",
+        "deploy",
+        &[],
+        &["sh", "-c", "echo broken >&2; exit 3"],
         &work,
     );
-    let (code, _, err) = s.finish();
+    let (code, _, err) = s.finish(60);
     assert_eq!(code, 3, "{err:?}");
     assert!(
         err.iter().any(|l| l.contains("failed with exit code 3")),
         "{err:?}"
     );
-    wait_log(&g, "the failed step's result", |e| {
+    g.wait_log("the failed step's result", |e| {
         e["event"] == "action.result"
             && e["payload"]["summary"]["exit_code"] == 3
             && e["payload"]["ok"] == false
@@ -392,7 +293,7 @@ require_configured = true
     // GitLab: the `id_tokens` variable is the bearer token.
     let gl_token = mint(
         &iss.key,
-        &iss.base,
+        iss.base(),
         "secondkey",
         "project_path:acme/api:ref_type:branch:ref:main",
         json!({}),
@@ -420,78 +321,38 @@ require_configured = true
         ],
         &work,
     );
-    let (code, _, err) = s.finish();
+    let (code, _, err) = s.finish(60);
     assert_eq!(code, 0, "{err:?}");
 
     // Denied by the reviewer: 100, nothing ran.
-    let mut s = step(
-        &g,
-        &gh,
-        &[
-            "--oidc-audience",
-            "secondkey",
-            "--resource",
-            "deploy://prod/api",
-            "--operation",
-            "deploy",
-            "--",
-            "sh",
-            "-c",
-            &script,
-            "deploy",
-            "v9",
-        ],
-        &work,
-    );
+    let mut s = gh_step(&g, &iss, prod, "deploy", &[], &deploy("v9"), &work);
     let id = request_id(&s.wait_line("held for review as request"));
     g.review("user:bob", &id, "deny");
-    let (code, _, err) = s.finish();
+    let (code, _, err) = s.finish(60);
     assert_eq!(code, 100, "{err:?}");
     // Pending past --wait-timeout: 102, nothing ran, the request stays pending.
-    let s = step(
+    let s = gh_step(
         &g,
-        &gh,
-        &[
-            "--oidc-audience",
-            "secondkey",
-            "--resource",
-            "deploy://prod/api",
-            "--operation",
-            "deploy",
-            "--wait-timeout",
-            "2s",
-            "--",
-            "sh",
-            "-c",
-            &script,
-            "deploy",
-            "v10",
-        ],
+        &iss,
+        prod,
+        "deploy",
+        &["--wait-timeout", "2s"],
+        &deploy("v10"),
         &work,
     );
-    let (code, _, err) = s.finish();
+    let (code, _, err) = s.finish(60);
     assert_eq!(code, 102, "{err:?}");
     // Expired before a decision: 101.
-    let s = step(
+    let s = gh_step(
         &g,
-        &gh,
-        &[
-            "--oidc-audience",
-            "secondkey",
-            "--resource",
-            "db://prod/main",
-            "--operation",
-            "migrate",
-            "--",
-            "sh",
-            "-c",
-            &script,
-            "migrate",
-            "v11",
-        ],
+        &iss,
+        "db://prod/main",
+        "migrate",
+        &[],
+        &deploy("v11"),
         &work,
     );
-    let (code, _, err) = s.finish();
+    let (code, _, err) = s.finish(60);
     assert_eq!(code, 101, "{err:?}");
     assert_eq!(
         std::fs::read_to_string(&deployed).unwrap(),
@@ -500,40 +361,27 @@ require_configured = true
     );
     // A token the gateway does not accept: 104, nothing ran.
     let bad = vec![("BAD", "not-a-token".to_string())];
-    let s = step(
-        &g,
-        &bad,
-        &[
-            "--token-env",
-            "BAD",
-            "--resource",
-            "deploy://staging/api",
-            "--",
-            "sh",
-            "-c",
-            &script,
-            "x",
-            "bad",
-        ],
-        &work,
-    );
-    let (code, _, err) = s.finish();
+    let mut args = vec![
+        "--token-env",
+        "BAD",
+        "--resource",
+        "deploy://staging/api",
+        "--",
+    ];
+    args.extend_from_slice(&deploy("bad"));
+    let (code, _, err) = step(&g, &bad, &args, &work).finish(60);
     assert_eq!(code, 104, "{err:?}");
     // A command that cannot start: 127, recorded as failed.
-    let s = step(
+    let s = gh_step(
         &g,
-        &gh,
-        &[
-            "--oidc-audience",
-            "secondkey",
-            "--resource",
-            "deploy://staging/api",
-            "--",
-            "/nonexistent/deploy",
-        ],
+        &iss,
+        "deploy://staging/api",
+        "run",
+        &[],
+        &["/nonexistent/deploy"],
         &work,
     );
-    let (code, _, err) = s.finish();
+    let (code, _, err) = s.finish(60);
     assert_eq!(code, 127, "{err:?}");
     assert_eq!(std::fs::read_to_string(&deployed).unwrap(), "v1.2.3\n");
     // --help documents the exit codes.

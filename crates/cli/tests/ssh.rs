@@ -10,10 +10,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -261,96 +260,9 @@ impl World {
         std::fs::read_to_string(self.dir.join("systemctl.log")).unwrap_or_default()
     }
 
-    fn log(&self) -> Vec<Value> {
-        let (code, out, err) = run_cli(
-            &[
-                "log",
-                "export",
-                "--config",
-                self.g.config.to_str().unwrap(),
-                "--format",
-                "jsonl",
-            ],
-            &self.g.url,
-            None,
-        );
-        assert_eq!(code, 0, "{err}");
-        out.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn wait_log(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(e) = self.log().into_iter().find(&f) {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "never logged: {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     fn gateway_log(&self) -> String {
         std::fs::read_to_string(self.g.dir.join("gateway.log")).unwrap_or_default()
     }
-}
-
-/// Starts `cmd` with stderr piped; returns the child and its stderr lines.
-fn spawn_watching(mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
-fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(l) if l.contains(needle) => return l,
-            Ok(l) => seen.push(l),
-            Err(_) => break,
-        }
-    }
-    panic!("no stderr line with {needle:?}; saw {seen:?}");
-}
-
-fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the ssh client did not finish within {secs}s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn request_id(line: &str) -> String {
-    let at = line
-        .find("req_")
-        .unwrap_or_else(|| panic!("no request id in {line:?}"));
-    line[at..]
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -382,7 +294,7 @@ fn ssh_gateway_with_openssh_on_both_sides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let entry = w.wait_log("the read's result", |e| {
+    let entry = w.g.wait_log("the read's result", |e| {
         e["event"] == "action.result" && e["payload"]["summary"]["exit_status"] == 0
     });
     assert!(
@@ -393,8 +305,8 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     // Done when: sudo systemctl restart postgresql on a prod host is held,
     // approved, and run once with the gateway's key.
     let cmd = "sudo systemctl restart postgresql";
-    let (mut child, lines) = spawn_watching(w.ssh(&key, "prod-db-1", &[cmd]));
-    let held = wait_line(&lines, "held for review as request");
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &[cmd]));
+    let held = child.wait_line("held for review as request");
     assert!(
         held.contains(&w.g.url),
         "the line names the request's URL: {held}"
@@ -412,17 +324,15 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     assert_eq!(req["action"]["params"]["command"], cmd, "{req}");
     let (s, v) = w.g.review("user:bob", &id, "approve");
     assert_eq!(s, 200, "{v}");
-    let status = wait_exit(&mut child, 60);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert!(status.success(), "{status}");
+    let (code, stdout, err) = child.finish(60);
+    assert_eq!(code, 0, "{err:?}");
     assert_eq!(stdout, "systemctl restart postgresql: done\n");
     assert_eq!(
         w.systemctl_log(),
         "restart postgresql\n",
         "ran exactly once"
     );
-    let detail = w.wait_log("the approved command's result", |e| {
+    let detail = w.g.wait_log("the approved command's result", |e| {
         e["event"] == "action.result.detail" && e["subjects"]["request"] == id.as_str()
     });
     let summary = &detail["payload"]["summary"];
@@ -437,13 +347,13 @@ fn ssh_gateway_with_openssh_on_both_sides() {
 
     // The same command again is a new request (the approval was used);
     // denied, it exits 100 and nothing runs.
-    let (mut child, lines) = spawn_watching(w.ssh(&key, "prod-db-1", &[cmd]));
-    let id2 = request_id(&wait_line(&lines, "held for review as request"));
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &[cmd]));
+    let id2 = request_id(&child.wait_line("held for review as request"));
     assert_ne!(id2, id);
     w.g.review("user:bob", &id2, "deny");
-    let denied = wait_line(&lines, "was denied");
+    let denied = child.wait_line("was denied");
     assert!(denied.contains("user:bob"), "{denied}");
-    assert_eq!(wait_exit(&mut child, 30).code(), Some(100));
+    assert_eq!(child.finish(30).0, 100);
     assert_eq!(w.systemctl_log(), "restart postgresql\n");
 
     // scp of /etc/shadow is denied — over SFTP (OpenSSH's default) and
@@ -463,11 +373,11 @@ fn ssh_gateway_with_openssh_on_both_sides() {
             "legacy={legacy}: {err}"
         );
     }
-    let denials: Vec<Value> = w
-        .log()
-        .into_iter()
-        .filter(|e| e["event"] == "action.denied" && e["payload"]["action"]["kind"] == "ssh")
-        .collect();
+    let denials: Vec<Value> =
+        w.g.log_entries()
+            .into_iter()
+            .filter(|e| e["event"] == "action.denied" && e["payload"]["action"]["kind"] == "ssh")
+            .collect();
     assert!(
         denials
             .iter()
@@ -536,24 +446,18 @@ fn ssh_gateway_with_openssh_on_both_sides() {
 
     // An interactive session is decided as a whole, recorded, and replays.
     let mut c = w.ssh(&key, "prod-db-1", &["-tt"]);
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    c.stdin(Stdio::piped());
+    let mut child = Watched::spawn(c);
     {
-        let mut stdin = child.stdin.take().unwrap();
+        let mut stdin = child.child.stdin.take().unwrap();
         stdin.write_all(b"echo recorded-$((6*7))\nexit\n").unwrap();
     }
-    let status = wait_exit(&mut child, 30);
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let (code, out, err) = child.finish(30);
     assert!(
-        status.success() && out.contains("recorded-42"),
-        "{status}: {out}"
+        code == 0 && out.contains("recorded-42"),
+        "{code}: {out} {err:?}"
     );
-    let result = w.wait_log("the session's result", |e| {
+    let result = w.g.wait_log("the session's result", |e| {
         e["event"] == "action.result" && e["payload"]["summary"]["recording"].is_object()
     });
     let rec = &result["payload"]["summary"]["recording"];
@@ -694,23 +598,20 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     );
     // …malformed SFTP packets…
     let mut c = w.ssh(&key, "prod-db-1", &["-s", "sftp"]);
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
+    c.stdin(Stdio::piped());
+    let mut child = Watched::spawn(c);
+    let mut stdin = child.child.stdin.take().unwrap();
+    stdin
         .write_all(&[0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0, 1])
         .unwrap();
-    let status = wait_exit(&mut child, 30);
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(104), "{err}");
-    assert!(err.contains("larger than the gateway accepts"), "{err}");
+    drop(stdin);
+    let (code, _, err) = child.finish(30);
+    assert_eq!(code, 104, "{err:?}");
+    assert!(
+        err.iter()
+            .any(|l| l.contains("larger than the gateway accepts")),
+        "{err:?}"
+    );
     // …and garbage instead of SSH.
     {
         use std::io::Read;

@@ -51,6 +51,21 @@ use crate::config::SshConfig;
 use crate::session::{Agent, Shared};
 use crate::upstream::Pool;
 
+/// Exit codes of an agent's session, and of `secondkey exec`, when the
+/// command did not run (the last `secondkey: …` stderr line says which).
+pub mod exit {
+    /// Policy denied it (or a reviewer did).
+    pub const DENIED: u8 = 100;
+    /// The request expired before a decision.
+    pub const EXPIRED: u8 = 101;
+    /// No decision within the hold timeout (the request stays pending).
+    pub const TIMED_OUT: u8 = 102;
+    /// Withdrawn, revoked, or the approval could not be used.
+    pub const NOT_RUN: u8 = 103;
+    /// The gateway could not decide, or (SSH) reach the upstream host.
+    pub const GATEWAY: u8 = 104;
+}
+
 /// How long an agent has to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 

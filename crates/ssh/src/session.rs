@@ -27,19 +27,7 @@ use crate::recording::Recorder;
 use crate::sftp;
 use crate::upstream::{wait_reply, Pool, UpChannel};
 
-/// Exit statuses the agent sees when its command did not run.
-pub mod exit {
-    /// Policy denied it (or a reviewer did).
-    pub const DENIED: u32 = 100;
-    /// The request expired before a decision.
-    pub const EXPIRED: u32 = 101;
-    /// No decision within the hold timeout (the request stays pending).
-    pub const TIMED_OUT: u32 = 102;
-    /// Withdrawn, revoked, or the approval could not be used.
-    pub const NOT_RUN: u32 = 103;
-    /// The gateway could not decide or reach the upstream host.
-    pub const GATEWAY: u32 = 104;
-}
+pub use crate::exit;
 
 /// Stdin an agent may send while its command is held (bytes); past this
 /// the gateway stops reading until the command runs.
@@ -273,7 +261,7 @@ struct Pty {
 /// A decision's outcome for the channel.
 enum Go {
     Run(Execution),
-    Stop(u32),
+    Stop(u8),
 }
 
 /// What the agent sent while its command was held.
@@ -291,8 +279,8 @@ async fn say(ch: &Channel<Msg>, text: &str, pty: bool) {
     let _ = ch.extended_data_bytes(1, text.into_bytes()).await;
 }
 
-async fn finish(ch: &Channel<Msg>, status: u32) {
-    end(ch, status, false).await;
+async fn finish(ch: &Channel<Msg>, status: u8) {
+    end(ch, u32::from(status), false).await;
 }
 
 /// Sends the exit status, EOF (unless the upstream's was passed on
@@ -828,7 +816,7 @@ async fn run_command(
     let (ok, s) = summary(&r, started);
     ctx.record(&ex, ok, s).await;
     if !r.agent_left {
-        end(ch, r.exit.unwrap_or(exit::GATEWAY), r.eof_sent).await;
+        end(ch, r.exit.unwrap_or(u32::from(exit::GATEWAY)), r.eof_sent).await;
     }
 }
 
@@ -909,8 +897,23 @@ async fn run_shell(ch: &mut Channel<Msg>, ctx: &Ctx, pty: Option<Pty>, env: Vec<
     }
     ctx.record(&ex, ok, s).await;
     if !r.agent_left {
-        end(ch, r.exit.unwrap_or(exit::GATEWAY), r.eof_sent).await;
+        end(ch, r.exit.unwrap_or(u32::from(exit::GATEWAY)), r.eof_sent).await;
     }
+}
+
+/// Ends an SFTP session whose client sent what the gateway cannot read:
+/// nothing more is passed.
+async fn malformed_sftp(ctx: &Ctx, ch: &Channel<Msg>, up: &UpChannel, e: &sftp::SftpError) {
+    tracing::warn!(peer = ?ctx.peer, principal = %ctx.who.id, error = %e,
+        "ssh: malformed SFTP input; session closed");
+    say(
+        ch,
+        &format!("secondkey: {e}; the session is closed and nothing more was passed\n"),
+        false,
+    )
+    .await;
+    let _ = up.channel.close().await;
+    finish(ch, exit::GATEWAY).await;
 }
 
 /// The SFTP subsystem: each request that opens, lists or changes a path is
@@ -968,21 +971,11 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
                         let packet = match sftp::take_packet(&mut inbuf) {
                             Ok(Some(p)) => p,
                             Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(peer = ?ctx.peer, principal = %ctx.who.id, error = %e, "ssh: malformed SFTP input; session closed");
-                                say(ch, &format!("secondkey: {e}; the session is closed and nothing more was passed\n"), false).await;
-                                let _ = u.channel.close().await;
-                                return finish(ch, exit::GATEWAY).await;
-                            }
+                            Err(e) => return malformed_sftp(ctx, ch, u, &e).await,
                         };
                         let op = match sftp::decided_op(&packet) {
                             Ok(op) => op,
-                            Err(e) => {
-                                tracing::warn!(peer = ?ctx.peer, principal = %ctx.who.id, error = %e, "ssh: malformed SFTP request; session closed");
-                                say(ch, &format!("secondkey: {e}; the session is closed and nothing more was passed\n"), false).await;
-                                let _ = u.channel.close().await;
-                                return finish(ch, exit::GATEWAY).await;
-                            }
+                            Err(e) => return malformed_sftp(ctx, ch, u, &e).await,
                         };
                         if let Some(op) = op {
                             let mut facts = ctx.facts(&pool, op.class);
