@@ -265,6 +265,7 @@ enum Go {
 }
 
 /// What the agent sent while its command was held.
+#[derive(Default)]
 struct Held {
     msgs: VecDeque<ChannelMsg>,
     bytes: usize,
@@ -375,8 +376,14 @@ impl Ctx {
         self.sh.pools.get(&self.host).cloned()
     }
 
-    fn resource(&self, pool: &Pool) -> String {
-        format!("ssh://{}/{}", pool.host().name, pool.host().user)
+    /// The action for `operation` on the host, with `params`.
+    fn action(&self, pool: &Pool, operation: &str, params: Value) -> Value {
+        json!({
+            "kind": "ssh",
+            "operation": operation,
+            "resource": format!("ssh://{}/{}", pool.host().name, pool.host().user),
+            "params": params,
+        })
     }
 
     fn facts(&self, pool: &Pool, class: Class) -> Map<String, Value> {
@@ -781,16 +788,8 @@ async fn run_command(
         }
     };
     facts.insert("pty".into(), json!(tty));
-    let action = json!({
-        "kind": "ssh",
-        "operation": class.as_str(),
-        "resource": ctx.resource(&pool),
-        "params": params,
-    });
-    let mut held = Held {
-        msgs: VecDeque::new(),
-        bytes: 0,
-    };
+    let action = ctx.action(&pool, class.as_str(), params);
+    let mut held = Held::default();
     let ex = match ctx.decide(ch, action, facts, tty, &mut held).await {
         Go::Stop(code) => return finish(ch, code).await,
         Go::Run(ex) => ex,
@@ -840,16 +839,12 @@ async fn run_shell(ch: &mut Channel<Msg>, ctx: &Ctx, pty: Option<Pty>, env: Vec<
     let mut facts = ctx.facts(&pool, Class::MOST);
     facts.insert("operation".into(), json!("shell"));
     facts.insert("pty".into(), json!(tty));
-    let action = json!({
-        "kind": "ssh",
-        "operation": "shell",
-        "resource": ctx.resource(&pool),
-        "params": {"shell": true, "term": pty.as_ref().map(|p| p.term.clone()), "env": env},
-    });
-    let mut held = Held {
-        msgs: VecDeque::new(),
-        bytes: 0,
-    };
+    let action = ctx.action(
+        &pool,
+        "shell",
+        json!({"shell": true, "term": pty.as_ref().map(|p| p.term.clone()), "env": env}),
+    );
+    let mut held = Held::default();
     let ex = match ctx.decide(ch, action, facts, tty, &mut held).await {
         Go::Stop(code) => return finish(ch, code).await,
         Go::Run(ex) => ex,
@@ -985,13 +980,8 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
                             if let Some(f) = op.flags {
                                 params["flags"] = json!(f);
                             }
-                            let action = json!({
-                                "kind": "ssh",
-                                "operation": op.class.as_str(),
-                                "resource": ctx.resource(&pool),
-                                "params": params,
-                            });
-                            let mut held = Held { msgs: VecDeque::new(), bytes: 0 };
+                            let action = ctx.action(&pool, op.class.as_str(), params);
+                            let mut held = Held::default();
                             match ctx.decide(ch, action, facts, false, &mut held).await {
                                 Go::Run(ex) => {
                                     pending.insert(op.id, (ex, Instant::now()));
