@@ -2,8 +2,9 @@
 # The SSH gateway (issue 16): an allowed `ssh host true` through secondkey
 # versus the same command straight to the host's sshd (added p50 < 5 ms),
 # and 50 concurrent exec sessions through the gateway (none lost).
-#   bench/ssh.sh [N]     (default N = 200 connections per case)
-# Builds the release binary, starts OpenSSH's sshd on a loopback port as the
+#   bench/ssh.sh [N] [BIN]   (default N = 200 connections per case; BIN
+#   defaults to a fresh release build, target/release/secondkey)
+# Builds the release binary (unless BIN is given), starts OpenSSH's sshd on a loopback port as the
 # current user (its own host key and config) and a gateway on an embedded
 # store in a temporary directory, with one permit policy for ssh.read.
 # Each sample is a whole `ssh` client run (fork, key exchange, login,
@@ -11,8 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200}
-cargo build --release -p secondkey >/dev/null
-BIN=$PWD/target/release/secondkey
+BIN=${2:-}
+if [ -z "$BIN" ]; then
+  cargo build --release -p secondkey >/dev/null
+  BIN=$PWD/target/release/secondkey
+fi
 DIR=$(mktemp -d)
 trap 'kill $GW_PID $SSHD_PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

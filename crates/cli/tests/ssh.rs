@@ -158,6 +158,28 @@ fn world(tmp: &Path) -> World {
         String::from_utf8_lossy(&out.stderr)
     );
     keygen(&dir.join("stranger_key"), "stranger");
+    // A certificate narrowed by a critical option the gateway does not
+    // enforce (force-command): refused rather than widened.
+    keygen(&dir.join("forced_key"), "forced");
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(dir.join("ca_key"))
+        .args([
+            "-I",
+            "forced",
+            "-n",
+            "agent:other-bot",
+            "-O",
+            "force-command=true",
+            "-V",
+            "-5m:+1h",
+        ])
+        .arg(dir.join("forced_key.pub")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The gateway's own host key, so the agent can pin it.
     let gw_pub = keygen(&dir.join("gateway_host_key"), "gateway");
     let port = free_port();
@@ -579,6 +601,14 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     // …a certificate used for another principal than it names…
     let out = run(&mut w.ssh(&other, "agent:report-bot+prod-db-1", &[&touch]));
     assert_eq!(out.status.code(), Some(255));
+    // …a certificate with a critical option…
+    let out = run(&mut w.ssh(
+        &w.dir.join("forced_key"),
+        "agent:other-bot+prod-db-1",
+        &[&touch],
+    ));
+    assert_eq!(out.status.code(), Some(255));
+    assert!(w.gateway_log().contains("critical options"), "logged");
     // …an unknown host…
     let out = run(&mut w.ssh(&key, "no-such-host", &[&touch]));
     assert_eq!(out.status.code(), Some(104));

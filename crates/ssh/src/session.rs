@@ -14,7 +14,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure};
 use secondkey_core::action::Digest;
-use secondkey_core::principal::Principal;
+use secondkey_core::principal::{Principal, PrincipalId};
 use secondkey_core::request::RequestState;
 use secondkey_core::time::format_duration as human;
 use secondkey_server::intercept::{Execution, ExecutionResult, Intercept, Verdict};
@@ -82,7 +82,11 @@ impl Agent {
             None => (host, candidates.to_vec()),
         };
         let candidates = &candidates[..];
-        let chosen = match named {
+        let named = named.map(|p| {
+            p.parse::<PrincipalId>()
+                .map_or_else(|_| p.to_string(), |id| id.to_string())
+        });
+        let chosen = match named.as_deref() {
             Some(p) => candidates.iter().find(|c| c.as_str() == p),
             None if candidates.len() == 1 => candidates.first(),
             None => None,
@@ -161,11 +165,22 @@ impl server::Handler for Agent {
                 "ssh login refused: the certificate is not a valid user certificate of a configured authority");
             return Ok(Auth::reject());
         }
+        if !cert.critical_options().is_empty() {
+            // OpenSSH refuses options it does not know; force-command and
+            // source-address would narrow what the certificate allows, and
+            // the gateway does not enforce them: refuse rather than widen.
+            tracing::warn!(peer = ?self.peer, user, key_id = cert.key_id(),
+                "ssh login refused: certificates with critical options (force-command, source-address) are not accepted");
+            return Ok(Auth::reject());
+        }
+        // Principal ids in their canonical form; an empty list (valid for
+        // anyone, to OpenSSH) names nobody here.
         let candidates: Vec<String> = cert
             .valid_principals()
             .iter()
+            .filter_map(|p| p.parse::<PrincipalId>().ok())
+            .map(|p| p.to_string())
             .filter(|p| self.sh.gateway.config.principals.contains_key(p.as_str()))
-            .cloned()
             .collect();
         Ok(self.login(user, &candidates, "certificate"))
     }
