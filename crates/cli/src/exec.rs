@@ -42,8 +42,9 @@ Exit codes:
   102      --wait-timeout passed while the request was pending: nothing ran
            (the request stays pending: run the same step again to keep waiting)
   103      not run for another reason (withdrawn, revoked, approval already used)
-  104      secondkey could not submit or record (gateway unreachable, bad token,
-           invalid arguments)
+  104      secondkey could not submit (gateway unreachable, bad token, invalid
+           arguments); a result that could not be recorded is a warning on
+           stderr, and the command's own code stands
   127      the command could not be started (not found, not executable)
 The last line secondkey writes to stderr names the outcome.";
 
