@@ -3,6 +3,7 @@
 
 mod client;
 mod demo;
+mod exec;
 mod logcmd;
 mod mcpcmd;
 
@@ -71,6 +72,47 @@ enum Command {
     /// Put secondkey in front of MCP servers; manage pinned tool definitions.
     #[command(subcommand)]
     Mcp(mcpcmd::McpCmd),
+    /// Run a pipeline step only once the gateway allows it (or a human
+    /// approves it): exactly the approved argv, once; its exit code,
+    /// duration and output digests are recorded.
+    #[command(after_help = exec::HELP)]
+    Exec(exec::ExecArgs),
+    /// Replay and list recorded SSH sessions (asciicast v2).
+    #[command(subcommand)]
+    Recording(RecordingCmd),
+}
+
+#[derive(Subcommand)]
+enum RecordingCmd {
+    /// Replay a recorded SSH session in this terminal.
+    #[command(
+        after_help = "Example:\n  secondkey recording play act_0193a1b2c3 --config secondkey.toml --speed 2"
+    )]
+    Play {
+        /// The recording's id: the execution id of the session (in the log's
+        /// `action.result` entry, `summary.recording.id`).
+        id: String,
+        /// The gateway's config (to find the recordings directory).
+        #[arg(long, env = "SECONDKEY_CONFIG", required_unless_present = "dir")]
+        config: Option<PathBuf>,
+        /// The recordings directory itself, instead of --config.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Playback speed (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// The longest pause between two outputs, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        max_pause: f64,
+    },
+    /// List the kept recordings: id, size, SHA-256.
+    #[command(after_help = "Example:\n  secondkey recording list --config secondkey.toml")]
+    List {
+        #[arg(long, env = "SECONDKEY_CONFIG", required_unless_present = "dir")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -332,6 +374,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }) => submit(&file, wait, timeout, &remote),
         Command::Log(l) => logcmd::run(l),
         Command::Mcp(m) => mcpcmd::run(m),
+        Command::Exec(a) => exec::run(a),
+        Command::Recording(r) => recording(r),
         Command::Keys(KeysCmd::Generate { name, out }) => {
             let signer = secondkey_log::note::Signer::generate(&name)
                 .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;
@@ -559,7 +603,7 @@ fn submit(file: &Path, wait: bool, timeout: u64, remote: &Remote) -> Result<Exit
 /// claims is an error, so a typo never silently turns an adapter off.
 /// Every extension section of the config (`EXTENSION_SECTIONS`) is read by
 /// one of these: channels (`slack`, `teams`, `webhooks`, `routing`), `postgres`, `mcp`,
-/// `http`.
+/// `http`, `ssh_gateway` and `ssh`.
 fn extensions(
     cfg: &secondkey_server::Config,
 ) -> anyhow::Result<Vec<std::sync::Arc<dyn secondkey_server::Extension>>> {
@@ -572,6 +616,9 @@ fn extensions(
         secondkey_channels::Channels::from_sections(&cfg.sections, &cfg.env, &cfg.base_dir)?
     {
         exts.push(std::sync::Arc::new(ch));
+    }
+    if let Some(ssh) = secondkey_ssh::SshGateway::from_config(cfg)? {
+        exts.push(std::sync::Arc::new(ssh));
     }
     let principals = cfg.principals.keys().cloned().collect();
     if let Some(pg) = secondkey_pg::PgGateway::from_section(
@@ -591,4 +638,91 @@ fn extensions(
         exts.push(std::sync::Arc::new(http));
     }
     Ok(exts)
+}
+
+/// The recordings directory: `--dir`, or the one the config names.
+fn recordings_dir(config: Option<PathBuf>, dir: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let path = config.ok_or_else(|| anyhow!("pass --config or --dir"))?;
+    let cfg = secondkey_server::Config::load(&path, &env_map())?;
+    Ok(secondkey_ssh::config::recordings_dir(
+        cfg.sections.get("ssh_gateway"),
+        &cfg.base_dir,
+        &cfg.data_dir,
+    ))
+}
+
+fn recording(cmd: RecordingCmd) -> Result<ExitCode> {
+    use secondkey_ssh::recording;
+    match cmd {
+        RecordingCmd::Play {
+            id,
+            config,
+            dir,
+            speed,
+            max_pause,
+        } => {
+            let dir = recordings_dir(config, dir)?;
+            let path = recording::path_of(&dir, &id).ok_or_else(|| {
+                anyhow!("{id:?} is not a recording id (the execution id of a session, e.g. act_…)")
+            })?;
+            let bytes = std::fs::read(&path).map_err(|e| {
+                anyhow!(
+                    "no recording {id} in {}: {e} (recordings are kept for the configured retention)",
+                    dir.display()
+                )
+            })?;
+            let text = String::from_utf8(bytes.clone())
+                .map_err(|_| anyhow!("{} is not UTF-8: not a recording", path.display()))?;
+            let cast = recording::read(&text)?;
+            eprintln!(
+                "recording {id}: {} bytes, sha256 {} (compare with summary.recording of its action.result log entry)",
+                bytes.len(),
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+            );
+            if !(speed > 0.0 && speed.is_finite() && max_pause >= 0.0 && max_pause.is_finite()) {
+                bail!("--speed must be above 0 and --max-pause at least 0");
+            }
+            let mut out = std::io::stdout();
+            recording::play(
+                &cast,
+                &mut out,
+                speed,
+                std::time::Duration::from_secs_f64(max_pause),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RecordingCmd::List { config, dir } => {
+            let dir = recordings_dir(config, dir)?;
+            let mut rows = Vec::new();
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let Some(id) = p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_suffix(".cast"))
+                    else {
+                        continue;
+                    };
+                    let bytes = std::fs::read(&p).unwrap_or_default();
+                    rows.push(format!(
+                        "{id}  {} bytes  sha256 {}",
+                        bytes.len(),
+                        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+                    ));
+                }
+            }
+            rows.sort();
+            if rows.is_empty() {
+                println!("no recordings in {}", dir.display());
+            }
+            for r in rows {
+                println!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

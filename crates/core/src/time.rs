@@ -77,6 +77,22 @@ pub enum DurationError {
 /// TTL, and small enough that `Timestamp::plus` never saturates in practice.
 const MAX_MILLIS: u128 = 100_000 * 86_400_000;
 
+/// Writes a duration the way [`parse_duration`] reads it, in the largest
+/// unit that divides it (`"1h"`, `"90m"`, `"45s"`; `"0s"` for zero);
+/// sub-second parts are dropped. For messages such as "waiting up to 10m".
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 86_400 && s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s >= 3600 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// Parses durations such as `"30s"`, `"15m"`, `"1h"`, `"2h30m"`, `"1d"` or
 /// `"500ms"`.
 ///
@@ -147,6 +163,17 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn formatted_durations_parse_back() {
+        for secs in [1u64, 45, 60, 90, 600, 3600, 5400, 86_400, 172_800] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{secs}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

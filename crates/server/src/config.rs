@@ -106,6 +106,10 @@ pub struct RawConfig {
     pub identity: RawIdentity,
     /// Channel routing (owned by the channels crate).
     pub routing: Option<toml::Value>,
+    /// The SSH gateway's listener and agents' keys, and its upstream
+    /// hosts (owned by the ssh crate).
+    pub ssh_gateway: Option<toml::Value>,
+    pub ssh: Option<toml::Value>,
     /// What one client may hold or do at once (see `docs/security.md`).
     #[serde(default)]
     pub limits: RawLimits,
@@ -305,8 +309,16 @@ pub struct JwtIssuerConfig {
 /// Top-level keys whose contents belong to an extension crate: the gateway
 /// keeps them raw in [`Config::sections`]; the extension's own parser names
 /// the full key in its errors (e.g. `postgres[0].upstream.password_env`).
-pub const EXTENSION_SECTIONS: [&str; 7] = [
-    "postgres", "mcp", "slack", "teams", "webhooks", "routing", "http",
+pub const EXTENSION_SECTIONS: [&str; 9] = [
+    "postgres",
+    "mcp",
+    "slack",
+    "teams",
+    "webhooks",
+    "routing",
+    "http",
+    "ssh_gateway",
+    "ssh",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -746,6 +758,8 @@ impl Config {
             ("webhooks", raw.webhooks),
             ("routing", raw.routing),
             ("http", raw.http),
+            ("ssh_gateway", raw.ssh_gateway),
+            ("ssh", raw.ssh),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))

@@ -42,7 +42,8 @@ pub struct Call {
 
 pub type Calls = Arc<Mutex<Vec<Call>>>;
 
-fn serve(app: Router) -> String {
+/// Serves `app` on a free loopback port, on a thread of its own; its base URL.
+pub fn serve(app: Router) -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();

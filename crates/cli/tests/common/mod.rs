@@ -436,3 +436,126 @@ pub fn post_oversized(url: &str, path: &str, headers: &[(&str, &str)], body: &[u
     let _ = sock.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+impl Gateway {
+    /// Every log entry, as `secondkey log export --format jsonl` writes them
+    /// (a read-only open, beside the running gateway).
+    pub fn log_entries(&self) -> Vec<Value> {
+        let (code, out, err) = run_cli(
+            &[
+                "log",
+                "export",
+                "--config",
+                self.config.to_str().unwrap(),
+                "--format",
+                "jsonl",
+            ],
+            &self.url,
+            None,
+        );
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (up to 15 s) for a log entry matching `f`: results are
+    /// recorded off the client's path.
+    pub fn wait_log(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(e) = self.log_entries().into_iter().find(&f) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "never logged: {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A child process whose stderr is read line by line as it comes (a client
+/// that prints "held for review …" and waits).
+pub struct Watched {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Watched {
+    /// Starts `cmd` with stdout and stderr piped.
+    pub fn spawn(mut cmd: Command) -> Watched {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Watched {
+            child,
+            lines,
+            seen: vec![],
+        }
+    }
+
+    /// The next stderr line holding `needle` (within 30 s).
+    pub fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no stderr line with {needle:?}; saw {:?}", self.seen);
+    }
+
+    /// Waits up to `secs` for it to exit: (exit code, stdout, every stderr line).
+    pub fn finish(mut self, secs: u64) -> (i32, String, Vec<String>) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "did not finish within {secs}s; stderr so far: {:?}",
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut out).unwrap();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        (status.code().unwrap_or(-1), out, self.seen)
+    }
+}
+
+/// The request id (`req_…`) a line names.
+pub fn request_id(line: &str) -> String {
+    let at = line
+        .find("req_")
+        .unwrap_or_else(|| panic!("no request id in {line:?}"));
+    line[at..]
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .next()
+        .unwrap()
+        .to_string()
+}

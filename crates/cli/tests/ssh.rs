@@ -1,0 +1,675 @@
+//! The SSH gateway end to end, with real OpenSSH on both sides: `sshd`
+//! (started here on a loopback port with its own host keys and config, as
+//! the current user — root in CI) is the upstream host; `ssh`, `scp` and
+//! `sftp` are the agent. The upstream user's PATH starts with a directory
+//! of harmless stand-ins for `sudo` and `systemctl` (scripts that log
+//! their arguments), so "restart postgresql" really runs — once — without
+//! touching the machine.
+//!
+//! One gateway and one sshd serve every scenario of this file.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const POLICY: &str = r#"
+@id("agents-ssh")
+permit(principal in Group::"agents", action in Action::"ssh", resource);
+
+@id("admin-needs-review")
+@reason("administrative commands on hosts are approved by a data owner")
+@review("data-owners")
+forbid(principal, action == Action::"ssh.admin", resource);
+
+@id("no-shadow")
+@reason("password hashes never leave a host")
+forbid(principal, action == Action::"ssh.export", resource)
+when { context.gateway has paths && context.gateway.paths.contains("/etc/shadow") };
+"#;
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn keygen(path: &Path, comment: &str) -> String {
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn user_name() -> String {
+    let out = run(Command::new("id").arg("-un"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn wait_port(port: u16, what: &str, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!(
+                "{what} exited with {s}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct World {
+    g: Gateway,
+    sshd: Child,
+    dir: PathBuf,
+    port: u16,
+    agent_key: PathBuf,
+    known_hosts: PathBuf,
+    upstream_user: String,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+    }
+}
+
+/// A fresh sshd and gateway. `sshd_port`'s host key is `host_key`; the
+/// gateway pins it for `prod-db-1` and pins another key for `bad-pin`.
+fn world(tmp: &Path) -> World {
+    let dir = tmp.to_path_buf();
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = |name: &str, body: &str| {
+        let p = bin.join(name);
+        std::fs::write(&p, body).unwrap();
+        run(Command::new("chmod").arg("755").arg(&p));
+    };
+    script(
+        "systemctl",
+        &format!(
+            "#!/bin/sh\necho \"$*\" >> {}/systemctl.log\necho \"systemctl $*: done\"\n",
+            dir.display()
+        ),
+    );
+    script("sudo", "#!/bin/sh\nexec \"$@\"\n");
+    std::fs::write(dir.join("readme.txt"), "hello from the host\n").unwrap();
+    // The upstream sshd.
+    let host_pub = keygen(&dir.join("sshd_host_key"), "sshd");
+    let other_pub = keygen(&dir.join("other_host_key"), "not-the-host");
+    let upstream_pub = keygen(&dir.join("gateway_upstream_key"), "secondkey-gateway");
+    std::fs::write(dir.join("authorized_keys"), format!("{upstream_pub}\n")).unwrap();
+    let sshd_port = free_port();
+    let user = user_name();
+    let cfg = format!(
+        "Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {d}/sshd_host_key\nPidFile none\nUsePAM no\n\
+         AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
+         AllowUsers {user}\nSubsystem sftp internal-sftp\nSetEnv PATH={d}/bin:/usr/local/bin:/usr/bin:/bin\n\
+         LogLevel VERBOSE\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("sshd_config"), cfg).unwrap();
+    if user == "root" {
+        // Privilege separation needs its empty directory when sshd starts as root.
+        let _ = std::fs::create_dir_all("/run/sshd");
+    }
+    let sshd_log = dir.join("sshd.log");
+    let mut sshd = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stderr(std::fs::File::create(&sshd_log).unwrap())
+        .spawn()
+        .expect("OpenSSH sshd (apt-get install openssh-server)");
+    wait_port(sshd_port, "sshd", &mut sshd, &sshd_log);
+    // The agent's keys: one registered, one certified by a configured CA.
+    let agent_pub = keygen(&dir.join("agent_key"), "report-bot");
+    let ca_pub = keygen(&dir.join("ca_key"), "agents-ca");
+    keygen(&dir.join("other_key"), "other-bot");
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(dir.join("ca_key"))
+        .args([
+            "-I",
+            "other-bot-cert",
+            "-n",
+            "agent:other-bot",
+            "-V",
+            "-5m:+1h",
+        ])
+        .arg(dir.join("other_key.pub")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    keygen(&dir.join("stranger_key"), "stranger");
+    // A certificate narrowed by a critical option the gateway does not
+    // enforce (force-command): refused rather than widened.
+    keygen(&dir.join("forced_key"), "forced");
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(dir.join("ca_key"))
+        .args([
+            "-I",
+            "forced",
+            "-n",
+            "agent:other-bot",
+            "-O",
+            "force-command=true",
+            "-V",
+            "-5m:+1h",
+        ])
+        .arg(dir.join("forced_key.pub")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The gateway's own host key, so the agent can pin it.
+    let gw_pub = keygen(&dir.join("gateway_host_key"), "gateway");
+    let port = free_port();
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {gw_pub}\n")).unwrap();
+    let extra = format!(
+        r#"
+[[environments]]
+name = "prod"
+resources = ["ssh://prod-db-1/*"]
+
+[ssh_gateway]
+listen = "127.0.0.1:{port}"
+host_key_file = "{d}/gateway_host_key"
+hold_timeout = "90s"
+recording_retention = "7d"
+
+[[ssh_gateway.keys]]
+principal = "agent:report-bot"
+key = "{agent_pub}"
+
+[[ssh_gateway.authorities]]
+key = "{ca_pub}"
+
+[[ssh]]
+name = "prod-db-1"
+address = "127.0.0.1:{sshd_port}"
+host_key = "[127.0.0.1]:{sshd_port} {host_pub}"
+user = "{user}"
+key_file = "{d}/gateway_upstream_key"
+
+[[ssh]]
+name = "bad-pin"
+address = "127.0.0.1:{sshd_port}"
+host_key = "bad-pin {other_pub}"
+user = "{user}"
+key_env = "GATEWAY_UPSTREAM_KEY"
+"#,
+        d = dir.display()
+    );
+    let key_text = std::fs::read_to_string(dir.join("gateway_upstream_key")).unwrap();
+    let g = Gateway::start_full(
+        &dir.join("gw"),
+        POLICY,
+        "",
+        &extra,
+        &[("GATEWAY_UPSTREAM_KEY", key_text.as_str())],
+    );
+    World {
+        g,
+        sshd,
+        agent_key: dir.join("agent_key"),
+        known_hosts,
+        port,
+        dir,
+        upstream_user: user,
+    }
+}
+
+impl World {
+    fn opts(&self, key: &Path) -> Vec<String> {
+        vec![
+            "-F".into(),
+            "/dev/null".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-i".into(),
+            key.display().to_string(),
+        ]
+    }
+
+    /// `ssh -l <user> gateway <args…>` with `key`.
+    fn ssh(&self, key: &Path, user: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(self.opts(key))
+            .args(["-p", &self.port.to_string(), "-l", user, "127.0.0.1"])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn scp(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("scp");
+        c.args(self.opts(&self.agent_key))
+            .args(["-P", &self.port.to_string(), "-o", "User=prod-db-1"])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn systemctl_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("systemctl.log")).unwrap_or_default()
+    }
+
+    fn gateway_log(&self) -> String {
+        std::fs::read_to_string(self.g.dir.join("gateway.log")).unwrap_or_default()
+    }
+}
+
+#[test]
+fn ssh_gateway_with_openssh_on_both_sides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let key = w.agent_key.clone();
+
+    // An allowed read runs at once, with the gateway's key upstream.
+    let out = run(&mut w.ssh(
+        &key,
+        "prod-db-1",
+        &["cat", &format!("{}/readme.txt", w.dir.display())],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the host\n"
+    );
+    // The exit status of the upstream command comes back.
+    let out = run(&mut w.ssh(&key, "agent:report-bot+prod-db-1", &["ls /nonexistent-dir"]));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entry = w.g.wait_log("the read's result", |e| {
+        e["event"] == "action.result" && e["payload"]["summary"]["exit_status"] == 0
+    });
+    assert!(
+        entry["payload"]["summary"]["bytes_out"].as_u64().unwrap() > 0,
+        "{entry}"
+    );
+
+    // Done when: sudo systemctl restart postgresql on a prod host is held,
+    // approved, and run once with the gateway's key.
+    let cmd = "sudo systemctl restart postgresql";
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &[cmd]));
+    let held = child.wait_line("held for review as request");
+    assert!(
+        held.contains(&w.g.url),
+        "the line names the request's URL: {held}"
+    );
+    let id = request_id(&held);
+    assert_eq!(w.systemctl_log(), "", "nothing ran while held");
+    let (_, req) =
+        w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert_eq!(req["action"]["operation"], "admin", "{req}");
+    assert_eq!(
+        req["action"]["resource"],
+        format!("ssh://prod-db-1/{}", w.upstream_user),
+        "{req}"
+    );
+    assert_eq!(req["action"]["params"]["command"], cmd, "{req}");
+    let (s, v) = w.g.review("user:bob", &id, "approve");
+    assert_eq!(s, 200, "{v}");
+    let (code, stdout, err) = child.finish(60);
+    assert_eq!(code, 0, "{err:?}");
+    assert_eq!(stdout, "systemctl restart postgresql: done\n");
+    assert_eq!(
+        w.systemctl_log(),
+        "restart postgresql\n",
+        "ran exactly once"
+    );
+    let detail = w.g.wait_log("the approved command's result", |e| {
+        e["event"] == "action.result.detail" && e["subjects"]["request"] == id.as_str()
+    });
+    let summary = &detail["payload"]["summary"];
+    assert_eq!(summary["exit_status"], 0, "{detail}");
+    assert!(
+        summary["duration_ms"].is_u64() && summary["bytes_out"].as_u64() == Some(35),
+        "{detail}"
+    );
+    let (_, req) =
+        w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert_eq!(req["state"], "executed", "{req}");
+
+    // The same command again is a new request (the approval was used);
+    // denied, it exits 100 and nothing runs.
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &[cmd]));
+    let id2 = request_id(&child.wait_line("held for review as request"));
+    assert_ne!(id2, id);
+    w.g.review("user:bob", &id2, "deny");
+    let denied = child.wait_line("was denied");
+    assert!(denied.contains("user:bob"), "{denied}");
+    assert_eq!(child.finish(30).0, 100);
+    assert_eq!(w.systemctl_log(), "restart postgresql\n");
+
+    // scp of /etc/shadow is denied — over SFTP (OpenSSH's default) and
+    // the legacy protocol (`scp -O`, an exec of `scp -f`).
+    for legacy in [false, true] {
+        let dst = w.dir.join(format!("shadow-{legacy}"));
+        let mut c = w.scp(&[]);
+        if legacy {
+            c.arg("-O");
+        }
+        let out = run(c.arg("127.0.0.1:/etc/shadow").arg(&dst));
+        assert!(!out.status.success(), "legacy={legacy}");
+        assert!(!dst.exists(), "nothing was copied (legacy={legacy})");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            err.contains("denied") || err.contains("Permission denied"),
+            "legacy={legacy}: {err}"
+        );
+    }
+    let denials: Vec<Value> =
+        w.g.log_entries()
+            .into_iter()
+            .filter(|e| e["event"] == "action.denied" && e["payload"]["action"]["kind"] == "ssh")
+            .collect();
+    assert!(
+        denials
+            .iter()
+            .any(|e| e["payload"]["action"]["params"]["sftp"] == "open")
+            && denials
+                .iter()
+                .any(|e| e["payload"]["action"]["params"]["scp"] == "from"),
+        "{denials:?}"
+    );
+    // An ordinary download and an upload pass (export, write).
+    let got = w.dir.join("readme-copy.txt");
+    let out = run(w
+        .scp(&[])
+        .arg(format!("127.0.0.1:{}/readme.txt", w.dir.display()))
+        .arg(&got));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&got).unwrap(),
+        "hello from the host\n"
+    );
+    let up = w.dir.join("upload.txt");
+    std::fs::write(&up, "uploaded\n").unwrap();
+    let out = run(w
+        .scp(&[])
+        .arg(&up)
+        .arg(format!("127.0.0.1:{}/uploaded.txt", w.dir.display())));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.dir.join("uploaded.txt")).unwrap(),
+        "uploaded\n"
+    );
+
+    // sftp: each operation on its own.
+    let batch = w.dir.join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "ls {d}\n-get /etc/shadow {d}/s2\nrm {d}/uploaded.txt\n",
+            d = w.dir.display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("sftp");
+    c.args(w.opts(&key))
+        .args(["-P", &w.port.to_string(), "-b"])
+        .arg(&batch)
+        .arg("prod-db-1@127.0.0.1");
+    let out = run(c.stdin(Stdio::null()));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("readme.txt"), "the listing passed: {text}");
+    assert!(!w.dir.join("s2").exists(), "{text}");
+    assert!(
+        !w.dir.join("uploaded.txt").exists(),
+        "the removal passed: {text}"
+    );
+
+    // An interactive session is decided as a whole, recorded, and replays.
+    let mut c = w.ssh(&key, "prod-db-1", &["-tt"]);
+    c.stdin(Stdio::piped());
+    let mut child = Watched::spawn(c);
+    {
+        let mut stdin = child.child.stdin.take().unwrap();
+        stdin.write_all(b"echo recorded-$((6*7))\nexit\n").unwrap();
+    }
+    let (code, out, err) = child.finish(30);
+    assert!(
+        code == 0 && out.contains("recorded-42"),
+        "{code}: {out} {err:?}"
+    );
+    let result = w.g.wait_log("the session's result", |e| {
+        e["event"] == "action.result" && e["payload"]["summary"]["recording"].is_object()
+    });
+    let rec = &result["payload"]["summary"]["recording"];
+    let rec_id = rec["id"].as_str().unwrap().to_string();
+    let (code, list, err) = run_cli(
+        &[
+            "recording",
+            "list",
+            "--config",
+            w.g.config.to_str().unwrap(),
+        ],
+        &w.g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        list.contains(&rec_id) && list.contains(rec["sha256"].as_str().unwrap()),
+        "{list} vs {rec}"
+    );
+    let (code, played, err) = run_cli(
+        &[
+            "recording",
+            "play",
+            &rec_id,
+            "--config",
+            w.g.config.to_str().unwrap(),
+            "--speed",
+            "50",
+        ],
+        &w.g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(played.contains("recorded-42"), "{played}");
+    assert!(err.contains(rec["sha256"].as_str().unwrap()), "{err}");
+    let (code, _, err) = run_cli(
+        &[
+            "recording",
+            "play",
+            "../../etc/passwd",
+            "--config",
+            w.g.config.to_str().unwrap(),
+        ],
+        &w.g.url,
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("not a recording id"), "{err}");
+
+    // A user certificate of a configured authority logs its principal in.
+    let other = w.dir.join("other_key");
+    let out = run(&mut w.ssh(&other, "agent:other-bot+prod-db-1", &["echo cert-ok"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cert-ok\n");
+
+    // OpenSSH's jump-host form: `ssh -J gateway prod-db-1 …` — the inner
+    // session is the gateway's own (its host key, pinned for prod-db-1),
+    // decided like any other.
+    let jump_hosts = w.dir.join("known_hosts_jump");
+    let gw_pub = std::fs::read_to_string(w.dir.join("gateway_host_key.pub")).unwrap();
+    std::fs::write(
+        &jump_hosts,
+        format!("[127.0.0.1]:{} {}prod-db-1 {}", w.port, gw_pub, gw_pub),
+    )
+    .unwrap();
+    let cfg = w.dir.join("ssh_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host gw\n  HostName 127.0.0.1\n  Port {}\n  User agent:report-bot+jump\nHost *\n  IdentityFile {}\n  IdentitiesOnly yes\n  BatchMode yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n",
+            w.port,
+            key.display(),
+            jump_hosts.display()
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["-J", "gw", "-l", "ops", "prod-db-1", "echo via-jump"])
+        .stdin(Stdio::null()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-jump\n");
+    // A jump to anything but a configured host is refused.
+    let out = run(Command::new("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["-J", "gw", "-p", &w.port.to_string(), "127.0.0.1", "true"])
+        .stdin(Stdio::null()));
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Refused with a clear error, logged, and nothing runs: a wrong key…
+    let marker = w.dir.join("pwned");
+    let touch = format!("touch {}", marker.display());
+    let out = run(&mut w.ssh(&w.dir.join("stranger_key"), "prod-db-1", &[&touch]));
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    assert!(
+        w.gateway_log().contains("unknown key"),
+        "{}",
+        w.gateway_log()
+    );
+    // …a certificate used for another principal than it names…
+    let out = run(&mut w.ssh(&other, "agent:report-bot+prod-db-1", &[&touch]));
+    assert_eq!(out.status.code(), Some(255));
+    // …a certificate with a critical option…
+    let out = run(&mut w.ssh(
+        &w.dir.join("forced_key"),
+        "agent:other-bot+prod-db-1",
+        &[&touch],
+    ));
+    assert_eq!(out.status.code(), Some(255));
+    assert!(w.gateway_log().contains("critical options"), "logged");
+    // …an unknown host…
+    let out = run(&mut w.ssh(&key, "no-such-host", &[&touch]));
+    assert_eq!(out.status.code(), Some(104));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown host \"no-such-host\"") && err.contains("prod-db-1"),
+        "{err}"
+    );
+    // …an upstream whose host key is not the pinned one…
+    let out = run(&mut w.ssh(&key, "bad-pin", &[&touch]));
+    assert_eq!(out.status.code(), Some(104));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match the pinned key"), "{err}");
+    assert!(
+        w.gateway_log().contains("does not match the pinned key"),
+        "logged"
+    );
+    // …malformed SFTP packets…
+    let mut c = w.ssh(&key, "prod-db-1", &["-s", "sftp"]);
+    c.stdin(Stdio::piped());
+    let mut child = Watched::spawn(c);
+    let mut stdin = child.child.stdin.take().unwrap();
+    stdin
+        .write_all(&[0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0, 1])
+        .unwrap();
+    drop(stdin);
+    let (code, _, err) = child.finish(30);
+    assert_eq!(code, 104, "{err:?}");
+    assert!(
+        err.iter()
+            .any(|l| l.contains("larger than the gateway accepts")),
+        "{err:?}"
+    );
+    // …and garbage instead of SSH.
+    {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"SSH-2.0-x\r\n\x00\x00\x00\x10garbage-packet!!")
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    }
+    assert!(!marker.exists(), "nothing ran");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !w
+        .gateway_log()
+        .contains("ssh connection ended by a protocol error")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the garbage was not logged: {}",
+            w.gateway_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The gateway still serves.
+    let out = run(&mut w.ssh(&key, "prod-db-1", &["true"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,220 @@
+//! The secondkey SSH gateway, an `Extension` of `secondkey serve` with its
+//! own listener (`[ssh_gateway]`), in front of the `[[ssh]]` upstream hosts.
+//!
+//! Agents log in with an SSH key (or a user certificate of a configured
+//! authority) registered for their secondkey principal, as
+//! `<host>@gateway` or `<principal>+<host>@gateway`. Each `exec` request
+//! becomes an action (kind `ssh`, resource `ssh://<host>/<user>`) whose
+//! operation is the highest class of the simple commands in it
+//! ([`shell`], [`classify`]); `scp -f`/`-t` and every SFTP request that
+//! opens, lists or changes a path ([`sftp`]) are actions with their paths;
+//! an interactive shell is one `shell` action, recorded as asciicast v2
+//! ([`recording`]). Only what the gateway authorized reaches the upstream,
+//! over a connection the gateway logged in to with its own key
+//! ([`upstream`]). OpenSSH's jump-host form (`ssh -J <principal>@gateway
+//! prod-db-1`) is the same: the gateway answers the `direct-tcpip` channel
+//! to a configured host name with an SSH session of its own.
+//!
+//! Architecture invariants:
+//! * nothing reaches the upstream before `Gateway::intercept` (or
+//!   `execute_approved`) returned a run: its authorizing log entry is
+//!   durable; an approved command runs exactly once, as the bytes that
+//!   were decided — the gateway never replays after a lost connection;
+//! * the gateway's upstream key is read in [`config`] and used only to log
+//!   in upstream: it never appears in an action, a log entry, an error, or
+//!   anything sent to the agent (agents cannot forward agents or ports);
+//! * what the classifier does not fully model is the most privileged
+//!   class (`admin`): unknown programs, dynamic command names, compound
+//!   commands, function definitions, unparseable input;
+//! * the upstream's host key must be the pinned one, or nothing is sent.
+
+pub mod classify;
+pub mod config;
+pub mod recording;
+pub mod session;
+pub mod sftp;
+pub mod shell;
+pub mod upstream;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{Algorithm, PrivateKey};
+use russh::MethodKind;
+use secondkey_server::config::ConfigError;
+use secondkey_server::Gateway;
+
+use crate::classify::Classifier;
+use crate::config::SshConfig;
+use crate::session::{Agent, Shared};
+use crate::upstream::Pool;
+
+/// Exit codes of an agent's session, and of `secondkey exec`, when the
+/// command did not run (the last `secondkey: …` stderr line says which).
+pub mod exit {
+    /// Policy denied it (or a reviewer did).
+    pub const DENIED: u8 = 100;
+    /// The request expired before a decision.
+    pub const EXPIRED: u8 = 101;
+    /// No decision within the hold timeout (the request stays pending).
+    pub const TIMED_OUT: u8 = 102;
+    /// Withdrawn, revoked, or the approval could not be used.
+    pub const NOT_RUN: u8 = 103;
+    /// The gateway could not decide, or (SSH) reach the upstream host.
+    pub const GATEWAY: u8 = 104;
+}
+
+/// How long an agent has to log in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The SSH gateway extension.
+pub struct SshGateway {
+    cfg: SshConfig,
+}
+
+impl SshGateway {
+    /// Reads `[ssh_gateway]` and `[[ssh]]`, if configured.
+    pub fn from_config(cfg: &secondkey_server::Config) -> Result<Option<SshGateway>, ConfigError> {
+        let principals: BTreeSet<String> = cfg.principals.keys().cloned().collect();
+        let parsed = config::parse(
+            cfg.sections.get("ssh_gateway"),
+            cfg.sections.get("ssh"),
+            &cfg.base_dir,
+            &cfg.data_dir,
+            &principals,
+            &cfg.env,
+        )?;
+        Ok(parsed.map(|cfg| SshGateway { cfg }))
+    }
+
+    pub fn config(&self) -> &SshConfig {
+        &self.cfg
+    }
+
+    /// Binds the listener and spawns its accept loop and the recordings'
+    /// pruning; returns the bound address. Must run inside the runtime.
+    pub fn listen(&self, gateway: Arc<Gateway>) -> anyhow::Result<std::net::SocketAddr> {
+        let host_key = load_or_create_host_key(&self.cfg.host_key_file)?;
+        let config = russh::server::Config {
+            server_id: russh::SshId::Standard("SSH-2.0-secondkey".into()),
+            methods: russh::MethodSet::from(&[MethodKind::PublicKey][..]),
+            keys: vec![host_key],
+            auth_rejection_time: Duration::from_millis(300),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            inactivity_timeout: Some(Duration::from_secs(3600)),
+            keepalive_interval: Some(Duration::from_secs(60)),
+            max_auth_attempts: 6,
+            nodelay: true,
+            ..Default::default()
+        };
+        let std_listener = std::net::TcpListener::bind(self.cfg.listen).map_err(|e| {
+            anyhow::anyhow!("ssh gateway: cannot listen on {}: {e}", self.cfg.listen)
+        })?;
+        std_listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let addr = listener.local_addr()?;
+        let pools = self
+            .cfg
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), Arc::new(Pool::new(h.clone()))))
+            .collect::<HashMap<_, _>>();
+        let config = Arc::new(config);
+        let shared = Arc::new(Shared {
+            server: config.clone(),
+            classifier: Classifier::new(self.cfg.rules.clone()),
+            cfg: self.cfg.clone(),
+            gateway,
+            pools,
+        });
+        tracing::info!(%addr, hosts = self.cfg.hosts.len(), "ssh gateway listening");
+        tokio::spawn(accept_loop(listener, config, shared.clone()));
+        let dir = self.cfg.recordings_dir.clone();
+        let keep = self.cfg.recording_retention;
+        tokio::spawn(async move {
+            loop {
+                let d = dir.clone();
+                if let Ok(Ok(n)) =
+                    tokio::task::spawn_blocking(move || recording::prune(&d, keep)).await
+                {
+                    if n > 0 {
+                        tracing::info!(removed = n, "ssh: recordings past their retention removed");
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+        Ok(addr)
+    }
+}
+
+impl secondkey_server::extension::Extension for SshGateway {
+    fn name(&self) -> &'static str {
+        "ssh"
+    }
+
+    fn start(&self, gateway: Arc<Gateway>) -> anyhow::Result<()> {
+        self.listen(gateway).map(|_| ())
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    config: Arc<russh::server::Config>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                let handler = Agent::new(shared.clone(), Some(peer));
+                let config = config.clone();
+                tokio::spawn(async move {
+                    let started = tokio::time::timeout(
+                        LOGIN_TIMEOUT,
+                        russh::server::run_stream(config, tcp, handler),
+                    )
+                    .await;
+                    match started {
+                        Ok(Ok(session)) => match session.await {
+                            Ok(()) | Err(russh::Error::Disconnect) => {}
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "ssh connection ended by a protocol error")
+                            }
+                        },
+                        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "ssh connection refused"),
+                        Err(_) => {
+                            tracing::warn!(%peer, "ssh connection refused: no SSH greeting in time")
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ssh accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The gateway's own host key: read, or created (Ed25519, mode 0600).
+fn load_or_create_host_key(path: &Path) -> anyhow::Result<PrivateKey> {
+    if path.exists() {
+        return russh::keys::load_secret_key(path, None)
+            .map_err(|e| anyhow::anyhow!("ssh gateway host key {}: {e}", path.display()));
+    }
+    let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
+        .map_err(|e| anyhow::anyhow!("cannot create an ssh host key: {e}"))?;
+    let text = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the ssh host key: {e}"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    secondkey_server::keys::write_secret_file(path, &text)
+        .map_err(|e| anyhow::anyhow!("cannot write the ssh host key {}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), "created the ssh gateway's host key");
+    Ok(key)
+}

@@ -1,0 +1,307 @@
+//! The classifier's corpus: ordinary commands get their class, and every
+//! known way to smuggle a privileged command past a command-line classifier
+//! (quoting, `$IFS`, escapes, function and alias definitions, wrappers,
+//! here-documents, `;` and newline smuggling, absolute paths, globs, brace
+//! and ANSI-C expansion, assignments, compound commands) is at least as
+//! privileged as what it really runs — here, `admin`.
+
+use proptest::prelude::*;
+use secondkey_ssh::classify::{Class, Classifier};
+use secondkey_ssh::shell::{self, Word};
+
+fn class_of(c: &str) -> Class {
+    Classifier::new(vec![]).classify_str(c).class
+}
+
+#[test]
+fn ordinary_commands_get_their_class() {
+    use Class::*;
+    let cases: &[(&str, Class)] = &[
+        ("ls -la /var/log", Read),
+        ("cat /etc/hostname", Read),
+        ("journalctl -u postgresql --since today", Read),
+        ("systemctl status postgresql", Read),
+        ("systemctl st\"\"atus postgresql", Read),
+        ("ps aux | grep postgres | wc -l", Read),
+        ("uptime; df -h", Read),
+        ("echo $HOME", Read),
+        ("LANG=C ls", Read),
+        ("ls 2>/dev/null", Read),
+        ("ls 2>&1 | head", Read),
+        ("time ls", Read),
+        ("/usr/bin/cat /etc/hostname", Read),
+        ("(cd /srv && ls)", Read),
+        ("echo $((1 + 2))", Read),
+        ("cat <<< hello", Read),
+        ("cat <<'EOF'\nhello $(rm -rf /)\nEOF", Read),
+        ("echo sudo reboot", Read),
+        ("ls # ; sudo reboot", Read),
+        ("ls $(echo /)", Read),
+        ("git status", Read),
+        ("find /var/log -name '*.gz'", Read),
+        ("ip addr show", Read),
+        ("echo hi > /tmp/x", Write),
+        ("cat /etc/hostname > /etc/motd", Write),
+        ("rm /tmp/x", Write),
+        ("touch a && mv a b", Write),
+        ("ls -la | tee /tmp/x", Write),
+        ("ls >& /tmp/x", Write),
+        ("tar czf - /var/lib/postgresql", Export),
+        ("base64 /etc/ssl/private/key.pem", Export),
+        ("pg_dump app", Export),
+        ("sudo systemctl restart postgresql", Admin),
+        ("systemctl restart postgresql", Admin),
+        ("systemctl stop nginx", Admin),
+        ("systemctl --no-pager status x", Admin),
+        ("apt-get install -y nginx", Admin),
+        ("git push", Admin),
+        ("ip route add default via 10.0.0.1", Admin),
+        ("rm -rf /srv/data", Admin),
+        ("rm -r -f x", Admin),
+        ("rm --recursive x", Admin),
+        ("rm -fR x", Admin),
+        ("some-unknown-tool --flag", Admin),
+    ];
+    let c = Classifier::new(vec![]);
+    for (cmd, want) in cases {
+        let a = c.classify_str(cmd);
+        assert_eq!(a.class, *want, "{cmd:?}: {a:?}");
+    }
+}
+
+/// Each of these really runs something privileged (or something the
+/// classifier cannot know): none may be classified below `admin`.
+const BYPASSES: &[&str] = &[
+    // Quoting tricks.
+    "'sudo' ls",
+    "\"sudo\" ls",
+    "s'u'do ls",
+    "s\"u\"do ls",
+    "'systemctl' restart postgresql",
+    "systemctl re'start' postgresql",
+    "systemctl 'status'; systemctl restart x",
+    // $IFS and other expansions in the command name.
+    "cat${IFS}/etc/shadow",
+    "sudo${IFS}reboot",
+    "ls${IFS}-la",
+    "$SHELL -c id",
+    "${PAGER:-sudo} reboot",
+    "$(echo sudo) reboot",
+    "`echo sudo` reboot",
+    // Backslash-escaped names.
+    "\\sudo reboot",
+    "s\\udo reboot",
+    "\\rm -rf /",
+    "r\\m -r x",
+    // Function and alias definitions.
+    "ls() { rm -rf /; }; ls",
+    "function ls { rm -rf /; }; ls",
+    "ls () { sudo reboot; }\nls",
+    "alias ls='rm -rf /'; ls",
+    // Wrappers.
+    "env rm -rf /",
+    "env -i sudo reboot",
+    "env PATH=/tmp ls",
+    "xargs rm -rf",
+    "echo / | xargs rm",
+    "find / -name x -exec rm {} \\;",
+    "find / -delete",
+    "sh -c 'ls'",
+    "bash -c 'cat /etc/shadow'",
+    "python3 -c 'import os; os.system(\"rm -rf /\")'",
+    "perl -e 'system(\"reboot\")'",
+    "busybox rm -rf /",
+    "busybox sh",
+    "nohup rm -rf / &",
+    "timeout 5 sudo reboot",
+    "nice sudo reboot",
+    "nice -n 5 ls",
+    "command rm -rf /",
+    "exec sudo reboot",
+    "eval 'sudo reboot'",
+    ". /tmp/script.sh",
+    "source /tmp/script.sh",
+    "awk 'BEGIN{system(\"reboot\")}'",
+    "sed -n '1e reboot' /etc/hostname",
+    // Here-documents.
+    "sh <<EOF\nrm -rf /\nEOF",
+    "bash <<'EOF'\nsudo reboot\nEOF",
+    "cat <<EOF\n$(sudo reboot)\nEOF",
+    "cat <<EOF\n`sudo reboot`\nEOF",
+    "cat <<EOF\nunterminated",
+    // `;`, `&`, `|` and newline smuggling.
+    "ls; sudo reboot",
+    "ls\nsudo reboot",
+    "ls\r\nsudo reboot",
+    "ls && sudo reboot",
+    "ls || sudo reboot",
+    "ls | sudo tee /etc/x",
+    "ls & sudo reboot",
+    "ls #\nsudo reboot",
+    "ls;sudo reboot",
+    "ls&&sudo reboot",
+    // Substitutions anywhere.
+    "echo $(sudo reboot)",
+    "echo `sudo reboot`",
+    "echo \"$(rm -rf /)\"",
+    "echo \"`rm -rf /`\"",
+    "echo ${x:-$(sudo reboot)}",
+    "echo $(( a[$(reboot)] ))",
+    "cat <(sudo cat /etc/shadow)",
+    "ls > >(sudo tee /etc/x)",
+    "echo $(echo $(echo $(sudo reboot)))",
+    // Absolute and relative paths of binaries.
+    "/usr/bin/sudo reboot",
+    "/bin/rm -rf /",
+    "/usr/bin/systemctl restart postgresql",
+    "/tmp/cat /etc/shadow",
+    "./ls",
+    "/usr/bin/../bin/sudo reboot",
+    "//usr/bin/cat /etc/shadow",
+    // Globs and brace expansion.
+    "/???/??t /etc/shadow",
+    "/bin/c?t /etc/shadow",
+    "{sudo,reboot}",
+    "rm {-rf,/}",
+    "rm -[r] x",
+    // ANSI-C and locale quoting.
+    "$'\\x73udo' reboot",
+    "$\"sudo\" reboot",
+    // Assignments that change what runs.
+    "PATH=/tmp:$PATH ls",
+    "LD_PRELOAD=/tmp/x.so ls",
+    "IFS=/; ls",
+    "BASH_ENV=/tmp/x bash",
+    // Compound commands.
+    "if true; then sudo reboot; fi",
+    "for i in 1; do rm -rf /; done",
+    "while :; do :; done",
+    "until false; do :; done",
+    "case x in x) sudo reboot;; esac",
+    "[[ -f x ]] && ls",
+    "! ls",
+    "coproc sudo reboot",
+    // Groups.
+    "(sudo reboot)",
+    "{ sudo reboot; }",
+    "( ls; (sudo reboot) )",
+    // Unparseable input.
+    "echo 'abc",
+    "echo \"abc",
+    "echo $(ls",
+    "echo `ls",
+    "ls )",
+    "ls\0sudo reboot",
+];
+
+#[test]
+fn the_bypass_corpus_is_never_below_admin() {
+    let mut failures = Vec::new();
+    for b in BYPASSES {
+        let c = class_of(b);
+        if c != Class::Admin {
+            failures.push(format!("{b:?} → {c:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "classified below admin:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn oversized_commands_are_most_privileged() {
+    let long = format!("ls {}", "a".repeat(shell::MAX_COMMAND));
+    assert_eq!(class_of(&long), Class::Admin);
+    let deep = format!("{}ls{}", "$(echo ".repeat(40), ")".repeat(40));
+    assert_eq!(class_of(&deep), Class::Admin);
+}
+
+#[test]
+fn configured_rules_extend_the_defaults() {
+    use secondkey_ssh::classify::RawRule;
+    let raw: Vec<RawRule> = toml::from_str::<toml::Value>(
+        r#"
+        [[rules]]
+        class = "read"
+        command = "deploy-status"
+        [[rules]]
+        class = "write"
+        command = "systemctl reload"
+        [[rules]]
+        class = "admin"
+        command = "cat"
+        when_any = ["/etc/shadow"]
+        "#,
+    )
+    .unwrap()["rules"]
+        .clone()
+        .try_into()
+        .unwrap();
+    let c = Classifier::new(raw.iter().map(|r| r.rule().unwrap()).collect());
+    assert_eq!(c.classify_str("deploy-status --json").class, Class::Read);
+    assert_eq!(c.classify_str("systemctl reload nginx").class, Class::Write);
+    assert_eq!(c.classify_str("cat /etc/shadow").class, Class::Admin);
+    assert_eq!(c.classify_str("cat /etc/hostname").class, Class::Read);
+    // A dynamic argument might be /etc/shadow: the stricter rule counts.
+    assert_eq!(c.classify_str("cat $F").class, Class::Admin);
+    let bad: RawRule = toml::from_str("class = \"read\"\ncommand = \"/usr/bin/x\"").unwrap();
+    assert!(bad.rule().is_err());
+}
+
+#[test]
+fn facts_name_programs_and_paths() {
+    let a = Classifier::new(vec![])
+        .classify_str("sudo systemctl restart postgresql && cat /etc/x > /tmp/out");
+    assert_eq!(a.class, Class::Admin);
+    assert!(a.commands.contains("sudo") && a.commands.contains("cat"));
+    assert!(a.paths.contains("/etc/x") && a.paths.contains("/tmp/out"));
+}
+
+fn quote(w: &str) -> String {
+    format!("'{}'", w.replace('\'', "'\\''"))
+}
+
+proptest! {
+    /// Any text: the reader and classifier never panic.
+    #[test]
+    fn any_text_is_read_without_panicking(s in "\\PC{0,200}") {
+        let _ = Classifier::new(vec![]).classify_str(&s);
+    }
+
+    /// Any text followed by a privileged command on a new line: the
+    /// privileged command is seen (the same property as the `ssh_shell`
+    /// fuzz target), unless the text continues onto that line as the shell
+    /// would read it (a comment, a trailing backslash, a here-document).
+    #[test]
+    fn any_text_then_a_privileged_line_is_admin(s in "[ -\"$-~\t]{0,60}") {
+        let s = s.trim_end_matches('\\').replace("<<", "< <");
+        let line = format!("{s}\nsudo reboot");
+        prop_assert_eq!(class_of(&line), Class::Admin, "{:?}", line);
+    }
+
+    /// Words quoted with single quotes read back exactly.
+    #[test]
+    fn quoted_words_round_trip(words in proptest::collection::vec("[^\\x00]{1,12}", 1..6)) {
+        let line = words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
+        let s = shell::parse(&line);
+        prop_assert!(s.opaque.is_empty(), "{:?}", s.opaque);
+        prop_assert_eq!(s.commands.len(), 1);
+        let got: Vec<Word> = s.commands[0].argv.clone();
+        let want: Vec<Word> = words.iter().map(|w| Word::Lit(w.clone())).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    /// Whatever comes first on the line, a privileged command on the next
+    /// line is seen.
+    #[test]
+    fn a_privileged_next_line_is_always_seen(parts in proptest::collection::vec(prop_oneof![
+        Just("ls"), Just("-la"), Just("'a b'"), Just("\"x y\""), Just("$HOME"), Just("|"),
+        Just("&&"), Just(";"), Just("$(echo hi)"), Just("2>/dev/null"), Just("cat"), Just("("),
+        Just(")"), Just("{"), Just("}"), Just("<<EOF"), Just("\"$(date)\""), Just("`id`"), Just("&"),
+    ], 0..10)) {
+        let line = format!("{}\nsudo reboot", parts.join(" "));
+        prop_assert_eq!(class_of(&line), Class::Admin, "{:?}", line);
+    }
+}
