@@ -239,6 +239,32 @@ pub struct RawLog {
     /// Groups whose members may read log entries (entry bundles, receipts).
     /// Checkpoints and hash tiles are public: they reveal nothing.
     pub readers: Option<Vec<String>>,
+    /// C2SP tlog witnesses each new checkpoint is submitted to.
+    #[serde(default)]
+    pub witnesses: Vec<RawWitness>,
+}
+
+/// `[[log.witnesses]]`: a C2SP tlog witness.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWitness {
+    /// A name for logs and `/healthz`.
+    pub name: String,
+    /// The witness's submission prefix; `add-checkpoint` is posted under it.
+    pub url: String,
+    /// The witness's cosigner verifier key (`<name>+<id>+<base64>`, type 0x04).
+    pub key: String,
+    /// Seconds per submission; default 10.
+    pub timeout_secs: Option<u64>,
+}
+
+/// A witness the gateway submits checkpoints to.
+#[derive(Debug, Clone)]
+pub struct WitnessConfig {
+    pub name: String,
+    pub url: String,
+    pub key: secondkey_log::witness::CosignerKey,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -311,6 +337,8 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// Workload identity providers whose JWTs are accepted as bearer tokens.
     pub jwt_issuers: Vec<JwtIssuerConfig>,
+    /// Witnesses that cosign the log's checkpoints (`[[log.witnesses]]`).
+    pub witnesses: Vec<WitnessConfig>,
 }
 
 impl Config {
@@ -605,6 +633,7 @@ impl Config {
             executors.insert(id.to_string());
         }
         let log_readers = raw.log.readers.unwrap_or_else(|| vec!["auditors".into()]);
+        let witnesses = witnesses(&raw.log.witnesses)?;
         let oidc = match &raw.oidc {
             Some(o) => Some(oidc_config(o, &public_url, base, env)?),
             None => None,
@@ -628,6 +657,7 @@ impl Config {
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
         .collect();
         Ok(Config {
+            witnesses,
             sections,
             base_dir: base.to_path_buf(),
             env: env.clone(),
@@ -652,6 +682,38 @@ impl Config {
             sinks: raw.sinks,
         })
     }
+}
+
+fn witnesses(raw: &[RawWitness]) -> Result<Vec<WitnessConfig>, ConfigError> {
+    let mut out: Vec<WitnessConfig> = Vec::new();
+    for (i, w) in raw.iter().enumerate() {
+        let at = |k: &str| format!("log.witnesses[{i}].{k}");
+        if w.name.is_empty() || out.iter().any(|o| o.name == w.name) {
+            return Err(invalid(at("name"), "must be non-empty and unique"));
+        }
+        let url = w.url.trim_end_matches('/').to_string();
+        let loopback = url.starts_with("http://127.")
+            || url.starts_with("http://localhost")
+            || url.starts_with("http://[::1]");
+        if !(url.starts_with("https://") || loopback) {
+            return Err(invalid(
+                at("url"),
+                "must be an https:// URL (http:// only for loopback)",
+            ));
+        }
+        let key = w
+            .key
+            .parse()
+            .map_err(|e: secondkey_log::witness::KeyError| invalid(at("key"), e.to_string()))?;
+        let timeout = Duration::from_secs(w.timeout_secs.unwrap_or(10).clamp(1, 120));
+        out.push(WitnessConfig {
+            name: w.name.clone(),
+            url,
+            key,
+            timeout,
+        });
+    }
+    Ok(out)
 }
 
 fn check_claim_name(key: &str, v: &str) -> Result<(), ConfigError> {

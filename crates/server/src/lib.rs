@@ -15,10 +15,12 @@ pub mod identity;
 pub mod intercept;
 pub mod jwt;
 pub mod keys;
+pub mod lineage;
 pub mod logview;
 pub mod reload;
 pub mod views;
 pub mod web;
+pub mod witness;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +104,12 @@ impl Running {
         if let Err(e) = self.gateway.anchor_latest().await {
             tracing::warn!(error = %e, "could not anchor the last checkpoint at shutdown");
         }
+        // And give the witnesses the final checkpoint (bounded: a witness
+        // that is down does not hold the shutdown).
+        let final_round = witness::submit_once(&self.gateway);
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(15), final_round).await {
+            tracing::warn!(error = %e, "could not submit the last checkpoint to witnesses");
+        }
         self.gateway.store.close();
         r
     }
@@ -176,6 +184,7 @@ fn spawn_background(gateway: Arc<Gateway>) {
         }
     });
     reload::spawn(gateway.clone());
+    witness::spawn(gateway.clone());
     start_sinks(&gateway);
 }
 
