@@ -195,7 +195,7 @@ fn start_sinks(gateway: &Arc<Gateway>) {
     let source = Arc::new(logview::StoreSource(gateway.store.clone()));
     let dir = gateway.config.data_dir.join("sinks");
     for cfg in &gateway.config.sinks {
-        let sink = match cfg.build(&gateway.config.log_origin) {
+        let sink = match cfg.build_with_source(&gateway.config.log_origin, source.clone()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(sink = cfg.name(), error = %e, "sink not started");
