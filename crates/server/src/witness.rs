@@ -211,24 +211,51 @@ pub async fn submit_once(g: &Arc<Gateway>) -> Result<(), ApiError> {
             (i, submit_to(&g2, w, &n2, size, old))
         }));
     }
-    let mut lines = String::new();
-    let mut sizes = Vec::new();
+    let mut results = Vec::new();
     for t in tasks {
-        let Ok((i, r)) = t.await else { continue };
-        let mut st = g
-            .witnessing
-            .status
-            .lock()
-            .map_err(|_| ApiError::unavailable("witness status poisoned"))?;
+        if let Ok(r) = t.await {
+            results.push(r);
+        }
+    }
+    let lines: String = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().cloned())
+        .collect();
+    let names: Vec<String> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| g.config.witnesses[*i].name.clone())
+        .collect();
+    // The cosignatures are stored before the status says so: whoever sees
+    // a witness at this size finds its cosignature on the checkpoint.
+    if !lines.is_empty() {
+        g.store
+            .transact(move |tx| {
+                let base = match tx.get_record(WITNESSED_NS, "latest")? {
+                    Some(prev) if same_checkpoint(&prev, &note) => prev,
+                    _ => note.clone(),
+                };
+                tx.put_record(WITNESSED_NS, "latest", &add_signatures(&base, &lines))?;
+                for name in &names {
+                    tx.put_record(WITNESSED_NS, &format!("size:{name}"), &size.to_string())?;
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    let mut st = g
+        .witnessing
+        .status
+        .lock()
+        .map_err(|_| ApiError::unavailable("witness status poisoned"))?;
+    for (i, r) in results {
         let s = &mut st[i];
         match r {
-            Ok(line) => {
+            Ok(_) => {
                 s.cosigned_size = size;
                 s.error = None;
                 s.failures = 0;
                 s.retry_at = None;
-                lines.push_str(&line);
-                sizes.push(s.name.clone());
             }
             Err(why) => {
                 tracing::error!(witness = %s.name, size, error = %why, "a witness did not cosign the checkpoint");
@@ -239,22 +266,6 @@ pub async fn submit_once(g: &Arc<Gateway>) -> Result<(), ApiError> {
             }
         }
     }
-    if lines.is_empty() {
-        return Ok(());
-    }
-    g.store
-        .transact(move |tx| {
-            let base = match tx.get_record(WITNESSED_NS, "latest")? {
-                Some(prev) if same_checkpoint(&prev, &note) => prev,
-                _ => note.clone(),
-            };
-            tx.put_record(WITNESSED_NS, "latest", &add_signatures(&base, &lines))?;
-            for name in &sizes {
-                tx.put_record(WITNESSED_NS, &format!("size:{name}"), &size.to_string())?;
-            }
-            Ok(())
-        })
-        .await?;
     Ok(())
 }
 
