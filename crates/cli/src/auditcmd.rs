@@ -416,9 +416,11 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
         }
     }
     match digests[PDF].as_str() {
-        Some(d) if d != evidence::sha256_hex(&read(PDF)?) => return fail(format!(
+        Some(d) if d != evidence::sha256_hex(&read(PDF)?) => {
+            return fail(format!(
             "{PDF} is not the file the pack was made with (its SHA-256 differs from {MANIFEST})"
-        )),
+        ))
+        }
         Some(_) => {}
         None => println!("(the pack has no PDF)"),
     }

@@ -4,9 +4,9 @@
 //! drives it over WebDriver (chromedriver). Hostile input is sent with a
 //! plain HTTP client holding a real session.
 
-mod common;
 #[path = "common/browser.rs"]
 mod browser;
+mod common;
 #[path = "common/fakes.rs"]
 mod fakes;
 
@@ -666,7 +666,6 @@ fn workload_jwt_from_the_provider_authenticates_an_agent() {
         assert_eq!(r.status, 401, "{}", r.body);
     }
 }
-
 
 #[test]
 fn chromium_signs_in_and_approves_and_the_agent_resumes() {

@@ -27,7 +27,14 @@ impl Drop for Witness {
 
 fn start_witness(d: &Path, log_vkey: &str) -> (Witness, String, String) {
     let (code, wkey, err) = run_cli(
-        &["witness", "keygen", "--name", "witness.test/w1", "--out", d.join("w1.key").to_str().unwrap()],
+        &[
+            "witness",
+            "keygen",
+            "--name",
+            "witness.test/w1",
+            "--out",
+            d.join("w1.key").to_str().unwrap(),
+        ],
         "http://127.0.0.1:1",
         None,
     );
@@ -80,7 +87,18 @@ fn act(g: &Gateway, n: u32) {
 
 fn verify(bundle: &Path, vkey: &str, wkey: &str, min: &str) -> (i32, String, String) {
     run_cli(
-        &["log", "verify", "--bundle", bundle.to_str().unwrap(), "--key", vkey, "--witness", wkey, "--min-witnesses", min],
+        &[
+            "log",
+            "verify",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--key",
+            vkey,
+            "--witness",
+            wkey,
+            "--min-witnesses",
+            min,
+        ],
         "http://127.0.0.1:1",
         None,
     )
@@ -109,7 +127,16 @@ fn a_witness_cosigns_the_log_and_refuses_a_fork() {
     let cp = g.text("/v1/log/checkpoint");
     assert!(cp.contains("\n\u{2014} witness.test/w1 "), "{cp}");
     let bundle = d.join("audit");
-    let (code, _, err) = g.cli(&["log", "fetch", "--bundle", bundle.to_str().unwrap(), "--witnessed"], Some("user:audrey"));
+    let (code, _, err) = g.cli(
+        &[
+            "log",
+            "fetch",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--witnessed",
+        ],
+        Some("user:audrey"),
+    );
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = verify(&bundle, &vkey, &wkey, "1");
     assert_eq!(code, 0, "{out}{err}");
@@ -117,34 +144,70 @@ fn a_witness_cosigns_the_log_and_refuses_a_fork() {
     // The same checkpoint without its cosignature: reported as signed by
     // the operator only, and refused when a witness is required.
     let note = std::fs::read_to_string(bundle.join("checkpoint")).unwrap();
-    let operator_only: String = note.lines().filter(|l| !l.contains("witness.test/w1")).map(|l| format!("{l}\n")).collect();
+    let operator_only: String = note
+        .lines()
+        .filter(|l| !l.contains("witness.test/w1"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(bundle.join("checkpoint"), &operator_only).unwrap();
     let (code, out, _) = verify(&bundle, &vkey, &wkey, "0");
     assert_eq!(code, 0);
     assert!(out.contains("signed only by the operator"), "{out}");
     let (code, _, err) = verify(&bundle, &vkey, &wkey, "1");
-    assert!(code != 0 && err.contains("0 of the required 1 witnesses"), "{err}");
+    assert!(
+        code != 0 && err.contains("0 of the required 1 witnesses"),
+        "{err}"
+    );
     // A checkpoint altered around its signatures fails outright.
     let moved = note.replacen(&format!("\n{s1}\n"), &format!("\n{}\n", s1 + 1), 1);
     std::fs::write(bundle.join("checkpoint"), moved).unwrap();
-    assert!(verify(&bundle, &vkey, &wkey, "0").0 != 0, "an altered checkpoint fails the log's signature");
+    assert!(
+        verify(&bundle, &vkey, &wkey, "0").0 != 0,
+        "an altered checkpoint fails the log's signature"
+    );
 
     // A backup of the data directory as of now (the gateway stopped).
     g.stop();
     let backup = d.join("data.bak");
-    assert!(Command::new("cp").args(["-a"]).arg(d.join("data")).arg(&backup).status().unwrap().success());
+    assert!(Command::new("cp")
+        .args(["-a"])
+        .arg(d.join("data"))
+        .arg(&backup)
+        .status()
+        .unwrap()
+        .success());
     g.spawn();
     for n in 2..5 {
         act(&g, n);
     }
     let s2 = wait_cosigned(&g);
     assert!(s2 > s1);
-    let (code, _, err) = g.cli(&["log", "export", "--config", g.config.to_str().unwrap(), "--bundle", d.join("honest").to_str().unwrap()], None);
+    let (code, _, err) = g.cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--bundle",
+            d.join("honest").to_str().unwrap(),
+        ],
+        None,
+    );
     assert_eq!(code, 0, "{err}");
     g.stop();
     // With the gateway stopped, the export carries the final checkpoint,
     // cosigned at shutdown.
-    let (code, _, err) = g.cli(&["log", "export", "--config", g.config.to_str().unwrap(), "--bundle", d.join("final").to_str().unwrap()], None);
+    let (code, _, err) = g.cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--bundle",
+            d.join("final").to_str().unwrap(),
+        ],
+        None,
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(verify(&d.join("final"), &vkey, &wkey, "1").0, 0);
 
@@ -152,7 +215,13 @@ fn a_witness_cosigns_the_log_and_refuses_a_fork() {
     // than what the witness saw. The gateway starts (its own anchor is
     // the backup's), but the witness refuses to cosign the fork.
     std::fs::remove_dir_all(d.join("data")).unwrap();
-    assert!(Command::new("cp").args(["-a"]).arg(&backup).arg(d.join("data")).status().unwrap().success());
+    assert!(Command::new("cp")
+        .args(["-a"])
+        .arg(&backup)
+        .arg(d.join("data"))
+        .status()
+        .unwrap()
+        .success());
     g.spawn();
     for n in 100..110 {
         act(&g, n);
@@ -173,14 +242,28 @@ fn a_witness_cosigns_the_log_and_refuses_a_fork() {
             }
             assert!(e.contains("rolled back or forked"), "{e}");
         }
-        assert!(Instant::now() < deadline, "the witness did not refuse: {h} {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the witness did not refuse: {h} {seen:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(health(&g)["witnesses"][0]["cosigned_size"].as_u64().unwrap() < s2);
+    assert!(
+        health(&g)["witnesses"][0]["cosigned_size"]
+            .as_u64()
+            .unwrap()
+            < s2
+    );
     let kept = std::fs::read_to_string(d.join("w1-state/refused.jsonl")).unwrap();
-    assert!(kept.contains("\"status\":422"), "the witness keeps the fork as evidence: {kept}");
+    assert!(
+        kept.contains("\"status\":422"),
+        "the witness keeps the fork as evidence: {kept}"
+    );
     let forked = d.join("forked");
-    let (code, _, err) = g.cli(&["log", "fetch", "--bundle", forked.to_str().unwrap()], Some("user:audrey"));
+    let (code, _, err) = g.cli(
+        &["log", "fetch", "--bundle", forked.to_str().unwrap()],
+        Some("user:audrey"),
+    );
     assert_eq!(code, 0, "{err}");
     // The forked log verifies under the operator's key alone — that is the
     // gap witnesses close — but not when a witness is required, and not
@@ -189,7 +272,16 @@ fn a_witness_cosigns_the_log_and_refuses_a_fork() {
     let (code, _, err) = verify(&forked, &vkey, &wkey, "1");
     assert!(code != 0 && err.contains("0 of the required 1"), "{err}");
     let (code, _, err) = run_cli(
-        &["log", "verify", "--bundle", forked.to_str().unwrap(), "--key", &vkey, "--since", d.join("final/checkpoint").to_str().unwrap()],
+        &[
+            "log",
+            "verify",
+            "--bundle",
+            forked.to_str().unwrap(),
+            "--key",
+            &vkey,
+            "--since",
+            d.join("final/checkpoint").to_str().unwrap(),
+        ],
         "http://127.0.0.1:1",
         None,
     );
@@ -227,12 +319,23 @@ fn an_independent_witness_implementation_cosigns_our_log() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).to_string()
     };
-    let wkey = aics(&["init", "--name", "witness.test/aics"]).lines().last().unwrap().trim().to_string();
+    let wkey = aics(&["init", "--name", "witness.test/aics"])
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
     aics(&["add-log", "--origin", "test.secondkey/log", "--vkey", &vkey]);
     let port = free_port();
     let _w = Witness(
         Command::new("python3")
-            .args(["-m", "aics_witness", "serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "-m",
+                "aics_witness",
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .env("AICS_WITNESS_CONFIG", wdir.join("witness.json"))
             .current_dir(&wdir)
             .stdout(Stdio::null())
@@ -241,7 +344,10 @@ fn an_independent_witness_implementation_cosigns_our_log() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("http://127.0.0.1:{port}/healthz")).call().is_err() {
+    while ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
+        .call()
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "aics-witness did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -261,11 +367,23 @@ fn an_independent_witness_implementation_cosigns_our_log() {
     let s2 = wait_cosigned(&g);
     assert!(s2 > s1);
     let bundle = d.join("audit");
-    let (code, _, err) = g.cli(&["log", "fetch", "--bundle", bundle.to_str().unwrap(), "--witnessed"], Some("user:audrey"));
+    let (code, _, err) = g.cli(
+        &[
+            "log",
+            "fetch",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--witnessed",
+        ],
+        Some("user:audrey"),
+    );
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = verify(&bundle, &vkey, &wkey, "1");
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("cosigned by witness witness.test/aics"), "{out}");
+    assert!(
+        out.contains("cosigned by witness witness.test/aics"),
+        "{out}"
+    );
     let log = std::fs::read_to_string(d.join("aics.log")).unwrap();
     assert!(log.contains(&format!("size {s1} -> {s2}")), "{log}");
 }

@@ -602,6 +602,20 @@ mod tests {
         assert!(AddCheckpoint::parse(&vec![b'a'; MAX_REQUEST_BYTES + 1]).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn hostile_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = AddCheckpoint::parse(&body);
+        }
+
+        #[test]
+        fn hostile_cosignature_lines_never_verify(line in "\\PC{0,120}") {
+            let c = Cosigner::from_seed("w", [1; 32]);
+            let note = format!("o\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n\u{2014} w {line}\n");
+            proptest::prop_assert_eq!(c.verifier().verify(&note), None);
+        }
+    }
+
     #[test]
     fn keys_round_trip_and_verify() {
         let c = Cosigner::generate("witness.example/w1").unwrap();

@@ -946,6 +946,31 @@ mod tests {
     }
 
     #[test]
+    fn witnesses_are_checked() {
+        let key = secondkey_log::witness::Cosigner::from_seed("w.example/w1", [3; 32])
+            .verifier()
+            .to_string();
+        let w = |url: &str, key: &str| {
+            load(&format!(
+                "[log]\norigin = \"o.example/log\"\n[[log.witnesses]]\nname = \"w1\"\nurl = \"{url}\"\nkey = \"{key}\"\n"
+            ))
+        };
+        let c = w("https://w.example/w1/", &key).unwrap();
+        assert_eq!(c.witnesses[0].url, "https://w.example/w1");
+        assert_eq!(c.witnesses[0].timeout, Duration::from_secs(10));
+        assert!(w("http://127.0.0.1:7380", &key).is_ok());
+        for (url, k, field) in [
+            ("http://w.example", key.as_str(), "url"),
+            ("https://w.example", "w.example/w1+00000000+AAAA", "key"),
+            // A log's own key (type 0x01) is not a witness key.
+            ("https://w.example", "o.example/log+1a2b3c4d+AT3x", "key"),
+        ] {
+            let e = w(url, k).unwrap_err().to_string();
+            assert!(e.contains(&format!("log.witnesses[0].{field}")), "{e}");
+        }
+    }
+
+    #[test]
     fn the_brief_example_loads() {
         let c = load(
             r#"

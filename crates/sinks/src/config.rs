@@ -380,6 +380,24 @@ mod tests {
         );
         assert!(cfg.sinks[0].build("o").is_ok());
         assert!(cfg.sinks[2].build("o").is_ok());
+        let ol: Server = toml::from_str(
+            "[[sinks]]\nname = \"lineage\"\ntype = \"openlineage\"\nurl = \"https://marquez.example/api/v1/lineage\"\nnamespace = \"sk\"\n",
+        )
+        .unwrap();
+        assert_eq!(ol.sinks[0].name(), "lineage");
+        assert_eq!(ol.sinks[0].build("o").unwrap().kind(), "openlineage");
+        let plain: Server = toml::from_str(
+            "[[sinks]]\nname = \"l\"\ntype = \"openlineage\"\nurl = \"http://marquez.example/\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            plain.sinks[0].build("o"),
+            Err(ConfigError::Url { .. })
+        ));
+        let typo = toml::from_str::<Server>(
+            "[[sinks]]\nname = \"l\"\ntype = \"openlineage\"\nurl = \"https://x\"\nnamspace = \"x\"\n",
+        );
+        assert!(typo.is_err());
     }
 
     #[test]

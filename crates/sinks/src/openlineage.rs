@@ -191,3 +191,106 @@ impl Sink for OpenLineageSink {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::SourceError;
+    use serde_json::json;
+
+    fn entry(
+        index: u64,
+        event: &str,
+        subjects: &[(&str, &str)],
+        payload: serde_json::Value,
+    ) -> Vec<u8> {
+        Entry {
+            index,
+            time: format!("2026-12-01T10:00:{index:02}.000Z"),
+            event: event.into(),
+            actor: Some("agent:a".into()),
+            subjects: subjects
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            digest: None,
+            payload,
+        }
+        .to_bytes()
+        .unwrap()
+    }
+
+    fn log() -> Vec<Vec<u8>> {
+        let act = "act_019ad7c3e1f03f9a0000000000000001";
+        vec![
+            entry(
+                0,
+                "action.allowed",
+                &[("action", act)],
+                json!({"decision": "allow", "executed": true, "transport": "pg",
+                "action": {"kind": "sql", "operation": "read", "resource": "postgres://a/t", "lineage": {"reads": ["postgres://a/t"]}}}),
+            ),
+            entry(
+                1,
+                "gateway.started",
+                &[],
+                json!({"policies": {"count": 1, "policy_set": "x"}}),
+            ),
+            entry(
+                2,
+                "action.result",
+                &[("action", act)],
+                json!({"execution": act, "ok": true, "summary": {"rows": 1}, "reads": ["postgres://a/t"], "writes": []}),
+            ),
+        ]
+    }
+
+    struct Mem(Vec<Vec<u8>>);
+
+    impl EntrySource for Mem {
+        fn read_from(&self, start: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, SourceError> {
+            Ok((start..)
+                .zip(self.0.iter().skip(start as usize).take(max).cloned())
+                .collect())
+        }
+    }
+
+    fn sink(source: Option<Arc<dyn EntrySource>>) -> OpenLineageSink {
+        OpenLineageSink::new(
+            "http://127.0.0.1:9/x",
+            "ns",
+            "o",
+            None,
+            Duration::from_secs(1),
+            source,
+            100,
+        )
+    }
+
+    #[test]
+    fn one_event_per_run_even_when_a_delivery_is_retried() {
+        let l = log();
+        let mut s = sink(None);
+        assert!(s.event_for(0, &l[0]).is_none());
+        assert!(s.event_for(1, &l[1]).is_none());
+        let ev = s.event_for(2, &l[2]).unwrap();
+        assert_eq!(ev["eventType"], "COMPLETE");
+        assert_eq!(ev["run"]["facets"]["secondkey"]["log_index"], 2);
+        // The runner retries the same entry after a failed delivery.
+        assert_eq!(s.event_for(2, &l[2]).unwrap(), ev);
+        assert_eq!(s.tracker.records().len(), 1);
+    }
+
+    #[test]
+    fn after_a_restart_it_reads_back_what_was_decided_before_its_cursor() {
+        let l = log();
+        let mut cold = sink(None);
+        assert!(
+            cold.event_for(2, &l[2]).is_none(),
+            "without the decision there is nothing to say"
+        );
+        let mut s = sink(Some(Arc::new(Mem(l.clone()))));
+        let ev = s.event_for(2, &l[2]).unwrap();
+        assert_eq!(ev["inputs"][0]["name"], "t");
+    }
+}
