@@ -145,6 +145,24 @@ pub struct Graph {
     pub truncated: bool,
 }
 
+impl Node {
+    /// A node with no action details.
+    fn plain(id: String, kind: &str, label: &str, category: String) -> Node {
+        Node {
+            id,
+            kind: kind.into(),
+            label: label.into(),
+            category,
+            request: None,
+            approved: None,
+            at: None,
+            resource: None,
+            outcome: None,
+            entries: vec![],
+        }
+    }
+}
+
 fn principal_category(id: &str) -> String {
     id.split_once(':')
         .map(|(k, _)| k.to_string())
@@ -183,18 +201,12 @@ pub fn build(records: &[ActionRecord], filter: &Filter) -> Graph {
         let pid = format!("principal:{}", r.principal);
         add(
             &mut nodes,
-            Node {
-                id: pid.clone(),
-                kind: "principal".into(),
-                label: r.principal.clone(),
-                category: principal_category(&r.principal),
-                request: None,
-                approved: None,
-                at: None,
-                resource: None,
-                outcome: None,
-                entries: vec![],
-            },
+            Node::plain(
+                pid.clone(),
+                "principal",
+                &r.principal,
+                principal_category(&r.principal),
+            ),
         );
         let approved = r.approved.as_ref().map(|m| ApprovedBy {
             by: r.approvals.iter().map(|a| a.by.clone()).collect(),
@@ -206,16 +218,18 @@ pub fn build(records: &[ActionRecord], filter: &Filter) -> Graph {
         add(
             &mut nodes,
             Node {
-                id: aid.clone(),
-                kind: "action".into(),
-                label: format!("{}.{}", r.kind, r.operation),
-                category: r.kind.clone(),
                 request: request.clone(),
                 approved: approved.clone(),
                 at: r.executed.as_ref().map(|m| m.at.clone()),
                 resource: Some(r.resource.clone()),
                 outcome: r.result.as_ref().map(|x| x.outcome.clone()),
                 entries: r.entries.clone(),
+                ..Node::plain(
+                    aid.clone(),
+                    "action",
+                    &format!("{}.{}", r.kind, r.operation),
+                    r.kind.clone(),
+                )
             },
         );
         let key_entries: Vec<u64> = std::iter::once(r.decided.index)
@@ -234,18 +248,7 @@ pub fn build(records: &[ActionRecord], filter: &Filter) -> Graph {
             let did = format!("dataset:{d}");
             add(
                 &mut nodes,
-                Node {
-                    id: did.clone(),
-                    kind: "dataset".into(),
-                    label: d.clone(),
-                    category: dataset_kind(d).into(),
-                    request: None,
-                    approved: None,
-                    at: None,
-                    resource: None,
-                    outcome: None,
-                    entries: vec![],
-                },
+                Node::plain(did.clone(), "dataset", d, dataset_kind(d).into()),
             );
             let mut entries = key_entries.clone();
             if let Some(res) = &r.result {

@@ -90,13 +90,18 @@ pub enum LogCmd {
     },
 }
 
-pub fn load_key(k: &str) -> Result<Verifier> {
-    let text = if Path::new(k).is_file() {
-        std::fs::read_to_string(k).with_context(|| format!("cannot read key file {k}"))?
+/// A key given on the command line, or the content of the file it names.
+fn key_text(k: &str) -> Result<String> {
+    if Path::new(k).is_file() {
+        std::fs::read_to_string(k).with_context(|| format!("cannot read key file {k}"))
     } else {
-        k.to_string()
-    };
-    text.trim()
+        Ok(k.to_string())
+    }
+}
+
+pub fn load_key(k: &str) -> Result<Verifier> {
+    key_text(k)?
+        .trim()
         .parse()
         .map_err(|e| anyhow!("--key is not a signed-note verifier key (name+hash+base64): {e}"))
 }
@@ -333,12 +338,8 @@ pub fn fetch_bundle(c: &crate::client::Client, checkpoint: &str, dir: &Path) -> 
 pub fn load_cosigner_keys(list: &[String]) -> Result<Vec<secondkey_log::witness::CosignerKey>> {
     list.iter()
         .map(|k| {
-            let text = if Path::new(k).is_file() {
-                std::fs::read_to_string(k).with_context(|| format!("cannot read key file {k}"))?
-            } else {
-                k.clone()
-            };
-            text.trim()
+            key_text(k)?
+                .trim()
                 .parse()
                 .map_err(|e| anyhow!("--witness {k:?} is not a witness's cosigner key: {e}"))
         })

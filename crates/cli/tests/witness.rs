@@ -104,29 +104,29 @@ fn verify(bundle: &Path, vkey: &str, wkey: &str, min: &str) -> (i32, String, Str
     )
 }
 
-#[test]
-fn a_witness_cosigns_the_log_and_refuses_a_fork() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    // The log's key exists once the gateway has started.
+/// A gateway started once (so its log key exists) and stopped, with its
+/// verifier key.
+fn stopped_gateway(d: &Path) -> (Gateway, String) {
     let mut g = Gateway::start(d);
     let vkey = g.text("/v1/log/verifier-key").trim().to_string();
     g.stop();
-    let (_w, wurl, wkey) = start_witness(d, &vkey);
+    (g, vkey)
+}
+
+/// Starts `g` again, submitting its checkpoints to witness `name`.
+fn spawn_witnessed(g: &mut Gateway, name: &str, url: &str, key: &str) {
     let port: u16 = g.url.rsplit(':').next().unwrap().parse().unwrap();
     write_config_extra(
-        d,
+        &g.dir.clone(),
         port,
         POLICIES,
-        &format!("\n[[log.witnesses]]\nname = \"w1\"\nurl = \"{wurl}\"\nkey = \"{wkey}\"\n"),
+        &format!("\n[[log.witnesses]]\nname = \"{name}\"\nurl = \"{url}\"\nkey = \"{key}\"\n"),
     );
     g.spawn();
-    act(&g, 1);
-    let s1 = wait_cosigned(&g);
-    // The checkpoint as published carries the cosignature.
-    let cp = g.text("/v1/log/checkpoint");
-    assert!(cp.contains("\n\u{2014} witness.test/w1 "), "{cp}");
-    let bundle = d.join("audit");
+}
+
+/// Fetches the newest witnessed checkpoint's bundle as an auditor.
+fn fetch_witnessed(g: &Gateway, bundle: &Path) {
     let (code, _, err) = g.cli(
         &[
             "log",
@@ -138,6 +138,22 @@ fn a_witness_cosigns_the_log_and_refuses_a_fork() {
         Some("user:audrey"),
     );
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_witness_cosigns_the_log_and_refuses_a_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut g, vkey) = stopped_gateway(d);
+    let (_w, wurl, wkey) = start_witness(d, &vkey);
+    spawn_witnessed(&mut g, "w1", &wurl, &wkey);
+    act(&g, 1);
+    let s1 = wait_cosigned(&g);
+    // The checkpoint as published carries the cosignature.
+    let cp = g.text("/v1/log/checkpoint");
+    assert!(cp.contains("\n\u{2014} witness.test/w1 "), "{cp}");
+    let bundle = d.join("audit");
+    fetch_witnessed(&g, &bundle);
     let (code, out, err) = verify(&bundle, &vkey, &wkey, "1");
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("cosigned by witness witness.test/w1"), "{out}");
@@ -303,9 +319,7 @@ fn an_independent_witness_implementation_cosigns_our_log() {
     assert!(ok, "aics-witness is missing: run `python3 -m pip install --no-deps --ignore-requires-python aics-tlog aics-witness` (./scripts/test does)");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut g = Gateway::start(d);
-    let vkey = g.text("/v1/log/verifier-key").trim().to_string();
-    g.stop();
+    let (mut g, vkey) = stopped_gateway(d);
     let wdir = d.join("aics");
     std::fs::create_dir_all(&wdir).unwrap();
     let aics = |args: &[&str]| {
@@ -351,14 +365,7 @@ fn an_independent_witness_implementation_cosigns_our_log() {
         assert!(Instant::now() < deadline, "aics-witness did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let gport: u16 = g.url.rsplit(':').next().unwrap().parse().unwrap();
-    write_config_extra(
-        d,
-        gport,
-        POLICIES,
-        &format!("\n[[log.witnesses]]\nname = \"aics\"\nurl = \"http://127.0.0.1:{port}\"\nkey = \"{wkey}\"\n"),
-    );
-    g.spawn();
+    spawn_witnessed(&mut g, "aics", &format!("http://127.0.0.1:{port}"), &wkey);
     // Two rounds: the first from size 0, the second with a consistency proof.
     act(&g, 1);
     let s1 = wait_cosigned(&g);
@@ -367,17 +374,7 @@ fn an_independent_witness_implementation_cosigns_our_log() {
     let s2 = wait_cosigned(&g);
     assert!(s2 > s1);
     let bundle = d.join("audit");
-    let (code, _, err) = g.cli(
-        &[
-            "log",
-            "fetch",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--witnessed",
-        ],
-        Some("user:audrey"),
-    );
-    assert_eq!(code, 0, "{err}");
+    fetch_witnessed(&g, &bundle);
     let (code, out, err) = verify(&bundle, &vkey, &wkey, "1");
     assert_eq!(code, 0, "{out}{err}");
     assert!(

@@ -66,6 +66,20 @@ fn check_name(name: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// A cosigner key string's parts (type 0x04).
+fn decode(s: &str, private: bool) -> Result<note::KeyString, KeyError> {
+    note::decode_key_string(
+        s,
+        private,
+        ALG_COSIGNATURE_V1,
+        "not a cosignature/v1 (0x04) key; a log's own key (0x01) is given with --key",
+    )
+    .map_err(|e| match e {
+        note::KeyStringError::Name(n) => KeyError::Name(n),
+        note::KeyStringError::Malformed(m) => KeyError::Malformed(m),
+    })
+}
+
 /// The key id of an Ed25519 cosigner key.
 pub fn cosigner_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
     let mut h = Sha256::new();
@@ -162,28 +176,10 @@ impl FromStr for Cosigner {
     type Err = KeyError;
 
     fn from_str(s: &str) -> Result<Cosigner, KeyError> {
-        let parts: Vec<&str> = s.trim().splitn(5, '+').collect();
-        let [p, k, name, id, b64] = parts.as_slice() else {
-            return Err(KeyError::Malformed("wrong number of '+'-separated fields"));
-        };
-        if *p != "PRIVATE" || *k != "KEY" {
-            return Err(KeyError::Malformed("missing PRIVATE+KEY prefix"));
-        }
-        check_name(name)?;
-        let raw = STANDARD
-            .decode(b64)
-            .map_err(|_| KeyError::Malformed("key is not valid base64"))?;
-        let (alg, seed) = raw
-            .split_first()
-            .ok_or(KeyError::Malformed("key is empty"))?;
-        if *alg != ALG_COSIGNATURE_V1 {
-            return Err(KeyError::Malformed("not a cosignature/v1 (0x04) key"));
-        }
-        let seed: [u8; 32] = seed
-            .try_into()
-            .map_err(|_| KeyError::Malformed("Ed25519 seed is not 32 bytes"))?;
+        let k = decode(s, true)?;
+        let (name, id, seed) = (k.name.as_str(), k.id, k.key);
         let c = Cosigner::from_seed(name, seed);
-        if format!("{:08x}", c.key_id) != *id {
+        if c.key_id != id {
             return Err(KeyError::Malformed(
                 "key id does not match the name and key",
             ));
@@ -224,32 +220,15 @@ impl FromStr for CosignerKey {
     type Err = KeyError;
 
     fn from_str(s: &str) -> Result<CosignerKey, KeyError> {
-        let parts: Vec<&str> = s.trim().splitn(3, '+').collect();
-        let [name, id, b64] = parts.as_slice() else {
-            return Err(KeyError::Malformed("wrong number of '+'-separated fields"));
-        };
-        check_name(name)?;
-        let raw = STANDARD
-            .decode(b64)
-            .map_err(|_| KeyError::Malformed("key is not valid base64"))?;
-        let (alg, pk) = raw
-            .split_first()
-            .ok_or(KeyError::Malformed("key is empty"))?;
-        if *alg != ALG_COSIGNATURE_V1 {
-            return Err(KeyError::Malformed(
-                "not a cosignature/v1 (0x04) key; a log's own key (0x01) is given with --key",
-            ));
-        }
-        let pk: [u8; 32] = pk
-            .try_into()
-            .map_err(|_| KeyError::Malformed("Ed25519 public key is not 32 bytes"))?;
+        let k = decode(s, false)?;
+        let (name, id, pk) = (k.name.as_str(), k.id, k.key);
         let key = VerifyingKey::from_bytes(&pk)
             .map_err(|_| KeyError::Malformed("not a valid Ed25519 public key"))?;
         if key.is_weak() {
             return Err(KeyError::Malformed("a small-order key anyone can sign for"));
         }
         let key_id = cosigner_key_id(name, &pk);
-        if format!("{key_id:08x}") != *id {
+        if key_id != id {
             return Err(KeyError::Malformed(
                 "key id does not match the name and key",
             ));
