@@ -569,21 +569,26 @@ fn a_day_of_three_agents_as_lineage_openlineage_usage_and_evidence() {
     );
 
     // The evidence pack: written, verified, and caught when edited.
+    let evidence = |framework: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "evidence",
+            "--config",
+            &cfg,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--framework",
+            framework,
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
     let pack = d.join("evidence");
     let pack_s = pack.to_str().unwrap();
-    let (code, outp, err) = cli(&[
-        "evidence",
-        "--config",
-        &cfg,
-        "--from",
-        &from,
-        "--to",
-        &to,
-        "--framework",
-        "soc2",
-        "--out",
-        pack_s,
-    ]);
+    let (code, outp, err) = evidence("soc2", pack_s, &[]);
     assert_eq!(code, 0, "{err}");
     let vkey = outp.split('\'').nth(1).unwrap().to_string();
     for f in [
@@ -623,20 +628,11 @@ fn a_day_of_three_agents_as_lineage_openlineage_usage_and_evidence() {
     let (code, o, e) = verify(pack_s);
     assert_eq!(code, 0, "{o}{e}");
     assert!(o.contains("every figure"), "{o}");
-    let (code, _, e) = cli(&[
-        "evidence",
-        "--config",
-        &cfg,
-        "--from",
-        &from,
-        "--to",
-        &to,
-        "--framework",
+    let (code, _, e) = evidence(
         "fedramp-moderate",
-        "--no-pdf",
-        "--out",
         d.join("fedramp").to_str().unwrap(),
-    ]);
+        &["--no-pdf"],
+    );
     assert_eq!(code, 0, "{e}");
     let fed = std::fs::read_to_string(d.join("fedramp/report.html")).unwrap();
     for c in [
@@ -703,34 +699,10 @@ fn a_day_of_three_agents_as_lineage_openlineage_usage_and_evidence() {
     let (code, _, e) = verify(t4.to_str().unwrap());
     assert!(code != 0 && e.contains("report.pdf"), "{e}");
     // Bad input changes nothing and says why.
-    let (code, _, e) = cli(&[
-        "evidence",
-        "--config",
-        &cfg,
-        "--from",
-        &from,
-        "--to",
-        &to,
-        "--framework",
-        "iso27001",
-        "--out",
-        d.join("x").to_str().unwrap(),
-    ]);
+    let (code, _, e) = evidence("iso27001", d.join("x").to_str().unwrap(), &[]);
     assert!(code != 0 && e.contains("soc2 or fedramp-moderate"), "{e}");
     assert!(!d.join("x").exists());
-    let (code, _, e) = cli(&[
-        "evidence",
-        "--config",
-        &cfg,
-        "--from",
-        &from,
-        "--to",
-        &to,
-        "--framework",
-        "soc2",
-        "--out",
-        pack_s,
-    ]);
+    let (code, _, e) = evidence("soc2", pack_s, &[]);
     assert!(code != 0 && e.contains("not empty"), "{e}");
     drop(up);
 }
