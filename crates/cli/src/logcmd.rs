@@ -33,6 +33,14 @@ pub enum LogCmd {
         /// An older signed checkpoint (file) the log must extend.
         #[arg(long)]
         since: Option<PathBuf>,
+        /// A witness's cosigner verifier key, or a file holding it
+        /// (repeatable): its cosignature on the checkpoint is checked.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// Fail unless at least N of the --witness keys cosigned the
+        /// checkpoint (default: 0, just report).
+        #[arg(long, default_value_t = 0)]
+        min_witnesses: usize,
     },
     /// Print an inclusion receipt for entry INDEX (verifies offline).
     #[command(after_help = "Example:\n  secondkey log proof 42 > receipt.json")]
@@ -73,18 +81,27 @@ pub enum LogCmd {
     Fetch {
         #[arg(long)]
         bundle: PathBuf,
+        /// Fetch the newest checkpoint witnesses cosigned (it may be a
+        /// little older than the newest one).
+        #[arg(long)]
+        witnessed: bool,
         #[command(flatten)]
         remote: Remote,
     },
 }
 
-fn load_key(k: &str) -> Result<Verifier> {
-    let text = if Path::new(k).is_file() {
-        std::fs::read_to_string(k).with_context(|| format!("cannot read key file {k}"))?
+/// A key given on the command line, or the content of the file it names.
+fn key_text(k: &str) -> Result<String> {
+    if Path::new(k).is_file() {
+        std::fs::read_to_string(k).with_context(|| format!("cannot read key file {k}"))
     } else {
-        k.to_string()
-    };
-    text.trim()
+        Ok(k.to_string())
+    }
+}
+
+pub fn load_key(k: &str) -> Result<Verifier> {
+    key_text(k)?
+        .trim()
         .parse()
         .map_err(|e| anyhow!("--key is not a signed-note verifier key (name+hash+base64): {e}"))
 }
@@ -97,7 +114,13 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             config,
             key,
             since,
+            witnesses,
+            min_witnesses,
         } => {
+            let wkeys = load_cosigner_keys(&witnesses)?;
+            if min_witnesses > wkeys.len() {
+                bail!("--min-witnesses {min_witnesses} needs at least that many --witness keys");
+            }
             let since_text = since
                 .as_ref()
                 .map(|p| {
@@ -108,10 +131,11 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             if let Some(dir) = bundle {
                 let key = key.ok_or_else(|| anyhow!("--key is required to verify a bundle"))?;
                 let v = load_key(&key)?;
-                match secondkey_log::bundle::verify_bundle(&dir, &v, since_text.as_deref()) {
-                    Ok(report) => {
-                        println!("ok: {}", crate::describe(&report));
-                        Ok(ExitCode::SUCCESS)
+                match secondkey_log::bundle::verify_bundle_entries(&dir, &v, since_text.as_deref())
+                {
+                    Ok(vb) => {
+                        println!("ok: {}", crate::describe(&vb.report));
+                        Ok(witness_report(&vb.checkpoint, &wkeys, min_witnesses))
                     }
                     Err(e) => {
                         eprintln!("FAILED: {e}");
@@ -150,10 +174,14 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                 // Without --since, the gateway's own last signed checkpoint is
                 // the reference: entries changed after it was signed are caught.
                 let since_text = since_text.or(stored);
-                match secondkey_log::bundle::verify_bundle(dir.path(), &v, since_text.as_deref()) {
-                    Ok(report) => {
-                        println!("ok: {}", crate::describe(&report));
-                        Ok(ExitCode::SUCCESS)
+                match secondkey_log::bundle::verify_bundle_entries(
+                    dir.path(),
+                    &v,
+                    since_text.as_deref(),
+                ) {
+                    Ok(vb) => {
+                        println!("ok: {}", crate::describe(&vb.report));
+                        Ok(witness_report(&vb.checkpoint, &wkeys, min_witnesses))
                     }
                     Err(e) => {
                         eprintln!("FAILED: {e}");
@@ -170,9 +198,17 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
-        LogCmd::Fetch { bundle, remote } => {
+        LogCmd::Fetch {
+            bundle,
+            witnessed,
+            remote,
+        } => {
             let c = remote.client()?;
-            let checkpoint = c.get_text("/v1/log/checkpoint")?;
+            let checkpoint = if witnessed {
+                c.get_text("/v1/log/checkpoint?witnessed=true")?
+            } else {
+                c.get_text("/v1/log/checkpoint")?
+            };
             fetch_bundle(&c, &checkpoint, &bundle)?;
             eprintln!(
                 "fetched the log at its checkpoint into {}; verify it with `secondkey log verify --bundle {} --key <verifier key>`",
@@ -210,6 +246,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                     )
                     .sign(&signer)
                 })??;
+                let note = with_cosignatures(&store, note, !cfg.witnesses.is_empty());
                 // Never sign over a rewritten history: the new checkpoint must
                 // extend the gateway's last signed one.
                 if let Some(stored) = store.last_checkpoint()? {
@@ -295,4 +332,116 @@ pub fn fetch_bundle(c: &crate::client::Client, checkpoint: &str, dir: &Path) -> 
     }
     std::fs::write(dir.join("checkpoint"), checkpoint)?;
     Ok(())
+}
+
+/// Cosigner keys from `--witness` values (a key, or a file holding one).
+pub fn load_cosigner_keys(list: &[String]) -> Result<Vec<secondkey_log::witness::CosignerKey>> {
+    list.iter()
+        .map(|k| {
+            key_text(k)?
+                .trim()
+                .parse()
+                .map_err(|e| anyhow!("--witness {k:?} is not a witness's cosigner key: {e}"))
+        })
+        .collect()
+}
+
+/// Says which witnesses cosigned `note` (or that only the operator signed
+/// it), and fails when fewer than `min` did.
+pub fn witness_report(
+    note: &str,
+    keys: &[secondkey_log::witness::CosignerKey],
+    min: usize,
+) -> ExitCode {
+    let by = secondkey_log::witness::cosigned_by(note, keys);
+    let others = note
+        .rsplit_once("\n\n")
+        .map(|(_, s)| s.lines().count().saturating_sub(1))
+        .unwrap_or(0);
+    if by.is_empty() {
+        if keys.is_empty() && others > 0 {
+            println!("the checkpoint carries {others} other signature line(s); pass --witness KEY to check them");
+        } else {
+            println!(
+                "the checkpoint is signed only by the operator: no witness cosignature{}",
+                if keys.is_empty() {
+                    ""
+                } else {
+                    " from the given --witness keys"
+                }
+            );
+        }
+    }
+    for (k, ts) in &by {
+        println!(
+            "cosigned by witness {} at {}",
+            k.name(),
+            secondkey_audit::time::rfc3339(*ts as i64 * 1000)
+        );
+    }
+    if by.len() < min {
+        eprintln!(
+            "FAILED: {} of the required {min} witnesses cosigned this checkpoint",
+            by.len()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `note` with the cosignatures the gateway collected for exactly this
+/// checkpoint, if any (the operator's signature is deterministic, so the
+/// gateway's note for this size is byte for byte this one).
+pub fn with_cosignatures(store: &secondkey_store::Store, note: String, witnesses: bool) -> String {
+    let stored = store
+        .get_record(secondkey_server::witness::WITNESSED_NS, "latest")
+        .ok()
+        .flatten();
+    match stored {
+        Some(w) if w.starts_with(&note) => w,
+        _ => {
+            if witnesses {
+                eprintln!("note: no witness has cosigned this exact checkpoint yet; it is signed only by the operator (stop the gateway, or wait a second for the witnesses, then export again)");
+            }
+            note
+        }
+    }
+}
+
+/// The live log read from the data directory, as `log export` sees it.
+pub struct Snapshot {
+    pub entries: Vec<Vec<u8>>,
+    /// The signed checkpoint over all of them, with cosignatures when the
+    /// witnesses cosigned it.
+    pub note: String,
+    pub verifier: Verifier,
+    pub tree: secondkey_log::merkle::Tree,
+}
+
+/// Reads the data directory of `config` read-only; refuses a log that does
+/// not extend the gateway's last signed checkpoint.
+pub fn snapshot(config: &Path) -> Result<Snapshot> {
+    let cfg = secondkey_server::Config::load(config, &env_map())?;
+    let store =
+        secondkey_store::Store::open(secondkey_store::StoreOptions::new(&cfg.data_dir).read_only())
+            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
+    let entries = store.entries(0, store.log_size())?;
+    let (note, tree) = store.with_tree(|t| {
+        secondkey_log::checkpoint::Checkpoint::new(cfg.log_origin.clone(), t.size(), t.root())
+            .sign(&signer)
+            .map(|n| (n, t.clone()))
+    })??;
+    if let Some(stored) = store.last_checkpoint()? {
+        secondkey_log::bundle::verify_log(&note, &signer.verifier(), &entries, Some(&stored))
+            .map_err(|e| anyhow!("refusing to read: the stored log does not extend the gateway's last signed checkpoint: {e}"))?;
+    }
+    let note = with_cosignatures(&store, note, !cfg.witnesses.is_empty());
+    store.close();
+    Ok(Snapshot {
+        entries,
+        note,
+        verifier: signer.verifier(),
+        tree,
+    })
 }

@@ -1,6 +1,7 @@
 //! `secondkey`: one binary for the gateway, its operators, reviewers and
 //! auditors. Thin: every verb calls a library crate or the REST API.
 
+mod auditcmd;
 mod client;
 mod demo;
 mod exec;
@@ -72,6 +73,18 @@ enum Command {
     /// Put secondkey in front of MCP servers; manage pinned tool definitions.
     #[command(subcommand)]
     Mcp(mcpcmd::McpCmd),
+    /// Reports from the log: data usage per agent, model and user.
+    #[command(subcommand)]
+    Report(auditcmd::ReportCmd),
+    /// Write a compliance evidence pack (SOC 2, FedRAMP Moderate) for a
+    /// period, or verify one (`evidence verify DIR`).
+    #[command(
+        after_help = "Examples:\n  secondkey evidence --config secondkey.toml --from 2026-10-01 --to 2027-01-01 --framework soc2 --out ./evidence-q4\n  secondkey evidence verify ./evidence-q4 --key \"$(cat log.vkey)\""
+    )]
+    Evidence(auditcmd::EvidenceArgs),
+    /// Run a C2SP transparency-log witness, or make its key.
+    #[command(subcommand)]
+    Witness(auditcmd::WitnessCmd),
     /// Run a pipeline step only once the gateway allows it (or a human
     /// approves it): exactly the approved argv, once; its exit code,
     /// duration and output digests are recorded.
@@ -376,6 +389,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mcp(m) => mcpcmd::run(m),
         Command::Exec(a) => exec::run(a),
         Command::Recording(r) => recording(r),
+        Command::Report(r) => auditcmd::report(r),
+        Command::Evidence(e) => auditcmd::evidence(e),
+        Command::Witness(w) => auditcmd::witness(w),
         Command::Keys(KeysCmd::Generate { name, out }) => {
             let signer = secondkey_log::note::Signer::generate(&name)
                 .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;

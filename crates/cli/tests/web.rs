@@ -4,18 +4,19 @@
 //! drives it over WebDriver (chromedriver). Hostile input is sent with a
 //! plain HTTP client holding a real session.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 #[path = "common/fakes.rs"]
 mod fakes;
 #[path = "common/oidc.rs"]
 mod oidc;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use browser::*;
 use common::*;
 use hmac::{Hmac, Mac};
 use oidc::*;
@@ -30,15 +31,6 @@ permit(principal in Group::"agents", action == Action::"sql.delete", resource);
 @ttl("1h")
 forbid(principal, action == Action::"sql.delete", resource);
 "#;
-
-fn oidc_config(dir: &Path, issuer: &str) -> String {
-    let secret = dir.join("client_secret");
-    std::fs::write(&secret, "web-test-client-secret\n").unwrap();
-    format!(
-            "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\ngroups_claim = \"groups\"\nsession_ttl = \"1h\"\n[oidc.group_map]\n\"data-owners\" = [\"data-owners\"]\n\"idp-data-owners\" = [\"data-owners\"]\n\"marketing\" = [\"marketing\"]\n\n[[identity.jwt]]\nissuer = \"{issuer}\"\naudience = \"agent-login\"\nprincipal_kind = \"agent\"\nprincipal_claim = \"preferred_username\"\n",
-            secret.display()
-        )
-}
 
 fn start_gateway(dir: &Path, issuer: &str) -> Gateway {
     let policies = format!("{POLICIES}\n{WEB_POLICIES}");
@@ -511,156 +503,6 @@ fn workload_jwt_from_the_provider_authenticates_an_agent() {
     for bad in [tampered.as_str(), "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0."] {
         let r = submit(bad);
         assert_eq!(r.status, 401, "{}", r.body);
-    }
-}
-
-// ---------------------------------------------------------------- Chromium
-
-/// A minimal WebDriver client over HTTP (chromedriver), enough for the
-/// end-to-end test.
-struct Driver {
-    base: String,
-    session: String,
-    http: ureq::Agent,
-}
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-impl Driver {
-    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let r = self.http.request(method, &url);
-        let r = match body {
-            Some(b) => r.send_json(b),
-            None => r.call(),
-        };
-        match r {
-            Ok(r) => r.into_json::<Value>().unwrap()["value"].take(),
-            Err(ureq::Error::Status(s, r)) => panic!(
-                "WebDriver {method} {path}: {s} {}",
-                r.into_string().unwrap_or_default()
-            ),
-            Err(e) => panic!("WebDriver {method} {path}: {e}"),
-        }
-    }
-    fn goto(&self, url: &str) {
-        self.cmd("POST", "/url", Some(json!({"url": url})));
-    }
-    fn url(&self) -> String {
-        self.cmd("GET", "/url", None).as_str().unwrap().to_string()
-    }
-    fn find(&self, css: &str) -> String {
-        let v = self.cmd(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        v[ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {v}"))
-            .to_string()
-    }
-    fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
-    }
-    fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.cmd(
-            "POST",
-            &format!("/element/{e}/value"),
-            Some(json!({"text": text})),
-        );
-    }
-    fn source(&self) -> String {
-        self.cmd("GET", "/source", None)
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-    fn screenshot(&self, name: &str) {
-        let png = self.cmd("GET", "/screenshot", None);
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().unwrap())
-            .unwrap();
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/artifacts");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
-    fn wait_for(&self, what: &str, f: impl Fn(&Driver) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !f(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; page: {}",
-                self.source()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn start_chromium(dir: &Path) -> (Proc, Driver) {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let driver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let (Some(chromium), Some(driver)) = (chromium, driver) else {
-        panic!("headless Chromium is missing: run `apt-get install -y chromium chromium-driver` (scripts/test does)");
-    };
-    let port = free_port();
-    let mut child = Command::new(driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    wait_port(port, "chromedriver", &mut child);
-    let proc = Proc(child);
-    let base = format!("http://127.0.0.1:{port}");
-    let http = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build();
-    let profile = dir.join("chromium-profile");
-    let caps = json!({"capabilities": {"alwaysMatch": {
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run",
-                     "--disable-dev-shm-usage", "--window-size=1280,1400",
-                     format!("--user-data-dir={}", profile.display())]
-        }
-    }}});
-    let r = http
-        .post(&format!("{base}/session"))
-        .send_json(caps)
-        .unwrap_or_else(|e| panic!("chromedriver could not start Chromium: {e}"));
-    let mut body = String::new();
-    r.into_reader().read_to_string(&mut body).unwrap();
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let session = v["value"]["sessionId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{body}"))
-        .to_string();
-    (
-        proc,
-        Driver {
-            base,
-            session,
-            http,
-        },
-    )
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self
-            .http
-            .delete(&format!("{}/session/{}", self.base, self.session))
-            .call();
     }
 }
 

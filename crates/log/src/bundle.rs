@@ -423,6 +423,28 @@ pub fn verify_bundle(
     verifier: &Verifier,
     since: Option<&str>,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_bundle_entries(dir, verifier, since).map(|v| v.report)
+}
+
+/// A verified bundle: what was established, the checkpoint note as found
+/// (with any cosignatures) and every entry, in order.
+#[derive(Debug, Clone)]
+pub struct VerifiedBundle {
+    /// What the verification established.
+    pub report: VerifyReport,
+    /// The `checkpoint` file.
+    pub checkpoint: String,
+    /// The entries, in log order.
+    pub entries: Vec<Vec<u8>>,
+}
+
+/// [`verify_bundle`], also returning the checkpoint note and the entries
+/// (for tools that compute from a verified copy of the log).
+pub fn verify_bundle_entries(
+    dir: &Path,
+    verifier: &Verifier,
+    since: Option<&str>,
+) -> Result<VerifiedBundle, VerifyError> {
     let cp_path = dir.join(CHECKPOINT_FILE);
     let note = fs::read_to_string(&cp_path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
@@ -439,6 +461,7 @@ pub fn verify_bundle(
     let cp = Checkpoint::open(&note, verifier).map_err(VerifyError::Checkpoint)?;
 
     let mut checker = EntryChecker { tree: Tree::new() };
+    let mut all: Vec<Vec<u8>> = Vec::new();
     for bundle in bundles_for_size(cp.size) {
         let (bytes, from_full) = read_tile(dir, &bundle)?;
         let path = bundle.path();
@@ -453,6 +476,7 @@ pub fn verify_bundle(
         for e in entries.iter().take(expected) {
             checker.push(e)?;
         }
+        all.extend(entries.iter().take(expected).cloned());
         if entries.len() != expected {
             return Err(VerifyError::BundleCount {
                 path,
@@ -510,11 +534,15 @@ pub fn verify_bundle(
     }
 
     let consistent_with = check_since(&cp, &tree, verifier, since)?;
-    Ok(VerifyReport {
-        origin: cp.origin,
-        size: cp.size,
-        root: cp.root,
-        consistent_with,
-        tiles_checked: tiles.len(),
+    Ok(VerifiedBundle {
+        report: VerifyReport {
+            origin: cp.origin,
+            size: cp.size,
+            root: cp.root,
+            consistent_with,
+            tiles_checked: tiles.len(),
+        },
+        checkpoint: note,
+        entries: all,
     })
 }

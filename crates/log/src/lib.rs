@@ -18,7 +18,9 @@
 //! - **C2SP tlog-checkpoint** tree heads ([`checkpoint`]);
 //! - **C2SP tlog-tiles**: hash tiles and entry bundles, the on-disk and HTTP
 //!   layout ([`tiles`], [`bundle`]);
-//! - **RFC 8785** canonical JSON for entries ([`entry`]).
+//! - **RFC 8785** canonical JSON for entries ([`entry`]);
+//! - **C2SP tlog-cosignature** and the checks of **C2SP tlog-witness**
+//!   ([`witness`]).
 //!
 //! ```
 //! use secondkey_log::{checkpoint::Checkpoint, merkle::{leaf_hash, Tree}, note::Signer};
@@ -52,6 +54,7 @@ pub mod merkle;
 pub mod note;
 pub mod receipt;
 pub mod tiles;
+pub mod witness;
 
 pub use bundle::{
     export_bundle, verify_bundle, verify_entries, verify_log, VerifyError, VerifyReport,

@@ -106,6 +106,73 @@ pub fn key_id(name: &str, public_key: &[u8; 32]) -> u32 {
     u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
+/// The parts of a key string: `<name>+<8 hex id>+<base64(type || 32 bytes)>`,
+/// with `PRIVATE+KEY+` in front for a secret key. Shared by log keys (type
+/// 0x01) and witness cosigner keys (type 0x04).
+pub(crate) struct KeyString {
+    pub name: String,
+    pub id: u32,
+    pub key: [u8; 32],
+}
+
+/// What is wrong with a key string.
+pub(crate) enum KeyStringError {
+    Name(String),
+    Malformed(&'static str),
+}
+
+impl KeyStringError {
+    fn into_note(self, malformed: fn(&'static str) -> NoteError) -> NoteError {
+        match self {
+            KeyStringError::Name(n) => NoteError::InvalidKeyName(n),
+            KeyStringError::Malformed(m) => malformed(m),
+        }
+    }
+}
+
+/// Splits and decodes a key string whose type byte must be `alg`
+/// (`wrong_type` says otherwise). The caller checks the key id, which
+/// depends on the key's type.
+pub(crate) fn decode_key_string(
+    s: &str,
+    private: bool,
+    alg: u8,
+    wrong_type: &'static str,
+) -> Result<KeyString, KeyStringError> {
+    let mut s = s.trim();
+    if private {
+        s = s
+            .strip_prefix("PRIVATE+KEY+")
+            .ok_or(KeyStringError::Malformed("missing PRIVATE+KEY prefix"))?;
+    }
+    // The base64 key may itself contain '+', so split at most twice.
+    let parts: Vec<&str> = s.splitn(3, '+').collect();
+    let [name, id, b64] = parts.as_slice() else {
+        return Err(KeyStringError::Malformed(
+            "wrong number of '+'-separated fields",
+        ));
+    };
+    check_name(name).map_err(|_| KeyStringError::Name((*name).to_string()))?;
+    let id = parse_key_id(id).ok_or(KeyStringError::Malformed("key id is not 8 hex digits"))?;
+    let raw = STANDARD
+        .decode(b64)
+        .map_err(|_| KeyStringError::Malformed("key is not valid base64"))?;
+    let (t, key) = raw
+        .split_first()
+        .ok_or(KeyStringError::Malformed("key is empty"))?;
+    if *t != alg {
+        return Err(KeyStringError::Malformed(wrong_type));
+    }
+    let key: [u8; 32] = key
+        .try_into()
+        .map_err(|_| KeyStringError::Malformed("Ed25519 key is not 32 bytes"))?;
+    Ok(KeyString {
+        name: (*name).to_string(),
+        id,
+        key,
+    })
+}
+
 fn parse_key_id(s: &str) -> Option<u32> {
     if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -221,34 +288,9 @@ impl FromStr for Signer {
 
     /// Parses `PRIVATE+KEY+<name>+<8 hex key id>+<base64(0x01 || seed)>`.
     fn from_str(s: &str) -> Result<Self, NoteError> {
-        let s = s.trim();
-        // The base64 key may itself contain '+', so split at most four times.
-        let parts: Vec<&str> = s.splitn(5, '+').collect();
-        let [private, key, name, id, b64] = parts.as_slice() else {
-            return Err(NoteError::MalformedSignerKey(
-                "wrong number of '+'-separated fields",
-            ));
-        };
-        if *private != "PRIVATE" || *key != "KEY" {
-            return Err(NoteError::MalformedSignerKey("missing PRIVATE+KEY prefix"));
-        }
-        check_name(name)?;
-        let id =
-            parse_key_id(id).ok_or(NoteError::MalformedSignerKey("key id is not 8 hex digits"))?;
-        let raw = STANDARD
-            .decode(b64)
-            .map_err(|_| NoteError::MalformedSignerKey("key is not valid base64"))?;
-        let (alg, seed) = raw
-            .split_first()
-            .ok_or(NoteError::MalformedSignerKey("key is empty"))?;
-        if *alg != ALG_ED25519 {
-            return Err(NoteError::MalformedSignerKey(
-                "key is not an Ed25519 (0x01) key",
-            ));
-        }
-        let seed: [u8; 32] = seed
-            .try_into()
-            .map_err(|_| NoteError::MalformedSignerKey("Ed25519 seed is not 32 bytes"))?;
+        let k = decode_key_string(s, true, ALG_ED25519, "key is not an Ed25519 (0x01) key")
+            .map_err(|e| e.into_note(NoteError::MalformedSignerKey))?;
+        let (name, id, seed) = (k.name.as_str(), k.id, k.key);
         let signer = Signer::from_seed(name, seed);
         if signer.key_id != id {
             return Err(NoteError::MalformedSignerKey(
@@ -312,32 +354,9 @@ impl FromStr for Verifier {
 
     /// Parses `<name>+<8 hex key id>+<base64(0x01 || public key)>`.
     fn from_str(s: &str) -> Result<Self, NoteError> {
-        let s = s.trim();
-        // The base64 key may itself contain '+', so split at most twice.
-        let parts: Vec<&str> = s.splitn(3, '+').collect();
-        let [name, id, b64] = parts.as_slice() else {
-            return Err(NoteError::MalformedVerifierKey(
-                "wrong number of '+'-separated fields",
-            ));
-        };
-        check_name(name)?;
-        let id = parse_key_id(id).ok_or(NoteError::MalformedVerifierKey(
-            "key id is not 8 hex digits",
-        ))?;
-        let raw = STANDARD
-            .decode(b64)
-            .map_err(|_| NoteError::MalformedVerifierKey("key is not valid base64"))?;
-        let (alg, pk) = raw
-            .split_first()
-            .ok_or(NoteError::MalformedVerifierKey("key is empty"))?;
-        if *alg != ALG_ED25519 {
-            return Err(NoteError::MalformedVerifierKey(
-                "key is not an Ed25519 (0x01) key",
-            ));
-        }
-        let pk: [u8; 32] = pk
-            .try_into()
-            .map_err(|_| NoteError::MalformedVerifierKey("Ed25519 public key is not 32 bytes"))?;
+        let k = decode_key_string(s, false, ALG_ED25519, "key is not an Ed25519 (0x01) key")
+            .map_err(|e| e.into_note(NoteError::MalformedVerifierKey))?;
+        let (name, id, pk) = (k.name.as_str(), k.id, k.key);
         let key = VerifyingKey::from_bytes(&pk)
             .map_err(|_| NoteError::MalformedVerifierKey("not a valid Ed25519 public key"))?;
         if key_id(name, &pk) != id {
@@ -346,7 +365,7 @@ impl FromStr for Verifier {
             ));
         }
         Ok(Verifier {
-            name: (*name).to_owned(),
+            name: name.to_owned(),
             key_id: id,
             key,
         })

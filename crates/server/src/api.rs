@@ -130,7 +130,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "secondkey", description = "Action-level approvals for AI agents and pipelines."),
-    paths(submit_action, execution_result, execution_results, lineage, list_requests, get_request, request_events, review_request,
+    paths(submit_action, execution_result, execution_results, lineage, lineage_graph, list_requests, get_request, request_events, review_request,
           review_batch, withdraw_request, revoke_request, request_result, consume_grant, jwks, log_checkpoint,
           log_proof, log_tile, log_verifier_key, healthz, metrics),
     components(schemas(ActionResponse, OnBehalfOfView, ExecutionView, ExecutionResultBody, ExecutionResultsBody, BatchResultItem, BatchResultOutcome, crate::intercept::LineageRecord, ReasonView, RequestSummary, RequirementView, RequestView,
@@ -179,6 +179,7 @@ pub fn router_with(
         .route("/v1/executions/{id}/result", post(execution_result))
         .route("/v1/executions/results", post(execution_results))
         .route("/v1/lineage", get(lineage))
+        .route("/v1/lineage/graph", get(lineage_graph))
         .route("/v1/requests", get(list_requests))
         .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests/{id}/events", get(request_events))
@@ -431,6 +432,30 @@ async fn lineage(
     let principal = secondkey_core::principal::PrincipalId::parse(&q.principal)
         .map_err(|e| ApiError::bad_request("invalid_principal", e.to_string()))?;
     Ok(Json(s.gateway.lineage(&p, principal.as_str()).await?))
+}
+
+/// The lineage graph of a period, read from the log: principals → the
+/// actions they ran → the datasets those read, wrote or exported, each
+/// action and edge saying who approved it and when (absent: policy allowed
+/// it) and which log entries prove it. Log readers see every principal;
+/// anyone else their own actions and those of the agents they own. At most
+/// 200 actions (the newest; `truncated` says when more matched).
+#[utoipa::path(get, path = "/v1/lineage/graph", params(crate::lineage::GraphQuery),
+    responses((status = 200, description = "`{from, to, agent, dataset, environment, nodes: [{id, kind: principal|action|dataset, label, category, request?, approved?: {by, at, index}, at?, resource?, outcome?, entries}], edges: [{from, to, kind: ran|read|write|export, approved?, request?, entries}], actions, truncated}`", body = Object),
+              (status = 400, body = ErrorBody, description = "`invalid_period`, `invalid_filter`, `period_too_long`")))]
+async fn lineage_graph(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Q(q): Q<crate::lineage::GraphQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (f, g) = s.gateway.lineage_graph(&p, &q).await?;
+    let mut v = serde_json::to_value(&g).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["from"] = json!(secondkey_audit::time::rfc3339(f.period.from));
+    v["to"] = json!(secondkey_audit::time::rfc3339(f.period.to));
+    v["agent"] = json!(f.agent);
+    v["dataset"] = json!(f.dataset);
+    v["environment"] = json!(f.environment);
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
@@ -737,10 +762,34 @@ async fn jwks(State(s): State<AppState>) -> Json<Value> {
     Json(s.gateway.jwks())
 }
 
-/// The latest signed checkpoint (C2SP tlog-checkpoint signed note).
-#[utoipa::path(get, path = "/v1/log/checkpoint", security(), responses((status = 200, description = "text/plain signed note")))]
-async fn log_checkpoint(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let note = s.gateway.checkpoint().await?;
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointQuery {
+    /// `true`: the newest checkpoint witnesses cosigned (may be older).
+    witnessed: Option<bool>,
+}
+
+/// The latest signed checkpoint (C2SP tlog-checkpoint signed note), with
+/// the cosignatures of `[[log.witnesses]]` that cosigned it already. With
+/// `?witnessed=true`, the newest checkpoint that witnesses cosigned
+/// (`404 not_witnessed` if none yet).
+#[utoipa::path(get, path = "/v1/log/checkpoint", security(), params(("witnessed" = Option<bool>, Query)),
+    responses((status = 200, description = "text/plain signed note"), (status = 404, body = ErrorBody, description = "`not_witnessed`")))]
+async fn log_checkpoint(
+    State(s): State<AppState>,
+    Q(q): Q<CheckpointQuery>,
+) -> Result<Response, ApiError> {
+    let note = if q.witnessed.unwrap_or(false) {
+        crate::witness::latest_witnessed(&s.gateway).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_witnessed",
+                "no witness has cosigned a checkpoint of this log yet (see [[log.witnesses]])",
+            )
+        })?
+    } else {
+        s.gateway.published_checkpoint().await?
+    };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
@@ -795,7 +844,11 @@ async fn log_tile(
 async fn healthz(State(s): State<AppState>) -> Response {
     match s.gateway.store.health() {
         Ok(()) => {
-            Json(json!({"status": "ok", "log_size": s.gateway.store.log_size()})).into_response()
+            let mut v = json!({"status": "ok", "log_size": s.gateway.store.log_size()});
+            if !s.gateway.config.witnesses.is_empty() {
+                v["witnesses"] = json!(s.gateway.witness_status());
+            }
+            Json(v).into_response()
         }
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

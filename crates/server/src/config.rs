@@ -338,6 +338,32 @@ pub struct RawLog {
     /// Groups whose members may read log entries (entry bundles, receipts).
     /// Checkpoints and hash tiles are public: they reveal nothing.
     pub readers: Option<Vec<String>>,
+    /// C2SP tlog witnesses each new checkpoint is submitted to.
+    #[serde(default)]
+    pub witnesses: Vec<RawWitness>,
+}
+
+/// `[[log.witnesses]]`: a C2SP tlog witness.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWitness {
+    /// A name for logs and `/healthz`.
+    pub name: String,
+    /// The witness's submission prefix; `add-checkpoint` is posted under it.
+    pub url: String,
+    /// The witness's cosigner verifier key (`<name>+<id>+<base64>`, type 0x04).
+    pub key: String,
+    /// Seconds per submission; default 10.
+    pub timeout_secs: Option<u64>,
+}
+
+/// A witness the gateway submits checkpoints to.
+#[derive(Debug, Clone)]
+pub struct WitnessConfig {
+    pub name: String,
+    pub url: String,
+    pub key: secondkey_log::witness::CosignerKey,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -420,6 +446,8 @@ pub struct Config {
     pub limits: Limits,
     /// Groups whose members may read `/metrics`.
     pub metrics_readers: Vec<String>,
+    /// Witnesses that cosign the log's checkpoints (`[[log.witnesses]]`).
+    pub witnesses: Vec<WitnessConfig>,
 }
 
 impl Config {
@@ -739,6 +767,7 @@ impl Config {
                 "name at least one group, e.g. [\"monitoring\"]; /metrics is never public",
             ));
         }
+        let witnesses = witnesses(&raw.log.witnesses)?;
         let oidc = match &raw.oidc {
             Some(o) => Some(oidc_config(o, &public_url, base, env)?),
             None => None,
@@ -768,6 +797,7 @@ impl Config {
             delegations,
             limits,
             metrics_readers,
+            witnesses,
             sections,
             base_dir: base.to_path_buf(),
             env: env.clone(),
@@ -904,6 +934,38 @@ fn limits_config(l: &RawLimits) -> Result<Limits, ConfigError> {
         max_pending_per_principal,
         requests_per_minute: l.requests_per_minute.unwrap_or(d.requests_per_minute),
     })
+}
+
+fn witnesses(raw: &[RawWitness]) -> Result<Vec<WitnessConfig>, ConfigError> {
+    let mut out: Vec<WitnessConfig> = Vec::new();
+    for (i, w) in raw.iter().enumerate() {
+        let at = |k: &str| format!("log.witnesses[{i}].{k}");
+        if w.name.is_empty() || out.iter().any(|o| o.name == w.name) {
+            return Err(invalid(at("name"), "must be non-empty and unique"));
+        }
+        let url = w.url.trim_end_matches('/').to_string();
+        let loopback = url.starts_with("http://127.")
+            || url.starts_with("http://localhost")
+            || url.starts_with("http://[::1]");
+        if !(url.starts_with("https://") || loopback) {
+            return Err(invalid(
+                at("url"),
+                "must be an https:// URL (http:// only for loopback)",
+            ));
+        }
+        let key = w
+            .key
+            .parse()
+            .map_err(|e: secondkey_log::witness::KeyError| invalid(at("key"), e.to_string()))?;
+        let timeout = Duration::from_secs(w.timeout_secs.unwrap_or(10).clamp(1, 120));
+        out.push(WitnessConfig {
+            name: w.name.clone(),
+            url,
+            key,
+            timeout,
+        });
+    }
+    Ok(out)
 }
 
 fn check_claim_name(key: &str, v: &str) -> Result<(), ConfigError> {
@@ -1137,6 +1199,31 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, "test.toml", Path::new("/tmp"), &HashMap::new())
+    }
+
+    #[test]
+    fn witnesses_are_checked() {
+        let key = secondkey_log::witness::Cosigner::from_seed("w.example/w1", [3; 32])
+            .verifier()
+            .to_string();
+        let w = |url: &str, key: &str| {
+            load(&format!(
+                "[log]\norigin = \"o.example/log\"\n[[log.witnesses]]\nname = \"w1\"\nurl = \"{url}\"\nkey = \"{key}\"\n"
+            ))
+        };
+        let c = w("https://w.example/w1/", &key).unwrap();
+        assert_eq!(c.witnesses[0].url, "https://w.example/w1");
+        assert_eq!(c.witnesses[0].timeout, Duration::from_secs(10));
+        assert!(w("http://127.0.0.1:7380", &key).is_ok());
+        for (url, k, field) in [
+            ("http://w.example", key.as_str(), "url"),
+            ("https://w.example", "w.example/w1+00000000+AAAA", "key"),
+            // A log's own key (type 0x01) is not a witness key.
+            ("https://w.example", "o.example/log+1a2b3c4d+AT3x", "key"),
+        ] {
+            let e = w(url, k).unwrap_err().to_string();
+            assert!(e.contains(&format!("log.witnesses[0].{field}")), "{e}");
+        }
     }
 
     #[test]

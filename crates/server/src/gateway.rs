@@ -70,6 +70,8 @@ pub struct Gateway {
     pub identity: crate::identity::Identity,
     /// Web sessions and OpenID Connect sign-in.
     pub web: crate::web::WebState,
+    /// What the `[[log.witnesses]]` cosigned last.
+    pub witnessing: crate::witness::Witnessing,
 }
 
 /// Wall-clock time in Unix milliseconds: the only clock the gateway reads.
@@ -311,6 +313,7 @@ impl Gateway {
         Gateway {
             identity,
             web,
+            witnessing: Default::default(),
             config,
             store,
             policy: RwLock::new(Arc::new(policy)),
@@ -548,12 +551,16 @@ impl Gateway {
         let dg = digest.as_str().to_string();
         // Adapter-derived facts are part of the record: they are what policy saw.
         let seen = (!derived.is_empty()).then(|| Value::Object(derived));
+        // So is the configured environment of the resource (the lineage
+        // graph and the evidence pack filter by it).
+        let seen_env = env.clone();
         match decision.outcome {
             Outcome::Deny => {
                 let id = new_id("act")?;
                 let mut payload = json!({"decision": "deny", "action": raw, "reasons": reasons,
                     "errors": decision.errors, "policy_set": policy_set, "transport": transport});
                 add_facts(&mut payload, seen, obo);
+                add_environment(&mut payload, &seen_env);
                 let e = prepared(entry(
                     now,
                     "action.denied",
@@ -575,6 +582,7 @@ impl Gateway {
                 let mut payload = json!({"decision": "allow", "action": raw, "reasons": reasons,
                     "policy_set": policy_set, "transport": transport});
                 add_facts(&mut payload, seen, obo);
+                add_environment(&mut payload, &seen_env);
                 match mode {
                     Mode::Execute => {
                         // The caller runs it now: no token to leak or replay,
@@ -683,6 +691,7 @@ impl Gateway {
                     "policy_set": policy_set, "transport": transport,
                 });
                 add_facts(&mut payload, seen, obo);
+                add_environment(&mut payload, &seen_env);
                 let execute = mode == Mode::Execute;
                 let admission = self.admission.clone();
                 let out = self
@@ -1459,6 +1468,12 @@ fn too_large(len: usize) -> ApiError {
         "action_too_large",
         format!("the action is {len} bytes; the limit is {MAX_ACTION_BYTES}. Move bulk data out of params"),
     )
+}
+
+fn add_environment(payload: &mut Value, env: &Option<String>) {
+    if let Some(e) = env {
+        payload["environment"] = json!(e);
+    }
 }
 
 /// What a decision's log entry adds to the action: the adapter-derived

@@ -17,10 +17,12 @@ pub mod intercept;
 pub mod jwt;
 pub mod keys;
 pub mod limits;
+pub mod lineage;
 pub mod logview;
 pub mod reload;
 pub mod views;
 pub mod web;
+pub mod witness;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +109,12 @@ impl Running {
         if let Err(e) = self.gateway.anchor_latest().await {
             tracing::warn!(error = %e, "could not anchor the last checkpoint at shutdown");
         }
+        // And give the witnesses the final checkpoint (bounded: a witness
+        // that is down does not hold the shutdown).
+        let final_round = witness::submit_once(&self.gateway);
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(15), final_round).await {
+            tracing::warn!(error = %e, "could not submit the last checkpoint to witnesses");
+        }
         self.gateway.store.close();
         r
     }
@@ -190,6 +198,7 @@ fn spawn_background(gateway: Arc<Gateway>) {
         }
     });
     reload::spawn(gateway.clone());
+    witness::spawn(gateway.clone());
     start_sinks(&gateway);
 }
 
@@ -200,7 +209,7 @@ fn start_sinks(gateway: &Arc<Gateway>) {
     let source = Arc::new(logview::StoreSource(gateway.store.clone()));
     let dir = gateway.config.data_dir.join("sinks");
     for cfg in &gateway.config.sinks {
-        let sink = match cfg.build(&gateway.config.log_origin) {
+        let sink = match cfg.build_with_source(&gateway.config.log_origin, source.clone()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(sink = cfg.name(), error = %e, "sink not started");

@@ -15,6 +15,13 @@
 //! type = "webhook"
 //! url = "https://soar.example/hooks/secondkey"
 //! secret_env = "SECONDKEY_SOAR_SECRET"     # or: secret = "whsec_…"
+//!
+//! [[sinks]]
+//! name = "lineage"
+//! type = "openlineage"
+//! url = "https://marquez.internal/api/v1/lineage"
+//! namespace = "secondkey"                  # job namespace; default: the log origin
+//! api_key_env = "OPENLINEAGE_API_KEY"      # optional bearer token
 //! ```
 //!
 //! Unknown keys are errors, so a typo cannot silently disable an export.
@@ -39,6 +46,28 @@ pub enum SinkConfig {
     Syslog(SyslogConfig),
     /// Standard Webhooks POSTs.
     Webhook(WebhookConfig),
+    /// OpenLineage run events for executed actions.
+    Openlineage(OpenLineageConfig),
+}
+
+/// `type = "openlineage"`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenLineageConfig {
+    /// The sink's name; also its cursor file name.
+    pub name: String,
+    /// Where to POST events (`https://…`; `http://` only for loopback).
+    pub url: String,
+    /// The job namespace; default: the log origin.
+    pub namespace: Option<String>,
+    /// The environment variable holding a bearer token, if the receiver
+    /// wants one.
+    pub api_key_env: Option<String>,
+    /// Seconds per attempt; default 10.
+    pub timeout_secs: Option<u64>,
+    /// Entries read back at start, to know actions decided before the
+    /// cursor; default 100000.
+    pub lookback: Option<u64>,
 }
 
 /// A syslog facility in configuration: a name (`"authpriv"`) or a number.
@@ -168,6 +197,20 @@ impl SinkConfig {
         match self {
             SinkConfig::Syslog(c) => &c.name,
             SinkConfig::Webhook(c) => &c.name,
+            SinkConfig::Openlineage(c) => &c.name,
+        }
+    }
+
+    /// [`SinkConfig::build`], with the log to read from: the OpenLineage
+    /// sink reads back a little of it at start.
+    pub fn build_with_source(
+        &self,
+        log_origin: &str,
+        source: std::sync::Arc<dyn crate::runner::EntrySource>,
+    ) -> Result<Box<dyn Sink>, ConfigError> {
+        match self {
+            SinkConfig::Openlineage(c) => openlineage(c, log_origin, Some(source)),
+            _ => self.build(log_origin),
         }
     }
 
@@ -255,8 +298,42 @@ impl SinkConfig {
                         })?;
                 Ok(Box::new(sink))
             }
+            SinkConfig::Openlineage(c) => openlineage(c, log_origin, None),
         }
     }
+}
+
+fn openlineage(
+    c: &OpenLineageConfig,
+    log_origin: &str,
+    source: Option<std::sync::Arc<dyn crate::runner::EntrySource>>,
+) -> Result<Box<dyn Sink>, ConfigError> {
+    if !http_url_allowed(&c.url) {
+        return Err(ConfigError::Url {
+            name: c.name.clone(),
+            url: c.url.clone(),
+        });
+    }
+    let api_key = match &c.api_key_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| ConfigError::SecretEnv {
+            name: c.name.clone(),
+            var: var.clone(),
+        })?),
+        None => None,
+    };
+    let timeout = c
+        .timeout_secs
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    Ok(Box::new(crate::openlineage::OpenLineageSink::new(
+        &c.url,
+        c.namespace.as_deref().unwrap_or(log_origin),
+        log_origin,
+        api_key,
+        timeout,
+        source,
+        c.lookback.unwrap_or(crate::openlineage::DEFAULT_LOOKBACK),
+    )))
 }
 
 #[cfg(test)]
@@ -303,6 +380,24 @@ mod tests {
         );
         assert!(cfg.sinks[0].build("o").is_ok());
         assert!(cfg.sinks[2].build("o").is_ok());
+        let ol: Server = toml::from_str(
+            "[[sinks]]\nname = \"lineage\"\ntype = \"openlineage\"\nurl = \"https://marquez.example/api/v1/lineage\"\nnamespace = \"sk\"\n",
+        )
+        .unwrap();
+        assert_eq!(ol.sinks[0].name(), "lineage");
+        assert_eq!(ol.sinks[0].build("o").unwrap().kind(), "openlineage");
+        let plain: Server = toml::from_str(
+            "[[sinks]]\nname = \"l\"\ntype = \"openlineage\"\nurl = \"http://marquez.example/\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            plain.sinks[0].build("o"),
+            Err(ConfigError::Url { .. })
+        ));
+        let typo = toml::from_str::<Server>(
+            "[[sinks]]\nname = \"l\"\ntype = \"openlineage\"\nurl = \"https://x\"\nnamspace = \"x\"\n",
+        );
+        assert!(typo.is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //!   TCP, optionally TLS (RFC 5425).
 //! - [`webhook`] — HTTPS POSTs signed per the Standard Webhooks specification,
 //!   plus the matching [`webhook::verify`] for receivers.
+//! - [`openlineage`] — OpenLineage run events for executed actions.
 //! - [`cursor`] and [`runner`] — crash-safe cursors and the delivery loop.
 //! - [`config`] — the `[[sinks]]` TOML tables the server embeds.
 //!
@@ -37,6 +38,7 @@
 pub mod config;
 pub mod cursor;
 pub mod export;
+pub mod openlineage;
 pub mod runner;
 pub mod syslog;
 pub mod webhook;

@@ -438,27 +438,6 @@ pub fn post_oversized(url: &str, path: &str, headers: &[(&str, &str)], body: &[u
 }
 
 impl Gateway {
-    /// Every log entry, as `secondkey log export --format jsonl` writes them
-    /// (a read-only open, beside the running gateway).
-    pub fn log_entries(&self) -> Vec<Value> {
-        let (code, out, err) = run_cli(
-            &[
-                "log",
-                "export",
-                "--config",
-                self.config.to_str().unwrap(),
-                "--format",
-                "jsonl",
-            ],
-            &self.url,
-            None,
-        );
-        assert_eq!(code, 0, "{err}");
-        out.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
     /// Waits (up to 15 s) for a log entry matching `f`: results are
     /// recorded off the client's path.
     pub fn wait_log(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {

@@ -13,6 +13,7 @@
 //! account") use [`SignedIn`] and [`Posted`].
 
 pub mod highlight;
+pub mod lineage;
 pub mod oidc;
 pub mod pages;
 pub mod session;
@@ -71,6 +72,7 @@ pub fn routes() -> Router<AppState> {
         .route("/history", get(history))
         .route("/audit", get(audit))
         .route("/audit/receipt/{index}", get(receipt))
+        .route("/lineage", get(lineage::page))
         .route("/assets/app.css", get(css))
 }
 

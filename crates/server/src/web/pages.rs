@@ -23,7 +23,7 @@ pub fn layout(title: &str, user: Option<&SignedIn>, body: &str) -> String {
         let groups: Vec<&str> = u.principal.groups.iter().map(String::as_str).collect();
         let _ = write!(
             nav,
-            "<nav><a href=\"/inbox\">Inbox</a><a href=\"/history\">History</a><a href=\"/audit\">Audit</a>\
+            "<nav><a href=\"/inbox\">Inbox</a><a href=\"/history\">History</a><a href=\"/audit\">Audit</a><a href=\"/lineage\">Lineage</a>\
              <span class=\"who\">{} <small>{}</small></span>\
              <form method=\"post\" action=\"/logout\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button class=\"link\">Sign out</button></form></nav>",
             esc(u.principal.id.as_str()),

@@ -1,0 +1,524 @@
+//! What an auditor and a data owner run: `report usage`, `evidence` (and
+//! `evidence verify`), `witness keygen|serve`. Each reads the log itself —
+//! the gateway's data directory (`--config`, read-only, like `log
+//! export`) or a verified bundle (`--bundle` with `--key`) — never the REST
+//! API, so a report holds exactly what the signed log holds.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use secondkey_audit::evidence::{self, Framework, Inputs};
+use secondkey_audit::graph::Filter;
+use secondkey_audit::history::Tracker;
+use secondkey_audit::time::Period;
+
+use crate::logcmd::{load_cosigner_keys, snapshot, witness_report};
+
+/// Where the log comes from.
+#[derive(Args, Clone)]
+pub struct Source {
+    /// The gateway's config: read its data directory (read-only).
+    #[arg(long, env = "SECONDKEY_CONFIG", conflicts_with = "bundle")]
+    config: Option<PathBuf>,
+    /// Or a bundle written by `secondkey log export --bundle` / `log fetch`
+    /// (verified first; needs --key).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// The log's verifier key (or a file holding it), for --bundle.
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl Source {
+    /// Every entry of the log, verified when it comes from a bundle.
+    fn entries(&self) -> Result<Vec<Vec<u8>>> {
+        match (&self.config, &self.bundle) {
+            (_, Some(dir)) => {
+                let key = self
+                    .key
+                    .as_deref()
+                    .ok_or_else(|| anyhow!("--key is required with --bundle"))?;
+                let v = crate::logcmd::load_key(key)?;
+                let vb = secondkey_log::bundle::verify_bundle_entries(dir, &v, None)
+                    .map_err(|e| anyhow!("the bundle does not verify: {e}"))?;
+                Ok(vb.entries)
+            }
+            (Some(cfg), None) => Ok(snapshot(cfg)?.entries),
+            (None, None) => bail!(
+                "give --config FILE (the gateway's data directory) or --bundle DIR --key VKEY"
+            ),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ReportCmd {
+    /// Per agent, model and on-behalf-of user: which datasets it read,
+    /// wrote and exported in the period, how much, how often a human had to
+    /// approve, and who did.
+    #[command(
+        after_help = "Examples:\n  secondkey report usage --config secondkey.toml --from 2026-11-01 --to 2026-12-01\n  secondkey report usage --bundle ./audit --key log.vkey --from 2026-11-01 --to 2026-12-01 --agent agent:report-bot --format csv > usage.csv"
+    )]
+    Usage {
+        #[command(flatten)]
+        source: Source,
+        /// Start (inclusive): 2026-12-01 or an RFC 3339 time.
+        #[arg(long)]
+        from: String,
+        /// End (exclusive).
+        #[arg(long)]
+        to: String,
+        /// Only these principals (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        /// Only this dataset URI, or URIs starting with it.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Only this environment.
+        #[arg(long)]
+        environment: Option<String>,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+}
+
+pub fn report(cmd: ReportCmd) -> Result<ExitCode> {
+    let ReportCmd::Usage {
+        source,
+        from,
+        to,
+        agents,
+        dataset,
+        environment,
+        format,
+    } = cmd;
+    if !matches!(format.as_str(), "table" | "csv" | "json") {
+        bail!("--format {format:?}: use table, csv or json");
+    }
+    let period = Period::parse(&from, &to)?;
+    let mut t = Tracker::new();
+    t.feed_bytes(source.entries()?)?;
+    let filter = Filter {
+        period,
+        agent: None,
+        dataset,
+        environment,
+        visible: (!agents.is_empty()).then(|| agents.into_iter().collect()),
+    };
+    let rows = secondkey_audit::usage::report(t.records(), &filter);
+    match format.as_str() {
+        "csv" => print!("{}", secondkey_audit::usage::to_csv(&rows)),
+        "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
+        _ => print!("{}", secondkey_audit::usage::to_table(&rows)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EvidenceArgs {
+    #[command(subcommand)]
+    verify: Option<EvidenceSub>,
+    /// The gateway's config: the log is read from its data directory.
+    #[arg(long, env = "SECONDKEY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Start of the period (inclusive): 2026-10-01 or an RFC 3339 time.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the period (exclusive).
+    #[arg(long)]
+    to: Option<String>,
+    /// soc2 or fedramp-moderate.
+    #[arg(long)]
+    framework: Option<String>,
+    /// The directory to write the pack to (must not exist, or be empty).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip the PDF (report.html is the authoritative copy either way).
+    #[arg(long)]
+    no_pdf: bool,
+    /// Chromium (or Chrome) to print the PDF with; default: chromium,
+    /// chromium-browser or google-chrome on PATH.
+    #[arg(long, env = "SECONDKEY_CHROMIUM")]
+    chromium: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum EvidenceSub {
+    /// Verify a pack: the bundle against the log's key (and witnesses),
+    /// then every figure recomputed from it and compared with the pack's
+    /// figures and report.
+    #[command(
+        after_help = "Example:\n  secondkey evidence verify ./evidence-q4 --key \"$(cat log.vkey)\" --witness \"$(cat w1.vkey)\" --min-witnesses 1"
+    )]
+    Verify {
+        dir: PathBuf,
+        /// The log's verifier key (from the operator, out of band). Without
+        /// it the key named in the pack is used, and the check proves only
+        /// that the pack is self-consistent.
+        #[arg(long)]
+        key: Option<String>,
+        /// Witness cosigner keys (repeatable).
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// Fail unless at least N of them cosigned the bundle's checkpoint.
+        #[arg(long, default_value_t = 0)]
+        min_witnesses: usize,
+    },
+}
+
+const MANIFEST: &str = "manifest.json";
+const FIGURES: &str = "figures.json";
+const REPORT: &str = "report.html";
+const PDF: &str = "report.pdf";
+
+fn find_chromium(given: Option<PathBuf>) -> Option<PathBuf> {
+    if given.is_some() {
+        return given;
+    }
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|n| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|p| p.join(n))
+                    .find(|p| p.is_file())
+            })
+        })
+}
+
+/// Prints `html` to `pdf` with headless Chromium (no network: the report
+/// is one self-contained file).
+fn print_pdf(chromium: &Path, html: &Path, pdf: &Path) -> Result<()> {
+    let profile = tempfile::tempdir()?;
+    let url = format!("file://{}", html.canonicalize()?.display());
+    let mut child = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--no-pdf-header-footer",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--print-to-pdf={}", pdf.display()))
+        .arg(&url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run {}", chromium.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            if st.success() && pdf.is_file() {
+                return Ok(());
+            }
+            bail!(
+                "{} exited with {st} without writing the PDF",
+                chromium.display()
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} did not finish the PDF within 90 s", chromium.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    std::fs::write(dir.join(name), data)
+        .with_context(|| format!("cannot write {}", dir.join(name).display()))
+}
+
+pub fn evidence(a: EvidenceArgs) -> Result<ExitCode> {
+    if let Some(EvidenceSub::Verify {
+        dir,
+        key,
+        witnesses,
+        min_witnesses,
+    }) = a.verify
+    {
+        return verify(&dir, key, &witnesses, min_witnesses);
+    }
+    let need =
+        |v: Option<String>, k: &str| v.ok_or_else(|| anyhow!("--{k} is required (see --help)"));
+    let framework = Framework::parse(&need(a.framework, "framework")?)?;
+    let period = Period::parse(&need(a.from, "from")?, &need(a.to, "to")?)?;
+    let out = a.out.ok_or_else(|| anyhow!("--out DIR is required"))?;
+    let config = a.config.ok_or_else(|| {
+        anyhow!("--config FILE is required: the pack is made from the gateway's data directory")
+    })?;
+    if out.exists() && std::fs::read_dir(&out)?.next().is_some() {
+        bail!(
+            "{} exists and is not empty; choose a new directory",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(&out)?;
+    let snap = snapshot(&config)?;
+    let bundle = out.join("bundle");
+    secondkey_log::bundle::export_bundle(&bundle, &snap.note, &snap.entries, &snap.tree)?;
+    let vkey = snap.verifier.to_string();
+    // The pack is made from what an auditor will read: the bundle, verified.
+    let vb = secondkey_log::bundle::verify_bundle_entries(&bundle, &snap.verifier, None)
+        .map_err(|e| anyhow!("the exported bundle does not verify: {e}"))?;
+    let f = evidence::figures(
+        &vb.entries,
+        &Inputs {
+            framework,
+            period,
+            checkpoint: &vb.checkpoint,
+            verifier_key: &vkey,
+        },
+    )?;
+    let figures = evidence::to_json(&f);
+    let html = evidence::render_html(&f);
+    write(&out, FIGURES, figures.as_bytes())?;
+    write(&out, REPORT, html.as_bytes())?;
+    let mut pdf_sha = None;
+    if !a.no_pdf {
+        match find_chromium(a.chromium) {
+            Some(c) => {
+                print_pdf(&c, &out.join(REPORT), &out.join(PDF))?;
+                pdf_sha = Some(evidence::sha256_hex(&std::fs::read(out.join(PDF))?));
+            }
+            None => eprintln!("warning: no Chromium found (give --chromium PATH or install chromium); the PDF was skipped, report.html is complete"),
+        }
+    }
+    let manifest = serde_json::json!({
+        "format": evidence::FORMAT,
+        "framework": framework.as_str(),
+        "from": f.from,
+        "to": f.to,
+        "verifier_key": vkey,
+        "made_with": format!("secondkey {}", env!("CARGO_PKG_VERSION")),
+        "sha256": {
+            FIGURES: evidence::sha256_hex(figures.as_bytes()),
+            REPORT: evidence::sha256_hex(html.as_bytes()),
+            PDF: pdf_sha,
+            "bundle/checkpoint": evidence::sha256_hex(vb.checkpoint.as_bytes()),
+        }
+    });
+    write(
+        &out,
+        MANIFEST,
+        format!("{}\n", serde_json::to_string_pretty(&manifest)?).as_bytes(),
+    )?;
+    let verify_txt = format!(
+        "This pack was made from the log of {origin} at size {size}.\n\
+         Get the log's verifier key from the operator out of band; it should be\n  {vkey}\n\
+         Then, in this directory:\n\n  secondkey log verify --bundle bundle --key '{vkey}'\n  secondkey evidence verify . --key '{vkey}'\n\n\
+         Add --witness '<cosigner key>' (repeatable) and --min-witnesses N to require witness cosignatures.\n\
+         report.pdf is a print of report.html (made with headless Chromium); report.html is authoritative.\n",
+        origin = f.log.origin,
+        size = f.log.size,
+    );
+    write(&out, "VERIFY.txt", verify_txt.as_bytes())?;
+    eprintln!(
+        "wrote the {} evidence pack for {} to {} ({} privileged actions, {} exceptions) to {}",
+        framework.as_str(),
+        f.from,
+        f.to,
+        f.privileged.len(),
+        f.exceptions.len(),
+        out.display()
+    );
+    println!(
+        "verify with: secondkey evidence verify {} --key '{vkey}'",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> Result<ExitCode> {
+    let fail = |m: String| -> Result<ExitCode> {
+        eprintln!("FAILED: {m}");
+        Ok(ExitCode::FAILURE)
+    };
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .with_context(|| format!("cannot read {}", dir.join(name).display()))
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&read(MANIFEST)?)
+        .with_context(|| format!("{MANIFEST} is not JSON"))?;
+    let s = |k: &str| -> Result<String> {
+        manifest[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("{MANIFEST} has no {k}"))
+    };
+    let framework = Framework::parse(&s("framework")?)?;
+    let period = Period::parse(&s("from")?, &s("to")?)?;
+    let key = match key {
+        Some(k) => k,
+        None => {
+            eprintln!("warning: no --key given: using the key the pack names, so this proves the pack is consistent with itself, not that the log is the operator's");
+            s("verifier_key")?
+        }
+    };
+    let v = crate::logcmd::load_key(&key)?;
+    let wkeys = load_cosigner_keys(witnesses)?;
+    let vb = match secondkey_log::bundle::verify_bundle_entries(&dir.join("bundle"), &v, None) {
+        Ok(vb) => vb,
+        Err(e) => return fail(format!("the log bundle does not verify: {e}")),
+    };
+    println!("ok: {}", crate::describe(&vb.report));
+    if witness_report(&vb.checkpoint, &wkeys, min) != ExitCode::SUCCESS {
+        return Ok(ExitCode::FAILURE);
+    }
+    let f = evidence::figures(
+        &vb.entries,
+        &Inputs {
+            framework,
+            period,
+            checkpoint: &vb.checkpoint,
+            verifier_key: &v.to_string(),
+        },
+    )?;
+    let found: serde_json::Value = match serde_json::from_slice(&read(FIGURES)?) {
+        Ok(v) => v,
+        Err(e) => return fail(format!("{FIGURES} is not JSON: {e}")),
+    };
+    let diffs = evidence::diff(&f, &found);
+    if !diffs.is_empty() {
+        return fail(format!(
+            "{FIGURES} does not match the figures recomputed from the log ({} difference(s), recomputed → in the pack):\n  {}",
+            diffs.len(),
+            diffs.join("\n  ")
+        ));
+    }
+    let html = read(REPORT)?;
+    let expected = evidence::render_html(&f);
+    if html != expected.as_bytes() {
+        let text = String::from_utf8_lossy(&html);
+        let at = text
+            .bytes()
+            .zip(expected.bytes())
+            .position(|(a, b)| a != b)
+            .unwrap_or(text.len().min(expected.len()));
+        let from = at.saturating_sub(60);
+        return fail(format!(
+            "{REPORT} is not what the log's figures render to: it was edited (first difference at byte {at}: …{}…)",
+            text.get(from..(at + 60).min(text.len())).unwrap_or("")
+        ));
+    }
+    let digests = &manifest["sha256"];
+    for (name, bytes) in [(FIGURES, read(FIGURES)?), (REPORT, html)] {
+        if digests[name].as_str() != Some(evidence::sha256_hex(&bytes).as_str()) {
+            return fail(format!("{MANIFEST} lists another SHA-256 for {name}"));
+        }
+    }
+    match digests[PDF].as_str() {
+        Some(d) if d != evidence::sha256_hex(&read(PDF)?) => {
+            return fail(format!(
+            "{PDF} is not the file the pack was made with (its SHA-256 differs from {MANIFEST})"
+        ))
+        }
+        Some(_) => {}
+        None => println!("(the pack has no PDF)"),
+    }
+    println!(
+        "ok: every figure of the {} report for {} to {} was recomputed from the log and matches; {REPORT} is exactly their rendering ({} privileged actions, {} exceptions, {} policy versions)",
+        framework.as_str(),
+        f.from,
+        f.to,
+        f.privileged.len(),
+        f.exceptions.len(),
+        f.policies.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+pub enum WitnessCmd {
+    /// Create a witness key (mode 0600) and print its cosigner verifier key.
+    #[command(
+        after_help = "Example:\n  secondkey witness keygen --name witness.example/w1 --out w1.key > w1.vkey"
+    )]
+    Keygen {
+        /// The witness's name (a schema-less URL is conventional).
+        #[arg(long)]
+        name: String,
+        /// Where to write the secret key; it must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run a C2SP tlog witness: cosigns checkpoints of the given logs that
+    /// extend the last one it cosigned, refuses forks.
+    #[command(
+        after_help = "Example:\n  secondkey witness serve --key w1.key --state ./w1-state --listen 127.0.0.1:7380 \\\n      --log \"$(cat log.vkey)\"\n\nThe state directory is the witness's memory: keep it. A witness that lost it must get a new key."
+    )]
+    Serve {
+        /// The witness's secret key (from `witness keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where the latest cosigned checkpoint of each log is kept.
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7380")]
+        listen: String,
+        /// A log to witness: its verifier key, or ORIGIN=KEY (repeatable).
+        #[arg(long = "log", required = true)]
+        logs: Vec<String>,
+    },
+}
+
+pub fn witness(cmd: WitnessCmd) -> Result<ExitCode> {
+    match cmd {
+        WitnessCmd::Keygen { name, out } => {
+            let c = secondkey_log::witness::Cosigner::generate(&name)
+                .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;
+            secondkey_server::keys::write_secret_file(&out, &format!("{}\n", c.to_string()))
+                .map_err(|e| anyhow!("{e} (it must not exist already)"))?;
+            eprintln!(
+                "wrote the witness's secret key to {} (mode 0600)",
+                out.display()
+            );
+            println!("{}", c.verifier());
+            Ok(ExitCode::SUCCESS)
+        }
+        WitnessCmd::Serve {
+            key,
+            state,
+            listen,
+            logs,
+        } => {
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read {}", key.display()))?;
+            let cosigner: secondkey_log::witness::Cosigner = text
+                .trim()
+                .parse()
+                .map_err(|e| anyhow!("{}: {e}", key.display()))?;
+            let mut map =
+                std::collections::BTreeMap::<String, Vec<secondkey_log::note::Verifier>>::new();
+            for l in logs {
+                let (origin, k) = match l.split_once('=') {
+                    Some((o, k)) if !o.contains('+') => (Some(o.to_string()), k.to_string()),
+                    _ => (None, l.clone()),
+                };
+                let v = crate::logcmd::load_key(&k)?;
+                let origin = origin.unwrap_or_else(|| v.name().to_string());
+                map.entry(origin).or_default().push(v);
+            }
+            let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+                anyhow!("--listen {listen:?} is not an address like 127.0.0.1:7380")
+            })?;
+            let svc = secondkey_server::witness::WitnessService::open(
+                secondkey_log::witness::Witness {
+                    cosigner,
+                    logs: map,
+                },
+                &state,
+            )?;
+            crate::runtime()?.block_on(secondkey_server::witness::serve(addr, svc))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
