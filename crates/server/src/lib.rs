@@ -132,8 +132,7 @@ pub async fn start_with(
     config: Config,
     extensions: Vec<Arc<dyn Extension>>,
 ) -> anyhow::Result<Running> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = limits::conn::bind(config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let conn_limits = limits::conn::fit_to_open_files(

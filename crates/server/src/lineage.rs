@@ -29,6 +29,7 @@ pub const MAX_ENTRIES: u64 = 1_000_000;
 /// The query of a graph: bounds as typed (`2026-12-01` or RFC 3339) and
 /// the filters. Missing bounds: the last 24 hours.
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GraphQuery {
     /// Start (inclusive): `2026-12-01` or `2026-12-01T09:00:00Z`.

@@ -149,6 +149,12 @@ def test_execute_mode_results_and_lineage(bot):
     assert e.value.code == "outcome_recorded"
     lin = bot.lineage("agent:sdk-bot")
     assert any(r.dataset == ds and r.reads >= 1 and r.last_execution == resp.execution.id for r in lin)
+    graph = bot.lineage_graph(agent="agent:sdk-bot")
+    assert any(n["kind"] == "dataset" and ds in n["id"] for n in graph["nodes"]), graph
+    assert graph["agent"] == "agent:sdk-bot"
+    with pytest.raises(secondkey.BadRequest) as e:
+        bot.lineage_graph("last tuesday")
+    assert e.value.code == "invalid_period"
     # batch: one new, one already recorded, one unknown
     r2 = bot.submit({"kind": "tool", "operation": "read", "resource": unique("exec")}, execute=True)
     out = bot.report_executions([

@@ -254,6 +254,10 @@ export class Client {
   }
   reportExecutions(results) { return this._send('execution_results', { body: JSON.stringify({ results }) }); }
   lineage(principal) { return this._send('lineage', { query: { principal } }); }
+  /** The lineage graph of a period (default: the last 24 hours): `{nodes, edges, actions, truncated, ...}`. */
+  lineageGraph({ from, to, agent, dataset, environment } = {}) {
+    return this._send('lineage_graph', { query: { from, to, agent, dataset, environment } });
+  }
   jwks() { return this._send('jwks'); }
   checkpoint() { return this._send('log_checkpoint'); }
   proof(index) { return this._send('log_proof', { path: { index } }); }

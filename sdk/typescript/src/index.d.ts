@@ -123,6 +123,7 @@ export declare class Client {
   reportExecution(id: string, ok: boolean, summary?: Json, lineage?: { reads?: string[]; writes?: string[] }): Promise<void>;
   reportExecutions(results: ExecutionResultItem[]): Promise<BatchResultOutcome[]>;
   lineage(principal: string): Promise<LineageRecord[]>;
+  lineageGraph(filter?: { from?: string; to?: string; agent?: string; dataset?: string; environment?: string }): Promise<Json>;
   jwks(): Promise<Jwks>;
   checkpoint(): Promise<string>;
   proof(index: number): Promise<Record<string, unknown>>;

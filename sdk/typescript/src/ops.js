@@ -8,6 +8,7 @@ export const OPS = {
   execution_result: { method: 'POST', path: '/v1/executions/{id}/result', body: 'ExecutionResultBody', bodyFields: ['ok', 'summary', 'reads', 'writes'], answer: 'none', status: 204 },
   execution_results: { method: 'POST', path: '/v1/executions/results', body: 'ExecutionResultsBody', bodyFields: ['results'], answer: ['BatchResultOutcome'] },
   lineage: { method: 'GET', path: '/v1/lineage', query: ['principal'], answer: ['LineageRecord'] },
+  lineage_graph: { method: 'GET', path: '/v1/lineage/graph', query: ['from', 'to', 'agent', 'dataset', 'environment'], answer: 'json' },
   list_requests: { method: 'GET', path: '/v1/requests', query: ['state', 'limit', 'before'], answer: ['RequestView'], headers: ['x-next-before'] },
   get_request: { method: 'GET', path: '/v1/requests/{id}', query: ['wait'], answer: 'RequestView' },
   request_events: { method: 'GET', path: '/v1/requests/{id}/events', answer: 'sse' },

@@ -101,6 +101,10 @@ test('execute mode, results (single and batch) and lineage', async () => {
   await assert.rejects(bot.reportExecution(resp.execution.id, true), (e) => e.code === 'outcome_recorded');
   const lin = await bot.lineage('agent:sdk-bot');
   assert.ok(lin.some((l) => l.dataset === ds && l.last_execution === resp.execution.id));
+  const graph = await bot.lineageGraph({ agent: 'agent:sdk-bot' });
+  assert.ok(graph.nodes.some((n) => n.kind === 'dataset' && n.id.includes(ds)), JSON.stringify(graph));
+  assert.equal(graph.agent, 'agent:sdk-bot');
+  await assert.rejects(bot.lineageGraph({ from: 'last tuesday' }), (e) => e.code === 'invalid_period');
   const r2 = await bot.submit({ kind: 'tool', operation: 'read', resource: unique('exec') }, { execute: true });
   const out = await bot.reportExecutions([
     { execution: r2.execution.id, ok: false, summary: { status: 'unknown' } },

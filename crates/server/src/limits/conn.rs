@@ -650,6 +650,26 @@ pub fn serve(
     )
 }
 
+/// The accept queue a listener asks the kernel for. tokio's default (1024)
+/// overflows under a burst of connections: the kernel then drops the
+/// handshakes' last packets and clients sit connected to nobody until they
+/// retransmit, seconds later. Linux caps it at `net.core.somaxconn` (4096 by
+/// default since 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (with `SO_REUSEADDR`, as tokio's own bind) and listens with
+/// [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Raises this process's soft limit on open files to its hard limit (at
 /// most 2^20), as Go's runtime does at start: a default soft limit of 1024
 /// would otherwise cap the gateway far below its connection limit. Returns

@@ -50,6 +50,7 @@ OPS: dict[str, Op] = {
         answer=("list", m.BatchResultOutcome),
     ),
     "lineage": Op("GET", "/v1/lineage", ("principal",), answer=("list", m.LineageRecord)),
+    "lineage_graph": Op("GET", "/v1/lineage/graph", ("from", "to", "agent", "dataset", "environment")),
     "list_requests": Op(
         "GET", "/v1/requests", ("state", "limit", "before"), answer=("list", m.RequestView),
         headers=("x-next-before",),

@@ -187,6 +187,20 @@ class Client(_Base):
     def lineage(self, principal: str) -> list[m.LineageRecord]:
         return self._send(Call("lineage", query={"principal": principal}))
 
+    def lineage_graph(
+        self,
+        from_: Optional[str] = None,
+        to: Optional[str] = None,
+        *,
+        agent: Optional[str] = None,
+        dataset: Optional[str] = None,
+        environment: Optional[str] = None,
+    ) -> dict[str, Any]:
+        """The lineage graph of a period (default: the last 24 hours), as the
+        gateway's JSON: ``nodes``, ``edges``, ``actions``, ``truncated``."""
+        q = {"from": from_, "to": to, "agent": agent, "dataset": dataset, "environment": environment}
+        return self._send(Call("lineage_graph", query=q))
+
     def jwks(self) -> dict[str, Any]:
         return self._send(Call("jwks"))
 
@@ -432,6 +446,20 @@ class AsyncClient(_Base):
 
     async def lineage(self, principal: str) -> list[m.LineageRecord]:
         return await self._send(Call("lineage", query={"principal": principal}))
+
+    async def lineage_graph(
+        self,
+        from_: Optional[str] = None,
+        to: Optional[str] = None,
+        *,
+        agent: Optional[str] = None,
+        dataset: Optional[str] = None,
+        environment: Optional[str] = None,
+    ) -> dict[str, Any]:
+        """The lineage graph of a period (default: the last 24 hours), as the
+        gateway's JSON: ``nodes``, ``edges``, ``actions``, ``truncated``."""
+        q = {"from": from_, "to": to, "agent": agent, "dataset": dataset, "environment": environment}
+        return await self._send(Call("lineage_graph", query=q))
 
     async def jwks(self) -> dict[str, Any]:
         return await self._send(Call("jwks"))
