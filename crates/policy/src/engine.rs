@@ -311,7 +311,15 @@ impl PolicyEngine {
         self.metas.is_empty()
     }
 
-    /// Validator warnings (impossible policies, confusable strings, …), one
+    /// The checked `@reason` of a policy (by its secondkey id), trimmed:
+    /// the sentence reviewers, or a denied agent, read about why it applies.
+    pub fn reason_of(&self, policy_id: &str) -> Option<&str> {
+        let i = *self.by_id.get(policy_id)?;
+        self.metas[i].reason.as_deref()
+    }
+
+    /// Validator warnings (impossible policies, confusable strings, …) and
+    /// review groups or quorums only the identity provider can fill, one
     /// located line each; loading succeeds despite them.
     pub fn warnings(&self) -> &[String] {
         &self.warnings

@@ -464,16 +464,63 @@ fn explain_names_rule_policies_and_annotations() {
         "{s}"
     );
     assert!(s.contains("permit x:ok (x.cedar:1)"), "{s}");
-    assert!(
-        s.contains("review x:exp (x.cedar:2) @id(\"exp\") @quorum(\"2\") @review(\"data-owners\")"),
-        "{s}"
-    );
+    assert!(s.contains("review x:exp (x.cedar:2)\n"), "{s}");
+    // each annotation with its effect, defaults named
+    for line in [
+        "@id(\"exp\"): names the policy in decisions, the log and explanations",
+        "@quorum(\"2\"): 2 distinct human approvers needed",
+        "@review(\"data-owners\"): holds the action for a member of data-owners",
+        "(no @ttl: default, waits at most 1h)",
+        "(no @grant_ttl: default, usable for 5m)",
+        "request waits at most 1h (smallest @ttl), approval usable for 5m (smallest @grant_ttl)",
+    ] {
+        assert!(s.contains(line), "{line}\n{s}");
+    }
     let s = e.explain(
         &principal("agent:bot", &[]),
         &action("sql", "read", "r"),
         &none(),
     );
     assert!(s.contains("decision: allow (rule 3"), "{s}");
+    assert!(s.contains("  recorded before it runs"), "{s}");
+}
+
+#[test]
+fn explain_shows_record_mode_and_reason() {
+    let e = engine(&[(
+        "y.cedar",
+        "@id(\"reads\") @record(\"after\") @reason(\"Reads are cheap to audit later.\")\npermit (principal, action == Action::\"sql.read\", resource);\n@id(\"all\") permit (principal, action == Action::\"sql.write\", resource);",
+    )]);
+    let s = e.explain(
+        &principal("agent:bot", &[]),
+        &action("sql", "read", "r"),
+        &none(),
+    );
+    assert!(
+        s.contains("recorded after it runs: every matching permit carries @record(\"after\")"),
+        "{s}"
+    );
+    assert!(
+        s.contains("@record(\"after\"): an allow whose matching permits all carry it may run before its log entry is durable"),
+        "{s}"
+    );
+    assert!(
+        s.contains(
+            "@reason(\"Reads are cheap to audit later.\"): shown as why the action is permitted"
+        ),
+        "{s}"
+    );
+    assert_eq!(
+        e.reason_of("y:reads"),
+        Some("Reads are cheap to audit later.")
+    );
+    assert_eq!(e.reason_of("y:all"), None);
+    let s = e.explain(
+        &principal("agent:bot", &[]),
+        &action("sql", "write", "r"),
+        &none(),
+    );
+    assert!(s.contains("recorded before it runs"), "{s}");
 }
 
 #[test]
@@ -836,7 +883,7 @@ fn bad_annotations_are_refused_each_with_its_message() {
         assert_eq!(i.len(), 1, "{what}: {i:?}");
         assert_eq!(
             (i[0].file.as_str(), i[0].line),
-            ("bad.cedar", Some(line + 2)),
+            ("bad.cedar", Some(line + 1)),
             "{what}: {:?}",
             i[0]
         );
@@ -848,7 +895,7 @@ fn bad_annotations_are_refused_each_with_its_message() {
         // validate prints it as file:line: message
         assert!(i[0]
             .to_string()
-            .starts_with(&format!("bad.cedar:{}: ", line + 2)));
+            .starts_with(&format!("bad.cedar:{}: ", line + 1)));
     }
 }
 

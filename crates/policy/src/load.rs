@@ -138,13 +138,16 @@ impl Groups {
         let (mut errors, mut warnings) = (Vec::new(), Vec::new());
         let groups = review.groups.join(",");
         for g in &review.groups {
-            if self.humans.contains_key(g) || self.identity_provider.supplies(g) {
+            if self.humans.contains_key(g) {
                 continue;
             }
             if self.identity_provider == IdpGroups::Any {
                 warnings.push(format!(
                     "@review(\"{groups}\") names group `{g}`, which no configured principal belongs to; its reviewers must get it from the identity provider's group claim"
                 ));
+                continue;
+            }
+            if self.identity_provider.supplies(g) {
                 continue;
             }
             let close = self
@@ -173,7 +176,9 @@ impl Groups {
             .flatten()
             .collect();
         let needed = review.quorum as usize;
-        if needed > humans.len() {
+        // A review whose groups all come from the identity provider was
+        // warned about above; its quorum says nothing more.
+        if needed > humans.len() && !(humans.is_empty() && !warnings.is_empty()) {
             let from_idp: Vec<&str> = review
                 .groups
                 .iter()
@@ -192,8 +197,9 @@ impl Groups {
                 ));
             } else {
                 warnings.push(format!(
-                    "@quorum(\"{}\") needs {needed} distinct approvers but @review(\"{groups}\") has {have} in config; the rest must come from the identity provider's groups ({})",
+                    "@quorum(\"{}\") needs {needed} distinct approver{} but @review(\"{groups}\") has {have} in config; the rest must come from the identity provider's groups ({})",
                     review.quorum,
+                    if needed == 1 { "" } else { "s" },
                     from_idp.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ")
                 ));
             }
