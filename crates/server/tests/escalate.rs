@@ -44,6 +44,9 @@ groups = ["data-owners"]
 [[principals]]
 id = "user:dave"
 groups = ["data-owners"]
+[[principals]]
+id = "user:sam"
+groups = ["security"]
 "#;
 
 /// Submits an export as the bot; returns the request id and the digest.
