@@ -178,7 +178,8 @@ impl Groups {
         let needed = review.quorum as usize;
         // A review whose groups all come from the identity provider was
         // warned about above; its quorum says nothing more.
-        if needed > humans.len() && !(humans.is_empty() && !warnings.is_empty()) {
+        let warned_already = humans.is_empty() && !warnings.is_empty();
+        if needed > humans.len() && !warned_already {
             let from_idp: Vec<&str> = review
                 .groups
                 .iter()
