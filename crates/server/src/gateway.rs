@@ -1568,9 +1568,7 @@ pub fn may_view(who: &Principal, req: &Request) -> bool {
     if req.acting_for() == Some(id) {
         return true;
     }
-    req.requirements
-        .iter()
-        .any(|r| r.groups.iter().any(|g| who.groups.contains(g)))
+    req.requirements.iter().any(|r| r.admits(&who.groups))
 }
 
 /// Loads a request inside a job, as `not_found` unless `who` may see it (so
