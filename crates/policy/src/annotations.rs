@@ -120,10 +120,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// (at most two edits, transpositions counting one, and fewer edits than
 /// the known name has letters).
 pub(crate) fn closest_known(name: &str) -> Option<&'static str> {
-    let lower = name.to_ascii_lowercase();
-    KNOWN_ANNOTATIONS
-        .iter()
-        .map(|k| (strsim::osa_distance(&lower, k), *k))
+    closest(
+        &name.to_ascii_lowercase(),
+        KNOWN_ANNOTATIONS.iter().copied(),
+    )
+}
+
+/// The candidate closest to `name` by edit distance (transpositions count
+/// one), if it is at most two edits away and fewer than its own length.
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .map(|k| (strsim::osa_distance(name, k), k))
         .filter(|(d, k)| *d <= 2 && *d < k.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)

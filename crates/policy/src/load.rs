@@ -150,13 +150,8 @@ impl Groups {
             if self.identity_provider.supplies(g) {
                 continue;
             }
-            let close = self
-                .humans
-                .keys()
-                .map(|k| (strsim::osa_distance(g, k), k))
-                .filter(|(d, k)| *d <= 2 && *d < k.len())
-                .min_by_key(|(d, _)| *d)
-                .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+            let close = annotations::closest(g, self.humans.keys().map(String::as_str))
+                .map(|k| format!(" (did you mean `{k}`?)"))
                 .unwrap_or_default();
             let from = match &self.identity_provider {
                 IdpGroups::Mapped(_) => " nor is it a target of `[oidc] group_map`".to_owned(),

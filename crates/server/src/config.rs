@@ -1547,4 +1547,30 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
         .to_string();
         assert!(e.contains("MISSING"), "{e}");
     }
+
+    #[test]
+    fn policy_section_and_the_groups_policies_are_checked_against() {
+        let e = load("[policy]\nannotations = [\"quorum\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("policy.annotations") && e.contains("one secondkey reads"),
+            "{e}"
+        );
+        let e = load("[policy]\nannotations = [\"my-tag\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not an annotation name"), "{e}");
+        let c = load(
+            "[policy]\nannotations = [\"ticket\"]\n[[principals]]\nid = \"user:ann\"\ngroups = [\"dba\"]\n[[principals]]\nid = \"agent:bot\"\ngroups = [\"dba\", \"agents\"]",
+        )
+        .unwrap();
+        let o = c.policy_options();
+        assert_eq!(o.annotations, BTreeSet::from(["ticket".to_string()]));
+        let g = o.groups.unwrap();
+        // agents count as members of nothing a reviewer needs
+        assert_eq!(g.humans["dba"], BTreeSet::from(["user:ann".to_string()]));
+        assert!(g.humans["agents"].is_empty());
+        assert_eq!(g.identity_provider, secondkey_policy::IdpGroups::None);
+    }
 }
