@@ -25,7 +25,9 @@ pub struct Summary {
     pub environment: Vec<String>,
     pub source: Vec<String>,
     pub impact: Vec<String>,
-    /// "2 of data-owners (1 so far)".
+    /// "2 of data-owners (1 approval so far) — policy p"; an escalated one
+    /// "security review (escalated to data-owners): 1 of security, or
+    /// data-owners reviewing after the escalation (0 approvals so far) — …".
     pub required: Vec<String>,
     pub approvals: Vec<String>,
     pub state: RequestState,
@@ -115,17 +117,23 @@ impl Summary {
             .iter()
             .map(|r| {
                 let n = r.needed();
+                // approvals that could fill one of its slots when given
                 let so_far = req
                     .reviews
                     .iter()
-                    .filter(|v| {
-                        v.decision == ReviewDecision::Approve
-                            && v.groups.iter().any(|g| r.groups.contains(g))
+                    .enumerate()
+                    .filter(|(i, v)| {
+                        v.decision == ReviewDecision::Approve && r.capacity(&v.groups, *i).is_some()
                     })
                     .count();
+                let head = if r.widened.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", r.label())
+                };
                 format!(
-                    "{n} of {} ({so_far} approval{} so far) — policy {}",
-                    r.groups.join(" or "),
+                    "{head}{n} of {} ({so_far} approval{} so far) — policy {}",
+                    r.who_may_fill(),
                     if so_far == 1 { "" } else { "s" },
                     r.policy_id
                 )

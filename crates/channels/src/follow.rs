@@ -72,10 +72,13 @@ pub fn spawn(gateway: Arc<Gateway>, inner: Arc<Inner>) {
     tokio::spawn(f.run(rx));
 }
 
+/// Every group that may review now, escalation groups included (their
+/// routes get the request once it is escalated).
 fn groups_of(req: &Request) -> BTreeSet<String> {
     req.requirements
         .iter()
-        .flat_map(|r| r.groups.iter().cloned())
+        .flat_map(|r| r.all_groups())
+        .map(str::to_owned)
         .collect()
 }
 

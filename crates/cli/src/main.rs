@@ -144,9 +144,21 @@ enum PgCmd {
 
 #[derive(Subcommand)]
 enum PolicyCmd {
-    /// Check every policy in DIR against the schema; errors name file and line.
-    #[command(after_help = "Example:\n  secondkey policy validate ./policies")]
-    Validate { dir: PathBuf },
+    /// Check every policy in DIR: syntax, schema, and the annotations
+    /// secondkey reads (names, placement, values); errors name file and line.
+    /// With --config, also the @review groups and quorums against the
+    /// configured principals and identity provider, and the configured
+    /// custom annotations.
+    #[command(
+        after_help = "Example:\n  secondkey policy validate ./policies --config secondkey.toml"
+    )]
+    Validate {
+        dir: PathBuf,
+        /// The gateway's configuration file: check groups, quorums and
+        /// `[policy] annotations` as the gateway will.
+        #[arg(long, env = "SECONDKEY_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Run the table-driven cases in DIR/*.tests.toml.
     #[command(after_help = "Example:\n  secondkey policy test ./policies")]
     Test { dir: PathBuf },
@@ -407,23 +419,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `policy validate`: every problem with file and line on stderr and a
+/// failing exit, or `ok` with the warnings.
+fn validate(
+    dir: &Path,
+    config: Option<&Path>,
+    options: &secondkey_policy::LoadOptions,
+) -> Result<ExitCode> {
+    match secondkey_policy::PolicyEngine::load_dir_with(dir, options) {
+        Ok(engine) => {
+            for w in engine.warnings() {
+                eprintln!("warning: {w}");
+            }
+            let groups = match config {
+                Some(c) => format!("groups and quorums checked against {}", c.display()),
+                None => "groups and quorums not checked: pass --config".to_owned(),
+            };
+            println!(
+                "ok: {} policies in {} are valid ({groups})",
+                engine.len(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn policy(cmd: PolicyCmd) -> Result<ExitCode> {
     use secondkey_policy::PolicyEngine;
     match cmd {
-        PolicyCmd::Validate { dir } => match PolicyEngine::load_dir(&dir) {
-            Ok(engine) => {
-                println!(
-                    "ok: {} policies in {} are valid",
-                    engine.len(),
-                    dir.display()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        PolicyCmd::Validate { dir, config } => {
+            let options = match &config {
+                Some(path) => secondkey_server::Config::load(path, &env_map())
+                    .map_err(|e| anyhow!("{}: {e}", path.display()))?
+                    .policy_options(),
+                None => Default::default(),
+            };
+            validate(&dir, config.as_deref(), &options)
+        }
         PolicyCmd::Test { dir } => {
             let engine = PolicyEngine::load_dir(&dir).map_err(|e| anyhow!("{e}"))?;
             let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
@@ -572,7 +609,24 @@ fn review(remote: &Remote, id: &str, decision: &str, comment: Option<String>) ->
         "{id}: {} ({approvals} of {needed} approvals)",
         v["state"].as_str().unwrap_or("?")
     );
+    print_escalated(&v);
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per escalated requirement of a request view: what it is now
+/// and who may fill it ("security review (escalated to data-owners): may be
+/// filled by security, or data-owners reviewing after the escalation").
+fn print_escalated(v: &Value) {
+    for r in v["required"].as_array().into_iter().flatten() {
+        let widened = r["escalated_to"].as_array().is_some_and(|a| !a.is_empty());
+        if widened {
+            println!(
+                "  {}: may be filled by {}",
+                r["label"].as_str().unwrap_or("?"),
+                r["may_fill"].as_str().unwrap_or("?")
+            );
+        }
+    }
 }
 
 fn submit(file: &Path, wait: bool, timeout: u64, remote: &Remote) -> Result<ExitCode> {

@@ -456,6 +456,67 @@ fn policy_verbs_from_the_cli() {
         "file and line of the bad attribute: {text}"
     );
 
+    // The example: typos in annotations no longer pass.
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "permit(principal, action, resource);\n@review(\"dba\") @quorom(\"2\") @tll(\"5m\")\nforbid(principal, action == Action::\"sql.export\", resource);\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &["policy", "validate", dir.path().to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains(
+            "bad.cedar:2: policy `bad:1`: unknown annotation @quorom; did you mean @quorum?"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("unknown annotation @tll; did you mean @ttl?"),
+        "{err}"
+    );
+    // With the gateway's config: groups and quorums are checked too.
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "permit(principal, action, resource);\n@review(\"dba\") @quorum(\"2\") @x_owner(\"data\")\nforbid(principal, action == Action::\"sql.export\", resource);\n",
+    )
+    .unwrap();
+    let config = dir.path().join("sk.toml");
+    std::fs::write(
+        &config,
+        "[[principals]]\nid = \"user:ann\"\ngroups = [\"dba\"]\n[[principals]]\nid = \"agent:bot\"\ngroups = [\"dba\"]\n",
+    )
+    .unwrap();
+    let (code, out, _) = run_cli(
+        &["policy", "validate", dir.path().to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("groups and quorums not checked: pass --config"),
+        "{out}"
+    );
+    let (code, _, err) = run_cli(
+        &[
+            "policy",
+            "validate",
+            dir.path().to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("@quorum(\"2\") can never be met: @review(\"dba\") has 1 human in config"),
+        "{err}"
+    );
+
     std::fs::write(
         dir.path().join("bad.cedar"),
         "@id(\"p\")\npermit(principal, action, resource);\n",

@@ -1045,13 +1045,22 @@ fn escalation_and_expiry_update_every_channel() {
         in_slack(cs, "C9", &wid)
     });
     posted_to(&teams, &wid, "conversations/conv-leads/activities");
+    // The requirement reads as escalated, with who may fill it now, on
+    // both channels.
+    let escalated = "data-owners review (escalated to dba-leads): 1 of data-owners, or dba-leads reviewing after the escalation";
     wait_for(&slack, "the owners' message marked escalated", |cs| {
         cs.iter()
             .find(|c| {
                 c.path == "chat.update"
                     && c.body["channel"] == "C1"
                     && c.body["blocks"].to_string().contains("Escalated")
+                    && c.body["blocks"].to_string().contains(escalated)
             })
+            .map(|_| ())
+    });
+    wait_for(&teams, "the owners' card marked escalated", |cs| {
+        cs.iter()
+            .find(|c| c.method == "PUT" && c.body.to_string().contains(escalated))
             .map(|_| ())
     });
     // Three seconds before it expires, a reminder goes to every thread.

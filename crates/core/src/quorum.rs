@@ -6,26 +6,39 @@
 //! could satisfy a "two of dba plus one of security" rule alone. That is a
 //! bipartite matching between approvers and slots; a request is approved
 //! exactly when a matching covers every slot.
+//!
+//! Whether an approval may fill a slot is decided by
+//! [`Requirement::capacity`]: through the policy's own groups always, through
+//! groups an escalation added only when the review came after the widening.
 
 use std::collections::BTreeSet;
 
 use crate::principal::PrincipalId;
-use crate::request::Requirement;
+use crate::request::{Requirement, Seat};
+
+/// One approval to seat: who, the groups they reviewed in, and the position
+/// of their review in the request (which slots were open to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The approver.
+    pub id: PrincipalId,
+    /// Their groups among the required ones, recorded at review time.
+    pub groups: BTreeSet<String>,
+    /// The review's position in the request's reviews.
+    pub review: usize,
+}
 
 /// Finds an assignment of distinct approvers to every requirement's slots.
 ///
-/// `approvers` are `(id, groups)` pairs; duplicate ids count once. Returns,
-/// per requirement (same order), the approvers seated in its slots, or `None`
-/// if no assignment satisfies every requirement. A requirement with quorum 0
-/// is treated as quorum 1: review policies default to one approver.
-pub fn assignment(
-    requirements: &[Requirement],
-    approvers: &[(PrincipalId, BTreeSet<String>)],
-) -> Option<Vec<Vec<PrincipalId>>> {
+/// Duplicate ids count once (the first approval). Returns, per requirement
+/// (same order), the seats filled, or `None` if no assignment satisfies
+/// every requirement. A requirement with quorum 0 is treated as quorum 1:
+/// review policies default to one approver.
+pub fn assignment(requirements: &[Requirement], approvals: &[Approval]) -> Option<Vec<Vec<Seat>>> {
     // One entry per distinct approver.
-    let mut people: Vec<&(PrincipalId, BTreeSet<String>)> = Vec::new();
-    for a in approvers {
-        if !people.iter().any(|p| p.0 == a.0) {
+    let mut people: Vec<&Approval> = Vec::new();
+    for a in approvals {
+        if !people.iter().any(|p| p.id == a.id) {
             people.push(a);
         }
     }
@@ -44,7 +57,7 @@ pub fn assignment(
         .map(|&i| {
             people
                 .iter()
-                .map(|p| requirements[i].admits(&p.1))
+                .map(|p| requirements[i].capacity(&p.groups, p.review).is_some())
                 .collect()
         })
         .collect();
@@ -60,7 +73,15 @@ pub fn assignment(
     let mut out = vec![Vec::new(); requirements.len()];
     for (p, s) in seat.iter().enumerate() {
         if let Some(s) = s {
-            out[slots[*s]].push(people[p].0.clone());
+            let r = &requirements[slots[*s]];
+            let who = people[p];
+            let c = r.capacity(&who.groups, who.review)?;
+            out[slots[*s]].push(Seat {
+                requirement: r.policy_id.clone(),
+                approver: who.id.clone(),
+                group: c.group,
+                widened: c.widened,
+            });
         }
     }
     Some(out)
@@ -94,18 +115,26 @@ mod tests {
     use proptest::prelude::*;
 
     fn req(groups: &[&str], quorum: u32) -> Requirement {
-        Requirement {
-            policy_id: format!("p-{}", groups.join("-")),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
+        Requirement::new(
+            format!("p-{}", groups.join("-")),
+            groups.iter().map(|g| g.to_string()).collect(),
             quorum,
+        )
+    }
+
+    fn person(name: &str, groups: &[&str]) -> Approval {
+        Approval {
+            id: PrincipalId::parse(&format!("user:{name}")).unwrap(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            review: 0,
         }
     }
 
-    fn person(name: &str, groups: &[&str]) -> (PrincipalId, BTreeSet<String>) {
-        (
-            PrincipalId::parse(&format!("user:{name}")).unwrap(),
-            groups.iter().map(|g| g.to_string()).collect(),
-        )
+    fn ids(seats: Vec<Vec<Seat>>) -> Vec<Vec<PrincipalId>> {
+        seats
+            .into_iter()
+            .map(|v| v.into_iter().map(|s| s.approver).collect())
+            .collect()
     }
 
     #[test]
@@ -117,7 +146,7 @@ mod tests {
         assert!(assignment(&reqs, &[both.clone(), both.clone()]).is_none());
         let carol = person("carol", &["sec"]);
         let got = assignment(&reqs, &[both.clone(), carol.clone()]).unwrap();
-        assert_eq!(got, vec![vec![both.0], vec![carol.0]]);
+        assert_eq!(ids(got), vec![vec![both.id], vec![carol.id]]);
     }
 
     #[test]
@@ -127,7 +156,7 @@ mod tests {
         let bob = person("bob", &["dba", "sec"]);
         let alice = person("alice", &["dba"]);
         let got = assignment(&reqs, &[bob.clone(), alice.clone()]).unwrap();
-        assert_eq!(got, vec![vec![alice.0], vec![bob.0]]);
+        assert_eq!(ids(got), vec![vec![alice.id], vec![bob.id]]);
     }
 
     #[test]
@@ -144,9 +173,21 @@ mod tests {
         assert_eq!(assignment(&[], &[]), Some(vec![]));
     }
 
+    /// Whether `p` may fill a slot of `r`, written out independently of
+    /// [`Requirement::capacity`]: a group of the policy, or a group added
+    /// by a widening that came no later than the review.
+    fn may_fill(r: &Requirement, p: &Approval) -> bool {
+        p.groups.iter().any(|g| {
+            r.groups.contains(g)
+                || r.widened
+                    .iter()
+                    .any(|w| &w.group == g && w.from_review <= p.review)
+        })
+    }
+
     /// Exhaustive reference: try every way of giving each requirement a set
     /// of unused eligible people.
-    fn brute(reqs: &[Requirement], people: &[(PrincipalId, BTreeSet<String>)], used: u32) -> bool {
+    fn brute(reqs: &[Requirement], people: &[Approval], used: u32) -> bool {
         let Some((first, rest)) = reqs.split_first() else {
             return true;
         };
@@ -156,37 +197,83 @@ mod tests {
                 && mask.count_ones() as usize == first.needed()
                 && (0..n)
                     .filter(|p| mask & (1 << p) != 0)
-                    .all(|p| first.admits(&people[p].1))
+                    .all(|p| may_fill(first, &people[p]))
                 && brute(rest, people, used | mask)
         })
+    }
+
+    #[test]
+    fn a_widened_slot_takes_only_later_reviews() {
+        use crate::request::Widening;
+        // sec widened to dba after two reviews: a dba approval at position
+        // 0 or 1 fills only the dba slot; one at position 2 may fill sec.
+        let mut sec = req(&["sec"], 1);
+        sec.widened.push(Widening {
+            group: "dba".into(),
+            from_review: 2,
+        });
+        let reqs = [req(&["dba"], 1), sec];
+        let at = |name: &str, review: usize| Approval {
+            review,
+            ..person(name, &["dba"])
+        };
+        assert!(assignment(&reqs, &[at("a", 0), at("b", 1)]).is_none());
+        let got = assignment(&reqs, &[at("a", 0), at("c", 2)]).unwrap();
+        assert_eq!(got[0][0].approver, at("a", 0).id);
+        assert!(!got[0][0].widened);
+        assert_eq!(
+            got[1][0],
+            Seat {
+                requirement: "p-sec".into(),
+                approver: at("c", 2).id,
+                group: "dba".into(),
+                widened: true,
+            }
+        );
     }
 
     proptest! {
         #[test]
         fn matches_brute_force(
-            reqs in prop::collection::vec((prop::collection::vec(0usize..4, 1..3), 1u32..3), 0..4),
-            people in prop::collection::vec(prop::collection::btree_set(0usize..4, 0..4), 0..6),
+            reqs in prop::collection::vec(
+                (prop::collection::vec(0usize..4, 1..3), 1u32..3,
+                 prop::collection::vec((0usize..4, 0usize..6), 0..2)),
+                0..4),
+            people in prop::collection::vec(
+                (prop::collection::btree_set(0usize..4, 0..4), 0usize..6), 0..6),
         ) {
+            use crate::request::Widening;
             let names = ["dba", "sec", "ops", "data"];
-            let reqs: Vec<Requirement> = reqs.iter().map(|(gs, q)| Requirement {
-                policy_id: "p".into(),
-                groups: gs.iter().map(|g| names[*g].to_string()).collect(),
-                quorum: *q,
+            let reqs: Vec<Requirement> = reqs.iter().map(|(gs, q, ws)| {
+                let mut r = Requirement::new(
+                    "p",
+                    gs.iter().map(|g| names[*g].to_string()).collect(),
+                    *q,
+                );
+                r.widened = ws.iter().map(|(g, from)| Widening {
+                    group: names[*g].to_string(),
+                    from_review: *from,
+                }).collect();
+                r
             }).collect();
-            let people: Vec<(PrincipalId, BTreeSet<String>)> = people.iter().enumerate().map(|(i, gs)| (
-                PrincipalId::parse(&format!("user:u{i}")).unwrap(),
-                gs.iter().map(|g| names[*g].to_string()).collect(),
-            )).collect();
+            let people: Vec<Approval> = people.iter().enumerate().map(|(i, (gs, review))| Approval {
+                id: PrincipalId::parse(&format!("user:u{i}")).unwrap(),
+                groups: gs.iter().map(|g| names[*g].to_string()).collect(),
+                review: *review,
+            }).collect();
             let got = assignment(&reqs, &people);
             prop_assert_eq!(got.is_some(), brute(&reqs, &people, 0));
             if let Some(seats) = got {
                 let mut seen = BTreeSet::new();
                 for (r, seated) in reqs.iter().zip(&seats) {
                     prop_assert_eq!(seated.len(), r.needed());
-                    for id in seated {
-                        prop_assert!(seen.insert(id.clone()), "{} seated twice", id);
-                        let groups = &people.iter().find(|p| &p.0 == id).unwrap().1;
-                        prop_assert!(r.admits(groups));
+                    for s in seated {
+                        prop_assert!(seen.insert(s.approver.clone()), "{} seated twice", s.approver);
+                        let p = people.iter().find(|p| p.id == s.approver).unwrap();
+                        prop_assert!(may_fill(r, p));
+                        prop_assert!(p.groups.contains(&s.group));
+                        // widened exactly when the policy's groups did not admit
+                        prop_assert_eq!(s.widened, !r.groups.iter().any(|g| p.groups.contains(g)));
                     }
                 }
             }

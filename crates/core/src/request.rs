@@ -5,10 +5,12 @@
 //!          ├─ deny ─→ denied                    ├─ revoke ─→ revoked    └─→ unknown
 //!          ├─ withdraw ─→ withdrawn             └─ grant expires ─→ expired
 //!          ├─ ttl passes ─→ expired
-//!          └─ escalate (waited long enough) ─→ pending, more groups may review,
-//!                                              or approved if the approvals given
-//!                                              already meet quorum
+//!          └─ escalate (waited long enough) ─→ pending, more groups may review
 //! ```
+//!
+//! Only a human's approval moves a request to `approved`: an escalation
+//! widens who may fill the open slots from then on, and never approves by
+//! itself.
 //!
 //! Every method takes `now` and, where an id is minted, the id itself. It
 //! either changes the request and returns a [`Transition`] with the
@@ -77,20 +79,138 @@ impl RequestState {
 
 /// What one matching review policy demands: `quorum` distinct humans, each a
 /// member of at least one of `groups`. A request needs all its requirements.
+///
+/// An escalation may widen a requirement ([`Requirement::widened`]): its
+/// slots then also accept members of more groups, but only through reviews
+/// given after the widening. A review keeps filling exactly the slots it
+/// could fill when it was given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requirement {
     /// The policy that asked for the review, for explanations.
     pub policy_id: String,
-    /// Groups whose members may approve.
+    /// Groups whose members may approve, as the policy names them.
     pub groups: Vec<String>,
     /// How many distinct approvers (0 is treated as 1).
     pub quorum: u32,
+    /// Groups an escalation added, in the order added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub widened: Vec<Widening>,
+}
+
+/// A group an escalation added to a requirement, and from which review on
+/// it counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Widening {
+    /// The group added.
+    pub group: String,
+    /// How many reviews the request held when the group was added: only a
+    /// review at this position in [`Request::reviews`] or later may fill a
+    /// slot through the group.
+    pub from_review: usize,
+}
+
+/// In which capacity an approval fills a requirement's slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// The group the approver counted for.
+    pub group: String,
+    /// Whether that group was added by an escalation (the slot was widened).
+    pub widened: bool,
+}
+
+/// One filled slot of an approved request: who stood in for which
+/// requirement, and as what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seat {
+    /// The requirement's policy.
+    pub requirement: String,
+    /// Who approved.
+    pub approver: PrincipalId,
+    /// The group the approval counted for.
+    pub group: String,
+    /// Whether the slot was widened by an escalation and filled through it.
+    pub widened: bool,
 }
 
 impl Requirement {
-    /// Whether someone in `groups` may fill one of this requirement's slots.
+    /// A requirement as a review policy states it, not widened.
+    pub fn new(policy_id: impl Into<String>, groups: Vec<String>, quorum: u32) -> Requirement {
+        Requirement {
+            policy_id: policy_id.into(),
+            groups,
+            quorum,
+            widened: Vec::new(),
+        }
+    }
+
+    /// Whether someone in `groups` may fill one of this requirement's slots
+    /// now (through the policy's groups or any added by an escalation).
     pub fn admits(&self, groups: &BTreeSet<String>) -> bool {
         self.groups.iter().any(|g| groups.contains(g))
+            || self.widened.iter().any(|w| groups.contains(&w.group))
+    }
+
+    /// The capacity in which the review at position `review` of the
+    /// request, given by someone in `groups`, fills one of this
+    /// requirement's slots: a group of the policy's own first; else a group
+    /// an escalation added before that review. `None` if it cannot.
+    pub fn capacity(&self, groups: &BTreeSet<String>, review: usize) -> Option<Capacity> {
+        if let Some(g) = self.groups.iter().find(|g| groups.contains(*g)) {
+            return Some(Capacity {
+                group: g.clone(),
+                widened: false,
+            });
+        }
+        self.widened
+            .iter()
+            .find(|w| review >= w.from_review && groups.contains(&w.group))
+            .map(|w| Capacity {
+                group: w.group.clone(),
+                widened: true,
+            })
+    }
+
+    /// Every group whose members may fill a slot now: the policy's, then
+    /// those escalations added.
+    pub fn all_groups(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.groups.iter().map(String::as_str).collect();
+        for w in &self.widened {
+            if !v.contains(&w.group.as_str()) {
+                v.push(&w.group);
+            }
+        }
+        v
+    }
+
+    /// The groups escalations added, in order.
+    pub fn widened_groups(&self) -> Vec<&str> {
+        self.widened.iter().map(|w| w.group.as_str()).collect()
+    }
+
+    /// How reviewers read the requirement: `security review`, or
+    /// `security review (escalated to data-owners)` once widened.
+    pub fn label(&self) -> String {
+        let mut s = format!("{} review", self.groups.join(" or "));
+        if !self.widened.is_empty() {
+            s.push_str(&format!(
+                " (escalated to {})",
+                self.widened_groups().join(", ")
+            ));
+        }
+        s
+    }
+
+    /// Who may fill a slot, for reviewers: `security or dba`, and once
+    /// widened `security, or data-owners reviewing after the escalation`.
+    pub fn who_may_fill(&self) -> String {
+        let own = self.groups.join(" or ");
+        if self.widened.is_empty() {
+            return own;
+        }
+        format!(
+            "{own}, or {} reviewing after the escalation",
+            self.widened_groups().join(" or ")
+        )
     }
 
     /// The number of approvers needed; at least one.
@@ -173,6 +293,9 @@ pub enum CoreEvent {
         grant_id: String,
         /// Everyone who approved, in review order.
         approvers: Vec<PrincipalId>,
+        /// Which slot each counted approval filled, requirement by
+        /// requirement: who stood in for whom.
+        seats: Vec<Seat>,
     },
     /// A reviewer denied the request.
     Denied {
@@ -199,7 +322,8 @@ pub enum CoreEvent {
         outcome: Outcome,
     },
     /// The request waited long enough that members of more groups may now
-    /// review it (each requirement admits them too).
+    /// review it (each requirement admits them too, through reviews given
+    /// from now on).
     Escalated {
         /// The groups added, sorted.
         groups: Vec<String>,
@@ -462,7 +586,8 @@ pub struct Request {
     /// Whether the escalation notice went out.
     #[serde(default)]
     pub escalated: bool,
-    /// Groups added to every requirement by [`Request::escalate`].
+    /// Groups added to the requirements by [`Request::escalate`] (each
+    /// requirement's [`Requirement::widened`] says from which review on).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub escalated_to: BTreeSet<String>,
     /// More principals barred from reviewing, beyond the requester, its owner
@@ -607,7 +732,7 @@ impl Request {
             let mut groups: Vec<&str> = self
                 .requirements
                 .iter()
-                .flat_map(|r| r.groups.iter().map(String::as_str))
+                .flat_map(Requirement::all_groups)
                 .collect();
             groups.sort_unstable();
             groups.dedup();
@@ -648,16 +773,33 @@ impl Request {
     /// Which approvers fill which requirement's slots, if the approvals so far
     /// satisfy every requirement with distinct people (see [`quorum`]).
     pub fn assignment(&self) -> Option<Vec<Vec<PrincipalId>>> {
+        self.seats().map(|per| {
+            per.into_iter()
+                .map(|v| v.into_iter().map(|s| s.approver).collect())
+                .collect()
+        })
+    }
+
+    /// Like [`Request::assignment`], with the capacity each approver fills
+    /// its slot in. Each approval counts only for the slots open to it when
+    /// it was given: a group an escalation added counts for reviews after
+    /// the escalation, never for earlier ones.
+    pub fn seats(&self) -> Option<Vec<Vec<Seat>>> {
         if self.requirements.is_empty() {
             return None;
         }
-        let approvers: Vec<(PrincipalId, BTreeSet<String>)> = self
+        let approvals: Vec<quorum::Approval> = self
             .reviews
             .iter()
-            .filter(|r| r.decision == ReviewDecision::Approve)
-            .map(|r| (r.reviewer.clone(), r.groups.clone()))
+            .enumerate()
+            .filter(|(_, r)| r.decision == ReviewDecision::Approve)
+            .map(|(i, r)| quorum::Approval {
+                id: r.reviewer.clone(),
+                groups: r.groups.clone(),
+                review: i,
+            })
             .collect();
-        quorum::assignment(&self.requirements, &approvers)
+        quorum::assignment(&self.requirements, &approvals)
     }
 
     fn expire(&mut self) -> Transition {
@@ -672,12 +814,13 @@ impl Request {
 
     /// Approves a pending request whose approvals fill every requirement with
     /// distinct humans, issuing a grant with id `grant_id` that expires
-    /// `grant_ttl` after `now`. The one way into `Approved`, whether the last
-    /// review or an escalation completed the quorum.
+    /// `grant_ttl` after `now`. The one way into `Approved`, called only
+    /// right after a human's approval was recorded.
     fn approve_if_met(&mut self, now: Timestamp, grant_id: &str) -> Option<CoreEvent> {
-        if self.state != RequestState::Pending || self.assignment().is_none() {
+        if self.state != RequestState::Pending {
             return None;
         }
+        let seats = self.seats()?;
         self.state = RequestState::Approved;
         self.decided_at = Some(now);
         self.grant = Some(GrantRecord {
@@ -688,6 +831,7 @@ impl Request {
         Some(CoreEvent::Approved {
             grant_id: grant_id.to_string(),
             approvers: self.approvers(),
+            seats: seats.into_iter().flatten().collect(),
         })
     }
 
@@ -722,7 +866,11 @@ impl Request {
         let relevant: BTreeSet<String> = reviewer
             .groups
             .iter()
-            .filter(|g| self.requirements.iter().any(|r| r.groups.contains(g)))
+            .filter(|g| {
+                self.requirements
+                    .iter()
+                    .any(|r| r.all_groups().contains(&g.as_str()))
+            })
             .cloned()
             .collect();
         self.reviews.push(Review {
@@ -858,22 +1006,22 @@ impl Request {
     }
 
     /// Escalates a pending request that has waited `fraction` of its TTL:
-    /// members of `groups` may from now on fill any requirement's slots.
-    /// Quorum, separation of duties and earlier reviews stay as they were;
-    /// groups are only ever added. Changing who may review is a decision
-    /// rule, so it lives here and is logged ([`CoreEvent::Escalated`]).
+    /// members of `groups` may from now on fill any requirement's open
+    /// slots. Quorum, separation of duties and earlier reviews stay as they
+    /// were; groups are only ever added. Changing who may review is a
+    /// decision rule, so it lives here and is logged
+    /// ([`CoreEvent::Escalated`]).
     ///
-    /// The approvals already given are counted again under the widened
-    /// requirements (each with the groups recorded at its review): if they
-    /// now meet quorum, the request is approved here, exactly as if the last
-    /// review had completed it — [`CoreEvent::Approved`] follows
-    /// `Escalated`, with a grant of id `next_grant_id`.
+    /// An escalation never approves: a widened slot is filled only by a
+    /// review given after it, by a member of a group the slot then accepts
+    /// ([`Requirement::capacity`]); reviews given before keep filling
+    /// exactly the slots they could fill when given. Someone who already
+    /// reviewed cannot review again to fill a widened slot.
     pub fn escalate(
         &mut self,
         groups: &BTreeSet<String>,
         fraction: f64,
         now: Timestamp,
-        next_grant_id: &str,
     ) -> Result<Transition, TransitionError> {
         if self.state != RequestState::Pending {
             return Err(TransitionError::WrongState {
@@ -890,27 +1038,35 @@ impl Request {
         }
         let added: Vec<String> = groups
             .iter()
-            .filter(|g| !g.is_empty() && !self.requirements.iter().all(|r| r.groups.contains(g)))
+            .filter(|g| {
+                !g.is_empty()
+                    && !self
+                        .requirements
+                        .iter()
+                        .all(|r| r.all_groups().contains(&g.as_str()))
+            })
             .cloned()
             .collect();
         if added.is_empty() || self.requirements.is_empty() {
             return Err(TransitionError::NothingToEscalate);
         }
+        let from_review = self.reviews.len();
         for r in &mut self.requirements {
             for g in &added {
-                if !r.groups.contains(g) {
-                    r.groups.push(g.clone());
+                if !r.all_groups().contains(&g.as_str()) {
+                    r.widened.push(Widening {
+                        group: g.clone(),
+                        from_review,
+                    });
                 }
             }
         }
         self.escalated_to.extend(added.iter().cloned());
         self.escalated = true;
-        let mut events = vec![CoreEvent::Escalated { groups: added }];
-        events.extend(self.approve_if_met(now, next_grant_id));
         Ok(Transition {
             from: RequestState::Pending,
-            to: self.state,
-            events,
+            to: RequestState::Pending,
+            events: vec![CoreEvent::Escalated { groups: added }],
         })
     }
 

@@ -101,7 +101,7 @@ impl Decider for InProcess {
                     .request
                     .requirements
                     .iter()
-                    .map(|r| json!({"policy": r.policy_id, "groups": r.groups, "quorum": r.quorum}))
+                    .map(|r| json!({"policy": r.policy_id, "groups": r.all_groups(), "quorum": r.quorum}))
                     .collect(),
                 request_id: h.request.id,
             },

@@ -1,12 +1,81 @@
 //! The secondkey annotations on Cedar policies: `@review`, `@quorum`, `@ttl`,
-//! `@grant_ttl`, checked once at load time so a decision never meets a bad one.
+//! `@grant_ttl`, `@reason`, `@record` (and Cedar's `@id`), checked once at
+//! load time so a decision never meets a bad one — and so that a misspelled
+//! or misplaced annotation is refused instead of silently weakening a
+//! policy. Authors keep their own annotations under [`CUSTOM_PREFIX`] or in
+//! an allow-list ([`crate::LoadOptions::annotations`]).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// How long a review request may wait when a policy does not say (`@ttl`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60 * 60);
 /// How long an approval stays usable when a policy does not say (`@grant_ttl`).
 pub const DEFAULT_GRANT_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Every annotation secondkey reads; any other is refused unless it carries
+/// [`CUSTOM_PREFIX`] or is allow-listed.
+pub const KNOWN_ANNOTATIONS: [&str; 7] = [
+    "id",
+    "review",
+    "quorum",
+    "ttl",
+    "grant_ttl",
+    "reason",
+    "record",
+];
+
+/// Annotations whose name starts with this are the author's own: secondkey
+/// keeps them (explanations show them) and never reads them.
+pub const CUSTOM_PREFIX: &str = "x_";
+
+/// The longest `@reason` accepted, in characters: it is shown whole on chat
+/// cards and request pages.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// The shortest and longest `@ttl`: a request waits at least a second and
+/// at most 30 days.
+pub const TTL_BOUNDS: (Duration, Duration) = (
+    Duration::from_secs(1),
+    Duration::from_secs(30 * 24 * 60 * 60),
+);
+
+/// The shortest and longest `@grant_ttl`: an approval stays usable at least
+/// a second and at most a day.
+pub const GRANT_TTL_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 60 * 60));
+
+/// How an allow may be recorded (`@record`, on `permit` only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordMode {
+    /// `@record("after")`: the allow may run before its log entry is
+    /// durable, recorded within the configured window.
+    After,
+}
+
+impl RecordMode {
+    /// The annotation value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordMode::After => "after",
+        }
+    }
+}
+
+/// What the secondkey annotations of one policy say, once checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Annotated {
+    pub review: Option<Review>,
+    pub reason: Option<String>,
+    pub record: Option<RecordMode>,
+}
+
+/// One refused annotation: which one (to locate it) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub annotation: String,
+    pub message: String,
+}
 
 /// The review settings of one `forbid` policy carrying `@review`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,14 +116,177 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-/// Reads and checks the secondkey annotations of one policy.
+/// The known annotation closest to `name`, if it is a plausible misspelling
+/// (at most two edits, transpositions counting one, and fewer edits than
+/// the known name has letters).
+pub(crate) fn closest_known(name: &str) -> Option<&'static str> {
+    closest(
+        &name.to_ascii_lowercase(),
+        KNOWN_ANNOTATIONS.iter().copied(),
+    )
+}
+
+/// The candidate closest to `name` by edit distance (transpositions count
+/// one), if it is at most two edits away and fewer than its own length.
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .map(|k| (strsim::osa_distance(name, k), k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn unknown(name: &str) -> String {
+    let known = KNOWN_ANNOTATIONS
+        .iter()
+        .map(|k| format!("@{k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hint = match closest_known(name) {
+        Some(k) => format!("did you mean @{k}? "),
+        None => String::new(),
+    };
+    format!(
+        "unknown annotation @{name}; {hint}secondkey reads {known}; keep your own annotations under the `{CUSTOM_PREFIX}` prefix (@{CUSTOM_PREFIX}{name}) or list them in `[policy] annotations`"
+    )
+}
+
+/// Checks every annotation of one policy: names, placement and values.
+/// `forbid_effect` tells whether the policy is a `forbid`; `allowed` are the
+/// configured custom annotation names. Every problem is reported, not just
+/// the first.
+pub(crate) fn check(
+    forbid_effect: bool,
+    annotations: &[(String, String)],
+    allowed: &BTreeSet<String>,
+) -> Result<Annotated, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut problem = |annotation: &str, message: String| {
+        problems.push(Problem {
+            annotation: annotation.to_owned(),
+            message,
+        })
+    };
+    for (name, _) in annotations {
+        if !KNOWN_ANNOTATIONS.contains(&name.as_str())
+            && !name.starts_with(CUSTOM_PREFIX)
+            && !allowed.contains(name)
+        {
+            problem(name, unknown(name));
+        }
+    }
+    let get = |k: &str| {
+        annotations
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let review = match parse_review(forbid_effect, get) {
+        Ok(r) => r,
+        Err((annotation, message)) => {
+            problem(annotation, message);
+            None
+        }
+    };
+    let reason = match get("reason") {
+        None => None,
+        Some(r) => match check_reason(r) {
+            Ok(r) => Some(r),
+            Err(m) => {
+                problem("reason", m);
+                None
+            }
+        },
+    };
+    let record = match get("record") {
+        None => None,
+        Some(_) if forbid_effect => {
+            problem(
+                "record",
+                "@record only applies to `permit` policies (it says how an allow is recorded; reviews and denials are always recorded before anything runs); remove it from this `forbid`".to_owned(),
+            );
+            None
+        }
+        Some("after") => Some(RecordMode::After),
+        Some(v) => {
+            problem(
+                "record",
+                format!("@record({v:?}) is not a record mode; the only one is @record(\"after\")"),
+            );
+            None
+        }
+    };
+    if problems.is_empty() {
+        Ok(Annotated {
+            review,
+            reason,
+            record,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// `@reason`: the sentence reviewers (or a denied agent) read. Non-empty,
+/// at most [`MAX_REASON_CHARS`] characters, no control characters but line
+/// breaks. Returned trimmed.
+fn check_reason(r: &str) -> Result<String, String> {
+    let t = r.trim();
+    if t.is_empty() {
+        return Err(
+            "@reason(\"\") is empty; say in a sentence why the policy applies, or drop @reason"
+                .to_owned(),
+        );
+    }
+    let n = t.chars().count();
+    if n > MAX_REASON_CHARS {
+        return Err(format!(
+            "@reason is {n} characters long; at most {MAX_REASON_CHARS} are shown to reviewers, so shorten it"
+        ));
+    }
+    if let Some(c) = t.chars().find(|c| c.is_control() && *c != '\n') {
+        return Err(format!(
+            "@reason contains the control character {c:?}; write plain text (line breaks are allowed)"
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+fn bounded(name: &str, v: &str, (lo, hi): (Duration, Duration)) -> Result<Duration, String> {
+    let d = parse_duration(v).map_err(|e| format!("@{name}: {e}"))?;
+    if d < lo || d > hi {
+        return Err(format!(
+            "@{name}(\"{v}\") is outside {} to {}",
+            fmt_duration(lo),
+            fmt_duration(hi)
+        ));
+    }
+    Ok(d)
+}
+
+/// A duration the way policies write it: `1d`, `2h`, `15m`, `30s`.
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        _ if s != 0 && s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s != 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s != 0 && s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
+/// Reads and checks the review annotations of one policy; an error names
+/// the annotation at fault.
 ///
 /// `forbid_effect` tells whether the policy is a `forbid`: `@review` only makes
 /// sense there, and `@quorum`/`@ttl`/`@grant_ttl` only make sense with `@review`.
 pub(crate) fn parse_review<'a>(
     forbid_effect: bool,
     mut get: impl FnMut(&str) -> Option<&'a str>,
-) -> Result<Option<Review>, String> {
+) -> Result<Option<Review>, (&'static str, String)> {
     let review = get("review");
     let quorum = get("quorum");
     let ttl = get("ttl");
@@ -62,25 +294,37 @@ pub(crate) fn parse_review<'a>(
     let Some(review) = review else {
         for (name, v) in [("quorum", quorum), ("ttl", ttl), ("grant_ttl", grant_ttl)] {
             if v.is_some() {
-                return Err(format!(
-                    "@{name} only applies to a `forbid` policy with @review(\"<group>\"); add @review or remove @{name}"
+                let why = if forbid_effect {
+                    "add @review(\"<group>\") or remove"
+                } else {
+                    "a `permit` never waits for review; remove"
+                };
+                return Err((
+                    name,
+                    format!(
+                        "@{name} only applies to a `forbid` policy with @review(\"<group>\"); {why} @{name}"
+                    ),
                 ));
             }
         }
         return Ok(None);
     };
     if !forbid_effect {
-        return Err(
+        return Err((
+            "review",
             "@review only applies to `forbid` policies (a review is a forbid that approvers can lift); change `permit` to `forbid`"
                 .to_owned(),
-        );
+        ));
     }
     let mut groups = Vec::new();
     for g in review.split(',') {
         let g = g.trim();
         if g.is_empty() || g.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "@review(\"{review}\") must be a comma-separated list of group names, e.g. @review(\"dba,security\")"
+            return Err((
+                "review",
+                format!(
+                    "@review(\"{review}\") must be a comma-separated list of group names, e.g. @review(\"dba,security\")"
+                ),
             ));
         }
         if !groups.iter().any(|x| x == g) {
@@ -92,19 +336,20 @@ pub(crate) fn parse_review<'a>(
         Some(q) => match q.trim().parse::<u32>() {
             Ok(n) if n >= 1 => n,
             _ => {
-                return Err(format!(
-                    "@quorum(\"{q}\") must be a whole number of approvers, at least 1"
+                return Err((
+                    "quorum",
+                    format!("@quorum(\"{q}\") must be a whole number of approvers, at least 1"),
                 ))
             }
         },
     };
     let ttl = match ttl {
         None => DEFAULT_TTL,
-        Some(t) => parse_duration(t).map_err(|e| format!("@ttl: {e}"))?,
+        Some(t) => bounded("ttl", t, TTL_BOUNDS).map_err(|e| ("ttl", e))?,
     };
     let grant_ttl = match grant_ttl {
         None => DEFAULT_GRANT_TTL,
-        Some(t) => parse_duration(t).map_err(|e| format!("@grant_ttl: {e}"))?,
+        Some(t) => bounded("grant_ttl", t, GRANT_TTL_BOUNDS).map_err(|e| ("grant_ttl", e))?,
     };
     Ok(Some(Review {
         groups,
@@ -122,7 +367,7 @@ mod tests {
     fn review(
         forbid: bool,
         pairs: &[(&'static str, &'static str)],
-    ) -> Result<Option<Review>, String> {
+    ) -> Result<Option<Review>, (&'static str, String)> {
         let map: HashMap<&str, &str> = pairs.iter().copied().collect();
         parse_review(forbid, |k| map.get(k).copied())
     }

@@ -12,8 +12,8 @@ use cedar_policy::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::annotations::{DEFAULT_GRANT_TTL, DEFAULT_TTL};
-use crate::load::{self, LoadError, Meta};
+use crate::annotations::{fmt_duration, DEFAULT_GRANT_TTL, DEFAULT_TTL};
+use crate::load::{self, LoadError, LoadOptions, Meta};
 use crate::request::{self, TypeNames};
 use crate::types::{Action, Principal, Requirement};
 
@@ -186,27 +186,45 @@ impl PolicyEngine {
     /// `schema.cedarschema`, validating strictly. Policy ids are
     /// `<file stem>:<index in file>` or `<file stem>:<@id>`.
     pub fn load_dir(dir: impl AsRef<Path>) -> Result<Self, LoadError> {
+        Self::load_dir_with(dir, &LoadOptions::default())
+    }
+
+    /// Like [`PolicyEngine::load_dir`], with the allowed custom annotations
+    /// and, when known, the groups reviewers come from (so an `@review`
+    /// naming a group nobody is in, or a quorum no set of humans can meet,
+    /// is refused).
+    pub fn load_dir_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, LoadError> {
         let (files, schema) = load::read_dir(dir.as_ref())?;
-        Self::from_loaded_files(&files, schema.as_deref())
+        Self::from_loaded_files(&files, schema.as_deref(), options)
     }
 
     /// Builds an engine from in-memory sources: `(file name, text)` pairs such
     /// as `("agents.cedar", "permit(...);")`, and an optional schema replacing
     /// the built-in one. Same rules as [`PolicyEngine::load_dir`].
     pub fn from_sources(files: &[(&str, &str)], schema: Option<&str>) -> Result<Self, LoadError> {
+        Self::from_sources_with(files, schema, &LoadOptions::default())
+    }
+
+    /// [`PolicyEngine::from_sources`] with [`LoadOptions`].
+    pub fn from_sources_with(
+        files: &[(&str, &str)],
+        schema: Option<&str>,
+        options: &LoadOptions,
+    ) -> Result<Self, LoadError> {
         let files: Vec<(String, String)> = files
             .iter()
             .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
             .collect();
-        Self::from_loaded_files(&files, schema)
+        Self::from_loaded_files(&files, schema, options)
     }
 
     fn from_loaded_files(
         files: &[(String, String)],
         schema: Option<&str>,
+        options: &LoadOptions,
     ) -> Result<Self, LoadError> {
         let fingerprint = fingerprint(files, schema);
-        let loaded = load::load(files, schema)?;
+        let loaded = load::load(files, schema, options)?;
         let internal = |message: String| {
             LoadError::Invalid(vec![load::Issue {
                 file: String::new(),
@@ -293,7 +311,15 @@ impl PolicyEngine {
         self.metas.is_empty()
     }
 
-    /// Validator warnings (impossible policies, confusable strings, …), one
+    /// The checked `@reason` of a policy (by its secondkey id), trimmed:
+    /// the sentence reviewers, or a denied agent, read about why it applies.
+    pub fn reason_of(&self, policy_id: &str) -> Option<&str> {
+        let i = *self.by_id.get(policy_id)?;
+        self.metas[i].reason.as_deref()
+    }
+
+    /// Validator warnings (impossible policies, confusable strings, …) and
+    /// review groups or quorums only the identity provider can fill, one
     /// located line each; loading succeeds despite them.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
@@ -494,11 +520,8 @@ impl PolicyEngine {
                 let Some(r) = &m.review else { continue };
                 ttl = Some(ttl.map_or(r.ttl, |t| t.min(r.ttl)));
                 grant_ttl = Some(grant_ttl.map_or(r.grant_ttl, |t| t.min(r.grant_ttl)));
-                d.requirements.push(Requirement {
-                    policy_id: m.id.clone(),
-                    groups: r.groups.clone(),
-                    quorum: r.quorum,
-                });
+                d.requirements
+                    .push(Requirement::new(m.id.clone(), r.groups.clone(), r.quorum));
                 let msg = format!(
                     "needs {} approval{} from {} (policy `{}`){}",
                     r.quorum,
@@ -594,9 +617,27 @@ impl PolicyEngine {
             }
             let _ = writeln!(
                 s,
-                "  request waits at most {}, approval usable for {}",
+                "  request waits at most {} (smallest @ttl), approval usable for {} (smallest @grant_ttl)",
                 fmt_duration(d.ttl),
                 fmt_duration(d.grant_ttl)
+            );
+        }
+        if d.outcome == Outcome::Allow {
+            let permits: Vec<&Meta> = eval
+                .matched
+                .iter()
+                .map(|&i| &self.metas[i])
+                .filter(|m| m.effect == Effect::Permit)
+                .collect();
+            let after = !permits.is_empty() && permits.iter().all(|m| m.record.is_some());
+            let _ = writeln!(
+                s,
+                "  recorded {}",
+                if after {
+                    "after it runs: every matching permit carries @record(\"after\")"
+                } else {
+                    "before it runs"
+                }
             );
         }
         let errored: BTreeMap<usize, &str> =
@@ -622,15 +663,7 @@ impl PolicyEngine {
                     Some(l) => format!("{}:{l}", m.file),
                     None => m.file.clone(),
                 };
-                let annotations: Vec<String> = m
-                    .annotations
-                    .iter()
-                    .map(|(k, v)| format!("@{k}({})", Value::String(v.clone())))
-                    .collect();
                 let _ = write!(s, "  {effect:<6} {} ({loc})", m.id);
-                if !annotations.is_empty() {
-                    let _ = write!(s, " {}", annotations.join(" "));
-                }
                 if let Some(e) = errored.get(&i) {
                     let _ = write!(
                         s,
@@ -643,6 +676,9 @@ impl PolicyEngine {
                     );
                 }
                 s.push('\n');
+                for line in annotation_effects(m) {
+                    let _ = writeln!(s, "           {line}");
+                }
             }
         }
         for e in &d.errors {
@@ -654,14 +690,49 @@ impl PolicyEngine {
     }
 }
 
-fn fmt_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
-        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
-        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
-        _ => format!("{s}s"),
+/// What each annotation of a policy does, one line each, for `explain`.
+fn annotation_effects(m: &Meta) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in &m.annotations {
+        let written = format!("@{k}({})", Value::String(v.clone()));
+        let effect = match (k.as_str(), &m.review) {
+            ("id", _) => "names the policy in decisions, the log and explanations".to_owned(),
+            ("review", Some(r)) => format!(
+                "holds the action for a member of {}",
+                r.groups.join(" or ")
+            ),
+            ("quorum", Some(r)) => format!("{} distinct human approvers needed", r.quorum),
+            ("ttl", Some(r)) => format!("the request waits at most {}", fmt_duration(r.ttl)),
+            ("grant_ttl", Some(r)) => format!(
+                "an approval stays usable for {}",
+                fmt_duration(r.grant_ttl)
+            ),
+            ("reason", _) => match m.effect {
+                Effect::Forbid if m.review.is_some() => "shown to reviewers as why review is required",
+                Effect::Forbid => "shown to the denied agent as why",
+                Effect::Permit => "shown as why the action is permitted",
+            }
+            .to_owned(),
+            ("record", _) => "an allow whose matching permits all carry it may run before its log entry is durable; it is recorded within the configured window".to_owned(),
+            _ => "the author's own; secondkey does not read it".to_owned(),
+        };
+        out.push(format!("{written}: {effect}"));
     }
+    if let Some(r) = &m.review {
+        for (k, dflt) in [
+            ("quorum", format!("{} approver", r.quorum)),
+            ("ttl", format!("waits at most {}", fmt_duration(r.ttl))),
+            (
+                "grant_ttl",
+                format!("usable for {}", fmt_duration(r.grant_ttl)),
+            ),
+        ] {
+            if !m.annotations.iter().any(|(n, _)| n == k) {
+                out.push(format!("(no @{k}: default, {dflt})"));
+            }
+        }
+    }
+    out
 }
 
 /// The same policy with effect `permit`: same id, scope, conditions and

@@ -116,11 +116,11 @@ fn review_forbid_with_permit_is_review() {
     assert_eq!(d.outcome, Outcome::Review);
     assert_eq!(
         d.requirements,
-        vec![Requirement {
-            policy_id: "r:0".into(),
-            groups: vec!["data-owners".into(), "security".into()],
-            quorum: 2
-        }]
+        vec![Requirement::new(
+            "r:0",
+            vec!["data-owners".into(), "security".into()],
+            2
+        )]
     );
     assert_eq!(d.ttl, Duration::from_secs(900));
     assert_eq!(d.grant_ttl, Duration::from_secs(60));
@@ -464,16 +464,63 @@ fn explain_names_rule_policies_and_annotations() {
         "{s}"
     );
     assert!(s.contains("permit x:ok (x.cedar:1)"), "{s}");
-    assert!(
-        s.contains("review x:exp (x.cedar:2) @id(\"exp\") @quorum(\"2\") @review(\"data-owners\")"),
-        "{s}"
-    );
+    assert!(s.contains("review x:exp (x.cedar:2)\n"), "{s}");
+    // each annotation with its effect, defaults named
+    for line in [
+        "@id(\"exp\"): names the policy in decisions, the log and explanations",
+        "@quorum(\"2\"): 2 distinct human approvers needed",
+        "@review(\"data-owners\"): holds the action for a member of data-owners",
+        "(no @ttl: default, waits at most 1h)",
+        "(no @grant_ttl: default, usable for 5m)",
+        "request waits at most 1h (smallest @ttl), approval usable for 5m (smallest @grant_ttl)",
+    ] {
+        assert!(s.contains(line), "{line}\n{s}");
+    }
     let s = e.explain(
         &principal("agent:bot", &[]),
         &action("sql", "read", "r"),
         &none(),
     );
     assert!(s.contains("decision: allow (rule 3"), "{s}");
+    assert!(s.contains("  recorded before it runs"), "{s}");
+}
+
+#[test]
+fn explain_shows_record_mode_and_reason() {
+    let e = engine(&[(
+        "y.cedar",
+        "@id(\"reads\") @record(\"after\") @reason(\"Reads are cheap to audit later.\")\npermit (principal, action == Action::\"sql.read\", resource);\n@id(\"all\") permit (principal, action == Action::\"sql.write\", resource);",
+    )]);
+    let s = e.explain(
+        &principal("agent:bot", &[]),
+        &action("sql", "read", "r"),
+        &none(),
+    );
+    assert!(
+        s.contains("recorded after it runs: every matching permit carries @record(\"after\")"),
+        "{s}"
+    );
+    assert!(
+        s.contains("@record(\"after\"): an allow whose matching permits all carry it may run before its log entry is durable"),
+        "{s}"
+    );
+    assert!(
+        s.contains(
+            "@reason(\"Reads are cheap to audit later.\"): shown as why the action is permitted"
+        ),
+        "{s}"
+    );
+    assert_eq!(
+        e.reason_of("y:reads"),
+        Some("Reads are cheap to audit later.")
+    );
+    assert_eq!(e.reason_of("y:all"), None);
+    let s = e.explain(
+        &principal("agent:bot", &[]),
+        &action("sql", "write", "r"),
+        &none(),
+    );
+    assert!(s.contains("recorded before it runs"), "{s}");
 }
 
 #[test]
@@ -762,4 +809,237 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// Every misspelled, misplaced or malformed annotation is refused with a
+/// message naming the file, the annotation's line, the annotation and, for
+/// a misspelling, the closest known name.
+#[test]
+fn bad_annotations_are_refused_each_with_its_message() {
+    let permit = "permit (principal, action, resource);\n";
+    let long = "x".repeat(crate::MAX_REASON_CHARS + 1);
+    let too_long = format!("@reason(\"{long}\")\nforbid (principal, action, resource);");
+    #[rustfmt::skip]
+    let cases: Vec<(&str, String, u32, &str)> = vec![
+        // misspelled: the issue's example, each typo on its own line
+        ("quorom", "@review(\"dba\")\n@quorom(\"2\")\nforbid (principal, action, resource);".into(), 3,
+         "unknown annotation @quorom; did you mean @quorum?"),
+        ("tll", "@review(\"dba\")\n@ttl(\"5m\")\n@tll(\"5m\")\nforbid (principal, action, resource);".into(), 4,
+         "unknown annotation @tll; did you mean @ttl?"),
+        ("reveiw", "@reveiw(\"dba\")\nforbid (principal, action, resource);".into(), 2,
+         "unknown annotation @reveiw; did you mean @review?"),
+        ("Review", "@Review(\"dba\")\nforbid (principal, action, resource);".into(), 2,
+         "unknown annotation @Review; did you mean @review?"),
+        ("granttl", "@review(\"dba\")\n@granttl(\"1m\")\nforbid (principal, action, resource);".into(), 3,
+         "unknown annotation @granttl; did you mean @grant_ttl?"),
+        ("reasons", "@reasons(\"why\")\nforbid (principal, action, resource);".into(), 2,
+         "unknown annotation @reasons; did you mean @reason?"),
+        ("recrod", "@recrod(\"after\")\npermit (principal, action == Action::\"sql.read\", resource);".into(), 2,
+         "unknown annotation @recrod; did you mean @record?"),
+        ("owner (far from any)", "@owner(\"team-a\")\nforbid (principal, action, resource);".into(), 2,
+         "unknown annotation @owner; secondkey reads @id, @review"),
+        // misplaced
+        ("review on permit", "@review(\"dba\")\npermit (principal, action == Action::\"sql.read\", resource);".into(), 2,
+         "@review only applies to `forbid` policies"),
+        ("quorum without review", "@quorum(\"2\")\nforbid (principal, action, resource);".into(), 2,
+         "@quorum only applies to a `forbid` policy with @review"),
+        ("ttl on permit", "@ttl(\"1h\")\npermit (principal, action == Action::\"sql.read\", resource);".into(), 2,
+         "a `permit` never waits for review; remove @ttl"),
+        ("grant_ttl without review", "@grant_ttl(\"1m\")\nforbid (principal, action, resource);".into(), 2,
+         "@grant_ttl only applies to a `forbid` policy with @review"),
+        ("record on forbid", "@record(\"after\")\nforbid (principal, action, resource);".into(), 2,
+         "@record only applies to `permit` policies"),
+        // malformed
+        ("quorum zero", "@review(\"dba\")\n@quorum(\"0\")\nforbid (principal, action, resource);".into(), 3,
+         "@quorum(\"0\") must be a whole number of approvers, at least 1"),
+        ("quorum words", "@review(\"dba\")\n@quorum(\"two\")\nforbid (principal, action, resource);".into(), 3,
+         "@quorum(\"two\") must be a whole number"),
+        ("quorum negative", "@review(\"dba\")\n@quorum(\"-1\")\nforbid (principal, action, resource);".into(), 3,
+         "@quorum(\"-1\") must be a whole number"),
+        ("ttl no unit", "@review(\"dba\")\n@ttl(\"15\")\nforbid (principal, action, resource);".into(), 3,
+         "@ttl: `15` has no unit"),
+        ("ttl too long", "@review(\"dba\")\n@ttl(\"31d\")\nforbid (principal, action, resource);".into(), 3,
+         "@ttl(\"31d\") is outside 1s to 30d"),
+        ("grant_ttl too long", "@review(\"dba\")\n@grant_ttl(\"2d\")\nforbid (principal, action, resource);".into(), 3,
+         "@grant_ttl(\"2d\") is outside 1s to 1d"),
+        ("grant_ttl zero", "@review(\"dba\")\n@grant_ttl(\"0s\")\nforbid (principal, action, resource);".into(), 3,
+         "@grant_ttl: `0s` is zero"),
+        ("review empty", "@review(\"\")\nforbid (principal, action, resource);".into(), 2,
+         "must be a comma-separated list of group names"),
+        ("review spaces", "@review(\"data owners\")\nforbid (principal, action, resource);".into(), 2,
+         "must be a comma-separated list of group names"),
+        ("reason empty", "@reason(\"  \")\nforbid (principal, action, resource);".into(), 2,
+         "@reason(\"\") is empty"),
+        ("reason too long", too_long, 2,
+         "@reason is 501 characters long; at most 500"),
+        ("reason control", "@reason(\"bell\\u{7}\")\nforbid (principal, action, resource);".into(), 2,
+         "@reason contains the control character"),
+        ("record value", "@record(\"before\")\npermit (principal, action == Action::\"sql.read\", resource);".into(), 2,
+         "@record(\"before\") is not a record mode; the only one is @record(\"after\")"),
+    ];
+    for (what, policy, line, message) in cases {
+        let text = format!("{permit}\n{policy}");
+        let i = issues(&[("bad.cedar", &text)], None);
+        assert_eq!(i.len(), 1, "{what}: {i:?}");
+        assert_eq!(
+            (i[0].file.as_str(), i[0].line),
+            ("bad.cedar", Some(line + 1)),
+            "{what}: {:?}",
+            i[0]
+        );
+        assert!(
+            i[0].message.contains("policy `bad:1`") && i[0].message.contains(message),
+            "{what}: {:?}",
+            i[0].message
+        );
+        // validate prints it as file:line: message
+        assert!(i[0]
+            .to_string()
+            .starts_with(&format!("bad.cedar:{}: ", line + 1)));
+    }
+}
+
+/// Several problems in one policy are all reported, each on its own line.
+#[test]
+fn every_bad_annotation_of_a_policy_is_reported() {
+    let src =
+        "@review(\"dba\")\n@quorom(\"2\")\n@tll(\"5m\")\nforbid (principal, action, resource);";
+    let i = issues(&[("p.cedar", src)], None);
+    let got: Vec<(Option<u32>, bool)> = i
+        .iter()
+        .map(|x| (x.line, x.message.contains("did you mean")))
+        .collect();
+    assert_eq!(got, vec![(Some(2), true), (Some(3), true)], "{i:?}");
+}
+
+/// Annotations under the prefix, or allow-listed, are the author's own:
+/// accepted, kept and shown, never read.
+#[test]
+fn custom_annotations_under_the_prefix_or_allow_listed_load() {
+    let src = "@x_owner(\"team-a\") @x_ticket(\"SEC-1\") @id(\"ok\")\npermit (principal, action, resource);\n@jira(\"OPS-2\") @reason(\"production exports need a data owner\") @review(\"dba\")\nforbid (principal, action == Action::\"sql.export\", resource);";
+    // without the allow-list, @jira is refused
+    let i = issues(&[("c.cedar", src)], None);
+    assert_eq!(i.len(), 1, "{i:?}");
+    assert!(i[0].message.contains("unknown annotation @jira"), "{i:?}");
+    assert!(i[0].message.contains("@x_jira"), "{i:?}");
+    let options = LoadOptions {
+        annotations: ["jira".to_owned()].into(),
+        groups: None,
+    };
+    let e = PolicyEngine::from_sources_with(&[("c.cedar", src)], None, &options).unwrap();
+    assert_eq!(e.len(), 2);
+    let s = e.explain(
+        &principal("agent:bot", &[]),
+        &action("sql", "export", "r"),
+        &none(),
+    );
+    assert!(
+        s.contains("@x_owner(\"team-a\"): the author's own; secondkey does not read it"),
+        "{s}"
+    );
+    assert!(
+        s.contains("@reason(\"production exports need a data owner\"): shown to reviewers as why review is required"),
+        "{s}"
+    );
+}
+
+fn groups(members: &[(&str, &[&str])], idp: crate::IdpGroups) -> crate::Groups {
+    crate::Groups {
+        humans: members
+            .iter()
+            .map(|(g, people)| {
+                (
+                    (*g).to_owned(),
+                    people.iter().map(|p| (*p).to_owned()).collect(),
+                )
+            })
+            .collect(),
+        identity_provider: idp,
+    }
+}
+
+/// A requirement no set of configured humans can meet is an error with
+/// groups from config, and a warning naming the group when the identity
+/// provider may add members.
+#[test]
+fn unsatisfiable_quorum_and_unknown_groups() {
+    use crate::IdpGroups;
+    let src = |review: &str, quorum: &str| {
+        format!("permit (principal, action, resource);\n@review(\"{review}\")\n@quorum(\"{quorum}\")\nforbid (principal, action == Action::\"sql.export\", resource);")
+    };
+    let load = |text: &str, g: crate::Groups| {
+        PolicyEngine::from_sources_with(
+            &[("q.cedar", text)],
+            None,
+            &LoadOptions {
+                annotations: Default::default(),
+                groups: Some(g),
+            },
+        )
+    };
+    let config = || {
+        groups(
+            &[("dba", &["user:ann", "user:ben"]), ("agents", &[])],
+            IdpGroups::None,
+        )
+    };
+    // two humans in dba: quorum 2 loads, quorum 3 cannot be met
+    assert!(load(&src("dba", "2"), config()).is_ok());
+    let e = load(&src("dba", "3"), config()).unwrap_err();
+    let i = e.issues();
+    assert_eq!(i.len(), 1, "{i:?}");
+    assert_eq!(i[0].line, Some(3));
+    assert!(
+        i[0].message.contains("@quorum(\"3\") can never be met: @review(\"dba\") has 2 humans in config (agents and services never review)"),
+        "{i:?}"
+    );
+    // a group with agents only has no human
+    let e = load(&src("agents", "1"), config()).unwrap_err();
+    assert!(e.issues()[0].message.contains("has no human"), "{e}");
+    // a person in two of the groups counts once
+    let both = groups(
+        &[("dba", &["user:ann"]), ("sec", &["user:ann"])],
+        IdpGroups::None,
+    );
+    assert!(load(&src("dba,sec", "2"), both).is_err());
+    // a group nobody is in, spelled close to one that exists
+    let e = load(&src("dbas", "1"), config()).unwrap_err();
+    assert_eq!(e.issues()[0].line, Some(2));
+    assert!(
+        e.issues()[0].message.contains(
+            "names group `dbas`, which no configured principal belongs to (did you mean `dba`?)"
+        ),
+        "{e}"
+    );
+    // with groups from the identity provider: warnings naming the group
+    let idp = || groups(&[("dba", &["user:ann", "user:ben"])], IdpGroups::Any);
+    let ok = load(&src("dba", "3"), idp()).unwrap();
+    let w = ok.warnings().join("\n");
+    assert!(
+        w.contains("q.cedar:3: policy `q:1`: @quorum(\"3\") needs 3 distinct approvers but @review(\"dba\") has 2 humans in config; the rest must come from the identity provider's groups (`dba`)"),
+        "{w}"
+    );
+    let ok = load(&src("security", "1"), idp()).unwrap();
+    assert!(
+        ok.warnings().join("\n").contains("names group `security`, which no configured principal belongs to; its reviewers must get it from the identity provider"),
+        "{:?}",
+        ok.warnings()
+    );
+    // a mapped claim supplies only its targets
+    let mapped = || {
+        groups(
+            &[("dba", &["user:ann"])],
+            IdpGroups::Mapped(["security".to_owned()].into()),
+        )
+    };
+    assert!(load(&src("security", "2"), mapped()).is_ok());
+    let e = load(&src("secops", "1"), mapped()).unwrap_err();
+    assert!(
+        e.issues()[0]
+            .message
+            .contains("nor is it a target of `[oidc] group_map`"),
+        "{e}"
+    );
+    let e = load(&src("dba", "2"), mapped()).unwrap_err();
+    assert!(e.issues()[0].message.contains("can never be met"), "{e}");
 }

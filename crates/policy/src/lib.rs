@@ -49,9 +49,18 @@
 //! erroring `permit` is ignored. Both are reported in [`Decision::reasons`]
 //! and [`Decision::errors`].
 //!
-//! `@review`, `@quorum`, `@ttl` and `@grant_ttl` are checked at load time:
-//! `@review` only on `forbid`, the others only together with `@review`;
-//! durations are `30s`, `15m`, `1h`, `1d`.
+//! Annotations are checked at load time (every load and reload), and a
+//! policy set with a bad one is refused: an annotation secondkey does not
+//! read is an error naming the closest known one, unless it carries
+//! [`CUSTOM_PREFIX`] or is allow-listed ([`LoadOptions::annotations`]);
+//! `@review` only on `forbid`, `@quorum`/`@ttl`/`@grant_ttl` only together
+//! with `@review`, `@record("after")` only on `permit`, `@reason` anywhere
+//! (non-empty, at most [`MAX_REASON_CHARS`] characters); durations are
+//! `30s`, `15m`, `1h`, `1d` within [`TTL_BOUNDS`] / [`GRANT_TTL_BOUNDS`].
+//! Given the groups reviewers come from ([`LoadOptions::groups`]), an
+//! `@review` group nobody is in, or a quorum more than its humans, is an
+//! error — a warning naming the group when the identity provider could
+//! supply the rest.
 //!
 //! # Loading and schema
 //!
@@ -88,9 +97,12 @@ pub mod types {
     pub use secondkey_core::request::Requirement;
 }
 
-pub use annotations::{parse_duration, DEFAULT_GRANT_TTL, DEFAULT_TTL};
+pub use annotations::{
+    fmt_duration, parse_duration, RecordMode, CUSTOM_PREFIX, DEFAULT_GRANT_TTL, DEFAULT_TTL,
+    GRANT_TTL_BOUNDS, KNOWN_ANNOTATIONS, MAX_REASON_CHARS, TTL_BOUNDS,
+};
 pub use engine::{Decision, Outcome, PolicyEngine, Reason, ReasonEffect};
-pub use load::{Issue, LoadError, BUILTIN_SCHEMA, SCHEMA_FILE};
+pub use load::{Groups, IdpGroups, Issue, LoadError, LoadOptions, BUILTIN_SCHEMA, SCHEMA_FILE};
 pub use request::{check_action, RequestError, RESERVED_CONTEXT_KEYS};
 pub use testing::{run_tests, run_tests_str, CaseResult, TestReport};
 pub use types::{Action, Principal, PrincipalId, Requirement};

@@ -1,6 +1,6 @@
 //! Loading a policy directory: parsing, ids, annotations, schema, validation.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,7 +10,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
-use crate::annotations::{parse_review, Review};
+use crate::annotations::{self, RecordMode, Review};
 
 /// The built-in Cedar schema. A `schema.cedarschema` in the policy directory
 /// replaces it (see the crate docs).
@@ -87,12 +87,133 @@ fn render_issues(issues: &[Issue]) -> String {
     s
 }
 
+/// What loading checks beyond the policy files themselves. The default
+/// checks annotations and values but not groups (nothing is known of them).
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Annotation names authors may use besides those secondkey reads and
+    /// those under [`crate::CUSTOM_PREFIX`] (`[policy] annotations`).
+    pub annotations: BTreeSet<String>,
+    /// Who is in which group, when known; `None` skips the group checks.
+    pub groups: Option<Groups>,
+}
+
+/// The groups reviewers can come from, for checking `@review` and `@quorum`.
+#[derive(Debug, Clone, Default)]
+pub struct Groups {
+    /// Every group configured principals belong to, with its humans (agents
+    /// and services never review, so they are not counted).
+    pub humans: BTreeMap<String, BTreeSet<String>>,
+    /// What the identity provider may add at sign-in.
+    pub identity_provider: IdpGroups,
+}
+
+/// Which groups human sign-in (OpenID Connect) may give a reviewer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IdpGroups {
+    /// No group claim is read: groups come from config alone.
+    #[default]
+    None,
+    /// The group claim is read as is: any group name may arrive.
+    Any,
+    /// The group claim is mapped: only these groups may arrive.
+    Mapped(BTreeSet<String>),
+}
+
+impl IdpGroups {
+    fn supplies(&self, group: &str) -> bool {
+        match self {
+            IdpGroups::None => false,
+            IdpGroups::Any => true,
+            IdpGroups::Mapped(m) => m.contains(group),
+        }
+    }
+}
+
+impl Groups {
+    /// Problems with a review's groups and quorum, as (errors, warnings):
+    /// an error when no configured set of humans can ever meet it, a
+    /// warning naming the group when only the identity provider could.
+    fn check(&self, review: &Review) -> (Vec<String>, Vec<String>) {
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        let groups = review.groups.join(",");
+        for g in &review.groups {
+            if self.humans.contains_key(g) {
+                continue;
+            }
+            if self.identity_provider == IdpGroups::Any {
+                warnings.push(format!(
+                    "@review(\"{groups}\") names group `{g}`, which no configured principal belongs to; its reviewers must get it from the identity provider's group claim"
+                ));
+                continue;
+            }
+            if self.identity_provider.supplies(g) {
+                continue;
+            }
+            let close = annotations::closest(g, self.humans.keys().map(String::as_str))
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            let from = match &self.identity_provider {
+                IdpGroups::Mapped(_) => " nor is it a target of `[oidc] group_map`".to_owned(),
+                _ => String::new(),
+            };
+            errors.push(format!(
+                "@review(\"{groups}\") names group `{g}`, which no configured principal belongs to{from}{close}; nobody could ever review"
+            ));
+        }
+        if !errors.is_empty() {
+            return (errors, warnings);
+        }
+        let humans: BTreeSet<&String> = review
+            .groups
+            .iter()
+            .filter_map(|g| self.humans.get(g))
+            .flatten()
+            .collect();
+        let needed = review.quorum as usize;
+        // A review whose groups all come from the identity provider was
+        // warned about above; its quorum says nothing more.
+        let warned_already = humans.is_empty() && !warnings.is_empty();
+        if needed > humans.len() && !warned_already {
+            let from_idp: Vec<&str> = review
+                .groups
+                .iter()
+                .filter(|g| self.identity_provider.supplies(g))
+                .map(String::as_str)
+                .collect();
+            let have = match humans.len() {
+                0 => "no human".to_owned(),
+                1 => "1 human".to_owned(),
+                n => format!("{n} humans"),
+            };
+            if from_idp.is_empty() {
+                errors.push(format!(
+                    "@quorum(\"{}\") can never be met: @review(\"{groups}\") has {have} in config (agents and services never review); lower the quorum or add reviewers",
+                    review.quorum
+                ));
+            } else {
+                warnings.push(format!(
+                    "@quorum(\"{}\") needs {needed} distinct approver{} but @review(\"{groups}\") has {have} in config; the rest must come from the identity provider's groups ({})",
+                    review.quorum,
+                    if needed == 1 { "" } else { "s" },
+                    from_idp.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        (errors, warnings)
+    }
+}
+
 /// What the engine keeps about each policy besides Cedar's own copy.
 #[derive(Debug, Clone)]
 pub(crate) struct Meta {
     pub id: String,
     pub effect: Effect,
     pub review: Option<Review>,
+    /// `@reason`, checked and trimmed.
+    pub reason: Option<String>,
+    /// `@record`, on a permit.
+    pub record: Option<RecordMode>,
     pub file: String,
     pub line: Option<u32>,
     pub annotations: Vec<(String, String)>,
@@ -199,12 +320,33 @@ fn uncanonical_principal(policy: &Policy) -> Option<String> {
     ))
 }
 
+/// The line of annotation `@name` in a policy whose source `src` starts at
+/// `line`, if it can be found.
+fn annotation_line(src: Option<&str>, line: Option<u32>, name: &str) -> Option<u32> {
+    let (src, line) = (src?, line?);
+    let needle = format!("@{name}");
+    let mut from = 0;
+    while let Some(at) = src.get(from..)?.find(&needle) {
+        let at = from + at;
+        let rest = src.get(at + needle.len()..)?;
+        // the whole name, not a prefix of a longer one
+        if rest.trim_start().starts_with('(') {
+            let before = src.get(..at)?.matches('\n').count();
+            return Some(line + u32::try_from(before).ok()?);
+        }
+        from = at + needle.len();
+    }
+    None
+}
+
 /// Parses, names, checks annotations and validates against the schema.
 pub(crate) fn load(
     files: &[(String, String)],
     schema_src: Option<&str>,
+    options: &LoadOptions,
 ) -> Result<Loaded, LoadError> {
     let mut issues = Vec::new();
+    let mut warnings = Vec::new();
     let mut policies = Vec::new();
     let mut metas = Vec::new();
     let mut seen = HashSet::new();
@@ -251,7 +393,8 @@ pub(crate) fn load(
         let mut cursor = 0;
         for (index, policy) in in_file {
             // Locate the policy: Cedar keeps its exact source text.
-            let line = policy.to_cedar().and_then(|src| {
+            let src = policy.to_cedar();
+            let line = src.as_ref().and_then(|src| {
                 let at = text.get(cursor..)?.find(src.as_str())? + cursor;
                 cursor = at + src.len();
                 Some(line_col(text, at).0)
@@ -279,14 +422,62 @@ pub(crate) fn load(
                 )));
                 continue;
             }
-            let review =
-                match parse_review(policy.effect() == Effect::Forbid, |k| policy.annotation(k)) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        issues.push(issue(format!("policy `{id}`: {e}")));
-                        continue;
+            let written: Vec<(String, String)> = policy
+                .annotations()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            let annotated = match annotations::check(
+                policy.effect() == Effect::Forbid,
+                &written,
+                &options.annotations,
+            ) {
+                Ok(a) => a,
+                Err(problems) => {
+                    for p in problems {
+                        issues.push(Issue {
+                            file: name.clone(),
+                            line: annotation_line(src.as_deref(), line, &p.annotation).or(line),
+                            column: None,
+                            message: format!("policy `{id}`: {}", p.message),
+                        });
                     }
+                    continue;
+                }
+            };
+            if let (Some(groups), Some(review)) = (&options.groups, &annotated.review) {
+                let (errors, warned) = groups.check(review);
+                let locate = |m: &str| {
+                    let which = if m.starts_with("@quorum") {
+                        "quorum"
+                    } else {
+                        "review"
+                    };
+                    annotation_line(src.as_deref(), line, which).or(line)
                 };
+                let failed = !errors.is_empty();
+                for m in errors {
+                    issues.push(Issue {
+                        file: name.clone(),
+                        line: locate(&m),
+                        column: None,
+                        message: format!("policy `{id}`: {m}"),
+                    });
+                }
+                for m in warned {
+                    warnings.push(
+                        Issue {
+                            file: name.clone(),
+                            line: locate(&m),
+                            column: None,
+                            message: format!("policy `{id}`: {m}"),
+                        }
+                        .to_string(),
+                    );
+                }
+                if failed {
+                    continue;
+                }
+            }
             if let Some(m) = uncanonical_principal(policy) {
                 issues.push(issue(format!("policy `{id}`: {m}")));
                 continue;
@@ -296,13 +487,12 @@ pub(crate) fn load(
             metas.push(Meta {
                 id,
                 effect: policy.effect(),
-                review,
+                review: annotated.review,
+                reason: annotated.reason,
+                record: annotated.record,
                 file: name.clone(),
                 line,
-                annotations: policy
-                    .annotations()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect(),
+                annotations: written,
             });
             policies.push(renamed);
         }
@@ -328,7 +518,6 @@ pub(crate) fn load(
         }
     };
 
-    let mut warnings = Vec::new();
     if let Some(schema) = &schema {
         let mut set = PolicySet::new();
         for p in &policies {

@@ -116,6 +116,20 @@ pub struct RawConfig {
     /// Who may read `/metrics`.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// How policies are checked at load (`[policy]`).
+    #[serde(default)]
+    pub policy: RawPolicy,
+}
+
+/// `[policy]`: what policy loading accepts beyond what secondkey reads.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Annotation names authors may use besides the `x_` prefix
+    /// (e.g. `["owner", "ticket"]`); secondkey keeps them and never reads
+    /// them.
+    #[serde(default)]
+    pub annotations: Vec<String>,
 }
 
 /// `[limits]`: connection hygiene of the main listener and what one
@@ -448,9 +462,46 @@ pub struct Config {
     pub metrics_readers: Vec<String>,
     /// Witnesses that cosign the log's checkpoints (`[[log.witnesses]]`).
     pub witnesses: Vec<WitnessConfig>,
+    /// `[policy] annotations`: custom annotation names policies may carry.
+    pub policy_annotations: BTreeSet<String>,
 }
 
 impl Config {
+    /// How the policy directory is checked at every load and reload: the
+    /// allowed custom annotations, and the groups reviewers come from —
+    /// configured principals' groups (humans counted; agents and services
+    /// never review) and what `[oidc]` may add at sign-in (any group when
+    /// `groups_claim` is read as is, only `group_map`'s targets when mapped).
+    pub fn policy_options(&self) -> secondkey_policy::LoadOptions {
+        use secondkey_policy::{Groups, IdpGroups};
+        let mut humans: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+        for p in self.principals.values() {
+            for g in &p.groups {
+                let members = humans.entry(g.clone()).or_default();
+                if p.is_human() {
+                    members.insert(p.id.to_string());
+                }
+            }
+        }
+        let identity_provider = match &self.oidc {
+            Some(o) if o.groups_claim.is_some() => {
+                if o.group_map.is_empty() {
+                    IdpGroups::Any
+                } else {
+                    IdpGroups::Mapped(o.group_map.values().flatten().cloned().collect())
+                }
+            }
+            _ => IdpGroups::None,
+        };
+        secondkey_policy::LoadOptions {
+            annotations: self.policy_annotations.clone(),
+            groups: Some(Groups {
+                humans,
+                identity_provider,
+            }),
+        }
+    }
+
     /// The configured environment of a resource, if any. Matching is on the
     /// normalized resource (see [`normalize_resource`]), so spelling tricks
     /// (`postgres://Analytics`, `postgres://bob@analytics:5432`) do not
@@ -793,7 +844,29 @@ impl Config {
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
         .collect();
+        let mut policy_annotations = BTreeSet::new();
+        for a in &raw.policy.annotations {
+            let ident = a
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ident {
+                return Err(invalid(
+                    "policy.annotations",
+                    format!("{a:?} is not an annotation name (letters, digits and `_`, e.g. \"ticket\")"),
+                ));
+            }
+            if secondkey_policy::KNOWN_ANNOTATIONS.contains(&a.as_str()) {
+                return Err(invalid(
+                    "policy.annotations",
+                    format!("@{a} is one secondkey reads; list only your own annotations"),
+                ));
+            }
+            policy_annotations.insert(a.clone());
+        }
         Ok(Config {
+            policy_annotations,
             delegations,
             limits,
             metrics_readers,
@@ -1473,5 +1546,31 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
         .unwrap_err()
         .to_string();
         assert!(e.contains("MISSING"), "{e}");
+    }
+
+    #[test]
+    fn policy_section_and_the_groups_policies_are_checked_against() {
+        let e = load("[policy]\nannotations = [\"quorum\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("policy.annotations") && e.contains("one secondkey reads"),
+            "{e}"
+        );
+        let e = load("[policy]\nannotations = [\"my-tag\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not an annotation name"), "{e}");
+        let c = load(
+            "[policy]\nannotations = [\"ticket\"]\n[[principals]]\nid = \"user:ann\"\ngroups = [\"dba\"]\n[[principals]]\nid = \"agent:bot\"\ngroups = [\"dba\", \"agents\"]",
+        )
+        .unwrap();
+        let o = c.policy_options();
+        assert_eq!(o.annotations, BTreeSet::from(["ticket".to_string()]));
+        let g = o.groups.unwrap();
+        // agents count as members of nothing a reviewer needs
+        assert_eq!(g.humans["dba"], BTreeSet::from(["user:ann".to_string()]));
+        assert!(g.humans["agents"].is_empty());
+        assert_eq!(g.identity_provider, secondkey_policy::IdpGroups::None);
     }
 }

@@ -176,14 +176,8 @@ pub(crate) fn log_events(
     req: &Request,
     events: &[CoreEvent],
 ) -> Result<(), StoreError> {
-    for (i, ev) in events.iter().enumerate() {
-        let (name, mut payload) = event_payload(req, ev);
-        // An approval that an escalation completed, with no review at that
-        // moment, says so: the approvers reviewed before the escalation.
-        let after_escalation = i > 0 && matches!(events[i - 1], CoreEvent::Escalated { .. });
-        if matches!(ev, CoreEvent::Approved { .. }) && after_escalation {
-            payload["via"] = json!("escalation");
-        }
+    for ev in events {
+        let (name, payload) = event_payload(req, ev);
         tx.append(entry(
             now,
             &name,
@@ -250,10 +244,15 @@ fn event_payload(req: &Request, ev: &CoreEvent) -> (String, Value) {
         CoreEvent::Approved {
             grant_id,
             approvers,
+            seats,
         } => (
             "request.approved".into(),
             json!({"decision": "approved", "grant": grant_id,
                    "approvers": approvers.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                   // who stood in for which requirement, and as what
+                   "filled": seats.iter().map(|s| json!({
+                       "requirement": s.requirement, "approver": s.approver.to_string(),
+                       "group": s.group, "widened": s.widened})).collect::<Vec<_>>(),
                    "action": {"kind": req.action.kind, "operation": req.action.operation, "resource": req.action.resource},
                    "requester": req.requester.id.to_string()}),
         ),
@@ -1231,10 +1230,8 @@ impl Gateway {
     /// `request.escalated` and announced. Channels call this when they see
     /// `escalation_due` and a route names groups to escalate to.
     ///
-    /// If the approvals already given meet quorum under the widened
-    /// requirements, the escalation approves the request: logged as
-    /// `request.approved` after `request.escalated`, with its grant stored
-    /// in the same transaction, as when a review completes the quorum.
+    /// An escalation never approves: the widened slots are filled only by
+    /// reviews given after it (see [`Request::escalate`]).
     pub async fn escalate(
         &self,
         id: &str,
@@ -1242,7 +1239,6 @@ impl Gateway {
     ) -> Result<Request, ApiError> {
         let now = self.now();
         let fraction = self.config.escalation_fraction;
-        let grant_id = new_id("grt")?;
         let id2 = id.to_string();
         let req = self
             .store
@@ -1251,7 +1247,7 @@ impl Gateway {
                     .get_request(&id2)?
                     .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
                 let t = req
-                    .escalate(&groups, fraction, now, &grant_id)
+                    .escalate(&groups, fraction, now)
                     .map_err(transition_error)?;
                 record_transition(tx, now, "service:secondkey", &req, &t)?;
                 Ok(req)
@@ -1572,9 +1568,7 @@ pub fn may_view(who: &Principal, req: &Request) -> bool {
     if req.acting_for() == Some(id) {
         return true;
     }
-    req.requirements
-        .iter()
-        .any(|r| r.groups.iter().any(|g| who.groups.contains(g)))
+    req.requirements.iter().any(|r| r.admits(&who.groups))
 }
 
 /// Loads a request inside a job, as `not_found` unless `who` may see it (so

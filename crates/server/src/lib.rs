@@ -54,8 +54,11 @@ pub async fn build_with(
     adjust: impl FnOnce(Gateway) -> Gateway,
 ) -> anyhow::Result<Arc<Gateway>> {
     use anyhow::Context;
-    let policy = PolicyEngine::load_dir(&config.policy_dir)
+    let policy = PolicyEngine::load_dir_with(&config.policy_dir, &config.policy_options())
         .map_err(|e| anyhow::anyhow!("policy directory {}: {e}", config.policy_dir.display()))?;
+    for w in policy.warnings() {
+        tracing::warn!(warning = %w, "policy warning");
+    }
     let log_signer = keys::load_or_create_log_signer(&config.log_key_file, &config.log_origin)?;
     let grant_key = keys::load_or_create_grant_key(&config.grant_key_file)?;
     let session_key = keys::load_or_create_secret(&config.data_dir.join("keys/session.key"))?;

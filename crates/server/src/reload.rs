@@ -1,6 +1,9 @@
 //! Policy reload on SIGHUP and on file change, atomically: the new set is
-//! loaded and validated in full before it replaces the old one; a broken set
-//! is rejected, the old one stays in force, and both outcomes are logged.
+//! loaded and validated in full — annotations, values, placement, groups
+//! and quorums against the configuration — before it replaces the old one;
+//! a broken set is rejected, the old one stays in force, and both outcomes
+//! are logged (the refusal as `policy.rejected` in the audit log, with every
+//! problem, and as an error line).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,11 +32,15 @@ pub fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
 /// Loads the directory and swaps it in, or records the rejection.
 pub async fn reload_now(gateway: &Gateway) -> Result<(), String> {
     let dir = gateway.config.policy_dir.clone();
-    let loaded = tokio::task::spawn_blocking(move || PolicyEngine::load_dir(&dir))
+    let options = gateway.config.policy_options();
+    let loaded = tokio::task::spawn_blocking(move || PolicyEngine::load_dir_with(&dir, &options))
         .await
         .map_err(|e| e.to_string())?;
     match loaded {
         Ok(engine) => {
+            for w in engine.warnings() {
+                tracing::warn!(warning = %w, "policy warning");
+            }
             let summary = json!({"policies": engine.len(), "policy_set": engine.fingerprint()});
             gateway
                 .replace_policy(engine, summary)

@@ -72,16 +72,33 @@ pub struct RequestSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RequirementView {
     pub policy: String,
+    /// Every group whose members may fill a slot now: the policy's, then
+    /// any an escalation added.
     pub groups: Vec<String>,
     pub quorum: u32,
+    /// Groups an escalation added; their members fill a slot only by a
+    /// review given after the escalation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalated_to: Vec<String>,
+    /// How reviewers read it: `security review`, or `security review
+    /// (escalated to data-owners)`.
+    #[serde(default)]
+    pub label: String,
+    /// Who may fill a slot: `security`, or once escalated `security, or
+    /// data-owners reviewing after the escalation`.
+    #[serde(default)]
+    pub may_fill: String,
 }
 
 impl From<&Requirement> for RequirementView {
     fn from(r: &Requirement) -> Self {
         RequirementView {
             policy: r.policy_id.clone(),
-            groups: r.groups.clone(),
+            groups: r.all_groups().into_iter().map(str::to_string).collect(),
             quorum: r.quorum,
+            escalated_to: r.widened_groups().into_iter().map(str::to_string).collect(),
+            label: r.label(),
+            may_fill: r.who_may_fill(),
         }
     }
 }

@@ -1,7 +1,7 @@
-//! Escalation through the gateway, with a fake clock: an escalation whose
-//! widened requirements are already met by the approvals given approves the
-//! request there and then, exactly as a last review would (grant, log,
-//! waiters woken).
+//! Escalation through the gateway, with a fake clock: an escalation widens
+//! who may fill the open slots and never approves by itself; a widened slot
+//! is filled only by a review given after the escalation, and the approval's
+//! log entry says which slot each approval filled.
 
 mod common;
 
@@ -41,6 +41,12 @@ groups = ["data-owners"]
 [[principals]]
 id = "user:carol"
 groups = ["data-owners"]
+[[principals]]
+id = "user:dave"
+groups = ["data-owners"]
+[[principals]]
+id = "user:sam"
+groups = ["security"]
 "#;
 
 /// Submits an export as the bot; returns the request id and the digest.
@@ -67,7 +73,7 @@ fn data_owners() -> BTreeSet<String> {
 }
 
 #[tokio::test]
-async fn escalation_that_completes_quorum_approves_with_a_single_use_grant() {
+async fn escalation_alone_never_approves_and_a_later_review_fills_the_widened_slot() {
     let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
@@ -80,79 +86,84 @@ async fn escalation_that_completes_quorum_approves_with_a_single_use_grant() {
     let waiter = {
         let g = g.clone();
         let id = id.clone();
-        tokio::spawn(async move { g.wait_decided(&id, Duration::from_secs(30)).await })
+        tokio::spawn(async move { g.wait_decided(&id, Duration::from_secs(60)).await })
     };
-    let mut changes = g.subscribe();
     // Half the (default, one hour) TTL later the request escalates to the
-    // data owners: now both approvals count, and quorum is met.
+    // data owners. Nobody decided in the place of the security reviewer:
+    // it stays pending, with no grant.
     env.advance(Duration::from_secs(1800));
     let req = g.escalate(&id, data_owners()).await.unwrap();
-    assert_eq!(req.state, RequestState::Approved);
-    let grant = req.grant.clone().expect("the escalation issued a grant");
-    assert_eq!(req.decided_at, Some(g.now()));
-
-    // Waiters and channels are told, with the new state.
-    let change = changes.recv().await.unwrap();
+    assert_eq!(req.state, RequestState::Pending);
+    assert!(req.grant.is_none() && req.decided_at.is_none());
+    let log = entries(g);
+    assert!(log.iter().any(|e| e.event == "request.escalated"));
+    assert!(!log.iter().any(|e| e.event == "request.approved"));
+    assert!(!waiter.is_finished());
+    // The requester sees the security slot as escalated, and who may fill it.
+    let view = g
+        .view(&bot, &g.get_request(&bot, &id).await.unwrap())
+        .unwrap();
+    let security = serde_json::to_value(&view.required[1]).unwrap();
     assert_eq!(
-        (change.id.as_str(), change.state),
-        (id.as_str(), RequestState::Approved)
+        security["label"],
+        json!("security review (escalated to data-owners)")
     );
+    assert_eq!(security["groups"], json!(["security", "data-owners"]));
+    assert_eq!(security["escalated_to"], json!(["data-owners"]));
+
+    // A data owner who approved before cannot review again to fill it.
+    let again = g
+        .review(&who(g, "user:bob"), &id, ReviewDecision::Approve, None)
+        .await
+        .unwrap_err();
+    assert_eq!(again.code, "duplicate_reviewer");
+
+    // A data owner reviewing after the escalation approves it.
+    env.advance(Duration::from_secs(1));
+    assert_eq!(approve(g, &id, "user:dave").await, RequestState::Approved);
     let woken = waiter.await.unwrap().unwrap();
     assert_eq!(woken.state, RequestState::Approved);
 
-    // The log: the escalation, then the approval, in that order, for this
-    // request, naming the grant and both approvers.
+    // The log names the slot each approval filled; the approval is the
+    // reviewer's act, not the gateway's.
     let log = entries(g);
-    let at = log
+    let approved: Vec<_> = log
         .iter()
-        .position(|e| e.event == "request.escalated")
-        .expect("escalation logged");
-    let (escalated, approved) = (&log[at], &log[at + 1]);
-    assert_eq!(approved.event, "request.approved");
-    for e in [escalated, approved] {
-        assert_eq!(e.subjects.get("request"), Some(&id));
-        assert_eq!(e.digest.as_deref(), Some(digest.as_str()));
-        assert_eq!(e.actor.as_deref(), Some("service:secondkey"));
-    }
-    assert_eq!(escalated.payload["groups"], json!(["data-owners"]));
-    assert_eq!(approved.payload["grant"], json!(grant.id));
-    assert_eq!(approved.payload["via"], json!("escalation"));
+        .filter(|e| e.event == "request.approved")
+        .collect();
+    assert_eq!(approved.len(), 1);
+    let approved = approved[0];
+    assert_eq!(approved.actor.as_deref(), Some("user:dave"));
+    assert_eq!(approved.subjects.get("request"), Some(&id));
+    assert_eq!(approved.digest.as_deref(), Some(digest.as_str()));
+    assert!(
+        approved.payload.get("via").is_none(),
+        "{:?}",
+        approved.payload
+    );
     assert_eq!(
         approved.payload["approvers"],
-        json!(["user:bob", "user:carol"])
+        json!(["user:bob", "user:carol", "user:dave"])
     );
+    let filled = approved.payload["filled"].as_array().unwrap();
+    assert_eq!(filled.len(), 2);
+    assert_eq!(filled[0]["requirement"], json!("p:export-owner"));
+    assert_eq!(filled[0]["group"], json!("data-owners"));
+    assert_eq!(filled[0]["widened"], json!(false));
     assert_eq!(
-        log.iter().filter(|e| e.event == "request.approved").count(),
-        1
+        filled[1],
+        json!({"requirement": "p:export-security", "approver": "user:dave",
+               "group": "data-owners", "widened": true})
     );
 
-    // Stored like any approval: the request page will diff the next
-    // similar export against this one.
-    let similar = secondkey_server::web::similar_key(&req);
-    assert_eq!(
-        g.store
-            .get_record(secondkey_server::web::SIMILAR_NS, &similar)
-            .unwrap(),
-        Some(id.clone())
-    );
-
-    // The requester gets the grant, which works exactly once.
+    // The grant works exactly once, as any approval's.
     let view = g
         .view(&bot, &g.get_request(&bot, &id).await.unwrap())
         .unwrap();
     let token = view.grant.expect("the requester sees its grant");
-    let used = g.consume(&bot, &token, &digest).await.unwrap();
-    assert_eq!(used["grant"], json!(grant.id));
-    assert_eq!(used["approvers"], json!(["user:bob", "user:carol"]));
+    g.consume(&bot, &token, &digest).await.unwrap();
     let again = g.consume(&bot, &token, &digest).await.unwrap_err();
     assert_eq!(again.code, "grant_used");
-    let req = g.get_request(&bot, &id).await.unwrap();
-    assert_eq!(req.state, RequestState::Executed);
-    let log = entries(g);
-    assert_eq!(
-        log.iter().filter(|e| e.event == "grant.consumed").count(),
-        1
-    );
 }
 
 #[tokio::test]
@@ -169,17 +180,16 @@ async fn escalation_that_does_not_complete_quorum_leaves_the_request_pending() {
     let log = entries(g);
     assert!(log.iter().any(|e| e.event == "request.escalated"));
     assert!(!log.iter().any(|e| e.event == "request.approved"));
-    // A second data owner now completes it the usual way, by review, and
-    // that approval is not marked as the escalation's.
+    // A second data owner now completes it by review.
     assert_eq!(approve(g, &id, "user:carol").await, RequestState::Approved);
     let log = entries(g);
     let approved = log
         .iter()
         .find(|e| e.event == "request.approved")
         .expect("an approval entry");
-    assert!(
-        approved.payload.get("via").is_none(),
-        "{:?}",
-        approved.payload
+    assert_eq!(
+        approved.payload["filled"][1]["approver"],
+        json!("user:carol")
     );
+    assert_eq!(approved.payload["filled"][1]["widened"], json!(true));
 }

@@ -847,8 +847,10 @@ impl Tx for SqliteTx<'_> {
         if let Some(o) = &r.action.on_behalf_of {
             parties.push(format!("p:{o}"));
         }
+        // Groups an escalation added are parties too: their members may
+        // now review, so they list and see the request.
         for req in &r.requirements {
-            parties.extend(req.groups.iter().map(|g| format!("g:{g}")));
+            parties.extend(req.all_groups().iter().map(|g| format!("g:{g}")));
         }
         let mut stmt = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO request_parties (party, request_id) VALUES (?1, ?2)",

@@ -14,11 +14,11 @@ fn user(name: &str, groups: &[&str]) -> Principal {
 }
 
 fn req_of(groups: &[&str], quorum: u32) -> Requirement {
-    Requirement {
-        policy_id: "p".into(),
-        groups: groups.iter().map(|g| g.to_string()).collect(),
+    Requirement::new(
+        format!("review-{}", groups.join("-")),
+        groups.iter().map(|g| g.to_string()).collect(),
         quorum,
-    }
+    )
 }
 
 /// agent:bot owned by alice asks, on behalf of user:olivia (backed); dba
@@ -89,7 +89,21 @@ fn approval_needs_distinct_humans_for_every_requirement() {
         t.events[1],
         CoreEvent::Approved {
             grant_id: "grant-1".into(),
-            approvers: vec![bob.id.clone(), carol.id.clone()]
+            approvers: vec![bob.id.clone(), carol.id.clone()],
+            seats: vec![
+                Seat {
+                    requirement: "review-dba".into(),
+                    approver: carol.id.clone(),
+                    group: "dba".into(),
+                    widened: false,
+                },
+                Seat {
+                    requirement: "review-sec".into(),
+                    approver: bob.id.clone(),
+                    group: "sec".into(),
+                    widened: false,
+                },
+            ],
         }
     );
     assert_eq!(r.grant.as_ref().map(|g| g.expires_at), Some(Timestamp(112)));
@@ -462,15 +476,13 @@ fn escalation_widens_who_may_review_once_due() {
     let e = unchanged_on_err(&mut r, |r| approve(r, &lena, 10));
     assert_eq!(e.code(), "not_eligible");
     // not yet due at 499 ms of a 1000 ms TTL with fraction 0.5
-    let e = unchanged_on_err(&mut r, |r| {
-        r.escalate(&leads, 0.5, Timestamp(499), "grant-e")
-    });
+    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.5, Timestamp(499)));
     assert_eq!(e.code(), "not_due");
     let e = unchanged_on_err(&mut r, |r| {
-        r.escalate(&BTreeSet::new(), 0.5, Timestamp(600), "grant-e")
+        r.escalate(&BTreeSet::new(), 0.5, Timestamp(600))
     });
     assert_eq!(e.code(), "nothing_to_escalate");
-    let t = r.escalate(&leads, 0.5, Timestamp(500), "grant-e").unwrap();
+    let t = r.escalate(&leads, 0.5, Timestamp(500)).unwrap();
     assert_eq!(
         (t.from, t.to),
         (RequestState::Pending, RequestState::Pending)
@@ -483,15 +495,13 @@ fn escalation_widens_who_may_review_once_due() {
     );
     assert!(r.escalated);
     assert_eq!(r.escalated_to, leads);
-    assert!(r
-        .requirements
-        .iter()
-        .all(|q| q.groups.contains(&"leads".into())));
+    let lead: BTreeSet<String> = ["leads".to_string()].into();
+    assert!(r.requirements.iter().all(|q| q.admits(&lead)));
+    assert!(r.requirements.iter().all(|q| q.groups != ["leads"]));
+    assert_eq!(r.requirements[1].label(), "sec review (escalated to leads)");
     assert!(r.requirements.iter().all(|q| q.quorum == 1));
     // twice is refused and changes nothing
-    let e = unchanged_on_err(&mut r, |r| {
-        r.escalate(&leads, 0.5, Timestamp(600), "grant-e")
-    });
+    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.5, Timestamp(600)));
     assert_eq!(e.code(), "nothing_to_escalate");
     // now a lead may fill one slot, but quorum still needs distinct humans:
     // one lead cannot satisfy both requirements
@@ -501,87 +511,142 @@ fn escalation_widens_who_may_review_once_due() {
     assert_eq!(t.to, RequestState::Approved);
     // separation of duties still holds for escalation members
     let mut r = two_groups();
-    r.escalate(&leads, 0.5, Timestamp(500), "grant-e").unwrap();
+    r.escalate(&leads, 0.5, Timestamp(500)).unwrap();
     let alice = user("alice", &["leads"]);
     let e = unchanged_on_err(&mut r, |r| approve(r, &alice, 600));
     assert_eq!(e.code(), "self_review");
     // only pending, only before expiry
     let e = unchanged_on_err(&mut r, |r| {
-        r.escalate(
-            &["others".to_string()].into(),
-            0.5,
-            Timestamp(1000),
-            "grant-e",
-        )
+        r.escalate(&["others".to_string()].into(), 0.5, Timestamp(1000))
     });
     assert_eq!(e.code(), "expired");
     let mut r = approved();
-    let e = unchanged_on_err(&mut r, |r| {
-        r.escalate(&leads, 0.5, Timestamp(60), "grant-e")
-    });
+    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.5, Timestamp(60)));
     assert_eq!(e.code(), "already_decided");
     // a request without requirements has nothing to escalate
     let mut r = request(vec![]);
-    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.0, Timestamp(1), "grant-e"));
+    let e = unchanged_on_err(&mut r, |r| r.escalate(&leads, 0.0, Timestamp(1)));
     assert_eq!(e.code(), "nothing_to_escalate");
 }
 
+/// A request needing one data owner and one security reviewer.
+fn owner_and_security() -> Request {
+    request(vec![req_of(&["data-owners"], 1), req_of(&["security"], 1)])
+}
+
 #[test]
-fn escalation_that_completes_quorum_approves_at_once() {
-    // dba needs one, sec needs one. Two dba members approve: only one of
-    // them counts, so the request waits for a sec member.
-    let mut r = two_groups();
-    let dan = user("dan", &["dba"]);
-    let dora = user("dora", &["dba"]);
+fn escalation_alone_never_approves() {
+    // Two data owners approve; the security slot is still empty, so the
+    // request waits. Escalating to data owners widens the security slot, but
+    // nobody decided in the place of the security reviewer: still pending.
+    let mut r = owner_and_security();
+    let dan = user("dan", &["data-owners"]);
+    let dora = user("dora", &["data-owners"]);
     approve(&mut r, &dan, 10).unwrap();
     let t = approve(&mut r, &dora, 20).unwrap();
     assert_eq!(t.to, RequestState::Pending);
-    assert!(r.assignment().is_none());
-    // Escalating to dba lets dba members fill the sec slot too: the two
-    // approvals already given now meet quorum, and the escalation approves
-    // exactly as a last review would have.
-    let dba: BTreeSet<String> = ["dba".to_string()].into();
-    let t = r.escalate(&dba, 0.5, Timestamp(500), "grant-e").unwrap();
+    let owners: BTreeSet<String> = ["data-owners".to_string()].into();
+    let t = r.escalate(&owners, 0.5, Timestamp(500)).unwrap();
     assert_eq!(
         (t.from, t.to),
-        (RequestState::Pending, RequestState::Approved)
+        (RequestState::Pending, RequestState::Pending)
     );
     assert_eq!(
         t.events,
-        vec![
-            CoreEvent::Escalated {
-                groups: vec!["dba".into()]
-            },
-            CoreEvent::Approved {
-                grant_id: "grant-e".into(),
-                approvers: vec![dan.id.clone(), dora.id.clone()],
-            },
-        ]
+        vec![CoreEvent::Escalated {
+            groups: vec!["data-owners".into()]
+        }]
     );
-    assert_eq!(r.state, RequestState::Approved);
-    assert_eq!(r.decided_at, Some(Timestamp(500)));
+    assert!(r.grant.is_none() && r.decided_at.is_none());
+    assert!(r.assignment().is_none());
     assert_eq!(
-        r.grant,
-        Some(GrantRecord {
-            id: "grant-e".into(),
-            expires_at: Timestamp(600),
-            used_at: None,
-        })
+        r.requirements[1].widened,
+        vec![Widening {
+            group: "data-owners".into(),
+            from_review: 2
+        }]
     );
-    assert!(r.escalated);
-    // Distinct humans, one slot each; nobody from the SoD set.
-    let seats = r.assignment().unwrap();
-    assert_eq!(seats.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
-    assert_ne!(seats[0], seats[1]);
-    assert!(seats.iter().flatten().all(|p| !r.sod_set().contains(p)));
-    // The grant is single-use like any other.
-    let digest = r.digest.clone();
-    let bot = r.requester.id.clone();
-    r.consume("grant-e", &digest, &bot, Timestamp(550)).unwrap();
-    let e = r
-        .consume("grant-e", &digest, &bot, Timestamp(551))
-        .unwrap_err();
-    assert_eq!(e.code(), "grant_used");
+    // Neither earlier approver may review again to fill the widened slot.
+    let e = unchanged_on_err(&mut r, |r| approve(r, &dora, 600));
+    assert_eq!(e.code(), "duplicate_reviewer");
+    // A data owner reviewing after the escalation approves it, recorded as
+    // filling the escalated security slot.
+    let dina = user("dina", &["data-owners"]);
+    let t = approve(&mut r, &dina, 600).unwrap();
+    assert_eq!(t.to, RequestState::Approved);
+    let Some(CoreEvent::Approved {
+        seats, approvers, ..
+    }) = t.events.last()
+    else {
+        panic!("no approval: {:?}", t.events);
+    };
+    assert_eq!(
+        approvers,
+        &vec![dan.id.clone(), dora.id.clone(), dina.id.clone()]
+    );
+    assert_eq!(seats.len(), 2);
+    assert!(!seats[0].widened && seats[0].requirement == "review-data-owners");
+    assert_eq!(
+        seats[1],
+        Seat {
+            requirement: "review-security".into(),
+            approver: dina.id.clone(),
+            group: "data-owners".into(),
+            widened: true,
+        }
+    );
+    assert_eq!(r.decided_at, Some(Timestamp(600)));
+    assert_eq!(r.grant.as_ref().map(|g| g.id.as_str()), Some("grant-1"));
+}
+
+#[test]
+fn escalation_with_quorum_two_fills_widened_slots_only_after_it() {
+    // sec needs two; one sec member approved before the escalation to dba.
+    // A member of both groups reviewing after it counts through sec, the
+    // policy's own group, not through the widening.
+    let mut r = request(vec![req_of(&["sec"], 2)]);
+    let carol = user("carol", &["sec"]);
+    let gil = user("gil", &["dba", "sec"]);
+    approve(&mut r, &carol, 10).unwrap();
+    let dba: BTreeSet<String> = ["dba".to_string()].into();
+    r.escalate(&dba, 0.5, Timestamp(500)).unwrap();
+    // gil is in sec too: he counts through sec, not the widening
+    let t = approve(&mut r, &gil, 510).unwrap();
+    assert_eq!(t.to, RequestState::Approved);
+    let Some(CoreEvent::Approved { seats, .. }) = t.events.last() else {
+        panic!("no approval");
+    };
+    assert!(seats.iter().all(|s| !s.widened && s.group == "sec"));
+
+    // Same, with the second sec slot filled through dba after the
+    // escalation, and a dba member's earlier review not counting.
+    let mut r = request(vec![req_of(&["sec"], 2), req_of(&["dba"], 1)]);
+    let dan = user("dan", &["dba"]);
+    approve(&mut r, &carol, 10).unwrap();
+    approve(&mut r, &dan, 20).unwrap();
+    approve(&mut r, &user("dora", &["dba"]), 30).unwrap();
+    // two dba members and one sec member, before: sec's second slot is open
+    assert_eq!(r.state, RequestState::Pending);
+    let t = r.escalate(&dba, 0.5, Timestamp(500)).unwrap();
+    assert_eq!(t.to, RequestState::Pending);
+    let t = approve(&mut r, &user("dina", &["dba"]), 600).unwrap();
+    assert_eq!(t.to, RequestState::Approved);
+    let Some(CoreEvent::Approved { seats, .. }) = t.events.last() else {
+        panic!("no approval");
+    };
+    let widened: Vec<&Seat> = seats.iter().filter(|s| s.widened).collect();
+    assert_eq!(widened.len(), 1);
+    assert_eq!(widened[0].approver, id("user:dina"));
+    assert_eq!(widened[0].requirement, "review-sec");
+}
+
+#[test]
+fn requirements_stored_before_widening_existed_read_back() {
+    let v = json!({"policy_id": "p", "groups": ["dba"], "quorum": 1});
+    let r: Requirement = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(r, Requirement::new("p", vec!["dba".into()], 1));
+    assert_eq!(serde_json::to_value(&r).unwrap(), v);
+    assert_eq!(r.label(), "dba review");
 }
 
 #[test]
@@ -590,7 +655,7 @@ fn escalation_counts_each_human_once_and_only_recorded_groups() {
     let mut r = two_groups();
     approve(&mut r, &user("dan", &["dba"]), 10).unwrap();
     let dba: BTreeSet<String> = ["dba".to_string()].into();
-    let t = r.escalate(&dba, 0.5, Timestamp(500), "grant-e").unwrap();
+    let t = r.escalate(&dba, 0.5, Timestamp(500)).unwrap();
     assert_eq!(t.to, RequestState::Pending);
     assert_eq!(t.events.len(), 1);
     assert!(r.grant.is_none() && r.decided_at.is_none());
@@ -603,7 +668,7 @@ fn escalation_counts_each_human_once_and_only_recorded_groups() {
     approve(&mut r, &user("dan", &["dba"]), 20).unwrap();
     assert_eq!(r.reviews[0].groups, ["dba".to_string()].into());
     let leads: BTreeSet<String> = ["leads".to_string()].into();
-    let t = r.escalate(&leads, 0.5, Timestamp(500), "grant-e").unwrap();
+    let t = r.escalate(&leads, 0.5, Timestamp(500)).unwrap();
     assert_eq!(t.to, RequestState::Pending);
     // A lead reviewing after the escalation completes it the usual way.
     let t = approve(&mut r, &user("lena", &["leads"]), 600).unwrap();

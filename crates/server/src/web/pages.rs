@@ -396,11 +396,20 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
     // Policies and reviews.
     b.push_str("<section><h2>Review required by</h2><table><thead><tr><th>Policy</th><th>Groups</th><th>Approvals needed</th></tr></thead><tbody>");
     for q in &r.requirements {
+        // An escalated requirement names itself and who may fill it now.
+        let groups = if q.widened.is_empty() {
+            esc(&q.groups.join(", "))
+        } else {
+            format!(
+                "<strong>{}</strong><br>may be filled by {}",
+                esc(&q.label()),
+                esc(&q.who_may_fill())
+            )
+        };
         let _ = write!(
             b,
-            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{groups}</td><td>{}</td></tr>",
             esc(&q.policy_id),
-            esc(&q.groups.join(", ")),
             q.quorum.max(1)
         );
     }
