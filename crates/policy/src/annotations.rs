@@ -1,5 +1,6 @@
 //! The secondkey annotations on Cedar policies: `@review`, `@quorum`, `@ttl`,
-//! `@grant_ttl`, checked once at load time so a decision never meets a bad one.
+//! `@grant_ttl` and `@record`, checked once at load time so a decision never
+//! meets a bad one.
 
 use std::time::Duration;
 
@@ -45,6 +46,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(secs_per)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Reads `@record` — the one place its meaning is decided.
+///
+/// `@record("after")` on a `permit` says that an allow it grants may run
+/// before its log entry is durable: the decision and the result are then
+/// recorded together, within the gateway's `[log] after_window`. Only the
+/// value `after` exists, and only on `permit`: a `forbid` never authorizes
+/// anything, so there is nothing to record late. Returns whether the policy
+/// records after the run.
+pub(crate) fn parse_record(permit_effect: bool, value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None => Ok(false),
+        Some("after") if permit_effect => Ok(true),
+        Some("after") => Err(
+            "@record(\"after\") only applies to `permit` policies (a forbid authorizes nothing to record late); remove it"
+                .to_owned(),
+        ),
+        Some(v) => Err(format!(
+            "@record(\"{v}\") is unknown; the only value is @record(\"after\") (record an allow's decision with its result, after the run)"
+        )),
+    }
 }
 
 /// Reads and checks the secondkey annotations of one policy.
@@ -173,6 +196,22 @@ mod tests {
             (r.quorum, r.ttl, r.grant_ttl),
             (2, Duration::from_secs(900), Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn record_after_only_on_permit() {
+        assert_eq!(parse_record(true, None), Ok(false));
+        assert_eq!(parse_record(false, None), Ok(false));
+        assert_eq!(parse_record(true, Some("after")), Ok(true));
+        for (permit, v) in [
+            (false, "after"),
+            (true, "before"),
+            (true, "After"),
+            (true, " after"),
+            (true, ""),
+        ] {
+            assert!(parse_record(permit, Some(v)).is_err(), "{permit} {v:?}");
+        }
     }
 
     #[test]

@@ -53,6 +53,12 @@
 //! `@review` only on `forbid`, the others only together with `@review`;
 //! durations are `30s`, `15m`, `1h`, `1d`.
 //!
+//! `@record("after")` (only on `permit`) marks an allow that may run before
+//! its log entry is durable: [`Decision::record_after`] is set when every
+//! matching permit carries it and nothing failed to evaluate. The gateway
+//! gives it its meaning (recorded with the result within `[log]
+//! after_window`).
+//!
 //! # Loading and schema
 //!
 //! [`PolicyEngine::load_dir`] reads `*.cedar` files (policy ids are
@@ -73,9 +79,12 @@
 //! and by a resource `==`/`in` scope, so a decision evaluates only policies
 //! that can match. Each policy is evaluated as a `permit` twin (same scope and
 //! conditions) so Cedar lists every satisfied policy; effects are applied by
-//! the rules above.
+//! the rules above. Decisions are cached by everything the policies can
+//! read (the principal, the action's entities, and the context attributes
+//! some policy references), per loaded engine.
 
 mod annotations;
+mod cache;
 mod engine;
 mod load;
 mod request;

@@ -10,7 +10,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
-use crate::annotations::{parse_review, Review};
+use crate::annotations::{parse_record, parse_review, Review};
 
 /// The built-in Cedar schema. A `schema.cedarschema` in the policy directory
 /// replaces it (see the crate docs).
@@ -93,6 +93,8 @@ pub(crate) struct Meta {
     pub id: String,
     pub effect: Effect,
     pub review: Option<Review>,
+    /// `@record("after")` on a permit ([`crate::annotations::parse_record`]).
+    pub record_after: bool,
     pub file: String,
     pub line: Option<u32>,
     pub annotations: Vec<(String, String)>,
@@ -287,6 +289,16 @@ pub(crate) fn load(
                         continue;
                     }
                 };
+            let record_after = match parse_record(
+                policy.effect() == Effect::Permit,
+                policy.annotation("record"),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    issues.push(issue(format!("policy `{id}`: {e}")));
+                    continue;
+                }
+            };
             if let Some(m) = uncanonical_principal(policy) {
                 issues.push(issue(format!("policy `{id}`: {m}")));
                 continue;
@@ -297,6 +309,7 @@ pub(crate) fn load(
                 id,
                 effect: policy.effect(),
                 review,
+                record_after,
                 file: name.clone(),
                 line,
                 annotations: policy
