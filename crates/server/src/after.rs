@@ -8,20 +8,21 @@
 //! `"result": …`). Whichever comes first hands the entry to the store:
 //!
 //! * the result (`Gateway::record_execution`, or a REST caller's report), or
-//! * half the window after the run (`[log] after_window / 2`): the decision
+//! * a quarter of the window after the run (`[log] after_window / 4`): the decision
 //!   alone, the result following later as an ordinary `action.result`.
 //!
 //! Both go through the store's background commit (at most 2 ms of linger),
-//! so an entry is durable about `after_window / 2 + 2 ms + one commit` after
+//! so an entry is durable about `after_window / 4 + 2 ms + one commit` after
 //! its allow ran.
 //!
 //! **Back-pressure, fail closed.** An after-allow is admitted only while
 //! fewer than `[log] after_max_pending` admitted ones are not yet durable,
-//! the oldest of them is younger than half the window, and no write of one
+//! the oldest of them is younger than half the window (so a commit may
+//! take a quarter of the window before anyone waits), and no write of one
 //! has failed since the last strict commit succeeded. Otherwise the allow
 //! takes the strict path — it *waits* for its own entry to be durable before
 //! it runs, and is refused if that fails. So when the log falls behind (a
-//! commit slower than half the window) or fails, no new allow runs
+//! commit slower than a quarter of the window) or fails, no new allow runs
 //! unrecorded; what is exposed to a crash is bounded by the window, in
 //! time, and by `after_max_pending`, in number.
 //!
@@ -151,7 +152,7 @@ impl AfterLog {
 
     /// Admits an allow that may run now, or says no (then it takes the
     /// strict path). On yes, its entry is handed to the store by the result
-    /// or half a window from now, whichever comes first.
+    /// or a quarter of the window from now, whichever comes first.
     pub fn admit(
         self: &Arc<Self>,
         id: String,
@@ -163,6 +164,7 @@ impl AfterLog {
     ) -> Option<Admitted> {
         let now = Instant::now();
         let half = self.window / 2;
+        let quarter = self.window / 4;
         {
             let mut st = self.state();
             if st.failed || st.undurable.len() >= self.max_pending {
@@ -192,7 +194,7 @@ impl AfterLog {
         let this = self.clone();
         let key = id.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(half).await;
+            tokio::time::sleep(quarter).await;
             this.flush(&key).await;
         });
         Some(Admitted { id })
@@ -245,7 +247,7 @@ impl AfterLog {
         }
     }
 
-    /// Half a window passed without a result: writes the decision alone.
+    /// A quarter of the window passed without a result: writes the decision alone.
     async fn flush(&self, id: &str) {
         let slot = {
             let mut st = self.state();
