@@ -35,26 +35,6 @@ fn start(dir: &std::path::Path) -> Gateway {
     )
 }
 
-/// Every entry of the log, read with `log export` (the log verifies first).
-fn entries(g: &Gateway) -> Vec<Value> {
-    let (code, o, e) = run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--format",
-            "jsonl",
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{e}");
-    o.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn allowed_entries<'a>(all: &'a [Value], id: &str) -> Vec<&'a Value> {
     all.iter()
         .filter(|e| e["event"] == "action.allowed" && e["subjects"]["action"] == id)
@@ -121,7 +101,7 @@ fn one_entry_holds_decision_and_result_and_strict_allows_stay_strict() {
     assert_eq!(s, 200, "{lin}");
     assert!(lin.to_string().contains("public.orders"), "{lin}");
 
-    let all = entries(&g);
+    let all = g.log_entries();
     let q = allowed_entries(&all, &quick);
     assert_eq!(q.len(), 1, "one entry for {quick}");
     let p = &q[0]["payload"];
@@ -205,7 +185,7 @@ fn after_allows_older_than_the_window_survive_kill_9() {
     g.spawn();
     g.stop();
     g.spawn();
-    let all = entries(&g);
+    let all = g.log_entries();
     let logged: HashMap<&str, &Value> = all
         .iter()
         .filter(|e| e["event"] == "action.allowed")

@@ -128,26 +128,11 @@ impl DecisionCache {
         {
             return None;
         }
-        let mut k = String::with_capacity(256);
+        // The entities' key first: principal and the action's entities.
+        let mut k = crate::request::EntityCache::key(principal, action);
         let mut part = |s: &str| {
             let _ = write!(k, "{}:{s}", s.len());
         };
-        part(principal.id.as_str());
-        part(principal.owner.as_ref().map_or("", |o| o.as_str()));
-        part(&principal.groups.len().to_string());
-        for g in &principal.groups {
-            part(g);
-        }
-        part(&action.kind);
-        part(&action.operation);
-        part(&action.resource);
-        match &action.target {
-            Some(t) => {
-                part("t");
-                part(t);
-            }
-            None => part("-"),
-        }
         let json = |v: &Value| serde_json::to_string(v).unwrap_or_default();
         let attr = |name: &str| -> String {
             match name {
