@@ -47,7 +47,9 @@ fn main() {
     let mut timed = |what: &str, cached: bool| {
         let t = Instant::now();
         for i in 0..N {
-            action.params.insert("parameters".into(), json!([i % 100_000]));
+            action
+                .params
+                .insert("parameters".into(), json!([i % 100_000]));
             let d = if cached {
                 engine.decide(&principal, &action, &facts)
             } else {

@@ -292,27 +292,6 @@ impl Gateway {
         }
     }
 
-    /// Every entry of the log, decoded, as `secondkey log export --format
-    /// jsonl` prints them.
-    pub fn log_entries(&self) -> Vec<Value> {
-        let (code, o, e) = run_cli(
-            &[
-                "log",
-                "export",
-                "--config",
-                self.config.to_str().unwrap(),
-                "--format",
-                "jsonl",
-            ],
-            &self.url,
-            None,
-        );
-        assert_eq!(code, 0, "{e}");
-        o.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
     pub fn submit(&self, who: &str, action: &Value) -> Value {
         let (s, v) = self.call("POST", "/v1/actions", Some(who), Some(action));
         assert_eq!(s, 200, "{v}");
