@@ -1332,6 +1332,32 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
     }
 
     #[test]
+    fn after_window_and_pending_bound() {
+        let c = load("").unwrap();
+        assert_eq!(
+            (c.after_window, c.after_max_pending),
+            (Duration::from_millis(10), 1024)
+        );
+        let c = load("[log]\nafter_window = \"250ms\"\nafter_max_pending = 8").unwrap();
+        assert_eq!(
+            (c.after_window, c.after_max_pending),
+            (Duration::from_millis(250), 8)
+        );
+        for bad in [
+            "after_window = \"1ms\"",
+            "after_window = \"2m\"",
+            "after_window = \"soon\"",
+        ] {
+            let e = load(&format!("[log]\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains("log.after_window"), "{bad}: {e}");
+        }
+        let e = load("[log]\nafter_max_pending = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log.after_max_pending"), "{e}");
+    }
+
+    #[test]
     fn identity_sections_validate_and_name_the_key() {
         let mut env = HashMap::new();
         env.insert("OIDC_SECRET".to_string(), "s3cret".to_string());
