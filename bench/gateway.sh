@@ -9,6 +9,10 @@
 #
 # Usage: bench/gateway.sh            (from anywhere in the repository)
 # Env:   CONNS="16 64"  DURATION=20s  THREADS=2  PORT=18750
+#        MODE=grant    POST /v1/actions: an allow with its signed grant (default)
+#        MODE=execute  POST /v1/actions?execute=true: an allow used up at once
+#        MODE=after    the same under a @record("after") permit (the entry is
+#                      written within [log] after_window, after the answer)
 #        PROFILE=1  also samples the gateway with `perf` during a 10 s run at
 #                   16 connections and prints where its CPU time goes.
 set -euo pipefail
@@ -18,6 +22,13 @@ CONNS=${CONNS:-"16 64"}
 DURATION=${DURATION:-20s}
 THREADS=${THREADS:-2}
 PORT=${PORT:-18750}
+MODE=${MODE:-grant}
+case "$MODE" in
+  grant) PATHQ="/v1/actions"; ANNOT="" ;;
+  execute) PATHQ="/v1/actions?execute=true"; ANNOT="" ;;
+  after) PATHQ="/v1/actions?execute=true"; ANNOT='@record("after")' ;;
+  *) echo "MODE must be grant, execute or after" >&2; exit 1 ;;
+esac
 
 command -v wrk >/dev/null || {
   echo "wrk is not installed: run 'apt-get install -y wrk' (as root)" >&2
@@ -42,8 +53,8 @@ trap cleanup EXIT INT TERM
 TOKEN="bench-agent-token-$$"
 TOKEN_SHA=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
 mkdir -p "$WORK/policies"
-cat > "$WORK/policies/bench.cedar" <<'CEDAR'
-@id("agents-read")
+cat > "$WORK/policies/bench.cedar" <<CEDAR
+@id("agents-read") $ANNOT
 permit(principal in Group::"agents", action == Action::"sql.read", resource);
 CEDAR
 cat > "$WORK/secondkey.toml" <<TOML
@@ -104,17 +115,18 @@ echo
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== warm-up (3 s, 16 connections)"
-wrk -t"$THREADS" -c16 -d3s -s "$WORK/post.lua" "http://127.0.0.1:$PORT/v1/actions" >/dev/null
+wrk -t"$THREADS" -c16 -d3s -s "$WORK/post.lua" "http://127.0.0.1:$PORT$PATHQ" >/dev/null
 
 logsize() { curl -fsS "http://127.0.0.1:$PORT/v1/log/checkpoint" | sed -n 2p; }
 # CPU seconds (user + system) the gateway process has used so far.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$PID/stat"; }
 
 for c in $CONNS; do
-  echo "== wrk -t$THREADS -c$c -d$DURATION --latency POST /v1/actions (allow)"
+  echo "== wrk -t$THREADS -c$c -d$DURATION --latency POST $PATHQ (allow, MODE=$MODE)"
   C0=$(cpu); T0=$(date +%s.%N); L0=$(logsize)
   wrk -t"$THREADS" -c"$c" -d"$DURATION" --latency -s "$WORK/post.lua" \
-    "http://127.0.0.1:$PORT/v1/actions"
+    "http://127.0.0.1:$PORT$PATHQ"
+  [ "$MODE" = after ] && sleep 0.1  # the last entries' window
   C1=$(cpu); T1=$(date +%s.%N); L1=$(logsize)
   awk -v c0="$C0" -v c1="$C1" -v t0="$T0" -v t1="$T1" -v n="$(nproc)" -v l0="$L0" -v l1="$L1" \
     'BEGIN{printf "RESULT gateway CPU: %.2f of %d cores busy during the run (the rest: wrk, kernel, other processes); %.0f µs of gateway CPU per logged allow (%d entries)\n", (c1-c0)/(t1-t0), n, (c1-c0)*1e6/(l1-l0), l1-l0}'
@@ -122,7 +134,7 @@ done
 
 if [ "${PROFILE:-0}" = 1 ]; then
   echo "== perf profile of the gateway under wrk -c16 (10 s)"
-  wrk -t"$THREADS" -c16 -d12s -s "$WORK/post.lua" "http://127.0.0.1:$PORT/v1/actions" >/dev/null &
+  wrk -t"$THREADS" -c16 -d12s -s "$WORK/post.lua" "http://127.0.0.1:$PORT$PATHQ" >/dev/null &
   WRK=$!
   sleep 1
   perf record -F 499 -g -p "$PID" -o "$WORK/perf.data" -- sleep 10 >/dev/null 2>&1

@@ -3,9 +3,11 @@
 # proxy, in one run: wrk against the upstream directly, through nginx
 # (proxy_pass, keep-alive to the upstream), and through secondkey (every
 # request authenticated, decided by Cedar policy, its decision durable in
-# the log before it is forwarded, its result logged). Prints requests/s,
-# p50 latency, the throughput ratio secondkey/nginx and the p50 latency
-# secondkey adds over direct.
+# the log before it is forwarded, its result logged), and through secondkey
+# under a `@record("after")` permit (decision and result logged together,
+# within `[log] after_window`, after the request ran). Prints requests/s,
+# p50 latency, the throughput ratios to nginx, the p50 latency secondkey
+# adds over direct, and the gateway's CPU per request.
 #
 #   bench/http.sh                  # DURATION=10 CONNECTIONS=32 RUNS=1
 #   DATA=/dev/shm bench/http.sh    # the store on tmpfs: what durability costs
@@ -75,8 +77,11 @@ EOF
 mkdir -p "$WORK/policies"
 cat > "$WORK/policies/bench.cedar" <<'EOF'
 @id("bench-reads") permit(principal in Group::"agents", action == Action::"http.read", resource);
+@id("bench-reads-after") @record("after") permit(principal in Group::"fast", action == Action::"http.read", resource);
 EOF
 HASH=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
+FTOKEN=bench-fast-token-0123456789
+FHASH=$(printf %s "$FTOKEN" | sha256sum | cut -d' ' -f1)
 cat > "$WORK/secondkey.toml" <<EOF
 listen = "127.0.0.1:$SK_API"
 data_dir = "$SKDATA"
@@ -85,11 +90,15 @@ policy_dir = "$WORK/policies"
 id = "agent:bench"
 groups = ["agents"]
 token_sha256 = "$HASH"
+[[principals]]
+id = "agent:fast"
+groups = ["fast"]
+token_sha256 = "$FHASH"
 [[http]]
 name = "app"
 upstream = "http://127.0.0.1:$UP_PORT"
 listen = "127.0.0.1:$SK_PORT"
-principals = ["agent:bench"]
+principals = ["agent:bench", "agent:fast"]
 [[http.routes]]
 match = "GET /items/*"
 operation = "read"
@@ -105,8 +114,8 @@ done
 curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SK_PORT/items/1" \
   || { echo "the gateway did not come up:" >&2; cat "$WORK/secondkey.log" >&2; exit 1; }
 
-run() { # port → "rps p50_ms"
-  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$1/items/1" \
+run() { # port [token] → "rps p50_ms"
+  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer ${2:-$TOKEN}" "http://127.0.0.1:$1/items/1" \
     | awk '
         /^ +50% / { v=$2; if (v ~ /us$/) { sub(/us$/,"",v); p=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); p=v } else { sub(/s$/,"",v); p=v*1000 } }
         /^Requests\/sec:/ { r=$2 }
@@ -116,13 +125,19 @@ run() { # port → "rps p50_ms"
 
 echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg); ${DURATION}s per run, $CONNECTIONS connections, wrk -t2"
 LOG0=$(curl -s "http://127.0.0.1:$SK_API/v1/log/checkpoint" | sed -n 2p)
-printf "%-4s %10s %10s %10s %9s %9s %9s %10s %14s\n" run direct nginx secondkey "p50 dir" "p50 ngx" "p50 sk" "sk/nginx" "sk added p50"
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$SKPID/stat"; }
+us_per() { python3 -c "print(f'{($2-$1)*1e6/max($3*$DURATION,1):.0f}')"; } # cpu0 cpu1 rps → µs
+printf "%-4s %9s %9s %9s %9s %8s %8s %8s %8s %9s %9s %9s %9s %7s %7s\n" run direct nginx secondkey sk-after \
+  "p50 dir" "p50 ngx" "p50 sk" "p50 aft" "sk/nginx" "aft/nginx" "sk +p50" "aft +p50" "sk µs" "aft µs"
 for i in $(seq "$RUNS"); do
   read -r d dp < <(run "$UP_PORT")
   read -r n np < <(run "$NGINX_PORT")
-  read -r s sp < <(run "$SK_PORT")
-  printf "%-4s %10s %10s %10s %8sms %8sms %8sms %10s %12sms\n" "$i" "$d" "$n" "$s" "$dp" "$np" "$sp" \
-    "$(python3 -c "print(f'{$s/$n:.2f}x')")" "$(python3 -c "print(f'{$sp-$dp:.3f}')")"
+  c0=$(cpu); read -r s sp < <(run "$SK_PORT"); c1=$(cpu)
+  read -r f fp < <(run "$SK_PORT" "$FTOKEN"); c2=$(cpu)
+  printf "%-4s %9s %9s %9s %9s %6sms %6sms %6sms %6sms %9s %9s %7sms %7sms %7s %7s\n" "$i" "$d" "$n" "$s" "$f" "$dp" "$np" "$sp" "$fp" \
+    "$(python3 -c "print(f'{$s/$n:.2f}x')")" "$(python3 -c "print(f'{$f/$n:.2f}x')")" \
+    "$(python3 -c "print(f'{$sp-$dp:.3f}')")" "$(python3 -c "print(f'{$fp-$dp:.3f}')")" \
+    "$(us_per "$c0" "$c1" "$s")" "$(us_per "$c1" "$c2" "$f")"
 done
 LOG1=$(curl -s "http://127.0.0.1:$SK_API/v1/log/checkpoint" | sed -n 2p)
 echo "secondkey log entries added: $(( LOG1 - LOG0 )); gateway CPU: $(awk '{print ($14+$15)/100 " s"}' /proc/$SKPID/stat)"

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# pgbench -S (select-only) side by side: PostgreSQL direct, pgbouncer
-# (session mode) and the secondkey PostgreSQL gateway (every statement
-# classified, decided by Cedar policy and logged durably), simple and
-# extended protocol, 10 clients and 1 client, in one run. Prints TPS and
-# the ratios secondkey/pgbouncer and secondkey/direct.
+# pgbench -S (select-only) side by side: PostgreSQL direct, PostgreSQL with
+# its own statement auditing (pgaudit, `pgaudit.log = 'read'` for one role),
+# pgbouncer (session mode) and the secondkey PostgreSQL gateway — strict
+# (every statement classified, decided by Cedar policy and its decision
+# durable before it runs) and under `@record("after")` (decision and result
+# logged together within `[log] after_window`) — simple and extended
+# protocol, 10 clients and 1 client, in one run. Prints TPS and the ratios
+# to pgbouncer.
 #
 #   bench/pg.sh                      # DURATION=10 CLIENTS="10 1" MODES="simple extended" SCALE=10
 #   PROFILE=1 bench/pg.sh            # adds a perf profile of the gateway (10 clients, simple)
@@ -52,11 +55,14 @@ TOKEN=bench-agent-token-0123456789
 
 [ "$(id -u)" = 0 ] && chown postgres "$WORK"
 as_pg "$BIN/initdb" -D "$WORK/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-sync >/dev/null
-as_pg "$BIN/pg_ctl" -D "$WORK/pg" -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=100 -c shared_buffers=256MB" \
+as_pg "$BIN/pg_ctl" -D "$WORK/pg" -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=100 -c shared_buffers=256MB -c shared_preload_libraries=pgaudit" \
   -l "$WORK/pg.log" -w start >/dev/null
 psql_su() { psql -X -q -h "$WORK" -p "$PGPORT" -U postgres "$@"; }
 psql_su -d postgres -c "CREATE ROLE app LOGIN PASSWORD '$PW'" -c "CREATE DATABASE bench OWNER app"
 PGPASSWORD=$PW pgbench -q -i -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U app bench >/dev/null 2>&1
+# The pgaudit column: the same database through a role whose reads are audited.
+psql_su -d bench -c "CREATE EXTENSION pgaudit" -c "CREATE ROLE audited LOGIN PASSWORD '$PW' IN ROLE app" \
+  -c "ALTER ROLE audited SET pgaudit.log = 'read'"
 
 # pgbouncer, session mode, SCRAM to both sides.
 cat > "$WORK/pgbouncer.ini" <<EOF
@@ -82,9 +88,13 @@ as_pg "$PGBOUNCER" -q "$WORK/pgbouncer.ini" & PIDS+=($!)
 mkdir -p "$WORK/policies"
 cat > "$WORK/policies/bench.cedar" <<'EOF'
 @id("bench-reads") permit(principal in Group::"agents", action == Action::"sql.read", resource);
+@id("bench-reads-after") @record("after") permit(principal in Group::"fast", action == Action::"sql.read", resource);
 EOF
 HASH=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
 VERIFIER=$(printf '%s\n' "$TOKEN" | "$SK" pg verifier)
+FTOKEN=bench-fast-token-0123456789
+FHASH=$(printf %s "$FTOKEN" | sha256sum | cut -d' ' -f1)
+FVERIFIER=$(printf '%s\n' "$FTOKEN" | "$SK" pg verifier)
 cat > "$WORK/secondkey.toml" <<EOF
 listen = "127.0.0.1:$SKHTTP_PORT"
 data_dir = "$WORK/skdata"
@@ -93,10 +103,14 @@ policy_dir = "$WORK/policies"
 id = "agent:bench"
 groups = ["agents"]
 token_sha256 = "$HASH"
+[[principals]]
+id = "agent:fast"
+groups = ["fast"]
+token_sha256 = "$FHASH"
 [[postgres]]
 name = "bench"
 listen = "127.0.0.1:$SKPG_PORT"
-principals = ["agent:bench"]
+principals = ["agent:bench", "agent:fast"]
 [postgres.upstream]
 host = "127.0.0.1"
 port = $PGPORT
@@ -105,6 +119,7 @@ user = "app"
 password_env = "BENCH_PG_PASSWORD"
 [postgres.scram]
 "agent:bench" = "$VERIFIER"
+"agent:fast" = "$FVERIFIER"
 EOF
 BENCH_PG_PASSWORD=$PW "$SK" serve --config "$WORK/secondkey.toml" 2>"$WORK/secondkey.log" & SKPID=$!; PIDS+=($SKPID)
 for _ in $(seq 100); do
@@ -116,8 +131,10 @@ run() { # target mode clients → tps
   local port user pw
   case $1 in
     direct) port=$PGPORT user=app pw=$PW ;;
+    pgaudit) port=$PGPORT user=audited pw=$PW ;;
     pgbouncer) port=$BOUNCER_PORT user=app pw=$PW ;;
     secondkey) port=$SKPG_PORT user=agent:bench pw=$TOKEN ;;
+    after) port=$SKPG_PORT user=agent:fast pw=$FTOKEN ;;
   esac
   local threads=$(( $3 < 2 ? 1 : 2 ))
   PGPASSWORD=$pw pgbench -n -S -M "$2" -c "$3" -j "$threads" -T "$DURATION" -h 127.0.0.1 -p "$port" -U "$user" bench 2>&1 \
@@ -126,16 +143,20 @@ run() { # target mode clients → tps
 
 echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg); duration ${DURATION}s per run; scale $SCALE"
 LOG0=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)
-printf "%-9s %-8s %12s %12s %12s %10s %10s\n" mode clients direct pgbouncer secondkey "sk/bouncer" "sk/direct"
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s\n" mode clients direct pgaudit pgbouncer secondkey sk-after \
+  "sk/bnc" "after/bnc" "pga/bnc"
 for mode in $MODES; do
   for c in $CLIENTS; do
-    d=$(run direct "$mode" "$c"); b=$(run pgbouncer "$mode" "$c"); s=$(run secondkey "$mode" "$c")
-    printf "%-9s %-8s %12s %12s %12s %10s %10s\n" "$mode" "$c" "$d" "$b" "$s" \
-      "$(python3 -c "print(f'{$s/$b:.2f}x')")" "$(python3 -c "print(f'{$s/$d:.2f}x')")"
+    d=$(run direct "$mode" "$c"); a=$(run pgaudit "$mode" "$c"); b=$(run pgbouncer "$mode" "$c")
+    s=$(run secondkey "$mode" "$c"); f=$(run after "$mode" "$c")
+    printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s\n" "$mode" "$c" "$d" "$a" "$b" "$s" "$f" \
+      "$(ratio "$s" "$b")" "$(ratio "$f" "$b")" "$(ratio "$a" "$b")"
   done
 done
 LOG1=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)
 echo "secondkey log entries added: $(( LOG1 - LOG0 )); gateway CPU: $(awk '{print ($14+$15)/100 " s"}' /proc/$SKPID/stat)"
+echo "pgaudit wrote $(grep -c 'AUDIT: SESSION' "$WORK/pg.log" || true) audit lines to the server log"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ "${PROFILE:-0}" = 1 ]; then

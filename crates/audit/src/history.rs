@@ -385,6 +385,10 @@ impl Tracker {
                 if self.records[i].execute_mode && e.event == "action.allowed" {
                     self.records[i].executed = Some(Mark::of(e));
                     self.records[i].state = "executed".into();
+                    // `@record("after")`: the decision and its result in one entry.
+                    if let Some(result) = p.get("result").filter(|r| r.is_object()) {
+                        return (self.result(i, e, result), Some(i));
+                    }
                     return (Step::Executed, Some(i));
                 }
                 (Step::Nothing, Some(i))
@@ -495,48 +499,8 @@ impl Tracker {
                 let Some(i) = self.find(id.as_deref()) else {
                     return (Step::Nothing, None);
                 };
-                let r = &mut self.records[i];
-                r.entries.push(e.index);
-                if p.get("reads").is_some() || p.get("writes").is_some() {
-                    r.observed_reads = strings(p.get("reads"));
-                    r.observed_writes = strings(p.get("writes"));
-                }
-                // A request's outcome (`action.result` with `outcome`) and
-                // an allow's result (`ok`) both set it; the detail of a
-                // request adds the summary.
-                let outcome = match (p.get("outcome").and_then(Value::as_str), p.get("ok")) {
-                    (Some(o), _) => Some(o.to_string()),
-                    (None, Some(Value::Bool(true))) => Some("succeeded".into()),
-                    (None, Some(Value::Bool(false))) => Some(
-                        if p["summary"]["status"] == "unknown" {
-                            "unknown"
-                        } else {
-                            "failed"
-                        }
-                        .into(),
-                    ),
-                    _ => None,
-                };
-                let summary = p.get("summary").cloned();
-                let first = r.result.is_none();
-                let res = r.result.get_or_insert_with(|| RunResult {
-                    outcome: String::new(),
-                    summary: Value::Null,
-                    mark: Mark::of(e),
-                });
-                if let Some(o) = outcome {
-                    if res.outcome.is_empty() || p.get("outcome").is_some() {
-                        res.outcome = o;
-                    }
-                }
-                if let Some(sm) = summary {
-                    res.summary = sm;
-                }
-                if !res.outcome.is_empty() {
-                    r.state = res.outcome.clone();
-                }
-                // One result event per run: the first result entry of it.
-                (if first { Step::Result } else { Step::Nothing }, Some(i))
+                self.records[i].entries.push(e.index);
+                (self.result(i, e, p), Some(i))
             }
             "review.refused" => {
                 let code = s(p, "code").unwrap_or_else(|| "refused".into());
@@ -553,6 +517,56 @@ impl Tracker {
                 (Step::Nothing, None)
             }
             _ => (Step::Nothing, None),
+        }
+    }
+
+    /// Applies a result (`action.result`, `.detail`, or the `result` of an
+    /// after-recorded `action.allowed`) in `p` to record `i`.
+    fn result(&mut self, i: usize, e: &Entry, p: &Value) -> Step {
+        let r = &mut self.records[i];
+        if p.get("reads").is_some() || p.get("writes").is_some() {
+            r.observed_reads = strings(p.get("reads"));
+            r.observed_writes = strings(p.get("writes"));
+        }
+        // A request's outcome (`action.result` with `outcome`) and
+        // an allow's result (`ok`) both set it; the detail of a
+        // request adds the summary.
+        let outcome = match (p.get("outcome").and_then(Value::as_str), p.get("ok")) {
+            (Some(o), _) => Some(o.to_string()),
+            (None, Some(Value::Bool(true))) => Some("succeeded".into()),
+            (None, Some(Value::Bool(false))) => Some(
+                if p["summary"]["status"] == "unknown" {
+                    "unknown"
+                } else {
+                    "failed"
+                }
+                .into(),
+            ),
+            _ => None,
+        };
+        let summary = p.get("summary").cloned();
+        let first = r.result.is_none();
+        let res = r.result.get_or_insert_with(|| RunResult {
+            outcome: String::new(),
+            summary: Value::Null,
+            mark: Mark::of(e),
+        });
+        if let Some(o) = outcome {
+            if res.outcome.is_empty() || p.get("outcome").is_some() {
+                res.outcome = o;
+            }
+        }
+        if let Some(sm) = summary {
+            res.summary = sm;
+        }
+        if !res.outcome.is_empty() {
+            r.state = res.outcome.clone();
+        }
+        // One result event per run: the first result entry of it.
+        if first {
+            Step::Result
+        } else {
+            Step::Nothing
         }
     }
 

@@ -421,6 +421,31 @@ mod tests {
     }
 
     #[test]
+    fn record_after_only_on_permit() {
+        let record = |forbid: bool, v: Option<&str>| {
+            let a: Vec<(String, String)> = v
+                .map(|v| vec![("record".to_owned(), v.to_owned())])
+                .unwrap_or_default();
+            check(forbid, &a, &BTreeSet::new()).map(|a| a.record)
+        };
+        assert_eq!(record(false, None).unwrap(), None);
+        assert_eq!(record(true, None).unwrap(), None);
+        assert_eq!(
+            record(false, Some("after")).unwrap(),
+            Some(RecordMode::After)
+        );
+        for (forbid, v) in [
+            (true, "after"),
+            (false, "before"),
+            (false, "After"),
+            (false, " after"),
+            (false, ""),
+        ] {
+            assert!(record(forbid, Some(v)).is_err(), "{forbid} {v:?}");
+        }
+    }
+
+    #[test]
     fn review_errors() {
         assert!(review(false, &[("review", "x")]).is_err());
         assert!(review(true, &[("quorum", "2")]).is_err());

@@ -12,7 +12,8 @@ use cedar_policy::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::annotations::{fmt_duration, DEFAULT_GRANT_TTL, DEFAULT_TTL};
+use crate::annotations::{fmt_duration, RecordMode, DEFAULT_GRANT_TTL, DEFAULT_TTL};
+use crate::cache::{ContextUse, DecisionCache};
 use crate::load::{self, LoadError, LoadOptions, Meta};
 use crate::request::{self, TypeNames};
 use crate::types::{Action, Principal, Requirement};
@@ -97,6 +98,11 @@ pub struct Decision {
     /// Evaluation errors, each naming its policy. Non-empty means some policy
     /// could not be evaluated and was counted against the action.
     pub errors: Vec<String>,
+    /// An allow whose matching permits all carry `@record("after")` (and
+    /// nothing failed to evaluate): it may run before its log entry is
+    /// durable, its decision and result recorded together within the
+    /// gateway's `[log] after_window`. False for every other decision.
+    pub record_after: bool,
 }
 
 /// Policies sharing one action-scope key, split by resource `==`/`in` scope.
@@ -171,6 +177,10 @@ pub struct PolicyEngine {
     fingerprint: String,
     /// Entity stores of recent (principal, action target) pairs.
     entity_cache: request::EntityCache,
+    /// The context attributes the policies read (the decision cache's key).
+    context_use: ContextUse,
+    /// Decisions by everything the policies can read (`cache.rs`).
+    decisions: DecisionCache,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -233,6 +243,7 @@ impl PolicyEngine {
                 message: format!("internal error while indexing policies: {message}"),
             }])
         };
+        let context_use = ContextUse::of(&loaded.policies);
         let mut shadows = Vec::with_capacity(loaded.policies.len());
         for p in &loaded.policies {
             shadows.push(as_permit(p).map_err(internal)?);
@@ -291,6 +302,8 @@ impl PolicyEngine {
             warnings: loaded.warnings,
             fingerprint,
             entity_cache: Default::default(),
+            context_use,
+            decisions: Default::default(),
         })
     }
 
@@ -335,7 +348,30 @@ impl PolicyEngine {
     /// requirements. `gateway_facts` are facts the gateway derived itself
     /// (trusted); they reach policies as `context.gateway`. Never panics and
     /// never fails open: an action that cannot be evaluated is denied.
+    ///
+    /// A decision is reused when everything the policies can read is equal
+    /// (see the decision cache in `cache.rs`); it is the decision a fresh
+    /// evaluation gives ([`PolicyEngine::decide_uncached`]).
     pub fn decide(
+        &self,
+        principal: &Principal,
+        action: &Action,
+        gateway_facts: &serde_json::Map<String, Value>,
+    ) -> Decision {
+        let key = DecisionCache::key(&self.context_use, principal, action, gateway_facts);
+        if let Some(d) = key.as_deref().and_then(|k| self.decisions.get(k)) {
+            return d;
+        }
+        let d = self.decide_uncached(principal, action, gateway_facts);
+        if let Some(k) = key {
+            self.decisions.put(k, &d);
+        }
+        d
+    }
+
+    /// [`PolicyEngine::decide`] without the decision cache: evaluates the
+    /// policies every time.
+    pub fn decide_uncached(
         &self,
         principal: &Principal,
         action: &Action,
@@ -464,6 +500,7 @@ impl PolicyEngine {
                 .iter()
                 .map(|(i, e)| format!("policy `{}`: {e}", self.metas[*i].id))
                 .collect(),
+            record_after: false,
         };
         if let Some(e) = &eval.request_error {
             d.errors.push(e.clone());
@@ -549,6 +586,11 @@ impl PolicyEngine {
             }
         } else if !permits.is_empty() {
             d.outcome = Outcome::Allow;
+            // Every matching permit must say so, and no policy may have failed.
+            d.record_after = errored.is_empty()
+                && permits
+                    .iter()
+                    .all(|&i| self.metas[i].record == Some(RecordMode::After));
             for i in permits {
                 let msg = format!("permitted by policy `{}`", self.metas[i].id);
                 d.reasons.push(self.reason(i, ReasonEffect::Permit, msg));
@@ -605,6 +647,17 @@ impl PolicyEngine {
             }
         };
         let _ = writeln!(s, "decision: {} ({rule})", d.outcome);
+        if d.outcome == Outcome::Allow {
+            let _ = writeln!(
+                s,
+                "{}",
+                if d.record_after {
+                    "recorded: after the run -- every matching permit carries @record(\"after\"), so it may run before its log entry is durable; decision and result are logged together within [log] after_window"
+                } else {
+                    "recorded: before the run -- the allow's log entry is durable before it runs (a matching permit lacks @record(\"after\"))"
+                }
+            );
+        }
         if d.outcome == Outcome::Review {
             for r in &d.requirements {
                 let _ = writeln!(
@@ -620,24 +673,6 @@ impl PolicyEngine {
                 "  request waits at most {} (smallest @ttl), approval usable for {} (smallest @grant_ttl)",
                 fmt_duration(d.ttl),
                 fmt_duration(d.grant_ttl)
-            );
-        }
-        if d.outcome == Outcome::Allow {
-            let permits: Vec<&Meta> = eval
-                .matched
-                .iter()
-                .map(|&i| &self.metas[i])
-                .filter(|m| m.effect == Effect::Permit)
-                .collect();
-            let after = !permits.is_empty() && permits.iter().all(|m| m.record.is_some());
-            let _ = writeln!(
-                s,
-                "  recorded {}",
-                if after {
-                    "after it runs: every matching permit carries @record(\"after\")"
-                } else {
-                    "before it runs"
-                }
             );
         }
         let errored: BTreeMap<usize, &str> =

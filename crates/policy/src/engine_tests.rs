@@ -482,7 +482,7 @@ fn explain_names_rule_policies_and_annotations() {
         &none(),
     );
     assert!(s.contains("decision: allow (rule 3"), "{s}");
-    assert!(s.contains("  recorded before it runs"), "{s}");
+    assert!(s.contains("recorded: before the run"), "{s}");
 }
 
 #[test]
@@ -497,7 +497,7 @@ fn explain_shows_record_mode_and_reason() {
         &none(),
     );
     assert!(
-        s.contains("recorded after it runs: every matching permit carries @record(\"after\")"),
+        s.contains("recorded: after the run -- every matching permit carries @record(\"after\")"),
         "{s}"
     );
     assert!(
@@ -520,7 +520,7 @@ fn explain_shows_record_mode_and_reason() {
         &action("sql", "write", "r"),
         &none(),
     );
-    assert!(s.contains("recorded before it runs"), "{s}");
+    assert!(s.contains("recorded: before the run"), "{s}");
 }
 
 #[test]
@@ -1042,4 +1042,205 @@ fn unsatisfiable_quorum_and_unknown_groups() {
     );
     let e = load(&src("dba", "2"), mapped()).unwrap_err();
     assert!(e.issues()[0].message.contains("can never be met"), "{e}");
+}
+
+// ---- @record("after") ----
+
+#[test]
+fn record_after_needs_every_matching_permit() {
+    let e = engine(&[(
+        "r.cedar",
+        r#"@id("reads") @record("after") permit (principal, action == Action::"sql.read", resource);
+           @id("writes") @record("after") permit (principal, action == Action::"sql.write", resource);
+           @id("writes-strict") permit (principal, action == Action::"sql.write", resource) when { context has strict };
+           @id("exports") permit (principal, action == Action::"sql.export", resource);
+           @id("exp-review") @review("dba") forbid (principal, action == Action::"sql.export", resource) when { context has review };"#,
+    )]);
+    let p = principal("agent:bot", &[]);
+    let d = e.decide(&p, &action("sql", "read", "r"), &none());
+    assert_eq!((d.outcome, d.record_after), (Outcome::Allow, true));
+    let d = e.decide(&p, &action("sql", "write", "r"), &none());
+    assert_eq!((d.outcome, d.record_after), (Outcome::Allow, true));
+    // A second matching permit without the annotation makes it strict.
+    let mut w = action("sql", "write", "r");
+    w.context.insert("strict".into(), json!(true));
+    let d = e.decide(&p, &w, &none());
+    assert_eq!((d.outcome, d.record_after), (Outcome::Allow, false));
+    let d = e.decide(&p, &action("sql", "export", "r"), &none());
+    assert_eq!((d.outcome, d.record_after), (Outcome::Allow, false));
+    // Never on a deny or a review.
+    let d = e.decide(&p, &action("sql", "delete", "r"), &none());
+    assert_eq!((d.outcome, d.record_after), (Outcome::Deny, false));
+    let mut x = action("sql", "export", "r");
+    x.context.insert("review".into(), json!(true));
+    assert!(!e.decide(&p, &x, &none()).record_after);
+    // explain says how it is recorded.
+    let s = e.explain(&p, &action("sql", "read", "r"), &none());
+    assert!(s.contains("recorded: after the run"), "{s}");
+    assert!(s.contains("@record(\"after\")"), "{s}");
+    let s = e.explain(&p, &w, &none());
+    assert!(s.contains("recorded: before the run"), "{s}");
+}
+
+#[test]
+fn record_after_errors_at_load() {
+    for (src, want) in [
+        (
+            r#"@record("after") forbid (principal, action, resource);"#,
+            "only applies to `permit`",
+        ),
+        (
+            r#"@record("before") permit (principal, action, resource);"#,
+            "is not a record mode",
+        ),
+    ] {
+        let err = PolicyEngine::from_sources(&[("r.cedar", src)], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{src}: {err}");
+    }
+}
+
+#[test]
+fn an_erroring_policy_keeps_the_allow_strict() {
+    let e = engine(&[(
+        "r.cedar",
+        &format!(
+            "@record(\"after\") permit (principal, action, resource);\n@record(\"after\") permit (principal, action, resource) when {{ {OVERFLOW} }};"
+        ),
+    )]);
+    let mut a = action("sql", "read", "r");
+    a.context
+        .insert("estimated_rows".into(), json!(1_000_000_000_000i64));
+    let d = e.decide(&principal("agent:bot", &[]), &a, &none());
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert!(!d.errors.is_empty());
+    assert!(!d.record_after);
+}
+
+// ---- the decision cache: cached == fresh ----
+
+/// The changes of a principal the cache must see: groups and owner.
+#[test]
+fn cached_decisions_follow_principal_changes() {
+    let e = engine(&[(
+        "c.cedar",
+        r#"permit (principal in Group::"agents", action, resource);
+           forbid (principal is Agent, action, resource) when { principal has owner && principal.owner == User::"mallory" };"#,
+    )]);
+    let a = action("sql", "read", "r");
+    let mut p = principal("agent:bot", &["agents"]);
+    assert_eq!(e.decide(&p, &a, &none()).outcome, Outcome::Allow);
+    p.groups.clear();
+    assert_eq!(e.decide(&p, &a, &none()).outcome, Outcome::Deny);
+    p.groups.insert("agents".into());
+    p.owner = Some(PrincipalId::parse("user:mallory").unwrap());
+    assert_eq!(e.decide(&p, &a, &none()).outcome, Outcome::Deny);
+    p.owner = Some(PrincipalId::parse("user:alice").unwrap());
+    assert_eq!(e.decide(&p, &a, &none()).outcome, Outcome::Allow);
+}
+
+/// A random policy set over every kind of input a policy can read.
+fn random_policies(picks: &[(u8, u8, u8, u8, u8)]) -> String {
+    let mut src = String::new();
+    for &(head, who, what, res, cond) in picks {
+        let head = match head % 5 {
+            0 => "permit",
+            1 => "@record(\"after\") permit",
+            2 => "forbid",
+            3 => "@review(\"dba\") forbid",
+            _ => "@record(\"after\") permit",
+        };
+        let who = match who % 4 {
+            0 => format!(
+                "principal in Group::\"{}\"",
+                GROUPS[usize::from(who / 4) % 3]
+            ),
+            1 => "principal is Agent".to_owned(),
+            _ => "principal".to_owned(),
+        };
+        let what = match what % 4 {
+            0 => format!(
+                "action == Action::\"sql.{}\"",
+                OPS[usize::from(what / 4) % 4]
+            ),
+            1 => "action in Action::\"sql\"".to_owned(),
+            _ => "action".to_owned(),
+        };
+        let res = match res % 3 {
+            0 => format!(
+                "resource == Resource::\"{}\"",
+                RESOURCES[usize::from(res / 3) % 3]
+            ),
+            _ => "resource".to_owned(),
+        };
+        let cond = match cond % 12 {
+            0 => " when { context.gateway has environment && context.gateway.environment == \"prod\" }",
+            1 => " when { context.params has n && context.params.n > 2 }",
+            2 => " when { context has x && context.x == \"a\" }",
+            3 => " when { context.justification like \"*ticket*\" }",
+            4 => " when { context.lineage.writes.contains(\"w\") }",
+            5 => " when { principal has owner && principal.owner == User::\"alice\" }",
+            6 => " when { resource.uri like \"r1*\" }",
+            7 => " when { context.x == \"b\" }",
+            8 => " when { context has rows && context.rows * 1000000000000 > 5 }",
+            9 => " unless { context.gateway.transport == \"pg\" }",
+            _ => "",
+        };
+        src.push_str(&format!("{head} ({who}, {what}, {res}){cond};\n"));
+    }
+    src
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn cached_decisions_equal_fresh_ones(
+        picks in proptest::collection::vec(any::<(u8, u8, u8, u8, u8)>(), 1..8),
+        inputs in proptest::collection::vec(
+            (0..3usize, proptest::collection::btree_set(0..3usize, 0..3), 0..4usize, 0..3usize,
+             0..4usize, 0..4usize, 0..4usize, 0..3usize, any::<bool>()),
+            1..12),
+    ) {
+        let src = random_policies(&picks);
+        let Ok(e) = PolicyEngine::from_sources(&[("gen.cedar", &src)], None) else {
+            // Some random sets do not validate; those are not what is tested.
+            return Ok(());
+        };
+        // Every input twice, so the second round is served from the cache.
+        for round in 0..2 {
+            for (pk, groups, op, res, x, n, env, just, owner) in &inputs {
+                let id = ["user:u", "agent:a", "agent:b"][*pk];
+                let mut p = principal(id, &groups.iter().map(|g| GROUPS[*g]).collect::<Vec<_>>());
+                if *owner && p.id.kind() == crate::types::PrincipalKind::Agent {
+                    p.owner = Some(PrincipalId::parse("user:alice").unwrap());
+                }
+                let mut a = action("sql", OPS[*op], RESOURCES[*res]);
+                match x {
+                    0 => {}
+                    1 => { a.context.insert("x".into(), json!("a")); }
+                    2 => { a.context.insert("x".into(), json!("b")); }
+                    _ => { a.context.insert("rows".into(), json!(1_000_000_000_000i64)); }
+                }
+                match n {
+                    0 => {}
+                    1 => { a.params.insert("n".into(), json!(1)); }
+                    2 => { a.params.insert("n".into(), json!(5)); }
+                    // Not representable: never cached, always denied fresh.
+                    _ => { a.params.insert("n".into(), json!(2.5)); }
+                }
+                if *just == 1 { a.justification = Some("see ticket 7".into()); }
+                if *just == 2 { a.lineage.writes = vec!["w".into()]; }
+                let f = match env {
+                    0 => none(),
+                    1 => facts(json!({"environment": "prod", "transport": "pg"})),
+                    2 => facts(json!({"environment": "dev", "transport": "api"})),
+                    _ => facts(json!({"transport": "pg"})),
+                };
+                let cached = e.decide(&p, &a, &f);
+                let fresh = e.decide_uncached(&p, &a, &f);
+                prop_assert_eq!(&cached, &fresh, "round {} policies:\n{}", round, src);
+            }
+        }
+    }
 }

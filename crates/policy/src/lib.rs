@@ -62,6 +62,12 @@
 //! error — a warning naming the group when the identity provider could
 //! supply the rest.
 //!
+//! `@record("after")` (only on `permit`) marks an allow that may run before
+//! its log entry is durable: [`Decision::record_after`] is set when every
+//! matching permit carries it and nothing failed to evaluate. The gateway
+//! gives it its meaning (recorded with the result within `[log]
+//! after_window`).
+//!
 //! # Loading and schema
 //!
 //! [`PolicyEngine::load_dir`] reads `*.cedar` files (policy ids are
@@ -82,9 +88,12 @@
 //! and by a resource `==`/`in` scope, so a decision evaluates only policies
 //! that can match. Each policy is evaluated as a `permit` twin (same scope and
 //! conditions) so Cedar lists every satisfied policy; effects are applied by
-//! the rules above.
+//! the rules above. Decisions are cached by everything the policies can
+//! read (the principal, the action's entities, and the context attributes
+//! some policy references), per loaded engine.
 
 mod annotations;
+mod cache;
 mod engine;
 mod load;
 mod request;

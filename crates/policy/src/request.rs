@@ -131,7 +131,7 @@ impl EntityCache {
     /// An injective encoding of everything the entities are built from:
     /// each part length-prefixed, so no choice of names makes two
     /// different inputs share a key.
-    fn key(principal: &Principal, action: &Action) -> String {
+    pub(crate) fn key(principal: &Principal, action: &Action) -> String {
         use std::fmt::Write;
         let mut k = String::with_capacity(160);
         let mut part = |s: &str| {

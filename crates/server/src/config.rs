@@ -355,6 +355,12 @@ pub struct RawLog {
     /// C2SP tlog witnesses each new checkpoint is submitted to.
     #[serde(default)]
     pub witnesses: Vec<RawWitness>,
+    /// How long an allow under `@record("after")` may run before its entry
+    /// is durable, e.g. `"10ms"` (the default).
+    pub after_window: Option<String>,
+    /// Most `@record("after")` allows not yet durable at once (default
+    /// 1024); past it, new ones wait for their entry like any allow.
+    pub after_max_pending: Option<u64>,
 }
 
 /// `[[log.witnesses]]`: a C2SP tlog witness.
@@ -433,6 +439,11 @@ pub struct Config {
     pub executors: BTreeSet<String>,
     pub grant_key_file: PathBuf,
     pub allow_grant_ttl: Duration,
+    /// `[log] after_window`: the bound on how long an allow under
+    /// `@record("after")` runs before its entry is durable.
+    pub after_window: Duration,
+    /// `[log] after_max_pending`: most such allows not yet durable at once.
+    pub after_max_pending: usize,
     pub escalation_fraction: f64,
     pub max_wait: Duration,
     pub max_body_bytes: usize,
@@ -577,6 +588,9 @@ impl Config {
         if let Some(v) = env.get("SECONDKEY_LOG_ORIGIN") {
             raw.log.origin = Some(v.clone());
         }
+        if let Some(v) = env.get("SECONDKEY_LOG_AFTER_WINDOW") {
+            raw.log.after_window = Some(v.clone());
+        }
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let listen_s = raw.listen.unwrap_or_else(|| "127.0.0.1:8750".into());
@@ -623,6 +637,27 @@ impl Config {
             Some(s) => secondkey_core::time::parse_duration(&s)
                 .map_err(|e| invalid("grants.allow_ttl", e.to_string()))?,
             None => Duration::from_secs(300),
+        };
+        let after_window = match &raw.log.after_window {
+            Some(s) => secondkey_core::time::parse_duration(s)
+                .map_err(|e| invalid("log.after_window", e.to_string()))?,
+            None => Duration::from_millis(10),
+        };
+        if after_window < Duration::from_millis(4) || after_window > Duration::from_secs(60) {
+            return Err(invalid(
+                "log.after_window",
+                "must be between 4ms and 60s (e.g. \"10ms\"): the entry of an after-allow is handed to the store at a quarter of the window, so a smaller one cannot be kept",
+            ));
+        }
+        let after_max_pending = match raw.log.after_max_pending {
+            None => 1024,
+            Some(n @ 1..=1_000_000) => n as usize,
+            Some(_) => {
+                return Err(invalid(
+                    "log.after_max_pending",
+                    "must be between 1 and 1000000",
+                ))
+            }
         };
         let escalation_fraction = raw.requests.escalation_fraction.unwrap_or(0.5);
         if !(escalation_fraction > 0.0 && escalation_fraction < 1.0) {
@@ -887,6 +922,8 @@ impl Config {
             log_key_file,
             grant_key_file,
             allow_grant_ttl,
+            after_window,
+            after_max_pending,
             escalation_fraction,
             max_wait,
             max_body_bytes,
@@ -1365,6 +1402,32 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             .unwrap_err()
             .to_string();
         assert!(e.contains("requests.escalation_fraction"), "{e}");
+    }
+
+    #[test]
+    fn after_window_and_pending_bound() {
+        let c = load("").unwrap();
+        assert_eq!(
+            (c.after_window, c.after_max_pending),
+            (Duration::from_millis(10), 1024)
+        );
+        let c = load("[log]\nafter_window = \"250ms\"\nafter_max_pending = 8").unwrap();
+        assert_eq!(
+            (c.after_window, c.after_max_pending),
+            (Duration::from_millis(250), 8)
+        );
+        for bad in [
+            "after_window = \"1ms\"",
+            "after_window = \"2m\"",
+            "after_window = \"soon\"",
+        ] {
+            let e = load(&format!("[log]\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains("log.after_window"), "{bad}: {e}");
+        }
+        let e = load("[log]\nafter_max_pending = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log.after_max_pending"), "{e}");
     }
 
     #[test]

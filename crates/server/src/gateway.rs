@@ -72,6 +72,8 @@ pub struct Gateway {
     pub web: crate::web::WebState,
     /// What the `[[log.witnesses]]` cosigned last.
     pub witnessing: crate::witness::Witnessing,
+    /// Allows under `@record("after")` whose entry is not yet durable.
+    pub(crate) after: Arc<crate::after::AfterLog>,
 }
 
 /// Wall-clock time in Unix milliseconds: the only clock the gateway reads.
@@ -309,7 +311,13 @@ impl Gateway {
         let identity = crate::identity::Identity::new(&config);
         let web = crate::web::WebState::ephemeral(&config);
         let admission = Arc::new(crate::admission::Admission::new(&config.limits));
+        let after = crate::after::AfterLog::new(
+            config.after_window,
+            config.after_max_pending,
+            store.clone(),
+        );
         Gateway {
+            after,
             identity,
             web,
             witnessing: Default::default(),
@@ -339,6 +347,12 @@ impl Gateway {
     pub fn with_clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
         self.clock = Box::new(clock);
         self
+    }
+
+    /// Writes the entries of `@record("after")` allows still waiting for
+    /// their result, in one commit (a clean shutdown does this).
+    pub async fn flush_after(&self) {
+        self.after.flush_all().await;
     }
 
     pub fn now(&self) -> Timestamp {
@@ -587,6 +601,24 @@ impl Gateway {
                         // The caller runs it now: no token to leak or replay,
                         // so the authorization is this entry alone.
                         payload["executed"] = json!(true);
+                        if decision.record_after {
+                            // `@record("after")`: runs now, recorded with its
+                            // result within the window (`after.rs`), unless
+                            // the log is behind or failing.
+                            let mut after = payload.clone();
+                            after["recorded"] = json!("after");
+                            if let Some(a) =
+                                self.after.admit(id.clone(), now, &actor, &dg, after, track)
+                            {
+                                return Ok(Decided::Run(Execution {
+                                    id: a.id,
+                                    request_id: None,
+                                    digest,
+                                    approvers: vec![],
+                                    reasons,
+                                }));
+                            }
+                        }
                         let e = prepared(entry(
                             now,
                             "action.allowed",
@@ -612,6 +644,9 @@ impl Gateway {
                                 tx.append_prepared(e)
                             })
                             .await?;
+                        if decision.record_after {
+                            self.after.recovered();
+                        }
                         Ok(Decided::Run(Execution {
                             id,
                             request_id: None,

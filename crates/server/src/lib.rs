@@ -6,6 +6,7 @@
 //! only crate that knows HTTP.
 
 pub mod admission;
+mod after;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -105,6 +106,8 @@ impl Running {
                 Ok(())
             }
         };
+        // After-allows still waiting for their result are written now.
+        self.gateway.flush_after().await;
         if let Err(e) = self.gateway.flush_refusals(true).await {
             tracing::warn!(error = %e, "could not record the last limit refusals at shutdown");
         }
