@@ -22,6 +22,23 @@ pub fn assignment(
     requirements: &[Requirement],
     approvers: &[(PrincipalId, BTreeSet<String>)],
 ) -> Option<Vec<Vec<PrincipalId>>> {
+    let seated = seated(requirements, approvers);
+    requirements
+        .iter()
+        .zip(&seated)
+        .all(|(r, s)| s.len() == r.needed())
+        .then_some(seated)
+}
+
+/// Where approvals stand: per requirement (same order), the approvers seated
+/// in its slots by a largest assignment of distinct approvers to slots. The
+/// same matching as [`assignment`], kept when it cannot cover every slot, so
+/// a reviewer sees "1 of 2 from dba" while a request waits. A slot left empty
+/// is one more approval needed from that requirement's groups.
+pub fn seated(
+    requirements: &[Requirement],
+    approvers: &[(PrincipalId, BTreeSet<String>)],
+) -> Vec<Vec<PrincipalId>> {
     // One entry per distinct approver.
     let mut people: Vec<&(PrincipalId, BTreeSet<String>)> = Vec::new();
     for a in approvers {
@@ -29,14 +46,11 @@ pub fn assignment(
             people.push(a);
         }
     }
-    // One slot per required approval, naming its requirement.
+    // One slot per required approval, naming its requirement; never more
+    // slots per requirement than there are people to fill them.
     let mut slots: Vec<usize> = Vec::new();
     for (i, r) in requirements.iter().enumerate() {
-        let needed = r.needed();
-        if slots.len() + needed > people.len() {
-            return None; // more slots than people: no matching can cover them
-        }
-        slots.extend(std::iter::repeat_n(i, needed));
+        slots.extend(std::iter::repeat_n(i, r.needed().min(people.len())));
     }
     // eligible[s][p]: may person p fill slot s?
     let eligible: Vec<Vec<bool>> = slots
@@ -49,13 +63,13 @@ pub fn assignment(
         })
         .collect();
     // seat[p] = the slot person p fills. Kuhn's augmenting paths: each slot in
-    // turn either finds a free eligible person or displaces one who can move.
+    // turn either finds a free eligible person or displaces one who can move;
+    // a slot that cannot be filled leaves the others as they were (the
+    // matching stays maximum).
     let mut seat: Vec<Option<usize>> = vec![None; people.len()];
     for s in 0..slots.len() {
         let mut visited = vec![false; people.len()];
-        if !augment(s, &eligible, &mut seat, &mut visited) {
-            return None; // this slot can never be filled alongside the others
-        }
+        augment(s, &eligible, &mut seat, &mut visited);
     }
     let mut out = vec![Vec::new(); requirements.len()];
     for (p, s) in seat.iter().enumerate() {
@@ -63,7 +77,7 @@ pub fn assignment(
             out[slots[*s]].push(people[p].0.clone());
         }
     }
-    Some(out)
+    out
 }
 
 fn augment(
@@ -98,6 +112,7 @@ mod tests {
             policy_id: format!("p-{}", groups.join("-")),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             quorum,
+            reason: None,
         }
     }
 
@@ -144,6 +159,41 @@ mod tests {
         assert_eq!(assignment(&[], &[]), Some(vec![]));
     }
 
+    #[test]
+    fn seated_shows_partial_progress() {
+        let reqs = [req(&["dba"], 2), req(&["sec"], 1)];
+        assert_eq!(seated(&reqs, &[]), vec![Vec::<PrincipalId>::new(), vec![]]);
+        let bob = person("bob", &["dba", "sec"]);
+        let got = seated(&reqs, std::slice::from_ref(&bob));
+        assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 1);
+        // carol (sec) arrives: bob moves to dba, carol takes sec.
+        let carol = person("carol", &["sec"]);
+        let got = seated(&reqs, &[bob.clone(), carol.clone(), bob.clone()]);
+        assert_eq!(got, vec![vec![bob.0.clone()], vec![carol.0.clone()]]);
+        assert!(assignment(&reqs, &[bob, carol]).is_none());
+    }
+
+    /// The most slots any assignment fills, by trying every seat for every
+    /// person (small inputs only).
+    fn brute_max(
+        slots: &[&Requirement],
+        people: &[(PrincipalId, BTreeSet<String>)],
+        taken: &mut Vec<bool>,
+    ) -> usize {
+        let Some((first, rest)) = people.split_first() else {
+            return 0;
+        };
+        let mut best = brute_max(slots, rest, taken);
+        for s in 0..slots.len() {
+            if !taken[s] && slots[s].admits(&first.1) {
+                taken[s] = true;
+                best = best.max(1 + brute_max(slots, rest, taken));
+                taken[s] = false;
+            }
+        }
+        best
+    }
+
     /// Exhaustive reference: try every way of giving each requirement a set
     /// of unused eligible people.
     fn brute(reqs: &[Requirement], people: &[(PrincipalId, BTreeSet<String>)], used: u32) -> bool {
@@ -172,6 +222,7 @@ mod tests {
                 policy_id: "p".into(),
                 groups: gs.iter().map(|g| names[*g].to_string()).collect(),
                 quorum: *q,
+                reason: None,
             }).collect();
             let people: Vec<(PrincipalId, BTreeSet<String>)> = people.iter().enumerate().map(|(i, gs)| (
                 PrincipalId::parse(&format!("user:u{i}")).unwrap(),
@@ -179,6 +230,18 @@ mod tests {
             )).collect();
             let got = assignment(&reqs, &people);
             prop_assert_eq!(got.is_some(), brute(&reqs, &people, 0));
+            let partial = seated(&reqs, &people);
+            let slots: Vec<&Requirement> = reqs.iter().flat_map(|r| std::iter::repeat_n(r, r.needed())).collect();
+            let most = brute_max(&slots, &people, &mut vec![false; slots.len()]);
+            prop_assert_eq!(partial.iter().map(Vec::len).sum::<usize>(), most);
+            let mut seen = BTreeSet::new();
+            for (r, s) in reqs.iter().zip(&partial) {
+                prop_assert!(s.len() <= r.needed());
+                for id in s {
+                    prop_assert!(seen.insert(id.clone()), "{} seated twice", id);
+                    prop_assert!(r.admits(&people.iter().find(|p| &p.0 == id).unwrap().1));
+                }
+            }
             if let Some(seats) = got {
                 let mut seen = BTreeSet::new();
                 for (r, seated) in reqs.iter().zip(&seats) {

@@ -85,6 +85,9 @@ pub struct Requirement {
     pub groups: Vec<String>,
     /// How many distinct approvers (0 is treated as 1).
     pub quorum: u32,
+    /// The policy's `@reason`: why review is required, for reviewers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Requirement {
@@ -658,6 +661,19 @@ impl Request {
             .map(|r| (r.reviewer.clone(), r.groups.clone()))
             .collect();
         quorum::assignment(&self.requirements, &approvers)
+    }
+
+    /// Where each requirement stands (same order): the approvers seated in
+    /// its slots so far, by the same matching that decides approval (see
+    /// [`quorum::seated`]). Complete exactly when [`Request::assignment`] is.
+    pub fn progress(&self) -> Vec<Vec<PrincipalId>> {
+        let approvers: Vec<(PrincipalId, BTreeSet<String>)> = self
+            .reviews
+            .iter()
+            .filter(|r| r.decision == ReviewDecision::Approve)
+            .map(|r| (r.reviewer.clone(), r.groups.clone()))
+            .collect();
+        quorum::seated(&self.requirements, &approvers)
     }
 
     fn expire(&mut self) -> Transition {

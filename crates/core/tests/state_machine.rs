@@ -53,6 +53,7 @@ fn requirement_sets() -> Vec<Vec<Requirement>> {
         policy_id: format!("review-{}", groups.join("-")),
         groups: groups.iter().map(|g| g.to_string()).collect(),
         quorum,
+        reason: None,
     };
     vec![
         vec![r(&["dba"], 1)],

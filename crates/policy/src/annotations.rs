@@ -1,5 +1,6 @@
 //! The secondkey annotations on Cedar policies: `@review`, `@quorum`, `@ttl`,
-//! `@grant_ttl`, checked once at load time so a decision never meets a bad one.
+//! `@grant_ttl` and `@reason`, checked once at load time so a decision never
+//! meets a bad one.
 
 use std::time::Duration;
 
@@ -45,6 +46,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(secs_per)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Longest `@reason` accepted, in characters: one or two sentences, read on
+/// a phone in a chat card as much as on the request page.
+pub const MAX_REASON_CHARS: usize = 300;
+
+/// Reads `@reason("…")`: the sentence a reviewer (or a denied agent) reads
+/// about why a policy applies. Surrounding whitespace is dropped; an empty
+/// value, a control character (a line break included) or more than
+/// [`MAX_REASON_CHARS`] characters is refused. The one parser of the
+/// annotation, shared by loading and validation.
+pub fn parse_reason(value: Option<&str>) -> Result<Option<String>, String> {
+    let Some(v) = value else { return Ok(None) };
+    let t = v.trim();
+    if t.is_empty() {
+        return Err(
+            "@reason(\"\") is empty; write the sentence a reviewer reads, or remove @reason"
+                .to_owned(),
+        );
+    }
+    if t.chars().any(char::is_control) {
+        return Err(
+            "@reason must be one line of text without control characters (no line breaks or tabs)"
+                .to_owned(),
+        );
+    }
+    let n = t.chars().count();
+    if n > MAX_REASON_CHARS {
+        return Err(format!(
+            "@reason is {n} characters long; keep it to {MAX_REASON_CHARS} (one or two sentences)"
+        ));
+    }
+    Ok(Some(t.to_owned()))
 }
 
 /// Reads and checks the secondkey annotations of one policy.
@@ -187,5 +221,20 @@ mod tests {
         assert!(review(true, &[("review", "a"), ("quorum", "two")]).is_err());
         assert!(review(true, &[("review", "a"), ("ttl", "soon")]).is_err());
         assert!(review(true, &[("review", "a"), ("grant_ttl", "0s")]).is_err());
+    }
+
+    #[test]
+    fn reasons() {
+        assert_eq!(parse_reason(None), Ok(None));
+        assert_eq!(
+            parse_reason(Some("  Production writes need a data owner. ")),
+            Ok(Some("Production writes need a data owner.".into()))
+        );
+        for bad in ["", "   ", "two\nlines", "tab\there", "nul\u{0}"] {
+            assert!(parse_reason(Some(bad)).is_err(), "{bad:?}");
+        }
+        let long = "é".repeat(MAX_REASON_CHARS);
+        assert_eq!(parse_reason(Some(&long)), Ok(Some(long.clone())));
+        assert!(parse_reason(Some(&format!("{long}x"))).is_err());
     }
 }

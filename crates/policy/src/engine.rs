@@ -77,6 +77,9 @@ pub struct Reason {
     pub line: Option<u32>,
     /// A sentence for humans (shown to requesters and reviewers).
     pub message: String,
+    /// The policy's `@reason("…")`: why it applies, in its author's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The answer for one action.
@@ -423,6 +426,7 @@ impl PolicyEngine {
             file: Some(m.file.clone()),
             line: m.line,
             message,
+            reason: m.reason.clone(),
         }
     }
 
@@ -447,6 +451,7 @@ impl PolicyEngine {
                 file: None,
                 line: None,
                 message: format!("the action cannot be evaluated, so it is denied: {e}"),
+                reason: None,
             });
             return d;
         }
@@ -498,6 +503,7 @@ impl PolicyEngine {
                     policy_id: m.id.clone(),
                     groups: r.groups.clone(),
                     quorum: r.quorum,
+                    reason: m.reason.clone(),
                 });
                 let msg = format!(
                     "needs {} approval{} from {} (policy `{}`){}",
@@ -537,6 +543,7 @@ impl PolicyEngine {
                 file: None,
                 line: None,
                 message: "no permit policy matches, so the action is denied by default".into(),
+                reason: None,
             });
         }
         for (&i, e) in &errored {

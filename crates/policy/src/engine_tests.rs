@@ -119,7 +119,8 @@ fn review_forbid_with_permit_is_review() {
         vec![Requirement {
             policy_id: "r:0".into(),
             groups: vec!["data-owners".into(), "security".into()],
-            quorum: 2
+            quorum: 2,
+            reason: None,
         }]
     );
     assert_eq!(d.ttl, Duration::from_secs(900));

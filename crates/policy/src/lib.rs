@@ -51,7 +51,10 @@
 //!
 //! `@review`, `@quorum`, `@ttl` and `@grant_ttl` are checked at load time:
 //! `@review` only on `forbid`, the others only together with `@review`;
-//! durations are `30s`, `15m`, `1h`, `1d`.
+//! durations are `30s`, `15m`, `1h`, `1d`. `@reason("…")`, on any policy, is
+//! the sentence a reviewer or a denied agent reads about why the policy
+//! applies: it travels in [`Reason::reason`] and [`Requirement::reason`]
+//! (one line, at most [`MAX_REASON_CHARS`] characters; see [`parse_reason`]).
 //!
 //! # Loading and schema
 //!
@@ -88,7 +91,9 @@ pub mod types {
     pub use secondkey_core::request::Requirement;
 }
 
-pub use annotations::{parse_duration, DEFAULT_GRANT_TTL, DEFAULT_TTL};
+pub use annotations::{
+    parse_duration, parse_reason, DEFAULT_GRANT_TTL, DEFAULT_TTL, MAX_REASON_CHARS,
+};
 pub use engine::{Decision, Outcome, PolicyEngine, Reason, ReasonEffect};
 pub use load::{Issue, LoadError, BUILTIN_SCHEMA, SCHEMA_FILE};
 pub use request::{check_action, RequestError, RESERVED_CONTEXT_KEYS};

@@ -10,7 +10,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
-use crate::annotations::{parse_review, Review};
+use crate::annotations::{parse_reason, parse_review, Review};
 
 /// The built-in Cedar schema. A `schema.cedarschema` in the policy directory
 /// replaces it (see the crate docs).
@@ -93,6 +93,8 @@ pub(crate) struct Meta {
     pub id: String,
     pub effect: Effect,
     pub review: Option<Review>,
+    /// `@reason`, checked.
+    pub reason: Option<String>,
     pub file: String,
     pub line: Option<u32>,
     pub annotations: Vec<(String, String)>,
@@ -287,6 +289,13 @@ pub(crate) fn load(
                         continue;
                     }
                 };
+            let reason = match parse_reason(policy.annotation("reason")) {
+                Ok(r) => r,
+                Err(e) => {
+                    issues.push(issue(format!("policy `{id}`: {e}")));
+                    continue;
+                }
+            };
             if let Some(m) = uncanonical_principal(policy) {
                 issues.push(issue(format!("policy `{id}`: {m}")));
                 continue;
@@ -297,6 +306,7 @@ pub(crate) fn load(
                 id,
                 effect: policy.effect(),
                 review,
+                reason,
                 file: name.clone(),
                 line,
                 annotations: policy

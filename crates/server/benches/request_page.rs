@@ -178,7 +178,14 @@ fn main() {
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
-        let html = secondkey_server::web::render_request(&g, &user, &req, Some(&similar), None);
+        let html = secondkey_server::web::render_request(
+            &g,
+            &user,
+            &req,
+            Some(&similar),
+            None,
+            Some("bench-nonce"),
+        );
         std::hint::black_box(html);
         times.push(t.elapsed());
     }

@@ -90,6 +90,9 @@ pub struct RawConfig {
     /// cannot forge, unlike its declared `context.environment`.
     #[serde(default)]
     pub environments: Vec<RawEnvironment>,
+    /// `[web]`: the reviewer web UI.
+    #[serde(default)]
+    pub web: RawWeb,
     /// Sections that extensions validate themselves (see
     /// [`EXTENSION_SECTIONS`]), kept as written.
     pub postgres: Option<toml::Value>,
@@ -391,6 +394,39 @@ pub struct RawRequests {
     pub max_body_bytes: Option<usize>,
 }
 
+/// `[web]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    /// Environments where a batch decision needs a comment when it holds a
+    /// sensitive operation (default `["prod", "production"]`).
+    pub batch_comment_environments: Option<Vec<String>>,
+    /// The sensitive operations (default `["write", "delete", "export",
+    /// "admin", "ddl", "grant"]`).
+    pub batch_comment_operations: Option<Vec<String>>,
+}
+
+/// `[web]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// A batch holding a [`WebConfig::batch_comment_operations`] action
+    /// in one of these environments (configured, or declared by the agent)
+    /// needs a comment. Empty: never.
+    pub batch_comment_environments: Vec<String>,
+    pub batch_comment_operations: Vec<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            batch_comment_environments: vec!["prod".into(), "production".into()],
+            batch_comment_operations: ["write", "delete", "export", "admin", "ddl", "grant"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPrincipal {
@@ -448,6 +484,8 @@ pub struct Config {
     pub metrics_readers: Vec<String>,
     /// Witnesses that cosign the log's checkpoints (`[[log.witnesses]]`).
     pub witnesses: Vec<WitnessConfig>,
+    /// `[web]`.
+    pub web: WebConfig,
 }
 
 impl Config {
@@ -793,7 +831,36 @@ impl Config {
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
         .collect();
+        let web = {
+            let d = WebConfig::default();
+            let words = |key: &str, v: Option<Vec<String>>, default: Vec<String>| {
+                let v = v.unwrap_or(default);
+                match v
+                    .iter()
+                    .find(|w| w.trim().is_empty() || w.chars().any(char::is_whitespace))
+                {
+                    Some(w) => Err(invalid(
+                        format!("web.{key}"),
+                        format!("`{w}` is not a single word; list names such as \"prod\""),
+                    )),
+                    None => Ok(v.into_iter().map(|w| w.to_ascii_lowercase()).collect()),
+                }
+            };
+            WebConfig {
+                batch_comment_environments: words(
+                    "batch_comment_environments",
+                    raw.web.batch_comment_environments,
+                    d.batch_comment_environments,
+                )?,
+                batch_comment_operations: words(
+                    "batch_comment_operations",
+                    raw.web.batch_comment_operations,
+                    d.batch_comment_operations,
+                )?,
+            }
+        };
         Ok(Config {
+            web,
             delegations,
             limits,
             metrics_readers,

@@ -220,8 +220,8 @@ fn record_transition(
             used_at: None,
         })?;
         tx.put_record(
-            crate::web::SIMILAR_NS,
-            &crate::web::similar_key(req),
+            crate::reviewer::SIMILAR_NS,
+            &crate::reviewer::similar_key(req),
             &req.id,
         )?;
     }
@@ -1487,13 +1487,17 @@ fn add_facts(payload: &mut Value, facts: Option<Value>, on_behalf_of: Option<Val
     }
 }
 
-/// What a denied agent reads: which policies and which decision id, so it can
-/// change course and a human can find the record.
+/// What a denied agent reads: which policies (with their `@reason`, when
+/// they give one) and which decision id, so it can change course and a
+/// human can find the record.
 fn deny_message(id: &str, reasons: &[ReasonView]) -> String {
-    let policies: Vec<&str> = reasons
+    let policies: Vec<String> = reasons
         .iter()
         .filter(|r| r.effect != "permit" && !r.policy.is_empty())
-        .map(|r| r.policy.as_str())
+        .map(|r| match &r.reason {
+            Some(why) => format!("{} ({why})", r.policy),
+            None => r.policy.clone(),
+        })
         .collect();
     if policies.is_empty() {
         format!("denied by secondkey (decision {id}): default deny (no permit matched)")

@@ -44,6 +44,10 @@ pub struct ReasonView {
     pub policy: String,
     pub effect: String,
     pub message: String,
+    /// The policy's `@reason("…")`, when it has one: why it applies, in
+    /// its author's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&secondkey_policy::Reason> for ReasonView {
@@ -52,6 +56,7 @@ impl From<&secondkey_policy::Reason> for ReasonView {
             policy: r.policy_id.clone(),
             effect: r.effect.to_string(),
             message: r.message.clone(),
+            reason: r.reason.clone(),
         }
     }
 }
@@ -74,6 +79,9 @@ pub struct RequirementView {
     pub policy: String,
     pub groups: Vec<String>,
     pub quorum: u32,
+    /// The policy's `@reason("…")`: why review is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&Requirement> for RequirementView {
@@ -82,6 +90,7 @@ impl From<&Requirement> for RequirementView {
             policy: r.policy_id.clone(),
             groups: r.groups.clone(),
             quorum: r.quorum,
+            reason: r.reason.clone(),
         }
     }
 }

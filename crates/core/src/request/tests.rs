@@ -18,6 +18,7 @@ fn req_of(groups: &[&str], quorum: u32) -> Requirement {
         policy_id: "p".into(),
         groups: groups.iter().map(|g| g.to_string()).collect(),
         quorum,
+        reason: None,
     }
 }
 
