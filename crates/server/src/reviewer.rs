@@ -463,21 +463,40 @@ pub fn similar_key(req: &Request) -> String {
     ))
 }
 
-/// The last request like `req` (same requester, kind, operation and
-/// resource) that was approved before it, if `who` may see it. One indexed
-/// lookup (written when a request is approved), not a scan.
-pub async fn similar_approved(g: &Gateway, who: &Principal, req: &Request) -> Option<Request> {
+async fn similar_id(g: &Gateway, req: &Request) -> Option<String> {
     let store = g.store.clone();
     let key = similar_key(req);
     let id = tokio::task::spawn_blocking(move || store.get_record(SIMILAR_NS, &key))
         .await
         .ok()?
         .ok()??;
-    if id == req.id {
-        return None;
-    }
-    let prev = g.get_request(who, &id).await.ok()?;
+    (id != req.id).then_some(id)
+}
+
+fn is_earlier_alike(prev: Request, req: &Request) -> Option<Request> {
     (prev.created_at <= req.created_at && similar_key(&prev) == similar_key(req)).then_some(prev)
+}
+
+/// The last request like `req` (same requester, kind, operation and
+/// resource) that was approved before it, if `who` may see it. One indexed
+/// lookup (written when a request is approved), not a scan.
+pub async fn similar_approved(g: &Gateway, who: &Principal, req: &Request) -> Option<Request> {
+    let id = similar_id(g, req).await?;
+    let prev = g.get_request(who, &id).await.ok()?;
+    is_earlier_alike(prev, req)
+}
+
+/// [`similar_approved`] for a chat card, which has no single viewer: the
+/// card goes to the channels routed for this requester's actions on this
+/// resource, the same that saw the earlier request.
+pub async fn similar_approved_for_channel(g: &Gateway, req: &Request) -> Option<Request> {
+    let id = similar_id(g, req).await?;
+    let store = g.store.clone();
+    let prev = tokio::task::spawn_blocking(move || store.get_request(&id))
+        .await
+        .ok()?
+        .ok()??;
+    is_earlier_alike(prev, req)
 }
 
 #[cfg(test)]

@@ -119,7 +119,10 @@ fn ok(html: String) -> Response {
 fn api_error_page(e: &ApiError) -> Response {
     let msg = match e.code {
         "self_review" | "not_eligible" | "duplicate_reviewer" | "already_decided" | "expired"
-        | "not_found" => format!("{} Nothing was changed.", e.message),
+        | "not_found" | "invalid_batch" | "mixed_batch" | "comment_required"
+        | "invalid_decision" => {
+            format!("{} Nothing was changed.", pages::sentence(&e.message))
+        }
         _ => e.message.clone(),
     };
     page(e.status, pages::error_page(e.status, &msg).0)

@@ -61,17 +61,39 @@ pub fn layout_with_script(
     )
 }
 
-/// An error page: what happened, and that nothing changed when it did not.
+/// `s` as a sentence: a capital first letter and a closing full stop, so
+/// messages written for the API read as prose next to each other.
+pub fn sentence(s: &str) -> String {
+    let s = s.trim();
+    let mut out = String::with_capacity(s.len() + 1);
+    let mut chars = s.chars();
+    if let Some(c) = chars.next() {
+        out.extend(c.to_uppercase());
+        out.push_str(chars.as_str());
+    }
+    if !out.is_empty() && !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
+/// An error page inside the layout (navigation kept): what happened, in
+/// sentences, and what to do next.
 pub fn error_page(status: StatusCode, message: &str) -> Html<String> {
-    Html(layout(
-        status.canonical_reason().unwrap_or("Error"),
-        None,
-        &format!(
-            "<h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/\">Back to the inbox</a></p>",
-            status.as_u16(),
-            esc(message)
-        ),
-    ))
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let next = match status.as_u16() {
+        401 => "<a href=\"/login\">Sign in</a> and try again.",
+        403 => "If you think you should be able to do this, ask an administrator about your groups.",
+        404 => "Check the link, or find the request in your <a href=\"/inbox\">inbox</a> or <a href=\"/history\">history</a>.",
+        _ => "Go back to the <a href=\"/inbox\">inbox</a> and try again.",
+    };
+    let body = format!(
+        "<nav class=\"plain\"><a href=\"/inbox\">Inbox</a> <a href=\"/history\">History</a> <a href=\"/audit\">Audit</a> <a href=\"/lineage\">Lineage</a></nav>\
+         <h1>{reason} <small class=\"muted\">({})</small></h1><p class=\"error\" id=\"error\">{}</p><p>{next}</p>",
+        status.as_u16(),
+        esc(&sentence(message))
+    );
+    Html(layout(reason, None, &body))
 }
 
 fn state_badge(s: RequestState) -> String {
