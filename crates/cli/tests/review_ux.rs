@@ -257,6 +257,10 @@ fn reviewer_first_screen_live_update_and_batch_safety() {
     assert_eq!(boxes, json!([3, 0]), "three boxes, none pre-ticked");
     let inbox = bob.source();
     assert!(inbox.contains("0 of 1 from data-owners") && inbox.contains("left"));
+    assert!(
+        inbox.contains("The agent labels it “write”, but the statement shows delete."),
+        "the mislabelled DELETE is called out"
+    );
     bob.screenshot("ux-3-inbox.png");
     // Nothing ticked: nothing to review, nothing changed.
     bob.click("#review-selected");

@@ -1338,6 +1338,25 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
     }
 
     #[test]
+    fn web_batch_comment_keys() {
+        assert_eq!(load("").unwrap().web, WebConfig::default());
+        let c =
+            load("[web]\nbatch_comment_environments = [\"Live\"]\nbatch_comment_operations = []")
+                .unwrap();
+        assert_eq!(c.web.batch_comment_environments, vec!["live".to_string()]);
+        assert!(c.web.batch_comment_operations.is_empty());
+        let e = load("[web]\nbatch_comment_environments = [\"prod env\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web.batch_comment_environments"), "{e}");
+        let e = load("[web]\nbatch_comment_operations = [\"\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web.batch_comment_operations"), "{e}");
+        assert!(load("[web]\ncomment_required = true").is_err());
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load("listen = \"nope\"").unwrap_err().to_string();
         assert!(e.contains("`listen`"), "{e}");

@@ -1588,3 +1588,33 @@ fn visible_request(tx: &mut dyn Tx, id: &str, who: &Principal) -> Result<Request
         .filter(|r| may_view(who, r))
         .ok_or_else(|| ApiError::not_found(format!("no request {id} that you may see")).into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_messages_name_policies_and_their_reasons() {
+        let r = |policy: &str, effect: &str, reason: Option<&str>| ReasonView {
+            policy: policy.into(),
+            effect: effect.into(),
+            message: String::new(),
+            reason: reason.map(String::from),
+        };
+        assert_eq!(
+            deny_message("act_1", &[r("", "default", None)]),
+            "denied by secondkey (decision act_1): default deny (no permit matched)"
+        );
+        assert_eq!(
+            deny_message(
+                "act_2",
+                &[
+                    r("p:no-ddl", "forbid", Some("Schema changes go through a migration.")),
+                    r("p:other", "forbid", None),
+                    r("p:agents", "permit", Some("ignored")),
+                ]
+            ),
+            "denied by secondkey (decision act_2) under policy p:no-ddl (Schema changes go through a migration.), p:other"
+        );
+    }
+}

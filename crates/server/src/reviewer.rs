@@ -84,7 +84,28 @@ pub fn headline(req: &Request, environment: Option<&str>) -> String {
         }
     }
     s.push('.');
+    if let Some(m) = mislabel(a) {
+        s.push(' ');
+        s.push_str(&m);
+    }
     s
+}
+
+/// When the statement's own words show operations the agent's label does
+/// not ("write" on a `DELETE`), a sentence saying so.
+pub fn mislabel(a: &Action) -> Option<String> {
+    let label = a.operation.to_ascii_lowercase();
+    let shown: Vec<&str> = statement_operations(a)
+        .into_iter()
+        .filter(|o| *o != label)
+        .collect();
+    (!shown.is_empty()).then(|| {
+        format!(
+            "The agent labels it “{}”, but the statement shows {}.",
+            a.operation,
+            shown.join(", ")
+        )
+    })
 }
 
 /// Why review is required, one per requirement: the policy's `@reason`, or
