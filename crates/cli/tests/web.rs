@@ -297,17 +297,27 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     let np = get_page(&gw, &bob.session, &format!("/requests/{next_id}"));
     assert!(
         np.body
-            .contains("Changes since the last similar approved action"),
+            .contains("Changed since</strong> the last similar approved action"),
         "{}",
         np.body
     );
+    assert!(np
+        .body
+        .contains("<li>estimated rows ×2: 1,000 → 2,000</li>"));
     assert!(np.body.contains(&format!("href=\"/requests/{id}\"")));
-    assert!(np
+    assert!(np.body.contains("<tr class=\"del\"><td class=\"ln\">1</td><td class=\"ln\"></td><td class=\"sign\">-</td><td><span class=\"k\">DELETE</span> <span class=\"k\">FROM</span> events <span class=\"k\">WHERE</span> day &lt; <span class=\"s\">&#39;2026-01-01&#39;</span>"));
+    assert!(np.body.contains("<tr class=\"ins\"><td class=\"ln\"></td><td class=\"ln\">1</td><td class=\"sign\">+</td><td><span class=\"k\">DELETE</span> <span class=\"k\">FROM</span> events <span class=\"k\">WHERE</span> day &lt; <span class=\"s\">&#39;2026-02-01&#39;</span>"));
+    // The page's one script runs under a fresh nonce its CSP names.
+    let nonce = np
         .body
-        .contains("<span class=\"del\">- DELETE FROM events WHERE day &lt; &#39;2026-01-01&#39;"));
-    assert!(np
-        .body
-        .contains("<span class=\"ins\">+ DELETE FROM events WHERE day &lt; &#39;2026-02-01&#39;"));
+        .split("<script nonce=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the page script")
+        .to_string();
+    assert!(nonce.len() >= 32, "{nonce}");
+    let again = get_page(&gw, &bob.session, &format!("/requests/{next_id}"));
+    assert!(!again.body.contains(&nonce), "a nonce is never reused");
 
     // Concurrent double submits (four tabs at once): exactly one review.
     let statuses: Vec<u16> = std::thread::scope(|sc| {

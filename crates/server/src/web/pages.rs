@@ -664,8 +664,9 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
     if let Some(sql) = statement(r) {
         let _ = write!(
             b,
-            "<section><h2>Statement <small class=\"muted\">{} lines, shown in full</small></h2><pre class=\"code sql\" id=\"statement\">{}</pre></section>",
+            "<section><h2>Statement <small class=\"muted\">{} line{}, shown in full</small></h2><pre class=\"code sql\" id=\"statement\">{}</pre></section>",
             reviewer::number(sql.lines().count() as i64),
+            if sql.lines().count() == 1 { "" } else { "s" },
             highlight::sql(sql)
         );
     }
