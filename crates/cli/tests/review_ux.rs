@@ -82,6 +82,20 @@ fn sign_in_browser(b: &Driver, url: &str, issuer: &str, user: &str) {
     b.wait_for("the page after sign-in", |d| d.url() == url);
 }
 
+/// From the inbox: tick each of `ids`, then "Review selected…".
+fn select_all_and_review(b: &Driver, gw: &str, ids: &[String]) {
+    b.goto(&format!("{gw}/inbox"));
+    b.wait_for("the inbox", |d| d.source().contains("session night-1"));
+    for i in ids {
+        b.click(&format!("input[value='{i}']"));
+    }
+    b.click("#review-selected");
+    b.wait_for("the confirmation step", |d| {
+        d.source()
+            .contains(&format!("Review {} requests together", ids.len()))
+    });
+}
+
 #[test]
 fn reviewer_first_screen_live_update_and_batch_safety() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,15 +284,7 @@ fn reviewer_first_screen_live_update_and_batch_safety() {
     for i in &ids {
         assert_eq!(g.state_of(i), ("pending".into(), 0));
     }
-    bob.goto(&format!("{}/inbox", g.url));
-    bob.wait_for("the inbox", |d| d.source().contains("session night-1"));
-    for i in &ids {
-        bob.click(&format!("input[value='{i}']"));
-    }
-    bob.click("#review-selected");
-    bob.wait_for("the confirmation step", |d| {
-        d.source().contains("Review 3 requests together")
-    });
+    select_all_and_review(&bob, &g.url, &ids);
     // Every statement is there, in full, before the deciding click; nothing
     // is decided yet.
     let confirm = text(&bob, "#batch-confirm");
@@ -304,15 +310,7 @@ fn reviewer_first_screen_live_update_and_batch_safety() {
         assert_eq!(g.state_of(i), ("pending".into(), 0));
     }
     bob.screenshot("ux-5-comment-required.png");
-    bob.goto(&format!("{}/inbox", g.url));
-    bob.wait_for("the inbox", |d| d.source().contains("session night-1"));
-    for i in &ids {
-        bob.click(&format!("input[value='{i}']"));
-    }
-    bob.click("#review-selected");
-    bob.wait_for("the confirmation step", |d| {
-        d.source().contains("Review 3 requests together")
-    });
+    select_all_and_review(&bob, &g.url, &ids);
     bob.type_into("#comment", "retention runbook step 4");
     bob.click("#confirm-approve");
     bob.wait_for("the batch result", |d| {

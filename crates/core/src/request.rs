@@ -654,26 +654,23 @@ impl Request {
         if self.requirements.is_empty() {
             return None;
         }
-        let approvers: Vec<(PrincipalId, BTreeSet<String>)> = self
-            .reviews
+        quorum::assignment(&self.requirements, &self.approvals())
+    }
+
+    /// Each approver with the groups they held at review time.
+    fn approvals(&self) -> Vec<(PrincipalId, BTreeSet<String>)> {
+        self.reviews
             .iter()
             .filter(|r| r.decision == ReviewDecision::Approve)
             .map(|r| (r.reviewer.clone(), r.groups.clone()))
-            .collect();
-        quorum::assignment(&self.requirements, &approvers)
+            .collect()
     }
 
     /// Where each requirement stands (same order): the approvers seated in
     /// its slots so far, by the same matching that decides approval (see
     /// [`quorum::seated`]). Complete exactly when [`Request::assignment`] is.
     pub fn progress(&self) -> Vec<Vec<PrincipalId>> {
-        let approvers: Vec<(PrincipalId, BTreeSet<String>)> = self
-            .reviews
-            .iter()
-            .filter(|r| r.decision == ReviewDecision::Approve)
-            .map(|r| (r.reviewer.clone(), r.groups.clone()))
-            .collect();
-        quorum::seated(&self.requirements, &approvers)
+        quorum::seated(&self.requirements, &self.approvals())
     }
 
     fn expire(&mut self) -> Transition {

@@ -245,12 +245,7 @@ pub fn diff(old: &str, new: &str, sql_lines: bool) -> Option<String> {
         let Some(first) = group.first() else { continue };
         let start = first.old_range().start;
         if start > shown_to {
-            let n = start - shown_to;
-            let _ = write!(
-                out,
-                "<tr class=\"gap\"><td colspan=\"4\">⋯ {n} unchanged line{} ⋯</td></tr>",
-                if n == 1 { "" } else { "s" }
-            );
+            gap(&mut out, start - shown_to);
         }
         for op in &group {
             for change in d.iter_changes(op) {
@@ -280,14 +275,18 @@ pub fn diff(old: &str, new: &str, sql_lines: bool) -> Option<String> {
         }
     }
     if old_lines > shown_to {
-        let n = old_lines - shown_to;
-        let _ = write!(
-            out,
-            "<tr class=\"gap\"><td colspan=\"4\">⋯ {n} unchanged line{} ⋯</td></tr>",
-            if n == 1 { "" } else { "s" }
-        );
+        gap(&mut out, old_lines - shown_to);
     }
     Some(out)
+}
+
+/// The row standing for `n` collapsed unchanged lines.
+fn gap(out: &mut String, n: usize) {
+    let _ = write!(
+        out,
+        "<tr class=\"gap\"><td colspan=\"4\">⋯ {n} unchanged line{} ⋯</td></tr>",
+        if n == 1 { "" } else { "s" }
+    );
 }
 
 #[cfg(test)]

@@ -325,18 +325,27 @@ pub fn cannot_decide(req: &Request, who: &secondkey_core::principal::Principal) 
         .map(|e| format!("You cannot review this request: {e}."))
 }
 
-/// Pending requests the user may decide (up to 500).
-async fn decidable(
+/// Unexpired pending requests the user may see that pass `keep` (up to 500).
+async fn pending_where(
     g: &Gateway,
     who: &secondkey_core::principal::Principal,
+    keep: impl Fn(&Request) -> bool,
 ) -> Result<Vec<Request>, ApiError> {
     let page = g.list(who, Some(RequestState::Pending), 500, None).await?;
     let now = g.now();
     Ok(page
         .requests
         .into_iter()
-        .filter(|r| r.expires_at > now && cannot_decide(r, who).is_none())
+        .filter(|r| r.expires_at > now && keep(r))
         .collect())
+}
+
+/// Pending requests the user may decide.
+async fn decidable(
+    g: &Gateway,
+    who: &secondkey_core::principal::Principal,
+) -> Result<Vec<Request>, ApiError> {
+    pending_where(g, who, |r| cannot_decide(r, who).is_none()).await
 }
 
 #[derive(Deserialize)]
@@ -352,23 +361,17 @@ fn notice_text(done: Option<&str>) -> Option<&'static str> {
     }
 }
 
-/// Requests the user approved that still wait for others (up to 500).
+/// Requests the user approved that still wait for others.
 async fn waiting_on_others(
     g: &Gateway,
     who: &secondkey_core::principal::Principal,
 ) -> Result<Vec<Request>, ApiError> {
-    let page = g.list(who, Some(RequestState::Pending), 500, None).await?;
-    let now = g.now();
-    Ok(page
-        .requests
-        .into_iter()
-        .filter(|r| {
-            r.expires_at > now
-                && r.reviews
-                    .iter()
-                    .any(|v| v.reviewer == who.id && v.decision == ReviewDecision::Approve)
-        })
-        .collect())
+    pending_where(g, who, |r| {
+        r.reviews
+            .iter()
+            .any(|v| v.reviewer == who.id && v.decision == ReviewDecision::Approve)
+    })
+    .await
 }
 
 /// The inbox and batch pages' view of requests.
