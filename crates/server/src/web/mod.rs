@@ -3,8 +3,10 @@
 //! `url` every request carries), batch decisions per agent session, history
 //! and the audit page.
 //!
-//! Server-rendered HTML (`pages`), one vendored stylesheet, no script. The
-//! handlers are thin: every decision goes through [`Gateway::review`], the
+//! Server-rendered HTML (`pages`), one vendored stylesheet, and one
+//! vendored script only on the request page (live updates, local times),
+//! inline under a fresh CSP nonce; every page works without it. What a
+//! reviewer reads first comes from [`crate::reviewer`]. The handlers are thin: every decision goes through [`Gateway::review`], the
 //! same checks as the REST API (separation of duties, eligibility, quorum,
 //! expiry, decided-is-final). GETs never change state; every POST needs a
 //! session and its CSRF token ([`session::Posted`]).

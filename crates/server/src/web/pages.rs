@@ -1,6 +1,7 @@
 //! HTML of the web UI, written with `format!` and one escaping function:
-//! no template engine, no script. Everything a user or agent wrote goes
-//! through [`esc`] (or a highlighter that escapes).
+//! no template engine; the one script (`app.js`) only where a nonce allows
+//! it. Everything a user or agent wrote goes through [`esc`] (or a
+//! highlighter that escapes).
 
 use std::fmt::Write;
 
