@@ -691,12 +691,24 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
             );
         }
     }
-    if !a.params.is_empty() {
-        let params =
-            serde_json::to_string_pretty(&Value::Object(a.params.clone())).unwrap_or_default();
+    // The parameters, less the statement already shown whole above (it is
+    // in the action as submitted, below, too).
+    let mut rest = a.params.clone();
+    if statement(r).is_some() {
+        for k in reviewer::STATEMENT_KEYS {
+            rest.remove(k);
+        }
+    }
+    if !rest.is_empty() {
+        let params = serde_json::to_string_pretty(&Value::Object(rest)).unwrap_or_default();
         let _ = write!(
             b,
-            "<section><h2>Parameters</h2><pre class=\"code json\" id=\"params\">{}</pre></section>",
+            "<section><h2>Parameters{}</h2><pre class=\"code json\" id=\"params\">{}</pre></section>",
+            if statement(r).is_some() {
+                " <small class=\"muted\">besides the statement</small>"
+            } else {
+                ""
+            },
             highlight::json(&params)
         );
     }
