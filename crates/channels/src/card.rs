@@ -4,6 +4,7 @@
 //! the two channels never disagree about a request.
 
 use secondkey_core::request::{Request, RequestState, ReviewDecision};
+use secondkey_server::reviewer;
 use serde_json::Value;
 
 /// A request as a reviewer reads it.
@@ -12,6 +13,14 @@ pub struct Summary {
     pub id: String,
     pub url: String,
     pub title: String,
+    /// One sentence: who wants to do what, where, how much, for whom.
+    pub headline: String,
+    /// Why review is required: each policy's `@reason`, else its id.
+    pub risk: Vec<String>,
+    /// What changed since the last similar approved action, in words
+    /// (empty when there is none or nothing changed; see
+    /// [`Summary::with_changes`]).
+    pub changes: Vec<String>,
     pub requester: String,
     pub owner: Option<String>,
     pub on_behalf_of: Option<String>,
@@ -25,9 +34,8 @@ pub struct Summary {
     pub environment: Vec<String>,
     pub source: Vec<String>,
     pub impact: Vec<String>,
-    /// "2 of data-owners (1 approval so far) — policy p"; an escalated one
-    /// "security review (escalated to data-owners): 1 of security, or
-    /// data-owners reviewing after the escalation (0 approvals so far) — …".
+    /// Quorum progress per requirement, as every surface renders it
+    /// ([`secondkey_server::reviewer::Progress::line`]).
     pub required: Vec<String>,
     pub approvals: Vec<String>,
     pub state: RequestState,
@@ -112,38 +120,18 @@ impl Summary {
             .filter(|r| r.decision == ReviewDecision::Approve)
             .map(|r| r.reviewer.to_string())
             .collect();
-        let required = req
-            .requirements
+        let required = reviewer::progress(req)
             .iter()
-            .map(|r| {
-                let n = r.needed();
-                // approvals that could fill one of its slots when given
-                let so_far = req
-                    .reviews
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, v)| {
-                        v.decision == ReviewDecision::Approve && r.capacity(&v.groups, *i).is_some()
-                    })
-                    .count();
-                let head = if r.widened.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}: ", r.label())
-                };
-                format!(
-                    "{head}{n} of {} ({so_far} approval{} so far) — policy {}",
-                    r.who_may_fill(),
-                    if so_far == 1 { "" } else { "s" },
-                    r.policy_id
-                )
-            })
+            .map(reviewer::Progress::line)
             .collect();
         let outcome = outcome_line(req, &approvers);
         Summary {
             id: req.id.clone(),
             url,
             title: format!("{}.{} on {}", a.kind, a.operation, a.resource),
+            headline: reviewer::headline(req, environment),
+            risk: reviewer::risks(req).into_iter().map(|r| r.text).collect(),
+            changes: Vec::new(),
             requester: req.requester.id.to_string(),
             owner: req.requester.owner.as_ref().map(|o| o.to_string()),
             // Only a backed on_behalf_of counts; an unbacked one is shown
@@ -179,6 +167,23 @@ impl Summary {
             expires_at,
             escalated_to: req.escalated_to.iter().cloned().collect(),
         }
+    }
+
+    /// With the changes since `prev`, the last similar approved action.
+    pub fn with_changes(mut self, req: &Request, prev: Option<&Request>) -> Self {
+        self.changes = match prev {
+            Some(p) => {
+                let mut c = reviewer::changes(&p.action, &req.action);
+                if c.is_empty() {
+                    c.push(format!("same as the approved {}", p.id));
+                } else {
+                    c.insert(0, format!("since the approved {}:", p.id));
+                }
+                c
+            }
+            None => Vec::new(),
+        };
+        self
     }
 
     /// Whether buttons still make sense.

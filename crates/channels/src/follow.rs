@@ -190,7 +190,7 @@ impl Follower {
         if targets.is_empty() {
             return;
         }
-        let summary = crate::summary(&self.gateway, &req);
+        let summary = crate::summary(&self.gateway, &req).await;
         let mut m = self.messages(id).await;
         let before = (m.slack.len(), m.teams.len());
         let first = before == (0, 0);
@@ -271,7 +271,7 @@ impl Follower {
         if m.drawn.as_deref() == Some(fp.as_str()) {
             return;
         }
-        let summary = crate::summary(&self.gateway, &req);
+        let summary = crate::summary(&self.gateway, &req).await;
         if let Some(slack) = &self.inner.slack {
             for p in &m.slack {
                 if let Err(e) = crate::slack::update(slack, p, &summary).await {
@@ -324,7 +324,7 @@ impl Follower {
                 id,
                 left / 60,
                 left % 60,
-                crate::summary(&self.gateway, &req).required.join("; ")
+                crate::summary(&self.gateway, &req).await.required.join("; ")
             );
             if let Some(slack) = &self.inner.slack {
                 for p in &m.slack {

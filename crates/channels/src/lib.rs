@@ -83,14 +83,17 @@ pub struct Channels {
     inner: Arc<Inner>,
 }
 
-/// The reviewer's view of `req` with this gateway's links and facts.
-pub fn summary(gateway: &Gateway, req: &Request) -> card::Summary {
+/// The reviewer's view of `req` with this gateway's links and facts, and
+/// what changed since the last similar approved action.
+pub async fn summary(gateway: &Gateway, req: &Request) -> card::Summary {
+    let prev = secondkey_server::reviewer::similar_approved_for_channel(gateway, req).await;
     card::Summary::of(
         req,
         gateway.request_url(&req.id),
         gateway.config.environment_of(&req.action.resource),
         rfc3339(req.expires_at),
     )
+    .with_changes(req, prev.as_ref())
 }
 
 impl Channels {

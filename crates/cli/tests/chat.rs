@@ -1047,7 +1047,7 @@ fn escalation_and_expiry_update_every_channel() {
     posted_to(&teams, &wid, "conversations/conv-leads/activities");
     // The requirement reads as escalated, with who may fill it now, on
     // both channels.
-    let escalated = "data-owners review (escalated to dba-leads): 1 of data-owners, or dba-leads reviewing after the escalation";
+    let escalated = "data-owners review (escalated to dba-leads): 0 of 1 from data-owners, or dba-leads reviewing after the escalation";
     wait_for(&slack, "the owners' message marked escalated", |cs| {
         cs.iter()
             .find(|c| {

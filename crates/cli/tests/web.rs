@@ -297,17 +297,27 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     let np = get_page(&gw, &bob.session, &format!("/requests/{next_id}"));
     assert!(
         np.body
-            .contains("Changes since the last similar approved action"),
+            .contains("Changed since</strong> the last similar approved action"),
         "{}",
         np.body
     );
+    assert!(np
+        .body
+        .contains("<li>estimated rows ×2: 1,000 → 2,000</li>"));
     assert!(np.body.contains(&format!("href=\"/requests/{id}\"")));
-    assert!(np
+    assert!(np.body.contains("<tr class=\"del\"><td class=\"ln\">1</td><td class=\"ln\"></td><td class=\"sign\">-</td><td><span class=\"k\">DELETE</span> <span class=\"k\">FROM</span> events <span class=\"k\">WHERE</span> day &lt; <span class=\"s\">&#39;2026-01-01&#39;</span>"));
+    assert!(np.body.contains("<tr class=\"ins\"><td class=\"ln\"></td><td class=\"ln\">1</td><td class=\"sign\">+</td><td><span class=\"k\">DELETE</span> <span class=\"k\">FROM</span> events <span class=\"k\">WHERE</span> day &lt; <span class=\"s\">&#39;2026-02-01&#39;</span>"));
+    // The page's one script runs under a fresh nonce its CSP names.
+    let nonce = np
         .body
-        .contains("<span class=\"del\">- DELETE FROM events WHERE day &lt; &#39;2026-01-01&#39;"));
-    assert!(np
-        .body
-        .contains("<span class=\"ins\">+ DELETE FROM events WHERE day &lt; &#39;2026-02-01&#39;"));
+        .split("<script nonce=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the page script")
+        .to_string();
+    assert!(nonce.len() >= 32, "{nonce}");
+    let again = get_page(&gw, &bob.session, &format!("/requests/{next_id}"));
+    assert!(!again.body.contains(&nonce), "a nonce is never reused");
 
     // Concurrent double submits (four tabs at once): exactly one review.
     let statuses: Vec<u16> = std::thread::scope(|sc| {
@@ -369,17 +379,80 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     let frank = sign_in(&gw, "frank", "/inbox");
     let inbox = get_page(&gw, &frank.session, "/inbox");
     assert!(inbox.body.contains("session sess-batch"), "{}", inbox.body);
-    assert!(inbox.body.contains("Approve selected"));
+    assert!(inbox.body.contains("Review selected"));
+    assert!(!inbox.body.contains(" checked"), "nothing is pre-ticked");
     let f_csrf = csrf_of(&inbox.body);
-    let mut fields = vec![
-        ("decision", "approve"),
-        ("comment", "retention"),
-        ("csrf", f_csrf.as_str()),
-    ];
-    for i in &ids {
-        fields.push(("id", i.as_str()));
+    let with_ids = |mut fields: Vec<(&'static str, &'static str)>| {
+        let mut f: Vec<(&str, &str)> = std::mem::take(&mut fields);
+        for i in &ids {
+            f.push(("id", i.as_str()));
+        }
+        f.push(("csrf", f_csrf.as_str()));
+        f
+    };
+    // A decision that skipped the confirmation step, and a production
+    // batch without a comment, decide nothing.
+    for (fields, needle) in [
+        (
+            vec![("decision", "approve"), ("comment", "retention")],
+            "Review selected",
+        ),
+        (
+            vec![("step", "decide"), ("decision", "approve")],
+            "needs a comment",
+        ),
+        (
+            vec![
+                ("step", "decide"),
+                ("decision", "approve"),
+                ("comment", "   "),
+            ],
+            "needs a comment",
+        ),
+    ] {
+        let r = post_form(
+            &gw,
+            &frank.session,
+            "/inbox/batch",
+            &with_ids(fields),
+            Some(&gw),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            r.body.contains(needle) && r.body.contains("Inbox"),
+            "{}",
+            r.body
+        );
     }
-    let r = post_form(&gw, &frank.session, "/inbox/batch", &fields, Some(&gw));
+    for i in &ids {
+        assert_eq!(g.state_of(i), ("pending".into(), 0), "{i}");
+    }
+    // The confirmation step shows each statement and decides nothing.
+    let r = post_form(
+        &gw,
+        &frank.session,
+        "/inbox/batch",
+        &with_ids(vec![("step", "confirm")]),
+        Some(&gw),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for n in 3..6 {
+        assert!(r.body.contains(&format!("2026-0{n}-01")), "{}", r.body);
+    }
+    for i in &ids {
+        assert_eq!(g.state_of(i), ("pending".into(), 0), "{i}");
+    }
+    let r = post_form(
+        &gw,
+        &frank.session,
+        "/inbox/batch",
+        &with_ids(vec![
+            ("step", "decide"),
+            ("decision", "approve"),
+            ("comment", "retention"),
+        ]),
+        Some(&gw),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     for i in &ids {
         assert_eq!(g.state_of(i), ("approved".into(), 1), "{i}");
@@ -572,7 +645,16 @@ fn chromium_signs_in_and_approves_and_the_agent_resumes() {
     browser.goto(&format!("{}/inbox", g.url));
     browser.wait_for("the inbox", |b| b.source().contains("session e2e-batch"));
     browser.screenshot("web-4-inbox-batch.png");
-    browser.click("button.approve");
+    // Nothing is pre-ticked; the next step shows each statement.
+    for i in &batch {
+        browser.click(&format!("input[value='{i}']"));
+    }
+    browser.click("#review-selected");
+    browser.wait_for("the batch confirmation", |b| {
+        b.source().contains("Review 2 requests together")
+    });
+    browser.type_into("#comment", "retention batch");
+    browser.click("#confirm-approve");
     browser.wait_for("the batch result", |b| {
         b.source().contains("Batch decision")
     });

@@ -35,6 +35,20 @@ pub struct Approval {
 /// every requirement. A requirement with quorum 0 is treated as quorum 1:
 /// review policies default to one approver.
 pub fn assignment(requirements: &[Requirement], approvals: &[Approval]) -> Option<Vec<Vec<Seat>>> {
+    let seated = seated(requirements, approvals);
+    requirements
+        .iter()
+        .zip(&seated)
+        .all(|(r, s)| s.len() == r.needed())
+        .then_some(seated)
+}
+
+/// Where approvals stand: per requirement (same order), the seats filled by
+/// a largest assignment of distinct approvers to slots. The same matching as
+/// [`assignment`], kept when it cannot cover every slot, so a reviewer sees
+/// "1 of 2 from dba" while a request waits. A slot left empty is one more
+/// approval needed from that requirement's groups.
+pub fn seated(requirements: &[Requirement], approvals: &[Approval]) -> Vec<Vec<Seat>> {
     // One entry per distinct approver.
     let mut people: Vec<&Approval> = Vec::new();
     for a in approvals {
@@ -42,14 +56,11 @@ pub fn assignment(requirements: &[Requirement], approvals: &[Approval]) -> Optio
             people.push(a);
         }
     }
-    // One slot per required approval, naming its requirement.
+    // One slot per required approval, naming its requirement; never more
+    // slots per requirement than there are people to fill them.
     let mut slots: Vec<usize> = Vec::new();
     for (i, r) in requirements.iter().enumerate() {
-        let needed = r.needed();
-        if slots.len() + needed > people.len() {
-            return None; // more slots than people: no matching can cover them
-        }
-        slots.extend(std::iter::repeat_n(i, needed));
+        slots.extend(std::iter::repeat_n(i, r.needed().min(people.len())));
     }
     // eligible[s][p]: may person p fill slot s?
     let eligible: Vec<Vec<bool>> = slots
@@ -62,29 +73,31 @@ pub fn assignment(requirements: &[Requirement], approvals: &[Approval]) -> Optio
         })
         .collect();
     // seat[p] = the slot person p fills. Kuhn's augmenting paths: each slot in
-    // turn either finds a free eligible person or displaces one who can move.
+    // turn either finds a free eligible person or displaces one who can move;
+    // a slot that cannot be filled leaves the others as they were (the
+    // matching stays maximum).
     let mut seat: Vec<Option<usize>> = vec![None; people.len()];
     for s in 0..slots.len() {
         let mut visited = vec![false; people.len()];
-        if !augment(s, &eligible, &mut seat, &mut visited) {
-            return None; // this slot can never be filled alongside the others
-        }
+        augment(s, &eligible, &mut seat, &mut visited);
     }
     let mut out = vec![Vec::new(); requirements.len()];
     for (p, s) in seat.iter().enumerate() {
-        if let Some(s) = s {
-            let r = &requirements[slots[*s]];
-            let who = people[p];
-            let c = r.capacity(&who.groups, who.review)?;
-            out[slots[*s]].push(Seat {
-                requirement: r.policy_id.clone(),
-                approver: who.id.clone(),
-                group: c.group,
-                widened: c.widened,
-            });
-        }
+        let Some(s) = s else { continue };
+        let r = &requirements[slots[*s]];
+        let who = people[p];
+        // Eligible, so it has a capacity.
+        let Some(c) = r.capacity(&who.groups, who.review) else {
+            continue;
+        };
+        out[slots[*s]].push(Seat {
+            requirement: r.policy_id.clone(),
+            approver: who.id.clone(),
+            group: c.group,
+            widened: c.widened,
+        });
     }
-    Some(out)
+    out
 }
 
 fn augment(
@@ -185,6 +198,40 @@ mod tests {
         })
     }
 
+    #[test]
+    fn seated_shows_partial_progress() {
+        let reqs = [req(&["dba"], 2), req(&["sec"], 1)];
+        assert_eq!(
+            ids(seated(&reqs, &[])),
+            vec![Vec::<PrincipalId>::new(), vec![]]
+        );
+        let bob = person("bob", &["dba", "sec"]);
+        let got = seated(&reqs, std::slice::from_ref(&bob));
+        assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 1);
+        // carol (sec) arrives: bob moves to dba, carol takes sec.
+        let carol = person("carol", &["sec"]);
+        let got = seated(&reqs, &[bob.clone(), carol.clone(), bob.clone()]);
+        assert_eq!(ids(got), vec![vec![bob.id.clone()], vec![carol.id.clone()]]);
+        assert!(assignment(&reqs, &[bob, carol]).is_none());
+    }
+
+    /// The most slots any assignment fills, by trying every seat for every
+    /// person (small inputs only).
+    fn brute_max(slots: &[&Requirement], people: &[Approval], taken: &mut Vec<bool>) -> usize {
+        let Some((first, rest)) = people.split_first() else {
+            return 0;
+        };
+        let mut best = brute_max(slots, rest, taken);
+        for s in 0..slots.len() {
+            if !taken[s] && may_fill(slots[s], first) {
+                taken[s] = true;
+                best = best.max(1 + brute_max(slots, rest, taken));
+                taken[s] = false;
+            }
+        }
+        best
+    }
+
     /// Exhaustive reference: try every way of giving each requirement a set
     /// of unused eligible people.
     fn brute(reqs: &[Requirement], people: &[Approval], used: u32) -> bool {
@@ -263,6 +310,25 @@ mod tests {
             }).collect();
             let got = assignment(&reqs, &people);
             prop_assert_eq!(got.is_some(), brute(&reqs, &people, 0));
+            // Distinct people (the first approval of each counts).
+            let mut distinct: Vec<Approval> = Vec::new();
+            for p in &people {
+                if !distinct.iter().any(|d| d.id == p.id) {
+                    distinct.push(p.clone());
+                }
+            }
+            let partial = seated(&reqs, &people);
+            let slots: Vec<&Requirement> = reqs.iter().flat_map(|r| std::iter::repeat_n(r, r.needed())).collect();
+            let most = brute_max(&slots, &distinct, &mut vec![false; slots.len()]);
+            prop_assert_eq!(partial.iter().map(Vec::len).sum::<usize>(), most);
+            let mut seen = BTreeSet::new();
+            for (r, s) in reqs.iter().zip(&partial) {
+                prop_assert!(s.len() <= r.needed());
+                for seat in s {
+                    prop_assert!(seen.insert(seat.approver.clone()), "{} seated twice", seat.approver);
+                    prop_assert!(may_fill(r, distinct.iter().find(|p| p.id == seat.approver).unwrap()));
+                }
+            }
             if let Some(seats) = got {
                 let mut seen = BTreeSet::new();
                 for (r, seated) in reqs.iter().zip(&seats) {

@@ -95,6 +95,9 @@ pub struct Requirement {
     /// Groups an escalation added, in the order added.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub widened: Vec<Widening>,
+    /// The policy's `@reason`: why review is required, for reviewers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A group an escalation added to a requirement, and from which review on
@@ -140,6 +143,7 @@ impl Requirement {
             groups,
             quorum,
             widened: Vec::new(),
+            reason: None,
         }
     }
 
@@ -788,8 +792,13 @@ impl Request {
         if self.requirements.is_empty() {
             return None;
         }
-        let approvals: Vec<quorum::Approval> = self
-            .reviews
+        quorum::assignment(&self.requirements, &self.approvals())
+    }
+
+    /// Each approval with the groups the approver held at review time and
+    /// its position among the reviews.
+    fn approvals(&self) -> Vec<quorum::Approval> {
+        self.reviews
             .iter()
             .enumerate()
             .filter(|(_, r)| r.decision == ReviewDecision::Approve)
@@ -798,8 +807,14 @@ impl Request {
                 groups: r.groups.clone(),
                 review: i,
             })
-            .collect();
-        quorum::assignment(&self.requirements, &approvals)
+            .collect()
+    }
+
+    /// Where each requirement stands (same order): the seats filled so far,
+    /// by the same matching that decides approval (see [`quorum::seated`]).
+    /// Complete exactly when [`Request::seats`] is.
+    pub fn progress(&self) -> Vec<Vec<Seat>> {
+        quorum::seated(&self.requirements, &self.approvals())
     }
 
     fn expire(&mut self) -> Transition {

@@ -458,4 +458,20 @@ mod tests {
         assert!(review(true, &[("review", "a"), ("ttl", "soon")]).is_err());
         assert!(review(true, &[("review", "a"), ("grant_ttl", "0s")]).is_err());
     }
+
+    #[test]
+    fn reasons() {
+        assert_eq!(
+            check_reason("  Production writes need a data owner. ").as_deref(),
+            Ok("Production writes need a data owner.")
+        );
+        // Line breaks are kept; other control characters are refused.
+        assert!(check_reason("two\nlines").is_ok());
+        for bad in ["", "   ", "tab\there", "nul\u{0}"] {
+            assert!(check_reason(bad).is_err(), "{bad:?}");
+        }
+        let long = "é".repeat(MAX_REASON_CHARS);
+        assert_eq!(check_reason(&long).as_deref(), Ok(long.as_str()));
+        assert!(check_reason(&format!("{long}x")).is_err());
+    }
 }

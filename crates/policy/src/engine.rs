@@ -78,6 +78,9 @@ pub struct Reason {
     pub line: Option<u32>,
     /// A sentence for humans (shown to requesters and reviewers).
     pub message: String,
+    /// The policy's `@reason("…")`: why it applies, in its author's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The answer for one action.
@@ -485,6 +488,7 @@ impl PolicyEngine {
             file: Some(m.file.clone()),
             line: m.line,
             message,
+            reason: m.reason.clone(),
         }
     }
 
@@ -510,6 +514,7 @@ impl PolicyEngine {
                 file: None,
                 line: None,
                 message: format!("the action cannot be evaluated, so it is denied: {e}"),
+                reason: None,
             });
             return d;
         }
@@ -557,8 +562,9 @@ impl PolicyEngine {
                 let Some(r) = &m.review else { continue };
                 ttl = Some(ttl.map_or(r.ttl, |t| t.min(r.ttl)));
                 grant_ttl = Some(grant_ttl.map_or(r.grant_ttl, |t| t.min(r.grant_ttl)));
-                d.requirements
-                    .push(Requirement::new(m.id.clone(), r.groups.clone(), r.quorum));
+                let mut q = Requirement::new(m.id.clone(), r.groups.clone(), r.quorum);
+                q.reason = m.reason.clone();
+                d.requirements.push(q);
                 let msg = format!(
                     "needs {} approval{} from {} (policy `{}`){}",
                     r.quorum,
@@ -602,6 +608,7 @@ impl PolicyEngine {
                 file: None,
                 line: None,
                 message: "no permit policy matches, so the action is denied by default".into(),
+                reason: None,
             });
         }
         for (&i, e) in &errored {

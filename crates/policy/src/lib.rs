@@ -62,6 +62,10 @@
 //! error — a warning naming the group when the identity provider could
 //! supply the rest.
 //!
+//! `@reason("…")`, on any policy, is the sentence a reviewer or a denied
+//! agent reads about why the policy applies: it travels in
+//! [`Reason::reason`] and [`Requirement::reason`].
+//!
 //! `@record("after")` (only on `permit`) marks an allow that may run before
 //! its log entry is durable: [`Decision::record_after`] is set when every
 //! matching permit carries it and nothing failed to evaluate. The gateway

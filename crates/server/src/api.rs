@@ -567,13 +567,24 @@ async fn request_events(
     Authenticated(p, credential): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let g = s.gateway.clone();
+    event_stream(s.gateway.clone(), p, &credential, id).await
+}
+
+/// The `state` events of one request as `p` may see it: now, then on every
+/// change (a review counts), until final. Shared by the API and the web
+/// request page (which reaches it with its session instead of a token).
+pub(crate) async fn event_stream(
+    g: Arc<crate::gateway::Gateway>,
+    p: secondkey_core::principal::Principal,
+    credential: &crate::identity::Credential,
+    id: String,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let mut changes = g.subscribe();
     let first = g.get_request(&p, &id).await?;
     // Each principal (and each issuer of unconfigured ones) holds a bounded
     // number of open streams; the slot is given back when the stream ends,
     // however it ends.
-    let slot = g.hold(Hold::Stream, &p, &credential)?;
+    let slot = g.hold(Hold::Stream, &p, credential)?;
     let stream = async_stream(move |tx| async move {
         let _slot = slot;
         let mut req = first;

@@ -90,6 +90,9 @@ pub struct RawConfig {
     /// cannot forge, unlike its declared `context.environment`.
     #[serde(default)]
     pub environments: Vec<RawEnvironment>,
+    /// `[web]`: the reviewer web UI.
+    #[serde(default)]
+    pub web: RawWeb,
     /// Sections that extensions validate themselves (see
     /// [`EXTENSION_SECTIONS`]), kept as written.
     pub postgres: Option<toml::Value>,
@@ -411,6 +414,39 @@ pub struct RawRequests {
     pub max_body_bytes: Option<usize>,
 }
 
+/// `[web]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    /// Environments where a batch decision needs a comment when it holds a
+    /// sensitive operation (default `["prod", "production"]`).
+    pub batch_comment_environments: Option<Vec<String>>,
+    /// The sensitive operations (default `["write", "delete", "export",
+    /// "admin", "ddl", "grant"]`).
+    pub batch_comment_operations: Option<Vec<String>>,
+}
+
+/// `[web]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// A batch holding a [`WebConfig::batch_comment_operations`] action
+    /// in one of these environments (configured, or declared by the agent)
+    /// needs a comment. Empty: never.
+    pub batch_comment_environments: Vec<String>,
+    pub batch_comment_operations: Vec<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            batch_comment_environments: vec!["prod".into(), "production".into()],
+            batch_comment_operations: ["write", "delete", "export", "admin", "ddl", "grant"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPrincipal {
@@ -475,6 +511,8 @@ pub struct Config {
     pub witnesses: Vec<WitnessConfig>,
     /// `[policy] annotations`: custom annotation names policies may carry.
     pub policy_annotations: BTreeSet<String>,
+    /// `[web]`.
+    pub web: WebConfig,
 }
 
 impl Config {
@@ -900,8 +938,37 @@ impl Config {
             }
             policy_annotations.insert(a.clone());
         }
+        let web = {
+            let d = WebConfig::default();
+            let words = |key: &str, v: Option<Vec<String>>, default: Vec<String>| {
+                let v = v.unwrap_or(default);
+                match v
+                    .iter()
+                    .find(|w| w.trim().is_empty() || w.chars().any(char::is_whitespace))
+                {
+                    Some(w) => Err(invalid(
+                        format!("web.{key}"),
+                        format!("`{w}` is not a single word; list names such as \"prod\""),
+                    )),
+                    None => Ok(v.into_iter().map(|w| w.to_ascii_lowercase()).collect()),
+                }
+            };
+            WebConfig {
+                batch_comment_environments: words(
+                    "batch_comment_environments",
+                    raw.web.batch_comment_environments,
+                    d.batch_comment_environments,
+                )?,
+                batch_comment_operations: words(
+                    "batch_comment_operations",
+                    raw.web.batch_comment_operations,
+                    d.batch_comment_operations,
+                )?,
+            }
+        };
         Ok(Config {
             policy_annotations,
+            web,
             delegations,
             limits,
             metrics_readers,
@@ -1378,6 +1445,25 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
         }
         assert_eq!(c.environment_of("postgres://analytics/../billing/t"), None);
         assert_eq!(c.environment_of("postgres://analytics:6543/public.t"), None);
+    }
+
+    #[test]
+    fn web_batch_comment_keys() {
+        assert_eq!(load("").unwrap().web, WebConfig::default());
+        let c =
+            load("[web]\nbatch_comment_environments = [\"Live\"]\nbatch_comment_operations = []")
+                .unwrap();
+        assert_eq!(c.web.batch_comment_environments, vec!["live".to_string()]);
+        assert!(c.web.batch_comment_operations.is_empty());
+        let e = load("[web]\nbatch_comment_environments = [\"prod env\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web.batch_comment_environments"), "{e}");
+        let e = load("[web]\nbatch_comment_operations = [\"\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web.batch_comment_operations"), "{e}");
+        assert!(load("[web]\ncomment_required = true").is_err());
     }
 
     #[test]

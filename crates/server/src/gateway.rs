@@ -216,8 +216,8 @@ fn record_transition(
             used_at: None,
         })?;
         tx.put_record(
-            crate::web::SIMILAR_NS,
-            &crate::web::similar_key(req),
+            crate::reviewer::SIMILAR_NS,
+            &crate::reviewer::similar_key(req),
             &req.id,
         )?;
     }
@@ -1518,13 +1518,17 @@ fn add_facts(payload: &mut Value, facts: Option<Value>, on_behalf_of: Option<Val
     }
 }
 
-/// What a denied agent reads: which policies and which decision id, so it can
-/// change course and a human can find the record.
+/// What a denied agent reads: which policies (with their `@reason`, when
+/// they give one) and which decision id, so it can change course and a
+/// human can find the record.
 fn deny_message(id: &str, reasons: &[ReasonView]) -> String {
-    let policies: Vec<&str> = reasons
+    let policies: Vec<String> = reasons
         .iter()
         .filter(|r| r.effect != "permit" && !r.policy.is_empty())
-        .map(|r| r.policy.as_str())
+        .map(|r| match &r.reason {
+            Some(why) => format!("{} ({why})", r.policy),
+            None => r.policy.clone(),
+        })
         .collect();
     if policies.is_empty() {
         format!("denied by secondkey (decision {id}): default deny (no permit matched)")
@@ -1612,4 +1616,34 @@ fn visible_request(tx: &mut dyn Tx, id: &str, who: &Principal) -> Result<Request
     tx.get_request(id)?
         .filter(|r| may_view(who, r))
         .ok_or_else(|| ApiError::not_found(format!("no request {id} that you may see")).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_messages_name_policies_and_their_reasons() {
+        let r = |policy: &str, effect: &str, reason: Option<&str>| ReasonView {
+            policy: policy.into(),
+            effect: effect.into(),
+            message: String::new(),
+            reason: reason.map(String::from),
+        };
+        assert_eq!(
+            deny_message("act_1", &[r("", "default", None)]),
+            "denied by secondkey (decision act_1): default deny (no permit matched)"
+        );
+        assert_eq!(
+            deny_message(
+                "act_2",
+                &[
+                    r("p:no-ddl", "forbid", Some("Schema changes go through a migration.")),
+                    r("p:other", "forbid", None),
+                    r("p:agents", "permit", Some("ignored")),
+                ]
+            ),
+            "denied by secondkey (decision act_2) under policy p:no-ddl (Schema changes go through a migration.), p:other"
+        );
+    }
 }

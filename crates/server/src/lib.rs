@@ -21,6 +21,7 @@ pub mod limits;
 pub mod lineage;
 pub mod logview;
 pub mod reload;
+pub mod reviewer;
 pub mod views;
 pub mod web;
 pub mod witness;

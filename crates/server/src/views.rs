@@ -44,6 +44,10 @@ pub struct ReasonView {
     pub policy: String,
     pub effect: String,
     pub message: String,
+    /// The policy's `@reason("…")`, when it has one: why it applies, in
+    /// its author's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&secondkey_policy::Reason> for ReasonView {
@@ -52,6 +56,7 @@ impl From<&secondkey_policy::Reason> for ReasonView {
             policy: r.policy_id.clone(),
             effect: r.effect.to_string(),
             message: r.message.clone(),
+            reason: r.reason.clone(),
         }
     }
 }
@@ -88,6 +93,9 @@ pub struct RequirementView {
     /// data-owners reviewing after the escalation`.
     #[serde(default)]
     pub may_fill: String,
+    /// The policy's `@reason("…")`: why review is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&Requirement> for RequirementView {
@@ -99,6 +107,7 @@ impl From<&Requirement> for RequirementView {
             escalated_to: r.widened_groups().into_iter().map(str::to_string).collect(),
             label: r.label(),
             may_fill: r.who_may_fill(),
+            reason: r.reason.clone(),
         }
     }
 }

@@ -32,6 +32,25 @@ pub fn message(s: &Summary, inline_limit: usize) -> Vec<Value> {
         "type": "header",
         "text": {"type": "plain_text", "text": prefix(&format!("Approval request: {}", s.title), 150), "emoji": true}
     })];
+    // First what a reviewer must read: the headline, why review is
+    // required, what changed since the last similar approval.
+    let mut lead = format!("*{}*", escape(&s.headline));
+    if !s.risk.is_empty() {
+        lead.push_str(&format!(
+            "\n:warning: *Review required:* {}",
+            escape(&s.risk.join("; "))
+        ));
+    }
+    if !s.changes.is_empty() {
+        lead.push_str(&format!("\n*Changed* {}", escape(&s.changes.join("\n• "))));
+    }
+    if lead.len() > 2900 {
+        lead = format!(
+            "{}… _(cut: the request page has every change)_",
+            prefix(&lead, 2800)
+        );
+    }
+    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": lead}}));
     let mut fields = vec![field("Who asked", &s.who())];
     if let Some(j) = &s.justification {
         fields.push(field("Why", j));
@@ -79,7 +98,7 @@ pub fn message(s: &Summary, inline_limit: usize) -> Vec<Value> {
         format!("*What*\n```{}```", escape(&s.what))
     };
     blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": what}}));
-    let mut req = format!("*Required*\n{}", escape(&s.required.join("\n")));
+    let mut req = format!("*Approvals*\n{}", escape(&s.required.join("\n")));
     if !s.escalated_to.is_empty() {
         req.push_str(&format!(
             "\n_Escalated: members of {} may now review._",
@@ -136,6 +155,13 @@ mod tests {
             id: "req_1".into(),
             url: "https://sk.example/requests/req_1".into(),
             title: "sql.export on postgres://analytics/public.customers".into(),
+            headline: "agent:report-bot wants to export (sql) postgres://analytics/public.customers → s3://partner/drop in prod, about 412,000 rows (estimate).".into(),
+            risk: vec!["Exports copy customer data out; two data owners must agree.".into()],
+            changes: vec![
+                "since the approved req_0:".into(),
+                "destination changed: s3://internal/x → s3://partner/drop".into(),
+                "estimated rows ×10: 41,200 → 412,000".into(),
+            ],
             requester: "agent:report-bot".into(),
             owner: Some("user:alice".into()),
             on_behalf_of: Some("user:carol".into()),
@@ -146,7 +172,7 @@ mod tests {
             environment: vec!["prod (configured)".into()],
             source: vec![],
             impact: vec!["rows: 1200".into()],
-            required: vec!["2 of data-owners (0 approvals so far) — policy p".into()],
+            required: vec!["1 of 2 from data-owners (user:bob) — 1 more needed".into()],
             approvals: vec![],
             state: RequestState::Pending,
             outcome: None,
@@ -168,6 +194,16 @@ mod tests {
             all.contains("\"action_id\":\"approve\"") && all.contains("\"action_id\":\"deny\"")
         );
         assert!(!all.contains("attached"));
+        // The headline, the reason, the changes and the progress lead.
+        let lead = b[1]["text"]["text"].as_str().unwrap();
+        assert!(
+            lead.starts_with("*agent:report-bot wants to export"),
+            "{lead}"
+        );
+        assert!(lead.contains("*Review required:* Exports copy customer data out"));
+        assert!(lead.contains("destination changed: s3://internal/x → s3://partner/drop"));
+        assert!(lead.contains("estimated rows ×10"));
+        assert!(all.contains("1 of 2 from data-owners (user:bob) — 1 more needed"));
     }
 
     #[test]

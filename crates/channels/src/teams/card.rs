@@ -33,7 +33,7 @@ pub fn card(s: &Summary, note: Option<&str>) -> Value {
     if !s.impact.is_empty() {
         facts.push(fact("Impact", &s.impact.join("; ")));
     }
-    facts.push(fact("Required", &s.required.join("; ")));
+    facts.push(fact("Approvals", &s.required.join("; ")));
     if !s.escalated_to.is_empty() {
         facts.push(fact("Escalated to", &s.escalated_to.join(", ")));
     }
@@ -44,8 +44,19 @@ pub fn card(s: &Summary, note: Option<&str>) -> Value {
     let mut body = vec![
         json!({"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
                "text": format!("Approval request: {}", s.title)}),
-        json!({"type": "FactSet", "facts": facts}),
+        json!({"type": "TextBlock", "wrap": true, "text": s.headline}),
     ];
+    if !s.risk.is_empty() {
+        body.push(
+            json!({"type": "TextBlock", "wrap": true, "color": "Warning",
+            "text": format!("Review required: {}", s.risk.join("; "))}),
+        );
+    }
+    if !s.changes.is_empty() {
+        body.push(json!({"type": "TextBlock", "wrap": true,
+            "text": format!("Changed {}", s.changes.join("\n- "))}));
+    }
+    body.push(json!({"type": "FactSet", "facts": facts}));
     if s.what.len() > INLINE_LIMIT {
         body.push(json!({"type": "TextBlock", "wrap": true, "weight": "Bolder",
             "text": format!("What — the statement is {} bytes long; the first {} are shown, the full action is on the request page.",
@@ -103,6 +114,9 @@ mod tests {
             id: "req_1".into(),
             url: "https://sk.example/requests/req_1".into(),
             title: "sql.export on x".into(),
+            headline: "agent:a wants to export (sql) x.".into(),
+            risk: vec!["Exports need a DBA.".into()],
+            changes: vec![],
             requester: "agent:a".into(),
             owner: None,
             on_behalf_of: None,

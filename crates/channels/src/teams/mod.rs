@@ -180,7 +180,7 @@ pub(crate) async fn messages(
         .await
     {
         Ok(req) => {
-            let summary = crate::summary(&gateway, &req);
+            let summary = crate::summary(&gateway, &req).await;
             Json(json!({"statusCode": 200, "type": card::CONTENT_TYPE, "value": card::card(&summary, None)}))
                 .into_response()
         }

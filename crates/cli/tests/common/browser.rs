@@ -100,6 +100,50 @@ impl Driver {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(name), bytes).unwrap();
     }
+    /// Runs `script` (a function body; `arguments` are `args`) in the page.
+    pub fn exec(&self, script: &str, args: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+    }
+    /// Makes the page's viewport exactly `width`×`height` CSS pixels
+    /// (Chrome DevTools device metrics, so no window frame eats into it).
+    pub fn viewport(&self, width: u32, height: u32) {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setDeviceMetricsOverride",
+                        "params": {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}})),
+        );
+    }
+    /// Where `css` is on the first screen: its box, the viewport and the
+    /// scroll offset (`null` when absent).
+    pub fn box_of(&self, css: &str) -> Value {
+        self.exec(
+            "const e = document.querySelector(arguments[0]); if (!e) { return null; }\
+             const r = e.getBoundingClientRect();\
+             return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, height: r.height,\
+                     vw: window.innerWidth, vh: window.innerHeight, sy: window.scrollY};",
+            json!([css]),
+        )
+    }
+    /// Asserts `css` is wholly visible without scrolling.
+    pub fn assert_on_first_screen(&self, css: &str) {
+        let b = self.box_of(css);
+        assert!(!b.is_null(), "{css} is not on the page");
+        let f = |k: &str| b[k].as_f64().unwrap();
+        assert_eq!(f("sy"), 0.0, "the page is scrolled: {b}");
+        assert!(
+            f("height") > 0.0 && f("top") >= 0.0 && f("left") >= 0.0,
+            "{css} is hidden: {b}"
+        );
+        assert!(
+            f("bottom") <= f("vh") && f("right") <= f("vw"),
+            "{css} is below or beside the first screen: {b}"
+        );
+    }
     pub fn wait_for(&self, what: &str, f: impl Fn(&Driver) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !f(self) {

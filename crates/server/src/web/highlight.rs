@@ -225,25 +225,68 @@ pub fn json(src: &str) -> String {
     out
 }
 
-/// A line diff from `old` to `new` as HTML rows (`-`/`+`/` ` prefixed),
-/// or `None` when they are equal.
-pub fn diff(old: &str, new: &str) -> Option<String> {
+/// Lines of unchanged context kept around each change in [`diff`].
+pub const DIFF_CONTEXT: usize = 3;
+
+/// A unified line diff from `old` to `new` as the rows of an HTML table:
+/// old and new line numbers, a `-`/`+`/` ` sign, the line (SQL-highlighted
+/// when `sql`). Unchanged runs beyond [`DIFF_CONTEXT`] lines of a change
+/// collapse into one row that says how many lines it hides. `None` when
+/// the texts are equal.
+pub fn diff(old: &str, new: &str, sql_lines: bool) -> Option<String> {
     if old == new {
         return None;
     }
     let d = similar::TextDiff::from_lines(old, new);
     let mut out = String::new();
-    for change in d.iter_all_changes() {
-        let (class, sign) = match change.tag() {
-            similar::ChangeTag::Delete => ("del", '-'),
-            similar::ChangeTag::Insert => ("ins", '+'),
-            similar::ChangeTag::Equal => ("eq", ' '),
-        };
-        let _ = write!(out, "<span class=\"{class}\">{sign} ");
-        esc_into(&mut out, change.value().trim_end_matches('\n'));
-        out.push_str("</span>\n");
+    let old_lines = old.lines().count();
+    let mut shown_to = 0usize; // old lines up to here are accounted for
+    for group in d.grouped_ops(DIFF_CONTEXT) {
+        let Some(first) = group.first() else { continue };
+        let start = first.old_range().start;
+        if start > shown_to {
+            gap(&mut out, start - shown_to);
+        }
+        for op in &group {
+            for change in d.iter_changes(op) {
+                let (class, sign) = match change.tag() {
+                    similar::ChangeTag::Delete => ("del", '-'),
+                    similar::ChangeTag::Insert => ("ins", '+'),
+                    similar::ChangeTag::Equal => ("eq", ' '),
+                };
+                let num = |n: Option<usize>| n.map(|n| (n + 1).to_string()).unwrap_or_default();
+                let line = change.value().trim_end_matches('\n');
+                let _ = write!(
+                    out,
+                    "<tr class=\"{class}\"><td class=\"ln\">{}</td><td class=\"ln\">{}</td><td class=\"sign\">{sign}</td><td>",
+                    num(change.old_index()),
+                    num(change.new_index())
+                );
+                if sql_lines {
+                    out.push_str(&sql(line));
+                } else {
+                    esc_into(&mut out, line);
+                }
+                out.push_str("</td></tr>");
+            }
+        }
+        if let Some(last) = group.last() {
+            shown_to = last.old_range().end;
+        }
+    }
+    if old_lines > shown_to {
+        gap(&mut out, old_lines - shown_to);
     }
     Some(out)
+}
+
+/// The row standing for `n` collapsed unchanged lines.
+fn gap(out: &mut String, n: usize) {
+    let _ = write!(
+        out,
+        "<tr class=\"gap\"><td colspan=\"4\">⋯ {n} unchanged line{} ⋯</td></tr>",
+        if n == 1 { "" } else { "s" }
+    );
 }
 
 #[cfg(test)]
@@ -293,12 +336,29 @@ mod tests {
     }
 
     #[test]
-    fn diffs_mark_lines() {
-        assert_eq!(diff("a\n", "a\n"), None);
-        let d = diff("a\nb\n", "a\nc\n").unwrap();
-        assert!(d.contains("<span class=\"del\">- b</span>"));
-        assert!(d.contains("<span class=\"ins\">+ c</span>"));
-        assert!(d.contains("<span class=\"eq\">  a</span>"));
+    fn diffs_mark_lines_and_collapse_context() {
+        assert_eq!(diff("a\n", "a\n", false), None);
+        let d = diff("a\nb\n", "a\nc\n", false).unwrap();
+        assert!(d.contains("<tr class=\"del\"><td class=\"ln\">2</td><td class=\"ln\"></td><td class=\"sign\">-</td><td>b</td></tr>"), "{d}");
+        assert!(d.contains("<tr class=\"ins\"><td class=\"ln\"></td><td class=\"ln\">2</td><td class=\"sign\">+</td><td>c</td></tr>"), "{d}");
+        assert!(
+            d.contains("<tr class=\"eq\"><td class=\"ln\">1</td><td class=\"ln\">1</td>"),
+            "{d}"
+        );
+        // 60 lines, one changed in the middle: 3 lines of context each side,
+        // the rest collapsed and counted.
+        let old: String = (1..=60).map(|i| format!("line {i}\n")).collect();
+        let new = old.replace("line 30\n", "line 30 OR true\n");
+        let d = diff(&old, &new, true).unwrap();
+        assert_eq!(d.matches("<tr class=\"eq\">").count(), 6, "{d}");
+        assert!(
+            d.contains("⋯ 26 unchanged lines ⋯") && d.contains("⋯ 27 unchanged lines ⋯"),
+            "{d}"
+        );
+        assert!(d.contains("<span class=\"k\">OR</span>"), "{d}");
+        // Hostile text stays text.
+        let d = diff("x\n", "</table><script>\n", false).unwrap();
+        assert!(!d.contains("<script>") && d.contains("&lt;/table&gt;&lt;script&gt;"));
     }
 
     fn strip(html: &str) -> String {

@@ -3,8 +3,10 @@
 //! `url` every request carries), batch decisions per agent session, history
 //! and the audit page.
 //!
-//! Server-rendered HTML (`pages`), one vendored stylesheet, no script. The
-//! handlers are thin: every decision goes through [`Gateway::review`], the
+//! Server-rendered HTML (`pages`), one vendored stylesheet, and one
+//! vendored script only on the request page (live updates, local times),
+//! inline under a fresh CSP nonce; every page works without it. What a
+//! reviewer reads first comes from [`crate::reviewer`]. The handlers are thin: every decision goes through [`Gateway::review`], the
 //! same checks as the REST API (separation of duties, eligibility, quorum,
 //! expiry, decided-is-final). GETs never change state; every POST needs a
 //! session and its CSRF token ([`session::Posted`]).
@@ -69,6 +71,7 @@ pub fn routes() -> Router<AppState> {
         .route("/inbox/batch", post(batch))
         .route("/requests/{id}", get(request_page))
         .route("/requests/{id}/review", post(review))
+        .route("/requests/{id}/events", get(request_events))
         .route("/history", get(history))
         .route("/audit", get(audit))
         .route("/audit/receipt/{index}", get(receipt))
@@ -79,15 +82,25 @@ pub fn routes() -> Router<AppState> {
 /// An HTML page with the headers every page gets: never cached, never
 /// framed, no script, forms only to this origin.
 fn page(status: StatusCode, html: String) -> Response {
+    page_with_script(status, html, None)
+}
+
+/// [`page`], allowing the one inline script that carries `nonce` (and its
+/// event stream to this origin) when there is one.
+fn page_with_script(status: StatusCode, html: String, nonce: Option<&str>) -> Response {
     let mut r = (status, Html(html)).into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    let csp = match nonce {
+        None => HeaderValue::from_static(
             "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
-    );
+        Some(n) => HeaderValue::from_str(&format!(
+            "default-src 'none'; script-src 'nonce-{n}'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'")),
+    };
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
@@ -108,7 +121,10 @@ fn ok(html: String) -> Response {
 fn api_error_page(e: &ApiError) -> Response {
     let msg = match e.code {
         "self_review" | "not_eligible" | "duplicate_reviewer" | "already_decided" | "expired"
-        | "not_found" => format!("{} Nothing was changed.", e.message),
+        | "not_found" | "invalid_batch" | "mixed_batch" | "comment_required"
+        | "invalid_decision" => {
+            format!("{} Nothing was changed.", pages::sentence(&e.message))
+        }
         _ => e.message.clone(),
     };
     page(e.status, pages::error_page(e.status, &msg).0)
@@ -311,18 +327,27 @@ pub fn cannot_decide(req: &Request, who: &secondkey_core::principal::Principal) 
         .map(|e| format!("You cannot review this request: {e}."))
 }
 
-/// Pending requests the user may decide (up to 500).
-async fn decidable(
+/// Unexpired pending requests the user may see that pass `keep` (up to 500).
+async fn pending_where(
     g: &Gateway,
     who: &secondkey_core::principal::Principal,
+    keep: impl Fn(&Request) -> bool,
 ) -> Result<Vec<Request>, ApiError> {
     let page = g.list(who, Some(RequestState::Pending), 500, None).await?;
     let now = g.now();
     Ok(page
         .requests
         .into_iter()
-        .filter(|r| r.expires_at > now && cannot_decide(r, who).is_none())
+        .filter(|r| r.expires_at > now && keep(r))
         .collect())
+}
+
+/// Pending requests the user may decide.
+async fn decidable(
+    g: &Gateway,
+    who: &secondkey_core::principal::Principal,
+) -> Result<Vec<Request>, ApiError> {
+    pending_where(g, who, |r| cannot_decide(r, who).is_none()).await
 }
 
 #[derive(Deserialize)]
@@ -338,24 +363,54 @@ fn notice_text(done: Option<&str>) -> Option<&'static str> {
     }
 }
 
+/// Requests the user approved that still wait for others.
+async fn waiting_on_others(
+    g: &Gateway,
+    who: &secondkey_core::principal::Principal,
+) -> Result<Vec<Request>, ApiError> {
+    pending_where(g, who, |r| {
+        r.reviews
+            .iter()
+            .any(|v| v.reviewer == who.id && v.decision == ReviewDecision::Approve)
+    })
+    .await
+}
+
+/// The inbox and batch pages' view of requests.
+fn rows<'a>(g: &'a Gateway, reqs: &'a [Request]) -> Vec<pages::Row<'a>> {
+    reqs.iter()
+        .map(|r| {
+            let environment = g.config.environment_of(&r.action.resource);
+            pages::Row {
+                req: r,
+                environment,
+                needs_comment: crate::reviewer::needs_comment(r, environment, &g.config.web),
+            }
+        })
+        .collect()
+}
+
 async fn inbox(
     State(s): State<AppState>,
     user: SignedIn,
     Query(q): Query<NoticeQuery>,
 ) -> Response {
     let g = &s.gateway;
-    match decidable(g, &user.principal).await {
-        Ok(reqs) => {
-            let refs: Vec<&Request> = reqs.iter().collect();
-            ok(pages::inbox(
-                &user,
-                &refs,
-                g.now().0,
-                notice_text(q.done.as_deref()),
-            ))
-        }
-        Err(e) => api_error_page(&e),
-    }
+    let mine = match decidable(g, &user.principal).await {
+        Ok(r) => r,
+        Err(e) => return api_error_page(&e),
+    };
+    let waiting = match waiting_on_others(g, &user.principal).await {
+        Ok(r) => r,
+        Err(e) => return api_error_page(&e),
+    };
+    ok(pages::inbox(
+        &user,
+        &rows(g, &mine),
+        &rows(g, &waiting),
+        g.now().0,
+        notice_text(q.done.as_deref()),
+    ))
 }
 
 fn parse_decision(v: Option<&str>) -> Result<ReviewDecision, ApiError> {
@@ -376,43 +431,7 @@ fn comment_of(p: &Posted) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Records namespace of the "last similar approved request" index.
-pub const SIMILAR_NS: &str = "web.similar";
-
-/// The index key of requests alike for review: same requester, kind,
-/// operation and resource (hashed: resources can be long).
-pub fn similar_key(req: &Request) -> String {
-    use sha2::{Digest, Sha256};
-    let a = &req.action;
-    hex::encode(Sha256::digest(
-        format!(
-            "{}\n{}\n{}\n{}",
-            req.requester.id, a.kind, a.operation, a.resource
-        )
-        .as_bytes(),
-    ))
-}
-
-/// The last request like `req` (same requester, kind, operation and
-/// resource) that was approved before it, if `who` may see it. One indexed
-/// lookup (written when a request is approved), not a scan.
-pub async fn similar_approved(
-    g: &Gateway,
-    who: &secondkey_core::principal::Principal,
-    req: &Request,
-) -> Option<Request> {
-    let store = g.store.clone();
-    let key = similar_key(req);
-    let id = tokio::task::spawn_blocking(move || store.get_record(SIMILAR_NS, &key))
-        .await
-        .ok()?
-        .ok()??;
-    if id == req.id {
-        return None;
-    }
-    let prev = g.get_request(who, &id).await.ok()?;
-    (prev.created_at <= req.created_at && similar_key(&prev) == similar_key(req)).then_some(prev)
-}
+pub use crate::reviewer::{similar_approved, similar_key, SIMILAR_NS};
 
 /// The page at each request's `url`.
 async fn request_page(
@@ -433,13 +452,41 @@ async fn request_page(
         Err(e) => return api_error_page(&e),
     };
     let similar = similar_approved(g, &user.principal, &req).await;
-    ok(render_request(
-        g,
-        &user,
-        &req,
-        similar.as_ref(),
-        notice_text(q.done.as_deref()),
-    ))
+    // A fresh nonce per page (256 random bits); without randomness the page
+    // goes without its script rather than with a guessable nonce.
+    let nonce = random_token().ok();
+    page_with_script(
+        StatusCode::OK,
+        render_request(
+            g,
+            &user,
+            &req,
+            similar.as_ref(),
+            notice_text(q.done.as_deref()),
+            nonce.as_deref(),
+        ),
+        nonce.as_deref(),
+    )
+}
+
+/// The request page's live updates: the API's event stream, reached with
+/// the session (the same visibility rules as the page).
+async fn request_events(
+    State(s): State<AppState>,
+    user: SignedIn,
+    Path(id): Path<String>,
+) -> Response {
+    match crate::api::event_stream(
+        s.gateway.clone(),
+        user.principal,
+        &crate::identity::Credential::default(),
+        id,
+    )
+    .await
+    {
+        Ok(sse) => sse.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Renders the request page (separate from IO so it can be benchmarked).
@@ -449,6 +496,7 @@ pub fn render_request(
     req: &Request,
     similar: Option<&Request>,
     notice: Option<&str>,
+    nonce: Option<&str>,
 ) -> String {
     let fallback;
     let submitted = match &req.submitted {
@@ -472,6 +520,7 @@ pub fn render_request(
             cannot_decide: cannot,
             now_ms: g.now().0,
             notice,
+            nonce,
         },
     )
 }
@@ -563,22 +612,71 @@ pub async fn review_batch(
     Ok(out)
 }
 
+/// A batch takes two steps. `step=confirm` (from the inbox, with the
+/// ticked ids) decides nothing: it shows every selected request in full.
+/// `step=decide` (from that page) decides them, and refuses — changing
+/// nothing — when a comment is required and missing.
 async fn batch(State(s): State<AppState>, p: Posted) -> Response {
     let g = &s.gateway;
-    let decision = match parse_decision(p.get("decision")) {
-        Ok(d) => d,
-        Err(e) => return api_error_page(&e),
-    };
     let ids: Vec<String> = p.all("id").into_iter().map(str::to_string).collect();
-    match review_batch(g, &p.user.principal, &ids, decision, comment_of(&p)).await {
-        Ok(results) => {
-            let rows: Vec<(String, Result<RequestState, String>)> = results
-                .into_iter()
-                .map(|(id, r)| (id, r.map(|r| r.state).map_err(|e| e.message)))
-                .collect();
-            ok(pages::batch_result(&p.user, &rows))
+    match p.get("step") {
+        Some("confirm") => {
+            if ids.is_empty() {
+                return api_error_page(&ApiError::bad_request(
+                    "invalid_batch",
+                    "No request was selected. Tick the requests to review together, then choose Review selected.",
+                ));
+            }
+            if ids.len() > MAX_BATCH {
+                return api_error_page(&ApiError::bad_request(
+                    "invalid_batch",
+                    format!("A batch holds at most {MAX_BATCH} requests. Select fewer."),
+                ));
+            }
+            let mut reqs = Vec::with_capacity(ids.len());
+            for id in &ids {
+                match g.get_request(&p.user.principal, id).await {
+                    Ok(r) => reqs.push(r),
+                    Err(e) => return api_error_page(&e),
+                }
+            }
+            ok(pages::batch_confirm(&p.user, &rows(g, &reqs), g.now().0))
         }
-        Err(e) => api_error_page(&e),
+        Some("decide") => {
+            let decision = match parse_decision(p.get("decision")) {
+                Ok(d) => d,
+                Err(e) => return api_error_page(&e),
+            };
+            let comment = comment_of(&p);
+            if comment.is_none() {
+                for id in &ids {
+                    let Ok(r) = g.get_request(&p.user.principal, id).await else {
+                        continue; // review_batch reports it
+                    };
+                    let env = g.config.environment_of(&r.action.resource);
+                    if crate::reviewer::needs_comment(&r, env, &g.config.web) {
+                        return api_error_page(&ApiError::bad_request(
+                            "comment_required",
+                            format!("{id} is a sensitive operation in production: a batch that holds it needs a comment. Go back, write why, and decide again."),
+                        ));
+                    }
+                }
+            }
+            match review_batch(g, &p.user.principal, &ids, decision, comment).await {
+                Ok(results) => {
+                    let rows: Vec<(String, Result<RequestState, String>)> = results
+                        .into_iter()
+                        .map(|(id, r)| (id, r.map(|r| r.state).map_err(|e| e.message)))
+                        .collect();
+                    ok(pages::batch_result(&p.user, &rows))
+                }
+                Err(e) => api_error_page(&e),
+            }
+        }
+        _ => api_error_page(&ApiError::bad_request(
+            "invalid_batch",
+            "Select requests in the inbox and choose Review selected: each statement is shown before you decide.",
+        )),
     }
 }
 
@@ -586,10 +684,15 @@ async fn history(State(s): State<AppState>, user: SignedIn) -> Response {
     let g = &s.gateway;
     match g.list(&user.principal, None, 200, None).await {
         Ok(page) => {
+            // Decided requests, and every request this user reviewed
+            // (a pending one they approved waits on others).
             let decided: Vec<&Request> = page
                 .requests
                 .iter()
-                .filter(|r| r.state != RequestState::Pending)
+                .filter(|r| {
+                    r.state != RequestState::Pending
+                        || r.reviews.iter().any(|v| v.reviewer == user.principal.id)
+                })
                 .collect();
             ok(pages::history(&user, &decided))
         }

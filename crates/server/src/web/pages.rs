@@ -1,6 +1,7 @@
 //! HTML of the web UI, written with `format!` and one escaping function:
-//! no template engine, no script. Everything a user or agent wrote goes
-//! through [`esc`] (or a highlighter that escapes).
+//! no template engine; the one script (`app.js`) only where a nonce allows
+//! it. Everything a user or agent wrote goes through [`esc`] (or a
+//! highlighter that escapes).
 
 use std::fmt::Write;
 
@@ -9,15 +10,33 @@ use axum::response::Html;
 use secondkey_core::request::{Request, RequestState, ReviewDecision};
 use serde_json::Value;
 
+use secondkey_core::time::Timestamp;
+
 use super::highlight::{self, esc};
 use super::session::SignedIn;
 use crate::gateway::rfc3339;
+use crate::reviewer;
 
 /// The stylesheet, vendored (served at `/assets/app.css`).
 pub const CSS: &str = include_str!("app.css");
 
 /// The page frame: navigation, who is signed in, sign-out form.
 pub fn layout(title: &str, user: Option<&SignedIn>, body: &str) -> String {
+    layout_with_script(title, user, body, None)
+}
+
+/// The page script (vendored): local times, and live updates of the
+/// request page from its server-sent events. Allowed by the page's CSP
+/// through its nonce only; every page works without it.
+pub const SCRIPT: &str = include_str!("app.js");
+
+/// [`layout`] with the page script, allowed by `nonce`.
+pub fn layout_with_script(
+    title: &str,
+    user: Option<&SignedIn>,
+    body: &str,
+    nonce: Option<&str>,
+) -> String {
     let mut nav = String::new();
     if let Some(u) = user {
         let groups: Vec<&str> = u.principal.groups.iter().map(String::as_str).collect();
@@ -35,45 +54,51 @@ pub fn layout(title: &str, user: Option<&SignedIn>, body: &str) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · secondkey</title><link rel=\"stylesheet\" href=\"/assets/app.css\"></head>\
-         <body><header><a class=\"brand\" href=\"/\">secondkey</a>{nav}</header><main>{body}</main></body></html>",
-        esc(title)
+         <body><header><a class=\"brand\" href=\"/\">secondkey</a>{nav}</header><main>{body}</main>{script}</body></html>",
+        esc(title),
+        script = nonce
+            .map(|n| format!("<script nonce=\"{}\">{SCRIPT}</script>", esc(n)))
+            .unwrap_or_default()
     )
 }
 
-/// An error page: what happened, and that nothing changed when it did not.
+/// `s` as a sentence: a capital first letter and a closing full stop, so
+/// messages written for the API read as prose next to each other.
+pub fn sentence(s: &str) -> String {
+    let s = s.trim();
+    let mut out = String::with_capacity(s.len() + 1);
+    let mut chars = s.chars();
+    if let Some(c) = chars.next() {
+        out.extend(c.to_uppercase());
+        out.push_str(chars.as_str());
+    }
+    if !out.is_empty() && !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
+/// An error page inside the layout (navigation kept): what happened, in
+/// sentences, and what to do next.
 pub fn error_page(status: StatusCode, message: &str) -> Html<String> {
-    Html(layout(
-        status.canonical_reason().unwrap_or("Error"),
-        None,
-        &format!(
-            "<h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/\">Back to the inbox</a></p>",
-            status.as_u16(),
-            esc(message)
-        ),
-    ))
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let next = match status.as_u16() {
+        401 => "<a href=\"/login\">Sign in</a> and try again.",
+        403 => "If you think you should be able to do this, ask an administrator about your groups.",
+        404 => "Check the link, or find the request in your <a href=\"/inbox\">inbox</a> or <a href=\"/history\">history</a>.",
+        _ => "Go back to the <a href=\"/inbox\">inbox</a> and try again.",
+    };
+    let body = format!(
+        "<nav class=\"plain\"><a href=\"/inbox\">Inbox</a> <a href=\"/history\">History</a> <a href=\"/audit\">Audit</a> <a href=\"/lineage\">Lineage</a></nav>\
+         <h1>{reason} <small class=\"muted\">({})</small></h1><p class=\"error\" id=\"error\">{}</p><p>{next}</p>",
+        status.as_u16(),
+        esc(&sentence(message))
+    );
+    Html(layout(reason, None, &body))
 }
 
 fn state_badge(s: RequestState) -> String {
     format!("<span class=\"badge {0}\">{0}</span>", s.as_str())
-}
-
-fn ago(now_ms: i64, t_ms: i64) -> String {
-    let d = (t_ms - now_ms) / 1000;
-    let (n, future) = if d >= 0 { (d, true) } else { (-d, false) };
-    let text = if n < 90 {
-        format!("{n} s")
-    } else if n < 90 * 60 {
-        format!("{} min", n / 60)
-    } else if n < 36 * 3600 {
-        format!("{} h", n / 3600)
-    } else {
-        format!("{} d", n / 86400)
-    };
-    if future {
-        format!("in {text}")
-    } else {
-        format!("{text} ago")
-    }
 }
 
 fn summary(req: &Request) -> String {
@@ -94,20 +119,56 @@ pub fn session_of(req: &Request) -> Option<&str> {
     ctx_str(req, "session")
 }
 
+/// One request as the inbox and the batch pages list it.
+pub struct Row<'a> {
+    pub req: &'a Request,
+    /// Configured environment of the resource.
+    pub environment: Option<&'a str>,
+    /// A batch decision on it needs a comment (see `[web]`).
+    pub needs_comment: bool,
+}
+
+fn env_cell(row: &Row<'_>) -> String {
+    match (
+        row.environment,
+        row.req
+            .action
+            .context
+            .get("environment")
+            .and_then(Value::as_str),
+    ) {
+        (Some(e), _) => format!("<code>{}</code>", esc(e)),
+        (None, Some(d)) => format!(
+            "<code>{}</code> <small class=\"muted\">declared</small>",
+            esc(d)
+        ),
+        (None, None) => "<span class=\"muted\">—</span>".into(),
+    }
+}
+
 /// The inbox: pending requests the user may decide, grouped by requester
-/// and agent session; a group of several can be decided together.
-pub fn inbox(user: &SignedIn, reqs: &[&Request], now_ms: i64, notice: Option<&str>) -> String {
+/// and agent session. Each row leads with its headline, environment, quorum
+/// progress and time left. A group of several can be reviewed together:
+/// nothing is selected until the reviewer ticks it, and the next step shows
+/// every selected statement before anything is decided.
+pub fn inbox(
+    user: &SignedIn,
+    rows: &[Row<'_>],
+    waiting: &[Row<'_>],
+    now_ms: i64,
+    notice: Option<&str>,
+) -> String {
+    let now = Timestamp(now_ms);
     let mut body = String::from("<h1>Requests waiting for you</h1>");
     if let Some(n) = notice {
         let _ = write!(body, "<p class=\"notice\">{}</p>", esc(n));
     }
-    if reqs.is_empty() {
+    if rows.is_empty() {
         body.push_str("<p class=\"empty\">Nothing is waiting for your review.</p>");
-        return layout("Inbox", Some(user), &body);
     }
-    let mut groups: Vec<(String, Option<&str>, Vec<&Request>)> = Vec::new();
-    for r in reqs {
-        let key = (r.requester.id.to_string(), session_of(r));
+    let mut groups: Vec<(String, Option<&str>, Vec<&Row<'_>>)> = Vec::new();
+    for r in rows {
+        let key = (r.req.requester.id.to_string(), session_of(r.req));
         match groups
             .iter_mut()
             .find(|(a, s, _)| *a == key.0 && *s == key.1)
@@ -133,42 +194,135 @@ pub fn inbox(user: &SignedIn, reqs: &[&Request], now_ms: i64, notice: Option<&st
                 esc(&user.csrf)
             );
         }
-        body.push_str("<table><thead><tr>");
+        body.push_str("<table class=\"inbox\"><thead><tr>");
         if batch {
-            body.push_str("<th></th>");
+            body.push_str("<th><span class=\"sr\">Select</span></th>");
         }
         body.push_str(
-            "<th>Request</th><th>Action</th><th>Why</th><th>Expires</th></tr></thead><tbody>",
+            "<th>What will happen</th><th>Environment</th><th>Approvals</th><th>Time left</th></tr></thead><tbody>",
         );
         for r in &items {
-            body.push_str("<tr>");
-            if batch {
-                let _ = write!(
-                    body,
-                    "<td><input type=\"checkbox\" name=\"id\" value=\"{0}\" checked aria-label=\"select {0}\"></td>",
-                    esc(&r.id)
-                );
-            }
             let _ = write!(
                 body,
-                "<td><a href=\"/requests/{0}\">{0}</a></td><td>{1}</td><td>{2}</td><td>{3}</td></tr>",
-                esc(&r.id),
-                summary(r),
-                esc(r.action.justification.as_deref().unwrap_or("")),
-                ago(now_ms, r.expires_at.0)
+                "<tr{}>",
+                if r.needs_comment {
+                    " class=\"prod\""
+                } else {
+                    ""
+                }
+            );
+            if batch {
+                // Never pre-ticked: a reviewer picks each request.
+                let _ = write!(
+                    body,
+                    "<td><input type=\"checkbox\" name=\"id\" value=\"{0}\" aria-label=\"select {0}\"></td>",
+                    esc(&r.req.id)
+                );
+            }
+            let risks: Vec<String> = reviewer::risks(r.req).into_iter().map(|k| k.text).collect();
+            let _ = write!(
+                body,
+                "<td><a href=\"/requests/{0}\">{1}</a><br><small class=\"muted\">{0} · {2}</small></td><td>{3}</td><td>{4}</td><td>{5}</td></tr>",
+                esc(&r.req.id),
+                esc(&reviewer::headline(r.req, r.environment)),
+                esc(&risks.join("; ")),
+                env_cell(r),
+                progress_list(r.req).replace(" id=\"quorum\"", ""),
+                esc(&reviewer::time_left(now, r.req.expires_at))
             );
         }
         body.push_str("</tbody></table>");
         if batch {
             body.push_str(
-                "<div class=\"decide\"><input name=\"comment\" placeholder=\"Comment (recorded with each review)\" maxlength=\"4096\">\
-                 <button name=\"decision\" value=\"approve\" class=\"approve\">Approve selected</button>\
-                 <button name=\"decision\" value=\"deny\" class=\"deny\">Deny selected</button></div></form>",
+                "<div class=\"decide\"><button name=\"step\" value=\"confirm\" id=\"review-selected\">Review selected…</button>\
+                 <span class=\"muted\">Next: every selected statement in full, then approve or deny them together.</span></div></form>",
             );
         }
         body.push_str("</section>");
     }
+    body.push_str("<h2 id=\"waiting\">Waiting on others</h2>");
+    if waiting.is_empty() {
+        body.push_str("<p class=\"empty\">No request you approved is still waiting.</p>");
+    } else {
+        body.push_str("<table class=\"inbox\" id=\"waiting-on-others\"><thead><tr><th>What will happen</th><th>Environment</th><th>Approvals</th><th>Time left</th></tr></thead><tbody>");
+        for r in waiting {
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/requests/{0}\">{1}</a><br><small class=\"muted\">{0}</small></td><td>{2}</td><td>{3}</td><td>{4}</td></tr>",
+                esc(&r.req.id),
+                esc(&reviewer::headline(r.req, r.environment)),
+                env_cell(r),
+                progress_list(r.req).replace(" id=\"quorum\"", ""),
+                esc(&reviewer::time_left(now, r.req.expires_at))
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
     layout("Inbox", Some(user), &body)
+}
+
+/// The confirmation step of a batch: every selected request in full —
+/// headline, why review is required, environment, the whole statement (or
+/// parameters) — then one comment and the deciding buttons. A comment is
+/// required when any of them is a sensitive operation in a listed
+/// environment.
+pub fn batch_confirm(user: &SignedIn, rows: &[Row<'_>], now_ms: i64) -> String {
+    let now = Timestamp(now_ms);
+    let need = rows.iter().any(|r| r.needs_comment);
+    let mut b = format!(
+        "<h1>Review {} requests together</h1><p>Read each statement below. Your decision applies to each of them and is recorded as its own review.</p>\
+         <form method=\"post\" action=\"/inbox/batch\" id=\"batch-confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"step\" value=\"decide\"><div class=\"statements\">",
+        rows.len(),
+        esc(&user.csrf)
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let risks: Vec<String> = reviewer::risks(r.req).into_iter().map(|k| k.text).collect();
+        let _ = write!(
+            b,
+            "<section class=\"batch-item\" id=\"item-{i}\"><input type=\"hidden\" name=\"id\" value=\"{0}\">\
+             <h2>{1}. {2}</h2><p class=\"muted\"><a href=\"/requests/{0}\">{0}</a> · environment {3} · {4} · {5}</p>\
+             <p class=\"risk\"><strong>Review required:</strong> {6}</p>",
+            esc(&r.req.id),
+            i + 1,
+            esc(&reviewer::headline(r.req, r.environment)),
+            env_cell(r),
+            esc(&reviewer::progress(r.req).iter().map(|p| p.line()).collect::<Vec<_>>().join("; ")),
+            esc(&reviewer::time_left(now, r.req.expires_at)),
+            esc(&risks.join("; "))
+        );
+        match statement(r.req) {
+            Some(sql) => {
+                let _ = write!(b, "<pre class=\"code sql\">{}</pre>", highlight::sql(sql));
+            }
+            None => {
+                let params =
+                    serde_json::to_string_pretty(&Value::Object(r.req.action.params.clone()))
+                        .unwrap_or_default();
+                let _ = write!(
+                    b,
+                    "<pre class=\"code json\">{}</pre>",
+                    highlight::json(&params)
+                );
+            }
+        }
+        b.push_str("</section>");
+    }
+    let _ = write!(
+        b,
+        "</div><label for=\"comment\">Comment{}</label>\
+         <textarea id=\"comment\" name=\"comment\" rows=\"2\" maxlength=\"4096\"{}></textarea>\
+         <div class=\"decide\"><button name=\"decision\" value=\"approve\" class=\"approve\" id=\"confirm-approve\">Approve these {n}</button>\
+         <button name=\"decision\" value=\"deny\" class=\"deny\" id=\"confirm-deny\">Deny these {n}</button>\
+         <a href=\"/inbox\">Cancel</a></div></form>",
+        if need {
+            " (required: this batch holds a sensitive operation in production)"
+        } else {
+            ""
+        },
+        if need { " required" } else { "" },
+        n = rows.len()
+    );
+    layout("Confirm batch", Some(user), &b)
 }
 
 /// The outcome of a batch decision, one line per request.
@@ -189,10 +343,18 @@ pub fn batch_result(user: &SignedIn, results: &[(String, Result<RequestState, St
     layout("Batch decision", Some(user), &body)
 }
 
-/// The text a reviewer compares between similar actions: the statement
-/// for SQL, the parameters otherwise.
+/// The SQL statement of an action, when it has one.
+pub fn statement(req: &Request) -> Option<&str> {
+    if req.action.kind != "sql" {
+        return None;
+    }
+    reviewer::statement_of(&req.action)
+}
+
+/// The text compared as a line diff between similar actions: the
+/// statement, or the parameters as pretty JSON when there is none.
 pub fn comparable_text(req: &Request) -> String {
-    if let Some(s) = statement(req) {
+    if let Some(s) = reviewer::statement_of(&req.action) {
         return format!("{s}\n");
     }
     let mut t =
@@ -201,14 +363,12 @@ pub fn comparable_text(req: &Request) -> String {
     t
 }
 
-/// The SQL statement of an action, when it has one.
-pub fn statement(req: &Request) -> Option<&str> {
-    if req.action.kind != "sql" {
-        return None;
-    }
-    ["sql", "statement", "query"]
-        .iter()
-        .find_map(|k| req.action.params.get(*k).and_then(Value::as_str))
+/// An instant for reading: minutes in UTC on the page (the page script
+/// turns it into the reader's local time), the exact instant on hover.
+pub fn when(t: Timestamp) -> String {
+    let exact = rfc3339(t);
+    let short = exact.get(..16).unwrap_or(&exact).replace('T', " ");
+    format!("<time datetime=\"{exact}\" title=\"{exact}\">{short} UTC</time>")
 }
 
 /// What the request page needs besides the request.
@@ -224,6 +384,9 @@ pub struct RequestPage<'a> {
     pub cannot_decide: Option<String>,
     pub now_ms: i64,
     pub notice: Option<&'a str>,
+    /// The nonce of the page's one script (live update, local times);
+    /// `None`: no script.
+    pub nonce: Option<&'a str>,
 }
 
 fn row(out: &mut String, label: &str, value_html: &str) {
@@ -235,166 +398,323 @@ fn code_or_dash(v: Option<&str>) -> String {
         .unwrap_or_else(|| "<span class=\"muted\">—</span>".into())
 }
 
-/// The request page: who, what, why, where, impact, policies, reviews,
-/// and the decision form.
+fn list_or_dash(v: &[String]) -> String {
+    if v.is_empty() {
+        "<span class=\"muted\">none declared</span>".to_string()
+    } else {
+        v.iter()
+            .map(|s| format!("<code>{}</code>", esc(s)))
+            .collect::<Vec<_>>()
+            .join("<br>")
+    }
+}
+
+/// The quorum progress list (one line per requirement, see
+/// [`reviewer::Progress::line`]).
+pub fn progress_list(req: &Request) -> String {
+    let mut b = String::from("<ul class=\"progress\" id=\"quorum\">");
+    for p in reviewer::progress(req) {
+        let _ = write!(
+            b,
+            "<li class=\"{}\">{}</li>",
+            if p.missing() == 0 { "met" } else { "open" },
+            esc(&p.line())
+        );
+    }
+    b.push_str("</ul>");
+    b
+}
+
+/// The request page. The first screen (at 1400×900) holds what a reviewer
+/// must read before deciding: the headline, why review is required, what
+/// changed since the last similar approval, what the gateway established
+/// apart from what the agent declared, quorum progress, time left and the
+/// decision form. The full statement and the details follow.
 pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
     let r = p.req;
     let a = &r.action;
-    let mut b = String::with_capacity(8192);
+    let now = Timestamp(p.now_ms);
+    let headline = reviewer::headline(r, p.environment);
+    let mut b = String::with_capacity(16384 + a.params.len() * 64);
     let _ = write!(
         b,
-        "<h1>{} {}</h1><p class=\"lead\">{}{}</p>",
+        "<div class=\"req-top\" id=\"top\" data-request=\"{}\" data-state=\"{}\" data-reviews=\"{}\"><div class=\"req-main\">\
+         <p class=\"crumbs\"><code>{}</code> {}</p><h1 id=\"headline\">{}</h1>",
+        esc(&r.id),
+        r.state.as_str(),
+        r.reviews.len(),
         esc(&r.id),
         state_badge(r.state),
-        summary(r),
-        if p.cannot_decide.is_none() {
-            " · <a href=\"#decide\">Decide ↓</a>"
-        } else {
-            ""
-        }
+        esc(&headline)
     );
     if let Some(n) = p.notice {
         let _ = write!(b, "<p class=\"notice\">{}</p>", esc(n));
     }
-
-    // Who asked.
-    b.push_str("<section><h2>Who</h2><table class=\"kv\">");
+    // Why review is required.
+    b.push_str("<div class=\"risk\" id=\"risk\"><strong>Review required:</strong> ");
+    let risks = reviewer::risks(r);
+    if risks.is_empty() {
+        b.push_str("<span class=\"muted\">no requirement (nobody can approve this request; it will expire)</span>");
+    }
+    for (i, k) in risks.iter().enumerate() {
+        if i > 0 {
+            b.push_str("; ");
+        }
+        if k.stated {
+            let _ = write!(
+                b,
+                "{} <small class=\"muted\">(policy <code>{}</code>)</small>",
+                esc(&k.text),
+                esc(&k.policy)
+            );
+        } else {
+            let _ = write!(b, "policy <code>{}</code>", esc(&k.policy));
+        }
+    }
+    b.push_str("</div>");
+    // What changed since the last similar approval, in words.
+    b.push_str("<div id=\"changes\" class=\"changes\">");
+    match p.similar {
+        Some(prev) => {
+            let changes = reviewer::changes(&prev.action, a);
+            if changes.is_empty() {
+                let _ = write!(
+                    b,
+                    "<strong>Same as</strong> the approved <a href=\"/requests/{0}\">{0}</a> ({1}).",
+                    esc(&prev.id),
+                    when(prev.created_at)
+                );
+            } else {
+                let _ = write!(
+                    b,
+                    "<strong>Changed since</strong> the last similar approved action <a href=\"/requests/{0}\">{0}</a> ({1}):<ul>",
+                    esc(&prev.id),
+                    when(prev.created_at)
+                );
+                for c in &changes {
+                    let _ = write!(b, "<li>{}</li>", esc(c));
+                }
+                b.push_str("</ul>");
+            }
+        }
+        None => b.push_str(
+            "<span class=\"muted\">No earlier similar action (same requester, operation and resource) was approved.</span>",
+        ),
+    }
+    b.push_str("</div>");
+    // Established vs declared.
+    b.push_str("<div class=\"facts\"><div class=\"established\" id=\"established\"><h2>Established by the gateway</h2><table class=\"kv\">");
     row(
         &mut b,
         "Requester",
-        &code_or_dash(Some(r.requester.id.as_str())),
+        &format!(
+            "<code>{}</code> <small class=\"muted\">authenticated</small>",
+            esc(r.requester.id.as_str())
+        ),
     );
-    row(&mut b, "Model", &code_or_dash(ctx_str(r, "model")));
+    if let Some(o) = &r.requester.owner {
+        row(&mut b, "Owner", &code_or_dash(Some(o.as_str())));
+    }
+    if let (Some(o), Some(_)) = (&a.on_behalf_of, r.acting_for()) {
+        row(
+            &mut b,
+            "On behalf of",
+            &format!(
+                "<code>{}</code> <small class=\"muted\">backed</small>",
+                esc(o.as_str())
+            ),
+        );
+    }
     row(
         &mut b,
-        "Owner",
-        &code_or_dash(r.requester.owner.as_ref().map(|o| o.as_str())),
+        "Environment",
+        &match p.environment {
+            Some(e) => format!(
+                "<code>{}</code> <small class=\"muted\">configured</small>",
+                esc(e)
+            ),
+            None => "<span class=\"muted\">none configured for this resource</span>".into(),
+        },
     );
-    let on_behalf_of = code_or_dash(a.on_behalf_of.as_ref().map(|o| o.as_str()));
-    let on_behalf_of = match (&a.on_behalf_of, r.acting_for()) {
-        (Some(_), None) => format!("{on_behalf_of} <em>declared by the agent, not verified: it changes nobody's rights</em>"),
-        _ => on_behalf_of,
-    };
-    row(&mut b, "On behalf of", &on_behalf_of);
-    row(&mut b, "Session", &code_or_dash(ctx_str(r, "session")));
-    b.push_str("</table></section>");
-
-    // What exactly.
-    b.push_str("<section><h2>What</h2><table class=\"kv\">");
-    row(&mut b, "Kind", &code_or_dash(Some(&a.kind)));
-    row(&mut b, "Operation", &code_or_dash(Some(&a.operation)));
     row(&mut b, "Resource", &code_or_dash(Some(&a.resource)));
+    row(
+        &mut b,
+        "Digest",
+        &format!("<code class=\"digest\">{}</code>", esc(r.digest.as_str())),
+    );
+    b.push_str("</table></div><div class=\"declared\" id=\"declared\"><h2>Declared by the agent</h2><table class=\"kv\">");
+    row(
+        &mut b,
+        "Operation",
+        &format!("<code>{}.{}</code>", esc(&a.kind), esc(&a.operation)),
+    );
     if let Some(t) = &a.target {
-        row(&mut b, "Target", &code_or_dash(Some(t)));
+        row(&mut b, "Destination", &code_or_dash(Some(t)));
     }
-    row(&mut b, "Digest", &code_or_dash(Some(r.digest.as_str())));
-    b.push_str("</table>");
-    if let Some(sql) = statement(r) {
-        let _ = write!(
-            b,
-            "<h3>Statement</h3><pre class=\"code sql\" id=\"statement\">{}</pre>",
-            highlight::sql(sql)
+    if let (Some(o), None) = (&a.on_behalf_of, r.acting_for()) {
+        row(
+            &mut b,
+            "On behalf of",
+            &format!(
+                "<code>{}</code> <em>not verified: it changes nobody's rights</em>",
+                esc(o.as_str())
+            ),
         );
     }
-    if !a.params.is_empty() {
-        let params =
-            serde_json::to_string_pretty(&Value::Object(a.params.clone())).unwrap_or_default();
-        let _ = write!(
-            b,
-            "<h3>Parameters</h3><pre class=\"code json\" id=\"params\">{}</pre>",
-            highlight::json(&params)
-        );
+    if let Some(e) = ctx_str(r, "environment") {
+        row(&mut b, "Environment", &code_or_dash(Some(e)));
     }
-    if let Some(prev) = p.similar {
-        match highlight::diff(&comparable_text(prev), &comparable_text(r)) {
-            Some(d) => {
-                let _ = write!(
-                    b,
-                    "<h3>Changes since the last similar approved action</h3>\
-                     <p class=\"muted\">Compared with <a href=\"/requests/{0}\">{0}</a> ({1}, {2}).</p>\
-                     <pre class=\"code diff\" id=\"diff\">{d}</pre>",
-                    esc(&prev.id),
-                    prev.state.as_str(),
-                    rfc3339(prev.created_at)
-                );
-            }
-            None => {
-                let _ = write!(
-                    b,
-                    "<p class=\"notice\">Identical to the approved action <a href=\"/requests/{0}\">{0}</a>.</p>",
-                    esc(&prev.id)
-                );
-            }
-        }
-    }
-    let full = serde_json::to_string_pretty(p.submitted).unwrap_or_default();
-    let _ = write!(
-        b,
-        "<details><summary>The action exactly as submitted</summary><pre class=\"code json\">{}</pre></details></section>",
-        highlight::json(&full)
-    );
-
-    // Why.
-    let _ = write!(
-        b,
-        "<section><h2>Why</h2><blockquote>{}</blockquote></section>",
-        a.justification
-            .as_deref()
-            .map(esc)
-            .unwrap_or_else(|| "<span class=\"muted\">No justification given.</span>".into())
-    );
-
-    // Where.
-    b.push_str("<section><h2>Where</h2><table class=\"kv\">");
-    row(
-        &mut b,
-        "Environment (configured)",
-        &code_or_dash(p.environment),
-    );
-    row(
-        &mut b,
-        "Environment (declared by the agent)",
-        &code_or_dash(ctx_str(r, "environment")),
-    );
-    row(&mut b, "Source", &code_or_dash(ctx_str(r, "source_ip")));
-    b.push_str("</table></section>");
-
-    // Impact.
-    b.push_str("<section><h2>Impact</h2><table class=\"kv\">");
-    let mut any = false;
+    let mut estimates = false;
     for (k, v) in &a.context {
         if k.starts_with("estimated_") || k.ends_with("_estimate") {
-            any = true;
+            estimates = true;
             row(
                 &mut b,
-                &esc(k),
-                &format!("<code>{}</code>", esc(&v.to_string())),
+                &esc(&k.replace('_', " ")),
+                &format!("<code>{}</code>", esc(&reviewer::value_text(v))),
             );
         }
     }
-    if !any {
+    if !estimates {
         row(
             &mut b,
             "Estimates",
             "<span class=\"muted\">none declared</span>",
         );
     }
-    let list = |v: &[String]| {
-        if v.is_empty() {
-            "<span class=\"muted\">—</span>".to_string()
+    row(&mut b, "Reads", &list_or_dash(&a.lineage.reads));
+    row(&mut b, "Writes", &list_or_dash(&a.lineage.writes));
+    row(&mut b, "Model", &code_or_dash(ctx_str(r, "model")));
+    row(&mut b, "Session", &code_or_dash(ctx_str(r, "session")));
+    if let Some(ip) = ctx_str(r, "source_ip") {
+        row(&mut b, "Source address", &code_or_dash(Some(ip)));
+    }
+    row(
+        &mut b,
+        "Why",
+        &a.justification
+            .as_deref()
+            .map(|j| format!("<q id=\"justification\">{}</q>", esc(j)))
+            .unwrap_or_else(|| "<span class=\"muted\">no justification given</span>".into()),
+    );
+    b.push_str("</table></div></div></div>");
+
+    // The side column: progress, time, decision.
+    b.push_str("<aside class=\"req-side\" id=\"decide\"><h2>Approvals</h2>\
+        <p id=\"live\" class=\"notice\" hidden></p>\
+        <noscript><p class=\"muted\">Reload to see other reviewers' decisions (this page updates live only with JavaScript).</p></noscript>");
+    b.push_str(&progress_list(r));
+    let _ = write!(
+        b,
+        "<p id=\"time-left\" class=\"{}\"><strong>{}</strong> · expires {}</p>",
+        if r.expires_at.0 - p.now_ms < 10 * 60_000 {
+            "soon"
         } else {
-            v.iter()
-                .map(|s| format!("<code>{}</code>", esc(s)))
-                .collect::<Vec<_>>()
-                .join("<br>")
-        }
+            ""
+        },
+        esc(&reviewer::time_left(now, r.expires_at)),
+        when(r.expires_at)
+    );
+    let grant_min = r.grant_ttl_ms / 60_000;
+    let grant_text = if grant_min >= 1 && r.grant_ttl_ms % 60_000 == 0 {
+        format!("{grant_min} min")
+    } else {
+        format!("{} s", r.grant_ttl_ms / 1000)
     };
-    row(&mut b, "Reads", &list(&a.lineage.reads));
-    row(&mut b, "Writes", &list(&a.lineage.writes));
-    b.push_str("</table></section>");
+    match &r.grant {
+        Some(g) => {
+            let _ = write!(
+                b,
+                "<p class=\"muted\" id=\"grant\">Approved: the grant {} {}.</p>",
+                if g.used_at.is_some() {
+                    "was used; it would have expired"
+                } else {
+                    "expires"
+                },
+                when(g.expires_at)
+            );
+        }
+        None => {
+            let _ = write!(
+                b,
+                "<p class=\"muted\" id=\"grant\">Once approved, the agent may run it once within {grant_text}.</p>"
+            );
+        }
+    }
+    match &p.cannot_decide {
+        None => {
+            let _ = write!(
+                b,
+                "<form method=\"post\" action=\"/requests/{}/review\" id=\"decision-form\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <label for=\"comment\">Comment</label>\
+                 <textarea id=\"comment\" name=\"comment\" rows=\"2\" maxlength=\"4096\"></textarea>\
+                 <div class=\"decide\"><button id=\"approve\" name=\"decision\" value=\"approve\" class=\"approve\">Approve</button>\
+                 <button id=\"deny\" name=\"decision\" value=\"deny\" class=\"deny\">Deny</button></div></form>",
+                esc(&r.id),
+                esc(&user.csrf)
+            );
+        }
+        Some(why) => {
+            let _ = write!(b, "<p class=\"muted\" id=\"cannot\">{}</p>", esc(why));
+        }
+    }
+    b.push_str("</aside></div>");
+
+    // The statement, whole.
+    if let Some(sql) = statement(r) {
+        let _ = write!(
+            b,
+            "<section><h2>Statement <small class=\"muted\">{} line{}, shown in full</small></h2><pre class=\"code sql\" id=\"statement\">{}</pre></section>",
+            reviewer::number(sql.lines().count() as i64),
+            if sql.lines().count() == 1 { "" } else { "s" },
+            highlight::sql(sql)
+        );
+    }
+    // The diff against the last similar approval.
+    if let Some(prev) = p.similar {
+        if let Some(d) = highlight::diff(
+            &comparable_text(prev),
+            &comparable_text(r),
+            statement(r).is_some(),
+        ) {
+            let _ = write!(
+                b,
+                "<section><h2>{} diff against <a href=\"/requests/{1}\">{1}</a></h2>\
+                 <table class=\"diff\" id=\"diff\"><tbody>{d}</tbody></table></section>",
+                if statement(r).is_some() {
+                    "Statement"
+                } else {
+                    "Parameters"
+                },
+                esc(&prev.id),
+            );
+        }
+    }
+    // The parameters, less the statement already shown whole above (it is
+    // in the action as submitted, below, too).
+    let mut rest = a.params.clone();
+    if statement(r).is_some() {
+        for k in reviewer::STATEMENT_KEYS {
+            rest.remove(k);
+        }
+    }
+    if !rest.is_empty() {
+        let params = serde_json::to_string_pretty(&Value::Object(rest)).unwrap_or_default();
+        let _ = write!(
+            b,
+            "<section><h2>Parameters{}</h2><pre class=\"code json\" id=\"params\">{}</pre></section>",
+            if statement(r).is_some() {
+                " <small class=\"muted\">besides the statement</small>"
+            } else {
+                ""
+            },
+            highlight::json(&params)
+        );
+    }
 
     // Policies and reviews.
-    b.push_str("<section><h2>Review required by</h2><table><thead><tr><th>Policy</th><th>Groups</th><th>Approvals needed</th></tr></thead><tbody>");
+    b.push_str("<section><h2>Review required by</h2><table><thead><tr><th>Policy</th><th>Why</th><th>Groups</th><th>Approvals needed</th></tr></thead><tbody>");
     for q in &r.requirements {
         // An escalated requirement names itself and who may fill it now.
         let groups = if q.widened.is_empty() {
@@ -408,20 +728,23 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
         };
         let _ = write!(
             b,
-            "<tr><td><code>{}</code></td><td>{groups}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{groups}</td><td>{}</td></tr>",
             esc(&q.policy_id),
-            q.quorum.max(1)
+            q.reason
+                .as_deref()
+                .map(esc)
+                .unwrap_or_else(|| "<span class=\"muted\">no @reason given</span>".into()),
+            q.needed()
         );
     }
     b.push_str("</tbody></table>");
     let _ = write!(
         b,
-        "<p class=\"muted\">Created {} · expires {} ({})</p>",
-        rfc3339(r.created_at),
-        rfc3339(r.expires_at),
-        ago(p.now_ms, r.expires_at.0)
+        "<p class=\"muted\">Created {} · expires {}</p>",
+        when(r.created_at),
+        when(r.expires_at),
     );
-    b.push_str("<h3>Reviews so far</h3>");
+    b.push_str("<div id=\"reviews-section\"><h3>Reviews so far</h3>");
     if r.reviews.is_empty() {
         b.push_str("<p class=\"muted\">None yet.</p>");
     } else {
@@ -436,35 +759,20 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
                 "<tr><td><code>{}</code></td><td><span class=\"badge {d}\">{d}</span></td><td>{}</td><td>{}</td></tr>",
                 esc(rv.reviewer.as_str()),
                 esc(rv.comment.as_deref().unwrap_or("")),
-                rfc3339(rv.at)
+                when(rv.at)
             );
         }
         b.push_str("</tbody></table>");
     }
-    b.push_str("</section>");
-
-    // Decide.
-    b.push_str("<section id=\"decide\"><h2>Your decision</h2>");
-    match &p.cannot_decide {
-        None => {
-            let _ = write!(
-                b,
-                "<form method=\"post\" action=\"/requests/{}/review\">\
-                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-                 <label for=\"comment\">Comment</label>\
-                 <textarea id=\"comment\" name=\"comment\" rows=\"3\" maxlength=\"4096\"></textarea>\
-                 <div class=\"decide\"><button id=\"approve\" name=\"decision\" value=\"approve\" class=\"approve\">Approve</button>\
-                 <button id=\"deny\" name=\"decision\" value=\"deny\" class=\"deny\">Deny</button></div></form>",
-                esc(&r.id),
-                esc(&user.csrf)
-            );
-        }
-        Some(why) => {
-            let _ = write!(b, "<p class=\"muted\">{}</p>", esc(why));
-        }
-    }
-    b.push_str("</section>");
-    layout(&r.id, Some(user), &b)
+    b.push_str("</div></section>");
+    let full = serde_json::to_string_pretty(p.submitted).unwrap_or_default();
+    let _ = write!(
+        b,
+        "<section><details><summary>The action exactly as submitted (what the digest covers)</summary><pre class=\"code json\">{}</pre></details></section>",
+        highlight::json(&full)
+    );
+    let title = format!("{}.{} on {} — {}", a.kind, a.operation, a.resource, r.id);
+    layout_with_script(&title, Some(user), &b, p.nonce)
 }
 
 /// Decided requests the user was party to, newest first.
