@@ -1141,3 +1141,139 @@ fn http_a_hostile_upstream_flood_is_cut_to_a_rate_and_garbage_is_dropped() {
 fn flood_bound(elapsed: Duration) -> usize {
     2000 * (elapsed.as_secs() as usize + 2)
 }
+
+impl Session {
+    fn delete(&self) -> Answer {
+        Self::answer(self.request("DELETE").call())
+    }
+}
+
+/// Issue 13: a session is bound to the principal that opened it. Another
+/// principal naming its id (in a call, a notification, the GET stream or a
+/// DELETE) is answered as for an unknown session, nothing reaches the
+/// upstream, and each attempt is recorded.
+#[test]
+fn http_a_session_is_bound_to_its_principal_and_another_cannot_use_it() {
+    let e = start("", |url| server("warehouse", url, ""));
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let thief = s.as_other("agent:other-bot");
+    let seen = e.up.requests_seen();
+    let unknown = |a: &Answer| {
+        assert_eq!(a.status, 404, "{}", a.body);
+        let v: Value = serde_json::from_str(&a.body).unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown MCP session"),
+            "{v}"
+        );
+    };
+    unknown(&thief.call(json!(1), "echo", &json!({"text": "stolen"})));
+    unknown(&thief.send(&json!({"jsonrpc": "2.0", "id": "l", "method": "tools/list"})));
+    unknown(&thief.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})));
+    unknown(&thief.get());
+    unknown(&thief.delete());
+    // A session id nobody opened is unknown too, whoever asks.
+    let mut forged = s.as_other("agent:report-bot");
+    forged.id = Some("0123456789abcdef".into());
+    unknown(&forged.call(json!(2), "echo", &json!({"text": "forged"})));
+    assert_eq!(e.up.requests_seen(), seen, "nothing reached the upstream");
+    assert!(e.runs().is_empty(), "{:?}", e.runs());
+    let refused: Vec<Value> = e
+        .log()
+        .into_iter()
+        .filter(|en| en["event"] == "mcp.refused")
+        .collect();
+    let codes: Vec<(&str, &str)> = refused
+        .iter()
+        .map(|en| {
+            (
+                en["actor"].as_str().unwrap(),
+                en["payload"]["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("agent:other-bot", "foreign_session"),
+            ("agent:other-bot", "foreign_session"),
+            ("agent:other-bot", "foreign_session"),
+            ("agent:other-bot", "foreign_session"),
+            ("agent:other-bot", "foreign_session"),
+            ("agent:report-bot", "unknown_session"),
+        ],
+        "{refused:?}"
+    );
+    // The owner's session is untouched.
+    assert_eq!(
+        s.call(json!(3), "echo", &json!({"text": "mine"})).text(),
+        "mine"
+    );
+    let a = s.delete();
+    assert!(a.status < 300, "{}", a.body);
+    unknown(&s.call(json!(4), "echo", &json!({"text": "ended"})));
+}
+
+/// Issue 24 (finding 2) and issue 13: a `tools/call` without an id is
+/// refused and never forwarded (a lenient server would run it), and one
+/// whose `params.name` is not a string is invalid params (-32602).
+#[test]
+fn http_a_call_without_an_id_or_with_a_non_string_name_never_reaches_the_upstream() {
+    let e = start("", |url| server("warehouse", url, ""));
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let seen = e.up.requests_seen();
+    let a = s.send(&json!({"jsonrpc": "2.0", "method": "tools/call",
+                           "params": {"name": "echo", "arguments": {"text": "sneaky"}}}));
+    assert_eq!(a.status, 400, "{}", a.body);
+    let r = a.response();
+    assert_eq!(
+        (&r["id"], &r["error"]["code"]),
+        (&Value::Null, &json!(-32600)),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without an `id`"),
+        "{r}"
+    );
+    for (name, says) in [
+        (json!(5), "must be a string, not a number"),
+        (json!({"n": "echo"}), "must be a string, not an object"),
+    ] {
+        let a = s.send(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                               "params": {"name": name, "arguments": {"text": "x"}}}));
+        assert_eq!(a.status, 200, "{}", a.body);
+        let r = a.response();
+        assert_eq!(
+            (&r["id"], &r["error"]["code"]),
+            (&json!(9), &json!(-32602)),
+            "{r}"
+        );
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(says),
+            "{r}"
+        );
+    }
+    assert_eq!(e.up.requests_seen(), seen, "nothing reached the upstream");
+    assert!(e.runs().is_empty(), "{:?}", e.runs());
+    let refused = e.wait_log(|en| en["event"] == "mcp.refused");
+    assert_eq!(
+        (
+            &refused["actor"],
+            &refused["payload"]["method"],
+            &refused["payload"]["code"]
+        ),
+        (
+            &json!("agent:report-bot"),
+            &json!("tools/call"),
+            &json!("request_without_id")
+        ),
+        "{refused}"
+    );
+}

@@ -79,6 +79,18 @@ pub struct Interceptor<D: Decider> {
     pub decider: Arc<D>,
 }
 
+/// What the gateway knows of the called tool when it decides a call.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// The tool's definition as the server lists it now, in this upstream
+    /// session, and its standing against its pin; `None`: the server does
+    /// not list it.
+    pub current: Option<(Value, PinState)>,
+    /// The client itself listed the tool in this session (a listing
+    /// secondkey made does not count): the `listed` fact.
+    pub listed: bool,
+}
+
 /// A tool result that tells the agent what happened, as text it can read.
 pub fn tool_error(text: String) -> Value {
     json!({"content": [{"type": "text", "text": text}], "isError": true})
@@ -136,20 +148,19 @@ impl<D: Decider> Interceptor<D> {
         }
     }
 
-    /// Decides a `tools/call` with these params. `definition` is the tool
-    /// as last listed (`None`: never listed, even after secondkey asked the
-    /// server itself) and `pin` its standing.
+    /// Decides a `tools/call` with these params, on what `known` says of
+    /// the tool: its current definition in this upstream session and that
+    /// definition's standing against its pin.
     pub async fn tools_call(
         &self,
         params: &Map<String, Value>,
-        definition: Option<&Value>,
-        pin: Option<PinState>,
+        known: &Known,
         client_info: Option<&Value>,
         session: Option<&str>,
         waiting: Waiting,
     ) -> Plan {
         let plan = self
-            .decide_call(params, definition, pin, client_info, session, waiting)
+            .decide_call(params, known, client_info, session, waiting)
             .await;
         // The stateless protocol revisions (2026-07-28 on) type every
         // result; a result secondkey writes itself must say it is complete.
@@ -167,8 +178,7 @@ impl<D: Decider> Interceptor<D> {
     async fn decide_call(
         &self,
         params: &Map<String, Value>,
-        definition: Option<&Value>,
-        pin: Option<PinState>,
+        known: &Known,
         client_info: Option<&Value>,
         session: Option<&str>,
         mut waiting: Waiting,
@@ -200,13 +210,13 @@ impl<D: Decider> Interceptor<D> {
                 self.config.max_argument_bytes
             )));
         }
-        let Some(definition) = definition else {
+        let Some((definition, pin)) = &known.current else {
             return Plan::Respond(tool_error(format!(
                 "secondkey refused this call: the server `{}` does not list a tool named {tool:?}, so its definition cannot be checked. Nothing ran.",
                 self.server.name
             )));
         };
-        if let Some(PinState::Changed { pinned }) = &pin {
+        if let PinState::Changed { pinned } = pin {
             let fp = tools::fingerprint(definition);
             let fix = format!(
                 "A human accepts it with `secondkey mcp tools accept --server {} --tool {tool} --fingerprint {fp}` (it was pinned as {pinned}).",
@@ -238,6 +248,7 @@ impl<D: Decider> Interceptor<D> {
             definition: Some(definition),
             client_info,
             session,
+            listed: known.listed,
         });
         let reads = action["lineage"]["reads"]
             .as_array()

@@ -169,6 +169,34 @@ impl Message {
     }
 }
 
+/// The tool a `tools/call` request names: `params.name`, which must be a
+/// string. Anything else is refused with -32602 (invalid params) before the
+/// call is decided or forwarded.
+pub fn tool_name(msg: &Message) -> Result<String, Refused> {
+    let refuse = |what: &str| Refused {
+        code: INVALID_PARAMS,
+        message: format!(
+            "`params.name` (the tool to call) {what}; nothing was decided or forwarded"
+        ),
+        id: msg.id().cloned(),
+    };
+    match msg.params().and_then(|p| p.get("name")) {
+        None => Err(refuse("is missing")),
+        Some(Value::String(s)) if s.is_empty() => Err(refuse("is empty")),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(refuse(&format!(
+            "must be a string, not {}",
+            match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "an array",
+                _ => "an object",
+            }
+        ))),
+    }
+}
+
 /// The `_meta.progressToken` of a request's params, if the client asked for
 /// progress notifications.
 pub fn progress_token(params: Option<&Map<String, Value>>) -> Option<Value> {

@@ -24,6 +24,7 @@ pub mod http;
 pub mod intercept;
 pub mod jsonrpc;
 pub mod pins;
+pub mod refused;
 pub mod stdfd;
 pub mod stdio;
 pub mod tools;

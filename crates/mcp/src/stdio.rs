@@ -10,7 +10,7 @@
 //! Writes to each side go through one writer task, so lines never
 //! interleave.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::config::McpConfig;
 use crate::decide::{Decider, PinState};
 use crate::flood::Budget;
 use crate::frame::{read_frame, Frame};
-use crate::intercept::{tool_error, Forward, Interceptor, Outcome, Plan, Waiting};
+use crate::intercept::{tool_error, Forward, Interceptor, Known, Outcome, Plan, Waiting};
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
 use crate::tools;
 
@@ -44,8 +44,12 @@ struct State {
     inflight: HashMap<String, Pending>,
     /// `tools/call`s being decided or held, by id: their cancel switch.
     deciding: HashMap<String, watch::Sender<bool>>,
-    /// The tools as last listed, with their pin standing.
+    /// The tools as last listed in this session (this relay's one server
+    /// process), with their pin standing; emptied when the server says its
+    /// list changed.
     catalog: HashMap<String, (Value, PinState)>,
+    /// The tools the client itself listed since the list last changed.
+    client_listed: HashSet<String>,
     client_info: Option<Value>,
     /// secondkey's own requests to the server (listing a tool the client
     /// calls without having listed it).
@@ -250,7 +254,15 @@ impl<D: Decider> Relay<D> {
         match msg.kind {
             Kind::Request => self.client_request(msg, line).await,
             Kind::Notification => {
-                if msg.method() == Some("notifications/cancelled") {
+                let method = msg.method().unwrap_or_default();
+                if !method.starts_with("notifications/") {
+                    // A request method without an id (`tools/call` sent as a
+                    // notification): a lenient server would run it, and
+                    // nothing could be answered or recorded. Refused.
+                    self.refuse_notification(&msg).await;
+                    return;
+                }
+                if method == "notifications/cancelled" {
                     let target = msg.params().and_then(|p| p.get("requestId")).map(id_key);
                     let held = target.is_some_and(|k| {
                         let st = lock(&self.state);
@@ -274,6 +286,36 @@ impl<D: Decider> Relay<D> {
         }
     }
 
+    /// Refuses a request method sent without an id: never forwarded,
+    /// answered with an error without an id (JSON-RPC's way to answer what
+    /// has none), and recorded as a refused attempt.
+    async fn refuse_notification(&self, msg: &Message) {
+        let method = msg.method().unwrap_or_default().to_string();
+        let reason = crate::refused::idless_message(&method);
+        self.send_client(&error_response(
+            Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            &reason,
+        ))
+        .await;
+        if let Err(e) = self
+            .icp
+            .decider
+            .refused(
+                &self.icp.server.name,
+                crate::refused::Refusal {
+                    method,
+                    code: "request_without_id".into(),
+                    reason,
+                    session: Some(self.session.clone()),
+                },
+            )
+            .await
+        {
+            eprintln!("secondkey: could not record a refused message: {e}");
+        }
+    }
+
     async fn forward_raw(&self, line: &[u8]) {
         let _ = self
             .to_server
@@ -286,6 +328,7 @@ impl<D: Decider> Relay<D> {
         let key = id_key(&id);
         let method = msg.method().unwrap_or_default().to_string();
         enum Next {
+            BadName,
             Duplicate,
             Gone,
             Decide(watch::Receiver<bool>),
@@ -310,6 +353,7 @@ impl<D: Decider> Relay<D> {
                     st.client_info = declared;
                 }
                 match method.as_str() {
+                    "tools/call" if jsonrpc::tool_name(&msg).is_err() => Next::BadName,
                     "tools/call" => {
                         let (tx, rx) = watch::channel(false);
                         st.deciding.insert(key.clone(), tx);
@@ -327,6 +371,11 @@ impl<D: Decider> Relay<D> {
             }
         };
         match next {
+            Next::BadName => {
+                if let Err(e) = jsonrpc::tool_name(&msg) {
+                    self.send_client(&e.response()).await;
+                }
+            }
             Next::Duplicate => {
                 self.send_client(&error_response(
                     id,
@@ -361,27 +410,29 @@ impl<D: Decider> Relay<D> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let mut known = lock(&self.state).catalog.get(&tool).cloned();
-        if known.is_none() && !tool.is_empty() {
+        // Decided only on the definition the server gives in this session:
+        // one it listed since it last said its list changed, or one read
+        // now.
+        let mut current = lock(&self.state).catalog.get(&tool).cloned();
+        if current.is_none() && !tool.is_empty() {
             self.list_tools(params).await;
-            known = lock(&self.state).catalog.get(&tool).cloned();
+            current = lock(&self.state).catalog.get(&tool).cloned();
         }
-        let client_info = lock(&self.state).client_info.clone();
+        let (client_info, listed) = {
+            let st = lock(&self.state);
+            (st.client_info.clone(), st.client_listed.contains(&tool))
+        };
         let progress = jsonrpc::progress_token(Some(params)).map(|t| (t, self.to_client.clone()));
         let waiting = Waiting {
             progress,
             cancelled,
         };
-        let (definition, pin) = match known {
-            Some((d, p)) => (Some(d), Some(p)),
-            None => (None, None),
-        };
+        let known = Known { current, listed };
         let plan = self
             .icp
             .tools_call(
                 params,
-                definition.as_ref(),
-                pin,
+                &known,
                 client_info.as_ref(),
                 Some(&self.session),
                 waiting,
@@ -465,7 +516,7 @@ impl<D: Decider> Relay<D> {
             let Some(result) = answer.get("result") else {
                 return;
             };
-            self.observe(result).await;
+            self.observe(result, false).await;
             match result.get("nextCursor") {
                 Some(c) if !c.is_null() => cursor = Some(c.clone()),
                 _ => return,
@@ -473,8 +524,9 @@ impl<D: Decider> Relay<D> {
         }
     }
 
-    /// Records a `tools/list` result's definitions against their pins.
-    async fn observe(&self, result: &Value) {
+    /// Records a `tools/list` result's definitions against their pins;
+    /// `by_client`: the client asked for this list (the `listed` fact).
+    async fn observe(&self, result: &Value, by_client: bool) {
         let Some(list) = result.get("tools").and_then(Value::as_array) else {
             return;
         };
@@ -495,6 +547,9 @@ impl<D: Decider> Relay<D> {
             Ok(states) => {
                 let mut st = lock(&self.state);
                 for (d, (name, pin)) in defs.into_iter().zip(states) {
+                    if by_client {
+                        st.client_listed.insert(name.clone());
+                    }
                     st.catalog.insert(name, (d, pin));
                 }
             }
@@ -549,6 +604,13 @@ impl<D: Decider> Relay<D> {
     }
 
     async fn from_server_msg(self: &Arc<Self>, msg: Message, line: &[u8]) {
+        if msg.method() == Some("notifications/tools/list_changed") {
+            // What this session knew of the tools is out of date: the next
+            // call lists them again before it is decided.
+            let mut st = lock(&self.state);
+            st.catalog.clear();
+            st.client_listed.clear();
+        }
         if msg.kind != Kind::Response {
             let _ = self
                 .to_client
@@ -568,7 +630,7 @@ impl<D: Decider> Relay<D> {
         match pending {
             Some(Pending::ToolsList) => {
                 if let Some(r) = msg.result() {
-                    self.observe(r).await;
+                    self.observe(r, true).await;
                 }
             }
             Some(Pending::ToolsCall(fwd)) => {

@@ -21,6 +21,11 @@ struct Log {
     approved: HashSet<String>,
     withdrawn: Vec<String>,
     recorded: Vec<(String, bool, Value)>,
+    refused: Vec<secondkey_mcp::refused::Refusal>,
+    /// The facts each decided call carried.
+    facts: Vec<Map<String, Value>>,
+    /// Every definition observed against its pin.
+    observed: Vec<Value>,
     changed: HashSet<String>,
     next: u64,
 }
@@ -58,9 +63,10 @@ impl Decider for Scripted {
     async fn decide(
         &self,
         action: Value,
-        _facts: Map<String, Value>,
+        facts: Map<String, Value>,
     ) -> Result<Decision, DecideError> {
         self.log().decided.push(action.clone());
+        self.log().facts.push(facts);
         match tool_of(&action).as_str() {
             "delete_customer" => Ok(Decision::Deny {
                 id: "act_denied".into(),
@@ -116,12 +122,21 @@ impl Decider for Scripted {
         self.log().recorded.push((run.id.clone(), ok, summary));
         Ok(())
     }
+    async fn refused(
+        &self,
+        _server: &str,
+        r: secondkey_mcp::refused::Refusal,
+    ) -> Result<(), DecideError> {
+        self.log().refused.push(r);
+        Ok(())
+    }
     async fn observe(
         &self,
         _server: &str,
         tools: Vec<Value>,
     ) -> Result<Vec<(String, PinState)>, DecideError> {
-        let l = self.log();
+        let mut l = self.log();
+        l.observed.extend(tools.iter().cloned());
         Ok(tools
             .iter()
             .map(|t| {
@@ -283,7 +298,7 @@ async fn allowed_denied_and_passed_through() {
     let list = s.call(json!(1), "tools/list", json!({})).await;
     assert_eq!(
         list["result"]["tools"].as_array().unwrap().len(),
-        5,
+        6,
         "{list}"
     );
     let r = s
@@ -569,4 +584,135 @@ async fn a_hostile_server_floods_writes_garbage_and_crashes() {
         "the crashed call is recorded as unknown: {:?}",
         l.recorded
     );
+}
+
+#[tokio::test]
+async fn a_call_without_an_id_or_with_a_non_string_name_is_refused_and_never_reaches_the_server() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    // `tools/call` as a notification: answered with an error without an id,
+    // never forwarded, recorded as a refused attempt.
+    s.send(json!({"jsonrpc": "2.0", "method": "tools/call",
+                  "params": {"name": "echo", "arguments": {"text": "sneaky"}}}))
+        .await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(
+        (&r["id"], &r["error"]["code"]),
+        (&Value::Null, &json!(-32600)),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without an `id`"),
+        "{r}"
+    );
+    for (name, says) in [
+        (json!(5), "must be a string, not a number"),
+        (json!(["echo"]), "must be a string, not an array"),
+        (Value::Null, "must be a string, not null"),
+    ] {
+        let r = s
+            .call(
+                json!("n"),
+                "tools/call",
+                json!({"name": name, "arguments": {"text": "x"}}),
+            )
+            .await;
+        assert_eq!(
+            (&r["id"], &r["error"]["code"]),
+            (&json!("n"), &json!(-32602)),
+            "{r}"
+        );
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(says),
+            "{r}"
+        );
+    }
+    let r = s
+        .call(json!("m"), "tools/call", json!({"arguments": {}}))
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is missing"),
+        "{r}"
+    );
+    // A request that proves the server saw nothing of the above.
+    let r = s
+        .call(
+            json!(1),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "ok"}}),
+        )
+        .await;
+    assert_eq!(text(&r), "ok", "{r}");
+    assert_eq!(
+        s.runs(),
+        vec![json!({"tool": "echo", "args": {"text": "ok"}})]
+    );
+    {
+        let l = log.log();
+        assert_eq!(l.decided.len(), 1, "only the valid call was decided");
+        assert_eq!(l.refused.len(), 1, "{:?}", l.refused);
+        assert_eq!(
+            (l.refused[0].method.as_str(), l.refused[0].code.as_str()),
+            ("tools/call", "request_without_id")
+        );
+    }
+    s.close().await;
+}
+
+#[tokio::test]
+async fn the_listed_fact_is_the_clients_and_a_changed_list_is_read_again_before_a_call() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    let echo = |t: &str| json!({"name": "echo", "arguments": {"text": t}});
+    // Not listed by the client: secondkey lists, but `listed` is false.
+    assert_eq!(text(&s.call(json!(1), "tools/call", echo("a")).await), "a");
+    s.call(json!(2), "tools/list", json!({})).await;
+    assert_eq!(text(&s.call(json!(3), "tools/call", echo("b")).await), "b");
+    // The server changes echo and says so; the next call is decided on the
+    // definition it lists now, and the client has not listed that one.
+    let mut notes = vec![];
+    s.send(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                  "params": {"name": "mutate", "arguments": {}}}))
+        .await;
+    let r = s.answer(&mut notes).await;
+    assert_eq!(text(&r), "mutated", "{r}");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n["method"] == "notifications/tools/list_changed"),
+        "the notification is relayed: {notes:?}"
+    );
+    let seen_before = log.log().observed.len();
+    assert_eq!(text(&s.call(json!(5), "tools/call", echo("c")).await), "c");
+    let l = log.log();
+    let listed: Vec<Value> = l
+        .facts
+        .iter()
+        .filter(|f| f["mcp"]["tool"] == "echo")
+        .map(|f| f["mcp"]["listed"].clone())
+        .collect();
+    assert_eq!(listed, vec![json!(false), json!(true), json!(false)]);
+    let relisted: Vec<&Value> = l.observed[seen_before..]
+        .iter()
+        .filter(|d| d["name"] == "echo")
+        .collect();
+    assert!(
+        relisted
+            .iter()
+            .any(|d| d["description"].as_str().unwrap().contains("id_rsa")),
+        "decided on the definition listed after the change: {relisted:?}"
+    );
+    drop(l);
+    s.close().await;
 }
