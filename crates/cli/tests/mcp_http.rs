@@ -1277,3 +1277,119 @@ fn http_a_call_without_an_id_or_with_a_non_string_name_never_reaches_the_upstrea
         "{refused}"
     );
 }
+
+/// Issue 24 ("Also"): `resources/read`, `prompts/get` and methods the
+/// gateway does not know are actions decided by policy before the
+/// upstream sees them; unknown methods are refused by default.
+#[test]
+fn http_resources_prompts_and_unknown_methods_are_decided_before_the_upstream_sees_them() {
+    require_python_mcp();
+    let tmp = tempfile::tempdir().unwrap();
+    let up = sdk_upstream(&tmp, "", None);
+    let servers = server("warehouse", &up.url, "");
+    std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
+    let policies = format!(
+        "{MCP_POLICIES}\n@id(\"no-secrets\") forbid(principal, action, resource == Resource::\"mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt\");\n"
+    );
+    let g = Gateway::start_extra(tmp.path(), &policies, &format!("\n[mcp]\n{servers}"));
+    let e = Env {
+        g,
+        up,
+        runs: tmp.path().join("runs.jsonl"),
+        tmp,
+    };
+    let s = e.session("warehouse", "agent:report-bot");
+    let send = |id: i64, method: &str, params: Value| {
+        s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+    };
+    let a = send(1, "resources/read", json!({"uri": "file:///notes.txt"}));
+    assert_eq!(
+        a.response()["result"]["contents"][0]["text"],
+        "the notes",
+        "{}",
+        a.body
+    );
+    let seen = e.up.requests_seen();
+    for (id, method, params, says) in [
+        (
+            2,
+            "resources/read",
+            json!({"uri": "file:///secret.txt"}),
+            "no-secrets",
+        ),
+        (
+            3,
+            "files/delete",
+            json!({"path": "/"}),
+            "mcp://warehouse/methods/files%2Fdelete",
+        ),
+    ] {
+        let a = send(id, method, params);
+        assert_eq!(a.status, 200, "{}", a.body);
+        let r = a.response();
+        assert_eq!(
+            (&r["id"], &r["error"]["code"]),
+            (&json!(id), &json!(-32001)),
+            "{r}"
+        );
+        let m = r["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains(says) && m.contains("Nothing was forwarded"),
+            "{m}"
+        );
+    }
+    assert_eq!(
+        e.up.requests_seen(),
+        seen,
+        "the denied ones were not forwarded"
+    );
+    let a = send(
+        4,
+        "prompts/get",
+        json!({"name": "summarize", "arguments": {"topic": "q3"}}),
+    );
+    let text = a.response()["result"]["messages"][0]["content"]["text"].clone();
+    assert!(
+        text.as_str().unwrap_or_default().contains("Summarize q3"),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        e.runs(),
+        vec![
+            json!({"tool": "resource", "args": {"uri": "file:///notes.txt"}}),
+            json!({"tool": "prompt", "args": {"topic": "q3"}}),
+        ]
+    );
+    let log = e.log();
+    let decided: Vec<(String, String)> = log
+        .iter()
+        .filter(|en| en["event"] == "action.allowed" || en["event"] == "action.denied")
+        .map(|en| {
+            (
+                en["event"].as_str().unwrap().to_string(),
+                en["payload"]["action"]["resource"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (
+                "action.allowed",
+                "mcp://warehouse/resources/file%3A%2F%2F%2Fnotes.txt"
+            ),
+            (
+                "action.denied",
+                "mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt"
+            ),
+            ("action.denied", "mcp://warehouse/methods/files%2Fdelete"),
+            ("action.allowed", "mcp://warehouse/prompts/summarize"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string())),
+        "{log:?}"
+    );
+}

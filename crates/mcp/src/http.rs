@@ -975,12 +975,27 @@ async fn post_mcp(
             id_key(id)
         )
     };
+    let class = match (msg.kind, msg.method()) {
+        (Kind::Request, Some(m)) => Some(crate::methods::client_request(&server, m, msg.params())),
+        _ => None,
+    };
     match (msg.kind, msg.method()) {
-        (Kind::Request, Some("tools/call")) => {
+        (Kind::Request, Some(_))
+            if matches!(
+                class,
+                Some(crate::methods::ClientRequest::Acts(_))
+                    | Some(crate::methods::ClientRequest::ToolsCall)
+            ) =>
+        {
             let id = msg.id().cloned().unwrap_or(Value::Null);
-            let tool = match jsonrpc::tool_name(&msg) {
-                Ok(t) => t,
-                Err(e) => return Json(e.response()).into_response(),
+            let act = match class {
+                Some(crate::methods::ClientRequest::Acts(a)) => Some(a),
+                _ => None,
+            };
+            let tool = match (&act, jsonrpc::tool_name(&msg)) {
+                (Some(_), _) => String::new(),
+                (None, Ok(t)) => t,
+                (None, Err(e)) => return Json(e.response()).into_response(),
             };
             let key = call_key(&id);
             let cancel = {
@@ -1008,7 +1023,10 @@ async fn post_mcp(
                 cancel,
                 watch,
             };
-            call.run(msg, tool).await
+            match act {
+                Some(a) => call.act(msg, a).await,
+                None => call.run(msg, tool).await,
+            }
         }
         (Kind::Request, Some("tools/list")) => {
             let resp = match upstream(&inner, &srv, Method::POST, &fwd_headers, Some(body)).await {
@@ -1485,10 +1503,25 @@ impl CallCtx {
         Ok(None)
     }
 
+    /// A request that acts other than `tools/call`: decided, then
+    /// forwarded as decided and its outcome recorded, or refused with a
+    /// JSON-RPC error ([`jsonrpc::DENIED`]).
+    async fn act(self, msg: Message, act: crate::methods::Act) -> Response {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        let icp = self.interceptor();
+        match icp.act(&act, self.session.as_deref()).await {
+            Err(text) => Json(error_response(id, jsonrpc::DENIED, &text)).into_response(),
+            Ok(fwd) => self.forward(icp, fwd, msg, id).await,
+        }
+    }
+
     async fn run(self, msg: Message, tool: String) -> Response {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let empty = Map::new();
         let params = msg.params().unwrap_or(&empty).clone();
+        if let Err(refusal) = self.interceptor().arguments(&params) {
+            return Json(result_response(id, refusal)).into_response();
+        }
         let current = match self.current(&params, &tool).await {
             Ok(c) => c,
             Err(Unlisted::Answer(r)) => return r,

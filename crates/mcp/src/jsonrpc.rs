@@ -9,6 +9,9 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
+/// secondkey's own (server-defined range): a request that acts was denied
+/// or is held by policy, or could not be decided; nothing was forwarded.
+pub const DENIED: i64 = -32001;
 
 /// One JSON-RPC message.
 #[derive(Debug, Clone, PartialEq)]

@@ -36,6 +36,8 @@ enum Pending {
     Plain,
     ToolsList,
     ToolsCall(Forward),
+    /// Another request that acts, decided and forwarded.
+    Acted(Forward),
 }
 
 #[derive(Default)]
@@ -328,6 +330,7 @@ impl<D: Decider> Relay<D> {
         let key = id_key(&id);
         let method = msg.method().unwrap_or_default().to_string();
         enum Next {
+            Act(crate::methods::Act),
             BadName,
             Duplicate,
             Gone,
@@ -352,14 +355,20 @@ impl<D: Decider> Relay<D> {
                 if declared.is_some() {
                     st.client_info = declared;
                 }
-                match method.as_str() {
-                    "tools/call" if jsonrpc::tool_name(&msg).is_err() => Next::BadName,
-                    "tools/call" => {
+                let class = crate::methods::client_request(&self.icp.server.name, &method, params);
+                match (class, method.as_str()) {
+                    (crate::methods::ClientRequest::Acts(act), _) => {
+                        let (tx, _) = watch::channel(false);
+                        st.deciding.insert(key.clone(), tx);
+                        Next::Act(act)
+                    }
+                    (_, "tools/call") if jsonrpc::tool_name(&msg).is_err() => Next::BadName,
+                    (_, "tools/call") => {
                         let (tx, rx) = watch::channel(false);
                         st.deciding.insert(key.clone(), tx);
                         Next::Decide(rx)
                     }
-                    "tools/list" => {
+                    (_, "tools/list") => {
                         st.inflight.insert(key, Pending::ToolsList);
                         Next::Forward
                     }
@@ -371,6 +380,10 @@ impl<D: Decider> Relay<D> {
             }
         };
         match next {
+            Next::Act(act) => {
+                let relay = self.clone();
+                tokio::spawn(async move { relay.act(msg, act).await });
+            }
             Next::BadName => {
                 if let Err(e) = jsonrpc::tool_name(&msg) {
                     self.send_client(&e.response()).await;
@@ -410,6 +423,11 @@ impl<D: Decider> Relay<D> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        if let Err(refusal) = self.icp.arguments(params) {
+            lock(&self.state).deciding.remove(&key);
+            self.send_client(&result_response(id, refusal)).await;
+            return;
+        }
         // Decided only on the definition the server gives in this session:
         // one it listed since it last said its list changed, or one read
         // now.
@@ -475,6 +493,49 @@ impl<D: Decider> Relay<D> {
                 let _ = self.to_server.send(msg.to_line()).await;
             }
         }
+    }
+
+    /// Decides a request that acts (other than `tools/call`), then forwards
+    /// exactly what was decided, or answers the client with the refusal.
+    async fn act(self: Arc<Self>, msg: Message, act: crate::methods::Act) {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        let key = id_key(&id);
+        let plan = self.icp.act(&act, Some(&self.session)).await;
+        let fwd = match plan {
+            Err(text) => {
+                lock(&self.state).deciding.remove(&key);
+                self.send_client(&error_response(id, jsonrpc::DENIED, &text))
+                    .await;
+                return;
+            }
+            Ok(fwd) => fwd,
+        };
+        let gone = {
+            let mut st = lock(&self.state);
+            st.deciding.remove(&key);
+            if st.server_gone {
+                true
+            } else {
+                st.inflight.insert(key, Pending::Acted(fwd.clone()));
+                false
+            }
+        };
+        if gone {
+            self.icp
+                .finished(
+                    &fwd,
+                    Outcome::Lost("the MCP server exited before the request was sent".into()),
+                )
+                .await;
+            self.send_client(&error_response(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "the MCP server has exited; the request was not sent",
+            ))
+            .await;
+            return;
+        }
+        let _ = self.to_server.send(msg.to_line()).await;
     }
 
     /// Asks the server for its tools (all pages) and observes them: how a
@@ -633,7 +694,7 @@ impl<D: Decider> Relay<D> {
                     self.observe(r, true).await;
                 }
             }
-            Some(Pending::ToolsCall(fwd)) => {
+            Some(Pending::ToolsCall(fwd)) | Some(Pending::Acted(fwd)) => {
                 let outcome = match (msg.result(), msg.value.get("error")) {
                     (Some(r), _) => Outcome::Result(r.clone()),
                     (None, Some(e)) => Outcome::Error(e.clone()),
@@ -679,6 +740,11 @@ impl<D: Decider> Relay<D> {
                         )),
                     ))
                     .await;
+                }
+                Pending::Acted(fwd) => {
+                    self.icp.finished(&fwd, Outcome::Lost(why.into())).await;
+                    self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, why))
+                        .await;
                 }
                 _ => {
                     self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, why))

@@ -67,6 +67,13 @@ impl Decider for Scripted {
     ) -> Result<Decision, DecideError> {
         self.log().decided.push(action.clone());
         self.log().facts.push(facts);
+        if action["operation"] == "request" || tool_of(&action).contains("secret") {
+            // As policy does: nothing permits an unknown method.
+            return Ok(Decision::Deny {
+                id: "act_denied".into(),
+                reasons: vec![json!({"policy": "no-secrets", "effect": "forbid", "message": ""})],
+            });
+        }
         match tool_of(&action).as_str() {
             "delete_customer" => Ok(Decision::Deny {
                 id: "act_denied".into(),
@@ -712,6 +719,110 @@ async fn the_listed_fact_is_the_clients_and_a_changed_list_is_read_again_before_
             .iter()
             .any(|d| d["description"].as_str().unwrap().contains("id_rsa")),
         "decided on the definition listed after the change: {relisted:?}"
+    );
+    drop(l);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn resources_prompts_and_unknown_methods_are_decided_before_the_server_sees_them() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    let r = s
+        .call(
+            json!(1),
+            "resources/read",
+            json!({"uri": "file:///notes.txt"}),
+        )
+        .await;
+    assert_eq!(r["result"]["contents"][0]["text"], "the notes", "{r}");
+    let r = s
+        .call(
+            json!(2),
+            "resources/read",
+            json!({"uri": "file:///secret.txt"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-secrets"),
+        "{r}"
+    );
+    let r = s
+        .call(
+            json!(3),
+            "files/delete",
+            json!({"path": "/", "_meta": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    let r = s
+        .call(
+            json!(4),
+            "prompts/get",
+            json!({"name": "summarize", "arguments": {"topic": "q3"}}),
+        )
+        .await;
+    assert!(
+        r["result"]["messages"][0]["content"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Summarize q3"),
+        "{r}"
+    );
+    // Listing passes undecided.
+    let r = s.call(json!(5), "resources/list", json!({})).await;
+    assert_eq!(r["result"]["resources"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(
+        s.runs(),
+        vec![
+            json!({"tool": "resource", "args": {"uri": "file:///notes.txt"}}),
+            json!({"tool": "prompt", "args": {"topic": "q3"}}),
+        ],
+        "the denied ones never reached the server"
+    );
+    let l = log.log();
+    let decided: Vec<(String, String)> = l
+        .decided
+        .iter()
+        .map(|a| {
+            (
+                a["operation"].as_str().unwrap().to_string(),
+                a["resource"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (
+                "read",
+                "mcp://warehouse/resources/file%3A%2F%2F%2Fnotes.txt"
+            ),
+            (
+                "read",
+                "mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt"
+            ),
+            ("request", "mcp://warehouse/methods/files%2Fdelete"),
+            ("read", "mcp://warehouse/prompts/summarize"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert_eq!(
+        l.decided[2]["params"],
+        json!({"path": "/"}),
+        "`_meta` is not an argument"
+    );
+    assert_eq!(
+        l.recorded.len(),
+        2,
+        "both runs' outcomes recorded: {:?}",
+        l.recorded
     );
     drop(l);
     s.close().await;

@@ -97,6 +97,24 @@ server.add_tool(
 )
 
 
+@server.resource("file:///notes.txt")
+def notes() -> str:
+    ran("resource", uri="file:///notes.txt")
+    return "the notes"
+
+
+@server.resource("file:///secret.txt")
+def secret() -> str:
+    ran("resource", uri="file:///secret.txt")
+    return "the secret"
+
+
+@server.prompt()
+def summarize(topic: str) -> str:
+    ran("prompt", topic=topic)
+    return f"Summarize {topic}."
+
+
 @server.tool()
 async def mutate(ctx: Context) -> str:
     """Changes echo's description in the running server and says so."""
