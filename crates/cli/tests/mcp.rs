@@ -159,7 +159,7 @@ fn steps(mode: &str, steps: Value) -> Value {
 }
 
 fn check_allow_and_deny(e: &Env, out: &[Value]) {
-    assert_eq!(out[0]["tools"].as_array().unwrap().len(), 6, "{out:?}");
+    assert_eq!(out[0]["tools"].as_array().unwrap().len(), 7, "{out:?}");
     assert_eq!(out[1]["text"], "10 rows of orders", "{out:?}");
     assert_eq!(out[1]["isError"], false);
     assert_eq!(out[2]["isError"], true, "{out:?}");
@@ -206,7 +206,7 @@ fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v.as_array().unwrap().len(),
-        6,
+        7,
         "every listed tool is pinned: {v}"
     );
     // The served OpenAPI document describes the MCP gateway's routes too,
@@ -450,7 +450,7 @@ fn http_mode_holds_credentials_and_decides_every_call() {
         Some("user:bob"),
         None,
     );
-    assert_eq!(pins.as_array().unwrap().len(), 6, "{pins}");
+    assert_eq!(pins.as_array().unwrap().len(), 7, "{pins}");
     let _ = e.dir;
 }
 
@@ -477,7 +477,7 @@ async fn rmcp_client_over_stdio() {
             .await
             .expect("the handshake through secondkey");
     let tools = client.list_all_tools().await.unwrap();
-    assert_eq!(tools.len(), 6);
+    assert_eq!(tools.len(), 7);
     let mut args = serde_json::Map::new();
     args.insert("table".into(), json!("orders"));
     let r = client
@@ -767,7 +767,7 @@ fn http_an_upstream_restart_between_a_list_and_a_call_of_one_session_runs_nothin
     );
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(first["tools"].as_array().unwrap().len(), 6, "{first}");
+    assert_eq!(first["tools"].as_array().unwrap().len(), 7, "{first}");
     r.restart("changed");
     std::fs::write(&flag, "").unwrap();
     let rest: Vec<Value> = lines

@@ -115,6 +115,34 @@ pub fn client_request(
     })
 }
 
+/// A request the server sends the client (sampling, elicitation, roots,
+/// or one the gateway does not know), as the action policy decides before
+/// the client sees it: `None` for `ping`, which is relayed undecided.
+/// Operations: `sampling/createMessage` → `sample`, `elicitation/create` →
+/// `elicit`, `roots/list` → `read`, anything else → `request`; resource
+/// `mcp://<server>/client/<method>`; params as sent, without `_meta`.
+pub fn server_request(
+    server: &str,
+    method: &str,
+    params: Option<&Map<String, Value>>,
+) -> Option<Act> {
+    let operation = match method {
+        "ping" => return None,
+        "sampling/createMessage" => "sample",
+        "elicitation/create" => "elicit",
+        "roots/list" => "read",
+        _ => "request",
+    };
+    let mut rest = params.cloned().unwrap_or_default();
+    rest.remove("_meta");
+    Some(Act {
+        method: method.to_string(),
+        operation,
+        resource: encoded(server, &format!("client/{method}")).replacen("client%2F", "client/", 1),
+        params: rest,
+    })
+}
+
 fn json_map(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
@@ -182,5 +210,27 @@ mod tests {
             ("request", "mcp://s/methods/files%2Fdelete")
         );
         assert_eq!(a.params, json_map(json!({"a": 1})));
+        let p = json_map(json!({"maxTokens": 5, "_meta": {}}));
+        let a = server_request("s", "sampling/createMessage", Some(&p)).unwrap();
+        assert_eq!(
+            (a.operation, a.resource.as_str()),
+            ("sample", "mcp://s/client/sampling%2FcreateMessage")
+        );
+        assert_eq!(a.params, json_map(json!({"maxTokens": 5})));
+        assert_eq!(
+            server_request("s", "roots/list", None).unwrap().operation,
+            "read"
+        );
+        assert_eq!(
+            server_request("s", "elicitation/create", None)
+                .unwrap()
+                .operation,
+            "elicit"
+        );
+        assert_eq!(
+            server_request("s", "x/new", None).unwrap().operation,
+            "request"
+        );
+        assert!(server_request("s", "ping", None).is_none());
     }
 }

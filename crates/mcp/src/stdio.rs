@@ -59,6 +59,9 @@ struct State {
     next_own: u64,
     /// The server is gone: nothing more can be forwarded.
     server_gone: bool,
+    /// The server's requests relayed to the client after a decision, by
+    /// id: recorded when the client answers.
+    server_asked: HashMap<String, Forward>,
 }
 
 struct Relay<D: Decider> {
@@ -284,7 +287,47 @@ impl<D: Decider> Relay<D> {
                 }
                 self.forward_raw(line).await;
             }
-            Kind::Response => self.forward_raw(line).await,
+            Kind::Response => {
+                let key = msg.id().map(id_key).unwrap_or_default();
+                let asked = lock(&self.state).server_asked.remove(&key);
+                if let Some(fwd) = asked {
+                    let outcome = match (msg.result(), msg.value.get("error")) {
+                        (Some(r), _) => Outcome::Result(r.clone()),
+                        (None, Some(e)) => Outcome::Error(e.clone()),
+                        _ => Outcome::Lost("an empty response".into()),
+                    };
+                    let relay = self.clone();
+                    let mut recording = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+                    while recording.try_join_next().is_some() {}
+                    recording.spawn(async move { relay.icp.finished(&fwd, outcome).await });
+                }
+                self.forward_raw(line).await
+            }
+        }
+    }
+
+    /// Decides a request of the server (sampling, elicitation, roots, …)
+    /// before the client sees it: relayed if allowed (its answer recorded),
+    /// else answered to the server with the refusal (JSON-RPC -32001).
+    async fn server_request(
+        self: Arc<Self>,
+        msg: Message,
+        act: crate::methods::Act,
+        line: Vec<u8>,
+    ) {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        match self.icp.act(&act, Some(&self.session)).await {
+            Ok(fwd) => {
+                lock(&self.state).server_asked.insert(id_key(&id), fwd);
+                let _ = self
+                    .to_client
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .await;
+            }
+            Err(text) => {
+                let refusal = error_response(id, jsonrpc::DENIED, &text);
+                let _ = self.to_server.send(refusal.to_string()).await;
+            }
         }
     }
 
@@ -671,6 +714,19 @@ impl<D: Decider> Relay<D> {
             let mut st = lock(&self.state);
             st.catalog.clear();
             st.client_listed.clear();
+        }
+        if msg.kind == Kind::Request {
+            let method = msg.method().unwrap_or_default();
+            if let Some(act) =
+                crate::methods::server_request(&self.icp.server.name, method, msg.params())
+            {
+                // Decided on a task of its own: the server's other messages
+                // go on meanwhile.
+                let relay = self.clone();
+                let line = line.to_vec();
+                tokio::spawn(async move { relay.server_request(msg, act, line).await });
+                return;
+            }
         }
         if msg.kind != Kind::Response {
             let _ = self

@@ -67,7 +67,10 @@ impl Decider for Scripted {
     ) -> Result<Decision, DecideError> {
         self.log().decided.push(action.clone());
         self.log().facts.push(facts);
-        if action["operation"] == "request" || tool_of(&action).contains("secret") {
+        if action["operation"] == "request"
+            || action["operation"] == "sample"
+            || tool_of(&action).contains("secret")
+        {
             // As policy does: nothing permits an unknown method.
             return Ok(Decision::Deny {
                 id: "act_denied".into(),
@@ -305,7 +308,7 @@ async fn allowed_denied_and_passed_through() {
     let list = s.call(json!(1), "tools/list", json!({})).await;
     assert_eq!(
         list["result"]["tools"].as_array().unwrap().len(),
-        6,
+        7,
         "{list}"
     );
     let r = s
@@ -826,4 +829,80 @@ async fn resources_prompts_and_unknown_methods_are_decided_before_the_server_see
     );
     drop(l);
     s.close().await;
+}
+
+#[tokio::test]
+async fn the_servers_requests_to_the_client_are_decided_before_the_client_sees_them() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    let r = s
+        .call(
+            json!(0),
+            "initialize",
+            json!({"protocolVersion": "2025-11-25",
+                   "capabilities": {"roots": {}, "sampling": {}},
+                   "clientInfo": {"name": "relay-test", "version": "1"}}),
+        )
+        .await;
+    assert!(r["result"]["protocolVersion"].is_string(), "{r}");
+    s.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    // Allowed: the server's roots/list reaches the client, which answers.
+    s.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                  "params": {"name": "ask_client", "arguments": {"what": "roots"}}}))
+        .await;
+    let asked = s.answer(&mut vec![]).await;
+    assert_eq!(asked["method"], "roots/list", "{asked}");
+    s.send(json!({"jsonrpc": "2.0", "id": asked["id"],
+                  "result": {"roots": [{"uri": "file:///work", "name": "work"}]}}))
+        .await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(text(&r), "roots: 1", "{r}");
+    // Denied: the client never sees the sampling request; the server is
+    // answered with the refusal.
+    let mut notes = vec![];
+    s.send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                  "params": {"name": "ask_client", "arguments": {"what": "sample"}}}))
+        .await;
+    let r = s.answer(&mut notes).await;
+    assert_eq!(
+        r["id"], 2,
+        "the next message is the call's answer, not the request: {r}"
+    );
+    // The SDK server turns the refusal it got into the call's error.
+    assert!(
+        r.to_string().contains("no-secrets") && r.to_string().contains("Nothing was forwarded"),
+        "the server got the refusal: {r}"
+    );
+    let l = log.log();
+    let decided: Vec<(&str, &str)> = l
+        .decided
+        .iter()
+        .filter(|a| a["resource"].as_str().unwrap().contains("/client/"))
+        .map(|a| {
+            (
+                a["operation"].as_str().unwrap(),
+                a["resource"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            ("read", "mcp://warehouse/client/roots%2Flist"),
+            ("sample", "mcp://warehouse/client/sampling%2FcreateMessage"),
+        ]
+    );
+    drop(l);
+    s.close().await;
+    // The allowed request's outcome was recorded with the calls'.
+    assert!(
+        log.log()
+            .recorded
+            .iter()
+            .any(|(_, ok, summary)| *ok && summary["status"] == "ok"),
+        "{:?}",
+        log.log().recorded
+    );
 }

@@ -116,6 +116,21 @@ def summarize(topic: str) -> str:
 
 
 @server.tool()
+async def ask_client(what: str, ctx: Context) -> str:
+    """Asks the client for its roots ("roots") or a completion ("sample")."""
+    ran("ask_client", what=what)
+    if what == "roots":
+        r = await ctx.session.list_roots()
+        return f"roots: {len(r.roots)}"
+    from mcp_types import SamplingMessage, TextContent
+
+    r = await ctx.session.create_message(
+        messages=[SamplingMessage(role="user", content=TextContent(type="text", text="hi"))], max_tokens=5
+    )
+    return f"sampled: {r.content.text}"
+
+
+@server.tool()
 async def mutate(ctx: Context) -> str:
     """Changes echo's description in the running server and says so."""
     ran("mutate")
