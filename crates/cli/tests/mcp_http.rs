@@ -314,7 +314,7 @@ impl Session {
         };
         let a = s.send(
             &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": PROTOCOL, "capabilities": {},
+            "protocolVersion": PROTOCOL, "capabilities": {"roots": {}, "sampling": {}},
             "clientInfo": {"name": "raw-http-test", "version": "1"}}}),
         );
         assert_eq!(a.status, 200, "{}", a.body);
@@ -1388,6 +1388,89 @@ fn http_resources_prompts_and_unknown_methods_are_decided_before_the_upstream_se
             ),
             ("action.denied", "mcp://warehouse/methods/files%2Fdelete"),
             ("action.allowed", "mcp://warehouse/prompts/summarize"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string())),
+        "{log:?}"
+    );
+}
+
+/// Issue 24 ("Also"): the server's requests to the client (here roots and
+/// sampling, asked for in the middle of a tool call) are decided for the
+/// client's principal before the client sees them.
+#[test]
+fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_them() {
+    require_python_mcp();
+    let tmp = tempfile::tempdir().unwrap();
+    let up = sdk_upstream(&tmp, "", None);
+    let servers = server("warehouse", &up.url, "");
+    std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
+    let policies = format!(
+        "{MCP_POLICIES}\n@id(\"no-sampling\") forbid(principal, action == Action::\"mcp.sample\", resource);\n"
+    );
+    let g = Gateway::start_extra(tmp.path(), &policies, &format!("\n[mcp]\n{servers}"));
+    let e = Env {
+        g,
+        up,
+        runs: tmp.path().join("runs.jsonl"),
+        tmp,
+    };
+    let s = e.session("warehouse", "agent:report-bot");
+    // Allowed: the roots request reaches the client, which answers it.
+    let ev = s.call_streaming(
+        json!(1),
+        "ask_client",
+        &json!({"what": "roots"}),
+        json!("p1"),
+    );
+    let asked = ev.next().unwrap();
+    assert_eq!(asked["method"], "roots/list", "{asked}");
+    let a = s.send(&json!({"jsonrpc": "2.0", "id": asked["id"],
+                           "result": {"roots": [{"uri": "file:///work", "name": "work"}]}}));
+    assert_eq!(a.status, 202, "{}", a.body);
+    let rest = ev.rest();
+    let r = rest.iter().find(|m| m["id"] == 1).expect("an answer");
+    assert_eq!(tool_text(r), "roots: 1", "{r}");
+    // Denied: the sampling request never reaches the client; the server
+    // is answered with the refusal, which ends the call.
+    let ev = s.call_streaming(
+        json!(2),
+        "ask_client",
+        &json!({"what": "sample"}),
+        json!("p2"),
+    );
+    let rest = ev.rest();
+    assert!(
+        rest.iter().all(|m| m["method"] != "sampling/createMessage"),
+        "{rest:?}"
+    );
+    let r = rest.iter().find(|m| m["id"] == 2).expect("an answer");
+    assert!(
+        r.to_string().contains("no-sampling") && r.to_string().contains("Nothing was forwarded"),
+        "the server got the refusal: {r}"
+    );
+    let log = e.log();
+    let decided: Vec<(String, String)> = log
+        .iter()
+        .filter(|en| en["event"] == "action.allowed" || en["event"] == "action.denied")
+        .filter(|en| en.to_string().contains("/client/"))
+        .map(|en| {
+            (
+                en["event"].as_str().unwrap().to_string(),
+                en["payload"]["action"]["resource"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            ("action.allowed", "mcp://warehouse/client/roots%2Flist"),
+            (
+                "action.denied",
+                "mcp://warehouse/client/sampling%2FcreateMessage"
+            ),
         ]
         .map(|(a, b)| (a.to_string(), b.to_string())),
         "{log:?}"

@@ -229,6 +229,9 @@ struct Inner {
     deciding: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// The sessions opened through the gateway, by [`session_key`].
     sessions: Mutex<Sessions>,
+    /// The server's requests relayed to clients after a decision, by
+    /// caller, server, session and id: recorded when the client answers.
+    server_asked: Mutex<HashMap<String, Forward>>,
 }
 
 impl McpExtension {
@@ -267,6 +270,7 @@ impl McpExtension {
                 http,
                 deciding: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Sessions::default()),
+                server_asked: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -822,14 +826,16 @@ async fn other_mcp(
         }
     }
     let delete = method == Method::DELETE;
-    match upstream(&inner, &srv, method, &forwarded(&headers), None).await {
+    let fwd_headers = forwarded(&headers);
+    let watch = watch_of(&inner, &s.gateway, &p, &srv, &fwd_headers, sid.as_deref());
+    match upstream(&inner, &srv, method, &fwd_headers, None).await {
         Ok(resp) => {
             if let (true, Some(sid)) = (delete && resp.status().is_success(), &sid) {
                 lock(&inner.sessions)
                     .by_key
                     .remove(&session_key(&server, sid));
             }
-            relay_stream(&inner, resp, watch_of(&inner, &server, sid.as_deref()))
+            relay_stream(&inner, resp, watch)
         }
         Err(f) => f.response,
     }
@@ -842,13 +848,22 @@ fn session_of(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-/// What an event stream of session `sid` clears when the server says its
-/// tool list changed.
-fn watch_of(inner: &Arc<Inner>, server: &str, sid: Option<&str>) -> Option<ListWatch> {
-    sid.map(|sid| ListWatch {
+/// The context of the event streams answering one request of `who`.
+fn watch_of(
+    inner: &Arc<Inner>,
+    gateway: &Arc<Gateway>,
+    who: &Principal,
+    srv: &Arc<ServerConfig>,
+    headers: &[(String, HeaderValue)],
+    sid: Option<&str>,
+) -> Option<ListWatch> {
+    Some(ListWatch {
         inner: inner.clone(),
-        server: server.to_string(),
-        session: sid.to_string(),
+        gateway: gateway.clone(),
+        who: who.clone(),
+        srv: srv.clone(),
+        headers: headers.to_vec(),
+        session: sid.map(str::to_string),
     })
 }
 
@@ -965,7 +980,14 @@ async fn post_mcp(
             return r;
         }
     }
-    let watch = watch_of(&inner, &server, session.as_deref());
+    let watch = watch_of(
+        &inner,
+        &s.gateway,
+        &p,
+        &srv,
+        &fwd_headers,
+        session.as_deref(),
+    );
     let call_key = |id: &Value| {
         format!(
             "{}|{}|{}|{}",
@@ -1102,6 +1124,17 @@ async fn post_mcp(
                 inner.open_session(&server, sid, &p, info);
             }
             resp
+        }
+        (Kind::Response, _) => {
+            if let (Some(w), Some(id)) = (&watch, msg.id()) {
+                let asked = lock(&inner.server_asked).remove(&w.asked_key(id));
+                if let Some(fwd) = asked {
+                    let outcome = outcome_of(&Value::Object(msg.value.clone()));
+                    let icp = w.interceptor();
+                    tokio::spawn(async move { icp.finished(&fwd, outcome).await });
+                }
+            }
+            pass(&inner, &srv, &fwd_headers, body, watch).await
         }
         _ => pass(&inner, &srv, &fwd_headers, body, watch).await,
     }
@@ -1287,19 +1320,94 @@ async fn observe(
     }
 }
 
-/// Clears what a session's client listed when the server says, on one of
-/// the session's event streams, that its tool list changed.
+/// Who an upstream event stream is relayed to, and in which session: what
+/// its [`Tap`] needs to decide the server's requests to the client for
+/// that principal, and to clear what the session's client listed when the
+/// server says its tool list changed.
 #[derive(Clone)]
 struct ListWatch {
     inner: Arc<Inner>,
-    server: String,
-    session: String,
+    gateway: Arc<Gateway>,
+    who: Principal,
+    srv: Arc<ServerConfig>,
+    /// The request's transport headers (session, protocol version).
+    headers: Vec<(String, HeaderValue)>,
+    session: Option<String>,
 }
 
 impl ListWatch {
     fn changed(&self) {
-        self.inner
-            .with_session(&self.server, &self.session, |i| i.listed.clear());
+        if let Some(sid) = &self.session {
+            self.inner
+                .with_session(&self.srv.name, sid, |i| i.listed.clear());
+        }
+    }
+
+    fn interceptor(&self) -> Interceptor<InProcess> {
+        Interceptor::new(
+            self.inner.config.clone(),
+            self.srv.clone(),
+            Arc::new(InProcess {
+                gateway: self.gateway.clone(),
+                who: self.who.clone(),
+                admins: self.inner.config.tool_admins.clone(),
+            }),
+        )
+    }
+
+    fn asked_key(&self, id: &Value) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.who.id,
+            self.srv.name,
+            self.session.as_deref().unwrap_or(""),
+            id_key(id)
+        )
+    }
+
+    /// Decides a request of the server before the client sees it: `Some`
+    /// (the event, to relay) if allowed; else the server is answered with
+    /// the refusal and the client sees nothing.
+    async fn decide_server_request(
+        self,
+        act: crate::methods::Act,
+        id: Value,
+        event: Bytes,
+    ) -> Option<Bytes> {
+        let icp = self.interceptor();
+        match icp.act(&act, self.session.as_deref()).await {
+            Ok(fwd) => {
+                let mut asked = lock(&self.inner.server_asked);
+                if asked.len() >= MAX_SESSIONS {
+                    asked.clear();
+                }
+                asked.insert(self.asked_key(&id), fwd);
+                Some(event)
+            }
+            Err(text) => {
+                let refusal = error_response(id, jsonrpc::DENIED, &text).to_string();
+                let headers: Vec<(String, HeaderValue)> = self
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        !k.starts_with("mcp-param-") && k != "mcp-name" && k != "mcp-method"
+                    })
+                    .cloned()
+                    .collect();
+                if let Err(f) = upstream(
+                    &self.inner,
+                    &self.srv,
+                    Method::POST,
+                    &headers,
+                    Some(Bytes::from(refusal)),
+                )
+                .await
+                {
+                    tracing::warn!(error = %f.why, "could not tell the MCP server its request was refused");
+                }
+                None
+            }
+        }
     }
 }
 
@@ -1783,8 +1891,15 @@ struct Tap<S> {
     /// The call's id and what records its outcome, until it is recorded.
     pending: Option<(Value, Interceptor<InProcess>, Forward)>,
     ended: bool,
-    /// The session whose client's listing a changed tool list clears.
+    /// Who the stream goes to: the server's requests are decided for
+    /// them, a changed tool list clears their session's listing.
     watch: Option<ListWatch>,
+    /// Server requests being decided: the event to relay (`None`: refused).
+    decided: (
+        mpsc::UnboundedSender<Option<Bytes>>,
+        mpsc::UnboundedReceiver<Option<Bytes>>,
+    ),
+    undecided: usize,
 }
 
 impl<S> Tap<S> {
@@ -1799,6 +1914,8 @@ impl<S> Tap<S> {
             pending: call,
             ended: false,
             watch: None,
+            decided: mpsc::unbounded_channel(),
+            undecided: 0,
         }
     }
 
@@ -1858,6 +1975,30 @@ impl<S> Tap<S> {
                 w.changed();
             }
         }
+        if let Some(m) = msg.as_ref().filter(|m| m.kind == Kind::Request) {
+            let act = crate::methods::server_request(
+                &self.srv_name(),
+                m.method().unwrap_or_default(),
+                m.params(),
+            );
+            if let Some(act) = act {
+                // Decided before the client sees it; a stream without the
+                // context to decide it never relays it.
+                let Some(w) = self.watch.clone() else {
+                    tracing::warn!("dropped a request of the MCP server that could not be decided");
+                    return;
+                };
+                let id = m.id().cloned().unwrap_or(Value::Null);
+                let tx = self.decided.0.clone();
+                self.undecided += 1;
+                let event = Bytes::from(event);
+                tokio::spawn(async move {
+                    let out = w.decide_server_request(act, id, event).await;
+                    let _ = tx.send(out);
+                });
+                return;
+            }
+        }
         if let (Some(m), Some((id, _, _))) = (&msg, &self.pending) {
             if m.kind == Kind::Response && m.id().map(id_key) == Some(id_key(id)) {
                 let outcome = outcome_of(&Value::Object(m.value.clone()));
@@ -1865,6 +2006,15 @@ impl<S> Tap<S> {
             }
         }
         self.out.push_back(Bytes::from(event));
+    }
+}
+
+impl<S> Tap<S> {
+    fn srv_name(&self) -> String {
+        self.watch
+            .as_ref()
+            .map(|w| w.srv.name.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -1877,7 +2027,25 @@ impl<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin> Stream for Tap<S> 
             if let Some(b) = this.out.pop_front() {
                 return Poll::Ready(Some(Ok(b)));
             }
+            while this.undecided > 0 {
+                match this.decided.1.poll_recv(cx) {
+                    Poll::Ready(Some(ev)) => {
+                        this.undecided -= 1;
+                        if let Some(b) = ev {
+                            this.out.push_back(b);
+                        }
+                    }
+                    Poll::Ready(None) => this.undecided = 0,
+                    Poll::Pending => break,
+                }
+            }
+            if let Some(b) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(b)));
+            }
             if this.ended {
+                if this.undecided > 0 {
+                    return Poll::Pending;
+                }
                 return Poll::Ready(None);
             }
             match StdPin::new(&mut this.inner).poll_next(cx) {

@@ -119,13 +119,23 @@ def summarize(topic: str) -> str:
 async def ask_client(what: str, ctx: Context) -> str:
     """Asks the client for its roots ("roots") or a completion ("sample")."""
     ran("ask_client", what=what)
+    # Asked as part of this call (over HTTP: on the call's own stream).
     if what == "roots":
-        r = await ctx.session.list_roots()
+        import mcp_types
+        from mcp.shared.message import ServerMessageMetadata
+
+        r = await ctx.session.send_request(
+            mcp_types.ListRootsRequest(),
+            mcp_types.ListRootsResult,
+            metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+        )
         return f"roots: {len(r.roots)}"
     from mcp_types import SamplingMessage, TextContent
 
     r = await ctx.session.create_message(
-        messages=[SamplingMessage(role="user", content=TextContent(type="text", text="hi"))], max_tokens=5
+        messages=[SamplingMessage(role="user", content=TextContent(type="text", text="hi"))],
+        max_tokens=5,
+        related_request_id=ctx.request_id,
     )
     return f"sampled: {r.content.text}"
 
