@@ -252,6 +252,7 @@ mod tests {
             definition: Some(&def),
             client_info: Some(&json!({"name": "cli", "version": "1", "extra": "dropped"})),
             session: Some("s1"),
+            listed: false,
         });
         assert_eq!(a["kind"], "mcp");
         assert_eq!(a["operation"], "export");
@@ -262,6 +263,10 @@ mod tests {
             json!({"client": {"name": "cli", "version": "1"}})
         );
         assert_eq!(facts["mcp"]["session"], "s1");
+        assert_eq!(
+            facts["mcp"]["listed"], false,
+            "a definition known is not a listing"
+        );
         let mut declared = a.clone();
         declare_facts(&mut declared, facts.clone());
         assert!(

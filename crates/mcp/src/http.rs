@@ -1540,17 +1540,7 @@ impl CallCtx {
         headers.push(("mcp-method".into(), HeaderValue::from_static("tools/list")));
         let mut cursor: Option<Value> = None;
         for _ in 0..20 {
-            let mut params = Map::new();
-            if let Some(meta) = call_params.get("_meta").and_then(Value::as_object) {
-                // Stateless protocol versions need the envelope on every
-                // request; progress belongs to the call, not to this.
-                let mut m = meta.clone();
-                m.remove("progressToken");
-                params.insert("_meta".into(), Value::Object(m));
-            }
-            if let Some(c) = cursor.take() {
-                params.insert("cursor".into(), c);
-            }
+            let params = jsonrpc::own_list_params(call_params, cursor.take());
             let req = json!({"jsonrpc": "2.0", "id": "secondkey-tools", "method": "tools/list", "params": params});
             let resp = upstream(
                 &self.inner,

@@ -200,6 +200,26 @@ pub fn tool_name(msg: &Message) -> Result<String, Refused> {
     }
 }
 
+/// The params of secondkey's own `tools/list` (page `cursor`) on behalf of
+/// a call with `call_params`: the call's `_meta` envelope (stateless
+/// protocol versions need it on every request) without its progress token
+/// (progress belongs to the call).
+pub fn own_list_params(
+    call_params: &Map<String, Value>,
+    cursor: Option<Value>,
+) -> Map<String, Value> {
+    let mut params = Map::new();
+    if let Some(meta) = call_params.get("_meta").and_then(Value::as_object) {
+        let mut m = meta.clone();
+        m.remove("progressToken");
+        params.insert("_meta".into(), Value::Object(m));
+    }
+    if let Some(c) = cursor {
+        params.insert("cursor".into(), c);
+    }
+    params
+}
+
 /// The `_meta.progressToken` of a request's params, if the client asked for
 /// progress notifications.
 pub fn progress_token(params: Option<&Map<String, Value>>) -> Option<Value> {

@@ -508,16 +508,7 @@ impl<D: Decider> Relay<D> {
                 self.send_client(&result_response(id, result)).await;
             }
             Plan::Forward(fwd) => {
-                let gone = {
-                    let mut st = lock(&self.state);
-                    st.deciding.remove(&key);
-                    if st.server_gone {
-                        true
-                    } else {
-                        st.inflight.insert(key, Pending::ToolsCall(fwd.clone()));
-                        false
-                    }
-                };
+                let gone = self.sending(key, Pending::ToolsCall(fwd.clone()));
                 if gone {
                     self.icp
                         .finished(
@@ -538,6 +529,18 @@ impl<D: Decider> Relay<D> {
         }
     }
 
+    /// A decided request leaves `deciding` for `inflight`, unless the
+    /// server is gone (then `true`: it cannot be sent).
+    fn sending(&self, key: String, pending: Pending) -> bool {
+        let mut st = lock(&self.state);
+        st.deciding.remove(&key);
+        if st.server_gone {
+            return true;
+        }
+        st.inflight.insert(key, pending);
+        false
+    }
+
     /// Decides a request that acts (other than `tools/call`), then forwards
     /// exactly what was decided, or answers the client with the refusal.
     async fn act(self: Arc<Self>, msg: Message, act: crate::methods::Act) {
@@ -553,16 +556,7 @@ impl<D: Decider> Relay<D> {
             }
             Ok(fwd) => fwd,
         };
-        let gone = {
-            let mut st = lock(&self.state);
-            st.deciding.remove(&key);
-            if st.server_gone {
-                true
-            } else {
-                st.inflight.insert(key, Pending::Acted(fwd.clone()));
-                false
-            }
-        };
+        let gone = self.sending(key, Pending::Acted(fwd.clone()));
         if gone {
             self.icp
                 .finished(
@@ -586,17 +580,7 @@ impl<D: Decider> Relay<D> {
     async fn list_tools(&self, call_params: &Map<String, Value>) {
         let mut cursor: Option<Value> = None;
         for _ in 0..20 {
-            let mut params = Map::new();
-            if let Some(meta) = call_params.get("_meta").and_then(Value::as_object) {
-                // Stateless protocol versions need the envelope on every
-                // request; progress belongs to the call, not to this.
-                let mut m = meta.clone();
-                m.remove("progressToken");
-                params.insert("_meta".into(), Value::Object(m));
-            }
-            if let Some(c) = cursor.take() {
-                params.insert("cursor".into(), c);
-            }
+            let params = jsonrpc::own_list_params(call_params, cursor.take());
             let (tx, rx) = oneshot::channel();
             let id = {
                 let mut st = lock(&self.state);

@@ -705,25 +705,26 @@ async fn the_listed_fact_is_the_clients_and_a_changed_list_is_read_again_before_
     );
     let seen_before = log.log().observed.len();
     assert_eq!(text(&s.call(json!(5), "tools/call", echo("c")).await), "c");
-    let l = log.log();
-    let listed: Vec<Value> = l
-        .facts
-        .iter()
-        .filter(|f| f["mcp"]["tool"] == "echo")
-        .map(|f| f["mcp"]["listed"].clone())
-        .collect();
-    assert_eq!(listed, vec![json!(false), json!(true), json!(false)]);
-    let relisted: Vec<&Value> = l.observed[seen_before..]
-        .iter()
-        .filter(|d| d["name"] == "echo")
-        .collect();
-    assert!(
-        relisted
+    {
+        let l = log.log();
+        let listed: Vec<Value> = l
+            .facts
             .iter()
-            .any(|d| d["description"].as_str().unwrap().contains("id_rsa")),
-        "decided on the definition listed after the change: {relisted:?}"
-    );
-    drop(l);
+            .filter(|f| f["mcp"]["tool"] == "echo")
+            .map(|f| f["mcp"]["listed"].clone())
+            .collect();
+        assert_eq!(listed, vec![json!(false), json!(true), json!(false)]);
+        let relisted: Vec<&Value> = l.observed[seen_before..]
+            .iter()
+            .filter(|d| d["name"] == "echo")
+            .collect();
+        assert!(
+            relisted
+                .iter()
+                .any(|d| d["description"].as_str().unwrap().contains("id_rsa")),
+            "decided on the definition listed after the change: {relisted:?}"
+        );
+    }
     s.close().await;
 }
 
@@ -789,45 +790,46 @@ async fn resources_prompts_and_unknown_methods_are_decided_before_the_server_see
         ],
         "the denied ones never reached the server"
     );
-    let l = log.log();
-    let decided: Vec<(String, String)> = l
-        .decided
-        .iter()
-        .map(|a| {
-            (
-                a["operation"].as_str().unwrap().to_string(),
-                a["resource"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        decided,
-        [
-            (
-                "read",
-                "mcp://warehouse/resources/file%3A%2F%2F%2Fnotes.txt"
-            ),
-            (
-                "read",
-                "mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt"
-            ),
-            ("request", "mcp://warehouse/methods/files%2Fdelete"),
-            ("read", "mcp://warehouse/prompts/summarize"),
-        ]
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-    );
-    assert_eq!(
-        l.decided[2]["params"],
-        json!({"path": "/"}),
-        "`_meta` is not an argument"
-    );
-    assert_eq!(
-        l.recorded.len(),
-        2,
-        "both runs' outcomes recorded: {:?}",
-        l.recorded
-    );
-    drop(l);
+    {
+        let l = log.log();
+        let decided: Vec<(String, String)> = l
+            .decided
+            .iter()
+            .map(|a| {
+                (
+                    a["operation"].as_str().unwrap().to_string(),
+                    a["resource"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            decided,
+            [
+                (
+                    "read",
+                    "mcp://warehouse/resources/file%3A%2F%2F%2Fnotes.txt"
+                ),
+                (
+                    "read",
+                    "mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt"
+                ),
+                ("request", "mcp://warehouse/methods/files%2Fdelete"),
+                ("read", "mcp://warehouse/prompts/summarize"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!(
+            l.decided[2]["params"],
+            json!({"path": "/"}),
+            "`_meta` is not an argument"
+        );
+        assert_eq!(
+            l.recorded.len(),
+            2,
+            "both runs' outcomes recorded: {:?}",
+            l.recorded
+        );
+    }
     s.close().await;
 }
 
@@ -875,26 +877,27 @@ async fn the_servers_requests_to_the_client_are_decided_before_the_client_sees_t
         r.to_string().contains("no-secrets") && r.to_string().contains("Nothing was forwarded"),
         "the server got the refusal: {r}"
     );
-    let l = log.log();
-    let decided: Vec<(&str, &str)> = l
-        .decided
-        .iter()
-        .filter(|a| a["resource"].as_str().unwrap().contains("/client/"))
-        .map(|a| {
-            (
-                a["operation"].as_str().unwrap(),
-                a["resource"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        decided,
-        [
-            ("read", "mcp://warehouse/client/roots%2Flist"),
-            ("sample", "mcp://warehouse/client/sampling%2FcreateMessage"),
-        ]
-    );
-    drop(l);
+    {
+        let l = log.log();
+        let decided: Vec<(&str, &str)> = l
+            .decided
+            .iter()
+            .filter(|a| a["resource"].as_str().unwrap().contains("/client/"))
+            .map(|a| {
+                (
+                    a["operation"].as_str().unwrap(),
+                    a["resource"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            decided,
+            [
+                ("read", "mcp://warehouse/client/roots%2Flist"),
+                ("sample", "mcp://warehouse/client/sampling%2FcreateMessage"),
+            ]
+        );
+    }
     s.close().await;
     // The allowed request's outcome was recorded with the calls'.
     assert!(
