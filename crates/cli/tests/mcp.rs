@@ -159,7 +159,7 @@ fn steps(mode: &str, steps: Value) -> Value {
 }
 
 fn check_allow_and_deny(e: &Env, out: &[Value]) {
-    assert_eq!(out[0]["tools"].as_array().unwrap().len(), 5, "{out:?}");
+    assert_eq!(out[0]["tools"].as_array().unwrap().len(), 7, "{out:?}");
     assert_eq!(out[1]["text"], "10 rows of orders", "{out:?}");
     assert_eq!(out[1]["isError"], false);
     assert_eq!(out[2]["isError"], true, "{out:?}");
@@ -206,7 +206,7 @@ fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v.as_array().unwrap().len(),
-        5,
+        7,
         "every listed tool is pinned: {v}"
     );
     // The served OpenAPI document describes the MCP gateway's routes too,
@@ -450,7 +450,7 @@ fn http_mode_holds_credentials_and_decides_every_call() {
         Some("user:bob"),
         None,
     );
-    assert_eq!(pins.as_array().unwrap().len(), 5, "{pins}");
+    assert_eq!(pins.as_array().unwrap().len(), 7, "{pins}");
     let _ = e.dir;
 }
 
@@ -477,7 +477,7 @@ async fn rmcp_client_over_stdio() {
             .await
             .expect("the handshake through secondkey");
     let tools = client.list_all_tools().await.unwrap();
-    assert_eq!(tools.len(), 5);
+    assert_eq!(tools.len(), 7);
     let mut args = serde_json::Map::new();
     args.insert("table".into(), json!("orders"));
     let r = client
@@ -507,4 +507,295 @@ async fn rmcp_client_over_stdio() {
     client.cancel().await.unwrap();
     assert_eq!(e.runs_of("read_table").len(), 1);
     assert!(e.runs_of("delete_customer").is_empty());
+}
+
+/// One gateway and the SDK server behind it, reached by the SDK client
+/// over stdio (`secondkey mcp stdio` launching the server) or over
+/// Streamable HTTP (the gateway in front of the server as an upstream,
+/// restarted when a session asks for another variant of it).
+struct Rig {
+    e: Env,
+    http: Option<HttpUp>,
+    /// Holds the upstream's token file (read when the gateway starts).
+    _token: Option<tempfile::TempDir>,
+}
+
+struct HttpUp {
+    up: Upstream,
+    url: String,
+    variant: String,
+}
+
+fn sdk_upstream(dir: &std::path::Path, variant: &str, port: Option<u16>) -> Upstream {
+    let runs = dir.join("runs.jsonl");
+    upstream_with(
+        dir,
+        "test_server.py",
+        &[
+            ("MCP_TEST_RUNS", runs.to_str().unwrap()),
+            ("MCP_TEST_UPSTREAM_TOKEN", "upstream-secret"),
+            ("MCP_TEST_VARIANT", variant),
+        ],
+        port,
+    )
+}
+
+impl Rig {
+    fn stdio() -> Rig {
+        Rig {
+            e: start(""),
+            http: None,
+            _token: None,
+        }
+    }
+
+    fn http() -> Rig {
+        require_python_mcp();
+        // The upstream writes its runs where the gateway's env reads them:
+        // start the gateway first, in its own directory.
+        let port = free_port();
+        let token = tempfile::tempdir().unwrap();
+        std::fs::write(token.path().join("upstream.token"), "upstream-secret\n").unwrap();
+        let header = format!(
+            "url = \"http://127.0.0.1:{port}/mcp\"\nheaders = [{{ name = \"Authorization\", value_file = \"{}\", prefix = \"Bearer \" }}]",
+            token.path().join("upstream.token").display()
+        );
+        let e = start(&tools_section(&header));
+        let up = sdk_upstream(&e.dir, "", Some(port));
+        let url = format!("{}/mcp/warehouse", e.g.url);
+        Rig {
+            e,
+            http: Some(HttpUp {
+                up,
+                url,
+                variant: String::new(),
+            }),
+            _token: Some(token),
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        if self.http.is_some() {
+            "http"
+        } else {
+            "stdio"
+        }
+    }
+
+    /// Stops the HTTP upstream and starts it again, on the same port, as
+    /// `variant`.
+    fn restart(&mut self, variant: &str) {
+        let dir = self.e.dir.clone();
+        let h = self.http.as_mut().expect("an HTTP rig");
+        let _ = h.up.child.kill();
+        h.up.wait_exited();
+        h.up = sdk_upstream(&dir, variant, Some(h.up.port));
+        h.variant = variant.to_string();
+    }
+
+    /// A client session running `steps` against the server `variant`.
+    fn spawn(&mut self, variant: &str, steps_: Value) -> Child {
+        let script = steps("legacy", steps_);
+        if self.http.as_ref().is_some_and(|h| h.variant != variant) {
+            self.restart(variant);
+        }
+        match &self.http {
+            None => self.e.stdio_client(&script, variant),
+            Some(h) => self
+                .e
+                .http_client(&script, &h.url, &token_of("agent:report-bot")),
+        }
+    }
+
+    fn session(&mut self, variant: &str, steps_: Value) -> Vec<Value> {
+        outputs(self.spawn(variant, steps_))
+    }
+
+    fn log(&self) -> Vec<Value> {
+        self.e.g.log_entries()
+    }
+
+    /// The decisions recorded for calls of `tool` (allowed, denied or held).
+    fn decisions(&self, tool: &str) -> Vec<Value> {
+        let resource = format!("mcp://warehouse/{tool}");
+        self.log()
+            .into_iter()
+            .filter(|en| {
+                let ev = en["event"].as_str().unwrap_or_default();
+                (ev.starts_with("action.allowed")
+                    || ev.starts_with("action.denied")
+                    || ev == "request.created")
+                    && en.to_string().contains(&resource)
+            })
+            .collect()
+    }
+
+    /// The `listed` fact each allowed call of `tool` was decided with: a
+    /// gateway fact over HTTP, the relay's declared context over stdio.
+    fn listed_facts(&self, tool: &str) -> Vec<Value> {
+        self.decisions(tool)
+            .iter()
+            .filter(|en| en["event"] == "action.allowed")
+            .map(|en| {
+                let p = &en["payload"];
+                let fact = &p["facts"]["mcp"]["listed"];
+                if fact.is_null() {
+                    p["action"]["context"]["mcp"]["listed"].clone()
+                } else {
+                    fact.clone()
+                }
+            })
+            .collect()
+    }
+
+    fn changes_seen(&self, tool: &str) -> usize {
+        self.log()
+            .iter()
+            .filter(|en| en["event"] == "mcp.tool.changed" && en["payload"]["tool"] == tool)
+            .count()
+    }
+}
+
+/// Issue 13: a client that keeps a tool list from an earlier session
+/// calls straight away in a new one, after the server changed the tool
+/// (description, input schema only, or annotations that would change the
+/// operation class). The call is checked against the server's current
+/// definition: held as a changed tool, never decided, never run.
+#[test]
+fn a_changed_tool_called_in_a_new_session_without_listing_never_reaches_policy_or_the_server() {
+    for mut r in [Rig::stdio(), Rig::http()] {
+        let t = r.transport();
+        let out = r.session(
+            "",
+            json!([{"list": true}, {"call": "echo", "args": {"text": "hi"}}]),
+        );
+        assert_eq!(out[1]["text"], "hi", "{t}: {out:?}");
+        // The `listed` fact is true only of a session that listed.
+        let read = json!({"call": "read_table", "args": {"table": "orders"}});
+        let out = r.session("", json!([read, {"list": true}, read]));
+        assert_eq!(out[0]["text"], "10 rows of orders", "{t}: {out:?}");
+        assert_eq!(out[2]["text"], "10 rows of orders", "{t}: {out:?}");
+        assert_eq!(
+            r.listed_facts("read_table"),
+            vec![json!(false), json!(true)],
+            "{t}"
+        );
+        for (variant, tool, args) in [
+            ("changed", "echo", json!({"text": "hi"})),
+            ("schema", "echo", json!({"text": "hi"})),
+            ("annotation", "read_table", json!({"table": "orders"})),
+        ] {
+            let runs = r.e.runs_of(tool).len();
+            let decided = r.decisions(tool).len();
+            let changes = r.changes_seen(tool);
+            let out = r.session(variant, json!([{"call": tool, "args": args}]));
+            let text = out[0]["text"].as_str().unwrap_or_default();
+            assert!(
+                out[0]["isError"] == true && text.contains("changed since it was pinned"),
+                "{t} {variant}: {out:?}"
+            );
+            assert!(
+                !text.contains("no-destructive-tools"),
+                "{t} {variant}: not decided as the new operation: {text}"
+            );
+            assert_eq!(r.e.runs_of(tool).len(), runs, "{t} {variant}: nothing ran");
+            assert_eq!(
+                r.decisions(tool).len(),
+                decided,
+                "{t} {variant}: the call never reached policy"
+            );
+            assert_eq!(
+                r.changes_seen(tool),
+                changes + 1,
+                "{t} {variant}: the change is logged when the call comes"
+            );
+        }
+    }
+}
+
+/// Issue 13: the server changes a tool and says so
+/// (`notifications/tools/list_changed`) in the middle of a session; the
+/// next call of it is checked against the new definition.
+#[test]
+fn a_call_after_the_server_says_its_tool_list_changed_is_checked_against_the_new_list() {
+    for mut r in [Rig::stdio(), Rig::http()] {
+        let t = r.transport();
+        let out = r.session(
+            "",
+            json!([{"list": true}, {"call": "echo", "args": {"text": "a"}},
+                   {"call": "mutate"}, {"call": "echo", "args": {"text": "b"}}]),
+        );
+        assert_eq!(out[1]["text"], "a", "{t}: {out:?}");
+        assert_eq!(out[2]["text"], "mutated", "{t}: {out:?}");
+        let text = out[3]["text"].as_str().unwrap_or_default();
+        assert!(
+            out[3]["isError"] == true && text.contains("changed since it was pinned"),
+            "{t}: {out:?}"
+        );
+        assert_eq!(
+            r.e.runs_of("echo"),
+            vec![json!({"tool": "echo", "args": {"text": "a"}})],
+            "{t}: the changed tool did not run"
+        );
+        let changed = r
+            .log()
+            .into_iter()
+            .find(|en| en["event"] == "mcp.tool.changed")
+            .unwrap_or_else(|| panic!("{t}: the change is logged"));
+        assert!(
+            changed["payload"]["definition"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("id_rsa"),
+            "{t}: {changed}"
+        );
+    }
+}
+
+/// Issue 13: the upstream restarts, changed, between a list and a call of
+/// one client session (HTTP: the upstream is a separate service; over
+/// stdio the server process is the session, and its end ends the relay).
+#[test]
+fn http_an_upstream_restart_between_a_list_and_a_call_of_one_session_runs_nothing_changed() {
+    use std::io::BufRead;
+    let mut r = Rig::http();
+    let flag = r.e.dir.join("restarted");
+    let mut child = r.spawn(
+        "",
+        json!([{"list": true}, {"wait_file": flag.to_str().unwrap()},
+               {"call": "echo", "args": {"text": "after"}}]),
+    );
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["tools"].as_array().unwrap().len(), 7, "{first}");
+    r.restart("changed");
+    std::fs::write(&flag, "").unwrap();
+    let rest: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let _ = child.wait();
+    assert_eq!(rest[0]["waited"], true, "{rest:?}");
+    assert!(
+        rest[1].get("error").is_some() || rest[1]["isError"] == true,
+        "the call in the old session does not run: {rest:?}"
+    );
+    assert!(r.e.runs_of("echo").is_empty(), "{:?}", r.e.runs());
+    assert!(
+        r.decisions("echo").is_empty(),
+        "never decided on the definition of before the restart"
+    );
+    // A new session's call of it is held as changed.
+    let out = r.session(
+        "changed",
+        json!([{"call": "echo", "args": {"text": "new"}}]),
+    );
+    assert!(
+        out[0]["isError"] == true
+            && out[0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("changed since it was pinned"),
+        "{out:?}"
+    );
+    assert!(r.e.runs_of("echo").is_empty());
 }

@@ -314,7 +314,7 @@ impl Session {
         };
         let a = s.send(
             &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": PROTOCOL, "capabilities": {},
+            "protocolVersion": PROTOCOL, "capabilities": {"roots": {}, "sampling": {}},
             "clientInfo": {"name": "raw-http-test", "version": "1"}}}),
         );
         assert_eq!(a.status, 200, "{}", a.body);
@@ -1140,4 +1140,339 @@ fn http_a_hostile_upstream_flood_is_cut_to_a_rate_and_garbage_is_dropped() {
 /// the last one ended.
 fn flood_bound(elapsed: Duration) -> usize {
     2000 * (elapsed.as_secs() as usize + 2)
+}
+
+impl Session {
+    fn delete(&self) -> Answer {
+        Self::answer(self.request("DELETE").call())
+    }
+}
+
+/// Issue 13: a session is bound to the principal that opened it. Another
+/// principal naming its id (in a call, a notification, the GET stream or a
+/// DELETE) is answered as for an unknown session, nothing reaches the
+/// upstream, and each attempt is recorded.
+#[test]
+fn http_a_session_is_bound_to_its_principal_and_another_cannot_use_it() {
+    let e = start("", |url| server("warehouse", url, ""));
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let thief = s.as_other("agent:other-bot");
+    let seen = e.up.requests_seen();
+    let unknown = |a: &Answer| {
+        assert_eq!(a.status, 404, "{}", a.body);
+        let v: Value = serde_json::from_str(&a.body).unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown MCP session"),
+            "{v}"
+        );
+    };
+    unknown(&thief.call(json!(1), "echo", &json!({"text": "stolen"})));
+    unknown(&thief.send(&json!({"jsonrpc": "2.0", "id": "l", "method": "tools/list"})));
+    unknown(&thief.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})));
+    unknown(&thief.get());
+    unknown(&thief.delete());
+    // A session id nobody opened is unknown too, whoever asks.
+    let mut forged = s.as_other("agent:report-bot");
+    forged.id = Some("0123456789abcdef".into());
+    unknown(&forged.call(json!(2), "echo", &json!({"text": "forged"})));
+    assert_eq!(e.up.requests_seen(), seen, "nothing reached the upstream");
+    assert!(e.runs().is_empty(), "{:?}", e.runs());
+    let refused: Vec<Value> = e
+        .log()
+        .into_iter()
+        .filter(|en| en["event"] == "mcp.refused")
+        .collect();
+    let codes: Vec<(&str, &str)> = refused
+        .iter()
+        .map(|en| {
+            (
+                en["actor"].as_str().unwrap(),
+                en["payload"]["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("agent:other-bot", "foreign_session"),
+            ("agent:other-bot", "foreign_session"),
+            ("agent:other-bot", "foreign_session"),
+            ("agent:other-bot", "foreign_session"),
+            ("agent:other-bot", "foreign_session"),
+            ("agent:report-bot", "unknown_session"),
+        ],
+        "{refused:?}"
+    );
+    // The owner's session is untouched.
+    assert_eq!(
+        s.call(json!(3), "echo", &json!({"text": "mine"})).text(),
+        "mine"
+    );
+    let a = s.delete();
+    assert!(a.status < 300, "{}", a.body);
+    unknown(&s.call(json!(4), "echo", &json!({"text": "ended"})));
+}
+
+/// Issue 24 (finding 2) and issue 13: a `tools/call` without an id is
+/// refused and never forwarded (a lenient server would run it), and one
+/// whose `params.name` is not a string is invalid params (-32602).
+#[test]
+fn http_a_call_without_an_id_or_with_a_non_string_name_never_reaches_the_upstream() {
+    let e = start("", |url| server("warehouse", url, ""));
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let seen = e.up.requests_seen();
+    let a = s.send(&json!({"jsonrpc": "2.0", "method": "tools/call",
+                           "params": {"name": "echo", "arguments": {"text": "sneaky"}}}));
+    assert_eq!(a.status, 400, "{}", a.body);
+    let r = a.response();
+    assert_eq!(
+        (&r["id"], &r["error"]["code"]),
+        (&Value::Null, &json!(-32600)),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without an `id`"),
+        "{r}"
+    );
+    for (name, says) in [
+        (json!(5), "must be a string, not a number"),
+        (json!({"n": "echo"}), "must be a string, not an object"),
+    ] {
+        let a = s.send(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                               "params": {"name": name, "arguments": {"text": "x"}}}));
+        assert_eq!(a.status, 200, "{}", a.body);
+        let r = a.response();
+        assert_eq!(
+            (&r["id"], &r["error"]["code"]),
+            (&json!(9), &json!(-32602)),
+            "{r}"
+        );
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(says),
+            "{r}"
+        );
+    }
+    assert_eq!(e.up.requests_seen(), seen, "nothing reached the upstream");
+    assert!(e.runs().is_empty(), "{:?}", e.runs());
+    let refused = e.wait_log(|en| en["event"] == "mcp.refused");
+    assert_eq!(
+        (
+            &refused["actor"],
+            &refused["payload"]["method"],
+            &refused["payload"]["code"]
+        ),
+        (
+            &json!("agent:report-bot"),
+            &json!("tools/call"),
+            &json!("request_without_id")
+        ),
+        "{refused}"
+    );
+}
+
+/// Issue 24 ("Also"): `resources/read`, `prompts/get` and methods the
+/// gateway does not know are actions decided by policy before the
+/// upstream sees them; unknown methods are refused by default.
+#[test]
+fn http_resources_prompts_and_unknown_methods_are_decided_before_the_upstream_sees_them() {
+    require_python_mcp();
+    let tmp = tempfile::tempdir().unwrap();
+    let up = sdk_upstream(&tmp, "", None);
+    let servers = server("warehouse", &up.url, "");
+    std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
+    let policies = format!(
+        "{MCP_POLICIES}\n@id(\"no-secrets\") forbid(principal, action, resource == Resource::\"mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt\");\n"
+    );
+    let g = Gateway::start_extra(tmp.path(), &policies, &format!("\n[mcp]\n{servers}"));
+    let e = Env {
+        g,
+        up,
+        runs: tmp.path().join("runs.jsonl"),
+        tmp,
+    };
+    let s = e.session("warehouse", "agent:report-bot");
+    let send = |id: i64, method: &str, params: Value| {
+        s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+    };
+    let a = send(1, "resources/read", json!({"uri": "file:///notes.txt"}));
+    assert_eq!(
+        a.response()["result"]["contents"][0]["text"],
+        "the notes",
+        "{}",
+        a.body
+    );
+    let seen = e.up.requests_seen();
+    for (id, method, params, says) in [
+        (
+            2,
+            "resources/read",
+            json!({"uri": "file:///secret.txt"}),
+            "no-secrets",
+        ),
+        (
+            3,
+            "files/delete",
+            json!({"path": "/"}),
+            "mcp://warehouse/methods/files%2Fdelete",
+        ),
+    ] {
+        let a = send(id, method, params);
+        assert_eq!(a.status, 200, "{}", a.body);
+        let r = a.response();
+        assert_eq!(
+            (&r["id"], &r["error"]["code"]),
+            (&json!(id), &json!(-32001)),
+            "{r}"
+        );
+        let m = r["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains(says) && m.contains("Nothing was forwarded"),
+            "{m}"
+        );
+    }
+    assert_eq!(
+        e.up.requests_seen(),
+        seen,
+        "the denied ones were not forwarded"
+    );
+    let a = send(
+        4,
+        "prompts/get",
+        json!({"name": "summarize", "arguments": {"topic": "q3"}}),
+    );
+    let text = a.response()["result"]["messages"][0]["content"]["text"].clone();
+    assert!(
+        text.as_str().unwrap_or_default().contains("Summarize q3"),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        e.runs(),
+        vec![
+            json!({"tool": "resource", "args": {"uri": "file:///notes.txt"}}),
+            json!({"tool": "prompt", "args": {"topic": "q3"}}),
+        ]
+    );
+    let log = e.log();
+    let decided: Vec<(String, String)> = log
+        .iter()
+        .filter(|en| en["event"] == "action.allowed" || en["event"] == "action.denied")
+        .map(|en| {
+            (
+                en["event"].as_str().unwrap().to_string(),
+                en["payload"]["action"]["resource"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (
+                "action.allowed",
+                "mcp://warehouse/resources/file%3A%2F%2F%2Fnotes.txt"
+            ),
+            (
+                "action.denied",
+                "mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt"
+            ),
+            ("action.denied", "mcp://warehouse/methods/files%2Fdelete"),
+            ("action.allowed", "mcp://warehouse/prompts/summarize"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string())),
+        "{log:?}"
+    );
+}
+
+/// Issue 24 ("Also"): the server's requests to the client (here roots and
+/// sampling, asked for in the middle of a tool call) are decided for the
+/// client's principal before the client sees them.
+#[test]
+fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_them() {
+    require_python_mcp();
+    let tmp = tempfile::tempdir().unwrap();
+    let up = sdk_upstream(&tmp, "", None);
+    let servers = server("warehouse", &up.url, "");
+    std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
+    let policies = format!(
+        "{MCP_POLICIES}\n@id(\"no-sampling\") forbid(principal, action == Action::\"mcp.sample\", resource);\n"
+    );
+    let g = Gateway::start_extra(tmp.path(), &policies, &format!("\n[mcp]\n{servers}"));
+    let e = Env {
+        g,
+        up,
+        runs: tmp.path().join("runs.jsonl"),
+        tmp,
+    };
+    let s = e.session("warehouse", "agent:report-bot");
+    // Allowed: the roots request reaches the client, which answers it.
+    let ev = s.call_streaming(
+        json!(1),
+        "ask_client",
+        &json!({"what": "roots"}),
+        json!("p1"),
+    );
+    let asked = ev.next().unwrap();
+    assert_eq!(asked["method"], "roots/list", "{asked}");
+    let a = s.send(&json!({"jsonrpc": "2.0", "id": asked["id"],
+                           "result": {"roots": [{"uri": "file:///work", "name": "work"}]}}));
+    assert_eq!(a.status, 202, "{}", a.body);
+    let rest = ev.rest();
+    let r = rest.iter().find(|m| m["id"] == 1).expect("an answer");
+    assert_eq!(tool_text(r), "roots: 1", "{r}");
+    // Denied: the sampling request never reaches the client; the server
+    // is answered with the refusal, which ends the call.
+    let ev = s.call_streaming(
+        json!(2),
+        "ask_client",
+        &json!({"what": "sample"}),
+        json!("p2"),
+    );
+    let rest = ev.rest();
+    assert!(
+        rest.iter().all(|m| m["method"] != "sampling/createMessage"),
+        "{rest:?}"
+    );
+    let r = rest.iter().find(|m| m["id"] == 2).expect("an answer");
+    assert!(
+        r.to_string().contains("no-sampling") && r.to_string().contains("Nothing was forwarded"),
+        "the server got the refusal: {r}"
+    );
+    let log = e.log();
+    let decided: Vec<(String, String)> = log
+        .iter()
+        .filter(|en| en["event"] == "action.allowed" || en["event"] == "action.denied")
+        .filter(|en| en.to_string().contains("/client/"))
+        .map(|en| {
+            (
+                en["event"].as_str().unwrap().to_string(),
+                en["payload"]["action"]["resource"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            ("action.allowed", "mcp://warehouse/client/roots%2Flist"),
+            (
+                "action.denied",
+                "mcp://warehouse/client/sampling%2FcreateMessage"
+            ),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string())),
+        "{log:?}"
+    );
 }

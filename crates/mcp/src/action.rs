@@ -36,6 +36,9 @@ pub struct Call<'a> {
     /// The client's declared `clientInfo`.
     pub client_info: Option<&'a Value>,
     pub session: Option<&'a str>,
+    /// The client listed this tool in this session (a listing secondkey
+    /// made itself does not count).
+    pub listed: bool,
 }
 
 /// `mcp://<server>/<tool>`, the tool name percent-encoded outside
@@ -91,7 +94,7 @@ pub fn build(call: &Call<'_>) -> (Value, Map<String, Value>) {
         "annotations".into(),
         Value::Object(annotation_facts(call.definition)),
     );
-    mcp.insert("listed".into(), json!(call.definition.is_some()));
+    mcp.insert("listed".into(), json!(call.listed));
     // Not part of the action: a retry after approval comes in a new
     // session as often as not, and must still be the identical action.
     if let Some(s) = call.session {
@@ -249,6 +252,7 @@ mod tests {
             definition: Some(&def),
             client_info: Some(&json!({"name": "cli", "version": "1", "extra": "dropped"})),
             session: Some("s1"),
+            listed: false,
         });
         assert_eq!(a["kind"], "mcp");
         assert_eq!(a["operation"], "export");
@@ -259,6 +263,10 @@ mod tests {
             json!({"client": {"name": "cli", "version": "1"}})
         );
         assert_eq!(facts["mcp"]["session"], "s1");
+        assert_eq!(
+            facts["mcp"]["listed"], false,
+            "a definition known is not a listing"
+        );
         let mut declared = a.clone();
         declare_facts(&mut declared, facts.clone());
         assert!(

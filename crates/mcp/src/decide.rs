@@ -104,6 +104,13 @@ pub trait Decider: Send + Sync + 'static {
         reads: Vec<String>,
         writes: Vec<String>,
     ) -> impl Future<Output = Result<(), DecideError>> + Send;
+    /// Records a message refused before any decision (best effort: the
+    /// refusal stands either way).
+    fn refused(
+        &self,
+        server: &str,
+        refusal: crate::refused::Refusal,
+    ) -> impl Future<Output = Result<(), DecideError>> + Send;
     /// Compares listed definitions with their pins, pinning new tools.
     fn observe(
         &self,
@@ -397,6 +404,18 @@ impl Decider for RestDecider {
                 "the result was dropped before it was sent",
             ))
         })
+    }
+
+    async fn refused(
+        &self,
+        server: &str,
+        refusal: crate::refused::Refusal,
+    ) -> Result<(), DecideError> {
+        let mut body = serde_json::to_value(&refusal).unwrap_or_default();
+        body["server"] = json!(server);
+        self.call(reqwest::Method::POST, "/v1/mcp/refused", Some(&body))
+            .await
+            .map(|_| ())
     }
 
     async fn observe(

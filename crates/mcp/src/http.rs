@@ -12,7 +12,7 @@
 // The error of the request helpers is the HTTP answer itself.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin as StdPin;
 use std::sync::{Arc, Mutex};
@@ -38,8 +38,9 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{McpConfig, ServerConfig, Sources};
 use crate::decide::{DecideError, Decider, Decision, PinState, Run};
 use crate::flood::{self, Budget};
-use crate::intercept::{tool_error, Forward, Interceptor, Outcome, Plan, Waiting};
+use crate::intercept::{tool_error, Forward, Interceptor, Known, Outcome, Plan, Waiting};
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
+use crate::refused::{self, Refusal};
 use crate::{pins, tools};
 
 /// The tool result for a call the server received but never answered: it
@@ -170,6 +171,12 @@ impl Decider for InProcess {
             .map_err(de)
     }
 
+    async fn refused(&self, server: &str, r: Refusal) -> Result<(), DecideError> {
+        refused::record(&self.gateway, &self.who, server, r)
+            .await
+            .map_err(de)
+    }
+
     async fn observe(
         &self,
         server: &str,
@@ -181,8 +188,32 @@ impl Decider for InProcess {
     }
 }
 
-/// Tools as last listed, with their pin standing, by name.
-type Catalog = HashMap<String, (Value, PinState)>;
+/// Most MCP sessions the gateway keeps track of at once; past it, the
+/// oldest is forgotten (its client gets 404 and opens a new one).
+const MAX_SESSIONS: usize = 10_000;
+
+/// An MCP session an upstream opened through this gateway: bound to the
+/// principal that opened it, with what its client declared and listed.
+struct SessionInfo {
+    principal: String,
+    client_info: Option<Value>,
+    /// The tools the client listed in this session since the server last
+    /// said its list changed (the `listed` fact).
+    listed: HashSet<String>,
+    /// Order of creation, to forget the oldest first.
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_key: HashMap<String, SessionInfo>,
+    next: u64,
+}
+
+/// The key of a session: upstream session ids are only unique per server.
+fn session_key(server: &str, sid: &str) -> String {
+    format!("{server}\n{sid}")
+}
 
 /// The MCP extension of the gateway: the `/mcp/<server>` endpoints and the
 /// pin API (`/v1/mcp/pins…`, also what stdio mode uses).
@@ -194,12 +225,13 @@ struct Inner {
     config: Arc<McpConfig>,
     servers: HashMap<String, Arc<ServerConfig>>,
     http: reqwest::Client,
-    /// Tools as last listed, per server.
-    catalogs: Mutex<HashMap<String, Catalog>>,
     /// Calls being decided or held, by caller, server, session and id.
     deciding: Mutex<HashMap<String, watch::Sender<bool>>>,
-    /// The `clientInfo` each handshake-era session declared, by session id.
-    clients: Mutex<HashMap<String, Value>>,
+    /// The sessions opened through the gateway, by [`session_key`].
+    sessions: Mutex<Sessions>,
+    /// The server's requests relayed to clients after a decision, by
+    /// caller, server, session and id: recorded when the client answers.
+    server_asked: Mutex<HashMap<String, Forward>>,
 }
 
 impl McpExtension {
@@ -236,9 +268,9 @@ impl McpExtension {
                 config: Arc::new(config),
                 servers,
                 http,
-                catalogs: Mutex::new(HashMap::new()),
                 deciding: Mutex::new(HashMap::new()),
-                clients: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(Sessions::default()),
+                server_asked: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -246,6 +278,93 @@ impl McpExtension {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    /// Binds a session the upstream just opened to the principal whose
+    /// `initialize` opened it.
+    fn open_session(&self, server: &str, sid: &str, who: &Principal, client_info: Option<Value>) {
+        let mut s = lock(&self.sessions);
+        if s.by_key.len() >= MAX_SESSIONS {
+            if let Some(oldest) = s
+                .by_key
+                .iter()
+                .min_by_key(|(_, i)| i.seq)
+                .map(|(k, _)| k.clone())
+            {
+                s.by_key.remove(&oldest);
+            }
+        }
+        s.next += 1;
+        let seq = s.next;
+        s.by_key.insert(
+            session_key(server, sid),
+            SessionInfo {
+                principal: who.id.to_string(),
+                client_info,
+                listed: HashSet::new(),
+                seq,
+            },
+        );
+    }
+
+    /// Whether `sid` is a session of `who` on `server`: `None` if so, else
+    /// the refusal code (`unknown_session`, or `foreign_session` for one
+    /// opened by another principal — answered the same way).
+    fn session_refusal(&self, server: &str, sid: &str, who: &Principal) -> Option<&'static str> {
+        match lock(&self.sessions).by_key.get(&session_key(server, sid)) {
+            None => Some("unknown_session"),
+            Some(i) if i.principal != who.id.to_string() => Some("foreign_session"),
+            Some(_) => None,
+        }
+    }
+
+    fn with_session<T>(
+        &self,
+        server: &str,
+        sid: &str,
+        f: impl FnOnce(&mut SessionInfo) -> T,
+    ) -> Option<T> {
+        lock(&self.sessions)
+            .by_key
+            .get_mut(&session_key(server, sid))
+            .map(f)
+    }
+}
+
+/// Refuses a message naming a session that is not the caller's: `404` (as
+/// for any unknown session, so another principal's session cannot be told
+/// from one that does not exist), recorded as a refused attempt.
+async fn check_session(
+    inner: &Inner,
+    gw: &Gateway,
+    who: &Principal,
+    server: &str,
+    sid: &str,
+    method: &str,
+) -> Result<(), Response> {
+    let Some(code) = inner.session_refusal(server, sid, who) else {
+        return Ok(());
+    };
+    let reason = "unknown MCP session: it does not exist, has ended, or was not opened with these credentials; start a new one with `initialize`. Nothing was forwarded".to_string();
+    let r = Refusal {
+        method: method.to_string(),
+        code: code.to_string(),
+        reason: reason.clone(),
+        session: Some(sid.to_string()),
+    };
+    if let Err(e) = refused::record(gw, who, server, r).await {
+        tracing::warn!(error = %e, "could not record a refused MCP message");
+    }
+    Err((
+        StatusCode::NOT_FOUND,
+        Json(error_response(
+            Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            &reason,
+        )),
+    )
+        .into_response())
 }
 
 impl Extension for McpExtension {
@@ -266,6 +385,7 @@ impl Extension for McpExtension {
             self.inner.clone(),
             self.inner.clone(),
         );
+        let g = self.inner.clone();
         Router::new()
             .route(
                 "/mcp/{server}",
@@ -285,6 +405,10 @@ impl Extension for McpExtension {
                 "/v1/mcp/pins",
                 get(move |s, c, q| list_pins(f.clone(), s, c, q)),
             )
+            .route(
+                "/v1/mcp/refused",
+                post(move |s, c, j| report_refused(g.clone(), s, c, j)),
+            )
     }
 }
 
@@ -297,7 +421,8 @@ impl Extension for McpExtension {
         delete_mcp_doc,
         observe_pins,
         accept_pin,
-        list_pins
+        list_pins,
+        report_refused
     ),
     components(schemas(
         JsonRpcError,
@@ -306,6 +431,7 @@ impl Extension for McpExtension {
         ObservedTool,
         ObserveResponse,
         AcceptBody,
+        RefusedBody,
         pins::Pin,
         pins::Changed
     ))
@@ -473,10 +599,7 @@ async fn accept_pin(
         &body.fingerprint,
     )
     .await?;
-    // Forget the cached standing: the next call sees the acceptance.
-    if let Some(c) = lock(&inner.catalogs).get_mut(&body.server) {
-        c.remove(&body.tool);
-    }
+    let _ = inner;
     Ok(Json(pin))
 }
 
@@ -502,6 +625,46 @@ async fn list_pins(
     Ok(Json(
         pins::list(&s.gateway, q.server.as_deref().unwrap_or("")).await?,
     ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RefusedBody {
+    server: String,
+    /// The refused message's method.
+    method: String,
+    /// Why, as a lowercase word (`request_without_id`).
+    code: String,
+    /// What the client was answered.
+    reason: String,
+    session: Option<String>,
+}
+
+/// A stdio relay (`secondkey mcp stdio`) reports a message it refused
+/// before any decision (a request method sent without an id): recorded as
+/// an `mcp.refused` log entry of the caller.
+#[utoipa::path(post, path = "/v1/mcp/refused", tag = "mcp", request_body = RefusedBody,
+    responses((status = 204, description = "recorded"),
+              (status = 400, body = secondkey_server::error::ErrorBody),
+              (status = 401, body = secondkey_server::error::ErrorBody),
+              (status = 413, body = secondkey_server::error::ErrorBody),
+              (status = 415, body = secondkey_server::error::ErrorBody),
+              (status = 503, body = secondkey_server::error::ErrorBody, description = "the log could not record it")))]
+async fn report_refused(
+    inner: Arc<Inner>,
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    secondkey_server::api::JsonBody(body): secondkey_server::api::JsonBody<RefusedBody>,
+) -> Result<StatusCode, ApiError> {
+    let _ = inner;
+    let r = Refusal {
+        method: body.method,
+        code: body.code,
+        reason: body.reason,
+        session: body.session,
+    };
+    refused::record(&s.gateway, &p, &body.server, r).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Request headers passed to the upstream: the transport's own, never the
@@ -647,8 +810,8 @@ fn server_of(inner: &Inner, name: &str) -> Result<Arc<ServerConfig>, Response> {
 async fn other_mcp(
     inner: Arc<Inner>,
     method: Method,
-    State(_s): State<AppState>,
-    Caller(_p): Caller,
+    State(s): State<AppState>,
+    Caller(p): Caller,
     Path(server): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -656,19 +819,62 @@ async fn other_mcp(
         Ok(s) => s,
         Err(r) => return r,
     };
-    match upstream(&inner, &srv, method, &forwarded(&headers), None).await {
-        Ok(resp) => relay_stream(&inner, resp),
+    let sid = session_of(&headers);
+    if let Some(sid) = &sid {
+        if let Err(r) = check_session(&inner, &s.gateway, &p, &server, sid, method.as_str()).await {
+            return r;
+        }
+    }
+    let delete = method == Method::DELETE;
+    let fwd_headers = forwarded(&headers);
+    let watch = watch_of(&inner, &s.gateway, &p, &srv, &fwd_headers, sid.as_deref());
+    match upstream(&inner, &srv, method, &fwd_headers, None).await {
+        Ok(resp) => {
+            if let (true, Some(sid)) = (delete && resp.status().is_success(), &sid) {
+                lock(&inner.sessions)
+                    .by_key
+                    .remove(&session_key(&server, sid));
+            }
+            relay_stream(&inner, resp, watch)
+        }
         Err(f) => f.response,
     }
 }
 
+fn session_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The context of the event streams answering one request of `who`.
+fn watch_of(
+    inner: &Arc<Inner>,
+    gateway: &Arc<Gateway>,
+    who: &Principal,
+    srv: &Arc<ServerConfig>,
+    headers: &[(String, HeaderValue)],
+    sid: Option<&str>,
+) -> Option<ListWatch> {
+    Some(ListWatch {
+        inner: inner.clone(),
+        gateway: gateway.clone(),
+        who: who.clone(),
+        srv: srv.clone(),
+        headers: headers.to_vec(),
+        session: sid.map(str::to_string),
+    })
+}
+
 /// The upstream's answer streamed through; an event stream through a
-/// [`Tap`] (notifications bounded, unreadable events dropped).
-fn relay_stream(inner: &Inner, resp: reqwest::Response) -> Response {
+/// [`Tap`] (notifications bounded, unreadable events dropped, a changed
+/// tool list noted for the session).
+fn relay_stream(inner: &Inner, resp: reqwest::Response, watch: Option<ListWatch>) -> Response {
     let sse = is_sse(&resp);
     let (head, stream) = take_stream(resp);
     if sse {
-        let tap = Tap::new(stream, answer_limit(&inner.config), None);
+        let tap = Tap::new(stream, answer_limit(&inner.config), None).watching(watch);
         relay_response(head, Body::from_stream(tap))
     } else {
         relay_response(head, Body::from_stream(stream))
@@ -767,10 +973,21 @@ async fn post_mcp(
         Err(e) => return (StatusCode::BAD_REQUEST, Json(e.response())).into_response(),
     };
     let fwd_headers = forwarded(&headers);
-    let session = headers
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let session = session_of(&headers);
+    if let Some(sid) = &session {
+        let method = msg.method().unwrap_or("(response)");
+        if let Err(r) = check_session(&inner, &s.gateway, &p, &server, sid, method).await {
+            return r;
+        }
+    }
+    let watch = watch_of(
+        &inner,
+        &s.gateway,
+        &p,
+        &srv,
+        &fwd_headers,
+        session.as_deref(),
+    );
     let call_key = |id: &Value| {
         format!(
             "{}|{}|{}|{}",
@@ -780,9 +997,28 @@ async fn post_mcp(
             id_key(id)
         )
     };
+    let class = match (msg.kind, msg.method()) {
+        (Kind::Request, Some(m)) => Some(crate::methods::client_request(&server, m, msg.params())),
+        _ => None,
+    };
     match (msg.kind, msg.method()) {
-        (Kind::Request, Some("tools/call")) => {
+        (Kind::Request, Some(_))
+            if matches!(
+                class,
+                Some(crate::methods::ClientRequest::Acts(_))
+                    | Some(crate::methods::ClientRequest::ToolsCall)
+            ) =>
+        {
             let id = msg.id().cloned().unwrap_or(Value::Null);
+            let act = match class {
+                Some(crate::methods::ClientRequest::Acts(a)) => Some(a),
+                _ => None,
+            };
+            let tool = match (&act, jsonrpc::tool_name(&msg)) {
+                (Some(_), _) => String::new(),
+                (None, Ok(t)) => t,
+                (None, Err(e)) => return Json(e.response()).into_response(),
+            };
             let key = call_key(&id);
             let cancel = {
                 let mut d = lock(&inner.deciding);
@@ -807,8 +1043,12 @@ async fn post_mcp(
                 session,
                 key,
                 cancel,
+                watch,
             };
-            call.run(msg).await
+            match act {
+                Some(a) => call.act(msg, a).await,
+                None => call.run(msg, tool).await,
+            }
         }
         (Kind::Request, Some("tools/list")) => {
             let resp = match upstream(&inner, &srv, Method::POST, &fwd_headers, Some(body)).await {
@@ -823,13 +1063,16 @@ async fn post_mcp(
             };
             if let Some(r) = final_response(&bytes, sse, msg.id()) {
                 if let Some(result) = r.get("result") {
-                    observe(&inner, &s.gateway, &p, &srv, result).await;
+                    let names = observe(&s.gateway, &p, &srv, result).await;
+                    if let Some(sid) = &session {
+                        inner.with_session(&server, sid, |i| i.listed.extend(names));
+                    }
                 }
             }
             if sse {
                 let once =
                     futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(bytes))]);
-                let tap = Tap::new(once, answer_limit(&inner.config), None);
+                let tap = Tap::new(once, answer_limit(&inner.config), None).watching(watch);
                 return relay_response(head, Body::from_stream(tap));
             }
             relay_response(head, Body::from(bytes))
@@ -843,28 +1086,57 @@ async fn post_mcp(
                     return StatusCode::ACCEPTED.into_response();
                 }
             }
-            pass(&inner, &srv, &fwd_headers, body).await
+            pass(&inner, &srv, &fwd_headers, body, watch).await
+        }
+        (Kind::Notification, Some(method)) if !method.starts_with("notifications/") => {
+            // A request method without an id (`tools/call` sent as a
+            // notification): a lenient server would run it, and nothing
+            // could be answered or recorded. Refused, never forwarded.
+            let reason = refused::idless_message(method);
+            let r = Refusal {
+                method: method.to_string(),
+                code: "request_without_id".into(),
+                reason: reason.clone(),
+                session: session.clone(),
+            };
+            if let Err(e) = refused::record(&s.gateway, &p, &server, r).await {
+                tracing::warn!(error = %e, "could not record a refused MCP message");
+            }
+            (
+                StatusCode::BAD_REQUEST,
+                Json(error_response(
+                    Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    &reason,
+                )),
+            )
+                .into_response()
         }
         (Kind::Request, Some("initialize")) => {
             let info = msg.params().and_then(|p| p.get("clientInfo")).cloned();
-            let resp = pass(&inner, &srv, &fwd_headers, body).await;
-            if let (Some(info), Some(sid)) = (
-                info,
-                resp.headers()
-                    .get("mcp-session-id")
-                    .and_then(|v| v.to_str().ok()),
-            ) {
-                let mut c = lock(&inner.clients);
-                // Bounded: a client that opens sessions without end cannot
-                // grow this without end.
-                if c.len() >= 10_000 {
-                    c.clear();
-                }
-                c.insert(sid.to_string(), info);
+            let resp = pass(&inner, &srv, &fwd_headers, body, None).await;
+            if let Some(sid) = resp
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                // Bound to the caller before the client can use it.
+                inner.open_session(&server, sid, &p, info);
             }
             resp
         }
-        _ => pass(&inner, &srv, &fwd_headers, body).await,
+        (Kind::Response, _) => {
+            if let (Some(w), Some(id)) = (&watch, msg.id()) {
+                let asked = lock(&inner.server_asked).remove(&w.asked_key(id));
+                if let Some(fwd) = asked {
+                    let outcome = outcome_of(&Value::Object(msg.value.clone()));
+                    let icp = w.interceptor();
+                    tokio::spawn(async move { icp.finished(&fwd, outcome).await });
+                }
+            }
+            pass(&inner, &srv, &fwd_headers, body, watch).await
+        }
+        _ => pass(&inner, &srv, &fwd_headers, body, watch).await,
     }
 }
 
@@ -873,9 +1145,10 @@ async fn pass(
     srv: &ServerConfig,
     headers: &[(String, HeaderValue)],
     body: Bytes,
+    watch: Option<ListWatch>,
 ) -> Response {
     match upstream(inner, srv, Method::POST, headers, Some(body)).await {
-        Ok(resp) => relay_stream(inner, resp),
+        Ok(resp) => relay_stream(inner, resp, watch),
         Err(f) => f.response,
     }
 }
@@ -1022,31 +1295,129 @@ fn final_response(bytes: &[u8], sse: bool, id: Option<&Value>) -> Option<Value> 
     }
 }
 
+/// Pins (or checks against their pins) the tools of a client's
+/// `tools/list` result; the names it listed.
 async fn observe(
-    inner: &Inner,
     gw: &Arc<Gateway>,
     who: &Principal,
     srv: &ServerConfig,
     result: &Value,
-) {
+) -> Vec<String> {
     let Some(list) = result.get("tools").and_then(Value::as_array) else {
-        return;
+        return vec![];
     };
     let defs: Vec<Value> = list
         .iter()
         .filter(|t| t.get("name").and_then(Value::as_str).is_some())
         .map(tools::pinned_part)
         .collect();
-    match pins::observe(gw, who, &srv.name, defs.clone()).await {
-        Ok(states) => {
-            let mut c = lock(&inner.catalogs);
-            let cat = c.entry(srv.name.clone()).or_default();
-            for (d, (name, st)) in defs.into_iter().zip(states) {
-                cat.insert(name, (d, st));
+    match pins::observe(gw, who, &srv.name, defs).await {
+        Ok(states) => states.into_iter().map(|(name, _)| name).collect(),
+        Err(e) => {
+            tracing::warn!(server = %srv.name, error = %e, "cannot pin the listed tools");
+            vec![]
+        }
+    }
+}
+
+/// Who an upstream event stream is relayed to, and in which session: what
+/// its [`Tap`] needs to decide the server's requests to the client for
+/// that principal, and to clear what the session's client listed when the
+/// server says its tool list changed.
+#[derive(Clone)]
+struct ListWatch {
+    inner: Arc<Inner>,
+    gateway: Arc<Gateway>,
+    who: Principal,
+    srv: Arc<ServerConfig>,
+    /// The request's transport headers (session, protocol version).
+    headers: Vec<(String, HeaderValue)>,
+    session: Option<String>,
+}
+
+impl ListWatch {
+    fn changed(&self) {
+        if let Some(sid) = &self.session {
+            self.inner
+                .with_session(&self.srv.name, sid, |i| i.listed.clear());
+        }
+    }
+
+    fn interceptor(&self) -> Interceptor<InProcess> {
+        Interceptor::new(
+            self.inner.config.clone(),
+            self.srv.clone(),
+            Arc::new(InProcess {
+                gateway: self.gateway.clone(),
+                who: self.who.clone(),
+                admins: self.inner.config.tool_admins.clone(),
+            }),
+        )
+    }
+
+    fn asked_key(&self, id: &Value) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.who.id,
+            self.srv.name,
+            self.session.as_deref().unwrap_or(""),
+            id_key(id)
+        )
+    }
+
+    /// Decides a request of the server before the client sees it: `Some`
+    /// (the event, to relay) if allowed; else the server is answered with
+    /// the refusal and the client sees nothing.
+    async fn decide_server_request(
+        self,
+        act: crate::methods::Act,
+        id: Value,
+        event: Bytes,
+    ) -> Option<Bytes> {
+        let icp = self.interceptor();
+        match icp.act(&act, self.session.as_deref()).await {
+            Ok(fwd) => {
+                let mut asked = lock(&self.inner.server_asked);
+                if asked.len() >= MAX_SESSIONS {
+                    asked.clear();
+                }
+                asked.insert(self.asked_key(&id), fwd);
+                Some(event)
+            }
+            Err(text) => {
+                let refusal = error_response(id, jsonrpc::DENIED, &text).to_string();
+                let headers: Vec<(String, HeaderValue)> = self
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        !k.starts_with("mcp-param-") && k != "mcp-name" && k != "mcp-method"
+                    })
+                    .cloned()
+                    .collect();
+                if let Err(f) = upstream(
+                    &self.inner,
+                    &self.srv,
+                    Method::POST,
+                    &headers,
+                    Some(Bytes::from(refusal)),
+                )
+                .await
+                {
+                    tracing::warn!(error = %f.why, "could not tell the MCP server its request was refused");
+                }
+                None
             }
         }
-        Err(e) => tracing::warn!(server = %srv.name, error = %e, "cannot pin the listed tools"),
     }
+}
+
+/// Why the server's current definition of a tool could not be read.
+enum Unlisted {
+    /// The answer for the client as it is (the upstream's own refusal, such
+    /// as 404 for a session it no longer knows, or a 502).
+    Answer(Response),
+    /// A tool error to answer the call with.
+    Error(String),
 }
 
 /// One `tools/call` through the HTTP endpoint.
@@ -1060,6 +1431,8 @@ struct CallCtx {
     key: String,
     /// The call's cancel switch (also in `Inner::deciding`, under `key`).
     cancel: watch::Sender<bool>,
+    /// The session's list watch, for the call's event stream.
+    watch: Option<ListWatch>,
 }
 
 impl Drop for CallCtx {
@@ -1148,22 +1521,16 @@ impl CallCtx {
         )
     }
 
-    fn known(&self, tool: &str) -> Option<(Value, PinState)> {
-        lock(&self.inner.catalogs)
-            .get(&self.srv.name)
-            .and_then(|c| c.get(tool))
-            .cloned()
-    }
-
-    /// Lists the upstream's tools itself (a call of a tool not listed yet).
-    async fn list_tools(&self, call_params: &Map<String, Value>) {
-        let mut params = Map::new();
-        if let Some(meta) = call_params.get("_meta").and_then(Value::as_object) {
-            let mut m = meta.clone();
-            m.remove("progressToken");
-            params.insert("_meta".into(), Value::Object(m));
-        }
-        let req = json!({"jsonrpc": "2.0", "id": "secondkey-tools", "method": "tools/list", "params": params});
+    /// The tool's definition as the upstream lists it now, in this call's
+    /// session (all pages, until the tool is found), and its standing
+    /// against its pin. Read before every call: no definition learned
+    /// earlier, in this session or another, before a restart of the server
+    /// or a change of its list, is trusted.
+    async fn current(
+        &self,
+        call_params: &Map<String, Value>,
+        tool: &str,
+    ) -> Result<Option<(Value, PinState)>, Unlisted> {
         let mut headers: Vec<(String, HeaderValue)> = self
             .headers
             .iter()
@@ -1171,53 +1538,117 @@ impl CallCtx {
             .cloned()
             .collect();
         headers.push(("mcp-method".into(), HeaderValue::from_static("tools/list")));
-        let Ok(resp) = upstream(
-            &self.inner,
-            &self.srv,
-            Method::POST,
-            &headers,
-            Some(Bytes::from(req.to_string())),
-        )
-        .await
-        else {
-            return;
-        };
-        let sse = is_sse(&resp);
-        let (_, stream) = take_stream(resp);
-        let Ok(bytes) = collect(stream, answer_limit(&self.inner.config)).await else {
-            return;
-        };
-        if let Some(r) = final_response(&bytes, sse, Some(&json!("secondkey-tools"))) {
-            if let Some(result) = r.get("result") {
-                observe(&self.inner, &self.gateway, &self.who, &self.srv, result).await;
+        let mut cursor: Option<Value> = None;
+        for _ in 0..20 {
+            let params = jsonrpc::own_list_params(call_params, cursor.take());
+            let req = json!({"jsonrpc": "2.0", "id": "secondkey-tools", "method": "tools/list", "params": params});
+            let resp = upstream(
+                &self.inner,
+                &self.srv,
+                Method::POST,
+                &headers,
+                Some(Bytes::from(req.to_string())),
+            )
+            .await
+            .map_err(|f| Unlisted::Answer(f.response))?;
+            if !resp.status().is_success() {
+                // Relayed as the server gave it: a client whose session the
+                // server no longer knows (it restarted) opens a new one.
+                return Err(Unlisted::Answer(relay_stream(&self.inner, resp, None)));
             }
+            let sse = is_sse(&resp);
+            let (_, stream) = take_stream(resp);
+            let bytes = collect(stream, answer_limit(&self.inner.config))
+                .await
+                .map_err(Unlisted::Error)?;
+            let answer = final_response(&bytes, sse, Some(&json!("secondkey-tools")));
+            let Some(result) = answer.as_ref().and_then(|r| r.get("result")) else {
+                let why = answer
+                    .as_ref()
+                    .and_then(|r| r["error"]["message"].as_str())
+                    .unwrap_or("no usable answer")
+                    .chars()
+                    .take(200)
+                    .collect::<String>();
+                return Err(Unlisted::Error(format!(
+                    "the server did not list its tools: {why}"
+                )));
+            };
+            let found = result.get("tools").and_then(Value::as_array).and_then(|l| {
+                l.iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some(tool))
+            });
+            if let Some(t) = found {
+                let def = tools::pinned_part(t);
+                let states =
+                    pins::observe(&self.gateway, &self.who, &self.srv.name, vec![def.clone()])
+                        .await
+                        .map_err(|e| {
+                            Unlisted::Error(format!("its pin could not be checked: {}", e.message))
+                        })?;
+                let st = states
+                    .into_iter()
+                    .next()
+                    .map(|(_, st)| st)
+                    .ok_or_else(|| Unlisted::Error("its pin could not be checked".into()))?;
+                return Ok(Some((def, st)));
+            }
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// A request that acts other than `tools/call`: decided, then
+    /// forwarded as decided and its outcome recorded, or refused with a
+    /// JSON-RPC error ([`jsonrpc::DENIED`]).
+    async fn act(self, msg: Message, act: crate::methods::Act) -> Response {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        let icp = self.interceptor();
+        match icp.act(&act, self.session.as_deref()).await {
+            Err(text) => Json(error_response(id, jsonrpc::DENIED, &text)).into_response(),
+            Ok(fwd) => self.forward(icp, fwd, msg, id).await,
         }
     }
 
-    async fn run(self, msg: Message) -> Response {
+    async fn run(self, msg: Message, tool: String) -> Response {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let empty = Map::new();
         let params = msg.params().unwrap_or(&empty).clone();
-        let tool = params
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        if self.known(&tool).is_none() && !tool.is_empty() {
-            self.list_tools(&params).await;
+        if let Err(refusal) = self.interceptor().arguments(&params) {
+            return Json(result_response(id, refusal)).into_response();
         }
-        let (definition, pin) = match self.known(&tool) {
-            Some((d, p)) => (Some(d), Some(p)),
-            None => (None, None),
+        let current = match self.current(&params, &tool).await {
+            Ok(c) => c,
+            Err(Unlisted::Answer(r)) => return r,
+            Err(Unlisted::Error(why)) => {
+                return Json(result_response(
+                    id,
+                    tool_error(format!(
+                        "secondkey could not read the current definition of tool {tool:?} from the server `{}` ({why}), so the call was not decided. Nothing ran.",
+                        self.srv.name
+                    )),
+                ))
+                .into_response()
+            }
         };
+        let (session_info, listed) = self
+            .session
+            .as_deref()
+            .and_then(|sid| {
+                self.inner.with_session(&self.srv.name, sid, |i| {
+                    (i.client_info.clone(), i.listed.contains(&tool))
+                })
+            })
+            .unwrap_or((None, false));
+        let known = Known { current, listed };
         let client_info = params
             .get("_meta")
             .and_then(|m| m.get("io.modelcontextprotocol/clientInfo"))
             .cloned()
-            .or_else(|| {
-                let s = self.session.as_deref()?;
-                lock(&self.inner.clients).get(s).cloned()
-            });
+            .or(session_info);
         let cancelled = self.cancel.subscribe();
         // The client going away cancels the call: its HTTP request (or the
         // event stream answering it) is dropped, and so is this guard.
@@ -1236,8 +1667,7 @@ impl CallCtx {
                 let plan = icp
                     .tools_call(
                         &params,
-                        definition.as_ref(),
-                        pin,
+                        &known,
                         client_info.as_ref(),
                         self.session.as_deref(),
                         waiting,
@@ -1270,8 +1700,7 @@ impl CallCtx {
             let plan = icp
                 .tools_call(
                     &params,
-                    definition.as_ref(),
-                    pin,
+                    &known,
                     client_info.as_ref(),
                     self.session.as_deref(),
                     waiting,
@@ -1353,7 +1782,7 @@ impl CallCtx {
             tokio::spawn(async move { icp.finished(&fwd, outcome).await });
             return relay_response(head, Body::from(bytes));
         }
-        let tap = Tap::new(stream, max, Some((id, icp, fwd)));
+        let tap = Tap::new(stream, max, Some((id, icp, fwd))).watching(self.watch.clone());
         relay_response(head, Body::from_stream(tap))
     }
 
@@ -1393,7 +1822,7 @@ impl CallCtx {
         if sse {
             // The tap records the outcome (or its loss) and adds the tool
             // error of a stream that ends without the result.
-            let mut tap = Tap::new(stream, max, Some((id, icp, fwd)));
+            let mut tap = Tap::new(stream, max, Some((id, icp, fwd))).watching(self.watch.clone());
             while let Some(Ok(event)) = tap.next().await {
                 if let Some(data) = event_data(&event) {
                     // A client gone does not stop the tap: the outcome is
@@ -1452,6 +1881,15 @@ struct Tap<S> {
     /// The call's id and what records its outcome, until it is recorded.
     pending: Option<(Value, Interceptor<InProcess>, Forward)>,
     ended: bool,
+    /// Who the stream goes to: the server's requests are decided for
+    /// them, a changed tool list clears their session's listing.
+    watch: Option<ListWatch>,
+    /// Server requests being decided: the event to relay (`None`: refused).
+    decided: (
+        mpsc::UnboundedSender<Option<Bytes>>,
+        mpsc::UnboundedReceiver<Option<Bytes>>,
+    ),
+    undecided: usize,
 }
 
 impl<S> Tap<S> {
@@ -1465,7 +1903,15 @@ impl<S> Tap<S> {
             out: VecDeque::new(),
             pending: call,
             ended: false,
+            watch: None,
+            decided: mpsc::unbounded_channel(),
+            undecided: 0,
         }
+    }
+
+    fn watching(mut self, watch: Option<ListWatch>) -> Self {
+        self.watch = watch;
+        self
     }
 
     fn settle(&mut self, outcome: Outcome) {
@@ -1514,6 +1960,35 @@ impl<S> Tap<S> {
             }
             return;
         }
+        if let (Some(m), Some(w)) = (&msg, &self.watch) {
+            if m.method() == Some("notifications/tools/list_changed") {
+                w.changed();
+            }
+        }
+        if let Some(m) = msg.as_ref().filter(|m| m.kind == Kind::Request) {
+            let act = crate::methods::server_request(
+                &self.srv_name(),
+                m.method().unwrap_or_default(),
+                m.params(),
+            );
+            if let Some(act) = act {
+                // Decided before the client sees it; a stream without the
+                // context to decide it never relays it.
+                let Some(w) = self.watch.clone() else {
+                    tracing::warn!("dropped a request of the MCP server that could not be decided");
+                    return;
+                };
+                let id = m.id().cloned().unwrap_or(Value::Null);
+                let tx = self.decided.0.clone();
+                self.undecided += 1;
+                let event = Bytes::from(event);
+                tokio::spawn(async move {
+                    let out = w.decide_server_request(act, id, event).await;
+                    let _ = tx.send(out);
+                });
+                return;
+            }
+        }
         if let (Some(m), Some((id, _, _))) = (&msg, &self.pending) {
             if m.kind == Kind::Response && m.id().map(id_key) == Some(id_key(id)) {
                 let outcome = outcome_of(&Value::Object(m.value.clone()));
@@ -1521,6 +1996,15 @@ impl<S> Tap<S> {
             }
         }
         self.out.push_back(Bytes::from(event));
+    }
+}
+
+impl<S> Tap<S> {
+    fn srv_name(&self) -> String {
+        self.watch
+            .as_ref()
+            .map(|w| w.srv.name.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -1533,7 +2017,25 @@ impl<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin> Stream for Tap<S> 
             if let Some(b) = this.out.pop_front() {
                 return Poll::Ready(Some(Ok(b)));
             }
+            while this.undecided > 0 {
+                match this.decided.1.poll_recv(cx) {
+                    Poll::Ready(Some(ev)) => {
+                        this.undecided -= 1;
+                        if let Some(b) = ev {
+                            this.out.push_back(b);
+                        }
+                    }
+                    Poll::Ready(None) => this.undecided = 0,
+                    Poll::Pending => break,
+                }
+            }
+            if let Some(b) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(b)));
+            }
             if this.ended {
+                if this.undecided > 0 {
+                    return Poll::Pending;
+                }
                 return Poll::Ready(None);
             }
             match StdPin::new(&mut this.inner).poll_next(cx) {

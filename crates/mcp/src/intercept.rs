@@ -79,6 +79,18 @@ pub struct Interceptor<D: Decider> {
     pub decider: Arc<D>,
 }
 
+/// What the gateway knows of the called tool when it decides a call.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// The tool's definition as the server lists it now, in this upstream
+    /// session, and its standing against its pin; `None`: the server does
+    /// not list it.
+    pub current: Option<(Value, PinState)>,
+    /// The client itself listed the tool in this session (a listing
+    /// secondkey made does not count): the `listed` fact.
+    pub listed: bool,
+}
+
 /// A tool result that tells the agent what happened, as text it can read.
 pub fn tool_error(text: String) -> Value {
     json!({"content": [{"type": "text", "text": text}], "isError": true})
@@ -136,20 +148,19 @@ impl<D: Decider> Interceptor<D> {
         }
     }
 
-    /// Decides a `tools/call` with these params. `definition` is the tool
-    /// as last listed (`None`: never listed, even after secondkey asked the
-    /// server itself) and `pin` its standing.
+    /// Decides a `tools/call` with these params, on what `known` says of
+    /// the tool: its current definition in this upstream session and that
+    /// definition's standing against its pin.
     pub async fn tools_call(
         &self,
         params: &Map<String, Value>,
-        definition: Option<&Value>,
-        pin: Option<PinState>,
+        known: &Known,
         client_info: Option<&Value>,
         session: Option<&str>,
         waiting: Waiting,
     ) -> Plan {
         let plan = self
-            .decide_call(params, definition, pin, client_info, session, waiting)
+            .decide_call(params, known, client_info, session, waiting)
             .await;
         // The stateless protocol revisions (2026-07-28 on) type every
         // result; a result secondkey writes itself must say it is complete.
@@ -167,8 +178,7 @@ impl<D: Decider> Interceptor<D> {
     async fn decide_call(
         &self,
         params: &Map<String, Value>,
-        definition: Option<&Value>,
-        pin: Option<PinState>,
+        known: &Known,
         client_info: Option<&Value>,
         session: Option<&str>,
         mut waiting: Waiting,
@@ -179,34 +189,17 @@ impl<D: Decider> Interceptor<D> {
                     .into(),
             ));
         };
-        let empty = Map::new();
-        let arguments = match params.get("arguments") {
-            None | Some(Value::Null) => &empty,
-            Some(Value::Object(m)) => m,
-            Some(_) => {
-                return Plan::Respond(tool_error(
-                    "secondkey refused this call: `arguments` must be an object. Nothing ran."
-                        .into(),
-                ))
-            }
+        let arguments = match self.arguments(params) {
+            Ok(a) => a,
+            Err(refusal) => return Plan::Respond(refusal),
         };
-        let size = serde_json::to_vec(arguments)
-            .map(|b| b.len())
-            .unwrap_or(usize::MAX);
-        if size > self.config.max_argument_bytes {
-            return Plan::Respond(tool_error(format!(
-                "secondkey refused this call: its arguments are {size} bytes, more than the {} allowed (mcp.max_argument_bytes). \
-                 Arguments are recorded in the audit log with the call; pass large data by reference (a path or URI) instead. Nothing ran.",
-                self.config.max_argument_bytes
-            )));
-        }
-        let Some(definition) = definition else {
+        let Some((definition, pin)) = &known.current else {
             return Plan::Respond(tool_error(format!(
                 "secondkey refused this call: the server `{}` does not list a tool named {tool:?}, so its definition cannot be checked. Nothing ran.",
                 self.server.name
             )));
         };
-        if let Some(PinState::Changed { pinned }) = &pin {
+        if let PinState::Changed { pinned } = pin {
             let fp = tools::fingerprint(definition);
             let fix = format!(
                 "A human accepts it with `secondkey mcp tools accept --server {} --tool {tool} --fingerprint {fp}` (it was pinned as {pinned}).",
@@ -234,10 +227,11 @@ impl<D: Decider> Interceptor<D> {
         let (action, facts) = action::build(&Call {
             server: &self.server,
             tool,
-            arguments,
+            arguments: &arguments,
             definition: Some(definition),
             client_info,
             session,
+            listed: known.listed,
         });
         let reads = action["lineage"]["reads"]
             .as_array()
@@ -300,6 +294,73 @@ impl<D: Decider> Interceptor<D> {
                 }
             }
         }
+    }
+
+    /// Decides a client request that acts other than `tools/call`
+    /// ([`crate::methods`]): the run to forward, or the sentence of a
+    /// JSON-RPC error ([`crate::jsonrpc::DENIED`]) to answer instead. A
+    /// held one is not waited for: the identical request, made again after
+    /// approval, runs once.
+    pub async fn act(
+        &self,
+        act: &crate::methods::Act,
+        session: Option<&str>,
+    ) -> Result<Forward, String> {
+        let (action, facts) = act.action(&self.server.name, session);
+        let what = format!("{} {}", act.method, act.resource);
+        let nothing = "Nothing was forwarded.";
+        match self.decider.decide(action, facts).await {
+            Ok(Decision::Run(run)) => Ok(Forward {
+                run,
+                reads: vec![],
+                writes: vec![],
+            }),
+            Ok(Decision::Deny { id, reasons }) => Err(format!(
+                "secondkey denied {what}: {}. Decision {id}. {nothing}",
+                describe_reasons(&reasons)
+            )),
+            Ok(Decision::Held {
+                request_id,
+                url,
+                required,
+                ..
+            }) => Err(format!(
+                "secondkey is holding {what} for human review: request {request_id}{} at {url}. {nothing} \
+                 Once it is approved, send the identical request again: it then runs once.",
+                required_text(&required)
+            )),
+            Err(e) => Err(format!(
+                "secondkey could not decide {what}, so it was not forwarded: {} ({})",
+                e.message, e.code
+            )),
+        }
+    }
+
+    /// A call's `arguments`, checked before anything else is done for it
+    /// (even reading the tool's definition): an object within
+    /// `mcp.max_argument_bytes`. Else the tool error to answer with.
+    pub fn arguments(&self, params: &Map<String, Value>) -> Result<Map<String, Value>, Value> {
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                return Err(tool_error(
+                    "secondkey refused this call: `arguments` must be an object. Nothing ran."
+                        .into(),
+                ))
+            }
+        };
+        let size = serde_json::to_vec(&arguments)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        if size > self.config.max_argument_bytes {
+            return Err(tool_error(format!(
+                "secondkey refused this call: its arguments are {size} bytes, more than the {} allowed (mcp.max_argument_bytes). \
+                 Arguments are recorded in the audit log with the call; pass large data by reference (a path or URI) instead. Nothing ran.",
+                self.config.max_argument_bytes
+            )));
+        }
+        Ok(arguments)
     }
 
     async fn hold(&self, request_id: &str, url: &str, required: &[Value], w: &mut Waiting) -> Held {

@@ -9,6 +9,9 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
+/// secondkey's own (server-defined range): a request that acts was denied
+/// or is held by policy, or could not be decided; nothing was forwarded.
+pub const DENIED: i64 = -32001;
 
 /// One JSON-RPC message.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +170,54 @@ impl Message {
     pub fn to_line(&self) -> String {
         serde_json::to_string(&self.value).unwrap_or_default()
     }
+}
+
+/// The tool a `tools/call` request names: `params.name`, which must be a
+/// string. Anything else is refused with -32602 (invalid params) before the
+/// call is decided or forwarded.
+pub fn tool_name(msg: &Message) -> Result<String, Refused> {
+    let refuse = |what: &str| Refused {
+        code: INVALID_PARAMS,
+        message: format!(
+            "`params.name` (the tool to call) {what}; nothing was decided or forwarded"
+        ),
+        id: msg.id().cloned(),
+    };
+    match msg.params().and_then(|p| p.get("name")) {
+        None => Err(refuse("is missing")),
+        Some(Value::String(s)) if s.is_empty() => Err(refuse("is empty")),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(refuse(&format!(
+            "must be a string, not {}",
+            match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "an array",
+                _ => "an object",
+            }
+        ))),
+    }
+}
+
+/// The params of secondkey's own `tools/list` (page `cursor`) on behalf of
+/// a call with `call_params`: the call's `_meta` envelope (stateless
+/// protocol versions need it on every request) without its progress token
+/// (progress belongs to the call).
+pub fn own_list_params(
+    call_params: &Map<String, Value>,
+    cursor: Option<Value>,
+) -> Map<String, Value> {
+    let mut params = Map::new();
+    if let Some(meta) = call_params.get("_meta").and_then(Value::as_object) {
+        let mut m = meta.clone();
+        m.remove("progressToken");
+        params.insert("_meta".into(), Value::Object(m));
+    }
+    if let Some(c) = cursor {
+        params.insert("cursor".into(), c);
+    }
+    params
 }
 
 /// The `_meta.progressToken` of a request's params, if the client asked for

@@ -10,7 +10,7 @@
 //! Writes to each side go through one writer task, so lines never
 //! interleave.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::config::McpConfig;
 use crate::decide::{Decider, PinState};
 use crate::flood::Budget;
 use crate::frame::{read_frame, Frame};
-use crate::intercept::{tool_error, Forward, Interceptor, Outcome, Plan, Waiting};
+use crate::intercept::{tool_error, Forward, Interceptor, Known, Outcome, Plan, Waiting};
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
 use crate::tools;
 
@@ -36,6 +36,8 @@ enum Pending {
     Plain,
     ToolsList,
     ToolsCall(Forward),
+    /// Another request that acts, decided and forwarded.
+    Acted(Forward),
 }
 
 #[derive(Default)]
@@ -44,8 +46,12 @@ struct State {
     inflight: HashMap<String, Pending>,
     /// `tools/call`s being decided or held, by id: their cancel switch.
     deciding: HashMap<String, watch::Sender<bool>>,
-    /// The tools as last listed, with their pin standing.
+    /// The tools as last listed in this session (this relay's one server
+    /// process), with their pin standing; emptied when the server says its
+    /// list changed.
     catalog: HashMap<String, (Value, PinState)>,
+    /// The tools the client itself listed since the list last changed.
+    client_listed: HashSet<String>,
     client_info: Option<Value>,
     /// secondkey's own requests to the server (listing a tool the client
     /// calls without having listed it).
@@ -53,6 +59,9 @@ struct State {
     next_own: u64,
     /// The server is gone: nothing more can be forwarded.
     server_gone: bool,
+    /// The server's requests relayed to the client after a decision, by
+    /// id: recorded when the client answers.
+    server_asked: HashMap<String, Forward>,
 }
 
 struct Relay<D: Decider> {
@@ -250,7 +259,15 @@ impl<D: Decider> Relay<D> {
         match msg.kind {
             Kind::Request => self.client_request(msg, line).await,
             Kind::Notification => {
-                if msg.method() == Some("notifications/cancelled") {
+                let method = msg.method().unwrap_or_default();
+                if !method.starts_with("notifications/") {
+                    // A request method without an id (`tools/call` sent as a
+                    // notification): a lenient server would run it, and
+                    // nothing could be answered or recorded. Refused.
+                    self.refuse_notification(&msg).await;
+                    return;
+                }
+                if method == "notifications/cancelled" {
                     let target = msg.params().and_then(|p| p.get("requestId")).map(id_key);
                     let held = target.is_some_and(|k| {
                         let st = lock(&self.state);
@@ -270,7 +287,77 @@ impl<D: Decider> Relay<D> {
                 }
                 self.forward_raw(line).await;
             }
-            Kind::Response => self.forward_raw(line).await,
+            Kind::Response => {
+                let key = msg.id().map(id_key).unwrap_or_default();
+                let asked = lock(&self.state).server_asked.remove(&key);
+                if let Some(fwd) = asked {
+                    let outcome = match (msg.result(), msg.value.get("error")) {
+                        (Some(r), _) => Outcome::Result(r.clone()),
+                        (None, Some(e)) => Outcome::Error(e.clone()),
+                        _ => Outcome::Lost("an empty response".into()),
+                    };
+                    let relay = self.clone();
+                    let mut recording = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+                    while recording.try_join_next().is_some() {}
+                    recording.spawn(async move { relay.icp.finished(&fwd, outcome).await });
+                }
+                self.forward_raw(line).await
+            }
+        }
+    }
+
+    /// Decides a request of the server (sampling, elicitation, roots, …)
+    /// before the client sees it: relayed if allowed (its answer recorded),
+    /// else answered to the server with the refusal (JSON-RPC -32001).
+    async fn server_request(
+        self: Arc<Self>,
+        msg: Message,
+        act: crate::methods::Act,
+        line: Vec<u8>,
+    ) {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        match self.icp.act(&act, Some(&self.session)).await {
+            Ok(fwd) => {
+                lock(&self.state).server_asked.insert(id_key(&id), fwd);
+                let _ = self
+                    .to_client
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .await;
+            }
+            Err(text) => {
+                let refusal = error_response(id, jsonrpc::DENIED, &text);
+                let _ = self.to_server.send(refusal.to_string()).await;
+            }
+        }
+    }
+
+    /// Refuses a request method sent without an id: never forwarded,
+    /// answered with an error without an id (JSON-RPC's way to answer what
+    /// has none), and recorded as a refused attempt.
+    async fn refuse_notification(&self, msg: &Message) {
+        let method = msg.method().unwrap_or_default().to_string();
+        let reason = crate::refused::idless_message(&method);
+        self.send_client(&error_response(
+            Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            &reason,
+        ))
+        .await;
+        if let Err(e) = self
+            .icp
+            .decider
+            .refused(
+                &self.icp.server.name,
+                crate::refused::Refusal {
+                    method,
+                    code: "request_without_id".into(),
+                    reason,
+                    session: Some(self.session.clone()),
+                },
+            )
+            .await
+        {
+            eprintln!("secondkey: could not record a refused message: {e}");
         }
     }
 
@@ -286,6 +373,8 @@ impl<D: Decider> Relay<D> {
         let key = id_key(&id);
         let method = msg.method().unwrap_or_default().to_string();
         enum Next {
+            Act(crate::methods::Act),
+            BadName,
             Duplicate,
             Gone,
             Decide(watch::Receiver<bool>),
@@ -309,13 +398,20 @@ impl<D: Decider> Relay<D> {
                 if declared.is_some() {
                     st.client_info = declared;
                 }
-                match method.as_str() {
-                    "tools/call" => {
+                let class = crate::methods::client_request(&self.icp.server.name, &method, params);
+                match (class, method.as_str()) {
+                    (crate::methods::ClientRequest::Acts(act), _) => {
+                        let (tx, _) = watch::channel(false);
+                        st.deciding.insert(key.clone(), tx);
+                        Next::Act(act)
+                    }
+                    (_, "tools/call") if jsonrpc::tool_name(&msg).is_err() => Next::BadName,
+                    (_, "tools/call") => {
                         let (tx, rx) = watch::channel(false);
                         st.deciding.insert(key.clone(), tx);
                         Next::Decide(rx)
                     }
-                    "tools/list" => {
+                    (_, "tools/list") => {
                         st.inflight.insert(key, Pending::ToolsList);
                         Next::Forward
                     }
@@ -327,6 +423,15 @@ impl<D: Decider> Relay<D> {
             }
         };
         match next {
+            Next::Act(act) => {
+                let relay = self.clone();
+                tokio::spawn(async move { relay.act(msg, act).await });
+            }
+            Next::BadName => {
+                if let Err(e) = jsonrpc::tool_name(&msg) {
+                    self.send_client(&e.response()).await;
+                }
+            }
             Next::Duplicate => {
                 self.send_client(&error_response(
                     id,
@@ -361,27 +466,34 @@ impl<D: Decider> Relay<D> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let mut known = lock(&self.state).catalog.get(&tool).cloned();
-        if known.is_none() && !tool.is_empty() {
-            self.list_tools(params).await;
-            known = lock(&self.state).catalog.get(&tool).cloned();
+        if let Err(refusal) = self.icp.arguments(params) {
+            lock(&self.state).deciding.remove(&key);
+            self.send_client(&result_response(id, refusal)).await;
+            return;
         }
-        let client_info = lock(&self.state).client_info.clone();
+        // Decided only on the definition the server gives in this session:
+        // one it listed since it last said its list changed, or one read
+        // now.
+        let mut current = lock(&self.state).catalog.get(&tool).cloned();
+        if current.is_none() && !tool.is_empty() {
+            self.list_tools(params).await;
+            current = lock(&self.state).catalog.get(&tool).cloned();
+        }
+        let (client_info, listed) = {
+            let st = lock(&self.state);
+            (st.client_info.clone(), st.client_listed.contains(&tool))
+        };
         let progress = jsonrpc::progress_token(Some(params)).map(|t| (t, self.to_client.clone()));
         let waiting = Waiting {
             progress,
             cancelled,
         };
-        let (definition, pin) = match known {
-            Some((d, p)) => (Some(d), Some(p)),
-            None => (None, None),
-        };
+        let known = Known { current, listed };
         let plan = self
             .icp
             .tools_call(
                 params,
-                definition.as_ref(),
-                pin,
+                &known,
                 client_info.as_ref(),
                 Some(&self.session),
                 waiting,
@@ -396,16 +508,7 @@ impl<D: Decider> Relay<D> {
                 self.send_client(&result_response(id, result)).await;
             }
             Plan::Forward(fwd) => {
-                let gone = {
-                    let mut st = lock(&self.state);
-                    st.deciding.remove(&key);
-                    if st.server_gone {
-                        true
-                    } else {
-                        st.inflight.insert(key, Pending::ToolsCall(fwd.clone()));
-                        false
-                    }
-                };
+                let gone = self.sending(key, Pending::ToolsCall(fwd.clone()));
                 if gone {
                     self.icp
                         .finished(
@@ -426,22 +529,58 @@ impl<D: Decider> Relay<D> {
         }
     }
 
+    /// A decided request leaves `deciding` for `inflight`, unless the
+    /// server is gone (then `true`: it cannot be sent).
+    fn sending(&self, key: String, pending: Pending) -> bool {
+        let mut st = lock(&self.state);
+        st.deciding.remove(&key);
+        if st.server_gone {
+            return true;
+        }
+        st.inflight.insert(key, pending);
+        false
+    }
+
+    /// Decides a request that acts (other than `tools/call`), then forwards
+    /// exactly what was decided, or answers the client with the refusal.
+    async fn act(self: Arc<Self>, msg: Message, act: crate::methods::Act) {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        let key = id_key(&id);
+        let plan = self.icp.act(&act, Some(&self.session)).await;
+        let fwd = match plan {
+            Err(text) => {
+                lock(&self.state).deciding.remove(&key);
+                self.send_client(&error_response(id, jsonrpc::DENIED, &text))
+                    .await;
+                return;
+            }
+            Ok(fwd) => fwd,
+        };
+        let gone = self.sending(key, Pending::Acted(fwd.clone()));
+        if gone {
+            self.icp
+                .finished(
+                    &fwd,
+                    Outcome::Lost("the MCP server exited before the request was sent".into()),
+                )
+                .await;
+            self.send_client(&error_response(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "the MCP server has exited; the request was not sent",
+            ))
+            .await;
+            return;
+        }
+        let _ = self.to_server.send(msg.to_line()).await;
+    }
+
     /// Asks the server for its tools (all pages) and observes them: how a
     /// call of a tool the client never listed still gets checked.
     async fn list_tools(&self, call_params: &Map<String, Value>) {
         let mut cursor: Option<Value> = None;
         for _ in 0..20 {
-            let mut params = Map::new();
-            if let Some(meta) = call_params.get("_meta").and_then(Value::as_object) {
-                // Stateless protocol versions need the envelope on every
-                // request; progress belongs to the call, not to this.
-                let mut m = meta.clone();
-                m.remove("progressToken");
-                params.insert("_meta".into(), Value::Object(m));
-            }
-            if let Some(c) = cursor.take() {
-                params.insert("cursor".into(), c);
-            }
+            let params = jsonrpc::own_list_params(call_params, cursor.take());
             let (tx, rx) = oneshot::channel();
             let id = {
                 let mut st = lock(&self.state);
@@ -465,7 +604,7 @@ impl<D: Decider> Relay<D> {
             let Some(result) = answer.get("result") else {
                 return;
             };
-            self.observe(result).await;
+            self.observe(result, false).await;
             match result.get("nextCursor") {
                 Some(c) if !c.is_null() => cursor = Some(c.clone()),
                 _ => return,
@@ -473,8 +612,9 @@ impl<D: Decider> Relay<D> {
         }
     }
 
-    /// Records a `tools/list` result's definitions against their pins.
-    async fn observe(&self, result: &Value) {
+    /// Records a `tools/list` result's definitions against their pins;
+    /// `by_client`: the client asked for this list (the `listed` fact).
+    async fn observe(&self, result: &Value, by_client: bool) {
         let Some(list) = result.get("tools").and_then(Value::as_array) else {
             return;
         };
@@ -495,6 +635,9 @@ impl<D: Decider> Relay<D> {
             Ok(states) => {
                 let mut st = lock(&self.state);
                 for (d, (name, pin)) in defs.into_iter().zip(states) {
+                    if by_client {
+                        st.client_listed.insert(name.clone());
+                    }
                     st.catalog.insert(name, (d, pin));
                 }
             }
@@ -549,6 +692,26 @@ impl<D: Decider> Relay<D> {
     }
 
     async fn from_server_msg(self: &Arc<Self>, msg: Message, line: &[u8]) {
+        if msg.method() == Some("notifications/tools/list_changed") {
+            // What this session knew of the tools is out of date: the next
+            // call lists them again before it is decided.
+            let mut st = lock(&self.state);
+            st.catalog.clear();
+            st.client_listed.clear();
+        }
+        if msg.kind == Kind::Request {
+            let method = msg.method().unwrap_or_default();
+            if let Some(act) =
+                crate::methods::server_request(&self.icp.server.name, method, msg.params())
+            {
+                // Decided on a task of its own: the server's other messages
+                // go on meanwhile.
+                let relay = self.clone();
+                let line = line.to_vec();
+                tokio::spawn(async move { relay.server_request(msg, act, line).await });
+                return;
+            }
+        }
         if msg.kind != Kind::Response {
             let _ = self
                 .to_client
@@ -568,10 +731,10 @@ impl<D: Decider> Relay<D> {
         match pending {
             Some(Pending::ToolsList) => {
                 if let Some(r) = msg.result() {
-                    self.observe(r).await;
+                    self.observe(r, true).await;
                 }
             }
-            Some(Pending::ToolsCall(fwd)) => {
+            Some(Pending::ToolsCall(fwd)) | Some(Pending::Acted(fwd)) => {
                 let outcome = match (msg.result(), msg.value.get("error")) {
                     (Some(r), _) => Outcome::Result(r.clone()),
                     (None, Some(e)) => Outcome::Error(e.clone()),
@@ -617,6 +780,11 @@ impl<D: Decider> Relay<D> {
                         )),
                     ))
                     .await;
+                }
+                Pending::Acted(fwd) => {
+                    self.icp.finished(&fwd, Outcome::Lost(why.into())).await;
+                    self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, why))
+                        .await;
                 }
                 _ => {
                     self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, why))

@@ -21,6 +21,11 @@ struct Log {
     approved: HashSet<String>,
     withdrawn: Vec<String>,
     recorded: Vec<(String, bool, Value)>,
+    refused: Vec<secondkey_mcp::refused::Refusal>,
+    /// The facts each decided call carried.
+    facts: Vec<Map<String, Value>>,
+    /// Every definition observed against its pin.
+    observed: Vec<Value>,
     changed: HashSet<String>,
     next: u64,
 }
@@ -58,9 +63,20 @@ impl Decider for Scripted {
     async fn decide(
         &self,
         action: Value,
-        _facts: Map<String, Value>,
+        facts: Map<String, Value>,
     ) -> Result<Decision, DecideError> {
         self.log().decided.push(action.clone());
+        self.log().facts.push(facts);
+        if action["operation"] == "request"
+            || action["operation"] == "sample"
+            || tool_of(&action).contains("secret")
+        {
+            // As policy does: nothing permits an unknown method.
+            return Ok(Decision::Deny {
+                id: "act_denied".into(),
+                reasons: vec![json!({"policy": "no-secrets", "effect": "forbid", "message": ""})],
+            });
+        }
         match tool_of(&action).as_str() {
             "delete_customer" => Ok(Decision::Deny {
                 id: "act_denied".into(),
@@ -116,12 +132,21 @@ impl Decider for Scripted {
         self.log().recorded.push((run.id.clone(), ok, summary));
         Ok(())
     }
+    async fn refused(
+        &self,
+        _server: &str,
+        r: secondkey_mcp::refused::Refusal,
+    ) -> Result<(), DecideError> {
+        self.log().refused.push(r);
+        Ok(())
+    }
     async fn observe(
         &self,
         _server: &str,
         tools: Vec<Value>,
     ) -> Result<Vec<(String, PinState)>, DecideError> {
-        let l = self.log();
+        let mut l = self.log();
+        l.observed.extend(tools.iter().cloned());
         Ok(tools
             .iter()
             .map(|t| {
@@ -283,7 +308,7 @@ async fn allowed_denied_and_passed_through() {
     let list = s.call(json!(1), "tools/list", json!({})).await;
     assert_eq!(
         list["result"]["tools"].as_array().unwrap().len(),
-        5,
+        7,
         "{list}"
     );
     let r = s
@@ -568,5 +593,319 @@ async fn a_hostile_server_floods_writes_garbage_and_crashes() {
         last.2["status"], "unknown",
         "the crashed call is recorded as unknown: {:?}",
         l.recorded
+    );
+}
+
+#[tokio::test]
+async fn a_call_without_an_id_or_with_a_non_string_name_is_refused_and_never_reaches_the_server() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    // `tools/call` as a notification: answered with an error without an id,
+    // never forwarded, recorded as a refused attempt.
+    s.send(json!({"jsonrpc": "2.0", "method": "tools/call",
+                  "params": {"name": "echo", "arguments": {"text": "sneaky"}}}))
+        .await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(
+        (&r["id"], &r["error"]["code"]),
+        (&Value::Null, &json!(-32600)),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without an `id`"),
+        "{r}"
+    );
+    for (name, says) in [
+        (json!(5), "must be a string, not a number"),
+        (json!(["echo"]), "must be a string, not an array"),
+        (Value::Null, "must be a string, not null"),
+    ] {
+        let r = s
+            .call(
+                json!("n"),
+                "tools/call",
+                json!({"name": name, "arguments": {"text": "x"}}),
+            )
+            .await;
+        assert_eq!(
+            (&r["id"], &r["error"]["code"]),
+            (&json!("n"), &json!(-32602)),
+            "{r}"
+        );
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(says),
+            "{r}"
+        );
+    }
+    let r = s
+        .call(json!("m"), "tools/call", json!({"arguments": {}}))
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is missing"),
+        "{r}"
+    );
+    // A request that proves the server saw nothing of the above.
+    let r = s
+        .call(
+            json!(1),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "ok"}}),
+        )
+        .await;
+    assert_eq!(text(&r), "ok", "{r}");
+    assert_eq!(
+        s.runs(),
+        vec![json!({"tool": "echo", "args": {"text": "ok"}})]
+    );
+    {
+        let l = log.log();
+        assert_eq!(l.decided.len(), 1, "only the valid call was decided");
+        assert_eq!(l.refused.len(), 1, "{:?}", l.refused);
+        assert_eq!(
+            (l.refused[0].method.as_str(), l.refused[0].code.as_str()),
+            ("tools/call", "request_without_id")
+        );
+    }
+    s.close().await;
+}
+
+#[tokio::test]
+async fn the_listed_fact_is_the_clients_and_a_changed_list_is_read_again_before_a_call() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    let echo = |t: &str| json!({"name": "echo", "arguments": {"text": t}});
+    // Not listed by the client: secondkey lists, but `listed` is false.
+    assert_eq!(text(&s.call(json!(1), "tools/call", echo("a")).await), "a");
+    s.call(json!(2), "tools/list", json!({})).await;
+    assert_eq!(text(&s.call(json!(3), "tools/call", echo("b")).await), "b");
+    // The server changes echo and says so; the next call is decided on the
+    // definition it lists now, and the client has not listed that one.
+    let mut notes = vec![];
+    s.send(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                  "params": {"name": "mutate", "arguments": {}}}))
+        .await;
+    let r = s.answer(&mut notes).await;
+    assert_eq!(text(&r), "mutated", "{r}");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n["method"] == "notifications/tools/list_changed"),
+        "the notification is relayed: {notes:?}"
+    );
+    let seen_before = log.log().observed.len();
+    assert_eq!(text(&s.call(json!(5), "tools/call", echo("c")).await), "c");
+    {
+        let l = log.log();
+        let listed: Vec<Value> = l
+            .facts
+            .iter()
+            .filter(|f| f["mcp"]["tool"] == "echo")
+            .map(|f| f["mcp"]["listed"].clone())
+            .collect();
+        assert_eq!(listed, vec![json!(false), json!(true), json!(false)]);
+        let relisted: Vec<&Value> = l.observed[seen_before..]
+            .iter()
+            .filter(|d| d["name"] == "echo")
+            .collect();
+        assert!(
+            relisted
+                .iter()
+                .any(|d| d["description"].as_str().unwrap().contains("id_rsa")),
+            "decided on the definition listed after the change: {relisted:?}"
+        );
+    }
+    s.close().await;
+}
+
+#[tokio::test]
+async fn resources_prompts_and_unknown_methods_are_decided_before_the_server_sees_them() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    let r = s
+        .call(
+            json!(1),
+            "resources/read",
+            json!({"uri": "file:///notes.txt"}),
+        )
+        .await;
+    assert_eq!(r["result"]["contents"][0]["text"], "the notes", "{r}");
+    let r = s
+        .call(
+            json!(2),
+            "resources/read",
+            json!({"uri": "file:///secret.txt"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-secrets"),
+        "{r}"
+    );
+    let r = s
+        .call(
+            json!(3),
+            "files/delete",
+            json!({"path": "/", "_meta": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    let r = s
+        .call(
+            json!(4),
+            "prompts/get",
+            json!({"name": "summarize", "arguments": {"topic": "q3"}}),
+        )
+        .await;
+    assert!(
+        r["result"]["messages"][0]["content"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Summarize q3"),
+        "{r}"
+    );
+    // Listing passes undecided.
+    let r = s.call(json!(5), "resources/list", json!({})).await;
+    assert_eq!(r["result"]["resources"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(
+        s.runs(),
+        vec![
+            json!({"tool": "resource", "args": {"uri": "file:///notes.txt"}}),
+            json!({"tool": "prompt", "args": {"topic": "q3"}}),
+        ],
+        "the denied ones never reached the server"
+    );
+    {
+        let l = log.log();
+        let decided: Vec<(String, String)> = l
+            .decided
+            .iter()
+            .map(|a| {
+                (
+                    a["operation"].as_str().unwrap().to_string(),
+                    a["resource"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            decided,
+            [
+                (
+                    "read",
+                    "mcp://warehouse/resources/file%3A%2F%2F%2Fnotes.txt"
+                ),
+                (
+                    "read",
+                    "mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt"
+                ),
+                ("request", "mcp://warehouse/methods/files%2Fdelete"),
+                ("read", "mcp://warehouse/prompts/summarize"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!(
+            l.decided[2]["params"],
+            json!({"path": "/"}),
+            "`_meta` is not an argument"
+        );
+        assert_eq!(
+            l.recorded.len(),
+            2,
+            "both runs' outcomes recorded: {:?}",
+            l.recorded
+        );
+    }
+    s.close().await;
+}
+
+#[tokio::test]
+async fn the_servers_requests_to_the_client_are_decided_before_the_client_sees_them() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    let r = s
+        .call(
+            json!(0),
+            "initialize",
+            json!({"protocolVersion": "2025-11-25",
+                   "capabilities": {"roots": {}, "sampling": {}},
+                   "clientInfo": {"name": "relay-test", "version": "1"}}),
+        )
+        .await;
+    assert!(r["result"]["protocolVersion"].is_string(), "{r}");
+    s.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    // Allowed: the server's roots/list reaches the client, which answers.
+    s.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                  "params": {"name": "ask_client", "arguments": {"what": "roots"}}}))
+        .await;
+    let asked = s.answer(&mut vec![]).await;
+    assert_eq!(asked["method"], "roots/list", "{asked}");
+    s.send(json!({"jsonrpc": "2.0", "id": asked["id"],
+                  "result": {"roots": [{"uri": "file:///work", "name": "work"}]}}))
+        .await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(text(&r), "roots: 1", "{r}");
+    // Denied: the client never sees the sampling request; the server is
+    // answered with the refusal.
+    let mut notes = vec![];
+    s.send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                  "params": {"name": "ask_client", "arguments": {"what": "sample"}}}))
+        .await;
+    let r = s.answer(&mut notes).await;
+    assert_eq!(
+        r["id"], 2,
+        "the next message is the call's answer, not the request: {r}"
+    );
+    // The SDK server turns the refusal it got into the call's error.
+    assert!(
+        r.to_string().contains("no-secrets") && r.to_string().contains("Nothing was forwarded"),
+        "the server got the refusal: {r}"
+    );
+    {
+        let l = log.log();
+        let decided: Vec<(&str, &str)> = l
+            .decided
+            .iter()
+            .filter(|a| a["resource"].as_str().unwrap().contains("/client/"))
+            .map(|a| {
+                (
+                    a["operation"].as_str().unwrap(),
+                    a["resource"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            decided,
+            [
+                ("read", "mcp://warehouse/client/roots%2Flist"),
+                ("sample", "mcp://warehouse/client/sampling%2FcreateMessage"),
+            ]
+        );
+    }
+    s.close().await;
+    // The allowed request's outcome was recorded with the calls'.
+    assert!(
+        log.log()
+            .recorded
+            .iter()
+            .any(|(_, ok, summary)| *ok && summary["status"] == "ok"),
+        "{:?}",
+        log.log().recorded
     );
 }

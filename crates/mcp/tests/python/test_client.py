@@ -5,9 +5,11 @@ secondkey's black-box tests.
     python3 test_client.py SCRIPT --http URL [TOKEN]
 
 SCRIPT is JSON: {"mode": "auto"|"legacy"|"2026-07-28", "steps": [...]},
-each step {"list": true} or {"call": NAME, "args": {...}, "progress": bool}.
+each step {"list": true}, {"call": NAME, "args": {...}, "progress": bool}
+or {"wait_file": PATH} (waits, up to 60 s, until the test creates PATH:
+the test acts between two steps of one session).
 Prints one JSON line per step: the tool list, or the call's result (with
-the progress messages it received), or {"error": "..."}.
+the progress messages it received), or {"error": "..."}, or {"waited": true}.
 The stdio command gets MCP_CLIENT_ENV_* variables as its environment
 (prefix stripped), since the SDK passes only a few variables to children.
 """
@@ -16,6 +18,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 import httpx2
 from mcp.client import Client
@@ -51,7 +54,12 @@ async def run(client, script):
     async with client:
         for step in script["steps"]:
             try:
-                if step.get("list"):
+                if step.get("wait_file"):
+                    deadline = time.monotonic() + 60
+                    while not os.path.exists(step["wait_file"]) and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                    dump({"waited": os.path.exists(step["wait_file"])})
+                elif step.get("list"):
                     res = await client.list_tools()
                     dump({"tools": [t.name for t in res.tools]})
                 else:
