@@ -116,6 +116,23 @@ pub struct RawConfig {
     /// Who may read `/metrics`.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// Where the state and the log are kept: PostgreSQL when `url` is set
+    /// (several replicas may share it), else SQLite in `data_dir`.
+    pub store: Option<RawStore>,
+}
+
+/// `[store]`: a PostgreSQL store shared by replicas (see `docs/replicas.md`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `postgres://USER@HOST[:PORT]/DB[?sslmode=verify-full|disable]`,
+    /// no password in it.
+    pub url: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// PEM certificate authorities the server's certificate must chain to
+    /// (default: the web's public roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[limits]`: connection hygiene of the main listener and what one
@@ -448,6 +465,20 @@ pub struct Config {
     pub metrics_readers: Vec<String>,
     /// Witnesses that cosign the log's checkpoints (`[[log.witnesses]]`).
     pub witnesses: Vec<WitnessConfig>,
+    /// `[store]`: PostgreSQL, shared by replicas; `None` keeps SQLite in
+    /// `data_dir`.
+    pub store: Option<secondkey_store::PgOptions>,
+}
+
+impl Config {
+    /// How to open this configuration's store.
+    pub fn store_options(&self) -> secondkey_store::StoreOptions {
+        let o = secondkey_store::StoreOptions::new(&self.data_dir);
+        match &self.store {
+            Some(pg) => o.postgres(pg.clone()),
+            None => o,
+        }
+    }
 }
 
 impl Config {
@@ -516,6 +547,9 @@ impl Config {
         }
         if let Some(v) = env.get("SECONDKEY_DATA_DIR") {
             raw.data_dir = Some(v.into());
+        }
+        if let Some(v) = env.get("SECONDKEY_STORE_URL") {
+            raw.store.get_or_insert_with(Default::default).url = Some(v.clone());
         }
         if let Some(v) = env.get("SECONDKEY_POLICY_DIR") {
             raw.policy_dir = Some(v.into());
@@ -772,6 +806,10 @@ impl Config {
             Some(o) => Some(oidc_config(o, &public_url, base, env)?),
             None => None,
         };
+        let store = match &raw.store {
+            Some(st) => store_config(st, base, env)?,
+            None => None,
+        };
         let jwt_issuers = raw
             .identity
             .jwt
@@ -794,6 +832,7 @@ impl Config {
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
         .collect();
         Ok(Config {
+            store,
             delegations,
             limits,
             metrics_readers,
@@ -975,6 +1014,69 @@ fn check_claim_name(key: &str, v: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A secret from an environment variable or a file (trimmed), never both:
+/// `env_key`/`file_key` name the config keys in errors.
+fn secret(
+    (env_key, var): (&str, &Option<String>),
+    (file_key, file): (&str, &Option<PathBuf>),
+    base: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Option<String>, ConfigError> {
+    match (var, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            env_key,
+            format!("set either {env_key} or {file_key}, not both"),
+        )),
+        (Some(var), None) => Ok(Some(env.get(var).cloned().ok_or_else(|| {
+            invalid(env_key, format!("environment variable {var} is not set"))
+        })?)),
+        (None, Some(f)) => {
+            let path = if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(f)
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(file_key, format!("cannot read {}: {e}", path.display())))?;
+            Ok(Some(text.trim().to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `[store]`: checks the URL and reads the password.
+fn store_config(
+    st: &RawStore,
+    base: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Option<secondkey_store::PgOptions>, ConfigError> {
+    let Some(url) = &st.url else {
+        if st.password_env.is_some() || st.password_file.is_some() || st.ca_file.is_some() {
+            return Err(invalid(
+                "store.url",
+                "is missing; set it to postgres://USER@HOST/DB (or remove [store] to keep SQLite in data_dir)",
+            ));
+        }
+        return Ok(None);
+    };
+    let mut pg = secondkey_store::PgOptions::new(url.clone());
+    pg.password = secret(
+        ("store.password_env", &st.password_env),
+        ("store.password_file", &st.password_file),
+        base,
+        env,
+    )?;
+    pg.ca_file = st.ca_file.as_ref().map(|f| {
+        if f.is_absolute() {
+            f.clone()
+        } else {
+            base.join(f)
+        }
+    });
+    pg.check().map_err(|m| invalid("store.url", m))?;
+    Ok(Some(pg))
+}
+
 fn oidc_config(
     o: &RawOidc,
     public_url: &str,
@@ -986,35 +1088,12 @@ fn oidc_config(
     if o.client_id.is_empty() {
         return Err(invalid("oidc.client_id", "must not be empty"));
     }
-    let client_secret = match (&o.client_secret_env, &o.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "oidc.client_secret_env",
-                "set either client_secret_env or client_secret_file, not both",
-            ))
-        }
-        (Some(var), None) => Some(env.get(var).cloned().ok_or_else(|| {
-            invalid(
-                "oidc.client_secret_env",
-                format!("environment variable {var} is not set"),
-            )
-        })?),
-        (None, Some(f)) => {
-            let path = if f.is_absolute() {
-                f.clone()
-            } else {
-                base.join(f)
-            };
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "oidc.client_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            Some(text.trim().to_string())
-        }
-        (None, None) => None,
-    };
+    let client_secret = secret(
+        ("oidc.client_secret_env", &o.client_secret_env),
+        ("oidc.client_secret_file", &o.client_secret_file),
+        base,
+        env,
+    )?;
     let redirect_url = o
         .redirect_url
         .clone()
