@@ -229,7 +229,12 @@ impl PgOptions {
         if let Some(p) = &self.password {
             config.password(p.as_bytes());
         }
-        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        // The TLS connector passed at connect does the verification;
+        // `Require` makes the client refuse to go on without TLS.
+        config.ssl_mode(match tls {
+            PgTls::VerifyFull { .. } => tokio_postgres::config::SslMode::Require,
+            PgTls::Disable => tokio_postgres::config::SslMode::Disable,
+        });
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("secondkey");
         let host = match config.get_hosts().first() {
@@ -574,13 +579,13 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
     Ok(Opened {
         location: target.display.clone(),
         writer,
-        readers: AnyReaders::Pg(Readers {
+        readers: AnyReaders::Pg(Box::new(Readers {
             rt,
             replica,
             target,
             pool: Mutex::new(Vec::new()),
             changes,
-        }),
+        })),
         tree,
         lock: None,
     })

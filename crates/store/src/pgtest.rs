@@ -57,10 +57,20 @@ impl Cluster {
 
     /// A cluster of the caller's own (to stop and start), removed on drop.
     pub fn start_private() -> Cluster {
-        Cluster::start()
+        Cluster::start_with(None)
+    }
+
+    /// A cluster of the caller's own that presents `cert_pem` (its key
+    /// `key_pem`) to TLS clients.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Cluster {
+        Cluster::start_with(Some((cert_pem, key_pem)))
     }
 
     fn start() -> Cluster {
+        Cluster::start_with(None)
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Cluster {
         assert!(
             Path::new(BIN_DIR).join("initdb").exists(),
             "PostgreSQL 15 is not installed; run: apt-get install -y postgresql-15"
@@ -102,6 +112,34 @@ impl Cluster {
                 "--no-sync",
             ],
         );
+        if let Some((cert, key)) = tls {
+            use std::io::Write as _;
+            use std::os::unix::fs::PermissionsExt as _;
+            let data = c.dir.join("data");
+            std::fs::write(data.join("server.crt"), cert).expect("server.crt");
+            std::fs::write(data.join("server.key"), key).expect("server.key");
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("chmod server.key");
+            if c.as_postgres {
+                let ok = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(data.join("server.crt"))
+                    .arg(data.join("server.key"))
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "chown the server certificate");
+            }
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .expect("postgresql.conf");
+            conf.write_all(b"\nssl = on\n")
+                .expect("write postgresql.conf");
+        }
         c.pg_start();
         c.sql(
             "postgres",

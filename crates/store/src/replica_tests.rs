@@ -341,3 +341,59 @@ fn with_postgres_down_every_replica_fails_closed_and_recovers() {
     a.close();
     b.close();
 }
+
+/// A private certificate authority and a server certificate for `names`.
+fn ca_and_cert(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "store test CA");
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut p = rcgen::CertificateParams::new(names.clone()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, names[0].clone());
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn tls_verify_full_checks_the_chain_and_the_host_name() {
+    let (ca, cert, key) = ca_and_cert(&["localhost"]);
+    let (other_ca, _, _) = ca_and_cert(&["localhost"]);
+    let c = Cluster::start_tls(&cert, &key);
+    let db = c.database();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+    std::fs::write(dir.path().join("other.pem"), &other_ca).unwrap();
+    let opts = |host: &str, ca: &str| PgOptions {
+        url: format!("postgres://{}@{host}:{}/{db}", crate::pgtest::USER, c.port),
+        password: Some(crate::pgtest::PASSWORD.into()),
+        ca_file: Some(dir.path().join(ca)),
+    };
+    let store_options = |pg: PgOptions| StoreOptions::new(dir.path()).postgres(pg);
+    // The right CA and the certificate's name: migrate, open, append.
+    let good = store_options(opts("localhost", "ca.pem"));
+    Store::migrate(&good).unwrap();
+    let s = Store::open(good).unwrap();
+    s.transact_blocking(|tx| tx.append(entry("over TLS")))
+        .unwrap();
+    s.close();
+    // Another CA: refused.
+    let err = Store::open(store_options(opts("localhost", "other.pem"))).unwrap_err();
+    assert!(matches!(err, StoreError::PgDown(_)), "{err}");
+    // The right CA, but a name the certificate does not carry: refused.
+    let err = Store::open(store_options(opts("127.0.0.1", "ca.pem"))).unwrap_err();
+    assert!(matches!(err, StoreError::PgDown(_)), "{err}");
+    // A CA file that holds no certificate: a clear error.
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    let err = Store::open(store_options(opts("localhost", "empty.pem"))).unwrap_err();
+    assert!(err.to_string().contains("no certificate"), "{err}");
+}

@@ -104,7 +104,7 @@ pub(crate) trait Writer: Send + 'static {
 /// Reader connections of a backend.
 pub(crate) enum Readers {
     Sqlite(crate::sqlite::Readers),
-    Pg(crate::pg::Readers),
+    Pg(Box<crate::pg::Readers>),
 }
 
 /// What a backend's `open` hands the store.
