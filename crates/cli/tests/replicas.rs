@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,50 +96,6 @@ fn checkpoint(g: &Gateway) -> String {
     g.text("/v1/log/checkpoint")
 }
 
-/// Exports the log through replica `g`'s config and verifies the bundle
-/// offline; returns the entries.
-fn export_and_verify(g: &Gateway) -> Vec<Value> {
-    let out = tempfile::tempdir().unwrap();
-    let bundle = out.path().join("bundle");
-    let cfg = g.config.to_str().unwrap();
-    let (code, _o, e) = run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            cfg,
-            "--bundle",
-            bundle.to_str().unwrap(),
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{e}");
-    let vkey = g.text("/v1/log/verifier-key").trim().to_string();
-    let (code, o, e) = run_cli(
-        &[
-            "log",
-            "verify",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--key",
-            &vkey,
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "the log must verify: {o} {e}");
-    let (code, o, e) = run_cli(
-        &["log", "export", "--config", cfg, "--format", "jsonl"],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{e}");
-    o.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn a_two_person_review_walks_across_three_replicas() {
     let r = replicas(3);
@@ -216,7 +172,7 @@ fn a_two_person_review_walks_across_three_replicas() {
     let cps: Vec<String> = [a, b, c].iter().map(|g| checkpoint(g)).collect();
     assert_eq!(cps[0], cps[1]);
     assert_eq!(cps[1], cps[2]);
-    let entries = export_and_verify(a);
+    let entries = common::export_log(a).2;
     let events: Vec<&str> = entries
         .iter()
         .filter(|e| e.to_string().contains(&id))
@@ -404,7 +360,7 @@ fn kill_9_of_a_replica_and_postgres_stopped_under_load_lose_nothing_acknowledged
     assert!(*refused.lock().unwrap() > 0, "the outages were felt");
 
     // Nothing acknowledged is lost; nothing ran twice; the log verifies.
-    let entries = export_and_verify(&r.gws[0]);
+    let entries = common::export_log(&r.gws[0]).2;
     let text: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
     let acked = acked.lock().unwrap().clone();
     for (gid, digest) in &acked {
@@ -433,6 +389,3 @@ fn kill_9_of_a_replica_and_postgres_stopped_under_load_lose_nothing_acknowledged
     // Replicas still up sign the same checkpoint.
     assert_eq!(checkpoint(&r.gws[0]), checkpoint(&r.gws[2]));
 }
-
-#[allow(dead_code)]
-fn unused(_: PathBuf) {}

@@ -355,6 +355,25 @@ pub(crate) fn parse_anchor(s: &str) -> Result<Anchor, StoreError> {
     Ok(Anchor { size, root })
 }
 
+/// Refuses a schema version other than `current`: newer is
+/// [`StoreError::SchemaTooNew`], older what `too_old` makes of it.
+pub(crate) fn check_version(
+    found: i64,
+    current: i64,
+    too_old: impl FnOnce(i64, i64) -> StoreError,
+) -> Result<(), StoreError> {
+    if found > current {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: current,
+        });
+    }
+    if found < current {
+        return Err(too_old(found, current));
+    }
+    Ok(())
+}
+
 pub(crate) fn state_str(s: RequestState) -> String {
     match serde_json::to_value(s) {
         Ok(serde_json::Value::String(s)) => s,

@@ -541,19 +541,11 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
         .map_err(|m| StoreError::Pg(format!("[store] url {m}")))?;
     let rt = Runtime::new()?;
     let mut conn = connect(&rt, &target)?;
-    let found = conn.schema_version()?;
-    if found > PG_SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found,
-            supported: PG_SCHEMA_VERSION,
-        });
-    }
-    if found < PG_SCHEMA_VERSION {
-        return Err(StoreError::NotMigrated {
-            found,
-            current: PG_SCHEMA_VERSION,
-        });
-    }
+    crate::check_version(
+        conn.schema_version()?,
+        PG_SCHEMA_VERSION,
+        |found, current| StoreError::NotMigrated { found, current },
+    )?;
     // One snapshot for the head, the entries and the anchor.
     conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
     let tree = (|| {

@@ -204,18 +204,9 @@ pub(crate) fn open(options: &StoreOptions) -> Result<Opened, StoreError> {
         }
         let conn = open_conn(&path, true)?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if found < SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooOld {
-                found,
-                current: SCHEMA_VERSION,
-            });
-        }
+        crate::check_version(found, SCHEMA_VERSION, |found, current| {
+            StoreError::SchemaTooOld { found, current }
+        })?;
         (conn, None)
     } else {
         std::fs::create_dir_all(&options.data_dir).map_err(|source| StoreError::DataDir {

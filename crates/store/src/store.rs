@@ -645,13 +645,7 @@ fn run_batch(
         Vec::with_capacity(batch.len());
     for job in batch {
         if let Err(e) = backend.savepoint() {
-            backend.rollback();
-            let mut rest: Vec<_> = results.into_iter().map(|(r, _)| r).collect();
-            rest.push(job.reply);
-            for r in rest {
-                let _ = r.send(Err(StoreError::Commit(format!("savepoint failed: {e}"))));
-            }
-            return Err(format!("savepoint failed: {e}"));
+            return savepoint_failed(backend, results, job.reply, &e);
         }
         let mark = pending.len();
         let run = job.run;
@@ -670,13 +664,7 @@ fn run_batch(
             backend.release()
         };
         if let Err(e) = sp {
-            backend.rollback();
-            let mut rest: Vec<_> = results.into_iter().map(|(r, _)| r).collect();
-            rest.push(job.reply);
-            for r in rest {
-                let _ = r.send(Err(StoreError::Commit(format!("savepoint failed: {e}"))));
-            }
-            return Err(format!("savepoint failed: {e}"));
+            return savepoint_failed(backend, results, job.reply, &e);
         }
         results.push((job.reply, outcome));
     }
@@ -706,6 +694,22 @@ fn run_batch(
         let _ = reply.send(result);
     }
     storage_failure.map_or(Ok(()), Err)
+}
+
+/// A savepoint could not be set or released: the whole batch is rolled back
+/// and every job in it, run or not, gets the error.
+fn savepoint_failed(
+    backend: &mut dyn Writer,
+    results: Vec<(tokio::sync::oneshot::Sender<JobResult>, JobResult)>,
+    current: tokio::sync::oneshot::Sender<JobResult>,
+    e: &StoreError,
+) -> Result<(), String> {
+    backend.rollback();
+    let rest = results.into_iter().map(|(r, _)| r).chain([current]);
+    for r in rest {
+        let _ = r.send(Err(StoreError::Commit(format!("savepoint failed: {e}"))));
+    }
+    Err(format!("savepoint failed: {e}"))
 }
 
 fn fail_all(batch: Vec<Job>, why: &str) -> Result<(), String> {
