@@ -575,12 +575,23 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
             rt,
             replica,
             target,
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            given_back: std::sync::Condvar::new(),
             changes,
         })),
         tree,
         lock: None,
     })
+}
+
+/// Most reader connections a replica opens.
+const MAX_READERS: usize = 8;
+
+/// Idle reader connections, and how many are open (idle or in use).
+#[derive(Default)]
+struct Pool {
+    idle: Vec<PgConn>,
+    open: usize,
 }
 
 /// Reader connections, and what follows other replicas.
@@ -589,29 +600,58 @@ pub(crate) struct Readers {
     /// This store's id in notifications.
     replica: String,
     target: Target,
-    pool: Mutex<Vec<PgConn>>,
+    pool: Mutex<Pool>,
+    given_back: std::sync::Condvar,
     /// Ids of requests changed by the other replicas.
     changes: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Readers {
+    /// A reader connection: an idle one, a new one while fewer than
+    /// [`MAX_READERS`] are open, or else the next one given back (so a
+    /// burst of reads never opens more than that many connections).
     fn conn(&self) -> Result<PgConn, StoreError> {
-        let conn = self.pool.lock().map_err(|_| StoreError::Unavailable)?.pop();
-        match conn {
-            Some(c) if !c.client.is_closed() => Ok(c),
-            _ => connect(&self.rt, &self.target),
+        let mut pool = self.pool.lock().map_err(|_| StoreError::Unavailable)?;
+        loop {
+            while let Some(c) = pool.idle.pop() {
+                if !c.client.is_closed() {
+                    return Ok(c);
+                }
+                pool.open -= 1;
+            }
+            if pool.open < MAX_READERS {
+                pool.open += 1;
+                break;
+            }
+            pool = self
+                .given_back
+                .wait(pool)
+                .map_err(|_| StoreError::Unavailable)?;
         }
+        drop(pool);
+        let conn = connect(&self.rt, &self.target);
+        if conn.is_err() {
+            self.forget();
+        }
+        conn
+    }
+
+    /// One open connection fewer.
+    fn forget(&self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.open = pool.open.saturating_sub(1);
+        }
+        self.given_back.notify_one();
     }
 
     fn put_back(&self, conn: PgConn) {
         if conn.client.is_closed() {
-            return;
+            return self.forget();
         }
         if let Ok(mut pool) = self.pool.lock() {
-            if pool.len() < 8 {
-                pool.push(conn);
-            }
+            pool.idle.push(conn);
         }
+        self.given_back.notify_one();
     }
 
     pub(crate) fn read<T>(
@@ -631,13 +671,22 @@ impl Readers {
     ) -> Result<u64, StoreError> {
         let mut conn = self.conn()?;
         // One snapshot: the head and the entries below it.
-        conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-        let out = catch_up(&mut conn, view, size_tx, false);
-        let end = conn.batch("COMMIT");
-        self.put_back(conn);
-        let size = out?;
-        end?;
-        Ok(size)
+        let out = conn
+            .batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .and_then(|_| catch_up(&mut conn, view, size_tx, false))
+            .and_then(|size| conn.batch("COMMIT").map(|_| size));
+        match out {
+            Ok(size) => {
+                self.put_back(conn);
+                Ok(size)
+            }
+            Err(e) => {
+                // Maybe inside a failed transaction: not reused.
+                drop(conn);
+                self.forget();
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
@@ -666,7 +715,8 @@ impl Readers {
             rt: self.rt.clone(),
             replica: self.replica.clone(),
             target: self.target.clone(),
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            given_back: std::sync::Condvar::new(),
             changes: self.changes.clone(),
         };
         let stop2 = stop.clone();

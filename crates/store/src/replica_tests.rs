@@ -397,3 +397,58 @@ fn tls_verify_full_checks_the_chain_and_the_host_name() {
     let err = Store::open(store_options(opts("localhost", "empty.pem"))).unwrap_err();
     assert!(err.to_string().contains("no certificate"), "{err}");
 }
+
+#[test]
+fn a_burst_of_reads_opens_a_bounded_number_of_connections() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let db = pg
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| tx.put_meta("k", "v")).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (d2, db2) = (done.clone(), db.clone());
+    let watcher = std::thread::spawn(move || {
+        let mut peak = 0usize;
+        while !d2.load(std::sync::atomic::Ordering::Relaxed) {
+            let n: usize = Cluster::get()
+                .sql(
+                    "postgres",
+                    &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db2}'"),
+                )
+                .parse()
+                .unwrap();
+            peak = peak.max(n);
+        }
+        peak
+    });
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    assert_eq!(s.get_meta("k").unwrap().as_deref(), Some("v"));
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.join().unwrap();
+    // 8 readers, the writer, the LISTEN connection, the follower's reader.
+    assert!(
+        peak <= 11,
+        "{peak} connections at the peak of 32 concurrent readers"
+    );
+    assert!(peak >= 3, "the watcher saw the store's connections: {peak}");
+    s.close();
+}
