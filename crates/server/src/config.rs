@@ -1553,4 +1553,47 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
         .to_string();
         assert!(e.contains("MISSING"), "{e}");
     }
+
+    #[test]
+    fn store_takes_a_postgres_url_and_a_password_from_env_or_file() {
+        let mut env = HashMap::new();
+        env.insert("DB_PW".to_string(), "s3cret".to_string());
+        let load = |toml: &str, env: &HashMap<String, String>| {
+            Config::from_toml(toml, "t", Path::new("/"), env).map_err(|e| e.to_string())
+        };
+        let c = load(
+            "[store]\nurl = \"postgres://sk@db.internal/sk\"\npassword_env = \"DB_PW\"",
+            &env,
+        )
+        .unwrap();
+        let pg = c.store.clone().unwrap();
+        assert_eq!(pg.password.as_deref(), Some("s3cret"));
+        assert!(c.store_options().postgres.is_some());
+        // No [store]: SQLite in data_dir.
+        assert!(load("", &env).unwrap().store.is_none());
+        // SECONDKEY_STORE_URL sets the URL.
+        let mut env2 = env.clone();
+        env2.insert(
+            "SECONDKEY_STORE_URL".into(),
+            "postgres://sk@db2.internal/sk".into(),
+        );
+        let c = load("", &env2).unwrap();
+        assert_eq!(c.store.unwrap().url, "postgres://sk@db2.internal/sk");
+        for (toml, key) in [
+            ("[store]\nurl = \"postgres://sk:pw@db/sk\"", "store.url"),
+            ("[store]\nurl = \"postgres://sk@db/sk?sslmode=require\"", "store.url"),
+            ("[store]\nurl = \"postgres://sk@db/sk\"\npassword_env = \"NOPE\"", "store.password_env"),
+            (
+                "[store]\nurl = \"postgres://sk@db/sk\"\npassword_env = \"DB_PW\"\npassword_file = \"/x\"",
+                "store.password_env",
+            ),
+            ("[store]\nurl = \"postgres://sk@db/sk\"\npassword_file = \"/nonexistent/pw\"", "store.password_file"),
+            ("[store]\npassword_env = \"DB_PW\"", "store.url"),
+            ("[store]\nurl = \"postgres://sk@db/sk\"\nbogus = 1", "bogus"),
+        ] {
+            let e = load(toml, &env).unwrap_err();
+            assert!(e.contains(key), "{toml}: {e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
 }
