@@ -84,12 +84,24 @@ fn groups_of(req: &Request) -> BTreeSet<String> {
 
 impl Follower {
     async fn run(mut self, mut rx: tokio::sync::broadcast::Receiver<RequestChange>) {
-        self.reconcile().await;
+        // Replicas on one store: only the holder of the background lease
+        // posts, updates and reminds, so a message goes out once. A replica
+        // that takes the lease over redraws what is out of date first.
+        let mut leading = self.gateway.replica.is_leader();
+        if leading {
+            self.reconcile().await;
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let now_leading = self.gateway.replica.is_leader();
+            if now_leading && !leading {
+                self.reconcile().await;
+            }
+            leading = now_leading;
             tokio::select! {
                 c = rx.recv() => match c {
+                    Ok(_) if !leading => {}
                     Ok(c) => self.on_change(c).await,
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "channel follower lagged; redrawing what is out of date");
@@ -97,7 +109,11 @@ impl Follower {
                     }
                     Err(RecvError::Closed) => return,
                 },
-                _ = tick.tick() => self.remind().await,
+                _ = tick.tick() => {
+                    if leading {
+                        self.remind().await
+                    }
+                }
             }
         }
     }
@@ -166,7 +182,10 @@ impl Follower {
         match c.event.as_str() {
             "request.created" => self.post(&c.id).await,
             "escalation_due" => self.escalate(&c.id).await,
-            "request.escalated" => {
+            // `request.changed`: another replica changed it, whatever it
+            // was (posting skips channels it is in already, and anything no
+            // longer pending).
+            "request.escalated" | "request.changed" => {
                 self.post(&c.id).await;
                 self.redraw(&c.id).await;
             }

@@ -229,10 +229,8 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             out,
         } => {
             let cfg = secondkey_server::Config::load(&config, &env_map())?;
-            let store = secondkey_store::Store::open(
-                secondkey_store::StoreOptions::new(&cfg.data_dir).read_only(),
-            )
-            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+            let store = secondkey_store::Store::open(cfg.store_options().read_only())
+                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
             let size = store.log_size();
             let entries = store.entries(0, size)?;
             if let Some(dir) = bundle {
@@ -294,9 +292,8 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
 /// Exports the live log to a temporary bundle (for `verify --config`).
 fn export_bundle_tmp(config: &Path) -> Result<(tempfile::TempDir, Verifier, Option<String>)> {
     let cfg = secondkey_server::Config::load(config, &env_map())?;
-    let store =
-        secondkey_store::Store::open(secondkey_store::StoreOptions::new(&cfg.data_dir).read_only())
-            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let store = secondkey_store::Store::open(cfg.store_options().read_only())
+        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
     let entries = store.entries(0, store.log_size())?;
     let dir = tempfile::tempdir()?;
@@ -422,9 +419,8 @@ pub struct Snapshot {
 /// not extend the gateway's last signed checkpoint.
 pub fn snapshot(config: &Path) -> Result<Snapshot> {
     let cfg = secondkey_server::Config::load(config, &env_map())?;
-    let store =
-        secondkey_store::Store::open(secondkey_store::StoreOptions::new(&cfg.data_dir).read_only())
-            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let store = secondkey_store::Store::open(cfg.store_options().read_only())
+        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
     let entries = store.entries(0, store.log_size())?;
     let (note, tree) = store.with_tree(|t| {

@@ -67,6 +67,9 @@ enum Command {
     /// Create signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// The gateway's store: schema migrations.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// The PostgreSQL gateway's helpers.
     #[command(subcommand)]
     Pg(PgCmd),
@@ -282,6 +285,21 @@ enum ActionCmd {
 }
 
 #[derive(Subcommand)]
+enum StoreCmd {
+    /// Bring the store's schema up to this binary's version. PostgreSQL
+    /// (`[store] url`) is only ever migrated by this command, once, before
+    /// replicas of the new version start; replicas refuse a schema they do
+    /// not know. SQLite in `data_dir` is also migrated when the gateway
+    /// starts.
+    #[command(after_help = "Example:\n  secondkey store migrate --config secondkey.toml")]
+    Migrate {
+        /// The gateway's config file (its `[store]`, or `data_dir`).
+        #[arg(long, env = "SECONDKEY_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCmd {
     /// Create a log signing key (mode 0600) and print its verifier key.
     #[command(
@@ -404,6 +422,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report(r) => auditcmd::report(r),
         Command::Evidence(e) => auditcmd::evidence(e),
         Command::Witness(w) => auditcmd::witness(w),
+        Command::Store(StoreCmd::Migrate { config }) => {
+            let cfg = secondkey_server::Config::load(&config, &env_map())?;
+            let options = cfg.store_options();
+            let (from, to) = secondkey_store::Store::migrate(&options)
+                .map_err(|e| anyhow!("cannot migrate the store: {e}"))?;
+            let place = match &cfg.store {
+                Some(pg) => pg.url.clone(),
+                None => cfg.data_dir.display().to_string(),
+            };
+            if from == to {
+                println!("{place}: schema version {to}, up to date");
+            } else {
+                println!("{place}: schema migrated from version {from} to {to}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys(KeysCmd::Generate { name, out }) => {
             let signer = secondkey_log::note::Signer::generate(&name)
                 .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;

@@ -50,56 +50,6 @@ fn consume(g: &Gateway, who: &str, grant: &Value, digest: &str) -> (u16, Value) 
     )
 }
 
-fn export_log(g: &Gateway) -> (tempfile::TempDir, String, Vec<Value>) {
-    let out = tempfile::tempdir().unwrap();
-    let bundle = out.path().join("bundle");
-    let (code, _o, e) = run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--bundle",
-            bundle.to_str().unwrap(),
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{e}");
-    let vkey = g.text("/v1/log/verifier-key").trim().to_string();
-    let (code, o, e) = run_cli(
-        &[
-            "log",
-            "verify",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--key",
-            &vkey,
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "the log must verify: {o} {e}");
-    let (code, o, e) = run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--format",
-            "jsonl",
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{e}");
-    let entries = o
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (out, vkey, entries)
-}
-
 #[test]
 fn allow_deny_and_a_two_person_review_end_to_end() {
     let dir = tempfile::tempdir().unwrap();

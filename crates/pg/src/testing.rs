@@ -237,6 +237,26 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Stops the server (fast shutdown) until [`Cluster::start_server`].
+    pub fn stop_server(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir.display().to_string(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Starts the server again after [`Cluster::stop_server`].
+    pub fn start_server(&self) {
+        self.pg_start();
+    }
+
     /// Restarts the server (fast shutdown): clients see their connections end.
     pub fn restart(&self) {
         self.run(

@@ -119,6 +119,9 @@ pub struct RawConfig {
     /// Who may read `/metrics`.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// Where the state and the log are kept: PostgreSQL when `url` is set
+    /// (several replicas may share it), else SQLite in `data_dir`.
+    pub store: Option<RawStore>,
     /// How policies are checked at load (`[policy]`).
     #[serde(default)]
     pub policy: RawPolicy,
@@ -133,6 +136,20 @@ pub struct RawPolicy {
     /// them.
     #[serde(default)]
     pub annotations: Vec<String>,
+}
+
+/// `[store]`: a PostgreSQL store shared by replicas (see `docs/replicas.md`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `postgres://USER@HOST[:PORT]/DB[?sslmode=verify-full|disable]`,
+    /// no password in it.
+    pub url: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// PEM certificate authorities the server's certificate must chain to
+    /// (default: the web's public roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[limits]`: connection hygiene of the main listener and what one
@@ -513,6 +530,20 @@ pub struct Config {
     pub policy_annotations: BTreeSet<String>,
     /// `[web]`.
     pub web: WebConfig,
+    /// `[store]`: PostgreSQL, shared by replicas; `None` keeps SQLite in
+    /// `data_dir`.
+    pub store: Option<secondkey_store::PgOptions>,
+}
+
+impl Config {
+    /// How to open this configuration's store.
+    pub fn store_options(&self) -> secondkey_store::StoreOptions {
+        let o = secondkey_store::StoreOptions::new(&self.data_dir);
+        match &self.store {
+            Some(pg) => o.postgres(pg.clone()),
+            None => o,
+        }
+    }
 }
 
 impl Config {
@@ -616,6 +647,9 @@ impl Config {
         }
         if let Some(v) = env.get("SECONDKEY_DATA_DIR") {
             raw.data_dir = Some(v.into());
+        }
+        if let Some(v) = env.get("SECONDKEY_STORE_URL") {
+            raw.store.get_or_insert_with(Default::default).url = Some(v.clone());
         }
         if let Some(v) = env.get("SECONDKEY_POLICY_DIR") {
             raw.policy_dir = Some(v.into());
@@ -896,6 +930,10 @@ impl Config {
             Some(o) => Some(oidc_config(o, &public_url, base, env)?),
             None => None,
         };
+        let store = match &raw.store {
+            Some(st) => store_config(st, base, env)?,
+            None => None,
+        };
         let jwt_issuers = raw
             .identity
             .jwt
@@ -969,6 +1007,7 @@ impl Config {
         Ok(Config {
             policy_annotations,
             web,
+            store,
             delegations,
             limits,
             metrics_readers,
@@ -1152,6 +1191,69 @@ fn check_claim_name(key: &str, v: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A secret from an environment variable or a file (trimmed), never both:
+/// `env_key`/`file_key` name the config keys in errors.
+fn secret(
+    (env_key, var): (&str, &Option<String>),
+    (file_key, file): (&str, &Option<PathBuf>),
+    base: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Option<String>, ConfigError> {
+    match (var, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            env_key,
+            format!("set either {env_key} or {file_key}, not both"),
+        )),
+        (Some(var), None) => Ok(Some(env.get(var).cloned().ok_or_else(|| {
+            invalid(env_key, format!("environment variable {var} is not set"))
+        })?)),
+        (None, Some(f)) => {
+            let path = if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(f)
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(file_key, format!("cannot read {}: {e}", path.display())))?;
+            Ok(Some(text.trim().to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `[store]`: checks the URL and reads the password.
+fn store_config(
+    st: &RawStore,
+    base: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Option<secondkey_store::PgOptions>, ConfigError> {
+    let Some(url) = &st.url else {
+        if st.password_env.is_some() || st.password_file.is_some() || st.ca_file.is_some() {
+            return Err(invalid(
+                "store.url",
+                "is missing; set it to postgres://USER@HOST/DB (or remove [store] to keep SQLite in data_dir)",
+            ));
+        }
+        return Ok(None);
+    };
+    let mut pg = secondkey_store::PgOptions::new(url.clone());
+    pg.password = secret(
+        ("store.password_env", &st.password_env),
+        ("store.password_file", &st.password_file),
+        base,
+        env,
+    )?;
+    pg.ca_file = st.ca_file.as_ref().map(|f| {
+        if f.is_absolute() {
+            f.clone()
+        } else {
+            base.join(f)
+        }
+    });
+    pg.check().map_err(|m| invalid("store.url", m))?;
+    Ok(Some(pg))
+}
+
 fn oidc_config(
     o: &RawOidc,
     public_url: &str,
@@ -1163,35 +1265,12 @@ fn oidc_config(
     if o.client_id.is_empty() {
         return Err(invalid("oidc.client_id", "must not be empty"));
     }
-    let client_secret = match (&o.client_secret_env, &o.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "oidc.client_secret_env",
-                "set either client_secret_env or client_secret_file, not both",
-            ))
-        }
-        (Some(var), None) => Some(env.get(var).cloned().ok_or_else(|| {
-            invalid(
-                "oidc.client_secret_env",
-                format!("environment variable {var} is not set"),
-            )
-        })?),
-        (None, Some(f)) => {
-            let path = if f.is_absolute() {
-                f.clone()
-            } else {
-                base.join(f)
-            };
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "oidc.client_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            Some(text.trim().to_string())
-        }
-        (None, None) => None,
-    };
+    let client_secret = secret(
+        ("oidc.client_secret_env", &o.client_secret_env),
+        ("oidc.client_secret_file", &o.client_secret_file),
+        base,
+        env,
+    )?;
     let redirect_url = o
         .redirect_url
         .clone()
@@ -1721,5 +1800,48 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
         assert_eq!(g.humans["dba"], BTreeSet::from(["user:ann".to_string()]));
         assert!(g.humans["agents"].is_empty());
         assert_eq!(g.identity_provider, secondkey_policy::IdpGroups::None);
+    }
+
+    #[test]
+    fn store_takes_a_postgres_url_and_a_password_from_env_or_file() {
+        let mut env = HashMap::new();
+        env.insert("DB_PW".to_string(), "s3cret".to_string());
+        let load = |toml: &str, env: &HashMap<String, String>| {
+            Config::from_toml(toml, "t", Path::new("/"), env).map_err(|e| e.to_string())
+        };
+        let c = load(
+            "[store]\nurl = \"postgres://sk@db.internal/sk\"\npassword_env = \"DB_PW\"",
+            &env,
+        )
+        .unwrap();
+        let pg = c.store.clone().unwrap();
+        assert_eq!(pg.password.as_deref(), Some("s3cret"));
+        assert!(c.store_options().postgres.is_some());
+        // No [store]: SQLite in data_dir.
+        assert!(load("", &env).unwrap().store.is_none());
+        // SECONDKEY_STORE_URL sets the URL.
+        let mut env2 = env.clone();
+        env2.insert(
+            "SECONDKEY_STORE_URL".into(),
+            "postgres://sk@db2.internal/sk".into(),
+        );
+        let c = load("", &env2).unwrap();
+        assert_eq!(c.store.unwrap().url, "postgres://sk@db2.internal/sk");
+        for (toml, key) in [
+            ("[store]\nurl = \"postgres://sk:pw@db/sk\"", "store.url"),
+            ("[store]\nurl = \"postgres://sk@db/sk?sslmode=require\"", "store.url"),
+            ("[store]\nurl = \"postgres://sk@db/sk\"\npassword_env = \"NOPE\"", "store.password_env"),
+            (
+                "[store]\nurl = \"postgres://sk@db/sk\"\npassword_env = \"DB_PW\"\npassword_file = \"/x\"",
+                "store.password_env",
+            ),
+            ("[store]\nurl = \"postgres://sk@db/sk\"\npassword_file = \"/nonexistent/pw\"", "store.password_file"),
+            ("[store]\npassword_env = \"DB_PW\"", "store.url"),
+            ("[store]\nurl = \"postgres://sk@db/sk\"\nbogus = 1", "bogus"),
+        ] {
+            let e = load(toml, &env).unwrap_err();
+            assert!(e.contains(key), "{toml}: {e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 }

@@ -58,6 +58,9 @@ pub struct Gateway {
     grant_key: SigningKey,
     grant_kid: String,
     changes: broadcast::Sender<RequestChange>,
+    /// This replica, and whether it runs the background work (see
+    /// `replicas.rs`).
+    pub replica: crate::replicas::Replica,
     checkpoint_cache: Mutex<Option<(u64, String)>>,
     /// Largest size anchored in the store by this process.
     anchored: Mutex<u64>,
@@ -308,6 +311,7 @@ impl Gateway {
     ) -> Gateway {
         let grant_kid = secondkey_core::grant::kid_for(&grant_key.verifying_key());
         let (changes, _) = broadcast::channel(4096);
+        let replica = crate::replicas::Replica::new(store.is_shared());
         let identity = crate::identity::Identity::new(&config);
         let web = crate::web::WebState::ephemeral(&config);
         let admission = Arc::new(crate::admission::Admission::new(&config.limits));
@@ -328,6 +332,7 @@ impl Gateway {
             grant_key,
             grant_kid,
             changes,
+            replica,
             checkpoint_cache: Mutex::new(None),
             anchored: Mutex::new(0),
             admission,
@@ -412,6 +417,27 @@ impl Gateway {
 
     pub fn subscribe(&self) -> broadcast::Receiver<RequestChange> {
         self.changes.subscribe()
+    }
+
+    /// Announces a request another replica changed (its id came through
+    /// the store): read it, and put it on this gateway's feed as
+    /// `request.changed`.
+    pub(crate) async fn announce_remote(&self, id: &str) {
+        let store = self.store.clone();
+        let id = id.to_string();
+        if let Ok(Ok(Some(req))) = tokio::task::spawn_blocking(move || store.get_request(&id)).await
+        {
+            self.announce(&req, "request.changed");
+        }
+    }
+
+    /// The log key's verifier and the grant key's id (what every replica
+    /// on one store must share).
+    pub fn key_ids(&self) -> (String, String) {
+        (
+            self.log_signer.verifier().to_string(),
+            self.grant_kid.clone(),
+        )
     }
 
     pub(crate) fn announce(&self, req: &Request, event: &str) {
@@ -1403,6 +1429,11 @@ impl Gateway {
     }
 
     fn signed_checkpoint(&self) -> Result<(u64, secondkey_log::merkle::Hash, String), ApiError> {
+        // On a shared store, what other replicas committed counts too: a
+        // client that appended through A and asks B sees its entry.
+        if self.store.is_shared() {
+            self.store.catch_up()?;
+        }
         let (size, root) = self.store.with_tree(|t| (t.size(), t.root()))?;
         if let Ok(c) = self.checkpoint_cache.lock() {
             if let Some((s, note)) = c.as_ref() {

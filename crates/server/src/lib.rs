@@ -21,6 +21,7 @@ pub mod limits;
 pub mod lineage;
 pub mod logview;
 pub mod reload;
+pub mod replicas;
 pub mod reviewer;
 pub mod views;
 pub mod web;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secondkey_policy::PolicyEngine;
-use secondkey_store::{Store, StoreOptions};
+use secondkey_store::Store;
 
 pub use config::{Config, ConfigError};
 pub use extension::Extension;
@@ -64,8 +65,10 @@ pub async fn build_with(
     let log_signer = keys::load_or_create_log_signer(&config.log_key_file, &config.log_origin)?;
     let grant_key = keys::load_or_create_grant_key(&config.grant_key_file)?;
     let session_key = keys::load_or_create_secret(&config.data_dir.join("keys/session.key"))?;
-    let store = Store::open(StoreOptions::new(&config.data_dir))
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = Store::open(config.store_options()).with_context(|| match &config.store {
+        Some(pg) => format!("opening the PostgreSQL store {}", pg.url),
+        None => format!("opening the store in {}", config.data_dir.display()),
+    })?;
     let gateway = Arc::new(adjust(
         Gateway::new(config, store, policy, log_signer, grant_key).with_session_key(session_key),
     ));
@@ -73,6 +76,12 @@ pub async fn build_with(
         .web
         .sessions
         .load_revoked(&gateway.store, gateway.now().0 / 1000);
+    let (log_verifier, grant_kid) = gateway.key_ids();
+    replicas::check_keys(
+        &gateway,
+        replicas::key_fingerprints(&log_verifier, &grant_kid, &session_key),
+    )
+    .await?;
     gateway
         .started()
         .await
@@ -121,6 +130,13 @@ impl Running {
         let final_round = witness::submit_once(&self.gateway);
         if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(15), final_round).await {
             tracing::warn!(error = %e, "could not submit the last checkpoint to witnesses");
+        }
+        if self.gateway.store.is_shared() && self.gateway.replica.is_leader() {
+            // Hand the background work over at once, not after the lease lapses.
+            let g = &self.gateway;
+            if let Err(e) = g.store.release_lease(replicas::LEASE, &g.replica.id).await {
+                tracing::warn!(error = %e, "could not release the background lease");
+            }
         }
         self.gateway.store.close();
         r
@@ -192,8 +208,11 @@ fn spawn_background(gateway: Arc<Gateway>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = g.sweep().await {
-                tracing::warn!(error = %e, "expiry sweep failed; will retry");
+            // Expiry and escalation run on one replica (the lease holder).
+            if g.replica.is_leader() {
+                if let Err(e) = g.sweep().await {
+                    tracing::warn!(error = %e, "expiry sweep failed; will retry");
+                }
             }
             if let Err(e) = g.anchor_latest().await {
                 tracing::warn!(error = %e, "could not anchor the latest checkpoint; will retry");
@@ -204,6 +223,7 @@ fn spawn_background(gateway: Arc<Gateway>) {
         }
     });
     reload::spawn(gateway.clone());
+    replicas::spawn(gateway.clone());
     witness::spawn(gateway.clone());
     start_sinks(&gateway);
 }

@@ -13,8 +13,10 @@
 //!
 //! The jobs see the database only through the [`Tx`] trait, so the same
 //! gateway logic runs on any backend that can implement it. SQLite (WAL,
-//! `synchronous=FULL`) is the embedded default; a PostgreSQL backend will
-//! implement the same trait.
+//! `synchronous=FULL`) is the embedded default; PostgreSQL
+//! ([`StoreOptions::postgres`]) lets several gateway replicas share one
+//! store and one log: each batch locks the log's head row, so appends from
+//! every replica are totally ordered and each replica's tree is the same.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), secondkey_store::StoreError> {
@@ -30,7 +32,9 @@
 //! # Ok(()) }
 //! ```
 
+mod pg;
 mod sqlite;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -39,13 +43,22 @@ use secondkey_core::request::{Request, RequestState};
 use secondkey_log::entry::Entry;
 use secondkey_log::merkle::{Hash, Tree};
 
-pub use sqlite::Store;
+pub use pg::{PgOptions, PgTls};
+pub use store::Store;
 
 /// Errors from the store. Any of them means the change did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {0}")]
+    Pg(String),
+    #[error(
+        "cannot reach PostgreSQL ({0}); nothing was recorded and the action is not authorized"
+    )]
+    PgDown(String),
+    #[error("the PostgreSQL store has no schema yet (or an older one: version {found}, this binary's is {current}); run `secondkey store migrate --config FILE` first")]
+    NotMigrated { found: i64, current: i64 },
     #[error("cannot open the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -182,6 +195,9 @@ pub struct StoreOptions {
     /// Caps the database at this many pages (SQLite `max_page_count`):
     /// a way to exercise the disk-full path in tests.
     pub max_pages: Option<u64>,
+    /// Keep the store in PostgreSQL instead of `data_dir/secondkey.db`
+    /// (several replicas may share it).
+    pub postgres: Option<PgOptions>,
 }
 
 impl StoreOptions {
@@ -191,7 +207,14 @@ impl StoreOptions {
             max_batch: 4096,
             read_only: false,
             max_pages: None,
+            postgres: None,
         }
+    }
+
+    /// The store in PostgreSQL (see [`PgOptions`]).
+    pub fn postgres(mut self, pg: PgOptions) -> Self {
+        self.postgres = Some(pg);
+        self
     }
 
     /// The same directory, for reading only.
@@ -232,5 +255,158 @@ pub struct Anchor {
 
 pub(crate) type Shared = Arc<LogView>;
 
+impl LogView {
+    /// Adds the leaf hashes of entries `from..` to the tree, skipping those
+    /// already in it (another path may have added them first: entries are
+    /// immutable once committed, so the same index is the same leaf).
+    /// Returns the new size, or an error if there is a gap.
+    pub(crate) fn extend(&self, from: u64, hashes: &[Hash]) -> Result<u64, StoreError> {
+        let mut tree = self.tree.write().map_err(|_| StoreError::Unavailable)?;
+        let size = tree.size();
+        if from > size {
+            return Err(StoreError::Corrupt(format!(
+                "log entries {size}..{from} are missing from this replica's tree"
+            )));
+        }
+        let skip = (size - from) as usize;
+        for h in hashes.iter().skip(skip) {
+            tree.push(*h);
+        }
+        Ok(tree.size())
+    }
+}
+
+/// The reads every backend answers, inside a job's transaction and on
+/// reader connections alike.
+pub(crate) trait Reads {
+    fn request(&mut self, id: &str) -> Result<Option<Request>, StoreError>;
+    fn grant(&mut self, id: &str) -> Result<Option<GrantRow>, StoreError>;
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
+    fn find_request(
+        &mut self,
+        requester: &str,
+        digest: &str,
+        state: RequestState,
+    ) -> Result<Option<Request>, StoreError>;
+    fn pending_of(
+        &mut self,
+        requester: &str,
+        now_ms: i64,
+    ) -> Result<(u64, Option<i64>), StoreError>;
+    fn record(&mut self, ns: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// Records of `ns` with `lower <(=) key < upper`, in key order.
+    fn records(
+        &mut self,
+        ns: &str,
+        lower: &str,
+        inclusive: bool,
+        upper: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// `(index, bytes)` of the entries in `[start, end)`, in order.
+    fn entries(&mut self, start: u64, end: u64) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
+    /// `(body, created_at, id)` of the requests that concern one of
+    /// `parties`, newest first, older than `cursor`, at most `limit`.
+    fn list_for(
+        &mut self,
+        parties: &[String],
+        state: Option<String>,
+        cursor: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, String)>, StoreError>;
+    fn due_for_expiry(&mut self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+    fn due_for_escalation(&mut self, now_ms: i64, fraction: f64)
+        -> Result<Vec<String>, StoreError>;
+    fn count_by_state(&mut self) -> Result<Vec<(String, u64)>, StoreError>;
+}
+
+/// Checks that the stored leaves still hash to the last anchored root and
+/// builds the tree from them.
+pub(crate) fn anchored_tree(hashes: Vec<Hash>, anchor: Option<String>) -> Result<Tree, StoreError> {
+    let tree = Tree::from_leaf_hashes(hashes);
+    if let Some(a) = anchor {
+        let anchor = parse_anchor(&a)?;
+        if anchor.size > tree.size() {
+            return Err(StoreError::Tampered(format!(
+                "the log was signed at size {} but only {} entries remain (truncated)",
+                anchor.size,
+                tree.size()
+            )));
+        }
+        let root = tree
+            .root_at(anchor.size)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if root != anchor.root {
+            return Err(StoreError::Tampered(format!(
+                "the root of the first {} entries no longer matches the signed checkpoint (an entry was changed)",
+                anchor.size
+            )));
+        }
+    }
+    Ok(tree)
+}
+
+pub(crate) fn parse_anchor(s: &str) -> Result<Anchor, StoreError> {
+    let bad = || StoreError::Corrupt(format!("meta 'anchor' is malformed: {s:?}"));
+    let (size, root) = s.split_once(' ').ok_or_else(bad)?;
+    let size: u64 = size.parse().map_err(|_| bad())?;
+    let bytes = hex::decode(root).map_err(|_| bad())?;
+    let root: Hash = bytes.try_into().map_err(|_| bad())?;
+    Ok(Anchor { size, root })
+}
+
+/// Refuses a schema version other than `current`: newer is
+/// [`StoreError::SchemaTooNew`], older what `too_old` makes of it.
+pub(crate) fn check_version(
+    found: i64,
+    current: i64,
+    too_old: impl FnOnce(i64, i64) -> StoreError,
+) -> Result<(), StoreError> {
+    if found > current {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: current,
+        });
+    }
+    if found < current {
+        return Err(too_old(found, current));
+    }
+    Ok(())
+}
+
+pub(crate) fn state_str(s: RequestState) -> String {
+    match serde_json::to_value(s) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{s:?}").to_lowercase(),
+    }
+}
+
+pub(crate) fn decode_request(body: &str) -> Result<Request, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("request record: {e}")))
+}
+
+/// The parties a request concerns (see [`Viewer`]): `p:<principal>` for
+/// its requester, the requester's owner and whom it acts for, `g:<group>`
+/// for each group that may review it.
+pub(crate) fn parties_of(r: &Request) -> Vec<String> {
+    let mut parties = vec![format!("p:{}", r.requester.id)];
+    if let Some(o) = &r.requester.owner {
+        parties.push(format!("p:{o}"));
+    }
+    if let Some(o) = &r.action.on_behalf_of {
+        parties.push(format!("p:{o}"));
+    }
+    // Groups an escalation added are parties too: their members may now
+    // review, so they list and see the request.
+    for req in &r.requirements {
+        parties.extend(req.all_groups().iter().map(|g| format!("g:{g}")));
+    }
+    parties
+}
+
+#[cfg(test)]
+mod pgtest;
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,101 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// A store to test on either backend: a data directory, and for
+/// PostgreSQL a fresh database (migrated) in the shared test cluster.
+struct Fixture {
+    dir: tempfile::TempDir,
+    db: Option<String>,
+}
+
+impl Fixture {
+    fn new(kind: Kind) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = match kind {
+            Kind::Sqlite => None,
+            Kind::Postgres => {
+                let c = crate::pgtest::Cluster::get();
+                let db = c.database();
+                Store::migrate(&StoreOptions::new(dir.path()).postgres(c.options(&db))).unwrap();
+                Some(db)
+            }
+        };
+        Fixture { dir, db }
+    }
+
+    fn options(&self) -> StoreOptions {
+        let o = StoreOptions::new(self.dir.path());
+        match &self.db {
+            Some(db) => o.postgres(crate::pgtest::Cluster::get().options(db)),
+            None => o,
+        }
+    }
+
+    /// Runs SQL behind the store's back (what an operator with write access
+    /// to the database could do).
+    fn sql(&self, sql: &str) {
+        match &self.db {
+            Some(db) => {
+                crate::pgtest::Cluster::get().sql(db, sql);
+            }
+            None => {
+                let conn =
+                    rusqlite::Connection::open(self.dir.path().join("secondkey.db")).unwrap();
+                conn.execute_batch(sql).unwrap();
+            }
+        }
+    }
+
+    fn set_entry(&self, idx: u64, data: &[u8]) {
+        let lit = match &self.db {
+            Some(_) => format!("'\\x{}'::bytea", hex::encode(data)),
+            None => format!("X'{}'", hex::encode(data)),
+        };
+        self.sql(&format!(
+            "UPDATE log_entries SET data = {lit} WHERE idx = {idx}"
+        ));
+    }
+}
+
+/// Runs each named test on SQLite and on PostgreSQL.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name(super::Kind::Sqlite)
+                }
+                #[test]
+                fn postgres() {
+                    super::$name(super::Kind::Postgres)
+                }
+            }
+        )*
+    };
+}
+
+both_backends!(
+    appends_are_durable_and_survive_reopen,
+    a_failing_job_changes_nothing_and_does_not_spoil_its_batch,
+    oversized_entry_is_refused_with_nothing_written,
+    grant_use_is_compare_and_set,
+    a_changed_entry_is_caught_at_startup_against_the_anchor,
+    the_tree_matches_the_stored_bytes,
+    requests_are_found_by_requester_digest_and_state,
+    pending_requests_are_counted_per_requester,
+    records_are_namespaced_listed_by_prefix_and_rolled_back_with_their_job,
+    background_jobs_commit_durably_alone_or_with_a_waited_job,
+    a_background_job_whose_submitter_goes_away_is_still_committed,
+    concurrent_background_and_waited_jobs_all_commit_once,
+);
+
 fn entry(event: &str) -> Entry {
     new_entry(
         "2026-11-22T00:00:00Z",
@@ -18,10 +113,9 @@ fn entry(event: &str) -> Entry {
     )
 }
 
-#[test]
-fn appends_are_durable_and_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn appends_are_durable_and_survive_reopen(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     for i in 0..10u64 {
         let idx = store
             .transact_blocking(|tx| tx.append(entry("t.append")))
@@ -30,7 +124,7 @@ fn appends_are_durable_and_survive_reopen() {
     }
     let root = store.with_tree(|t| t.root()).unwrap();
     store.close();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let store = Store::open(f.options()).unwrap();
     assert_eq!(store.log_size(), 10);
     assert_eq!(store.with_tree(|t| t.root()).unwrap(), root);
     let entries = store.entries(0, 10).unwrap();
@@ -39,10 +133,9 @@ fn appends_are_durable_and_survive_reopen() {
     assert_eq!(e.index, 3);
 }
 
-#[test]
-fn a_failing_job_changes_nothing_and_does_not_spoil_its_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn a_failing_job_changes_nothing_and_does_not_spoil_its_batch(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     let rt = current_thread();
     rt.block_on(async {
         let ok1 = store.transact(|tx| tx.append(entry("a")));
@@ -67,10 +160,9 @@ fn a_failing_job_changes_nothing_and_does_not_spoil_its_batch() {
     assert_eq!(Entry::from_bytes(&data[1]).unwrap().event, "c");
 }
 
-#[test]
-fn oversized_entry_is_refused_with_nothing_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn oversized_entry_is_refused_with_nothing_written(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     let big = "x".repeat(70_000);
     let r = store.transact_blocking(move |tx| {
         tx.append(new_entry(
@@ -84,10 +176,9 @@ fn oversized_entry_is_refused_with_nothing_written() {
     assert_eq!(store.log_size(), 0);
 }
 
-#[test]
-fn grant_use_is_compare_and_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn grant_use_is_compare_and_set(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     let g = GrantRow {
         id: "g1".into(),
         request_id: None,
@@ -122,7 +213,7 @@ fn grant_use_is_compare_and_set() {
     });
     assert_eq!(wins, 1);
     store.close();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let store = Store::open(f.options()).unwrap();
     assert!(
         !store.transact_blocking(|tx| tx.use_grant("g1", 6)).unwrap(),
         "single use survives a restart"
@@ -130,10 +221,9 @@ fn grant_use_is_compare_and_set() {
     assert_eq!(store.get_grant("g1").unwrap().unwrap().used_at, Some(5));
 }
 
-#[test]
-fn a_changed_entry_is_caught_at_startup_against_the_anchor() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn a_changed_entry_is_caught_at_startup_against_the_anchor(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     for _ in 0..5 {
         store.transact_blocking(|tx| tx.append(entry("x"))).unwrap();
     }
@@ -147,30 +237,20 @@ fn a_changed_entry_is_caught_at_startup_against_the_anchor() {
     assert_eq!(store.last_checkpoint().unwrap().as_deref(), Some("note"));
     store.close();
     // An operator with write access edits entry 2 in place.
-    let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
     let mut forged = entry("forged");
     forged.index = 2;
-    conn.execute(
-        "UPDATE log_entries SET data = ?1 WHERE idx = 2",
-        rusqlite::params![forged.to_bytes().unwrap()],
-    )
-    .unwrap();
-    drop(conn);
-    let err = Store::open(StoreOptions::new(dir.path())).unwrap_err();
+    f.set_entry(2, &forged.to_bytes().unwrap());
+    let err = Store::open(f.options()).unwrap_err();
     assert!(matches!(err, StoreError::Tampered(_)), "{err}");
     // And a deleted entry.
-    let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
-    conn.execute("DELETE FROM log_entries WHERE idx = 4", [])
-        .unwrap();
-    drop(conn);
-    let err = Store::open(StoreOptions::new(dir.path())).unwrap_err();
+    f.sql("DELETE FROM log_entries WHERE idx = 4");
+    let err = Store::open(f.options()).unwrap_err();
     assert!(matches!(err, StoreError::Tampered(_)), "{err}");
 }
 
-#[test]
-fn the_tree_matches_the_stored_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn the_tree_matches_the_stored_bytes(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     for _ in 0..300 {
         store.transact_blocking(|tx| tx.append(entry("x"))).unwrap();
     }
@@ -297,10 +377,9 @@ fn pending_request(id: &str, requester: &str, action_json: serde_json::Value) ->
     )
 }
 
-#[test]
-fn requests_are_found_by_requester_digest_and_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn requests_are_found_by_requester_digest_and_state(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     let a = serde_json::json!({"kind": "sql", "operation": "read", "resource": "postgres://x/t"});
     let b = serde_json::json!({"kind": "sql", "operation": "read", "resource": "postgres://x/u"});
     let r1 = pending_request("req_1", "agent:bot", a.clone());
@@ -343,11 +422,10 @@ fn requests_are_found_by_requester_digest_and_state() {
     assert!(seen);
 }
 
-#[test]
-fn pending_requests_are_counted_per_requester() {
+fn pending_requests_are_counted_per_requester(kind: Kind) {
     use secondkey_core::time::Timestamp;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     let action = |n: u32| serde_json::json!({"kind": "sql", "operation": "write", "resource": format!("postgres://x/t{n}")});
     let mut rs: Vec<Request> = (0..4)
         .map(|n| pending_request(&format!("req_{n}"), "agent:bot", action(n)))
@@ -444,22 +522,21 @@ fn migration_keeps_grants_and_their_single_use() {
         .transact_blocking(|tx| tx.use_grant("grt_used", 9))
         .unwrap();
     assert_eq!((first, again, old), (true, false, false));
-    let without_rowid: String = store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT sql FROM sqlite_schema WHERE name = 'grants'",
-                [],
-                |r| r.get(0),
-            )?)
-        })
+    store.close();
+    let conn = rusqlite::Connection::open(dir.path().join("secondkey.db")).unwrap();
+    let without_rowid: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'grants'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert!(without_rowid.contains("WITHOUT ROWID"), "{without_rowid}");
 }
 
-#[test]
-fn records_are_namespaced_listed_by_prefix_and_rolled_back_with_their_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn records_are_namespaced_listed_by_prefix_and_rolled_back_with_their_job(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     store
         .transact_blocking(|tx| {
             for k in ["U1", "U2", "U3", "V1"] {
@@ -527,10 +604,9 @@ fn records_are_namespaced_listed_by_prefix_and_rolled_back_with_their_job() {
 /// other when they return, whether they commit alone after their linger or
 /// together with a job someone waits on; a failing background job changes
 /// nothing and does not take the other job of its batch down.
-#[test]
-fn background_jobs_commit_durably_alone_or_with_a_waited_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn background_jobs_commit_durably_alone_or_with_a_waited_job(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     let rt = current_thread();
     rt.block_on(async {
         // Alone: it commits once its linger is over.
@@ -552,7 +628,7 @@ fn background_jobs_commit_durably_alone_or_with_a_waited_job() {
     });
     store.close();
     drop(store);
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+    let store = Store::open(f.options()).unwrap();
     assert_eq!(
         store.get_record("t.bg", "alone").unwrap().as_deref(),
         Some("1")
@@ -571,10 +647,9 @@ fn background_jobs_commit_durably_alone_or_with_a_waited_job() {
 /// A background job is parked without waking the writer; if whoever
 /// submitted it goes away before it ran, it still gets its commit (the
 /// submitter nudges the writer as it goes), without any other job coming.
-#[test]
-fn a_background_job_whose_submitter_goes_away_is_still_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+fn a_background_job_whose_submitter_goes_away_is_still_committed(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
     let rt = current_thread();
     rt.block_on(async {
         let job = store.transact_background(|tx| tx.put_record("t.bg", "orphan", "1"));
@@ -599,10 +674,9 @@ fn a_background_job_whose_submitter_goes_away_is_still_committed() {
 /// Many background jobs at once, from many tasks, mixed with jobs someone
 /// waits on, and more parked than one batch may hold: every one commits,
 /// once, and each waiter hears its own outcome.
-#[test]
-fn concurrent_background_and_waited_jobs_all_commit_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut options = StoreOptions::new(dir.path());
+fn concurrent_background_and_waited_jobs_all_commit_once(kind: Kind) {
+    let f = Fixture::new(kind);
+    let mut options = f.options();
     options.max_batch = 4;
     let store = Store::open(options).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -650,4 +724,13 @@ fn concurrent_background_and_waited_jobs_all_commit_once() {
     assert_eq!(fg.len(), 8 * 10);
     assert_eq!(bg.len(), 8 * 34);
     store.close();
+}
+
+/// A pending request, for the replica tests.
+pub(crate) fn pending_request_for_replicas(id: &str, requester: &str) -> Request {
+    pending_request(
+        id,
+        requester,
+        serde_json::json!({"kind": "sql", "operation": "write", "resource": "db://x", "params": {}}),
+    )
 }

@@ -1,0 +1,391 @@
+//! Black-box tests of several replicas: three real `secondkey serve`
+//! processes on one throwaway PostgreSQL 15 cluster, behind haproxy on
+//! loopback, with curl-like HTTP clients.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{export_action, read_action, run_cli, token_of, Gateway, POLICIES};
+use secondkey_pg::testing::{Cluster, APP_PASSWORD, APP_USER};
+use serde_json::{json, Value};
+
+/// Three replicas sharing the store `sk` of `cluster`, each with its own
+/// data directory (keys copied from the first).
+struct Replicas {
+    cluster: Cluster,
+    gws: Vec<Gateway>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn store_section(cluster: &Cluster, pwfile: &Path) -> String {
+    format!(
+        "\n[store]\nurl = \"postgres://{APP_USER}@127.0.0.1:{}/sk?sslmode=disable\"\npassword_file = \"{}\"\n",
+        cluster.port,
+        pwfile.display()
+    )
+}
+
+fn replicas(n: usize) -> Replicas {
+    let cluster = Cluster::start(0);
+    cluster.superuser_sql("postgres", &format!("CREATE DATABASE sk OWNER {APP_USER}"));
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut gws = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let pwfile = d.path().join("store.pw");
+        std::fs::write(&pwfile, format!("{APP_PASSWORD}\n")).unwrap();
+        let extra = store_section(&cluster, &pwfile);
+        if i == 0 {
+            // Before `store migrate`, a replica refuses to start, and says why.
+            let port = common::free_port();
+            let cfg = common::write_config_extra(d.path(), port, POLICIES, &extra);
+            let out = Command::new(common::BIN)
+                .args(["serve", "--config"])
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{err}");
+            assert!(err.contains("secondkey store migrate"), "{err}");
+            let (code, o, e) = run_cli(
+                &["store", "migrate", "--config", cfg.to_str().unwrap()],
+                "http://127.0.0.1:1",
+                None,
+            );
+            assert_eq!(code, 0, "{o}{e}");
+            assert!(o.contains("migrated from version 0"), "{o}");
+        } else {
+            // The same keys as the first replica (see docs/replicas.md).
+            copy_keys(&gws[0], d.path());
+        }
+        gws.push(Gateway::start_extra(d.path(), POLICIES, &extra));
+    }
+    Replicas {
+        cluster,
+        gws,
+        _dirs: dirs,
+    }
+}
+
+fn copy_keys(from: &Gateway, to: &Path) {
+    let src = from.dir.join("data/keys");
+    let dst = to.join("data/keys");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+    }
+}
+
+fn long_poll(url: &str, id: &str, who: &str, secs: u64) -> Value {
+    let r = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(secs + 30))
+        .build()
+        .get(&format!("{url}/v1/requests/{id}?wait={secs}"))
+        .set("Authorization", &format!("Bearer {}", token_of(who)))
+        .call()
+        .unwrap();
+    r.into_json().unwrap()
+}
+
+fn checkpoint(g: &Gateway) -> String {
+    g.text("/v1/log/checkpoint")
+}
+
+#[test]
+fn a_two_person_review_walks_across_three_replicas() {
+    let r = replicas(3);
+    let (a, b, c) = (&r.gws[0], &r.gws[1], &r.gws[2]);
+
+    // The agent asks on C and waits there.
+    let sub = c.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.customers"),
+    );
+    assert_eq!(sub["decision"], "review", "{sub}");
+    let id = sub["request"]["id"].as_str().unwrap().to_string();
+    let digest = sub["digest"].as_str().unwrap().to_string();
+    let (url, id2) = (c.url.clone(), id.clone());
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let v = long_poll(&url, &id2, "agent:report-bot", 60);
+        (v, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Reviewer one on A, reviewer two on B.
+    let (s, v) = a.review("user:bob", &id, "approve");
+    assert_eq!((s, v["state"].as_str()), (200, Some("pending")), "{v}");
+    // The same reviewer again, on another replica: still one person.
+    let (s, v) = b.review("user:bob", &id, "approve");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("duplicate_reviewer"))
+    );
+    let (s, v) = b.review("user:dave", &id, "approve");
+    assert_eq!((s, v["state"].as_str()), (200, Some("approved")), "{v}");
+    let (waited, elapsed) = waiter.join().unwrap();
+    assert_eq!(waited["state"], "approved", "{waited}");
+    assert!(
+        elapsed < Duration::from_secs(55),
+        "C's long-poll was woken by B's decision, not its timeout"
+    );
+    // A decided request cannot be decided again, on any replica.
+    let (s, _) = c.review("user:erin", &id, "deny");
+    assert!(s == 404 || s == 409, "{s}");
+
+    // The grant, consumed on all three replicas at once: exactly one wins.
+    let grant = waited["grant"].clone();
+    assert!(grant.is_string(), "{waited}");
+    let wins: Vec<_> = [a, b, c]
+        .into_iter()
+        .flat_map(|g| {
+            let (url, grant, digest) = (g.url.clone(), grant.clone(), digest.clone());
+            (0..4).map(move |_| {
+                let (url, grant, digest) = (url.clone(), grant.clone(), digest.clone());
+                std::thread::spawn(move || {
+                    let res = ureq::post(&format!("{url}/v1/grants/consume"))
+                        .set(
+                            "Authorization",
+                            &format!("Bearer {}", token_of("agent:report-bot")),
+                        )
+                        .send_json(json!({"grant": grant, "digest": digest}));
+                    match res {
+                        Ok(r) => r.status(),
+                        Err(ureq::Error::Status(s, _)) => s,
+                        Err(e) => panic!("{e}"),
+                    }
+                })
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(wins.iter().filter(|s| **s == 200).count(), 1, "{wins:?}");
+    assert_eq!(wins.iter().filter(|s| **s == 409).count(), 11, "{wins:?}");
+
+    // One log: every replica signs the same checkpoint.
+    let cps: Vec<String> = [a, b, c].iter().map(|g| checkpoint(g)).collect();
+    assert_eq!(cps[0], cps[1]);
+    assert_eq!(cps[1], cps[2]);
+    let entries = common::export_log(a).2;
+    let events: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.to_string().contains(&id))
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "review.submitted").count(),
+        2,
+        "{events:?}"
+    );
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["event"] == "grant.consumed")
+            .count(),
+        1
+    );
+}
+
+fn haproxy(dir: &Path, port: u16, backends: &[&Gateway]) -> Child {
+    let mut cfg = format!(
+        "global\n  maxconn 512\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 90s\n  timeout server 90s\n  retries 3\n  option redispatch 1\n  retry-on conn-failure empty-response\nfrontend fe\n  bind 127.0.0.1:{port}\n  default_backend replicas\nbackend replicas\n  balance roundrobin\n  option httpchk GET /healthz\n  default-server inter 500ms fall 2 rise 2\n"
+    );
+    for (i, g) in backends.iter().enumerate() {
+        let addr = g.url.trim_start_matches("http://");
+        cfg.push_str(&format!("  server r{i} {addr} check\n"));
+    }
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let child = Command::new("haproxy")
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy (apt-get install -y haproxy)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
+        .call()
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "haproxy did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a client got acknowledged: a grant id and the digest it is for.
+type Acked = Arc<Mutex<Vec<(String, String)>>>;
+
+fn grant_id(grant: &str) -> String {
+    use base64::Engine as _;
+    let claims = grant.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["jti"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn kill_9_of_a_replica_and_postgres_stopped_under_load_lose_nothing_acknowledged() {
+    let mut r = replicas(3);
+    let hdir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let lb = format!("http://127.0.0.1:{port}");
+    let _haproxy = Kill(haproxy(
+        hdir.path(),
+        port,
+        &[&r.gws[0], &r.gws[1], &r.gws[2]],
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let consumed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(Mutex::new(0u32));
+    let clients: Vec<_> = (0..4)
+        .map(|n| {
+            let (lb, stop, acked, consumed, refused) = (
+                lb.clone(),
+                stop.clone(),
+                acked.clone(),
+                consumed.clone(),
+                refused.clone(),
+            );
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(30))
+                    .build();
+                let auth = format!("Bearer {}", token_of("agent:report-bot"));
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let mut action = read_action();
+                    action["params"]["statement"] = json!(format!("SELECT {n}, {i}"));
+                    let res = agent
+                        .post(&format!("{lb}/v1/actions"))
+                        .set("Authorization", &auth)
+                        .send_json(action);
+                    let v: Value = match res {
+                        Ok(r) => r.into_json().unwrap(),
+                        // A replica died mid-request, or the store is down:
+                        // the client retries (through the balancer).
+                        Err(_) => {
+                            *refused.lock().unwrap() += 1;
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    let grant = v["grant"].as_str().unwrap().to_string();
+                    let digest = v["digest"].as_str().unwrap().to_string();
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push((grant_id(&grant), digest.clone()));
+                    // Use it; retried until the answer is known (200, or
+                    // 409 when an earlier try took effect).
+                    loop {
+                        let res = agent
+                            .post(&format!("{lb}/v1/grants/consume"))
+                            .set("Authorization", &auth)
+                            .send_json(json!({"grant": grant, "digest": digest}));
+                        match res {
+                            Ok(_) => {
+                                consumed.lock().unwrap().push(grant_id(&grant));
+                                break;
+                            }
+                            Err(ureq::Error::Status(409, _)) => break,
+                            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acked.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "load did not progress");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(40);
+    // kill -9 of one replica in the middle of it.
+    r.gws[1].kill();
+    let at_kill = acked.lock().unwrap().len();
+    wait_for(at_kill + 40);
+    // PostgreSQL stops: every replica refuses (fails closed)...
+    r.cluster.stop_server();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = acked.lock().unwrap().len();
+    for g in [&r.gws[0], &r.gws[2]] {
+        let (s, v) = g.call(
+            "POST",
+            "/v1/actions",
+            Some("agent:report-bot"),
+            Some(&read_action()),
+        );
+        assert!(s >= 500, "with the store down the answer is no: {s} {v}");
+        assert!(v.get("grant").is_none(), "{v}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // (nothing was acknowledged while it was down, beyond what was in flight)
+    let still = acked.lock().unwrap().len();
+    assert!(still <= during + 4, "{during} → {still}");
+    // ...and recovers when it returns.
+    r.cluster.start_server();
+    wait_for(still + 40);
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(*refused.lock().unwrap() > 0, "the outages were felt");
+
+    // Nothing acknowledged is lost; nothing ran twice; the log verifies.
+    let entries = common::export_log(&r.gws[0]).2;
+    let text: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+    let acked = acked.lock().unwrap().clone();
+    for (gid, digest) in &acked {
+        assert!(
+            text.iter()
+                .any(|t| t.contains(gid.as_str()) && t.contains(digest.as_str())),
+            "acknowledged grant {gid} is in the log"
+        );
+    }
+    let consumed = consumed.lock().unwrap().clone();
+    let mut uses = std::collections::HashMap::<&str, usize>::new();
+    for e in entries.iter().filter(|e| e["event"] == "grant.consumed") {
+        for (gid, _) in &acked {
+            if e.to_string().contains(gid.as_str()) {
+                *uses.entry(gid.as_str()).or_default() += 1;
+            }
+        }
+    }
+    assert!(
+        uses.values().all(|n| *n == 1),
+        "no grant used twice: {uses:?}"
+    );
+    for gid in &consumed {
+        assert_eq!(uses.get(gid.as_str()), Some(&1), "{gid}");
+    }
+    // Replicas still up sign the same checkpoint.
+    assert_eq!(checkpoint(&r.gws[0]), checkpoint(&r.gws[2]));
+}

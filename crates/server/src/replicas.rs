@@ -1,0 +1,133 @@
+//! Several gateway replicas on one PostgreSQL store.
+//!
+//! - **One set of keys.** Replicas sign checkpoints, grants and web
+//!   sessions; a grant signed on A is consumed on B, a checkpoint from A
+//!   and one from B over the same size must be the same note. The first
+//!   replica records the fingerprints of its keys in the store (`meta`
+//!   `replica.keys`); a replica started with other keys refuses to start.
+//! - **Wake-ups.** The store hears other replicas' request changes
+//!   (`LISTEN`); [`spawn`] turns each into a change on this gateway's feed,
+//!   so long-polls, event streams and adapters waiting here wake when a
+//!   reviewer decided on another replica.
+//! - **Background work once.** The lease `background` (held in the store,
+//!   renewed every half second, 5 s long) says which replica runs the
+//!   expiry and escalation sweep and the chat followers; the others wait
+//!   to take over when it lapses.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::gateway::Gateway;
+
+/// The lease background work runs under.
+pub const LEASE: &str = "background";
+/// How long a lease lasts without renewal.
+pub const LEASE_TTL_MS: i64 = 5_000;
+
+/// This replica's identity and whether it holds the background lease.
+pub struct Replica {
+    /// Unique per process: what the lease records as its holder.
+    pub id: String,
+    leader: AtomicBool,
+}
+
+impl Replica {
+    /// A replica that leads at once when the store is its own (SQLite), and
+    /// only once it holds the lease when the store is shared.
+    pub fn new(shared: bool) -> Replica {
+        let mut b = [0u8; 8];
+        let _ = getrandom::getrandom(&mut b);
+        Replica {
+            id: format!("replica-{}-{}", std::process::id(), hex::encode(b)),
+            leader: AtomicBool::new(!shared),
+        }
+    }
+
+    /// Whether this replica runs the background work now.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_leader(&self, v: bool) {
+        self.leader.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Fingerprints of the keys every replica must share: the log's verifier
+/// key, the grant key id and a hash of the web session key.
+pub fn key_fingerprints(log_verifier: &str, grant_kid: &str, session_key: &[u8; 32]) -> String {
+    let session = hex::encode(Sha256::digest(session_key));
+    serde_json::json!({"log": log_verifier, "grant": grant_kid, "session_sha256": session})
+        .to_string()
+}
+
+/// Records this replica's key fingerprints in a shared store, or checks
+/// them against those recorded: replicas must sign with the same keys.
+pub async fn check_keys(g: &Gateway, fingerprints: String) -> anyhow::Result<()> {
+    if !g.store.is_shared() {
+        return Ok(());
+    }
+    let mine = fingerprints.clone();
+    let recorded = g
+        .store
+        .transact(move |tx| {
+            if let Some(v) = tx.get_meta("replica.keys")? {
+                return Ok(Some(v));
+            }
+            tx.put_meta("replica.keys", &mine)?;
+            Ok(None)
+        })
+        .await?;
+    match recorded {
+        Some(r) if r != fingerprints => anyhow::bail!(
+            "this replica's keys differ from those the other replicas sign with \
+             (recorded {r}, this replica has {fingerprints}); give every replica the same \
+             [log] key_file, [grants] key_file and data_dir/keys/session.key (see docs/replicas.md)"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Starts what a replica on a shared store runs: the lease keeper and the
+/// forwarder of other replicas' request changes. Nothing on SQLite.
+pub fn spawn(g: Arc<Gateway>) {
+    let Some(mut remote) = g.store.remote_changes() else {
+        return;
+    };
+    let fwd = g.clone();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match remote.recv().await {
+                Ok(id) => fwd.announce_remote(&id).await,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "missed changes from other replicas; waiters re-read on their own deadlines");
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = g.now().0;
+            let held = g.store.lease(LEASE, &g.replica.id, now, LEASE_TTL_MS).await;
+            let lead = match held {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the background lease; standing down");
+                    false
+                }
+            };
+            if lead != g.replica.is_leader() {
+                tracing::info!(replica = %g.replica.id, lead, "background lease changed hands");
+            }
+            g.replica.set_leader(lead);
+        }
+    });
+}

@@ -1,0 +1,1389 @@
+//! The PostgreSQL backend: several gateway replicas share one database and
+//! one log.
+//!
+//! Each replica has its own writer thread doing group commit, as on SQLite.
+//! A batch begins by locking the one row of `log_head` (`SELECT … FOR
+//! UPDATE`), so batches from all replicas commit one after another: appends
+//! are totally ordered, and every compare-and-set a job does (single use of
+//! a grant, a request's state) sees the batches before it. Before its jobs
+//! run, the batch brings the replica's tree up to the head (reading what
+//! other replicas appended), so indices are contiguous and every replica's
+//! tree — and so every checkpoint signed over it — is the same. A commit
+//! that appended sends `NOTIFY secondkey_log`; each replica's follower
+//! listens and catches its tree up at once (and at least once a second,
+//! should a notification be lost), and `secondkey_requests` carries the ids
+//! of requests that changed, so long-polls on every replica wake.
+//!
+//! The client is `tokio-postgres`, driven by a small runtime of the store's
+//! own; callers block on its futures (as on SQLite's blocking calls).
+//! Connections use TLS with the certificate chain and the host name
+//! verified (`sslmode=verify-full`, the default), or none at all
+//! (`sslmode=disable`, for a Unix socket or loopback).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use secondkey_core::request::{Request, RequestState};
+use secondkey_log::merkle::{leaf_hash, Hash, Tree};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use crate::store::{JobFn, JobResult, Opened, Readers as AnyReaders, Writer};
+use crate::{
+    anchored_tree, decode_request, parties_of, state_str, GrantRow, Reads, Shared, StoreError,
+    StoreOptions, Tx,
+};
+
+/// The newest schema version this binary knows.
+pub const PG_SCHEMA_VERSION: i64 = 1;
+
+/// Each migration moves the schema one version forward, in one
+/// transaction, under an advisory lock (so replicas started together do
+/// not race). Text keys are `COLLATE "C"`: byte order, as on SQLite, so
+/// paging and prefix listing agree between backends.
+const PG_MIGRATIONS: &[&str] = &[
+    // 1: the first schema (SQLite's version 5, plus the log head).
+    r#"CREATE TABLE log_head (
+        id   integer PRIMARY KEY CHECK (id = 1),
+        size bigint NOT NULL CHECK (size >= 0)
+     );
+     INSERT INTO log_head VALUES (1, 0);
+     CREATE TABLE log_entries (
+        idx  bigint PRIMARY KEY,
+        data bytea NOT NULL
+     );
+     CREATE TABLE requests (
+        id               text COLLATE "C" PRIMARY KEY,
+        state            text NOT NULL,
+        requester        text COLLATE "C" NOT NULL,
+        created_at       bigint NOT NULL,
+        expires_at       bigint NOT NULL,
+        grant_expires_at bigint,
+        escalated        boolean NOT NULL DEFAULT false,
+        body             text NOT NULL,
+        digest           text COLLATE "C"
+     );
+     CREATE INDEX requests_by_state ON requests(state, expires_at);
+     CREATE INDEX requests_by_created ON requests(created_at, id);
+     CREATE INDEX requests_by_digest ON requests(requester, digest, state);
+     CREATE INDEX requests_pending_by_requester ON requests(requester, expires_at)
+        WHERE state = 'pending';
+     CREATE TABLE request_parties (
+        party      text COLLATE "C" NOT NULL,
+        request_id text COLLATE "C" NOT NULL,
+        PRIMARY KEY (party, request_id)
+     );
+     CREATE TABLE grants (
+        id         text COLLATE "C" PRIMARY KEY,
+        request_id text,
+        digest     text NOT NULL,
+        requester  text NOT NULL,
+        expires_at bigint NOT NULL,
+        used_at    bigint
+     );
+     CREATE TABLE meta (
+        key   text COLLATE "C" PRIMARY KEY,
+        value text NOT NULL
+     );
+     CREATE TABLE records (
+        ns    text COLLATE "C" NOT NULL,
+        key   text COLLATE "C" NOT NULL,
+        value text NOT NULL,
+        PRIMARY KEY (ns, key)
+     );"#,
+];
+
+/// The advisory lock key migrations run under ("secondke" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7365_636f_6e64_6b65;
+
+/// Where the log's commits are announced (payload: the new size).
+const LOG_CHANNEL: &str = "secondkey_log";
+/// Where changed requests are announced (payload: `<replica>:<request id>`,
+/// so a replica skips its own, which it announced already).
+const REQUEST_CHANNEL: &str = "secondkey_requests";
+
+/// How `/healthz` reports a follower that cannot reach the database.
+const FOLLOW_FAILED: &str = "cannot follow the shared log";
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a follower catches up even without a notification.
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How to reach the PostgreSQL store.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// `postgres://user@host[:port]/db[?sslmode=verify-full|disable&sslrootcert=FILE]`
+    /// with no password in it.
+    pub url: String,
+    /// The password (from `password_env` or `password_file`), if any.
+    pub password: Option<String>,
+    /// PEM file of the certificate authorities to trust; the system-wide
+    /// web roots when absent. Overrides `sslrootcert` of the URL.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// How connections are secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgTls {
+    /// TLS, certificate chain and host name verified.
+    VerifyFull { ca_file: Option<PathBuf> },
+    /// No TLS (a Unix socket, or loopback in tests).
+    Disable,
+}
+
+/// A parsed [`PgOptions`]: what to connect to and how.
+#[derive(Clone)]
+struct Target {
+    config: tokio_postgres::Config,
+    tls: PgTls,
+    /// `user@host:port/db`, for messages (never the password).
+    display: String,
+}
+
+impl PgOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        PgOptions {
+            url: url.into(),
+            password: None,
+            ca_file: None,
+        }
+    }
+
+    /// Checks the URL: a `postgres://` or `postgresql://` URL with a user and
+    /// database, no password in it (give it through `password_env` or
+    /// `password_file`), `sslmode` `verify-full` (the default) or `disable`.
+    /// Returns how connections will be secured.
+    pub fn check(&self) -> Result<PgTls, String> {
+        self.target().map(|t| t.tls)
+    }
+
+    fn target(&self) -> Result<Target, String> {
+        let url = self.url.trim();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("must be a postgres:// URL".into());
+        }
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut sslmode = "verify-full".to_string();
+        let mut rootcert: Option<PathBuf> = None;
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "sslmode" => sslmode = v.to_string(),
+                "sslrootcert" => rootcert = Some(PathBuf::from(v)),
+                "password" => {
+                    return Err(
+                        "must not carry the password; set password_env or password_file".into(),
+                    )
+                }
+                _ => rest.push(pair),
+            }
+        }
+        let tls = match sslmode.as_str() {
+            "verify-full" => PgTls::VerifyFull {
+                ca_file: self.ca_file.clone().or(rootcert),
+            },
+            "disable" => PgTls::Disable,
+            other => {
+                return Err(format!(
+                    "sslmode={other} is not supported: use verify-full (TLS, certificate and host name checked; the default) or disable (Unix socket or loopback only)"
+                ))
+            }
+        };
+        let cleaned = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        let mut config: tokio_postgres::Config = cleaned
+            .parse()
+            .map_err(|e| format!("is not a valid PostgreSQL URL: {e}"))?;
+        if config.get_password().is_some() {
+            return Err("must not carry the password; set password_env or password_file".into());
+        }
+        let user = config
+            .get_user()
+            .ok_or("must name the user (postgres://USER@host/db)")?
+            .to_string();
+        let db = config
+            .get_dbname()
+            .ok_or("must name the database (postgres://user@host/DB)")?
+            .to_string();
+        if let Some(p) = &self.password {
+            config.password(p.as_bytes());
+        }
+        // The TLS connector passed at connect does the verification;
+        // `Require` makes the client refuse to go on without TLS.
+        config.ssl_mode(match tls {
+            PgTls::VerifyFull { .. } => tokio_postgres::config::SslMode::Require,
+            PgTls::Disable => tokio_postgres::config::SslMode::Disable,
+        });
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("secondkey");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        Ok(Target {
+            config,
+            tls,
+            display: format!("postgres://{user}@{host}:{port}/{db}"),
+        })
+    }
+}
+
+/// The store's own runtime, which drives every connection. Shut down in
+/// the background when the store goes, since it may be dropped inside
+/// another runtime.
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Runtime {
+    fn new() -> Result<Arc<Runtime>, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("secondkey-store-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Pg(format!("cannot start the client runtime: {e}")))?;
+        Ok(Arc::new(Runtime(Some(rt))))
+    }
+
+    fn handle(&self) -> Result<&tokio::runtime::Runtime, StoreError> {
+        self.0.as_ref().ok_or(StoreError::Unavailable)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// One connection, with its prepared statements.
+struct PgConn {
+    client: Client,
+    stmts: HashMap<&'static str, Statement>,
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        StoreError::PgDown(e.to_string())
+    } else {
+        // The server's own words: code, message, detail.
+        let db = e.as_db_error().map(|d| {
+            format!(
+                "{} ({}){}",
+                d.message(),
+                d.code().code(),
+                d.detail().map(|x| format!(": {x}")).unwrap_or_default()
+            )
+        });
+        StoreError::Pg(db.unwrap_or_else(|| e.to_string()))
+    }
+}
+
+/// Connects on the store's runtime and waits for it (callers may be inside
+/// another runtime, or none).
+fn connect(rt: &Runtime, target: &Target) -> Result<PgConn, StoreError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let config = target.config.clone();
+    let tls = target.tls.clone();
+    rt.handle()?.spawn(async move {
+        match tls {
+            PgTls::Disable => match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, conn)) => {
+                    let _ = tx.send(Ok(client));
+                    let _ = conn.await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(pg_err(e)));
+                }
+            },
+            PgTls::VerifyFull { ca_file } => {
+                let connector = match tls::connector(ca_file.as_deref()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                match config.connect(connector).await {
+                    Ok((client, conn)) => {
+                        let _ = tx.send(Ok(client));
+                        let _ = conn.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(pg_err(e)));
+                    }
+                }
+            }
+        }
+    });
+    let client = rx
+        .recv_timeout(CONNECT_TIMEOUT + Duration::from_secs(2))
+        .map_err(|_| StoreError::PgDown(format!("{}: connection timed out", target.display)))?
+        .map_err(|e| match e {
+            StoreError::PgDown(m) => StoreError::PgDown(format!("{}: {m}", target.display)),
+            e => e,
+        })?;
+    Ok(PgConn {
+        client,
+        stmts: HashMap::new(),
+    })
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl PgConn {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = futures_executor::block_on(self.client.prepare(sql)).map_err(pg_err)?;
+        self.stmts.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let stmt = self.statement(sql)?;
+        futures_executor::block_on(self.client.query(&stmt, params)).map_err(pg_err)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
+        let stmt = self.statement(sql)?;
+        futures_executor::block_on(self.client.query_opt(&stmt, params)).map_err(pg_err)
+    }
+
+    fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
+        let stmt = self.statement(sql)?;
+        futures_executor::block_on(self.client.execute(&stmt, params)).map_err(pg_err)
+    }
+
+    fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        futures_executor::block_on(self.client.batch_execute(sql)).map_err(pg_err)
+    }
+
+    fn head(&mut self, lock: bool) -> Result<u64, StoreError> {
+        let row = if lock {
+            self.query_opt("SELECT size FROM log_head WHERE id = 1 FOR UPDATE", &[])?
+        } else {
+            self.query_opt("SELECT size FROM log_head WHERE id = 1", &[])?
+        };
+        let size: i64 = row
+            .ok_or_else(|| StoreError::Corrupt("the log_head row is missing".into()))?
+            .get(0);
+        u64::try_from(size).map_err(|_| StoreError::Corrupt("negative log size".into()))
+    }
+
+    /// Leaf hashes of the entries `[from, to)`, checked to be contiguous.
+    fn leaf_hashes(&mut self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+        let rows = self.entries(from, to)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (want, (idx, data)) in (from as i64..).zip(rows) {
+            if idx != want {
+                return Err(StoreError::Tampered(format!("log entry {want} is missing")));
+            }
+            out.push(leaf_hash(&data));
+        }
+        if (out.len() as u64) != to - from {
+            return Err(StoreError::Tampered(format!(
+                "the log head says {to} entries but entry {} is missing",
+                from + out.len() as u64
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The schema version, 0 when there is none yet.
+    fn schema_version(&mut self) -> Result<i64, StoreError> {
+        let exists: bool = futures_executor::block_on(
+            self.client
+                .query_one("SELECT to_regclass('secondkey_schema') IS NOT NULL", &[]),
+        )
+        .map_err(pg_err)?
+        .get(0);
+        if !exists {
+            return Ok(0);
+        }
+        let row = futures_executor::block_on(
+            self.client
+                .query_one("SELECT max(version) FROM secondkey_schema", &[]),
+        )
+        .map_err(pg_err)?;
+        Ok(row.get::<_, Option<i64>>(0).unwrap_or(0))
+    }
+}
+
+/// An id for this store in notifications: unique enough across replicas
+/// (time, process, and the address of a fresh allocation).
+fn replica_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let here = Box::new(0u8);
+    let addr = &*here as *const u8 as usize;
+    format!("{:x}{:x}{:x}", nanos, std::process::id(), addr)
+}
+
+/// Brings the tree up to `conn`'s view of the log head. `lock`: take the
+/// head's row lock first (the writer, at the start of a batch).
+fn catch_up(
+    conn: &mut PgConn,
+    view: &Shared,
+    size_tx: &tokio::sync::watch::Sender<u64>,
+    lock: bool,
+) -> Result<u64, StoreError> {
+    let head = conn.head(lock)?;
+    let local = view
+        .tree
+        .read()
+        .map_err(|_| StoreError::Unavailable)?
+        .size();
+    if head < local {
+        return Err(StoreError::Tampered(format!(
+            "PostgreSQL's log head is at {head} entries but this replica has seen {local} (the log was truncated)"
+        )));
+    }
+    if head > local {
+        let hashes = conn.leaf_hashes(local, head)?;
+        let size = view.extend(local, &hashes)?;
+        size_tx.send_replace(size);
+    }
+    Ok(head)
+}
+
+/// Upgrades the schema to this binary's version (what `secondkey store
+/// migrate` runs); returns (version found, version now).
+pub fn migrate(pg: &PgOptions) -> Result<(i64, i64), StoreError> {
+    let target = pg
+        .target()
+        .map_err(|m| StoreError::Pg(format!("[store] url {m}")))?;
+    let rt = Runtime::new()?;
+    let mut conn = connect(&rt, &target)?;
+    conn.batch("BEGIN")?;
+    let out = (|| {
+        futures_executor::block_on(
+            conn.client
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]),
+        )
+        .map_err(pg_err)?;
+        conn.batch(
+            "CREATE TABLE IF NOT EXISTS secondkey_schema (
+                version    bigint PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )?;
+        let found = conn.schema_version()?;
+        if found > PG_SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: PG_SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in PG_MIGRATIONS.iter().enumerate().skip(found as usize) {
+            conn.batch(sql)?;
+            let v = (i + 1) as i64;
+            futures_executor::block_on(
+                conn.client
+                    .execute("INSERT INTO secondkey_schema (version) VALUES ($1)", &[&v]),
+            )
+            .map_err(pg_err)?;
+        }
+        Ok((found, PG_SCHEMA_VERSION))
+    })();
+    match out {
+        Ok(v) => {
+            conn.batch("COMMIT")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Opens the store in PostgreSQL: checks the schema is this binary's,
+/// rebuilds the tree from the entries and checks it against the anchor.
+pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, StoreError> {
+    let target = pg
+        .target()
+        .map_err(|m| StoreError::Pg(format!("[store] url {m}")))?;
+    let rt = Runtime::new()?;
+    let mut conn = connect(&rt, &target)?;
+    crate::check_version(
+        conn.schema_version()?,
+        PG_SCHEMA_VERSION,
+        |found, current| StoreError::NotMigrated { found, current },
+    )?;
+    // One snapshot for the head, the entries and the anchor.
+    conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+    let tree = (|| {
+        let head = conn.head(false)?;
+        let hashes = conn.leaf_hashes(0, head)?;
+        let anchor = conn.meta("anchor")?;
+        anchored_tree(hashes, anchor)
+    })();
+    conn.batch("COMMIT")?;
+    let tree: Tree = tree?;
+    let replica = replica_id();
+    let writer: Option<Box<dyn Writer>> = if options.read_only {
+        None
+    } else {
+        Some(Box::new(PgWriter {
+            rt: rt.clone(),
+            replica: replica.clone(),
+            target: target.clone(),
+            conn: Some(conn),
+        }))
+    };
+    let (changes, _) = tokio::sync::broadcast::channel(4096);
+    Ok(Opened {
+        location: target.display.clone(),
+        writer,
+        readers: AnyReaders::Pg(Box::new(Readers {
+            rt,
+            replica,
+            target,
+            pool: Mutex::new(Pool::default()),
+            given_back: std::sync::Condvar::new(),
+            changes,
+        })),
+        tree,
+        lock: None,
+    })
+}
+
+/// Most reader connections a replica opens.
+const MAX_READERS: usize = 8;
+
+/// Idle reader connections, and how many are open (idle or in use).
+#[derive(Default)]
+struct Pool {
+    idle: Vec<PgConn>,
+    open: usize,
+}
+
+/// Reader connections, and what follows other replicas.
+pub(crate) struct Readers {
+    rt: Arc<Runtime>,
+    /// This store's id in notifications.
+    replica: String,
+    target: Target,
+    pool: Mutex<Pool>,
+    given_back: std::sync::Condvar,
+    /// Ids of requests changed by the other replicas.
+    changes: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Readers {
+    /// A reader connection: an idle one, a new one while fewer than
+    /// [`MAX_READERS`] are open, or else the next one given back (so a
+    /// burst of reads never opens more than that many connections).
+    fn conn(&self) -> Result<PgConn, StoreError> {
+        let mut pool = self.pool.lock().map_err(|_| StoreError::Unavailable)?;
+        loop {
+            while let Some(c) = pool.idle.pop() {
+                if !c.client.is_closed() {
+                    return Ok(c);
+                }
+                pool.open -= 1;
+            }
+            if pool.open < MAX_READERS {
+                pool.open += 1;
+                break;
+            }
+            pool = self
+                .given_back
+                .wait(pool)
+                .map_err(|_| StoreError::Unavailable)?;
+        }
+        drop(pool);
+        let conn = connect(&self.rt, &self.target);
+        if conn.is_err() {
+            self.forget();
+        }
+        conn
+    }
+
+    /// One open connection fewer.
+    fn forget(&self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.open = pool.open.saturating_sub(1);
+        }
+        self.given_back.notify_one();
+    }
+
+    fn put_back(&self, conn: PgConn) {
+        if conn.client.is_closed() {
+            return self.forget();
+        }
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.idle.push(conn);
+        }
+        self.given_back.notify_one();
+    }
+
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Reads) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        let out = f(&mut conn);
+        self.put_back(conn);
+        out
+    }
+
+    pub(crate) fn catch_up(
+        &self,
+        view: &Shared,
+        size_tx: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn()?;
+        // One snapshot: the head and the entries below it.
+        let out = conn
+            .batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .and_then(|_| catch_up(&mut conn, view, size_tx, false))
+            .and_then(|size| conn.batch("COMMIT").map(|_| size));
+        match out {
+            Ok(size) => {
+                self.put_back(conn);
+                Ok(size)
+            }
+            Err(e) => {
+                // Maybe inside a failed transaction: not reused.
+                drop(conn);
+                self.forget();
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Starts following the other replicas: a connection that `LISTEN`s
+    /// (reconnecting when it drops) and a thread that catches the tree up on
+    /// each notification, and every second regardless.
+    pub(crate) fn follow(
+        &self,
+        view: Shared,
+        size_tx: tokio::sync::watch::Sender<u64>,
+        health: Arc<Mutex<Option<String>>>,
+    ) -> Result<Follower, StoreError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wake_tx, wake_rx) = mpsc::channel::<()>();
+        let listen = self.rt.handle()?.spawn(listen(
+            self.target.clone(),
+            self.replica.clone(),
+            wake_tx,
+            self.changes.clone(),
+            stop.clone(),
+        ));
+        let readers = Readers {
+            rt: self.rt.clone(),
+            replica: self.replica.clone(),
+            target: self.target.clone(),
+            pool: Mutex::new(Pool::default()),
+            given_back: std::sync::Condvar::new(),
+            changes: self.changes.clone(),
+        };
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("secondkey-store-follow".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    match wake_rx.recv_timeout(FOLLOW_INTERVAL) {
+                        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            std::thread::sleep(FOLLOW_INTERVAL)
+                        }
+                    }
+                    while wake_rx.try_recv().is_ok() {}
+                    if stop2.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let out = readers.catch_up(&view, &size_tx);
+                    if let Ok(mut h) = health.lock() {
+                        match out {
+                            Err(e) => *h = Some(format!("{FOLLOW_FAILED}: {e}")),
+                            // Clears only its own report, not a writer's.
+                            Ok(_) if h.as_deref().is_some_and(|m| m.starts_with(FOLLOW_FAILED)) => {
+                                *h = None
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Pg(format!("cannot start the follower: {e}")))?;
+        Ok(Follower {
+            stop,
+            listen,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Keeps a `LISTEN` connection up; each notification wakes the follower
+/// (log) or is forwarded to the request subscribers.
+async fn listen(
+    target: Target,
+    replica: String,
+    wake: mpsc::Sender<()>,
+    changes: tokio::sync::broadcast::Sender<String>,
+    stop: Arc<AtomicBool>,
+) {
+    use futures_util::StreamExt;
+    while !stop.load(Ordering::Relaxed) {
+        let connected = match &target.tls {
+            PgTls::Disable => target
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map(|(c, conn)| (c, conn_messages(conn)))
+                .map_err(|e| e.to_string()),
+            PgTls::VerifyFull { ca_file } => match tls::connector(ca_file.as_deref()) {
+                Ok(tls) => target
+                    .config
+                    .connect(tls)
+                    .await
+                    .map(|(c, conn)| (c, conn_messages(conn)))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        let (client, mut messages) = match connected {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for other replicas' commits; retrying");
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
+                continue;
+            }
+        };
+        let listening = async {
+            client
+                .batch_execute(&format!("LISTEN {LOG_CHANNEL}; LISTEN {REQUEST_CHANNEL}"))
+                .await
+        };
+        // The LISTEN needs the connection polled while it runs.
+        let mut listening = Box::pin(listening);
+        let mut ok = false;
+        loop {
+            tokio::select! {
+                r = &mut listening, if !ok => {
+                    if r.is_err() { break; }
+                    ok = true;
+                    // Whatever was committed while we were not listening.
+                    let _ = wake.send(());
+                }
+                m = messages.next() => match m {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if n.channel() == REQUEST_CHANNEL {
+                            if let Some((from, id)) = n.payload().split_once(':') {
+                                if from != replica {
+                                    let _ = changes.send(id.to_string());
+                                }
+                            }
+                        } else {
+                            let _ = wake.send(());
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                },
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+type Messages = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<Item = Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>
+            + Send,
+    >,
+>;
+
+fn conn_messages<S, T>(mut conn: tokio_postgres::Connection<S, T>) -> Messages
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(futures_util::stream::poll_fn(move |cx| {
+        conn.poll_message(cx)
+    }))
+}
+
+/// Stops following when dropped.
+pub(crate) struct Follower {
+    stop: Arc<AtomicBool>,
+    listen: tokio::task::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.listen.abort();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The writer thread's connection; reconnects at the next batch after it
+/// drops (every job of the failed batch got an error: fail closed).
+struct PgWriter {
+    rt: Arc<Runtime>,
+    replica: String,
+    target: Target,
+    conn: Option<PgConn>,
+}
+
+impl PgWriter {
+    fn conn(&mut self) -> Result<&mut PgConn, StoreError> {
+        match &mut self.conn {
+            Some(c) => Ok(c),
+            None => Err(StoreError::PgDown("not connected".into())),
+        }
+    }
+
+    /// Forgets a connection that failed, so the next batch opens a new one.
+    fn check<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_err() && self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+        r
+    }
+}
+
+impl Writer for PgWriter {
+    fn begin(
+        &mut self,
+        view: &Shared,
+        size_tx: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<u64, StoreError> {
+        if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.conn = None;
+            self.conn = Some(connect(&self.rt, &self.target)?);
+        }
+        let r = (|| {
+            let conn = self.conn()?;
+            conn.batch("BEGIN")?;
+            let out = catch_up(conn, view, size_tx, true);
+            if out.is_err() {
+                let _ = conn.batch("ROLLBACK");
+            }
+            out
+        })();
+        self.check(r)
+    }
+
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        let r = self.conn().and_then(|c| c.batch("SAVEPOINT job"));
+        self.check(r)
+    }
+
+    fn release(&mut self) -> Result<(), StoreError> {
+        let r = self.conn().and_then(|c| c.batch("RELEASE SAVEPOINT job"));
+        self.check(r)
+    }
+
+    fn rollback_to(&mut self) -> Result<(), StoreError> {
+        let r = self
+            .conn()
+            .and_then(|c| c.batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"));
+        self.check(r)
+    }
+
+    fn commit(&mut self, base: u64, size: u64) -> Result<(), StoreError> {
+        let r = (|| {
+            let conn = self.conn()?;
+            if size != base {
+                let s = size as i64;
+                conn.execute("UPDATE log_head SET size = $1 WHERE id = 1", &[&s])?;
+                conn.execute("SELECT pg_notify('secondkey_log', $1)", &[&s.to_string()])?;
+            }
+            conn.batch("COMMIT")
+        })();
+        self.check(r)
+    }
+
+    fn rollback(&mut self) {
+        if let Some(c) = &self.conn {
+            let _ = c.batch("ROLLBACK");
+        }
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+    }
+
+    fn run(&mut self, base: u64, pending: &mut Vec<Hash>, job: JobFn) -> JobResult {
+        let replica = self.replica.clone();
+        let conn = self.conn()?;
+        let mut tx = PgTx {
+            conn,
+            replica: &replica,
+            base,
+            pending,
+        };
+        job(&mut tx)
+    }
+
+    fn is_storage_failure(&self, e: &StoreError) -> bool {
+        matches!(e, StoreError::PgDown(_))
+    }
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Reads for PgConn {
+    fn request(&mut self, id: &str) -> Result<Option<Request>, StoreError> {
+        let row = self.query_opt("SELECT body FROM requests WHERE id = $1", &[&id])?;
+        row.map(|r| decode_request(r.get(0))).transpose()
+    }
+
+    fn grant(&mut self, id: &str) -> Result<Option<GrantRow>, StoreError> {
+        let row = self.query_opt(
+            "SELECT id, request_id, digest, requester, expires_at, used_at FROM grants WHERE id = $1",
+            &[&id],
+        )?;
+        Ok(row.map(|r| GrantRow {
+            id: r.get(0),
+            request_id: r.get(1),
+            digest: r.get(2),
+            requester: r.get(3),
+            expires_at: r.get(4),
+            used_at: r.get(5),
+        }))
+    }
+
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn find_request(
+        &mut self,
+        requester: &str,
+        digest: &str,
+        state: RequestState,
+    ) -> Result<Option<Request>, StoreError> {
+        let state = state_str(state);
+        let row = self.query_opt(
+            "SELECT body FROM requests WHERE requester = $1 AND digest = $2 AND state = $3
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+            &[&requester, &digest, &state],
+        )?;
+        row.map(|r| decode_request(r.get(0))).transpose()
+    }
+
+    fn pending_of(
+        &mut self,
+        requester: &str,
+        now_ms: i64,
+    ) -> Result<(u64, Option<i64>), StoreError> {
+        let rows = self.query(
+            "SELECT count(*), min(expires_at) FROM requests
+             WHERE requester = $1 AND state = 'pending' AND expires_at > $2",
+            &[&requester, &now_ms],
+        )?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt("count returned no row".into()))?;
+        Ok((u64_of(row.get(0)), row.get(1)))
+    }
+
+    fn record(&mut self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt(
+            "SELECT value FROM records WHERE ns = $1 AND key = $2",
+            &[&ns, &key],
+        )?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn records(
+        &mut self,
+        ns: &str,
+        lower: &str,
+        inclusive: bool,
+        upper: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.query(
+            "SELECT key, value FROM records
+             WHERE ns = $1 AND (key > $2 OR ($3 AND key = $2)) AND key < $4
+             ORDER BY key LIMIT $5",
+            &[&ns, &lower, &inclusive, &upper, &limit],
+        )?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn entries(&mut self, start: u64, end: u64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let (s, e) = (
+            start.min(i64::MAX as u64) as i64,
+            end.min(i64::MAX as u64) as i64,
+        );
+        let rows = self.query(
+            "SELECT idx, data FROM log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+            &[&s, &e],
+        )?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn list_for(
+        &mut self,
+        parties: &[String],
+        state: Option<String>,
+        cursor: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let (ts, id) = match cursor {
+            Some((t, i)) => (Some(t), Some(i)),
+            None => (None, None),
+        };
+        let rows = self.query(
+            "SELECT body, created_at, id FROM requests
+             WHERE id IN (SELECT request_id FROM request_parties WHERE party = ANY($5))
+               AND ($1::text IS NULL OR state = $1)
+               AND ($2::bigint IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3))
+             ORDER BY created_at DESC, id DESC LIMIT $4",
+            &[&state, &ts, &id, &limit, &parties],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    fn due_for_expiry(&mut self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let rows = self.query(
+            "SELECT id FROM requests
+             WHERE (state = 'pending' AND expires_at <= $1)
+                OR (state = 'approved' AND grant_expires_at IS NOT NULL AND grant_expires_at <= $1)
+             LIMIT 1000",
+            &[&now_ms],
+        )?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    fn due_for_escalation(
+        &mut self,
+        now_ms: i64,
+        fraction: f64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = self.query(
+            "SELECT id FROM requests
+             WHERE state = 'pending' AND NOT escalated
+               AND created_at + trunc((expires_at - created_at) * $2::float8)::bigint <= $1
+             LIMIT 1000",
+            &[&now_ms, &fraction],
+        )?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    fn count_by_state(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self.query("SELECT state, count(*) FROM requests GROUP BY state", &[])?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), u64_of(r.get(1))))
+            .collect())
+    }
+}
+
+struct PgTx<'a> {
+    conn: &'a mut PgConn,
+    replica: &'a str,
+    base: u64,
+    pending: &'a mut Vec<Hash>,
+}
+
+impl Tx for PgTx<'_> {
+    fn get_request(&mut self, id: &str) -> Result<Option<Request>, StoreError> {
+        self.conn.request(id)
+    }
+
+    fn put_request(&mut self, r: &Request) -> Result<(), StoreError> {
+        let body = serde_json::to_string(r)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode request: {e}")))?;
+        let requester = r.requester.id.to_string();
+        let grant_expires = r.grant.as_ref().map(|g| g.expires_at.0);
+        self.conn.execute(
+            "INSERT INTO requests (id, state, requester, created_at, expires_at, grant_expires_at, escalated, body, digest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at,
+               grant_expires_at = excluded.grant_expires_at, escalated = excluded.escalated, body = excluded.body",
+            &[
+                &r.id,
+                &state_str(r.state),
+                &requester,
+                &r.created_at.0,
+                &r.expires_at.0,
+                &grant_expires,
+                &r.escalated,
+                &body,
+                &r.digest.as_str(),
+            ],
+        )?;
+        for p in parties_of(r) {
+            self.conn.execute(
+                "INSERT INTO request_parties (party, request_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&p, &r.id],
+            )?;
+        }
+        // Delivered at commit, to every replica's long-polls and streams.
+        let payload = format!("{}:{}", self.replica, r.id);
+        self.conn
+            .execute("SELECT pg_notify('secondkey_requests', $1)", &[&payload])?;
+        Ok(())
+    }
+
+    fn insert_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO grants (id, request_id, digest, requester, expires_at, used_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &g.id,
+                &g.request_id,
+                &g.digest,
+                &g.requester,
+                &g.expires_at,
+                &g.used_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn get_grant(&mut self, id: &str) -> Result<Option<GrantRow>, StoreError> {
+        self.conn.grant(id)
+    }
+
+    fn use_grant(&mut self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE grants SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
+            &[&id, &now_ms],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn append_prepared(
+        &mut self,
+        entry: secondkey_log::entry::Prepared,
+    ) -> Result<u64, StoreError> {
+        let index = self.base + self.pending.len() as u64;
+        let bytes = entry.at(index);
+        let idx = index as i64;
+        self.conn.execute(
+            "INSERT INTO log_entries (idx, data) VALUES ($1, $2)",
+            &[&idx, &bytes],
+        )?;
+        self.pending.push(leaf_hash(&bytes));
+        Ok(index)
+    }
+
+    fn get_meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn.meta(key)
+    }
+
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        )?;
+        Ok(())
+    }
+
+    fn find_request(
+        &mut self,
+        requester: &str,
+        digest: &str,
+        state: RequestState,
+    ) -> Result<Option<Request>, StoreError> {
+        self.conn.find_request(requester, digest, state)
+    }
+
+    fn pending_of(
+        &mut self,
+        requester: &str,
+        now_ms: i64,
+    ) -> Result<(u64, Option<i64>), StoreError> {
+        Reads::pending_of(self.conn, requester, now_ms)
+    }
+
+    fn get_record(&mut self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn.record(ns, key)
+    }
+
+    fn put_record(&mut self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO records (ns, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
+            &[&ns, &key, &value],
+        )?;
+        Ok(())
+    }
+
+    fn delete_record(&mut self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM records WHERE ns = $1 AND key = $2",
+            &[&ns, &key],
+        )?;
+        Ok(n == 1)
+    }
+}
+
+/// TLS for `sslmode=verify-full`: rustls, the chain checked against the
+/// configured CA file (or the web roots), the host name against the
+/// certificate.
+mod tls {
+    use std::future::Future;
+    use std::path::Path;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use crate::StoreError;
+
+    #[derive(Clone)]
+    pub(super) struct Connector(Arc<rustls::ClientConfig>);
+
+    pub(super) fn connector(ca_file: Option<&Path>) -> Result<Connector, StoreError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    StoreError::Pg(format!("cannot read the CA file {}: {e}", path.display()))
+                })?;
+                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                    let cert = cert.map_err(|e| {
+                        StoreError::Pg(format!("the CA file {} is not PEM: {e}", path.display()))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        StoreError::Pg(format!("a certificate in {}: {e}", path.display()))
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(StoreError::Pg(format!(
+                        "the CA file {} holds no certificate",
+                        path.display()
+                    )));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Pg(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Connector(Arc::new(cfg)))
+    }
+
+    pub(super) struct Connect(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    );
+
+    pub(super) struct Stream(tokio_rustls::client::TlsStream<tokio_postgres::Socket>);
+
+    impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for Connector {
+        type Stream = Stream;
+        type TlsConnect = Connect;
+        type Error = rustls::pki_types::InvalidDnsNameError;
+
+        fn make_tls_connect(&mut self, domain: &str) -> Result<Connect, Self::Error> {
+            let name = rustls::pki_types::ServerName::try_from(domain.to_string())?;
+            Ok(Connect(self.0.clone(), name))
+        }
+    }
+
+    impl tokio_postgres::tls::TlsConnect<tokio_postgres::Socket> for Connect {
+        type Stream = Stream;
+        type Error = std::io::Error;
+        type Future = Pin<Box<dyn Future<Output = std::io::Result<Stream>> + Send>>;
+
+        fn connect(self, stream: tokio_postgres::Socket) -> Self::Future {
+            Box::pin(async move {
+                tokio_rustls::TlsConnector::from(self.0)
+                    .connect(self.1, stream)
+                    .await
+                    .map(Stream)
+            })
+        }
+    }
+
+    impl tokio_postgres::tls::TlsStream for Stream {
+        fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+            tokio_postgres::tls::ChannelBinding::none()
+        }
+    }
+
+    impl AsyncRead for Stream {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Stream {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        }
+    }
+}
