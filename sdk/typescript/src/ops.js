@@ -37,4 +37,5 @@ export const EXCLUDED = {
   'GET /v1/mcp/pins': PINS,
   'POST /v1/mcp/pins/accept': PINS,
   'POST /v1/mcp/pins/observe': 'called by the MCP stdio relay itself',
+  'POST /v1/mcp/refused': 'called by the MCP stdio relay itself',
 };

@@ -91,6 +91,7 @@ EXCLUDED: dict[tuple[str, str], str] = {
     ("GET", "/v1/mcp/pins"): "MCP tool pins are managed by operators with the CLI, not by agents",
     ("POST", "/v1/mcp/pins/accept"): "MCP tool pins are managed by operators with the CLI, not by agents",
     ("POST", "/v1/mcp/pins/observe"): "called by the MCP stdio relay itself",
+    ("POST", "/v1/mcp/refused"): "called by the MCP stdio relay itself",
 }
 
 
