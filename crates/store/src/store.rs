@@ -578,9 +578,14 @@ fn writer_loop(
         }
     };
     let mut commit = |batch: Vec<Job>| {
-        let outcome = run_batch(backend.as_mut(), batch, &view, &size_tx);
+        let (outcome, replies) = run_batch(backend.as_mut(), batch, &view, &size_tx);
+        // Health first: whoever hears of a failed commit finds `/healthz`
+        // already reporting it.
         if let Ok(mut h) = health.lock() {
             *h = outcome.err();
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
         }
     };
     while let Ok(first) = rx.recv() {
@@ -629,20 +634,23 @@ impl Drop for NudgeOnDrop<'_> {
     }
 }
 
+/// Each job's answer, sent once the batch's outcome is known (and
+/// reported to `/healthz`).
+type Replies = Vec<(tokio::sync::oneshot::Sender<JobResult>, JobResult)>;
+
 fn run_batch(
     backend: &mut dyn Writer,
     batch: Vec<Job>,
     view: &Shared,
     size_tx: &tokio::sync::watch::Sender<u64>,
-) -> Result<(), String> {
+) -> (Result<(), String>, Replies) {
     let base = match backend.begin(view, size_tx) {
         Ok(base) => base,
         Err(e) => return fail_all(batch, &format!("cannot begin a transaction: {e}")),
     };
     let mut pending: Vec<Hash> = Vec::new();
     let mut storage_failure: Option<String> = None;
-    let mut results: Vec<(tokio::sync::oneshot::Sender<JobResult>, JobResult)> =
-        Vec::with_capacity(batch.len());
+    let mut results: Replies = Vec::with_capacity(batch.len());
     for job in batch {
         if let Err(e) = backend.savepoint() {
             return savepoint_failed(backend, results, job.reply, &e);
@@ -671,10 +679,11 @@ fn run_batch(
     let size = base + pending.len() as u64;
     if let Err(e) = backend.commit(base, size) {
         backend.rollback();
-        for (reply, _) in results {
-            let _ = reply.send(Err(StoreError::Commit(e.to_string())));
-        }
-        return Err(format!("commit failed: {e}"));
+        let failed = results
+            .into_iter()
+            .map(|(reply, _)| (reply, Err(StoreError::Commit(e.to_string()))))
+            .collect();
+        return (Err(format!("commit failed: {e}")), failed);
     }
     if !pending.is_empty() {
         match view.extend(base, &pending) {
@@ -683,38 +692,43 @@ fn run_batch(
             }
             Err(e) => {
                 // Durable but not visible: refuse to claim success.
-                for (reply, _) in results {
-                    let _ = reply.send(Err(StoreError::Unavailable));
-                }
-                return Err(format!("the committed entries cannot join the tree: {e}"));
+                let failed = results
+                    .into_iter()
+                    .map(|(reply, _)| (reply, Err(StoreError::Unavailable)))
+                    .collect();
+                return (
+                    Err(format!("the committed entries cannot join the tree: {e}")),
+                    failed,
+                );
             }
         }
     }
-    for (reply, result) in results {
-        let _ = reply.send(result);
-    }
-    storage_failure.map_or(Ok(()), Err)
+    (storage_failure.map_or(Ok(()), Err), results)
 }
 
 /// A savepoint could not be set or released: the whole batch is rolled back
 /// and every job in it, run or not, gets the error.
 fn savepoint_failed(
     backend: &mut dyn Writer,
-    results: Vec<(tokio::sync::oneshot::Sender<JobResult>, JobResult)>,
+    results: Replies,
     current: tokio::sync::oneshot::Sender<JobResult>,
     e: &StoreError,
-) -> Result<(), String> {
+) -> (Result<(), String>, Replies) {
     backend.rollback();
-    let rest = results.into_iter().map(|(r, _)| r).chain([current]);
-    for r in rest {
-        let _ = r.send(Err(StoreError::Commit(format!("savepoint failed: {e}"))));
-    }
-    Err(format!("savepoint failed: {e}"))
+    let why = format!("savepoint failed: {e}");
+    let failed = results
+        .into_iter()
+        .map(|(r, _)| r)
+        .chain([current])
+        .map(|r| (r, Err(StoreError::Commit(why.clone()))))
+        .collect();
+    (Err(why), failed)
 }
 
-fn fail_all(batch: Vec<Job>, why: &str) -> Result<(), String> {
-    for job in batch {
-        let _ = job.reply.send(Err(StoreError::Commit(why.to_string())));
-    }
-    Err(why.to_string())
+fn fail_all(batch: Vec<Job>, why: &str) -> (Result<(), String>, Replies) {
+    let failed = batch
+        .into_iter()
+        .map(|job| (job.reply, Err(StoreError::Commit(why.to_string()))))
+        .collect();
+    (Err(why.to_string()), failed)
 }
