@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -361,44 +361,6 @@ fn sighup_reloads_escalation_fires_and_metrics_count() {
     let m = v.as_str().unwrap().to_string();
     assert!(m.contains("secondkey_requests{state=\"expired\"} 1"), "{m}");
     assert!(m.contains("secondkey_log_size "), "{m}");
-}
-
-/// A minimal HTTP receiver: records each POST body with its headers and
-/// answers 200.
-fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Value)>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { break };
-            let tx = tx.clone();
-            std::thread::spawn(move || loop {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut head = String::new();
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    head.push_str(&line);
-                }
-                let mut body = vec![0; len];
-                reader.read_exact(&mut body).unwrap();
-                let _ = tx.send((head, serde_json::from_slice(&body).unwrap()));
-                conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                    .unwrap();
-            });
-        }
-    });
-    (port, rx)
 }
 
 #[test]

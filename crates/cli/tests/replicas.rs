@@ -31,6 +31,11 @@ fn store_section(cluster: &Cluster, pwfile: &Path) -> String {
 }
 
 fn replicas(n: usize) -> Replicas {
+    replicas_with(n, "")
+}
+
+/// [`replicas`] with `extra` configuration on every replica.
+fn replicas_with(n: usize, extra_all: &str) -> Replicas {
     let cluster = Cluster::start(0);
     cluster.superuser_sql("postgres", &format!("CREATE DATABASE sk OWNER {APP_USER}"));
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -38,7 +43,7 @@ fn replicas(n: usize) -> Replicas {
     for (i, d) in dirs.iter().enumerate() {
         let pwfile = d.path().join("store.pw");
         std::fs::write(&pwfile, format!("{APP_PASSWORD}\n")).unwrap();
-        let extra = store_section(&cluster, &pwfile);
+        let extra = format!("{}{extra_all}", store_section(&cluster, &pwfile));
         if i == 0 {
             // Before `store migrate`, a replica refuses to start, and says why.
             let port = common::free_port();
@@ -98,7 +103,13 @@ fn checkpoint(g: &Gateway) -> String {
 
 #[test]
 fn a_two_person_review_walks_across_three_replicas() {
-    let r = replicas(3);
+    let (hook, deliveries) = common::webhook_receiver();
+    let r = replicas_with(
+        3,
+        &format!(
+            "\n[[sinks]]\nname = \"siem\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{hook}/hook\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+        ),
+    );
     let (a, b, c) = (&r.gws[0], &r.gws[1], &r.gws[2]);
 
     // The agent asks on C and waits there.
@@ -190,6 +201,57 @@ fn a_two_person_review_walks_across_three_replicas() {
             .count(),
         1
     );
+
+    // The webhook sink runs on one replica (the lease holder): every entry
+    // arrives, each once.
+    let mut seen = std::collections::BTreeMap::<u64, usize>::new();
+    let size = entries.len() as u64;
+    receive_until(&deliveries, &mut seen, size);
+    std::thread::sleep(Duration::from_secs(2));
+    while let Ok((_, body)) = deliveries.try_recv() {
+        *seen.entry(body["index"].as_u64().unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len() as u64, size, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 1), "delivered twice: {seen:?}");
+
+    // Two replicas go away, the lease holder among them or not: the one
+    // left takes over (within the lease's 5 s) from the cursor in the
+    // store — nothing is left out.
+    let Replicas {
+        cluster: _cluster,
+        mut gws,
+        _dirs,
+    } = r;
+    let c = gws.pop().unwrap();
+    drop(gws);
+    for _ in 0..3 {
+        let v = c.submit("agent:report-bot", &read_action());
+        assert_eq!(v["decision"], "allow", "{v}");
+    }
+    let size = common::export_log(&c).2.len() as u64;
+    receive_until(&deliveries, &mut seen, size);
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (0..size).collect::<Vec<_>>(),
+        "no entry left out"
+    );
+}
+
+/// Counts webhook deliveries by log index until every index below `size`
+/// has arrived (a minute at most).
+fn receive_until(
+    rx: &std::sync::mpsc::Receiver<(String, Value)>,
+    seen: &mut std::collections::BTreeMap<u64, usize>,
+    size: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (0..size).any(|i| !seen.contains_key(&i)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, body) = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("entries below {size} did not all arrive: {seen:?}"));
+        *seen.entry(body["index"].as_u64().unwrap()).or_default() += 1;
+    }
 }
 
 fn haproxy(dir: &Path, port: u16, backends: &[&Gateway]) -> Child {

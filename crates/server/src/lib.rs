@@ -242,20 +242,33 @@ fn start_sinks(gateway: &Arc<Gateway>) {
                 continue;
             }
         };
-        let cursor = match secondkey_sinks::FileCursor::open(&dir, cfg.name()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(sink = cfg.name(), error = %e, "sink cursor unavailable; sink not started");
-                continue;
-            }
-        };
-        secondkey_sinks::spawn_sink(
-            cfg.name(),
-            sink,
-            source.clone(),
-            cursor,
-            gateway.store.watch_log_size(),
-        );
+        let size = gateway.store.watch_log_size();
+        if gateway.store.is_shared() {
+            // Replicas take turns (the background lease) on a cursor kept
+            // in the store.
+            let cursor = logview::StoreCursor::new(gateway.store.clone(), cfg.name());
+            let options = secondkey_sinks::RunnerOptions {
+                active: Some(gateway.replica.leading()),
+                ..Default::default()
+            };
+            secondkey_sinks::spawn_sink_with(
+                cfg.name(),
+                sink,
+                source.clone(),
+                cursor,
+                size,
+                options,
+            );
+        } else {
+            let cursor = match secondkey_sinks::FileCursor::open(&dir, cfg.name()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(sink = cfg.name(), error = %e, "sink cursor unavailable; sink not started");
+                    continue;
+                }
+            };
+            secondkey_sinks::spawn_sink(cfg.name(), sink, source.clone(), cursor, size);
+        }
         tracing::info!(sink = cfg.name(), "sink started");
     }
 }

@@ -99,3 +99,42 @@ impl secondkey_sinks::EntrySource for StoreSource {
         Ok((start..).zip(entries).collect())
     }
 }
+
+/// The namespace of sink cursors in the store.
+const SINK_CURSOR_NS: &str = "sink.cursor";
+
+/// A sink's cursor kept in the store, for replicas that take turns
+/// delivering: the next holder of the background lease reads where the
+/// last one stopped.
+pub struct StoreCursor {
+    store: secondkey_store::Store,
+    name: String,
+}
+
+impl StoreCursor {
+    pub fn new(store: secondkey_store::Store, name: &str) -> StoreCursor {
+        StoreCursor {
+            store,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl secondkey_sinks::Cursor for StoreCursor {
+    fn load(&self) -> Result<u64, String> {
+        match self.store.get_record(SINK_CURSOR_NS, &self.name) {
+            Ok(None) => Ok(0),
+            Ok(Some(v)) => v
+                .parse()
+                .map_err(|_| format!("the stored cursor of sink {} is corrupt ({v:?})", self.name)),
+            Err(e) => Err(format!("cannot read the cursor of sink {}: {e}", self.name)),
+        }
+    }
+
+    fn save(&self, next: u64) -> Result<(), String> {
+        let name = self.name.clone();
+        self.store
+            .transact_blocking(move |tx| tx.put_record(SINK_CURSOR_NS, &name, &next.to_string()))
+            .map_err(|e| format!("cannot save the cursor of sink {}: {e}", self.name))
+    }
+}

@@ -11,8 +11,10 @@
 //!   reviewer decided on another replica.
 //! - **Background work once.** The lease `background` (held in the store,
 //!   renewed every half second, 5 s long) says which replica runs the
-//!   expiry and escalation sweep and the chat followers; the others wait
-//!   to take over when it lapses.
+//!   expiry and escalation sweep, the chat followers, the log sinks (their
+//!   cursors kept in the store, so the next holder goes on where the last
+//!   one stopped) and the submissions to witnesses; the others wait to
+//!   take over when it lapses.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +34,8 @@ pub struct Replica {
     /// Unique per process: what the lease records as its holder.
     pub id: String,
     leader: AtomicBool,
+    /// The same, for tasks that wait for their turn (the sinks).
+    leading: tokio::sync::watch::Sender<bool>,
 }
 
 impl Replica {
@@ -43,6 +47,7 @@ impl Replica {
         Replica {
             id: format!("replica-{}-{}", std::process::id(), hex::encode(b)),
             leader: AtomicBool::new(!shared),
+            leading: tokio::sync::watch::Sender::new(!shared),
         }
     }
 
@@ -53,6 +58,13 @@ impl Replica {
 
     pub(crate) fn set_leader(&self, v: bool) {
         self.leader.store(v, Ordering::Relaxed);
+        self.leading
+            .send_if_modified(|l| std::mem::replace(l, v) != v);
+    }
+
+    /// Follows [`Replica::is_leader`].
+    pub fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leading.subscribe()
     }
 }
 

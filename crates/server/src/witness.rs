@@ -322,6 +322,11 @@ pub fn spawn(g: Arc<Gateway>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // One replica submits (the lease holder); what witnesses
+            // return is kept in the shared store for all of them.
+            if !g.replica.is_leader() {
+                continue;
+            }
             if let Err(e) = submit_once(&g).await {
                 tracing::warn!(error = %e, "could not submit the checkpoint to witnesses; will retry");
             }

@@ -34,6 +34,25 @@ pub enum CursorError {
     },
 }
 
+/// Where a sink's cursor — the next log index to deliver — is kept: a file
+/// in the data directory ([`FileCursor`]), or the shared store when several
+/// replicas take turns delivering. Called from a blocking thread.
+pub trait Cursor: Send + Sync + 'static {
+    /// The next index to deliver; 0 when the sink never delivered anything.
+    fn load(&self) -> Result<u64, String>;
+    /// Durably records `next` as the next index to deliver.
+    fn save(&self, next: u64) -> Result<(), String>;
+}
+
+impl Cursor for FileCursor {
+    fn load(&self) -> Result<u64, String> {
+        FileCursor::load(self).map_err(|e| e.to_string())
+    }
+    fn save(&self, next: u64) -> Result<(), String> {
+        FileCursor::save(self, next).map_err(|e| e.to_string())
+    }
+}
+
 /// The persisted cursor of one sink.
 #[derive(Debug, Clone)]
 pub struct FileCursor {

@@ -48,7 +48,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub use config::{ConfigError, SinkConfig};
-pub use cursor::{CursorError, FileCursor};
+pub use cursor::{Cursor, CursorError, FileCursor};
 pub use runner::{
     spawn_sink, spawn_sink_with, Backoff, EntrySource, RunnerOptions, SinkHandle, SinkProgress,
     SourceError,

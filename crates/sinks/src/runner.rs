@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cursor::FileCursor;
+use crate::cursor::Cursor;
 use crate::Sink;
 
 /// Why the log could not be read; the runner retries.
@@ -72,6 +72,13 @@ pub struct RunnerOptions {
     pub backoff: Backoff,
     /// How many entries to read from the source at once.
     pub batch: usize,
+    /// When set, the sink delivers only while it reads `true` — replicas on
+    /// one store take turns (the holder of the background lease delivers)
+    /// — and re-reads the shared cursor each time its turn begins, so it
+    /// goes on where the previous holder stopped. An entry in flight when
+    /// the turn ends is finished; at worst it is delivered again by the
+    /// next holder (delivery stays at-least-once, never a gap).
+    pub active: Option<watch::Receiver<bool>>,
 }
 
 impl Default for RunnerOptions {
@@ -79,6 +86,7 @@ impl Default for RunnerOptions {
         RunnerOptions {
             backoff: Backoff::default(),
             batch: 256,
+            active: None,
         }
     }
 }
@@ -112,7 +120,7 @@ pub fn spawn_sink(
     name: &str,
     sink: Box<dyn Sink>,
     source: Arc<dyn EntrySource>,
-    cursor: FileCursor,
+    cursor: impl Cursor,
     size_rx: watch::Receiver<u64>,
 ) -> JoinHandle<()> {
     spawn_sink_with(
@@ -137,7 +145,7 @@ pub fn spawn_sink_with(
     name: &str,
     sink: Box<dyn Sink>,
     source: Arc<dyn EntrySource>,
-    cursor: FileCursor,
+    cursor: impl Cursor,
     size_rx: watch::Receiver<u64>,
     options: RunnerOptions,
 ) -> SinkHandle {
@@ -146,7 +154,7 @@ pub fn spawn_sink_with(
         name: name.to_string(),
         sink,
         source,
-        cursor,
+        cursor: Arc::new(cursor),
         options,
         progress: progress_tx,
         attempt: 0,
@@ -161,7 +169,7 @@ struct Runner {
     name: String,
     sink: Box<dyn Sink>,
     source: Arc<dyn EntrySource>,
-    cursor: FileCursor,
+    cursor: Arc<dyn Cursor>,
     options: RunnerOptions,
     progress: watch::Sender<SinkProgress>,
     attempt: u32,
@@ -194,10 +202,24 @@ impl Runner {
             let cursor = self.cursor.clone();
             match tokio::task::spawn_blocking(move || cursor.load()).await {
                 Ok(Ok(next)) => return next,
-                Ok(Err(e)) => self.fail(e.to_string()).await,
+                Ok(Err(e)) => self.fail(e).await,
                 Err(e) => self.fail(format!("cursor task failed: {e}")).await,
             }
         }
+    }
+
+    /// Whether this runner may deliver now (always, unless it takes turns).
+    fn active(&self) -> bool {
+        self.options.active.as_ref().is_none_or(|a| *a.borrow())
+    }
+
+    /// Waits for this runner's turn; false when the turn can never come
+    /// (the sender is gone). Returns at once when it does not take turns.
+    async fn turn(&mut self) -> bool {
+        let Some(active) = self.options.active.as_mut() else {
+            return true;
+        };
+        active.wait_for(|on| *on).await.is_ok()
     }
 
     async fn save_cursor(&mut self, next: u64) {
@@ -205,18 +227,31 @@ impl Runner {
             let cursor = self.cursor.clone();
             match tokio::task::spawn_blocking(move || cursor.save(next)).await {
                 Ok(Ok(())) => return self.succeed(next),
-                Ok(Err(e)) => self.fail(e.to_string()).await,
+                Ok(Err(e)) => self.fail(e).await,
                 Err(e) => self.fail(format!("cursor task failed: {e}")).await,
             }
         }
     }
 
     async fn run(mut self, mut size_rx: watch::Receiver<u64>) {
+        if !self.turn().await {
+            return;
+        }
         let mut next = self.load_cursor().await;
         self.progress.send_modify(|p| p.cursor = next);
         tracing::info!(sink = %self.name, kind = self.sink.kind(), cursor = next, "sink started");
         let mut sender_gone = false;
         loop {
+            if !self.active() {
+                tracing::info!(sink = %self.name, cursor = next, "another replica delivers now; sink paused");
+                if !self.turn().await {
+                    return;
+                }
+                // The other replica may have moved the shared cursor on.
+                next = self.load_cursor().await;
+                self.progress.send_modify(|p| p.cursor = next);
+                tracing::info!(sink = %self.name, cursor = next, "sink resumed");
+            }
             let size = *size_rx.borrow_and_update();
             if next >= size {
                 if sender_gone {
@@ -268,6 +303,9 @@ impl Runner {
                 }
                 next = index + 1;
                 self.save_cursor(next).await;
+                if !self.active() {
+                    break;
+                }
             }
         }
     }
@@ -276,6 +314,7 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursor::FileCursor;
     use crate::{DeliverFuture, SinkError};
     use std::sync::Mutex;
 
@@ -351,6 +390,7 @@ mod tests {
                 max: Duration::from_millis(5),
             },
             batch: 4,
+            active: None,
         };
         let handle = spawn_sink_with("t", Box::new(sink), source, cursor.clone(), rx, opts);
         drop(tx);
@@ -385,6 +425,7 @@ mod tests {
                 max: Duration::from_millis(2),
             },
             batch: 4,
+            active: None,
         };
         let mut handle = spawn_sink_with(
             "g",
@@ -409,5 +450,90 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("not skipping"));
+    }
+
+    /// A cursor several runners share, like the store's.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<u64>>);
+    impl Cursor for Shared {
+        fn load(&self) -> Result<u64, String> {
+            Ok(*self.0.lock().unwrap())
+        }
+        fn save(&self, next: u64) -> Result<(), String> {
+            *self.0.lock().unwrap() = next;
+            Ok(())
+        }
+    }
+
+    /// Two replicas' runners take turns on one shared cursor: only the one
+    /// whose turn it is delivers, the other goes on where it stopped, and
+    /// no index is left out.
+    #[tokio::test]
+    async fn runners_taking_turns_share_the_cursor_and_leave_no_gap() {
+        let entries: Vec<Vec<u8>> = (0..30).map(|i| format!("{i}").into_bytes()).collect();
+        let source = Arc::new(Mem(Mutex::new(entries)));
+        let cursor = Shared::default();
+        let (size_tx, size_rx) = watch::channel(10u64);
+        let (a_on, a_rx) = watch::channel(true);
+        let (b_on, b_rx) = watch::channel(false);
+        let seen_a = Arc::new(Mutex::new(Vec::new()));
+        let seen_b = Arc::new(Mutex::new(Vec::new()));
+        let opts = |active| RunnerOptions {
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+            batch: 3,
+            active: Some(active),
+        };
+        let sink = |seen: &Arc<Mutex<Vec<u64>>>| {
+            Box::new(Flaky {
+                fail_once: vec![],
+                seen: seen.clone(),
+            })
+        };
+        let mut a = spawn_sink_with(
+            "a",
+            sink(&seen_a),
+            source.clone(),
+            cursor.clone(),
+            size_rx.clone(),
+            opts(a_rx),
+        );
+        let mut b = spawn_sink_with(
+            "b",
+            sink(&seen_b),
+            source.clone(),
+            cursor.clone(),
+            size_rx,
+            opts(b_rx),
+        );
+        a.progress.wait_for(|p| p.cursor == 10).await.unwrap();
+        assert!(seen_b.lock().unwrap().is_empty(), "b delivered out of turn");
+        // The turn passes to b; the log grows.
+        a_on.send_replace(false);
+        b_on.send_replace(true);
+        size_tx.send_replace(20);
+        b.progress.wait_for(|p| p.cursor == 20).await.unwrap();
+        // And back to a, which resumes from the shared cursor.
+        b_on.send_replace(false);
+        a_on.send_replace(true);
+        size_tx.send_replace(30);
+        a.progress.wait_for(|p| p.cursor == 30).await.unwrap();
+        drop(size_tx);
+        a.task.await.unwrap();
+        drop(b_on);
+        b.task.await.unwrap();
+        let mut all: Vec<u64> = seen_a.lock().unwrap().clone();
+        all.extend(seen_b.lock().unwrap().iter());
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all, (0..30).collect::<Vec<_>>());
+        assert_eq!(
+            *seen_a.lock().unwrap(),
+            (0..10).chain(20..30).collect::<Vec<_>>()
+        );
+        assert_eq!(*seen_b.lock().unwrap(), (10..20).collect::<Vec<_>>());
+        assert_eq!(cursor.load().unwrap(), 30);
     }
 }

@@ -162,6 +162,7 @@ async fn rsyslog_outage_is_retried_without_loss_or_skips() {
             max: Duration::from_millis(200),
         },
         batch: 7,
+        active: None,
     };
     let mut handle = spawn_sink_with(
         "rsyslog",

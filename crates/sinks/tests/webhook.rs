@@ -142,6 +142,7 @@ fn options() -> RunnerOptions {
             max: Duration::from_millis(80),
         },
         batch: 4,
+        active: None,
     }
 }
 

@@ -591,3 +591,44 @@ pub fn export_log(g: &Gateway) -> (tempfile::TempDir, String, Vec<Value>) {
         .collect();
     (out, vkey, entries)
 }
+
+/// A minimal HTTP receiver: records each POST body with its headers and
+/// answers 200.
+pub fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Value)>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let tx = tx.clone();
+            std::thread::spawn(move || loop {
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    head.push_str(&line);
+                }
+                let mut body = vec![0; len];
+                std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+                let _ = tx.send((head, serde_json::from_slice(&body).unwrap()));
+                std::io::Write::write_all(
+                    &mut conn,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                )
+                .unwrap();
+            });
+        }
+    });
+    (port, rx)
+}
