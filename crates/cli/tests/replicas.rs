@@ -372,7 +372,11 @@ fn kill_9_of_a_replica_and_postgres_stopped_under_load_lose_nothing_acknowledged
                                 break;
                             }
                             Err(ureq::Error::Status(409, _)) => break,
-                            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                            // The outage, felt while using the grant.
+                            Err(_) => {
+                                *refused.lock().unwrap() += 1;
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
                         }
                         if stop.load(Ordering::Relaxed) {
                             break;
