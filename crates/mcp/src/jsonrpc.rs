@@ -12,6 +12,10 @@ pub const INTERNAL_ERROR: i64 = -32603;
 /// secondkey's own (server-defined range): a request that acts was denied
 /// or is held by policy, or could not be decided; nothing was forwarded.
 pub const DENIED: i64 = -32001;
+/// secondkey's own: a limit of `[mcp]` was reached (too many requests in
+/// progress in the session, too many bytes held for it, too many
+/// sessions); nothing was forwarded.
+pub const LIMIT: i64 = -32005;
 
 /// One JSON-RPC message.
 #[derive(Debug, Clone, PartialEq)]
