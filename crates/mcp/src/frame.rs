@@ -35,7 +35,7 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(
                 Frame::Line
             });
         }
-        let (chunk, done) = match avail.iter().position(|&b| b == b'\n') {
+        let (chunk, done) = match memchr::memchr(b'\n', avail) {
             Some(i) => (&avail[..i], Some(i + 1)),
             None => (avail, None),
         };

@@ -1293,7 +1293,9 @@ async fn collect<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin>(
     while let Some(chunk) = s.next().await {
         let chunk = chunk.map_err(|e| format!("the upstream answer broke off: {e}"))?;
         if out.len() + chunk.len() > max {
-            return Err(format!("the upstream answer exceeds {max} bytes"));
+            return Err(format!(
+                "the upstream answer exceeds {max} bytes, the most secondkey takes (mcp.max_result_bytes)"
+            ));
         }
         out.extend_from_slice(&chunk);
     }
@@ -1333,7 +1335,24 @@ impl SseSplitter {
     /// Adds `chunk`; appends each event it completes (blank line included)
     /// to `out`.
     fn push(&mut self, chunk: &[u8], out: &mut Vec<Vec<u8>>) {
-        for &b in chunk {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.skipping && !self.cr {
+                // Nothing of an oversized event is kept: jump to its next
+                // line end (an event without end costs no memory).
+                match memchr::memchr2(b'\n', b'\r', &chunk[i..]) {
+                    None => {
+                        self.line = self.line.saturating_add(chunk.len() - i);
+                        return;
+                    }
+                    Some(k) => {
+                        self.line = self.line.saturating_add(k);
+                        i += k;
+                    }
+                }
+            }
+            let b = chunk[i];
+            i += 1;
             let b = match b {
                 b'\n' if self.cr => {
                     self.cr = false;
