@@ -923,6 +923,19 @@ impl Relay {
     fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
+
+    /// Whether the relay wrote `needle` on stderr (within 10 s: it is read
+    /// on a thread of its own).
+    fn said(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stderr().contains(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
 }
 
 impl Drop for Relay {
@@ -969,11 +982,7 @@ fn stdio_a_400_mib_line_is_refused_at_the_default_limit_and_memory_stays_bounded
             && m.contains("nothing was forwarded"),
         "{m}"
     );
-    assert!(
-        r.stderr().contains("refused a message of"),
-        "{}",
-        r.stderr()
-    );
+    assert!(r.said("refused a message of"), "{}", r.stderr());
     let a = r.call(json!(1), "echo", json!({"text": "still serving"}));
     assert_eq!(text_of(&a), "still serving", "{a}");
     assert_eq!(e.runs_of("echo").len(), 1, "only the call after it ran");
@@ -989,11 +998,7 @@ fn stdio_a_300_mib_line_of_the_server_is_dropped_and_memory_stays_bounded() {
     let mut r = e.relay("", "hostile_server.py", &[("MCP_HUGE", "314572800")]);
     let a = r.call(json!(1), "huge", json!({}));
     assert_eq!(text_of(&a), "huge done", "{a}");
-    assert!(
-        r.stderr().contains("mcp.max_result_bytes = 16777216"),
-        "{}",
-        r.stderr()
-    );
+    assert!(r.said("mcp.max_result_bytes = 16777216"), "{}", r.stderr());
     assert_peak_rss_under(r.pid(), RELAY_RSS_BOUND, "stdio relay");
 }
 

@@ -1680,3 +1680,49 @@ impl Session {
             .status
     }
 }
+
+/// Past `mcp.max_pending_requests`, a request of the session is answered
+/// `429` with -32005 naming the key and never reaches the upstream; the
+/// session can still cancel, and the slot comes back.
+#[test]
+fn http_requests_past_max_pending_requests_are_429_and_the_slot_comes_back() {
+    let e = start("max_pending_requests = 1", |url| {
+        server("warehouse", url, EXPORT_TOOL)
+    });
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let args = json!({"table": "orders", "destination": "s3://b"});
+    let held = s.call_streaming(json!(2), "export_table", &args, json!("p"));
+    let note = held.next().expect("a progress notification");
+    assert_eq!(note["method"], "notifications/progress", "{note}");
+    let seen = e.up.requests_seen();
+    let a = s.call(json!(3), "echo", &json!({"text": "one too many"}));
+    assert_eq!(a.status, 429, "{}", a.body);
+    let r = a.response();
+    assert_eq!(
+        (&r["id"], &r["error"]["code"]),
+        (&json!(3), &json!(-32005)),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(mcp.max_pending_requests)"),
+        "{r}"
+    );
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
+    assert_eq!(s.cancel(json!(2)).status, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = s.call(json!(4), "echo", &json!({"text": "room again"}));
+        if a.status == 200 {
+            assert_eq!(a.text(), "room again");
+            break;
+        }
+        assert_eq!(a.status, 429, "{}", a.body);
+        assert!(Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(e.runs_of("export_table").is_empty());
+}

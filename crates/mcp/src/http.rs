@@ -1091,16 +1091,21 @@ async fn post_mcp(
             return r;
         }
     }
-    // Counted against the session while it is in progress here.
-    let hold = match inner
-        .quota(&server, session.as_deref(), &p)
-        .take(body.len())
-    {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(principal = %p.id, server = %server, method, "refused an MCP message: {e}");
-            return over_limit(StatusCode::TOO_MANY_REQUESTS, msg.id(), &e.to_string());
-        }
+    // A request counts against its session while it is in progress here
+    // (notifications and answers pass at once, so that a full session can
+    // still cancel and answer).
+    let hold = match msg.kind {
+        Kind::Request => match inner
+            .quota(&server, session.as_deref(), &p)
+            .take(body.len())
+        {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(principal = %p.id, server = %server, method, "refused an MCP request: {e}");
+                return over_limit(StatusCode::TOO_MANY_REQUESTS, msg.id(), &e.to_string());
+            }
+        },
+        _ => None,
     };
     let watch = watch_of(
         &inner,
@@ -1580,7 +1585,7 @@ enum Unlisted {
 /// One `tools/call` through the HTTP endpoint.
 struct CallCtx {
     /// The call's share of its session's quota, until it is answered.
-    _hold: Hold,
+    _hold: Option<Hold>,
     inner: Arc<Inner>,
     gateway: Arc<Gateway>,
     who: Principal,
