@@ -254,7 +254,13 @@ struct Inner {
     /// The server's requests relayed to clients after a decision, by
     /// caller, server, session and id: recorded when the client answers.
     server_asked: Mutex<HashMap<String, (Forward, Hold)>>,
+    /// Refusals of server requests being sent upstream at once (a server
+    /// flooding requests past its session's limit gets no more than this).
+    refusing: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most refusals of server requests in flight to upstreams at once.
+const MAX_REFUSING: usize = 64;
 
 impl McpExtension {
     /// Reads the `[mcp]` section of the gateway's configuration.
@@ -293,6 +299,7 @@ impl McpExtension {
                 deciding: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Sessions::default()),
                 server_asked: Mutex::new(HashMap::new()),
+                refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
             }),
         }
     }
@@ -2150,9 +2157,18 @@ impl<S> Tap<S> {
                     Ok(h) => h,
                     Err(e) => {
                         tracing::warn!(server = %w.srv.name, "refused a request of the MCP server: {e}");
-                        tokio::spawn(
-                            async move { w.refuse(id, jsonrpc::LIMIT, &e.to_string()).await },
-                        );
+                        match w.inner.refusing.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                tokio::spawn(async move {
+                                    w.refuse(id, jsonrpc::LIMIT, &e.to_string()).await;
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => tracing::warn!(
+                                server = %w.srv.name,
+                                "too many refusals in flight; this one was not sent"
+                            ),
+                        }
                         return;
                     }
                 };

@@ -108,6 +108,21 @@ impl Outbox {
             .map_err(|_| ())
     }
 
+    /// Queues `line` only if there is room now (`false`: dropped).
+    fn try_send(&self, line: String) -> bool {
+        let n = u32::try_from(line.len().saturating_add(1).min(self.cap)).unwrap_or(u32::MAX);
+        match self.room.clone().try_acquire_many_owned(n) {
+            Ok(permit) => self
+                .tx
+                .send(Queued {
+                    line,
+                    _room: permit,
+                })
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
     /// A sink for secondkey's own small messages (progress notifications)
     /// feeding this queue; it lives as long as the sender.
     fn sink(&self) -> mpsc::Sender<String> {
@@ -807,8 +822,13 @@ impl<D: Decider> Relay<D> {
                     Ok(h) => h,
                     Err(e) => {
                         eprintln!("secondkey: refused a {method} request of the MCP server: {e}");
+                        // Never waits: a server that floods requests
+                        // without reading its input must not stall the
+                        // reading of its output.
                         let refusal = error_response(id, jsonrpc::LIMIT, &e.to_string());
-                        let _ = self.to_server.send(refusal.to_string()).await;
+                        if !self.to_server.try_send(refusal.to_string()) {
+                            eprintln!("secondkey: the MCP server does not read its input; the refusal was dropped");
+                        }
                         return;
                     }
                 };
