@@ -964,15 +964,19 @@ fn text_of(answer: &Value) -> String {
 fn stdio_a_400_mib_line_is_refused_at_the_default_limit_and_memory_stays_bounded() {
     let e = start("");
     let mut r = e.relay("", "test_server.py", &[]);
+    // A call whose text argument never ends: answered under its id, which
+    // its head names.
+    r.write(br#"{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{"name":"echo","arguments":{"text":""#)
+        .unwrap();
     let chunk = vec![b'x'; 1 << 20];
     for _ in 0..400 {
         r.write(&chunk).unwrap();
     }
-    r.write(b"\n").unwrap();
+    r.write(b"\"}}}\n").unwrap();
     let v = r.next();
     assert_eq!(
         (&v["id"], &v["error"]["code"]),
-        (&Value::Null, &json!(-32600)),
+        (&json!("big"), &json!(-32600)),
         "{v}"
     );
     let m = v["error"]["message"].as_str().unwrap();
@@ -991,7 +995,8 @@ fn stdio_a_400_mib_line_is_refused_at_the_default_limit_and_memory_stays_bounded
 
 /// A server writing a 300 MiB line (over the default 16 MiB of
 /// `mcp.max_result_bytes`): dropped as it streams, reported on stderr, and
-/// the answer after it still comes.
+/// the answer after it still comes; a 300 MiB answer is a tool error for
+/// its call.
 #[test]
 fn stdio_a_300_mib_line_of_the_server_is_dropped_and_memory_stays_bounded() {
     let e = start("");
@@ -999,6 +1004,18 @@ fn stdio_a_300_mib_line_of_the_server_is_dropped_and_memory_stays_bounded() {
     let a = r.call(json!(1), "huge", json!({}));
     assert_eq!(text_of(&a), "huge done", "{a}");
     assert!(r.said("mcp.max_result_bytes = 16777216"), "{}", r.stderr());
+    // The answer itself over the limit: the client is answered with a
+    // tool error under the call's id (its head names it), not left waiting.
+    let a = r.call(json!(2), "huge_answer", json!({}));
+    let t = text_of(&a);
+    assert!(
+        a["result"]["isError"] == true
+            && t.contains("mcp.max_result_bytes = 16777216")
+            && t.contains("whether the call took effect is unknown"),
+        "{a}"
+    );
+    let a = r.call(json!(3), "garbage", json!({}));
+    assert_eq!(text_of(&a), "garbage done", "{a}");
     assert_peak_rss_under(r.pid(), RELAY_RSS_BOUND, "stdio relay");
 }
 

@@ -313,8 +313,17 @@ impl<D: Decider> Relay<D> {
                         "secondkey: refused a message of {n}+ bytes from the MCP client (limit mcp.max_message_bytes = {})",
                         self.max_message
                     );
+                    // Answered under its id when its head names one that is
+                    // not another request's in progress.
+                    let id = jsonrpc::id_in_head(&buf)
+                        .filter(|id| {
+                            let st = lock(&self.state);
+                            let k = id_key(id);
+                            !st.inflight.contains_key(&k) && !st.deciding.contains_key(&k)
+                        })
+                        .unwrap_or(Value::Null);
                     self.send_client(&error_response(
-                        Value::Null,
+                        id,
                         jsonrpc::INVALID_REQUEST,
                         &format!(
                             "a message of {n} bytes or more was refused: secondkey relays at most {} (mcp.max_message_bytes); nothing was forwarded",
@@ -771,6 +780,9 @@ impl<D: Decider> Relay<D> {
                         "secondkey: dropped a message of {n}+ bytes from the MCP server (limit mcp.max_result_bytes = {})",
                         self.max_result
                     );
+                    if let Some(id) = jsonrpc::id_in_head(&buf) {
+                        self.answer_dropped(id, n).await;
+                    }
                 }
                 Ok(Frame::Line) => {
                     if buf.iter().all(u8::is_ascii_whitespace) {
@@ -877,6 +889,44 @@ impl<D: Decider> Relay<D> {
             .to_client
             .send(String::from_utf8_lossy(line).into_owned())
             .await;
+    }
+
+    /// The server's answer to `id` was `n`+ bytes, over the limit, and
+    /// dropped: if `id` is a request waiting for it, the client gets an
+    /// error instead (a call's outcome is recorded as unknown), so that it
+    /// does not wait for ever.
+    async fn answer_dropped(&self, id: Value, n: usize) {
+        let key = id_key(&id);
+        let (own, pending) = {
+            let mut st = lock(&self.state);
+            (st.own.remove(&key), st.inflight.remove(&key))
+        };
+        // secondkey's own listing gets no answer: it stops waiting.
+        drop(own);
+        let why = format!(
+            "the MCP server's answer was {n} bytes or more, over what secondkey takes (mcp.max_result_bytes = {}), and was dropped",
+            self.max_result
+        );
+        match pending {
+            None => {}
+            Some((Pending::ToolsCall(fwd), _slot)) => {
+                self.icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+                self.send_client(&result_response(
+                    id,
+                    tool_error(format!("{why}; whether the call took effect is unknown")),
+                ))
+                .await;
+            }
+            Some((Pending::Acted(fwd), _slot)) => {
+                self.icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+                self.send_client(&error_response(id, jsonrpc::LIMIT, &why))
+                    .await;
+            }
+            Some((_, _slot)) => {
+                self.send_client(&error_response(id, jsonrpc::LIMIT, &why))
+                    .await;
+            }
+        }
     }
 
     /// Answers every request still waiting on the server, and records the

@@ -4,7 +4,8 @@ secondkey's relay tests: `hostile_server.py` over stdio, or
 after MCP_FLOOD notifications, default 20000), `garbage` (writes a
 malformed message and an over-long one before answering), `crash` (exits
 mid-call), `huge` (MCP_HUGE bytes, default 64 MiB: over HTTP the answer
-itself, over stdio a notification line before the answer) and, over HTTP,
+itself, over stdio a notification line before the answer; `huge_answer`
+over stdio: the answer line itself) and, over HTTP,
 `endless` (an event stream whose one event never ends: MCP_ENDLESS bytes,
 default 300 MiB, without a line end, then the connection closes). Over HTTP, a GET stream is a flood too, and every request is
 recorded as a JSON line in MCP_TEST_HEADERS."""
@@ -22,7 +23,8 @@ def send(obj):
 TOOLS = [
     {"name": n, "description": d, "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}
     for n, d in [("flood", "floods"), ("garbage", "writes garbage"), ("crash", "exits"),
-                 ("huge", "answers too much"), ("endless", "never ends its event")]
+                 ("huge", "answers too much"), ("endless", "never ends its event"),
+                 ("huge_answer", "its answer itself is too large (stdio)")]
 ]
 MIB = 1 << 20
 
@@ -173,6 +175,14 @@ for line in sys.stdin:
             write_x(out, huge_size())
             out.write(b'"}}\n')
             out.flush()
+        elif name == "huge_answer":
+            sys.stdout.flush()
+            out = sys.stdout.buffer
+            out.write(('{"jsonrpc":"2.0","id":' + json.dumps(mid) + ',"result":{"content":[{"type":"text","text":"').encode())
+            write_x(out, huge_size())
+            out.write(b'"}]}}\n')
+            out.flush()
+            continue
         send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": f"{name} done"}]}})
     elif mid is not None:
         send({"jsonrpc": "2.0", "id": mid, "result": {}})
