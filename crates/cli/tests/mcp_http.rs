@@ -1726,3 +1726,34 @@ fn http_requests_past_max_pending_requests_are_429_and_the_slot_comes_back() {
     }
     assert!(e.runs_of("export_table").is_empty());
 }
+
+/// One principal cannot take every session: past
+/// `mcp.max_sessions_per_principal` its `initialize` is refused (503,
+/// -32005, nothing forwarded) while another principal still opens one.
+#[test]
+fn http_sessions_past_max_sessions_per_principal_are_refused_and_others_still_open() {
+    let e = start("max_sessions = 10\nmax_sessions_per_principal = 2", |url| {
+        server("warehouse", url, "")
+    });
+    let _mine: Vec<Session> = (0..2)
+        .map(|_| e.session("warehouse", "agent:report-bot"))
+        .collect();
+    let seen = e.up.requests_seen();
+    let a = Session::unopened(&e.g, "warehouse", "agent:report-bot").send(&initialize_msg());
+    assert_eq!(a.status, 503, "{}", a.body);
+    let r = a.response();
+    assert_eq!(r["error"]["code"], -32005, "{r}");
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("agent:report-bot") && m.contains("mcp.max_sessions_per_principal"),
+        "{m}"
+    );
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
+    let other = e.session("warehouse", "agent:other-bot");
+    assert_eq!(
+        other
+            .call(json!(1), "echo", &json!({"text": "mine"}))
+            .text(),
+        "mine"
+    );
+}

@@ -64,6 +64,8 @@ pub struct McpConfig {
     pub max_session_bytes: usize,
     /// Most Streamable HTTP sessions the gateway tracks at once.
     pub max_sessions: usize,
+    /// Most of them opened by one principal.
+    pub max_sessions_per_principal: usize,
     /// A tracked session unused this long may be forgotten to make room
     /// for a new one when `max_sessions` is reached.
     pub session_idle: Duration,
@@ -116,6 +118,7 @@ struct RawMcp {
     max_pending_requests: Option<usize>,
     max_session_bytes: Option<usize>,
     max_sessions: Option<usize>,
+    max_sessions_per_principal: Option<usize>,
     session_idle_seconds: Option<u64>,
     #[serde(default)]
     tool_admins: Option<Vec<String>>,
@@ -268,6 +271,15 @@ impl McpConfig {
         if !(1..=1_000_000).contains(&max_sessions) {
             return Err(bad("mcp.max_sessions", "must be 1 to 1000000"));
         }
+        let max_sessions_per_principal = raw
+            .max_sessions_per_principal
+            .unwrap_or_else(|| max_sessions.min(1000));
+        if max_sessions_per_principal == 0 || max_sessions_per_principal > max_sessions {
+            return Err(bad(
+                "mcp.max_sessions_per_principal",
+                "must be 1 to max_sessions",
+            ));
+        }
         let session_idle = Duration::from_secs(raw.session_idle_seconds.unwrap_or(3600));
         if session_idle.is_zero() || session_idle > Duration::from_secs(7 * 86_400) {
             return Err(bad(
@@ -397,6 +409,7 @@ impl McpConfig {
             max_pending_requests,
             max_session_bytes,
             max_sessions,
+            max_sessions_per_principal,
             session_idle,
             tool_admins: raw.tool_admins.unwrap_or_else(|| vec!["security".into()]),
             servers,
@@ -466,7 +479,14 @@ mod tests {
             (4 << 20, 16 << 20, 32 << 20),
             "the limits' defaults"
         );
-        assert_eq!((c.max_pending_requests, c.max_sessions), (100, 10_000));
+        assert_eq!(
+            (
+                c.max_pending_requests,
+                c.max_sessions,
+                c.max_sessions_per_principal
+            ),
+            (100, 10_000, 1000)
+        );
         assert_eq!(c.session_idle, Duration::from_secs(3600));
         let s = c.server("warehouse");
         assert_eq!(
@@ -500,6 +520,10 @@ mod tests {
             ("max_pending_requests = 0", "mcp.max_pending_requests"),
             ("max_session_bytes = 1048576", "mcp.max_session_bytes"),
             ("max_sessions = 0", "mcp.max_sessions"),
+            (
+                "max_sessions = 5\nmax_sessions_per_principal = 6",
+                "mcp.max_sessions_per_principal",
+            ),
             ("session_idle_seconds = 0", "mcp.session_idle_seconds"),
         ] {
             assert_eq!(parse(&format!("[mcp]\n{text}\n")).unwrap_err().key, key);

@@ -214,8 +214,10 @@ struct SessionInfo {
 #[derive(Default)]
 struct Sessions {
     by_key: HashMap<String, SessionInfo>,
-    /// `initialize` requests forwarded whose session is not tracked yet.
+    /// `initialize` requests forwarded whose session is not tracked yet,
+    /// in all and by principal.
     opening: usize,
+    opening_by: HashMap<String, usize>,
     /// Quotas of requests sent without a session (stateless servers), by
     /// principal and server.
     sessionless: HashMap<String, Quota>,
@@ -223,13 +225,27 @@ struct Sessions {
 
 /// A slot for a session being opened, given back when dropped (the
 /// session is then tracked, or was never opened).
-struct Opening(Arc<Inner>);
+struct Opening(Arc<Inner>, String);
 
 impl Drop for Opening {
     fn drop(&mut self) {
         let mut s = lock(&self.0.sessions);
         s.opening = s.opening.saturating_sub(1);
+        if let Some(n) = s.opening_by.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.opening_by.remove(&self.1);
+            }
+        }
     }
+}
+
+/// Why no session could be opened.
+enum Full {
+    /// `mcp.max_sessions`.
+    Gateway,
+    /// `mcp.max_sessions_per_principal`.
+    Principal,
 }
 
 /// The key of a session: upstream session ids are only unique per server.
@@ -310,24 +326,42 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    /// Room for one more session (`mcp.max_sessions`), made if need be by
-    /// forgetting the session unused for longest, if it has been unused
-    /// for `mcp.session_idle_seconds`. `None`: the gateway is full.
-    fn reserve_session(self: &Arc<Self>) -> Option<Opening> {
+    /// Room for one more session of `who` (`mcp.max_sessions`,
+    /// `mcp.max_sessions_per_principal`), made if need be by forgetting the
+    /// session unused for longest (of `who`'s, when it is `who`'s own cap
+    /// that is reached), if it has been unused for
+    /// `mcp.session_idle_seconds`.
+    fn reserve_session(self: &Arc<Self>, who: &Principal) -> Result<Opening, Full> {
+        let who = who.id.to_string();
         let mut s = lock(&self.sessions);
-        if s.by_key.len() + s.opening >= self.config.max_sessions {
+        let mine = s.by_key.values().filter(|i| i.principal == who).count()
+            + s.opening_by.get(&who).copied().unwrap_or(0);
+        let full = if mine >= self.config.max_sessions_per_principal {
+            Some(Full::Principal)
+        } else if s.by_key.len() + s.opening >= self.config.max_sessions {
+            Some(Full::Gateway)
+        } else {
+            None
+        };
+        if let Some(full) = full {
             let now = tokio::time::Instant::now();
+            let own = matches!(full, Full::Principal);
             let idle = s
                 .by_key
                 .iter()
+                .filter(|(_, i)| !own || i.principal == who)
                 .min_by_key(|(_, i)| i.used)
                 .filter(|(_, i)| now.duration_since(i.used) >= self.config.session_idle)
-                .map(|(k, _)| k.clone())?;
+                .map(|(k, _)| k.clone());
+            let Some(idle) = idle else {
+                return Err(full);
+            };
             s.by_key.remove(&idle);
             tracing::info!("forgot an idle MCP session to make room for a new one");
         }
         s.opening += 1;
-        Some(Opening(self.clone()))
+        *s.opening_by.entry(who.clone()).or_default() += 1;
+        Ok(Opening(self.clone(), who))
     }
 
     /// Binds a session the upstream just opened to the principal whose
@@ -1248,13 +1282,22 @@ async fn post_mcp(
                 .into_response()
         }
         (Kind::Request, Some("initialize")) => {
-            let Some(slot) = inner.reserve_session() else {
-                let why = format!(
-                    "secondkey already tracks {} MCP sessions, the most it keeps (mcp.max_sessions), and none has been idle for mcp.session_idle_seconds; end unused sessions (DELETE) or retry later. Nothing was forwarded",
-                    inner.config.max_sessions
-                );
-                tracing::warn!(principal = %p.id, server = %server, "refused a new MCP session: {why}");
-                return over_limit(StatusCode::SERVICE_UNAVAILABLE, msg.id(), &why);
+            let slot = match inner.reserve_session(&p) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    let why = match full {
+                        Full::Gateway => format!(
+                            "secondkey already tracks {} MCP sessions, the most it keeps (mcp.max_sessions), and none has been idle for mcp.session_idle_seconds; end unused sessions (DELETE) or retry later. Nothing was forwarded",
+                            inner.config.max_sessions
+                        ),
+                        Full::Principal => format!(
+                            "{} already has {} MCP sessions open, the most one principal may (mcp.max_sessions_per_principal), and none has been idle for mcp.session_idle_seconds; end unused sessions (DELETE) or retry later. Nothing was forwarded",
+                            p.id, inner.config.max_sessions_per_principal
+                        ),
+                    };
+                    tracing::warn!(principal = %p.id, server = %server, "refused a new MCP session: {why}");
+                    return over_limit(StatusCode::SERVICE_UNAVAILABLE, msg.id(), &why);
+                }
             };
             let info = msg.params().and_then(|p| p.get("clientInfo")).cloned();
             let resp = pass(&inner, &srv, &fwd_headers, body, None).await;
