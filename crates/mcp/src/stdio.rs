@@ -91,34 +91,32 @@ impl Outbox {
         (Outbox { tx, room, cap }, rx)
     }
 
+    /// The room `line` takes: its bytes and newline, at most all of it.
+    fn room_for(&self, line: &str) -> u32 {
+        u32::try_from(line.len().saturating_add(1).min(self.cap)).unwrap_or(u32::MAX)
+    }
+
+    fn push(&self, line: String, room: OwnedSemaphorePermit) -> bool {
+        self.tx.send(Queued { line, _room: room }).is_ok()
+    }
+
     /// Queues `line`, waiting for room; `Err` once the writer is gone.
     async fn send(&self, line: String) -> Result<(), ()> {
-        let n = u32::try_from(line.len().saturating_add(1).min(self.cap)).unwrap_or(u32::MAX);
-        let permit = self
+        let n = self.room_for(&line);
+        let room = self
             .room
             .clone()
             .acquire_many_owned(n)
             .await
             .map_err(|_| ())?;
-        self.tx
-            .send(Queued {
-                line,
-                _room: permit,
-            })
-            .map_err(|_| ())
+        self.push(line, room).then_some(()).ok_or(())
     }
 
     /// Queues `line` only if there is room now (`false`: dropped).
     fn try_send(&self, line: String) -> bool {
-        let n = u32::try_from(line.len().saturating_add(1).min(self.cap)).unwrap_or(u32::MAX);
+        let n = self.room_for(&line);
         match self.room.clone().try_acquire_many_owned(n) {
-            Ok(permit) => self
-                .tx
-                .send(Queued {
-                    line,
-                    _room: permit,
-                })
-                .is_ok(),
+            Ok(room) => self.push(line, room),
             Err(_) => false,
         }
     }

@@ -269,11 +269,16 @@ impl Session {
         self.answer(&mut vec![]).await
     }
     async fn init(&mut self) {
+        self.init_with(json!({})).await;
+    }
+
+    /// Initializes the session declaring the client's `capabilities`.
+    async fn init_with(&mut self, capabilities: Value) {
         let r = self
             .call(
                 json!(0),
                 "initialize",
-                json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                json!({"protocolVersion": "2025-11-25", "capabilities": capabilities,
                 "clientInfo": {"name": "relay-test", "version": "1"}}),
             )
             .await;
@@ -843,18 +848,7 @@ async fn the_servers_requests_to_the_client_are_decided_before_the_client_sees_t
     require_python_mcp();
     let log = Scripted::default();
     let mut s = start("test_server.py", &[], log.clone()).await;
-    let r = s
-        .call(
-            json!(0),
-            "initialize",
-            json!({"protocolVersion": "2025-11-25",
-                   "capabilities": {"roots": {}, "sampling": {}},
-                   "clientInfo": {"name": "relay-test", "version": "1"}}),
-        )
-        .await;
-    assert!(r["result"]["protocolVersion"].is_string(), "{r}");
-    s.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-        .await;
+    s.init_with(json!({"roots": {}, "sampling": {}})).await;
     // Allowed: the server's roots/list reaches the client, which answers.
     s.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                   "params": {"name": "ask_client", "arguments": {"what": "roots"}}}))
@@ -929,18 +923,7 @@ async fn a_server_request_past_max_pending_requests_is_refused_to_the_server() {
         log.clone(),
     )
     .await;
-    let r = s
-        .call(
-            json!(0),
-            "initialize",
-            json!({"protocolVersion": "2025-11-25",
-                   "capabilities": {"roots": {}, "sampling": {}},
-                   "clientInfo": {"name": "relay-test", "version": "1"}}),
-        )
-        .await;
-    assert!(r["result"]["protocolVersion"].is_string(), "{r}");
-    s.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-        .await;
+    s.init_with(json!({"roots": {}, "sampling": {}})).await;
     // The call takes the session's one slot until it is answered, so the
     // roots/list the server asks meanwhile is one too many.
     s.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
