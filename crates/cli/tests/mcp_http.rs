@@ -1757,3 +1757,38 @@ fn http_sessions_past_max_sessions_per_principal_are_refused_and_others_still_op
         "mine"
     );
 }
+
+/// A request of the server past its session's `mcp.max_pending_requests`
+/// (the call it belongs to holds the one slot) is refused to the server
+/// with -32005, never decided nor shown to the client; the session goes on.
+#[test]
+fn http_a_server_request_past_max_pending_requests_is_refused_to_the_server() {
+    let e = start("max_pending_requests = 1", |url| {
+        server("warehouse", url, "")
+    });
+    let s = e.session("warehouse", "agent:report-bot");
+    let ev = s.call_streaming(
+        json!(1),
+        "ask_client",
+        &json!({"what": "roots"}),
+        json!("p"),
+    );
+    let rest = ev.rest();
+    assert!(
+        rest.iter().all(|m| m["method"] != "roots/list"),
+        "the client never sees it: {rest:?}"
+    );
+    let r = rest.iter().find(|m| m["id"] == 1).expect("an answer");
+    assert!(
+        r.to_string().contains("(mcp.max_pending_requests)"),
+        "the server got the refusal: {r}"
+    );
+    assert!(
+        !e.log().iter().any(|en| en.to_string().contains("/client/")),
+        "not even decided"
+    );
+    assert_eq!(
+        s.call(json!(2), "echo", &json!({"text": "goes on"})).text(),
+        "goes on"
+    );
+}
