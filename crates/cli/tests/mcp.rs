@@ -799,3 +799,260 @@ fn http_an_upstream_restart_between_a_list_and_a_call_of_one_session_runs_nothin
     );
     assert!(r.e.runs_of("echo").is_empty());
 }
+
+// Issue 24: bounded memory of `secondkey mcp stdio`. The relay is driven
+// as raw newline-delimited JSON (no SDK client writes a 400 MiB line);
+// each test checks the relay process's peak resident memory (VmHWM) against
+// the bound docs/mcp.md states: 100 MB.
+
+const RELAY_RSS_BOUND: u64 = 100 * MB;
+
+/// `secondkey mcp stdio` started by the test itself, in front of `script`.
+struct Relay {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<Value>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Env {
+    /// The relay with the `[mcp]` keys `keys` added to the stdio config,
+    /// in front of `script` with the environment `env`.
+    fn relay(&self, keys: &str, script: &str, env: &[(&str, &str)]) -> Relay {
+        let cfg = self.dir.join("stdio-limits.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "url = \"{}\"\ntoken_env = \"AGENT_TOKEN\"\n{MCP_SECTION}{keys}\n{}",
+                self.g.url,
+                tools_section("")
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["mcp", "stdio", "--server", "warehouse", "--config"])
+            .arg(&cfg)
+            .arg("--")
+            .arg("python3")
+            .arg(python().join(script))
+            .arg("stdio")
+            .env("AGENT_TOKEN", token_of("agent:report-bot"))
+            .env("MCP_TEST_RUNS", &self.runs)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("secondkey mcp stdio");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line).expect("the relay writes JSON lines");
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut r = Relay {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr,
+        };
+        r.send(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw-stdio-test", "version": "1"}}}),
+        );
+        assert!(r.answer(&json!(0))["result"].is_object());
+        r.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        r
+    }
+}
+
+impl Relay {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stdin.as_mut().unwrap().write_all(bytes)
+    }
+
+    fn send(&mut self, v: &Value) {
+        self.write(format!("{v}\n").as_bytes()).unwrap();
+    }
+
+    /// The next message, within 30 s.
+    fn next(&self) -> Value {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no message; stderr: {}", self.stderr()))
+    }
+
+    /// The answer to `id` (notifications before it skipped).
+    fn answer(&self, id: &Value) -> Value {
+        loop {
+            let v = self.next();
+            if v.get("id") == Some(id) && v.get("method").is_none() {
+                return v;
+            }
+        }
+    }
+
+    fn call(&mut self, id: Value, tool: &str, args: Value) -> Value {
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": args}}));
+        self.answer(&id)
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether the relay wrote `needle` on stderr (within 10 s: it is read
+    /// on a thread of its own).
+    fn said(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stderr().contains(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn text_of(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A client writing a 400 MiB line at the default limit (4 MiB) gets a
+/// JSON-RPC error once the line ends; nothing of it is kept or forwarded,
+/// and the session goes on.
+#[test]
+fn stdio_a_400_mib_line_is_refused_at_the_default_limit_and_memory_stays_bounded() {
+    let e = start("");
+    let mut r = e.relay("", "test_server.py", &[]);
+    // A call whose text argument never ends: answered under its id, which
+    // its head names.
+    r.write(br#"{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{"name":"echo","arguments":{"text":""#)
+        .unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..400 {
+        r.write(&chunk).unwrap();
+    }
+    r.write(b"\"}}}\n").unwrap();
+    let v = r.next();
+    assert_eq!(
+        (&v["id"], &v["error"]["code"]),
+        (&json!("big"), &json!(-32600)),
+        "{v}"
+    );
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("4194304")
+            && m.contains("mcp.max_message_bytes")
+            && m.contains("nothing was forwarded"),
+        "{m}"
+    );
+    assert!(r.said("refused a message of"), "{}", r.stderr());
+    let a = r.call(json!(1), "echo", json!({"text": "still serving"}));
+    assert_eq!(text_of(&a), "still serving", "{a}");
+    assert_eq!(e.runs_of("echo").len(), 1, "only the call after it ran");
+    assert_peak_rss_under(r.pid(), RELAY_RSS_BOUND, "stdio relay");
+}
+
+/// A server writing a 300 MiB line (over the default 16 MiB of
+/// `mcp.max_result_bytes`): dropped as it streams, reported on stderr, and
+/// the answer after it still comes; a 300 MiB answer is a tool error for
+/// its call.
+#[test]
+fn stdio_a_300_mib_line_of_the_server_is_dropped_and_memory_stays_bounded() {
+    let e = start("");
+    let mut r = e.relay("", "hostile_server.py", &[("MCP_HUGE", "314572800")]);
+    let a = r.call(json!(1), "huge", json!({}));
+    assert_eq!(text_of(&a), "huge done", "{a}");
+    assert!(r.said("mcp.max_result_bytes = 16777216"), "{}", r.stderr());
+    // The answer itself over the limit: the client is answered with a
+    // tool error under the call's id (its head names it), not left waiting.
+    let a = r.call(json!(2), "huge_answer", json!({}));
+    let t = text_of(&a);
+    assert!(
+        a["result"]["isError"] == true
+            && t.contains("mcp.max_result_bytes = 16777216")
+            && t.contains("whether the call took effect is unknown"),
+        "{a}"
+    );
+    let a = r.call(json!(3), "garbage", json!({}));
+    assert_eq!(text_of(&a), "garbage done", "{a}");
+    assert_peak_rss_under(r.pid(), RELAY_RSS_BOUND, "stdio relay");
+}
+
+/// Past `mcp.max_pending_requests`, a request is refused at once with
+/// JSON-RPC error -32005 naming the key and never reaches the server; once
+/// the held calls are answered their slots are free again.
+#[test]
+fn stdio_requests_past_max_pending_requests_are_refused_and_their_slots_come_back() {
+    let e = start("");
+    let mut r = e.relay("max_pending_requests = 2", "test_server.py", &[]);
+    for id in [1, 2] {
+        r.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "export_table", "arguments": {"table": "orders", "destination": "s3://b"}}}));
+    }
+    r.send(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "one too many"}}}));
+    let v = r.answer(&json!(3));
+    assert_eq!(v["error"]["code"], -32005, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(
+            "2 requests in progress, the most secondkey keeps (mcp.max_pending_requests)"
+        ),
+        "{v}"
+    );
+    assert!(e.runs_of("echo").is_empty(), "never forwarded");
+    // The held calls end after hold_seconds (3 s) naming their requests.
+    // (in either order).
+    let mut held = vec![r.next(), r.next()];
+    held.sort_by_key(|a| a["id"].as_i64());
+    assert_eq!((&held[0]["id"], &held[1]["id"]), (&json!(1), &json!(2)));
+    for a in held {
+        assert!(
+            text_of(&a).contains("holding this call") && text_of(&a).contains("req_"),
+            "{a}"
+        );
+    }
+    let a = r.call(json!(4), "echo", json!({"text": "room again"}));
+    assert_eq!(text_of(&a), "room again", "{a}");
+    assert!(e.runs_of("export_table").is_empty());
+}

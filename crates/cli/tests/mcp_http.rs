@@ -304,19 +304,8 @@ impl Events {
 
 impl Session {
     fn open(g: &Gateway, server: &str, who: &str) -> Session {
-        let mut s = Session {
-            url: format!("{}/mcp/{server}", g.url),
-            token: token_of(who),
-            id: None,
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(60))
-                .build(),
-        };
-        let a = s.send(
-            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": PROTOCOL, "capabilities": {"roots": {}, "sampling": {}},
-            "clientInfo": {"name": "raw-http-test", "version": "1"}}}),
-        );
+        let mut s = Session::unopened(g, server, who);
+        let a = s.send(&initialize_msg());
         assert_eq!(a.status, 200, "{}", a.body);
         assert!(
             a.response()["result"]["protocolVersion"].is_string(),
@@ -467,45 +456,76 @@ impl Session {
         if let Some(b) = body {
             let _ = c.write_all(b).and_then(|_| c.flush());
         }
-        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match std::io::Read::read(&mut c, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
+        read_answer(&mut c)
+    }
+
+    /// POSTs a chunked body of `total` bytes in 1 MiB chunks, as a client
+    /// that streams on whatever the server answers, while reading the
+    /// answer on another thread: its status and body, and how many bytes
+    /// were written before the gateway stopped taking them.
+    fn raw_stream(&self, total: usize) -> (u16, String, usize) {
+        let mut c = self.raw_head("Transfer-Encoding: chunked\r\n");
+        let mut r = c.try_clone().unwrap();
+        let reader = std::thread::spawn(move || read_answer(&mut r));
+        let chunk = vec![b'x'; 1 << 20];
+        let size = format!("{:x}\r\n", chunk.len());
+        let mut sent = 0;
+        while sent < total {
+            let ok = c
+                .write_all(size.as_bytes())
+                .and_then(|_| c.write_all(&chunk))
+                .and_then(|_| c.write_all(b"\r\n"));
+            if ok.is_err() {
+                break;
             }
-            let text = String::from_utf8_lossy(&got);
-            // One answer with a length is all there is to read.
-            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-                let len = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().to_string())
-                    })
-                    .and_then(|v| v.parse::<usize>().ok());
-                if len.is_some_and(|n| rest.len() >= n) {
-                    break;
-                }
+            sent += chunk.len();
+        }
+        let _ = c.write_all(b"0\r\n\r\n");
+        let (status, body) = reader.join().unwrap();
+        (status, body, sent)
+    }
+}
+
+/// Reads one HTTP answer from `c`: status and body.
+fn read_answer(c: &mut TcpStream) -> (u16, String) {
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match std::io::Read::read(c, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&got);
+        // One answer with a length is all there is to read.
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if len.is_some_and(|n| rest.len() >= n) {
+                break;
             }
         }
-        let text = String::from_utf8_lossy(&got).to_string();
-        let (head, rest) = text
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("no answer: {text:?}"));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status: {head}"));
-        assert!(
-            !head.contains("100 Continue"),
-            "the body was never asked for: {head}"
-        );
-        (status, rest.to_string())
     }
+    let text = String::from_utf8_lossy(&got).to_string();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {head}"));
+    assert!(
+        !head.contains("100 Continue"),
+        "the body was never asked for: {head}"
+    );
+    (status, rest.to_string())
 }
 
 #[test]
@@ -1474,5 +1494,301 @@ fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_th
         ]
         .map(|(a, b)| (a.to_string(), b.to_string())),
         "{log:?}"
+    );
+}
+
+// Issue 24: bounded memory. Each test below checks the gateway process's
+// peak resident memory (VmHWM in /proc/<pid>/status, over the whole test)
+// against the bound docs/mcp.md states: 200 MB.
+
+const GATEWAY_RSS_BOUND: u64 = 200 * MB;
+
+impl Env {
+    fn gateway_pid(&self) -> u32 {
+        self.g.child.as_ref().expect("the gateway runs").id()
+    }
+}
+
+/// The gateway in front of `hostile_server.py` (as server `hostile`) with
+/// `[mcp]` keys `keys` and the server's environment `env`.
+fn hostile(keys: &str, env: &[(&str, &str)]) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream_with(tmp.path(), "hostile_server.py", env, None);
+    let servers = server("hostile", &up.url, "");
+    start_with(keys, up, tmp, &servers)
+}
+
+/// A client streaming a 400 MiB message at the default limit (4 MiB) gets
+/// 413 once the limit is read; nothing is forwarded, memory stays bounded
+/// and other sessions go on.
+#[test]
+fn http_a_400_mib_message_is_refused_at_the_default_limit_and_memory_stays_bounded() {
+    let e = start("", |url| server("warehouse", url, ""));
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let seen = e.up.requests_seen();
+    let (status, body, sent) = s.raw_stream(400 << 20);
+    eprintln!("{} MiB written before the gateway answered", sent >> 20);
+    assert_eq!(status, 413, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("4194304") && m.contains("mcp.max_message_bytes"),
+        "{m}"
+    );
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
+    let other = e.session("warehouse", "agent:report-bot");
+    let a = other.call(json!(1), "echo", &json!({"text": "still serving"}));
+    assert_eq!(a.text(), "still serving", "{}", a.body);
+    assert_eq!(
+        s.call(json!(2), "echo", &json!({"text": "same session"}))
+            .text(),
+        "same session"
+    );
+    assert_peak_rss_under(e.gateway_pid(), GATEWAY_RSS_BOUND, "gateway");
+}
+
+/// An upstream answering a call with 64 MiB where 1 MiB is the limit: the
+/// gateway stops reading at the limit, the client gets a tool error that
+/// names it, and the session goes on.
+#[test]
+fn http_an_upstream_answer_over_max_result_bytes_is_a_tool_error_and_memory_stays_bounded() {
+    let e = hostile("max_result_bytes = 1048576", &[("MCP_HUGE", "67108864")]);
+    let s = e.session("hostile", "agent:report-bot");
+    s.list();
+    let a = s.call(json!(2), "huge", &json!({}));
+    assert_eq!(a.status, 200, "{}", &a.body[..200.min(a.body.len())]);
+    assert!(
+        a.is_error()
+            && a.text().contains("1048576")
+            && a.text().contains("mcp.max_result_bytes")
+            && a.text().contains("whether it took effect is unknown"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(
+        s.call(json!(3), "garbage", &json!({})).text(),
+        "garbage done"
+    );
+    let other = e.session("hostile", "agent:report-bot");
+    assert_eq!(
+        other.call(json!(1), "garbage", &json!({})).text(),
+        "garbage done"
+    );
+    assert_peak_rss_under(e.gateway_pid(), GATEWAY_RSS_BOUND, "gateway");
+}
+
+/// An upstream event stream whose one event never ends (300 MiB without a
+/// line end, then the connection closes): nothing of it is kept past the
+/// limit, the call ends with a tool error naming the limit, and the
+/// session goes on.
+#[test]
+fn http_an_upstream_event_without_end_is_dropped_and_memory_stays_bounded() {
+    let e = hostile("max_result_bytes = 1048576", &[]);
+    let s = e.session("hostile", "agent:report-bot");
+    s.list();
+    let a = s.call(json!(2), "endless", &json!({}));
+    assert_eq!(a.status, 200, "{}", &a.body[..200.min(a.body.len())]);
+    assert!(
+        a.is_error()
+            && a.text()
+                .contains("larger than 1048576 bytes (mcp.max_result_bytes)"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(a.messages.len(), 1, "only the error: {:?}", a.messages);
+    assert_eq!(
+        s.call(json!(3), "garbage", &json!({})).text(),
+        "garbage done"
+    );
+    assert_peak_rss_under(e.gateway_pid(), GATEWAY_RSS_BOUND, "gateway");
+}
+
+/// Past `mcp.max_sessions`, an `initialize` is refused with 503 and a
+/// JSON-RPC error naming the key, and never reaches the upstream; the
+/// sessions open go on, and ending one makes room.
+#[test]
+fn http_sessions_past_mcp_max_sessions_are_refused_with_503_and_memory_stays_bounded() {
+    let e = start("max_sessions = 40", |url| server("warehouse", url, ""));
+    let open: Vec<Session> = (0..40)
+        .map(|_| e.session("warehouse", "agent:report-bot"))
+        .collect();
+    let seen = e.up.requests_seen();
+    let late = Session::unopened(&e.g, "warehouse", "agent:other-bot");
+    let a = late.send(&initialize_msg());
+    assert_eq!(a.status, 503, "{}", a.body);
+    let r = a.response();
+    assert_eq!(
+        (&r["id"], &r["error"]["code"]),
+        (&json!(0), &json!(-32005)),
+        "{r}"
+    );
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(m.contains("40") && m.contains("mcp.max_sessions"), "{m}");
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
+    for s in &open {
+        s.list();
+    }
+    assert_eq!(open[0].delete().status, 200);
+    let s = e.session("warehouse", "agent:other-bot");
+    assert_eq!(
+        s.call(json!(1), "echo", &json!({"text": "room made"}))
+            .text(),
+        "room made"
+    );
+    assert_peak_rss_under(e.gateway_pid(), GATEWAY_RSS_BOUND, "gateway");
+}
+
+/// A full gateway forgets a session idle for `mcp.session_idle_seconds` to
+/// open a new one (its client then gets 404 and opens another).
+#[test]
+fn http_a_full_gateway_forgets_an_idle_session_to_open_a_new_one() {
+    let e = start("max_sessions = 2\nsession_idle_seconds = 1", |url| {
+        server("warehouse", url, "")
+    });
+    let idle = e.session("warehouse", "agent:report-bot");
+    std::thread::sleep(Duration::from_millis(1200));
+    let busy = e.session("warehouse", "agent:report-bot");
+    let fresh = e.session("warehouse", "agent:report-bot");
+    assert_eq!(idle.list_status(), 404, "the idle one was forgotten");
+    assert_eq!(busy.list_status(), 200);
+    assert_eq!(fresh.list_status(), 200);
+}
+
+fn initialize_msg() -> Value {
+    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    "protocolVersion": PROTOCOL, "capabilities": {"roots": {}, "sampling": {}},
+    "clientInfo": {"name": "raw-http-test", "version": "1"}}})
+}
+
+impl Session {
+    /// A session of `who` on `server` not opened yet.
+    fn unopened(g: &Gateway, server: &str, who: &str) -> Session {
+        Session {
+            url: format!("{}/mcp/{server}", g.url),
+            token: token_of(who),
+            id: None,
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    fn list_status(&self) -> u16 {
+        self.send(&json!({"jsonrpc": "2.0", "id": "list", "method": "tools/list"}))
+            .status
+    }
+}
+
+/// Past `mcp.max_pending_requests`, a request of the session is answered
+/// `429` with -32005 naming the key and never reaches the upstream; the
+/// session can still cancel, and the slot comes back.
+#[test]
+fn http_requests_past_max_pending_requests_are_429_and_the_slot_comes_back() {
+    let e = start("max_pending_requests = 1", |url| {
+        server("warehouse", url, EXPORT_TOOL)
+    });
+    let s = e.session("warehouse", "agent:report-bot");
+    s.list();
+    let args = json!({"table": "orders", "destination": "s3://b"});
+    let held = s.call_streaming(json!(2), "export_table", &args, json!("p"));
+    let note = held.next().expect("a progress notification");
+    assert_eq!(note["method"], "notifications/progress", "{note}");
+    let seen = e.up.requests_seen();
+    let a = s.call(json!(3), "echo", &json!({"text": "one too many"}));
+    assert_eq!(a.status, 429, "{}", a.body);
+    let r = a.response();
+    assert_eq!(
+        (&r["id"], &r["error"]["code"]),
+        (&json!(3), &json!(-32005)),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(mcp.max_pending_requests)"),
+        "{r}"
+    );
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
+    assert_eq!(s.cancel(json!(2)).status, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = s.call(json!(4), "echo", &json!({"text": "room again"}));
+        if a.status == 200 {
+            assert_eq!(a.text(), "room again");
+            break;
+        }
+        assert_eq!(a.status, 429, "{}", a.body);
+        assert!(Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(e.runs_of("export_table").is_empty());
+}
+
+/// One principal cannot take every session: past
+/// `mcp.max_sessions_per_principal` its `initialize` is refused (503,
+/// -32005, nothing forwarded) while another principal still opens one.
+#[test]
+fn http_sessions_past_max_sessions_per_principal_are_refused_and_others_still_open() {
+    let e = start("max_sessions = 10\nmax_sessions_per_principal = 2", |url| {
+        server("warehouse", url, "")
+    });
+    let _mine: Vec<Session> = (0..2)
+        .map(|_| e.session("warehouse", "agent:report-bot"))
+        .collect();
+    let seen = e.up.requests_seen();
+    let a = Session::unopened(&e.g, "warehouse", "agent:report-bot").send(&initialize_msg());
+    assert_eq!(a.status, 503, "{}", a.body);
+    let r = a.response();
+    assert_eq!(r["error"]["code"], -32005, "{r}");
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("agent:report-bot") && m.contains("mcp.max_sessions_per_principal"),
+        "{m}"
+    );
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
+    let other = e.session("warehouse", "agent:other-bot");
+    assert_eq!(
+        other
+            .call(json!(1), "echo", &json!({"text": "mine"}))
+            .text(),
+        "mine"
+    );
+}
+
+/// A request of the server past its session's `mcp.max_pending_requests`
+/// (the call it belongs to holds the one slot) is refused to the server
+/// with -32005, never decided nor shown to the client; the session goes on.
+#[test]
+fn http_a_server_request_past_max_pending_requests_is_refused_to_the_server() {
+    let e = start("max_pending_requests = 1", |url| {
+        server("warehouse", url, "")
+    });
+    let s = e.session("warehouse", "agent:report-bot");
+    let ev = s.call_streaming(
+        json!(1),
+        "ask_client",
+        &json!({"what": "roots"}),
+        json!("p"),
+    );
+    let rest = ev.rest();
+    assert!(
+        rest.iter().all(|m| m["method"] != "roots/list"),
+        "the client never sees it: {rest:?}"
+    );
+    let r = rest.iter().find(|m| m["id"] == 1).expect("an answer");
+    assert!(
+        r.to_string().contains("(mcp.max_pending_requests)"),
+        "the server got the refusal: {r}"
+    );
+    assert!(
+        !e.log().iter().any(|en| en.to_string().contains("/client/")),
+        "not even decided"
+    );
+    assert_eq!(
+        s.call(json!(2), "echo", &json!({"text": "goes on"})).text(),
+        "goes on"
     );
 }

@@ -50,8 +50,25 @@ pub struct McpConfig {
     pub progress_interval: Duration,
     /// Largest `arguments` object of one `tools/call`, as JSON bytes.
     pub max_argument_bytes: usize,
-    /// Largest JSON-RPC message relayed, in bytes.
+    /// Largest message a client sends (a stdio line, an HTTP request
+    /// body), in bytes.
     pub max_message_bytes: usize,
+    /// Largest message a server sends (a stdio line, an HTTP answer body,
+    /// one event of an event stream), in bytes.
+    pub max_result_bytes: usize,
+    /// Most requests one session may have in progress (being decided,
+    /// held, or waiting for their answer; either direction).
+    pub max_pending_requests: usize,
+    /// Most bytes of messages one session may have held in memory while
+    /// they are decided.
+    pub max_session_bytes: usize,
+    /// Most Streamable HTTP sessions the gateway tracks at once.
+    pub max_sessions: usize,
+    /// Most of them opened by one principal.
+    pub max_sessions_per_principal: usize,
+    /// A tracked session unused this long may be forgotten to make room
+    /// for a new one when `max_sessions` is reached.
+    pub session_idle: Duration,
     /// Groups whose members may accept a changed tool definition.
     pub tool_admins: Vec<String>,
     pub servers: BTreeMap<String, ServerConfig>,
@@ -97,6 +114,12 @@ struct RawMcp {
     progress_interval_seconds: Option<u64>,
     max_argument_bytes: Option<usize>,
     max_message_bytes: Option<usize>,
+    max_result_bytes: Option<usize>,
+    max_pending_requests: Option<usize>,
+    max_session_bytes: Option<usize>,
+    max_sessions: Option<usize>,
+    max_sessions_per_principal: Option<usize>,
+    session_idle_seconds: Option<u64>,
     #[serde(default)]
     tool_admins: Option<Vec<String>>,
     on_definition_change: Option<OnChange>,
@@ -223,6 +246,47 @@ impl McpConfig {
                 "must exceed max_argument_bytes by 1 KiB and be at most 64 MiB",
             ));
         }
+        let max_result_bytes = raw
+            .max_result_bytes
+            .unwrap_or_else(|| max_message_bytes.saturating_mul(4));
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&max_result_bytes) {
+            return Err(bad("mcp.max_result_bytes", "must be 64 KiB to 256 MiB"));
+        }
+        let max_pending_requests = raw.max_pending_requests.unwrap_or(100);
+        if !(1..=10_000).contains(&max_pending_requests) {
+            return Err(bad("mcp.max_pending_requests", "must be 1 to 10000"));
+        }
+        let max_session_bytes = raw
+            .max_session_bytes
+            .unwrap_or_else(|| max_message_bytes.saturating_mul(8).max(max_result_bytes));
+        if max_session_bytes < max_message_bytes.max(max_result_bytes)
+            || max_session_bytes > 4 * 1024 * 1024 * 1024
+        {
+            return Err(bad(
+                "mcp.max_session_bytes",
+                "must be at least max_message_bytes and max_result_bytes (one message of either fits) and at most 4 GiB",
+            ));
+        }
+        let max_sessions = raw.max_sessions.unwrap_or(10_000);
+        if !(1..=1_000_000).contains(&max_sessions) {
+            return Err(bad("mcp.max_sessions", "must be 1 to 1000000"));
+        }
+        let max_sessions_per_principal = raw
+            .max_sessions_per_principal
+            .unwrap_or_else(|| max_sessions.min(1000));
+        if max_sessions_per_principal == 0 || max_sessions_per_principal > max_sessions {
+            return Err(bad(
+                "mcp.max_sessions_per_principal",
+                "must be 1 to max_sessions",
+            ));
+        }
+        let session_idle = Duration::from_secs(raw.session_idle_seconds.unwrap_or(3600));
+        if session_idle.is_zero() || session_idle > Duration::from_secs(7 * 86_400) {
+            return Err(bad(
+                "mcp.session_idle_seconds",
+                "must be 1 to 604800 (a week)",
+            ));
+        }
         let default_on_change = raw.on_definition_change.unwrap_or(OnChange::Hold);
         let default_record = raw.record_content.unwrap_or(false);
         let mut servers = BTreeMap::new();
@@ -341,6 +405,12 @@ impl McpConfig {
             progress_interval,
             max_argument_bytes,
             max_message_bytes,
+            max_result_bytes,
+            max_pending_requests,
+            max_session_bytes,
+            max_sessions,
+            max_sessions_per_principal,
+            session_idle,
             tool_admins: raw.tool_admins.unwrap_or_else(|| vec!["security".into()]),
             servers,
             defaults: ServerConfig {
@@ -404,6 +474,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.hold, Duration::from_secs(50));
+        assert_eq!(
+            (c.max_message_bytes, c.max_result_bytes, c.max_session_bytes),
+            (4 << 20, 16 << 20, 32 << 20),
+            "the limits' defaults"
+        );
+        assert_eq!(
+            (
+                c.max_pending_requests,
+                c.max_sessions,
+                c.max_sessions_per_principal
+            ),
+            (100, 10_000, 1000)
+        );
+        assert_eq!(c.session_idle, Duration::from_secs(3600));
         let s = c.server("warehouse");
         assert_eq!(
             s.headers,
@@ -431,6 +515,19 @@ mod tests {
         let e = parse("[[mcp.servers]]\nname = \"a\"\nheaders = [{ name = \"Mcp-Session-Id\", value_env = \"TOKEN\" }]\n")
             .unwrap_err();
         assert_eq!(e.key, "mcp.servers[0].headers[0].name");
+        for (text, key) in [
+            ("max_result_bytes = 1000", "mcp.max_result_bytes"),
+            ("max_pending_requests = 0", "mcp.max_pending_requests"),
+            ("max_session_bytes = 1048576", "mcp.max_session_bytes"),
+            ("max_sessions = 0", "mcp.max_sessions"),
+            (
+                "max_sessions = 5\nmax_sessions_per_principal = 6",
+                "mcp.max_sessions_per_principal",
+            ),
+            ("session_idle_seconds = 0", "mcp.session_idle_seconds"),
+        ] {
+            assert_eq!(parse(&format!("[mcp]\n{text}\n")).unwrap_err().key, key);
+        }
         let e = parse("[mcp]\ntypo = 1\n").unwrap_err();
         assert!(e.message.contains("typo"), "{e}");
     }

@@ -8,14 +8,19 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 pub enum Frame {
     /// A line is in the buffer (without its newline).
     Line,
-    /// A line longer than the limit was skipped; its length so far.
+    /// A line longer than the limit was skipped; its length so far. Its
+    /// first bytes (at most [`HEAD`], and at most the limit) are left in
+    /// the buffer, so that an answer can name its id.
     TooLong(usize),
     /// The peer closed the stream.
     Eof,
 }
 
+/// How much of a line over the limit is kept.
+pub const HEAD: usize = 4096;
+
 /// Reads the next line into `buf` (cleared first), at most `max` bytes;
-/// a longer line is read to its end and discarded.
+/// a longer line is read to its end and discarded but for its head.
 pub async fn read_frame<R: AsyncBufRead + Unpin>(
     r: &mut R,
     max: usize,
@@ -35,7 +40,7 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(
                 Frame::Line
             });
         }
-        let (chunk, done) = match avail.iter().position(|&b| b == b'\n') {
+        let (chunk, done) = match memchr::memchr(b'\n', avail) {
             Some(i) => (&avail[..i], Some(i + 1)),
             None => (avail, None),
         };
@@ -43,7 +48,14 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(
         if !overflow {
             if buf.len() + chunk.len() > max {
                 overflow = true;
-                buf.clear();
+                let keep = HEAD.min(max);
+                if buf.len() < keep {
+                    let more = (keep - buf.len()).min(chunk.len());
+                    buf.extend_from_slice(&chunk[..more]);
+                }
+                buf.truncate(keep);
+                // What was read of a long line is not kept either.
+                buf.shrink_to(keep);
             } else {
                 buf.extend_from_slice(chunk);
             }
@@ -77,6 +89,7 @@ mod tests {
             read_frame(&mut r, 10, &mut buf).await.unwrap(),
             Frame::TooLong(20)
         );
+        assert_eq!(buf, b"xxxxxxxxxx", "its head, up to the limit");
         assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Line);
         assert_eq!(buf, b"{\"b\":2}");
         assert_eq!(read_frame(&mut r, 10, &mut buf).await.unwrap(), Frame::Line);
@@ -90,7 +103,8 @@ mod tests {
 
         /// What `read_frame` should give for `data`: newline-terminated lines
         /// (a trailing `\r` dropped), an unterminated last line as it is,
-        /// and any line over `max` bytes as `TooLong` with its length.
+        /// and any line over `max` bytes as `TooLong` with its length and
+        /// its head.
         fn model(data: &[u8], max: usize) -> Vec<(Frame, Vec<u8>)> {
             let mut out = Vec::new();
             let mut rest = data;
@@ -100,7 +114,7 @@ mod tests {
                     None => (rest, false, &rest[rest.len()..]),
                 };
                 if line.len() > max {
-                    out.push((Frame::TooLong(line.len()), Vec::new()));
+                    out.push((Frame::TooLong(line.len()), line[..HEAD.min(max)].to_vec()));
                 } else {
                     let mut l = line.to_vec();
                     if terminated && l.last() == Some(&b'\r') {
@@ -132,7 +146,7 @@ mod tests {
                         let f = read_frame(&mut r, max, &mut buf).await.unwrap();
                         assert!(buf.len() <= max);
                         let eof = f == Frame::Eof;
-                        let line = if f == Frame::Line { buf.clone() } else { Vec::new() };
+                        let line = if eof { Vec::new() } else { buf.clone() };
                         got.push((f, line));
                         if eof {
                             return got;

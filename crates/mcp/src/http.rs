@@ -40,6 +40,7 @@ use crate::decide::{DecideError, Decider, Decision, PinState, Run};
 use crate::flood::{self, Budget};
 use crate::intercept::{tool_error, Forward, Interceptor, Known, Outcome, Plan, Waiting};
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
+use crate::limits::{Hold, Quota};
 use crate::refused::{self, Refusal};
 use crate::{pins, tools};
 
@@ -188,9 +189,10 @@ impl Decider for InProcess {
     }
 }
 
-/// Most MCP sessions the gateway keeps track of at once; past it, the
-/// oldest is forgotten (its client gets 404 and opens a new one).
-const MAX_SESSIONS: usize = 10_000;
+/// Most server requests awaiting their client's answer that the gateway
+/// remembers (to record the answer), across sessions; each session's own
+/// share is bounded by `mcp.max_pending_requests`.
+const MAX_SERVER_ASKED: usize = 100_000;
 
 /// An MCP session an upstream opened through this gateway: bound to the
 /// principal that opened it, with what its client declared and listed.
@@ -200,14 +202,50 @@ struct SessionInfo {
     /// The tools the client listed in this session since the server last
     /// said its list changed (the `listed` fact).
     listed: HashSet<String>,
-    /// Order of creation, to forget the oldest first.
-    seq: u64,
+    /// Last time the session's client used it.
+    used: tokio::time::Instant,
+    /// What the session holds (`mcp.max_pending_requests`,
+    /// `mcp.max_session_bytes`).
+    quota: Quota,
 }
 
+/// The sessions opened through the gateway, at most `mcp.max_sessions`
+/// (those being opened included).
 #[derive(Default)]
 struct Sessions {
     by_key: HashMap<String, SessionInfo>,
-    next: u64,
+    /// `initialize` requests forwarded whose session is not tracked yet,
+    /// in all and by principal.
+    opening: usize,
+    opening_by: HashMap<String, usize>,
+    /// Quotas of requests sent without a session (stateless servers), by
+    /// principal and server.
+    sessionless: HashMap<String, Quota>,
+}
+
+/// A slot for a session being opened, given back when dropped (the
+/// session is then tracked, or was never opened).
+struct Opening(Arc<Inner>, String);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.sessions);
+        s.opening = s.opening.saturating_sub(1);
+        if let Some(n) = s.opening_by.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.opening_by.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Why no session could be opened.
+enum Full {
+    /// `mcp.max_sessions`.
+    Gateway,
+    /// `mcp.max_sessions_per_principal`.
+    Principal,
 }
 
 /// The key of a session: upstream session ids are only unique per server.
@@ -231,8 +269,14 @@ struct Inner {
     sessions: Mutex<Sessions>,
     /// The server's requests relayed to clients after a decision, by
     /// caller, server, session and id: recorded when the client answers.
-    server_asked: Mutex<HashMap<String, Forward>>,
+    server_asked: Mutex<HashMap<String, (Forward, Hold)>>,
+    /// Refusals of server requests being sent upstream at once (a server
+    /// flooding requests past its session's limit gets no more than this).
+    refusing: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most refusals of server requests in flight to upstreams at once.
+const MAX_REFUSING: usize = 64;
 
 impl McpExtension {
     /// Reads the `[mcp]` section of the gateway's configuration.
@@ -271,6 +315,7 @@ impl McpExtension {
                 deciding: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Sessions::default()),
                 server_asked: Mutex::new(HashMap::new()),
+                refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
             }),
         }
     }
@@ -281,41 +326,102 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    /// Binds a session the upstream just opened to the principal whose
-    /// `initialize` opened it.
-    fn open_session(&self, server: &str, sid: &str, who: &Principal, client_info: Option<Value>) {
+    /// Room for one more session of `who` (`mcp.max_sessions`,
+    /// `mcp.max_sessions_per_principal`), made if need be by forgetting the
+    /// session unused for longest (of `who`'s, when it is `who`'s own cap
+    /// that is reached), if it has been unused for
+    /// `mcp.session_idle_seconds`.
+    fn reserve_session(self: &Arc<Self>, who: &Principal) -> Result<Opening, Full> {
+        let who = who.id.to_string();
         let mut s = lock(&self.sessions);
-        if s.by_key.len() >= MAX_SESSIONS {
-            if let Some(oldest) = s
+        let mine = s.by_key.values().filter(|i| i.principal == who).count()
+            + s.opening_by.get(&who).copied().unwrap_or(0);
+        let full = if mine >= self.config.max_sessions_per_principal {
+            Some(Full::Principal)
+        } else if s.by_key.len() + s.opening >= self.config.max_sessions {
+            Some(Full::Gateway)
+        } else {
+            None
+        };
+        if let Some(full) = full {
+            let now = tokio::time::Instant::now();
+            let own = matches!(full, Full::Principal);
+            let idle = s
                 .by_key
                 .iter()
-                .min_by_key(|(_, i)| i.seq)
-                .map(|(k, _)| k.clone())
-            {
-                s.by_key.remove(&oldest);
-            }
+                .filter(|(_, i)| !own || i.principal == who)
+                .min_by_key(|(_, i)| i.used)
+                .filter(|(_, i)| now.duration_since(i.used) >= self.config.session_idle)
+                .map(|(k, _)| k.clone());
+            let Some(idle) = idle else {
+                return Err(full);
+            };
+            s.by_key.remove(&idle);
+            tracing::info!("forgot an idle MCP session to make room for a new one");
         }
-        s.next += 1;
-        let seq = s.next;
+        s.opening += 1;
+        *s.opening_by.entry(who.clone()).or_default() += 1;
+        Ok(Opening(self.clone(), who))
+    }
+
+    /// Binds a session the upstream just opened to the principal whose
+    /// `initialize` opened it (in the room `_slot` reserved).
+    fn open_session(
+        &self,
+        _slot: Opening,
+        server: &str,
+        sid: &str,
+        who: &Principal,
+        client_info: Option<Value>,
+    ) {
+        let mut s = lock(&self.sessions);
         s.by_key.insert(
             session_key(server, sid),
             SessionInfo {
                 principal: who.id.to_string(),
                 client_info,
                 listed: HashSet::new(),
-                seq,
+                used: tokio::time::Instant::now(),
+                quota: Quota::new(
+                    self.config.max_pending_requests,
+                    self.config.max_session_bytes,
+                ),
             },
         );
     }
 
-    /// Whether `sid` is a session of `who` on `server`: `None` if so, else
-    /// the refusal code (`unknown_session`, or `foreign_session` for one
-    /// opened by another principal — answered the same way).
+    /// The quota of `who`'s messages in session `sid` on `server` (or in
+    /// no session).
+    fn quota(&self, server: &str, sid: Option<&str>, who: &Principal) -> Quota {
+        let mut s = lock(&self.sessions);
+        if let Some(i) = sid.and_then(|sid| s.by_key.get(&session_key(server, sid))) {
+            return i.quota.clone();
+        }
+        let (pending, bytes) = (
+            self.config.max_pending_requests,
+            self.config.max_session_bytes,
+        );
+        s.sessionless
+            .entry(format!("{}\n{server}", who.id))
+            .or_insert_with(|| Quota::new(pending, bytes))
+            .clone()
+    }
+
+    /// Whether `sid` is a session of `who` on `server`: `None` if so (and
+    /// it counts as used), else the refusal code (`unknown_session`, or
+    /// `foreign_session` for one opened by another principal — answered
+    /// the same way).
     fn session_refusal(&self, server: &str, sid: &str, who: &Principal) -> Option<&'static str> {
-        match lock(&self.sessions).by_key.get(&session_key(server, sid)) {
+        match lock(&self.sessions)
+            .by_key
+            .get_mut(&session_key(server, sid))
+        {
             None => Some("unknown_session"),
             Some(i) if i.principal != who.id.to_string() => Some("foreign_session"),
-            Some(_) => None,
+            Some(i) => {
+                i.used = tokio::time::Instant::now();
+                None
+            }
         }
     }
 
@@ -758,7 +864,7 @@ async fn upstream(
 /// The largest answer secondkey takes from an upstream: a JSON body, or
 /// one event of an event stream (results can be larger than requests).
 fn answer_limit(cfg: &McpConfig) -> usize {
-    cfg.max_message_bytes.saturating_mul(4)
+    cfg.max_result_bytes
 }
 
 fn gateway_error(status: StatusCode, code: &'static str, message: String) -> Response {
@@ -872,13 +978,45 @@ fn watch_of(
 /// tool list noted for the session).
 fn relay_stream(inner: &Inner, resp: reqwest::Response, watch: Option<ListWatch>) -> Response {
     let sse = is_sse(&resp);
+    let max = answer_limit(&inner.config);
+    if !sse && resp.content_length().is_some_and(|n| n > max as u64) {
+        let why = format!(
+            "the MCP server answered with {} bytes, more than secondkey relays (mcp.max_result_bytes = {max})",
+            resp.content_length().unwrap_or_default()
+        );
+        tracing::warn!("{why}");
+        return gateway_error(StatusCode::BAD_GATEWAY, "upstream_too_large", why);
+    }
     let (head, stream) = take_stream(resp);
     if sse {
-        let tap = Tap::new(stream, answer_limit(&inner.config), None).watching(watch);
+        let tap = Tap::new(stream, max, None).watching(watch);
         relay_response(head, Body::from_stream(tap))
     } else {
-        relay_response(head, Body::from_stream(stream))
+        relay_response(head, Body::from_stream(capped(stream, max)))
     }
+}
+
+/// A body streamed through that breaks off (the client sees a cut
+/// answer) once it exceeds `max` bytes: nothing is buffered, and nothing
+/// larger than `mcp.max_result_bytes` reaches a client whole.
+fn capped<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin>(
+    s: S,
+    max: usize,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+    let mut seen = 0usize;
+    s.map(move |chunk| {
+        let chunk = chunk?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > max {
+            tracing::warn!(
+                "cut off an answer of the MCP server larger than mcp.max_result_bytes ({max})"
+            );
+            return Err(std::io::Error::other(format!(
+                "the answer exceeds mcp.max_result_bytes ({max})"
+            )));
+        }
+        Ok(chunk)
+    })
 }
 
 fn take_stream(
@@ -901,6 +1039,20 @@ fn take_stream(
         .bytes_stream()
         .map(|r| r.map_err(std::io::Error::other));
     (head, s)
+}
+
+/// A message refused by a limit of `[mcp]`: `status` with a JSON-RPC
+/// error ([`jsonrpc::LIMIT`]) naming it.
+fn over_limit(status: StatusCode, id: Option<&Value>, why: &str) -> Response {
+    (
+        status,
+        Json(error_response(
+            id.cloned().unwrap_or(Value::Null),
+            jsonrpc::LIMIT,
+            why,
+        )),
+    )
+        .into_response()
 }
 
 /// `413` with a JSON-RPC error (no id: the message was not read).
@@ -974,12 +1126,28 @@ async fn post_mcp(
     };
     let fwd_headers = forwarded(&headers);
     let session = session_of(&headers);
+    let method = msg.method().unwrap_or("(response)");
     if let Some(sid) = &session {
-        let method = msg.method().unwrap_or("(response)");
         if let Err(r) = check_session(&inner, &s.gateway, &p, &server, sid, method).await {
             return r;
         }
     }
+    // A request counts against its session while it is in progress here
+    // (notifications and answers pass at once, so that a full session can
+    // still cancel and answer).
+    let hold = match msg.kind {
+        Kind::Request => match inner
+            .quota(&server, session.as_deref(), &p)
+            .take(body.len())
+        {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(principal = %p.id, server = %server, method, "refused an MCP request: {e}");
+                return over_limit(StatusCode::TOO_MANY_REQUESTS, msg.id(), &e.to_string());
+            }
+        },
+        _ => None,
+    };
     let watch = watch_of(
         &inner,
         &s.gateway,
@@ -1035,6 +1203,7 @@ async fn post_mcp(
                 tx
             };
             let call = CallCtx {
+                _hold: hold,
                 inner: inner.clone(),
                 gateway: s.gateway.clone(),
                 who: p,
@@ -1113,6 +1282,23 @@ async fn post_mcp(
                 .into_response()
         }
         (Kind::Request, Some("initialize")) => {
+            let slot = match inner.reserve_session(&p) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    let why = match full {
+                        Full::Gateway => format!(
+                            "secondkey already tracks {} MCP sessions, the most it keeps (mcp.max_sessions), and none has been idle for mcp.session_idle_seconds; end unused sessions (DELETE) or retry later. Nothing was forwarded",
+                            inner.config.max_sessions
+                        ),
+                        Full::Principal => format!(
+                            "{} already has {} MCP sessions open, the most one principal may (mcp.max_sessions_per_principal), and none has been idle for mcp.session_idle_seconds; end unused sessions (DELETE) or retry later. Nothing was forwarded",
+                            p.id, inner.config.max_sessions_per_principal
+                        ),
+                    };
+                    tracing::warn!(principal = %p.id, server = %server, "refused a new MCP session: {why}");
+                    return over_limit(StatusCode::SERVICE_UNAVAILABLE, msg.id(), &why);
+                }
+            };
             let info = msg.params().and_then(|p| p.get("clientInfo")).cloned();
             let resp = pass(&inner, &srv, &fwd_headers, body, None).await;
             if let Some(sid) = resp
@@ -1121,14 +1307,15 @@ async fn post_mcp(
                 .and_then(|v| v.to_str().ok())
             {
                 // Bound to the caller before the client can use it.
-                inner.open_session(&server, sid, &p, info);
+                inner.open_session(slot, &server, sid, &p, info);
             }
+            drop(hold);
             resp
         }
         (Kind::Response, _) => {
             if let (Some(w), Some(id)) = (&watch, msg.id()) {
                 let asked = lock(&inner.server_asked).remove(&w.asked_key(id));
-                if let Some(fwd) = asked {
+                if let Some((fwd, _slot)) = asked {
                     let outcome = outcome_of(&Value::Object(msg.value.clone()));
                     let icp = w.interceptor();
                     tokio::spawn(async move { icp.finished(&fwd, outcome).await });
@@ -1161,7 +1348,9 @@ async fn collect<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin>(
     while let Some(chunk) = s.next().await {
         let chunk = chunk.map_err(|e| format!("the upstream answer broke off: {e}"))?;
         if out.len() + chunk.len() > max {
-            return Err(format!("the upstream answer exceeds {max} bytes"));
+            return Err(format!(
+                "the upstream answer exceeds {max} bytes, the most secondkey takes (mcp.max_result_bytes)"
+            ));
         }
         out.extend_from_slice(&chunk);
     }
@@ -1201,7 +1390,24 @@ impl SseSplitter {
     /// Adds `chunk`; appends each event it completes (blank line included)
     /// to `out`.
     fn push(&mut self, chunk: &[u8], out: &mut Vec<Vec<u8>>) {
-        for &b in chunk {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.skipping && !self.cr {
+                // Nothing of an oversized event is kept: jump to its next
+                // line end (an event without end costs no memory).
+                match memchr::memchr2(b'\n', b'\r', &chunk[i..]) {
+                    None => {
+                        self.line = self.line.saturating_add(chunk.len() - i);
+                        return;
+                    }
+                    Some(k) => {
+                        self.line = self.line.saturating_add(k);
+                        i += k;
+                    }
+                }
+            }
+            let b = chunk[i];
+            i += 1;
             let b = match b {
                 b'\n' if self.cr => {
                     self.cr = false;
@@ -1373,40 +1579,46 @@ impl ListWatch {
         act: crate::methods::Act,
         id: Value,
         event: Bytes,
+        mut hold: Hold,
     ) -> Option<Bytes> {
         let icp = self.interceptor();
         match icp.act(&act, self.session.as_deref()).await {
             Ok(fwd) => {
+                hold.sent();
                 let mut asked = lock(&self.inner.server_asked);
-                if asked.len() >= MAX_SESSIONS {
+                if asked.len() >= MAX_SERVER_ASKED {
                     asked.clear();
                 }
-                asked.insert(self.asked_key(&id), fwd);
+                asked.insert(self.asked_key(&id), (fwd, hold));
                 Some(event)
             }
             Err(text) => {
-                let refusal = error_response(id, jsonrpc::DENIED, &text).to_string();
-                let headers: Vec<(String, HeaderValue)> = self
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| {
-                        !k.starts_with("mcp-param-") && k != "mcp-name" && k != "mcp-method"
-                    })
-                    .cloned()
-                    .collect();
-                if let Err(f) = upstream(
-                    &self.inner,
-                    &self.srv,
-                    Method::POST,
-                    &headers,
-                    Some(Bytes::from(refusal)),
-                )
-                .await
-                {
-                    tracing::warn!(error = %f.why, "could not tell the MCP server its request was refused");
-                }
+                self.refuse(id, jsonrpc::DENIED, &text).await;
                 None
             }
+        }
+    }
+
+    /// Answers a request of the server with a refusal (the client sees
+    /// nothing of it).
+    async fn refuse(&self, id: Value, code: i64, text: &str) {
+        let refusal = error_response(id, code, text).to_string();
+        let headers: Vec<(String, HeaderValue)> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("mcp-param-") && k != "mcp-name" && k != "mcp-method")
+            .cloned()
+            .collect();
+        if let Err(f) = upstream(
+            &self.inner,
+            &self.srv,
+            Method::POST,
+            &headers,
+            Some(Bytes::from(refusal)),
+        )
+        .await
+        {
+            tracing::warn!(error = %f.why, "could not tell the MCP server its request was refused");
         }
     }
 }
@@ -1422,6 +1634,8 @@ enum Unlisted {
 
 /// One `tools/call` through the HTTP endpoint.
 struct CallCtx {
+    /// The call's share of its session's quota, until it is answered.
+    _hold: Option<Hold>,
     inner: Arc<Inner>,
     gateway: Arc<Gateway>,
     who: Principal,
@@ -1657,7 +1871,9 @@ impl CallCtx {
         if let Some(token) = token {
             // The client hears progress while the call is held: answer with
             // an event stream at once.
-            let (tx, rx) = mpsc::channel::<String>(64);
+            // Few messages queue for a slow client: each may be as large
+            // as an upstream answer.
+            let (tx, rx) = mpsc::channel::<String>(4);
             let waiting = Waiting {
                 progress: Some((token, tx.clone())),
                 cancelled,
@@ -1928,7 +2144,7 @@ impl<S> Tap<S> {
             self.oversized_seen = self.split.oversized;
             tracing::warn!(
                 limit = self.max,
-                "dropped an event of the MCP server larger than 4 × mcp.max_message_bytes"
+                "dropped an event of the MCP server larger than mcp.max_result_bytes"
             );
         }
         for e in events {
@@ -1979,11 +2195,31 @@ impl<S> Tap<S> {
                     return;
                 };
                 let id = m.id().cloned().unwrap_or(Value::Null);
+                let quota = w.inner.quota(&w.srv.name, w.session.as_deref(), &w.who);
+                let hold = match quota.take(event.len()) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(server = %w.srv.name, "refused a request of the MCP server: {e}");
+                        match w.inner.refusing.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                tokio::spawn(async move {
+                                    w.refuse(id, jsonrpc::LIMIT, &e.to_string()).await;
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => tracing::warn!(
+                                server = %w.srv.name,
+                                "too many refusals in flight; this one was not sent"
+                            ),
+                        }
+                        return;
+                    }
+                };
                 let tx = self.decided.0.clone();
                 self.undecided += 1;
                 let event = Bytes::from(event);
                 tokio::spawn(async move {
-                    let out = w.decide_server_request(act, id, event).await;
+                    let out = w.decide_server_request(act, id, event, hold).await;
                     let _ = tx.send(out);
                 });
                 return;
@@ -2049,7 +2285,7 @@ impl<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin> Stream for Tap<S> 
                         let why = match &end {
                             Some(Err(e)) => format!("the upstream stream broke off: {e}"),
                             _ if this.split.oversized > 0 => format!(
-                                "the upstream's answer was larger than {} bytes (4 × mcp.max_message_bytes) and was dropped",
+                                "the upstream's answer was larger than {} bytes (mcp.max_result_bytes) and was dropped",
                                 this.max
                             ),
                             _ => "the upstream stream ended before the result".to_string(),

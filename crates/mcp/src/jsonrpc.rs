@@ -12,6 +12,10 @@ pub const INTERNAL_ERROR: i64 = -32603;
 /// secondkey's own (server-defined range): a request that acts was denied
 /// or is held by policy, or could not be decided; nothing was forwarded.
 pub const DENIED: i64 = -32001;
+/// secondkey's own: a limit of `[mcp]` was reached (too many requests in
+/// progress in the session, too many bytes held for it, too many
+/// sessions); nothing was forwarded.
+pub const LIMIT: i64 = -32005;
 
 /// One JSON-RPC message.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +71,106 @@ fn valid_id(id: &Value) -> bool {
 /// A map key for an id: `1` and `"1"` are different ids.
 pub fn id_key(id: &Value) -> String {
     id.to_string()
+}
+
+/// The top-level `id` of a message of which only `head`, its first bytes,
+/// was kept (the rest was over a size limit): how an answer to a request
+/// too large to read can still name it. `None` unless the head is the
+/// start of a JSON object whose top-level `id` (a number or a string) is
+/// complete within it; nested values are skipped, never read as the id.
+pub fn id_in_head(head: &[u8]) -> Option<Value> {
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while head.get(*i).is_some_and(|b| b.is_ascii_whitespace()) {
+            *i += 1;
+        }
+    };
+    ws(&mut i);
+    if head.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        ws(&mut i);
+        let key_start = i;
+        skip_value(head, &mut i)?;
+        let key: String = match serde_json::from_slice(&head[key_start..i]).ok()? {
+            Value::String(k) => k,
+            _ => return None,
+        };
+        ws(&mut i);
+        if head.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        ws(&mut i);
+        let start = i;
+        skip_value(head, &mut i)?;
+        if key == "id" {
+            return match serde_json::from_slice::<Value>(&head[start..i]).ok()? {
+                v @ (Value::Number(_) | Value::String(_)) => Some(v),
+                _ => None,
+            };
+        }
+        ws(&mut i);
+        match head.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+/// Moves `i` past one JSON value (not validated beyond its extent);
+/// `None` if it does not end within `b`.
+fn skip_value(b: &[u8], i: &mut usize) -> Option<()> {
+    match *b.get(*i)? {
+        b'"' => {
+            *i += 1;
+            loop {
+                match *b.get(*i)? {
+                    b'\\' => *i += 2,
+                    b'"' => {
+                        *i += 1;
+                        return Some(());
+                    }
+                    _ => *i += 1,
+                }
+            }
+        }
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match *b.get(*i)? {
+                    b'"' => {
+                        skip_value(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            *i += 1;
+                            return Some(());
+                        }
+                    }
+                    _ => {}
+                }
+                *i += 1;
+            }
+        }
+        _ => {
+            // A number, true, false or null: up to the next delimiter,
+            // which must be within the head.
+            let start = *i;
+            while b
+                .get(*i)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+            {
+                *i += 1;
+            }
+            (*i > start && *i < b.len()).then_some(())
+        }
+    }
 }
 
 impl Message {
@@ -241,6 +345,52 @@ pub fn request_protocol_version(params: Option<&Map<String, Value>>) -> Option<&
 
 #[cfg(test)]
 mod tests {
+
+    proptest::proptest! {
+        /// Any head of any message: no panic, and an id found is the
+        /// message's own when the whole message is an object.
+        #[test]
+        fn id_in_head_never_panics_and_finds_only_the_top_level_id(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            id in 0u32..1000,
+            cut in 0usize..200,
+        ) {
+            let _ = id_in_head(&bytes);
+            let msg = json!({"jsonrpc": "2.0", "params": {"id": "nested", "a": [1, {"id": 2}]}, "id": id, "method": "m"}).to_string();
+            let head = &msg.as_bytes()[..cut.min(msg.len())];
+            if let Some(found) = id_in_head(head) {
+                proptest::prop_assert_eq!(found, json!(id));
+            }
+        }
+    }
+
+    #[test]
+    fn the_id_of_a_message_cut_off_after_its_head() {
+        let cases: [(&[u8], Option<Value>); 10] = [
+            (
+                br#"{"jsonrpc":"2.0","id":7,"result":{"text":"xxxx"#,
+                Some(json!(7)),
+            ),
+            (
+                br#" { "id" : "a\"b" , "method": "tools/call", "params": {"#,
+                Some(json!("a\"b")),
+            ),
+            (
+                br#"{"jsonrpc":"2.0","result":{"id":5,"x":[1,2]},"id":9,"#,
+                Some(json!(9)),
+            ),
+            (br#"{"jsonrpc":"2.0","result":{"id":5,"x":"yyyyyy"#, None),
+            (br#"{"params":{"a":"}"},"id":3}"#, Some(json!(3))),
+            (br#"{"id":12"#, None),
+            (br#"{"id":null,"#, None),
+            (br#"{"id":{"x":1},"#, None),
+            (br#"["id",1]"#, None),
+            (br#"{"method":"x","id":-1.5e3 }"#, Some(json!(-1.5e3))),
+        ];
+        for (head, want) in cases {
+            assert_eq!(id_in_head(head), want, "{}", String::from_utf8_lossy(head));
+        }
+    }
     use super::*;
 
     fn p(s: &str) -> Result<Message, Refused> {

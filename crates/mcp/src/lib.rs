@@ -23,6 +23,7 @@ pub mod frame;
 pub mod http;
 pub mod intercept;
 pub mod jsonrpc;
+pub mod limits;
 pub mod methods;
 pub mod pins;
 pub mod refused;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::McpConfig;
 use crate::decide::{Decider, PinState};
@@ -25,6 +25,7 @@ use crate::flood::Budget;
 use crate::frame::{read_frame, Frame};
 use crate::intercept::{tool_error, Forward, Interceptor, Known, Outcome, Plan, Waiting};
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
+use crate::limits::{Exceeded, Hold, Quota};
 use crate::tools;
 
 /// Server notifications relayed per second at most; a flood beyond that is
@@ -42,8 +43,9 @@ enum Pending {
 
 #[derive(Default)]
 struct State {
-    /// Client requests forwarded to the server, by id.
-    inflight: HashMap<String, Pending>,
+    /// Client requests forwarded to the server, by id, with their share
+    /// of the session's quota.
+    inflight: HashMap<String, (Pending, Hold)>,
     /// `tools/call`s being decided or held, by id: their cancel switch.
     deciding: HashMap<String, watch::Sender<bool>>,
     /// The tools as last listed in this session (this relay's one server
@@ -61,16 +63,92 @@ struct State {
     server_gone: bool,
     /// The server's requests relayed to the client after a decision, by
     /// id: recorded when the client answers.
-    server_asked: HashMap<String, Forward>,
+    server_asked: HashMap<String, (Forward, Hold)>,
+}
+
+/// One direction's write queue, bounded in bytes rather than in lines: a
+/// side that reads slowly slows the other down (its reader waits for room)
+/// instead of making secondkey buffer what it cannot write yet.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::UnboundedSender<Queued>,
+    room: Arc<Semaphore>,
+    cap: usize,
+}
+
+/// A line waiting for its writer, holding its room in the queue.
+struct Queued {
+    line: String,
+    _room: OwnedSemaphorePermit,
+}
+
+impl Outbox {
+    /// A queue of at most `cap` bytes (a longer line takes it all).
+    fn new(cap: usize) -> (Outbox, mpsc::UnboundedReceiver<Queued>) {
+        let cap = cap.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(cap));
+        (Outbox { tx, room, cap }, rx)
+    }
+
+    /// The room `line` takes: its bytes and newline, at most all of it.
+    fn room_for(&self, line: &str) -> u32 {
+        u32::try_from(line.len().saturating_add(1).min(self.cap)).unwrap_or(u32::MAX)
+    }
+
+    fn push(&self, line: String, room: OwnedSemaphorePermit) -> bool {
+        self.tx.send(Queued { line, _room: room }).is_ok()
+    }
+
+    /// Queues `line`, waiting for room; `Err` once the writer is gone.
+    async fn send(&self, line: String) -> Result<(), ()> {
+        let n = self.room_for(&line);
+        let room = self
+            .room
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| ())?;
+        self.push(line, room).then_some(()).ok_or(())
+    }
+
+    /// Queues `line` only if there is room now (`false`: dropped).
+    fn try_send(&self, line: String) -> bool {
+        let n = self.room_for(&line);
+        match self.room.clone().try_acquire_many_owned(n) {
+            Ok(room) => self.push(line, room),
+            Err(_) => false,
+        }
+    }
+
+    /// A sink for secondkey's own small messages (progress notifications)
+    /// feeding this queue; it lives as long as the sender.
+    fn sink(&self) -> mpsc::Sender<String> {
+        let (tx, mut rx) = mpsc::channel::<String>(4);
+        let out = self.clone();
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if out.send(line).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tx
+    }
 }
 
 struct Relay<D: Decider> {
     icp: Interceptor<D>,
     state: Mutex<State>,
-    to_client: mpsc::Sender<String>,
-    to_server: mpsc::Sender<String>,
+    to_client: Outbox,
+    to_server: Outbox,
     session: String,
+    /// Largest line taken from the client.
     max_message: usize,
+    /// Largest line taken from the server.
+    max_result: usize,
+    /// What the session holds: requests in progress and their bytes.
+    quota: Quota,
     /// Results being recorded: awaited before the relay exits, so that the
     /// last calls' results are not lost with the process.
     recording: Mutex<tokio::task::JoinSet<()>>,
@@ -82,22 +160,22 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 async fn writer<W: AsyncWrite + Unpin>(
     mut w: W,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     close: Arc<tokio::sync::Notify>,
 ) {
     loop {
-        let line = tokio::select! {
+        let queued = tokio::select! {
             l = rx.recv() => match l {
                 Some(l) => l,
                 None => break,
             },
             _ = close.notified() => break,
         };
-        let mut buf = line.into_bytes();
-        buf.push(b'\n');
-        if w.write_all(&buf).await.is_err() {
+        // The line keeps its room in the queue until it is written.
+        if w.write_all(queued.line.as_bytes()).await.is_err() || w.write_all(b"\n").await.is_err() {
             break;
         }
+        drop(queued);
         // Flush whenever the queue is drained, not per line.
         if rx.is_empty() && w.flush().await.is_err() {
             break;
@@ -134,8 +212,10 @@ where
         .with_context(|| format!("cannot start the MCP server {program:?}"))?;
     let server_in = child.stdin.take().context("no stdin for the server")?;
     let server_out = child.stdout.take().context("no stdout from the server")?;
-    let (to_client, client_rx) = mpsc::channel::<String>(256);
-    let (to_server, server_rx) = mpsc::channel::<String>(256);
+    let cfg = icp.config.clone();
+    // Each direction queues at most twice its largest line.
+    let (to_client, client_rx) = Outbox::new(cfg.max_result_bytes.saturating_mul(2));
+    let (to_server, server_rx) = Outbox::new(cfg.max_message_bytes.saturating_mul(2));
     let close_server = Arc::new(tokio::sync::Notify::new());
     let client_writer = tokio::spawn(writer(
         client_out,
@@ -143,14 +223,15 @@ where
         Arc::new(tokio::sync::Notify::new()),
     ));
     let server_writer = tokio::spawn(writer(server_in, server_rx, close_server.clone()));
-    let max_message = icp.config.max_message_bytes;
     let relay = Arc::new(Relay {
         icp,
         state: Mutex::new(State::default()),
         to_client,
         to_server,
         session: session_id(),
-        max_message,
+        max_message: cfg.max_message_bytes,
+        max_result: cfg.max_result_bytes,
+        quota: Quota::new(cfg.max_pending_requests, cfg.max_session_bytes),
         recording: Mutex::new(tokio::task::JoinSet::new()),
     });
 
@@ -226,8 +307,21 @@ impl<D: Decider> Relay<D> {
             match read_frame(&mut r, self.max_message, &mut buf).await {
                 Ok(Frame::Eof) | Err(_) => return,
                 Ok(Frame::TooLong(n)) => {
+                    eprintln!(
+                        "secondkey: refused a message of {n}+ bytes from the MCP client (limit mcp.max_message_bytes = {})",
+                        self.max_message
+                    );
+                    // Answered under its id when its head names one that is
+                    // not another request's in progress.
+                    let id = jsonrpc::id_in_head(&buf)
+                        .filter(|id| {
+                            let st = lock(&self.state);
+                            let k = id_key(id);
+                            !st.inflight.contains_key(&k) && !st.deciding.contains_key(&k)
+                        })
+                        .unwrap_or(Value::Null);
                     self.send_client(&error_response(
-                        Value::Null,
+                        id,
                         jsonrpc::INVALID_REQUEST,
                         &format!(
                             "a message of {n} bytes or more was refused: secondkey relays at most {} (mcp.max_message_bytes); nothing was forwarded",
@@ -290,7 +384,7 @@ impl<D: Decider> Relay<D> {
             Kind::Response => {
                 let key = msg.id().map(id_key).unwrap_or_default();
                 let asked = lock(&self.state).server_asked.remove(&key);
-                if let Some(fwd) = asked {
+                if let Some((fwd, _slot)) = asked {
                     let outcome = match (msg.result(), msg.value.get("error")) {
                         (Some(r), _) => Outcome::Result(r.clone()),
                         (None, Some(e)) => Outcome::Error(e.clone()),
@@ -314,15 +408,17 @@ impl<D: Decider> Relay<D> {
         msg: Message,
         act: crate::methods::Act,
         line: Vec<u8>,
+        mut hold: Hold,
     ) {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         match self.icp.act(&act, Some(&self.session)).await {
             Ok(fwd) => {
-                lock(&self.state).server_asked.insert(id_key(&id), fwd);
-                let _ = self
-                    .to_client
-                    .send(String::from_utf8_lossy(&line).into_owned())
-                    .await;
+                let line = String::from_utf8_lossy(&line).into_owned();
+                hold.sent();
+                lock(&self.state)
+                    .server_asked
+                    .insert(id_key(&id), (fwd, hold));
+                let _ = self.to_client.send(line).await;
             }
             Err(text) => {
                 let refusal = error_response(id, jsonrpc::DENIED, &text);
@@ -373,11 +469,12 @@ impl<D: Decider> Relay<D> {
         let key = id_key(&id);
         let method = msg.method().unwrap_or_default().to_string();
         enum Next {
-            Act(crate::methods::Act),
+            Act(crate::methods::Act, Hold),
             BadName,
             Duplicate,
             Gone,
-            Decide(watch::Receiver<bool>),
+            Limit(Exceeded),
+            Decide(watch::Receiver<bool>, Hold),
             Forward,
         }
         let next = {
@@ -400,32 +497,45 @@ impl<D: Decider> Relay<D> {
                 }
                 let class = crate::methods::client_request(&self.icp.server.name, &method, params);
                 match (class, method.as_str()) {
-                    (crate::methods::ClientRequest::Acts(act), _) => {
-                        let (tx, _) = watch::channel(false);
-                        st.deciding.insert(key.clone(), tx);
-                        Next::Act(act)
-                    }
                     (_, "tools/call") if jsonrpc::tool_name(&msg).is_err() => Next::BadName,
-                    (_, "tools/call") => {
-                        let (tx, rx) = watch::channel(false);
-                        st.deciding.insert(key.clone(), tx);
-                        Next::Decide(rx)
-                    }
-                    (_, "tools/list") => {
-                        st.inflight.insert(key, Pending::ToolsList);
-                        Next::Forward
-                    }
-                    _ => {
-                        st.inflight.insert(key, Pending::Plain);
-                        Next::Forward
-                    }
+                    // Counted against the session before anything is kept.
+                    (class, _) => match self.quota.take(line.len()) {
+                        Err(e) => Next::Limit(e),
+                        Ok(mut hold) => match (class, method.as_str()) {
+                            (crate::methods::ClientRequest::Acts(act), _) => {
+                                let (tx, _) = watch::channel(false);
+                                st.deciding.insert(key.clone(), tx);
+                                Next::Act(act, hold)
+                            }
+                            (_, "tools/call") => {
+                                let (tx, rx) = watch::channel(false);
+                                st.deciding.insert(key.clone(), tx);
+                                Next::Decide(rx, hold)
+                            }
+                            (_, m) => {
+                                let p = if m == "tools/list" {
+                                    Pending::ToolsList
+                                } else {
+                                    Pending::Plain
+                                };
+                                hold.sent();
+                                st.inflight.insert(key, (p, hold));
+                                Next::Forward
+                            }
+                        },
+                    },
                 }
             }
         };
         match next {
-            Next::Act(act) => {
+            Next::Act(act, hold) => {
                 let relay = self.clone();
-                tokio::spawn(async move { relay.act(msg, act).await });
+                tokio::spawn(async move { relay.act(msg, act, hold).await });
+            }
+            Next::Limit(e) => {
+                eprintln!("secondkey: refused a {method} request of the MCP client: {e}");
+                self.send_client(&error_response(id, jsonrpc::LIMIT, &e.to_string()))
+                    .await;
             }
             Next::BadName => {
                 if let Err(e) = jsonrpc::tool_name(&msg) {
@@ -448,15 +558,20 @@ impl<D: Decider> Relay<D> {
                 ))
                 .await;
             }
-            Next::Decide(rx) => {
+            Next::Decide(rx, hold) => {
                 let relay = self.clone();
-                tokio::spawn(async move { relay.tools_call(msg, rx).await });
+                tokio::spawn(async move { relay.tools_call(msg, rx, hold).await });
             }
             Next::Forward => self.forward_raw(line).await,
         }
     }
 
-    async fn tools_call(self: Arc<Self>, msg: Message, cancelled: watch::Receiver<bool>) {
+    async fn tools_call(
+        self: Arc<Self>,
+        msg: Message,
+        cancelled: watch::Receiver<bool>,
+        hold: Hold,
+    ) {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let key = id_key(&id);
         let empty = Map::new();
@@ -483,7 +598,7 @@ impl<D: Decider> Relay<D> {
             let st = lock(&self.state);
             (st.client_info.clone(), st.client_listed.contains(&tool))
         };
-        let progress = jsonrpc::progress_token(Some(params)).map(|t| (t, self.to_client.clone()));
+        let progress = jsonrpc::progress_token(Some(params)).map(|t| (t, self.to_client.sink()));
         let waiting = Waiting {
             progress,
             cancelled,
@@ -508,7 +623,7 @@ impl<D: Decider> Relay<D> {
                 self.send_client(&result_response(id, result)).await;
             }
             Plan::Forward(fwd) => {
-                let gone = self.sending(key, Pending::ToolsCall(fwd.clone()));
+                let gone = self.sending(key, Pending::ToolsCall(fwd.clone()), hold);
                 if gone {
                     self.icp
                         .finished(
@@ -531,19 +646,22 @@ impl<D: Decider> Relay<D> {
 
     /// A decided request leaves `deciding` for `inflight`, unless the
     /// server is gone (then `true`: it cannot be sent).
-    fn sending(&self, key: String, pending: Pending) -> bool {
+    fn sending(&self, key: String, pending: Pending, mut hold: Hold) -> bool {
         let mut st = lock(&self.state);
         st.deciding.remove(&key);
         if st.server_gone {
             return true;
         }
-        st.inflight.insert(key, pending);
+        // Its line is queued for the server right after; the slot stays
+        // taken until the answer.
+        hold.sent();
+        st.inflight.insert(key, (pending, hold));
         false
     }
 
     /// Decides a request that acts (other than `tools/call`), then forwards
     /// exactly what was decided, or answers the client with the refusal.
-    async fn act(self: Arc<Self>, msg: Message, act: crate::methods::Act) {
+    async fn act(self: Arc<Self>, msg: Message, act: crate::methods::Act, hold: Hold) {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let key = id_key(&id);
         let plan = self.icp.act(&act, Some(&self.session)).await;
@@ -556,7 +674,7 @@ impl<D: Decider> Relay<D> {
             }
             Ok(fwd) => fwd,
         };
-        let gone = self.sending(key, Pending::Acted(fwd.clone()));
+        let gone = self.sending(key, Pending::Acted(fwd.clone()), hold);
         if gone {
             self.icp
                 .finished(
@@ -653,19 +771,22 @@ impl<D: Decider> Relay<D> {
         let mut buf = Vec::new();
         let mut budget = Budget::new(tokio::time::Instant::now());
         loop {
-            match read_frame(&mut r, self.max_message, &mut buf).await {
+            match read_frame(&mut r, self.max_result, &mut buf).await {
                 Ok(Frame::Eof) | Err(_) => break,
                 Ok(Frame::TooLong(n)) => {
                     eprintln!(
-                        "secondkey: dropped a message of {n}+ bytes from the MCP server (limit mcp.max_message_bytes = {})",
-                        self.max_message
+                        "secondkey: dropped a message of {n}+ bytes from the MCP server (limit mcp.max_result_bytes = {})",
+                        self.max_result
                     );
+                    if let Some(id) = jsonrpc::id_in_head(&buf) {
+                        self.answer_dropped(id, n).await;
+                    }
                 }
                 Ok(Frame::Line) => {
                     if buf.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let msg = match Message::parse(&buf, self.max_message) {
+                    let msg = match Message::parse(&buf, self.max_result) {
                         Ok(m) => m,
                         Err(e) => {
                             eprintln!(
@@ -706,9 +827,24 @@ impl<D: Decider> Relay<D> {
             {
                 // Decided on a task of its own: the server's other messages
                 // go on meanwhile.
+                let id = msg.id().cloned().unwrap_or(Value::Null);
+                let hold = match self.quota.take(line.len()) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        eprintln!("secondkey: refused a {method} request of the MCP server: {e}");
+                        // Never waits: a server that floods requests
+                        // without reading its input must not stall the
+                        // reading of its output.
+                        let refusal = error_response(id, jsonrpc::LIMIT, &e.to_string());
+                        if !self.to_server.try_send(refusal.to_string()) {
+                            eprintln!("secondkey: the MCP server does not read its input; the refusal was dropped");
+                        }
+                        return;
+                    }
+                };
                 let relay = self.clone();
                 let line = line.to_vec();
-                tokio::spawn(async move { relay.server_request(msg, act, line).await });
+                tokio::spawn(async move { relay.server_request(msg, act, line, hold).await });
                 return;
             }
         }
@@ -729,12 +865,12 @@ impl<D: Decider> Relay<D> {
             return;
         }
         match pending {
-            Some(Pending::ToolsList) => {
+            Some((Pending::ToolsList, _)) => {
                 if let Some(r) = msg.result() {
                     self.observe(r, true).await;
                 }
             }
-            Some(Pending::ToolsCall(fwd)) | Some(Pending::Acted(fwd)) => {
+            Some((Pending::ToolsCall(fwd), _)) | Some((Pending::Acted(fwd), _)) => {
                 let outcome = match (msg.result(), msg.value.get("error")) {
                     (Some(r), _) => Outcome::Result(r.clone()),
                     (None, Some(e)) => Outcome::Error(e.clone()),
@@ -745,12 +881,50 @@ impl<D: Decider> Relay<D> {
                 while recording.try_join_next().is_some() {}
                 recording.spawn(async move { relay.icp.finished(&fwd, outcome).await });
             }
-            Some(Pending::Plain) | None => {}
+            Some((Pending::Plain, _)) | None => {}
         }
         let _ = self
             .to_client
             .send(String::from_utf8_lossy(line).into_owned())
             .await;
+    }
+
+    /// The server's answer to `id` was `n`+ bytes, over the limit, and
+    /// dropped: if `id` is a request waiting for it, the client gets an
+    /// error instead (a call's outcome is recorded as unknown), so that it
+    /// does not wait for ever.
+    async fn answer_dropped(&self, id: Value, n: usize) {
+        let key = id_key(&id);
+        let (own, pending) = {
+            let mut st = lock(&self.state);
+            (st.own.remove(&key), st.inflight.remove(&key))
+        };
+        // secondkey's own listing gets no answer: it stops waiting.
+        drop(own);
+        let why = format!(
+            "the MCP server's answer was {n} bytes or more, over what secondkey takes (mcp.max_result_bytes = {}), and was dropped",
+            self.max_result
+        );
+        match pending {
+            None => {}
+            Some((Pending::ToolsCall(fwd), _slot)) => {
+                self.icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+                self.send_client(&result_response(
+                    id,
+                    tool_error(format!("{why}; whether the call took effect is unknown")),
+                ))
+                .await;
+            }
+            Some((Pending::Acted(fwd), _slot)) => {
+                self.icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+                self.send_client(&error_response(id, jsonrpc::LIMIT, &why))
+                    .await;
+            }
+            Some((_, _slot)) => {
+                self.send_client(&error_response(id, jsonrpc::LIMIT, &why))
+                    .await;
+            }
+        }
     }
 
     /// Answers every request still waiting on the server, and records the
@@ -768,7 +942,7 @@ impl<D: Decider> Relay<D> {
         for (_, cancel) in deciding {
             let _ = cancel.send(true);
         }
-        for (key, p) in pending {
+        for (key, (p, _slot)) in pending {
             let id: Value = serde_json::from_str(&key).unwrap_or(Value::Null);
             match p {
                 Pending::ToolsCall(fwd) => {

@@ -201,9 +201,14 @@ fn config(extra: &str) -> McpConfig {
 }
 
 async fn start(script: &str, env: &[(&str, &str)], log: Scripted) -> Session {
+    start_with("", script, env, log).await
+}
+
+/// [`start`] with `[mcp]` keys `keys` added.
+async fn start_with(keys: &str, script: &str, env: &[(&str, &str)], log: Scripted) -> Session {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs.jsonl");
-    let cfg = config("[[mcp.servers]]\nname = \"warehouse\"\n[mcp.servers.tools.export_table]\noperation = \"export\"\nreads = [\"table\"]\n");
+    let cfg = config(&format!("{keys}\n[[mcp.servers]]\nname = \"warehouse\"\n[mcp.servers.tools.export_table]\noperation = \"export\"\nreads = [\"table\"]\n"));
     let server = Arc::new(cfg.server("warehouse"));
     let icp = Interceptor::new(Arc::new(cfg), server, Arc::new(log.clone()));
     // The relay starts the server with the environment it has: the test
@@ -264,11 +269,16 @@ impl Session {
         self.answer(&mut vec![]).await
     }
     async fn init(&mut self) {
+        self.init_with(json!({})).await;
+    }
+
+    /// Initializes the session declaring the client's `capabilities`.
+    async fn init_with(&mut self, capabilities: Value) {
         let r = self
             .call(
                 json!(0),
                 "initialize",
-                json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                json!({"protocolVersion": "2025-11-25", "capabilities": capabilities,
                 "clientInfo": {"name": "relay-test", "version": "1"}}),
             )
             .await;
@@ -838,18 +848,7 @@ async fn the_servers_requests_to_the_client_are_decided_before_the_client_sees_t
     require_python_mcp();
     let log = Scripted::default();
     let mut s = start("test_server.py", &[], log.clone()).await;
-    let r = s
-        .call(
-            json!(0),
-            "initialize",
-            json!({"protocolVersion": "2025-11-25",
-                   "capabilities": {"roots": {}, "sampling": {}},
-                   "clientInfo": {"name": "relay-test", "version": "1"}}),
-        )
-        .await;
-    assert!(r["result"]["protocolVersion"].is_string(), "{r}");
-    s.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-        .await;
+    s.init_with(json!({"roots": {}, "sampling": {}})).await;
     // Allowed: the server's roots/list reaches the client, which answers.
     s.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                   "params": {"name": "ask_client", "arguments": {"what": "roots"}}}))
@@ -908,4 +907,48 @@ async fn the_servers_requests_to_the_client_are_decided_before_the_client_sees_t
         "{:?}",
         log.log().recorded
     );
+}
+
+/// Issue 24: a request of the server past the session's
+/// `mcp.max_pending_requests` is refused to the server with -32005 and
+/// never decided nor shown to the client; the session goes on.
+#[tokio::test]
+async fn a_server_request_past_max_pending_requests_is_refused_to_the_server() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start_with(
+        "max_pending_requests = 1",
+        "test_server.py",
+        &[],
+        log.clone(),
+    )
+    .await;
+    s.init_with(json!({"roots": {}, "sampling": {}})).await;
+    // The call takes the session's one slot until it is answered, so the
+    // roots/list the server asks meanwhile is one too many.
+    s.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                  "params": {"name": "ask_client", "arguments": {"what": "roots"}}}))
+        .await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(r["id"], 1, "the client never sees the request: {r}");
+    assert!(
+        r.to_string().contains("(mcp.max_pending_requests)"),
+        "the server got the refusal: {r}"
+    );
+    assert!(
+        !log.log()
+            .decided
+            .iter()
+            .any(|a| a["resource"].as_str().unwrap().contains("/client/")),
+        "not even decided"
+    );
+    let r = s
+        .call(
+            json!(2),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "goes on"}}),
+        )
+        .await;
+    assert_eq!(text(&r), "goes on", "{r}");
+    s.close().await;
 }

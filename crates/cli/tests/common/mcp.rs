@@ -118,3 +118,33 @@ pub fn upstream_with(
         headers,
     }
 }
+
+/// A field of `/proc/<pid>/status` in bytes (`VmRSS`: resident now,
+/// `VmHWM`: the peak resident set since the process started).
+pub fn proc_mem(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+        * 1024
+}
+
+pub const MB: u64 = 1_000_000;
+
+/// Asserts that process `pid` never held more than `bound` bytes resident
+/// (its peak, `VmHWM`, covers the whole test so far); returns the peak.
+pub fn assert_peak_rss_under(pid: u32, bound: u64, what: &str) -> u64 {
+    let peak = proc_mem(pid, "VmHWM");
+    let now = proc_mem(pid, "VmRSS");
+    eprintln!("{what}: peak RSS {} MB, now {} MB", peak / MB, now / MB);
+    assert!(
+        peak < bound,
+        "{what}: the peak RSS was {} MB, over the {} MB bound",
+        peak / MB,
+        bound / MB
+    );
+    peak
+}

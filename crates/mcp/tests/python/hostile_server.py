@@ -3,7 +3,11 @@ secondkey's relay tests: `hostile_server.py` over stdio, or
 `hostile_server.py http PORT` over Streamable HTTP. Tools: `flood` (answers
 after MCP_FLOOD notifications, default 20000), `garbage` (writes a
 malformed message and an over-long one before answering), `crash` (exits
-mid-call). Over HTTP, a GET stream is a flood too, and every request is
+mid-call), `huge` (MCP_HUGE bytes, default 64 MiB: over HTTP the answer
+itself, over stdio a notification line before the answer; `huge_answer`
+over stdio: the answer line itself) and, over HTTP,
+`endless` (an event stream whose one event never ends: MCP_ENDLESS bytes,
+default 300 MiB, without a line end, then the connection closes). Over HTTP, a GET stream is a flood too, and every request is
 recorded as a JSON line in MCP_TEST_HEADERS."""
 
 import json
@@ -18,8 +22,23 @@ def send(obj):
 
 TOOLS = [
     {"name": n, "description": d, "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}
-    for n, d in [("flood", "floods"), ("garbage", "writes garbage"), ("crash", "exits")]
+    for n, d in [("flood", "floods"), ("garbage", "writes garbage"), ("crash", "exits"),
+                 ("huge", "answers too much"), ("endless", "never ends its event"),
+                 ("huge_answer", "its answer itself is too large (stdio)")]
 ]
+MIB = 1 << 20
+
+
+def huge_size():
+    return int(os.environ.get("MCP_HUGE", str(64 * MIB)))
+
+
+def write_x(out, n):
+    """Writes n bytes of x in 1 MiB pieces (never holding them all)."""
+    piece = b"x" * MIB
+    while n > 0:
+        out.write(piece[:min(n, MIB)])
+        n -= MIB
 
 
 def notification():
@@ -77,6 +96,35 @@ def serve_http(port):
             if method != "tools/call":
                 return self.reply(200, json.dumps({"jsonrpc": "2.0", "id": mid, "result": {}}).encode())
             name = msg["params"]["name"]
+            if name == "huge":
+                head = json.dumps({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": ""}]}})
+                before, after = head.split('"text": ""')
+                before = (before + '"text": "').encode()
+                after = ('"' + after).encode()
+                n = huge_size()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(before) + n + len(after)))
+                self.end_headers()
+                try:
+                    self.wfile.write(before)
+                    write_x(self.wfile, n)
+                    self.wfile.write(after)
+                except OSError:
+                    pass  # the gateway stopped reading
+                return
+            if name == "endless":
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                try:
+                    self.wfile.write(b"event: message\ndata: ")
+                    write_x(self.wfile, int(os.environ.get("MCP_ENDLESS", str(300 * MIB))))
+                    self.wfile.flush()
+                except OSError:
+                    pass
+                self.close_connection = True
+                return
             done = event({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": f"{name} done"}]}})
             if name == "flood":
                 out = event(notification()) * flood + done
@@ -120,6 +168,21 @@ for line in sys.stdin:
         elif name == "crash":
             sys.stdout.flush()
             os._exit(7)
+        elif name == "huge":
+            sys.stdout.flush()
+            out = sys.stdout.buffer
+            out.write(b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"')
+            write_x(out, huge_size())
+            out.write(b'"}}\n')
+            out.flush()
+        elif name == "huge_answer":
+            sys.stdout.flush()
+            out = sys.stdout.buffer
+            out.write(('{"jsonrpc":"2.0","id":' + json.dumps(mid) + ',"result":{"content":[{"type":"text","text":"').encode())
+            write_x(out, huge_size())
+            out.write(b'"}]}}\n')
+            out.flush()
+            continue
         send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": f"{name} done"}]}})
     elif mid is not None:
         send({"jsonrpc": "2.0", "id": mid, "result": {}})
