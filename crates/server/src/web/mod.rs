@@ -571,7 +571,11 @@ pub const MAX_BATCH: usize = 100;
 
 /// Decides several requests of one agent session, each as its own review
 /// through [`Gateway::review`]. All must share a requester and a session:
-/// a batch never mixes unrelated work.
+/// a batch never mixes unrelated work. A batch that holds a sensitive
+/// operation in a production environment (see `[web]` and
+/// [`crate::reviewer::needs_comment`]) needs a comment, or nothing is
+/// decided (`comment_required`). The web form and `POST /v1/reviews/batch`
+/// both come here, so the rules are the same.
 pub async fn review_batch(
     g: &Gateway,
     who: &secondkey_core::principal::Principal,
@@ -594,9 +598,23 @@ pub async fn review_batch(
             "a request appears twice in the batch",
         ));
     }
+    let comment = comment
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty());
     let mut key = None;
+    let mut sensitive = None;
     for id in ids {
         let r = g.get_request(who, id).await?;
+        if comment.is_none()
+            && sensitive.is_none()
+            && crate::reviewer::needs_comment(
+                &r,
+                g.config.environment_of(&r.action.resource),
+                &g.config.web,
+            )
+        {
+            sensitive = Some(id.clone());
+        }
         let k = (
             r.requester.id.clone(),
             pages::session_of(&r).map(str::to_string),
@@ -617,6 +635,12 @@ pub async fn review_batch(
             }
             _ => {}
         }
+    }
+    if let Some(id) = sensitive {
+        return Err(ApiError::bad_request(
+            "comment_required",
+            format!("{id} is a sensitive operation in production: a batch that holds it needs a comment saying why. Nothing was decided; decide again with a comment"),
+        ));
     }
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
@@ -662,20 +686,6 @@ async fn batch(State(s): State<AppState>, p: Posted) -> Response {
                 Err(e) => return api_error_page(&e),
             };
             let comment = comment_of(&p);
-            if comment.is_none() {
-                for id in &ids {
-                    let Ok(r) = g.get_request(&p.user.principal, id).await else {
-                        continue; // review_batch reports it
-                    };
-                    let env = g.config.environment_of(&r.action.resource);
-                    if crate::reviewer::needs_comment(&r, env, &g.config.web) {
-                        return api_error_page(&ApiError::bad_request(
-                            "comment_required",
-                            format!("{id} is a sensitive operation in production: a batch that holds it needs a comment. Go back, write why, and decide again."),
-                        ));
-                    }
-                }
-            }
             match review_batch(g, &p.user.principal, &ids, decision, comment).await {
                 Ok(results) => {
                     let rows: Vec<(String, Result<RequestState, String>)> = results
