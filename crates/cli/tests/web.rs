@@ -153,6 +153,8 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         "-- keep &lt;audit&gt;",
         "postgres://analytics/public.events",
         "id=\"approve\"",
+        // The address the gateway observed, as an established fact.
+        "<code id=\"source-observed\">127.0.0.1</code> <small class=\"muted\">the connection's peer, via api</small>",
     ] {
         assert!(page.body.contains(must), "request page lacks {must}");
     }

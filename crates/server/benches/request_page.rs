@@ -214,6 +214,7 @@ fn main() {
         .expect("timeline");
     assert!(!timeline_entries.is_empty(), "the request has log entries");
     let events = secondkey_server::web::timeline::events(&timeline_entries);
+    let observed = secondkey_server::web::timeline::observed(&timeline_entries);
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
@@ -236,6 +237,7 @@ fn main() {
             None,
             Some("bench-nonce"),
             &events,
+            &observed,
         );
         std::hint::black_box(html);
         times.push(t.elapsed());

@@ -242,12 +242,16 @@ struct SubmitQuery {
 async fn submit_action(
     State(s): State<AppState>,
     Authenticated(p, credential): Authenticated,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Q(q): Q<SubmitQuery>,
     RawJson(body): RawJson,
 ) -> Result<Json<ActionResponse>, ApiError> {
     let execute = q.execute.unwrap_or(false);
+    let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip());
     Ok(Json(
-        s.gateway.submit_as(&p, &credential, &body, execute).await?,
+        s.gateway
+            .submit_from(&p, &credential, &body, execute, peer)
+            .await?,
     ))
 }
 

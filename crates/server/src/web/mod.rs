@@ -463,6 +463,7 @@ async fn request_page(
             Vec::new()
         });
     let events = timeline::events(&entries);
+    let observed = timeline::observed(&entries);
     // A fresh nonce per page (256 random bits); without randomness the page
     // goes without its script rather than with a guessable nonce.
     let nonce = random_token().ok();
@@ -476,6 +477,7 @@ async fn request_page(
             notice_text(q.done.as_deref()),
             nonce.as_deref(),
             &events,
+            &observed,
         ),
         nonce.as_deref(),
     )
@@ -510,6 +512,7 @@ pub fn render_request(
     notice: Option<&str>,
     nonce: Option<&str>,
     timeline: &[timeline::Event],
+    observed: &timeline::Observed,
 ) -> String {
     let fallback;
     let submitted = match &req.submitted {
@@ -535,6 +538,7 @@ pub fn render_request(
             notice,
             nonce,
             timeline,
+            observed,
         },
     )
 }

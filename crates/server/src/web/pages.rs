@@ -389,6 +389,8 @@ pub struct RequestPage<'a> {
     pub nonce: Option<&'a str>,
     /// The request's timeline, from its log entries.
     pub timeline: &'a [super::timeline::Event],
+    /// What the gateway observed at submission (peer address, transport).
+    pub observed: &'a super::timeline::Observed,
 }
 
 fn row(out: &mut String, label: &str, value_html: &str) {
@@ -538,6 +540,20 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
             None => "<span class=\"muted\">none configured for this resource</span>".into(),
         },
     );
+    row(
+        &mut b,
+        "Source address",
+        &match (&p.observed.source_ip, &p.observed.transport) {
+            (Some(ip), t) => format!(
+                "<code id=\"source-observed\">{}</code> <small class=\"muted\">the connection's peer{}</small>",
+                esc(ip),
+                t.as_deref()
+                    .map(|t| format!(", via {}", esc(t)))
+                    .unwrap_or_default()
+            ),
+            (None, _) => "<span class=\"muted\" id=\"source-observed\">not observed</span>".into(),
+        },
+    );
     row(&mut b, "Resource", &code_or_dash(Some(&a.resource)));
     row(
         &mut b,
@@ -589,7 +605,14 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
     row(&mut b, "Model", &code_or_dash(ctx_str(r, "model")));
     row(&mut b, "Session", &code_or_dash(ctx_str(r, "session")));
     if let Some(ip) = ctx_str(r, "source_ip") {
-        row(&mut b, "Source address", &code_or_dash(Some(ip)));
+        row(
+            &mut b,
+            "Source address",
+            &format!(
+                "<code id=\"source-declared\">{}</code> <small class=\"muted\">declared</small>",
+                esc(ip)
+            ),
+        );
     }
     row(
         &mut b,

@@ -199,6 +199,32 @@ pub fn events(entries: &[(u64, Vec<u8>)]) -> Vec<Event> {
         .collect()
 }
 
+/// What the gateway observed when the request was submitted, as its
+/// `request.created` entry records it: the connection's peer address
+/// (the fact `source_ip`) and the transport (`api`, `pg`, `mcp`, `http`,
+/// `ssh`). Read from the log, so the page shows exactly what policy saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub source_ip: Option<String>,
+    pub transport: Option<String>,
+}
+
+/// [`Observed`] from a request's entries (its first `request.created`).
+pub fn observed(entries: &[(u64, Vec<u8>)]) -> Observed {
+    let created = entries
+        .iter()
+        .filter_map(|(_, b)| Entry::from_bytes(b).ok())
+        .find(|e| e.event == "request.created");
+    let Some(e) = created else {
+        return Observed::default();
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    Observed {
+        source_ip: text(e.payload.get("facts").and_then(|f| f.get("source_ip"))),
+        transport: text(e.payload.get("transport")),
+    }
+}
+
 /// The timeline as HTML: an ordered list, each event with its time, its
 /// words, and links to its log entry (the readable receipt,
 /// `/audit?index=N`) and its receipt (`/audit/receipt/N`, JSON).
@@ -353,6 +379,40 @@ mod tests {
             html.contains("<time datetime=\"2026-12-02T10:00:00.000Z\""),
             "{html}"
         );
+    }
+
+    #[test]
+    fn the_observed_source_comes_from_the_request_created_entry() {
+        let entries = vec![
+            (0, b"garbage".to_vec()),
+            entry(
+                1,
+                "request.created",
+                "agent:bot",
+                json!({"transport": "pg", "facts": {"source_ip": "10.1.2.3"}}),
+            ),
+            entry(
+                2,
+                "request.created",
+                "agent:bot",
+                json!({"transport": "api", "facts": {"source_ip": "10.9.9.9"}}),
+            ),
+        ];
+        assert_eq!(
+            observed(&entries),
+            Observed {
+                source_ip: Some("10.1.2.3".into()),
+                transport: Some("pg".into())
+            }
+        );
+        let declared_only = vec![entry(
+            1,
+            "request.created",
+            "agent:bot",
+            json!({"transport": "api", "action": {"context": {"source_ip": "1.1.1.1"}}}),
+        )];
+        assert_eq!(observed(&declared_only).source_ip, None);
+        assert_eq!(observed(&[]), Observed::default());
     }
 
     #[test]
