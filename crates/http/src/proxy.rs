@@ -264,8 +264,16 @@ async fn decide_and_forward(sh: Arc<Shared>, req: Request<Body>, raw_path: &str)
     };
     let shaped = crate::action::shape(up, &parts.method, &target, &hf, body_json);
     let mut facts = shaped.facts;
-    if let Some(Peer(ip)) = parts.extensions.get::<Peer>() {
-        let (k, v) = secondkey_server::gateway::source_fact(*ip);
+    // Its own listener marks the peer; under the gateway's listener (a
+    // prefix route) the gateway's connection info has it.
+    let peer = parts.extensions.get::<Peer>().map(|p| p.0).or_else(|| {
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+    });
+    if let Some(ip) = peer {
+        let (k, v) = secondkey_server::gateway::source_fact(ip);
         facts.insert(k, v);
     }
     let verdict = sh
