@@ -213,8 +213,7 @@ fn main() {
         .request_entries(&req.id, secondkey_server::web::timeline::MAX_EVENTS)
         .expect("timeline");
     assert!(!timeline_entries.is_empty(), "the request has log entries");
-    let events = secondkey_server::web::timeline::events(&timeline_entries);
-    let observed = secondkey_server::web::timeline::observed(&timeline_entries);
+    let timeline = secondkey_server::web::timeline::Timeline::from_entries(&timeline_entries);
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
@@ -222,7 +221,9 @@ fn main() {
             .store
             .request_entries(&req.id, secondkey_server::web::timeline::MAX_EVENTS)
             .expect("timeline");
-        std::hint::black_box(secondkey_server::web::timeline::events(&entries));
+        std::hint::black_box(secondkey_server::web::timeline::Timeline::from_entries(
+            &entries,
+        ));
         times.push(t.elapsed());
     }
     percentiles("timeline (indexed read + decode)", times);
@@ -236,8 +237,7 @@ fn main() {
             Some(&similar),
             None,
             Some("bench-nonce"),
-            &events,
-            &observed,
+            &timeline,
         );
         std::hint::black_box(html);
         times.push(t.elapsed());

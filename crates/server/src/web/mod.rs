@@ -462,8 +462,7 @@ async fn request_page(
             tracing::warn!(request = %req.id, error = %e.message, "timeline not read");
             Vec::new()
         });
-    let events = timeline::events(&entries);
-    let observed = timeline::observed(&entries);
+    let timeline = timeline::Timeline::from_entries(&entries);
     // A fresh nonce per page (256 random bits); without randomness the page
     // goes without its script rather than with a guessable nonce.
     let nonce = random_token().ok();
@@ -476,8 +475,7 @@ async fn request_page(
             similar.as_ref(),
             notice_text(q.done.as_deref()),
             nonce.as_deref(),
-            &events,
-            &observed,
+            &timeline,
         ),
         nonce.as_deref(),
     )
@@ -511,8 +509,7 @@ pub fn render_request(
     similar: Option<&Request>,
     notice: Option<&str>,
     nonce: Option<&str>,
-    timeline: &[timeline::Event],
-    observed: &timeline::Observed,
+    timeline: &timeline::Timeline,
 ) -> String {
     let fallback;
     let submitted = match &req.submitted {
@@ -538,7 +535,6 @@ pub fn render_request(
             notice,
             nonce,
             timeline,
-            observed,
         },
     )
 }

@@ -387,10 +387,9 @@ pub struct RequestPage<'a> {
     /// The nonce of the page's one script (live update, local times);
     /// `None`: no script.
     pub nonce: Option<&'a str>,
-    /// The request's timeline, from its log entries.
-    pub timeline: &'a [super::timeline::Event],
-    /// What the gateway observed at submission (peer address, transport).
-    pub observed: &'a super::timeline::Observed,
+    /// The request's timeline, and what the gateway observed at
+    /// submission (peer address, transport), from its log entries.
+    pub timeline: &'a super::timeline::Timeline,
 }
 
 fn row(out: &mut String, label: &str, value_html: &str) {
@@ -543,7 +542,7 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
     row(
         &mut b,
         "Source address",
-        &match (&p.observed.source_ip, &p.observed.transport) {
+        &match (&p.timeline.observed.source_ip, &p.timeline.observed.transport) {
             (Some(ip), t) => format!(
                 "<code id=\"source-observed\">{}</code> <small class=\"muted\">the connection's peer{}</small>",
                 esc(ip),
@@ -790,7 +789,7 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
         b.push_str("</tbody></table>");
     }
     b.push_str("</div></section>");
-    b.push_str(&super::timeline::render(p.timeline));
+    b.push_str(&super::timeline::render(&p.timeline.events));
     let full = serde_json::to_string_pretty(p.submitted).unwrap_or_default();
     let _ = write!(
         b,

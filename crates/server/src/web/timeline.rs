@@ -225,6 +225,23 @@ pub fn observed(entries: &[(u64, Vec<u8>)]) -> Observed {
     }
 }
 
+/// What the request page reads from a request's log entries.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    pub events: Vec<Event>,
+    pub observed: Observed,
+}
+
+impl Timeline {
+    /// From `(index, bytes)` entries (see `Store::request_entries`).
+    pub fn from_entries(entries: &[(u64, Vec<u8>)]) -> Timeline {
+        Timeline {
+            events: events(entries),
+            observed: observed(entries),
+        }
+    }
+}
+
 /// The timeline as HTML: an ordered list, each event with its time, its
 /// words, and links to its log entry (the readable receipt,
 /// `/audit?index=N`) and its receipt (`/audit/receipt/N`, JSON).
