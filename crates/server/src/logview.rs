@@ -40,10 +40,7 @@ pub async fn tile(
                     gateway.store.log_size()
                 )));
             }
-            let store = gateway.store.clone();
-            let entries = tokio::task::spawn_blocking(move || store.entries(start, end))
-                .await
-                .map_err(|e| ApiError::unavailable(e.to_string()))??;
+            let entries = entries(gateway, start, end).await?;
             encode_bundle(&entries).map_err(|e| ApiError::unavailable(e.to_string()))
         }
     }
@@ -71,11 +68,8 @@ pub async fn receipt_of(
             cp.size
         )));
     }
-    let store = gateway.store.clone();
-    let bytes = tokio::task::spawn_blocking(move || store.entries(index, index + 1))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))??;
-    let entry = bytes
+    let entry = entries(gateway, index, index + 1)
+        .await?
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::not_found(format!("entry {index} is missing")))?;
@@ -83,6 +77,16 @@ pub async fn receipt_of(
         .store
         .with_tree(|t| secondkey_log::receipt::Receipt::build(t, &entry, index, &note))?
         .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+/// The bytes of entries `start..end`, read off the async threads.
+pub async fn entries(gateway: &Gateway, start: u64, end: u64) -> Result<Vec<Vec<u8>>, ApiError> {
+    let store = gateway.store.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || store.entries(start, end))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))??,
+    )
 }
 
 /// The log entries of request `id` (one indexed read; see
@@ -114,10 +118,7 @@ pub async fn may_read_entry(
     if reader.is_ok() || index >= gateway.store.log_size() {
         return reader;
     }
-    let store = gateway.store.clone();
-    let bytes = tokio::task::spawn_blocking(move || store.entries(index, index + 1))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let bytes = entries(gateway, index, index + 1).await?;
     let request = bytes
         .first()
         .and_then(|b| secondkey_log::entry::Entry::from_bytes(b).ok())

@@ -764,10 +764,7 @@ async fn entry_page(g: &Gateway, before: Option<&str>) -> Result<String, ApiErro
         None => size,
     };
     let start = before.saturating_sub(receipt::PAGE);
-    let store = g.store.clone();
-    let bytes = tokio::task::spawn_blocking(move || store.entries(start, before))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let bytes = crate::logview::entries(g, start, before).await?;
     let entries: Vec<(u64, Vec<u8>)> = (start..).zip(bytes).collect();
     Ok(receipt::entry_list(&entries, size, before))
 }
