@@ -1140,8 +1140,13 @@ impl Gateway {
                         | "expired"
                         | "wrong_requester"
                 ) {
-                    self.log_refusal("grant.refused", who, &[("grant", &claims.jti)], &e)
-                        .await;
+                    // Under its request too (the claims are verified): the
+                    // request's timeline shows the refused use.
+                    let mut subjects = vec![("grant", claims.jti.as_str())];
+                    if let Some(rid) = &claims.rid {
+                        subjects.push(("request", rid.as_str()));
+                    }
+                    self.log_refusal("grant.refused", who, &subjects, &e).await;
                 }
                 Err(e)
             }

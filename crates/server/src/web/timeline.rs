@@ -114,6 +114,23 @@ pub fn describe(e: &Entry) -> (String, Tone) {
                 .unwrap_or_default();
             (format!("Refused: {why} by {actor}{msg}"), Tone::Refused)
         }
+        "grant.refused" => {
+            let why = match s(p, "code") {
+                Some("digest_mismatch") => {
+                    "a use for a changed action (its digest differs from the approved one)"
+                }
+                Some("grant_used") => "a second use of the grant",
+                Some("not_requester" | "wrong_requester") => {
+                    "a use by someone other than the requester"
+                }
+                Some("expired") => "a use after the grant expired",
+                _ => "a use of the grant",
+            };
+            let msg = s(p, "message")
+                .map(|m| format!(" — {m}"))
+                .unwrap_or_default();
+            (format!("Refused: {why} by {actor}{msg}"), Tone::Refused)
+        }
         "request.approved" => (
             format!(
                 "Approved by {}; a single-use grant was issued",
@@ -340,6 +357,12 @@ mod tests {
                 json!({"ok": false, "summary": "ERROR 42P01"}),
             ),
             entry(13, "request.expired", "service:secondkey", json!({})),
+            entry(
+                14,
+                "grant.refused",
+                "agent:bot",
+                json!({"code": "grant_used", "message": "this grant was already used"}),
+            ),
         ];
         let ev = events(&entries);
         let texts: Vec<(u64, &str, Tone)> = ev
@@ -359,6 +382,7 @@ mod tests {
                 (11, "Execution failed", Tone::Bad),
                 (12, "Result reported by agent:bot: ERROR 42P01", Tone::Bad),
                 (13, "Expired undecided (or its grant unused)", Tone::Bad),
+                (14, "Refused: a second use of the grant by agent:bot — this grant was already used", Tone::Refused),
             ]
         );
         assert_eq!(ev[0].at, Some(1_796_205_600_000));
