@@ -186,6 +186,31 @@ fn allow_deny_and_a_two_person_review_end_to_end() {
         None,
     );
     assert_eq!(v["state"], "executed");
+    // Refused uses of its grant are logged under the request too, so its
+    // timeline shows them (in order, between the approval and the end).
+    let about: Vec<(String, Option<String>)> = g
+        .log_entries()
+        .into_iter()
+        .filter(|e| e["subjects"]["request"] == id.as_str())
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_string(),
+                e["payload"]["code"].as_str().map(str::to_string),
+            )
+        })
+        .filter(|(ev, _)| ev.starts_with("grant."))
+        .collect();
+    let refused = |c: &str| ("grant.refused".to_string(), Some(c.to_string()));
+    assert_eq!(
+        about,
+        vec![
+            refused("digest_mismatch"),
+            refused("not_requester"),
+            ("grant.consumed".to_string(), None),
+            refused("grant_used"),
+        ],
+        "{about:?}"
+    );
 
     // Listing: pending requests visible to a reviewer.
     let r = g.submit(

@@ -357,6 +357,11 @@ fn http_gateway_with_curl_httpx_and_httpbin() {
         denied["payload"]["action"]["operation"], "admin",
         "{denied}"
     );
+    // The client's address, as the gateway observed it: a fact.
+    assert_eq!(
+        denied["payload"]["facts"]["source_ip"], "127.0.0.1",
+        "{denied}"
+    );
 
     // httpx: a JSON write, its lineage and its recorded result.
     let script = format!(

@@ -1382,6 +1382,14 @@ fn http_resources_prompts_and_unknown_methods_are_decided_before_the_upstream_se
         ]
     );
     let log = e.log();
+    // Every decision carries the client's address, as the gateway observed it.
+    for en in log
+        .iter()
+        .filter(|en| en["event"] == "action.allowed" || en["event"] == "action.denied")
+    {
+        assert_eq!(en["payload"]["facts"]["source_ip"], "127.0.0.1", "{en}");
+        assert_eq!(en["payload"]["transport"], "mcp", "{en}");
+    }
     let decided: Vec<(String, String)> = log
         .iter()
         .filter(|en| en["event"] == "action.allowed" || en["event"] == "action.denied")

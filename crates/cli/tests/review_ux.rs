@@ -11,7 +11,9 @@
 //!   approves in another, and the approver sees it under "Waiting on
 //!   others" and in history;
 //! - a batch has nothing pre-ticked, shows every selected statement before
-//!   the deciding click, and needs a comment for production deletes.
+//!   the deciding click, and needs a comment for production deletes;
+//! - the timeline shows the owner's refused self-approval to another
+//!   reviewer, and its entry opens as a readable proof that verifies.
 //!
 //! Screenshots go to tests/artifacts/ (gitignored).
 
@@ -205,6 +207,14 @@ fn reviewer_first_screen_live_update_and_batch_safety() {
     );
     bob.screenshot("ux-1-request-first-screen.png");
 
+    // alice owns the agent: her approval is refused, and logged.
+    let (s, v) = g.review("user:alice", &id, "approve");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("self_review")),
+        "{v}"
+    );
+
     // A second reviewer approves in another browser: bob's page follows.
     let (_cd2, frank) = start_chromium(&dir.path().join("frank"));
     frank.viewport(1400, 900);
@@ -226,6 +236,22 @@ fn reviewer_first_screen_live_update_and_batch_safety() {
     assert!(text(&bob, "#reviews-section").contains("partner contract checked"));
     assert_eq!(bob.url(), url, "updated in place, not navigated");
     bob.screenshot("ux-2-live-update.png");
+    // The timeline, swapped in live too: alice's refused self-approval is
+    // visible to bob, another reviewer, next to frank's approval.
+    let timeline = text(&bob, "#timeline");
+    assert!(
+        timeline.contains("Refused: a self-approval") && timeline.contains("user:alice"),
+        "{timeline}"
+    );
+    assert!(
+        timeline.contains("user:frank approved: “partner contract checked”"),
+        "{timeline}"
+    );
+    bob.exec(
+        "document.getElementById('timeline').scrollIntoView({block: 'center'});",
+        json!([]),
+    );
+    bob.screenshot("ux-7-timeline.png");
     // frank waits on others, and has it in history.
     frank.goto(&format!("{}/inbox", g.url));
     frank.wait_for("frank's inbox", |d| {
@@ -242,6 +268,24 @@ fn reviewer_first_screen_live_update_and_batch_safety() {
         d.source().contains("Your approval was recorded")
     });
     assert_eq!(g.state_of(&id), ("approved".into(), 2));
+    // The refused attempt's entry, as a readable proof that verifies.
+    let refused_entry = bob
+        .exec(
+            "const li = document.querySelector('#timeline li[data-event=\"review.refused\"] a.entry'); return li ? li.getAttribute('href') : null;",
+            json!([]),
+        )
+        .as_str()
+        .map(str::to_string)
+        .expect("a link to the refused attempt's entry");
+    bob.goto(&format!("{}{refused_entry}", g.url));
+    bob.wait_for("the readable receipt", |d| {
+        d.source().contains("id=\"receipt-verdict\"")
+    });
+    let verdict = text(&bob, "#receipt-verdict");
+    assert!(verdict.starts_with("Verified: entry"), "{verdict}");
+    assert_eq!(text(&bob, "#signature"), "valid");
+    assert!(text(&bob, "#receipt").contains("review.refused"));
+    bob.screenshot("ux-8-receipt.png");
 
     // A batch: three production changes of one session, one of them a
     // DELETE the agent labelled a write.

@@ -63,6 +63,60 @@ fn signed_cookie(key_file: &Path, claims: &Value) -> String {
     format!("{payload}.{}", b64.encode(m.finalize().into_bytes()))
 }
 
+/// The timeline of a request page: `(entry index, event, words)` in order.
+fn timeline_of(html: &str) -> Vec<(u64, String, String)> {
+    let list = html
+        .split("<ol class=\"timeline\" id=\"timeline\">")
+        .nth(1)
+        .and_then(|r| r.split("</ol>").next())
+        .unwrap_or_else(|| panic!("no timeline in {html}"));
+    list.split("<li ")
+        .skip(1)
+        .map(|li| {
+            let ev = li
+                .split("data-event=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let what = li
+                .split("<span class=\"what\">")
+                .nth(1)
+                .unwrap()
+                .split("</span>")
+                .next()
+                .unwrap();
+            let ix = li
+                .split("href=\"/audit?index=")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            (
+                ix.parse().unwrap(),
+                ev.to_string(),
+                what.replace("&#39;", "'"),
+            )
+        })
+        .collect()
+}
+
+/// The entry indexes listed on an audit page, top to bottom.
+fn entry_indexes(html: &str) -> Vec<u64> {
+    let table = html
+        .split("<table id=\"entries\">")
+        .nth(1)
+        .and_then(|r| r.split("</table>").next())
+        .unwrap_or_else(|| panic!("no entry list in {html}"));
+    table
+        .split("<tr><td><a href=\"/audit?index=")
+        .skip(1)
+        .map(|r| r.split('"').next().unwrap().parse().unwrap())
+        .collect()
+}
+
 #[test]
 fn oidc_sign_in_decisions_and_hostile_input() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,6 +153,8 @@ fn oidc_sign_in_decisions_and_hostile_input() {
         "-- keep &lt;audit&gt;",
         "postgres://analytics/public.events",
         "id=\"approve\"",
+        // The address the gateway observed, as an established fact.
+        "<code id=\"source-observed\">127.0.0.1</code> <small class=\"muted\">the connection's peer, via api</small>",
     ] {
         assert!(page.body.contains(must), "request page lacks {must}");
     }
@@ -290,6 +346,80 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     let shown = get_page(&gw, &bob.session, &format!("/requests/{id}?done=approve"));
     assert!(shown.body.contains("Your approval was recorded"));
     assert!(shown.body.contains("ok &lt;b&gt;"), "comments are escaped");
+    // The timeline, from the log: alice's refused self-approval is visible
+    // to bob, another reviewer; erin's attempt concerned a request she may
+    // not see (404, nothing logged for her).
+    let timeline = timeline_of(&shown.body);
+    let words: Vec<&str> = timeline.iter().map(|(_, _, t)| t.as_str()).collect();
+    assert_eq!(timeline[0].1, "request.created", "{words:?}");
+    let refused = timeline
+        .iter()
+        .find(|(_, ev, _)| ev == "review.refused")
+        .unwrap_or_else(|| panic!("no refused attempt in {words:?}"));
+    assert!(
+        refused.2.contains("a self-approval") && refused.2.contains("user:alice"),
+        "{words:?}"
+    );
+    assert!(
+        words.iter().any(|w| w.contains("user:bob approved")),
+        "{words:?}"
+    );
+    assert!(
+        words.iter().any(|w| w.starts_with("Approved by user:bob")),
+        "{words:?}"
+    );
+    let indexes: Vec<u64> = timeline.iter().map(|(i, _, _)| *i).collect();
+    assert!(
+        indexes.windows(2).all(|w| w[0] < w[1]),
+        "log order: {indexes:?}"
+    );
+    // Each event links to its receipt, which bob (no log reader) may read
+    // because he may see the request, and which verifies offline.
+    let vkey = g.text("/v1/log/verifier-key");
+    for (i, ev, _) in &timeline {
+        let r = get_page(&gw, &bob.session, &format!("/audit/receipt/{i}"));
+        assert_eq!(r.status, 200, "receipt {i}: {}", r.body);
+        let receipt: Value = serde_json::from_str(&r.body).unwrap();
+        let entry: Value = serde_json::from_str(receipt["entry"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            (&entry["event"], &entry["subjects"]["request"]),
+            (&json!(ev), &json!(id))
+        );
+        let file = dir.path().join(format!("receipt-{i}.json"));
+        std::fs::write(&file, &r.body).unwrap();
+        let (code, out, err) = g.cli(
+            &[
+                "log",
+                "verify",
+                "--receipt",
+                file.to_str().unwrap(),
+                "--key",
+                vkey.trim(),
+            ],
+            None,
+        );
+        assert_eq!(code, 0, "receipt {i}: {out}{err}");
+        let readable = get_page(&gw, &bob.session, &format!("/audit?index={i}"));
+        assert!(
+            readable
+                .body
+                .contains(&format!("Verified: entry {i} is included")),
+            "{}",
+            readable.body
+        );
+        assert!(readable.body.contains("id=\"signature\">valid</span>"));
+        assert!(readable
+            .body
+            .contains(receipt["leaf_hash"].as_str().unwrap()));
+    }
+    // Erin may not see the request, nor read its entries.
+    let first = timeline[0].0;
+    assert_eq!(
+        get_page(&gw, &erin.session, &format!("/audit/receipt/{first}")).status,
+        403
+    );
+    let e = get_page(&gw, &erin.session, &format!("/audit?index={first}"));
+    assert!(!e.body.contains("Verified:"), "{}", e.body);
 
     // The next similar request shows a diff against the approved one.
     let next = g.submit("agent:report-bot", &delete_action(2, "sess-b"));
@@ -489,11 +619,26 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v[0]["request"]["state"], "denied");
     assert_eq!(v[1]["request"]["state"], "denied");
+    // The API obeys the web's rule: a production delete in a batch needs
+    // a comment (blank is none), or nothing is decided.
+    for body in [
+        json!({"requests": [other], "decision": "approve"}),
+        json!({"requests": [other], "decision": "approve", "comment": "  "}),
+    ] {
+        let (s, v) = g.call("POST", "/v1/reviews/batch", Some("user:carol"), Some(&body));
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["code"], "comment_required", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(&other),
+            "{v}"
+        );
+    }
+    assert_eq!(g.state_of(&other), ("pending".into(), 0));
     let (s, v) = g.call(
         "POST",
         "/v1/reviews/batch",
         Some("user:alice"),
-        Some(&json!({"requests": [other], "decision": "approve"})),
+        Some(&json!({"requests": [other], "decision": "approve", "comment": "mine"})),
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v[0]["error"]["code"], "self_review");
@@ -504,7 +649,18 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     let a = get_page(&gw, &bob.session, "/audit?index=1");
     assert!(a.body.contains("test.secondkey/log"), "{}", a.body);
     assert!(a.body.contains("needs membership"), "bob is no log reader");
-    assert_eq!(get_page(&gw, &bob.session, "/audit/receipt/1").status, 403);
+    assert!(
+        !a.body.contains("id=\"entries\""),
+        "the entry list is for log readers"
+    );
+    // Entry 0 concerns no request: a log reader's only.
+    assert_eq!(get_page(&gw, &bob.session, "/audit/receipt/0").status, 403);
+    for bad in ["-1", "x", "99999999999999999999999"] {
+        assert_eq!(
+            get_page(&gw, &bob.session, &format!("/audit/receipt/{bad}")).status,
+            400
+        );
+    }
     // Audrey gets no groups from the provider, but [[principals]] makes her
     // an auditor: she fetches receipts.
     let audrey = sign_in(&gw, "audrey", "/audit");
@@ -514,6 +670,41 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     assert_eq!(r.status, 200);
     let receipt: Value = serde_json::from_str(&r.body).unwrap();
     assert!(receipt.get("checkpoint").is_some(), "{receipt}");
+    assert!(
+        a.body.contains("Verified: entry 1 is included"),
+        "{}",
+        a.body
+    );
+    // The entry list, newest first, paged; each row links to its receipt.
+    let list = get_page(&gw, &audrey.session, "/audit");
+    let rows = entry_indexes(&list.body);
+    let size = g.log_entries().len() as u64;
+    assert!(!rows.is_empty() && rows.len() <= 50, "{rows:?}");
+    assert_eq!(rows[0], size - 1, "newest first");
+    assert!(rows.windows(2).all(|w| w[0] == w[1] + 1), "{rows:?}");
+    assert!(list
+        .body
+        .contains(&format!("href=\"/audit/receipt/{}\"", rows[0])));
+    let page = get_page(&gw, &audrey.session, "/audit?before=10");
+    assert_eq!(
+        entry_indexes(&page.body),
+        (0..10).rev().collect::<Vec<u64>>()
+    );
+    assert!(
+        page.body.contains(&format!(
+            "href=\"/audit?before={}\" rel=\"prev\"",
+            size.min(60)
+        )),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("rel=\"next\""), "nothing older than 0");
+    let past = get_page(&gw, &audrey.session, &format!("/audit?before={}", u64::MAX));
+    assert_eq!(entry_indexes(&past.body)[0], size - 1, "clamped to the log");
+    let none = get_page(&gw, &audrey.session, "/audit?before=0");
+    assert!(none.body.contains("No entries here."), "{}", none.body);
+    let bad = get_page(&gw, &audrey.session, "/audit?before=nope");
+    assert_eq!(bad.status, 400, "{}", bad.body);
     let a = get_page(&gw, &audrey.session, "/audit?index=999999");
     assert!(
         a.body.contains("class=\"error\""),

@@ -148,16 +148,17 @@ async fn accept_loop(
                 let _ = tcp.set_nodelay(true);
                 let sh = sh.clone();
                 let tls = tls.clone();
+                let ip = Some(peer.ip());
                 tokio::spawn(async move {
                     let r = match tls {
-                        None => serve_connection(tcp, sh).await,
+                        None => serve_connection(tcp, sh, ip).await,
                         Some(acceptor) => match tokio::time::timeout(
                             Duration::from_secs(10),
                             acceptor.accept(tcp),
                         )
                         .await
                         {
-                            Ok(Ok(s)) => serve_connection(s, sh).await,
+                            Ok(Ok(s)) => serve_connection(s, sh, ip).await,
                             Ok(Err(e)) => Err(e.to_string()),
                             Err(_) => Err("TLS handshake timed out".into()),
                         },
@@ -175,15 +176,23 @@ async fn accept_loop(
     }
 }
 
-/// Serves one client connection with hyper's HTTP/1.1 server.
-async fn serve_connection<I>(io: I, sh: Arc<Shared>) -> Result<(), String>
+/// Serves one client connection with hyper's HTTP/1.1 server; each
+/// request carries the connection's `peer` address ([`proxy::Peer`]).
+async fn serve_connection<I>(
+    io: I,
+    sh: Arc<Shared>,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let sh = sh.clone();
         async move {
-            let req = req.map(Body::new);
+            let mut req = req.map(Body::new);
+            if let Some(ip) = peer {
+                req.extensions_mut().insert(proxy::Peer(ip));
+            }
             let path = req.uri().path().to_string();
             Ok::<_, Infallible>(proxy::handle(sh, req, &path).await)
         }

@@ -186,6 +186,11 @@ async fn read_body(headers: &http::HeaderMap, body: Body, limit: usize) -> Resul
 
 /// Handles one request; `raw_path` is the request's path (still encoded)
 /// below the upstream's prefix.
+/// The client connection's peer address, as observed at accept (a request
+/// extension): each action carries it as the gateway fact `source_ip`.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
 pub async fn handle(sh: Arc<Shared>, req: Request<Body>, raw_path: &str) -> Response<Body> {
     let as_status = wants_k8s_status(&sh.upstream.cfg, req.headers());
     let resp = decide_and_forward(sh, req, raw_path).await;
@@ -258,6 +263,19 @@ async fn decide_and_forward(sh: Arc<Shared>, req: Request<Body>, raw_path: &str)
         Err(r) => return refused(r),
     };
     let shaped = crate::action::shape(up, &parts.method, &target, &hf, body_json);
+    let mut facts = shaped.facts;
+    // Its own listener marks the peer; under the gateway's listener (a
+    // prefix route) the gateway's connection info has it.
+    let peer = parts.extensions.get::<Peer>().map(|p| p.0).or_else(|| {
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+    });
+    if let Some(ip) = peer {
+        let (k, v) = secondkey_server::gateway::source_fact(ip);
+        facts.insert(k, v);
+    }
     let verdict = sh
         .gateway
         .intercept(
@@ -265,7 +283,7 @@ async fn decide_and_forward(sh: Arc<Shared>, req: Request<Body>, raw_path: &str)
             Intercept {
                 action: shaped.action,
                 transport: "http",
-                facts: shaped.facts,
+                facts,
             },
         )
         .await;

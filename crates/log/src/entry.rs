@@ -44,6 +44,9 @@ pub struct Prepared {
     head: Vec<u8>,
     /// Everything after the index digits.
     tail: Vec<u8>,
+    /// The request the entry concerns (its `request` subject): what a
+    /// store indexes so one request's entries are found without a scan.
+    request: Option<String>,
 }
 
 impl Prepared {
@@ -56,6 +59,11 @@ impl Prepared {
         out.extend_from_slice(digits.as_bytes());
         out.extend_from_slice(&self.tail);
         out
+    }
+
+    /// The entry's `request` subject, if it has one.
+    pub fn request(&self) -> Option<&str> {
+        self.request.as_deref()
     }
 }
 
@@ -237,6 +245,7 @@ impl Entry {
     pub fn prepare(mut self) -> Result<Prepared, EntryError> {
         self.index = 0;
         let bytes = self.to_bytes()?;
+        let request = self.subjects.remove("request");
         // Keys are sorted and quotes inside strings are escaped, so the first
         // `"index":0,` is the index field itself.
         const KEY: &[u8] = b"\"index\":0,";
@@ -255,7 +264,11 @@ impl Entry {
         let mut bytes = bytes;
         let tail = bytes.split_off(at + 1);
         bytes.truncate(at);
-        Ok(Prepared { head: bytes, tail })
+        Ok(Prepared {
+            head: bytes,
+            tail,
+            request,
+        })
     }
 
     /// Decodes entry bytes strictly: unknown fields are rejected and the

@@ -57,6 +57,8 @@ pub struct InProcess {
     pub gateway: Arc<Gateway>,
     pub who: Principal,
     pub admins: Vec<String>,
+    /// The client connection's peer address: the fact `source_ip`.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 fn de(e: ApiError) -> DecideError {
@@ -85,6 +87,11 @@ impl Decider for InProcess {
         facts: Map<String, Value>,
     ) -> Result<Decision, DecideError> {
         use secondkey_server::Verdict;
+        let mut facts = facts;
+        if let Some(ip) = self.peer {
+            let (k, v) = secondkey_server::gateway::source_fact(ip);
+            facts.insert(k, v);
+        }
         let it = secondkey_server::Intercept {
             action,
             transport: "mcp",
@@ -495,9 +502,11 @@ impl Extension for McpExtension {
         Router::new()
             .route(
                 "/mcp/{server}",
-                post(move |s, c, p, h, b| post_mcp(a.clone(), s, c, p, h, b))
-                    .get(move |s, c, p, h| other_mcp(b.clone(), Method::GET, s, c, p, h))
-                    .delete(move |s, c2, p, h| other_mcp(c.clone(), Method::DELETE, s, c2, p, h)),
+                post(move |s, c, p, ip, h, b| post_mcp(a.clone(), s, c, p, ip, h, b))
+                    .get(move |s, c, p, ip, h| other_mcp(b.clone(), Method::GET, s, c, p, ip, h))
+                    .delete(move |s, c2, p, ip, h| {
+                        other_mcp(c.clone(), Method::DELETE, s, c2, p, ip, h)
+                    }),
             )
             .route(
                 "/v1/mcp/pins/observe",
@@ -919,6 +928,7 @@ async fn other_mcp(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(server): Path<String>,
+    peer: PeerInfo,
     headers: HeaderMap,
 ) -> Response {
     let srv = match server_of(&inner, &server) {
@@ -933,7 +943,15 @@ async fn other_mcp(
     }
     let delete = method == Method::DELETE;
     let fwd_headers = forwarded(&headers);
-    let watch = watch_of(&inner, &s.gateway, &p, &srv, &fwd_headers, sid.as_deref());
+    let watch = watch_of(
+        &inner,
+        &s.gateway,
+        &p,
+        &srv,
+        &fwd_headers,
+        sid.as_deref(),
+        peer_ip(peer),
+    );
     match upstream(&inner, &srv, method, &fwd_headers, None).await {
         Ok(resp) => {
             if let (true, Some(sid)) = (delete && resp.status().is_success(), &sid) {
@@ -962,6 +980,7 @@ fn watch_of(
     srv: &Arc<ServerConfig>,
     headers: &[(String, HeaderValue)],
     sid: Option<&str>,
+    peer: Option<std::net::IpAddr>,
 ) -> Option<ListWatch> {
     Some(ListWatch {
         inner: inner.clone(),
@@ -970,6 +989,7 @@ fn watch_of(
         srv: srv.clone(),
         headers: headers.to_vec(),
         session: sid.map(str::to_string),
+        peer,
     })
 }
 
@@ -1104,11 +1124,19 @@ async fn read_message(headers: &HeaderMap, body: Body, limit: usize) -> Result<B
     Ok(Bytes::from(out))
 }
 
+/// The connection's peer, as the gateway's listener observed it.
+type PeerInfo = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+
+fn peer_ip(peer: PeerInfo) -> Option<std::net::IpAddr> {
+    peer.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip())
+}
+
 async fn post_mcp(
     inner: Arc<Inner>,
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(server): Path<String>,
+    peer: PeerInfo,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -1155,6 +1183,7 @@ async fn post_mcp(
         &srv,
         &fwd_headers,
         session.as_deref(),
+        peer_ip(peer),
     );
     let call_key = |id: &Value| {
         format!(
@@ -1210,6 +1239,7 @@ async fn post_mcp(
                 srv,
                 headers: fwd_headers,
                 session,
+                peer: peer_ip(peer),
                 key,
                 cancel,
                 watch,
@@ -1539,6 +1569,7 @@ struct ListWatch {
     /// The request's transport headers (session, protocol version).
     headers: Vec<(String, HeaderValue)>,
     session: Option<String>,
+    peer: Option<std::net::IpAddr>,
 }
 
 impl ListWatch {
@@ -1557,6 +1588,7 @@ impl ListWatch {
                 gateway: self.gateway.clone(),
                 who: self.who.clone(),
                 admins: self.inner.config.tool_admins.clone(),
+                peer: self.peer,
             }),
         )
     }
@@ -1642,6 +1674,7 @@ struct CallCtx {
     srv: Arc<ServerConfig>,
     headers: Vec<(String, HeaderValue)>,
     session: Option<String>,
+    peer: Option<std::net::IpAddr>,
     key: String,
     /// The call's cancel switch (also in `Inner::deciding`, under `key`).
     cancel: watch::Sender<bool>,
@@ -1731,6 +1764,7 @@ impl CallCtx {
                 gateway: self.gateway.clone(),
                 who: self.who.clone(),
                 admins: self.inner.config.tool_admins.clone(),
+                peer: self.peer,
             }),
         )
     }

@@ -374,6 +374,7 @@ const PASSED_PARAMETERS: &[&str] = &[
 
 async fn serve_client(sh: Arc<Shared>, tcp: TcpStream) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().ok().map(|a| a.ip());
     let mut s: Stream = Box::new(tcp);
     let mut buf = BytesMut::with_capacity(8192);
     let timeout = sh.conn.limits.login_timeout;
@@ -422,7 +423,8 @@ async fn serve_client(sh: Arc<Shared>, tcp: TcpStream) -> anyhow::Result<()> {
         );
     }
     let mut out = BytesMut::new();
-    let mut session = session::Session::new(sh.clone(), who, s, up.stream, buf, up.leftover, hold);
+    let mut session = session::Session::new(sh.clone(), who, s, up.stream, buf, up.leftover, hold)
+        .with_peer(peer);
     for (k, v) in &up.params {
         session.check_parameter(k, v);
         proto::parameter_status(&mut out, k, v);

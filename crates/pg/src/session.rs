@@ -268,6 +268,8 @@ pub struct Session {
     cancel: Arc<tokio::sync::Notify>,
     /// When either side last sent anything (for `idle_timeout`).
     last_active: Instant,
+    /// The client connection's peer address: the fact `source_ip`.
+    peer: Option<std::net::IpAddr>,
 }
 
 /// Makes room for one more read of about [`READ_CHUNK`].
@@ -310,7 +312,15 @@ impl Session {
             poisoned: None,
             cancel,
             last_active: Instant::now(),
+            peer: None,
         }
+    }
+
+    /// The client connection's peer address, as observed at accept: each
+    /// action of the session carries it as the gateway fact `source_ip`.
+    pub fn with_peer(mut self, peer: Option<std::net::IpAddr>) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// Checks a ParameterStatus value the server reported.
@@ -1160,6 +1170,10 @@ impl Session {
         facts.insert("functions".into(), json!(functions));
         facts.insert("statements".into(), json!(class.statements.len()));
         facts.insert("protocol".into(), json!(protocol));
+        if let Some(ip) = self.peer {
+            let (k, v) = secondkey_server::gateway::source_fact(ip);
+            facts.insert(k, v);
+        }
         (action, facts, read_uris, write_uris)
     }
 

@@ -298,6 +298,8 @@ async fn reads_run_denials_name_the_policy_and_nothing_unparseable_passes() {
             .is_some_and(|n| n > 0),
         "{del}"
     );
+    // The client's address, as the gateway observed it: a fact.
+    assert_eq!(del["payload"]["facts"]["source_ip"], "127.0.0.1", "{del}");
     // The log holds a decision for each, and results with row counts.
     assert!(env.events("action.denied").len() >= 9);
     wait_for(|| {

@@ -11,7 +11,8 @@
 //! 1. times `GET /requests/{id}` as a signed-in reviewer over loopback
 //!    (keep-alive): the whole server path — session check, store read,
 //!    similar-action lookup, diff, highlighting, HTML — plus loopback;
-//! 2. times the rendering alone (`web::render_request`).
+//! 2. times the timeline's read (one indexed query) and decoding;
+//! 3. times the rendering alone (`web::render_request`).
 //!
 //! `cargo bench -p secondkey-server --bench request_page`
 //! (`SK_BENCH_N` history size, default 100; `SK_BENCH_ITER` default 500).
@@ -159,6 +160,10 @@ fn main() {
         .into_string()
         .expect("html");
     assert!(page.contains("Changed since"));
+    assert!(
+        page.contains("id=\"timeline\""),
+        "the page shows the timeline"
+    );
     let shown = page.matches("<tr class=\"ins\">").count();
     assert_eq!(shown, changed_lines, "the diff shows each changed line");
     println!(
@@ -203,6 +208,25 @@ fn main() {
             &req,
         ))
         .expect("a similar approved request");
+    let timeline_entries = g
+        .store
+        .request_entries(&req.id, secondkey_server::web::timeline::MAX_EVENTS)
+        .expect("timeline");
+    assert!(!timeline_entries.is_empty(), "the request has log entries");
+    let timeline = secondkey_server::web::timeline::Timeline::from_entries(&timeline_entries);
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let entries = g
+            .store
+            .request_entries(&req.id, secondkey_server::web::timeline::MAX_EVENTS)
+            .expect("timeline");
+        std::hint::black_box(secondkey_server::web::timeline::Timeline::from_entries(
+            &entries,
+        ));
+        times.push(t.elapsed());
+    }
+    percentiles("timeline (indexed read + decode)", times);
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
@@ -213,6 +237,7 @@ fn main() {
             Some(&similar),
             None,
             Some("bench-nonce"),
+            &timeline,
         );
         std::hint::black_box(html);
         times.push(t.elapsed());

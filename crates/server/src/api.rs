@@ -242,12 +242,16 @@ struct SubmitQuery {
 async fn submit_action(
     State(s): State<AppState>,
     Authenticated(p, credential): Authenticated,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Q(q): Q<SubmitQuery>,
     RawJson(body): RawJson,
 ) -> Result<Json<ActionResponse>, ApiError> {
     let execute = q.execute.unwrap_or(false);
+    let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip());
     Ok(Json(
-        s.gateway.submit_as(&p, &credential, &body, execute).await?,
+        s.gateway
+            .submit_from(&p, &credential, &body, execute, peer)
+            .await?,
     ))
 }
 
@@ -671,10 +675,12 @@ fn parse_review_decision(s: &str) -> Result<ReviewDecision, ApiError> {
 /// Approve or deny several pending requests of one agent session (same
 /// requester, same `context.session`) together. Each is reviewed on its own,
 /// through the same checks as a single review, and recorded as its own
-/// review; one refusal does not stop the others.
+/// review; one refusal does not stop the others. A batch holding a
+/// sensitive operation in a production environment (`[web]`) needs a
+/// `comment`, or nothing is decided (`comment_required`).
 #[utoipa::path(post, path = "/v1/reviews/batch", request_body = BatchReviewBody,
     responses((status = 200, body = [BatchReviewResult]),
-              (status = 400, body = ErrorBody, description = "`invalid_batch` or `mixed_batch`"),
+              (status = 400, body = ErrorBody, description = "`invalid_batch`, `mixed_batch` or `comment_required` (nothing was decided)"),
               (status = 404, body = ErrorBody)))]
 async fn review_batch(
     State(s): State<AppState>,

@@ -173,6 +173,16 @@ pub(crate) fn entry(
     }
 }
 
+/// The fact `source_ip` for a connection's peer `ip` (an IPv4 address
+/// mapped into IPv6 is written as IPv4): every transport names the
+/// address it observed the same way.
+pub fn source_fact(ip: std::net::IpAddr) -> (String, Value) {
+    (
+        "source_ip".to_string(),
+        json!(ip.to_canonical().to_string()),
+    )
+}
+
 /// Appends the log entries for the events a core transition produced.
 pub(crate) fn log_events(
     tx: &mut dyn Tx,
@@ -529,6 +539,22 @@ impl Gateway {
         body: &[u8],
         execute: bool,
     ) -> Result<ActionResponse, ApiError> {
+        self.submit_from(principal, credential, body, execute, None)
+            .await
+    }
+
+    /// [`Gateway::submit_as`] from a connection whose peer address the
+    /// gateway observed: recorded as the fact `source_ip`, what policy
+    /// reads as `context.gateway.source_ip` and the request page shows as
+    /// established, apart from any `context.source_ip` the agent declares.
+    pub async fn submit_from(
+        &self,
+        principal: &Principal,
+        credential: &Credential,
+        body: &[u8],
+        execute: bool,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<ActionResponse, ApiError> {
         // The whole action must fit in one log entry. The body's size is a
         // cheap bound (canonical JSON is never much larger); the log's own
         // entry limit backs it up with `entry_too_large`.
@@ -543,7 +569,9 @@ impl Gateway {
             action,
             digest,
             transport: "api",
-            facts: serde_json::Map::new(),
+            facts: peer
+                .map(|ip| std::iter::once(source_fact(ip)).collect())
+                .unwrap_or_default(),
             track: execute,
             credential: credential.clone(),
         };
@@ -1112,8 +1140,13 @@ impl Gateway {
                         | "expired"
                         | "wrong_requester"
                 ) {
-                    self.log_refusal("grant.refused", who, &[("grant", &claims.jti)], &e)
-                        .await;
+                    // Under its request too (the claims are verified): the
+                    // request's timeline shows the refused use.
+                    let mut subjects = vec![("grant", claims.jti.as_str())];
+                    if let Some(rid) = &claims.rid {
+                        subjects.push(("request", rid.as_str()));
+                    }
+                    self.log_refusal("grant.refused", who, &subjects, &e).await;
                 }
                 Err(e)
             }

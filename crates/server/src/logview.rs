@@ -40,18 +40,25 @@ pub async fn tile(
                     gateway.store.log_size()
                 )));
             }
-            let store = gateway.store.clone();
-            let entries = tokio::task::spawn_blocking(move || store.entries(start, end))
-                .await
-                .map_err(|e| ApiError::unavailable(e.to_string()))??;
+            let entries = entries(gateway, start, end).await?;
             encode_bundle(&entries).map_err(|e| ApiError::unavailable(e.to_string()))
         }
     }
 }
 
 /// A self-contained inclusion receipt for entry `index` against the current
-/// signed checkpoint.
+/// signed checkpoint, as JSON.
 pub async fn receipt(gateway: &Gateway, index: u64) -> Result<Value, ApiError> {
+    let receipt = receipt_of(gateway, index).await?;
+    serde_json::to_value(receipt).map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+/// The inclusion receipt of entry `index` against the current signed
+/// checkpoint.
+pub async fn receipt_of(
+    gateway: &Gateway,
+    index: u64,
+) -> Result<secondkey_log::receipt::Receipt, ApiError> {
     let note = gateway.checkpoint().await?;
     let cp = secondkey_log::checkpoint::Checkpoint::parse_note_unverified(&note)
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -61,19 +68,65 @@ pub async fn receipt(gateway: &Gateway, index: u64) -> Result<Value, ApiError> {
             cp.size
         )));
     }
-    let store = gateway.store.clone();
-    let bytes = tokio::task::spawn_blocking(move || store.entries(index, index + 1))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))??;
-    let entry = bytes
+    let entry = entries(gateway, index, index + 1)
+        .await?
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::not_found(format!("entry {index} is missing")))?;
-    let receipt = gateway
+    gateway
         .store
         .with_tree(|t| secondkey_log::receipt::Receipt::build(t, &entry, index, &note))?
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    serde_json::to_value(receipt).map_err(|e| ApiError::unavailable(e.to_string()))
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+/// The bytes of entries `start..end`, read off the async threads.
+pub async fn entries(gateway: &Gateway, start: u64, end: u64) -> Result<Vec<Vec<u8>>, ApiError> {
+    let store = gateway.store.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || store.entries(start, end))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))??,
+    )
+}
+
+/// The log entries of request `id` (one indexed read; see
+/// `Store::request_entries`), at most `limit`.
+pub async fn request_entries(
+    gateway: &Gateway,
+    id: &str,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
+    let store = gateway.store.clone();
+    let id = id.to_string();
+    Ok(
+        tokio::task::spawn_blocking(move || store.request_entries(&id, limit))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))??,
+    )
+}
+
+/// Whether `who` may read log entry `index` (and its receipt): a log
+/// reader reads any entry; anyone else the entries of a request they may
+/// see, which its timeline links to — those hold nothing the request page
+/// does not show them already.
+pub async fn may_read_entry(
+    gateway: &Gateway,
+    who: &secondkey_core::principal::Principal,
+    index: u64,
+) -> Result<(), ApiError> {
+    let reader = gateway.require_log_reader(who);
+    if reader.is_ok() || index >= gateway.store.log_size() {
+        return reader;
+    }
+    let bytes = entries(gateway, index, index + 1).await?;
+    let request = bytes
+        .first()
+        .and_then(|b| secondkey_log::entry::Entry::from_bytes(b).ok())
+        .and_then(|e| e.subjects.get("request").cloned());
+    match request {
+        Some(id) if gateway.get_request(who, &id).await.is_ok() => Ok(()),
+        _ => reader,
+    }
 }
 
 /// The store as a source of entries for the log sinks.

@@ -305,6 +305,13 @@ pub(crate) trait Reads {
     ) -> Result<Vec<(String, String)>, StoreError>;
     /// `(index, bytes)` of the entries in `[start, end)`, in order.
     fn entries(&mut self, start: u64, end: u64) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
+    /// `(index, bytes)` of the entries whose `request` subject is
+    /// `request_id`, in log order, at most `limit`.
+    fn request_entries(
+        &mut self,
+        request_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
     /// `(body, created_at, id)` of the requests that concern one of
     /// `parties`, newest first, older than `cursor`, at most `limit`.
     fn list_for(

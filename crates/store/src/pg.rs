@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// The newest schema version this binary knows.
-pub const PG_SCHEMA_VERSION: i64 = 1;
+pub const PG_SCHEMA_VERSION: i64 = 2;
 
 /// Each migration moves the schema one version forward, in one
 /// transaction, under an advisory lock (so replicas started together do
@@ -94,6 +94,19 @@ const PG_MIGRATIONS: &[&str] = &[
         value text NOT NULL,
         PRIMARY KEY (ns, key)
      );"#,
+    // 2: the log entries of each request (its timeline), filled at append
+    // from the entry's `request` subject, and here from the entries so far.
+    r#"CREATE TABLE log_by_request (
+        request_id text COLLATE "C" NOT NULL,
+        idx        bigint NOT NULL,
+        PRIMARY KEY (request_id, idx)
+     );
+     INSERT INTO log_by_request
+        SELECT r, idx FROM (
+            SELECT convert_from(data, 'UTF8')::jsonb -> 'subjects' ->> 'request' AS r, idx
+            FROM log_entries) e
+        WHERE r IS NOT NULL
+        ON CONFLICT DO NOTHING;"#,
 ];
 
 /// The advisory lock key migrations run under ("secondke" in ASCII).
@@ -1068,6 +1081,19 @@ impl Reads for PgConn {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    fn request_entries(
+        &mut self,
+        request_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let rows = self.query(
+            "SELECT e.idx, e.data FROM log_by_request r JOIN log_entries e ON e.idx = r.idx
+             WHERE r.request_id = $1 ORDER BY r.idx LIMIT $2",
+            &[&request_id, &limit],
+        )?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     fn list_for(
         &mut self,
         parties: &[String],
@@ -1214,6 +1240,12 @@ impl Tx for PgTx<'_> {
             "INSERT INTO log_entries (idx, data) VALUES ($1, $2)",
             &[&idx, &bytes],
         )?;
+        if let Some(request) = entry.request() {
+            self.conn.execute(
+                "INSERT INTO log_by_request (request_id, idx) VALUES ($1, $2)",
+                &[&request, &idx],
+            )?;
+        }
         self.pending.push(leaf_hash(&bytes));
         Ok(index)
     }

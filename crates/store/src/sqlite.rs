@@ -16,7 +16,7 @@ use crate::{
 
 /// The newest schema version this binary knows. Each migration below moves
 /// the database one version forward, inside a transaction.
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -96,6 +96,17 @@ const MIGRATIONS: &[&str] = &[
     // on pending requests counts them without reading its history.
     "CREATE INDEX IF NOT EXISTS requests_pending_by_requester ON requests(requester, expires_at)
         WHERE state = 'pending';",
+    // 6: the log entries of each request (its timeline), filled at append
+    // from the entry's `request` subject, and here from the entries so far.
+    "CREATE TABLE IF NOT EXISTS log_by_request (
+        request_id TEXT NOT NULL,
+        idx        INTEGER NOT NULL,
+        PRIMARY KEY (request_id, idx)
+     ) WITHOUT ROWID;
+     INSERT OR IGNORE INTO log_by_request
+        SELECT json_extract(CAST(data AS TEXT), '$.subjects.request'), idx FROM log_entries
+        WHERE json_valid(CAST(data AS TEXT))
+          AND json_extract(CAST(data AS TEXT), '$.subjects.request') IS NOT NULL;",
 ];
 
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
@@ -339,6 +350,21 @@ impl Reads for SqliteReads<'_> {
             ],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
         )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn request_entries(
+        &mut self,
+        request_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT e.idx, e.data FROM log_by_request r JOIN log_entries e ON e.idx = r.idx
+             WHERE r.request_id = ?1 ORDER BY r.idx LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![request_id, limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -617,6 +643,11 @@ impl Tx for SqliteTx<'_> {
         self.conn
             .prepare_cached("INSERT INTO log_entries (idx, data) VALUES (?1, ?2)")?
             .execute(params![index as i64, bytes])?;
+        if let Some(request) = entry.request() {
+            self.conn
+                .prepare_cached("INSERT INTO log_by_request (request_id, idx) VALUES (?1, ?2)")?
+                .execute(params![request, index as i64])?;
+        }
         self.pending.push(leaf_hash(&bytes));
         Ok(index)
     }

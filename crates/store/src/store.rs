@@ -466,6 +466,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The log entries that concern request `id` (their `request`
+    /// subject), in log order, at most `limit`: one indexed read, not a
+    /// scan of the log. Entries another replica committed but this one's
+    /// tree does not hold yet are left out, so each listed index can be
+    /// proven.
+    pub fn request_entries(
+        &self,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let size = self.log_size();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read(|r| r.request_entries(id, limit))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(idx, data)| u64::try_from(idx).ok().map(|i| (i, data)))
+            .filter(|(idx, _)| *idx < size)
+            .collect())
+    }
+
     pub fn get_request(&self, id: &str) -> Result<Option<Request>, StoreError> {
         self.read(|r| r.request(id))
     }

@@ -102,7 +102,108 @@ both_backends!(
     background_jobs_commit_durably_alone_or_with_a_waited_job,
     a_background_job_whose_submitter_goes_away_is_still_committed,
     concurrent_background_and_waited_jobs_all_commit_once,
+    entries_are_listed_by_request_in_log_order_and_rolled_back_with_their_job,
+    migration_indexes_the_entries_already_logged,
 );
+
+/// An entry about request `id` (its `request` subject), or about none.
+fn about(event: &str, id: Option<&str>) -> Entry {
+    let mut e = entry(event);
+    if let Some(id) = id {
+        e.subjects.insert("request".into(), id.into());
+    }
+    e
+}
+
+fn indexes(store: &Store, id: &str, limit: usize) -> Vec<u64> {
+    let rows = store.request_entries(id, limit).unwrap();
+    for (idx, data) in &rows {
+        let e = Entry::from_bytes(data).unwrap();
+        assert_eq!(
+            (e.index, e.subjects.get("request").map(String::as_str)),
+            (*idx, Some(id))
+        );
+    }
+    rows.into_iter().map(|(i, _)| i).collect()
+}
+
+fn entries_are_listed_by_request_in_log_order_and_rolled_back_with_their_job(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
+    // 0: a, 1: none, 2: b, 3: a (prepared off the writer), 4: a
+    for (event, id) in [("x", Some("req_a")), ("y", None), ("z", Some("req_b"))] {
+        store
+            .transact_blocking(move |tx| tx.append(about(event, id)))
+            .unwrap();
+    }
+    let prepared = about("p", Some("req_a")).prepare().unwrap();
+    assert_eq!(prepared.request(), Some("req_a"));
+    store
+        .transact_blocking(move |tx| tx.append_prepared(prepared))
+        .unwrap();
+    store
+        .transact_blocking(|tx| tx.append(about("w", Some("req_a"))))
+        .unwrap();
+    // A job that fails after appending about req_a leaves no index row.
+    let failed = store.transact_blocking(|tx| -> Result<(), StoreError> {
+        tx.append(about("lost", Some("req_a")))?;
+        Err(StoreError::Corrupt("the job fails".into()))
+    });
+    assert!(failed.is_err());
+    store
+        .transact_blocking(|tx| tx.append(about("v", Some("req_b"))))
+        .unwrap();
+    assert_eq!(indexes(&store, "req_a", 100), vec![0, 3, 4]);
+    assert_eq!(indexes(&store, "req_b", 100), vec![2, 5]);
+    assert_eq!(indexes(&store, "req_a", 2), vec![0, 3]);
+    assert!(indexes(&store, "req_none", 100).is_empty());
+    // Ids are matched exactly: no prefix, no case folding, no SQL.
+    assert!(indexes(&store, "req_", 100).is_empty());
+    assert!(indexes(&store, "REQ_A", 100).is_empty());
+    assert!(indexes(&store, "' OR 1=1 --", 100).is_empty());
+    store.close();
+    let store = Store::open(f.options()).unwrap();
+    assert_eq!(indexes(&store, "req_a", 100), vec![0, 3, 4]);
+}
+
+fn migration_indexes_the_entries_already_logged(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
+    for (event, id) in [
+        ("x", Some("req_a")),
+        ("y", None),
+        ("z", Some("req_b")),
+        ("w", Some("req_a")),
+    ] {
+        store
+            .transact_blocking(move |tx| tx.append(about(event, id)))
+            .unwrap();
+    }
+    store.close();
+    // The schema as the previous version left it: no index.
+    match kind {
+        Kind::Sqlite => f.sql("DROP TABLE log_by_request; PRAGMA user_version = 5;"),
+        Kind::Postgres => {
+            f.sql("DROP TABLE log_by_request; DELETE FROM secondkey_schema WHERE version = 2;");
+            assert!(matches!(
+                Store::open(f.options()),
+                Err(StoreError::NotMigrated {
+                    found: 1,
+                    current: 2
+                })
+            ));
+            Store::migrate(&f.options()).unwrap();
+        }
+    }
+    let store = Store::open(f.options()).unwrap();
+    assert_eq!(indexes(&store, "req_a", 100), vec![0, 3]);
+    assert_eq!(indexes(&store, "req_b", 100), vec![2]);
+    // New appends keep indexing after the migration.
+    store
+        .transact_blocking(|tx| tx.append(about("n", Some("req_b"))))
+        .unwrap();
+    assert_eq!(indexes(&store, "req_b", 100), vec![2, 4]);
+}
 
 fn entry(event: &str) -> Entry {
     new_entry(

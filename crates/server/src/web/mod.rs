@@ -18,7 +18,9 @@ pub mod highlight;
 pub mod lineage;
 pub mod oidc;
 pub mod pages;
+pub mod receipt;
 pub mod session;
+pub mod timeline;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -452,6 +454,15 @@ async fn request_page(
         Err(e) => return api_error_page(&e),
     };
     let similar = similar_approved(g, &user.principal, &req).await;
+    // The timeline is evidence, not the decision: a read that fails shows
+    // an empty timeline with the error logged rather than no page.
+    let entries = crate::logview::request_entries(g, &req.id, timeline::MAX_EVENTS)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(request = %req.id, error = %e.message, "timeline not read");
+            Vec::new()
+        });
+    let timeline = timeline::Timeline::from_entries(&entries);
     // A fresh nonce per page (256 random bits); without randomness the page
     // goes without its script rather than with a guessable nonce.
     let nonce = random_token().ok();
@@ -464,6 +475,7 @@ async fn request_page(
             similar.as_ref(),
             notice_text(q.done.as_deref()),
             nonce.as_deref(),
+            &timeline,
         ),
         nonce.as_deref(),
     )
@@ -497,6 +509,7 @@ pub fn render_request(
     similar: Option<&Request>,
     notice: Option<&str>,
     nonce: Option<&str>,
+    timeline: &timeline::Timeline,
 ) -> String {
     let fallback;
     let submitted = match &req.submitted {
@@ -521,6 +534,7 @@ pub fn render_request(
             now_ms: g.now().0,
             notice,
             nonce,
+            timeline,
         },
     )
 }
@@ -557,7 +571,11 @@ pub const MAX_BATCH: usize = 100;
 
 /// Decides several requests of one agent session, each as its own review
 /// through [`Gateway::review`]. All must share a requester and a session:
-/// a batch never mixes unrelated work.
+/// a batch never mixes unrelated work. A batch that holds a sensitive
+/// operation in a production environment (see `[web]` and
+/// [`crate::reviewer::needs_comment`]) needs a comment, or nothing is
+/// decided (`comment_required`). The web form and `POST /v1/reviews/batch`
+/// both come here, so the rules are the same.
 pub async fn review_batch(
     g: &Gateway,
     who: &secondkey_core::principal::Principal,
@@ -580,9 +598,23 @@ pub async fn review_batch(
             "a request appears twice in the batch",
         ));
     }
+    let comment = comment
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty());
     let mut key = None;
+    let mut sensitive = None;
     for id in ids {
         let r = g.get_request(who, id).await?;
+        if comment.is_none()
+            && sensitive.is_none()
+            && crate::reviewer::needs_comment(
+                &r,
+                g.config.environment_of(&r.action.resource),
+                &g.config.web,
+            )
+        {
+            sensitive = Some(id.clone());
+        }
         let k = (
             r.requester.id.clone(),
             pages::session_of(&r).map(str::to_string),
@@ -603,6 +635,12 @@ pub async fn review_batch(
             }
             _ => {}
         }
+    }
+    if let Some(id) = sensitive {
+        return Err(ApiError::bad_request(
+            "comment_required",
+            format!("{id} is a sensitive operation in production: a batch that holds it needs a comment saying why. Nothing was decided; decide again with a comment"),
+        ));
     }
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
@@ -648,20 +686,6 @@ async fn batch(State(s): State<AppState>, p: Posted) -> Response {
                 Err(e) => return api_error_page(&e),
             };
             let comment = comment_of(&p);
-            if comment.is_none() {
-                for id in &ids {
-                    let Ok(r) = g.get_request(&p.user.principal, id).await else {
-                        continue; // review_batch reports it
-                    };
-                    let env = g.config.environment_of(&r.action.resource);
-                    if crate::reviewer::needs_comment(&r, env, &g.config.web) {
-                        return api_error_page(&ApiError::bad_request(
-                            "comment_required",
-                            format!("{id} is a sensitive operation in production: a batch that holds it needs a comment. Go back, write why, and decide again."),
-                        ));
-                    }
-                }
-            }
             match review_batch(g, &p.user.principal, &ids, decision, comment).await {
                 Ok(results) => {
                     let rows: Vec<(String, Result<RequestState, String>)> = results
@@ -703,6 +727,46 @@ async fn history(State(s): State<AppState>, user: SignedIn) -> Response {
 #[derive(Deserialize)]
 struct AuditQuery {
     index: Option<String>,
+    before: Option<String>,
+}
+
+/// A non-negative integer typed in a query, or a sentence saying so.
+fn parse_index(v: &str, what: &str) -> Result<u64, ApiError> {
+    v.trim().parse::<u64>().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_index",
+            format!("{what} must be a non-negative integer"),
+        )
+    })
+}
+
+/// The readable receipt of entry `index`, if `who` may read it.
+async fn readable_receipt(
+    g: &Gateway,
+    who: &secondkey_core::principal::Principal,
+    index: u64,
+) -> Result<String, ApiError> {
+    crate::logview::may_read_entry(g, who, index).await?;
+    let r = crate::logview::receipt_of(g, index).await?;
+    let verifier: secondkey_log::note::Verifier = g
+        .verifier_key()
+        .parse()
+        .map_err(|e: secondkey_log::note::NoteError| ApiError::internal(e.to_string()))?;
+    Ok(receipt::readable(&r, &verifier))
+}
+
+/// One page of entries, newest first, ending before `before` (default:
+/// the newest).
+async fn entry_page(g: &Gateway, before: Option<&str>) -> Result<String, ApiError> {
+    let size = g.store.log_size();
+    let before = match before.map(str::trim).filter(|b| !b.is_empty()) {
+        Some(b) => parse_index(b, "before")?.min(size),
+        None => size,
+    };
+    let start = before.saturating_sub(receipt::PAGE);
+    let bytes = crate::logview::entries(g, start, before).await?;
+    let entries: Vec<(u64, Vec<u8>)> = (start..).zip(bytes).collect();
+    Ok(receipt::entry_list(&entries, size, before))
 }
 
 async fn audit(State(s): State<AppState>, user: SignedIn, Query(q): Query<AuditQuery>) -> Response {
@@ -712,15 +776,22 @@ async fn audit(State(s): State<AppState>, user: SignedIn, Query(q): Query<AuditQ
         Err(e) => return api_error_page(&e),
     };
     let reader = g.require_log_reader(&user.principal).map_err(|e| e.message);
-    let receipt = match (&reader, q.index.as_deref().map(str::trim)) {
-        (Ok(()), Some(ix)) if !ix.is_empty() => Some(match ix.parse::<u64>() {
-            Ok(index) => crate::logview::receipt(g, index)
+    let receipt = match q.index.as_deref().map(str::trim) {
+        Some(ix) if !ix.is_empty() => Some(match parse_index(ix, "the index") {
+            Ok(index) => readable_receipt(g, &user.principal, index)
                 .await
-                .map(|v| (index, serde_json::to_string_pretty(&v).unwrap_or_default()))
+                .map(|html| (index, html))
                 .map_err(|e| e.message),
-            Err(_) => Err("The index must be a non-negative integer.".into()),
+            Err(e) => Err(e.message),
         }),
         _ => None,
+    };
+    let list = match reader {
+        Ok(()) => match entry_page(g, q.before.as_deref()).await {
+            Ok(html) => Some(html),
+            Err(e) => return api_error_page(&e),
+        },
+        Err(_) => None,
     };
     ok(pages::audit(
         &user,
@@ -728,26 +799,30 @@ async fn audit(State(s): State<AppState>, user: SignedIn, Query(q): Query<AuditQ
         &g.verifier_key(),
         reader,
         receipt,
+        list,
     ))
 }
 
-/// A receipt as a JSON download (log readers only, like the API).
+/// A receipt as a JSON download: log readers, and viewers of the request
+/// the entry concerns (see [`crate::logview::may_read_entry`]).
 async fn receipt(State(s): State<AppState>, user: SignedIn, Path(index): Path<String>) -> Response {
     let g = &s.gateway;
-    if let Err(e) = g.require_log_reader(&user.principal) {
+    let index = match parse_index(&index, "the index") {
+        Ok(i) => i,
+        Err(e) => return api_error_page(&e),
+    };
+    if let Err(e) = crate::logview::may_read_entry(g, &user.principal, index).await {
         return api_error_page(&e);
     }
-    let Ok(index) = index.parse::<u64>() else {
-        return api_error_page(&ApiError::bad_request(
-            "invalid_index",
-            "the index must be a non-negative integer",
-        ));
-    };
     match crate::logview::receipt(g, index).await {
         Ok(v) => (
             [
                 (header::CONTENT_TYPE, "application/json"),
                 (header::CACHE_CONTROL, "no-store"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    &*format!("attachment; filename=\"receipt-{index}.json\""),
+                ),
             ],
             serde_json::to_string_pretty(&v).unwrap_or_default(),
         )

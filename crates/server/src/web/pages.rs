@@ -387,6 +387,9 @@ pub struct RequestPage<'a> {
     /// The nonce of the page's one script (live update, local times);
     /// `None`: no script.
     pub nonce: Option<&'a str>,
+    /// The request's timeline, and what the gateway observed at
+    /// submission (peer address, transport), from its log entries.
+    pub timeline: &'a super::timeline::Timeline,
 }
 
 fn row(out: &mut String, label: &str, value_html: &str) {
@@ -536,6 +539,20 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
             None => "<span class=\"muted\">none configured for this resource</span>".into(),
         },
     );
+    row(
+        &mut b,
+        "Source address",
+        &match (&p.timeline.observed.source_ip, &p.timeline.observed.transport) {
+            (Some(ip), t) => format!(
+                "<code id=\"source-observed\">{}</code> <small class=\"muted\">the connection's peer{}</small>",
+                esc(ip),
+                t.as_deref()
+                    .map(|t| format!(", via {}", esc(t)))
+                    .unwrap_or_default()
+            ),
+            (None, _) => "<span class=\"muted\" id=\"source-observed\">not observed</span>".into(),
+        },
+    );
     row(&mut b, "Resource", &code_or_dash(Some(&a.resource)));
     row(
         &mut b,
@@ -587,7 +604,14 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
     row(&mut b, "Model", &code_or_dash(ctx_str(r, "model")));
     row(&mut b, "Session", &code_or_dash(ctx_str(r, "session")));
     if let Some(ip) = ctx_str(r, "source_ip") {
-        row(&mut b, "Source address", &code_or_dash(Some(ip)));
+        row(
+            &mut b,
+            "Source address",
+            &format!(
+                "<code id=\"source-declared\">{}</code> <small class=\"muted\">declared</small>",
+                esc(ip)
+            ),
+        );
     }
     row(
         &mut b,
@@ -765,6 +789,7 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
         b.push_str("</tbody></table>");
     }
     b.push_str("</div></section>");
+    b.push_str(&super::timeline::render(&p.timeline.events));
     let full = serde_json::to_string_pretty(p.submitted).unwrap_or_default();
     let _ = write!(
         b,
@@ -814,45 +839,57 @@ pub fn history(user: &SignedIn, reqs: &[&Request]) -> String {
     layout("History", Some(user), &b)
 }
 
-/// The audit page: the latest signed checkpoint, and a receipt lookup for
-/// log readers.
+/// The audit page: the latest signed checkpoint, a readable receipt when
+/// one was asked for (`receipt_html`, see [`super::receipt::readable`]),
+/// and for log readers a receipt lookup and the paged entry list.
 pub fn audit(
     user: &SignedIn,
     checkpoint: &str,
     verifier_key: &str,
     reader: Result<(), String>,
-    receipt: Option<Result<(u64, String), String>>,
+    receipt_html: Option<Result<(u64, String), String>>,
+    entry_list: Option<String>,
 ) -> String {
-    let mut b = String::from("<h1>Audit log</h1><h2>Latest signed checkpoint</h2>");
+    let mut b = String::from("<h1>Audit log</h1>");
+    match receipt_html {
+        None => {}
+        Some(Ok((index, html))) => {
+            let _ = write!(
+                b,
+                "<section id=\"receipt-section\"><h2>Entry {index} and its inclusion proof</h2>{html}</section>"
+            );
+        }
+        Some(Err(e)) => {
+            let _ = write!(
+                b,
+                "<p class=\"error\" id=\"error\">{}</p>",
+                esc(&sentence(&e))
+            );
+        }
+    }
+    b.push_str("<h2>Latest signed checkpoint</h2>");
     let _ = write!(
         b,
         "<pre class=\"code\" id=\"checkpoint\">{}</pre><p class=\"muted\">Verifier key (get it out of band to rely on it): <code>{}</code></p>",
         esc(checkpoint),
         esc(verifier_key)
     );
-    b.push_str("<h2>Receipt for an entry</h2>");
     match reader {
         Err(why) => {
-            let _ = write!(b, "<p class=\"muted\">{}</p>", esc(&why));
+            let _ = write!(
+                b,
+                "<p class=\"muted\">{} The receipts of a request's entries are linked from its timeline.</p>",
+                esc(&sentence(&why))
+            );
         }
         Ok(()) => {
             b.push_str(
-                "<form method=\"get\" action=\"/audit\" class=\"row\"><label for=\"index\">Entry index</label>\
+                "<h2>Receipt for an entry</h2><form method=\"get\" action=\"/audit\" class=\"row\"><label for=\"index\">Entry index</label>\
                  <input id=\"index\" name=\"index\" inputmode=\"numeric\" pattern=\"[0-9]+\" required>\
                  <button>Get receipt</button></form>",
             );
-            match receipt {
-                None => {}
-                Some(Ok((index, json))) => {
-                    let _ = write!(
-                        b,
-                        "<h3>Entry {index}</h3><p><a href=\"/audit/receipt/{index}\" download=\"receipt-{index}.json\">Download receipt-{index}.json</a> · verify with <code>secondkey log verify --receipt receipt-{index}.json --key …</code></p><pre class=\"code json\" id=\"receipt\">{}</pre>",
-                        highlight::json(&json)
-                    );
-                }
-                Some(Err(e)) => {
-                    let _ = write!(b, "<p class=\"error\">{}</p>", esc(&e));
-                }
+            if let Some(list) = entry_list {
+                b.push_str(&list);
             }
         }
     }
