@@ -85,11 +85,20 @@ public_url = "http://127.0.0.1:$port"
 [log]
 origin = "bench.secondkey.example/log"
 
+[limits]
+# The wake rounds open a request every ~0.2 s.
+requests_per_minute = 0
+
 [[principals]]
 id = "agent:report-bot"
 owner = "user:alice"
 groups = ["agents"]
 token_sha256 = "$(sha "$AGENT")"
+
+[[principals]]
+id = "user:alice"
+groups = ["analysts"]
+token_sha256 = "$(sha "alice-$AGENT")"
 
 [[principals]]
 id = "user:bob"
