@@ -91,11 +91,9 @@ impl HttpGateway {
             });
             lock(&self.shared).insert(cfg.name.clone(), sh.clone());
             if let Some(listen) = cfg.listen {
-                let std_listener = std::net::TcpListener::bind(listen).map_err(|e| {
+                let listener = secondkey_server::limits::conn::bind(listen).map_err(|e| {
                     anyhow::anyhow!("http upstream {}: cannot listen on {listen}: {e}", cfg.name)
                 })?;
-                std_listener.set_nonblocking(true)?;
-                let listener = tokio::net::TcpListener::from_std(std_listener)?;
                 let addr = listener.local_addr()?;
                 let tls = match &cfg.listen_tls {
                     None => None,

@@ -222,15 +222,13 @@ impl PgGateway {
     pub fn listen(&self, gateway: Arc<Gateway>) -> anyhow::Result<Vec<std::net::SocketAddr>> {
         let mut addrs = Vec::new();
         for conn in &self.connections {
-            let std_listener = std::net::TcpListener::bind(conn.listen).map_err(|e| {
+            let listener = secondkey_server::limits::conn::bind(conn.listen).map_err(|e| {
                 anyhow::anyhow!(
                     "postgres connection {}: cannot listen on {}: {e}",
                     conn.name,
                     conn.listen
                 )
             })?;
-            std_listener.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(std_listener)?;
             let addr = listener.local_addr()?;
             let client_tls =
                 match &conn.tls {

@@ -109,11 +109,9 @@ impl SshGateway {
             nodelay: true,
             ..Default::default()
         };
-        let std_listener = std::net::TcpListener::bind(self.cfg.listen).map_err(|e| {
+        let listener = secondkey_server::limits::conn::bind(self.cfg.listen).map_err(|e| {
             anyhow::anyhow!("ssh gateway: cannot listen on {}: {e}", self.cfg.listen)
         })?;
-        std_listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let addr = listener.local_addr()?;
         let pools = self
             .cfg
