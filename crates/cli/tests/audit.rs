@@ -11,22 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn export(g: &Gateway, to: &Path) {
-    let (code, _o, e) = run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--bundle",
-            to.to_str().unwrap(),
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{e}");
-}
-
 fn verify(bundle: &Path, key: &str, since: Option<&Path>) -> (i32, String) {
     let mut args = vec![
         "log",
@@ -88,12 +72,12 @@ fn an_exported_log_verifies_independently_and_every_tamper_is_caught() {
     busy(&g, 40);
     let key = g.text("/v1/log/verifier-key").trim().to_string();
     let old = dir.path().join("old");
-    export(&g, &old);
+    export_bundle(&g, &old);
     let old_checkpoint = dir.path().join("old-checkpoint");
     std::fs::copy(old.join("checkpoint"), &old_checkpoint).unwrap();
     busy(&g, 300); // crosses a full tile of 256 entries
     let new = dir.path().join("new");
-    export(&g, &new);
+    export_bundle(&g, &new);
 
     // An auditor fetches the same log over HTTP; without a reader's token
     // the entry bundles are refused.
@@ -305,23 +289,7 @@ fn sighup_reloads_escalation_fires_and_metrics_count() {
         }
         assert!(Instant::now() < deadline);
     }
-    let (code, out, e) = run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--format",
-            "jsonl",
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{e}");
-    let entries: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = log_entries(&g);
     let events: Vec<&str> = entries.iter().filter_map(|e| e["event"].as_str()).collect();
     assert!(
         events.contains(&"policy.reloaded"),

@@ -893,23 +893,7 @@ fn teams_refuses_owners_late_unendorsed_and_double_clicks() {
     assert_eq!(reviews(&id), ("approved".into(), vec!["user:bob".into()]));
 
     // The audit log agrees: per request, exactly these events.
-    let (code, out, err) = common::run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--format",
-            "jsonl",
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{err}");
-    let entries: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = common::log_entries(&g);
     let events_of = |rid: &str| -> Vec<(String, String, String)> {
         entries
             .iter()
@@ -1128,22 +1112,8 @@ fn escalation_and_expiry_update_every_channel() {
     assert_eq!(state(&g, &eid)["state"], "approved");
 
     // Both escalations are in the audit log, with the groups they added.
-    let (code, out, err) = common::run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--format",
-            "jsonl",
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{err}");
-    let escalated: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let escalated: Vec<Value> = common::log_entries(&g)
+        .into_iter()
         .filter(|e| e["event"] == "request.escalated")
         .collect();
     assert_eq!(escalated.len(), 2, "{escalated:?}");

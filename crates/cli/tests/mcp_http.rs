@@ -151,22 +151,7 @@ impl Env {
 
     /// The audit log as entries (read-only, while the gateway runs).
     fn log(&self) -> Vec<Value> {
-        let (code, out, err) = run_cli(
-            &[
-                "log",
-                "export",
-                "--config",
-                self.g.config.to_str().unwrap(),
-                "--format",
-                "jsonl",
-            ],
-            &self.g.url,
-            None,
-        );
-        assert_eq!(code, 0, "{err}");
-        out.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        common::log_entries(&self.g)
     }
 
     /// Waits for a log entry matching `f` (results are recorded off the

@@ -79,20 +79,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
-/// The log as JSON lines, read with `secondkey log export`.
-fn log_events(gw: &Gateway) -> Vec<Value> {
-    let out = Command::new(common::BIN)
-        .args(["log", "export", "--format", "jsonl", "--config"])
-        .arg(&gw.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn wait_until(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
@@ -198,7 +184,7 @@ fn a_prod_export_is_held_approved_by_two_reviewers_run_once_and_its_rows_logged(
     let (_, r) =
         s.gw.call("GET", &format!("/v1/requests/{id}"), Some(agent), None);
     assert_eq!(r["state"], "pending", "{r}");
-    assert!(!log_events(&s.gw)
+    assert!(!common::log_entries(&s.gw)
         .iter()
         .any(|e| e["event"] == "grant.consumed"));
     assert_eq!(s.gw.review("user:carol", &id, "approve").0, 200);
@@ -213,11 +199,11 @@ fn a_prod_export_is_held_approved_by_two_reviewers_run_once_and_its_rows_logged(
     assert!(notice.contains(&format!("/requests/{id}")), "{notice}");
     // Executed once, with its row count in the log.
     wait_until("the result in the log", || {
-        log_events(&s.gw)
+        common::log_entries(&s.gw)
             .iter()
             .any(|e| e["event"] == "action.result.detail")
     });
-    let events = log_events(&s.gw);
+    let events = common::log_entries(&s.gw);
     let consumed: Vec<&Value> = events
         .iter()
         .filter(|e| e["event"] == "grant.consumed")
@@ -289,7 +275,7 @@ fn pgbench_runs_through_the_gateway_in_both_protocols() {
             "{mode}: {stdout}"
         );
     }
-    let allowed = log_events(&s.gw)
+    let allowed = common::log_entries(&s.gw)
         .iter()
         .filter(|e| {
             e["event"] == "action.allowed"
@@ -376,7 +362,7 @@ print("ok")
     );
     // psycopg sends integers in binary (int2 here): reviewers and policies
     // see the number, and the digest binds the bytes as sent.
-    let select = log_events(&s.gw)
+    let select = common::log_entries(&s.gw)
         .into_iter()
         .rfind(|e| {
             e["event"] == "action.allowed"

@@ -545,19 +545,7 @@ pub fn request_id(line: &str) -> String {
 pub fn export_log(g: &Gateway) -> (tempfile::TempDir, String, Vec<Value>) {
     let out = tempfile::tempdir().unwrap();
     let bundle = out.path().join("bundle");
-    let (code, _o, e) = run_cli(
-        &[
-            "log",
-            "export",
-            "--config",
-            g.config.to_str().unwrap(),
-            "--bundle",
-            bundle.to_str().unwrap(),
-        ],
-        &g.url,
-        None,
-    );
-    assert_eq!(code, 0, "{e}");
+    export_bundle(g, &bundle);
     let vkey = g.text("/v1/log/verifier-key").trim().to_string();
     let (code, o, e) = run_cli(
         &[
@@ -572,6 +560,29 @@ pub fn export_log(g: &Gateway) -> (tempfile::TempDir, String, Vec<Value>) {
         None,
     );
     assert_eq!(code, 0, "the log must verify: {o} {e}");
+    (out, vkey, log_entries(g))
+}
+
+/// `secondkey log export --bundle to` of `g`'s log; it must succeed.
+pub fn export_bundle(g: &Gateway, to: &Path) {
+    let (code, _o, e) = run_cli(
+        &[
+            "log",
+            "export",
+            "--config",
+            g.config.to_str().unwrap(),
+            "--bundle",
+            to.to_str().unwrap(),
+        ],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 0, "{e}");
+}
+
+/// Every entry of `g`'s log, from `secondkey log export --format jsonl`;
+/// each line must be JSON.
+pub fn log_entries(g: &Gateway) -> Vec<Value> {
     let (code, o, e) = run_cli(
         &[
             "log",
@@ -585,11 +596,9 @@ pub fn export_log(g: &Gateway) -> (tempfile::TempDir, String, Vec<Value>) {
         None,
     );
     assert_eq!(code, 0, "{e}");
-    let entries = o
-        .lines()
+    o.lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (out, vkey, entries)
+        .collect()
 }
 
 /// A minimal HTTP receiver: records each POST body with its headers and
