@@ -16,7 +16,6 @@
 //!   one stopped) and the submissions to witnesses; the others wait to
 //!   take over when it lapses.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +32,8 @@ pub const LEASE_TTL_MS: i64 = 5_000;
 pub struct Replica {
     /// Unique per process: what the lease records as its holder.
     pub id: String,
-    leader: AtomicBool,
-    /// The same, for tasks that wait for their turn (the sinks).
+    /// Whether it holds the lease; tasks that wait for their turn (the
+    /// sinks) follow it through [`Replica::leading`].
     leading: tokio::sync::watch::Sender<bool>,
 }
 
@@ -46,18 +45,16 @@ impl Replica {
         let _ = getrandom::getrandom(&mut b);
         Replica {
             id: format!("replica-{}-{}", std::process::id(), hex::encode(b)),
-            leader: AtomicBool::new(!shared),
             leading: tokio::sync::watch::Sender::new(!shared),
         }
     }
 
     /// Whether this replica runs the background work now.
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::Relaxed)
+        *self.leading.borrow()
     }
 
     pub(crate) fn set_leader(&self, v: bool) {
-        self.leader.store(v, Ordering::Relaxed);
         self.leading
             .send_if_modified(|l| std::mem::replace(l, v) != v);
     }
