@@ -4,11 +4,11 @@
 //! The log encodes every entry canonically when it is appended and again
 //! when it is verified (to prove the stored bytes are the one canonical
 //! form). Going through `serde_jcs` for that dominated both costs, so this
-//! crate writes the canonical form directly for values whose numbers are
-//! all integers — every entry the gateway writes. A value holding a
-//! non-integral number returns `None` and the caller falls back to
-//! `serde_jcs`, which formats doubles the ECMAScript way RFC 8785 requires.
-//! A property test checks both agree.
+//! crate writes the canonical form directly. Integers up to 2^53 - 1 are
+//! written as plain digits; every other number (non-integral, or an integer
+//! beyond that) is written the ECMAScript way RFC 8785 §3.2.2.3 requires,
+//! by `ryu-js` — the formatter `serde_jcs` itself uses, so both agree
+//! byte for byte. A property test checks they do, floats included.
 
 use serde_json::Value;
 
@@ -17,8 +17,7 @@ use serde_json::Value;
 /// produces.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
-/// The RFC 8785 canonical form of `v`: the fast writer, or `serde_jcs` for
-/// values holding a non-integral number (ECMAScript number formatting).
+/// The RFC 8785 canonical form of `v`.
 pub fn to_vec(v: &Value) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(256);
     match write_value(v, &mut out) {
@@ -28,7 +27,8 @@ pub fn to_vec(v: &Value) -> Result<Vec<u8>, serde_json::Error> {
 }
 
 /// Appends the canonical form of `v` to `out`, or returns `None` (with
-/// `out` in an unspecified state) if `v` holds a non-integral number.
+/// `out` in an unspecified state) if `v` holds a number JSON cannot carry
+/// (never, for a `serde_json::Value` built without `arbitrary_precision`).
 pub fn write_value(v: &Value, out: &mut Vec<u8>) -> Option<()> {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
@@ -36,14 +36,19 @@ pub fn write_value(v: &Value, out: &mut Vec<u8>) -> Option<()> {
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => {
             let i = match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => i as i128,
-                (None, Some(u)) => u as i128,
-                _ => return None,
+                (Some(i), _) => Some(i as i128),
+                (None, Some(u)) => Some(u as i128),
+                _ => None,
             };
-            if i.unsigned_abs() > MAX_SAFE_INTEGER as u128 {
-                return None;
+            match i {
+                Some(i) if i.unsigned_abs() <= MAX_SAFE_INTEGER as u128 => write_int(i, out),
+                // RFC 8785 §3.2.2.3: the number as an IEEE 754 double,
+                // written as ECMAScript's Number.prototype.toString does.
+                _ => {
+                    let f = n.as_f64().filter(|f| f.is_finite())?;
+                    out.extend_from_slice(ryu_js::Buffer::new().format_finite(f).as_bytes());
+                }
             }
-            write_int(i, out);
         }
         Value::String(s) => write_str(s, out),
         Value::Array(items) => {
@@ -137,12 +142,50 @@ mod tests {
             let reference = serde_jcs::to_vec(&v).unwrap();
             prop_assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&reference));
         }
+
+        #[test]
+        fn agrees_with_serde_jcs_on_every_number(v in super::tests_support::arb_json_numbers()) {
+            let mut fast = Vec::new();
+            write_value(&v, &mut fast).unwrap();
+            let reference = serde_jcs::to_vec(&v).unwrap();
+            prop_assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&reference));
+        }
     }
 
+    /// RFC 8785 Appendix B's sample numbers (IEEE 754 bit patterns and their
+    /// canonical text), written without `serde_jcs`.
     #[test]
-    fn floats_take_the_slow_path() {
-        let mut out = Vec::new();
-        assert!(write_value(&serde_json::json!({"a": 1.5}), &mut out).is_none());
+    fn rfc8785_appendix_b_numbers() {
+        for (bits, text) in [
+            (0x0000000000000000u64, "0"),
+            (0x8000000000000000, "0"),
+            (0x0000000000000001, "5e-324"),
+            (0x8000000000000001, "-5e-324"),
+            (0x7fefffffffffffff, "1.7976931348623157e+308"),
+            (0xffefffffffffffff, "-1.7976931348623157e+308"),
+            (0x4340000000000000, "9007199254740992"),
+            (0xc340000000000000, "-9007199254740992"),
+            (0x4430000000000000, "295147905179352830000"),
+            (0x44b52d02c7e14af5, "9.999999999999997e+22"),
+            (0x44b52d02c7e14af6, "1e+23"),
+            (0x44b52d02c7e14af7, "1.0000000000000001e+23"),
+            (0x444b1ae4d6e2ef4e, "999999999999999700000"),
+            (0x444b1ae4d6e2ef4f, "999999999999999900000"),
+            (0x444b1ae4d6e2ef50, "1e+21"),
+            (0x3eb0c6f7a0b5ed8c, "9.999999999999997e-7"),
+            (0x3eb0c6f7a0b5ed8d, "0.000001"),
+            (0x41b3de4355555553, "333333333.3333332"),
+            (0x41b3de4355555554, "333333333.33333325"),
+            (0x41b3de4355555555, "333333333.3333333"),
+            (0x41b3de4355555556, "333333333.3333334"),
+            (0x41b3de4355555557, "333333333.33333343"),
+            (0xbecbf647612f3696, "-0.0000033333333333333333"),
+            (0x43143ff3c1cb0959, "1424953923781206.2"),
+        ] {
+            let mut out = Vec::new();
+            write_value(&Value::from(f64::from_bits(bits)), &mut out).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), text, "{bits:#018x}");
+        }
     }
 
     #[test]
@@ -507,6 +550,26 @@ pub(crate) mod tests_support {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
                 prop::collection::vec(("[a-zA-Z\u{e9}\u{1F600}\u{FF61}_]{0,4}", inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Numbers of every kind — doubles of every class, integers beyond
+    /// 2^53 — alone and inside arrays and objects.
+    pub fn arb_json_numbers() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<f64>().prop_map(Value::from),
+            (prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL | prop::num::f64::ZERO)
+                .prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-(1i64 << 53) + 1..(1i64 << 53)).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(("[a-z]{0,3}", inner), 0..4)
                     .prop_map(|kv| Value::Object(kv.into_iter().collect())),
             ]
         })

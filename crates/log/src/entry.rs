@@ -203,7 +203,7 @@ impl Entry {
     }
 
     /// The canonical bytes written directly (fields in their sorted order),
-    /// or `None` if the payload holds a non-integral number.
+    /// or `None` if the payload holds a number JSON cannot carry.
     fn canonical_fast(&self) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(256);
         out.push(b'{');
