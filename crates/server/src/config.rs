@@ -24,6 +24,10 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// `[log] commit_delay_us` when unset: 300 µs showed no gain on the HTTP
+/// gateway bench (bench/README.md §11, 2026-12-03), so off by default.
+const DEFAULT_COMMIT_DELAY_US: u64 = 0;
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -381,6 +385,9 @@ pub struct RawLog {
     /// Most `@record("after")` allows not yet durable at once (default
     /// 1024); past it, new ones wait for their entry like any allow.
     pub after_max_pending: Option<u64>,
+    /// Group commit's delay in microseconds (0..=10000): see
+    /// `secondkey_store::StoreOptions::commit_delay`.
+    pub commit_delay_us: Option<u64>,
 }
 
 /// `[[log.witnesses]]`: a C2SP tlog witness.
@@ -497,6 +504,8 @@ pub struct Config {
     pub after_window: Duration,
     /// `[log] after_max_pending`: most such allows not yet durable at once.
     pub after_max_pending: usize,
+    /// `[log] commit_delay_us`: group commit's delay under concurrency.
+    pub commit_delay: Duration,
     pub escalation_fraction: f64,
     pub max_wait: Duration,
     pub max_body_bytes: usize,
@@ -538,7 +547,8 @@ pub struct Config {
 impl Config {
     /// How to open this configuration's store.
     pub fn store_options(&self) -> secondkey_store::StoreOptions {
-        let o = secondkey_store::StoreOptions::new(&self.data_dir);
+        let mut o = secondkey_store::StoreOptions::new(&self.data_dir);
+        o.commit_delay = self.commit_delay;
         match &self.store {
             Some(pg) => o.postgres(pg.clone()),
             None => o,
@@ -663,6 +673,14 @@ impl Config {
         if let Some(v) = env.get("SECONDKEY_LOG_AFTER_WINDOW") {
             raw.log.after_window = Some(v.clone());
         }
+        if let Some(v) = env.get("SECONDKEY_LOG_COMMIT_DELAY_US") {
+            raw.log.commit_delay_us = Some(v.trim().parse().map_err(|_| {
+                invalid(
+                    "log.commit_delay_us",
+                    format!("SECONDKEY_LOG_COMMIT_DELAY_US must be a whole number of microseconds, not {v:?}"),
+                )
+            })?);
+        }
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let listen_s = raw.listen.unwrap_or_else(|| "127.0.0.1:8750".into());
@@ -721,6 +739,16 @@ impl Config {
                 "must be between 4ms and 60s (e.g. \"10ms\"): the entry of an after-allow is handed to the store at a quarter of the window, so a smaller one cannot be kept",
             ));
         }
+        let commit_delay = match raw.log.commit_delay_us {
+            None => Duration::from_micros(DEFAULT_COMMIT_DELAY_US),
+            Some(n @ 0..=10_000) => Duration::from_micros(n),
+            Some(_) => {
+                return Err(invalid(
+                    "log.commit_delay_us",
+                    "must be between 0 and 10000 (microseconds; 0 commits at once)",
+                ))
+            }
+        };
         let after_max_pending = match raw.log.after_max_pending {
             None => 1024,
             Some(n @ 1..=1_000_000) => n as usize,
@@ -1030,6 +1058,7 @@ impl Config {
             allow_grant_ttl,
             after_window,
             after_max_pending,
+            commit_delay,
             escalation_fraction,
             max_wait,
             max_body_bytes,

@@ -189,6 +189,12 @@ pub struct StoreOptions {
     pub data_dir: PathBuf,
     /// Most jobs committed in one transaction.
     pub max_batch: usize,
+    /// Group commit's delay (`[log] commit_delay_us`): when the last commit
+    /// held jobs of at least two waiting callers — others are deciding
+    /// concurrently — the writer waits up to this long for more jobs
+    /// before it commits, so that one commit (and one `fsync`) serves
+    /// more of them. Zero commits at once; a lone caller never waits.
+    pub commit_delay: std::time::Duration,
     /// Open for reading only: no writer, no lock, no migrations (for
     /// `secondkey log export` next to a running gateway).
     pub read_only: bool,
@@ -205,6 +211,7 @@ impl StoreOptions {
         StoreOptions {
             data_dir: data_dir.into(),
             max_batch: 4096,
+            commit_delay: std::time::Duration::ZERO,
             read_only: false,
             max_pages: None,
             postgres: None,

@@ -156,10 +156,13 @@ impl Store {
         let Some(backend) = opened.writer else {
             return Ok(Store { inner });
         };
-        let max_batch = options.max_batch.max(1);
+        let batching = Batching {
+            max: options.max_batch.max(1),
+            delay: options.commit_delay,
+        };
         let handle = std::thread::Builder::new()
             .name("secondkey-store-writer".into())
-            .spawn(move || writer_loop(backend, jobs_rx, parked, view, size_tx, max_batch, health))
+            .spawn(move || writer_loop(backend, jobs_rx, parked, view, size_tx, batching, health))
             .map_err(|source| StoreError::DataDir {
                 path: options.data_dir.clone(),
                 source,
@@ -581,15 +584,26 @@ fn downcast<T: 'static>(result: JobResult) -> Result<T, StoreError> {
         .map_err(|_| StoreError::Corrupt("job result type mismatch".into()))
 }
 
+/// How the writer groups jobs into commits.
+#[derive(Clone, Copy)]
+struct Batching {
+    /// Most jobs in one commit.
+    max: usize,
+    /// How long to wait for more jobs when the last commit served
+    /// concurrent callers ([`crate::StoreOptions::commit_delay`]).
+    delay: std::time::Duration,
+}
+
 fn writer_loop(
     mut backend: Box<dyn Writer>,
     rx: mpsc::Receiver<Wake>,
     parked: Parked,
     view: Shared,
     size_tx: tokio::sync::watch::Sender<u64>,
-    max_batch: usize,
+    batching: Batching,
     health: Arc<Mutex<Option<String>>>,
 ) {
+    let max_batch = batching.max;
     // Parked jobs first: they were submitted before the job that woke us.
     let unpark = |batch: &mut Vec<Job>| {
         if let Ok(mut p) = parked.lock() {
@@ -608,19 +622,49 @@ fn writer_loop(
             let _ = reply.send(result);
         }
     };
+    // Jobs of waiting callers in the last commit: two or more means others
+    // decide concurrently, and more are likely on their way.
+    let mut last_waited = 0usize;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         unpark(&mut batch);
+        let mut waited = 0usize;
         if let Wake::Job(job) = first {
             batch.push(job);
+            waited += 1;
         }
         while batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(Wake::Job(job)) => batch.push(job),
+                Ok(Wake::Job(job)) => {
+                    batch.push(job);
+                    waited += 1;
+                }
                 Ok(Wake::Nudge) => {}
                 Err(_) => break,
             }
         }
+        // Group commit's delay (PostgreSQL's commit_delay with
+        // commit_siblings, in effect): wait a little for the concurrent
+        // callers' jobs, until as many wait as in the last commit.
+        if !batching.delay.is_zero() && last_waited >= 2 && waited > 0 {
+            let deadline = std::time::Instant::now() + batching.delay;
+            while batch.len() < max_batch && waited < last_waited {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(Wake::Job(job)) => {
+                        batch.push(job);
+                        waited += 1;
+                    }
+                    Ok(Wake::Nudge) => {}
+                    Err(_) => break,
+                }
+            }
+            unpark(&mut batch);
+        }
+        last_waited = waited;
         if !batch.is_empty() {
             commit(batch);
         }

@@ -102,6 +102,7 @@ both_backends!(
     background_jobs_commit_durably_alone_or_with_a_waited_job,
     a_background_job_whose_submitter_goes_away_is_still_committed,
     concurrent_background_and_waited_jobs_all_commit_once,
+    commit_delay_never_holds_a_lone_caller_and_commits_every_job_once,
     entries_are_listed_by_request_in_log_order_and_rolled_back_with_their_job,
     migration_indexes_the_entries_already_logged,
 );
@@ -824,6 +825,77 @@ fn concurrent_background_and_waited_jobs_all_commit_once(kind: Kind) {
     let fg = store.list_records("t.fg", "", None, 10_000).unwrap();
     assert_eq!(fg.len(), 8 * 10);
     assert_eq!(bg.len(), 8 * 34);
+    store.close();
+}
+
+/// Group commit's delay: a caller alone never waits for it (each of 20
+/// sequential jobs would otherwise take the whole delay), and jobs of many
+/// concurrent callers, batched by it, each commit once with their own
+/// outcome.
+fn commit_delay_never_holds_a_lone_caller_and_commits_every_job_once(kind: Kind) {
+    let f = Fixture::new(kind);
+    let mut options = f.options();
+    let delay = std::time::Duration::from_millis(500);
+    options.commit_delay = delay;
+    let store = Store::open(options).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let started = std::time::Instant::now();
+        for i in 0..20 {
+            let key = format!("lone-{i}");
+            store
+                .transact(move |tx| tx.put_record("t.lone", &key, "1"))
+                .await
+                .unwrap();
+        }
+        // Held by the delay, 20 jobs would take at least 10 s.
+        assert!(
+            started.elapsed() < delay * 10,
+            "a lone caller waited for the commit delay: {:?}",
+            started.elapsed()
+        );
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut failed = 0;
+                for i in 0..25 {
+                    let key = format!("{t}-{i}");
+                    let r = if i % 6 == 5 {
+                        // A failing job changes nothing and spoils no other.
+                        s.transact(move |tx| {
+                            tx.put_record("t.many", &key, "1")?;
+                            Err::<(), _>(StoreError::Corrupt("refused".into()))
+                        })
+                        .await
+                    } else {
+                        s.transact(move |tx| tx.put_record("t.many", &key, "1"))
+                            .await
+                    };
+                    failed += usize::from(r.is_err());
+                }
+                failed
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            failed += t.await.unwrap();
+        }
+        // i in 0..25 with i % 6 == 5: 5, 11, 17, 23.
+        assert_eq!(failed, 8 * 4);
+    });
+    assert_eq!(
+        store.list_records("t.lone", "", None, 100).unwrap().len(),
+        20
+    );
+    assert_eq!(
+        store.list_records("t.many", "", None, 1000).unwrap().len(),
+        8 * 21
+    );
     store.close();
 }
 
