@@ -1,8 +1,11 @@
 """A minimal MCP server for the latency benchmark: it answers at once, so
 that what is measured is what secondkey adds. `stdio`, or `http PORT`
-(HTTP/1.1 keep-alive, JSON answers)."""
+(HTTP/1.1 keep-alive, JSON answers; `initialize` opens a session named by
+`Mcp-Session-Id`, and GET opens the session's event stream, kept open and
+silent until the client closes it)."""
 
 import json
+import secrets
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -45,8 +48,22 @@ else:
             self.send_response(200 if a is not None else 202)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
+            if a is not None and "protocolVersion" in a["result"]:
+                self.send_header("mcp-session-id", secrets.token_hex(16))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("cache-control", "no-cache")
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(b": open\n\n")
+            self.wfile.flush()
+            # Silent until the client goes away.
+            self.rfile.read(1)
+            self.close_connection = True
 
         def log_message(self, *a):
             pass
