@@ -2580,6 +2580,28 @@ mod tests {
         assert!(final_response(body, true, Some(&json!("3"))).is_none());
     }
 
+    #[test]
+    fn a_listing_is_kept_only_with_a_stream_open_and_nothing_forgotten_since_it_began() {
+        let def = |n: &str| (n.to_string(), json!({"name": n}));
+        let mut t = ToolsSeen::default();
+        t.learn(t.epoch, [def("a")]);
+        assert!(t.defs.is_empty(), "no stream open: nothing kept");
+        t.listening = 1;
+        let began = t.epoch;
+        t.forget();
+        t.learn(began, [def("a")]);
+        assert!(t.defs.is_empty(), "forgotten while it was read: not kept");
+        t.learn(t.epoch, [def("a"), def("b")]);
+        assert_eq!(t.defs.len(), 2);
+        t.forget();
+        assert!(t.defs.is_empty());
+        t.learn(
+            t.epoch,
+            (0..MAX_TOOLS_SEEN + 5).map(|i| def(&i.to_string())),
+        );
+        assert_eq!(t.defs.len(), MAX_TOOLS_SEEN, "bounded");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_detachable_call_finishes_on_the_awaiting_task_or_after_it_is_dropped() {
         // Awaited: the output comes back, from the same task.
