@@ -17,7 +17,7 @@ trap 'kill $GW_PID $UP_PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP_PORT=$(free_port)
 TOKEN=bench-agent-token
-python3 bench/mcp_fast_server.py http "$UP_PORT" & UP_PID=$!
+MCP_BENCH_LISTS="$DIR/lists" python3 bench/mcp_fast_server.py http "$UP_PORT" & UP_PID=$!
 for case in strict after; do
   GW_PORT=$(free_port)
   rm -rf "$DIR/data" "$DIR/policies"
@@ -41,8 +41,10 @@ CFG
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$GW_PORT/healthz" >/dev/null && break; sleep 0.1; done
   echo "== $case: $(cat "$DIR/policies/p.cedar")"
   uptime
+  : > "$DIR/lists"
   python3 bench/mcp_bench.py "$N" "$BIN" "http://127.0.0.1:$GW_PORT" "$TOKEN" "http://127.0.0.1:$UP_PORT/mcp" "$GW_PID"
   uptime
+  echo "HTTP upstream tools/list requests in this case (direct and through secondkey, $N + 50 calls each): $(wc -l < "$DIR/lists")"
   kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
   GW_PID=
 done

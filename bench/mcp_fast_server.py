@@ -2,11 +2,17 @@
 that what is measured is what secondkey adds. `stdio`, or `http PORT`
 (HTTP/1.1 keep-alive, JSON answers; `initialize` opens a session named by
 `Mcp-Session-Id`, and GET opens the session's event stream, kept open and
-silent until the client closes it)."""
+silent until the client closes it). With MCP_BENCH_LISTS set, each
+`tools/list` answered appends a line to that file."""
 
 import json
 import secrets
 import sys
+import os
+
+# A file that gets one line per `tools/list` answered (the benchmark
+# prints how often the gateway listed).
+LISTS = os.environ.get("MCP_BENCH_LISTS")
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOOLS = [{"name": "echo", "description": "Returns its argument.", "inputSchema": {"type": "object"},
@@ -21,6 +27,9 @@ def answer(msg):
         r = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "fast", "version": "0"}}
     elif method == "tools/list":
         r = {"tools": TOOLS}
+        if LISTS:
+            with open(LISTS, "a") as f:
+                f.write("1\n")
     elif method == "tools/call":
         r = {"content": [{"type": "text", "text": msg["params"]["arguments"].get("text", "")}]}
     else:
@@ -62,7 +71,10 @@ else:
             self.wfile.write(b": open\n\n")
             self.wfile.flush()
             # Silent until the client goes away.
-            self.rfile.read(1)
+            try:
+                self.rfile.read(1)
+            except ConnectionError:
+                pass
             self.close_connection = True
 
         def log_message(self, *a):
