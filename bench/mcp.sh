@@ -4,13 +4,20 @@
 # once with a strict permit (the decision durable before the call runs)
 # and once with the same permit under `@record("after")`.
 #   bench/mcp.sh [N]     (default N = 2000 calls per case)
+#   SECONDKEY_BIN=path/to/secondkey bench/mcp.sh [N]
 # Builds the release binary, starts a gateway on an embedded store in a
 # temporary directory with one permit policy, and a minimal upstream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000}
-cargo build --release -p secondkey >/dev/null
-BIN=$PWD/target/release/secondkey
+# SECONDKEY_BIN: another binary to measure (an A/B against an older
+# build), instead of building this checkout's.
+if [ -n "${SECONDKEY_BIN:-}" ]; then
+  BIN=$SECONDKEY_BIN
+else
+  cargo build --release -p secondkey >/dev/null
+  BIN=$PWD/target/release/secondkey
+fi
 DIR=$(mktemp -d)
 GW_PID=
 trap 'kill $GW_PID $UP_PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
