@@ -409,12 +409,21 @@ impl Session {
     /// Opens a socket of its own and writes a POST's head: the session's
     /// headers and `framing` (Content-Length, Transfer-Encoding, Expect).
     fn raw_head(&self, framing: &str) -> TcpStream {
+        self.raw_request(
+            "POST",
+            &format!("Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{framing}"),
+        )
+    }
+
+    /// Opens a socket of its own and writes a request's head: `method`,
+    /// the session's headers and `headers` (each ending in CRLF).
+    fn raw_request(&self, method: &str, headers: &str) -> TcpStream {
         let rest = self.url.trim_start_matches("http://");
         let (host, path) = rest.split_at(rest.find('/').unwrap());
         let mut c = TcpStream::connect(host).unwrap();
         write!(
             c,
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {}\r\nMCP-Protocol-Version: {PROTOCOL}\r\n{framing}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nMcp-Session-Id: {}\r\nMCP-Protocol-Version: {PROTOCOL}\r\n{headers}\r\n",
             self.token,
             self.id.as_deref().unwrap_or_default(),
         )
@@ -1802,16 +1811,7 @@ impl Session {
     /// Opens the session's event stream: returns once the gateway answered
     /// its head (the upstream accepted it).
     fn listen(&self) -> Listen {
-        let rest = self.url.trim_start_matches("http://");
-        let (host, path) = rest.split_at(rest.find('/').unwrap());
-        let mut c = TcpStream::connect(host).unwrap();
-        write!(
-            c,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {}\r\nMCP-Protocol-Version: {PROTOCOL}\r\n\r\n",
-            self.token,
-            self.id.as_deref().unwrap_or_default(),
-        )
-        .unwrap();
+        let c = self.raw_request("GET", "Accept: text/event-stream\r\n");
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut r = BufReader::new(c.try_clone().unwrap());
         let mut status = String::new();
