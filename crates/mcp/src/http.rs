@@ -349,6 +349,8 @@ pub struct McpExtension {
 struct Inner {
     config: Arc<McpConfig>,
     servers: HashMap<String, Arc<ServerConfig>>,
+    /// Each server's url, parsed once (not again for every request).
+    urls: HashMap<String, reqwest::Url>,
     http: reqwest::Client,
     /// Calls being decided or held, by caller, server, session and id.
     deciding: Mutex<HashMap<String, watch::Sender<bool>>>,
@@ -388,6 +390,14 @@ impl McpExtension {
             .iter()
             .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
             .collect();
+        let urls = config
+            .servers
+            .iter()
+            .filter_map(|(k, v)| {
+                let url = reqwest::Url::parse(v.url.as_deref()?).ok()?;
+                Some((k.clone(), url))
+            })
+            .collect();
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -398,6 +408,7 @@ impl McpExtension {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
                 servers,
+                urls,
                 http,
                 deciding: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Sessions::default()),
@@ -907,8 +918,12 @@ async fn upstream(
     headers: &[(String, HeaderValue)],
     body: Option<Bytes>,
 ) -> Result<reqwest::Response, Failure> {
-    let url = srv.url.as_deref().unwrap_or_default();
-    let mut r = inner.http.request(method, url);
+    let mut r = match inner.urls.get(&srv.name) {
+        Some(url) => inner.http.request(method, url.clone()),
+        None => inner
+            .http
+            .request(method, srv.url.as_deref().unwrap_or_default()),
+    };
     for (k, v) in headers {
         r = r.header(k.as_str(), v.clone());
     }
