@@ -1,7 +1,13 @@
 """Added latency of an allowed tools/call through secondkey, against the
-same server directly, over stdio and Streamable HTTP. Run by bench/mcp.sh.
+same server directly, over stdio and Streamable HTTP, and the CPU time
+secondkey's processes spent per call (the gateway's; over stdio, the
+relay's too). Run by bench/mcp.sh.
 
-    python3 mcp_bench.py N SECONDKEY_BIN GATEWAY_URL TOKEN HTTP_DIRECT_URL
+    python3 mcp_bench.py N SECONDKEY_BIN GATEWAY_URL TOKEN HTTP_DIRECT_URL GATEWAY_PID
+
+Over HTTP the client does what an SDK client does: it opens a session
+(`initialize`, then `Mcp-Session-Id` on every request), opens the
+session's event stream (GET) and lists the tools once.
 """
 
 import http.client
@@ -14,7 +20,15 @@ import time
 import urllib.parse
 
 N = int(sys.argv[1])
-BIN, GW, TOKEN, DIRECT = sys.argv[2:6]
+BIN, GW, TOKEN, DIRECT, GW_PID = sys.argv[2:7]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us(pid):
+    """User + system CPU time of process `pid`, in µs."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1_000_000 / TICK
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = ["python3", os.path.join(HERE, "mcp_fast_server.py"), "stdio"]
 
@@ -34,39 +48,59 @@ def stdio(cmd, env=None):
     rpc({"jsonrpc": "2.0", "method": "notifications/initialized"})
     rpc({"jsonrpc": "2.0", "id": -2, "method": "tools/list"})
     out = []
+    cpu = None
     for i in range(N + 50):
+        if i == 50:
+            cpu = (cpu_us(GW_PID), cpu_us(p.pid))
         t = time.perf_counter_ns()
         r = rpc(call(i))
         dt = time.perf_counter_ns() - t
         assert r["result"]["content"][0]["text"] == "x", r
         if i >= 50:
             out.append(dt / 1000)
+    used = (cpu_us(GW_PID) - cpu[0], cpu_us(p.pid) - cpu[1])
     p.stdin.close()
     p.wait()
-    return out
+    return out, used
 
 
 def over_http(url, token=None):
     u = urllib.parse.urlparse(url)
     c = http.client.HTTPConnection(u.hostname, u.port)
-    h = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    h = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+         "mcp-protocol-version": "2025-11-25"}
     if token:
         h["authorization"] = f"Bearer {token}"
     def rpc(m):
         c.request("POST", u.path, json.dumps(m), h)
         r = c.getresponse()
         body = r.read()
+        if r.getheader("mcp-session-id"):
+            h["mcp-session-id"] = r.getheader("mcp-session-id")
         return json.loads(body) if body else None
+    rpc({"jsonrpc": "2.0", "id": -1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+         "clientInfo": {"name": "bench", "version": "0"}}})
+    rpc({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert "mcp-session-id" in h, "the server names the session"
+    stream = http.client.HTTPConnection(u.hostname, u.port)
+    stream.request("GET", u.path, headers=dict(h, accept="text/event-stream"))
+    opened = stream.getresponse()
+    assert opened.status == 200, opened.status
     rpc({"jsonrpc": "2.0", "id": -2, "method": "tools/list"})
     out = []
+    cpu = 0
     for i in range(N + 50):
+        if i == 50:
+            cpu = cpu_us(GW_PID)
         t = time.perf_counter_ns()
         r = rpc(call(i))
         dt = time.perf_counter_ns() - t
         assert r["result"]["content"][0]["text"] == "x", r
         if i >= 50:
             out.append(dt / 1000)
-    return out
+    used = cpu_us(GW_PID) - cpu
+    stream.close()
+    return out, (used, 0)
 
 
 def pct(xs, p):
@@ -75,9 +109,12 @@ def pct(xs, p):
 
 
 def show(name, direct, via):
+    (direct, _), (via, (gw, relay)) = direct, via
     d50, v50 = statistics.median(direct), statistics.median(via)
+    relay_cpu = f", relay {relay / N:.0f} µs" if relay else ""
     print(f"{name}: direct p50 {d50:.0f} µs p99 {pct(direct, .99):.0f} µs | through secondkey p50 {v50:.0f} µs "
-          f"p90 {pct(via, .9):.0f} µs p99 {pct(via, .99):.0f} µs | added p50 {v50 - d50:.0f} µs")
+          f"p90 {pct(via, .9):.0f} µs p99 {pct(via, .99):.0f} µs | added p50 {v50 - d50:.0f} µs"
+          f" | CPU per call: gateway {gw / N:.0f} µs{relay_cpu}")
 
 
 env = dict(os.environ, SECONDKEY_TOKEN=TOKEN)

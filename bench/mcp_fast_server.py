@@ -1,9 +1,18 @@
 """A minimal MCP server for the latency benchmark: it answers at once, so
 that what is measured is what secondkey adds. `stdio`, or `http PORT`
-(HTTP/1.1 keep-alive, JSON answers)."""
+(HTTP/1.1 keep-alive, JSON answers; `initialize` opens a session named by
+`Mcp-Session-Id`, and GET opens the session's event stream, kept open and
+silent until the client closes it). With MCP_BENCH_LISTS set, each
+`tools/list` answered appends a line to that file."""
 
 import json
+import secrets
 import sys
+import os
+
+# A file that gets one line per `tools/list` answered (the benchmark
+# prints how often the gateway listed).
+LISTS = os.environ.get("MCP_BENCH_LISTS")
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOOLS = [{"name": "echo", "description": "Returns its argument.", "inputSchema": {"type": "object"},
@@ -18,6 +27,9 @@ def answer(msg):
         r = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "fast", "version": "0"}}
     elif method == "tools/list":
         r = {"tools": TOOLS}
+        if LISTS:
+            with open(LISTS, "a") as f:
+                f.write("1\n")
     elif method == "tools/call":
         r = {"content": [{"type": "text", "text": msg["params"]["arguments"].get("text", "")}]}
     else:
@@ -45,8 +57,25 @@ else:
             self.send_response(200 if a is not None else 202)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
+            if a is not None and "protocolVersion" in a["result"]:
+                self.send_header("mcp-session-id", secrets.token_hex(16))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("cache-control", "no-cache")
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(b": open\n\n")
+            self.wfile.flush()
+            # Silent until the client goes away.
+            try:
+                self.rfile.read(1)
+            except ConnectionError:
+                pass
+            self.close_connection = True
 
         def log_message(self, *a):
             pass

@@ -409,12 +409,21 @@ impl Session {
     /// Opens a socket of its own and writes a POST's head: the session's
     /// headers and `framing` (Content-Length, Transfer-Encoding, Expect).
     fn raw_head(&self, framing: &str) -> TcpStream {
+        self.raw_request(
+            "POST",
+            &format!("Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{framing}"),
+        )
+    }
+
+    /// Opens a socket of its own and writes a request's head: `method`,
+    /// the session's headers and `headers` (each ending in CRLF).
+    fn raw_request(&self, method: &str, headers: &str) -> TcpStream {
         let rest = self.url.trim_start_matches("http://");
         let (host, path) = rest.split_at(rest.find('/').unwrap());
         let mut c = TcpStream::connect(host).unwrap();
         write!(
             c,
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {}\r\nMCP-Protocol-Version: {PROTOCOL}\r\n{framing}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nMcp-Session-Id: {}\r\nMCP-Protocol-Version: {PROTOCOL}\r\n{headers}\r\n",
             self.token,
             self.id.as_deref().unwrap_or_default(),
         )
@@ -1784,4 +1793,184 @@ fn http_a_server_request_past_max_pending_requests_is_refused_to_the_server() {
         s.call(json!(2), "echo", &json!({"text": "goes on"})).text(),
         "goes on"
     );
+}
+
+/// A session's event stream (GET) read as it comes; shut down when dropped.
+struct Listen {
+    events: Events,
+    socket: TcpStream,
+}
+
+impl Drop for Listen {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Session {
+    /// Opens the session's event stream: returns once the gateway answered
+    /// its head (the upstream accepted it).
+    fn listen(&self) -> Listen {
+        let c = self.raw_request("GET", "Accept: text/event-stream\r\n");
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.contains(" 200 "), "the event stream opens: {status}");
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Chunked framing: only `data:` lines matter here.
+            let mut data = Vec::new();
+            for line in r.lines() {
+                let Ok(line) = line else { break };
+                if let Some(d) = line.strip_prefix("data:") {
+                    data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
+                } else if line.is_empty() && !data.is_empty() {
+                    let Ok(v) = serde_json::from_str::<Value>(&data.join("\n")) else {
+                        data.clear();
+                        continue;
+                    };
+                    data.clear();
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Listen {
+            events: Events { rx },
+            socket: c,
+        }
+    }
+}
+
+impl Env {
+    /// How many times the gateway itself listed the upstream's tools (its
+    /// own listings carry `Mcp-Method: tools/list`; the raw test client
+    /// sends no such header).
+    fn own_lists(&self) -> usize {
+        std::fs::read_to_string(&self.up.headers)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|h| h["mcp-method"] == "tools/list")
+            .count()
+    }
+}
+
+/// Issue 19 (with issue 13's guarantees): within one session whose event
+/// stream the gateway relays, what the server listed is reused for later
+/// calls instead of listing before each; the server saying its list
+/// changed, the stream ending and the client listing itself each make the
+/// gateway read the list again, and a changed tool is still held.
+#[test]
+fn http_a_session_reuses_its_tool_list_until_the_server_says_it_changed() {
+    let e = start("hold_seconds = 1", |url| server("warehouse", url, ""));
+    let s = e.session("warehouse", "agent:report-bot");
+    let listen = s.listen();
+    let echo = |id: i64, text: &str| s.call(json!(id), "echo", &json!({"text": text}));
+    assert_eq!(echo(1, "a").text(), "a");
+    assert_eq!(e.own_lists(), 1, "the first call reads the list");
+    assert_eq!(echo(2, "b").text(), "b");
+    let read = s.call(json!(3), "read_table", &json!({"table": "orders"}));
+    assert_eq!(read.text(), "10 rows of orders");
+    assert_eq!(
+        e.own_lists(),
+        1,
+        "later calls of the session, of that tool or another it listed, do not list again"
+    );
+
+    // The server changes echo and says so (on the event stream, or on the
+    // call's own stream).
+    let m = s.call(json!(4), "mutate", &json!({}));
+    assert_eq!(m.text(), "mutated");
+    if m.notifications("notifications/tools/list_changed") == 0 {
+        let note = listen.events.next().expect("the event stream is open");
+        assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    }
+    let a = echo(5, "c");
+    assert!(
+        a.is_error() && a.text().contains("changed since it was pinned"),
+        "a call after the change is checked against the new list: {}",
+        a.text()
+    );
+    assert_eq!(e.own_lists(), 2, "the call after list_changed listed again");
+    assert_eq!(
+        e.runs_of("echo").len(),
+        2,
+        "the changed tool did not run: {:?}",
+        e.runs()
+    );
+
+    // The client lists: what it got is what later calls are decided on.
+    s.list();
+    let read = s.call(json!(6), "read_table", &json!({"table": "a"}));
+    assert_eq!(read.text(), "10 rows of a");
+    assert_eq!(e.own_lists(), 2, "the client's own listing is reused");
+
+    // Without an event stream the gateway could miss a change: it lists
+    // before every call.
+    drop(listen);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = e.own_lists();
+    let mut id = 10;
+    loop {
+        id += 1;
+        let read = s.call(json!(id), "read_table", &json!({"table": "b"}));
+        assert_eq!(read.text(), "10 rows of b");
+        let now = e.own_lists();
+        // The gateway notices the closed stream asynchronously: once it
+        // has, every call lists.
+        if now > n {
+            n = now;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "calls never listed again after the stream closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for k in 1..=2 {
+        let read = s.call(json!(100 + k), "read_table", &json!({"table": "c"}));
+        assert_eq!(read.text(), "10 rows of c");
+        assert_eq!(e.own_lists(), n + k as usize, "every call lists");
+    }
+}
+
+/// A stateless upstream (no `Mcp-Session-Id`) gives the gateway no
+/// session to tie a list to: every call lists first.
+#[test]
+fn http_a_stateless_upstream_is_listed_before_every_call() {
+    require_python_mcp();
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs.jsonl");
+    let up = upstream_with(
+        tmp.path(),
+        "test_server.py",
+        &[
+            ("MCP_TEST_RUNS", runs.to_str().unwrap()),
+            ("MCP_TEST_UPSTREAM_TOKEN", "upstream-secret"),
+            ("MCP_TEST_STATELESS", "1"),
+        ],
+        None,
+    );
+    let servers = server("warehouse", &up.url, "");
+    let e = start_with("", up, tmp, &servers);
+    let s = Session::unopened(&e.g, "warehouse", "agent:report-bot");
+    let a = s.send(&initialize_msg());
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.session.is_none(), "a stateless server names no session");
+    for k in 1..=3 {
+        let a = s.call(json!(k), "echo", &json!({"text": "s"}));
+        assert_eq!(a.text(), "s");
+        assert_eq!(e.own_lists(), k as usize, "every call lists");
+    }
 }

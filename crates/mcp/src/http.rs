@@ -214,6 +214,86 @@ struct SessionInfo {
     /// What the session holds (`mcp.max_pending_requests`,
     /// `mcp.max_session_bytes`).
     quota: Quota,
+    /// The server's tool definitions as read in this session.
+    tools: ToolsSeen,
+}
+
+/// The tool definitions (their pinned part, by name) the server gave in
+/// one session, reused to decide that session's later calls instead of
+/// listing again before each. Kept only while the gateway relays an event
+/// stream (GET) of the session: that is where the server says its list
+/// changed outside a request, so with none open the gateway could miss a
+/// change, and lists before every call. Forgotten when that stream ends
+/// (the server restarted or the client reconnects), when the server says
+/// `notifications/tools/list_changed` on any stream the gateway relays,
+/// when the client lists (it may now hold another list than this), and
+/// when the server refuses the session. The pin standing of a reused
+/// definition is read again for every call.
+#[derive(Default)]
+struct ToolsSeen {
+    defs: HashMap<String, Value>,
+    /// Counts what made the definitions forgotten: a listing that began
+    /// before one is not kept.
+    epoch: u64,
+    /// Event streams of the session open through the gateway.
+    listening: usize,
+}
+
+/// Most tool definitions one session keeps ([`ToolsSeen`]); past it, the
+/// calls of tools not kept list again.
+const MAX_TOOLS_SEEN: usize = 1000;
+
+impl ToolsSeen {
+    fn forget(&mut self) {
+        self.defs.clear();
+        self.epoch += 1;
+    }
+
+    /// Keeps `defs`, read by a listing that began at `epoch`, if nothing
+    /// made the definitions forgotten since and a stream is open.
+    fn learn(&mut self, epoch: u64, defs: impl IntoIterator<Item = (String, Value)>) {
+        if epoch != self.epoch || self.listening == 0 {
+            return;
+        }
+        for (name, def) in defs {
+            if self.defs.len() >= MAX_TOOLS_SEEN && !self.defs.contains_key(&name) {
+                break;
+            }
+            self.defs.insert(name, def);
+        }
+    }
+}
+
+/// An event stream (GET) of a session relayed to its client: while one
+/// is, the session's tool definitions may be reused; its end forgets them.
+struct Listening {
+    inner: Arc<Inner>,
+    server: String,
+    sid: String,
+}
+
+impl Listening {
+    fn open(inner: &Arc<Inner>, server: &str, sid: &str) -> Option<Listening> {
+        inner.with_session(server, sid, |i| {
+            // Nothing read before the stream opened is kept.
+            i.tools.forget();
+            i.tools.listening += 1;
+        })?;
+        Some(Listening {
+            inner: inner.clone(),
+            server: server.to_string(),
+            sid: sid.to_string(),
+        })
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.inner.with_session(&self.server, &self.sid, |i| {
+            i.tools.listening = i.tools.listening.saturating_sub(1);
+            i.tools.forget();
+        });
+    }
 }
 
 /// The sessions opened through the gateway, at most `mcp.max_sessions`
@@ -269,6 +349,8 @@ pub struct McpExtension {
 struct Inner {
     config: Arc<McpConfig>,
     servers: HashMap<String, Arc<ServerConfig>>,
+    /// Each server's url, parsed once (not again for every request).
+    urls: HashMap<String, reqwest::Url>,
     http: reqwest::Client,
     /// Calls being decided or held, by caller, server, session and id.
     deciding: Mutex<HashMap<String, watch::Sender<bool>>>,
@@ -308,6 +390,14 @@ impl McpExtension {
             .iter()
             .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
             .collect();
+        let urls = config
+            .servers
+            .iter()
+            .filter_map(|(k, v)| {
+                let url = reqwest::Url::parse(v.url.as_deref()?).ok()?;
+                Some((k.clone(), url))
+            })
+            .collect();
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -318,6 +408,7 @@ impl McpExtension {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
                 servers,
+                urls,
                 http,
                 deciding: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Sessions::default()),
@@ -393,6 +484,7 @@ impl Inner {
                     self.config.max_pending_requests,
                     self.config.max_session_bytes,
                 ),
+                tools: ToolsSeen::default(),
             },
         );
     }
@@ -442,6 +534,11 @@ impl Inner {
             .by_key
             .get_mut(&session_key(server, sid))
             .map(f)
+    }
+
+    /// Forgets the tool definitions read in session `sid` ([`ToolsSeen`]).
+    fn forget_tools(&self, server: &str, sid: &str) {
+        self.with_session(server, sid, |i| i.tools.forget());
     }
 }
 
@@ -821,8 +918,12 @@ async fn upstream(
     headers: &[(String, HeaderValue)],
     body: Option<Bytes>,
 ) -> Result<reqwest::Response, Failure> {
-    let url = srv.url.as_deref().unwrap_or_default();
-    let mut r = inner.http.request(method, url);
+    let mut r = match inner.urls.get(&srv.name) {
+        Some(url) => inner.http.request(method, url.clone()),
+        None => inner
+            .http
+            .request(method, srv.url.as_deref().unwrap_or_default()),
+    };
     for (k, v) in headers {
         r = r.header(k.as_str(), v.clone());
     }
@@ -942,6 +1043,7 @@ async fn other_mcp(
         }
     }
     let delete = method == Method::DELETE;
+    let get = method == Method::GET;
     let fwd_headers = forwarded(&headers);
     let watch = watch_of(
         &inner,
@@ -959,7 +1061,15 @@ async fn other_mcp(
                     .by_key
                     .remove(&session_key(&server, sid));
             }
-            relay_stream(&inner, resp, watch)
+            // The session's event stream: its tool definitions may be
+            // reused while the gateway relays it.
+            let listening = match &sid {
+                Some(sid) if get && resp.status().is_success() && is_sse(&resp) => {
+                    Listening::open(&inner, &server, sid)
+                }
+                _ => None,
+            };
+            relay_stream(&inner, resp, watch, listening)
         }
         Err(f) => f.response,
     }
@@ -996,7 +1106,12 @@ fn watch_of(
 /// The upstream's answer streamed through; an event stream through a
 /// [`Tap`] (notifications bounded, unreadable events dropped, a changed
 /// tool list noted for the session).
-fn relay_stream(inner: &Inner, resp: reqwest::Response, watch: Option<ListWatch>) -> Response {
+fn relay_stream(
+    inner: &Inner,
+    resp: reqwest::Response,
+    watch: Option<ListWatch>,
+    listening: Option<Listening>,
+) -> Response {
     let sse = is_sse(&resp);
     let max = answer_limit(&inner.config);
     if !sse && resp.content_length().is_some_and(|n| n > max as u64) {
@@ -1009,7 +1124,8 @@ fn relay_stream(inner: &Inner, resp: reqwest::Response, watch: Option<ListWatch>
     }
     let (head, stream) = take_stream(resp);
     if sse {
-        let tap = Tap::new(stream, max, None).watching(watch);
+        let mut tap = Tap::new(stream, max, None).watching(watch);
+        tap._listening = listening;
         relay_response(head, Body::from_stream(tap))
     } else {
         relay_response(head, Body::from_stream(capped(stream, max)))
@@ -1250,6 +1366,9 @@ async fn post_mcp(
             }
         }
         (Kind::Request, Some("tools/list")) => {
+            let epoch = session
+                .as_deref()
+                .and_then(|sid| inner.with_session(&server, sid, |i| i.tools.epoch));
             let resp = match upstream(&inner, &srv, Method::POST, &fwd_headers, Some(body)).await {
                 Ok(r) => r,
                 Err(f) => return f.response,
@@ -1264,7 +1383,17 @@ async fn post_mcp(
                 if let Some(result) = r.get("result") {
                     let names = observe(&s.gateway, &p, &srv, result).await;
                     if let Some(sid) = &session {
-                        inner.with_session(&server, sid, |i| i.listed.extend(names));
+                        // The client may now hold another list than the
+                        // one read before: only this one is kept.
+                        let defs = listed_defs(result);
+                        inner.with_session(&server, sid, |i| {
+                            i.listed.extend(names);
+                            let unchanged = epoch == Some(i.tools.epoch);
+                            i.tools.forget();
+                            if unchanged {
+                                i.tools.learn(i.tools.epoch, defs);
+                            }
+                        });
                     }
                 }
             }
@@ -1365,7 +1494,7 @@ async fn pass(
     watch: Option<ListWatch>,
 ) -> Response {
     match upstream(inner, srv, Method::POST, headers, Some(body)).await {
-        Ok(resp) => relay_stream(inner, resp, watch),
+        Ok(resp) => relay_stream(inner, resp, watch, None),
         Err(f) => f.response,
     }
 }
@@ -1531,6 +1660,22 @@ fn final_response(bytes: &[u8], sse: bool, id: Option<&Value>) -> Option<Value> 
     }
 }
 
+/// The definitions (pinned part) in a `tools/list` result, by name.
+fn listed_defs(result: &Value) -> Vec<(String, Value)> {
+    result
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|l| {
+            l.iter()
+                .filter_map(|t| {
+                    let name = t.get("name").and_then(Value::as_str)?;
+                    Some((name.to_string(), tools::pinned_part(t)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Pins (or checks against their pins) the tools of a client's
 /// `tools/list` result; the names it listed.
 async fn observe(
@@ -1575,8 +1720,10 @@ struct ListWatch {
 impl ListWatch {
     fn changed(&self) {
         if let Some(sid) = &self.session {
-            self.inner
-                .with_session(&self.srv.name, sid, |i| i.listed.clear());
+            self.inner.with_session(&self.srv.name, sid, |i| {
+                i.listed.clear();
+                i.tools.forget();
+            });
         }
     }
 
@@ -1769,16 +1916,27 @@ impl CallCtx {
         )
     }
 
-    /// The tool's definition as the upstream lists it now, in this call's
-    /// session (all pages, until the tool is found), and its standing
-    /// against its pin. Read before every call: no definition learned
-    /// earlier, in this session or another, before a restart of the server
-    /// or a change of its list, is trusted.
+    /// The tool's definition as the upstream gives it in this call's
+    /// session, and its standing against its pin (read now). The
+    /// definition is one read earlier in this session if it is still kept
+    /// ([`ToolsSeen`]: nothing said the list changed, the session's event
+    /// stream stayed open); else the upstream is listed now (all pages,
+    /// until the tool is found). Nothing read in another session, before a
+    /// restart of the server or a change of its list, is trusted.
     async fn current(
         &self,
         call_params: &Map<String, Value>,
         tool: &str,
     ) -> Result<Option<(Value, PinState)>, Unlisted> {
+        let seen = self.session.as_deref().and_then(|sid| {
+            self.inner.with_session(&self.srv.name, sid, |i| {
+                (i.tools.defs.get(tool).cloned(), i.tools.epoch)
+            })
+        });
+        if let Some((Some(def), _)) = seen {
+            return self.standing(def).await.map(Some);
+        }
+        let epoch = seen.map(|(_, e)| e);
         let mut headers: Vec<(String, HeaderValue)> = self
             .headers
             .iter()
@@ -1802,7 +1960,15 @@ impl CallCtx {
             if !resp.status().is_success() {
                 // Relayed as the server gave it: a client whose session the
                 // server no longer knows (it restarted) opens a new one.
-                return Err(Unlisted::Answer(relay_stream(&self.inner, resp, None)));
+                if let Some(sid) = &self.session {
+                    self.inner.forget_tools(&self.srv.name, sid);
+                }
+                return Err(Unlisted::Answer(relay_stream(
+                    &self.inner,
+                    resp,
+                    None,
+                    None,
+                )));
             }
             let sse = is_sse(&resp);
             let (_, stream) = take_stream(resp);
@@ -1822,24 +1988,14 @@ impl CallCtx {
                     "the server did not list its tools: {why}"
                 )));
             };
-            let found = result.get("tools").and_then(Value::as_array).and_then(|l| {
-                l.iter()
-                    .find(|t| t.get("name").and_then(Value::as_str) == Some(tool))
-            });
-            if let Some(t) = found {
-                let def = tools::pinned_part(t);
-                let states =
-                    pins::observe(&self.gateway, &self.who, &self.srv.name, vec![def.clone()])
-                        .await
-                        .map_err(|e| {
-                            Unlisted::Error(format!("its pin could not be checked: {}", e.message))
-                        })?;
-                let st = states
-                    .into_iter()
-                    .next()
-                    .map(|(_, st)| st)
-                    .ok_or_else(|| Unlisted::Error("its pin could not be checked".into()))?;
-                return Ok(Some((def, st)));
+            let defs = listed_defs(result);
+            let found = defs.iter().find(|(n, _)| n == tool).map(|(_, d)| d.clone());
+            if let (Some(sid), Some(epoch)) = (&self.session, epoch) {
+                self.inner
+                    .with_session(&self.srv.name, sid, |i| i.tools.learn(epoch, defs));
+            }
+            if let Some(def) = found {
+                return self.standing(def).await.map(Some);
             }
             match result.get("nextCursor") {
                 Some(c) if !c.is_null() => cursor = Some(c.clone()),
@@ -1847,6 +2003,20 @@ impl CallCtx {
             }
         }
         Ok(None)
+    }
+
+    /// A definition and its standing against its pin (pinned now if it is
+    /// the tool's first sight, recorded if it differs).
+    async fn standing(&self, def: Value) -> Result<(Value, PinState), Unlisted> {
+        let states = pins::observe(&self.gateway, &self.who, &self.srv.name, vec![def.clone()])
+            .await
+            .map_err(|e| Unlisted::Error(format!("its pin could not be checked: {}", e.message)))?;
+        let st = states
+            .into_iter()
+            .next()
+            .map(|(_, st)| st)
+            .ok_or_else(|| Unlisted::Error("its pin could not be checked".into()))?;
+        Ok((def, st))
     }
 
     /// A request that acts other than `tools/call`: decided, then
@@ -1985,8 +2155,15 @@ impl CallCtx {
             Some(body),
         )
         .await;
-        if let Err(f) = &sent {
-            icp.finished(fwd, Outcome::Lost(f.why.clone())).await;
+        match &sent {
+            Err(f) => icp.finished(fwd, Outcome::Lost(f.why.clone())).await,
+            // The server no longer knows the session (it restarted).
+            Ok(r) if r.status() == StatusCode::NOT_FOUND => {
+                if let Some(sid) = &self.session {
+                    self.inner.forget_tools(&self.srv.name, sid);
+                }
+            }
+            Ok(_) => {}
         }
         sent
     }
@@ -2140,6 +2317,8 @@ struct Tap<S> {
         mpsc::UnboundedReceiver<Option<Bytes>>,
     ),
     undecided: usize,
+    /// Held while this is a session's event stream ([`Listening`]).
+    _listening: Option<Listening>,
 }
 
 impl<S> Tap<S> {
@@ -2156,6 +2335,7 @@ impl<S> Tap<S> {
             watch: None,
             decided: mpsc::unbounded_channel(),
             undecided: 0,
+            _listening: None,
         }
     }
 
@@ -2413,6 +2593,28 @@ mod tests {
         let r = final_response(body, true, Some(&json!(3))).unwrap();
         assert_eq!(r["id"], 3);
         assert!(final_response(body, true, Some(&json!("3"))).is_none());
+    }
+
+    #[test]
+    fn a_listing_is_kept_only_with_a_stream_open_and_nothing_forgotten_since_it_began() {
+        let def = |n: &str| (n.to_string(), json!({"name": n}));
+        let mut t = ToolsSeen::default();
+        t.learn(t.epoch, [def("a")]);
+        assert!(t.defs.is_empty(), "no stream open: nothing kept");
+        t.listening = 1;
+        let began = t.epoch;
+        t.forget();
+        t.learn(began, [def("a")]);
+        assert!(t.defs.is_empty(), "forgotten while it was read: not kept");
+        t.learn(t.epoch, [def("a"), def("b")]);
+        assert_eq!(t.defs.len(), 2);
+        t.forget();
+        assert!(t.defs.is_empty());
+        t.learn(
+            t.epoch,
+            (0..MAX_TOOLS_SEEN + 5).map(|i| def(&i.to_string())),
+        );
+        assert_eq!(t.defs.len(), MAX_TOOLS_SEEN, "bounded");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
