@@ -297,6 +297,27 @@ impl Drop for Runtime {
 struct PgConn {
     client: Client,
     stmts: HashMap<&'static str, Statement>,
+    /// How many times the caller waited for the server's answer.
+    waits: u64,
+}
+
+/// What the writer's committed batches cost, summed since the store was
+/// opened (see [`Store::writer_stats`](crate::Store::writer_stats)): where a
+/// batch's time goes, and how many times it waited for PostgreSQL.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Committed batches.
+    pub batches: u64,
+    /// Jobs in them (committed or rolled back alone).
+    pub jobs: u64,
+    /// Times the writer waited for PostgreSQL's answer (round trips).
+    pub round_trips: u64,
+    /// `BEGIN`, the log head's row lock and catching the tree up.
+    pub begin: Duration,
+    /// Running the jobs, with their savepoints.
+    pub run: Duration,
+    /// Writing the log head, notifying, `COMMIT` (durable when it returns).
+    pub commit: Duration,
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
@@ -363,6 +384,7 @@ fn connect(rt: &Runtime, target: &Target) -> Result<PgConn, StoreError> {
     Ok(PgConn {
         client,
         stmts: HashMap::new(),
+        waits: 0,
     })
 }
 
@@ -373,6 +395,7 @@ impl PgConn {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
+        self.waits += 1;
         let s = futures_executor::block_on(self.client.prepare(sql)).map_err(pg_err)?;
         self.stmts.insert(sql, s.clone());
         Ok(s)
@@ -384,6 +407,7 @@ impl PgConn {
         params: Params<'_>,
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let stmt = self.statement(sql)?;
+        self.waits += 1;
         futures_executor::block_on(self.client.query(&stmt, params)).map_err(pg_err)
     }
 
@@ -393,15 +417,18 @@ impl PgConn {
         params: Params<'_>,
     ) -> Result<Option<tokio_postgres::Row>, StoreError> {
         let stmt = self.statement(sql)?;
+        self.waits += 1;
         futures_executor::block_on(self.client.query_opt(&stmt, params)).map_err(pg_err)
     }
 
     fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
+        self.waits += 1;
         futures_executor::block_on(self.client.execute(&stmt, params)).map_err(pg_err)
     }
 
-    fn batch(&self, sql: &str) -> Result<(), StoreError> {
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.waits += 1;
         futures_executor::block_on(self.client.batch_execute(sql)).map_err(pg_err)
     }
 
@@ -570,6 +597,7 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
     conn.batch("COMMIT")?;
     let tree: Tree = tree?;
     let replica = replica_id();
+    let stats = Arc::new(Mutex::new(WriterStats::default()));
     let writer: Option<Box<dyn Writer>> = if options.read_only {
         None
     } else {
@@ -578,6 +606,8 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
             replica: replica.clone(),
             target: target.clone(),
             conn: Some(conn),
+            stats: stats.clone(),
+            clock: BatchClock::default(),
         }))
     };
     let (changes, _) = tokio::sync::broadcast::channel(4096);
@@ -591,6 +621,7 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
             pool: Mutex::new(Pool::default()),
             given_back: std::sync::Condvar::new(),
             changes,
+            stats,
         })),
         tree,
         lock: None,
@@ -617,6 +648,8 @@ pub(crate) struct Readers {
     given_back: std::sync::Condvar,
     /// Ids of requests changed by the other replicas.
     changes: tokio::sync::broadcast::Sender<String>,
+    /// What this replica's writer's batches cost.
+    stats: Arc<Mutex<WriterStats>>,
 }
 
 impl Readers {
@@ -702,6 +735,10 @@ impl Readers {
         }
     }
 
+    pub(crate) fn stats(&self) -> WriterStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
     pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.changes.subscribe()
     }
@@ -731,6 +768,7 @@ impl Readers {
             pool: Mutex::new(Pool::default()),
             given_back: std::sync::Condvar::new(),
             changes: self.changes.clone(),
+            stats: self.stats.clone(),
         };
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -886,6 +924,16 @@ struct PgWriter {
     replica: String,
     target: Target,
     conn: Option<PgConn>,
+    stats: Arc<Mutex<WriterStats>>,
+    clock: BatchClock,
+}
+
+/// Where the current batch is, for [`WriterStats`].
+#[derive(Default)]
+struct BatchClock {
+    /// When `begin` started and when it was done.
+    started: Option<(std::time::Instant, std::time::Instant)>,
+    jobs: u64,
 }
 
 impl PgWriter {
@@ -905,18 +953,40 @@ impl PgWriter {
     }
 }
 
+impl PgWriter {
+    /// Adds a committed batch to the stats; `t_commit`: when its commit
+    /// began.
+    fn count(&mut self, t_commit: std::time::Instant) {
+        let Some((t0, t_begun)) = self.clock.started else {
+            return;
+        };
+        let waits = self.conn.as_ref().map_or(0, |c| c.waits);
+        if let Ok(mut s) = self.stats.lock() {
+            s.batches += 1;
+            s.jobs += self.clock.jobs;
+            s.round_trips += waits;
+            s.begin += t_begun - t0;
+            s.run += t_commit - t_begun;
+            s.commit += t_commit.elapsed();
+        }
+    }
+}
+
 impl Writer for PgWriter {
     fn begin(
         &mut self,
         view: &Shared,
         size_tx: &tokio::sync::watch::Sender<u64>,
     ) -> Result<u64, StoreError> {
+        let t0 = std::time::Instant::now();
+        self.clock = BatchClock::default();
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
             self.conn = Some(connect(&self.rt, &self.target)?);
         }
         let r = (|| {
             let conn = self.conn()?;
+            conn.waits = 0;
             conn.batch("BEGIN")?;
             let out = catch_up(conn, view, size_tx, true);
             if out.is_err() {
@@ -924,6 +994,7 @@ impl Writer for PgWriter {
             }
             out
         })();
+        self.clock.started = Some((t0, std::time::Instant::now()));
         self.check(r)
     }
 
@@ -945,6 +1016,7 @@ impl Writer for PgWriter {
     }
 
     fn commit(&mut self, base: u64, size: u64) -> Result<(), StoreError> {
+        let t_commit = std::time::Instant::now();
         let r = (|| {
             let conn = self.conn()?;
             if size != base {
@@ -954,11 +1026,14 @@ impl Writer for PgWriter {
             }
             conn.batch("COMMIT")
         })();
+        if r.is_ok() {
+            self.count(t_commit);
+        }
         self.check(r)
     }
 
     fn rollback(&mut self) {
-        if let Some(c) = &self.conn {
+        if let Some(c) = &mut self.conn {
             let _ = c.batch("ROLLBACK");
         }
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
@@ -967,6 +1042,7 @@ impl Writer for PgWriter {
     }
 
     fn run(&mut self, base: u64, pending: &mut Vec<Hash>, job: JobFn) -> JobResult {
+        self.clock.jobs += 1;
         let replica = self.replica.clone();
         let conn = self.conn()?;
         let mut tx = PgTx {

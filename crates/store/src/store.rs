@@ -185,6 +185,16 @@ impl Store {
         }
     }
 
+    /// What the PostgreSQL writer's committed batches cost so far (time per
+    /// phase, round trips): for diagnostics and the benchmarks; `None` on
+    /// SQLite.
+    pub fn writer_stats(&self) -> Option<crate::WriterStats> {
+        match &self.inner.readers {
+            Readers::Pg(r) => Some(r.stats()),
+            Readers::Sqlite(_) => None,
+        }
+    }
+
     /// Brings a store's schema up to this binary's version. SQLite migrates
     /// whenever it is opened for writing; PostgreSQL only here (`secondkey
     /// store migrate`), so that replicas never race an upgrade and an old
