@@ -295,10 +295,39 @@ impl Drop for Runtime {
 
 /// One connection, with its prepared statements.
 struct PgConn {
-    client: Client,
+    client: Arc<Client>,
     stmts: HashMap<&'static str, Statement>,
     /// How many times the caller waited for the server's answer.
     waits: u64,
+    /// Statements sent and not yet answered, oldest first (the writer's
+    /// pipeline; empty on reader connections). Each wait takes their
+    /// answers first: the server answers in order.
+    inflight: Vec<Sent>,
+    /// A statement of the batch itself (a savepoint, the log rows, the
+    /// commit) failed: the transaction can only be rolled back.
+    broken: Option<String>,
+}
+
+/// A statement sent down the writer's connection, not yet answered.
+struct Sent {
+    answer: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>,
+    >,
+    /// Whether its failure is the batch's (the transaction can only be
+    /// rolled back), not the running job's.
+    batch: bool,
+}
+
+/// Owned parameters of a statement sent without waiting.
+type Owned = Vec<Box<dyn ToSql + Send + Sync>>;
+
+/// Who a deferred statement belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The running job: its failure fails the job alone.
+    Job,
+    /// The batch: its failure fails every job in it.
+    Batch,
 }
 
 /// What the writer's committed batches cost, summed since the store was
@@ -382,23 +411,123 @@ fn connect(rt: &Runtime, target: &Target) -> Result<PgConn, StoreError> {
             e => e,
         })?;
     Ok(PgConn {
-        client,
+        client: Arc::new(client),
         stmts: HashMap::new(),
         waits: 0,
+        inflight: Vec::new(),
+        broken: None,
     })
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Takes the answers of statements sent earlier, in order; the first
+/// failure and whose statement it was.
+async fn drain(sent: Vec<Sent>) -> Result<(), (StoreError, Owner)> {
+    let mut first = None;
+    for s in sent {
+        // Every answer is taken, even after a failure, so none is left
+        // queued on the connection.
+        if let Err(e) = s.answer.await {
+            let owner = if s.batch { Owner::Batch } else { Owner::Job };
+            first.get_or_insert((pg_err(e), owner));
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
 
 impl PgConn {
     fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
-        self.waits += 1;
-        let s = futures_executor::block_on(self.client.prepare(sql)).map_err(pg_err)?;
+        let client = self.client.clone();
+        let s = self.wait(async move { client.prepare(sql).await })?;
         self.stmts.insert(sql, s.clone());
         Ok(s)
+    }
+
+    /// Waits for `answer`, and first for the statements sent before it
+    /// (sent down the connection together: one round trip). The first of
+    /// those that failed is the error; one of the batch's marks the
+    /// connection broken until the batch is over.
+    fn wait<T>(
+        &mut self,
+        answer: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        self.waits += 1;
+        if self.inflight.is_empty() {
+            return futures_executor::block_on(answer).map_err(pg_err);
+        }
+        let earlier = std::mem::take(&mut self.inflight);
+        let (earlier, out) =
+            futures_executor::block_on(futures_util::future::join(drain(earlier), answer));
+        self.settle(earlier)?;
+        out.map_err(pg_err)
+    }
+
+    /// Waits for the statements sent so far (one round trip).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.inflight.is_empty() {
+            return Ok(());
+        }
+        self.waits += 1;
+        let earlier = std::mem::take(&mut self.inflight);
+        let earlier = futures_executor::block_on(drain(earlier));
+        self.settle(earlier)
+    }
+
+    fn settle(&mut self, earlier: Result<(), (StoreError, Owner)>) -> Result<(), StoreError> {
+        match earlier {
+            Ok(()) => Ok(()),
+            Err((e, owner)) => {
+                if owner == Owner::Batch && self.broken.is_none() {
+                    self.broken = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends a prepared statement without waiting for its answer: it is
+    /// checked at the next wait. The server runs statements in the order
+    /// sent, so whatever is sent after it sees its effect.
+    fn defer(&mut self, sql: &'static str, params: Owned, owner: Owner) -> Result<(), StoreError> {
+        let stmt = self.statement(sql)?;
+        let client = self.client.clone();
+        self.send(
+            Box::pin(async move { client.execute_raw(&stmt, params).await.map(|_| ()) }),
+            owner,
+        );
+        Ok(())
+    }
+
+    /// [`PgConn::defer`] of statements without parameters.
+    fn defer_simple(&mut self, sql: &'static str, owner: Owner) {
+        let client = self.client.clone();
+        self.send(
+            Box::pin(async move { client.batch_execute(sql).await }),
+            owner,
+        );
+    }
+
+    fn send(
+        &mut self,
+        mut answer: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>,
+        >,
+        owner: Owner,
+    ) {
+        // tokio-postgres sends a request when its future is first polled;
+        // the answer is collected later (in order, by `drain`).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(r) = answer.as_mut().poll(&mut cx) {
+            answer = Box::pin(std::future::ready(r));
+        }
+        self.inflight.push(Sent {
+            answer,
+            batch: owner == Owner::Batch,
+        });
     }
 
     fn query(
@@ -407,8 +536,8 @@ impl PgConn {
         params: Params<'_>,
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let stmt = self.statement(sql)?;
-        self.waits += 1;
-        futures_executor::block_on(self.client.query(&stmt, params)).map_err(pg_err)
+        let client = self.client.clone();
+        self.wait(async move { client.query(&stmt, params).await })
     }
 
     fn query_opt(
@@ -417,19 +546,19 @@ impl PgConn {
         params: Params<'_>,
     ) -> Result<Option<tokio_postgres::Row>, StoreError> {
         let stmt = self.statement(sql)?;
-        self.waits += 1;
-        futures_executor::block_on(self.client.query_opt(&stmt, params)).map_err(pg_err)
+        let client = self.client.clone();
+        self.wait(async move { client.query_opt(&stmt, params).await })
     }
 
     fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
-        self.waits += 1;
-        futures_executor::block_on(self.client.execute(&stmt, params)).map_err(pg_err)
+        let client = self.client.clone();
+        self.wait(async move { client.execute(&stmt, params).await })
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        self.waits += 1;
-        futures_executor::block_on(self.client.batch_execute(sql)).map_err(pg_err)
+        let client = self.client.clone();
+        self.wait(async move { client.batch_execute(sql).await })
     }
 
     fn head(&mut self, lock: bool) -> Result<u64, StoreError> {
@@ -608,6 +737,8 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
             conn: Some(conn),
             stats: stats.clone(),
             clock: BatchClock::default(),
+            rows: LogRows::default(),
+            mark: (0, 0),
         }))
     };
     let (changes, _) = tokio::sync::broadcast::channel(4096);
@@ -919,6 +1050,14 @@ impl Drop for Follower {
 
 /// The writer thread's connection; reconnects at the next batch after it
 /// drops (every job of the failed batch got an error: fail closed).
+///
+/// A batch is pipelined: statements whose answer no job needs (`BEGIN`,
+/// savepoints, a job's inserts and upserts, notifications) are sent without
+/// waiting, and the writer waits once per job, at its end, for all of them
+/// (so a failed statement fails its job alone, before the next job runs),
+/// and whenever a job reads. The batch's log entries (and the index of
+/// them by request) are written at commit, one statement per table, sent
+/// together with the log head and `COMMIT`.
 struct PgWriter {
     rt: Arc<Runtime>,
     replica: String,
@@ -926,6 +1065,26 @@ struct PgWriter {
     conn: Option<PgConn>,
     stats: Arc<Mutex<WriterStats>>,
     clock: BatchClock,
+    rows: LogRows,
+    /// How many rows `rows` held when the running job began.
+    mark: (usize, usize),
+}
+
+/// The log rows a batch appends, written at commit.
+#[derive(Default)]
+struct LogRows {
+    /// `log_entries`: index and bytes.
+    idx: Vec<i64>,
+    data: Vec<Vec<u8>>,
+    /// `log_by_request`: request id and index.
+    request: Vec<String>,
+    request_idx: Vec<i64>,
+}
+
+impl LogRows {
+    fn clear(&mut self) {
+        *self = LogRows::default();
+    }
 }
 
 /// Where the current batch is, for [`WriterStats`].
@@ -944,6 +1103,15 @@ impl PgWriter {
         }
     }
 
+    /// The connection, unless a statement of the batch failed.
+    fn usable(&mut self) -> Result<&mut PgConn, StoreError> {
+        let conn = self.conn()?;
+        match &conn.broken {
+            Some(why) => Err(StoreError::Pg(why.clone())),
+            None => Ok(conn),
+        }
+    }
+
     /// Forgets a connection that failed, so the next batch opens a new one.
     fn check<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if r.is_err() && self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
@@ -951,9 +1119,7 @@ impl PgWriter {
         }
         r
     }
-}
 
-impl PgWriter {
     /// Adds a committed batch to the stats; `t_commit`: when its commit
     /// began.
     fn count(&mut self, t_commit: std::time::Instant) {
@@ -980,6 +1146,8 @@ impl Writer for PgWriter {
     ) -> Result<u64, StoreError> {
         let t0 = std::time::Instant::now();
         self.clock = BatchClock::default();
+        self.rows.clear();
+        self.mark = (0, 0);
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
             self.conn = Some(connect(&self.rt, &self.target)?);
@@ -987,7 +1155,10 @@ impl Writer for PgWriter {
         let r = (|| {
             let conn = self.conn()?;
             conn.waits = 0;
-            conn.batch("BEGIN")?;
+            conn.broken = None;
+            conn.inflight.clear();
+            // Sent with the head's row lock: one round trip.
+            conn.defer_simple("BEGIN", Owner::Batch);
             let out = catch_up(conn, view, size_tx, true);
             if out.is_err() {
                 let _ = conn.batch("ROLLBACK");
@@ -999,32 +1170,77 @@ impl Writer for PgWriter {
     }
 
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        let r = self.conn().and_then(|c| c.batch("SAVEPOINT job"));
+        self.mark = (self.rows.idx.len(), self.rows.request.len());
+        let r = self
+            .usable()
+            .map(|c| c.defer_simple("SAVEPOINT job", Owner::Batch));
         self.check(r)
     }
 
     fn release(&mut self) -> Result<(), StoreError> {
-        let r = self.conn().and_then(|c| c.batch("RELEASE SAVEPOINT job"));
+        let r = self
+            .usable()
+            .map(|c| c.defer_simple("RELEASE SAVEPOINT job", Owner::Batch));
         self.check(r)
     }
 
     fn rollback_to(&mut self) -> Result<(), StoreError> {
-        let r = self
-            .conn()
-            .and_then(|c| c.batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"));
+        let (entries, by_request) = self.mark;
+        self.rows.idx.truncate(entries);
+        self.rows.data.truncate(entries);
+        self.rows.request.truncate(by_request);
+        self.rows.request_idx.truncate(by_request);
+        let r = (|| {
+            let conn = self.conn()?;
+            // Answers still owed for the job (it panicked before its end)
+            // are its own; only a failure of the batch's statements counts.
+            let _ = conn.flush();
+            let conn = self.usable()?;
+            conn.defer_simple(
+                "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job",
+                Owner::Batch,
+            );
+            Ok(())
+        })();
         self.check(r)
     }
 
     fn commit(&mut self, base: u64, size: u64) -> Result<(), StoreError> {
         let t_commit = std::time::Instant::now();
+        let rows = std::mem::take(&mut self.rows);
         let r = (|| {
-            let conn = self.conn()?;
+            let conn = self.usable()?;
+            if !rows.idx.is_empty() {
+                conn.defer(
+                    "INSERT INTO log_entries (idx, data) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                    vec![Box::new(rows.idx), Box::new(rows.data)],
+                    Owner::Batch,
+                )?;
+            }
+            if !rows.request.is_empty() {
+                conn.defer(
+                    "INSERT INTO log_by_request (request_id, idx) SELECT * FROM unnest($1::text[], $2::bigint[])",
+                    vec![Box::new(rows.request), Box::new(rows.request_idx)],
+                    Owner::Batch,
+                )?;
+            }
             if size != base {
                 let s = size as i64;
-                conn.execute("UPDATE log_head SET size = $1 WHERE id = 1", &[&s])?;
-                conn.execute("SELECT pg_notify('secondkey_log', $1)", &[&s.to_string()])?;
+                conn.defer(
+                    "UPDATE log_head SET size = $1 WHERE id = 1",
+                    vec![Box::new(s)],
+                    Owner::Batch,
+                )?;
+                conn.defer(
+                    "SELECT pg_notify('secondkey_log', $1)",
+                    vec![Box::new(s.to_string())],
+                    Owner::Batch,
+                )?;
             }
-            conn.batch("COMMIT")
+            // Should anything before it have failed, PostgreSQL answers
+            // this COMMIT with a rollback; the failure is the error.
+            conn.defer_simple("COMMIT", Owner::Batch);
+            conn.flush()
         })();
         if r.is_ok() {
             self.count(t_commit);
@@ -1033,8 +1249,11 @@ impl Writer for PgWriter {
     }
 
     fn rollback(&mut self) {
+        self.rows.clear();
         if let Some(c) = &mut self.conn {
+            let _ = c.flush();
             let _ = c.batch("ROLLBACK");
+            c.broken = None;
         }
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
             self.conn = None;
@@ -1044,14 +1263,23 @@ impl Writer for PgWriter {
     fn run(&mut self, base: u64, pending: &mut Vec<Hash>, job: JobFn) -> JobResult {
         self.clock.jobs += 1;
         let replica = self.replica.clone();
-        let conn = self.conn()?;
-        let mut tx = PgTx {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::PgDown("not connected".into()));
+        };
+        let out = job(&mut PgTx {
             conn,
             replica: &replica,
             base,
             pending,
-        };
-        job(&mut tx)
+            rows: &mut self.rows,
+        });
+        // The job's statements, answered before the next job runs: a
+        // failure fails this job alone (its savepoint is rolled back).
+        let sent = conn.flush();
+        match (out, sent) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(v), Ok(())) => Ok(v),
+        }
     }
 
     fn is_storage_failure(&self, e: &StoreError) -> bool {
@@ -1235,6 +1463,7 @@ struct PgTx<'a> {
     replica: &'a str,
     base: u64,
     pending: &'a mut Vec<Hash>,
+    rows: &'a mut LogRows,
 }
 
 impl Tx for PgTx<'_> {
@@ -1247,50 +1476,53 @@ impl Tx for PgTx<'_> {
             .map_err(|e| StoreError::Corrupt(format!("cannot encode request: {e}")))?;
         let requester = r.requester.id.to_string();
         let grant_expires = r.grant.as_ref().map(|g| g.expires_at.0);
-        self.conn.execute(
+        self.conn.defer(
             "INSERT INTO requests (id, state, requester, created_at, expires_at, grant_expires_at, escalated, body, digest)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at,
                grant_expires_at = excluded.grant_expires_at, escalated = excluded.escalated, body = excluded.body",
-            &[
-                &r.id,
-                &state_str(r.state),
-                &requester,
-                &r.created_at.0,
-                &r.expires_at.0,
-                &grant_expires,
-                &r.escalated,
-                &body,
-                &r.digest.as_str(),
+            vec![
+                Box::new(r.id.clone()),
+                Box::new(state_str(r.state)),
+                Box::new(requester),
+                Box::new(r.created_at.0),
+                Box::new(r.expires_at.0),
+                Box::new(grant_expires),
+                Box::new(r.escalated),
+                Box::new(body),
+                Box::new(r.digest.as_str().to_string()),
             ],
+            Owner::Job,
         )?;
-        for p in parties_of(r) {
-            self.conn.execute(
-                "INSERT INTO request_parties (party, request_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&p, &r.id],
-            )?;
-        }
+        self.conn.defer(
+            "INSERT INTO request_parties (party, request_id) SELECT unnest($1::text[]), $2
+             ON CONFLICT DO NOTHING",
+            vec![Box::new(parties_of(r)), Box::new(r.id.clone())],
+            Owner::Job,
+        )?;
         // Delivered at commit, to every replica's long-polls and streams.
         let payload = format!("{}:{}", self.replica, r.id);
-        self.conn
-            .execute("SELECT pg_notify('secondkey_requests', $1)", &[&payload])?;
-        Ok(())
+        self.conn.defer(
+            "SELECT pg_notify('secondkey_requests', $1)",
+            vec![Box::new(payload)],
+            Owner::Job,
+        )
     }
 
     fn insert_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn.defer(
             "INSERT INTO grants (id, request_id, digest, requester, expires_at, used_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &g.id,
-                &g.request_id,
-                &g.digest,
-                &g.requester,
-                &g.expires_at,
-                &g.used_at,
+            vec![
+                Box::new(g.id.clone()),
+                Box::new(g.request_id.clone()),
+                Box::new(g.digest.clone()),
+                Box::new(g.requester.clone()),
+                Box::new(g.expires_at),
+                Box::new(g.used_at),
             ],
-        )?;
-        Ok(())
+            Owner::Job,
+        )
     }
 
     fn get_grant(&mut self, id: &str) -> Result<Option<GrantRow>, StoreError> {
@@ -1311,18 +1543,17 @@ impl Tx for PgTx<'_> {
     ) -> Result<u64, StoreError> {
         let index = self.base + self.pending.len() as u64;
         let bytes = entry.at(index);
-        let idx = index as i64;
-        self.conn.execute(
-            "INSERT INTO log_entries (idx, data) VALUES ($1, $2)",
-            &[&idx, &bytes],
-        )?;
+        let idx = i64::try_from(index)
+            .map_err(|_| StoreError::Corrupt(format!("log index {index} is out of range")))?;
+        // Written at commit, with the batch's other entries (no job reads
+        // them back inside the transaction).
         if let Some(request) = entry.request() {
-            self.conn.execute(
-                "INSERT INTO log_by_request (request_id, idx) VALUES ($1, $2)",
-                &[&request, &idx],
-            )?;
+            self.rows.request.push(request.to_string());
+            self.rows.request_idx.push(idx);
         }
         self.pending.push(leaf_hash(&bytes));
+        self.rows.idx.push(idx);
+        self.rows.data.push(bytes);
         Ok(index)
     }
 
@@ -1331,12 +1562,12 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn.defer(
             "INSERT INTO meta (key, value) VALUES ($1, $2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&key, &value],
-        )?;
-        Ok(())
+            vec![Box::new(key.to_string()), Box::new(value.to_string())],
+            Owner::Job,
+        )
     }
 
     fn find_request(
@@ -1361,12 +1592,16 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_record(&mut self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn.defer(
             "INSERT INTO records (ns, key, value) VALUES ($1, $2, $3)
              ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
-            &[&ns, &key, &value],
-        )?;
-        Ok(())
+            vec![
+                Box::new(ns.to_string()),
+                Box::new(key.to_string()),
+                Box::new(value.to_string()),
+            ],
+            Owner::Job,
+        )
     }
 
     fn delete_record(&mut self, ns: &str, key: &str) -> Result<bool, StoreError> {
