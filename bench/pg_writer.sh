@@ -28,7 +28,7 @@ as_pg "$PGBIN/pg_ctl" -D "$WORK/pg" -o "-p $PGPORT -k $WORK -c listen_addresses=
   -l "$WORK/pg.log" -w start >/dev/null
 psql -X -q -h "$WORK" -p "$PGPORT" -U postgres -d postgres -c "CREATE ROLE sk LOGIN PASSWORD '$PW'"
 cargo bench --profile "$PROFILE" --locked -p secondkey-store --bench pg_writer --no-run --quiet
-for n in 1 2 3; do
+for n in ${REPLICA_COUNTS:-1 2 3}; do
   psql -X -q -h "$WORK" -p "$PGPORT" -U postgres -d postgres -c "CREATE DATABASE w$n OWNER sk"
   SECONDKEY_BENCH_PG="postgres://sk@127.0.0.1:$PGPORT/w$n?sslmode=disable" SECONDKEY_BENCH_PG_PASSWORD=$PW REPLICAS=$n \
     cargo bench --profile "$PROFILE" --locked -p secondkey-store --bench pg_writer --quiet

@@ -306,20 +306,33 @@ struct PgConn {
     /// A statement of the batch itself (a savepoint, the log rows, the
     /// commit) failed: the transaction can only be rolled back.
     broken: Option<String>,
+    /// How many waits found a failed statement.
+    failures: u64,
 }
 
 /// A statement sent down the writer's connection, not yet answered.
 struct Sent {
-    answer: std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>,
-    >,
+    answer: Answer,
     /// Whether its failure is the batch's (the transaction can only be
     /// rolled back), not the running job's.
     batch: bool,
 }
 
-/// Owned parameters of a statement sent without waiting.
-type Owned = Vec<Box<dyn ToSql + Send + Sync>>;
+/// Parameters of a statement sent without waiting (shared, so that the
+/// statement can be sent again: see [`PgWriter::recover`]).
+type Owned = Vec<Arc<dyn ToSql + Send + Sync>>;
+
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
+/// A job's write, kept until the batch commits: should a later job of the
+/// batch fail after writing, the transaction goes back to the batch's
+/// savepoint and the writes of the jobs before it are sent again.
+struct Recorded {
+    sql: &'static str,
+    params: Owned,
+    /// How many rows it changed, when the job was told (a compare-and-set).
+    rows: Option<u64>,
+}
 
 /// Who a deferred statement belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -416,6 +429,7 @@ fn connect(rt: &Runtime, target: &Target) -> Result<PgConn, StoreError> {
         waits: 0,
         inflight: Vec::new(),
         broken: None,
+        failures: 0,
     })
 }
 
@@ -430,7 +444,7 @@ async fn drain(sent: Vec<Sent>) -> Result<(), (StoreError, Owner)> {
         // queued on the connection.
         if let Err(e) = s.answer.await {
             let owner = if s.batch { Owner::Batch } else { Owner::Job };
-            first.get_or_insert((pg_err(e), owner));
+            first.get_or_insert((e, owner));
         }
     }
     first.map_or(Ok(()), Err)
@@ -457,12 +471,19 @@ impl PgConn {
     ) -> Result<T, StoreError> {
         self.waits += 1;
         if self.inflight.is_empty() {
-            return futures_executor::block_on(answer).map_err(pg_err);
+            let out = futures_executor::block_on(answer);
+            if out.is_err() {
+                self.failures += 1;
+            }
+            return out.map_err(pg_err);
         }
         let earlier = std::mem::take(&mut self.inflight);
         let (earlier, out) =
             futures_executor::block_on(futures_util::future::join(drain(earlier), answer));
         self.settle(earlier)?;
+        if out.is_err() {
+            self.failures += 1;
+        }
         out.map_err(pg_err)
     }
 
@@ -481,6 +502,7 @@ impl PgConn {
         match earlier {
             Ok(()) => Ok(()),
             Err((e, owner)) => {
+                self.failures += 1;
                 if owner == Owner::Batch && self.broken.is_none() {
                     self.broken = Some(e.to_string());
                 }
@@ -490,13 +512,30 @@ impl PgConn {
     }
 
     /// Sends a prepared statement without waiting for its answer: it is
-    /// checked at the next wait. The server runs statements in the order
-    /// sent, so whatever is sent after it sees its effect.
-    fn defer(&mut self, sql: &'static str, params: Owned, owner: Owner) -> Result<(), StoreError> {
+    /// checked at the next wait (and, with `rows`, that it changed that
+    /// many rows). The server runs statements in the order sent, so
+    /// whatever is sent after it sees its effect.
+    fn defer(
+        &mut self,
+        sql: &'static str,
+        params: Owned,
+        rows: Option<u64>,
+        owner: Owner,
+    ) -> Result<(), StoreError> {
         let stmt = self.statement(sql)?;
         let client = self.client.clone();
         self.send(
-            Box::pin(async move { client.execute_raw(&stmt, params).await.map(|_| ()) }),
+            Box::pin(async move {
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+                let n = client.execute(&stmt, &refs).await.map_err(pg_err)?;
+                match rows {
+                    Some(want) if want != n => Err(StoreError::Pg(format!(
+                        "sent again after a failed job, a statement changed {n} rows, not {want}"
+                    ))),
+                    _ => Ok(()),
+                }
+            }),
             owner,
         );
         Ok(())
@@ -506,18 +545,12 @@ impl PgConn {
     fn defer_simple(&mut self, sql: &'static str, owner: Owner) {
         let client = self.client.clone();
         self.send(
-            Box::pin(async move { client.batch_execute(sql).await }),
+            Box::pin(async move { client.batch_execute(sql).await.map_err(pg_err) }),
             owner,
         );
     }
 
-    fn send(
-        &mut self,
-        mut answer: std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>,
-        >,
-        owner: Owner,
-    ) {
+    fn send(&mut self, mut answer: Answer, owner: Owner) {
         // tokio-postgres sends a request when its future is first polled;
         // the answer is collected later (in order, by `drain`).
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -738,7 +771,8 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
             stats: stats.clone(),
             clock: BatchClock::default(),
             rows: LogRows::default(),
-            mark: (0, 0),
+            journal: Vec::new(),
+            mark: Mark::default(),
         }))
     };
     let (changes, _) = tokio::sync::broadcast::channel(4096);
@@ -1051,13 +1085,20 @@ impl Drop for Follower {
 /// The writer thread's connection; reconnects at the next batch after it
 /// drops (every job of the failed batch got an error: fail closed).
 ///
-/// A batch is pipelined: statements whose answer no job needs (`BEGIN`,
-/// savepoints, a job's inserts and upserts, notifications) are sent without
-/// waiting, and the writer waits once per job, at its end, for all of them
-/// (so a failed statement fails its job alone, before the next job runs),
-/// and whenever a job reads. The batch's log entries (and the index of
-/// them by request) are written at commit, one statement per table, sent
-/// together with the log head and `COMMIT`.
+/// A batch is pipelined: statements whose answer no job needs (`BEGIN`, a
+/// job's inserts and upserts, notifications) are sent without waiting, and
+/// the writer waits once per job, at its end, for all of them (so that a
+/// failure is known before the next job is given a log index), and whenever
+/// a job reads. The batch's log entries (and their index by request) are
+/// written at commit, one statement per table, sent together with the log
+/// head and `COMMIT`.
+///
+/// Jobs get no savepoint of their own (a savepoint per job cost more
+/// than everything else a job sends: bench/README.md §14). The batch has
+/// one, taken with the head's row lock; should a job fail after writing,
+/// the transaction goes back to it, still holding the lock, and the writes
+/// of the jobs before (kept, with the row counts they were told) are sent
+/// again: under the lock nothing else changed, so they do the same.
 struct PgWriter {
     rt: Arc<Runtime>,
     replica: String,
@@ -1066,8 +1107,19 @@ struct PgWriter {
     stats: Arc<Mutex<WriterStats>>,
     clock: BatchClock,
     rows: LogRows,
-    /// How many rows `rows` held when the running job began.
-    mark: (usize, usize),
+    /// The batch's writes so far, in order.
+    journal: Vec<Recorded>,
+    /// Where the running job began: its first row of `rows` (entries, by
+    /// request) and of `journal`, and the connection's failures so far.
+    mark: Mark,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Mark {
+    entries: usize,
+    by_request: usize,
+    journal: usize,
+    failures: u64,
 }
 
 /// The log rows a batch appends, written at commit.
@@ -1079,12 +1131,6 @@ struct LogRows {
     /// `log_by_request`: request id and index.
     request: Vec<String>,
     request_idx: Vec<i64>,
-}
-
-impl LogRows {
-    fn clear(&mut self) {
-        *self = LogRows::default();
-    }
 }
 
 /// Where the current batch is, for [`WriterStats`].
@@ -1120,6 +1166,24 @@ impl PgWriter {
         r
     }
 
+    /// Undoes a failed job's writes: back to the batch's savepoint, then
+    /// the writes of the jobs before it again (one round trip).
+    fn recover(&mut self) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        // Answers still owed for the job (it panicked before its end) are
+        // its own failures; only the batch's statements count.
+        let _ = conn.flush();
+        self.usable()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::PgDown("not connected".into()));
+        };
+        conn.defer_simple("ROLLBACK TO SAVEPOINT batch", Owner::Batch);
+        for w in &self.journal {
+            conn.defer(w.sql, w.params.clone(), w.rows, Owner::Batch)?;
+        }
+        conn.flush()
+    }
+
     /// Adds a committed batch to the stats; `t_commit`: when its commit
     /// began.
     fn count(&mut self, t_commit: std::time::Instant) {
@@ -1146,8 +1210,8 @@ impl Writer for PgWriter {
     ) -> Result<u64, StoreError> {
         let t0 = std::time::Instant::now();
         self.clock = BatchClock::default();
-        self.rows.clear();
-        self.mark = (0, 0);
+        self.rows = LogRows::default();
+        self.journal.clear();
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
             self.conn = Some(connect(&self.rt, &self.target)?);
@@ -1160,8 +1224,12 @@ impl Writer for PgWriter {
             // Sent with the head's row lock: one round trip.
             conn.defer_simple("BEGIN", Owner::Batch);
             let out = catch_up(conn, view, size_tx, true);
-            if out.is_err() {
-                let _ = conn.batch("ROLLBACK");
+            match out {
+                // Sent with the first job's statements.
+                Ok(_) => conn.defer_simple("SAVEPOINT batch", Owner::Batch),
+                Err(_) => {
+                    let _ = conn.batch("ROLLBACK");
+                }
             }
             out
         })();
@@ -1170,57 +1238,61 @@ impl Writer for PgWriter {
     }
 
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        self.mark = (self.rows.idx.len(), self.rows.request.len());
-        let r = self
-            .usable()
-            .map(|c| c.defer_simple("SAVEPOINT job", Owner::Batch));
-        self.check(r)
+        let r = self.usable().map(|c| c.failures);
+        let failures = self.check(r)?;
+        self.mark = Mark {
+            entries: self.rows.idx.len(),
+            by_request: self.rows.request.len(),
+            journal: self.journal.len(),
+            failures,
+        };
+        Ok(())
     }
 
     fn release(&mut self) -> Result<(), StoreError> {
-        let r = self
-            .usable()
-            .map(|c| c.defer_simple("RELEASE SAVEPOINT job", Owner::Batch));
-        self.check(r)
+        Ok(())
     }
 
     fn rollback_to(&mut self) -> Result<(), StoreError> {
-        let (entries, by_request) = self.mark;
-        self.rows.idx.truncate(entries);
-        self.rows.data.truncate(entries);
-        self.rows.request.truncate(by_request);
-        self.rows.request_idx.truncate(by_request);
-        let r = (|| {
-            let conn = self.conn()?;
-            // Answers still owed for the job (it panicked before its end)
-            // are its own; only a failure of the batch's statements counts.
-            let _ = conn.flush();
-            let conn = self.usable()?;
-            conn.defer_simple(
-                "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job",
-                Owner::Batch,
-            );
-            Ok(())
-        })();
+        let m = self.mark;
+        self.rows.idx.truncate(m.entries);
+        self.rows.data.truncate(m.entries);
+        self.rows.request.truncate(m.by_request);
+        self.rows.request_idx.truncate(m.by_request);
+        let wrote = self.journal.len() > m.journal;
+        self.journal.truncate(m.journal);
+        let failed = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.failures > m.failures || !c.inflight.is_empty());
+        // A job that neither wrote nor saw a statement fail left the
+        // transaction as it was.
+        if !wrote && !failed {
+            return Ok(());
+        }
+        let r = self.recover();
         self.check(r)
     }
 
     fn commit(&mut self, base: u64, size: u64) -> Result<(), StoreError> {
         let t_commit = std::time::Instant::now();
         let rows = std::mem::take(&mut self.rows);
+        self.journal.clear();
         let r = (|| {
             let conn = self.usable()?;
             if !rows.idx.is_empty() {
                 conn.defer(
                     "INSERT INTO log_entries (idx, data) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                    vec![Box::new(rows.idx), Box::new(rows.data)],
+                    vec![Arc::new(rows.idx), Arc::new(rows.data)],
+                    None,
                     Owner::Batch,
                 )?;
             }
             if !rows.request.is_empty() {
                 conn.defer(
                     "INSERT INTO log_by_request (request_id, idx) SELECT * FROM unnest($1::text[], $2::bigint[])",
-                    vec![Box::new(rows.request), Box::new(rows.request_idx)],
+                    vec![Arc::new(rows.request), Arc::new(rows.request_idx)],
+                    None,
                     Owner::Batch,
                 )?;
             }
@@ -1228,12 +1300,14 @@ impl Writer for PgWriter {
                 let s = size as i64;
                 conn.defer(
                     "UPDATE log_head SET size = $1 WHERE id = 1",
-                    vec![Box::new(s)],
+                    vec![Arc::new(s)],
+                    Some(1),
                     Owner::Batch,
                 )?;
                 conn.defer(
                     "SELECT pg_notify('secondkey_log', $1)",
-                    vec![Box::new(s.to_string())],
+                    vec![Arc::new(s.to_string())],
+                    None,
                     Owner::Batch,
                 )?;
             }
@@ -1249,7 +1323,8 @@ impl Writer for PgWriter {
     }
 
     fn rollback(&mut self) {
-        self.rows.clear();
+        self.rows = LogRows::default();
+        self.journal.clear();
         if let Some(c) = &mut self.conn {
             let _ = c.flush();
             let _ = c.batch("ROLLBACK");
@@ -1272,9 +1347,10 @@ impl Writer for PgWriter {
             base,
             pending,
             rows: &mut self.rows,
+            journal: &mut self.journal,
         });
-        // The job's statements, answered before the next job runs: a
-        // failure fails this job alone (its savepoint is rolled back).
+        // The job's statements, answered before the next job gets a log
+        // index: a failure fails this job alone.
         let sent = conn.flush();
         match (out, sent) {
             (Err(e), _) | (Ok(_), Err(e)) => Err(e),
@@ -1464,6 +1540,38 @@ struct PgTx<'a> {
     base: u64,
     pending: &'a mut Vec<Hash>,
     rows: &'a mut LogRows,
+    journal: &'a mut Vec<Recorded>,
+}
+
+impl PgTx<'_> {
+    /// Sends a write without waiting (see [`PgConn::defer`]) and keeps it
+    /// for the batch.
+    fn write(&mut self, sql: &'static str, params: Owned) -> Result<(), StoreError> {
+        self.journal.push(Recorded {
+            sql,
+            params: params.clone(),
+            rows: None,
+        });
+        self.conn.defer(sql, params, None, Owner::Job)
+    }
+
+    /// A write whose row count the job is told: waits for it.
+    fn counted(&mut self, sql: &'static str, params: Owned) -> Result<u64, StoreError> {
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+        // Kept before the answer: sent, it is part of the transaction even
+        // if it failed (the job then fails, and it is dropped with it).
+        self.journal.push(Recorded {
+            sql,
+            params: params.clone(),
+            rows: None,
+        });
+        let n = self.conn.execute(sql, &refs)?;
+        if let Some(w) = self.journal.last_mut() {
+            w.rows = Some(n);
+        }
+        Ok(n)
+    }
 }
 
 impl Tx for PgTx<'_> {
@@ -1476,52 +1584,48 @@ impl Tx for PgTx<'_> {
             .map_err(|e| StoreError::Corrupt(format!("cannot encode request: {e}")))?;
         let requester = r.requester.id.to_string();
         let grant_expires = r.grant.as_ref().map(|g| g.expires_at.0);
-        self.conn.defer(
+        self.write(
             "INSERT INTO requests (id, state, requester, created_at, expires_at, grant_expires_at, escalated, body, digest)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at,
                grant_expires_at = excluded.grant_expires_at, escalated = excluded.escalated, body = excluded.body",
             vec![
-                Box::new(r.id.clone()),
-                Box::new(state_str(r.state)),
-                Box::new(requester),
-                Box::new(r.created_at.0),
-                Box::new(r.expires_at.0),
-                Box::new(grant_expires),
-                Box::new(r.escalated),
-                Box::new(body),
-                Box::new(r.digest.as_str().to_string()),
+                Arc::new(r.id.clone()),
+                Arc::new(state_str(r.state)),
+                Arc::new(requester),
+                Arc::new(r.created_at.0),
+                Arc::new(r.expires_at.0),
+                Arc::new(grant_expires),
+                Arc::new(r.escalated),
+                Arc::new(body),
+                Arc::new(r.digest.as_str().to_string()),
             ],
-            Owner::Job,
         )?;
-        self.conn.defer(
+        self.write(
             "INSERT INTO request_parties (party, request_id) SELECT unnest($1::text[]), $2
              ON CONFLICT DO NOTHING",
-            vec![Box::new(parties_of(r)), Box::new(r.id.clone())],
-            Owner::Job,
+            vec![Arc::new(parties_of(r)), Arc::new(r.id.clone())],
         )?;
         // Delivered at commit, to every replica's long-polls and streams.
         let payload = format!("{}:{}", self.replica, r.id);
-        self.conn.defer(
+        self.write(
             "SELECT pg_notify('secondkey_requests', $1)",
-            vec![Box::new(payload)],
-            Owner::Job,
+            vec![Arc::new(payload)],
         )
     }
 
     fn insert_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
-        self.conn.defer(
+        self.write(
             "INSERT INTO grants (id, request_id, digest, requester, expires_at, used_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
             vec![
-                Box::new(g.id.clone()),
-                Box::new(g.request_id.clone()),
-                Box::new(g.digest.clone()),
-                Box::new(g.requester.clone()),
-                Box::new(g.expires_at),
-                Box::new(g.used_at),
+                Arc::new(g.id.clone()),
+                Arc::new(g.request_id.clone()),
+                Arc::new(g.digest.clone()),
+                Arc::new(g.requester.clone()),
+                Arc::new(g.expires_at),
+                Arc::new(g.used_at),
             ],
-            Owner::Job,
         )
     }
 
@@ -1530,9 +1634,9 @@ impl Tx for PgTx<'_> {
     }
 
     fn use_grant(&mut self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = self.counted(
             "UPDATE grants SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
-            &[&id, &now_ms],
+            vec![Arc::new(id.to_string()), Arc::new(now_ms)],
         )?;
         Ok(n == 1)
     }
@@ -1562,11 +1666,10 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.defer(
+        self.write(
             "INSERT INTO meta (key, value) VALUES ($1, $2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            vec![Box::new(key.to_string()), Box::new(value.to_string())],
-            Owner::Job,
+            vec![Arc::new(key.to_string()), Arc::new(value.to_string())],
         )
     }
 
@@ -1592,22 +1695,21 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_record(&mut self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.defer(
+        self.write(
             "INSERT INTO records (ns, key, value) VALUES ($1, $2, $3)
              ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
             vec![
-                Box::new(ns.to_string()),
-                Box::new(key.to_string()),
-                Box::new(value.to_string()),
+                Arc::new(ns.to_string()),
+                Arc::new(key.to_string()),
+                Arc::new(value.to_string()),
             ],
-            Owner::Job,
         )
     }
 
     fn delete_record(&mut self, ns: &str, key: &str) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = self.counted(
             "DELETE FROM records WHERE ns = $1 AND key = $2",
-            &[&ns, &key],
+            vec![Arc::new(ns.to_string()), Arc::new(key.to_string())],
         )?;
         Ok(n == 1)
     }
