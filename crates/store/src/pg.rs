@@ -356,7 +356,7 @@ pub struct WriterStats {
     pub round_trips: u64,
     /// `BEGIN`, the log head's row lock and catching the tree up.
     pub begin: Duration,
-    /// Running the jobs, with their savepoints.
+    /// Running the jobs (and undoing those that failed after writing).
     pub run: Duration,
     /// Writing the log head, notifying, `COMMIT` (durable when it returns).
     pub commit: Duration,
@@ -531,7 +531,7 @@ impl PgConn {
                 let n = client.execute(&stmt, &refs).await.map_err(pg_err)?;
                 match rows {
                     Some(want) if want != n => Err(StoreError::Pg(format!(
-                        "sent again after a failed job, a statement changed {n} rows, not {want}"
+                        "a statement changed {n} rows, not the {want} expected"
                     ))),
                     _ => Ok(()),
                 }

@@ -607,8 +607,21 @@ fn writer_loop(
             batch.extend(p.drain(..n));
         }
     };
+    // Jobs queued while the batch began (on PostgreSQL, while it waited for
+    // the log head's lock) join it: the commit, and the lock, are shared by
+    // as many jobs as are ready.
+    let top_up = |batch: &mut Vec<Job>| {
+        unpark(batch);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Wake::Job(job)) => batch.push(job),
+                Ok(Wake::Nudge) => {}
+                Err(_) => break,
+            }
+        }
+    };
     let mut commit = |batch: Vec<Job>| {
-        let (outcome, replies) = run_batch(backend.as_mut(), batch, &view, &size_tx);
+        let (outcome, replies) = run_batch(backend.as_mut(), batch, &view, &size_tx, &top_up);
         // Health first: whoever hears of a failed commit finds `/healthz`
         // already reporting it.
         if let Ok(mut h) = health.lock() {
@@ -624,13 +637,7 @@ fn writer_loop(
         if let Wake::Job(job) = first {
             batch.push(job);
         }
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(Wake::Job(job)) => batch.push(job),
-                Ok(Wake::Nudge) => {}
-                Err(_) => break,
-            }
-        }
+        top_up(&mut batch);
         if !batch.is_empty() {
             commit(batch);
         }
@@ -670,14 +677,16 @@ type Replies = Vec<(tokio::sync::oneshot::Sender<JobResult>, JobResult)>;
 
 fn run_batch(
     backend: &mut dyn Writer,
-    batch: Vec<Job>,
+    mut batch: Vec<Job>,
     view: &Shared,
     size_tx: &tokio::sync::watch::Sender<u64>,
+    top_up: &dyn Fn(&mut Vec<Job>),
 ) -> (Result<(), String>, Replies) {
     let base = match backend.begin(view, size_tx) {
         Ok(base) => base,
         Err(e) => return fail_all(batch, &format!("cannot begin a transaction: {e}")),
     };
+    top_up(&mut batch);
     let mut pending: Vec<Hash> = Vec::new();
     let mut storage_failure: Option<String> = None;
     let mut results: Replies = Vec::with_capacity(batch.len());
