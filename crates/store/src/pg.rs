@@ -773,6 +773,7 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
             rows: LogRows::default(),
             journal: Vec::new(),
             mark: Mark::default(),
+            careful: false,
         }))
     };
     let (changes, _) = tokio::sync::broadcast::channel(4096);
@@ -1098,7 +1099,9 @@ impl Drop for Follower {
 /// one, taken with the head's row lock; should a job fail after writing,
 /// the transaction goes back to it, still holding the lock, and the writes
 /// of the jobs before (kept, with the row counts they were told) are sent
-/// again: under the lock nothing else changed, so they do the same.
+/// again: under the lock nothing else changed, so they do the same. After
+/// that, the batch's later jobs take a savepoint each, so that a batch
+/// with many failing jobs sends its writes again once, not once per job.
 struct PgWriter {
     rt: Arc<Runtime>,
     replica: String,
@@ -1112,6 +1115,10 @@ struct PgWriter {
     /// Where the running job began: its first row of `rows` (entries, by
     /// request) and of `journal`, and the connection's failures so far.
     mark: Mark,
+    /// A job of this batch was undone by sending the earlier writes again:
+    /// the batch's later jobs take a savepoint each, so that the batch
+    /// sends its writes again once at most, not once per failing job.
+    careful: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -1120,6 +1127,8 @@ struct Mark {
     by_request: usize,
     journal: usize,
     failures: u64,
+    /// The job has a savepoint of its own (see `PgWriter::careful`).
+    savepoint: bool,
 }
 
 /// The log rows a batch appends, written at commit.
@@ -1184,6 +1193,19 @@ impl PgWriter {
         conn.flush()
     }
 
+    /// Undoes a failed job back to its own savepoint.
+    fn undo_job(&mut self) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        // As in `recover`: what the job still owes is its own.
+        let _ = conn.flush();
+        let conn = self.usable()?;
+        conn.defer_simple(
+            "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job",
+            Owner::Batch,
+        );
+        Ok(())
+    }
+
     /// Adds a committed batch to the stats; `t_commit`: when its commit
     /// began.
     fn count(&mut self, t_commit: std::time::Instant) {
@@ -1212,6 +1234,7 @@ impl Writer for PgWriter {
         self.clock = BatchClock::default();
         self.rows = LogRows::default();
         self.journal.clear();
+        self.careful = false;
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
             self.conn = Some(connect(&self.rt, &self.target)?);
@@ -1238,19 +1261,32 @@ impl Writer for PgWriter {
     }
 
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        let r = self.usable().map(|c| c.failures);
+        let careful = self.careful;
+        let r = self.usable().map(|c| {
+            if careful {
+                c.defer_simple("SAVEPOINT job", Owner::Batch);
+            }
+            c.failures
+        });
         let failures = self.check(r)?;
         self.mark = Mark {
             entries: self.rows.idx.len(),
             by_request: self.rows.request.len(),
             journal: self.journal.len(),
             failures,
+            savepoint: careful,
         };
         Ok(())
     }
 
     fn release(&mut self) -> Result<(), StoreError> {
-        Ok(())
+        if !self.mark.savepoint {
+            return Ok(());
+        }
+        let r = self
+            .usable()
+            .map(|c| c.defer_simple("RELEASE SAVEPOINT job", Owner::Batch));
+        self.check(r)
     }
 
     fn rollback_to(&mut self) -> Result<(), StoreError> {
@@ -1266,11 +1302,18 @@ impl Writer for PgWriter {
             .as_ref()
             .is_some_and(|c| c.failures > m.failures || !c.inflight.is_empty());
         // A job that neither wrote nor saw a statement fail left the
-        // transaction as it was.
-        if !wrote && !failed {
+        // transaction as it was (its own savepoint, if any, is released).
+        if !wrote && !failed && !m.savepoint {
             return Ok(());
         }
-        let r = self.recover();
+        let r = if m.savepoint {
+            self.undo_job()
+        } else if !wrote && !failed {
+            Ok(())
+        } else {
+            self.careful = true;
+            self.recover()
+        };
         self.check(r)
     }
 

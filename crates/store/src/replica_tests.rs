@@ -746,3 +746,61 @@ fn postgresql_stopping_mid_batch_fails_every_job_of_it_and_keeps_nothing() {
     }
     s.close();
 }
+
+#[test]
+fn a_batch_where_many_jobs_fail_after_writing_sends_its_writes_again_once() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| {
+        tx.insert_grant(&grant("warm"))?;
+        tx.put_record("t", "warm", "x")?;
+        tx.append(entry("warm"))
+    })
+    .unwrap();
+    let before = s.writer_stats().unwrap();
+    // Every odd job writes, then refuses.
+    let jobs: Vec<BatchJob> = (0..20)
+        .map(|i| {
+            Box::new(move |tx: &mut dyn Tx| {
+                tx.insert_grant(&grant(&format!("g{i}")))?;
+                tx.put_record("t", &format!("k{i}"), "v")?;
+                let index = tx.append(entry(&format!("job.{i}")))?;
+                if i % 2 == 1 {
+                    return Err(StoreError::Corrupt(format!("job {i} refuses")));
+                }
+                Ok(index)
+            }) as BatchJob
+        })
+        .collect();
+    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    held.unwrap();
+    for (i, r) in out.iter().enumerate() {
+        match r {
+            Ok(index) => {
+                assert_eq!(i % 2, 0);
+                assert_eq!(*index, 1 + i as u64 / 2, "contiguous after the kept ones");
+            }
+            Err(e) => {
+                assert_eq!(i % 2, 1);
+                assert!(e.to_string().contains("refuses"), "{e}");
+            }
+        }
+    }
+    let want: Vec<String> = std::iter::once("warm".to_string())
+        .chain((0..20).step_by(2).map(|i| format!("job.{i}")))
+        .collect();
+    assert_eq!(events(&s), want);
+    for i in 0..20 {
+        let kept = i % 2 == 0;
+        assert_eq!(s.get_grant(&format!("g{i}")).unwrap().is_some(), kept);
+        assert_eq!(s.get_record("t", &format!("k{i}")).unwrap().is_some(), kept);
+    }
+    // The holding batch: 3 waits. This one: begin, one per job, one to
+    // send the earlier writes again after the first failure (the later
+    // failures roll back to savepoints of their own, in the pipeline),
+    // commit.
+    let waits = s.writer_stats().unwrap().round_trips - before.round_trips;
+    assert_eq!(waits, 3 + (1 + 20 + 1 + 1), "waits: {waits}");
+    s.close();
+}
