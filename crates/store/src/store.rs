@@ -87,9 +87,12 @@ pub(crate) trait Writer: Send + 'static {
         view: &Shared,
         size_tx: &tokio::sync::watch::Sender<u64>,
     ) -> Result<u64, StoreError>;
+    /// Marks where the next job begins (SQLite: a savepoint; PostgreSQL:
+    /// where its rows begin, see `pg::PgWriter`).
     fn savepoint(&mut self) -> Result<(), StoreError>;
+    /// The job succeeded: keeps what it did.
     fn release(&mut self) -> Result<(), StoreError>;
-    /// Undoes the job since its savepoint (and releases the savepoint).
+    /// Undoes the job since its mark, and only it.
     fn rollback_to(&mut self) -> Result<(), StoreError>;
     /// Commits; the log then holds `size` entries.
     fn commit(&mut self, base: u64, size: u64) -> Result<(), StoreError>;
