@@ -295,8 +295,71 @@ impl Drop for Runtime {
 
 /// One connection, with its prepared statements.
 struct PgConn {
-    client: Client,
+    client: Arc<Client>,
     stmts: HashMap<&'static str, Statement>,
+    /// How many times the caller waited for the server's answer.
+    waits: u64,
+    /// Statements sent and not yet answered, oldest first (the writer's
+    /// pipeline; empty on reader connections). Each wait takes their
+    /// answers first: the server answers in order.
+    inflight: Vec<Sent>,
+    /// A statement of the batch itself (a savepoint, the log rows, the
+    /// commit) failed: the transaction can only be rolled back.
+    broken: Option<String>,
+    /// How many waits found a failed statement.
+    failures: u64,
+}
+
+/// A statement sent down the writer's connection, not yet answered.
+struct Sent {
+    answer: Answer,
+    /// Whether its failure is the batch's (the transaction can only be
+    /// rolled back), not the running job's.
+    batch: bool,
+}
+
+/// Parameters of a statement sent without waiting (shared, so that the
+/// statement can be sent again: see [`PgWriter::recover`]).
+type Owned = Vec<Arc<dyn ToSql + Send + Sync>>;
+
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
+/// A job's write, kept until the batch commits: should a later job of the
+/// batch fail after writing, the transaction goes back to the batch's
+/// savepoint and the writes of the jobs before it are sent again.
+struct Recorded {
+    sql: &'static str,
+    params: Owned,
+    /// How many rows it changed, when the job was told (a compare-and-set).
+    rows: Option<u64>,
+}
+
+/// Who a deferred statement belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The running job: its failure fails the job alone.
+    Job,
+    /// The batch: its failure fails every job in it.
+    Batch,
+}
+
+/// What the writer's committed batches cost, summed since the store was
+/// opened (see [`Store::writer_stats`](crate::Store::writer_stats)): where a
+/// batch's time goes, and how many times it waited for PostgreSQL.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Committed batches.
+    pub batches: u64,
+    /// Jobs in them (committed or rolled back alone).
+    pub jobs: u64,
+    /// Times the writer waited for PostgreSQL's answer (round trips).
+    pub round_trips: u64,
+    /// `BEGIN`, the log head's row lock and catching the tree up.
+    pub begin: Duration,
+    /// Running the jobs (and undoing those that failed after writing).
+    pub run: Duration,
+    /// Writing the log head, notifying, `COMMIT` (durable when it returns).
+    pub commit: Duration,
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
@@ -361,21 +424,143 @@ fn connect(rt: &Runtime, target: &Target) -> Result<PgConn, StoreError> {
             e => e,
         })?;
     Ok(PgConn {
-        client,
+        client: Arc::new(client),
         stmts: HashMap::new(),
+        waits: 0,
+        inflight: Vec::new(),
+        broken: None,
+        failures: 0,
     })
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Takes the answers of statements sent earlier, in order; the first
+/// failure and whose statement it was.
+async fn drain(sent: Vec<Sent>) -> Result<(), (StoreError, Owner)> {
+    let mut first = None;
+    for s in sent {
+        // Every answer is taken, even after a failure, so none is left
+        // queued on the connection.
+        if let Err(e) = s.answer.await {
+            let owner = if s.batch { Owner::Batch } else { Owner::Job };
+            first.get_or_insert((e, owner));
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
 
 impl PgConn {
     fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
-        let s = futures_executor::block_on(self.client.prepare(sql)).map_err(pg_err)?;
+        let client = self.client.clone();
+        let s = self.wait(async move { client.prepare(sql).await })?;
         self.stmts.insert(sql, s.clone());
         Ok(s)
+    }
+
+    /// Waits for `answer`, and first for the statements sent before it
+    /// (sent down the connection together: one round trip). The first of
+    /// those that failed is the error; one of the batch's marks the
+    /// connection broken until the batch is over.
+    fn wait<T>(
+        &mut self,
+        answer: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        self.waits += 1;
+        if self.inflight.is_empty() {
+            let out = futures_executor::block_on(answer);
+            if out.is_err() {
+                self.failures += 1;
+            }
+            return out.map_err(pg_err);
+        }
+        let earlier = std::mem::take(&mut self.inflight);
+        let (earlier, out) =
+            futures_executor::block_on(futures_util::future::join(drain(earlier), answer));
+        self.settle(earlier)?;
+        if out.is_err() {
+            self.failures += 1;
+        }
+        out.map_err(pg_err)
+    }
+
+    /// Waits for the statements sent so far (one round trip).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.inflight.is_empty() {
+            return Ok(());
+        }
+        self.waits += 1;
+        let earlier = std::mem::take(&mut self.inflight);
+        let earlier = futures_executor::block_on(drain(earlier));
+        self.settle(earlier)
+    }
+
+    fn settle(&mut self, earlier: Result<(), (StoreError, Owner)>) -> Result<(), StoreError> {
+        match earlier {
+            Ok(()) => Ok(()),
+            Err((e, owner)) => {
+                self.failures += 1;
+                if owner == Owner::Batch && self.broken.is_none() {
+                    self.broken = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends a prepared statement without waiting for its answer: it is
+    /// checked at the next wait (and, with `rows`, that it changed that
+    /// many rows). The server runs statements in the order sent, so
+    /// whatever is sent after it sees its effect.
+    fn defer(
+        &mut self,
+        sql: &'static str,
+        params: Owned,
+        rows: Option<u64>,
+        owner: Owner,
+    ) -> Result<(), StoreError> {
+        let stmt = self.statement(sql)?;
+        let client = self.client.clone();
+        self.send(
+            Box::pin(async move {
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+                let n = client.execute(&stmt, &refs).await.map_err(pg_err)?;
+                match rows {
+                    Some(want) if want != n => Err(StoreError::Pg(format!(
+                        "a statement changed {n} rows, not the {want} expected"
+                    ))),
+                    _ => Ok(()),
+                }
+            }),
+            owner,
+        );
+        Ok(())
+    }
+
+    /// [`PgConn::defer`] of statements without parameters.
+    fn defer_simple(&mut self, sql: &'static str, owner: Owner) {
+        let client = self.client.clone();
+        self.send(
+            Box::pin(async move { client.batch_execute(sql).await.map_err(pg_err) }),
+            owner,
+        );
+    }
+
+    fn send(&mut self, mut answer: Answer, owner: Owner) {
+        // tokio-postgres sends a request when its future is first polled;
+        // the answer is collected later (in order, by `drain`).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(r) = answer.as_mut().poll(&mut cx) {
+            answer = Box::pin(std::future::ready(r));
+        }
+        self.inflight.push(Sent {
+            answer,
+            batch: owner == Owner::Batch,
+        });
     }
 
     fn query(
@@ -384,7 +569,8 @@ impl PgConn {
         params: Params<'_>,
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let stmt = self.statement(sql)?;
-        futures_executor::block_on(self.client.query(&stmt, params)).map_err(pg_err)
+        let client = self.client.clone();
+        self.wait(async move { client.query(&stmt, params).await })
     }
 
     fn query_opt(
@@ -393,16 +579,19 @@ impl PgConn {
         params: Params<'_>,
     ) -> Result<Option<tokio_postgres::Row>, StoreError> {
         let stmt = self.statement(sql)?;
-        futures_executor::block_on(self.client.query_opt(&stmt, params)).map_err(pg_err)
+        let client = self.client.clone();
+        self.wait(async move { client.query_opt(&stmt, params).await })
     }
 
     fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
-        futures_executor::block_on(self.client.execute(&stmt, params)).map_err(pg_err)
+        let client = self.client.clone();
+        self.wait(async move { client.execute(&stmt, params).await })
     }
 
-    fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        futures_executor::block_on(self.client.batch_execute(sql)).map_err(pg_err)
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        let client = self.client.clone();
+        self.wait(async move { client.batch_execute(sql).await })
     }
 
     fn head(&mut self, lock: bool) -> Result<u64, StoreError> {
@@ -570,6 +759,7 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
     conn.batch("COMMIT")?;
     let tree: Tree = tree?;
     let replica = replica_id();
+    let stats = Arc::new(Mutex::new(WriterStats::default()));
     let writer: Option<Box<dyn Writer>> = if options.read_only {
         None
     } else {
@@ -578,6 +768,12 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
             replica: replica.clone(),
             target: target.clone(),
             conn: Some(conn),
+            stats: stats.clone(),
+            clock: BatchClock::default(),
+            rows: LogRows::default(),
+            journal: Vec::new(),
+            mark: Mark::default(),
+            careful: false,
         }))
     };
     let (changes, _) = tokio::sync::broadcast::channel(4096);
@@ -591,6 +787,7 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
             pool: Mutex::new(Pool::default()),
             given_back: std::sync::Condvar::new(),
             changes,
+            stats,
         })),
         tree,
         lock: None,
@@ -617,6 +814,8 @@ pub(crate) struct Readers {
     given_back: std::sync::Condvar,
     /// Ids of requests changed by the other replicas.
     changes: tokio::sync::broadcast::Sender<String>,
+    /// What this replica's writer's batches cost.
+    stats: Arc<Mutex<WriterStats>>,
 }
 
 impl Readers {
@@ -702,6 +901,10 @@ impl Readers {
         }
     }
 
+    pub(crate) fn stats(&self) -> WriterStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
     pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.changes.subscribe()
     }
@@ -731,6 +934,7 @@ impl Readers {
             pool: Mutex::new(Pool::default()),
             given_back: std::sync::Condvar::new(),
             changes: self.changes.clone(),
+            stats: self.stats.clone(),
         };
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -881,11 +1085,69 @@ impl Drop for Follower {
 
 /// The writer thread's connection; reconnects at the next batch after it
 /// drops (every job of the failed batch got an error: fail closed).
+///
+/// A batch is pipelined: statements whose answer no job needs (`BEGIN`, a
+/// job's inserts and upserts, notifications) are sent without waiting, and
+/// the writer waits once per job, at its end, for all of them (so that a
+/// failure is known before the next job is given a log index), and whenever
+/// a job reads. The batch's log entries (and their index by request) are
+/// written at commit, one statement per table, sent together with the log
+/// head and `COMMIT`.
+///
+/// Jobs get no savepoint of their own (a savepoint per job cost more
+/// than everything else a job sends: bench/README.md §14). The batch has
+/// one, taken with the head's row lock; should a job fail after writing,
+/// the transaction goes back to it, still holding the lock, and the writes
+/// of the jobs before (kept, with the row counts they were told) are sent
+/// again: under the lock nothing else changed, so they do the same. After
+/// that, the batch's later jobs take a savepoint each, so that a batch
+/// with many failing jobs sends its writes again once, not once per job.
 struct PgWriter {
     rt: Arc<Runtime>,
     replica: String,
     target: Target,
     conn: Option<PgConn>,
+    stats: Arc<Mutex<WriterStats>>,
+    clock: BatchClock,
+    rows: LogRows,
+    /// The batch's writes so far, in order.
+    journal: Vec<Recorded>,
+    /// Where the running job began: its first row of `rows` (entries, by
+    /// request) and of `journal`, and the connection's failures so far.
+    mark: Mark,
+    /// A job of this batch was undone by sending the earlier writes again:
+    /// the batch's later jobs take a savepoint each, so that the batch
+    /// sends its writes again once at most, not once per failing job.
+    careful: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Mark {
+    entries: usize,
+    by_request: usize,
+    journal: usize,
+    failures: u64,
+    /// The job has a savepoint of its own (see `PgWriter::careful`).
+    savepoint: bool,
+}
+
+/// The log rows a batch appends, written at commit.
+#[derive(Default)]
+struct LogRows {
+    /// `log_entries`: index and bytes.
+    idx: Vec<i64>,
+    data: Vec<Vec<u8>>,
+    /// `log_by_request`: request id and index.
+    request: Vec<String>,
+    request_idx: Vec<i64>,
+}
+
+/// Where the current batch is, for [`WriterStats`].
+#[derive(Default)]
+struct BatchClock {
+    /// When `begin` started and when it was done.
+    started: Option<(std::time::Instant, std::time::Instant)>,
+    jobs: u64,
 }
 
 impl PgWriter {
@@ -896,12 +1158,69 @@ impl PgWriter {
         }
     }
 
+    /// The connection, unless a statement of the batch failed.
+    fn usable(&mut self) -> Result<&mut PgConn, StoreError> {
+        let conn = self.conn()?;
+        match &conn.broken {
+            Some(why) => Err(StoreError::Pg(why.clone())),
+            None => Ok(conn),
+        }
+    }
+
     /// Forgets a connection that failed, so the next batch opens a new one.
     fn check<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if r.is_err() && self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
         }
         r
+    }
+
+    /// Undoes a failed job's writes: back to the batch's savepoint, then
+    /// the writes of the jobs before it again (one round trip).
+    fn recover(&mut self) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        // Answers still owed for the job (it panicked before its end) are
+        // its own failures; only the batch's statements count.
+        let _ = conn.flush();
+        self.usable()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::PgDown("not connected".into()));
+        };
+        conn.defer_simple("ROLLBACK TO SAVEPOINT batch", Owner::Batch);
+        for w in &self.journal {
+            conn.defer(w.sql, w.params.clone(), w.rows, Owner::Batch)?;
+        }
+        conn.flush()
+    }
+
+    /// Undoes a failed job back to its own savepoint.
+    fn undo_job(&mut self) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        // As in `recover`: what the job still owes is its own.
+        let _ = conn.flush();
+        let conn = self.usable()?;
+        conn.defer_simple(
+            "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job",
+            Owner::Batch,
+        );
+        Ok(())
+    }
+
+    /// Adds a committed batch to the stats; `t_commit`: when its commit
+    /// began.
+    fn count(&mut self, t_commit: std::time::Instant) {
+        let Some((t0, t_begun)) = self.clock.started else {
+            return;
+        };
+        let waits = self.conn.as_ref().map_or(0, |c| c.waits);
+        if let Ok(mut s) = self.stats.lock() {
+            s.batches += 1;
+            s.jobs += self.clock.jobs;
+            s.round_trips += waits;
+            s.begin += t_begun - t0;
+            s.run += t_commit - t_begun;
+            s.commit += t_commit.elapsed();
+        }
     }
 }
 
@@ -911,55 +1230,148 @@ impl Writer for PgWriter {
         view: &Shared,
         size_tx: &tokio::sync::watch::Sender<u64>,
     ) -> Result<u64, StoreError> {
+        let t0 = std::time::Instant::now();
+        self.clock = BatchClock::default();
+        self.rows = LogRows::default();
+        self.journal.clear();
+        self.careful = false;
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
             self.conn = Some(connect(&self.rt, &self.target)?);
         }
         let r = (|| {
             let conn = self.conn()?;
-            conn.batch("BEGIN")?;
+            conn.waits = 0;
+            conn.broken = None;
+            conn.inflight.clear();
+            // Sent with the head's row lock: one round trip.
+            conn.defer_simple("BEGIN", Owner::Batch);
             let out = catch_up(conn, view, size_tx, true);
-            if out.is_err() {
-                let _ = conn.batch("ROLLBACK");
+            match out {
+                // Sent with the first job's statements.
+                Ok(_) => conn.defer_simple("SAVEPOINT batch", Owner::Batch),
+                Err(_) => {
+                    let _ = conn.batch("ROLLBACK");
+                }
             }
             out
         })();
+        self.clock.started = Some((t0, std::time::Instant::now()));
         self.check(r)
     }
 
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        let r = self.conn().and_then(|c| c.batch("SAVEPOINT job"));
-        self.check(r)
+        let careful = self.careful;
+        let r = self.usable().map(|c| {
+            if careful {
+                c.defer_simple("SAVEPOINT job", Owner::Batch);
+            }
+            c.failures
+        });
+        let failures = self.check(r)?;
+        self.mark = Mark {
+            entries: self.rows.idx.len(),
+            by_request: self.rows.request.len(),
+            journal: self.journal.len(),
+            failures,
+            savepoint: careful,
+        };
+        Ok(())
     }
 
     fn release(&mut self) -> Result<(), StoreError> {
-        let r = self.conn().and_then(|c| c.batch("RELEASE SAVEPOINT job"));
+        if !self.mark.savepoint {
+            return Ok(());
+        }
+        let r = self
+            .usable()
+            .map(|c| c.defer_simple("RELEASE SAVEPOINT job", Owner::Batch));
         self.check(r)
     }
 
     fn rollback_to(&mut self) -> Result<(), StoreError> {
-        let r = self
-            .conn()
-            .and_then(|c| c.batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"));
+        let m = self.mark;
+        self.rows.idx.truncate(m.entries);
+        self.rows.data.truncate(m.entries);
+        self.rows.request.truncate(m.by_request);
+        self.rows.request_idx.truncate(m.by_request);
+        let wrote = self.journal.len() > m.journal;
+        self.journal.truncate(m.journal);
+        let failed = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.failures > m.failures || !c.inflight.is_empty());
+        // A job that neither wrote nor saw a statement fail left the
+        // transaction as it was (its own savepoint, if any, is released).
+        if !wrote && !failed && !m.savepoint {
+            return Ok(());
+        }
+        let r = if m.savepoint {
+            self.undo_job()
+        } else if !wrote && !failed {
+            Ok(())
+        } else {
+            self.careful = true;
+            self.recover()
+        };
         self.check(r)
     }
 
     fn commit(&mut self, base: u64, size: u64) -> Result<(), StoreError> {
+        let t_commit = std::time::Instant::now();
+        let rows = std::mem::take(&mut self.rows);
+        self.journal.clear();
         let r = (|| {
-            let conn = self.conn()?;
+            let conn = self.usable()?;
+            if !rows.idx.is_empty() {
+                conn.defer(
+                    "INSERT INTO log_entries (idx, data) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                    vec![Arc::new(rows.idx), Arc::new(rows.data)],
+                    None,
+                    Owner::Batch,
+                )?;
+            }
+            if !rows.request.is_empty() {
+                conn.defer(
+                    "INSERT INTO log_by_request (request_id, idx) SELECT * FROM unnest($1::text[], $2::bigint[])",
+                    vec![Arc::new(rows.request), Arc::new(rows.request_idx)],
+                    None,
+                    Owner::Batch,
+                )?;
+            }
             if size != base {
                 let s = size as i64;
-                conn.execute("UPDATE log_head SET size = $1 WHERE id = 1", &[&s])?;
-                conn.execute("SELECT pg_notify('secondkey_log', $1)", &[&s.to_string()])?;
+                conn.defer(
+                    "UPDATE log_head SET size = $1 WHERE id = 1",
+                    vec![Arc::new(s)],
+                    Some(1),
+                    Owner::Batch,
+                )?;
+                conn.defer(
+                    "SELECT pg_notify('secondkey_log', $1)",
+                    vec![Arc::new(s.to_string())],
+                    None,
+                    Owner::Batch,
+                )?;
             }
-            conn.batch("COMMIT")
+            // Should anything before it have failed, PostgreSQL answers
+            // this COMMIT with a rollback; the failure is the error.
+            conn.defer_simple("COMMIT", Owner::Batch);
+            conn.flush()
         })();
+        if r.is_ok() {
+            self.count(t_commit);
+        }
         self.check(r)
     }
 
     fn rollback(&mut self) {
-        if let Some(c) = &self.conn {
+        self.rows = LogRows::default();
+        self.journal.clear();
+        if let Some(c) = &mut self.conn {
+            let _ = c.flush();
             let _ = c.batch("ROLLBACK");
+            c.broken = None;
         }
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
             self.conn = None;
@@ -967,15 +1379,26 @@ impl Writer for PgWriter {
     }
 
     fn run(&mut self, base: u64, pending: &mut Vec<Hash>, job: JobFn) -> JobResult {
+        self.clock.jobs += 1;
         let replica = self.replica.clone();
-        let conn = self.conn()?;
-        let mut tx = PgTx {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::PgDown("not connected".into()));
+        };
+        let out = job(&mut PgTx {
             conn,
             replica: &replica,
             base,
             pending,
-        };
-        job(&mut tx)
+            rows: &mut self.rows,
+            journal: &mut self.journal,
+        });
+        // The job's statements, answered before the next job gets a log
+        // index: a failure fails this job alone.
+        let sent = conn.flush();
+        match (out, sent) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(v), Ok(())) => Ok(v),
+        }
     }
 
     fn is_storage_failure(&self, e: &StoreError) -> bool {
@@ -1159,6 +1582,39 @@ struct PgTx<'a> {
     replica: &'a str,
     base: u64,
     pending: &'a mut Vec<Hash>,
+    rows: &'a mut LogRows,
+    journal: &'a mut Vec<Recorded>,
+}
+
+impl PgTx<'_> {
+    /// Sends a write without waiting (see [`PgConn::defer`]) and keeps it
+    /// for the batch.
+    fn write(&mut self, sql: &'static str, params: Owned) -> Result<(), StoreError> {
+        self.journal.push(Recorded {
+            sql,
+            params: params.clone(),
+            rows: None,
+        });
+        self.conn.defer(sql, params, None, Owner::Job)
+    }
+
+    /// A write whose row count the job is told: waits for it.
+    fn counted(&mut self, sql: &'static str, params: Owned) -> Result<u64, StoreError> {
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+        // Kept before the answer: sent, it is part of the transaction even
+        // if it failed (the job then fails, and it is dropped with it).
+        self.journal.push(Recorded {
+            sql,
+            params: params.clone(),
+            rows: None,
+        });
+        let n = self.conn.execute(sql, &refs)?;
+        if let Some(w) = self.journal.last_mut() {
+            w.rows = Some(n);
+        }
+        Ok(n)
+    }
 }
 
 impl Tx for PgTx<'_> {
@@ -1171,50 +1627,49 @@ impl Tx for PgTx<'_> {
             .map_err(|e| StoreError::Corrupt(format!("cannot encode request: {e}")))?;
         let requester = r.requester.id.to_string();
         let grant_expires = r.grant.as_ref().map(|g| g.expires_at.0);
-        self.conn.execute(
+        self.write(
             "INSERT INTO requests (id, state, requester, created_at, expires_at, grant_expires_at, escalated, body, digest)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at,
                grant_expires_at = excluded.grant_expires_at, escalated = excluded.escalated, body = excluded.body",
-            &[
-                &r.id,
-                &state_str(r.state),
-                &requester,
-                &r.created_at.0,
-                &r.expires_at.0,
-                &grant_expires,
-                &r.escalated,
-                &body,
-                &r.digest.as_str(),
+            vec![
+                Arc::new(r.id.clone()),
+                Arc::new(state_str(r.state)),
+                Arc::new(requester),
+                Arc::new(r.created_at.0),
+                Arc::new(r.expires_at.0),
+                Arc::new(grant_expires),
+                Arc::new(r.escalated),
+                Arc::new(body),
+                Arc::new(r.digest.as_str().to_string()),
             ],
         )?;
-        for p in parties_of(r) {
-            self.conn.execute(
-                "INSERT INTO request_parties (party, request_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&p, &r.id],
-            )?;
-        }
+        self.write(
+            "INSERT INTO request_parties (party, request_id) SELECT unnest($1::text[]), $2
+             ON CONFLICT DO NOTHING",
+            vec![Arc::new(parties_of(r)), Arc::new(r.id.clone())],
+        )?;
         // Delivered at commit, to every replica's long-polls and streams.
         let payload = format!("{}:{}", self.replica, r.id);
-        self.conn
-            .execute("SELECT pg_notify('secondkey_requests', $1)", &[&payload])?;
-        Ok(())
+        self.write(
+            "SELECT pg_notify('secondkey_requests', $1)",
+            vec![Arc::new(payload)],
+        )
     }
 
     fn insert_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.write(
             "INSERT INTO grants (id, request_id, digest, requester, expires_at, used_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &g.id,
-                &g.request_id,
-                &g.digest,
-                &g.requester,
-                &g.expires_at,
-                &g.used_at,
+            vec![
+                Arc::new(g.id.clone()),
+                Arc::new(g.request_id.clone()),
+                Arc::new(g.digest.clone()),
+                Arc::new(g.requester.clone()),
+                Arc::new(g.expires_at),
+                Arc::new(g.used_at),
             ],
-        )?;
-        Ok(())
+        )
     }
 
     fn get_grant(&mut self, id: &str) -> Result<Option<GrantRow>, StoreError> {
@@ -1222,9 +1677,9 @@ impl Tx for PgTx<'_> {
     }
 
     fn use_grant(&mut self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = self.counted(
             "UPDATE grants SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
-            &[&id, &now_ms],
+            vec![Arc::new(id.to_string()), Arc::new(now_ms)],
         )?;
         Ok(n == 1)
     }
@@ -1235,18 +1690,17 @@ impl Tx for PgTx<'_> {
     ) -> Result<u64, StoreError> {
         let index = self.base + self.pending.len() as u64;
         let bytes = entry.at(index);
-        let idx = index as i64;
-        self.conn.execute(
-            "INSERT INTO log_entries (idx, data) VALUES ($1, $2)",
-            &[&idx, &bytes],
-        )?;
+        let idx = i64::try_from(index)
+            .map_err(|_| StoreError::Corrupt(format!("log index {index} is out of range")))?;
+        // Written at commit, with the batch's other entries (no job reads
+        // them back inside the transaction).
         if let Some(request) = entry.request() {
-            self.conn.execute(
-                "INSERT INTO log_by_request (request_id, idx) VALUES ($1, $2)",
-                &[&request, &idx],
-            )?;
+            self.rows.request.push(request.to_string());
+            self.rows.request_idx.push(idx);
         }
         self.pending.push(leaf_hash(&bytes));
+        self.rows.idx.push(idx);
+        self.rows.data.push(bytes);
         Ok(index)
     }
 
@@ -1255,12 +1709,11 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.write(
             "INSERT INTO meta (key, value) VALUES ($1, $2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&key, &value],
-        )?;
-        Ok(())
+            vec![Arc::new(key.to_string()), Arc::new(value.to_string())],
+        )
     }
 
     fn find_request(
@@ -1285,18 +1738,21 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_record(&mut self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.write(
             "INSERT INTO records (ns, key, value) VALUES ($1, $2, $3)
              ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
-            &[&ns, &key, &value],
-        )?;
-        Ok(())
+            vec![
+                Arc::new(ns.to_string()),
+                Arc::new(key.to_string()),
+                Arc::new(value.to_string()),
+            ],
+        )
     }
 
     fn delete_record(&mut self, ns: &str, key: &str) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = self.counted(
             "DELETE FROM records WHERE ns = $1 AND key = $2",
-            &[&ns, &key],
+            vec![Arc::new(ns.to_string()), Arc::new(key.to_string())],
         )?;
         Ok(n == 1)
     }

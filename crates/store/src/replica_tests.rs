@@ -452,3 +452,355 @@ fn a_burst_of_reads_opens_a_bounded_number_of_connections() {
     assert!(peak >= 3, "the watcher saw the store's connections: {peak}");
     s.close();
 }
+
+/// A job for [`one_batch`].
+type BatchJob = Box<dyn FnOnce(&mut dyn Tx) -> Result<u64, StoreError> + Send>;
+
+/// Runs `jobs` as one batch of `store`'s writer, in order: a job holding
+/// the writer (`hold`, run first in a batch of its own) waits until all of
+/// them are queued, so the writer then takes them together.
+fn one_batch(
+    store: &Store,
+    hold: impl FnOnce(&mut dyn Tx) -> Result<(), StoreError> + Send + 'static,
+    jobs: Vec<BatchJob>,
+) -> (Result<(), StoreError>, Vec<Result<u64, StoreError>>) {
+    use std::future::Future;
+    use std::sync::mpsc;
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let rt = multi_thread();
+    rt.block_on(async {
+        let mut held = Box::pin(store.transact(move |tx| {
+            let _ = started_tx.send(());
+            let _ = go_rx.recv_timeout(Duration::from_secs(120));
+            hold(tx)
+        }));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // The first poll queues a job.
+        let _ = held.as_mut().poll(&mut cx);
+        started_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the holding job runs");
+        let mut queued: Vec<_> = jobs
+            .into_iter()
+            .map(|j| Box::pin(store.transact(j)))
+            .collect();
+        for f in &mut queued {
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+        }
+        go_tx.send(()).unwrap();
+        let held = held.await;
+        let mut out = Vec::new();
+        for f in queued {
+            out.push(f.await);
+        }
+        (held, out)
+    })
+}
+
+fn grant(id: &str) -> GrantRow {
+    GrantRow {
+        id: id.into(),
+        request_id: None,
+        digest: "d".into(),
+        requester: "agent:x".into(),
+        expires_at: 10,
+        used_at: None,
+    }
+}
+
+fn events(store: &Store) -> Vec<String> {
+    let size = store.catch_up().unwrap();
+    store
+        .entries(0, size)
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let e = Entry::from_bytes(d).unwrap();
+            assert_eq!(
+                e.index, i as u64,
+                "entries are contiguous, each at its index"
+            );
+            e.event
+        })
+        .collect()
+}
+
+#[test]
+fn in_one_pipelined_batch_a_failing_job_rolls_back_alone_and_the_others_commit() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| tx.insert_grant(&grant("taken")))
+        .unwrap();
+    let before = s.writer_stats().unwrap();
+    let jobs: Vec<BatchJob> = vec![
+        Box::new(|tx| {
+            tx.insert_grant(&grant("a"))?;
+            tx.append(entry("ok.0"))
+        }),
+        // A statement fails (the grant id exists): found when the job ends.
+        Box::new(|tx| {
+            tx.put_record("t", "1", "x")?;
+            tx.insert_grant(&grant("taken"))?;
+            tx.append(entry("duplicate"))
+        }),
+        Box::new(|tx| tx.append(entry("ok.2"))),
+        // The job refuses after writing.
+        Box::new(|tx| {
+            tx.put_record("t", "3", "y")?;
+            tx.append(entry("refused"))?;
+            Err(StoreError::Corrupt("refused by the job".into()))
+        }),
+        // The job panics after writing.
+        Box::new(|tx| {
+            tx.put_record("t", "4", "z")?;
+            tx.append(entry("panicked"))?;
+            panic!("a job panics (expected in this test)")
+        }),
+        // Reads see what earlier jobs of the batch wrote.
+        Box::new(|tx| {
+            assert!(tx.get_grant("a")?.is_some());
+            assert!(tx.get_grant("b")?.is_none());
+            assert!(tx.get_record("t", "1")?.is_none(), "rolled back");
+            assert!(tx.use_grant("a", 5)?);
+            tx.append(entry("ok.5"))
+        }),
+        // A statement fails and a read follows in the same job: the read
+        // reports the failure.
+        Box::new(|tx| {
+            tx.insert_grant(&grant("b"))?;
+            tx.insert_grant(&grant("b"))?;
+            tx.get_grant("b")?;
+            tx.append(entry("never"))
+        }),
+        Box::new(|tx| tx.append(entry("ok.7"))),
+    ];
+    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    held.unwrap();
+    let oks: Vec<u64> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    assert_eq!(oks, vec![0, 1, 2, 3], "the others got contiguous indices");
+    for i in [1, 3, 4, 6] {
+        assert!(out[i].is_err(), "job {i} fails: {:?}", out[i]);
+    }
+    let dup = out[1].as_ref().unwrap_err().to_string();
+    assert!(
+        dup.contains("23505"),
+        "the server's unique violation: {dup}"
+    );
+    assert!(
+        out[3]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("refused by the job"),
+        "a job's own error comes back unchanged"
+    );
+    assert!(s.health().is_ok(), "a failing job is not a storage failure");
+    // One batch (the holding job had its own).
+    let after = s.writer_stats().unwrap();
+    assert_eq!(after.batches - before.batches, 2);
+    assert_eq!(after.jobs - before.jobs, 9);
+    assert_eq!(events(&s), vec!["ok.0", "ok.2", "ok.5", "ok.7"]);
+    assert!(s.list_records("t", "", None, 10).unwrap().is_empty());
+    assert_eq!(s.get_grant("a").unwrap().unwrap().used_at, Some(5));
+    assert_eq!(s.get_grant("taken").unwrap().unwrap().used_at, None);
+    assert!(s.get_grant("b").unwrap().is_none());
+    // The tree is the stored entries'.
+    let data = s.entries(0, 4).unwrap();
+    let want = root_from_leaves(&data.iter().map(|d| leaf_hash(d)).collect::<Vec<_>>());
+    assert_eq!(s.with_tree(|t| t.root()).unwrap(), want);
+    s.close();
+    let again = open(&dir, &pg);
+    assert_eq!(
+        again.with_tree(|t| (t.size(), t.root())).unwrap(),
+        (4, want)
+    );
+    again.close();
+}
+
+#[test]
+fn a_batch_of_writes_waits_for_postgresql_about_once_per_job() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let s = open(&dir, &pg);
+    // Prepares the statements once.
+    s.transact_blocking(|tx| {
+        tx.insert_grant(&grant("warm"))?;
+        tx.append(entry("warm"))
+    })
+    .unwrap();
+    let before = s.writer_stats().unwrap();
+    let jobs: Vec<BatchJob> = (0..40)
+        .map(|i| {
+            Box::new(move |tx: &mut dyn Tx| {
+                tx.insert_grant(&grant(&format!("g{i}")))?;
+                tx.append(entry("allowed"))
+            }) as BatchJob
+        })
+        .collect();
+    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    held.unwrap();
+    assert!(out.iter().all(|r| r.is_ok()));
+    let after = s.writer_stats().unwrap();
+    assert_eq!(after.batches - before.batches, 2);
+    // Two batches: begin (BEGIN with the head lock), one wait per job,
+    // commit (the log rows, the head, COMMIT). One statement at a time
+    // took four waits per job.
+    let waits = after.round_trips - before.round_trips;
+    assert_eq!(waits, (1 + 1 + 1) + (1 + 40 + 1), "waits: {waits}");
+    assert_eq!(events(&s).len(), 41);
+    s.close();
+}
+
+#[test]
+fn a_row_another_replica_committed_conflicts_with_its_job_alone() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let a = open(&dir, &pg);
+    let b = open(&dir, &pg);
+    a.transact_blocking(|tx| {
+        tx.insert_grant(&grant("g"))?;
+        tx.append(entry("a.0"))
+    })
+    .unwrap();
+    a.transact_blocking(|tx| {
+        assert!(tx.use_grant("g", 6)?);
+        tx.append(entry("a.1"))
+    })
+    .unwrap();
+    // B's batch sees A's rows: its compare-and-set loses, its insert of
+    // the same id conflicts (that job alone fails), and its entries follow
+    // A's.
+    let jobs: Vec<BatchJob> = vec![
+        Box::new(|tx| {
+            let won = tx.use_grant("g", 7)?;
+            tx.append(entry(if won { "b.cas-won" } else { "b.cas-lost" }))
+        }),
+        Box::new(|tx| {
+            tx.insert_grant(&grant("g"))?;
+            tx.append(entry("b.conflict"))
+        }),
+        Box::new(|tx| tx.append(entry("b.ok"))),
+    ];
+    let (held, out) = one_batch(&b, |_| Ok(()), jobs);
+    held.unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &2);
+    let conflict = out[1].as_ref().unwrap_err().to_string();
+    assert!(conflict.contains("23505"), "unique violation: {conflict}");
+    assert_eq!(out[2].as_ref().unwrap(), &3);
+    assert_eq!(events(&a), vec!["a.0", "a.1", "b.cas-lost", "b.ok"]);
+    assert_eq!(a.get_grant("g").unwrap().unwrap().used_at, Some(6));
+    assert_eq!(
+        a.with_tree(|t| t.root()).unwrap(),
+        b.with_tree(|t| t.root()).unwrap()
+    );
+    a.close();
+    b.close();
+}
+
+#[test]
+fn postgresql_stopping_mid_batch_fails_every_job_of_it_and_keeps_nothing() {
+    // A cluster of its own: this test stops it.
+    let c = std::sync::Arc::new(Cluster::start_private());
+    let (dir, pg) = migrated(&c);
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| tx.append(entry("before")))
+        .unwrap();
+    // The batch's second job stops PostgreSQL after its writes were sent.
+    let cluster = c.clone();
+    let jobs: Vec<BatchJob> = vec![
+        Box::new(|tx| {
+            tx.insert_grant(&grant("lost.0"))?;
+            tx.append(entry("lost.0"))
+        }),
+        Box::new(move |tx| {
+            tx.insert_grant(&grant("lost.1"))?;
+            let i = tx.append(entry("lost.1"))?;
+            cluster.stop("immediate");
+            Ok(i)
+        }),
+        Box::new(|tx| {
+            tx.insert_grant(&grant("lost.2"))?;
+            tx.append(entry("lost.2"))
+        }),
+    ];
+    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    held.unwrap();
+    for (i, r) in out.iter().enumerate() {
+        assert!(r.is_err(), "job {i} of the batch is refused: {r:?}");
+    }
+    assert!(s.health().is_err(), "health reports the outage");
+    assert_eq!(s.log_size(), 1, "nothing refused joined the tree");
+    c.pg_start();
+    // The writer reconnects at its next batch; nothing refused was kept.
+    let i = s.transact_blocking(|tx| tx.append(entry("after"))).unwrap();
+    assert_eq!(i, 1, "nothing refused took an index");
+    assert_eq!(events(&s), vec!["before", "after"]);
+    for g in ["lost.0", "lost.1", "lost.2"] {
+        assert!(s.get_grant(g).unwrap().is_none(), "{g} was not kept");
+    }
+    s.close();
+}
+
+#[test]
+fn a_batch_where_many_jobs_fail_after_writing_sends_its_writes_again_once() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| {
+        tx.insert_grant(&grant("warm"))?;
+        tx.put_record("t", "warm", "x")?;
+        tx.append(entry("warm"))
+    })
+    .unwrap();
+    let before = s.writer_stats().unwrap();
+    // Every odd job writes, then refuses.
+    let jobs: Vec<BatchJob> = (0..20)
+        .map(|i| {
+            Box::new(move |tx: &mut dyn Tx| {
+                tx.insert_grant(&grant(&format!("g{i}")))?;
+                tx.put_record("t", &format!("k{i}"), "v")?;
+                let index = tx.append(entry(&format!("job.{i}")))?;
+                if i % 2 == 1 {
+                    return Err(StoreError::Corrupt(format!("job {i} refuses")));
+                }
+                Ok(index)
+            }) as BatchJob
+        })
+        .collect();
+    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    held.unwrap();
+    for (i, r) in out.iter().enumerate() {
+        match r {
+            Ok(index) => {
+                assert_eq!(i % 2, 0);
+                assert_eq!(*index, 1 + i as u64 / 2, "contiguous after the kept ones");
+            }
+            Err(e) => {
+                assert_eq!(i % 2, 1);
+                assert!(e.to_string().contains("refuses"), "{e}");
+            }
+        }
+    }
+    let want: Vec<String> = std::iter::once("warm".to_string())
+        .chain((0..20).step_by(2).map(|i| format!("job.{i}")))
+        .collect();
+    assert_eq!(events(&s), want);
+    for i in 0..20 {
+        let kept = i % 2 == 0;
+        assert_eq!(s.get_grant(&format!("g{i}")).unwrap().is_some(), kept);
+        assert_eq!(s.get_record("t", &format!("k{i}")).unwrap().is_some(), kept);
+    }
+    // The holding batch: 3 waits. This one: begin, one per job, one to
+    // send the earlier writes again after the first failure (the later
+    // failures roll back to savepoints of their own, in the pipeline),
+    // commit.
+    let waits = s.writer_stats().unwrap().round_trips - before.round_trips;
+    assert_eq!(waits, 3 + (1 + 20 + 1 + 1), "waits: {waits}");
+    s.close();
+}

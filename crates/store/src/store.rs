@@ -87,9 +87,12 @@ pub(crate) trait Writer: Send + 'static {
         view: &Shared,
         size_tx: &tokio::sync::watch::Sender<u64>,
     ) -> Result<u64, StoreError>;
+    /// Marks where the next job begins (SQLite: a savepoint; PostgreSQL:
+    /// where its rows begin, see `pg::PgWriter`).
     fn savepoint(&mut self) -> Result<(), StoreError>;
+    /// The job succeeded: keeps what it did.
     fn release(&mut self) -> Result<(), StoreError>;
-    /// Undoes the job since its savepoint (and releases the savepoint).
+    /// Undoes the job since its mark, and only it.
     fn rollback_to(&mut self) -> Result<(), StoreError>;
     /// Commits; the log then holds `size` entries.
     fn commit(&mut self, base: u64, size: u64) -> Result<(), StoreError>;
@@ -184,6 +187,16 @@ impl Store {
     pub fn remote_changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
         match &self.inner.readers {
             Readers::Pg(r) => Some(r.subscribe()),
+            Readers::Sqlite(_) => None,
+        }
+    }
+
+    /// What the PostgreSQL writer's committed batches cost so far (time per
+    /// phase, round trips): for diagnostics and the benchmarks; `None` on
+    /// SQLite.
+    pub fn writer_stats(&self) -> Option<crate::WriterStats> {
+        match &self.inner.readers {
+            Readers::Pg(r) => Some(r.stats()),
             Readers::Sqlite(_) => None,
         }
     }
@@ -611,8 +624,21 @@ fn writer_loop(
             batch.extend(p.drain(..n));
         }
     };
+    // Jobs queued while the batch began (on PostgreSQL, while it waited for
+    // the log head's lock) join it: the commit, and the lock, are shared by
+    // as many jobs as are ready.
+    let top_up = |batch: &mut Vec<Job>| {
+        unpark(batch);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Wake::Job(job)) => batch.push(job),
+                Ok(Wake::Nudge) => {}
+                Err(_) => break,
+            }
+        }
+    };
     let mut commit = |batch: Vec<Job>| {
-        let (outcome, replies) = run_batch(backend.as_mut(), batch, &view, &size_tx);
+        let (outcome, replies) = run_batch(backend.as_mut(), batch, &view, &size_tx, &top_up);
         // Health first: whoever hears of a failed commit finds `/healthz`
         // already reporting it.
         if let Ok(mut h) = health.lock() {
@@ -704,14 +730,16 @@ type Replies = Vec<(tokio::sync::oneshot::Sender<JobResult>, JobResult)>;
 
 fn run_batch(
     backend: &mut dyn Writer,
-    batch: Vec<Job>,
+    mut batch: Vec<Job>,
     view: &Shared,
     size_tx: &tokio::sync::watch::Sender<u64>,
+    top_up: &dyn Fn(&mut Vec<Job>),
 ) -> (Result<(), String>, Replies) {
     let base = match backend.begin(view, size_tx) {
         Ok(base) => base,
         Err(e) => return fail_all(batch, &format!("cannot begin a transaction: {e}")),
     };
+    top_up(&mut batch);
     let mut pending: Vec<Hash> = Vec::new();
     let mut storage_failure: Option<String> = None;
     let mut results: Replies = Vec::with_capacity(batch.len());
