@@ -617,6 +617,14 @@ fn writer_loop(
     health: Arc<Mutex<Option<String>>>,
 ) {
     let max_batch = batching.max;
+    // A wake-up's job joins the batch; 1 if someone waits on it.
+    let take = |wake: Wake, batch: &mut Vec<Job>| match wake {
+        Wake::Job(job) => {
+            batch.push(job);
+            1
+        }
+        Wake::Nudge => 0,
+    };
     // Parked jobs first: they were submitted before the job that woke us.
     let unpark = |batch: &mut Vec<Job>| {
         if let Ok(mut p) = parked.lock() {
@@ -627,15 +635,17 @@ fn writer_loop(
     // Jobs queued while the batch began (on PostgreSQL, while it waited for
     // the log head's lock) join it: the commit, and the lock, are shared by
     // as many jobs as are ready.
+    // Returns how many of the jobs it added have a caller waiting.
     let top_up = |batch: &mut Vec<Job>| {
         unpark(batch);
+        let mut waited = 0;
         while batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(Wake::Job(job)) => batch.push(job),
-                Ok(Wake::Nudge) => {}
+                Ok(wake) => waited += take(wake, batch),
                 Err(_) => break,
             }
         }
+        waited
     };
     let mut commit = |batch: Vec<Job>| {
         let (outcome, replies) = run_batch(backend.as_mut(), batch, &view, &size_tx, &top_up);
@@ -654,21 +664,8 @@ fn writer_loop(
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         unpark(&mut batch);
-        let mut waited = 0usize;
-        if let Wake::Job(job) = first {
-            batch.push(job);
-            waited += 1;
-        }
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(Wake::Job(job)) => {
-                    batch.push(job);
-                    waited += 1;
-                }
-                Ok(Wake::Nudge) => {}
-                Err(_) => break,
-            }
-        }
+        let mut waited = take(first, &mut batch);
+        waited += top_up(&mut batch);
         // Group commit's delay (PostgreSQL's commit_delay with
         // commit_siblings, in effect): wait a little for the concurrent
         // callers' jobs, until as many wait as in the last commit.
@@ -680,11 +677,7 @@ fn writer_loop(
                     break;
                 }
                 match rx.recv_timeout(left) {
-                    Ok(Wake::Job(job)) => {
-                        batch.push(job);
-                        waited += 1;
-                    }
-                    Ok(Wake::Nudge) => {}
+                    Ok(wake) => waited += take(wake, &mut batch),
                     Err(_) => break,
                 }
             }
@@ -733,7 +726,7 @@ fn run_batch(
     mut batch: Vec<Job>,
     view: &Shared,
     size_tx: &tokio::sync::watch::Sender<u64>,
-    top_up: &dyn Fn(&mut Vec<Job>),
+    top_up: &dyn Fn(&mut Vec<Job>) -> usize,
 ) -> (Result<(), String>, Replies) {
     let base = match backend.begin(view, size_tx) {
         Ok(base) => base,
