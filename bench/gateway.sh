@@ -13,6 +13,7 @@
 #        MODE=execute  POST /v1/actions?execute=true: an allow used up at once
 #        MODE=after    the same under a @record("after") permit (the entry is
 #                      written within [log] after_window, after the answer)
+#        SECONDKEY_BIN=path  measure that binary instead of building this checkout's
 #        PROFILE=1  also samples the gateway with `perf` during a 10 s run at
 #                   16 connections and prints where its CPU time goes.
 set -euo pipefail
@@ -35,9 +36,15 @@ command -v wrk >/dev/null || {
   exit 1
 }
 
-echo "== building the release binary"
-(cd "$ROOT" && cargo build --release -p secondkey --quiet)
-BIN="$ROOT/target/release/secondkey"
+# SECONDKEY_BIN: another binary to measure (an A/B against an older
+# build), instead of building this checkout's.
+if [ -n "${SECONDKEY_BIN:-}" ]; then
+  BIN=$SECONDKEY_BIN
+else
+  echo "== building the release binary"
+  (cd "$ROOT" && cargo build --release -p secondkey --quiet)
+  BIN="$ROOT/target/release/secondkey"
+fi
 
 WORK=$(mktemp -d /tmp/secondkey-bench-gw.XXXXXX)
 PID=""

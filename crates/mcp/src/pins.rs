@@ -72,11 +72,20 @@ fn check_names(server: &str, tool: &str) -> Result<(), ApiError> {
 }
 
 async fn read_pin(gw: &Gateway, server: &str, tool: &str) -> Result<Option<Pin>, ApiError> {
-    let store = gw.store.clone();
     let k = key(server, tool);
-    let raw = tokio::task::spawn_blocking(move || store.get_record(NS, &k))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    // The embedded store answers a point read from a pooled connection in
+    // microseconds, without waiting on the writer (WAL): read it here, on
+    // the call's own task, instead of a hand-off to the blocking pool and
+    // back (two thread wake-ups per call). A shared store's read is a
+    // network round trip, and goes to the blocking pool.
+    let raw = if gw.store.is_shared() {
+        let store = gw.store.clone();
+        tokio::task::spawn_blocking(move || store.get_record(NS, &k))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))??
+    } else {
+        gw.store.get_record(NS, &k)?
+    };
     raw.map(|r| {
         serde_json::from_str(&r)
             .map_err(|e| ApiError::unavailable(format!("a stored pin is unreadable: {e}")))

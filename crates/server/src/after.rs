@@ -5,15 +5,17 @@
 //! ([`secondkey_policy::Decision::record_after`]) is *admitted* here and runs
 //! at once; its decision waits in a [`Slot`] for the result, so that the two
 //! are written as **one** `action.allowed` entry (`"recorded": "after"`,
-//! `"result": …`). Whichever comes first hands the entry to the store:
+//! `"result": …`). The entry is handed to the store when the result comes
+//! (`Gateway::record_execution`, or a REST caller's report, which waits for
+//! that commit), after a linger of 2 ms (at most a quarter of the window)
+//! in which other entries may join its commit; or, if no result came within
+//! a quarter of the window (`[log] after_window / 4`), the decision alone,
+//! the result following later as an ordinary `action.result`.
 //!
-//! * the result (`Gateway::record_execution`, or a REST caller's report), or
-//! * a quarter of the window after the run (`[log] after_window / 4`): the decision
-//!   alone, the result following later as an ordinary `action.result`.
-//!
-//! Both go through the store's background commit (at most 2 ms of linger),
-//! so an entry is durable about `after_window / 4 + 2 ms + one commit` after
-//! its allow ran.
+//! One task per gateway (the *flusher*) hands over everything due in one
+//! job, committed at once, instead of a timer and a commit per allow: under
+//! load an allow costs no wake-up of its own. So an entry is durable about
+//! `after_window / 4 + one commit` after its allow ran, at the latest.
 //!
 //! **Back-pressure, fail closed.** An after-allow is admitted only while
 //! fewer than `[log] after_max_pending` admitted ones are not yet durable,
@@ -30,22 +32,31 @@
 //! token outlives the call) and permits without the annotation keep
 //! invariant 1 unchanged (`gateway.rs`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use secondkey_core::time::Timestamp;
 use secondkey_store::Store;
 use serde_json::{json, Value};
+use tokio::sync::{oneshot, Notify};
 
 use crate::error::ApiError;
 use crate::gateway::{entry, prepared};
 use crate::intercept::{Execution, ExecutionResult, TrackedExecution, EXECUTION_NS};
 use secondkey_core::action::Digest;
 
+/// What a result's reporter waits on: the commit of its entry.
+type Reply = oneshot::Sender<Result<(), ApiError>>;
+
+/// How long a decision joined by its result waits (at most a quarter of
+/// the window) for others to share its commit.
+const RESULT_LINGER: Duration = Duration::from_millis(2);
+
 /// A decision that ran and whose entry is not yet handed to the store.
 #[derive(Debug)]
-pub(crate) struct Slot {
+struct Slot {
     seq: u64,
     /// When the decision was made (the entry's own time is when it is written).
     decided: Timestamp,
@@ -56,16 +67,13 @@ pub(crate) struct Slot {
     payload: Value,
     /// A REST `?execute=true` allow: its caller reports the result by id.
     tracked: bool,
+    /// The result, once reported, with when and who waits for its commit.
+    result: Option<(Timestamp, ExecutionResult, Reply)>,
 }
 
 impl Slot {
-    /// Who ran it.
-    pub fn actor(&self) -> &str {
-        &self.actor
-    }
-
     /// The execution the slot stands for (lineage names it).
-    pub fn execution(&self) -> Result<Execution, ApiError> {
+    fn execution(&self) -> Result<Execution, ApiError> {
         Ok(Execution {
             id: self.id.clone(),
             request_id: None,
@@ -115,6 +123,11 @@ impl Slot {
 struct State {
     /// Ran, entry not yet handed to the store, by decision id.
     slots: HashMap<String, Slot>,
+    /// When each slot is due to be handed over, in admission order (so in
+    /// order of time); ids whose slot is gone are skipped.
+    due: VecDeque<(Instant, String)>,
+    /// Slots whose result came: due sooner ([`RESULT_LINGER`]), in order.
+    ready: VecDeque<(Instant, String)>,
     /// Admitted and not yet durable, by admission order.
     undurable: BTreeMap<u64, Instant>,
     next: u64,
@@ -129,11 +142,61 @@ pub(crate) struct AfterLog {
     max_pending: usize,
     store: Store,
     state: Mutex<State>,
+    /// Wakes the flusher when the first slot of an idle spell is admitted.
+    wake: Arc<Notify>,
+    flusher: AtomicBool,
 }
 
 /// What the gateway gets back for an admitted allow.
 pub(crate) struct Admitted {
     pub id: String,
+}
+
+/// What became of a result offered to [`AfterLog::attach`].
+pub(crate) enum Attach {
+    /// It joined its decision: the entry holding both is durable when this
+    /// answers.
+    Joined(oneshot::Receiver<Result<(), ApiError>>),
+    /// The decision already has its result.
+    Twice,
+    /// No decision of this actor waits under that id (never one, or
+    /// already handed to the store): record the result the ordinary way.
+    Absent(ExecutionResult),
+}
+
+/// One slot's writes in a hand-over.
+struct Write {
+    seq: u64,
+    id: String,
+    record: Option<String>,
+    entry: secondkey_log::entry::Prepared,
+    lineage: Option<Lineage>,
+    reply: Option<Reply>,
+}
+
+/// A result's lineage: who ran it, what it read and wrote, when, which run.
+struct Lineage {
+    actor: String,
+    reads: Vec<String>,
+    writes: Vec<String>,
+    at: String,
+    execution: Execution,
+}
+
+/// Who a hand-over's commit settles: the admission, and the reporter
+/// waiting for it, if any.
+struct Settle {
+    seq: u64,
+    id: String,
+    reply: Option<Reply>,
+}
+
+/// A hand-over: the commit of its job, and the slots it settles.
+struct HandOver {
+    commit: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), secondkey_store::StoreError>> + Send>,
+    >,
+    settle: Vec<Settle>,
 }
 
 impl AfterLog {
@@ -143,6 +206,8 @@ impl AfterLog {
             max_pending,
             store,
             state: Mutex::new(State::default()),
+            wake: Arc::new(Notify::new()),
+            flusher: AtomicBool::new(false),
         })
     }
 
@@ -151,8 +216,8 @@ impl AfterLog {
     }
 
     /// Admits an allow that may run now, or says no (then it takes the
-    /// strict path). On yes, its entry is handed to the store by the result
-    /// or a quarter of the window from now, whichever comes first.
+    /// strict path). On yes, its entry is handed to the store a quarter of
+    /// the window from now, with its result if that came by then.
     pub fn admit(
         self: &Arc<Self>,
         id: String,
@@ -165,7 +230,7 @@ impl AfterLog {
         let now = Instant::now();
         let half = self.window / 2;
         let quarter = self.window / 4;
-        {
+        let first = {
             let mut st = self.state();
             if st.failed || st.undurable.len() >= self.max_pending {
                 return None;
@@ -178,6 +243,7 @@ impl AfterLog {
             let seq = st.next;
             st.next += 1;
             st.undurable.insert(seq, now);
+            st.due.push_back((now + quarter, id.clone()));
             st.slots.insert(
                 id.clone(),
                 Slot {
@@ -188,52 +254,56 @@ impl AfterLog {
                     digest: digest.to_string(),
                     payload,
                     tracked,
+                    result: None,
                 },
             );
+            st.due.len() == 1
+        };
+        if !self.flusher.swap(true, Ordering::AcqRel) {
+            tokio::spawn(flusher(Arc::downgrade(self), self.wake.clone()));
         }
-        let this = self.clone();
-        let key = id.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(quarter).await;
-            this.flush(&key).await;
-        });
+        if first {
+            self.wake.notify_one();
+        }
         Some(Admitted { id })
     }
 
-    /// Takes the slot of `id` if `actor` made it: the caller writes its entry.
-    pub fn take(&self, id: &str, actor: &str) -> Option<Slot> {
+    /// Joins `result` to the waiting decision `id` if `actor` made it.
+    pub fn attach(&self, id: &str, actor: &str, now: Timestamp, result: ExecutionResult) -> Attach {
         let mut st = self.state();
-        if st.slots.get(id).is_some_and(|s| s.actor == actor) {
-            st.slots.remove(id)
-        } else {
-            None
+        match st.slots.get_mut(id) {
+            Some(slot) if slot.actor == actor => {
+                if slot.result.is_some() {
+                    return Attach::Twice;
+                }
+                let (tx, rx) = oneshot::channel();
+                slot.result = Some((now, result, tx));
+                let at = Instant::now() + RESULT_LINGER.min(self.window / 4);
+                st.ready.push_back((at, id.to_string()));
+                let first = st.ready.len() == 1;
+                drop(st);
+                if first {
+                    self.wake.notify_one();
+                }
+                Attach::Joined(rx)
+            }
+            _ => Attach::Absent(result),
         }
     }
 
-    /// Whether nothing is pending (a cheap check before [`AfterLog::take`]).
+    /// Whether nothing is pending (a cheap check before [`AfterLog::attach`]).
     pub fn is_idle(&self) -> bool {
         self.state().slots.is_empty()
     }
 
-    /// The entry of `slot` with its result (and, for a REST allow, the
-    /// tracked record marked reported), to append in the result's job.
-    pub fn combined(
-        &self,
-        slot: &Slot,
-        now: Timestamp,
-        result: &ExecutionResult,
-    ) -> Result<(secondkey_log::entry::Prepared, Option<String>), ApiError> {
-        Ok((slot.entry(now, Some(result))?, slot.tracked_record(true)))
-    }
-
-    /// Notes that the entry of `slot` committed (or failed to).
-    pub fn settled(&self, slot: &Slot, ok: bool) {
+    /// Notes that the entry of admission `seq` committed (or failed to).
+    fn settled(&self, seq: u64, id: &str, ok: bool) {
         let mut st = self.state();
-        st.undurable.remove(&slot.seq);
+        st.undurable.remove(&seq);
         if !ok {
             st.failed = true;
             tracing::error!(
-                action = %slot.id,
+                action = %id,
                 "the log entry of a @record(\"after\") allow did not commit; after-allows wait for their entry until a commit succeeds"
             );
         }
@@ -247,69 +317,174 @@ impl AfterLog {
         }
     }
 
-    /// A quarter of the window passed without a result: writes the decision alone.
-    async fn flush(&self, id: &str) {
-        let slot = {
-            let mut st = self.state();
-            st.slots.remove(id)
-        };
-        let Some(slot) = slot else { return };
-        self.write_alone(slot).await;
+    /// When the next slot is due, if any.
+    fn next_due(&self) -> Option<Instant> {
+        let st = self.state();
+        let due = st.due.front().map(|(t, _)| *t);
+        let ready = st.ready.front().map(|(t, _)| *t);
+        due.into_iter().chain(ready).min()
     }
 
-    async fn write_alone(&self, slot: Slot) {
-        let written = async {
-            let e = slot.entry(crate::gateway::system_now(), None)?;
-            let rec = slot.tracked_record(false);
-            let id = slot.id.clone();
-            // Background, like results: a report of this execution that
-            // comes next is parked behind it, so it finds the record.
-            self.store
-                .transact_background(move |tx| {
-                    if let Some(rec) = rec {
-                        tx.put_record(EXECUTION_NS, &id, &rec)?;
-                    }
-                    tx.append_prepared(e)
-                })
-                .await
-                .map_err(ApiError::from)
+    /// Hands every slot due by `until` to the store in one job, queued
+    /// while the state is locked: a report that finds its slot gone queues
+    /// its own job after this one (and finds the execution record it
+    /// writes). Returns the commit to wait for and the writes it settles.
+    fn hand_over(&self, until: Instant) -> Option<HandOver> {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let mut writes = Vec::new();
+        let mut ids = Vec::new();
+        for q in [&mut st.ready, &mut st.due] {
+            while q.front().is_some_and(|(t, _)| *t <= until) {
+                if let Some((_, id)) = q.pop_front() {
+                    ids.push(id);
+                }
+            }
         }
-        .await;
-        self.settled(&slot, written.is_ok());
+        for id in ids {
+            let Some(slot) = st.slots.remove(&id) else {
+                continue;
+            };
+            match write_of(slot) {
+                Ok(w) => writes.push(w),
+                Err((unwritten, e)) => {
+                    st.undurable.remove(&unwritten.seq);
+                    st.failed = true;
+                    tracing::error!(action = %unwritten.id, error = %e.message,
+                        "the log entry of a @record(\"after\") allow cannot be written; after-allows wait for their entry until a commit succeeds");
+                    if let Some(r) = unwritten.reply {
+                        let _ = r.send(Err(e));
+                    }
+                }
+            }
+        }
+        if writes.is_empty() {
+            return None;
+        }
+        let settle = writes
+            .iter_mut()
+            .map(|w| Settle {
+                seq: w.seq,
+                id: w.id.clone(),
+                reply: w.reply.take(),
+            })
+            .collect();
+        let job = self.store.transact_soon(move |tx| {
+            for w in writes {
+                if let Some(rec) = w.record {
+                    tx.put_record(EXECUTION_NS, &w.id, &rec)?;
+                }
+                tx.append_prepared(w.entry)?;
+                if let Some(l) = w.lineage {
+                    for (datasets, write) in [(&l.reads, false), (&l.writes, true)] {
+                        for d in datasets {
+                            crate::intercept::touch_lineage(
+                                tx,
+                                &l.actor,
+                                d,
+                                write,
+                                &l.execution,
+                                &l.at,
+                            )?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        drop(guard);
+        Some(HandOver {
+            commit: Box::pin(job),
+            settle,
+        })
+    }
+
+    /// Waits for a hand-over's commit and settles its slots.
+    async fn settle(&self, h: HandOver) {
+        let out = h.commit.await.map_err(ApiError::from);
+        for s in h.settle {
+            self.settled(s.seq, &s.id, out.is_ok());
+            if let Some(r) = s.reply {
+                let _ = r.send(out.clone());
+            }
+        }
     }
 
     /// Writes every slot still waiting, in one commit (shutdown).
     pub async fn flush_all(&self) {
-        let slots: Vec<Slot> = {
-            let mut st = self.state();
-            st.slots.drain().map(|(_, s)| s).collect()
+        let far = Instant::now() + Duration::from_secs(3600);
+        if let Some(h) = self.hand_over(far) {
+            self.settle(h).await;
+        }
+    }
+}
+
+/// A slot's writes, or why it cannot be written (its entry does not encode).
+fn write_of(mut slot: Slot) -> Result<Write, (Settle, ApiError)> {
+    let (now, result, reply) = match slot.result.take() {
+        Some((now, r, reply)) => (now, Some(r), Some(reply)),
+        None => (crate::gateway::system_now(), None, None),
+    };
+    let built = slot.entry(now, result.as_ref()).and_then(|entry| {
+        let lineage = match &result {
+            Some(r) if !(r.reads.is_empty() && r.writes.is_empty()) => Some(Lineage {
+                actor: slot.actor.clone(),
+                reads: r.reads.clone(),
+                writes: r.writes.clone(),
+                at: crate::gateway::rfc3339(now),
+                execution: slot.execution()?,
+            }),
+            _ => None,
         };
-        if slots.is_empty() {
-            return;
-        }
-        let now = crate::gateway::system_now();
-        let mut writes = Vec::with_capacity(slots.len());
-        for s in &slots {
-            match s.entry(now, None) {
-                Ok(e) => writes.push((s.id.clone(), s.tracked_record(false), e)),
-                Err(_) => self.settled(s, false),
+        Ok((entry, lineage))
+    });
+    match built {
+        Ok((entry, lineage)) => Ok(Write {
+            seq: slot.seq,
+            record: slot.tracked_record(result.is_some()),
+            id: slot.id,
+            entry,
+            lineage,
+            reply,
+        }),
+        Err(e) => Err((
+            Settle {
+                seq: slot.seq,
+                id: slot.id,
+                reply,
+            },
+            e,
+        )),
+    }
+}
+
+/// The gateway's flusher: sleeps until the next slot is due (or its result
+/// lingered), hands over
+/// everything due by then (and what falls due within a sixteenth of the
+/// window more, so that one commit serves many), and lets its commit settle
+/// on a task of its own. Ends with the gateway.
+async fn flusher(log: Weak<AfterLog>, wake: Arc<Notify>) {
+    loop {
+        let next = match log.upgrade() {
+            Some(l) => l.next_due(),
+            None => return,
+        };
+        match next {
+            // `notify_one` keeps a permit for a slot admitted meanwhile.
+            None => {
+                wake.notified().await;
+                continue;
             }
+            Some(t) => tokio::select! {
+                _ = tokio::time::sleep_until(t.into()) => {}
+                // Something may be due sooner now: look again.
+                _ = wake.notified() => continue,
+            },
         }
-        let ok = self
-            .store
-            .transact(move |tx| {
-                for (id, rec, e) in writes {
-                    if let Some(rec) = rec {
-                        tx.put_record(EXECUTION_NS, &id, &rec)?;
-                    }
-                    tx.append_prepared(e)?;
-                }
-                Ok(())
-            })
-            .await
-            .is_ok();
-        for s in &slots {
-            self.settled(s, ok);
+        let Some(l) = log.upgrade() else { return };
+        let until = Instant::now() + l.window / 16;
+        if let Some(h) = l.hand_over(until) {
+            tokio::spawn(async move { l.settle(h).await });
         }
     }
 }

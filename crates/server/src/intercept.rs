@@ -340,18 +340,34 @@ impl Gateway {
         let is_executor = self.config.executors.contains(who.id.as_str());
         // An allow under `@record("after")` whose decision is still waiting:
         // one entry for both (`after.rs`).
-        if !self.after.is_idle() {
+        let result = if self.after.is_idle() {
+            result
+        } else {
             let id = match &target {
                 Reported::Known(ex) if ex.request_id.is_none() => Some(ex.id.as_str()),
                 Reported::Tracked(id) => Some(id.as_str()),
                 Reported::Known(_) => None,
             };
-            if let Some(slot) = id.and_then(|id| self.after.take(id, &actor)) {
-                let written = self.record_after(&slot, now, result).await;
-                self.after.settled(&slot, written.is_ok());
-                return written;
+            match id {
+                Some(id) => match self.after.attach(id, &actor, now, result) {
+                    crate::after::Attach::Joined(committed) => {
+                        return committed.await.unwrap_or_else(|_| {
+                            Err(ApiError::unavailable(
+                                "the gateway stopped before the result was recorded",
+                            ))
+                        });
+                    }
+                    crate::after::Attach::Twice => {
+                        return Err(ApiError::conflict(
+                            "outcome_recorded",
+                            format!("the result of {id} is already recorded"),
+                        ));
+                    }
+                    crate::after::Attach::Absent(result) => result,
+                },
+                None => result,
             }
-        }
+        };
         // The common case (an allow an adapter ran) is encoded here, off the
         // store writer's thread.
         let ready = match &target {
@@ -450,35 +466,6 @@ impl Gateway {
         if let Some(req) = changed {
             self.announce(&req, "action.result");
         }
-        Ok(())
-    }
-
-    /// Writes the one entry of an after-allow, decision and result, with
-    /// the lineage it touched (the slot was taken: nobody else writes it).
-    async fn record_after(
-        &self,
-        slot: &crate::after::Slot,
-        now: Timestamp,
-        result: ExecutionResult,
-    ) -> Result<(), ApiError> {
-        let (e, tracked) = self.after.combined(slot, now, &result)?;
-        let ex = slot.execution()?;
-        let actor = slot.actor().to_string();
-        let at = rfc3339(now);
-        self.store
-            .transact_background(move |tx| {
-                if let Some(rec) = tracked {
-                    tx.put_record(EXECUTION_NS, &ex.id, &rec)?;
-                }
-                tx.append_prepared(e)?;
-                for (datasets, write) in [(&result.reads, false), (&result.writes, true)] {
-                    for d in datasets {
-                        touch_lineage(tx, &actor, d, write, &ex, &at)?;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
         Ok(())
     }
 
@@ -604,7 +591,7 @@ fn result_entry(
     )
 }
 
-fn touch_lineage(
+pub(crate) fn touch_lineage(
     tx: &mut dyn secondkey_store::Tx,
     principal: &str,
     dataset: &str,

@@ -125,3 +125,46 @@ async fn runs_first_then_one_entry_and_back_pressure_goes_strict() {
     assert_eq!(late[0]["recorded"], "after");
     assert!(late[0].get("result").is_none());
 }
+
+/// Many after-allows at once, each reporting its result while others are
+/// admitted and handed over: every one ends as exactly one entry holding
+/// its result, every reporter hears its entry committed, and the log grows
+/// by one entry per allow (hand-overs share commits; none is lost or
+/// written twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_after_allows_each_become_one_entry_with_their_result() {
+    const N: usize = 64;
+    let config = CONFIG.replace("after_max_pending = 2", "after_max_pending = 1000");
+    let env = common::gateway(POLICIES, &config).await;
+    let g = env.gateway.clone();
+    let bot = who(&g, "agent:bot");
+    let size0 = g.store.log_size();
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let (g, bot) = (g.clone(), bot.clone());
+        tasks.push(tokio::spawn(async move {
+            let table = format!("public.t{i}");
+            let Verdict::Run(x) = g.intercept(&bot, read(&table)).await.unwrap() else {
+                panic!("expected a run")
+            };
+            g.record_execution(&bot, &x, ok(&table)).await.unwrap();
+            x.id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    assert_eq!(g.store.log_size(), size0 + N as u64);
+    let all = entries(&g);
+    for id in &ids {
+        let one: Vec<&secondkey_log::entry::Entry> = all
+            .iter()
+            .filter(|e| e.subjects.get("action") == Some(id))
+            .collect();
+        assert_eq!(one.len(), 1, "{id}: {one:?}");
+        assert_eq!(one[0].event, "action.allowed");
+        assert_eq!(one[0].payload["recorded"], "after");
+        assert_eq!(one[0].payload["result"]["ok"], true, "{:?}", one[0]);
+    }
+}

@@ -310,6 +310,26 @@ impl Store {
         downcast(out.map_err(|_| StoreError::Unavailable)?)
     }
 
+    /// Queues `job` behind the background jobs already parked (so that it
+    /// runs after them, in submission order) and wakes the writer to commit
+    /// it now. The job is queued when this is called, not when the returned
+    /// future is first polled: a caller may queue it while holding its own
+    /// lock, to order it against what that lock guards.
+    pub fn transact_soon<T, F>(
+        &self,
+        job: F,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let rx = self.enqueue(job, true);
+        if rx.is_ok() {
+            self.nudge();
+        }
+        async move { downcast(rx?.await.map_err(|_| StoreError::Unavailable)?) }
+    }
+
     /// Wakes the writer to commit the parked jobs.
     fn nudge(&self) {
         if let Ok(jobs) = self.inner.jobs.lock() {
