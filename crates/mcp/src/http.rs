@@ -1701,6 +1701,26 @@ async fn observe(
     }
 }
 
+/// The interceptor deciding for `who` on server `srv`, in this process.
+fn in_process(
+    inner: &Inner,
+    srv: &Arc<ServerConfig>,
+    gateway: &Arc<Gateway>,
+    who: &Principal,
+    peer: Option<std::net::IpAddr>,
+) -> Interceptor<InProcess> {
+    Interceptor::new(
+        inner.config.clone(),
+        srv.clone(),
+        Arc::new(InProcess {
+            gateway: gateway.clone(),
+            who: who.clone(),
+            admins: inner.config.tool_admins.clone(),
+            peer,
+        }),
+    )
+}
+
 /// Who an upstream event stream is relayed to, and in which session: what
 /// its [`Tap`] needs to decide the server's requests to the client for
 /// that principal, and to clear what the session's client listed when the
@@ -1728,16 +1748,7 @@ impl ListWatch {
     }
 
     fn interceptor(&self) -> Interceptor<InProcess> {
-        Interceptor::new(
-            self.inner.config.clone(),
-            self.srv.clone(),
-            Arc::new(InProcess {
-                gateway: self.gateway.clone(),
-                who: self.who.clone(),
-                admins: self.inner.config.tool_admins.clone(),
-                peer: self.peer,
-            }),
-        )
+        in_process(&self.inner, &self.srv, &self.gateway, &self.who, self.peer)
     }
 
     fn asked_key(&self, id: &Value) -> String {
@@ -1904,16 +1915,7 @@ impl<F: Future + Send + 'static> Drop for Detachable<F> {
 
 impl CallCtx {
     fn interceptor(&self) -> Interceptor<InProcess> {
-        Interceptor::new(
-            self.inner.config.clone(),
-            self.srv.clone(),
-            Arc::new(InProcess {
-                gateway: self.gateway.clone(),
-                who: self.who.clone(),
-                admins: self.inner.config.tool_admins.clone(),
-                peer: self.peer,
-            }),
-        )
+        in_process(&self.inner, &self.srv, &self.gateway, &self.who, self.peer)
     }
 
     /// The tool's definition as the upstream gives it in this call's
