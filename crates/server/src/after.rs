@@ -77,12 +77,13 @@ impl Slot {
     }
 
     /// The one entry: the decision, and the result when there is one.
+    /// Written once: the payload is moved into it, not copied.
     fn entry(
-        &self,
+        &mut self,
         now: Timestamp,
         result: Option<&ExecutionResult>,
     ) -> Result<secondkey_log::entry::Prepared, ApiError> {
-        let mut payload = self.payload.clone();
+        let mut payload = std::mem::take(&mut self.payload);
         payload["decided_at"] = json!(crate::gateway::rfc3339(self.decided));
         if let Some(r) = result {
             payload["result"] = json!({"ok": r.ok, "summary": r.summary,
@@ -150,9 +151,11 @@ impl AfterLog {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits an allow that may run now, or says no (then it takes the
-    /// strict path). On yes, its entry is handed to the store by the result
-    /// or a quarter of the window from now, whichever comes first.
+    /// Admits an allow that may run now, or says no and gives its payload
+    /// back (then it takes the strict path). On yes, its entry is handed to
+    /// the store by the result or a quarter of the window from now,
+    /// whichever comes first.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit(
         self: &Arc<Self>,
         id: String,
@@ -161,18 +164,18 @@ impl AfterLog {
         digest: &str,
         payload: Value,
         tracked: bool,
-    ) -> Option<Admitted> {
+    ) -> Result<Admitted, Value> {
         let now = Instant::now();
         let half = self.window / 2;
         let quarter = self.window / 4;
         {
             let mut st = self.state();
             if st.failed || st.undurable.len() >= self.max_pending {
-                return None;
+                return Err(payload);
             }
             if let Some((_, oldest)) = st.undurable.first_key_value() {
                 if now.duration_since(*oldest) >= half {
-                    return None;
+                    return Err(payload);
                 }
             }
             let seq = st.next;
@@ -197,7 +200,7 @@ impl AfterLog {
             tokio::time::sleep(quarter).await;
             this.flush(&key).await;
         });
-        Some(Admitted { id })
+        Ok(Admitted { id })
     }
 
     /// Takes the slot of `id` if `actor` made it: the caller writes its entry.
@@ -219,7 +222,7 @@ impl AfterLog {
     /// tracked record marked reported), to append in the result's job.
     pub fn combined(
         &self,
-        slot: &Slot,
+        slot: &mut Slot,
         now: Timestamp,
         result: &ExecutionResult,
     ) -> Result<(secondkey_log::entry::Prepared, Option<String>), ApiError> {
@@ -257,7 +260,7 @@ impl AfterLog {
         self.write_alone(slot).await;
     }
 
-    async fn write_alone(&self, slot: Slot) {
+    async fn write_alone(&self, mut slot: Slot) {
         let written = async {
             let e = slot.entry(crate::gateway::system_now(), None)?;
             let rec = slot.tracked_record(false);
@@ -280,7 +283,7 @@ impl AfterLog {
 
     /// Writes every slot still waiting, in one commit (shutdown).
     pub async fn flush_all(&self) {
-        let slots: Vec<Slot> = {
+        let mut slots: Vec<Slot> = {
             let mut st = self.state();
             st.slots.drain().map(|(_, s)| s).collect()
         };
@@ -289,7 +292,7 @@ impl AfterLog {
         }
         let now = crate::gateway::system_now();
         let mut writes = Vec::with_capacity(slots.len());
-        for s in &slots {
+        for s in &mut slots {
             match s.entry(now, None) {
                 Ok(e) => writes.push((s.id.clone(), s.tracked_record(false), e)),
                 Err(_) => self.settled(s, false),
