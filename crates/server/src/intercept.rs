@@ -628,15 +628,36 @@ impl Gateway {
 /// bound a double's digits read back as an unsafe integer). Says where it
 /// is and what to send instead — `400 unsafe_number`, not a size error.
 pub(crate) fn check_numbers(v: &Value, path: &str) -> Result<(), ApiError> {
+    // The common case, every number safe, builds no paths.
+    if numbers_safe(v) {
+        return Ok(());
+    }
+    locate_unsafe(v, path)
+}
+
+fn number_safe(n: &serde_json::Number) -> bool {
+    let max = secondkey_log::entry::MAX_SAFE_INTEGER;
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => u <= max,
+        (None, Some(i)) => i.unsigned_abs() <= max,
+        (None, None) => n.as_f64().is_some_and(|f| f.abs() <= max as f64),
+    }
+}
+
+fn numbers_safe(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => number_safe(n),
+        Value::Array(items) => items.iter().all(numbers_safe),
+        Value::Object(m) => m.values().all(numbers_safe),
+        _ => true,
+    }
+}
+
+/// [`check_numbers`]'s error, naming where the unsafe number is.
+fn locate_unsafe(v: &Value, path: &str) -> Result<(), ApiError> {
     match v {
         Value::Number(n) => {
-            let max = secondkey_log::entry::MAX_SAFE_INTEGER;
-            let safe = match (n.as_u64(), n.as_i64()) {
-                (Some(u), _) => u <= max,
-                (None, Some(i)) => i.unsigned_abs() <= max,
-                (None, None) => n.as_f64().is_some_and(|f| f.abs() <= max as f64),
-            };
-            if safe {
+            if number_safe(n) {
                 Ok(())
             } else {
                 Err(ApiError::bad_request(
@@ -648,10 +669,10 @@ pub(crate) fn check_numbers(v: &Value, path: &str) -> Result<(), ApiError> {
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .try_for_each(|(i, x)| check_numbers(x, &format!("{path}[{i}]"))),
+            .try_for_each(|(i, x)| locate_unsafe(x, &format!("{path}[{i}]"))),
         Value::Object(m) => m
             .iter()
-            .try_for_each(|(k, x)| check_numbers(x, &format!("{path}.{k}"))),
+            .try_for_each(|(k, x)| locate_unsafe(x, &format!("{path}.{k}"))),
         _ => Ok(()),
     }
 }
