@@ -238,7 +238,9 @@ impl ActionRecord {
 pub struct Exception {
     /// `self_review`, `not_eligible`, `duplicate_reviewer`, `expired`,
     /// `escalated`, `denied_by_policy`, `denied_by_reviewer`,
-    /// `grant_refused`, `policy_rejected`, `revoked`.
+    /// `grant_refused`, `policy_rejected`, `revoked`,
+    /// `statement_unresolved` (a lean statement entry whose shape is not in
+    /// the log, or does not rebuild to its digest).
     pub kind: String,
     /// Who acted (the refused reviewer, the denying reviewer, the agent).
     pub actor: Option<String>,
