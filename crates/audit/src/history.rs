@@ -238,7 +238,9 @@ impl ActionRecord {
 pub struct Exception {
     /// `self_review`, `not_eligible`, `duplicate_reviewer`, `expired`,
     /// `escalated`, `denied_by_policy`, `denied_by_reviewer`,
-    /// `grant_refused`, `policy_rejected`, `revoked`.
+    /// `grant_refused`, `policy_rejected`, `revoked`,
+    /// `statement_unresolved` (a lean statement entry whose shape is not in
+    /// the log, or does not rebuild to its digest).
     pub kind: String,
     /// Who acted (the refused reviewer, the denying reviewer, the agent).
     pub actor: Option<String>,
@@ -283,6 +285,9 @@ pub struct Tracker {
     grants: HashMap<String, String>,
     exceptions: Vec<Exception>,
     policies: Vec<PolicyLoad>,
+    /// Statement shapes: lean entries are read as the full entries they
+    /// stand for.
+    shapes: secondkey_log::lean::Shapes,
     /// Entries fed so far.
     pub seen: u64,
 }
@@ -325,8 +330,30 @@ impl Tracker {
         Ok(())
     }
 
-    /// Feeds one entry; says what it did, and to which record.
+    /// Feeds one entry; says what it did, and to which record. A lean
+    /// statement entry is read as the full entry it stands for; one whose
+    /// statement shape is missing (or does not rebuild to its digest) is an
+    /// exception (`statement_unresolved`), recorded with what it says.
     pub fn feed(&mut self, e: &Entry) -> (Step, Option<usize>) {
+        use secondkey_log::lean::{is_lean, SHAPE_EVENT};
+        if e.event == SHAPE_EVENT || is_lean(&e.event, &e.payload) {
+            match self.shapes.feed(e) {
+                Ok(Some(full)) => {
+                    let mut whole = e.clone();
+                    whole.payload = full;
+                    return self.feed_full(&whole);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let subject = e.subjects.get("action").cloned();
+                    self.exception(e, "statement_unresolved", subject, err.to_string());
+                }
+            }
+        }
+        self.feed_full(e)
+    }
+
+    fn feed_full(&mut self, e: &Entry) -> (Step, Option<usize>) {
         self.seen = self.seen.max(e.index + 1);
         let p = &e.payload;
         let request = e.subjects.get("request").cloned();

@@ -390,3 +390,75 @@ fn evidence_figures_and_report() {
     v["totals"]["approved"] = json!(7);
     assert_eq!(evidence::diff(&f, &v), ["/totals/approved: 1 → 7"]);
 }
+
+/// Lean statement entries are read as the full entries they stand for;
+/// one whose shape is missing is an exception, not a silent gap.
+#[test]
+fn lean_statements_are_read_in_full_and_missing_shapes_are_exceptions() {
+    use secondkey_log::lean::{action_digest, Shape, SHAPE_EVENT};
+    let shape = Shape {
+        text: vec!["SELECT * FROM orders WHERE id = ".into(), String::new()],
+        action: json!({"kind": "sql", "operation": "read", "resource": "postgres://a/public.orders",
+                       "params": {}, "lineage": {"reads": ["postgres://a/public.orders"], "writes": []}}),
+        facts: json!({"connection": "a", "tables": ["public.orders"]}),
+    };
+    let digest = shape.digest().unwrap();
+    let action = shape
+        .action(shape.statement(&["7".into()]).unwrap(), None, None)
+        .unwrap();
+    let mut l = Log(vec![]);
+    l.push(
+        "09:00:00",
+        SHAPE_EVENT,
+        "agent:report-bot",
+        &[("session", "pgs_1")],
+        shape.entry_payload("pgs_1", &digest),
+    );
+    let lean = |session: &str| {
+        json!({"decision": "allow", "session": session, "shape": digest, "literals": ["7"],
+               "executed": true, "transport": "pg", "environment": "prod"})
+    };
+    l.push(
+        "09:00:01",
+        "action.allowed",
+        "agent:report-bot",
+        &[("action", ACT_PG)],
+        lean("pgs_1"),
+    );
+    // A statement of another session whose shape entry is not in the log.
+    l.push(
+        "09:00:02",
+        "action.allowed",
+        "agent:report-bot",
+        &[("action", ACT_API)],
+        lean("pgs_2"),
+    );
+    for e in &mut l.0[1..] {
+        e.digest = Some(action_digest(&action).unwrap());
+    }
+    let t = tracked(&l);
+    let r = t.records();
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        (
+            r[0].kind.as_str(),
+            r[0].operation.as_str(),
+            r[0].resource.as_str()
+        ),
+        ("sql", "read", "postgres://a/public.orders")
+    );
+    assert_eq!(r[0].declared_reads, ["postgres://a/public.orders"]);
+    assert_eq!(r[1].resource, "", "nothing to read it from");
+    let unresolved: Vec<_> = t
+        .exceptions()
+        .iter()
+        .filter(|x| x.kind == "statement_unresolved")
+        .collect();
+    assert_eq!(unresolved.len(), 1);
+    assert_eq!(unresolved[0].subject.as_deref(), Some(ACT_API));
+    assert!(
+        unresolved[0].detail.contains("pgs_2"),
+        "{}",
+        unresolved[0].detail
+    );
+}

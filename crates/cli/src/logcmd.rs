@@ -51,7 +51,7 @@ pub enum LogCmd {
     },
     /// Export the log: a static tlog-tiles bundle, or JSONL / OCSF events.
     #[command(
-        after_help = "Examples:\n  secondkey log export --config secondkey.toml --bundle ./audit\n  secondkey log export --config secondkey.toml --format ocsf --out events.json"
+        after_help = "Examples:\n  secondkey log export --config secondkey.toml --bundle ./audit\n  secondkey log export --config secondkey.toml --format ocsf --out events.json\n  secondkey log export --config secondkey.toml --format jsonl --expand   # lean statements with their full text"
     )]
     Export {
         #[arg(long, env = "SECONDKEY_CONFIG")]
@@ -65,6 +65,15 @@ pub enum LogCmd {
         /// Output file (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print lean statement entries (which name a statement shape
+        /// logged once per session) as the full entries they stand for:
+        /// `payload.action`, with the statement's text, and
+        /// `payload.facts` rebuilt from the shape and checked against the
+        /// entry's digest; such lines carry `"expanded": {"session",
+        /// "shape"}` and are no longer the logged bytes. Fails if a shape
+        /// is missing.
+        #[arg(long, conflicts_with = "bundle")]
+        expand: bool,
     },
     /// Print the gateway's current signed checkpoint.
     #[command(after_help = "Example:\n  secondkey log checkpoint > checkpoint-2026-11-22")]
@@ -134,6 +143,9 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                 match secondkey_log::bundle::verify_bundle_entries(&dir, &v, since_text.as_deref())
                 {
                     Ok(vb) => {
+                        if let Err(code) = check_statements(&vb.entries) {
+                            return Ok(code);
+                        }
                         println!("ok: {}", crate::describe(&vb.report));
                         Ok(witness_report(&vb.checkpoint, &wkeys, min_witnesses))
                     }
@@ -180,6 +192,9 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                     since_text.as_deref(),
                 ) {
                     Ok(vb) => {
+                        if let Err(code) = check_statements(&vb.entries) {
+                            return Ok(code);
+                        }
                         println!("ok: {}", crate::describe(&vb.report));
                         Ok(witness_report(&vb.checkpoint, &wkeys, min_witnesses))
                     }
@@ -227,6 +242,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             bundle,
             format,
             out,
+            expand,
         } => {
             let cfg = secondkey_server::Config::load(&config, &env_map())?;
             let store = secondkey_store::Store::open(cfg.store_options().read_only())
@@ -272,14 +288,26 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                 )),
                 None => Box::new(std::io::stdout().lock()),
             };
+            if !matches!(format.as_str(), "jsonl" | "ocsf") {
+                bail!("--format {format:?}: use jsonl or ocsf");
+            }
+            let mut shapes = secondkey_log::lean::Shapes::default();
             for (i, e) in entries.iter().enumerate() {
-                let line = match format.as_str() {
-                    "jsonl" => secondkey_sinks::export::to_jsonl_line(i as u64, e),
-                    "ocsf" => {
-                        let v: serde_json::Value = serde_json::from_slice(e)?;
+                let expanded = if expand {
+                    expand_entry(&mut shapes, e).with_context(|| format!("--expand: entry {i}"))?
+                } else {
+                    None
+                };
+                let line = match (format.as_str(), expanded) {
+                    ("jsonl", None) => secondkey_sinks::export::to_jsonl_line(i as u64, e),
+                    ("jsonl", Some(v)) => serde_json::to_string(&v)?,
+                    (_, expanded) => {
+                        let v: serde_json::Value = match expanded {
+                            Some(v) => v,
+                            None => serde_json::from_slice(e)?,
+                        };
                         serde_json::to_string(&secondkey_sinks::export::to_ocsf(i as u64, &v))?
                     }
-                    other => bail!("--format {other:?}: use jsonl or ocsf"),
                 };
                 writeln!(w, "{}", line.trim_end())?;
             }
@@ -287,6 +315,46 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Checks the lean statement entries of a verified log (each names a
+/// statement shape recorded earlier in its session and rebuilds to its
+/// digest); says how many, or why not.
+fn check_statements(entries: &[Vec<u8>]) -> std::result::Result<(), ExitCode> {
+    match secondkey_log::lean::check_statements(entries) {
+        Ok(r) if r.lean > 0 || r.shapes > 0 => {
+            println!(
+                "ok: {} lean statement entries rebuilt from {} statement shapes, each matching its action digest",
+                r.lean, r.shapes
+            );
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("FAILED: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// An entry as `log export --expand` prints it: a lean statement entry as
+/// the full entry it stands for, marked `expanded`; `None` for any other.
+fn expand_entry(
+    shapes: &mut secondkey_log::lean::Shapes,
+    bytes: &[u8],
+) -> Result<Option<serde_json::Value>> {
+    if !bytes.windows(8).any(|w| w == b"\"shape\":") {
+        return Ok(None);
+    }
+    let e = secondkey_log::entry::Entry::from_bytes(bytes)?;
+    let Some(full) = shapes.feed(&e)? else {
+        return Ok(None);
+    };
+    let mut v = serde_json::to_value(&e)?;
+    v["expanded"] =
+        serde_json::json!({"session": e.payload["session"], "shape": e.payload["shape"]});
+    v["payload"] = full;
+    Ok(Some(v))
 }
 
 /// Exports the live log to a temporary bundle (for `verify --config`).

@@ -284,6 +284,41 @@ fn pgbench_runs_through_the_gateway_in_both_protocols() {
         })
         .count();
     assert_eq!(allowed, 360);
+    // As logged, they are lean: each pgbench connection logs the shape of
+    // its statement once, and each statement names it with its values.
+    let config = s.gw.config.to_str().unwrap();
+    let (code, out, err) = common::run_cli(
+        &["log", "export", "--config", config, "--format", "jsonl"],
+        &s.gw.url,
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let raw: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let shapes = raw
+        .iter()
+        .filter(|e| e["event"] == "statement.shape")
+        .count();
+    let lean = raw
+        .iter()
+        .filter(|e| e["event"] == "action.allowed" && e["payload"]["shape"].is_string())
+        .count();
+    assert!(lean >= 360, "{lean} lean entries");
+    assert!(
+        (9..=60).contains(&shapes),
+        "{shapes} shapes for 9 connections"
+    );
+    // `log verify` rebuilds every one of them.
+    let (code, out, err) = common::run_cli(&["log", "verify", "--config", config], &s.gw.url, None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "ok: {lean} lean statement entries rebuilt from {shapes} statement shapes"
+        )),
+        "{out}"
+    );
 }
 
 #[test]

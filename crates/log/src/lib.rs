@@ -22,6 +22,10 @@
 //! - **C2SP tlog-cosignature** and the checks of **C2SP tlog-witness**
 //!   ([`witness`]).
 //!
+//! Lean statement entries, which name a statement shape logged once per
+//! session instead of repeating it, are rebuilt and checked offline by
+//! [`lean`].
+//!
 //! ```
 //! use secondkey_log::{checkpoint::Checkpoint, merkle::{leaf_hash, Tree}, note::Signer};
 //! use secondkey_log::bundle::verify_log;
@@ -50,6 +54,7 @@
 pub mod bundle;
 pub mod checkpoint;
 pub mod entry;
+pub mod lean;
 pub mod merkle;
 pub mod note;
 pub mod receipt;

@@ -71,6 +71,7 @@ use crate::params;
 use crate::proto::{self, ProtoError};
 use crate::upstream::Stream;
 use crate::Shared;
+use secondkey_log::lean::Shape;
 
 /// Longest statement text kept verbatim in an action; longer ones are cut
 /// and bound by their SHA-256 (the digest covers it).
@@ -163,6 +164,40 @@ struct Run {
     unknown: bool,
     reads: Vec<String>,
     writes: Vec<String>,
+}
+
+/// Most statement shapes one session keeps logged (past it, or past
+/// [`MAX_SHAPE_BYTES`] of their text, it starts over and logs shapes again).
+const MAX_SHAPES: usize = 64;
+const MAX_SHAPE_BYTES: usize = 256 << 10;
+
+/// A statement shape this session logged (with its first allow, see
+/// `Gateway::intercept_lean`): allowed statements of that shape are logged
+/// lean, naming it.
+struct Shaped {
+    digest: String,
+    /// The action without `params.statement`, `parameters` and
+    /// `parameters_sha256`.
+    template: Value,
+    facts: Map<String, Value>,
+    reads: Vec<String>,
+    writes: Vec<String>,
+}
+
+/// The shapes of one session, and the session's id in the log.
+#[derive(Default)]
+struct Shapes {
+    id: Option<String>,
+    by_key: HashMap<String, Arc<Shaped>>,
+    bytes: usize,
+}
+
+/// A statement that can be logged lean: its key among the session's
+/// shapes, the shape's text pieces and its literal values.
+struct LeanKey {
+    key: String,
+    pieces: Vec<String>,
+    literals: Vec<String>,
 }
 
 /// What the proxy expects back from the upstream, in order.
@@ -270,6 +305,8 @@ pub struct Session {
     last_active: Instant,
     /// The client connection's peer address: the fact `source_ip`.
     peer: Option<std::net::IpAddr>,
+    /// Statement shapes logged for this session.
+    shapes: Shapes,
 }
 
 /// Makes room for one more read of about [`READ_CHUNK`].
@@ -313,6 +350,7 @@ impl Session {
             cancel,
             last_active: Instant::now(),
             peer: None,
+            shapes: Shapes::default(),
         }
     }
 
@@ -1187,25 +1225,82 @@ impl Session {
         wire_sha256: Option<&str>,
         protocol: &str,
     ) -> Result<Result<Run, Refusal>, End> {
-        let (action, mut facts, reads, writes) =
-            self.action(class, text, params, wire_sha256, protocol);
-        if params.is_none() {
-            if let Some(rows) = self.estimate(class, text).await? {
-                facts.insert("estimated_rows".into(), json!(rows));
+        let lean = lean_key(class, text, params.is_some(), protocol);
+        let estimated = match params {
+            None => self.estimate(class, text).await?,
+            Some(_) => None,
+        };
+        // A statement with an estimate has facts of its own: logged in full.
+        let shaped = match lean.filter(|_| estimated.is_none()) {
+            Some(k) => {
+                match self.shaped(&k.key, k.pieces, class, text, params, wire_sha256, protocol) {
+                    Ok((s, new)) => Some((k.key, k.literals, s, new)),
+                    Err(r) => return Ok(Err(r)),
+                }
+            }
+            None => None,
+        };
+        let mut logged = None;
+        let (action, facts, reads, writes, lean) = match shaped {
+            Some((key, literals, s, new)) => {
+                let mut action = s.template.clone();
+                let mut values = Map::new();
+                if let Some(p) = action.get_mut("params").and_then(Value::as_object_mut) {
+                    p.insert("statement".into(), json!(text));
+                    if let Some(v) = params {
+                        p.insert("parameters".into(), Value::Array(v.to_vec()));
+                        values.insert("parameters".into(), Value::Array(v.to_vec()));
+                    }
+                    if let Some(h) = wire_sha256 {
+                        p.insert("parameters_sha256".into(), json!(h));
+                        values.insert("parameters_sha256".into(), json!(h));
+                    }
+                }
+                if !literals.is_empty() {
+                    values.insert("literals".into(), json!(literals));
+                }
+                if let Some(n) = &new {
+                    let text_bytes = n.text.iter().map(String::len).sum::<usize>();
+                    logged = Some((key, s.clone(), text_bytes));
+                }
+                let lean = secondkey_server::Lean {
+                    session: self.shapes.id.clone().unwrap_or_default(),
+                    shape: s.digest.clone(),
+                    new_shape: new,
+                    values,
+                };
+                (
+                    action,
+                    s.facts.clone(),
+                    s.reads.clone(),
+                    s.writes.clone(),
+                    Some(lean),
+                )
+            }
+            None => {
+                let (action, mut facts, reads, writes) =
+                    self.action(class, text, params, wire_sha256, protocol);
+                if let Some(rows) = estimated {
+                    facts.insert("estimated_rows".into(), json!(rows));
+                }
+                (action, facts, reads, writes, None)
+            }
+        };
+        let it = Intercept {
+            action,
+            transport: "pg",
+            facts,
+        };
+        let verdict = match lean {
+            Some(l) => self.sh.gateway.intercept_lean(&self.who, it, l).await,
+            None => self.sh.gateway.intercept(&self.who, it).await,
+        };
+        // An allow (a run without a request) logged the new shape with it.
+        if let (Some((key, shaped, bytes)), Ok(Verdict::Run(ex))) = (logged, &verdict) {
+            if ex.request_id.is_none() {
+                self.shape_logged(key, shaped, bytes);
             }
         }
-        let verdict = self
-            .sh
-            .gateway
-            .intercept(
-                &self.who,
-                Intercept {
-                    action,
-                    transport: "pg",
-                    facts,
-                },
-            )
-            .await;
         let run = |ex: Execution| Run {
             ex,
             started: Instant::now(),
@@ -1258,6 +1353,66 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The session's shape of a statement, and the shape itself when the
+    /// session has not logged it yet (its first allow logs it).
+    #[allow(clippy::too_many_arguments)]
+    fn shaped(
+        &mut self,
+        key: &str,
+        pieces: Vec<String>,
+        class: &Classification,
+        text: &str,
+        params: Option<&[Value]>,
+        wire_sha256: Option<&str>,
+        protocol: &str,
+    ) -> Result<(Arc<Shaped>, Option<Shape>), Refusal> {
+        if let Some(s) = self.shapes.by_key.get(key) {
+            return Ok((s.clone(), None));
+        }
+        let failed = |why: String| {
+            Refusal::new(
+                "42501",
+                format!("secondkey could not log this statement, so it was not run: {why}"),
+            )
+        };
+        if self.shapes.id.is_none() {
+            let id = secondkey_server::gateway::new_id("pgs").map_err(|e| failed(e.message))?;
+            self.shapes.id = Some(id);
+        }
+        let (mut template, facts, reads, writes) =
+            self.action(class, text, params, wire_sha256, protocol);
+        if let Some(p) = template.get_mut("params").and_then(Value::as_object_mut) {
+            for k in ["statement", "parameters", "parameters_sha256"] {
+                p.remove(k);
+            }
+        }
+        let shape = Shape {
+            text: pieces,
+            action: template,
+            facts: Value::Object(facts),
+        };
+        let digest = shape.digest().map_err(|e| failed(e.to_string()))?;
+        let shaped = Arc::new(Shaped {
+            digest,
+            template: shape.action.clone(),
+            facts: shape.facts.as_object().cloned().unwrap_or_default(),
+            reads,
+            writes,
+        });
+        Ok((shaped, Some(shape)))
+    }
+
+    /// Remembers a shape the log now holds for this session.
+    fn shape_logged(&mut self, key: String, shaped: Arc<Shaped>, text_bytes: usize) {
+        let bytes = key.len() + text_bytes;
+        if self.shapes.by_key.len() >= MAX_SHAPES || self.shapes.bytes + bytes > MAX_SHAPE_BYTES {
+            self.shapes.by_key.clear();
+            self.shapes.bytes = 0;
+        }
+        self.shapes.bytes += bytes;
+        self.shapes.by_key.insert(key, shaped);
     }
 
     /// EXPLAIN's row estimate for a write, delete or export, when the
@@ -1841,6 +1996,42 @@ impl Session {
     }
 }
 
+/// Whether a statement can be logged lean, and under which key of the
+/// session's shapes: a bound statement by its text (its values are the
+/// parameters); a simple query whose classification does not depend on
+/// its literals by its text cut at them ([`crate::cache::split_literals`])
+/// and the kind of each literal. Cut statements (longer than
+/// [`MAX_STATEMENT_CHARS`]) are logged in full.
+fn lean_key(class: &Classification, text: &str, bound: bool, protocol: &str) -> Option<LeanKey> {
+    if text.chars().count() > MAX_STATEMENT_CHARS {
+        return None;
+    }
+    if bound {
+        return Some(LeanKey {
+            key: format!("{protocol}\0{text}"),
+            pieces: vec![text.to_string()],
+            literals: vec![],
+        });
+    }
+    if !class.literal_independent {
+        return None;
+    }
+    let (pieces, literals) = crate::cache::split_literals(text)?;
+    let kinds: String = literals
+        .iter()
+        .map(|l| match l.as_bytes().first() {
+            Some(b'\'') => 's',
+            _ if l.contains('.') => 'd',
+            _ => 'i',
+        })
+        .collect();
+    Some(LeanKey {
+        key: format!("{protocol}\0{kinds}\0{}", pieces.join("\0")),
+        pieces,
+        literals,
+    })
+}
+
 /// A Parse message body.
 fn parse_body(name: &str, text: &str, types: &[u32]) -> BytesMut {
     use bytes::BufMut;
@@ -1974,6 +2165,57 @@ mod tests {
         assert!(q.contains("LOCK TABLE \"orders\", \"we\"\"ird\".\"it's\" IN ACCESS SHARE MODE"));
         assert!(q.contains("'\"we\"\"ird\".\"it''s\"'"), "{q}");
         assert!(q.ends_with("EXPLAIN (FORMAT JSON) DELETE FROM orders WHERE id > 15"));
+    }
+
+    #[test]
+    fn only_statements_classified_alike_share_a_shape() {
+        let opts = crate::classify::Options::default();
+        let key = |sql: &str, bound: bool| {
+            let c = crate::classify::classify(sql, &opts).unwrap();
+            let p = if bound { "extended" } else { "simple" };
+            lean_key(&c, sql, bound, p)
+        };
+        let a = key("SELECT a FROM t WHERE b = 1", false).unwrap();
+        let b = key("SELECT a FROM t WHERE b = 22", false).unwrap();
+        assert_eq!(a.key, b.key);
+        assert_eq!(
+            (b.pieces, b.literals),
+            (
+                vec!["SELECT a FROM t WHERE b = ".to_string(), String::new()],
+                vec!["22".to_string()]
+            )
+        );
+        // Another kind of literal, other whitespace: another shape.
+        assert_ne!(
+            key("SELECT a FROM t WHERE b = '1'", false).unwrap().key,
+            a.key
+        );
+        assert_ne!(
+            key("SELECT a FROM t WHERE b = 1.5", false).unwrap().key,
+            a.key
+        );
+        assert_ne!(
+            key("SELECT a FROM t  WHERE b = 1", false).unwrap().key,
+            a.key
+        );
+        // What a literal can change is never shared, nor what the scanner
+        // does not read.
+        assert!(key("SET application_name = 'x'", false).is_none());
+        assert!(key("SELECT a FROM t WHERE b = 1 -- c", false).is_none());
+        // A bound statement is its text; its values are its parameters.
+        let e = key("SELECT a FROM t WHERE b = $1", true).unwrap();
+        assert_eq!(e.pieces, ["SELECT a FROM t WHERE b = $1"]);
+        assert!(e.literals.is_empty());
+        assert_ne!(
+            key("SELECT a FROM t WHERE b = $1", false).unwrap().key,
+            e.key
+        );
+        // A statement cut in the action is logged in full.
+        let long = format!(
+            "SELECT a FROM t WHERE b = 1 {}",
+            " ".repeat(MAX_STATEMENT_CHARS)
+        );
+        assert!(key(&long, true).is_none());
     }
 
     #[test]

@@ -172,7 +172,29 @@ impl Env {
             .unwrap();
     }
 
+    /// The log's entries, lean statement entries read as the full entries
+    /// they stand for (their shape must be in the log: checked here).
     fn entries(&self) -> Vec<Value> {
+        let n = self.gw.store.log_size();
+        let mut shapes = secondkey_log::lean::Shapes::default();
+        self.gw
+            .store
+            .entries(0, n)
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let e = secondkey_log::entry::Entry::from_bytes(b).unwrap();
+                let mut v = serde_json::to_value(&e).unwrap();
+                if let Some(full) = shapes.feed(&e).unwrap() {
+                    v["payload"] = full;
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// The log's entries exactly as logged.
+    fn raw_entries(&self) -> Vec<Value> {
         let n = self.gw.store.log_size();
         self.gw
             .store
@@ -308,6 +330,146 @@ async fn reads_run_denials_name_the_policy_and_nothing_unparseable_passes() {
         })
     })
     .await;
+    env.stop().await;
+}
+
+/// Allowed statements are logged lean: each session records a statement
+/// shape once (its text cut at its literals, the action around it, the
+/// facts), durably before the first statement of that shape runs, and each
+/// statement's entry names the shape by digest with its own values. The
+/// full entry — text, parameters, digest — is rebuilt from the log alone,
+/// and a lean entry whose shape is missing is detected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_statements_are_logged_lean_by_shape_once_per_session() {
+    let env = setup("retry").await;
+    let c = env.connect().await;
+    for id in [1, 2, 3] {
+        c.simple_query(&format!("SELECT email FROM customers  WHERE id = {id}"))
+            .await
+            .unwrap();
+    }
+    let st = c
+        .prepare("SELECT email FROM customers WHERE id = $1")
+        .await
+        .unwrap();
+    for id in [4i32, 5] {
+        c.query_one(&st, &[&id]).await.unwrap();
+    }
+    let c2 = env.connect().await;
+    c2.simple_query("SELECT email FROM customers  WHERE id = 9")
+        .await
+        .unwrap();
+    // Held for review (and not run): logged in full, no shape.
+    let e = c
+        .execute("UPDATE orders SET total = 1 WHERE id = $1", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "SK001", "{e}");
+
+    let raw = env.raw_entries();
+    let shapes: Vec<&Value> = raw
+        .iter()
+        .filter(|e| e["event"] == "statement.shape")
+        .collect();
+    let simple_text = serde_json::json!(["SELECT email FROM customers  WHERE id = ", ""]);
+    let of = |text: &Value| -> Vec<&Value> {
+        shapes
+            .iter()
+            .copied()
+            .filter(|e| e["payload"]["text"] == *text)
+            .collect()
+    };
+    // One shape per session for the simple query, one for the prepared one.
+    let simple = of(&simple_text);
+    assert_eq!(simple.len(), 2, "{shapes:?}");
+    let (s1, s2) = (&simple[0]["payload"], &simple[1]["payload"]);
+    assert_ne!(s1["session"], s2["session"]);
+    assert!(s1["session"].as_str().unwrap().starts_with("pgs_"));
+    // The same statement shape, so the same digest in both sessions.
+    assert_eq!(s1["shape"], s2["shape"]);
+    assert_eq!(
+        s1["facts"]["tables"],
+        serde_json::json!(["public.customers"])
+    );
+    assert!(s1["action"]["params"].get("statement").is_none(), "{s1}");
+    let bound = of(&serde_json::json!([
+        "SELECT email FROM customers WHERE id = $1"
+    ]));
+    assert_eq!(bound.len(), 1, "{shapes:?}");
+    assert_eq!(shapes.len(), 3, "{shapes:?}");
+    let held = raw
+        .iter()
+        .rfind(|e| e["event"] == "request.created")
+        .expect("the held UPDATE");
+    assert_eq!(
+        held["payload"]["action"]["params"]["statement"],
+        "UPDATE orders SET total = 1 WHERE id = $1"
+    );
+    assert_eq!(bound[0]["payload"]["session"], s1["session"]);
+
+    // Each statement's own entry names its shape and carries its values,
+    // not the action.
+    let lean: Vec<&Value> = raw
+        .iter()
+        .filter(|e| e["event"] == "action.allowed" && e["payload"]["session"] == s1["session"])
+        .collect();
+    assert_eq!(lean.len(), 5, "{lean:?}");
+    for (e, want) in lean[..3].iter().zip(["1", "2", "3"]) {
+        assert_eq!(e["payload"]["shape"], s1["shape"], "{e}");
+        assert_eq!(e["payload"]["literals"], serde_json::json!([want]), "{e}");
+        assert!(e["payload"].get("action").is_none() && e["payload"].get("facts").is_none());
+    }
+    for (e, want) in lean[3..].iter().zip([4, 5]) {
+        assert_eq!(e["payload"]["shape"], bound[0]["payload"]["shape"], "{e}");
+        assert_eq!(e["payload"]["parameters"], serde_json::json!([want]), "{e}");
+        assert!(e["payload"]["parameters_sha256"].is_string(), "{e}");
+    }
+    // Shapes come before the statements that name them.
+    let index = |e: &Value| e["index"].as_u64().unwrap();
+    assert!(index(simple[0]) < index(lean[0]) && index(bound[0]) < index(lean[3]));
+
+    // Rebuilt from the log alone: the text, the parameters, the facts, and
+    // the action digest logged with each statement (`entries` checks it).
+    let full = env.entries();
+    let rebuilt: Vec<&Value> = full
+        .iter()
+        .filter(|e| e["event"] == "action.allowed" && e["payload"]["session"].is_null())
+        .filter(|e| lean.iter().any(|l| l["index"] == e["index"]))
+        .collect();
+    assert_eq!(rebuilt.len(), 5);
+    assert_eq!(
+        rebuilt[2]["payload"]["action"]["params"]["statement"],
+        "SELECT email FROM customers  WHERE id = 3"
+    );
+    assert_eq!(rebuilt[2]["payload"]["facts"]["protocol"], "simple");
+    assert_eq!(
+        rebuilt[4]["payload"]["action"]["params"]["parameters"],
+        serde_json::json!([5])
+    );
+    assert_eq!(
+        rebuilt[4]["payload"]["action"]["params"]["statement"],
+        "SELECT email FROM customers WHERE id = $1"
+    );
+    assert_eq!(rebuilt[4]["payload"]["facts"]["source_ip"], "127.0.0.1");
+
+    // Without the shape entry of the first session, its statements are
+    // detected as unresolvable.
+    let bytes = env.gw.store.entries(0, env.gw.store.log_size()).unwrap();
+    let report = secondkey_log::lean::check_statements(&bytes).unwrap();
+    assert_eq!(report.lean, 6);
+    assert_eq!(report.shapes, 3);
+    let without: Vec<&Vec<u8>> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 != index(simple[0]))
+        .map(|(_, b)| b)
+        .collect();
+    match secondkey_log::lean::check_statements(&without) {
+        Err(secondkey_log::lean::LeanError::MissingShape { session, .. }) => {
+            assert_eq!(session, s1["session"].as_str().unwrap())
+        }
+        other => panic!("a missing shape went unnoticed: {other:?}"),
+    }
     env.stop().await;
 }
 

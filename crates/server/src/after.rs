@@ -85,12 +85,13 @@ impl Slot {
     }
 
     /// The one entry: the decision, and the result when there is one.
+    /// Written once: the payload is moved into it, not copied.
     fn entry(
-        &self,
+        &mut self,
         now: Timestamp,
         result: Option<&ExecutionResult>,
     ) -> Result<secondkey_log::entry::Prepared, ApiError> {
-        let mut payload = self.payload.clone();
+        let mut payload = std::mem::take(&mut self.payload);
         payload["decided_at"] = json!(crate::gateway::rfc3339(self.decided));
         if let Some(r) = result {
             payload["result"] = json!({"ok": r.ok, "summary": r.summary,
@@ -215,9 +216,9 @@ impl AfterLog {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits an allow that may run now, or says no (then it takes the
-    /// strict path). On yes, its entry is handed to the store a quarter of
-    /// the window from now, with its result if that came by then.
+    /// Admits an allow that may run now, or says no and gives its payload
+    /// back (then it takes the strict path). On yes, its entry is handed to
+    /// the store 2 ms after its result, or a quarter of the window from now.
     pub fn admit(
         self: &Arc<Self>,
         id: String,
@@ -226,18 +227,18 @@ impl AfterLog {
         digest: &str,
         payload: Value,
         tracked: bool,
-    ) -> Option<Admitted> {
+    ) -> Result<Admitted, Value> {
         let now = Instant::now();
         let half = self.window / 2;
         let quarter = self.window / 4;
         let first = {
             let mut st = self.state();
             if st.failed || st.undurable.len() >= self.max_pending {
-                return None;
+                return Err(payload);
             }
             if let Some((_, oldest)) = st.undurable.first_key_value() {
                 if now.duration_since(*oldest) >= half {
-                    return None;
+                    return Err(payload);
                 }
             }
             let seq = st.next;
@@ -265,7 +266,7 @@ impl AfterLog {
         if first {
             self.wake.notify_one();
         }
-        Some(Admitted { id })
+        Ok(Admitted { id })
     }
 
     /// Joins `result` to the waiting decision `id` if `actor` made it.

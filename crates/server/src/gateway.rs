@@ -574,6 +574,7 @@ impl Gateway {
                 .unwrap_or_default(),
             track: execute,
             credential: credential.clone(),
+            lean: None,
         };
         let decided = self.decide_recorded(principal, submitted, mode).await?;
         Ok(self.action_response(decided))
@@ -596,6 +597,7 @@ impl Gateway {
             facts: derived,
             track,
             credential,
+            lean,
         } = s;
         let backing = action.on_behalf_of.as_ref().map_or(Backing::Declared, |o| {
             crate::admission::backing(&self.config, principal, &credential, o)
@@ -646,9 +648,22 @@ impl Gateway {
             }
             Outcome::Allow => {
                 let id = new_id("act")?;
-                let mut payload = json!({"decision": "allow", "action": raw, "reasons": reasons,
+                let mut payload = json!({"decision": "allow", "reasons": reasons,
                     "policy_set": policy_set, "transport": transport});
-                add_facts(&mut payload, seen, obo);
+                // A lean statement names its shape (logged once per session,
+                // with the action around the statement and the facts) and
+                // carries its values; otherwise the whole action and facts.
+                let mut shape_entry = None;
+                match lean.filter(|_| mode == Mode::Execute) {
+                    Some(l) => {
+                        shape_entry = l.apply(&mut payload, now, &actor)?;
+                        add_facts(&mut payload, None, obo);
+                    }
+                    None => {
+                        payload["action"] = raw;
+                        add_facts(&mut payload, seen, obo);
+                    }
+                }
                 add_environment(&mut payload, &seen_env);
                 match mode {
                     Mode::Execute => {
@@ -656,21 +671,36 @@ impl Gateway {
                         // so the authorization is this entry alone.
                         payload["executed"] = json!(true);
                         if decision.record_after {
+                            // A statement shape new to its session is durable
+                            // before anything names it.
+                            if let Some(e) = shape_entry.take() {
+                                self.store.transact(move |tx| tx.append_prepared(e)).await?;
+                            }
                             // `@record("after")`: runs now, recorded with its
                             // result within the window (`after.rs`), unless
                             // the log is behind or failing.
-                            let mut after = payload.clone();
-                            after["recorded"] = json!("after");
-                            if let Some(a) =
-                                self.after.admit(id.clone(), now, &actor, &dg, after, track)
+                            payload["recorded"] = json!("after");
+                            match self
+                                .after
+                                .admit(id.clone(), now, &actor, &dg, payload, track)
                             {
-                                return Ok(Decided::Run(Execution {
-                                    id: a.id,
-                                    request_id: None,
-                                    digest,
-                                    approvers: vec![],
-                                    reasons,
-                                }));
+                                Ok(a) => {
+                                    return Ok(Decided::Run(Execution {
+                                        id: a.id,
+                                        request_id: None,
+                                        digest,
+                                        approvers: vec![],
+                                        reasons,
+                                    }))
+                                }
+                                // Not admitted: the strict path, with the
+                                // payload back as it was.
+                                Err(mut back) => {
+                                    if let Some(m) = back.as_object_mut() {
+                                        m.remove("recorded");
+                                    }
+                                    payload = back;
+                                }
                             }
                         }
                         let e = prepared(entry(
@@ -694,6 +724,9 @@ impl Gateway {
                             .transact(move |tx| {
                                 if let Some(rec) = tracked {
                                     tx.put_record(crate::intercept::EXECUTION_NS, &id2, &rec)?;
+                                }
+                                if let Some(shape) = shape_entry {
+                                    tx.append_prepared(shape)?;
                                 }
                                 tx.append_prepared(e)
                             })

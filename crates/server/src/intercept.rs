@@ -38,6 +38,54 @@ pub struct Intercept {
     pub facts: Map<String, Value>,
 }
 
+/// A statement logged lean: its allow entry names the statement's shape
+/// (a `statement.shape` entry of the same session, written with the
+/// session's first allow of that shape) and carries only its own values,
+/// instead of the whole action and facts (`secondkey_log::lean` rebuilds
+/// them offline).
+#[derive(Debug, Clone)]
+pub struct Lean {
+    /// The adapter's session id (`pgs_…`): shapes are looked up per session.
+    pub session: String,
+    /// The shape's digest ([`secondkey_log::lean::Shape::digest`]).
+    pub shape: String,
+    /// The shape itself when this session has not logged it yet: an allow
+    /// logs it first, durably, before its own entry.
+    pub new_shape: Option<secondkey_log::lean::Shape>,
+    /// What differs per statement: `literals` (the statement's literal
+    /// values, in order) or `parameters` / `parameters_sha256`.
+    pub values: Map<String, Value>,
+}
+
+impl Lean {
+    /// Adds the lean fields to an allow's payload; returns the shape entry
+    /// to write before it, if the shape is new to the session.
+    pub(crate) fn apply(
+        self,
+        payload: &mut Value,
+        now: Timestamp,
+        actor: &str,
+    ) -> Result<Option<secondkey_log::entry::Prepared>, ApiError> {
+        let shape = match self.new_shape {
+            Some(shape) => Some(crate::gateway::prepared(entry(
+                now,
+                secondkey_log::lean::SHAPE_EVENT,
+                actor,
+                &[("session", &self.session)],
+                None,
+                shape.entry_payload(&self.session, &self.shape),
+            ))?),
+            None => None,
+        };
+        if let Some(p) = payload.as_object_mut() {
+            p.insert("session".into(), Value::String(self.session));
+            p.insert("shape".into(), Value::String(self.shape));
+            p.extend(self.values);
+        }
+        Ok(shape)
+    }
+}
+
 /// What to do with an intercepted action.
 #[derive(Debug, Clone)]
 pub enum Verdict {
@@ -129,6 +177,8 @@ pub(crate) struct Submitted {
     /// What the caller's token proved (adapters in the process: nothing
     /// beyond the principal).
     pub credential: crate::identity::Credential,
+    /// Log an allow lean (an adapter's statement of a known shape).
+    pub lean: Option<Lean>,
 }
 
 /// Whether the caller takes a grant (REST) or runs the action at once.
@@ -197,6 +247,30 @@ impl Gateway {
     /// used now (`Run` with `request_id`); if it has it pending, that
     /// request comes back (`Held` with `reused`) instead of a second one.
     pub async fn intercept(&self, who: &Principal, it: Intercept) -> Result<Verdict, ApiError> {
+        self.intercept_as(who, it, None).await
+    }
+
+    /// [`Gateway::intercept`] of a statement of a known shape: an allow is
+    /// logged lean — the shape's digest and the statement's values, after
+    /// the shape's own entry if the session has not logged it yet — and
+    /// rebuilds offline to exactly the entry `intercept` would write (same
+    /// action, same digest). Denials and reviews are logged in full, and
+    /// log no shape. A `Run` without `request_id` is such an allow.
+    pub async fn intercept_lean(
+        &self,
+        who: &Principal,
+        it: Intercept,
+        lean: Lean,
+    ) -> Result<Verdict, ApiError> {
+        self.intercept_as(who, it, Some(lean)).await
+    }
+
+    async fn intercept_as(
+        &self,
+        who: &Principal,
+        it: Intercept,
+        lean: Option<Lean>,
+    ) -> Result<Verdict, ApiError> {
         let (action, digest) = Action::from_json(&it.action)
             .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
         let size = serde_json::to_vec(&it.action).map(|v| v.len()).unwrap_or(0);
@@ -214,6 +288,7 @@ impl Gateway {
             facts: it.facts,
             track: false,
             credential: Default::default(),
+            lean,
         };
         Ok(match self.decide_recorded(who, s, Mode::Execute).await? {
             Decided::Run(x) => Verdict::Run(x),
@@ -540,15 +615,36 @@ impl Gateway {
 /// bound a double's digits read back as an unsafe integer). Says where it
 /// is and what to send instead — `400 unsafe_number`, not a size error.
 pub(crate) fn check_numbers(v: &Value, path: &str) -> Result<(), ApiError> {
+    // The common case, every number safe, builds no paths.
+    if numbers_safe(v) {
+        return Ok(());
+    }
+    locate_unsafe(v, path)
+}
+
+fn number_safe(n: &serde_json::Number) -> bool {
+    let max = secondkey_log::entry::MAX_SAFE_INTEGER;
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => u <= max,
+        (None, Some(i)) => i.unsigned_abs() <= max,
+        (None, None) => n.as_f64().is_some_and(|f| f.abs() <= max as f64),
+    }
+}
+
+fn numbers_safe(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => number_safe(n),
+        Value::Array(items) => items.iter().all(numbers_safe),
+        Value::Object(m) => m.values().all(numbers_safe),
+        _ => true,
+    }
+}
+
+/// [`check_numbers`]'s error, naming where the unsafe number is.
+fn locate_unsafe(v: &Value, path: &str) -> Result<(), ApiError> {
     match v {
         Value::Number(n) => {
-            let max = secondkey_log::entry::MAX_SAFE_INTEGER;
-            let safe = match (n.as_u64(), n.as_i64()) {
-                (Some(u), _) => u <= max,
-                (None, Some(i)) => i.unsigned_abs() <= max,
-                (None, None) => n.as_f64().is_some_and(|f| f.abs() <= max as f64),
-            };
-            if safe {
+            if number_safe(n) {
                 Ok(())
             } else {
                 Err(ApiError::bad_request(
@@ -560,10 +656,10 @@ pub(crate) fn check_numbers(v: &Value, path: &str) -> Result<(), ApiError> {
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .try_for_each(|(i, x)| check_numbers(x, &format!("{path}[{i}]"))),
+            .try_for_each(|(i, x)| locate_unsafe(x, &format!("{path}[{i}]"))),
         Value::Object(m) => m
             .iter()
-            .try_for_each(|(k, x)| check_numbers(x, &format!("{path}.{k}"))),
+            .try_for_each(|(k, x)| locate_unsafe(x, &format!("{path}.{k}"))),
         _ => Ok(()),
     }
 }

@@ -36,7 +36,7 @@ use secondkey_store::Store;
 pub use config::{Config, ConfigError};
 pub use extension::Extension;
 pub use gateway::Gateway;
-pub use intercept::{Denied, Execution, ExecutionResult, Held, Intercept, Verdict};
+pub use intercept::{Denied, Execution, ExecutionResult, Held, Intercept, Lean, Verdict};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]

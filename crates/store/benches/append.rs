@@ -143,6 +143,73 @@ fn main() {
     }
     conn.execute_batch("COMMIT").expect("commit");
     per_entry("SQLite insert inside SAVEPOINT/RELEASE", t, TOTAL);
+
+    // 5. A PostgreSQL statement's entry, in full and lean (issue 19).
+    println!("a pgbench -S statement under @record(\"after\"), per entry, single thread:");
+    encode_and_hash("full entry (action and facts)", |i| pg_statement(i, false));
+    encode_and_hash("lean entry (shape digest and literals)", |i| {
+        pg_statement(i, true)
+    });
+}
+
+/// What the PostgreSQL gateway logs for one `pgbench -S` statement under
+/// `@record("after")` (decision and result in one entry): in full, and
+/// lean — naming its statement shape, logged once per session.
+fn pg_statement(i: usize, lean: bool) -> secondkey_log::entry::Entry {
+    let aid = 1 + (i * 7919) % 1_000_000;
+    let text = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+    let mut payload = serde_json::json!({
+        "decision": "allow", "executed": true, "recorded": "after",
+        "decided_at": "2026-11-22T10:00:00.000Z", "transport": "pg",
+        "policy_set": "c0ffee".repeat(10),
+        "reasons": [{"policy": "bench-reads-after", "effect": "permit", "message": "permitted by bench-reads-after"}],
+        "result": {"ok": true, "summary": {"command_tags": ["SELECT 1"], "rows": 1, "duration_ms": 0.071},
+                   "reads": ["postgres://bench/public.pgbench_accounts"], "writes": []},
+    });
+    if lean {
+        payload["session"] = serde_json::json!("pgs_0192a0b1c2d3e4f5a6b7c8d9e0f1a2b3");
+        payload["shape"] = serde_json::json!("5e".repeat(32));
+        payload["literals"] = serde_json::json!([aid.to_string()]);
+    } else {
+        payload["action"] = serde_json::json!({"kind": "sql", "operation": "read",
+            "resource": "postgres://bench/public.pgbench_accounts",
+            "params": {"statement": text},
+            "lineage": {"reads": ["postgres://bench/public.pgbench_accounts"], "writes": []}});
+        payload["facts"] = serde_json::json!({"connection": "bench", "database": "bench",
+            "operation": "read", "tables": ["public.pgbench_accounts"],
+            "reads": ["public.pgbench_accounts"], "writes": [], "functions": [],
+            "statements": 1, "protocol": "simple", "source_ip": "127.0.0.1"});
+    }
+    let mut e = new_entry(
+        "2026-11-22T10:00:00.000Z",
+        "action.allowed",
+        Some("agent:fast"),
+        payload,
+    );
+    e.subjects.insert("action".into(), format!("act_{i:032x}"));
+    e.digest = Some("9f".repeat(32));
+    e
+}
+
+/// Encoding and hashing cost of one kind of entry, per entry.
+fn encode_and_hash(what: &str, make: impl Fn(usize) -> secondkey_log::entry::Entry) {
+    const N: usize = 100_000;
+    let entries: Vec<_> = (0..N).map(&make).collect();
+    let t = Instant::now();
+    let bytes: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|e| std::hint::black_box(e.to_bytes().expect("entry")))
+        .collect();
+    let encode = t.elapsed().as_secs_f64() * 1e6 / N as f64;
+    let t = Instant::now();
+    for b in &bytes {
+        std::hint::black_box(secondkey_log::merkle::leaf_hash(b));
+    }
+    let hash = t.elapsed().as_secs_f64() * 1e6 / N as f64;
+    let size = bytes.iter().map(Vec::len).sum::<usize>() / N;
+    println!(
+        "  {what:<40} {size:>5} bytes, encode (JCS) {encode:>5.2} µs, leaf hash {hash:>5.2} µs"
+    );
 }
 
 fn per_entry(what: &str, since: Instant, n: usize) {

@@ -336,7 +336,10 @@ impl Gateway {
     /// while the gateway runs).
     pub fn log_entries(&self) -> Vec<Value> {
         let config = self.config.to_str().unwrap();
-        let args = ["log", "export", "--config", config, "--format", "jsonl"];
+        // Lean statement entries as the full entries they stand for.
+        let args = [
+            "log", "export", "--config", config, "--format", "jsonl", "--expand",
+        ];
         let (code, out, err) = run_cli(&args, &self.url, None);
         assert_eq!(code, 0, "{err}");
         out.lines()
@@ -591,6 +594,7 @@ pub fn log_entries(g: &Gateway) -> Vec<Value> {
             g.config.to_str().unwrap(),
             "--format",
             "jsonl",
+            "--expand",
         ],
         &g.url,
         None,
