@@ -636,7 +636,7 @@ impl Gateway {
                     Some(&dg),
                     payload,
                 ))?;
-                self.store.transact(move |tx| tx.append_prepared(e)).await?;
+                self.store.transact(move |tx| tx.append_later(e)).await?;
                 Ok(Decided::Denied(Denied {
                     message: deny_message(&id, &reasons),
                     id,
@@ -695,7 +695,7 @@ impl Gateway {
                                 if let Some(rec) = tracked {
                                     tx.put_record(crate::intercept::EXECUTION_NS, &id2, &rec)?;
                                 }
-                                tx.append_prepared(e)
+                                tx.append_later(e)
                             })
                             .await?;
                         if decision.record_after {
@@ -745,7 +745,7 @@ impl Gateway {
                         self.store
                             .transact(move |tx| {
                                 tx.insert_grant(&row)?;
-                                tx.append_prepared(e)
+                                tx.append_later(e)
                             })
                             .await?;
                         Ok(Decided::Granted {

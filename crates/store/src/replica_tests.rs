@@ -648,11 +648,12 @@ fn a_batch_of_writes_waits_for_postgresql_about_once_per_job() {
     assert!(out.iter().all(|r| r.is_ok()));
     let after = s.writer_stats().unwrap();
     assert_eq!(after.batches - before.batches, 2);
-    // Two batches: begin (BEGIN with the head lock), one wait per job,
-    // commit (the log rows, the head, COMMIT). One statement at a time
-    // took four waits per job.
+    // Two batches: begin (BEGIN with the head lock), commit (the log
+    // rows, the head, COMMIT), and in the second one wait per job, before
+    // it is told its entry's index. One statement at a time took four
+    // waits per job.
     let waits = after.round_trips - before.round_trips;
-    assert_eq!(waits, (1 + 1 + 1) + (1 + 40 + 1), "waits: {waits}");
+    assert_eq!(waits, (1 + 1) + (1 + 40 + 1), "waits: {waits}");
     assert_eq!(events(&s).len(), 41);
     s.close();
 }
@@ -796,11 +797,193 @@ fn a_batch_where_many_jobs_fail_after_writing_sends_its_writes_again_once() {
         assert_eq!(s.get_grant(&format!("g{i}")).unwrap().is_some(), kept);
         assert_eq!(s.get_record("t", &format!("k{i}")).unwrap().is_some(), kept);
     }
-    // The holding batch: 3 waits. This one: begin, one per job, one to
-    // send the earlier writes again after the first failure (the later
-    // failures roll back to savepoints of their own, in the pipeline),
+    // The holding batch: 2 waits. This one: begin, one per job (before
+    // it is told its index), one to send the earlier writes again after
+    // the first failure (the later failures roll back to savepoints of
+    // their own, in the pipeline), commit.
+    let waits = s.writer_stats().unwrap().round_trips - before.round_trips;
+    assert_eq!(waits, 2 + (1 + 20 + 1 + 1), "waits: {waits}");
+    s.close();
+}
+
+/// An allow as the gateway commits it: its grant row, and its entry
+/// appended without asking for the index.
+fn allow(id: &str, event: &str) -> BatchJob {
+    let (id, event) = (id.to_string(), event.to_string());
+    Box::new(move |tx| {
+        tx.insert_grant(&grant(&id))?;
+        tx.append_later(entry(&event).prepare().unwrap())?;
+        Ok(0)
+    })
+}
+
+#[test]
+fn allows_that_append_later_wait_for_postgresql_once_per_batch() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| {
+        tx.insert_grant(&grant("warm"))?;
+        tx.append(entry("warm"))
+    })
+    .unwrap();
+    let before = s.writer_stats().unwrap();
+    let jobs: Vec<BatchJob> = (0..40)
+        .map(|i| allow(&format!("g{i}"), &format!("allowed.{i}")))
+        .collect();
+    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    held.unwrap();
+    assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
+    // The holding batch: begin, commit. This one: begin, one wait for all
+    // forty jobs' statements (before the commit numbers their entries),
     // commit.
     let waits = s.writer_stats().unwrap().round_trips - before.round_trips;
-    assert_eq!(waits, 3 + (1 + 20 + 1 + 1), "waits: {waits}");
+    assert_eq!(waits, 2 + (1 + 1 + 1), "waits: {waits}");
+    let want: Vec<String> = std::iter::once("warm".to_string())
+        .chain((0..40).map(|i| format!("allowed.{i}")))
+        .collect();
+    assert_eq!(events(&s), want, "numbered in job order, no gap");
+    for i in 0..40 {
+        assert!(s.get_grant(&format!("g{i}")).unwrap().is_some());
+    }
+    s.close();
+}
+
+#[test]
+fn an_allow_whose_statement_fails_after_it_returned_is_undone_alone() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| tx.insert_grant(&grant("taken")))
+        .unwrap();
+    let jobs: Vec<BatchJob> = vec![
+        allow("a", "ok.0"),
+        // Its grant's id exists: found only when a later job reads.
+        allow("taken", "duplicate.1"),
+        allow("b", "ok.2"),
+        // Reads what the jobs before wrote, once they are settled: the
+        // failed one is undone, the others kept.
+        Box::new(|tx| {
+            assert!(tx.get_grant("a")?.is_some());
+            assert!(tx.get_grant("b")?.is_some());
+            assert_eq!(tx.get_grant("taken")?.unwrap().digest, "d");
+            let won = tx.use_grant("b", 9)?;
+            tx.append(entry(if won { "read.3" } else { "lost.3" }))
+        }),
+        allow("c", "ok.4"),
+        // Fails too: after the first failure the batch's jobs are
+        // settled at their end, so this one rolls back to its own
+        // savepoint.
+        allow("taken", "duplicate.5"),
+        allow("d", "ok.6"),
+    ];
+    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    held.unwrap();
+    for i in [1, 5] {
+        let e = out[i].as_ref().unwrap_err().to_string();
+        assert!(e.contains("23505"), "job {i}: the unique violation: {e}");
+    }
+    for i in [0, 2, 4, 6] {
+        assert!(out[i].is_ok(), "job {i}: {:?}", out[i]);
+    }
+    assert_eq!(
+        out[3].as_ref().unwrap(),
+        &2,
+        "the reading job's index counts only the kept entries before it"
+    );
+    assert!(s.health().is_ok(), "a failing job is not a storage failure");
+    // Entries contiguous, each at its index, in job order without the
+    // failed ones.
+    assert_eq!(events(&s), vec!["ok.0", "ok.2", "read.3", "ok.4", "ok.6"]);
+    for g in ["a", "b", "c", "d"] {
+        assert!(s.get_grant(g).unwrap().is_some(), "{g} kept");
+    }
+    assert_eq!(s.get_grant("b").unwrap().unwrap().used_at, Some(9));
+    let data = s.entries(0, 5).unwrap();
+    let want = root_from_leaves(&data.iter().map(|d| leaf_hash(d)).collect::<Vec<_>>());
+    assert_eq!(s.with_tree(|t| (t.size(), t.root())).unwrap(), (5, want));
+    s.close();
+    let again = open(&dir, &pg);
+    assert_eq!(
+        again.with_tree(|t| (t.size(), t.root())).unwrap(),
+        (5, want)
+    );
+    again.close();
+}
+
+#[test]
+fn allows_from_three_replicas_appending_later_are_totally_ordered_into_one_tree() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let stores: Vec<Store> = (0..3).map(|_| open(&dir, &pg)).collect();
+    let rt = multi_thread();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (r, s) in stores.iter().enumerate() {
+            for i in 0..40 {
+                let s = s.clone();
+                let job = allow(&format!("g{r}.{i}"), &format!("r{r}.{i}"));
+                tasks.push(tokio::spawn(async move { s.transact(job).await }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    // Every replica's view: the same 120 entries, each once, each at its
+    // index, and the same root.
+    let got = events(&stores[0]);
+    assert_eq!(got.len(), 120);
+    let set: HashSet<&String> = got.iter().collect();
+    assert_eq!(set.len(), 120, "each acknowledged allow logged once");
+    let data = stores[0].entries(0, 120).unwrap();
+    let want = root_from_leaves(&data.iter().map(|d| leaf_hash(d)).collect::<Vec<_>>());
+    for s in &stores {
+        eventually("each replica's tree has all entries", || {
+            s.log_size() == 120
+        });
+        assert_eq!(s.with_tree(|t| t.root()).unwrap(), want);
+        assert_eq!(events(s), got);
+    }
+    for s in &stores {
+        s.close();
+    }
+}
+
+#[test]
+fn postgresql_stopping_before_allows_are_settled_fails_them_all_and_keeps_nothing() {
+    // A cluster of its own: this test stops it.
+    let c = std::sync::Arc::new(Cluster::start_private());
+    let (dir, pg) = migrated(&c);
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| tx.append(entry("before")))
+        .unwrap();
+    // The second allow stops PostgreSQL after the first two sent their
+    // writes, none of them answered yet.
+    let cluster = c.clone();
+    let jobs: Vec<BatchJob> = vec![
+        allow("lost.0", "lost.0"),
+        Box::new(move |tx| {
+            tx.insert_grant(&grant("lost.1"))?;
+            tx.append_later(entry("lost.1").prepare().unwrap())?;
+            cluster.stop("immediate");
+            Ok(0)
+        }),
+        allow("lost.2", "lost.2"),
+    ];
+    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    held.unwrap();
+    for (i, r) in out.iter().enumerate() {
+        assert!(r.is_err(), "job {i} of the batch is refused: {r:?}");
+    }
+    assert!(s.health().is_err(), "health reports the outage");
+    assert_eq!(s.log_size(), 1, "nothing refused joined the tree");
+    c.pg_start();
+    let i = s.transact_blocking(|tx| tx.append(entry("after"))).unwrap();
+    assert_eq!(i, 1, "nothing refused took an index");
+    assert_eq!(events(&s), vec!["before", "after"]);
+    for g in ["lost.0", "lost.1", "lost.2"] {
+        assert!(s.get_grant(g).unwrap().is_none(), "{g} was not kept");
+    }
     s.close();
 }
