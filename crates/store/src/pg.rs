@@ -681,7 +681,19 @@ fn catch_up(
     view: &Shared,
     size_tx: &tokio::sync::watch::Sender<u64>,
 ) -> Result<u64, StoreError> {
-    let head = conn.head(false)?;
+    let (head, local) = head_against(conn, view, false)?;
+    if head > local {
+        let hashes = conn.leaf_hashes(local, head)?;
+        let size = view.extend(local, &hashes)?;
+        size_tx.send_replace(size);
+    }
+    Ok(head)
+}
+
+/// The log head's size (read under its row lock when `lock`) and the size
+/// of this replica's tree, refused if the head is behind the tree.
+fn head_against(conn: &mut PgConn, view: &Shared, lock: bool) -> Result<(u64, u64), StoreError> {
+    let head = conn.head(lock)?;
     let local = view
         .tree
         .read()
@@ -692,12 +704,7 @@ fn catch_up(
             "PostgreSQL's log head is at {head} entries but this replica has seen {local} (the log was truncated)"
         )));
     }
-    if head > local {
-        let hashes = conn.leaf_hashes(local, head)?;
-        let size = view.extend(local, &hashes)?;
-        size_tx.send_replace(size);
-    }
-    Ok(head)
+    Ok((head, local))
 }
 
 /// Upgrades the schema to this binary's version (what `secondkey store
@@ -1411,19 +1418,7 @@ impl Writer for PgWriter {
             conn.inflight.clear();
             // Sent with the head's row lock: one round trip.
             conn.defer_simple("BEGIN", Owner::Batch);
-            let out = conn.head(true).and_then(|head| {
-                let local = view
-                    .tree
-                    .read()
-                    .map_err(|_| StoreError::Unavailable)?
-                    .size();
-                if head < local {
-                    return Err(StoreError::Tampered(format!(
-                        "PostgreSQL's log head is at {head} entries but this replica has seen {local} (the log was truncated)"
-                    )));
-                }
-                Ok(head)
-            });
+            let out = head_against(conn, view, true).map(|(head, _)| head);
             match out {
                 // Sent with the first job's statements.
                 Ok(_) => conn.defer_simple("SAVEPOINT batch", Owner::Batch),

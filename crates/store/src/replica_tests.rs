@@ -610,21 +610,30 @@ fn in_one_pipelined_batch_a_failing_job_rolls_back_alone_and_the_others_commit()
     assert_eq!(s.get_grant("a").unwrap().unwrap().used_at, Some(5));
     assert_eq!(s.get_grant("taken").unwrap().unwrap().used_at, None);
     assert!(s.get_grant("b").unwrap().is_none());
-    // The tree is the stored entries'.
-    let data = s.entries(0, 4).unwrap();
+    tree_is_the_stored_entries(s, &dir, &pg, 4);
+}
+
+/// The tree of `s` is the root of its `size` stored entries, and comes out
+/// the same when the store is opened again.
+fn tree_is_the_stored_entries(s: Store, dir: &tempfile::TempDir, pg: &PgOptions, size: u64) {
+    let data = s.entries(0, size).unwrap();
     let want = root_from_leaves(&data.iter().map(|d| leaf_hash(d)).collect::<Vec<_>>());
-    assert_eq!(s.with_tree(|t| t.root()).unwrap(), want);
+    assert_eq!(s.with_tree(|t| (t.size(), t.root())).unwrap(), (size, want));
     s.close();
-    let again = open(&dir, &pg);
+    let again = open(dir, pg);
     assert_eq!(
         again.with_tree(|t| (t.size(), t.root())).unwrap(),
-        (4, want)
+        (size, want)
     );
     again.close();
 }
 
-#[test]
-fn a_batch_of_writes_waits_for_postgresql_about_once_per_job() {
+/// Forty allow-shaped jobs (job `i` inserts grant `g{i}` and appends
+/// `allowed.{i}` the way `job` says) as one batch of a store whose
+/// statements are prepared: the store, with all of them committed, and
+/// how many times the writer waited for PostgreSQL in that batch and the
+/// one holding the writer before it.
+fn forty_allows(job: impl Fn(usize) -> BatchJob) -> (Store, tempfile::TempDir, u64) {
     let c = Cluster::get();
     let (dir, pg) = migrated(c);
     let s = open(&dir, &pg);
@@ -635,26 +644,34 @@ fn a_batch_of_writes_waits_for_postgresql_about_once_per_job() {
     })
     .unwrap();
     let before = s.writer_stats().unwrap();
-    let jobs: Vec<BatchJob> = (0..40)
-        .map(|i| {
-            Box::new(move |tx: &mut dyn Tx| {
-                tx.insert_grant(&grant(&format!("g{i}")))?;
-                tx.append(entry("allowed"))
-            }) as BatchJob
-        })
-        .collect();
-    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    let (held, out) = one_batch(&s, |_| Ok(()), (0..40).map(job).collect());
     held.unwrap();
-    assert!(out.iter().all(|r| r.is_ok()));
+    assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
     let after = s.writer_stats().unwrap();
     assert_eq!(after.batches - before.batches, 2);
+    let want: Vec<String> = std::iter::once("warm".to_string())
+        .chain((0..40).map(|i| format!("allowed.{i}")))
+        .collect();
+    assert_eq!(events(&s), want, "numbered in job order, no gap");
+    for i in 0..40 {
+        assert!(s.get_grant(&format!("g{i}")).unwrap().is_some());
+    }
+    (s, dir, after.round_trips - before.round_trips)
+}
+
+#[test]
+fn a_batch_of_writes_waits_for_postgresql_about_once_per_job() {
+    let (s, _dir, waits) = forty_allows(|i| {
+        Box::new(move |tx: &mut dyn Tx| {
+            tx.insert_grant(&grant(&format!("g{i}")))?;
+            tx.append(entry(&format!("allowed.{i}")))
+        })
+    });
     // Two batches: begin (BEGIN with the head lock), commit (the log
     // rows, the head, COMMIT), and in the second one wait per job, before
     // it is told its entry's index. One statement at a time took four
     // waits per job.
-    let waits = after.round_trips - before.round_trips;
     assert_eq!(waits, (1 + 1) + (1 + 40 + 1), "waits: {waits}");
-    assert_eq!(events(&s).len(), 41);
     s.close();
 }
 
@@ -704,33 +721,20 @@ fn a_row_another_replica_committed_conflicts_with_its_job_alone() {
     b.close();
 }
 
-#[test]
-fn postgresql_stopping_mid_batch_fails_every_job_of_it_and_keeps_nothing() {
+/// Runs the jobs `make` builds (one of them stops the cluster it is given)
+/// as one batch after an entry "before": every job is refused, nothing of
+/// the batch is kept, and after PostgreSQL returns the next append takes
+/// index 1.
+fn stopping_postgresql_mid_batch_keeps_nothing(
+    make: impl FnOnce(std::sync::Arc<Cluster>) -> Vec<BatchJob>,
+) {
     // A cluster of its own: this test stops it.
     let c = std::sync::Arc::new(Cluster::start_private());
     let (dir, pg) = migrated(&c);
     let s = open(&dir, &pg);
     s.transact_blocking(|tx| tx.append(entry("before")))
         .unwrap();
-    // The batch's second job stops PostgreSQL after its writes were sent.
-    let cluster = c.clone();
-    let jobs: Vec<BatchJob> = vec![
-        Box::new(|tx| {
-            tx.insert_grant(&grant("lost.0"))?;
-            tx.append(entry("lost.0"))
-        }),
-        Box::new(move |tx| {
-            tx.insert_grant(&grant("lost.1"))?;
-            let i = tx.append(entry("lost.1"))?;
-            cluster.stop("immediate");
-            Ok(i)
-        }),
-        Box::new(|tx| {
-            tx.insert_grant(&grant("lost.2"))?;
-            tx.append(entry("lost.2"))
-        }),
-    ];
-    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    let (held, out) = one_batch(&s, |_| Ok(()), make(c.clone()));
     held.unwrap();
     for (i, r) in out.iter().enumerate() {
         assert!(r.is_err(), "job {i} of the batch is refused: {r:?}");
@@ -746,6 +750,29 @@ fn postgresql_stopping_mid_batch_fails_every_job_of_it_and_keeps_nothing() {
         assert!(s.get_grant(g).unwrap().is_none(), "{g} was not kept");
     }
     s.close();
+}
+
+#[test]
+fn postgresql_stopping_mid_batch_fails_every_job_of_it_and_keeps_nothing() {
+    // The batch's second job stops PostgreSQL after its writes were sent.
+    stopping_postgresql_mid_batch_keeps_nothing(|cluster| {
+        vec![
+            Box::new(|tx| {
+                tx.insert_grant(&grant("lost.0"))?;
+                tx.append(entry("lost.0"))
+            }),
+            Box::new(move |tx| {
+                tx.insert_grant(&grant("lost.1"))?;
+                let i = tx.append(entry("lost.1"))?;
+                cluster.stop("immediate");
+                Ok(i)
+            }),
+            Box::new(|tx| {
+                tx.insert_grant(&grant("lost.2"))?;
+                tx.append(entry("lost.2"))
+            }),
+        ]
+    });
 }
 
 #[test]
@@ -819,33 +846,11 @@ fn allow(id: &str, event: &str) -> BatchJob {
 
 #[test]
 fn allows_that_append_later_wait_for_postgresql_once_per_batch() {
-    let c = Cluster::get();
-    let (dir, pg) = migrated(c);
-    let s = open(&dir, &pg);
-    s.transact_blocking(|tx| {
-        tx.insert_grant(&grant("warm"))?;
-        tx.append(entry("warm"))
-    })
-    .unwrap();
-    let before = s.writer_stats().unwrap();
-    let jobs: Vec<BatchJob> = (0..40)
-        .map(|i| allow(&format!("g{i}"), &format!("allowed.{i}")))
-        .collect();
-    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
-    held.unwrap();
-    assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
+    let (s, _dir, waits) = forty_allows(|i| allow(&format!("g{i}"), &format!("allowed.{i}")));
     // The holding batch: begin, commit. This one: begin, one wait for all
     // forty jobs' statements (before the commit numbers their entries),
     // commit.
-    let waits = s.writer_stats().unwrap().round_trips - before.round_trips;
     assert_eq!(waits, 2 + (1 + 1 + 1), "waits: {waits}");
-    let want: Vec<String> = std::iter::once("warm".to_string())
-        .chain((0..40).map(|i| format!("allowed.{i}")))
-        .collect();
-    assert_eq!(events(&s), want, "numbered in job order, no gap");
-    for i in 0..40 {
-        assert!(s.get_grant(&format!("g{i}")).unwrap().is_some());
-    }
     s.close();
 }
 
@@ -899,16 +904,7 @@ fn an_allow_whose_statement_fails_after_it_returned_is_undone_alone() {
         assert!(s.get_grant(g).unwrap().is_some(), "{g} kept");
     }
     assert_eq!(s.get_grant("b").unwrap().unwrap().used_at, Some(9));
-    let data = s.entries(0, 5).unwrap();
-    let want = root_from_leaves(&data.iter().map(|d| leaf_hash(d)).collect::<Vec<_>>());
-    assert_eq!(s.with_tree(|t| (t.size(), t.root())).unwrap(), (5, want));
-    s.close();
-    let again = open(&dir, &pg);
-    assert_eq!(
-        again.with_tree(|t| (t.size(), t.root())).unwrap(),
-        (5, want)
-    );
-    again.close();
+    tree_is_the_stored_entries(s, &dir, &pg, 5);
 }
 
 #[test]
@@ -952,38 +948,18 @@ fn allows_from_three_replicas_appending_later_are_totally_ordered_into_one_tree(
 
 #[test]
 fn postgresql_stopping_before_allows_are_settled_fails_them_all_and_keeps_nothing() {
-    // A cluster of its own: this test stops it.
-    let c = std::sync::Arc::new(Cluster::start_private());
-    let (dir, pg) = migrated(&c);
-    let s = open(&dir, &pg);
-    s.transact_blocking(|tx| tx.append(entry("before")))
-        .unwrap();
     // The second allow stops PostgreSQL after the first two sent their
     // writes, none of them answered yet.
-    let cluster = c.clone();
-    let jobs: Vec<BatchJob> = vec![
-        allow("lost.0", "lost.0"),
-        Box::new(move |tx| {
-            tx.insert_grant(&grant("lost.1"))?;
-            tx.append_later(entry("lost.1").prepare().unwrap())?;
-            cluster.stop("immediate");
-            Ok(0)
-        }),
-        allow("lost.2", "lost.2"),
-    ];
-    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
-    held.unwrap();
-    for (i, r) in out.iter().enumerate() {
-        assert!(r.is_err(), "job {i} of the batch is refused: {r:?}");
-    }
-    assert!(s.health().is_err(), "health reports the outage");
-    assert_eq!(s.log_size(), 1, "nothing refused joined the tree");
-    c.pg_start();
-    let i = s.transact_blocking(|tx| tx.append(entry("after"))).unwrap();
-    assert_eq!(i, 1, "nothing refused took an index");
-    assert_eq!(events(&s), vec!["before", "after"]);
-    for g in ["lost.0", "lost.1", "lost.2"] {
-        assert!(s.get_grant(g).unwrap().is_none(), "{g} was not kept");
-    }
-    s.close();
+    stopping_postgresql_mid_batch_keeps_nothing(|cluster| {
+        vec![
+            allow("lost.0", "lost.0"),
+            Box::new(move |tx| {
+                tx.insert_grant(&grant("lost.1"))?;
+                tx.append_later(entry("lost.1").prepare().unwrap())?;
+                cluster.stop("immediate");
+                Ok(0)
+            }),
+            allow("lost.2", "lost.2"),
+        ]
+    });
 }
