@@ -5,7 +5,7 @@
 # as in bench/replicas.sh). Prints jobs/s and, per batch, jobs, round trips
 # and time per phase (see crates/store/benches/pg_writer.rs).
 #
-# Usage: bench/pg_writer.sh   Env: SECS=10 TASKS=32 PROFILE=release|dev REPLICA_COUNTS="1 2 3"
+# Usage: bench/pg_writer.sh   Env: SECS=10 TASKS=32 PROFILE=release|dev REPLICA_COUNTS="1 2 3" INDEX=0|1
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"

@@ -375,7 +375,7 @@ impl AfterLog {
                 if let Some(rec) = w.record {
                     tx.put_record(EXECUTION_NS, &w.id, &rec)?;
                 }
-                tx.append_prepared(w.entry)?;
+                tx.append_later(w.entry)?;
                 if let Some(l) = w.lineage {
                     for (datasets, write) in [(&l.reads, false), (&l.writes, true)] {
                         for d in datasets {

@@ -638,7 +638,7 @@ impl Gateway {
                     Some(&dg),
                     payload,
                 ))?;
-                self.store.transact(move |tx| tx.append_prepared(e)).await?;
+                self.store.transact(move |tx| tx.append_later(e)).await?;
                 Ok(Decided::Denied(Denied {
                     message: deny_message(&id, &reasons),
                     id,
@@ -726,9 +726,9 @@ impl Gateway {
                                     tx.put_record(crate::intercept::EXECUTION_NS, &id2, &rec)?;
                                 }
                                 if let Some(shape) = shape_entry {
-                                    tx.append_prepared(shape)?;
+                                    tx.append_later(shape)?;
                                 }
-                                tx.append_prepared(e)
+                                tx.append_later(e)
                             })
                             .await?;
                         if decision.record_after {
@@ -778,7 +778,7 @@ impl Gateway {
                         self.store
                             .transact(move |tx| {
                                 tx.insert_grant(&row)?;
-                                tx.append_prepared(e)
+                                tx.append_later(e)
                             })
                             .await?;
                         Ok(Decided::Granted {

@@ -523,7 +523,7 @@ impl Gateway {
                     }
                     None => match ready {
                         Some(e) => {
-                            tx.append_prepared(e)?;
+                            tx.append_later(e)?;
                         }
                         None => {
                             tx.append(result_entry(now, &actor, &ex, &result))?;

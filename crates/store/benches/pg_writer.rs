@@ -29,6 +29,10 @@ fn main() {
     let replicas = env_or("REPLICAS", 1).max(1);
     let tasks = env_or("TASKS", 32).max(1);
     let secs = env_or("SECS", 10).max(1) as u64;
+    // INDEX=1: each job asks for its entry's index (`append_prepared`),
+    // which makes the writer wait for the jobs before it; by default it
+    // appends as the gateway's allow does (`append_later`).
+    let index_told = env_or("INDEX", 0) == 1;
     let mut pg = PgOptions::new(url);
     pg.password = std::env::var("SECONDKEY_BENCH_PG_PASSWORD").ok();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -73,7 +77,11 @@ fn main() {
                     let e = e.prepare().expect("entry");
                     s.transact(move |tx| {
                         tx.insert_grant(&row)?;
-                        tx.append_prepared(e)
+                        if index_told {
+                            tx.append_prepared(e).map(|_| ())
+                        } else {
+                            tx.append_later(e)
+                        }
                     })
                     .await
                     .expect("allow");
@@ -102,9 +110,14 @@ fn main() {
     let b = sum.batches.max(1) as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0 / b;
     println!(
-        "replicas {replicas}, tasks {tasks}, {secs} s: {done} allows, {:.0}/s; \
+        "replicas {replicas}, tasks {tasks}, {secs} s, {}: {done} allows, {:.0}/s; \
          per batch: {:.1} jobs, {:.1} round trips, begin {:.2} ms, run {:.2} ms, commit {:.2} ms \
          ({} batches)",
+        if index_told {
+            "index told"
+        } else {
+            "appended later"
+        },
         done as f64 / elapsed.as_secs_f64(),
         sum.jobs as f64 / b,
         sum.round_trips as f64 / b,

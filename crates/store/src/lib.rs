@@ -132,6 +132,15 @@ pub trait Tx {
     /// another, then only places the index and hashes.
     fn append_prepared(&mut self, entry: secondkey_log::entry::Prepared)
         -> Result<u64, StoreError>;
+    /// [`Tx::append_prepared`] for a job that does not need the entry's
+    /// index: the store numbers it at commit, in job order. Nothing the
+    /// job is told then depends on the jobs before it, so PostgreSQL's
+    /// writer need not wait for their statements' answers before this job
+    /// runs on (see `pg::PgWriter`): an allow that writes its grant and
+    /// appends this way costs no round trip of its own.
+    fn append_later(&mut self, entry: secondkey_log::entry::Prepared) -> Result<(), StoreError> {
+        self.append_prepared(entry).map(|_| ())
+    }
     /// Reads a small key/value setting (e.g. a sink cursor or a fingerprint).
     fn get_meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;

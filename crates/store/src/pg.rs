@@ -306,39 +306,43 @@ struct PgConn {
     /// A statement of the batch itself (a savepoint, the log rows, the
     /// commit) failed: the transaction can only be rolled back.
     broken: Option<String>,
-    /// How many waits found a failed statement.
-    failures: u64,
 }
 
 /// A statement sent down the writer's connection, not yet answered.
 struct Sent {
     answer: Answer,
-    /// Whether its failure is the batch's (the transaction can only be
-    /// rolled back), not the running job's.
-    batch: bool,
+    /// Whose failure it is: the batch's (the transaction can only be
+    /// rolled back) or one job's.
+    owner: Owner,
 }
 
 /// Parameters of a statement sent without waiting (shared, so that the
-/// statement can be sent again: see [`PgWriter::recover`]).
+/// statement can be sent again: see [`PgWriter::settle`]).
 type Owned = Vec<Arc<dyn ToSql + Send + Sync>>;
 
 type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
 
-/// A job's write, kept until the batch commits: should a later job of the
-/// batch fail after writing, the transaction goes back to the batch's
-/// savepoint and the writes of the jobs before it are sent again.
+/// A job's write, kept until the batch commits: should a job of the batch
+/// fail after writing, the transaction goes back to the batch's savepoint
+/// and the writes of the other jobs are sent again.
 struct Recorded {
+    /// The job's position in the batch.
+    job: usize,
     sql: &'static str,
     params: Owned,
     /// How many rows it changed, when the job was told (a compare-and-set).
     rows: Option<u64>,
+    /// PostgreSQL answered it without error: sent again, it must do the
+    /// same (its failure is then the batch's).
+    confirmed: bool,
 }
 
 /// Who a deferred statement belongs to.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Owner {
-    /// The running job: its failure fails the job alone.
-    Job,
+    /// The job at this position of the batch: its failure fails that job
+    /// alone.
+    Job(usize),
     /// The batch: its failure fails every job in it.
     Batch,
 }
@@ -429,7 +433,6 @@ fn connect(rt: &Runtime, target: &Target) -> Result<PgConn, StoreError> {
         waits: 0,
         inflight: Vec::new(),
         broken: None,
-        failures: 0,
     })
 }
 
@@ -443,8 +446,7 @@ async fn drain(sent: Vec<Sent>) -> Result<(), (StoreError, Owner)> {
         // Every answer is taken, even after a failure, so none is left
         // queued on the connection.
         if let Err(e) = s.answer.await {
-            let owner = if s.batch { Owner::Batch } else { Owner::Job };
-            first.get_or_insert((e, owner));
+            first.get_or_insert((e, s.owner));
         }
     }
     first.map_or(Ok(()), Err)
@@ -472,37 +474,56 @@ impl PgConn {
         self.waits += 1;
         if self.inflight.is_empty() {
             let out = futures_executor::block_on(answer);
-            if out.is_err() {
-                self.failures += 1;
-            }
             return out.map_err(pg_err);
         }
         let earlier = std::mem::take(&mut self.inflight);
         let (earlier, out) =
             futures_executor::block_on(futures_util::future::join(drain(earlier), answer));
         self.settle(earlier)?;
-        if out.is_err() {
-            self.failures += 1;
-        }
         out.map_err(pg_err)
     }
 
     /// Waits for the statements sent so far (one round trip).
     fn flush(&mut self) -> Result<(), StoreError> {
+        self.flush_owned().map_err(|(e, _)| e)
+    }
+
+    /// [`PgConn::flush`], saying whose statement failed first (the server
+    /// refuses every later one of the transaction until it is rolled
+    /// back). A lost connection is the batch's failure, whoever's
+    /// statement met it.
+    fn flush_owned(&mut self) -> Result<(), (StoreError, Owner)> {
         if self.inflight.is_empty() {
             return Ok(());
         }
         self.waits += 1;
         let earlier = std::mem::take(&mut self.inflight);
         let earlier = futures_executor::block_on(drain(earlier));
-        self.settle(earlier)
+        match earlier {
+            Ok(()) => Ok(()),
+            Err((e, owner)) => {
+                let owner = match e {
+                    StoreError::PgDown(_) => Owner::Batch,
+                    _ if self.client.is_closed() => Owner::Batch,
+                    _ => owner,
+                };
+                if owner == Owner::Batch && self.broken.is_none() {
+                    self.broken = Some(e.to_string());
+                }
+                Err((e, owner))
+            }
+        }
+    }
+
+    /// Whether a job's statement is still unanswered.
+    fn owes_jobs(&self) -> bool {
+        self.inflight.iter().any(|s| s.owner != Owner::Batch)
     }
 
     fn settle(&mut self, earlier: Result<(), (StoreError, Owner)>) -> Result<(), StoreError> {
         match earlier {
             Ok(()) => Ok(()),
             Err((e, owner)) => {
-                self.failures += 1;
                 if owner == Owner::Batch && self.broken.is_none() {
                     self.broken = Some(e.to_string());
                 }
@@ -557,10 +578,7 @@ impl PgConn {
         if let std::task::Poll::Ready(r) = answer.as_mut().poll(&mut cx) {
             answer = Box::pin(std::future::ready(r));
         }
-        self.inflight.push(Sent {
-            answer,
-            batch: owner == Owner::Batch,
-        });
+        self.inflight.push(Sent { answer, owner });
     }
 
     fn query(
@@ -657,14 +675,24 @@ fn replica_id() -> String {
     format!("{:x}{:x}{:x}", nanos, std::process::id(), addr)
 }
 
-/// Brings the tree up to `conn`'s view of the log head. `lock`: take the
-/// head's row lock first (the writer, at the start of a batch).
+/// Brings the tree up to `conn`'s view of the log head.
 fn catch_up(
     conn: &mut PgConn,
     view: &Shared,
     size_tx: &tokio::sync::watch::Sender<u64>,
-    lock: bool,
 ) -> Result<u64, StoreError> {
+    let (head, local) = head_against(conn, view, false)?;
+    if head > local {
+        let hashes = conn.leaf_hashes(local, head)?;
+        let size = view.extend(local, &hashes)?;
+        size_tx.send_replace(size);
+    }
+    Ok(head)
+}
+
+/// The log head's size (read under its row lock when `lock`) and the size
+/// of this replica's tree, refused if the head is behind the tree.
+fn head_against(conn: &mut PgConn, view: &Shared, lock: bool) -> Result<(u64, u64), StoreError> {
     let head = conn.head(lock)?;
     let local = view
         .tree
@@ -676,12 +704,7 @@ fn catch_up(
             "PostgreSQL's log head is at {head} entries but this replica has seen {local} (the log was truncated)"
         )));
     }
-    if head > local {
-        let hashes = conn.leaf_hashes(local, head)?;
-        let size = view.extend(local, &hashes)?;
-        size_tx.send_replace(size);
-    }
-    Ok(head)
+    Ok((head, local))
 }
 
 /// Upgrades the schema to this binary's version (what `secondkey store
@@ -770,10 +793,17 @@ pub(crate) fn open(options: &StoreOptions, pg: &PgOptions) -> Result<Opened, Sto
             conn: Some(conn),
             stats: stats.clone(),
             clock: BatchClock::default(),
-            rows: LogRows::default(),
+            base: 0,
+            entries: Vec::new(),
             journal: Vec::new(),
             mark: Mark::default(),
+            job: 0,
+            begun: 0,
+            running: false,
+            doomed: None,
+            late: Vec::new(),
             careful: false,
+            view: None,
         }))
     };
     let (changes, _) = tokio::sync::broadcast::channel(4096);
@@ -885,7 +915,7 @@ impl Readers {
         // One snapshot: the head and the entries below it.
         let out = conn
             .batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .and_then(|_| catch_up(&mut conn, view, size_tx, false))
+            .and_then(|_| catch_up(&mut conn, view, size_tx))
             .and_then(|size| conn.batch("COMMIT").map(|_| size));
         match out {
             Ok(size) => {
@@ -1087,21 +1117,34 @@ impl Drop for Follower {
 /// drops (every job of the failed batch got an error: fail closed).
 ///
 /// A batch is pipelined: statements whose answer no job needs (`BEGIN`, a
-/// job's inserts and upserts, notifications) are sent without waiting, and
-/// the writer waits once per job, at its end, for all of them (so that a
-/// failure is known before the next job is given a log index), and whenever
-/// a job reads. The batch's log entries (and their index by request) are
-/// written at commit, one statement per table, sent together with the log
-/// head and `COMMIT`.
+/// job's inserts and upserts, notifications) are sent without waiting.
+/// The writer waits for them only when something depends on their outcome
+/// (*settling*): before a job learns anything from PostgreSQL or from the
+/// log (a read, a row count, the index of an entry it appends with
+/// [`Tx::append_prepared`]), and once before the commit. A job that only
+/// writes and appends with [`Tx::append_later`] (an allow: its grant row
+/// and its entry) costs no wait of its own.
 ///
 /// Jobs get no savepoint of their own (a savepoint per job cost more
 /// than everything else a job sends: bench/README.md §14). The batch has
-/// one, taken with the head's row lock; should a job fail after writing,
-/// the transaction goes back to it, still holding the lock, and the writes
-/// of the jobs before (kept, with the row counts they were told) are sent
-/// again: under the lock nothing else changed, so they do the same. After
-/// that, the batch's later jobs take a savepoint each, so that a batch
-/// with many failing jobs sends its writes again once, not once per job.
+/// one, taken with the head's row lock. Should a job's statement fail
+/// (found when settling) or the job fail after writing, the transaction
+/// goes back to it, still holding the lock, and the writes of the other
+/// jobs (kept, with the row counts they were told) are sent again: under
+/// the lock nothing else changed, so those already answered do the same.
+/// This is sound because whoever learned something did so after the jobs
+/// before them were settled: the jobs after a failing one that had not
+/// been settled yet learned nothing from PostgreSQL nor their entries'
+/// indices, so they do the same without it, and their entries, numbered
+/// only at commit (`base` + position), close the gap. After one such
+/// failure the batch's later jobs take a savepoint each and are settled
+/// at their end, so that a batch with many failing jobs sends its writes
+/// again once, not once per job.
+///
+/// The batch holds the head's row lock through `COMMIT` (so through the
+/// flush of the WAL, which makes it durable and visible at once). The
+/// replica's tree is caught up with what other replicas appended after
+/// the commit, outside the lock (`begin` only reads the head's size).
 struct PgWriter {
     rt: Arc<Runtime>,
     replica: String,
@@ -1109,37 +1152,46 @@ struct PgWriter {
     conn: Option<PgConn>,
     stats: Arc<Mutex<WriterStats>>,
     clock: BatchClock,
-    rows: LogRows,
+    /// The log's size when the batch began: its first entry's index.
+    base: u64,
+    /// The batch's entries so far, in order: the `n`-th gets index
+    /// `base + n` at commit.
+    entries: Vec<Appended>,
     /// The batch's writes so far, in order.
     journal: Vec<Recorded>,
-    /// Where the running job began: its first row of `rows` (entries, by
-    /// request) and of `journal`, and the connection's failures so far.
+    /// Where the running job began: its first entry and write.
     mark: Mark,
-    /// A job of this batch was undone by sending the earlier writes again:
-    /// the batch's later jobs take a savepoint each, so that the batch
-    /// sends its writes again once at most, not once per failing job.
+    /// The running job's position in the batch, and how many began.
+    job: usize,
+    begun: usize,
+    /// A job is running (not yet returned).
+    running: bool,
+    /// The running job's own statement failed: it fails, whatever it
+    /// returns.
+    doomed: Option<StoreError>,
+    /// Jobs found to have failed after they returned: position, error.
+    late: Vec<(usize, StoreError)>,
+    /// A job of this batch was undone by sending the others' writes again:
+    /// the batch's later jobs take a savepoint each and are settled at
+    /// their end, so that the batch sends its writes again once at most,
+    /// not once per failing job.
     careful: bool,
+    /// The replica's tree, caught up after each commit.
+    view: Option<(Shared, tokio::sync::watch::Sender<u64>)>,
+}
+
+/// A log entry of the batch, numbered at commit.
+struct Appended {
+    job: usize,
+    entry: secondkey_log::entry::Prepared,
 }
 
 #[derive(Default, Clone, Copy)]
 struct Mark {
     entries: usize,
-    by_request: usize,
     journal: usize,
-    failures: u64,
     /// The job has a savepoint of its own (see `PgWriter::careful`).
     savepoint: bool,
-}
-
-/// The log rows a batch appends, written at commit.
-#[derive(Default)]
-struct LogRows {
-    /// `log_entries`: index and bytes.
-    idx: Vec<i64>,
-    data: Vec<Vec<u8>>,
-    /// `log_by_request`: request id and index.
-    request: Vec<String>,
-    request_idx: Vec<i64>,
 }
 
 /// Where the current batch is, for [`WriterStats`].
@@ -1148,6 +1200,16 @@ struct BatchClock {
     /// When `begin` started and when it was done.
     started: Option<(std::time::Instant, std::time::Instant)>,
     jobs: u64,
+}
+
+/// A copy of a statement's failure, for the job that sees it and for the
+/// job's result.
+fn copy_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::PgDown(m) => StoreError::PgDown(m.clone()),
+        StoreError::Pg(m) => StoreError::Pg(m.clone()),
+        other => StoreError::Pg(other.to_string()),
+    }
 }
 
 impl PgWriter {
@@ -1175,28 +1237,105 @@ impl PgWriter {
         r
     }
 
-    /// Undoes a failed job's writes: back to the batch's savepoint, then
-    /// the writes of the jobs before it again (one round trip).
-    fn recover(&mut self) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        // Answers still owed for the job (it panicked before its end) are
-        // its own failures; only the batch's statements count.
-        let _ = conn.flush();
-        self.usable()?;
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::PgDown("not connected".into()));
-        };
-        conn.defer_simple("ROLLBACK TO SAVEPOINT batch", Owner::Batch);
-        for w in &self.journal {
-            conn.defer(w.sql, w.params.clone(), w.rows, Owner::Batch)?;
+    /// Sends a job's write without waiting, and keeps it for the batch.
+    fn write(&mut self, sql: &'static str, params: Owned) -> Result<(), StoreError> {
+        if !self.conn()?.stmts.contains_key(sql) {
+            // Preparing it waits for the server: the statements before it
+            // are settled first, so a failure is put on its own job.
+            self.learn()?;
         }
-        conn.flush()
+        let job = self.job;
+        self.journal.push(Recorded {
+            job,
+            sql,
+            params: params.clone(),
+            rows: None,
+            confirmed: false,
+        });
+        self.conn()?.defer(sql, params, None, Owner::Job(job))
+    }
+
+    /// Before the running job learns anything: settles what was sent; a
+    /// failure of the job's own statement is its answer, and fails it.
+    fn learn(&mut self) -> Result<(), StoreError> {
+        if let Some(e) = &self.doomed {
+            return Err(copy_err(e));
+        }
+        self.settle(false)
+    }
+
+    /// An answer the running job gets: a failure fails the job (the
+    /// transaction cannot go on until it is undone).
+    fn answered<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &r {
+            if self.doomed.is_none() {
+                self.doomed = Some(copy_err(e));
+            }
+        }
+        r
+    }
+
+    /// Waits for every statement sent so far. A job whose statement
+    /// failed is undone alone: the transaction goes back to the batch's
+    /// savepoint and every other job's writes are sent again (`rewind`
+    /// asks for that even when nothing failed: the running job was
+    /// undone). Returns the error of the running job's own failed
+    /// statement, or of the batch's.
+    fn settle(&mut self, mut rewind: bool) -> Result<(), StoreError> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Err(StoreError::PgDown("not connected".into()));
+            };
+            if let Some(why) = &conn.broken {
+                return Err(StoreError::Pg(why.clone()));
+            }
+            match conn.flush_owned() {
+                Ok(()) if rewind => {
+                    conn.defer_simple("ROLLBACK TO SAVEPOINT batch", Owner::Batch);
+                    for w in &self.journal {
+                        let owner = if w.confirmed {
+                            Owner::Batch
+                        } else {
+                            Owner::Job(w.job)
+                        };
+                        conn.defer(w.sql, w.params.clone(), w.rows, owner)?;
+                    }
+                    rewind = false;
+                }
+                Ok(()) => {
+                    for w in &mut self.journal {
+                        w.confirmed = true;
+                    }
+                    return Ok(());
+                }
+                Err((e, Owner::Batch)) => return Err(e),
+                Err((e, Owner::Job(j))) => {
+                    // Statements before the failed one were answered.
+                    for w in self.journal.iter_mut().filter(|w| w.job < j) {
+                        w.confirmed = true;
+                    }
+                    if j == self.job && self.running {
+                        self.doomed = Some(copy_err(&e));
+                        return Err(e);
+                    }
+                    // A job that returned already fails now. (A job being
+                    // undone is out of the journal already.)
+                    if self.journal.iter().any(|w| w.job == j) {
+                        self.journal.retain(|w| w.job != j);
+                        self.entries.retain(|a| a.job != j);
+                        self.late.push((j, e));
+                    }
+                    self.careful = true;
+                    rewind = true;
+                }
+            }
+        }
     }
 
     /// Undoes a failed job back to its own savepoint.
     fn undo_job(&mut self) -> Result<(), StoreError> {
         let conn = self.conn()?;
-        // As in `recover`: what the job still owes is its own.
+        // What the job still owes is its own.
         let _ = conn.flush();
         let conn = self.usable()?;
         conn.defer_simple(
@@ -1204,6 +1343,33 @@ impl PgWriter {
             Owner::Batch,
         );
         Ok(())
+    }
+
+    /// After the commit, outside the head's lock: brings the tree up to
+    /// the batch's first index (what other replicas appended before it),
+    /// so that the batch's entries can join it. Should this fail, the
+    /// entries cannot join the tree and the batch's jobs are refused
+    /// (`run_batch`); the follower catches up later.
+    fn catch_up_to(&mut self, base: u64) {
+        let Some((view, size_tx)) = self.view.clone() else {
+            return;
+        };
+        let local = view.tree.read().map(|t| t.size()).unwrap_or(base);
+        if local >= base {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        match conn.leaf_hashes(local, base) {
+            Ok(hashes) => match view.extend(local, &hashes) {
+                Ok(size) => {
+                    size_tx.send_replace(size);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot catch the tree up"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot read other replicas' entries"),
+        }
     }
 
     /// Adds a committed batch to the stats; `t_commit`: when its commit
@@ -1232,9 +1398,15 @@ impl Writer for PgWriter {
     ) -> Result<u64, StoreError> {
         let t0 = std::time::Instant::now();
         self.clock = BatchClock::default();
-        self.rows = LogRows::default();
+        self.entries.clear();
         self.journal.clear();
+        self.late.clear();
         self.careful = false;
+        self.job = 0;
+        self.begun = 0;
+        self.running = false;
+        self.doomed = None;
+        self.view = Some((view.clone(), size_tx.clone()));
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
             self.conn = Some(connect(&self.rt, &self.target)?);
@@ -1246,7 +1418,7 @@ impl Writer for PgWriter {
             conn.inflight.clear();
             // Sent with the head's row lock: one round trip.
             conn.defer_simple("BEGIN", Owner::Batch);
-            let out = catch_up(conn, view, size_tx, true);
+            let out = head_against(conn, view, true).map(|(head, _)| head);
             match out {
                 // Sent with the first job's statements.
                 Ok(_) => conn.defer_simple("SAVEPOINT batch", Owner::Batch),
@@ -1257,23 +1429,25 @@ impl Writer for PgWriter {
             out
         })();
         self.clock.started = Some((t0, std::time::Instant::now()));
+        if let Ok(head) = r {
+            self.base = head;
+        }
         self.check(r)
     }
 
     fn savepoint(&mut self) -> Result<(), StoreError> {
+        self.job = self.begun;
+        self.begun += 1;
         let careful = self.careful;
         let r = self.usable().map(|c| {
             if careful {
                 c.defer_simple("SAVEPOINT job", Owner::Batch);
             }
-            c.failures
         });
-        let failures = self.check(r)?;
+        self.check(r)?;
         self.mark = Mark {
-            entries: self.rows.idx.len(),
-            by_request: self.rows.request.len(),
+            entries: self.entries.len(),
             journal: self.journal.len(),
-            failures,
             savepoint: careful,
         };
         Ok(())
@@ -1291,37 +1465,50 @@ impl Writer for PgWriter {
 
     fn rollback_to(&mut self) -> Result<(), StoreError> {
         let m = self.mark;
-        self.rows.idx.truncate(m.entries);
-        self.rows.data.truncate(m.entries);
-        self.rows.request.truncate(m.by_request);
-        self.rows.request_idx.truncate(m.by_request);
+        self.running = false;
+        self.entries.truncate(m.entries);
         let wrote = self.journal.len() > m.journal;
         self.journal.truncate(m.journal);
-        let failed = self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.failures > m.failures || !c.inflight.is_empty());
-        // A job that neither wrote nor saw a statement fail left the
-        // transaction as it was (its own savepoint, if any, is released).
-        if !wrote && !failed && !m.savepoint {
-            return Ok(());
-        }
+        let failed = self.doomed.take().is_some();
         let r = if m.savepoint {
             self.undo_job()
         } else if !wrote && !failed {
+            // Neither wrote nor saw a statement fail: the transaction is
+            // as it was (the jobs before it stay unsettled).
             Ok(())
         } else {
             self.careful = true;
-            self.recover()
+            self.settle(true)
         };
         self.check(r)
     }
 
-    fn commit(&mut self, base: u64, size: u64) -> Result<(), StoreError> {
+    fn commit(&mut self, _base: u64, pending: &mut Vec<Hash>) -> Result<(), StoreError> {
         let t_commit = std::time::Instant::now();
-        let rows = std::mem::take(&mut self.rows);
-        self.journal.clear();
         let r = (|| {
+            // Jobs whose statements failed are found and undone here,
+            // before their entries are numbered.
+            if self.usable()?.owes_jobs() {
+                self.settle(false)?;
+            }
+            let base = self.base;
+            let mut rows = LogRows::default();
+            pending.clear();
+            for (n, a) in self.entries.iter().enumerate() {
+                let index = base + n as u64;
+                let idx = i64::try_from(index).map_err(|_| {
+                    StoreError::Corrupt(format!("log index {index} is out of range"))
+                })?;
+                let bytes = a.entry.at(index);
+                pending.push(leaf_hash(&bytes));
+                if let Some(request) = a.entry.request() {
+                    rows.request.push(request.to_string());
+                    rows.request_idx.push(idx);
+                }
+                rows.idx.push(idx);
+                rows.data.push(bytes);
+            }
+            let size = base + pending.len() as u64;
             let conn = self.usable()?;
             if !rows.idx.is_empty() {
                 conn.defer(
@@ -1359,15 +1546,20 @@ impl Writer for PgWriter {
             conn.defer_simple("COMMIT", Owner::Batch);
             conn.flush()
         })();
+        self.entries.clear();
+        self.journal.clear();
         if r.is_ok() {
             self.count(t_commit);
+            self.catch_up_to(self.base);
         }
         self.check(r)
     }
 
     fn rollback(&mut self) {
-        self.rows = LogRows::default();
+        self.entries.clear();
         self.journal.clear();
+        self.running = false;
+        self.doomed = None;
         if let Some(c) = &mut self.conn {
             let _ = c.flush();
             let _ = c.batch("ROLLBACK");
@@ -1378,32 +1570,42 @@ impl Writer for PgWriter {
         }
     }
 
-    fn run(&mut self, base: u64, pending: &mut Vec<Hash>, job: JobFn) -> JobResult {
+    fn run(&mut self, _base: u64, _pending: &mut Vec<Hash>, job: JobFn) -> JobResult {
         self.clock.jobs += 1;
-        let replica = self.replica.clone();
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::PgDown("not connected".into()));
-        };
-        let out = job(&mut PgTx {
-            conn,
-            replica: &replica,
-            base,
-            pending,
-            rows: &mut self.rows,
-            journal: &mut self.journal,
-        });
-        // The job's statements, answered before the next job gets a log
-        // index: a failure fails this job alone.
-        let sent = conn.flush();
-        match (out, sent) {
-            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-            (Ok(v), Ok(())) => Ok(v),
+        self.running = true;
+        self.doomed = None;
+        let out = job(&mut PgTx { w: self });
+        // Careful (after a job was undone in this batch): the job is
+        // settled now, so that its failure rolls back to its own savepoint.
+        if self.careful && self.doomed.is_none() {
+            let _ = self.settle(false);
         }
+        self.running = false;
+        match (out, &self.doomed) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(e)) => Err(copy_err(e)),
+            (Ok(v), None) => Ok(v),
+        }
+    }
+
+    fn late_failures(&mut self) -> Vec<(usize, StoreError)> {
+        std::mem::take(&mut self.late)
     }
 
     fn is_storage_failure(&self, e: &StoreError) -> bool {
         matches!(e, StoreError::PgDown(_))
     }
+}
+
+/// The log rows a batch appends, written at commit.
+#[derive(Default)]
+struct LogRows {
+    /// `log_entries`: index and bytes.
+    idx: Vec<i64>,
+    data: Vec<Vec<u8>>,
+    /// `log_by_request`: request id and index.
+    request: Vec<String>,
+    request_idx: Vec<i64>,
 }
 
 fn u64_of(v: i64) -> u64 {
@@ -1578,40 +1780,39 @@ impl Reads for PgConn {
 }
 
 struct PgTx<'a> {
-    conn: &'a mut PgConn,
-    replica: &'a str,
-    base: u64,
-    pending: &'a mut Vec<Hash>,
-    rows: &'a mut LogRows,
-    journal: &'a mut Vec<Recorded>,
+    w: &'a mut PgWriter,
 }
 
 impl PgTx<'_> {
-    /// Sends a write without waiting (see [`PgConn::defer`]) and keeps it
-    /// for the batch.
-    fn write(&mut self, sql: &'static str, params: Owned) -> Result<(), StoreError> {
-        self.journal.push(Recorded {
-            sql,
-            params: params.clone(),
-            rows: None,
-        });
-        self.conn.defer(sql, params, None, Owner::Job)
+    /// A read inside the transaction, once what was sent is settled.
+    fn read<T>(
+        &mut self,
+        f: impl FnOnce(&mut PgConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.w.learn()?;
+        let r = f(self.w.conn()?);
+        self.w.answered(r)
     }
 
     /// A write whose row count the job is told: waits for it.
     fn counted(&mut self, sql: &'static str, params: Owned) -> Result<u64, StoreError> {
+        self.w.learn()?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
         // Kept before the answer: sent, it is part of the transaction even
         // if it failed (the job then fails, and it is dropped with it).
-        self.journal.push(Recorded {
+        self.w.journal.push(Recorded {
+            job: self.w.job,
             sql,
             params: params.clone(),
             rows: None,
+            confirmed: false,
         });
-        let n = self.conn.execute(sql, &refs)?;
-        if let Some(w) = self.journal.last_mut() {
+        let r = self.w.conn()?.execute(sql, &refs);
+        let n = self.w.answered(r)?;
+        if let Some(w) = self.w.journal.last_mut() {
             w.rows = Some(n);
+            w.confirmed = true;
         }
         Ok(n)
     }
@@ -1619,7 +1820,7 @@ impl PgTx<'_> {
 
 impl Tx for PgTx<'_> {
     fn get_request(&mut self, id: &str) -> Result<Option<Request>, StoreError> {
-        self.conn.request(id)
+        self.read(|c| c.request(id))
     }
 
     fn put_request(&mut self, r: &Request) -> Result<(), StoreError> {
@@ -1627,7 +1828,7 @@ impl Tx for PgTx<'_> {
             .map_err(|e| StoreError::Corrupt(format!("cannot encode request: {e}")))?;
         let requester = r.requester.id.to_string();
         let grant_expires = r.grant.as_ref().map(|g| g.expires_at.0);
-        self.write(
+        self.w.write(
             "INSERT INTO requests (id, state, requester, created_at, expires_at, grant_expires_at, escalated, body, digest)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at,
@@ -1644,21 +1845,21 @@ impl Tx for PgTx<'_> {
                 Arc::new(r.digest.as_str().to_string()),
             ],
         )?;
-        self.write(
+        self.w.write(
             "INSERT INTO request_parties (party, request_id) SELECT unnest($1::text[]), $2
              ON CONFLICT DO NOTHING",
             vec![Arc::new(parties_of(r)), Arc::new(r.id.clone())],
         )?;
         // Delivered at commit, to every replica's long-polls and streams.
-        let payload = format!("{}:{}", self.replica, r.id);
-        self.write(
+        let payload = format!("{}:{}", self.w.replica, r.id);
+        self.w.write(
             "SELECT pg_notify('secondkey_requests', $1)",
             vec![Arc::new(payload)],
         )
     }
 
     fn insert_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
-        self.write(
+        self.w.write(
             "INSERT INTO grants (id, request_id, digest, requester, expires_at, used_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
             vec![
@@ -1673,7 +1874,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn get_grant(&mut self, id: &str) -> Result<Option<GrantRow>, StoreError> {
-        self.conn.grant(id)
+        self.read(|c| c.grant(id))
     }
 
     fn use_grant(&mut self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -1688,28 +1889,30 @@ impl Tx for PgTx<'_> {
         &mut self,
         entry: secondkey_log::entry::Prepared,
     ) -> Result<u64, StoreError> {
-        let index = self.base + self.pending.len() as u64;
-        let bytes = entry.at(index);
-        let idx = i64::try_from(index)
-            .map_err(|_| StoreError::Corrupt(format!("log index {index} is out of range")))?;
-        // Written at commit, with the batch's other entries (no job reads
-        // them back inside the transaction).
-        if let Some(request) = entry.request() {
-            self.rows.request.push(request.to_string());
-            self.rows.request_idx.push(idx);
-        }
-        self.pending.push(leaf_hash(&bytes));
-        self.rows.idx.push(idx);
-        self.rows.data.push(bytes);
+        // The index counts the entries of the jobs before: true only once
+        // they are settled.
+        self.w.learn()?;
+        let index = self.w.base + self.w.entries.len() as u64;
+        self.append_later(entry)?;
         Ok(index)
     }
 
+    fn append_later(&mut self, entry: secondkey_log::entry::Prepared) -> Result<(), StoreError> {
+        // Numbered and written at commit, with the batch's other entries
+        // (no job reads them back inside the transaction).
+        self.w.entries.push(Appended {
+            job: self.w.job,
+            entry,
+        });
+        Ok(())
+    }
+
     fn get_meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
-        self.conn.meta(key)
+        self.read(|c| c.meta(key))
     }
 
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.write(
+        self.w.write(
             "INSERT INTO meta (key, value) VALUES ($1, $2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             vec![Arc::new(key.to_string()), Arc::new(value.to_string())],
@@ -1722,7 +1925,7 @@ impl Tx for PgTx<'_> {
         digest: &str,
         state: RequestState,
     ) -> Result<Option<Request>, StoreError> {
-        self.conn.find_request(requester, digest, state)
+        self.read(|c| c.find_request(requester, digest, state))
     }
 
     fn pending_of(
@@ -1730,15 +1933,15 @@ impl Tx for PgTx<'_> {
         requester: &str,
         now_ms: i64,
     ) -> Result<(u64, Option<i64>), StoreError> {
-        Reads::pending_of(self.conn, requester, now_ms)
+        self.read(|c| Reads::pending_of(c, requester, now_ms))
     }
 
     fn get_record(&mut self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
-        self.conn.record(ns, key)
+        self.read(|c| c.record(ns, key))
     }
 
     fn put_record(&mut self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
-        self.write(
+        self.w.write(
             "INSERT INTO records (ns, key, value) VALUES ($1, $2, $3)
              ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
             vec![

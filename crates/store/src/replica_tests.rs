@@ -610,21 +610,30 @@ fn in_one_pipelined_batch_a_failing_job_rolls_back_alone_and_the_others_commit()
     assert_eq!(s.get_grant("a").unwrap().unwrap().used_at, Some(5));
     assert_eq!(s.get_grant("taken").unwrap().unwrap().used_at, None);
     assert!(s.get_grant("b").unwrap().is_none());
-    // The tree is the stored entries'.
-    let data = s.entries(0, 4).unwrap();
+    tree_is_the_stored_entries(s, &dir, &pg, 4);
+}
+
+/// The tree of `s` is the root of its `size` stored entries, and comes out
+/// the same when the store is opened again.
+fn tree_is_the_stored_entries(s: Store, dir: &tempfile::TempDir, pg: &PgOptions, size: u64) {
+    let data = s.entries(0, size).unwrap();
     let want = root_from_leaves(&data.iter().map(|d| leaf_hash(d)).collect::<Vec<_>>());
-    assert_eq!(s.with_tree(|t| t.root()).unwrap(), want);
+    assert_eq!(s.with_tree(|t| (t.size(), t.root())).unwrap(), (size, want));
     s.close();
-    let again = open(&dir, &pg);
+    let again = open(dir, pg);
     assert_eq!(
         again.with_tree(|t| (t.size(), t.root())).unwrap(),
-        (4, want)
+        (size, want)
     );
     again.close();
 }
 
-#[test]
-fn a_batch_of_writes_waits_for_postgresql_about_once_per_job() {
+/// Forty allow-shaped jobs (job `i` inserts grant `g{i}` and appends
+/// `allowed.{i}` the way `job` says) as one batch of a store whose
+/// statements are prepared: the store, with all of them committed, and
+/// how many times the writer waited for PostgreSQL in that batch and the
+/// one holding the writer before it.
+fn forty_allows(job: impl Fn(usize) -> BatchJob) -> (Store, tempfile::TempDir, u64) {
     let c = Cluster::get();
     let (dir, pg) = migrated(c);
     let s = open(&dir, &pg);
@@ -635,25 +644,34 @@ fn a_batch_of_writes_waits_for_postgresql_about_once_per_job() {
     })
     .unwrap();
     let before = s.writer_stats().unwrap();
-    let jobs: Vec<BatchJob> = (0..40)
-        .map(|i| {
-            Box::new(move |tx: &mut dyn Tx| {
-                tx.insert_grant(&grant(&format!("g{i}")))?;
-                tx.append(entry("allowed"))
-            }) as BatchJob
-        })
-        .collect();
-    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    let (held, out) = one_batch(&s, |_| Ok(()), (0..40).map(job).collect());
     held.unwrap();
-    assert!(out.iter().all(|r| r.is_ok()));
+    assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
     let after = s.writer_stats().unwrap();
     assert_eq!(after.batches - before.batches, 2);
-    // Two batches: begin (BEGIN with the head lock), one wait per job,
-    // commit (the log rows, the head, COMMIT). One statement at a time
-    // took four waits per job.
-    let waits = after.round_trips - before.round_trips;
-    assert_eq!(waits, (1 + 1 + 1) + (1 + 40 + 1), "waits: {waits}");
-    assert_eq!(events(&s).len(), 41);
+    let want: Vec<String> = std::iter::once("warm".to_string())
+        .chain((0..40).map(|i| format!("allowed.{i}")))
+        .collect();
+    assert_eq!(events(&s), want, "numbered in job order, no gap");
+    for i in 0..40 {
+        assert!(s.get_grant(&format!("g{i}")).unwrap().is_some());
+    }
+    (s, dir, after.round_trips - before.round_trips)
+}
+
+#[test]
+fn a_batch_of_writes_waits_for_postgresql_about_once_per_job() {
+    let (s, _dir, waits) = forty_allows(|i| {
+        Box::new(move |tx: &mut dyn Tx| {
+            tx.insert_grant(&grant(&format!("g{i}")))?;
+            tx.append(entry(&format!("allowed.{i}")))
+        })
+    });
+    // Two batches: begin (BEGIN with the head lock), commit (the log
+    // rows, the head, COMMIT), and in the second one wait per job, before
+    // it is told its entry's index. One statement at a time took four
+    // waits per job.
+    assert_eq!(waits, (1 + 1) + (1 + 40 + 1), "waits: {waits}");
     s.close();
 }
 
@@ -703,33 +721,20 @@ fn a_row_another_replica_committed_conflicts_with_its_job_alone() {
     b.close();
 }
 
-#[test]
-fn postgresql_stopping_mid_batch_fails_every_job_of_it_and_keeps_nothing() {
+/// Runs the jobs `make` builds (one of them stops the cluster it is given)
+/// as one batch after an entry "before": every job is refused, nothing of
+/// the batch is kept, and after PostgreSQL returns the next append takes
+/// index 1.
+fn stopping_postgresql_mid_batch_keeps_nothing(
+    make: impl FnOnce(std::sync::Arc<Cluster>) -> Vec<BatchJob>,
+) {
     // A cluster of its own: this test stops it.
     let c = std::sync::Arc::new(Cluster::start_private());
     let (dir, pg) = migrated(&c);
     let s = open(&dir, &pg);
     s.transact_blocking(|tx| tx.append(entry("before")))
         .unwrap();
-    // The batch's second job stops PostgreSQL after its writes were sent.
-    let cluster = c.clone();
-    let jobs: Vec<BatchJob> = vec![
-        Box::new(|tx| {
-            tx.insert_grant(&grant("lost.0"))?;
-            tx.append(entry("lost.0"))
-        }),
-        Box::new(move |tx| {
-            tx.insert_grant(&grant("lost.1"))?;
-            let i = tx.append(entry("lost.1"))?;
-            cluster.stop("immediate");
-            Ok(i)
-        }),
-        Box::new(|tx| {
-            tx.insert_grant(&grant("lost.2"))?;
-            tx.append(entry("lost.2"))
-        }),
-    ];
-    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    let (held, out) = one_batch(&s, |_| Ok(()), make(c.clone()));
     held.unwrap();
     for (i, r) in out.iter().enumerate() {
         assert!(r.is_err(), "job {i} of the batch is refused: {r:?}");
@@ -745,6 +750,29 @@ fn postgresql_stopping_mid_batch_fails_every_job_of_it_and_keeps_nothing() {
         assert!(s.get_grant(g).unwrap().is_none(), "{g} was not kept");
     }
     s.close();
+}
+
+#[test]
+fn postgresql_stopping_mid_batch_fails_every_job_of_it_and_keeps_nothing() {
+    // The batch's second job stops PostgreSQL after its writes were sent.
+    stopping_postgresql_mid_batch_keeps_nothing(|cluster| {
+        vec![
+            Box::new(|tx| {
+                tx.insert_grant(&grant("lost.0"))?;
+                tx.append(entry("lost.0"))
+            }),
+            Box::new(move |tx| {
+                tx.insert_grant(&grant("lost.1"))?;
+                let i = tx.append(entry("lost.1"))?;
+                cluster.stop("immediate");
+                Ok(i)
+            }),
+            Box::new(|tx| {
+                tx.insert_grant(&grant("lost.2"))?;
+                tx.append(entry("lost.2"))
+            }),
+        ]
+    });
 }
 
 #[test]
@@ -796,11 +824,142 @@ fn a_batch_where_many_jobs_fail_after_writing_sends_its_writes_again_once() {
         assert_eq!(s.get_grant(&format!("g{i}")).unwrap().is_some(), kept);
         assert_eq!(s.get_record("t", &format!("k{i}")).unwrap().is_some(), kept);
     }
-    // The holding batch: 3 waits. This one: begin, one per job, one to
-    // send the earlier writes again after the first failure (the later
-    // failures roll back to savepoints of their own, in the pipeline),
-    // commit.
+    // The holding batch: 2 waits. This one: begin, one per job (before
+    // it is told its index), one to send the earlier writes again after
+    // the first failure (the later failures roll back to savepoints of
+    // their own, in the pipeline), commit.
     let waits = s.writer_stats().unwrap().round_trips - before.round_trips;
-    assert_eq!(waits, 3 + (1 + 20 + 1 + 1), "waits: {waits}");
+    assert_eq!(waits, 2 + (1 + 20 + 1 + 1), "waits: {waits}");
     s.close();
+}
+
+/// An allow as the gateway commits it: its grant row, and its entry
+/// appended without asking for the index.
+fn allow(id: &str, event: &str) -> BatchJob {
+    let (id, event) = (id.to_string(), event.to_string());
+    Box::new(move |tx| {
+        tx.insert_grant(&grant(&id))?;
+        tx.append_later(entry(&event).prepare().unwrap())?;
+        Ok(0)
+    })
+}
+
+#[test]
+fn allows_that_append_later_wait_for_postgresql_once_per_batch() {
+    let (s, _dir, waits) = forty_allows(|i| allow(&format!("g{i}"), &format!("allowed.{i}")));
+    // The holding batch: begin, commit. This one: begin, one wait for all
+    // forty jobs' statements (before the commit numbers their entries),
+    // commit.
+    assert_eq!(waits, 2 + (1 + 1 + 1), "waits: {waits}");
+    s.close();
+}
+
+#[test]
+fn an_allow_whose_statement_fails_after_it_returned_is_undone_alone() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| tx.insert_grant(&grant("taken")))
+        .unwrap();
+    let jobs: Vec<BatchJob> = vec![
+        allow("a", "ok.0"),
+        // Its grant's id exists: found only when a later job reads.
+        allow("taken", "duplicate.1"),
+        allow("b", "ok.2"),
+        // Reads what the jobs before wrote, once they are settled: the
+        // failed one is undone, the others kept.
+        Box::new(|tx| {
+            assert!(tx.get_grant("a")?.is_some());
+            assert!(tx.get_grant("b")?.is_some());
+            assert_eq!(tx.get_grant("taken")?.unwrap().digest, "d");
+            let won = tx.use_grant("b", 9)?;
+            tx.append(entry(if won { "read.3" } else { "lost.3" }))
+        }),
+        allow("c", "ok.4"),
+        // Fails too: after the first failure the batch's jobs are
+        // settled at their end, so this one rolls back to its own
+        // savepoint.
+        allow("taken", "duplicate.5"),
+        allow("d", "ok.6"),
+    ];
+    let (held, out) = one_batch(&s, |_| Ok(()), jobs);
+    held.unwrap();
+    for i in [1, 5] {
+        let e = out[i].as_ref().unwrap_err().to_string();
+        assert!(e.contains("23505"), "job {i}: the unique violation: {e}");
+    }
+    for i in [0, 2, 4, 6] {
+        assert!(out[i].is_ok(), "job {i}: {:?}", out[i]);
+    }
+    assert_eq!(
+        out[3].as_ref().unwrap(),
+        &2,
+        "the reading job's index counts only the kept entries before it"
+    );
+    assert!(s.health().is_ok(), "a failing job is not a storage failure");
+    // Entries contiguous, each at its index, in job order without the
+    // failed ones.
+    assert_eq!(events(&s), vec!["ok.0", "ok.2", "read.3", "ok.4", "ok.6"]);
+    for g in ["a", "b", "c", "d"] {
+        assert!(s.get_grant(g).unwrap().is_some(), "{g} kept");
+    }
+    assert_eq!(s.get_grant("b").unwrap().unwrap().used_at, Some(9));
+    tree_is_the_stored_entries(s, &dir, &pg, 5);
+}
+
+#[test]
+fn allows_from_three_replicas_appending_later_are_totally_ordered_into_one_tree() {
+    let c = Cluster::get();
+    let (dir, pg) = migrated(c);
+    let stores: Vec<Store> = (0..3).map(|_| open(&dir, &pg)).collect();
+    let rt = multi_thread();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (r, s) in stores.iter().enumerate() {
+            for i in 0..40 {
+                let s = s.clone();
+                let job = allow(&format!("g{r}.{i}"), &format!("r{r}.{i}"));
+                tasks.push(tokio::spawn(async move { s.transact(job).await }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    // Every replica's view: the same 120 entries, each once, each at its
+    // index, and the same root.
+    let got = events(&stores[0]);
+    assert_eq!(got.len(), 120);
+    let set: HashSet<&String> = got.iter().collect();
+    assert_eq!(set.len(), 120, "each acknowledged allow logged once");
+    let data = stores[0].entries(0, 120).unwrap();
+    let want = root_from_leaves(&data.iter().map(|d| leaf_hash(d)).collect::<Vec<_>>());
+    for s in &stores {
+        eventually("each replica's tree has all entries", || {
+            s.log_size() == 120
+        });
+        assert_eq!(s.with_tree(|t| t.root()).unwrap(), want);
+        assert_eq!(events(s), got);
+    }
+    for s in &stores {
+        s.close();
+    }
+}
+
+#[test]
+fn postgresql_stopping_before_allows_are_settled_fails_them_all_and_keeps_nothing() {
+    // The second allow stops PostgreSQL after the first two sent their
+    // writes, none of them answered yet.
+    stopping_postgresql_mid_batch_keeps_nothing(|cluster| {
+        vec![
+            allow("lost.0", "lost.0"),
+            Box::new(move |tx| {
+                tx.insert_grant(&grant("lost.1"))?;
+                tx.append_later(entry("lost.1").prepare().unwrap())?;
+                cluster.stop("immediate");
+                Ok(0)
+            }),
+            allow("lost.2", "lost.2"),
+        ]
+    });
 }

@@ -472,7 +472,7 @@ impl Writer for SqliteWriter {
         Ok(sql(&self.conn, "RELEASE job")?)
     }
 
-    fn commit(&mut self, _base: u64, _size: u64) -> Result<(), StoreError> {
+    fn commit(&mut self, _base: u64, _pending: &mut Vec<Hash>) -> Result<(), StoreError> {
         Ok(self.conn.execute_batch("COMMIT")?)
     }
 

@@ -94,11 +94,18 @@ pub(crate) trait Writer: Send + 'static {
     fn release(&mut self) -> Result<(), StoreError>;
     /// Undoes the job since its mark, and only it.
     fn rollback_to(&mut self) -> Result<(), StoreError>;
-    /// Commits; the log then holds `size` entries.
-    fn commit(&mut self, base: u64, size: u64) -> Result<(), StoreError>;
+    /// Commits. `pending` holds the leaf hashes of the batch's entries,
+    /// from index `base` on (PostgreSQL numbers them here and fills it).
+    fn commit(&mut self, base: u64, pending: &mut Vec<Hash>) -> Result<(), StoreError>;
     fn rollback(&mut self);
     /// Runs one job against this backend's [`Tx`].
     fn run(&mut self, base: u64, pending: &mut Vec<Hash>, job: JobFn) -> JobResult;
+    /// Jobs of the batch (by position) found to have failed after they
+    /// returned, since last asked: each was undone alone (PostgreSQL,
+    /// whose writes are checked when something depends on them).
+    fn late_failures(&mut self) -> Vec<(usize, StoreError)> {
+        Vec::new()
+    }
     /// Whether an error means the storage itself is failing (reported by
     /// `/healthz`), not that the job was refused.
     fn is_storage_failure(&self, e: &StoreError) -> bool;
@@ -780,9 +787,9 @@ fn run_batch(
             return savepoint_failed(backend, results, job.reply, &e);
         }
         results.push((job.reply, outcome));
+        late(backend, &mut results);
     }
-    let size = base + pending.len() as u64;
-    if let Err(e) = backend.commit(base, size) {
+    if let Err(e) = backend.commit(base, &mut pending) {
         backend.rollback();
         let failed = results
             .into_iter()
@@ -790,6 +797,7 @@ fn run_batch(
             .collect();
         return (Err(format!("commit failed: {e}")), failed);
     }
+    late(backend, &mut results);
     if !pending.is_empty() {
         match view.extend(base, &pending) {
             Ok(size) => {
@@ -809,6 +817,15 @@ fn run_batch(
         }
     }
     (storage_failure.map_or(Ok(()), Err), results)
+}
+
+/// Jobs that failed after they returned get their error instead.
+fn late(backend: &mut dyn Writer, results: &mut Replies) {
+    for (at, e) in backend.late_failures() {
+        if let Some((_, result)) = results.get_mut(at) {
+            *result = Err(e);
+        }
+    }
 }
 
 /// A savepoint could not be set or released: the whole batch is rolled back
