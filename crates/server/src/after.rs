@@ -318,9 +318,18 @@ impl AfterLog {
         }
     }
 
-    /// When the next slot is due, if any.
+    /// When the next slot is due, if any. Drops the queues' stale heads
+    /// first (slots already handed over the other way: a slot whose result
+    /// came leaves its quarter-window mark behind), so that the flusher
+    /// does not wake for them.
     fn next_due(&self) -> Option<Instant> {
-        let st = self.state();
+        let mut guard = self.state();
+        let st = &mut *guard;
+        for q in [&mut st.ready, &mut st.due] {
+            while q.front().is_some_and(|(_, id)| !st.slots.contains_key(id)) {
+                q.pop_front();
+            }
+        }
         let due = st.due.front().map(|(t, _)| *t);
         let ready = st.ready.front().map(|(t, _)| *t);
         due.into_iter().chain(ready).min()
