@@ -773,6 +773,31 @@ fn a_background_job_whose_submitter_goes_away_is_still_committed(kind: Kind) {
     store.close();
 }
 
+/// Runs `jobs` jobs on each of 8 concurrent tasks (job `i` of task `t`
+/// made by `job(store, "t-i", i)`) and counts the jobs that failed.
+async fn failed_jobs<F, Fut>(store: &Store, jobs: usize, job: F) -> usize
+where
+    F: Fn(Store, String, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
+{
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (s, job) = (store.clone(), job.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for i in 0..jobs {
+                failed += usize::from(job(s.clone(), format!("{t}-{i}"), i).await.is_err());
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.unwrap();
+    }
+    failed
+}
+
 /// Many background jobs at once, from many tasks, mixed with jobs someone
 /// waits on, and more parked than one batch may hold: every one commits,
 /// once, and each waiter hears its own outcome.
@@ -786,38 +811,21 @@ fn concurrent_background_and_waited_jobs_all_commit_once(kind: Kind) {
         .enable_all()
         .build()
         .unwrap();
-    let failed = rt.block_on(async {
-        let mut tasks = Vec::new();
-        for t in 0..8 {
-            let s = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut failed = 0;
-                for i in 0..50 {
-                    let key = format!("{t}-{i}");
-                    let r = if i % 5 == 0 {
-                        s.transact(move |tx| tx.put_record("t.fg", &key, "1")).await
-                    } else if i % 7 == 0 {
-                        // A failing background job changes nothing.
-                        s.transact_background(move |tx| {
-                            tx.put_record("t.bg", &key, "1")?;
-                            Err(StoreError::Corrupt("refused".into()))
-                        })
-                        .await
-                    } else {
-                        s.transact_background(move |tx| tx.put_record("t.bg", &key, "1"))
-                            .await
-                    };
-                    failed += usize::from(r.is_err());
-                }
-                failed
-            }));
+    let failed = rt.block_on(failed_jobs(&store, 50, |s, key, i| async move {
+        if i % 5 == 0 {
+            s.transact(move |tx| tx.put_record("t.fg", &key, "1")).await
+        } else if i % 7 == 0 {
+            // A failing background job changes nothing.
+            s.transact_background(move |tx| {
+                tx.put_record("t.bg", &key, "1")?;
+                Err(StoreError::Corrupt("refused".into()))
+            })
+            .await
+        } else {
+            s.transact_background(move |tx| tx.put_record("t.bg", &key, "1"))
+                .await
         }
-        let mut failed = 0;
-        for t in tasks {
-            failed += t.await.unwrap();
-        }
-        failed
-    });
+    }));
     // Of i in 0..50: multiples of 5 are waited on (10); of the rest,
     // multiples of 7 (7, 14, 21, 28, 42, 49) fail: 6 per task.
     assert_eq!(failed, 8 * 6);
@@ -858,33 +866,20 @@ fn commit_delay_never_holds_a_lone_caller_and_commits_every_job_once(kind: Kind)
             "a lone caller waited for the commit delay: {:?}",
             started.elapsed()
         );
-        let mut tasks = Vec::new();
-        for t in 0..8 {
-            let s = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut failed = 0;
-                for i in 0..25 {
-                    let key = format!("{t}-{i}");
-                    let r = if i % 6 == 5 {
-                        // A failing job changes nothing and spoils no other.
-                        s.transact(move |tx| {
-                            tx.put_record("t.many", &key, "1")?;
-                            Err::<(), _>(StoreError::Corrupt("refused".into()))
-                        })
-                        .await
-                    } else {
-                        s.transact(move |tx| tx.put_record("t.many", &key, "1"))
-                            .await
-                    };
-                    failed += usize::from(r.is_err());
-                }
-                failed
-            }));
-        }
-        let mut failed = 0;
-        for t in tasks {
-            failed += t.await.unwrap();
-        }
+        let failed = failed_jobs(&store, 25, |s, key, i| async move {
+            if i % 6 == 5 {
+                // A failing job changes nothing and spoils no other.
+                s.transact(move |tx| {
+                    tx.put_record("t.many", &key, "1")?;
+                    Err::<(), _>(StoreError::Corrupt("refused".into()))
+                })
+                .await
+            } else {
+                s.transact(move |tx| tx.put_record("t.many", &key, "1"))
+                    .await
+            }
+        })
+        .await;
         // i in 0..25 with i % 6 == 5: 5, 11, 17, 23.
         assert_eq!(failed, 8 * 4);
     });
