@@ -44,7 +44,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::error::ApiError;
 use crate::gateway::{entry, prepared};
-use crate::intercept::{Execution, ExecutionResult, TrackedExecution, EXECUTION_NS};
+use crate::intercept::{Execution, ExecutionResult, LineageBatch, TrackedExecution, EXECUTION_NS};
 use secondkey_core::action::Digest;
 
 /// What a result's reporter waits on: the commit of its entry.
@@ -380,27 +380,18 @@ impl AfterLog {
             })
             .collect();
         let job = self.store.transact_soon(move |tx| {
+            // Each lineage record once per hand-over, after the entries.
+            let mut lineage = LineageBatch::default();
             for w in writes {
                 if let Some(rec) = w.record {
                     tx.put_record(EXECUTION_NS, &w.id, &rec)?;
                 }
                 tx.append_later(w.entry)?;
                 if let Some(l) = w.lineage {
-                    for (datasets, write) in [(&l.reads, false), (&l.writes, true)] {
-                        for d in datasets {
-                            crate::intercept::touch_lineage(
-                                tx,
-                                &l.actor,
-                                d,
-                                write,
-                                &l.execution,
-                                &l.at,
-                            )?;
-                        }
-                    }
+                    lineage.add(&l.actor, (&l.reads, &l.writes), &l.execution, &l.at);
                 }
             }
-            Ok(())
+            lineage.apply(tx)
         });
         drop(guard);
         Some(HandOver {

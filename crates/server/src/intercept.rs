@@ -530,11 +530,9 @@ impl Gateway {
                         }
                     },
                 }
-                for (datasets, write) in [(&result.reads, false), (&result.writes, true)] {
-                    for d in datasets {
-                        touch_lineage(tx, &lineage_owner, d, write, &ex, &at)?;
-                    }
-                }
+                let mut lineage = LineageBatch::default();
+                lineage.add(&lineage_owner, (&result.reads, &result.writes), &ex, &at);
+                lineage.apply(tx)?;
                 Ok(changed)
             })
             .await?;
@@ -687,33 +685,196 @@ fn result_entry(
     )
 }
 
-pub(crate) fn touch_lineage(
-    tx: &mut dyn secondkey_store::Tx,
-    principal: &str,
-    dataset: &str,
-    write: bool,
-    ex: &Execution,
-    at: &str,
-) -> Result<(), secondkey_store::StoreError> {
-    let key = format!("{principal} {dataset}");
-    let mut rec: LineageRecord = match tx.get_record(LINEAGE_NS, &key)? {
-        Some(v) => serde_json::from_str(&v).unwrap_or_default(),
-        None => LineageRecord::default(),
-    };
-    if rec.first_at.is_empty() {
-        rec.first_at = at.to_string();
+/// Lineage touches folded per principal and dataset, written once each:
+/// a job that records many results (the after-allow hand-over) reads and
+/// writes each lineage record once instead of once per result. Applying
+/// the batch leaves every record as applying its touches one by one, in
+/// order, would: counts summed, `first_at` from the first touch of a new
+/// record, the `last_*` fields from the last touch. Records are written in
+/// key order, so concurrent jobs (replicas on one store) lock them in the
+/// same order.
+#[derive(Debug, Default)]
+pub(crate) struct LineageBatch {
+    touches: std::collections::BTreeMap<String, LineageRecord>,
+}
+
+impl LineageBatch {
+    /// Adds what `ex` of `principal` read and wrote, at `at`.
+    pub(crate) fn add(
+        &mut self,
+        principal: &str,
+        result: (&[String], &[String]),
+        ex: &Execution,
+        at: &str,
+    ) {
+        for (datasets, write) in [(result.0, false), (result.1, true)] {
+            for dataset in datasets {
+                let t = self
+                    .touches
+                    .entry(format!("{principal} {dataset}"))
+                    .or_insert_with(|| LineageRecord {
+                        principal: principal.to_string(),
+                        dataset: dataset.clone(),
+                        first_at: at.to_string(),
+                        ..LineageRecord::default()
+                    });
+                if write {
+                    t.writes += 1;
+                } else {
+                    t.reads += 1;
+                }
+                t.last_at = at.to_string();
+                t.last_execution = ex.id.clone();
+                t.last_approvers = ex.approvers.clone();
+            }
+        }
     }
-    rec.principal = principal.to_string();
-    rec.dataset = dataset.to_string();
-    if write {
-        rec.writes += 1;
-    } else {
-        rec.reads += 1;
+
+    /// Reads, updates and writes each touched record once.
+    pub(crate) fn apply(
+        self,
+        tx: &mut dyn secondkey_store::Tx,
+    ) -> Result<(), secondkey_store::StoreError> {
+        for (key, t) in self.touches {
+            let mut rec: LineageRecord = match tx.get_record(LINEAGE_NS, &key)? {
+                Some(v) => serde_json::from_str(&v).unwrap_or_default(),
+                None => LineageRecord::default(),
+            };
+            if rec.first_at.is_empty() {
+                rec.first_at = t.first_at;
+            }
+            rec.principal = t.principal;
+            rec.dataset = t.dataset;
+            rec.reads += t.reads;
+            rec.writes += t.writes;
+            rec.last_at = t.last_at;
+            rec.last_execution = t.last_execution;
+            rec.last_approvers = t.last_approvers;
+            let value = serde_json::to_string(&rec)
+                .map_err(|e| secondkey_store::StoreError::Corrupt(e.to_string()))?;
+            tx.put_record(LINEAGE_NS, &key, &value)?;
+        }
+        Ok(())
     }
-    rec.last_at = at.to_string();
-    rec.last_execution = ex.id.clone();
-    rec.last_approvers = ex.approvers.clone();
-    let value = serde_json::to_string(&rec)
-        .map_err(|e| secondkey_store::StoreError::Corrupt(e.to_string()))?;
-    tx.put_record(LINEAGE_NS, &key, &value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*), so a failure repeats.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        }
+    }
+
+    fn lineage(store: &secondkey_store::Store) -> Vec<(String, String)> {
+        store.list_records(LINEAGE_NS, "", None, 10_000).unwrap()
+    }
+
+    /// One batch over a whole sequence of results leaves every lineage
+    /// record exactly as applying the results one at a time does, over
+    /// records that exist before and records the sequence creates.
+    #[tokio::test]
+    async fn a_lineage_batch_equals_its_touches_applied_one_by_one() {
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        for case in 0..40 {
+            let one = tempfile::tempdir().unwrap();
+            let all = tempfile::tempdir().unwrap();
+            let s1 = secondkey_store::Store::open(secondkey_store::StoreOptions::new(one.path()))
+                .unwrap();
+            let s2 = secondkey_store::Store::open(secondkey_store::StoreOptions::new(all.path()))
+                .unwrap();
+            let sets = ["db.a", "db.b", "db.c"];
+            let mut touches = Vec::new();
+            for i in 0..(1 + rng.below(12)) {
+                let pick = |r: &mut Rng| -> Vec<String> {
+                    (0..r.below(3))
+                        .map(|_| sets[r.below(3) as usize].to_string())
+                        .collect()
+                };
+                let reads = pick(&mut rng);
+                let writes = pick(&mut rng);
+                let ex = Execution {
+                    id: format!("act_{case}_{i}"),
+                    request_id: None,
+                    digest: secondkey_core::action::Digest::of_json(&serde_json::json!("x"))
+                        .unwrap(),
+                    approvers: (0..rng.below(2)).map(|k| format!("user:r{k}")).collect(),
+                    reasons: vec![],
+                };
+                let who = ["agent:a", "agent:b"][rng.below(2) as usize];
+                touches.push((who, reads, writes, ex, format!("2026-12-03T11:00:{i:02}Z")));
+            }
+            // Half the cases start from records written earlier.
+            if case % 2 == 0 {
+                for s in [&s1, &s2] {
+                    s.transact(|tx| {
+                        let mut b = LineageBatch::default();
+                        let old = Execution {
+                            id: "act_old".into(),
+                            request_id: None,
+                            digest: secondkey_core::action::Digest::of_json(&serde_json::json!(
+                                "y"
+                            ))
+                            .unwrap(),
+                            approvers: vec![],
+                            reasons: vec![],
+                        };
+                        b.add(
+                            "agent:a",
+                            (&["db.a".into()], &["db.b".into()]),
+                            &old,
+                            "2026-12-02T00:00:00Z",
+                        );
+                        b.apply(tx)
+                    })
+                    .await
+                    .unwrap();
+                }
+            }
+            for (who, r, w, ex, at) in touches.clone() {
+                s1.transact(move |tx| {
+                    let mut b = LineageBatch::default();
+                    b.add(who, (&r, &w), &ex, &at);
+                    b.apply(tx)
+                })
+                .await
+                .unwrap();
+            }
+            let read_touches: u64 = touches.iter().map(|t| t.1.len() as u64).sum();
+            let write_touches: u64 = touches.iter().map(|t| t.2.len() as u64).sum();
+            s2.transact(move |tx| {
+                let mut b = LineageBatch::default();
+                for (who, r, w, ex, at) in &touches {
+                    b.add(who, (r, w), ex, at);
+                }
+                b.apply(tx)
+            })
+            .await
+            .unwrap();
+            let got = lineage(&s2);
+            assert_eq!(lineage(&s1), got, "case {case}");
+            // And the counts are every touch's, on top of what was there.
+            let recs: Vec<LineageRecord> = got
+                .iter()
+                .map(|(_, v)| serde_json::from_str(v).unwrap())
+                .collect();
+            let earlier = u64::from(case % 2 == 0);
+            assert_eq!(
+                recs.iter().map(|r| r.reads).sum::<u64>(),
+                read_touches + earlier
+            );
+            assert_eq!(
+                recs.iter().map(|r| r.writes).sum::<u64>(),
+                write_touches + earlier
+            );
+        }
+    }
 }
