@@ -33,6 +33,8 @@ impl Client {
 
     fn handle(&self, what: &str, r: Result<ureq::Response, ureq::Error>) -> Result<Value> {
         match r {
+            // 204 No Content (a recorded result, a revocation): nothing to parse.
+            Ok(resp) if resp.status() == 204 => Ok(Value::Null),
             Ok(resp) => {
                 let text = resp.into_string()?;
                 serde_json::from_str(&text).with_context(|| format!("{what}: the gateway's answer is not JSON"))

@@ -254,6 +254,8 @@ require_configured = true
         "ran once"
     );
     assert!(err.last().unwrap().contains("succeeded"), "{err:?}");
+    // The result was recorded: no warning that it could not be.
+    assert!(!err.iter().any(|l| l.contains("warning")), "{err:?}");
     let detail = g.wait_log("the deploy's result", |e| {
         e["event"] == "action.result.detail" && e["subjects"]["request"] == id.as_str()
     });
@@ -284,6 +286,7 @@ require_configured = true
         err.iter().any(|l| l.contains("failed with exit code 3")),
         "{err:?}"
     );
+    assert!(!err.iter().any(|l| l.contains("warning")), "{err:?}");
     g.wait_log("the failed step's result", |e| {
         e["event"] == "action.result"
             && e["payload"]["summary"]["exit_code"] == 3
