@@ -60,7 +60,12 @@ struct People {
 }
 
 fn say(step: &str, text: &str) {
-    println!("\n\x1b[1m[{step}]\x1b[0m {text}");
+    // Bold on a terminal only: piped or captured output stays plain text.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("\n\x1b[1m[{step}]\x1b[0m {text}");
+    } else {
+        println!("\n[{step}] {text}");
+    }
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {

@@ -88,6 +88,7 @@ pub enum LogCmd {
         after_help = "Example:\n  secondkey log fetch --bundle ./audit --token $AUDITOR_TOKEN\n  secondkey log verify --bundle ./audit --key log.vkey --since ./last-checkpoint"
     )]
     Fetch {
+        /// The directory to write the bundle into (created if missing).
         #[arg(long)]
         bundle: PathBuf,
         /// Fetch the newest checkpoint witnesses cosigned (it may be a

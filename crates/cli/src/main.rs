@@ -234,7 +234,9 @@ enum RequestCmd {
         after_help = "Example:\n  secondkey request approve req_0123 --comment \"checked the export scope\""
     )]
     Approve {
+        /// The request's id (`req_…`).
         id: String,
+        /// Why, for the record (kept with the review, in the request and the log).
         #[arg(long)]
         comment: Option<String>,
         #[command(flatten)]
@@ -245,7 +247,9 @@ enum RequestCmd {
         after_help = "Example:\n  secondkey request deny req_0123 --comment \"not during the freeze\""
     )]
     Deny {
+        /// The request's id (`req_…`).
         id: String,
+        /// Why, for the record (kept with the review, in the request and the log).
         #[arg(long)]
         comment: Option<String>,
         #[command(flatten)]
@@ -273,7 +277,10 @@ enum ActionCmd {
     /// decision and print the grant.
     #[command(after_help = "Example:\n  secondkey action submit export.json --wait")]
     Submit {
+        /// The action as JSON, sent exactly as written ('-' reads stdin).
         file: PathBuf,
+        /// If the action is held for review, wait for the decision and print
+        /// the request (exit 0 if approved, 2 otherwise).
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this many seconds.
@@ -322,6 +329,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours on a terminal only: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -686,7 +695,12 @@ fn submit(file: &Path, wait: bool, timeout: u64, remote: &Remote) -> Result<Exit
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
     loop {
-        let r = c.get(&format!("/v1/requests/{id}?wait=30"))?;
+        // Each poll waits at most what is left of --timeout (and 30 s).
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let r = c.get(&format!(
+            "/v1/requests/{id}?wait={}",
+            left.as_secs().min(30)
+        ))?;
         let state = r["state"].as_str().unwrap_or("?");
         if state != "pending" {
             print_json(&r);

@@ -28,7 +28,8 @@ pub struct StdioArgs {
     /// The server's name in resources (`mcp://NAME/<tool>`) and pins.
     #[arg(long)]
     server: String,
-    /// The gateway's base URL.
+    /// The gateway's base URL (default: the config file's `url`, else
+    /// http://127.0.0.1:8750).
     #[arg(long, env = "SECONDKEY_URL")]
     url: Option<String>,
     /// The environment variable that holds the agent's gateway token
@@ -48,6 +49,7 @@ pub enum ToolsCmd {
     /// Pinned tools, and changed definitions waiting for acceptance.
     #[command(after_help = "Example:\n  secondkey mcp tools list --server warehouse")]
     List {
+        /// Only this server's tools (its name in `[[mcp.servers]]`).
         #[arg(long)]
         server: Option<String>,
         #[command(flatten)]
@@ -58,8 +60,10 @@ pub enum ToolsCmd {
         after_help = "Example:\n  secondkey mcp tools accept --server warehouse --tool delete_customer --fingerprint 3f…"
     )]
     Accept {
+        /// The server's name (in `[[mcp.servers]]`, or `--server` of `mcp stdio`).
         #[arg(long)]
         server: String,
+        /// The tool's name.
         #[arg(long)]
         tool: String,
         /// The new definition's fingerprint (from the held call's message or `tools list`).
