@@ -58,6 +58,7 @@ struct RawWebhook {
     #[serde(default)]
     events: Vec<String>,
     ca_file: Option<PathBuf>,
+    #[serde(alias = "timeout_secs")]
     timeout_seconds: Option<u64>,
 }
 
@@ -382,7 +383,15 @@ pub fn parse(
                 ca_file: w
                     .ca_file
                     .map(|p| if p.is_absolute() { p } else { base.join(p) }),
-                timeout: Duration::from_secs(w.timeout_seconds.unwrap_or(10).clamp(1, 120)),
+                timeout: match w.timeout_seconds.unwrap_or(10) {
+                    t @ 1..=120 => Duration::from_secs(t),
+                    t => {
+                        return Err(invalid(
+                            key("timeout_seconds"),
+                            format!("{t} is out of range; use 1..=120 seconds"),
+                        ))
+                    }
+                },
             });
         }
     }
@@ -535,6 +544,8 @@ slack_channel = "C2"
             ("[[webhooks]]\nname = \"a\"\nurl = \"https://x\"\nsecret_env = \"HOOK\"\nevents = [\"request.nope\"]", "webhooks[0].events"),
             ("[[webhooks]]\nname = \"a b\"\nurl = \"https://x\"\nsecret_env = \"HOOK\"", "webhooks[0].name"),
             ("[[webhooks]]\nname = \"a\"\nurl = \"https://x\"\nsecret_env = \"TEAMS_PW\"", "webhooks[0].secret_env"),
+            ("[[webhooks]]\nname = \"a\"\nurl = \"https://x\"\nsecret_env = \"HOOK\"\ntimeout_seconds = 500", "webhooks[0].timeout_seconds"),
+            ("[[webhooks]]\nname = \"a\"\nurl = \"https://x\"\nsecret_env = \"HOOK\"\ntimeout_secs = 0", "webhooks[0].timeout_seconds"),
             ("[[routing.routes]]\nslack_channel = \"C1\"", "routing.routes[0].group"),
             ("[[routing.routes]]\ngroup = \"dba\"\nslack_channel = \"C1\"", "routing.routes[0].slack_channel"),
             ("[[routing.routes]]\nresource = \"a*b*\"", "routing.routes[0].resource"),

@@ -891,6 +891,12 @@ impl Config {
                     "sink names must be unique",
                 ));
             }
+            // Built once here (no connection is made) so that a bad value
+            // (facility, URL, secret, CA file) refuses the configuration
+            // instead of leaving the sink off at start.
+            if let Err(e) = s.build(&log_origin) {
+                return Err(invalid(format!("sinks[{i}]"), e.to_string()));
+            }
         }
         let mut environments = Vec::new();
         for (i, e) in raw.environments.iter().enumerate() {
@@ -1202,7 +1208,15 @@ fn witnesses(raw: &[RawWitness]) -> Result<Vec<WitnessConfig>, ConfigError> {
             .key
             .parse()
             .map_err(|e: secondkey_log::witness::KeyError| invalid(at("key"), e.to_string()))?;
-        let timeout = Duration::from_secs(w.timeout_secs.unwrap_or(10).clamp(1, 120));
+        let timeout = match w.timeout_secs.unwrap_or(10) {
+            t @ 1..=120 => Duration::from_secs(t),
+            t => {
+                return Err(invalid(
+                    at("timeout_secs"),
+                    format!("{t} is out of range; use 1..=120 seconds"),
+                ))
+            }
+        };
         out.push(WitnessConfig {
             name: w.name.clone(),
             url,
@@ -1509,6 +1523,18 @@ mod tests {
             let e = w(url, k).unwrap_err().to_string();
             assert!(e.contains(&format!("log.witnesses[0].{field}")), "{e}");
         }
+        // A timeout out of 1..=120 s is refused, not clamped.
+        for t in [0, 500] {
+            let e = load(&format!(
+                "[log]\norigin = \"o.example/log\"\n[[log.witnesses]]\nname = \"w1\"\nurl = \"https://w.example\"\nkey = \"{key}\"\ntimeout_secs = {t}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("log.witnesses[0].timeout_secs") && e.contains("1..=120"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -1596,6 +1622,20 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             .unwrap_err()
             .to_string();
         assert!(e.contains("requests.escalation_fraction"), "{e}");
+        // A sink that could not start refuses the configuration.
+        let sink = "[[sinks]]\ntype = \"syslog\"\nname = \"siem\"\naddress = \"127.0.0.1:6514\"\n";
+        load(sink).unwrap();
+        let e = load(&format!("{sink}facility = \"nope\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sinks[0]") && e.contains("unknown syslog facility"),
+            "{e}"
+        );
+        let e = load("[[sinks]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"http://example.com/hook\"\nsecret = \"0123456789abcdef0123456789abcdef\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sinks[0]") && e.contains("https://"), "{e}");
     }
 
     #[test]
