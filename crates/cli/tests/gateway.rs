@@ -916,6 +916,10 @@ fn executors_consume_for_requesters_and_lists_page() {
         (s, v["error"]["code"].as_str()),
         (400, Some("invalid_query"))
     );
+    let (s, v) = g.call("GET", "/v1/requests?wait=abc", Some("user:bob"), None);
+    assert_eq!(s, 400, "{v}");
+    let m = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(m.starts_with("the query string is invalid: wait"), "{v}");
 }
 
 /// The REST form of the adapter interface: `?execute=true`, results and

@@ -37,7 +37,18 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| Q(v))
-            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+            .map_err(|e| {
+                // "wait: invalid digit found in string", without the
+                // framework's own preamble.
+                let text = e.body_text();
+                let why = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("the query string is invalid: {why}"),
+                )
+            })
     }
 }
 
@@ -273,7 +284,9 @@ pub struct ExecutionResultBody {
 /// Report the result of an execution (once; only its own caller).
 #[utoipa::path(post, path = "/v1/executions/{id}/result", params(("id" = String, Path)),
     request_body = ExecutionResultBody,
-    responses((status = 204, description = "recorded"), (status = 404, body = ErrorBody),
+    responses((status = 204, description = "recorded"),
+              (status = 400, body = ErrorBody, description = "`unsafe_number` (a number JSON cannot carry exactly), a malformed body"),
+              (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "`outcome_recorded`")))]
 async fn execution_result(
     State(s): State<AppState>,
@@ -734,7 +747,10 @@ async fn revoke_request(
 
 /// The requester reports how an executed action ended.
 #[utoipa::path(post, path = "/v1/requests/{id}/result", params(("id" = String, Path)), request_body = ResultBody,
-    responses((status = 200, body = RequestView), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = RequestView),
+              (status = 400, body = ErrorBody, description = "`invalid_outcome`, `unsafe_number`, a malformed body"),
+              (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 async fn request_result(
     State(s): State<AppState>,
     Caller(p): Caller,
