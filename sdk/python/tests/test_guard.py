@@ -60,6 +60,16 @@ def test_policy_denial_never_runs(bot):
     assert "sdk:no-drops" in str(e.value) and e.value.decision_id in str(e.value)
 
 
+def test_default_denial_names_no_empty_policy(rita):
+    # user:rita is in no group a permit names: nothing permits it.
+    with pytest.raises(secondkey.Denied) as e:
+        with rita.guard({"kind": "tool", "operation": "read", "resource": unique("nobody")}):
+            pass
+    msg = str(e.value)
+    assert e.value.policies == [] and "no permit policy matches" in msg, msg
+    assert "policy :" not in msg and "policy  " not in msg, msg
+
+
 def test_expiry_and_withdrawal_never_run(bot):
     runs = []
     with pytest.raises(secondkey.RequestEnded) as e:

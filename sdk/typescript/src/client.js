@@ -62,10 +62,16 @@ function policiesOf(x) {
 }
 
 function deniedByPolicy(resp) {
-  const forbids = resp.reasons.filter((r) => r.effect === 'forbid').map((r) => r.policy);
-  const why = resp.reasons.map((r) => (r.message ? `policy ${r.policy}: ${r.message}` : `policy ${r.policy}`)).join('; ');
+  const named = resp.reasons.filter((r) => r.policy);
+  const forbids = named.filter((r) => r.effect === 'forbid').map((r) => r.policy);
+  // A default deny names no policy: its message says why.
+  const reason = (r) => {
+    if (!r.policy) return r.message || 'no permit policy matches';
+    return r.message ? `policy ${r.policy}: ${r.message}` : `policy ${r.policy}`;
+  };
+  const why = resp.reasons.map(reason).join('; ');
   return new Denied(`secondkey denied this action (decision ${resp.id}): ${why || 'no policy permits it'}`, {
-    decisionId: resp.id, policies: forbids.length ? forbids : resp.reasons.map((r) => r.policy), reasons: resp.reasons.map((r) => r.message),
+    decisionId: resp.id, policies: forbids.length ? forbids : named.map((r) => r.policy), reasons: resp.reasons.map((r) => r.message),
   });
 }
 

@@ -46,6 +46,14 @@ test('a reviewer denial never runs and names the policy and the request', async 
   assert.equal(err.requestId, rid);
 });
 
+test('a default denial names no empty policy', async () => {
+  // user:rita is in no group a permit names: nothing permits it.
+  const d = await rita.guard({ kind: 'tool', operation: 'read', resource: unique('nobody') }, () => {}).catch((e) => e);
+  assert.ok(d instanceof Denied, String(d));
+  assert.deepEqual(d.policies, []);
+  assert.ok(d.message.includes('no permit policy matches') && !d.message.includes('policy :'), d.message);
+});
+
 test('policy denial, expiry and withdrawal never run', async () => {
   let runs = 0;
   const d = await bot.guard({ kind: 'tool', operation: 'drop', resource: unique('drop') }, () => runs++).catch((e) => e);

@@ -99,8 +99,16 @@ def _policies(resp_or_view: Any) -> list[str]:
 
 
 def _denied(resp: ActionResponse) -> Denied:
-    policies = [r.policy for r in resp.reasons if r.effect == "forbid"] or [r.policy for r in resp.reasons]
-    why = "; ".join(f"policy {r.policy}: {r.message}" if r.message else f"policy {r.policy}" for r in resp.reasons)
+    named = [r for r in resp.reasons if r.policy]
+    policies = [r.policy for r in named if r.effect == "forbid"] or [r.policy for r in named]
+
+    def reason(r: Any) -> str:
+        # A default deny names no policy: its message says why.
+        if not r.policy:
+            return r.message or "no permit policy matches"
+        return f"policy {r.policy}: {r.message}" if r.message else f"policy {r.policy}"
+
+    why = "; ".join(reason(r) for r in resp.reasons)
     return Denied(
         f"secondkey denied this action (decision {resp.id}): {why or 'no policy permits it'}",
         decision_id=resp.id,
