@@ -6,10 +6,12 @@
 # durable before it runs) and under `@record("after")` (decision and result
 # logged together within `[log] after_window`) — simple and extended
 # protocol, 10 clients and 1 client, in one run. Prints TPS and the ratios
-# to pgbouncer.
+# to pgbouncer, and the gateway's CPU per statement (µs) of each secondkey
+# column.
 #
 #   bench/pg.sh                      # DURATION=10 CLIENTS="10 1" MODES="simple extended" SCALE=10
 #   PROFILE=1 bench/pg.sh            # adds a perf profile of the gateway (10 clients, simple)
+#   SECONDKEY_BIN=path bench/pg.sh   # measures that binary instead of building this checkout's
 #
 # Needs postgresql-15, pgbench, pgbouncer (Debian); as root it installs
 # pgbouncer itself. Everything runs on 127.0.0.1 with throwaway data and is
@@ -32,8 +34,14 @@ fi
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 [ -x "$BIN/initdb" ] || { echo "PostgreSQL 15 is missing; run: apt-get install -y postgresql-15" >&2; exit 1; }
 
-cargo build --release --locked -p secondkey >/dev/null 2>&1 || cargo build --release --locked -p secondkey
-SK=$PWD/target/release/secondkey
+# SECONDKEY_BIN: measure that binary (an A/B against another build)
+# instead of building this checkout's.
+if [ -n "${SECONDKEY_BIN:-}" ]; then
+  SK=$(realpath "$SECONDKEY_BIN")
+else
+  cargo build --release --locked -p secondkey >/dev/null 2>&1 || cargo build --release --locked -p secondkey
+  SK=$PWD/target/release/secondkey
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d /tmp/sk-pgbench.XXXXXX)
@@ -144,14 +152,20 @@ run() { # target mode clients → tps
 echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg); duration ${DURATION}s per run; scale $SCALE"
 LOG0=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
-printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s\n" mode clients direct pgaudit pgbouncer secondkey sk-after \
-  "sk/bnc" "after/bnc" "pga/bnc"
+# The gateway's CPU (user + system, in clock ticks) so far, and per
+# statement of a run: ticks over the transactions pgbench counted (one
+# SELECT each), in µs.
+ticks() { awk '{print $14 + $15}' "/proc/$SKPID/stat"; }
+per_stmt() { python3 -c "print(int(($2 - $1) * 1e6 / $(getconf CLK_TCK) / max($3 * $DURATION, 1)))"; }
+printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s\n" mode clients direct pgaudit pgbouncer secondkey sk-after \
+  "sk/bnc" "after/bnc" "pga/bnc" "sk µs" "after µs"
 for mode in $MODES; do
   for c in $CLIENTS; do
     d=$(run direct "$mode" "$c"); a=$(run pgaudit "$mode" "$c"); b=$(run pgbouncer "$mode" "$c")
-    s=$(run secondkey "$mode" "$c"); f=$(run after "$mode" "$c")
-    printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s\n" "$mode" "$c" "$d" "$a" "$b" "$s" "$f" \
-      "$(ratio "$s" "$b")" "$(ratio "$f" "$b")" "$(ratio "$a" "$b")"
+    t0=$(ticks); s=$(run secondkey "$mode" "$c"); t1=$(ticks); f=$(run after "$mode" "$c"); t2=$(ticks)
+    printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s\n" "$mode" "$c" "$d" "$a" "$b" "$s" "$f" \
+      "$(ratio "$s" "$b")" "$(ratio "$f" "$b")" "$(ratio "$a" "$b")" \
+      "$(per_stmt "$t0" "$t1" "$s")" "$(per_stmt "$t1" "$t2" "$f")"
   done
 done
 LOG1=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)
