@@ -761,120 +761,109 @@ impl LineageBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A small deterministic generator (xorshift64*), so a failure repeats.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-        }
-    }
+    use proptest::prelude::*;
 
     fn lineage(store: &secondkey_store::Store) -> Vec<(String, String)> {
         store.list_records(LINEAGE_NS, "", None, 10_000).unwrap()
     }
 
-    /// One batch over a whole sequence of results leaves every lineage
-    /// record exactly as applying the results one at a time does, over
-    /// records that exist before and records the sequence creates.
-    #[tokio::test]
-    async fn a_lineage_batch_equals_its_touches_applied_one_by_one() {
-        let mut rng = Rng(0x5eed_1234_abcd_0001);
-        for case in 0..40 {
+    fn execution(id: String, approvers: usize) -> Execution {
+        Execution {
+            id,
+            request_id: None,
+            digest: secondkey_core::action::Digest::of_json(&serde_json::json!("x")).unwrap(),
+            approvers: (0..approvers).map(|k| format!("user:r{k}")).collect(),
+            reasons: vec![],
+        }
+    }
+
+    /// One touch: (principal, reads, writes, approvers), by index.
+    type Touch = (usize, Vec<usize>, Vec<usize>, usize);
+
+    /// A touch as a result records it: who, reads, writes, the run, when.
+    type Touched = (&'static str, Vec<String>, Vec<String>, Execution, String);
+
+    fn touches() -> impl Strategy<Value = Vec<Touch>> {
+        let sets = || proptest::collection::vec(0..3usize, 0..3);
+        proptest::collection::vec((0..2usize, sets(), sets(), 0..2usize), 1..12)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        /// One batch over a whole sequence of results leaves every lineage
+        /// record exactly as applying the results one at a time does, over
+        /// records that exist before (`earlier`) and records it creates.
+        #[test]
+        fn a_lineage_batch_equals_its_touches_applied_one_by_one(
+            seq in touches(),
+            earlier in any::<bool>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let sets = ["db.a", "db.b", "db.c"];
+            let names = |v: &[usize]| -> Vec<String> { v.iter().map(|&d| sets[d].to_string()).collect() };
+            let seq: Vec<Touched> = seq
+                .iter()
+                .enumerate()
+                .map(|(i, (who, r, w, appr))| {
+                    (
+                        ["agent:a", "agent:b"][*who],
+                        names(r),
+                        names(w),
+                        execution(format!("act_{i}"), *appr),
+                        format!("2026-12-03T11:00:{i:02}Z"),
+                    )
+                })
+                .collect();
             let one = tempfile::tempdir().unwrap();
             let all = tempfile::tempdir().unwrap();
-            let s1 = secondkey_store::Store::open(secondkey_store::StoreOptions::new(one.path()))
-                .unwrap();
-            let s2 = secondkey_store::Store::open(secondkey_store::StoreOptions::new(all.path()))
-                .unwrap();
-            let sets = ["db.a", "db.b", "db.c"];
-            let mut touches = Vec::new();
-            for i in 0..(1 + rng.below(12)) {
-                let pick = |r: &mut Rng| -> Vec<String> {
-                    (0..r.below(3))
-                        .map(|_| sets[r.below(3) as usize].to_string())
-                        .collect()
-                };
-                let reads = pick(&mut rng);
-                let writes = pick(&mut rng);
-                let ex = Execution {
-                    id: format!("act_{case}_{i}"),
-                    request_id: None,
-                    digest: secondkey_core::action::Digest::of_json(&serde_json::json!("x"))
-                        .unwrap(),
-                    approvers: (0..rng.below(2)).map(|k| format!("user:r{k}")).collect(),
-                    reasons: vec![],
-                };
-                let who = ["agent:a", "agent:b"][rng.below(2) as usize];
-                touches.push((who, reads, writes, ex, format!("2026-12-03T11:00:{i:02}Z")));
-            }
-            // Half the cases start from records written earlier.
-            if case % 2 == 0 {
-                for s in [&s1, &s2] {
-                    s.transact(|tx| {
+            let open = |d: &tempfile::TempDir| {
+                secondkey_store::Store::open(secondkey_store::StoreOptions::new(d.path())).unwrap()
+            };
+            let (s1, s2) = (open(&one), open(&all));
+            rt.block_on(async {
+                if earlier {
+                    for s in [&s1, &s2] {
+                        s.transact(|tx| {
+                            let mut b = LineageBatch::default();
+                            let old = execution("act_old".into(), 0);
+                            b.add("agent:a", (&["db.a".into()], &["db.b".into()]), &old, "2026-12-02T00:00:00Z");
+                            b.apply(tx)
+                        })
+                        .await
+                        .unwrap();
+                    }
+                }
+                for (who, r, w, ex, at) in seq.clone() {
+                    s1.transact(move |tx| {
                         let mut b = LineageBatch::default();
-                        let old = Execution {
-                            id: "act_old".into(),
-                            request_id: None,
-                            digest: secondkey_core::action::Digest::of_json(&serde_json::json!(
-                                "y"
-                            ))
-                            .unwrap(),
-                            approvers: vec![],
-                            reasons: vec![],
-                        };
-                        b.add(
-                            "agent:a",
-                            (&["db.a".into()], &["db.b".into()]),
-                            &old,
-                            "2026-12-02T00:00:00Z",
-                        );
+                        b.add(who, (&r, &w), &ex, &at);
                         b.apply(tx)
                     })
                     .await
                     .unwrap();
                 }
-            }
-            for (who, r, w, ex, at) in touches.clone() {
-                s1.transact(move |tx| {
+                let batch = seq.clone();
+                s2.transact(move |tx| {
                     let mut b = LineageBatch::default();
-                    b.add(who, (&r, &w), &ex, &at);
+                    for (who, r, w, ex, at) in &batch {
+                        b.add(who, (r, w), ex, at);
+                    }
                     b.apply(tx)
                 })
                 .await
                 .unwrap();
-            }
-            let read_touches: u64 = touches.iter().map(|t| t.1.len() as u64).sum();
-            let write_touches: u64 = touches.iter().map(|t| t.2.len() as u64).sum();
-            s2.transact(move |tx| {
-                let mut b = LineageBatch::default();
-                for (who, r, w, ex, at) in &touches {
-                    b.add(who, (r, w), ex, at);
-                }
-                b.apply(tx)
-            })
-            .await
-            .unwrap();
+            });
             let got = lineage(&s2);
-            assert_eq!(lineage(&s1), got, "case {case}");
+            prop_assert_eq!(lineage(&s1), got.clone());
             // And the counts are every touch's, on top of what was there.
-            let recs: Vec<LineageRecord> = got
-                .iter()
-                .map(|(_, v)| serde_json::from_str(v).unwrap())
-                .collect();
-            let earlier = u64::from(case % 2 == 0);
-            assert_eq!(
-                recs.iter().map(|r| r.reads).sum::<u64>(),
-                read_touches + earlier
-            );
-            assert_eq!(
-                recs.iter().map(|r| r.writes).sum::<u64>(),
-                write_touches + earlier
-            );
+            let recs: Vec<LineageRecord> =
+                got.iter().map(|(_, v)| serde_json::from_str(v).unwrap()).collect();
+            let before = u64::from(earlier);
+            let reads: u64 = seq.iter().map(|t| t.1.len() as u64).sum();
+            let writes: u64 = seq.iter().map(|t| t.2.len() as u64).sum();
+            prop_assert_eq!(recs.iter().map(|r| r.reads).sum::<u64>(), reads + before);
+            prop_assert_eq!(recs.iter().map(|r| r.writes).sum::<u64>(), writes + before);
         }
     }
 }
