@@ -118,6 +118,7 @@ pub struct ReviewView {
     /// `approve` or `deny`.
     pub decision: String,
     pub comment: Option<String>,
+    /// When it was given, in milliseconds since the Unix epoch.
     pub at: i64,
 }
 
