@@ -214,6 +214,8 @@ enum RequestCmd {
     /// Requests you made or may review.
     #[command(after_help = "Example:\n  secondkey request list --state pending")]
     List {
+        /// Only requests in this state: pending, approved, denied, expired,
+        /// withdrawn, revoked, executed, failed or unknown.
         #[arg(long)]
         state: Option<String>,
         #[command(flatten)]

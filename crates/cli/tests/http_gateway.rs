@@ -618,6 +618,8 @@ fn bypass_corpus(g: &Gateway, access: &Path) {
         ("GET http://evil.example/http/billing/get", "", "", 400, "absolute_form"),
         ("GET /http/billing/get", "Host: evil.example\r\n", "", 400, "ambiguous_host"),
         ("GET /http/billing/get", "Impersonate-User: admin\r\n", "", 400, "impersonation"),
+        // Two credentials: which one a proxy in front reads is anyone's guess.
+        ("GET /http/billing/get", "Authorization: Bearer bogus\r\n", "", 401, "unauthorized"),
         ("TRACE /http/billing/get", "", "", 405, "method_not_supported"),
     ] {
         let answer = raw(&addr, req(line, headers, body).as_bytes());
@@ -737,7 +739,7 @@ impl Kube {
 fn kubectl_through_the_gateway() {
     let tmp = tempfile::tempdir().unwrap();
     let (_fixture, port, requests) = k8s_fixture(tmp.path());
-    let listen = free_port();
+    let (listen, listen_short) = (free_port(), free_port());
     // kubectl sends its token only over TLS: the gateway's listener serves
     // a certificate the kubeconfig trusts.
     let (cert, key) = (tmp.path().join("gw.pem"), tmp.path().join("gw.key"));
@@ -778,6 +780,22 @@ profile = "kubernetes"
 cluster = "prod"
 principals = ["agent:report-bot"]
 hold_timeout = "60s"
+[http.listen_tls]
+cert_file = "gw.pem"
+key_file = "gw.key"
+[http.credentials]
+type = "bearer"
+value_env = "K8S_UPSTREAM_TOKEN"
+
+[[http]]
+name = "k8s-short"
+upstream = "http://127.0.0.1:{port}"
+listen = "127.0.0.1:{listen_short}"
+profile = "kubernetes"
+cluster = "prod"
+principals = ["agent:report-bot"]
+hold_timeout = "1s"
+retry_after_seconds = 7
 [http.listen_tls]
 cert_file = "gw.pem"
 key_file = "gw.key"
@@ -862,7 +880,11 @@ value_env = "K8S_UPSTREAM_TOKEN"
         "{execs}"
     );
     let (ok, _, err) = kube.run(&["exec", "web-1", "--", "rm", "-rf", "/data"]);
-    assert!(!ok && err.contains("no-recursive-rm"), "{err}");
+    // The upgrade sends no Accept: its refusal is a Status all the same.
+    assert!(
+        !ok && err.contains("Error from server (Forbidden)") && err.contains("no-recursive-rm"),
+        "{err}"
+    );
     assert_eq!(
         k8s_requests(&requests)
             .iter()
@@ -941,6 +963,69 @@ value_env = "K8S_UPSTREAM_TOKEN"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("deployment.apps \"web\" deleted"));
     assert_eq!(deletes(&k8s_requests(&requests)), 1, "runs once");
+
+    // Held past hold_timeout: a Kubernetes client gets a `Status` (reason
+    // Timeout, retryAfterSeconds), so kubectl prints why and fails; curl
+    // asking for JSON reads the same; nothing reached the cluster.
+    let short = tmp.path().join("kubeconfig-short");
+    std::fs::write(
+        &short,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://127.0.0.1:{listen_short}\n    certificate-authority: {}\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: agent\n    namespace: prod\ncurrent-context: prod\nusers:\n- name: agent\n  user:\n    token: {}\n",
+            cert.display(),
+            token_of("agent:report-bot")
+        ),
+    )
+    .unwrap();
+    let kube_short = Kube {
+        kubeconfig: short,
+        home: kube.home.clone(),
+    };
+    let (ok, out, err) = kube_short.run(&["delete", "deployment", "api", "--wait=false"]);
+    assert!(!ok, "{out} {err}");
+    assert!(
+        err.contains("Error from server (Timeout)") && err.contains("awaits approval"),
+        "{err}"
+    );
+    let (s, body, headers) = curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        &bearer("agent:report-bot"),
+        "-H",
+        "Accept: application/json",
+        "--cacert",
+        cert.to_str().unwrap(),
+        &format!("https://127.0.0.1:{listen_short}/apis/apps/v1/namespaces/prod/deployments/api"),
+    ]);
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(
+        (
+            &st["kind"],
+            &st["status"],
+            &st["reason"],
+            &st["details"]["retryAfterSeconds"]
+        ),
+        (
+            &json!("Status"),
+            &json!("Failure"),
+            &json!("Timeout"),
+            &json!(7)
+        ),
+        "{st}"
+    );
+    assert!(
+        headers.to_ascii_lowercase().contains("retry-after: 7"),
+        "{headers}"
+    );
+    let api_deletes = k8s_requests(&requests)
+        .iter()
+        .filter(|r| {
+            r["method"] == "DELETE" && r["path"].as_str().unwrap().ends_with("/deployments/api")
+        })
+        .count();
+    assert_eq!(api_deletes, 0, "held: nothing reached the cluster");
 
     // Every request reached the cluster with the gateway's credential.
     let all = k8s_requests(&requests);

@@ -71,10 +71,17 @@ struct Problem(Map<String, Value>);
 /// that kubectl prints its message (the decision id, the policies).
 fn wants_k8s_status(up: &crate::config::UpstreamConfig, h: &http::HeaderMap) -> bool {
     up.profile == crate::config::Profile::Kubernetes
-        && h.get_all(http::header::ACCEPT).iter().any(|v| {
+        && (h.get_all(http::header::ACCEPT).iter().any(|v| {
             let v = v.to_str().unwrap_or("");
             v.contains("application/json") && !v.contains("application/problem+json")
         })
+            // kubectl's exec, attach and port-forward upgrades send no
+            // Accept, and read a refusal as a `Status`.
+            || h.contains_key("x-stream-protocol-version")
+            || h
+                .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .any(|v| v.to_str().unwrap_or("").contains("k8s.io")))
 }
 
 /// The problem of `resp` as a Kubernetes `Status` (v1): `message` is the
@@ -87,6 +94,9 @@ fn k8s_status(mut resp: Response<Body>) -> Response<Body> {
     };
     let status = resp.status();
     let reason = match status.as_u16() {
+        // Held past `hold_timeout`: Kubernetes' reason for "not completed in
+        // time; the request may succeed later" (with retryAfterSeconds).
+        202 => "Timeout",
         400 => "BadRequest",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -103,11 +113,20 @@ fn k8s_status(mut resp: Response<Body>) -> Response<Body> {
         .filter(|(k, _)| !matches!(k.as_str(), "type" | "title" | "status" | "detail"))
         .map(|(k, v)| json!({"field": k, "message": v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())}))
         .collect();
+    let mut details = json!({"causes": causes});
+    if let Some(secs) = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        details["retryAfterSeconds"] = json!(secs);
+    }
     let body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": m.get("detail").cloned().unwrap_or_default(),
         "reason": reason, "code": status.as_u16(),
-        "details": {"causes": causes},
+        "details": details,
     });
     let mut out = Response::builder()
         .status(status)
@@ -413,9 +432,10 @@ impl Forward {
         };
         match req.state {
             RequestState::Pending => {
+                let detail = format!("request {id} awaits approval; send the identical request again (after Retry-After) to keep waiting or to run it once approved");
                 let body = json!({
                     "status": "pending",
-                    "detail": format!("request {id} awaits approval; send the identical request again (after Retry-After) to keep waiting or to run it once approved"),
+                    "detail": detail,
                     "request": {"id": id, "url": h.url, "state": "pending", "required": required(&h)},
                 });
                 let mut r = Response::builder()
@@ -424,6 +444,14 @@ impl Forward {
                     .body(Body::from(body.to_string()))
                     .unwrap_or_else(|_| Response::new(Body::empty()));
                 retry_after(&mut r, retry);
+                // A Kubernetes client gets a `Status` instead (`k8s_status`):
+                // kubectl cannot read this body as an object.
+                let mut m = Map::new();
+                m.insert("detail".into(), json!(detail));
+                m.insert("request".into(), json!(id));
+                m.insert("url".into(), json!(h.url));
+                m.insert("state".into(), json!("pending"));
+                r.extensions_mut().insert(Problem(m));
                 r
             }
             RequestState::Approved => match g.execute_approved(&self.who, &id, &digest).await {

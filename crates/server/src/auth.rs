@@ -48,12 +48,19 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
+        let mut all = parts
             .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
-            })?;
+            .get_all(axum::http::header::AUTHORIZATION)
+            .iter();
+        let header = all.next().ok_or_else(|| {
+            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
+        })?;
+        // Two credentials are ambiguous: a proxy in front may read the other.
+        if all.next().is_some() {
+            return Err(ApiError::unauthorized(
+                "more than one Authorization header; send exactly one",
+            ));
+        }
         let value = header
             .to_str()
             .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
