@@ -554,17 +554,35 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
         },
     );
     row(&mut b, "Resource", &code_or_dash(Some(&a.resource)));
+    // An interception gateway (pg, mcp, http, ssh) read the operation off
+    // the wire (or its configuration); only the REST API takes the agent's
+    // word for it.
+    let derived_by = p
+        .timeline
+        .observed
+        .transport
+        .as_deref()
+        .filter(|t| *t != "api");
+    let operation = format!("<code>{}.{}</code>", esc(&a.kind), esc(&a.operation));
+    if let Some(t) = derived_by {
+        row(
+            &mut b,
+            "Operation",
+            &format!(
+                "{operation} <small class=\"muted\">derived from the {} request</small>",
+                esc(t)
+            ),
+        );
+    }
     row(
         &mut b,
         "Digest",
         &format!("<code class=\"digest\">{}</code>", esc(r.digest.as_str())),
     );
     b.push_str("</table></div><div class=\"declared\" id=\"declared\"><h2>Declared by the agent</h2><table class=\"kv\">");
-    row(
-        &mut b,
-        "Operation",
-        &format!("<code>{}.{}</code>", esc(&a.kind), esc(&a.operation)),
-    );
+    if derived_by.is_none() {
+        row(&mut b, "Operation", &operation);
+    }
     if let Some(t) = &a.target {
         row(&mut b, "Destination", &code_or_dash(Some(t)));
     }
@@ -918,4 +936,94 @@ pub fn cli_hint(id: &str, public_url: &str) -> String {
 secondkey request approve {id} --url {url} --token $SECONDKEY_TOKEN</pre>"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::session::SessionClaims;
+    use super::super::timeline::Timeline;
+    use super::*;
+    use secondkey_core::action::Action;
+    use secondkey_core::principal::Principal;
+    use secondkey_log::entry::Entry;
+    use serde_json::json;
+    use std::time::Duration;
+
+    /// The request page of a held HTTP DELETE submitted over `transport`,
+    /// split into what the gateway established and what the agent declared.
+    fn sections(transport: &str) -> (String, String) {
+        let raw = json!({"kind": "http", "operation": "delete",
+            "resource": "https://billing/invoices/in_1"});
+        let (action, digest) = Action::from_json(&raw).unwrap();
+        let who = |id: &str| Principal {
+            id: id.parse().unwrap(),
+            owner: None,
+            groups: Default::default(),
+        };
+        let req = Request::new(
+            "req_1".into(),
+            digest,
+            action,
+            who("agent:bot"),
+            vec![],
+            Duration::from_secs(600),
+            Duration::from_secs(600),
+            Timestamp(1_000),
+        )
+        .with_submitted(raw.clone());
+        let created = Entry {
+            index: 0,
+            time: "2026-12-03T10:00:00.000Z".into(),
+            event: "request.created".into(),
+            actor: Some("agent:bot".into()),
+            subjects: [("request".to_string(), "req_1".to_string())]
+                .into_iter()
+                .collect(),
+            digest: None,
+            payload: json!({"transport": transport}),
+        };
+        let timeline = Timeline::from_entries(&[(0, created.to_bytes().unwrap())]);
+        let user = SignedIn {
+            principal: who("user:bob"),
+            session: SessionClaims {
+                sid: "s".into(),
+                sub: "user:bob".into(),
+                groups: vec![],
+                iat: 0,
+                exp: 1,
+            },
+            csrf: "c".into(),
+        };
+        let html = request(
+            &user,
+            &RequestPage {
+                req: &req,
+                submitted: &raw,
+                environment: None,
+                similar: None,
+                cannot_decide: None,
+                now_ms: 2_000,
+                notice: None,
+                nonce: None,
+                timeline: &timeline,
+            },
+        );
+        let at = html.find("id=\"declared\"").expect("a declared section");
+        let established = html[..at].rsplit("id=\"established\"").next().unwrap();
+        (established.to_string(), html[at..].to_string())
+    }
+
+    #[test]
+    fn an_operation_a_gateway_read_off_the_wire_is_established_not_declared() {
+        let (established, declared) = sections("http");
+        assert!(
+            established.contains("<code>http.delete</code> <small class=\"muted\">derived from the http request</small>"),
+            "{established}"
+        );
+        assert!(!declared.contains("http.delete"), "{declared}");
+        // Over the REST API the agent names it: declared, not established.
+        let (established, declared) = sections("api");
+        assert!(!established.contains("http.delete"), "{established}");
+        assert!(declared.contains("<code>http.delete</code>"), "{declared}");
+    }
 }
