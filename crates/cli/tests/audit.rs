@@ -534,3 +534,86 @@ fn event_streams_per_principal_are_bounded() {
         }
     }
 }
+
+/// A sink whose secret's variable is unset: `policy validate` (offline)
+/// accepts the file, `serve` refuses to start and names the variable; a
+/// sink with a bad value is refused by both.
+#[test]
+fn a_sink_that_cannot_start_refuses_serve_not_offline_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("p.cedar"),
+        "permit(principal, action == Action::\"sql.read\", resource);\n",
+    )
+    .unwrap();
+    let write = |sink: &str| {
+        let path = dir.path().join("secondkey.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n{sink}",
+                dir.path().join("data").display(),
+                policies.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let run = |args: &[&str]| {
+        let mut child = std::process::Command::new(BIN)
+            .args(args)
+            .env_remove("SECONDKEY_TEST_SINK_SECRET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} is still running: it should have refused");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.success(), err)
+    };
+    let config = write(
+        "[[sinks]]\nname = \"hooks\"\ntype = \"webhook\"\nurl = \"https://siem.example/ingest\"\nsecret_env = \"SECONDKEY_TEST_SINK_SECRET\"\n",
+    );
+    let cfg = config.to_str().unwrap();
+    let pol = policies.to_str().unwrap();
+    let (ok, err) = run(&["policy", "validate", pol, "--config", cfg]);
+    assert!(ok, "offline checks need no runtime secret: {err}");
+    let (ok, err) = run(&["serve", "--config", cfg]);
+    assert!(
+        !ok && err.contains("sinks") && err.contains("SECONDKEY_TEST_SINK_SECRET"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("data/sinks").exists(),
+        "no sink ran: {err}"
+    );
+    write("[[sinks]]\nname = \"siem\"\ntype = \"syslog\"\naddress = \"127.0.0.1:6514\"\nfacility = \"nope\"\n");
+    for args in [
+        vec!["policy", "validate", pol, "--config", cfg],
+        vec!["serve", "--config", cfg],
+    ] {
+        let (ok, err) = run(&args);
+        assert!(
+            !ok && err.contains("sinks[0]") && err.contains("facility"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -168,6 +168,13 @@ pub async fn start_with(
         config.public_url = format!("http://{addr}");
     }
     let gateway = build(config).await?;
+    // A configured sink that cannot be built (its secret's environment
+    // variable unset, most often) refuses the start: the operator asked
+    // for the export, so the gateway does not run without it.
+    for cfg in &gateway.config.sinks {
+        cfg.build(&gateway.config.log_origin)
+            .map_err(|e| anyhow::anyhow!("config key `sinks`: {e}"))?;
+    }
     let _ = gateway.connections.set(listener.connections());
     spawn_background(gateway.clone());
     let mut extra = axum::Router::new();
