@@ -245,7 +245,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             out,
             expand,
         } => {
-            let cfg = secondkey_server::Config::load(&config, &env_map())?;
+            let cfg = secondkey_server::Config::load_offline(&config, &env_map())?;
             let store = secondkey_store::Store::open(cfg.store_options().read_only())
                 .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
             let size = store.log_size();
@@ -360,7 +360,7 @@ fn expand_entry(
 
 /// Exports the live log to a temporary bundle (for `verify --config`).
 fn export_bundle_tmp(config: &Path) -> Result<(tempfile::TempDir, Verifier, Option<String>)> {
-    let cfg = secondkey_server::Config::load(config, &env_map())?;
+    let cfg = secondkey_server::Config::load_offline(config, &env_map())?;
     let store = secondkey_store::Store::open(cfg.store_options().read_only())
         .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
@@ -487,7 +487,7 @@ pub struct Snapshot {
 /// Reads the data directory of `config` read-only; refuses a log that does
 /// not extend the gateway's last signed checkpoint.
 pub fn snapshot(config: &Path) -> Result<Snapshot> {
-    let cfg = secondkey_server::Config::load(config, &env_map())?;
+    let cfg = secondkey_server::Config::load_offline(config, &env_map())?;
     let store = secondkey_store::Store::open(cfg.store_options().read_only())
         .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;

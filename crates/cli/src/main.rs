@@ -434,7 +434,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Evidence(e) => auditcmd::evidence(e),
         Command::Witness(w) => auditcmd::witness(w),
         Command::Store(StoreCmd::Migrate { config }) => {
-            let cfg = secondkey_server::Config::load(&config, &env_map())?;
+            let cfg = secondkey_server::Config::load_offline(&config, &env_map())?;
             let options = cfg.store_options();
             let (from, to) = secondkey_store::Store::migrate(&options)
                 .map_err(|e| anyhow!("cannot migrate the store: {e}"))?;
@@ -499,7 +499,7 @@ fn policy(cmd: PolicyCmd) -> Result<ExitCode> {
     match cmd {
         PolicyCmd::Validate { dir, config } => {
             let options = match &config {
-                Some(path) => secondkey_server::Config::load(path, &env_map())
+                Some(path) => secondkey_server::Config::load_offline(path, &env_map())
                     .map_err(|e| anyhow!("{}: {e}", path.display()))?
                     .policy_options(),
                 None => Default::default(),
@@ -766,7 +766,7 @@ fn recordings_dir(config: Option<PathBuf>, dir: Option<PathBuf>) -> Result<PathB
         return Ok(d);
     }
     let path = config.ok_or_else(|| anyhow!("pass --config or --dir"))?;
-    let cfg = secondkey_server::Config::load(&path, &env_map())?;
+    let cfg = secondkey_server::Config::load_offline(&path, &env_map())?;
     Ok(secondkey_ssh::config::recordings_dir(
         cfg.sections.get("ssh_gateway"),
         &cfg.base_dir,

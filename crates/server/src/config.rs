@@ -610,12 +610,34 @@ impl Config {
 
     /// Reads `path` and applies `SECONDKEY_*` overrides from `env`.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Config::load_as(path, env, false)
+    }
+
+    /// [`Config::load`] for commands that do not run the gateway (`policy
+    /// validate`, `log export`, `recording`, …): the gateway's own secrets —
+    /// an agent's `token_env`, `[oidc] client_secret_env` — may be unset
+    /// (that principal then has no token, sign-in no client secret).
+    /// What the command itself needs, such as `[store] password_env`, is
+    /// still required.
+    pub fn load_offline(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Config::load_as(path, env, true)
+    }
+
+    fn load_as(
+        path: &Path,
+        env: &HashMap<String, String>,
+        offline: bool,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_toml(&text, &path.display().to_string(), base, env)
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Config::from_raw_as(raw, base, env, offline)
     }
 
     /// Parses TOML text; relative paths are resolved against `base`.
@@ -648,9 +670,18 @@ impl Config {
     }
 
     pub fn from_raw(
+        raw: RawConfig,
+        base: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        Config::from_raw_as(raw, base, env, false)
+    }
+
+    fn from_raw_as(
         mut raw: RawConfig,
         base: &Path,
         env: &HashMap<String, String>,
+        offline: bool,
     ) -> Result<Config, ConfigError> {
         if let Some(v) = env.get("SECONDKEY_LISTEN") {
             raw.listen = Some(v.clone());
@@ -830,6 +861,9 @@ impl Config {
                     a.copy_from_slice(&bytes);
                     Some(a)
                 }
+                // Offline, an unset variable leaves the principal without
+                // a token: nothing authenticates then.
+                (None, Some(var)) if offline && !env.contains_key(var) => None,
                 (None, Some(var)) => {
                     let token = env.get(var).ok_or_else(|| {
                         invalid(
@@ -964,7 +998,7 @@ impl Config {
         }
         let witnesses = witnesses(&raw.log.witnesses)?;
         let oidc = match &raw.oidc {
-            Some(o) => Some(oidc_config(o, &public_url, base, env)?),
+            Some(o) => Some(oidc_config(o, &public_url, base, env, offline)?),
             None => None,
         };
         let store = match &raw.store {
@@ -1305,18 +1339,23 @@ fn oidc_config(
     public_url: &str,
     base: &Path,
     env: &HashMap<String, String>,
+    offline: bool,
 ) -> Result<OidcConfig, ConfigError> {
     let issuer = o.issuer.trim_end_matches('/').to_string();
     crate::jwt::check_url(&issuer, false).map_err(|m| invalid("oidc.issuer", m))?;
     if o.client_id.is_empty() {
         return Err(invalid("oidc.client_id", "must not be empty"));
     }
-    let client_secret = secret(
-        ("oidc.client_secret_env", &o.client_secret_env),
-        ("oidc.client_secret_file", &o.client_secret_file),
-        base,
-        env,
-    )?;
+    let client_secret = match &o.client_secret_env {
+        // Offline, sign-in does not run: its secret may be unset.
+        Some(var) if offline && !env.contains_key(var) && o.client_secret_file.is_none() => None,
+        _ => secret(
+            ("oidc.client_secret_env", &o.client_secret_env),
+            ("oidc.client_secret_file", &o.client_secret_file),
+            base,
+            env,
+        )?,
+    };
     let redirect_url = o
         .redirect_url
         .clone()
@@ -1501,6 +1540,31 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, "test.toml", Path::new("/tmp"), &HashMap::new())
+    }
+
+    #[test]
+    fn offline_commands_need_no_gateway_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secondkey.toml");
+        std::fs::write(
+            &path,
+            "public_url = \"https://sk.example\"\n[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"sk\"\nclient_secret_env = \"SK_TEST_UNSET_OIDC\"\n[[principals]]\nid = \"agent:bot\"\ntoken_env = \"SK_TEST_UNSET_TOKEN\"\n",
+        )
+        .unwrap();
+        let env = HashMap::new();
+        let e = Config::load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("is not set"), "{e}");
+        let c = Config::load_offline(&path, &env).unwrap();
+        assert!(c.tokens.is_empty(), "no token: nothing authenticates");
+        assert!(c.oidc.as_ref().unwrap().client_secret.is_none());
+        // What an offline command needs itself is still required.
+        std::fs::write(
+            &path,
+            "[store]\nurl = \"postgres://sk@db.example/sk\"\npassword_env = \"SK_TEST_UNSET_PG\"\n",
+        )
+        .unwrap();
+        let e = Config::load_offline(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("store.password_env"), "{e}");
     }
 
     #[test]
