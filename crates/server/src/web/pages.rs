@@ -501,7 +501,7 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
             }
         }
         None => b.push_str(
-            "<span class=\"muted\">No earlier similar action (same requester, operation and resource) was approved.</span>",
+            "<span class=\"muted\">No earlier similar action (same requester, kind, operation and resource) was approved.</span>",
         ),
     }
     b.push_str("</div>");
