@@ -102,6 +102,11 @@ impl HttpGateway {
                     })?),
                 };
                 tracing::info!(upstream = %cfg.name, %addr, tls = tls.is_some(), "http gateway listening");
+                eprintln!(
+                    "secondkey http gateway {} listening on {}://{addr}",
+                    cfg.name,
+                    if tls.is_some() { "https" } else { "http" }
+                );
                 tokio::spawn(accept_loop(listener, sh, tls));
                 addrs.push((cfg.name.clone(), addr));
             }

@@ -254,6 +254,10 @@ impl PgGateway {
                 gate: Mutex::new(Gate::default()),
             });
             tracing::info!(connection = %conn.name, %addr, "postgres gateway listening");
+            eprintln!(
+                "secondkey postgres gateway {} listening on {addr}",
+                conn.name
+            );
             tokio::spawn(accept_loop(listener, shared));
             addrs.push(addr);
         }

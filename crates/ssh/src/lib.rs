@@ -128,6 +128,7 @@ impl SshGateway {
             pools,
         });
         tracing::info!(%addr, hosts = self.cfg.hosts.len(), "ssh gateway listening");
+        eprintln!("secondkey ssh gateway listening on {addr}");
         tokio::spawn(accept_loop(listener, config, shared.clone()));
         let dir = self.cfg.recordings_dir.clone();
         let keep = self.cfg.recording_retention;
