@@ -171,12 +171,9 @@ pub async fn start_with(
     // A configured sink that cannot be built (its secret's environment
     // variable unset, most often) refuses the start: the operator asked
     // for the export, so the gateway does not run without it.
-    for cfg in &gateway.config.sinks {
-        cfg.build(&gateway.config.log_origin)
-            .map_err(|e| anyhow::anyhow!("config key `sinks`: {e}"))?;
-    }
+    let sinks = build_sinks(&gateway)?;
     let _ = gateway.connections.set(listener.connections());
-    spawn_background(gateway.clone());
+    spawn_background(gateway.clone(), sinks);
     let mut extra = axum::Router::new();
     let mut docs = Vec::new();
     for ext in &extensions {
@@ -208,7 +205,7 @@ pub async fn start_with(
     })
 }
 
-fn spawn_background(gateway: Arc<Gateway>) {
+fn spawn_background(gateway: Arc<Gateway>, sinks: Vec<Box<dyn secondkey_sinks::Sink>>) {
     let g = gateway.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -232,23 +229,31 @@ fn spawn_background(gateway: Arc<Gateway>) {
     reload::spawn(gateway.clone());
     replicas::spawn(gateway.clone());
     witness::spawn(gateway.clone());
-    start_sinks(&gateway);
+    start_sinks(&gateway, sinks);
 }
 
-fn start_sinks(gateway: &Arc<Gateway>) {
-    if gateway.config.sinks.is_empty() {
+/// Every configured sink, built (no connection is made yet), in order.
+fn build_sinks(gateway: &Arc<Gateway>) -> anyhow::Result<Vec<Box<dyn secondkey_sinks::Sink>>> {
+    let source = Arc::new(logview::StoreSource(gateway.store.clone()));
+    gateway
+        .config
+        .sinks
+        .iter()
+        .map(|cfg| {
+            cfg.build_with_source(&gateway.config.log_origin, source.clone())
+                .map_err(|e| anyhow::anyhow!("config key `sinks`: {e}"))
+        })
+        .collect()
+}
+
+/// Runs the sinks [`build_sinks`] made, one per configured sink.
+fn start_sinks(gateway: &Arc<Gateway>, sinks: Vec<Box<dyn secondkey_sinks::Sink>>) {
+    if sinks.is_empty() {
         return;
     }
     let source = Arc::new(logview::StoreSource(gateway.store.clone()));
     let dir = gateway.config.data_dir.join("sinks");
-    for cfg in &gateway.config.sinks {
-        let sink = match cfg.build_with_source(&gateway.config.log_origin, source.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(sink = cfg.name(), error = %e, "sink not started");
-                continue;
-            }
-        };
+    for (cfg, sink) in gateway.config.sinks.iter().zip(sinks) {
         let size = gateway.store.watch_log_size();
         if gateway.store.is_shared() {
             // Replicas take turns (the background lease) on a cursor kept
