@@ -633,11 +633,7 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Config::from_raw_as(raw, base, env, offline)
+        Config::from_toml_as(&text, &path.display().to_string(), base, env, offline)
     }
 
     /// Parses TOML text; relative paths are resolved against `base`.
@@ -647,11 +643,21 @@ impl Config {
         base: &Path,
         env: &HashMap<String, String>,
     ) -> Result<Config, ConfigError> {
+        Config::from_toml_as(text, name, base, env, false)
+    }
+
+    fn from_toml_as(
+        text: &str,
+        name: &str,
+        base: &Path,
+        env: &HashMap<String, String>,
+        offline: bool,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: name.to_string(),
             message: e.to_string(),
         })?;
-        Config::from_raw(raw, base, env)
+        Config::from_raw(raw, base, env, offline)
     }
 
     /// A path from the file, resolved against [`Config::base_dir`].
@@ -669,15 +675,9 @@ impl Config {
         invalid(key, message)
     }
 
-    pub fn from_raw(
-        raw: RawConfig,
-        base: &Path,
-        env: &HashMap<String, String>,
-    ) -> Result<Config, ConfigError> {
-        Config::from_raw_as(raw, base, env, false)
-    }
-
-    fn from_raw_as(
+    /// Checks and resolves a parsed file; `offline`: see
+    /// [`Config::load_offline`].
+    fn from_raw(
         mut raw: RawConfig,
         base: &Path,
         env: &HashMap<String, String>,
@@ -1272,21 +1272,28 @@ fn check_claim_name(key: &str, v: &str) -> Result<(), ConfigError> {
 }
 
 /// A secret from an environment variable or a file (trimmed), never both:
-/// `env_key`/`file_key` name the config keys in errors.
+/// `env_key`/`file_key` name the config keys in errors. An unset variable
+/// is an error, or no secret when `may_be_unset` (offline loading).
 fn secret(
     (env_key, var): (&str, &Option<String>),
     (file_key, file): (&str, &Option<PathBuf>),
     base: &Path,
     env: &HashMap<String, String>,
+    may_be_unset: bool,
 ) -> Result<Option<String>, ConfigError> {
     match (var, file) {
         (Some(_), Some(_)) => Err(invalid(
             env_key,
             format!("set either {env_key} or {file_key}, not both"),
         )),
-        (Some(var), None) => Ok(Some(env.get(var).cloned().ok_or_else(|| {
-            invalid(env_key, format!("environment variable {var} is not set"))
-        })?)),
+        (Some(var), None) => match env.get(var) {
+            Some(v) => Ok(Some(v.clone())),
+            None if may_be_unset => Ok(None),
+            None => Err(invalid(
+                env_key,
+                format!("environment variable {var} is not set"),
+            )),
+        },
         (None, Some(f)) => {
             let path = if f.is_absolute() {
                 f.clone()
@@ -1322,6 +1329,8 @@ fn store_config(
         ("store.password_file", &st.password_file),
         base,
         env,
+        // The command that reads the store needs its password.
+        false,
     )?;
     pg.ca_file = st.ca_file.as_ref().map(|f| {
         if f.is_absolute() {
@@ -1346,16 +1355,14 @@ fn oidc_config(
     if o.client_id.is_empty() {
         return Err(invalid("oidc.client_id", "must not be empty"));
     }
-    let client_secret = match &o.client_secret_env {
-        // Offline, sign-in does not run: its secret may be unset.
-        Some(var) if offline && !env.contains_key(var) && o.client_secret_file.is_none() => None,
-        _ => secret(
-            ("oidc.client_secret_env", &o.client_secret_env),
-            ("oidc.client_secret_file", &o.client_secret_file),
-            base,
-            env,
-        )?,
-    };
+    // Offline, sign-in does not run: its secret may be unset.
+    let client_secret = secret(
+        ("oidc.client_secret_env", &o.client_secret_env),
+        ("oidc.client_secret_file", &o.client_secret_file),
+        base,
+        env,
+        offline,
+    )?;
     let redirect_url = o
         .redirect_url
         .clone()
