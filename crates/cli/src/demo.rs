@@ -61,11 +61,11 @@ struct People {
 
 fn say(step: &str, text: &str) {
     // Bold on a terminal only: piped or captured output stays plain text.
-    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        println!("\n\x1b[1m[{step}]\x1b[0m {text}");
-    } else {
-        println!("\n[{step}] {text}");
-    }
+    let (bold, plain) = match std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        true => ("\x1b[1m", "\x1b[0m"),
+        false => ("", ""),
+    };
+    println!("\n{bold}[{step}]{plain} {text}");
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {

@@ -770,32 +770,19 @@ fn kubectl_through_the_gateway() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let extra = format!(
-        r#"
+    // One cluster behind two listeners: one holds up to a minute, the
+    // other a second (so a hold times out within the test).
+    let upstream = |name: &str, listen: u16, holds: &str| {
+        format!(
+            r#"
 [[http]]
-name = "k8s-prod"
+name = "{name}"
 upstream = "http://127.0.0.1:{port}"
 listen = "127.0.0.1:{listen}"
 profile = "kubernetes"
 cluster = "prod"
 principals = ["agent:report-bot"]
-hold_timeout = "60s"
-[http.listen_tls]
-cert_file = "gw.pem"
-key_file = "gw.key"
-[http.credentials]
-type = "bearer"
-value_env = "K8S_UPSTREAM_TOKEN"
-
-[[http]]
-name = "k8s-short"
-upstream = "http://127.0.0.1:{port}"
-listen = "127.0.0.1:{listen_short}"
-profile = "kubernetes"
-cluster = "prod"
-principals = ["agent:report-bot"]
-hold_timeout = "1s"
-retry_after_seconds = 7
+{holds}
 [http.listen_tls]
 cert_file = "gw.pem"
 key_file = "gw.key"
@@ -803,22 +790,32 @@ key_file = "gw.key"
 type = "bearer"
 value_env = "K8S_UPSTREAM_TOKEN"
 "#
-    );
+        )
+    };
+    let extra = upstream("k8s-prod", listen, "hold_timeout = \"60s\"")
+        + &upstream(
+            "k8s-short",
+            listen_short,
+            "hold_timeout = \"1s\"\nretry_after_seconds = 7",
+        );
     let g = gateway_with(tmp.path(), &extra, &[("K8S_UPSTREAM_TOKEN", K8S_TOKEN)]);
     // The kubeconfig an agent gets: the gateway's address and the agent's
     // secondkey token; the cluster's token stays in the gateway.
-    let kubeconfig = tmp.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://127.0.0.1:{listen}\n    certificate-authority: {}\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: agent\n    namespace: default\ncurrent-context: prod\nusers:\n- name: agent\n  user:\n    token: {}\n",
-            cert.display(),
-            token_of("agent:report-bot")
-        ),
-    )
-    .unwrap();
+    let kubeconfig = |file: &str, listen: u16, namespace: &str| {
+        let path = tmp.path().join(file);
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://127.0.0.1:{listen}\n    certificate-authority: {}\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: agent\n    namespace: {namespace}\ncurrent-context: prod\nusers:\n- name: agent\n  user:\n    token: {}\n",
+                cert.display(),
+                token_of("agent:report-bot")
+            ),
+        )
+        .unwrap();
+        path
+    };
     let kube = Kube {
-        kubeconfig,
+        kubeconfig: kubeconfig("kubeconfig", listen, "default"),
         home: tmp.path().join("home"),
     };
     std::fs::create_dir_all(&kube.home).unwrap();
@@ -967,18 +964,8 @@ value_env = "K8S_UPSTREAM_TOKEN"
     // Held past hold_timeout: a Kubernetes client gets a `Status` (reason
     // Timeout, retryAfterSeconds), so kubectl prints why and fails; curl
     // asking for JSON reads the same; nothing reached the cluster.
-    let short = tmp.path().join("kubeconfig-short");
-    std::fs::write(
-        &short,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://127.0.0.1:{listen_short}\n    certificate-authority: {}\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: agent\n    namespace: prod\ncurrent-context: prod\nusers:\n- name: agent\n  user:\n    token: {}\n",
-            cert.display(),
-            token_of("agent:report-bot")
-        ),
-    )
-    .unwrap();
     let kube_short = Kube {
-        kubeconfig: short,
+        kubeconfig: kubeconfig("kubeconfig-short", listen_short, "prod"),
         home: kube.home.clone(),
     };
     let (ok, out, err) = kube_short.run(&["delete", "deployment", "api", "--wait=false"]);
