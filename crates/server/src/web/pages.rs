@@ -941,11 +941,11 @@ secondkey request approve {id} --url {url} --token $SECONDKEY_TOKEN</pre>"
 #[cfg(test)]
 mod tests {
     use super::super::session::SessionClaims;
+    use super::super::timeline::tests::entry;
     use super::super::timeline::Timeline;
     use super::*;
     use secondkey_core::action::Action;
     use secondkey_core::principal::Principal;
-    use secondkey_log::entry::Entry;
     use serde_json::json;
     use std::time::Duration;
 
@@ -971,18 +971,12 @@ mod tests {
             Timestamp(1_000),
         )
         .with_submitted(raw.clone());
-        let created = Entry {
-            index: 0,
-            time: "2026-12-03T10:00:00.000Z".into(),
-            event: "request.created".into(),
-            actor: Some("agent:bot".into()),
-            subjects: [("request".to_string(), "req_1".to_string())]
-                .into_iter()
-                .collect(),
-            digest: None,
-            payload: json!({"transport": transport}),
-        };
-        let timeline = Timeline::from_entries(&[(0, created.to_bytes().unwrap())]);
+        let timeline = Timeline::from_entries(&[entry(
+            0,
+            "request.created",
+            "agent:bot",
+            json!({"transport": transport}),
+        )]);
         let user = SignedIn {
             principal: who("user:bob"),
             session: SessionClaims {

@@ -290,11 +290,13 @@ pub fn render(events: &[Event]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn entry(index: u64, event: &str, actor: &str, payload: Value) -> (u64, Vec<u8>) {
+    /// Log entry `index` of request `req_1`, encoded as the store keeps it
+    /// (the request page's tests use it too).
+    pub(crate) fn entry(index: u64, event: &str, actor: &str, payload: Value) -> (u64, Vec<u8>) {
         let e = Entry {
             index,
             time: "2026-12-02T10:00:00.000Z".into(),
