@@ -29,6 +29,16 @@ fn open(dir: &tempfile::TempDir, pg: &PgOptions) -> Store {
     Store::open(StoreOptions::new(dir.path()).postgres(pg.clone())).unwrap()
 }
 
+/// A migrated store whose grant `taken` exists: a job inserting it again
+/// fails, which the batch tests use as their failing statement.
+fn with_taken_grant() -> (tempfile::TempDir, PgOptions, Store) {
+    let (dir, pg) = migrated(Cluster::get());
+    let s = open(&dir, &pg);
+    s.transact_blocking(|tx| tx.insert_grant(&grant("taken")))
+        .unwrap();
+    (dir, pg, s)
+}
+
 fn multi_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -529,11 +539,7 @@ fn events(store: &Store) -> Vec<String> {
 
 #[test]
 fn in_one_pipelined_batch_a_failing_job_rolls_back_alone_and_the_others_commit() {
-    let c = Cluster::get();
-    let (dir, pg) = migrated(c);
-    let s = open(&dir, &pg);
-    s.transact_blocking(|tx| tx.insert_grant(&grant("taken")))
-        .unwrap();
+    let (dir, pg, s) = with_taken_grant();
     let before = s.writer_stats().unwrap();
     let jobs: Vec<BatchJob> = vec![
         Box::new(|tx| {
@@ -856,11 +862,7 @@ fn allows_that_append_later_wait_for_postgresql_once_per_batch() {
 
 #[test]
 fn an_allow_whose_statement_fails_after_it_returned_is_undone_alone() {
-    let c = Cluster::get();
-    let (dir, pg) = migrated(c);
-    let s = open(&dir, &pg);
-    s.transact_blocking(|tx| tx.insert_grant(&grant("taken")))
-        .unwrap();
+    let (dir, pg, s) = with_taken_grant();
     let jobs: Vec<BatchJob> = vec![
         allow("a", "ok.0"),
         // Its grant's id exists: found only when a later job reads.
