@@ -692,13 +692,19 @@ fn catch_up(
 
 /// The log head's size (read under its row lock when `lock`) and the size
 /// of this replica's tree, refused if the head is behind the tree.
+///
+/// The tree's size is read first: it only grows to heads already
+/// committed, so a head read after it (and the snapshot that read starts)
+/// is never behind it unless the log was truncated. Read the other way
+/// round, this replica's writer could commit and grow the tree between a
+/// follower's snapshot and its look at the tree: a false alarm.
 fn head_against(conn: &mut PgConn, view: &Shared, lock: bool) -> Result<(u64, u64), StoreError> {
-    let head = conn.head(lock)?;
     let local = view
         .tree
         .read()
         .map_err(|_| StoreError::Unavailable)?
         .size();
+    let head = conn.head(lock)?;
     if head < local {
         return Err(StoreError::Tampered(format!(
             "PostgreSQL's log head is at {head} entries but this replica has seen {local} (the log was truncated)"
