@@ -271,6 +271,33 @@ pub struct Anchor {
 
 pub(crate) type Shared = Arc<LogView>;
 
+/// What `/healthz` reports for the store: the writer's last commit failure
+/// and the follower's last failure to follow the shared log, each cleared
+/// only by its own next success (a lease renewal that commits says nothing
+/// about entries the follower found missing, nor the other way round).
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    pub writer: Option<String>,
+    pub follower: Option<String>,
+}
+
+pub(crate) type HealthCell = Arc<std::sync::Mutex<Health>>;
+
+/// Tells the log's watchers (sinks, webhooks, waiters) the tree's new size.
+/// Never moves it back: the writer and the follower extend the tree from
+/// their own threads and publish after letting go of its lock, so a smaller
+/// size can arrive after a larger one; the watchers would then wait for an
+/// append that may never come for entries already in the tree.
+pub(crate) fn publish_size(size_tx: &tokio::sync::watch::Sender<u64>, size: u64) {
+    size_tx.send_if_modified(|seen| {
+        let grew = size > *seen;
+        if grew {
+            *seen = size;
+        }
+        grew
+    });
+}
+
 impl LogView {
     /// Adds the leaf hashes of entries `from..` to the tree, skipping those
     /// already in it (another path may have added them first: entries are

@@ -685,7 +685,7 @@ fn catch_up(
     if head > local {
         let hashes = conn.leaf_hashes(local, head)?;
         let size = view.extend(local, &hashes)?;
-        size_tx.send_replace(size);
+        crate::publish_size(&size_tx, size);
     }
     Ok(head)
 }
@@ -952,7 +952,7 @@ impl Readers {
         &self,
         view: Shared,
         size_tx: tokio::sync::watch::Sender<u64>,
-        health: Arc<Mutex<Option<String>>>,
+        health: crate::HealthCell,
     ) -> Result<Follower, StoreError> {
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_tx, wake_rx) = mpsc::channel::<()>();
@@ -989,14 +989,7 @@ impl Readers {
                     }
                     let out = readers.catch_up(&view, &size_tx);
                     if let Ok(mut h) = health.lock() {
-                        match out {
-                            Err(e) => *h = Some(format!("{FOLLOW_FAILED}: {e}")),
-                            // Clears only its own report, not a writer's.
-                            Ok(_) if h.as_deref().is_some_and(|m| m.starts_with(FOLLOW_FAILED)) => {
-                                *h = None
-                            }
-                            Ok(_) => {}
-                        }
+                        h.follower = out.err().map(|e| format!("{FOLLOW_FAILED}: {e}"));
                     }
                 }
             })
@@ -1370,7 +1363,7 @@ impl PgWriter {
         match conn.leaf_hashes(local, base) {
             Ok(hashes) => match view.extend(local, &hashes) {
                 Ok(size) => {
-                    size_tx.send_replace(size);
+                    crate::publish_size(&size_tx, size);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot catch the tree up"),
             },

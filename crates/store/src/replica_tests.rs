@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::pgtest::Cluster;
+use crate::tests::multi_thread;
 use secondkey_log::merkle::{leaf_hash, root_from_leaves};
 
 fn entry(event: &str) -> Entry {
@@ -18,11 +19,17 @@ fn entry(event: &str) -> Entry {
 }
 
 fn migrated(c: &Cluster) -> (tempfile::TempDir, PgOptions) {
+    let (_, dir, opts) = migrated_db(c);
+    (dir, opts)
+}
+
+/// [`migrated`], with the database's name (for `Cluster::sql`).
+fn migrated_db(c: &Cluster) -> (String, tempfile::TempDir, PgOptions) {
     let db = c.database();
     let opts = c.options(&db);
     let dir = tempfile::tempdir().unwrap();
     Store::migrate(&StoreOptions::new(dir.path()).postgres(opts.clone())).unwrap();
-    (dir, opts)
+    (db, dir, opts)
 }
 
 fn open(dir: &tempfile::TempDir, pg: &PgOptions) -> Store {
@@ -37,14 +44,6 @@ fn with_taken_grant() -> (tempfile::TempDir, PgOptions, Store) {
     s.transact_blocking(|tx| tx.insert_grant(&grant("taken")))
         .unwrap();
     (dir, pg, s)
-}
-
-fn multi_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Waits (up to a generous deadline) until `f` holds.
@@ -85,6 +84,26 @@ fn catching_up_while_this_replica_appends_never_reports_a_truncated_log() {
     assert_eq!(s.health(), Ok(()));
     assert_eq!(s.log_size(), 300);
     s.close();
+}
+
+#[test]
+fn a_commit_does_not_clear_what_the_follower_found() {
+    let c = Cluster::get();
+    let (db, dir, pg) = migrated_db(c);
+    let a = open(&dir, &pg);
+    a.transact_blocking(|tx| tx.append(entry("one"))).unwrap();
+    // The head names an entry that is not there: the log cannot be followed.
+    c.sql(&db, "UPDATE log_head SET size = size + 1");
+    eventually("the follower's report", || a.health().is_err());
+    // A commit that appends nothing (a lease renewal) succeeds, and says
+    // nothing about the log: the report stays.
+    a.transact_blocking(|tx| tx.put_meta("k", "v")).unwrap();
+    let h = a.health().unwrap_err();
+    assert!(h.contains("cannot follow the shared log"), "{h}");
+    // Put right, the follower clears its report itself.
+    c.sql(&db, "UPDATE log_head SET size = size - 1");
+    eventually("healthy again", || a.health().is_ok());
+    a.close();
 }
 
 #[test]
@@ -364,6 +383,11 @@ fn with_postgres_down_every_replica_fails_closed_and_recovers() {
         assert!(s.get_request("x").is_err(), "reads fail too, and say so");
     }
     c.pg_start();
+    // With nothing to commit, each writer's probe finds the database back
+    // (a balancer has taken a failing replica out: no traffic would).
+    eventually("both replicas healthy again with no traffic", || {
+        a.health().is_ok() && b.health().is_ok()
+    });
     // Both replicas reconnect at their next batch.
     let i = b.transact_blocking(|tx| tx.append(entry("after"))).unwrap();
     assert_eq!(i, 1, "nothing refused took an index");

@@ -49,8 +49,8 @@ struct Inner {
     read_only: bool,
     /// Held until `close`: one writer per data directory (SQLite).
     lock: Mutex<Option<std::fs::File>>,
-    /// The last commit failure, cleared by the next success (`/healthz`).
-    health: Arc<Mutex<Option<String>>>,
+    /// The writer's and the follower's last failures (`/healthz`).
+    health: crate::HealthCell,
     /// `None` once closed. Held while a background job is parked, so that
     /// no job is parked after the writer took the last ones.
     jobs: Mutex<Option<mpsc::Sender<Wake>>>,
@@ -145,7 +145,7 @@ impl Store {
         let (size_tx, _) = tokio::sync::watch::channel(size);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Wake>();
         let parked: Parked = Arc::new(Mutex::new(Vec::new()));
-        let health = Arc::new(Mutex::new(None));
+        let health = crate::HealthCell::default();
         let follower = match &opened.readers {
             Readers::Pg(r) => Some(r.follow(view.clone(), size_tx.clone(), health.clone())?),
             Readers::Sqlite(_) => None,
@@ -425,7 +425,10 @@ impl Store {
     /// error): the gateway is then refusing everything.
     pub fn health(&self) -> Result<(), String> {
         match self.inner.health.lock() {
-            Ok(h) => h.clone().map_or(Ok(()), Err),
+            Ok(h) => match (&h.writer, &h.follower) {
+                (Some(e), _) | (None, Some(e)) => Err(e.clone()),
+                (None, None) => Ok(()),
+            },
             Err(_) => Err("the store's health lock is poisoned".into()),
         }
     }
@@ -641,16 +644,22 @@ fn writer_loop(
     view: Shared,
     size_tx: tokio::sync::watch::Sender<u64>,
     batching: Batching,
-    health: Arc<Mutex<Option<String>>>,
+    health: crate::HealthCell,
 ) {
     let max_batch = batching.max;
+    // Whether this round consumed a nudge: its parked job may have been
+    // parked after the round looked (see the end of the loop).
+    let nudged = std::cell::Cell::new(false);
     // A wake-up's job joins the batch; 1 if someone waits on it.
     let take = |wake: Wake, batch: &mut Vec<Job>| match wake {
         Wake::Job(job) => {
             batch.push(job);
             1
         }
-        Wake::Nudge => 0,
+        Wake::Nudge => {
+            nudged.set(true);
+            0
+        }
     };
     // Parked jobs first: they were submitted before the job that woke us.
     let unpark = |batch: &mut Vec<Job>| {
@@ -679,7 +688,7 @@ fn writer_loop(
         // Health first: whoever hears of a failed commit finds `/healthz`
         // already reporting it.
         if let Ok(mut h) = health.lock() {
-            *h = outcome.err();
+            h.writer = outcome.err();
         }
         for (reply, result) in replies {
             let _ = reply.send(result);
@@ -688,7 +697,23 @@ fn writer_loop(
     // Jobs of waiting callers in the last commit: two or more means others
     // decide concurrently, and more are likely on their way.
     let mut last_waited = 0usize;
-    while let Ok(first) = rx.recv() {
+    loop {
+        // While the last commit failed, nothing may come to show that the
+        // storage is back (a balancer takes a failing node out): a probe
+        // commit each second clears `/healthz` once one succeeds.
+        let failing = health.lock().map_or(true, |h| h.writer.is_some());
+        let first = if failing {
+            match rx.recv_timeout(HEALTH_PROBE_INTERVAL) {
+                Ok(wake) => wake,
+                Err(mpsc::RecvTimeoutError::Timeout) => Wake::Job(health_probe()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(wake) => wake,
+                Err(_) => break,
+            }
+        };
         let mut batch = Vec::new();
         unpark(&mut batch);
         let mut waited = take(first, &mut batch);
@@ -714,6 +739,18 @@ fn writer_loop(
         if !batch.is_empty() {
             commit(batch);
         }
+        // A nudge taken after the parked jobs were looked at may belong to
+        // a job parked in between: nothing else would wake the writer for
+        // it, so commit what is parked now.
+        while nudged.replace(false) {
+            let mut batch = Vec::new();
+            unpark(&mut batch);
+            top_up(&mut batch);
+            if batch.is_empty() {
+                break;
+            }
+            commit(batch);
+        }
     }
     // Closed: what is still parked gets its commit before the writer ends.
     loop {
@@ -724,6 +761,23 @@ fn writer_loop(
         }
         commit(batch);
     }
+}
+
+/// How often a failing writer tries a commit of its own (see `writer_loop`).
+const HEALTH_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A commit that writes one meta row and that nobody waits for: whether the
+/// storage takes writes again.
+fn health_probe() -> Job {
+    let (reply, _) = tokio::sync::oneshot::channel();
+    let run: JobFn = Box::new(|tx| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        tx.put_meta("health_probe", &now.to_string())?;
+        Ok(Box::new(()) as Box<dyn Any + Send>)
+    });
+    Job { run, reply }
 }
 
 /// Nudges the writer when a background job's submitter goes away before
@@ -801,7 +855,7 @@ fn run_batch(
     if !pending.is_empty() {
         match view.extend(base, &pending) {
             Ok(size) => {
-                size_tx.send_replace(size);
+                crate::publish_size(&size_tx, size);
             }
             Err(e) => {
                 // Durable but not visible: refuse to claim success.

@@ -2,6 +2,15 @@ use super::*;
 use secondkey_log::merkle::leaf_hash;
 
 /// A runtime for the async store calls (`transact_background` needs timers).
+/// A runtime with two workers, as the gateway has on two cores.
+pub(crate) fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -105,6 +114,7 @@ both_backends!(
     commit_delay_never_holds_a_lone_caller_and_commits_every_job_once,
     entries_are_listed_by_request_in_log_order_and_rolled_back_with_their_job,
     migration_indexes_the_entries_already_logged,
+    a_job_handed_over_soon_commits_while_waited_jobs_race_it,
 );
 
 /// An entry about request `id` (its `request` subject), or about none.
@@ -293,10 +303,7 @@ fn grant_use_is_compare_and_set(kind: Kind) {
         .transact_blocking(move |tx| tx.insert_grant(&g))
         .unwrap();
     // Many concurrent consumers: exactly one wins.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
+    let rt = multi_thread();
     let wins = rt.block_on(async {
         let mut set = Vec::new();
         for _ in 0..50 {
@@ -806,11 +813,7 @@ fn concurrent_background_and_waited_jobs_all_commit_once(kind: Kind) {
     let mut options = f.options();
     options.max_batch = 4;
     let store = Store::open(options).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread();
     let failed = rt.block_on(failed_jobs(&store, 50, |s, key, i| async move {
         if i % 5 == 0 {
             s.transact(move |tx| tx.put_record("t.fg", &key, "1")).await
@@ -846,11 +849,7 @@ fn commit_delay_never_holds_a_lone_caller_and_commits_every_job_once(kind: Kind)
     let delay = std::time::Duration::from_millis(500);
     options.commit_delay = delay;
     let store = Store::open(options).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread();
     rt.block_on(async {
         let started = std::time::Instant::now();
         for i in 0..20 {
@@ -901,4 +900,50 @@ pub(crate) fn pending_request_for_replicas(id: &str, requester: &str) -> Request
         requester,
         serde_json::json!({"kind": "sql", "operation": "write", "resource": "db://x", "params": {}}),
     )
+}
+
+#[test]
+fn the_log_size_watch_never_moves_back() {
+    // The writer and the follower publish from their own threads after
+    // letting go of the tree: a smaller size may come second.
+    let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+    crate::publish_size(&tx, 12);
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), 12);
+    crate::publish_size(&tx, 10);
+    crate::publish_size(&tx, 12);
+    assert!(!rx.has_changed().unwrap(), "no wake-up for nothing new");
+    assert_eq!(*rx.borrow(), 12);
+    crate::publish_size(&tx, 13);
+    assert_eq!(*rx.borrow_and_update(), 13);
+}
+
+/// `transact_soon` parks its job and nudges the writer, racing jobs that
+/// wake the writer themselves: each soon job commits without any later
+/// traffic (a nudge consumed by a batch that looked at the parked jobs
+/// before the job was parked must not strand it).
+fn a_job_handed_over_soon_commits_while_waited_jobs_race_it(kind: Kind) {
+    let f = Fixture::new(kind);
+    let store = Store::open(f.options()).unwrap();
+    let rt = multi_thread();
+    rt.block_on(async {
+        for i in 0..200 {
+            let s = store.clone();
+            let waited = tokio::spawn(async move {
+                s.transact(move |tx| tx.put_record("t.w", &i.to_string(), "1"))
+                    .await
+            });
+            let soon = store.transact_soon(move |tx| tx.put_record("t.s", &i.to_string(), "1"));
+            tokio::time::timeout(std::time::Duration::from_secs(30), soon)
+                .await
+                .unwrap_or_else(|_| panic!("soon job {i} was stranded"))
+                .unwrap();
+            waited.await.unwrap().unwrap();
+        }
+    });
+    assert_eq!(
+        store.list_records("t.s", "", None, 1000).unwrap().len(),
+        200
+    );
+    store.close();
 }
