@@ -132,8 +132,14 @@ struct State {
     /// Admitted and not yet durable, by admission order.
     undurable: BTreeMap<u64, Instant>,
     next: u64,
-    /// A write of an after-allow failed; cleared by a strict commit.
+    /// A write of an after-allow failed; cleared by a strict commit
+    /// enqueued after the last failure was noted.
     failed: bool,
+    /// Failed writes so far: what a strict commit compares against, so that
+    /// one enqueued before a failure does not clear it.
+    failures: u64,
+    /// Flushed for shutdown: later allows take the strict path.
+    closed: bool,
 }
 
 /// The after-allows of one gateway. See the module docs.
@@ -233,7 +239,7 @@ impl AfterLog {
         let quarter = self.window / 4;
         let first = {
             let mut st = self.state();
-            if st.failed || st.undurable.len() >= self.max_pending {
+            if st.closed || st.failed || st.undurable.len() >= self.max_pending {
                 return Err(payload);
             }
             if let Some((_, oldest)) = st.undurable.first_key_value() {
@@ -303,6 +309,7 @@ impl AfterLog {
         st.undurable.remove(&seq);
         if !ok {
             st.failed = true;
+            st.failures += 1;
             tracing::error!(
                 action = %id,
                 "the log entry of a @record(\"after\") allow did not commit; after-allows wait for their entry until a commit succeeds"
@@ -310,10 +317,18 @@ impl AfterLog {
         }
     }
 
-    /// A strict commit succeeded: the log is writable again.
-    pub fn recovered(&self) {
+    /// The count of failed writes, taken before a strict commit is
+    /// enqueued and given back to [`AfterLog::recovered`].
+    pub fn failures(&self) -> u64 {
+        self.state().failures
+    }
+
+    /// A strict commit enqueued when `failures` writes had failed
+    /// succeeded: the log is writable again, unless a write failed since
+    /// (that failure's batch may have come after the strict commit's).
+    pub fn recovered(&self, failures: u64) {
         let mut st = self.state();
-        if st.failed {
+        if st.failed && st.failures == failures {
             st.failed = false;
         }
     }
@@ -360,6 +375,7 @@ impl AfterLog {
                 Err((unwritten, e)) => {
                     st.undurable.remove(&unwritten.seq);
                     st.failed = true;
+                    st.failures += 1;
                     tracing::error!(action = %unwritten.id, error = %e.message,
                         "the log entry of a @record(\"after\") allow cannot be written; after-allows wait for their entry until a commit succeeds");
                     if let Some(r) = unwritten.reply {
@@ -411,8 +427,12 @@ impl AfterLog {
         }
     }
 
-    /// Writes every slot still waiting, in one commit (shutdown).
+    /// Writes every slot still waiting, in one commit (shutdown). Allows
+    /// decided from now on take the strict path: none is admitted after
+    /// the last hand-over, where no flusher would write it before the store
+    /// closes.
     pub async fn flush_all(&self) {
+        self.state().closed = true;
         let far = Instant::now() + Duration::from_secs(3600);
         if let Some(h) = self.hand_over(far) {
             self.settle(h).await;
@@ -487,5 +507,47 @@ async fn flusher(log: Weak<AfterLog>, wake: Arc<Notify>) {
         if let Some(h) = l.hand_over(until) {
             tokio::spawn(async move { l.settle(h).await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log() -> (tempfile::TempDir, Arc<AfterLog>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(secondkey_store::StoreOptions::new(dir.path())).unwrap();
+        (dir, AfterLog::new(Duration::from_secs(60), 10, store))
+    }
+
+    fn admitted(log: &Arc<AfterLog>, id: &str) -> bool {
+        let now = Timestamp(0);
+        log.admit(id.into(), now, "agent:bot", "d", json!({}), false)
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_strict_commit_enqueued_before_a_failure_does_not_clear_it() {
+        let (_dir, log) = log();
+        assert!(admitted(&log, "a"));
+        // A strict commit is enqueued; a hand-over fails before it answers
+        // (the failing batch may be the later one).
+        let before = log.failures();
+        log.settled(0, "a", false);
+        log.recovered(before);
+        assert!(!admitted(&log, "b"), "still failing: allows go strict");
+        // A strict commit enqueued after the failure clears it.
+        log.recovered(log.failures());
+        assert!(admitted(&log, "c"));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_admitted_once_flushed_for_shutdown() {
+        let (_dir, log) = log();
+        assert!(admitted(&log, "a"));
+        log.flush_all().await;
+        assert!(log.is_idle(), "the waiting slot was written");
+        assert!(!admitted(&log, "b"));
+        log.store.close();
     }
 }

@@ -720,6 +720,8 @@ impl Gateway {
                             .encode()
                         });
                         let id2 = id.clone();
+                        // Taken before the commit is enqueued (`recovered`).
+                        let failures = decision.record_after.then(|| self.after.failures());
                         self.store
                             .transact(move |tx| {
                                 if let Some(rec) = tracked {
@@ -731,8 +733,8 @@ impl Gateway {
                                 tx.append_later(e)
                             })
                             .await?;
-                        if decision.record_after {
-                            self.after.recovered();
+                        if let Some(f) = failures {
+                            self.after.recovered(f);
                         }
                         Ok(Decided::Run(Execution {
                             id,

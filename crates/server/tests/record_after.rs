@@ -124,6 +124,15 @@ async fn runs_first_then_one_entry_and_back_pressure_goes_strict() {
     assert_eq!(late.len(), 1);
     assert_eq!(late[0]["recorded"], "after");
     assert!(late[0].get("result").is_none());
+    // Flushed for shutdown, the gateway admits no more: an allow decided
+    // now (a connection still open) has its entry before it runs, since no
+    // flusher would write it before the store closes.
+    let Verdict::Run(closing) = g.intercept(&bot, read("public.e")).await.unwrap() else {
+        panic!("expected a run")
+    };
+    let strict = allowed(g, &closing.id);
+    assert_eq!(strict.len(), 1, "durable before it runs");
+    assert!(strict[0].get("recorded").is_none(), "{}", strict[0]);
 }
 
 /// Many after-allows at once, each reporting its result while others are
