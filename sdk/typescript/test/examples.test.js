@@ -1,31 +1,40 @@
 // Every TypeScript example under examples/sdk/typescript runs end to end
-// against the real gateway, with a reviewer deciding through the API. Their
-// node_modules is laid out as `npm install` there would (a link to this
-// package for `file:`, the frameworks linked from this package's install),
-// so CI installs nothing twice.
+// against the real gateway, with a reviewer deciding through the API. The
+// examples are installed as their guide says (`npm install` there, whose
+// .npmrc sets install-links, so `secondkey` is copied, not linked), into a
+// copy of the repository's layout: a linked package could not resolve the
+// frameworks it imports from the examples' node_modules.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, symlinkSync, existsSync, readFileSync } from 'node:fs';
-import { join, dirname } from 'node:path';
+import { spawn, execFileSync } from 'node:child_process';
+import { cpSync, mkdtempSync, rmSync, lstatSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, basename } from 'node:path';
 import { startGateway, decideWhenPending, ROOT } from './helpers.js';
 
-const EXAMPLES = join(ROOT, 'examples', 'sdk', 'typescript');
-const PKG = join(ROOT, 'sdk', 'typescript');
-let gw, rita;
+const noModules = (src) => basename(src) !== 'node_modules';
+let copy, EXAMPLES, gw, rita;
 
 before(async () => {
-  const deps = JSON.parse(readFileSync(join(EXAMPLES, 'package.json'), 'utf8')).dependencies;
-  for (const name of Object.keys(deps)) {
-    const link = join(EXAMPLES, 'node_modules', name);
-    if (existsSync(link)) continue;
-    mkdirSync(dirname(link), { recursive: true });
-    symlinkSync(name === 'secondkey' ? PKG : join(PKG, 'node_modules', name), link, 'dir');
+  copy = mkdtempSync(join(tmpdir(), 'sk-examples-'));
+  EXAMPLES = join(copy, 'examples', 'sdk', 'typescript');
+  cpSync(join(ROOT, 'examples', 'sdk', 'typescript'), EXAMPLES, { recursive: true, filter: noModules });
+  cpSync(join(ROOT, 'sdk', 'typescript'), join(copy, 'sdk', 'typescript'), { recursive: true, filter: noModules });
+  try {
+    execFileSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error'],
+      { cwd: EXAMPLES, encoding: 'utf8', timeout: 300000, stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    throw new Error(`npm install in examples/sdk/typescript failed: ${e.stderr || e.message}`);
   }
+  assert.ok(!lstatSync(join(EXAMPLES, 'node_modules', 'secondkey')).isSymbolicLink(),
+    'the .npmrc installs secondkey as a copy');
   gw = await startGateway();
   rita = gw.client('user:rita');
 });
-after(() => gw.stop());
+after(() => {
+  gw?.stop();
+  if (copy) rmSync(copy, { recursive: true, force: true });
+});
 
 async function runExample(file, resource, decision = 'approve') {
   const child = spawn(process.execPath, [join(EXAMPLES, file)], { env: gw.env(), stdio: ['ignore', 'pipe', 'pipe'] });
