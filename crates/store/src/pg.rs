@@ -123,6 +123,10 @@ const FOLLOW_FAILED: &str = "cannot follow the shared log";
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long sent data may stay unacknowledged before a store connection is
+/// given up (see `PgOptions::target`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a follower catches up even without a notification.
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -160,8 +164,8 @@ pub enum PgTls {
 
 /// A parsed [`PgOptions`]: what to connect to and how.
 #[derive(Clone)]
-struct Target {
-    config: tokio_postgres::Config,
+pub(crate) struct Target {
+    pub(crate) config: tokio_postgres::Config,
     tls: PgTls,
     /// `user@host:port/db`, for messages (never the password).
     display: String,
@@ -184,7 +188,7 @@ impl PgOptions {
         self.target().map(|t| t.tls)
     }
 
-    fn target(&self) -> Result<Target, String> {
+    pub(crate) fn target(&self) -> Result<Target, String> {
         let url = self.url.trim();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err("must be a postgres:// URL".into());
@@ -249,6 +253,20 @@ impl PgOptions {
             PgTls::Disable => tokio_postgres::config::SslMode::Disable,
         });
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A connection whose peer vanished (a failover, a cut network) must
+        // fail soon, not after the kernel's retransmissions (~15 minutes):
+        // the writer would hold every decision meanwhile, and a `LISTEN`
+        // connection would miss notifications unseen. Unless the URL says
+        // otherwise: unacknowledged data for 15 s ends the connection, and
+        // an idle one is probed after 15 s, every 5 s, three times.
+        if !rest.iter().any(|p| p.starts_with("tcp_user_timeout=")) {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        if !rest.iter().any(|p| p.starts_with("keepalives")) {
+            config.keepalives_idle(Duration::from_secs(15));
+            config.keepalives_interval(Duration::from_secs(5));
+            config.keepalives_retries(3);
+        }
         config.application_name("secondkey");
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),

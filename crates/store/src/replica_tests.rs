@@ -362,6 +362,30 @@ fn urls_with_a_password_or_a_weak_sslmode_are_refused() {
 }
 
 #[test]
+fn a_vanished_peer_ends_a_store_connection_in_seconds_unless_the_url_says_otherwise() {
+    let t = PgOptions::new("postgres://sk@db/sk").target().unwrap();
+    assert_eq!(
+        t.config.get_tcp_user_timeout(),
+        Some(&Duration::from_secs(15))
+    );
+    assert!(t.config.get_keepalives());
+    assert_eq!(t.config.get_keepalives_idle(), Duration::from_secs(15));
+    assert_eq!(
+        t.config.get_keepalives_interval(),
+        Some(Duration::from_secs(5))
+    );
+    assert_eq!(t.config.get_keepalives_retries(), Some(3));
+    let own = PgOptions::new("postgres://sk@db/sk?tcp_user_timeout=60&keepalives_idle=120")
+        .target()
+        .unwrap();
+    assert_eq!(
+        own.config.get_tcp_user_timeout(),
+        Some(&Duration::from_secs(60))
+    );
+    assert_eq!(own.config.get_keepalives_idle(), Duration::from_secs(120));
+}
+
+#[test]
 fn with_postgres_down_every_replica_fails_closed_and_recovers() {
     // A cluster of its own: this test stops it.
     let c = Cluster::start_private();
