@@ -703,7 +703,7 @@ fn catch_up(
     if head > local {
         let hashes = conn.leaf_hashes(local, head)?;
         let size = view.extend(local, &hashes)?;
-        crate::publish_size(&size_tx, size);
+        crate::publish_size(size_tx, size);
     }
     Ok(head)
 }

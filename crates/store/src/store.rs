@@ -855,7 +855,7 @@ fn run_batch(
     if !pending.is_empty() {
         match view.extend(base, &pending) {
             Ok(size) => {
-                crate::publish_size(&size_tx, size);
+                crate::publish_size(size_tx, size);
             }
             Err(e) => {
                 // Durable but not visible: refuse to claim success.
