@@ -324,11 +324,21 @@ fn sighup_reloads_escalation_fires_and_metrics_count() {
         "{first}"
     );
     // Metrics, for members of [metrics] readers (default "monitoring").
+    busy(&g, 2);
     let (s, v) = g.call("GET", "/metrics", Some("service:monitor"), None);
     assert_eq!(s, 200, "{v}");
     let m = v.as_str().unwrap().to_string();
     assert!(m.contains("secondkey_requests{state=\"expired\"} 1"), "{m}");
     assert!(m.contains("secondkey_log_size "), "{m}");
+    // Every decision counts once, under the surface that asked.
+    for line in [
+        "secondkey_decisions_total{decision=\"review\",transport=\"api\"} 1",
+        "secondkey_decisions_total{decision=\"allow\",transport=\"api\"} 2",
+        "secondkey_decisions_total{decision=\"deny\",transport=\"api\"} 0",
+        "secondkey_after_pending 0",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} in {m}");
+    }
 }
 
 #[test]

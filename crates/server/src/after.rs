@@ -299,6 +299,11 @@ impl AfterLog {
     }
 
     /// Whether nothing is pending (a cheap check before [`AfterLog::attach`]).
+    /// Admitted and not yet durable.
+    pub fn pending(&self) -> usize {
+        self.state().undurable.len()
+    }
+
     pub fn is_idle(&self) -> bool {
         self.state().slots.is_empty()
     }

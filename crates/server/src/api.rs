@@ -916,6 +916,9 @@ async fn metrics(State(s): State<AppState>, Caller(p): Caller) -> Result<Respons
     for (state, n) in counts {
         out.push_str(&format!("secondkey_requests{{state=\"{state}\"}} {n}\n"));
     }
+    s.gateway
+        .counters
+        .render(s.gateway.after_pending(), &mut out);
     if let Some(c) = s.gateway.connections.get() {
         out.push_str(&format!(
             "# HELP secondkey_connections Connections open on the main listener.\n# TYPE secondkey_connections gauge\nsecondkey_connections {}\n# HELP secondkey_connections_refused_total Connections turned away at accept by [limits] caps.\n# TYPE secondkey_connections_refused_total counter\nsecondkey_connections_refused_total {}\n",

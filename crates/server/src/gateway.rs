@@ -77,6 +77,8 @@ pub struct Gateway {
     pub witnessing: crate::witness::Witnessing,
     /// Allows under `@record("after")` whose entry is not yet durable.
     pub(crate) after: Arc<crate::after::AfterLog>,
+    /// Decisions since start (`/metrics`).
+    pub counters: crate::metrics::Counters,
 }
 
 /// Wall-clock time in Unix milliseconds: the only clock the gateway reads.
@@ -348,6 +350,7 @@ impl Gateway {
             admission,
             connections: std::sync::OnceLock::new(),
             clock: Box::new(system_now),
+            counters: Default::default(),
         }
     }
 
@@ -362,6 +365,12 @@ impl Gateway {
     pub fn with_clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
         self.clock = Box::new(clock);
         self
+    }
+
+    /// `@record("after")` allows that ran and whose entry is not yet
+    /// durable.
+    pub fn after_pending(&self) -> usize {
+        self.after.pending()
     }
 
     /// Writes the entries of `@record("after")` allows still waiting for
@@ -613,6 +622,7 @@ impl Gateway {
         facts.extend(Self::facts(principal, env.as_deref(), transport));
         let policy = self.policy();
         let decision = policy.decide(principal, &action, &facts);
+        self.counters.decided(transport, &decision.outcome);
         let policy_set = policy.fingerprint().to_string();
         let reasons: Vec<ReasonView> = decision.reasons.iter().map(ReasonView::from).collect();
         let now = self.now();
@@ -685,17 +695,19 @@ impl Gateway {
                                 .admit(id.clone(), now, &actor, &dg, payload, track)
                             {
                                 Ok(a) => {
+                                    self.counters.after_admitted();
                                     return Ok(Decided::Run(Execution {
                                         id: a.id,
                                         request_id: None,
                                         digest,
                                         approvers: vec![],
                                         reasons,
-                                    }))
+                                    }));
                                 }
                                 // Not admitted: the strict path, with the
                                 // payload back as it was.
                                 Err(mut back) => {
+                                    self.counters.after_strict();
                                     if let Some(m) = back.as_object_mut() {
                                         m.remove("recorded");
                                     }

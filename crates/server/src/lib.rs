@@ -20,6 +20,7 @@ pub mod keys;
 pub mod limits;
 pub mod lineage;
 pub mod logview;
+pub mod metrics;
 pub mod reload;
 pub mod replicas;
 pub mod reviewer;
