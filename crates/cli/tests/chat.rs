@@ -634,6 +634,24 @@ fn teams_action_execute_needs_a_valid_bot_framework_token() {
         401
     );
     assert_eq!(send(Some("not.a.jwt"), &act("i6")).0, 401);
+    // The claim's other spelling, naming another service URL, beside the
+    // right one: the token must agree with itself.
+    let (s, v) = send(
+        Some(&bot_token_with(
+            &key,
+            KID,
+            TEAMS_APP_ID,
+            &service_url,
+            600,
+            &[("serviceUrl", "https://evil.example/")],
+        )),
+        &act("i6b"),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("bad_token")),
+        "{v}"
+    );
     pending();
 
     // Valid token, unlinked account: told to link, nothing counted.

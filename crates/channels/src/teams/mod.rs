@@ -5,7 +5,7 @@
 //! An activity is accepted only with a Bot Framework JWT that verifies:
 //! RS256 with a key from the configured OpenID metadata, issuer
 //! `https://api.botframework.com`, audience = our app id, not expired (5 min
-//! skew), its `serviceUrl` claim equal to the activity's `serviceUrl`, and
+//! skew), its `serviceurl` claim equal to the activity's `serviceUrl`, and
 //! the key endorsing the activity's channel. The same (token, activity id)
 //! pair is accepted once: the Bot Framework reuses a token across
 //! activities for its lifetime, so the token alone cannot be single use,
@@ -101,12 +101,25 @@ pub(crate) async fn messages(
     };
     let s = |p: &str| activity.pointer(p).and_then(Value::as_str);
     let service_url = s("/serviceUrl").unwrap_or_default();
-    let claimed = verified.claims.get("serviceUrl").and_then(Value::as_str);
-    if claimed.map(|c| c.trim_end_matches('/')) != Some(service_url.trim_end_matches('/')) {
+    // The Bot Framework names the claim `serviceurl` (its SDKs'
+    // `AuthenticationConstants.ServiceUrlClaim`); any spelling of it counts,
+    // and a token that carries several must agree in each.
+    let claimed: Vec<Option<&str>> = verified
+        .claims
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("serviceurl"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let want = service_url.trim_end_matches('/');
+    if claimed.is_empty()
+        || claimed
+            .iter()
+            .any(|c| c.map(|c| c.trim_end_matches('/')) != Some(want))
+    {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "bad_token",
-            "the token's serviceUrl claim does not match the activity's serviceUrl",
+            "the token's serviceurl claim does not match the activity's serviceUrl",
         );
     }
     let channel_id = s("/channelId").unwrap_or_default();

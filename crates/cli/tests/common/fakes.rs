@@ -345,12 +345,28 @@ pub fn bot_token(key: &RsaKey, aud: &str, service_url: &str, exp_in: i64) -> Str
 
 /// A Bot Framework token signed with `key`, naming key id `kid`.
 pub fn bot_token_kid(key: &RsaKey, kid: &str, aud: &str, service_url: &str, exp_in: i64) -> String {
+    bot_token_with(key, kid, aud, service_url, exp_in, &[])
+}
+
+/// A Bot Framework token with `extra` claims besides the usual ones (the
+/// service URL under the Bot Framework's claim name, `serviceurl`).
+pub fn bot_token_with(
+    key: &RsaKey,
+    kid: &str,
+    aud: &str,
+    service_url: &str,
+    exp_in: i64,
+    extra: &[(&str, &str)],
+) -> String {
     let now = unix_now();
-    let claims = json!({
+    let mut claims = json!({
         "iss": "https://api.botframework.com", "aud": aud,
         "exp": now + exp_in, "nbf": now - 60, "iat": now - 60,
-        "serviceUrl": service_url,
+        "serviceurl": service_url,
     });
+    for (k, v) in extra {
+        claims[*k] = json!(v);
+    }
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some(kid.into());
     jsonwebtoken::encode(
