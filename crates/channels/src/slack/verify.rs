@@ -112,7 +112,13 @@ impl Verifier {
         now_secs: i64,
     ) -> Result<(), SignatureError> {
         verify(&self.secret, timestamp, signature, body, now_secs)?;
-        let key = signature.unwrap_or_default().trim().as_bytes().to_vec();
+        // Keyed on the MAC itself, not its spelling: hex is accepted in
+        // either case, so the text could differ for the same request.
+        let key = signature
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+            .into_bytes();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|_, at| now_secs.saturating_sub(*at) <= 2 * TOLERANCE_SECS);
         if seen.insert(key, now_secs).is_some() {
@@ -180,6 +186,13 @@ mod tests {
         ver.check(Some(TS), Some(SIG), BODY, now).unwrap();
         assert_eq!(
             ver.check(Some(TS), Some(SIG), BODY, now + 1),
+            Err(SignatureError::Replayed)
+        );
+        // The same MAC in capitals is the same request.
+        let upper = format!("v0={}", SIG.trim_start_matches("v0=").to_ascii_uppercase());
+        verify(SECRET, Some(TS), Some(&upper), BODY, now).unwrap();
+        assert_eq!(
+            ver.check(Some(TS), Some(&upper), BODY, now + 2),
             Err(SignatureError::Replayed)
         );
         // a forged request does not poison the memory for the real one
