@@ -40,7 +40,7 @@ fn delete(n: u32) -> Value {
 }
 
 fn user(sub: &str, name: &str, email: &str, groups: Value) -> Value {
-    json!({"sub": sub, "preferred_username": name, "email": email, "groups": groups})
+    json!({"sub": sub, "preferred_username": name, "email": email, "email_verified": true, "groups": groups})
 }
 
 fn oidc_section(dir: &Path, issuer: &str, username_claim: &str) -> String {
@@ -104,6 +104,11 @@ fn letter_case_never_makes_a_second_principal() {
                 json!(["data-owners"]),
             ),
             user("bob", "bob", "bob@example.test", json!(["data-owners"])),
+            // Typed bob's address into a provider that never checked it.
+            json!({"sub": "mallory", "preferred_username": "mallory", "email": "bob@example.test",
+                   "email_verified": false, "groups": ["data-owners"]}),
+            json!({"sub": "mallory2", "preferred_username": "mallory2", "email": "bob@example.test",
+                   "groups": ["data-owners"]}),
             user("ETL-bot", "ETL-bot", "etl@example.test", json!([])),
             // A token-exchange token: the deploy bot acting for carol.
             json!({"sub": "carol-via-deploy", "preferred_username": "Carol", "act": {"sub": "Deploy-Bot"}}),
@@ -208,6 +213,17 @@ fn letter_case_never_makes_a_second_principal() {
         assert_eq!(r.status, 403, "{sub}: {}", r.body);
     }
     assert_eq!(gb.state_of(&id), ("pending".into(), 0));
+    // An email the provider has not verified (false, or no
+    // email_verified claim at all) names nobody.
+    for sub in ["mallory", "mallory2"] {
+        let r = sign_in_refused(&gb.url, sub);
+        assert!(
+            r.status >= 400 && r.body.contains("email_verified"),
+            "{sub}: {} {}",
+            r.status,
+            r.body
+        );
+    }
     assert_eq!(web_approve(&gb.url, "bob", &id).status, 303);
 }
 

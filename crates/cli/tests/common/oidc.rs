@@ -171,6 +171,29 @@ pub struct SignIn {
 }
 
 pub fn sign_in(gw: &str, user: &str, return_to: &str) -> SignIn {
+    let (done, callback, login_cookie) = through_provider(gw, user, return_to);
+    assert_eq!(done.status, 303, "{}", done.body);
+    SignIn {
+        session: cookie_value(&done.cookies, "sk_session").expect("a session cookie"),
+        landed: done.location.unwrap_or_default(),
+        callback,
+        login_cookie,
+    }
+}
+
+/// The gateway's answer to a sign-in of `user` it refuses (no session).
+pub fn sign_in_refused(gw: &str, user: &str) -> Resp {
+    let (done, _, _) = through_provider(gw, user, "/");
+    assert!(
+        cookie_value(&done.cookies, "sk_session").is_none(),
+        "no session for a refused sign-in"
+    );
+    done
+}
+
+/// `/login`, the provider's consent as `user`, and the gateway's callback:
+/// the callback's answer, its URL and the login cookie.
+fn through_provider(gw: &str, user: &str, return_to: &str) -> (Resp, String, String) {
     let a = no_redirects();
     let q = form_urlencoded::Serializer::new(String::new())
         .append_pair("return", return_to)
@@ -196,13 +219,7 @@ pub fn sign_in(gw: &str, user: &str, return_to: &str) -> SignIn {
             .set("Cookie", &format!("sk_login={login_cookie}"))
             .call(),
     );
-    assert_eq!(done.status, 303, "{}", done.body);
-    SignIn {
-        session: cookie_value(&done.cookies, "sk_session").expect("a session cookie"),
-        landed: done.location.unwrap_or_default(),
-        callback,
-        login_cookie,
-    }
+    (done, callback, login_cookie)
 }
 
 pub fn get_page(gw: &str, session: &str, path: &str) -> Resp {

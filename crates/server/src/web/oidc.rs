@@ -240,6 +240,14 @@ impl Oidc {
                 "the ID token has no {claim:?} claim; set [oidc] username_claim to a claim your provider sends"
             ))
         })?;
+        // An email address names a person only once the provider checked
+        // it: where users type their own (self-registration, a changeable
+        // profile field) anyone could claim a reviewer's.
+        if claim == "email" && !email_verified(verified.claims.get("email_verified")) {
+            return Err(LoginError::Token(format!(
+                "the provider has not verified the email {name:?} (email_verified is not true); sign-in by email needs a verified address, or set [oidc] username_claim to a name users cannot choose"
+            )));
+        }
         let id: PrincipalId = format!("user:{name}").parse().map_err(|e| {
             LoginError::Token(format!("{claim} {name:?} is not a usable user name: {e}"))
         })?;
@@ -369,5 +377,15 @@ mod tests {
                 assert_eq!(got, "/", "{bad:?}");
             }
         }
+    }
+}
+
+/// `email_verified` as providers send it: `true`, or the string `"true"`
+/// (some send booleans as strings).
+fn email_verified(v: Option<&serde_json::Value>) -> bool {
+    match v {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
     }
 }
