@@ -698,13 +698,14 @@ async fn upgrade(
         return relay(up, resp, rec);
     };
     let upstream_side = hyper::upgrade::on(&mut resp);
+    let needles = up.needles.clone();
     tokio::spawn(async move {
         let (c, u) = tokio::join!(client, upstream_side);
         match (c, u) {
             (Ok(c), Ok(u)) => {
-                let mut c = hyper_util::rt::TokioIo::new(c);
-                let mut u = hyper_util::rt::TokioIo::new(u);
-                let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                let c = hyper_util::rt::TokioIo::new(c);
+                let u = hyper_util::rt::TokioIo::new(u);
+                let r = tunnel(c, u, Redactor::new(needles)).await;
                 let (sent, received, note) = match r {
                     Ok((a, b)) => (a, b, None),
                     Err(e) => (0, 0, Some(format!("the tunnel ended: {e}"))),
@@ -722,6 +723,46 @@ async fn upgrade(
     });
     head.body(Body::empty())
         .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+/// Joins an upgraded client and upstream until both directions end:
+/// the client's bytes go up as they are, the upstream's come back through
+/// `redactor` (an upstream that echoes the handshake, or a shell printing
+/// its environment, cannot hand the credential to the client). Returns the
+/// bytes (sent up, received from the upstream).
+async fn tunnel<C, U>(client: C, upstream: U, mut redactor: Redactor) -> std::io::Result<(u64, u64)>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let up = async {
+        let n = tokio::io::copy(&mut cr, &mut uw).await?;
+        uw.shutdown().await?;
+        Ok::<u64, std::io::Error>(n)
+    };
+    let down = async {
+        let mut received = 0u64;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = ur.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            received += n as u64;
+            let out = redactor.push(Bytes::copy_from_slice(&buf[..n]));
+            cw.write_all(&out).await?;
+            // Flushed at once: a held-back tail waits only for a possible
+            // credential, never for more traffic.
+            cw.flush().await?;
+        }
+        cw.write_all(&redactor.finish()).await?;
+        cw.shutdown().await?;
+        Ok::<u64, std::io::Error>(received)
+    };
+    tokio::try_join!(up, down)
 }
 
 /// Records how a forwarded request went, once, off the client's path.
@@ -913,5 +954,40 @@ impl Drop for RelayBody {
                 rec.send(status < 400, s);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_tunnel_masks_the_credential_coming_back_even_split_across_reads() {
+        let (mut client, client_gw) = tokio::io::duplex(64);
+        let (upstream_gw, mut upstream) = tokio::io::duplex(64);
+        let needles = Arc::new(vec![b"Bearer s3cret-token".to_vec()]);
+        let joined = tokio::spawn(tunnel(client_gw, upstream_gw, Redactor::new(needles)));
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got_up = Vec::new();
+        upstream.read_to_end(&mut got_up).await.unwrap();
+        assert_eq!(got_up, b"ping", "the client's bytes go up unchanged");
+        // The upstream echoes its request headers, the credential split
+        // over two writes.
+        upstream
+            .write_all(b"Authorization: Bearer s3c")
+            .await
+            .unwrap();
+        upstream.write_all(b"ret-token\r\nbye").await.unwrap();
+        upstream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            format!("Authorization: {}\r\nbye", "*".repeat(19))
+        );
+        let (sent, received) = joined.await.unwrap().unwrap();
+        assert_eq!((sent, received), (4, 39));
     }
 }

@@ -200,13 +200,14 @@ pub struct Upstream {
 }
 
 /// Request headers forwarded besides the recorded ones: they only say
-/// what the client is, or carry an upgrade's handshake.
-const PASSED: [&str; 6] = [
+/// what the client is, or carry an upgrade's handshake. Not
+/// `Sec-WebSocket-Extensions`: a compressed tunnel (permessage-deflate)
+/// would hide the credential from the mask on the way back.
+const PASSED: [&str; 5] = [
     "user-agent",
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-protocol",
-    "sec-websocket-extensions",
     "x-stream-protocol-version",
 ];
 
