@@ -68,6 +68,8 @@ pub struct TeamsSide {
     pub connector: teams::connector::Connector,
     pub service_url: String,
     pub replays: teams::Replays,
+    /// `[teams] tenant_id`: the only tenant whose activities count.
+    pub tenant: Option<String>,
 }
 
 /// What handlers and the follower share.
@@ -135,9 +137,11 @@ impl Channels {
                 &t.app_password,
                 &t.token_url,
                 client.clone(),
-            ),
+            )
+            .with_tenant(t.tenant_id.clone()),
             service_url: t.service_url.clone(),
             replays: teams::Replays::default(),
+            tenant: t.tenant_id.clone(),
         });
         Channels {
             inner: Arc::new(Inner {

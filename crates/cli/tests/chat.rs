@@ -536,6 +536,7 @@ fn teams_action_execute_needs_a_valid_bot_framework_token() {
     let extra = format!(
         "\n[teams]\napp_id = \"{TEAMS_APP_ID}\"\napp_password_env = \"SK_TEAMS_PW\"\n\
          openid_metadata = \"{bf}/v1/.well-known/openidconfiguration\"\ntoken_url = \"{bf}/token\"\nservice_url = \"{bf}/\"\n\
+         tenant_id = \"tenant-1\"\n\
          [[routing.routes]]\ngroup = \"data-owners\"\nteams_conversation = \"19:reviewers@thread.tacv2\"\n"
     );
     let g = Gateway::start_full(
@@ -560,6 +561,7 @@ fn teams_action_execute_needs_a_valid_bot_framework_token() {
         sent.auth.as_deref(),
         Some(format!("Bearer {CONNECTOR_TOKEN}").as_str())
     );
+    assert_eq!(sent.body["channelData"]["tenant"]["id"], "tenant-1");
     let att = &sent.body["attachments"][0];
     assert_eq!(
         att["contentType"],
@@ -634,6 +636,19 @@ fn teams_action_execute_needs_a_valid_bot_framework_token() {
         401
     );
     assert_eq!(send(Some("not.a.jwt"), &act("i6")).0, 401);
+    // A valid token, but the activity comes from another organization.
+    let mut foreign = act("i6c");
+    foreign["conversation"]["tenantId"] = json!("tenant-2");
+    foreign["channelData"]["tenant"]["id"] = json!("tenant-2");
+    let (s, v) = send(
+        Some(&bot_token(&key, TEAMS_APP_ID, &service_url, 600)),
+        &foreign,
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("wrong_tenant")),
+        "{v}"
+    );
     // The claim's other spelling, naming another service URL, beside the
     // right one: the token must agree with itself.
     let (s, v) = send(

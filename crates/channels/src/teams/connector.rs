@@ -26,6 +26,8 @@ pub struct Connector {
     token_url: String,
     http: Client,
     token: tokio::sync::Mutex<Option<(String, Instant)>>,
+    /// Sent as `channelData.tenant.id` on every activity (`[teams] tenant_id`).
+    tenant: Option<String>,
 }
 
 /// Percent-encodes a path segment (conversation ids hold `:`, `@`, `;`).
@@ -49,6 +51,25 @@ impl Connector {
             token_url: token_url.to_string(),
             http,
             token: tokio::sync::Mutex::new(None),
+            tenant: None,
+        }
+    }
+
+    /// Names `tenant` on every activity sent (Teams wants the tenant on
+    /// proactive messages).
+    pub fn with_tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    fn stamp(&self, activity: &mut Value) {
+        if let (Some(t), Some(a)) = (&self.tenant, activity.as_object_mut()) {
+            let data = a
+                .entry("channelData")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(d) = data.as_object_mut() {
+                d.insert("tenant".into(), serde_json::json!({ "id": t }));
+            }
         }
     }
 
@@ -106,8 +127,9 @@ impl Connector {
         &self,
         service_url: &str,
         conversation: &str,
-        activity: Value,
+        mut activity: Value,
     ) -> Result<PostedActivity, HttpError> {
+        self.stamp(&mut activity);
         let tok = self.token().await?;
         let v = self
             .http
@@ -132,6 +154,7 @@ impl Connector {
     pub async fn update(&self, at: &PostedActivity, mut activity: Value) -> Result<(), HttpError> {
         let tok = self.token().await?;
         activity["id"] = Value::String(at.activity_id.clone());
+        self.stamp(&mut activity);
         self.http
             .call(
                 "PUT",

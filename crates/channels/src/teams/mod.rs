@@ -169,6 +169,18 @@ pub(crate) async fn messages(
     let tenant = s("/conversation/tenantId")
         .or(s("/channelData/tenant/id"))
         .unwrap_or("-");
+    // A bot installed in another organization is not ours to decide for.
+    if let Some(ours) = &teams.tenant {
+        if tenant != ours {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "wrong_tenant",
+                format!(
+                    "this gateway serves Teams tenant {ours} only; the activity is from {tenant}"
+                ),
+            );
+        }
+    }
     let external = External {
         platform: "teams".into(),
         id: format!("{tenant}/{aad}"),
