@@ -281,9 +281,26 @@ impl Upstream {
         let uri = format!("{}://{}{}", self.cfg.scheme, self.cfg.authority, pq);
         let mut b = Request::builder().method(method.clone()).uri(uri);
         if let Some(h) = b.headers_mut() {
+            // A recorded header goes up as the one value the action
+            // recorded (repeated lines joined with ", ", each trimmed): two
+            // lines and one joined line have one digest, so they must be
+            // one request upstream too.
+            for name in &self.cfg.headers {
+                let texts: Vec<&str> = client_headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .collect();
+                if texts.is_empty() {
+                    continue;
+                }
+                if let Ok(k) = http::header::HeaderName::from_bytes(name.as_bytes()) {
+                    h.insert(k, HeaderValue::from_str(&texts.join(", "))?);
+                }
+            }
             for (k, v) in client_headers {
-                let name = k.as_str();
-                if self.cfg.headers.contains(name) || PASSED.contains(&name) {
+                if PASSED.contains(&k.as_str()) && !self.cfg.headers.contains(k.as_str()) {
                     h.append(k.clone(), v.clone());
                 }
             }
@@ -309,5 +326,47 @@ impl Upstream {
             }
         }
         b.body(Full::new(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeSet, HashMap};
+
+    fn upstream() -> Upstream {
+        let v: toml::Value = toml::from_str(
+            "[[http]]\nname = \"app\"\nupstream = \"http://127.0.0.1:9/\"\nprincipals = [\"agent:bot\"]\nheaders = [\"X-Tenant\", \"User-Agent\"]\n",
+        )
+        .unwrap();
+        let principals: BTreeSet<String> = ["agent:bot".to_string()].into();
+        let cfg = crate::config::parse(
+            &v["http"],
+            std::path::Path::new("/nonexistent"),
+            &principals,
+            &HashMap::new(),
+        )
+        .unwrap()
+        .remove(0);
+        Upstream::new(Arc::new(cfg)).unwrap()
+    }
+
+    #[test]
+    fn a_recorded_header_goes_up_as_the_one_value_that_was_digested() {
+        let mut client = HeaderMap::new();
+        client.append("x-tenant", HeaderValue::from_static(" a "));
+        client.append("x-tenant", HeaderValue::from_static("b"));
+        client.append("user-agent", HeaderValue::from_static("curl/8"));
+        client.append("x-other", HeaderValue::from_static("dropped"));
+        let req = upstream()
+            .request(&http::Method::GET, "/x", "", &client, None, Bytes::new())
+            .unwrap();
+        let h = req.headers();
+        let tenant: Vec<_> = h.get_all("x-tenant").iter().collect();
+        assert_eq!(tenant, vec![&HeaderValue::from_static("a, b")]);
+        // Recorded and also passed: once, as recorded.
+        let ua: Vec<_> = h.get_all("user-agent").iter().collect();
+        assert_eq!(ua, vec![&HeaderValue::from_static("curl/8")]);
+        assert!(h.get("x-other").is_none());
     }
 }
