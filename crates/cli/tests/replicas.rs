@@ -3,6 +3,8 @@
 //! loopback, with curl-like HTTP clients.
 
 mod common;
+#[path = "common/oidc.rs"]
+mod oidc;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -454,4 +456,39 @@ fn kill_9_of_a_replica_and_postgres_stopped_under_load_lose_nothing_acknowledged
     }
     // Replicas still up sign the same checkpoint.
     assert_eq!(checkpoint(&r.gws[0]), checkpoint(&r.gws[2]));
+}
+
+/// Sessions are cookies any replica accepts (one session key); signing out
+/// on one replica must end the session on the others too, not only in the
+/// memory of the replica that took the sign-out.
+#[test]
+fn signing_out_on_one_replica_ends_the_session_on_the_others() {
+    use oidc::{csrf_of, get_page, post_form, sign_in, start_idp};
+    let idp_dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(idp_dir.path());
+    let secret = idp_dir.path().join("client_secret");
+    std::fs::write(&secret, "replica-test-client-secret\n").unwrap();
+    let r = replicas_with(
+        2,
+        &format!(
+            "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\n",
+            secret.display()
+        ),
+    );
+    let (a, b) = (&r.gws[0], &r.gws[1]);
+    let bob = sign_in(&a.url, "bob", "/inbox");
+    let page = get_page(&b.url, &bob.session, "/inbox");
+    assert_eq!(page.status, 200, "any replica accepts the session");
+    let csrf = csrf_of(&page.body);
+    let out = post_form(&a.url, &bob.session, "/logout", &[("csrf", &csrf)], None);
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(get_page(&a.url, &bob.session, "/inbox").status, 303);
+    assert_eq!(
+        get_page(&b.url, &bob.session, "/inbox").status,
+        303,
+        "signed out on A, signed out on B"
+    );
+    // Another session of the same person is untouched.
+    let again = sign_in(&b.url, "bob", "/inbox");
+    assert_eq!(get_page(&a.url, &again.session, "/inbox").status, 200);
 }

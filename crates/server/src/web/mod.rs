@@ -444,7 +444,7 @@ async fn request_page(
     Query(q): Query<NoticeQuery>,
 ) -> Response {
     let g = &s.gateway;
-    let user = match SignedIn::from_headers(g, &headers) {
+    let user = match SignedIn::current(g, &headers).await {
         Some(u) => u,
         None if g.web.oidc.is_none() => return ok(pages::cli_hint(&id, &g.config.public_url)),
         None => return WebReject::SignIn(uri.path().to_string()).into_response(),

@@ -282,11 +282,38 @@ impl SignedIn {
     }
 }
 
+impl SignedIn {
+    /// [`SignedIn::from_headers`], and, on a store several replicas share,
+    /// not signed out on another replica: a sign-out is a record in the
+    /// store, which this replica's memory learns of only here. A store
+    /// that cannot answer counts as signed out (fail closed).
+    pub async fn current(g: &Gateway, headers: &HeaderMap) -> Option<SignedIn> {
+        let s = SignedIn::from_headers(g, headers)?;
+        if !g.store.is_shared() {
+            return Some(s);
+        }
+        let store = g.store.clone();
+        let sid = s.session.sid.clone();
+        match tokio::task::spawn_blocking(move || store.get_record(SIGNED_OUT_NS, &sid)).await {
+            Ok(Ok(None)) => Some(s),
+            Ok(Ok(Some(_))) => {
+                g.web.sessions.revoke(&s.session, now_secs(g));
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot check a web session against the sign-outs");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for SignedIn {
     type Rejection = WebReject;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, WebReject> {
-        if let Some(s) = SignedIn::from_headers(&state.gateway, &parts.headers) {
+        if let Some(s) = SignedIn::current(&state.gateway, &parts.headers).await {
             return Ok(s);
         }
         if state.gateway.web.oidc.is_none() {
