@@ -341,6 +341,8 @@ pub(crate) trait Reads {
     fn due_for_escalation(&mut self, now_ms: i64, fraction: f64)
         -> Result<Vec<String>, StoreError>;
     fn count_by_state(&mut self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Ids of pending requests, oldest first, at most `limit`.
+    fn pending_ids(&mut self, limit: i64) -> Result<Vec<String>, StoreError>;
 }
 
 /// Checks that the stored leaves still hash to the last anchored root and

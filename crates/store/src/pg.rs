@@ -1783,6 +1783,15 @@ impl Reads for PgConn {
             .map(|r| (r.get(0), u64_of(r.get(1))))
             .collect())
     }
+
+    fn pending_ids(&mut self, limit: i64) -> Result<Vec<String>, StoreError> {
+        let rows = self.query(
+            "SELECT id FROM requests WHERE state = 'pending'
+             ORDER BY created_at, id LIMIT $1",
+            &[&limit],
+        )?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
 }
 
 struct PgTx<'a> {
