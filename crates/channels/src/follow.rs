@@ -118,6 +118,7 @@ impl Follower {
                     let lead = self.gateway.replica.is_leader();
                     match c {
                         Ok(_) if !lead => {}
+                        Ok(c) if c.is_resync() => self.reconcile().await,
                         Ok(c) => self.on_change(c).await,
                         Err(RecvError::Lagged(n)) => {
                             if lead {

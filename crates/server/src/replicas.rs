@@ -8,7 +8,11 @@
 //! - **Wake-ups.** The store hears other replicas' request changes
 //!   (`LISTEN`); [`spawn`] turns each into a change on this gateway's feed,
 //!   so long-polls, event streams and adapters waiting here wake when a
-//!   reviewer decided on another replica.
+//!   reviewer decided on another replica. When some may have been missed
+//!   (the `LISTEN` connection was re-made, or the forwarder lagged), it
+//!   puts a [`RequestChange::RESYNC`](crate::gateway::RequestChange::RESYNC)
+//!   on the feed instead: every waiter re-reads its request, the chat
+//!   followers catch up from the store.
 //! - **Background work once.** The lease `background` (held in the store,
 //!   renewed every half second, 5 s long) says which replica runs the
 //!   expiry and escalation sweep, the chat followers, the log sinks (their
@@ -111,9 +115,19 @@ pub fn spawn(g: Arc<Gateway>) {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match remote.recv().await {
+                Ok(id) if id == secondkey_store::REMOTE_RESYNC => {
+                    tracing::info!(
+                        "listening to other replicas again; waiters and followers re-read"
+                    );
+                    fwd.announce_resync();
+                }
                 Ok(id) => fwd.announce_remote(&id).await,
                 Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "missed changes from other replicas; waiters re-read on their own deadlines");
+                    tracing::warn!(
+                        missed = n,
+                        "missed changes from other replicas; waiters and followers re-read"
+                    );
+                    fwd.announce_resync();
                 }
                 Err(RecvError::Closed) => return,
             }

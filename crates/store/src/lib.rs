@@ -43,7 +43,7 @@ use secondkey_core::request::{Request, RequestState};
 use secondkey_log::entry::Entry;
 use secondkey_log::merkle::{Hash, Tree};
 
-pub use pg::{PgOptions, PgTls, WriterStats};
+pub use pg::{PgOptions, PgTls, WriterStats, REMOTE_RESYNC};
 pub use store::Store;
 
 /// Errors from the store. Any of them means the change did not happen.

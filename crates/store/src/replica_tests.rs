@@ -172,6 +172,75 @@ fn a_replica_follows_the_others_without_writing() {
 }
 
 #[test]
+fn a_change_made_while_a_replica_re_listens_is_not_lost() {
+    let c = Cluster::get();
+    let db = c.database();
+    let pg = c.options(&db);
+    let dir = tempfile::tempdir().unwrap();
+    Store::migrate(&StoreOptions::new(dir.path()).postgres(pg.clone())).unwrap();
+    let a = open(&dir, &pg);
+    let b = open(&dir, &pg);
+    let mut changes = b
+        .remote_changes()
+        .expect("a PostgreSQL store announces changes");
+    let rt = multi_thread();
+    let next = |changes: &mut tokio::sync::broadcast::Receiver<String>| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), changes.recv())
+                .await
+                .expect("a change notification within 30 s")
+                .expect("the change feed is open")
+        })
+    };
+    let put = |id: &str| {
+        let req = crate::tests::pending_request_for_replicas(id, "agent:bot");
+        rt.block_on(a.transact(move |tx| tx.put_request(&req)))
+            .unwrap();
+    };
+    let listening = "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    eventually("both stores to LISTEN", || c.sql(&db, listening) == "2");
+    // B listens; its first LISTEN is no re-sync: the first thing it hears
+    // is the change itself.
+    put("r-0");
+    assert_eq!(next(&mut changes), "r-0");
+    // The LISTEN connections drop (a network cut, a PostgreSQL restart of
+    // the backend), and A changes a request at once, before B listens
+    // again: PostgreSQL keeps no notification for a listener that is gone.
+    let killed = c.sql(
+        &db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    );
+    assert_eq!(killed, "2", "both LISTEN backends were cut");
+    put("r-1");
+    // B learns that it may have missed something (or, had it listened
+    // again in time, the change itself).
+    let heard = next(&mut changes);
+    assert!(
+        heard == REMOTE_RESYNC || heard == "r-1",
+        "B heard {heard:?}"
+    );
+    assert_eq!(
+        b.get_request("r-1").unwrap().map(|r| r.id).as_deref(),
+        Some("r-1")
+    );
+    // And it listens again: a later change comes through as usual.
+    let mut rest = vec![];
+    put("r-2");
+    while rest.last().map(String::as_str) != Some("r-2") {
+        rest.push(next(&mut changes));
+    }
+    assert!(
+        rest.iter()
+            .all(|h| h == REMOTE_RESYNC || h == "r-1" || h == "r-2"),
+        "{rest:?}"
+    );
+    a.close();
+    b.close();
+}
+
+#[test]
 fn one_grant_consumed_on_three_replicas_at_once_is_used_once() {
     let c = Cluster::get();
     let (dir, pg) = migrated(c);
