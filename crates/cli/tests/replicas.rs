@@ -551,3 +551,44 @@ fn kill_9_of_a_replica_and_postgres_stopped_under_load_lose_nothing_acknowledged
     // Replicas still up sign the same checkpoint.
     assert_eq!(checkpoint(&r.gws[0]), checkpoint(&r.gws[2]));
 }
+
+#[test]
+fn a_request_webhook_is_delivered_by_one_replica() {
+    let (hook_url, hooks) = fakes::webhook_receiver();
+    let r = replicas_full(
+        2,
+        &format!(
+            "\n[[webhooks]]\nname = \"ops\"\nurl = \"{hook_url}\"\nsecret_env = \"SK_HOOK\"\n"
+        ),
+        &[("SK_HOOK", fakes::HOOK_SECRET)],
+    );
+    // Two requests, one made on each replica.
+    let ids = [held_export(&r.gws[0], 1), held_export(&r.gws[1], 2)];
+    let created = |cs: &[fakes::Call], id: &str| {
+        cs.iter()
+            .any(|c| c.body["type"] == "request.created" && c.body["data"]["request"] == id)
+    };
+    for id in &ids {
+        fakes::wait_for(&hooks, "request.created delivered", |cs| {
+            created(cs, id).then_some(())
+        });
+    }
+    // Time for a second replica's copy to arrive, were there one.
+    std::thread::sleep(Duration::from_secs(3));
+    let calls = hooks.lock().unwrap().clone();
+    // The receiver answers 500 to the very first delivery (it is retried
+    // with the same id); every delivery it accepted is a different event.
+    let mut accepted = std::collections::BTreeMap::<String, usize>::new();
+    for c in &calls[1..] {
+        let id = c.headers["webhook-id"].clone();
+        *accepted.entry(id).or_default() += 1;
+    }
+    assert!(
+        accepted.values().all(|n| *n == 1),
+        "each webhook id delivered once: {accepted:?}"
+    );
+    assert!(
+        accepted.contains_key(&calls[0].headers["webhook-id"]),
+        "the refused delivery was sent again"
+    );
+}
