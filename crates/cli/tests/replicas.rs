@@ -592,3 +592,23 @@ fn a_request_webhook_is_delivered_by_one_replica() {
         "the refused delivery was sent again"
     );
 }
+
+#[test]
+fn a_replica_stopped_cleanly_hands_the_lease_over_at_once() {
+    let mut r = replicas(3);
+    // Twice: the leader stops (SIGTERM), and another replica takes the
+    // lease at its next renewal (every 0.5 s), long before the 5 s a
+    // lease lives unrenewed — the stopped one gave it up.
+    for _ in 0..2 {
+        let l = leader(&r);
+        r.gws[l].stop();
+        let stopped = Instant::now();
+        let next = leader(&r);
+        let took = stopped.elapsed();
+        assert_ne!(next, l);
+        assert!(
+            took < Duration::from_secs(4),
+            "the lease was handed over after {took:?}, not released at shutdown"
+        );
+    }
+}
