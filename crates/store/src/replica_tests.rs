@@ -18,15 +18,34 @@ fn entry(event: &str) -> Entry {
 }
 
 fn migrated(c: &Cluster) -> (tempfile::TempDir, PgOptions) {
+    let (_, dir, opts) = migrated_db(c);
+    (dir, opts)
+}
+
+/// [`migrated`], with the database's name (for `Cluster::sql`).
+fn migrated_db(c: &Cluster) -> (String, tempfile::TempDir, PgOptions) {
     let db = c.database();
     let opts = c.options(&db);
     let dir = tempfile::tempdir().unwrap();
     Store::migrate(&StoreOptions::new(dir.path()).postgres(opts.clone())).unwrap();
-    (dir, opts)
+    (db, dir, opts)
 }
 
 fn open(dir: &tempfile::TempDir, pg: &PgOptions) -> Store {
     Store::open(StoreOptions::new(dir.path()).postgres(pg.clone())).unwrap()
+}
+
+/// Two replicas' stores: A to change things, B with its feed of the
+/// request changes it hears of.
+fn writer_and_listener(
+    dir: &tempfile::TempDir,
+    pg: &PgOptions,
+) -> (Store, Store, tokio::sync::broadcast::Receiver<String>) {
+    let (a, b) = (open(dir, pg), open(dir, pg));
+    let changes = b
+        .remote_changes()
+        .expect("a PostgreSQL store announces changes");
+    (a, b, changes)
 }
 
 /// A migrated store whose grant `taken` exists: a job inserting it again
@@ -139,11 +158,7 @@ fn appends_from_three_replicas_are_totally_ordered_into_one_tree() {
 fn a_replica_follows_the_others_without_writing() {
     let c = Cluster::get();
     let (dir, pg) = migrated(c);
-    let a = open(&dir, &pg);
-    let b = open(&dir, &pg);
-    let mut changes = b
-        .remote_changes()
-        .expect("a PostgreSQL store announces changes");
+    let (a, b, mut changes) = writer_and_listener(&dir, &pg);
     let rt = multi_thread();
     rt.block_on(a.transact(|tx| tx.append(entry("a")))).unwrap();
     // B's follower hears the commit and grows B's tree by itself.
@@ -174,15 +189,8 @@ fn a_replica_follows_the_others_without_writing() {
 #[test]
 fn a_change_made_while_a_replica_re_listens_is_not_lost() {
     let c = Cluster::get();
-    let db = c.database();
-    let pg = c.options(&db);
-    let dir = tempfile::tempdir().unwrap();
-    Store::migrate(&StoreOptions::new(dir.path()).postgres(pg.clone())).unwrap();
-    let a = open(&dir, &pg);
-    let b = open(&dir, &pg);
-    let mut changes = b
-        .remote_changes()
-        .expect("a PostgreSQL store announces changes");
+    let (db, dir, pg) = migrated_db(c);
+    let (a, b, mut changes) = writer_and_listener(&dir, &pg);
     let rt = multi_thread();
     let next = |changes: &mut tokio::sync::broadcast::Receiver<String>| {
         rt.block_on(async {
