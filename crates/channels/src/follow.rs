@@ -11,6 +11,11 @@
 //! - anything else (reviews, decisions, expiry, withdrawal, revocation,
 //!   execution): redraw every message of the request.
 //! - every second: reminders `routing.remind_before` ahead of expiry.
+//! - at start, on taking the background lease over, after a lag and on a
+//!   re-sync (other replicas' changes may have been missed): every pending
+//!   request without a message yet is posted, and every message whose
+//!   request changed is redrawn — read from the store, so a request created
+//!   while no replica that saw it led is still posted, once.
 //!
 //! Channel calls that fail are logged and skipped: a chat outage never
 //! blocks a decision, which the API, the web and other channels still take.
@@ -54,6 +59,9 @@ pub fn fingerprint(req: &Request) -> String {
     )
 }
 
+/// The most pending requests one catch-up checks for a missing post.
+const MAX_CATCH_UP: usize = 10_000;
+
 struct Follower {
     gateway: Arc<Gateway>,
     inner: Arc<Inner>,
@@ -85,32 +93,44 @@ fn groups_of(req: &Request) -> BTreeSet<String> {
 impl Follower {
     async fn run(mut self, mut rx: tokio::sync::broadcast::Receiver<RequestChange>) {
         // Replicas on one store: only the holder of the background lease
-        // posts, updates and reminds, so a message goes out once. A replica
-        // that takes the lease over redraws what is out of date first.
-        let mut leading = self.gateway.replica.is_leader();
+        // posts, updates and reminds, so a message goes out once. Whether
+        // this replica leads is read where each event is handled (the lease
+        // may change hands while the loop waits); a replica that takes the
+        // lease over catches up from the store first (`reconcile`),
+        // so what changed while it did not lead is posted or redrawn.
+        let mut lease = self.gateway.replica.leading();
+        let mut leading = *lease.borrow_and_update();
         if leading {
             self.reconcile().await;
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let now_leading = self.gateway.replica.is_leader();
-            if now_leading && !leading {
-                self.reconcile().await;
-            }
-            leading = now_leading;
             tokio::select! {
-                c = rx.recv() => match c {
-                    Ok(_) if !leading => {}
-                    Ok(c) => self.on_change(c).await,
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "channel follower lagged; redrawing what is out of date");
+                Ok(()) = lease.changed() => {
+                    let now = *lease.borrow_and_update();
+                    if now && !leading {
                         self.reconcile().await;
                     }
-                    Err(RecvError::Closed) => return,
-                },
+                    leading = now;
+                }
+                c = rx.recv() => {
+                    let lead = self.gateway.replica.is_leader();
+                    match c {
+                        Ok(_) if !lead => {}
+                        Ok(c) if c.is_resync() => self.reconcile().await,
+                        Ok(c) => self.on_change(c).await,
+                        Err(RecvError::Lagged(n)) => {
+                            if lead {
+                                tracing::warn!(missed = n, "channel follower lagged; catching up from the store");
+                                self.reconcile().await;
+                            }
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                }
                 _ = tick.tick() => {
-                    if leading {
+                    if self.gateway.replica.is_leader() {
                         self.remind().await
                     }
                 }
@@ -151,20 +171,42 @@ impl Follower {
         }
     }
 
-    /// Redraws every message whose request changed since it was drawn, and
-    /// tracks the pending ones for reminders (at start and after a lag).
+    /// Catches up from the store (at start, on taking the lease over, after
+    /// a lag or a re-sync of other replicas' changes): posts every pending
+    /// request that has no message yet (created while no replica that knew
+    /// of it led), redraws every message whose request changed since it was
+    /// drawn, and tracks the pending ones for reminders.
     async fn reconcile(&mut self) {
         let store = self.gateway.store.clone();
-        let all =
-            tokio::task::spawn_blocking(move || records::list::<Messages>(&store, "msg")).await;
-        let all = match all {
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, secondkey_store::StoreError>((
+                records::list::<Messages>(&store, "msg")?,
+                store.pending_ids(MAX_CATCH_UP)?,
+            ))
+        })
+        .await;
+        let (all, pending) = match read {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not list posted messages");
+                tracing::warn!(error = %e, "could not list posted messages and pending requests");
                 return;
             }
             Err(_) => return,
         };
+        if pending.len() >= MAX_CATCH_UP {
+            tracing::warn!(
+                limit = MAX_CATCH_UP,
+                "more pending requests than one catch-up checks; the newest are posted when they change"
+            );
+        }
+        let posted: BTreeSet<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
+        let unposted: Vec<String> = pending
+            .into_iter()
+            .filter(|id| !posted.contains(id.as_str()))
+            .collect();
+        for id in unposted {
+            self.post(&id).await;
+        }
         for (id, m) in all {
             let Some(req) = self.load(&id).await else {
                 continue;

@@ -7,7 +7,12 @@
 //! nothing is lost across receiver outages or gateway restarts. The
 //! `webhook-id` is derived from the log index, so every retry of one event
 //! carries the same id and receivers deduplicate on it. A new webhook starts
-//! at the end of the log (it does not replay history).
+//! at the end of the log (it does not replay history). Replicas on one
+//! store take turns, like the sinks: only the holder of the background
+//! lease delivers, from a cursor kept in the store (records namespace
+//! `webhook.cursor`, key the webhook's name), so each event is sent by one
+//! replica — again by the next holder only if it was in flight when the
+//! last one died.
 //!
 //! The body is the Standard Webhooks payload shape:
 //! `{"type": "request.approved", "timestamp": "…", "data": {…}}`, where
@@ -16,8 +21,9 @@
 
 use std::sync::Arc;
 
+use secondkey_server::logview::StoreCursor;
 use secondkey_sinks::webhook::WebhookSink;
-use secondkey_sinks::{DeliverFuture, FileCursor, Sink};
+use secondkey_sinks::{DeliverFuture, FileCursor, RunnerOptions, Sink};
 use serde_json::{json, Value};
 
 use crate::config::WebhookConfig;
@@ -124,24 +130,32 @@ pub fn start(
             h.timeout,
         )
         .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
-        let cursor = FileCursor::open(&dir, &h.name)
-            .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
-        if !cursor.path().exists() {
-            cursor
-                .save(gateway.store.log_size())
-                .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
-        }
-        let sink = RequestEvents {
+        let sink = Box::new(RequestEvents {
             inner,
             events: h.events.clone(),
-        };
-        secondkey_sinks::spawn_sink(
-            &format!("webhook:{}", h.name),
-            Box::new(sink),
-            source.clone(),
-            cursor,
-            gateway.store.watch_log_size(),
-        );
+        });
+        let name = format!("webhook:{}", h.name);
+        let size = gateway.store.watch_log_size();
+        if gateway.store.is_shared() {
+            // Replicas take turns (the background lease) on a cursor kept
+            // in the store, like the log sinks: each event is sent by one
+            // replica.
+            let cursor = StoreCursor::webhook(gateway.store.clone(), &h.name);
+            let options = RunnerOptions {
+                active: Some(gateway.replica.leading()),
+                ..Default::default()
+            };
+            secondkey_sinks::spawn_sink_with(&name, sink, source.clone(), cursor, size, options);
+        } else {
+            let cursor = FileCursor::open(&dir, &h.name)
+                .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
+            if !cursor.path().exists() {
+                cursor
+                    .save(gateway.store.log_size())
+                    .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
+            }
+            secondkey_sinks::spawn_sink(&name, sink, source.clone(), cursor, size);
+        }
         tracing::info!(webhook = %h.name, "request webhook started");
     }
     Ok(())

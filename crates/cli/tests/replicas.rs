@@ -3,6 +3,8 @@
 //! loopback, with curl-like HTTP clients.
 
 mod common;
+#[path = "common/fakes.rs"]
+mod fakes;
 #[path = "common/oidc.rs"]
 mod oidc;
 
@@ -38,6 +40,12 @@ fn replicas(n: usize) -> Replicas {
 
 /// [`replicas`] with `extra` configuration on every replica.
 fn replicas_with(n: usize, extra_all: &str) -> Replicas {
+    replicas_full(n, extra_all, &[])
+}
+
+/// [`replicas_with`], with `env` (the secrets `extra_all` names) in every
+/// replica's environment.
+fn replicas_full(n: usize, extra_all: &str, env: &[(&str, &str)]) -> Replicas {
     let cluster = Cluster::start(0);
     cluster.superuser_sql("postgres", &format!("CREATE DATABASE sk OWNER {APP_USER}"));
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -53,6 +61,7 @@ fn replicas_with(n: usize, extra_all: &str) -> Replicas {
             let out = Command::new(common::BIN)
                 .args(["serve", "--config"])
                 .arg(&cfg)
+                .envs(env.iter().copied())
                 .output()
                 .unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
@@ -69,7 +78,7 @@ fn replicas_with(n: usize, extra_all: &str) -> Replicas {
             // The same keys as the first replica (see docs/replicas.md).
             copy_keys(&gws[0], d.path());
         }
-        gws.push(Gateway::start_extra(d.path(), POLICIES, &extra));
+        gws.push(Gateway::start_full(d.path(), POLICIES, "", &extra, env));
     }
     Replicas {
         cluster,
@@ -101,6 +110,93 @@ fn long_poll(url: &str, id: &str, who: &str, secs: u64) -> Value {
 
 fn checkpoint(g: &Gateway) -> String {
     g.text("/v1/log/checkpoint")
+}
+
+/// Which of `r.gws` holds the background lease, read from the store (the
+/// holder's id names its process id); waits until a running one does.
+fn leader(r: &Replicas) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = r.cluster.superuser_sql(
+            "sk",
+            "SELECT value FROM records WHERE ns = 'lease' AND key = 'background'",
+        );
+        let pid = serde_json::from_str::<Value>(v.trim()).ok().and_then(|v| {
+            let holder = v["holder"].as_str()?.strip_prefix("replica-")?.to_string();
+            holder.split('-').next()?.parse::<u32>().ok()
+        });
+        let found = r
+            .gws
+            .iter()
+            .position(|g| pid.is_some() && g.child.as_ref().map(|c| c.id()) == pid);
+        if let Some(i) = found {
+            return i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running replica holds the lease: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A held export (reviewed by `data-owners`) that no other call submits.
+fn held_export(g: &Gateway, n: usize) -> String {
+    let mut action = export_action("postgres://analytics/public.customers");
+    action["params"]["statement"] = json!(format!("COPY customers_{n} TO STDOUT"));
+    let v = g.submit("agent:report-bot", &action);
+    assert_eq!(v["decision"], "review", "{v}");
+    v["request"]["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn requests_made_while_the_leader_is_dead_are_posted_once_by_the_next() {
+    let (api, slack) = fakes::slack();
+    let mut r = replicas_full(
+        3,
+        &format!(
+            "\n[slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\n\
+             [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\n"
+        ),
+        &[
+            ("SK_SLACK_BOT", fakes::SLACK_BOT_TOKEN),
+            ("SK_SLACK_SIGNING", fakes::SLACK_SIGNING_SECRET),
+        ],
+    );
+    let posts_of = |cs: &[fakes::Call], id: &str| {
+        cs.iter()
+            .filter(|c| c.path == "chat.postMessage" && c.body.to_string().contains(id))
+            .count()
+    };
+    // While the leader is up, a request is posted once.
+    let before = held_export(&r.gws[0], 0);
+    fakes::wait_for(&slack, "the first request posted", |cs| {
+        (posts_of(cs, &before) > 0).then_some(())
+    });
+
+    // kill -9 of the leader; its lease stays live for up to 5 s, so the
+    // survivors do not lead yet when these requests are made on them.
+    let l = leader(&r);
+    r.gws[l].kill();
+    let ids: Vec<String> = (0..r.gws.len())
+        .filter(|i| *i != l)
+        .map(|i| held_export(&r.gws[i], i + 1))
+        .collect();
+    // The survivor that takes the lease over posts both.
+    for id in &ids {
+        fakes::wait_for(&slack, "a request made in the gap posted", |cs| {
+            (posts_of(cs, id) > 0).then_some(())
+        });
+    }
+    let next = leader(&r);
+    assert_ne!(next, l);
+    // And nothing twice (another catch-up, a change seen on another
+    // replica, or the takeover racing the event do not post again).
+    std::thread::sleep(Duration::from_secs(3));
+    let calls = slack.lock().unwrap().clone();
+    for id in ids.iter().chain([&before]) {
+        assert_eq!(posts_of(&calls, id), 1, "{id} posted once: {calls:#?}");
+    }
 }
 
 #[test]
@@ -491,4 +587,65 @@ fn signing_out_on_one_replica_ends_the_session_on_the_others() {
     // Another session of the same person is untouched.
     let again = sign_in(&b.url, "bob", "/inbox");
     assert_eq!(get_page(&a.url, &again.session, "/inbox").status, 200);
+}
+
+#[test]
+fn a_request_webhook_is_delivered_by_one_replica() {
+    let (hook_url, hooks) = fakes::webhook_receiver();
+    let r = replicas_full(
+        2,
+        &format!(
+            "\n[[webhooks]]\nname = \"ops\"\nurl = \"{hook_url}\"\nsecret_env = \"SK_HOOK\"\n"
+        ),
+        &[("SK_HOOK", fakes::HOOK_SECRET)],
+    );
+    // Two requests, one made on each replica.
+    let ids = [held_export(&r.gws[0], 1), held_export(&r.gws[1], 2)];
+    let created = |cs: &[fakes::Call], id: &str| {
+        cs.iter()
+            .any(|c| c.body["type"] == "request.created" && c.body["data"]["request"] == id)
+    };
+    for id in &ids {
+        fakes::wait_for(&hooks, "request.created delivered", |cs| {
+            created(cs, id).then_some(())
+        });
+    }
+    // Time for a second replica's copy to arrive, were there one.
+    std::thread::sleep(Duration::from_secs(3));
+    let calls = hooks.lock().unwrap().clone();
+    // The receiver answers 500 to the very first delivery (it is retried
+    // with the same id); every delivery it accepted is a different event.
+    let mut accepted = std::collections::BTreeMap::<String, usize>::new();
+    for c in &calls[1..] {
+        let id = c.headers["webhook-id"].clone();
+        *accepted.entry(id).or_default() += 1;
+    }
+    assert!(
+        accepted.values().all(|n| *n == 1),
+        "each webhook id delivered once: {accepted:?}"
+    );
+    assert!(
+        accepted.contains_key(&calls[0].headers["webhook-id"]),
+        "the refused delivery was sent again"
+    );
+}
+
+#[test]
+fn a_replica_stopped_cleanly_hands_the_lease_over_at_once() {
+    let mut r = replicas(3);
+    // Twice: the leader stops (SIGTERM), and another replica takes the
+    // lease at its next renewal (every 0.5 s), long before the 5 s a
+    // lease lives unrenewed — the stopped one gave it up.
+    for _ in 0..2 {
+        let l = leader(&r);
+        r.gws[l].stop();
+        let stopped = Instant::now();
+        let next = leader(&r);
+        let took = stopped.elapsed();
+        assert_ne!(next, l);
+        assert!(
+            took < Duration::from_secs(4),
+            "the lease was handed over after {took:?}, not released at shutdown"
+        );
+    }
 }

@@ -561,8 +561,9 @@ async fn get_request(
         match tokio::time::timeout_at(deadline, changes.recv()).await {
             Err(_) => break,
             Ok(Ok(c)) if c.id == id && c.state != start_state => break,
-            Ok(Ok(_)) => continue,
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+            Ok(Ok(c)) if !c.is_resync() => continue,
+            // A re-sync or a lag: changes may have been missed; look again.
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                 let now = g.get_request(&p, &id).await?;
                 if now.state != start_state {
                     break;
@@ -633,7 +634,7 @@ pub(crate) async fn event_stream(
                 n = changes.recv() => n,
             };
             match next {
-                Ok(c) if c.id != id => continue,
+                Ok(c) if c.id != id && !c.is_resync() => continue,
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => break,
             }

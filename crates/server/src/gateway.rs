@@ -46,7 +46,21 @@ pub struct RequestChange {
     pub id: String,
     pub state: RequestState,
     /// `request.created`, `request.approved`, `request.escalation_due`, …
+    /// or [`RequestChange::RESYNC`].
     pub event: String,
+}
+
+impl RequestChange {
+    /// The event of a change that names no request: changes made on other
+    /// replicas may have been missed (the store re-connected its `LISTEN`,
+    /// or this feed lagged), so whoever waits on a request reads it again.
+    /// Its `id` is empty and its `state` means nothing.
+    pub const RESYNC: &'static str = "resync";
+
+    /// Whether this is a [`RequestChange::RESYNC`].
+    pub fn is_resync(&self) -> bool {
+        self.event == Self::RESYNC
+    }
 }
 
 /// The gateway: configuration, keys, policy, store and the change feed.
@@ -448,6 +462,16 @@ impl Gateway {
         {
             self.announce(&req, "request.changed");
         }
+    }
+
+    /// Tells every waiter and follower on this gateway's feed to read again
+    /// what it waits on: changes from other replicas may have been missed.
+    pub(crate) fn announce_resync(&self) {
+        let _ = self.changes.send(RequestChange {
+            id: String::new(),
+            state: RequestState::Pending,
+            event: RequestChange::RESYNC.to_string(),
+        });
     }
 
     /// The log key's verifier and the grant key's id (what every replica

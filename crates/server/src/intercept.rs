@@ -317,7 +317,7 @@ impl Gateway {
             loop {
                 match tokio::time::timeout_at(deadline, changes.recv()).await {
                     Err(_) => return self.load_request(request_id).await,
-                    Ok(Ok(c)) if c.id == request_id => break,
+                    Ok(Ok(c)) if c.id == request_id || c.is_resync() => break,
                     Ok(Ok(_)) => continue,
                     // Lagged or closed: look again.
                     Ok(Err(_)) => break,

@@ -96,6 +96,8 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The background lease's keeper (a shared store only).
+    keeper: Option<replicas::Keeper>,
 }
 
 impl Running {
@@ -132,12 +134,9 @@ impl Running {
         if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(15), final_round).await {
             tracing::warn!(error = %e, "could not submit the last checkpoint to witnesses");
         }
-        if self.gateway.store.is_shared() && self.gateway.replica.is_leader() {
-            // Hand the background work over at once, not after the lease lapses.
-            let g = &self.gateway;
-            if let Err(e) = g.store.release_lease(replicas::LEASE, &g.replica.id).await {
-                tracing::warn!(error = %e, "could not release the background lease");
-            }
+        // Hand the background work over at once, not after the lease lapses.
+        if let Some(keeper) = self.keeper.take() {
+            keeper.stop().await;
         }
         self.gateway.store.close();
         r
@@ -174,7 +173,7 @@ pub async fn start_with(
     // for the export, so the gateway does not run without it.
     let sinks = build_sinks(&gateway)?;
     let _ = gateway.connections.set(listener.connections());
-    spawn_background(gateway.clone(), sinks);
+    let keeper = spawn_background(gateway.clone(), sinks);
     let mut extra = axum::Router::new();
     let mut docs = Vec::new();
     for ext in &extensions {
@@ -203,10 +202,16 @@ pub async fn start_with(
         gateway,
         shutdown: Some(tx),
         task,
+        keeper,
     })
 }
 
-fn spawn_background(gateway: Arc<Gateway>, sinks: Vec<Box<dyn secondkey_sinks::Sink>>) {
+/// Starts the background tasks; on a shared store, returns the keeper of
+/// the lease they run under.
+fn spawn_background(
+    gateway: Arc<Gateway>,
+    sinks: Vec<Box<dyn secondkey_sinks::Sink>>,
+) -> Option<replicas::Keeper> {
     let g = gateway.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -228,9 +233,10 @@ fn spawn_background(gateway: Arc<Gateway>, sinks: Vec<Box<dyn secondkey_sinks::S
         }
     });
     reload::spawn(gateway.clone());
-    replicas::spawn(gateway.clone());
+    let keeper = replicas::spawn(gateway.clone());
     witness::spawn(gateway.clone());
     start_sinks(&gateway, sinks);
+    keeper
 }
 
 /// Every configured sink, built (no connection is made yet), in order.

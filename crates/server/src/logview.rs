@@ -155,39 +155,78 @@ impl secondkey_sinks::EntrySource for StoreSource {
 
 /// The namespace of sink cursors in the store.
 const SINK_CURSOR_NS: &str = "sink.cursor";
+/// The namespace of request webhooks' cursors in the store.
+const WEBHOOK_CURSOR_NS: &str = "webhook.cursor";
 
 /// A sink's cursor kept in the store, for replicas that take turns
 /// delivering: the next holder of the background lease reads where the
 /// last one stopped.
 pub struct StoreCursor {
     store: secondkey_store::Store,
+    ns: &'static str,
     name: String,
+    /// Where a cursor not stored yet starts: the log's first entry (a
+    /// sink exports the whole log), or its end (a request webhook does not
+    /// replay history).
+    from_end: bool,
 }
 
 impl StoreCursor {
+    /// A cursor that starts at the log's first entry.
     pub fn new(store: secondkey_store::Store, name: &str) -> StoreCursor {
         StoreCursor {
             store,
+            ns: SINK_CURSOR_NS,
             name: name.to_owned(),
+            from_end: false,
         }
+    }
+
+    /// The cursor of request webhook `name`: the first time it is loaded,
+    /// it starts at the log's end (its size then) and records that start,
+    /// so every replica that delivers after it goes on from there.
+    pub fn webhook(store: secondkey_store::Store, name: &str) -> StoreCursor {
+        StoreCursor {
+            store,
+            ns: WEBHOOK_CURSOR_NS,
+            name: name.to_owned(),
+            from_end: true,
+        }
+    }
+
+    fn parse(&self, v: &str) -> Result<u64, String> {
+        v.parse()
+            .map_err(|_| format!("the stored cursor of sink {} is corrupt ({v:?})", self.name))
     }
 }
 
 impl secondkey_sinks::Cursor for StoreCursor {
     fn load(&self) -> Result<u64, String> {
-        match self.store.get_record(SINK_CURSOR_NS, &self.name) {
-            Ok(None) => Ok(0),
-            Ok(Some(v)) => v
-                .parse()
-                .map_err(|_| format!("the stored cursor of sink {} is corrupt ({v:?})", self.name)),
+        match self.store.get_record(self.ns, &self.name) {
+            Ok(None) if !self.from_end => Ok(0),
+            Ok(None) => {
+                // The first holder to load it sets the start, in one
+                // transaction (batches are serialized across replicas).
+                let (ns, name) = (self.ns, self.name.clone());
+                let end = self.store.log_size().to_string();
+                let v = self
+                    .store
+                    .transact_blocking(move |tx| match tx.get_record(ns, &name)? {
+                        Some(v) => Ok(v),
+                        None => tx.put_record(ns, &name, &end).map(|()| end),
+                    })
+                    .map_err(|e| format!("cannot start the cursor of sink {}: {e}", self.name))?;
+                self.parse(&v)
+            }
+            Ok(Some(v)) => self.parse(&v),
             Err(e) => Err(format!("cannot read the cursor of sink {}: {e}", self.name)),
         }
     }
 
     fn save(&self, next: u64) -> Result<(), String> {
-        let name = self.name.clone();
+        let (ns, name) = (self.ns, self.name.clone());
         self.store
-            .transact_blocking(move |tx| tx.put_record(SINK_CURSOR_NS, &name, &next.to_string()))
+            .transact_blocking(move |tx| tx.put_record(ns, &name, &next.to_string()))
             .map_err(|e| format!("cannot save the cursor of sink {}: {e}", self.name))
     }
 }

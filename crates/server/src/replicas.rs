@@ -8,13 +8,18 @@
 //! - **Wake-ups.** The store hears other replicas' request changes
 //!   (`LISTEN`); [`spawn`] turns each into a change on this gateway's feed,
 //!   so long-polls, event streams and adapters waiting here wake when a
-//!   reviewer decided on another replica.
+//!   reviewer decided on another replica. When some may have been missed
+//!   (the `LISTEN` connection was re-made, or the forwarder lagged), it
+//!   puts a [`RequestChange::RESYNC`](crate::gateway::RequestChange::RESYNC)
+//!   on the feed instead: every waiter re-reads its request, the chat
+//!   followers catch up from the store.
 //! - **Background work once.** The lease `background` (held in the store,
 //!   renewed every half second, 5 s long) says which replica runs the
 //!   expiry and escalation sweep, the chat followers, the log sinks (their
 //!   cursors kept in the store, so the next holder goes on where the last
-//!   one stopped) and the submissions to witnesses; the others wait to
-//!   take over when it lapses.
+//!   one stopped), the request webhooks and the submissions to witnesses;
+//!   the others wait to take over when it lapses, or at once when its
+//!   holder stops ([`Keeper::stop`] releases it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,30 +105,62 @@ pub async fn check_keys(g: &Gateway, fingerprints: String) -> anyhow::Result<()>
     }
 }
 
+/// The lease keeper of a replica on a shared store, until
+/// [`Keeper::stop`].
+pub struct Keeper {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    /// Hands the background work over at shutdown: the keeper stops
+    /// renewing, this replica stands down (its background work stops), and
+    /// the lease is released, so another replica takes it at its next
+    /// renewal instead of after the lease lapses. Returns once done; no
+    /// renewal can follow the release, since the keeper makes them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 /// Starts what a replica on a shared store runs: the lease keeper and the
 /// forwarder of other replicas' request changes. Nothing on SQLite.
-pub fn spawn(g: Arc<Gateway>) {
-    let Some(mut remote) = g.store.remote_changes() else {
-        return;
-    };
+pub fn spawn(g: Arc<Gateway>) -> Option<Keeper> {
+    let mut remote = g.store.remote_changes()?;
     let fwd = g.clone();
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match remote.recv().await {
+                Ok(id) if id == secondkey_store::REMOTE_RESYNC => {
+                    tracing::info!(
+                        "listening to other replicas again; waiters and followers re-read"
+                    );
+                    fwd.announce_resync();
+                }
                 Ok(id) => fwd.announce_remote(&id).await,
                 Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "missed changes from other replicas; waiters re-read on their own deadlines");
+                    tracing::warn!(
+                        missed = n,
+                        "missed changes from other replicas; waiters and followers re-read"
+                    );
+                    fwd.announce_resync();
                 }
                 Err(RecvError::Closed) => return,
             }
         }
     });
-    tokio::spawn(async move {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                // Stopped, or the keeper dropped.
+                _ = &mut stopped => break,
+                _ = tick.tick() => {}
+            }
             let now = g.now().0;
             let held = g.store.lease(LEASE, &g.replica.id, now, LEASE_TTL_MS).await;
             let lead = match held {
@@ -138,5 +175,12 @@ pub fn spawn(g: Arc<Gateway>) {
             }
             g.replica.set_leader(lead);
         }
+        // Stand down first, then let go: once another replica may hold the
+        // lease, this one runs no background work.
+        g.replica.set_leader(false);
+        if let Err(e) = g.store.release_lease(LEASE, &g.replica.id).await {
+            tracing::warn!(error = %e, "could not release the background lease");
+        }
     });
+    Some(Keeper { stop, task })
 }

@@ -43,7 +43,7 @@ use secondkey_core::request::{Request, RequestState};
 use secondkey_log::entry::Entry;
 use secondkey_log::merkle::{Hash, Tree};
 
-pub use pg::{PgOptions, PgTls, WriterStats};
+pub use pg::{PgOptions, PgTls, WriterStats, REMOTE_RESYNC};
 pub use store::Store;
 
 /// Errors from the store. Any of them means the change did not happen.
@@ -368,6 +368,8 @@ pub(crate) trait Reads {
     fn due_for_escalation(&mut self, now_ms: i64, fraction: f64)
         -> Result<Vec<String>, StoreError>;
     fn count_by_state(&mut self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Ids of pending requests, oldest first, at most `limit`.
+    fn pending_ids(&mut self, limit: i64) -> Result<Vec<String>, StoreError>;
 }
 
 /// Checks that the stored leaves still hash to the last anchored root and

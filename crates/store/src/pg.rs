@@ -1020,8 +1020,15 @@ impl Readers {
     }
 }
 
+/// What [`Store::remote_changes`](crate::Store::remote_changes) sends
+/// instead of a request id when changes of other replicas may have been
+/// missed: the `LISTEN` connection dropped and listens again, and whatever
+/// was notified in between is gone. Receivers read again what they wait on.
+pub const REMOTE_RESYNC: &str = "*resync";
+
 /// Keeps a `LISTEN` connection up; each notification wakes the follower
-/// (log) or is forwarded to the request subscribers.
+/// (log) or is forwarded to the request subscribers, and each LISTEN after
+/// the first sends them [`REMOTE_RESYNC`].
 async fn listen(
     target: Target,
     replica: String,
@@ -1030,7 +1037,11 @@ async fn listen(
     stop: Arc<AtomicBool>,
 ) {
     use futures_util::StreamExt;
+    // Set once a LISTEN was tried: from then on, each new LISTEN may have
+    // missed notifications (sent while none was up), so it says so.
+    let mut again = false;
     while !stop.load(Ordering::Relaxed) {
+        let missed = std::mem::replace(&mut again, true);
         let connected = match &target.tls {
             PgTls::Disable => target
                 .config
@@ -1071,6 +1082,9 @@ async fn listen(
                     ok = true;
                     // Whatever was committed while we were not listening.
                     let _ = wake.send(());
+                    if missed {
+                        let _ = changes.send(REMOTE_RESYNC.to_string());
+                    }
                 }
                 m = messages.next() => match m {
                     Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
@@ -1793,6 +1807,15 @@ impl Reads for PgConn {
             .into_iter()
             .map(|r| (r.get(0), u64_of(r.get(1))))
             .collect())
+    }
+
+    fn pending_ids(&mut self, limit: i64) -> Result<Vec<String>, StoreError> {
+        let rows = self.query(
+            "SELECT id FROM requests WHERE state = 'pending'
+             ORDER BY created_at, id LIMIT $1",
+            &[&limit],
+        )?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 }
 

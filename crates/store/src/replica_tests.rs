@@ -36,6 +36,19 @@ fn open(dir: &tempfile::TempDir, pg: &PgOptions) -> Store {
     Store::open(StoreOptions::new(dir.path()).postgres(pg.clone())).unwrap()
 }
 
+/// Two replicas' stores: A to change things, B with its feed of the
+/// request changes it hears of.
+fn writer_and_listener(
+    dir: &tempfile::TempDir,
+    pg: &PgOptions,
+) -> (Store, Store, tokio::sync::broadcast::Receiver<String>) {
+    let (a, b) = (open(dir, pg), open(dir, pg));
+    let changes = b
+        .remote_changes()
+        .expect("a PostgreSQL store announces changes");
+    (a, b, changes)
+}
+
 /// A migrated store whose grant `taken` exists: a job inserting it again
 /// fails, which the batch tests use as their failing statement.
 fn with_taken_grant() -> (tempfile::TempDir, PgOptions, Store) {
@@ -158,11 +171,7 @@ fn appends_from_three_replicas_are_totally_ordered_into_one_tree() {
 fn a_replica_follows_the_others_without_writing() {
     let c = Cluster::get();
     let (dir, pg) = migrated(c);
-    let a = open(&dir, &pg);
-    let b = open(&dir, &pg);
-    let mut changes = b
-        .remote_changes()
-        .expect("a PostgreSQL store announces changes");
+    let (a, b, mut changes) = writer_and_listener(&dir, &pg);
     let rt = multi_thread();
     rt.block_on(a.transact(|tx| tx.append(entry("a")))).unwrap();
     // B's follower hears the commit and grows B's tree by itself.
@@ -185,6 +194,68 @@ fn a_replica_follows_the_others_without_writing() {
     assert_eq!(
         b.get_request("r-1").unwrap().map(|r| r.id),
         Some("r-1".to_string())
+    );
+    a.close();
+    b.close();
+}
+
+#[test]
+fn a_change_made_while_a_replica_re_listens_is_not_lost() {
+    let c = Cluster::get();
+    let (db, dir, pg) = migrated_db(c);
+    let (a, b, mut changes) = writer_and_listener(&dir, &pg);
+    let rt = multi_thread();
+    let next = |changes: &mut tokio::sync::broadcast::Receiver<String>| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), changes.recv())
+                .await
+                .expect("a change notification within 30 s")
+                .expect("the change feed is open")
+        })
+    };
+    let put = |id: &str| {
+        let req = crate::tests::pending_request_for_replicas(id, "agent:bot");
+        rt.block_on(a.transact(move |tx| tx.put_request(&req)))
+            .unwrap();
+    };
+    let listening = "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    eventually("both stores to LISTEN", || c.sql(&db, listening) == "2");
+    // B listens; its first LISTEN is no re-sync: the first thing it hears
+    // is the change itself.
+    put("r-0");
+    assert_eq!(next(&mut changes), "r-0");
+    // The LISTEN connections drop (a network cut, a PostgreSQL restart of
+    // the backend), and A changes a request at once, before B listens
+    // again: PostgreSQL keeps no notification for a listener that is gone.
+    let killed = c.sql(
+        &db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    );
+    assert_eq!(killed, "2", "both LISTEN backends were cut");
+    put("r-1");
+    // B learns that it may have missed something (or, had it listened
+    // again in time, the change itself).
+    let heard = next(&mut changes);
+    assert!(
+        heard == REMOTE_RESYNC || heard == "r-1",
+        "B heard {heard:?}"
+    );
+    assert_eq!(
+        b.get_request("r-1").unwrap().map(|r| r.id).as_deref(),
+        Some("r-1")
+    );
+    // And it listens again: a later change comes through as usual.
+    let mut rest = vec![];
+    put("r-2");
+    while rest.last().map(String::as_str) != Some("r-2") {
+        rest.push(next(&mut changes));
+    }
+    assert!(
+        rest.iter()
+            .all(|h| h == REMOTE_RESYNC || h == "r-1" || h == "r-2"),
+        "{rest:?}"
     );
     a.close();
     b.close();

@@ -437,6 +437,15 @@ impl Reads for SqliteReads<'_> {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+
+    fn pending_ids(&mut self, limit: i64) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id FROM requests WHERE state = 'pending'
+             ORDER BY created_at, id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<String>, _>>()?)
+    }
 }
 
 /// The writer thread's connection.

@@ -551,6 +551,13 @@ impl Store {
         self.read(|r| r.due_for_escalation(now_ms, fraction))
     }
 
+    /// Ids of pending requests, oldest first, at most `limit`: what a
+    /// replica that takes over the background work checks it has posted.
+    pub fn pending_ids(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|r| r.pending_ids(limit))
+    }
+
     pub fn get_grant(&self, id: &str) -> Result<Option<GrantRow>, StoreError> {
         self.read(|r| r.grant(id))
     }
