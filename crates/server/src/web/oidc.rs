@@ -348,6 +348,16 @@ impl Oidc {
     }
 }
 
+/// `email_verified` as providers send it: `true`, or the string `"true"`
+/// (some send booleans as strings).
+fn email_verified(v: Option<&serde_json::Value>) -> bool {
+    match v {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,15 +387,5 @@ mod tests {
                 assert_eq!(got, "/", "{bad:?}");
             }
         }
-    }
-}
-
-/// `email_verified` as providers send it: `true`, or the string `"true"`
-/// (some send booleans as strings).
-fn email_verified(v: Option<&serde_json::Value>) -> bool {
-    match v {
-        Some(serde_json::Value::Bool(b)) => *b,
-        Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
-        _ => false,
     }
 }
