@@ -41,7 +41,7 @@ use axum::extract::{FromRequest, FromRequestParts};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use secondkey_core::request::Request;
 use secondkey_server::auth::Caller;
@@ -162,6 +162,8 @@ impl Channels {
             .route("/chat/slack/interactions", post(slack_interactions))
             .route("/chat/teams/messages", post(teams_messages))
             .route("/chat/link/{code}", get(link_page).post(link_confirm))
+            .route("/v1/chat/links", get(my_links))
+            .route("/v1/chat/links/{account}", delete(unlink_mine))
             .layer(Extension(self.inner.clone()))
     }
 
@@ -203,6 +205,27 @@ async fn teams_messages(
     teams::messages(s.gateway, inner, headers, body).await
 }
 
+/// `GET /v1/chat/links`: the chat accounts linked to the caller.
+async fn my_links(State(s): State<AppState>, Caller(who): Caller) -> Response {
+    match links::linked_to(&s.gateway, &who.id).await {
+        Ok(l) => Json(json!({ "links": l })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /v1/chat/links/{account}`: the caller unlinks one of their chat
+/// accounts (say, one they were talked into linking).
+async fn unlink_mine(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    UrlPath(account): UrlPath<String>,
+) -> Response {
+    match links::unlink(&s.gateway, &who.id, &account).await {
+        Ok(()) => axum::http::StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `GET /chat/link/{code}`: what would be linked, and — for the signed-in
 /// human — a confirm form (CSRF-protected POST). Changes nothing, so a link
 /// unfurler or a prefetching browser cannot link anyone. Not signed in: the
@@ -225,7 +248,10 @@ async fn link_page(
     let what = format!(
         "<h1>Link your {p} account</h1><p>{p} account <strong>{d}</strong> (id <code>{i}</code>). \
          Confirming makes your clicks in {p} count as your reviews in secondkey, with the same checks \
-         as every other review. The link works once.</p>",
+         as every other review. The link works once.</p>\
+         <p class=\"error\"><strong>Only if this is your own {p} account.</strong> A link someone \
+         else sent you would make their clicks count as your approvals: do not confirm it. A link made \
+         by mistake is undone with <code>DELETE /v1/chat/links/{{account}}</code>.</p>",
         p = esc(&ext.platform),
         d = esc(&ext.display),
         i = esc(&ext.id),

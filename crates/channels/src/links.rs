@@ -156,7 +156,7 @@ pub async fn complete(
                 if l.principal != principal {
                     return Err(conflict(
                         "already_linked",
-                        format!("this {} account is already linked to {}; an administrator must unlink it first", c.external.platform, l.principal),
+                        format!("this {} account is already linked to {}, who can unlink it (DELETE /v1/chat/links/{})", c.external.platform, l.principal, lkey),
                     )
                     .into());
                 }
@@ -177,4 +177,75 @@ pub async fn complete(
         })
         .await?;
     Ok(linked)
+}
+
+/// A chat account linked to a principal, as `GET /v1/chat/links` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Linked {
+    /// `<platform>:<external id>`: what `DELETE /v1/chat/links/{account}` takes.
+    pub account: String,
+    pub platform: String,
+    pub external_id: String,
+    pub linked_at: String,
+}
+
+/// The chat accounts linked to `who`.
+pub async fn linked_to(gateway: &Gateway, who: &PrincipalId) -> Result<Vec<Linked>, ApiError> {
+    let store = gateway.store.clone();
+    let all = tokio::task::spawn_blocking(move || records::list::<Link>(&store, "link"))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    Ok(all
+        .into_iter()
+        .filter(|(_, l)| PrincipalId::parse(&l.principal).ok().as_ref() == Some(who))
+        .filter_map(|(account, l)| {
+            let (platform, id) = account.split_once(':')?;
+            Some(Linked {
+                platform: platform.to_string(),
+                external_id: id.to_string(),
+                linked_at: rfc3339(secondkey_core::time::Timestamp(l.linked_at)),
+                account,
+            })
+        })
+        .collect())
+}
+
+/// Unlinks `account` (`<platform>:<external id>`) if it is linked to
+/// `who`: its clicks count for nobody again until someone links it anew.
+/// Recorded as `identity.unlinked`. Someone else's link, or none, is
+/// `404`: which accounts others linked is not told.
+pub async fn unlink(gateway: &Gateway, who: &PrincipalId, account: &str) -> Result<(), ApiError> {
+    let Some((platform, id)) = account.split_once(':') else {
+        return Err(ApiError::bad_request(
+            "invalid_account",
+            "the account is <platform>:<external id>, e.g. slack:T0123/U0456",
+        ));
+    };
+    let (platform, id, key) = (platform.to_string(), id.to_string(), account.to_string());
+    let principal = who.to_string();
+    let time = rfc3339(gateway.now());
+    let missing = format!("no chat account {account} is linked to you");
+    gateway
+        .store
+        .transact(move |tx| {
+            let mine = records::get::<Link>(tx, "link", &key)?.is_some_and(|l| {
+                PrincipalId::parse(&l.principal).ok().map(|p| p.to_string())
+                    == Some(principal.clone())
+            });
+            if !mine {
+                return Err(ApiError::not_found(missing).into());
+            }
+            records::delete(tx, "link", &key)?;
+            let mut e = secondkey_store::new_entry(
+                &time,
+                "identity.unlinked",
+                Some(&principal),
+                json!({"platform": platform, "external_id": id, "principal": principal}),
+            );
+            e.subjects.insert("principal".into(), principal.clone());
+            tx.append(e)?;
+            Ok(())
+        })
+        .await?;
+    Ok(())
 }

@@ -389,6 +389,49 @@ fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
     ephemeral_for(&slack, "U_ALICE", before, "self_review");
     pending(&g);
 
+    // A link is listed to, and undone by, the person it names only.
+    let (s, v) = g.call("GET", "/v1/chat/links", Some("user:alice"), None);
+    assert_eq!(s, 200, "{v}");
+    let account = v["links"][0]["account"].as_str().unwrap().to_string();
+    assert!(
+        account.starts_with("slack:") && account.ends_with("/U_ALICE"),
+        "{account}"
+    );
+    let path = format!("/v1/chat/links/{}", account.replace('/', "%2F"));
+    assert_eq!(g.call("DELETE", &path, Some("user:bob"), None).0, 404);
+    assert_eq!(g.call("DELETE", &path, Some("user:alice"), None).0, 204);
+    assert_eq!(g.call("DELETE", &path, Some("user:alice"), None).0, 404);
+    let (s, v) = g.call(
+        "DELETE",
+        "/v1/chat/links/no-colon",
+        Some("user:alice"),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_account"))
+    );
+    assert_eq!(
+        g.call("GET", "/v1/chat/links", Some("user:alice"), None).1["links"],
+        json!([])
+    );
+    assert!(common::log_entries(&g)
+        .iter()
+        .any(|e| e["event"] == "identity.unlinked" && e["payload"]["principal"] == "user:alice"));
+    // Unlinked, her next click counts for nobody: she only gets a new link.
+    let before = slack.lock().unwrap().len();
+    let (body, ts, sig) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_ALICE",
+        "approve",
+        &id,
+        &msg_ts,
+    );
+    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    ephemeral_for(&slack, "U_ALICE", before, "/chat/link/");
+    pending(&g);
+
     // Bob's signed click approves; the waiting agent resumes; the message
     // is updated with the outcome and who decided.
     let w = waiter(&g, &id);
