@@ -215,6 +215,15 @@ fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
             .count();
         format!("1700000000.{n:06}")
     };
+    // A fresh signed click by `user`, answered 200; returns how many Slack
+    // calls came before it.
+    let click_now = |user: &str, verb: &str| {
+        let before = slack.lock().unwrap().len();
+        let (body, ts, sig) =
+            slack_click(SLACK_SIGNING_SECRET, unix_now(), user, verb, &id, &msg_ts);
+        assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+        before
+    };
 
     // A long statement goes in full as a file in the thread; the message says so.
     let long = format!(
@@ -338,16 +347,7 @@ fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
         page.contains("u_bob") && page.contains("T0TEST/U_BOB"),
         "{page}"
     );
-    let before = slack.lock().unwrap().len();
-    let (body, ts, sig) = slack_click(
-        SLACK_SIGNING_SECRET,
-        unix_now(),
-        "U_BOB",
-        "approve",
-        &id,
-        &msg_ts,
-    );
-    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    let before = click_now("U_BOB", "approve");
     ephemeral_for(&slack, "U_BOB", before, "/chat/link/");
     pending(&g);
     // Agents cannot link; bob can, once.
@@ -376,16 +376,7 @@ fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
     click(&g, &body, &ts, &sig);
     let url = link_url(&ephemeral_for(&slack, "U_ALICE", before, "/chat/link/"));
     assert_eq!(link(&g, &url, "user:alice").0, 200);
-    let before = slack.lock().unwrap().len();
-    let (body, ts, sig) = slack_click(
-        SLACK_SIGNING_SECRET,
-        unix_now(),
-        "U_ALICE",
-        "approve",
-        &id,
-        &msg_ts,
-    );
-    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    let before = click_now("U_ALICE", "approve");
     ephemeral_for(&slack, "U_ALICE", before, "self_review");
     pending(&g);
 
@@ -419,16 +410,7 @@ fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
         .iter()
         .any(|e| e["event"] == "identity.unlinked" && e["payload"]["principal"] == "user:alice"));
     // Unlinked, her next click counts for nobody: she only gets a new link.
-    let before = slack.lock().unwrap().len();
-    let (body, ts, sig) = slack_click(
-        SLACK_SIGNING_SECRET,
-        unix_now(),
-        "U_ALICE",
-        "approve",
-        &id,
-        &msg_ts,
-    );
-    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    let before = click_now("U_ALICE", "approve");
     ephemeral_for(&slack, "U_ALICE", before, "/chat/link/");
     pending(&g);
 
@@ -463,16 +445,7 @@ fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
             .map(|_| ())
     });
     // A double click is refused and changes nothing.
-    let before = slack.lock().unwrap().len();
-    let (body, ts, sig) = slack_click(
-        SLACK_SIGNING_SECRET,
-        unix_now(),
-        "U_BOB",
-        "approve",
-        &id,
-        &msg_ts,
-    );
-    assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+    let before = click_now("U_BOB", "approve");
     ephemeral_for(&slack, "U_BOB", before, "already_decided");
     let v = state(&g, &id);
     assert_eq!(
