@@ -5,9 +5,8 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{token_of, Gateway, POLICIES};
+use common::{token_of, wait_until, Gateway, POLICIES};
 use secondkey_pg::testing::{Cluster, APP_PASSWORD, APP_USER, DATABASE};
 use serde_json::Value;
 
@@ -77,14 +76,6 @@ fn psql(port: u16, user: &str, password: &str, sql: &str) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
-}
-
-fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

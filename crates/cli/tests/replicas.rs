@@ -649,3 +649,32 @@ fn a_replica_stopped_cleanly_hands_the_lease_over_at_once() {
         );
     }
 }
+
+/// Whether `g` says (on `/healthz`) that it holds the background lease.
+fn leads(g: &Gateway) -> bool {
+    let (_, v) = g.call("GET", "/healthz", None, None);
+    v["replica"]["leader"].as_bool().unwrap_or(false)
+}
+
+/// A holder whose lease renewal hangs (PostgreSQL frozen: connections open,
+/// nothing answers) stands down instead of running background work on
+/// while its lease lapses and another replica may take it; once
+/// PostgreSQL answers again, a replica leads again.
+#[test]
+fn a_holder_whose_renewal_hangs_stands_down() {
+    let r = replicas(2);
+    common::wait_until("a replica to hold the lease", || r.gws.iter().any(leads));
+    let holder = r.gws.iter().position(leads).unwrap();
+    // Resumed however the test ends, so the cluster can shut down.
+    struct Resume<'a>(&'a Cluster);
+    impl Drop for Resume<'_> {
+        fn drop(&mut self) {
+            self.0.resume_server();
+        }
+    }
+    r.cluster.pause_server();
+    let resume = Resume(&r.cluster);
+    common::wait_until("the holder to stand down", || !leads(&r.gws[holder]));
+    drop(resume);
+    common::wait_until("a replica to lead again", || r.gws.iter().any(leads));
+}

@@ -252,6 +252,32 @@ impl Cluster {
         );
     }
 
+    /// Freezes the server and its backends (`SIGSTOP`): connections stay
+    /// open and nothing answers, as with a hung database host.
+    pub fn pause_server(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Lets a paused server run again (`SIGCONT`).
+    pub fn resume_server(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
+            .expect("postmaster.pid names the server");
+        // The backends first, then the postmaster (and the reverse order
+        // would not matter for SIGCONT).
+        let _ = std::process::Command::new("pkill")
+            .args([sig, "-P", &pid])
+            .status();
+        let _ = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status();
+    }
+
     /// Starts the server again after [`Cluster::stop_server`].
     pub fn start_server(&self) {
         self.pg_start();

@@ -879,6 +879,10 @@ async fn healthz(State(s): State<AppState>) -> Response {
     match s.gateway.store.health() {
         Ok(()) => {
             let mut v = json!({"status": "ok", "log_size": s.gateway.store.log_size()});
+            if s.gateway.store.is_shared() {
+                v["replica"] = json!({"id": s.gateway.replica.id,
+                    "leader": s.gateway.replica.is_leader()});
+            }
             if !s.gateway.config.witnesses.is_empty() {
                 v["witnesses"] = json!(s.gateway.witness_status());
             }

@@ -33,6 +33,10 @@ pub const LEASE: &str = "background";
 /// How long a lease lasts without renewal.
 pub const LEASE_TTL_MS: i64 = 5_000;
 
+/// How long a renewal may take before the holder stands down: half the
+/// lease's life, so it stops before another replica may take over.
+const RENEWAL_TIMEOUT: Duration = Duration::from_millis(LEASE_TTL_MS as u64 / 2);
+
 /// This replica's identity and whether it holds the background lease.
 pub struct Replica {
     /// Unique per process: what the lease records as its holder.
@@ -162,11 +166,22 @@ pub fn spawn(g: Arc<Gateway>) -> Option<Keeper> {
                 _ = tick.tick() => {}
             }
             let now = g.now().0;
-            let held = g.store.lease(LEASE, &g.replica.id, now, LEASE_TTL_MS).await;
+            // A renewal that hangs (the database paused, a half-open
+            // connection) must not leave this replica leading while the
+            // lease lapses and another takes it: past half the lease's
+            // life it stands down, and leads again once a renewal succeeds.
+            let renewal = g.store.lease(LEASE, &g.replica.id, now, LEASE_TTL_MS);
+            let held = tokio::time::timeout(RENEWAL_TIMEOUT, renewal).await;
             let lead = match held {
-                Ok(v) => v,
-                Err(e) => {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot renew the background lease; standing down");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "renewing the background lease takes over {RENEWAL_TIMEOUT:?}; standing down"
+                    );
                     false
                 }
             };

@@ -645,3 +645,13 @@ pub fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Value)>) {
     });
     (port, rx)
 }
+
+/// Polls `f` every 100 ms until it holds, for up to 30 s (generous: CI
+/// machines are loaded); panics naming `what` past that.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
