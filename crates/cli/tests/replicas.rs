@@ -650,16 +650,22 @@ fn a_replica_stopped_cleanly_hands_the_lease_over_at_once() {
     }
 }
 
-/// Whether `g` says (on `/healthz`) that it holds the background lease.
-fn leads(g: &Gateway) -> bool {
+/// Whether `g` says (on `/healthz`) that it holds the background lease;
+/// `None` if it does not say.
+fn lead_of(g: &Gateway) -> Option<bool> {
     let (_, v) = g.call("GET", "/healthz", None, None);
-    v["replica"]["leader"].as_bool().unwrap_or(false)
+    v["replica"]["leader"].as_bool()
+}
+
+fn leads(g: &Gateway) -> bool {
+    lead_of(g) == Some(true)
 }
 
 /// A holder whose lease renewal hangs (PostgreSQL frozen: connections open,
 /// nothing answers) stands down instead of running background work on
-/// while its lease lapses and another replica may take it; once
-/// PostgreSQL answers again, a replica leads again.
+/// while its lease lapses and another replica may take it, and `/healthz`
+/// reports the stalled store; once PostgreSQL answers again, a replica
+/// leads again and every replica is healthy.
 #[test]
 fn a_holder_whose_renewal_hangs_stands_down() {
     let r = replicas(2);
@@ -674,7 +680,24 @@ fn a_holder_whose_renewal_hangs_stands_down() {
     }
     r.cluster.pause_server();
     let resume = Resume(&r.cluster);
-    common::wait_until("the holder to stand down", || !leads(&r.gws[holder]));
+    common::wait_until("the holder to stand down", || {
+        lead_of(&r.gws[holder]) == Some(false)
+    });
+    // Nothing has failed, but no commit comes back: /healthz says so (after
+    // 10 s), so a balancer takes the replica out.
+    let stalled = |g: &Gateway| {
+        let (s, v) = g.call("GET", "/healthz", None, None);
+        s == 503
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("does not answer"))
+    };
+    common::wait_until("the stalled store reported", || stalled(&r.gws[holder]));
     drop(resume);
     common::wait_until("a replica to lead again", || r.gws.iter().any(leads));
+    common::wait_until("every replica healthy again", || {
+        r.gws
+            .iter()
+            .all(|g| g.call("GET", "/healthz", None, None).0 == 200)
+    });
 }

@@ -876,27 +876,25 @@ async fn log_tile(
 /// Liveness and log writability.
 #[utoipa::path(get, path = "/healthz", security(), responses((status = 200, description = "ok"), (status = 503, description = "the log cannot be written: everything is refused")))]
 async fn healthz(State(s): State<AppState>) -> Response {
-    match s.gateway.store.health() {
-        Ok(()) => {
-            let mut v = json!({"status": "ok", "log_size": s.gateway.store.log_size()});
-            if s.gateway.store.is_shared() {
-                v["replica"] = json!({"id": s.gateway.replica.id,
-                    "leader": s.gateway.replica.is_leader()});
-            }
-            if !s.gateway.config.witnesses.is_empty() {
-                v["witnesses"] = json!(s.gateway.witness_status());
-            }
-            Json(v).into_response()
-        }
+    let g = &s.gateway;
+    let (status, mut v) = match g.store.health() {
+        Ok(()) => (
+            StatusCode::OK,
+            json!({"status": "ok", "log_size": g.store.log_size()}),
+        ),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({"status": "failing", "error": {"code": "log_unavailable", "message": why},
-                        "log_size": s.gateway.store.log_size()}),
-            ),
-        )
-            .into_response(),
+            json!({"status": "failing", "error": {"code": "log_unavailable", "message": why},
+                    "log_size": g.store.log_size()}),
+        ),
+    };
+    if g.store.is_shared() {
+        v["replica"] = json!({"id": g.replica.id, "leader": g.replica.is_leader()});
     }
+    if status == StatusCode::OK && !g.config.witnesses.is_empty() {
+        v["witnesses"] = json!(g.witness_status());
+    }
+    (status, Json(v)).into_response()
 }
 
 /// Prometheus metrics, for members of the `[metrics] readers` groups

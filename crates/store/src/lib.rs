@@ -279,7 +279,14 @@ pub(crate) type Shared = Arc<LogView>;
 pub(crate) struct Health {
     pub writer: Option<String>,
     pub follower: Option<String>,
+    /// When the batch the writer is in began: a commit that has not come
+    /// back for [`STALLED_AFTER`] (a frozen database host) is a failure
+    /// too, though nothing has failed yet.
+    pub busy_since: Option<std::time::Instant>,
 }
+
+/// How long a commit may take before `/healthz` calls the store stalled.
+pub(crate) const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(crate) type HealthCell = Arc<std::sync::Mutex<Health>>;
 

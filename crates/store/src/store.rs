@@ -425,10 +425,21 @@ impl Store {
     /// error): the gateway is then refusing everything.
     pub fn health(&self) -> Result<(), String> {
         match self.inner.health.lock() {
-            Ok(h) => match (&h.writer, &h.follower) {
-                (Some(e), _) | (None, Some(e)) => Err(e.clone()),
-                (None, None) => Ok(()),
-            },
+            Ok(h) => {
+                let stalled = h
+                    .busy_since
+                    .map(|t| t.elapsed())
+                    .filter(|d| *d >= crate::STALLED_AFTER);
+                match (&h.writer, stalled, &h.follower) {
+                    (Some(e), _, _) => Err(e.clone()),
+                    (None, Some(d), _) => Err(format!(
+                        "a commit has not come back for {} s: the storage does not answer",
+                        d.as_secs()
+                    )),
+                    (None, None, Some(e)) => Err(e.clone()),
+                    (None, None, None) => Ok(()),
+                }
+            }
             Err(_) => Err("the store's health lock is poisoned".into()),
         }
     }
@@ -691,11 +702,15 @@ fn writer_loop(
         waited
     };
     let mut commit = |batch: Vec<Job>| {
+        if let Ok(mut h) = health.lock() {
+            h.busy_since = Some(std::time::Instant::now());
+        }
         let (outcome, replies) = run_batch(backend.as_mut(), batch, &view, &size_tx, &top_up);
         // Health first: whoever hears of a failed commit finds `/healthz`
         // already reporting it.
         if let Ok(mut h) = health.lock() {
             h.writer = outcome.err();
+            h.busy_since = None;
         }
         for (reply, result) in replies {
             let _ = reply.send(result);
