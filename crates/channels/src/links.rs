@@ -51,6 +51,14 @@ struct Link {
     linked_at: i64,
 }
 
+impl Link {
+    /// The principal linked, read as an id (folded to lowercase), so a link
+    /// stored under another spelling still names the one principal.
+    fn principal_id(&self) -> Option<PrincipalId> {
+        PrincipalId::parse(&self.principal).ok()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Code {
     external: External,
@@ -74,10 +82,8 @@ pub async fn principal_of(
     external: &External,
 ) -> Result<Option<Principal>, ApiError> {
     let link: Option<Link> = records::read_async(&gateway.store, "link", external.key()).await?;
-    // Read as an id (folded to lowercase), so a link stored under another
-    // spelling still names the one configured principal.
     Ok(link
-        .and_then(|l| PrincipalId::parse(&l.principal).ok())
+        .and_then(|l| l.principal_id())
         .and_then(|id| gateway.config.principals.get(id.as_str()).cloned()))
 }
 
@@ -197,7 +203,7 @@ pub async fn linked_to(gateway: &Gateway, who: &PrincipalId) -> Result<Vec<Linke
         .map_err(|e| ApiError::unavailable(e.to_string()))??;
     Ok(all
         .into_iter()
-        .filter(|(_, l)| PrincipalId::parse(&l.principal).ok().as_ref() == Some(who))
+        .filter(|(_, l)| l.principal_id().as_ref() == Some(who))
         .filter_map(|(account, l)| {
             let (platform, id) = account.split_once(':')?;
             Some(Linked {
@@ -222,16 +228,14 @@ pub async fn unlink(gateway: &Gateway, who: &PrincipalId, account: &str) -> Resu
         ));
     };
     let (platform, id, key) = (platform.to_string(), id.to_string(), account.to_string());
-    let principal = who.to_string();
+    let (owner, principal) = (who.clone(), who.to_string());
     let time = rfc3339(gateway.now());
     let missing = format!("no chat account {account} is linked to you");
     gateway
         .store
         .transact(move |tx| {
-            let mine = records::get::<Link>(tx, "link", &key)?.is_some_and(|l| {
-                PrincipalId::parse(&l.principal).ok().map(|p| p.to_string())
-                    == Some(principal.clone())
-            });
+            let mine = records::get::<Link>(tx, "link", &key)?
+                .is_some_and(|l| l.principal_id().as_ref() == Some(&owner));
             if !mine {
                 return Err(ApiError::not_found(missing).into());
             }
