@@ -21,9 +21,9 @@
 
 use std::sync::Arc;
 
-use secondkey_server::logview::StoreCursor;
+use secondkey_server::logview::{run_sink, StoreCursor};
 use secondkey_sinks::webhook::WebhookSink;
-use secondkey_sinks::{DeliverFuture, FileCursor, RunnerOptions, Sink};
+use secondkey_sinks::{DeliverFuture, FileCursor, Sink};
 use serde_json::{json, Value};
 
 use crate::config::WebhookConfig;
@@ -135,17 +135,12 @@ pub fn start(
             events: h.events.clone(),
         });
         let name = format!("webhook:{}", h.name);
-        let size = gateway.store.watch_log_size();
         if gateway.store.is_shared() {
             // Replicas take turns (the background lease) on a cursor kept
             // in the store, like the log sinks: each event is sent by one
             // replica.
             let cursor = StoreCursor::webhook(gateway.store.clone(), &h.name);
-            let options = RunnerOptions {
-                active: Some(gateway.replica.leading()),
-                ..Default::default()
-            };
-            secondkey_sinks::spawn_sink_with(&name, sink, source.clone(), cursor, size, options);
+            run_sink(gateway, &name, sink, source.clone(), cursor);
         } else {
             let cursor = FileCursor::open(&dir, &h.name)
                 .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
@@ -154,7 +149,7 @@ pub fn start(
                     .save(gateway.store.log_size())
                     .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
             }
-            secondkey_sinks::spawn_sink(&name, sink, source.clone(), cursor, size);
+            run_sink(gateway, &name, sink, source.clone(), cursor);
         }
         tracing::info!(webhook = %h.name, "request webhook started");
     }

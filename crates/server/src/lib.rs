@@ -261,23 +261,11 @@ fn start_sinks(gateway: &Arc<Gateway>, sinks: Vec<Box<dyn secondkey_sinks::Sink>
     let source = Arc::new(logview::StoreSource(gateway.store.clone()));
     let dir = gateway.config.data_dir.join("sinks");
     for (cfg, sink) in gateway.config.sinks.iter().zip(sinks) {
-        let size = gateway.store.watch_log_size();
         if gateway.store.is_shared() {
             // Replicas take turns (the background lease) on a cursor kept
             // in the store.
             let cursor = logview::StoreCursor::new(gateway.store.clone(), cfg.name());
-            let options = secondkey_sinks::RunnerOptions {
-                active: Some(gateway.replica.leading()),
-                ..Default::default()
-            };
-            secondkey_sinks::spawn_sink_with(
-                cfg.name(),
-                sink,
-                source.clone(),
-                cursor,
-                size,
-                options,
-            );
+            logview::run_sink(gateway, cfg.name(), sink, source.clone(), cursor);
         } else {
             let cursor = match secondkey_sinks::FileCursor::open(&dir, cfg.name()) {
                 Ok(c) => c,
@@ -286,7 +274,7 @@ fn start_sinks(gateway: &Arc<Gateway>, sinks: Vec<Box<dyn secondkey_sinks::Sink>
                     continue;
                 }
             };
-            secondkey_sinks::spawn_sink(cfg.name(), sink, source.clone(), cursor, size);
+            logview::run_sink(gateway, cfg.name(), sink, source.clone(), cursor);
         }
         tracing::info!(sink = cfg.name(), "sink started");
     }

@@ -158,6 +158,31 @@ const SINK_CURSOR_NS: &str = "sink.cursor";
 /// The namespace of request webhooks' cursors in the store.
 const WEBHOOK_CURSOR_NS: &str = "webhook.cursor";
 
+/// Runs `sink` on the committed log from `cursor`. On a store shared by
+/// replicas only the holder of the background lease delivers (the cursor
+/// is then a [`StoreCursor`], re-read at each turn), so each entry is sent
+/// by one replica.
+pub fn run_sink(
+    gateway: &Gateway,
+    name: &str,
+    sink: Box<dyn secondkey_sinks::Sink>,
+    source: std::sync::Arc<dyn secondkey_sinks::EntrySource>,
+    cursor: impl secondkey_sinks::Cursor,
+) {
+    let options = secondkey_sinks::RunnerOptions {
+        active: gateway.store.is_shared().then(|| gateway.replica.leading()),
+        ..Default::default()
+    };
+    secondkey_sinks::spawn_sink_with(
+        name,
+        sink,
+        source,
+        cursor,
+        gateway.store.watch_log_size(),
+        options,
+    );
+}
+
 /// A sink's cursor kept in the store, for replicas that take turns
 /// delivering: the next holder of the background lease reads where the
 /// last one stopped.
