@@ -174,17 +174,43 @@ fn letter_case_never_makes_a_second_principal() {
     );
     let (s, v) = g.review("user:carol", &id, "approve");
     assert_eq!((s, v["error"]["code"].as_str()), (403, Some("self_review")));
-    // The same token naming bob: only declared; bob reviews.
+    // The same token naming bob: only declared; carol, whom the token
+    // proves the agent acts for, still may not review it; bob does.
     act["on_behalf_of"] = json!("user:bob");
     act["params"]["statement"] = json!("DELETE FROM events WHERE id = 3");
     let (_, v) = post_as(&g, &deploy, "/v1/actions", &act);
     let id = v["request"]["id"].as_str().unwrap().to_string();
+    let (s, v) = g.review("user:carol", &id, "approve");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("self_review")),
+        "{v}"
+    );
     let (s, r) = g.review("user:bob", &id, "approve");
     assert_eq!(s, 200, "{r}");
     assert_eq!(
         r["on_behalf_of"],
         json!({"principal": "user:bob", "backed": false})
     );
+    // Naming nobody changes nothing: the token still says whom the agent
+    // acts for, and carol may not approve it. Submitting it again waits on
+    // the same request.
+    let mut quiet = act.clone();
+    quiet.as_object_mut().unwrap().remove("on_behalf_of");
+    quiet["params"]["statement"] = json!("DELETE FROM events WHERE id = 4");
+    let (_, v) = post_as(&g, &deploy, "/v1/actions?execute=true", &quiet);
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    let (s, v) = g.review("user:carol", &id, "approve");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("self_review")),
+        "{v}"
+    );
+    let (_, r) = g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert_eq!(r["state"], "pending", "{r}");
+    // Submitting the identical action again waits on that request.
+    let (_, v) = post_as(&g, &deploy, "/v1/actions?execute=true", &quiet);
+    assert_eq!(v["request"]["id"], id.as_str(), "{v}");
     // An `act` without a subject names no actor: refused.
     let (s, v) = post_as(
         &g,

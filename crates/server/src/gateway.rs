@@ -842,6 +842,10 @@ impl Gateway {
                     now,
                 )
                 .with_on_behalf_of_backed(backing.is_backed())
+                // The human a delegation token acts for never reviews what
+                // the agent asks with it, whatever `on_behalf_of` says (or
+                // leaves out).
+                .with_excluded(credential.acting_for.clone())
                 .with_submitted(raw.clone());
                 let mut payload = json!({
                     "decision": "review", "action": raw, "reasons": reasons,
@@ -1696,7 +1700,14 @@ fn reuse_identical(
 ) -> Result<Option<Reused>, StoreError> {
     let who = req.requester.id.to_string();
     let dg = req.digest.as_str();
-    if let Some(mut found) = tx.find_request(&who, dg, RequestState::Approved)? {
+    // A request reviewed by someone this submission bars (the human its
+    // delegation token acts for) is not this submission's to reuse.
+    let reviewed_by_barred =
+        |r: &Request| r.reviews.iter().any(|v| req.excluded.contains(&v.reviewer));
+    if let Some(mut found) = tx
+        .find_request(&who, dg, RequestState::Approved)?
+        .filter(|r| !reviewed_by_barred(r))
+    {
         if let Some(t) = found.expire_if_due(now) {
             tx.put_request(&found)?;
             log_events(tx, now, "service:secondkey", &found, &t.events)?;
@@ -1715,11 +1726,19 @@ fn reuse_identical(
             }
         }
     }
-    if let Some(mut found) = tx.find_request(&who, dg, RequestState::Pending)? {
+    if let Some(mut found) = tx
+        .find_request(&who, dg, RequestState::Pending)?
+        .filter(|r| !reviewed_by_barred(r))
+    {
         if let Some(t) = found.expire_if_due(now) {
             tx.put_request(&found)?;
             log_events(tx, now, "service:secondkey", &found, &t.events)?;
         } else {
+            // Waiting on it now bars whom this submission bars, too.
+            if !req.excluded.is_subset(&found.excluded) {
+                found.excluded.extend(req.excluded.iter().cloned());
+                tx.put_request(&found)?;
+            }
             return Ok(Some(Reused::Pending(Box::new(found))));
         }
     }

@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::gateway::{approvers, entry, log_events, rfc3339, Gateway, MAX_ACTION_BYTES};
+use crate::identity::Credential;
 use crate::views::ReasonView;
 
 /// What an adapter intercepted.
@@ -247,7 +248,20 @@ impl Gateway {
     /// used now (`Run` with `request_id`); if it has it pending, that
     /// request comes back (`Held` with `reused`) instead of a second one.
     pub async fn intercept(&self, who: &Principal, it: Intercept) -> Result<Verdict, ApiError> {
-        self.intercept_as(who, it, None).await
+        self.intercept_as(who, &Credential::default(), it, None)
+            .await
+    }
+
+    /// [`Gateway::intercept`] for a caller whose token proved more than who
+    /// it is: the human a delegation token acts for never reviews what the
+    /// agent asks with it ([`Credential::acting_for`]).
+    pub async fn intercept_by(
+        &self,
+        who: &Principal,
+        credential: &Credential,
+        it: Intercept,
+    ) -> Result<Verdict, ApiError> {
+        self.intercept_as(who, credential, it, None).await
     }
 
     /// [`Gateway::intercept`] of a statement of a known shape: an allow is
@@ -262,12 +276,14 @@ impl Gateway {
         it: Intercept,
         lean: Lean,
     ) -> Result<Verdict, ApiError> {
-        self.intercept_as(who, it, Some(lean)).await
+        self.intercept_as(who, &Credential::default(), it, Some(lean))
+            .await
     }
 
     async fn intercept_as(
         &self,
         who: &Principal,
+        credential: &Credential,
         it: Intercept,
         lean: Option<Lean>,
     ) -> Result<Verdict, ApiError> {
@@ -287,7 +303,7 @@ impl Gateway {
             transport: it.transport,
             facts: it.facts,
             track: false,
-            credential: Default::default(),
+            credential: credential.clone(),
             lean,
         };
         Ok(match self.decide_recorded(who, s, Mode::Execute).await? {
