@@ -141,25 +141,62 @@ impl Credential {
     }
 
     /// The strings that must never appear in what goes back to the client:
-    /// the secret itself and the header value carrying it.
+    /// the secret itself, the header value carrying it, and the secret's
+    /// base64 forms (a Kubernetes Secret holding the gateway's own token
+    /// returns it base64-encoded in `data`).
     pub fn needles(&self) -> Vec<Vec<u8>> {
         let (_, full) = self.header();
         let mut out = vec![full.0.clone().into_bytes()];
-        match self {
-            Credential::Bearer(s) => out.push(s.0.clone().into_bytes()),
-            Credential::Header { value, .. } => out.push(value.0.clone().into_bytes()),
+        let secret = match self {
+            Credential::Bearer(s) => &s.0,
+            Credential::Header { value, .. } => &value.0,
             Credential::Basic { password, .. } => {
-                out.push(password.0.clone().into_bytes());
                 if let Some(b64) = full.0.strip_prefix("Basic ") {
                     out.push(b64.as_bytes().to_vec());
                 }
+                &password.0
             }
-        }
+        };
+        out.push(secret.clone().into_bytes());
+        out.extend(base64_forms(secret.as_bytes()));
         out.retain(|n| !n.is_empty());
         out.sort();
         out.dedup();
         out
     }
+}
+
+/// Shortest base64 needle worth masking: shorter runs of base64 letters
+/// occur by chance in ordinary bodies.
+const MIN_B64_NEEDLE: usize = 15;
+
+/// What `secret` looks like base64-encoded anywhere inside a longer
+/// encoded value, in the standard and the URL-safe alphabet: for each of
+/// the three alignments it can start at, the characters that depend on
+/// the secret's bytes alone (those shared with a neighbouring byte vary).
+fn base64_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for engine in [
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        for align in 0..3usize {
+            let mut input = vec![0u8; align];
+            input.extend_from_slice(secret);
+            let enc = engine.encode(&input).into_bytes();
+            // Characters covering the `align` filler bytes, or mixing one
+            // of them with the secret's first byte.
+            let skip = [0, 2, 3][align];
+            // A partial last group's final character mixes in the byte
+            // that follows.
+            let end = enc.len() - usize::from(input.len() % 3 != 0);
+            if end > skip && end - skip >= MIN_B64_NEEDLE {
+                out.push(enc[skip..end].to_vec());
+            }
+        }
+    }
+    out
 }
 
 /// TLS towards the upstream: verified against the system's roots, or
@@ -703,6 +740,41 @@ mod tests {
         let env: HashMap<String, String> =
             [("GH_TOKEN".to_string(), "ghp_s3cret".to_string())].into();
         parse(&v["http"], Path::new("/nonexistent"), &principals, &env)
+    }
+
+    /// The token base64-encoded inside any longer value (a Kubernetes
+    /// Secret's `data`, a JSON blob encoded whole), at any of the three
+    /// alignments, padded or not, in either alphabet, is found by a needle.
+    #[test]
+    fn the_secret_is_masked_in_its_base64_forms_at_every_alignment() {
+        use base64::Engine;
+        let token = "eyJhbGciOiJSUzI1NiJ9.sa-token-of-the-gateway~?>";
+        let c = Credential::Bearer(Secret(token.into()));
+        let needles = c.needles();
+        for prefix in ["", "a", "ab", "abc", "{\"token\":\""] {
+            for suffix in ["", "x", "xy", "\"}"] {
+                let plain = format!("{prefix}{token}{suffix}");
+                for engine in [
+                    &base64::engine::general_purpose::STANDARD,
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                ] {
+                    let mut body =
+                        format!("{{\"data\":{{\"token\":\"{}\"}}}}", engine.encode(&plain))
+                            .into_bytes();
+                    let masked = crate::redact::Redactor::mask(&needles, &mut body);
+                    assert!(masked > 0, "{plain:?} not masked");
+                }
+            }
+        }
+        // Short secrets get no base64 needle (it would match by chance).
+        let short = Credential::Bearer(Secret("abc123".into()));
+        assert!(short.needles().iter().all(|n| n.len() >= 6));
+        assert_eq!(short.needles().len(), 2);
+        // Ordinary base64 of something else is left alone.
+        let mut other = base64::engine::general_purpose::STANDARD
+            .encode("a different value of the same length as the token!!")
+            .into_bytes();
+        assert_eq!(crate::redact::Redactor::mask(&needles, &mut other), 0);
     }
 
     const OK: &str = r#"

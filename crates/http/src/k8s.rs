@@ -5,11 +5,15 @@
 //! `<resource>[/<name>[/<subresource>]]`; the legacy `/watch/` prefix and
 //! `?watch=true` make a watch.
 //!
-//! Operations: reads (get, list, watch, logs) are `read` — of secrets,
-//! `export`; create/update/patch are `write` — of RBAC objects and
-//! service-account tokens, `grant`; delete and deletecollection are
-//! `delete`; exec, attach and port-forward are `exec`; the proxy
-//! subresource and anything the parser does not recognise are `admin`.
+//! Operations: reads (get, list, watch, logs) are `read`; create/update/
+//! patch are `write` — of RBAC objects and service-account tokens,
+//! `grant`; of admission webhooks and policies and API services, `admin`;
+//! delete and deletecollection are `delete`; every request on core
+//! `secrets` is `export` (the API server answers patches, updates and
+//! deletes with the object too); exec, attach, port-forward and adding an
+//! ephemeral container are `exec`; the proxy subresource, the legacy
+//! `/api/v1/proxy/` path and anything the parser does not recognise are
+//! `admin`.
 
 use http::Method;
 use serde_json::{json, Map, Value};
@@ -40,8 +44,11 @@ fn query<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// A boolean query parameter as the API server converts it
+/// (`Convert_Slice_string_To_bool` in apimachinery): present and anything
+/// but `0` or `false` (any case) is true, the empty value included.
 fn truthy(v: Option<&str>) -> bool {
-    matches!(v, Some("true" | "1"))
+    v.is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
 /// Reads a request. `segments` are the decoded path segments.
@@ -68,6 +75,15 @@ pub fn parse(method: &Method, segments: &[String], q: &[(String, String)]) -> K8
     if rest.is_empty() {
         // Discovery of a group version.
         return nonresource(method.as_str().to_ascii_lowercase());
+    }
+    // The legacy `/api/v1/proxy/…` form reaches nodes, pods and services
+    // through the API server, as the `proxy` subresource does.
+    if rest[0] == "proxy" {
+        return K8sRequest {
+            verb: "proxy".into(),
+            resource: None,
+            operation: "admin",
+        };
     }
     let mut watch_prefix = false;
     if rest[0] == "watch" {
@@ -116,12 +132,35 @@ pub fn parse(method: &Method, segments: &[String], q: &[(String, String)]) -> K8
     let grants = is_rbac
         || (group.is_empty() && resource == "serviceaccounts" && subresource == Some("token"))
         || (group == "certificates.k8s.io" && subresource == Some("approval"));
+    // Objects whose writes take over the API server itself: admission
+    // webhooks and policies see (and change) every write, an API service
+    // answers for a whole group.
+    let controls_api = matches!(
+        (group, resource),
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations"
+                | "validatingwebhookconfigurations"
+                | "validatingadmissionpolicies"
+                | "validatingadmissionpolicybindings"
+                | "mutatingadmissionpolicies"
+                | "mutatingadmissionpolicybindings"
+        ) | ("apiregistration.k8s.io", "apiservices")
+    );
+    let reads = matches!(verb, "get" | "list" | "watch");
     let operation = match (verb, subresource) {
         (_, Some("exec" | "attach" | "portforward")) => "exec",
+        // `kubectl debug`: an ephemeral container runs any command in the pod.
+        (_, Some("ephemeralcontainers")) if !reads => "exec",
         (_, Some("proxy")) => "admin",
         ("unknown", _) => "admin",
-        ("get" | "list" | "watch", _) if group.is_empty() && resource == "secrets" => "export",
+        // The API server answers a read, a patch, an update or a delete of
+        // a secret with the object, its data included (a `dryRun` patch
+        // changes nothing and still returns it): every request on secrets
+        // reveals them.
+        _ if group.is_empty() && resource == "secrets" => "export",
         ("get" | "list" | "watch", _) => "read",
+        _ if controls_api => "admin",
         ("delete" | "deletecollection", None) => "delete",
         ("create", Some("eviction")) => "delete",
         _ if grants => "grant",
@@ -200,10 +239,19 @@ impl K8sRequest {
             if let Some(c) = query(q, "container") {
                 m.insert("container".into(), json!(c));
             }
+            if let Some(s) = query(q, "labelSelector") {
+                m.insert("label_selector".into(), json!(s));
+            }
+            if let Some(s) = query(q, "fieldSelector") {
+                m.insert("field_selector".into(), json!(s));
+            }
             if r.subresource.as_deref() == Some("log") {
                 m.insert("follow".into(), json!(truthy(query(q, "follow"))));
             }
         }
+        // `dryRun=All` is validated and answered but not stored (the API
+        // server refuses any other value).
+        m.insert("dry_run".into(), json!(query(q, "dryRun") == Some("All")));
         Value::Object(m)
     }
 }
@@ -477,6 +525,124 @@ mod tests {
                 "admin",
                 "k8s://prod/_path/version",
             ),
+            // Every request on secrets answers with the secret: a no-op
+            // dry-run patch, an update, a delete.
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/prod/secrets/db",
+                "dryRun=All",
+                "patch",
+                "export",
+                "k8s://prod/prod/secrets/db",
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/prod/secrets/db",
+                "",
+                "update",
+                "export",
+                "k8s://prod/prod/secrets/db",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/prod/secrets/db",
+                "",
+                "delete",
+                "export",
+                "k8s://prod/prod/secrets/db",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/prod/secrets",
+                "labelSelector=app%3Dweb",
+                "deletecollection",
+                "export",
+                "k8s://prod/prod/secrets",
+            ),
+            // A secret-like name in another group is an ordinary object.
+            (
+                Method::PATCH,
+                "/apis/example.com/v1/namespaces/prod/secrets/db",
+                "",
+                "patch",
+                "write",
+                "k8s://prod/prod/secrets.example.com/db",
+            ),
+            // `kubectl debug` adds an ephemeral container: a command in the pod.
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/default/pods/web-1/ephemeralcontainers",
+                "",
+                "patch",
+                "exec",
+                "k8s://prod/default/pods/web-1/ephemeralcontainers",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods/web-1/ephemeralcontainers",
+                "",
+                "get",
+                "read",
+                "k8s://prod/default/pods/web-1/ephemeralcontainers",
+            ),
+            // Writes that take over the API server.
+            (
+                Method::POST,
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+                "",
+                "create",
+                "admin",
+                "k8s://prod/_cluster/mutatingwebhookconfigurations.admissionregistration.k8s.io",
+            ),
+            (
+                Method::PATCH,
+                "/apis/apiregistration.k8s.io/v1/apiservices/v1.metrics.k8s.io",
+                "",
+                "patch",
+                "admin",
+                "k8s://prod/_cluster/apiservices.apiregistration.k8s.io/v1.metrics.k8s.io",
+            ),
+            (
+                Method::GET,
+                "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+                "",
+                "list",
+                "read",
+                "k8s://prod/_cluster/validatingwebhookconfigurations.admissionregistration.k8s.io",
+            ),
+            // The legacy proxy path, and a watch however the server reads it.
+            (
+                Method::GET,
+                "/api/v1/proxy/nodes/n1/stats",
+                "",
+                "proxy",
+                "admin",
+                "k8s://prod/_path/api/v1/proxy/nodes/n1/stats",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods",
+                "watch=True",
+                "watch",
+                "read",
+                "k8s://prod/default/pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods",
+                "watch=",
+                "watch",
+                "read",
+                "k8s://prod/default/pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods",
+                "watch=FALSE",
+                "list",
+                "read",
+                "k8s://prod/default/pods",
+            ),
             (
                 Method::GET,
                 "/api/v1/namespaces/a/pods/b/c/d",
@@ -515,5 +681,30 @@ mod tests {
             (f["follow"].clone(), f["container"].clone()),
             (json!(true), json!("app"))
         );
+    }
+
+    #[test]
+    fn selectors_and_dry_run_are_facts() {
+        let (_, _, f) = req(
+            Method::DELETE,
+            "/api/v1/namespaces/prod/configmaps",
+            "labelSelector=app%3Dweb&fieldSelector=metadata.name%3Dcfg",
+        );
+        assert_eq!(f["label_selector"], "app=web");
+        assert_eq!(f["field_selector"], "metadata.name=cfg");
+        assert_eq!(f["dry_run"], false);
+        let (_, _, f) = req(
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/prod/deployments/web",
+            "dryRun=All",
+        );
+        assert_eq!(f["dry_run"], true);
+        // The server refuses any other value; it is never a dry run here.
+        let (_, _, f) = req(
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/prod/deployments/web",
+            "dryRun=all",
+        );
+        assert_eq!(f["dry_run"], false);
     }
 }

@@ -17,7 +17,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use secondkey_core::principal::Principal;
 use secondkey_core::request::RequestState;
-use secondkey_server::auth::Caller;
+use secondkey_server::auth::Authenticated;
 use secondkey_server::error::ApiError;
 use secondkey_server::{AppState, Execution, ExecutionResult, Gateway, Intercept, Verdict};
 use serde_json::{json, Map, Value};
@@ -225,8 +225,8 @@ async fn decide_and_forward(sh: Arc<Shared>, req: Request<Body>, raw_path: &str)
     let state = AppState {
         gateway: sh.gateway.clone(),
     };
-    let who = match Caller::from_request_parts(&mut parts, &state).await {
-        Ok(Caller(p)) => p,
+    let (who, credential) = match Authenticated::from_request_parts(&mut parts, &state).await {
+        Ok(Authenticated(p, c)) => (p, c),
         Err(e) => return api_problem(&e, "Not authenticated"),
     };
     let up = &sh.upstream.cfg;
@@ -297,8 +297,9 @@ async fn decide_and_forward(sh: Arc<Shared>, req: Request<Body>, raw_path: &str)
     }
     let verdict = sh
         .gateway
-        .intercept(
+        .intercept_by(
             &who,
+            &credential,
             Intercept {
                 action: shaped.action,
                 transport: "http",
@@ -493,6 +494,7 @@ impl Forward {
             started,
             reads: self.reads.clone(),
             writes: self.writes.clone(),
+            masked: 0,
         };
         let req = match up.request(
             &self.method,
@@ -773,6 +775,8 @@ struct Recorder {
     started: Instant,
     reads: Vec<String>,
     writes: Vec<String>,
+    /// Credentials masked in the answer, recorded with its result.
+    masked: u64,
 }
 
 impl Recorder {
@@ -783,6 +787,9 @@ impl Recorder {
     fn send(&mut self, ok: bool, mut summary: Map<String, Value>) {
         let Some(ex) = self.ex.take() else { return };
         summary.insert("duration_ms".into(), json!(self.duration_ms()));
+        if self.masked > 0 {
+            summary.insert("masked".into(), json!(self.masked));
+        }
         let result = ExecutionResult {
             ok,
             summary: Value::Object(summary),
@@ -872,6 +879,7 @@ impl RelayBody {
     fn settle(&mut self, note: Option<String>) {
         if let Some(mut rec) = self.rec.take() {
             let ok = self.status < 400 && note.is_none();
+            rec.masked = self.redactor.masked;
             rec.finish_ref(Some(self.status), self.bytes, ok, note);
         }
     }
@@ -941,9 +949,17 @@ impl http_body::Body for RelayBody {
 impl Drop for RelayBody {
     fn drop(&mut self) {
         if !self.ended {
+            // An answer of known length is not polled past its last byte:
+            // all of it relayed is a normal end, not a client going away.
+            if http_body::Body::is_end_stream(&self.inner) && self.redactor.holds_nothing() {
+                self.ended = true;
+                self.settle(None);
+                return;
+            }
             // The client went away mid-answer (a watch or `logs -f` ends so).
             let status = self.status;
             if let Some(mut rec) = self.rec.take() {
+                rec.masked = self.redactor.masked;
                 let mut s = Map::new();
                 s.insert("http_status".into(), json!(status));
                 s.insert("bytes".into(), json!(self.bytes));

@@ -67,6 +67,11 @@ impl Redactor {
     }
 
     /// The end of the stream: whatever was held back.
+    /// Whether nothing is held back waiting for the next chunk.
+    pub fn holds_nothing(&self) -> bool {
+        self.held.is_empty()
+    }
+
     pub fn finish(&mut self) -> Bytes {
         std::mem::take(&mut self.held).freeze()
     }

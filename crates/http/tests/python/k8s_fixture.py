@@ -126,6 +126,12 @@ for ns in ("default", "prod"):
     OBJECTS[(f"/api/v1/namespaces/{ns}/pods", "web-1")] = pod("web-1", ns)
     OBJECTS[(f"/apis/apps/v1/namespaces/{ns}/deployments", "web")] = deployment("web", ns)
     OBJECTS[(f"/api/v1/namespaces/{ns}/secrets", "db")] = secret("db", ns)
+# A service-account token Secret holding the very token the gateway
+# authenticates with (base64 in `data`, as the API returns it).
+OBJECTS[("/api/v1/namespaces/prod/secrets", "gateway-token")] = dict(
+    secret("gateway-token", "prod"), type="kubernetes.io/service-account-token",
+    data={"token": base64.b64encode(TOKEN.encode()).decode(),
+          "ca.crt": base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()})
 
 LIST_KINDS = {"pods": ("PodList", "v1"), "deployments": ("DeploymentList", "apps/v1"), "secrets": ("SecretList", "v1")}
 
