@@ -1221,6 +1221,24 @@ fn http_a_session_is_bound_to_its_principal_and_another_cannot_use_it() {
         ],
         "{refused:?}"
     );
+    // A second Mcp-Session-Id (an upstream reading the last one would
+    // join that session) or one that is not visible ASCII: 400, nothing
+    // forwarded. So is a routing header naming another call than the
+    // message (SEP-2243 `Mcp-Method`, `Mcp-Name`).
+    let call = call_msg(&json!(9), "echo", &json!({"text": "steered"}), None).to_string();
+    let len = format!("Content-Length: {}\r\n", call.len());
+    for extra in [
+        "Mcp-Session-Id: 0123456789abcdef\r\n",
+        "Mcp-Name: delete_customer\r\n",
+        "Mcp-Method: tools/list\r\n",
+        "Mcp-Name: echo\r\nMcp-Name: delete_customer\r\n",
+    ] {
+        let (status, answer) = s.raw_exchange(&format!("{len}{extra}"), Some(call.as_bytes()));
+        assert_eq!(status, 400, "{extra:?}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["code"], -32600, "{extra:?}: {v}");
+    }
+    assert!(e.runs().is_empty(), "{:?}", e.runs());
     // The owner's session is untouched.
     assert_eq!(
         s.call(json!(3), "echo", &json!({"text": "mine"})).text(),

@@ -37,6 +37,7 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(
             } else if buf.is_empty() {
                 Frame::Eof
             } else {
+                drop_carriage_returns(buf);
                 Frame::Line
             });
         }
@@ -66,11 +67,22 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(
             if overflow {
                 return Ok(Frame::TooLong(seen));
             }
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
+            drop_carriage_returns(buf);
             return Ok(Frame::Line);
         }
+    }
+}
+
+/// Removes every `\r` from a line. In JSON a raw carriage return can only
+/// be whitespace between tokens (inside a string it must be escaped), so
+/// this changes no message's meaning; but a peer reading with universal
+/// newlines (Python's text streams, which the official Python SDK's stdio
+/// transport uses) ends a line at each one, and would read one line that
+/// secondkey parsed as a harmless message as several, one of them a
+/// `tools/call` nobody decided. What is forwarded holds no `\r` at all.
+fn drop_carriage_returns(buf: &mut Vec<u8>) {
+    if memchr::memchr(b'\r', buf).is_some() {
+        buf.retain(|&b| b != b'\r');
     }
 }
 
@@ -102,24 +114,21 @@ mod tests {
         use proptest::prelude::*;
 
         /// What `read_frame` should give for `data`: newline-terminated lines
-        /// (a trailing `\r` dropped), an unterminated last line as it is,
+        /// and an unterminated last line, each without any `\r`,
         /// and any line over `max` bytes as `TooLong` with its length and
         /// its head.
         fn model(data: &[u8], max: usize) -> Vec<(Frame, Vec<u8>)> {
             let mut out = Vec::new();
             let mut rest = data;
             while !rest.is_empty() {
-                let (line, terminated, next) = match rest.iter().position(|&b| b == b'\n') {
-                    Some(i) => (&rest[..i], true, &rest[i + 1..]),
-                    None => (rest, false, &rest[rest.len()..]),
+                let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+                    Some(i) => (&rest[..i], &rest[i + 1..]),
+                    None => (rest, &rest[rest.len()..]),
                 };
                 if line.len() > max {
                     out.push((Frame::TooLong(line.len()), line[..HEAD.min(max)].to_vec()));
                 } else {
-                    let mut l = line.to_vec();
-                    if terminated && l.last() == Some(&b'\r') {
-                        l.pop();
-                    }
+                    let l: Vec<u8> = line.iter().copied().filter(|&b| b != b'\r').collect();
                     out.push((Frame::Line, l));
                 }
                 rest = next;

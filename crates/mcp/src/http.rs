@@ -28,8 +28,9 @@ use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use secondkey_core::action::{Action, Digest};
 use secondkey_core::principal::Principal;
-use secondkey_server::auth::Caller;
+use secondkey_server::auth::{Authenticated, Caller};
 use secondkey_server::error::ApiError;
+use secondkey_server::identity::Credential;
 use secondkey_server::{AppState, Extension, Gateway};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -56,6 +57,8 @@ fn lost_mid_call(why: &str) -> Value {
 pub struct InProcess {
     pub gateway: Arc<Gateway>,
     pub who: Principal,
+    /// What the caller's token proved beyond who it is (a delegation).
+    pub credential: Credential,
     pub admins: Vec<String>,
     /// The client connection's peer address: the fact `source_ip`.
     pub peer: Option<std::net::IpAddr>,
@@ -97,7 +100,12 @@ impl Decider for InProcess {
             transport: "mcp",
             facts,
         };
-        Ok(match self.gateway.intercept(&self.who, it).await.map_err(de)? {
+        Ok(match self
+            .gateway
+            .intercept_by(&self.who, &self.credential, it)
+            .await
+            .map_err(de)?
+        {
             Verdict::Run(x) => Decision::Run(run_of(x)),
             Verdict::Deny(d) => Decision::Deny {
                 id: d.id,
@@ -1027,7 +1035,7 @@ async fn other_mcp(
     inner: Arc<Inner>,
     method: Method,
     State(s): State<AppState>,
-    Caller(p): Caller,
+    Authenticated(p, cred): Authenticated,
     Path(server): Path<String>,
     peer: PeerInfo,
     headers: HeaderMap,
@@ -1036,7 +1044,10 @@ async fn other_mcp(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let sid = session_of(&headers);
+    let sid = match session_of(&headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     if let Some(sid) = &sid {
         if let Err(r) = check_session(&inner, &s.gateway, &p, &server, sid, method.as_str()).await {
             return r;
@@ -1049,6 +1060,7 @@ async fn other_mcp(
         &inner,
         &s.gateway,
         &p,
+        &cred,
         &srv,
         &fwd_headers,
         sid.as_deref(),
@@ -1075,11 +1087,67 @@ async fn other_mcp(
     }
 }
 
-fn session_of(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+/// The request's `Mcp-Session-Id`: exactly one, of visible ASCII (the
+/// spec's alphabet for it). Two, or one the gateway cannot read, are
+/// refused: the gateway checks one session and forwards exactly that one,
+/// so an upstream reading another value cannot be steered into another
+/// principal's session.
+fn session_of(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let mut all = headers.get_all("mcp-session-id").iter();
+    let Some(v) = all.next() else { return Ok(None) };
+    let bad = |why: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"jsonrpc": "2.0", "id": null,
+                "error": {"code": jsonrpc::INVALID_REQUEST, "message": why}})),
+        )
+            .into_response()
+    };
+    if all.next().is_some() {
+        return Err(bad("more than one Mcp-Session-Id header; send exactly one"));
+    }
+    match v.to_str() {
+        Ok(s) if !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b)) => {
+            Ok(Some(s.to_string()))
+        }
+        _ => Err(bad("the Mcp-Session-Id header must be visible ASCII")),
+    }
+}
+
+/// The routing headers a client mirrors from its message (`Mcp-Method`,
+/// `Mcp-Name`: SEP-2243) must say what the message says: an upstream or a
+/// proxy routing by them must not see another call than the one decided.
+fn routing_mismatch(headers: &HeaderMap, msg: &Message) -> Option<String> {
+    let one = |name: &str| {
+        let mut all = headers.get_all(name).iter();
+        let first = all.next()?;
+        Some(if all.next().is_some() {
+            Err(())
+        } else {
+            first.to_str().map_err(|_| ())
+        })
+    };
+    if let Some(m) = one("mcp-method") {
+        if m != Ok(msg.method().unwrap_or_default()) {
+            return Some("the Mcp-Method header does not name the message's method".into());
+        }
+    }
+    if let Some(n) = one("mcp-name") {
+        let key = match msg.method() {
+            Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => "uri",
+            _ => "name",
+        };
+        let named = msg
+            .params()
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_str);
+        if named.is_none() || n != Ok(named.unwrap_or_default()) {
+            return Some(format!(
+                "the Mcp-Name header does not name the message's `params.{key}`"
+            ));
+        }
+    }
+    None
 }
 
 /// The context of the event streams answering one request of `who`.
@@ -1087,6 +1155,7 @@ fn watch_of(
     inner: &Arc<Inner>,
     gateway: &Arc<Gateway>,
     who: &Principal,
+    credential: &Credential,
     srv: &Arc<ServerConfig>,
     headers: &[(String, HeaderValue)],
     sid: Option<&str>,
@@ -1096,6 +1165,7 @@ fn watch_of(
         inner: inner.clone(),
         gateway: gateway.clone(),
         who: who.clone(),
+        credential: credential.clone(),
         srv: srv.clone(),
         headers: headers.to_vec(),
         session: sid.map(str::to_string),
@@ -1250,7 +1320,7 @@ fn peer_ip(peer: PeerInfo) -> Option<std::net::IpAddr> {
 async fn post_mcp(
     inner: Arc<Inner>,
     State(s): State<AppState>,
-    Caller(p): Caller,
+    Authenticated(p, cred): Authenticated,
     Path(server): Path<String>,
     peer: PeerInfo,
     headers: HeaderMap,
@@ -1268,8 +1338,16 @@ async fn post_mcp(
         Ok(m) => m,
         Err(e) => return (StatusCode::BAD_REQUEST, Json(e.response())).into_response(),
     };
+    if let Some(why) = routing_mismatch(&headers, &msg) {
+        let e = json!({"jsonrpc": "2.0", "id": msg.id().cloned().unwrap_or(Value::Null),
+            "error": {"code": jsonrpc::INVALID_REQUEST, "message": why}});
+        return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+    }
     let fwd_headers = forwarded(&headers);
-    let session = session_of(&headers);
+    let session = match session_of(&headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let method = msg.method().unwrap_or("(response)");
     if let Some(sid) = &session {
         if let Err(r) = check_session(&inner, &s.gateway, &p, &server, sid, method).await {
@@ -1296,6 +1374,7 @@ async fn post_mcp(
         &inner,
         &s.gateway,
         &p,
+        &cred,
         &srv,
         &fwd_headers,
         session.as_deref(),
@@ -1352,6 +1431,7 @@ async fn post_mcp(
                 inner: inner.clone(),
                 gateway: s.gateway.clone(),
                 who: p,
+                credential: cred,
                 srv,
                 headers: fwd_headers,
                 session,
@@ -1706,7 +1786,7 @@ fn in_process(
     inner: &Inner,
     srv: &Arc<ServerConfig>,
     gateway: &Arc<Gateway>,
-    who: &Principal,
+    (who, credential): (&Principal, &Credential),
     peer: Option<std::net::IpAddr>,
 ) -> Interceptor<InProcess> {
     Interceptor::new(
@@ -1715,6 +1795,7 @@ fn in_process(
         Arc::new(InProcess {
             gateway: gateway.clone(),
             who: who.clone(),
+            credential: credential.clone(),
             admins: inner.config.tool_admins.clone(),
             peer,
         }),
@@ -1730,6 +1811,7 @@ struct ListWatch {
     inner: Arc<Inner>,
     gateway: Arc<Gateway>,
     who: Principal,
+    credential: Credential,
     srv: Arc<ServerConfig>,
     /// The request's transport headers (session, protocol version).
     headers: Vec<(String, HeaderValue)>,
@@ -1748,7 +1830,13 @@ impl ListWatch {
     }
 
     fn interceptor(&self) -> Interceptor<InProcess> {
-        in_process(&self.inner, &self.srv, &self.gateway, &self.who, self.peer)
+        in_process(
+            &self.inner,
+            &self.srv,
+            &self.gateway,
+            (&self.who, &self.credential),
+            self.peer,
+        )
     }
 
     fn asked_key(&self, id: &Value) -> String {
@@ -1829,6 +1917,7 @@ struct CallCtx {
     inner: Arc<Inner>,
     gateway: Arc<Gateway>,
     who: Principal,
+    credential: Credential,
     srv: Arc<ServerConfig>,
     headers: Vec<(String, HeaderValue)>,
     session: Option<String>,
@@ -1915,7 +2004,13 @@ impl<F: Future + Send + 'static> Drop for Detachable<F> {
 
 impl CallCtx {
     fn interceptor(&self) -> Interceptor<InProcess> {
-        in_process(&self.inner, &self.srv, &self.gateway, &self.who, self.peer)
+        in_process(
+            &self.inner,
+            &self.srv,
+            &self.gateway,
+            (&self.who, &self.credential),
+            self.peer,
+        )
     }
 
     /// The tool's definition as the upstream gives it in this call's

@@ -246,9 +246,28 @@ impl Message {
             }
             (None, None) => return Err(refuse("neither a request, a notification nor a response")),
         };
+        // MCP's params are always an object (JSON-RPC would allow an
+        // array, which no MCP method takes): anything else is refused
+        // rather than decided as empty and forwarded as sent.
         if let Some(p) = obj.get("params") {
-            if !p.is_object() && !p.is_array() {
+            if !p.is_object() {
                 return Err(refuse("`params` must be an object"));
+            }
+        }
+        // What names the thing a request acts on must be text, or the
+        // decision would be about an empty name.
+        let named = match obj.get("method").and_then(Value::as_str) {
+            Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => Some("uri"),
+            Some("prompts/get") => Some("name"),
+            _ => None,
+        };
+        if let (Some(key), Kind::Request) = (named, &kind) {
+            if !obj
+                .get("params")
+                .and_then(|p| p.get(key))
+                .is_some_and(Value::is_string)
+            {
+                return Err(refuse(&format!("`params.{key}` must be a string")));
             }
         }
         Ok(Message { value: obj, kind })
@@ -438,6 +457,27 @@ mod tests {
         assert!(p(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#).is_err());
         assert!(p(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#).is_err());
         assert!(p(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#).is_err());
+        // MCP takes no array params; what a request acts on must be named
+        // by text (else it would be decided as an empty name).
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":["file:///etc/passwd"]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":["file:///x"]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":7}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":{"x":1}}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/x","params":[1]}"#,
+        ] {
+            let e = p(bad).unwrap_err();
+            assert_eq!(e.code, INVALID_REQUEST, "{bad}");
+        }
+        assert!(p(
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}"#
+        )
+        .is_ok());
+        assert!(
+            p(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}"#).is_ok()
+        );
         let big = format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#,
             "x".repeat(2000)

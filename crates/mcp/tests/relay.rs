@@ -532,6 +532,47 @@ async fn bad_input_from_the_client_is_refused_and_forwards_nothing() {
     s.close().await;
 }
 
+/// A carriage return is JSON whitespace, so a line can parse as one
+/// harmless `ping` while a server reading with universal newlines (the
+/// official Python SDK's stdio transport) reads three lines, the middle a
+/// `tools/call`. The relay forwards no `\r`: the server sees the ping,
+/// no tool runs, and nothing answers the smuggled id.
+#[tokio::test]
+async fn a_call_hidden_behind_carriage_returns_never_reaches_the_server() {
+    require_python_mcp();
+    let log = Scripted::default();
+    let mut s = start("test_server.py", &[], log.clone()).await;
+    s.init().await;
+    s.send_raw(concat!(
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"#,
+        "\r",
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"smuggled"}}}"#,
+        "\r",
+        "}}"
+    ))
+    .await;
+    let r = s.answer(&mut vec![]).await;
+    assert_eq!(r["id"], 1, "the ping is answered: {r}");
+    // Whatever the server made of it, id 2 is never answered and no tool
+    // ran: the next answer is the one to id 3.
+    let r = s
+        .call(
+            json!(3),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "decided"}}),
+        )
+        .await;
+    assert_eq!(r["id"], 3, "no answer to the smuggled id: {r}");
+    assert_eq!(text(&r), "decided");
+    let runs: Vec<String> = s.runs().iter().map(|r| r.to_string()).collect();
+    assert!(
+        runs.iter().all(|r| !r.contains("smuggled")),
+        "the smuggled call never ran: {runs:?}"
+    );
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    s.close().await;
+}
+
 #[tokio::test]
 async fn a_changed_definition_holds_calls_of_that_tool() {
     require_python_mcp();
