@@ -74,9 +74,79 @@ pub struct ExecArgs {
     /// How long to wait for a decision (e.g. 30m, 2h).
     #[arg(long, default_value = "1h")]
     wait_timeout: String,
+    /// A file the command reads whose contents the approval binds (a
+    /// script it runs, a manifest, a migration): its SHA-256 is part of the
+    /// action and checked again just before the command starts. Repeatable.
+    #[arg(long = "bind", value_name = "FILE")]
+    bind: Vec<PathBuf>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     argv: Vec<String>,
+}
+
+/// Environment variables that change what a program does without being
+/// part of its argv (the loader's and the interpreters'): when set, their
+/// values are part of the action, so an approval does not carry over to
+/// a run that preloads another library or startup script.
+pub const BOUND_ENV: [&str; 12] = [
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+    "BASH_ENV",
+    "ENV",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "NODE_OPTIONS",
+    "PERL5OPT",
+    "PERL5LIB",
+    "RUBYOPT",
+];
+
+/// What the approval binds besides the words: the program that will run
+/// (its absolute path and SHA-256) and the `--bind` files' SHA-256.
+struct Bound {
+    /// `None` when the program cannot be found (it then fails to start).
+    program: Option<(PathBuf, String)>,
+    files: Vec<(PathBuf, String)>,
+}
+
+fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The file `argv0` names, as `execvp` would find it: a name with a `/`
+/// relative to `cwd`, any other in `PATH`'s directories (the first
+/// executable regular file).
+pub fn resolve_program(argv0: &str, path: Option<&str>, cwd: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if argv0.is_empty() {
+        return None;
+    }
+    if argv0.contains('/') {
+        let p = cwd.join(argv0);
+        return runnable(&p).then(|| p.canonicalize().ok()).flatten();
+    }
+    path.unwrap_or("/usr/local/bin:/usr/bin:/bin")
+        .split(':')
+        .map(|d| {
+            if d.is_empty() {
+                cwd.to_path_buf()
+            } else {
+                cwd.join(d)
+            }
+        })
+        .map(|d| d.join(argv0))
+        .find(|p| runnable(p))
+        .and_then(|p| p.canonicalize().ok())
 }
 
 fn outcome(code: u8, line: &str) -> ExitCode {
@@ -104,11 +174,13 @@ pub fn ci_facts(env: &dyn Fn(&str) -> Option<String>) -> Option<Value> {
             env("GITHUB_REPOSITORY"),
             env("GITHUB_RUN_ID"),
         ) {
-            let mut url = format!("{server}/{repo}/actions/runs/{run}");
-            if let Some(a) = env("GITHUB_RUN_ATTEMPT") {
-                url.push_str(&format!("/attempts/{a}"));
-            }
-            put("run_url", Some(url));
+            // The run, not its attempt: re-running the job is how a step
+            // goes on waiting for (and then uses) its approval, and the
+            // action must stay the same for that.
+            put(
+                "run_url",
+                Some(format!("{server}/{repo}/actions/runs/{run}")),
+            );
         }
     } else if env("GITLAB_CI").as_deref() == Some("true") {
         put("provider", Some("gitlab".into()));
@@ -117,9 +189,10 @@ pub fn ci_facts(env: &dyn Fn(&str) -> Option<String>) -> Option<Value> {
         put("ref", env("CI_COMMIT_REF_NAME"));
         put("actor", env("GITLAB_USER_LOGIN"));
         put("workflow", env("CI_JOB_NAME"));
+        // The pipeline, not the job: a retried job is a new job.
         put(
             "run_url",
-            env("CI_JOB_URL").or_else(|| env("CI_PIPELINE_URL")),
+            env("CI_PIPELINE_URL").or_else(|| env("CI_JOB_URL")),
         );
     } else {
         return None;
@@ -152,12 +225,12 @@ fn github_oidc_token(audience: &str) -> Result<String> {
 
 pub fn run(a: ExecArgs) -> Result<ExitCode> {
     match prepare(&a) {
-        Ok((client, body)) => execute(&a, &client, &body),
+        Ok((client, body, bound)) => execute(&a, &client, &body, &bound),
         Err(e) => Ok(outcome(code::GATEWAY, &format!("nothing ran: {e:#}"))),
     }
 }
 
-fn prepare(a: &ExecArgs) -> Result<(Client, Vec<u8>)> {
+fn prepare(a: &ExecArgs) -> Result<(Client, Vec<u8>, Bound)> {
     let token = match (&a.oidc_audience, &a.token_env) {
         (Some(aud), None) => github_oidc_token(aud)?,
         (None, Some(var)) => std::env::var(var)
@@ -172,11 +245,31 @@ fn prepare(a: &ExecArgs) -> Result<(Client, Vec<u8>)> {
     if let Some(ci) = ci_facts(&|k| std::env::var(k).ok()) {
         context.insert("ci".into(), ci);
     }
+    let bound = bind(a, &cwd)?;
+    let mut params = json!({"argv": a.argv, "cwd": cwd.to_string_lossy()});
+    if let Some((path, sha)) = &bound.program {
+        params["program"] = json!({"path": path.to_string_lossy(), "sha256": sha});
+    }
+    if !bound.files.is_empty() {
+        let files: Map<String, Value> = bound
+            .files
+            .iter()
+            .map(|(p, h)| (p.to_string_lossy().to_string(), json!(h)))
+            .collect();
+        params["files"] = Value::Object(files);
+    }
+    let env: Map<String, Value> = BOUND_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), json!(v))))
+        .collect();
+    if !env.is_empty() {
+        params["env"] = Value::Object(env);
+    }
     let mut action = json!({
         "kind": "exec",
         "operation": a.operation,
         "resource": a.resource,
-        "params": {"argv": a.argv, "cwd": cwd.to_string_lossy()},
+        "params": params,
         "context": context,
     });
     if let Some(j) = &a.justification {
@@ -185,10 +278,47 @@ fn prepare(a: &ExecArgs) -> Result<(Client, Vec<u8>)> {
     // Serialized once: the second submission (using an approval) sends the
     // very same bytes, so it has the same digest.
     let body = serde_json::to_vec(&action)?;
-    Ok((Client::new(&a.url, Some(token)), body))
+    Ok((Client::new(&a.url, Some(token)), body, bound))
 }
 
-fn execute(a: &ExecArgs, c: &Client, body: &[u8]) -> Result<ExitCode> {
+/// Hashes the program and the `--bind` files.
+fn bind(a: &ExecArgs, cwd: &std::path::Path) -> Result<Bound> {
+    let path = std::env::var("PATH").ok();
+    let program = match resolve_program(&a.argv[0], path.as_deref(), cwd) {
+        Some(p) => {
+            let h = sha256_file(&p).with_context(|| format!("reading {}", p.display()))?;
+            Some((p, h))
+        }
+        None => None,
+    };
+    let mut files = Vec::new();
+    for f in &a.bind {
+        let p = cwd.join(f);
+        let h = sha256_file(&p).with_context(|| format!("--bind {}", f.display()))?;
+        files.push((p, h));
+    }
+    Ok(Bound { program, files })
+}
+
+/// What changed since the action was submitted, if anything.
+fn changed_since(b: &Bound) -> Option<String> {
+    let (mut paths, mut hashes) = (Vec::new(), Vec::new());
+    if let Some((p, h)) = &b.program {
+        paths.push(p);
+        hashes.push(h);
+    }
+    for (p, h) in &b.files {
+        paths.push(p);
+        hashes.push(h);
+    }
+    paths
+        .into_iter()
+        .zip(hashes)
+        .find(|(p, h)| sha256_file(p).ok().as_deref() != Some(h.as_str()))
+        .map(|(p, _)| p.display().to_string())
+}
+
+fn execute(a: &ExecArgs, c: &Client, body: &[u8], bound: &Bound) -> Result<ExitCode> {
     let wait = match secondkey_core::time::parse_duration(&a.wait_timeout) {
         Ok(d) => d,
         Err(e) => {
@@ -262,7 +392,21 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8]) -> Result<ExitCode> {
             shown(&a.argv)
         );
     }
-    let (exit, summary) = run_once(&a.argv);
+    // The approval names these bytes: a program or bound file changed
+    // since (while a reviewer looked) does not run under it.
+    if let Some(path) = changed_since(bound) {
+        let why = format!("{path} changed since it was submitted");
+        let report = json!({"ok": false, "summary": {"error": why, "ran": false}});
+        if let Err(e) = c.post(&format!("/v1/executions/{exec_id}/result"), &report) {
+            eprintln!("secondkey: warning: the result could not be recorded: {e:#}");
+        }
+        return Ok(outcome(
+            code::NOT_RUN,
+            &format!("{exec_id}: {why}; nothing ran"),
+        ));
+    }
+    let program = bound.program.as_ref().map(|(p, _)| p.as_path());
+    let (exit, summary) = run_once(&a.argv, program);
     let ok = exit == Some(0);
     let report = json!({"ok": ok, "summary": summary});
     let recorded = c.post(&format!("/v1/executions/{exec_id}/result"), &report);
@@ -400,10 +544,21 @@ fn tee(mut from: impl Read, mut to: impl Write) -> (String, u64) {
     (hex::encode(h.finalize()), n)
 }
 
-/// Runs `argv` once, streaming its output; (exit code, summary).
-fn run_once(argv: &[String]) -> (Option<u8>, Value) {
+/// Runs `argv` once, streaming its output; (exit code, summary). The
+/// resolved `program` is what starts (not a new `PATH` lookup), with
+/// `argv[0]` as its name.
+fn run_once(argv: &[String], program: Option<&std::path::Path>) -> (Option<u8>, Value) {
+    use std::os::unix::process::CommandExt;
     let started = Instant::now();
-    let child = Command::new(&argv[0])
+    let mut cmd = match program {
+        Some(p) => {
+            let mut c = Command::new(p);
+            c.arg0(&argv[0]);
+            c
+        }
+        None => Command::new(&argv[0]),
+    };
+    let child = cmd
         .args(&argv[1..])
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
@@ -480,10 +635,8 @@ mod tests {
         };
         let f = ci_facts(&gh).unwrap();
         assert_eq!(f["provider"], "github");
-        assert_eq!(
-            f["run_url"],
-            "https://github.com/acme/api/actions/runs/42/attempts/2"
-        );
+        // The run without its attempt: a re-run is the same action.
+        assert_eq!(f["run_url"], "https://github.com/acme/api/actions/runs/42");
         assert_eq!(f["commit"], "abc123");
         let gl = |k: &str| {
             Some(
@@ -503,6 +656,47 @@ mod tests {
         assert_eq!(f["provider"], "gitlab");
         assert_eq!(f["actor"], "alice");
         assert_eq!(f["run_url"], "https://gitlab.example/acme/api/-/jobs/7");
+        // A pipeline URL is preferred: a retried job gets a new job URL.
+        let gl2 = |k: &str| match k {
+            "CI_PIPELINE_URL" => Some("https://gitlab.example/acme/api/-/pipelines/9".to_string()),
+            other => gl(other),
+        };
+        assert_eq!(
+            ci_facts(&gl2).unwrap()["run_url"],
+            "https://gitlab.example/acme/api/-/pipelines/9"
+        );
         assert!(ci_facts(&|_| None).is_none());
+    }
+
+    #[test]
+    fn the_program_is_found_as_execvp_finds_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let make = |p: &std::path::Path, mode: u32| {
+            std::fs::write(p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        // Not executable in a, executable in b: b's.
+        make(&a.join("deploy"), 0o644);
+        make(&b.join("deploy"), 0o755);
+        let path = format!("{}:{}", a.display(), b.display());
+        let found = resolve_program("deploy", Some(&path), tmp.path()).unwrap();
+        assert_eq!(found, b.join("deploy").canonicalize().unwrap());
+        // A name with a slash is relative to the working directory, PATH unused.
+        make(&tmp.path().join("run.sh"), 0o755);
+        assert_eq!(
+            resolve_program("./run.sh", Some(&path), tmp.path()).unwrap(),
+            tmp.path().join("run.sh").canonicalize().unwrap()
+        );
+        assert!(resolve_program("./a/deploy", None, tmp.path()).is_none());
+        assert!(resolve_program("missing", Some(&path), tmp.path()).is_none());
+        assert!(
+            resolve_program("a", Some(&path), tmp.path()).is_none(),
+            "a directory is not a program"
+        );
+        assert!(resolve_program("", Some(&path), tmp.path()).is_none());
     }
 }

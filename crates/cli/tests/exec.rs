@@ -182,10 +182,10 @@ fn gh_step(
     step(g, &github_env(iss), &args, cwd)
 }
 
-#[test]
-fn exec_runs_a_held_deploy_once_after_approval_with_ci_identity() {
-    let tmp = tempfile::tempdir().unwrap();
-    let iss = issuer(tmp.path());
+/// A gateway that maps the local issuer's GitHub and GitLab subjects to
+/// `service:deploy`.
+fn ci_gateway(tmp: &std::path::Path) -> (Issuer, Gateway) {
+    let iss = issuer(tmp);
     let extra = format!(
         r#"
 [[principals]]
@@ -203,7 +203,14 @@ require_configured = true
 "#,
         base = iss.base()
     );
-    let g = Gateway::start_full(&tmp.path().join("gw"), POLICY, "", &extra, &[]);
+    let g = Gateway::start_full(&tmp.join("gw"), POLICY, "", &extra, &[]);
+    (iss, g)
+}
+
+#[test]
+fn exec_runs_a_held_deploy_once_after_approval_with_ci_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (iss, g) = ci_gateway(tmp.path());
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let deployed = work.join("deployed.log");
@@ -393,4 +400,131 @@ require_configured = true
     for c in ["100", "101", "102", "103", "104", "127"] {
         assert!(out.contains(c), "{out}");
     }
+}
+
+/// The approval binds the program that runs and the `--bind` files by
+/// their SHA-256: a script changed after the request no longer matches
+/// (a new request), and one changed while held does not run under the
+/// approval. A re-run of the job (a new attempt) with nothing changed
+/// goes on with the same request and uses its approval.
+#[test]
+fn exec_binds_the_program_and_files_and_a_rerun_uses_the_approval() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (iss, g) = ci_gateway(tmp.path());
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let ran = work.join("ran.log");
+    let script = work.join("deploy.sh");
+    let write_script = |tag: &str| {
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho {tag} \"$1\" >> {}\n", ran.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write_script("v1");
+    let manifest = work.join("app.yaml");
+    std::fs::write(&manifest, "replicas: 2\n").unwrap();
+    let prod = "deploy://prod/api";
+    let attempt = |n: &str, extra: &[&str]| {
+        let mut env = github_env(&iss);
+        env.push(("GITHUB_RUN_ATTEMPT", n.to_string()));
+        let mut args = vec![
+            "--oidc-audience",
+            "secondkey",
+            "--resource",
+            prod,
+            "--operation",
+            "deploy",
+            "--bind",
+            "app.yaml",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "./deploy.sh", "r1"]);
+        step(&g, &env, &args, &work)
+    };
+
+    // Attempt 1 waits too briefly: 102, pending.
+    let mut s = attempt("1", &["--wait-timeout", "2s"]);
+    let first = request_id(&s.wait_line("held for review as request"));
+    let (code, _, err) = s.finish(60);
+    assert_eq!(code, 102, "{err:?}");
+    let (_, req) = g.call(
+        "GET",
+        &format!("/v1/requests/{first}"),
+        Some("user:bob"),
+        None,
+    );
+    let params = &req["action"]["params"];
+    assert_eq!(
+        params["program"]["path"],
+        script.canonicalize().unwrap().to_str().unwrap(),
+        "{req}"
+    );
+    assert_eq!(
+        params["program"]["sha256"],
+        hex::encode(Sha256::digest(std::fs::read(&script).unwrap())),
+        "{req}"
+    );
+    assert_eq!(
+        params["files"][manifest.to_str().unwrap()],
+        hex::encode(Sha256::digest(b"replicas: 2\n")),
+        "{req}"
+    );
+    let (st, v) = g.review("user:bob", &first, "approve");
+    assert_eq!(st, 200, "{v}");
+
+    // The script changed since: attempt 2 is a new action, held anew.
+    write_script("v2");
+    let mut s = attempt("2", &["--wait-timeout", "2s"]);
+    let second = request_id(&s.wait_line("held for review as request"));
+    assert_ne!(second, first, "a changed script is another action");
+    assert_eq!(s.finish(60).0, 102);
+    assert!(!ran.exists(), "nothing ran");
+
+    // Restored, a re-run (attempt 3) is the approved action: it runs once.
+    write_script("v1");
+    let (code, _, err) = attempt("3", &[]).finish(60);
+    assert_eq!(code, 0, "{err:?}");
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "v1 r1\n");
+    let (_, req) = g.call(
+        "GET",
+        &format!("/v1/requests/{first}"),
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(req["state"], "executed", "{req}");
+
+    // Changed while held: the approval is used up, the command does not
+    // run (103), and the result says why.
+    let mut s = attempt("4", &[]);
+    let third = request_id(&s.wait_line("held for review as request"));
+    std::fs::write(&manifest, "replicas: 200\n").unwrap();
+    let (st, v) = g.review("user:bob", &third, "approve");
+    assert_eq!(st, 200, "{v}");
+    let (code, _, err) = s.finish(60);
+    assert_eq!(code, 103, "{err:?}");
+    assert!(
+        err.last()
+            .unwrap()
+            .contains("app.yaml changed since it was submitted"),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap(),
+        "v1 r1\n",
+        "ran once in all"
+    );
+    let detail = g.wait_log("the refused run's result", |e| {
+        e["event"] == "action.result.detail" && e["subjects"]["request"] == third.as_str()
+    });
+    assert_eq!(detail["payload"]["ok"], false, "{detail}");
+    assert_eq!(detail["payload"]["summary"]["ran"], false, "{detail}");
+
+    // A --bind file that cannot be read: 104 before anything is submitted.
+    let (code, _, err) = attempt("5", &["--bind", "missing.yaml"]).finish(60);
+    assert_eq!(code, 104, "{err:?}");
+    assert!(err.last().unwrap().contains("missing.yaml"), "{err:?}");
 }
