@@ -19,6 +19,7 @@ pub mod lineage;
 pub mod oidc;
 pub mod pages;
 pub mod receipt;
+pub mod seal;
 pub mod session;
 pub mod timeline;
 
