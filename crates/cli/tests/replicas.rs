@@ -589,6 +589,51 @@ fn signing_out_on_one_replica_ends_the_session_on_the_others() {
     assert_eq!(get_page(&a.url, &again.session, "/inbox").status, 200);
 }
 
+/// A sign-in keeps no state in the replica that started it (it travels
+/// sealed in the browser's login cookie), so `/login` and `/auth/` need no
+/// sticky routing: the callback completes on any replica with the same
+/// session key, once across all of them, and on no gateway with another key.
+#[test]
+fn a_sign_in_started_on_one_replica_completes_on_another() {
+    use oidc::{callback_at, consent, cookie_value, get_page, start_idp, start_sign_in};
+    let idp_dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(idp_dir.path());
+    let secret = idp_dir.path().join("client_secret");
+    std::fs::write(&secret, "replica-test-client-secret\n").unwrap();
+    // Behind a balancer every replica has the same public callback URL;
+    // the test hands the provider's redirect to the replica it chooses.
+    let section = format!(
+        "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\nredirect_url = \"http://127.0.0.1:9/auth/callback\"\n",
+        secret.display()
+    );
+    let r = replicas_with(2, &section);
+    let (a, b) = (&r.gws[0], &r.gws[1]);
+    let (cookie, authorize) = start_sign_in(&a.url, "/inbox");
+    let callback = consent(&authorize, "bob");
+
+    // A gateway with a session key of its own cannot open the cookie.
+    let alone = tempfile::tempdir().unwrap();
+    let other = Gateway::start_extra(alone.path(), POLICIES, &section);
+    let refused = callback_at(&other.url, &callback, Some(&cookie));
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(cookie_value(&refused.cookies, "sk_session").is_none());
+
+    // Started on A, completed on B; the session works on both.
+    let done = callback_at(&b.url, &callback, Some(&cookie));
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.location.as_deref(), Some("/inbox"));
+    let session = cookie_value(&done.cookies, "sk_session").expect("a session");
+    for g in [a, b] {
+        assert_eq!(get_page(&g.url, &session, "/inbox").status, 200);
+    }
+    // Replayed on either replica: refused, no session.
+    for g in [a, b] {
+        let again = callback_at(&g.url, &callback, Some(&cookie));
+        assert_eq!(again.status, 403, "{}", again.body);
+        assert!(cookie_value(&again.cookies, "sk_session").is_none());
+    }
+}
+
 #[test]
 fn a_request_webhook_is_delivered_by_one_replica() {
     let (hook_url, hooks) = fakes::webhook_receiver();

@@ -218,17 +218,13 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     }
     assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
-    // A replayed OIDC callback (same state and code) is refused and makes
-    // no session; a callback without the browser's login cookie too.
-    let replay = resp(
-        no_redirects()
-            .get(&bob.callback)
-            .set("Cookie", &format!("sk_login={}", bob.login_cookie))
-            .call(),
-    );
-    assert_eq!(replay.status, 401, "{}", replay.body);
+    // A replayed OIDC callback (same state, code and login cookie) is
+    // refused and makes no session; a callback without the browser's login
+    // cookie too.
+    let replay = callback_at(&gw, &bob.callback, Some(&bob.login_cookie));
+    assert_eq!(replay.status, 403, "{}", replay.body);
     assert!(cookie_value(&replay.cookies, "sk_session").is_none());
-    let foreign = resp(no_redirects().get(&bob.callback).call());
+    let foreign = callback_at(&gw, &bob.callback, None);
     assert_eq!(foreign.status, 403);
 
     // Open redirects in the return URL end at home.
@@ -722,6 +718,138 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     g.spawn();
     assert_eq!(get_page(&gw, &bob.session, "/inbox").status, 200);
     assert_eq!(get_page(&gw, &erin.session, "/inbox").status, 303);
+}
+
+/// The answer to a callback that must be refused: the clear 403 page, no
+/// session, and the login cookie cleared.
+fn refused_callback(r: &Resp, what: &str) {
+    assert_eq!(r.status, 403, "{what}: {}", r.body);
+    assert!(
+        r.body.contains("was not started in this browser") || r.body.contains("already used"),
+        "{what}: {}",
+        r.body
+    );
+    assert!(
+        cookie_value(&r.cookies, "sk_session").is_none(),
+        "{what}: no session"
+    );
+}
+
+/// Sign-in keeps no memory per `/login` in the gateway (the state travels
+/// sealed in the browser's login cookie): a flood of `/login` cannot make
+/// real sign-ins wait or fail, and a login cookie that is not exactly one
+/// this gateway sealed, for this sign-in, in the last ten minutes, opens
+/// nothing.
+#[test]
+fn a_login_flood_refuses_nobody_and_hostile_login_cookies_open_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(dir.path());
+    let g = start_gateway(dir.path(), &issuer);
+    let gw = g.url.clone();
+
+    // 20,000 sign-ins started and never finished, from four connections.
+    let refused: usize = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let gw = &gw;
+                sc.spawn(move || {
+                    let a = no_redirects();
+                    (0..5_000)
+                        .filter(|_| match a.get(&format!("{gw}/login")).call() {
+                            Ok(r) => r.status() != 303,
+                            Err(_) => true,
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(refused, 0, "every /login of the flood was answered");
+    // A real reviewer still signs in at once.
+    let bob = sign_in(&gw, "bob", "/inbox");
+    assert_eq!(bob.landed, "/inbox");
+    assert_eq!(get_page(&gw, &bob.session, "/inbox").status, 200);
+
+    // A sign-in at the provider, then callbacks with hostile cookies.
+    let (cookie, authorize) = start_sign_in(&gw, "/history");
+    let callback = consent(&authorize, "alice");
+    let (name, value) = cookie.split_once('=').unwrap();
+    assert!(
+        !value.contains(&authorize.split("nonce=").nth(1).unwrap()[..20]),
+        "the nonce is not readable in the cookie"
+    );
+    let mut flipped = value.as_bytes().to_vec();
+    let mid = flipped.len() / 2;
+    flipped[mid] = if flipped[mid] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    // Another sign-in's cookie (sealed by this gateway, another state).
+    let (other, _) = start_sign_in(&gw, "/");
+    let other_value = other.split_once('=').unwrap().1.to_string();
+    for (what, bad) in [
+        ("one character changed", flipped),
+        ("truncated", value[..value.len() - 3].to_string()),
+        ("cut short", value[..12].to_string()),
+        ("extended", format!("{value}AAAA")),
+        ("garbage", "garbage".to_string()),
+        ("empty", String::new()),
+        ("oversized", "A".repeat(6000)),
+        ("a session cookie", bob.session.clone()),
+        ("another sign-in's cookie", other_value),
+    ] {
+        let r = callback_at(&gw, &callback, Some(&format!("{name}={bad}")));
+        refused_callback(&r, what);
+    }
+    refused_callback(&callback_at(&gw, &callback, None), "no cookie");
+    // The state the provider returns must be the sealed one: a changed
+    // state (whose cookie name is the same) is refused.
+    let state = callback
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let last = if state.ends_with('A') { "B" } else { "A" };
+    let changed = callback.replace(
+        &format!("state={state}"),
+        &format!("state={}{last}", &state[..state.len() - 1]),
+    );
+    refused_callback(&callback_at(&gw, &changed, Some(&cookie)), "state mismatch");
+    // None of that used the sign-in up: the real cookie completes it, once.
+    let done = callback_at(&gw, &callback, Some(&cookie));
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.location.as_deref(), Some("/history"));
+    assert!(cookie_value(&done.cookies, "sk_session").is_some());
+    assert!(
+        done.cookies
+            .iter()
+            .any(|c| c.starts_with(&format!("{name}=;")) && c.contains("Max-Age=0")),
+        "the login cookie is cleared: {:?}",
+        done.cookies
+    );
+    refused_callback(&callback_at(&gw, &callback, Some(&cookie)), "replayed");
+
+    // Two tabs sign in at once: each has its own login cookie, the browser
+    // sends both, and both complete.
+    let (c1, a1) = start_sign_in(&gw, "/inbox");
+    let (c2, a2) = start_sign_in(&gw, "/history");
+    let (cb1, cb2) = (consent(&a1, "bob"), consent(&a2, "bob"));
+    let jar = format!("{c1}; {c2}");
+    let d2 = callback_at(&gw, &cb2, Some(&jar));
+    let d1 = callback_at(&gw, &cb1, Some(&jar));
+    assert_eq!(
+        (
+            d1.status,
+            d1.location.as_deref(),
+            d2.status,
+            d2.location.as_deref()
+        ),
+        (303, Some("/inbox"), 303, Some("/history")),
+        "{} {}",
+        d1.body,
+        d2.body
+    );
 }
 
 #[test]

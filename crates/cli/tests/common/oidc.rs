@@ -162,7 +162,7 @@ pub fn cookie_value(cookies: &[String], name: &str) -> Option<String> {
 
 /// Signs in through the provider with plain HTTP, returning the session
 /// cookie and the final redirect target. Also returns the callback URL and
-/// login cookie, to replay them.
+/// login cookie (`name=value`), to replay them.
 pub struct SignIn {
     pub session: String,
     pub landed: String,
@@ -191,34 +191,63 @@ pub fn sign_in_refused(gw: &str, user: &str) -> Resp {
     done
 }
 
-/// `/login`, the provider's consent as `user`, and the gateway's callback:
-/// the callback's answer, its URL and the login cookie.
-fn through_provider(gw: &str, user: &str, return_to: &str) -> (Resp, String, String) {
-    let a = no_redirects();
+/// The login cookie a `/login` answer set, as `name=value` (one cookie per
+/// sign-in, named `sk_login_…`).
+pub fn login_cookie_of(r: &Resp) -> Option<String> {
+    r.cookies.iter().find_map(|c| {
+        c.split(';')
+            .next()
+            .filter(|kv| kv.starts_with("sk_login_"))
+            .map(str::to_string)
+    })
+}
+
+/// `/login` at `gw`: the login cookie (`name=value`) and the provider URL
+/// the browser is sent to.
+pub fn start_sign_in(gw: &str, return_to: &str) -> (String, String) {
     let q = form_urlencoded::Serializer::new(String::new())
         .append_pair("return", return_to)
         .finish();
-    let start = resp(a.get(&format!("{gw}/login?{q}")).call());
+    let start = resp(no_redirects().get(&format!("{gw}/login?{q}")).call());
     assert_eq!(start.status, 303, "{}", start.body);
-    let login_cookie = cookie_value(&start.cookies, "sk_login").expect("login cookie");
+    let login_cookie = login_cookie_of(&start).expect("login cookie");
     let authorize = start.location.expect("redirect to the provider");
     assert!(
         authorize.contains("code_challenge_method=S256"),
         "{authorize}"
     );
     assert!(authorize.contains("nonce="), "{authorize}");
-    let granted = resp(a.post(&authorize).send_form(&[("sub", user)]));
+    (login_cookie, authorize)
+}
+
+/// The provider's consent as `user`: the callback URL it sends the browser to.
+pub fn consent(authorize: &str, user: &str) -> String {
+    let granted = resp(no_redirects().post(authorize).send_form(&[("sub", user)]));
     assert_eq!(granted.status, 302, "{}", granted.body);
-    let callback = granted.location.expect("back to the gateway");
+    granted.location.expect("back to the gateway")
+}
+
+/// `GET {gw}/auth/callback?…` with the query of `callback` and `cookie`
+/// (`name=value`, or none).
+pub fn callback_at(gw: &str, callback: &str, cookie: Option<&str>) -> Resp {
+    let query = callback.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let mut r = no_redirects().get(&format!("{gw}/auth/callback?{query}"));
+    if let Some(c) = cookie {
+        r = r.set("Cookie", c);
+    }
+    resp(r.call())
+}
+
+/// `/login`, the provider's consent as `user`, and the gateway's callback:
+/// the callback's answer, its URL and the login cookie.
+fn through_provider(gw: &str, user: &str, return_to: &str) -> (Resp, String, String) {
+    let (login_cookie, authorize) = start_sign_in(gw, return_to);
+    let callback = consent(&authorize, user);
     assert!(
         callback.starts_with(&format!("{gw}/auth/callback?")),
         "{callback}"
     );
-    let done = resp(
-        a.get(&callback)
-            .set("Cookie", &format!("sk_login={login_cookie}"))
-            .call(),
-    );
+    let done = callback_at(gw, &callback, Some(&login_cookie));
     (done, callback, login_cookie)
 }
 

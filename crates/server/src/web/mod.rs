@@ -19,6 +19,7 @@ pub mod lineage;
 pub mod oidc;
 pub mod pages;
 pub mod receipt;
+pub mod seal;
 pub mod session;
 pub mod timeline;
 
@@ -143,12 +144,28 @@ async fn css() -> Response {
         .into_response()
 }
 
-fn login_cookie_name(s: &Sessions) -> &'static str {
-    if s.secure() {
-        "__Host-sk_login"
-    } else {
-        "sk_login"
+/// The login cookie of the sign-in whose `state` is `state`: one cookie
+/// per sign-in (named by the state's first 16 characters), so several tabs
+/// signing in at once do not undo each other. `None` for a state this
+/// gateway never makes.
+fn login_cookie_name(s: &Sessions, state: &str) -> Option<String> {
+    let tag = state.get(..16)?;
+    if !tag
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return None;
     }
+    let prefix = if s.secure() { "__Host-" } else { "" };
+    Some(format!("{prefix}sk_login_{tag}"))
+}
+
+/// `r` with `Set-Cookie: cookie` added.
+fn with_cookie(mut r: Response, cookie: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 #[derive(Deserialize)]
@@ -157,9 +174,11 @@ struct LoginQuery {
     return_to: Option<String>,
 }
 
-/// Starts sign-in at the identity provider. The `state` is also put in a
-/// short-lived cookie, so a callback only completes in the browser that
-/// started it (no login CSRF).
+/// Starts sign-in at the identity provider. The sign-in's state, nonce and
+/// PKCE verifier go into a short-lived login cookie, sealed with the
+/// session key ([`oidc::LoginState`]): the gateway remembers nothing, and
+/// a callback only completes in the browser that started it (no login
+/// CSRF).
 async fn login(State(s): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
     let web = &s.gateway.web;
     let Some(oidc) = &web.oidc else {
@@ -173,22 +192,22 @@ async fn login(State(s): State<AppState>, Query(q): Query<LoginQuery>) -> Respon
         );
     };
     let back = oidc::safe_return(q.return_to.as_deref().unwrap_or("/"));
-    match oidc.begin(&back).await {
-        Ok((url, state)) => {
-            let cookie = format!(
-                "{}={state}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-                login_cookie_name(&web.sessions),
-                oidc::LOGIN_TTL.as_secs(),
-                if web.sessions.secure() {
-                    "; Secure"
-                } else {
-                    ""
-                }
-            );
-            let mut r = Redirect::to(&url).into_response();
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                r.headers_mut().append(header::SET_COOKIE, v);
-            }
+    let begun = match oidc.begin(&back, now_secs(&s.gateway)).await {
+        Ok((url, login)) => login.seal(&web.sessions).map(|sealed| (url, login, sealed)),
+        Err(e) => Err(e),
+    };
+    match begun {
+        Ok((url, login, sealed)) => {
+            let Some(name) = login_cookie_name(&web.sessions, &login.state) else {
+                return page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    pages::error_page(StatusCode::INTERNAL_SERVER_ERROR, "bad sign-in state").0,
+                );
+            };
+            let cookie =
+                web.sessions
+                    .cookie_header(&name, &sealed, oidc::LOGIN_TTL.as_secs() as i64);
+            let mut r = with_cookie(Redirect::to(&url).into_response(), &cookie);
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
@@ -208,7 +227,12 @@ struct CallbackQuery {
     error_description: Option<String>,
 }
 
+const NOT_THIS_BROWSER: &str = "This sign-in was not started in this browser (or its cookie expired). Start again from the gateway.";
+
 /// The provider sends the browser back here with a code and our state.
+/// The sign-in's login cookie must open (this gateway's session key, under
+/// ten minutes old) and hold that state; every answer after that clears
+/// it, so a callback is single use in the browser.
 async fn callback(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -216,49 +240,77 @@ async fn callback(
 ) -> Response {
     let g = &s.gateway;
     let web = &g.web;
-    let fail = |status: StatusCode, m: String| page(status, pages::error_page(status, &m).0);
+    let fail = |status: StatusCode, m: &str| page(status, pages::error_page(status, m).0);
     let Some(oidc) = &web.oidc else {
-        return fail(
-            StatusCode::NOT_FOUND,
-            "Web sign-in is not configured.".into(),
-        );
+        return fail(StatusCode::NOT_FOUND, "Web sign-in is not configured.");
     };
-    let state = q.state.unwrap_or_default();
-    let bound = session::cookie(&headers, login_cookie_name(&web.sessions)).unwrap_or("");
-    if state.is_empty() || !session::ct_eq(bound.as_bytes(), state.as_bytes()) {
-        return fail(
-            StatusCode::FORBIDDEN,
-            "This sign-in was not started in this browser (or its cookie expired). Start again from the gateway.".into(),
-        );
-    }
+    let state = q.state.clone().unwrap_or_default();
+    let Some(name) = login_cookie_name(&web.sessions, &state) else {
+        return fail(StatusCode::FORBIDDEN, NOT_THIS_BROWSER);
+    };
+    let login = session::cookie(&headers, &name)
+        .and_then(|v| oidc::LoginState::open(&web.sessions, v, now_secs(g)));
+    let r = match login {
+        None => fail(StatusCode::FORBIDDEN, NOT_THIS_BROWSER),
+        Some(login) => complete(g, oidc, &login, &state, q).await,
+    };
+    with_cookie(r, &web.sessions.cookie_header(&name, "", 0))
+}
+
+/// The rest of [`callback`], once the login cookie opened: the provider's
+/// answer, the code exchange, at most one completion per sign-in, and the
+/// session.
+async fn complete(
+    g: &Gateway,
+    oidc: &oidc::Oidc,
+    login: &oidc::LoginState,
+    state: &str,
+    q: CallbackQuery,
+) -> Response {
+    let web = &g.web;
+    let fail = |status: StatusCode, m: &str| page(status, pages::error_page(status, m).0);
     if let Some(err) = q.error {
-        // Use the state up so it cannot be completed later.
-        let _ = oidc.finish(&state, "").await;
         return fail(
             StatusCode::UNAUTHORIZED,
-            format!(
+            &format!(
                 "The identity provider refused sign-in: {err} {}",
                 q.error_description.unwrap_or_default()
             ),
         );
     }
-    let user = match oidc.finish(&state, q.code.as_deref().unwrap_or("")).await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(error = %e, "web sign-in refused");
-            let status = match e {
-                oidc::LoginError::Unavailable(_) => StatusCode::BAD_GATEWAY,
-                oidc::LoginError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            return fail(status, e.to_string());
-        }
+    let refused = |e: oidc::LoginError| {
+        tracing::warn!(error = %e, "web sign-in refused");
+        let status = match e {
+            oidc::LoginError::UnknownState => StatusCode::FORBIDDEN,
+            oidc::LoginError::Unavailable(_) => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        fail(status, &e.to_string())
     };
     let now = now_secs(g);
+    match completions::check(g, login, now, false).await {
+        Ok(true) => {}
+        Ok(false) => return refused(oidc::LoginError::UnknownState),
+        Err(m) => return fail(StatusCode::SERVICE_UNAVAILABLE, &m),
+    }
+    let user = match oidc
+        .finish(login, state, q.code.as_deref().unwrap_or(""))
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => return refused(e),
+    };
+    // Recorded only now, once the provider vouched for the human: a flood
+    // of /login or of forged callbacks writes nothing.
+    match completions::check(g, login, now, true).await {
+        Ok(true) => {}
+        Ok(false) => return refused(oidc::LoginError::UnknownState),
+        Err(m) => return fail(StatusCode::SERVICE_UNAVAILABLE, &m),
+    }
     let ttl = oidc.config.session_ttl.as_secs() as i64;
     let sid = match random_token() {
         Ok(t) => t,
-        Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let claims = SessionClaims {
         sid,
@@ -268,26 +320,91 @@ async fn callback(
         exp: now + ttl,
     };
     tracing::info!(principal = %user.id, groups = ?user.groups, "signed in through OpenID Connect");
-    let mut r = Redirect::to(&user.return_to).into_response();
-    let h = r.headers_mut();
-    for c in [
-        web.sessions.set_cookie(&web.sessions.encode(&claims), ttl),
-        format!(
-            "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
-            login_cookie_name(&web.sessions),
-            if web.sessions.secure() {
-                "; Secure"
-            } else {
-                ""
-            }
-        ),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&c) {
-            h.append(header::SET_COOKIE, v);
-        }
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut r = with_cookie(
+        Redirect::to(&user.return_to).into_response(),
+        &web.sessions.set_cookie(&web.sessions.encode(&claims), ttl),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// Completed sign-ins, so one sign-in completes at most once even where a
+/// provider would take its code twice. One record per *completed* sign-in
+/// (records namespace [`completions::NS`], key: start time and a hash of
+/// the state), kept ten minutes and pruned a few at a time by later
+/// completions; nothing is written for a sign-in that does not complete.
+mod completions {
+    use sha2::{Digest, Sha256};
+
+    use super::oidc::{LoginState, CLOCK_SKEW, LOGIN_TTL};
+    use crate::gateway::Gateway;
+
+    /// Records namespace of completed sign-ins.
+    pub const NS: &str = "web.signed_in";
+    /// Most old records one completion prunes.
+    const PRUNE: usize = 16;
+
+    fn key(login: &LoginState) -> String {
+        let h = hex::encode(Sha256::digest(login.state.as_bytes()));
+        format!("{:012}.{}", login.created.max(0), &h[..32])
+    }
+
+    /// Whether `login` has not completed yet; with `record`, also records
+    /// that it completes now (in one transaction, so two racing callbacks
+    /// cannot both pass), after pruning records too old to matter. An
+    /// error is a sentence for the user: the store could not answer.
+    pub async fn check(
+        g: &Gateway,
+        login: &LoginState,
+        now: i64,
+        record: bool,
+    ) -> Result<bool, String> {
+        let key = key(login);
+        let unavailable = |e: String| {
+            format!(
+                "The gateway cannot check this sign-in right now ({e}); start again in a moment."
+            )
+        };
+        if !record {
+            let store = g.store.clone();
+            return match tokio::task::spawn_blocking(move || store.get_record(NS, &key)).await {
+                Ok(Ok(seen)) => Ok(seen.is_none()),
+                Ok(Err(e)) => Err(unavailable(e.to_string())),
+                Err(e) => Err(unavailable(e.to_string())),
+            };
+        }
+        let store = g.store.clone();
+        let cutoff = now - (LOGIN_TTL + CLOCK_SKEW).as_secs() as i64;
+        let old: Vec<String> =
+            tokio::task::spawn_blocking(move || store.list_records(NS, "", None, PRUNE))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| {
+                    k.split('.')
+                        .next()
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .is_some_and(|t| t < cutoff)
+                })
+                .collect();
+        g.store
+            .transact(move |tx| {
+                for k in &old {
+                    tx.delete_record(NS, k)?;
+                }
+                if tx.get_record(NS, &key)?.is_some() {
+                    return Ok(false);
+                }
+                tx.put_record(NS, &key, "")?;
+                Ok(true)
+            })
+            .await
+            .map_err(|e| unavailable(e.to_string()))
+    }
 }
 
 async fn logout(State(s): State<AppState>, p: Posted) -> Response {

@@ -2,31 +2,40 @@
 //! `state` and `nonce`, against any standard provider (Okta, Entra ID,
 //! Google, Keycloak).
 //!
-//! `begin` remembers a pending sign-in under a random `state` (single use,
-//! ten minutes) and sends the browser to the provider; `finish` takes the
-//! state back exactly once, exchanges the code (with the PKCE verifier and
-//! the client secret) at the token endpoint, and verifies the ID token
-//! through [`crate::jwt::JwtVerifier`] — signature from the provider's JWKS,
-//! issuer, audience = client id, lifetime — and its `nonce`. The provider's
-//! metadata is discovered on first use and its `issuer` must equal the
-//! configured one.
+//! `begin` draws a random `state`, `nonce` and PKCE verifier and sends the
+//! browser to the provider; the sign-in's [`LoginState`] travels in the
+//! browser's login cookie, sealed with the session key (see
+//! [`super::seal`]), so the gateway keeps no memory per sign-in: a flood
+//! of `/login` costs it nothing, and any replica with the same session key
+//! completes a sign-in another one started. `finish` takes the state back
+//! (the `state` the provider returns must equal the sealed one, compared
+//! in constant time: no login CSRF), exchanges the code (with the PKCE
+//! verifier and the client secret) at the token endpoint, and verifies the
+//! ID token through [`crate::jwt::JwtVerifier`] — signature from the
+//! provider's JWKS, issuer, audience = client id, lifetime — and its
+//! `nonce`. The provider's metadata is discovered on first use and its
+//! `issuer` must equal the configured one.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use base64::Engine;
 use secondkey_core::principal::PrincipalId;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::OidcConfig;
 use crate::jwt::{fetch_json, JwtVerifier, KeySource, VerifierConfig};
+use crate::web::session::Sessions;
 
 /// How long a sign-in may take between leaving for the provider and coming back.
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
-/// Most sign-ins pending at once (bounds memory under a flood of /login).
-pub const MAX_PENDING: usize = 10_000;
+/// How far ahead of this replica's clock a sign-in may say it started
+/// (another replica's clock may run a little fast).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// The label login cookies are sealed under.
+const SEAL_LABEL: &str = "login";
 
 /// Why sign-in failed. Shown to the user; never reveals secrets.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -41,15 +50,57 @@ pub enum LoginError {
     Unavailable(String),
     #[error("the ID token was refused: {0}")]
     Token(String),
-    #[error("too many sign-ins are in progress; try again in a minute")]
-    Busy,
 }
 
-struct Pending {
+/// A sign-in in progress, kept by the browser in the login cookie, sealed:
+/// only a gateway holding the session key reads or makes one. It holds the
+/// PKCE verifier and the nonce, so it must never travel unsealed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginState {
+    /// The `state` sent to the provider.
+    #[serde(rename = "s")]
+    pub state: String,
+    #[serde(rename = "n")]
     nonce: String,
+    #[serde(rename = "v")]
     verifier: String,
-    return_to: String,
-    created: Instant,
+    /// Where to send the browser once signed in (a local path).
+    #[serde(rename = "r")]
+    pub return_to: String,
+    /// When the sign-in started, Unix seconds.
+    #[serde(rename = "t")]
+    pub created: i64,
+}
+
+impl std::fmt::Debug for LoginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginState")
+            .field("return_to", &self.return_to)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginState {
+    /// The cookie value: this state sealed with the session key.
+    pub fn seal(&self, sessions: &Sessions) -> Result<String, LoginError> {
+        let json = serde_json::to_vec(self).map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        sessions
+            .seal(SEAL_LABEL, &json)
+            .map_err(|e| LoginError::Unavailable(e.to_string()))
+    }
+
+    /// The sign-in a cookie value holds, if it was sealed with this session
+    /// key and started less than [`LOGIN_TTL`] before `now` (Unix seconds).
+    /// Anything else — altered, cut, too long, another key, expired — is
+    /// nothing.
+    pub fn open(sessions: &Sessions, value: &str, now: i64) -> Option<LoginState> {
+        let json = sessions.open(SEAL_LABEL, value)?;
+        let s: LoginState = serde_json::from_slice(&json).ok()?;
+        let age = now.checked_sub(s.created)?;
+        let fresh = age < LOGIN_TTL.as_secs() as i64 && age >= -(CLOCK_SKEW.as_secs() as i64);
+        fresh.then_some(s)
+    }
 }
 
 struct Discovered {
@@ -62,7 +113,6 @@ struct Discovered {
 pub struct Oidc {
     pub config: OidcConfig,
     discovered: tokio::sync::OnceCell<Discovered>,
-    pending: Mutex<HashMap<String, Pending>>,
 }
 
 impl std::fmt::Debug for Oidc {
@@ -108,7 +158,6 @@ impl Oidc {
         Oidc {
             config,
             discovered: tokio::sync::OnceCell::new(),
-            pending: Mutex::new(HashMap::new()),
         }
     }
 
@@ -157,9 +206,14 @@ impl Oidc {
             .await
     }
 
-    /// Starts a sign-in: returns the provider URL to redirect to and the
-    /// `state` (which the caller also binds to the browser with a cookie).
-    pub async fn begin(&self, return_to: &str) -> Result<(String, String), LoginError> {
+    /// Starts a sign-in at `now` (Unix seconds): returns the provider URL
+    /// to redirect to and the sign-in's state, which the caller seals into
+    /// the browser's login cookie. Nothing is kept here.
+    pub async fn begin(
+        &self,
+        return_to: &str,
+        now: i64,
+    ) -> Result<(String, LoginState), LoginError> {
         let d = self.discovered().await?;
         let rand = || {
             crate::web::session::random_token().map_err(|e| LoginError::Unavailable(e.to_string()))
@@ -168,22 +222,6 @@ impl Oidc {
         let nonce = rand()?;
         let verifier = rand()?;
         let challenge = B64.encode(Sha256::digest(verifier.as_bytes()));
-        {
-            let mut p = self.pending.lock().map_err(|_| LoginError::Busy)?;
-            p.retain(|_, v| v.created.elapsed() < LOGIN_TTL);
-            if p.len() >= MAX_PENDING {
-                return Err(LoginError::Busy);
-            }
-            p.insert(
-                state.clone(),
-                Pending {
-                    nonce: nonce.clone(),
-                    verifier,
-                    return_to: safe_return(return_to),
-                    created: Instant::now(),
-                },
-            );
-        }
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("response_type", "code")
             .append_pair("client_id", &self.config.client_id)
@@ -199,30 +237,41 @@ impl Oidc {
         } else {
             '?'
         };
-        Ok((format!("{}{sep}{query}", d.authorization_endpoint), state))
+        let login = LoginState {
+            state,
+            nonce,
+            verifier,
+            return_to: safe_return(return_to),
+            created: now,
+        };
+        Ok((format!("{}{sep}{query}", d.authorization_endpoint), login))
     }
 
-    /// Completes a sign-in. The state is used up whatever happens next, so
-    /// a replayed callback is always refused.
-    pub async fn finish(&self, state: &str, code: &str) -> Result<SignedInUser, LoginError> {
-        let pending = self
-            .pending
-            .lock()
-            .map_err(|_| LoginError::Busy)?
-            .remove(state)
-            .filter(|p| p.created.elapsed() < LOGIN_TTL)
-            .ok_or(LoginError::UnknownState)?;
+    /// Completes the sign-in `login` (opened from the browser's login
+    /// cookie) with the `state` and `code` the provider sent back. The state
+    /// must be the sealed one: a callback meant for another browser, or for
+    /// another sign-in of this one, is refused before the provider is asked.
+    pub async fn finish(
+        &self,
+        login: &LoginState,
+        state: &str,
+        code: &str,
+    ) -> Result<SignedInUser, LoginError> {
+        if state.is_empty() || !crate::web::session::ct_eq(state.as_bytes(), login.state.as_bytes())
+        {
+            return Err(LoginError::UnknownState);
+        }
         if code.is_empty() || code.len() > 4096 {
             return Err(LoginError::Provider("no authorization code".into()));
         }
         let d = self.discovered().await?;
-        let id_token = self.exchange(d, code, &pending.verifier).await?;
+        let id_token = self.exchange(d, code, &login.verifier).await?;
         let verified = d
             .verifier
             .verify(&id_token)
             .await
             .map_err(|e| LoginError::Token(e.to_string()))?;
-        if verified.str_claim("nonce") != Some(pending.nonce.as_str()) {
+        if verified.str_claim("nonce") != Some(login.nonce.as_str()) {
             return Err(LoginError::Token(
                 "the nonce does not match this sign-in".into(),
             ));
@@ -270,7 +319,7 @@ impl Oidc {
         Ok(SignedInUser {
             id,
             groups,
-            return_to: pending.return_to,
+            return_to: login.return_to.clone(),
         })
     }
 
@@ -361,6 +410,67 @@ fn email_verified(v: Option<&serde_json::Value>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn login(created: i64) -> LoginState {
+        LoginState {
+            state: "st".into(),
+            nonce: "no".into(),
+            verifier: "ve".into(),
+            return_to: "/inbox".into(),
+            created,
+        }
+    }
+
+    #[test]
+    fn login_cookies_open_with_the_key_and_expire() {
+        let s = Sessions::new([7; 32], false);
+        let v = login(1000).seal(&s).unwrap();
+        assert_eq!(LoginState::open(&s, &v, 1000), Some(login(1000)));
+        // Another replica whose clock is a little behind still opens it.
+        assert!(LoginState::open(&s, &v, 1000 - 60).is_some());
+        assert_eq!(LoginState::open(&s, &v, 1000 - 61), None, "from the future");
+        assert!(LoginState::open(&s, &v, 1000 + 599).is_some());
+        assert_eq!(LoginState::open(&s, &v, 1000 + 600), None, "expired");
+        // Another key; a session cookie's label.
+        assert_eq!(
+            LoginState::open(&Sessions::new([8; 32], false), &v, 1000),
+            None
+        );
+        let session = s
+            .seal("session", &serde_json::to_vec(&login(1000)).unwrap())
+            .unwrap();
+        assert_eq!(LoginState::open(&s, &session, 1000), None);
+        // Sealed, but not a sign-in.
+        let other = s.seal(SEAL_LABEL, b"{}").unwrap();
+        assert_eq!(LoginState::open(&s, &other, 1000), None);
+        // The secrets do not show in Debug output.
+        let dbg = format!("{:?}", login(1000));
+        assert!(!dbg.contains("\"ve\"") && !dbg.contains("\"no\""), "{dbg}");
+    }
+
+    #[tokio::test]
+    async fn a_state_other_than_the_sealed_one_is_refused_before_the_provider() {
+        // The issuer is unreachable: a refusal here comes before any call.
+        let oidc = Oidc::new(OidcConfig {
+            issuer: "http://127.0.0.1:1".into(),
+            client_id: "c".into(),
+            client_secret: None,
+            redirect_url: "http://127.0.0.1:2/auth/callback".into(),
+            scopes: vec!["openid".into()],
+            username_claim: "sub".into(),
+            groups_claim: None,
+            group_map: Default::default(),
+            session_ttl: Duration::from_secs(60),
+            secret_in_body: false,
+        });
+        for state in ["", "s", "st2", "ST"] {
+            assert_eq!(
+                oidc.finish(&login(0), state, "code").await,
+                Err(LoginError::UnknownState),
+                "{state:?}"
+            );
+        }
+    }
 
     #[test]
     fn return_urls_stay_local() {

@@ -69,7 +69,9 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-fn mac(key: &[u8; 32], parts: &[&[u8]]) -> Vec<u8> {
+/// HMAC-SHA256 under `key` over `parts`, each prefixed with its length, so
+/// no two different lists of parts are the same input.
+pub(super) fn mac(key: &[u8; 32], parts: &[&[u8]]) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     for p in parts {
@@ -149,6 +151,18 @@ impl Sessions {
         Some(claims)
     }
 
+    /// Seals `plaintext` for `label` under this gateway's session key
+    /// (see [`super::seal`]): state a browser keeps but cannot read or change.
+    pub fn seal(&self, label: &str, plaintext: &[u8]) -> Result<String, super::seal::SealError> {
+        super::seal::seal(&self.key, label, plaintext)
+    }
+
+    /// The plaintext of a value [`Sessions::seal`]ed for `label` by a
+    /// gateway with the same session key, or nothing.
+    pub fn open(&self, label: &str, sealed: &str) -> Option<Vec<u8>> {
+        super::seal::open(&self.key, label, sealed)
+    }
+
     /// The CSRF token of a session: derived from its id with the key, so it
     /// needs no storage and is useless with any other session.
     pub fn csrf_token(&self, sid: &str) -> String {
@@ -193,9 +207,14 @@ impl Sessions {
 
     /// `Set-Cookie` for a new session.
     pub fn set_cookie(&self, value: &str, max_age: i64) -> String {
+        self.cookie_header(self.cookie_name(), value, max_age)
+    }
+
+    /// `Set-Cookie` for cookie `name` with the attributes every gateway
+    /// cookie has (`HttpOnly`, `SameSite=Lax`, `Secure` on https).
+    pub fn cookie_header(&self, name: &str, value: &str, max_age: i64) -> String {
         format!(
-            "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
-            self.cookie_name(),
+            "{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
             if self.secure { "; Secure" } else { "" }
         )
     }
