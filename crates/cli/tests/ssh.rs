@@ -6,7 +6,8 @@
 //! their arguments), so "restart postgresql" really runs — once — without
 //! touching the machine.
 //!
-//! One gateway and one sshd serve every scenario of this file.
+//! One gateway and one sshd serve every scenario of the main test; the
+//! scenarios that need a short `hold_timeout` start their own.
 
 mod common;
 
@@ -91,6 +92,11 @@ impl Drop for World {
 /// A fresh sshd and gateway. `sshd_port`'s host key is `host_key`; the
 /// gateway pins it for `prod-db-1` and pins another key for `bad-pin`.
 fn world(tmp: &Path) -> World {
+    world_with(tmp, "90s", "")
+}
+
+/// A world with its own `hold_timeout` and policies added to [`POLICY`].
+fn world_with(tmp: &Path, hold_timeout: &str, policy: &str) -> World {
     let dir = tmp.to_path_buf();
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -194,7 +200,7 @@ resources = ["ssh://prod-db-1/*"]
 [ssh_gateway]
 listen = "127.0.0.1:{port}"
 host_key_file = "{d}/gateway_host_key"
-hold_timeout = "90s"
+hold_timeout = "{hold_timeout}"
 recording_retention = "7d"
 
 [[ssh_gateway.keys]]
@@ -221,9 +227,10 @@ key_env = "GATEWAY_UPSTREAM_KEY"
         d = dir.display()
     );
     let key_text = std::fs::read_to_string(dir.join("gateway_upstream_key")).unwrap();
+    let policy = format!("{POLICY}\n{policy}");
     let g = Gateway::start_full(
         &dir.join("gw"),
-        POLICY,
+        &policy,
         "",
         &extra,
         &[("GATEWAY_UPSTREAM_KEY", key_text.as_str())],
@@ -672,4 +679,62 @@ fn ssh_gateway_with_openssh_on_both_sides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Whether a terminal is requested is part of what is approved: an
+/// approval given for a command without one is not used by the same
+/// command with one (a pager on a terminal starts a shell), and any
+/// command with a terminal is `admin`.
+#[test]
+fn a_terminal_is_part_of_what_is_approved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world_with(tmp.path(), "2s", "");
+    let key = w.agent_key.clone();
+    let cmd = "sudo systemctl restart postgresql";
+    // Held without a terminal, not decided within hold_timeout: 102, and
+    // the request stays pending.
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &[cmd]));
+    let id = request_id(&child.wait_line("held for review as request"));
+    assert_eq!(child.finish(30).0, 102);
+    let (_, req) =
+        w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert_eq!(req["action"]["params"]["pty"], false, "{req}");
+    let (s, v) = w.g.review("user:bob", &id, "approve");
+    assert_eq!(s, 200, "{v}");
+    // The identical command with a terminal is a new request; nothing runs.
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &["-tt", cmd]));
+    let id2 = request_id(&child.wait_line("held for review as request"));
+    assert_ne!(id2, id, "the approval without a terminal was not used");
+    assert_eq!(child.finish(30).0, 102);
+    assert_eq!(w.systemctl_log(), "", "nothing ran");
+    let (_, req) = w.g.call(
+        "GET",
+        &format!("/v1/requests/{id2}"),
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(req["action"]["params"]["pty"], true, "{req}");
+    assert!(req["action"]["params"]["term"].is_string(), "{req}");
+    // A read with a terminal is admin: held, not run.
+    let readme = format!("cat {}/readme.txt", w.dir.display());
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &["-tt", &readme]));
+    let id3 = request_id(&child.wait_line("held for review as request"));
+    let (code, out, _) = child.finish(30);
+    assert_eq!(code, 102);
+    assert!(!out.contains("hello from the host"), "{out}");
+    let (_, req) = w.g.call(
+        "GET",
+        &format!("/v1/requests/{id3}"),
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(req["action"]["operation"], "admin", "{req}");
+    // The approved command, sent again as approved, runs once.
+    let out = run(&mut w.ssh(&key, "prod-db-1", &[cmd]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.systemctl_log(), "restart postgresql\n");
 }

@@ -297,7 +297,11 @@ enum Fit {
 /// What the classifier found in a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
+    /// The highest class: the action's operation.
     pub class: Class,
+    /// Every class a part of the line has (the highest hides the others:
+    /// `base64 x; rm y` is `export` and writes).
+    pub classes: BTreeSet<Class>,
     /// Program names of the simple commands (as normalized), for policy.
     pub commands: BTreeSet<String>,
     /// Literal arguments that look like paths, and redirection targets.
@@ -348,6 +352,7 @@ impl Classifier {
     pub fn classify(&self, script: &Script) -> Analysis {
         let mut a = Analysis {
             class: Class::Read,
+            classes: BTreeSet::new(),
             commands: BTreeSet::new(),
             paths: BTreeSet::new(),
             unknown: script.opaque.clone(),
@@ -355,10 +360,13 @@ impl Classifier {
         for c in &script.commands {
             let class = self.simple(c, &mut a);
             a.class = a.class.max(class);
+            a.classes.insert(class);
         }
         if !a.unknown.is_empty() {
             a.class = Class::MOST;
         }
+        // An empty line (or one of comments) still has its class.
+        a.classes.insert(a.class);
         a
     }
 

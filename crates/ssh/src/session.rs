@@ -781,27 +781,45 @@ async fn run_command(
             opaque: vec!["the command is not UTF-8".into()],
         }
     };
-    let mut params = json!({"command": text, "env": env});
-    let (class, mut facts) = match scp_mode(&script) {
+    // The terminal is part of what is approved: the same command with a
+    // pty is another action (a pager on a terminal starts a shell).
+    let mut params = json!({"command": text, "env": env, "pty": tty});
+    if let Some(p) = &pty {
+        params["term"] = json!(p.term);
+    }
+    let mut a = match scp_mode(&script) {
         Some((class, paths)) => {
             params["scp"] = json!(if class == Class::Export { "from" } else { "to" });
             params["paths"] = json!(paths);
-            let mut f = ctx.facts(&pool, class);
-            f.insert("commands".into(), json!(["scp"]));
-            f.insert("paths".into(), json!(paths));
-            (class, f)
-        }
-        None => {
-            let a = ctx.sh.classifier.classify(&script);
-            let mut f = ctx.facts(&pool, a.class);
-            f.insert("commands".into(), json!(a.commands));
-            f.insert("paths".into(), json!(a.paths));
-            if !a.unknown.is_empty() {
-                f.insert("unknown".into(), json!(a.unknown));
+            crate::classify::Analysis {
+                class,
+                classes: [class].into(),
+                commands: ["scp".to_string()].into(),
+                paths: paths.into_iter().collect(),
+                unknown: vec![],
             }
-            (a.class, f)
         }
+        None => ctx.sh.classifier.classify(&script),
     };
+    if tty && a.class < Class::Admin {
+        // journalctl, systemctl status, git log start a pager on a
+        // terminal, and `!sh` in less is a shell.
+        a.class = Class::Admin;
+        a.classes.insert(Class::Admin);
+        a.unknown
+            .push("a terminal was requested: a pager on it can start a shell".into());
+    }
+    let class = a.class;
+    let mut facts = ctx.facts(&pool, class);
+    facts.insert(
+        "classes".into(),
+        json!(a.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>()),
+    );
+    facts.insert("commands".into(), json!(a.commands));
+    facts.insert("paths".into(), json!(a.paths));
+    if !a.unknown.is_empty() {
+        facts.insert("unknown".into(), json!(a.unknown));
+    }
     facts.insert("pty".into(), json!(tty));
     let action = ctx.action(&pool, class.as_str(), params);
     let mut held = Held::default();
@@ -857,7 +875,7 @@ async fn run_shell(ch: &mut Channel<Msg>, ctx: &Ctx, pty: Option<Pty>, env: Vec<
     let action = ctx.action(
         &pool,
         "shell",
-        json!({"shell": true, "term": pty.as_ref().map(|p| p.term.clone()), "env": env}),
+        json!({"shell": true, "pty": tty, "term": pty.as_ref().map(|p| p.term.clone()), "env": env}),
     );
     let mut held = Held::default();
     let ex = match ctx.decide(ch, action, facts, tty, &mut held).await {

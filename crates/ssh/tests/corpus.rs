@@ -614,3 +614,21 @@ fn the_shells_run_nothing_above_the_class() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The highest class hides the lower ones: `classes` lists them all, so a
+/// policy on writes sees the write in a line that also exports.
+#[test]
+fn every_class_of_a_line_is_listed() {
+    let c = Classifier::new(vec![]);
+    let a = c.classify_str("base64 /dev/null; rm -f /srv/app/config");
+    assert_eq!(a.class, Class::Export);
+    assert!(a.classes.contains(&Class::Export) && a.classes.contains(&Class::Write));
+    let a = c.classify_str("cat x > y; ls");
+    assert_eq!(
+        a.classes.iter().copied().collect::<Vec<_>>(),
+        vec![Class::Read, Class::Write]
+    );
+    assert_eq!(c.classify_str("").classes.len(), 1);
+    let a = c.classify_str("tar cf - x; sh -c y");
+    assert!(a.classes.contains(&Class::Export) && a.classes.contains(&Class::Admin));
+}
