@@ -696,9 +696,6 @@ fn a_terminal_is_part_of_what_is_approved() {
     let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &[cmd]));
     let id = request_id(&child.wait_line("held for review as request"));
     assert_eq!(child.finish(30).0, 102);
-    let (_, req) =
-        w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
-    assert_eq!(req["action"]["params"]["pty"], false, "{req}");
     let (s, v) = w.g.review("user:bob", &id, "approve");
     assert_eq!(s, 200, "{v}");
     // The identical command with a terminal is a new request; nothing runs.
@@ -707,6 +704,9 @@ fn a_terminal_is_part_of_what_is_approved() {
     assert_ne!(id2, id, "the approval without a terminal was not used");
     assert_eq!(child.finish(30).0, 102);
     assert_eq!(w.systemctl_log(), "", "nothing ran");
+    let (_, req) =
+        w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert_eq!(req["action"]["params"]["pty"], false, "{req}");
     let (_, req) = w.g.call(
         "GET",
         &format!("/v1/requests/{id2}"),
@@ -737,4 +737,116 @@ fn a_terminal_is_part_of_what_is_approved() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(w.systemctl_log(), "restart postgresql\n");
+}
+
+/// A policy for [`sftp_attributes_through_a_read_handle_are_a_write`].
+const NO_FSETSTAT: &str = r#"
+@id("no-fsetstat")
+forbid(principal, action == Action::"ssh.write", resource)
+when { context.gateway has sftp && context.gateway.sftp == "fsetstat" };
+"#;
+
+fn sftp_packet(ty: u8, id: Option<u32>, fields: &[&[u8]]) -> Vec<u8> {
+    let mut body = vec![ty];
+    if let Some(id) = id {
+        body.extend_from_slice(&id.to_be_bytes());
+    }
+    for f in fields {
+        body.extend_from_slice(f);
+    }
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn sftp_string(x: &[u8]) -> Vec<u8> {
+    let mut v = (x.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(x);
+    v
+}
+
+fn read_sftp_packet(r: &mut impl std::io::Read) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).unwrap();
+    let mut p = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut p).unwrap();
+    p
+}
+
+/// `FSETSTAT` changes the file behind a handle — one opened for reading
+/// included — so it is decided as a write on the path its open named.
+#[test]
+fn sftp_attributes_through_a_read_handle_are_a_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world_with(tmp.path(), "2s", NO_FSETSTAT);
+    let file = w.dir.join("readme.txt");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = w.ssh(&w.agent_key, "prod-db-1", &["-s", "sftp"]);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let path = file.display().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let open_path = path.clone();
+    std::thread::spawn(move || {
+        stdin
+            .write_all(&sftp_packet(1, None, &[&3u32.to_be_bytes()]))
+            .unwrap();
+        let version = read_sftp_packet(&mut stdout);
+        assert_eq!(version[0], 2, "VERSION");
+        // Open for reading: an export, allowed.
+        stdin
+            .write_all(&sftp_packet(
+                3,
+                Some(1),
+                &[
+                    &sftp_string(open_path.as_bytes()),
+                    &1u32.to_be_bytes(),
+                    &0u32.to_be_bytes(),
+                ],
+            ))
+            .unwrap();
+        let handle = read_sftp_packet(&mut stdout);
+        assert_eq!(handle[0], 102, "HANDLE: {handle:?}");
+        let h = handle[9..].to_vec();
+        // Permissions 0777 through that handle.
+        stdin
+            .write_all(&sftp_packet(
+                10,
+                Some(2),
+                &[
+                    &sftp_string(&h),
+                    &4u32.to_be_bytes(),
+                    &0o777u32.to_be_bytes(),
+                ],
+            ))
+            .unwrap();
+        let status = read_sftp_packet(&mut stdout);
+        drop(stdin);
+        let _ = tx.send(status);
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the SFTP exchange finished");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status[0], 101, "STATUS: {status:?}");
+    assert_eq!(&status[1..5], &2u32.to_be_bytes());
+    assert_eq!(&status[5..9], &3u32.to_be_bytes(), "PERMISSION_DENIED");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "the mode did not change");
+    let denial = w.g.wait_log("the fsetstat's denial", |e| {
+        e["event"] == "action.denied" && e["payload"]["action"]["params"]["sftp"] == "fsetstat"
+    });
+    assert_eq!(
+        denial["payload"]["action"]["params"]["paths"][0],
+        path.as_str(),
+        "{denial}"
+    );
 }
