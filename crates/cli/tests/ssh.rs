@@ -6,7 +6,8 @@
 //! their arguments), so "restart postgresql" really runs — once — without
 //! touching the machine.
 //!
-//! One gateway and one sshd serve every scenario of this file.
+//! One gateway and one sshd serve every scenario of the main test; the
+//! scenarios that need a short `hold_timeout` start their own.
 
 mod common;
 
@@ -91,6 +92,11 @@ impl Drop for World {
 /// A fresh sshd and gateway. `sshd_port`'s host key is `host_key`; the
 /// gateway pins it for `prod-db-1` and pins another key for `bad-pin`.
 fn world(tmp: &Path) -> World {
+    world_with(tmp, "90s", "")
+}
+
+/// A world with its own `hold_timeout` and policies added to [`POLICY`].
+fn world_with(tmp: &Path, hold_timeout: &str, policy: &str) -> World {
     let dir = tmp.to_path_buf();
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -194,7 +200,7 @@ resources = ["ssh://prod-db-1/*"]
 [ssh_gateway]
 listen = "127.0.0.1:{port}"
 host_key_file = "{d}/gateway_host_key"
-hold_timeout = "90s"
+hold_timeout = "{hold_timeout}"
 recording_retention = "7d"
 
 [[ssh_gateway.keys]]
@@ -221,9 +227,10 @@ key_env = "GATEWAY_UPSTREAM_KEY"
         d = dir.display()
     );
     let key_text = std::fs::read_to_string(dir.join("gateway_upstream_key")).unwrap();
+    let policy = format!("{POLICY}\n{policy}");
     let g = Gateway::start_full(
         &dir.join("gw"),
-        POLICY,
+        &policy,
         "",
         &extra,
         &[("GATEWAY_UPSTREAM_KEY", key_text.as_str())],
@@ -671,5 +678,175 @@ fn ssh_gateway_with_openssh_on_both_sides() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether a terminal is requested is part of what is approved: an
+/// approval given for a command without one is not used by the same
+/// command with one (a pager on a terminal starts a shell), and any
+/// command with a terminal is `admin`.
+#[test]
+fn a_terminal_is_part_of_what_is_approved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world_with(tmp.path(), "2s", "");
+    let key = w.agent_key.clone();
+    let cmd = "sudo systemctl restart postgresql";
+    // Held without a terminal, not decided within hold_timeout: 102, and
+    // the request stays pending.
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &[cmd]));
+    let id = request_id(&child.wait_line("held for review as request"));
+    assert_eq!(child.finish(30).0, 102);
+    let (s, v) = w.g.review("user:bob", &id, "approve");
+    assert_eq!(s, 200, "{v}");
+    // The identical command with a terminal is a new request; nothing runs.
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &["-tt", cmd]));
+    let id2 = request_id(&child.wait_line("held for review as request"));
+    assert_ne!(id2, id, "the approval without a terminal was not used");
+    assert_eq!(child.finish(30).0, 102);
+    assert_eq!(w.systemctl_log(), "", "nothing ran");
+    let (_, req) =
+        w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+    assert_eq!(req["action"]["params"]["pty"], false, "{req}");
+    let (_, req) = w.g.call(
+        "GET",
+        &format!("/v1/requests/{id2}"),
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(req["action"]["params"]["pty"], true, "{req}");
+    assert!(req["action"]["params"]["term"].is_string(), "{req}");
+    // A read with a terminal is admin: held, not run.
+    let readme = format!("cat {}/readme.txt", w.dir.display());
+    let mut child = Watched::spawn(w.ssh(&key, "prod-db-1", &["-tt", &readme]));
+    let id3 = request_id(&child.wait_line("held for review as request"));
+    let (code, out, _) = child.finish(30);
+    assert_eq!(code, 102);
+    assert!(!out.contains("hello from the host"), "{out}");
+    let (_, req) = w.g.call(
+        "GET",
+        &format!("/v1/requests/{id3}"),
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(req["action"]["operation"], "admin", "{req}");
+    // The approved command, sent again as approved, runs once.
+    let out = run(&mut w.ssh(&key, "prod-db-1", &[cmd]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.systemctl_log(), "restart postgresql\n");
+}
+
+/// A policy for [`sftp_attributes_through_a_read_handle_are_a_write`].
+const NO_FSETSTAT: &str = r#"
+@id("no-fsetstat")
+forbid(principal, action == Action::"ssh.write", resource)
+when { context.gateway has sftp && context.gateway.sftp == "fsetstat" };
+"#;
+
+fn sftp_packet(ty: u8, id: Option<u32>, fields: &[&[u8]]) -> Vec<u8> {
+    let mut body = vec![ty];
+    if let Some(id) = id {
+        body.extend_from_slice(&id.to_be_bytes());
+    }
+    for f in fields {
+        body.extend_from_slice(f);
+    }
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn sftp_string(x: &[u8]) -> Vec<u8> {
+    let mut v = (x.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(x);
+    v
+}
+
+fn read_sftp_packet(r: &mut impl std::io::Read) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).unwrap();
+    let mut p = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut p).unwrap();
+    p
+}
+
+/// `FSETSTAT` changes the file behind a handle — one opened for reading
+/// included — so it is decided as a write on the path its open named.
+#[test]
+fn sftp_attributes_through_a_read_handle_are_a_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world_with(tmp.path(), "2s", NO_FSETSTAT);
+    let file = w.dir.join("readme.txt");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = w.ssh(&w.agent_key, "prod-db-1", &["-s", "sftp"]);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let path = file.display().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let open_path = path.clone();
+    std::thread::spawn(move || {
+        stdin
+            .write_all(&sftp_packet(1, None, &[&3u32.to_be_bytes()]))
+            .unwrap();
+        let version = read_sftp_packet(&mut stdout);
+        assert_eq!(version[0], 2, "VERSION");
+        // Open for reading: an export, allowed.
+        stdin
+            .write_all(&sftp_packet(
+                3,
+                Some(1),
+                &[
+                    &sftp_string(open_path.as_bytes()),
+                    &1u32.to_be_bytes(),
+                    &0u32.to_be_bytes(),
+                ],
+            ))
+            .unwrap();
+        let handle = read_sftp_packet(&mut stdout);
+        assert_eq!(handle[0], 102, "HANDLE: {handle:?}");
+        let h = handle[9..].to_vec();
+        // Permissions 0777 through that handle.
+        stdin
+            .write_all(&sftp_packet(
+                10,
+                Some(2),
+                &[
+                    &sftp_string(&h),
+                    &4u32.to_be_bytes(),
+                    &0o777u32.to_be_bytes(),
+                ],
+            ))
+            .unwrap();
+        let status = read_sftp_packet(&mut stdout);
+        drop(stdin);
+        let _ = tx.send(status);
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the SFTP exchange finished");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status[0], 101, "STATUS: {status:?}");
+    assert_eq!(&status[1..5], &2u32.to_be_bytes());
+    assert_eq!(&status[5..9], &3u32.to_be_bytes(), "PERMISSION_DENIED");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "the mode did not change");
+    let denial = w.g.wait_log("the fsetstat's denial", |e| {
+        e["event"] == "action.denied" && e["payload"]["action"]["params"]["sftp"] == "fsetstat"
+    });
+    assert_eq!(
+        denial["payload"]["action"]["params"]["paths"][0],
+        path.as_str(),
+        "{denial}"
     );
 }

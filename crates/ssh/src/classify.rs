@@ -42,8 +42,9 @@ pub struct Rule {
     pub command: Vec<String>,
     /// If non-empty, the rule applies only when one of these is among the
     /// arguments: `-r` matches any short-option cluster holding `r`
-    /// (`-rf`), `--recursive` also matches `--recursive=…`, anything else
-    /// matches a word exactly (`-exec`).
+    /// (`-rf`), `--recursive` also matches `--recursive=…` and every
+    /// abbreviation GNU `getopt_long` accepts (`--rec`, `--r=…`), anything
+    /// else matches a word exactly (`-exec`).
     pub when_any: Vec<String>,
 }
 
@@ -159,23 +160,44 @@ pub fn default_rules() -> Vec<Rule> {
         "systemctl list-timers",
         "systemctl show",
         "systemctl cat",
-        "git status",
-        "git log",
-        "git diff",
-        "git show",
         "docker ps",
         "docker logs",
         "docker inspect",
     ] {
         v.push(r(Read, c, &[]));
     }
-    // `ip` changes routes and links with other words: only listing is read.
+    // Read programs that run other programs, change the system or write
+    // files with some options. (`ip` is read by `ip_changes`: its words
+    // are abbreviated.)
+    v.push(r(Admin, "dmesg", &["-c", "-C", "--clear", "--read-clear"]));
+    // sort pipes its temporary files through the program named.
+    v.push(r(Admin, "sort", &["--compress-program"]));
+    v.push(r(Write, "sort", &["-o", "--output"]));
+    // bash evaluates array subscripts (and the `$(…)` in them) in the name
+    // given to `printf -v` and `test -v`/`-R`.
+    v.push(r(Admin, "printf", &["-v"]));
+    v.push(r(Admin, "test", &["-v", "-R"]));
+    v.push(r(Admin, "[", &["-v", "-R"]));
     v.push(r(
         Admin,
-        "ip",
-        &["add", "del", "delete", "change", "replace", "set", "flush"],
+        "journalctl",
+        &[
+            "--vacuum-size",
+            "--vacuum-time",
+            "--vacuum-files",
+            "--rotate",
+            "--flush",
+            "--sync",
+            "--relinquish-var",
+            "--smart-relinquish-var",
+            "--setup-keys",
+            "--update-catalog",
+        ],
     ));
-    v.push(r(Admin, "dmesg", &["-c", "-C", "--clear", "--read-clear"]));
+    v.push(r(Admin, "date", &["-s", "--set"]));
+    v.push(r(Admin, "hostname", &["-F", "--file", "-b", "--boot"]));
+    v.push(r(Admin, "ss", &["-K", "--kill"]));
+    v.push(r(Write, "file", &["-C", "--compile"]));
     v.push(r(Read, "find", &[]));
     v.push(r(
         Admin,
@@ -275,7 +297,11 @@ enum Fit {
 /// What the classifier found in a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
+    /// The highest class: the action's operation.
     pub class: Class,
+    /// Every class a part of the line has (the highest hides the others:
+    /// `base64 x; rm y` is `export` and writes).
+    pub classes: BTreeSet<Class>,
     /// Program names of the simple commands (as normalized), for policy.
     pub commands: BTreeSet<String>,
     /// Literal arguments that look like paths, and redirection targets.
@@ -326,6 +352,7 @@ impl Classifier {
     pub fn classify(&self, script: &Script) -> Analysis {
         let mut a = Analysis {
             class: Class::Read,
+            classes: BTreeSet::new(),
             commands: BTreeSet::new(),
             paths: BTreeSet::new(),
             unknown: script.opaque.clone(),
@@ -333,10 +360,13 @@ impl Classifier {
         for c in &script.commands {
             let class = self.simple(c, &mut a);
             a.class = a.class.max(class);
+            a.classes.insert(class);
         }
         if !a.unknown.is_empty() {
             a.class = Class::MOST;
         }
+        // An empty line (or one of comments) still has its class.
+        a.classes.insert(a.class);
         a
     }
 
@@ -442,7 +472,7 @@ impl Classifier {
                 class = class.max(c);
             }
         }
-        class
+        class.max(positional_rules(program, argv))
     }
 }
 
@@ -492,7 +522,108 @@ fn arg_matches(pattern: &str, word: &str) -> bool {
         return word.starts_with('-') && !word.starts_with("--") && word[1..].contains(letter);
     }
     if pattern.starts_with("--") {
-        return word == pattern || word.starts_with(&format!("{pattern}="));
+        // GNU getopt_long takes any unambiguous abbreviation: `--rec` is
+        // `--recursive`. Ambiguous ones match too (more privileged).
+        let name = word.split_once('=').map_or(word, |(n, _)| n);
+        return name.len() > 2 && word.starts_with("--") && pattern.starts_with(name);
     }
     word == pattern
+}
+
+/// Classes that depend on positional words, which rules cannot express:
+/// `ip OBJECT COMMAND` (abbreviated: `ip a a` is `ip address add`),
+/// `uniq IN OUT` (writes OUT), `hostname NAME` and `date MMDDhhmm` (set
+/// them). Dynamic words count as what they might be.
+fn positional_rules(program: &str, argv: &[Word]) -> Class {
+    let args = &argv[1..];
+    match program {
+        "ip" => ip_class(args),
+        "uniq" if positional(args, &["-f", "-s", "-w"]).len() >= 2 => Class::Write,
+        "hostname" if !positional(args, &[]).is_empty() => Class::Admin,
+        "date"
+            if positional(args, &["-d", "--date", "-f", "--file", "-r", "--reference"])
+                .iter()
+                .any(|w| !matches!(w, Word::Lit(s) if s.starts_with('+'))) =>
+        {
+            Class::Admin
+        }
+        _ => Class::Read,
+    }
+}
+
+/// The words that are not options nor the argument of one in `takes_arg`.
+fn positional<'w>(args: &'w [Word], takes_arg: &[&str]) -> Vec<&'w Word> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for w in args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        match w {
+            Word::Lit(s) if s.starts_with('-') && s.len() > 1 => {
+                skip = takes_arg.contains(&s.as_str());
+            }
+            _ => out.push(w),
+        }
+    }
+    out
+}
+
+/// `ip [OPTIONS] OBJECT [COMMAND …]`: read only for no command or one that
+/// abbreviates `show`, `list` or `get` and nothing that changes state
+/// (iproute2 matches any prefix, and `s` is `set` to `ip link`).
+/// `-batch` runs commands from a file, `netns exec` a program.
+fn ip_class(args: &[Word]) -> Class {
+    const FLAGS: &[&str] = &[
+        "-4",
+        "-6",
+        "-s",
+        "-d",
+        "-c",
+        "-j",
+        "-p",
+        "-o",
+        "-h",
+        "-br",
+        "-brief",
+        "-details",
+        "-stats",
+        "-statistics",
+        "-color",
+        "-json",
+        "-pretty",
+        "-oneline",
+        "-human",
+        "-resolve",
+        "-r",
+    ];
+    const READ: &[&str] = &["show", "list", "lst", "get"];
+    const CHANGE: &[&str] = &[
+        "add", "append", "change", "chg", "delete", "del", "exec", "flush", "prepend", "replace",
+        "restore", "save", "set", "update", "attach", "detach",
+    ];
+    let mut words = args.iter();
+    // Options, then the object.
+    loop {
+        match words.next() {
+            None => return Class::Read,
+            Some(Word::Dynamic(_)) => return Class::Admin,
+            Some(Word::Lit(w)) if w.starts_with('-') => {
+                if !FLAGS.contains(&w.as_str()) {
+                    return Class::Admin;
+                }
+            }
+            Some(Word::Lit(_)) => break,
+        }
+    }
+    match words.next() {
+        None => Class::Read,
+        Some(Word::Lit(c))
+            if READ.iter().any(|r| r.starts_with(c.as_str()))
+                && !CHANGE.iter().any(|w| w.starts_with(c.as_str())) =>
+        {
+            Class::Read
+        }
+        Some(_) => Class::Admin,
+    }
 }

@@ -781,27 +781,45 @@ async fn run_command(
             opaque: vec!["the command is not UTF-8".into()],
         }
     };
-    let mut params = json!({"command": text, "env": env});
-    let (class, mut facts) = match scp_mode(&script) {
+    // The terminal is part of what is approved: the same command with a
+    // pty is another action (a pager on a terminal starts a shell).
+    let mut params = json!({"command": text, "env": env, "pty": tty});
+    if let Some(p) = &pty {
+        params["term"] = json!(p.term);
+    }
+    let mut a = match scp_mode(&script) {
         Some((class, paths)) => {
             params["scp"] = json!(if class == Class::Export { "from" } else { "to" });
             params["paths"] = json!(paths);
-            let mut f = ctx.facts(&pool, class);
-            f.insert("commands".into(), json!(["scp"]));
-            f.insert("paths".into(), json!(paths));
-            (class, f)
-        }
-        None => {
-            let a = ctx.sh.classifier.classify(&script);
-            let mut f = ctx.facts(&pool, a.class);
-            f.insert("commands".into(), json!(a.commands));
-            f.insert("paths".into(), json!(a.paths));
-            if !a.unknown.is_empty() {
-                f.insert("unknown".into(), json!(a.unknown));
+            crate::classify::Analysis {
+                class,
+                classes: [class].into(),
+                commands: ["scp".to_string()].into(),
+                paths: paths.into_iter().collect(),
+                unknown: vec![],
             }
-            (a.class, f)
         }
+        None => ctx.sh.classifier.classify(&script),
     };
+    if tty && a.class < Class::Admin {
+        // journalctl, systemctl status, git log start a pager on a
+        // terminal, and `!sh` in less is a shell.
+        a.class = Class::Admin;
+        a.classes.insert(Class::Admin);
+        a.unknown
+            .push("a terminal was requested: a pager on it can start a shell".into());
+    }
+    let class = a.class;
+    let mut facts = ctx.facts(&pool, class);
+    facts.insert(
+        "classes".into(),
+        json!(a.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>()),
+    );
+    facts.insert("commands".into(), json!(a.commands));
+    facts.insert("paths".into(), json!(a.paths));
+    if !a.unknown.is_empty() {
+        facts.insert("unknown".into(), json!(a.unknown));
+    }
     facts.insert("pty".into(), json!(tty));
     let action = ctx.action(&pool, class.as_str(), params);
     let mut held = Held::default();
@@ -857,7 +875,7 @@ async fn run_shell(ch: &mut Channel<Msg>, ctx: &Ctx, pty: Option<Pty>, env: Vec<
     let action = ctx.action(
         &pool,
         "shell",
-        json!({"shell": true, "term": pty.as_ref().map(|p| p.term.clone()), "env": env}),
+        json!({"shell": true, "pty": tty, "term": pty.as_ref().map(|p| p.term.clone()), "env": env}),
     );
     let mut held = Held::default();
     let ex = match ctx.decide(ch, action, facts, tty, &mut held).await {
@@ -938,6 +956,10 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
     let mut outbuf: Vec<u8> = Vec::new();
     // Request id → its execution and when it was sent.
     let mut pending: HashMap<u32, (Execution, Instant)> = HashMap::new();
+    // Request id of a passed open → its path; an open handle → its path
+    // (what an `fsetstat` on the handle changes).
+    let mut opens: HashMap<u32, String> = HashMap::new();
+    let mut handles: HashMap<Vec<u8>, String> = HashMap::new();
     let started = Instant::now();
     loop {
         let Some(u) = up.as_mut() else {
@@ -987,8 +1009,26 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
                             Ok(op) => op,
                             Err(e) => return malformed_sftp(ctx, ch, u, &e).await,
                         };
-                        if let Some(op) = op {
+                        if let Some(h) = sftp::closed_handle(&packet) {
+                            handles.remove(&h);
+                        }
+                        if let Some(mut op) = op {
+                            if pending.contains_key(&op.id) {
+                                // Its result could not be told from the earlier one's.
+                                let e = sftp::SftpError::Malformed("a request id reused while its request is outstanding");
+                                return malformed_sftp(ctx, ch, u, &e).await;
+                            }
+                            if let Some(h) = &op.handle {
+                                match handles.get(h) {
+                                    Some(path) => op.paths = vec![path.clone()],
+                                    None => op.class = Class::MOST,
+                                }
+                            }
                             let mut facts = ctx.facts(&pool, op.class);
+                            facts.insert(
+                                "classes".into(),
+                                json!(op.classes().iter().map(|c| c.as_str()).collect::<Vec<_>>()),
+                            );
                             facts.insert("paths".into(), json!(op.paths));
                             facts.insert("sftp".into(), json!(op.name));
                             let mut params = json!({"sftp": op.name, "paths": op.paths, "env": env});
@@ -997,19 +1037,26 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
                             }
                             let action = ctx.action(&pool, op.class.as_str(), params);
                             let mut held = Held::default();
-                            match ctx.decide(ch, action, facts, false, &mut held).await {
+                            let go = ctx.decide(ch, action, facts, false, &mut held).await;
+                            // Input that arrived while held is later
+                            // packets, whatever the decision.
+                            for m in held.msgs {
+                                if let ChannelMsg::Data { data } = m {
+                                    inbuf.extend_from_slice(&data);
+                                }
+                            }
+                            match go {
                                 Go::Run(ex) => {
                                     pending.insert(op.id, (ex, Instant::now()));
+                                    if let (true, Some(path)) =
+                                        (op.name == "open" || op.name == "opendir", op.paths.first())
+                                    {
+                                        opens.insert(op.id, path.clone());
+                                    }
                                 }
                                 Go::Stop(_) => {
                                     let _ = ch.data_bytes(sftp::denied(op.id, "denied by secondkey")).await;
                                     continue;
-                                }
-                            }
-                            // Input that arrived while held is later packets.
-                            for m in held.msgs {
-                                if let ChannelMsg::Data { data } = m {
-                                    inbuf.extend_from_slice(&data);
                                 }
                             }
                         }
@@ -1035,6 +1082,19 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
                                 return finish(ch, exit::GATEWAY).await;
                             }
                         };
+                        if let Some(v) = sftp::server_version(&p).filter(|v| *v != 3) {
+                            // Versions 4-6 have requests (links, rename
+                            // flags) this gateway does not decide.
+                            tracing::warn!(host = %pool.host().name, version = v, "ssh: the upstream offered an SFTP version other than 3; session closed");
+                            say(ch, &format!("secondkey: the upstream offered SFTP version {v}; the gateway speaks version 3 only; the session is closed\n"), false).await;
+                            let _ = u.channel.close().await;
+                            return finish(ch, exit::GATEWAY).await;
+                        }
+                        if let Some((id, h)) = sftp::handle_reply(&p) {
+                            if let Some(path) = opens.remove(&id) {
+                                handles.insert(h, path);
+                            }
+                        }
                         if p.len() >= 5 {
                             let id = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
                             if let Some((ex, at)) = pending.remove(&id) {

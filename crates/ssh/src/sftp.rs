@@ -7,7 +7,10 @@ pub const MAX_PACKET: usize = 256 * 1024 + 1024;
 
 pub const INIT: u8 = 1;
 pub const OPEN: u8 = 3;
+pub const VERSION: u8 = 2;
+pub const CLOSE: u8 = 4;
 pub const SETSTAT: u8 = 9;
+pub const FSETSTAT: u8 = 10;
 pub const OPENDIR: u8 = 11;
 pub const REMOVE: u8 = 13;
 pub const MKDIR: u8 = 14;
@@ -16,6 +19,7 @@ pub const RENAME: u8 = 18;
 pub const SYMLINK: u8 = 20;
 pub const EXTENDED: u8 = 200;
 pub const STATUS: u8 = 101;
+pub const HANDLE: u8 = 102;
 /// `SSH_FX_PERMISSION_DENIED`.
 pub const FX_PERMISSION_DENIED: u32 = 3;
 
@@ -63,6 +67,54 @@ pub struct Op {
     pub paths: Vec<String>,
     /// Open flags, for `open`.
     pub flags: Option<u32>,
+    /// The handle, for `fsetstat`: its path is the one its `open` named.
+    pub handle: Option<Vec<u8>>,
+}
+
+impl Op {
+    /// Every class the request has: an open for reading and writing both
+    /// reads a file out and changes it.
+    pub fn classes(&self) -> Vec<crate::classify::Class> {
+        use crate::classify::Class;
+        match self.flags {
+            Some(f) if self.name == "open" && f & PFLAG_READ != 0 && f & !PFLAG_READ != 0 => {
+                vec![Class::Write, Class::Export]
+            }
+            _ => vec![self.class],
+        }
+    }
+}
+
+/// The handle in a `HANDLE` reply (`packet` without its length): the
+/// request id and the handle's bytes.
+pub fn handle_reply(packet: &[u8]) -> Option<(u32, Vec<u8>)> {
+    let (&ty, body) = packet.split_first()?;
+    if ty != HANDLE {
+        return None;
+    }
+    let mut r = R(body);
+    let id = r.u32().ok()?;
+    Some((id, r.bytes().ok()?.to_vec()))
+}
+
+/// The handle a `CLOSE` request closes.
+pub fn closed_handle(packet: &[u8]) -> Option<Vec<u8>> {
+    let (&ty, body) = packet.split_first()?;
+    if ty != CLOSE {
+        return None;
+    }
+    let mut r = R(body);
+    r.u32().ok()?;
+    Some(r.bytes().ok()?.to_vec())
+}
+
+/// The protocol version a server's `VERSION` reply names.
+pub fn server_version(packet: &[u8]) -> Option<u32> {
+    let (&ty, body) = packet.split_first()?;
+    if ty != VERSION {
+        return None;
+    }
+    R(body).u32().ok()
 }
 
 struct R<'a>(&'a [u8]);
@@ -75,6 +127,15 @@ impl R<'_> {
         let v = u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]);
         self.0 = &self.0[4..];
         Ok(v)
+    }
+    fn bytes(&mut self) -> Result<&[u8], SftpError> {
+        let n = self.u32()? as usize;
+        if self.0.len() < n {
+            return Err(SftpError::Malformed("a string longer than its packet"));
+        }
+        let (b, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(b)
     }
     fn string(&mut self) -> Result<String, SftpError> {
         let n = self.u32()? as usize;
@@ -121,6 +182,7 @@ pub fn decided_op(packet: &[u8]) -> Result<Option<Op>, SftpError> {
             class,
             paths: vec![r.string()?],
             flags: None,
+            handle: None,
         }))
     };
     match ty {
@@ -143,6 +205,7 @@ pub fn decided_op(packet: &[u8]) -> Result<Option<Op>, SftpError> {
                 class,
                 paths: vec![path],
                 flags: Some(flags),
+                handle: None,
             }))
         }
         OPENDIR => one(&mut r, "opendir", Class::Read),
@@ -150,6 +213,16 @@ pub fn decided_op(packet: &[u8]) -> Result<Option<Op>, SftpError> {
         MKDIR => one(&mut r, "mkdir", Class::Write),
         RMDIR => one(&mut r, "rmdir", Class::Write),
         SETSTAT => one(&mut r, "setstat", Class::Write),
+        // Changes the file behind a handle (an open for reading included):
+        // the caller fills in the path its open named.
+        FSETSTAT => Ok(Some(Op {
+            id,
+            name: "fsetstat".into(),
+            class: Class::Write,
+            paths: vec![],
+            flags: None,
+            handle: Some(r.bytes()?.to_vec()),
+        })),
         RENAME | SYMLINK => {
             let a = r.string()?;
             let b = r.string()?;
@@ -159,6 +232,7 @@ pub fn decided_op(packet: &[u8]) -> Result<Option<Op>, SftpError> {
                 class: Class::Write,
                 paths: vec![a, b],
                 flags: None,
+                handle: None,
             }))
         }
         EXTENDED => {
@@ -179,6 +253,7 @@ pub fn decided_op(packet: &[u8]) -> Result<Option<Op>, SftpError> {
                 class,
                 paths,
                 flags: None,
+                handle: None,
             }))
         }
         // Everything else (handles, stat, realpath, readlink, and unknown
@@ -273,6 +348,10 @@ mod tests {
                 None,
             ),
             (frame(17, 10, &[&s("/etc/shadow")]), None), // STAT: metadata
+            (
+                frame(FSETSTAT, 11, &[&s("h1"), &attrs]),
+                Some(("fsetstat", Class::Write, vec![])),
+            ),
         ];
         for (bytes, want) in cases {
             let mut buf = bytes.clone();
@@ -288,6 +367,28 @@ mod tests {
                 (g, w) => panic!("{bytes:?}: got {g:?}, want {w:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_read_write_open_has_both_classes_and_handles_are_read() {
+        let attrs = 0u32.to_be_bytes();
+        let mut buf = frame(OPEN, 3, &[&s("rw"), &3u32.to_be_bytes(), &attrs]);
+        let op = decided_op(&take_packet(&mut buf).unwrap().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(op.classes(), vec![Class::Write, Class::Export]);
+        let mut buf = frame(FSETSTAT, 4, &[&s("h1"), &attrs]);
+        let op = decided_op(&take_packet(&mut buf).unwrap().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(op.handle.as_deref(), Some(&b"h1"[..]));
+        let mut buf = frame(HANDLE, 3, &[&s("h1")]);
+        let p = take_packet(&mut buf).unwrap().unwrap();
+        assert_eq!(handle_reply(&p), Some((3, b"h1".to_vec())));
+        let mut buf = frame(CLOSE, 5, &[&s("h1")]);
+        let p = take_packet(&mut buf).unwrap().unwrap();
+        assert_eq!(closed_handle(&p), Some(b"h1".to_vec()));
+        assert_eq!(server_version(&[VERSION, 0, 0, 0, 6]), Some(6));
     }
 
     #[test]

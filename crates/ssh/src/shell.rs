@@ -118,6 +118,7 @@ pub fn parse(src: &str) -> Script {
         depth: 0,
         out: &mut script,
         last_word_quoted: false,
+        heredocs: Vec::new(),
     };
     p.list(None);
     script
@@ -145,6 +146,11 @@ struct Reader<'a, 'o> {
     /// Whether the last word read had quotes or escapes (a quoted
     /// here-document delimiter, a quoted reserved word).
     last_word_quoted: bool,
+    /// Here-documents whose bodies start after the next newline: (strip
+    /// tabs, delimiter, delimiter quoted). Shared with `( … )` groups — the
+    /// shell reads a body at the next newline wherever it is — but not with
+    /// command substitutions, which the shell reads on their own.
+    heredocs: Vec<(bool, String, bool)>,
 }
 
 impl Reader<'_, '_> {
@@ -167,9 +173,11 @@ impl Reader<'_, '_> {
     /// the end.
     fn list(&mut self, close: Option<u8>) {
         let mut cur = Simple::default();
-        let mut pending_heredocs: Vec<(bool, String, bool)> = Vec::new();
         let mut expect_target: Option<&'static str> = None;
         let mut words_seen = false;
+        // bash reads `a &> f b` as one command; dash as `a &` then `> f b`,
+        // which runs `b`: words after an `&>` target are opaque.
+        let mut amp_redirect = false;
         loop {
             let tok = self.token(close);
             match tok {
@@ -177,7 +185,7 @@ impl Reader<'_, '_> {
                     if let Some(op) = expect_target {
                         self.opaque(format!("a redirection `{op}` without a target"));
                     }
-                    if !pending_heredocs.is_empty() {
+                    if close.is_none() && !self.heredocs.is_empty() {
                         self.opaque("a here-document without its body");
                     }
                     self.finish(&mut cur);
@@ -189,7 +197,8 @@ impl Reader<'_, '_> {
                     }
                     self.finish(&mut cur);
                     words_seen = false;
-                    for (strip, delim, quoted) in std::mem::take(&mut pending_heredocs) {
+                    amp_redirect = false;
+                    for (strip, delim, quoted) in std::mem::take(&mut self.heredocs) {
                         self.heredoc_body(strip, &delim, quoted);
                     }
                 }
@@ -201,6 +210,7 @@ impl Reader<'_, '_> {
                         ";" | "&" | "&&" | "||" | "|" | "|&" => {
                             self.finish(&mut cur);
                             words_seen = false;
+                            amp_redirect = false;
                         }
                         ")" => {
                             // Only reached without an open group: a stray `)`.
@@ -216,6 +226,7 @@ impl Reader<'_, '_> {
                                 return;
                             }
                             self.finish(&mut cur);
+                            amp_redirect = false;
                             self.depth += 1;
                             if self.depth > MAX_DEPTH {
                                 self.opaque("groups nested too deep");
@@ -236,7 +247,12 @@ impl Reader<'_, '_> {
                             self.skip_to_end();
                             return;
                         }
-                        redirect => expect_target = Some(redirect),
+                        redirect => {
+                            if redirect.starts_with("&>") {
+                                amp_redirect = true;
+                            }
+                            expect_target = Some(redirect);
+                        }
                     }
                 }
                 Tok::Word(w, assignment_like) => {
@@ -246,13 +262,16 @@ impl Reader<'_, '_> {
                                 Word::Lit(d) => (d.clone(), self.last_word_quoted),
                                 Word::Dynamic(d) => (d.clone(), true),
                             };
-                            pending_heredocs.push((op == "<<-", delim, quoted));
+                            self.heredocs.push((op == "<<-", delim, quoted));
                         }
                         cur.redirects.push(Redirect {
                             op: op.to_string(),
                             target: w,
                         });
                         continue;
+                    }
+                    if amp_redirect {
+                        self.opaque("words after an `&>` redirection (bash and dash differ)");
                     }
                     if cur.argv.is_empty() {
                         if let Word::Lit(text) = &w {
@@ -335,6 +354,7 @@ impl Reader<'_, '_> {
                     depth: self.depth + 1,
                     out: self.out,
                     last_word_quoted: false,
+                    heredocs: Vec::new(),
                 };
                 let _ = sub.word_from_quotes_only();
             }
@@ -358,7 +378,9 @@ impl Reader<'_, '_> {
         // Blanks, comments and line continuations.
         loop {
             match self.peek() {
-                Some(b' ' | b'\t' | b'\r') => self.i += 1,
+                // Only space and tab are blanks to the shell; `\r` is an
+                // ordinary character (opaque below).
+                Some(b' ' | b'\t') => self.i += 1,
                 Some(b'\\') if self.at(1) == Some(b'\n') => self.i += 2,
                 Some(b'#') => {
                     while let Some(c) = self.peek() {
@@ -398,6 +420,58 @@ impl Reader<'_, '_> {
     }
 }
 
+/// Whether a word's unquoted structure (see `Reader::word`) may undergo
+/// bash brace expansion: an unquoted `{`, later an unquoted `,` or `..`,
+/// later an unquoted `}`. A superset of what bash expands.
+fn brace_expansion(structure: &[u8]) -> bool {
+    let Some(open) = structure.iter().position(|&b| b == b'{') else {
+        return false;
+    };
+    let Some(close) = structure.iter().rposition(|&b| b == b'}') else {
+        return false;
+    };
+    close > open && {
+        let inner = &structure[open + 1..close];
+        inner.contains(&b',') || inner.windows(2).any(|w| w == b"..")
+    }
+}
+
+/// Whether the inside of `${…}` is a name (or special parameter), alone or
+/// followed by one of the operators whose word is only substituted or
+/// matched, with a word holding nothing that expands or quotes.
+fn plain_parameter(body: &[u8]) -> bool {
+    let body = body
+        .strip_prefix(b"#")
+        .filter(|b| !b.is_empty())
+        .unwrap_or(body);
+    let name_len = match body.first() {
+        Some(b) if b.is_ascii_alphabetic() || *b == b'_' => body
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+            .unwrap_or(body.len()),
+        Some(b) if b.is_ascii_digit() => body
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(body.len()),
+        Some(b) if b"@*#?$!-".contains(b) => 1,
+        _ => return false,
+    };
+    let rest = &body[name_len..];
+    if rest.is_empty() {
+        return true;
+    }
+    const OPS: &[&[u8]] = &[
+        b":-", b":=", b":?", b":+", b"-", b"=", b"?", b"+", b"##", b"#", b"%%", b"%", b"//", b"/",
+        b"^^", b"^", b",,", b",",
+    ];
+    let Some(op) = OPS.iter().find(|op| rest.starts_with(op)) else {
+        return false;
+    };
+    rest[op.len()..]
+        .iter()
+        .all(|b| !b"{}'\"\\$`[\n".contains(b))
+}
+
 /// Word reading.
 impl Reader<'_, '_> {
     fn word(&mut self) -> Tok {
@@ -406,15 +480,27 @@ impl Reader<'_, '_> {
         let mut dynamic = false;
         let mut quoted = false;
         let mut bytes: Vec<u8> = Vec::new();
+        // The word's unquoted structure: unquoted bytes as they are, each
+        // quoted part as `q`, each expansion as `$` (for brace expansion,
+        // which only unquoted `{`, `,`/`..` and `}` make).
+        let mut structure: Vec<u8> = Vec::new();
         let flush = |bytes: &mut Vec<u8>, lit: &mut String| {
             lit.push_str(&String::from_utf8_lossy(bytes));
             bytes.clear();
         };
         while let Some(c) = self.peek() {
             match c {
-                b' ' | b'\t' | b'\r' | b'\n' | b';' | b'&' | b'|' | b'<' | b'>' | b'(' | b')' => {
+                b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'<' | b'>' | b'(' | b')' => {
                     // `2>` : an IO number belongs to the redirection.
                     break;
+                }
+                b'\r' | 0x0b | 0x0c => {
+                    // A word character to the shell, a blank to the eye
+                    // (and to readers that split on all white space).
+                    self.opaque("a carriage return, vertical tab or form feed outside quotes");
+                    bytes.push(c);
+                    structure.push(c);
+                    self.i += 1;
                 }
                 b'\\' => {
                     self.i += 1;
@@ -422,6 +508,7 @@ impl Reader<'_, '_> {
                         Some(b'\n') => self.i += 1,
                         Some(n) => {
                             bytes.push(n);
+                            structure.push(b'q');
                             self.i += 1;
                             quoted = true;
                         }
@@ -433,6 +520,7 @@ impl Reader<'_, '_> {
                 }
                 b'\'' => {
                     quoted = true;
+                    structure.push(b'q');
                     self.i += 1;
                     match self.s[self.i..].iter().position(|&b| b == b'\'') {
                         Some(p) => {
@@ -448,6 +536,7 @@ impl Reader<'_, '_> {
                 }
                 b'"' => {
                     quoted = true;
+                    structure.push(b'q');
                     self.i += 1;
                     loop {
                         match self.peek() {
@@ -493,6 +582,7 @@ impl Reader<'_, '_> {
                     if !self.expansion(false) {
                         return Tok::End;
                     }
+                    structure.push(b'$');
                     dynamic = true;
                 }
                 b'*' | b'?' | b'[' => {
@@ -500,35 +590,26 @@ impl Reader<'_, '_> {
                     // when it runs.
                     dynamic = true;
                     bytes.push(c);
-                    self.i += 1;
-                }
-                b'{' => {
-                    // bash brace expansion `{a,b}` / `{1..3}`.
-                    let rest = &self.s[self.i..];
-                    let end = rest.iter().position(|&b| {
-                        matches!(b, b'}' | b' ' | b'\t' | b'\n' | b';' | b'|' | b'&')
-                    });
-                    if let Some(e) = end {
-                        let inner = &rest[..e];
-                        if rest.get(e) == Some(&b'}')
-                            && (inner.contains(&b',') || inner.windows(2).any(|w| w == b".."))
-                        {
-                            dynamic = true;
-                        }
-                    }
-                    bytes.push(c);
+                    structure.push(c);
                     self.i += 1;
                 }
                 b'~' if self.i == start => {
                     // Tilde expansion: a home directory, known to the host.
                     bytes.push(c);
+                    structure.push(c);
                     self.i += 1;
                 }
                 _ => {
                     bytes.push(c);
+                    structure.push(c);
                     self.i += 1;
                 }
             }
+        }
+        if brace_expansion(&structure) {
+            // bash brace expansion `{a,b}` / `{1..3}`, quoted parts and all
+            // (`{"x y",-exec}`): the words are known only when it runs.
+            dynamic = true;
         }
         flush(&mut bytes, &mut lit);
         self.last_word_quoted = quoted;
@@ -614,45 +695,78 @@ impl Reader<'_, '_> {
         // `$`
         match self.at(1) {
             Some(b'(') if self.at(2) == Some(b'(') => {
-                // Arithmetic: evaluated, and bash runs substitutions in
-                // array subscripts; its text is not modelled.
+                // Arithmetic. Only numbers and operators are modelled: a
+                // name is evaluated as an expression in turn (`$((_))` runs
+                // `$(…)` held in the last argument, through an array
+                // subscript), and a `$((` that does not close with `))` is
+                // a command substitution to bash.
                 let Some(end) = self.matching(self.i + 1, b'(', b')') else {
                     self.opaque("an unterminated arithmetic expansion");
                     self.skip_to_end();
                     return false;
                 };
                 let body = &self.s[self.i + 3..end];
-                if body.contains(&b'`')
-                    || body.windows(2).any(|w| w == b"$(")
-                    || body.contains(&b'[')
+                let closes_twice = self.matching(self.i + 2, b'(', b')') == Some(end - 1);
+                if !closes_twice
+                    || !body[..body.len().saturating_sub(1)]
+                        .iter()
+                        .all(|b| b.is_ascii_digit() || b" \t+-*/%()<>=!&|^~?:,".contains(b))
                 {
-                    self.opaque("a command or subscript inside an arithmetic expansion");
+                    self.opaque("an arithmetic expansion with more than numbers and operators");
                 }
                 self.i = end + 1;
                 true
             }
             Some(b'(') => {
-                let Some(end) = self.matching(self.i + 1, b'(', b')') else {
-                    self.opaque("an unterminated command substitution");
+                // Read with the same reader, up to the `)` that closes it
+                // as the shell sees it (comments, quotes, groups and all).
+                if self.depth + 1 > MAX_DEPTH {
+                    self.opaque("command substitutions nested too deep");
                     self.skip_to_end();
                     return false;
-                };
-                let inner = self.s[self.i + 2..end].to_vec();
-                self.i = end + 1;
-                self.nested(&inner)
+                }
+                self.i += 2;
+                self.depth += 1;
+                // The shell reads a substitution's here-documents on their
+                // own: an outer one pending waits for a newline after it.
+                let outer = std::mem::take(&mut self.heredocs);
+                self.list(Some(b')'));
+                if !self.heredocs.is_empty() {
+                    self.opaque("a here-document without its body");
+                }
+                self.heredocs = outer;
+                self.depth -= 1;
+                if self.peek() == Some(b')') {
+                    self.i += 1;
+                    true
+                } else {
+                    self.opaque("an unterminated command substitution");
+                    self.skip_to_end();
+                    false
+                }
             }
             Some(b'{') => {
-                let Some(end) = self.matching(self.i + 1, b'{', b'}') else {
+                // Up to the first `}`; only `${name}` and `${name<op>word}`
+                // with a plain word are modelled. Quotes inside differ
+                // between bash and dash, subscripts and substring offsets
+                // are arithmetic, `${!x}` and `${x@P}` expand again.
+                let Some(len) = self.s[self.i..].iter().position(|&b| b == b'}') else {
                     self.opaque("an unterminated parameter expansion");
                     self.skip_to_end();
                     return false;
                 };
-                let body = &self.s[self.i..end];
-                if body.contains(&b'`') || body.windows(2).any(|w| w == b"$(") {
-                    self.opaque("a command substitution inside a parameter expansion");
+                let end = self.i + len;
+                if !plain_parameter(&self.s[self.i + 2..end]) {
+                    self.opaque("a parameter expansion with more than a name and a plain word");
                 }
                 self.i = end + 1;
                 true
+            }
+            Some(b'[') => {
+                // bash's old `$[…]` arithmetic.
+                self.opaque("bash `$[…]` arithmetic");
+                self.skip_to_end();
+                false
             }
             Some(b'\'') | Some(b'"') if !in_dquote => {
                 // bash's $'…' (escapes) and $"…" (translation).
@@ -729,8 +843,12 @@ impl Reader<'_, '_> {
             depth: self.depth + 1,
             out: self.out,
             last_word_quoted: false,
+            heredocs: Vec::new(),
         };
         sub.list(None);
+        if !sub.heredocs.is_empty() {
+            self.opaque("a here-document without its body");
+        }
         true
     }
 }

@@ -37,9 +37,26 @@ fn ordinary_commands_get_their_class() {
         ("echo sudo reboot", Read),
         ("ls # ; sudo reboot", Read),
         ("ls $(echo /)", Read),
-        ("git status", Read),
         ("find /var/log -name '*.gz'", Read),
         ("ip addr show", Read),
+        ("ip a", Read),
+        ("ip -br addr sh", Read),
+        ("ip r", Read),
+        ("ip route get 1.1.1.1", Read),
+        ("ip -6 route list table main", Read),
+        ("date +%s", Read),
+        ("date -d yesterday +%F", Read),
+        ("hostname -f", Read),
+        ("uniq -c x", Read),
+        ("sort -k2 -n x", Read),
+        ("printf '%s\n' x", Read),
+        ("test -f x && test -d y", Read),
+        ("journalctl --since today --output=json", Read),
+        ("sort -o sorted x", Write),
+        ("sort --output=sorted x", Write),
+        ("sort --out sorted x", Write),
+        ("uniq in out", Write),
+        ("file -C -m x", Write),
         ("echo hi > /tmp/x", Write),
         ("cat /etc/hostname > /etc/motd", Write),
         ("rm /tmp/x", Write),
@@ -192,6 +209,64 @@ const BYPASSES: &[&str] = &[
     "echo `ls",
     "ls )",
     "ls\0sudo reboot",
+    // Read programs that run programs or change the system.
+    "sort -S 1K --compress-program=sh x",
+    "sort --compress-prog sh -S 1K x",
+    "sort --co=sh x",
+    "printf -v 'a[$(sudo reboot)]' x",
+    "test -v 'a[$(sudo reboot)]'",
+    "[ -v 'a[$(sudo reboot)]' ]",
+    "[ -R x ]",
+    "git status",
+    "git log",
+    "git diff",
+    "git show HEAD",
+    "journalctl --vacuum-size=1M",
+    "journalctl --rot",
+    "date -s 2020-01-01",
+    "date 010100002020",
+    "hostname evil",
+    "ss -K dst 10.0.0.9",
+    // Abbreviated options and words.
+    "rm --rec x",
+    "rm --rec -f /srv/data",
+    "rm --r x",
+    "chmod --rec 777 x",
+    "chown --recursive=x a x",
+    "chown --rec a x",
+    "ip a a 10.0.0.9/24 dev eth0",
+    "ip r d default",
+    "ip l s eth0 down",
+    "ip -4 addr del 10.0.0.9/24 dev eth0",
+    "ip netns exec x sudo reboot",
+    "ip -batch x",
+    "ip -n x a a 10.0.0.9/24 dev eth0",
+    // Where a reader and the real shell disagree (each verified in bash and
+    // dash; see `the_shells_run_nothing_above_the_class`).
+    // `\r` is a word character to the shell, so `#` is not a comment.
+    "ls\r#;sudo reboot",
+    "true\r#;sudo reboot",
+    "scp -t x\r#;sudo reboot",
+    // A here-document's body is read at the next newline, inside a group.
+    "cat <<true; ( ls\ntrue\n)\nsudo reboot\ntrue",
+    // A comment inside `$( … )` hides its `)`.
+    "echo $(true # ) '\nsudo reboot\n#';(\n)",
+    // Brace expansion with quoted or escaped blanks makes `-exec` a word.
+    "find {\"x y\",.,-exec} sudo reboot \\;",
+    "find {x\\ y,.,-exec} sudo reboot \\;",
+    // `$((` not closed by `))` is a command substitution to bash.
+    "echo $((sudo reboot) )",
+    // Arithmetic evaluates a name's value, subscripts and all.
+    "echo 'a[$(sudo reboot)]'; echo $((_))",
+    "echo 'a[$(sudo reboot)]'; echo $[_]",
+    // Indirect and prompt expansions expand again.
+    "echo 'a[$(sudo reboot)]'; echo ${!_}",
+    "echo '$(sudo reboot)'; echo ${_@P}",
+    // Single quotes inside a double-quoted `${…}`: dash reads them as
+    // characters (and runs `sudo reboot`), bash as quotes.
+    "echo \"${x-'}\"; sudo reboot; echo \"'}\"",
+    // dash reads `a &> f b` as `a &` then `> f b`: `b` runs.
+    "true &>x sudo reboot",
 ];
 
 #[test]
@@ -273,10 +348,11 @@ proptest! {
     /// Any text followed by a privileged command on a new line: the
     /// privileged command is seen (the same property as the `ssh_shell`
     /// fuzz target), unless the text continues onto that line as the shell
-    /// would read it (a comment, a trailing backslash, a here-document).
+    /// would read it (a trailing backslash). Comments and here-documents
+    /// included: an unclosed here-document is opaque.
     #[test]
-    fn any_text_then_a_privileged_line_is_admin(s in "[ -\"$-~\t]{0,60}") {
-        let s = s.trim_end_matches('\\').replace("<<", "< <");
+    fn any_text_then_a_privileged_line_is_admin(s in "[ -~\t]{0,60}") {
+        let s = s.trim_end_matches('\\');
         let line = format!("{s}\nsudo reboot");
         prop_assert_eq!(class_of(&line), Class::Admin, "{:?}", line);
     }
@@ -304,4 +380,255 @@ proptest! {
         let line = format!("{}\nsudo reboot", parts.join(" "));
         prop_assert_eq!(class_of(&line), Class::Admin, "{:?}", line);
     }
+}
+
+/// Programs the differential test provides as stubs: each appends its
+/// argv to a log and exits.
+const STUBS: &[&str] = &[
+    "ls", "cat", "sudo", "reboot", "rm", "find", "tar", "sort", "grep", "head", "scp",
+];
+
+/// The pieces generated command lines are made of: words, operators,
+/// quotes, comments, here-documents, groups, substitutions and expansions,
+/// and the bytes where readers and shells have disagreed.
+const PIECES: &[&str] = &[
+    "ls",
+    "sudo reboot",
+    "sudo",
+    "reboot",
+    "cat",
+    "rm -r x",
+    "rm --rec x",
+    "find . -exec",
+    "grep",
+    "x",
+    "E",
+    "true",
+    "echo",
+    " ",
+    " ",
+    " ",
+    "\t",
+    "\n",
+    "\r",
+    "#",
+    ";",
+    "&",
+    "&&",
+    "||",
+    "|",
+    "(",
+    ")",
+    "{",
+    "}",
+    "{ ",
+    " }",
+    "$(",
+    "`",
+    "\"",
+    "'",
+    "\\",
+    "<<E",
+    "<<-E",
+    "<<'E'",
+    "<x",
+    ">x",
+    "&>",
+    "2>&1",
+    "{x,y}",
+    "{\"a b\",-r}",
+    "{a\\ b,c}",
+    "$((",
+    "))",
+    "1",
+    "${x-",
+    "${x}",
+    "$x",
+    "$_",
+    "*",
+    "?",
+    "[",
+    "]",
+    "=",
+    "LANG=C ",
+    "\\\n",
+    "!",
+    "%",
+];
+
+/// A small deterministic generator (xorshift), so a failure reproduces.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn line(&mut self) -> String {
+        let n = 1 + (self.next() % 9) as usize;
+        (0..n)
+            .map(|_| PIECES[(self.next() % PIECES.len() as u64) as usize])
+            .collect()
+    }
+}
+
+/// Whether a line is safe to hand to a real shell whose PATH holds only
+/// the stubs and whose working directory and HOME are a fresh temporary
+/// directory: no paths (a `/` reaches real programs and files), no
+/// builtins that leave the directory or reach other processes.
+fn safe_to_run(line: &str) -> bool {
+    !line.contains('/')
+        && !line.contains('\0')
+        && [
+            "cd", "kill", "ulimit", "umask", "pushd", "popd", "trap", "wait",
+        ]
+        .iter()
+        .all(|w| !line.contains(w))
+}
+
+struct Sandbox {
+    root: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let log = root.path().join("log");
+        for name in STUBS {
+            let stub = bin.join(name);
+            std::fs::write(
+                &stub,
+                format!(
+                    "#!/bin/sh\n{{ printf '%s\\037' {name}; for a do printf '%s\\037' \"$a\"; done; printf '\\036'; }} >> '{}'\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Sandbox { root }
+    }
+
+    /// Runs `line` under `shell -c` and returns the argv of every stub
+    /// that ran.
+    fn run(&self, shell: &str, line: &str) -> Vec<Vec<String>> {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let work = self.root.path().join("work");
+        let log = self.root.path().join("log");
+        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_file(&log);
+        std::fs::create_dir(&work).unwrap();
+        let mut child = Command::new(shell)
+            .arg("-c")
+            .arg(line)
+            .env_clear()
+            .env("PATH", self.root.path().join("bin"))
+            .env("HOME", &work)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // Reading stdout to its end also waits for background stubs.
+        let mut out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(std::time::Duration::from_secs(2)).is_err() {
+            // A loop: stop the whole process group.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+        }
+        let _ = child.wait();
+        let text = std::fs::read(&log).unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .split('\u{1e}')
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                r.split('\u{1f}')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// The shell's path (the stubs' PATH would not find it).
+fn find_shell(name: &str) -> Option<String> {
+    ["/usr/bin", "/bin"]
+        .iter()
+        .map(|d| format!("{d}/{name}"))
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+/// The reader against the real shells: every line of the corpus and a few
+/// thousand generated ones run under `bash -c` and `dash -c` with stub
+/// programs; every program that actually ran must be among the line's
+/// commands, and the line's class no lower than that of what ran — or the
+/// line is `admin` as a whole.
+#[test]
+fn the_shells_run_nothing_above_the_class() {
+    let shells: Vec<String> = ["bash", "dash"]
+        .into_iter()
+        .filter_map(find_shell)
+        .collect();
+    assert!(!shells.is_empty(), "neither bash nor dash is installed");
+    let sandbox = Sandbox::new();
+    let c = Classifier::new(vec![]);
+    let mut lines: Vec<String> = BYPASSES.iter().map(|s| s.to_string()).collect();
+    let mut gen = Gen(0x5eed_2b6b_0d1f_f00d);
+    lines.extend((0..6000).map(|_| gen.line()));
+    let mut failures = Vec::new();
+    for line in lines.iter().filter(|l| safe_to_run(l)) {
+        let a = c.classify_str(line);
+        if a.class == Class::Admin {
+            continue;
+        }
+        for shell in &shells {
+            for argv in sandbox.run(shell, line) {
+                let ran = argv.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
+                let want = c.classify_str(&ran).class;
+                if !a.commands.contains(&argv[0]) || a.class < want {
+                    failures.push(format!(
+                        "{shell} -c {line:?} ran `{ran}` ({want:?}); the line is {:?} with {:?}",
+                        a.class, a.commands
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The highest class hides the lower ones: `classes` lists them all, so a
+/// policy on writes sees the write in a line that also exports.
+#[test]
+fn every_class_of_a_line_is_listed() {
+    let c = Classifier::new(vec![]);
+    let a = c.classify_str("base64 /dev/null; rm -f /srv/app/config");
+    assert_eq!(a.class, Class::Export);
+    assert!(a.classes.contains(&Class::Export) && a.classes.contains(&Class::Write));
+    let a = c.classify_str("cat x > y; ls");
+    assert_eq!(
+        a.classes.iter().copied().collect::<Vec<_>>(),
+        vec![Class::Read, Class::Write]
+    );
+    assert_eq!(c.classify_str("").classes.len(), 1);
+    let a = c.classify_str("tar cf - x; sh -c y");
+    assert!(a.classes.contains(&Class::Export) && a.classes.contains(&Class::Admin));
 }
