@@ -725,7 +725,9 @@ impl Session {
                 ));
             }
         }
-        if self.skipping && matches!(ty, b'P' | b'B' | b'D' | b'E' | b'C' | b'H') {
+        // The server ignores everything up to Sync after an error in an
+        // extended-protocol batch, simple queries and function calls too.
+        if self.skipping && matches!(ty, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'Q' | b'F') {
             return Ok(());
         }
         match ty {
@@ -993,7 +995,18 @@ impl Session {
             self.say(b, true);
             return Ok(());
         }
-        match self.decide(&class, &text, None, None, "simple").await? {
+        let decided = self.decide(&class, &text, None, None, "simple").await?;
+        if self.skipping {
+            // An earlier message of the client's batch failed while the
+            // gateway read the upstream (the estimate): the server ignores
+            // this query, so it is not sent, and says nothing of it.
+            if let Ok(mut run) = decided {
+                run.error = Some(not_run());
+                self.record(run);
+            }
+            return Ok(());
+        }
+        match decided {
             Ok(run) => self.send_query(body, Some(Box::new(run)), special),
             Err(r) => {
                 let b = Self::refusal_bytes(&r);
@@ -1062,6 +1075,12 @@ impl Session {
             )
             .await?
         {
+            // An earlier message of the batch failed while the gateway read
+            // the upstream: the server skips this Execute.
+            Ok(mut run) if self.skipping => {
+                run.error = Some(not_run());
+                self.record(run);
+            }
             Ok(run) => {
                 self.send_portal(&name, &portal, upstream, describe);
                 self.forward(b'E', body);
@@ -1475,7 +1494,9 @@ impl Session {
             self.read_upstream().await?;
             self.on_upstream()?;
         }
-        if self.tx_status != b'I' || self.passing.is_some() {
+        // The server skips to the client's Sync after an error: it would
+        // ignore the gateway's own query too.
+        if self.tx_status != b'I' || self.passing.is_some() || self.skipping {
             return Ok(None);
         }
         let Some(target) = explain_target(st, text, &self.sh.conn.default_schema) else {
@@ -1733,7 +1754,7 @@ impl Session {
                 p.left -= n;
                 if p.left == 0 {
                     if let Some(p) = self.passing.take() {
-                        self.upstream_message(p.ty, &p.head);
+                        self.upstream_message(p.ty, &p.head)?;
                         self.emit_said();
                     }
                 }
@@ -1759,7 +1780,7 @@ impl Session {
             else {
                 return Ok(());
             };
-            if self.upstream_message(ty, &body) {
+            if self.upstream_message(ty, &body)? {
                 proto::put_raw(&mut self.cout, ty, &body);
             }
             self.emit_said();
@@ -1767,35 +1788,39 @@ impl Session {
     }
 
     /// Updates the mirror for one upstream message; `false` when the
-    /// message answers the gateway's own and is not the client's.
-    fn upstream_message(&mut self, ty: u8, body: &[u8]) -> bool {
+    /// message answers the gateway's own and is not the client's. An
+    /// answer that is not the one due ends the session: the mirror no
+    /// longer shows what the server holds, and a decision made on it could
+    /// be a decision of another statement.
+    fn upstream_message(&mut self, ty: u8, body: &[u8]) -> Result<bool, End> {
         match ty {
-            b'1' => {
-                if let Some(Pending::Parse { name, stmt, own }) =
-                    self.pop_if(|p| matches!(p, Pending::Parse { .. }))
-                {
+            b'1' => match self.pop_if(|p| matches!(p, Pending::Parse { .. })) {
+                Some(Pending::Parse { name, stmt, own }) => {
                     if own {
-                        return false;
+                        return Ok(false);
                     }
                     self.put_statement(name, stmt);
                 }
-            }
+                _ => return Err(self.lost_track("ParseComplete")),
+            },
             // The client had its BindComplete when it sent the Bind.
-            b'2' if self.pop_if(|p| matches!(p, Pending::Bind { .. })).is_some() => {
-                return false;
+            b'2' => {
+                return match self.pop_if(|p| matches!(p, Pending::Bind { .. })) {
+                    Some(_) => Ok(false),
+                    None => Err(self.lost_track("BindComplete")),
+                };
             }
-            b'3' => {
-                if let Some(Pending::Close { kind, name, own }) =
-                    self.pop_if(|p| matches!(p, Pending::Close { .. }))
-                {
+            b'3' => match self.pop_if(|p| matches!(p, Pending::Close { .. })) {
+                Some(Pending::Close { kind, name, own }) => {
                     if own {
-                        return false;
+                        return Ok(false);
                     }
                     if kind == b'S' {
                         self.drop_statement(&name);
                     }
                 }
-            }
+                _ => return Err(self.lost_track("CloseComplete")),
+            },
             b't' => {
                 if let Some(Pending::Describe { stmt: Some(s) }) = self.pending.front() {
                     let mut r = proto::Reader::new(body, "ParameterDescription");
@@ -1825,13 +1850,15 @@ impl Session {
                             self.record(*run);
                         }
                     }
-                    Some(Pending::Query { run, special: s }) if ty == b'C' => {
-                        if let Some(run) = run {
-                            run.tags.push(tag.clone());
+                    Some(Pending::Query { run, special: s }) => {
+                        if ty == b'C' {
+                            if let Some(run) = run {
+                                run.tags.push(tag.clone());
+                            }
+                            special = s.clone();
                         }
-                        special = s.clone();
                     }
-                    _ => {}
+                    _ => return Err(self.lost_track("CommandComplete")),
                 }
                 match special {
                     Special::Deallocate(Some(name)) if tag == "DEALLOCATE" => {
@@ -1858,16 +1885,33 @@ impl Session {
                         }
                     }
                     Some(Pending::Sync) | None | Some(Pending::Say { .. }) => {}
-                    Some(_) => self.batch_failed(code, msg),
+                    Some(_) => {
+                        if !self.batch_failed(code, msg) {
+                            // The client has not sent its Sync yet: what it
+                            // sends up to it, the server ignores.
+                            self.skipping = true;
+                        }
+                    }
                 }
             }
             b'Z' => {
                 self.syncs_done += 1;
                 self.tx_status = body.first().copied().unwrap_or(b'I');
-                if let Some(Pending::Query { run: Some(run), .. }) =
-                    self.pop_if(|p| matches!(p, Pending::Sync | Pending::Query { .. }))
+                // What is still due before the Sync (or query) this answers
+                // was skipped by the server.
+                while self
+                    .pending
+                    .front()
+                    .is_some_and(|p| !matches!(p, Pending::Sync | Pending::Query { .. }))
                 {
-                    self.record(*run);
+                    if let Some(p) = self.pending.pop_front() {
+                        self.skipped(p);
+                    }
+                }
+                match self.pending.pop_front() {
+                    Some(Pending::Query { run: Some(run), .. }) => self.record(*run),
+                    Some(_) => {}
+                    None => return Err(self.lost_track("ReadyForQuery")),
                 }
                 if self.tx_status == b'I' {
                     // Portals end with their transaction.
@@ -1883,19 +1927,56 @@ impl Session {
             }
             _ => {}
         }
-        true
+        Ok(true)
+    }
+
+    /// Ends the session on an upstream answer that is not the one due.
+    fn lost_track(&mut self, what: &str) -> End {
+        self.close(
+            "08P01",
+            format!("secondkey lost track of the upstream's answers (a {what} arrived where none was due) and closed the session; the statements still running have an unknown outcome"),
+        )
+    }
+
+    /// Something sent upstream that the server skipped (after an error in
+    /// its batch): a Parse created nothing, a Bind bound nothing, an
+    /// Execute did not run; what the gateway would have said of it is not
+    /// said.
+    fn skipped(&mut self, p: Pending) {
+        match p {
+            Pending::Execute(Some(mut run))
+            | Pending::Query {
+                run: Some(mut run), ..
+            } => {
+                run.error = Some(not_run());
+                self.record(*run);
+            }
+            Pending::Bind { portal } => self.unbind(&portal),
+            // Never created: its text is no longer kept.
+            Pending::Parse {
+                stmt, own: false, ..
+            }
+            | Pending::Say {
+                parsed: Some((_, stmt)),
+                ..
+            } => {
+                self.kept = self.kept.saturating_sub(stmt.text.len());
+            }
+            _ => {}
+        }
     }
 
     /// An extended-protocol message failed: the server skips everything up
     /// to Sync. A failure of what was sent for an Execute (the statement's
     /// own Parse, its Bind) is that Execute's error; anything later did
-    /// not run.
-    fn batch_failed(&mut self, code: String, msg: String) {
+    /// not run. `false` when no Sync is queued (the client has not sent it
+    /// yet).
+    fn batch_failed(&mut self, code: String, msg: String) -> bool {
         let mut carried = false;
         let mut first = true;
         while let Some(p) = self.pending.front() {
             if !first && matches!(p, Pending::Sync) {
-                break;
+                return true;
             }
             let Some(p) = self.pending.pop_front() else {
                 break;
@@ -1904,33 +1985,22 @@ impl Session {
                 Pending::Execute(Some(mut run))
                 | Pending::Query {
                     run: Some(mut run), ..
-                } => {
-                    run.error = Some(if first || carried {
-                        (code.clone(), msg.clone())
-                    } else {
-                        (
-                            "not_run".into(),
-                            "not executed: an earlier message of the batch failed".into(),
-                        )
-                    });
+                } if first || carried => {
+                    run.error = Some((code.clone(), msg.clone()));
                     carried = false;
                     self.record(*run);
                 }
-                Pending::Bind { portal } => {
-                    self.unbind(&portal);
+                Pending::Bind { .. }
+                | Pending::Parse { own: true, .. }
+                | Pending::Close { own: true, .. } => {
                     carried = carried || first;
+                    self.skipped(p);
                 }
-                Pending::Parse { own: true, .. } | Pending::Close { own: true, .. } => {
-                    carried = carried || first;
-                }
-                // Never created: its text is no longer kept.
-                Pending::Parse { stmt, .. } => {
-                    self.kept = self.kept.saturating_sub(stmt.text.len());
-                }
-                _ => {}
+                p => self.skipped(p),
             }
             first = false;
         }
+        false
     }
 
     fn pop_if(&mut self, f: impl Fn(&Pending) -> bool) -> Option<Pending> {
@@ -2116,6 +2186,14 @@ fn guarded_explain(tables: &[&Table], target: &str) -> String {
         "BEGIN READ ONLY; SET LOCAL lock_timeout = '1s'; SET LOCAL statement_timeout = '10s'; LOCK TABLE {} IN ACCESS SHARE MODE; {}; EXPLAIN (FORMAT JSON) {target}",
         lock.join(", "),
         GUARD.replace("$names", &names.join(", "))
+    )
+}
+
+/// The error recorded for a statement the server skipped.
+fn not_run() -> (String, String) {
+    (
+        "not_run".into(),
+        "not executed: an earlier message of the batch failed".into(),
     )
 }
 
