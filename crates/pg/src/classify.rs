@@ -940,7 +940,9 @@ impl<'a> Walk<'a> {
             schema: Some(s("schemaname")).filter(|x| !x.is_empty()),
             name: s("relname"),
         };
-        if self.is_cte(&t) {
+        // PostgreSQL never resolves what a statement changes against the
+        // CTEs in scope: `WITH t AS (…) DELETE FROM t` deletes from table t.
+        if !target && self.is_cte(&t) {
             return;
         }
         if target {
@@ -1081,16 +1083,21 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// A function called by `name` as written. What it does is judged by
+    /// its last part in any schema (a copy of an admin function under
+    /// another schema, or the catalog's own under a database-qualified
+    /// name, is still one); it is taken as free of side effects only when
+    /// it names the built-in function (unqualified or in `pg_catalog`).
     fn function(&mut self, name: &str) {
         let short = name.strip_prefix("pg_catalog.").unwrap_or(name);
         self.functions.insert(short.to_string());
-        match function_class(short) {
-            Some(FnClass::Pure) => {}
-            Some(FnClass::Op(op)) => {
-                self.nested.insert(op);
-            }
-            None if self.opts.pure_functions.contains(short) => {}
-            None => {
+        let last = name.rsplit('.').next().unwrap_or(name);
+        if let Some(op) = function_op(last) {
+            self.nested.insert(op);
+        } else {
+            let pure = (!short.contains('.') && PURE_FUNCTIONS.contains(&short))
+                || self.opts.pure_functions.contains(short);
+            if !pure {
                 self.unknown.insert(short.to_string());
             }
         }
@@ -1147,12 +1154,9 @@ fn qualified_name(v: Option<&Value>) -> String {
     v.map(strings_in).unwrap_or_default().join(".")
 }
 
-enum FnClass {
-    Pure,
-    Op(Operation),
-}
-
-fn function_class(name: &str) -> Option<FnClass> {
+/// What calling the function `name` (unqualified) does, when it is on
+/// secondkey's lists of functions with effects.
+fn function_op(name: &str) -> Option<Operation> {
     if ADMIN_FUNCTIONS.contains(&name)
         || name.starts_with("dblink")
         || name.starts_with("pg_replication_origin")
@@ -1165,12 +1169,12 @@ fn function_class(name: &str) -> Option<FnClass> {
         || name.starts_with("lo_")
         || name.starts_with("pg_logical_")
     {
-        return Some(FnClass::Op(Operation::Admin));
+        return Some(Operation::Admin);
     }
     if WRITE_FUNCTIONS.contains(&name) || name.starts_with("pg_advisory") {
-        return Some(FnClass::Op(Operation::Write));
+        return Some(Operation::Write);
     }
-    PURE_FUNCTIONS.contains(&name).then_some(FnClass::Pure)
+    None
 }
 
 /// Functions that read server files, run queries given as text, signal

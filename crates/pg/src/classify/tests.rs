@@ -669,6 +669,66 @@ const CORPUS: &[(&str, Operation, &[&str], &[&str])] = &[
         &["public.customers"],
         &["public.x"],
     ),
+    // A function's effects go with its last name, in any schema; only the
+    // catalog's own (unqualified or in pg_catalog) counts as pure.
+    (
+        "SELECT postgres.pg_catalog.set_config('a', 'b', false)",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT public.dblink_exec('x')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT hr.pg_terminate_backend(1)",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT public.nextval('s')",
+        Operation::Write,
+        &[],
+        &[],
+    ),
+    ("SELECT public.lower('A')", Operation::Write, &[], &[]),
+    ("SELECT pg_catalog.lower('A')", Operation::Read, &[], &[]),
+    // A CTE never hides the table a statement changes: PostgreSQL does not
+    // resolve a DML target against CTEs.
+    (
+        "WITH customers AS (SELECT 1) DELETE FROM customers WHERE id = 1",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "WITH customers AS (SELECT 1) UPDATE customers SET email = '' WHERE id = 1",
+        Operation::Write,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "WITH customers AS (SELECT 1) INSERT INTO customers VALUES (0, '')",
+        Operation::Write,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "WITH customers AS (SELECT 1) MERGE INTO customers c USING customers s ON c.id = s.id WHEN MATCHED THEN DELETE",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "WITH customers AS (SELECT 1), d AS (DELETE FROM customers WHERE id = 1 RETURNING *) SELECT * FROM d",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
 ];
 
 #[test]
