@@ -884,6 +884,13 @@ impl Session {
             .iter()
             .any(|&x| x)
             .then(|| params::wire_sha256(&stmt.types, &binary, &b.values));
+        if b.portal == RUN_STATEMENT {
+            self.batch_error(Refusal::new(
+                "42P03",
+                format!("portal name \"{RUN_STATEMENT}\" is reserved by secondkey"),
+            ));
+            return Ok(());
+        }
         let (name, stmt_name) = (b.portal.to_string(), b.statement.to_string());
         if let Some(r) = self.over_budget(body.len()) {
             self.batch_error(r);
@@ -1244,7 +1251,22 @@ impl Session {
         wire_sha256: Option<&str>,
         protocol: &str,
     ) -> Result<Result<Run, Refusal>, End> {
-        let lean = lean_key(class, text, params.is_some(), protocol);
+        // Names in attribute notation that the catalog has as functions are
+        // calls: decided as such, and logged in full (a session's shape of
+        // the text was made without them).
+        let names = class.attribute_names();
+        let called;
+        let class = if names.is_empty() {
+            class
+        } else {
+            let found = match self.functions_named(&names, params.is_none()).await? {
+                Ok(f) => f,
+                Err(r) => return Ok(Err(r)),
+            };
+            called = class.calling(&found);
+            &called
+        };
+        let lean = lean_key(class, text, params.is_some(), protocol).filter(|_| names.is_empty());
         let estimated = match params {
             None => self.estimate(class, text).await?,
             Some(_) => None,
@@ -1475,24 +1497,8 @@ impl Session {
         {
             return Ok(None);
         }
-        // Responses still due to the client go first (a driver pipelines a
-        // Close behind its last query), unless one of them may wait for the
-        // client itself (COPY FROM STDIN). What the client sent before this
-        // statement may still sit in our buffer: send it, or its answers
-        // never come.
-        if !self.pending.is_empty() {
-            self.flush().await?;
-        }
-        while !self.pending.is_empty() {
-            if self
-                .pending
-                .iter()
-                .any(|p| matches!(p, Pending::Query { .. } | Pending::Execute(_)))
-            {
-                return Ok(None);
-            }
-            self.read_upstream().await?;
-            self.on_upstream()?;
+        if !self.settle().await? {
+            return Ok(None);
         }
         // The server skips to the client's Sync after an error: it would
         // ignore the gateway's own query too.
@@ -1547,6 +1553,139 @@ impl Session {
             };
             node["Plan Rows"].as_f64().map(|r| r as i64)
         }))
+    }
+
+    /// Reads the upstream until every response due is in, so that the
+    /// gateway may send a query of its own. Responses still due to the
+    /// client go first (a driver pipelines a Close behind its last query),
+    /// unless one of them may wait for the client itself (COPY FROM
+    /// STDIN): then `false`, at once. What the client sent before this
+    /// statement may still sit in our buffer: it is sent, or its answers
+    /// never come.
+    async fn settle(&mut self) -> Result<bool, End> {
+        if !self.pending.is_empty() {
+            self.flush().await?;
+        }
+        while !self.pending.is_empty() {
+            if self
+                .pending
+                .iter()
+                .any(|p| matches!(p, Pending::Query { .. } | Pending::Execute(_)))
+            {
+                return Ok(false);
+            }
+            self.read_upstream().await?;
+            self.on_upstream()?;
+        }
+        Ok(true)
+    }
+
+    /// Which of `names` the upstream's catalog has as functions that a call
+    /// in attribute notation (`x.f`, one argument) could reach. The check
+    /// goes out under the gateway's own statement and portal name
+    /// ([`RUN_STATEMENT`]) and, for a statement of the extended protocol,
+    /// without a Sync (it joins the client's batch and commits nothing);
+    /// for a simple query with one. When the catalog cannot be asked
+    /// without waiting on the client's own statements (one still running,
+    /// an aborted transaction, a batch the server skips), every name
+    /// counts as a function. A failed check refuses the statement.
+    async fn functions_named(
+        &mut self,
+        names: &std::collections::BTreeSet<String>,
+        simple: bool,
+    ) -> Result<Result<std::collections::BTreeSet<String>, Refusal>, End> {
+        use bytes::BufMut;
+        let all = Ok(Ok(names.clone()));
+        if self.passing.is_some() {
+            return all;
+        }
+        if !self.settle().await? {
+            return all;
+        }
+        if self.tx_status == b'E' || self.passing.is_some() || self.skipping {
+            return all;
+        }
+        let array: Vec<String> = names
+            .iter()
+            .map(|n| format!("\"{}\"", n.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        let array = format!("{{{}}}", array.join(","));
+        let mut q = BytesMut::new();
+        let close = |q: &mut BytesMut, kind: u8| {
+            proto::put(q, b'C', |b| {
+                b.put_u8(kind);
+                proto::put_cstr(b, RUN_STATEMENT);
+            })
+        };
+        close(&mut q, b'S');
+        proto::put_raw(
+            &mut q,
+            b'P',
+            &parse_body(RUN_STATEMENT, FUNCTIONS_NAMED, &[TEXT_ARRAY]),
+        );
+        proto::put(&mut q, b'B', |b| {
+            proto::put_cstr(b, RUN_STATEMENT);
+            proto::put_cstr(b, RUN_STATEMENT);
+            b.put_u16(0);
+            b.put_u16(1);
+            b.put_i32(array.len() as i32);
+            b.put_slice(array.as_bytes());
+            b.put_u16(0);
+        });
+        proto::put(&mut q, b'E', |b| {
+            proto::put_cstr(b, RUN_STATEMENT);
+            b.put_i32(0);
+        });
+        close(&mut q, b'P');
+        close(&mut q, b'S');
+        proto::put(&mut q, if simple { b'S' } else { b'H' }, |_| {});
+        self.upstream
+            .write_all(&q)
+            .await
+            .map_err(|e| End::UpstreamLost(e.to_string()))?;
+        let mut found = std::collections::BTreeSet::new();
+        let mut failed = None;
+        let mut closed = 0;
+        loop {
+            let (ty, body) = self.own_message().await?;
+            match ty {
+                b'D' => {
+                    let mut r = proto::Reader::new(&body, "DataRow");
+                    if let (Ok(1), Ok(len)) = (r.i16(), r.i32()) {
+                        if let Ok(b) = r.bytes(len.max(0) as usize) {
+                            found.insert(String::from_utf8_lossy(b).into_owned());
+                        }
+                    }
+                }
+                b'3' => {
+                    closed += 1;
+                    if closed == 3 && !simple {
+                        break;
+                    }
+                }
+                b'E' => {
+                    failed = Some(proto::error_fields(&body));
+                    if !simple {
+                        // The server now skips to the client's Sync.
+                        break;
+                    }
+                }
+                b'Z' => {
+                    self.tx_status = body.first().copied().unwrap_or(self.tx_status);
+                    break;
+                }
+                // Parameter changes still go to the client.
+                b'S' => proto::put_raw(&mut self.cout, ty, &body),
+                _ => {}
+            }
+        }
+        Ok(match failed {
+            None => Ok(found),
+            Some((code, msg)) => Err(Refusal::new(
+                "42501",
+                format!("secondkey could not check which names of this statement are functions, so it was not run ({code}: {msg})"),
+            )),
+        })
     }
 
     /// The next upstream message of the gateway's own query; the body of
@@ -2188,6 +2327,14 @@ fn guarded_explain(tables: &[&Table], target: &str) -> String {
         GUARD.replace("$names", &names.join(", "))
     )
 }
+
+/// The functions a call in attribute notation could reach, among the
+/// names in `$1` (see [`Session::functions_named`]); like [`GUARD`],
+/// schema-qualified throughout.
+const FUNCTIONS_NAMED: &str = "SELECT DISTINCT p.proname::pg_catalog.text FROM pg_catalog.pg_proc p \
+ WHERE p.proname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1) AND p.pronargs OPERATOR(pg_catalog.>=) 1";
+/// The type oid of `text[]`.
+const TEXT_ARRAY: u32 = 1009;
 
 /// The error recorded for a statement the server skipped.
 fn not_run() -> (String, String) {

@@ -38,6 +38,9 @@ forbid(principal, action == Action::"sql.write", resource)
 @id("no-deletes-of-customers")
 forbid(principal, action == Action::"sql.delete", resource)
   when { context.gateway has tables && context.gateway.tables.contains("public.customers") };
+@id("no-purges")
+forbid(principal, action == Action::"sql.write", resource)
+  when { context.gateway has functions && context.gateway.functions.contains("purge_customer") };
 "#;
 
 fn token(id: &str) -> String {
@@ -1824,6 +1827,82 @@ async fn an_upstream_error_keeps_the_statement_mirror_in_step() {
         let tags = e["payload"]["summary"]["command_tags"].to_string();
         assert!(!tags.contains("DELETE"), "{e}");
     }
+    env.stop().await;
+}
+
+/// What PostgreSQL runs behind a name that looks like something else is
+/// decided as what runs: `(x).f` and `t.f` call f(x) when there is no
+/// column f (attribute notation), and a CTE never hides the table a DML
+/// statement changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_attribute_notation_and_tables_behind_ctes_are_decided() {
+    let env = setup("retry").await;
+    superuser(
+        &env,
+        "SET ROLE app; CREATE FUNCTION purge_customer(int) RETURNS int LANGUAGE sql AS \
+           $$ DELETE FROM customers WHERE id = $1 RETURNING id $$;",
+    );
+    let gone = "SELECT count(*) FROM customers WHERE id = 1";
+    // Straight to the database the call is real (rolled back here).
+    let (mut direct, conn) = env.direct().connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let tx = direct.transaction().await.unwrap();
+    tx.batch_execute("SELECT (1).purge_customer").await.unwrap();
+    let n: i64 = tx.query_one(gone, &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "the attribute call did not run the function");
+    tx.rollback().await.unwrap();
+
+    // Through the gateway it is a call of an unknown function (a write,
+    // naming it), which the policy forbids: simple and extended protocol.
+    let c = env.connect().await;
+    let e = c
+        .batch_execute("SELECT (1).purge_customer")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    assert!(message(&e).contains("no-purges"), "{}", message(&e));
+    let e = c
+        .query("SELECT ($1::int).purge_customer", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    let denied = env.events("action.denied");
+    let last = &denied.last().unwrap()["payload"];
+    assert_eq!(last["action"]["operation"], "write", "{last}");
+    let n: i64 = c.query_one(gone, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    // A column in the same notation is still a read, in a transaction too.
+    let row = c
+        .query_one("SELECT c.email FROM customers c WHERE c.id = $1", &[&2i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "c2@example.com");
+    c.batch_execute("BEGIN").await.unwrap();
+    let rows = c
+        .simple_query("SELECT (c).id FROM customers c WHERE c.id = 3")
+        .await
+        .unwrap();
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("3"))));
+    c.batch_execute("COMMIT").await.unwrap();
+    let allowed = env.events("action.allowed");
+    let last = &allowed.last().unwrap()["payload"]["action"];
+    assert_eq!(last["operation"], "read", "{last}");
+
+    // A CTE named like the table does not hide the delete.
+    let e = c
+        .batch_execute("WITH customers AS (SELECT 1) DELETE FROM customers WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    assert!(
+        message(&e).contains("no-deletes-of-customers"),
+        "{}",
+        message(&e)
+    );
+    let n: i64 = c.query_one(gone, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
     env.stop().await;
 }
 
