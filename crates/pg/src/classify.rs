@@ -1291,6 +1291,9 @@ const ADMIN_FUNCTIONS: &[&str] = &[
     "pg_import_system_collations",
     "pg_stat_statements_reset",
     "ts_stat",
+    // ts_rewrite(tsquery, text) runs its text as a query (the form with
+    // three tsquery arguments does not; both are counted).
+    "ts_rewrite",
     "query_to_xml",
     "cursor_to_xml",
     "xpath_table",

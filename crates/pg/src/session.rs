@@ -880,9 +880,9 @@ impl Session {
             .enumerate()
             .map(|(i, v)| params::display(*v, binary[i], stmt.param_type(i)))
             .collect();
-        let wire_sha256 = binary
-            .iter()
-            .any(|&x| x)
+        // Declared types change what a text value means (`'1'` as `int8`
+        // or as a domain): they are bound like binary values.
+        let wire_sha256 = (binary.iter().any(|&x| x) || stmt.types.iter().any(|&t| t != 0))
             .then(|| params::wire_sha256(&stmt.types, &binary, &b.values));
         if b.portal == RUN_STATEMENT {
             self.batch_error(Refusal::new(

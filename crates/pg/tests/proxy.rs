@@ -525,6 +525,35 @@ async fn extended_protocol_binds_parameters_into_the_action() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+    // Text values of a Parse that declared their types: bound with the
+    // types (an int8 '1' is not a text '1').
+    use bytes::BufMut;
+    use tokio::io::AsyncWriteExt;
+    let mut raw = raw_login(env.pg, "agent:report-bot").await;
+    let mut hashes = Vec::new();
+    for oid in [20u32, 25] {
+        let mut p = bytes::BytesMut::new();
+        secondkey_pg::proto::put_cstr(&mut p, "");
+        secondkey_pg::proto::put_cstr(&mut p, "SELECT $1 IS NULL");
+        p.put_u16(1);
+        p.put_u32(oid);
+        let mut batch = frame(b'P', &p);
+        batch.extend(frame(b'B', b"\0\0\0\0\0\x01\0\0\0\x011\0\0"));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(frame(b'S', b""));
+        raw.stream.write_all(&batch).await.unwrap();
+        let got = answers(&mut raw, true).await;
+        let types: String = got.iter().map(|m| m.0).collect();
+        assert_eq!(types, "12DCZ", "{got:?}");
+        let allowed = env.events("action.allowed");
+        let params = &allowed.last().unwrap()["payload"]["action"]["params"];
+        assert_eq!(params["parameters"], serde_json::json!(["1"]), "{params}");
+        hashes.push(params["parameters_sha256"].clone());
+    }
+    assert!(
+        hashes[0].is_string() && hashes[0] != hashes[1],
+        "{hashes:?}"
+    );
     env.stop().await;
 }
 

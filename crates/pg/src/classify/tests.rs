@@ -742,6 +742,12 @@ const CORPUS: &[(&str, Operation, &[&str], &[&str])] = &[
     ("SELECT (0).lo_creat", Operation::Admin, &[], &[]),
     ("SELECT ('select 1').ts_stat", Operation::Admin, &[], &[]),
     (
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM aliases')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
         "SELECT c.pg_terminate_backend FROM customers c",
         Operation::Admin,
         &["public.customers"],
