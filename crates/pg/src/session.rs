@@ -1524,13 +1524,10 @@ impl Session {
             let (ty, body) = self.own_message().await?;
             match ty {
                 b'D' => {
-                    let mut r = proto::Reader::new(&body, "DataRow");
-                    if let (Ok(1), Ok(len)) = (r.i16(), r.i32()) {
-                        if let Ok(b) = r.bytes(len.max(0) as usize) {
-                            if let Ok(p) = serde_json::from_slice::<Value>(b) {
-                                plan = Some(p);
-                            }
-                        }
+                    if let Some(p) =
+                        only_value(&body).and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    {
+                        plan = Some(p);
                     }
                 }
                 b'Z' => {
@@ -1650,11 +1647,8 @@ impl Session {
             let (ty, body) = self.own_message().await?;
             match ty {
                 b'D' => {
-                    let mut r = proto::Reader::new(&body, "DataRow");
-                    if let (Ok(1), Ok(len)) = (r.i16(), r.i32()) {
-                        if let Ok(b) = r.bytes(len.max(0) as usize) {
-                            found.insert(String::from_utf8_lossy(b).into_owned());
-                        }
+                    if let Some(b) = only_value(&body) {
+                        found.insert(String::from_utf8_lossy(b).into_owned());
                     }
                 }
                 b'3' => {
@@ -2335,6 +2329,15 @@ const FUNCTIONS_NAMED: &str = "SELECT DISTINCT p.proname::pg_catalog.text FROM p
  WHERE p.proname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1) AND p.pronargs OPERATOR(pg_catalog.>=) 1";
 /// The type oid of `text[]`.
 const TEXT_ARRAY: u32 = 1009;
+
+/// The value of a DataRow of one column (not NULL).
+fn only_value(body: &[u8]) -> Option<&[u8]> {
+    let mut r = proto::Reader::new(body, "DataRow");
+    match (r.i16(), r.i32()) {
+        (Ok(1), Ok(len)) if len >= 0 => r.bytes(len as usize).ok(),
+        _ => None,
+    }
+}
 
 /// The error recorded for a statement the server skipped.
 fn not_run() -> (String, String) {
