@@ -1253,8 +1253,9 @@ impl Session {
     ) -> Result<Result<Run, Refusal>, End> {
         // Names in attribute notation that the catalog has as functions are
         // calls: decided as such, and logged in full (a session's shape of
-        // the text was made without them).
+        // the text may have been made without them).
         let names = class.attribute_names();
+        let mut calls = false;
         let called;
         let class = if names.is_empty() {
             class
@@ -1263,10 +1264,11 @@ impl Session {
                 Ok(f) => f,
                 Err(r) => return Ok(Err(r)),
             };
+            calls = !found.is_empty();
             called = class.calling(&found);
             &called
         };
-        let lean = lean_key(class, text, params.is_some(), protocol).filter(|_| names.is_empty());
+        let lean = lean_key(class, text, params.is_some(), protocol).filter(|_| !calls);
         let estimated = match params {
             None => self.estimate(class, text).await?,
             Some(_) => None,

@@ -1918,6 +1918,13 @@ async fn calls_in_attribute_notation_and_tables_behind_ctes_are_decided() {
     let allowed = env.events("action.allowed");
     let last = &allowed.last().unwrap()["payload"]["action"];
     assert_eq!(last["operation"], "read", "{last}");
+    // Such a read, no function found, is still logged lean by its shape.
+    let shaped = env.raw_entries().into_iter().any(|e| {
+        e["event"] == "statement.shape"
+            && e["payload"]["text"]
+                == serde_json::json!(["SELECT c.email FROM customers c WHERE c.id = $1"])
+    });
+    assert!(shaped, "no shape for the qualified read");
 
     // A CTE named like the table does not hide the delete.
     let e = c
