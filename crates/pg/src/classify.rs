@@ -98,6 +98,14 @@ pub struct Statement {
     /// Functions and operators secondkey does not know; they may have side
     /// effects, so they count as a write.
     pub unknown_functions: BTreeSet<String>,
+    /// Names written as a field of a row — `t.f`, `(expr).f` — that are on
+    /// none of secondkey's lists. PostgreSQL reads such a name as the call
+    /// `f(t)` when the row has no column `f` (attribute notation), so each
+    /// may be a call of a function with side effects: the session asks
+    /// the database's catalog which of them name functions, and counts
+    /// those as unknown functions ([`Classification::calling`]). Names on
+    /// the lists are judged here, like any call.
+    pub attribute_names: BTreeSet<String>,
     /// What the gateway itself must handle.
     pub special: Special,
     /// The cursor a `FETCH` or `MOVE` runs. A portal bound through the
@@ -146,6 +154,31 @@ impl Classification {
             .iter()
             .flat_map(|s| s.operations.iter().copied())
             .collect()
+    }
+
+    /// Every name of [`Statement::attribute_names`], of all statements.
+    pub fn attribute_names(&self) -> BTreeSet<String> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.attribute_names.iter().cloned())
+            .collect()
+    }
+
+    /// This classification with the attribute names in `functions` counted
+    /// as calls of unknown functions (a write, at least).
+    pub fn calling(&self, functions: &BTreeSet<String>) -> Classification {
+        let mut out = self.clone();
+        for s in &mut out.statements {
+            let calls: Vec<String> = s.attribute_names.intersection(functions).cloned().collect();
+            if calls.is_empty() {
+                continue;
+            }
+            s.functions.extend(calls.iter().cloned());
+            s.unknown_functions.extend(calls);
+            s.operations.insert(Operation::Write);
+            s.operation = combine(&s.operations);
+        }
+        out
     }
 }
 
@@ -303,6 +336,7 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
                 w.writes = s.writes;
                 w.functions = s.functions;
                 w.unknown = s.unknown_functions;
+                w.attributes = s.attribute_names;
                 w.nested = s.operations;
             }
             Operation::Read
@@ -402,6 +436,7 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
             writes: w.writes,
             functions: w.functions,
             unknown_functions: w.unknown,
+            attribute_names: w.attributes,
             special,
             portal,
             literal_input,
@@ -895,6 +930,8 @@ struct Walk<'a> {
     writes: BTreeSet<Table>,
     functions: BTreeSet<String>,
     unknown: BTreeSet<String>,
+    /// See [`Statement::attribute_names`].
+    attributes: BTreeSet<String>,
     /// Operations found in nested statements and calls (writing CTEs,
     /// SELECT … INTO, FOR UPDATE, side-effect functions).
     nested: BTreeSet<Operation>,
@@ -925,6 +962,7 @@ impl<'a> Walk<'a> {
             writes: BTreeSet::new(),
             functions: BTreeSet::new(),
             unknown: BTreeSet::new(),
+            attributes: BTreeSet::new(),
             nested: BTreeSet::new(),
             scopes: Vec::new(),
         }
@@ -940,7 +978,9 @@ impl<'a> Walk<'a> {
             schema: Some(s("schemaname")).filter(|x| !x.is_empty()),
             name: s("relname"),
         };
-        if self.is_cte(&t) {
+        // PostgreSQL never resolves what a statement changes against the
+        // CTEs in scope: `WITH t AS (…) DELETE FROM t` deletes from table t.
+        if !target && self.is_cte(&t) {
             return;
         }
         if target {
@@ -1069,28 +1109,71 @@ impl<'a> Walk<'a> {
             let name = qualified_name(m.get("funcname"));
             self.function(&name);
         }
-        // An operator: user-defined ones run functions of their own.
-        if has(m, &["kind", "name", "lexpr", "rexpr"]) {
-            let name = qualified_name(m.get("name"));
-            if !known_operator(&name) {
-                self.unknown.insert(format!("operator {name}"));
+        // A column reference `a.b` (ColumnRef, the only node with
+        // `fields`) and a field selection `(x).b` (A_Indirection): `b` may
+        // be a call b(a) in attribute notation.
+        if let Some(Value::Array(fields)) = m.get("fields") {
+            if fields.len() >= 2 {
+                if let Some(name) = fields.last().and_then(string_node) {
+                    self.attribute(name);
+                }
             }
+        }
+        if has(m, &["arg", "indirection"]) {
+            if let Some(Value::Array(ind)) = m.get("indirection") {
+                for name in ind.iter().filter_map(string_node) {
+                    self.attribute(name);
+                }
+            }
+        }
+        // An operator: user-defined ones run functions of their own (also
+        // in `x op ANY (subquery)` and `ORDER BY x USING op`).
+        if has(m, &["kind", "name", "lexpr", "rexpr"]) {
+            self.operator(qualified_name(m.get("name")));
+        }
+        if has(m, &["sub_link_type", "oper_name"]) {
+            self.operator(qualified_name(m.get("oper_name")));
+        }
+        if has(m, &["sortby_dir", "use_op"]) {
+            self.operator(qualified_name(m.get("use_op")));
         }
         for x in m.values() {
             self.walk(x, target && !is_query(x));
         }
     }
 
+    fn operator(&mut self, name: String) {
+        if !name.is_empty() && !known_operator(&name) {
+            self.unknown.insert(format!("operator {name}"));
+        }
+    }
+
+    /// A name that may be a call in attribute notation (see
+    /// [`Statement::attribute_names`]).
+    fn attribute(&mut self, name: &str) {
+        if let Some(op) = function_op(name) {
+            self.functions.insert(name.to_string());
+            self.nested.insert(op);
+        } else if !PURE_FUNCTIONS.contains(&name) && !self.opts.pure_functions.contains(name) {
+            self.attributes.insert(name.to_string());
+        }
+    }
+
+    /// A function called by `name` as written. What it does is judged by
+    /// its last part in any schema (a copy of an admin function under
+    /// another schema, or the catalog's own under a database-qualified
+    /// name, is still one); it is taken as free of side effects only when
+    /// it names the built-in function (unqualified or in `pg_catalog`).
     fn function(&mut self, name: &str) {
         let short = name.strip_prefix("pg_catalog.").unwrap_or(name);
         self.functions.insert(short.to_string());
-        match function_class(short) {
-            Some(FnClass::Pure) => {}
-            Some(FnClass::Op(op)) => {
-                self.nested.insert(op);
-            }
-            None if self.opts.pure_functions.contains(short) => {}
-            None => {
+        let last = name.rsplit('.').next().unwrap_or(name);
+        if let Some(op) = function_op(last) {
+            self.nested.insert(op);
+        } else {
+            let pure = (!short.contains('.') && PURE_FUNCTIONS.contains(&short))
+                || self.opts.pure_functions.contains(short);
+            if !pure {
                 self.unknown.insert(short.to_string());
             }
         }
@@ -1143,16 +1226,18 @@ fn numbers_named(v: &Value, key: &str) -> Vec<i64> {
     }
 }
 
+/// The text of a String node (`{"node": {"String": {"sval": …}}}`).
+fn string_node(v: &Value) -> Option<&str> {
+    v.get("node")?.get("String")?.get("sval")?.as_str()
+}
+
 fn qualified_name(v: Option<&Value>) -> String {
     v.map(strings_in).unwrap_or_default().join(".")
 }
 
-enum FnClass {
-    Pure,
-    Op(Operation),
-}
-
-fn function_class(name: &str) -> Option<FnClass> {
+/// What calling the function `name` (unqualified) does, when it is on
+/// secondkey's lists of functions with effects.
+fn function_op(name: &str) -> Option<Operation> {
     if ADMIN_FUNCTIONS.contains(&name)
         || name.starts_with("dblink")
         || name.starts_with("pg_replication_origin")
@@ -1165,12 +1250,12 @@ fn function_class(name: &str) -> Option<FnClass> {
         || name.starts_with("lo_")
         || name.starts_with("pg_logical_")
     {
-        return Some(FnClass::Op(Operation::Admin));
+        return Some(Operation::Admin);
     }
     if WRITE_FUNCTIONS.contains(&name) || name.starts_with("pg_advisory") {
-        return Some(FnClass::Op(Operation::Write));
+        return Some(Operation::Write);
     }
-    PURE_FUNCTIONS.contains(&name).then_some(FnClass::Pure)
+    None
 }
 
 /// Functions that read server files, run queries given as text, signal
@@ -1206,6 +1291,9 @@ const ADMIN_FUNCTIONS: &[&str] = &[
     "pg_import_system_collations",
     "pg_stat_statements_reset",
     "ts_stat",
+    // ts_rewrite(tsquery, text) runs its text as a query (the form with
+    // three tsquery arguments does not; both are counted).
+    "ts_rewrite",
     "query_to_xml",
     "cursor_to_xml",
     "xpath_table",

@@ -725,7 +725,9 @@ impl Session {
                 ));
             }
         }
-        if self.skipping && matches!(ty, b'P' | b'B' | b'D' | b'E' | b'C' | b'H') {
+        // The server ignores everything up to Sync after an error in an
+        // extended-protocol batch, simple queries and function calls too.
+        if self.skipping && matches!(ty, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'Q' | b'F') {
             return Ok(());
         }
         match ty {
@@ -878,10 +880,17 @@ impl Session {
             .enumerate()
             .map(|(i, v)| params::display(*v, binary[i], stmt.param_type(i)))
             .collect();
-        let wire_sha256 = binary
-            .iter()
-            .any(|&x| x)
+        // Declared types change what a text value means (`'1'` as `int8`
+        // or as a domain): they are bound like binary values.
+        let wire_sha256 = (binary.iter().any(|&x| x) || stmt.types.iter().any(|&t| t != 0))
             .then(|| params::wire_sha256(&stmt.types, &binary, &b.values));
+        if b.portal == RUN_STATEMENT {
+            self.batch_error(Refusal::new(
+                "42P03",
+                format!("portal name \"{RUN_STATEMENT}\" is reserved by secondkey"),
+            ));
+            return Ok(());
+        }
         let (name, stmt_name) = (b.portal.to_string(), b.statement.to_string());
         if let Some(r) = self.over_budget(body.len()) {
             self.batch_error(r);
@@ -993,7 +1002,18 @@ impl Session {
             self.say(b, true);
             return Ok(());
         }
-        match self.decide(&class, &text, None, None, "simple").await? {
+        let decided = self.decide(&class, &text, None, None, "simple").await?;
+        if self.skipping {
+            // An earlier message of the client's batch failed while the
+            // gateway read the upstream (the estimate): the server ignores
+            // this query, so it is not sent, and says nothing of it.
+            if let Ok(mut run) = decided {
+                run.error = Some(not_run());
+                self.record(run);
+            }
+            return Ok(());
+        }
+        match decided {
             Ok(run) => self.send_query(body, Some(Box::new(run)), special),
             Err(r) => {
                 let b = Self::refusal_bytes(&r);
@@ -1062,6 +1082,12 @@ impl Session {
             )
             .await?
         {
+            // An earlier message of the batch failed while the gateway read
+            // the upstream: the server skips this Execute.
+            Ok(mut run) if self.skipping => {
+                run.error = Some(not_run());
+                self.record(run);
+            }
             Ok(run) => {
                 self.send_portal(&name, &portal, upstream, describe);
                 self.forward(b'E', body);
@@ -1225,7 +1251,24 @@ impl Session {
         wire_sha256: Option<&str>,
         protocol: &str,
     ) -> Result<Result<Run, Refusal>, End> {
-        let lean = lean_key(class, text, params.is_some(), protocol);
+        // Names in attribute notation that the catalog has as functions are
+        // calls: decided as such, and logged in full (a session's shape of
+        // the text may have been made without them).
+        let names = class.attribute_names();
+        let mut calls = false;
+        let called;
+        let class = if names.is_empty() {
+            class
+        } else {
+            let found = match self.functions_named(&names, params.is_none()).await? {
+                Ok(f) => f,
+                Err(r) => return Ok(Err(r)),
+            };
+            calls = !found.is_empty();
+            called = class.calling(&found);
+            &called
+        };
+        let lean = lean_key(class, text, params.is_some(), protocol).filter(|_| !calls);
         let estimated = match params {
             None => self.estimate(class, text).await?,
             Some(_) => None,
@@ -1456,26 +1499,12 @@ impl Session {
         {
             return Ok(None);
         }
-        // Responses still due to the client go first (a driver pipelines a
-        // Close behind its last query), unless one of them may wait for the
-        // client itself (COPY FROM STDIN). What the client sent before this
-        // statement may still sit in our buffer: send it, or its answers
-        // never come.
-        if !self.pending.is_empty() {
-            self.flush().await?;
+        if !self.settle().await? {
+            return Ok(None);
         }
-        while !self.pending.is_empty() {
-            if self
-                .pending
-                .iter()
-                .any(|p| matches!(p, Pending::Query { .. } | Pending::Execute(_)))
-            {
-                return Ok(None);
-            }
-            self.read_upstream().await?;
-            self.on_upstream()?;
-        }
-        if self.tx_status != b'I' || self.passing.is_some() {
+        // The server skips to the client's Sync after an error: it would
+        // ignore the gateway's own query too.
+        if self.tx_status != b'I' || self.passing.is_some() || self.skipping {
             return Ok(None);
         }
         let Some(target) = explain_target(st, text, &self.sh.conn.default_schema) else {
@@ -1497,13 +1526,10 @@ impl Session {
             let (ty, body) = self.own_message().await?;
             match ty {
                 b'D' => {
-                    let mut r = proto::Reader::new(&body, "DataRow");
-                    if let (Ok(1), Ok(len)) = (r.i16(), r.i32()) {
-                        if let Ok(b) = r.bytes(len.max(0) as usize) {
-                            if let Ok(p) = serde_json::from_slice::<Value>(b) {
-                                plan = Some(p);
-                            }
-                        }
+                    if let Some(p) =
+                        only_value(&body).and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    {
+                        plan = Some(p);
                     }
                 }
                 b'Z' => {
@@ -1526,6 +1552,136 @@ impl Session {
             };
             node["Plan Rows"].as_f64().map(|r| r as i64)
         }))
+    }
+
+    /// Reads the upstream until every response due is in, so that the
+    /// gateway may send a query of its own. Responses still due to the
+    /// client go first (a driver pipelines a Close behind its last query),
+    /// unless one of them may wait for the client itself (COPY FROM
+    /// STDIN): then `false`, at once. What the client sent before this
+    /// statement may still sit in our buffer: it is sent, or its answers
+    /// never come.
+    async fn settle(&mut self) -> Result<bool, End> {
+        if !self.pending.is_empty() {
+            self.flush().await?;
+        }
+        while !self.pending.is_empty() {
+            if self
+                .pending
+                .iter()
+                .any(|p| matches!(p, Pending::Query { .. } | Pending::Execute(_)))
+            {
+                return Ok(false);
+            }
+            self.read_upstream().await?;
+            self.on_upstream()?;
+        }
+        Ok(true)
+    }
+
+    /// Which of `names` the upstream's catalog has as functions that a call
+    /// in attribute notation (`x.f`, one argument) could reach. The check
+    /// goes out under the gateway's own statement and portal name
+    /// ([`RUN_STATEMENT`]) and, for a statement of the extended protocol,
+    /// without a Sync (it joins the client's batch and commits nothing);
+    /// for a simple query with one. When the catalog cannot be asked
+    /// without waiting on the client's own statements (one still running,
+    /// an aborted transaction, a batch the server skips), every name
+    /// counts as a function. A failed check refuses the statement.
+    async fn functions_named(
+        &mut self,
+        names: &std::collections::BTreeSet<String>,
+        simple: bool,
+    ) -> Result<Result<std::collections::BTreeSet<String>, Refusal>, End> {
+        use bytes::BufMut;
+        let all = Ok(Ok(names.clone()));
+        if self.passing.is_some() {
+            return all;
+        }
+        if !self.settle().await? {
+            return all;
+        }
+        if self.tx_status == b'E' || self.passing.is_some() || self.skipping {
+            return all;
+        }
+        let array: Vec<String> = names
+            .iter()
+            .map(|n| format!("\"{}\"", n.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        let array = format!("{{{}}}", array.join(","));
+        let mut q = BytesMut::new();
+        let close = |q: &mut BytesMut, kind: u8| {
+            proto::put(q, b'C', |b| {
+                b.put_u8(kind);
+                proto::put_cstr(b, RUN_STATEMENT);
+            })
+        };
+        close(&mut q, b'S');
+        proto::put_raw(
+            &mut q,
+            b'P',
+            &parse_body(RUN_STATEMENT, FUNCTIONS_NAMED, &[TEXT_ARRAY]),
+        );
+        proto::put(&mut q, b'B', |b| {
+            proto::put_cstr(b, RUN_STATEMENT);
+            proto::put_cstr(b, RUN_STATEMENT);
+            b.put_u16(0);
+            b.put_u16(1);
+            b.put_i32(array.len() as i32);
+            b.put_slice(array.as_bytes());
+            b.put_u16(0);
+        });
+        proto::put(&mut q, b'E', |b| {
+            proto::put_cstr(b, RUN_STATEMENT);
+            b.put_i32(0);
+        });
+        close(&mut q, b'P');
+        close(&mut q, b'S');
+        proto::put(&mut q, if simple { b'S' } else { b'H' }, |_| {});
+        self.upstream
+            .write_all(&q)
+            .await
+            .map_err(|e| End::UpstreamLost(e.to_string()))?;
+        let mut found = std::collections::BTreeSet::new();
+        let mut failed = None;
+        let mut closed = 0;
+        loop {
+            let (ty, body) = self.own_message().await?;
+            match ty {
+                b'D' => {
+                    if let Some(b) = only_value(&body) {
+                        found.insert(String::from_utf8_lossy(b).into_owned());
+                    }
+                }
+                b'3' => {
+                    closed += 1;
+                    if closed == 3 && !simple {
+                        break;
+                    }
+                }
+                b'E' => {
+                    failed = Some(proto::error_fields(&body));
+                    if !simple {
+                        // The server now skips to the client's Sync.
+                        break;
+                    }
+                }
+                b'Z' => {
+                    self.tx_status = body.first().copied().unwrap_or(self.tx_status);
+                    break;
+                }
+                // Parameter changes still go to the client.
+                b'S' => proto::put_raw(&mut self.cout, ty, &body),
+                _ => {}
+            }
+        }
+        Ok(match failed {
+            None => Ok(found),
+            Some((code, msg)) => Err(Refusal::new(
+                "42501",
+                format!("secondkey could not check which names of this statement are functions, so it was not run ({code}: {msg})"),
+            )),
+        })
     }
 
     /// The next upstream message of the gateway's own query; the body of
@@ -1733,7 +1889,7 @@ impl Session {
                 p.left -= n;
                 if p.left == 0 {
                     if let Some(p) = self.passing.take() {
-                        self.upstream_message(p.ty, &p.head);
+                        self.upstream_message(p.ty, &p.head)?;
                         self.emit_said();
                     }
                 }
@@ -1759,7 +1915,7 @@ impl Session {
             else {
                 return Ok(());
             };
-            if self.upstream_message(ty, &body) {
+            if self.upstream_message(ty, &body)? {
                 proto::put_raw(&mut self.cout, ty, &body);
             }
             self.emit_said();
@@ -1767,35 +1923,39 @@ impl Session {
     }
 
     /// Updates the mirror for one upstream message; `false` when the
-    /// message answers the gateway's own and is not the client's.
-    fn upstream_message(&mut self, ty: u8, body: &[u8]) -> bool {
+    /// message answers the gateway's own and is not the client's. An
+    /// answer that is not the one due ends the session: the mirror no
+    /// longer shows what the server holds, and a decision made on it could
+    /// be a decision of another statement.
+    fn upstream_message(&mut self, ty: u8, body: &[u8]) -> Result<bool, End> {
         match ty {
-            b'1' => {
-                if let Some(Pending::Parse { name, stmt, own }) =
-                    self.pop_if(|p| matches!(p, Pending::Parse { .. }))
-                {
+            b'1' => match self.pop_if(|p| matches!(p, Pending::Parse { .. })) {
+                Some(Pending::Parse { name, stmt, own }) => {
                     if own {
-                        return false;
+                        return Ok(false);
                     }
                     self.put_statement(name, stmt);
                 }
-            }
+                _ => return Err(self.lost_track("ParseComplete")),
+            },
             // The client had its BindComplete when it sent the Bind.
-            b'2' if self.pop_if(|p| matches!(p, Pending::Bind { .. })).is_some() => {
-                return false;
+            b'2' => {
+                return match self.pop_if(|p| matches!(p, Pending::Bind { .. })) {
+                    Some(_) => Ok(false),
+                    None => Err(self.lost_track("BindComplete")),
+                };
             }
-            b'3' => {
-                if let Some(Pending::Close { kind, name, own }) =
-                    self.pop_if(|p| matches!(p, Pending::Close { .. }))
-                {
+            b'3' => match self.pop_if(|p| matches!(p, Pending::Close { .. })) {
+                Some(Pending::Close { kind, name, own }) => {
                     if own {
-                        return false;
+                        return Ok(false);
                     }
                     if kind == b'S' {
                         self.drop_statement(&name);
                     }
                 }
-            }
+                _ => return Err(self.lost_track("CloseComplete")),
+            },
             b't' => {
                 if let Some(Pending::Describe { stmt: Some(s) }) = self.pending.front() {
                     let mut r = proto::Reader::new(body, "ParameterDescription");
@@ -1825,13 +1985,15 @@ impl Session {
                             self.record(*run);
                         }
                     }
-                    Some(Pending::Query { run, special: s }) if ty == b'C' => {
-                        if let Some(run) = run {
-                            run.tags.push(tag.clone());
+                    Some(Pending::Query { run, special: s }) => {
+                        if ty == b'C' {
+                            if let Some(run) = run {
+                                run.tags.push(tag.clone());
+                            }
+                            special = s.clone();
                         }
-                        special = s.clone();
                     }
-                    _ => {}
+                    _ => return Err(self.lost_track("CommandComplete")),
                 }
                 match special {
                     Special::Deallocate(Some(name)) if tag == "DEALLOCATE" => {
@@ -1858,16 +2020,33 @@ impl Session {
                         }
                     }
                     Some(Pending::Sync) | None | Some(Pending::Say { .. }) => {}
-                    Some(_) => self.batch_failed(code, msg),
+                    Some(_) => {
+                        if !self.batch_failed(code, msg) {
+                            // The client has not sent its Sync yet: what it
+                            // sends up to it, the server ignores.
+                            self.skipping = true;
+                        }
+                    }
                 }
             }
             b'Z' => {
                 self.syncs_done += 1;
                 self.tx_status = body.first().copied().unwrap_or(b'I');
-                if let Some(Pending::Query { run: Some(run), .. }) =
-                    self.pop_if(|p| matches!(p, Pending::Sync | Pending::Query { .. }))
+                // What is still due before the Sync (or query) this answers
+                // was skipped by the server.
+                while self
+                    .pending
+                    .front()
+                    .is_some_and(|p| !matches!(p, Pending::Sync | Pending::Query { .. }))
                 {
-                    self.record(*run);
+                    if let Some(p) = self.pending.pop_front() {
+                        self.skipped(p);
+                    }
+                }
+                match self.pending.pop_front() {
+                    Some(Pending::Query { run: Some(run), .. }) => self.record(*run),
+                    Some(_) => {}
+                    None => return Err(self.lost_track("ReadyForQuery")),
                 }
                 if self.tx_status == b'I' {
                     // Portals end with their transaction.
@@ -1883,19 +2062,56 @@ impl Session {
             }
             _ => {}
         }
-        true
+        Ok(true)
+    }
+
+    /// Ends the session on an upstream answer that is not the one due.
+    fn lost_track(&mut self, what: &str) -> End {
+        self.close(
+            "08P01",
+            format!("secondkey lost track of the upstream's answers (a {what} arrived where none was due) and closed the session; the statements still running have an unknown outcome"),
+        )
+    }
+
+    /// Something sent upstream that the server skipped (after an error in
+    /// its batch): a Parse created nothing, a Bind bound nothing, an
+    /// Execute did not run; what the gateway would have said of it is not
+    /// said.
+    fn skipped(&mut self, p: Pending) {
+        match p {
+            Pending::Execute(Some(mut run))
+            | Pending::Query {
+                run: Some(mut run), ..
+            } => {
+                run.error = Some(not_run());
+                self.record(*run);
+            }
+            Pending::Bind { portal } => self.unbind(&portal),
+            // Never created: its text is no longer kept.
+            Pending::Parse {
+                stmt, own: false, ..
+            }
+            | Pending::Say {
+                parsed: Some((_, stmt)),
+                ..
+            } => {
+                self.kept = self.kept.saturating_sub(stmt.text.len());
+            }
+            _ => {}
+        }
     }
 
     /// An extended-protocol message failed: the server skips everything up
     /// to Sync. A failure of what was sent for an Execute (the statement's
     /// own Parse, its Bind) is that Execute's error; anything later did
-    /// not run.
-    fn batch_failed(&mut self, code: String, msg: String) {
+    /// not run. `false` when no Sync is queued (the client has not sent it
+    /// yet).
+    fn batch_failed(&mut self, code: String, msg: String) -> bool {
         let mut carried = false;
         let mut first = true;
         while let Some(p) = self.pending.front() {
             if !first && matches!(p, Pending::Sync) {
-                break;
+                return true;
             }
             let Some(p) = self.pending.pop_front() else {
                 break;
@@ -1904,33 +2120,22 @@ impl Session {
                 Pending::Execute(Some(mut run))
                 | Pending::Query {
                     run: Some(mut run), ..
-                } => {
-                    run.error = Some(if first || carried {
-                        (code.clone(), msg.clone())
-                    } else {
-                        (
-                            "not_run".into(),
-                            "not executed: an earlier message of the batch failed".into(),
-                        )
-                    });
+                } if first || carried => {
+                    run.error = Some((code.clone(), msg.clone()));
                     carried = false;
                     self.record(*run);
                 }
-                Pending::Bind { portal } => {
-                    self.unbind(&portal);
+                Pending::Bind { .. }
+                | Pending::Parse { own: true, .. }
+                | Pending::Close { own: true, .. } => {
                     carried = carried || first;
+                    self.skipped(p);
                 }
-                Pending::Parse { own: true, .. } | Pending::Close { own: true, .. } => {
-                    carried = carried || first;
-                }
-                // Never created: its text is no longer kept.
-                Pending::Parse { stmt, .. } => {
-                    self.kept = self.kept.saturating_sub(stmt.text.len());
-                }
-                _ => {}
+                p => self.skipped(p),
             }
             first = false;
         }
+        false
     }
 
     fn pop_if(&mut self, f: impl Fn(&Pending) -> bool) -> Option<Pending> {
@@ -2116,6 +2321,31 @@ fn guarded_explain(tables: &[&Table], target: &str) -> String {
         "BEGIN READ ONLY; SET LOCAL lock_timeout = '1s'; SET LOCAL statement_timeout = '10s'; LOCK TABLE {} IN ACCESS SHARE MODE; {}; EXPLAIN (FORMAT JSON) {target}",
         lock.join(", "),
         GUARD.replace("$names", &names.join(", "))
+    )
+}
+
+/// The functions a call in attribute notation could reach, among the
+/// names in `$1` (see [`Session::functions_named`]); like [`GUARD`],
+/// schema-qualified throughout.
+const FUNCTIONS_NAMED: &str = "SELECT DISTINCT p.proname::pg_catalog.text FROM pg_catalog.pg_proc p \
+ WHERE p.proname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1) AND p.pronargs OPERATOR(pg_catalog.>=) 1";
+/// The type oid of `text[]`.
+const TEXT_ARRAY: u32 = 1009;
+
+/// The value of a DataRow of one column (not NULL).
+fn only_value(body: &[u8]) -> Option<&[u8]> {
+    let mut r = proto::Reader::new(body, "DataRow");
+    match (r.i16(), r.i32()) {
+        (Ok(1), Ok(len)) if len >= 0 => r.bytes(len as usize).ok(),
+        _ => None,
+    }
+}
+
+/// The error recorded for a statement the server skipped.
+fn not_run() -> (String, String) {
+    (
+        "not_run".into(),
+        "not executed: an earlier message of the batch failed".into(),
     )
 }
 

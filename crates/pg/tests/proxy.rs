@@ -38,6 +38,9 @@ forbid(principal, action == Action::"sql.write", resource)
 @id("no-deletes-of-customers")
 forbid(principal, action == Action::"sql.delete", resource)
   when { context.gateway has tables && context.gateway.tables.contains("public.customers") };
+@id("no-purges")
+forbid(principal, action == Action::"sql.write", resource)
+  when { context.gateway has functions && context.gateway.functions.contains("purge_customer") };
 "#;
 
 fn token(id: &str) -> String {
@@ -522,6 +525,35 @@ async fn extended_protocol_binds_parameters_into_the_action() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+    // Text values of a Parse that declared their types: bound with the
+    // types (an int8 '1' is not a text '1').
+    use bytes::BufMut;
+    use tokio::io::AsyncWriteExt;
+    let mut raw = raw_login(env.pg, "agent:report-bot").await;
+    let mut hashes = Vec::new();
+    for oid in [20u32, 25] {
+        let mut p = bytes::BytesMut::new();
+        secondkey_pg::proto::put_cstr(&mut p, "");
+        secondkey_pg::proto::put_cstr(&mut p, "SELECT $1 IS NULL");
+        p.put_u16(1);
+        p.put_u32(oid);
+        let mut batch = frame(b'P', &p);
+        batch.extend(frame(b'B', b"\0\0\0\0\0\x01\0\0\0\x011\0\0"));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(frame(b'S', b""));
+        raw.stream.write_all(&batch).await.unwrap();
+        let got = answers(&mut raw, true).await;
+        let types: String = got.iter().map(|m| m.0).collect();
+        assert_eq!(types, "12DCZ", "{got:?}");
+        let allowed = env.events("action.allowed");
+        let params = &allowed.last().unwrap()["payload"]["action"]["params"];
+        assert_eq!(params["parameters"], serde_json::json!(["1"]), "{params}");
+        hashes.push(params["parameters_sha256"].clone());
+    }
+    assert!(
+        hashes[0].is_string() && hashes[0] != hashes[1],
+        "{hashes:?}"
+    );
     env.stop().await;
 }
 
@@ -1160,33 +1192,7 @@ async fn answers(
     s: &mut secondkey_pg::upstream::Session,
     upto_ready: bool,
 ) -> Vec<(char, String, String)> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = std::mem::take(&mut s.leftover);
-    let mut out = Vec::new();
-    let read = async {
-        loop {
-            while let Some((ty, body)) =
-                secondkey_pg::proto::take_message(&mut buf, 1 << 20).unwrap()
-            {
-                let (code, msg) = if ty == b'E' {
-                    secondkey_pg::proto::error_fields(&body)
-                } else {
-                    Default::default()
-                };
-                out.push((ty as char, code, msg));
-                if upto_ready && ty == b'Z' {
-                    return;
-                }
-            }
-            if s.stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .expect("the gateway answers");
-    out
+    answers_until(s, upto_ready.then_some('Z')).await
 }
 
 /// Hostile bytes from a logged-in client: each ends only its own connection
@@ -1702,6 +1708,237 @@ async fn drivers_describe_before_execute_and_see_their_parameters_decoded() {
     let got = answers(&mut raw, true).await;
     let types: String = got.iter().map(|m| m.0).collect();
     assert_eq!(types, "12TDCZ", "{got:?}");
+    env.stop().await;
+}
+
+/// A Parse named `name` of `sql`, no declared types.
+fn parse_msg(name: &str, sql: &str) -> Vec<u8> {
+    use bytes::BufMut;
+    let mut p = bytes::BytesMut::new();
+    secondkey_pg::proto::put_cstr(&mut p, name);
+    secondkey_pg::proto::put_cstr(&mut p, sql);
+    p.put_u16(0);
+    frame(b'P', &p)
+}
+
+/// What came back on a raw connection, as [`answers`] reads it: up to
+/// and including the first message of type `until`, else up to the end of
+/// the connection.
+async fn answers_until(
+    s: &mut secondkey_pg::upstream::Session,
+    until: Option<char>,
+) -> Vec<(char, String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = async {
+        loop {
+            while let Some((ty, body)) =
+                secondkey_pg::proto::take_message(&mut s.leftover, 1 << 20).unwrap()
+            {
+                let (code, msg) = if ty == b'E' {
+                    secondkey_pg::proto::error_fields(&body)
+                } else {
+                    Default::default()
+                };
+                out.push((ty as char, code, msg));
+                if Some(ty as char) == until {
+                    return;
+                }
+            }
+            if s.stream.read_buf(&mut s.leftover).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the gateway answers");
+    out
+}
+
+/// After a server-side error in an extended-protocol batch, the server
+/// ignores everything up to Sync — also what the client sends after the
+/// error reached it. The gateway's mirror of prepared statements follows:
+/// a Parse the server ignored never stands for a later one of the same
+/// name, so the statement decided is the one the server runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_error_keeps_the_statement_mirror_in_step() {
+    use tokio::io::AsyncWriteExt;
+    let env = setup("retry").await;
+    let delete = "DELETE FROM customers WHERE id = 1";
+    let types = |got: &[(char, String, String)]| got.iter().map(|m| m.0).collect::<String>();
+    let mut raw = raw_login(env.pg, "agent:report-bot").await;
+    // A: a failing Parse, flushed: the error comes back before Sync.
+    let mut batch = parse_msg("e", "SELECT * FROM no_such");
+    batch.extend(frame(b'H', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers_until(&mut raw, Some('E')).await;
+    assert_eq!(got.last().map(|m| m.1.as_str()), Some("42P01"), "{got:?}");
+    // ... then a Parse the server ignores (still skipping to Sync).
+    let mut batch = parse_msg("s", "SELECT 1");
+    batch.extend(frame(b'S', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers(&mut raw, true).await;
+    assert_eq!(types(&got), "Z", "{got:?}");
+    // B: the server's `s` is the delete.
+    let mut batch = parse_msg("s", delete);
+    batch.extend(frame(b'S', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers(&mut raw, true).await;
+    assert_eq!(types(&got), "1Z", "{got:?}");
+    // C: another failing Parse, with its Sync.
+    let mut batch = parse_msg("e2", "SELECT * FROM no_such");
+    batch.extend(frame(b'S', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers(&mut raw, true).await;
+    assert_eq!(types(&got), "EZ", "{got:?}");
+    // D: run `s`: decided as the delete it is, and denied.
+    let mut batch = frame(b'B', b"\0s\0\0\0\0\0\0\0");
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers(&mut raw, true).await;
+    assert_eq!(types(&got), "2EZ", "{got:?}");
+    assert_eq!(got[1].1, "42501", "{got:?}");
+    assert!(got[1].2.contains("no-deletes-of-customers"), "{got:?}");
+
+    // An honest client pipelining past an error: what follows the error up
+    // to Sync did not run (and is logged so), and the session goes on.
+    let mut batch = parse_msg("", "SELECT 1");
+    batch.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(parse_msg("", "SELECT * FROM no_such"));
+    batch.extend(parse_msg("", "SELECT 2"));
+    batch.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers(&mut raw, true).await;
+    assert_eq!(types(&got), "12DCEZ", "{got:?}");
+    assert_eq!(got[4].1, "42P01", "{got:?}");
+    // The same with the error back before the rest is sent.
+    let mut batch = parse_msg("", "SELECT * FROM no_such");
+    batch.extend(frame(b'H', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers_until(&mut raw, Some('E')).await;
+    assert_eq!(types(&got), "E", "{got:?}");
+    let mut batch = parse_msg("", "SELECT 3");
+    batch.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'Q', b"SELECT 4\0"));
+    batch.extend(frame(b'S', b""));
+    raw.stream.write_all(&batch).await.unwrap();
+    let got = answers(&mut raw, true).await;
+    assert_eq!(types(&got), "Z", "{got:?}");
+    raw.stream
+        .write_all(&exec_params("SELECT $1::int4 + 1", &["41"]))
+        .await
+        .unwrap();
+    let got = answers(&mut raw, true).await;
+    assert_eq!(types(&got), "12TDCZ", "{got:?}");
+
+    // The row is still there, and no statement ran as a delete.
+    let (direct, conn) = env.direct().connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM customers WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    wait_for(|| {
+        env.events("action.result")
+            .iter()
+            .any(|e| e["payload"]["summary"]["error"]["sqlstate"] == "not_run")
+    })
+    .await;
+    for e in env.events("action.result") {
+        let tags = e["payload"]["summary"]["command_tags"].to_string();
+        assert!(!tags.contains("DELETE"), "{e}");
+    }
+    env.stop().await;
+}
+
+/// What PostgreSQL runs behind a name that looks like something else is
+/// decided as what runs: `(x).f` and `t.f` call f(x) when there is no
+/// column f (attribute notation), and a CTE never hides the table a DML
+/// statement changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_attribute_notation_and_tables_behind_ctes_are_decided() {
+    let env = setup("retry").await;
+    superuser(
+        &env,
+        "SET ROLE app; CREATE FUNCTION purge_customer(int) RETURNS int LANGUAGE sql AS \
+           $$ DELETE FROM customers WHERE id = $1 RETURNING id $$;",
+    );
+    let gone = "SELECT count(*) FROM customers WHERE id = 1";
+    // Straight to the database the call is real (rolled back here).
+    let (mut direct, conn) = env.direct().connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let tx = direct.transaction().await.unwrap();
+    tx.batch_execute("SELECT (1).purge_customer").await.unwrap();
+    let n: i64 = tx.query_one(gone, &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "the attribute call did not run the function");
+    tx.rollback().await.unwrap();
+
+    // Through the gateway it is a call of an unknown function (a write,
+    // naming it), which the policy forbids: simple and extended protocol.
+    let c = env.connect().await;
+    let e = c
+        .batch_execute("SELECT (1).purge_customer")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    assert!(message(&e).contains("no-purges"), "{}", message(&e));
+    let e = c
+        .query("SELECT ($1::int).purge_customer", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    let denied = env.events("action.denied");
+    let last = &denied.last().unwrap()["payload"];
+    assert_eq!(last["action"]["operation"], "write", "{last}");
+    let n: i64 = c.query_one(gone, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    // A column in the same notation is still a read, in a transaction too.
+    let row = c
+        .query_one("SELECT c.email FROM customers c WHERE c.id = $1", &[&2i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "c2@example.com");
+    c.batch_execute("BEGIN").await.unwrap();
+    let rows = c
+        .simple_query("SELECT (c).id FROM customers c WHERE c.id = 3")
+        .await
+        .unwrap();
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("3"))));
+    c.batch_execute("COMMIT").await.unwrap();
+    let allowed = env.events("action.allowed");
+    let last = &allowed.last().unwrap()["payload"]["action"];
+    assert_eq!(last["operation"], "read", "{last}");
+    // Such a read, no function found, is still logged lean by its shape.
+    let shaped = env.raw_entries().into_iter().any(|e| {
+        e["event"] == "statement.shape"
+            && e["payload"]["text"]
+                == serde_json::json!(["SELECT c.email FROM customers c WHERE c.id = $1"])
+    });
+    assert!(shaped, "no shape for the qualified read");
+
+    // A CTE named like the table does not hide the delete.
+    let e = c
+        .batch_execute("WITH customers AS (SELECT 1) DELETE FROM customers WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    assert!(
+        message(&e).contains("no-deletes-of-customers"),
+        "{}",
+        message(&e)
+    );
+    let n: i64 = c.query_one(gone, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
     env.stop().await;
 }
 

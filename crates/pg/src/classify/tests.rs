@@ -669,6 +669,121 @@ const CORPUS: &[(&str, Operation, &[&str], &[&str])] = &[
         &["public.customers"],
         &["public.x"],
     ),
+    // A function's effects go with its last name, in any schema; only the
+    // catalog's own (unqualified or in pg_catalog) counts as pure.
+    (
+        "SELECT postgres.pg_catalog.set_config('a', 'b', false)",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT public.dblink_exec('x')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT hr.pg_terminate_backend(1)",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT public.nextval('s')",
+        Operation::Write,
+        &[],
+        &[],
+    ),
+    ("SELECT public.lower('A')", Operation::Write, &[], &[]),
+    ("SELECT pg_catalog.lower('A')", Operation::Read, &[], &[]),
+    // A CTE never hides the table a statement changes: PostgreSQL does not
+    // resolve a DML target against CTEs.
+    (
+        "WITH customers AS (SELECT 1) DELETE FROM customers WHERE id = 1",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "WITH customers AS (SELECT 1) UPDATE customers SET email = '' WHERE id = 1",
+        Operation::Write,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "WITH customers AS (SELECT 1) INSERT INTO customers VALUES (0, '')",
+        Operation::Write,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "WITH customers AS (SELECT 1) MERGE INTO customers c USING customers s ON c.id = s.id WHEN MATCHED THEN DELETE",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    (
+        "WITH customers AS (SELECT 1), d AS (DELETE FROM customers WHERE id = 1 RETURNING *) SELECT * FROM d",
+        Operation::Delete,
+        &[],
+        &["public.customers"],
+    ),
+    // Attribute notation: `(x).f` and `t.f` call f(x) when there is no
+    // column f.
+    (
+        "SELECT (1234).pg_terminate_backend",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    ("SELECT ('s').nextval", Operation::Write, &[], &[]),
+    ("SELECT (7).pg_advisory_lock", Operation::Write, &[], &[]),
+    ("SELECT (0).lo_creat", Operation::Admin, &[], &[]),
+    ("SELECT ('select 1').ts_stat", Operation::Admin, &[], &[]),
+    (
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM aliases')",
+        Operation::Admin,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT c.pg_terminate_backend FROM customers c",
+        Operation::Admin,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "SELECT public.customers.nextval FROM customers",
+        Operation::Write,
+        &["public.customers"],
+        &[],
+    ),
+    // User-defined operators in a sublink and in ORDER BY … USING.
+    (
+        "SELECT 1 WHERE 1 ### ANY (SELECT 1)",
+        Operation::Write,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT id FROM customers ORDER BY id USING ###",
+        Operation::Write,
+        &["public.customers"],
+        &[],
+    ),
+    (
+        "SELECT 1 WHERE 1 IN (SELECT 1) AND EXISTS (SELECT 1)",
+        Operation::Read,
+        &[],
+        &[],
+    ),
+    (
+        "SELECT id FROM customers ORDER BY id USING <",
+        Operation::Read,
+        &["public.customers"],
+        &[],
+    ),
 ];
 
 #[test]
@@ -811,6 +926,41 @@ fn functions_are_reported() {
         classify("SELECT my_func(1)", &extra).unwrap().operation(),
         Operation::Read
     );
+}
+
+#[test]
+fn names_in_attribute_notation_are_possible_calls() {
+    let names = |sql: &str| c(sql).unwrap().attribute_names();
+    for sql in [
+        "SELECT (42).f",
+        "SELECT c.f FROM customers c",
+        "SELECT public.customers.f FROM customers",
+        "SELECT (ROW(1)).f",
+        "SELECT 1 FROM customers c WHERE c.f > 0",
+        "EXPLAIN ANALYZE SELECT (1).f",
+    ] {
+        let got = c(sql).unwrap();
+        assert_eq!(got.attribute_names(), ["f".to_string()].into(), "{sql}");
+        assert_eq!(got.operation(), Operation::Read, "{sql}");
+        // Once the catalog says f is a function, a call of it (a write).
+        let called = got.calling(&["f".to_string()].into());
+        assert_eq!(called.operation(), Operation::Write, "{sql}");
+        assert!(called.statements[0].unknown_functions.contains("f"));
+        // A column of that name: nothing changes.
+        assert_eq!(called.statements.len(), got.statements.len());
+        assert_eq!(got.calling(&BTreeSet::new()), got, "{sql}");
+    }
+    // Unqualified columns, stars, subscripts and pure names are no calls.
+    for sql in [
+        "SELECT f FROM customers",
+        "SELECT c.* FROM customers c",
+        "SELECT (arr)[1] FROM customers",
+        "SELECT c.lower FROM customers c",
+    ] {
+        assert!(names(sql).is_empty(), "{sql}: {:?}", names(sql));
+    }
+    // Judged by the lists, not asked.
+    assert!(names("SELECT ('s').nextval").is_empty());
 }
 
 #[test]
