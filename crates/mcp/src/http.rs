@@ -1059,8 +1059,7 @@ async fn other_mcp(
     let watch = watch_of(
         &inner,
         &s.gateway,
-        &p,
-        &cred,
+        (&p, &cred),
         &srv,
         &fwd_headers,
         sid.as_deref(),
@@ -1154,8 +1153,7 @@ fn routing_mismatch(headers: &HeaderMap, msg: &Message) -> Option<String> {
 fn watch_of(
     inner: &Arc<Inner>,
     gateway: &Arc<Gateway>,
-    who: &Principal,
-    credential: &Credential,
+    (who, credential): (&Principal, &Credential),
     srv: &Arc<ServerConfig>,
     headers: &[(String, HeaderValue)],
     sid: Option<&str>,
@@ -1373,8 +1371,7 @@ async fn post_mcp(
     let watch = watch_of(
         &inner,
         &s.gateway,
-        &p,
-        &cred,
+        (&p, &cred),
         &srv,
         &fwd_headers,
         session.as_deref(),
