@@ -672,6 +672,15 @@ fn bypass_corpus(g: &Gateway, access: &Path) {
         let answer = raw(&addr, bad.as_bytes());
         assert_eq!(status_of(&answer), 400, "TE {odd:?}: {answer}");
     }
+    // gunicorn writes its access line after the answer: wait for the
+    // carrier's, then a little longer for any line behind it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_matching(access, "POST /anything/invoices/s1/refunds") == 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let after = served(access);
     let reached: Vec<&String> = after[before..].iter().collect();
     assert_eq!(
@@ -696,7 +705,30 @@ fn k8s_fixture(dir: &Path) -> (Proc, u16, PathBuf) {
         .env("K8S_FIXTURE_LOG", &log)
         .env("K8S_FIXTURE_TOKEN", K8S_TOKEN)
         .env("K8S_FIXTURE_RELEASE", dir.join("release"));
-    (serve(cmd, port, "the Kubernetes fixture"), port, log)
+    let fixture = serve(cmd, port, "the Kubernetes fixture");
+    // An open port is not proof enough that it is this fixture listening
+    // (a port picked free can be taken meanwhile by another test's process
+    // that later goes away): it must answer as the fixture does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut answer = String::new();
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = write!(
+                c,
+                "GET /version HTTP/1.0\r\nAuthorization: Bearer {K8S_TOKEN}\r\n\r\n"
+            );
+            let _ = c.read_to_string(&mut answer);
+        }
+        if answer.starts_with("HTTP/1.1 200") && answer.contains("v1.32.0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Kubernetes fixture does not answer on {port}: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (fixture, port, log)
 }
 
 fn k8s_requests(log: &Path) -> Vec<Value> {
