@@ -302,18 +302,9 @@ fn bind(a: &ExecArgs, cwd: &std::path::Path) -> Result<Bound> {
 
 /// What changed since the action was submitted, if anything.
 fn changed_since(b: &Bound) -> Option<String> {
-    let (mut paths, mut hashes) = (Vec::new(), Vec::new());
-    if let Some((p, h)) = &b.program {
-        paths.push(p);
-        hashes.push(h);
-    }
-    for (p, h) in &b.files {
-        paths.push(p);
-        hashes.push(h);
-    }
-    paths
-        .into_iter()
-        .zip(hashes)
+    b.program
+        .iter()
+        .chain(&b.files)
         .find(|(p, h)| sha256_file(p).ok().as_deref() != Some(h.as_str()))
         .map(|(p, _)| p.display().to_string())
 }

@@ -1094,14 +1094,7 @@ async fn other_mcp(
 fn session_of(headers: &HeaderMap) -> Result<Option<String>, Response> {
     let mut all = headers.get_all("mcp-session-id").iter();
     let Some(v) = all.next() else { return Ok(None) };
-    let bad = |why: &str| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"jsonrpc": "2.0", "id": null,
-                "error": {"code": jsonrpc::INVALID_REQUEST, "message": why}})),
-        )
-            .into_response()
-    };
+    let bad = |why: &str| invalid_request(Value::Null, why);
     if all.next().is_some() {
         return Err(bad("more than one Mcp-Session-Id header; send exactly one"));
     }
@@ -1111,6 +1104,15 @@ fn session_of(headers: &HeaderMap) -> Result<Option<String>, Response> {
         }
         _ => Err(bad("the Mcp-Session-Id header must be visible ASCII")),
     }
+}
+
+/// A `400` carrying JSON-RPC error -32600 (invalid request) for `id`.
+fn invalid_request(id: Value, why: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(error_response(id, jsonrpc::INVALID_REQUEST, why)),
+    )
+        .into_response()
 }
 
 /// The routing headers a client mirrors from its message (`Mcp-Method`,
@@ -1132,15 +1134,12 @@ fn routing_mismatch(headers: &HeaderMap, msg: &Message) -> Option<String> {
         }
     }
     if let Some(n) = one("mcp-name") {
-        let key = match msg.method() {
-            Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => "uri",
-            _ => "name",
-        };
+        let key = msg.method().and_then(jsonrpc::target_key).unwrap_or("name");
         let named = msg
             .params()
             .and_then(|p| p.get(key))
             .and_then(Value::as_str);
-        if named.is_none() || n != Ok(named.unwrap_or_default()) {
+        if named.is_none() || n.ok() != named {
             return Some(format!(
                 "the Mcp-Name header does not name the message's `params.{key}`"
             ));
@@ -1337,9 +1336,7 @@ async fn post_mcp(
         Err(e) => return (StatusCode::BAD_REQUEST, Json(e.response())).into_response(),
     };
     if let Some(why) = routing_mismatch(&headers, &msg) {
-        let e = json!({"jsonrpc": "2.0", "id": msg.id().cloned().unwrap_or(Value::Null),
-            "error": {"code": jsonrpc::INVALID_REQUEST, "message": why}});
-        return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+        return invalid_request(msg.id().cloned().unwrap_or(Value::Null), &why);
     }
     let fwd_headers = forwarded(&headers);
     let session = match session_of(&headers) {

@@ -57,6 +57,16 @@ pub fn error_response(id: Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
+/// The `params` key naming what a request acts on: a resource's `uri`,
+/// a prompt's or a tool's `name`; `None` for other methods.
+pub fn target_key(method: &str) -> Option<&'static str> {
+    match method {
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
+        "prompts/get" | "tools/call" => Some("name"),
+        _ => None,
+    }
+}
+
 /// A JSON-RPC result response.
 pub fn result_response(id: Value, result: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
@@ -255,12 +265,13 @@ impl Message {
             }
         }
         // What names the thing a request acts on must be text, or the
-        // decision would be about an empty name.
-        let named = match obj.get("method").and_then(Value::as_str) {
-            Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => Some("uri"),
-            Some("prompts/get") => Some("name"),
-            _ => None,
-        };
+        // decision would be about an empty name (a tool's name has its own
+        // check and error code: `tool_name`).
+        let named = obj
+            .get("method")
+            .and_then(Value::as_str)
+            .filter(|m| *m != "tools/call")
+            .and_then(target_key);
         if let (Some(key), Kind::Request) = (named, &kind) {
             if !obj
                 .get("params")
