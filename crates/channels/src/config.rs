@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use secondkey_core::principal::{PrincipalId, PrincipalKind};
 use secondkey_server::config::ConfigError;
 use secondkey_sinks::webhook::WebhookSecret;
 
@@ -69,6 +70,9 @@ struct RawRouting {
     link_ttl: Option<String>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    linking: Option<String>,
+    #[serde(default)]
+    accounts: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +186,22 @@ pub struct Routing {
     pub remind_before: Option<Duration>,
     /// How long a link code stays usable.
     pub link_ttl: Duration,
+    /// Which chat accounts count as which human.
+    pub linking: Linking,
+}
+
+/// Which chat account counts as which human (`[routing] linking` and
+/// `[routing.accounts]`).
+#[derive(Debug, Clone, Default)]
+pub struct Linking {
+    /// `linking = "self-service"` (the default): an account not in
+    /// `accounts` may be linked through the web by whoever confirms its
+    /// link code. `linking = "configured"`: only `accounts` count.
+    pub self_service: bool,
+    /// Accounts bound by the configuration, `<platform>:<id>` (as
+    /// `GET /v1/chat/links` names them) → the human they are. These win
+    /// over any link made through the web.
+    pub accounts: BTreeMap<String, PrincipalId>,
 }
 
 impl Routing {
@@ -444,6 +464,45 @@ pub fn parse(
     if link_ttl > Duration::from_secs(86_400) {
         return Err(invalid("routing.link_ttl", "a link code lives at most 1d"));
     }
+    let self_service = match raw.linking.as_deref() {
+        None | Some("self-service") => true,
+        Some("configured") => false,
+        Some(other) => {
+            return Err(invalid(
+                "routing.linking",
+                format!("`{other}` is neither \"self-service\" nor \"configured\""),
+            ))
+        }
+    };
+    let mut accounts = BTreeMap::new();
+    for (account, principal) in raw.accounts {
+        let key = format!("routing.accounts.\"{account}\"");
+        let id = match account.split_once(':') {
+            Some(("slack", id)) | Some(("teams", id)) => id,
+            _ => {
+                return Err(invalid(
+                    key,
+                    "an account is slack:<TEAM>/<USER> or teams:<TENANT>/<AAD-OBJECT-ID>",
+                ))
+            }
+        };
+        let parts: Vec<&str> = id.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(invalid(
+                key,
+                "an account is slack:<TEAM>/<USER> or teams:<TENANT>/<AAD-OBJECT-ID>",
+            ));
+        }
+        let who = PrincipalId::parse(&principal)
+            .map_err(|e| invalid(key.clone(), format!("`{principal}`: {e}")))?;
+        if who.kind() != PrincipalKind::User {
+            return Err(invalid(
+                key,
+                format!("`{principal}` is not a human (user:…); only humans review"),
+            ));
+        }
+        accounts.insert(account, who);
+    }
     Ok(ChannelsConfig {
         slack,
         teams,
@@ -452,6 +511,10 @@ pub fn parse(
             routes,
             remind_before,
             link_ttl,
+            linking: Linking {
+                self_service,
+                accounts,
+            },
         },
     })
 }
@@ -534,6 +597,17 @@ slack_channel = "C2"
     }
 
     #[test]
+    fn linking_defaults_to_self_service_and_binds_configured_accounts() {
+        let c = load("[routing]\n").unwrap();
+        assert!(c.routing.linking.self_service && c.routing.linking.accounts.is_empty());
+        let c = load("[routing]\nlinking = \"configured\"\n[routing.accounts]\n\"slack:T1/U1\" = \"user:Bob\"\n\"teams:t-1/0b-2\" = \"user:carol\"").unwrap();
+        let l = &c.routing.linking;
+        assert!(!l.self_service);
+        assert_eq!(l.accounts["slack:T1/U1"].as_str(), "user:bob");
+        assert_eq!(l.accounts["teams:t-1/0b-2"].as_str(), "user:carol");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             ("[slack]\nbot_token_env = \"NOPE\"\nsigning_secret_env = \"SLACK_SIGNING\"", "slack.bot_token_env"),
@@ -550,6 +624,13 @@ slack_channel = "C2"
             ("[[routing.routes]]\ngroup = \"dba\"\nslack_channel = \"C1\"", "routing.routes[0].slack_channel"),
             ("[[routing.routes]]\nresource = \"a*b*\"", "routing.routes[0].resource"),
             ("[routing]\nremind_before = \"soon\"", "routing.remind_before"),
+            ("[routing]\nlinking = \"anyone\"", "routing.linking"),
+            ("[routing.accounts]\n\"U0456\" = \"user:bob\"", "routing.accounts.\"U0456\""),
+            ("[routing.accounts]\n\"irc:T/U\" = \"user:bob\"", "routing.accounts.\"irc:T/U\""),
+            ("[routing.accounts]\n\"slack:U0456\" = \"user:bob\"", "routing.accounts.\"slack:U0456\""),
+            ("[routing.accounts]\n\"slack:T1/\" = \"user:bob\"", "routing.accounts.\"slack:T1/\""),
+            ("[routing.accounts]\n\"slack:T1/U1\" = \"agent:bot\"", "routing.accounts.\"slack:T1/U1\""),
+            ("[routing.accounts]\n\"teams:t/o\" = \"bob\"", "routing.accounts.\"teams:t/o\""),
         ];
         for (text, key) in cases {
             let e = load(text).unwrap_err().to_string();

@@ -206,8 +206,12 @@ async fn teams_messages(
 }
 
 /// `GET /v1/chat/links`: the chat accounts linked to the caller.
-async fn my_links(State(s): State<AppState>, Caller(who): Caller) -> Response {
-    match links::linked_to(&s.gateway, &who.id).await {
+async fn my_links(
+    State(s): State<AppState>,
+    Extension(inner): Extension<Arc<Inner>>,
+    Caller(who): Caller,
+) -> Response {
+    match links::linked_to(&s.gateway, &inner.config.routing.linking, &who.id).await {
         Ok(l) => Json(json!({ "links": l })).into_response(),
         Err(e) => e.into_response(),
     }
@@ -233,6 +237,7 @@ async fn unlink_mine(
 /// API token instead.
 async fn link_page(
     State(s): State<AppState>,
+    Extension(inner): Extension<Arc<Inner>>,
     user: Result<SignedIn, WebReject>,
     UrlPath(code): UrlPath<String>,
 ) -> Response {
@@ -241,7 +246,7 @@ async fn link_page(
         Err(WebReject::SignIn(back)) => return WebReject::SignIn(back).into_response(),
         Err(WebReject::Page(..)) => None,
     };
-    let ext = match links::describe(&s.gateway, &code).await {
+    let ext = match links::describe(&s.gateway, &inner.config.routing.linking, &code).await {
         Ok(ext) => ext,
         Err(e) => return WebReject::Page(e.status, e.message).into_response(),
     };
@@ -285,6 +290,7 @@ async fn link_page(
 /// human of a bearer token.
 async fn link_confirm(
     State(s): State<AppState>,
+    Extension(inner): Extension<Arc<Inner>>,
     UrlPath(code): UrlPath<String>,
     req: axum::extract::Request,
 ) -> Response {
@@ -297,7 +303,7 @@ async fn link_confirm(
             Ok(Caller(who)) => who,
             Err(e) => return e.into_response(),
         };
-        return match links::complete(&s.gateway, &code, &who).await {
+        return match links::complete(&s.gateway, &inner.config.routing.linking, &code, &who).await {
             Ok(ext) => Json(
                 json!({"linked": true, "platform": ext.platform, "external_id": ext.id,
                                    "display": ext.display, "principal": who.id.to_string()}),
@@ -311,7 +317,7 @@ async fn link_confirm(
         Err(e) => return e.into_response(),
     };
     let who = &posted.user.principal;
-    match links::complete(&s.gateway, &code, who).await {
+    match links::complete(&s.gateway, &inner.config.routing.linking, &code, who).await {
         Ok(ext) => Html(layout(
             "Linked",
             Some(&posted.user),

@@ -9,6 +9,13 @@
 //! account to that human, uses the code up, and records `identity.linked`
 //! in the audit log in the same transaction.
 //!
+//! **Accounts bound by the configuration.** `[routing.accounts]` names
+//! chat accounts and the human each one is; those win over any link made
+//! here, and cannot be linked to anyone else. With `[routing] linking =
+//! "configured"` only they count: no link codes are issued and none is
+//! accepted, so nobody can be talked into confirming someone else's
+//! account (a link code proves only the consent of whoever confirms it).
+//!
 //! **Who confirms.** [`complete`] takes the principal that confirms. The
 //! HTTP handler in `lib.rs` obtains it from the web session (signed in
 //! through OIDC; the form is CSRF-checked) or, for API use without a cookie
@@ -26,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::config::Linking;
 use crate::records;
 
 /// The chat account a link is about.
@@ -74,17 +82,72 @@ fn conflict(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, code, msg)
 }
 
-/// The secondkey principal linked to `external`, as configured now (its
-/// groups are today's, not those at link time). `None` when unlinked, or
-/// when the linked principal is no longer configured.
+/// The secondkey principal `external` counts as, as configured now (its
+/// groups are today's, not those at link time): the one
+/// `[routing.accounts]` binds it to, else (self-service linking only) the
+/// one it was linked to through the web. `None` when neither, or when that
+/// principal is no longer configured.
 pub async fn principal_of(
     gateway: &Gateway,
+    linking: &Linking,
     external: &External,
 ) -> Result<Option<Principal>, ApiError> {
-    let link: Option<Link> = records::read_async(&gateway.store, "link", external.key()).await?;
+    let key = external.key();
+    if let Some(id) = linking.accounts.get(&key) {
+        return Ok(gateway.config.principals.get(id.as_str()).cloned());
+    }
+    if !linking.self_service {
+        return Ok(None);
+    }
+    let link: Option<Link> = records::read_async(&gateway.store, "link", key).await?;
     Ok(link
         .and_then(|l| l.principal_id())
         .and_then(|id| gateway.config.principals.get(id.as_str()).cloned()))
+}
+
+/// Whether a click from `external`, which counts for nobody, may be
+/// answered with a link code: only under self-service linking, and never
+/// for an account the configuration binds (to a principal no longer
+/// configured).
+pub fn may_link(linking: &Linking, external: &External) -> bool {
+    linking.self_service && !linking.accounts.contains_key(&external.key())
+}
+
+/// What a click that counts for nobody is told when no link code may be
+/// issued for it.
+pub fn not_configured(external: &External) -> String {
+    format!(
+        "Your click was not counted: this {p} account ({k}) is not one secondkey knows as a reviewer. \
+         This gateway binds chat accounts in its configuration: an administrator adds \"{k}\" = \"user:…\" to [routing.accounts].",
+        p = external.platform,
+        k = external.key()
+    )
+}
+
+/// Refuses every link code on a gateway whose chat accounts are bound only
+/// by its configuration.
+fn web_linking(linking: &Linking) -> Result<(), ApiError> {
+    if linking.self_service {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "linking_disabled",
+        "this gateway binds chat accounts in its configuration ([routing.accounts]); links made through the web are off",
+    ))
+}
+
+/// Refuses to link an account the configuration binds.
+fn linkable(linking: &Linking, external: &External) -> Result<(), ApiError> {
+    match linking.accounts.get(&external.key()) {
+        Some(who) => Err(conflict(
+            "already_linked",
+            format!(
+                "this {} account is bound to {who} by the gateway's configuration ([routing.accounts])",
+                external.platform
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Mints a single-use link code for `external`; returns the URL to show.
@@ -111,10 +174,18 @@ pub async fn issue(
 }
 
 /// What a code would link, for the confirmation page. Reads only.
-pub async fn describe(gateway: &Gateway, code: &str) -> Result<External, ApiError> {
+pub async fn describe(
+    gateway: &Gateway,
+    linking: &Linking,
+    code: &str,
+) -> Result<External, ApiError> {
+    web_linking(linking)?;
     let rec: Option<Code> = records::read_async(&gateway.store, "linkcode", code_key(code)).await?;
     match rec {
-        Some(c) if !c.used && gateway.now().0 < c.expires_at => Ok(c.external),
+        Some(c) if !c.used && gateway.now().0 < c.expires_at => {
+            linkable(linking, &c.external)?;
+            Ok(c.external)
+        }
         Some(c) if c.used => Err(conflict(
             "link_code_used",
             "this link code was already used; click a button in the chat again for a new one",
@@ -129,13 +200,16 @@ pub async fn describe(gateway: &Gateway, code: &str) -> Result<External, ApiErro
 
 /// Binds the code's chat account to `who` (a human), uses the code up and
 /// logs `identity.linked`, all in one transaction. Refuses agents and
-/// services, used or expired codes, and an account already linked to
-/// someone else.
+/// services, used or expired codes, an account already linked to someone
+/// else or bound by the configuration, and every code when linking is
+/// `configured`.
 pub async fn complete(
     gateway: &Gateway,
+    linking: &Linking,
     code: &str,
     who: &Principal,
 ) -> Result<External, ApiError> {
+    web_linking(linking)?;
     if !who.is_human() {
         return Err(ApiError::forbidden(
             "not_human",
@@ -145,6 +219,7 @@ pub async fn complete(
     let now = gateway.now();
     let key = code_key(code);
     let principal = who.id.to_string();
+    let linking = linking.clone();
     let time = rfc3339(now);
     let linked = gateway
         .store
@@ -157,6 +232,7 @@ pub async fn complete(
             if now.0 >= c.expires_at {
                 return Err(conflict("link_code_expired", "this link code has expired; click a button in the chat again for a new one").into());
             }
+            linkable(&linking, &c.external)?;
             let lkey = c.external.key();
             if let Some(l) = records::get::<Link>(tx, "link", &lkey)? {
                 if l.principal != principal {
@@ -192,16 +268,44 @@ pub struct Linked {
     pub account: String,
     pub platform: String,
     pub external_id: String,
-    pub linked_at: String,
+    /// `web` (linked through a link code) or `configured` (`[routing.accounts]`).
+    pub source: &'static str,
+    /// Whether its clicks count as this principal's reviews: a web link is
+    /// ignored when `linking = "configured"` or when the configuration binds
+    /// the account.
+    pub counts: bool,
+    /// When it was linked through the web.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linked_at: Option<String>,
 }
 
-/// The chat accounts linked to `who`.
-pub async fn linked_to(gateway: &Gateway, who: &PrincipalId) -> Result<Vec<Linked>, ApiError> {
+/// The chat accounts bound to `who`: by the configuration, then through
+/// the web.
+pub async fn linked_to(
+    gateway: &Gateway,
+    linking: &Linking,
+    who: &PrincipalId,
+) -> Result<Vec<Linked>, ApiError> {
     let store = gateway.store.clone();
     let all = tokio::task::spawn_blocking(move || records::list::<Link>(&store, "link"))
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))??;
-    Ok(all
+    let configured = linking
+        .accounts
+        .iter()
+        .filter(|(_, p)| *p == who)
+        .filter_map(|(account, _)| {
+            let (platform, id) = account.split_once(':')?;
+            Some(Linked {
+                account: account.clone(),
+                platform: platform.to_string(),
+                external_id: id.to_string(),
+                source: "configured",
+                counts: true,
+                linked_at: None,
+            })
+        });
+    let web = all
         .into_iter()
         .filter(|(_, l)| l.principal_id().as_ref() == Some(who))
         .filter_map(|(account, l)| {
@@ -209,11 +313,13 @@ pub async fn linked_to(gateway: &Gateway, who: &PrincipalId) -> Result<Vec<Linke
             Some(Linked {
                 platform: platform.to_string(),
                 external_id: id.to_string(),
-                linked_at: rfc3339(secondkey_core::time::Timestamp(l.linked_at)),
+                source: "web",
+                counts: linking.self_service && !linking.accounts.contains_key(&account),
+                linked_at: Some(rfc3339(secondkey_core::time::Timestamp(l.linked_at))),
                 account,
             })
-        })
-        .collect())
+        });
+    Ok(configured.chain(web).collect())
 }
 
 /// Unlinks `account` (`<platform>:<external id>`) if it is linked to

@@ -162,6 +162,7 @@ fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
     let extra = format!(
         "\n[slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\ninline_limit = 500\n\
          [[webhooks]]\nname = \"ops\"\nurl = \"{hook_url}\"\nsecret_env = \"SK_HOOK\"\n\
+         [routing.accounts]\n\"slack:T0TEST/U_CAROL\" = \"user:carol\"\n\
          [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\n"
     );
     let g = Gateway::start_full(
@@ -378,6 +379,15 @@ fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
     assert_eq!(link(&g, &url, "user:alice").0, 200);
     let before = click_now("U_ALICE", "approve");
     ephemeral_for(&slack, "U_ALICE", before, "self_review");
+    pending(&g);
+    // An account the configuration binds needs no link, and is that
+    // human at once: carol, on whose behalf the agent asks, is refused.
+    let before = click_now("U_CAROL", "approve");
+    let text = ephemeral_for(&slack, "U_CAROL", before, "not counted");
+    assert!(
+        !text.contains("/chat/link/") && text.contains("self_review"),
+        "{text}"
+    );
     pending(&g);
 
     // A link is listed to, and undone by, the person it names only.
@@ -1170,4 +1180,97 @@ fn escalation_and_expiry_update_every_channel() {
         assert_eq!(e["payload"]["groups"], json!(["dba-leads"]), "{e}");
         assert_eq!(e["actor"], "service:secondkey");
     }
+}
+
+/// `[routing] linking = "configured"`: only the accounts the configuration
+/// binds count, no link code is issued or accepted (a link someone talks
+/// another person into confirming is impossible), and a bound account wins
+/// over a web link.
+#[test]
+fn only_configured_chat_accounts_count_when_linking_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, slack) = fakes::slack();
+    let extra = format!(
+        "\n[slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\n\
+         [routing]\nlinking = \"configured\"\n\
+         [routing.accounts]\n\"slack:T0TEST/U_BOB\" = \"user:bob\"\n\"slack:T0TEST/U_GONE\" = \"user:nobody\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\n"
+    );
+    let g = Gateway::start_full(
+        dir.path(),
+        &policies("1h", "1h"),
+        "",
+        &extra,
+        &[
+            ("SK_SLACK_BOT", SLACK_BOT_TOKEN),
+            ("SK_SLACK_SIGNING", SLACK_SIGNING_SECRET),
+        ],
+    );
+    let a = g.submit("agent:report-bot", &export("COPY customers TO STDOUT"));
+    assert_eq!(a["decision"], "review", "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    wait_for(&slack, "the request posted to C1", |cs| {
+        cs.iter()
+            .find(|c| c.path == "chat.postMessage" && c.body.to_string().contains(&id))
+            .cloned()
+    });
+    let click_now = |user: &str| {
+        let before = slack.lock().unwrap().len();
+        let (body, ts, sig) = slack_click(
+            SLACK_SIGNING_SECRET,
+            unix_now(),
+            user,
+            "approve",
+            &id,
+            "1700000000.000001",
+        );
+        assert_eq!(click(&g, &body, &ts, &sig).0, 200);
+        before
+    };
+
+    // An account the configuration does not bind counts for nobody and is
+    // told what an administrator adds; no link code is offered. Nor for an
+    // account bound to a principal that is not configured.
+    for user in ["U_DAVE", "U_GONE"] {
+        let before = click_now(user);
+        let text = ephemeral_for(&slack, user, before, "[routing.accounts]");
+        assert!(text.contains(&format!("slack:T0TEST/{user}")), "{text}");
+        assert!(!text.contains("/chat/link/"), "{text}");
+    }
+    let v = state(&g, &id);
+    assert_eq!(
+        (v["state"].as_str(), &v["reviews"]),
+        (Some("pending"), &json!([])),
+        "{v}"
+    );
+
+    // Link codes are off: the page and the confirmation refuse, whatever the code.
+    for who in ["user:dave", "user:bob"] {
+        let (s, v) = g.call("POST", "/chat/link/AAAAAAAAAAAAAAAAAAAAAA", Some(who), None);
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("linking_disabled")),
+            "{v}"
+        );
+    }
+    let (s, _) = g.call(
+        "GET",
+        "/chat/link/AAAAAAAAAAAAAAAAAAAAAA",
+        Some("user:dave"),
+        None,
+    );
+    assert_eq!(s, 403);
+
+    // The bound account lists as configured, and its click is bob's review.
+    let (s, v) = g.call("GET", "/v1/chat/links", Some("user:bob"), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["links"],
+        json!([{"account": "slack:T0TEST/U_BOB", "platform": "slack", "external_id": "T0TEST/U_BOB",
+                "source": "configured", "counts": true}])
+    );
+    click_now("U_BOB");
+    let v = state(&g, &id);
+    assert_eq!(v["state"], "approved", "{v}");
+    assert_eq!(v["reviews"][0]["reviewer"], "user:bob", "{v}");
 }

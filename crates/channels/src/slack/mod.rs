@@ -186,8 +186,13 @@ pub(crate) async fn interactions(
             });
         }
     };
-    let who = match links::principal_of(&gateway, &external).await {
+    let linking = &inner.config.routing.linking;
+    let who = match links::principal_of(&gateway, linking, &external).await {
         Ok(Some(p)) => p,
+        Ok(None) if !links::may_link(linking, &external) => {
+            tell(links::not_configured(&external));
+            return StatusCode::OK.into_response();
+        }
         Ok(None) => {
             match links::issue(&gateway, external, inner.config.routing.link_ttl).await {
                 Ok(url) => tell(format!(

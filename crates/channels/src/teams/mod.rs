@@ -186,8 +186,12 @@ pub(crate) async fn messages(
         id: format!("{tenant}/{aad}"),
         display: s("/from/name").unwrap_or(aad).to_string(),
     };
-    let who = match links::principal_of(&gateway, &external).await {
+    let linking = &inner.config.routing.linking;
+    let who = match links::principal_of(&gateway, linking, &external).await {
         Ok(Some(p)) => p,
+        Ok(None) if !links::may_link(linking, &external) => {
+            return message(links::not_configured(&external))
+        }
         Ok(None) => {
             return match links::issue(&gateway, external, inner.config.routing.link_ttl).await {
                 Ok(url) => message(format!(
