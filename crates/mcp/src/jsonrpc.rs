@@ -183,6 +183,101 @@ fn skip_value(b: &[u8], i: &mut usize) -> Option<()> {
     }
 }
 
+/// The members of a JSON-RPC 2.0 message; no other is relayed.
+const MEMBERS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
+
+/// The members of MCP's request and notification params (revision
+/// 2025-11-25): a key that matches one of them only when case is ignored
+/// is refused.
+const PARAMS: &[&str] = &[
+    "_meta",
+    "name",
+    "arguments",
+    "uri",
+    "task",
+    "taskId",
+    "cursor",
+    "ref",
+    "argument",
+    "context",
+    "level",
+    "protocolVersion",
+    "capabilities",
+    "clientInfo",
+    "progressToken",
+    "progress",
+    "total",
+    "message",
+    "requestId",
+    "reason",
+    "messages",
+    "systemPrompt",
+    "includeContext",
+    "temperature",
+    "maxTokens",
+    "stopSequences",
+    "metadata",
+    "modelPreferences",
+    "mode",
+    "requestedSchema",
+    "url",
+    "elicitationId",
+    "ttl",
+    "data",
+    "logger",
+    "roots",
+];
+
+/// One character as a case-insensitive reader compares it: ASCII and
+/// Unicode lowercase, and the two characters Go's `EqualFold` also folds
+/// into ASCII (`ſ` into `s`, the Kelvin sign into `k`).
+fn fold_char(c: char) -> char {
+    match c {
+        'A'..='Z' => c.to_ascii_lowercase(),
+        '\u{017F}' => 's',
+        '\u{212A}' => 'k',
+        c if c.is_ascii() => c,
+        c => {
+            let mut l = c.to_lowercase();
+            match (l.next(), l.next()) {
+                (Some(one), None) => one,
+                _ => c,
+            }
+        }
+    }
+}
+
+/// Whether two keys are the same to a reader that ignores case.
+fn fold_eq(a: &str, b: &str) -> bool {
+    a.chars().map(fold_char).eq(b.chars().map(fold_char))
+}
+
+/// Two keys of one object, anywhere in `v`, that differ only in case.
+fn folded_twin(v: &Value) -> Option<(String, String)> {
+    match v {
+        Value::Object(m) => {
+            if (2..=8).contains(&m.len()) {
+                for (i, a) in m.keys().enumerate() {
+                    if let Some(b) = m.keys().skip(i + 1).find(|b| fold_eq(a, b)) {
+                        return Some((a.clone(), b.clone()));
+                    }
+                }
+            } else if m.len() > 8 {
+                let mut seen: std::collections::HashMap<String, &str> =
+                    std::collections::HashMap::with_capacity(m.len());
+                for k in m.keys() {
+                    if let Some(other) = seen.insert(k.chars().map(fold_char).collect(), k) {
+                        return Some((other.to_string(), k.clone()));
+                    }
+                }
+            }
+            m.values().find_map(folded_twin)
+        }
+        Value::Array(a) => a.iter().find_map(folded_twin),
+        _ => None,
+    }
+}
+
 impl Message {
     /// Parses one message of at most `max` bytes.
     pub fn parse(bytes: &[u8], max: usize) -> Result<Message, Refused> {
@@ -231,6 +326,15 @@ impl Message {
             message: message.to_string(),
             id: usable_id.clone(),
         };
+        // Readers that match member names without regard to case (Go's
+        // encoding/json, .NET's web defaults) would read `Method`,
+        // `Params` or `params.Name` as the members this parser reads under
+        // their exact names, and see another call than the one decided.
+        if let Some(k) = obj.keys().find(|k| !MEMBERS.contains(&k.as_str())) {
+            return Err(refuse(&format!(
+                "`{k}` is not a JSON-RPC member (jsonrpc, id, method, params, result, error)"
+            )));
+        }
         if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
             return Err(refuse("`jsonrpc` must be \"2.0\""));
         }
@@ -262,6 +366,28 @@ impl Message {
         if let Some(p) = obj.get("params") {
             if !p.is_object() {
                 return Err(refuse("`params` must be an object"));
+            }
+        }
+        // Requests and notifications (either way) are what a peer acts on;
+        // a response's result is the agent's to read, and may hold any
+        // data (a row with `id` and `ID`).
+        if kind != Kind::Response {
+            if let Some(Value::Object(params)) = obj.get("params") {
+                if let Some((k, known)) = params.keys().find_map(|k| {
+                    PARAMS
+                        .iter()
+                        .find(|p| *p != k && fold_eq(p, k))
+                        .map(|p| (k, *p))
+                }) {
+                    return Err(refuse(&format!(
+                        "`params.{k}` differs from `{known}` only in case; some MCP servers read them as one, so secondkey refuses the message"
+                    )));
+                }
+            }
+            if let Some((a, b)) = obj.values().find_map(folded_twin) {
+                return Err(refuse(&format!(
+                    "the keys `{a}` and `{b}` differ only in case; some MCP servers read them as one, so secondkey refuses the message"
+                )));
             }
         }
         // What names the thing a request acts on must be text, or the
@@ -497,6 +623,37 @@ mod tests {
     }
 
     #[test]
+    fn keys_a_case_blind_reader_would_merge_are_refused() {
+        // What a reader matching names without regard to case (Go's
+        // encoding/json: the last match wins) would read as a tools/call.
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{},"Method":"tools/call","Params":{"name":"delete_customer","arguments":{"id":42}}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized","Id":3,"Method":"tools/call"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_report","arguments":{"q":"weekly"},"Name":"delete_customer","Arguments":{"id":42}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_report","Arguments":{"id":42}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"q","arguments":{"limit":5,"Limit":50000}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"q","arguments":{"a":[{"x":{"mode":"r","MODE":"w"}}]}}}"#,
+            // Go folds the long s into s and the Kelvin sign into k.
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"q\",\"arguments\":{\"status\":\"open\",\"\u{017F}tatus\":\"closed\"}}}",
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"q\",\"arguments\":{\"kind\":1,\"\u{212A}ind\":2}}}",
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","extra":1}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{},"Error":{"code":1,"message":"x"}}"#,
+        ] {
+            let e = p(bad).unwrap_err();
+            assert_eq!(e.code, INVALID_REQUEST, "{bad}");
+        }
+        // Distinct names that share no folded form, and case in values, pass.
+        for good in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"Q","arguments":{"limit":5,"limits":"A","Name":"x"},"_meta":{"progressToken":1}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#,
+            // A result is data for the agent to read: a row may have both.
+            r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"id":1,"ID":2}}}"#,
+        ] {
+            assert!(p(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
     fn ids_of_different_types_differ() {
         assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
     }
@@ -618,6 +775,20 @@ mod tests {
                     }
                     Err(e) => prop_assert!(e.code == INVALID_REQUEST, "{:?}", e),
                 }
+            }
+
+            /// Two keys of one object differing only in case, at any depth,
+            /// refuse the whole message.
+            #[test]
+            fn a_key_repeated_in_another_case_anywhere_is_refused(depth in 0usize..4, key in "[a-z]{1,4}", upper in 0usize..4, a in json(), b in json()) {
+                let other: String = key.chars().enumerate().map(|(i, c)| if i == upper % key.len() { c.to_ascii_uppercase() } else { c }).collect();
+                let mut inner = format!(r#"{{"{key}":{a},"{other}":{b}}}"#);
+                for _ in 0..depth {
+                    inner = format!(r#"{{"x":[{inner}]}}"#);
+                }
+                let line = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{inner}}}}}"#);
+                let e = Message::parse(line.as_bytes(), 1 << 20).unwrap_err();
+                prop_assert_eq!(e.code, INVALID_REQUEST);
             }
 
             /// A key repeated in any object, at any depth, refuses the whole
