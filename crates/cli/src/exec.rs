@@ -45,7 +45,8 @@ Exit codes:
   104      secondkey could not submit (gateway unreachable, bad token, invalid
            arguments); a result that could not be recorded is a warning on
            stderr, and the command's own code stands
-  127      the command could not be started (not found, not executable)
+  127      the command could not be started (not found, not executable:
+           then nothing is submitted)
 The last line secondkey writes to stderr names the outcome.";
 
 #[derive(Args)]
@@ -224,6 +225,21 @@ fn github_oidc_token(audience: &str) -> Result<String> {
 }
 
 pub fn run(a: ExecArgs) -> Result<ExitCode> {
+    // A program that is not there is refused before anything is submitted:
+    // approved while absent, whatever appeared under its name during the
+    // wait would run, unbound.
+    if let Ok(cwd) = std::env::current_dir() {
+        let path = std::env::var("PATH").ok();
+        if resolve_program(&a.argv[0], path.as_deref(), &cwd).is_none() {
+            return Ok(outcome(
+                code::CANNOT_START,
+                &format!(
+                    "{}: no such program, or not executable (a name without `/` is looked up in PATH); nothing was submitted or run",
+                    a.argv[0]
+                ),
+            ));
+        }
+    }
     match prepare(&a) {
         Ok((client, body, bound)) => execute(&a, &client, &body, &bound),
         Err(e) => Ok(outcome(code::GATEWAY, &format!("nothing ran: {e:#}"))),
@@ -289,7 +305,7 @@ fn bind(a: &ExecArgs, cwd: &std::path::Path) -> Result<Bound> {
             let h = sha256_file(&p).with_context(|| format!("reading {}", p.display()))?;
             Some((p, h))
         }
-        None => None,
+        None => bail!("{}: the program is gone", a.argv[0]),
     };
     let mut files = Vec::new();
     for f in &a.bind {

@@ -381,7 +381,8 @@ fn exec_runs_a_held_deploy_once_after_approval_with_ci_identity() {
     args.extend_from_slice(&deploy("bad"));
     let (code, _, err) = step(&g, &bad, &args, &work).finish(60);
     assert_eq!(code, 104, "{err:?}");
-    // A command that cannot start: 127, recorded as failed.
+    // A program that is not there: 127 before anything is submitted
+    // (approved while absent, whatever appeared under its name would run).
     let s = gh_step(
         &g,
         &iss,
@@ -393,6 +394,17 @@ fn exec_runs_a_held_deploy_once_after_approval_with_ci_identity() {
     );
     let (code, _, err) = s.finish(60);
     assert_eq!(code, 127, "{err:?}");
+    assert!(
+        err.iter()
+            .any(|l| l.contains("nothing was submitted or run")),
+        "{err:?}"
+    );
+    assert!(
+        !common::log_entries(&g)
+            .iter()
+            .any(|e| e.to_string().contains("/nonexistent/deploy")),
+        "nothing was submitted"
+    );
     assert_eq!(std::fs::read_to_string(&deployed).unwrap(), "v1.2.3\n");
     // --help documents the exit codes.
     let (code, out, _) = run_cli(&["exec", "--help"], &g.url, None);
