@@ -424,6 +424,23 @@ mod tests {
                 )
             ]
         );
+        // Two statements: both, each named by its key, none picked.
+        let s = summary(
+            json!({"kind": "sql", "operation": "read", "resource": "postgres://crm/public.customers",
+            "params": {"sql": "SELECT 1", "statement": "DROP TABLE customers"}}),
+        );
+        assert_eq!(
+            s.what,
+            [
+                what("Statement (params.sql)", "SELECT 1"),
+                what("Statement (params.statement)", "DROP TABLE customers")
+            ]
+        );
+        assert!(
+            s.headline.ends_with("but the statement shows ddl."),
+            "{}",
+            s.headline
+        );
         // No statement: every parameter; none at all: said so.
         let s = summary(
             json!({"kind": "http", "operation": "exec", "resource": "k8s://c/pods/p/exec",

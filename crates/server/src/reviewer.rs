@@ -507,23 +507,18 @@ impl Shown<'_> {
     }
 }
 
-/// The statement of an action, when its parameters carry one.
-pub fn statement_of(a: &Action) -> Option<&str> {
-    STATEMENT_KEYS
-        .iter()
-        .find_map(|k| a.params.get(*k).and_then(Value::as_str))
-}
-
-/// The operation classes a statement's own words show, whatever the agent
-/// labelled it: a `DELETE` labelled `write` still counts as a delete.
-/// Coarse on purpose (any such keyword anywhere counts): it only ever
-/// asks for more care, never less.
+/// The operation classes the statements' own words show, whatever the
+/// agent labelled it: a `DELETE` labelled `write` still counts as a delete.
+/// Every statement counts (an action carrying a harmless `sql` beside a
+/// `DROP` in `statement` shows ddl). Coarse on purpose (any such keyword
+/// anywhere counts): it only ever asks for more care, never less.
 pub fn statement_operations(a: &Action) -> Vec<&'static str> {
-    let Some(sql) = statement_of(a) else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for w in sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+    let words = statements(a).into_iter().flat_map(|s| {
+        s.text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+    });
+    for w in words {
         let class = match w.to_ascii_uppercase().as_str() {
             "DELETE" | "TRUNCATE" => "delete",
             "UPDATE" | "INSERT" | "MERGE" | "UPSERT" => "write",
@@ -716,6 +711,42 @@ mod tests {
         assert_eq!(
             changes(&q(json!("SELECT 1")), &q(json!("SELECT 2"))),
             ["statement changed (query): 1 line added, 1 removed"]
+        );
+    }
+
+    #[test]
+    fn every_statement_of_an_action_counts() {
+        // A harmless `sql` beside a destructive `statement`.
+        let decoy = action(
+            json!({"kind": "sql", "operation": "read", "resource": "postgres://crm/public.customers",
+            "params": {"sql": "SELECT 1", "statement": "DROP TABLE customers"}}),
+        );
+        assert_eq!(
+            statements(&decoy),
+            [
+                Statement {
+                    key: "sql",
+                    text: "SELECT 1"
+                },
+                Statement {
+                    key: "statement",
+                    text: "DROP TABLE customers"
+                }
+            ]
+        );
+        assert_eq!(statement_operations(&decoy), ["ddl"]);
+        assert_eq!(
+            mislabel(&decoy).as_deref(),
+            Some("The agent labels it “read”, but the statement shows ddl.")
+        );
+        let s = shown(&decoy);
+        assert_eq!(
+            (s.statement_label(0), s.statement_label(1), s.rest.len()),
+            (
+                "Statement (params.sql)".to_string(),
+                "Statement (params.statement)".to_string(),
+                0
+            )
         );
     }
 

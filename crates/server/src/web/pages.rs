@@ -369,10 +369,19 @@ fn what(b: &mut String, req: &Request, ids: bool) {
 }
 
 /// The text compared as a line diff between similar actions: the
-/// statement, or the parameters as pretty JSON when there is none.
+/// statement (every one, each under its key when there are several), or
+/// the parameters as pretty JSON when there is none.
 pub fn comparable_text(req: &Request) -> String {
-    if let Some(s) = reviewer::statement_of(&req.action) {
-        return format!("{s}\n");
+    let statements = reviewer::statements(&req.action);
+    match statements.as_slice() {
+        [] => {}
+        [one] => return format!("{}\n", one.text),
+        several => {
+            return several
+                .iter()
+                .map(|s| format!("-- params.{}\n{}\n", s.key, s.text))
+                .collect()
+        }
     }
     let mut t =
         serde_json::to_string_pretty(&Value::Object(req.action.params.clone())).unwrap_or_default();
@@ -1009,6 +1018,42 @@ mod tests {
         let at = html.find("<section id=\"what\">").expect("a What section");
         let end = html[at..].find("</section>").unwrap();
         html[at..at + end].to_string()
+    }
+
+    #[test]
+    fn several_statements_are_each_shown_and_diffed() {
+        let decoy = |drop: &str| {
+            json!({"kind": "sql", "operation": "read", "resource": "postgres://crm/public.customers",
+                "params": {"sql": "SELECT 1", "statement": drop}})
+        };
+        let w = what_section(decoy("DROP TABLE customers"));
+        assert!(w.contains("<h3>Statement (params.sql) <small"), "{w}");
+        assert!(w.contains("<h3>Statement (params.statement) <small"), "{w}");
+        assert!(w.contains("id=\"statement-statement\""), "{w}");
+        assert!(w.contains("customers"), "{w}");
+        // The diff covers every statement, not the first one only.
+        let req = |raw: Value| {
+            let (action, digest) = Action::from_json(&raw).unwrap();
+            Request::new(
+                "req_1".into(),
+                digest,
+                action,
+                Principal::new("agent:bot".parse().unwrap(), None, vec![]).unwrap(),
+                vec![],
+                Duration::from_secs(600),
+                Duration::from_secs(600),
+                Timestamp(1_000),
+            )
+        };
+        let (a, b) = (
+            comparable_text(&req(decoy("SELECT 2"))),
+            comparable_text(&req(decoy("DROP TABLE customers"))),
+        );
+        assert_eq!(
+            b,
+            "-- params.sql\nSELECT 1\n-- params.statement\nDROP TABLE customers\n"
+        );
+        assert!(highlight::diff(&a, &b, true).is_some());
     }
 
     #[test]
