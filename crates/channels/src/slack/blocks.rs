@@ -21,12 +21,37 @@ fn field(label: &str, value: &str) -> Value {
     json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", escape(value))})
 }
 
-/// What a character of agent text becomes inside a code block (see
-/// [`escape`]).
+/// A zero-width space: invisible, and it breaks a run of backticks.
+const ZWSP: char = '\u{200B}';
+
+/// Agent text for inside a ```` ``` ```` block, shown as typed: [`escape`]d,
+/// and every backtick set between zero-width spaces, so that no run of
+/// them in the text can close the block early and turn what follows into
+/// markup (Slack has no escape for a backtick).
+pub fn escape_code(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '`' => {
+                out.push(ZWSP);
+                out.push('`');
+                out.push(ZWSP);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What a character of agent text becomes in [`escape_code`], in bytes.
 fn code_cost(c: char) -> usize {
     match c {
         '&' => 5,
         '<' | '>' => 4,
+        '`' => 1 + 2 * ZWSP.len_utf8(),
         c => c.len_utf8(),
     }
 }
@@ -114,10 +139,10 @@ pub fn message(s: &Summary, inline_limit: usize) -> Vec<Value> {
                 e.len,
                 e.shown.len(),
                 s.id,
-                escape(e.shown)
+                escape_code(e.shown)
             )
         } else {
-            format!("*{}*\n```{}```", e.label, escape(e.shown))
+            format!("*{}*\n```{}```", e.label, escape_code(e.shown))
         };
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": what}}));
     }
@@ -281,6 +306,39 @@ mod tests {
         for block in &b {
             if let Some(t) = block.pointer("/text/text").and_then(Value::as_str) {
                 assert!(t.chars().count() <= 3000, "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn backticks_cannot_close_the_code_block() {
+        let sql = "SELECT 1 ```\n*Approved by security* <@U1> ```";
+        let b = message(&summary(sql), 2000);
+        let what = b
+            .iter()
+            .filter_map(|x| x.pointer("/text/text").and_then(Value::as_str))
+            .find(|t| t.starts_with("*Statement*"))
+            .unwrap();
+        let inner = what
+            .strip_prefix("*Statement*\n```")
+            .and_then(|t| t.strip_suffix("```"))
+            .unwrap();
+        // The only ``` are the block's own; the text reads as typed once
+        // the invisible spaces and entities are taken out.
+        assert!(!inner.contains("``"), "{inner}");
+        assert!(!inner.starts_with('`') && !inner.ends_with('`'), "{inner}");
+        let shown = inner
+            .replace(ZWSP, "")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&");
+        assert_eq!(shown, sql);
+        // The budget counts what the escaping adds.
+        let ticks = "`".repeat(3000);
+        assert!(needs_file(&summary(&ticks), 2000));
+        for block in &message(&summary(&ticks), 2000) {
+            if let Some(t) = block.pointer("/text/text").and_then(Value::as_str) {
+                assert!(t.len() <= 3000, "{}", t.len());
             }
         }
     }
