@@ -1,5 +1,5 @@
 // The client of the whole REST API, and the guard. fetch-based (Node >= 20).
-import { canonicalize, digest as digestOf } from './jcs.js';
+import { canonicalize, digest as digestOf, jsonCopy } from './jcs.js';
 import {
   ApiError, Denied, DigestMismatch, GatewayTimeout, GrantInvalid, GuardTimeout, NotFound, ProtocolError,
   RateLimited, RequestEnded, SecondkeyError, TransportError, Unauthorized, errorFromResponse,
@@ -419,16 +419,23 @@ export class Client {
     const { operation, kind = 'tool', resource, action, justification, context, mode, timeout } = opts;
     if (!action && !operation) throw new TypeError('guarded needs an operation (or an action builder)');
     const name = fn.name || 'function';
-    const build = action ?? ((...args) => {
-      const params = args.length === 1 && args[0] && typeof args[0] === 'object' && !Array.isArray(args[0]) ? args[0] : { args };
-      const a = { kind, operation, resource: resource ?? `tool://${name}`, params: JSON.parse(JSON.stringify(params)) };
+    const self = this;
+    if (action) {
+      // A custom builder: the function gets the caller's arguments as they are.
+      return async function guardedCall(...args) {
+        return self.guard(action(...args), () => fn.apply(this, args), { mode, timeout });
+      };
+    }
+    return async function guardedCall(...args) {
+      const single = args.length === 1 && args[0] !== null && typeof args[0] === 'object' && !Array.isArray(args[0]);
+      const params = single ? jsonCopy(args[0], 'argument 0') : { args: jsonCopy(args, 'arguments') };
+      const a = { kind, operation, resource: resource ?? `tool://${name}`, params };
       if (justification) a.justification = justification;
       if (context) a.context = context;
-      return a;
-    });
-    const self = this;
-    return async function guardedCall(...args) {
-      return self.guard(build(...args), () => fn.apply(this, args), { mode, timeout });
+      // The function runs with a second copy of the submitted values, taken now:
+      // changes the caller makes to its objects while the request waits do not run.
+      const run = single ? [jsonCopy(params)] : jsonCopy(params.args);
+      return self.guard(a, () => fn.apply(this, run), { mode, timeout });
     };
   }
 }

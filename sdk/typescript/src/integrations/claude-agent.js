@@ -30,9 +30,9 @@ export function secondkeyPermissions(client, { operation = defaultOperation, res
     await auth.record(ok, summary).catch(() => {});
   };
   const canUseTool = async (toolName, input, options = {}) => {
-    const action = toolAction(toolName, input, { operation: operation(toolName, input), resource: resource(toolName), justification, context });
-    let auth;
+    let action, auth;
     try {
+      action = toolAction(toolName, input, { operation: operation(toolName, input), resource: resource(toolName), justification, context });
       auth = await client.authorize(action, { timeout });
     } catch (e) {
       if (e instanceof SecondkeyError) return { behavior: 'deny', message: toolErrorText(toolName, e) };

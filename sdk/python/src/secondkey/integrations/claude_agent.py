@@ -59,8 +59,8 @@ class SecondkeyPermissions:
     ) -> PermissionResultAllow | PermissionResultDeny:
         pol = ToolPolicy(operation=self._operation(tool_name, tool_input), resource=self._resource(tool_name),
                          justification=self._justification, context=self._context, timeout=self._timeout)
-        action = tool_action(tool_name, tool_input, pol)
         try:
+            action = tool_action(tool_name, tool_input, pol)
             auth = await self.client.authorize(action, timeout=self._timeout)
         except SecondkeyError as e:
             return PermissionResultDeny(message=tool_error_text(tool_name, e))
