@@ -78,3 +78,24 @@ test('a gateway that is down is a tool error; the tool never runs', async () => 
   assert.equal(msg.status, 'error');
   assert.match(String(msg.content), /could not authorize/);
 });
+
+test('guardTool: the action holds the arguments as sent; the tool validates them once', async () => {
+  // A schema that transforms runs once, in the tool: the action said 5, the tool ran with 500.
+  const ran = [];
+  const refund = tool(async ({ customer, amount }) => { ran.push([customer, amount]); return 'refunded'; }, {
+    name: 'refund', description: 'Refund a customer.',
+    schema: z.object({ customer: z.string(), amount: z.number().transform((v) => v * 100) }),
+  });
+  const resource = unique('lcjs-once');
+  const guarded = guardTool(refund, bot, { operation: 'write', resource });
+  const reviewer = decideWhenPending(rita, resource);
+  const out = await guarded.invoke({ name: 'refund', type: 'tool_call', id: 'call_9', args: { customer: 'cus_1', amount: 5 } });
+  const rid = await reviewer;
+  assert.ok(ToolMessage.isInstance(out));
+  assert.equal(out.content, 'refunded');
+  assert.equal(out.tool_call_id, 'call_9');
+  assert.deepEqual(ran, [['cus_1', 500]]);
+  const view = await bot.getRequest(rid);
+  assert.deepEqual(view.action.params, { customer: 'cus_1', amount: 5 });
+  assert.equal(view.state, 'executed');
+});

@@ -9,24 +9,56 @@
 // createAgent: like humanInTheLoopMiddleware's interruptOn it names the tools
 // that need a decision, but secondkey makes it (policy, then reviewers),
 // recorded in its signed log, instead of a graph interrupt.
-import { tool as makeTool } from '@langchain/core/tools';
+import { StructuredTool } from '@langchain/core/tools';
 import { ToolMessage } from '@langchain/core/messages';
 import { createMiddleware } from 'langchain';
 import { SecondkeyError } from '../errors.js';
+import { jsonCopy } from '../jcs.js';
 import { asPolicy, runAuthorized, toolAction, toolErrorText } from './common.js';
 
+/**
+ * The action's params are the tool call's arguments as the model sent them;
+ * the wrapped tool is invoked with a copy of exactly those and validates
+ * them once, itself, so a schema that transforms its input cannot make what
+ * runs differ from what was decided.
+ */
 export function guardTool(tool, client, policy = 'call') {
-  const pol = asPolicy(policy);
-  return makeTool(async (input) => {
-    let auth;
+  return new GuardedTool(tool, client, asPolicy(policy));
+}
+
+class GuardedTool extends StructuredTool {
+  static lc_name() { return 'GuardedTool'; }
+
+  constructor(inner, client, policy) {
+    super({ name: inner.name, description: inner.description, schema: inner.schema, returnDirect: inner.returnDirect });
+    this.name = inner.name;
+    this.description = inner.description;
+    this.schema = inner.schema;
+    this.inner = inner;
+    this.client = client;
+    this.policy = policy;
+  }
+
+  async invoke(input, config) {
+    const isCall = !!input && typeof input === 'object' && input.type === 'tool_call';
+    const raw = isCall ? input.args : input;
+    let action, auth;
     try {
-      auth = await client.authorize(toolAction(tool.name, input, pol), { mode: pol.mode, timeout: pol.timeout });
+      action = toolAction(this.name, raw, this.policy);
+      auth = await this.client.authorize(action, { mode: this.policy.mode, timeout: this.policy.timeout });
     } catch (e) {
-      if (e instanceof SecondkeyError) throw new Error(toolErrorText(tool.name, e));
+      if (e instanceof SecondkeyError) throw new Error(toolErrorText(this.name, e));
       throw e;
     }
-    return runAuthorized(auth, () => tool.invoke(input));
-  }, { name: tool.name, description: tool.description, schema: tool.schema });
+    const isObject = !!raw && typeof raw === 'object' && !Array.isArray(raw);
+    const args = isObject ? jsonCopy(action.params) : raw;
+    return runAuthorized(auth, () => this.inner.invoke(isCall ? { ...input, args } : args, config));
+  }
+
+  _call() {
+    // call() would validate here, apart from the decision: only invoke is offered.
+    throw new Error(`call the guarded tool ${this.name} with invoke`);
+  }
 }
 
 export function secondkeyMiddleware({ interruptOn, client, name = 'SecondkeyMiddleware' }) {
