@@ -140,12 +140,25 @@ function fallbackToPoll(e) {
  * `timeout` (seconds) bounds each HTTP call; `fetch` may be replaced (tests, proxies).
  */
 export class Client {
+  // Private: the token never shows when a client (or an Authorization holding
+  // it) is logged, inspected or serialized.
+  #token;
+
   constructor({ url, token, timeout = 30, fetch: f } = {}) {
     this.url = (url ?? process.env.SECONDKEY_URL ?? 'http://127.0.0.1:8750').replace(/\/+$/, '');
-    this.token = token ?? process.env.SECONDKEY_TOKEN ?? null;
+    this.#token = token ?? process.env.SECONDKEY_TOKEN ?? null;
     this.timeout = timeout;
     this.fetch = f ?? globalThis.fetch;
     this._jwks = null;
+  }
+
+  /** What logging or serializing a client shows: never the token. */
+  toJSON() {
+    return { url: this.url, timeout: this.timeout, token: this.#token ? '[redacted]' : null };
+  }
+
+  [Symbol.for('nodejs.util.inspect.custom')]() {
+    return `Client ${JSON.stringify(this.toJSON())}`;
   }
 
   async _send(name, { path = {}, query = {}, body, timeout, signal } = {}) {
@@ -160,7 +173,7 @@ export class Client {
     }
     const headers = { 'user-agent': `secondkey-js/${VERSION}`, accept: op.answer === 'sse' ? 'text/event-stream' : 'application/json' };
     if (body !== undefined) headers['content-type'] = 'application/json';
-    if (this.token && !op.public) headers.authorization = `Bearer ${this.token}`;
+    if (this.#token && !op.public) headers.authorization = `Bearer ${this.#token}`;
     const timer = AbortSignal.timeout((timeout ?? this.timeout) * 1000);
     const sig = signal ? AbortSignal.any([timer, signal]) : timer;
     let res;
@@ -447,8 +460,11 @@ function warn(auth, err) {
 
 /** Leave to run an action once; `record()` reports how it went (once). */
 export class Authorization {
+  // Private: logging or serializing an Authorization shows its fields, not the client's token.
+  #client;
+
   constructor(client, f) {
-    this._client = client;
+    this.#client = client;
     this.action = f.action;
     this.digest = f.digest;
     this.mode = f.mode;
@@ -462,8 +478,8 @@ export class Authorization {
   async record(ok, summary = {}, { reads = [], writes = [] } = {}) {
     if (this.recorded) return;
     this.recorded = true;
-    if (this.executionId) return this._client.reportExecution(this.executionId, ok, summary, { reads, writes });
-    if (this.requestId) return this._client.reportOutcome(this.requestId, ok ? 'succeeded' : 'failed', { summary, reads, writes });
+    if (this.executionId) return this.#client.reportExecution(this.executionId, ok, summary, { reads, writes });
+    if (this.requestId) return this.#client.reportOutcome(this.requestId, ok ? 'succeeded' : 'failed', { summary, reads, writes });
     // a grant-mode allow has no request to record against
   }
 }

@@ -108,6 +108,8 @@ export interface GuardedOptions extends GuardOptions {
 export declare class Client {
   constructor(options?: ClientOptions);
   readonly url: string;
+  /** The token is private; this shows it as `[redacted]`. */
+  toJSON(): { url: string; timeout: number; token: '[redacted]' | null };
   submit(action: Action, options?: { execute?: boolean }): Promise<ActionResponse>;
   getRequest(id: string, options?: { wait?: number }): Promise<RequestView>;
   listRequests(options?: { state?: RequestState; limit?: number; before?: string }): Promise<RequestPage>;
