@@ -256,3 +256,53 @@ def test_tool_actions_refuse_inputs_that_are_not_json():
     action = tool_action("t", args, ToolPolicy())
     args["ids"].append(3)
     assert action["params"] == {"ids": [1, 2]}
+
+
+async def test_cancelling_a_wait_withdraws_the_pending_request(gateway, rita):
+    # A caller that gives up (a task cancelled, asyncio.wait_for) leaves no
+    # pending request behind whose approval an identical call could use.
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        action = write_action()
+        runs = []
+
+        async def guarded() -> None:
+            async with bot.guard(action, timeout=10):
+                runs.append(1)
+
+        task = asyncio.create_task(guarded())
+        rid = None
+        deadline = time.monotonic() + 10
+        while rid is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            pending = await bot.list_requests("pending")
+            rid = next((r.id for r in pending.requests if r.action["resource"] == action["resource"]), None)
+        assert rid is not None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert runs == [] and (await bot.get_request(rid)).state == "withdrawn"
+
+
+def test_interrupting_a_blocking_wait_withdraws_the_pending_request(gateway, bot):
+    # The blocking client: an exception that is not the SDK's (here raised by
+    # the transport while it waits, as KeyboardInterrupt would be) withdraws.
+    class Interrupted(BaseException):
+        pass
+
+    action = write_action()
+    waits = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events") or "wait" in request.url.params:
+            waits.append(request.url.path)
+            raise Interrupted()
+        return real.handle_request(request)
+
+    real = httpx.HTTPTransport()
+    c = secondkey.Client(gateway.url, token("agent:sdk-bot"), http=httpx.Client(transport=httpx.MockTransport(transport)))
+    with pytest.raises(Interrupted):
+        with c.guard(action, timeout=10):
+            pass
+    rid = waits[0].split("/")[3]
+    assert bot.get_request(rid).state == "withdrawn"
+    c.close()

@@ -180,3 +180,39 @@ test('guarded(): arguments that are not JSON are refused, naming where they are'
   args.ids.push(3);
   assert.deepEqual(a.params, { ids: [1, 2] });
 });
+
+test('an aborted wait withdraws the pending request: a later identical call cannot use an approval given to it', async () => {
+  const action = writeAction();
+  const ctl = new AbortController();
+  let rid;
+  const watcher = (async () => {
+    for (;;) {
+      const page = await rita.listRequests({ state: 'pending' });
+      const r = page.requests.find((x) => x.action.resource === action.resource);
+      if (r) { rid = r.id; ctl.abort(); return; }
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  })();
+  const err = await bot.authorize(action, { timeout: 10, signal: ctl.signal }).catch((e) => e);
+  await watcher;
+  assert.equal(err.name, 'AbortError');
+  assert.equal((await bot.getRequest(rid)).state, 'withdrawn');
+  // wired through an integration: the AI SDK's abortSignal
+  const { guardTool: guardAiTool } = await import('../src/integrations/ai.js');
+  const ctl2 = new AbortController();
+  let runs = 0;
+  const t = guardAiTool('refund', { execute: async () => { runs++; } }, bot, { operation: 'write', resource: unique('ai-abort'), timeout: 10 });
+  const p = t.execute({ customer: 'c' }, { abortSignal: ctl2.signal });
+  const deadline = Date.now() + 20000;
+  let rid2;
+  while (!rid2 && Date.now() < deadline) {
+    const page = await rita.listRequests({ state: 'pending' });
+    rid2 = page.requests.find((x) => x.action.resource.includes('ai-abort') && x.action.params?.customer === 'c')?.id;
+    if (!rid2) await new Promise((res) => setTimeout(res, 50));
+  }
+  ctl2.abort();
+  const err2 = await p.catch((e) => e);
+  assert.equal(err2.name, 'AbortError');
+  assert.equal(runs, 0);
+  assert.equal((await bot.getRequest(rid2)).state, 'withdrawn');
+});

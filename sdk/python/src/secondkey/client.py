@@ -318,7 +318,7 @@ class Client(_Base):
                     time.sleep(eff.seconds)
                 elif isinstance(eff, Jwks):
                     value = self._keys(eff.refresh)
-            except SecondkeyError as e:
+            except BaseException as e:  # cancellation too: flow withdraws a pending request
                 exc = e
 
 
@@ -577,7 +577,7 @@ class AsyncClient(_Base):
                     await asyncio.sleep(eff.seconds)
                 elif isinstance(eff, Jwks):
                     value = await self._keys(eff.refresh)
-            except SecondkeyError as e:
+            except BaseException as e:  # cancellation too: flow withdraws a pending request
                 exc = e
 
 

@@ -33,7 +33,7 @@ export function secondkeyPermissions(client, { operation = defaultOperation, res
     let action, auth;
     try {
       action = toolAction(toolName, input, { operation: operation(toolName, input), resource: resource(toolName), justification, context });
-      auth = await client.authorize(action, { timeout });
+      auth = await client.authorize(action, { timeout, signal: options.signal });
     } catch (e) {
       if (e instanceof SecondkeyError) return { behavior: 'deny', message: toolErrorText(toolName, e) };
       throw e;

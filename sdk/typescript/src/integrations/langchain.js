@@ -45,7 +45,7 @@ class GuardedTool extends StructuredTool {
     let action, auth;
     try {
       action = toolAction(this.name, raw, this.policy);
-      auth = await this.client.authorize(action, { mode: this.policy.mode, timeout: this.policy.timeout });
+      auth = await this.client.authorize(action, { mode: this.policy.mode, timeout: this.policy.timeout, signal: config?.signal });
     } catch (e) {
       if (e instanceof SecondkeyError) throw new Error(toolErrorText(this.name, e));
       throw e;
@@ -71,7 +71,7 @@ export function secondkeyMiddleware({ interruptOn, client, name = 'SecondkeyMidd
       if (!pol) return handler(request);
       let auth;
       try {
-        auth = await client.authorize(toolAction(call.name, call.args, pol), { mode: pol.mode, timeout: pol.timeout });
+        auth = await client.authorize(toolAction(call.name, call.args, pol), { mode: pol.mode, timeout: pol.timeout, signal: request.runtime?.signal ?? request.config?.signal });
       } catch (e) {
         if (!(e instanceof SecondkeyError)) throw e;
         return new ToolMessage({ content: toolErrorText(call.name, e), tool_call_id: call.id, name: call.name, status: 'error' });
