@@ -13,7 +13,7 @@ import { StructuredTool } from '@langchain/core/tools';
 import { ToolMessage } from '@langchain/core/messages';
 import { createMiddleware } from 'langchain';
 import { SecondkeyError } from '../errors.js';
-import { jsonCopy } from '../jcs.js';
+import { canonicalize, JcsError, jsonCopy } from '../jcs.js';
 import { asPolicy, runAuthorized, toolAction, toolErrorText } from './common.js';
 
 /**
@@ -61,6 +61,38 @@ class GuardedTool extends StructuredTool {
   }
 }
 
+/**
+ * The request secondkeyMiddleware passes on: the decided arguments, and a
+ * stand-in for the tool that runs the inner tool once, only with those. The
+ * handler is the rest of the stack, so a middleware listed after this one
+ * (a retry, a rewrite) would otherwise run the tool again on one decision,
+ * or run a call nobody decided; those are refused as tool errors.
+ */
+function decided(request, action) {
+  const { toolCall, tool } = request;
+  const args = jsonCopy(action.params);
+  if (!tool) return { ...request, toolCall: { ...toolCall, args } };
+  const want = canonicalize(action.params);
+  let ran = false;
+  const refuse = (input, why) => new ToolMessage({ content: `Tool ${tool.name} was not run: ${why}`, tool_call_id: input?.id ?? toolCall.id, name: tool.name, status: 'error' });
+  const standIn = Object.create(tool, {
+    invoke: {
+      value: async (input, config) => {
+        const raw = input && typeof input === 'object' && input.type === 'tool_call' ? input.args : input;
+        const got = raw && typeof raw === 'object' && !Array.isArray(raw) ? raw : { input: raw };
+        if (ran) return refuse(input, 'it already ran once under this decision; another run (a retry by a middleware listed after secondkeyMiddleware) needs a decision of its own: list secondkeyMiddleware last');
+        let same;
+        try { same = canonicalize(got) === want; } catch (e) { if (!(e instanceof JcsError)) throw e; same = false; }
+        if (!same) return refuse(input, 'its arguments were changed after secondkey decided the call (by a middleware listed after secondkeyMiddleware); the decided call is the one that may run');
+        ran = true;
+        const runArgs = got === raw ? jsonCopy(action.params) : raw;
+        return tool.invoke(input?.type === 'tool_call' ? { ...input, args: runArgs } : runArgs, config);
+      },
+    },
+  });
+  return { ...request, toolCall: { ...toolCall, args }, tool: standIn };
+}
+
 export function secondkeyMiddleware({ interruptOn, client, name = 'SecondkeyMiddleware' }) {
   const policies = Object.fromEntries(Object.entries(interruptOn).map(([k, v]) => [k, asPolicy(v)]));
   return createMiddleware({
@@ -69,16 +101,17 @@ export function secondkeyMiddleware({ interruptOn, client, name = 'SecondkeyMidd
       const call = request.toolCall;
       const pol = policies[call.name];
       if (!pol) return handler(request);
-      let auth;
+      let action, auth;
       try {
-        auth = await client.authorize(toolAction(call.name, call.args, pol), { mode: pol.mode, timeout: pol.timeout, signal: request.runtime?.signal ?? request.config?.signal });
+        action = toolAction(call.name, call.args, pol);
+        auth = await client.authorize(action, { mode: pol.mode, timeout: pol.timeout, signal: request.runtime?.signal ?? request.config?.signal });
       } catch (e) {
         if (!(e instanceof SecondkeyError)) throw e;
         return new ToolMessage({ content: toolErrorText(call.name, e), tool_call_id: call.id, name: call.name, status: 'error' });
       }
       let out;
       try {
-        out = await handler(request);
+        out = await handler(decided(request, action));
       } catch (e) {
         await auth.record(false, { status: 'failed', error: String(e?.message ?? e).slice(0, 2000) }).catch(() => {});
         throw e;

@@ -17,13 +17,14 @@ from typing import Any, Awaitable, Callable, Optional, Union
 
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import BaseTool
+from langchain_core.tools import BaseTool, ToolException
 from langchain_core.utils.pydantic import get_fields
+from pydantic import Field
 
 from ..client import AsyncClient, Client
 from ..errors import SecondkeyError
 from ..guard import result_summary
-from ..jcs import json_copy
+from ..jcs import JcsError, canonicalize, json_copy
 from ._common import PolicyLike, ToolPolicy, as_policy, tool_action, tool_error_text
 
 __all__ = ["guard_tool", "SecondkeyMiddleware", "ToolPolicy"]
@@ -153,6 +154,83 @@ class _GuardedTool(BaseTool):
         raise NotImplementedError(f"call the guarded tool {self.name} with invoke or ainvoke")
 
 
+class _DecidedCall(BaseTool):
+    """Stands in for the tool in the request :class:`SecondkeyMiddleware` passes on.
+
+    The middleware's handler is the rest of the stack: a middleware inside
+    it may call the tool again (a retry) or change the call. This stand-in
+    runs the inner tool once, and only with the arguments that were decided;
+    a second run, or a call whose arguments differ, is refused as a tool
+    error and never reaches the tool.
+    """
+
+    inner: BaseTool
+    params: dict[str, Any]
+    runs: list[int] = Field(default_factory=list)
+    func: Optional[Callable[..., Any]] = None
+    coroutine: Optional[Callable[..., Awaitable[Any]]] = None
+
+    @property
+    def _injected_args_keys(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset(getattr(self.inner, "_injected_args_keys", ()))
+
+    def _admit(self, input: Any) -> tuple[Optional[str], Any]:
+        """(why it is refused, or None; the input to invoke the inner tool with)."""
+        is_call = _is_call(input)
+        raw = input.get("args", {}) if is_call else input
+        injected = _injected_keys(self.inner) if isinstance(raw, dict) else frozenset()
+        public = {k: v for k, v in raw.items() if k not in injected} if isinstance(raw, dict) else {"input": raw}
+        if self.runs:
+            return ("it already ran once under this decision; another run (a retry by a middleware placed after "
+                    "SecondkeyMiddleware) needs a decision of its own: list SecondkeyMiddleware last"), None
+        try:
+            same = canonicalize(public) == canonicalize(self.params)
+        except JcsError:
+            same = False
+        if not same:
+            return ("its arguments were changed after secondkey decided the call (by a middleware placed after "
+                    "SecondkeyMiddleware); the decided call is the one that may run"), None
+        self.runs.append(1)
+        if not isinstance(raw, dict):
+            return None, input
+        run_args = {**json_copy(self.params), **{k: v for k, v in raw.items() if k in injected}}
+        return None, ({**input, "args": run_args} if is_call else run_args)
+
+    def _refusal(self, input: Any, why: str) -> Any:
+        text = f"Tool {self.name} was not run: {why}"
+        if _call_id(input) is None:
+            raise ToolException(text)
+        return ToolMessage(content=text, tool_call_id=_call_id(input), name=self.name, status="error")
+
+    def invoke(self, input: Any, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Any:
+        why, run_input = self._admit(input)
+        if why is not None:
+            return self._refusal(input, why)
+        return self.inner.invoke(run_input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Any:
+        why, run_input = self._admit(input)
+        if why is not None:
+            return self._refusal(input, why)
+        return await self.inner.ainvoke(run_input, config, **kwargs)
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"call {self.name} with invoke or ainvoke")
+
+
+def _decided(request: Any, action: dict[str, Any]) -> Any:
+    """The request to pass on: the decided arguments, and a tool that runs them once."""
+    tool = request.tool
+    call = {**request.tool_call, "args": json_copy(action["params"])}
+    if tool is None:
+        return request.override(tool_call=call)
+    stand_in = _DecidedCall(name=tool.name, description=tool.description,
+                            args_schema=tool.args_schema if tool.args_schema is not None else tool.get_input_schema(),
+                            func=getattr(tool, "func", None), coroutine=getattr(tool, "coroutine", None),
+                            inner=tool, params=action["params"])
+    return request.override(tool_call=call, tool=stand_in)
+
+
 def _is_call(input: Any) -> bool:
     """A ToolCall input, as LangGraph's ToolNode passes it."""
     return isinstance(input, dict) and input.get("type") == "tool_call"
@@ -212,12 +290,13 @@ class SecondkeyMiddleware(_middleware_base()):  # type: ignore[misc]
         if self.client is None:
             raise RuntimeError("SecondkeyMiddleware has no Client for a synchronous invoke")
         try:
-            guard = self.client.guard(tool_action(call["name"], call["args"], pol), mode=pol.mode, timeout=pol.timeout)
+            action = tool_action(call["name"], call["args"], pol)
+            guard = self.client.guard(action, mode=pol.mode, timeout=pol.timeout)
             auth = guard.__enter__()
         except SecondkeyError as e:
             return self._refused(call, e)
         try:
-            out = handler(request)
+            out = handler(_decided(request, action))
         except BaseException as e:
             guard.__exit__(type(e), e, e.__traceback__)
             raise
@@ -236,13 +315,13 @@ class SecondkeyMiddleware(_middleware_base()):  # type: ignore[misc]
         if self.async_client is None:
             raise RuntimeError("SecondkeyMiddleware has no AsyncClient for an asynchronous invoke")
         try:
-            guard = self.async_client.guard(tool_action(call["name"], call["args"], pol), mode=pol.mode,
-                                            timeout=pol.timeout)
+            action = tool_action(call["name"], call["args"], pol)
+            guard = self.async_client.guard(action, mode=pol.mode, timeout=pol.timeout)
             auth = await guard.__aenter__()
         except SecondkeyError as e:
             return self._refused(call, e)
         try:
-            out = await handler(request)
+            out = await handler(_decided(request, action))
         except BaseException as e:
             await guard.__aexit__(type(e), e, e.__traceback__)
             raise
