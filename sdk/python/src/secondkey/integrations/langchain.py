@@ -112,42 +112,21 @@ class _GuardedTool(BaseTool):
             raise RuntimeError(f"the guarded tool {self.name} has no Client for a synchronous invoke")
         try:
             action, run_input = self._prepare(input)
-            guard = self.client.guard(action, mode=self.policy.mode, timeout=self.policy.timeout)
-            auth = guard.__enter__()
         except SecondkeyError as e:
             return self._refused(_call_id(input), e)
-        try:
-            out = self.inner.invoke(run_input, config, **kwargs)
-        except BaseException as e:
-            guard.__exit__(type(e), e, e.__traceback__)
-            raise
-        ok, summary = _outcome(out)
-        try:
-            self.client.record(auth, ok, summary)
-        except SecondkeyError:
-            pass  # the tool ran; nothing to undo
-        return out
+        return _run_decided(self.client, action, self.policy, lambda: self.inner.invoke(run_input, config, **kwargs),
+                            lambda e: self._refused(_call_id(input), e))
 
     async def ainvoke(self, input: Any, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Any:
         if self.async_client is None:
             raise RuntimeError(f"the guarded tool {self.name} has no AsyncClient for an asynchronous invoke")
         try:
             action, run_input = self._prepare(input)
-            guard = self.async_client.guard(action, mode=self.policy.mode, timeout=self.policy.timeout)
-            auth = await guard.__aenter__()
         except SecondkeyError as e:
             return self._refused(_call_id(input), e)
-        try:
-            out = await self.inner.ainvoke(run_input, config, **kwargs)
-        except BaseException as e:
-            await guard.__aexit__(type(e), e, e.__traceback__)
-            raise
-        ok, summary = _outcome(out)
-        try:
-            await self.async_client.record(auth, ok, summary)
-        except SecondkeyError:
-            pass
-        return out
+        return await _arun_decided(self.async_client, action, self.policy,
+                                   lambda: self.inner.ainvoke(run_input, config, **kwargs),
+                                   lambda e: self._refused(_call_id(input), e))
 
     def _run(self, *args: Any, **kwargs: Any) -> Any:
         # run() would validate the input here, apart from the decision: only invoke is offered.
@@ -240,6 +219,48 @@ def _call_id(input: Any) -> Optional[str]:
     return input.get("id") if _is_call(input) else None
 
 
+def _run_decided(client: Client, action: dict[str, Any], pol: ToolPolicy, run: Callable[[], Any],
+                 refused: Callable[[SecondkeyError], Any]) -> Any:
+    """Runs ``run()`` once ``action`` is authorized and records its outcome; else ``refused(error)``."""
+    try:
+        guard = client.guard(action, mode=pol.mode, timeout=pol.timeout)
+        auth = guard.__enter__()
+    except SecondkeyError as e:
+        return refused(e)
+    try:
+        out = run()
+    except BaseException as e:
+        guard.__exit__(type(e), e, e.__traceback__)
+        raise
+    ok, summary = _outcome(out)
+    try:
+        client.record(auth, ok, summary)
+    except SecondkeyError:
+        pass  # the tool ran; nothing to undo
+    return out
+
+
+async def _arun_decided(client: AsyncClient, action: dict[str, Any], pol: ToolPolicy, run: Callable[[], Awaitable[Any]],
+                        refused: Callable[[SecondkeyError], Any]) -> Any:
+    """The asyncio twin of :func:`_run_decided`."""
+    try:
+        guard = client.guard(action, mode=pol.mode, timeout=pol.timeout)
+        auth = await guard.__aenter__()
+    except SecondkeyError as e:
+        return refused(e)
+    try:
+        out = await run()
+    except BaseException as e:
+        await guard.__aexit__(type(e), e, e.__traceback__)
+        raise
+    ok, summary = _outcome(out)
+    try:
+        await client.record(auth, ok, summary)
+    except SecondkeyError:
+        pass  # the tool ran; nothing to undo
+    return out
+
+
 def _outcome(msg: Any) -> tuple[bool, Any]:
     """How a tool's output is recorded: an error ToolMessage is a failed run."""
     if isinstance(msg, ToolMessage):
@@ -291,21 +312,10 @@ class SecondkeyMiddleware(_middleware_base()):  # type: ignore[misc]
             raise RuntimeError("SecondkeyMiddleware has no Client for a synchronous invoke")
         try:
             action = tool_action(call["name"], call["args"], pol)
-            guard = self.client.guard(action, mode=pol.mode, timeout=pol.timeout)
-            auth = guard.__enter__()
         except SecondkeyError as e:
             return self._refused(call, e)
-        try:
-            out = handler(_decided(request, action))
-        except BaseException as e:
-            guard.__exit__(type(e), e, e.__traceback__)
-            raise
-        ok, summary = _outcome(out)
-        try:
-            self.client.record(auth, ok, summary)
-        except SecondkeyError:
-            pass  # the tool ran; the guard logs what could not be recorded
-        return out
+        return _run_decided(self.client, action, pol, lambda: handler(_decided(request, action)),
+                            lambda e: self._refused(call, e))
 
     async def awrap_tool_call(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
         call = request.tool_call
@@ -316,21 +326,10 @@ class SecondkeyMiddleware(_middleware_base()):  # type: ignore[misc]
             raise RuntimeError("SecondkeyMiddleware has no AsyncClient for an asynchronous invoke")
         try:
             action = tool_action(call["name"], call["args"], pol)
-            guard = self.async_client.guard(action, mode=pol.mode, timeout=pol.timeout)
-            auth = await guard.__aenter__()
         except SecondkeyError as e:
             return self._refused(call, e)
-        try:
-            out = await handler(_decided(request, action))
-        except BaseException as e:
-            await guard.__aexit__(type(e), e, e.__traceback__)
-            raise
-        ok, summary = _outcome(out)
-        try:
-            await self.async_client.record(auth, ok, summary)
-        except SecondkeyError:
-            pass
-        return out
+        return await _arun_decided(self.async_client, action, pol, lambda: handler(_decided(request, action)),
+                                   lambda e: self._refused(call, e))
 
 
 Tools = Union[BaseTool, Callable[..., Any]]
