@@ -107,3 +107,34 @@ async def test_through_the_sdk_query_loop_with_a_stand_in_cli(gateway, rita, tmp
         else:
             assert not target.exists()
             assert seen["is_error"] and rid in seen["tool_result"] and "sdk:writes-need-a-reviewer" in seen["tool_result"]
+
+
+async def test_pre_tool_use_hook_decides_every_tool_use(gateway, rita):
+    # Claude Code skips can_use_tool under bypassPermissions / acceptEdits and
+    # for allowed_tools; the PreToolUse hook runs on every tool use and decides.
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        resource = unique("claude-pre")
+        perms = perms_for(bot, resource)
+        hooks = perms.hooks()
+        assert [m.hooks for m in hooks["PreToolUse"]] == [[perms.pre_tool_use]]
+        tool_input = {"file_path": "/srv/app/prod.yaml", "content": "debug: false\n"}
+        hook_input = {"hook_event_name": "PreToolUse", "tool_name": "Write", "tool_input": tool_input,
+                      "tool_use_id": "toolu_7", "session_id": "s", "transcript_path": "", "cwd": "/"}
+        join = in_thread(approve_when_pending, rita, resource)
+        out = await perms.pre_tool_use(hook_input, "toolu_7", None)
+        rid = join()
+        spec = out["hookSpecificOutput"]
+        assert spec["permissionDecision"] == "allow" and spec["updatedInput"] == tool_input
+        # if Claude Code asks the callback as well, the decision is reused: no second request
+        again = await perms.can_use_tool("Write", tool_input, ToolPermissionContext(tool_use_id="toolu_7"))
+        assert isinstance(again, PermissionResultAllow) and again.updated_input == tool_input
+        assert [r for r in (await bot.list_requests("pending")).requests if r.action["resource"] == resource] == []
+        await perms.post_tool_use({**hook_input, "hook_event_name": "PostToolUse", "tool_response": "ok"}, "toolu_7", None)
+        assert (await bot.get_request(rid)).state == "executed"
+
+        join = in_thread(approve_when_pending, rita, resource, "deny", "not in prod")
+        out = await perms.pre_tool_use({**hook_input, "tool_use_id": "toolu_8"}, "toolu_8", None)
+        rid = join()
+        spec = out["hookSpecificOutput"]
+        assert spec["permissionDecision"] == "deny" and rid in spec["permissionDecisionReason"]
+        assert "toolu_8" not in perms.pending

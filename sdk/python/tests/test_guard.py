@@ -1,6 +1,7 @@
 """The guard against the real gateway: it runs once, only when authorized."""
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -193,3 +194,115 @@ async def test_async_guard_and_decorator(gateway, rita):
         assert runs == [1]
     with pytest.raises(TypeError):
         bot.guarded("read")(lambda: None)
+
+
+def test_decorator_runs_the_submitted_values_not_the_callers_live_objects(bot, rita):
+    # The caller changes its argument while the request waits for a reviewer:
+    # the function still runs with what was submitted and approved.
+    seen = []
+
+    @bot.guarded("write", resource=unique("live"))
+    def send(msg: dict, tags: list) -> None:
+        seen.append((dict(msg), list(tags)))
+        msg["sent"] = True  # the function's own changes stay its own
+
+    msg, tags = {"to": unique("alice")}, ["a"]
+    to = msg["to"]
+
+    def tamper_then_approve():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for r in rita.list_requests("pending").requests:
+                if r.action.get("params", {}).get("msg", {}).get("to") == to:
+                    msg["to"] = "mallory@example.com"
+                    tags.append("b")
+                    rita.approve(r.id)
+                    return r.id
+            time.sleep(0.05)
+        raise AssertionError("nothing pending")
+
+    join = in_thread(tamper_then_approve)
+    send(msg, tags)
+    rid = join()
+    assert seen == [({"to": to}, ["a"])]
+    assert bot.get_request(rid).action["params"] == {"msg": {"to": to}, "tags": ["a"]}
+    assert "sent" not in msg
+
+
+@pytest.mark.parametrize("value, where", [
+    ({"alice", "bob"}, "argument 'to'"),
+    ((x for x in "ab"), "argument 'to'"),
+    ({"nested": {1: "x"}}, "argument 'to'['nested']"),
+    ([b"bytes"], "argument 'to'[0]"),
+])
+def test_decorator_refuses_arguments_that_are_not_json(bot, value, where):
+    runs = []
+
+    @bot.guarded("read", resource=unique("notjson"))
+    def send(to):
+        runs.append(to)
+
+    with pytest.raises(secondkey.JcsError) as e:
+        send(value)
+    assert runs == [] and where in str(e.value), str(e.value)
+
+
+def test_tool_actions_refuse_inputs_that_are_not_json():
+    from secondkey.integrations._common import ToolPolicy, tool_action
+
+    with pytest.raises(secondkey.JcsError, match="the input of tool t\\['ids'\\] is a builtins.set"):
+        tool_action("t", {"ids": {1, 2}}, ToolPolicy())
+    args = {"ids": [1, 2]}
+    action = tool_action("t", args, ToolPolicy())
+    args["ids"].append(3)
+    assert action["params"] == {"ids": [1, 2]}
+
+
+async def test_cancelling_a_wait_withdraws_the_pending_request(gateway, rita):
+    # A caller that gives up (a task cancelled, asyncio.wait_for) leaves no
+    # pending request behind whose approval an identical call could use.
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        action = write_action()
+        runs = []
+
+        async def guarded() -> None:
+            async with bot.guard(action, timeout=10):
+                runs.append(1)
+
+        task = asyncio.create_task(guarded())
+        rid = None
+        deadline = time.monotonic() + 10
+        while rid is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            pending = await bot.list_requests("pending")
+            rid = next((r.id for r in pending.requests if r.action["resource"] == action["resource"]), None)
+        assert rid is not None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert runs == [] and (await bot.get_request(rid)).state == "withdrawn"
+
+
+def test_interrupting_a_blocking_wait_withdraws_the_pending_request(gateway, bot):
+    # The blocking client: an exception that is not the SDK's (here raised by
+    # the transport while it waits, as KeyboardInterrupt would be) withdraws.
+    class Interrupted(BaseException):
+        pass
+
+    action = write_action()
+    waits = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events") or "wait" in request.url.params:
+            waits.append(request.url.path)
+            raise Interrupted()
+        return real.handle_request(request)
+
+    real = httpx.HTTPTransport()
+    c = secondkey.Client(gateway.url, token("agent:sdk-bot"), http=httpx.Client(transport=httpx.MockTransport(transport)))
+    with pytest.raises(Interrupted):
+        with c.guard(action, timeout=10):
+            pass
+    rid = waits[0].split("/")[3]
+    assert bot.get_request(rid).state == "withdrawn"
+    c.close()

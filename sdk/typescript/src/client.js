@@ -1,5 +1,5 @@
 // The client of the whole REST API, and the guard. fetch-based (Node >= 20).
-import { canonicalize, digest as digestOf } from './jcs.js';
+import { canonicalize, digest as digestOf, jsonCopy } from './jcs.js';
 import {
   ApiError, Denied, DigestMismatch, GatewayTimeout, GrantInvalid, GuardTimeout, NotFound, ProtocolError,
   RateLimited, RequestEnded, SecondkeyError, TransportError, Unauthorized, errorFromResponse,
@@ -15,7 +15,12 @@ export const MAX_POLL_SECONDS = 60;
 export const DEFAULT_GUARD_TIMEOUT = 300;
 const ENDED = new Set(['denied', 'expired', 'withdrawn', 'revoked', 'executed', 'failed', 'unknown']);
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms, signal) => new Promise((resolve, reject) => {
+  if (signal?.aborted) return reject(signal.reason);
+  const onAbort = () => { clearTimeout(t); reject(signal.reason); };
+  const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
+  signal?.addEventListener('abort', onAbort, { once: true });
+});
 /** Longest answer body read (the gateway's answers are far smaller). */
 export const MAX_ANSWER_BYTES = 16 * 1024 * 1024;
 
@@ -140,12 +145,25 @@ function fallbackToPoll(e) {
  * `timeout` (seconds) bounds each HTTP call; `fetch` may be replaced (tests, proxies).
  */
 export class Client {
+  // Private: the token never shows when a client (or an Authorization holding
+  // it) is logged, inspected or serialized.
+  #token;
+
   constructor({ url, token, timeout = 30, fetch: f } = {}) {
     this.url = (url ?? process.env.SECONDKEY_URL ?? 'http://127.0.0.1:8750').replace(/\/+$/, '');
-    this.token = token ?? process.env.SECONDKEY_TOKEN ?? null;
+    this.#token = token ?? process.env.SECONDKEY_TOKEN ?? null;
     this.timeout = timeout;
     this.fetch = f ?? globalThis.fetch;
     this._jwks = null;
+  }
+
+  /** What logging or serializing a client shows: never the token. */
+  toJSON() {
+    return { url: this.url, timeout: this.timeout, token: this.#token ? '[redacted]' : null };
+  }
+
+  [Symbol.for('nodejs.util.inspect.custom')]() {
+    return `Client ${JSON.stringify(this.toJSON())}`;
   }
 
   async _send(name, { path = {}, query = {}, body, timeout, signal } = {}) {
@@ -160,7 +178,7 @@ export class Client {
     }
     const headers = { 'user-agent': `secondkey-js/${VERSION}`, accept: op.answer === 'sse' ? 'text/event-stream' : 'application/json' };
     if (body !== undefined) headers['content-type'] = 'application/json';
-    if (this.token && !op.public) headers.authorization = `Bearer ${this.token}`;
+    if (this.#token && !op.public) headers.authorization = `Bearer ${this.#token}`;
     const timer = AbortSignal.timeout((timeout ?? this.timeout) * 1000);
     const sig = signal ? AbortSignal.any([timer, signal]) : timer;
     let res;
@@ -188,12 +206,12 @@ export class Client {
 
   // -- the API ------------------------------------------------------------
   /** POST /v1/actions: a decision (`allow`/`deny`/`review`). The action is sent as its canonical JSON. */
-  submit(action, { execute = false } = {}) {
-    return this._send('submit_action', { query: { execute: execute ? true : undefined }, body: canonicalize(action) });
+  submit(action, { execute = false, signal } = {}) {
+    return this._send('submit_action', { query: { execute: execute ? true : undefined }, body: canonicalize(action), signal });
   }
   /** GET /v1/requests/{id}; `wait` long-polls up to that many seconds. */
-  getRequest(id, { wait } = {}) {
-    return this._send('get_request', { path: { id }, query: { wait }, timeout: wait ? this.timeout + wait : undefined });
+  getRequest(id, { wait, signal } = {}) {
+    return this._send('get_request', { path: { id }, query: { wait }, timeout: wait ? this.timeout + wait : undefined, signal });
   }
   listRequests({ state, limit, before } = {}) {
     return this._send('list_requests', { query: { state, limit, before } });
@@ -291,24 +309,29 @@ export class Client {
    * Submits `action`, waits for the decision (SSE, else long-poll) and resolves
    * to an Authorization to run it once; throws (Denied, RequestEnded,
    * GuardTimeout, DigestMismatch, GrantInvalid, …) otherwise.
+   *
+   * `signal` (an AbortSignal) cancels the wait: a pending request is
+   * withdrawn, so a later identical call cannot use an approval given to
+   * this one, and the promise rejects with the signal's reason.
    */
-  async authorize(action, { mode = 'execute', timeout = DEFAULT_GUARD_TIMEOUT } = {}) {
+  async authorize(action, { mode = 'execute', timeout = DEFAULT_GUARD_TIMEOUT, signal } = {}) {
     if (mode !== 'execute' && mode !== 'grant') throw new TypeError("mode is 'execute' or 'grant'");
     if (!action || typeof action !== 'object' || Array.isArray(action)) throw new TypeError('an action is an object (kind, operation, resource, …)');
+    signal?.throwIfAborted();
     const digest = digestOf(action);
     const deadline = Date.now() + timeout * 1000;
     const execute = mode === 'execute';
     const submit = async () => {
       for (;;) {
         try {
-          const resp = await this.submit(action, { execute });
+          const resp = await this.submit(action, { execute, signal });
           checkDigest(resp.digest, digest, 'decision');
           return resp;
         } catch (e) {
           if (!(e instanceof RateLimited)) throw e;
           const wait = (e.retryAfter ?? 1) * 1000;
           if (Date.now() + wait >= deadline) throw e;
-          await sleep(wait);
+          await sleep(wait, signal);
         }
       }
     };
@@ -330,10 +353,10 @@ export class Client {
       for (;;) {
         let view;
         if (state === 'pending') {
-          view = await this._wait(rid, state, deadline);
+          view = await this._wait(rid, state, deadline, signal);
           if (!view) throw new GuardTimeout(`no decision on secondkey request ${rid} within ${timeout}s; it was withdrawn and nothing ran`, { requestId: rid });
         } else {
-          view = await this.getRequest(rid);
+          view = await this.getRequest(rid, { signal });
         }
         if (view.id !== rid) throw new ProtocolError(`asked for request ${rid}, the gateway answered ${view.id}`);
         checkDigest(view.digest, digest, 'request');
@@ -356,7 +379,8 @@ export class Client {
         return auth({ decision: 'approved', requestId: rid, grantClaims: claims, approvers: claims.apr ?? [] });
       }
     } catch (e) {
-      if (e instanceof GuardTimeout) await this.withdraw(rid).catch(() => {});
+      if (e instanceof GuardTimeout || signal?.aborted) await this.withdraw(rid).catch(() => {});
+      if (signal?.aborted) throw signal.reason;
       throw e;
     }
   }
@@ -368,17 +392,19 @@ export class Client {
     return claims;
   }
 
-  async _wait(id, state, deadline) {
+  async _wait(id, state, deadline, signal) {
     try {
       while (Date.now() < deadline) {
         const left = (deadline - Date.now()) / 1000;
-        for await (const view of this.events(id, { readTimeout: Math.max(0.05, Math.min(20, left)) })) {
+        for await (const view of this.events(id, { readTimeout: Math.max(0.05, Math.min(20, left)), signal })) {
           if (view.state !== state) return view;
           if (Date.now() >= deadline) return null;
         }
+        signal?.throwIfAborted(); // the stream ended because the caller gave up
       }
       return null;
     } catch (e) {
+      if (signal?.aborted) throw e;
       if (e instanceof GatewayTimeout) {
         if (Date.now() >= deadline) return null;
       } else if (!fallbackToPoll(e)) {
@@ -388,7 +414,7 @@ export class Client {
     for (;;) {
       const left = (deadline - Date.now()) / 1000;
       if (left <= 0) return null;
-      const view = await this.getRequest(id, { wait: Math.max(1, Math.min(MAX_POLL_SECONDS, Math.floor(left))) });
+      const view = await this.getRequest(id, { wait: Math.max(1, Math.min(MAX_POLL_SECONDS, Math.floor(left))), signal });
       if (view.state !== state) return view;
     }
   }
@@ -416,19 +442,26 @@ export class Client {
    * one and an object, else `{args: [...]}`) and runs only once authorized.
    */
   guarded(opts, fn) {
-    const { operation, kind = 'tool', resource, action, justification, context, mode, timeout } = opts;
+    const { operation, kind = 'tool', resource, action, justification, context, mode, timeout, signal } = opts;
     if (!action && !operation) throw new TypeError('guarded needs an operation (or an action builder)');
     const name = fn.name || 'function';
-    const build = action ?? ((...args) => {
-      const params = args.length === 1 && args[0] && typeof args[0] === 'object' && !Array.isArray(args[0]) ? args[0] : { args };
-      const a = { kind, operation, resource: resource ?? `tool://${name}`, params: JSON.parse(JSON.stringify(params)) };
+    const self = this;
+    if (action) {
+      // A custom builder: the function gets the caller's arguments as they are.
+      return async function guardedCall(...args) {
+        return self.guard(action(...args), () => fn.apply(this, args), { mode, timeout, signal });
+      };
+    }
+    return async function guardedCall(...args) {
+      const single = args.length === 1 && args[0] !== null && typeof args[0] === 'object' && !Array.isArray(args[0]);
+      const params = single ? jsonCopy(args[0], 'argument 0') : { args: jsonCopy(args, 'arguments') };
+      const a = { kind, operation, resource: resource ?? `tool://${name}`, params };
       if (justification) a.justification = justification;
       if (context) a.context = context;
-      return a;
-    });
-    const self = this;
-    return async function guardedCall(...args) {
-      return self.guard(build(...args), () => fn.apply(this, args), { mode, timeout });
+      // The function runs with a second copy of the submitted values, taken now:
+      // changes the caller makes to its objects while the request waits do not run.
+      const run = single ? [jsonCopy(params)] : jsonCopy(params.args);
+      return self.guard(a, () => fn.apply(this, run), { mode, timeout, signal });
     };
   }
 }
@@ -440,8 +473,11 @@ function warn(auth, err) {
 
 /** Leave to run an action once; `record()` reports how it went (once). */
 export class Authorization {
+  // Private: logging or serializing an Authorization shows its fields, not the client's token.
+  #client;
+
   constructor(client, f) {
-    this._client = client;
+    this.#client = client;
     this.action = f.action;
     this.digest = f.digest;
     this.mode = f.mode;
@@ -455,8 +491,8 @@ export class Authorization {
   async record(ok, summary = {}, { reads = [], writes = [] } = {}) {
     if (this.recorded) return;
     this.recorded = true;
-    if (this.executionId) return this._client.reportExecution(this.executionId, ok, summary, { reads, writes });
-    if (this.requestId) return this._client.reportOutcome(this.requestId, ok ? 'succeeded' : 'failed', { summary, reads, writes });
+    if (this.executionId) return this.#client.reportExecution(this.executionId, ok, summary, { reads, writes });
+    if (this.requestId) return this.#client.reportOutcome(this.requestId, ok ? 'succeeded' : 'failed', { summary, reads, writes });
     // a grant-mode allow has no request to record against
   }
 }

@@ -65,6 +65,8 @@ export interface GuardOptions {
   mode?: 'execute' | 'grant';
   /** Seconds to wait for a decision (default 300); past it the request is withdrawn. */
   timeout?: number;
+  /** Cancels the wait: a pending request is withdrawn and the call rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 export interface ClientOptions {
@@ -108,8 +110,10 @@ export interface GuardedOptions extends GuardOptions {
 export declare class Client {
   constructor(options?: ClientOptions);
   readonly url: string;
-  submit(action: Action, options?: { execute?: boolean }): Promise<ActionResponse>;
-  getRequest(id: string, options?: { wait?: number }): Promise<RequestView>;
+  /** The token is private; this shows it as `[redacted]`. */
+  toJSON(): { url: string; timeout: number; token: '[redacted]' | null };
+  submit(action: Action, options?: { execute?: boolean; signal?: AbortSignal }): Promise<ActionResponse>;
+  getRequest(id: string, options?: { wait?: number; signal?: AbortSignal }): Promise<RequestView>;
   listRequests(options?: { state?: RequestState; limit?: number; before?: string }): Promise<RequestPage>;
   events(id: string, options?: { readTimeout?: number; signal?: AbortSignal }): AsyncGenerator<RequestView>;
   review(id: string, decision: 'approve' | 'deny', comment?: string | null): Promise<RequestView>;

@@ -67,3 +67,44 @@ export function canonicalize(value) {
 export function digest(value) {
   return createHash('sha256').update(canonicalize(value), 'utf8').digest('hex');
 }
+
+/**
+ * A deep copy of `value` that holds only JSON values, or a JcsError naming
+ * where the first value that is not lives. Plain objects (properties that
+ * are `undefined` are left out, as JSON leaves them out), arrays, strings,
+ * finite numbers, booleans and null are copied; a Map, a Set, a Date, a
+ * class instance, a function, a BigInt, NaN or an `undefined` array item is
+ * refused rather than turned into something a reviewer did not see.
+ */
+export function jsonCopy(value, where = 'value') {
+  return copy(value, where, 0);
+}
+
+function copy(v, where, depth) {
+  if (depth > MAX_DEPTH) throw new JcsError(`${where} is nested deeper than ${MAX_DEPTH} levels`);
+  if (v === null || typeof v === 'string' || typeof v === 'boolean') return v;
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) throw new JcsError(`${where} is ${v}, which has no JSON form`);
+    return v;
+  }
+  if (Array.isArray(v)) {
+    const out = [];
+    for (let i = 0; i < v.length; i++) out.push(copy(v[i], `${where}[${i}]`, depth + 1));
+    return out;
+  }
+  if (typeof v === 'object') {
+    const proto = Object.getPrototypeOf(v);
+    if (proto !== Object.prototype && proto !== null) throw notJson(where, v.constructor?.name ?? 'an object with a prototype');
+    const out = {};
+    for (const k of Object.keys(v)) {
+      if (v[k] !== undefined) out[k] = copy(v[k], `${where}.${k}`, depth + 1);
+    }
+    return out;
+  }
+  throw notJson(where, v === undefined ? 'undefined' : typeof v);
+}
+
+function notJson(where, what) {
+  const article = what === 'undefined' ? '' : /^[aeiou]/i.test(what) ? 'an ' : 'a ';
+  return new JcsError(`${where} is ${article}${what}, which is not a JSON value; pass plain objects, arrays, strings, numbers, booleans or null (convert it first, or build the action with the action option)`);
+}

@@ -87,3 +87,27 @@ for (const decision of ['approve', 'deny']) {
     }
   });
 }
+
+test('the PreToolUse hook decides every tool use (Claude Code skips canUseTool under bypassPermissions)', async () => {
+  const resource = unique('cc-pre');
+  const perms = secondkeyPermissions(bot, { resource: () => resource });
+  assert.deepEqual(perms.hooks.PreToolUse, [{ hooks: [perms.preToolUse] }]);
+  const input = { file_path: '/srv/app/prod.yaml', content: 'debug: false\n' };
+  const hookInput = { hook_event_name: 'PreToolUse', tool_name: 'Write', tool_input: input, tool_use_id: 'toolu_7' };
+  const reviewer = decideWhenPending(rita, resource);
+  const out = await perms.hooks.PreToolUse[0].hooks[0](hookInput, 'toolu_7', { signal: new AbortController().signal });
+  const rid = await reviewer;
+  assert.equal(out.hookSpecificOutput.permissionDecision, 'allow');
+  assert.deepEqual(out.hookSpecificOutput.updatedInput, input);
+  // asked again through canUseTool: the decision is reused, no second request
+  assert.deepEqual(await perms.canUseTool('Write', input, opts('toolu_7')), { behavior: 'allow', updatedInput: input });
+  assert.equal((await bot.listRequests({ state: 'pending' })).requests.filter((r) => r.action.resource === resource).length, 0);
+  await perms.postToolUse({ ...hookInput, hook_event_name: 'PostToolUse', tool_response: 'ok' }, 'toolu_7', {});
+  assert.equal((await bot.getRequest(rid)).state, 'executed');
+  const reviewer2 = decideWhenPending(rita, resource, 'deny', 'not in prod');
+  const denied = await perms.preToolUse({ ...hookInput, tool_use_id: 'toolu_8' }, 'toolu_8', {});
+  const rid2 = await reviewer2;
+  assert.equal(denied.hookSpecificOutput.permissionDecision, 'deny');
+  assert.match(denied.hookSpecificOutput.permissionDecisionReason, new RegExp(rid2));
+  assert.equal(perms.pending.has('toolu_8'), false);
+});

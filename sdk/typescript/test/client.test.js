@@ -2,7 +2,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Client, digest } from '../src/index.js';
-import { startGateway, unique, writeAction } from './helpers.js';
+import { startGateway, unique, writeAction, token } from './helpers.js';
 
 let gw, bot, rita, rex, olivia;
 before(async () => {
@@ -129,4 +129,18 @@ test('log checkpoint, proof, tiles, keys, health, metrics; 401 and 400', async (
   assert.match(await rita.metrics(), /secondkey_log_size/);
   await assert.rejects(new Client({ url: gw.url, token: 'nope' }).submit(writeAction()), (e) => e instanceof Unauthorized && e.status === 401);
   await assert.rejects(bot.submit({ kind: 'tool', operation: 'read', resource: 'x://y', colour: 'red' }), (e) => e instanceof BadRequest && e.code === 'unknown_field');
+});
+
+test('the token never shows when a client or an Authorization is logged or serialized', async () => {
+  const { inspect } = await import('node:util');
+  const secret = token('agent:sdk-bot');
+  const c = new Client({ url: gw.url, token: secret });
+  const auth = await c.authorize({ kind: 'tool', operation: 'read', resource: unique('redact') });
+  for (const shown of [inspect(c, { showHidden: true, depth: 9 }), JSON.stringify(c), inspect(auth, { showHidden: true, depth: 9 }), JSON.stringify(auth), String(Object.values(auth))]) {
+    assert.ok(!shown.includes(secret), shown);
+  }
+  assert.match(JSON.stringify(c), /"token":"\[redacted\]"/);
+  assert.equal(c.token, undefined);
+  await auth.record(true); // still records through the client
+  await assert.rejects(c.reportExecution(auth.executionId, true), Conflict);
 });

@@ -1,7 +1,8 @@
 // The guard against the real gateway: it runs once, only when authorized.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Conflict, Denied, GuardTimeout, RequestEnded, Client } from '../src/index.js';
+import { Conflict, Denied, GuardTimeout, JcsError, RequestEnded, Client } from '../src/index.js';
+import { toolAction } from '../src/integrations/common.js';
 import { startGateway, unique, writeAction, decideWhenPending, token } from './helpers.js';
 
 let gw, bot, rita;
@@ -122,4 +123,96 @@ test('event streams refused: the guard long-polls instead', async () => {
   await reviewer;
   assert.ok(streams >= 1 && auth.executionId);
   await auth.record(true);
+});
+
+test("guarded(): runs the submitted values, not the caller's objects changed while the request waits", async () => {
+  const seen = [];
+  const send = bot.guarded({ operation: 'write', resource: unique('live') }, async (msg) => {
+    seen.push(structuredClone(msg));
+    msg.sent = true; // the function's own changes stay its own
+  });
+  const msg = { to: unique('alice'), tags: ['a'] };
+  const to = msg.to;
+  const reviewer = decideWhenPending(rita, (a) => {
+    if (a.params?.to !== to) return false;
+    msg.to = 'mallory@example.com';
+    msg.tags.push('b');
+    return true;
+  });
+  await send(msg);
+  const rid = await reviewer;
+  assert.deepEqual(seen, [{ to, tags: ['a'] }]);
+  assert.deepEqual((await bot.getRequest(rid)).action.params, { to, tags: ['a'] });
+  assert.equal(msg.sent, undefined);
+
+  const two = bot.guarded({ operation: 'write', resource: unique('live2') }, async (a, b) => seen.push([a, b]));
+  const list = [1];
+  const reviewer2 = decideWhenPending(rita, (a) => {
+    if (a.params?.args?.[0] !== to) return false;
+    list.push(2);
+    return true;
+  });
+  await two(to, list);
+  await reviewer2;
+  assert.deepEqual(seen[1], [to, [1]]);
+});
+
+test('guarded(): arguments that are not JSON are refused, naming where they are', async () => {
+  let runs = 0;
+  const f = bot.guarded({ operation: 'read', resource: unique('notjson') }, async () => { runs++; });
+  const cases = [
+    [{ ids: new Set([1, 2]) }, /argument 0\.ids is a Set/],
+    [{ m: new Map() }, /argument 0\.m is a Map/],
+    [{ when: new Date(0) }, /argument 0\.when is a Date/],
+    [{ n: NaN }, /argument 0\.n is NaN/],
+    [{ big: 1n }, /argument 0\.big is a bigint/],
+    [{ list: [undefined] }, /argument 0\.list\[0\] is undefined/],
+  ];
+  for (const [arg, re] of cases) {
+    const err = await f(arg).catch((e) => e);
+    assert.ok(err instanceof JcsError, String(err));
+    assert.match(err.message, re);
+  }
+  assert.equal(runs, 0);
+  assert.throws(() => toolAction('t', { ids: new Set([1]) }, { operation: 'read' }), /the input of tool t\.ids is a Set/);
+  const args = { ids: [1, 2] };
+  const a = toolAction('t', args, { operation: 'read' });
+  args.ids.push(3);
+  assert.deepEqual(a.params, { ids: [1, 2] });
+});
+
+test('an aborted wait withdraws the pending request: a later identical call cannot use an approval given to it', async () => {
+  const action = writeAction();
+  const ctl = new AbortController();
+  let rid;
+  const watcher = (async () => {
+    for (;;) {
+      const page = await rita.listRequests({ state: 'pending' });
+      const r = page.requests.find((x) => x.action.resource === action.resource);
+      if (r) { rid = r.id; ctl.abort(); return; }
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  })();
+  const err = await bot.authorize(action, { timeout: 10, signal: ctl.signal }).catch((e) => e);
+  await watcher;
+  assert.equal(err.name, 'AbortError');
+  assert.equal((await bot.getRequest(rid)).state, 'withdrawn');
+  // wired through an integration: the AI SDK's abortSignal
+  const { guardTool: guardAiTool } = await import('../src/integrations/ai.js');
+  const ctl2 = new AbortController();
+  let runs = 0;
+  const t = guardAiTool('refund', { execute: async () => { runs++; } }, bot, { operation: 'write', resource: unique('ai-abort'), timeout: 10 });
+  const p = t.execute({ customer: 'c' }, { abortSignal: ctl2.signal });
+  const deadline = Date.now() + 20000;
+  let rid2;
+  while (!rid2 && Date.now() < deadline) {
+    const page = await rita.listRequests({ state: 'pending' });
+    rid2 = page.requests.find((x) => x.action.resource.includes('ai-abort') && x.action.params?.customer === 'c')?.id;
+    if (!rid2) await new Promise((res) => setTimeout(res, 50));
+  }
+  ctl2.abort();
+  const err2 = await p.catch((e) => e);
+  assert.equal(err2.name, 'AbortError');
+  assert.equal(runs, 0);
+  assert.equal((await bot.getRequest(rid2)).state, 'withdrawn');
 });

@@ -12,9 +12,9 @@ from .client import AsyncClient, AsyncGuard, Client, Guard
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors
 from .guard import Authorization
-from .jcs import canonicalize, digest
+from .jcs import JcsError, canonicalize, digest
 from .models import *  # noqa: F403
 from .models import __all__ as _models
 
-__all__ = ["__version__", "Client", "AsyncClient", "Guard", "AsyncGuard", "Authorization", "canonicalize", "digest"]
+__all__ = ["__version__", "Client", "AsyncClient", "Guard", "AsyncGuard", "Authorization", "JcsError", "canonicalize", "digest"]
 __all__ += _errors + _models

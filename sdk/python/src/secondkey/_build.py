@@ -57,6 +57,9 @@ def execution_results(results: list[dict[str, Any]]) -> Call:
     return Call("execution_results", body=_json({"results": results}))
 
 
+Built = tuple[dict[str, Any], Optional[tuple[tuple[Any, ...], dict[str, Any]]]]
+
+
 def action_builder(
     fn: Callable[..., Any],
     *,
@@ -66,16 +69,24 @@ def action_builder(
     action: Optional[Callable[..., dict[str, Any]]],
     justification: Optional[str],
     context: Optional[dict[str, Any]],
-) -> Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]]:
-    """How a guarded function's call becomes an action: its bound arguments are ``params``."""
+) -> Callable[[tuple[Any, ...], dict[str, Any]], Built]:
+    """How a guarded function's call becomes an action: its bound arguments are ``params``.
+
+    ``build(args, kwargs)`` returns the action and the arguments to call the
+    function with: a second copy of the same JSON values, taken now, so what
+    runs is what was submitted even if the caller's objects change while the
+    request waits (``None`` with a custom ``action`` builder: the function
+    then gets the caller's arguments).
+    """
     sig = inspect.signature(fn)
 
-    def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Built:
         if action is not None:
-            return action(*args, **kwargs)
+            return action(*args, **kwargs), None
         bound = sig.bind(*args, **kwargs)
         bound.apply_defaults()
-        params = json.loads(json.dumps(dict(bound.arguments), default=str))
+        params = {name: jcs.json_copy(v, f"argument {name!r}") for name, v in bound.arguments.items()}
+        run = inspect.BoundArguments(sig, {name: jcs.json_copy(v) for name, v in params.items()})  # type: ignore[arg-type]
         out: dict[str, Any] = {
             "kind": kind,
             "operation": operation,
@@ -86,7 +97,7 @@ def action_builder(
             out["justification"] = justification
         if context:
             out["context"] = context
-        return out
+        return out, (run.args, run.kwargs)
 
     return build
 

@@ -253,7 +253,10 @@ class Client(_Base):
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self.guard(build(args, kwargs), mode=mode, timeout=timeout) as auth:
+                act, call = build(args, kwargs)
+                if call is not None:
+                    args, kwargs = call  # the submitted values, not the caller's live objects
+                with self.guard(act, mode=mode, timeout=timeout) as auth:
                     out = fn(*args, **kwargs)
                     auth.result = out
                     return out
@@ -315,7 +318,7 @@ class Client(_Base):
                     time.sleep(eff.seconds)
                 elif isinstance(eff, Jwks):
                     value = self._keys(eff.refresh)
-            except SecondkeyError as e:
+            except BaseException as e:  # cancellation too: flow withdraws a pending request
                 exc = e
 
 
@@ -509,7 +512,10 @@ class AsyncClient(_Base):
 
             @functools.wraps(fn)
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with self.guard(build(args, kwargs), mode=mode, timeout=timeout) as auth:
+                act, call = build(args, kwargs)
+                if call is not None:
+                    args, kwargs = call  # the submitted values, not the caller's live objects
+                async with self.guard(act, mode=mode, timeout=timeout) as auth:
                     out = await fn(*args, **kwargs)
                     auth.result = out
                     return out
@@ -571,7 +577,7 @@ class AsyncClient(_Base):
                     await asyncio.sleep(eff.seconds)
                 elif isinstance(eff, Jwks):
                     value = await self._keys(eff.refresh)
-            except SecondkeyError as e:
+            except BaseException as e:  # cancellation too: flow withdraws a pending request
                 exc = e
 
 

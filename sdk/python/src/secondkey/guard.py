@@ -15,7 +15,9 @@ are written once:
 * in *grant* mode the grant is verified against the JWKS, bound to the
   digest and request, then consumed — exactly once — before running;
 * the timeout is explicit: past it the request is withdrawn and
-  :class:`GuardTimeout` raised.
+  :class:`GuardTimeout` raised; a caller that gives up while the request
+  waits (cancellation, ``KeyboardInterrupt``) has it withdrawn too — the
+  drivers throw such exceptions into ``flow`` instead of dropping it.
 """
 
 from __future__ import annotations
@@ -236,11 +238,15 @@ def flow(
             auth.grant_claims = yield from _use_grant(view.grant, digest, rid)
             auth.approvers = list(auth.grant_claims.get("apr") or [])
             return auth
-    except GuardTimeout:
-        try:
-            yield Call("withdraw_request", {"id": rid})
-        except SecondkeyError:
-            pass  # approved or ended meanwhile, or the gateway is gone: nothing ran either way
+    except BaseException as e:
+        # Past the timeout, and when the caller gives up (asyncio cancellation,
+        # KeyboardInterrupt, an error while waiting), the request is withdrawn:
+        # an approval given later must not be left for an identical call to use.
+        if not isinstance(e, (Denied, RequestEnded, GeneratorExit)):
+            try:
+                yield Call("withdraw_request", {"id": rid})
+            except SecondkeyError:
+                pass  # approved or ended meanwhile, or the gateway is gone: nothing ran either way
         raise
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import SecondkeyError
 
-__all__ = ["JcsError", "canonicalize", "digest", "number_to_string", "MAX_SAFE_INTEGER"]
+__all__ = ["JcsError", "canonicalize", "digest", "json_copy", "number_to_string", "MAX_SAFE_INTEGER"]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DEPTH = 64
@@ -133,3 +133,40 @@ def canonicalize(value: Any) -> bytes:
 def digest(value: Any) -> str:
     """Lowercase hex SHA-256 of the canonical form: an action's digest."""
     return hashlib.sha256(canonicalize(value)).hexdigest()
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def json_copy(value: Any, where: str = "value") -> Any:
+    """A deep copy of ``value`` that holds only JSON values, or :class:`JcsError`.
+
+    Accepted: ``dict`` with ``str`` keys, ``list``, ``tuple`` (kept a tuple,
+    digested as an array), ``str``, ``int``, ``float``, ``bool`` and ``None``,
+    of exactly those types. Anything else (a set, a generator, a datetime,
+    an enum, an object) is refused with the path that holds it, rather than
+    turned into something a reviewer did not see.
+    """
+    return _copy(value, where, 0)
+
+
+def _copy(v: Any, where: str, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise JcsError(f"{where} is nested deeper than {MAX_DEPTH} levels")
+    t = type(v)
+    if t in _SCALARS:
+        return v
+    if t is dict:
+        out = {}
+        for k, item in v.items():
+            if type(k) is not str:
+                raise JcsError(f"{where} has the key {k!r}, which is not a str; JSON object keys are strings")
+            out[k] = _copy(item, f"{where}[{k!r}]", depth + 1)
+        return out
+    if t is list or t is tuple:
+        items = [_copy(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(v)]
+        return items if t is list else tuple(items)
+    raise JcsError(
+        f"{where} is a {t.__module__}.{t.__qualname__}, which is not a JSON value; pass dicts, lists, "
+        "strings, numbers, booleans or None (convert it first, or build the action with action=)"
+    )

@@ -17,7 +17,7 @@ export function guardTool(name, tool, client, policy = 'call') {
     execute: async (input, options) => {
       let auth;
       try {
-        auth = await client.authorize(toolAction(name, input, pol), { mode: pol.mode, timeout: pol.timeout });
+        auth = await client.authorize(toolAction(name, input, pol), { mode: pol.mode, timeout: pol.timeout, signal: options?.abortSignal });
       } catch (e) {
         if (e instanceof SecondkeyError) throw new Error(toolErrorText(name, e));
         throw e;

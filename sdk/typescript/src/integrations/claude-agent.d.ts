@@ -5,9 +5,11 @@ export declare function defaultOperation(toolName: string, input?: Record<string
 export interface SecondkeyPermissions {
   /** For `options.canUseTool`. */
   canUseTool: CanUseTool;
+  /** Decides every tool use, in every permission mode (part of `hooks`). */
+  preToolUse: HookCallback;
   postToolUse: HookCallback;
   postToolUseFailure: HookCallback;
-  /** For `options.hooks`: record each guarded tool's result. */
+  /** For `options.hooks`: decide each tool use (PreToolUse), record its result. */
   hooks: Partial<Record<HookEvent, HookCallbackMatcher[]>>;
   /** Authorizations waiting for their tool's result, by tool use id. */
   pending: Map<string, Authorization>;

@@ -2,6 +2,7 @@
 // refusal reads to the model.
 import { Denied, GuardTimeout, RequestEnded } from '../errors.js';
 import { resultSummary } from '../client.js';
+import { jsonCopy } from '../jcs.js';
 
 /** A tool's policy: an operation word, `true`, or {operation, kind, resource, justification, context, mode, timeout}. */
 export function asPolicy(p) {
@@ -11,14 +12,18 @@ export function asPolicy(p) {
   throw new TypeError(`a tool policy is an operation word, true or an object, not ${p}`);
 }
 
-/** The action for one call of tool `name` with `args`. */
+/**
+ * The action for one call of tool `name` with `args`. `params` is a copy of
+ * the arguments; a value that is not JSON throws a JcsError naming where it
+ * is, instead of becoming something the reviewer never saw.
+ */
 export function toolAction(name, args, policy) {
   const params = args && typeof args === 'object' && !Array.isArray(args) ? args : { input: args };
   const action = {
     kind: policy.kind ?? 'tool',
     operation: policy.operation,
     resource: policy.resource ?? `tool://${name}`,
-    params: JSON.parse(JSON.stringify(params ?? {})),
+    params: jsonCopy(params ?? {}, `the input of tool ${name}`),
   };
   if (policy.justification) action.justification = policy.justification;
   if (policy.context) action.context = { ...policy.context };

@@ -18,7 +18,7 @@ export function guardFunctionTool(tool, client, policy = 'call') {
       try { args = input ? JSON.parse(input) : {}; } catch { args = { input }; }
       let auth;
       try {
-        auth = await client.authorize(toolAction(tool.name, args, pol), { mode: pol.mode, timeout: pol.timeout });
+        auth = await client.authorize(toolAction(tool.name, args, pol), { mode: pol.mode, timeout: pol.timeout, signal: details?.signal });
       } catch (e) {
         if (e instanceof SecondkeyError) return toolErrorText(tool.name, e);
         throw e;

@@ -3,11 +3,11 @@ a refusal reads to the model."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from ..errors import Denied, GuardTimeout, RequestEnded, SecondkeyError
+from ..jcs import json_copy
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,18 @@ def as_policy(p: PolicyLike) -> ToolPolicy:
 
 
 def tool_action(name: str, args: Any, policy: ToolPolicy) -> dict[str, Any]:
-    """The action for one call of tool ``name`` with ``args``."""
+    """The action for one call of tool ``name`` with ``args``.
+
+    ``params`` is a copy of the arguments; a value that is not JSON raises
+    :class:`~secondkey.jcs.JcsError` naming where it is, instead of being
+    turned into a string the reviewer never saw.
+    """
     params = args if isinstance(args, dict) else {"input": args}
     action: dict[str, Any] = {
         "kind": policy.kind,
         "operation": policy.operation,
         "resource": policy.resource or f"tool://{name}",
-        "params": json.loads(json.dumps(params, default=str)),
+        "params": json_copy(params, f"the input of tool {name}"),
     }
     if policy.justification:
         action["justification"] = policy.justification

@@ -1,12 +1,15 @@
 """Claude Agent SDK: secondkey decides Claude Code's tool use.
 
-:class:`SecondkeyPermissions` gives ``ClaudeAgentOptions`` a ``can_use_tool``
-callback: each tool use is submitted as an action (``tool://claude-code/<Tool>``,
-the tool input as ``params``) in execute mode and held at the gateway until
-policy or reviewers decide; the callback then allows it with exactly the
-input that was approved, or denies it with a message naming the policy and
-the request. Its ``hooks()`` (PostToolUse / PostToolUseFailure) record how
-the tool ran as the execution's result.
+:class:`SecondkeyPermissions` decides each tool use: it is submitted as an
+action (``tool://claude-code/<Tool>``, the tool input as ``params``) in
+execute mode and held at the gateway until policy or reviewers decide; the
+tool use is then allowed with exactly the input that was approved, or
+denied with a message naming the policy and the request. Its ``hooks()``
+decide in a PreToolUse hook — which Claude Code runs before every tool use,
+in every permission mode, unlike ``can_use_tool``, which it skips for tools
+an allow rule or ``allowed_tools`` permits and under ``acceptEdits`` /
+``bypassPermissions`` — and record how the tool ran (PostToolUse /
+PostToolUseFailure). ``can_use_tool`` decides too when no hook did.
 
     perms = SecondkeyPermissions(AsyncClient())
     options = ClaudeAgentOptions(can_use_tool=perms.can_use_tool, hooks=perms.hooks())
@@ -54,20 +57,49 @@ class SecondkeyPermissions:
         #: Authorizations waiting for their tool's result, by tool_use_id.
         self.pending: dict[str, Authorization] = {}
 
+    async def _decide(self, tool_name: str, tool_input: dict[str, Any]) -> Authorization:
+        pol = ToolPolicy(operation=self._operation(tool_name, tool_input), resource=self._resource(tool_name),
+                         justification=self._justification, context=self._context, timeout=self._timeout)
+        return await self.client.authorize(tool_action(tool_name, tool_input, pol), timeout=self._timeout)
+
     async def can_use_tool(
         self, tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
     ) -> PermissionResultAllow | PermissionResultDeny:
-        pol = ToolPolicy(operation=self._operation(tool_name, tool_input), resource=self._resource(tool_name),
-                         justification=self._justification, context=self._context, timeout=self._timeout)
-        action = tool_action(tool_name, tool_input, pol)
+        decided = self.pending.get(context.tool_use_id or "")
+        if decided is not None:
+            # Already decided by the PreToolUse hook: the same input, no second request.
+            return PermissionResultAllow(updated_input=decided.action["params"])
         try:
-            auth = await self.client.authorize(action, timeout=self._timeout)
+            auth = await self._decide(tool_name, tool_input)
         except SecondkeyError as e:
             return PermissionResultDeny(message=tool_error_text(tool_name, e))
         if context.tool_use_id:
             self.pending[context.tool_use_id] = auth
         # Exactly the input that was digested and approved.
-        return PermissionResultAllow(updated_input=action["params"])
+        return PermissionResultAllow(updated_input=auth.action["params"])
+
+    async def pre_tool_use(self, input: HookInput, tool_use_id: Optional[str], context: HookContext) -> HookJSONOutput:
+        """Decides every tool use, whatever the permission mode.
+
+        Claude Code skips ``can_use_tool`` for tools an allow rule or
+        ``allowed_tools`` permits and under ``acceptEdits`` /
+        ``bypassPermissions``; a PreToolUse hook runs before each tool use
+        and its ``deny`` holds in every mode. An approval answers ``allow``
+        with exactly the approved input.
+        """
+        data: dict[str, Any] = dict(input)
+        tool_name = str(data.get("tool_name", ""))
+        tid = tool_use_id or data.get("tool_use_id")
+        try:
+            auth = await self._decide(tool_name, data.get("tool_input") or {})
+        except SecondkeyError as e:
+            return {"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "deny",
+                                           "permissionDecisionReason": tool_error_text(tool_name, e)}}
+        if tid:
+            self.pending[tid] = auth
+        return {"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "allow",
+                                       "permissionDecisionReason": f"secondkey: {auth.decision}",
+                                       "updatedInput": auth.action["params"]}}
 
     async def _record(self, tool_use_id: Optional[str], ok: bool, summary: Any) -> None:
         auth = self.pending.pop(tool_use_id or "", None)
@@ -90,8 +122,9 @@ class SecondkeyPermissions:
         return {}
 
     def hooks(self) -> dict[str, list[HookMatcher]]:
-        """``hooks=`` for ClaudeAgentOptions: record each guarded tool's result."""
+        """``hooks=`` for ClaudeAgentOptions: decide each tool use (PreToolUse), record its result."""
         return {
+            "PreToolUse": [HookMatcher(hooks=[self.pre_tool_use])],
             "PostToolUse": [HookMatcher(hooks=[self.post_tool_use])],
             "PostToolUseFailure": [HookMatcher(hooks=[self.post_tool_use_failure])],
         }
