@@ -2886,6 +2886,20 @@ mod tests {
     }
 
     #[test]
+    fn only_the_final_event_of_a_stream_is_rewritten() {
+        let body = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\r\n\r\n: ping\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"tasks\":[1,2]}}";
+        let out = rewrite_final_event(body, Some(&json!(7)), |v| v["result"]["tasks"] = json!([]));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n: ping\n\n\
+             event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"tasks\":[]}}\n\n"
+        );
+        // Another id's response is not the one rewritten.
+        let out = rewrite_final_event(body, Some(&json!("7")), |v| v["result"] = json!(null));
+        assert!(String::from_utf8(out).unwrap().contains("[1,2]"));
+    }
+
+    #[test]
     fn a_listing_is_kept_only_with_a_stream_open_and_nothing_forgotten_since_it_began() {
         let def = |n: &str| (n.to_string(), json!({"name": n}));
         let mut t = ToolsSeen::default();
