@@ -2015,49 +2015,25 @@ fn http_tasks_reach_only_those_the_callers_own_decided_calls_created() {
     let e = start_with("", up, tmp, &servers);
     let a = e.session("tasks", "agent:report-bot");
     let b = e.session("tasks", "agent:other-bot");
-    let as_task = |s: &Session, id: u64, topic: &str, meta: Value| {
-        let msg = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
-            "name": "report", "arguments": {"topic": topic}, "task": {"ttl": 60000}, "_meta": meta}});
-        let r = s.send(&msg);
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.response()["result"]["task"]["taskId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no task created: {}", r.body))
-            .to_string()
-    };
-    let a1 = as_task(&a, 1, "payroll", json!({}));
-    let a2 = as_task(&a, 2, "salaries", json!({"test/sse": true}));
-    let a3 = as_task(&a, 3, "bonuses", json!({"progressToken": "p3"}));
-    let a4 = as_task(
+    let a1 = task_created(&a, 1, "payroll", json!({}));
+    let a2 = task_created(&a, 2, "salaries", json!({"test/sse": true}));
+    let a3 = task_created(&a, 3, "bonuses", json!({"progressToken": "p3"}));
+    let a4 = task_created(
         &a,
         4,
         "pensions",
         json!({"progressToken": "p4", "test/sse": true}),
     );
-    let b1 = as_task(&b, 1, "weather", json!({}));
+    let b1 = task_created(&b, 1, "weather", json!({}));
 
     // B names A's tasks: refused as for tasks that do not exist.
     let seen = e.up.requests_seen();
-    let refused = |s: &Session, id: u64, method: &str, params: Value| {
-        let r = s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(
-            r.response()["error"]["code"],
-            -32602,
-            "{method}: {}",
-            r.body
-        );
-        r.response()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
     for (i, t) in [&a1, &a2, &a3, &a4].into_iter().enumerate() {
         for (j, m) in ["tasks/get", "tasks/result", "tasks/cancel"]
             .into_iter()
             .enumerate()
         {
-            let why = refused(&b, 10 + 3 * i as u64 + j as u64, m, json!({"taskId": t}));
+            let why = task_refused(&b, 10 + 3 * i as u64 + j as u64, m, json!({"taskId": t}));
             assert!(why.contains("unknown task"), "{why}");
         }
     }
@@ -2070,7 +2046,7 @@ fn http_tasks_reach_only_those_the_callers_own_decided_calls_created() {
     .into_iter()
     .enumerate()
     {
-        let why = refused(&b, 40 + i as u64, "tasks/result", p);
+        let why = task_refused(&b, 40 + i as u64, "tasks/result", p);
         assert!(why.contains("params.taskId"), "{why}");
     }
     assert_eq!(e.up.requests_seen(), seen, "nothing reached the upstream");
@@ -2098,53 +2074,136 @@ fn http_tasks_reach_only_those_the_callers_own_decided_calls_created() {
     );
 
     // Each reaches its own.
-    let own = |s: &Session, id: u64, method: &str, t: &str| {
-        let r =
-            s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"taskId": t}}));
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.response().clone()
-    };
-    assert_eq!(own(&a, 50, "tasks/get", &a1)["result"]["status"], "working");
     assert_eq!(
-        tool_text(&own(&a, 51, "tasks/result", &a2)),
+        task_request(&a, 50, "tasks/get", &a1)["result"]["status"],
+        "working"
+    );
+    assert_eq!(
+        tool_text(&task_request(&a, 51, "tasks/result", &a2)),
         "report on salaries"
     );
     assert_eq!(
-        own(&a, 52, "tasks/cancel", &a3)["result"]["status"],
+        task_request(&a, 52, "tasks/cancel", &a3)["result"]["status"],
         "cancelled"
     );
     assert_eq!(
-        tool_text(&own(&a, 53, "tasks/result", &a4)),
+        tool_text(&task_request(&a, 53, "tasks/result", &a4)),
         "report on pensions"
     );
     assert_eq!(
-        tool_text(&own(&b, 54, "tasks/result", &b1)),
+        tool_text(&task_request(&b, 54, "tasks/result", &b1)),
         "report on weather"
     );
 
     // Listed in pages of 2 of the upstream's 5 tasks: each its own only.
-    let listed = |s: &Session, meta: Value| {
-        let (mut ids, mut pages, mut cursor) = (vec![], 0u64, Value::Null);
-        loop {
-            let mut params = json!({"_meta": meta});
-            if !cursor.is_null() {
-                params["cursor"] = cursor.clone();
-            }
-            let r = s.send(&json!({"jsonrpc": "2.0", "id": 60 + pages, "method": "tasks/list", "params": params}));
-            assert_eq!(r.status, 200, "{}", r.body);
-            pages += 1;
-            for t in r.response()["result"]["tasks"].as_array().unwrap() {
-                ids.push(t["taskId"].as_str().unwrap().to_string());
-            }
-            cursor = r.response()["result"]["nextCursor"].clone();
-            if cursor.is_null() {
-                ids.sort();
-                return (ids, pages);
-            }
-        }
-    };
     let mut mine = vec![a1.clone(), a2.clone(), a3.clone(), a4.clone()];
     mine.sort();
-    assert_eq!(listed(&a, json!({})), (mine, 3));
-    assert_eq!(listed(&b, json!({"test/sse": true})), (vec![b1], 3));
+    assert_eq!(tasks_listed(&a, json!({})), (mine, 3));
+    assert_eq!(tasks_listed(&b, json!({"test/sse": true})), (vec![b1], 3));
+
+    // A task belongs to its session too: A's next session does not reach it.
+    let again = e.session("tasks", "agent:report-bot");
+    let why = task_refused(&again, 70, "tasks/result", json!({"taskId": a1}));
+    assert!(why.contains("unknown task"), "{why}");
+    assert_eq!(tasks_listed(&again, json!({})), (vec![], 3));
+}
+
+/// A `tools/call` of `report` run as a task; the task id it created.
+fn task_created(s: &Session, id: u64, topic: &str, meta: Value) -> String {
+    let msg = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+        "name": "report", "arguments": {"topic": topic}, "task": {"ttl": 60000}, "_meta": meta}});
+    let r = s.send(&msg);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.response()["result"]["task"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task created: {}", r.body))
+        .to_string()
+}
+
+/// The response to a `tasks/*` request naming task `t`.
+fn task_request(s: &Session, id: u64, method: &str, t: &str) -> Value {
+    let r = s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"taskId": t}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.response().clone()
+}
+
+/// The message of the -32602 error refusing a `tasks/*` request.
+fn task_refused(s: &Session, id: u64, method: &str, params: Value) -> String {
+    let r = s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.response()["error"]["code"],
+        -32602,
+        "{method}: {}",
+        r.body
+    );
+    r.response()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The task ids (sorted) `tasks/list` gives over all pages, and how many
+/// pages it took.
+fn tasks_listed(s: &Session, meta: Value) -> (Vec<String>, u64) {
+    let (mut ids, mut pages, mut cursor) = (vec![], 0u64, Value::Null);
+    loop {
+        let mut params = json!({"_meta": meta});
+        if !cursor.is_null() {
+            params["cursor"] = cursor.clone();
+        }
+        let r = s.send(
+            &json!({"jsonrpc": "2.0", "id": 60 + pages, "method": "tasks/list", "params": params}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        pages += 1;
+        for t in r.response()["result"]["tasks"].as_array().unwrap() {
+            ids.push(t["taskId"].as_str().unwrap().to_string());
+        }
+        cursor = r.response()["result"]["nextCursor"].clone();
+        if cursor.is_null() {
+            ids.sort();
+            return (ids, pages);
+        }
+    }
+}
+
+/// Without sessions (a stateless upstream), a task belongs to the
+/// principal whose decided call created it: another principal naming it
+/// is refused and nothing reaches the upstream; each lists its own.
+#[test]
+fn http_without_sessions_a_task_belongs_to_the_principal_whose_call_created_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream_with(
+        tmp.path(),
+        "task_server.py",
+        &[("MCP_TASKS_STATELESS", "1")],
+        None,
+    );
+    let servers = server("tasks", &up.url, "");
+    let e = start_with("", up, tmp, &servers);
+    let a = Session::unopened(&e.g, "tasks", "agent:report-bot");
+    let b = Session::unopened(&e.g, "tasks", "agent:other-bot");
+    for s in [&a, &b] {
+        let r = s.send(&initialize_msg());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.session.is_none(), "a stateless server names no session");
+    }
+    let a1 = task_created(&a, 1, "payroll", json!({}));
+    let b1 = task_created(&b, 1, "weather", json!({"test/sse": true}));
+    let seen = e.up.requests_seen();
+    for (i, m) in ["tasks/get", "tasks/result", "tasks/cancel"]
+        .into_iter()
+        .enumerate()
+    {
+        let why = task_refused(&b, 10 + i as u64, m, json!({"taskId": a1}));
+        assert!(why.contains("unknown task"), "{why}");
+    }
+    assert_eq!(e.up.requests_seen(), seen, "nothing reached the upstream");
+    assert_eq!(
+        tool_text(&task_request(&a, 2, "tasks/result", &a1)),
+        "report on payroll"
+    );
+    assert_eq!(tasks_listed(&a, json!({})), (vec![a1], 1));
+    assert_eq!(tasks_listed(&b, json!({})), (vec![b1], 1));
 }

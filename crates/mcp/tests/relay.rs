@@ -1112,3 +1112,44 @@ async fn tasks_reach_only_those_the_sessions_own_decided_calls_created() {
     assert_eq!(a.close().await, 0);
     assert_eq!(b.close().await, 0);
 }
+
+/// A session keeps at most `tasks::MAX_TASKS` task ids: past that the
+/// oldest is forgotten, refused like any unknown task, and no longer
+/// listed; the newer ones are still reached.
+#[tokio::test]
+async fn a_session_keeps_its_newest_tasks_up_to_the_bound() {
+    use secondkey_mcp::tasks::MAX_TASKS;
+    let mut s = start(
+        "task_server.py",
+        &[("MCP_TASKS_PAGE", "5000")],
+        Scripted::default(),
+    )
+    .await;
+    s.init().await;
+    let mut ids = vec![];
+    for i in 0..=MAX_TASKS {
+        let r = s
+            .call(
+                json!(i),
+                "tools/call",
+                json!({"name": "report", "arguments": {"topic": "t"}, "task": {}}),
+            )
+            .await;
+        ids.push(r["result"]["task"]["taskId"].as_str().unwrap().to_string());
+    }
+    let r = s
+        .call(json!("oldest"), "tasks/get", json!({"taskId": ids[0]}))
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    for t in [&ids[1], &ids[MAX_TASKS]] {
+        let r = s
+            .call(json!("kept"), "tasks/get", json!({"taskId": t}))
+            .await;
+        assert_eq!(r["result"]["status"], "working", "{r}");
+    }
+    let r = s.call(json!("list"), "tasks/list", json!({})).await;
+    let listed = r["result"]["tasks"].as_array().unwrap();
+    assert_eq!(listed.len(), MAX_TASKS, "the server has one more");
+    assert!(listed.iter().all(|t| t["taskId"] != ids[0].as_str()));
+    assert_eq!(s.close().await, 0);
+}

@@ -13,7 +13,8 @@ when set, so that several server processes (one per stdio session) share
 them as one remote service would. Every request is recorded as a JSON line
 in MCP_TEST_RUNS (method, tool, taskId) and, over HTTP, MCP_TEST_HEADERS.
 An answer is an event stream when the request's `_meta` has
-`"test/sse": true` (over HTTP)."""
+`"test/sse": true` (over HTTP). MCP_TASKS_STATELESS=1: no sessions (no
+`Mcp-Session-Id`)."""
 
 import json
 import os
@@ -152,7 +153,8 @@ def serve_http(port):
                 return self.reply(202)
             record(msg)
             out = answer(msg)
-            extra = [("Mcp-Session-Id", uuid.uuid4().hex)] if msg["method"] == "initialize" else []
+            opens = msg["method"] == "initialize" and os.environ.get("MCP_TASKS_STATELESS") != "1"
+            extra = [("Mcp-Session-Id", uuid.uuid4().hex)] if opens else []
             if ((msg.get("params") or {}).get("_meta") or {}).get("test/sse"):
                 note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}}
                 body = "".join("event: message\ndata: " + json.dumps(m) + "\n\n" for m in (note, out))
