@@ -2090,10 +2090,20 @@ fn http_tasks_reach_only_those_the_callers_own_decided_calls_created() {
         tool_text(&task_request(&a, 53, "tasks/result", &a4)),
         "report on pensions"
     );
-    assert_eq!(
-        tool_text(&task_request(&b, 54, "tasks/result", &b1)),
-        "report on weather"
+    // Of the upstream's status notifications of every task, only B's own
+    // reaches B.
+    let r = b.send(
+        &json!({"jsonrpc": "2.0", "id": 54, "method": "tasks/result",
+                           "params": {"taskId": b1, "_meta": {"test/statuses": true}}}),
     );
+    assert_eq!(tool_text(r.response()), "report on weather");
+    let statuses: Vec<&Value> = r
+        .messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/tasks/status")
+        .map(|m| &m["params"]["taskId"])
+        .collect();
+    assert_eq!(statuses, [&json!(b1)], "{}", r.body);
 
     // Listed in pages of 2 of the upstream's 5 tasks: each its own only.
     let mut mine = vec![a1.clone(), a2.clone(), a3.clone(), a4.clone()];

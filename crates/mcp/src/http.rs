@@ -1996,6 +1996,18 @@ impl ListWatch {
         )
     }
 
+    /// Whether `m` tells the state of a task that is not this caller's
+    /// ([`tasks::foreign_status`]).
+    fn foreign_status(&self, m: &Message) -> bool {
+        m.method() == Some("notifications/tasks/status")
+            && self
+                .inner
+                .with_tasks(&self.srv.name, self.session.as_deref(), &self.who, |own| {
+                    tasks::foreign_status(m.method(), m.params(), own)
+                })
+                .unwrap_or(true)
+    }
+
     fn asked_key(&self, id: &Value) -> String {
         format!(
             "{}|{}|{}|{}",
@@ -2566,7 +2578,8 @@ fn tokio_stream_of(mut rx: mpsc::Receiver<String>) -> impl Stream<Item = String>
 /// Passes an upstream event stream through event by event, holding it to
 /// what stdio mode holds a server to: notifications beyond
 /// [`flood::MAX_NOTIFICATIONS_PER_SECOND`] are dropped, and so are events
-/// whose data is not a JSON-RPC message or that exceed [`answer_limit`].
+/// whose data is not a JSON-RPC message or that exceed [`answer_limit`],
+/// and task status notifications about another's task.
 /// For a forwarded `tools/call` it watches for the
 /// call's final response to record the outcome; if the stream ends without
 /// one, the outcome is recorded as unknown and the client gets a tool
@@ -2676,6 +2689,10 @@ impl<S> Tap<S> {
         if let (Some(m), Some(w)) = (&msg, &self.watch) {
             if m.method() == Some("notifications/tools/list_changed") {
                 w.changed();
+            }
+            if m.kind == Kind::Notification && w.foreign_status(m) {
+                // Another's task's state is not this client's to see.
+                return;
             }
         }
         if let Some(m) = msg.as_ref().filter(|m| m.kind == Kind::Request) {

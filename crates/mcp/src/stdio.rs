@@ -890,6 +890,12 @@ impl<D: Decider> Relay<D> {
                 return;
             }
         }
+        if msg.kind == Kind::Notification
+            && tasks::foreign_status(msg.method(), msg.params(), &lock(&self.state).tasks)
+        {
+            // Another's task's state is not this client's to see.
+            return;
+        }
         if msg.kind != Kind::Response {
             let _ = self
                 .to_client

@@ -13,7 +13,9 @@
 //!   id (or none) with JSON-RPC -32602, the spec's code for an unknown
 //!   task, without forwarding them;
 //! - relay a `tasks/list` answer with only the caller's tasks in it
-//!   ([`filter_list`]).
+//!   ([`filter_list`]);
+//! - drop a server's `notifications/tasks/status` about a task that is
+//!   not the caller's ([`foreign_status`]) before the client sees it.
 //!
 //! Invariant: an id enters an [`Owned`] set only from the upstream's
 //! answer to a request this gateway decided and relayed for that caller;
@@ -130,6 +132,22 @@ pub fn created(response: &Value) -> Option<String> {
     (!id.is_empty() && id.len() <= MAX_TASK_ID_BYTES).then(|| id.to_string())
 }
 
+/// Whether a server message to the caller tells the state of a task that
+/// is not theirs: a `notifications/tasks/status` whose `params.taskId` is
+/// not in `own` (such a notification is dropped; the spec makes it
+/// optional, so a client never depends on one).
+pub fn foreign_status(
+    method: Option<&str>,
+    params: Option<&Map<String, Value>>,
+    own: &Owned,
+) -> bool {
+    method == Some("notifications/tasks/status")
+        && !params
+            .and_then(|p| p.get("taskId"))
+            .and_then(Value::as_str)
+            .is_some_and(|id| own.contains(id))
+}
+
 /// Keeps in a `tasks/list` answer only the caller's tasks: the entries of
 /// `result.tasks` whose `taskId` is in `own` (a result without a `tasks`
 /// array gets an empty one). `nextCursor` and everything else of the
@@ -239,6 +257,36 @@ mod tests {
         assert_eq!(own.len(), MAX_TASKS);
         own.insert("y".repeat(MAX_TASK_ID_BYTES + 1));
         assert!(!own.contains(&"y".repeat(MAX_TASK_ID_BYTES + 1)));
+    }
+
+    #[test]
+    fn only_the_callers_task_statuses_pass() {
+        let mut own = Owned::default();
+        own.insert("mine".into());
+        let status = "notifications/tasks/status";
+        let of = |v: Value| params(v);
+        assert!(!foreign_status(
+            Some(status),
+            Some(&of(json!({"taskId": "mine"}))),
+            &own
+        ));
+        assert!(foreign_status(
+            Some(status),
+            Some(&of(json!({"taskId": "theirs"}))),
+            &own
+        ));
+        assert!(foreign_status(
+            Some(status),
+            Some(&of(json!({"taskId": 1}))),
+            &own
+        ));
+        assert!(foreign_status(Some(status), None, &own));
+        let other = Some("notifications/message");
+        assert!(!foreign_status(
+            other,
+            Some(&of(json!({"taskId": "theirs"}))),
+            &own
+        ));
     }
 
     #[test]

@@ -1077,11 +1077,20 @@ async fn tasks_reach_only_those_the_sessions_own_decided_calls_created() {
         .call(json!(5), "tasks/cancel", json!({"taskId": a2}))
         .await;
     assert_eq!(r["result"]["status"], "cancelled", "{r}");
-    // B's own too.
-    let r = b
-        .call(json!(6), "tasks/result", json!({"taskId": b1}))
+    // B's own too; of the server's status notifications of every task,
+    // only its own reaches it.
+    b.send(json!({"jsonrpc": "2.0", "id": 6, "method": "tasks/result",
+                  "params": {"taskId": b1, "_meta": {"test/statuses": true}}}))
         .await;
+    let mut notes = vec![];
+    let r = b.answer(&mut notes).await;
     assert_eq!(text(&r), "report on weather", "{r}");
+    let statuses: Vec<&Value> = notes
+        .iter()
+        .filter(|n| n["method"] == "notifications/tasks/status")
+        .map(|n| &n["params"]["taskId"])
+        .collect();
+    assert_eq!(statuses, [&json!(b1)], "{notes:?}");
 
     // Listing (pages of 2 of the server's 3 tasks): each sees its own, and
     // the server's cursor still pages.

@@ -13,7 +13,9 @@ when set, so that several server processes (one per stdio session) share
 them as one remote service would. Every request is recorded as a JSON line
 in MCP_TEST_RUNS (method, tool, taskId) and, over HTTP, MCP_TEST_HEADERS.
 An answer is an event stream when the request's `_meta` has
-`"test/sse": true` (over HTTP). MCP_TASKS_STATELESS=1: no sessions (no
+`"test/sse": true` (over HTTP). With `"test/statuses": true` in `_meta`,
+the answer is preceded by a `notifications/tasks/status` for every task
+the server has, whoever created it (over HTTP: on an event stream). MCP_TASKS_STATELESS=1: no sessions (no
 `Mcp-Session-Id`)."""
 
 import json
@@ -124,6 +126,13 @@ def answer(msg):
     return result(mid, {})
 
 
+def statuses(msg):
+    """Every task's status notification, if the request asks for them."""
+    if not ((msg.get("params") or {}).get("_meta") or {}).get("test/statuses"):
+        return []
+    return [{"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": public(t)} for t in load().values()]
+
+
 def serve_http(port):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -153,11 +162,12 @@ def serve_http(port):
                 return self.reply(202)
             record(msg)
             out = answer(msg)
+            notes = statuses(msg)
             opens = msg["method"] == "initialize" and os.environ.get("MCP_TASKS_STATELESS") != "1"
             extra = [("Mcp-Session-Id", uuid.uuid4().hex)] if opens else []
-            if ((msg.get("params") or {}).get("_meta") or {}).get("test/sse"):
+            if notes or ((msg.get("params") or {}).get("_meta") or {}).get("test/sse"):
                 note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}}
-                body = "".join("event: message\ndata: " + json.dumps(m) + "\n\n" for m in (note, out))
+                body = "".join("event: message\ndata: " + json.dumps(m) + "\n\n" for m in [note, *notes, out])
                 return self.reply(200, body.encode(), ctype="text/event-stream", extra=extra)
             self.reply(200, json.dumps(out).encode(), extra=extra)
 
@@ -173,5 +183,7 @@ for line in sys.stdin:
     if msg.get("id") is None or "method" not in msg:
         continue
     record(msg)
+    for note in statuses(msg):
+        sys.stdout.write(json.dumps(note) + "\n")
     sys.stdout.write(json.dumps(answer(msg)) + "\n")
     sys.stdout.flush()
