@@ -1992,3 +1992,228 @@ fn http_a_stateless_upstream_is_listed_before_every_call() {
         assert_eq!(e.own_lists(), k as usize, "every call lists");
     }
 }
+
+/// `tasks/*` (protocol revision 2025-11-25) reach only the tasks the
+/// upstream created for the caller's own decided calls in its session,
+/// whether the call was answered as JSON, as the upstream's event stream
+/// or through the gateway's own (progress). The upstream binds no task to
+/// its creator (every principal reaches it with the gateway's one
+/// credential): another principal naming the task id, or a malformed id,
+/// is refused with -32602, never reaches it, and is recorded;
+/// `tasks/list` (JSON or event stream) shows each only its own tasks and
+/// keeps the upstream's cursor.
+#[test]
+fn http_tasks_reach_only_those_the_callers_own_decided_calls_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream_with(
+        tmp.path(),
+        "task_server.py",
+        &[("MCP_TASKS_PAGE", "2")],
+        None,
+    );
+    let servers = server("tasks", &up.url, "");
+    let e = start_with("", up, tmp, &servers);
+    let a = e.session("tasks", "agent:report-bot");
+    let b = e.session("tasks", "agent:other-bot");
+    let a1 = task_created(&a, 1, "payroll", json!({}));
+    let a2 = task_created(&a, 2, "salaries", json!({"test/sse": true}));
+    let a3 = task_created(&a, 3, "bonuses", json!({"progressToken": "p3"}));
+    let a4 = task_created(
+        &a,
+        4,
+        "pensions",
+        json!({"progressToken": "p4", "test/sse": true}),
+    );
+    let b1 = task_created(&b, 1, "weather", json!({}));
+
+    // B names A's tasks: refused as for tasks that do not exist.
+    let seen = e.up.requests_seen();
+    for (i, t) in [&a1, &a2, &a3, &a4].into_iter().enumerate() {
+        for (j, m) in ["tasks/get", "tasks/result", "tasks/cancel"]
+            .into_iter()
+            .enumerate()
+        {
+            let why = task_refused(&b, 10 + 3 * i as u64 + j as u64, m, json!({"taskId": t}));
+            assert!(why.contains("unknown task"), "{why}");
+        }
+    }
+    for (i, p) in [
+        json!({}),
+        json!({"taskId": 7}),
+        json!({"taskId": ""}),
+        json!({"taskId": [a1]}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let why = task_refused(&b, 40 + i as u64, "tasks/result", p);
+        assert!(why.contains("params.taskId"), "{why}");
+    }
+    assert_eq!(e.up.requests_seen(), seen, "nothing reached the upstream");
+    let codes: Vec<(String, String)> = e
+        .log()
+        .into_iter()
+        .filter(|en| en["event"] == "mcp.refused")
+        .map(|en| {
+            (
+                en["actor"].as_str().unwrap().to_string(),
+                en["payload"]["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let of = |code: &str| {
+        codes
+            .iter()
+            .filter(|(who, c)| who == "agent:other-bot" && c == code)
+            .count()
+    };
+    assert_eq!(
+        (of("unknown_task"), of("invalid_task_id"), codes.len()),
+        (12, 4, 16),
+        "{codes:?}"
+    );
+
+    // Each reaches its own.
+    assert_eq!(
+        task_request(&a, 50, "tasks/get", &a1)["result"]["status"],
+        "working"
+    );
+    assert_eq!(
+        tool_text(&task_request(&a, 51, "tasks/result", &a2)),
+        "report on salaries"
+    );
+    assert_eq!(
+        task_request(&a, 52, "tasks/cancel", &a3)["result"]["status"],
+        "cancelled"
+    );
+    assert_eq!(
+        tool_text(&task_request(&a, 53, "tasks/result", &a4)),
+        "report on pensions"
+    );
+    // Of the upstream's status notifications of every task, only B's own
+    // reaches B.
+    let r = b.send(
+        &json!({"jsonrpc": "2.0", "id": 54, "method": "tasks/result",
+                           "params": {"taskId": b1, "_meta": {"test/statuses": true}}}),
+    );
+    assert_eq!(tool_text(r.response()), "report on weather");
+    let statuses: Vec<&Value> = r
+        .messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/tasks/status")
+        .map(|m| &m["params"]["taskId"])
+        .collect();
+    assert_eq!(statuses, [&json!(b1)], "{}", r.body);
+
+    // Listed in pages of 2 of the upstream's 5 tasks: each its own only.
+    let mut mine = vec![a1.clone(), a2.clone(), a3.clone(), a4.clone()];
+    mine.sort();
+    assert_eq!(tasks_listed(&a, json!({})), (mine, 3));
+    assert_eq!(tasks_listed(&b, json!({"test/sse": true})), (vec![b1], 3));
+
+    // A task belongs to its session too: A's next session does not reach it.
+    let again = e.session("tasks", "agent:report-bot");
+    let why = task_refused(&again, 70, "tasks/result", json!({"taskId": a1}));
+    assert!(why.contains("unknown task"), "{why}");
+    assert_eq!(tasks_listed(&again, json!({})), (vec![], 3));
+}
+
+/// A `tools/call` of `report` run as a task; the task id it created.
+fn task_created(s: &Session, id: u64, topic: &str, meta: Value) -> String {
+    let msg = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+        "name": "report", "arguments": {"topic": topic}, "task": {"ttl": 60000}, "_meta": meta}});
+    let r = s.send(&msg);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.response()["result"]["task"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task created: {}", r.body))
+        .to_string()
+}
+
+/// The response to a `tasks/*` request naming task `t`.
+fn task_request(s: &Session, id: u64, method: &str, t: &str) -> Value {
+    let r = s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"taskId": t}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.response().clone()
+}
+
+/// The message of the -32602 error refusing a `tasks/*` request.
+fn task_refused(s: &Session, id: u64, method: &str, params: Value) -> String {
+    let r = s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.response()["error"]["code"],
+        -32602,
+        "{method}: {}",
+        r.body
+    );
+    r.response()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The task ids (sorted) `tasks/list` gives over all pages, and how many
+/// pages it took.
+fn tasks_listed(s: &Session, meta: Value) -> (Vec<String>, u64) {
+    let (mut ids, mut pages, mut cursor) = (vec![], 0u64, Value::Null);
+    loop {
+        let mut params = json!({"_meta": meta});
+        if !cursor.is_null() {
+            params["cursor"] = cursor.clone();
+        }
+        let r = s.send(
+            &json!({"jsonrpc": "2.0", "id": 60 + pages, "method": "tasks/list", "params": params}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        pages += 1;
+        for t in r.response()["result"]["tasks"].as_array().unwrap() {
+            ids.push(t["taskId"].as_str().unwrap().to_string());
+        }
+        cursor = r.response()["result"]["nextCursor"].clone();
+        if cursor.is_null() {
+            ids.sort();
+            return (ids, pages);
+        }
+    }
+}
+
+/// Without sessions (a stateless upstream), a task belongs to the
+/// principal whose decided call created it: another principal naming it
+/// is refused and nothing reaches the upstream; each lists its own.
+#[test]
+fn http_without_sessions_a_task_belongs_to_the_principal_whose_call_created_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream_with(
+        tmp.path(),
+        "task_server.py",
+        &[("MCP_TASKS_STATELESS", "1")],
+        None,
+    );
+    let servers = server("tasks", &up.url, "");
+    let e = start_with("", up, tmp, &servers);
+    let a = Session::unopened(&e.g, "tasks", "agent:report-bot");
+    let b = Session::unopened(&e.g, "tasks", "agent:other-bot");
+    for s in [&a, &b] {
+        let r = s.send(&initialize_msg());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.session.is_none(), "a stateless server names no session");
+    }
+    let a1 = task_created(&a, 1, "payroll", json!({}));
+    let b1 = task_created(&b, 1, "weather", json!({"test/sse": true}));
+    let seen = e.up.requests_seen();
+    for (i, m) in ["tasks/get", "tasks/result", "tasks/cancel"]
+        .into_iter()
+        .enumerate()
+    {
+        let why = task_refused(&b, 10 + i as u64, m, json!({"taskId": a1}));
+        assert!(why.contains("unknown task"), "{why}");
+    }
+    assert_eq!(e.up.requests_seen(), seen, "nothing reached the upstream");
+    assert_eq!(
+        tool_text(&task_request(&a, 2, "tasks/result", &a1)),
+        "report on payroll"
+    );
+    assert_eq!(tasks_listed(&a, json!({})), (vec![a1], 1));
+    assert_eq!(tasks_listed(&b, json!({})), (vec![b1], 1));
+}

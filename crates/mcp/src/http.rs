@@ -42,7 +42,9 @@ use crate::flood::{self, Budget};
 use crate::intercept::{tool_error, Forward, Interceptor, Known, Outcome, Plan, Waiting};
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
 use crate::limits::{Hold, Quota};
+use crate::methods::ClientRequest;
 use crate::refused::{self, Refusal};
+use crate::tasks::{self, Owned, TaskRequest};
 use crate::{pins, tools};
 
 /// The tool result for a call the server received but never answered: it
@@ -224,6 +226,9 @@ struct SessionInfo {
     quota: Quota,
     /// The server's tool definitions as read in this session.
     tools: ToolsSeen,
+    /// The tasks the upstream created for this session's decided calls:
+    /// the only ones its `tasks/*` requests reach.
+    tasks: Owned,
 }
 
 /// The tool definitions (their pinned part, by name) the server gave in
@@ -316,6 +321,9 @@ struct Sessions {
     /// Quotas of requests sent without a session (stateless servers), by
     /// principal and server.
     sessionless: HashMap<String, Quota>,
+    /// The tasks created for calls sent without a session, by principal
+    /// and server.
+    sessionless_tasks: HashMap<String, Owned>,
 }
 
 /// A slot for a session being opened, given back when dropped (the
@@ -493,8 +501,38 @@ impl Inner {
                     self.config.max_session_bytes,
                 ),
                 tools: ToolsSeen::default(),
+                tasks: Owned::default(),
             },
         );
+    }
+
+    /// `f` on the tasks of `who` in session `sid` on `server` (or in no
+    /// session); `None` for a session no longer tracked.
+    fn with_tasks<T>(
+        &self,
+        server: &str,
+        sid: Option<&str>,
+        who: &Principal,
+        f: impl FnOnce(&mut Owned) -> T,
+    ) -> Option<T> {
+        let mut s = lock(&self.sessions);
+        match sid {
+            Some(sid) => s
+                .by_key
+                .get_mut(&session_key(server, sid))
+                .filter(|i| i.principal == who.id.to_string())
+                .map(|i| f(&mut i.tasks)),
+            None => Some(f(s
+                .sessionless_tasks
+                .entry(format!("{}\n{server}", who.id))
+                .or_default())),
+        }
+    }
+
+    /// Keeps task `id`, created by a decided call of `who` in session `sid`
+    /// on `server`, as theirs.
+    fn learn_task(&self, server: &str, sid: Option<&str>, who: &Principal, id: String) {
+        self.with_tasks(server, sid, who, |t| t.insert(id));
     }
 
     /// The quota of `who`'s messages in session `sid` on `server` (or in
@@ -1387,17 +1425,27 @@ async fn post_mcp(
         (Kind::Request, Some(m)) => Some(crate::methods::client_request(&server, m, msg.params())),
         _ => None,
     };
+    if let Some(ClientRequest::Task(t)) = &class {
+        let call = TaskCall {
+            inner: &inner,
+            gateway: &s.gateway,
+            who: &p,
+            srv: &srv,
+            session: session.as_deref(),
+            headers: &fwd_headers,
+        };
+        return call.relay(&msg, t, body, watch).await;
+    }
     match (msg.kind, msg.method()) {
         (Kind::Request, Some(_))
             if matches!(
                 class,
-                Some(crate::methods::ClientRequest::Acts(_))
-                    | Some(crate::methods::ClientRequest::ToolsCall)
+                Some(ClientRequest::Acts(_)) | Some(ClientRequest::ToolsCall)
             ) =>
         {
             let id = msg.id().cloned().unwrap_or(Value::Null);
             let act = match class {
-                Some(crate::methods::ClientRequest::Acts(a)) => Some(a),
+                Some(ClientRequest::Acts(a)) => Some(a),
                 _ => None,
             };
             let tool = match (&act, jsonrpc::tool_name(&msg)) {
@@ -1558,6 +1606,121 @@ async fn post_mcp(
         }
         _ => pass(&inner, &srv, &fwd_headers, body, watch).await,
     }
+}
+
+/// A `tasks/*` request of `who` in session `session`: it reaches only the
+/// tasks the upstream created for that caller's decided calls there.
+struct TaskCall<'a> {
+    inner: &'a Arc<Inner>,
+    gateway: &'a Arc<Gateway>,
+    who: &'a Principal,
+    srv: &'a Arc<ServerConfig>,
+    session: Option<&'a str>,
+    headers: &'a [(String, HeaderValue)],
+}
+
+impl TaskCall<'_> {
+    /// Refuses a request for a task that is not the caller's (or that
+    /// names none) with -32602, as the spec answers an unknown task,
+    /// recording the attempt; relays the rest, a `tasks/list` answer with
+    /// only the caller's tasks in it.
+    async fn relay(
+        &self,
+        msg: &Message,
+        t: &TaskRequest,
+        body: Bytes,
+        watch: Option<ListWatch>,
+    ) -> Response {
+        let refusal = match t {
+            TaskRequest::BadId(why) => Some(("invalid_task_id", why.clone())),
+            TaskRequest::One(task) => {
+                let own = self
+                    .inner
+                    .with_tasks(&self.srv.name, self.session, self.who, |o| o.contains(task));
+                (own != Some(true)).then(|| ("unknown_task", tasks::unknown(task)))
+            }
+            TaskRequest::List => None,
+        };
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        if let Some((code, why)) = refusal {
+            let r = Refusal {
+                method: msg.method().unwrap_or_default().to_string(),
+                code: code.to_string(),
+                reason: why.clone(),
+                session: self.session.map(str::to_string),
+            };
+            if let Err(e) = refused::record(self.gateway, self.who, &self.srv.name, r).await {
+                tracing::warn!(error = %e, "could not record a refused MCP message");
+            }
+            return Json(error_response(id, jsonrpc::INVALID_PARAMS, &why)).into_response();
+        }
+        if *t != TaskRequest::List {
+            return pass(self.inner, self.srv, self.headers, body, watch).await;
+        }
+        let resp =
+            match upstream(self.inner, self.srv, Method::POST, self.headers, Some(body)).await {
+                Ok(r) => r,
+                Err(f) => return f.response,
+            };
+        if !resp.status().is_success() {
+            return relay_stream(self.inner, resp, watch, None);
+        }
+        let sse = is_sse(&resp);
+        let (head, stream) = take_stream(resp);
+        let max = answer_limit(&self.inner.config);
+        let bytes = match collect(stream, max).await {
+            Ok(b) => b,
+            Err(e) => return gateway_error(StatusCode::BAD_GATEWAY, "upstream_failed", e),
+        };
+        let own = self
+            .inner
+            .with_tasks(&self.srv.name, self.session, self.who, |o| o.clone())
+            .unwrap_or_default();
+        let filter = |v: &mut Value| tasks::filter_list(v, &own);
+        if sse {
+            let bytes = rewrite_final_event(&bytes, Some(&id), filter);
+            let once = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(bytes))]);
+            let tap = Tap::new(once, max, None).watching(watch);
+            return relay_response(head, Body::from_stream(tap));
+        }
+        match final_response(&bytes, false, Some(&id)) {
+            Some(mut v) => {
+                filter(&mut v);
+                relay_response(head, Body::from(v.to_string()))
+            }
+            None => gateway_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                format!(
+                    "the MCP server {} did not answer tasks/list with a JSON-RPC response",
+                    self.srv.name
+                ),
+            ),
+        }
+    }
+}
+
+/// An upstream event-stream body with the final response to `id` passed
+/// through `f` (and written again as one event); its other events as they
+/// were.
+fn rewrite_final_event(bytes: &[u8], id: Option<&Value>, f: impl Fn(&mut Value)) -> Vec<u8> {
+    let want = id.map(id_key);
+    let mut split = SseSplitter::new(usize::MAX);
+    let mut events = Vec::new();
+    split.push(bytes, &mut events);
+    split.push(b"\n\n", &mut events);
+    let mut out = Vec::with_capacity(bytes.len());
+    for event in events {
+        let parsed = event_data(&event).and_then(|d| serde_json::from_slice::<Value>(&d).ok());
+        match parsed {
+            Some(mut v) if is_final_for(&v, want.as_deref()) => {
+                f(&mut v);
+                out.extend_from_slice(format!("event: message\ndata: {v}\n\n").as_bytes());
+            }
+            _ => out.extend_from_slice(&event),
+        }
+    }
+    out
 }
 
 async fn pass(
@@ -1831,6 +1994,18 @@ impl ListWatch {
             (&self.who, &self.credential),
             self.peer,
         )
+    }
+
+    /// Whether `m` tells the state of a task that is not this caller's
+    /// ([`tasks::foreign_status`]).
+    fn foreign_status(&self, m: &Message) -> bool {
+        m.method() == Some("notifications/tasks/status")
+            && self
+                .inner
+                .with_tasks(&self.srv.name, self.session.as_deref(), &self.who, |own| {
+                    tasks::foreign_status(m.method(), m.params(), own)
+                })
+                .unwrap_or(true)
     }
 
     fn asked_key(&self, id: &Value) -> String {
@@ -2229,6 +2404,18 @@ impl CallCtx {
         resp
     }
 
+    /// Keeps the task the upstream created for this call, if it asked for
+    /// one, as the caller's (before the client can name it).
+    fn learn_task(&self, msg: &Message, response: &Value) {
+        if let Some(t) = tasks::asks(msg.params())
+            .then(|| tasks::created(response))
+            .flatten()
+        {
+            self.inner
+                .learn_task(&self.srv.name, self.session.as_deref(), &self.who, t);
+        }
+    }
+
     /// Sends exactly the decided call upstream; a call that could not be
     /// sent, or whose answer was lost, is recorded as such here.
     async fn send_call(
@@ -2291,7 +2478,10 @@ impl CallCtx {
             // The run was authorized and recorded before it started; its
             // result is recorded off the answer's path.
             let outcome = match final_response(&bytes, false, Some(&id)) {
-                Some(r) => outcome_of(&r),
+                Some(r) => {
+                    self.learn_task(&msg, &r);
+                    outcome_of(&r)
+                }
                 None => Outcome::Lost(format!(
                     "the upstream answered {} without a result",
                     head.status()
@@ -2300,7 +2490,9 @@ impl CallCtx {
             tokio::spawn(async move { icp.finished(&fwd, outcome).await });
             return relay_response(head, Body::from(bytes));
         }
-        let tap = Tap::new(stream, max, Some((id, icp, fwd))).watching(self.watch.clone());
+        let tap = Tap::new(stream, max, Some((id, icp, fwd)))
+            .watching(self.watch.clone())
+            .learning_task(tasks::asks(msg.params()));
         relay_response(head, Body::from_stream(tap))
     }
 
@@ -2340,7 +2532,9 @@ impl CallCtx {
         if sse {
             // The tap records the outcome (or its loss) and adds the tool
             // error of a stream that ends without the result.
-            let mut tap = Tap::new(stream, max, Some((id, icp, fwd))).watching(self.watch.clone());
+            let mut tap = Tap::new(stream, max, Some((id, icp, fwd)))
+                .watching(self.watch.clone())
+                .learning_task(tasks::asks(msg.params()));
             while let Some(Ok(event)) = tap.next().await {
                 if let Some(data) = event_data(&event) {
                     // A client gone does not stop the tap: the outcome is
@@ -2353,6 +2547,7 @@ impl CallCtx {
         let why = match collect(stream, max).await {
             Ok(bytes) => match final_response(&bytes, false, Some(&id)) {
                 Some(v) => {
+                    self.learn_task(&msg, &v);
                     icp.finished(&fwd, outcome_of(&v)).await;
                     let _ = tx.send(v.to_string()).await;
                     return;
@@ -2383,7 +2578,8 @@ fn tokio_stream_of(mut rx: mpsc::Receiver<String>) -> impl Stream<Item = String>
 /// Passes an upstream event stream through event by event, holding it to
 /// what stdio mode holds a server to: notifications beyond
 /// [`flood::MAX_NOTIFICATIONS_PER_SECOND`] are dropped, and so are events
-/// whose data is not a JSON-RPC message or that exceed [`answer_limit`].
+/// whose data is not a JSON-RPC message or that exceed [`answer_limit`],
+/// and task status notifications about another's task.
 /// For a forwarded `tools/call` it watches for the
 /// call's final response to record the outcome; if the stream ends without
 /// one, the outcome is recorded as unknown and the client gets a tool
@@ -2410,6 +2606,9 @@ struct Tap<S> {
     undecided: usize,
     /// Held while this is a session's event stream ([`Listening`]).
     _listening: Option<Listening>,
+    /// The call asked to run as a task: the task its answer creates is
+    /// kept as the caller's (for whom `watch` says).
+    learns_task: bool,
 }
 
 impl<S> Tap<S> {
@@ -2427,11 +2626,17 @@ impl<S> Tap<S> {
             decided: mpsc::unbounded_channel(),
             undecided: 0,
             _listening: None,
+            learns_task: false,
         }
     }
 
     fn watching(mut self, watch: Option<ListWatch>) -> Self {
         self.watch = watch;
+        self
+    }
+
+    fn learning_task(mut self, asked: bool) -> Self {
+        self.learns_task = asked;
         self
     }
 
@@ -2485,6 +2690,10 @@ impl<S> Tap<S> {
             if m.method() == Some("notifications/tools/list_changed") {
                 w.changed();
             }
+            if m.kind == Kind::Notification && w.foreign_status(m) {
+                // Another's task's state is not this client's to see.
+                return;
+            }
         }
         if let Some(m) = msg.as_ref().filter(|m| m.kind == Kind::Request) {
             let act = crate::methods::server_request(
@@ -2532,8 +2741,15 @@ impl<S> Tap<S> {
         }
         if let (Some(m), Some((id, _, _))) = (&msg, &self.pending) {
             if m.kind == Kind::Response && m.id().map(id_key) == Some(id_key(id)) {
-                let outcome = outcome_of(&Value::Object(m.value.clone()));
-                self.settle(outcome);
+                let answer = Value::Object(m.value.clone());
+                if let (true, Some(w)) = (self.learns_task, &self.watch) {
+                    if let Some(t) = tasks::created(&answer) {
+                        // Before the client sees the answer naming it.
+                        w.inner
+                            .learn_task(&w.srv.name, w.session.as_deref(), &w.who, t);
+                    }
+                }
+                self.settle(outcome_of(&answer));
             }
         }
         self.out.push_back(Bytes::from(event));
@@ -2684,6 +2900,20 @@ mod tests {
         let r = final_response(body, true, Some(&json!(3))).unwrap();
         assert_eq!(r["id"], 3);
         assert!(final_response(body, true, Some(&json!("3"))).is_none());
+    }
+
+    #[test]
+    fn only_the_final_event_of_a_stream_is_rewritten() {
+        let body = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\r\n\r\n: ping\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"tasks\":[1,2]}}";
+        let out = rewrite_final_event(body, Some(&json!(7)), |v| v["result"]["tasks"] = json!([]));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n: ping\n\n\
+             event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"tasks\":[]}}\n\n"
+        );
+        // Another id's response is not the one rewritten.
+        let out = rewrite_final_event(body, Some(&json!("7")), |v| v["result"] = json!(null));
+        assert!(String::from_utf8(out).unwrap().contains("[1,2]"));
     }
 
     #[test]

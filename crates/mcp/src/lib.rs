@@ -7,8 +7,9 @@
 //! answered with a tool error naming the policy, held ones wait for
 //! reviewers ([`intercept`]). Tool definitions are pinned by fingerprint
 //! when first listed; a changed definition is held or refused until a
-//! human accepts it ([`pins`]). Everything else of the protocol passes
-//! through untouched.
+//! human accepts it ([`pins`]). Requests about tasks reach only the
+//! tasks the caller's own decided calls created ([`tasks`]). Everything
+//! else of the protocol passes through untouched.
 //!
 //! Two transports share that logic: [`stdio`] (secondkey launched by the
 //! client in place of the server, deciding over the gateway's REST API)
@@ -29,6 +30,7 @@ pub mod pins;
 pub mod refused;
 pub mod stdfd;
 pub mod stdio;
+pub mod tasks;
 pub mod tools;
 
 pub use config::McpConfig;

@@ -1,12 +1,13 @@
 //! Which client→server requests act, and as what action.
 //!
-//! Every request a client sends is one of three classes:
+//! Every request a client sends is one of four classes:
 //! - **listing and session upkeep**, relayed undecided: `initialize`,
 //!   `ping`, `tools/list`, `resources/list`, `resources/templates/list`,
 //!   `prompts/list`, `completion/complete`, `logging/setLevel`,
-//!   `resources/unsubscribe`, and the `tasks/*` requests about a task a
-//!   decided call started (`tasks/get`, `tasks/list`, `tasks/result`,
-//!   `tasks/cancel`);
+//!   `resources/unsubscribe`;
+//! - **`tasks/*`** (`tasks/get`, `tasks/result`, `tasks/cancel`,
+//!   `tasks/list`), not decided but held to the caller's own tasks: those
+//!   created by its decided calls in this session (see [`crate::tasks`]);
 //! - **`tools/call`**, decided as the tool's action (see [`crate::action`]);
 //! - **everything else acts**, and is decided by policy before the server
 //!   sees it: `resources/read` and `resources/subscribe` (operation `read`,
@@ -27,7 +28,7 @@ use serde_json::{json, Map, Value};
 use crate::action::resource as encoded;
 
 /// Methods relayed without a decision.
-const UPKEEP: [&str; 13] = [
+const UPKEEP: [&str; 9] = [
     "initialize",
     "ping",
     "tools/list",
@@ -37,16 +38,14 @@ const UPKEEP: [&str; 13] = [
     "completion/complete",
     "logging/setLevel",
     "resources/unsubscribe",
-    "tasks/get",
-    "tasks/list",
-    "tasks/result",
-    "tasks/cancel",
 ];
 
 /// What a client request is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientRequest {
     Upkeep,
+    /// A `tasks/*` request: only the caller's own tasks are reached.
+    Task(crate::tasks::TaskRequest),
     ToolsCall,
     Acts(Act),
 }
@@ -71,6 +70,9 @@ pub fn client_request(
     }
     if UPKEEP.contains(&method) {
         return ClientRequest::Upkeep;
+    }
+    if let Some(t) = crate::tasks::request(method, params) {
+        return ClientRequest::Task(t);
     }
     let empty = Map::new();
     let p = params.unwrap_or(&empty);
@@ -185,6 +187,12 @@ mod tests {
             client_request("s", "tools/call", None),
             ClientRequest::ToolsCall
         );
+        for m in crate::tasks::METHODS {
+            assert!(
+                matches!(client_request("s", m, None), ClientRequest::Task(_)),
+                "{m}"
+            );
+        }
         let p = json_map(json!({"uri": "file:///etc/passwd", "_meta": {"x": 1}}));
         let ClientRequest::Acts(a) = client_request("s", "resources/read", Some(&p)) else {
             panic!()

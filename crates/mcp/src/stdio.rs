@@ -2,8 +2,10 @@
 //! the real server as its child, and relays newline-delimited JSON-RPC both
 //! ways. Everything passes through byte for byte except what it decides:
 //! `tools/call` requests (decided first, and forwarded as the exact JSON
-//! that was digested), `tools/list` results (observed for pinning), and
-//! cancellations of calls it is still holding (the request is withdrawn).
+//! that was digested), `tools/list` results (observed for pinning),
+//! cancellations of calls it is still holding (the request is withdrawn),
+//! and `tasks/*` requests, which reach only the tasks this session's
+//! decided calls created (a `tasks/list` answer is filtered to those).
 //!
 //! One task reads the client, one reads the server; a decision runs in its
 //! own task so that a held call does not stop the rest of the session.
@@ -26,6 +28,8 @@ use crate::frame::{read_frame, Frame};
 use crate::intercept::{tool_error, Forward, Interceptor, Known, Outcome, Plan, Waiting};
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
 use crate::limits::{Exceeded, Hold, Quota};
+use crate::methods::ClientRequest;
+use crate::tasks::{self, Owned, TaskRequest};
 use crate::tools;
 
 /// Server notifications relayed per second at most; a flood beyond that is
@@ -36,9 +40,12 @@ pub use crate::flood::MAX_NOTIFICATIONS_PER_SECOND;
 enum Pending {
     Plain,
     ToolsList,
-    ToolsCall(Forward),
+    /// `tasks/list`: its answer keeps only this session's tasks.
+    TasksList,
+    /// A decided call; `true`: it asked to run as a task.
+    ToolsCall(Forward, bool),
     /// Another request that acts, decided and forwarded.
-    Acted(Forward),
+    Acted(Forward, bool),
 }
 
 #[derive(Default)]
@@ -64,6 +71,9 @@ struct State {
     /// The server's requests relayed to the client after a decision, by
     /// id: recorded when the client answers.
     server_asked: HashMap<String, (Forward, Hold)>,
+    /// The tasks the server created for this session's decided calls: the
+    /// only ones its `tasks/*` requests reach.
+    tasks: Owned,
 }
 
 /// One direction's write queue, bounded in bytes rather than in lines: a
@@ -433,20 +443,35 @@ impl<D: Decider> Relay<D> {
     async fn refuse_notification(&self, msg: &Message) {
         let method = msg.method().unwrap_or_default().to_string();
         let reason = crate::refused::idless_message(&method);
-        self.send_client(&error_response(
-            Value::Null,
-            jsonrpc::INVALID_REQUEST,
-            &reason,
-        ))
+        self.refuse(
+            (Value::Null, jsonrpc::INVALID_REQUEST),
+            &method,
+            "request_without_id",
+            reason,
+        )
         .await;
+    }
+
+    /// Refuses a `tasks/*` request for a task that is not this session's
+    /// (or that names none) with -32602, as the spec answers an unknown
+    /// task; nothing is forwarded and the attempt is recorded.
+    async fn refuse_task(&self, id: Value, method: &str, code: &str, why: String) {
+        self.refuse((id, jsonrpc::INVALID_PARAMS), method, code, why)
+            .await;
+    }
+
+    /// Answers the client with error `code` under `id` saying `reason`,
+    /// and records the refused attempt (`refusal`: its code).
+    async fn refuse(&self, (id, code): (Value, i64), method: &str, refusal: &str, reason: String) {
+        self.send_client(&error_response(id, code, &reason)).await;
         if let Err(e) = self
             .icp
             .decider
             .refused(
                 &self.icp.server.name,
                 crate::refused::Refusal {
-                    method,
-                    code: "request_without_id".into(),
+                    method: method.to_string(),
+                    code: refusal.into(),
                     reason,
                     session: Some(self.session.clone()),
                 },
@@ -471,6 +496,9 @@ impl<D: Decider> Relay<D> {
         enum Next {
             Act(crate::methods::Act, Hold),
             BadName,
+            /// A `tasks/*` request for no task of this session's: the
+            /// refusal's code and sentence.
+            NotOwnTask(&'static str, String),
             Duplicate,
             Gone,
             Limit(Exceeded),
@@ -498,11 +526,17 @@ impl<D: Decider> Relay<D> {
                 let class = crate::methods::client_request(&self.icp.server.name, &method, params);
                 match (class, method.as_str()) {
                     (_, "tools/call") if jsonrpc::tool_name(&msg).is_err() => Next::BadName,
+                    (ClientRequest::Task(TaskRequest::BadId(why)), _) => {
+                        Next::NotOwnTask("invalid_task_id", why)
+                    }
+                    (ClientRequest::Task(TaskRequest::One(t)), _) if !st.tasks.contains(&t) => {
+                        Next::NotOwnTask("unknown_task", tasks::unknown(&t))
+                    }
                     // Counted against the session before anything is kept.
                     (class, _) => match self.quota.take(line.len()) {
                         Err(e) => Next::Limit(e),
                         Ok(mut hold) => match (class, method.as_str()) {
-                            (crate::methods::ClientRequest::Acts(act), _) => {
+                            (ClientRequest::Acts(act), _) => {
                                 let (tx, _) = watch::channel(false);
                                 st.deciding.insert(key.clone(), tx);
                                 Next::Act(act, hold)
@@ -512,11 +546,13 @@ impl<D: Decider> Relay<D> {
                                 st.deciding.insert(key.clone(), tx);
                                 Next::Decide(rx, hold)
                             }
-                            (_, m) => {
-                                let p = if m == "tools/list" {
-                                    Pending::ToolsList
-                                } else {
-                                    Pending::Plain
+                            (class, m) => {
+                                let p = match (class, m) {
+                                    (_, "tools/list") => Pending::ToolsList,
+                                    (ClientRequest::Task(TaskRequest::List), _) => {
+                                        Pending::TasksList
+                                    }
+                                    _ => Pending::Plain,
                                 };
                                 hold.sent();
                                 st.inflight.insert(key, (p, hold));
@@ -542,6 +578,7 @@ impl<D: Decider> Relay<D> {
                     self.send_client(&e.response()).await;
                 }
             }
+            Next::NotOwnTask(code, why) => self.refuse_task(id, &method, code, why).await,
             Next::Duplicate => {
                 self.send_client(&error_response(
                     id,
@@ -623,7 +660,8 @@ impl<D: Decider> Relay<D> {
                 self.send_client(&result_response(id, result)).await;
             }
             Plan::Forward(fwd) => {
-                let gone = self.sending(key, Pending::ToolsCall(fwd.clone()), hold);
+                let task = tasks::asks(Some(params));
+                let gone = self.sending(key, Pending::ToolsCall(fwd.clone(), task), hold);
                 if gone {
                     self.icp
                         .finished(
@@ -674,7 +712,11 @@ impl<D: Decider> Relay<D> {
             }
             Ok(fwd) => fwd,
         };
-        let gone = self.sending(key, Pending::Acted(fwd.clone()), hold);
+        let gone = self.sending(
+            key,
+            Pending::Acted(fwd.clone(), tasks::asks(msg.params())),
+            hold,
+        );
         if gone {
             self.icp
                 .finished(
@@ -848,6 +890,12 @@ impl<D: Decider> Relay<D> {
                 return;
             }
         }
+        if msg.kind == Kind::Notification
+            && tasks::foreign_status(msg.method(), msg.params(), &lock(&self.state).tasks)
+        {
+            // Another's task's state is not this client's to see.
+            return;
+        }
         if msg.kind != Kind::Response {
             let _ = self
                 .to_client
@@ -870,7 +918,20 @@ impl<D: Decider> Relay<D> {
                     self.observe(r, true).await;
                 }
             }
-            Some((Pending::ToolsCall(fwd), _)) | Some((Pending::Acted(fwd), _)) => {
+            Some((Pending::TasksList, _)) => {
+                // Only this session's own tasks reach its client.
+                let mut answer = Value::Object(msg.value);
+                tasks::filter_list(&mut answer, &lock(&self.state).tasks);
+                self.send_client(&answer).await;
+                return;
+            }
+            Some((Pending::ToolsCall(fwd, task), _)) | Some((Pending::Acted(fwd, task), _)) => {
+                if let Some(t) = task
+                    .then(|| tasks::created(&Value::Object(msg.value.clone())))
+                    .flatten()
+                {
+                    lock(&self.state).tasks.insert(t);
+                }
                 let outcome = match (msg.result(), msg.value.get("error")) {
                     (Some(r), _) => Outcome::Result(r.clone()),
                     (None, Some(e)) => Outcome::Error(e.clone()),
@@ -907,7 +968,7 @@ impl<D: Decider> Relay<D> {
         );
         match pending {
             None => {}
-            Some((Pending::ToolsCall(fwd), _slot)) => {
+            Some((Pending::ToolsCall(fwd, _), _slot)) => {
                 self.icp.finished(&fwd, Outcome::Lost(why.clone())).await;
                 self.send_client(&result_response(
                     id,
@@ -915,7 +976,7 @@ impl<D: Decider> Relay<D> {
                 ))
                 .await;
             }
-            Some((Pending::Acted(fwd), _slot)) => {
+            Some((Pending::Acted(fwd, _), _slot)) => {
                 self.icp.finished(&fwd, Outcome::Lost(why.clone())).await;
                 self.send_client(&error_response(id, jsonrpc::LIMIT, &why))
                     .await;
@@ -945,7 +1006,7 @@ impl<D: Decider> Relay<D> {
         for (key, (p, _slot)) in pending {
             let id: Value = serde_json::from_str(&key).unwrap_or(Value::Null);
             match p {
-                Pending::ToolsCall(fwd) => {
+                Pending::ToolsCall(fwd, _) => {
                     self.icp.finished(&fwd, Outcome::Lost(why.into())).await;
                     self.send_client(&result_response(
                         id,
@@ -955,7 +1016,7 @@ impl<D: Decider> Relay<D> {
                     ))
                     .await;
                 }
-                Pending::Acted(fwd) => {
+                Pending::Acted(fwd, _) => {
                     self.icp.finished(&fwd, Outcome::Lost(why.into())).await;
                     self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, why))
                         .await;

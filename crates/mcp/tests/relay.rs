@@ -993,3 +993,172 @@ async fn a_server_request_past_max_pending_requests_is_refused_to_the_server() {
     assert_eq!(text(&r), "goes on", "{r}");
     s.close().await;
 }
+
+/// `tasks/*` (protocol revision 2025-11-25) reach only the tasks the
+/// server created for the session's own decided calls. Two relays (two
+/// agents) share one server-side task store, as sessions of a remote
+/// server that does not bind tasks to their creator would: the other's
+/// task id, or a malformed one, is refused with -32602 and never reaches
+/// the server; `tasks/list` shows each only its own, pages and all.
+#[tokio::test]
+async fn tasks_reach_only_those_the_sessions_own_decided_calls_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("tasks.json");
+    let env = [
+        ("MCP_TASKS_FILE", store.to_str().unwrap()),
+        ("MCP_TASKS_PAGE", "2"),
+    ];
+    let mut a = start("task_server.py", &env, Scripted::default()).await;
+    let mut b = start("task_server.py", &env, Scripted::default()).await;
+    a.init().await;
+    b.init().await;
+    let as_task = |topic: &str| json!({"name": "report", "arguments": {"topic": topic}, "task": {"ttl": 60000}});
+    let task_of = |r: &Value| {
+        r["result"]["task"]["taskId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no task created: {r}"))
+            .to_string()
+    };
+    let a1 = task_of(&a.call(json!(1), "tools/call", as_task("payroll")).await);
+    let a2 = task_of(&a.call(json!(2), "tools/call", as_task("salaries")).await);
+    let b1 = task_of(&b.call(json!(1), "tools/call", as_task("weather")).await);
+    assert_eq!(a.log.log().decided.len(), 2, "each task is a decided call");
+
+    // B names A's task: refused, as for a task that does not exist.
+    let before = b.runs().len();
+    for (i, m) in ["tasks/get", "tasks/result", "tasks/cancel"]
+        .into_iter()
+        .enumerate()
+    {
+        let r = b.call(json!(10 + i), m, json!({"taskId": a1})).await;
+        assert_eq!(r["error"]["code"], -32602, "{m}: {r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown task"),
+            "{r}"
+        );
+    }
+    // A malformed or missing id: refused likewise.
+    for (i, p) in [
+        json!({}),
+        json!({"taskId": 7}),
+        json!({"taskId": null}),
+        json!({"taskId": ""}),
+        json!({"taskId": [a1]}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = b.call(json!(20 + i), "tasks/result", p.clone()).await;
+        assert_eq!(r["error"]["code"], -32602, "{p}: {r}");
+    }
+    assert_eq!(b.runs().len(), before, "nothing reached the server");
+    let codes: Vec<(String, String)> = b
+        .log
+        .log()
+        .refused
+        .iter()
+        .map(|r| (r.method.clone(), r.code.clone()))
+        .collect();
+    assert_eq!(codes.len(), 8, "{codes:?}");
+    assert_eq!(codes[0], ("tasks/get".into(), "unknown_task".into()));
+    assert_eq!(codes[7], ("tasks/result".into(), "invalid_task_id".into()));
+
+    // A's own tasks work: get, result, cancel.
+    let r = a.call(json!(3), "tasks/get", json!({"taskId": a1})).await;
+    assert_eq!(r["result"]["status"], "working", "{r}");
+    let r = a
+        .call(json!(4), "tasks/result", json!({"taskId": a1}))
+        .await;
+    assert_eq!(text(&r), "report on payroll", "{r}");
+    let r = a
+        .call(json!(5), "tasks/cancel", json!({"taskId": a2}))
+        .await;
+    assert_eq!(r["result"]["status"], "cancelled", "{r}");
+    // B's own too; of the server's status notifications of every task,
+    // only its own reaches it.
+    b.send(json!({"jsonrpc": "2.0", "id": 6, "method": "tasks/result",
+                  "params": {"taskId": b1, "_meta": {"test/statuses": true}}}))
+        .await;
+    let mut notes = vec![];
+    let r = b.answer(&mut notes).await;
+    assert_eq!(text(&r), "report on weather", "{r}");
+    let statuses: Vec<&Value> = notes
+        .iter()
+        .filter(|n| n["method"] == "notifications/tasks/status")
+        .map(|n| &n["params"]["taskId"])
+        .collect();
+    assert_eq!(statuses, [&json!(b1)], "{notes:?}");
+
+    // Listing (pages of 2 of the server's 3 tasks): each sees its own, and
+    // the server's cursor still pages.
+    async fn listed(s: &mut Session) -> (Vec<String>, usize) {
+        let (mut ids, mut pages, mut cursor) = (vec![], 0, Value::Null);
+        loop {
+            let params = match &cursor {
+                Value::Null => json!({}),
+                c => json!({"cursor": c}),
+            };
+            let r = s.call(json!(100 + pages), "tasks/list", params).await;
+            pages += 1;
+            for t in r["result"]["tasks"].as_array().unwrap() {
+                ids.push(t["taskId"].as_str().unwrap().to_string());
+            }
+            cursor = r["result"]["nextCursor"].clone();
+            if cursor.is_null() {
+                return (ids, pages);
+            }
+        }
+    }
+    let (mut mine, pages) = listed(&mut a).await;
+    mine.sort();
+    let mut want = vec![a1.clone(), a2.clone()];
+    want.sort();
+    assert_eq!((mine, pages), (want, 2));
+    assert_eq!(listed(&mut b).await, (vec![b1.clone()], 2));
+    assert_eq!(a.close().await, 0);
+    assert_eq!(b.close().await, 0);
+}
+
+/// A session keeps at most `tasks::MAX_TASKS` task ids: past that the
+/// oldest is forgotten, refused like any unknown task, and no longer
+/// listed; the newer ones are still reached.
+#[tokio::test]
+async fn a_session_keeps_its_newest_tasks_up_to_the_bound() {
+    use secondkey_mcp::tasks::MAX_TASKS;
+    let mut s = start(
+        "task_server.py",
+        &[("MCP_TASKS_PAGE", "5000")],
+        Scripted::default(),
+    )
+    .await;
+    s.init().await;
+    let mut ids = vec![];
+    for i in 0..=MAX_TASKS {
+        let r = s
+            .call(
+                json!(i),
+                "tools/call",
+                json!({"name": "report", "arguments": {"topic": "t"}, "task": {}}),
+            )
+            .await;
+        ids.push(r["result"]["task"]["taskId"].as_str().unwrap().to_string());
+    }
+    let r = s
+        .call(json!("oldest"), "tasks/get", json!({"taskId": ids[0]}))
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    for t in [&ids[1], &ids[MAX_TASKS]] {
+        let r = s
+            .call(json!("kept"), "tasks/get", json!({"taskId": t}))
+            .await;
+        assert_eq!(r["result"]["status"], "working", "{r}");
+    }
+    let r = s.call(json!("list"), "tasks/list", json!({})).await;
+    let listed = r["result"]["tasks"].as_array().unwrap();
+    assert_eq!(listed.len(), MAX_TASKS, "the server has one more");
+    assert!(listed.iter().all(|t| t["taskId"] != ids[0].as_str()));
+    assert_eq!(s.close().await, 0);
+}
