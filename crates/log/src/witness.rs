@@ -298,6 +298,38 @@ pub fn cosigned_by<'a>(note: &str, keys: &'a [CosignerKey]) -> Vec<(&'a Cosigner
         .collect()
 }
 
+/// A signature line of a note other than the log's own, as found: nothing
+/// about it is checked (anyone can append such a line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureLine {
+    /// The key name the line gives.
+    pub name: String,
+    /// The timestamp (Unix seconds) the line claims, when its signature has
+    /// the `cosignature/v1` layout (key id, 8-byte time, 64-byte signature).
+    pub claimed_time: Option<u64>,
+}
+
+/// The signature lines of `note` not named `origin` (the log's own key),
+/// unverified: what a report may say the checkpoint *carries*, never who
+/// cosigned it — that takes [`cosigned_by`] with the witnesses' keys.
+pub fn other_signature_lines(note: &str, origin: &str) -> Vec<SignatureLine> {
+    let sigs = note.rsplit_once("\n\n").map(|(_, s)| s).unwrap_or_default();
+    sigs.lines()
+        .filter_map(|l| l.strip_prefix(SIG_PREFIX)?.split_once(' '))
+        .filter(|(name, _)| *name != origin)
+        .map(|(name, b64)| SignatureLine {
+            name: name.to_string(),
+            claimed_time: STANDARD
+                .decode(b64)
+                .ok()
+                .filter(|raw| raw.len() == 76)
+                .and_then(|raw| raw[4..12].try_into().ok())
+                .map(u64::from_be_bytes)
+                .filter(|ts| *ts <= i64::MAX as u64),
+        })
+        .collect()
+}
+
 /// Appends signature lines (a witness's answer) to a signed note.
 pub fn add_signatures(note: &str, lines: &str) -> String {
     let mut out = note.to_string();
