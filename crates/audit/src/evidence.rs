@@ -18,8 +18,10 @@ use crate::svg::esc;
 use crate::time::{millis, rfc3339, Period};
 use crate::AuditError;
 
-/// The figures file's format version.
-pub const FORMAT: u32 = 1;
+/// The figures file's format version (2: the log's last entry time,
+/// whether it ends before the period, and its other signature lines
+/// recorded as unverified).
+pub const FORMAT: u32 = 2;
 
 /// A compliance framework the report maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,11 +66,31 @@ pub struct LogFigures {
     pub root: String,
     /// SHA-256 of the signed checkpoint note as exported.
     pub checkpoint_sha256: String,
-    /// The log's verifier key the report was made with.
+    /// The log's verifier key the report was made with (a record, not a
+    /// trust anchor: an auditor verifies with the key the operator gave
+    /// out of band, and the figures differ under any other).
     pub verifier_key: String,
-    /// Key names of the checkpoint's other signature lines (witness
-    /// cosignatures; check them with `--witness`).
-    pub cosigned_by: Vec<String>,
+    /// When the log's last entry was written (none: the log is empty).
+    pub last_entry_at: Option<String>,
+    /// The log ends before the period does: nothing after `last_entry_at`
+    /// is in this report, and the log alone cannot show that nothing
+    /// happened before the period's end (a witness cosignature dated at or
+    /// after it can; `evidence verify --witness` checks that).
+    pub ends_before_period_end: bool,
+    /// The checkpoint's signature lines other than the operator's, as
+    /// found and NOT checked (anyone can append one): their names and
+    /// claimed times. Only `evidence verify --witness KEY` tells which are
+    /// valid witness cosignatures.
+    pub unverified_signatures: Vec<UnverifiedSignature>,
+}
+
+/// A signature line of the checkpoint besides the operator's, unchecked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnverifiedSignature {
+    /// The key name the line gives.
+    pub name: String,
+    /// The cosignature time the line claims, RFC 3339.
+    pub claimed_time: Option<String>,
 }
 
 /// One privileged action: an action policy held for human review.
@@ -149,19 +171,21 @@ pub struct Inputs<'a> {
     pub verifier_key: &'a str,
 }
 
-fn checkpoint_facts(note: &str) -> Result<(String, u64, String, Vec<String>), AuditError> {
+type CheckpointFacts = (String, u64, String, Vec<UnverifiedSignature>);
+
+fn checkpoint_facts(note: &str) -> Result<CheckpointFacts, AuditError> {
     let cp = secondkey_log::checkpoint::Checkpoint::parse_note_unverified(note)
         .map_err(|e| AuditError::Checkpoint(e.to_string()))?;
-    let sigs = note.rsplit_once("\n\n").map(|(_, s)| s).unwrap_or_default();
-    let mut names: Vec<String> = sigs
-        .lines()
-        .filter_map(|l| l.strip_prefix("\u{2014} "))
-        .filter_map(|l| l.split_once(' ').map(|(n, _)| n.to_string()))
-        .filter(|n| *n != cp.origin)
+    let lines = secondkey_log::witness::other_signature_lines(note, &cp.origin)
+        .into_iter()
+        .map(|l| UnverifiedSignature {
+            name: l.name,
+            claimed_time: l
+                .claimed_time
+                .map(|ts| rfc3339((ts as i64).saturating_mul(1000))),
+        })
         .collect();
-    names.sort();
-    names.dedup();
-    Ok((cp.origin, cp.size, hex::encode(cp.root), names))
+    Ok((cp.origin, cp.size, hex::encode(cp.root), lines))
 }
 
 fn percentile(sorted: &[i64], p: usize) -> i64 {
@@ -179,11 +203,12 @@ where
     I: IntoIterator,
     I::Item: AsRef<[u8]>,
 {
-    let (origin, size, root, cosigned_by) = checkpoint_facts(inputs.checkpoint)?;
+    let (origin, size, root, unverified_signatures) = checkpoint_facts(inputs.checkpoint)?;
     let period = inputs.period;
     let mut tracker = Tracker::new();
     let mut events: BTreeMap<String, u64> = BTreeMap::new();
     let mut n = 0u64;
+    let mut last_entry_at = None;
     for b in entries {
         let e =
             secondkey_log::entry::Entry::from_bytes(b.as_ref()).map_err(|e| AuditError::Entry {
@@ -195,6 +220,7 @@ where
             *events.entry(e.event.clone()).or_default() += 1;
         }
         tracker.feed(&e);
+        last_entry_at = Some(e.time);
     }
     if n != size {
         return Err(AuditError::Checkpoint(format!(
@@ -340,7 +366,12 @@ where
         root,
         checkpoint_sha256: hex::encode(Sha256::digest(inputs.checkpoint.as_bytes())),
         verifier_key: inputs.verifier_key.trim().to_string(),
-        cosigned_by,
+        ends_before_period_end: last_entry_at
+            .as_deref()
+            .and_then(millis)
+            .is_none_or(|t| t < period.to),
+        last_entry_at,
+        unverified_signatures,
     };
     let mut f = Figures {
         format: FORMAT,
@@ -372,15 +403,40 @@ fn x(f: &Figures, k: &str) -> u64 {
 }
 
 fn witnessed(f: &Figures) -> String {
-    if f.log.cosigned_by.is_empty() {
-        "The checkpoint is signed only by the operator: no witness cosigned it.".into()
-    } else {
-        format!(
-            "The checkpoint carries cosignatures of {} ({}).",
-            f.log.cosigned_by.len(),
-            f.log.cosigned_by.join(", ")
-        )
+    let lines = &f.log.unverified_signatures;
+    if lines.is_empty() {
+        return "The checkpoint carries only the operator's signature: no witness cosignature."
+            .into();
     }
+    let named: Vec<String> = lines
+        .iter()
+        .map(|l| match &l.claimed_time {
+            Some(t) => format!("{} (claiming {t})", l.name),
+            None => l.name.clone(),
+        })
+        .collect();
+    format!(
+        "The checkpoint carries {} other signature line(s), unverified here: {}. Anyone can append such a line; only `secondkey evidence verify --witness KEY` shows which of them are valid cosignatures by witnesses you trust.",
+        lines.len(),
+        named.join(", ")
+    )
+}
+
+/// What the report says when the log ends before the period does.
+fn incomplete(f: &Figures) -> Option<String> {
+    if !f.log.ends_before_period_end {
+        return None;
+    }
+    Some(match &f.log.last_entry_at {
+        Some(t) => format!(
+            "Incomplete: the log ends at {t}, before the period's end ({}). Nothing after {t} is in this report: the pack was made before the period ended, or nothing was logged since; the log alone cannot tell which. A witness cosignature dated at or after {} shows that nothing followed (`secondkey evidence verify --witness KEY --min-witnesses 1`).",
+            f.to, f.to
+        ),
+        None => format!(
+            "Incomplete: the log is empty, so it shows nothing about the period up to {}.",
+            f.to
+        ),
+    })
 }
 
 fn control(id: &str, title: &str, proves: String, sections: &[&str]) -> Control {
@@ -510,6 +566,12 @@ pub fn render_html(f: &Figures) -> String {
         esc(&f.log.origin),
         f.log.size
     ));
+    if let Some(text) = incomplete(f) {
+        w.push_str(&format!(
+            "<p id=\"incomplete\" style=\"border:2px solid #b91c1c;padding:.5rem\"><strong>{}</strong></p>",
+            esc(&text)
+        ));
+    }
     w.push_str(&format!(
         "<p class=\"muted\">Every number below is computed from the log bundle beside this report; <code>secondkey evidence verify</code> computes them again and fails if any differs or if this file was changed. Figures file SHA-256: <code id=\"figures-sha256\">{digest}</code>.</p>"
     ));
@@ -635,29 +697,40 @@ pub fn render_html(f: &Figures) -> String {
     w.push_str("</tbody></table>");
 
     w.push_str(&format!(
-        "<h2 id=\"log\">The log, and how to verify this report</h2><p>Origin <code>{}</code>, {} entries, root <code>{}</code>, checkpoint SHA-256 <code>{}</code>. {}</p>",
+        "<h2 id=\"log\">The log, and how to verify this report</h2><p>Origin <code>{}</code>, {} entries, root <code>{}</code>, checkpoint SHA-256 <code>{}</code>, last entry {}. {}</p>",
         esc(&f.log.origin),
         f.log.size,
         esc(&f.log.root),
         esc(&f.log.checkpoint_sha256),
+        esc(f.log.last_entry_at.as_deref().unwrap_or("none")),
         esc(&witnessed(f))
     ));
-    let witness_flags: String = f
+    if let Some(text) = incomplete(f) {
+        w.push_str(&format!("<p><strong>{}</strong></p>", esc(&text)));
+    }
+    let mut names: Vec<&str> = f
         .log
-        .cosigned_by
+        .unverified_signatures
         .iter()
-        .map(|n| format!(" --witness '<verifier key of {n}>'"))
+        .map(|l| l.name.as_str())
         .collect();
-    let min = if f.log.cosigned_by.is_empty() {
+    names.sort_unstable();
+    names.dedup();
+    let witness_flags: String = names
+        .iter()
+        .map(|n| format!(" --witness '<cosigner key of {n}, from that witness>'"))
+        .collect();
+    let min = if names.is_empty() {
         String::new()
     } else {
-        format!(" --min-witnesses {}", f.log.cosigned_by.len())
+        format!(" --min-witnesses {}", names.len())
     };
     w.push_str(&format!(
-        "<p>Get the log's verifier key out of band (this report was made with <code>{}</code>), then, in the directory holding this report:</p><pre>secondkey log verify --bundle bundle --key '{}'{witness_flags}{min}\nsecondkey evidence verify . --key '{}'{witness_flags}{min}</pre><p>The first checks the checkpoint's signature, every entry and the Merkle root; the second also recomputes every figure of this report from the bundle and checks that this file is exactly what those figures render to.</p>",
-        esc(&f.log.verifier_key),
-        esc(&f.log.verifier_key),
-        esc(&f.log.verifier_key)
+        "<p>Get the log's verifier key from the operator, out of band, and save it as <code>log.vkey</code>: not from this pack, which could hold a log signed with any key. Then, in the directory holding this report:</p><pre>secondkey log verify --bundle bundle --key log.vkey{}{}\nsecondkey evidence verify . --key log.vkey{}{}</pre><p>The first checks the checkpoint's signature, every entry and the Merkle root; the second also recomputes every figure of this report from the bundle and checks that this file is exactly what those figures render to. <code>evidence verify</code> exits 0 when this report is exactly what the log proves for the whole period, 3 when it is but the log ends before the period's end and no given witness cosigned it at or after that end, and any other status when it fails; <code>--min-witnesses N</code> requires N of the given witnesses to have cosigned at or after the period's end. report.pdf, if present, is a print of this file and is not verified.</p>",
+        esc(&witness_flags),
+        esc(&min),
+        esc(&witness_flags),
+        esc(&min)
     ));
     w.push_str("</body></html>\n");
     h

@@ -335,6 +335,12 @@ fn openlineage_events_fire_once_per_executed_action() {
 }
 
 fn figures_of(l: &Log, fw: Framework) -> evidence::Figures {
+    figures_with(l, fw, "2026-12-02", "")
+}
+
+/// Figures for the period from 09:00 to `to`, over a checkpoint carrying
+/// `extra` signature lines after the operator's.
+fn figures_with(l: &Log, fw: Framework, to: &str, extra: &str) -> evidence::Figures {
     let signer = secondkey_log::note::Signer::generate("test/log").unwrap();
     let mut tree = secondkey_log::merkle::Tree::new();
     for b in l.bytes() {
@@ -347,12 +353,66 @@ fn figures_of(l: &Log, fw: Framework) -> evidence::Figures {
         l.bytes(),
         &Inputs {
             framework: fw,
-            period: Period::parse("2026-12-01T09:00:00Z", "2026-12-02").unwrap(),
-            checkpoint: &note,
+            period: Period::parse("2026-12-01T09:00:00Z", to).unwrap(),
+            checkpoint: &format!("{note}{extra}"),
             verifier_key: &signer.verifier().to_string(),
         },
     )
     .unwrap()
+}
+
+/// A signature line anyone can append is reported as such, never as a
+/// witness that cosigned; the report names no cosigner it did not check.
+#[test]
+fn signature_lines_are_reported_unverified() {
+    // A cosignature of something else: its layout is right, it proves nothing.
+    let forged = secondkey_log::witness::Cosigner::from_seed("witness.example/w1", [7; 32])
+        .cosign("another/log\n1\nAAAA\n", 1_796_000_000);
+    let f = figures_with(&sample(), Framework::FedrampModerate, "2026-12-02", &forged);
+    let lines = &f.log.unverified_signatures;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].name, "witness.example/w1");
+    assert_eq!(
+        lines[0].claimed_time.as_deref(),
+        Some("2026-11-30T00:53:20.000Z")
+    );
+    let html = evidence::render_html(&f);
+    assert!(
+        !html.contains("cosignatures of"),
+        "names an unchecked cosigner"
+    );
+    assert!(
+        html.contains("1 other signature line(s), unverified here: witness.example/w1"),
+        "{html}"
+    );
+    let au9 = f.controls.iter().find(|c| c.id == "AU-9").unwrap();
+    assert!(au9.proves.contains("unverified"), "{}", au9.proves);
+    let plain = figures_with(&sample(), Framework::Soc2, "2026-12-02", "");
+    assert!(plain.log.unverified_signatures.is_empty());
+    assert!(evidence::render_html(&plain).contains("only the operator&#39;s signature"));
+}
+
+/// A log that ends before the period does is marked incomplete, with the
+/// time of its last entry; one that reaches the period's end is not.
+#[test]
+fn a_log_ending_before_the_period_is_marked_incomplete() {
+    let short = figures_with(&sample(), Framework::Soc2, "2026-12-02", "");
+    assert_eq!(
+        short.log.last_entry_at.as_deref(),
+        Some("2026-12-01T13:00:00.000Z")
+    );
+    assert!(short.log.ends_before_period_end);
+    let html = evidence::render_html(&short);
+    assert!(
+        html.contains(
+            "Incomplete: the log ends at 2026-12-01T13:00:00.000Z, before the period&#39;s end"
+        ),
+        "{html}"
+    );
+    // The period ends at the last entry (exclusive): the log reaches it.
+    let full = figures_with(&sample(), Framework::Soc2, "2026-12-01T13:00:00Z", "");
+    assert!(!full.log.ends_before_period_end);
+    assert!(!evidence::render_html(&full).contains("Incomplete"));
 }
 
 #[test]

@@ -152,19 +152,20 @@ enum EvidenceSub {
     /// then every figure recomputed from it and compared with the pack's
     /// figures and report.
     #[command(
-        after_help = "Example:\n  secondkey evidence verify ./evidence-q4 --key \"$(cat log.vkey)\" --witness \"$(cat w1.vkey)\" --min-witnesses 1"
+        after_help = "Example:\n  secondkey evidence verify ./evidence-q4 --key log.vkey --witness w1.vkey --min-witnesses 1\n\nExit status: 0 the report is exactly what the log proves for the whole period;\n3 it is, but the log ends before the period's end and no given witness cosigned it at or after that end;\nany other status: it failed, and says why."
     )]
     Verify {
         dir: PathBuf,
-        /// The log's verifier key (from the operator, out of band). Without
-        /// it the key named in the pack is used, and the check proves only
-        /// that the pack is self-consistent.
+        /// The log's verifier key, or a file holding it (required): get it
+        /// from the operator out of band, never from the pack, which could
+        /// hold a log signed with any key.
         #[arg(long)]
         key: Option<String>,
         /// Witness cosigner keys (repeatable).
         #[arg(long = "witness")]
         witnesses: Vec<String>,
-        /// Fail unless at least N of them cosigned the bundle's checkpoint.
+        /// Fail unless at least N distinct witnesses among them cosigned
+        /// the bundle's checkpoint at or after the period's end.
         #[arg(long, default_value_t = 0)]
         min_witnesses: usize,
     },
@@ -313,14 +314,25 @@ pub fn evidence(a: EvidenceArgs) -> Result<ExitCode> {
     )?;
     let verify_txt = format!(
         "This pack was made from the log of {origin} at size {size}.\n\
-         Get the log's verifier key from the operator out of band; it should be\n  {vkey}\n\
-         Then, in this directory:\n\n  secondkey log verify --bundle bundle --key '{vkey}'\n  secondkey evidence verify . --key '{vkey}'\n\n\
-         Add --witness '<cosigner key>' (repeatable) and --min-witnesses N to require witness cosignatures.\n\
-         report.pdf is a print of report.html (made with headless Chromium); report.html is authoritative.\n",
+         Get the log's verifier key from the operator, out of band, and save it as log.vkey:\n\
+         not from this pack, which could hold a log signed with any key. Then, in this directory:\n\n  \
+         secondkey log verify --bundle bundle --key log.vkey\n  secondkey evidence verify . --key log.vkey\n\n\
+         Add --witness <cosigner key, from that witness> (repeatable) and --min-witnesses N to require\n\
+         that N of those witnesses cosigned the log at or after the period's end.\n\
+         evidence verify exits 0 when the report is exactly what the log proves for the whole period,\n\
+         3 when it is but the log ends before the period's end and no given witness cosigned it at or\n\
+         after that end, and any other status when it fails.\n\
+         report.pdf is a print of report.html (made with headless Chromium) and is not verified:\n\
+         it cannot be made again byte for byte; report.html is the verified copy.\n",
         origin = f.log.origin,
         size = f.log.size,
     );
     write(&out, "VERIFY.txt", verify_txt.as_bytes())?;
+    if let Some(t) = &f.log.last_entry_at {
+        if f.log.ends_before_period_end {
+            eprintln!("note: the log ends at {t}, before the period's end: the report says it is incomplete");
+        }
+    }
     eprintln!(
         "wrote the {} evidence pack for {} to {} ({} privileged actions, {} exceptions) to {}",
         framework.as_str(),
@@ -338,6 +350,9 @@ pub fn evidence(a: EvidenceArgs) -> Result<ExitCode> {
 }
 
 fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> Result<ExitCode> {
+    let key = key.ok_or_else(|| {
+        anyhow!("--key is required: the log's verifier key (or a file holding it), as the operator gave it to you out of band. The key named inside the pack proves nothing: a forged log signed with a fresh key verifies under its own key")
+    })?;
     let fail = |m: String| -> Result<ExitCode> {
         eprintln!("FAILED: {m}");
         Ok(ExitCode::FAILURE)
@@ -356,22 +371,31 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
     };
     let framework = Framework::parse(&s("framework")?)?;
     let period = Period::parse(&s("from")?, &s("to")?)?;
-    let key = match key {
-        Some(k) => k,
-        None => {
-            eprintln!("warning: no --key given: using the key the pack names, so this proves the pack is consistent with itself, not that the log is the operator's");
-            s("verifier_key")?
-        }
-    };
     let v = crate::logcmd::load_key(&key)?;
     let wkeys = load_cosigner_keys(witnesses)?;
+    if min > wkeys.len() {
+        bail!("--min-witnesses {min} needs at least that many --witness keys");
+    }
     let vb = match secondkey_log::bundle::verify_bundle_entries(&dir.join("bundle"), &v, None) {
         Ok(vb) => vb,
         Err(e) => return fail(format!("the log bundle does not verify: {e}")),
     };
     println!("ok: {}", crate::describe(&vb.report));
-    if witness_report(&vb.checkpoint, &wkeys, min) != ExitCode::SUCCESS {
-        return Ok(ExitCode::FAILURE);
+    // Cosignatures say "as of this time, this was the largest tree the
+    // witness saw" (C2SP tlog-cosignature v1): one dated at or after the
+    // period's end shows the log held nothing more of the period.
+    let _ = witness_report(&vb.checkpoint, &wkeys, 0);
+    let after_end: Vec<(String, u64)> = secondkey_log::witness::cosigned_by(&vb.checkpoint, &wkeys)
+        .into_iter()
+        .filter(|(_, ts)| i64::try_from(*ts).is_ok_and(|t| t.saturating_mul(1000) >= period.to))
+        .map(|(k, ts)| (k.name().to_string(), ts))
+        .collect();
+    if after_end.len() < min {
+        return fail(format!(
+            "{} of the required {min} witnesses cosigned this checkpoint at or after the period's end ({}); an earlier cosignature does not show that the log held every entry of the period",
+            after_end.len(),
+            secondkey_audit::time::rfc3339(period.to)
+        ));
     }
     let f = evidence::figures(
         &vb.entries,
@@ -415,14 +439,26 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
             return fail(format!("{MANIFEST} lists another SHA-256 for {name}"));
         }
     }
-    match digests[PDF].as_str() {
-        Some(d) if d != evidence::sha256_hex(&read(PDF)?) => {
+    // The PDF cannot be printed again byte for byte, and only the unsigned
+    // manifest names it: it is checked for consistency, never verified.
+    match (digests[PDF].as_str(), dir.join(PDF).exists()) {
+        (None, true) => {
             return fail(format!(
-            "{PDF} is not the file the pack was made with (its SHA-256 differs from {MANIFEST})"
-        ))
+                "{PDF} is in the pack but {MANIFEST} lists no PDF: it was not made with this pack"
+            ))
         }
-        Some(_) => {}
-        None => println!("(the pack has no PDF)"),
+        (Some(_), false) => {
+            return fail(format!("{MANIFEST} lists {PDF} but the pack has none"))
+        }
+        (Some(d), true) if d != evidence::sha256_hex(&read(PDF)?) => {
+            return fail(format!(
+                "{PDF} is not the file the pack was made with (its SHA-256 differs from {MANIFEST})"
+            ))
+        }
+        (Some(_), true) => println!(
+            "note: {PDF} is NOT verified: it is a print of {REPORT} that cannot be made again byte for byte, and only the unsigned {MANIFEST} names its digest; {REPORT} is the verified copy"
+        ),
+        (None, false) => println!("(the pack has no PDF)"),
     }
     println!(
         "ok: every figure of the {} report for {} to {} was recomputed from the log and matches; {REPORT} is exactly their rendering ({} privileged actions, {} exceptions, {} policy versions)",
@@ -433,6 +469,25 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
         f.exceptions.len(),
         f.policies.len()
     );
+    if f.log.ends_before_period_end {
+        let ends = f
+            .log
+            .last_entry_at
+            .as_deref()
+            .unwrap_or("its start (it is empty)");
+        if let Some((name, ts)) = after_end.first() {
+            println!(
+                "ok: the log ends at {ends}, before the period's end, but witness {name} cosigned it at {}: as that witness saw the log then, it held nothing more, so no entry of the period is missing",
+                secondkey_audit::time::rfc3339((*ts as i64).saturating_mul(1000))
+            );
+        } else {
+            eprintln!(
+                "INCOMPLETE: the log ends at {ends}, before the period's end ({}): the report is exactly what the log proves up to then, and says so, but nothing shows that no entry followed before the period's end (a witness cosignature dated at or after it would: --witness KEY)",
+                f.to
+            );
+            return Ok(ExitCode::from(3));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

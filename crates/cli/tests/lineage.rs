@@ -628,9 +628,13 @@ fn a_day_of_three_agents_as_lineage_openlineage_usage_and_evidence() {
         assert!(html.contains(c), "the report lacks {c}");
     }
     let verify = |dir: &str| cli(&["evidence", "verify", dir, "--key", &vkey]);
+    // The period runs to tomorrow and the log ends today: every figure
+    // matches, and the pack is reported incomplete (exit status 3).
     let (code, o, e) = verify(pack_s);
-    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(code, 3, "{o}{e}");
     assert!(o.contains("every figure"), "{o}");
+    assert!(e.contains("INCOMPLETE: the log ends at"), "{e}");
+    assert!(o.contains("report.pdf is NOT verified"), "{o}");
     let (code, _, e) = evidence(
         "fedramp-moderate",
         d.join("fedramp").to_str().unwrap(),
@@ -643,7 +647,7 @@ fn a_day_of_three_agents_as_lineage_openlineage_usage_and_evidence() {
     ] {
         assert!(fed.contains(&format!("<strong>{c}</strong>")), "{c}");
     }
-    assert_eq!(verify(d.join("fedramp").to_str().unwrap()).0, 0);
+    assert_eq!(verify(d.join("fedramp").to_str().unwrap()).0, 3);
     // Edits: a number in the report; a figure; both consistently; the log.
     let copy = |name: &str| {
         let to = d.join(name);

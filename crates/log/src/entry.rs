@@ -83,15 +83,35 @@ pub struct Entry {
     /// What happened, e.g. `request.created`, `review.approved`.
     pub event: String,
     /// Who did it, e.g. `user:alice`; absent for the gateway's own events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub actor: Option<String>,
     /// Ids of what it concerns: `request`, `grant`, `policy`, …
     pub subjects: BTreeMap<String, String>,
     /// The action digest (lowercase hex SHA-256), when an action is involved.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub digest: Option<String>,
     /// Event-specific details.
     pub payload: serde_json::Value,
+}
+
+/// An optional field that is present holds a value: `null` would be a
+/// second byte form of the entry that omits the field (both read as
+/// `None`), and the canonical scan alone cannot tell them apart.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(s) => Ok(Some(s)),
+        None => Err(serde::de::Error::custom(
+            "an optional field is null; the canonical entry omits it instead",
+        )),
+    }
 }
 
 /// The largest integer magnitude that survives RFC 8785 (I-JSON numbers are
@@ -381,10 +401,33 @@ mod tests {
         assert!(!text.contains("actor") && !text.contains("digest"));
         assert_eq!(Entry::from_bytes(&bytes).unwrap(), e);
         let with_null = text.replacen('{', r#"{"actor":null,"#, 1);
-        assert!(matches!(
-            Entry::from_bytes(with_null.as_bytes()),
-            Err(EntryError::NotCanonical)
-        ));
+        assert!(Entry::from_bytes(with_null.as_bytes()).is_err());
+    }
+
+    /// An explicit `null` for an optional field is a second byte form of
+    /// the entry that omits it: refused on the scan-only path too (a
+    /// payload of integers only never re-encodes).
+    #[test]
+    fn explicit_null_optional_fields_are_refused() {
+        let mut e = sample();
+        e.actor = None;
+        e.digest = None;
+        e.payload = json!({"z": 1, "a": [true, null, "x"]});
+        let bytes = e.to_bytes().unwrap();
+        assert_eq!(secondkey_jcs::scan(&bytes), secondkey_jcs::Scan::Canonical);
+        assert_eq!(Entry::from_bytes(&bytes).unwrap(), e);
+        let text = String::from_utf8(bytes).unwrap();
+        let actor_null = text.replacen('{', r#"{"actor":null,"#, 1);
+        let digest_null = text.replacen(r#""event""#, r#""digest":null,"event""#, 1);
+        for forged in [actor_null, digest_null] {
+            assert_eq!(
+                secondkey_jcs::scan(forged.as_bytes()),
+                secondkey_jcs::Scan::Canonical,
+                "{forged}"
+            );
+            let err = Entry::from_bytes(forged.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("null"), "{forged}: {err}");
+        }
     }
 
     #[test]

@@ -287,10 +287,46 @@ impl CosignerKey {
     }
 }
 
-/// Which of `keys` validly cosigned `note`, with their timestamps.
+/// Which of `keys` validly cosigned `note`, with their timestamps: one
+/// answer per witness public key, however often (or under however many
+/// names) it is given, so a count of them is a count of witnesses.
 pub fn cosigned_by<'a>(note: &str, keys: &'a [CosignerKey]) -> Vec<(&'a CosignerKey, u64)> {
+    let mut seen = std::collections::BTreeSet::new();
     keys.iter()
         .filter_map(|k| k.verify(note).map(|ts| (k, ts)))
+        .filter(|(k, _)| seen.insert(k.key.to_bytes()))
+        .collect()
+}
+
+/// A signature line of a note other than the log's own, as found: nothing
+/// about it is checked (anyone can append such a line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureLine {
+    /// The key name the line gives.
+    pub name: String,
+    /// The timestamp (Unix seconds) the line claims, when its signature has
+    /// the `cosignature/v1` layout (key id, 8-byte time, 64-byte signature).
+    pub claimed_time: Option<u64>,
+}
+
+/// The signature lines of `note` not named `origin` (the log's own key),
+/// unverified: what a report may say the checkpoint *carries*, never who
+/// cosigned it — that takes [`cosigned_by`] with the witnesses' keys.
+pub fn other_signature_lines(note: &str, origin: &str) -> Vec<SignatureLine> {
+    let sigs = note.rsplit_once("\n\n").map(|(_, s)| s).unwrap_or_default();
+    sigs.lines()
+        .filter_map(|l| l.strip_prefix(SIG_PREFIX)?.split_once(' '))
+        .filter(|(name, _)| *name != origin)
+        .map(|(name, b64)| SignatureLine {
+            name: name.to_string(),
+            claimed_time: STANDARD
+                .decode(b64)
+                .ok()
+                .filter(|raw| raw.len() == 76)
+                .and_then(|raw| raw[4..12].try_into().ok())
+                .map(u64::from_be_bytes)
+                .filter(|ts| *ts <= i64::MAX as u64),
+        })
         .collect()
 }
 
@@ -593,6 +629,39 @@ mod tests {
             let note = format!("o\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n\u{2014} w {line}\n");
             proptest::prop_assert_eq!(c.verifier().verify(&note), None);
         }
+    }
+
+    /// A witness is one Ed25519 key: given twice, or under a second name
+    /// (a cosignature line can be relabelled, since the signed message
+    /// does not hold the name), it still counts once.
+    #[test]
+    fn a_witness_counts_once_however_often_its_key_is_given() {
+        let w1 = Cosigner::from_seed("w1", [7; 32]);
+        let alias = Cosigner::from_seed("w1-again", [7; 32]);
+        let log = Signer::generate("log").unwrap();
+        let note = signed(&log, &tree(&["a"]));
+        let body = note::text_unverified(&note).unwrap();
+        let line = w1.cosign(body, 1_700_000_000);
+        let raw = STANDARD
+            .decode(line.trim().rsplit_once(' ').unwrap().1)
+            .unwrap();
+        let mut relabelled = alias.verifier().key_id.to_be_bytes().to_vec();
+        relabelled.extend_from_slice(&raw[4..]);
+        let with = add_signatures(
+            &note,
+            &format!(
+                "{line}{SIG_PREFIX}w1-again {}\n",
+                STANDARD.encode(relabelled)
+            ),
+        );
+        assert_eq!(alias.verifier().verify(&with), Some(1_700_000_000));
+        let keys = [w1.verifier(), w1.verifier(), alias.verifier()];
+        let by = cosigned_by(&with, &keys);
+        assert_eq!(by.len(), 1, "{by:?}");
+        assert_eq!(by[0].0.name(), "w1");
+        // The first key that verifies is the one named, whatever its place.
+        let keys = [alias.verifier(), w1.verifier()];
+        assert_eq!(cosigned_by(&add_signatures(&note, &line), &keys).len(), 1);
     }
 
     #[test]

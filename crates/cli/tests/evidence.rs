@@ -1,0 +1,269 @@
+//! Evidence packs, black-box: `evidence verify` accepts only what the log
+//! proves. The real gateway writes a short log; a real `secondkey witness
+//! serve`, started a moment after the last entry, cosigns it. Then packs
+//! for periods that end after the log does, at the witness's cosignature,
+//! and at the log's last entry show: the key must come from the auditor
+//! (a pack made from another log verifies under its own key, never under
+//! the operator's), a log that ends before the period is reported
+//! incomplete unless a witness cosigned at or after the period's end, a
+//! witness given twice counts once, a signature line is not a cosigner
+//! until checked, and report.pdf is never called verified.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+struct Witness(Child);
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    run_cli(args, "http://127.0.0.1:1", None)
+}
+
+fn act(g: &Gateway, n: u32) {
+    let v = g.submit(
+        "agent:report-bot",
+        &json!({"kind": "sql", "operation": "read", "resource": format!("postgres://analytics/public.t{n}"), "params": {"statement": format!("SELECT {n}")}}),
+    );
+    assert_eq!(v["decision"], "allow", "{v}");
+}
+
+/// Writes an evidence pack (no PDF) of the running gateway's log for
+/// `[2020-01-01, to)`.
+fn pack(g: &Gateway, out: &Path, to: &str) -> PathBuf {
+    let (code, _, err) = cli(&[
+        "evidence",
+        "--config",
+        g.config.to_str().unwrap(),
+        "--from",
+        "2020-01-01",
+        "--to",
+        to,
+        "--framework",
+        "soc2",
+        "--no-pdf",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    out.to_path_buf()
+}
+
+fn verify(pack: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["evidence", "verify", pack.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+fn figures(pack: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(pack.join("figures.json")).unwrap()).unwrap()
+}
+
+fn copy(from: &Path, to: &Path) -> PathBuf {
+    assert!(Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success());
+    to.to_path_buf()
+}
+
+#[test]
+fn evidence_verify_accepts_only_what_the_log_proves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, wkey, err) = cli(&[
+        "witness",
+        "keygen",
+        "--name",
+        "witness.test/w1",
+        "--out",
+        d.join("w1.key").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let wkey = wkey.trim().to_string();
+    let wport = free_port();
+    let wurl = format!("http://127.0.0.1:{wport}");
+    // The witness is configured but not running yet: it cosigns only
+    // after the last entry, so its cosignature is dated later than it.
+    let g = Gateway::start_extra(
+        d,
+        POLICIES,
+        &format!("\n[[log.witnesses]]\nname = \"w1\"\nurl = \"{wurl}\"\nkey = \"{wkey}\"\n"),
+    );
+    let vkey = g.text("/v1/log/verifier-key").trim().to_string();
+    for n in 0..3 {
+        act(&g, n);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let _w = Witness(
+        Command::new(BIN)
+            .args(["witness", "serve", "--key"])
+            .arg(d.join("w1.key"))
+            .arg("--state")
+            .arg(d.join("w1-state"))
+            .args(["--listen", &format!("127.0.0.1:{wport}"), "--log", &vkey])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("witness.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = g.call("GET", "/healthz", None, None).1;
+        if h["witnesses"][0]["cosigned_size"].as_u64() == h["log_size"].as_u64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not cosigned: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A period that ends after the log does.
+    let open = pack(&g, &d.join("open"), "2100-01-01");
+    let f = figures(&open);
+    let last = f["log"]["last_entry_at"].as_str().unwrap().to_string();
+    assert_eq!(f["log"]["ends_before_period_end"], true);
+    let lines = f["log"]["unverified_signatures"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{f}");
+    assert_eq!(lines[0]["name"], "witness.test/w1");
+    let cosigned_at = lines[0]["claimed_time"].as_str().unwrap().to_string();
+    assert!(last < cosigned_at, "{last} {cosigned_at}");
+
+    // The key comes from the auditor, never from the pack.
+    let verify_txt = std::fs::read_to_string(open.join("VERIFY.txt")).unwrap();
+    assert!(!verify_txt.contains(&vkey), "{verify_txt}");
+    assert!(verify_txt.contains("--key log.vkey"), "{verify_txt}");
+    let html = std::fs::read_to_string(open.join("report.html")).unwrap();
+    assert!(
+        !html.contains(&format!("--key '{vkey}'")) && !html.contains(&format!("--key &#39;{vkey}")),
+        "the report's verify command carries the pack's own key"
+    );
+    assert!(html.contains("--key log.vkey"));
+    let (code, _, err) = verify(&open, &[]);
+    assert!(code != 0 && err.contains("--key is required"), "{err}");
+    // A log forged under a fresh key: its pack verifies only if the pack
+    // supplies the key, which it no longer can.
+    let mut other = Gateway::start(&d.join("forger"));
+    act(&other, 9);
+    let forged = pack(&other, &d.join("forged"), "2100-01-01");
+    other.stop();
+    let (code, _, err) = verify(&forged, &[]);
+    assert!(code != 0 && err.contains("--key is required"), "{err}");
+    let (code, _, err) = verify(&forged, &["--key", &vkey]);
+    assert!(code != 0 && err.contains("does not verify"), "{err}");
+
+    // The log ends before the period: said in the report and by verify
+    // (exit status 3), unless a witness cosigned at or after its end.
+    assert!(
+        html.contains(&format!("Incomplete: the log ends at {last}")),
+        "the report does not say it is incomplete"
+    );
+    let (code, out, err) = verify(&open, &["--key", &vkey]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("every figure"), "{out}");
+    assert!(
+        err.contains(&format!("INCOMPLETE: the log ends at {last}")),
+        "{err}"
+    );
+    let (code, out, err) = verify(
+        &open,
+        &["--key", &vkey, "--witness", &wkey, "--min-witnesses", "1"],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(
+            "0 of the required 1 witnesses cosigned this checkpoint at or after the period's end"
+        ),
+        "{err}"
+    );
+    // A period that ends at the witness's cosignature, after the last
+    // entry: the log alone leaves it open, the witness closes it.
+    let closed = pack(&g, &d.join("closed"), &cosigned_at);
+    let (code, out, err) = verify(&closed, &["--key", &vkey]);
+    assert_eq!(code, 3, "{out}{err}");
+    let (code, out, err) = verify(
+        &closed,
+        &["--key", &vkey, "--witness", &wkey, "--min-witnesses", "1"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("but witness witness.test/w1 cosigned it at"),
+        "{out}"
+    );
+    // One witness given twice is one witness.
+    let (code, out, err) = verify(
+        &closed,
+        &[
+            "--key",
+            &vkey,
+            "--witness",
+            &wkey,
+            "--witness",
+            &wkey,
+            "--min-witnesses",
+            "2",
+        ],
+    );
+    assert!(
+        code == 1 && err.contains("1 of the required 2 witnesses"),
+        "{out}{err}"
+    );
+    // A period that ends at the last entry (exclusive): the log reaches it.
+    let reached = pack(&g, &d.join("reached"), &last);
+    assert_eq!(figures(&reached)["log"]["ends_before_period_end"], false);
+    let (code, out, err) = verify(&reached, &["--key", &vkey]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !err.contains("INCOMPLETE") && !out.contains("ends at"),
+        "{out}{err}"
+    );
+
+    // The report names no cosigner it did not check.
+    let html = std::fs::read_to_string(closed.join("report.html")).unwrap();
+    assert!(
+        !html.contains("cosignatures of"),
+        "names an unchecked cosigner"
+    );
+    assert!(
+        html.contains("1 other signature line(s), unverified here: witness.test/w1"),
+        "the report does not say the line is unverified"
+    );
+
+    // report.pdf: one the manifest does not list fails; one it lists is
+    // never called verified.
+    let pdf = copy(&reached, &d.join("pdf"));
+    std::fs::write(pdf.join("report.pdf"), b"%PDF-1.4 forged").unwrap();
+    let (code, out, err) = verify(&pdf, &["--key", &vkey]);
+    assert!(
+        code == 1 && err.contains("report.pdf is in the pack but manifest.json lists no PDF"),
+        "{out}{err}"
+    );
+    let mut m: Value =
+        serde_json::from_slice(&std::fs::read(pdf.join("manifest.json")).unwrap()).unwrap();
+    m["sha256"]["report.pdf"] = json!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        b"%PDF-1.4 forged"
+    )));
+    std::fs::write(pdf.join("manifest.json"), m.to_string()).unwrap();
+    let (code, out, err) = verify(&pdf, &["--key", &vkey]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("report.pdf is NOT verified"), "{out}");
+    std::fs::remove_file(pdf.join("report.pdf")).unwrap();
+    let (code, _, err) = verify(&pdf, &["--key", &vkey]);
+    assert!(
+        code == 1 && err.contains("lists report.pdf but the pack has none"),
+        "{err}"
+    );
+}
