@@ -722,6 +722,11 @@ impl Request {
         if self.acting_for() == Some(id) {
             return Some(Refusal::SelfReview("the action is done on its behalf"));
         }
+        if who.same_person(&self.requester.subjects) {
+            return Some(Refusal::SelfReview(
+                "it signed in with the identity-provider account the request came from",
+            ));
+        }
         if self.excluded.contains(id) {
             return Some(Refusal::SelfReview(
                 "it is excluded from reviewing this request",
@@ -748,8 +753,10 @@ impl Request {
         None
     }
 
-    /// Separation of duties and eligibility: the requester, its owner and the
-    /// principal the action is done for never review; agents and services
+    /// Separation of duties and eligibility: the requester, its owner, the
+    /// principal the action is done for and whoever signed in with an
+    /// identity-provider account the requester's credential came from
+    /// ([`Principal::subjects`]) never review; agents and services
     /// never review; the reviewer must be in a group some requirement names.
     pub fn check_reviewer(&self, reviewer: &Principal) -> Result<(), ReviewError> {
         match self.refusal(reviewer) {

@@ -842,6 +842,7 @@ impl Config {
                 id: id.clone(),
                 owner,
                 groups,
+                subjects: Default::default(),
             };
             let hash = match (&p.token_sha256, &p.token_env) {
                 (Some(_), Some(_)) => {

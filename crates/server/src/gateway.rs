@@ -846,6 +846,9 @@ impl Gateway {
                 // the agent asks with it, whatever `on_behalf_of` says (or
                 // leaves out).
                 .with_excluded(credential.acting_for.clone())
+                // An unconfigured workload principal's namesake user: the
+                // same person, when one provider serves both.
+                .with_excluded(credential.namesake.clone())
                 .with_submitted(raw.clone());
                 let mut payload = json!({
                     "decision": "review", "action": raw, "reasons": reasons,

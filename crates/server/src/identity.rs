@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use secondkey_core::principal::{Principal, PrincipalId};
+use secondkey_core::principal::{Principal, PrincipalId, PrincipalKind};
 use serde_json::Value;
 
 use crate::config::{Config, JwtIssuerConfig};
@@ -31,6 +31,7 @@ pub fn principal_for(
             id,
             owner: None,
             groups: extra_groups,
+            subjects: Default::default(),
         },
     }
 }
@@ -60,6 +61,18 @@ pub struct Credential {
     /// The human a verified RFC 8693 delegation token (`act` claim) says
     /// the caller acts for: what backs an `on_behalf_of` naming them.
     pub acting_for: Option<PrincipalId>,
+    /// For a workload token whose `agent:NAME` or `service:NAME` no
+    /// `[[principals]]` entry names (so it has no owner): `user:NAME`, who
+    /// never reviews what it asks. With one identity provider for web
+    /// sign-in and workload tokens, that is the same person signed in twice.
+    pub namesake: Option<PrincipalId>,
+}
+
+/// How an identity-provider account is written in [`Principal::subjects`]
+/// and in `oidc_subjects`: `<issuer>|<sub>`, the issuer without a trailing
+/// slash (providers write it both ways).
+pub fn subject_key(issuer: &str, sub: &str) -> String {
+    format!("{}|{sub}", issuer.trim_end_matches('/'))
 }
 
 /// Runtime state of the workload identity providers (their key caches).
@@ -145,10 +158,22 @@ impl Identity {
         if c.require_configured && !configured {
             return Err(format!("{id} is not a configured principal"));
         }
+        let namesake = match id.kind() {
+            PrincipalKind::User => None,
+            _ if configured => None,
+            _ => format!("user:{}", id.name()).parse().ok(),
+        };
         let credential = Credential {
             unconfigured_issuer: (!configured).then(|| c.issuer.clone()),
             acting_for,
+            namesake,
         };
-        Ok((principal_for(config, id, BTreeSet::new()), credential))
+        let mut principal = principal_for(config, id, BTreeSet::new());
+        // The account the token was issued for (for a delegation token, the
+        // human it acts for): whoever signs in with it is the same person.
+        if let Some(sub) = verified.str_claim("sub") {
+            principal.subjects.insert(subject_key(&c.issuer, sub));
+        }
+        Ok((principal, credential))
     }
 }

@@ -316,6 +316,7 @@ async fn complete(
         sid,
         sub: user.id.to_string(),
         groups: user.groups.iter().cloned().collect(),
+        subject: Some(user.subject.clone()),
         iat: now,
         exp: now + ttl,
     };
