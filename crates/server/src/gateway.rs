@@ -11,7 +11,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use secondkey_core::action::{Action, Digest};
 use secondkey_core::grant::{sign_grant, verify_grant, GrantClaims};
-use secondkey_core::principal::Principal;
+use secondkey_core::principal::{Principal, PrincipalId};
 use secondkey_core::request::{
     CoreEvent, Outcome as ExecOutcome, Request, RequestState, ReviewDecision, ReviewError,
     Transition,
@@ -1084,11 +1084,19 @@ impl Gateway {
         let grant_id = new_id("grt")?;
         let who = reviewer.clone();
         let id2 = id.to_string();
+        let owned = self.owned_by(&reviewer.id);
         let out = self
             .store
             .transact(move |tx| {
                 let mut req = visible_request(tx, &id2, &who)?;
                 let actor = who.id.to_string();
+                if owned.contains(&req.requester.id) {
+                    return Err(review_error(ReviewError::SelfReview {
+                        reviewer: who.id.clone(),
+                        why: OWNS_NOW,
+                    })
+                    .into());
+                }
                 match req.review(&who, decision, comment, now, &grant_id) {
                     Ok(t) => {
                         record_transition(tx, now, &actor, &req, &t)?;
@@ -1166,10 +1174,20 @@ impl Gateway {
         let now = self.now();
         let by = who.clone();
         let id2 = id.to_string();
+        let owned = self.owned_by(&who.id);
         let req = self
             .store
             .transact(move |tx| {
                 let mut req = visible_request(tx, &id2, &by)?;
+                if owned.contains(&req.requester.id) {
+                    return Err(transition_error(
+                        secondkey_core::request::TransitionError::SelfReview {
+                            by: by.id.clone(),
+                            why: OWNS_NOW,
+                        },
+                    )
+                    .into());
+                }
                 let t = req.revoke(&by, now).map_err(transition_error)?;
                 tx.put_request(&req)?;
                 log_events(tx, now, &by.id.to_string(), &req, &t.events)?;
@@ -1178,6 +1196,18 @@ impl Gateway {
             .await?;
         self.announce(&req, "request.revoked");
         Ok(req)
+    }
+
+    /// The agents `who` owns as configured now. A request keeps the owner
+    /// its agent had when it was made; after the configuration moves the
+    /// agent to another owner, both of them are barred from reviewing it.
+    fn owned_by(&self, who: &PrincipalId) -> Vec<PrincipalId> {
+        self.config
+            .principals
+            .values()
+            .filter(|p| p.owner.as_ref() == Some(who))
+            .map(|p| p.id.clone())
+            .collect()
     }
 
     /// `POST /v1/grants/consume`: single use, exactly as approved.
@@ -1607,6 +1637,9 @@ fn require_member(
         ))
     }
 }
+
+/// Why the current owner of a requesting agent is refused.
+const OWNS_NOW: &str = "it owns the requesting agent (as configured now)";
 
 fn review_error(e: ReviewError) -> ApiError {
     let code = e.code();
