@@ -668,6 +668,26 @@ impl Request {
         }
     }
 
+    /// Whether this request waits on the requirements `evaluated` — the
+    /// same policies, groups and quorums, whatever escalation widened
+    /// since. Only then may a new submission of the same action ride on it:
+    /// after policy tightens, an older request asks too little.
+    pub fn requires_as(&self, evaluated: &[Requirement]) -> bool {
+        fn key(rs: &[Requirement]) -> Vec<(&str, Vec<&str>, u32)> {
+            let mut k: Vec<_> = rs
+                .iter()
+                .map(|r| {
+                    let mut groups: Vec<&str> = r.groups.iter().map(String::as_str).collect();
+                    groups.sort_unstable();
+                    (r.policy_id.as_str(), groups, r.quorum)
+                })
+                .collect();
+            k.sort_unstable();
+            k
+        }
+        key(&self.requirements) == key(evaluated)
+    }
+
     /// Keeps the action JSON exactly as submitted alongside the parsed one.
     pub fn with_submitted(mut self, raw: serde_json::Value) -> Request {
         self.submitted = Some(raw);

@@ -1726,9 +1726,9 @@ pub(crate) enum Reused {
 }
 
 /// Finds an approved (then a pending) request of `req`'s requester for the
-/// same digest. An approved one is consumed here, in the caller's
-/// transaction, so it runs once; one whose deadline passed is expired on
-/// the spot and not reused.
+/// same digest, made under the requirements policy sets now. An approved
+/// one is consumed here, in the caller's transaction, so it runs once; one
+/// whose deadline passed is expired on the spot and not reused.
 fn reuse_identical(
     tx: &mut dyn Tx,
     req: &Request,
@@ -1737,12 +1737,16 @@ fn reuse_identical(
     let who = req.requester.id.to_string();
     let dg = req.digest.as_str();
     // A request reviewed by someone this submission bars (the human its
-    // delegation token acts for) is not this submission's to reuse.
-    let reviewed_by_barred =
-        |r: &Request| r.reviews.iter().any(|v| req.excluded.contains(&v.reviewer));
+    // delegation token acts for) is not this submission's to reuse; nor is
+    // one made under other requirements than policy sets now (a tightened
+    // quorum or another group opens a new request).
+    let reusable = |r: &Request| {
+        r.requires_as(&req.requirements)
+            && !r.reviews.iter().any(|v| req.excluded.contains(&v.reviewer))
+    };
     if let Some(mut found) = tx
         .find_request(&who, dg, RequestState::Approved)?
-        .filter(|r| !reviewed_by_barred(r))
+        .filter(reusable)
     {
         if let Some(t) = found.expire_if_due(now) {
             tx.put_request(&found)?;
@@ -1764,7 +1768,7 @@ fn reuse_identical(
     }
     if let Some(mut found) = tx
         .find_request(&who, dg, RequestState::Pending)?
-        .filter(|r| !reviewed_by_barred(r))
+        .filter(reusable)
     {
         if let Some(t) = found.expire_if_due(now) {
             tx.put_request(&found)?;

@@ -66,3 +66,67 @@ async fn the_owner_as_configured_now_never_reviews() {
     assert_eq!(req.state, RequestState::Approved);
     assert_eq!(req.approvers(), [PrincipalId::parse("user:carol").unwrap()]);
 }
+
+/// Deletes need two data owners now.
+const TIGHTER: &str = r#"
+@id("agents-delete")
+permit(principal in Group::"agents", action == Action::"sql.delete", resource);
+
+@id("delete-owner")
+@review("data-owners")
+@quorum("2")
+forbid(principal, action == Action::"sql.delete", resource);
+"#;
+
+/// Submitting an action again waits on the identical pending request, or
+/// runs the identical approved one, only while policy asks what it asked
+/// then: after the quorum rises to two, a resubmission opens a new request
+/// that needs two, instead of riding on the one that needs one.
+#[tokio::test]
+async fn a_tightened_policy_is_never_satisfied_by_an_older_request() {
+    let env = common::gateway(POLICIES, CONFIG).await;
+    let g = &env.gateway;
+    let bot = who(g, "agent:bot");
+    let submit = |n: u32| {
+        let body = json!({"kind": "sql", "operation": "delete", "resource": "postgres://prod/t",
+                          "params": {"id": n}});
+        let g = g.clone();
+        let bot = bot.clone();
+        async move {
+            g.submit(&bot, body.to_string().as_bytes(), true)
+                .await
+                .unwrap()
+                .request
+                .unwrap()
+                .id
+        }
+    };
+    let pending = submit(1).await;
+    assert_eq!(
+        submit(1).await,
+        pending,
+        "the same policy: the same request"
+    );
+    let approved = submit(2).await;
+    g.review(
+        &who(g, "user:carol"),
+        &approved,
+        ReviewDecision::Approve,
+        None,
+    )
+    .await
+    .unwrap();
+
+    std::fs::write(env.dir.path().join("policies/p.cedar"), TIGHTER).unwrap();
+    secondkey_server::reload::reload_now(g).await.unwrap();
+    for (n, older) in [(1, &pending), (2, &approved)] {
+        let id = submit(n).await;
+        assert_ne!(&id, older, "{n}: a new request under the new policy");
+        let req = g.get_request(&bot, &id).await.unwrap();
+        assert_eq!(req.requirements[0].quorum, 2);
+        assert_eq!(req.state, RequestState::Pending);
+    }
+    // The older approval stays unused.
+    let req = g.get_request(&bot, &approved).await.unwrap();
+    assert!(req.grant.unwrap().used_at.is_none());
+}
