@@ -329,6 +329,64 @@ fn one_account_signed_in_twice_never_approves_itself() {
     assert_eq!(gb.state_of(&id), ("approved".into(), 1));
 }
 
+/// The provider calls ann `ann@corp.com`; the configuration calls her
+/// `user:ann`, owner of `agent:ann-bot`. Signed in on the web she was a
+/// second principal, who approved her own agent. Now her pinned account
+/// (`oidc_subjects`) is `user:ann` whatever the username claim says, no
+/// other account becomes `user:ann`, and with `[oidc] require_configured`
+/// an account that is no configured principal does not sign in.
+#[test]
+fn a_pinned_account_is_its_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp_with(
+        dir.path(),
+        &[
+            user(
+                "ann-1",
+                "ann@corp.com",
+                "ann@corp.com",
+                json!(["data-owners"]),
+            ),
+            user("ann-2", "ann", "ann2@corp.com", json!(["data-owners"])),
+            user("zed", "zed", "zed@corp.com", json!(["data-owners"])),
+            user("bob", "bob", "bob@example.test", json!(["data-owners"])),
+        ],
+    );
+    let bot_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        token_of("agent:ann-bot").as_bytes(),
+    ));
+    let oidc = oidc_section(dir.path(), &issuer, "preferred_username").replace(
+        "\n[oidc.group_map]",
+        "\nrequire_configured = true\n[oidc.group_map]",
+    );
+    let extra = format!(
+        "{oidc}\n[[principals]]\nid = \"user:ann\"\ngroups = [\"data-owners\"]\noidc_subjects = [\"{issuer}/|ann-1\"]\n\n[[principals]]\nid = \"agent:ann-bot\"\nowner = \"user:ann\"\ngroups = [\"agents\"]\ntoken_sha256 = \"{bot_hash}\"\n"
+    );
+    let g = Gateway::start_extra(dir.path(), DELETE_POLICIES, &extra);
+    let v = g.submit("agent:ann-bot", &delete(1));
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    let r = web_approve(&g.url, "ann-1", &id);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.contains("ann may not review this request: it owns"),
+        "{}",
+        r.body
+    );
+    // Another account named ann is not her; an unconfigured one is nobody.
+    for (sub, why) in [("ann-2", "oidc_subjects"), ("zed", "require_configured")] {
+        let r = sign_in_refused(&g.url, sub);
+        assert!(
+            r.status >= 400 && r.body.contains(why),
+            "{sub}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
+    assert_eq!(web_approve(&g.url, "bob", &id).status, 303);
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
+}
+
 /// Reads what the server sent until it closes the connection (`None` if
 /// it stays open past `within`).
 fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<String> {

@@ -250,6 +250,10 @@ pub struct Review {
     /// cannot retroactively approve or un-approve.
     #[serde(default)]
     pub groups: BTreeSet<String>,
+    /// The identity-provider accounts the reviewer was known as
+    /// ([`Principal::subjects`]): one account reviews once, whatever id.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub subjects: BTreeSet<String>,
 }
 
 /// The single-use grant an approval issues. The signed token is derived
@@ -380,7 +384,7 @@ pub enum ReviewError {
         transition: Option<Box<Transition>>,
     },
     /// This reviewer already reviewed; one human counts once.
-    #[error("{reviewer} already reviewed this request; quorum counts distinct people")]
+    #[error("{reviewer} already reviewed this request (under this id, or another with the same identity-provider account); quorum counts distinct people")]
     DuplicateReviewer {
         /// Who.
         reviewer: PrincipalId,
@@ -900,7 +904,11 @@ impl Request {
             });
         }
         self.check_reviewer(reviewer)?;
-        if self.reviews.iter().any(|r| r.reviewer == reviewer.id) {
+        if self
+            .reviews
+            .iter()
+            .any(|r| r.reviewer == reviewer.id || reviewer.same_person(&r.subjects))
+        {
             return Err(ReviewError::DuplicateReviewer {
                 reviewer: reviewer.id.clone(),
             });
@@ -921,6 +929,7 @@ impl Request {
             comment: comment.clone(),
             at: now,
             groups: relevant,
+            subjects: reviewer.subjects.clone(),
         });
         let mut events = vec![CoreEvent::Reviewed {
             reviewer: reviewer.id.clone(),

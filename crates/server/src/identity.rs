@@ -36,6 +36,35 @@ pub fn principal_for(
     }
 }
 
+/// Who a web sign-in is: the principal that pins the provider account
+/// `subject` (`oidc_subjects`), whatever the username claim says; else
+/// `user:<username>` (`named`) — refused when that principal pins other
+/// accounts only, or, with `[oidc] require_configured`, when no principal of
+/// that id is configured.
+pub fn web_principal(
+    config: &Config,
+    named: PrincipalId,
+    subject: &str,
+) -> Result<PrincipalId, String> {
+    if let Some(p) = config
+        .principals
+        .values()
+        .find(|p| p.subjects.contains(subject))
+    {
+        return Ok(p.id.clone());
+    }
+    let require = config.oidc.as_ref().is_some_and(|o| o.require_configured);
+    match config.principals.get(named.as_str()) {
+        Some(p) if !p.subjects.is_empty() => Err(format!(
+            "{named} signs in only with the accounts its oidc_subjects pin, not {subject:?}"
+        )),
+        None if require => Err(format!(
+            "{named} ({subject:?}) is not a configured principal, and [oidc] require_configured is set; add it to [[principals]] (or pin the account with oidc_subjects)"
+        )),
+        _ => Ok(named),
+    }
+}
+
 /// Group names from a claim: a JSON array of strings (or one string).
 /// Values that could not be group names (empty, with `,` or `"`) are dropped.
 pub fn groups_from_claim(v: Option<&Value>) -> Vec<String> {

@@ -144,6 +144,24 @@ fn the_requesters_account_never_reviews() {
     assert_eq!(r.state, RequestState::Approved);
 }
 
+/// Two ids with one identity-provider account (a CLI token pinned to it
+/// and a web sign-in, say) are one person: the second approval is refused
+/// as a duplicate, and quorum two still waits for someone else.
+#[test]
+fn one_account_under_two_ids_approves_once() {
+    let mut r = request(vec![req_of(&["dba"], 2)]);
+    let mut cli = user("amy", &["dba"]);
+    cli.subjects = ["https://idp|a1".to_string()].into();
+    let mut web = user("amy@corp.com", &["dba"]);
+    web.subjects = ["https://idp|a1".to_string()].into();
+    approve(&mut r, &cli, 1).unwrap();
+    let e = unchanged_on_err(&mut r, |r| approve(r, &web, 2));
+    assert_eq!(e.code(), "duplicate_reviewer", "{e}");
+    assert_eq!(r.state, RequestState::Pending);
+    approve(&mut r, &user("bob", &["dba"]), 3).unwrap();
+    assert_eq!(r.state, RequestState::Approved);
+}
+
 #[test]
 fn separation_of_duties() {
     let mut r = two_groups();

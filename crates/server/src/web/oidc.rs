@@ -472,6 +472,7 @@ mod tests {
             group_map: Default::default(),
             session_ttl: Duration::from_secs(60),
             secret_in_body: false,
+            require_configured: false,
         });
         for state in ["", "s", "st2", "ST"] {
             assert_eq!(
