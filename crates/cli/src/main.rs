@@ -549,6 +549,7 @@ fn policy(cmd: PolicyCmd) -> Result<ExitCode> {
                 id,
                 owner,
                 groups: groups.into_iter().collect(),
+                subjects: Default::default(),
             };
             let raw: Value = serde_json::from_str(&read_input(&action)?)
                 .with_context(|| format!("{} is not JSON", action.display()))?;

@@ -250,6 +250,143 @@ fn letter_case_never_makes_a_second_principal() {
     assert_eq!(web_approve(&gb.url, "bob", &id).status, 303);
 }
 
+/// One provider serves web sign-in and workload tokens, and no
+/// `[[principals]]` entry names the agents: bob's own token made him
+/// `agent:bob`, unowned, and bob signed in on the web as `user:bob` and
+/// approved what `agent:bob` asked. Now the account a request came from
+/// never reviews it, whatever principal id the web gives that account; and
+/// an unconfigured `agent:NAME` never has `user:NAME` review it.
+#[test]
+fn one_account_signed_in_twice_never_approves_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp_with(
+        dir.path(),
+        &[
+            user("bob", "bob", "bob@example.test", json!(["data-owners"])),
+            // Another account that the provider also calls bob.
+            user("bob-ci", "bob", "bob-ci@example.test", json!([])),
+            user(
+                "carol",
+                "carol",
+                "carol@example.test",
+                json!(["data-owners"]),
+            ),
+        ],
+    );
+    let jwt = |claim: &str| {
+        format!("\n[[identity.jwt]]\nissuer = \"{issuer}\"\naudience = \"agent-login\"\nprincipal_kind = \"agent\"\nprincipal_claim = \"{claim}\"\n")
+    };
+
+    // Gateway A names web users and agents by preferred_username.
+    let a_dir = dir.path().join("a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let extra = oidc_section(&a_dir, &issuer, "preferred_username") + &jwt("preferred_username");
+    let g = Gateway::start_extra(&a_dir, DELETE_POLICIES, &extra);
+    let refused = |gw: &str, sub: &str, id: &str| {
+        let r = web_approve(gw, sub, id);
+        assert_eq!(r.status, 403, "{sub}: {}", r.body);
+        assert!(r.body.contains("Nothing was changed"), "{}", r.body);
+    };
+    for (n, account) in [(1, "bob"), (2, "bob-ci")] {
+        let token = id_token_for(&issuer, "agent-login", account);
+        let (s, v) = post_as(&g, &token, "/v1/actions", &delete(n));
+        assert_eq!((s, v["decision"].as_str()), (200, Some("review")), "{v}");
+        let id = v["request"]["id"].as_str().unwrap().to_string();
+        let (_, r) = g.call(
+            "GET",
+            &format!("/v1/requests/{id}"),
+            Some("user:carol"),
+            None,
+        );
+        assert_eq!(r["requester"], "agent:bob", "{r}");
+        // bob on the web, by his account (1) or by his name (2) alike;
+        // and by name through the API.
+        refused(&g.url, "bob", &id);
+        let (s, v) = g.review("user:bob", &id, "approve");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("self_review")),
+            "{v}"
+        );
+        assert_eq!(g.state_of(&id), ("pending".into(), 0));
+        assert_eq!(web_approve(&g.url, "carol", &id).status, 303);
+        assert_eq!(g.state_of(&id), ("approved".into(), 1));
+    }
+
+    // Gateway B names web users by email, agents by preferred_username:
+    // bob on the web is user:bob@example.test, no namesake of agent:bob,
+    // and still the account the request came from.
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let extra = oidc_section(&b_dir, &issuer, "email") + &jwt("preferred_username");
+    let gb = Gateway::start_extra(&b_dir, DELETE_POLICIES, &extra);
+    let token = id_token_for(&issuer, "agent-login", "bob");
+    let (_, v) = post_as(&gb, &token, "/v1/actions", &delete(3));
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    refused(&gb.url, "bob", &id);
+    assert_eq!(gb.state_of(&id), ("pending".into(), 0));
+    assert_eq!(web_approve(&gb.url, "carol", &id).status, 303);
+    assert_eq!(gb.state_of(&id), ("approved".into(), 1));
+}
+
+/// The provider calls ann `ann@corp.com`; the configuration calls her
+/// `user:ann`, owner of `agent:ann-bot`. Signed in on the web she was a
+/// second principal, who approved her own agent. Now her pinned account
+/// (`oidc_subjects`) is `user:ann` whatever the username claim says, no
+/// other account becomes `user:ann`, and with `[oidc] require_configured`
+/// an account that is no configured principal does not sign in.
+#[test]
+fn a_pinned_account_is_its_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp_with(
+        dir.path(),
+        &[
+            user(
+                "ann-1",
+                "ann@corp.com",
+                "ann@corp.com",
+                json!(["data-owners"]),
+            ),
+            user("ann-2", "ann", "ann2@corp.com", json!(["data-owners"])),
+            user("zed", "zed", "zed@corp.com", json!(["data-owners"])),
+            user("bob", "bob", "bob@example.test", json!(["data-owners"])),
+        ],
+    );
+    let bot_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        token_of("agent:ann-bot").as_bytes(),
+    ));
+    let oidc = oidc_section(dir.path(), &issuer, "preferred_username").replace(
+        "\n[oidc.group_map]",
+        "\nrequire_configured = true\n[oidc.group_map]",
+    );
+    let extra = format!(
+        "{oidc}\n[[principals]]\nid = \"user:ann\"\ngroups = [\"data-owners\"]\noidc_subjects = [\"{issuer}/|ann-1\"]\n\n[[principals]]\nid = \"agent:ann-bot\"\nowner = \"user:ann\"\ngroups = [\"agents\"]\ntoken_sha256 = \"{bot_hash}\"\n"
+    );
+    let g = Gateway::start_extra(dir.path(), DELETE_POLICIES, &extra);
+    let v = g.submit("agent:ann-bot", &delete(1));
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    let r = web_approve(&g.url, "ann-1", &id);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.contains("ann may not review this request: it owns"),
+        "{}",
+        r.body
+    );
+    // Another account named ann is not her; an unconfigured one is nobody.
+    for (sub, why) in [("ann-2", "oidc_subjects"), ("zed", "require_configured")] {
+        let r = sign_in_refused(&g.url, sub);
+        assert!(
+            r.status >= 400 && r.body.contains(why),
+            "{sub}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
+    assert_eq!(web_approve(&g.url, "bob", &id).status, 303);
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
+}
+
 /// Reads what the server sent until it closes the connection (`None` if
 /// it stays open past `within`).
 fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<String> {

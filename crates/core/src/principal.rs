@@ -172,6 +172,13 @@ pub struct Principal {
     /// Groups it belongs to; review requirements name groups.
     #[serde(default)]
     pub groups: BTreeSet<String>,
+    /// The identity-provider accounts it is known to be, each
+    /// `<issuer>|<subject>`: those pinned in its configuration and the one
+    /// its token or sign-in came from. One account is one person, whatever
+    /// principal id it shows up as, so separation of duties and quorum
+    /// compare these as well as ids (see [`Principal::same_person`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub subjects: BTreeSet<String>,
 }
 
 impl Principal {
@@ -186,6 +193,7 @@ impl Principal {
             id,
             owner,
             groups: groups.into_iter().collect(),
+            subjects: BTreeSet::new(),
         };
         p.validate()?;
         Ok(p)
@@ -220,6 +228,12 @@ impl Principal {
     /// Only users are humans; only humans review (invariant 3).
     pub fn is_human(&self) -> bool {
         self.id.kind() == PrincipalKind::User
+    }
+
+    /// Whether `subjects` names an identity-provider account this principal
+    /// is also known as: then both are one person.
+    pub fn same_person(&self, subjects: &BTreeSet<String>) -> bool {
+        !self.subjects.is_disjoint(subjects)
     }
 }
 

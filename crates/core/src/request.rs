@@ -250,6 +250,10 @@ pub struct Review {
     /// cannot retroactively approve or un-approve.
     #[serde(default)]
     pub groups: BTreeSet<String>,
+    /// The identity-provider accounts the reviewer was known as
+    /// ([`Principal::subjects`]): one account reviews once, whatever id.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub subjects: BTreeSet<String>,
 }
 
 /// The single-use grant an approval issues. The signed token is derived
@@ -380,7 +384,7 @@ pub enum ReviewError {
         transition: Option<Box<Transition>>,
     },
     /// This reviewer already reviewed; one human counts once.
-    #[error("{reviewer} already reviewed this request; quorum counts distinct people")]
+    #[error("{reviewer} already reviewed this request (under this id, or another with the same identity-provider account); quorum counts distinct people")]
     DuplicateReviewer {
         /// Who.
         reviewer: PrincipalId,
@@ -668,6 +672,26 @@ impl Request {
         }
     }
 
+    /// Whether this request waits on the requirements `evaluated` — the
+    /// same policies, groups and quorums, whatever escalation widened
+    /// since. Only then may a new submission of the same action ride on it:
+    /// after policy tightens, an older request asks too little.
+    pub fn requires_as(&self, evaluated: &[Requirement]) -> bool {
+        fn key(rs: &[Requirement]) -> Vec<(&str, Vec<&str>, u32)> {
+            let mut k: Vec<_> = rs
+                .iter()
+                .map(|r| {
+                    let mut groups: Vec<&str> = r.groups.iter().map(String::as_str).collect();
+                    groups.sort_unstable();
+                    (r.policy_id.as_str(), groups, r.quorum)
+                })
+                .collect();
+            k.sort_unstable();
+            k
+        }
+        key(&self.requirements) == key(evaluated)
+    }
+
     /// Keeps the action JSON exactly as submitted alongside the parsed one.
     pub fn with_submitted(mut self, raw: serde_json::Value) -> Request {
         self.submitted = Some(raw);
@@ -722,6 +746,11 @@ impl Request {
         if self.acting_for() == Some(id) {
             return Some(Refusal::SelfReview("the action is done on its behalf"));
         }
+        if who.same_person(&self.requester.subjects) {
+            return Some(Refusal::SelfReview(
+                "it signed in with the identity-provider account the request came from",
+            ));
+        }
         if self.excluded.contains(id) {
             return Some(Refusal::SelfReview(
                 "it is excluded from reviewing this request",
@@ -748,8 +777,10 @@ impl Request {
         None
     }
 
-    /// Separation of duties and eligibility: the requester, its owner and the
-    /// principal the action is done for never review; agents and services
+    /// Separation of duties and eligibility: the requester, its owner, the
+    /// principal the action is done for and whoever signed in with an
+    /// identity-provider account the requester's credential came from
+    /// ([`Principal::subjects`]) never review; agents and services
     /// never review; the reviewer must be in a group some requirement names.
     pub fn check_reviewer(&self, reviewer: &Principal) -> Result<(), ReviewError> {
         match self.refusal(reviewer) {
@@ -873,7 +904,11 @@ impl Request {
             });
         }
         self.check_reviewer(reviewer)?;
-        if self.reviews.iter().any(|r| r.reviewer == reviewer.id) {
+        if self
+            .reviews
+            .iter()
+            .any(|r| r.reviewer == reviewer.id || reviewer.same_person(&r.subjects))
+        {
             return Err(ReviewError::DuplicateReviewer {
                 reviewer: reviewer.id.clone(),
             });
@@ -894,6 +929,7 @@ impl Request {
             comment: comment.clone(),
             at: now,
             groups: relevant,
+            subjects: reviewer.subjects.clone(),
         });
         let mut events = vec![CoreEvent::Reviewed {
             reviewer: reviewer.id.clone(),

@@ -33,6 +33,7 @@ fn universe() -> Vec<Principal> {
         id: id(s),
         owner: owner.map(id),
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        subjects: Default::default(),
     };
     vec![
         p("user:alice", None, &["dba"]),

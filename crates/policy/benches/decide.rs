@@ -28,6 +28,7 @@ fn main() {
         id: PrincipalId::parse("agent:report-bot").expect("id"),
         owner: Some(PrincipalId::parse("user:alice").expect("id")),
         groups: BTreeSet::from(["agents".to_owned()]),
+        subjects: Default::default(),
     };
     let mut action = Action {
         kind: "sql".into(),

@@ -81,6 +81,7 @@ fn request(rng: &mut Lcg) -> (Principal, Action, Map<String, Value>) {
         ]
         .into_iter()
         .collect::<BTreeSet<_>>(),
+        subjects: Default::default(),
     };
     let mut action = Action {
         kind: kind(rng.next(KINDS)),

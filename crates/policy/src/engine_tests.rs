@@ -22,6 +22,7 @@ fn principal(id: &str, groups: &[&str]) -> Principal {
             .iter()
             .map(|g| (*g).to_owned())
             .collect::<BTreeSet<_>>(),
+        subjects: Default::default(),
     }
 }
 

@@ -146,6 +146,7 @@ fn run_case(engine: &PolicyEngine, case: &Case) -> Result<(), String> {
         id,
         owner,
         groups: case.groups.iter().cloned().collect::<BTreeSet<_>>(),
+        subjects: Default::default(),
     };
     let d = engine.decide(&principal, &case.action, &case.gateway);
     let why = || {

@@ -143,6 +143,7 @@ fn main() {
         sid: "bench".into(),
         sub: "user:bob".into(),
         groups: vec![],
+        subject: None,
         iat: now,
         exp: now + 3600,
     };
@@ -191,6 +192,7 @@ fn main() {
                 id: "user:bob".parse::<PrincipalId>().expect("id"),
                 owner: None,
                 groups: ["data-owners".to_string()].into(),
+                subjects: Default::default(),
             },
             &id,
         ))

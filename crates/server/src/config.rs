@@ -256,6 +256,8 @@ pub struct RawOidc {
     pub session_ttl: Option<String>,
     /// `client_secret_basic` (default) or `client_secret_post`.
     pub token_auth_method: Option<String>,
+    /// Refuse sign-ins that are no configured principal. Default false.
+    pub require_configured: Option<bool>,
 }
 
 /// `[identity]`: machine identities beyond static tokens.
@@ -327,6 +329,8 @@ pub struct OidcConfig {
     pub session_ttl: Duration,
     /// true: `client_secret_post`; false: HTTP Basic.
     pub secret_in_body: bool,
+    /// Only configured principals sign in (see `identity::web_principal`).
+    pub require_configured: bool,
 }
 
 /// One validated `[[identity.jwt]]` entry.
@@ -484,6 +488,11 @@ pub struct RawPrincipal {
     /// Backs the `on_behalf_of` of its actions (see `docs/identity.md`).
     #[serde(default)]
     pub may_act_for: Vec<String>,
+    /// Identity-provider accounts that are this principal, each
+    /// `<issuer>|<sub>`: a web sign-in with one of them is this principal
+    /// (see `docs/identity.md`).
+    #[serde(default)]
+    pub oidc_subjects: Vec<String>,
 }
 
 /// The validated configuration the gateway runs with.
@@ -808,6 +817,8 @@ impl Config {
         let mut delegations = HashMap::new();
         // id → where it was configured, to name both spellings of a collision
         let mut first_seen: HashMap<String, (usize, String)> = HashMap::new();
+        // pinned account → the principal it is
+        let mut pinned: HashMap<String, PrincipalId> = HashMap::new();
         for (i, p) in raw.principals.iter().enumerate() {
             let key = |k: &str| format!("principals[{i}].{k}");
             let id: PrincipalId =
@@ -838,10 +849,37 @@ impl Config {
                     return Err(invalid(key("groups"), format!("bad group name {g:?}")));
                 }
             }
+            let mut subjects = BTreeSet::new();
+            for sub in &p.oidc_subjects {
+                let ok = sub.len() <= 1024
+                    && sub
+                        .split_once('|')
+                        .is_some_and(|(iss, s)| !iss.is_empty() && !s.is_empty());
+                if !ok {
+                    return Err(invalid(
+                        key("oidc_subjects"),
+                        format!(
+                            "{sub:?} is not <issuer>|<sub>, e.g. \"https://idp.example|00u1abcd\""
+                        ),
+                    ));
+                }
+                let (iss, s) = sub.split_once('|').unwrap_or_default();
+                let sub = crate::identity::subject_key(iss, s);
+                if let Some(other) = pinned.insert(sub.clone(), id.clone()) {
+                    if other != id {
+                        return Err(invalid(
+                            key("oidc_subjects"),
+                            format!("{sub:?} is pinned to {other} already; one account is one principal"),
+                        ));
+                    }
+                }
+                subjects.insert(sub);
+            }
             let principal = Principal {
                 id: id.clone(),
                 owner,
                 groups,
+                subjects,
             };
             let hash = match (&p.token_sha256, &p.token_env) {
                 (Some(_), Some(_)) => {
@@ -1439,6 +1477,7 @@ fn oidc_config(
         group_map,
         session_ttl,
         secret_in_body,
+        require_configured: o.require_configured.unwrap_or(false),
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use secondkey_core::action::{Action, Digest};
 use secondkey_core::grant::{sign_grant, verify_grant, GrantClaims};
-use secondkey_core::principal::Principal;
+use secondkey_core::principal::{Principal, PrincipalId};
 use secondkey_core::request::{
     CoreEvent, Outcome as ExecOutcome, Request, RequestState, ReviewDecision, ReviewError,
     Transition,
@@ -846,6 +846,9 @@ impl Gateway {
                 // the agent asks with it, whatever `on_behalf_of` says (or
                 // leaves out).
                 .with_excluded(credential.acting_for.clone())
+                // An unconfigured workload principal's namesake user: the
+                // same person, when one provider serves both.
+                .with_excluded(credential.namesake.clone())
                 .with_submitted(raw.clone());
                 let mut payload = json!({
                     "decision": "review", "action": raw, "reasons": reasons,
@@ -1081,11 +1084,19 @@ impl Gateway {
         let grant_id = new_id("grt")?;
         let who = reviewer.clone();
         let id2 = id.to_string();
+        let owned = self.owned_by(&reviewer.id);
         let out = self
             .store
             .transact(move |tx| {
                 let mut req = visible_request(tx, &id2, &who)?;
                 let actor = who.id.to_string();
+                if owned.contains(&req.requester.id) {
+                    return Err(review_error(ReviewError::SelfReview {
+                        reviewer: who.id.clone(),
+                        why: OWNS_NOW,
+                    })
+                    .into());
+                }
                 match req.review(&who, decision, comment, now, &grant_id) {
                     Ok(t) => {
                         record_transition(tx, now, &actor, &req, &t)?;
@@ -1163,10 +1174,20 @@ impl Gateway {
         let now = self.now();
         let by = who.clone();
         let id2 = id.to_string();
+        let owned = self.owned_by(&who.id);
         let req = self
             .store
             .transact(move |tx| {
                 let mut req = visible_request(tx, &id2, &by)?;
+                if owned.contains(&req.requester.id) {
+                    return Err(transition_error(
+                        secondkey_core::request::TransitionError::SelfReview {
+                            by: by.id.clone(),
+                            why: OWNS_NOW,
+                        },
+                    )
+                    .into());
+                }
                 let t = req.revoke(&by, now).map_err(transition_error)?;
                 tx.put_request(&req)?;
                 log_events(tx, now, &by.id.to_string(), &req, &t.events)?;
@@ -1175,6 +1196,18 @@ impl Gateway {
             .await?;
         self.announce(&req, "request.revoked");
         Ok(req)
+    }
+
+    /// The agents `who` owns as configured now. A request keeps the owner
+    /// its agent had when it was made; after the configuration moves the
+    /// agent to another owner, both of them are barred from reviewing it.
+    fn owned_by(&self, who: &PrincipalId) -> Vec<PrincipalId> {
+        self.config
+            .principals
+            .values()
+            .filter(|p| p.owner.as_ref() == Some(who))
+            .map(|p| p.id.clone())
+            .collect()
     }
 
     /// `POST /v1/grants/consume`: single use, exactly as approved.
@@ -1605,6 +1638,9 @@ fn require_member(
     }
 }
 
+/// Why the current owner of a requesting agent is refused.
+const OWNS_NOW: &str = "it owns the requesting agent (as configured now)";
+
 fn review_error(e: ReviewError) -> ApiError {
     let code = e.code();
     let msg = e.to_string();
@@ -1690,9 +1726,9 @@ pub(crate) enum Reused {
 }
 
 /// Finds an approved (then a pending) request of `req`'s requester for the
-/// same digest. An approved one is consumed here, in the caller's
-/// transaction, so it runs once; one whose deadline passed is expired on
-/// the spot and not reused.
+/// same digest, made under the requirements policy sets now. An approved
+/// one is consumed here, in the caller's transaction, so it runs once; one
+/// whose deadline passed is expired on the spot and not reused.
 fn reuse_identical(
     tx: &mut dyn Tx,
     req: &Request,
@@ -1701,12 +1737,16 @@ fn reuse_identical(
     let who = req.requester.id.to_string();
     let dg = req.digest.as_str();
     // A request reviewed by someone this submission bars (the human its
-    // delegation token acts for) is not this submission's to reuse.
-    let reviewed_by_barred =
-        |r: &Request| r.reviews.iter().any(|v| req.excluded.contains(&v.reviewer));
+    // delegation token acts for) is not this submission's to reuse; nor is
+    // one made under other requirements than policy sets now (a tightened
+    // quorum or another group opens a new request).
+    let reusable = |r: &Request| {
+        r.requires_as(&req.requirements)
+            && !r.reviews.iter().any(|v| req.excluded.contains(&v.reviewer))
+    };
     if let Some(mut found) = tx
         .find_request(&who, dg, RequestState::Approved)?
-        .filter(|r| !reviewed_by_barred(r))
+        .filter(reusable)
     {
         if let Some(t) = found.expire_if_due(now) {
             tx.put_request(&found)?;
@@ -1728,7 +1768,7 @@ fn reuse_identical(
     }
     if let Some(mut found) = tx
         .find_request(&who, dg, RequestState::Pending)?
-        .filter(|r| !reviewed_by_barred(r))
+        .filter(reusable)
     {
         if let Some(t) = found.expire_if_due(now) {
             tx.put_request(&found)?;

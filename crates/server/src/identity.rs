@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use secondkey_core::principal::{Principal, PrincipalId};
+use secondkey_core::principal::{Principal, PrincipalId, PrincipalKind};
 use serde_json::Value;
 
 use crate::config::{Config, JwtIssuerConfig};
@@ -31,7 +31,37 @@ pub fn principal_for(
             id,
             owner: None,
             groups: extra_groups,
+            subjects: Default::default(),
         },
+    }
+}
+
+/// Who a web sign-in is: the principal that pins the provider account
+/// `subject` (`oidc_subjects`), whatever the username claim says; else
+/// `user:<username>` (`named`) — refused when that principal pins other
+/// accounts only, or, with `[oidc] require_configured`, when no principal of
+/// that id is configured.
+pub fn web_principal(
+    config: &Config,
+    named: PrincipalId,
+    subject: &str,
+) -> Result<PrincipalId, String> {
+    if let Some(p) = config
+        .principals
+        .values()
+        .find(|p| p.subjects.contains(subject))
+    {
+        return Ok(p.id.clone());
+    }
+    let require = config.oidc.as_ref().is_some_and(|o| o.require_configured);
+    match config.principals.get(named.as_str()) {
+        Some(p) if !p.subjects.is_empty() => Err(format!(
+            "{named} signs in only with the accounts its oidc_subjects pin, not {subject:?}"
+        )),
+        None if require => Err(format!(
+            "{named} ({subject:?}) is not a configured principal, and [oidc] require_configured is set; add it to [[principals]] (or pin the account with oidc_subjects)"
+        )),
+        _ => Ok(named),
     }
 }
 
@@ -60,6 +90,18 @@ pub struct Credential {
     /// The human a verified RFC 8693 delegation token (`act` claim) says
     /// the caller acts for: what backs an `on_behalf_of` naming them.
     pub acting_for: Option<PrincipalId>,
+    /// For a workload token whose `agent:NAME` or `service:NAME` no
+    /// `[[principals]]` entry names (so it has no owner): `user:NAME`, who
+    /// never reviews what it asks. With one identity provider for web
+    /// sign-in and workload tokens, that is the same person signed in twice.
+    pub namesake: Option<PrincipalId>,
+}
+
+/// How an identity-provider account is written in [`Principal::subjects`]
+/// and in `oidc_subjects`: `<issuer>|<sub>`, the issuer without a trailing
+/// slash (providers write it both ways).
+pub fn subject_key(issuer: &str, sub: &str) -> String {
+    format!("{}|{sub}", issuer.trim_end_matches('/'))
 }
 
 /// Runtime state of the workload identity providers (their key caches).
@@ -145,10 +187,22 @@ impl Identity {
         if c.require_configured && !configured {
             return Err(format!("{id} is not a configured principal"));
         }
+        let namesake = match id.kind() {
+            PrincipalKind::User => None,
+            _ if configured => None,
+            _ => format!("user:{}", id.name()).parse().ok(),
+        };
         let credential = Credential {
             unconfigured_issuer: (!configured).then(|| c.issuer.clone()),
             acting_for,
+            namesake,
         };
-        Ok((principal_for(config, id, BTreeSet::new()), credential))
+        let mut principal = principal_for(config, id, BTreeSet::new());
+        // The account the token was issued for (for a delegation token, the
+        // human it acts for): whoever signs in with it is the same person.
+        if let Some(sub) = verified.str_claim("sub") {
+            principal.subjects.insert(subject_key(&c.issuer, sub));
+        }
+        Ok((principal, credential))
     }
 }

@@ -239,10 +239,12 @@ async fn waits_and_streams_are_capped_per_principal_and_per_issuer() {
         id: PrincipalId::parse(&format!("service:job-{n}")).unwrap(),
         owner: None,
         groups: Default::default(),
+        subjects: Default::default(),
     };
     let iss = Credential {
         unconfigured_issuer: Some("https://ci.example".into()),
         acting_for: None,
+        namesake: None,
     };
     let held: Vec<_> = (0..3)
         .map(|n| g.hold(Hold::Wait, &fresh(n), &iss).unwrap())
@@ -353,6 +355,7 @@ async fn on_behalf_of_counts_only_when_backed() {
     let token = Credential {
         unconfigured_issuer: None,
         acting_for: Some(PrincipalId::parse("user:carol").unwrap()),
+        namesake: None,
     };
     let id = submit_for(g, "agent:bot", "user:carol", &token)
         .await

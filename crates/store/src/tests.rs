@@ -473,6 +473,7 @@ fn pending_request(id: &str, requester: &str, action_json: serde_json::Value) ->
         id: requester.parse().unwrap(),
         owner: None,
         groups: Default::default(),
+        subjects: Default::default(),
     };
     Request::new(
         id.into(),

@@ -10,6 +10,7 @@ fn user(name: &str, groups: &[&str]) -> Principal {
         id: id(&format!("user:{name}")),
         owner: None,
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        subjects: Default::default(),
     }
 }
 
@@ -32,6 +33,7 @@ fn request(requirements: Vec<Requirement>) -> Request {
         id: id("agent:bot"),
         owner: Some(id("user:alice")),
         groups: ["agents".to_string()].into(),
+        subjects: Default::default(),
     };
     Request::new(
         "req-1".into(),
@@ -120,6 +122,46 @@ fn quorum_two_in_one_group() {
     assert_eq!(r.state, RequestState::Approved);
 }
 
+/// The requester's identity-provider account is one person, whatever
+/// principal id it signs in as elsewhere: that reviewer is refused like the
+/// requester; another account with the same groups is not.
+#[test]
+fn the_requesters_account_never_reviews() {
+    let mut r = request(vec![req_of(&["dba"], 1)]);
+    r.requester.subjects = ["https://idp|bob".to_string()].into();
+    let mut bob = user("bob@corp", &["dba"]);
+    bob.subjects = ["https://idp|other".into(), "https://idp|bob".into()].into();
+    let e = unchanged_on_err(&mut r, |r| approve(r, &bob, 5));
+    assert_eq!(e.code(), "self_review", "{e}");
+    assert!(e.to_string().contains("identity-provider account"), "{e}");
+    assert_eq!(
+        r.revoke(&bob, Timestamp(5)).unwrap_err().code(),
+        "self_review"
+    );
+    let mut carol = user("carol", &["dba"]);
+    carol.subjects = ["https://idp|carol".to_string()].into();
+    approve(&mut r, &carol, 6).unwrap();
+    assert_eq!(r.state, RequestState::Approved);
+}
+
+/// Two ids with one identity-provider account (a CLI token pinned to it
+/// and a web sign-in, say) are one person: the second approval is refused
+/// as a duplicate, and quorum two still waits for someone else.
+#[test]
+fn one_account_under_two_ids_approves_once() {
+    let mut r = request(vec![req_of(&["dba"], 2)]);
+    let mut cli = user("amy", &["dba"]);
+    cli.subjects = ["https://idp|a1".to_string()].into();
+    let mut web = user("amy@corp.com", &["dba"]);
+    web.subjects = ["https://idp|a1".to_string()].into();
+    approve(&mut r, &cli, 1).unwrap();
+    let e = unchanged_on_err(&mut r, |r| approve(r, &web, 2));
+    assert_eq!(e.code(), "duplicate_reviewer", "{e}");
+    assert_eq!(r.state, RequestState::Pending);
+    approve(&mut r, &user("bob", &["dba"]), 3).unwrap();
+    assert_eq!(r.state, RequestState::Approved);
+}
+
 #[test]
 fn separation_of_duties() {
     let mut r = two_groups();
@@ -131,6 +173,7 @@ fn separation_of_duties() {
             id: id("agent:bot"),
             owner: Some(id("user:alice")),
             groups: ["dba".to_string()].into(),
+            subjects: Default::default(),
         },
     ] {
         let e = unchanged_on_err(&mut r, |r| approve(r, &who, 5));
@@ -148,11 +191,13 @@ fn separation_of_duties() {
             id: id("agent:other"),
             owner: Some(id("user:zed")),
             groups: ["dba".to_string()].into(),
+            subjects: Default::default(),
         },
         Principal {
             id: id("service:ci"),
             owner: None,
             groups: ["dba".to_string()].into(),
+            subjects: Default::default(),
         },
     ] {
         let e = unchanged_on_err(&mut r, |r| approve(r, &who, 5));
@@ -297,6 +342,7 @@ fn revoke_rules() {
         id: id("service:ci"),
         owner: None,
         groups: ["dba".to_string()].into(),
+        subjects: Default::default(),
     };
     let e = unchanged_on_err(&mut r, |r| r.revoke(&svc, Timestamp(30)));
     assert_eq!(e.code(), "not_eligible");

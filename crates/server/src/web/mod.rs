@@ -300,6 +300,11 @@ async fn complete(
         Ok(u) => u,
         Err(e) => return refused(e),
     };
+    // The account decides who this is when a principal pins it.
+    let id = match crate::identity::web_principal(&g.config, user.id.clone(), &user.subject) {
+        Ok(id) => id,
+        Err(m) => return refused(oidc::LoginError::Token(m)),
+    };
     // Recorded only now, once the provider vouched for the human: a flood
     // of /login or of forged callbacks writes nothing.
     match completions::check(g, login, now, true).await {
@@ -314,12 +319,13 @@ async fn complete(
     };
     let claims = SessionClaims {
         sid,
-        sub: user.id.to_string(),
+        sub: id.to_string(),
         groups: user.groups.iter().cloned().collect(),
+        subject: Some(user.subject.clone()),
         iat: now,
         exp: now + ttl,
     };
-    tracing::info!(principal = %user.id, groups = ?user.groups, "signed in through OpenID Connect");
+    tracing::info!(principal = %id, groups = ?user.groups, "signed in through OpenID Connect");
     let mut r = with_cookie(
         Redirect::to(&user.return_to).into_response(),
         &web.sessions.set_cookie(&web.sessions.encode(&claims), ttl),

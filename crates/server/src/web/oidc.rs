@@ -130,6 +130,9 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL
 pub struct SignedInUser {
     pub id: PrincipalId,
     pub groups: BTreeSet<String>,
+    /// The provider's account, `<issuer>|<sub>` (see
+    /// [`crate::identity::subject_key`]).
+    pub subject: String,
     /// Where to send the browser now (a local path).
     pub return_to: String,
 }
@@ -283,6 +286,12 @@ impl Oidc {
                 )));
             }
         }
+        // Every ID token names its account (OpenID Connect Core 2): the
+        // one thing that tells this person from a namesake elsewhere.
+        let subject = verified
+            .str_claim("sub")
+            .map(|sub| crate::identity::subject_key(&self.config.issuer, sub))
+            .ok_or_else(|| LoginError::Token("the ID token has no sub claim".into()))?;
         let claim = &self.config.username_claim;
         let name = verified.str_claim(claim).ok_or_else(|| {
             LoginError::Token(format!(
@@ -319,6 +328,7 @@ impl Oidc {
         Ok(SignedInUser {
             id,
             groups,
+            subject,
             return_to: login.return_to.clone(),
         })
     }
@@ -462,6 +472,7 @@ mod tests {
             group_map: Default::default(),
             session_ttl: Duration::from_secs(60),
             secret_in_body: false,
+            require_configured: false,
         });
         for state in ["", "s", "st2", "ST"] {
             assert_eq!(

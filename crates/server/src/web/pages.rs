@@ -967,6 +967,7 @@ mod tests {
             id: id.parse().unwrap(),
             owner: None,
             groups: Default::default(),
+            subjects: Default::default(),
         };
         let req = Request::new(
             "req_1".into(),
@@ -991,6 +992,7 @@ mod tests {
                 sid: "s".into(),
                 sub: "user:bob".into(),
                 groups: vec![],
+                subject: None,
                 iat: 0,
                 exp: 1,
             },

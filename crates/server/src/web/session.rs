@@ -48,6 +48,10 @@ pub struct SessionClaims {
     /// Groups from the identity provider (after `group_map`).
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The provider's account, `<issuer>|<sub>`: who signed in, whatever
+    /// principal id that became (see [`Principal::subjects`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// Unix seconds.
     pub iat: i64,
     pub exp: i64,
@@ -292,7 +296,8 @@ impl SignedIn {
         let claims = sessions.decode(value, now_secs(g))?;
         let id: PrincipalId = claims.sub.parse().ok()?;
         let groups: BTreeSet<String> = claims.groups.iter().cloned().collect();
-        let principal = crate::identity::principal_for(&g.config, id, groups);
+        let mut principal = crate::identity::principal_for(&g.config, id, groups);
+        principal.subjects.extend(claims.subject.iter().cloned());
         Some(SignedIn {
             csrf: sessions.csrf_token(&claims.sid),
             principal,
@@ -461,6 +466,7 @@ mod tests {
             sid: "s1".into(),
             sub: "user:alice".into(),
             groups: vec!["dba".into()],
+            subject: None,
             iat: 0,
             exp,
         }
