@@ -218,6 +218,47 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     }
     assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
+    // A session signed in longer ago than `review_max_age` (1h by default)
+    // still shows pages, but decides nothing: the identity provider's
+    // groups in it are that old. The reviewer signs in again first.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    claims["iat"] = json!(now - 2 * 3600);
+    claims["exp"] = json!(now + 3600);
+    let stale = signed_cookie(&dir.path().join("data/keys/session.key"), &claims);
+    assert_eq!(get_page(&gw, &stale, "/inbox").status, 200);
+    let r = post_form(
+        &gw,
+        &stale,
+        &review,
+        &[("decision", "approve"), ("csrf", &csrf)],
+        None,
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.location.as_deref(),
+        Some(format!("/login?return_to=%2Frequests%2F{id}").as_str())
+    );
+    let r = post_form(
+        &gw,
+        &stale,
+        "/inbox/batch",
+        &[
+            ("step", "decide"),
+            ("decision", "approve"),
+            ("id", &id),
+            ("csrf", &csrf),
+        ],
+        None,
+    );
+    assert_eq!(
+        (r.status, r.location.as_deref()),
+        (303, Some("/login?return_to=%2Finbox"))
+    );
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
+
     // A replayed OIDC callback (same state, code and login cookie) is
     // refused and makes no session; a callback without the browser's login
     // cookie too.

@@ -258,6 +258,8 @@ pub struct RawOidc {
     pub token_auth_method: Option<String>,
     /// Refuse sign-ins that are no configured principal. Default false.
     pub require_configured: Option<bool>,
+    /// A review through the web needs a sign-in at most this old. Default `1h`.
+    pub review_max_age: Option<String>,
 }
 
 /// `[identity]`: machine identities beyond static tokens.
@@ -331,6 +333,9 @@ pub struct OidcConfig {
     pub secret_in_body: bool,
     /// Only configured principals sign in (see `identity::web_principal`).
     pub require_configured: bool,
+    /// A review through the web needs a sign-in at most this old: the
+    /// identity provider's groups and the account itself are read again.
+    pub review_max_age: Duration,
 }
 
 /// One validated `[[identity.jwt]]` entry.
@@ -1456,6 +1461,18 @@ fn oidc_config(
             "must be between 1m and 30d (e.g. \"8h\")",
         ));
     }
+    let review_max_age = match &o.review_max_age {
+        Some(s) => secondkey_core::time::parse_duration(s)
+            .map_err(|e| invalid("oidc.review_max_age", e.to_string()))?,
+        None => Duration::from_secs(3600),
+    };
+    if review_max_age < Duration::from_secs(60) || review_max_age > Duration::from_secs(30 * 86400)
+    {
+        return Err(invalid(
+            "oidc.review_max_age",
+            "must be between 1m and 30d (e.g. \"1h\")",
+        ));
+    }
     let secret_in_body = match o.token_auth_method.as_deref() {
         None | Some("client_secret_basic") => false,
         Some("client_secret_post") => true,
@@ -1478,6 +1495,7 @@ fn oidc_config(
         session_ttl,
         secret_in_body,
         require_configured: o.require_configured.unwrap_or(false),
+        review_max_age,
     })
 }
 
@@ -1812,6 +1830,7 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             (format!("{oidc}issuer = \"https://idp.example\"\nredirect_url = \"https://evil.example/x\""), "oidc.redirect_url"),
             (format!("{oidc}issuer = \"https://idp.example\"\nscopes = [\"profile\"]"), "oidc.scopes"),
             (format!("{oidc}issuer = \"https://idp.example\"\nsession_ttl = \"10s\""), "oidc.session_ttl"),
+            (format!("{oidc}issuer = \"https://idp.example\"\nreview_max_age = \"10s\""), "oidc.review_max_age"),
             (format!("{oidc}issuer = \"https://idp.example\"\ntoken_auth_method = \"none\""), "oidc.token_auth_method"),
             (format!("{oidc}issuer = \"https://idp.example\"\nclient_secret = \"inline\""), "client_secret"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = []".into(), "identity.jwt[0].audience"),

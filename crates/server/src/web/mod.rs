@@ -662,9 +662,30 @@ pub fn render_request(
     )
 }
 
+/// A review through the web needs a sign-in no older than `[oidc]
+/// review_max_age`: the session cookie carries the identity provider's
+/// groups of the moment it was made, and the provider is not asked again
+/// while it lives. Past that age nothing is decided and the reviewer signs
+/// in again (usually without typing anything), then returns to `back`.
+fn stale_sign_in(g: &Gateway, p: &Posted, back: &str) -> Option<Response> {
+    let oidc = g.web.oidc.as_ref()?;
+    let age = now_secs(g) - p.user.session.iat;
+    (age > oidc.config.review_max_age.as_secs() as i64).then(|| {
+        let back: String = form_urlencoded::byte_serialize(back.as_bytes()).collect();
+        Redirect::to(&format!("/login?return_to={back}")).into_response()
+    })
+}
+
 /// Approve or deny from the request page; the same review as the API.
 async fn review(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Response {
     let g = &s.gateway;
+    let page = format!(
+        "/requests/{}",
+        form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+    );
+    if let Some(again) = stale_sign_in(g, &p, &page) {
+        return again;
+    }
     let decision = match parse_decision(p.get("decision")) {
         Ok(d) => d,
         Err(e) => return api_error_page(&e),
@@ -804,6 +825,9 @@ async fn batch(State(s): State<AppState>, p: Posted) -> Response {
             ok(pages::batch_confirm(&p.user, &rows(g, &reqs), g.now().0))
         }
         Some("decide") => {
+            if let Some(again) = stale_sign_in(g, &p, "/inbox") {
+                return again;
+            }
             let decision = match parse_decision(p.get("decision")) {
                 Ok(d) => d,
                 Err(e) => return api_error_page(&e),

@@ -473,6 +473,7 @@ mod tests {
             session_ttl: Duration::from_secs(60),
             secret_in_body: false,
             require_configured: false,
+            review_max_age: Duration::from_secs(3600),
         });
         for state in ["", "s", "st2", "ST"] {
             assert_eq!(
