@@ -107,8 +107,8 @@ pub const BOUND_ENV: [&str; 12] = [
 /// What the approval binds besides the words: the program that will run
 /// (its absolute path and SHA-256) and the `--bind` files' SHA-256.
 struct Bound {
-    /// `None` when the program cannot be found (it then fails to start).
-    program: Option<(PathBuf, String)>,
+    /// Resolved before anything is submitted: a program not there is refused.
+    program: (PathBuf, String),
     files: Vec<(PathBuf, String)>,
 }
 
@@ -228,25 +228,36 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     // A program that is not there is refused before anything is submitted:
     // approved while absent, whatever appeared under its name during the
     // wait would run, unbound.
-    if let Ok(cwd) = std::env::current_dir() {
-        let path = std::env::var("PATH").ok();
-        if resolve_program(&a.argv[0], path.as_deref(), &cwd).is_none() {
+    let cwd = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => {
             return Ok(outcome(
-                code::CANNOT_START,
-                &format!(
-                    "{}: no such program, or not executable (a name without `/` is looked up in PATH); nothing was submitted or run",
-                    a.argv[0]
-                ),
-            ));
+                code::GATEWAY,
+                &format!("nothing ran: the working directory: {e}"),
+            ))
         }
-    }
-    match prepare(&a) {
+    };
+    let path = std::env::var("PATH").ok();
+    let Some(program) = resolve_program(&a.argv[0], path.as_deref(), &cwd) else {
+        return Ok(outcome(
+            code::CANNOT_START,
+            &format!(
+                "{}: no such program, or not executable (a name without `/` is looked up in PATH); nothing was submitted or run",
+                a.argv[0]
+            ),
+        ));
+    };
+    match prepare(&a, &cwd, program) {
         Ok((client, body, bound)) => execute(&a, &client, &body, &bound),
         Err(e) => Ok(outcome(code::GATEWAY, &format!("nothing ran: {e:#}"))),
     }
 }
 
-fn prepare(a: &ExecArgs) -> Result<(Client, Vec<u8>, Bound)> {
+fn prepare(
+    a: &ExecArgs,
+    cwd: &std::path::Path,
+    program: PathBuf,
+) -> Result<(Client, Vec<u8>, Bound)> {
     let token = match (&a.oidc_audience, &a.token_env) {
         (Some(aud), None) => github_oidc_token(aud)?,
         (None, Some(var)) => std::env::var(var)
@@ -256,16 +267,14 @@ fn prepare(a: &ExecArgs) -> Result<(Client, Vec<u8>, Bound)> {
         })?,
         (Some(_), Some(_)) => bail!("pass one of --token-env and --oidc-audience"),
     };
-    let cwd: PathBuf = std::env::current_dir().context("the working directory")?;
     let mut context = Map::new();
     if let Some(ci) = ci_facts(&|k| std::env::var(k).ok()) {
         context.insert("ci".into(), ci);
     }
-    let bound = bind(a, &cwd)?;
+    let bound = bind(a, cwd, program)?;
     let mut params = json!({"argv": a.argv, "cwd": cwd.to_string_lossy()});
-    if let Some((path, sha)) = &bound.program {
-        params["program"] = json!({"path": path.to_string_lossy(), "sha256": sha});
-    }
+    let (path, sha) = &bound.program;
+    params["program"] = json!({"path": path.to_string_lossy(), "sha256": sha});
     if !bound.files.is_empty() {
         let files: Map<String, Value> = bound
             .files
@@ -297,16 +306,10 @@ fn prepare(a: &ExecArgs) -> Result<(Client, Vec<u8>, Bound)> {
     Ok((Client::new(&a.url, Some(token)), body, bound))
 }
 
-/// Hashes the program and the `--bind` files.
-fn bind(a: &ExecArgs, cwd: &std::path::Path) -> Result<Bound> {
-    let path = std::env::var("PATH").ok();
-    let program = match resolve_program(&a.argv[0], path.as_deref(), cwd) {
-        Some(p) => {
-            let h = sha256_file(&p).with_context(|| format!("reading {}", p.display()))?;
-            Some((p, h))
-        }
-        None => bail!("{}: the program is gone", a.argv[0]),
-    };
+/// Hashes the program (as resolved) and the `--bind` files.
+fn bind(a: &ExecArgs, cwd: &std::path::Path, program: PathBuf) -> Result<Bound> {
+    let h = sha256_file(&program).with_context(|| format!("reading {}", program.display()))?;
+    let program = (program, h);
     let mut files = Vec::new();
     for f in &a.bind {
         let p = cwd.join(f);
@@ -318,8 +321,7 @@ fn bind(a: &ExecArgs, cwd: &std::path::Path) -> Result<Bound> {
 
 /// What changed since the action was submitted, if anything.
 fn changed_since(b: &Bound) -> Option<String> {
-    b.program
-        .iter()
+    std::iter::once(&b.program)
         .chain(&b.files)
         .find(|(p, h)| sha256_file(p).ok().as_deref() != Some(h.as_str()))
         .map(|(p, _)| p.display().to_string())
@@ -412,8 +414,7 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8], bound: &Bound) -> Result<ExitC
             &format!("{exec_id}: {why}; nothing ran"),
         ));
     }
-    let program = bound.program.as_ref().map(|(p, _)| p.as_path());
-    let (exit, summary) = run_once(&a.argv, program);
+    let (exit, summary) = run_once(&a.argv, &bound.program.0);
     let ok = exit == Some(0);
     let report = json!({"ok": ok, "summary": summary});
     let recorded = c.post(&format!("/v1/executions/{exec_id}/result"), &report);
@@ -554,17 +555,13 @@ fn tee(mut from: impl Read, mut to: impl Write) -> (String, u64) {
 /// Runs `argv` once, streaming its output; (exit code, summary). The
 /// resolved `program` is what starts (not a new `PATH` lookup), with
 /// `argv[0]` as its name.
-fn run_once(argv: &[String], program: Option<&std::path::Path>) -> (Option<u8>, Value) {
+/// Runs `program` (resolved when the action was built, so no second PATH
+/// lookup) with `argv[0]` kept as the name it was called by.
+fn run_once(argv: &[String], program: &std::path::Path) -> (Option<u8>, Value) {
     use std::os::unix::process::CommandExt;
     let started = Instant::now();
-    let mut cmd = match program {
-        Some(p) => {
-            let mut c = Command::new(p);
-            c.arg0(&argv[0]);
-            c
-        }
-        None => Command::new(&argv[0]),
-    };
+    let mut cmd = Command::new(program);
+    cmd.arg0(&argv[0]);
     let child = cmd
         .args(&argv[1..])
         .stdin(Stdio::inherit())

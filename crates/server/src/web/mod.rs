@@ -700,11 +700,7 @@ async fn review(State(s): State<AppState>, Path(id): Path<String>, p: Posted) ->
             } else {
                 "deny"
             };
-            Redirect::to(&format!(
-                "/requests/{}?done={done}",
-                form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
-            ))
-            .into_response()
+            Redirect::to(&format!("{page}?done={done}")).into_response()
         }
         Err(e) => api_error_page(&e),
     }
