@@ -19,7 +19,7 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// The RFC 8785 canonical form of `v`.
 pub fn to_vec(v: &Value) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(1024);
     match write_value(v, &mut out) {
         Some(()) => Ok(out),
         None => serde_jcs::to_vec(v),
@@ -62,16 +62,18 @@ pub fn write_value(v: &Value, out: &mut Vec<u8>) -> Option<()> {
             out.push(b']');
         }
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| cmp_utf16(a, b));
+            // Members with their values, sorted once: no lookup by key
+            // afterwards.
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_unstable_by(|a, b| cmp_utf16(a.0, b.0));
             out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
+            for (i, (k, v)) in members.into_iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
                 write_str(k, out);
                 out.push(b':');
-                write_value(&map[k.as_str()], out)?;
+                write_value(v, out)?;
             }
             out.push(b'}');
         }
@@ -88,18 +90,60 @@ pub fn cmp_utf16(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
+/// Plain decimal digits of an integer within ±(2^53 - 1).
 fn write_int(i: i128, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(out, "{i}");
+    if i < 0 {
+        out.push(b'-');
+    }
+    let mut n = i.unsigned_abs() as u64;
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Eight bytes at a time: does any of them need escaping (a control
+/// character, `"` or `\`)? Exact, never a false answer either way
+/// (the "has a byte less than n" and "has a zero byte" bit tricks).
+#[inline]
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let q = w ^ (ONES * u64::from(b'"'));
+    let quote = q.wrapping_sub(ONES) & !q & HIGH;
+    let b = w ^ (ONES * u64::from(b'\\'));
+    let backslash = b.wrapping_sub(ONES) & !b & HIGH;
+    below_space | quote | backslash != 0
 }
 
 /// RFC 8785 §3.2.2.2: only `"`, `\` and control characters are escaped;
 /// the short forms where JSON has them, `\u00xx` (lowercase) otherwise.
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();
+    // `bytes[start..i]` is plain and not yet copied; plain runs are
+    // skipped eight bytes at a time and copied whole.
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -111,17 +155,21 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
             0x00..=0x1f => {
                 out.extend_from_slice(&bytes[start..i]);
                 out.extend_from_slice(b"\\u00");
-                const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.push(HEX[(b >> 4) as usize]);
                 out.push(HEX[(b & 0xf) as usize]);
-                start = i + 1;
+                i += 1;
+                start = i;
                 continue;
             }
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&bytes[start..i]);
         out.extend_from_slice(esc);
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
@@ -185,6 +233,45 @@ mod tests {
             let mut out = Vec::new();
             write_value(&Value::from(f64::from_bits(bits)), &mut out).unwrap();
             assert_eq!(String::from_utf8(out).unwrap(), text, "{bits:#018x}");
+        }
+    }
+
+    /// The eight-bytes-at-a-time skip: every character that needs escaping
+    /// (and some neighbours that do not), at every offset of strings
+    /// around the word size, is written as `serde_jcs` writes it.
+    #[test]
+    fn escapes_found_at_every_offset() {
+        let specials = [
+            '"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\0', '\u{1f}', ' ', '!', '#', '[', ']',
+            '\u{7f}', 'é', '€', '😀',
+        ];
+        for len in 0..20 {
+            for at in 0..len.max(1) {
+                for &c in &specials {
+                    let s: String = (0..len)
+                        .map(|i| if i == at { c } else { 'a' })
+                        .chain((len == 0).then_some(c))
+                        .collect();
+                    let mut fast = Vec::new();
+                    write_str(&s, &mut fast);
+                    let reference = serde_jcs::to_vec(&Value::from(s.clone())).unwrap();
+                    assert_eq!(fast, reference, "{s:?}");
+                }
+            }
+        }
+        for n in [
+            0i128,
+            7,
+            -7,
+            10,
+            100,
+            -1_000_000,
+            MAX_SAFE_INTEGER as i128,
+            -(MAX_SAFE_INTEGER as i128),
+        ] {
+            let mut out = Vec::new();
+            write_int(n, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
         }
     }
 

@@ -225,7 +225,8 @@ impl Entry {
     /// The canonical bytes written directly (fields in their sorted order),
     /// or `None` if the payload holds a number JSON cannot carry.
     fn canonical_fast(&self) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(256);
+        // Most entries are under 2 KiB: one allocation, no regrowth.
+        let mut out = Vec::with_capacity(2048);
         out.push(b'{');
         if let Some(a) = &self.actor {
             out.extend_from_slice(b"\"actor\":");
