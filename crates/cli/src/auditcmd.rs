@@ -148,10 +148,10 @@ pub struct EvidenceArgs {
 
 #[derive(Subcommand)]
 enum EvidenceSub {
-    /// Verify a pack: the bundle against the log's key (and witnesses),
-    /// its lean statement entries as `log verify` checks them, then every
-    /// figure recomputed from it and compared with the pack's figures and
-    /// report.
+    /// Verify a pack: the manifest's key against --key, the bundle against
+    /// that key (and witnesses), its lean statement entries as `log verify`
+    /// checks them, then every figure recomputed from it and compared with
+    /// the pack's figures and report.
     #[command(
         after_help = "Example:\n  secondkey evidence verify ./evidence-q4 --key log.vkey --witness w1.vkey --min-witnesses 1\n\nExit status: 0 the report is exactly what the log proves for the whole period;\n3 it is, but the log ends before the period's end and no given witness cosigned it at or after that end;\nany other status: it failed, and says why."
     )]
@@ -381,6 +381,23 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
     let wkeys = load_cosigner_keys(witnesses)?;
     if min > wkeys.len() {
         bail!("--min-witnesses {min} needs at least that many --witness keys");
+    }
+    // The manifest's key is a record of the log the pack was made from,
+    // never a trust anchor: it must be the auditor's key, or the pack is
+    // evidence of some other log (or its manifest was edited).
+    let named = s("verifier_key")?;
+    match named.trim().parse::<secondkey_log::note::Verifier>() {
+        Ok(n) if n == v => {}
+        Ok(n) => {
+            return fail(format!(
+                "{MANIFEST} says the pack was made from the log of key {n}, but --key is {v}: it is not evidence of the log you hold the key for (or its manifest was edited); ask the operator which log it was made from"
+            ))
+        }
+        Err(e) => {
+            return fail(format!(
+                "{MANIFEST}'s verifier_key {named:?} is not a signed-note verifier key ({e}): the manifest was edited"
+            ))
+        }
     }
     let vb = match secondkey_log::bundle::verify_bundle_entries(&dir.join("bundle"), &v, None) {
         Ok(vb) => vb,

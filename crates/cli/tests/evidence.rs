@@ -8,7 +8,8 @@
 //! incomplete unless a witness cosigned at or after the period's end, a
 //! witness given twice counts once, a signature line is not a cosigner
 //! until checked, and report.pdf is never called verified. Lean statement
-//! entries are checked as `log verify --bundle` checks them.
+//! entries are checked as `log verify --bundle` checks them, and the key
+//! the manifest records must be the auditor's.
 
 mod common;
 
@@ -169,6 +170,17 @@ fn evidence_verify_accepts_only_what_the_log_proves() {
     let (code, _, err) = verify(&forged, &[]);
     assert!(code != 0 && err.contains("--key is required"), "{err}");
     let (code, _, err) = verify(&forged, &["--key", &vkey]);
+    assert!(
+        code != 0 && err.contains("manifest.json says the pack was made from the log of key"),
+        "{err}"
+    );
+    // Naming the operator's key in its manifest does not help it.
+    let renamed = copy(&forged, &d.join("renamed"));
+    let mut m: Value =
+        serde_json::from_slice(&std::fs::read(renamed.join("manifest.json")).unwrap()).unwrap();
+    m["verifier_key"] = json!(vkey);
+    std::fs::write(renamed.join("manifest.json"), m.to_string()).unwrap();
+    let (code, _, err) = verify(&renamed, &["--key", &vkey]);
     assert!(code != 0 && err.contains("does not verify"), "{err}");
 
     // The log ends before the period: said in the report and by verify
@@ -296,9 +308,9 @@ fn append(g: &Gateway, entries: Vec<secondkey_log::entry::Entry>) {
 /// shape entry was changed, fails `evidence verify` even though the log
 /// is signed and every figure matches (the report lists the entry as a
 /// `statement_unresolved` exception, and `evidence` warns when it makes
-/// such a pack).
+/// such a pack). A manifest naming another key than `--key` fails too.
 #[test]
-fn evidence_verify_checks_statement_shapes() {
+fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
     use secondkey_log::lean::{action_digest, Shape, SHAPE_EVENT};
     use secondkey_store::new_entry;
     let dir = tempfile::tempdir().unwrap();
@@ -340,6 +352,8 @@ fn evidence_verify_checks_statement_shapes() {
             _ => vec![shape_entry("pgs_3", true), lean("pgs_3")],
         }
     };
+    let mut keys = vec![];
+    let mut packs = vec![];
     for case in ["missing", "tampered", "whole"] {
         let d = dir.path().join(case);
         let mut g = Gateway::start(&d);
@@ -395,5 +409,47 @@ fn evidence_verify_checks_statement_shapes() {
                 assert!(!out.contains("every figure"), "{out}");
             }
         }
+        keys.push(vkey);
+        packs.push(p);
     }
+
+    // The manifest's key is the auditor's, or the pack fails.
+    let whole = &packs[2];
+    let (code, out, err) = verify(whole, &["--key", &keys[0]]);
+    assert!(
+        code == 1
+            && err.contains(&format!(
+                "manifest.json says the pack was made from the log of key {}, but --key is {}",
+                keys[2], keys[0]
+            )),
+        "{out}{err}"
+    );
+    let edited = copy(whole, &dir.path().join("edited"));
+    let set_key = |v: Value| {
+        let path = edited.join("manifest.json");
+        let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        m["verifier_key"] = v;
+        std::fs::write(&path, m.to_string()).unwrap();
+    };
+    set_key(json!(keys[0]));
+    let (code, out, err) = verify(&edited, &["--key", &keys[2]]);
+    assert!(
+        code == 1 && err.contains("it is not evidence of the log you hold the key for"),
+        "{out}{err}"
+    );
+    set_key(json!("not a key"));
+    let (code, out, err) = verify(&edited, &["--key", &keys[2]]);
+    assert!(
+        code == 1 && err.contains("is not a signed-note verifier key"),
+        "{out}{err}"
+    );
+    set_key(Value::Null);
+    let (code, out, err) = verify(&edited, &["--key", &keys[2]]);
+    assert!(
+        code != 0 && err.contains("manifest.json has no verifier_key"),
+        "{out}{err}"
+    );
+    set_key(json!(keys[2]));
+    let (code, out, err) = verify(&edited, &["--key", &keys[2]]);
+    assert_eq!(code, 3, "{out}{err}");
 }
