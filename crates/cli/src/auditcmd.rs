@@ -14,7 +14,7 @@ use secondkey_audit::graph::Filter;
 use secondkey_audit::history::Tracker;
 use secondkey_audit::time::Period;
 
-use crate::logcmd::{load_cosigner_keys, snapshot, witness_report};
+use crate::logcmd::{check_statements, load_cosigner_keys, snapshot, witness_report};
 
 /// Where the log comes from.
 #[derive(Args, Clone)]
@@ -148,9 +148,10 @@ pub struct EvidenceArgs {
 
 #[derive(Subcommand)]
 enum EvidenceSub {
-    /// Verify a pack: the bundle against the log's key (and witnesses),
-    /// then every figure recomputed from it and compared with the pack's
-    /// figures and report.
+    /// Verify a pack: the manifest's key against --key, the bundle against
+    /// that key (and witnesses), its lean statement entries as `log verify`
+    /// checks them, then every figure recomputed from it and compared with
+    /// the pack's figures and report.
     #[command(
         after_help = "Example:\n  secondkey evidence verify ./evidence-q4 --key log.vkey --witness w1.vkey --min-witnesses 1\n\nExit status: 0 the report is exactly what the log proves for the whole period;\n3 it is, but the log ends before the period's end and no given witness cosigned it at or after that end;\nany other status: it failed, and says why."
     )]
@@ -270,6 +271,11 @@ pub fn evidence(a: EvidenceArgs) -> Result<ExitCode> {
     // The pack is made from what an auditor will read: the bundle, verified.
     let vb = secondkey_log::bundle::verify_bundle_entries(&bundle, &snap.verifier, None)
         .map_err(|e| anyhow!("the exported bundle does not verify: {e}"))?;
+    // The pack is still made (the report lists such entries as
+    // `statement_unresolved` exceptions), but it cannot pass verification.
+    if let Err(e) = secondkey_log::lean::check_statements(&vb.entries) {
+        eprintln!("warning: the log fails the statement check, so `evidence verify` will fail this pack: {e}");
+    }
     let f = evidence::figures(
         &vb.entries,
         &Inputs {
@@ -376,11 +382,33 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
     if min > wkeys.len() {
         bail!("--min-witnesses {min} needs at least that many --witness keys");
     }
+    // The manifest's key is a record of the log the pack was made from,
+    // never a trust anchor: it must be the auditor's key, or the pack is
+    // evidence of some other log (or its manifest was edited).
+    let named = s("verifier_key")?;
+    match named.trim().parse::<secondkey_log::note::Verifier>() {
+        Ok(n) if n == v => {}
+        Ok(n) => {
+            return fail(format!(
+                "{MANIFEST} says the pack was made from the log of key {n}, but --key is {v}: it is not evidence of the log you hold the key for (or its manifest was edited); ask the operator which log it was made from"
+            ))
+        }
+        Err(e) => {
+            return fail(format!(
+                "{MANIFEST}'s verifier_key {named:?} is not a signed-note verifier key ({e}): the manifest was edited"
+            ))
+        }
+    }
     let vb = match secondkey_log::bundle::verify_bundle_entries(&dir.join("bundle"), &v, None) {
         Ok(vb) => vb,
         Err(e) => return fail(format!("the log bundle does not verify: {e}")),
     };
     println!("ok: {}", crate::describe(&vb.report));
+    // Every lean statement entry must rebuild from a shape its session
+    // logged, exactly as `log verify --bundle` requires.
+    if let Err(code) = check_statements(&vb.entries) {
+        return Ok(code);
+    }
     // Cosignatures say "as of this time, this was the largest tree the
     // witness saw" (C2SP tlog-cosignature v1): one dated at or after the
     // period's end shows the log held nothing more of the period.

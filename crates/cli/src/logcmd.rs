@@ -320,8 +320,9 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
 
 /// Checks the lean statement entries of a verified log (each names a
 /// statement shape recorded earlier in its session and rebuilds to its
-/// digest); says how many, or why not.
-fn check_statements(entries: &[Vec<u8>]) -> std::result::Result<(), ExitCode> {
+/// digest); says how many, or why not. `log verify` and `evidence verify`
+/// both run it, so a log passes one exactly when it passes the other.
+pub(crate) fn check_statements(entries: &[Vec<u8>]) -> std::result::Result<(), ExitCode> {
     match secondkey_log::lean::check_statements(entries) {
         Ok(r) if r.lean > 0 || r.shapes > 0 => {
             println!(

@@ -7,7 +7,9 @@
 //! the operator's), a log that ends before the period is reported
 //! incomplete unless a witness cosigned at or after the period's end, a
 //! witness given twice counts once, a signature line is not a cosigner
-//! until checked, and report.pdf is never called verified.
+//! until checked, and report.pdf is never called verified. Lean statement
+//! entries are checked as `log verify --bundle` checks them, and the key
+//! the manifest records must be the auditor's.
 
 mod common;
 
@@ -39,9 +41,14 @@ fn act(g: &Gateway, n: u32) {
     assert_eq!(v["decision"], "allow", "{v}");
 }
 
-/// Writes an evidence pack (no PDF) of the running gateway's log for
+/// Writes an evidence pack (no PDF) of the gateway's log for
 /// `[2020-01-01, to)`.
 fn pack(g: &Gateway, out: &Path, to: &str) -> PathBuf {
+    pack_said(g, out, to).0
+}
+
+/// [`pack`], with what `evidence` wrote to stderr.
+fn pack_said(g: &Gateway, out: &Path, to: &str) -> (PathBuf, String) {
     let (code, _, err) = cli(&[
         "evidence",
         "--config",
@@ -57,7 +64,7 @@ fn pack(g: &Gateway, out: &Path, to: &str) -> PathBuf {
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    out.to_path_buf()
+    (out.to_path_buf(), err)
 }
 
 fn verify(pack: &Path, extra: &[&str]) -> (i32, String, String) {
@@ -163,6 +170,17 @@ fn evidence_verify_accepts_only_what_the_log_proves() {
     let (code, _, err) = verify(&forged, &[]);
     assert!(code != 0 && err.contains("--key is required"), "{err}");
     let (code, _, err) = verify(&forged, &["--key", &vkey]);
+    assert!(
+        code != 0 && err.contains("manifest.json says the pack was made from the log of key"),
+        "{err}"
+    );
+    // Naming the operator's key in its manifest does not help it.
+    let renamed = copy(&forged, &d.join("renamed"));
+    let mut m: Value =
+        serde_json::from_slice(&std::fs::read(renamed.join("manifest.json")).unwrap()).unwrap();
+    m["verifier_key"] = json!(vkey);
+    std::fs::write(renamed.join("manifest.json"), m.to_string()).unwrap();
+    let (code, _, err) = verify(&renamed, &["--key", &vkey]);
     assert!(code != 0 && err.contains("does not verify"), "{err}");
 
     // The log ends before the period: said in the report and by verify
@@ -266,4 +284,172 @@ fn evidence_verify_accepts_only_what_the_log_proves() {
         code == 1 && err.contains("lists report.pdf but the pack has none"),
         "{err}"
     );
+}
+
+/// Appends `entries` to the stopped gateway's log through its store, as the
+/// gateway itself would: numbered, in the tree the next checkpoint signs.
+fn append(g: &Gateway, entries: Vec<secondkey_log::entry::Entry>) {
+    let store =
+        secondkey_store::Store::open(secondkey_store::StoreOptions::new(g.dir.join("data")))
+            .unwrap();
+    store
+        .transact_blocking(move |tx| {
+            for e in entries {
+                tx.append(e)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    store.close();
+}
+
+/// A pack's log is held to the statement check of `log verify --bundle`:
+/// a lean statement entry whose shape its session never logged, or whose
+/// shape entry was changed, fails `evidence verify` even though the log
+/// is signed and every figure matches (the report lists the entry as a
+/// `statement_unresolved` exception, and `evidence` warns when it makes
+/// such a pack). A manifest naming another key than `--key` fails too.
+#[test]
+fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
+    use secondkey_log::lean::{action_digest, Shape, SHAPE_EVENT};
+    use secondkey_store::new_entry;
+    let dir = tempfile::tempdir().unwrap();
+    // What the PostgreSQL gateway logs for `SELECT total FROM orders
+    // WHERE id = 7`: the shape once per session, then a lean entry.
+    let shape = Shape {
+        text: vec!["SELECT total FROM orders WHERE id = ".into(), String::new()],
+        action: json!({"kind": "sql", "operation": "read",
+                       "resource": "postgres://analytics/public.orders", "params": {}}),
+        facts: json!({"connection": "analytics", "tables": ["public.orders"]}),
+    };
+    let digest = shape.digest().unwrap();
+    let action = shape
+        .action(shape.statement(&["7".into()]).unwrap(), None, None)
+        .unwrap();
+    let statements = |case: &str, time: &str| {
+        let shape_entry = |session: &str, edited: bool| {
+            let mut p = shape.entry_payload(session, &digest);
+            if edited {
+                // The text a reviewer reads no longer is the one that ran.
+                p["text"][0] = json!("SELECT 1 FROM orders WHERE id = ");
+            }
+            new_entry(time, SHAPE_EVENT, Some("agent:report-bot"), p)
+        };
+        let lean = |session: &str| {
+            let mut e = new_entry(
+                time,
+                "action.allowed",
+                Some("agent:report-bot"),
+                json!({"decision": "allow", "session": session, "shape": digest,
+                       "literals": ["7"], "executed": true, "transport": "pg"}),
+            );
+            e.digest = Some(action_digest(&action).unwrap());
+            e
+        };
+        match case {
+            "whole" => vec![shape_entry("pgs_1", false), lean("pgs_1")],
+            "missing" => vec![lean("pgs_2")],
+            _ => vec![shape_entry("pgs_3", true), lean("pgs_3")],
+        }
+    };
+    let mut keys = vec![];
+    let mut packs = vec![];
+    for case in ["missing", "tampered", "whole"] {
+        let d = dir.path().join(case);
+        let mut g = Gateway::start(&d);
+        let vkey = g.text("/v1/log/verifier-key").trim().to_string();
+        act(&g, 0);
+        let entries = g.log_entries();
+        let n = entries.len();
+        let time = entries[n - 1]["time"].as_str().unwrap().to_string();
+        // The first appended entry is entry n.
+        let failure = match case {
+            "whole" => None,
+            "missing" => Some(format!("FAILED: entry {n} names statement shape {digest} of session pgs_2, but no earlier entry of that session records it")),
+            _ => Some(format!("FAILED: entry {n} is not a well-formed statement shape or lean statement entry: its content hashes to")),
+        };
+        g.stop();
+        append(&g, statements(case, &time));
+        let (p, said) = pack_said(&g, &d.join("pack"), "2100-01-01");
+        let bundle = p.join("bundle");
+        let (lcode, lout, lerr) = cli(&[
+            "log",
+            "verify",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--key",
+            &vkey,
+        ]);
+        let (code, out, err) = verify(&p, &["--key", &vkey]);
+        match &failure {
+            None => {
+                assert!(!said.contains("warning"), "{said}");
+                assert_eq!(lcode, 0, "{lout}{lerr}");
+                // Complete but for the period's end (exit 3).
+                assert_eq!(code, 3, "{out}{err}");
+                assert!(
+                    out.contains("ok: 1 lean statement entries rebuilt from 1 statement shapes"),
+                    "{out}"
+                );
+            }
+            Some(m) => {
+                assert!(
+                    said.contains("warning: the log fails the statement check, so `evidence verify` will fail this pack"),
+                    "{said}"
+                );
+                // The report lists it (an edited shape entry, and the
+                // statement that then has no shape).
+                assert_eq!(
+                    figures(&p)["exceptions_by_kind"]["statement_unresolved"],
+                    if case == "missing" { 1 } else { 2 },
+                );
+                // The same failure from both commands, and nothing after it.
+                assert!(lcode == 1 && lerr.contains(m.as_str()), "{lout}{lerr}");
+                assert!(code == 1 && err.contains(m.as_str()), "{out}{err}");
+                assert!(!out.contains("every figure"), "{out}");
+            }
+        }
+        keys.push(vkey);
+        packs.push(p);
+    }
+
+    // The manifest's key is the auditor's, or the pack fails.
+    let whole = &packs[2];
+    let (code, out, err) = verify(whole, &["--key", &keys[0]]);
+    assert!(
+        code == 1
+            && err.contains(&format!(
+                "manifest.json says the pack was made from the log of key {}, but --key is {}",
+                keys[2], keys[0]
+            )),
+        "{out}{err}"
+    );
+    let edited = copy(whole, &dir.path().join("edited"));
+    let set_key = |v: Value| {
+        let path = edited.join("manifest.json");
+        let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        m["verifier_key"] = v;
+        std::fs::write(&path, m.to_string()).unwrap();
+    };
+    set_key(json!(keys[0]));
+    let (code, out, err) = verify(&edited, &["--key", &keys[2]]);
+    assert!(
+        code == 1 && err.contains("it is not evidence of the log you hold the key for"),
+        "{out}{err}"
+    );
+    set_key(json!("not a key"));
+    let (code, out, err) = verify(&edited, &["--key", &keys[2]]);
+    assert!(
+        code == 1 && err.contains("is not a signed-note verifier key"),
+        "{out}{err}"
+    );
+    set_key(Value::Null);
+    let (code, out, err) = verify(&edited, &["--key", &keys[2]]);
+    assert!(
+        code != 0 && err.contains("manifest.json has no verifier_key"),
+        "{out}{err}"
+    );
+    set_key(json!(keys[2]));
+    let (code, out, err) = verify(&edited, &["--key", &keys[2]]);
+    assert_eq!(code, 3, "{out}{err}");
 }
