@@ -13,6 +13,14 @@ import { VERSION } from './version.js';
 export const MAX_POLL_SECONDS = 60;
 /** How long a guard waits for a decision unless told otherwise (seconds). */
 export const DEFAULT_GUARD_TIMEOUT = 300;
+/**
+ * How long (seconds) the withdraw of a request the caller gave up on may wait
+ * for the gateway, whatever the client's timeout: an aborted call settles
+ * within it even when the gateway does not answer (the request then expires
+ * at its own time). A submit already on its way when the abort comes gets
+ * as long to answer, so that a request it opened can be withdrawn.
+ */
+export const WITHDRAW_TIMEOUT = 5;
 const ENDED = new Set(['denied', 'expired', 'withdrawn', 'revoked', 'executed', 'failed', 'unknown']);
 
 const sleep = (ms, signal) => new Promise((resolve, reject) => {
@@ -323,16 +331,24 @@ export class Client {
     const execute = mode === 'execute';
     const submit = async () => {
       for (;;) {
+        let resp;
         try {
-          const resp = await this.submit(action, { execute, signal });
-          checkDigest(resp.digest, digest, 'decision');
-          return resp;
+          resp = await this._submitForGuard(action, execute, signal);
         } catch (e) {
+          if (signal?.aborted) throw signal.reason;
           if (!(e instanceof RateLimited)) throw e;
           const wait = (e.retryAfter ?? 1) * 1000;
           if (Date.now() + wait >= deadline) throw e;
           await sleep(wait, signal);
+          continue;
         }
+        if (signal?.aborted) {
+          // The answer came after the caller gave up: a request it opened must not stay pending.
+          if (resp.request?.state === 'pending') await this._withdrawQuietly(resp.request.id);
+          throw signal.reason;
+        }
+        checkDigest(resp.digest, digest, 'decision');
+        return resp;
       }
     };
     const auth = (fields) => new Authorization(this, { action, digest, mode, ...fields });
@@ -379,10 +395,36 @@ export class Client {
         return auth({ decision: 'approved', requestId: rid, grantClaims: claims, approvers: claims.apr ?? [] });
       }
     } catch (e) {
-      if (e instanceof GuardTimeout || signal?.aborted) await this.withdraw(rid).catch(() => {});
+      if (e instanceof GuardTimeout || signal?.aborted) await this._withdrawQuietly(rid);
       if (signal?.aborted) throw signal.reason;
       throw e;
     }
+  }
+
+  /**
+   * POST /v1/actions for the guard. An abort does not cut it short: an answer
+   * already on its way gets WITHDRAW_TIMEOUT seconds more, so that a request
+   * it opened can be withdrawn instead of left pending.
+   */
+  async _submitForGuard(action, execute, signal) {
+    if (!signal) return this.submit(action, { execute });
+    signal.throwIfAborted();
+    const ctl = new AbortController();
+    let grace;
+    const onAbort = () => { grace = setTimeout(() => ctl.abort(signal.reason), WITHDRAW_TIMEOUT * 1000); };
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      return await this.submit(action, { execute, signal: ctl.signal });
+    } finally {
+      clearTimeout(grace);
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Withdraws a request the caller gave up on, waiting at most WITHDRAW_TIMEOUT; a failure changes nothing that ran. */
+  _withdrawQuietly(id) {
+    const timeout = Math.min(this.timeout, WITHDRAW_TIMEOUT);
+    return this._send('withdraw_request', { path: { id }, timeout }).catch(() => {});
   }
 
   async _useGrant(grant, digest, rid) {

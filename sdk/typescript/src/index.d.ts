@@ -65,7 +65,8 @@ export interface GuardOptions {
   mode?: 'execute' | 'grant';
   /** Seconds to wait for a decision (default 300); past it the request is withdrawn. */
   timeout?: number;
-  /** Cancels the wait: a pending request is withdrawn and the call rejects with the signal's reason. */
+  /** Cancels the wait: a pending request is withdrawn (waiting at most WITHDRAW_TIMEOUT seconds)
+   *  and the call rejects with the signal's reason. */
   signal?: AbortSignal;
 }
 
@@ -148,6 +149,8 @@ export declare class SseParser { feed(line: string): [string, string] | null }
 export declare function resultSummary(value?: unknown, error?: unknown, limit?: number): Json;
 export declare const DEFAULT_GUARD_TIMEOUT: number;
 export declare const MAX_POLL_SECONDS: number;
+/** Seconds the withdraw of a request the caller gave up on may wait for the gateway. */
+export declare const WITHDRAW_TIMEOUT: number;
 export declare const VERSION: string;
 
 export declare function canonicalize(value: unknown): string;

@@ -54,9 +54,12 @@ class _Base:
         return self._s.url
 
     def _request_args(self, call: Call, timeout: Optional[float]) -> dict[str, Any]:
+        t = timeout or self._s.timeout
+        if call.timeout is not None:
+            t = min(t, call.timeout)
         return {
             "method": call.spec.method, "url": self._s.url + call.url_path(), "params": call.params(),
-            "content": call.body, "headers": self._s.headers(call), "timeout": timeout or self._s.timeout,
+            "content": call.body, "headers": self._s.headers(call), "timeout": t,
         }
 
     def _stream_args(self, id: str, read_timeout: float) -> tuple[Call, dict[str, Any]]:
@@ -569,7 +572,9 @@ class AsyncClient(_Base):
                 return eff
             value, exc = None, None
             try:
-                if isinstance(eff, Call):
+                if isinstance(eff, Call) and eff.op == "withdraw_request":
+                    value = await _shielded(self._send(eff))
+                elif isinstance(eff, Call):
                     value = await self._send(eff)
                 elif isinstance(eff, Wait):
                     value = await self._wait(eff)
@@ -579,6 +584,27 @@ class AsyncClient(_Base):
                     value = await self._keys(eff.refresh)
             except BaseException as e:  # cancellation too: flow withdraws a pending request
                 exc = e
+
+
+#: Withdraws still on their way after their caller stopped waiting for them.
+_withdrawing: set["asyncio.Task[Any]"] = set()
+
+
+async def _shielded(send: Awaitable[Any]) -> Any:
+    """Sends the withdraw of a request the caller gave up on, shielded from a
+    repeated cancellation (anyio's cancel scopes cancel every later await):
+    the caller stops waiting for it, but once started it still reaches the
+    gateway, within its own timeout."""
+    task = asyncio.ensure_future(send)
+    _withdrawing.add(task)
+    task.add_done_callback(_forget)
+    return await asyncio.shield(task)
+
+
+def _forget(task: "asyncio.Task[Any]") -> None:
+    _withdrawing.discard(task)
+    if not task.cancelled():
+        task.exception()  # a withdraw nobody waits for any more fails quietly
 
 
 class AsyncGuard:
