@@ -143,6 +143,23 @@ export class SseParser {
   }
 }
 
+function loopback(hostname) {
+  // WHATWG URL hosts are canonical: IPv4 in dotted decimal, IPv6 in brackets, names in lowercase.
+  return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(hostname);
+}
+
+/** Refuses plain http:// to a host off loopback: the bearer token would travel in clear. */
+function checkUrl(url, allowInsecureHttp) {
+  let u;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new TypeError(`the gateway URL ${JSON.stringify(url)} is not a URL`);
+  }
+  if (u.protocol !== 'http:' || loopback(u.hostname) || allowInsecureHttp) return;
+  throw new Error(`refusing the gateway URL http://${u.hostname}: plain HTTP to a host that is not loopback would send the bearer token in clear; use https://, or opt in on a network you trust with allowInsecureHttp: true or SECONDKEY_ALLOW_INSECURE_HTTP=1`);
+}
+
 function fallbackToPoll(e) {
   if (e instanceof Unauthorized || e instanceof NotFound) return false;
   return e instanceof TransportError || e instanceof ProtocolError || (e instanceof ApiError && [429, 500, 502, 503, 504].includes(e.status));
@@ -151,14 +168,19 @@ function fallbackToPoll(e) {
 /**
  * The client. `url` and `token` default to SECONDKEY_URL and SECONDKEY_TOKEN;
  * `timeout` (seconds) bounds each HTTP call; `fetch` may be replaced (tests, proxies).
+ * A plain http:// URL is refused unless its host is loopback, since the token
+ * would cross the network in clear; `allowInsecureHttp: true` (or
+ * SECONDKEY_ALLOW_INSECURE_HTTP=1) accepts it anyway.
  */
 export class Client {
   // Private: the token never shows when a client (or an Authorization holding
   // it) is logged, inspected or serialized.
   #token;
 
-  constructor({ url, token, timeout = 30, fetch: f } = {}) {
-    this.url = (url ?? process.env.SECONDKEY_URL ?? 'http://127.0.0.1:8750').replace(/\/+$/, '');
+  constructor({ url, token, timeout = 30, fetch: f, allowInsecureHttp = false } = {}) {
+    url = url ?? process.env.SECONDKEY_URL ?? 'http://127.0.0.1:8750';
+    checkUrl(url, allowInsecureHttp || process.env.SECONDKEY_ALLOW_INSECURE_HTTP === '1');
+    this.url = url.replace(/\/+$/, '');
     this.#token = token ?? process.env.SECONDKEY_TOKEN ?? null;
     this.timeout = timeout;
     this.fetch = f ?? globalThis.fetch;

@@ -79,6 +79,9 @@ export interface ClientOptions {
   timeout?: number;
   /** A fetch to use instead of the global one. */
   fetch?: typeof fetch;
+  /** Accept a plain http:// URL whose host is not loopback (the token then travels in clear).
+   *  Default: false, unless SECONDKEY_ALLOW_INSECURE_HTTP=1. */
+  allowInsecureHttp?: boolean;
 }
 
 /** Leave to run an action once. */

@@ -44,9 +44,10 @@ def _fallback_to_poll(e: SecondkeyError) -> bool:
 class _Base:
     """What both clients share: settings, the JWKS cache, request building."""
 
-    def __init__(self, url: Optional[str], token: Optional[str], timeout: float, http: Any):
-        self._s = Settings(url, token, timeout)
-        self._http = http
+    _http: Any
+
+    def __init__(self, url: Optional[str], token: Optional[str], timeout: float, allow_insecure_http: bool):
+        self._s = Settings(url, token, timeout, allow_insecure_http)
         self._jwks: Optional[dict[str, Any]] = None
 
     @property
@@ -90,7 +91,10 @@ class Client(_Base):
     """Blocking client. ``url`` and ``token`` default to ``SECONDKEY_URL`` and ``SECONDKEY_TOKEN``.
 
     ``timeout`` bounds each HTTP call (seconds); waits for a decision are
-    bounded by the guard's own ``timeout``.
+    bounded by the guard's own ``timeout``. A plain ``http://`` URL is
+    refused (``ValueError``) unless its host is loopback, since the token
+    would cross the network in clear; ``allow_insecure_http=True`` (or
+    ``SECONDKEY_ALLOW_INSECURE_HTTP=1``) accepts it anyway.
     """
 
     def __init__(
@@ -100,8 +104,10 @@ class Client(_Base):
         *,
         timeout: float = 30.0,
         http: Optional[httpx.Client] = None,
+        allow_insecure_http: bool = False,
     ):
-        super().__init__(url, token, timeout, http or httpx.Client(timeout=timeout))
+        super().__init__(url, token, timeout, allow_insecure_http)  # refuses a bad URL before opening anything
+        self._http = http or httpx.Client(timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -368,8 +374,10 @@ class AsyncClient(_Base):
         *,
         timeout: float = 30.0,
         http: Optional[httpx.AsyncClient] = None,
+        allow_insecure_http: bool = False,
     ):
-        super().__init__(url, token, timeout, http or httpx.AsyncClient(timeout=timeout))
+        super().__init__(url, token, timeout, allow_insecure_http)  # refuses a bad URL before opening anything
+        self._http = http or httpx.AsyncClient(timeout=timeout)
 
     async def aclose(self) -> None:
         await self._http.aclose()
