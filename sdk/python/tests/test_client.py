@@ -214,3 +214,27 @@ async def test_async_client_covers_the_same_api(gateway):
         assert (await bot.consume_grant(view.grant, resp.digest)).consumed
         assert (await bot.report_outcome(rid, "failed", {"error": "boom"})).state == "failed"
         assert "secondkey_requests" in await rita.metrics()
+
+
+REFUSED = (r"refusing the gateway URL http://\S+: plain HTTP .* bearer token in clear; use https://, or opt in .* "
+           r"allow_insecure_http=True or SECONDKEY_ALLOW_INSECURE_HTTP=1")
+
+
+@pytest.mark.parametrize("cls", [secondkey.Client, secondkey.AsyncClient])
+def test_plain_http_off_loopback_is_refused_unless_opted_in(cls, monkeypatch):
+    monkeypatch.delenv("SECONDKEY_ALLOW_INSECURE_HTTP", raising=False)
+    for url in ["http://gw.example.com:8750", "http://10.0.0.5", "http://[2001:db8::1]:80/",
+                "http://localhost.example.com", "http://127.0.0.1.nip.io", "http://user@gw.example.com"]:
+        with pytest.raises(ValueError, match=REFUSED):
+            cls(url, "t")
+        assert cls(url, "t", allow_insecure_http=True).url.startswith("http://")
+    for url in ["http://127.0.0.1:8750", "http://127.8.9.10/", "http://localhost:1", "http://LOCALHOST",
+                "http://[::1]:8750", "https://gw.example.com"]:
+        assert cls(url, "t").url == url.rstrip("/")
+    with pytest.raises(ValueError, match="is not a URL"):
+        cls("http://gw:not-a-port", "t")
+    monkeypatch.setenv("SECONDKEY_URL", "http://gw.example.com")
+    with pytest.raises(ValueError, match=REFUSED):
+        cls(token="t")
+    monkeypatch.setenv("SECONDKEY_ALLOW_INSECURE_HTTP", "1")
+    assert cls(token="t").url == "http://gw.example.com"

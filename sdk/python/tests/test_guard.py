@@ -283,6 +283,33 @@ async def test_cancelling_a_wait_withdraws_the_pending_request(gateway, rita):
         assert runs == [] and (await bot.get_request(rid)).state == "withdrawn"
 
 
+async def test_a_cancellation_repeated_at_every_await_still_withdraws(gateway):
+    # anyio's cancel scopes (MCP servers, Starlette, …) cancel every await after
+    # the first one: the withdraw, once started, still reaches the gateway.
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        action = write_action()
+        task = asyncio.create_task(bot.authorize(action, timeout=30))
+        rid = None
+        deadline = time.monotonic() + 10
+        while rid is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            pending = await bot.list_requests("pending", limit=500)
+            rid = next((r.id for r in pending.requests if r.action["resource"] == action["resource"]), None)
+        assert rid is not None
+        while not task.done():
+            task.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        state = "pending"
+        for _ in range(200):
+            state = (await bot.get_request(rid)).state
+            if state != "pending":
+                break
+            await asyncio.sleep(0.05)
+        assert state == "withdrawn"
+
+
 def test_interrupting_a_blocking_wait_withdraws_the_pending_request(gateway, bot):
     # The blocking client: an exception that is not the SDK's (here raised by
     # the transport while it waits, as KeyboardInterrupt would be) withdraws.

@@ -255,3 +255,96 @@ def test_oversized_answer_is_refused(canned):
     huge = '{"pad": "' + "x" * (MAX_ANSWER_BYTES + 10) + '"}'
     err = guarded_call(canned((200, "application/json", huge, {})))
     assert isinstance(err, secondkey.ProtocolError) and "larger than" in str(err)
+
+
+WRITE = {"kind": "tool", "operation": "write", "resource": "crm://hostile/w"}
+
+
+class NeverWithdraws(BaseHTTPRequestHandler):
+    """A gateway stand-in: it opens a review, keeps the event stream open and
+    silent, and never answers a withdraw."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list = []
+    release = threading.Event()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.seen.append(f"POST {self.path.split('?')[0]}")
+        if not self.path.startswith("/v1/actions"):
+            self.release.wait(60)  # the withdraw: never answered
+            return
+        body = json.dumps({
+            "id": "req_1", "digest": secondkey.digest(WRITE), "decision": "review", "reasons": [],
+            "request": {"id": "req_1", "state": "pending", "url": "http://127.0.0.1/requests/req_1",
+                        "expires_at": "2099-01-01T00:00:00Z", "required": []},
+        }).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.seen.append(f"GET {self.path}")
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        self.wfile.flush()
+        self.release.wait(60)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def never_withdraws():
+    NeverWithdraws.seen = []
+    NeverWithdraws.release = threading.Event()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), NeverWithdraws)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    NeverWithdraws.release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+async def test_a_cancel_returns_within_the_withdraw_bound_when_the_gateway_never_answers(never_withdraws):
+    import asyncio
+
+    from secondkey.guard import WITHDRAW_TIMEOUT
+
+    async with secondkey.AsyncClient(never_withdraws, "t") as c:  # each call may take the default 30 s
+        task = asyncio.create_task(c.authorize(WRITE, timeout=120))
+        while "GET /v1/requests/req_1/events" not in NeverWithdraws.seen:
+            await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):  # the caller's cancellation, not the withdraw's timeout
+            await task
+        took = time.monotonic() - t0
+    assert "POST /v1/requests/req_1/withdraw" in NeverWithdraws.seen
+    assert took < WITHDRAW_TIMEOUT + 3, f"the cancel took {took:.1f} s"
+
+
+def test_an_interrupt_returns_within_the_withdraw_bound_when_the_gateway_never_answers(never_withdraws):
+    from secondkey.guard import WITHDRAW_TIMEOUT
+
+    class Interrupted(BaseException):
+        pass
+
+    real = httpx.HTTPTransport()
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            raise Interrupted()  # as KeyboardInterrupt would, while the guard waits
+        return real.handle_request(request)
+
+    c = secondkey.Client(never_withdraws, "t", http=httpx.Client(transport=httpx.MockTransport(transport)))
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted):
+        c.authorize(WRITE, timeout=120)
+    took = time.monotonic() - t0
+    c.close()
+    assert "POST /v1/requests/req_1/withdraw" in NeverWithdraws.seen
+    assert took < WITHDRAW_TIMEOUT + 3, f"the interrupt took {took:.1f} s"

@@ -4,6 +4,7 @@ holds it, a reviewer approves through the API, the tool runs once, the run
 continues; on deny the model receives a tool output naming the policy and
 the request."""
 
+import dataclasses
 import json
 
 import pytest
@@ -24,14 +25,15 @@ from secondkey.integrations.openai_agents import guard_function_tool
 class ScriptedModel(Model):
     """First a tool call, then a final answer; remembers what it was shown."""
 
-    def __init__(self, tool: str, args: dict):
+    def __init__(self, tool: str, args: "dict | str"):
         self.tool, self.args, self.inputs = tool, args, []
 
     async def get_response(self, system_instructions, input, model_settings, tools, output_schema, handoffs,
                            tracing, *, previous_response_id=None, conversation_id=None, prompt=None, **kw):
         self.inputs.append(input)
         if len(self.inputs) == 1:
-            out = [ResponseFunctionToolCall(arguments=json.dumps(self.args), call_id="call_1", name=self.tool,
+            args = self.args if isinstance(self.args, str) else json.dumps(self.args)
+            out = [ResponseFunctionToolCall(arguments=args, call_id="call_1", name=self.tool,
                                             type="function_call", id="fc_1", status="completed")]
         else:
             out = [ResponseOutputMessage(id="msg_1", role="assistant", status="completed", type="message",
@@ -89,3 +91,41 @@ async def test_policy_denial_reaches_the_model_without_running(gateway):
         model = ScriptedModel("drop_table", {"name": "customers"})
         result = await Runner.run(Agent(name="dba", model=model, tools=[tool]), "drop it")
         assert ran == [] and "sdk:no-drops" in model.tool_output_seen() and result.final_output == "All done."
+
+
+async def test_the_tool_runs_with_the_decided_arguments_not_the_models_text(gateway, rita):
+    # The tool gets the canonical JSON of what was submitted and decided. Here
+    # the model repeats a key: json.loads keeps the last, so the reviewer saw
+    # b@example.com, and a parser that keeps the first would have run another.
+    got, sent = [], []
+
+    @function_tool
+    def send_email(to: str, body: str) -> str:
+        """Send an email to a customer."""
+        sent.append(to)
+        return f"sent to {to}"
+
+    real = send_email.on_invoke_tool
+
+    async def recording(ctx, input_json: str):
+        got.append(input_json)
+        return await real(ctx, input_json)
+
+    resource = unique("oa-decided")
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        tool = guard_function_tool(dataclasses.replace(send_email, on_invoke_tool=recording), bot,
+                                   policy={"operation": "write", "resource": resource, "timeout": 10})
+        model = ScriptedModel("send_email", '{ "to": "a@example.com", "body": "hi",  "to": "b@example.com" }')
+        join = in_thread(approve_when_pending, rita, resource)
+        await Runner.run(Agent(name="mailer", model=model, tools=[tool]), "email b")
+        view = await bot.get_request(join())
+        assert view.action["params"] == {"to": "b@example.com", "body": "hi"} and view.state == "executed"
+        assert got == ['{"body":"hi","to":"b@example.com"}'] and sent == ["b@example.com"]
+
+        # Text that is not JSON is refused, and nothing is submitted.
+        for text in ['{"to": "a@example.com", body: hi}', '{"to": NaN}']:
+            out = await tool.on_invoke_tool(None, text)
+            assert "Tool send_email was not run" in out and "JcsError: the input of tool send_email is not JSON" in out
+        assert len(got) == 1
+        pending = await bot.list_requests("pending", limit=500)
+        assert not [r for r in pending.requests if r.action["resource"] == resource]

@@ -13,6 +13,14 @@ import { VERSION } from './version.js';
 export const MAX_POLL_SECONDS = 60;
 /** How long a guard waits for a decision unless told otherwise (seconds). */
 export const DEFAULT_GUARD_TIMEOUT = 300;
+/**
+ * How long (seconds) the withdraw of a request the caller gave up on may wait
+ * for the gateway, whatever the client's timeout: an aborted call settles
+ * within it even when the gateway does not answer (the request then expires
+ * at its own time). A submit already on its way when the abort comes gets
+ * as long to answer, so that a request it opened can be withdrawn.
+ */
+export const WITHDRAW_TIMEOUT = 5;
 const ENDED = new Set(['denied', 'expired', 'withdrawn', 'revoked', 'executed', 'failed', 'unknown']);
 
 const sleep = (ms, signal) => new Promise((resolve, reject) => {
@@ -135,6 +143,23 @@ export class SseParser {
   }
 }
 
+function loopback(hostname) {
+  // WHATWG URL hosts are canonical: IPv4 in dotted decimal, IPv6 in brackets, names in lowercase.
+  return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(hostname);
+}
+
+/** Refuses plain http:// to a host off loopback: the bearer token would travel in clear. */
+function checkUrl(url, allowInsecureHttp) {
+  let u;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new TypeError(`the gateway URL ${JSON.stringify(url)} is not a URL`);
+  }
+  if (u.protocol !== 'http:' || loopback(u.hostname) || allowInsecureHttp) return;
+  throw new Error(`refusing the gateway URL http://${u.hostname}: plain HTTP to a host that is not loopback would send the bearer token in clear; use https://, or opt in on a network you trust with allowInsecureHttp: true or SECONDKEY_ALLOW_INSECURE_HTTP=1`);
+}
+
 function fallbackToPoll(e) {
   if (e instanceof Unauthorized || e instanceof NotFound) return false;
   return e instanceof TransportError || e instanceof ProtocolError || (e instanceof ApiError && [429, 500, 502, 503, 504].includes(e.status));
@@ -143,14 +168,19 @@ function fallbackToPoll(e) {
 /**
  * The client. `url` and `token` default to SECONDKEY_URL and SECONDKEY_TOKEN;
  * `timeout` (seconds) bounds each HTTP call; `fetch` may be replaced (tests, proxies).
+ * A plain http:// URL is refused unless its host is loopback, since the token
+ * would cross the network in clear; `allowInsecureHttp: true` (or
+ * SECONDKEY_ALLOW_INSECURE_HTTP=1) accepts it anyway.
  */
 export class Client {
   // Private: the token never shows when a client (or an Authorization holding
   // it) is logged, inspected or serialized.
   #token;
 
-  constructor({ url, token, timeout = 30, fetch: f } = {}) {
-    this.url = (url ?? process.env.SECONDKEY_URL ?? 'http://127.0.0.1:8750').replace(/\/+$/, '');
+  constructor({ url, token, timeout = 30, fetch: f, allowInsecureHttp = false } = {}) {
+    url = url ?? process.env.SECONDKEY_URL ?? 'http://127.0.0.1:8750';
+    checkUrl(url, allowInsecureHttp || process.env.SECONDKEY_ALLOW_INSECURE_HTTP === '1');
+    this.url = url.replace(/\/+$/, '');
     this.#token = token ?? process.env.SECONDKEY_TOKEN ?? null;
     this.timeout = timeout;
     this.fetch = f ?? globalThis.fetch;
@@ -323,16 +353,24 @@ export class Client {
     const execute = mode === 'execute';
     const submit = async () => {
       for (;;) {
+        let resp;
         try {
-          const resp = await this.submit(action, { execute, signal });
-          checkDigest(resp.digest, digest, 'decision');
-          return resp;
+          resp = await this._submitForGuard(action, execute, signal);
         } catch (e) {
+          if (signal?.aborted) throw signal.reason;
           if (!(e instanceof RateLimited)) throw e;
           const wait = (e.retryAfter ?? 1) * 1000;
           if (Date.now() + wait >= deadline) throw e;
           await sleep(wait, signal);
+          continue;
         }
+        if (signal?.aborted) {
+          // The answer came after the caller gave up: a request it opened must not stay pending.
+          if (resp.request?.state === 'pending') await this._withdrawQuietly(resp.request.id);
+          throw signal.reason;
+        }
+        checkDigest(resp.digest, digest, 'decision');
+        return resp;
       }
     };
     const auth = (fields) => new Authorization(this, { action, digest, mode, ...fields });
@@ -379,10 +417,36 @@ export class Client {
         return auth({ decision: 'approved', requestId: rid, grantClaims: claims, approvers: claims.apr ?? [] });
       }
     } catch (e) {
-      if (e instanceof GuardTimeout || signal?.aborted) await this.withdraw(rid).catch(() => {});
+      if (e instanceof GuardTimeout || signal?.aborted) await this._withdrawQuietly(rid);
       if (signal?.aborted) throw signal.reason;
       throw e;
     }
+  }
+
+  /**
+   * POST /v1/actions for the guard. An abort does not cut it short: an answer
+   * already on its way gets WITHDRAW_TIMEOUT seconds more, so that a request
+   * it opened can be withdrawn instead of left pending.
+   */
+  async _submitForGuard(action, execute, signal) {
+    if (!signal) return this.submit(action, { execute });
+    signal.throwIfAborted();
+    const ctl = new AbortController();
+    let grace;
+    const onAbort = () => { grace = setTimeout(() => ctl.abort(signal.reason), WITHDRAW_TIMEOUT * 1000); };
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      return await this.submit(action, { execute, signal: ctl.signal });
+    } finally {
+      clearTimeout(grace);
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Withdraws a request the caller gave up on, waiting at most WITHDRAW_TIMEOUT; a failure changes nothing that ran. */
+  _withdrawQuietly(id) {
+    const timeout = Math.min(this.timeout, WITHDRAW_TIMEOUT);
+    return this._send('withdraw_request', { path: { id }, timeout }).catch(() => {});
   }
 
   async _useGrant(grant, digest, rid) {

@@ -65,7 +65,8 @@ export interface GuardOptions {
   mode?: 'execute' | 'grant';
   /** Seconds to wait for a decision (default 300); past it the request is withdrawn. */
   timeout?: number;
-  /** Cancels the wait: a pending request is withdrawn and the call rejects with the signal's reason. */
+  /** Cancels the wait: a pending request is withdrawn (waiting at most WITHDRAW_TIMEOUT seconds)
+   *  and the call rejects with the signal's reason. */
   signal?: AbortSignal;
 }
 
@@ -78,6 +79,9 @@ export interface ClientOptions {
   timeout?: number;
   /** A fetch to use instead of the global one. */
   fetch?: typeof fetch;
+  /** Accept a plain http:// URL whose host is not loopback (the token then travels in clear).
+   *  Default: false, unless SECONDKEY_ALLOW_INSECURE_HTTP=1. */
+  allowInsecureHttp?: boolean;
 }
 
 /** Leave to run an action once. */
@@ -148,6 +152,8 @@ export declare class SseParser { feed(line: string): [string, string] | null }
 export declare function resultSummary(value?: unknown, error?: unknown, limit?: number): Json;
 export declare const DEFAULT_GUARD_TIMEOUT: number;
 export declare const MAX_POLL_SECONDS: number;
+/** Seconds the withdraw of a request the caller gave up on may wait for the gateway. */
+export declare const WITHDRAW_TIMEOUT: number;
 export declare const VERSION: string;
 
 export declare function canonicalize(value: unknown): string;

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { generateText, tool, stepCountIs } from 'ai';
 import { MockLanguageModelV3 } from 'ai/test';
 import { z } from 'zod';
-import { guardTools } from '../src/integrations/ai.js';
+import { guardTool, guardTools } from '../src/integrations/ai.js';
 import { startGateway, unique, decideWhenPending } from './helpers.js';
 
 let gw, bot, rita;
@@ -49,3 +49,26 @@ for (const decision of ['approve', 'deny']) {
     }
   });
 }
+
+test("the AI SDK wrapper runs the decided input, not the framework's object changed while the request waits", async () => {
+  const seen = [];
+  const resource = unique('ai-live');
+  const t = guardTool('refund', { execute: async (input) => { seen.push(structuredClone(input)); return 'ok'; } }, bot, { operation: 'write', resource, timeout: 10 });
+  const input = { customer: 'c', cents: 100, lines: [1] };
+  const reviewer = decideWhenPending(rita, (a) => {
+    if (a.resource !== resource) return false;
+    input.cents = 100000;
+    input.lines.push(2);
+    return true;
+  });
+  assert.equal(await t.execute(input, {}), 'ok');
+  const rid = await reviewer;
+  assert.deepEqual(seen, [{ customer: 'c', cents: 100, lines: [1] }]);
+  assert.deepEqual((await bot.getRequest(rid)).action.params, seen[0]);
+  // an input that is not JSON is refused before anything is submitted
+  const err = await t.execute({ customer: 'c', when: new Date(0) }, {}).catch((e) => e);
+  assert.match(err.message, /Tool refund was not run: .*JcsError: the input of tool refund\.when is a Date/);
+  assert.equal(seen.length, 1);
+  const pending = (await rita.listRequests({ state: 'pending', limit: 500 })).requests;
+  assert.ok(!pending.some((r) => r.action.resource === resource));
+});

@@ -144,3 +144,28 @@ test('the token never shows when a client or an Authorization is logged or seria
   await auth.record(true); // still records through the client
   await assert.rejects(c.reportExecution(auth.executionId, true), Conflict);
 });
+
+test('plain http:// to a host off loopback is refused unless opted in; loopback and https are accepted', () => {
+  const refused = /refusing the gateway URL http:\/\/\S+: plain HTTP .* bearer token in clear; use https:\/\/, or opt in .* allowInsecureHttp: true or SECONDKEY_ALLOW_INSECURE_HTTP=1/;
+  const saved = { url: process.env.SECONDKEY_URL, allow: process.env.SECONDKEY_ALLOW_INSECURE_HTTP };
+  delete process.env.SECONDKEY_ALLOW_INSECURE_HTTP;
+  try {
+    for (const url of ['http://gw.example.com:8750', 'http://10.0.0.5', 'http://[2001:db8::1]:80/', 'http://localhost.example.com', 'http://127.0.0.1.nip.io', 'http://user@gw.example.com']) {
+      assert.throws(() => new Client({ url, token: 't' }), refused, url);
+      assert.ok(new Client({ url, token: 't', allowInsecureHttp: true }).url.startsWith('http://'));
+    }
+    for (const url of ['http://127.0.0.1:8750', 'http://127.8.9.10/', 'http://localhost:1', 'http://LOCALHOST', 'http://[::1]:8750', 'https://gw.example.com']) {
+      assert.equal(new Client({ url, token: 't' }).url, url.replace(/\/+$/, ''));
+    }
+    assert.throws(() => new Client({ url: 'not a url', token: 't' }), /is not a URL/);
+    process.env.SECONDKEY_URL = 'http://gw.example.com';
+    assert.throws(() => new Client({ token: 't' }), refused);
+    process.env.SECONDKEY_ALLOW_INSECURE_HTTP = '1';
+    assert.equal(new Client({ token: 't' }).url, 'http://gw.example.com');
+  } finally {
+    for (const [k, v] of [['SECONDKEY_URL', saved.url], ['SECONDKEY_ALLOW_INSECURE_HTTP', saved.allow]]) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+});

@@ -216,3 +216,27 @@ test('an aborted wait withdraws the pending request: a later identical call cann
   assert.equal(runs, 0);
   assert.equal((await bot.getRequest(rid2)).state, 'withdrawn');
 });
+
+test('an abort while the submit is in flight withdraws the request the gateway opened', async () => {
+  const action = writeAction();
+  const ctl = new AbortController();
+  // The gateway has taken the submit when the caller gives up; its answer is still on its way.
+  const late = async (url, init) => {
+    if (new URL(url).pathname !== '/v1/actions') return fetch(url, init);
+    const res = await fetch(url, { ...init, signal: undefined });
+    ctl.abort();
+    init.signal?.throwIfAborted(); // as fetch does once its signal is aborted
+    return res;
+  };
+  const c = new Client({ url: gw.url, token: token('agent:sdk-bot'), fetch: late });
+  let runs = 0;
+  const err = await c.guard(action, () => runs++, { timeout: 30, signal: ctl.signal }).catch((e) => e);
+  assert.equal(err.name, 'AbortError');
+  assert.equal(runs, 0);
+  const mine = [];
+  for (const state of ['pending', 'withdrawn']) {
+    const page = await rita.listRequests({ state, limit: 500 });
+    mine.push(...page.requests.filter((r) => r.action.resource === action.resource).map((r) => r.state));
+  }
+  assert.deepEqual(mine, ['withdrawn']);
+});

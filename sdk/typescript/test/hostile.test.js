@@ -10,7 +10,7 @@ import {
   Client, DigestMismatch, GatewayTimeout, GrantInvalid, ProtocolError, RateLimited, ServerError, TransportError,
   Unavailable, NotFound, SecondkeyError, JcsError, PayloadTooLarge, digest,
 } from '../src/index.js';
-import { MAX_ANSWER_BYTES } from '../src/client.js';
+import { MAX_ANSWER_BYTES, WITHDRAW_TIMEOUT } from '../src/client.js';
 import { startGateway, freePort, token, unique } from './helpers.js';
 
 let gw;
@@ -131,4 +131,47 @@ test('an oversized action is a typed refusal; an oversized answer is refused', a
   const err = await refused(s.client);
   assert.ok(err instanceof ProtocolError && /larger than/.test(err.message), String(err));
   s.close();
+});
+
+// A stand-in gateway: it opens a review, keeps the event stream open and
+// silent, and never answers a withdraw (nor, when told, the submit).
+async function neverWithdraws(action, { holdSubmit = false } = {}) {
+  const review = {
+    id: 'req_1', digest: digest(action), decision: 'review', reasons: [],
+    request: { id: 'req_1', state: 'pending', url: 'http://127.0.0.1/requests/req_1', expires_at: '2099-01-01T00:00:00Z', required: [] },
+  };
+  const seen = [];
+  const srv = httpServer((req, res) => {
+    seen.push(`${req.method} ${req.url.split('?')[0]}`);
+    req.resume();
+    if (req.url.startsWith('/v1/actions') && !holdSubmit) {
+      req.on('end', () => { res.writeHead(200, { 'content-type': J }); res.end(JSON.stringify(review)); });
+    } else if (req.url.endsWith('/events')) {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.flushHeaders();
+    } // anything else is held, unanswered
+  }).listen(0, '127.0.0.1');
+  await new Promise((r) => srv.on('listening', r));
+  const close = () => { srv.closeAllConnections(); srv.close(); };
+  return { url: `http://127.0.0.1:${srv.address().port}`, seen, close };
+}
+
+test('an abort settles within WITHDRAW_TIMEOUT when the gateway never answers the withdraw (or the submit)', async () => {
+  const action = { kind: 'tool', operation: 'write', resource: 'crm://hostile/w' };
+  for (const holdSubmit of [false, true]) {
+    const stand = await neverWithdraws(action, { holdSubmit });
+    const c = new Client({ url: stand.url, token: 't' }); // each call may take the default 30 s
+    const ctl = new AbortController();
+    const p = c.authorize(action, { timeout: 120, signal: ctl.signal });
+    const waitFor = holdSubmit ? 'POST /v1/actions' : 'GET /v1/requests/req_1/events';
+    while (!stand.seen.includes(waitFor)) await new Promise((r) => setTimeout(r, 20));
+    const t0 = Date.now();
+    ctl.abort();
+    const err = await p.catch((e) => e);
+    const took = (Date.now() - t0) / 1000;
+    stand.close();
+    assert.equal(err.name, 'AbortError', String(err));
+    assert.equal(stand.seen.includes('POST /v1/requests/req_1/withdraw'), !holdSubmit, stand.seen.join(', '));
+    assert.ok(took < WITHDRAW_TIMEOUT + 3, `the abort took ${took} s`);
+  }
 });

@@ -61,3 +61,25 @@ for (const decision of ['approve', 'deny']) {
     }
   });
 }
+
+test('the tool runs with the canonical JSON of the decided arguments, not the model\'s text; text that is not JSON is refused', async () => {
+  const got = [];
+  const inner = { type: 'function', name: 'send_email', invoke: async (ctx, input) => { got.push(input); return 'sent'; } };
+  const resource = unique('oajs-decided');
+  const guarded = guardFunctionTool(inner, bot, { operation: 'write', resource, timeout: 10 });
+  // A repeated key: JSON.parse keeps the last, a parser that keeps the first would run another address.
+  const text = '{ "to": "a@example.com", "body": "hi",  "to": "b@example.com" }';
+  const reviewer = decideWhenPending(rita, resource);
+  assert.equal(await guarded.invoke({}, text, {}), 'sent');
+  const rid = await reviewer;
+  const view = await bot.getRequest(rid);
+  assert.deepEqual(view.action.params, { to: 'b@example.com', body: 'hi' });
+  assert.deepEqual(got, ['{"body":"hi","to":"b@example.com"}']);
+  assert.equal(view.state, 'executed');
+
+  const out = await guarded.invoke({}, '{"to": "a@example.com", body: hi}', {});
+  assert.match(out, /Tool send_email was not run: .*JcsError: the input of tool send_email is not JSON/);
+  assert.equal(got.length, 1);
+  const pending = (await rita.listRequests({ state: 'pending', limit: 500 })).requests;
+  assert.ok(!pending.some((r) => r.action.resource === resource));
+});

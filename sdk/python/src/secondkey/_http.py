@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from typing import Any, Optional
@@ -19,9 +20,35 @@ MAX_POLL_SECONDS = 60
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, allow_insecure_http: bool) -> None:
+    """Refuses plain ``http://`` to a host off loopback: the bearer token would travel in clear."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as e:
+        raise ValueError(f"the gateway URL {url!r} is not a URL: {e}") from None
+    if parsed.scheme != "http" or _loopback(parsed.host) or allow_insecure_http:
+        return
+    raise ValueError(
+        f"refusing the gateway URL http://{parsed.host}: plain HTTP to a host that is not loopback would send "
+        "the bearer token in clear; use https://, or opt in on a network you trust with "
+        "allow_insecure_http=True or SECONDKEY_ALLOW_INSECURE_HTTP=1"
+    )
+
+
 class Settings:
-    def __init__(self, url: Optional[str], token: Optional[str], timeout: float):
+    def __init__(self, url: Optional[str], token: Optional[str], timeout: float, allow_insecure_http: bool = False):
         url = url or os.environ.get("SECONDKEY_URL") or "http://127.0.0.1:8750"
+        allow = allow_insecure_http or os.environ.get("SECONDKEY_ALLOW_INSECURE_HTTP") == "1"
+        check_url(url, allow)
         self.url = url.rstrip("/")
         self.token = token if token is not None else os.environ.get("SECONDKEY_TOKEN")
         self.timeout = timeout

@@ -104,6 +104,8 @@ class Call:
     query: dict[str, Any] = field(default_factory=dict)
     #: Raw body bytes (JSON), or None.
     body: Optional[bytes] = None
+    #: A bound (seconds) shorter than the client's timeout, or None (the withdraw on giving up).
+    timeout: Optional[float] = None
 
     @property
     def spec(self) -> Op:

@@ -44,9 +44,10 @@ def _fallback_to_poll(e: SecondkeyError) -> bool:
 class _Base:
     """What both clients share: settings, the JWKS cache, request building."""
 
-    def __init__(self, url: Optional[str], token: Optional[str], timeout: float, http: Any):
-        self._s = Settings(url, token, timeout)
-        self._http = http
+    _http: Any
+
+    def __init__(self, url: Optional[str], token: Optional[str], timeout: float, allow_insecure_http: bool):
+        self._s = Settings(url, token, timeout, allow_insecure_http)
         self._jwks: Optional[dict[str, Any]] = None
 
     @property
@@ -54,9 +55,12 @@ class _Base:
         return self._s.url
 
     def _request_args(self, call: Call, timeout: Optional[float]) -> dict[str, Any]:
+        t = timeout or self._s.timeout
+        if call.timeout is not None:
+            t = min(t, call.timeout)
         return {
             "method": call.spec.method, "url": self._s.url + call.url_path(), "params": call.params(),
-            "content": call.body, "headers": self._s.headers(call), "timeout": timeout or self._s.timeout,
+            "content": call.body, "headers": self._s.headers(call), "timeout": t,
         }
 
     def _stream_args(self, id: str, read_timeout: float) -> tuple[Call, dict[str, Any]]:
@@ -87,7 +91,10 @@ class Client(_Base):
     """Blocking client. ``url`` and ``token`` default to ``SECONDKEY_URL`` and ``SECONDKEY_TOKEN``.
 
     ``timeout`` bounds each HTTP call (seconds); waits for a decision are
-    bounded by the guard's own ``timeout``.
+    bounded by the guard's own ``timeout``. A plain ``http://`` URL is
+    refused (``ValueError``) unless its host is loopback, since the token
+    would cross the network in clear; ``allow_insecure_http=True`` (or
+    ``SECONDKEY_ALLOW_INSECURE_HTTP=1``) accepts it anyway.
     """
 
     def __init__(
@@ -97,8 +104,10 @@ class Client(_Base):
         *,
         timeout: float = 30.0,
         http: Optional[httpx.Client] = None,
+        allow_insecure_http: bool = False,
     ):
-        super().__init__(url, token, timeout, http or httpx.Client(timeout=timeout))
+        super().__init__(url, token, timeout, allow_insecure_http)  # refuses a bad URL before opening anything
+        self._http = http or httpx.Client(timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -365,8 +374,10 @@ class AsyncClient(_Base):
         *,
         timeout: float = 30.0,
         http: Optional[httpx.AsyncClient] = None,
+        allow_insecure_http: bool = False,
     ):
-        super().__init__(url, token, timeout, http or httpx.AsyncClient(timeout=timeout))
+        super().__init__(url, token, timeout, allow_insecure_http)  # refuses a bad URL before opening anything
+        self._http = http or httpx.AsyncClient(timeout=timeout)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -569,7 +580,9 @@ class AsyncClient(_Base):
                 return eff
             value, exc = None, None
             try:
-                if isinstance(eff, Call):
+                if isinstance(eff, Call) and eff.op == "withdraw_request":
+                    value = await _shielded(self._send(eff))
+                elif isinstance(eff, Call):
                     value = await self._send(eff)
                 elif isinstance(eff, Wait):
                     value = await self._wait(eff)
@@ -579,6 +592,27 @@ class AsyncClient(_Base):
                     value = await self._keys(eff.refresh)
             except BaseException as e:  # cancellation too: flow withdraws a pending request
                 exc = e
+
+
+#: Withdraws still on their way after their caller stopped waiting for them.
+_withdrawing: set["asyncio.Task[Any]"] = set()
+
+
+async def _shielded(send: Awaitable[Any]) -> Any:
+    """Sends the withdraw of a request the caller gave up on, shielded from a
+    repeated cancellation (anyio's cancel scopes cancel every later await):
+    the caller stops waiting for it, but once started it still reaches the
+    gateway, within its own timeout."""
+    task = asyncio.ensure_future(send)
+    _withdrawing.add(task)
+    task.add_done_callback(_forget)
+    return await asyncio.shield(task)
+
+
+def _forget(task: "asyncio.Task[Any]") -> None:
+    _withdrawing.discard(task)
+    if not task.cancelled():
+        task.exception()  # a withdraw nobody waits for any more fails quietly
 
 
 class AsyncGuard:

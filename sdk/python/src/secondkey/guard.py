@@ -17,7 +17,9 @@ are written once:
 * the timeout is explicit: past it the request is withdrawn and
   :class:`GuardTimeout` raised; a caller that gives up while the request
   waits (cancellation, ``KeyboardInterrupt``) has it withdrawn too — the
-  drivers throw such exceptions into ``flow`` instead of dropping it.
+  drivers throw such exceptions into ``flow`` instead of dropping it. That
+  withdraw waits at most :data:`WITHDRAW_TIMEOUT` for the gateway, whatever
+  the client's timeout, and the caller's own exception is raised after it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ from .grants import verify_grant
 from .models import ActionResponse, Consumed, RequestView
 from ._ops import Call
 
-__all__ = ["Authorization", "flow", "Wait", "Sleep", "Jwks", "result_summary"]
+__all__ = ["Authorization", "flow", "Wait", "Sleep", "Jwks", "result_summary", "WITHDRAW_TIMEOUT"]
+
+#: How long (seconds) the withdraw of a request the caller gave up on may wait
+#: for the gateway: a cancelled call returns within it even when the gateway
+#: does not answer (the request then expires at its own time).
+WITHDRAW_TIMEOUT = 5.0
 
 #: States after which a request can never authorize anything.
 ENDED = {"denied", "expired", "withdrawn", "revoked", "executed", "failed", "unknown"}
@@ -244,7 +251,7 @@ def flow(
         # an approval given later must not be left for an identical call to use.
         if not isinstance(e, (Denied, RequestEnded, GeneratorExit)):
             try:
-                yield Call("withdraw_request", {"id": rid})
+                yield Call("withdraw_request", {"id": rid}, timeout=WITHDRAW_TIMEOUT)
             except SecondkeyError:
                 pass  # approved or ended meanwhile, or the gateway is gone: nothing ran either way
         raise

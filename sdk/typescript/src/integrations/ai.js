@@ -5,8 +5,12 @@
 // reviewer decides; it runs once, its result (or exception) is recorded, and a
 // refusal becomes the tool's error (a tool-error the model reads on its next
 // step) naming the policy and the request. Tools not named are unchanged.
+// The tool's execute gets a copy of exactly the input that was submitted and
+// decided, not the AI SDK's object (which may change while a reviewer
+// decides); an input that is not JSON is refused (JcsError) before anything
+// is submitted.
 import { SecondkeyError } from '../errors.js';
-import { asPolicy, runAuthorized, toolAction, toolErrorText } from './common.js';
+import { asPolicy, decidedInput, runAuthorized, toolAction, toolErrorText } from './common.js';
 
 export function guardTool(name, tool, client, policy = 'call') {
   if (typeof tool.execute !== 'function') throw new TypeError(`tool ${name} has no execute to guard`);
@@ -15,14 +19,15 @@ export function guardTool(name, tool, client, policy = 'call') {
   return {
     ...tool,
     execute: async (input, options) => {
-      let auth;
+      let action, auth;
       try {
-        auth = await client.authorize(toolAction(name, input, pol), { mode: pol.mode, timeout: pol.timeout, signal: options?.abortSignal });
+        action = toolAction(name, input, pol);
+        auth = await client.authorize(action, { mode: pol.mode, timeout: pol.timeout, signal: options?.abortSignal });
       } catch (e) {
         if (e instanceof SecondkeyError) throw new Error(toolErrorText(name, e));
         throw e;
       }
-      return runAuthorized(auth, () => inner(input, options));
+      return runAuthorized(auth, () => inner(decidedInput(input, action), options));
     },
   };
 }

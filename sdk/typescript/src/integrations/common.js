@@ -30,6 +30,16 @@ export function toolAction(name, args, policy) {
   return action;
 }
 
+/**
+ * The input a guarded tool runs with: a fresh copy of the params that were
+ * submitted and decided (of their `input` when the call's was not an
+ * object), never the framework's own object, which may change meanwhile.
+ */
+export function decidedInput(args, action) {
+  const isObject = !!args && typeof args === 'object' && !Array.isArray(args);
+  return jsonCopy(isObject ? action.params : action.params.input ?? null);
+}
+
 /** What the model reads when secondkey did not let a tool run. */
 export function toolErrorText(tool, err) {
   if (err instanceof Denied || err instanceof RequestEnded || err instanceof GuardTimeout) return `Tool ${tool} was not run: ${err.message}`;

@@ -6,6 +6,11 @@ instead of the SDK's in-process ``needs_approval`` pause; the tool runs only
 after an allow or an approval, and its output (or failure) is recorded as the
 execution's result. A refusal is returned to the model as the tool's output
 (naming the policy and the request), so the run continues.
+
+The tool runs with the canonical JSON (RFC 8785) of the arguments that were
+submitted and decided, not with the model's own text: the tool's parser
+reads exactly what the reviewer saw. Arguments that are not JSON are
+refused (:class:`~secondkey.jcs.JcsError`) and nothing is submitted.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from agents import FunctionTool
 
 from ..client import AsyncClient
 from ..errors import SecondkeyError
+from ..jcs import JcsError, canonicalize
 from ._common import PolicyLike, ToolPolicy, as_policy, tool_action, tool_error_text
 
 __all__ = ["guard_function_tool", "ToolPolicy"]
@@ -30,16 +36,17 @@ def guard_function_tool(tool: FunctionTool, client: AsyncClient, *, policy: Poli
 
     async def on_invoke_tool(ctx: Any, input_json: str) -> Any:
         try:
-            args = json.loads(input_json) if input_json else {}
-        except ValueError:
-            args = {"input": input_json}
-        try:
-            guard = client.guard(tool_action(tool.name, args, pol), mode=pol.mode, timeout=pol.timeout)
+            args = _arguments(tool.name, input_json)
+            action = tool_action(tool.name, args, pol)
+            guard = client.guard(action, mode=pol.mode, timeout=pol.timeout)
             auth = await guard.__aenter__()
         except SecondkeyError as e:
             return tool_error_text(tool.name, e)
+        # What runs is what was decided: the submitted params, as canonical JSON.
+        params = action["params"]
+        decided = canonicalize(params if isinstance(args, dict) else params["input"]).decode("utf-8")
         try:
-            out = await inner(ctx, input_json)
+            out = await inner(ctx, decided)
         except BaseException as e:
             await guard.__aexit__(type(e), e, e.__traceback__)
             raise
@@ -50,3 +57,15 @@ def guard_function_tool(tool: FunctionTool, client: AsyncClient, *, policy: Poli
     return dataclasses.replace(tool, on_invoke_tool=on_invoke_tool)
 
 
+def _arguments(name: str, input_json: str) -> Any:
+    """The model's arguments as JSON values; text that is not JSON is refused."""
+    if not input_json:
+        return {}
+    try:
+        return json.loads(input_json, parse_constant=_no_constant)
+    except ValueError as e:
+        raise JcsError(f"the input of tool {name} is not JSON ({e}); nothing was submitted") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
