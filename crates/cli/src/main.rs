@@ -67,6 +67,9 @@ enum Command {
     /// Create signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// End every web session of one person at once, on a running gateway.
+    #[command(subcommand)]
+    Sessions(SessionsCmd),
     /// The gateway's store: schema migrations.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -309,6 +312,26 @@ enum StoreCmd {
 }
 
 #[derive(Subcommand)]
+enum SessionsCmd {
+    /// Sign USER out of the web UI everywhere: every session of theirs
+    /// signed in until now ends, on every replica, at once (pages ask them
+    /// to sign in, approve and deny decide nothing); a new sign-in works.
+    /// Recorded in the audit log as a `web.sessions.revoked` entry. Needs a
+    /// token of a person or service in `[web] session_admins` (default
+    /// group `security`), or USER's own.
+    #[command(
+        after_help = "Examples:\n  SECONDKEY_TOKEN=$SECURITY_TOKEN secondkey sessions revoke user:alice\n  secondkey sessions revoke user:alice --url https://secondkey.example --token \"$SECURITY_TOKEN\"\n\nTo keep a person out, also disable their account at the identity provider (or remove them\nfrom [[principals]] with [oidc] require_configured = true): this ends the sessions they hold,\nit does not refuse a new sign-in."
+    )]
+    Revoke {
+        /// The person, `user:NAME` (capitals are read as lowercase), as in
+        /// `[[principals]]` or as the identity provider names them.
+        user: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCmd {
     /// Create a log signing key (mode 0600) and print its verifier key.
     #[command(
@@ -449,6 +472,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sessions(SessionsCmd::Revoke { user, remote }) => revoke_sessions(&user, &remote),
         Command::Keys(KeysCmd::Generate { name, out }) => {
             let signer = secondkey_log::note::Signer::generate(&name)
                 .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;
@@ -636,6 +660,29 @@ fn request(cmd: RequestCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `sessions revoke`: a malformed id is refused here, before anything is
+/// sent; the gateway checks it again, and the right to do it.
+fn revoke_sessions(user: &str, remote: &Remote) -> Result<ExitCode> {
+    let id = secondkey_server::web::revocation::parse_user(user)
+        .map_err(|e| anyhow!("{}; nothing was changed", e.message))?;
+    let v = remote
+        .client()?
+        .post("/v1/sessions/revoke", &json!({"user": id.as_str()}))
+        .map_err(|e| anyhow!("{e:#}; nothing was changed"))?;
+    println!(
+        "{}: every web session signed in before {} is signed out (log entry {})",
+        v["user"].as_str().unwrap_or("?"),
+        v["signed_in_before"].as_str().unwrap_or("?"),
+        v["log_index"]
+    );
+    if v["configured"] == json!(false) {
+        eprintln!(
+            "note: {id} is not in [[principals]]; if the identity provider names this person otherwise (a typo?), their sessions are untouched"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn review(remote: &Remote, id: &str, decision: &str, comment: Option<String>) -> Result<ExitCode> {

@@ -589,6 +589,54 @@ fn signing_out_on_one_replica_ends_the_session_on_the_others() {
     assert_eq!(get_page(&a.url, &again.session, "/inbox").status, 200);
 }
 
+/// Ending all of one person's web sessions on one replica ends them on
+/// every replica at once (each web request reads the record through), and
+/// a new sign-in on any replica works.
+#[test]
+fn revoking_a_person_s_sessions_on_one_replica_ends_them_on_the_others() {
+    use oidc::{get_page, sign_in, start_idp};
+    use sha2::Digest;
+    let idp_dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(idp_dir.path());
+    let secret = idp_dir.path().join("client_secret");
+    std::fs::write(&secret, "replica-test-client-secret\n").unwrap();
+    let r = replicas_with(
+        2,
+        &format!(
+            "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\n\n[[principals]]\nid = \"service:offboarding\"\ngroups = [\"security\"]\ntoken_sha256 = \"{}\"\n",
+            secret.display(),
+            hex::encode(sha2::Sha256::digest(token_of("service:offboarding").as_bytes()))
+        ),
+    );
+    let (a, b) = (&r.gws[0], &r.gws[1]);
+    let bob = sign_in(&a.url, "bob", "/inbox");
+    let alice = sign_in(&b.url, "alice", "/inbox");
+    for g in [a, b] {
+        assert_eq!(get_page(&g.url, &bob.session, "/inbox").status, 200);
+    }
+    let (s, v) = a.call(
+        "POST",
+        "/v1/sessions/revoke",
+        Some("service:offboarding"),
+        Some(&json!({"user": "user:bob"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["user"], "user:bob");
+    for g in [a, b] {
+        assert_eq!(
+            get_page(&g.url, &bob.session, "/inbox").status,
+            303,
+            "revoked on A, signed out on {}",
+            g.url
+        );
+        assert_eq!(get_page(&g.url, &alice.session, "/inbox").status, 200);
+    }
+    let again = sign_in(&b.url, "bob", "/inbox");
+    for g in [a, b] {
+        assert_eq!(get_page(&g.url, &again.session, "/inbox").status, 200);
+    }
+}
+
 /// A sign-in keeps no state in the replica that started it (it travels
 /// sealed in the browser's login cookie), so `/login` and `/auth/` need no
 /// sticky routing: the callback completes on any replica with the same

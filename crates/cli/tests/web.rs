@@ -1162,3 +1162,203 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
         "the link is in the audit log: {entries:?}"
     );
 }
+
+/// Someone left, or a laptop was stolen: `secondkey sessions revoke` ends
+/// every web session of that one person — pages ask them to sign in, a
+/// decision posted with one is refused with nothing changed — and nobody
+/// else's. A new sign-in of theirs works; the revocation is in the audit
+/// log and holds across a restart. Malformed ids and callers without the
+/// right change nothing.
+#[test]
+fn revoking_a_person_s_sessions_signs_out_only_them() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(dir.path());
+    // user:sam is in the default `[web] session_admins` group, security.
+    let sam = format!(
+        "{}\n[[principals]]\nid = \"user:sam\"\ngroups = [\"security\"]\ntoken_sha256 = \"{}\"\n",
+        oidc_config(dir.path(), &issuer),
+        hex::encode(sha2::Sha256::digest(token_of("user:sam").as_bytes()))
+    );
+    let mut g = Gateway::start_extra(dir.path(), &format!("{POLICIES}\n{WEB_POLICIES}"), &sam);
+    let gw = g.url.clone();
+    let held = |n: u32| {
+        let v = g.submit("agent:report-bot", &delete_action(n, "sess-revoke"));
+        assert_eq!(v["decision"], "review", "{v}");
+        v["request"]["id"].as_str().unwrap().to_string()
+    };
+    let (first, second) = (held(1), held(2));
+    let page = format!("/requests/{first}");
+    let review = format!("/requests/{first}/review");
+
+    // Bob on his laptop and his phone; frank elsewhere.
+    let laptop = sign_in(&gw, "bob", "/inbox");
+    let phone = sign_in(&gw, "bob", "/inbox");
+    let frank = sign_in(&gw, "frank", "/inbox");
+    for s in [&laptop, &phone, &frank] {
+        assert_eq!(get_page(&gw, &s.session, &page).status, 200);
+    }
+    let laptop_csrf = csrf_of(&get_page(&gw, &laptop.session, &page).body);
+    let revoked_entries = |g: &Gateway| {
+        g.log_entries()
+            .into_iter()
+            .filter(|e| e["event"] == "web.sessions.revoked")
+            .collect::<Vec<_>>()
+    };
+
+    let (_, doc) = g.call("GET", "/openapi.json", None, None);
+    assert!(doc["paths"].get("/v1/sessions/revoke").is_some());
+
+    // Malformed ids: refused before anything is sent, and by the API.
+    for bad in [
+        "bob",
+        "user:",
+        "user:bo b",
+        "agent:report-bot",
+        "service:ci",
+        "group:dba",
+    ] {
+        let (code, out, err) = g.cli(&["sessions", "revoke", bad], Some("user:sam"));
+        assert_ne!(code, 0, "{bad}: {out}");
+        assert!(err.contains("nothing was changed"), "{bad}: {err}");
+        assert!(
+            err.contains("user:") && !err.contains("panicked"),
+            "{bad}: the error says what an id looks like: {err}"
+        );
+        let (s, v) = g.call(
+            "POST",
+            "/v1/sessions/revoke",
+            Some("user:sam"),
+            Some(&json!({"user": bad})),
+        );
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("invalid_user")),
+            "{bad}: {v}"
+        );
+    }
+    for body in [
+        json!({}),
+        json!({"user": 7}),
+        json!({"user": "user:bob", "also": "user:frank"}),
+    ] {
+        let (s, v) = g.call("POST", "/v1/sessions/revoke", Some("user:sam"), Some(&body));
+        assert_eq!(s, 400, "{body}: {v}");
+    }
+    // Not in [web] session_admins: not someone else's sessions.
+    let (code, _, err) = g.cli(&["sessions", "revoke", "user:bob"], Some("user:erin"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not_session_admin") || err.contains("session_admins"),
+        "{err}"
+    );
+    let (s, v) = g.call(
+        "POST",
+        "/v1/sessions/revoke",
+        None,
+        Some(&json!({"user": "user:bob"})),
+    );
+    assert_eq!(s, 401, "{v}");
+    assert!(
+        revoked_entries(&g).is_empty(),
+        "refusals record no revocation"
+    );
+    assert_eq!(
+        get_page(&gw, &laptop.session, &page).status,
+        200,
+        "nothing was changed"
+    );
+
+    // The revocation (any spelling of the id is the one person).
+    let (code, out, err) = g.cli(&["sessions", "revoke", "User:Bob"], Some("user:sam"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("user:bob") && out.contains("signed out"),
+        "{out}"
+    );
+
+    // Both of bob's sessions are signed out: pages ask him to sign in and
+    // back, a decision decides nothing.
+    for s in [&laptop, &phone] {
+        for path in [page.as_str(), "/inbox", "/history"] {
+            let r = get_page(&gw, &s.session, path);
+            assert_eq!(r.status, 303, "{path}: {}", r.body);
+            assert!(
+                r.location.as_deref().unwrap_or("").starts_with("/login?"),
+                "{path}"
+            );
+        }
+    }
+    let r = post_form(
+        &gw,
+        &laptop.session,
+        &review,
+        &[("decision", "approve"), ("csrf", &laptop_csrf)],
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = post_form(
+        &gw,
+        &laptop.session,
+        "/inbox/batch",
+        &[
+            ("step", "decide"),
+            ("decision", "approve"),
+            ("id", &first),
+            ("comment", "ok"),
+            ("csrf", &laptop_csrf),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(g.state_of(&first), ("pending".into(), 0));
+
+    // Frank is untouched: he reads and decides.
+    let fp = get_page(&gw, &frank.session, &format!("/requests/{second}"));
+    assert_eq!(fp.status, 200);
+    let r = post_form(
+        &gw,
+        &frank.session,
+        &format!("/requests/{second}/review"),
+        &[("decision", "approve"), ("csrf", &csrf_of(&fp.body))],
+        None,
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(g.state_of(&second), ("approved".into(), 1));
+
+    // The log says who ended whose sessions, and when.
+    let entries = revoked_entries(&g);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let e = &entries[0];
+    assert_eq!(e["actor"], "user:sam", "{e}");
+    assert_eq!(e["subjects"]["principal"], "user:bob", "{e}");
+    assert_eq!(e["payload"]["user"], "user:bob", "{e}");
+    assert_eq!(e["payload"]["configured"], true, "{e}");
+    assert!(
+        e["payload"]["signed_in_before"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{e}"
+    );
+
+    // Bob signs in again, at once, and decides.
+    let again = sign_in(&gw, "bob", &page);
+    let p = get_page(&gw, &again.session, &page);
+    assert_eq!(p.status, 200);
+    let r = post_form(
+        &gw,
+        &again.session,
+        &review,
+        &[("decision", "approve"), ("csrf", &csrf_of(&p.body))],
+        None,
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(g.state_of(&first), ("approved".into(), 1));
+
+    // It holds across a restart: the old sessions stay dead, the new one lives.
+    g.stop();
+    g.spawn();
+    assert_eq!(get_page(&gw, &phone.session, "/inbox").status, 303);
+    assert_eq!(get_page(&gw, &again.session, "/inbox").status, 200);
+    assert_eq!(get_page(&gw, &frank.session, "/inbox").status, 200);
+}

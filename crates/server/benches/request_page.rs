@@ -146,6 +146,7 @@ fn main() {
         subject: None,
         iat: now,
         exp: now + 3600,
+        iat_ms: None,
     };
     let cookie = format!(
         "{}={}",

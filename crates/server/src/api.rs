@@ -143,9 +143,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     info(title = "secondkey", description = "Action-level approvals for AI agents and pipelines."),
     paths(submit_action, execution_result, execution_results, lineage, lineage_graph, list_requests, get_request, request_events, review_request,
           review_batch, withdraw_request, revoke_request, request_result, consume_grant, jwks, log_checkpoint,
-          log_proof, log_tile, log_verifier_key, healthz, metrics),
+          log_proof, log_tile, log_verifier_key, healthz, metrics, revoke_sessions),
     components(schemas(ActionResponse, OnBehalfOfView, ExecutionView, ExecutionResultBody, ExecutionResultsBody, BatchResultItem, BatchResultOutcome, crate::intercept::LineageRecord, ReasonView, RequestSummary, RequirementView, RequestView,
-                       ReviewView, ReviewBody, BatchReviewBody, BatchReviewResult, ConsumeBody, ConsumedView, ResultBody, ErrorBody)),
+                       ReviewView, ReviewBody, BatchReviewBody, BatchReviewResult, ConsumeBody, ConsumedView, ResultBody, ErrorBody,
+                       RevokeSessionsBody, crate::web::revocation::Revoked)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -214,6 +215,7 @@ pub fn router_with(
             }),
         )
         .route("/v1/reviews/batch", post(review_batch))
+        .route("/v1/sessions/revoke", post(revoke_sessions))
         .merge(crate::web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -774,6 +776,34 @@ async fn request_result(
         .record_outcome(&p, &id, outcome, body.detail)
         .await?;
     Ok(Json(s.gateway.view(&p, &req)?))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeSessionsBody {
+    /// The person whose web sessions end, `user:NAME`.
+    user: String,
+}
+
+/// End every web session of one person (someone left, a laptop was
+/// stolen): sessions of `user` issued until now are signed out on every
+/// replica, a new sign-in works. Members of `[web] session_admins` (people
+/// and services) may end anyone's; anyone may end their own. Recorded as a
+/// `web.sessions.revoked` log entry.
+#[utoipa::path(post, path = "/v1/sessions/revoke", request_body = RevokeSessionsBody,
+    responses((status = 200, body = crate::web::revocation::Revoked),
+              (status = 400, body = ErrorBody, description = "`invalid_user`: not a person's id (user:NAME); nothing was changed"),
+              (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody, description = "`not_session_admin`: not your own sessions, and not in `[web] session_admins`"),
+              (status = 503, body = ErrorBody, description = "the log could not record it: nothing was changed")))]
+async fn revoke_sessions(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(body): JsonBody<RevokeSessionsBody>,
+) -> Result<Json<crate::web::revocation::Revoked>, ApiError> {
+    Ok(Json(
+        crate::web::revocation::revoke_all(&s.gateway, &p, &body.user).await?,
+    ))
 }
 
 /// Use a grant: succeeds exactly once, for exactly the approved digest.

@@ -457,6 +457,9 @@ pub struct RawWeb {
     /// The sensitive operations (default `["write", "delete", "export",
     /// "admin", "ddl", "grant"]`).
     pub batch_comment_operations: Option<Vec<String>>,
+    /// Groups whose members may end all of another person's web sessions
+    /// (default `["security"]`).
+    pub session_admins: Option<Vec<String>>,
 }
 
 /// `[web]`, validated.
@@ -467,6 +470,10 @@ pub struct WebConfig {
     /// needs a comment. Empty: never.
     pub batch_comment_environments: Vec<String>,
     pub batch_comment_operations: Vec<String>,
+    /// Members of these groups (people and services, never agents) may end
+    /// every web session of a person at once (`POST /v1/sessions/revoke`,
+    /// `secondkey sessions revoke`). Empty: only people ending their own.
+    pub session_admins: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -476,6 +483,7 @@ impl Default for WebConfig {
             batch_comment_operations: ["write", "delete", "export", "admin", "ddl", "grant"]
                 .map(String::from)
                 .to_vec(),
+            session_admins: vec!["security".into()],
         }
     }
 }
@@ -1116,6 +1124,21 @@ impl Config {
                     raw.web.batch_comment_operations,
                     d.batch_comment_operations,
                 )?,
+                session_admins: {
+                    let groups = raw.web.session_admins.unwrap_or(d.session_admins);
+                    // Group names as principals carry them (case kept).
+                    if let Some(g) = groups.iter().find(|g| {
+                        g.is_empty()
+                            || g.chars().count() > 128
+                            || g.chars().any(|c| c.is_control() || c == ',' || c == '"')
+                    }) {
+                        return Err(invalid(
+                            "web.session_admins",
+                            format!("{g:?} is not a group name; list groups such as \"security\" (1-128 characters, no commas or quotes)"),
+                        ));
+                    }
+                    groups
+                },
             }
         };
         Ok(Config {
@@ -1729,6 +1752,23 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             .to_string();
         assert!(e.contains("web.batch_comment_operations"), "{e}");
         assert!(load("[web]\ncomment_required = true").is_err());
+        assert_eq!(
+            load("").unwrap().web.session_admins,
+            vec!["security".to_string()]
+        );
+        let c = load("[web]\nsession_admins = [\"IT Security\"]").unwrap();
+        assert_eq!(c.web.session_admins, vec!["IT Security".to_string()]);
+        assert!(load("[web]\nsession_admins = []")
+            .unwrap()
+            .web
+            .session_admins
+            .is_empty());
+        for bad in ["[\"\"]", "[\"a,b\"]"] {
+            let e = load(&format!("[web]\nsession_admins = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("web.session_admins"), "{e}");
+        }
     }
 
     #[test]

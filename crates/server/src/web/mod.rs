@@ -19,6 +19,7 @@ pub mod lineage;
 pub mod oidc;
 pub mod pages;
 pub mod receipt;
+pub mod revocation;
 pub mod seal;
 pub mod session;
 pub mod timeline;
@@ -287,7 +288,8 @@ async fn complete(
         };
         fail(status, &e.to_string())
     };
-    let now = now_secs(g);
+    let now_ms = g.now().0;
+    let now = now_ms / 1000;
     match completions::check(g, login, now, false).await {
         Ok(true) => {}
         Ok(false) => return refused(oidc::LoginError::UnknownState),
@@ -324,6 +326,7 @@ async fn complete(
         subject: Some(user.subject.clone()),
         iat: now,
         exp: now + ttl,
+        iat_ms: Some(now_ms),
     };
     tracing::info!(principal = %id, groups = ?user.groups, "signed in through OpenID Connect");
     let mut r = with_cookie(

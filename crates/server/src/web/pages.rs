@@ -995,6 +995,7 @@ mod tests {
                 subject: None,
                 iat: 0,
                 exp: 1,
+                iat_ms: None,
             },
             csrf: "c".into(),
         };

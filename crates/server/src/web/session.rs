@@ -9,7 +9,9 @@
 //! `[[principals]]` on every request, so configuration changes apply at once.
 //!
 //! Signing out is recorded (records namespace `web.signed_out`) and loaded
-//! at start, so a signed-out cookie stays dead across restarts.
+//! at start, so a signed-out cookie stays dead across restarts. So is the
+//! end of all of one person's sessions (see [`super::revocation`]): every
+//! session of that principal issued up to that instant is no session.
 //!
 //! Cookies are `HttpOnly`, `SameSite=Lax` and, when `public_url` is https,
 //! `Secure` with the `__Host-` prefix. Every state-changing form carries a
@@ -55,6 +57,20 @@ pub struct SessionClaims {
     /// Unix seconds.
     pub iat: i64,
     pub exp: i64,
+    /// When it was issued, Unix milliseconds (cookies made before this
+    /// field existed lack it): what a revocation of all of the principal's
+    /// sessions compares, so a sign-in right after one counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat_ms: Option<i64>,
+}
+
+impl SessionClaims {
+    /// When the session was issued, Unix milliseconds (a cookie without
+    /// `iat_ms`: the start of its `iat` second, so it predates any
+    /// revocation in that second).
+    pub fn issued_ms(&self) -> i64 {
+        self.iat_ms.unwrap_or(self.iat.saturating_mul(1000))
+    }
 }
 
 /// Signing and checking of session cookies; sign-out list.
@@ -63,6 +79,9 @@ pub struct Sessions {
     secure: bool,
     /// Signed-out session ids → their expiry (pruned as they expire).
     revoked: Mutex<HashMap<String, i64>>,
+    /// Principal id → Unix milliseconds: its sessions issued at or before
+    /// are void ([`super::revocation`]). One entry per person ever revoked.
+    ended: Mutex<HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -105,6 +124,7 @@ impl Sessions {
             key,
             secure,
             revoked: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
         }
     }
 
@@ -152,7 +172,28 @@ impl Sessions {
         {
             return None;
         }
+        // Keyed by the one spelling of the id (a cookie only ever holds
+        // that one, but the key is what matters here).
+        let user = PrincipalId::parse(&claims.sub).ok()?;
+        let ended = self
+            .ended
+            .lock()
+            .map(|e| e.get(user.as_str()).copied())
+            .unwrap_or(Some(i64::MAX));
+        if ended.is_some_and(|before| claims.issued_ms() <= before) {
+            return None;
+        }
         Some(claims)
+    }
+
+    /// Voids every session of principal `user` issued at or before
+    /// `before_ms` (Unix milliseconds); a later call never moves the
+    /// instant back.
+    pub fn end_all_of(&self, user: &str, before_ms: i64) {
+        if let Ok(mut e) = self.ended.lock() {
+            let at = e.entry(user.to_string()).or_insert(before_ms);
+            *at = (*at).max(before_ms);
+        }
     }
 
     /// Seals `plaintext` for `label` under this gateway's session key
@@ -181,8 +222,10 @@ impl Sessions {
         }
     }
 
-    /// Loads the sign-outs recorded in the store (at start).
+    /// Loads the sign-outs and the ends of all of a person's sessions
+    /// recorded in the store (at start).
     pub fn load_revoked(&self, store: &secondkey_store::Store, now: i64) {
+        self.load_ended(store);
         let mut after: Option<String> = None;
         loop {
             let page = match store.list_records(SIGNED_OUT_NS, "", after.as_deref(), 10_000) {
@@ -200,6 +243,28 @@ impl Sessions {
                     if exp > now {
                         r.insert(sid.clone(), exp);
                     }
+                }
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == 10_000 => after = Some(k.clone()),
+                _ => return,
+            }
+        }
+    }
+
+    fn load_ended(&self, store: &secondkey_store::Store) {
+        let mut after: Option<String> = None;
+        loop {
+            let page = match store.list_records(ENDED_NS, "", after.as_deref(), 10_000) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not load the ended web sessions");
+                    return;
+                }
+            };
+            for (user, before) in &page {
+                if let Ok(before) = before.parse::<i64>() {
+                    self.end_all_of(user, before);
                 }
             }
             match page.last() {
@@ -231,6 +296,11 @@ impl Sessions {
 
 /// Records namespace of signed-out session ids (value: their expiry).
 pub const SIGNED_OUT_NS: &str = "web.signed_out";
+
+/// Records namespace of people whose sessions were all ended: key the
+/// principal id, value the instant (Unix milliseconds) at or before which
+/// its sessions were issued to be void.
+pub const ENDED_NS: &str = "web.sessions_ended";
 
 /// The value of cookie `name`, if sent.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -308,19 +378,35 @@ impl SignedIn {
 
 impl SignedIn {
     /// [`SignedIn::from_headers`], and, on a store several replicas share,
-    /// not signed out on another replica: a sign-out is a record in the
-    /// store, which this replica's memory learns of only here. A store
-    /// that cannot answer counts as signed out (fail closed).
+    /// neither signed out nor ended with all of its principal's sessions
+    /// on another replica: both are records in the store, which this
+    /// replica's memory learns of only here (two point reads per web
+    /// request, none per API call). A store that cannot answer counts as
+    /// signed out (fail closed).
     pub async fn current(g: &Gateway, headers: &HeaderMap) -> Option<SignedIn> {
         let s = SignedIn::from_headers(g, headers)?;
         if !g.store.is_shared() {
             return Some(s);
         }
         let store = g.store.clone();
-        let sid = s.session.sid.clone();
-        match tokio::task::spawn_blocking(move || store.get_record(SIGNED_OUT_NS, &sid)).await {
-            Ok(Ok(None)) => Some(s),
-            Ok(Ok(Some(_))) => {
+        let (sid, user) = (s.session.sid.clone(), s.principal.id.to_string());
+        let read = move || {
+            Ok::<_, secondkey_store::StoreError>((
+                store.get_record(SIGNED_OUT_NS, &sid)?,
+                store.get_record(ENDED_NS, &user)?,
+            ))
+        };
+        match tokio::task::spawn_blocking(read).await {
+            Ok(Ok((None, None))) => Some(s),
+            Ok(Ok((None, Some(ended)))) => {
+                let Ok(before) = ended.parse::<i64>() else {
+                    tracing::warn!(principal = %s.principal.id, "unreadable record of ended web sessions; refusing the session");
+                    return None;
+                };
+                g.web.sessions.end_all_of(s.principal.id.as_str(), before);
+                (s.session.issued_ms() > before).then_some(s)
+            }
+            Ok(Ok((Some(_), _))) => {
                 g.web.sessions.revoke(&s.session, now_secs(g));
                 None
             }
@@ -469,6 +555,7 @@ mod tests {
             subject: None,
             iat: 0,
             exp,
+            iat_ms: None,
         }
     }
 
@@ -500,6 +587,37 @@ mod tests {
             s.csrf_token("s1"),
             Sessions::new([8; 32], false).csrf_token("s1")
         );
+    }
+
+    #[test]
+    fn ending_all_of_a_person_s_sessions_voids_those_issued_until_then() {
+        let s = Sessions::new([7; 32], false);
+        let at = |sub: &str, iat_ms: Option<i64>| SessionClaims {
+            sid: format!("{sub}{iat_ms:?}"),
+            sub: sub.into(),
+            iat: 5,
+            iat_ms,
+            ..claims(100)
+        };
+        let before = at("user:alice", Some(5_400));
+        let same = at("user:alice", Some(5_500));
+        let after = at("user:alice", Some(5_501));
+        let old = at("user:alice", None); // iat 5 s, no milliseconds
+        let other = at("user:bob", Some(5_000));
+        s.end_all_of("user:alice", 5_500);
+        for (c, alive) in [
+            (&before, false),
+            (&same, false),
+            (&after, true),
+            (&old, false),
+            (&other, true),
+        ] {
+            assert_eq!(s.decode(&s.encode(c), 50).is_some(), alive, "{c:?}");
+        }
+        // An earlier instant (another replica's clock) never revives one.
+        s.end_all_of("user:alice", 1_000);
+        assert_eq!(s.decode(&s.encode(&same), 50), None);
+        assert!(s.decode(&s.encode(&after), 50).is_some());
     }
 
     #[test]
