@@ -333,3 +333,26 @@ def test_interrupting_a_blocking_wait_withdraws_the_pending_request(gateway, bot
     rid = waits[0].split("/")[3]
     assert bot.get_request(rid).state == "withdrawn"
     c.close()
+
+
+def test_a_held_request_times_out_at_its_deadline_and_is_withdrawn(bot):
+    action = write_action()
+    t0 = time.monotonic()
+    with pytest.raises(secondkey.GuardTimeout) as e:
+        with bot.guard(action, timeout=3):
+            pytest.fail("the guarded block ran")
+    took = time.monotonic() - t0
+    assert 3 <= took < 3 + 2, f"the guard gave up after {took:.1f} s"
+    assert bot.get_request(e.value.request_id).state == "withdrawn"
+
+
+async def test_a_held_request_times_out_at_its_deadline_and_is_withdrawn_async(gateway, bot):
+    action = write_action()
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as c:
+        t0 = time.monotonic()
+        with pytest.raises(secondkey.GuardTimeout) as e:
+            async with c.guard(action, timeout=3):
+                pytest.fail("the guarded block ran")
+        took = time.monotonic() - t0
+    assert 3 <= took < 3 + 2, f"the guard gave up after {took:.1f} s"
+    assert bot.get_request(e.value.request_id).state == "withdrawn"

@@ -348,3 +348,95 @@ def test_an_interrupt_returns_within_the_withdraw_bound_when_the_gateway_never_a
     c.close()
     assert "POST /v1/requests/req_1/withdraw" in NeverWithdraws.seen
     assert took < WITHDRAW_TIMEOUT + 3, f"the interrupt took {took:.1f} s"
+
+
+class KeepsAlive(BaseHTTPRequestHandler):
+    """A gateway stand-in: it opens a review and keeps the event stream open,
+    sending the pending state once, then only a keep-alive comment every
+    second (for 10 s at most, so a wait that ignores its deadline still ends);
+    it answers a withdraw."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list = []
+
+    def _answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.seen.append(f"POST {self.path.split('?')[0]}")
+        if not self.path.startswith("/v1/actions"):
+            self._answer(404, {"error": "not_found", "message": "withdrawn meanwhile"})
+            return
+        self._answer(200, {
+            "id": "req_1", "digest": secondkey.digest(WRITE), "decision": "review", "reasons": [],
+            "request": {"id": "req_1", "state": "pending", "url": "http://127.0.0.1/requests/req_1",
+                        "expires_at": "2099-01-01T00:00:00Z", "required": []},
+        })
+
+    def do_GET(self):
+        self.seen.append(f"GET {self.path}")
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        try:
+            self.wfile.write(b"event: state\ndata: " + json.dumps(PENDING).encode() + b"\n\n")
+            self.wfile.flush()
+            for _ in range(10):
+                time.sleep(1)
+                self.wfile.write(b":\n\n")
+                self.wfile.flush()
+        except OSError:
+            pass  # the client went away
+        self.close_connection = True
+
+    def log_message(self, *a):
+        pass
+
+
+PENDING = {
+    "id": "req_1", "state": "pending", "url": "http://127.0.0.1/requests/req_1", "action": WRITE,
+    "digest": secondkey.digest(WRITE),
+    "requester": "agent:sdk-bot", "created_at": "2026-01-01T00:00:00Z", "expires_at": "2099-01-01T00:00:00Z",
+    "required": [], "reviews": [],
+}
+
+
+@pytest.fixture
+def keeps_alive():
+    KeepsAlive.seen = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), KeepsAlive)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_the_timeout_holds_while_keep_alives_keep_the_stream_open(keeps_alive):
+    c = secondkey.Client(keeps_alive, "t")
+    t0 = time.monotonic()
+    err = guarded_call(c, WRITE, timeout=3)
+    took = time.monotonic() - t0
+    c.close()
+    assert isinstance(err, secondkey.GuardTimeout) and err.request_id == "req_1"
+    assert took < 3 + 2, f"the guard gave up after {took:.1f} s"
+    assert "POST /v1/requests/req_1/withdraw" in KeepsAlive.seen
+
+
+async def test_the_async_timeout_holds_while_keep_alives_keep_the_stream_open(keeps_alive):
+    async with secondkey.AsyncClient(keeps_alive, "t") as c:
+        t0 = time.monotonic()
+        with pytest.raises(secondkey.GuardTimeout) as e:
+            async with c.guard(WRITE, timeout=3):
+                pytest.fail("the guarded block ran")
+        took = time.monotonic() - t0
+    assert e.value.request_id == "req_1"
+    assert took < 3 + 2, f"the guard gave up after {took:.1f} s"
+    assert "POST /v1/requests/req_1/withdraw" in KeepsAlive.seen

@@ -456,7 +456,25 @@ export class Client {
     return claims;
   }
 
+  /**
+   * Waits for request `id` to leave `state`; null at the deadline, whatever
+   * the event stream does (keep-alives arriving forever included): a timer
+   * aborts the stream or long-poll there, beside the caller's `signal`.
+   */
   async _wait(id, state, deadline, signal) {
+    const left = deadline - Date.now();
+    if (left <= 0) return null;
+    const timer = AbortSignal.timeout(left);
+    try {
+      return await this._waitUntil(id, state, deadline, signal ? AbortSignal.any([signal, timer]) : timer);
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      if (timer.aborted) return null;
+      throw e;
+    }
+  }
+
+  async _waitUntil(id, state, deadline, signal) {
     try {
       while (Date.now() < deadline) {
         const left = (deadline - Date.now()) / 1000;

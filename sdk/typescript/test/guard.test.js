@@ -240,3 +240,14 @@ test('an abort while the submit is in flight withdraws the request the gateway o
   }
   assert.deepEqual(mine, ['withdrawn']);
 });
+
+test('a held request times out at its deadline and is withdrawn', async () => {
+  const runs = [];
+  const t0 = Date.now();
+  const err = await bot.guard(writeAction(), () => runs.push(1), { timeout: 3 }).catch((e) => e);
+  const took = (Date.now() - t0) / 1000;
+  assert.ok(err instanceof GuardTimeout, String(err));
+  assert.deepEqual(runs, []);
+  assert.ok(took >= 3 && took < 3 + 2, `the guard gave up after ${took} s`);
+  assert.equal((await bot.getRequest(err.requestId)).state, 'withdrawn');
+});

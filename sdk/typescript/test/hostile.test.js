@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { createServer as httpServer } from 'node:http';
 import { generateKeyPairSync, sign } from 'node:crypto';
 import {
-  Client, DigestMismatch, GatewayTimeout, GrantInvalid, ProtocolError, RateLimited, ServerError, TransportError,
+  Client, DigestMismatch, GatewayTimeout, GrantInvalid, GuardTimeout, ProtocolError, RateLimited, ServerError, TransportError,
   Unavailable, NotFound, SecondkeyError, JcsError, PayloadTooLarge, digest,
 } from '../src/index.js';
 import { MAX_ANSWER_BYTES, WITHDRAW_TIMEOUT } from '../src/client.js';
@@ -174,4 +174,53 @@ test('an abort settles within WITHDRAW_TIMEOUT when the gateway never answers th
     assert.equal(stand.seen.includes('POST /v1/requests/req_1/withdraw'), !holdSubmit, stand.seen.join(', '));
     assert.ok(took < WITHDRAW_TIMEOUT + 3, `the abort took ${took} s`);
   }
+});
+
+// A stand-in gateway: it opens a review and keeps the event stream open,
+// sending the pending state once, then only a keep-alive comment every
+// second (for 10 s at most, so a wait that ignores its deadline still ends);
+// it answers a withdraw.
+async function keepsAlive(action) {
+  const request = { id: 'req_1', state: 'pending', url: 'http://127.0.0.1/requests/req_1', expires_at: '2099-01-01T00:00:00Z', required: [] };
+  const review = { id: 'req_1', digest: digest(action), decision: 'review', reasons: [], request };
+  const view = {
+    ...request, action, digest: digest(action), requester: 'agent:sdk-bot', created_at: '2026-01-01T00:00:00Z', reviews: [],
+  };
+  const seen = [];
+  const timers = new Set();
+  const srv = httpServer((req, res) => {
+    seen.push(`${req.method} ${req.url.split('?')[0]}`);
+    req.resume();
+    if (req.url.startsWith('/v1/actions')) {
+      req.on('end', () => { res.writeHead(200, { 'content-type': J }); res.end(JSON.stringify(review)); });
+    } else if (req.url.endsWith('/events')) {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(`event: state\ndata: ${JSON.stringify(view)}\n\n`);
+      let n = 0;
+      const t = setInterval(() => {
+        if (++n > 10) { clearInterval(t); timers.delete(t); res.end(); return; }
+        res.write(':\n\n');
+      }, 1000);
+      timers.add(t);
+      res.on('close', () => { clearInterval(t); timers.delete(t); });
+    } else {
+      req.on('end', () => { res.writeHead(404, { 'content-type': J }); res.end(JSON.stringify({ error: 'not_found', message: 'withdrawn meanwhile' })); });
+    }
+  }).listen(0, '127.0.0.1');
+  await new Promise((r) => srv.on('listening', r));
+  const close = () => { for (const t of timers) clearInterval(t); srv.closeAllConnections(); srv.close(); };
+  return { url: `http://127.0.0.1:${srv.address().port}`, seen, close };
+}
+
+test('the timeout holds while keep-alives keep the event stream open', async () => {
+  const action = { kind: 'tool', operation: 'write', resource: 'crm://hostile/w' };
+  const stand = await keepsAlive(action);
+  const c = new Client({ url: stand.url, token: 't' });
+  const t0 = Date.now();
+  const err = await refused(c, action, { timeout: 3 });
+  const took = (Date.now() - t0) / 1000;
+  stand.close();
+  assert.ok(err instanceof GuardTimeout && err.requestId === 'req_1', String(err));
+  assert.ok(took < 3 + 2, `the guard gave up after ${took} s`);
+  assert.ok(stand.seen.includes('POST /v1/requests/req_1/withdraw'), stand.seen.join(', '));
 });

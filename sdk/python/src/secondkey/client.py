@@ -32,6 +32,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: How long a guard waits for a decision unless told otherwise (seconds).
 DEFAULT_GUARD_TIMEOUT = 300.0
+#: How far (seconds) one read of the event stream may outlast a wait's
+#: deadline before the blocking client opens the stream again with a shorter
+#: read timeout (the gateway's keep-alives would otherwise extend the wait).
+_DEADLINE_SLACK = 0.5
 
 
 def _fallback_to_poll(e: SecondkeyError) -> bool:
@@ -145,6 +149,13 @@ class Client(_Base):
 
     def events(self, id: str, *, read_timeout: float = 30.0) -> Iterator[m.RequestView]:
         """``GET /v1/requests/{id}/events``: the request now, then on each change, until final."""
+        for view in self._stream(id, read_timeout):
+            if view is not None:
+                yield view
+
+    def _stream(self, id: str, read_timeout: float) -> Generator[Optional[m.RequestView], None, None]:
+        """The event stream: each state event, and ``None`` after every chunk
+        read (the gateway's keep-alives too), so that a wait sees time pass."""
         call, args = self._stream_args(id, read_timeout)
         try:
             with self._http.stream(**args) as r:
@@ -158,6 +169,7 @@ class Client(_Base):
                         ev = parser.feed(line)
                         if ev and ev[0] == "state":
                             yield state_event(ev[1])
+                    yield None
         except httpx.HTTPError as e:
             raise transport_error(e, self._s.url) from None
 
@@ -289,12 +301,25 @@ class Client(_Base):
     def _wait(self, w: Wait) -> Optional[m.RequestView]:
         try:
             while time.monotonic() < w.deadline:
-                left = w.deadline - time.monotonic()
-                for view in self.events(w.id, read_timeout=max(0.05, min(20.0, left))):
-                    if view.state != w.state:
-                        return view
-                    if time.monotonic() >= w.deadline:
-                        return None
+                # Each read waits at most the time left when the stream opened;
+                # the deadline is checked again after every read (a keep-alive
+                # too), and once a read could outlast the deadline by more
+                # than _DEADLINE_SLACK the stream is opened again with the
+                # shorter bound, so the wait ends at its deadline even while
+                # keep-alives keep coming.
+                read = max(0.05, min(20.0, w.deadline - time.monotonic()))
+                stream = self._stream(w.id, read_timeout=read)
+                try:
+                    for view in stream:
+                        if view is not None and view.state != w.state:
+                            return view
+                        left = w.deadline - time.monotonic()
+                        if left <= 0:
+                            return None
+                        if read - left > _DEADLINE_SLACK:
+                            break
+                finally:
+                    stream.close()
         except GatewayTimeout:
             if time.monotonic() >= w.deadline:
                 return None
@@ -547,6 +572,17 @@ class AsyncClient(_Base):
         return self._jwks
 
     async def _wait(self, w: Wait) -> Optional[m.RequestView]:
+        """Waits until the deadline at most, whatever the event stream does
+        (keep-alives arriving forever included)."""
+        left = w.deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._wait_for_change(w), left)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _wait_for_change(self, w: Wait) -> Optional[m.RequestView]:
         loop = asyncio.get_running_loop()
         try:
             while loop.time() < w.deadline:
