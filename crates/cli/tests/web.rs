@@ -239,8 +239,12 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(
         r.location.as_deref(),
-        Some(format!("/login?return_to=%2Frequests%2F{id}").as_str())
+        Some(format!("/login?return=%2Frequests%2F{id}").as_str())
     );
+    // Followed as a browser does, the fresh sign-in lands back on the
+    // request page it was sent from.
+    let again = sign_in_at(&gw, "bob", r.location.as_deref().unwrap());
+    assert_eq!(again.landed, format!("/requests/{id}"));
     let r = post_form(
         &gw,
         &stale,
@@ -255,8 +259,10 @@ fn oidc_sign_in_decisions_and_hostile_input() {
     );
     assert_eq!(
         (r.status, r.location.as_deref()),
-        (303, Some("/login?return_to=%2Finbox"))
+        (303, Some("/login?return=%2Finbox"))
     );
+    let again = sign_in_at(&gw, "bob", r.location.as_deref().unwrap());
+    assert_eq!(again.landed, "/inbox");
     assert_eq!(g.state_of(&id), ("pending".into(), 0));
 
     // A replayed OIDC callback (same state, code and login cookie) is

@@ -181,6 +181,22 @@ pub fn sign_in(gw: &str, user: &str, return_to: &str) -> SignIn {
     }
 }
 
+/// Signs `user` in from a `/login…` path the gateway redirected to, the
+/// way a browser follows it: where the sign-in lands shows whether `/login`
+/// read the way back the redirect carried.
+pub fn sign_in_at(gw: &str, user: &str, login: &str) -> SignIn {
+    let (login_cookie, authorize) = start_sign_in_at(gw, login);
+    let callback = consent(&authorize, user);
+    let done = callback_at(gw, &callback, Some(&login_cookie));
+    assert_eq!(done.status, 303, "{}", done.body);
+    SignIn {
+        session: cookie_value(&done.cookies, "sk_session").expect("a session cookie"),
+        landed: done.location.unwrap_or_default(),
+        callback,
+        login_cookie,
+    }
+}
+
 /// The gateway's answer to a sign-in of `user` it refuses (no session).
 pub fn sign_in_refused(gw: &str, user: &str) -> Resp {
     let (done, _, _) = through_provider(gw, user, "/");
@@ -208,7 +224,13 @@ pub fn start_sign_in(gw: &str, return_to: &str) -> (String, String) {
     let q = form_urlencoded::Serializer::new(String::new())
         .append_pair("return", return_to)
         .finish();
-    let start = resp(no_redirects().get(&format!("{gw}/login?{q}")).call());
+    start_sign_in_at(gw, &format!("/login?{q}"))
+}
+
+/// [`start_sign_in`] from a `/login…` path exactly as the gateway sent
+/// the browser there (a redirect's `Location`).
+pub fn start_sign_in_at(gw: &str, login: &str) -> (String, String) {
+    let start = resp(no_redirects().get(&format!("{gw}{login}")).call());
     assert_eq!(start.status, 303, "{}", start.body);
     let login_cookie = login_cookie_of(&start).expect("login cookie");
     let authorize = start.location.expect("redirect to the provider");

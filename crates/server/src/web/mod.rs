@@ -673,10 +673,9 @@ pub fn render_request(
 fn stale_sign_in(g: &Gateway, p: &Posted, back: &str) -> Option<Response> {
     let oidc = g.web.oidc.as_ref()?;
     let age = now_secs(g) - p.user.session.iat;
-    (age > oidc.config.review_max_age.as_secs() as i64).then(|| {
-        let back: String = form_urlencoded::byte_serialize(back.as_bytes()).collect();
-        Redirect::to(&format!("/login?return_to={back}")).into_response()
-    })
+    // The one sign-in redirect, with the parameter `/login` reads.
+    (age > oidc.config.review_max_age.as_secs() as i64)
+        .then(|| session::WebReject::SignIn(back.to_string()).into_response())
 }
 
 /// Approve or deny from the request page; the same review as the API.
