@@ -10,6 +10,48 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
+/// The variable that allows a token over plain `http://` to a gateway off
+/// loopback (the SDKs read the same one).
+pub const ALLOW_INSECURE_HTTP: &str = "SECONDKEY_ALLOW_INSECURE_HTTP";
+
+/// Refuses to send a bearer token over plain `http://` to a host that is
+/// not this machine (127.0.0.0/8, `::1`, `localhost`): anyone on the path
+/// would read it. `https://` and loopback pass; `SECONDKEY_ALLOW_INSECURE_HTTP=1`
+/// opts in (a gateway behind a trusted private network).
+pub fn check_transport(url: &str) -> Result<()> {
+    let Some(rest) = url
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])
+    else {
+        return Ok(());
+    };
+    // A backslash ends the authority too: URL parsers read it as `/` in
+    // http URLs, so `http://evil\@127.0.0.1` goes to `evil`.
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
+            Ok(std::net::IpAddr::V6(a)) => {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            Err(_) => false,
+        };
+    if loopback || std::env::var(ALLOW_INSECURE_HTTP).is_ok_and(|v| v == "1") {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "refusing to send the token over plain http:// to {host:?}, which is not this machine: \
+         use https:// (TLS in front of the gateway), or set {ALLOW_INSECURE_HTTP}=1 if the \
+         network between here and the gateway is trusted"
+    ))
+}
+
 impl Client {
     pub fn new(url: &str, token: Option<String>) -> Client {
         let agent = ureq::AgentBuilder::new()
@@ -120,4 +162,43 @@ pub fn failure_code(e: &anyhow::Error) -> Option<&str> {
     e.chain()
         .find_map(|c| c.downcast_ref::<ApiFailure>())
         .map(|f| f.code.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which gateway URLs may carry a token without TLS (the opt-in
+    /// variable unset: no test of this crate sets it).
+    #[test]
+    fn a_token_goes_over_plain_http_only_to_this_machine() {
+        assert!(std::env::var(ALLOW_INSECURE_HTTP).is_err());
+        for ok in [
+            "http://127.0.0.1:8750",
+            "http://127.3.2.1",
+            "HTTP://LOCALHOST:8750/",
+            "http://localhost",
+            "http://[::1]:8750",
+            "http://[::ffff:127.0.0.1]:8750",
+            "http://user@127.0.0.1:8750",
+            "https://gateway.example.com",
+            "https://10.0.0.5:8750",
+        ] {
+            assert!(check_transport(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://gateway.example.com",
+            "http://10.0.0.5:8750",
+            "http://[2001:db8::1]:8750",
+            "http://localhost.example.com",
+            "http://127.0.0.1.example.com",
+            "http://127.0.0.1@evil.example.com",
+            "http://evil.example.com#@127.0.0.1",
+            "http://evil.example.com\\@127.0.0.1",
+            "http://0.0.0.0:8750",
+        ] {
+            let e = check_transport(refused).expect_err(refused).to_string();
+            assert!(e.contains("SECONDKEY_ALLOW_INSECURE_HTTP=1"), "{e}");
+        }
+    }
 }

@@ -303,6 +303,7 @@ fn prepare(
     // Serialized once: the second submission (using an approval) sends the
     // very same bytes, so it has the same digest.
     let body = serde_json::to_vec(&action)?;
+    crate::client::check_transport(&a.url)?;
     Ok((Client::new(&a.url, Some(token)), body, bound))
 }
 

@@ -208,6 +208,7 @@ impl Remote {
             .token
             .clone()
             .ok_or_else(|| anyhow!("no token: pass --token or set SECONDKEY_TOKEN"))?;
+        client::check_transport(&self.url)?;
         Ok(Client::new(&self.url, Some(token)))
     }
 }

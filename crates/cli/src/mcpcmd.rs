@@ -137,6 +137,7 @@ fn stdio(a: StdioArgs) -> Result<ExitCode> {
         .url
         .or(file_url)
         .unwrap_or_else(|| "http://127.0.0.1:8750".to_string());
+    crate::client::check_transport(&url)?;
     // An explicit flag wins over the file, the file over the default.
     let var = a
         .token_env

@@ -540,3 +540,65 @@ fn exec_binds_the_program_and_files_and_a_rerun_uses_the_approval() {
     assert_eq!(code, 104, "{err:?}");
     assert!(err.last().unwrap().contains("missing.yaml"), "{err:?}");
 }
+
+/// A token never goes over plain `http://` to another machine: `exec`,
+/// `action submit` and `mcp stdio` refuse such a URL before sending
+/// anything, and `SECONDKEY_ALLOW_INSECURE_HTTP=1` lets it through (here to
+/// a port nothing listens on, so the next error is "cannot reach").
+#[test]
+fn a_token_never_goes_over_plain_http_off_this_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let action = dir.path().join("action.json");
+    std::fs::write(
+        &action,
+        r#"{"kind":"sql","operation":"read","resource":"postgres://a/b"}"#,
+    )
+    .unwrap();
+    let action = action.to_str().unwrap();
+    let run = |url: &str, opt_in: bool, args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("SECONDKEY_URL", url)
+            .env("SECONDKEY_TOKEN", "tok")
+            .env_remove("SECONDKEY_ALLOW_INSECURE_HTTP")
+            .current_dir(dir.path())
+            .stdin(Stdio::null());
+        if opt_in {
+            c.env("SECONDKEY_ALLOW_INSECURE_HTTP", "1");
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let commands: [&[&str]; 3] = [
+        &["exec", "--resource", "deploy://prod/api", "--", "true"],
+        &["action", "submit", action],
+        &["mcp", "stdio", "--server", "s", "--", "true"],
+    ];
+    for cmd in commands {
+        // 0.0.0.0 is not loopback by name; nothing listens on port 9 there.
+        let (code, err) = run("http://0.0.0.0:9", false, cmd);
+        assert_ne!(code, Some(0), "{cmd:?}: {err}");
+        assert!(
+            err.contains("refusing to send the token over plain http://"),
+            "{cmd:?}: {err}"
+        );
+        assert!(
+            err.contains("SECONDKEY_ALLOW_INSECURE_HTTP=1"),
+            "{cmd:?}: {err}"
+        );
+        let (_, err) = run("http://0.0.0.0:9", true, cmd);
+        assert!(
+            !err.contains("refusing to send the token"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let (code, err) = run("http://0.0.0.0:9", false, commands[0]);
+    assert_eq!(code, Some(104), "{err}");
+    // Loopback by address passes the check (and then finds nothing there).
+    let (_, err) = run("http://127.0.0.1:9", false, commands[1]);
+    assert!(!err.contains("refusing"), "{err}");
+    assert!(err.contains("cannot reach the gateway"), "{err}");
+}
