@@ -171,23 +171,17 @@ pub struct SignIn {
 }
 
 pub fn sign_in(gw: &str, user: &str, return_to: &str) -> SignIn {
-    let (done, callback, login_cookie) = through_provider(gw, user, return_to);
-    assert_eq!(done.status, 303, "{}", done.body);
-    SignIn {
-        session: cookie_value(&done.cookies, "sk_session").expect("a session cookie"),
-        landed: done.location.unwrap_or_default(),
-        callback,
-        login_cookie,
-    }
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("return", return_to)
+        .finish();
+    sign_in_at(gw, user, &format!("/login?{q}"))
 }
 
 /// Signs `user` in from a `/login…` path the gateway redirected to, the
 /// way a browser follows it: where the sign-in lands shows whether `/login`
 /// read the way back the redirect carried.
 pub fn sign_in_at(gw: &str, user: &str, login: &str) -> SignIn {
-    let (login_cookie, authorize) = start_sign_in_at(gw, login);
-    let callback = consent(&authorize, user);
-    let done = callback_at(gw, &callback, Some(&login_cookie));
+    let (done, callback, login_cookie) = through_provider(gw, user, login);
     assert_eq!(done.status, 303, "{}", done.body);
     SignIn {
         session: cookie_value(&done.cookies, "sk_session").expect("a session cookie"),
@@ -199,7 +193,7 @@ pub fn sign_in_at(gw: &str, user: &str, login: &str) -> SignIn {
 
 /// The gateway's answer to a sign-in of `user` it refuses (no session).
 pub fn sign_in_refused(gw: &str, user: &str) -> Resp {
-    let (done, _, _) = through_provider(gw, user, "/");
+    let (done, _, _) = through_provider(gw, user, "/login?return=%2F");
     assert!(
         cookie_value(&done.cookies, "sk_session").is_none(),
         "no session for a refused sign-in"
@@ -260,10 +254,10 @@ pub fn callback_at(gw: &str, callback: &str, cookie: Option<&str>) -> Resp {
     resp(r.call())
 }
 
-/// `/login`, the provider's consent as `user`, and the gateway's callback:
+/// `login` (a `/login…` path), the provider's consent as `user`, and the gateway's callback:
 /// the callback's answer, its URL and the login cookie.
-fn through_provider(gw: &str, user: &str, return_to: &str) -> (Resp, String, String) {
-    let (login_cookie, authorize) = start_sign_in(gw, return_to);
+fn through_provider(gw: &str, user: &str, login: &str) -> (Resp, String, String) {
+    let (login_cookie, authorize) = start_sign_in_at(gw, login);
     let callback = consent(&authorize, user);
     assert!(
         callback.starts_with(&format!("{gw}/auth/callback?")),
