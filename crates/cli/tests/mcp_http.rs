@@ -2118,6 +2118,56 @@ fn http_tasks_reach_only_those_the_callers_own_decided_calls_created() {
     assert_eq!(tasks_listed(&again, json!({})), (vec![], 3));
 }
 
+/// A decided call that runs as a task has its outcome recorded once, from
+/// the task's result (JSON or event stream): not from the
+/// `CreateTaskResult`, and not again on a second `tasks/result`.
+#[test]
+fn http_a_task_run_call_is_recorded_once_with_its_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream_with(tmp.path(), "task_server.py", &[], None);
+    let servers = server("tasks", &up.url, "");
+    let e = start_with("", up, tmp, &servers);
+    let a = e.session("tasks", "agent:report-bot");
+    let t1 = task_created(&a, 1, "payroll", json!({}));
+    let t2 = task_created(&a, 2, "salaries", json!({"test/sse": true}));
+    let results = || -> Vec<Value> {
+        e.log()
+            .into_iter()
+            .filter(|en| en["event"] == "action.result")
+            .collect()
+    };
+    for round in 0..2 {
+        assert_eq!(
+            tool_text(&task_request(&a, 10 + round, "tasks/result", &t1)),
+            "report on payroll"
+        );
+        let r = a.send(
+            &json!({"jsonrpc": "2.0", "id": 20 + round, "method": "tasks/result",
+                               "params": {"taskId": t2, "_meta": {"test/sse": true}}}),
+        );
+        assert_eq!(tool_text(r.response()), "report on salaries", "{}", r.body);
+    }
+    // A direct call after them: once its result is in, theirs are too.
+    let r = a.send(&json!({"jsonrpc": "2.0", "id": 30, "method": "tools/call",
+                           "params": {"name": "report", "arguments": {"topic": "direct"}}}));
+    assert_eq!(tool_text(r.response()), "report on direct", "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while results().len() < 3 {
+        assert!(Instant::now() < deadline, "{:?}", results());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let results = results();
+    assert_eq!(results.len(), 3, "one result per call: {results:?}");
+    let mut actions = std::collections::HashSet::new();
+    for en in &results {
+        assert!(actions.insert(en["subjects"]["action"].clone()), "{en}");
+        assert_eq!(en["payload"]["ok"], true, "{en}");
+        // The task's result (one content item), not the CreateTaskResult.
+        assert_eq!(en["payload"]["summary"]["content_items"], 1, "{en}");
+    }
+}
+
 /// A `tools/call` of `report` run as a task; the task id it created.
 fn task_created(s: &Session, id: u64, topic: &str, meta: Value) -> String {
     let msg = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {

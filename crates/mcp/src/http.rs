@@ -529,10 +529,28 @@ impl Inner {
         }
     }
 
-    /// Keeps task `id`, created by a decided call of `who` in session `sid`
-    /// on `server`, as theirs.
-    fn learn_task(&self, server: &str, sid: Option<&str>, who: &Principal, id: String) {
-        self.with_tasks(server, sid, who, |t| t.insert(id));
+    /// Takes `answer`, the upstream's answer to `run`, a decided call of
+    /// `who` in session `sid` on `server` that `asked` for a task or not
+    /// ([`tasks::learn`]): a task it created is theirs, and the run awaits
+    /// its result. In a session no longer tracked the answer is the
+    /// outcome.
+    fn learn_run(
+        &self,
+        (server, sid, who): (&str, Option<&str>, &Principal),
+        asked: bool,
+        answer: &Value,
+        run: Forward,
+    ) -> tasks::Learned {
+        let mut run = Some(run);
+        let learned = self
+            .with_tasks(server, sid, who, |t| {
+                run.take().map(|r| tasks::learn(t, asked, answer, r))
+            })
+            .flatten();
+        learned.unwrap_or(tasks::Learned {
+            now: run,
+            forgotten: None,
+        })
     }
 
     /// The quota of `who`'s messages in session `sid` on `server` (or in
@@ -1608,6 +1626,51 @@ async fn post_mcp(
     }
 }
 
+impl TaskCall<'_> {
+    /// Relays the first `tasks/result` of a task that `fwd`, a decided
+    /// call, created, recording its answer as that call's outcome.
+    async fn result(
+        &self,
+        icp: Interceptor<InProcess>,
+        fwd: Forward,
+        id: Value,
+        body: Bytes,
+        watch: Option<ListWatch>,
+    ) -> Response {
+        let resp =
+            match upstream(self.inner, self.srv, Method::POST, self.headers, Some(body)).await {
+                Ok(r) => r,
+                Err(f) => {
+                    icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
+                    return f.response;
+                }
+            };
+        let max = answer_limit(&self.inner.config);
+        let sse = is_sse(&resp);
+        let (head, stream) = take_stream(resp);
+        if sse {
+            let tap = Tap::new(stream, max, Some((id, icp, fwd))).watching(watch);
+            return relay_response(head, Body::from_stream(tap));
+        }
+        let why = match collect(stream, max).await {
+            Ok(bytes) => {
+                let outcome = match final_response(&bytes, false, Some(&id)) {
+                    Some(r) => outcome_of(&r),
+                    None => Outcome::Lost(format!(
+                        "the upstream answered {} without a result",
+                        head.status()
+                    )),
+                };
+                tokio::spawn(async move { icp.finished(&fwd, outcome).await });
+                return relay_response(head, Body::from(bytes));
+            }
+            Err(e) => e,
+        };
+        icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+        gateway_error(StatusCode::BAD_GATEWAY, "upstream_failed", why)
+    }
+}
+
 /// A `tasks/*` request of `who` in session `session`: it reaches only the
 /// tasks the upstream created for that caller's decided calls there.
 struct TaskCall<'a> {
@@ -1653,6 +1716,20 @@ impl TaskCall<'_> {
                 tracing::warn!(error = %e, "could not record a refused MCP message");
             }
             return Json(error_response(id, jsonrpc::INVALID_PARAMS, &why)).into_response();
+        }
+        if let (TaskRequest::One(task), Some("tasks/result"), Some(w)) =
+            (t, msg.method(), watch.as_ref())
+        {
+            let run = self
+                .inner
+                .with_tasks(&self.srv.name, self.session, self.who, |o| {
+                    o.take_result(task)
+                })
+                .flatten();
+            if let Some(fwd) = run {
+                let icp = w.interceptor();
+                return self.result(icp, fwd, id, body, watch).await;
+            }
         }
         if *t != TaskRequest::List {
             return pass(self.inner, self.srv, self.headers, body, watch).await;
@@ -2405,15 +2482,22 @@ impl CallCtx {
     }
 
     /// Keeps the task the upstream created for this call, if it asked for
-    /// one, as the caller's (before the client can name it).
-    fn learn_task(&self, msg: &Message, response: &Value) {
-        if let Some(t) = tasks::asks(msg.params())
-            .then(|| tasks::created(response))
-            .flatten()
-        {
-            self.inner
-                .learn_task(&self.srv.name, self.session.as_deref(), &self.who, t);
-        }
+    /// one, as the caller's (before the client can name it), and records
+    /// the call's outcome: this answer, or later the task's result.
+    fn learn_task(
+        &self,
+        icp: Interceptor<InProcess>,
+        fwd: Forward,
+        msg: &Message,
+        response: &Value,
+    ) {
+        let learned = self.inner.learn_run(
+            (&self.srv.name, self.session.as_deref(), &self.who),
+            tasks::asks(msg.params()),
+            response,
+            fwd,
+        );
+        record_learned(icp, learned, outcome_of(response));
     }
 
     /// Sends exactly the decided call upstream; a call that could not be
@@ -2477,17 +2561,16 @@ impl CallCtx {
             };
             // The run was authorized and recorded before it started; its
             // result is recorded off the answer's path.
-            let outcome = match final_response(&bytes, false, Some(&id)) {
-                Some(r) => {
-                    self.learn_task(&msg, &r);
-                    outcome_of(&r)
+            match final_response(&bytes, false, Some(&id)) {
+                Some(r) => self.learn_task(icp, fwd, &msg, &r),
+                None => {
+                    let outcome = Outcome::Lost(format!(
+                        "the upstream answered {} without a result",
+                        head.status()
+                    ));
+                    tokio::spawn(async move { icp.finished(&fwd, outcome).await });
                 }
-                None => Outcome::Lost(format!(
-                    "the upstream answered {} without a result",
-                    head.status()
-                )),
-            };
-            tokio::spawn(async move { icp.finished(&fwd, outcome).await });
+            }
             return relay_response(head, Body::from(bytes));
         }
         let tap = Tap::new(stream, max, Some((id, icp, fwd)))
@@ -2547,8 +2630,7 @@ impl CallCtx {
         let why = match collect(stream, max).await {
             Ok(bytes) => match final_response(&bytes, false, Some(&id)) {
                 Some(v) => {
-                    self.learn_task(&msg, &v);
-                    icp.finished(&fwd, outcome_of(&v)).await;
+                    self.learn_task(icp, fwd, &msg, &v);
                     let _ = tx.send(v.to_string()).await;
                     return;
                 }
@@ -2561,6 +2643,23 @@ impl CallCtx {
             .send(result_response(id, lost_mid_call(&why)).to_string())
             .await;
     }
+}
+
+/// Records what a decided call's answer leaves to record
+/// ([`tasks::Learned`]), off the answer's path.
+fn record_learned(icp: Interceptor<InProcess>, learned: tasks::Learned, outcome: Outcome) {
+    if learned.now.is_none() && learned.forgotten.is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        if let Some(fwd) = learned.now {
+            icp.finished(&fwd, outcome).await;
+        }
+        if let Some(fwd) = learned.forgotten {
+            icp.finished(&fwd, Outcome::Lost(tasks::FORGOTTEN.into()))
+                .await;
+        }
+    });
 }
 
 fn outcome_of(v: &Value) -> Outcome {
@@ -2742,14 +2841,22 @@ impl<S> Tap<S> {
         if let (Some(m), Some((id, _, _))) = (&msg, &self.pending) {
             if m.kind == Kind::Response && m.id().map(id_key) == Some(id_key(id)) {
                 let answer = Value::Object(m.value.clone());
-                if let (true, Some(w)) = (self.learns_task, &self.watch) {
-                    if let Some(t) = tasks::created(&answer) {
-                        // Before the client sees the answer naming it.
-                        w.inner
-                            .learn_task(&w.srv.name, w.session.as_deref(), &w.who, t);
+                match (&self.watch, self.pending.take()) {
+                    (Some(w), Some((_, icp, fwd))) => {
+                        // Before the client sees the answer naming a task.
+                        let learned = w.inner.learn_run(
+                            (&w.srv.name, w.session.as_deref(), &w.who),
+                            self.learns_task,
+                            &answer,
+                            fwd,
+                        );
+                        record_learned(icp, learned, outcome_of(&answer));
+                    }
+                    (_, pending) => {
+                        self.pending = pending;
+                        self.settle(outcome_of(&answer));
                     }
                 }
-                self.settle(outcome_of(&answer));
             }
         }
         self.out.push_back(Bytes::from(event));

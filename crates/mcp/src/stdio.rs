@@ -46,6 +46,9 @@ enum Pending {
     ToolsCall(Forward, bool),
     /// Another request that acts, decided and forwarded.
     Acted(Forward, bool),
+    /// The first `tasks/result` of a task a decided call created: its
+    /// answer is that call's outcome.
+    TaskResult(Forward),
 }
 
 #[derive(Default)]
@@ -293,6 +296,15 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(5), client_writer).await;
     server_writer.abort();
     Ok(status)
+}
+
+/// How the server's answer `msg` ended the request it answers.
+fn outcome_of(msg: &Message) -> Outcome {
+    match (msg.result(), msg.value.get("error")) {
+        (Some(r), _) => Outcome::Result(r.clone()),
+        (None, Some(e)) => Outcome::Error(e.clone()),
+        _ => Outcome::Lost("an empty response".into()),
+    }
 }
 
 fn session_id() -> String {
@@ -551,6 +563,12 @@ impl<D: Decider> Relay<D> {
                                     (_, "tools/list") => Pending::ToolsList,
                                     (ClientRequest::Task(TaskRequest::List), _) => {
                                         Pending::TasksList
+                                    }
+                                    (ClientRequest::Task(TaskRequest::One(t)), "tasks/result") => {
+                                        match st.tasks.take_result(&t) {
+                                            Some(fwd) => Pending::TaskResult(fwd),
+                                            None => Pending::Plain,
+                                        }
                                     }
                                     _ => Pending::Plain,
                                 };
@@ -926,28 +944,37 @@ impl<D: Decider> Relay<D> {
                 return;
             }
             Some((Pending::ToolsCall(fwd, task), _)) | Some((Pending::Acted(fwd, task), _)) => {
-                if let Some(t) = task
-                    .then(|| tasks::created(&Value::Object(msg.value.clone())))
-                    .flatten()
-                {
-                    lock(&self.state).tasks.insert(t);
+                // A task it created is the client's before the client sees
+                // its id; the call's outcome then comes with the task's
+                // result.
+                let learned = tasks::learn(
+                    &mut lock(&self.state).tasks,
+                    task,
+                    &Value::Object(msg.value.clone()),
+                    fwd,
+                );
+                if let Some(fwd) = learned.now {
+                    self.record(fwd, outcome_of(&msg));
                 }
-                let outcome = match (msg.result(), msg.value.get("error")) {
-                    (Some(r), _) => Outcome::Result(r.clone()),
-                    (None, Some(e)) => Outcome::Error(e.clone()),
-                    _ => Outcome::Lost("an empty response".into()),
-                };
-                let relay = self.clone();
-                let mut recording = self.recording.lock().unwrap_or_else(|p| p.into_inner());
-                while recording.try_join_next().is_some() {}
-                recording.spawn(async move { relay.icp.finished(&fwd, outcome).await });
+                if let Some(fwd) = learned.forgotten {
+                    self.record(fwd, Outcome::Lost(tasks::FORGOTTEN.into()));
+                }
             }
+            Some((Pending::TaskResult(fwd), _)) => self.record(fwd, outcome_of(&msg)),
             Some((Pending::Plain, _)) | None => {}
         }
         let _ = self
             .to_client
             .send(String::from_utf8_lossy(line).into_owned())
             .await;
+    }
+
+    /// Records `outcome` as how `fwd` ended, off the answer's path.
+    fn record(self: &Arc<Self>, fwd: Forward, outcome: Outcome) {
+        let relay = self.clone();
+        let mut recording = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+        while recording.try_join_next().is_some() {}
+        recording.spawn(async move { relay.icp.finished(&fwd, outcome).await });
     }
 
     /// The server's answer to `id` was `n`+ bytes, over the limit, and
@@ -976,7 +1003,7 @@ impl<D: Decider> Relay<D> {
                 ))
                 .await;
             }
-            Some((Pending::Acted(fwd, _), _slot)) => {
+            Some((Pending::Acted(fwd, _), _slot)) | Some((Pending::TaskResult(fwd), _slot)) => {
                 self.icp.finished(&fwd, Outcome::Lost(why.clone())).await;
                 self.send_client(&error_response(id, jsonrpc::LIMIT, &why))
                     .await;
@@ -991,17 +1018,23 @@ impl<D: Decider> Relay<D> {
     /// Answers every request still waiting on the server, and records the
     /// calls that may or may not have run.
     async fn fail_all(&self, why: &str) {
-        let (pending, deciding) = {
+        let (pending, deciding, unfetched) = {
             let mut st = lock(&self.state);
             st.server_gone = true;
             st.own.clear();
             (
                 std::mem::take(&mut st.inflight),
                 std::mem::take(&mut st.deciding),
+                st.tasks.take_all_results(),
             )
         };
         for (_, cancel) in deciding {
             let _ = cancel.send(true);
+        }
+        for fwd in unfetched {
+            self.icp
+                .finished(&fwd, Outcome::Lost(tasks::ENDED.into()))
+                .await;
         }
         for (key, (p, _slot)) in pending {
             let id: Value = serde_json::from_str(&key).unwrap_or(Value::Null);
@@ -1016,7 +1049,7 @@ impl<D: Decider> Relay<D> {
                     ))
                     .await;
                 }
-                Pending::Acted(fwd, _) => {
+                Pending::Acted(fwd, _) | Pending::TaskResult(fwd) => {
                     self.icp.finished(&fwd, Outcome::Lost(why.into())).await;
                     self.send_client(&error_response(id, jsonrpc::INTERNAL_ERROR, why))
                         .await;

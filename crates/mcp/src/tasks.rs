@@ -17,13 +17,22 @@
 //! - drop a server's `notifications/tasks/status` about a task that is
 //!   not the caller's ([`foreign_status`]) before the client sees it.
 //!
+//! A decided call that runs as a task has its outcome recorded when the
+//! task's result comes back, not when the task is created: the set keeps,
+//! with the task's id, the run it belongs to ([`Owned::await_result`]),
+//! and the first `tasks/result` for it takes that run out
+//! ([`Owned::take_result`]); its answer (a result or a JSON-RPC error) is
+//! recorded against the decision once, and later fetches record nothing.
+//!
 //! Invariant: an id enters an [`Owned`] set only from the upstream's
 //! answer to a request this gateway decided and relayed for that caller;
 //! nothing a client sends adds one.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value};
+
+use crate::intercept::Forward;
 
 /// Most task ids kept per principal and session; past it the oldest is
 /// forgotten (its task can no longer be reached through the gateway).
@@ -38,21 +47,51 @@ pub const MAX_TASK_ID_BYTES: usize = 256;
 pub struct Owned {
     order: VecDeque<String>,
     ids: HashSet<String>,
+    /// The runs whose task's result has not been fetched yet, by task id.
+    awaiting: HashMap<String, Forward>,
 }
 
 impl Owned {
-    /// Keeps `id` as the caller's; the oldest is forgotten when full.
-    pub fn insert(&mut self, id: String) {
+    /// Keeps `id` as the caller's; the oldest is forgotten when full, and
+    /// the run still awaiting its result there, if any, is returned (its
+    /// outcome can no longer be fetched through the gateway).
+    pub fn insert(&mut self, id: String) -> Option<Forward> {
         if id.len() > MAX_TASK_ID_BYTES || self.ids.contains(&id) {
-            return;
+            return None;
         }
+        let mut forgotten = None;
         if self.order.len() >= MAX_TASKS {
             if let Some(old) = self.order.pop_front() {
                 self.ids.remove(&old);
+                forgotten = self.awaiting.remove(&old);
             }
         }
         self.ids.insert(id.clone());
         self.order.push_back(id);
+        forgotten
+    }
+
+    /// Keeps `run` as the decided call whose outcome task `id` will give;
+    /// gives `run` back when `id` is not the caller's or already has one
+    /// (then the answer that named the task is the run's outcome).
+    pub fn await_result(&mut self, id: &str, run: Forward) -> Option<Forward> {
+        if !self.ids.contains(id) || self.awaiting.contains_key(id) {
+            return Some(run);
+        }
+        self.awaiting.insert(id.to_string(), run);
+        None
+    }
+
+    /// The run awaiting task `id`'s result, taken: only the first fetch
+    /// of a result gets it.
+    pub fn take_result(&mut self, id: &str) -> Option<Forward> {
+        self.awaiting.remove(id)
+    }
+
+    /// Every run still awaiting its task's result, taken (the session or
+    /// the server is gone).
+    pub fn take_all_results(&mut self) -> Vec<Forward> {
+        self.awaiting.drain().map(|(_, run)| run).collect()
     }
 
     pub fn contains(&self, id: &str) -> bool {
@@ -130,6 +169,41 @@ pub fn created(response: &Value) -> Option<String> {
         .get("taskId")?
         .as_str()?;
     (!id.is_empty() && id.len() <= MAX_TASK_ID_BYTES).then(|| id.to_string())
+}
+
+/// What a decided call's answer leaves to record, once [`learn`]ed.
+#[derive(Debug, Default)]
+pub struct Learned {
+    /// The run whose outcome is this answer: recorded now. `None` when
+    /// the answer created a task whose result will give the outcome.
+    pub now: Option<Forward>,
+    /// A run of an older task forgotten to make room, its result never
+    /// fetched: recorded as unknown ([`FORGOTTEN`]).
+    pub forgotten: Option<Forward>,
+}
+
+/// Why a run is recorded as unknown when its task is forgotten unfetched.
+pub const FORGOTTEN: &str =
+    "the task's result was not fetched through secondkey before the task was forgotten";
+
+/// Why a run is recorded as unknown when its session ends unfetched.
+pub const ENDED: &str = "the session ended before the task's result was fetched through secondkey";
+
+/// Takes the answer to `run`, a decided request that `asked` for a task
+/// (or not): the task it created becomes the caller's, and the run awaits
+/// that task's result instead of being recorded now.
+pub fn learn(own: &mut Owned, asked: bool, answer: &Value, run: Forward) -> Learned {
+    let Some(id) = asked.then(|| created(answer)).flatten() else {
+        return Learned {
+            now: Some(run),
+            forgotten: None,
+        };
+    };
+    let forgotten = own.insert(id.clone());
+    Learned {
+        now: own.await_result(&id, run),
+        forgotten,
+    }
 }
 
 /// Whether a server message to the caller tells the state of a task that
@@ -257,6 +331,49 @@ mod tests {
         assert_eq!(own.len(), MAX_TASKS);
         own.insert("y".repeat(MAX_TASK_ID_BYTES + 1));
         assert!(!own.contains(&"y".repeat(MAX_TASK_ID_BYTES + 1)));
+    }
+
+    fn run(id: &str) -> Forward {
+        Forward {
+            run: crate::decide::Run {
+                id: id.into(),
+                request_id: None,
+                digest: "0".repeat(64),
+                approvers: vec![],
+            },
+            reads: vec![],
+            writes: vec![],
+        }
+    }
+
+    #[test]
+    fn a_task_runs_outcome_is_taken_once_from_its_result() {
+        let mut own = Owned::default();
+        let created = json!({"jsonrpc": "2.0", "id": 1, "result": {"task": {"taskId": "t-1", "status": "working"}}});
+        let direct = json!({"jsonrpc": "2.0", "id": 2, "result": {"content": []}});
+        // Not asked as a task, or no task created: the answer is the outcome.
+        let l = learn(&mut own, false, &created, run("act_0"));
+        assert_eq!(l.now, Some(run("act_0")));
+        let l = learn(&mut own, true, &direct, run("act_1"));
+        assert_eq!((l.now, l.forgotten), (Some(run("act_1")), None));
+        // A task created: its result will be.
+        let l = learn(&mut own, true, &created, run("act_2"));
+        assert_eq!((l.now, l.forgotten), (None, None));
+        assert!(own.contains("t-1"));
+        // The same id named again keeps the first run; the second is
+        // recorded from its own answer.
+        let l = learn(&mut own, true, &created, run("act_3"));
+        assert_eq!(l.now, Some(run("act_3")));
+        assert_eq!(own.take_result("t-1"), Some(run("act_2")));
+        assert_eq!(own.take_result("t-1"), None, "taken once");
+        // Forgotten unfetched: handed back to be recorded as unknown.
+        let mut own = Owned::default();
+        let _ = learn(&mut own, true, &created, run("act_4"));
+        for i in 0..MAX_TASKS - 1 {
+            own.insert(format!("u-{i}"));
+        }
+        assert_eq!(own.insert("last".into()), Some(run("act_4")));
+        assert!(own.take_all_results().is_empty());
     }
 
     #[test]

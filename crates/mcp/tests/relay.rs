@@ -1122,6 +1122,52 @@ async fn tasks_reach_only_those_the_sessions_own_decided_calls_created() {
     assert_eq!(b.close().await, 0);
 }
 
+/// A decided call that runs as a task is recorded once, with the task's
+/// result: not when the server answers with the `CreateTaskResult`, and
+/// not again when the client fetches the result a second time. A task
+/// whose result is never fetched is recorded as unknown when the session
+/// ends.
+#[tokio::test]
+async fn a_task_run_call_is_recorded_once_with_its_result() {
+    let mut s = start("task_server.py", &[], Scripted::default()).await;
+    s.init().await;
+    let as_task =
+        |topic: &str| json!({"name": "report", "arguments": {"topic": topic}, "task": {}});
+    let r = s.call(json!(1), "tools/call", as_task("payroll")).await;
+    let t1 = r["result"]["task"]["taskId"].as_str().unwrap().to_string();
+    let r = s.call(json!(2), "tools/call", as_task("unfetched")).await;
+    assert!(r["result"]["task"]["taskId"].is_string(), "{r}");
+    let r = s.call(json!(3), "tasks/get", json!({"taskId": t1})).await;
+    assert_eq!(r["result"]["status"], "working", "{r}");
+    assert!(
+        s.log.log().recorded.is_empty(),
+        "creating a task is not the call's outcome: {:?}",
+        s.log.log().recorded
+    );
+    for i in 0..2 {
+        let r = s
+            .call(json!(10 + i), "tasks/result", json!({"taskId": t1}))
+            .await;
+        assert_eq!(text(&r), "report on payroll", "{r}");
+    }
+    let log = s.log.clone();
+    assert_eq!(s.close().await, 0);
+    let l = log.log();
+    assert_eq!(l.recorded.len(), 2, "{:?}", l.recorded);
+    let (run, ok, summary) = &l.recorded[0];
+    assert_eq!(run, "act_1");
+    assert!(ok);
+    assert_eq!(
+        (&summary["status"], &summary["content_items"]),
+        (&json!("ok"), &json!(1)),
+        "the task's result, recorded once: {summary}"
+    );
+    let (run, ok, summary) = &l.recorded[1];
+    assert_eq!(run, "act_2");
+    assert!(!ok);
+    assert_eq!(summary["status"], "unknown", "{summary}");
+}
+
 /// A session keeps at most `tasks::MAX_TASKS` task ids: past that the
 /// oldest is forgotten, refused like any unknown task, and no longer
 /// listed; the newer ones are still reached.
