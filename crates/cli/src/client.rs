@@ -18,14 +18,26 @@ pub const ALLOW_INSECURE_HTTP: &str = "SECONDKEY_ALLOW_INSECURE_HTTP";
 /// not this machine (127.0.0.0/8, `::1`, `localhost`): anyone on the path
 /// would read it. `https://` and loopback pass; `SECONDKEY_ALLOW_INSECURE_HTTP=1`
 /// opts in (a gateway behind a trusted private network).
+///
+/// Only `https://…` and `http://…` spelled exactly so pass to the host test:
+/// URL parsers also read `http:host`, `http:/host`, a leading blank or a tab
+/// inside the scheme as plain http, so any other spelling is refused.
 pub fn check_transport(url: &str) -> Result<()> {
-    let Some(rest) = url
-        .get(..7)
-        .filter(|s| s.eq_ignore_ascii_case("http://"))
-        .map(|_| &url[7..])
-    else {
-        return Ok(());
+    let starts = |p: &str| {
+        url.get(..p.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(p))
     };
+    if url.chars().any(|c| c.is_control() || c.is_whitespace())
+        || !(starts("https://") || starts("http://"))
+    {
+        return Err(anyhow!(
+            "the gateway URL {url:?} must start with https:// or http:// and hold no blanks or control characters"
+        ));
+    }
+    if starts("https://") {
+        return Ok(());
+    }
+    let rest = &url[7..];
     // A backslash ends the authority too: URL parsers read it as `/` in
     // http URLs, so `http://evil\@127.0.0.1` goes to `evil`.
     let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or("");
@@ -199,6 +211,21 @@ mod tests {
         ] {
             let e = check_transport(refused).expect_err(refused).to_string();
             assert!(e.contains("SECONDKEY_ALLOW_INSECURE_HTTP=1"), "{e}");
+        }
+        // Spellings a URL parser still sends as plain http to `evil`.
+        for odd in [
+            "http:evil.example.com",
+            "http:/evil.example.com",
+            "http:\\\\evil.example.com",
+            " http://evil.example.com",
+            "ht\ttp://evil.example.com",
+            "http:/\t/evil.example.com",
+            "http://127.0.0.1\n.evil.example.com",
+            "127.0.0.1:8750",
+            "ftp://127.0.0.1",
+        ] {
+            let e = check_transport(odd).expect_err(odd).to_string();
+            assert!(e.contains("must start with https:// or http://"), "{e}");
         }
     }
 }
