@@ -29,6 +29,7 @@ use base64::Engine as _;
 use secondkey_core::principal::{Principal, PrincipalId};
 use secondkey_server::error::ApiError;
 use secondkey_server::gateway::{rfc3339, Gateway};
+use secondkey_server::web::revocation::ended_before;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -100,9 +101,17 @@ pub async fn principal_of(
         return Ok(None);
     }
     let link: Option<Link> = records::read_async(&gateway.store, "link", key).await?;
-    Ok(link
-        .and_then(|l| l.principal_id())
-        .and_then(|id| gateway.config.principals.get(id.as_str()).cloned()))
+    let Some((link, id)) = link.and_then(|l| l.principal_id().map(|id| (l, id))) else {
+        return Ok(None);
+    };
+    // Linked through a web sign-in that `secondkey sessions revoke` has
+    // since voided: it counts for nobody until linked again.
+    if let Some(before) = ended_before(gateway, id.as_str()).await? {
+        if link.linked_at <= before {
+            return Ok(None);
+        }
+    }
+    Ok(gateway.config.principals.get(id.as_str()).cloned())
 }
 
 /// Whether a click from `external`, which counts for nobody, may be
@@ -286,6 +295,7 @@ pub async fn linked_to(
     linking: &Linking,
     who: &PrincipalId,
 ) -> Result<Vec<Linked>, ApiError> {
+    let ended = ended_before(gateway, who.as_str()).await?;
     let store = gateway.store.clone();
     let all = tokio::task::spawn_blocking(move || records::list::<Link>(&store, "link"))
         .await
@@ -314,7 +324,9 @@ pub async fn linked_to(
                 platform: platform.to_string(),
                 external_id: id.to_string(),
                 source: "web",
-                counts: linking.self_service && !linking.accounts.contains_key(&account),
+                counts: linking.self_service
+                    && !linking.accounts.contains_key(&account)
+                    && ended.is_none_or(|before| l.linked_at > before),
                 linked_at: Some(rfc3339(secondkey_core::time::Timestamp(l.linked_at))),
                 account,
             })

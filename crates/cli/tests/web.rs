@@ -1157,6 +1157,40 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
     let again = post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some(&gw));
     assert_eq!(again.status, 409, "{}", again.body);
 
+    // Ending bob's web sessions also voids the chat link made through
+    // one of them (a stolen session must not leave a chat account behind
+    // that approves): his click counts for nobody and is offered a link.
+    let (s, v) = g.call(
+        "POST",
+        "/v1/sessions/revoke",
+        Some("user:bob"),
+        Some(&json!({"user": "user:bob"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let before = slack.lock().unwrap().len();
+    assert_eq!(click("U_BOB").status, 200);
+    let text = fakes::wait_for(&slack, "a new link offer after the revocation", |cs| {
+        cs[before..]
+            .iter()
+            .filter(|c| c.path == "chat.postEphemeral" && c.body["user"] == "U_BOB")
+            .filter_map(|c| c.body["text"].as_str())
+            .find(|t| t.contains("/chat/link/"))
+            .map(str::to_string)
+    });
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
+    // Linked again through a fresh sign-in, it counts.
+    let at = text.find("/chat/link/").unwrap();
+    let path: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "/-_".contains(*c))
+        .collect();
+    let bob = sign_in(&gw, "bob", &path);
+    let page = get_page(&gw, &bob.session, &path);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    let done = post_form(&gw, &bob.session, &path, &[("csrf", &csrf)], Some(&gw));
+    assert_eq!(done.status, 200, "{}", done.body);
+
     // Now bob's click is bob's review.
     assert_eq!(click("U_BOB").status, 200);
     assert_eq!(g.state_of(&id), ("approved".into(), 1));

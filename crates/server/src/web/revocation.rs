@@ -145,6 +145,24 @@ pub async fn revoke_all(g: &Gateway, who: &Principal, user: &str) -> Result<Revo
     })
 }
 
+/// The instant (Unix milliseconds) at or before which `user`'s web sign-ins
+/// are void, if their sessions were ever all ended. A chat account linked
+/// through such a sign-in counts for nobody either (`crates/channels`,
+/// `links.rs`): a stolen session must not leave a chat account behind that
+/// still approves. Read from the store, so every replica agrees at once.
+pub async fn ended_before(g: &Gateway, user: &str) -> Result<Option<i64>, ApiError> {
+    let (store, key) = (g.store.clone(), user.to_string());
+    let raw = tokio::task::spawn_blocking(move || store.get_record(ENDED_NS, &key))
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading ended sessions: {e}")))??;
+    raw.map(|v| {
+        v.parse::<i64>().map_err(|_| {
+            ApiError::internal(format!("unreadable record of ended web sessions of {user}"))
+        })
+    })
+    .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
