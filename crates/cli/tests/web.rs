@@ -1084,23 +1084,29 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
         )
     };
 
+    // A click of U_BOB that counts for nothing: the link page only it is
+    // offered.
+    let link_offer = |what: &str| {
+        let before = slack.lock().unwrap().len();
+        assert_eq!(click("U_BOB").status, 200);
+        let text = fakes::wait_for(&slack, what, |cs| {
+            cs[before..]
+                .iter()
+                .filter(|c| c.path == "chat.postEphemeral" && c.body["user"] == "U_BOB")
+                .filter_map(|c| c.body["text"].as_str())
+                .find(|t| t.contains("/chat/link/"))
+                .map(str::to_string)
+        });
+        assert_eq!(g.state_of(&id), ("pending".into(), 0));
+        let at = text.find("/chat/link/").unwrap();
+        text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || "/-_".contains(*c))
+            .collect::<String>()
+    };
+
     // An unlinked click counts for nothing and gets a link only it sees.
-    let before = slack.lock().unwrap().len();
-    assert_eq!(click("U_BOB").status, 200);
-    let text = fakes::wait_for(&slack, "a link for U_BOB", |cs| {
-        cs[before..]
-            .iter()
-            .filter(|c| c.path == "chat.postEphemeral" && c.body["user"] == "U_BOB")
-            .filter_map(|c| c.body["text"].as_str())
-            .find(|t| t.contains("/chat/link/"))
-            .map(str::to_string)
-    });
-    assert_eq!(g.state_of(&id), ("pending".into(), 0));
-    let at = text.find("/chat/link/").unwrap();
-    let path: String = text[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || "/-_".contains(*c))
-        .collect();
+    let path = link_offer("a link for U_BOB");
 
     // Anonymous: sign in first, then back to the link page.
     let anon = resp(no_redirects().get(&format!("{gw}{path}")).call());
@@ -1167,23 +1173,8 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
         Some(&json!({"user": "user:bob"})),
     );
     assert_eq!(s, 200, "{v}");
-    let before = slack.lock().unwrap().len();
-    assert_eq!(click("U_BOB").status, 200);
-    let text = fakes::wait_for(&slack, "a new link offer after the revocation", |cs| {
-        cs[before..]
-            .iter()
-            .filter(|c| c.path == "chat.postEphemeral" && c.body["user"] == "U_BOB")
-            .filter_map(|c| c.body["text"].as_str())
-            .find(|t| t.contains("/chat/link/"))
-            .map(str::to_string)
-    });
-    assert_eq!(g.state_of(&id), ("pending".into(), 0));
+    let path = link_offer("a new link offer after the revocation");
     // Linked again through a fresh sign-in, it counts.
-    let at = text.find("/chat/link/").unwrap();
-    let path: String = text[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || "/-_".contains(*c))
-        .collect();
     let bob = sign_in(&gw, "bob", &path);
     let page = get_page(&gw, &bob.session, &path);
     assert_eq!(page.status, 200, "{}", page.body);
