@@ -38,4 +38,5 @@ export const EXCLUDED = {
   'POST /v1/mcp/pins/accept': PINS,
   'POST /v1/mcp/pins/observe': 'called by the MCP stdio relay itself',
   'POST /v1/mcp/refused': 'called by the MCP stdio relay itself',
+  'POST /v1/sessions/revoke': "ending people's web sessions is an operator's action (secondkey sessions revoke), not an agent's",
 };

@@ -92,6 +92,7 @@ EXCLUDED: dict[tuple[str, str], str] = {
     ("POST", "/v1/mcp/pins/accept"): "MCP tool pins are managed by operators with the CLI, not by agents",
     ("POST", "/v1/mcp/pins/observe"): "called by the MCP stdio relay itself",
     ("POST", "/v1/mcp/refused"): "called by the MCP stdio relay itself",
+    ("POST", "/v1/sessions/revoke"): "ending people's web sessions is an operator's action (secondkey sessions revoke), not an agent's",
 }
 
 
