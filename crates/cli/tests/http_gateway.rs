@@ -111,6 +111,18 @@ fn served_matching(log: &Path, needle: &str) -> usize {
     served(log).iter().filter(|l| l.contains(needle)).count()
 }
 
+/// How many lines of the upstream's access log hold `needle`, once it has
+/// caught up: the server writes its line after the answer has left, so
+/// this waits (up to 10 s) for `want`, then a moment more for any extra.
+fn served_eventually(log: &Path, needle: &str, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_matching(log, needle) < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    served_matching(log, needle)
+}
+
 fn gateway_with(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Gateway {
     std::fs::write(dir.join("upstream.token"), format!("{UPSTREAM_TOKEN}\n")).unwrap();
     let extra = format!(
@@ -397,7 +409,7 @@ print(bom.status_code, bom.json()["code"])
         ]
     );
     assert_eq!(
-        served_matching(&access, "POST /anything/invoices/in_1/refunds"),
+        served_eventually(&access, "POST /anything/invoices/in_1/refunds", 1),
         1,
         "only the valid one reached httpbin"
     );
@@ -453,7 +465,7 @@ print(bom.status_code, bom.json()["code"])
     let (s, body, _) = held.join().unwrap();
     assert_eq!(s, 200, "{body}");
     assert_eq!(
-        served_matching(&access, "DELETE /anything/invoices/in_9"),
+        served_eventually(&access, "DELETE /anything/invoices/in_9", 1),
         1
     );
     let (s, v) = g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
@@ -529,7 +541,7 @@ print(bom.status_code, bom.json()["code"])
     ]);
     assert_eq!(s, 409, "the approval was used up");
     assert_eq!(
-        served_matching(&access, "DELETE /anything/invoices/in_5?force=true"),
+        served_eventually(&access, "DELETE /anything/invoices/in_5?force=true", 1),
         1
     );
     assert_eq!(
