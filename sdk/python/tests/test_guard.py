@@ -356,3 +356,23 @@ async def test_a_held_request_times_out_at_its_deadline_and_is_withdrawn_async(g
         took = time.monotonic() - t0
     assert 3 <= took < 3 + 2, f"the guard gave up after {took:.1f} s"
     assert bot.get_request(e.value.request_id).state == "withdrawn"
+
+
+def test_a_blocking_wait_ends_at_its_deadline_when_long_polling(gateway):
+    # The gateway's long-poll waits whole seconds; the wait still ends at the
+    # guard's deadline (not up to a second past it).
+    real = httpx.HTTPTransport()
+
+    class NoEvents(httpx.BaseTransport):
+        def handle_request(self, request):
+            if request.url.path.endswith("/events"):
+                return httpx.Response(503, json={"error": {"code": "log_unavailable", "message": "busy"}})
+            return real.handle_request(request)
+
+    c = secondkey.Client(gateway.url, token("agent:sdk-bot"), http=httpx.Client(transport=NoEvents()))
+    t0 = time.monotonic()
+    with pytest.raises(secondkey.GuardTimeout):
+        c.authorize(write_action(), timeout=0.3)
+    took = time.monotonic() - t0
+    assert took < 0.3 + 0.5, f"the guard gave up after {took:.2f} s"
+    c.close()

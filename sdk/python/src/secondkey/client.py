@@ -11,6 +11,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import time
 from types import TracebackType
 from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterator, Optional, TypeVar
@@ -331,7 +332,13 @@ class Client(_Base):
             left = w.deadline - time.monotonic()
             if left <= 0:
                 return None
-            view = self.get_request(w.id, wait=max(1, min(MAX_POLL_SECONDS, int(left))))
+            # The gateway waits whole seconds (at least one): the HTTP call is
+            # bounded by the time left, so the wait ends at its deadline.
+            wait = max(1, min(MAX_POLL_SECONDS, math.ceil(left)))
+            try:
+                view = self._send(b.get_request(w.id, wait), timeout=min(left, self._s.timeout + wait))
+            except GatewayTimeout:
+                continue  # the deadline has come (the loop returns), or nearly: ask again for the rest
             if view.state != w.state:
                 return view
 
