@@ -1,7 +1,7 @@
 // The guard against the real gateway: it runs once, only when authorized.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Conflict, Denied, GuardTimeout, JcsError, RequestEnded, Client } from '../src/index.js';
+import { Conflict, Denied, GuardTimeout, JcsError, RequestEnded, Client, canonicalize } from '../src/index.js';
 import { toolAction } from '../src/integrations/common.js';
 import { startGateway, unique, writeAction, decideWhenPending, token } from './helpers.js';
 
@@ -263,6 +263,18 @@ test('an abort while the submit is in flight records an execution it handed out 
   assert.ok(again instanceof Conflict, String(again));
   assert.equal(again.code, 'outcome_recorded');
   if (execution.request_id) assert.equal((await bot.getRequest(execution.request_id)).state, 'failed');
+});
+
+test('guarded(): a __proto__ key is data, submitted and run as JSON.parse gives it', async () => {
+  const got = [];
+  const f = bot.guarded({ operation: 'read', resource: unique('proto') }, async (args) => { got.push(args); return 'ok'; });
+  const arg = JSON.parse('{"__proto__": {"admin": true}, "n": 1}');
+  assert.equal(await f(arg), 'ok');
+  const [run] = got;
+  assert.equal(Object.getPrototypeOf(run), Object.prototype);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(run, '__proto__')?.value, { admin: true });
+  assert.equal(run.admin, undefined);
+  assert.equal(canonicalize(run), '{"__proto__":{"admin":true},"n":1}');
 });
 
 test('a held request times out at its deadline and is withdrawn', async () => {
