@@ -1,6 +1,9 @@
 """The guard against the real gateway: it runs once, only when authorized."""
 
 import asyncio
+import json
+import signal
+import threading
 import time
 
 import httpx
@@ -356,3 +359,116 @@ async def test_a_held_request_times_out_at_its_deadline_and_is_withdrawn_async(g
         took = time.monotonic() - t0
     assert 3 <= took < 3 + 2, f"the guard gave up after {took:.1f} s"
     assert bot.get_request(e.value.request_id).state == "withdrawn"
+
+
+class _LateAnswers(httpx.AsyncBaseTransport):
+    """Forwards to the gateway; a submit's answer is read, then held back a
+    moment: the gateway has acted on it when the caller gives up."""
+
+    def __init__(self) -> None:
+        self.real = httpx.AsyncHTTPTransport()
+        self.answered = asyncio.Event()
+        self.answers: list[dict] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        resp = await self.real.handle_async_request(request)
+        if request.url.path == "/v1/actions":
+            self.answers.append(json.loads(await resp.aread()))
+            self.answered.set()
+            await asyncio.sleep(0.5)
+        return resp
+
+
+def _states(client, resource: str) -> list[str]:
+    out = []
+    for state in ("pending", "withdrawn"):
+        out += [r.state for r in client.list_requests(state, limit=500).requests if r.action["resource"] == resource]
+    return out
+
+
+@pytest.mark.parametrize("repeated", [False, True])
+async def test_cancelling_during_the_first_submit_withdraws_the_request_it_opened(gateway, bot, repeated):
+    # Repeated: anyio's cancel scopes cancel every await after the first; the
+    # caller then stops waiting, and the withdraw still reaches the gateway.
+    late = _LateAnswers()
+    action = write_action()
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot"), http=httpx.AsyncClient(transport=late)) as c:
+        task = asyncio.create_task(c.authorize(action, timeout=30))
+        await asyncio.wait_for(late.answered.wait(), 10)
+        task.cancel()
+        while repeated and not task.done():
+            task.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            states = _states(bot, action["resource"])
+            if states != ["pending"]:
+                break
+            await asyncio.sleep(0.05)
+    assert late.answers[0]["decision"] == "review"
+    assert states == ["withdrawn"]
+
+
+async def test_cancelling_during_a_submit_answered_with_an_execution_records_it_not_run(gateway, bot):
+    # An execute-mode allow hands out an execution the caller must run and
+    # report; a caller gone before the answer came never runs it.
+    late = _LateAnswers()
+    action = {"kind": "tool", "operation": "read", "resource": unique("late-allow"), "params": {}}
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot"), http=httpx.AsyncClient(transport=late)) as c:
+        task = asyncio.create_task(c.authorize(action, timeout=30))
+        await asyncio.wait_for(late.answered.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    execution = late.answers[0]["execution"]
+    with pytest.raises(secondkey.Conflict) as e:
+        bot.report_execution(execution["id"], True, {"status": "succeeded"})
+    assert e.value.code == "outcome_recorded"
+    if execution.get("request_id"):
+        assert bot.get_request(execution["request_id"]).state == "failed"
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill (POSIX)")
+def test_interrupting_the_first_submit_withdraws_the_request_it_opened(gateway, bot):
+    # The blocking client: KeyboardInterrupt (here a real SIGINT to the main
+    # thread) comes while the submit's answer is on its way.
+    main = threading.main_thread().ident
+    answers = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        resp = real.handle_request(request)
+        if request.url.path == "/v1/actions":
+            answers.append(json.loads(resp.read()))
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.5)
+        return resp
+
+    real = httpx.HTTPTransport()
+    action = write_action()
+    c = secondkey.Client(gateway.url, token("agent:sdk-bot"), http=httpx.Client(transport=httpx.MockTransport(transport)))
+    with pytest.raises(KeyboardInterrupt):
+        c.authorize(action, timeout=30)
+    assert answers[0]["decision"] == "review"
+    assert _states(bot, action["resource"]) == ["withdrawn"]
+    c.close()
+
+
+def test_a_blocking_wait_ends_at_its_deadline_when_long_polling(gateway):
+    # The gateway's long-poll waits whole seconds; the wait still ends at the
+    # guard's deadline (not up to a second past it).
+    real = httpx.HTTPTransport()
+
+    class NoEvents(httpx.BaseTransport):
+        def handle_request(self, request):
+            if request.url.path.endswith("/events"):
+                return httpx.Response(503, json={"error": {"code": "log_unavailable", "message": "busy"}})
+            return real.handle_request(request)
+
+    c = secondkey.Client(gateway.url, token("agent:sdk-bot"), http=httpx.Client(transport=NoEvents()))
+    t0 = time.monotonic()
+    with pytest.raises(secondkey.GuardTimeout):
+        c.authorize(write_action(), timeout=0.3)
+    took = time.monotonic() - t0
+    assert took < 0.3 + 0.5, f"the guard gave up after {took:.2f} s"
+    c.close()

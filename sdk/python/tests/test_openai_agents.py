@@ -11,6 +11,7 @@ import pytest
 from agents import Agent, Runner, function_tool
 from agents.items import ModelResponse
 from agents.models.interface import Model
+from agents.tool_context import ToolContext
 from agents.usage import Usage
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
@@ -129,3 +130,23 @@ async def test_the_tool_runs_with_the_decided_arguments_not_the_models_text(gate
         assert len(got) == 1
         pending = await bot.list_requests("pending", limit=500)
         assert not [r for r in pending.requests if r.action["resource"] == resource]
+
+
+async def test_the_tools_context_holds_the_decided_arguments_too(gateway):
+    # A tool that reads its ToolContext sees the same text it was invoked
+    # with: the canonical JSON of what was decided, not the model's.
+    seen = []
+
+    @function_tool
+    def lookup(ctx: ToolContext, customer: str) -> str:
+        """Look a customer up."""
+        seen.append((ctx.tool_arguments, customer))
+        return "found"
+
+    resource = unique("oa-ctx")
+    async with secondkey.AsyncClient(gateway.url, token("agent:sdk-bot")) as bot:
+        tool = guard_function_tool(lookup, bot, policy={"operation": "read", "resource": resource})
+        model = ScriptedModel("lookup", '{"customer": "a",  "customer": "b"}')
+        result = await Runner.run(Agent(name="support", model=model, tools=[tool]), "look b up")
+        assert result.final_output == "All done." and model.tool_output_seen() == "found"
+    assert seen == [('{"customer":"b"}', "b")]

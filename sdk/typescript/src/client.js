@@ -21,6 +21,8 @@ export const DEFAULT_GUARD_TIMEOUT = 300;
  * as long to answer, so that a request it opened can be withdrawn.
  */
 export const WITHDRAW_TIMEOUT = 5;
+/** The summary recorded for an execution the gateway handed out after the caller had given up: it never ran. */
+const NOT_RUN = { status: 'not_run', reason: "the caller gave up (aborted) before the guard's submit was answered; the action was not run" };
 const ENDED = new Set(['denied', 'expired', 'withdrawn', 'revoked', 'executed', 'failed', 'unknown']);
 
 const sleep = (ms, signal) => new Promise((resolve, reject) => {
@@ -365,8 +367,8 @@ export class Client {
           continue;
         }
         if (signal?.aborted) {
-          // The answer came after the caller gave up: a request it opened must not stay pending.
-          if (resp.request?.state === 'pending') await this._withdrawQuietly(resp.request.id);
+          // The answer came after the caller gave up: what it opened must not stay open.
+          await this._closeAbandoned(resp);
           throw signal.reason;
         }
         checkDigest(resp.digest, digest, 'decision');
@@ -440,6 +442,21 @@ export class Client {
     } finally {
       clearTimeout(grace);
       signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /**
+   * Closes what a submit's answer opened when the caller gave up before it
+   * came: a pending request is withdrawn, and an execution (an execute-mode
+   * allow, or an approval used up) is reported as not run — `ok: false`,
+   * status `not_run` — instead of staying open with nothing recorded.
+   */
+  async _closeAbandoned(resp) {
+    if (resp.request?.state === 'pending') await this._withdrawQuietly(resp.request.id);
+    if (resp.execution) {
+      const body = JSON.stringify({ ok: false, summary: NOT_RUN, reads: [], writes: [] });
+      const timeout = Math.min(this.timeout, WITHDRAW_TIMEOUT);
+      await this._send('execution_result', { path: { id: resp.execution.id }, body, timeout }).catch(() => {});
     }
   }
 

@@ -74,7 +74,9 @@ export function digest(value) {
  * are `undefined` are left out, as JSON leaves them out), arrays, strings,
  * finite numbers, booleans and null are copied; a Map, a Set, a Date, a
  * class instance, a function, a BigInt, NaN or an `undefined` array item is
- * refused rather than turned into something a reviewer did not see.
+ * refused rather than turned into something a reviewer did not see. A
+ * `__proto__` key is data, as in JSON.parse's objects: the copy holds it as
+ * its own property and its prototype stays Object.prototype.
  */
 export function jsonCopy(value, where = 'value') {
   return copy(value, where, 0);
@@ -97,7 +99,13 @@ function copy(v, where, depth) {
     if (proto !== Object.prototype && proto !== null) throw notJson(where, v.constructor?.name ?? 'an object with a prototype');
     const out = {};
     for (const k of Object.keys(v)) {
-      if (v[k] !== undefined) out[k] = copy(v[k], `${where}.${k}`, depth + 1);
+      if (v[k] === undefined) continue;
+      const item = copy(v[k], `${where}.${k}`, depth + 1);
+      // `__proto__` is an ordinary member name in JSON: JSON.parse makes it an
+      // own property, and so does the copy. Assigning it would set the copy's
+      // prototype instead (or drop a value that is not an object).
+      if (k === '__proto__') Object.defineProperty(out, k, { value: item, enumerable: true, writable: true, configurable: true });
+      else out[k] = item;
     }
     return out;
   }

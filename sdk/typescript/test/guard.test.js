@@ -1,7 +1,7 @@
 // The guard against the real gateway: it runs once, only when authorized.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Conflict, Denied, GuardTimeout, JcsError, RequestEnded, Client } from '../src/index.js';
+import { Conflict, Denied, GuardTimeout, JcsError, RequestEnded, Client, canonicalize } from '../src/index.js';
 import { toolAction } from '../src/integrations/common.js';
 import { startGateway, unique, writeAction, decideWhenPending, token } from './helpers.js';
 
@@ -217,20 +217,27 @@ test('an aborted wait withdraws the pending request: a later identical call cann
   assert.equal((await bot.getRequest(rid2)).state, 'withdrawn');
 });
 
-test('an abort while the submit is in flight withdraws the request the gateway opened', async () => {
-  const action = writeAction();
-  const ctl = new AbortController();
-  // The gateway has taken the submit when the caller gives up; its answer is still on its way.
+/**
+ * A client whose submits the gateway has taken when the caller gives up
+ * (`ctl` is aborted): their answers, kept in `answers`, are still on their way.
+ */
+function lateClient(ctl, answers = []) {
   const late = async (url, init) => {
     if (new URL(url).pathname !== '/v1/actions') return fetch(url, init);
     const res = await fetch(url, { ...init, signal: undefined });
+    answers.push(await res.clone().json());
     ctl.abort();
     init.signal?.throwIfAborted(); // as fetch does once its signal is aborted
     return res;
   };
-  const c = new Client({ url: gw.url, token: token('agent:sdk-bot'), fetch: late });
+  return new Client({ url: gw.url, token: token('agent:sdk-bot'), fetch: late });
+}
+
+test('an abort while the submit is in flight withdraws the request the gateway opened', async () => {
+  const action = writeAction();
+  const ctl = new AbortController();
   let runs = 0;
-  const err = await c.guard(action, () => runs++, { timeout: 30, signal: ctl.signal }).catch((e) => e);
+  const err = await lateClient(ctl).guard(action, () => runs++, { timeout: 30, signal: ctl.signal }).catch((e) => e);
   assert.equal(err.name, 'AbortError');
   assert.equal(runs, 0);
   const mine = [];
@@ -239,6 +246,35 @@ test('an abort while the submit is in flight withdraws the request the gateway o
     mine.push(...page.requests.filter((r) => r.action.resource === action.resource).map((r) => r.state));
   }
   assert.deepEqual(mine, ['withdrawn']);
+});
+
+test('an abort while the submit is in flight records an execution it handed out as not run', async () => {
+  // An execute-mode allow comes with an execution to run and report; the caller gave up before it came.
+  const action = { kind: 'tool', operation: 'read', resource: unique('late-allow'), params: {} };
+  const ctl = new AbortController();
+  const answers = [];
+  let runs = 0;
+  const err = await lateClient(ctl, answers).guard(action, () => runs++, { timeout: 30, signal: ctl.signal }).catch((e) => e);
+  assert.equal(err.name, 'AbortError');
+  assert.equal(runs, 0);
+  const { execution } = answers[0];
+  assert.ok(execution?.id, JSON.stringify(answers[0]));
+  const again = await bot.reportExecution(execution.id, true, { status: 'succeeded' }).catch((e) => e);
+  assert.ok(again instanceof Conflict, String(again));
+  assert.equal(again.code, 'outcome_recorded');
+  if (execution.request_id) assert.equal((await bot.getRequest(execution.request_id)).state, 'failed');
+});
+
+test('guarded(): a __proto__ key is data, submitted and run as JSON.parse gives it', async () => {
+  const got = [];
+  const f = bot.guarded({ operation: 'read', resource: unique('proto') }, async (args) => { got.push(args); return 'ok'; });
+  const arg = JSON.parse('{"__proto__": {"admin": true}, "n": 1}');
+  assert.equal(await f(arg), 'ok');
+  const [run] = got;
+  assert.equal(Object.getPrototypeOf(run), Object.prototype);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(run, '__proto__')?.value, { admin: true });
+  assert.equal(run.admin, undefined);
+  assert.equal(canonicalize(run), '{"__proto__":{"admin":true},"n":1}');
 });
 
 test('a held request times out at its deadline and is withdrawn', async () => {

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { canonicalize, digest, JcsError, SecondkeyError } from '../src/index.js';
+import { jsonCopy } from '../src/jcs.js';
 import { TESTDATA } from './helpers.js';
 
 const V = JSON.parse(readFileSync(join(TESTDATA, 'jcs-rfc8785.json'), 'utf8'));
@@ -42,4 +43,14 @@ test('values without a canonical form are refused with a typed error', () => {
 test('digest is the hex SHA-256 of the canonical form', () => {
   assert.equal(digest({ b: 1, a: 'x' }), digest({ a: 'x', b: 1 }));
   assert.equal(digest({}), '44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a');
+});
+
+test('jsonCopy keeps a __proto__ key as data, as JSON.parse does, at any depth', () => {
+  for (const text of ['{"__proto__":{"a":1},"b":2}', '{"__proto__":1,"b":2}', '{"x":{"__proto__":[1]}}', '[{"__proto__":null}]']) {
+    const copy = jsonCopy(JSON.parse(text));
+    assert.equal(canonicalize(copy), canonicalize(JSON.parse(text)), text);
+    const objects = [copy, copy.x, copy[0]].filter((o) => o && typeof o === 'object' && !Array.isArray(o));
+    for (const o of objects) assert.equal(Object.getPrototypeOf(o), Object.prototype, text);
+  }
+  assert.equal({}.a, undefined);
 });

@@ -11,6 +11,8 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
+import threading
 import time
 from types import TracebackType
 from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterator, Optional, TypeVar
@@ -23,7 +25,7 @@ from ._http import MAX_POLL_SECONDS, LineSplitter, Settings, SseParser, check_si
 from ._ops import Call
 from .errors import ApiError, GatewayTimeout, NotFound, ProtocolError, SecondkeyError, TransportError, Unauthorized
 from .grants import verify_grant
-from .guard import Authorization, Jwks, Sleep, Wait, flow, record_call, result_summary
+from .guard import WITHDRAW_TIMEOUT, Authorization, Jwks, Sleep, Wait, abandoned_calls, flow, record_call, result_summary
 
 __all__ = ["Client", "AsyncClient", "Guard", "AsyncGuard"]
 
@@ -331,9 +333,29 @@ class Client(_Base):
             left = w.deadline - time.monotonic()
             if left <= 0:
                 return None
-            view = self.get_request(w.id, wait=max(1, min(MAX_POLL_SECONDS, int(left))))
+            # The gateway waits whole seconds (at least one): the HTTP call is
+            # bounded by the time left, so the wait ends at its deadline.
+            wait = max(1, min(MAX_POLL_SECONDS, math.ceil(left)))
+            try:
+                view = self._send(b.get_request(w.id, wait), timeout=min(left, self._s.timeout + wait))
+            except GatewayTimeout:
+                continue  # the deadline has come (the loop returns), or nearly: ask again for the rest
             if view.state != w.state:
                 return view
+
+    def _submit(self, call: Call) -> Any:
+        """The guard's submit, sent from a thread of its own, so that an
+        interruption of the caller (``KeyboardInterrupt``) does not cut the
+        exchange short: the answer gets :data:`WITHDRAW_TIMEOUT` more, and what
+        it opened is closed (``abandoned_calls``) before the interruption is
+        raised."""
+        sub = _Submitting(self, call)
+        try:
+            return sub.result()
+        except BaseException as e:
+            if not sub.failed_with(e):
+                sub.abandon()
+            raise
 
     def _drive(self, gen: Generator[Any, Any, Authorization]) -> Authorization:
         value: Any = None
@@ -344,7 +366,9 @@ class Client(_Base):
                 return eff
             value, exc = None, None
             try:
-                if isinstance(eff, Call):
+                if isinstance(eff, Call) and eff.op == "submit_action":
+                    value = self._submit(eff)
+                elif isinstance(eff, Call):
                     value = self._send(eff)
                 elif isinstance(eff, Wait):
                     value = self._wait(eff)
@@ -354,6 +378,66 @@ class Client(_Base):
                     value = self._keys(eff.refresh)
             except BaseException as e:  # cancellation too: flow withdraws a pending request
                 exc = e
+
+
+class _Submitting:
+    """A submit on its way in a thread of its own: the caller may stop
+    waiting for it (``KeyboardInterrupt``) without cutting it short, and
+    what its answer opened is then closed by whichever thread holds it."""
+
+    def __init__(self, client: Client, call: Call):
+        self._c, self._call = client, call
+        self._lock = threading.Lock()
+        self._answered = threading.Event()
+        self._closed = threading.Event()
+        self._abandoned = False
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        threading.Thread(target=self._run, name="secondkey-submit", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._c._send(self._call)
+        except BaseException as e:  # handed to the caller, or dropped with it
+            self._error = e
+        with self._lock:
+            self._answered.set()
+            abandoned = self._abandoned
+        if abandoned:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            for call in abandoned_calls(self._value):
+                try:
+                    self._c._send(call)
+                except SecondkeyError:
+                    pass  # approved or ended meanwhile, or the gateway is gone: nothing ran either way
+        finally:
+            self._closed.set()
+
+    def result(self) -> Any:
+        self._answered.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def failed_with(self, e: BaseException) -> bool:
+        """Whether ``e`` is the submit's own failure (not the caller giving up)."""
+        return self._answered.is_set() and e is self._error
+
+    def abandon(self) -> None:
+        """The caller gave up: the answer gets WITHDRAW_TIMEOUT more, then what
+        it opened is closed, waiting at most WITHDRAW_TIMEOUT for that too. An
+        answer that comes later is closed by the submit's thread, unwaited."""
+        with self._lock:
+            self._abandoned = True
+            answered = self._answered.is_set()
+        if answered:
+            threading.Thread(target=self._close, name="secondkey-close", daemon=True).start()
+        elif not self._answered.wait(WITHDRAW_TIMEOUT):
+            return
+        self._closed.wait(WITHDRAW_TIMEOUT)
 
 
 def _exit_summary(auth: Authorization, error: Optional[BaseException]) -> tuple[bool, Any]:
@@ -607,6 +691,33 @@ class AsyncClient(_Base):
             if view.state != w.state:
                 return view
 
+    async def _submit(self, call: Call) -> Any:
+        """The guard's submit, shielded from the caller's cancellation: a
+        caller that gives up while it is on its way gives it
+        :data:`WITHDRAW_TIMEOUT` more to answer, and what it opened is closed
+        (``abandoned_calls``) before the cancellation is raised — by a task of
+        its own, which a repeated cancellation does not stop."""
+        task = asyncio.ensure_future(self._send(call))
+        try:
+            return await asyncio.shield(task)
+        except BaseException as e:
+            if task.done() and not task.cancelled() and task.exception() is e:
+                raise  # the submit's own failure
+            await _shielded(self._close_abandoned(task))
+            raise
+
+    async def _close_abandoned(self, submit: "asyncio.Future[Any]") -> None:
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(submit), WITHDRAW_TIMEOUT)
+        except Exception:
+            submit.cancel()  # no answer in time, or none to close
+            return
+        for call in abandoned_calls(answer):
+            try:
+                await self._send(call)
+            except SecondkeyError:
+                pass  # approved or ended meanwhile, or the gateway is gone: nothing ran either way
+
     async def _drive(self, gen: Generator[Any, Any, Authorization]) -> Authorization:
         value: Any = None
         exc: Optional[BaseException] = None
@@ -618,6 +729,8 @@ class AsyncClient(_Base):
             try:
                 if isinstance(eff, Call) and eff.op == "withdraw_request":
                     value = await _shielded(self._send(eff))
+                elif isinstance(eff, Call) and eff.op == "submit_action":
+                    value = await self._submit(eff)
                 elif isinstance(eff, Call):
                     value = await self._send(eff)
                 elif isinstance(eff, Wait):
@@ -630,15 +743,16 @@ class AsyncClient(_Base):
                 exc = e
 
 
-#: Withdraws still on their way after their caller stopped waiting for them.
+#: Withdraws (and closings of abandoned submits) still on their way after
+#: their caller stopped waiting for them.
 _withdrawing: set["asyncio.Task[Any]"] = set()
 
 
 async def _shielded(send: Awaitable[Any]) -> Any:
-    """Sends the withdraw of a request the caller gave up on, shielded from a
-    repeated cancellation (anyio's cancel scopes cancel every later await):
-    the caller stops waiting for it, but once started it still reaches the
-    gateway, within its own timeout."""
+    """Sends the withdraw of a request the caller gave up on (or closes what an
+    abandoned submit opened), shielded from a repeated cancellation (anyio's
+    cancel scopes cancel every later await): the caller stops waiting for it,
+    but once started it still reaches the gateway, within its own timeout."""
     task = asyncio.ensure_future(send)
     _withdrawing.add(task)
     task.add_done_callback(_forget)

@@ -19,7 +19,12 @@ are written once:
   waits (cancellation, ``KeyboardInterrupt``) has it withdrawn too — the
   drivers throw such exceptions into ``flow`` instead of dropping it. That
   withdraw waits at most :data:`WITHDRAW_TIMEOUT` for the gateway, whatever
-  the client's timeout, and the caller's own exception is raised after it.
+  the client's timeout, and the caller's own exception is raised after it;
+* a caller that gives up while a submit is on its way gives that submit
+  :data:`WITHDRAW_TIMEOUT` more to answer, and what the answer opened is
+  closed (:func:`abandoned_calls`): a pending request withdrawn, an
+  execution reported as not run. The drivers do this, since only they can
+  let an exchange outlive the caller's cancellation.
 """
 
 from __future__ import annotations
@@ -44,12 +49,19 @@ from .grants import verify_grant
 from .models import ActionResponse, Consumed, RequestView
 from ._ops import Call
 
-__all__ = ["Authorization", "flow", "Wait", "Sleep", "Jwks", "result_summary", "WITHDRAW_TIMEOUT"]
+__all__ = ["Authorization", "flow", "Wait", "Sleep", "Jwks", "result_summary", "abandoned_calls", "WITHDRAW_TIMEOUT"]
 
 #: How long (seconds) the withdraw of a request the caller gave up on may wait
 #: for the gateway: a cancelled call returns within it even when the gateway
 #: does not answer (the request then expires at its own time).
 WITHDRAW_TIMEOUT = 5.0
+
+#: The summary recorded for an execution the gateway handed out after the
+#: caller had given up: the action never ran.
+NOT_RUN = {
+    "status": "not_run",
+    "reason": "the caller gave up (cancelled or interrupted) before the guard's submit was answered; the action was not run",
+}
 
 #: States after which a request can never authorize anything.
 ENDED = {"denied", "expired", "withdrawn", "revoked", "executed", "failed", "unknown"}
@@ -255,6 +267,25 @@ def flow(
             except SecondkeyError:
                 pass  # approved or ended meanwhile, or the gateway is gone: nothing ran either way
         raise
+
+
+def abandoned_calls(resp: Any) -> list[Call]:
+    """The calls that close what a submit's answer opened, when the caller
+    gave up before it came: a pending request is withdrawn (an approval given
+    later is then left for nobody) and an execution — an execute-mode allow,
+    or an approval used up — is reported as not run (``ok: false``, status
+    ``not_run``), so it does not stay open with nothing recorded. Each waits
+    at most :data:`WITHDRAW_TIMEOUT` for the gateway."""
+    if not isinstance(resp, ActionResponse):
+        return []
+    calls = []
+    if resp.request is not None and resp.request.state == "pending":
+        calls.append(Call("withdraw_request", {"id": resp.request.id}, timeout=WITHDRAW_TIMEOUT))
+    if resp.execution is not None:
+        body = {"ok": False, "summary": NOT_RUN, "reads": [], "writes": []}
+        calls.append(Call("execution_result", {"id": resp.execution.id}, body=json.dumps(body).encode(),
+                          timeout=WITHDRAW_TIMEOUT))
+    return calls
 
 
 def _use_grant(grant: str, digest: str, rid: Optional[str]) -> Generator[Effect, Any, dict[str, Any]]:

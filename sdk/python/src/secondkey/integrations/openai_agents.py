@@ -9,12 +9,16 @@ execution's result. A refusal is returned to the model as the tool's output
 
 The tool runs with the canonical JSON (RFC 8785) of the arguments that were
 submitted and decided, not with the model's own text: the tool's parser
-reads exactly what the reviewer saw. Arguments that are not JSON are
-refused (:class:`~secondkey.jcs.JcsError`) and nothing is submitted.
+reads exactly what the reviewer saw, and so does a tool that reads its
+``ToolContext.tool_arguments`` (it gets a copy of the context holding that
+text; ``tool_call`` stays the model's item, which the SDK keys its own
+bookkeeping on). Arguments that are not JSON are refused
+(:class:`~secondkey.jcs.JcsError`) and nothing is submitted.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from typing import Any
@@ -46,7 +50,7 @@ def guard_function_tool(tool: FunctionTool, client: AsyncClient, *, policy: Poli
         params = action["params"]
         decided = canonicalize(params if isinstance(args, dict) else params["input"]).decode("utf-8")
         try:
-            out = await inner(ctx, decided)
+            out = await inner(_decided_context(ctx, decided), decided)
         except BaseException as e:
             await guard.__aexit__(type(e), e, e.__traceback__)
             raise
@@ -55,6 +59,16 @@ def guard_function_tool(tool: FunctionTool, client: AsyncClient, *, policy: Poli
         return out
 
     return dataclasses.replace(tool, on_invoke_tool=on_invoke_tool)
+
+
+def _decided_context(ctx: Any, decided: str) -> Any:
+    """The tool's context, its ``tool_arguments`` the decided text (a copy:
+    the SDK's own object keeps the model's)."""
+    if not hasattr(ctx, "tool_arguments"):
+        return ctx
+    mine = copy.copy(ctx)
+    mine.tool_arguments = decided
+    return mine
 
 
 def _arguments(name: str, input_json: str) -> Any:
