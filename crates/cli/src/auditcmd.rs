@@ -148,10 +148,11 @@ pub struct EvidenceArgs {
 
 #[derive(Subcommand)]
 enum EvidenceSub {
-    /// Verify a pack: the manifest's key against --key, the bundle against
-    /// that key (and witnesses), its lean statement entries as `log verify`
-    /// checks them, then every figure recomputed from it and compared with
-    /// the pack's figures and report.
+    /// Verify a pack: the manifest's format and maker, its key against
+    /// --key, the bundle against that key (and witnesses), its lean
+    /// statement entries as `log verify` checks them, then every figure
+    /// recomputed from it and compared with the pack's figures and report,
+    /// and the manifest's digests with the pack's files and checkpoint.
     #[command(
         after_help = "Example:\n  secondkey evidence verify ./evidence-q4 --key log.vkey --witness w1.vkey --min-witnesses 1\n\nExit status: 0 the report is exactly what the log proves for the whole period;\n3 it is, but the log ends before the period's end and no given witness cosigned it at or after that end;\nany other status: it failed, and says why."
     )]
@@ -176,6 +177,7 @@ const MANIFEST: &str = "manifest.json";
 const FIGURES: &str = "figures.json";
 const REPORT: &str = "report.html";
 const PDF: &str = "report.pdf";
+const CHECKPOINT: &str = "bundle/checkpoint";
 
 fn find_chromium(given: Option<PathBuf>) -> Option<PathBuf> {
     if given.is_some() {
@@ -305,12 +307,12 @@ pub fn evidence(a: EvidenceArgs) -> Result<ExitCode> {
         "from": f.from,
         "to": f.to,
         "verifier_key": vkey,
-        "made_with": format!("secondkey {}", env!("CARGO_PKG_VERSION")),
+        "made_with": evidence::made_with(),
         "sha256": {
             FIGURES: evidence::sha256_hex(figures.as_bytes()),
             REPORT: evidence::sha256_hex(html.as_bytes()),
             PDF: pdf_sha,
-            "bundle/checkpoint": evidence::sha256_hex(vb.checkpoint.as_bytes()),
+            CHECKPOINT: evidence::sha256_hex(vb.checkpoint.as_bytes()),
         }
     });
     write(
@@ -369,6 +371,12 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
     };
     let manifest: serde_json::Value = serde_json::from_slice(&read(MANIFEST)?)
         .with_context(|| format!("{MANIFEST} is not JSON"))?;
+    // A format this release does not know is refused before any field of
+    // it is read as this format's.
+    let made_with = match evidence::check_manifest(&manifest) {
+        Ok(m) => m,
+        Err(e) => return fail(e.to_string()),
+    };
     let s = |k: &str| -> Result<String> {
         manifest[k]
             .as_str()
@@ -461,10 +469,27 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
             text.get(from..(at + 60).min(text.len())).unwrap_or("")
         ));
     }
+    // The manifest must describe this pack: the checkpoint it names is the
+    // one the figures were recomputed from, byte for byte.
     let digests = &manifest["sha256"];
-    for (name, bytes) in [(FIGURES, read(FIGURES)?), (REPORT, html)] {
-        if digests[name].as_str() != Some(evidence::sha256_hex(&bytes).as_str()) {
-            return fail(format!("{MANIFEST} lists another SHA-256 for {name}"));
+    for (name, bytes) in [
+        (FIGURES, read(FIGURES)?),
+        (REPORT, html),
+        (CHECKPOINT, vb.checkpoint.clone().into_bytes()),
+    ] {
+        let found = evidence::sha256_hex(&bytes);
+        match digests[name].as_str() {
+            Some(d) if d == found => {}
+            Some(d) => {
+                return fail(format!(
+                    "{MANIFEST} lists another SHA-256 for {name} ({d}) than the pack holds ({found}): the manifest or the file was changed after the pack was made"
+                ))
+            }
+            None => {
+                return fail(format!(
+                    "{MANIFEST} lists no SHA-256 for {name}: the manifest was edited"
+                ))
+            }
         }
     }
     // The PDF cannot be printed again byte for byte, and only the unsigned
@@ -496,6 +521,10 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
         f.privileged.len(),
         f.exceptions.len(),
         f.policies.len()
+    );
+    println!(
+        "ok: {MANIFEST} (pack format {}, made with {made_with}) lists exactly the pack's {FIGURES}, {REPORT} and {CHECKPOINT}",
+        evidence::FORMAT
     );
     if f.log.ends_before_period_end {
         let ends = f
