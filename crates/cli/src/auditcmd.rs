@@ -23,7 +23,8 @@ pub struct Source {
     #[arg(long, env = "SECONDKEY_CONFIG", conflicts_with = "bundle")]
     config: Option<PathBuf>,
     /// Or a bundle written by `secondkey log export --bundle` / `log fetch`
-    /// (verified first; needs --key).
+    /// (verified first, lean statement entries included, as `log verify
+    /// --bundle` does; needs --key).
     #[arg(long)]
     bundle: Option<PathBuf>,
     /// The log's verifier key (or a file holding it), for --bundle.
@@ -32,8 +33,11 @@ pub struct Source {
 }
 
 impl Source {
-    /// Every entry of the log, verified when it comes from a bundle.
-    fn entries(&self) -> Result<Vec<Vec<u8>>> {
+    /// Every entry of the log. A bundle's are verified against `--key` and
+    /// held to the statement check of `log verify --bundle` (its count goes
+    /// to standard error: standard output is the report); `Ok(Err(code))`
+    /// when that check fails, after saying why.
+    fn entries(&self) -> Result<std::result::Result<Vec<Vec<u8>>, ExitCode>> {
         match (&self.config, &self.bundle) {
             (_, Some(dir)) => {
                 let key = self
@@ -43,9 +47,9 @@ impl Source {
                 let v = crate::logcmd::load_key(key)?;
                 let vb = secondkey_log::bundle::verify_bundle_entries(dir, &v, None)
                     .map_err(|e| anyhow!("the bundle does not verify: {e}"))?;
-                Ok(vb.entries)
+                Ok(check_statements(&vb.entries, &mut std::io::stderr()).map(|()| vb.entries))
             }
-            (Some(cfg), None) => Ok(snapshot(cfg)?.entries),
+            (Some(cfg), None) => Ok(Ok(snapshot(cfg)?.entries)),
             (None, None) => bail!(
                 "give --config FILE (the gateway's data directory) or --bundle DIR --key VKEY"
             ),
@@ -99,8 +103,12 @@ pub fn report(cmd: ReportCmd) -> Result<ExitCode> {
         bail!("--format {format:?}: use table, csv or json");
     }
     let period = Period::parse(&from, &to)?;
+    let entries = match source.entries()? {
+        Ok(entries) => entries,
+        Err(code) => return Ok(code),
+    };
     let mut t = Tracker::new();
-    t.feed_bytes(source.entries()?)?;
+    t.feed_bytes(entries)?;
     let filter = Filter {
         period,
         agent: None,
@@ -414,7 +422,7 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
     println!("ok: {}", crate::describe(&vb.report));
     // Every lean statement entry must rebuild from a shape its session
     // logged, exactly as `log verify --bundle` requires.
-    if let Err(code) = check_statements(&vb.entries) {
+    if let Err(code) = check_statements(&vb.entries, &mut std::io::stdout()) {
         return Ok(code);
     }
     // Cosignatures say "as of this time, this was the largest tree the

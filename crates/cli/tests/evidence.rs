@@ -8,10 +8,10 @@
 //! incomplete unless a witness cosigned at or after the period's end, a
 //! witness given twice counts once, a signature line is not a cosigner
 //! until checked, and report.pdf is never called verified. Lean statement
-//! entries are checked as `log verify --bundle` checks them, and the
-//! manifest must describe the pack: the auditor's key, a format this
-//! release reads, a well-formed `made_with`, and the digest of the
-//! checkpoint the pack holds.
+//! entries are checked as `log verify --bundle` checks them (and as
+//! `report usage --bundle` does), and the manifest must describe the pack:
+//! the auditor's key, a format this release reads, a well-formed
+//! `made_with`, and the digest of the checkpoint the pack holds.
 
 mod common;
 
@@ -310,7 +310,8 @@ fn append(g: &Gateway, entries: Vec<secondkey_log::entry::Entry>) {
 /// shape entry was changed, fails `evidence verify` even though the log
 /// is signed and every figure matches (the report lists the entry as a
 /// `statement_unresolved` exception, and `evidence` warns when it makes
-/// such a pack). A manifest naming another key than `--key` fails too.
+/// such a pack), and `report usage --bundle` refuses its bundle with the
+/// same message. A manifest naming another key than `--key` fails too.
 #[test]
 fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
     use secondkey_log::lean::{action_digest, Shape, SHAPE_EVENT};
@@ -383,10 +384,32 @@ fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
             &vkey,
         ]);
         let (code, out, err) = verify(&p, &["--key", &vkey]);
+        let (ucode, uout, uerr) = cli(&[
+            "report",
+            "usage",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--key",
+            &vkey,
+            "--from",
+            "2020-01-01",
+            "--to",
+            "2100-01-01",
+            "--format",
+            "csv",
+        ]);
         match &failure {
             None => {
                 assert!(!said.contains("warning"), "{said}");
                 assert_eq!(lcode, 0, "{lout}{lerr}");
+                // The report alone on standard output, the check's count
+                // beside it.
+                assert_eq!(ucode, 0, "{uout}{uerr}");
+                assert!(uout.starts_with("principal,model,"), "{uout}");
+                assert!(
+                    uerr.contains("ok: 1 lean statement entries rebuilt from 1 statement shapes"),
+                    "{uerr}"
+                );
                 // Complete but for the period's end (exit 3).
                 assert_eq!(code, 3, "{out}{err}");
                 assert!(
@@ -405,10 +428,15 @@ fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
                     figures(&p)["exceptions_by_kind"]["statement_unresolved"],
                     if case == "missing" { 1 } else { 2 },
                 );
-                // The same failure from both commands, and nothing after it.
+                // The same failure from all three commands, and nothing
+                // after it: no figure, no usage report.
                 assert!(lcode == 1 && lerr.contains(m.as_str()), "{lout}{lerr}");
                 assert!(code == 1 && err.contains(m.as_str()), "{out}{err}");
                 assert!(!out.contains("every figure"), "{out}");
+                assert!(
+                    ucode == 1 && uerr.contains(m.as_str()) && uout.is_empty(),
+                    "{uout}{uerr}"
+                );
             }
         }
         keys.push(vkey);
