@@ -375,14 +375,7 @@ fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
         append(&g, statements(case, &time));
         let (p, said) = pack_said(&g, &d.join("pack"), "2100-01-01");
         let bundle = p.join("bundle");
-        let (lcode, lout, lerr) = cli(&[
-            "log",
-            "verify",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--key",
-            &vkey,
-        ]);
+        let (lcode, lout, lerr) = verify_bundle(&bundle, &vkey);
         let (code, out, err) = verify(&p, &["--key", &vkey]);
         let (ucode, uout, uerr) = cli(&[
             "report",
