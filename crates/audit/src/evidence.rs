@@ -23,6 +23,55 @@ use crate::AuditError;
 /// recorded as unverified).
 pub const FORMAT: u32 = 2;
 
+/// What a pack's manifest records in `made_with`: the release that made
+/// it.
+pub fn made_with() -> String {
+    format!("secondkey {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Checks the manifest's own fields before anything it lists is trusted,
+/// and returns `made_with`. `format` must be [`FORMAT`]: a pack of another
+/// format holds other figures, which this release would misread, so it is
+/// refused and the message names the release that made it. `made_with`
+/// must be `secondkey` and a SemVer version: a record of that release,
+/// shown to the auditor, not a condition (any release that reads the
+/// pack's format verifies it), but a manifest without it, or with
+/// anything else there, was not written by `secondkey evidence`.
+pub fn check_manifest(manifest: &serde_json::Value) -> Result<String, AuditError> {
+    let bad = |m: String| Err(AuditError::Manifest(m));
+    let maker = &manifest["made_with"];
+    let format = &manifest["format"];
+    match format.as_u64() {
+        Some(n) if n == u64::from(FORMAT) => {}
+        Some(n) => {
+            return bad(format!(
+                "says the pack is of format {n}, but {} reads evidence pack format {FORMAT} only: verify it with the release that made it (made_with: {maker})",
+                made_with()
+            ))
+        }
+        None if format.is_null() => {
+            return bad("has no format: it is not an evidence pack's manifest, or it was edited".into())
+        }
+        None => {
+            return bad(format!(
+                "has format {format}, which is not a pack format number: the manifest was edited"
+            ))
+        }
+    }
+    let Some(text) = maker.as_str() else {
+        return bad(match maker {
+            serde_json::Value::Null => "has no made_with (the release that made the pack, like \"secondkey 1.2.0\"): the manifest was edited".into(),
+            other => format!("has made_with {other}, which is not a string naming the release that made the pack, like \"secondkey 1.2.0\": the manifest was edited"),
+        });
+    };
+    match text.strip_prefix("secondkey ").map(semver::Version::parse) {
+        Some(Ok(_)) => Ok(text.to_string()),
+        _ => bad(format!(
+            "has made_with {text:?}, which is not `secondkey` and a release version, like \"secondkey 1.2.0\": the manifest was edited"
+        )),
+    }
+}
+
 /// A compliance framework the report maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Framework {

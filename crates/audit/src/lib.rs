@@ -41,6 +41,9 @@ pub enum AuditError {
     /// `to` is not after `from`.
     #[error("the period is empty: --to must be after --from")]
     EmptyPeriod,
+    /// An evidence pack's manifest is not one this release reads.
+    #[error("manifest.json {0}")]
+    Manifest(String),
     /// An unknown framework.
     #[error("unknown framework {0:?}; use soc2 or fedramp-moderate")]
     Framework(String),

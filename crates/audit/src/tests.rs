@@ -522,3 +522,68 @@ fn lean_statements_are_read_in_full_and_missing_shapes_are_exceptions() {
         unresolved[0].detail
     );
 }
+
+/// A manifest's format and maker: only this release's format, and a maker
+/// of the form `secondkey` SemVer (another release's is fine).
+#[test]
+fn manifest_format_and_maker() {
+    let me = evidence::made_with();
+    let with = |format: Value, made_with: Value| {
+        let mut m = json!({"framework": "soc2"});
+        for (k, v) in [("format", format), ("made_with", made_with)] {
+            if !v.is_null() {
+                m[k] = v;
+            }
+        }
+        evidence::check_manifest(&m).map_err(|e| e.to_string())
+    };
+    let ok = json!(evidence::FORMAT);
+    assert_eq!(with(ok.clone(), json!(me)), Ok(me.clone()));
+    assert_eq!(
+        with(ok.clone(), json!("secondkey 10.0.3-rc.1+b7")),
+        Ok("secondkey 10.0.3-rc.1+b7".to_string())
+    );
+    for (format, made_with, says) in [
+        (
+            json!(evidence::FORMAT + 1),
+            json!(me),
+            "says the pack is of format 3, but",
+        ),
+        (
+            json!(1),
+            json!("secondkey 0.0.9"),
+            "(made_with: \"secondkey 0.0.9\")",
+        ),
+        (Value::Null, json!(me), "manifest.json has no format"),
+        (
+            json!("2"),
+            json!(me),
+            "has format \"2\", which is not a pack format number",
+        ),
+        (json!(-2), json!(me), "has format -2, which is not"),
+        (json!(2.5), json!(me), "has format 2.5, which is not"),
+        (ok.clone(), Value::Null, "manifest.json has no made_with"),
+        (
+            ok.clone(),
+            json!(["secondkey 1.0.0"]),
+            "which is not a string",
+        ),
+        (ok.clone(), json!(""), "has made_with \"\", which is not"),
+        (
+            ok.clone(),
+            json!("secondkey"),
+            "which is not `secondkey` and a release version",
+        ),
+        (ok.clone(), json!("secondkey v1.2.0"), "which is not"),
+        (ok.clone(), json!("secondkey 1.2"), "which is not"),
+        (ok.clone(), json!("Secondkey 1.2.0"), "which is not"),
+        (ok.clone(), json!("secondkey  1.2.0"), "which is not"),
+        (ok.clone(), json!("secondkey 1.2.0\n"), "which is not"),
+    ] {
+        let got = with(format.clone(), made_with.clone());
+        assert!(
+            got.as_ref().is_err_and(|e| e.contains(says)),
+            "{format} {made_with}: {got:?}"
+        );
+    }
+}

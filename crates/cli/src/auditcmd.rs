@@ -23,7 +23,8 @@ pub struct Source {
     #[arg(long, env = "SECONDKEY_CONFIG", conflicts_with = "bundle")]
     config: Option<PathBuf>,
     /// Or a bundle written by `secondkey log export --bundle` / `log fetch`
-    /// (verified first; needs --key).
+    /// (verified first, lean statement entries included, as `log verify
+    /// --bundle` does; needs --key).
     #[arg(long)]
     bundle: Option<PathBuf>,
     /// The log's verifier key (or a file holding it), for --bundle.
@@ -32,8 +33,11 @@ pub struct Source {
 }
 
 impl Source {
-    /// Every entry of the log, verified when it comes from a bundle.
-    fn entries(&self) -> Result<Vec<Vec<u8>>> {
+    /// Every entry of the log. A bundle's are verified against `--key` and
+    /// held to the statement check of `log verify --bundle` (its count goes
+    /// to standard error: standard output is the report); `Ok(Err(code))`
+    /// when that check fails, after saying why.
+    fn entries(&self) -> Result<std::result::Result<Vec<Vec<u8>>, ExitCode>> {
         match (&self.config, &self.bundle) {
             (_, Some(dir)) => {
                 let key = self
@@ -43,9 +47,9 @@ impl Source {
                 let v = crate::logcmd::load_key(key)?;
                 let vb = secondkey_log::bundle::verify_bundle_entries(dir, &v, None)
                     .map_err(|e| anyhow!("the bundle does not verify: {e}"))?;
-                Ok(vb.entries)
+                Ok(check_statements(&vb.entries, &mut std::io::stderr()).map(|()| vb.entries))
             }
-            (Some(cfg), None) => Ok(snapshot(cfg)?.entries),
+            (Some(cfg), None) => Ok(Ok(snapshot(cfg)?.entries)),
             (None, None) => bail!(
                 "give --config FILE (the gateway's data directory) or --bundle DIR --key VKEY"
             ),
@@ -99,8 +103,12 @@ pub fn report(cmd: ReportCmd) -> Result<ExitCode> {
         bail!("--format {format:?}: use table, csv or json");
     }
     let period = Period::parse(&from, &to)?;
+    let entries = match source.entries()? {
+        Ok(entries) => entries,
+        Err(code) => return Ok(code),
+    };
     let mut t = Tracker::new();
-    t.feed_bytes(source.entries()?)?;
+    t.feed_bytes(entries)?;
     let filter = Filter {
         period,
         agent: None,
@@ -148,10 +156,11 @@ pub struct EvidenceArgs {
 
 #[derive(Subcommand)]
 enum EvidenceSub {
-    /// Verify a pack: the manifest's key against --key, the bundle against
-    /// that key (and witnesses), its lean statement entries as `log verify`
-    /// checks them, then every figure recomputed from it and compared with
-    /// the pack's figures and report.
+    /// Verify a pack: the manifest's format and maker, its key against
+    /// --key, the bundle against that key (and witnesses), its lean
+    /// statement entries as `log verify` checks them, then every figure
+    /// recomputed from it and compared with the pack's figures and report,
+    /// and the manifest's digests with the pack's files and checkpoint.
     #[command(
         after_help = "Example:\n  secondkey evidence verify ./evidence-q4 --key log.vkey --witness w1.vkey --min-witnesses 1\n\nExit status: 0 the report is exactly what the log proves for the whole period;\n3 it is, but the log ends before the period's end and no given witness cosigned it at or after that end;\nany other status: it failed, and says why."
     )]
@@ -176,6 +185,7 @@ const MANIFEST: &str = "manifest.json";
 const FIGURES: &str = "figures.json";
 const REPORT: &str = "report.html";
 const PDF: &str = "report.pdf";
+const CHECKPOINT: &str = "bundle/checkpoint";
 
 fn find_chromium(given: Option<PathBuf>) -> Option<PathBuf> {
     if given.is_some() {
@@ -305,12 +315,12 @@ pub fn evidence(a: EvidenceArgs) -> Result<ExitCode> {
         "from": f.from,
         "to": f.to,
         "verifier_key": vkey,
-        "made_with": format!("secondkey {}", env!("CARGO_PKG_VERSION")),
+        "made_with": evidence::made_with(),
         "sha256": {
             FIGURES: evidence::sha256_hex(figures.as_bytes()),
             REPORT: evidence::sha256_hex(html.as_bytes()),
             PDF: pdf_sha,
-            "bundle/checkpoint": evidence::sha256_hex(vb.checkpoint.as_bytes()),
+            CHECKPOINT: evidence::sha256_hex(vb.checkpoint.as_bytes()),
         }
     });
     write(
@@ -369,6 +379,12 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
     };
     let manifest: serde_json::Value = serde_json::from_slice(&read(MANIFEST)?)
         .with_context(|| format!("{MANIFEST} is not JSON"))?;
+    // A format this release does not know is refused before any field of
+    // it is read as this format's.
+    let made_with = match evidence::check_manifest(&manifest) {
+        Ok(m) => m,
+        Err(e) => return fail(e.to_string()),
+    };
     let s = |k: &str| -> Result<String> {
         manifest[k]
             .as_str()
@@ -406,7 +422,7 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
     println!("ok: {}", crate::describe(&vb.report));
     // Every lean statement entry must rebuild from a shape its session
     // logged, exactly as `log verify --bundle` requires.
-    if let Err(code) = check_statements(&vb.entries) {
+    if let Err(code) = check_statements(&vb.entries, &mut std::io::stdout()) {
         return Ok(code);
     }
     // Cosignatures say "as of this time, this was the largest tree the
@@ -461,10 +477,27 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
             text.get(from..(at + 60).min(text.len())).unwrap_or("")
         ));
     }
+    // The manifest must describe this pack: the checkpoint it names is the
+    // one the figures were recomputed from, byte for byte.
     let digests = &manifest["sha256"];
-    for (name, bytes) in [(FIGURES, read(FIGURES)?), (REPORT, html)] {
-        if digests[name].as_str() != Some(evidence::sha256_hex(&bytes).as_str()) {
-            return fail(format!("{MANIFEST} lists another SHA-256 for {name}"));
+    for (name, bytes) in [
+        (FIGURES, read(FIGURES)?),
+        (REPORT, html),
+        (CHECKPOINT, vb.checkpoint.clone().into_bytes()),
+    ] {
+        let found = evidence::sha256_hex(&bytes);
+        match digests[name].as_str() {
+            Some(d) if d == found => {}
+            Some(d) => {
+                return fail(format!(
+                    "{MANIFEST} lists another SHA-256 for {name} ({d}) than the pack holds ({found}): the manifest or the file was changed after the pack was made"
+                ))
+            }
+            None => {
+                return fail(format!(
+                    "{MANIFEST} lists no SHA-256 for {name}: the manifest was edited"
+                ))
+            }
         }
     }
     // The PDF cannot be printed again byte for byte, and only the unsigned
@@ -496,6 +529,10 @@ fn verify(dir: &Path, key: Option<String>, witnesses: &[String], min: usize) -> 
         f.privileged.len(),
         f.exceptions.len(),
         f.policies.len()
+    );
+    println!(
+        "ok: {MANIFEST} (pack format {}, made with {made_with}) lists exactly the pack's {FIGURES}, {REPORT} and {CHECKPOINT}",
+        evidence::FORMAT
     );
     if f.log.ends_before_period_end {
         let ends = f

@@ -144,7 +144,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                 match secondkey_log::bundle::verify_bundle_entries(&dir, &v, since_text.as_deref())
                 {
                     Ok(vb) => {
-                        if let Err(code) = check_statements(&vb.entries) {
+                        if let Err(code) = check_statements(&vb.entries, &mut std::io::stdout()) {
                             return Ok(code);
                         }
                         println!("ok: {}", crate::describe(&vb.report));
@@ -193,7 +193,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                     since_text.as_deref(),
                 ) {
                     Ok(vb) => {
-                        if let Err(code) = check_statements(&vb.entries) {
+                        if let Err(code) = check_statements(&vb.entries, &mut std::io::stdout()) {
                             return Ok(code);
                         }
                         println!("ok: {}", crate::describe(&vb.report));
@@ -320,12 +320,18 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
 
 /// Checks the lean statement entries of a verified log (each names a
 /// statement shape recorded earlier in its session and rebuilds to its
-/// digest); says how many, or why not. `log verify` and `evidence verify`
-/// both run it, so a log passes one exactly when it passes the other.
-pub(crate) fn check_statements(entries: &[Vec<u8>]) -> std::result::Result<(), ExitCode> {
+/// digest); says how many on `ok`, or why not on standard error.
+/// `log verify`, `evidence verify` and `report usage --bundle` all run it,
+/// so a log passes one exactly when it passes the others. `report usage`
+/// gives standard error as `ok`: its standard output is the report.
+pub(crate) fn check_statements(
+    entries: &[Vec<u8>],
+    ok: &mut dyn Write,
+) -> std::result::Result<(), ExitCode> {
     match secondkey_log::lean::check_statements(entries) {
         Ok(r) if r.lean > 0 || r.shapes > 0 => {
-            println!(
+            let _ = writeln!(
+                ok,
                 "ok: {} lean statement entries rebuilt from {} statement shapes, each matching its action digest",
                 r.lean, r.shapes
             );

@@ -8,8 +8,10 @@
 //! incomplete unless a witness cosigned at or after the period's end, a
 //! witness given twice counts once, a signature line is not a cosigner
 //! until checked, and report.pdf is never called verified. Lean statement
-//! entries are checked as `log verify --bundle` checks them, and the key
-//! the manifest records must be the auditor's.
+//! entries are checked as `log verify --bundle` checks them (and as
+//! `report usage --bundle` does), and the manifest must describe the pack:
+//! the auditor's key, a format this release reads, a well-formed
+//! `made_with`, and the digest of the checkpoint the pack holds.
 
 mod common;
 
@@ -308,7 +310,8 @@ fn append(g: &Gateway, entries: Vec<secondkey_log::entry::Entry>) {
 /// shape entry was changed, fails `evidence verify` even though the log
 /// is signed and every figure matches (the report lists the entry as a
 /// `statement_unresolved` exception, and `evidence` warns when it makes
-/// such a pack). A manifest naming another key than `--key` fails too.
+/// such a pack), and `report usage --bundle` refuses its bundle with the
+/// same message. A manifest naming another key than `--key` fails too.
 #[test]
 fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
     use secondkey_log::lean::{action_digest, Shape, SHAPE_EVENT};
@@ -372,19 +375,34 @@ fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
         append(&g, statements(case, &time));
         let (p, said) = pack_said(&g, &d.join("pack"), "2100-01-01");
         let bundle = p.join("bundle");
-        let (lcode, lout, lerr) = cli(&[
-            "log",
-            "verify",
+        let (lcode, lout, lerr) = verify_bundle(&bundle, &vkey);
+        let (code, out, err) = verify(&p, &["--key", &vkey]);
+        let (ucode, uout, uerr) = cli(&[
+            "report",
+            "usage",
             "--bundle",
             bundle.to_str().unwrap(),
             "--key",
             &vkey,
+            "--from",
+            "2020-01-01",
+            "--to",
+            "2100-01-01",
+            "--format",
+            "csv",
         ]);
-        let (code, out, err) = verify(&p, &["--key", &vkey]);
         match &failure {
             None => {
                 assert!(!said.contains("warning"), "{said}");
                 assert_eq!(lcode, 0, "{lout}{lerr}");
+                // The report alone on standard output, the check's count
+                // beside it.
+                assert_eq!(ucode, 0, "{uout}{uerr}");
+                assert!(uout.starts_with("principal,model,"), "{uout}");
+                assert!(
+                    uerr.contains("ok: 1 lean statement entries rebuilt from 1 statement shapes"),
+                    "{uerr}"
+                );
                 // Complete but for the period's end (exit 3).
                 assert_eq!(code, 3, "{out}{err}");
                 assert!(
@@ -403,10 +421,15 @@ fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
                     figures(&p)["exceptions_by_kind"]["statement_unresolved"],
                     if case == "missing" { 1 } else { 2 },
                 );
-                // The same failure from both commands, and nothing after it.
+                // The same failure from all three commands, and nothing
+                // after it: no figure, no usage report.
                 assert!(lcode == 1 && lerr.contains(m.as_str()), "{lout}{lerr}");
                 assert!(code == 1 && err.contains(m.as_str()), "{out}{err}");
                 assert!(!out.contains("every figure"), "{out}");
+                assert!(
+                    ucode == 1 && uerr.contains(m.as_str()) && uout.is_empty(),
+                    "{uout}{uerr}"
+                );
             }
         }
         keys.push(vkey);
@@ -452,4 +475,116 @@ fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
     set_key(json!(keys[2]));
     let (code, out, err) = verify(&edited, &["--key", &keys[2]]);
     assert_eq!(code, 3, "{out}{err}");
+}
+
+/// The manifest must describe the pack it is in: a pack format this
+/// release reads, a `made_with` naming a release, and the SHA-256 of the
+/// pack's checkpoint. Each field tampered alone fails `evidence verify`
+/// with a message naming it, though every figure still matches; the
+/// untampered pack passes, and so does one whose `made_with` names another
+/// release (a record, not a condition).
+#[test]
+fn evidence_verify_refuses_a_manifest_that_disagrees_with_the_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut g = Gateway::start(&d.join("gw"));
+    let vkey = g.text("/v1/log/verifier-key").trim().to_string();
+    act(&g, 0);
+    let last = g.log_entries().last().unwrap()["time"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    g.stop();
+    // A period the log reaches (its last entry is at the period's end).
+    let p = pack(&g, &d.join("pack"), &last);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(p.join("manifest.json")).unwrap()).unwrap();
+    let checkpoint = std::fs::read(p.join("bundle/checkpoint")).unwrap();
+    assert_eq!(
+        manifest["sha256"]["bundle/checkpoint"],
+        json!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            &checkpoint
+        )))
+    );
+    let made_with = manifest["made_with"].as_str().unwrap().to_string();
+    assert!(made_with.starts_with("secondkey "), "{made_with}");
+    let (code, out, err) = verify(&p, &["--key", &vkey]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("ok: manifest.json (pack format 2, made with {made_with}) lists exactly the pack's figures.json, report.html and bundle/checkpoint")),
+        "{out}"
+    );
+
+    let edited = copy(&p, &d.join("edited"));
+    // Sets the manifest's field at `path` (removes it for `None`), verifies,
+    // and puts the manifest back.
+    let tampered = |path: &[&str], v: Option<Value>| {
+        let mut m = manifest.clone();
+        let (last, parents) = path.split_last().unwrap();
+        let at = parents.iter().fold(&mut m, |m, k| &mut m[*k]);
+        match v {
+            Some(v) => at[*last] = v,
+            None => {
+                at.as_object_mut().unwrap().remove(*last);
+            }
+        }
+        std::fs::write(edited.join("manifest.json"), m.to_string()).unwrap();
+        let said = verify(&edited, &["--key", &vkey]);
+        std::fs::write(edited.join("manifest.json"), manifest.to_string()).unwrap();
+        said
+    };
+    let other_digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        b"another checkpoint",
+    ));
+    let cases: Vec<(&[&str], Option<Value>, String)> = vec![
+        (
+            &["format"],
+            Some(json!(3)),
+            format!("FAILED: manifest.json says the pack is of format 3, but {made_with} reads evidence pack format 2 only: verify it with the release that made it (made_with: \"{made_with}\")"),
+        ),
+        (&["format"], Some(json!(1)), "says the pack is of format 1".into()),
+        (
+            &["format"],
+            Some(json!("2")),
+            "FAILED: manifest.json has format \"2\", which is not a pack format number".into(),
+        ),
+        (&["format"], None, "FAILED: manifest.json has no format".into()),
+        (&["made_with"], None, "FAILED: manifest.json has no made_with".into()),
+        (
+            &["made_with"],
+            Some(json!(7)),
+            "FAILED: manifest.json has made_with 7, which is not a string".into(),
+        ),
+        (
+            &["made_with"],
+            Some(json!("secondkey")),
+            "FAILED: manifest.json has made_with \"secondkey\", which is not `secondkey` and a release version".into(),
+        ),
+        (&["made_with"], Some(json!("secondkey 1.2")), "has made_with \"secondkey 1.2\", which is not".into()),
+        (&["made_with"], Some(json!("other 1.2.0")), "has made_with \"other 1.2.0\", which is not".into()),
+        (
+            &["sha256", "bundle/checkpoint"],
+            Some(json!(other_digest)),
+            format!("FAILED: manifest.json lists another SHA-256 for bundle/checkpoint ({other_digest}) than the pack holds"),
+        ),
+        (
+            &["sha256", "bundle/checkpoint"],
+            None,
+            "FAILED: manifest.json lists no SHA-256 for bundle/checkpoint".into(),
+        ),
+    ];
+    for (path, v, want) in cases {
+        let (code, out, err) = tampered(path, v.clone());
+        assert!(
+            code == 1 && err.contains(want.as_str()),
+            "{path:?} = {v:?}: {out}{err}"
+        );
+    }
+    // Another release's name is a record of who made it, not a condition.
+    let (code, out, err) = tampered(&["made_with"], Some(json!("secondkey 9.4.1-rc.1")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("made with secondkey 9.4.1-rc.1"), "{out}");
+    // Put back, the copy passes again.
+    let (code, out, err) = verify(&edited, &["--key", &vkey]);
+    assert_eq!(code, 0, "{out}{err}");
 }

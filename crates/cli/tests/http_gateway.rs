@@ -684,15 +684,7 @@ fn bypass_corpus(g: &Gateway, access: &Path) {
         let answer = raw(&addr, bad.as_bytes());
         assert_eq!(status_of(&answer), 400, "TE {odd:?}: {answer}");
     }
-    // gunicorn writes its access line after the answer: wait for the
-    // carrier's, then a little longer for any line behind it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served_matching(access, "POST /anything/invoices/s1/refunds") == 0
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    served_eventually(access, "POST /anything/invoices/s1/refunds", 1);
     let after = served(access);
     let reached: Vec<&String> = after[before..].iter().collect();
     assert_eq!(

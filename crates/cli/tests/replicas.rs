@@ -87,6 +87,34 @@ fn replicas_full(n: usize, extra_all: &str, env: &[(&str, &str)]) -> Replicas {
     }
 }
 
+/// The OpenID Connect provider the replicas of [`oidc_replicas`] sign
+/// people in through; it runs while this lives.
+struct Idp {
+    _proc: oidc::Proc,
+    _dir: tempfile::TempDir,
+}
+
+/// Two replicas that sign people in through one provider, started here:
+/// `oidc` is added to their `[oidc]` section (a `redirect_url`, say),
+/// `extra` after it. Returns the provider (keep it), the replicas and the
+/// section as given to them.
+fn oidc_replicas(oidc: &str, extra: &str) -> (Idp, Replicas, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (proc, issuer) = oidc::start_idp(dir.path());
+    let secret = dir.path().join("client_secret");
+    std::fs::write(&secret, "replica-test-client-secret\n").unwrap();
+    let section = format!(
+        "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\n{oidc}",
+        secret.display()
+    );
+    let r = replicas_with(2, &format!("{section}{extra}"));
+    let idp = Idp {
+        _proc: proc,
+        _dir: dir,
+    };
+    (idp, r, section)
+}
+
 fn copy_keys(from: &Gateway, to: &Path) {
     let src = from.dir.join("data/keys");
     let dst = to.join("data/keys");
@@ -559,18 +587,8 @@ fn kill_9_of_a_replica_and_postgres_stopped_under_load_lose_nothing_acknowledged
 /// memory of the replica that took the sign-out.
 #[test]
 fn signing_out_on_one_replica_ends_the_session_on_the_others() {
-    use oidc::{csrf_of, get_page, post_form, sign_in, start_idp};
-    let idp_dir = tempfile::tempdir().unwrap();
-    let (_idp, issuer) = start_idp(idp_dir.path());
-    let secret = idp_dir.path().join("client_secret");
-    std::fs::write(&secret, "replica-test-client-secret\n").unwrap();
-    let r = replicas_with(
-        2,
-        &format!(
-            "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\n",
-            secret.display()
-        ),
-    );
+    use oidc::{csrf_of, get_page, post_form, sign_in};
+    let (_idp, r, _) = oidc_replicas("", "");
     let (a, b) = (&r.gws[0], &r.gws[1]);
     let bob = sign_in(&a.url, "bob", "/inbox");
     let page = get_page(&b.url, &bob.session, "/inbox");
@@ -594,17 +612,12 @@ fn signing_out_on_one_replica_ends_the_session_on_the_others() {
 /// a new sign-in on any replica works.
 #[test]
 fn revoking_a_person_s_sessions_on_one_replica_ends_them_on_the_others() {
-    use oidc::{get_page, sign_in, start_idp};
+    use oidc::{get_page, sign_in};
     use sha2::Digest;
-    let idp_dir = tempfile::tempdir().unwrap();
-    let (_idp, issuer) = start_idp(idp_dir.path());
-    let secret = idp_dir.path().join("client_secret");
-    std::fs::write(&secret, "replica-test-client-secret\n").unwrap();
-    let r = replicas_with(
-        2,
+    let (_idp, r, _) = oidc_replicas(
+        "",
         &format!(
-            "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\n\n[[principals]]\nid = \"service:offboarding\"\ngroups = [\"security\"]\ntoken_sha256 = \"{}\"\n",
-            secret.display(),
+            "\n[[principals]]\nid = \"service:offboarding\"\ngroups = [\"security\"]\ntoken_sha256 = \"{}\"\n",
             hex::encode(sha2::Sha256::digest(token_of("service:offboarding").as_bytes()))
         ),
     );
@@ -643,18 +656,11 @@ fn revoking_a_person_s_sessions_on_one_replica_ends_them_on_the_others() {
 /// session key, once across all of them, and on no gateway with another key.
 #[test]
 fn a_sign_in_started_on_one_replica_completes_on_another() {
-    use oidc::{callback_at, consent, cookie_value, get_page, start_idp, start_sign_in};
-    let idp_dir = tempfile::tempdir().unwrap();
-    let (_idp, issuer) = start_idp(idp_dir.path());
-    let secret = idp_dir.path().join("client_secret");
-    std::fs::write(&secret, "replica-test-client-secret\n").unwrap();
+    use oidc::{callback_at, consent, cookie_value, get_page, start_sign_in};
     // Behind a balancer every replica has the same public callback URL;
     // the test hands the provider's redirect to the replica it chooses.
-    let section = format!(
-        "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\nredirect_url = \"http://127.0.0.1:9/auth/callback\"\n",
-        secret.display()
-    );
-    let r = replicas_with(2, &section);
+    let (_idp, r, section) =
+        oidc_replicas("redirect_url = \"http://127.0.0.1:9/auth/callback\"\n", "");
     let (a, b) = (&r.gws[0], &r.gws[1]);
     let (cookie, authorize) = start_sign_in(&a.url, "/inbox");
     let callback = consent(&authorize, "bob");

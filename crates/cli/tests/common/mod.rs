@@ -550,20 +550,26 @@ pub fn export_log(g: &Gateway) -> (tempfile::TempDir, String, Vec<Value>) {
     let bundle = out.path().join("bundle");
     export_bundle(g, &bundle);
     let vkey = g.text("/v1/log/verifier-key").trim().to_string();
-    let (code, o, e) = run_cli(
+    let (code, o, e) = verify_bundle(&bundle, &vkey);
+    assert_eq!(code, 0, "the log must verify: {o} {e}");
+    (out, vkey, log_entries(g))
+}
+
+/// `secondkey log verify --bundle bundle --key vkey`: (exit code, stdout,
+/// stderr).
+pub fn verify_bundle(bundle: &Path, vkey: &str) -> (i32, String, String) {
+    run_cli(
         &[
             "log",
             "verify",
             "--bundle",
             bundle.to_str().unwrap(),
             "--key",
-            &vkey,
+            vkey,
         ],
-        &g.url,
+        "http://127.0.0.1:1",
         None,
-    );
-    assert_eq!(code, 0, "the log must verify: {o} {e}");
-    (out, vkey, log_entries(g))
+    )
 }
 
 /// `secondkey log export --bundle to` of `g`'s log; it must succeed.
