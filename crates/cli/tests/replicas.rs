@@ -730,6 +730,77 @@ fn a_request_webhook_is_delivered_by_one_replica() {
 }
 
 #[test]
+fn a_webhook_upgraded_from_its_file_cursor_sends_what_the_file_had_not() {
+    let (hook_url, hooks) = fakes::webhook_receiver();
+    let mut r = replicas(1);
+    let g = &mut r.gws[0];
+    // An earlier version, its cursor in a file, delivered the first
+    // request's creation; two more were made before the upgrade.
+    let sent = held_export(g, 1);
+    let missed = [held_export(g, 2), held_export(g, 3)];
+    let entries = g.log_entries();
+    let created_at = |id: &str| {
+        let e = entries
+            .iter()
+            .find(|e| e["event"] == "request.created" && e["subjects"]["request"] == id)
+            .expect("its request.created entry");
+        e["index"].as_u64().unwrap()
+    };
+    let cursor = created_at(&missed[0]);
+    assert!(created_at(&sent) < cursor);
+    g.stop();
+    let files = g.dir.join("data/channels/webhooks");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("ops.cursor"), format!("{cursor}\n")).unwrap();
+    // The upgrade: the same data directory, the webhook configured.
+    let port = common::free_port();
+    let extra = format!(
+        "{}\n[[webhooks]]\nname = \"ops\"\nurl = \"{hook_url}\"\nsecret_env = \"SK_HOOK\"\n",
+        store_section(&r.cluster, &g.dir.join("store.pw"))
+    );
+    g.config = common::write_config_extra(&g.dir, port, POLICIES, &extra);
+    g.url = format!("http://127.0.0.1:{port}");
+    g.env
+        .push(("SK_HOOK".to_string(), fakes::HOOK_SECRET.to_string()));
+    g.spawn();
+    let created = |cs: &[fakes::Call], id: &str| {
+        cs.iter()
+            .skip(1) // the receiver refuses the first delivery
+            .filter(|c| c.body["type"] == "request.created" && c.body["data"]["request"] == id)
+            .count()
+    };
+    for id in &missed {
+        fakes::wait_for(&hooks, "a missed request.created delivered", |cs| {
+            (created(cs, id) > 0).then_some(())
+        });
+    }
+    // The store owns the cursor now: a restart does not read the file
+    // again (put back at 0, it would re-send the whole log).
+    std::fs::write(files.join("ops.cursor"), "0\n").unwrap();
+    g.stop();
+    g.spawn();
+    let later = held_export(g, 4);
+    fakes::wait_for(&hooks, "the next request.created delivered", |cs| {
+        (created(cs, &later) > 0).then_some(())
+    });
+    // Time for a duplicate to arrive, were there one.
+    std::thread::sleep(Duration::from_secs(3));
+    let calls = hooks.lock().unwrap().clone();
+    assert_eq!(created(&calls, &sent), 0, "delivered before the upgrade");
+    for id in missed.iter().chain([&later]) {
+        assert_eq!(created(&calls, id), 1, "{id} once: {calls:#?}");
+    }
+    let mut accepted = std::collections::BTreeMap::<String, usize>::new();
+    for c in &calls[1..] {
+        *accepted.entry(c.headers["webhook-id"].clone()).or_default() += 1;
+    }
+    assert!(
+        accepted.values().all(|n| *n == 1),
+        "each webhook id delivered once: {accepted:?}"
+    );
+}
+
+#[test]
 fn a_replica_stopped_cleanly_hands_the_lease_over_at_once() {
     let mut r = replicas(3);
     // Twice: the leader stops (SIGTERM), and another replica takes the

@@ -142,6 +142,20 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Admission `seq`'s entry will not be durable (its commit failed, or
+    /// it cannot be written at all): it leaves the undurable ones, and
+    /// after-allows take the strict path until a strict commit enqueued
+    /// after this succeeds ([`AfterLog::recovered`]).
+    fn not_durable(&mut self, seq: u64, id: &str, error: &str) {
+        self.undurable.remove(&seq);
+        self.failed = true;
+        self.failures += 1;
+        tracing::error!(action = %id, %error,
+            "the log entry of a @record(\"after\") allow was not written; after-allows wait for their entry until a commit succeeds");
+    }
+}
+
 /// The after-allows of one gateway. See the module docs.
 #[derive(Debug)]
 pub(crate) struct AfterLog {
@@ -308,17 +322,14 @@ impl AfterLog {
         self.state().slots.is_empty()
     }
 
-    /// Notes that the entry of admission `seq` committed (or failed to).
-    fn settled(&self, seq: u64, id: &str, ok: bool) {
+    /// Notes that the entry of admission `seq` committed, or why not.
+    fn settled(&self, seq: u64, id: &str, outcome: &Result<(), ApiError>) {
         let mut st = self.state();
-        st.undurable.remove(&seq);
-        if !ok {
-            st.failed = true;
-            st.failures += 1;
-            tracing::error!(
-                action = %id,
-                "the log entry of a @record(\"after\") allow did not commit; after-allows wait for their entry until a commit succeeds"
-            );
+        match outcome {
+            Ok(()) => {
+                st.undurable.remove(&seq);
+            }
+            Err(e) => st.not_durable(seq, id, &e.message),
         }
     }
 
@@ -378,11 +389,7 @@ impl AfterLog {
             match write_of(slot) {
                 Ok(w) => writes.push(w),
                 Err((unwritten, e)) => {
-                    st.undurable.remove(&unwritten.seq);
-                    st.failed = true;
-                    st.failures += 1;
-                    tracing::error!(action = %unwritten.id, error = %e.message,
-                        "the log entry of a @record(\"after\") allow cannot be written; after-allows wait for their entry until a commit succeeds");
+                    st.not_durable(unwritten.seq, &unwritten.id, &e.message);
                     if let Some(r) = unwritten.reply {
                         let _ = r.send(Err(e));
                     }
@@ -425,7 +432,7 @@ impl AfterLog {
     async fn settle(&self, h: HandOver) {
         let out = h.commit.await.map_err(ApiError::from);
         for s in h.settle {
-            self.settled(s.seq, &s.id, out.is_ok());
+            self.settled(s.seq, &s.id, &out);
             if let Some(r) = s.reply {
                 let _ = r.send(out.clone());
             }
@@ -538,7 +545,7 @@ mod tests {
         // A strict commit is enqueued; a hand-over fails before it answers
         // (the failing batch may be the later one).
         let before = log.failures();
-        log.settled(0, "a", false);
+        log.settled(0, "a", &Err(ApiError::internal("the disk is full")));
         log.recovered(before);
         assert!(!admitted(&log, "b"), "still failing: allows go strict");
         // A strict commit enqueued after the failure clears it.

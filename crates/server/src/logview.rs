@@ -190,10 +190,21 @@ pub struct StoreCursor {
     store: secondkey_store::Store,
     ns: &'static str,
     name: String,
-    /// Where a cursor not stored yet starts: the log's first entry (a
-    /// sink exports the whole log), or its end (a request webhook does not
-    /// replay history).
-    from_end: bool,
+    /// Where a cursor not stored yet starts.
+    start: Start,
+}
+
+/// Where a [`StoreCursor`] the store holds nothing for yet starts.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// At the log's first entry: a sink exports the whole log.
+    First,
+    /// At the log's end (its size when first loaded): a request webhook
+    /// does not replay history.
+    End,
+    /// At this index: where the webhook's file cursor of an earlier
+    /// version stopped.
+    At(u64),
 }
 
 impl StoreCursor {
@@ -203,19 +214,22 @@ impl StoreCursor {
             store,
             ns: SINK_CURSOR_NS,
             name: name.to_owned(),
-            from_end: false,
+            start: Start::First,
         }
     }
 
     /// The cursor of request webhook `name`: the first time it is loaded,
-    /// it starts at the log's end (its size then) and records that start,
-    /// so every replica that delivers after it goes on from there.
-    pub fn webhook(store: secondkey_store::Store, name: &str) -> StoreCursor {
+    /// it starts at `file` — the next index the webhook's file cursor of
+    /// an earlier version had to deliver, which the store owns from then
+    /// on — or, without one, at the log's end (its size then), and records
+    /// that start, so every replica that delivers after it goes on from
+    /// there.
+    pub fn webhook(store: secondkey_store::Store, name: &str, file: Option<u64>) -> StoreCursor {
         StoreCursor {
             store,
             ns: WEBHOOK_CURSOR_NS,
             name: name.to_owned(),
-            from_end: true,
+            start: file.map_or(Start::End, Start::At),
         }
     }
 
@@ -228,17 +242,21 @@ impl StoreCursor {
 impl secondkey_sinks::Cursor for StoreCursor {
     fn load(&self) -> Result<u64, String> {
         match self.store.get_record(self.ns, &self.name) {
-            Ok(None) if !self.from_end => Ok(0),
             Ok(None) => {
+                let start = match self.start {
+                    Start::First => return Ok(0),
+                    Start::End => self.store.log_size(),
+                    Start::At(at) => at,
+                }
+                .to_string();
                 // The first holder to load it sets the start, in one
                 // transaction (batches are serialized across replicas).
                 let (ns, name) = (self.ns, self.name.clone());
-                let end = self.store.log_size().to_string();
                 let v = self
                     .store
                     .transact_blocking(move |tx| match tx.get_record(ns, &name)? {
                         Some(v) => Ok(v),
-                        None => tx.put_record(ns, &name, &end).map(|()| end),
+                        None => tx.put_record(ns, &name, &start).map(|()| start),
                     })
                     .map_err(|e| format!("cannot start the cursor of sink {}: {e}", self.name))?;
                 self.parse(&v)

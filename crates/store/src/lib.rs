@@ -275,20 +275,98 @@ pub(crate) type Shared = Arc<LogView>;
 /// and the follower's last failure to follow the shared log, each cleared
 /// only by its own next success (a lease renewal that commits says nothing
 /// about entries the follower found missing, nor the other way round).
-#[derive(Debug, Default)]
+///
+/// The writer marks every batch busy and idle again without a lock (an
+/// atomic), and takes the lock only when its failure changes: a healthy
+/// writer locks nothing here. It alone sets its failure, so it knows
+/// whether one is set without reading it back.
+#[derive(Debug)]
 pub(crate) struct Health {
-    pub writer: Option<String>,
-    pub follower: Option<String>,
-    /// When the batch the writer is in began: a commit that has not come
-    /// back for [`STALLED_AFTER`] (a frozen database host) is a failure
-    /// too, though nothing has failed yet.
-    pub busy_since: Option<std::time::Instant>,
+    failures: std::sync::Mutex<Failures>,
+    /// What `busy_since` counts from.
+    epoch: std::time::Instant,
+    /// When the batch the writer is in began, in nanoseconds after `epoch`
+    /// plus one; 0 between batches. A commit that has not come back for
+    /// [`STALLED_AFTER`] (a frozen database host) is a failure too, though
+    /// nothing has failed yet.
+    busy_since: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    writer: Option<String>,
+    follower: Option<String>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            failures: Default::default(),
+            epoch: std::time::Instant::now(),
+            busy_since: Default::default(),
+        }
+    }
+}
+
+impl Health {
+    /// The writer begins a batch.
+    pub(crate) fn busy(&self) {
+        let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.busy_since
+            .store(since + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The writer's batch is over.
+    pub(crate) fn idle(&self) {
+        self.busy_since
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets (or clears) the writer's failure. The writer calls it only when
+    /// the failure changes.
+    pub(crate) fn set_writer(&self, failure: Option<String>) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.writer = failure;
+        }
+    }
+
+    /// Sets (or clears) the follower's failure.
+    pub(crate) fn set_follower(&self, failure: Option<String>) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.follower = failure;
+        }
+    }
+
+    /// `Err` with the reason while the store fails: the writer's failure,
+    /// then a stalled commit, then the follower's failure.
+    pub(crate) fn report(&self) -> Result<(), String> {
+        let f = self
+            .failures
+            .lock()
+            .map_err(|_| "the store's health lock is poisoned".to_string())?;
+        let stalled = match self.busy_since.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            since => {
+                let began = self.epoch + std::time::Duration::from_nanos(since - 1);
+                Some(began.elapsed()).filter(|d| *d >= STALLED_AFTER)
+            }
+        };
+        match (&f.writer, stalled, &f.follower) {
+            (Some(e), _, _) => Err(e.clone()),
+            (None, Some(d), _) => Err(format!(
+                "a commit has not come back for {} s: the storage does not answer",
+                d.as_secs()
+            )),
+            (None, None, Some(e)) => Err(e.clone()),
+            (None, None, None) => Ok(()),
+        }
+    }
 }
 
 /// How long a commit may take before `/healthz` calls the store stalled.
 pub(crate) const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub(crate) type HealthCell = Arc<std::sync::Mutex<Health>>;
+pub(crate) type HealthCell = Arc<Health>;
 
 /// Tells the log's watchers (sinks, webhooks, waiters) the tree's new size.
 /// Never moves it back: the writer and the follower extend the tree from

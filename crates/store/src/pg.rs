@@ -1006,9 +1006,7 @@ impl Readers {
                         break;
                     }
                     let out = readers.catch_up(&view, &size_tx);
-                    if let Ok(mut h) = health.lock() {
-                        h.follower = out.err().map(|e| format!("{FOLLOW_FAILED}: {e}"));
-                    }
+                    health.set_follower(out.err().map(|e| format!("{FOLLOW_FAILED}: {e}")));
                 }
             })
             .map_err(|e| StoreError::Pg(format!("cannot start the follower: {e}")))?;

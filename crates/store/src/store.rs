@@ -424,24 +424,7 @@ impl Store {
     /// `Err` with the reason while the last commit failed (disk full, I/O
     /// error): the gateway is then refusing everything.
     pub fn health(&self) -> Result<(), String> {
-        match self.inner.health.lock() {
-            Ok(h) => {
-                let stalled = h
-                    .busy_since
-                    .map(|t| t.elapsed())
-                    .filter(|d| *d >= crate::STALLED_AFTER);
-                match (&h.writer, stalled, &h.follower) {
-                    (Some(e), _, _) => Err(e.clone()),
-                    (None, Some(d), _) => Err(format!(
-                        "a commit has not come back for {} s: the storage does not answer",
-                        d.as_secs()
-                    )),
-                    (None, None, Some(e)) => Err(e.clone()),
-                    (None, None, None) => Ok(()),
-                }
-            }
-            Err(_) => Err("the store's health lock is poisoned".into()),
-        }
+        self.inner.health.report()
     }
 
     /// Requests that concern `viewer` (as requester, owner, on-behalf-of
@@ -701,17 +684,20 @@ fn writer_loop(
         }
         waited
     };
+    // Whether the last commit failed. Only this thread sets the writer's
+    // failure, so it knows without asking `health` (and locks it only when
+    // the failure changes).
+    let failing = std::cell::Cell::new(false);
     let mut commit = |batch: Vec<Job>| {
-        if let Ok(mut h) = health.lock() {
-            h.busy_since = Some(std::time::Instant::now());
-        }
+        health.busy();
         let (outcome, replies) = run_batch(backend.as_mut(), batch, &view, &size_tx, &top_up);
         // Health first: whoever hears of a failed commit finds `/healthz`
         // already reporting it.
-        if let Ok(mut h) = health.lock() {
-            h.writer = outcome.err();
-            h.busy_since = None;
+        if outcome.is_err() || failing.get() {
+            failing.set(outcome.is_err());
+            health.set_writer(outcome.err());
         }
+        health.idle();
         for (reply, result) in replies {
             let _ = reply.send(result);
         }
@@ -723,8 +709,7 @@ fn writer_loop(
         // While the last commit failed, nothing may come to show that the
         // storage is back (a balancer takes a failing node out): a probe
         // commit each second clears `/healthz` once one succeeds.
-        let failing = health.lock().map_or(true, |h| h.writer.is_some());
-        let first = if failing {
+        let first = if failing.get() {
             match rx.recv_timeout(HEALTH_PROBE_INTERVAL) {
                 Ok(wake) => wake,
                 Err(mpsc::RecvTimeoutError::Timeout) => Wake::Job(health_probe()),

@@ -948,3 +948,34 @@ fn a_job_handed_over_soon_commits_while_waited_jobs_race_it(kind: Kind) {
     );
     store.close();
 }
+
+#[test]
+fn health_reports_the_writer_then_a_stalled_commit_then_the_follower() {
+    let h = crate::Health::default();
+    assert_eq!(h.report(), Ok(()));
+    h.busy();
+    assert_eq!(h.report(), Ok(()), "a batch under way is no failure");
+    h.idle();
+    // A batch that began longer ago than STALLED_AFTER and has not ended.
+    let long_ago = crate::STALLED_AFTER + std::time::Duration::from_secs(1);
+    let h = crate::Health {
+        epoch: std::time::Instant::now().checked_sub(long_ago).unwrap(),
+        ..Default::default()
+    };
+    h.busy_since.store(1, std::sync::atomic::Ordering::Relaxed);
+    let stalled = || {
+        h.report()
+            .unwrap_err()
+            .contains("a commit has not come back")
+    };
+    assert!(stalled(), "{:?}", h.report());
+    h.set_follower(Some("the follower fails".into()));
+    assert!(stalled(), "a stalled commit comes before the follower");
+    h.set_writer(Some("the disk is full".into()));
+    assert_eq!(h.report(), Err("the disk is full".into()));
+    h.set_writer(None);
+    h.idle();
+    assert_eq!(h.report(), Err("the follower fails".into()));
+    h.set_follower(None);
+    assert_eq!(h.report(), Ok(()));
+}
