@@ -2123,19 +2123,10 @@ fn http_tasks_reach_only_those_the_callers_own_decided_calls_created() {
 /// `CreateTaskResult`, and not again on a second `tasks/result`.
 #[test]
 fn http_a_task_run_call_is_recorded_once_with_its_result() {
-    let tmp = tempfile::tempdir().unwrap();
-    let up = upstream_with(tmp.path(), "task_server.py", &[], None);
-    let servers = server("tasks", &up.url, "");
-    let e = start_with("", up, tmp, &servers);
+    let e = start_tasks("");
     let a = e.session("tasks", "agent:report-bot");
     let t1 = task_created(&a, 1, "payroll", json!({}));
     let t2 = task_created(&a, 2, "salaries", json!({"test/sse": true}));
-    let results = || -> Vec<Value> {
-        e.log()
-            .into_iter()
-            .filter(|en| en["event"] == "action.result")
-            .collect()
-    };
     for round in 0..2 {
         assert_eq!(
             tool_text(&task_request(&a, 10 + round, "tasks/result", &t1)),
@@ -2151,14 +2142,7 @@ fn http_a_task_run_call_is_recorded_once_with_its_result() {
     let r = a.send(&json!({"jsonrpc": "2.0", "id": 30, "method": "tools/call",
                            "params": {"name": "report", "arguments": {"topic": "direct"}}}));
     assert_eq!(tool_text(r.response()), "report on direct", "{}", r.body);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while results().len() < 3 {
-        assert!(Instant::now() < deadline, "{:?}", results());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let results = results();
-    assert_eq!(results.len(), 3, "one result per call: {results:?}");
+    let results = settled_results(&e, 3);
     let mut actions = std::collections::HashSet::new();
     for en in &results {
         assert!(actions.insert(en["subjects"]["action"].clone()), "{en}");
@@ -2166,6 +2150,126 @@ fn http_a_task_run_call_is_recorded_once_with_its_result() {
         // The task's result (one content item), not the CreateTaskResult.
         assert_eq!(en["payload"]["summary"]["content_items"], 1, "{en}");
     }
+}
+
+/// A client that drops the connection of a task's first `tasks/result`
+/// before the answer arrives does not stop the fetch: the call still gets
+/// exactly one result entry — the task's result on the JSON path, unknown
+/// for an event stream the client no longer reads — and a later fetch of
+/// the same task is relayed and records nothing more.
+#[test]
+fn http_a_task_runs_first_fetch_is_recorded_when_its_client_goes_away() {
+    let e = start_tasks("");
+    let a = e.session("tasks", "agent:report-bot");
+    let t1 = task_created(&a, 1, "payroll", json!({}));
+    let t2 = task_created(&a, 2, "salaries", json!({}));
+    // The upstream answers each first fetch 2 s after it arrives; the
+    // client leaves as soon as it is there.
+    for (id, t, meta) in [
+        (10, &t1, json!({"test/delay": 2})),
+        (11, &t2, json!({"test/delay": 2, "test/sse": true})),
+    ] {
+        let seen = e.up.requests_seen();
+        let fetch = json!({"jsonrpc": "2.0", "id": id, "method": "tasks/result",
+                           "params": {"taskId": t, "_meta": meta}});
+        let conn = a.raw_call(&fetch);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while e.up.requests_seen() == seen {
+            assert!(
+                Instant::now() < deadline,
+                "the fetch never reached the upstream"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(conn);
+    }
+    let results = settled_results(&e, 2);
+    let with_ok = |ok: bool| {
+        results
+            .iter()
+            .find(|en| en["payload"]["ok"] == ok)
+            .unwrap_or_else(|| panic!("{results:?}"))
+    };
+    // The JSON answer was read after the client left: the task's result.
+    assert_eq!(with_ok(true)["payload"]["summary"]["content_items"], 1);
+    // The event stream nobody read: unknown.
+    let lost = &with_ok(false)["payload"]["summary"];
+    assert_eq!(lost["status"], "unknown", "{lost}");
+    assert!(
+        lost["reason"].as_str().unwrap().contains("disconnected"),
+        "{lost}"
+    );
+    // Fetched again: relayed, nothing more recorded.
+    assert_eq!(
+        tool_text(&task_request(&a, 20, "tasks/result", &t1)),
+        "report on payroll"
+    );
+    assert_eq!(
+        tool_text(&task_request(&a, 21, "tasks/result", &t2)),
+        "report on salaries"
+    );
+    assert_eq!(settled_results(&e, 2), results);
+}
+
+/// A call run as a task whose result was never fetched gets one result
+/// entry, unknown, when its session ends: ended by its client (DELETE) or
+/// forgotten as idle to make room for another.
+#[test]
+fn http_a_task_run_never_fetched_is_recorded_unknown_when_its_session_ends() {
+    let e = start_tasks("max_sessions = 1\nsession_idle_seconds = 1");
+    let ended = e.session("tasks", "agent:report-bot");
+    task_created(&ended, 1, "payroll", json!({}));
+    assert_eq!(ended.delete().status, 200);
+    let first = settled_results(&e, 1);
+    let idle = e.session("tasks", "agent:report-bot");
+    task_created(&idle, 1, "salaries", json!({}));
+    std::thread::sleep(Duration::from_millis(1200));
+    let _next = e.session("tasks", "agent:report-bot");
+    assert_eq!(idle.list_status(), 404, "the idle one was forgotten");
+    let results = settled_results(&e, 2);
+    assert_eq!(results[0], first[0]);
+    let mut actions = std::collections::HashSet::new();
+    for en in &results {
+        assert!(actions.insert(en["subjects"]["action"].clone()), "{en}");
+        assert_eq!(en["payload"]["ok"], false, "{en}");
+        let summary = &en["payload"]["summary"];
+        assert_eq!(summary["status"], "unknown", "{en}");
+        assert_eq!(
+            summary["reason"],
+            "the session ended before the task's result was fetched through secondkey",
+            "{en}"
+        );
+    }
+}
+
+/// The gateway with `[mcp]` keys `keys` and `task_server.py` upstream as
+/// server `tasks`.
+fn start_tasks(keys: &str) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream_with(tmp.path(), "task_server.py", &[], None);
+    let servers = server("tasks", &up.url, "");
+    start_with(keys, up, tmp, &servers)
+}
+
+/// The log's `action.result` entries once there are `n` of them, checked
+/// again a moment later to be exactly `n` (results are recorded off the
+/// client's path).
+fn settled_results(e: &Env, n: usize) -> Vec<Value> {
+    let results = || -> Vec<Value> {
+        e.log()
+            .into_iter()
+            .filter(|en| en["event"] == "action.result")
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while results().len() < n {
+        assert!(Instant::now() < deadline, "{:?}", results());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let got = results();
+    assert_eq!(got.len(), n, "one result per call: {got:?}");
+    got
 }
 
 /// A `tools/call` of `report` run as a task; the task id it created.

@@ -228,7 +228,30 @@ struct SessionInfo {
     tools: ToolsSeen,
     /// The tasks the upstream created for this session's decided calls:
     /// the only ones its `tasks/*` requests reach.
-    tasks: Owned,
+    tasks: Owned<TaskRun>,
+}
+
+/// A decided call that runs as a task, awaiting its result: its outcome
+/// is recorded, with the interceptor of the caller that made it, from the
+/// first `tasks/result` fetched for the task, or as unknown if none ever
+/// is ([`record_unfetched`]).
+struct TaskRun {
+    icp: Interceptor<InProcess>,
+    fwd: Forward,
+}
+
+/// Records as unknown (`why`) the outcome of runs whose task's result was
+/// never fetched: their session ended or was forgotten, or their task was
+/// forgotten past [`tasks::MAX_TASKS`]. Off the caller's path.
+fn record_unfetched(runs: Vec<TaskRun>, why: &'static str) {
+    if runs.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for r in runs {
+            r.icp.finished(&r.fwd, Outcome::Lost(why.into())).await;
+        }
+    });
 }
 
 /// The tool definitions (their pinned part, by name) the server gave in
@@ -323,7 +346,7 @@ struct Sessions {
     sessionless: HashMap<String, Quota>,
     /// The tasks created for calls sent without a session, by principal
     /// and server.
-    sessionless_tasks: HashMap<String, Owned>,
+    sessionless_tasks: HashMap<String, Owned<TaskRun>>,
 }
 
 /// A slot for a session being opened, given back when dropped (the
@@ -470,7 +493,9 @@ impl Inner {
             let Some(idle) = idle else {
                 return Err(full);
             };
-            s.by_key.remove(&idle);
+            if let Some(mut gone) = s.by_key.remove(&idle) {
+                record_unfetched(gone.tasks.take_all_results(), tasks::ENDED);
+            }
             tracing::info!("forgot an idle MCP session to make room for a new one");
         }
         s.opening += 1;
@@ -513,7 +538,7 @@ impl Inner {
         server: &str,
         sid: Option<&str>,
         who: &Principal,
-        f: impl FnOnce(&mut Owned) -> T,
+        f: impl FnOnce(&mut Owned<TaskRun>) -> T,
     ) -> Option<T> {
         let mut s = lock(&self.sessions);
         match sid {
@@ -539,8 +564,8 @@ impl Inner {
         (server, sid, who): (&str, Option<&str>, &Principal),
         asked: bool,
         answer: &Value,
-        run: Forward,
-    ) -> tasks::Learned {
+        run: TaskRun,
+    ) -> tasks::Learned<TaskRun> {
         let mut run = Some(run);
         let learned = self
             .with_tasks(server, sid, who, |t| {
@@ -1124,9 +1149,12 @@ async fn other_mcp(
     match upstream(&inner, &srv, method, &fwd_headers, None).await {
         Ok(resp) => {
             if let (true, Some(sid)) = (delete && resp.status().is_success(), &sid) {
-                lock(&inner.sessions)
+                let gone = lock(&inner.sessions)
                     .by_key
                     .remove(&session_key(&server, sid));
+                if let Some(mut gone) = gone {
+                    record_unfetched(gone.tasks.take_all_results(), tasks::ENDED);
+                }
             }
             // The session's event stream: its tool definitions may be
             // reused while the gateway relays it.
@@ -1452,7 +1480,7 @@ async fn post_mcp(
             session: session.as_deref(),
             headers: &fwd_headers,
         };
-        return call.relay(&msg, t, body, watch).await;
+        return call.relay(&msg, t, (body, hold), watch).await;
     }
     match (msg.kind, msg.method()) {
         (Kind::Request, Some(_))
@@ -1626,49 +1654,51 @@ async fn post_mcp(
     }
 }
 
-impl TaskCall<'_> {
-    /// Relays the first `tasks/result` of a task that `fwd`, a decided
-    /// call, created, recording its answer as that call's outcome.
-    async fn result(
-        &self,
-        icp: Interceptor<InProcess>,
-        fwd: Forward,
-        id: Value,
-        body: Bytes,
-        watch: Option<ListWatch>,
-    ) -> Response {
-        let resp =
-            match upstream(self.inner, self.srv, Method::POST, self.headers, Some(body)).await {
-                Ok(r) => r,
-                Err(f) => {
-                    icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
-                    return f.response;
-                }
-            };
-        let max = answer_limit(&self.inner.config);
-        let sse = is_sse(&resp);
-        let (head, stream) = take_stream(resp);
-        if sse {
-            let tap = Tap::new(stream, max, Some((id, icp, fwd))).watching(watch);
-            return relay_response(head, Body::from_stream(tap));
+/// Relays the first `tasks/result` of a task that `run`, a decided call,
+/// created, recording its answer as that call's outcome. Run under
+/// [`Detachable`], so that it goes on if the client goes away before the
+/// answer: a JSON answer is then still read and recorded, an event stream
+/// not relayed is recorded as unknown (its [`Tap`] is dropped).
+async fn first_result(
+    inner: Arc<Inner>,
+    srv: Arc<ServerConfig>,
+    headers: Vec<(String, HeaderValue)>,
+    TaskRun { icp, fwd }: TaskRun,
+    (id, body): (Value, Bytes),
+    watch: Option<ListWatch>,
+    // The request's share of its session's quota, until it is answered.
+    _hold: Option<Hold>,
+) -> Response {
+    let resp = match upstream(&inner, &srv, Method::POST, &headers, Some(body)).await {
+        Ok(r) => r,
+        Err(f) => {
+            icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
+            return f.response;
         }
-        let why = match collect(stream, max).await {
-            Ok(bytes) => {
-                let outcome = match final_response(&bytes, false, Some(&id)) {
-                    Some(r) => outcome_of(&r),
-                    None => Outcome::Lost(format!(
-                        "the upstream answered {} without a result",
-                        head.status()
-                    )),
-                };
-                tokio::spawn(async move { icp.finished(&fwd, outcome).await });
-                return relay_response(head, Body::from(bytes));
-            }
-            Err(e) => e,
-        };
-        icp.finished(&fwd, Outcome::Lost(why.clone())).await;
-        gateway_error(StatusCode::BAD_GATEWAY, "upstream_failed", why)
+    };
+    let max = answer_limit(&inner.config);
+    let sse = is_sse(&resp);
+    let (head, stream) = take_stream(resp);
+    if sse {
+        let tap = Tap::new(stream, max, Some((id, icp, fwd))).watching(watch);
+        return relay_response(head, Body::from_stream(tap));
     }
+    let why = match collect(stream, max).await {
+        Ok(bytes) => {
+            let outcome = match final_response(&bytes, false, Some(&id)) {
+                Some(r) => outcome_of(&r),
+                None => Outcome::Lost(format!(
+                    "the upstream answered {} without a result",
+                    head.status()
+                )),
+            };
+            tokio::spawn(async move { icp.finished(&fwd, outcome).await });
+            return relay_response(head, Body::from(bytes));
+        }
+        Err(e) => e,
+    };
+    icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+    gateway_error(StatusCode::BAD_GATEWAY, "upstream_failed", why)
 }
 
 /// A `tasks/*` request of `who` in session `session`: it reaches only the
@@ -1691,7 +1721,7 @@ impl TaskCall<'_> {
         &self,
         msg: &Message,
         t: &TaskRequest,
-        body: Bytes,
+        (body, hold): (Bytes, Option<Hold>),
         watch: Option<ListWatch>,
     ) -> Response {
         let refusal = match t {
@@ -1717,18 +1747,28 @@ impl TaskCall<'_> {
             }
             return Json(error_response(id, jsonrpc::INVALID_PARAMS, &why)).into_response();
         }
-        if let (TaskRequest::One(task), Some("tasks/result"), Some(w)) =
-            (t, msg.method(), watch.as_ref())
-        {
+        if let (TaskRequest::One(task), Some("tasks/result")) = (t, msg.method()) {
             let run = self
                 .inner
                 .with_tasks(&self.srv.name, self.session, self.who, |o| {
                     o.take_result(task)
                 })
                 .flatten();
-            if let Some(fwd) = run {
-                let icp = w.interceptor();
-                return self.result(icp, fwd, id, body, watch).await;
+            if let Some(run) = run {
+                // Taken out of the session: from here on, only this fetch
+                // records the run's outcome, whatever its client does.
+                let fetch = first_result(
+                    self.inner.clone(),
+                    self.srv.clone(),
+                    self.headers.to_vec(),
+                    run,
+                    (id, body),
+                    watch,
+                    hold,
+                );
+                return Detachable::new(fetch)
+                    .await
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
             }
         }
         if *t != TaskRequest::List {
@@ -1751,7 +1791,7 @@ impl TaskCall<'_> {
         };
         let own = self
             .inner
-            .with_tasks(&self.srv.name, self.session, self.who, |o| o.clone())
+            .with_tasks(&self.srv.name, self.session, self.who, |o| o.ids())
             .unwrap_or_default();
         let filter = |v: &mut Value| tasks::filter_list(v, &own);
         if sse {
@@ -2495,9 +2535,9 @@ impl CallCtx {
             (&self.srv.name, self.session.as_deref(), &self.who),
             tasks::asks(msg.params()),
             response,
-            fwd,
+            TaskRun { icp, fwd },
         );
-        record_learned(icp, learned, outcome_of(response));
+        record_learned(learned, outcome_of(response));
     }
 
     /// Sends exactly the decided call upstream; a call that could not be
@@ -2647,19 +2687,11 @@ impl CallCtx {
 
 /// Records what a decided call's answer leaves to record
 /// ([`tasks::Learned`]), off the answer's path.
-fn record_learned(icp: Interceptor<InProcess>, learned: tasks::Learned, outcome: Outcome) {
-    if learned.now.is_none() && learned.forgotten.is_none() {
-        return;
+fn record_learned(learned: tasks::Learned<TaskRun>, outcome: Outcome) {
+    if let Some(run) = learned.now {
+        tokio::spawn(async move { run.icp.finished(&run.fwd, outcome).await });
     }
-    tokio::spawn(async move {
-        if let Some(fwd) = learned.now {
-            icp.finished(&fwd, outcome).await;
-        }
-        if let Some(fwd) = learned.forgotten {
-            icp.finished(&fwd, Outcome::Lost(tasks::FORGOTTEN.into()))
-                .await;
-        }
-    });
+    record_unfetched(learned.forgotten.into_iter().collect(), tasks::FORGOTTEN);
 }
 
 fn outcome_of(v: &Value) -> Outcome {
@@ -2848,9 +2880,9 @@ impl<S> Tap<S> {
                             (&w.srv.name, w.session.as_deref(), &w.who),
                             self.learns_task,
                             &answer,
-                            fwd,
+                            TaskRun { icp, fwd },
                         );
-                        record_learned(icp, learned, outcome_of(&answer));
+                        record_learned(learned, outcome_of(&answer));
                     }
                     (_, pending) => {
                         self.pending = pending;

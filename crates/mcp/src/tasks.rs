@@ -23,6 +23,13 @@
 //! and the first `tasks/result` for it takes that run out
 //! ([`Owned::take_result`]); its answer (a result or a JSON-RPC error) is
 //! recorded against the decision once, and later fetches record nothing.
+//! The fetch that took the run records it whatever its client does: the
+//! answer, or unknown if the answer is lost. A run whose result is never
+//! fetched is recorded as unknown when its task is forgotten
+//! ([`FORGOTTEN`]) or its session ends ([`ENDED`],
+//! [`Owned::take_all_results`]). So every decided run that a task carries
+//! ends with exactly one result, unless the process that kept it stops
+//! first (an HTTP gateway's restart forgets its sessions).
 //!
 //! Invariant: an id enters an [`Owned`] set only from the upstream's
 //! answer to a request this gateway decided and relayed for that caller;
@@ -42,20 +49,31 @@ pub const MAX_TASKS: usize = 1000;
 pub const MAX_TASK_ID_BYTES: usize = 256;
 
 /// The task ids one caller (principal and session) may reach, oldest
-/// first, at most [`MAX_TASKS`].
-#[derive(Debug, Default, Clone)]
-pub struct Owned {
+/// first, at most [`MAX_TASKS`], and the decided runs (`R`: a [`Forward`],
+/// or whatever a transport records it with) awaiting their task's result.
+#[derive(Debug, Clone)]
+pub struct Owned<R = Forward> {
     order: VecDeque<String>,
     ids: HashSet<String>,
     /// The runs whose task's result has not been fetched yet, by task id.
-    awaiting: HashMap<String, Forward>,
+    awaiting: HashMap<String, R>,
 }
 
-impl Owned {
+impl<R> Default for Owned<R> {
+    fn default() -> Self {
+        Owned {
+            order: VecDeque::new(),
+            ids: HashSet::new(),
+            awaiting: HashMap::new(),
+        }
+    }
+}
+
+impl<R> Owned<R> {
     /// Keeps `id` as the caller's; the oldest is forgotten when full, and
     /// the run still awaiting its result there, if any, is returned (its
     /// outcome can no longer be fetched through the gateway).
-    pub fn insert(&mut self, id: String) -> Option<Forward> {
+    pub fn insert(&mut self, id: String) -> Option<R> {
         if id.len() > MAX_TASK_ID_BYTES || self.ids.contains(&id) {
             return None;
         }
@@ -74,7 +92,7 @@ impl Owned {
     /// Keeps `run` as the decided call whose outcome task `id` will give;
     /// gives `run` back when `id` is not the caller's or already has one
     /// (then the answer that named the task is the run's outcome).
-    pub fn await_result(&mut self, id: &str, run: Forward) -> Option<Forward> {
+    pub fn await_result(&mut self, id: &str, run: R) -> Option<R> {
         if !self.ids.contains(id) || self.awaiting.contains_key(id) {
             return Some(run);
         }
@@ -84,18 +102,28 @@ impl Owned {
 
     /// The run awaiting task `id`'s result, taken: only the first fetch
     /// of a result gets it.
-    pub fn take_result(&mut self, id: &str) -> Option<Forward> {
+    pub fn take_result(&mut self, id: &str) -> Option<R> {
         self.awaiting.remove(id)
     }
 
     /// Every run still awaiting its task's result, taken (the session or
     /// the server is gone).
-    pub fn take_all_results(&mut self) -> Vec<Forward> {
+    pub fn take_all_results(&mut self) -> Vec<R> {
         self.awaiting.drain().map(|(_, run)| run).collect()
     }
 
     pub fn contains(&self, id: &str) -> bool {
         self.ids.contains(id)
+    }
+
+    /// The same task ids, without the runs awaiting results: what reading
+    /// an answer against them needs, apart from the runs.
+    pub fn ids(&self) -> Owned<()> {
+        Owned {
+            order: self.order.clone(),
+            ids: self.ids.clone(),
+            awaiting: HashMap::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -172,14 +200,14 @@ pub fn created(response: &Value) -> Option<String> {
 }
 
 /// What a decided call's answer leaves to record, once [`learn`]ed.
-#[derive(Debug, Default)]
-pub struct Learned {
+#[derive(Debug)]
+pub struct Learned<R = Forward> {
     /// The run whose outcome is this answer: recorded now. `None` when
     /// the answer created a task whose result will give the outcome.
-    pub now: Option<Forward>,
+    pub now: Option<R>,
     /// A run of an older task forgotten to make room, its result never
     /// fetched: recorded as unknown ([`FORGOTTEN`]).
-    pub forgotten: Option<Forward>,
+    pub forgotten: Option<R>,
 }
 
 /// Why a run is recorded as unknown when its task is forgotten unfetched.
@@ -192,7 +220,7 @@ pub const ENDED: &str = "the session ended before the task's result was fetched 
 /// Takes the answer to `run`, a decided request that `asked` for a task
 /// (or not): the task it created becomes the caller's, and the run awaits
 /// that task's result instead of being recorded now.
-pub fn learn(own: &mut Owned, asked: bool, answer: &Value, run: Forward) -> Learned {
+pub fn learn<R>(own: &mut Owned<R>, asked: bool, answer: &Value, run: R) -> Learned<R> {
     let Some(id) = asked.then(|| created(answer)).flatten() else {
         return Learned {
             now: Some(run),
@@ -210,10 +238,10 @@ pub fn learn(own: &mut Owned, asked: bool, answer: &Value, run: Forward) -> Lear
 /// is not theirs: a `notifications/tasks/status` whose `params.taskId` is
 /// not in `own` (such a notification is dropped; the spec makes it
 /// optional, so a client never depends on one).
-pub fn foreign_status(
+pub fn foreign_status<R>(
     method: Option<&str>,
     params: Option<&Map<String, Value>>,
-    own: &Owned,
+    own: &Owned<R>,
 ) -> bool {
     method == Some("notifications/tasks/status")
         && !params
@@ -226,7 +254,7 @@ pub fn foreign_status(
 /// `result.tasks` whose `taskId` is in `own` (a result without a `tasks`
 /// array gets an empty one). `nextCursor` and everything else of the
 /// result stay; an error answer is left as it is.
-pub fn filter_list(response: &mut Value, own: &Owned) {
+pub fn filter_list<R>(response: &mut Value, own: &Owned<R>) {
     let Some(result) = response.get_mut("result").and_then(Value::as_object_mut) else {
         return;
     };
@@ -316,7 +344,7 @@ mod tests {
 
     #[test]
     fn the_set_is_bounded_and_forgets_the_oldest() {
-        let mut own = Owned::default();
+        let mut own: Owned = Owned::default();
         for i in 0..MAX_TASKS + 10 {
             own.insert(format!("t-{i}"));
         }
@@ -348,7 +376,7 @@ mod tests {
 
     #[test]
     fn a_task_runs_outcome_is_taken_once_from_its_result() {
-        let mut own = Owned::default();
+        let mut own: Owned = Owned::default();
         let created = json!({"jsonrpc": "2.0", "id": 1, "result": {"task": {"taskId": "t-1", "status": "working"}}});
         let direct = json!({"jsonrpc": "2.0", "id": 2, "result": {"content": []}});
         // Not asked as a task, or no task created: the answer is the outcome.
@@ -364,10 +392,13 @@ mod tests {
         // recorded from its own answer.
         let l = learn(&mut own, true, &created, run("act_3"));
         assert_eq!(l.now, Some(run("act_3")));
+        // The ids alone carry no run to record.
+        let mut ids = own.ids();
+        assert!(ids.contains("t-1") && ids.take_all_results().is_empty());
         assert_eq!(own.take_result("t-1"), Some(run("act_2")));
         assert_eq!(own.take_result("t-1"), None, "taken once");
         // Forgotten unfetched: handed back to be recorded as unknown.
-        let mut own = Owned::default();
+        let mut own: Owned = Owned::default();
         let _ = learn(&mut own, true, &created, run("act_4"));
         for i in 0..MAX_TASKS - 1 {
             own.insert(format!("u-{i}"));
@@ -378,7 +409,7 @@ mod tests {
 
     #[test]
     fn only_the_callers_task_statuses_pass() {
-        let mut own = Owned::default();
+        let mut own: Owned = Owned::default();
         own.insert("mine".into());
         let status = "notifications/tasks/status";
         let of = |v: Value| params(v);
@@ -408,7 +439,7 @@ mod tests {
 
     #[test]
     fn a_listing_keeps_only_the_callers_tasks_and_its_cursor() {
-        let mut own = Owned::default();
+        let mut own: Owned = Owned::default();
         own.insert("mine".into());
         let mut answer = json!({"jsonrpc": "2.0", "id": 5, "result": {
             "tasks": [{"taskId": "theirs", "status": "completed"}, {"taskId": "mine", "status": "working"},

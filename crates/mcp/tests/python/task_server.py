@@ -15,12 +15,15 @@ in MCP_TEST_RUNS (method, tool, taskId) and, over HTTP, MCP_TEST_HEADERS.
 An answer is an event stream when the request's `_meta` has
 `"test/sse": true` (over HTTP). With `"test/statuses": true` in `_meta`,
 the answer is preceded by a `notifications/tasks/status` for every task
-the server has, whoever created it (over HTTP: on an event stream). MCP_TASKS_STATELESS=1: no sessions (no
+the server has, whoever created it (over HTTP: on an event stream). With
+`"test/delay": SECONDS` in `_meta`, the answer comes that long after the
+request was recorded (over HTTP). MCP_TASKS_STATELESS=1: no sessions (no
 `Mcp-Session-Id`)."""
 
 import json
 import os
 import sys
+import time
 import uuid
 
 STORE = os.environ.get("MCP_TASKS_FILE")
@@ -161,6 +164,7 @@ def serve_http(port):
             if msg.get("id") is None or "method" not in msg:
                 return self.reply(202)
             record(msg)
+            time.sleep(float(((msg.get("params") or {}).get("_meta") or {}).get("test/delay") or 0))
             out = answer(msg)
             notes = statuses(msg)
             opens = msg["method"] == "initialize" and os.environ.get("MCP_TASKS_STATELESS") != "1"
