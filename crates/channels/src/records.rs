@@ -80,17 +80,11 @@ pub async fn read_async<T: DeserializeOwned + Send + 'static>(
 pub fn list<T: DeserializeOwned>(store: &Store, ns: &str) -> Result<Vec<(String, T)>, StoreError> {
     let ns = namespace(ns);
     let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.list_records(&ns, "", after.as_deref(), 1000)?;
-        let Some((last, _)) = page.last() else {
-            return Ok(out);
-        };
-        after = Some(last.clone());
-        for (k, v) in page {
-            let t = decode(&ns, &k, Some(v))?
-                .ok_or_else(|| StoreError::Corrupt(format!("record {ns}/{k} is empty")))?;
-            out.push((k, t));
-        }
-    }
+    store.for_each_record(&ns, |k, v| {
+        let t = decode(&ns, k, Some(v.to_string()))?
+            .ok_or_else(|| StoreError::Corrupt(format!("record {ns}/{k} is empty")))?;
+        out.push((k.to_string(), t));
+        Ok::<_, StoreError>(())
+    })?;
+    Ok(out)
 }

@@ -612,7 +612,7 @@ fn signing_out_on_one_replica_ends_the_session_on_the_others() {
 /// a new sign-in on any replica works.
 #[test]
 fn revoking_a_person_s_sessions_on_one_replica_ends_them_on_the_others() {
-    use oidc::{get_page, sign_in};
+    use oidc::{events, get_page, next_event, sign_in};
     use sha2::Digest;
     let (_idp, r, _) = oidc_replicas(
         "",
@@ -627,6 +627,20 @@ fn revoking_a_person_s_sessions_on_one_replica_ends_them_on_the_others() {
     for g in [a, b] {
         assert_eq!(get_page(&g.url, &bob.session, "/inbox").status, 200);
     }
+    // Bob watches a request on B.
+    let held = b.submit(
+        "agent:report-bot",
+        &export_action("postgres://analytics/public.live"),
+    );
+    let id = held["request"]["id"].as_str().unwrap();
+    let live = events(
+        &b.url,
+        &format!("/requests/{id}/events"),
+        Some(&bob.session),
+        None,
+    );
+    let first = next_event(&live, 10).unwrap().expect("the first state");
+    assert_eq!(first["state"], "pending");
     let (s, v) = a.call(
         "POST",
         "/v1/sessions/revoke",
@@ -644,6 +658,11 @@ fn revoking_a_person_s_sessions_on_one_replica_ends_them_on_the_others() {
         );
         assert_eq!(get_page(&g.url, &alice.session, "/inbox").status, 200);
     }
+    assert_eq!(
+        next_event(&live, 30),
+        Ok(None),
+        "revoked on A, bob's open stream on B ends"
+    );
     let again = sign_in(&b.url, "bob", "/inbox");
     for g in [a, b] {
         assert_eq!(get_page(&g.url, &again.session, "/inbox").status, 200);

@@ -1194,6 +1194,165 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
     );
 }
 
+/// [`start_gateway`] with `user:sam` (token [`token_of`]) in the default
+/// `[web] session_admins` group, security: who ends others' sessions.
+fn start_with_session_admin(dir: &Path, issuer: &str) -> Gateway {
+    use sha2::Digest;
+    let sam = format!(
+        "{}\n[[principals]]\nid = \"user:sam\"\ngroups = [\"security\"]\ntoken_sha256 = \"{}\"\n",
+        oidc_config(dir, issuer),
+        hex::encode(sha2::Sha256::digest(token_of("user:sam").as_bytes()))
+    );
+    Gateway::start_extra(dir, &format!("{POLICIES}\n{WEB_POLICIES}"), &sam)
+}
+
+/// Approves request `id` from its page as the browser holding `session`
+/// does: reads the page (it must show), posts the decision with its CSRF
+/// token. The gateway's answer.
+fn approve_from_page(gw: &str, session: &str, id: &str) -> Resp {
+    let page = get_page(gw, session, &format!("/requests/{id}"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    post_form(
+        gw,
+        session,
+        &format!("/requests/{id}/review"),
+        &[("decision", "approve"), ("csrf", &csrf_of(&page.body))],
+        None,
+    )
+}
+
+/// The request page's live updates end with the session that opened them:
+/// a signed-out session's stream closes within a keep-alive interval
+/// though nothing changed, and a revoked person's sends no further state.
+/// Others' streams, and the same person's API stream with a token, go on.
+#[test]
+fn an_open_event_stream_ends_with_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(dir.path());
+    let g = start_with_session_admin(dir.path(), &issuer);
+    let gw = g.url.clone();
+    let v = g.submit("agent:report-bot", &delete_action(1, "sess-stream"));
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    let page = format!("/requests/{id}");
+    let (laptop, phone, frank) = (
+        sign_in(&gw, "bob", "/inbox"),
+        sign_in(&gw, "bob", "/inbox"),
+        sign_in(&gw, "frank", "/inbox"),
+    );
+    let live = format!("{page}/events");
+    let web = |s: &SignIn| events(&gw, &live, Some(&s.session), None);
+    let (on_laptop, on_phone, on_frank) = (web(&laptop), web(&phone), web(&frank));
+    let bob_token = token_of("user:bob");
+    let api = events(&gw, &format!("/v1{live}"), None, Some(&bob_token));
+    for rx in [&on_laptop, &on_phone, &on_frank, &api] {
+        let first = next_event(rx, 10).unwrap().expect("the first state");
+        assert_eq!(first["state"], "pending");
+    }
+
+    // Signing out ends the laptop's stream, with no change to send: the
+    // keep-alive check (every 15 s) finds the session gone.
+    let csrf = csrf_of(&get_page(&gw, &laptop.session, &page).body);
+    let out = post_form(&gw, &laptop.session, "/logout", &[("csrf", &csrf)], None);
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(
+        next_event(&on_laptop, 30),
+        Ok(None),
+        "the signed-out stream ends"
+    );
+
+    // Revoking all of bob's sessions: his phone's stream ends before it
+    // sends the next state.
+    let (code, out, err) = g.cli(&["sessions", "revoke", "user:bob"], Some("user:sam"));
+    assert_eq!(code, 0, "{out}{err}");
+    let r = approve_from_page(&gw, &frank.session, &id);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        next_event(&on_phone, 30),
+        Ok(None),
+        "a revoked session's stream sends nothing more"
+    );
+    // Frank's stream, and bob's stream with his API token, go on.
+    for rx in [&on_frank, &api] {
+        let approved = next_event(rx, 10).unwrap().expect("the approval");
+        assert_eq!(approved["reviews"].as_array().map(Vec::len), Some(1));
+    }
+}
+
+/// A start that cannot read which web sessions were signed out or ended
+/// refuses to serve, naming what it could not read: skipping a record
+/// would sign its sessions back in.
+#[test]
+fn a_start_that_cannot_read_the_ended_sessions_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(dir.path());
+    let mut g = start_with_session_admin(dir.path(), &issuer);
+    let gw = g.url.clone();
+    let (laptop, phone) = (sign_in(&gw, "bob", "/inbox"), sign_in(&gw, "bob", "/inbox"));
+    let csrf = csrf_of(&get_page(&gw, &laptop.session, "/inbox").body);
+    let out = post_form(&gw, &laptop.session, "/logout", &[("csrf", &csrf)], None);
+    assert_eq!(out.status, 200, "{}", out.body);
+    let (code, out, err) = g.cli(&["sessions", "revoke", "user:bob"], Some("user:sam"));
+    assert_eq!(code, 0, "{out}{err}");
+    g.stop();
+
+    // `value` (SQL) as the value of the records of namespace `ns`; what
+    // they held before.
+    let db = dir.path().join("data/secondkey.db");
+    let set = |ns: &str, value: &str| {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+                 old=c.execute('select value from records where ns=?', (sys.argv[2],)).fetchall(); \
+                 c.execute('update records set value=' + sys.argv[3] + ' where ns=?', (sys.argv[2],)); c.commit(); \
+                 print(repr(old[0][0]) if len(old) == 1 else 'not one record')",
+                db.to_str().unwrap(),
+                ns,
+                value,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let refused = || {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["serve", "--config"])
+            .arg(&g.config)
+            .envs(g.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let (code, _, err) = Watched::spawn(c).finish(30);
+        assert_ne!(code, 0, "{err:?}");
+        err.join("\n")
+    };
+    // A value that is no number: the record is named.
+    let ended = set("web.sessions_ended", "'soon'");
+    let err = refused();
+    assert!(
+        err.contains("refusing to start") && err.contains("web.sessions_ended/user:bob"),
+        "{err}"
+    );
+    set("web.sessions_ended", &ended);
+    let signed_out = set("web.signed_out", "'never'");
+    let err = refused();
+    assert!(
+        err.contains("refusing to start") && err.contains("web.signed_out/"),
+        "{err}"
+    );
+    // A value the store cannot read as text at all.
+    set("web.signed_out", "x'ff'");
+    let err = refused();
+    assert!(
+        err.contains("refusing to start") && err.contains("records web.signed_out"),
+        "{err}"
+    );
+    // Mended, it starts, and both sessions stay dead.
+    set("web.signed_out", &signed_out);
+    g.spawn();
+    for s in [&laptop, &phone] {
+        assert_eq!(get_page(&gw, &s.session, "/inbox").status, 303);
+    }
+}
+
 /// Someone left, or a laptop was stolen: `secondkey sessions revoke` ends
 /// every web session of that one person — pages ask them to sign in, a
 /// decision posted with one is refused with nothing changed — and nobody
@@ -1202,16 +1361,9 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
 /// right change nothing.
 #[test]
 fn revoking_a_person_s_sessions_signs_out_only_them() {
-    use sha2::Digest;
     let dir = tempfile::tempdir().unwrap();
     let (_idp, issuer) = start_idp(dir.path());
-    // user:sam is in the default `[web] session_admins` group, security.
-    let sam = format!(
-        "{}\n[[principals]]\nid = \"user:sam\"\ngroups = [\"security\"]\ntoken_sha256 = \"{}\"\n",
-        oidc_config(dir.path(), &issuer),
-        hex::encode(sha2::Sha256::digest(token_of("user:sam").as_bytes()))
-    );
-    let mut g = Gateway::start_extra(dir.path(), &format!("{POLICIES}\n{WEB_POLICIES}"), &sam);
+    let mut g = start_with_session_admin(dir.path(), &issuer);
     let gw = g.url.clone();
     let held = |n: u32| {
         let v = g.submit("agent:report-bot", &delete_action(n, "sess-revoke"));
@@ -1345,15 +1497,7 @@ fn revoking_a_person_s_sessions_signs_out_only_them() {
     assert_eq!(g.state_of(&first), ("pending".into(), 0));
 
     // Frank is untouched: he reads and decides.
-    let fp = get_page(&gw, &frank.session, &format!("/requests/{second}"));
-    assert_eq!(fp.status, 200);
-    let r = post_form(
-        &gw,
-        &frank.session,
-        &format!("/requests/{second}/review"),
-        &[("decision", "approve"), ("csrf", &csrf_of(&fp.body))],
-        None,
-    );
+    let r = approve_from_page(&gw, &frank.session, &second);
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(g.state_of(&second), ("approved".into(), 1));
 
@@ -1374,15 +1518,7 @@ fn revoking_a_person_s_sessions_signs_out_only_them() {
 
     // Bob signs in again, at once, and decides.
     let again = sign_in(&gw, "bob", &page);
-    let p = get_page(&gw, &again.session, &page);
-    assert_eq!(p.status, 200);
-    let r = post_form(
-        &gw,
-        &again.session,
-        &review,
-        &[("decision", "approve"), ("csrf", &csrf_of(&p.body))],
-        None,
-    );
+    let r = approve_from_page(&gw, &again.session, &first);
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(g.state_of(&first), ("approved".into(), 1));
 

@@ -587,16 +587,24 @@ async fn request_events(
     Authenticated(p, credential): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    event_stream(s.gateway.clone(), p, &credential, id).await
+    event_stream(s.gateway.clone(), p, &credential, None, id).await
 }
+
+/// How often an idle event stream sends a keep-alive comment, and checks
+/// that the web session it was opened with still holds.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The `state` events of one request as `p` may see it: now, then on every
 /// change (a review counts), until final. Shared by the API and the web
-/// request page (which reaches it with its session instead of a token).
+/// request page, which reaches it with its `session` instead of a token:
+/// such a stream ends once the session no longer holds (signed out, or all
+/// of its person's sessions ended), checked before each event and at every
+/// keep-alive.
 pub(crate) async fn event_stream(
     g: Arc<crate::gateway::Gateway>,
     p: secondkey_core::principal::Principal,
     credential: &crate::identity::Credential,
+    session: Option<crate::web::session::SessionClaims>,
     id: String,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let mut changes = g.subscribe();
@@ -611,9 +619,15 @@ pub(crate) async fn event_stream(
         let mut last: Option<(RequestState, usize)> = None;
         // A stream lives at most an hour; clients reconnect.
         let end = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let key = (req.state, req.reviews.len());
             if last != Some(key) {
+                if !holds(&g, session.as_ref()).await {
+                    break;
+                }
                 last = Some(key);
                 let data = match g.view(&p, &req) {
                     Ok(v) => serde_json::to_string(&v).unwrap_or_default(),
@@ -633,6 +647,12 @@ pub(crate) async fn event_stream(
             let next = tokio::select! {
                 _ = tx.closed() => break,
                 _ = tokio::time::sleep_until(end) => break,
+                _ = tick.tick(), if session.is_some() => {
+                    if holds(&g, session.as_ref()).await {
+                        continue;
+                    }
+                    break;
+                }
                 n = changes.recv() => n,
             };
             match next {
@@ -646,7 +666,21 @@ pub(crate) async fn event_stream(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// Whether a stream opened with a web `session` may go on. One opened
+/// with a token is checked when it opens only: a `[[principals]]` token
+/// holds for the process's life (a workload JWT's stream may outlive its
+/// `exp`, within the stream's hour).
+async fn holds(
+    g: &crate::gateway::Gateway,
+    session: Option<&crate::web::session::SessionClaims>,
+) -> bool {
+    match session {
+        Some(s) => crate::web::session::session_holds(g, s).await,
+        None => true,
+    }
 }
 
 /// A tiny adapter from a producer task to a `Stream`, so that SSE needs no

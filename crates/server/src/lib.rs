@@ -73,10 +73,19 @@ pub async fn build_with(
     let gateway = Arc::new(adjust(
         Gateway::new(config, store, policy, log_signer, grant_key).with_session_key(session_key),
     ));
+    // Sessions signed out or ended before this start stay dead: a store
+    // that cannot say which refuses the start rather than revive them.
     gateway
         .web
         .sessions
-        .load_revoked(&gateway.store, gateway.now().0 / 1000);
+        .load_revoked(&gateway.store, gateway.now().0 / 1000)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot load the signed-out and ended web sessions (store records {} and {}), refusing to start: {e}",
+                web::session::SIGNED_OUT_NS,
+                web::session::ENDED_NS
+            )
+        })?;
     let (log_verifier, grant_kid) = gateway.key_ids();
     replicas::check_keys(
         &gateway,

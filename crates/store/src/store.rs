@@ -602,6 +602,29 @@ impl Store {
         self.read(|r| r.records(ns, &lower, inclusive, &upper, limit))
     }
 
+    /// Every record of namespace `ns`, in key order, handed to `f` page by
+    /// page (blocking: for loads at start, or from `spawn_blocking`). The
+    /// first error, the store's or `f`'s, ends the walk and is returned, so
+    /// a caller never mistakes a failed read for an empty namespace.
+    pub fn for_each_record<E: From<StoreError>>(
+        &self,
+        ns: &str,
+        mut f: impl FnMut(&str, &str) -> Result<(), E>,
+    ) -> Result<(), E> {
+        const PAGE: usize = 10_000;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_records(ns, "", after.as_deref(), PAGE)?;
+            for (k, v) in &page {
+                f(k, v)?;
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == PAGE => after = Some(k.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Records that the first `size` entries were signed with root `root`
     /// (and the signed note saying so); at every later start the store
     /// refuses to serve a log whose entries no longer hash to it. Only ever

@@ -708,6 +708,39 @@ fn records_are_namespaced_listed_by_prefix_and_rolled_back_with_their_job(kind: 
         })
         .unwrap();
     assert_eq!(deleted, (true, false));
+
+    // Walked whole, past a page of 10,000, each record once in key order;
+    // an error from the walker ends the walk and is returned.
+    store
+        .transact_blocking(|tx| {
+            for i in 0..10_001 {
+                tx.put_record("t.walk", &format!("k{i:05}"), &i.to_string())?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mut seen = Vec::new();
+    store
+        .for_each_record("t.walk", |k, v| {
+            seen.push((k.to_string(), v.to_string()));
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    let want: Vec<_> = (0..10_001)
+        .map(|i| (format!("k{i:05}"), i.to_string()))
+        .collect();
+    assert_eq!(seen.len(), want.len(), "every record once");
+    assert!(seen == want, "in key order, with its value");
+    let mut walked = 0;
+    let r = store.for_each_record("t.walk", |k, _| {
+        walked += 1;
+        match k {
+            "k00002" => Err(StoreError::Corrupt("stop here".into())),
+            _ => Ok(()),
+        }
+    });
+    assert!(matches!(r, Err(StoreError::Corrupt(m)) if m == "stop here"));
+    assert_eq!(walked, 3);
 }
 
 /// Background jobs (results recorded after the fact) are as durable as any

@@ -297,3 +297,49 @@ pub fn post_form(
     }
     resp(r.send_form(fields))
 }
+
+/// The `state` events of an event stream as they come (`Some`), then
+/// `None` once the gateway ends it: `path` opened with the web `session`
+/// cookie, or with `token`.
+pub fn events(
+    gw: &str,
+    path: &str,
+    session: Option<&str>,
+    token: Option<&str>,
+) -> std::sync::mpsc::Receiver<Option<Value>> {
+    use std::io::BufRead;
+    let mut r = ureq::AgentBuilder::new()
+        .redirects(0)
+        .build()
+        .get(&format!("{gw}{path}"));
+    if let Some(s) = session {
+        r = r.set("Cookie", &format!("sk_session={s}"));
+    }
+    if let Some(t) = token {
+        r = r.set("Authorization", &format!("Bearer {t}"));
+    }
+    let resp = r.call().unwrap();
+    assert!(resp.content_type().starts_with("text/event-stream"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(resp.into_reader()).lines() {
+            // A broken connection is no end the gateway chose: say nothing.
+            let Ok(line) = line else { return };
+            if let Some(data) = line.strip_prefix("data:") {
+                let _ = tx.send(Some(serde_json::from_str(data.trim()).unwrap()));
+            }
+        }
+        let _ = tx.send(None);
+    });
+    rx
+}
+
+/// The next of [`events`] within `secs`: `Ok(None)` is the gateway ending
+/// the stream.
+pub fn next_event(
+    rx: &std::sync::mpsc::Receiver<Option<Value>>,
+    secs: u64,
+) -> Result<Option<Value>, String> {
+    rx.recv_timeout(Duration::from_secs(secs))
+        .map_err(|_| format!("nothing within {secs} s"))
+}

@@ -608,7 +608,8 @@ async fn request_page(
 }
 
 /// The request page's live updates: the API's event stream, reached with
-/// the session (the same visibility rules as the page).
+/// the session (the same visibility rules as the page), ending once the
+/// session no longer holds.
 async fn request_events(
     State(s): State<AppState>,
     user: SignedIn,
@@ -618,6 +619,7 @@ async fn request_events(
         s.gateway.clone(),
         user.principal,
         &crate::identity::Credential::default(),
+        Some(user.session),
         id,
     )
     .await

@@ -12,10 +12,11 @@
 //! Checking it costs no extra IO on an embedded store: the gateway is the
 //! store's only writer, so its memory ([`super::session::Sessions`], loaded
 //! at start and updated here) is the whole truth. On a store several
-//! replicas share, every web request reads the record through (beside the
-//! sign-out it already reads, in [`super::SignedIn::current`]), so a
+//! replicas share, every check reads the record through (beside the
+//! sign-out it already reads, in [`super::session::session_holds`]), so a
 //! revocation on one replica holds on all of them from the moment it
-//! commits; it is never stale. API calls with bearer tokens read nothing.
+//! commits; it is never stale. Both go through [`ended_before`]. API calls
+//! with bearer tokens read nothing.
 //!
 //! T is the revoking replica's clock; a session is compared by the instant
 //! its own replica issued it, so replicas' clocks must agree (as expiry
@@ -146,21 +147,32 @@ pub async fn revoke_all(g: &Gateway, who: &Principal, user: &str) -> Result<Revo
 }
 
 /// The instant (Unix milliseconds) at or before which `user`'s web sign-ins
-/// are void, if their sessions were ever all ended. A chat account linked
-/// through such a sign-in counts for nobody either (`crates/channels`,
-/// `links.rs`): a stolen session must not leave a chat account behind that
-/// still approves. Read from the store, so every replica agrees at once.
+/// are void, if their sessions were ever all ended. The one lookup behind
+/// every check of it — a web request's or an open event stream's session
+/// ([`super::session::session_holds`]), and a chat account linked through
+/// such a sign-in (`crates/channels`, `links.rs`: a stolen session must
+/// not leave a chat account behind that still approves) — so they never
+/// disagree. An embedded store has one writer, this gateway, whose memory
+/// (loaded at start) is the whole truth: a map lookup. A shared store is
+/// read through, since another replica may have recorded it, and memory
+/// learns what it read.
 pub async fn ended_before(g: &Gateway, user: &str) -> Result<Option<i64>, ApiError> {
+    let sessions = &g.web.sessions;
+    if !g.store.is_shared() {
+        return Ok(sessions.ended_before(user));
+    }
     let (store, key) = (g.store.clone(), user.to_string());
     let raw = tokio::task::spawn_blocking(move || store.get_record(ENDED_NS, &key))
         .await
         .map_err(|e| ApiError::unavailable(format!("reading ended sessions: {e}")))??;
-    raw.map(|v| {
-        v.parse::<i64>().map_err(|_| {
+    if let Some(v) = raw {
+        let before = v.parse::<i64>().map_err(|_| {
             ApiError::internal(format!("unreadable record of ended web sessions of {user}"))
-        })
-    })
-    .transpose()
+        })?;
+        sessions.end_all_of(user, before);
+    }
+    // Never earlier than what this replica already knows.
+    Ok(sessions.ended_before(user))
 }
 
 #[cfg(test)]

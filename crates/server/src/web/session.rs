@@ -11,7 +11,8 @@
 //! Signing out is recorded (records namespace `web.signed_out`) and loaded
 //! at start, so a signed-out cookie stays dead across restarts. So is the
 //! end of all of one person's sessions (see [`super::revocation`]): every
-//! session of that principal issued up to that instant is no session.
+//! session of that principal issued up to that instant is no session. A
+//! start that cannot load them all is refused (it would revive some).
 //!
 //! Cookies are `HttpOnly`, `SameSite=Lax` and, when `public_url` is https,
 //! `Secure` with the `__Host-` prefix. Every state-changing form carries a
@@ -161,8 +162,15 @@ impl Sessions {
             return None;
         }
         let claims: SessionClaims = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+        self.holds(&claims, now).then_some(claims)
+    }
+
+    /// Whether a session (its cookie already checked) still holds as this
+    /// replica's memory knows: not expired (`now`, Unix seconds), not
+    /// signed out, not ended with all of its principal's sessions.
+    pub fn holds(&self, claims: &SessionClaims, now: i64) -> bool {
         if claims.exp <= now {
-            return None;
+            return false;
         }
         if self
             .revoked
@@ -170,20 +178,15 @@ impl Sessions {
             .map(|r| r.contains_key(&claims.sid))
             .unwrap_or(true)
         {
-            return None;
+            return false;
         }
         // Keyed by the one spelling of the id (a cookie only ever holds
         // that one, but the key is what matters here).
-        let user = PrincipalId::parse(&claims.sub).ok()?;
-        let ended = self
-            .ended
-            .lock()
-            .map(|e| e.get(user.as_str()).copied())
-            .unwrap_or(Some(i64::MAX));
-        if ended.is_some_and(|before| claims.issued_ms() <= before) {
-            return None;
-        }
-        Some(claims)
+        let Ok(user) = PrincipalId::parse(&claims.sub) else {
+            return false;
+        };
+        self.ended_before(user.as_str())
+            .is_none_or(|before| claims.issued_ms() > before)
     }
 
     /// Voids every session of principal `user` issued at or before
@@ -223,55 +226,39 @@ impl Sessions {
     }
 
     /// Loads the sign-outs and the ends of all of a person's sessions
-    /// recorded in the store (at start).
-    pub fn load_revoked(&self, store: &secondkey_store::Store, now: i64) {
-        self.load_ended(store);
-        let mut after: Option<String> = None;
-        loop {
-            let page = match store.list_records(SIGNED_OUT_NS, "", after.as_deref(), 10_000) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not load signed-out web sessions");
-                    return;
-                }
-            };
-            let Ok(mut r) = self.revoked.lock() else {
-                return;
-            };
-            for (sid, exp) in &page {
-                if let Ok(exp) = exp.parse::<i64>() {
-                    if exp > now {
-                        r.insert(sid.clone(), exp);
-                    }
-                }
+    /// recorded in the store (at start). On an embedded store this memory
+    /// is the whole truth, so a record that cannot be read, or holds no
+    /// number, is an error the gateway does not start with: skipping it
+    /// would bring the session it ended back to life.
+    pub fn load_revoked(
+        &self,
+        store: &secondkey_store::Store,
+        now: i64,
+    ) -> Result<(), secondkey_store::StoreError> {
+        store.for_each_record(ENDED_NS, |user, before| {
+            self.end_all_of(user, parse_record(ENDED_NS, user, before)?);
+            Ok::<_, secondkey_store::StoreError>(())
+        })?;
+        store.for_each_record(SIGNED_OUT_NS, |sid, exp| {
+            let exp = parse_record(SIGNED_OUT_NS, sid, exp)?;
+            if exp > now {
+                self.revoked
+                    .lock()
+                    .map_err(|_| corrupt("the sign-out list's lock is poisoned".into()))?
+                    .insert(sid.to_string(), exp);
             }
-            match page.last() {
-                Some((k, _)) if page.len() == 10_000 => after = Some(k.clone()),
-                _ => return,
-            }
-        }
+            Ok(())
+        })
     }
 
-    fn load_ended(&self, store: &secondkey_store::Store) {
-        let mut after: Option<String> = None;
-        loop {
-            let page = match store.list_records(ENDED_NS, "", after.as_deref(), 10_000) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not load the ended web sessions");
-                    return;
-                }
-            };
-            for (user, before) in &page {
-                if let Ok(before) = before.parse::<i64>() {
-                    self.end_all_of(user, before);
-                }
-            }
-            match page.last() {
-                Some((k, _)) if page.len() == 10_000 => after = Some(k.clone()),
-                _ => return,
-            }
-        }
+    /// The instant (Unix milliseconds) at or before which `user`'s
+    /// sessions are void, as this replica knows it (a poisoned lock: all
+    /// of them).
+    pub fn ended_before(&self, user: &str) -> Option<i64> {
+        self.ended
+            .lock()
+            .map(|e| e.get(user).copied())
+            .unwrap_or(Some(i64::MAX))
     }
 
     /// `Set-Cookie` for a new session.
@@ -301,6 +288,26 @@ pub const SIGNED_OUT_NS: &str = "web.signed_out";
 /// principal id, value the instant (Unix milliseconds) at or before which
 /// its sessions were issued to be void.
 pub const ENDED_NS: &str = "web.sessions_ended";
+
+fn corrupt(why: String) -> secondkey_store::StoreError {
+    secondkey_store::StoreError::Corrupt(why)
+}
+
+/// The number a sign-out or ended-sessions record holds. Anything else
+/// names the record and how to mend it: skipped, it would sign the
+/// sessions it ended back in.
+fn parse_record(ns: &str, key: &str, value: &str) -> Result<i64, secondkey_store::StoreError> {
+    value.parse().map_err(|_| {
+        let fix = if ns == ENDED_NS {
+            "the current Unix time in milliseconds (that person's sessions issued until then stay ended)"
+        } else {
+            "a Unix time in seconds after the session's expiry, e.g. 4102444800"
+        };
+        corrupt(format!(
+            "record {ns}/{key} holds {value:?}, not a number; skipped, it would sign the sessions it ended back in. Restore the store from a backup, or set the value to {fix}"
+        ))
+    })
+}
 
 /// The value of cookie `name`, if sent.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -377,44 +384,51 @@ impl SignedIn {
 }
 
 impl SignedIn {
-    /// [`SignedIn::from_headers`], and, on a store several replicas share,
-    /// neither signed out nor ended with all of its principal's sessions
-    /// on another replica: both are records in the store, which this
-    /// replica's memory learns of only here (two point reads per web
-    /// request, none per API call). A store that cannot answer counts as
-    /// signed out (fail closed).
+    /// [`SignedIn::from_headers`], if its session still holds
+    /// ([`session_holds`]).
     pub async fn current(g: &Gateway, headers: &HeaderMap) -> Option<SignedIn> {
         let s = SignedIn::from_headers(g, headers)?;
-        if !g.store.is_shared() {
-            return Some(s);
-        }
-        let store = g.store.clone();
-        let (sid, user) = (s.session.sid.clone(), s.principal.id.to_string());
-        let read = move || {
-            Ok::<_, secondkey_store::StoreError>((
-                store.get_record(SIGNED_OUT_NS, &sid)?,
-                store.get_record(ENDED_NS, &user)?,
-            ))
-        };
-        match tokio::task::spawn_blocking(read).await {
-            Ok(Ok((None, None))) => Some(s),
-            Ok(Ok((None, Some(ended)))) => {
-                let Ok(before) = ended.parse::<i64>() else {
-                    tracing::warn!(principal = %s.principal.id, "unreadable record of ended web sessions; refusing the session");
-                    return None;
-                };
-                g.web.sessions.end_all_of(s.principal.id.as_str(), before);
-                (s.session.issued_ms() > before).then_some(s)
-            }
-            Ok(Ok((Some(_), _))) => {
-                g.web.sessions.revoke(&s.session, now_secs(g));
-                None
+        session_holds(g, &s.session).await.then_some(s)
+    }
+}
+
+/// Whether a session (its cookie already checked) still holds: not
+/// expired, not signed out, not ended with all of its principal's sessions
+/// ([`super::revocation::ended_before`]). Every web request asks, and so
+/// does an open event stream, before each event and at every keep-alive.
+/// On an embedded store it is a look into memory. On a store several
+/// replicas share, the sign-out and the end are records another replica
+/// may have written, read through here (two point reads; none per API
+/// call with a token). A store that cannot answer counts as signed out
+/// (fail closed).
+pub async fn session_holds(g: &Gateway, claims: &SessionClaims) -> bool {
+    let sessions = &g.web.sessions;
+    if !sessions.holds(claims, now_secs(g)) {
+        return false;
+    }
+    let Ok(user) = PrincipalId::parse(&claims.sub) else {
+        return false;
+    };
+    if g.store.is_shared() {
+        let (store, sid) = (g.store.clone(), claims.sid.clone());
+        match tokio::task::spawn_blocking(move || store.get_record(SIGNED_OUT_NS, &sid)).await {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(_))) => {
+                sessions.revoke(claims, now_secs(g));
+                return false;
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot check a web session against the sign-outs");
-                None
+                return false;
             }
-            Err(_) => None,
+            Err(_) => return false,
+        }
+    }
+    match super::revocation::ended_before(g, user.as_str()).await {
+        Ok(before) => before.is_none_or(|before| claims.issued_ms() > before),
+        Err(e) => {
+            tracing::warn!(principal = %user, error = %e, "cannot check a web session against the ended ones; refusing it");
+            false
         }
     }
 }
@@ -618,6 +632,41 @@ mod tests {
         s.end_all_of("user:alice", 1_000);
         assert_eq!(s.decode(&s.encode(&same), 50), None);
         assert!(s.decode(&s.encode(&after), 50).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_record_that_cannot_be_read_fails_the_load_and_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            secondkey_store::Store::open(secondkey_store::StoreOptions::new(dir.path())).unwrap();
+        let put = |ns: &'static str, key: &'static str, value: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .transact(move |tx| tx.put_record(ns, key, value))
+                    .await
+                    .unwrap()
+            }
+        };
+        put(ENDED_NS, "user:alice", "5500").await;
+        put(SIGNED_OUT_NS, "s1", "100").await;
+        let s = Sessions::new([7; 32], false);
+        s.load_revoked(&store, 50).unwrap();
+        assert_eq!(s.ended_before("user:alice"), Some(5_500));
+        assert_eq!(s.decode(&s.encode(&claims(100)), 50), None, "signed out");
+
+        for (ns, key) in [(ENDED_NS, "user:bob"), (SIGNED_OUT_NS, "s2")] {
+            put(ns, key, "soon").await;
+            let e = Sessions::new([7; 32], false)
+                .load_revoked(&store, 50)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{ns}/{key}")) && e.contains("soon"),
+                "{e}"
+            );
+            put(ns, key, "4102444800").await;
+        }
     }
 
     #[test]
