@@ -1529,3 +1529,68 @@ fn revoking_a_person_s_sessions_signs_out_only_them() {
     assert_eq!(get_page(&gw, &again.session, "/inbox").status, 200);
     assert_eq!(get_page(&gw, &frank.session, "/inbox").status, 200);
 }
+
+/// A sign-out the store cannot record changes nothing and says so: `503`,
+/// the person is still signed in (the cookie stays and works), so they can
+/// try again; a "signed out" page would leave a copied cookie that comes
+/// back after a restart. Once the store records it, the sign-out holds,
+/// across a restart too. The store's refusal is real: a SQLite trigger
+/// that aborts every write of a sign-out record.
+#[test]
+fn a_sign_out_the_store_cannot_record_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp(dir.path());
+    let mut g = start_with_session_admin(dir.path(), &issuer);
+    let gw = g.url.clone();
+    let bob = sign_in(&gw, "bob", "/inbox");
+    let db = dir.path().join("data/secondkey.db");
+    let sql = |statement: &str| {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=30); c.executescript(sys.argv[2]); c.close()",
+                db.to_str().unwrap(),
+                statement,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    sql(
+        "CREATE TRIGGER no_sign_out BEFORE INSERT ON records WHEN NEW.ns = 'web.signed_out' \
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+    );
+    let sign_out = || {
+        let csrf = csrf_of(&get_page(&gw, &bob.session, "/inbox").body);
+        post_form(&gw, &bob.session, "/logout", &[("csrf", &csrf)], None)
+    };
+    let out = sign_out();
+    assert_eq!(out.status, 503, "{}", out.body);
+    assert!(
+        out.body.contains("still signed in") && out.body.contains("the disk is full"),
+        "{}",
+        out.body
+    );
+    assert!(
+        out.cookies.is_empty(),
+        "the cookie is kept: {:?}",
+        out.cookies
+    );
+    assert_eq!(
+        get_page(&gw, &bob.session, "/inbox").status,
+        200,
+        "still signed in"
+    );
+
+    sql("DROP TRIGGER no_sign_out;");
+    let out = sign_out();
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(get_page(&gw, &bob.session, "/inbox").status, 303);
+    g.stop();
+    g.spawn();
+    assert_eq!(
+        get_page(&gw, &bob.session, "/inbox").status,
+        303,
+        "dead after a restart"
+    );
+}

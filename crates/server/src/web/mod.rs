@@ -420,17 +420,26 @@ async fn logout(State(s): State<AppState>, p: Posted) -> Response {
     let g = &s.gateway;
     let web = &g.web;
     let now = now_secs(g);
-    web.sessions.revoke(&p.user.session, now);
-    // Durable, so the cookie stays dead after a restart (records whose
-    // session has expired are harmless and skipped at load).
+    // Durable first, so the cookie stays dead after a restart and on every
+    // replica (records whose session has expired are harmless and skipped
+    // at load). A sign-out that cannot be recorded changes nothing and says
+    // so: a "signed out" page over a session that comes back after a
+    // restart, or still works on another replica, would leave a copied
+    // cookie working while its owner believes it dead.
     let (sid, exp) = (p.user.session.sid.clone(), p.user.session.exp);
     let recorded = g
         .store
         .transact(move |tx| tx.put_record(session::SIGNED_OUT_NS, &sid, &exp.to_string()))
         .await;
     if let Err(e) = recorded {
-        tracing::warn!(error = %e, "sign-out not persisted; it holds until restart");
+        tracing::warn!(error = %e, "sign-out not recorded; the session stays signed in");
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let msg = format!(
+            "You are still signed in: the gateway could not record the sign-out ({e}). Try signing out again in a moment."
+        );
+        return page(status, pages::error_page(status, &msg).0);
     }
+    web.sessions.revoke(&p.user.session, now);
     let mut r = ok(pages::signed_out());
     if let Ok(v) = HeaderValue::from_str(&web.sessions.clear_cookie()) {
         r.headers_mut().append(header::SET_COOKIE, v);
