@@ -782,3 +782,41 @@ fn an_unsafe_number_in_a_result_is_named_so() {
     );
     assert_eq!(s, 204, "{v}");
 }
+
+/// An API event stream opened with a workload token ends when the token
+/// expires (its `exp`), though its request is still pending: a token that
+/// is no longer valid keeps nothing open. The provider issues tokens that
+/// live 3 s.
+#[test]
+fn an_event_stream_ends_when_its_workload_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = [json!({"sub": "etl-bot", "preferred_username": "etl-bot"})];
+    let (_idp, issuer) = oidc::start_idp_args(dir.path(), &users, &["--token-max-age", "3"]);
+    let extra = format!(
+        "\n[[identity.jwt]]\nissuer = \"{issuer}\"\naudience = \"agent-login\"\nprincipal_kind = \"agent\"\nprincipal_claim = \"preferred_username\"\n"
+    );
+    let g = Gateway::start_extra(dir.path(), DELETE_POLICIES, &extra);
+    let token = id_token_for(&issuer, "agent-login", "etl-bot");
+    let (s, v) = post_as(&g, &token, "/v1/actions", &delete(1));
+    assert_eq!((s, v["decision"].as_str()), (200, Some("review")), "{v}");
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+    let addr: SocketAddr = g.url.trim_start_matches("http://").parse().unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /v1/requests/{id}/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let got = read_until_closed(&mut s, Duration::from_secs(30))
+        .expect("the stream outlived its token by 30 s");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        got.contains("event: state") && got.contains("pending"),
+        "{got}"
+    );
+    assert_eq!(
+        g.state_of(&id).0,
+        "pending",
+        "closed by the token's end, not the request's"
+    );
+}

@@ -613,12 +613,14 @@ pub(crate) async fn event_stream(
     // number of open streams; the slot is given back when the stream ends,
     // however it ends.
     let slot = g.hold(Hold::Stream, &p, credential)?;
+    let lifetime = credential.lifetime(Duration::from_secs(3600));
     let stream = async_stream(move |tx| async move {
         let _slot = slot;
         let mut req = first;
         let mut last: Option<(RequestState, usize)> = None;
-        // A stream lives at most an hour; clients reconnect.
-        let end = tokio::time::Instant::now() + Duration::from_secs(3600);
+        // A stream lives at most an hour, and no longer than the token that
+        // opened it (its `exp`); clients reconnect.
+        let end = tokio::time::Instant::now() + lifetime;
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

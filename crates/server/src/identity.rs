@@ -95,6 +95,24 @@ pub struct Credential {
     /// never reviews what it asks. With one identity provider for web
     /// sign-in and workload tokens, that is the same person signed in twice.
     pub namesake: Option<PrincipalId>,
+    /// When a workload token stops being valid (its `exp`, Unix seconds):
+    /// what it opened that lasts (an event stream) ends then.
+    pub expires_at: Option<i64>,
+}
+
+impl Credential {
+    /// How long from now something this credential opens may last: `max`,
+    /// or less when the token expires sooner (nothing once it has).
+    pub fn lifetime(&self, max: std::time::Duration) -> std::time::Duration {
+        let Some(exp) = self.expires_at else {
+            return max;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let left = (exp as f64 - now).max(0.0);
+        max.min(std::time::Duration::from_secs_f64(left))
+    }
 }
 
 /// How an identity-provider account is written in [`Principal::subjects`]
@@ -196,6 +214,11 @@ impl Identity {
             unconfigured_issuer: (!configured).then(|| c.issuer.clone()),
             acting_for,
             namesake,
+            // A NumericDate may have a fraction (RFC 7519 section 2).
+            expires_at: verified
+                .claims
+                .get("exp")
+                .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64))),
         };
         let mut principal = principal_for(config, id, BTreeSet::new());
         // The account the token was issued for (for a delegation token, the

@@ -245,6 +245,7 @@ async fn waits_and_streams_are_capped_per_principal_and_per_issuer() {
         unconfigured_issuer: Some("https://ci.example".into()),
         acting_for: None,
         namesake: None,
+        expires_at: None,
     };
     let held: Vec<_> = (0..3)
         .map(|n| g.hold(Hold::Wait, &fresh(n), &iss).unwrap())
@@ -356,6 +357,7 @@ async fn on_behalf_of_counts_only_when_backed() {
         unconfigured_issuer: None,
         acting_for: Some(PrincipalId::parse("user:carol").unwrap()),
         namesake: None,
+        expires_at: None,
     };
     let id = submit_for(g, "agent:bot", "user:carol", &token)
         .await

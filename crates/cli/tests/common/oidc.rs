@@ -38,6 +38,12 @@ pub fn wait_port(port: u16, what: &str, child: &mut Child) {
 /// subject; the claims of the users named here (each a JSON object with
 /// `sub`) are what its ID tokens carry.
 pub fn start_idp_with(dir: &Path, users: &[Value]) -> (Proc, String) {
+    start_idp_args(dir, users, &[])
+}
+
+/// [`start_idp_with`], the provider started with `args` too (e.g.
+/// `--token-max-age 3` for tokens that expire soon).
+pub fn start_idp_args(dir: &Path, users: &[Value], args: &[&str]) -> (Proc, String) {
     let ok = Command::new("python3")
         .args(["-c", "import oidc_provider_mock"])
         .stderr(Stdio::null())
@@ -51,6 +57,7 @@ pub fn start_idp_with(dir: &Path, users: &[Value]) -> (Proc, String) {
     let port = free_port();
     let mut cmd = Command::new("python3");
     cmd.args(["-m", "oidc_provider_mock", "--port", &port.to_string()]);
+    cmd.args(args);
     for u in users {
         cmd.arg("--user-claims").arg(u.to_string());
     }
