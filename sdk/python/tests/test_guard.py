@@ -447,8 +447,15 @@ def test_interrupting_the_first_submit_withdraws_the_request_it_opened(gateway, 
     real = httpx.HTTPTransport()
     action = write_action()
     c = secondkey.Client(gateway.url, token("agent:sdk-bot"), http=httpx.Client(transport=httpx.MockTransport(transport)))
-    with pytest.raises(KeyboardInterrupt):
-        c.authorize(action, timeout=30)
+    # A process started in the background by a non-interactive shell (as CI
+    # runs) inherits SIGINT ignored, and Python then installs no handler:
+    # install the interactive one for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            c.authorize(action, timeout=30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert answers[0]["decision"] == "review"
     assert _states(bot, action["resource"]) == ["withdrawn"]
     c.close()
