@@ -17,6 +17,10 @@
 //!   request changed is redrawn — read from the store, so a request created
 //!   while no replica that saw it led is still posted, once.
 //!
+//! Posts and reminders run under a [`hold`](secondkey_server::replicas::Replica::hold)
+//! on the lease: a replica that stands down sends none, and one stopped
+//! cleanly records those it sent before another replica takes over.
+//!
 //! Channel calls that fail are logged and skipped: a chat outage never
 //! blocks a decision, which the API, the web and other channels still take.
 
@@ -252,6 +256,13 @@ impl Follower {
             return;
         }
         let summary = crate::summary(&self.gateway, &req).await;
+        // Posted and recorded before a clean hand-over lets the lease go, so
+        // the next holder does not post it again; nothing new is sent once
+        // this replica stands down.
+        let Some(_hold) = self.gateway.replica.hold() else {
+            return;
+        };
+        let leads = || self.gateway.replica.is_leader();
         let mut m = self.messages(id).await;
         let before = (m.slack.len(), m.teams.len());
         let first = before == (0, 0);
@@ -259,6 +270,9 @@ impl Follower {
             for ch in &targets.slack {
                 if m.slack.iter().any(|p| &p.channel == ch) {
                     continue;
+                }
+                if !leads() {
+                    break;
                 }
                 match crate::slack::post(slack, ch, &summary).await {
                     Ok(p) => m.slack.push(p),
@@ -272,6 +286,9 @@ impl Follower {
             for conv in &targets.teams {
                 if m.teams.iter().any(|p| &p.conversation == conv) {
                     continue;
+                }
+                if !leads() {
+                    break;
                 }
                 let a = crate::teams::card::activity(
                     crate::teams::card::card(&summary, None),
@@ -368,6 +385,10 @@ impl Follower {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
+            // As for posts: a reminder is sent and recorded under the lease.
+            let Some(_hold) = self.gateway.replica.hold() else {
+                return;
+            };
             self.pending.remove(&id);
             let mut m = self.messages(&id).await;
             if m.reminded {

@@ -177,11 +177,11 @@ fn held_export(g: &Gateway, n: usize) -> String {
     v["request"]["id"].as_str().unwrap().to_string()
 }
 
-#[test]
-fn requests_made_while_the_leader_is_dead_are_posted_once_by_the_next() {
-    let (api, slack) = fakes::slack();
-    let mut r = replicas_full(
-        3,
+/// `n` replicas posting requests for `data-owners` to the Slack channel
+/// `C1` of the fake Slack at `api`.
+fn slack_replicas(n: usize, api: &str) -> Replicas {
+    replicas_full(
+        n,
         &format!(
             "\n[slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\n\
              [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\n"
@@ -190,12 +190,20 @@ fn requests_made_while_the_leader_is_dead_are_posted_once_by_the_next() {
             ("SK_SLACK_BOT", fakes::SLACK_BOT_TOKEN),
             ("SK_SLACK_SIGNING", fakes::SLACK_SIGNING_SECRET),
         ],
-    );
-    let posts_of = |cs: &[fakes::Call], id: &str| {
-        cs.iter()
-            .filter(|c| c.path == "chat.postMessage" && c.body.to_string().contains(id))
-            .count()
-    };
+    )
+}
+
+/// How many times the request `id` was posted to Slack.
+fn posts_of(cs: &[fakes::Call], id: &str) -> usize {
+    cs.iter()
+        .filter(|c| c.path == "chat.postMessage" && c.body.to_string().contains(id))
+        .count()
+}
+
+#[test]
+fn requests_made_while_the_leader_is_dead_are_posted_once_by_the_next() {
+    let (api, slack) = fakes::slack();
+    let mut r = slack_replicas(3, &api);
     // While the leader is up, a request is posted once.
     let before = held_export(&r.gws[0], 0);
     fakes::wait_for(&slack, "the first request posted", |cs| {
@@ -225,6 +233,38 @@ fn requests_made_while_the_leader_is_dead_are_posted_once_by_the_next() {
     for id in ids.iter().chain([&before]) {
         assert_eq!(posts_of(&calls, id), 1, "{id} posted once: {calls:#?}");
     }
+}
+
+/// A clean hand-over does not post twice: the holder is stopped (SIGTERM)
+/// while its Slack post is on its way; it waits for Slack's answer and
+/// records the message before it lets the lease go, so the replica that
+/// takes over finds the request posted.
+#[test]
+fn a_post_in_flight_at_a_clean_hand_over_is_posted_once() {
+    // Slack takes 2 s to answer a post: the holder is stopped meanwhile.
+    let (api, slack) = fakes::slack_posting_in(Duration::from_secs(2));
+    let mut r = slack_replicas(2, &api);
+    let l = leader(&r);
+    let id = held_export(&r.gws[l], 0);
+    fakes::wait_for(&slack, "the holder's post on its way", |cs| {
+        (posts_of(cs, &id) > 0).then_some(())
+    });
+    r.gws[l].stop();
+    let next = leader(&r);
+    assert_ne!(next, l);
+    // The new holder has caught up from the store; give a second post time
+    // to arrive, were there one.
+    std::thread::sleep(Duration::from_secs(4));
+    let calls = slack.lock().unwrap().clone();
+    assert_eq!(posts_of(&calls, &id), 1, "{id} posted once: {calls:#?}");
+    // And recorded where it was posted, so no later holder posts it either.
+    let recorded = r.cluster.superuser_sql(
+        "sk",
+        &format!("SELECT value FROM records WHERE ns = 'channels.msg' AND key = '{id}'"),
+    );
+    let m: Value = serde_json::from_str(recorded.trim())
+        .unwrap_or_else(|e| panic!("the message of {id} is recorded ({e}): {recorded:?}"));
+    assert_eq!(m["slack"][0]["channel"], "C1", "{m}");
 }
 
 #[test]

@@ -37,6 +37,14 @@ pub const LEASE_TTL_MS: i64 = 5_000;
 /// lease's life, so it stops before another replica may take over.
 const RENEWAL_TIMEOUT: Duration = Duration::from_millis(LEASE_TTL_MS as u64 / 2);
 
+/// How long a holder that stands down at shutdown waits for its chat posts
+/// on their way ([`Replica::hold`]) to be answered and recorded before it
+/// releases the lease. Well within what is left of the lease's life (the
+/// last renewal began at most one tick, half a second, plus that renewal's
+/// time before), so no other replica can take it over meanwhile; a Slack
+/// or Teams post answers in well under a second when the chat is well.
+const STAND_DOWN_WAIT: Duration = Duration::from_secs(3);
+
 /// This replica's identity and whether it holds the background lease.
 pub struct Replica {
     /// Unique per process: what the lease records as its holder.
@@ -44,6 +52,18 @@ pub struct Replica {
     /// Whether it holds the lease; tasks that wait for their turn (the
     /// sinks) follow it through [`Replica::leading`].
     leading: tokio::sync::watch::Sender<bool>,
+    /// How many [`Hold`]s are alive: chat posts on their way.
+    in_flight: tokio::sync::watch::Sender<usize>,
+}
+
+/// Background work under way that the lease is not let go before (a chat
+/// post sent and not yet recorded); see [`Replica::hold`].
+pub struct Hold<'a>(&'a Replica);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Replica {
@@ -55,6 +75,7 @@ impl Replica {
         Replica {
             id: format!("replica-{}-{}", std::process::id(), hex::encode(b)),
             leading: tokio::sync::watch::Sender::new(!shared),
+            in_flight: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -71,6 +92,28 @@ impl Replica {
     /// Follows [`Replica::is_leader`].
     pub fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
         self.leading.subscribe()
+    }
+
+    /// Work that must not be done twice across replicas (a chat post and
+    /// the record of where it went) runs under a hold: `None` once this replica does
+    /// not lead, and a clean stand-down waits (up to [`STAND_DOWN_WAIT`])
+    /// for the holds alive before it releases the lease. Check
+    /// [`Replica::is_leader`] again before each further call: a stand-down
+    /// lets what was sent finish, and nothing new start.
+    pub fn hold(&self) -> Option<Hold<'_>> {
+        // Counted before leadership is read, and the keeper stands down
+        // before it reads the count: either this sees the stand-down, or
+        // the keeper waits for this hold.
+        self.in_flight.send_modify(|n| *n += 1);
+        let hold = Hold(self);
+        self.is_leader().then_some(hold)
+    }
+
+    /// Waits until no [`Hold`] is alive, for at most `within`; whether none is.
+    async fn settled(&self, within: Duration) -> bool {
+        let mut count = self.in_flight.subscribe();
+        let none = tokio::time::timeout(within, count.wait_for(|n| *n == 0)).await;
+        none.is_ok()
     }
 }
 
@@ -118,8 +161,9 @@ pub struct Keeper {
 
 impl Keeper {
     /// Hands the background work over at shutdown: the keeper stops
-    /// renewing, this replica stands down (its background work stops), and
-    /// the lease is released, so another replica takes it at its next
+    /// renewing, this replica stands down (its background work stops, and
+    /// chat posts already sent are answered and recorded: [`Replica::hold`]),
+    /// and the lease is released, so another replica takes it at its next
     /// renewal instead of after the lease lapses. Returns once done; no
     /// renewal can follow the release, since the keeper makes them.
     pub async fn stop(self) {
@@ -191,8 +235,14 @@ pub fn spawn(g: Arc<Gateway>) -> Option<Keeper> {
             g.replica.set_leader(lead);
         }
         // Stand down first, then let go: once another replica may hold the
-        // lease, this one runs no background work.
+        // lease, this one runs no background work, and has recorded the chat
+        // posts it sent (the next holder posts those it finds unrecorded).
         g.replica.set_leader(false);
+        if !g.replica.settled(STAND_DOWN_WAIT).await {
+            tracing::warn!(
+                "chat posts still unanswered after {STAND_DOWN_WAIT:?}; releasing the background lease anyway (the next holder may post them again)"
+            );
+        }
         if let Err(e) = g.store.release_lease(LEASE, &g.replica.id).await {
             tracing::warn!(error = %e, "could not release the background lease");
         }

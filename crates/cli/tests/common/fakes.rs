@@ -101,6 +101,8 @@ struct SlackState {
     base: Arc<Mutex<String>>,
     ts: Arc<Mutex<u64>>,
     files: Arc<Mutex<HashMap<String, Upload>>>,
+    /// How long chat.postMessage takes to answer (recorded at once).
+    post_delay: Duration,
 }
 
 fn slack_auth(h: &HeaderMap) -> bool {
@@ -150,6 +152,7 @@ async fn slack_method(
             let (Some(ch), Some(_)) = (str_of("channel"), str_of("text")) else {
                 return slack_err("no_text");
             };
+            tokio::time::sleep(s.post_delay).await;
             let mut t = s.ts.lock().unwrap();
             *t += 1;
             let ts = format!("1700000000.{:06}", *t);
@@ -226,12 +229,19 @@ async fn slack_upload(
 
 /// The fake Slack: its API base (`…/api`) and what it was sent.
 pub fn slack() -> (String, Calls) {
+    slack_posting_in(Duration::ZERO)
+}
+
+/// [`slack`] whose chat.postMessage answers after `delay` (the call is
+/// recorded when it arrives): a post stays in flight that long.
+pub fn slack_posting_in(delay: Duration) -> (String, Calls) {
     let calls: Calls = Default::default();
     let st = SlackState {
         calls: calls.clone(),
         base: Default::default(),
         ts: Default::default(),
         files: Default::default(),
+        post_delay: delay,
     };
     let base_slot = st.base.clone();
     let app = Router::new()
