@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use secondkey_server::logview::{run_sink, StoreCursor};
+use secondkey_server::logview::{earlier_file_cursor, run_sink, StoreCursor};
 use secondkey_sinks::webhook::WebhookSink;
 use secondkey_sinks::{DeliverFuture, FileCursor, Sink};
 use serde_json::{json, Value};
@@ -143,8 +143,13 @@ pub fn start(
             // Replicas take turns (the background lease) on a cursor kept
             // in the store, like the log sinks: each event is sent by one
             // replica.
-            let file = file_cursor(&dir, &h.name, gateway.store.log_size())
-                .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
+            let file = earlier_file_cursor(
+                &dir,
+                &h.name,
+                gateway.store.log_size(),
+                "to start at the log's end",
+            )
+            .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
             let cursor = StoreCursor::webhook(gateway.store.clone(), &h.name, file);
             run_sink(gateway, &name, sink, source.clone(), cursor);
         } else {
@@ -160,35 +165,6 @@ pub fn start(
         tracing::info!(webhook = %h.name, "request webhook started");
     }
     Ok(())
-}
-
-/// Where the file cursor of webhook `name` in `dir` stopped, if it has
-/// one: a gateway of an earlier version kept it there on a shared store
-/// too, and the store's cursor starts from it (not from the log's end, which
-/// would skip what was appended since the last delivery). Refused when it
-/// is not a number or lies past `log_size`, the end of this store's log.
-fn file_cursor(dir: &std::path::Path, name: &str, log_size: u64) -> anyhow::Result<Option<u64>> {
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let file = FileCursor::open(dir, name)?;
-    if !file.path().exists() {
-        return Ok(None);
-    }
-    let path = file.path().display();
-    let next = match file.load() {
-        Ok(next) => next,
-        Err(secondkey_sinks::CursorError::Corrupt { content, .. }) => anyhow::bail!(
-            "the cursor file {path} of an earlier version is corrupt ({content:?}): write the next log index to deliver in it, or delete it to start at the log's end"
-        ),
-        Err(e) => return Err(e.into()),
-    };
-    if next > log_size {
-        anyhow::bail!(
-            "the cursor file {path} of an earlier version says {next}, past the end of this store's log ({log_size}): it belongs to another store; delete it to start at the log's end"
-        );
-    }
-    Ok(Some(next))
 }
 
 #[cfg(test)]
@@ -220,37 +196,6 @@ mod tests {
         assert_eq!(
             event_type(&json!({"event": "review.submitted", "subjects": {"request": "r"}})),
             Some("request.reviewed")
-        );
-    }
-
-    #[test]
-    fn an_earlier_versions_file_cursor_is_where_the_store_starts() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("channels/webhooks");
-        // No directory, or no file: no start of its own.
-        assert_eq!(file_cursor(&dir, "ops", 10).unwrap(), None);
-        assert!(!dir.exists(), "nothing is created");
-        std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(file_cursor(&dir, "ops", 10).unwrap(), None);
-        let file = dir.join("ops.cursor");
-        std::fs::write(&file, "7\n").unwrap();
-        assert_eq!(file_cursor(&dir, "ops", 10).unwrap(), Some(7));
-        assert_eq!(file_cursor(&dir, "ops", 7).unwrap(), Some(7));
-        let past = file_cursor(&dir, "ops", 6).unwrap_err().to_string();
-        assert!(
-            past.contains("another store") && past.contains("delete it"),
-            "{past}"
-        );
-        std::fs::write(&file, "seven").unwrap();
-        let corrupt = file_cursor(&dir, "ops", 10).unwrap_err().to_string();
-        assert!(
-            corrupt.contains("corrupt") && corrupt.contains("log's end"),
-            "{corrupt}"
-        );
-        assert_eq!(
-            std::fs::read_to_string(&file).unwrap(),
-            "seven",
-            "left as it was"
         );
     }
 }

@@ -19,7 +19,8 @@ use crate::logcmd::{check_statements, load_cosigner_keys, snapshot, witness_repo
 /// Where the log comes from.
 #[derive(Args, Clone)]
 pub struct Source {
-    /// The gateway's config: read its data directory (read-only).
+    /// The gateway's config: read its data directory (read-only; lean
+    /// statement entries checked, as `log verify --config` does).
     #[arg(long, env = "SECONDKEY_CONFIG", conflicts_with = "bundle")]
     config: Option<PathBuf>,
     /// Or a bundle written by `secondkey log export --bundle` / `log fetch`
@@ -33,27 +34,28 @@ pub struct Source {
 }
 
 impl Source {
-    /// Every entry of the log. A bundle's are verified against `--key` and
-    /// held to the statement check of `log verify --bundle` (its count goes
-    /// to standard error: standard output is the report); `Ok(Err(code))`
-    /// when that check fails, after saying why.
+    /// Every entry of the log, held to the statement check of `log verify`
+    /// (its count goes to standard error: standard output is the report);
+    /// a bundle's are verified against `--key` first. `Ok(Err(code))` when
+    /// that check fails, after saying why.
     fn entries(&self) -> Result<std::result::Result<Vec<Vec<u8>>, ExitCode>> {
-        match (&self.config, &self.bundle) {
+        let entries = match (&self.config, &self.bundle) {
             (_, Some(dir)) => {
                 let key = self
                     .key
                     .as_deref()
                     .ok_or_else(|| anyhow!("--key is required with --bundle"))?;
                 let v = crate::logcmd::load_key(key)?;
-                let vb = secondkey_log::bundle::verify_bundle_entries(dir, &v, None)
-                    .map_err(|e| anyhow!("the bundle does not verify: {e}"))?;
-                Ok(check_statements(&vb.entries, &mut std::io::stderr()).map(|()| vb.entries))
+                secondkey_log::bundle::verify_bundle_entries(dir, &v, None)
+                    .map_err(|e| anyhow!("the bundle does not verify: {e}"))?
+                    .entries
             }
-            (Some(cfg), None) => Ok(Ok(snapshot(cfg)?.entries)),
+            (Some(cfg), None) => snapshot(cfg)?.entries,
             (None, None) => bail!(
                 "give --config FILE (the gateway's data directory) or --bundle DIR --key VKEY"
             ),
-        }
+        };
+        Ok(check_statements(&entries, &mut std::io::stderr()).map(|()| entries))
     }
 }
 

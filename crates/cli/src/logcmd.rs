@@ -321,7 +321,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
 /// Checks the lean statement entries of a verified log (each names a
 /// statement shape recorded earlier in its session and rebuilds to its
 /// digest); says how many on `ok`, or why not on standard error.
-/// `log verify`, `evidence verify` and `report usage --bundle` all run it,
+/// `log verify`, `evidence verify` and `report usage` all run it,
 /// so a log passes one exactly when it passes the others. `report usage`
 /// gives standard error as `ok`: its standard output is the report.
 pub(crate) fn check_statements(

@@ -310,8 +310,8 @@ fn append(g: &Gateway, entries: Vec<secondkey_log::entry::Entry>) {
 /// shape entry was changed, fails `evidence verify` even though the log
 /// is signed and every figure matches (the report lists the entry as a
 /// `statement_unresolved` exception, and `evidence` warns when it makes
-/// such a pack), and `report usage --bundle` refuses its bundle with the
-/// same message. A manifest naming another key than `--key` fails too.
+/// such a pack), and `report usage` refuses it with the same message,
+/// from the bundle or from the data directory (`--config`). A manifest naming another key than `--key` fails too.
 #[test]
 fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
     use secondkey_log::lean::{action_digest, Shape, SHAPE_EVENT};
@@ -377,32 +377,38 @@ fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
         let bundle = p.join("bundle");
         let (lcode, lout, lerr) = verify_bundle(&bundle, &vkey);
         let (code, out, err) = verify(&p, &["--key", &vkey]);
-        let (ucode, uout, uerr) = cli(&[
-            "report",
-            "usage",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--key",
-            &vkey,
-            "--from",
-            "2020-01-01",
-            "--to",
-            "2100-01-01",
-            "--format",
-            "csv",
-        ]);
+        // `report usage` from the bundle and from the data directory.
+        let config = g.config.to_str().unwrap();
+        let sources = [
+            vec!["--bundle", bundle.to_str().unwrap(), "--key", &vkey],
+            vec!["--config", config],
+        ];
+        let usage: Vec<_> = sources
+            .iter()
+            .map(|source| {
+                let mut args = vec!["report", "usage"];
+                args.extend(source);
+                args.extend(["--from", "2020-01-01", "--to", "2100-01-01"]);
+                args.extend(["--format", "csv"]);
+                (source[0], cli(&args))
+            })
+            .collect();
         match &failure {
             None => {
                 assert!(!said.contains("warning"), "{said}");
                 assert_eq!(lcode, 0, "{lout}{lerr}");
                 // The report alone on standard output, the check's count
                 // beside it.
-                assert_eq!(ucode, 0, "{uout}{uerr}");
-                assert!(uout.starts_with("principal,model,"), "{uout}");
-                assert!(
-                    uerr.contains("ok: 1 lean statement entries rebuilt from 1 statement shapes"),
-                    "{uerr}"
-                );
+                for (source, (ucode, uout, uerr)) in &usage {
+                    assert_eq!(*ucode, 0, "{source}: {uout}{uerr}");
+                    assert!(uout.starts_with("principal,model,"), "{source}: {uout}");
+                    assert!(
+                        uerr.contains(
+                            "ok: 1 lean statement entries rebuilt from 1 statement shapes"
+                        ),
+                        "{source}: {uerr}"
+                    );
+                }
                 // Complete but for the period's end (exit 3).
                 assert_eq!(code, 3, "{out}{err}");
                 assert!(
@@ -426,10 +432,12 @@ fn evidence_verify_checks_statement_shapes_and_the_manifest_key() {
                 assert!(lcode == 1 && lerr.contains(m.as_str()), "{lout}{lerr}");
                 assert!(code == 1 && err.contains(m.as_str()), "{out}{err}");
                 assert!(!out.contains("every figure"), "{out}");
-                assert!(
-                    ucode == 1 && uerr.contains(m.as_str()) && uout.is_empty(),
-                    "{uout}{uerr}"
-                );
+                for (source, (ucode, uout, uerr)) in &usage {
+                    assert!(
+                        *ucode == 1 && uerr.contains(m.as_str()) && uout.is_empty(),
+                        "{source}: {uout}{uerr}"
+                    );
+                }
             }
         }
         keys.push(vkey);

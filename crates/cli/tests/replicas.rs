@@ -788,6 +788,17 @@ fn a_request_webhook_is_delivered_by_one_replica() {
     );
 }
 
+/// Stops `g` and writes, in directory `dir` of its data directory, the
+/// cursor file `<name>.cursor` an earlier version kept on a shared store
+/// too, saying `next`; returns that directory.
+fn stop_with_file_cursor(g: &mut Gateway, dir: &str, name: &str, next: u64) -> std::path::PathBuf {
+    g.stop();
+    let files = g.dir.join("data").join(dir);
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join(format!("{name}.cursor")), format!("{next}\n")).unwrap();
+    files
+}
+
 #[test]
 fn a_webhook_upgraded_from_its_file_cursor_sends_what_the_file_had_not() {
     let (hook_url, hooks) = fakes::webhook_receiver();
@@ -807,10 +818,7 @@ fn a_webhook_upgraded_from_its_file_cursor_sends_what_the_file_had_not() {
     };
     let cursor = created_at(&missed[0]);
     assert!(created_at(&sent) < cursor);
-    g.stop();
-    let files = g.dir.join("data/channels/webhooks");
-    std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(files.join("ops.cursor"), format!("{cursor}\n")).unwrap();
+    let files = stop_with_file_cursor(g, "channels/webhooks", "ops", cursor);
     // The upgrade: the same data directory, the webhook configured.
     let port = common::free_port();
     let extra = format!(
@@ -856,6 +864,75 @@ fn a_webhook_upgraded_from_its_file_cursor_sends_what_the_file_had_not() {
     assert!(
         accepted.values().all(|n| *n == 1),
         "each webhook id delivered once: {accepted:?}"
+    );
+}
+
+#[test]
+fn a_sink_upgraded_from_its_file_cursor_sends_what_the_file_had_not() {
+    let (hook, deliveries) = common::webhook_receiver();
+    let mut r = replicas(1);
+    let g = &mut r.gws[0];
+    // An earlier version, its cursor in a file, delivered the log up to
+    // `cursor`; more was appended before the upgrade.
+    held_export(g, 1);
+    let cursor = g.log_entries().len() as u64;
+    held_export(g, 2);
+    held_export(g, 3);
+    let files = stop_with_file_cursor(g, "sinks", "siem", cursor);
+    // The upgrade: the same data directory, the sink configured.
+    let port = common::free_port();
+    let sink = format!(
+        "\n[[sinks]]\nname = \"siem\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{hook}/hook\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+    );
+    let store = store_section(&r.cluster, &g.dir.join("store.pw"));
+    g.config = common::write_config_extra(&g.dir, port, POLICIES, &format!("{store}{sink}"));
+    g.url = format!("http://127.0.0.1:{port}");
+    g.spawn();
+    let mut seen = std::collections::BTreeMap::<u64, usize>::new();
+    let receive = |seen: &mut std::collections::BTreeMap<u64, usize>, size: u64| {
+        common::wait_until("the log's end delivered", || {
+            while let Ok((_, body)) = deliveries.try_recv() {
+                *seen.entry(body["index"].as_u64().unwrap()).or_default() += 1;
+            }
+            seen.contains_key(&(size - 1))
+        })
+    };
+    let size = g.log_entries().len() as u64;
+    receive(&mut seen, size);
+    // The store owns the cursor now: a restart does not read the file
+    // again (put back at 0, it would re-send the whole log).
+    std::fs::write(files.join("siem.cursor"), "0\n").unwrap();
+    g.stop();
+    g.spawn();
+    held_export(g, 4);
+    let size = g.log_entries().len() as u64;
+    receive(&mut seen, size);
+    // Time for a duplicate to arrive, were there one.
+    std::thread::sleep(Duration::from_secs(3));
+    let size = g.log_entries().len() as u64;
+    receive(&mut seen, size);
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (cursor..size).collect::<Vec<_>>(),
+        "what the file had delivered is not sent again, the rest is"
+    );
+    assert!(seen.values().all(|n| *n == 1), "delivered twice: {seen:?}");
+
+    // A file cursor past this store's log end refuses the start, naming it.
+    g.stop();
+    let other = sink.replace("\"siem\"", "\"siem2\"");
+    std::fs::write(files.join("siem2.cursor"), format!("{}\n", size + 100)).unwrap();
+    g.config = common::write_config_extra(&g.dir, port, POLICIES, &format!("{store}{sink}{other}"));
+    let out = Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&g.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("siem2.cursor") && err.contains("past the end") && err.contains("delete it"),
+        "{err}"
     );
 }
 

@@ -217,10 +217,7 @@ pub async fn start_with(
 
 /// Starts the background tasks; on a shared store, returns the keeper of
 /// the lease they run under.
-fn spawn_background(
-    gateway: Arc<Gateway>,
-    sinks: Vec<Box<dyn secondkey_sinks::Sink>>,
-) -> Option<replicas::Keeper> {
+fn spawn_background(gateway: Arc<Gateway>, sinks: Vec<BuiltSink>) -> Option<replicas::Keeper> {
     let g = gateway.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -248,32 +245,57 @@ fn spawn_background(
     keeper
 }
 
-/// Every configured sink, built (no connection is made yet), in order.
-fn build_sinks(gateway: &Arc<Gateway>) -> anyhow::Result<Vec<Box<dyn secondkey_sinks::Sink>>> {
+/// A configured sink, built (no connection is made yet).
+struct BuiltSink {
+    sink: Box<dyn secondkey_sinks::Sink>,
+    /// On a shared store, where the sink's file cursor of an earlier
+    /// version stopped (see [`logview::earlier_file_cursor`]).
+    file: Option<u64>,
+}
+
+/// Every configured sink, built, in order. On a shared store, a sink's
+/// file cursor of an earlier version that is corrupt or past the log's end
+/// refuses the start.
+fn build_sinks(gateway: &Arc<Gateway>) -> anyhow::Result<Vec<BuiltSink>> {
     let source = Arc::new(logview::StoreSource(gateway.store.clone()));
+    let dir = gateway.config.data_dir.join("sinks");
     gateway
         .config
         .sinks
         .iter()
         .map(|cfg| {
-            cfg.build_with_source(&gateway.config.log_origin, source.clone())
-                .map_err(|e| anyhow::anyhow!("config key `sinks`: {e}"))
+            let sink = cfg
+                .build_with_source(&gateway.config.log_origin, source.clone())
+                .map_err(|e| anyhow::anyhow!("config key `sinks`: {e}"))?;
+            let file = if gateway.store.is_shared() {
+                logview::earlier_file_cursor(
+                    &dir,
+                    cfg.name(),
+                    gateway.store.log_size(),
+                    "to send the whole log again from its first entry",
+                )
+                .map_err(|e| anyhow::anyhow!("sink `{}`: {e}", cfg.name()))?
+            } else {
+                None
+            };
+            Ok(BuiltSink { sink, file })
         })
         .collect()
 }
 
 /// Runs the sinks [`build_sinks`] made, one per configured sink.
-fn start_sinks(gateway: &Arc<Gateway>, sinks: Vec<Box<dyn secondkey_sinks::Sink>>) {
+fn start_sinks(gateway: &Arc<Gateway>, sinks: Vec<BuiltSink>) {
     if sinks.is_empty() {
         return;
     }
     let source = Arc::new(logview::StoreSource(gateway.store.clone()));
     let dir = gateway.config.data_dir.join("sinks");
-    for (cfg, sink) in gateway.config.sinks.iter().zip(sinks) {
+    for (cfg, BuiltSink { sink, file }) in gateway.config.sinks.iter().zip(sinks) {
         if gateway.store.is_shared() {
             // Replicas take turns (the background lease) on a cursor kept
-            // in the store.
-            let cursor = logview::StoreCursor::new(gateway.store.clone(), cfg.name());
+            // in the store; it starts where an earlier version's file
+            // cursor stopped, if there is one.
+            let cursor = logview::StoreCursor::sink(gateway.store.clone(), cfg.name(), file);
             logview::run_sink(gateway, cfg.name(), sink, source.clone(), cursor);
         } else {
             let cursor = match secondkey_sinks::FileCursor::open(&dir, cfg.name()) {

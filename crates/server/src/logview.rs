@@ -202,19 +202,22 @@ enum Start {
     /// At the log's end (its size when first loaded): a request webhook
     /// does not replay history.
     End,
-    /// At this index: where the webhook's file cursor of an earlier
-    /// version stopped.
+    /// At this index: where the file cursor of an earlier version
+    /// stopped.
     At(u64),
 }
 
 impl StoreCursor {
-    /// A cursor that starts at the log's first entry.
-    pub fn new(store: secondkey_store::Store, name: &str) -> StoreCursor {
+    /// The cursor of sink `name`: the first time it is loaded, it starts
+    /// at `file` — the next index the sink's file cursor of an earlier
+    /// version had to deliver, which the store owns from then on — or,
+    /// without one, at the log's first entry (a sink exports the whole log).
+    pub fn sink(store: secondkey_store::Store, name: &str, file: Option<u64>) -> StoreCursor {
         StoreCursor {
             store,
             ns: SINK_CURSOR_NS,
             name: name.to_owned(),
-            start: Start::First,
+            start: file.map_or(Start::First, Start::At),
         }
     }
 
@@ -271,5 +274,80 @@ impl secondkey_sinks::Cursor for StoreCursor {
         self.store
             .transact_blocking(move |tx| tx.put_record(ns, &name, &next.to_string()))
             .map_err(|e| format!("cannot save the cursor of sink {}: {e}", self.name))
+    }
+}
+
+/// Where the file cursor `name` in `dir` of an earlier version stopped, if
+/// there is one: earlier versions kept the cursors of sinks and request
+/// webhooks in files on a shared store too, and the store's cursor starts
+/// from it (not from its default start, which would re-send or skip what
+/// lies between). Refused when it is not a number or lies past `log_size`,
+/// the end of this store's log; `without` says where the cursor starts
+/// once the file is deleted ("to start at the log's end").
+pub fn earlier_file_cursor(
+    dir: &std::path::Path,
+    name: &str,
+    log_size: u64,
+    without: &str,
+) -> anyhow::Result<Option<u64>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let file = secondkey_sinks::FileCursor::open(dir, name)?;
+    if !file.path().exists() {
+        return Ok(None);
+    }
+    let path = file.path().display();
+    let next = match file.load() {
+        Ok(next) => next,
+        Err(secondkey_sinks::CursorError::Corrupt { content, .. }) => anyhow::bail!(
+            "the cursor file {path} of an earlier version is corrupt ({content:?}): write the next log index to deliver in it, or delete it {without}"
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    if next > log_size {
+        anyhow::bail!(
+            "the cursor file {path} of an earlier version says {next}, past the end of this store's log ({log_size}): it belongs to another store; delete it {without}"
+        );
+    }
+    Ok(Some(next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_versions_file_cursor_is_where_the_store_starts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sinks");
+        let start = |size| earlier_file_cursor(&dir, "siem", size, "to start afresh");
+        // No directory, or no file: no start of its own.
+        assert_eq!(start(10).unwrap(), None);
+        assert!(!dir.exists(), "nothing is created");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(start(10).unwrap(), None);
+        let file = dir.join("siem.cursor");
+        std::fs::write(&file, "7\n").unwrap();
+        assert_eq!(start(10).unwrap(), Some(7));
+        assert_eq!(start(7).unwrap(), Some(7));
+        let past = start(6).unwrap_err().to_string();
+        assert!(
+            past.contains("siem.cursor")
+                && past.contains("another store")
+                && past.contains("delete it to start afresh"),
+            "{past}"
+        );
+        std::fs::write(&file, "seven").unwrap();
+        let corrupt = start(10).unwrap_err().to_string();
+        assert!(
+            corrupt.contains("corrupt") && corrupt.contains("delete it to start afresh"),
+            "{corrupt}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "seven",
+            "left as it was"
+        );
     }
 }
