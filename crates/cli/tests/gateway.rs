@@ -1220,6 +1220,31 @@ fn results_reported_in_a_batch_are_checked_one_by_one() {
 /// over the limit): the answer says `Connection: close` and the connection
 /// is closed, so a client never sends its next request on a connection
 /// being torn down, nor waits for one that cannot be accepted.
+/// A client that sends its whole body before reading (as most do) reads
+/// the `413` the gateway answered from the header, under load too: the
+/// gateway lingers on the closed connection, reading and dropping the body,
+/// instead of closing with unread bytes, which makes the kernel reset the
+/// connection and the client fail writing (`EPIPE`) or reading (reset)
+/// before it sees the answer.
+#[test]
+fn a_body_refused_from_its_length_is_answered_to_a_client_still_sending_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let addr = g.url.trim_start_matches("http://").to_string();
+    let auth = format!("Authorization: Bearer {}", token_of("agent:report-bot"));
+    let (n, wrong) =
+        common::send_whole_bodies("HTTP/1.1 413 ", &addr, "/v1/actions", &auth, 4 << 20, 8, 15);
+    assert!(wrong.is_empty(), "{} of {n}: {wrong:?}", wrong.len());
+    // Lingering connections closed; the gateway still answers.
+    let (s, _) = g.call(
+        "POST",
+        "/v1/actions",
+        Some("agent:report-bot"),
+        Some(&read_action()),
+    );
+    assert_eq!(s, 200);
+}
+
 #[test]
 fn a_post_refused_before_its_body_is_answered_with_connection_close() {
     use std::io::{Read, Write};

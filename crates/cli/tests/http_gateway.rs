@@ -743,6 +743,32 @@ fn k8s_requests(log: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// A body refused from its declared length on an HTTP gateway's own
+/// listener reaches a client that writes the whole body before reading the
+/// answer, under load too: the listener closes with a lingering close, as
+/// the main listener does (a reset would lose the answer; see
+/// `gateway.rs`).
+#[test]
+fn a_body_refused_on_an_own_listener_is_answered_to_a_client_still_sending_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    // Nothing is forwarded: the upstream is never reached.
+    let extra = format!(
+        "\n[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:9\"\nlisten = \"127.0.0.1:{listen}\"\nprincipals = [\"agent:report-bot\"]\n"
+    );
+    let _g = Gateway::start_extra(tmp.path(), POLICIES, &extra);
+    let (n, wrong) = send_whole_bodies(
+        "HTTP/1.1 413 ",
+        &format!("127.0.0.1:{listen}"),
+        "/invoices",
+        &bearer("agent:report-bot"),
+        4 << 20,
+        8,
+        15,
+    );
+    assert!(wrong.is_empty(), "{} of {n}: {wrong:?}", wrong.len());
+}
+
 /// A Secret holding the gateway's own cluster token (a service-account
 /// token Secret) comes back with the token masked, though the API sends it
 /// base64-encoded; other secrets' data pass unchanged.

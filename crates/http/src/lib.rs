@@ -204,7 +204,12 @@ where
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(64 * 1024)
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        // Closed with a lingering close: a client still sending a body the
+        // gateway refused reads the answer instead of a reset.
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(secondkey_server::limits::Lingering::new(io)),
+            svc,
+        )
         .with_upgrades()
         .await
         .map_err(|e| e.to_string())

@@ -661,3 +661,52 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// From `threads` threads, `each` times: a POST to `path` with a body of
+/// `len` bytes, written in full before the answer is read (as most clients
+/// do). Returns how many were sent and the outcomes whose status line did
+/// not start with `expect` (or what failed).
+pub fn send_whole_bodies(
+    expect: &str,
+    addr: &str,
+    path: &str,
+    auth: &str,
+    len: usize,
+    threads: usize,
+    each: usize,
+) -> (usize, Vec<String>) {
+    use std::io::{Read, Write};
+    let body = vec![b'x'; len];
+    let one = || {
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        );
+        if let Err(e) = sock
+            .write_all(head.as_bytes())
+            .and_then(|()| sock.write_all(&body))
+        {
+            return format!("sending failed: {e}");
+        }
+        let mut answer = Vec::new();
+        match sock.read_to_end(&mut answer) {
+            Ok(_) => String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            Err(e) => format!("reading failed: {e}"),
+        }
+    };
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| (0..each).map(|_| one()).collect::<Vec<_>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    })
+}

@@ -20,6 +20,17 @@
 //!
 //! A connection past a deadline is closed by failing its next read, which
 //! the HTTP server treats as the client going away.
+//!
+//! - **Lingering close.** A connection the server ends while the client
+//!   may still be sending (a body refused from its `Content-Length` with
+//!   `413`, a request answered before its body was read) is not closed
+//!   outright: closing a socket with unread bytes makes the kernel send a
+//!   reset, and a client still writing its body then fails with `EPIPE` or
+//!   a reset instead of reading the answer already sent. The write side is
+//!   shut (the client sees the end of the answer), and what still arrives
+//!   is read and dropped until the client closes, for at most
+//!   [`LINGER_TIME`] in all and [`LINGER_IDLE`] without a byte, as web
+//!   servers do. The connection keeps its place under the caps meanwhile.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -299,19 +310,22 @@ async fn watchdog(state: Arc<ConnState>, limits: ConnLimits) {
 }
 
 /// An accepted connection under the listener's limits: its place under
-/// the caps is held until it is dropped, and its reads fail once it is
-/// past a deadline.
+/// the caps is held until it is closed (after lingering, if the client had
+/// not closed its side), and its reads fail once it is past a deadline.
 #[derive(Debug)]
 pub struct LimitedIo {
-    stream: TcpStream,
+    stream: Lingering<TcpStream>,
     state: Arc<ConnState>,
-    _slot: ConnSlot,
     watchdog: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for LimitedIo {
     fn drop(&mut self) {
         self.watchdog.abort();
+        // Past a deadline nothing was answered that the client must read.
+        if self.state.lock().expired {
+            self.stream.close_at_once();
+        }
     }
 }
 
@@ -366,6 +380,120 @@ impl AsyncWrite for LimitedIo {
     }
 }
 
+/// The longest a closed connection lingers, reading and dropping what the
+/// client still sends (see the module docs).
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// A lingering connection is closed once the client sends nothing for
+/// this long.
+pub const LINGER_IDLE: Duration = Duration::from_secs(2);
+
+/// A server's side of a client connection that closes with a lingering
+/// close (see the module docs) when dropped before the client closed its
+/// side. Used by every listener that speaks HTTP to clients.
+#[derive(Debug)]
+pub struct Lingering<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    /// `None` only once dropped (taken to linger).
+    io: Option<I>,
+    /// Kept until the connection is closed: its place under the caps.
+    slot: Option<ConnSlot>,
+    /// The client closed its side (a read returned the end), or there is
+    /// nothing to linger for.
+    done: bool,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
+    pub fn new(io: I) -> Lingering<I> {
+        Lingering {
+            io: Some(io),
+            slot: None,
+            done: false,
+        }
+    }
+
+    /// Closes without lingering when dropped.
+    pub fn close_at_once(&mut self) {
+        self.done = true;
+    }
+
+    fn io(&mut self) -> Pin<&mut I> {
+        Pin::new(self.io.as_mut().expect("open until dropped"))
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (Some(io), Ok(rt)) = (self.io.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        rt.spawn(linger(io, self.slot.take()));
+    }
+}
+
+/// Shuts the write side and reads until the client closes, for at most
+/// [`LINGER_TIME`] (and [`LINGER_IDLE`] without a byte); then the socket
+/// closes without a reset.
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, _slot: Option<ConnSlot>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.shutdown().await;
+    let end = Instant::now() + LINGER_TIME;
+    let mut scratch = vec![0u8; 16 * 1024];
+    loop {
+        let idle = (Instant::now() + LINGER_IDLE).min(end);
+        match tokio::time::timeout_at(idle, io.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => continue,
+            _ => return,
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = self.io().poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before && buf.remaining() > 0 {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
+}
+
 /// A TCP listener that applies [`ConnLimits`] to what it accepts.
 #[derive(Debug)]
 pub struct LimitedListener {
@@ -406,10 +534,11 @@ impl Listener for LimitedListener {
                 Ok(slot) => {
                     let state = Arc::new(ConnState::new(Instant::now()));
                     let watchdog = tokio::spawn(watchdog(state.clone(), self.limits.clone()));
+                    let mut stream = Lingering::new(stream);
+                    stream.slot = Some(slot);
                     let io = LimitedIo {
                         stream,
                         state,
-                        _slot: slot,
                         watchdog,
                     };
                     return (io, addr);

@@ -20,5 +20,5 @@
 pub mod conn;
 pub mod quota;
 
-pub use conn::{serve, ConnLimits, ConnRefusal, Connections, LimitedListener};
+pub use conn::{serve, ConnLimits, ConnRefusal, Connections, LimitedListener, Lingering};
 pub use quota::{Buckets, RefusalTally, SlotGuard, Slots, Tally};
