@@ -26,11 +26,50 @@ pub struct Cluster {
     as_postgres: bool,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+/// A port on 127.0.0.1 for a test server to listen on: free when asked,
+/// and given to no other caller in this process.
+///
+/// Asking the kernel for port 0 and releasing it races: the tests of one
+/// binary run in parallel, and a second caller (or any outgoing connection,
+/// whose local port comes from the same ephemeral range) could be handed
+/// the same port before the server binds it. Then one server fails to
+/// start while the test's readiness check reaches the other one. So ports
+/// come from below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), where no outgoing connection
+/// takes one, and each is handed out once. The walk starts at a place
+/// derived from the process id so that two test processes rarely overlap.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static RANGE: OnceLock<(u32, u32, u32)> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, span, start) = *RANGE.get_or_init(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        // At least 2,000 ports; if the ephemeral range starts too low for
+        // that, share it (the bind check below still applies).
+        let (low, high) = if ephemeral_low >= 12_000 {
+            (10_000, ephemeral_low)
+        } else {
+            (10_000, 32_768)
+        };
+        let span = high - low;
+        (
+            low,
+            span,
+            std::process::id().wrapping_mul(2_654_435_761) % span,
+        )
+    });
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left in {low}..{}", low + span);
+        let port = (low + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn is_root() -> bool {
@@ -343,5 +382,30 @@ impl Drop for Cluster {
                 "stop",
             ])
             .output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice_nor_ephemeral() {
+        let ports: Vec<u16> = std::thread::scope(|s| {
+            let w: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..250).map(|_| super::free_port()).collect::<Vec<_>>()))
+                .collect();
+            w.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        });
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if ephemeral_low >= 12_000 {
+            assert!(ports.iter().all(|&p| p < ephemeral_low), "{ports:?}");
+        }
     }
 }

@@ -59,7 +59,19 @@ class Gateway:
 def start_gateway(tmp: Path) -> Gateway:
     if not os.path.exists(BIN):
         pytest.exit(f"no gateway binary at {BIN}: run `cargo build -p secondkey` or set SECONDKEY_BIN", 2)
-    port = free_port()
+    # A port asked of the kernel and released can be taken again before the
+    # gateway binds it; then it exits saying so, and starts on another.
+    for attempt in range(1, 4):
+        try:
+            return _start_on(tmp, free_port())
+        except RuntimeError:
+            if attempt == 3 or "in use" not in (tmp / "gateway.log").read_text().lower():
+                raise
+            shutil.rmtree(tmp / "data", ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def _start_on(tmp: Path, port: int) -> Gateway:
     env = dict(os.environ)
     env.update({k: token(who) for who, k in TOKENS.items()})
     env.update({
@@ -75,8 +87,12 @@ def start_gateway(tmp: Path) -> Gateway:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the gateway exited: {(tmp / 'gateway.log').read_text()}")
+        # Healthy, and answered by this process: it says where it listens
+        # once it has bound the port (another test's gateway could hold
+        # the port if this one could not bind it).
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            ours = f"listening on {url}\n" in (tmp / "gateway.log").read_text()
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200 and ours:
                 return Gateway(url, proc, tmp)
         except httpx.HTTPError:
             pass

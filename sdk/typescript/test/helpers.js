@@ -2,7 +2,7 @@
 // (SECONDKEY_BIN, default target/debug/secondkey), with sdk/testdata's
 // config and policies (shared with the Python suite).
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync, openSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -36,8 +36,22 @@ export function freePort() {
 /** Starts a gateway; resolves to {url, stop(), client(who)}. */
 export async function startGateway() {
   if (!existsSync(BIN)) throw new Error(`no gateway binary at ${BIN}: run \`cargo build -p secondkey\` or set SECONDKEY_BIN`);
-  const dir = mkdtempSync(join(tmpdir(), 'sk-jssdk-'));
-  const port = await freePort();
+  // A port asked of the kernel and released can be taken again before the
+  // gateway binds it (test files run in parallel): then it exits saying
+  // so, and it is started again on another port.
+  for (let attempt = 1; ; attempt++) {
+    const dir = mkdtempSync(join(tmpdir(), 'sk-jssdk-'));
+    try {
+      return await startOn(dir, await freePort());
+    } catch (e) {
+      const lost = existsSync(join(dir, 'gateway.log')) && /in use/i.test(readFileSync(join(dir, 'gateway.log'), 'utf8'));
+      if (!lost || attempt === 3) throw e;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+}
+
+async function startOn(dir, port) {
   const env = { ...process.env, SECONDKEY_LISTEN: `127.0.0.1:${port}`, SECONDKEY_DATA_DIR: join(dir, 'data'), SECONDKEY_POLICY_DIR: join(TESTDATA, 'policies') };
   for (const [who, k] of Object.entries(TOKENS)) env[k] = token(who);
   const log = openSync(join(dir, 'gateway.log'), 'w');
@@ -48,9 +62,13 @@ export async function startGateway() {
   const deadline = Date.now() + 30000;
   for (;;) {
     if (exited !== null) throw new Error(`the gateway exited with ${exited} (log: ${join(dir, 'gateway.log')})`);
+    // Healthy, and answered by this child: it says where it listens once
+    // it has bound the port (test files run in parallel, and another
+    // file's gateway could hold the port if this one could not bind it).
     try {
       const r = await fetch(`${url}/healthz`);
-      if (r.status === 200) break;
+      const ours = readFileSync(join(dir, 'gateway.log'), 'utf8').includes(`listening on ${url}\n`);
+      if (r.status === 200 && ours) break;
     } catch { /* not yet */ }
     if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error('the gateway did not become healthy'); }
     await new Promise((r) => setTimeout(r, 50));

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,11 +67,10 @@ pub fn token_of(id: &str) -> String {
     format!("test-token-{}", id.replace(':', "-"))
 }
 
+/// A port for a test server: see [`secondkey_pg::testing::free_port`]
+/// (never the same one twice in this process, never an ephemeral one).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    secondkey_pg::testing::free_port()
 }
 
 pub struct Gateway {
@@ -183,8 +181,12 @@ impl Gateway {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // Healthy, and this child is the one answering: it says where
+            // it listens once it has bound the port. (A gateway that could
+            // not bind exits; another process on the port must not pass.)
             if let Ok(r) = self.agent.get(&format!("{}/healthz", self.url)).call() {
-                if r.status() == 200 {
+                let log = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
+                if r.status() == 200 && log.contains(&format!("listening on {}\n", self.url)) {
                     return;
                 }
             }
@@ -700,7 +702,7 @@ pub fn send_whole_bodies(
             Err(e) => format!("reading failed: {e}"),
         }
     };
-    std::thread::scope(|s| {
+    let all: Vec<String> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| s.spawn(|| (0..each).map(|_| one()).collect::<Vec<_>>()))
             .collect();
@@ -708,5 +710,10 @@ pub fn send_whole_bodies(
             .into_iter()
             .flat_map(|w| w.join().unwrap())
             .collect()
-    })
+    });
+    let n = all.len();
+    (
+        n,
+        all.into_iter().filter(|o| !o.starts_with(expect)).collect(),
+    )
 }
