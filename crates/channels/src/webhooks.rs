@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use secondkey_server::logview::{earlier_file_cursor, run_sink, StoreCursor};
+use secondkey_server::logview::{run_sink, StoreCursor};
 use secondkey_sinks::webhook::WebhookSink;
 use secondkey_sinks::{DeliverFuture, FileCursor, Sink};
 use serde_json::{json, Value};
@@ -142,15 +142,11 @@ pub fn start(
         if gateway.store.is_shared() {
             // Replicas take turns (the background lease) on a cursor kept
             // in the store, like the log sinks: each event is sent by one
-            // replica.
-            let file = earlier_file_cursor(
-                &dir,
-                &h.name,
-                gateway.store.log_size(),
-                "to start at the log's end",
-            )
-            .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
-            let cursor = StoreCursor::webhook(gateway.store.clone(), &h.name, file);
+            // replica. An earlier version's file cursor is read only while
+            // the store holds none.
+            let cursor = StoreCursor::webhook(gateway.store.clone(), &h.name)
+                .upgraded_from(&dir, "to start at the log's end")
+                .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
             run_sink(gateway, &name, sink, source.clone(), cursor);
         } else {
             let cursor = FileCursor::open(&dir, &h.name)

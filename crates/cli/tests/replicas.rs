@@ -936,6 +936,71 @@ fn a_sink_upgraded_from_its_file_cursor_sends_what_the_file_had_not() {
     );
 }
 
+/// Once the store owns a sink's or a webhook's cursor, the file cursor an
+/// earlier version left behind is not read again: gone corrupt, it does not
+/// stop the start, and delivery goes on from the store's cursor.
+#[test]
+fn a_leftover_file_cursor_is_not_read_once_the_store_owns_the_cursor() {
+    let (sink_port, deliveries) = common::webhook_receiver();
+    let (hook_url, hooks) = fakes::webhook_receiver();
+    let mut r = replicas(1);
+    let g = &mut r.gws[0];
+    // An earlier version, its cursors in files, delivered the log up to
+    // `cursor`; a request was made after.
+    held_export(g, 1);
+    let cursor = g.log_entries().len() as u64;
+    let missed = held_export(g, 2);
+    let sinks = stop_with_file_cursor(g, "sinks", "siem", cursor);
+    let hooks_dir = g.dir.join("data").join("channels").join("webhooks");
+    std::fs::create_dir_all(&hooks_dir).unwrap();
+    std::fs::write(hooks_dir.join("ops.cursor"), format!("{cursor}\n")).unwrap();
+    // The upgrade: both start from their files.
+    let port = common::free_port();
+    let extra = format!(
+        "{}\n[[sinks]]\nname = \"siem\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{sink_port}/hook\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+         \n[[webhooks]]\nname = \"ops\"\nurl = \"{hook_url}\"\nsecret_env = \"SK_HOOK\"\n",
+        store_section(&r.cluster, &g.dir.join("store.pw"))
+    );
+    g.config = common::write_config_extra(&g.dir, port, POLICIES, &extra);
+    g.url = format!("http://127.0.0.1:{port}");
+    g.env
+        .push(("SK_HOOK".to_string(), fakes::HOOK_SECRET.to_string()));
+    g.spawn();
+    let mut seen = std::collections::BTreeSet::<u64>::new();
+    let receive = |seen: &mut std::collections::BTreeSet<u64>, size: u64| {
+        common::wait_until("the log's end delivered", || {
+            while let Ok((_, body)) = deliveries.try_recv() {
+                seen.insert(body["index"].as_u64().unwrap());
+            }
+            seen.contains(&(size - 1))
+        })
+    };
+    let created = |id: &str| {
+        fakes::wait_for(&hooks, "a request.created delivered", |cs| {
+            cs.iter()
+                .skip(1) // the receiver refuses the first delivery
+                .any(|c| c.body["type"] == "request.created" && c.body["data"]["request"] == id)
+                .then_some(())
+        })
+    };
+    receive(&mut seen, g.log_entries().len() as u64);
+    created(&missed);
+    // The store owns both cursors now. Their leftover files go corrupt.
+    std::fs::write(sinks.join("siem.cursor"), "siem was here\n").unwrap();
+    std::fs::write(hooks_dir.join("ops.cursor"), "ops was here\n").unwrap();
+    g.stop();
+    g.spawn();
+    let later = held_export(g, 4);
+    let size = g.log_entries().len() as u64;
+    receive(&mut seen, size);
+    created(&later);
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        (cursor..size).collect::<Vec<_>>(),
+        "the sink went on from the store's cursor"
+    );
+}
+
 #[test]
 fn a_replica_stopped_cleanly_hands_the_lease_over_at_once() {
     let mut r = replicas(3);

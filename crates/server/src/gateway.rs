@@ -221,6 +221,32 @@ pub(crate) fn log_events(
     Ok(())
 }
 
+/// Puts `req`, changed under `event`, on the change feed `changes`.
+pub(crate) fn announce_to(changes: &broadcast::Sender<RequestChange>, req: &Request, event: &str) {
+    let _ = changes.send(RequestChange {
+        id: req.id.clone(),
+        state: req.state,
+        event: event.to_string(),
+    });
+}
+
+/// Runs `work` in a task of its own and waits for it. A request handler's
+/// future is dropped when its client goes away or the server drains, but
+/// the store commits a job once it is sent, whether or not anyone still
+/// waits for it: memory updated after the commit, in the same future,
+/// would miss a change the store holds. Work that commits and then updates
+/// memory runs here, so that dropping the caller stops neither half.
+pub(crate) async fn unsplit<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::spawn(work).await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Err(StoreError::Unavailable),
+    }
+}
+
 /// Stores a request after a core transition that may have approved it, in
 /// the caller's transaction: the new state, the log entries of its events
 /// and, if it was approved, the grant row that consuming checks and the
@@ -324,7 +350,8 @@ fn event_payload(req: &Request, ev: &CoreEvent) -> (String, Value) {
 /// reported).
 enum Reviewed {
     Done(Box<Request>),
-    Refused(ApiError),
+    /// Refused, with the request as it was stored (expired).
+    Refused(ApiError, Box<Request>),
 }
 
 impl Gateway {
@@ -484,11 +511,43 @@ impl Gateway {
     }
 
     pub(crate) fn announce(&self, req: &Request, event: &str) {
-        let _ = self.changes.send(RequestChange {
-            id: req.id.clone(),
-            state: req.state,
-            event: event.to_string(),
-        });
+        announce_to(&self.changes, req, event);
+    }
+
+    /// Commits `job`, then runs `then` on what it returned — in a task of
+    /// its own that the caller waits for, so the two cannot be separated
+    /// ([`unsplit`]). For memory that other requests rely on and that must
+    /// follow what was committed: this replica's sign-outs and ended
+    /// sessions (the whole truth on an embedded store), and the change
+    /// feed that long-polls, held adapter sessions and chat channels wait
+    /// on. `then` runs only once the job committed: nothing changes unless
+    /// recorded.
+    pub(crate) async fn commit_then<T, F, A>(&self, job: F, then: A) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        A: FnOnce(&T) + Send + 'static,
+    {
+        let commit = self.store.transact_sent(job);
+        unsplit(async move {
+            let out = commit.await?;
+            then(&out);
+            Ok(out)
+        })
+        .await
+    }
+
+    /// What [`Gateway::commit_then`] runs to announce a committed request
+    /// under `event` on this gateway's change feed.
+    pub(crate) fn announcing(&self, event: &'static str) -> impl FnOnce(&Request) + Send + 'static {
+        let changes = self.changes.clone();
+        move |req| announce_to(&changes, req, event)
+    }
+
+    /// A sender on this gateway's change feed, for work that announces
+    /// from a task of its own ([`unsplit`]).
+    pub(crate) fn feed(&self) -> broadcast::Sender<RequestChange> {
+        self.changes.clone()
     }
 
     /// Log entries hold actions with their parameters: only members of the
@@ -860,28 +919,35 @@ impl Gateway {
                 add_environment(&mut payload, &seen_env);
                 let execute = mode == Mode::Execute;
                 let admission = self.admission.clone();
+                let changes = self.feed();
                 let out = self
-                    .store
-                    .transact(move |tx| {
-                        if execute {
-                            if let Some(found) = reuse_identical(tx, &req, now)? {
-                                return Ok(found);
+                    .commit_then(
+                        move |tx| {
+                            if execute {
+                                if let Some(found) = reuse_identical(tx, &req, now)? {
+                                    return Ok(found);
+                                }
                             }
-                        }
-                        // Only a request actually opened counts against the
-                        // caps: an identical one found above does not.
-                        admission.admit(tx, &actor, now)?;
-                        tx.put_request(&req)?;
-                        tx.append(entry(
-                            now,
-                            "request.created",
-                            &actor,
-                            &[("request", &req.id)],
-                            Some(req.digest.as_str()),
-                            payload,
-                        ))?;
-                        Ok(Reused::New(Box::new(req)))
-                    })
+                            // Only a request actually opened counts against the
+                            // caps: an identical one found above does not.
+                            admission.admit(tx, &actor, now)?;
+                            tx.put_request(&req)?;
+                            tx.append(entry(
+                                now,
+                                "request.created",
+                                &actor,
+                                &[("request", &req.id)],
+                                Some(req.digest.as_str()),
+                                payload,
+                            ))?;
+                            Ok(Reused::New(Box::new(req)))
+                        },
+                        move |out: &Reused| match out {
+                            Reused::New(req) => announce_to(&changes, req, "request.created"),
+                            Reused::Executed(req) => announce_to(&changes, req, "grant.consumed"),
+                            Reused::Pending(_) => {}
+                        },
+                    )
                     .await
                     .map_err(|e| {
                         let e = ApiError::from(e);
@@ -889,21 +955,15 @@ impl Gateway {
                         e
                     })?;
                 match out {
-                    Reused::New(req) => {
-                        self.announce(&req, "request.created");
-                        Ok(Decided::Held(self.held(req, reasons, false)))
-                    }
+                    Reused::New(req) => Ok(Decided::Held(self.held(req, reasons, false))),
                     Reused::Pending(req) => Ok(Decided::Held(self.held(req, reasons, true))),
-                    Reused::Executed(req) => {
-                        self.announce(&req, "grant.consumed");
-                        Ok(Decided::Run(Execution {
-                            id: req.id.clone(),
-                            request_id: Some(req.id.clone()),
-                            digest,
-                            approvers: approvers(&req),
-                            reasons,
-                        }))
-                    }
+                    Reused::Executed(req) => Ok(Decided::Run(Execution {
+                        id: req.id.clone(),
+                        request_id: Some(req.id.clone()),
+                        digest,
+                        approvers: approvers(&req),
+                        reasons,
+                    })),
                 }
             }
         }
@@ -1085,36 +1145,45 @@ impl Gateway {
         let who = reviewer.clone();
         let id2 = id.to_string();
         let owned = self.owned_by(&reviewer.id);
+        let changes = self.feed();
         let out = self
-            .store
-            .transact(move |tx| {
-                let mut req = visible_request(tx, &id2, &who)?;
-                let actor = who.id.to_string();
-                if owned.contains(&req.requester.id) {
-                    return Err(review_error(ReviewError::SelfReview {
-                        reviewer: who.id.clone(),
-                        why: OWNS_NOW,
-                    })
-                    .into());
-                }
-                match req.review(&who, decision, comment, now, &grant_id) {
-                    Ok(t) => {
-                        record_transition(tx, now, &actor, &req, &t)?;
-                        Ok(Reviewed::Done(Box::new(req)))
+            .commit_then(
+                move |tx| {
+                    let mut req = visible_request(tx, &id2, &who)?;
+                    let actor = who.id.to_string();
+                    if owned.contains(&req.requester.id) {
+                        return Err(review_error(ReviewError::SelfReview {
+                            reviewer: who.id.clone(),
+                            why: OWNS_NOW,
+                        })
+                        .into());
                     }
-                    Err(ReviewError::Expired {
-                        transition: Some(t),
-                    }) => {
-                        tx.put_request(&req)?;
-                        log_events(tx, now, "service:secondkey", &req, &t.events)?;
-                        Ok(Reviewed::Refused(ApiError::conflict(
-                            "expired",
-                            format!("request {} expired before this review", req.id),
-                        )))
+                    match req.review(&who, decision, comment, now, &grant_id) {
+                        Ok(t) => {
+                            record_transition(tx, now, &actor, &req, &t)?;
+                            Ok(Reviewed::Done(Box::new(req)))
+                        }
+                        Err(ReviewError::Expired {
+                            transition: Some(t),
+                        }) => {
+                            tx.put_request(&req)?;
+                            log_events(tx, now, "service:secondkey", &req, &t.events)?;
+                            Ok(Reviewed::Refused(
+                                ApiError::conflict(
+                                    "expired",
+                                    format!("request {} expired before this review", req.id),
+                                ),
+                                Box::new(req),
+                            ))
+                        }
+                        Err(e) => Err(review_error(e).into()),
                     }
-                    Err(e) => Err(review_error(e).into()),
-                }
-            })
+                },
+                move |out: &Reviewed| match out {
+                    Reviewed::Done(req) => announce_to(&changes, req, "request.reviewed"),
+                    Reviewed::Refused(_, req) => announce_to(&changes, req, "request.expired"),
+                },
+            )
             .await;
         let out = match out {
             Ok(o) => o,
@@ -1131,19 +1200,8 @@ impl Gateway {
             }
         };
         match out {
-            Reviewed::Done(req) => {
-                self.announce(&req, "request.reviewed");
-                Ok(*req)
-            }
-            Reviewed::Refused(e) => {
-                let (store, id) = (self.store.clone(), id.to_string());
-                if let Ok(Ok(Some(r))) =
-                    tokio::task::spawn_blocking(move || store.get_request(&id)).await
-                {
-                    self.announce(&r, "request.expired");
-                }
-                Err(e)
-            }
+            Reviewed::Done(req) => Ok(*req),
+            Reviewed::Refused(e, _) => Err(e),
         }
     }
 
@@ -1152,20 +1210,22 @@ impl Gateway {
         let now = self.now();
         let by = who.id.clone();
         let id2 = id.to_string();
+        let withdrawn = self.announcing("request.withdrawn");
         let req = self
-            .store
-            .transact(move |tx| {
-                let mut req = tx
-                    .get_request(&id2)?
-                    .filter(|r| r.requester.id == by)
-                    .ok_or_else(|| ApiError::not_found(format!("no request {id2} of yours")))?;
-                let t = req.withdraw(&by, now).map_err(transition_error)?;
-                tx.put_request(&req)?;
-                log_events(tx, now, &by.to_string(), &req, &t.events)?;
-                Ok(req)
-            })
+            .commit_then(
+                move |tx| {
+                    let mut req = tx
+                        .get_request(&id2)?
+                        .filter(|r| r.requester.id == by)
+                        .ok_or_else(|| ApiError::not_found(format!("no request {id2} of yours")))?;
+                    let t = req.withdraw(&by, now).map_err(transition_error)?;
+                    tx.put_request(&req)?;
+                    log_events(tx, now, &by.to_string(), &req, &t.events)?;
+                    Ok(req)
+                },
+                withdrawn,
+            )
             .await?;
-        self.announce(&req, "request.withdrawn");
         Ok(req)
     }
 
@@ -1175,26 +1235,28 @@ impl Gateway {
         let by = who.clone();
         let id2 = id.to_string();
         let owned = self.owned_by(&who.id);
+        let revoked = self.announcing("request.revoked");
         let req = self
-            .store
-            .transact(move |tx| {
-                let mut req = visible_request(tx, &id2, &by)?;
-                if owned.contains(&req.requester.id) {
-                    return Err(transition_error(
-                        secondkey_core::request::TransitionError::SelfReview {
-                            by: by.id.clone(),
-                            why: OWNS_NOW,
-                        },
-                    )
-                    .into());
-                }
-                let t = req.revoke(&by, now).map_err(transition_error)?;
-                tx.put_request(&req)?;
-                log_events(tx, now, &by.id.to_string(), &req, &t.events)?;
-                Ok(req)
-            })
+            .commit_then(
+                move |tx| {
+                    let mut req = visible_request(tx, &id2, &by)?;
+                    if owned.contains(&req.requester.id) {
+                        return Err(transition_error(
+                            secondkey_core::request::TransitionError::SelfReview {
+                                by: by.id.clone(),
+                                why: OWNS_NOW,
+                            },
+                        )
+                        .into());
+                    }
+                    let t = req.revoke(&by, now).map_err(transition_error)?;
+                    tx.put_request(&req)?;
+                    log_events(tx, now, &by.id.to_string(), &req, &t.events)?;
+                    Ok(req)
+                },
+                revoked,
+            )
             .await?;
-        self.announce(&req, "request.revoked");
         Ok(req)
     }
 
@@ -1225,19 +1287,15 @@ impl Gateway {
             .map_err(|e| ApiError::bad_request("invalid_grant", e.to_string()))?;
         let result = self.consume_checked(who, &claims, digest, now).await;
         match result {
-            Ok(changed) => {
-                if let Some(req) = &changed {
-                    self.announce(req, "grant.consumed");
-                }
-                Ok(json!({
-                    "consumed": true,
-                    "grant": claims.jti,
-                    "request": claims.rid,
-                    "digest": claims.dig,
-                    "requester": claims.sub,
-                    "approvers": claims.apr,
-                }))
-            }
+            // The request it used up is announced with the commit.
+            Ok(_) => Ok(json!({
+                "consumed": true,
+                "grant": claims.jti,
+                "request": claims.rid,
+                "digest": claims.dig,
+                "requester": claims.sub,
+                "approvers": claims.apr,
+            })),
             Err(e) => {
                 // A refused use of a valid grant is security-relevant: record it.
                 if matches!(
@@ -1288,64 +1346,75 @@ impl Gateway {
         let consumer = who.id.clone();
         let c2 = claims.clone();
         let digest_s = digest.to_string();
+        let consumed = self.announcing("grant.consumed");
         let changed = self
-            .store
-            .transact(move |tx| {
-                let row = tx
-                    .get_grant(&c2.jti)?
-                    .ok_or_else(|| ApiError::not_found("unknown grant"))?;
-                if row.used_at.is_some() {
-                    return Err(
-                        ApiError::conflict("grant_used", "this grant was already used").into(),
-                    );
-                }
-                if now.0 >= row.expires_at {
-                    return Err(ApiError::conflict("expired", "this grant has expired").into());
-                }
-                if row.digest != digest_s {
-                    return Err(ApiError::conflict(
-                        "digest_mismatch",
-                        "digest differs from the approved one",
-                    )
-                    .into());
-                }
-                let mut changed = None;
-                if let Some(rid) = &row.request_id {
-                    let mut req = tx.get_request(rid)?.ok_or_else(|| {
-                        ApiError::not_found(format!("grant's request {rid} is missing"))
-                    })?;
-                    let dg = Digest::from_hex(&digest_s)
-                        .map_err(|e| ApiError::bad_request("invalid_digest", e.to_string()))?;
-                    // An executor consumes on the requester's behalf; anyone
-                    // else is checked by the core as themselves.
-                    let as_who = if is_executor {
-                        req.requester.id.clone()
+            .commit_then(
+                move |tx| {
+                    let row = tx
+                        .get_grant(&c2.jti)?
+                        .ok_or_else(|| ApiError::not_found("unknown grant"))?;
+                    if row.used_at.is_some() {
+                        return Err(ApiError::conflict(
+                            "grant_used",
+                            "this grant was already used",
+                        )
+                        .into());
+                    }
+                    if now.0 >= row.expires_at {
+                        return Err(ApiError::conflict("expired", "this grant has expired").into());
+                    }
+                    if row.digest != digest_s {
+                        return Err(ApiError::conflict(
+                            "digest_mismatch",
+                            "digest differs from the approved one",
+                        )
+                        .into());
+                    }
+                    let mut changed = None;
+                    if let Some(rid) = &row.request_id {
+                        let mut req = tx.get_request(rid)?.ok_or_else(|| {
+                            ApiError::not_found(format!("grant's request {rid} is missing"))
+                        })?;
+                        let dg = Digest::from_hex(&digest_s)
+                            .map_err(|e| ApiError::bad_request("invalid_digest", e.to_string()))?;
+                        // An executor consumes on the requester's behalf; anyone
+                        // else is checked by the core as themselves.
+                        let as_who = if is_executor {
+                            req.requester.id.clone()
+                        } else {
+                            consumer
+                        };
+                        let t = req
+                            .consume(&row.id, &dg, &as_who, now)
+                            .map_err(consume_error)?;
+                        tx.put_request(&req)?;
+                        log_events(tx, now, &actor, &req, &t.events)?;
+                        changed = Some(req);
                     } else {
-                        consumer
-                    };
-                    let t = req
-                        .consume(&row.id, &dg, &as_who, now)
-                        .map_err(consume_error)?;
-                    tx.put_request(&req)?;
-                    log_events(tx, now, &actor, &req, &t.events)?;
-                    changed = Some(req);
-                } else {
-                    tx.append(entry(
-                        now,
-                        "grant.consumed",
-                        &actor,
-                        &[("grant", &row.id)],
-                        Some(&row.digest),
-                        json!({"grant": row.id, "requester": row.requester}),
-                    ))?;
-                }
-                if !tx.use_grant(&row.id, now.0)? {
-                    return Err(
-                        ApiError::conflict("grant_used", "this grant was already used").into(),
-                    );
-                }
-                Ok(changed)
-            })
+                        tx.append(entry(
+                            now,
+                            "grant.consumed",
+                            &actor,
+                            &[("grant", &row.id)],
+                            Some(&row.digest),
+                            json!({"grant": row.id, "requester": row.requester}),
+                        ))?;
+                    }
+                    if !tx.use_grant(&row.id, now.0)? {
+                        return Err(ApiError::conflict(
+                            "grant_used",
+                            "this grant was already used",
+                        )
+                        .into());
+                    }
+                    Ok(changed)
+                },
+                move |changed: &Option<Request>| {
+                    if let Some(req) = changed {
+                        consumed(req);
+                    }
+                },
+            )
             .await?;
         Ok(changed)
     }
@@ -1395,34 +1464,36 @@ impl Gateway {
         let actor = who.id.to_string();
         let id2 = id.to_string();
         let is_executor = self.config.executors.contains(who.id.as_str());
+        let recorded = self.announcing("action.result");
         let req = self
-            .store
-            .transact(move |tx| {
-                let mut req = tx
-                    .get_request(&id2)?
-                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
-                if actor != req.requester.id.as_str() && !is_executor {
-                    return Err(ApiError::forbidden(
-                        "not_requester",
-                        "only the requester reports the result",
-                    )
-                    .into());
-                }
-                let t = req.record_outcome(outcome, now).map_err(transition_error)?;
-                tx.put_request(&req)?;
-                log_events(tx, now, &actor, &req, &t.events)?;
-                tx.append(entry(
-                    now,
-                    "action.result.detail",
-                    &actor,
-                    &[("request", &req.id)],
-                    Some(req.digest.as_str()),
-                    detail,
-                ))?;
-                Ok(req)
-            })
+            .commit_then(
+                move |tx| {
+                    let mut req = tx
+                        .get_request(&id2)?
+                        .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                    if actor != req.requester.id.as_str() && !is_executor {
+                        return Err(ApiError::forbidden(
+                            "not_requester",
+                            "only the requester reports the result",
+                        )
+                        .into());
+                    }
+                    let t = req.record_outcome(outcome, now).map_err(transition_error)?;
+                    tx.put_request(&req)?;
+                    log_events(tx, now, &actor, &req, &t.events)?;
+                    tx.append(entry(
+                        now,
+                        "action.result.detail",
+                        &actor,
+                        &[("request", &req.id)],
+                        Some(req.digest.as_str()),
+                        detail,
+                    ))?;
+                    Ok(req)
+                },
+                recorded,
+            )
             .await?;
-        self.announce(&req, "action.result");
         Ok(req)
     }
 
@@ -1442,20 +1513,22 @@ impl Gateway {
         let now = self.now();
         let fraction = self.config.escalation_fraction;
         let id2 = id.to_string();
+        let escalated = self.announcing("request.escalated");
         let req = self
-            .store
-            .transact(move |tx| {
-                let mut req = tx
-                    .get_request(&id2)?
-                    .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
-                let t = req
-                    .escalate(&groups, fraction, now)
-                    .map_err(transition_error)?;
-                record_transition(tx, now, "service:secondkey", &req, &t)?;
-                Ok(req)
-            })
+            .commit_then(
+                move |tx| {
+                    let mut req = tx
+                        .get_request(&id2)?
+                        .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
+                    let t = req
+                        .escalate(&groups, fraction, now)
+                        .map_err(transition_error)?;
+                    record_transition(tx, now, "service:secondkey", &req, &t)?;
+                    Ok(req)
+                },
+                escalated,
+            )
             .await?;
-        self.announce(&req, "request.escalated");
         Ok(req)
     }
 

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::gateway::{approvers, entry, log_events, rfc3339, Gateway, MAX_ACTION_BYTES};
+use crate::gateway::{
+    announce_to, approvers, entry, log_events, rfc3339, unsplit, Gateway, MAX_ACTION_BYTES,
+};
 use crate::identity::Credential;
 use crate::views::ReasonView;
 
@@ -365,34 +367,38 @@ impl Gateway {
         let actor = who.id.clone();
         let id = request_id.to_string();
         let dg = digest.clone();
+        let consumed = self.announcing("grant.consumed");
         let req = self
-            .store
-            .transact(move |tx| {
-                let mut req = tx
-                    .get_request(&id)?
-                    .filter(|r| r.requester.id == actor || is_executor)
-                    .ok_or_else(|| ApiError::not_found(format!("no request {id} of yours")))?;
-                let grant_id = req.grant.as_ref().map(|g| g.id.clone()).ok_or_else(|| {
-                    ApiError::conflict(
-                        "not_approved",
-                        format!("request {id} is {}, not approved", req.state.as_str()),
-                    )
-                })?;
-                let as_who = req.requester.id.clone();
-                let t = req
-                    .consume(&grant_id, &dg, &as_who, now)
-                    .map_err(crate::gateway::consume_error)?;
-                if !tx.use_grant(&grant_id, now.0)? {
-                    return Err(
-                        ApiError::conflict("grant_used", "this approval was already used").into(),
-                    );
-                }
-                tx.put_request(&req)?;
-                log_events(tx, now, actor.as_str(), &req, &t.events)?;
-                Ok(req)
-            })
+            .commit_then(
+                move |tx| {
+                    let mut req = tx
+                        .get_request(&id)?
+                        .filter(|r| r.requester.id == actor || is_executor)
+                        .ok_or_else(|| ApiError::not_found(format!("no request {id} of yours")))?;
+                    let grant_id = req.grant.as_ref().map(|g| g.id.clone()).ok_or_else(|| {
+                        ApiError::conflict(
+                            "not_approved",
+                            format!("request {id} is {}, not approved", req.state.as_str()),
+                        )
+                    })?;
+                    let as_who = req.requester.id.clone();
+                    let t = req
+                        .consume(&grant_id, &dg, &as_who, now)
+                        .map_err(crate::gateway::consume_error)?;
+                    if !tx.use_grant(&grant_id, now.0)? {
+                        return Err(ApiError::conflict(
+                            "grant_used",
+                            "this approval was already used",
+                        )
+                        .into());
+                    }
+                    tx.put_request(&req)?;
+                    log_events(tx, now, actor.as_str(), &req, &t.events)?;
+                    Ok(req)
+                },
+                consumed,
+            )
             .await?;
-        self.announce(&req, "grant.consumed");
         Ok(Execution {
             id: req.id.clone(),
             request_id: Some(req.id.clone()),
@@ -467,93 +473,104 @@ impl Gateway {
             )?),
             _ => None,
         };
-        let changed = self
-            .store
-            .transact_background(move |tx| {
-                let ex = match target {
-                    Reported::Known(ex) => ex,
-                    Reported::Tracked(id) => {
-                        let mut rec: TrackedExecution = tx
-                            .get_record(EXECUTION_NS, &id)?
-                            .and_then(|v| serde_json::from_str(&v).ok())
-                            .filter(|r: &TrackedExecution| r.actor == actor)
-                            .ok_or_else(|| {
-                                ApiError::not_found(format!("no execution {id} of yours"))
-                            })?;
-                        if rec.reported {
-                            return Err(ApiError::conflict(
-                                "outcome_recorded",
-                                format!("the result of {id} is already recorded"),
-                            )
-                            .into());
-                        }
-                        rec.reported = true;
-                        tx.put_record(EXECUTION_NS, &id, &rec.encode())?;
-                        let digest = Digest::from_hex(&rec.digest)
-                            .map_err(|e| ApiError::unavailable(format!("stored digest: {e}")))?;
-                        Execution {
-                            id,
-                            request_id: None,
-                            digest,
-                            approvers: vec![],
-                            reasons: vec![],
-                        }
+        let of_request = matches!(&target, Reported::Known(ex) if ex.request_id.is_some());
+        let (store, changes) = (self.store.clone(), self.feed());
+        let job = move |tx: &mut dyn secondkey_store::Tx| {
+            let ex = match target {
+                Reported::Known(ex) => ex,
+                Reported::Tracked(id) => {
+                    let mut rec: TrackedExecution = tx
+                        .get_record(EXECUTION_NS, &id)?
+                        .and_then(|v| serde_json::from_str(&v).ok())
+                        .filter(|r: &TrackedExecution| r.actor == actor)
+                        .ok_or_else(|| {
+                            ApiError::not_found(format!("no execution {id} of yours"))
+                        })?;
+                    if rec.reported {
+                        return Err(ApiError::conflict(
+                            "outcome_recorded",
+                            format!("the result of {id} is already recorded"),
+                        )
+                        .into());
                     }
-                };
-                let mut changed = None;
-                let mut lineage_owner = actor.clone();
-                match &ex.request_id {
-                    Some(rid) => {
-                        let mut req = tx
-                            .get_request(rid)?
-                            .ok_or_else(|| ApiError::not_found(format!("no request {rid}")))?;
-                        if actor != req.requester.id.as_str() && !is_executor {
-                            return Err(ApiError::forbidden(
-                                "not_requester",
-                                "only the requester, or a configured executor, reports the result",
-                            )
-                            .into());
-                        }
-                        let outcome = if result.ok {
-                            ExecOutcome::Succeeded
-                        } else if result.outcome_unknown() {
-                            ExecOutcome::Unknown
-                        } else {
-                            ExecOutcome::Failed
-                        };
-                        let t = req
-                            .record_outcome(outcome, now)
-                            .map_err(crate::gateway::transition_error)?;
-                        tx.put_request(&req)?;
-                        log_events(tx, now, &actor, &req, &t.events)?;
-                        tx.append(entry(
-                            now,
-                            "action.result.detail",
-                            &actor,
-                            &[("request", rid)],
-                            Some(req.digest.as_str()),
-                            result_detail(&ex.id, &result),
-                        ))?;
-                        lineage_owner = req.requester.id.to_string();
-                        changed = Some(req);
+                    rec.reported = true;
+                    tx.put_record(EXECUTION_NS, &id, &rec.encode())?;
+                    let digest = Digest::from_hex(&rec.digest)
+                        .map_err(|e| ApiError::unavailable(format!("stored digest: {e}")))?;
+                    Execution {
+                        id,
+                        request_id: None,
+                        digest,
+                        approvers: vec![],
+                        reasons: vec![],
                     }
-                    None => match ready {
-                        Some(e) => {
-                            tx.append_later(e)?;
-                        }
-                        None => {
-                            tx.append(result_entry(now, &actor, &ex, &result))?;
-                        }
-                    },
                 }
-                let mut lineage = LineageBatch::default();
-                lineage.add(&lineage_owner, (&result.reads, &result.writes), &ex, &at);
-                lineage.apply(tx)?;
-                Ok(changed)
-            })
-            .await?;
-        if let Some(req) = changed {
-            self.announce(&req, "action.result");
+            };
+            let mut changed = None;
+            let mut lineage_owner = actor.clone();
+            match &ex.request_id {
+                Some(rid) => {
+                    let mut req = tx
+                        .get_request(rid)?
+                        .ok_or_else(|| ApiError::not_found(format!("no request {rid}")))?;
+                    if actor != req.requester.id.as_str() && !is_executor {
+                        return Err(ApiError::forbidden(
+                            "not_requester",
+                            "only the requester, or a configured executor, reports the result",
+                        )
+                        .into());
+                    }
+                    let outcome = if result.ok {
+                        ExecOutcome::Succeeded
+                    } else if result.outcome_unknown() {
+                        ExecOutcome::Unknown
+                    } else {
+                        ExecOutcome::Failed
+                    };
+                    let t = req
+                        .record_outcome(outcome, now)
+                        .map_err(crate::gateway::transition_error)?;
+                    tx.put_request(&req)?;
+                    log_events(tx, now, &actor, &req, &t.events)?;
+                    tx.append(entry(
+                        now,
+                        "action.result.detail",
+                        &actor,
+                        &[("request", rid)],
+                        Some(req.digest.as_str()),
+                        result_detail(&ex.id, &result),
+                    ))?;
+                    lineage_owner = req.requester.id.to_string();
+                    changed = Some(req);
+                }
+                None => match ready {
+                    Some(e) => {
+                        tx.append_later(e)?;
+                    }
+                    None => {
+                        tx.append(result_entry(now, &actor, &ex, &result))?;
+                    }
+                },
+            }
+            let mut lineage = LineageBatch::default();
+            lineage.add(&lineage_owner, (&result.reads, &result.writes), &ex, &at);
+            lineage.apply(tx)?;
+            Ok(changed)
+        };
+        let work = async move {
+            if let Some(req) = store.transact_background(job).await? {
+                announce_to(&changes, &req, "action.result");
+            }
+            Ok(())
+        };
+        // A request's result is committed and announced in a task of its
+        // own, so a caller dropped meanwhile leaves neither half undone. An
+        // allow's result changes no request: nothing to announce, and no
+        // task to spawn on this frequent path.
+        if of_request {
+            unsplit(work).await?;
+        } else {
+            work.await?;
         }
         Ok(())
     }

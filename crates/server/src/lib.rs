@@ -248,14 +248,14 @@ fn spawn_background(gateway: Arc<Gateway>, sinks: Vec<BuiltSink>) -> Option<repl
 /// A configured sink, built (no connection is made yet).
 struct BuiltSink {
     sink: Box<dyn secondkey_sinks::Sink>,
-    /// On a shared store, where the sink's file cursor of an earlier
-    /// version stopped (see [`logview::earlier_file_cursor`]).
-    file: Option<u64>,
+    /// On a shared store, its cursor there (started, while the store holds
+    /// none, where an earlier version's file cursor stopped).
+    cursor: Option<logview::StoreCursor>,
 }
 
-/// Every configured sink, built, in order. On a shared store, a sink's
-/// file cursor of an earlier version that is corrupt or past the log's end
-/// refuses the start.
+/// Every configured sink, built, in order. On a shared store that holds
+/// no cursor for a sink yet, the sink's file cursor of an earlier version
+/// that is corrupt or past the log's end refuses the start.
 fn build_sinks(gateway: &Arc<Gateway>) -> anyhow::Result<Vec<BuiltSink>> {
     let source = Arc::new(logview::StoreSource(gateway.store.clone()));
     let dir = gateway.config.data_dir.join("sinks");
@@ -267,18 +267,15 @@ fn build_sinks(gateway: &Arc<Gateway>) -> anyhow::Result<Vec<BuiltSink>> {
             let sink = cfg
                 .build_with_source(&gateway.config.log_origin, source.clone())
                 .map_err(|e| anyhow::anyhow!("config key `sinks`: {e}"))?;
-            let file = if gateway.store.is_shared() {
-                logview::earlier_file_cursor(
-                    &dir,
-                    cfg.name(),
-                    gateway.store.log_size(),
-                    "to send the whole log again from its first entry",
-                )
-                .map_err(|e| anyhow::anyhow!("sink `{}`: {e}", cfg.name()))?
+            let cursor = if gateway.store.is_shared() {
+                let c = logview::StoreCursor::sink(gateway.store.clone(), cfg.name())
+                    .upgraded_from(&dir, "to send the whole log again from its first entry")
+                    .map_err(|e| anyhow::anyhow!("sink `{}`: {e}", cfg.name()))?;
+                Some(c)
             } else {
                 None
             };
-            Ok(BuiltSink { sink, file })
+            Ok(BuiltSink { sink, cursor })
         })
         .collect()
 }
@@ -290,12 +287,10 @@ fn start_sinks(gateway: &Arc<Gateway>, sinks: Vec<BuiltSink>) {
     }
     let source = Arc::new(logview::StoreSource(gateway.store.clone()));
     let dir = gateway.config.data_dir.join("sinks");
-    for (cfg, BuiltSink { sink, file }) in gateway.config.sinks.iter().zip(sinks) {
-        if gateway.store.is_shared() {
+    for (cfg, BuiltSink { sink, cursor }) in gateway.config.sinks.iter().zip(sinks) {
+        if let Some(cursor) = cursor {
             // Replicas take turns (the background lease) on a cursor kept
-            // in the store; it starts where an earlier version's file
-            // cursor stopped, if there is one.
-            let cursor = logview::StoreCursor::sink(gateway.store.clone(), cfg.name(), file);
+            // in the store.
             logview::run_sink(gateway, cfg.name(), sink, source.clone(), cursor);
         } else {
             let cursor = match secondkey_sinks::FileCursor::open(&dir, cfg.name()) {

@@ -208,32 +208,59 @@ enum Start {
 }
 
 impl StoreCursor {
-    /// The cursor of sink `name`: the first time it is loaded, it starts
-    /// at `file` — the next index the sink's file cursor of an earlier
-    /// version had to deliver, which the store owns from then on — or,
-    /// without one, at the log's first entry (a sink exports the whole log).
-    pub fn sink(store: secondkey_store::Store, name: &str, file: Option<u64>) -> StoreCursor {
+    /// The cursor of sink `name`: while the store holds none, it starts
+    /// at the log's first entry (a sink exports the whole log), or where
+    /// an earlier version's file cursor stopped
+    /// ([`StoreCursor::upgraded_from`]).
+    pub fn sink(store: secondkey_store::Store, name: &str) -> StoreCursor {
         StoreCursor {
             store,
             ns: SINK_CURSOR_NS,
             name: name.to_owned(),
-            start: file.map_or(Start::First, Start::At),
+            start: Start::First,
         }
     }
 
     /// The cursor of request webhook `name`: the first time it is loaded,
-    /// it starts at `file` — the next index the webhook's file cursor of
-    /// an earlier version had to deliver, which the store owns from then
-    /// on — or, without one, at the log's end (its size then), and records
-    /// that start, so every replica that delivers after it goes on from
-    /// there.
-    pub fn webhook(store: secondkey_store::Store, name: &str, file: Option<u64>) -> StoreCursor {
+    /// if the store holds none, it starts at the log's end (its size then)
+    /// — or where an earlier version's file cursor stopped
+    /// ([`StoreCursor::upgraded_from`]) — and records that start, so every
+    /// replica that delivers after it goes on from there.
+    pub fn webhook(store: secondkey_store::Store, name: &str) -> StoreCursor {
         StoreCursor {
             store,
             ns: WEBHOOK_CURSOR_NS,
             name: name.to_owned(),
-            start: file.map_or(Start::End, Start::At),
+            start: Start::End,
         }
+    }
+
+    /// This cursor after an upgrade from a version that kept it in the file
+    /// `dir/<name>.cursor` on a shared store too: while the store holds no
+    /// cursor of this name, it starts where that file stopped (see
+    /// [`earlier_file_cursor`]: a corrupt file, or one past the log's end,
+    /// is an error, `without` saying where the cursor starts once the file
+    /// is deleted), and the store owns it from its first save. Once the
+    /// store holds the cursor the file is not read at all: a leftover file,
+    /// whatever it holds, changes nothing.
+    pub fn upgraded_from(
+        mut self,
+        dir: &std::path::Path,
+        without: &str,
+    ) -> anyhow::Result<StoreCursor> {
+        let held = self.store.get_record(self.ns, &self.name).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the cursor of {} from the store: {e}",
+                self.name
+            )
+        })?;
+        if held.is_none() {
+            let log_size = self.store.log_size();
+            if let Some(at) = earlier_file_cursor(dir, &self.name, log_size, without)? {
+                self.start = Start::At(at);
+            }
+        }
+        Ok(self)
     }
 
     fn parse(&self, v: &str) -> Result<u64, String> {
@@ -279,12 +306,12 @@ impl secondkey_sinks::Cursor for StoreCursor {
 
 /// Where the file cursor `name` in `dir` of an earlier version stopped, if
 /// there is one: earlier versions kept the cursors of sinks and request
-/// webhooks in files on a shared store too, and the store's cursor starts
-/// from it (not from its default start, which would re-send or skip what
-/// lies between). Refused when it is not a number or lies past `log_size`,
-/// the end of this store's log; `without` says where the cursor starts
-/// once the file is deleted ("to start at the log's end").
-pub fn earlier_file_cursor(
+/// webhooks in files on a shared store too, and a cursor the store does
+/// not hold yet starts from it (not from its default start, which would
+/// re-send or skip what lies between). Refused when it is not a number or
+/// lies past `log_size`, the end of this store's log; `without` says where
+/// the cursor starts once the file is deleted ("to start at the log's end").
+fn earlier_file_cursor(
     dir: &std::path::Path,
     name: &str,
     log_size: u64,

@@ -293,6 +293,23 @@ impl Store {
         downcast(rx.await.map_err(|_| StoreError::Unavailable)?)
     }
 
+    /// [`Store::transact`], with its job sent when this is called, not
+    /// when the returned future is first polled; the future borrows
+    /// nothing, so a task of its own can wait for it and then update what
+    /// must follow the commit, however the caller ends (the job commits
+    /// once sent, whether or not anyone still waits).
+    pub fn transact_sent<T, F>(
+        &self,
+        job: F,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let rx = self.enqueue(job, false);
+        async move { downcast(rx?.await.map_err(|_| StoreError::Unavailable)?) }
+    }
+
     /// [`Store::transact`] for work nobody is waiting on (recording what an
     /// action did once it ran): just as durable when it returns, but it is
     /// parked without waking the writer for up to 2 ms, to share its commit

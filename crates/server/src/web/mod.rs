@@ -42,7 +42,10 @@ pub use session::{Posted, SignedIn, WebReject};
 /// Web UI state: the session signer and the sign-in flow.
 #[derive(Debug)]
 pub struct WebState {
-    pub sessions: Sessions,
+    /// Shared with the work that records a sign-out or an end of sessions
+    /// and then updates this memory, in a task of its own (see
+    /// [`session::sign_out`]).
+    pub sessions: std::sync::Arc<Sessions>,
     pub oidc: Option<oidc::Oidc>,
 }
 
@@ -51,7 +54,10 @@ impl WebState {
     /// [`crate::keys::load_or_create_secret`] so sessions survive restarts).
     pub fn new(config: &Config, key: [u8; 32]) -> WebState {
         WebState {
-            sessions: Sessions::new(key, config.public_url.starts_with("https://")),
+            sessions: std::sync::Arc::new(Sessions::new(
+                key,
+                config.public_url.starts_with("https://"),
+            )),
             oidc: config.oidc.clone().map(oidc::Oidc::new),
         }
     }
@@ -419,19 +425,11 @@ mod completions {
 async fn logout(State(s): State<AppState>, p: Posted) -> Response {
     let g = &s.gateway;
     let web = &g.web;
-    let now = now_secs(g);
-    // Durable first, so the cookie stays dead after a restart and on every
-    // replica (records whose session has expired are harmless and skipped
-    // at load). A sign-out that cannot be recorded changes nothing and says
-    // so: a "signed out" page over a session that comes back after a
-    // restart, or still works on another replica, would leave a copied
-    // cookie working while its owner believes it dead.
-    let (sid, exp) = (p.user.session.sid.clone(), p.user.session.exp);
-    let recorded = g
-        .store
-        .transact(move |tx| tx.put_record(session::SIGNED_OUT_NS, &sid, &exp.to_string()))
-        .await;
-    if let Err(e) = recorded {
+    // A sign-out that cannot be recorded changes nothing and says so: a
+    // "signed out" page over a session that comes back after a restart,
+    // or still works on another replica, would leave a copied cookie
+    // working while its owner believes it dead.
+    if let Err(e) = session::sign_out(g, &p.user.session).await {
         tracing::warn!(error = %e, "sign-out not recorded; the session stays signed in");
         let status = StatusCode::SERVICE_UNAVAILABLE;
         let msg = format!(
@@ -439,7 +437,6 @@ async fn logout(State(s): State<AppState>, p: Posted) -> Response {
         );
         return page(status, pages::error_page(status, &msg).0);
     }
-    web.sessions.revoke(&p.user.session, now);
     let mut r = ok(pages::signed_out());
     if let Ok(v) = HeaderValue::from_str(&web.sessions.clear_cookie()) {
         r.headers_mut().append(header::SET_COOKIE, v);

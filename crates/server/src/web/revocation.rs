@@ -103,39 +103,45 @@ pub fn may_revoke(who: &Principal, user: &PrincipalId, admins: &[String]) -> Res
 /// Ends every web session of `user` issued until now, for `who`: checks
 /// the id and the right, then records the instant and the log entry in one
 /// transaction (nothing changes unless both are durable) and voids the
-/// sessions in this replica's memory.
+/// sessions in this replica's memory, even if the caller is dropped in
+/// between ([`Gateway::commit_then`]).
 pub async fn revoke_all(g: &Gateway, who: &Principal, user: &str) -> Result<Revoked, ApiError> {
     let user = parse_user(user)?;
     may_revoke(who, &user, &g.config.web.session_admins)?;
     let now = g.now();
     let configured = g.config.principals.contains_key(user.as_str());
     let (key, actor) = (user.to_string(), who.id.to_string());
+    let (sessions, ended) = (g.web.sessions.clone(), user.to_string());
+    // Recorded, then voided in memory, as one step a dropped caller cannot
+    // separate: the store commits the job once it is sent, and memory is
+    // the whole truth on an embedded store.
     let (index, before) = g
-        .store
-        .transact(move |tx| {
-            // Never earlier than a revocation already recorded (another
-            // replica's clock may be ahead).
-            let before = tx
-                .get_record(ENDED_NS, &key)?
-                .and_then(|v| v.parse::<i64>().ok())
-                .map_or(now.0, |old| old.max(now.0));
-            let index = tx.append(entry(
-                now,
-                EVENT,
-                &actor,
-                &[("principal", &key)],
-                None,
-                json!({
-                    "user": key,
-                    "signed_in_before": rfc3339(Timestamp(before)),
-                    "configured": configured,
-                }),
-            ))?;
-            tx.put_record(ENDED_NS, &key, &before.to_string())?;
-            Ok((index, before))
-        })
+        .commit_then(
+            move |tx| {
+                // Never earlier than a revocation already recorded (another
+                // replica's clock may be ahead).
+                let before = tx
+                    .get_record(ENDED_NS, &key)?
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .map_or(now.0, |old| old.max(now.0));
+                let index = tx.append(entry(
+                    now,
+                    EVENT,
+                    &actor,
+                    &[("principal", &key)],
+                    None,
+                    json!({
+                        "user": key,
+                        "signed_in_before": rfc3339(Timestamp(before)),
+                        "configured": configured,
+                    }),
+                ))?;
+                tx.put_record(ENDED_NS, &key, &before.to_string())?;
+                Ok((index, before))
+            },
+            move |&(_, before): &(u64, i64)| sessions.end_all_of(&ended, before),
+        )
         .await?;
-    g.web.sessions.end_all_of(user.as_str(), before);
     tracing::info!(user = %user, by = %who.id, "ended every web session of a person");
     Ok(Revoked {
         user: user.to_string(),

@@ -36,6 +36,7 @@ use secondkey_core::principal::{Principal, PrincipalId};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::AppState;
 
@@ -390,6 +391,25 @@ impl SignedIn {
         let s = SignedIn::from_headers(g, headers)?;
         session_holds(g, &s.session).await.then_some(s)
     }
+}
+
+/// Signs the session `claims` out: recorded first (namespace
+/// [`SIGNED_OUT_NS`]), so the cookie stays dead after a restart and on
+/// every replica (records whose session has expired are harmless and
+/// skipped at load), then voided in this replica's memory — the whole
+/// truth on an embedded store. The two run as one step a dropped caller
+/// cannot separate ([`Gateway::commit_then`]): a sign-out the store holds
+/// is never one this replica's memory misses until a restart. Nothing
+/// changes unless it is recorded.
+pub async fn sign_out(g: &Gateway, claims: &SessionClaims) -> Result<(), ApiError> {
+    let (sid, exp) = (claims.sid.clone(), claims.exp);
+    let (sessions, claims, now) = (g.web.sessions.clone(), claims.clone(), now_secs(g));
+    g.commit_then(
+        move |tx| tx.put_record(SIGNED_OUT_NS, &sid, &exp.to_string()),
+        move |()| sessions.revoke(&claims, now),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Whether a session (its cookie already checked) still holds: not
