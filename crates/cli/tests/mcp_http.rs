@@ -2278,6 +2278,44 @@ fn http_a_session_its_client_left_idles_out_and_its_unfetched_runs_are_recorded_
     assert_eq!(results[1]["payload"]["ok"], true, "{}", results[1]);
 }
 
+/// A session ended while its call that creates a task is in progress:
+/// the client gets the task, but nobody can fetch its result through the
+/// gateway any more, so the call's one result entry is unknown (not the
+/// task's creation).
+#[test]
+fn http_a_task_created_after_its_session_ended_is_recorded_unknown() {
+    let e = start_tasks("");
+    let a = e.session("tasks", "agent:report-bot");
+    let seen = e.up.requests_seen();
+    std::thread::scope(|sc| {
+        let call = sc.spawn(|| {
+            a.send(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "report", "arguments": {"topic": "payroll"}, "task": {"ttl": 60000},
+                "_meta": {"test/delay": 2}}}),
+            )
+        });
+        // The gateway's own listing, then the call, reached the upstream.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while e.up.requests_seen() < seen + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the call never reached the upstream"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(a.delete().status, 200);
+        let r = call.join().unwrap();
+        assert!(
+            r.response()["result"]["task"]["taskId"].is_string(),
+            "{}",
+            r.body
+        );
+    });
+    let results = settled_results(&e, 1);
+    assert_unknown(&results[0], ENDED);
+}
+
 /// Without sessions (a stateless upstream), a call run as a task whose
 /// result its principal has not fetched, and who has sent that server
 /// nothing for `mcp.session_idle_seconds`, gets its one result entry,

@@ -643,8 +643,11 @@ impl Inner {
     /// Takes `answer`, the upstream's answer to `run`, a decided call of
     /// `who` in session `sid` on `server` that `asked` for a task or not
     /// ([`tasks::learn`]): a task it created is theirs, and the run awaits
-    /// its result. In a session no longer tracked the answer is the
-    /// outcome.
+    /// its result. In a session no longer tracked (it ended while the call
+    /// was in progress) the answer is the outcome, unless it created a
+    /// task: nobody can fetch that task's result through the gateway any
+    /// more, so the run is recorded as unknown as the session's others
+    /// were.
     fn learn_run(
         &self,
         (server, sid, who): (&str, Option<&str>, &Principal),
@@ -658,10 +661,20 @@ impl Inner {
                 run.take().map(|r| tasks::learn(t, asked, answer, r))
             })
             .flatten();
-        learned.unwrap_or(tasks::Learned {
+        if let Some(learned) = learned {
+            return learned;
+        }
+        if asked && tasks::created(answer).is_some() {
+            record_unfetched(run.into_iter().collect(), tasks::ENDED);
+            return tasks::Learned {
+                now: None,
+                forgotten: None,
+            };
+        }
+        tasks::Learned {
             now: run,
             forgotten: None,
-        })
+        }
     }
 
     /// Ends the sessions whose clients have left them
