@@ -2363,6 +2363,31 @@ fn http_without_sessions_a_task_run_never_fetched_is_recorded_unknown_after_the_
     assert_eq!(results[1]["actor"], "agent:other-bot", "{}", results[1]);
 }
 
+/// A first `tasks/result` whose client went away is not held forever by
+/// an upstream that never answers: `mcp.session_idle_seconds` after the
+/// client left, the call's one result entry is recorded, unknown.
+#[test]
+fn http_a_task_runs_first_fetch_without_a_client_or_an_answer_is_given_up_after_the_idle_limit() {
+    let e = start_tasks("session_idle_seconds = 2");
+    let a = e.session("tasks", "agent:report-bot");
+    let t = task_created(&a, 1, "payroll", json!({}));
+    let seen = e.up.requests_seen();
+    let fetch = json!({"jsonrpc": "2.0", "id": 2, "method": "tasks/result",
+                       "params": {"taskId": t, "_meta": {"test/delay": 3600}}});
+    let conn = a.raw_call(&fetch);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.up.requests_seen() == seen {
+        assert!(
+            Instant::now() < deadline,
+            "the fetch never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(conn);
+    let results = settled_results(&e, 1);
+    assert_unknown(&results[0], "the client went away during the first fetch of the task's result, and the upstream did not answer within mcp.session_idle_seconds after");
+}
+
 /// The gateway with `[mcp]` keys `keys` and `task_server.py` upstream as
 /// server `tasks`.
 fn start_tasks(keys: &str) -> Env {

@@ -69,7 +69,8 @@ pub struct McpConfig {
     /// A tracked session unused this long (nothing of it in progress) is
     /// ended as its client has left it; one this long unused may be
     /// forgotten at once to make room for a new one when `max_sessions`
-    /// is reached. Also how long sessionless task runs wait to be fetched
+    /// is reached. Also how long a first `tasks/result` whose client went
+    /// away waits, and how long sessionless task runs wait to be fetched
     /// once their principal is silent.
     pub session_idle: Duration,
     /// Groups whose members may accept a changed tool definition.

@@ -1833,25 +1833,48 @@ async fn post_message(
     }
 }
 
+/// A run whose first fetch is in progress: dropped before it is settled
+/// (the fetch, its client gone, ran out of time), it is recorded as
+/// unknown ([`tasks::GAVE_UP`]).
+struct Fetching(Option<TaskRun>);
+
+impl Fetching {
+    /// Records `outcome` as the run's, off the answer's path.
+    fn settle(mut self, outcome: Outcome) {
+        if let Some(run) = self.0.take() {
+            tokio::spawn(async move { run.icp.finished(&run.fwd, outcome).await });
+        }
+    }
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        record_unfetched(self.0.take().into_iter().collect(), tasks::GAVE_UP);
+    }
+}
+
 /// Relays the first `tasks/result` of a task that `run`, a decided call,
 /// created, recording its answer as that call's outcome. Run under
 /// [`Detachable`], so that it goes on if the client goes away before the
 /// answer: a JSON answer is then still read and recorded, an event stream
-/// not relayed is recorded as unknown (its [`Tap`] is dropped).
+/// not relayed is recorded as unknown (its [`Tap`] is dropped), and an
+/// upstream that does not answer within `mcp.session_idle_seconds` of the
+/// client leaving has the run recorded as unknown ([`Fetching`]).
 async fn first_result(
     inner: Arc<Inner>,
     srv: Arc<ServerConfig>,
     headers: Vec<(String, HeaderValue)>,
-    TaskRun { icp, fwd }: TaskRun,
+    run: TaskRun,
     (id, body): (Value, Bytes),
     watch: Option<ListWatch>,
     // The request's share of its session's quota, until it is answered.
     _hold: Option<Hold>,
 ) -> Response {
+    let mut run = Fetching(Some(run));
     let resp = match upstream(&inner, &srv, Method::POST, &headers, Some(body)).await {
         Ok(r) => r,
         Err(f) => {
-            icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
+            run.settle(Outcome::Lost(f.why.clone()));
             return f.response;
         }
     };
@@ -1859,7 +1882,8 @@ async fn first_result(
     let sse = is_sse(&resp);
     let (head, stream) = take_stream(resp);
     if sse {
-        let tap = Tap::new(stream, max, Some((id, icp, fwd))).watching(watch);
+        let call = run.0.take().map(|TaskRun { icp, fwd }| (id, icp, fwd));
+        let tap = Tap::new(stream, max, call).watching(watch);
         return relay_response(head, Body::from_stream(tap));
     }
     let why = match collect(stream, max).await {
@@ -1871,12 +1895,12 @@ async fn first_result(
                     head.status()
                 )),
             };
-            tokio::spawn(async move { icp.finished(&fwd, outcome).await });
+            run.settle(outcome);
             return relay_response(head, Body::from(bytes));
         }
         Err(e) => e,
     };
-    icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+    run.settle(Outcome::Lost(why.clone()));
     gateway_error(StatusCode::BAD_GATEWAY, "upstream_failed", why)
 }
 
@@ -1945,7 +1969,7 @@ impl TaskCall<'_> {
                     watch,
                     hold,
                 );
-                return Detachable::new(fetch)
+                return Detachable::bounded(fetch, self.inner.config.session_idle)
                     .await
                     .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
             }
@@ -2422,14 +2446,20 @@ impl Drop for CancelOnDrop {
 
 /// A future that finishes even when whoever awaits it goes away. Awaited,
 /// it runs on the awaiting task; dropped before it is done, it is spawned
-/// to run to its end on its own (its output is then discarded). A panic
-/// inside it comes out as `Err`, as a spawned task's would, and leaves
-/// nothing behind to spawn.
-struct Detachable<F: Future + Send + 'static>(Option<StdPin<Box<F>>>);
+/// to run to its end on its own (its output is then discarded), or for
+/// at most its limit, if it has one ([`Detachable::bounded`]), after which
+/// it is dropped. A panic inside it comes out as `Err`, as a spawned
+/// task's would, and leaves nothing behind to spawn.
+struct Detachable<F: Future + Send + 'static>(Option<StdPin<Box<F>>>, Option<Duration>);
 
 impl<F: Future + Send + 'static> Detachable<F> {
     fn new(f: F) -> Self {
-        Self(Some(Box::pin(f)))
+        Self(Some(Box::pin(f)), None)
+    }
+
+    /// Runs on its own for at most `limit` once dropped.
+    fn bounded(f: F, limit: Duration) -> Self {
+        Self(Some(Box::pin(f)), Some(limit))
     }
 }
 
@@ -2455,10 +2485,18 @@ impl<F: Future + Send + 'static> Future for Detachable<F> {
 impl<F: Future + Send + 'static> Drop for Detachable<F> {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
+            let limit = self.1;
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
-                        f.await;
+                        match limit {
+                            Some(limit) => {
+                                let _ = tokio::time::timeout(limit, f).await;
+                            }
+                            None => {
+                                f.await;
+                            }
+                        }
                     });
                 }
                 Err(_) => tracing::warn!("a call was dropped outside the runtime, unfinished"),
