@@ -2213,7 +2213,8 @@ fn http_a_task_runs_first_fetch_is_recorded_when_its_client_goes_away() {
 
 /// A call run as a task whose result was never fetched gets one result
 /// entry, unknown, when its session ends: ended by its client (DELETE) or
-/// forgotten as idle to make room for another.
+/// forgotten as idle (to make room for another, or by the idle sweep,
+/// whichever comes first).
 #[test]
 fn http_a_task_run_never_fetched_is_recorded_unknown_when_its_session_ends() {
     let e = start_tasks("max_sessions = 1\nsession_idle_seconds = 1");
@@ -2229,17 +2230,162 @@ fn http_a_task_run_never_fetched_is_recorded_unknown_when_its_session_ends() {
     let results = settled_results(&e, 2);
     assert_eq!(results[0], first[0]);
     let mut actions = std::collections::HashSet::new();
-    for en in &results {
+    for (en, reason) in results.iter().zip([ENDED, IDLE]) {
         assert!(actions.insert(en["subjects"]["action"].clone()), "{en}");
-        assert_eq!(en["payload"]["ok"], false, "{en}");
-        let summary = &en["payload"]["summary"];
-        assert_eq!(summary["status"], "unknown", "{en}");
-        assert_eq!(
-            summary["reason"],
-            "the session ended before the task's result was fetched through secondkey",
-            "{en}"
-        );
+        assert_unknown(en, reason);
     }
+}
+
+const ENDED: &str = "the session ended before the task's result was fetched through secondkey";
+const IDLE: &str = "the session idled out (unused for mcp.session_idle_seconds) before the task's result was fetched through secondkey";
+
+/// `en` is a result entry recording the call's outcome as unknown because
+/// `reason`.
+fn assert_unknown(en: &Value, reason: &str) {
+    assert_eq!(en["payload"]["ok"], false, "{en}");
+    let summary = &en["payload"]["summary"];
+    assert_eq!(summary["status"], "unknown", "{en}");
+    assert_eq!(summary["reason"], reason, "{en}");
+}
+
+/// A client that goes away without ending its session (it crashed) has
+/// the session ended once it has been unused for
+/// `mcp.session_idle_seconds`, as a DELETE would end it: its call run as
+/// a task and never fetched gets its one result entry, unknown. A session
+/// whose request is still in progress past the limit is in use, not idle.
+#[test]
+fn http_a_session_its_client_left_idles_out_and_its_unfetched_runs_are_recorded_unknown() {
+    let e = start_tasks("session_idle_seconds = 3");
+    let left = e.session("tasks", "agent:report-bot");
+    task_created(&left, 1, "payroll", json!({}));
+    let busy = e.session("tasks", "agent:report-bot");
+    let t = task_created(&busy, 1, "salaries", json!({}));
+    // One request of 5 s: longer than the limit and a sweep's interval
+    // after it.
+    let r = busy.send(&json!({"jsonrpc": "2.0", "id": 2, "method": "tasks/get",
+                              "params": {"taskId": t, "_meta": {"test/delay": 5}}}));
+    assert_eq!(r.response()["result"]["status"], "working", "{}", r.body);
+    assert_eq!(busy.list_status(), 200, "in use, not idle");
+    let results = settled_results(&e, 1);
+    assert_unknown(&results[0], IDLE);
+    assert_eq!(left.list_status(), 404, "the session left was ended");
+    // The session in use fetches its task's result, recorded once.
+    assert_eq!(
+        tool_text(&task_request(&busy, 3, "tasks/result", &t)),
+        "report on salaries"
+    );
+    let results = settled_results(&e, 2);
+    assert_eq!(results[1]["payload"]["ok"], true, "{}", results[1]);
+}
+
+/// A session ended while its call that creates a task is in progress:
+/// the client gets the task, but nobody can fetch its result through the
+/// gateway any more, so the call's one result entry is unknown (not the
+/// task's creation).
+#[test]
+fn http_a_task_created_after_its_session_ended_is_recorded_unknown() {
+    let e = start_tasks("");
+    let a = e.session("tasks", "agent:report-bot");
+    let seen = e.up.requests_seen();
+    std::thread::scope(|sc| {
+        let call = sc.spawn(|| {
+            a.send(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "report", "arguments": {"topic": "payroll"}, "task": {"ttl": 60000},
+                "_meta": {"test/delay": 2}}}),
+            )
+        });
+        // The gateway's own listing, then the call, reached the upstream.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while e.up.requests_seen() < seen + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the call never reached the upstream"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(a.delete().status, 200);
+        let r = call.join().unwrap();
+        assert!(
+            r.response()["result"]["task"]["taskId"].is_string(),
+            "{}",
+            r.body
+        );
+    });
+    let results = settled_results(&e, 1);
+    assert_unknown(&results[0], ENDED);
+}
+
+/// Without sessions (a stateless upstream), a call run as a task whose
+/// result its principal has not fetched, and who has sent that server
+/// nothing for `mcp.session_idle_seconds`, gets its one result entry,
+/// unknown; the task stays theirs, and fetching it later records nothing
+/// more. A principal still using the server is not affected.
+#[test]
+fn http_without_sessions_a_task_run_never_fetched_is_recorded_unknown_after_the_idle_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream_with(
+        tmp.path(),
+        "task_server.py",
+        &[("MCP_TASKS_STATELESS", "1")],
+        None,
+    );
+    let servers = server("tasks", &up.url, "");
+    let e = start_with("session_idle_seconds = 2", up, tmp, &servers);
+    let a = Session::unopened(&e.g, "tasks", "agent:report-bot");
+    let b = Session::unopened(&e.g, "tasks", "agent:other-bot");
+    let a1 = task_created(&a, 1, "payroll", json!({}));
+    let b1 = task_created(&b, 1, "weather", json!({}));
+    // B keeps polling its task for longer than the limit; A is silent.
+    let until = Instant::now() + Duration::from_secs(4);
+    for k in 10.. {
+        if Instant::now() > until {
+            break;
+        }
+        assert_eq!(
+            task_request(&b, k, "tasks/get", &b1)["result"]["status"],
+            "working"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let results = settled_results(&e, 1);
+    assert_unknown(&results[0], IDLE);
+    assert_eq!(
+        tool_text(&task_request(&b, 2, "tasks/result", &b1)),
+        "report on weather"
+    );
+    assert_eq!(
+        tool_text(&task_request(&a, 2, "tasks/result", &a1)),
+        "report on payroll"
+    );
+    let results = settled_results(&e, 2);
+    assert_eq!(results[1]["payload"]["ok"], true, "{}", results[1]);
+    assert_eq!(results[1]["actor"], "agent:other-bot", "{}", results[1]);
+}
+
+/// A first `tasks/result` whose client went away is not held forever by
+/// an upstream that never answers: `mcp.session_idle_seconds` after the
+/// client left, the call's one result entry is recorded, unknown.
+#[test]
+fn http_a_task_runs_first_fetch_without_a_client_or_an_answer_is_given_up_after_the_idle_limit() {
+    let e = start_tasks("session_idle_seconds = 2");
+    let a = e.session("tasks", "agent:report-bot");
+    let t = task_created(&a, 1, "payroll", json!({}));
+    let seen = e.up.requests_seen();
+    let fetch = json!({"jsonrpc": "2.0", "id": 2, "method": "tasks/result",
+                       "params": {"taskId": t, "_meta": {"test/delay": 3600}}});
+    let conn = a.raw_call(&fetch);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.up.requests_seen() == seen {
+        assert!(
+            Instant::now() < deadline,
+            "the fetch never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(conn);
+    let results = settled_results(&e, 1);
+    assert_unknown(&results[0], "the client went away during the first fetch of the task's result, and the upstream did not answer within mcp.session_idle_seconds after");
 }
 
 /// The gateway with `[mcp]` keys `keys` and `task_server.py` upstream as

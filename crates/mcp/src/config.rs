@@ -66,8 +66,12 @@ pub struct McpConfig {
     pub max_sessions: usize,
     /// Most of them opened by one principal.
     pub max_sessions_per_principal: usize,
-    /// A tracked session unused this long may be forgotten to make room
-    /// for a new one when `max_sessions` is reached.
+    /// A tracked session unused this long (nothing of it in progress) is
+    /// ended as its client has left it; one this long unused may be
+    /// forgotten at once to make room for a new one when `max_sessions`
+    /// is reached. Also how long a first `tasks/result` whose client went
+    /// away waits, and how long sessionless task runs wait to be fetched
+    /// once their principal is silent.
     pub session_idle: Duration,
     /// Groups whose members may accept a changed tool definition.
     pub tool_admins: Vec<String>,

@@ -219,8 +219,12 @@ struct SessionInfo {
     /// The tools the client listed in this session since the server last
     /// said its list changed (the `listed` fact).
     listed: HashSet<String>,
-    /// Last time the session's client used it.
+    /// Last time the session's client used it: began or finished a
+    /// request, or closed an event stream.
     used: tokio::time::Instant,
+    /// Client requests of the session in progress here (their answers
+    /// included, while they stream): [`InUse`].
+    busy: usize,
     /// What the session holds (`mcp.max_pending_requests`,
     /// `mcp.max_session_bytes`).
     quota: Quota,
@@ -229,6 +233,14 @@ struct SessionInfo {
     /// The tasks the upstream created for this session's decided calls:
     /// the only ones its `tasks/*` requests reach.
     tasks: Owned<TaskRun>,
+}
+
+impl SessionInfo {
+    /// Whether the session's client has left it: nothing of it in
+    /// progress, no event stream open, and unused for `limit`.
+    fn idle(&self, now: tokio::time::Instant, limit: Duration) -> bool {
+        self.busy == 0 && self.tools.listening == 0 && now.duration_since(self.used) >= limit
+    }
 }
 
 /// A decided call that runs as a task, awaiting its result: its outcome
@@ -328,7 +340,63 @@ impl Drop for Listening {
         self.inner.with_session(&self.server, &self.sid, |i| {
             i.tools.listening = i.tools.listening.saturating_sub(1);
             i.tools.forget();
+            i.used = tokio::time::Instant::now();
         });
+    }
+}
+
+/// A client request of a session in progress: while one is (its answer
+/// streaming included), the session is not idle ([`Inner::sweep`]); its
+/// end counts as a use.
+struct InUse {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+impl InUse {
+    /// Counts a request of `who` naming session `sid` on `server` (none
+    /// if the session is not theirs: it is refused).
+    fn enter(inner: &Arc<Inner>, server: &str, sid: &str, who: &Principal) -> Option<InUse> {
+        let key = session_key(server, sid);
+        let mut s = lock(&inner.sessions);
+        let i = s
+            .by_key
+            .get_mut(&key)
+            .filter(|i| i.principal == who.id.to_string())?;
+        i.busy += 1;
+        i.used = tokio::time::Instant::now();
+        Some(InUse {
+            inner: inner.clone(),
+            key,
+        })
+    }
+
+    /// `resp` holding this until its body is done, if it is an event
+    /// stream (a JSON body is already complete).
+    fn until_sent(self, resp: Response) -> Response {
+        let sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !sse {
+            return resp;
+        }
+        let (parts, body) = resp.into_parts();
+        let body = body.into_data_stream().map(move |chunk| {
+            let _in_use = &self;
+            chunk
+        });
+        Response::from_parts(parts, Body::from_stream(body))
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if let Some(i) = lock(&self.inner.sessions).by_key.get_mut(&self.key) {
+            i.busy = i.busy.saturating_sub(1);
+            i.used = tokio::time::Instant::now();
+        }
     }
 }
 
@@ -346,7 +414,16 @@ struct Sessions {
     sessionless: HashMap<String, Quota>,
     /// The tasks created for calls sent without a session, by principal
     /// and server.
-    sessionless_tasks: HashMap<String, Owned<TaskRun>>,
+    sessionless_tasks: HashMap<String, SessionlessTasks>,
+}
+
+/// The tasks of a principal's calls sent to a server without a session,
+/// and when that principal last sent it a request: unused for
+/// `mcp.session_idle_seconds`, its runs still awaiting a result are
+/// recorded as unknown, as a session's are when it idles out.
+struct SessionlessTasks {
+    tasks: Owned<TaskRun>,
+    used: tokio::time::Instant,
 }
 
 /// A slot for a session being opened, given back when dropped (the
@@ -494,7 +571,7 @@ impl Inner {
                 return Err(full);
             };
             if let Some(mut gone) = s.by_key.remove(&idle) {
-                record_unfetched(gone.tasks.take_all_results(), tasks::ENDED);
+                record_unfetched(gone.tasks.take_all_results(), tasks::IDLE);
             }
             tracing::info!("forgot an idle MCP session to make room for a new one");
         }
@@ -521,6 +598,7 @@ impl Inner {
                 client_info,
                 listed: HashSet::new(),
                 used: tokio::time::Instant::now(),
+                busy: 0,
                 quota: Quota::new(
                     self.config.max_pending_requests,
                     self.config.max_session_bytes,
@@ -547,18 +625,29 @@ impl Inner {
                 .get_mut(&session_key(server, sid))
                 .filter(|i| i.principal == who.id.to_string())
                 .map(|i| f(&mut i.tasks)),
-            None => Some(f(s
-                .sessionless_tasks
-                .entry(format!("{}\n{server}", who.id))
-                .or_default())),
+            None => {
+                let now = tokio::time::Instant::now();
+                let t = s
+                    .sessionless_tasks
+                    .entry(format!("{}\n{server}", who.id))
+                    .or_insert_with(|| SessionlessTasks {
+                        tasks: Owned::default(),
+                        used: now,
+                    });
+                t.used = now;
+                Some(f(&mut t.tasks))
+            }
         }
     }
 
     /// Takes `answer`, the upstream's answer to `run`, a decided call of
     /// `who` in session `sid` on `server` that `asked` for a task or not
     /// ([`tasks::learn`]): a task it created is theirs, and the run awaits
-    /// its result. In a session no longer tracked the answer is the
-    /// outcome.
+    /// its result. In a session no longer tracked (it ended while the call
+    /// was in progress) the answer is the outcome, unless it created a
+    /// task: nobody can fetch that task's result through the gateway any
+    /// more, so the run is recorded as unknown as the session's others
+    /// were.
     fn learn_run(
         &self,
         (server, sid, who): (&str, Option<&str>, &Principal),
@@ -572,10 +661,56 @@ impl Inner {
                 run.take().map(|r| tasks::learn(t, asked, answer, r))
             })
             .flatten();
-        learned.unwrap_or(tasks::Learned {
+        if let Some(learned) = learned {
+            return learned;
+        }
+        if asked && tasks::created(answer).is_some() {
+            record_unfetched(run.into_iter().collect(), tasks::ENDED);
+            return tasks::Learned {
+                now: None,
+                forgotten: None,
+            };
+        }
+        tasks::Learned {
             now: run,
             forgotten: None,
-        })
+        }
+    }
+
+    /// Ends the sessions whose clients have left them
+    /// ([`SessionInfo::idle`] for `mcp.session_idle_seconds`) as a
+    /// `DELETE` would: they are forgotten, and their runs whose task's
+    /// result was never fetched are recorded as unknown ([`tasks::IDLE`]).
+    /// So are those of principals that sent a server nothing without a
+    /// session for as long ([`SessionlessTasks`]); their task ids stay.
+    fn sweep(&self, now: tokio::time::Instant) {
+        let limit = self.config.session_idle;
+        let mut s = lock(&self.sessions);
+        let gone: Vec<String> = s
+            .by_key
+            .iter()
+            .filter(|(_, i)| i.idle(now, limit))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut runs = Vec::new();
+        for k in &gone {
+            if let Some(mut i) = s.by_key.remove(k) {
+                runs.extend(i.tasks.take_all_results());
+            }
+        }
+        for t in s.sessionless_tasks.values_mut() {
+            if now.duration_since(t.used) >= limit {
+                runs.extend(t.tasks.take_all_results());
+            }
+        }
+        drop(s);
+        if !gone.is_empty() {
+            tracing::info!(
+                sessions = gone.len(),
+                "ended MCP sessions unused for mcp.session_idle_seconds"
+            );
+        }
+        record_unfetched(runs, tasks::IDLE);
     }
 
     /// The quota of `who`'s messages in session `sid` on `server` (or in
@@ -589,8 +724,12 @@ impl Inner {
             self.config.max_pending_requests,
             self.config.max_session_bytes,
         );
+        let key = format!("{}\n{server}", who.id);
+        if let Some(t) = s.sessionless_tasks.get_mut(&key) {
+            t.used = tokio::time::Instant::now();
+        }
         s.sessionless
-            .entry(format!("{}\n{server}", who.id))
+            .entry(key)
             .or_insert_with(|| Quota::new(pending, bytes))
             .clone()
     }
@@ -673,6 +812,24 @@ impl Extension for McpExtension {
 
     fn openapi(&self) -> Option<utoipa::openapi::OpenApi> {
         Some(<McpDoc as utoipa::OpenApi>::openapi())
+    }
+
+    /// Sweeps the sessions ([`Inner::sweep`]) every half
+    /// `mcp.session_idle_seconds`, at least once a minute, for as long as
+    /// the extension lives.
+    fn start(&self, _gateway: Arc<Gateway>) -> anyhow::Result<()> {
+        let every = (self.inner.config.session_idle / 2).min(Duration::from_secs(60));
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = inner.upgrade() else { return };
+                inner.sweep(tokio::time::Instant::now());
+            }
+        });
+        Ok(())
     }
 
     fn routes(&self) -> Router<AppState> {
@@ -1398,7 +1555,29 @@ fn peer_ip(peer: PeerInfo) -> Option<std::net::IpAddr> {
     peer.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.ip())
 }
 
+/// A message of a client, counted as its session's use while it is in
+/// progress ([`InUse`]).
 async fn post_mcp(
+    inner: Arc<Inner>,
+    s: State<AppState>,
+    caller: Authenticated,
+    Path(server): Path<String>,
+    peer: PeerInfo,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let in_use = match session_of(&headers) {
+        Ok(Some(sid)) => InUse::enter(&inner, &server, &sid, &caller.0),
+        _ => None,
+    };
+    let resp = post_message(inner, s, caller, Path(server), peer, headers, body).await;
+    match in_use {
+        Some(u) => u.until_sent(resp),
+        None => resp,
+    }
+}
+
+async fn post_message(
     inner: Arc<Inner>,
     State(s): State<AppState>,
     Authenticated(p, cred): Authenticated,
@@ -1654,25 +1833,48 @@ async fn post_mcp(
     }
 }
 
+/// A run whose first fetch is in progress: dropped before it is settled
+/// (the fetch, its client gone, ran out of time), it is recorded as
+/// unknown ([`tasks::GAVE_UP`]).
+struct Fetching(Option<TaskRun>);
+
+impl Fetching {
+    /// Records `outcome` as the run's, off the answer's path.
+    fn settle(mut self, outcome: Outcome) {
+        if let Some(run) = self.0.take() {
+            tokio::spawn(async move { run.icp.finished(&run.fwd, outcome).await });
+        }
+    }
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        record_unfetched(self.0.take().into_iter().collect(), tasks::GAVE_UP);
+    }
+}
+
 /// Relays the first `tasks/result` of a task that `run`, a decided call,
 /// created, recording its answer as that call's outcome. Run under
 /// [`Detachable`], so that it goes on if the client goes away before the
 /// answer: a JSON answer is then still read and recorded, an event stream
-/// not relayed is recorded as unknown (its [`Tap`] is dropped).
+/// not relayed is recorded as unknown (its [`Tap`] is dropped), and an
+/// upstream that does not answer within `mcp.session_idle_seconds` of the
+/// client leaving has the run recorded as unknown ([`Fetching`]).
 async fn first_result(
     inner: Arc<Inner>,
     srv: Arc<ServerConfig>,
     headers: Vec<(String, HeaderValue)>,
-    TaskRun { icp, fwd }: TaskRun,
+    run: TaskRun,
     (id, body): (Value, Bytes),
     watch: Option<ListWatch>,
     // The request's share of its session's quota, until it is answered.
     _hold: Option<Hold>,
 ) -> Response {
+    let mut run = Fetching(Some(run));
     let resp = match upstream(&inner, &srv, Method::POST, &headers, Some(body)).await {
         Ok(r) => r,
         Err(f) => {
-            icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
+            run.settle(Outcome::Lost(f.why.clone()));
             return f.response;
         }
     };
@@ -1680,7 +1882,8 @@ async fn first_result(
     let sse = is_sse(&resp);
     let (head, stream) = take_stream(resp);
     if sse {
-        let tap = Tap::new(stream, max, Some((id, icp, fwd))).watching(watch);
+        let call = run.0.take().map(|TaskRun { icp, fwd }| (id, icp, fwd));
+        let tap = Tap::new(stream, max, call).watching(watch);
         return relay_response(head, Body::from_stream(tap));
     }
     let why = match collect(stream, max).await {
@@ -1692,12 +1895,12 @@ async fn first_result(
                     head.status()
                 )),
             };
-            tokio::spawn(async move { icp.finished(&fwd, outcome).await });
+            run.settle(outcome);
             return relay_response(head, Body::from(bytes));
         }
         Err(e) => e,
     };
-    icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+    run.settle(Outcome::Lost(why.clone()));
     gateway_error(StatusCode::BAD_GATEWAY, "upstream_failed", why)
 }
 
@@ -1766,7 +1969,7 @@ impl TaskCall<'_> {
                     watch,
                     hold,
                 );
-                return Detachable::new(fetch)
+                return Detachable::bounded(fetch, self.inner.config.session_idle)
                     .await
                     .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
             }
@@ -2243,14 +2446,20 @@ impl Drop for CancelOnDrop {
 
 /// A future that finishes even when whoever awaits it goes away. Awaited,
 /// it runs on the awaiting task; dropped before it is done, it is spawned
-/// to run to its end on its own (its output is then discarded). A panic
-/// inside it comes out as `Err`, as a spawned task's would, and leaves
-/// nothing behind to spawn.
-struct Detachable<F: Future + Send + 'static>(Option<StdPin<Box<F>>>);
+/// to run to its end on its own (its output is then discarded), or for
+/// at most its limit, if it has one ([`Detachable::bounded`]), after which
+/// it is dropped. A panic inside it comes out as `Err`, as a spawned
+/// task's would, and leaves nothing behind to spawn.
+struct Detachable<F: Future + Send + 'static>(Option<StdPin<Box<F>>>, Option<Duration>);
 
 impl<F: Future + Send + 'static> Detachable<F> {
     fn new(f: F) -> Self {
-        Self(Some(Box::pin(f)))
+        Self(Some(Box::pin(f)), None)
+    }
+
+    /// Runs on its own for at most `limit` once dropped.
+    fn bounded(f: F, limit: Duration) -> Self {
+        Self(Some(Box::pin(f)), Some(limit))
     }
 }
 
@@ -2276,10 +2485,18 @@ impl<F: Future + Send + 'static> Future for Detachable<F> {
 impl<F: Future + Send + 'static> Drop for Detachable<F> {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
+            let limit = self.1;
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
-                        f.await;
+                        match limit {
+                            Some(limit) => {
+                                let _ = tokio::time::timeout(limit, f).await;
+                            }
+                            None => {
+                                f.await;
+                            }
+                        }
                     });
                 }
                 Err(_) => tracing::warn!("a call was dropped outside the runtime, unfinished"),

@@ -26,10 +26,12 @@
 //! The fetch that took the run records it whatever its client does: the
 //! answer, or unknown if the answer is lost. A run whose result is never
 //! fetched is recorded as unknown when its task is forgotten
-//! ([`FORGOTTEN`]) or its session ends ([`ENDED`],
-//! [`Owned::take_all_results`]). So every decided run that a task carries
-//! ends with exactly one result, unless the process that kept it stops
-//! first (an HTTP gateway's restart forgets its sessions).
+//! ([`FORGOTTEN`]), its session ends ([`ENDED`],
+//! [`Owned::take_all_results`]) or idles out ([`IDLE`]), and a fetch whose
+//! client went away gets a bounded time to finish ([`GAVE_UP`]). So every
+//! decided run that a task carries ends with exactly one result, unless
+//! the process that kept it stops first (an HTTP gateway's restart forgets
+//! its sessions).
 //!
 //! Invariant: an id enters an [`Owned`] set only from the upstream's
 //! answer to a request this gateway decided and relayed for that caller;
@@ -216,6 +218,15 @@ pub const FORGOTTEN: &str =
 
 /// Why a run is recorded as unknown when its session ends unfetched.
 pub const ENDED: &str = "the session ended before the task's result was fetched through secondkey";
+
+/// Why a run is recorded as unknown when its session (over Streamable
+/// HTTP; without one, its principal on that server) was unused for
+/// `mcp.session_idle_seconds` before the task's result was fetched.
+pub const IDLE: &str = "the session idled out (unused for mcp.session_idle_seconds) before the task's result was fetched through secondkey";
+
+/// Why a run is recorded as unknown when the first fetch of its task's
+/// result, its client gone, got no answer in time.
+pub const GAVE_UP: &str = "the client went away during the first fetch of the task's result, and the upstream did not answer within mcp.session_idle_seconds after";
 
 /// Takes the answer to `run`, a decided request that `asked` for a task
 /// (or not): the task it created becomes the caller's, and the run awaits
