@@ -50,7 +50,6 @@ use axum::serve::{IncomingStream, Listener};
 use axum::Router;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// The limits of one listener. The defaults suit a gateway reached
@@ -194,12 +193,22 @@ struct Phase {
     reader: Option<Waker>,
 }
 
+/// The deadline a connection is under now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// The head's or the idle deadline.
+    At(Instant),
+    /// None while a request is in flight (its handler bounds it).
+    InFlight,
+    /// None ever again: the connection switched protocols.
+    Gone,
+}
+
 /// State shared by a connection's socket wrapper, its service wrapper and
 /// its watchdog.
 #[derive(Debug)]
 pub struct ConnState {
     phase: Mutex<Phase>,
-    changed: Notify,
 }
 
 impl ConnState {
@@ -215,7 +224,6 @@ impl ConnState {
                 upgraded: false,
                 reader: None,
             }),
-            changed: Notify::new(),
         }
     }
 
@@ -239,8 +247,6 @@ impl ConnState {
         let mut p = self.lock();
         if p.in_flight == 0 && p.head_since.is_none() {
             p.head_since = Some(now);
-            drop(p);
-            self.changed.notify_one();
         }
     }
 
@@ -248,8 +254,6 @@ impl ConnState {
         let mut p = self.lock();
         p.in_flight += 1;
         p.head_since = None;
-        drop(p);
-        self.changed.notify_one();
     }
 
     fn request_ended(&self, now: Instant) {
@@ -258,21 +262,21 @@ impl ConnState {
         if p.in_flight == 0 {
             p.idle_since = now;
         }
-        drop(p);
-        self.changed.notify_one();
     }
 
     fn upgraded(&self) {
         self.lock().upgraded = true;
-        self.changed.notify_one();
     }
 
-    fn deadline(&self, limits: &ConnLimits) -> Option<Instant> {
+    fn deadline(&self, limits: &ConnLimits) -> Deadline {
         let p = self.lock();
-        if p.in_flight > 0 || p.upgraded {
-            return None;
+        if p.upgraded {
+            return Deadline::Gone;
         }
-        Some(match p.head_since {
+        if p.in_flight > 0 {
+            return Deadline::InFlight;
+        }
+        Deadline::At(match p.head_since {
             Some(h) => h + limits.header_read_timeout,
             None => p.idle_since + limits.idle_timeout,
         })
@@ -290,22 +294,29 @@ impl ConnState {
 }
 
 /// Ends the connection once it passes a deadline (see the module docs).
+///
+/// It is not told of phase changes: it looks at the connection at least
+/// every `min(header_read_timeout, idle_timeout)`, and at the deadline it
+/// saw. That is exact, because a deadline set after a look lies at least
+/// that period after the look, so the next look sees it in time — and a
+/// request costs the watchdog no wake-up and no timer.
 async fn watchdog(state: Arc<ConnState>, limits: ConnLimits) {
+    let period = limits.header_read_timeout.min(limits.idle_timeout);
+    let sleep = tokio::time::sleep(period);
+    tokio::pin!(sleep);
     loop {
-        let changed = state.changed.notified();
-        match state.deadline(&limits) {
-            None => changed.await,
-            Some(d) if Instant::now() >= d => {
+        let now = Instant::now();
+        let next = match state.deadline(&limits) {
+            Deadline::Gone => return,
+            Deadline::At(d) if now >= d => {
                 state.expire();
                 return;
             }
-            Some(d) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(d) => {}
-                    _ = changed => {}
-                }
-            }
-        }
+            Deadline::At(d) => d.min(now + period),
+            Deadline::InFlight => now + period,
+        };
+        sleep.as_mut().reset(next);
+        sleep.as_mut().await;
     }
 }
 
@@ -857,6 +868,7 @@ pub fn fit_to_open_files(mut limits: ConnLimits, soft: Option<u64>) -> ConnLimit
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Notify;
 
     #[test]
     fn caps_count_in_all_and_per_address() {
@@ -898,29 +910,35 @@ mod tests {
         let limits = ConnLimits::default();
         let t0 = Instant::now();
         let s = ConnState::new(t0);
-        assert_eq!(s.deadline(&limits), Some(t0 + limits.header_read_timeout));
+        assert_eq!(
+            s.deadline(&limits),
+            Deadline::At(t0 + limits.header_read_timeout)
+        );
         s.request_started();
         assert_eq!(
             s.deadline(&limits),
-            None,
+            Deadline::InFlight,
             "a request in flight is its handler's business"
         );
         let t1 = t0 + Duration::from_secs(300);
         s.request_ended(t1);
-        assert_eq!(s.deadline(&limits), Some(t1 + limits.idle_timeout));
+        assert_eq!(s.deadline(&limits), Deadline::At(t1 + limits.idle_timeout));
         let t2 = t1 + Duration::from_secs(5);
         s.bytes_arrived(t2);
-        assert_eq!(s.deadline(&limits), Some(t2 + limits.header_read_timeout));
+        assert_eq!(
+            s.deadline(&limits),
+            Deadline::At(t2 + limits.header_read_timeout)
+        );
         s.bytes_arrived(t2 + Duration::from_secs(5));
         assert_eq!(
             s.deadline(&limits),
-            Some(t2 + limits.header_read_timeout),
+            Deadline::At(t2 + limits.header_read_timeout),
             "a trickle does not move the head's deadline"
         );
         s.upgraded();
         assert_eq!(
             s.deadline(&limits),
-            None,
+            Deadline::Gone,
             "an upgraded connection is no longer HTTP"
         );
     }
@@ -947,6 +965,42 @@ mod tests {
             .await
             .expect("the reader is woken");
         assert!(state.register_reader(&waker), "reads fail once expired");
+    }
+
+    /// A deadline set after the watchdog looked, and sooner than its next
+    /// look would be without it, is kept to: the watchdog is not told of
+    /// the change, yet the connection expires at the new deadline, not at
+    /// the look after it.
+    #[tokio::test]
+    async fn a_deadline_set_between_two_looks_is_kept() {
+        let limits = ConnLimits {
+            header_read_timeout: Duration::from_millis(1000),
+            idle_timeout: Duration::from_millis(1500),
+            ..ConnLimits::default()
+        };
+        let t0 = Instant::now();
+        let state = Arc::new(ConnState::new(t0));
+        let dog = tokio::spawn(watchdog(state.clone(), limits.clone()));
+        // The watchdog has looked (head deadline t0 + 1 s); a request
+        // comes and goes, which sets the idle deadline ~1.5 s out.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        state.request_started();
+        let ended = Instant::now();
+        state.request_ended(ended);
+        let deadline = ended + limits.idle_timeout;
+        tokio::time::timeout(Duration::from_secs(10), dog)
+            .await
+            .expect("the watchdog fires")
+            .unwrap();
+        let at = Instant::now();
+        assert!(at >= deadline, "expired {:?} early", deadline - at);
+        // A watchdog that waited a whole period past its look at t0 + 1 s
+        // would have fired at t0 + 2 s.
+        assert!(
+            at < t0 + Duration::from_millis(1900),
+            "expired {:?} after its deadline",
+            at - deadline
+        );
     }
 
     struct NotifyWaker(Arc<Notify>);
