@@ -143,9 +143,11 @@ pub fn start(
             // Replicas take turns (the background lease) on a cursor kept
             // in the store, like the log sinks: each event is sent by one
             // replica. An earlier version's file cursor is read only while
-            // the store holds none.
+            // the store holds none. Started now, before this replica
+            // serves: the first replica's start holds for all.
             let cursor = StoreCursor::webhook(gateway.store.clone(), &h.name)
                 .upgraded_from(&dir, "to start at the log's end")
+                .and_then(StoreCursor::started)
                 .map_err(|e| anyhow::anyhow!("webhooks `{}`: {e}", h.name))?;
             run_sink(gateway, &name, sink, source.clone(), cursor);
         } else {

@@ -225,7 +225,8 @@ impl StoreCursor {
     /// if the store holds none, it starts at the log's end (its size then)
     /// — or where an earlier version's file cursor stopped
     /// ([`StoreCursor::upgraded_from`]) — and records that start, so every
-    /// replica that delivers after it goes on from there.
+    /// replica that delivers after it goes on from there. Each replica
+    /// records it as it starts ([`StoreCursor::started`]).
     pub fn webhook(store: secondkey_store::Store, name: &str) -> StoreCursor {
         StoreCursor {
             store,
@@ -260,6 +261,20 @@ impl StoreCursor {
                 self.start = Start::At(at);
             }
         }
+        Ok(self)
+    }
+
+    /// This cursor with its start recorded in the store now, if the store
+    /// holds none yet: a request webhook's cursor is started by each
+    /// replica as it starts, before it serves, so the first replica's start
+    /// holds for all — not whichever replica first holds the background
+    /// lease, which would skip the requests other replicas took before
+    /// then. Call once, at start; it waits for one commit.
+    pub fn started(self) -> anyhow::Result<StoreCursor> {
+        // The store's blocking call may not run on a runtime's thread.
+        std::thread::scope(|s| s.spawn(|| secondkey_sinks::Cursor::load(&self)).join())
+            .map_err(|_| anyhow::anyhow!("starting the cursor of {} panicked", self.name))?
+            .map_err(|e| anyhow::anyhow!(e))?;
         Ok(self)
     }
 
@@ -376,5 +391,57 @@ mod tests {
             "seven",
             "left as it was"
         );
+    }
+
+    /// A request webhook's cursor starts where the log ended when the
+    /// (first) replica started, not where it ends when a replica first
+    /// delivers: what was logged in between is delivered.
+    #[test]
+    fn a_webhook_cursor_starts_at_the_first_start_not_the_first_delivery() {
+        use secondkey_sinks::Cursor;
+        let tmp = tempfile::tempdir().unwrap();
+        let store =
+            secondkey_store::Store::open(secondkey_store::StoreOptions::new(tmp.path())).unwrap();
+        let append = |n: usize| {
+            store
+                .transact_blocking(move |tx| {
+                    for _ in 0..n {
+                        tx.append(crate::gateway::entry(
+                            secondkey_core::time::Timestamp(0),
+                            "test.entry",
+                            "user:test",
+                            &[],
+                            None,
+                            serde_json::json!({}),
+                        ))?;
+                    }
+                    Ok(())
+                })
+                .unwrap()
+        };
+        append(3);
+        let first = StoreCursor::webhook(store.clone(), "hook")
+            .started()
+            .unwrap();
+        let at_start = store.log_size();
+        // A request on another replica, before any replica delivers.
+        append(2);
+        let later = StoreCursor::webhook(store.clone(), "hook")
+            .started()
+            .unwrap();
+        assert_eq!(first.load().unwrap(), at_start);
+        assert_eq!(later.load().unwrap(), at_start, "the first start holds");
+        // Inside a runtime too (where replicas start their webhooks).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let inside = rt.block_on(async {
+            StoreCursor::webhook(store.clone(), "other")
+                .started()
+                .unwrap()
+                .load()
+                .unwrap()
+        });
+        assert_eq!(inside, store.log_size());
     }
 }
