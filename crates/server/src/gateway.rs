@@ -221,6 +221,43 @@ pub(crate) fn log_events(
     Ok(())
 }
 
+/// Records the outcome of request `id`'s execution, reported by `actor`:
+/// only its requester, or a configured executor (`is_executor`), may; the
+/// transition's events and `detail` (as `action.result.detail`) are
+/// logged. Returns the request as changed.
+pub(crate) fn record_request_outcome(
+    tx: &mut dyn Tx,
+    now: Timestamp,
+    actor: &str,
+    is_executor: bool,
+    id: &str,
+    outcome: ExecOutcome,
+    detail: Value,
+) -> Result<Request, StoreError> {
+    let mut req = tx
+        .get_request(id)?
+        .ok_or_else(|| ApiError::not_found(format!("no request {id}")))?;
+    if actor != req.requester.id.as_str() && !is_executor {
+        return Err(ApiError::forbidden(
+            "not_requester",
+            "only the requester, or a configured executor, reports the result",
+        )
+        .into());
+    }
+    let t = req.record_outcome(outcome, now).map_err(transition_error)?;
+    tx.put_request(&req)?;
+    log_events(tx, now, actor, &req, &t.events)?;
+    tx.append(entry(
+        now,
+        "action.result.detail",
+        actor,
+        &[("request", &req.id)],
+        Some(req.digest.as_str()),
+        detail,
+    ))?;
+    Ok(req)
+}
+
 /// Puts `req`, changed under `event`, on the change feed `changes`.
 pub(crate) fn announce_to(changes: &broadcast::Sender<RequestChange>, req: &Request, event: &str) {
     let _ = changes.send(RequestChange {
@@ -1468,28 +1505,7 @@ impl Gateway {
         let req = self
             .commit_then(
                 move |tx| {
-                    let mut req = tx
-                        .get_request(&id2)?
-                        .ok_or_else(|| ApiError::not_found(format!("no request {id2}")))?;
-                    if actor != req.requester.id.as_str() && !is_executor {
-                        return Err(ApiError::forbidden(
-                            "not_requester",
-                            "only the requester reports the result",
-                        )
-                        .into());
-                    }
-                    let t = req.record_outcome(outcome, now).map_err(transition_error)?;
-                    tx.put_request(&req)?;
-                    log_events(tx, now, &actor, &req, &t.events)?;
-                    tx.append(entry(
-                        now,
-                        "action.result.detail",
-                        &actor,
-                        &[("request", &req.id)],
-                        Some(req.digest.as_str()),
-                        detail,
-                    ))?;
-                    Ok(req)
+                    record_request_outcome(tx, now, &actor, is_executor, &id2, outcome, detail)
                 },
                 recorded,
             )

@@ -21,7 +21,8 @@ use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::gateway::{
-    announce_to, approvers, entry, log_events, rfc3339, unsplit, Gateway, MAX_ACTION_BYTES,
+    announce_to, approvers, entry, log_events, record_request_outcome, rfc3339, unsplit, Gateway,
+    MAX_ACTION_BYTES,
 };
 use crate::identity::Credential;
 use crate::views::ReasonView;
@@ -510,16 +511,6 @@ impl Gateway {
             let mut lineage_owner = actor.clone();
             match &ex.request_id {
                 Some(rid) => {
-                    let mut req = tx
-                        .get_request(rid)?
-                        .ok_or_else(|| ApiError::not_found(format!("no request {rid}")))?;
-                    if actor != req.requester.id.as_str() && !is_executor {
-                        return Err(ApiError::forbidden(
-                            "not_requester",
-                            "only the requester, or a configured executor, reports the result",
-                        )
-                        .into());
-                    }
                     let outcome = if result.ok {
                         ExecOutcome::Succeeded
                     } else if result.outcome_unknown() {
@@ -527,19 +518,9 @@ impl Gateway {
                     } else {
                         ExecOutcome::Failed
                     };
-                    let t = req
-                        .record_outcome(outcome, now)
-                        .map_err(crate::gateway::transition_error)?;
-                    tx.put_request(&req)?;
-                    log_events(tx, now, &actor, &req, &t.events)?;
-                    tx.append(entry(
-                        now,
-                        "action.result.detail",
-                        &actor,
-                        &[("request", rid)],
-                        Some(req.digest.as_str()),
-                        result_detail(&ex.id, &result),
-                    ))?;
+                    let detail = result_detail(&ex.id, &result);
+                    let req =
+                        record_request_outcome(tx, now, &actor, is_executor, rid, outcome, detail)?;
                     lineage_owner = req.requester.id.to_string();
                     changed = Some(req);
                 }

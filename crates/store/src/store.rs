@@ -289,8 +289,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
-        let rx = self.enqueue(job, false)?;
-        downcast(rx.await.map_err(|_| StoreError::Unavailable)?)
+        self.transact_sent(job).await
     }
 
     /// [`Store::transact`], with its job sent when this is called, not
@@ -306,8 +305,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
-        let rx = self.enqueue(job, false);
-        async move { downcast(rx?.await.map_err(|_| StoreError::Unavailable)?) }
+        answer(self.enqueue(job, false))
     }
 
     /// [`Store::transact`] for work nobody is waiting on (recording what an
@@ -351,7 +349,7 @@ impl Store {
         if rx.is_ok() {
             self.nudge();
         }
-        async move { downcast(rx?.await.map_err(|_| StoreError::Unavailable)?) }
+        answer(rx)
     }
 
     /// Wakes the writer to commit the parked jobs.
@@ -658,6 +656,13 @@ impl Store {
         })
         .await
     }
+}
+
+/// The answer to a job `enqueue` sent (or its refusal), once it comes.
+async fn answer<T: Send + 'static>(
+    rx: Result<tokio::sync::oneshot::Receiver<JobResult>, StoreError>,
+) -> Result<T, StoreError> {
+    downcast(rx?.await.map_err(|_| StoreError::Unavailable)?)
 }
 
 /// A job's answer, as the type its caller asked for.
