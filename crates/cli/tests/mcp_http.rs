@@ -69,6 +69,23 @@ fn start_with(keys: &str, up: Upstream, tmp: tempfile::TempDir, servers: &str) -
     }
 }
 
+/// The gateway with `policies` and only the SDK's server as `warehouse`
+/// (no other `[mcp]` keys).
+fn start_policed(policies: &str) -> Env {
+    require_python_mcp();
+    let tmp = tempfile::tempdir().unwrap();
+    let up = sdk_upstream(&tmp, "", None);
+    let servers = server("warehouse", &up.url, "");
+    std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
+    let g = Gateway::start_extra(tmp.path(), policies, &format!("\n[mcp]\n{servers}"));
+    Env {
+        g,
+        up,
+        runs: tmp.path().join("runs.jsonl"),
+        tmp,
+    }
+}
+
 fn start(keys: &str, servers: impl Fn(&str) -> String) -> Env {
     require_python_mcp();
     let tmp = tempfile::tempdir().unwrap();
@@ -1315,21 +1332,10 @@ fn http_a_call_without_an_id_or_with_a_non_string_name_never_reaches_the_upstrea
 /// upstream sees them; unknown methods are refused by default.
 #[test]
 fn http_resources_prompts_and_unknown_methods_are_decided_before_the_upstream_sees_them() {
-    require_python_mcp();
-    let tmp = tempfile::tempdir().unwrap();
-    let up = sdk_upstream(&tmp, "", None);
-    let servers = server("warehouse", &up.url, "");
-    std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
     let policies = format!(
         "{MCP_POLICIES}\n@id(\"no-secrets\") forbid(principal, action, resource == Resource::\"mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt\");\n"
     );
-    let g = Gateway::start_extra(tmp.path(), &policies, &format!("\n[mcp]\n{servers}"));
-    let e = Env {
-        g,
-        up,
-        runs: tmp.path().join("runs.jsonl"),
-        tmp,
-    };
+    let e = start_policed(&policies);
     let s = e.session("warehouse", "agent:report-bot");
     let send = |id: i64, method: &str, params: Value| {
         s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
@@ -1434,28 +1440,9 @@ fn http_resources_prompts_and_unknown_methods_are_decided_before_the_upstream_se
     );
 }
 
-/// Issue 24 ("Also"): the server's requests to the client (here roots and
-/// sampling, asked for in the middle of a tool call) are decided for the
-/// client's principal before the client sees them.
-#[test]
-fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_them() {
-    require_python_mcp();
-    let tmp = tempfile::tempdir().unwrap();
-    let up = sdk_upstream(&tmp, "", None);
-    let servers = server("warehouse", &up.url, "");
-    std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
-    let policies = format!(
-        "{MCP_POLICIES}\n@id(\"no-sampling\") forbid(principal, action == Action::\"mcp.sample\", resource);\n"
-    );
-    let g = Gateway::start_extra(tmp.path(), &policies, &format!("\n[mcp]\n{servers}"));
-    let e = Env {
-        g,
-        up,
-        runs: tmp.path().join("runs.jsonl"),
-        tmp,
-    };
-    let s = e.session("warehouse", "agent:report-bot");
-    // Allowed: the roots request reaches the client, which answers it.
+/// A call (id 1) of `ask_client` for the client's roots, streamed: the
+/// server's `roots/list` as relayed to the client, and the call's events.
+fn roots_asked(s: &Session) -> (Value, Events) {
     let ev = s.call_streaming(
         json!(1),
         "ask_client",
@@ -1464,6 +1451,21 @@ fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_th
     );
     let asked = ev.next().unwrap();
     assert_eq!(asked["method"], "roots/list", "{asked}");
+    (asked, ev)
+}
+
+/// Issue 24 ("Also"): the server's requests to the client (here roots and
+/// sampling, asked for in the middle of a tool call) are decided for the
+/// client's principal before the client sees them.
+#[test]
+fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_them() {
+    let policies = format!(
+        "{MCP_POLICIES}\n@id(\"no-sampling\") forbid(principal, action == Action::\"mcp.sample\", resource);\n"
+    );
+    let e = start_policed(&policies);
+    let s = e.session("warehouse", "agent:report-bot");
+    // Allowed: the roots request reaches the client, which answers it.
+    let (asked, ev) = roots_asked(&s);
     let a = s.send(&json!({"jsonrpc": "2.0", "id": asked["id"],
                            "result": {"roots": [{"uri": "file:///work", "name": "work"}]}}));
     assert_eq!(a.status, 202, "{}", a.body);
@@ -1514,6 +1516,49 @@ fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_th
         ]
         .map(|(a, b)| (a.to_string(), b.to_string())),
         "{log:?}"
+    );
+}
+
+/// A server request relayed to the client that the client never answers
+/// gets its one result entry, unknown, once its session ends: no answer
+/// can reach it through the gateway after that. (The idle sweep ends a
+/// session through the same code; a session with a call in progress, as
+/// here, is never idle.)
+#[test]
+fn http_a_server_request_its_client_never_answered_is_recorded_unknown_when_its_session_ends() {
+    let e = start_policed(MCP_POLICIES);
+    let s = e.session("warehouse", "agent:report-bot");
+    let (_asked, _events) = roots_asked(&s);
+    let allowed = e
+        .log()
+        .into_iter()
+        .find(|en| {
+            en["event"] == "action.allowed"
+                && en["payload"]["action"]["resource"] == "mcp://warehouse/client/roots%2Flist"
+        })
+        .expect("the server's request was decided");
+    let action = allowed["subjects"]["action"].clone();
+    let result = || {
+        e.log()
+            .into_iter()
+            .filter(|en| en["event"] == "action.result" && en["subjects"]["action"] == action)
+            .collect::<Vec<_>>()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(result().is_empty(), "not settled while the session lasts");
+    // The client ends its session without answering.
+    assert_eq!(s.delete().status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while result().is_empty() {
+        assert!(Instant::now() < deadline, "no result entry: {:?}", e.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let results = result();
+    assert_eq!(results.len(), 1, "one result: {results:?}");
+    assert_unknown(
+        &results[0],
+        "the session ended before the client answered the server's request",
     );
 }
 
@@ -2386,6 +2431,50 @@ fn http_a_task_runs_first_fetch_without_a_client_or_an_answer_is_given_up_after_
     drop(conn);
     let results = settled_results(&e, 1);
     assert_unknown(&results[0], "the client went away during the first fetch of the task's result, and the upstream did not answer within mcp.session_idle_seconds after");
+}
+
+/// A decided `tools/call` whose client went away is not held forever by
+/// an upstream that never answers: `mcp.session_idle_seconds` after the
+/// client left, the call's one result entry is recorded, unknown. Both
+/// ways of answering a call: one JSON answer, and an event stream (the
+/// client asked for progress).
+#[test]
+fn http_a_call_without_a_client_or_an_answer_is_given_up_after_the_idle_limit() {
+    let e = start_tasks("session_idle_seconds = 2");
+    let a = e.session("tasks", "agent:report-bot");
+    for (n, meta) in [
+        (1, json!({"test/delay": 3600})),
+        (2, json!({"test/delay": 3600, "progressToken": "p"})),
+    ] {
+        // The gateway lists the tools (with the call's `_meta`, which the
+        // server does not delay a listing for) before it forwards the
+        // call: wait for the call itself.
+        let calls = || {
+            std::fs::read_to_string(&e.up.headers)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(r#""method": "tools/call""#))
+                .count()
+        };
+        let seen = calls();
+        let call = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {
+            "name": "report", "arguments": {"topic": "payroll"}, "_meta": meta}});
+        let conn = a.raw_call(&call);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls() == seen {
+            assert!(
+                Instant::now() < deadline,
+                "the call never reached the upstream"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(conn);
+        let results = settled_results(&e, n);
+        assert_unknown(
+            &results[n - 1],
+            "the client went away during the call, and the upstream did not answer within mcp.session_idle_seconds after",
+        );
+    }
 }
 
 /// The gateway with `[mcp]` keys `keys` and `task_server.py` upstream as

@@ -211,6 +211,37 @@ impl Decider for InProcess {
 /// share is bounded by `mcp.max_pending_requests`.
 const MAX_SERVER_ASKED: usize = 100_000;
 
+/// A server request relayed to a client after its decision: by caller,
+/// server, session (`""` for none) and request id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AskedKey {
+    principal: String,
+    server: String,
+    session: String,
+    id: String,
+}
+
+/// A relayed server request awaiting the client's answer: its outcome is
+/// recorded when the client answers, or as unknown when its session ends
+/// first ([`Inner::end_asked`]). It holds a slot of its session's quota
+/// until then.
+struct Asked {
+    run: TaskRun,
+    _hold: Hold,
+}
+
+/// Why a relayed server request is recorded as unknown when its session
+/// ends (a `DELETE`) before the client answered it.
+const ASKED_ENDED: &str = "the session ended before the client answered the server's request";
+
+/// Why a relayed server request is recorded as unknown when its session
+/// idles out before the client answered it.
+const ASKED_IDLE: &str = "the session idled out (unused for mcp.session_idle_seconds) before the client answered the server's request";
+
+/// Why relayed server requests are recorded as unknown when the gateway
+/// holds [`MAX_SERVER_ASKED`] of them unanswered and forgets them.
+const ASKED_FORGOTTEN: &str = "the gateway held too many unanswered server requests (across sessions) and forgot this one before the client answered it";
+
 /// An MCP session an upstream opened through this gateway: bound to the
 /// principal that opened it, with what its client declared and listed.
 struct SessionInfo {
@@ -474,7 +505,7 @@ struct Inner {
     sessions: Mutex<Sessions>,
     /// The server's requests relayed to clients after a decision, by
     /// caller, server, session and id: recorded when the client answers.
-    server_asked: Mutex<HashMap<String, (Forward, Hold)>>,
+    server_asked: Mutex<HashMap<AskedKey, Asked>>,
     /// Refusals of server requests being sent upstream at once (a server
     /// flooding requests past its session's limit gets no more than this).
     refusing: Arc<tokio::sync::Semaphore>,
@@ -693,9 +724,13 @@ impl Inner {
             .map(|(k, _)| k.clone())
             .collect();
         let mut runs = Vec::new();
+        let mut ended = Vec::new();
         for k in &gone {
             if let Some(mut i) = s.by_key.remove(k) {
                 runs.extend(i.tasks.take_all_results());
+                if let Some((server, sid)) = k.split_once('\n') {
+                    ended.push((server.to_string(), sid.to_string(), i.principal));
+                }
             }
         }
         for t in s.sessionless_tasks.values_mut() {
@@ -711,6 +746,34 @@ impl Inner {
             );
         }
         record_unfetched(runs, tasks::IDLE);
+        self.end_asked(&ended, ASKED_IDLE);
+    }
+
+    /// Forgets the relayed server requests of the sessions `ended` (server,
+    /// session id, principal) that their clients never answered, and
+    /// records their outcomes as unknown (`why`): no answer can reach them
+    /// through the gateway any more.
+    fn end_asked(&self, ended: &[(String, String, String)], why: &'static str) {
+        if ended.is_empty() {
+            return;
+        }
+        let unanswered: Vec<TaskRun> = {
+            let mut asked = lock(&self.server_asked);
+            let keys: Vec<AskedKey> = asked
+                .keys()
+                .filter(|k| {
+                    ended.iter().any(|(srv, sid, who)| {
+                        k.server == *srv && k.session == *sid && k.principal == *who
+                    })
+                })
+                .cloned()
+                .collect();
+            keys.iter()
+                .filter_map(|k| asked.remove(k))
+                .map(|a| a.run)
+                .collect()
+        };
+        record_unfetched(unanswered, why);
     }
 
     /// The quota of `who`'s messages in session `sid` on `server` (or in
@@ -1311,6 +1374,10 @@ async fn other_mcp(
                     .remove(&session_key(&server, sid));
                 if let Some(mut gone) = gone {
                     record_unfetched(gone.tasks.take_all_results(), tasks::ENDED);
+                    inner.end_asked(
+                        &[(server.clone(), sid.clone(), gone.principal)],
+                        ASKED_ENDED,
+                    );
                 }
             }
             // The session's event stream: its tool definitions may be
@@ -1821,10 +1888,9 @@ async fn post_message(
         (Kind::Response, _) => {
             if let (Some(w), Some(id)) = (&watch, msg.id()) {
                 let asked = lock(&inner.server_asked).remove(&w.asked_key(id));
-                if let Some((fwd, _slot)) = asked {
+                if let Some(Asked { run, _hold }) = asked {
                     let outcome = outcome_of(&Value::Object(msg.value.clone()));
-                    let icp = w.interceptor();
-                    tokio::spawn(async move { icp.finished(&fwd, outcome).await });
+                    tokio::spawn(async move { run.icp.finished(&run.fwd, outcome).await });
                 }
             }
             pass(&inner, &srv, &fwd_headers, body, watch).await
@@ -1833,25 +1899,38 @@ async fn post_message(
     }
 }
 
-/// A run whose first fetch is in progress: dropped before it is settled
-/// (the fetch, its client gone, ran out of time), it is recorded as
-/// unknown ([`tasks::GAVE_UP`]).
-struct Fetching(Option<TaskRun>);
+/// A run awaiting the upstream's answer (to the call, or to its task's
+/// first fetch): dropped before it is settled (its client gone, it ran out
+/// of time), it is recorded as unknown, `.1` saying why.
+struct Unsettled(Option<TaskRun>, &'static str);
 
-impl Fetching {
+impl Unsettled {
     /// Records `outcome` as the run's, off the answer's path.
     fn settle(mut self, outcome: Outcome) {
         if let Some(run) = self.0.take() {
             tokio::spawn(async move { run.icp.finished(&run.fwd, outcome).await });
         }
     }
-}
 
-impl Drop for Fetching {
-    fn drop(&mut self) {
-        record_unfetched(self.0.take().into_iter().collect(), tasks::GAVE_UP);
+    /// The run, for whatever settles it now.
+    fn take(mut self) -> TaskRun {
+        self.0.take().expect("a run until settled")
+    }
+
+    fn run(&self) -> &TaskRun {
+        self.0.as_ref().expect("a run until settled")
     }
 }
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        record_unfetched(self.0.take().into_iter().collect(), self.1);
+    }
+}
+
+/// Why a decided `tools/call` is recorded as unknown when its client went
+/// away before the answer and the upstream did not answer in time.
+const CALL_GAVE_UP: &str = "the client went away during the call, and the upstream did not answer within mcp.session_idle_seconds after";
 
 /// Relays the first `tasks/result` of a task that `run`, a decided call,
 /// created, recording its answer as that call's outcome. Run under
@@ -1859,7 +1938,7 @@ impl Drop for Fetching {
 /// answer: a JSON answer is then still read and recorded, an event stream
 /// not relayed is recorded as unknown (its [`Tap`] is dropped), and an
 /// upstream that does not answer within `mcp.session_idle_seconds` of the
-/// client leaving has the run recorded as unknown ([`Fetching`]).
+/// client leaving has the run recorded as unknown ([`Unsettled`]).
 async fn first_result(
     inner: Arc<Inner>,
     srv: Arc<ServerConfig>,
@@ -1870,7 +1949,7 @@ async fn first_result(
     // The request's share of its session's quota, until it is answered.
     _hold: Option<Hold>,
 ) -> Response {
-    let mut run = Fetching(Some(run));
+    let mut run = Unsettled(Some(run), tasks::GAVE_UP);
     let resp = match upstream(&inner, &srv, Method::POST, &headers, Some(body)).await {
         Ok(r) => r,
         Err(f) => {
@@ -2328,14 +2407,13 @@ impl ListWatch {
                 .unwrap_or(true)
     }
 
-    fn asked_key(&self, id: &Value) -> String {
-        format!(
-            "{}|{}|{}|{}",
-            self.who.id,
-            self.srv.name,
-            self.session.as_deref().unwrap_or(""),
-            id_key(id)
-        )
+    fn asked_key(&self, id: &Value) -> AskedKey {
+        AskedKey {
+            principal: self.who.id.to_string(),
+            server: self.srv.name.clone(),
+            session: self.session.clone().unwrap_or_default(),
+            id: id_key(id),
+        }
     }
 
     /// Decides a request of the server before the client sees it: `Some`
@@ -2352,11 +2430,13 @@ impl ListWatch {
         match icp.act(&act, self.session.as_deref()).await {
             Ok(fwd) => {
                 hold.sent();
+                let run = TaskRun { icp, fwd };
                 let mut asked = lock(&self.inner.server_asked);
                 if asked.len() >= MAX_SERVER_ASKED {
-                    asked.clear();
+                    let forgotten = asked.drain().map(|(_, a)| a.run).collect();
+                    record_unfetched(forgotten, ASKED_FORGOTTEN);
                 }
-                asked.insert(self.asked_key(&id), (fwd, hold));
+                asked.insert(self.asked_key(&id), Asked { run, _hold: hold });
                 Some(event)
             }
             Err(text) => {
@@ -2446,20 +2526,15 @@ impl Drop for CancelOnDrop {
 
 /// A future that finishes even when whoever awaits it goes away. Awaited,
 /// it runs on the awaiting task; dropped before it is done, it is spawned
-/// to run to its end on its own (its output is then discarded), or for
-/// at most its limit, if it has one ([`Detachable::bounded`]), after which
-/// it is dropped. A panic inside it comes out as `Err`, as a spawned
-/// task's would, and leaves nothing behind to spawn.
-struct Detachable<F: Future + Send + 'static>(Option<StdPin<Box<F>>>, Option<Duration>);
+/// to run on its own (its output is then discarded) for at most its
+/// limit, after which it is dropped. A panic inside it comes out as
+/// `Err`, as a spawned task's would, and leaves nothing behind to spawn.
+struct Detachable<F: Future + Send + 'static>(Option<StdPin<Box<F>>>, Duration);
 
 impl<F: Future + Send + 'static> Detachable<F> {
-    fn new(f: F) -> Self {
-        Self(Some(Box::pin(f)), None)
-    }
-
     /// Runs on its own for at most `limit` once dropped.
     fn bounded(f: F, limit: Duration) -> Self {
-        Self(Some(Box::pin(f)), Some(limit))
+        Self(Some(Box::pin(f)), limit)
     }
 }
 
@@ -2489,14 +2564,7 @@ impl<F: Future + Send + 'static> Drop for Detachable<F> {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
-                        match limit {
-                            Some(limit) => {
-                                let _ = tokio::time::timeout(limit, f).await;
-                            }
-                            None => {
-                                f.await;
-                            }
-                        }
+                        let _ = tokio::time::timeout(limit, f).await;
                     });
                 }
                 Err(_) => tracing::warn!("a call was dropped outside the runtime, unfinished"),
@@ -2631,6 +2699,23 @@ impl CallCtx {
         }
     }
 
+    /// Decides the call with `params` (the tool as `known`, the client as
+    /// `client_info`), waiting on a hold as `waiting` says: the interceptor
+    /// that decided it, and what to do.
+    async fn decide(
+        &self,
+        params: &Map<String, Value>,
+        known: &Known,
+        client_info: Option<&Value>,
+        waiting: Waiting,
+    ) -> (Interceptor<InProcess>, Plan) {
+        let icp = self.interceptor();
+        let plan = icp
+            .tools_call(params, known, client_info, self.session.as_deref(), waiting)
+            .await;
+        (icp, plan)
+    }
+
     async fn run(self, msg: Message, tool: String) -> Response {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let empty = Map::new();
@@ -2682,18 +2767,25 @@ impl CallCtx {
                 progress: Some((token, tx.clone())),
                 cancelled,
             };
+            // Once the client has gone, the call goes on for at most
+            // `session_idle_seconds` (then `finish_streaming` records it as
+            // unknown).
+            let left = tx.clone();
+            let limit = self.inner.config.session_idle;
             tokio::spawn(async move {
-                let icp = self.interceptor();
-                let plan = icp
-                    .tools_call(
-                        &params,
-                        &known,
-                        client_info.as_ref(),
-                        self.session.as_deref(),
-                        waiting,
-                    )
-                    .await;
-                self.finish_streaming(icp, plan, msg, id, tx).await;
+                let call = async {
+                    let (icp, plan) = self
+                        .decide(&params, &known, client_info.as_ref(), waiting)
+                        .await;
+                    self.finish_streaming(icp, plan, msg, id, tx).await;
+                };
+                tokio::select! {
+                    () = call => {}
+                    () = async {
+                        left.closed().await;
+                        tokio::time::sleep(limit).await;
+                    } => {}
+                }
             });
             let events = tokio_stream_of(rx).map(move |line| {
                 let _stream_alive = &gone;
@@ -2710,28 +2802,26 @@ impl CallCtx {
         // another worker on the common path), but it is `Detachable`: if the
         // client goes away first, it goes on in a task of its own, so that a
         // held call is withdrawn (instead of left pending) and a run already
-        // under way is still recorded.
-        let resp = Detachable::new(async move {
-            let icp = self.interceptor();
-            let waiting = Waiting {
-                progress: None,
-                cancelled,
-            };
-            let plan = icp
-                .tools_call(
-                    &params,
-                    &known,
-                    client_info.as_ref(),
-                    self.session.as_deref(),
-                    waiting,
-                )
-                .await;
-            match plan {
-                Plan::Cancelled => StatusCode::ACCEPTED.into_response(),
-                Plan::Respond(result) => Json(result_response(id, result)).into_response(),
-                Plan::Forward(fwd) => self.forward(icp, fwd, msg, id).await,
-            }
-        })
+        // under way is still recorded — for at most `session_idle_seconds`,
+        // then it is recorded as unknown (`forward`).
+        let limit = self.inner.config.session_idle;
+        let resp = Detachable::bounded(
+            async move {
+                let waiting = Waiting {
+                    progress: None,
+                    cancelled,
+                };
+                let (icp, plan) = self
+                    .decide(&params, &known, client_info.as_ref(), waiting)
+                    .await;
+                match plan {
+                    Plan::Cancelled => StatusCode::ACCEPTED.into_response(),
+                    Plan::Respond(result) => Json(result_response(id, result)).into_response(),
+                    Plan::Forward(fwd) => self.forward(icp, fwd, msg, id).await,
+                }
+            },
+            limit,
+        )
         .await
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         gone.disarm();
@@ -2796,9 +2886,15 @@ impl CallCtx {
         msg: Message,
         id: Value,
     ) -> Response {
-        let resp = match self.send_call(&icp, &fwd, &msg).await {
+        // Until the answer settles it, dropped (its client gone, past the
+        // limit of `Detachable::bounded`) the run is recorded as unknown.
+        let run = Unsettled(Some(TaskRun { icp, fwd }), CALL_GAVE_UP);
+        let sent = self.send_call(&run.run().icp, &run.run().fwd, &msg).await;
+        let resp = match sent {
             Ok(r) => r,
             Err(f) => {
+                // `send_call` recorded it.
+                let _ = run.take();
                 if f.maybe_ran {
                     return Json(result_response(id, lost_mid_call(&f.why))).into_response();
                 }
@@ -2809,7 +2905,9 @@ impl CallCtx {
         let (head, stream) = take_stream(resp);
         let max = answer_limit(&self.inner.config);
         if !sse {
-            let bytes = match collect(stream, max).await {
+            let collected = collect(stream, max).await;
+            let TaskRun { icp, fwd } = run.take();
+            let bytes = match collected {
                 Ok(b) => b,
                 Err(e) => {
                     icp.finished(&fwd, Outcome::Lost(e.clone())).await;
@@ -2830,6 +2928,7 @@ impl CallCtx {
             }
             return relay_response(head, Body::from(bytes));
         }
+        let TaskRun { icp, fwd } = run.take();
         let tap = Tap::new(stream, max, Some((id, icp, fwd)))
             .watching(self.watch.clone())
             .learning_task(tasks::asks(msg.params()));
@@ -2854,9 +2953,15 @@ impl CallCtx {
             }
             Plan::Forward(fwd) => fwd,
         };
-        let resp = match self.send_call(&icp, &fwd, &msg).await {
+        // As in `forward`: dropped unsettled (its client gone, past the
+        // limit), the run is recorded as unknown.
+        let run = Unsettled(Some(TaskRun { icp, fwd }), CALL_GAVE_UP);
+        let sent = self.send_call(&run.run().icp, &run.run().fwd, &msg).await;
+        let resp = match sent {
             Ok(r) => r,
             Err(f) => {
+                // `send_call` recorded it.
+                let _ = run.take();
                 let answer = if f.maybe_ran {
                     lost_mid_call(&f.why)
                 } else {
@@ -2872,6 +2977,7 @@ impl CallCtx {
         if sse {
             // The tap records the outcome (or its loss) and adds the tool
             // error of a stream that ends without the result.
+            let TaskRun { icp, fwd } = run.take();
             let mut tap = Tap::new(stream, max, Some((id, icp, fwd)))
                 .watching(self.watch.clone())
                 .learning_task(tasks::asks(msg.params()));
@@ -2884,7 +2990,9 @@ impl CallCtx {
             }
             return;
         }
-        let why = match collect(stream, max).await {
+        let collected = collect(stream, max).await;
+        let TaskRun { icp, fwd } = run.take();
+        let why = match collected {
             Ok(bytes) => match final_response(&bytes, false, Some(&id)) {
                 Some(v) => {
                     self.learn_task(icp, fwd, &msg, &v);
@@ -3294,14 +3402,19 @@ mod tests {
         assert_eq!(t.defs.len(), MAX_TOOLS_SEEN, "bounded");
     }
 
+    const LONG: Duration = Duration::from_secs(3600);
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_detachable_call_finishes_on_the_awaiting_task_or_after_it_is_dropped() {
         // Awaited: the output comes back, from the same task.
         let here = std::thread::current().id();
-        let (out, there) = Detachable::new(async move {
-            tokio::task::yield_now().await;
-            (7, std::thread::current().id())
-        })
+        let (out, there) = Detachable::bounded(
+            async move {
+                tokio::task::yield_now().await;
+                (7, std::thread::current().id())
+            },
+            LONG,
+        )
         .await
         .unwrap();
         assert_eq!(out, 7);
@@ -3311,11 +3424,14 @@ mod tests {
         let (started_tx, started) = oneshot::channel::<()>();
         let (go_tx, go) = oneshot::channel::<()>();
         let (done_tx, done) = oneshot::channel::<&str>();
-        let waiter = tokio::spawn(Detachable::new(async move {
-            let _ = started_tx.send(());
-            let _ = go.await;
-            let _ = done_tx.send("finished");
-        }));
+        let waiter = tokio::spawn(Detachable::bounded(
+            async move {
+                let _ = started_tx.send(());
+                let _ = go.await;
+                let _ = done_tx.send("finished");
+            },
+            LONG,
+        ));
         started.await.unwrap();
         waiter.abort();
         assert!(waiter.await.unwrap_err().is_cancelled());
@@ -3324,11 +3440,46 @@ mod tests {
         assert_eq!(finished.unwrap().unwrap(), "finished");
 
         // A panic comes out as an error, once: nothing is left to respawn.
-        let panicked = Detachable::new(async {
-            tokio::task::yield_now().await;
-            panic!("a bug in a call");
-        })
+        let panicked = Detachable::bounded(
+            async {
+                tokio::task::yield_now().await;
+                panic!("a bug in a call");
+            },
+            LONG,
+        )
         .await;
         assert!(panicked.is_err());
+
+        // Dropped, it runs on for at most its limit, then is dropped.
+        let (started_tx, started) = oneshot::channel::<()>();
+        let (dropped_tx, dropped) = oneshot::channel::<()>();
+        struct OnDrop(Option<oneshot::Sender<()>>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                if let Some(tx) = self.0.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        let waiter = tokio::spawn(Detachable::bounded(
+            async move {
+                let _guard = OnDrop(Some(dropped_tx));
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await;
+            },
+            Duration::from_millis(200),
+        ));
+        started.await.unwrap();
+        let t0 = std::time::Instant::now();
+        waiter.abort();
+        let _ = waiter.await;
+        tokio::time::timeout(Duration::from_secs(5), dropped)
+            .await
+            .expect("dropped at its limit")
+            .unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(150),
+            "not before its limit"
+        );
     }
 }

@@ -17,7 +17,8 @@ An answer is an event stream when the request's `_meta` has
 the answer is preceded by a `notifications/tasks/status` for every task
 the server has, whoever created it (over HTTP: on an event stream). With
 `"test/delay": SECONDS` in `_meta`, the answer comes that long after the
-request was recorded (over HTTP). MCP_TASKS_STATELESS=1: no sessions (no
+request was recorded (over HTTP; not for `tools/list`, which the gateway
+sends with a call's `_meta` before it forwards the call). MCP_TASKS_STATELESS=1: no sessions (no
 `Mcp-Session-Id`)."""
 
 import json
@@ -164,7 +165,8 @@ def serve_http(port):
             if msg.get("id") is None or "method" not in msg:
                 return self.reply(202)
             record(msg)
-            time.sleep(float(((msg.get("params") or {}).get("_meta") or {}).get("test/delay") or 0))
+            if msg["method"] != "tools/list":
+                time.sleep(float(((msg.get("params") or {}).get("_meta") or {}).get("test/delay") or 0))
             out = answer(msg)
             notes = statuses(msg)
             opens = msg["method"] == "initialize" and os.environ.get("MCP_TASKS_STATELESS") != "1"
