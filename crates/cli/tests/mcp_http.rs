@@ -2314,6 +2314,25 @@ fn http_a_session_its_client_left_idles_out_and_its_unfetched_runs_are_recorded_
     let results = settled_results(&e, 1);
     assert_unknown(&results[0], IDLE);
     assert_eq!(left.list_status(), 404, "the session left was ended");
+    // Upstream too, as the client's DELETE would have: only that one.
+    let deleted = e.up.headers.with_extension("jsonl.deleted");
+    let left_id = left.id.clone().expect("a session");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = std::fs::read_to_string(&deleted).unwrap_or_default();
+        if d.lines().any(|l| l == left_id) {
+            assert!(
+                !d.lines().any(|l| Some(l) == busy.id.as_deref()),
+                "the session in use was not ended: {d}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upstream got no DELETE: {d:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The session in use fetches its task's result, recorded once.
     assert_eq!(
         tool_text(&task_request(&busy, 3, "tasks/result", &t)),

@@ -588,6 +588,7 @@ impl Inner {
         } else {
             None
         };
+        let mut gone = Vec::new();
         if let Some(full) = full {
             let now = tokio::time::Instant::now();
             let own = matches!(full, Full::Principal);
@@ -601,13 +602,13 @@ impl Inner {
             let Some(idle) = idle else {
                 return Err(full);
             };
-            if let Some(mut gone) = s.by_key.remove(&idle) {
-                record_unfetched(gone.tasks.take_all_results(), tasks::IDLE);
-            }
+            gone.extend(s.by_key.remove_entry(&idle));
             tracing::info!("forgot an idle MCP session to make room for a new one");
         }
         s.opening += 1;
         *s.opening_by.entry(who.clone()).or_default() += 1;
+        drop(s);
+        self.idled_out(gone);
         Ok(Opening(self.clone(), who))
     }
 
@@ -710,11 +711,11 @@ impl Inner {
 
     /// Ends the sessions whose clients have left them
     /// ([`SessionInfo::idle`] for `mcp.session_idle_seconds`) as a
-    /// `DELETE` would: they are forgotten, and their runs whose task's
-    /// result was never fetched are recorded as unknown ([`tasks::IDLE`]).
-    /// So are those of principals that sent a server nothing without a
-    /// session for as long ([`SessionlessTasks`]); their task ids stay.
-    fn sweep(&self, now: tokio::time::Instant) {
+    /// `DELETE` would ([`Inner::idled_out`]). The runs of principals that
+    /// sent a server nothing without a session for as long
+    /// ([`SessionlessTasks`]) whose task's result was never fetched are
+    /// recorded as unknown ([`tasks::IDLE`]) too; their task ids stay.
+    fn sweep(self: &Arc<Self>, now: tokio::time::Instant) {
         let limit = self.config.session_idle;
         let mut s = lock(&self.sessions);
         let gone: Vec<String> = s
@@ -723,16 +724,11 @@ impl Inner {
             .filter(|(_, i)| i.idle(now, limit))
             .map(|(k, _)| k.clone())
             .collect();
+        let ended: Vec<(String, SessionInfo)> = gone
+            .iter()
+            .filter_map(|k| s.by_key.remove_entry(k))
+            .collect();
         let mut runs = Vec::new();
-        let mut ended = Vec::new();
-        for k in &gone {
-            if let Some(mut i) = s.by_key.remove(k) {
-                runs.extend(i.tasks.take_all_results());
-                if let Some((server, sid)) = k.split_once('\n') {
-                    ended.push((server.to_string(), sid.to_string(), i.principal));
-                }
-            }
-        }
         for t in s.sessionless_tasks.values_mut() {
             if now.duration_since(t.used) >= limit {
                 runs.extend(t.tasks.take_all_results());
@@ -746,7 +742,47 @@ impl Inner {
             );
         }
         record_unfetched(runs, tasks::IDLE);
-        self.end_asked(&ended, ASKED_IDLE);
+        self.idled_out(ended);
+    }
+
+    /// Ends sessions the gateway forgot because their clients left them
+    /// (unused for `mcp.session_idle_seconds`: swept, or forgotten to make
+    /// room), as the client's `DELETE` would have: their runs whose task's
+    /// result was never fetched ([`tasks::IDLE`]) and the server requests
+    /// relayed to the client and never answered ([`ASKED_IDLE`]) are
+    /// recorded as unknown, and the upstream is sent the `DELETE`, so that
+    /// it frees the session too (whatever it answers; it may have ended
+    /// the session itself).
+    fn idled_out(self: &Arc<Self>, ended: Vec<(String, SessionInfo)>) {
+        let mut runs = Vec::new();
+        let mut asked = Vec::new();
+        for (key, mut i) in ended {
+            runs.extend(i.tasks.take_all_results());
+            let Some((server, sid)) = key.split_once('\n') else {
+                continue;
+            };
+            asked.push((server.to_string(), sid.to_string(), i.principal));
+            let (Some(srv), Ok(sid_header)) = (
+                self.servers.get(server).cloned(),
+                HeaderValue::from_str(sid),
+            ) else {
+                continue;
+            };
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let headers = [("mcp-session-id".to_string(), sid_header)];
+                match upstream(&inner, &srv, Method::DELETE, &headers, None).await {
+                    Ok(r) => {
+                        tracing::debug!(server = %srv.name, status = %r.status(), "ended an idle MCP session upstream")
+                    }
+                    Err(f) => {
+                        tracing::info!(server = %srv.name, error = %f.why, "could not end an idle MCP session upstream")
+                    }
+                }
+            });
+        }
+        record_unfetched(runs, tasks::IDLE);
+        self.end_asked(&asked, ASKED_IDLE);
     }
 
     /// Forgets the relayed server requests of the sessions `ended` (server,

@@ -8,7 +8,8 @@ One tool, `report` (read-only, `execution.taskSupport: optional`): with
 `params.task` it answers a CreateTaskResult (status `working`) and keeps
 the result for `tasks/result`, which completes the task. `tasks/get`,
 `tasks/cancel` and `tasks/list` (pages of MCP_TASKS_PAGE, default 50,
-`nextCursor`) follow the spec. Tasks live in the JSON file MCP_TASKS_FILE
+`nextCursor`) follow the spec. Over HTTP, the `Mcp-Session-Id` of every
+DELETE is written as a line to MCP_TEST_HEADERS + ".deleted". Tasks live in the JSON file MCP_TASKS_FILE
 when set, so that several server processes (one per stdio session) share
 them as one remote service would. Every request is recorded as a JSON line
 in MCP_TEST_RUNS (method, tool, taskId) and, over HTTP, MCP_TEST_HEADERS.
@@ -158,6 +159,9 @@ def serve_http(port):
             self.reply(405)
 
         def do_DELETE(self):
+            if os.environ.get("MCP_TEST_HEADERS"):
+                with open(os.environ["MCP_TEST_HEADERS"] + ".deleted", "a") as f:
+                    f.write(str(self.headers.get("Mcp-Session-Id")) + "\n")
             self.reply(200)
 
         def do_POST(self):
