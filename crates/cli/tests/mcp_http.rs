@@ -69,15 +69,15 @@ fn start_with(keys: &str, up: Upstream, tmp: tempfile::TempDir, servers: &str) -
     }
 }
 
-/// The gateway with `policies` and only the SDK's server as `warehouse`
-/// (no other `[mcp]` keys).
-fn start_policed(policies: &str) -> Env {
+/// The gateway with `policies`, `[mcp]` keys `keys` and only the SDK's
+/// server as `warehouse`.
+fn start_policed(policies: &str, keys: &str) -> Env {
     require_python_mcp();
     let tmp = tempfile::tempdir().unwrap();
     let up = sdk_upstream(&tmp, "", None);
     let servers = server("warehouse", &up.url, "");
     std::fs::write(tmp.path().join("upstream.token"), "upstream-secret\n").unwrap();
-    let g = Gateway::start_extra(tmp.path(), policies, &format!("\n[mcp]\n{servers}"));
+    let g = Gateway::start_extra(tmp.path(), policies, &format!("\n[mcp]\n{keys}{servers}"));
     Env {
         g,
         up,
@@ -1335,7 +1335,7 @@ fn http_resources_prompts_and_unknown_methods_are_decided_before_the_upstream_se
     let policies = format!(
         "{MCP_POLICIES}\n@id(\"no-secrets\") forbid(principal, action, resource == Resource::\"mcp://warehouse/resources/file%3A%2F%2F%2Fsecret.txt\");\n"
     );
-    let e = start_policed(&policies);
+    let e = start_policed(&policies, "");
     let s = e.session("warehouse", "agent:report-bot");
     let send = |id: i64, method: &str, params: Value| {
         s.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
@@ -1454,6 +1454,18 @@ fn roots_asked(s: &Session) -> (Value, Events) {
     (asked, ev)
 }
 
+/// The id of the allow of the server's `roots/list` to the client.
+fn roots_decision(e: &Env) -> Value {
+    e.log()
+        .into_iter()
+        .find(|en| {
+            en["event"] == "action.allowed"
+                && en["payload"]["action"]["resource"] == "mcp://warehouse/client/roots%2Flist"
+        })
+        .expect("the server's request was decided")["subjects"]["action"]
+        .clone()
+}
+
 /// Issue 24 ("Also"): the server's requests to the client (here roots and
 /// sampling, asked for in the middle of a tool call) are decided for the
 /// client's principal before the client sees them.
@@ -1462,7 +1474,7 @@ fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_th
     let policies = format!(
         "{MCP_POLICIES}\n@id(\"no-sampling\") forbid(principal, action == Action::\"mcp.sample\", resource);\n"
     );
-    let e = start_policed(&policies);
+    let e = start_policed(&policies, "");
     let s = e.session("warehouse", "agent:report-bot");
     // Allowed: the roots request reaches the client, which answers it.
     let (asked, ev) = roots_asked(&s);
@@ -1521,23 +1533,13 @@ fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_th
 
 /// A server request relayed to the client that the client never answers
 /// gets its one result entry, unknown, once its session ends: no answer
-/// can reach it through the gateway after that. (The idle sweep ends a
-/// session through the same code; a session with a call in progress, as
-/// here, is never idle.)
+/// can reach it through the gateway after that.
 #[test]
 fn http_a_server_request_its_client_never_answered_is_recorded_unknown_when_its_session_ends() {
-    let e = start_policed(MCP_POLICIES);
+    let e = start_policed(MCP_POLICIES, "");
     let s = e.session("warehouse", "agent:report-bot");
     let (_asked, _events) = roots_asked(&s);
-    let allowed = e
-        .log()
-        .into_iter()
-        .find(|en| {
-            en["event"] == "action.allowed"
-                && en["payload"]["action"]["resource"] == "mcp://warehouse/client/roots%2Flist"
-        })
-        .expect("the server's request was decided");
-    let action = allowed["subjects"]["action"].clone();
+    let action = roots_decision(&e);
     let result = || {
         e.log()
             .into_iter()
@@ -1560,6 +1562,54 @@ fn http_a_server_request_its_client_never_answered_is_recorded_unknown_when_its_
         &results[0],
         "the session ended before the client answered the server's request",
     );
+}
+
+/// The same when the session idles out: the client asked for progress,
+/// so the call is answered with an event stream, which relays the server's
+/// `roots/list`; the client then goes away without answering or ending the
+/// session. Once the call has ended and the session has been unused for
+/// `session_idle_seconds`, it idles out: the call and the server's request
+/// each have one result entry, unknown.
+#[test]
+fn http_a_server_request_its_client_never_answered_is_recorded_unknown_when_its_session_idles_out()
+{
+    let e = start_policed(MCP_POLICIES, "session_idle_seconds = 1\n");
+    let s = e.session("warehouse", "agent:report-bot");
+    let call = call_msg(
+        &json!(1),
+        "ask_client",
+        &json!({"what": "roots"}),
+        Some(&json!("p1")),
+    );
+    let mut conn = s.raw_call(&call);
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("roots/list") {
+        let n = std::io::Read::read(&mut conn, &mut buf).expect("the relayed request");
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(conn);
+    let results = settled_results(&e, 2);
+    let roots = roots_decision(&e);
+    let (asked, call): (Vec<&Value>, Vec<&Value>) = results
+        .iter()
+        .partition(|en| en["subjects"]["action"] == roots);
+    assert_eq!((asked.len(), call.len()), (1, 1), "{results:?}");
+    assert_unknown(
+        asked[0],
+        "the session idled out (unused for mcp.session_idle_seconds) before the client answered the server's request",
+    );
+    // The upstream answers the call with an event stream, which ends as
+    // its client did.
+    assert_eq!(
+        call[0]["payload"]["summary"]["status"], "unknown",
+        "{}",
+        call[0]
+    );
+    assert_eq!(s.list_status(), 404, "the session was ended");
 }
 
 // Issue 24: bounded memory. Each test below checks the gateway process's
