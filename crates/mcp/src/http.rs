@@ -223,7 +223,7 @@ struct AskedKey {
 
 /// A relayed server request awaiting the client's answer: its outcome is
 /// recorded when the client answers, or as unknown when its session ends
-/// first ([`Inner::end_asked`]). It holds a slot of its session's quota
+/// first ([`Inner::sessions_ended`]). It holds a slot of its session's quota
 /// until then.
 struct Asked {
     run: TaskRun,
@@ -487,6 +487,23 @@ fn session_key(server: &str, sid: &str) -> String {
     format!("{server}\n{sid}")
 }
 
+/// The server and the session id of a [`session_key`].
+fn session_of_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once('\n')
+}
+
+/// How a session the gateway tracked ended, for what it leaves behind
+/// ([`Inner::sessions_ended`]).
+#[derive(Debug, Clone, Copy)]
+enum SessionEnd {
+    /// The client's `DELETE`, which the upstream accepted.
+    Deleted,
+    /// Its client left it (unused for `mcp.session_idle_seconds`): swept,
+    /// or forgotten to make room. The upstream is sent the `DELETE` the
+    /// client did not send.
+    Idle,
+}
+
 /// The MCP extension of the gateway: the `/mcp/<server>` endpoints and the
 /// pin API (`/v1/mcp/pins…`, also what stdio mode uses).
 pub struct McpExtension {
@@ -608,7 +625,7 @@ impl Inner {
         s.opening += 1;
         *s.opening_by.entry(who.clone()).or_default() += 1;
         drop(s);
-        self.idled_out(gone);
+        self.sessions_ended(gone, SessionEnd::Idle);
         Ok(Opening(self.clone(), who))
     }
 
@@ -711,7 +728,7 @@ impl Inner {
 
     /// Ends the sessions whose clients have left them
     /// ([`SessionInfo::idle`] for `mcp.session_idle_seconds`) as a
-    /// `DELETE` would ([`Inner::idled_out`]). The runs of principals that
+    /// `DELETE` would ([`Inner::sessions_ended`]). The runs of principals that
     /// sent a server nothing without a session for as long
     /// ([`SessionlessTasks`]) whose task's result was never fetched are
     /// recorded as unknown ([`tasks::IDLE`]) too; their task ids stay.
@@ -742,47 +759,57 @@ impl Inner {
             );
         }
         record_unfetched(runs, tasks::IDLE);
-        self.idled_out(ended);
+        self.sessions_ended(ended, SessionEnd::Idle);
     }
 
-    /// Ends sessions the gateway forgot because their clients left them
-    /// (unused for `mcp.session_idle_seconds`: swept, or forgotten to make
-    /// room), as the client's `DELETE` would have: their runs whose task's
-    /// result was never fetched ([`tasks::IDLE`]) and the server requests
-    /// relayed to the client and never answered ([`ASKED_IDLE`]) are
-    /// recorded as unknown, and the upstream is sent the `DELETE`, so that
-    /// it frees the session too (whatever it answers; it may have ended
-    /// the session itself).
-    fn idled_out(self: &Arc<Self>, ended: Vec<(String, SessionInfo)>) {
+    /// What sessions that ended `how` leave behind: their runs whose
+    /// task's result was never fetched and the server requests relayed to
+    /// their clients and never answered are recorded as unknown, saying
+    /// how the session ended; a session whose client left it is ended
+    /// upstream too (the `DELETE` the client did not send, whatever the
+    /// upstream answers: it may have ended the session itself).
+    fn sessions_ended(self: &Arc<Self>, ended: Vec<(String, SessionInfo)>, how: SessionEnd) {
+        let (tasks_why, asked_why) = match how {
+            SessionEnd::Deleted => (tasks::ENDED, ASKED_ENDED),
+            SessionEnd::Idle => (tasks::IDLE, ASKED_IDLE),
+        };
         let mut runs = Vec::new();
         let mut asked = Vec::new();
         for (key, mut i) in ended {
             runs.extend(i.tasks.take_all_results());
-            let Some((server, sid)) = key.split_once('\n') else {
+            let Some((server, sid)) = session_of_key(&key) else {
                 continue;
             };
             asked.push((server.to_string(), sid.to_string(), i.principal));
-            let (Some(srv), Ok(sid_header)) = (
-                self.servers.get(server).cloned(),
-                HeaderValue::from_str(sid),
-            ) else {
-                continue;
-            };
-            let inner = self.clone();
-            tokio::spawn(async move {
-                let headers = [("mcp-session-id".to_string(), sid_header)];
-                match upstream(&inner, &srv, Method::DELETE, &headers, None).await {
-                    Ok(r) => {
-                        tracing::debug!(server = %srv.name, status = %r.status(), "ended an idle MCP session upstream")
-                    }
-                    Err(f) => {
-                        tracing::info!(server = %srv.name, error = %f.why, "could not end an idle MCP session upstream")
-                    }
-                }
-            });
+            if matches!(how, SessionEnd::Idle) {
+                self.end_upstream(server, sid);
+            }
         }
-        record_unfetched(runs, tasks::IDLE);
-        self.end_asked(&asked, ASKED_IDLE);
+        record_unfetched(runs, tasks_why);
+        self.end_asked(&asked, asked_why);
+    }
+
+    /// Sends the upstream `server` a `DELETE` of its session `sid`, off the
+    /// caller's path; what it answers only goes to the gateway's log.
+    fn end_upstream(self: &Arc<Self>, server: &str, sid: &str) {
+        let (Some(srv), Ok(sid_header)) = (
+            self.servers.get(server).cloned(),
+            HeaderValue::from_str(sid),
+        ) else {
+            return;
+        };
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let headers = [("mcp-session-id".to_string(), sid_header)];
+            match upstream(&inner, &srv, Method::DELETE, &headers, None).await {
+                Ok(r) => {
+                    tracing::debug!(server = %srv.name, status = %r.status(), "ended an idle MCP session upstream")
+                }
+                Err(f) => {
+                    tracing::info!(server = %srv.name, error = %f.why, "could not end an idle MCP session upstream")
+                }
+            }
+        });
     }
 
     /// Forgets the relayed server requests of the sessions `ended` (server,
@@ -1407,14 +1434,8 @@ async fn other_mcp(
             if let (true, Some(sid)) = (delete && resp.status().is_success(), &sid) {
                 let gone = lock(&inner.sessions)
                     .by_key
-                    .remove(&session_key(&server, sid));
-                if let Some(mut gone) = gone {
-                    record_unfetched(gone.tasks.take_all_results(), tasks::ENDED);
-                    inner.end_asked(
-                        &[(server.clone(), sid.clone(), gone.principal)],
-                        ASKED_ENDED,
-                    );
-                }
+                    .remove_entry(&session_key(&server, sid));
+                inner.sessions_ended(gone.into_iter().collect(), SessionEnd::Deleted);
             }
             // The session's event stream: its tool definitions may be
             // reused while the gateway relays it.
@@ -1951,10 +1972,6 @@ impl Unsettled {
     /// The run, for whatever settles it now.
     fn take(mut self) -> TaskRun {
         self.0.take().expect("a run until settled")
-    }
-
-    fn run(&self) -> &TaskRun {
-        self.0.as_ref().expect("a run until settled")
     }
 }
 
@@ -2883,14 +2900,17 @@ impl CallCtx {
         record_learned(learned, outcome_of(response));
     }
 
-    /// Sends exactly the decided call upstream; a call that could not be
-    /// sent, or whose answer was lost, is recorded as such here.
+    /// Sends exactly the decided call `run` upstream; a call that could
+    /// not be sent, or whose answer was lost, is recorded as such here.
+    /// Sent, the run comes back in a guard: dropped before the answer
+    /// settles it (its client gone, past the limit of
+    /// `Detachable::bounded`), it is recorded as unknown.
     async fn send_call(
         &self,
-        icp: &Interceptor<InProcess>,
-        fwd: &Forward,
+        run: TaskRun,
         msg: &Message,
-    ) -> Result<reqwest::Response, Failure> {
+    ) -> Result<(reqwest::Response, Unsettled), Failure> {
+        let run = Unsettled(Some(run), CALL_GAVE_UP);
         let body = Bytes::from(msg.to_line());
         let sent = upstream(
             &self.inner,
@@ -2900,17 +2920,22 @@ impl CallCtx {
             Some(body),
         )
         .await;
-        match &sent {
-            Err(f) => icp.finished(fwd, Outcome::Lost(f.why.clone())).await,
-            // The server no longer knows the session (it restarted).
-            Ok(r) if r.status() == StatusCode::NOT_FOUND => {
-                if let Some(sid) = &self.session {
-                    self.inner.forget_tools(&self.srv.name, sid);
-                }
+        match sent {
+            Err(f) => {
+                let TaskRun { icp, fwd } = run.take();
+                icp.finished(&fwd, Outcome::Lost(f.why.clone())).await;
+                Err(f)
             }
-            Ok(_) => {}
+            Ok(r) => {
+                // The server no longer knows the session (it restarted).
+                if r.status() == StatusCode::NOT_FOUND {
+                    if let Some(sid) = &self.session {
+                        self.inner.forget_tools(&self.srv.name, sid);
+                    }
+                }
+                Ok((r, run))
+            }
         }
-        sent
     }
 
     /// Sends the decided call upstream and relays the answer as it comes,
@@ -2922,15 +2947,9 @@ impl CallCtx {
         msg: Message,
         id: Value,
     ) -> Response {
-        // Until the answer settles it, dropped (its client gone, past the
-        // limit of `Detachable::bounded`) the run is recorded as unknown.
-        let run = Unsettled(Some(TaskRun { icp, fwd }), CALL_GAVE_UP);
-        let sent = self.send_call(&run.run().icp, &run.run().fwd, &msg).await;
-        let resp = match sent {
-            Ok(r) => r,
+        let (resp, run) = match self.send_call(TaskRun { icp, fwd }, &msg).await {
+            Ok(sent) => sent,
             Err(f) => {
-                // `send_call` recorded it.
-                let _ = run.take();
                 if f.maybe_ran {
                     return Json(result_response(id, lost_mid_call(&f.why))).into_response();
                 }
@@ -2989,15 +3008,9 @@ impl CallCtx {
             }
             Plan::Forward(fwd) => fwd,
         };
-        // As in `forward`: dropped unsettled (its client gone, past the
-        // limit), the run is recorded as unknown.
-        let run = Unsettled(Some(TaskRun { icp, fwd }), CALL_GAVE_UP);
-        let sent = self.send_call(&run.run().icp, &run.run().fwd, &msg).await;
-        let resp = match sent {
-            Ok(r) => r,
+        let (resp, run) = match self.send_call(TaskRun { icp, fwd }, &msg).await {
+            Ok(sent) => sent,
             Err(f) => {
-                // `send_call` recorded it.
-                let _ = run.take();
                 let answer = if f.maybe_ran {
                     lost_mid_call(&f.why)
                 } else {
