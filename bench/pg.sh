@@ -10,11 +10,14 @@
 # column.
 #
 #   bench/pg.sh                      # DURATION=10 CLIENTS="10 1" MODES="simple extended" SCALE=10
-#   PROFILE=1 bench/pg.sh            # adds a perf profile of the gateway (10 clients, simple)
+#   PROFILE=1 bench/pg.sh            # adds a perf profile of the gateway (10 clients, simple, strict)
+#   PROFILE=after bench/pg.sh        # the same for the @record("after") principal
+#   PROFILE_KEEP=file                # with PROFILE: keep perf.data there
+#   AFTER_WINDOW=40ms bench/pg.sh    # [log] after_window (default 10ms, the product's default)
 #   SECONDKEY_BIN=path bench/pg.sh   # measures that binary instead of building this checkout's
 #
-# Needs postgresql-15, pgbench, pgbouncer (Debian); as root it installs
-# pgbouncer itself. Everything runs on 127.0.0.1 with throwaway data and is
+# Needs postgresql-15, pgbench, pgbouncer, postgresql-15-pgaudit (Debian); as root it installs
+# pgbouncer and pgaudit itself. Everything runs on 127.0.0.1 with throwaway data and is
 # removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +35,13 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
   fi
 fi
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+if [ ! -e "$BIN/../lib/pgaudit.so" ] && [ ! -e /usr/lib/postgresql/15/lib/pgaudit.so ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-pgaudit >/dev/null
+  else
+    echo "pgaudit is missing; run: sudo apt-get install -y postgresql-15-pgaudit" >&2; exit 1
+  fi
+fi
 [ -x "$BIN/initdb" ] || { echo "PostgreSQL 15 is missing; run: apt-get install -y postgresql-15" >&2; exit 1; }
 
 # SECONDKEY_BIN: measure that binary (an A/B against another build)
@@ -107,6 +117,8 @@ cat > "$WORK/secondkey.toml" <<EOF
 listen = "127.0.0.1:$SKHTTP_PORT"
 data_dir = "$WORK/skdata"
 policy_dir = "$WORK/policies"
+[log]
+after_window = "${AFTER_WINDOW:-10ms}"
 [[principals]]
 id = "agent:bench"
 groups = ["agents"]
@@ -173,11 +185,19 @@ echo "secondkey log entries added: $(( LOG1 - LOG0 )); gateway CPU: $(awk '{prin
 echo "pgaudit wrote $(grep -c 'AUDIT: SESSION' "$WORK/pg.log" || true) audit lines to the server log"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-if [ "${PROFILE:-0}" = 1 ]; then
+if [ "${PROFILE:-0}" != 0 ]; then
   command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf" >&2; exit 1; }
-  PGPASSWORD=$TOKEN pgbench -n -S -c 10 -j 2 -T 8 -h 127.0.0.1 -p "$SKPG_PORT" -U agent:bench bench >/dev/null 2>&1 &
+  if [ "$PROFILE" = after ]; then puser=agent:fast ppw=$FTOKEN; else puser=agent:bench ppw=$TOKEN; fi
+  PGPASSWORD=$ppw pgbench -n -S -c 10 -j 2 -T 8 -h 127.0.0.1 -p "$SKPG_PORT" -U "$puser" bench >/dev/null 2>&1 &
   sleep 1
-  perf record -g -p "$SKPID" -o "$WORK/perf.data" -- sleep 5 >/dev/null 2>&1
+  perf record -F 1999 --call-graph dwarf,16384 -p "$SKPID" -o "$WORK/perf.data" -- sleep 5 >/dev/null 2>&1
   wait "$!"
   perf report -i "$WORK/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null | head -80
+  # Commits per statement: the gateway's fdatasync calls over a run.
+  PGPASSWORD=$ppw pgbench -n -S -c 10 -j 2 -T 6 -h 127.0.0.1 -p "$SKPG_PORT" -U "$puser" bench 2>/dev/null \
+    | awk '/^tps = / {print "tps while counting syncs: " int($3)}' &
+  sleep 1
+  perf stat -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync -p "$SKPID" -- sleep 4 2>&1 | grep -E "sys_enter|elapsed"
+  wait "$!"
+  if [ -n "${PROFILE_KEEP:-}" ]; then cp "$WORK/perf.data" "$PROFILE_KEEP"; fi
 fi
