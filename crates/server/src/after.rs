@@ -7,10 +7,12 @@
 //! are written as **one** `action.allowed` entry (`"recorded": "after"`,
 //! `"result": …`). The entry is handed to the store when the result comes
 //! (`Gateway::record_execution`, or a REST caller's report, which waits for
-//! that commit), after a linger of 2 ms (at most a quarter of the window)
-//! in which other entries may join its commit; or, if no result came within
-//! a quarter of the window (`[log] after_window / 4`), the decision alone,
-//! the result following later as an ordinary `action.result`.
+//! that commit) at most 2 ms after its result (at most a quarter of the
+//! window): the first result waits that long for others to join its
+//! commit, and every result that came meanwhile goes with it; or, if no
+//! result came within a quarter of the window (`[log] after_window / 4`),
+//! the decision alone, the result following later as an ordinary
+//! `action.result`.
 //!
 //! One task per gateway (the *flusher*) hands over everything due in one
 //! job, committed at once, instead of a timer and a commit per allow: under
@@ -366,20 +368,21 @@ impl AfterLog {
         due.into_iter().chain(ready).min()
     }
 
-    /// Hands every slot due by `until` to the store in one job, queued
-    /// while the state is locked: a report that finds its slot gone queues
-    /// its own job after this one (and finds the execution record it
-    /// writes). Returns the commit to wait for and the writes it settles.
-    fn hand_over(&self, until: Instant) -> Option<HandOver> {
+    /// Hands to the store, in one job, every decision joined by its result
+    /// (whether or not its linger is over: earlier is only more durable,
+    /// and one commit serves them all) and every decision still alone that
+    /// is due by `alone` — queued while the state is locked: a report that
+    /// finds its slot gone queues its own job after this one (and finds the
+    /// execution record it writes). Returns the commit to wait for and the
+    /// writes it settles.
+    fn hand_over(&self, alone: Instant) -> Option<HandOver> {
         let mut guard = self.state();
         let st = &mut *guard;
         let mut writes = Vec::new();
-        let mut ids = Vec::new();
-        for q in [&mut st.ready, &mut st.due] {
-            while q.front().is_some_and(|(t, _)| *t <= until) {
-                if let Some((_, id)) = q.pop_front() {
-                    ids.push(id);
-                }
+        let mut ids: Vec<String> = st.ready.drain(..).map(|(_, id)| id).collect();
+        while st.due.front().is_some_and(|(t, _)| *t <= alone) {
+            if let Some((_, id)) = st.due.pop_front() {
+                ids.push(id);
             }
         }
         for id in ids {
@@ -491,11 +494,14 @@ fn write_of(mut slot: Slot) -> Result<Write, (Settle, ApiError)> {
     }
 }
 
-/// The gateway's flusher: sleeps until the next slot is due (or its result
-/// lingered), hands over
-/// everything due by then (and what falls due within a sixteenth of the
-/// window more, so that one commit serves many), and lets its commit settle
-/// on a task of its own. Ends with the gateway.
+/// The gateway's flusher: sleeps until the next slot is due (the first
+/// result lingered, or a decision's quarter of the window passed without
+/// its result), hands over every decision joined by its result and every
+/// one due (so that one commit serves all the results of a linger), and
+/// lets its commit settle on a task of its own. A decision still without
+/// its result is not handed over before its quarter of the window: the
+/// result may yet join it, in one entry instead of two. Ends with the
+/// gateway.
 async fn flusher(log: Weak<AfterLog>, wake: Arc<Notify>) {
     loop {
         let next = match log.upgrade() {
@@ -515,8 +521,7 @@ async fn flusher(log: Weak<AfterLog>, wake: Arc<Notify>) {
             },
         }
         let Some(l) = log.upgrade() else { return };
-        let until = Instant::now() + l.window / 16;
-        if let Some(h) = l.hand_over(until) {
+        if let Some(h) = l.hand_over(Instant::now()) {
             tokio::spawn(async move { l.settle(h).await });
         }
     }
@@ -536,6 +541,40 @@ mod tests {
         let now = Timestamp(0);
         log.admit(id.into(), now, "agent:bot", "d", json!({}), false)
             .is_ok()
+    }
+
+    /// A decision whose result has not come is not handed over early with
+    /// another's that has: the result may still join it in one entry.
+    #[tokio::test]
+    async fn a_decision_without_its_result_waits_its_quarter_of_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(secondkey_store::StoreOptions::new(dir.path())).unwrap();
+        // A quarter of the window is 1 s; a sixteenth 250 ms.
+        let log = AfterLog::new(Duration::from_secs(4), 10, store);
+        assert!(admitted(&log, "a"));
+        assert!(admitted(&log, "b"));
+        let result = || ExecutionResult {
+            ok: true,
+            summary: json!({}),
+            reads: vec![],
+            writes: vec![],
+        };
+        let now = Timestamp(0);
+        // `a`'s result at 850 ms: handed over 2 ms later, when `b` is due
+        // within a sixteenth of the window (at 1 s).
+        tokio::time::sleep(Duration::from_millis(850)).await;
+        let Attach::Joined(a) = log.attach("a", "agent:bot", now, result()) else {
+            panic!("a's decision is waiting")
+        };
+        a.await.unwrap().unwrap();
+        // `b`'s result at 900 ms, before its quarter: one entry for both.
+        assert!(
+            matches!(
+                log.attach("b", "agent:bot", now, result()),
+                Attach::Joined(_)
+            ),
+            "b's decision was handed over without its result"
+        );
     }
 
     #[tokio::test]
