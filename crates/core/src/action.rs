@@ -160,9 +160,17 @@ impl Digest {
     /// Digests a JSON value as-is: SHA-256 over its RFC 8785 canonical form.
     /// Does not validate it as an action; see [`Action::from_json`].
     pub fn of_json(value: &Value) -> Result<Digest, ActionError> {
+        Digest::of_json_sized(value).map(|(d, _)| d)
+    }
+
+    /// [`Digest::of_json`], with the length of the canonical JSON digested.
+    pub fn of_json_sized(value: &Value) -> Result<(Digest, usize), ActionError> {
         let canonical = secondkey_jcs::to_vec(value)
             .map_err(|e| ActionError::Canonicalization(e.to_string()))?;
-        Ok(Digest(hex::encode(Sha256::digest(&canonical))))
+        Ok((
+            Digest(hex::encode(Sha256::digest(&canonical))),
+            canonical.len(),
+        ))
     }
 
     /// Parses a digest a client sent back (64 lowercase hex characters).
@@ -270,6 +278,12 @@ impl Action {
     /// value becomes the integer it denotes. Two submissions with one
     /// digest are then one action to policy too, and get one decision.
     pub fn from_json(raw: &Value) -> Result<(Action, Digest), ActionError> {
+        Action::from_json_sized(raw).map(|(a, d, _)| (a, d))
+    }
+
+    /// [`Action::from_json`], with the length in bytes of the canonical
+    /// JSON that was digested (what the action weighs in a log entry).
+    pub fn from_json_sized(raw: &Value) -> Result<(Action, Digest, usize), ActionError> {
         let obj = raw.as_object().ok_or(ActionError::NotAnObject {
             found: type_name(raw),
         })?;
@@ -332,7 +346,7 @@ impl Action {
         }
         let lineage = lineage(obj)?;
 
-        let digest = Digest::of_json(raw)?;
+        let (digest, size) = Digest::of_json_sized(raw)?;
         let action = Action {
             kind,
             operation,
@@ -344,7 +358,7 @@ impl Action {
             context,
             lineage,
         };
-        Ok((action, digest))
+        Ok((action, digest, size))
     }
 
     /// Parses action bytes strictly (a repeated object key is an error, not

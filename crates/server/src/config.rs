@@ -619,6 +619,9 @@ impl Config {
     /// (`postgres://Analytics`, `postgres://bob@analytics:5432`) do not
     /// escape it; a resource with dot segments has no environment.
     pub fn environment_of(&self, resource: &str) -> Option<&str> {
+        if self.environments.is_empty() {
+            return None;
+        }
         let resource = normalize_resource(resource)?;
         self.environments.iter().find_map(|(name, pats)| {
             pats.iter()

@@ -106,6 +106,53 @@ pub fn system_now() -> Timestamp {
 
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: Timestamp) -> String {
+    // Every entry carries one or more of these: the common case (years
+    // 1970–9999) is written by hand, the rest by `time`, which the fast
+    // path is tested against.
+    match rfc3339_fast(t.0) {
+        Some(s) => s,
+        None => rfc3339_slow(t),
+    }
+}
+
+/// The last millisecond of 9999-12-31.
+const LAST_FOUR_DIGIT_YEAR_MS: i64 = 253_402_300_799_999;
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ms` since the epoch, from 1970 through
+/// 9999 (days to a civil date as in H. Hinnant's `civil_from_days`).
+fn rfc3339_fast(ms: i64) -> Option<String> {
+    if !(0..=LAST_FOUR_DIGIT_YEAR_MS).contains(&ms) {
+        return None;
+    }
+    let days = ms / 86_400_000;
+    let in_day = ms % 86_400_000;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, in_day / 3_600_000);
+    put(14, 2, in_day / 60_000 % 60);
+    put(17, 2, in_day / 1000 % 60);
+    put(20, 3, in_day % 1000);
+    String::from_utf8(b.to_vec()).ok()
+}
+
+fn rfc3339_slow(t: Timestamp) -> String {
     let nanos = (t.0 as i128) * 1_000_000;
     match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
         Ok(dt) => {
@@ -130,7 +177,15 @@ pub fn new_id(prefix: &str) -> Result<String, ApiError> {
         .map_or(0, |d| d.as_millis() as u64);
     b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     b[6..].copy_from_slice(&id_randomness()?);
-    Ok(format!("{prefix}_{}", hex::encode(b)))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(prefix.len() + 33);
+    id.push_str(prefix);
+    id.push('_');
+    for x in b {
+        id.push(char::from(HEX[usize::from(x >> 4)]));
+        id.push(char::from(HEX[usize::from(x & 15)]));
+    }
+    Ok(id)
 }
 
 /// 80 unpredictable bits without a system call each time: HMAC-SHA-256,
@@ -1904,6 +1959,62 @@ fn visible_request(tx: &mut dyn Tx, id: &str, who: &Principal) -> Result<Request
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn timestamps_are_written_as_time_writes_them(
+            ms in prop_oneof![
+                0i64..=LAST_FOUR_DIGIT_YEAR_MS,
+                1_600_000_000_000i64..1_900_000_000_000,
+                -100_000_000_000_000i64..0,
+                LAST_FOUR_DIGIT_YEAR_MS..i64::MAX,
+            ]
+        ) {
+            prop_assert_eq!(rfc3339(Timestamp(ms)), rfc3339_slow(Timestamp(ms)));
+        }
+    }
+
+    #[test]
+    fn timestamps_at_the_edges() {
+        for ms in [
+            0,
+            951_782_400_000,
+            951_868_799_999,
+            4_107_542_400_000,
+            LAST_FOUR_DIGIT_YEAR_MS,
+            LAST_FOUR_DIGIT_YEAR_MS + 1,
+            -1,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            assert_eq!(rfc3339(Timestamp(ms)), rfc3339_slow(Timestamp(ms)), "{ms}");
+        }
+        assert_eq!(rfc3339(Timestamp(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(Timestamp(951_782_400_000)),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(Timestamp(LAST_FOUR_DIGIT_YEAR_MS)),
+            "9999-12-31T23:59:59.999Z"
+        );
+    }
+
+    #[test]
+    fn ids_are_the_prefix_and_32_hex_digits_in_minting_order() {
+        let a = new_id("act").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_id("act").unwrap();
+        for id in [&a, &b] {
+            let hex = id.strip_prefix("act_").unwrap();
+            assert_eq!(hex.len(), 32);
+            assert!(hex
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        }
+        assert!(a < b, "{a} then {b}");
+    }
 
     #[test]
     fn deny_messages_name_policies_and_their_reasons() {

@@ -290,9 +290,8 @@ impl Gateway {
         it: Intercept,
         lean: Option<Lean>,
     ) -> Result<Verdict, ApiError> {
-        let (action, digest) = Action::from_json(&it.action)
+        let (action, digest, size) = Action::from_json_sized(&it.action)
             .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
-        let size = serde_json::to_vec(&it.action).map(|v| v.len()).unwrap_or(0);
         if size > MAX_ACTION_BYTES {
             return Err(ApiError::bad_request(
                 "action_too_large",
