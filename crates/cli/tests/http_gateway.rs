@@ -810,6 +810,26 @@ fn a_refused_json_body_is_named_as_the_body_and_nothing_forwarded_said_once() {
     );
 }
 
+/// A route rule naming a method the gateway never relays (a typo) would
+/// never match, leaving its requests to a later, perhaps wider, rule: the
+/// configuration is refused, naming the key.
+#[test]
+fn a_route_with_a_method_the_gateway_never_relays_refuses_the_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "\n[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:9\"\nprincipals = [\"agent:report-bot\"]\n[[http.routes]]\nmatch = \"DELTE /invoices/*\"\noperation = \"delete\"\n[[http.routes]]\nmatch = \"* /invoices/**\"\noperation = \"read\"\n";
+    let config = write_config_extra(tmp.path(), free_port(), POLICIES, extra);
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--config"]).arg(&config);
+    // It must end: a gateway that started would not.
+    let (code, _, err) = Watched::spawn(c).finish(30);
+    let err = err.join("\n");
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("http[0].routes[0].match") && err.contains("\"DELTE\""),
+        "{err}"
+    );
+}
+
 /// A Secret holding the gateway's own cluster token (a service-account
 /// token Secret) comes back with the token masked, though the API sends it
 /// base64-encoded; other secrets' data pass unchanged.
