@@ -586,8 +586,9 @@ fn a_sink_that_cannot_start_refuses_serve_not_offline_checks() {
     let (ok, err) = run(&["policy", "validate", pol, "--config", cfg]);
     assert!(ok, "offline checks need no runtime secret: {err}");
     let (ok, err) = run(&["serve", "--config", cfg]);
+    // The key names the sink, as every other sink error does.
     assert!(
-        !ok && err.contains("sinks") && err.contains("SECONDKEY_TEST_SINK_SECRET"),
+        !ok && err.contains("config key `sinks[0]`") && err.contains("SECONDKEY_TEST_SINK_SECRET"),
         "{err}"
     );
     assert!(
