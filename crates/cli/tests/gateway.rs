@@ -766,6 +766,51 @@ fn the_cli_walks_a_request() {
     }
 }
 
+/// A command that fails says what it could not do and why, each once: a
+/// missing config file, an export or an evidence pack to a directory that
+/// cannot be made.
+#[test]
+fn a_failed_command_names_what_failed_and_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let (code, _, err) = run_cli(
+        &["serve", "--config", missing.to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read config file"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // A regular file where a directory must be made.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let out = file.join("pack");
+    let (code, _, err) = run_cli(
+        &[
+            "evidence",
+            "--config",
+            missing.to_str().unwrap(),
+            "--from",
+            "2026-10-01",
+            "--to",
+            "2027-01-01",
+            "--framework",
+            "soc2",
+            "--no-pdf",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(out.to_str().unwrap()),
+        "names the directory: {err}"
+    );
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
+}
+
 #[test]
 fn keys_generate_writes_a_private_file() {
     let dir = tempfile::tempdir().unwrap();
