@@ -830,6 +830,32 @@ fn a_route_with_a_method_the_gateway_never_relays_refuses_the_configuration() {
     );
 }
 
+/// An `openapi` document that is not strict JSON is refused as the
+/// document it is, not as an "action".
+#[test]
+fn an_openapi_document_that_is_not_strict_json_is_named_as_the_document() {
+    let tmp = tempfile::tempdir().unwrap();
+    let doc = tmp.path().join("billing-openapi.json");
+    std::fs::write(&doc, r#"{"openapi":"3.0.3","paths":{},"paths":{}}"#).unwrap();
+    let extra = format!(
+        "\n[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:9\"\nprincipals = [\"agent:report-bot\"]\nopenapi = \"{}\"\n",
+        doc.display()
+    );
+    let config = write_config_extra(tmp.path(), free_port(), POLICIES, &extra);
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--config"]).arg(&config);
+    let (code, _, err) = Watched::spawn(c).finish(30);
+    let err = err.join("\n");
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("http[0].openapi")
+            && err.contains("not a JSON OpenAPI document")
+            && err.contains("\"paths\" appears twice"),
+        "{err}"
+    );
+    assert!(!err.contains("action"), "{err}");
+}
+
 /// A Secret holding the gateway's own cluster token (a service-account
 /// token Secret) comes back with the token masked, though the API sends it
 /// base64-encoded; other secrets' data pass unchanged.

@@ -501,14 +501,8 @@ pub fn body_value(body: &[u8], media_type: Option<&str>) -> Result<Option<Value>
     }
     match media_type {
         Some(mt) if is_json(mt) => {
-            let v = secondkey_core::action::parse_json_strict(body).map_err(|e| {
-                // The parser's own words, not the action's: this body is
-                // the request's, and the answer adds that nothing was
-                // forwarded.
-                let why = match e {
-                    secondkey_core::action::ActionError::InvalidJson(why) => why,
-                    other => other.to_string(),
-                };
+            let v = secondkey_core::action::parse_strict(body).map_err(|why| {
+                // The answer adds that nothing was forwarded.
                 refuse(
                     "invalid_json",
                     format!(

@@ -229,8 +229,9 @@ impl OpenApi {
     /// configuration's `operations`); an operation's own
     /// `x-secondkey-operation` is used otherwise, then the method's class.
     pub fn parse(bytes: &[u8], overrides: &BTreeMap<String, String>) -> Result<OpenApi, String> {
-        let doc = secondkey_core::action::parse_json_strict(bytes)
-            .map_err(|e| format!("not a JSON OpenAPI document: {e}"))?;
+        let doc = secondkey_core::action::parse_strict(bytes).map_err(|e| {
+            format!("not a JSON OpenAPI document (strict JSON: each key once): {e}")
+        })?;
         if doc.get("openapi").and_then(Value::as_str).is_none()
             && doc.get("swagger").and_then(Value::as_str).is_none()
         {
