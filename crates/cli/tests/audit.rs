@@ -606,4 +606,23 @@ fn a_sink_that_cannot_start_refuses_serve_not_offline_checks() {
             "{args:?}: {err}"
         );
     }
+    // No time to answer: every attempt would time out, and the sink would
+    // retry forever, delivering nothing.
+    for sink in [
+        "[[sinks]]\nname = \"hooks\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/ingest\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\ntimeout_secs = 0\n",
+        "[[sinks]]\nname = \"siem\"\ntype = \"syslog\"\naddress = \"127.0.0.1:6514\"\ntimeout_secs = 0\n",
+        "[[sinks]]\nname = \"lineage\"\ntype = \"openlineage\"\nurl = \"http://127.0.0.1:9/api/v1/lineage\"\ntimeout_secs = 121\n",
+    ] {
+        write(sink);
+        for args in [
+            vec!["policy", "validate", pol, "--config", cfg],
+            vec!["serve", "--config", cfg],
+        ] {
+            let (ok, err) = run(&args);
+            assert!(
+                !ok && err.contains("sinks[0]") && err.contains("timeout_secs"),
+                "{sink} {args:?}: {err}"
+            );
+        }
+    }
 }
