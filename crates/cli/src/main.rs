@@ -478,8 +478,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Store(StoreCmd::Migrate { config }) => {
             let cfg = secondkey_server::Config::load_offline(&config, &env_map())?;
             let options = cfg.store_options();
-            let (from, to) = secondkey_store::Store::migrate(&options)
-                .map_err(|e| anyhow!("cannot migrate the store: {e}"))?;
+            let (from, to) = secondkey_store::Store::migrate(&options).map_err(|e| match e {
+                // Its own words speak of a decision; here none is at stake.
+                secondkey_store::StoreError::PgDown(why) => anyhow!(
+                    "cannot migrate the store: cannot reach PostgreSQL ({why}); nothing was changed"
+                ),
+                e => anyhow!("cannot migrate the store: {e}"),
+            })?;
             let place = match &cfg.store {
                 Some(pg) => pg.url.clone(),
                 None => cfg.data_dir.display().to_string(),
