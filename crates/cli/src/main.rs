@@ -359,6 +359,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        die_quietly_when_the_reader_leaves();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -384,6 +387,37 @@ fn error_line(e: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+impl Command {
+    /// Whether the command only reads and prints (listings, exports,
+    /// reports, policy checks): nothing is left half done if it stops at
+    /// any write.
+    fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Policy(_)
+                | Command::Log(_)
+                | Command::Report(_)
+                | Command::Keys(_)
+                | Command::Request(RequestCmd::List { .. } | RequestCmd::Show { .. })
+                | Command::Recording(RecordingCmd::List { .. })
+        )
+    }
+}
+
+/// `secondkey log export … | head`: once the reader has what it wanted
+/// and closes the pipe, the command ends as `cat` or `ls` would, by
+/// SIGPIPE, silently — not with "failed printing to stdout: Broken pipe"
+/// (a panic) or an error line. Rust ignores SIGPIPE by default; only the
+/// commands that merely print take the default back (a gateway or a
+/// wrapped step must never die of a closed socket or pipe).
+fn die_quietly_when_the_reader_leaves() {
+    // SAFETY: before any other thread exists; sets a signal disposition
+    // to its default, which needs no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// One line an auditor can read: what was verified.

@@ -811,6 +811,43 @@ fn a_failed_command_names_what_failed_and_its_cause_once() {
     assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
 }
 
+/// `secondkey request list | head` and `secondkey log export … | head`:
+/// when the reader closes the pipe, a command that only prints ends
+/// silently (by SIGPIPE, as `cat` would), with no panic and no error line.
+#[test]
+fn a_printing_command_whose_reader_left_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let (s, v) = g.call(
+        "POST",
+        "/v1/actions",
+        Some("agent:report-bot"),
+        Some(&export_action("postgres://analytics/public.pipe")),
+    );
+    assert_eq!(s, 200, "{v}");
+    let config = g.config.to_str().unwrap().to_string();
+    for args in [
+        vec!["request", "list"],
+        vec!["log", "export", "--config", &config],
+    ] {
+        // A pipe whose reader is gone: every write fails (EPIPE).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(BIN)
+            .args(&args)
+            .env("SECONDKEY_URL", &g.url)
+            .env("SECONDKEY_TOKEN", token_of("agent:report-bot"))
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert_eq!(out.status.signal(), Some(13), "{args:?}: {:?}", out.status);
+    }
+}
+
 #[test]
 fn keys_generate_writes_a_private_file() {
     let dir = tempfile::tempdir().unwrap();
