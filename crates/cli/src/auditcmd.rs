@@ -269,13 +269,23 @@ pub fn evidence(a: EvidenceArgs) -> Result<ExitCode> {
     let config = a.config.ok_or_else(|| {
         anyhow!("--config FILE is required: the pack is made from the gateway's data directory")
     })?;
-    if out.exists() && std::fs::read_dir(&out)?.next().is_some() {
+    let not_empty = out.exists()
+        && std::fs::read_dir(&out)
+            .with_context(|| format!("cannot read --out {}", out.display()))?
+            .next()
+            .is_some();
+    if not_empty {
         bail!(
             "{} exists and is not empty; choose a new directory",
             out.display()
         );
     }
-    std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(&out).with_context(|| {
+        format!(
+            "cannot create --out {}; choose a directory you can write",
+            out.display()
+        )
+    })?;
     let snap = snapshot(&config)?;
     let bundle = out.join("bundle");
     secondkey_log::bundle::export_bundle(&bundle, &snap.note, &snap.entries, &snap.tree)?;

@@ -359,12 +359,64 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        die_quietly_when_the_reader_leaves();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, each said once: many of our
+/// errors already name their cause in their own message ("cannot read
+/// config file F: No such file or directory"), and `{:#}` would repeat it.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+impl Command {
+    /// Whether the command only reads and prints (listings, exports,
+    /// reports, policy checks): nothing is left half done if it stops at
+    /// any write.
+    fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Policy(_)
+                | Command::Log(_)
+                | Command::Report(_)
+                | Command::Keys(_)
+                | Command::Request(RequestCmd::List { .. } | RequestCmd::Show { .. })
+                | Command::Recording(RecordingCmd::List { .. })
+        )
+    }
+}
+
+/// `secondkey log export … | head`: once the reader has what it wanted
+/// and closes the pipe, the command ends as `cat` or `ls` would, by
+/// SIGPIPE, silently — not with "failed printing to stdout: Broken pipe"
+/// (a panic) or an error line. Rust ignores SIGPIPE by default; only the
+/// commands that merely print take the default back (a gateway or a
+/// wrapped step must never die of a closed socket or pipe).
+fn die_quietly_when_the_reader_leaves() {
+    // SAFETY: before any other thread exists; sets a signal disposition
+    // to its default, which needs no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -460,8 +512,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Store(StoreCmd::Migrate { config }) => {
             let cfg = secondkey_server::Config::load_offline(&config, &env_map())?;
             let options = cfg.store_options();
-            let (from, to) = secondkey_store::Store::migrate(&options)
-                .map_err(|e| anyhow!("cannot migrate the store: {e}"))?;
+            let (from, to) = secondkey_store::Store::migrate(&options).map_err(|e| match e {
+                // Its own words speak of a decision; here none is at stake.
+                secondkey_store::StoreError::PgDown(why) => anyhow!(
+                    "cannot migrate the store: cannot reach PostgreSQL ({why}); nothing was changed"
+                ),
+                e => anyhow!("cannot migrate the store: {e}"),
+            })?;
             let place = match &cfg.store {
                 Some(pg) => pg.url.clone(),
                 None => cfg.data_dir.display().to_string(),

@@ -586,8 +586,9 @@ fn a_sink_that_cannot_start_refuses_serve_not_offline_checks() {
     let (ok, err) = run(&["policy", "validate", pol, "--config", cfg]);
     assert!(ok, "offline checks need no runtime secret: {err}");
     let (ok, err) = run(&["serve", "--config", cfg]);
+    // The key names the sink, as every other sink error does.
     assert!(
-        !ok && err.contains("sinks") && err.contains("SECONDKEY_TEST_SINK_SECRET"),
+        !ok && err.contains("config key `sinks[0]`") && err.contains("SECONDKEY_TEST_SINK_SECRET"),
         "{err}"
     );
     assert!(
@@ -604,5 +605,24 @@ fn a_sink_that_cannot_start_refuses_serve_not_offline_checks() {
             !ok && err.contains("sinks[0]") && err.contains("facility"),
             "{args:?}: {err}"
         );
+    }
+    // No time to answer: every attempt would time out, and the sink would
+    // retry forever, delivering nothing.
+    for sink in [
+        "[[sinks]]\nname = \"hooks\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/ingest\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\ntimeout_secs = 0\n",
+        "[[sinks]]\nname = \"siem\"\ntype = \"syslog\"\naddress = \"127.0.0.1:6514\"\ntimeout_secs = 0\n",
+        "[[sinks]]\nname = \"lineage\"\ntype = \"openlineage\"\nurl = \"http://127.0.0.1:9/api/v1/lineage\"\ntimeout_secs = 121\n",
+    ] {
+        write(sink);
+        for args in [
+            vec!["policy", "validate", pol, "--config", cfg],
+            vec!["serve", "--config", cfg],
+        ] {
+            let (ok, err) = run(&args);
+            assert!(
+                !ok && err.contains("sinks[0]") && err.contains("timeout_secs"),
+                "{sink} {args:?}: {err}"
+            );
+        }
     }
 }

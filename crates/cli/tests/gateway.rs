@@ -766,6 +766,88 @@ fn the_cli_walks_a_request() {
     }
 }
 
+/// A command that fails says what it could not do and why, each once: a
+/// missing config file, an export or an evidence pack to a directory that
+/// cannot be made.
+#[test]
+fn a_failed_command_names_what_failed_and_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let (code, _, err) = run_cli(
+        &["serve", "--config", missing.to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read config file"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // A regular file where a directory must be made.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let out = file.join("pack");
+    let (code, _, err) = run_cli(
+        &[
+            "evidence",
+            "--config",
+            missing.to_str().unwrap(),
+            "--from",
+            "2026-10-01",
+            "--to",
+            "2027-01-01",
+            "--framework",
+            "soc2",
+            "--no-pdf",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(out.to_str().unwrap()),
+        "names the directory: {err}"
+    );
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
+}
+
+/// `secondkey request list | head` and `secondkey log export … | head`:
+/// when the reader closes the pipe, a command that only prints ends
+/// silently (by SIGPIPE, as `cat` would), with no panic and no error line.
+#[test]
+fn a_printing_command_whose_reader_left_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    let (s, v) = g.call(
+        "POST",
+        "/v1/actions",
+        Some("agent:report-bot"),
+        Some(&export_action("postgres://analytics/public.pipe")),
+    );
+    assert_eq!(s, 200, "{v}");
+    let config = g.config.to_str().unwrap().to_string();
+    for args in [
+        vec!["request", "list"],
+        vec!["log", "export", "--config", &config],
+    ] {
+        // A pipe whose reader is gone: every write fails (EPIPE).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(BIN)
+            .args(&args)
+            .env("SECONDKEY_URL", &g.url)
+            .env("SECONDKEY_TOKEN", token_of("agent:report-bot"))
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert_eq!(out.status.signal(), Some(13), "{args:?}: {:?}", out.status);
+    }
+}
+
 #[test]
 fn keys_generate_writes_a_private_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -769,6 +769,93 @@ fn a_body_refused_on_an_own_listener_is_answered_to_a_client_still_sending_it() 
     assert!(wrong.is_empty(), "{} of {n}: {wrong:?}", wrong.len());
 }
 
+/// A JSON body refused before any decision says what is wrong with the
+/// body (not with an "action" the client never sent), and says once that
+/// nothing was forwarded.
+#[test]
+fn a_refused_json_body_is_named_as_the_body_and_nothing_forwarded_said_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Nothing is forwarded: the upstream is never reached.
+    let extra = "\n[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:9\"\nprincipals = [\"agent:report-bot\"]\n";
+    let g = Gateway::start_extra(tmp.path(), POLICIES, extra);
+    let addr = g.url.trim_start_matches("http://").to_string();
+    let body = "{\"a\":1,\"a\":2}";
+    let answer = raw(
+        &addr,
+        format!(
+            "POST /http/billing/invoices HTTP/1.1\r\nHost: {addr}\r\n{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            bearer("agent:report-bot"),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        (status_of(&answer), problem_code(&answer)),
+        (400, "invalid_json".to_string()),
+        "{answer}"
+    );
+    let problem: Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("JSON body"), "{detail}");
+    assert!(detail.contains("\"a\" appears twice"), "{detail}");
+    assert!(!detail.contains("action"), "{detail}");
+    assert_eq!(
+        detail
+            .to_ascii_lowercase()
+            .matches("nothing was forwarded")
+            .count(),
+        1,
+        "{detail}"
+    );
+}
+
+/// A route rule naming a method the gateway never relays (a typo) would
+/// never match, leaving its requests to a later, perhaps wider, rule: the
+/// configuration is refused, naming the key.
+#[test]
+fn a_route_with_a_method_the_gateway_never_relays_refuses_the_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "\n[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:9\"\nprincipals = [\"agent:report-bot\"]\n[[http.routes]]\nmatch = \"DELTE /invoices/*\"\noperation = \"delete\"\n[[http.routes]]\nmatch = \"* /invoices/**\"\noperation = \"read\"\n";
+    let config = write_config_extra(tmp.path(), free_port(), POLICIES, extra);
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--config"]).arg(&config);
+    // It must end: a gateway that started would not.
+    let (code, _, err) = Watched::spawn(c).finish(30);
+    let err = err.join("\n");
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("http[0].routes[0].match") && err.contains("\"DELTE\""),
+        "{err}"
+    );
+}
+
+/// An `openapi` document that is not strict JSON is refused as the
+/// document it is, not as an "action".
+#[test]
+fn an_openapi_document_that_is_not_strict_json_is_named_as_the_document() {
+    let tmp = tempfile::tempdir().unwrap();
+    let doc = tmp.path().join("billing-openapi.json");
+    std::fs::write(&doc, r#"{"openapi":"3.0.3","paths":{},"paths":{}}"#).unwrap();
+    let extra = format!(
+        "\n[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:9\"\nprincipals = [\"agent:report-bot\"]\nopenapi = \"{}\"\n",
+        doc.display()
+    );
+    let config = write_config_extra(tmp.path(), free_port(), POLICIES, &extra);
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--config"]).arg(&config);
+    let (code, _, err) = Watched::spawn(c).finish(30);
+    let err = err.join("\n");
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("http[0].openapi")
+            && err.contains("not a JSON OpenAPI document")
+            && err.contains("\"paths\" appears twice"),
+        "{err}"
+    );
+    assert!(!err.contains("action"), "{err}");
+}
+
 /// A Secret holding the gateway's own cluster token (a service-account
 /// token Secret) comes back with the token masked, though the API sends it
 /// base64-encoded; other secrets' data pass unchanged.

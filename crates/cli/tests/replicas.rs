@@ -200,6 +200,54 @@ fn posts_of(cs: &[fakes::Call], id: &str) -> usize {
         .count()
 }
 
+/// `sslmode=disable` is for a Unix socket or loopback only: to any other
+/// host the store's traffic would cross the network in clear, so the URL
+/// is refused before anything connects (no cluster is needed to see it).
+#[test]
+fn sslmode_disable_to_another_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pwfile = dir.path().join("store.pw");
+    std::fs::write(&pwfile, "pw\n").unwrap();
+    for (url, refused) in [
+        ("postgres://sk@db.example:5432/sk?sslmode=disable", true),
+        ("postgres://sk@192.0.2.10/sk?sslmode=disable", true),
+        (
+            "postgres://sk@localhost/sk?sslmode=disable&hostaddr=192.0.2.10",
+            true,
+        ),
+        // Loopback: allowed (it fails later, for want of a server there).
+        ("postgres://sk@127.0.0.1:1/sk?sslmode=disable", false),
+        ("postgres://sk@[::1]:1/sk?sslmode=disable", false),
+        ("postgres://sk@localhost:1/sk?sslmode=disable", false),
+    ] {
+        let extra = format!(
+            "\n[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n",
+            pwfile.display()
+        );
+        let cfg = common::write_config_extra(dir.path(), common::free_port(), POLICIES, &extra);
+        let (code, _, err) = run_cli(
+            &["store", "migrate", "--config", cfg.to_str().unwrap()],
+            "http://127.0.0.1:1",
+            None,
+        );
+        assert_ne!(code, 0, "{url}: {err}");
+        assert_eq!(
+            err.contains("config key `store.url`")
+                && err.contains("sslmode=disable is for a Unix socket or loopback only"),
+            refused,
+            "{url}: {err}"
+        );
+        if !refused {
+            // `store migrate` decides no action: its error does not say
+            // that one was not authorized.
+            assert!(
+                err.contains("cannot reach PostgreSQL") && !err.contains("action"),
+                "{url}: {err}"
+            );
+        }
+    }
+}
+
 #[test]
 fn requests_made_while_the_leader_is_dead_are_posted_once_by_the_next() {
     let (api, slack) = fakes::slack();

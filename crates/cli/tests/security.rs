@@ -743,6 +743,21 @@ fn metrics_are_for_metrics_readers() {
     let (s, v) = g.call("GET", "/metrics", Some("service:monitor"), None);
     assert_eq!(s, 200);
     assert!(v.as_str().unwrap().contains("secondkey_log_size "), "{v}");
+    // Requests by state: every state, before any request reaches it.
+    for state in [
+        "pending",
+        "approved",
+        "denied",
+        "expired",
+        "withdrawn",
+        "revoked",
+        "executed",
+        "failed",
+        "unknown",
+    ] {
+        let line = format!("secondkey_requests{{state=\"{state}\"}} 0\n");
+        assert!(v.as_str().unwrap().contains(&line), "{line}: {v}");
+    }
 }
 
 /// Finding 7: a result summary holding `1e300` was refused as

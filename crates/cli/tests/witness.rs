@@ -140,6 +140,44 @@ fn fetch_witnessed(g: &Gateway, bundle: &Path) {
     assert_eq!(code, 0, "{err}");
 }
 
+/// `[[log.witnesses]] url`: `http://` only to this machine — a host name
+/// that merely starts like a loopback one is another machine.
+#[test]
+fn a_witness_url_over_plain_http_must_be_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "witness.example/w1+7ee4614e+BPxyrQWB92BmYFj7//uA7ixdtSDFQVFXGTKp9GD2cVhU";
+    for (url, ok) in [
+        ("http://127.evil.example/w1", false),
+        ("http://localhost.evil.example/w1", false),
+        ("http://127.0.0.1@evil.example/w1", false),
+        ("http://[::1]x.example/w1", false),
+        ("http://127.0.0.1:7380/w1", true),
+        ("http://127.1.2.3:7380", true),
+        ("http://localhost:7380/w1", true),
+        ("http://[::1]:7380", true),
+        ("https://witness.example/w1", true),
+    ] {
+        let extra =
+            format!("\n[[log.witnesses]]\nname = \"w1\"\nurl = \"{url}\"\nkey = \"{key}\"\n");
+        let cfg = write_config_extra(dir.path(), free_port(), POLICIES, &extra);
+        let (code, _, err) = run_cli(
+            &[
+                "policy",
+                "validate",
+                dir.path().join("policies").to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+            "http://127.0.0.1:1",
+            None,
+        );
+        assert_eq!(code == 0, ok, "{url}: {err}");
+        if !ok {
+            assert!(err.contains("log.witnesses[0].url"), "{url}: {err}");
+        }
+    }
+}
+
 #[test]
 fn a_witness_cosigns_the_log_and_refuses_a_fork() {
     let dir = tempfile::tempdir().unwrap();

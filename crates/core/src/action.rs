@@ -393,11 +393,17 @@ impl Action {
 /// might keep the first, so two readers could see different actions behind
 /// one digest. Refusing duplicates removes the ambiguity.
 pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, ActionError> {
+    parse_strict(bytes).map_err(ActionError::InvalidJson)
+}
+
+/// [`parse_json_strict`] for JSON that is not an action (a request body,
+/// an OpenAPI document, a JSON-RPC message): the error is the parser's own
+/// words (`the key "a" appears twice in one object at line 1 column 10`),
+/// for the caller to say what was being read.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let StrictValue(v) = serde::Deserialize::deserialize(&mut de)
-        .map_err(|e| ActionError::InvalidJson(e.to_string()))?;
-    de.end()
-        .map_err(|e| ActionError::InvalidJson(e.to_string()))?;
+    let StrictValue(v) = serde::Deserialize::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
     Ok(v)
 }
 

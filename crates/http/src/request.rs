@@ -501,10 +501,13 @@ pub fn body_value(body: &[u8], media_type: Option<&str>) -> Result<Option<Value>
     }
     match media_type {
         Some(mt) if is_json(mt) => {
-            let v = secondkey_core::action::parse_json_strict(body).map_err(|e| {
+            let v = secondkey_core::action::parse_strict(body).map_err(|why| {
+                // The answer adds that nothing was forwarded.
                 refuse(
                     "invalid_json",
-                    format!("the body is not one strict JSON value ({e}); nothing was forwarded"),
+                    format!(
+                        "the JSON body is not one strict JSON value ({why}): a repeated key, a comment, a byte-order mark or trailing bytes are refused, since two readers could see two bodies"
+                    ),
                 )
             })?;
             if body.len() <= MAX_INLINE_JSON {

@@ -138,10 +138,18 @@ impl Route {
         } else {
             let mut v = Vec::new();
             for one in m.split('|') {
-                if one.is_empty() || !one.bytes().all(|b| b.is_ascii_uppercase()) {
-                    return Err(format!("{one:?} is not a method (GET, DELETE, … or *)"));
-                }
-                v.push(Method::from_bytes(one.as_bytes()).map_err(|e| e.to_string())?);
+                // A method the gateway never relays (a typo such as
+                // `DELTE`) would make a rule that never matches, leaving
+                // its requests to a later, perhaps wider, rule.
+                let method = Method::from_bytes(one.as_bytes())
+                    .ok()
+                    .filter(|m| crate::request::check_method(m).is_ok() && m.as_str() == one)
+                    .ok_or_else(|| {
+                        format!(
+                            "{one:?} is not a method the gateway relays: GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS (joined with |), or * for any"
+                        )
+                    })?;
+                v.push(method);
             }
             Some(v)
         };
@@ -221,8 +229,9 @@ impl OpenApi {
     /// configuration's `operations`); an operation's own
     /// `x-secondkey-operation` is used otherwise, then the method's class.
     pub fn parse(bytes: &[u8], overrides: &BTreeMap<String, String>) -> Result<OpenApi, String> {
-        let doc = secondkey_core::action::parse_json_strict(bytes)
-            .map_err(|e| format!("not a JSON OpenAPI document: {e}"))?;
+        let doc = secondkey_core::action::parse_strict(bytes).map_err(|e| {
+            format!("not a JSON OpenAPI document (strict JSON: each key once): {e}")
+        })?;
         if doc.get("openapi").and_then(Value::as_str).is_none()
             && doc.get("swagger").and_then(Value::as_str).is_none()
         {
@@ -386,6 +395,9 @@ mod tests {
         for r in [
             "DELETE repos",
             "delete /x",
+            "DELTE /x",
+            "GET|FETCH /x",
+            "TRACE /x",
             "GET /a/**/b",
             "GET /a/b*",
             "GET /a//b",

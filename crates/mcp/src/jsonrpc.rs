@@ -291,9 +291,9 @@ impl Message {
                 id: None,
             });
         }
-        let v = secondkey_core::action::parse_json_strict(bytes).map_err(|e| Refused {
+        let v = secondkey_core::action::parse_strict(bytes).map_err(|e| Refused {
             code: PARSE_ERROR,
-            message: format!("not a JSON-RPC message: {e}"),
+            message: format!("not a JSON-RPC message (strict JSON: each key once): {e}"),
             id: None,
         })?;
         Self::from_value(v)

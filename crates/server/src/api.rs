@@ -982,7 +982,27 @@ async fn metrics(State(s): State<AppState>, Caller(p): Caller) -> Result<Respons
         s.gateway.store.log_size()
     ));
     out.push_str("# HELP secondkey_requests Requests by state.\n# TYPE secondkey_requests gauge\n");
-    for (state, n) in counts {
+    // Every state, 0 included: a series that appears only once a request
+    // reaches its state cannot be alerted on (`pending > 10` is "no data"
+    // on a quiet gateway, not false).
+    use RequestState as S;
+    for state in [
+        S::Pending,
+        S::Approved,
+        S::Denied,
+        S::Expired,
+        S::Withdrawn,
+        S::Revoked,
+        S::Executed,
+        S::Failed,
+        S::Unknown,
+    ] {
+        let state = state.as_str();
+        let n: u64 = counts
+            .iter()
+            .filter(|(s, _)| s == state)
+            .map(|(_, n)| n)
+            .sum();
         out.push_str(&format!("secondkey_requests{{state=\"{state}\"}} {n}\n"));
     }
     s.gateway

@@ -1293,6 +1293,30 @@ fn limits_config(l: &RawLimits) -> Result<Limits, ConfigError> {
     })
 }
 
+/// Whether `url` is `http://` to this machine: its host (no user info)
+/// is `localhost` or a loopback address — not merely a name that starts
+/// like one (`http://127.evil.example`, `http://localhost.evil.example`).
+fn http_to_loopback(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, port)) if port.is_empty() || port.starts_with(':') => host,
+            _ => return false,
+        },
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn witnesses(raw: &[RawWitness]) -> Result<Vec<WitnessConfig>, ConfigError> {
     let mut out: Vec<WitnessConfig> = Vec::new();
     for (i, w) in raw.iter().enumerate() {
@@ -1301,10 +1325,7 @@ fn witnesses(raw: &[RawWitness]) -> Result<Vec<WitnessConfig>, ConfigError> {
             return Err(invalid(at("name"), "must be non-empty and unique"));
         }
         let url = w.url.trim_end_matches('/').to_string();
-        let loopback = url.starts_with("http://127.")
-            || url.starts_with("http://localhost")
-            || url.starts_with("http://[::1]");
-        if !(url.starts_with("https://") || loopback) {
+        if !(url.starts_with("https://") || http_to_loopback(&url)) {
             return Err(invalid(
                 at("url"),
                 "must be an https:// URL (http:// only for loopback)",

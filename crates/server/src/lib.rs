@@ -263,10 +263,11 @@ fn build_sinks(gateway: &Arc<Gateway>) -> anyhow::Result<Vec<BuiltSink>> {
         .config
         .sinks
         .iter()
-        .map(|cfg| {
+        .enumerate()
+        .map(|(i, cfg)| {
             let sink = cfg
                 .build_with_source(&gateway.config.log_origin, source.clone())
-                .map_err(|e| anyhow::anyhow!("config key `sinks`: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("config key `sinks[{i}]`: {e}"))?;
             let cursor = if gateway.store.is_shared() {
                 let c = logview::StoreCursor::sink(gateway.store.clone(), cfg.name())
                     .upgraded_from(&dir, "to send the whole log again from its first entry")

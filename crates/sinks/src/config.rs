@@ -162,6 +162,14 @@ pub enum ConfigError {
         /// The cause.
         source: SecretError,
     },
+    /// `timeout_secs` outside 1..=120.
+    #[error("sink {name}: timeout_secs = {secs} is out of range; use 1..=120 seconds (a sink with no time to answer never delivers)")]
+    Timeout {
+        /// The sink.
+        name: String,
+        /// What was given.
+        secs: u64,
+    },
     /// The URL is neither https nor loopback http.
     #[error("sink {name}: url {url:?} must be https:// (plain http:// is allowed only to 127.0.0.1, [::1] or localhost)")]
     Url {
@@ -170,6 +178,20 @@ pub enum ConfigError {
         /// The URL.
         url: String,
     },
+}
+
+/// `timeout_secs`: [`DEFAULT_TIMEOUT`] when unset, else 1 to 120 seconds
+/// (as for `[[log.witnesses]]`): at 0 every attempt times out, so the sink
+/// would retry forever and deliver nothing.
+fn timeout(name: &str, secs: Option<u64>) -> Result<Duration, ConfigError> {
+    match secs {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(s @ 1..=120) => Ok(Duration::from_secs(s)),
+        Some(secs) => Err(ConfigError::Timeout {
+            name: name.to_string(),
+            secs,
+        }),
+    }
 }
 
 fn host_of(address: &str) -> &str {
@@ -250,10 +272,7 @@ impl SinkConfig {
                 } else {
                     None
                 };
-                let timeout = c
-                    .timeout_secs
-                    .map(Duration::from_secs)
-                    .unwrap_or(DEFAULT_TIMEOUT);
+                let timeout = timeout(&c.name, c.timeout_secs)?;
                 Ok(Box::new(SyslogSink::new(
                     &c.address,
                     tls,
@@ -286,10 +305,7 @@ impl SinkConfig {
                     name: c.name.clone(),
                     source,
                 })?;
-                let timeout = c
-                    .timeout_secs
-                    .map(Duration::from_secs)
-                    .unwrap_or(DEFAULT_TIMEOUT);
+                let timeout = timeout(&c.name, c.timeout_secs)?;
                 let sink =
                     WebhookSink::new(&c.url, secret, log_origin, c.ca_file.as_deref(), timeout)
                         .map_err(|source| ConfigError::Tls {
@@ -321,10 +337,7 @@ fn openlineage(
         })?),
         None => None,
     };
-    let timeout = c
-        .timeout_secs
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = timeout(&c.name, c.timeout_secs)?;
     Ok(Box::new(crate::openlineage::OpenLineageSink::new(
         &c.url,
         c.namespace.as_deref().unwrap_or(log_origin),

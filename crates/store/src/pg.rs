@@ -235,6 +235,9 @@ impl PgOptions {
         if config.get_password().is_some() {
             return Err("must not carry the password; set password_env or password_file".into());
         }
+        if matches!(tls, PgTls::Disable) && !loopback_only(&config) {
+            return Err("sslmode=disable is for a Unix socket or loopback only (localhost, 127.0.0.1, ::1): to another host the store's traffic would cross the network in clear; use verify-full (the default) with ca_file".into());
+        }
         let user = config
             .get_user()
             .ok_or("must name the user (postgres://USER@host/db)")?
@@ -280,6 +283,22 @@ impl PgOptions {
             display: format!("postgres://{user}@{host}:{port}/{db}"),
         })
     }
+}
+
+/// Whether every address a connection may go to is this machine: a Unix
+/// socket, `localhost` or a loopback IP (hosts and `hostaddr`s alike).
+fn loopback_only(config: &tokio_postgres::Config) -> bool {
+    let host = |h: &tokio_postgres::config::Host| match h {
+        tokio_postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Tcp(h) => {
+            h.eq_ignore_ascii_case("localhost")
+                || h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    };
+    config.get_hosts().iter().all(host) && config.get_hostaddrs().iter().all(|a| a.is_loopback())
 }
 
 /// The store's own runtime, which drives every connection. Shut down in
