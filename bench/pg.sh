@@ -169,15 +169,21 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 # SELECT each), in µs.
 ticks() { awk '{print $14 + $15}' "/proc/$SKPID/stat"; }
 per_stmt() { python3 -c "print(int(($2 - $1) * 1e6 / $(getconf CLK_TCK) / max($3 * $DURATION, 1)))"; }
-printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s\n" mode clients direct pgaudit pgbouncer secondkey sk-after \
-  "sk/bnc" "after/bnc" "pga/bnc" "sk µs" "after µs"
+# Log entries per statement of an @record("after") run (1 when each
+# decision is joined by its result; more when results come after their
+# decision was written alone), read once the window has passed.
+log_size() { sleep 0.2; curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p; }
+per_entry() { python3 -c "print(f'{($2 - $1) / max($3 * $DURATION, 1):.2f}')"; }
+printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s %8s\n" mode clients direct pgaudit pgbouncer secondkey sk-after \
+  "sk/bnc" "after/bnc" "pga/bnc" "sk µs" "after µs" "after e/s"
 for mode in $MODES; do
   for c in $CLIENTS; do
     d=$(run direct "$mode" "$c"); a=$(run pgaudit "$mode" "$c"); b=$(run pgbouncer "$mode" "$c")
-    t0=$(ticks); s=$(run secondkey "$mode" "$c"); t1=$(ticks); f=$(run after "$mode" "$c"); t2=$(ticks)
-    printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s\n" "$mode" "$c" "$d" "$a" "$b" "$s" "$f" \
+    t0=$(ticks); s=$(run secondkey "$mode" "$c"); t1=$(ticks); e1=$(log_size)
+    f=$(run after "$mode" "$c"); t2=$(ticks); e2=$(log_size)
+    printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s %8s\n" "$mode" "$c" "$d" "$a" "$b" "$s" "$f" \
       "$(ratio "$s" "$b")" "$(ratio "$f" "$b")" "$(ratio "$a" "$b")" \
-      "$(per_stmt "$t0" "$t1" "$s")" "$(per_stmt "$t1" "$t2" "$f")"
+      "$(per_stmt "$t0" "$t1" "$s")" "$(per_stmt "$t1" "$t2" "$f")" "$(per_entry "$e1" "$e2" "$f")"
   done
 done
 LOG1=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)
