@@ -804,15 +804,8 @@ impl Recorder {
                 vec![]
             },
         };
-        let g = self.gateway.clone();
-        let who = self.who.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = g.record_execution(&who, &ex, result).await {
-                    tracing::warn!(execution = %ex.id, error = %e.message, "could not record an HTTP request's result");
-                }
-            });
-        }
+        self.gateway
+            .record_execution_later(&self.who, ex, result, "an HTTP request");
     }
 
     /// `note` starting with `unknown:` marks an outcome the gateway cannot

@@ -2168,8 +2168,7 @@ impl Session {
 
     /// Reports a finished statement to the log, off the client's path.
     fn record(&self, run: Run) {
-        let gw = self.sh.gateway.clone();
-        let who = self.who.clone();
+        let (gw, who) = (&self.sh.gateway, &self.who);
         let rows: i64 = run
             .tags
             .iter()
@@ -2192,12 +2191,7 @@ impl Session {
             reads: run.reads,
             writes: run.writes,
         };
-        let ex = run.ex;
-        tokio::spawn(async move {
-            if let Err(e) = gw.record_execution(&who, &ex, result).await {
-                tracing::warn!(execution = %ex.id, error = %e.message, "could not record a statement's result");
-            }
-        });
+        gw.record_execution_later(who, run.ex, result, "a statement");
     }
 }
 

@@ -10,6 +10,7 @@
 //! by the adapter that waited for it ([`Gateway::execute_approved`]) or by
 //! the identical action submitted again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secondkey_core::action::{Action, Digest};
@@ -418,6 +419,45 @@ impl Gateway {
     ) -> Result<(), ApiError> {
         self.record_result(who, Reported::Known(ex.clone()), result)
             .await
+    }
+
+    /// [`Gateway::record_execution`] for an adapter that does not wait for
+    /// the entry: a result that joins its waiting `@record("after")`
+    /// decision is handed to it here, with no task of its own (the after
+    /// log writes the entry and reports a failed write itself); any other
+    /// result is recorded on a task, a failure logged as `what`'s.
+    pub fn record_execution_later(
+        self: &Arc<Self>,
+        who: &Principal,
+        ex: Execution,
+        result: ExecutionResult,
+        what: &'static str,
+    ) {
+        let mut result = result;
+        if ex.request_id.is_none()
+            && !self.after.is_idle()
+            && check_numbers(&result.summary, "summary").is_ok()
+        {
+            let actor = who.id.to_string();
+            match self.after.attach(&ex.id, &actor, self.now(), result) {
+                crate::after::Attach::Joined(_) => return,
+                crate::after::Attach::Twice => {
+                    tracing::warn!(execution = %ex.id, "{what}: its result was already recorded");
+                    return;
+                }
+                crate::after::Attach::Absent(r) => result = r,
+            }
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(execution = %ex.id, "{what}: no runtime left to record its result");
+            return;
+        };
+        let (gw, who) = (self.clone(), who.clone());
+        rt.spawn(async move {
+            if let Err(e) = gw.record_execution(&who, &ex, result).await {
+                tracing::warn!(execution = %ex.id, error = %e.message, "could not record {what}'s result");
+            }
+        });
     }
 
     /// Records the result of `target`: an execution the caller holds, or
