@@ -766,6 +766,73 @@ fn the_cli_walks_a_request() {
     }
 }
 
+/// Starts `secondkey serve` on `config` (with `env`) and expects it to
+/// refuse the config and exit; returns what it printed.
+fn serve_refused(
+    dir: &std::path::Path,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Result<String, String> {
+    let path = dir.join("refused.toml");
+    let pdir = dir.join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(
+        pdir.join("test.cedar"),
+        "permit(principal, action, resource);",
+    )
+    .unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n{config}\n",
+        free_port(),
+        dir.join("data").display(),
+        pdir.display()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let err_path = dir.join("refused.err");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(&err_path).unwrap();
+            assert!(!status.success(), "{text}: {err}");
+            return Ok(err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("serve accepted {config:?} (env {env:?})"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A value outside its documented range is refused at start with an error
+/// naming the key (and the variable, when one set it), never clamped or
+/// taken silently.
+#[test]
+fn config_values_out_of_range_are_refused_naming_the_key() {
+    let mut misses = Vec::new();
+    for (config, key) in [
+        ("[grants]\nallow_ttl = \"400d\"", "grants.allow_ttl"),
+        ("[grants]\nallow_ttl = \"0s\"", "grants.allow_ttl"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        match serve_refused(dir.path(), config, &[]) {
+            Ok(err) if err.contains(&format!("`{key}`")) => {}
+            Ok(err) => misses.push(format!("{config:?}: {err}")),
+            Err(e) => misses.push(e),
+        }
+    }
+    assert!(misses.is_empty(), "{}", misses.join("\n"));
+}
+
 /// A command that fails says what it could not do and why, each once: a
 /// missing config file, an export or an evidence pack to a directory that
 /// cannot be made.

@@ -784,6 +784,17 @@ impl Config {
                 .map_err(|e| invalid("grants.allow_ttl", e.to_string()))?,
             None => Duration::from_secs(300),
         };
+        let (lo, hi) = secondkey_policy::GRANT_TTL_BOUNDS;
+        if allow_grant_ttl < lo || allow_grant_ttl > hi {
+            return Err(invalid(
+                "grants.allow_ttl",
+                format!(
+                    "must be between {} and {}, as @grant_ttl (e.g. \"5m\")",
+                    secondkey_policy::fmt_duration(lo),
+                    secondkey_policy::fmt_duration(hi)
+                ),
+            ));
+        }
         let after_window = match &raw.log.after_window {
             Some(s) => secondkey_core::time::parse_duration(s)
                 .map_err(|e| invalid("log.after_window", e.to_string()))?,
