@@ -822,6 +822,11 @@ fn config_values_out_of_range_are_refused_naming_the_key() {
     for (config, key) in [
         ("[grants]\nallow_ttl = \"400d\"", "grants.allow_ttl"),
         ("[grants]\nallow_ttl = \"0s\"", "grants.allow_ttl"),
+        ("[requests]\nmax_wait_seconds = 0", "requests.max_wait_seconds"),
+        (
+            "[requests]\nmax_wait_seconds = 100000000",
+            "requests.max_wait_seconds",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         match serve_refused(dir.path(), config, &[]) {

@@ -28,6 +28,11 @@ pub enum ConfigError {
 /// gateway bench (bench/README.md §11, 2026-12-03), so off by default.
 const DEFAULT_COMMIT_DELAY_US: u64 = 0;
 
+/// The longest `[requests] max_wait_seconds`: a long-poll held an hour
+/// is already past what proxies keep open; a client waits longer by
+/// asking again.
+const MAX_WAIT_SECONDS: u64 = 3600;
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -833,7 +838,16 @@ impl Config {
                 "must be between 0 and 1 (exclusive), e.g. 0.5",
             ));
         }
-        let max_wait = Duration::from_secs(raw.requests.max_wait_seconds.unwrap_or(60));
+        let max_wait = match raw.requests.max_wait_seconds {
+            None => Duration::from_secs(60),
+            Some(n @ 1..=MAX_WAIT_SECONDS) => Duration::from_secs(n),
+            Some(_) => {
+                return Err(invalid(
+                    "requests.max_wait_seconds",
+                    format!("must be between 1 and {MAX_WAIT_SECONDS} (seconds; a client waits longer by asking again)"),
+                ))
+            }
+        };
         let max_body_bytes = raw.requests.max_body_bytes.unwrap_or(1 << 20);
         if max_body_bytes < 1024 {
             return Err(invalid("requests.max_body_bytes", "must be at least 1024"));
