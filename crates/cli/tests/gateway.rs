@@ -827,6 +827,8 @@ fn config_values_out_of_range_are_refused_naming_the_key() {
             "[requests]\nmax_wait_seconds = 100000000",
             "requests.max_wait_seconds",
         ),
+        ("[log]\nreaders = []", "log.readers"),
+        ("[metrics]\nreaders = []", "metrics.readers"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         match serve_refused(dir.path(), config, &[]) {

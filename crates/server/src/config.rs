@@ -1064,6 +1064,12 @@ impl Config {
             executors.insert(id.to_string());
         }
         let log_readers = raw.log.readers.unwrap_or_else(|| vec!["auditors".into()]);
+        if log_readers.is_empty() || log_readers.iter().any(String::is_empty) {
+            return Err(invalid(
+                "log.readers",
+                "name at least one group, e.g. [\"auditors\"]; entries are never public (leave the group without members to let nobody read them)",
+            ));
+        }
         let limits = limits_config(&raw.limits)?;
         let metrics_readers = raw
             .metrics
