@@ -829,6 +829,14 @@ fn config_values_out_of_range_are_refused_naming_the_key() {
         ),
         ("[log]\nreaders = []", "log.readers"),
         ("[metrics]\nreaders = []", "metrics.readers"),
+        (
+            "[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:1\"\nprincipals = [\"group:agents\"]\nretry_after_seconds = 0",
+            "http[0].retry_after_seconds",
+        ),
+        (
+            "[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:1\"\nprincipals = [\"group:agents\"]\nretry_after_seconds = 3601",
+            "http[0].retry_after_seconds",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         match serve_refused(dir.path(), config, &[]) {
