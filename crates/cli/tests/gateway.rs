@@ -845,6 +845,13 @@ fn config_values_out_of_range_are_refused_naming_the_key() {
             Err(e) => misses.push(e),
         }
     }
+    // A key set by a SECONDKEY_* variable: the error names the variable.
+    let dir = tempfile::tempdir().unwrap();
+    match serve_refused(dir.path(), "", &[("SECONDKEY_LISTEN", "nonsense")]) {
+        Ok(err) if err.contains("`listen`") && err.contains("SECONDKEY_LISTEN") => {}
+        Ok(err) => misses.push(format!("SECONDKEY_LISTEN=nonsense: {err}")),
+        Err(e) => misses.push(e),
+    }
     assert!(misses.is_empty(), "{}", misses.join("\n"));
 }
 

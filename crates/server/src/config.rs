@@ -22,7 +22,26 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: String, message: String },
+    /// A key's value came from a `SECONDKEY_*` variable, not the file.
+    #[error("config key `{key}`, set by {var}: {message}")]
+    FromEnv {
+        var: String,
+        key: String,
+        message: String,
+    },
 }
+
+/// The variables that override keys of the file, and those keys.
+const ENV_OVERRIDES: [(&str, &str); 8] = [
+    ("SECONDKEY_LISTEN", "listen"),
+    ("SECONDKEY_DATA_DIR", "data_dir"),
+    ("SECONDKEY_STORE_URL", "store.url"),
+    ("SECONDKEY_POLICY_DIR", "policy_dir"),
+    ("SECONDKEY_PUBLIC_URL", "public_url"),
+    ("SECONDKEY_LOG_ORIGIN", "log.origin"),
+    ("SECONDKEY_LOG_AFTER_WINDOW", "log.after_window"),
+    ("SECONDKEY_LOG_COMMIT_DELAY_US", "log.commit_delay_us"),
+];
 
 /// `[log] commit_delay_us` when unset: 300 µs showed no gain on the HTTP
 /// gateway bench (bench/README.md §11, 2026-12-03), so off by default.
@@ -706,8 +725,33 @@ impl Config {
     }
 
     /// Checks and resolves a parsed file; `offline`: see
-    /// [`Config::load_offline`].
+    /// [`Config::load_offline`]. An error about a key a `SECONDKEY_*`
+    /// variable set names that variable, where the fix is.
     fn from_raw(
+        raw: RawConfig,
+        base: &Path,
+        env: &HashMap<String, String>,
+        offline: bool,
+    ) -> Result<Config, ConfigError> {
+        Config::from_raw_env(raw, base, env, offline).map_err(|e| match e {
+            ConfigError::Invalid { key, message } => {
+                match ENV_OVERRIDES
+                    .iter()
+                    .find(|(var, k)| *k == key && env.contains_key(*var))
+                {
+                    Some((var, _)) => ConfigError::FromEnv {
+                        var: var.to_string(),
+                        key,
+                        message,
+                    },
+                    None => ConfigError::Invalid { key, message },
+                }
+            }
+            other => other,
+        })
+    }
+
+    fn from_raw_env(
         mut raw: RawConfig,
         base: &Path,
         env: &HashMap<String, String>,
@@ -738,7 +782,7 @@ impl Config {
             raw.log.commit_delay_us = Some(v.trim().parse().map_err(|_| {
                 invalid(
                     "log.commit_delay_us",
-                    format!("SECONDKEY_LOG_COMMIT_DELAY_US must be a whole number of microseconds, not {v:?}"),
+                    format!("must be a whole number of microseconds, not {v:?}"),
                 )
             })?);
         }
