@@ -855,6 +855,28 @@ fn config_values_out_of_range_are_refused_naming_the_key() {
     assert!(misses.is_empty(), "{}", misses.join("\n"));
 }
 
+/// `policy validate` checks files offline: a failure says how to fix it,
+/// and nothing about "previous policies" (only a running gateway's reload
+/// keeps those).
+#[test]
+fn a_failed_policy_validate_speaks_of_no_previous_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "permit(principal, action, resource",
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &["policy", "validate", dir.path().to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0);
+    let text = format!("{out}{err}");
+    assert!(text.contains("policy validate"), "{text}");
+    assert!(!text.contains("previous"), "{text}");
+}
+
 /// A command that fails says what it could not do and why, each once: a
 /// missing config file, an export or an evidence pack to a directory that
 /// cannot be made.
