@@ -374,7 +374,7 @@ fn main() -> ExitCode {
 /// An error and its causes on one line, each said once: many of our
 /// errors already name their cause in their own message ("cannot read
 /// config file F: No such file or directory"), and `{:#}` would repeat it.
-fn error_line(e: &anyhow::Error) -> String {
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
