@@ -403,15 +403,6 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8], bound: &Bound) -> Result<ExitC
                 .collect()
         })
         .unwrap_or_default();
-    if approvers.is_empty() {
-        eprintln!("secondkey: allowed ({exec_id}); running {}", shown(&a.argv));
-    } else {
-        eprintln!(
-            "secondkey: approved by {} ({exec_id}); running {}",
-            approvers.join(", "),
-            shown(&a.argv)
-        );
-    }
     // The approval names these bytes: a program or bound file changed
     // since (while a reviewer looked) does not run under it.
     if let Some(path) = changed_since(bound) {
@@ -427,6 +418,15 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8], bound: &Bound) -> Result<ExitC
             code::NOT_RUN,
             &format!("{exec_id}: {why}; nothing ran"),
         ));
+    }
+    if approvers.is_empty() {
+        eprintln!("secondkey: allowed ({exec_id}); running {}", shown(&a.argv));
+    } else {
+        eprintln!(
+            "secondkey: approved by {} ({exec_id}); running {}",
+            approvers.join(", "),
+            shown(&a.argv)
+        );
     }
     let (exit, summary) = run_once(&a.argv, &bound.program.0);
     let ok = exit == Some(0);

@@ -524,6 +524,8 @@ fn exec_binds_the_program_and_files_and_a_rerun_uses_the_approval() {
             .contains("app.yaml changed since it was submitted"),
         "{err:?}"
     );
+    // …and never said it was running it.
+    assert!(!err.iter().any(|l| l.contains("running")), "{err:?}");
     assert_eq!(
         std::fs::read_to_string(&ran).unwrap(),
         "v1 r1\n",
