@@ -401,7 +401,7 @@ impl Command {
                 | Command::Report(_)
                 | Command::Keys(_)
                 | Command::Request(RequestCmd::List { .. } | RequestCmd::Show { .. })
-                | Command::Recording(RecordingCmd::List { .. })
+                | Command::Recording(RecordingCmd::List { .. } | RecordingCmd::Play { .. })
         )
     }
 }

@@ -920,3 +920,30 @@ fn an_rsa_key_is_refused_where_it_is_configured() {
         assert!(err.contains("not supported"), "{err}");
     }
 }
+
+/// `recording play` only prints: a reader that leaves early (`| head`)
+/// ends it quietly, as it ends `recording list`, not with "error: Broken
+/// pipe".
+#[test]
+fn recording_play_ends_quietly_when_its_reader_leaves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = "act_01a242c7ef063f9cf8d072e4cc20b8f5";
+    let mut cast = String::from("{\"version\":2,\"width\":80,\"height\":24}\n");
+    for i in 0..5 {
+        cast.push_str(&format!("[{}.{i}, \"o\", \"frame {i}\\r\\n\"]\n", 0));
+    }
+    std::fs::write(tmp.path().join(format!("{id}.cast")), cast).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["recording", "play", id, "--dir"])
+        .arg(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 5];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("error"), "{err}");
+}
