@@ -603,4 +603,6 @@ fn a_token_never_goes_over_plain_http_off_this_machine() {
     let (_, err) = run("http://127.0.0.1:9", false, commands[1]);
     assert!(!err.contains("refusing"), "{err}");
     assert!(err.contains("cannot reach the gateway"), "{err}");
+    // The gateway's address is said once, not again in the transport error.
+    assert_eq!(err.matches("127.0.0.1:9").count(), 1, "{err}");
 }
