@@ -729,12 +729,16 @@ fn a_terminal_is_part_of_what_is_approved() {
         None,
     );
     assert_eq!(req["action"]["operation"], "admin", "{req}");
-    // The approved command, sent again as approved, runs once.
+    // The approved command, sent again as approved, runs once, and says
+    // which approval it used.
     let out = run(&mut w.ssh(&key, "prod-db-1", &[cmd]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains(&format!(
+            "secondkey: request {id} approved; running it once"
+        )),
+        "{err}"
     );
     assert_eq!(w.systemctl_log(), "restart postgresql\n");
 }
