@@ -64,6 +64,18 @@ pub fn check_transport(url: &str) -> Result<()> {
     ))
 }
 
+/// A transport error without the URL ureq puts first: the message that
+/// carries it already names the gateway and the path.
+fn without_url(e: &ureq::Error) -> String {
+    let text = e.to_string();
+    if let ureq::Error::Transport(t) = e {
+        if let Some(rest) = t.url().and_then(|u| text.strip_prefix(&format!("{u}: "))) {
+            return rest.to_string();
+        }
+    }
+    text
+}
+
 impl Client {
     pub fn new(url: &str, token: Option<String>) -> Client {
         let agent = ureq::AgentBuilder::new()
@@ -106,8 +118,9 @@ impl Client {
                     .with_context(|| what.to_string())
             }
             Err(e) => Err(anyhow!(
-                "{what}: cannot reach the gateway at {}: {e}. Is `secondkey serve` running, and is --url (or SECONDKEY_URL) right?",
-                self.url
+                "{what}: cannot reach the gateway at {}: {}. Is `secondkey serve` running, and is --url (or SECONDKEY_URL) right?",
+                self.url,
+                without_url(&e)
             )),
         }
     }
@@ -120,7 +133,11 @@ impl Client {
     pub fn get_text(&self, path: &str) -> Result<String> {
         match self.req("GET", path).call() {
             Ok(r) => Ok(r.into_string()?),
-            Err(e) => Err(anyhow!("GET {path}: {e}")),
+            // Same error reporting as JSON calls (status, code, message).
+            Err(e) => Err(self
+                .handle(&format!("GET {path}"), Err(e))
+                .err()
+                .unwrap_or_else(|| anyhow!("GET {path} failed"))),
         }
     }
 

@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::client::Client;
+use crate::error_line;
 use secondkey_core::time::format_duration as human;
 
 /// Exit codes of `secondkey exec` when the command did not run: the SSH
@@ -249,7 +250,10 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     };
     match prepare(&a, &cwd, program) {
         Ok((client, body, bound)) => execute(&a, &client, &body, &bound),
-        Err(e) => Ok(outcome(code::GATEWAY, &format!("nothing ran: {e:#}"))),
+        Err(e) => Ok(outcome(
+            code::GATEWAY,
+            &format!("nothing ran: {}", error_line(&e)),
+        )),
     }
 }
 
@@ -340,7 +344,12 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8], bound: &Bound) -> Result<ExitC
     };
     let v = match c.post_raw("/v1/actions?execute=true", body) {
         Ok(v) => v,
-        Err(e) => return Ok(outcome(code::GATEWAY, &format!("nothing ran: {e:#}"))),
+        Err(e) => {
+            return Ok(outcome(
+                code::GATEWAY,
+                &format!("nothing ran: {}", error_line(&e)),
+            ))
+        }
     };
     let execution = match v["decision"].as_str() {
         Some("allow") => v["execution"].clone(),
@@ -359,7 +368,8 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8], bound: &Bound) -> Result<ExitC
                     return Ok(outcome(
                         code::GATEWAY,
                         &format!(
-                            "request {id} was approved but could not be used: {e:#}; nothing ran"
+                            "request {id} was approved but could not be used: {}; nothing ran",
+                            error_line(&e)
                         ),
                     ))
                 }
@@ -393,6 +403,22 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8], bound: &Bound) -> Result<ExitC
                 .collect()
         })
         .unwrap_or_default();
+    // The approval names these bytes: a program or bound file changed
+    // since (while a reviewer looked) does not run under it.
+    if let Some(path) = changed_since(bound) {
+        let why = format!("{path} changed since it was submitted");
+        let report = json!({"ok": false, "summary": {"error": why, "ran": false}});
+        if let Err(e) = c.post(&format!("/v1/executions/{exec_id}/result"), &report) {
+            eprintln!(
+                "secondkey: warning: the result could not be recorded: {}",
+                error_line(&e)
+            );
+        }
+        return Ok(outcome(
+            code::NOT_RUN,
+            &format!("{exec_id}: {why}; nothing ran"),
+        ));
+    }
     if approvers.is_empty() {
         eprintln!("secondkey: allowed ({exec_id}); running {}", shown(&a.argv));
     } else {
@@ -402,25 +428,15 @@ fn execute(a: &ExecArgs, c: &Client, body: &[u8], bound: &Bound) -> Result<ExitC
             shown(&a.argv)
         );
     }
-    // The approval names these bytes: a program or bound file changed
-    // since (while a reviewer looked) does not run under it.
-    if let Some(path) = changed_since(bound) {
-        let why = format!("{path} changed since it was submitted");
-        let report = json!({"ok": false, "summary": {"error": why, "ran": false}});
-        if let Err(e) = c.post(&format!("/v1/executions/{exec_id}/result"), &report) {
-            eprintln!("secondkey: warning: the result could not be recorded: {e:#}");
-        }
-        return Ok(outcome(
-            code::NOT_RUN,
-            &format!("{exec_id}: {why}; nothing ran"),
-        ));
-    }
     let (exit, summary) = run_once(&a.argv, &bound.program.0);
     let ok = exit == Some(0);
     let report = json!({"ok": ok, "summary": summary});
     let recorded = c.post(&format!("/v1/executions/{exec_id}/result"), &report);
     if let Err(e) = &recorded {
-        eprintln!("secondkey: warning: the result could not be recorded: {e:#}");
+        eprintln!(
+            "secondkey: warning: the result could not be recorded: {}",
+            error_line(e)
+        );
     }
     Ok(match exit {
         Some(0) => outcome(0, &format!("ran {exec_id}: succeeded")),
@@ -489,7 +505,10 @@ fn wait_decision(c: &Client, id: &str, url: &str, wait: Duration) -> Result<Resu
         let r = match c.get(&format!("/v1/requests/{id}?wait={secs}")) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("secondkey: cannot follow request {id}: {e:#}; retrying");
+                eprintln!(
+                    "secondkey: cannot follow request {id}: {}; retrying",
+                    error_line(&e)
+                );
                 std::thread::sleep(Duration::from_secs(2).min(left));
                 continue;
             }

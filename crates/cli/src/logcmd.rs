@@ -385,26 +385,77 @@ fn export_bundle_tmp(config: &Path) -> Result<(tempfile::TempDir, Verifier, Opti
 
 /// Downloads the checkpoint's tiles and entry bundles into `dir`, the way
 /// any tlog-tiles client would; the checkpoint file is written last, so a
-/// half-finished download never looks complete.
+/// half-finished download never looks complete. A download that fails
+/// removes what it made (files and directories that were not there
+/// before), so a refused fetch leaves nothing behind.
 pub fn fetch_bundle(c: &crate::client::Client, checkpoint: &str, dir: &Path) -> Result<()> {
     let cp = secondkey_log::checkpoint::Checkpoint::parse_note_unverified(checkpoint)
         .map_err(|e| anyhow!("the gateway's checkpoint is malformed: {e}"))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let refs = secondkey_log::tiles::tiles_for_size(cp.size)
-        .into_iter()
-        .chain(secondkey_log::tiles::bundles_for_size(cp.size));
-    for t in refs {
-        let path = t.path();
-        let rest = path.strip_prefix("tile/").unwrap_or(&path);
-        let bytes = c.get_bytes(&format!("/v1/log/tile/{rest}"))?;
-        let out = dir.join(&path);
-        if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent)?;
+    let mut made = Made::default();
+    let fetched = (|| -> Result<()> {
+        made.dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let refs = secondkey_log::tiles::tiles_for_size(cp.size)
+            .into_iter()
+            .chain(secondkey_log::tiles::bundles_for_size(cp.size));
+        for t in refs {
+            let path = t.path();
+            let rest = path.strip_prefix("tile/").unwrap_or(&path);
+            let bytes = c.get_bytes(&format!("/v1/log/tile/{rest}"))?;
+            let out = dir.join(&path);
+            if let Some(parent) = out.parent() {
+                made.dir_all(parent)?;
+            }
+            made.file(&out, &bytes)?;
         }
-        std::fs::write(out, bytes)?;
+        made.file(&dir.join("checkpoint"), checkpoint.as_bytes())?;
+        Ok(())
+    })();
+    if fetched.is_err() {
+        made.undo();
     }
-    std::fs::write(dir.join("checkpoint"), checkpoint)?;
-    Ok(())
+    fetched
+}
+
+/// What a fetch created, to take it back when the fetch fails.
+#[derive(Default)]
+struct Made {
+    dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+}
+
+impl Made {
+    /// `create_dir_all`, remembering each directory that was not there.
+    fn dir_all(&mut self, dir: &Path) -> std::io::Result<()> {
+        let missing: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        std::fs::create_dir_all(dir)?;
+        self.dirs.extend(missing.into_iter().rev());
+        Ok(())
+    }
+
+    /// Writes a file, remembering it if it was not there.
+    fn file(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let new = !path.exists();
+        std::fs::write(path, bytes)?;
+        if new {
+            self.files.push(path.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// Removes the files, then the directories, newest first.
+    fn undo(self) {
+        for f in self.files.iter().rev() {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 /// Cosigner keys from `--witness` values (a key, or a file holding one).

@@ -374,7 +374,7 @@ fn main() -> ExitCode {
 /// An error and its causes on one line, each said once: many of our
 /// errors already name their cause in their own message ("cannot read
 /// config file F: No such file or directory"), and `{:#}` would repeat it.
-fn error_line(e: &anyhow::Error) -> String {
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -401,7 +401,7 @@ impl Command {
                 | Command::Report(_)
                 | Command::Keys(_)
                 | Command::Request(RequestCmd::List { .. } | RequestCmd::Show { .. })
-                | Command::Recording(RecordingCmd::List { .. })
+                | Command::Recording(RecordingCmd::List { .. } | RecordingCmd::Play { .. })
         )
     }
 }

@@ -65,6 +65,37 @@ fn busy(g: &Gateway, n: usize) {
     }
 }
 
+/// A fetch refused part-way (the hash tiles are public, the entry bundles
+/// are not) takes back what it made: no half bundle is left to mistake
+/// for a copy, and a directory that was there keeps only what it had.
+#[test]
+fn a_refused_fetch_leaves_nothing_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    busy(&g, 3);
+    let fresh = dir.path().join("x");
+    let (code, _, err) = g.cli(
+        &["log", "fetch", "--bundle", fresh.to_str().unwrap()],
+        Some("user:bob"),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("not_log_reader"), "{err}");
+    assert!(!fresh.exists(), "{err}");
+    let there = dir.path().join("there");
+    std::fs::create_dir_all(&there).unwrap();
+    std::fs::write(there.join("notes"), "mine").unwrap();
+    let (code, _, err) = g.cli(
+        &["log", "fetch", "--bundle", there.to_str().unwrap()],
+        Some("user:bob"),
+    );
+    assert_ne!(code, 0, "{err}");
+    let left: Vec<_> = std::fs::read_dir(&there)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("notes")]);
+}
+
 #[test]
 fn an_exported_log_verifies_independently_and_every_tamper_is_caught() {
     let dir = tempfile::tempdir().unwrap();

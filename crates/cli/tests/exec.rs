@@ -524,6 +524,8 @@ fn exec_binds_the_program_and_files_and_a_rerun_uses_the_approval() {
             .contains("app.yaml changed since it was submitted"),
         "{err:?}"
     );
+    // …and never said it was running it.
+    assert!(!err.iter().any(|l| l.contains("running")), "{err:?}");
     assert_eq!(
         std::fs::read_to_string(&ran).unwrap(),
         "v1 r1\n",
@@ -601,4 +603,6 @@ fn a_token_never_goes_over_plain_http_off_this_machine() {
     let (_, err) = run("http://127.0.0.1:9", false, commands[1]);
     assert!(!err.contains("refusing"), "{err}");
     assert!(err.contains("cannot reach the gateway"), "{err}");
+    // The gateway's address is said once, not again in the transport error.
+    assert_eq!(err.matches("127.0.0.1:9").count(), 1, "{err}");
 }

@@ -766,6 +766,117 @@ fn the_cli_walks_a_request() {
     }
 }
 
+/// Starts `secondkey serve` on `config` (with `env`) and expects it to
+/// refuse the config and exit; returns what it printed.
+fn serve_refused(
+    dir: &std::path::Path,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Result<String, String> {
+    let path = dir.join("refused.toml");
+    let pdir = dir.join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(
+        pdir.join("test.cedar"),
+        "permit(principal, action, resource);",
+    )
+    .unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n{config}\n",
+        free_port(),
+        dir.join("data").display(),
+        pdir.display()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let err_path = dir.join("refused.err");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(&err_path).unwrap();
+            assert!(!status.success(), "{text}: {err}");
+            return Ok(err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("serve accepted {config:?} (env {env:?})"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A value outside its documented range is refused at start with an error
+/// naming the key (and the variable, when one set it), never clamped or
+/// taken silently.
+#[test]
+fn config_values_out_of_range_are_refused_naming_the_key() {
+    let mut misses = Vec::new();
+    for (config, key) in [
+        ("[grants]\nallow_ttl = \"400d\"", "grants.allow_ttl"),
+        ("[grants]\nallow_ttl = \"0s\"", "grants.allow_ttl"),
+        ("[requests]\nmax_wait_seconds = 0", "requests.max_wait_seconds"),
+        (
+            "[requests]\nmax_wait_seconds = 100000000",
+            "requests.max_wait_seconds",
+        ),
+        ("[log]\nreaders = []", "log.readers"),
+        ("[metrics]\nreaders = []", "metrics.readers"),
+        (
+            "[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:1\"\nprincipals = [\"group:agents\"]\nretry_after_seconds = 0",
+            "http[0].retry_after_seconds",
+        ),
+        (
+            "[[http]]\nname = \"billing\"\nupstream = \"http://127.0.0.1:1\"\nprincipals = [\"group:agents\"]\nretry_after_seconds = 3601",
+            "http[0].retry_after_seconds",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        match serve_refused(dir.path(), config, &[]) {
+            Ok(err) if err.contains(&format!("`{key}`")) => {}
+            Ok(err) => misses.push(format!("{config:?}: {err}")),
+            Err(e) => misses.push(e),
+        }
+    }
+    // A key set by a SECONDKEY_* variable: the error names the variable.
+    let dir = tempfile::tempdir().unwrap();
+    match serve_refused(dir.path(), "", &[("SECONDKEY_LISTEN", "nonsense")]) {
+        Ok(err) if err.contains("`listen`") && err.contains("SECONDKEY_LISTEN") => {}
+        Ok(err) => misses.push(format!("SECONDKEY_LISTEN=nonsense: {err}")),
+        Err(e) => misses.push(e),
+    }
+    assert!(misses.is_empty(), "{}", misses.join("\n"));
+}
+
+/// `policy validate` checks files offline: a failure says how to fix it,
+/// and nothing about "previous policies" (only a running gateway's reload
+/// keeps those).
+#[test]
+fn a_failed_policy_validate_speaks_of_no_previous_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "permit(principal, action, resource",
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &["policy", "validate", dir.path().to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0);
+    let text = format!("{out}{err}");
+    assert!(text.contains("policy validate"), "{text}");
+    assert!(!text.contains("previous"), "{text}");
+}
+
 /// A command that fails says what it could not do and why, each once: a
 /// missing config file, an export or an evidence pack to a directory that
 /// cannot be made.

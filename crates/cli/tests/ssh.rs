@@ -729,12 +729,16 @@ fn a_terminal_is_part_of_what_is_approved() {
         None,
     );
     assert_eq!(req["action"]["operation"], "admin", "{req}");
-    // The approved command, sent again as approved, runs once.
+    // The approved command, sent again as approved, runs once, and says
+    // which approval it used.
     let out = run(&mut w.ssh(&key, "prod-db-1", &[cmd]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains(&format!(
+            "secondkey: request {id} approved; running it once"
+        )),
+        "{err}"
     );
     assert_eq!(w.systemctl_log(), "restart postgresql\n");
 }
@@ -849,4 +853,101 @@ fn sftp_attributes_through_a_read_handle_are_a_write() {
         path.as_str(),
         "{denial}"
     );
+}
+
+/// RSA is not built in: an RSA key where the gateway reads one (an agent's
+/// key, the gateway's own upstream key) is refused at start with the key
+/// named, not taken and then never able to log in.
+#[test]
+fn an_rsa_key_is_refused_where_it_is_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rsa = dir.join("rsa");
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+        .arg(&rsa));
+    assert!(out.status.success());
+    let rsa_pub = std::fs::read_to_string(rsa.with_extension("pub")).unwrap();
+    let ed_pub = keygen(&dir.join("ed"), "ed");
+    let pdir = dir.join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(pdir.join("p.cedar"), POLICY).unwrap();
+    let base = format!(
+        "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n\
+         [[principals]]\nid = \"agent:deploy-bot\"\ngroups = [\"agents\"]\n\
+         [[principals]]\nid = \"user:dora\"\ngroups = [\"data-owners\"]\n\
+         [ssh_gateway]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port(),
+        dir.join("data").display(),
+        pdir.display(),
+        free_port()
+    );
+    let host = |key_file: &Path| {
+        format!(
+            "[[ssh]]\nname = \"h\"\naddress = \"127.0.0.1:1\"\nhost_key = \"127.0.0.1 {}\"\nuser = \"u\"\nkey_file = \"{}\"\n",
+            ed_pub.trim(),
+            key_file.display()
+        )
+    };
+    for (extra, key) in [
+        (
+            format!(
+                "[[ssh_gateway.keys]]\nprincipal = \"agent:deploy-bot\"\nkey = \"{}\"\n",
+                rsa_pub.trim()
+            ),
+            "ssh_gateway.keys[0].key",
+        ),
+        (host(&rsa), "ssh[0].key_file"),
+    ] {
+        let config = dir.join("rsa.toml");
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve accepted an RSA key as {key}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(&format!("`{key}`")), "{err}");
+        assert!(err.contains("not supported"), "{err}");
+    }
+}
+
+/// `recording play` only prints: a reader that leaves early (`| head`)
+/// ends it quietly, as it ends `recording list`, not with "error: Broken
+/// pipe".
+#[test]
+fn recording_play_ends_quietly_when_its_reader_leaves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = "act_01a242c7ef063f9cf8d072e4cc20b8f5";
+    let mut cast = String::from("{\"version\":2,\"width\":80,\"height\":24}\n");
+    for i in 0..5 {
+        cast.push_str(&format!("[{}.{i}, \"o\", \"frame {i}\\r\\n\"]\n", 0));
+    }
+    std::fs::write(tmp.path().join(format!("{id}.cast")), cast).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["recording", "play", id, "--dir"])
+        .arg(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 5];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("error"), "{err}");
 }

@@ -498,7 +498,16 @@ pub fn parse(
         if hold_timeout > Duration::from_secs(3600) {
             return Err(invalid(key("hold_timeout"), "at most 1h"));
         }
-        let retry_after = raw.retry_after_seconds.unwrap_or(5).clamp(1, 3600);
+        let retry_after = match raw.retry_after_seconds {
+            None => 5,
+            Some(n @ 1..=3600) => n,
+            Some(_) => {
+                return Err(invalid(
+                    key("retry_after_seconds"),
+                    "must be between 1 and 3600 (seconds)",
+                ))
+            }
+        };
         let mut headers: BTreeSet<String> =
             RECORDED_HEADERS.iter().map(|s| s.to_string()).collect();
         for h in &raw.headers {

@@ -83,7 +83,7 @@ fn render_issues(issues: &[Issue]) -> String {
     for i in issues {
         s.push_str(&format!("  {i}\n"));
     }
-    s.push_str("fix these and run `secondkey policy validate` again; the previous policies stay in effect until then");
+    s.push_str("fix these and run `secondkey policy validate` again");
     s
 }
 

@@ -22,11 +22,35 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: String, message: String },
+    /// A key's value came from a `SECONDKEY_*` variable, not the file.
+    #[error("config key `{key}`, set by {var}: {message}")]
+    FromEnv {
+        var: String,
+        key: String,
+        message: String,
+    },
 }
+
+/// The variables that override keys of the file, and those keys.
+const ENV_OVERRIDES: [(&str, &str); 8] = [
+    ("SECONDKEY_LISTEN", "listen"),
+    ("SECONDKEY_DATA_DIR", "data_dir"),
+    ("SECONDKEY_STORE_URL", "store.url"),
+    ("SECONDKEY_POLICY_DIR", "policy_dir"),
+    ("SECONDKEY_PUBLIC_URL", "public_url"),
+    ("SECONDKEY_LOG_ORIGIN", "log.origin"),
+    ("SECONDKEY_LOG_AFTER_WINDOW", "log.after_window"),
+    ("SECONDKEY_LOG_COMMIT_DELAY_US", "log.commit_delay_us"),
+];
 
 /// `[log] commit_delay_us` when unset: 300 µs showed no gain on the HTTP
 /// gateway bench (bench/README.md §11, 2026-12-03), so off by default.
 const DEFAULT_COMMIT_DELAY_US: u64 = 0;
+
+/// The longest `[requests] max_wait_seconds`: a long-poll held an hour
+/// is already past what proxies keep open; a client waits longer by
+/// asking again.
+const MAX_WAIT_SECONDS: u64 = 3600;
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -701,8 +725,33 @@ impl Config {
     }
 
     /// Checks and resolves a parsed file; `offline`: see
-    /// [`Config::load_offline`].
+    /// [`Config::load_offline`]. An error about a key a `SECONDKEY_*`
+    /// variable set names that variable, where the fix is.
     fn from_raw(
+        raw: RawConfig,
+        base: &Path,
+        env: &HashMap<String, String>,
+        offline: bool,
+    ) -> Result<Config, ConfigError> {
+        Config::from_raw_env(raw, base, env, offline).map_err(|e| match e {
+            ConfigError::Invalid { key, message } => {
+                match ENV_OVERRIDES
+                    .iter()
+                    .find(|(var, k)| *k == key && env.contains_key(*var))
+                {
+                    Some((var, _)) => ConfigError::FromEnv {
+                        var: var.to_string(),
+                        key,
+                        message,
+                    },
+                    None => ConfigError::Invalid { key, message },
+                }
+            }
+            other => other,
+        })
+    }
+
+    fn from_raw_env(
         mut raw: RawConfig,
         base: &Path,
         env: &HashMap<String, String>,
@@ -733,7 +782,7 @@ impl Config {
             raw.log.commit_delay_us = Some(v.trim().parse().map_err(|_| {
                 invalid(
                     "log.commit_delay_us",
-                    format!("SECONDKEY_LOG_COMMIT_DELAY_US must be a whole number of microseconds, not {v:?}"),
+                    format!("must be a whole number of microseconds, not {v:?}"),
                 )
             })?);
         }
@@ -784,6 +833,17 @@ impl Config {
                 .map_err(|e| invalid("grants.allow_ttl", e.to_string()))?,
             None => Duration::from_secs(300),
         };
+        let (lo, hi) = secondkey_policy::GRANT_TTL_BOUNDS;
+        if allow_grant_ttl < lo || allow_grant_ttl > hi {
+            return Err(invalid(
+                "grants.allow_ttl",
+                format!(
+                    "must be between {} and {}, as @grant_ttl (e.g. \"5m\")",
+                    secondkey_policy::fmt_duration(lo),
+                    secondkey_policy::fmt_duration(hi)
+                ),
+            ));
+        }
         let after_window = match &raw.log.after_window {
             Some(s) => secondkey_core::time::parse_duration(s)
                 .map_err(|e| invalid("log.after_window", e.to_string()))?,
@@ -822,7 +882,16 @@ impl Config {
                 "must be between 0 and 1 (exclusive), e.g. 0.5",
             ));
         }
-        let max_wait = Duration::from_secs(raw.requests.max_wait_seconds.unwrap_or(60));
+        let max_wait = match raw.requests.max_wait_seconds {
+            None => Duration::from_secs(60),
+            Some(n @ 1..=MAX_WAIT_SECONDS) => Duration::from_secs(n),
+            Some(_) => {
+                return Err(invalid(
+                    "requests.max_wait_seconds",
+                    format!("must be between 1 and {MAX_WAIT_SECONDS} (seconds; a client waits longer by asking again)"),
+                ))
+            }
+        };
         let max_body_bytes = raw.requests.max_body_bytes.unwrap_or(1 << 20);
         if max_body_bytes < 1024 {
             return Err(invalid("requests.max_body_bytes", "must be at least 1024"));
@@ -1039,6 +1108,12 @@ impl Config {
             executors.insert(id.to_string());
         }
         let log_readers = raw.log.readers.unwrap_or_else(|| vec!["auditors".into()]);
+        if log_readers.is_empty() || log_readers.iter().any(String::is_empty) {
+            return Err(invalid(
+                "log.readers",
+                "name at least one group, e.g. [\"auditors\"]; entries are never public (leave the group without members to let nobody read them)",
+            ));
+        }
         let limits = limits_config(&raw.limits)?;
         let metrics_readers = raw
             .metrics

@@ -50,8 +50,9 @@ pub async fn reload_now(gateway: &Gateway) -> Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "policy reload rejected; the previous policy set stays in force");
+            // Only a reload has previous policies to keep.
+            tracing::error!(error = %e, "policy reload rejected; the previous policy set stays in force");
+            let msg = format!("{e}; the previous policies stay in effect until then");
             let _ = gateway.policy_rejected(msg.clone()).await;
             Err(msg)
         }

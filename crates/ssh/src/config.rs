@@ -125,8 +125,22 @@ pub fn public_key(line: &str) -> Result<PublicKey, String> {
     let (Some(alg), Some(b64)) = (parts.next(), parts.next()) else {
         return Err("expected `<type> <base64> [comment]`".into());
     };
-    PublicKey::from_openssh(&format!("{alg} {b64}"))
-        .map_err(|e| format!("not an OpenSSH public key: {e}"))
+    let key = PublicKey::from_openssh(&format!("{alg} {b64}"))
+        .map_err(|e| format!("not an OpenSSH public key: {e}"))?;
+    supported(key.algorithm())?;
+    Ok(key)
+}
+
+/// Ed25519 and ECDSA are built in; any other key (RSA) is refused where it
+/// is configured, rather than one that could never log in or match.
+fn supported(alg: russh::keys::Algorithm) -> Result<(), String> {
+    match alg {
+        russh::keys::Algorithm::Ed25519 | russh::keys::Algorithm::Ecdsa { .. } => Ok(()),
+        other => Err(format!(
+            "{} keys are not supported: use Ed25519 or ECDSA (P-256/384/521)",
+            other.as_str()
+        )),
+    }
 }
 
 /// Parses a known_hosts line (`host[,host…] <type> <base64> [comment]`,
@@ -274,6 +288,16 @@ pub fn parse(
                         "key_env"
                     }),
                     format!("not an unencrypted OpenSSH private key: {e}"),
+                )
+            })?;
+            supported(private.algorithm()).map_err(|e| {
+                invalid(
+                    key(if raw.key_file.is_some() {
+                        "key_file"
+                    } else {
+                        "key_env"
+                    }),
+                    e,
                 )
             })?;
             let certificate = match (&raw.certificate_file, &raw.certificate_env) {

@@ -466,7 +466,19 @@ impl Ctx {
                 .await;
                 Go::Stop(exit::GATEWAY)
             }
-            Ok(Verdict::Run(ex)) => Go::Run(ex),
+            Ok(Verdict::Run(ex)) => {
+                // The identical command sent again once approved: say so,
+                // as when the approval lands while it waits.
+                if let Some(id) = &ex.request_id {
+                    say(
+                        ch,
+                        &format!("secondkey: request {id} approved; running it once\n"),
+                        pty,
+                    )
+                    .await;
+                }
+                Go::Run(ex)
+            }
             Ok(Verdict::Deny(d)) => {
                 let why: Vec<String> = d
                     .reasons
