@@ -123,6 +123,46 @@ fn psql_connects_as_its_principal_and_never_learns_the_upstream_password() {
     let _ = s.retry_port;
 }
 
+/// Principal ids have one spelling wherever they are read (docs/identity.md):
+/// `[[postgres]] principals`, the keys of `[postgres.scram]` and the user
+/// name a client logs in with are folded to lowercase like every other id.
+#[test]
+fn principal_ids_in_the_postgres_section_and_the_login_ignore_letter_case() {
+    let cluster = Cluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let verifier = secondkey_pg::scram::new_verifier(&token_of("agent:report-bot"));
+    let extra = format!(
+        "\n[[postgres]]\nname = \"analytics\"\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{DATABASE}\"\nprincipals = [\"Agent:Report-Bot\"]\n[postgres.upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n[postgres.scram]\n\"AGENT:report-bot\" = \"{verifier}\"\n",
+        cluster.port,
+    );
+    let gw = Gateway::start_extra(dir.path(), POLICIES, &extra);
+    for user in ["agent:report-bot", "Agent:REPORT-bot"] {
+        let out = psql(
+            port,
+            user,
+            &token_of("agent:report-bot"),
+            "SELECT count(*) FROM customers",
+        );
+        assert!(out.status.success(), "{user}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "3");
+    }
+    // Folding makes no one else: another principal's token is still refused.
+    let out = psql(
+        port,
+        "Agent:REPORT-bot",
+        &token_of("agent:other-bot"),
+        "SELECT 1",
+    );
+    assert!(text(&out.stderr).contains("password authentication failed"));
+    let actors: Vec<Value> = common::log_entries(&gw)
+        .iter()
+        .filter(|e| e["event"] == "action.allowed")
+        .map(|e| e["actor"].clone())
+        .collect();
+    assert_eq!(actors, ["agent:report-bot", "agent:report-bot"]);
+}
+
 #[test]
 fn a_prod_export_is_held_approved_by_two_reviewers_run_once_and_its_rows_logged() {
     let s = setup(1200);
