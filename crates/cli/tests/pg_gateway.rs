@@ -120,6 +120,19 @@ fn psql_connects_as_its_principal_and_never_learns_the_upstream_password() {
             .superuser_sql(DATABASE, "SELECT count(*) FROM customers"),
         "10"
     );
+    // A statement refused as unsupported says so once, naming secondkey once.
+    let out = psql(
+        s.port,
+        agent,
+        &token_of(agent),
+        "SET client_encoding = 'LATIN1'",
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("secondkey: only UTF8 is passed as client_encoding")
+            && !err.contains("secondkey: secondkey"),
+        "{err}"
+    );
     let _ = s.retry_port;
 }
 
