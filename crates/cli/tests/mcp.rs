@@ -179,11 +179,23 @@ fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
             &steps(
                 mode,
                 json!([{"list": true}, {"call": "read_table", "args": {"table": "orders"}},
-                                {"call": "delete_customer", "args": {"customer_id": 7}}]),
+                                {"call": "delete_customer", "args": {"customer_id": 7}},
+                                {"call": "read_table", "args": {"table": "orders", "limit": 1.5}}]),
             ),
             "",
         ));
         check_allow_and_deny(&e, &out);
+        // A denial no policy made (here: Cedar cannot evaluate 1.5) says
+        // why in its own words, with no empty policy name.
+        assert_eq!(out[3]["isError"], true, "{out:?}");
+        let t = out[3]["text"].as_str().unwrap();
+        assert!(
+            t.starts_with(
+                "secondkey denied this call of \"read_table\": the action cannot be evaluated"
+            ) && t.contains("1.5 is not an integer")
+                && !t.contains("policy  ("),
+            "{t}"
+        );
     }
     assert_eq!(e.runs_of("read_table").len(), 2, "one run per allowed call");
     let (s, v) = e.g.call(

@@ -120,7 +120,113 @@ fn psql_connects_as_its_principal_and_never_learns_the_upstream_password() {
             .superuser_sql(DATABASE, "SELECT count(*) FROM customers"),
         "10"
     );
+    // A statement refused as unsupported says so once, naming secondkey once.
+    let out = psql(
+        s.port,
+        agent,
+        &token_of(agent),
+        "SET client_encoding = 'LATIN1'",
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("secondkey: only UTF8 is passed as client_encoding")
+            && !err.contains("secondkey: secondkey"),
+        "{err}"
+    );
     let _ = s.retry_port;
+}
+
+/// Principal ids have one spelling wherever they are read (docs/identity.md):
+/// `[[postgres]] principals`, the keys of `[postgres.scram]` and the user
+/// name a client logs in with are folded to lowercase like every other id.
+#[test]
+fn principal_ids_in_the_postgres_section_and_the_login_ignore_letter_case() {
+    let cluster = Cluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let verifier = secondkey_pg::scram::new_verifier(&token_of("agent:report-bot"));
+    let extra = format!(
+        "\n[[postgres]]\nname = \"analytics\"\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{DATABASE}\"\nprincipals = [\"Agent:Report-Bot\"]\n[postgres.upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n[postgres.scram]\n\"AGENT:report-bot\" = \"{verifier}\"\n",
+        cluster.port,
+    );
+    let gw = Gateway::start_extra(dir.path(), POLICIES, &extra);
+    for user in ["agent:report-bot", "Agent:REPORT-bot"] {
+        let out = psql(
+            port,
+            user,
+            &token_of("agent:report-bot"),
+            "SELECT count(*) FROM customers",
+        );
+        assert!(out.status.success(), "{user}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "3");
+    }
+    // Folding makes no one else: another principal's token is still refused.
+    let out = psql(
+        port,
+        "Agent:REPORT-bot",
+        &token_of("agent:other-bot"),
+        "SELECT 1",
+    );
+    assert!(text(&out.stderr).contains("password authentication failed"));
+    let actors: Vec<Value> = common::log_entries(&gw)
+        .iter()
+        .filter(|e| e["event"] == "action.allowed")
+        .map(|e| e["actor"].clone())
+        .collect();
+    assert_eq!(actors, ["agent:report-bot", "agent:report-bot"]);
+}
+
+/// A statement held until `hold_timeout` is traffic: the session's
+/// `idle_timeout` counts from the error that ends the hold, not from the
+/// statement that began it.
+#[test]
+fn idle_timeout_counts_from_the_end_of_a_hold_not_its_start() {
+    let cluster = Cluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let verifier = secondkey_pg::scram::new_verifier(&token_of("agent:report-bot"));
+    let extra = format!(
+        "\n[[postgres]]\nname = \"analytics\"\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{DATABASE}\"\nprincipals = [\"agent:report-bot\"]\nhold = \"wait\"\nhold_timeout = \"2s\"\nidle_timeout = \"6s\"\n[postgres.upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{DATABASE}\"\nuser = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n[postgres.scram]\n\"agent:report-bot\" = \"{verifier}\"\n",
+        cluster.port,
+    );
+    let _gw = Gateway::start_extra(dir.path(), POLICIES, &extra);
+    // The export is held for 2s and times out; 4.5s later, well inside
+    // the 6s idle_timeout counted from that error, the session still runs
+    // the next statement.
+    let mut child = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "agent:report-bot",
+            "-d",
+            DATABASE,
+            "-f",
+            "-",
+        ])
+        .env("PGPASSWORD", token_of("agent:report-bot"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"COPY customers TO STDOUT;\n\\! sleep 4.5\nSELECT 40 + 2;\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(err.contains("was not decided within 2s"), "{err}");
+    assert!(!err.contains("idle-session timeout"), "{err}");
+    assert_eq!(text(&out.stdout).trim(), "42", "{err}");
 }
 
 #[test]

@@ -100,13 +100,16 @@ fn describe_reasons(reasons: &[Value]) -> String {
     let named: Vec<String> = reasons
         .iter()
         .filter_map(|r| {
-            let p = r["policy"].as_str()?;
+            let p = r["policy"].as_str().unwrap_or("");
             let m = r["message"].as_str().unwrap_or("");
-            Some(if m.is_empty() {
-                format!("policy {p}")
-            } else {
-                format!("policy {p} ({m})")
-            })
+            // A default deny, or an action that cannot be evaluated, names
+            // no policy: its message says why on its own.
+            match (p.is_empty(), m.is_empty()) {
+                (true, true) => None,
+                (true, false) => Some(m.to_string()),
+                (false, true) => Some(format!("policy {p}")),
+                (false, false) => Some(format!("policy {p} ({m})")),
+            }
         })
         .collect();
     if named.is_empty() {

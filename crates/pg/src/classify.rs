@@ -761,7 +761,8 @@ fn variable_set(s: &protobuf::VariableSetStmt) -> Result<Operation, ClassifyErro
                 Ok(Operation::Read)
             } else {
                 Err(ClassifyError::Refused(
-                    "secondkey only passes UTF8 as client_encoding (statements are classified as UTF-8)".into(),
+                    "only UTF8 is passed as client_encoding (statements are classified as UTF-8)"
+                        .into(),
                 ))
             }
         }

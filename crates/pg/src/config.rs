@@ -192,9 +192,27 @@ pub fn parse(
     let mut out: Vec<Connection> = Vec::new();
     for (i, v) in list.iter().enumerate() {
         let key = |k: &str| format!("postgres[{i}].{k}");
-        let raw: RawConnection = v.clone().try_into().map_err(|e: toml::de::Error| {
+        let mut raw: RawConnection = v.clone().try_into().map_err(|e: toml::de::Error| {
             invalid(format!("postgres[{i}]"), e.message().to_string())
         })?;
+        // Principal ids have one spelling: read in lowercase here as
+        // everywhere else (docs/identity.md).
+        for p in &mut raw.principals {
+            p.make_ascii_lowercase();
+        }
+        raw.principals.sort();
+        raw.principals.dedup();
+        let mut scram_folded = BTreeMap::new();
+        for (p, s) in std::mem::take(&mut raw.scram) {
+            let id = p.to_ascii_lowercase();
+            if scram_folded.insert(id.clone(), s).is_some() {
+                return Err(invalid(
+                    key("scram"),
+                    format!("{id} has two verifiers; ids are read in lowercase, so letter case never makes two principals"),
+                ));
+            }
+        }
+        raw.scram = scram_folded;
         if raw.name.is_empty()
             || !raw
                 .name

@@ -552,17 +552,19 @@ async fn login(
         .filter(|(k, _)| PASSED_PARAMETERS.contains(&k.as_str()))
         .cloned()
         .collect();
-    let known = sh.conn.principals.contains(&user);
+    // Ids are read in lowercase wherever they come from (docs/identity.md).
+    let id = user.to_ascii_lowercase();
+    let known = sh.conn.principals.contains(&id);
     let principal = sh
         .gateway
         .config
         .principals
-        .get(&user)
+        .get(&id)
         .filter(|_| known)
         .cloned();
     let verifier = principal
         .as_ref()
-        .and_then(|_| sh.conn.scram.get(&user).cloned());
+        .and_then(|_| sh.conn.scram.get(&id).cloned());
     let ok = if verifier.is_some() || !tls {
         if principal.is_some() && verifier.is_none() {
             return Err(fatal(

@@ -510,6 +510,9 @@ impl Session {
                 .await
                 .map_err(|_| End::ClientLeft)?;
             self.cout.clear();
+            // Traffic either way counts for `idle_timeout`: the answer
+            // to a statement held for a long time is new traffic.
+            self.last_active = Instant::now();
         }
         Ok(())
     }
