@@ -522,6 +522,14 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     assert_eq!(code, 0, "{err}");
     assert!(played.contains("recorded-42"), "{played}");
     assert!(err.contains(rec["sha256"].as_str().unwrap()), "{err}");
+    // What a terminal showed is the gateway user's alone to read.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let cast = find_file(&w.dir, &format!("{rec_id}.cast")).expect("the recording's file");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cast), 0o600, "{}", cast.display());
+        assert_eq!(mode(cast.parent().unwrap()), 0o700, "{}", cast.display());
+    }
     let (code, _, err) = run_cli(
         &[
             "recording",
@@ -858,6 +866,73 @@ fn sftp_attributes_through_a_read_handle_are_a_write() {
 /// RSA is not built in: an RSA key where the gateway reads one (an agent's
 /// key, the gateway's own upstream key) is refused at start with the key
 /// named, not taken and then never able to log in.
+/// The first file named `name` under `dir`.
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// A recordings directory the gateway cannot use stops its start: no
+/// shell would run, since none runs unrecorded.
+#[test]
+fn a_recordings_dir_that_cannot_hold_recordings_stops_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pdir = dir.join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(pdir.join("p.cedar"), POLICY).unwrap();
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n\
+             [[principals]]\nid = \"agent:deploy-bot\"\ngroups = [\"agents\"]\n\
+             [[principals]]\nid = \"user:dora\"\ngroups = [\"data-owners\"]\n\
+             [ssh_gateway]\nlisten = \"127.0.0.1:{}\"\nrecordings_dir = \"{}/rec\"\n",
+            free_port(),
+            dir.join("data").display(),
+            pdir.display(),
+            free_port(),
+            file.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started with a recordings_dir under a file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("ssh_gateway.recordings_dir") && err.contains("a-file/rec"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_rsa_key_is_refused_where_it_is_configured() {
     let tmp = tempfile::tempdir().unwrap();

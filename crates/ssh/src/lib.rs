@@ -97,6 +97,14 @@ impl SshGateway {
     /// pruning; returns the bound address. Must run inside the runtime.
     pub fn listen(&self, gateway: Arc<Gateway>) -> anyhow::Result<std::net::SocketAddr> {
         let host_key = load_or_create_host_key(&self.cfg.host_key_file)?;
+        // A shell cannot run unrecorded: a directory that cannot hold
+        // recordings stops the start, not each session.
+        recording::check_dir(&self.cfg.recordings_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "config key `ssh_gateway.recordings_dir`: cannot use {} for recordings: {e}",
+                self.cfg.recordings_dir.display()
+            )
+        })?;
         let config = russh::server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-secondkey".into()),
             methods: russh::MethodSet::from(&[MethodKind::PublicKey][..]),

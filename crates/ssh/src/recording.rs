@@ -5,6 +5,7 @@
 //! file can be checked against what was recorded.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,6 +39,35 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Makes the recordings directory if it is missing, readable by the
+/// gateway's user alone (a directory that exists keeps its mode), and
+/// says why it cannot be used otherwise.
+pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory",
+        ));
+    }
+    Ok(())
+}
+
+/// [`prepare_dir`], and a file can be made in it (the gateway's start).
+pub fn check_dir(dir: &Path) -> std::io::Result<()> {
+    prepare_dir(dir)?;
+    let probe = dir.join(format!(".secondkey-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 pub fn path_of(dir: &Path, id: &str) -> Option<PathBuf> {
     valid_id(id).then(|| dir.join(format!("{id}.cast")))
 }
@@ -54,10 +84,13 @@ impl Recorder {
         let path = path_of(dir, id).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad recording id")
         })?;
-        std::fs::create_dir_all(dir)?;
+        prepare_dir(dir)?;
+        // A terminal session can show secrets: only the gateway's user
+        // reads its recording.
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
         let mut file = std::io::BufWriter::new(file);
         let ts = SystemTime::now()
