@@ -788,29 +788,7 @@ fn serve_refused(
         pdir.display()
     );
     std::fs::write(&path, &text).unwrap();
-    let err_path = dir.join("refused.err");
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let err = std::fs::read_to_string(&err_path).unwrap();
-            assert!(!status.success(), "{text}: {err}");
-            return Ok(err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("serve accepted {config:?} (env {env:?})"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    serve_refusal(&path, env).map_err(|_| format!("serve accepted {config:?} (env {env:?})"))
 }
 
 /// A value outside its documented range is refused at start with an error

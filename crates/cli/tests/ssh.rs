@@ -908,25 +908,7 @@ fn a_recordings_dir_that_cannot_hold_recordings_stops_the_start() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve started with a recordings_dir under a file");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = serve_refusal(&config, &[]).expect("a recordings_dir under a file is refused");
     assert!(
         err.contains("ssh_gateway.recordings_dir") && err.contains("a-file/rec"),
         "{err}"
@@ -976,25 +958,8 @@ fn an_rsa_key_is_refused_where_it_is_configured() {
     ] {
         let config = dir.join("rsa.toml");
         std::fs::write(&config, format!("{base}{extra}")).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("serve accepted an RSA key as {key}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{err}");
+        let err = serve_refusal(&config, &[])
+            .unwrap_or_else(|_| panic!("serve accepted an RSA key as {key}"));
         assert!(err.contains(&format!("`{key}`")), "{err}");
         assert!(err.contains("not supported"), "{err}");
     }

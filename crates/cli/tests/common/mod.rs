@@ -355,6 +355,36 @@ impl Gateway {
     }
 }
 
+/// Starts `secondkey serve --config path` (with `env`) and expects it to
+/// refuse the configuration and exit within 10 s: what it printed on
+/// stderr, or, if it was still running then (it accepted the
+/// configuration; it is killed), an error.
+pub fn serve_refusal(path: &Path, env: &[(&str, &str)]) -> Result<String, String> {
+    let err_path = path.with_extension("err");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(path)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(&err_path).unwrap();
+            assert!(!status.success(), "serve exited 0: {err}");
+            return Ok(err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("serve accepted {}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn run_cli(args: &[&str], url: &str, token_for: Option<&str>) -> (i32, String, String) {
     let mut c = Command::new(BIN);
     c.args(args)
