@@ -77,6 +77,20 @@ pub enum DurationError {
 /// TTL, and small enough that `Timestamp::plus` never saturates in practice.
 const MAX_MILLIS: u128 = 100_000 * 86_400_000;
 
+/// The proleptic Gregorian (year, month, day) `days` after 1970-01-01
+/// (H. Hinnant's `civil_from_days`); negative days go back before it.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 /// Writes a duration the way [`parse_duration`] reads it, in the largest
 /// unit that divides it (`"1h"`, `"90m"`, `"45s"`; `"0s"` for zero);
 /// sub-second parts are dropped. For messages such as "waiting up to 10m".

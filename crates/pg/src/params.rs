@@ -249,15 +249,7 @@ fn date(days: i32) -> String {
 /// The proleptic Gregorian date `days` after 2000-01-01 (H. Hinnant's
 /// `civil_from_days`).
 fn civil(days: i64) -> String {
-    let z = days + 10_957 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = secondkey_core::time::civil_from_days(days + 10_957);
     if y >= 1 {
         format!("{y:04}-{m:02}-{d:02}")
     } else {

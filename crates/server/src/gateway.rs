@@ -119,22 +119,14 @@ pub fn rfc3339(t: Timestamp) -> String {
 const LAST_FOUR_DIGIT_YEAR_MS: i64 = 253_402_300_799_999;
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ms` since the epoch, from 1970 through
-/// 9999 (days to a civil date as in H. Hinnant's `civil_from_days`).
+/// 9999.
 fn rfc3339_fast(ms: i64) -> Option<String> {
     if !(0..=LAST_FOUR_DIGIT_YEAR_MS).contains(&ms) {
         return None;
     }
     let days = ms / 86_400_000;
     let in_day = ms % 86_400_000;
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = secondkey_core::time::civil_from_days(days);
     let mut b = *b"0000-00-00T00:00:00.000Z";
     let mut put = |at: usize, width: usize, mut v: i64| {
         for i in (at..at + width).rev() {
