@@ -881,29 +881,38 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
+/// A gateway's configuration in `dir` with the test policies and an
+/// `[ssh_gateway]` table left open for more keys.
+fn ssh_gateway_only(dir: &Path) -> String {
+    let pdir = dir.join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(pdir.join("p.cedar"), POLICY).unwrap();
+    format!(
+        "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n\
+         [[principals]]\nid = \"agent:deploy-bot\"\ngroups = [\"agents\"]\n\
+         [[principals]]\nid = \"user:dora\"\ngroups = [\"data-owners\"]\n\
+         [ssh_gateway]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port(),
+        dir.join("data").display(),
+        pdir.display(),
+        free_port()
+    )
+}
+
 /// A recordings directory the gateway cannot use stops its start: no
 /// shell would run, since none runs unrecorded.
 #[test]
 fn a_recordings_dir_that_cannot_hold_recordings_stops_the_start() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pdir = dir.join("policies");
-    std::fs::create_dir_all(&pdir).unwrap();
-    std::fs::write(pdir.join("p.cedar"), POLICY).unwrap();
     let file = dir.join("a-file");
     std::fs::write(&file, "not a directory").unwrap();
     let config = dir.join("c.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n\
-             [[principals]]\nid = \"agent:deploy-bot\"\ngroups = [\"agents\"]\n\
-             [[principals]]\nid = \"user:dora\"\ngroups = [\"data-owners\"]\n\
-             [ssh_gateway]\nlisten = \"127.0.0.1:{}\"\nrecordings_dir = \"{}/rec\"\n",
-            free_port(),
-            dir.join("data").display(),
-            pdir.display(),
-            free_port(),
+            "{}recordings_dir = \"{}/rec\"\n",
+            ssh_gateway_only(dir),
             file.display()
         ),
     )
@@ -926,19 +935,7 @@ fn an_rsa_key_is_refused_where_it_is_configured() {
     assert!(out.status.success());
     let rsa_pub = std::fs::read_to_string(rsa.with_extension("pub")).unwrap();
     let ed_pub = keygen(&dir.join("ed"), "ed");
-    let pdir = dir.join("policies");
-    std::fs::create_dir_all(&pdir).unwrap();
-    std::fs::write(pdir.join("p.cedar"), POLICY).unwrap();
-    let base = format!(
-        "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npolicy_dir = \"{}\"\n\
-         [[principals]]\nid = \"agent:deploy-bot\"\ngroups = [\"agents\"]\n\
-         [[principals]]\nid = \"user:dora\"\ngroups = [\"data-owners\"]\n\
-         [ssh_gateway]\nlisten = \"127.0.0.1:{}\"\n",
-        free_port(),
-        dir.join("data").display(),
-        pdir.display(),
-        free_port()
-    );
+    let base = ssh_gateway_only(dir);
     let host = |key_file: &Path| {
         format!(
             "[[ssh]]\nname = \"h\"\naddress = \"127.0.0.1:1\"\nhost_key = \"127.0.0.1 {}\"\nuser = \"u\"\nkey_file = \"{}\"\n",
