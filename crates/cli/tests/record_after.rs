@@ -21,9 +21,9 @@ permit(principal in Group::"agents", action == Action::"sql.read", resource);
 permit(principal in Group::"agents", action == Action::"sql.write", resource);
 "#;
 
-/// Generous for a loaded CI machine: a result reported within a quarter of
-/// it (150 ms) joins its decision's entry, and one commit must fit in the
-/// next quarter.
+/// Generous for a loaded CI machine: a result reported within half of it
+/// (300 ms) joins its decision's entry, and one commit must fit in the
+/// next half.
 const WINDOW: Duration = Duration::from_millis(600);
 
 fn start(dir: &std::path::Path) -> Gateway {
@@ -74,7 +74,7 @@ fn one_entry_holds_decision_and_result_and_strict_allows_stay_strict() {
         (409, Some("outcome_recorded")),
         "{v}"
     );
-    // Not reported within a quarter of the window: the decision alone, then the
+    // Not reported within half the window: the decision alone, then the
     // result later as an ordinary result entry.
     let slow = execute(&g, &read_action());
     std::thread::sleep(WINDOW * 2);

@@ -10,25 +10,27 @@
 //! that commit) at most 2 ms after its result (at most a quarter of the
 //! window): the first result waits that long for others to join its
 //! commit, and every result that came meanwhile goes with it; or, if no
-//! result came within a quarter of the window (`[log] after_window / 4`),
-//! the decision alone, the result following later as an ordinary
-//! `action.result`.
+//! result came within half the window (`[log] after_window / 2`), the
+//! decision alone, the result following later as an ordinary
+//! `action.result`. Half, not less: a statement or call that takes a few
+//! milliseconds still makes one entry, not two.
 //!
 //! One task per gateway (the *flusher*) hands over everything due in one
 //! job, committed at once, instead of a timer and a commit per allow: under
 //! load an allow costs no wake-up of its own. So an entry is durable about
-//! `after_window / 4 + one commit` after its allow ran, at the latest.
+//! `after_window / 2 + one commit` after its allow ran, at the latest.
 //!
 //! **Back-pressure, fail closed.** An after-allow is admitted only while
 //! fewer than `[log] after_max_pending` admitted ones are not yet durable,
-//! the oldest of them is younger than half the window (so a commit may
-//! take a quarter of the window before anyone waits), and no write of one
-//! has failed since the last strict commit succeeded. Otherwise the allow
-//! takes the strict path — it *waits* for its own entry to be durable before
-//! it runs, and is refused if that fails. So when the log falls behind (a
-//! commit slower than a quarter of the window) or fails, no new allow runs
-//! unrecorded; what is exposed to a crash is bounded by the window, in
-//! time, and by `after_max_pending`, in number.
+//! the oldest of them is younger than three quarters of the window (so a
+//! commit may take a quarter of the window before anyone waits), and no
+//! write of one has failed since the last strict commit succeeded.
+//! Otherwise the allow takes the strict path — it *waits* for its own
+//! entry to be durable before it runs, and is refused if that fails. So
+//! when the log falls behind (a commit slower than a quarter of the
+//! window) or fails, no new allow runs unrecorded; what is exposed to a
+//! crash is bounded by the window, in time, and by `after_max_pending`, in
+//! number.
 //!
 //! Nothing else takes this path: reviews, denials, grant-mode allows (a grant
 //! token outlives the call) and permits without the annotation keep
@@ -240,7 +242,7 @@ impl AfterLog {
 
     /// Admits an allow that may run now, or says no and gives its payload
     /// back (then it takes the strict path). On yes, its entry is handed to
-    /// the store 2 ms after its result, or a quarter of the window from now.
+    /// the store 2 ms after its result, or half the window from now.
     pub fn admit(
         self: &Arc<Self>,
         id: String,
@@ -252,21 +254,21 @@ impl AfterLog {
     ) -> Result<Admitted, Value> {
         let now = Instant::now();
         let half = self.window / 2;
-        let quarter = self.window / 4;
+        let three_quarters = self.window * 3 / 4;
         let first = {
             let mut st = self.state();
             if st.closed || st.failed || st.undurable.len() >= self.max_pending {
                 return Err(payload);
             }
             if let Some((_, oldest)) = st.undurable.first_key_value() {
-                if now.duration_since(*oldest) >= half {
+                if now.duration_since(*oldest) >= three_quarters {
                     return Err(payload);
                 }
             }
             let seq = st.next;
             st.next += 1;
             st.undurable.insert(seq, now);
-            st.due.push_back((now + quarter, id.clone()));
+            st.due.push_back((now + half, id.clone()));
             st.slots.insert(
                 id.clone(),
                 Slot {
@@ -353,7 +355,7 @@ impl AfterLog {
 
     /// When the next slot is due, if any. Drops the queues' stale heads
     /// first (slots already handed over the other way: a slot whose result
-    /// came leaves its quarter-window mark behind), so that the flusher
+    /// came leaves its half-window mark behind), so that the flusher
     /// does not wake for them.
     fn next_due(&self) -> Option<Instant> {
         let mut guard = self.state();
@@ -495,11 +497,11 @@ fn write_of(mut slot: Slot) -> Result<Write, (Settle, ApiError)> {
 }
 
 /// The gateway's flusher: sleeps until the next slot is due (the first
-/// result lingered, or a decision's quarter of the window passed without
-/// its result), hands over every decision joined by its result and every
+/// result lingered, or half the window passed without a decision's
+/// result), hands over every decision joined by its result and every
 /// one due (so that one commit serves all the results of a linger), and
 /// lets its commit settle on a task of its own. A decision still without
-/// its result is not handed over before its quarter of the window: the
+/// its result is not handed over before half the window: the
 /// result may yet join it, in one entry instead of two. Ends with the
 /// gateway.
 async fn flusher(log: Weak<AfterLog>, wake: Arc<Notify>) {
@@ -546,11 +548,11 @@ mod tests {
     /// A decision whose result has not come is not handed over early with
     /// another's that has: the result may still join it in one entry.
     #[tokio::test]
-    async fn a_decision_without_its_result_waits_its_quarter_of_the_window() {
+    async fn a_decision_without_its_result_waits_half_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(secondkey_store::StoreOptions::new(dir.path())).unwrap();
-        // A quarter of the window is 1 s; a sixteenth 250 ms.
-        let log = AfterLog::new(Duration::from_secs(4), 10, store);
+        // Half the window is 1 s (a quarter 500 ms, a sixteenth 125 ms).
+        let log = AfterLog::new(Duration::from_secs(2), 10, store);
         assert!(admitted(&log, "a"));
         assert!(admitted(&log, "b"));
         let result = || ExecutionResult {
@@ -561,13 +563,13 @@ mod tests {
         };
         let now = Timestamp(0);
         // `a`'s result at 850 ms: handed over 2 ms later, when `b` is due
-        // within a sixteenth of the window (at 1 s).
+        // within a sixteenth of the window (at 1 s), and past its quarter.
         tokio::time::sleep(Duration::from_millis(850)).await;
         let Attach::Joined(a) = log.attach("a", "agent:bot", now, result()) else {
             panic!("a's decision is waiting")
         };
         a.await.unwrap().unwrap();
-        // `b`'s result at 900 ms, before its quarter: one entry for both.
+        // `b`'s result at 900 ms, before its half: one entry for both.
         assert!(
             matches!(
                 log.attach("b", "agent:bot", now, result()),

@@ -852,7 +852,7 @@ impl Config {
         if after_window < Duration::from_millis(4) || after_window > Duration::from_secs(60) {
             return Err(invalid(
                 "log.after_window",
-                "must be between 4ms and 60s (e.g. \"10ms\"): the entry of an after-allow is handed to the store at a quarter of the window, so a smaller one cannot be kept",
+                "must be between 4ms and 60s (e.g. \"10ms\"): a result waits up to a quarter of the window to share a commit, and a decision without its result half of it, so a smaller one cannot be kept",
             ));
         }
         let commit_delay = match raw.log.commit_delay_us {
