@@ -1278,3 +1278,126 @@ fn only_configured_chat_accounts_count_when_linking_is_configured() {
     assert_eq!(v["state"], "approved", "{v}");
     assert_eq!(v["reviews"][0]["reviewer"], "user:bob", "{v}");
 }
+
+/// A gateway with `[teams]` (tenant `tenant-1`), `aad-bob` bound to
+/// user:bob, the fake Bot Framework publishing `keys`, and a held export;
+/// returns it with the Bot Framework's URL and the request id.
+fn teams_gateway(dir: &std::path::Path, keys: Vec<Value>) -> (Gateway, String, String) {
+    let (bf, _calls) = bot_framework_keys(keys);
+    let extra = format!(
+        "\n[teams]\napp_id = \"{TEAMS_APP_ID}\"\napp_password_env = \"SK_TEAMS_PW\"\n\
+         openid_metadata = \"{bf}/v1/.well-known/openidconfiguration\"\ntoken_url = \"{bf}/token\"\nservice_url = \"{bf}/\"\n\
+         tenant_id = \"tenant-1\"\n\
+         [routing.accounts]\n\"teams:tenant-1/aad-bob\" = \"user:bob\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nteams_conversation = \"19:reviewers@thread.tacv2\"\n"
+    );
+    let g = Gateway::start_full(
+        dir,
+        &policies("1h", "1h"),
+        "",
+        &extra,
+        &[("SK_TEAMS_PW", TEAMS_APP_PASSWORD)],
+    );
+    let a = g.submit("agent:report-bot", &export("COPY customers TO STDOUT"));
+    let id = a["id"].as_str().unwrap().to_string();
+    (g, format!("{bf}/"), id)
+}
+
+/// POSTs `activity` to the bot's endpoint with `token`.
+fn to_bot(g: &Gateway, token: &str, activity: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    post_raw(
+        g,
+        "/chat/teams/messages",
+        &[("Authorization", auth.as_str())],
+        "application/json",
+        activity.to_string().as_bytes(),
+    )
+}
+
+fn error_code((s, v): (u16, Value)) -> (u16, Option<String>) {
+    (s, v["error"]["code"].as_str().map(str::to_string))
+}
+
+fn untouched(g: &Gateway, id: &str) {
+    let v = state(g, id);
+    assert_eq!(
+        (v["state"].as_str(), &v["reviews"]),
+        (Some("pending"), &json!([])),
+        "{v}"
+    );
+}
+
+/// docs/chat.md: the token's key must list the activity's `channelId` in
+/// its `endorsements`. A key that lists none endorses nothing (`403
+/// not_endorsed`, as the Bot Framework's own SDKs refuse it); its click
+/// by an eligible, bound reviewer counts nothing. The same click under an
+/// endorsed key is bob's approval.
+#[test]
+fn teams_key_that_lists_no_endorsements_endorses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rsa_key(dir.path(), "bf");
+    let bare = rsa_key(dir.path(), "bare");
+    const BARE_KID: &str = "bf-no-endorsements";
+    let mut bare_jwk = jwk(&bare, BARE_KID, &[]);
+    bare_jwk.as_object_mut().unwrap().remove("endorsements");
+    let (g, service_url, id) =
+        teams_gateway(dir.path(), vec![jwk(&key, KID, &["msteams"]), bare_jwk]);
+    let click = |n: &str| invoke(n, &service_url, "aad-bob", "approve", &id, "1:activity-1");
+
+    let bare_tok = bot_token_kid(&bare, BARE_KID, TEAMS_APP_ID, &service_url, 600);
+    assert_eq!(
+        error_code(to_bot(&g, &bare_tok, &click("e1"))),
+        (403, Some("not_endorsed".into()))
+    );
+    untouched(&g, &id);
+
+    let tok = bot_token(&key, TEAMS_APP_ID, &service_url, 600);
+    let (s, v) = to_bot(&g, &tok, &click("e2"));
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (200, Some("application/vnd.microsoft.card.adaptive")),
+        "{v}"
+    );
+    assert_eq!(state(&g, &id)["state"], "approved");
+}
+
+/// docs/chat.md: with `[teams] tenant_id`, *any* activity from another
+/// tenant is `403 wrong_tenant` — a message, a conversation update naming
+/// the tenant only in `channelData`, a card action with a verb nobody
+/// sent — not only a well-formed click. Our tenant's message is
+/// acknowledged. Nothing changes.
+#[test]
+fn teams_refuses_every_activity_of_another_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rsa_key(dir.path(), "bf");
+    let (g, service_url, id) = teams_gateway(dir.path(), vec![jwk(&key, KID, &["msteams"])]);
+    let tok = bot_token(&key, TEAMS_APP_ID, &service_url, 600);
+    let activity = |n: &str, kind: &str, tenant: &str| {
+        let mut a = invoke(n, &service_url, "aad-bob", "approve", &id, "1:activity-1");
+        a["type"] = json!(kind);
+        a["conversation"]["tenantId"] = json!(tenant);
+        a["channelData"]["tenant"]["id"] = json!(tenant);
+        a
+    };
+    let wrong = (403, Some("wrong_tenant".to_string()));
+    assert_eq!(
+        error_code(to_bot(&g, &tok, &activity("f1", "message", "tenant-2"))),
+        wrong
+    );
+    let mut update = activity("f2", "conversationUpdate", "tenant-2");
+    update["conversation"]
+        .as_object_mut()
+        .unwrap()
+        .remove("tenantId");
+    assert_eq!(error_code(to_bot(&g, &tok, &update)), wrong);
+    let mut odd = activity("f3", "invoke", "tenant-2");
+    odd["value"]["action"]["verb"] = json!("snooze");
+    assert_eq!(error_code(to_bot(&g, &tok, &odd)), wrong);
+    untouched(&g, &id);
+    assert_eq!(
+        to_bot(&g, &tok, &activity("m1", "message", "tenant-1")).0,
+        200
+    );
+    untouched(&g, &id);
+}
