@@ -36,7 +36,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
@@ -44,6 +43,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use secondkey_core::request::Request;
+use secondkey_server::api::RawBody;
 use secondkey_server::auth::Caller;
 use secondkey_server::config::ConfigError;
 use secondkey_server::gateway::rfc3339;
@@ -191,7 +191,7 @@ async fn slack_interactions(
     State(s): State<AppState>,
     Extension(inner): Extension<Arc<Inner>>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     slack::interactions(s.gateway, inner, headers, body).await
 }
@@ -200,7 +200,7 @@ async fn teams_messages(
     State(s): State<AppState>,
     Extension(inner): Extension<Arc<Inner>>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     teams::messages(s.gateway, inner, headers, body).await
 }

@@ -1401,3 +1401,121 @@ fn teams_refuses_every_activity_of_another_tenant() {
     );
     untouched(&g, &id);
 }
+
+/// A gateway with `[slack]`, `[teams]` and `[oidc]` (a provider nobody
+/// reaches), `linking = "configured"`, and a held export.
+fn chat_gateway(dir: &std::path::Path) -> (Gateway, RsaKey, String, String) {
+    let key = rsa_key(dir, "bf");
+    let (bf, _calls) = bot_framework(&key);
+    let (api, _slack) = fakes::slack();
+    let secret = dir.join("oidc_secret");
+    std::fs::write(&secret, "web-client-secret\n").unwrap();
+    let extra = format!(
+        "\n[oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\n\
+         [slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\n\
+         [teams]\napp_id = \"{TEAMS_APP_ID}\"\napp_password_env = \"SK_TEAMS_PW\"\n\
+         openid_metadata = \"{bf}/v1/.well-known/openidconfiguration\"\ntoken_url = \"{bf}/token\"\nservice_url = \"{bf}/\"\n\
+         [routing]\nlinking = \"configured\"\n\
+         [routing.accounts]\n\"slack:T0TEST/U_BOB\" = \"user:bob\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\n",
+        secret.display()
+    );
+    let g = Gateway::start_full(
+        dir,
+        &policies("1h", "1h"),
+        "",
+        &extra,
+        &[
+            ("SK_SLACK_BOT", SLACK_BOT_TOKEN),
+            ("SK_SLACK_SIGNING", SLACK_SIGNING_SECRET),
+            ("SK_TEAMS_PW", TEAMS_APP_PASSWORD),
+        ],
+    );
+    let a = g.submit("agent:report-bot", &export("COPY customers TO STDOUT"));
+    let id = a["id"].as_str().unwrap().to_string();
+    (g, key, format!("{bf}/"), id)
+}
+
+/// Bad bodies on the chat endpoints get the API's error format and change
+/// nothing: over `[requests] max_body_bytes` (the test gateway's is
+/// 64 KiB) is `413 too_large` for Slack and Teams alike, as everywhere
+/// else; a signed Slack body that is no interaction payload is `400
+/// invalid_payload`, a verified Teams body that is no activity `400
+/// invalid_activity`.
+#[test]
+fn chat_endpoints_answer_bad_bodies_in_the_api_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, key, service_url, id) = chat_gateway(dir.path());
+    // Status and JSON body of a raw HTTP answer.
+    let answer = |raw: &str| -> (u16, Option<String>) {
+        let status = raw
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        (status, v["error"]["code"].as_str().map(str::to_string))
+    };
+    let too_large = (413, Some("too_large".to_string()));
+
+    let (body, ts, _) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_BOB",
+        "approve",
+        &id,
+        "1.1",
+    );
+    let big = format!("{body}&pad={}", "x".repeat(70_000));
+    let sig = slack_signature(SLACK_SIGNING_SECRET, &ts, big.as_bytes());
+    let raw = common::post_oversized(
+        &g.url,
+        "/chat/slack/interactions",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Slack-Request-Timestamp", &ts),
+            ("X-Slack-Signature", &sig),
+        ],
+        big.as_bytes(),
+    );
+    assert_eq!(answer(&raw), too_large, "{raw}");
+    let auth = format!(
+        "Bearer {}",
+        bot_token(&key, TEAMS_APP_ID, &service_url, 600)
+    );
+    let raw = common::post_oversized(
+        &g.url,
+        "/chat/teams/messages",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        &[b' '; 70_000],
+    );
+    assert_eq!(answer(&raw), too_large, "{raw}");
+    untouched(&g, &id);
+
+    let ts = unix_now().to_string();
+    let junk = "payload=%7Bnot-json";
+    let sig = slack_signature(SLACK_SIGNING_SECRET, &ts, junk.as_bytes());
+    assert_eq!(
+        error_code(click(&g, junk, &ts, &sig)),
+        (400, Some("invalid_payload".into()))
+    );
+    let not_activity = post_raw(
+        &g,
+        "/chat/teams/messages",
+        &[("Authorization", &auth)],
+        "application/json",
+        b"[1, 2]",
+    );
+    assert_eq!(
+        error_code(not_activity),
+        (400, Some("invalid_activity".into()))
+    );
+    untouched(&g, &id);
+}
