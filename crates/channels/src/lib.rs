@@ -241,6 +241,10 @@ async fn link_page(
     user: Result<SignedIn, WebReject>,
     UrlPath(code): UrlPath<String>,
 ) -> Response {
+    // Refused before anyone is sent to sign in for nothing.
+    if let Err(e) = links::web_linking(&inner.config.routing.linking) {
+        return WebReject::Page(e.status, e.message).into_response();
+    }
     let user = match user {
         Ok(u) => Some(u),
         Err(WebReject::SignIn(back)) => return WebReject::SignIn(back).into_response(),
@@ -294,10 +298,18 @@ async fn link_confirm(
     UrlPath(code): UrlPath<String>,
     req: axum::extract::Request,
 ) -> Response {
-    if req
+    let api = req
         .headers()
-        .contains_key(axum::http::header::AUTHORIZATION)
-    {
+        .contains_key(axum::http::header::AUTHORIZATION);
+    // Refused whoever asks, signed in or not.
+    if let Err(e) = links::web_linking(&inner.config.routing.linking) {
+        return if api {
+            e.into_response()
+        } else {
+            WebReject::Page(e.status, e.message).into_response()
+        };
+    }
+    if api {
         let (mut parts, _) = req.into_parts();
         let who = match Caller::from_request_parts(&mut parts, &s).await {
             Ok(Caller(who)) => who,

@@ -1519,3 +1519,36 @@ fn chat_endpoints_answer_bad_bodies_in_the_api_format() {
     );
     untouched(&g, &id);
 }
+
+/// docs/chat.md: with `linking = "configured"`, "every link page and
+/// confirmation is refused with `403 linking_disabled`" — at once, signed
+/// in or not: nobody is first sent to the identity provider (or told
+/// their session ended) for a link that cannot work.
+#[test]
+fn link_codes_are_refused_before_sign_in_when_linking_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, _key, _service_url, id) = chat_gateway(dir.path());
+    let no_redirects = ureq::AgentBuilder::new().redirects(0).build();
+    let url = format!("{}/chat/link/AAAAAAAAAAAAAAAAAAAAAA", g.url);
+    let status = |r: Result<ureq::Response, ureq::Error>| match r {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(status(no_redirects.get(&url).call()), 403);
+    let form = no_redirects
+        .post(&url)
+        .set("Content-Type", "application/x-www-form-urlencoded")
+        .send_string("csrf=x");
+    assert_eq!(status(form), 403);
+    assert_eq!(
+        error_code(g.call(
+            "POST",
+            "/chat/link/AAAAAAAAAAAAAAAAAAAAAA",
+            Some("user:bob"),
+            None
+        )),
+        (403, Some("linking_disabled".into()))
+    );
+    untouched(&g, &id);
+}
