@@ -36,7 +36,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
@@ -44,6 +43,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use secondkey_core::request::Request;
+use secondkey_server::api::RawBody;
 use secondkey_server::auth::Caller;
 use secondkey_server::config::ConfigError;
 use secondkey_server::gateway::rfc3339;
@@ -191,7 +191,7 @@ async fn slack_interactions(
     State(s): State<AppState>,
     Extension(inner): Extension<Arc<Inner>>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     slack::interactions(s.gateway, inner, headers, body).await
 }
@@ -200,7 +200,7 @@ async fn teams_messages(
     State(s): State<AppState>,
     Extension(inner): Extension<Arc<Inner>>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     teams::messages(s.gateway, inner, headers, body).await
 }
@@ -241,6 +241,10 @@ async fn link_page(
     user: Result<SignedIn, WebReject>,
     UrlPath(code): UrlPath<String>,
 ) -> Response {
+    // Refused before anyone is sent to sign in for nothing.
+    if let Err(e) = links::web_linking(&inner.config.routing.linking) {
+        return WebReject::Page(e.status, e.message).into_response();
+    }
     let user = match user {
         Ok(u) => Some(u),
         Err(WebReject::SignIn(back)) => return WebReject::SignIn(back).into_response(),
@@ -294,10 +298,18 @@ async fn link_confirm(
     UrlPath(code): UrlPath<String>,
     req: axum::extract::Request,
 ) -> Response {
-    if req
+    let api = req
         .headers()
-        .contains_key(axum::http::header::AUTHORIZATION)
-    {
+        .contains_key(axum::http::header::AUTHORIZATION);
+    // Refused whoever asks, signed in or not.
+    if let Err(e) = links::web_linking(&inner.config.routing.linking) {
+        return if api {
+            e.into_response()
+        } else {
+            WebReject::Page(e.status, e.message).into_response()
+        };
+    }
+    if api {
         let (mut parts, _) = req.into_parts();
         let who = match Caller::from_request_parts(&mut parts, &s).await {
             Ok(Caller(who)) => who,

@@ -135,7 +135,7 @@ pub fn not_configured(external: &External) -> String {
 
 /// Refuses every link code on a gateway whose chat accounts are bound only
 /// by its configuration.
-fn web_linking(linking: &Linking) -> Result<(), ApiError> {
+pub fn web_linking(linking: &Linking) -> Result<(), ApiError> {
     if linking.self_service {
         return Ok(());
     }

@@ -1278,3 +1278,277 @@ fn only_configured_chat_accounts_count_when_linking_is_configured() {
     assert_eq!(v["state"], "approved", "{v}");
     assert_eq!(v["reviews"][0]["reviewer"], "user:bob", "{v}");
 }
+
+/// A gateway with `[teams]` (tenant `tenant-1`), `aad-bob` bound to
+/// user:bob, the fake Bot Framework publishing `keys`, and a held export;
+/// returns it with the Bot Framework's URL and the request id.
+fn teams_gateway(dir: &std::path::Path, keys: Vec<Value>) -> (Gateway, String, String) {
+    let (bf, _calls) = bot_framework_keys(keys);
+    let extra = format!(
+        "\n[teams]\napp_id = \"{TEAMS_APP_ID}\"\napp_password_env = \"SK_TEAMS_PW\"\n\
+         openid_metadata = \"{bf}/v1/.well-known/openidconfiguration\"\ntoken_url = \"{bf}/token\"\nservice_url = \"{bf}/\"\n\
+         tenant_id = \"tenant-1\"\n\
+         [routing.accounts]\n\"teams:tenant-1/aad-bob\" = \"user:bob\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nteams_conversation = \"19:reviewers@thread.tacv2\"\n"
+    );
+    let g = Gateway::start_full(
+        dir,
+        &policies("1h", "1h"),
+        "",
+        &extra,
+        &[("SK_TEAMS_PW", TEAMS_APP_PASSWORD)],
+    );
+    let a = g.submit("agent:report-bot", &export("COPY customers TO STDOUT"));
+    let id = a["id"].as_str().unwrap().to_string();
+    (g, format!("{bf}/"), id)
+}
+
+/// POSTs `activity` to the bot's endpoint with `token`.
+fn to_bot(g: &Gateway, token: &str, activity: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    post_raw(
+        g,
+        "/chat/teams/messages",
+        &[("Authorization", auth.as_str())],
+        "application/json",
+        activity.to_string().as_bytes(),
+    )
+}
+
+fn error_code((s, v): (u16, Value)) -> (u16, Option<String>) {
+    (s, v["error"]["code"].as_str().map(str::to_string))
+}
+
+fn untouched(g: &Gateway, id: &str) {
+    let v = state(g, id);
+    assert_eq!(
+        (v["state"].as_str(), &v["reviews"]),
+        (Some("pending"), &json!([])),
+        "{v}"
+    );
+}
+
+/// docs/chat.md: the token's key must list the activity's `channelId` in
+/// its `endorsements`. A key that lists none endorses nothing (`403
+/// not_endorsed`, as the Bot Framework's own SDKs refuse it); its click
+/// by an eligible, bound reviewer counts nothing. The same click under an
+/// endorsed key is bob's approval.
+#[test]
+fn teams_key_that_lists_no_endorsements_endorses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rsa_key(dir.path(), "bf");
+    let bare = rsa_key(dir.path(), "bare");
+    const BARE_KID: &str = "bf-no-endorsements";
+    let mut bare_jwk = jwk(&bare, BARE_KID, &[]);
+    bare_jwk.as_object_mut().unwrap().remove("endorsements");
+    let (g, service_url, id) =
+        teams_gateway(dir.path(), vec![jwk(&key, KID, &["msteams"]), bare_jwk]);
+    let click = |n: &str| invoke(n, &service_url, "aad-bob", "approve", &id, "1:activity-1");
+
+    let bare_tok = bot_token_kid(&bare, BARE_KID, TEAMS_APP_ID, &service_url, 600);
+    assert_eq!(
+        error_code(to_bot(&g, &bare_tok, &click("e1"))),
+        (403, Some("not_endorsed".into()))
+    );
+    untouched(&g, &id);
+
+    let tok = bot_token(&key, TEAMS_APP_ID, &service_url, 600);
+    let (s, v) = to_bot(&g, &tok, &click("e2"));
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (200, Some("application/vnd.microsoft.card.adaptive")),
+        "{v}"
+    );
+    assert_eq!(state(&g, &id)["state"], "approved");
+}
+
+/// docs/chat.md: with `[teams] tenant_id`, *any* activity from another
+/// tenant is `403 wrong_tenant` — a message, a conversation update naming
+/// the tenant only in `channelData`, a card action with a verb nobody
+/// sent — not only a well-formed click. Our tenant's message is
+/// acknowledged. Nothing changes.
+#[test]
+fn teams_refuses_every_activity_of_another_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rsa_key(dir.path(), "bf");
+    let (g, service_url, id) = teams_gateway(dir.path(), vec![jwk(&key, KID, &["msteams"])]);
+    let tok = bot_token(&key, TEAMS_APP_ID, &service_url, 600);
+    let activity = |n: &str, kind: &str, tenant: &str| {
+        let mut a = invoke(n, &service_url, "aad-bob", "approve", &id, "1:activity-1");
+        a["type"] = json!(kind);
+        a["conversation"]["tenantId"] = json!(tenant);
+        a["channelData"]["tenant"]["id"] = json!(tenant);
+        a
+    };
+    let wrong = (403, Some("wrong_tenant".to_string()));
+    assert_eq!(
+        error_code(to_bot(&g, &tok, &activity("f1", "message", "tenant-2"))),
+        wrong
+    );
+    let mut update = activity("f2", "conversationUpdate", "tenant-2");
+    update["conversation"]
+        .as_object_mut()
+        .unwrap()
+        .remove("tenantId");
+    assert_eq!(error_code(to_bot(&g, &tok, &update)), wrong);
+    let mut odd = activity("f3", "invoke", "tenant-2");
+    odd["value"]["action"]["verb"] = json!("snooze");
+    assert_eq!(error_code(to_bot(&g, &tok, &odd)), wrong);
+    untouched(&g, &id);
+    assert_eq!(
+        to_bot(&g, &tok, &activity("m1", "message", "tenant-1")).0,
+        200
+    );
+    untouched(&g, &id);
+}
+
+/// A gateway with `[slack]`, `[teams]` and `[oidc]` (a provider nobody
+/// reaches), `linking = "configured"`, and a held export.
+fn chat_gateway(dir: &std::path::Path) -> (Gateway, RsaKey, String, String) {
+    let key = rsa_key(dir, "bf");
+    let (bf, _calls) = bot_framework(&key);
+    let (api, _slack) = fakes::slack();
+    let secret = dir.join("oidc_secret");
+    std::fs::write(&secret, "web-client-secret\n").unwrap();
+    let extra = format!(
+        "\n[oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"secondkey-web\"\nclient_secret_file = \"{}\"\n\
+         [slack]\nbot_token_env = \"SK_SLACK_BOT\"\nsigning_secret_env = \"SK_SLACK_SIGNING\"\napi_base = \"{api}\"\n\
+         [teams]\napp_id = \"{TEAMS_APP_ID}\"\napp_password_env = \"SK_TEAMS_PW\"\n\
+         openid_metadata = \"{bf}/v1/.well-known/openidconfiguration\"\ntoken_url = \"{bf}/token\"\nservice_url = \"{bf}/\"\n\
+         [routing]\nlinking = \"configured\"\n\
+         [routing.accounts]\n\"slack:T0TEST/U_BOB\" = \"user:bob\"\n\
+         [[routing.routes]]\ngroup = \"data-owners\"\nslack_channel = \"C1\"\n",
+        secret.display()
+    );
+    let g = Gateway::start_full(
+        dir,
+        &policies("1h", "1h"),
+        "",
+        &extra,
+        &[
+            ("SK_SLACK_BOT", SLACK_BOT_TOKEN),
+            ("SK_SLACK_SIGNING", SLACK_SIGNING_SECRET),
+            ("SK_TEAMS_PW", TEAMS_APP_PASSWORD),
+        ],
+    );
+    let a = g.submit("agent:report-bot", &export("COPY customers TO STDOUT"));
+    let id = a["id"].as_str().unwrap().to_string();
+    (g, key, format!("{bf}/"), id)
+}
+
+/// Bad bodies on the chat endpoints get the API's error format and change
+/// nothing: over `[requests] max_body_bytes` (the test gateway's is
+/// 64 KiB) is `413 too_large` for Slack and Teams alike, as everywhere
+/// else; a signed Slack body that is no interaction payload is `400
+/// invalid_payload`, a verified Teams body that is no activity `400
+/// invalid_activity`.
+#[test]
+fn chat_endpoints_answer_bad_bodies_in_the_api_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, key, service_url, id) = chat_gateway(dir.path());
+    // Status and JSON body of a raw HTTP answer.
+    let answer = |raw: &str| -> (u16, Option<String>) {
+        let status = raw
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        (status, v["error"]["code"].as_str().map(str::to_string))
+    };
+    let too_large = (413, Some("too_large".to_string()));
+
+    let (body, ts, _) = slack_click(
+        SLACK_SIGNING_SECRET,
+        unix_now(),
+        "U_BOB",
+        "approve",
+        &id,
+        "1.1",
+    );
+    let big = format!("{body}&pad={}", "x".repeat(70_000));
+    let sig = slack_signature(SLACK_SIGNING_SECRET, &ts, big.as_bytes());
+    let raw = common::post_oversized(
+        &g.url,
+        "/chat/slack/interactions",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Slack-Request-Timestamp", &ts),
+            ("X-Slack-Signature", &sig),
+        ],
+        big.as_bytes(),
+    );
+    assert_eq!(answer(&raw), too_large, "{raw}");
+    let auth = format!(
+        "Bearer {}",
+        bot_token(&key, TEAMS_APP_ID, &service_url, 600)
+    );
+    let raw = common::post_oversized(
+        &g.url,
+        "/chat/teams/messages",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        &[b' '; 70_000],
+    );
+    assert_eq!(answer(&raw), too_large, "{raw}");
+    untouched(&g, &id);
+
+    let ts = unix_now().to_string();
+    let junk = "payload=%7Bnot-json";
+    let sig = slack_signature(SLACK_SIGNING_SECRET, &ts, junk.as_bytes());
+    assert_eq!(
+        error_code(click(&g, junk, &ts, &sig)),
+        (400, Some("invalid_payload".into()))
+    );
+    let not_activity = post_raw(
+        &g,
+        "/chat/teams/messages",
+        &[("Authorization", &auth)],
+        "application/json",
+        b"[1, 2]",
+    );
+    assert_eq!(
+        error_code(not_activity),
+        (400, Some("invalid_activity".into()))
+    );
+    untouched(&g, &id);
+}
+
+/// docs/chat.md: with `linking = "configured"`, "every link page and
+/// confirmation is refused with `403 linking_disabled`" — at once, signed
+/// in or not: nobody is first sent to the identity provider (or told
+/// their session ended) for a link that cannot work.
+#[test]
+fn link_codes_are_refused_before_sign_in_when_linking_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, _key, _service_url, id) = chat_gateway(dir.path());
+    let no_redirects = ureq::AgentBuilder::new().redirects(0).build();
+    let url = format!("{}/chat/link/AAAAAAAAAAAAAAAAAAAAAA", g.url);
+    let status = |r: Result<ureq::Response, ureq::Error>| match r {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(status(no_redirects.get(&url).call()), 403);
+    let form = no_redirects
+        .post(&url)
+        .set("Content-Type", "application/x-www-form-urlencoded")
+        .send_string("csrf=x");
+    assert_eq!(status(form), 403);
+    assert_eq!(
+        error_code(g.call(
+            "POST",
+            "/chat/link/AAAAAAAAAAAAAAAAAAAAAA",
+            Some("user:bob"),
+            None
+        )),
+        (403, Some("linking_disabled".into()))
+    );
+    untouched(&g, &id);
+}

@@ -835,3 +835,42 @@ fn an_event_stream_ends_when_its_workload_token_expires() {
         "closed by the token's end, not the request's"
     );
 }
+
+/// docs/web.md: `[oidc.group_map]` — "when present only mapped groups
+/// count". An empty table is present: the provider's groups count for
+/// nothing, so someone the provider puts in `data-owners` (and the file
+/// does not) neither sees nor decides a data owner's request.
+#[test]
+fn an_empty_group_map_lets_no_provider_group_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_idp, issuer) = start_idp_with(
+        dir.path(),
+        &[
+            user(
+                "mallory",
+                "mallory",
+                "mallory@example.test",
+                json!(["data-owners"]),
+            ),
+            user("bob", "bob", "bob@example.test", json!([])),
+        ],
+    );
+    let oidc = oidc_section(dir.path(), &issuer, "preferred_username").replace(
+        "[oidc.group_map]\n\"data-owners\" = [\"data-owners\"]\n",
+        "[oidc.group_map]\n",
+    );
+    assert!(oidc.ends_with("[oidc.group_map]\n"), "{oidc}");
+    let g = Gateway::start_extra(dir.path(), DELETE_POLICIES, &oidc);
+    let v = g.submit("agent:report-bot", &delete(1));
+    let id = v["request"]["id"].as_str().unwrap().to_string();
+
+    let s = sign_in(&g.url, "mallory", "/");
+    let page = get_page(&g.url, &s.session, &format!("/requests/{id}"));
+    assert_eq!(page.status, 404, "{}", page.body);
+    let inbox = get_page(&g.url, &s.session, "/inbox");
+    assert!(!inbox.body.contains(&id), "{}", inbox.body);
+    assert_eq!(g.state_of(&id), ("pending".into(), 0));
+    // bob is a data owner by the file, whatever the provider says.
+    assert_eq!(web_approve(&g.url, "bob", &id).status, 303);
+    assert_eq!(g.state_of(&id), ("approved".into(), 1));
+}

@@ -66,6 +66,24 @@ impl FromRequest<AppState> for RawJson {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        if !ct.starts_with("application/json") {
+            return Err(unsupported_media());
+        }
+        Ok(RawJson(bytes))
+    }
+}
+
+/// A body of any type kept as bytes, read under `[requests]
+/// max_body_bytes` with our error format (`413 too_large`,
+/// `400 invalid_body`): for endpoints that check the bytes themselves,
+/// such as signed chat interactions.
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         // A body declared over the limit is refused at once, from its
         // header, instead of waiting for bytes that will be refused anyway.
         let declared = req
@@ -77,13 +95,10 @@ impl FromRequest<AppState> for RawJson {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large_body(limit));
         }
-        let bytes = Bytes::from_request(req, state)
+        Bytes::from_request(req, state)
             .await
-            .map_err(|e| body_error(e, state))?;
-        if !ct.starts_with("application/json") {
-            return Err(unsupported_media());
-        }
-        Ok(RawJson(bytes))
+            .map(RawBody)
+            .map_err(|e| body_error(e, state))
     }
 }
 

@@ -351,7 +351,9 @@ pub struct OidcConfig {
     pub scopes: Vec<String>,
     pub username_claim: String,
     pub groups_claim: Option<String>,
-    pub group_map: std::collections::BTreeMap<String, Vec<String>>,
+    /// `[oidc.group_map]`. Without it the provider's groups count as sent;
+    /// with it — even an empty table — only its targets count.
+    pub group_map: Option<std::collections::BTreeMap<String, Vec<String>>>,
     pub session_ttl: Duration,
     /// true: `client_secret_post`; false: HTTP Basic.
     pub secret_in_body: bool,
@@ -620,13 +622,10 @@ impl Config {
             }
         }
         let identity_provider = match &self.oidc {
-            Some(o) if o.groups_claim.is_some() => {
-                if o.group_map.is_empty() {
-                    IdpGroups::Any
-                } else {
-                    IdpGroups::Mapped(o.group_map.values().flatten().cloned().collect())
-                }
-            }
+            Some(o) if o.groups_claim.is_some() => match &o.group_map {
+                None => IdpGroups::Any,
+                Some(map) => IdpGroups::Mapped(map.values().flatten().cloned().collect()),
+            },
             _ => IdpGroups::None,
         };
         secondkey_policy::LoadOptions {
@@ -1560,8 +1559,8 @@ fn oidc_config(
     if let Some(g) = &o.groups_claim {
         check_claim_name("oidc.groups_claim", g)?;
     }
-    let group_map = o.group_map.clone().unwrap_or_default();
-    for (from, to) in &group_map {
+    let group_map = o.group_map.clone();
+    for (from, to) in group_map.iter().flatten() {
         if let Some(g) = to
             .iter()
             .find(|g| g.is_empty() || g.contains(',') || g.contains('"'))
@@ -1954,7 +1953,10 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
         assert_eq!(o.redirect_url, "https://sk.example/auth/callback");
         assert_eq!(o.client_secret.as_deref(), Some("s3cret"));
         assert_eq!(o.username_claim, "preferred_username");
-        assert_eq!(o.group_map["DBA Team"], vec!["dba".to_string()]);
+        assert_eq!(
+            o.group_map.as_ref().map(|m| &m["DBA Team"]),
+            Some(&vec!["dba".to_string()])
+        );
         let j = &ok.jwt_issuers[0];
         assert_eq!(j.audiences, vec!["sk", "sk2"]);
         assert!(

@@ -6,7 +6,9 @@
 //! RS256 with a key from the configured OpenID metadata, issuer
 //! `https://api.botframework.com`, audience = our app id, not expired (5 min
 //! skew), its `serviceurl` claim equal to the activity's `serviceUrl`, and
-//! the key endorsing the activity's channel. The same (token, activity id)
+//! the key endorsing the activity's channel (a key that lists no
+//! endorsements endorses nothing), and — with `[teams] tenant_id` — the
+//! activity naming that tenant. The same (token, activity id)
 //! pair is accepted once: the Bot Framework reuses a token across
 //! activities for its lifetime, so the token alone cannot be single use,
 //! but a captured request replayed as is is refused. The clicker's Entra ID
@@ -123,15 +125,19 @@ pub(crate) async fn messages(
         );
     }
     let channel_id = s("/channelId").unwrap_or_default();
-    // The Bot Framework lists on each key the channels it may sign for.
-    if let Some(e) = verified.key.get("endorsements").and_then(Value::as_array) {
-        if !e.iter().any(|x| x.as_str() == Some(channel_id)) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "not_endorsed",
-                format!("the signing key does not endorse channel {channel_id:?}"),
-            );
-        }
+    // The Bot Framework lists on each key the channels it may sign for; a
+    // key that lists none signs for none (its own SDKs refuse it too).
+    let endorsed = verified
+        .key
+        .get("endorsements")
+        .and_then(Value::as_array)
+        .is_some_and(|e| e.iter().any(|x| x.as_str() == Some(channel_id)));
+    if !endorsed {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "not_endorsed",
+            format!("the signing key does not endorse channel {channel_id:?}"),
+        );
     }
     let now = gateway.now().0.div_euclid(1000);
     let exp = verified
@@ -146,6 +152,22 @@ pub(crate) async fn messages(
             "replayed",
             "this activity was already received with this token: replay refused",
         );
+    }
+    let tenant = s("/conversation/tenantId")
+        .or(s("/channelData/tenant/id"))
+        .unwrap_or("-");
+    // A bot installed in another organization is not ours to hear from:
+    // every activity of another tenant is refused, not only clicks.
+    if let Some(ours) = &teams.tenant {
+        if tenant != ours {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "wrong_tenant",
+                format!(
+                    "this gateway serves Teams tenant {ours} only; the activity is from {tenant}"
+                ),
+            );
+        }
     }
     if s("/type") != Some("invoke") || s("/name") != Some("adaptiveCard/action") {
         // Messages, conversation updates, …: acknowledged, nothing happens.
@@ -166,21 +188,6 @@ pub(crate) async fn messages(
                 .into(),
         );
     };
-    let tenant = s("/conversation/tenantId")
-        .or(s("/channelData/tenant/id"))
-        .unwrap_or("-");
-    // A bot installed in another organization is not ours to decide for.
-    if let Some(ours) = &teams.tenant {
-        if tenant != ours {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "wrong_tenant",
-                format!(
-                    "this gateway serves Teams tenant {ours} only; the activity is from {tenant}"
-                ),
-            );
-        }
-    }
     let external = External {
         platform: "teams".into(),
         id: format!("{tenant}/{aad}"),

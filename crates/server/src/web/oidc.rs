@@ -315,15 +315,16 @@ impl Oidc {
             .as_ref()
             .map(|g| crate::identity::groups_from_claim(verified.claims.get(g)))
             .unwrap_or_default();
-        let groups = if self.config.group_map.is_empty() {
-            raw_groups.into_iter().collect()
-        } else {
-            raw_groups
+        // With `[oidc.group_map]` (even an empty one) only its targets
+        // count; without it, the provider's groups as sent.
+        let groups = match &self.config.group_map {
+            None => raw_groups.into_iter().collect(),
+            Some(map) => raw_groups
                 .iter()
-                .filter_map(|g| self.config.group_map.get(g))
+                .filter_map(|g| map.get(g))
                 .flatten()
                 .cloned()
-                .collect()
+                .collect(),
         };
         Ok(SignedInUser {
             id,
@@ -469,7 +470,7 @@ mod tests {
             scopes: vec!["openid".into()],
             username_claim: "sub".into(),
             groups_claim: None,
-            group_map: Default::default(),
+            group_map: None,
             session_ttl: Duration::from_secs(60),
             secret_in_body: false,
             require_configured: false,
