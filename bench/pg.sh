@@ -121,7 +121,7 @@ policy_dir = "$WORK/policies"
 after_window = "${AFTER_WINDOW:-10ms}"
 [[principals]]
 id = "agent:bench"
-groups = ["agents"]
+groups = ["agents", "monitoring"]
 token_sha256 = "$HASH"
 [[principals]]
 id = "agent:fast"
@@ -174,16 +174,22 @@ per_stmt() { python3 -c "print(int(($2 - $1) * 1e6 / $(getconf CLK_TCK) / max($3
 # decision was written alone), read once the window has passed.
 log_size() { sleep 0.2; curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p; }
 per_entry() { python3 -c "print(f'{($2 - $1) / max($3 * $DURATION, 1):.2f}')"; }
-printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s %8s\n" mode clients direct pgaudit pgbouncer secondkey sk-after \
-  "sk/bnc" "after/bnc" "pga/bnc" "sk µs" "after µs" "after e/s"
+# How many after-allows took the strict path (back-pressure: the log was
+# behind), from /metrics: the share of those decided in an after run.
+strict_count() { curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SKHTTP_PORT/metrics" \
+  | awk '/^secondkey_after_strict_total/ {s=$2} /^secondkey_after_admitted_total/ {a=$2} END {print s+0, a+0}'; }
+strict_share() { python3 -c "s=$3-$1; a=$4-$2; print(f'{100*s/max(s+a,1):.0f}%')"; }
+printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s %8s %8s\n" mode clients direct pgaudit pgbouncer secondkey sk-after \
+  "sk/bnc" "after/bnc" "pga/bnc" "sk µs" "after µs" "after e/s" "strict"
 for mode in $MODES; do
   for c in $CLIENTS; do
     d=$(run direct "$mode" "$c"); a=$(run pgaudit "$mode" "$c"); b=$(run pgbouncer "$mode" "$c")
-    t0=$(ticks); s=$(run secondkey "$mode" "$c"); t1=$(ticks); e1=$(log_size)
-    f=$(run after "$mode" "$c"); t2=$(ticks); e2=$(log_size)
-    printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s %8s\n" "$mode" "$c" "$d" "$a" "$b" "$s" "$f" \
+    t0=$(ticks); s=$(run secondkey "$mode" "$c"); t1=$(ticks); e1=$(log_size); m1=$(strict_count)
+    f=$(run after "$mode" "$c"); t2=$(ticks); e2=$(log_size); m2=$(strict_count)
+    printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s %8s %8s\n" "$mode" "$c" "$d" "$a" "$b" "$s" "$f" \
       "$(ratio "$s" "$b")" "$(ratio "$f" "$b")" "$(ratio "$a" "$b")" \
-      "$(per_stmt "$t0" "$t1" "$s")" "$(per_stmt "$t1" "$t2" "$f")" "$(per_entry "$e1" "$e2" "$f")"
+      "$(per_stmt "$t0" "$t1" "$s")" "$(per_stmt "$t1" "$t2" "$f")" "$(per_entry "$e1" "$e2" "$f")" \
+      "$(strict_share $m1 $m2)"
   done
 done
 LOG1=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)
