@@ -248,6 +248,45 @@ fn sslmode_disable_to_another_host_is_refused() {
     }
 }
 
+/// docs/replicas.md: "a replica started with other keys refuses to start
+/// and says which file to replace" — each file that differs, by its path,
+/// and only those.
+#[test]
+fn a_replica_with_other_keys_refuses_to_start_and_names_the_files() {
+    let r = replicas(1);
+    let d = tempfile::tempdir().unwrap();
+    let pwfile = d.path().join("store.pw");
+    std::fs::write(&pwfile, format!("{APP_PASSWORD}\n")).unwrap();
+    let extra = store_section(&r.cluster, &pwfile);
+    let cfg = common::write_config_extra(d.path(), common::free_port(), POLICIES, &extra);
+    let keys = d.path().join("data/keys");
+    let path_of = |f: &str| keys.join(f).display().to_string();
+
+    // Started with keys of its own (made at this start): all three differ.
+    let err = common::serve_refusal(&cfg, &[]).unwrap();
+    assert!(err.contains("keys differ"), "{err}");
+    for f in ["log.key", "grant.key", "session.key"] {
+        assert!(err.contains(&path_of(f)), "names {f}: {err}");
+    }
+
+    // The log and grant keys copied, the session key still its own.
+    for f in ["log.key", "grant.key"] {
+        std::fs::copy(r.gws[0].dir.join("data/keys").join(f), keys.join(f)).unwrap();
+    }
+    let err = common::serve_refusal(&cfg, &[]).unwrap();
+    assert!(err.contains(&path_of("session.key")), "{err}");
+    for f in ["log.key", "grant.key"] {
+        assert!(!err.contains(&path_of(f)), "{f} is the same: {err}");
+    }
+
+    // All three copied: it starts, and serves the same log.
+    copy_keys(&r.gws[0], d.path());
+    let b = Gateway::start_full(d.path(), POLICIES, "", &extra, &[]);
+    common::wait_until("both serve the same checkpoint", || {
+        checkpoint(&b) == checkpoint(&r.gws[0])
+    });
+}
+
 #[test]
 fn requests_made_while_the_leader_is_dead_are_posted_once_by_the_next() {
     let (api, slack) = fakes::slack();
