@@ -247,7 +247,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
         } => {
             let cfg = secondkey_server::Config::load_offline(&config, &env_map())?;
             let store = secondkey_store::Store::open(cfg.store_options().read_only())
-                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+                .with_context(|| format!("opening {}", cfg.store_place()))?;
             let size = store.log_size();
             let entries = store.entries(0, size)?;
             if let Some(dir) = bundle {
@@ -369,7 +369,7 @@ fn expand_entry(
 fn export_bundle_tmp(config: &Path) -> Result<(tempfile::TempDir, Verifier, Option<String>)> {
     let cfg = secondkey_server::Config::load_offline(config, &env_map())?;
     let store = secondkey_store::Store::open(cfg.store_options().read_only())
-        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+        .with_context(|| format!("opening {}", cfg.store_place()))?;
     let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
     let entries = store.entries(0, store.log_size())?;
     let dir = tempfile::tempdir()?;
@@ -547,7 +547,7 @@ pub struct Snapshot {
 pub fn snapshot(config: &Path) -> Result<Snapshot> {
     let cfg = secondkey_server::Config::load_offline(config, &env_map())?;
     let store = secondkey_store::Store::open(cfg.store_options().read_only())
-        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+        .with_context(|| format!("opening {}", cfg.store_place()))?;
     let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
     let entries = store.entries(0, store.log_size())?;
     let (note, tree) = store.with_tree(|t| {

@@ -592,6 +592,15 @@ pub struct Config {
 
 impl Config {
     /// How to open this configuration's store.
+    /// Where the store is, for messages: the PostgreSQL URL (it never
+    /// holds the password) or the data directory.
+    pub fn store_place(&self) -> String {
+        match &self.store {
+            Some(pg) => format!("the PostgreSQL store {}", pg.url),
+            None => format!("the store in {}", self.data_dir.display()),
+        }
+    }
+
     pub fn store_options(&self) -> secondkey_store::StoreOptions {
         let mut o = secondkey_store::StoreOptions::new(&self.data_dir);
         o.commit_delay = self.commit_delay;
