@@ -246,8 +246,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             expand,
         } => {
             let cfg = secondkey_server::Config::load_offline(&config, &env_map())?;
-            let store = secondkey_store::Store::open(cfg.store_options().read_only())
-                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+            let store = open_read_only(&cfg)?;
             let size = store.log_size();
             let entries = store.entries(0, size)?;
             if let Some(dir) = bundle {
@@ -365,11 +364,23 @@ fn expand_entry(
     Ok(Some(v))
 }
 
+/// Opens the store of `cfg` to read it (export, verify, reports): an
+/// unreachable PostgreSQL store is said to be that, without the words of
+/// a refused decision, since these commands decide nothing.
+fn open_read_only(cfg: &secondkey_server::Config) -> Result<secondkey_store::Store> {
+    secondkey_store::Store::open(cfg.store_options().read_only()).map_err(|e| match e {
+        secondkey_store::StoreError::PgDown(why) => anyhow!(
+            "opening {}: cannot reach PostgreSQL ({why}); nothing was read",
+            cfg.store_place()
+        ),
+        e => anyhow::Error::new(e).context(format!("opening {}", cfg.store_place())),
+    })
+}
+
 /// Exports the live log to a temporary bundle (for `verify --config`).
 fn export_bundle_tmp(config: &Path) -> Result<(tempfile::TempDir, Verifier, Option<String>)> {
     let cfg = secondkey_server::Config::load_offline(config, &env_map())?;
-    let store = secondkey_store::Store::open(cfg.store_options().read_only())
-        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let store = open_read_only(&cfg)?;
     let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
     let entries = store.entries(0, store.log_size())?;
     let dir = tempfile::tempdir()?;
@@ -546,8 +557,7 @@ pub struct Snapshot {
 /// not extend the gateway's last signed checkpoint.
 pub fn snapshot(config: &Path) -> Result<Snapshot> {
     let cfg = secondkey_server::Config::load_offline(config, &env_map())?;
-    let store = secondkey_store::Store::open(cfg.store_options().read_only())
-        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let store = open_read_only(&cfg)?;
     let signer = secondkey_server::keys::load_log_signer(&cfg.log_key_file, &cfg.log_origin)?;
     let entries = store.entries(0, store.log_size())?;
     let (note, tree) = store.with_tree(|t| {

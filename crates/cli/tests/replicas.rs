@@ -248,6 +248,118 @@ fn sslmode_disable_to_another_host_is_refused() {
     }
 }
 
+/// A store that cannot be reached says which store and why, not only at
+/// which step it failed: a refused connection; a server that offers no
+/// TLS where `verify-full` (the default) needs it.
+#[test]
+fn an_unreachable_store_names_the_cause() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let pwfile = dir.path().join("store.pw");
+    std::fs::write(&pwfile, "pw\n").unwrap();
+    // Answers PostgreSQL's SSLRequest with "no TLS here", as a server
+    // without `ssl = on` does.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in plain.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut ssl_request = [0u8; 8];
+            if s.read_exact(&mut ssl_request).is_ok() {
+                let _ = s.write_all(b"N");
+            }
+        }
+    });
+    for (url, cause) in [
+        (
+            format!("postgres://sk@127.0.0.1:{port}/sk"),
+            "server does not support TLS",
+        ),
+        (
+            "postgres://sk@127.0.0.1:1/sk?sslmode=disable".to_string(),
+            "refused",
+        ),
+    ] {
+        let extra = format!(
+            "\n[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n",
+            pwfile.display()
+        );
+        let cfg = common::write_config_extra(dir.path(), common::free_port(), POLICIES, &extra);
+        let (code, _, err) = run_cli(
+            &["store", "migrate", "--config", cfg.to_str().unwrap()],
+            "http://127.0.0.1:1",
+            None,
+        );
+        assert_ne!(code, 0, "{url}: {err}");
+        assert!(
+            err.contains("cannot reach PostgreSQL") && err.contains(cause),
+            "{url}: names {cause:?}: {err}"
+        );
+        // An auditor's export names the store it could not open (the
+        // database, not the data directory that holds only keys), and
+        // speaks of no action: it decides none.
+        let bundle = dir.path().join("bundle");
+        let (code, _, err) = run_cli(
+            &[
+                "log",
+                "export",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--bundle",
+                bundle.to_str().unwrap(),
+            ],
+            "http://127.0.0.1:1",
+            None,
+        );
+        assert_ne!(code, 0, "{url}: {err}");
+        assert!(
+            err.contains(&format!("opening the PostgreSQL store {url}"))
+                && err.contains(cause)
+                && !err.contains("action"),
+            "{url}: {err}"
+        );
+    }
+}
+
+/// docs/replicas.md: "a replica started with other keys refuses to start
+/// and says which file to replace" — each file that differs, by its path,
+/// and only those.
+#[test]
+fn a_replica_with_other_keys_refuses_to_start_and_names_the_files() {
+    let r = replicas(1);
+    let d = tempfile::tempdir().unwrap();
+    let pwfile = d.path().join("store.pw");
+    std::fs::write(&pwfile, format!("{APP_PASSWORD}\n")).unwrap();
+    let extra = store_section(&r.cluster, &pwfile);
+    let cfg = common::write_config_extra(d.path(), common::free_port(), POLICIES, &extra);
+    let keys = d.path().join("data/keys");
+    let path_of = |f: &str| keys.join(f).display().to_string();
+
+    // Started with keys of its own (made at this start): all three differ.
+    let err = common::serve_refusal(&cfg, &[]).unwrap();
+    assert!(err.contains("keys differ"), "{err}");
+    for f in ["log.key", "grant.key", "session.key"] {
+        assert!(err.contains(&path_of(f)), "names {f}: {err}");
+    }
+
+    // The log and grant keys copied, the session key still its own.
+    for f in ["log.key", "grant.key"] {
+        std::fs::copy(r.gws[0].dir.join("data/keys").join(f), keys.join(f)).unwrap();
+    }
+    let err = common::serve_refusal(&cfg, &[]).unwrap();
+    assert!(err.contains(&path_of("session.key")), "{err}");
+    for f in ["log.key", "grant.key"] {
+        assert!(!err.contains(&path_of(f)), "{f} is the same: {err}");
+    }
+
+    // All three copied: it starts, and serves the same log.
+    copy_keys(&r.gws[0], d.path());
+    let b = Gateway::start_full(d.path(), POLICIES, "", &extra, &[]);
+    common::wait_until("both serve the same checkpoint", || {
+        checkpoint(&b) == checkpoint(&r.gws[0])
+    });
+}
+
 #[test]
 fn requests_made_while_the_leader_is_dead_are_posted_once_by_the_next() {
     let (api, slack) = fakes::slack();

@@ -594,6 +594,15 @@ pub struct Config {
 
 impl Config {
     /// How to open this configuration's store.
+    /// Where the store is, for messages: the PostgreSQL URL (it never
+    /// holds the password) or the data directory.
+    pub fn store_place(&self) -> String {
+        match &self.store {
+            Some(pg) => format!("the PostgreSQL store {}", pg.url),
+            None => format!("the store in {}", self.data_dir.display()),
+        }
+    }
+
     pub fn store_options(&self) -> secondkey_store::StoreOptions {
         let mut o = secondkey_store::StoreOptions::new(&self.data_dir);
         o.commit_delay = self.commit_delay;
@@ -1140,6 +1149,19 @@ impl Config {
             .enumerate()
             .map(|(i, j)| jwt_issuer(i, j, &principals))
             .collect::<Result<Vec<_>, _>>()?;
+        // A token picks its entry by its `iss`: a second entry for one
+        // issuer would never be consulted, its tokens refused.
+        for (i, j) in jwt_issuers.iter().enumerate() {
+            if let Some(k) = jwt_issuers[..i].iter().position(|e| e.issuer == j.issuer) {
+                return Err(invalid(
+                    format!("identity.jwt[{i}].issuer"),
+                    format!(
+                        "{:?} is configured already in identity.jwt[{k}]; give each issuer one entry (its audience may be a list)",
+                        j.issuer
+                    ),
+                ));
+            }
+        }
         let sections = [
             ("postgres", raw.postgres),
             ("mcp", raw.mcp),
@@ -1703,6 +1725,12 @@ fn jwt_issuer(
             .map(|n| crate::jwt::parse_algorithm(n).map_err(|m| invalid(key("algorithms"), m)))
             .collect::<Result<Vec<_>, _>>()?,
     };
+    if algorithms.is_empty() {
+        return Err(invalid(
+            key("algorithms"),
+            "name at least one algorithm (or leave it out for the defaults); none would refuse every token",
+        ));
+    }
     if let Some(c) = &j.delegation_user_claim {
         check_claim_name(&key("delegation_user_claim"), c)?;
     }
@@ -1979,6 +2007,9 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nalgorithms = [\"HS256\"]".into(), "identity.jwt[0].algorithms"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\njwks_url = \"http://t.example/k\"".into(), "identity.jwt[0].jwks_url"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\n[identity.jwt.map]\nx = \"user:bob\"".into(), "identity.jwt[0].map.x"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nalgorithms = []".into(), "identity.jwt[0].algorithms"),
+            // A second entry for one issuer would never be consulted.
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\n[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"b\"\nprincipal_kind = \"agent\"".into(), "identity.jwt[1].issuer"),
         ] {
             let e = load(&text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");

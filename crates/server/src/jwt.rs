@@ -40,6 +40,8 @@ use serde_json::{Map, Value};
 pub enum JwtError {
     #[error("not a JWT (expected three base64url parts separated by dots)")]
     Malformed,
+    #[error("the token is longer than 16 KiB")]
+    TooLong,
     #[error("algorithm {0} is not accepted for this issuer")]
     Algorithm(String),
     #[error("no key with id {0:?} in the issuer's key set")]
@@ -176,6 +178,27 @@ pub fn peek_issuer(token: &str) -> Option<String> {
     v.get("iss")?.as_str().map(str::to_string)
 }
 
+/// The longest token [`JwtVerifier::verify`] reads.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The `alg` of a token's header, read without verifying anything: only to
+/// name an algorithm that is refused.
+fn header_alg(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    let alg = v.get("alg")?.as_str()?;
+    // Echoed in an error: keep it short and printable.
+    Some(
+        alg.chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(32)
+            .collect(),
+    )
+}
+
 /// Whether a bearer token has the shape of a compact JWS.
 pub fn looks_like_jwt(token: &str) -> bool {
     token.split('.').count() == 3 && token.starts_with("ey")
@@ -205,10 +228,18 @@ impl JwtVerifier {
 
     /// Checks signature, algorithm, issuer, audience and lifetime.
     pub async fn verify(&self, token: &str) -> Result<Verified, JwtError> {
-        if token.len() > 16 * 1024 || !looks_like_jwt(token) {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(JwtError::TooLong);
+        }
+        if !looks_like_jwt(token) {
             return Err(JwtError::Malformed);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| match header_alg(token) {
+            // An algorithm we do not know at all (`none`, a typo) is named
+            // as such, not as a malformed token.
+            Some(alg) if alg.parse::<Algorithm>().is_err() => JwtError::Algorithm(alg),
+            _ => JwtError::Malformed,
+        })?;
         if !self.config.algorithms.contains(&header.alg) {
             return Err(JwtError::Algorithm(format!("{:?}", header.alg)));
         }
@@ -533,10 +564,33 @@ mod tests {
             b64.encode(br#"{"alg":"none"}"#),
             b64.encode(claims.to_string())
         );
-        assert!(v.verify(&none).await.is_err());
-        for bad in ["", "a.b", "eyJ.eyJ.x", &"ey".repeat(20_000)] {
-            assert!(v.verify(bad).await.is_err(), "{bad:.20}");
+        assert_eq!(
+            v.verify(&none).await.unwrap_err(),
+            JwtError::Algorithm("none".into()),
+            "`none` is named as the refused algorithm, not as a malformed token"
+        );
+        let unsigned_with_sig = format!("{none}c2ln");
+        assert_eq!(
+            v.verify(&unsigned_with_sig).await.unwrap_err(),
+            JwtError::Algorithm("none".into())
+        );
+        // A known algorithm in a header that is otherwise wrong is malformed.
+        let bad_kid = format!(
+            "{}.{}.c2ln",
+            b64.encode(br#"{"alg":"EdDSA","kid":5}"#),
+            b64.encode(claims.to_string())
+        );
+        for bad in ["", "a.b", "eyJ.eyJ.x", &bad_kid] {
+            assert_eq!(
+                v.verify(bad).await.unwrap_err(),
+                JwtError::Malformed,
+                "{bad}"
+            );
         }
+        assert_eq!(
+            v.verify(&"ey".repeat(20_000)).await.unwrap_err(),
+            JwtError::TooLong
+        );
         assert!(parse_algorithm("HS256").is_err());
         assert!(parse_algorithm("RS256").is_ok());
     }

@@ -66,10 +66,8 @@ pub async fn build_with(
     let log_signer = keys::load_or_create_log_signer(&config.log_key_file, &config.log_origin)?;
     let grant_key = keys::load_or_create_grant_key(&config.grant_key_file)?;
     let session_key = keys::load_or_create_secret(&config.data_dir.join("keys/session.key"))?;
-    let store = Store::open(config.store_options()).with_context(|| match &config.store {
-        Some(pg) => format!("opening the PostgreSQL store {}", pg.url),
-        None => format!("opening the store in {}", config.data_dir.display()),
-    })?;
+    let store = Store::open(config.store_options())
+        .with_context(|| format!("opening {}", config.store_place()))?;
     let gateway = Arc::new(adjust(
         Gateway::new(config, store, policy, log_signer, grant_key).with_session_key(session_key),
     ));

@@ -126,7 +126,8 @@ pub fn key_fingerprints(log_verifier: &str, grant_kid: &str, session_key: &[u8; 
 }
 
 /// Records this replica's key fingerprints in a shared store, or checks
-/// them against those recorded: replicas must sign with the same keys.
+/// them against those recorded: replicas must sign with the same keys. A
+/// replica with other keys refuses to start, naming the files to replace.
 pub async fn check_keys(g: &Gateway, fingerprints: String) -> anyhow::Result<()> {
     if !g.store.is_shared() {
         return Ok(());
@@ -142,14 +143,40 @@ pub async fn check_keys(g: &Gateway, fingerprints: String) -> anyhow::Result<()>
             Ok(None)
         })
         .await?;
-    match recorded {
-        Some(r) if r != fingerprints => anyhow::bail!(
-            "this replica's keys differ from those the other replicas sign with \
-             (recorded {r}, this replica has {fingerprints}); give every replica the same \
-             [log] key_file, [grants] key_file and data_dir/keys/session.key (see docs/replicas.md)"
-        ),
-        _ => Ok(()),
+    let Some(recorded) = recorded.filter(|r| *r != fingerprints) else {
+        return Ok(());
+    };
+    let files = [
+        ("log", g.config.log_key_file.clone()),
+        ("grant", g.config.grant_key_file.clone()),
+        ("session_sha256", g.config.data_dir.join("keys/session.key")),
+    ];
+    anyhow::bail!(
+        "this replica's keys differ from those the other replicas sign with: replace {} \
+         with the other replicas' copy (every replica holds the same [log] key_file, \
+         [grants] key_file and data_dir/keys/session.key; see docs/replicas.md)",
+        differing_key_files(&recorded, &fingerprints, &files)
+    )
+}
+
+/// The files (of `files`, by fingerprint field) whose fingerprints differ
+/// between `recorded` and `mine`; all of them when that cannot be told.
+fn differing_key_files(recorded: &str, mine: &str, files: &[(&str, std::path::PathBuf)]) -> String {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
+    let (r, m) = (parse(recorded), parse(mine));
+    let differs = |field: &str| match (&r, &m) {
+        (Some(r), Some(m)) => r.get(field) != m.get(field),
+        _ => true,
+    };
+    let mut names: Vec<String> = files
+        .iter()
+        .filter(|(field, _)| differs(field))
+        .map(|(_, path)| path.display().to_string())
+        .collect();
+    if names.is_empty() {
+        names = files.iter().map(|(_, p)| p.display().to_string()).collect();
     }
+    names.join(", ")
 }
 
 /// The lease keeper of a replica on a shared store, until

@@ -405,7 +405,7 @@ pub struct WriterStats {
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() || e.as_db_error().is_none() {
-        StoreError::PgDown(e.to_string())
+        StoreError::PgDown(with_causes(&e))
     } else {
         // The server's own words: code, message, detail.
         let db = e.as_db_error().map(|d| {
@@ -418,6 +418,24 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         });
         StoreError::Pg(db.unwrap_or_else(|| e.to_string()))
     }
+}
+
+/// An error with its causes: tokio-postgres names only the step that
+/// failed ("error performing TLS handshake", "error connecting to server");
+/// what to fix — an unknown certificate issuer, a host name the
+/// certificate does not name, a refused connection — is in its sources.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// Connects on the store's runtime and waits for it (callers may be inside
