@@ -26,7 +26,15 @@ fn file_err(path: &Path, message: impl std::fmt::Display) -> KeyError {
 /// file exists, so a key is never silently replaced.
 pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), KeyError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| file_err(path, e))?;
+        // A directory made for a secret is its user's alone.
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        b.create(dir).map_err(|e| file_err(path, e))?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

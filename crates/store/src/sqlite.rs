@@ -189,6 +189,40 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     Ok(file)
 }
 
+/// Makes `dir` (and missing parents) readable by this user alone (0700).
+/// A directory that is already there keeps its mode: the operator chose it.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Creates the database file 0600 if it is not there yet (an empty file is
+/// an empty database): it holds every action's parameters and every grant.
+/// SQLite gives its WAL and shared-memory files the database file's mode.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::DataDir {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// The schema version of `data_dir/secondkey.db` (0 if there is none).
 pub(crate) fn version(data_dir: &Path) -> Result<i64, StoreError> {
     let path = data_dir.join("secondkey.db");
@@ -220,11 +254,9 @@ pub(crate) fn open(options: &StoreOptions) -> Result<Opened, StoreError> {
         })?;
         (conn, None)
     } else {
-        std::fs::create_dir_all(&options.data_dir).map_err(|source| StoreError::DataDir {
-            path: options.data_dir.clone(),
-            source,
-        })?;
+        private_dir(&options.data_dir)?;
         let lock = lock_dir(&options.data_dir)?;
+        private_file(&path)?;
         let mut conn = open_conn(&path, false)?;
         // The writer gets 16 MiB of page cache (SQLite's default, which
         // the readers keep, is 2 MiB): it keeps the hot right edges of

@@ -398,6 +398,24 @@ fn newer_schema_is_refused() {
     );
 }
 
+/// The store holds every action's parameters and every grant: a data
+/// directory the store makes is its user's alone (0700), and so are the
+/// database and its WAL and shared-memory files (0600), whatever the umask.
+#[test]
+fn a_new_store_is_readable_by_its_user_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    let store = Store::open(StoreOptions::new(&dir)).unwrap();
+    store.transact_blocking(|tx| tx.append(entry("x"))).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    for f in ["secondkey.db", "secondkey.db-wal", "secondkey.db-shm"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    store.close();
+}
+
 #[test]
 fn one_writer_per_data_directory_and_read_only_readers() {
     let dir = tempfile::tempdir().unwrap();
