@@ -508,9 +508,14 @@ impl Tracker {
                         .and_then(|g| self.grants.get(g))
                         .cloned()
                 });
+                // `executed`: the gateway used the approval up for a caller
+                // that runs it now (`?execute=true`, an adapter), which
+                // reports the result, as after an execute-mode allow.
+                let by_gateway = p.get("executed") == Some(&Value::Bool(true));
                 let (_, i) = self.touch(e, id.as_deref(), |r, e| {
                     r.executed = Some(Mark::of(e));
                     r.state = "executed".into();
+                    r.execute_mode |= by_gateway;
                 });
                 (
                     if i.is_some() {
