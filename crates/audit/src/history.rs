@@ -527,12 +527,23 @@ impl Tracker {
                 )
             }
             "action.result" | "action.result.detail" => {
+                let of_request = request.is_some();
                 let id = request.or(action);
                 let Some(i) = self.find(id.as_deref()) else {
                     return (Step::Nothing, None);
                 };
                 self.records[i].entries.push(e.index);
-                (self.result(i, e, p), Some(i))
+                let step = self.result(i, e, p);
+                // A request's result is two entries, written together: its
+                // outcome (`action.result`), then what the run read and
+                // wrote, with its summary (`action.result.detail`). It is
+                // whole at the second, so that is its result step.
+                let step = match (of_request, e.event.as_str()) {
+                    (true, "action.result.detail") => Step::Result,
+                    (true, _) => Step::Nothing,
+                    (false, _) => step,
+                };
+                (step, Some(i))
             }
             "review.refused" => {
                 let code = s(p, "code").unwrap_or_else(|| "refused".into());

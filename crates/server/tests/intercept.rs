@@ -445,18 +445,19 @@ async fn an_approval_used_in_execute_mode_is_marked_and_lineage_waits_for_its_re
     .unwrap();
     let sent = openlineage_events(g);
     assert_eq!(sent.len(), 1, "{sent:?}");
-    let (index, kind, outcome, _) = &sent[0];
-    let result = entries(g)
+    let (index, kind, outcome, outputs) = &sent[0];
+    let detail = entries(g)
         .into_iter()
-        .filter(|e| e.event.starts_with("action.result"))
-        .map(|e| e.index)
-        .collect::<Vec<_>>();
-    assert!(
-        result.contains(index),
-        "sent at {index}, results at {result:?}"
-    );
+        .find(|e| e.event == "action.result.detail")
+        .unwrap();
+    assert_eq!(*index, detail.index, "sent once the result is whole");
     assert_eq!(kind, &json!("FAIL"));
     assert_eq!(outcome, &json!("failed"));
+    assert_eq!(
+        outputs,
+        &json!([{"namespace": "s3://exports", "name": "orders.csv"}]),
+        "what the run reported it wrote"
+    );
 
     // An adapter's own wait (`execute_approved`) is marked the same way.
     let action = sql(
