@@ -508,9 +508,14 @@ impl Tracker {
                         .and_then(|g| self.grants.get(g))
                         .cloned()
                 });
+                // `executed`: the gateway used the approval up for a caller
+                // that runs it now (`?execute=true`, an adapter), which
+                // reports the result, as after an execute-mode allow.
+                let by_gateway = p.get("executed") == Some(&Value::Bool(true));
                 let (_, i) = self.touch(e, id.as_deref(), |r, e| {
                     r.executed = Some(Mark::of(e));
                     r.state = "executed".into();
+                    r.execute_mode |= by_gateway;
                 });
                 (
                     if i.is_some() {
@@ -522,12 +527,23 @@ impl Tracker {
                 )
             }
             "action.result" | "action.result.detail" => {
+                let of_request = request.is_some();
                 let id = request.or(action);
                 let Some(i) = self.find(id.as_deref()) else {
                     return (Step::Nothing, None);
                 };
                 self.records[i].entries.push(e.index);
-                (self.result(i, e, p), Some(i))
+                let step = self.result(i, e, p);
+                // A request's result is two entries, written together: its
+                // outcome (`action.result`), then what the run read and
+                // wrote, with its summary (`action.result.detail`). It is
+                // whole at the second, so that is its result step.
+                let step = match (of_request, e.event.as_str()) {
+                    (true, "action.result.detail") => Step::Result,
+                    (true, _) => Step::Nothing,
+                    (false, _) => step,
+                };
+                (step, Some(i))
             }
             "review.refused" => {
                 let code = s(p, "code").unwrap_or_else(|| "refused".into());

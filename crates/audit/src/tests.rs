@@ -311,7 +311,10 @@ fn openlineage_events_fire_once_per_executed_action() {
         .unwrap();
     assert_eq!(ev["eventType"], "COMPLETE");
     assert_eq!(ev["run"]["facets"]["secondkey"]["request"], REQ);
-    assert_eq!(ev["run"]["facets"]["secondkey"]["log_index"], 12);
+    assert_eq!(
+        ev["run"]["facets"]["secondkey"]["log_index"], 13,
+        "sent with the result's detail, the second of its two entries"
+    );
     assert_eq!(
         ev["run"]["facets"]["secondkey"]["approvers"][1]["principal"],
         "user:dave"
@@ -331,6 +334,66 @@ fn openlineage_events_fire_once_per_executed_action() {
     assert_eq!(
         api["run"]["facets"]["secondkey"]["log_index"], 4,
         "sent at the grant's use"
+    );
+}
+
+#[test]
+fn a_requests_lineage_event_carries_what_its_run_reported() {
+    // A REST caller ran an approved request in execute mode and reported
+    // other datasets than the action declared: the event is sent once the
+    // result is whole (its detail names them), with those datasets.
+    let mut l = Log(vec![]);
+    l.push("09:00:00", "request.created", "agent:api-bot", &[("request", REQ)], json!({"decision": "review", "transport": "api",
+        "action": {"kind": "sql", "operation": "export", "resource": "postgres://analytics/public.orders",
+                   "lineage": {"reads": ["postgres://analytics/public.orders"]}}}));
+    l.push(
+        "09:01:00",
+        "request.approved",
+        "user:bob",
+        &[("request", REQ)],
+        json!({"decision": "approved", "approvers": ["user:bob"]}),
+    );
+    l.push(
+        "09:02:00",
+        "grant.consumed",
+        "agent:api-bot",
+        &[("request", REQ)],
+        json!({"grant": "grt_9", "approvers": ["user:bob"], "executed": true}),
+    );
+    l.push(
+        "09:03:00",
+        "action.result",
+        "agent:api-bot",
+        &[("request", REQ)],
+        json!({"outcome": "succeeded", "state": "succeeded"}),
+    );
+    l.push("09:03:00", "action.result.detail", "agent:api-bot", &[("request", REQ)], json!({"execution": REQ, "ok": true, "summary": {"rows": 7},
+        "reads": ["postgres://analytics/public.orders", "postgres://analytics/public.items"], "writes": ["s3://exports/orders.csv"]}));
+    let mut t = Tracker::new();
+    let mut events = vec![];
+    for e in &l.0 {
+        let (step, i) = t.feed(e);
+        if let Some(i) = i.filter(|&i| openlineage::emits(step, t.record(i))) {
+            events.push(openlineage::run_event(
+                t.record(i),
+                "ns",
+                "test/log",
+                e.index,
+            ));
+        }
+    }
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let ev = &events[0];
+    assert_eq!(ev["run"]["facets"]["secondkey"]["log_index"], 4);
+    assert_eq!(ev["eventType"], "COMPLETE");
+    assert_eq!(
+        ev["inputs"],
+        json!([{"namespace": "postgres://analytics", "name": "public.orders"},
+               {"namespace": "postgres://analytics", "name": "public.items"}])
+    );
+    assert_eq!(
+        ev["outputs"],
+        json!([{"namespace": "s3://exports", "name": "orders.csv"}])
     );
 }
 

@@ -281,6 +281,11 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             }
             store.close();
             let format = format.unwrap_or_else(|| "jsonl".into());
+            // Checked before --out is created: a refused export leaves the
+            // file it names as it was.
+            if !matches!(format.as_str(), "jsonl" | "ocsf") {
+                bail!("--format {format:?}: use jsonl or ocsf");
+            }
             let mut w: Box<dyn Write> = match &out {
                 Some(p) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(p)
@@ -288,9 +293,6 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                 )),
                 None => Box::new(std::io::stdout().lock()),
             };
-            if !matches!(format.as_str(), "jsonl" | "ocsf") {
-                bail!("--format {format:?}: use jsonl or ocsf");
-            }
             let mut shapes = secondkey_log::lean::Shapes::default();
             for (i, e) in entries.iter().enumerate() {
                 let expanded = if expand {

@@ -657,3 +657,37 @@ fn a_sink_that_cannot_start_refuses_serve_not_offline_checks() {
         }
     }
 }
+
+/// `log export` refuses a `--format` it does not know before it touches
+/// `--out`: the file that names (yesterday's export, say) is left as it was.
+#[test]
+fn a_refused_export_leaves_its_out_file_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(dir.path());
+    busy(&g, 2);
+    let out = dir.path().join("events.jsonl");
+    std::fs::write(&out, "yesterday's export\n").unwrap();
+    let config = g.config.to_str().unwrap();
+    let out_s = out.to_str().unwrap();
+    let (code, _, err) = g.cli(
+        &[
+            "log", "export", "--config", config, "--format", "xml", "--out", out_s,
+        ],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("--format \"xml\": use jsonl or ocsf"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "yesterday's export\n"
+    );
+    let (code, _, err) = g.cli(
+        &[
+            "log", "export", "--config", config, "--format", "jsonl", "--out", out_s,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written.lines().count(), g.log_entries().len());
+}

@@ -254,8 +254,37 @@ pub(crate) fn log_events(
     req: &Request,
     events: &[CoreEvent],
 ) -> Result<(), StoreError> {
+    append_events(tx, now, actor, req, events, false)
+}
+
+/// [`log_events`] for an approval the gateway uses up itself for a caller
+/// that runs the action now (`?execute=true`, an adapter): its
+/// `grant.consumed` says `"executed": true`, as an execute-mode allow's
+/// `action.allowed` does, so a reader of the log alone (the OpenLineage
+/// sink) knows the caller reports the run's result, and waits for it.
+pub(crate) fn log_executed(
+    tx: &mut dyn Tx,
+    now: Timestamp,
+    actor: &str,
+    req: &Request,
+    events: &[CoreEvent],
+) -> Result<(), StoreError> {
+    append_events(tx, now, actor, req, events, true)
+}
+
+fn append_events(
+    tx: &mut dyn Tx,
+    now: Timestamp,
+    actor: &str,
+    req: &Request,
+    events: &[CoreEvent],
+    executed: bool,
+) -> Result<(), StoreError> {
     for ev in events {
-        let (name, payload) = event_payload(req, ev);
+        let (name, mut payload) = event_payload(req, ev);
+        if executed && matches!(ev, CoreEvent::Consumed { .. }) {
+            payload["executed"] = json!(true);
+        }
         tx.append(entry(
             now,
             &name,
@@ -1897,7 +1926,7 @@ fn reuse_identical(
                     );
                 }
                 tx.put_request(&found)?;
-                log_events(tx, now, &who, &found, &t.events)?;
+                log_executed(tx, now, &who, &found, &t.events)?;
                 return Ok(Some(Reused::Executed(Box::new(found))));
             }
         }

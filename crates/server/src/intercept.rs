@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::gateway::{
-    announce_to, approvers, entry, log_events, record_request_outcome, rfc3339, unsplit, Gateway,
+    announce_to, approvers, entry, log_executed, record_request_outcome, rfc3339, unsplit, Gateway,
     MAX_ACTION_BYTES,
 };
 use crate::identity::Credential;
@@ -394,7 +394,7 @@ impl Gateway {
                         .into());
                     }
                     tx.put_request(&req)?;
-                    log_events(tx, now, actor.as_str(), &req, &t.events)?;
+                    log_executed(tx, now, actor.as_str(), &req, &t.events)?;
                     Ok(req)
                 },
                 consumed,

@@ -376,3 +376,136 @@ async fn malformed_intercepts_change_nothing() {
     }
     assert_eq!(g.store.log_size(), before);
 }
+
+/// The events a reader of the log alone (the OpenLineage sink) sends for
+/// it: `(log index, eventType, outcome, outputs)` of each.
+fn openlineage_events(g: &Gateway) -> Vec<(u64, Value, Value, Value)> {
+    use secondkey_audit::history::Tracker;
+    use secondkey_audit::openlineage::{emits, run_event};
+    let mut t = Tracker::new();
+    let mut out = vec![];
+    for e in entries(g) {
+        let (step, i) = t.feed(&e);
+        if let Some(i) = i.filter(|&i| emits(step, t.record(i))) {
+            let ev = run_event(t.record(i), "ns", "origin", e.index);
+            out.push((
+                e.index,
+                ev["eventType"].clone(),
+                ev["run"]["facets"]["secondkey"]["outcome"].clone(),
+                ev["outputs"].clone(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_approval_used_in_execute_mode_is_marked_and_lineage_waits_for_its_result() {
+    // `POST /v1/actions?execute=true` of an approved request: the caller
+    // runs it now and reports the result, as an adapter does. The log says
+    // so, so the OpenLineage event is sent once, with that result (a
+    // failure is `FAIL`), as for an execute-mode allow — not at once as
+    // `COMPLETE`, as for an agent that uses a grant itself.
+    let env = common::gateway(POLICIES, CONFIG).await;
+    let g = &env.gateway;
+    let bot = who(g, "agent:bot");
+    let body = sql(
+        "export",
+        "postgres://dev/public.orders",
+        "COPY orders TO STDOUT",
+    )
+    .to_string();
+    let held = g.submit(&bot, body.as_bytes(), true).await.unwrap();
+    let id = held.request.expect("held for review").id;
+    approve(g, &id, &["user:bob", "user:carol"]).await;
+    let ran = g.submit(&bot, body.as_bytes(), true).await.unwrap();
+    let ex = ran.execution.expect("the approval is used up at once");
+    assert_eq!(ex.id, id);
+    let consumed = entries(g)
+        .into_iter()
+        .find(|e| e.event == "grant.consumed")
+        .unwrap();
+    assert_eq!(consumed.payload["executed"], json!(true));
+    assert!(
+        openlineage_events(g).is_empty(),
+        "nothing is sent before the result: {:?}",
+        openlineage_events(g)
+    );
+    g.report_execution(
+        &bot,
+        &ex.id,
+        ExecutionResult {
+            ok: false,
+            summary: json!({"status": "failed", "error": "disk full"}),
+            reads: vec!["postgres://dev/public.orders".into()],
+            writes: vec!["s3://exports/orders.csv".into()],
+        },
+    )
+    .await
+    .unwrap();
+    let sent = openlineage_events(g);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (index, kind, outcome, outputs) = &sent[0];
+    let detail = entries(g)
+        .into_iter()
+        .find(|e| e.event == "action.result.detail")
+        .unwrap();
+    assert_eq!(*index, detail.index, "sent once the result is whole");
+    assert_eq!(kind, &json!("FAIL"));
+    assert_eq!(outcome, &json!("failed"));
+    assert_eq!(
+        outputs,
+        &json!([{"namespace": "s3://exports", "name": "orders.csv"}]),
+        "what the run reported it wrote"
+    );
+
+    // An adapter's own wait (`execute_approved`) is marked the same way.
+    let action = sql(
+        "export",
+        "postgres://dev/public.items",
+        "COPY items TO STDOUT",
+    );
+    let Verdict::Held(h) = g.intercept(&bot, it(action, &[])).await.unwrap() else {
+        panic!("expected a hold")
+    };
+    approve(g, &h.request.id, &["user:bob", "user:carol"]).await;
+    g.execute_approved(&bot, &h.request.id, &h.request.digest)
+        .await
+        .unwrap();
+    let consumed: Vec<_> = entries(g)
+        .into_iter()
+        .filter(|e| e.event == "grant.consumed")
+        .collect();
+    assert_eq!(consumed.len(), 2);
+    assert_eq!(consumed[1].payload["executed"], json!(true));
+}
+
+#[tokio::test]
+async fn a_grant_the_agent_uses_itself_is_not_marked_executed() {
+    let env = common::gateway(POLICIES, CONFIG).await;
+    let g = &env.gateway;
+    let bot = who(g, "agent:bot");
+    let body = sql(
+        "export",
+        "postgres://dev/public.orders",
+        "COPY orders TO STDOUT",
+    )
+    .to_string();
+    let held = g.submit(&bot, body.as_bytes(), false).await.unwrap();
+    let id = held.request.expect("held for review").id;
+    approve(g, &id, &["user:bob", "user:carol"]).await;
+    let req = g.get_request(&bot, &id).await.unwrap();
+    let grant = g.view(&bot, &req).unwrap().grant;
+    let grant = grant.expect("the requester sees its grant");
+    g.consume(&bot, &grant, &held.digest).await.unwrap();
+    let consumed = entries(g)
+        .into_iter()
+        .find(|e| e.event == "grant.consumed")
+        .unwrap();
+    assert!(consumed.payload.get("executed").is_none());
+    // Sent when the grant is used: the gateway learns nothing after that.
+    let sent = openlineage_events(g);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, consumed.index);
+    assert_eq!(sent[0].1, json!("COMPLETE"));
+}

@@ -1,5 +1,5 @@
 // The client of the whole REST API, and the guard. fetch-based (Node >= 20).
-import { canonicalize, digest as digestOf, jsonCopy } from './jcs.js';
+import { canonicalize, digestOfCanonical, jsonCopy } from './jcs.js';
 import {
   ApiError, Denied, DigestMismatch, GatewayTimeout, GrantInvalid, GuardTimeout, NotFound, ProtocolError,
   RateLimited, RequestEnded, SecondkeyError, TransportError, Unauthorized, errorFromResponse,
@@ -350,14 +350,18 @@ export class Client {
     if (mode !== 'execute' && mode !== 'grant') throw new TypeError("mode is 'execute' or 'grant'");
     if (!action || typeof action !== 'object' || Array.isArray(action)) throw new TypeError('an action is an object (kind, operation, resource, …)');
     signal?.throwIfAborted();
-    const digest = digestOf(action);
+    // Canonicalized once: every submit of this guard (the second one in
+    // execute mode too) sends exactly these bytes, whatever happens to the
+    // caller's object meanwhile.
+    const body = canonicalize(action);
+    const digest = digestOfCanonical(body);
     const deadline = Date.now() + timeout * 1000;
     const execute = mode === 'execute';
     const submit = async () => {
       for (;;) {
         let resp;
         try {
-          resp = await this._submitForGuard(action, execute, signal);
+          resp = await this._submitForGuard(body, execute, signal);
         } catch (e) {
           if (signal?.aborted) throw signal.reason;
           if (!(e instanceof RateLimited)) throw e;
@@ -426,19 +430,21 @@ export class Client {
   }
 
   /**
-   * POST /v1/actions for the guard. An abort does not cut it short: an answer
-   * already on its way gets WITHDRAW_TIMEOUT seconds more, so that a request
-   * it opened can be withdrawn instead of left pending.
+   * POST /v1/actions for the guard, with the action's canonical `body`. An
+   * abort does not cut it short: an answer already on its way gets
+   * WITHDRAW_TIMEOUT seconds more, so that a request it opened can be
+   * withdrawn instead of left pending.
    */
-  async _submitForGuard(action, execute, signal) {
-    if (!signal) return this.submit(action, { execute });
+  async _submitForGuard(body, execute, signal) {
+    const query = { execute: execute ? true : undefined };
+    if (!signal) return this._send('submit_action', { query, body });
     signal.throwIfAborted();
     const ctl = new AbortController();
     let grace;
     const onAbort = () => { grace = setTimeout(() => ctl.abort(signal.reason), WITHDRAW_TIMEOUT * 1000); };
     signal.addEventListener('abort', onAbort, { once: true });
     try {
-      return await this.submit(action, { execute, signal: ctl.signal });
+      return await this._send('submit_action', { query, body, signal: ctl.signal });
     } finally {
       clearTimeout(grace);
       signal.removeEventListener('abort', onAbort);

@@ -22,7 +22,6 @@ function str(s) {
 
 function write(v, out, depth) {
   if (depth > MAX_DEPTH) throw new JcsError(`nested deeper than ${MAX_DEPTH} levels`);
-  if (v !== null && typeof v === 'object' && typeof v.toJSON === 'function') v = v.toJSON();
   if (v === null) out.push('null');
   else if (v === true) out.push('true');
   else if (v === false) out.push('false');
@@ -39,6 +38,9 @@ function write(v, out, depth) {
     });
     out.push(']');
   } else if (typeof v === 'object') {
+    // Only plain objects: a Date, a class instance (with a toJSON or not)
+    // is refused, never turned into what its toJSON says (as Python refuses
+    // a datetime), so an action digests the same in both SDKs or not at all.
     const proto = Object.getPrototypeOf(v);
     if (proto !== Object.prototype && proto !== null) {
       throw new JcsError(`${v.constructor?.name ?? 'this object'} is not a plain JSON object`);
@@ -65,7 +67,12 @@ export function canonicalize(value) {
 
 /** Lowercase hex SHA-256 of the canonical UTF-8 bytes: an action's digest. */
 export function digest(value) {
-  return createHash('sha256').update(canonicalize(value), 'utf8').digest('hex');
+  return digestOfCanonical(canonicalize(value));
+}
+
+/** The digest of text already in canonical form (what `canonicalize` returned). */
+export function digestOfCanonical(text) {
+  return createHash('sha256').update(text, 'utf8').digest('hex');
 }
 
 /**

@@ -33,6 +33,24 @@ test('a review waits for the approval, runs once; the approval is then used up',
   assert.equal((await bot.getRequest(err.requestId)).state, 'withdrawn');
 });
 
+test('the approved action is the one submitted: the caller changing its object meanwhile changes nothing', async () => {
+  const action = writeAction();
+  const waiting = bot.authorize(action, { timeout: 30 });
+  const rid = await decideWhenPending(rita, (a) => {
+    if (a.resource !== action.resource) return false;
+    action.params.to = 'someone-else@example.com'; // after the submit, before the approval is used
+    return true;
+  });
+  const auth = await waiting;
+  assert.equal(auth.requestId, rid);
+  assert.equal(auth.executionId, rid);
+  assert.equal((await bot.getRequest(rid)).action.params.to, 'customer@example.com');
+  // Nothing else was submitted: no request for the changed action waits.
+  const pending = (await rita.listRequests({ state: 'pending' })).requests.filter((q) => q.action.resource === action.resource);
+  assert.deepEqual(pending, []);
+  await auth.record(true, { status: 'succeeded' });
+});
+
 test('a reviewer denial never runs and names the policy and the request', async () => {
   const action = writeAction();
   const reviewer = decideWhenPending(rita, action.resource, 'deny', 'not this customer');

@@ -40,6 +40,14 @@ test('values without a canonical form are refused with a typed error', () => {
   }
 });
 
+test('a Date or a class instance is refused, whatever its toJSON says, as Python refuses a datetime', () => {
+  class Money { constructor(c) { this.cents = c; } toJSON() { return { cents: this.cents }; } }
+  for (const bad of [new Date(0), { when: new Date(0) }, [new Money(5)], { amount: new Money(5) }]) {
+    assert.throws(() => canonicalize(bad), (e) => e instanceof JcsError && /not a plain JSON object/.test(e.message), String(bad));
+    assert.throws(() => digest(bad), JcsError);
+  }
+});
+
 test('digest is the hex SHA-256 of the canonical form', () => {
   assert.equal(digest({ b: 1, a: 'x' }), digest({ a: 'x', b: 1 }));
   assert.equal(digest({}), '44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a');
