@@ -102,14 +102,20 @@ LUA
 # errors counts non-2xx answers too (summary.errors.status): it must be 0.
 
 echo "== starting the gateway"
+if curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz"; then
+  echo "something already answers on port $PORT: stop it, or pick another with PORT=…" >&2
+  exit 1
+fi
 RUST_LOG=warn "$BIN" serve --config "$WORK/secondkey.toml" >"$WORK/serve.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
-curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null || {
-  echo "gateway did not start:" >&2
+# A healthy answer from another process on the port (a gateway left
+# running) must not pass for ours.
+{ kill -0 "$PID" 2>/dev/null && curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null; } || {
+  echo "gateway did not start (is port $PORT taken? PORT=… picks another):" >&2
   cat "$WORK/serve.log" >&2
   exit 1
 }
