@@ -273,11 +273,17 @@ fn secret(env: &HashMap<String, String>, key: &str, var: &str) -> Result<String,
     }
 }
 
+/// An https:// URL, or http:// to this machine (a local test server): the
+/// bot token, Bot Framework credentials and signed webhook events go
+/// there, never in the clear over a network.
 fn http_url(key: &str, url: &str) -> Result<String, ConfigError> {
-    if url.starts_with("https://") || url.starts_with("http://") {
+    if url.starts_with("https://") || secondkey_server::config::http_to_loopback(url) {
         Ok(url.trim_end_matches('/').to_string())
     } else {
-        Err(invalid(key, format!("{url:?} must start with https://")))
+        Err(invalid(
+            key,
+            format!("{url:?} must start with https:// (http:// only to localhost or a loopback address)"),
+        ))
     }
 }
 
@@ -615,6 +621,11 @@ slack_channel = "C2"
             ("[slack]\nbot_token_env = \"SLACK_BOT\"\nsigning_secret_env = \"TEAMS_PW\"", "slack.signing_secret_env"),
             ("[slack]\nbot_token = \"xoxb\"", "slack"),
             ("[slack]\nbot_token_env = \"SLACK_BOT\"\nsigning_secret_env = \"SLACK_SIGNING\"\napi_base = \"ftp://x\"", "slack.api_base"),
+            ("[slack]\nbot_token_env = \"SLACK_BOT\"\nsigning_secret_env = \"SLACK_SIGNING\"\napi_base = \"http://slack.example/api\"", "slack.api_base"),
+            ("[slack]\nbot_token_env = \"SLACK_BOT\"\nsigning_secret_env = \"SLACK_SIGNING\"\napi_base = \"http://127.0.0.1.evil.example/api\"", "slack.api_base"),
+            ("[teams]\napp_id = \"00000000-0000-0000-0000-000000000001\"\napp_password_env = \"TEAMS_PW\"\nservice_url = \"http://smba.example/teams/\"", "teams.service_url"),
+            ("[teams]\napp_id = \"00000000-0000-0000-0000-000000000001\"\napp_password_env = \"TEAMS_PW\"\nservice_url = \"https://smba.example/teams/\"\ntoken_url = \"http://login.example/token\"", "teams.token_url"),
+            ("[[webhooks]]\nname = \"a\"\nurl = \"http://ops.example/hook\"\nsecret_env = \"HOOK\"", "webhooks[0].url"),
             ("[[webhooks]]\nname = \"a\"\nurl = \"https://x\"\nsecret_env = \"HOOK\"\nevents = [\"request.nope\"]", "webhooks[0].events"),
             ("[[webhooks]]\nname = \"a b\"\nurl = \"https://x\"\nsecret_env = \"HOOK\"", "webhooks[0].name"),
             ("[[webhooks]]\nname = \"a\"\nurl = \"https://x\"\nsecret_env = \"TEAMS_PW\"", "webhooks[0].secret_env"),

@@ -1392,7 +1392,7 @@ fn limits_config(l: &RawLimits) -> Result<Limits, ConfigError> {
 /// Whether `url` is `http://` to this machine: its host (no user info)
 /// is `localhost` or a loopback address — not merely a name that starts
 /// like one (`http://127.evil.example`, `http://localhost.evil.example`).
-fn http_to_loopback(url: &str) -> bool {
+pub fn http_to_loopback(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };
