@@ -341,8 +341,8 @@ impl StringOrList {
     }
 }
 
-/// The validated `[oidc]` section.
-#[derive(Debug, Clone)]
+/// The validated `[oidc]` section. Its `Debug` leaves the client secret out.
+#[derive(Clone)]
 pub struct OidcConfig {
     pub issuer: String,
     pub client_id: String,
@@ -362,6 +362,28 @@ pub struct OidcConfig {
     /// A review through the web needs a sign-in at most this old: the
     /// identity provider's groups and the account itself are read again.
     pub review_max_age: Duration,
+}
+
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("redirect_url", &self.redirect_url)
+            .field("scopes", &self.scopes)
+            .field("username_claim", &self.username_claim)
+            .field("groups_claim", &self.groups_claim)
+            .field("group_map", &self.group_map)
+            .field("session_ttl", &self.session_ttl)
+            .field("secret_in_body", &self.secret_in_body)
+            .field("require_configured", &self.require_configured)
+            .field("review_max_age", &self.review_max_age)
+            .finish()
+    }
 }
 
 /// One validated `[[identity.jwt]]` entry.
@@ -534,8 +556,10 @@ pub struct RawPrincipal {
     pub oidc_subjects: Vec<String>,
 }
 
-/// The validated configuration the gateway runs with.
-#[derive(Debug, Clone)]
+/// The validated configuration the gateway runs with. Its `Debug` shows
+/// the environment and the extension sections by name only: they hold
+/// tokens, passwords and inline secrets.
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -590,6 +614,45 @@ pub struct Config {
     /// `[store]`: PostgreSQL, shared by replicas; `None` keeps SQLite in
     /// `data_dir`.
     pub store: Option<secondkey_store::PgOptions>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("policy_dir", &self.policy_dir)
+            .field("public_url", &self.public_url)
+            .field("log_origin", &self.log_origin)
+            .field("log_key_file", &self.log_key_file)
+            .field("log_readers", &self.log_readers)
+            .field("executors", &self.executors)
+            .field("grant_key_file", &self.grant_key_file)
+            .field("allow_grant_ttl", &self.allow_grant_ttl)
+            .field("after_window", &self.after_window)
+            .field("after_max_pending", &self.after_max_pending)
+            .field("commit_delay", &self.commit_delay)
+            .field("escalation_fraction", &self.escalation_fraction)
+            .field("max_wait", &self.max_wait)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("tokens", &self.tokens.len())
+            .field("principals", &self.principals)
+            .field("sinks", &self.sinks)
+            .field("environments", &self.environments)
+            .field("sections", &self.sections.keys().collect::<Vec<_>>())
+            .field("base_dir", &self.base_dir)
+            .field("env", &self.env.keys().collect::<BTreeSet<_>>())
+            .field("oidc", &self.oidc)
+            .field("jwt_issuers", &self.jwt_issuers)
+            .field("delegations", &self.delegations)
+            .field("limits", &self.limits)
+            .field("metrics_readers", &self.metrics_readers)
+            .field("witnesses", &self.witnesses)
+            .field("policy_annotations", &self.policy_annotations)
+            .field("web", &self.web)
+            .field("store", &self.store)
+            .finish()
+    }
 }
 
 impl Config {
@@ -1976,10 +2039,20 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             &env,
         )
         .unwrap();
-        let o = ok.oidc.unwrap();
+        let o = ok.oidc.clone().unwrap();
         assert_eq!(o.issuer, "https://idp.example");
         assert_eq!(o.redirect_url, "https://sk.example/auth/callback");
         assert_eq!(o.client_secret.as_deref(), Some("s3cret"));
+        // Neither the section's nor the whole configuration's debug output
+        // carries the client secret.
+        let shown = format!("{o:?} {ok:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        // The environment it was read with shows by name only.
+        assert!(shown.contains("env: {\"OIDC_SECRET\"}"), "{shown}");
+        assert!(
+            shown.contains("client_secret: Some(\"<redacted>\")"),
+            "{shown}"
+        );
         assert_eq!(o.username_claim, "preferred_username");
         assert_eq!(
             o.group_map.as_ref().map(|m| &m["DBA Team"]),

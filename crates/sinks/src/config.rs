@@ -104,7 +104,7 @@ pub struct SyslogConfig {
 }
 
 /// `type = "webhook"`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// The sink's name; also its cursor file name.
@@ -119,6 +119,19 @@ pub struct WebhookConfig {
     pub ca_file: Option<PathBuf>,
     /// Seconds per attempt; default 10.
     pub timeout_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_env", &self.secret_env)
+            .field("ca_file", &self.ca_file)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
 }
 
 /// Why a sink could not be built from its configuration.
@@ -393,6 +406,10 @@ mod tests {
         );
         assert!(cfg.sinks[0].build("o").is_ok());
         assert!(cfg.sinks[2].build("o").is_ok());
+        // An inline signing secret never shows in debug output.
+        let shown = format!("{:?}", cfg.sinks[2]);
+        assert!(!shown.contains("whsec_"), "{shown}");
+        assert!(shown.contains("secret: Some(\"<redacted>\")"), "{shown}");
         let ol: Server = toml::from_str(
             "[[sinks]]\nname = \"lineage\"\ntype = \"openlineage\"\nurl = \"https://marquez.example/api/v1/lineage\"\nnamespace = \"sk\"\n",
         )
