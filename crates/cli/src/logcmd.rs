@@ -286,11 +286,28 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             if !matches!(format.as_str(), "jsonl" | "ocsf") {
                 bail!("--format {format:?}: use jsonl or ocsf");
             }
-            let mut w: Box<dyn Write> = match &out {
-                Some(p) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(p)
-                        .with_context(|| format!("cannot create {}", p.display()))?,
-                )),
+            // --out is written to a temporary file beside it and renamed
+            // over it at the end: an export that fails half-way (an entry
+            // --expand cannot rebuild, a full disk) leaves the file as it was.
+            let mut pending = match &out {
+                Some(p) => {
+                    let dir = match p.parent() {
+                        Some(d) if !d.as_os_str().is_empty() => d,
+                        _ => Path::new("."),
+                    };
+                    Some(
+                        tempfile::Builder::new()
+                            .prefix(".secondkey-export")
+                            // As File::create would: 0666 less the umask.
+                            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                            .tempfile_in(dir)
+                            .with_context(|| format!("cannot create {}", p.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let mut w: Box<dyn Write> = match &mut pending {
+                Some(t) => Box::new(std::io::BufWriter::new(t.as_file_mut())),
                 None => Box::new(std::io::stdout().lock()),
             };
             let mut shapes = secondkey_log::lean::Shapes::default();
@@ -314,6 +331,12 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
                 writeln!(w, "{}", line.trim_end())?;
             }
             w.flush()?;
+            drop(w);
+            if let (Some(t), Some(p)) = (pending, &out) {
+                t.persist(p)
+                    .map_err(|e| e.error)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

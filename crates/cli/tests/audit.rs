@@ -690,4 +690,18 @@ fn a_refused_export_leaves_its_out_file_as_it_was() {
     assert_eq!(code, 0, "{err}");
     let written = std::fs::read_to_string(&out).unwrap();
     assert_eq!(written.lines().count(), g.log_entries().len());
+    // The export was written beside --out and renamed over it: no
+    // temporary file is left, and the file has the mode a plain create
+    // gives under this umask.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".secondkey-export"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let plain = dir.path().join("plain");
+    std::fs::File::create(&plain).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), mode(&plain));
 }
