@@ -924,6 +924,28 @@ fn a_recordings_dir_that_cannot_hold_recordings_stops_the_start() {
     );
 }
 
+/// A `hold_timeout` over a day, or one that is not a duration, stops the
+/// start and names the key.
+#[test]
+fn a_hold_timeout_over_a_day_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for (value, says) in [("24h1s", "at most 24h"), ("10 minutes", "hold_timeout")] {
+        let config = dir.join("hold.toml");
+        std::fs::write(
+            &config,
+            format!("{}hold_timeout = \"{value}\"\n", ssh_gateway_only(dir)),
+        )
+        .unwrap();
+        let err = serve_refusal(&config, &[])
+            .unwrap_or_else(|_| panic!("serve accepted hold_timeout = {value:?}"));
+        assert!(
+            err.contains("ssh_gateway.hold_timeout") && err.contains(says),
+            "{value}: {err}"
+        );
+    }
+}
+
 #[test]
 fn an_rsa_key_is_refused_where_it_is_configured() {
     let tmp = tempfile::tempdir().unwrap();

@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::scram::Verifier;
 
+/// The longest `hold_timeout` (`wait` mode).
+const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConnection {
@@ -265,6 +268,11 @@ pub fn parse(
                 .map_err(|e| invalid(key("hold_timeout"), e.to_string()))?,
             None => Duration::from_secs(15 * 60),
         };
+        // A held statement keeps its client connection and the upstream
+        // session's place; a day is longer than any review should take.
+        if hold_timeout > MAX_HOLD {
+            return Err(invalid(key("hold_timeout"), "at most 24h"));
+        }
         let limits = limits(&raw, &key)?;
         let u = &raw.upstream;
         let password = match (&u.password, &u.password_env, &u.password_file) {
@@ -538,6 +546,13 @@ password_env = "PGPW"
                 "postgres[0].upstream.password_env",
             ),
             (("hold = \"retry\"", "hold = \"later\""), "postgres[0].hold"),
+            (
+                (
+                    "hold = \"retry\"",
+                    "hold = \"wait\"\nhold_timeout = \"24h1s\"",
+                ),
+                "postgres[0].hold_timeout",
+            ),
             (
                 ("listen = \"127.0.0.1:6432\"", "listen = \"here\""),
                 "postgres[0].listen",

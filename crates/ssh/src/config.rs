@@ -372,11 +372,19 @@ pub fn parse(
             .as_deref()
             .map(resolve)
             .unwrap_or_else(|| data_dir.join("ssh_host_ed25519_key")),
-        hold_timeout: duration(
-            "ssh_gateway.hold_timeout",
-            raw.hold_timeout.as_deref(),
-            Duration::from_secs(600),
-        )?,
+        hold_timeout: {
+            let d = duration(
+                "ssh_gateway.hold_timeout",
+                raw.hold_timeout.as_deref(),
+                Duration::from_secs(600),
+            )?;
+            // A held command keeps its session open; a day is longer
+            // than any review should take.
+            if d > Duration::from_secs(24 * 3600) {
+                return Err(invalid("ssh_gateway.hold_timeout", "at most 24h"));
+            }
+            d
+        },
         recordings_dir: raw
             .recordings_dir
             .as_deref()
