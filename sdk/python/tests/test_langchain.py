@@ -98,6 +98,22 @@ async def test_middleware_async_and_unlisted_tools_run_untouched(gateway, rita):
         assert sent == ["c@example.com", "d@example.com"]
 
 
+def test_middleware_runs_a_tool_mapped_to_false_as_it_is():
+    from conftest import free_port
+
+    # The client points at nothing: any request to it would fail the call.
+    sent = []
+    down = secondkey.Client(f"http://127.0.0.1:{free_port()}", "t", timeout=2)
+    mw = SecondkeyMiddleware({"send_email": False}, down)
+    agent = create_agent(model=script("send_email", {"to": "f@example.com", "body": "x"}), tools=[make_tool(sent)],
+                         middleware=[mw])
+    result = agent.invoke({"messages": [{"role": "user", "content": "email f"}]})
+    (msg,) = tool_messages(result)
+    assert sent == ["f@example.com"] and msg.content == "sent to f@example.com"
+    with pytest.raises(TypeError, match="a tool policy is a ToolPolicy, an operation word, a dict or True, not 5"):
+        SecondkeyMiddleware({"send_email": 5}, down)
+
+
 def test_gateway_down_is_a_tool_error_and_the_tool_never_runs():
     from conftest import free_port
 

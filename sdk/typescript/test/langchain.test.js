@@ -79,6 +79,21 @@ test('a gateway that is down is a tool error; the tool never runs', async () => 
   assert.match(String(msg.content), /could not authorize/);
 });
 
+test('secondkeyMiddleware: a tool mapped to false runs as it is; a value that is no policy is refused', async () => {
+  // The client points at nothing: any request to it would fail the call.
+  const sent = [];
+  const down = new Client({ url: `http://127.0.0.1:${await freePort()}`, token: 't', timeout: 2 });
+  const agent = createAgent({
+    model: script({ to: 'f@example.com', body: 'x' }), tools: [makeTool(sent)],
+    middleware: [secondkeyMiddleware({ interruptOn: { send_email: false }, client: down })],
+  });
+  const result = await agent.invoke({ messages: [{ role: 'user', content: 'email f' }] });
+  const [msg] = toolMessages(result);
+  assert.deepEqual(sent, ['f@example.com']);
+  assert.equal(msg.content, 'sent to f@example.com');
+  assert.throws(() => secondkeyMiddleware({ interruptOn: { send_email: 5 }, client: down }), /a tool policy is an operation word, true or an object, not 5/);
+});
+
 test('guardTool: the action holds the arguments as sent; the tool validates them once', async () => {
   // A schema that transforms runs once, in the tool: the action said 5, the tool ran with 500.
   const ran = [];

@@ -5,5 +5,5 @@ import type { ToolPolicy } from './common.js';
 export type { ToolPolicy } from './common.js';
 /** A copy of `tool` that runs only when secondkey authorizes the call. */
 export declare function guardTool<T extends StructuredToolInterface>(tool: T, client: Client, policy?: ToolPolicy): StructuredToolInterface;
-/** Human-in-the-loop for createAgent, decided by secondkey: `interruptOn` names the tools that need a decision. */
-export declare function secondkeyMiddleware(options: { interruptOn: Record<string, ToolPolicy>; client: Client; name?: string }): AgentMiddleware;
+/** Human-in-the-loop for createAgent, decided by secondkey: `interruptOn` names the tools that need a decision; a tool mapped to `false` (as in humanInTheLoopMiddleware) runs as it is. */
+export declare function secondkeyMiddleware(options: { interruptOn: Record<string, ToolPolicy | false>; client: Client; name?: string }): AgentMiddleware;

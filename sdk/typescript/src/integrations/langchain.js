@@ -94,7 +94,8 @@ function decided(request, action) {
 }
 
 export function secondkeyMiddleware({ interruptOn, client, name = 'SecondkeyMiddleware' }) {
-  const policies = Object.fromEntries(Object.entries(interruptOn).map(([k, v]) => [k, asPolicy(v)]));
+  // `false` runs the tool as it is, as in humanInTheLoopMiddleware's interruptOn.
+  const policies = Object.fromEntries(Object.entries(interruptOn).filter(([, v]) => v !== false).map(([k, v]) => [k, asPolicy(v)]));
   return createMiddleware({
     name,
     wrapToolCall: async (request, handler) => {

@@ -279,8 +279,9 @@ class SecondkeyMiddleware(_middleware_base()):  # type: ignore[misc]
     """Human-in-the-loop for ``create_agent``, decided by secondkey.
 
     ``interrupt_on`` maps tool names to their policy (an operation word, a
-    dict of :class:`ToolPolicy` fields, a ``ToolPolicy`` or ``True``); tools
-    not named run as they are. Give a ``Client`` for ``invoke`` and an
+    dict of :class:`ToolPolicy` fields, a ``ToolPolicy`` or ``True``); a
+    tool mapped to ``False``, as in LangChain's ``HumanInTheLoopMiddleware``,
+    and a tool not named run as they are. Give a ``Client`` for ``invoke`` and an
     ``AsyncClient`` for ``ainvoke`` (or both).
     """
 
@@ -294,7 +295,7 @@ class SecondkeyMiddleware(_middleware_base()):  # type: ignore[misc]
         super().__init__()
         if client is None and async_client is None:
             raise TypeError("SecondkeyMiddleware needs a Client, an AsyncClient, or both")
-        self.policies = {name: as_policy(p) for name, p in interrupt_on.items()}
+        self.policies = {name: as_policy(p) for name, p in interrupt_on.items() if p is not False}
         self.client = client
         self.async_client = async_client
 
