@@ -286,29 +286,43 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             if !matches!(format.as_str(), "jsonl" | "ocsf") {
                 bail!("--format {format:?}: use jsonl or ocsf");
             }
-            // --out is written to a temporary file beside it and renamed
-            // over it at the end: an export that fails half-way (an entry
-            // --expand cannot rebuild, a full disk) leaves the file as it was.
-            let mut pending = match &out {
-                Some(p) => {
-                    let dir = match p.parent() {
-                        Some(d) if !d.as_os_str().is_empty() => d,
-                        _ => Path::new("."),
-                    };
-                    Some(
-                        tempfile::Builder::new()
+            // --out FILE (a regular file, or a path not there yet) is
+            // written to a temporary file beside it and renamed over it at
+            // the end: an export that fails half-way (an entry --expand
+            // cannot rebuild, a full disk) leaves FILE as it was. A symbolic
+            // link keeps pointing where it did; anything that is not a
+            // regular file (/dev/stdout, a pipe) is written to directly.
+            let mut replace: Option<(tempfile::NamedTempFile, PathBuf)> = None;
+            let mut w: Box<dyn Write> = match &out {
+                None => Box::new(std::io::stdout().lock()),
+                Some(p) => match std::fs::metadata(p) {
+                    Ok(m) if !m.is_file() => Box::new(std::io::BufWriter::new(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(p)
+                            .with_context(|| format!("cannot write {}", p.display()))?,
+                    )),
+                    found => {
+                        let target = match found {
+                            Ok(_) => std::fs::canonicalize(p)
+                                .with_context(|| format!("cannot write {}", p.display()))?,
+                            Err(_) => p.clone(),
+                        };
+                        let dir = match target.parent() {
+                            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                            _ => PathBuf::from("."),
+                        };
+                        let tmp = tempfile::Builder::new()
                             .prefix(".secondkey-export")
                             // As File::create would: 0666 less the umask.
                             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-                            .tempfile_in(dir)
-                            .with_context(|| format!("cannot create {}", p.display()))?,
-                    )
-                }
-                None => None,
-            };
-            let mut w: Box<dyn Write> = match &mut pending {
-                Some(t) => Box::new(std::io::BufWriter::new(t.as_file_mut())),
-                None => Box::new(std::io::stdout().lock()),
+                            .tempfile_in(&dir)
+                            .with_context(|| format!("cannot create {}", p.display()))?;
+                        let file = tmp.as_file().try_clone()?;
+                        replace = Some((tmp, target));
+                        Box::new(std::io::BufWriter::new(file))
+                    }
+                },
             };
             let mut shapes = secondkey_log::lean::Shapes::default();
             for (i, e) in entries.iter().enumerate() {
@@ -332,10 +346,10 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             }
             w.flush()?;
             drop(w);
-            if let (Some(t), Some(p)) = (pending, &out) {
-                t.persist(p)
+            if let Some((tmp, target)) = replace {
+                tmp.persist(&target)
                     .map_err(|e| e.error)
-                    .with_context(|| format!("cannot write {}", p.display()))?;
+                    .with_context(|| format!("cannot write {}", target.display()))?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -704,4 +704,29 @@ fn a_refused_export_leaves_its_out_file_as_it_was() {
     std::fs::File::create(&plain).unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&out), mode(&plain));
+
+    // A symbolic link stays one: the file it points to gets the export.
+    let export_to = |path: &str| {
+        g.cli(
+            &[
+                "log", "export", "--config", config, "--format", "jsonl", "--out", path,
+            ],
+            None,
+        )
+    };
+    let link = dir.path().join("latest.jsonl");
+    std::os::unix::fs::symlink(&out, &link).unwrap();
+    std::fs::write(&out, "stale\n").unwrap();
+    let (code, _, err) = export_to(link.to_str().unwrap());
+    assert_eq!(code, 0, "{err}");
+    let link_type = std::fs::symlink_metadata(&link).unwrap().file_type();
+    assert!(link_type.is_symlink());
+    // (The gateway keeps running: later entries may follow.)
+    assert!(std::fs::read_to_string(&out).unwrap().starts_with(&written));
+
+    // Not a regular file (here the command's own standard output): written
+    // to directly, as before.
+    let (code, stdout, err) = export_to("/dev/stdout");
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.starts_with(&written), "{stdout}");
 }
