@@ -328,6 +328,15 @@ async fn link_confirm(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    // A sign-in older than `[oidc] review_max_age` links nothing: the
+    // person signs in again and confirms on the link page.
+    let page = format!(
+        "/chat/link/{}",
+        form_urlencoded::byte_serialize(code.as_bytes()).collect::<String>()
+    );
+    if let Some(again) = secondkey_server::web::stale_sign_in(&s.gateway, &posted, &page) {
+        return again;
+    }
     let who = &posted.user.principal;
     match links::complete(&s.gateway, &inner.config.routing.linking, &code, who).await {
         Ok(ext) => Html(layout(

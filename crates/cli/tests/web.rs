@@ -1142,6 +1142,21 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
         .status,
         403
     );
+    // A sign-in older than `review_max_age` (1h by default) links
+    // nothing: bob signs in again and comes back to the link page.
+    let (payload, _) = bob.session.split_once('.').unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: Value = serde_json::from_slice(&b64.decode(payload).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    claims["iat"] = json!(now - 2 * 3600);
+    let stale = signed_cookie(&dir.path().join("data/keys/session.key"), &claims);
+    let r = post_form(&gw, &stale, &path, &[("csrf", &csrf)], Some(&gw));
+    assert_eq!(r.status, 303, "{}", r.body);
+    let back = format!("/login?return={}", path.replace('/', "%2F"));
+    assert_eq!(r.location.as_deref(), Some(back.as_str()));
     let before = slack.lock().unwrap().len();
     assert_eq!(click("U_BOB").status, 200);
     fakes::wait_for(&slack, "a second link offer", |cs| {

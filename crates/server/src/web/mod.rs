@@ -678,7 +678,9 @@ pub fn render_request(
 /// groups of the moment it was made, and the provider is not asked again
 /// while it lives. Past that age nothing is decided and the reviewer signs
 /// in again (usually without typing anything), then returns to `back`.
-fn stale_sign_in(g: &Gateway, p: &Posted, back: &str) -> Option<Response> {
+/// Linking a chat account asks the same: the link makes that account's
+/// clicks count as this person's reviews.
+pub fn stale_sign_in(g: &Gateway, p: &Posted, back: &str) -> Option<Response> {
     let oidc = g.web.oidc.as_ref()?;
     let age = now_secs(g) - p.user.session.iat;
     // The one sign-in redirect, with the parameter `/login` reads.
