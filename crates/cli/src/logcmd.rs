@@ -286,44 +286,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
             if !matches!(format.as_str(), "jsonl" | "ocsf") {
                 bail!("--format {format:?}: use jsonl or ocsf");
             }
-            // --out FILE (a regular file, or a path not there yet) is
-            // written to a temporary file beside it and renamed over it at
-            // the end: an export that fails half-way (an entry --expand
-            // cannot rebuild, a full disk) leaves FILE as it was. A symbolic
-            // link keeps pointing where it did; anything that is not a
-            // regular file (/dev/stdout, a pipe) is written to directly.
-            let mut replace: Option<(tempfile::NamedTempFile, PathBuf)> = None;
-            let mut w: Box<dyn Write> = match &out {
-                None => Box::new(std::io::stdout().lock()),
-                Some(p) => match std::fs::metadata(p) {
-                    Ok(m) if !m.is_file() => Box::new(std::io::BufWriter::new(
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(p)
-                            .with_context(|| format!("cannot write {}", p.display()))?,
-                    )),
-                    found => {
-                        let target = match found {
-                            Ok(_) => std::fs::canonicalize(p)
-                                .with_context(|| format!("cannot write {}", p.display()))?,
-                            Err(_) => p.clone(),
-                        };
-                        let dir = match target.parent() {
-                            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                            _ => PathBuf::from("."),
-                        };
-                        let tmp = tempfile::Builder::new()
-                            .prefix(".secondkey-export")
-                            // As File::create would: 0666 less the umask.
-                            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-                            .tempfile_in(&dir)
-                            .with_context(|| format!("cannot create {}", p.display()))?;
-                        let file = tmp.as_file().try_clone()?;
-                        replace = Some((tmp, target));
-                        Box::new(std::io::BufWriter::new(file))
-                    }
-                },
-            };
+            let (mut w, replace) = export_writer(out.as_deref())?;
             let mut shapes = secondkey_log::lean::Shapes::default();
             for (i, e) in entries.iter().enumerate() {
                 let expanded = if expand {
@@ -401,6 +364,47 @@ fn expand_entry(
         serde_json::json!({"session": e.payload["session"], "shape": e.payload["shape"]});
     v["payload"] = full;
     Ok(Some(v))
+}
+
+/// An export written beside its `--out` file, and that file.
+type Pending = (tempfile::NamedTempFile, PathBuf);
+
+/// Where `log export` writes its lines, and what to rename when done.
+/// Without `--out`, standard output. `--out FILE` (a regular file, or a
+/// path not there yet) is written to a temporary file beside it, renamed
+/// over it once the export is whole: an export that fails half-way (an
+/// entry --expand cannot rebuild, a full disk) leaves FILE as it was. A
+/// symbolic link keeps pointing where it did; anything that is not a
+/// regular file (/dev/stdout, a pipe) is written to directly.
+fn export_writer(out: Option<&Path>) -> Result<(Box<dyn Write>, Option<Pending>)> {
+    let Some(p) = out else {
+        return Ok((Box::new(std::io::stdout().lock()), None));
+    };
+    let target = match std::fs::metadata(p) {
+        Ok(m) if !m.is_file() => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            return Ok((Box::new(std::io::BufWriter::new(f)), None));
+        }
+        Ok(_) => {
+            std::fs::canonicalize(p).with_context(|| format!("cannot write {}", p.display()))?
+        }
+        Err(_) => p.to_path_buf(),
+    };
+    let dir = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".secondkey-export")
+        // As File::create would: 0666 less the umask.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create {}", p.display()))?;
+    let file = tmp.as_file().try_clone()?;
+    Ok((Box::new(std::io::BufWriter::new(file)), Some((tmp, target))))
 }
 
 /// Opens the store of `cfg` to read it (export, verify, reports): an
