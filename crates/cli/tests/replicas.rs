@@ -220,16 +220,7 @@ fn sslmode_disable_to_another_host_is_refused() {
         ("postgres://sk@[::1]:1/sk?sslmode=disable", false),
         ("postgres://sk@localhost:1/sk?sslmode=disable", false),
     ] {
-        let extra = format!(
-            "\n[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n",
-            pwfile.display()
-        );
-        let cfg = common::write_config_extra(dir.path(), common::free_port(), POLICIES, &extra);
-        let (code, _, err) = run_cli(
-            &["store", "migrate", "--config", cfg.to_str().unwrap()],
-            "http://127.0.0.1:1",
-            None,
-        );
+        let (_, code, err) = migrate_with_store(dir.path(), url, &pwfile);
         assert_ne!(code, 0, "{url}: {err}");
         assert_eq!(
             err.contains("config key `store.url`")
@@ -246,6 +237,23 @@ fn sslmode_disable_to_another_host_is_refused() {
             );
         }
     }
+}
+
+/// Writes a configuration in `dir` whose `[store]` is `url` with the
+/// password in `pwfile`, and runs `store migrate` on it: the
+/// configuration's path, the exit code and standard error.
+fn migrate_with_store(dir: &Path, url: &str, pwfile: &Path) -> (std::path::PathBuf, i32, String) {
+    let extra = format!(
+        "\n[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n",
+        pwfile.display()
+    );
+    let cfg = common::write_config_extra(dir, common::free_port(), POLICIES, &extra);
+    let (code, _, err) = run_cli(
+        &["store", "migrate", "--config", cfg.to_str().unwrap()],
+        "http://127.0.0.1:1",
+        None,
+    );
+    (cfg, code, err)
 }
 
 /// A store that cannot be reached says which store and why, not only at
@@ -280,16 +288,7 @@ fn an_unreachable_store_names_the_cause() {
             "refused",
         ),
     ] {
-        let extra = format!(
-            "\n[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n",
-            pwfile.display()
-        );
-        let cfg = common::write_config_extra(dir.path(), common::free_port(), POLICIES, &extra);
-        let (code, _, err) = run_cli(
-            &["store", "migrate", "--config", cfg.to_str().unwrap()],
-            "http://127.0.0.1:1",
-            None,
-        );
+        let (cfg, code, err) = migrate_with_store(dir.path(), &url, &pwfile);
         assert_ne!(code, 0, "{url}: {err}");
         assert!(
             err.contains("cannot reach PostgreSQL") && err.contains(cause),

@@ -399,6 +399,28 @@ fn openlineage_events(g: &Gateway) -> Vec<(u64, Value, Value, Value)> {
     out
 }
 
+/// `agent:bot`'s export of the orders table (`execute`: with
+/// `?execute=true`), held for review and approved by bob and carol: the
+/// action's body and the submission that was held.
+async fn approved_export(
+    g: &Gateway,
+    execute: bool,
+) -> (String, secondkey_server::views::ActionResponse) {
+    let body = sql(
+        "export",
+        "postgres://dev/public.orders",
+        "COPY orders TO STDOUT",
+    )
+    .to_string();
+    let held = g
+        .submit(&who(g, "agent:bot"), body.as_bytes(), execute)
+        .await
+        .unwrap();
+    let id = &held.request.as_ref().expect("held for review").id;
+    approve(g, id, &["user:bob", "user:carol"]).await;
+    (body, held)
+}
+
 #[tokio::test]
 async fn an_approval_used_in_execute_mode_is_marked_and_lineage_waits_for_its_result() {
     // `POST /v1/actions?execute=true` of an approved request: the caller
@@ -409,15 +431,8 @@ async fn an_approval_used_in_execute_mode_is_marked_and_lineage_waits_for_its_re
     let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
-    let body = sql(
-        "export",
-        "postgres://dev/public.orders",
-        "COPY orders TO STDOUT",
-    )
-    .to_string();
-    let held = g.submit(&bot, body.as_bytes(), true).await.unwrap();
+    let (body, held) = approved_export(g, true).await;
     let id = held.request.expect("held for review").id;
-    approve(g, &id, &["user:bob", "user:carol"]).await;
     let ran = g.submit(&bot, body.as_bytes(), true).await.unwrap();
     let ex = ran.execution.expect("the approval is used up at once");
     assert_eq!(ex.id, id);
@@ -485,15 +500,8 @@ async fn a_grant_the_agent_uses_itself_is_not_marked_executed() {
     let env = common::gateway(POLICIES, CONFIG).await;
     let g = &env.gateway;
     let bot = who(g, "agent:bot");
-    let body = sql(
-        "export",
-        "postgres://dev/public.orders",
-        "COPY orders TO STDOUT",
-    )
-    .to_string();
-    let held = g.submit(&bot, body.as_bytes(), false).await.unwrap();
-    let id = held.request.expect("held for review").id;
-    approve(g, &id, &["user:bob", "user:carol"]).await;
+    let (_, held) = approved_export(g, false).await;
+    let id = held.request.as_ref().expect("held for review").id.clone();
     let req = g.get_request(&bot, &id).await.unwrap();
     let grant = g.view(&bot, &req).unwrap().grant;
     let grant = grant.expect("the requester sees its grant");
