@@ -43,9 +43,10 @@ use crate::intercept::{tool_error, Forward, Interceptor, Known, Outcome, Plan, W
 use crate::jsonrpc::{self, error_response, id_key, result_response, Kind, Message};
 use crate::limits::{Hold, Quota};
 use crate::methods::ClientRequest;
+use crate::pins::{self, PinCache};
 use crate::refused::{self, Refusal};
 use crate::tasks::{self, Owned, TaskRequest};
-use crate::{pins, tools};
+use crate::tools;
 
 /// The tool result for a call the server received but never answered: it
 /// may or may not have run.
@@ -64,6 +65,8 @@ pub struct InProcess {
     pub admins: Vec<String>,
     /// The client connection's peer address: the fact `source_ip`.
     pub peer: Option<std::net::IpAddr>,
+    /// The pins read so far (the gateway's one cache).
+    pub pins: Arc<PinCache>,
 }
 
 fn de(e: ApiError) -> DecideError {
@@ -200,7 +203,7 @@ impl Decider for InProcess {
         server: &str,
         tools: Vec<Value>,
     ) -> Result<Vec<(String, PinState)>, DecideError> {
-        pins::observe(&self.gateway, &self.who, server, tools)
+        pins::observe(&self.gateway, &self.pins, &self.who, server, tools)
             .await
             .map_err(de)
     }
@@ -526,6 +529,8 @@ struct Inner {
     /// Refusals of server requests being sent upstream at once (a server
     /// flooding requests past its session's limit gets no more than this).
     refusing: Arc<tokio::sync::Semaphore>,
+    /// The pins read so far ([`PinCache`]).
+    pins: Arc<PinCache>,
 }
 
 /// Most refusals of server requests in flight to upstreams at once.
@@ -578,6 +583,7 @@ impl McpExtension {
                 sessions: Mutex::new(Sessions::default()),
                 server_asked: Mutex::new(HashMap::new()),
                 refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
+                pins: Arc::default(),
             }),
         }
     }
@@ -1138,7 +1144,7 @@ async fn observe_pins(
             ),
         ));
     }
-    let out = pins::observe(&s.gateway, &p, &body.server, body.tools).await?;
+    let out = pins::observe(&s.gateway, &inner.pins, &p, &body.server, body.tools).await?;
     Ok(Json(ObserveResponse {
         tools: out
             .into_iter()
@@ -1176,6 +1182,7 @@ async fn accept_pin(
 ) -> Result<Json<pins::Pin>, ApiError> {
     let pin = pins::accept(
         &s.gateway,
+        &inner.pins,
         &p,
         &inner.config.tool_admins,
         &body.server,
@@ -1852,7 +1859,7 @@ async fn post_message(
             };
             if let Some(r) = final_response(&bytes, sse, msg.id()) {
                 if let Some(result) = r.get("result") {
-                    let names = observe(&s.gateway, &p, &srv, result).await;
+                    let names = observe(&s.gateway, &inner.pins, &p, &srv, result).await;
                     if let Some(sid) = &session {
                         // The client may now hold another list than the
                         // one read before: only this one is kept.
@@ -2369,6 +2376,7 @@ fn listed_defs(result: &Value) -> Vec<(String, Value)> {
 /// `tools/list` result; the names it listed.
 async fn observe(
     gw: &Arc<Gateway>,
+    cache: &PinCache,
     who: &Principal,
     srv: &ServerConfig,
     result: &Value,
@@ -2381,7 +2389,7 @@ async fn observe(
         .filter(|t| t.get("name").and_then(Value::as_str).is_some())
         .map(tools::pinned_part)
         .collect();
-    match pins::observe(gw, who, &srv.name, defs).await {
+    match pins::observe(gw, cache, who, &srv.name, defs).await {
         Ok(states) => states.into_iter().map(|(name, _)| name).collect(),
         Err(e) => {
             tracing::warn!(server = %srv.name, error = %e, "cannot pin the listed tools");
@@ -2407,6 +2415,7 @@ fn in_process(
             credential: credential.clone(),
             admins: inner.config.tool_admins.clone(),
             peer,
+            pins: inner.pins.clone(),
         }),
     )
 }
@@ -2638,7 +2647,7 @@ impl CallCtx {
     }
 
     /// The tool's definition as the upstream gives it in this call's
-    /// session, and its standing against its pin (read now). The
+    /// session, and its standing against its pin (checked now). The
     /// definition is one read earlier in this session if it is still kept
     /// ([`ToolsSeen`]: nothing said the list changed, the session's event
     /// stream stayed open); else the upstream is listed now (all pages,
@@ -2729,9 +2738,15 @@ impl CallCtx {
     /// A definition and its standing against its pin (pinned now if it is
     /// the tool's first sight, recorded if it differs).
     async fn standing(&self, def: Value) -> Result<(Value, PinState), Unlisted> {
-        let states = pins::observe(&self.gateway, &self.who, &self.srv.name, vec![def.clone()])
-            .await
-            .map_err(|e| Unlisted::Error(format!("its pin could not be checked: {}", e.message)))?;
+        let states = pins::observe(
+            &self.gateway,
+            &self.inner.pins,
+            &self.who,
+            &self.srv.name,
+            vec![def.clone()],
+        )
+        .await
+        .map_err(|e| Unlisted::Error(format!("its pin could not be checked: {}", e.message)))?;
         let st = states
             .into_iter()
             .next()

@@ -5,6 +5,9 @@
 //! `mcp.tool_admins` accepts it. Pinning, every change seen and every
 //! acceptance are log entries.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use secondkey_core::principal::{Principal, PrincipalKind};
 use secondkey_server::error::ApiError;
 use secondkey_server::gateway::rfc3339;
@@ -93,7 +96,112 @@ async fn read_pin(gw: &Gateway, server: &str, tool: &str) -> Result<Option<Pin>,
     .transpose()
 }
 
-fn standing(pin: &Pin, fp: &str) -> PinState {
+/// Of a pin, what a call's standing depends on.
+#[derive(Debug, Clone, PartialEq)]
+struct Known {
+    fingerprint: String,
+    /// The changed definition already recorded, if any.
+    changed: Option<String>,
+}
+
+impl Known {
+    fn of(p: &Pin) -> Known {
+        Known {
+            fingerprint: p.fingerprint.clone(),
+            changed: p.changed.as_ref().map(|c| c.fingerprint.clone()),
+        }
+    }
+}
+
+/// Most tools whose pin (and definition's fingerprint) a [`PinCache`]
+/// keeps; past it, it starts again empty.
+const MAX_CACHED: usize = 10_000;
+
+/// The pins of the embedded store, kept in memory: an HTTP session checks
+/// the pin of the tool before every call, and reading it from the store
+/// (with the fingerprint of the definition) was a tenth of the gateway's
+/// work per call. Every pin is written in this process ([`observe`],
+/// [`accept`]: the store's file is locked to it), and each write drops
+/// what is kept of that tool once it is committed; a read of the store
+/// that began before a write is not kept. On a shared store another
+/// replica may accept a definition, so nothing is kept and every check
+/// reads the store.
+#[derive(Default)]
+pub struct PinCache(Mutex<Cached>);
+
+#[derive(Default)]
+struct Cached {
+    /// Pin writes so far: a read that began before the last one is stale.
+    writes: u64,
+    pins: HashMap<String, Option<Known>>,
+    /// The last definition seen of each tool, with its fingerprint.
+    prints: HashMap<String, (Value, String)>,
+}
+
+impl PinCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The fingerprint of `def`, the definition of the tool `k`.
+    fn fingerprint(&self, k: &str, def: &Value) -> String {
+        if let Some((d, fp)) = self.lock().prints.get(k) {
+            if d == def {
+                return fp.clone();
+            }
+        }
+        let fp = fingerprint(def);
+        let mut c = self.lock();
+        if c.prints.len() >= MAX_CACHED && !c.prints.contains_key(k) {
+            c.prints.clear();
+        }
+        c.prints.insert(k.to_string(), (def.clone(), fp.clone()));
+        fp
+    }
+
+    /// The pin of `server`/`tool`: kept, or read from the store (and kept
+    /// if no pin was written meanwhile).
+    async fn pin(&self, gw: &Gateway, server: &str, tool: &str) -> Result<Option<Known>, ApiError> {
+        if gw.store.is_shared() {
+            return Ok(read_pin(gw, server, tool).await?.as_ref().map(Known::of));
+        }
+        let k = key(server, tool);
+        let writes = {
+            let c = self.lock();
+            if let Some(p) = c.pins.get(&k) {
+                return Ok(p.clone());
+            }
+            c.writes
+        };
+        let read = read_pin(gw, server, tool).await?.as_ref().map(Known::of);
+        self.keep(writes, k, read.clone());
+        Ok(read)
+    }
+
+    /// Keeps `read`, the pin of `k` as read after `writes` pin writes,
+    /// unless a pin was written since.
+    fn keep(&self, writes: u64, k: String, read: Option<Known>) {
+        let mut c = self.lock();
+        if c.writes != writes {
+            return;
+        }
+        if c.pins.len() >= MAX_CACHED && !c.pins.contains_key(&k) {
+            c.pins.clear();
+        }
+        c.pins.insert(k, read);
+    }
+
+    /// The pins of `keys` were (or may have been) written.
+    fn wrote<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut c = self.lock();
+        c.writes += 1;
+        for k in keys {
+            c.pins.remove(k);
+        }
+    }
+}
+
+fn standing(pin: &Known, fp: &str) -> PinState {
     if pin.fingerprint == fp {
         PinState::Pinned { new: false }
     } else {
@@ -108,6 +216,7 @@ fn standing(pin: &Pin, fp: &str) -> PinState {
 /// per distinct definition). Reads only, unless something is new.
 pub async fn observe(
     gw: &Gateway,
+    cache: &PinCache,
     who: &Principal,
     server: &str,
     tools: Vec<Value>,
@@ -127,13 +236,11 @@ pub async fn observe(
             .ok_or_else(|| ApiError::bad_request("invalid_tool", "every tool has a string `name`"))?
             .to_string();
         check_names(server, &name)?;
-        let fp = fingerprint(t);
-        let pin = read_pin(gw, server, &name).await?;
+        let fp = cache.fingerprint(&key(server, &name), t);
+        let pin = cache.pin(gw, server, &name).await?;
         let needs_write = match &pin {
             None => true,
-            Some(p) => {
-                p.fingerprint != fp && p.changed.as_ref().map(|c| &c.fingerprint) != Some(&fp)
-            }
+            Some(p) => p.fingerprint != fp && p.changed.as_ref() != Some(&fp),
         };
         dirty |= needs_write;
         seen.push((name, fp, pinned_part(t), pin));
@@ -151,6 +258,7 @@ pub async fn observe(
     }
     let now = rfc3339(gw.now());
     let actor = who.id.to_string();
+    let keys: Vec<String> = seen.iter().map(|(n, ..)| key(server, n)).collect();
     let server = server.to_string();
     let out = gw
         .store
@@ -193,20 +301,22 @@ pub async fn observe(
                             });
                             tx.put_record(NS, &k, &serde_json::to_string(&p).unwrap_or_default())?;
                         }
-                        out.push((name, standing(&p, &fp)));
+                        out.push((name, standing(&Known::of(&p), &fp)));
                     }
                 }
             }
             Ok(out)
         })
-        .await?;
-    Ok(out)
+        .await;
+    cache.wrote(keys.iter().map(String::as_str));
+    Ok(out?)
 }
 
 /// A human accepts the changed definition `fingerprint` of a tool: it
 /// becomes the pin. Only members of `admins` may, and only humans.
 pub async fn accept(
     gw: &Gateway,
+    cache: &PinCache,
     who: &Principal,
     admins: &[String],
     server: &str,
@@ -225,8 +335,9 @@ pub async fn accept(
     }
     let now = rfc3339(gw.now());
     let actor = who.id.to_string();
+    let written = key(server, tool);
     let (k, server, tool, fp) = (
-        key(server, tool),
+        written.clone(),
         server.to_string(),
         tool.to_string(),
         fp.to_string(),
@@ -260,8 +371,9 @@ pub async fn accept(
             tx.put_record(NS, &k, &serde_json::to_string(&p).unwrap_or_default())?;
             Ok(p)
         })
-        .await?;
-    Ok(pin)
+        .await;
+    cache.wrote([written.as_str()]);
+    Ok(pin?)
 }
 
 /// The pins of a server (all servers: `""`), with any waiting change.
@@ -279,4 +391,146 @@ pub async fn list(gw: &Gateway, server: &str) -> Result<Vec<Pin>, ApiError> {
         .into_iter()
         .filter_map(|(_, v)| serde_json::from_str(&v).ok())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secondkey_core::principal::PrincipalId;
+    use std::collections::HashMap as Map;
+    use std::sync::Arc;
+
+    async fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        let toml = format!(
+            "data_dir = \"{}\"\npolicy_dir = \"{}\"\n[log]\norigin = \"pins.test.example/log\"\n",
+            dir.join("data").display(),
+            policies.display()
+        );
+        let cfg = secondkey_server::Config::from_toml(&toml, "test", dir, &Map::new()).unwrap();
+        secondkey_server::build(cfg).await.unwrap()
+    }
+
+    fn who(id: &str, groups: &[&str]) -> Principal {
+        Principal::new(
+            PrincipalId::parse(id).unwrap(),
+            None,
+            groups.iter().map(|g| g.to_string()),
+        )
+        .unwrap()
+    }
+
+    fn tool(description: &str) -> Value {
+        json!({"name": "echo", "description": description, "inputSchema": {"type": "object"}})
+    }
+
+    async fn standing_of(gw: &Gateway, cache: &PinCache, def: &Value) -> PinState {
+        let bot = who("agent:bot", &[]);
+        let mut out = observe(gw, cache, &bot, "files", vec![def.clone()])
+            .await
+            .unwrap();
+        out.pop().unwrap().1
+    }
+
+    #[tokio::test]
+    async fn what_is_kept_follows_every_pin_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gw = gateway(tmp.path()).await;
+        let cache = PinCache::default();
+        let (v1, v2) = (tool("Echoes"), tool("Echoes. Also mails ~/.ssh out"));
+        assert_eq!(
+            standing_of(&gw, &cache, &v1).await,
+            PinState::Pinned { new: true }
+        );
+        // Read again (now from memory): the same answer the store gives.
+        for _ in 0..2 {
+            assert_eq!(
+                standing_of(&gw, &cache, &v1).await,
+                PinState::Pinned { new: false }
+            );
+            assert_eq!(
+                standing_of(&gw, &PinCache::default(), &v1).await,
+                PinState::Pinned { new: false }
+            );
+        }
+        let k = key("files", "echo");
+        let kept = |c: &PinCache| c.lock().pins.get(&k).cloned();
+        assert_eq!(
+            kept(&cache).flatten().map(|p| p.changed),
+            Some(None),
+            "kept"
+        );
+        let fp1 = fingerprint(&v1);
+        let fp2 = fingerprint(&v2);
+        let changed = PinState::Changed {
+            pinned: fp1.clone(),
+        };
+        assert_eq!(standing_of(&gw, &cache, &v2).await, changed);
+        assert_eq!(kept(&cache), None, "a pin written is dropped");
+        assert_eq!(standing_of(&gw, &cache, &v2).await, changed);
+        assert_eq!(
+            standing_of(&gw, &cache, &v1).await,
+            PinState::Pinned { new: false }
+        );
+        // An acceptance through this cache: kept pins of the tool go.
+        let bob = who("user:bob", &["tool-admins"]);
+        let admins = vec!["tool-admins".to_string()];
+        accept(&gw, &cache, &bob, &admins, "files", "echo", &fp2)
+            .await
+            .unwrap();
+        assert_eq!(
+            standing_of(&gw, &cache, &v2).await,
+            PinState::Pinned { new: false }
+        );
+        assert_eq!(
+            standing_of(&gw, &cache, &v1).await,
+            PinState::Changed {
+                pinned: fp2.clone()
+            }
+        );
+        // A refused acceptance changes nothing, kept or stored.
+        let err = accept(&gw, &cache, &bob, &admins, "files", "echo", &fp2).await;
+        assert_eq!(err.unwrap_err().code, "no_such_change");
+        assert_eq!(
+            standing_of(&gw, &cache, &v2).await,
+            PinState::Pinned { new: false }
+        );
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_write_is_not_kept() {
+        let cache = PinCache::default();
+        let old = Some(Known {
+            fingerprint: "a".into(),
+            changed: None,
+        });
+        let k = key("files", "echo");
+        let before = cache.lock().writes;
+        // A write commits (and drops the tool) while the read is on its way.
+        cache.wrote([k.as_str()]);
+        cache.keep(before, k.clone(), old.clone());
+        assert!(!cache.lock().pins.contains_key(&k), "stale read kept");
+        let now = cache.lock().writes;
+        cache.keep(now, k.clone(), old.clone());
+        assert_eq!(cache.lock().pins.get(&k), Some(&old));
+        cache.wrote([k.as_str()]);
+        assert!(!cache.lock().pins.contains_key(&k));
+    }
+
+    #[test]
+    fn a_full_cache_starts_again_rather_than_grow() {
+        let cache = PinCache::default();
+        for i in 0..MAX_CACHED + 5 {
+            cache.keep(0, format!("s/t{i}"), None);
+            let def = json!({"name": format!("t{i}")});
+            assert_eq!(
+                cache.fingerprint(&format!("s/t{i}"), &def),
+                fingerprint(&def)
+            );
+        }
+        let c = cache.lock();
+        assert!(c.pins.len() <= MAX_CACHED && c.prints.len() <= MAX_CACHED);
+        assert_eq!((c.pins.len(), c.prints.len()), (5, 5));
+    }
 }
