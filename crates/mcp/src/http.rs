@@ -1362,15 +1362,15 @@ fn gateway_error(status: StatusCode, code: &'static str, message: String) -> Res
 
 /// The upstream's answer as ours: status, the transport headers, the body
 /// streamed through.
-fn relay_response(resp: reqwest::Response, body: Body) -> Response {
-    let mut out = Response::builder().status(resp.status().as_u16());
+fn relay_response(resp: Head, body: Body) -> Response {
+    let mut out = Response::builder().status(resp.status.as_u16());
     for k in [
         "content-type",
         "mcp-session-id",
         "mcp-protocol-version",
         "cache-control",
     ] {
-        if let Some(v) = resp.headers().get(k) {
+        if let Some(v) = resp.headers.get(k) {
             out = out.header(k, v.as_bytes());
         }
     }
@@ -1595,25 +1595,25 @@ fn capped<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin>(
 }
 
 fn take_stream(
-    resp: reqwest::Response,
-) -> (
-    reqwest::Response,
-    impl Stream<Item = Result<Bytes, std::io::Error>>,
-) {
+    mut resp: reqwest::Response,
+) -> (Head, impl Stream<Item = Result<Bytes, std::io::Error>>) {
     // reqwest hands out the body only by consuming the response; keep the
     // head for the headers.
-    let head = reqwest::Response::from(
-        axum::http::Response::builder()
-            .status(resp.status().as_u16())
-            .body(Vec::<u8>::new())
-            .unwrap_or_default(),
-    );
-    let mut head = head;
-    *head.headers_mut() = resp.headers().clone();
+    let head = Head {
+        status: resp.status(),
+        headers: std::mem::take(resp.headers_mut()),
+    };
     let s = resp
         .bytes_stream()
         .map(|r| r.map_err(std::io::Error::other));
     (head, s)
+}
+
+/// The status and headers of an upstream's answer whose body was taken
+/// ([`take_stream`]).
+struct Head {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
 }
 
 /// A message refused by a limit of `[mcp]`: `status` with a JSON-RPC
@@ -2031,7 +2031,7 @@ async fn first_result(
                 Some(r) => outcome_of(&r),
                 None => Outcome::Lost(format!(
                     "the upstream answered {} without a result",
-                    head.status()
+                    head.status
                 )),
             };
             run.settle(outcome);
@@ -2991,7 +2991,7 @@ impl CallCtx {
                 None => {
                     let outcome = Outcome::Lost(format!(
                         "the upstream answered {} without a result",
-                        head.status()
+                        head.status
                     ));
                     tokio::spawn(async move { icp.finished(&fwd, outcome).await });
                 }
@@ -3063,7 +3063,7 @@ impl CallCtx {
                     let _ = tx.send(v.to_string()).await;
                     return;
                 }
-                None => format!("the upstream answered {} without a result", head.status()),
+                None => format!("the upstream answered {} without a result", head.status),
             },
             Err(e) => e,
         };
