@@ -543,6 +543,11 @@ impl Listener for LimitedListener {
             };
             match self.conns.try_open(addr.ip()) {
                 Ok(slot) => {
+                    // An answer streamed in pieces (a relayed MCP answer,
+                    // an event stream) writes each piece as it comes: with
+                    // Nagle's algorithm a small piece waited for the
+                    // client's delayed ACK of the one before.
+                    let _ = stream.set_nodelay(true);
                     let state = Arc::new(ConnState::new(Instant::now()));
                     let watchdog = tokio::spawn(watchdog(state.clone(), self.limits.clone()));
                     let mut stream = Lingering::new(stream);
@@ -889,6 +894,20 @@ mod tests {
         drop(s1);
         assert_eq!(c.open(), 2);
         let _s4 = c.try_open(b).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_accepted_connection_sends_small_writes_at_once() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = LimitedListener::new(tcp, ConnLimits::default());
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (io, _) = listener.accept().await;
+        let stream = io.stream.io.as_ref().unwrap();
+        assert!(
+            stream.nodelay().unwrap(),
+            "Nagle's algorithm held a streamed answer's last piece for the client's delayed ACK"
+        );
     }
 
     #[test]
