@@ -43,6 +43,9 @@ token_sha256 = "$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)"
 [[mcp.servers]]
 name = "bench"
 url = "http://127.0.0.1:$UP_PORT/mcp"
+[[mcp.servers]]
+name = "bench-sse"
+url = "http://127.0.0.1:$UP_PORT/mcp-sse"
 CFG
   "$BIN" serve --config "$DIR/secondkey.toml" 2>"$DIR/gateway.log" & GW_PID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$GW_PORT/healthz" >/dev/null && break; sleep 0.1; done

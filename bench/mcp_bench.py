@@ -7,7 +7,10 @@ relay's too). Run by bench/mcp.sh.
 
 Over HTTP the client does what an SDK client does: it opens a session
 (`initialize`, then `Mcp-Session-Id` on every request), opens the
-session's event stream (GET) and lists the tools once.
+session's event stream (GET) and lists the tools once. The HTTP case runs
+twice: the server answering each call with a JSON body, then (its
+`/mcp-sse` endpoint) with an event stream, as the MCP SDKs' servers do
+by default.
 """
 
 import http.client
@@ -77,6 +80,8 @@ def over_http(url, token=None):
         body = r.read()
         if r.getheader("mcp-session-id"):
             h["mcp-session-id"] = r.getheader("mcp-session-id")
+        if r.getheader("content-type", "").startswith("text/event-stream"):
+            body = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")][-1]
         return json.loads(body) if body else None
     rpc({"jsonrpc": "2.0", "id": -1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {},
          "clientInfo": {"name": "bench", "version": "0"}}})
@@ -120,3 +125,4 @@ def show(name, direct, via):
 env = dict(os.environ, SECONDKEY_TOKEN=TOKEN)
 show("stdio", stdio(SERVER), stdio([BIN, "mcp", "stdio", "--server", "bench-stdio", "--url", GW, "--"] + SERVER, env))
 show("http ", over_http(DIRECT), over_http(f"{GW}/mcp/bench", TOKEN))
+show("http, event-stream answers", over_http(DIRECT + "-sse"), over_http(f"{GW}/mcp/bench-sse", TOKEN))

@@ -54,8 +54,13 @@ else:
             n = int(self.headers.get("content-length", "0"))
             a = answer(json.loads(self.rfile.read(n)))
             body = json.dumps(a).encode() if a is not None else b""
+            # On /mcp-sse, answers (but the one to `initialize`) come as an
+            # event stream, as the MCP SDKs' servers send them by default.
+            sse = self.path == "/mcp-sse" and a is not None and "protocolVersion" not in a["result"]
+            if sse:
+                body = b"event: message\ndata: " + body + b"\n\n"
             self.send_response(200 if a is not None else 202)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", "text/event-stream" if sse else "application/json")
             self.send_header("content-length", str(len(body)))
             if a is not None and "protocolVersion" in a["result"]:
                 self.send_header("mcp-session-id", secrets.token_hex(16))
