@@ -65,7 +65,7 @@ pub struct InProcess {
     pub admins: Vec<String>,
     /// The client connection's peer address: the fact `source_ip`.
     pub peer: Option<std::net::IpAddr>,
-    /// The pins read so far (the gateway's one cache).
+    /// The pins read so far (the MCP extension's [`PinCache`]).
     pub pins: Arc<PinCache>,
 }
 
@@ -2376,7 +2376,7 @@ fn listed_defs(result: &Value) -> Vec<(String, Value)> {
 /// `tools/list` result; the names it listed.
 async fn observe(
     gw: &Arc<Gateway>,
-    cache: &PinCache,
+    cache: &Arc<PinCache>,
     who: &Principal,
     srv: &ServerConfig,
     result: &Value,

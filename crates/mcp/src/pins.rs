@@ -6,18 +6,19 @@
 //! acceptance are log entries.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use secondkey_core::principal::{Principal, PrincipalKind};
 use secondkey_server::error::ApiError;
 use secondkey_server::gateway::rfc3339;
 use secondkey_server::Gateway;
+use secondkey_store::{StoreError, Tx};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::is_server_name;
 use crate::decide::PinState;
-use crate::tools::{fingerprint, pinned_part};
+use crate::tools::{fingerprint_sized, pinned_part, same_pinned};
 
 /// The record namespace of pins.
 pub const NS: &str = "mcp.pin";
@@ -98,15 +99,15 @@ async fn read_pin(gw: &Gateway, server: &str, tool: &str) -> Result<Option<Pin>,
 
 /// Of a pin, what a call's standing depends on.
 #[derive(Debug, Clone, PartialEq)]
-struct Known {
+struct PinSummary {
     fingerprint: String,
     /// The changed definition already recorded, if any.
     changed: Option<String>,
 }
 
-impl Known {
-    fn of(p: &Pin) -> Known {
-        Known {
+impl PinSummary {
+    fn of(p: &Pin) -> PinSummary {
+        PinSummary {
             fingerprint: p.fingerprint.clone(),
             changed: p.changed.as_ref().map(|c| c.fingerprint.clone()),
         }
@@ -117,25 +118,41 @@ impl Known {
 /// keeps; past it, it starts again empty.
 const MAX_CACHED: usize = 10_000;
 
+/// Largest definition (its canonical JSON) whose fingerprint is kept.
+const MAX_KEPT_DEFINITION: usize = 64 * 1024;
+
+/// Most bytes of definitions (canonical JSON) kept in all; past it, the
+/// fingerprints kept start again empty.
+const MAX_KEPT_DEFINITIONS: usize = 8 * 1024 * 1024;
+
 /// The pins of the embedded store, kept in memory: an HTTP session checks
 /// the pin of the tool before every call, and reading it from the store
 /// (with the fingerprint of the definition) was a tenth of the gateway's
-/// work per call. Every pin is written in this process ([`observe`],
-/// [`accept`]: the store's file is locked to it), and each write drops
-/// what is kept of that tool once it is committed; a read of the store
-/// that began before a write is not kept. On a shared store another
-/// replica may accept a definition, so nothing is kept and every check
-/// reads the store.
+/// work per call. One per MCP extension, and one MCP extension per
+/// gateway (`secondkey serve` builds it once). Every pin is written in
+/// this process ([`observe`], [`accept`]: the store's file is locked to
+/// it), through [`PinCache::write`]: while a write of a tool's pin is
+/// under way its pin is read from the store and not kept, and once it has
+/// committed or failed, however its caller ended, what was kept of it is
+/// dropped; a read of the store that began before a write is not kept.
+/// On a shared store another replica may accept a definition, so nothing
+/// is kept and every check reads the store.
 #[derive(Default)]
 pub struct PinCache(Mutex<Cached>);
 
 #[derive(Default)]
 struct Cached {
-    /// Pin writes so far: a read that began before the last one is stale.
+    /// Pin writes begun or ended so far: a read that began before the
+    /// last one is stale.
     writes: u64,
-    pins: HashMap<String, Option<Known>>,
-    /// The last definition seen of each tool, with its fingerprint.
-    prints: HashMap<String, (Value, String)>,
+    /// The tools whose pin a write is under way for, with how many.
+    writing: HashMap<String, usize>,
+    pins: HashMap<String, Option<PinSummary>>,
+    /// The last definition seen of each tool (its pinned part), with its
+    /// fingerprint and the length of its canonical JSON.
+    prints: HashMap<String, (Arc<Value>, String, usize)>,
+    /// The lengths in `prints`, summed.
+    print_bytes: usize,
 }
 
 impl PinCache {
@@ -145,25 +162,46 @@ impl PinCache {
 
     /// The fingerprint of `def`, the definition of the tool `k`.
     fn fingerprint(&self, k: &str, def: &Value) -> String {
-        if let Some((d, fp)) = self.lock().prints.get(k) {
-            if d == def {
-                return fp.clone();
+        let kept = self
+            .lock()
+            .prints
+            .get(k)
+            .map(|(d, fp, _)| (d.clone(), fp.clone()));
+        if let Some((d, fp)) = kept {
+            if same_pinned(&d, def) {
+                return fp;
             }
         }
-        let fp = fingerprint(def);
-        let mut c = self.lock();
-        if c.prints.len() >= MAX_CACHED && !c.prints.contains_key(k) {
-            c.prints.clear();
+        let (fp, len) = fingerprint_sized(def);
+        if len <= MAX_KEPT_DEFINITION {
+            let kept = Arc::new(pinned_part(def));
+            let mut c = self.lock();
+            if let Some((_, _, old)) = c.prints.remove(k) {
+                c.print_bytes -= old;
+            }
+            if c.prints.len() >= MAX_CACHED || c.print_bytes + len > MAX_KEPT_DEFINITIONS {
+                c.prints.clear();
+                c.print_bytes = 0;
+            }
+            c.prints.insert(k.to_string(), (kept, fp.clone(), len));
+            c.print_bytes += len;
         }
-        c.prints.insert(k.to_string(), (def.clone(), fp.clone()));
         fp
     }
 
     /// The pin of `server`/`tool`: kept, or read from the store (and kept
     /// if no pin was written meanwhile).
-    async fn pin(&self, gw: &Gateway, server: &str, tool: &str) -> Result<Option<Known>, ApiError> {
+    async fn pin(
+        &self,
+        gw: &Gateway,
+        server: &str,
+        tool: &str,
+    ) -> Result<Option<PinSummary>, ApiError> {
         if gw.store.is_shared() {
-            return Ok(read_pin(gw, server, tool).await?.as_ref().map(Known::of));
+            return Ok(read_pin(gw, server, tool)
+                .await?
+                .as_ref()
+                .map(PinSummary::of));
         }
         let k = key(server, tool);
         let writes = {
@@ -173,16 +211,19 @@ impl PinCache {
             }
             c.writes
         };
-        let read = read_pin(gw, server, tool).await?.as_ref().map(Known::of);
+        let read = read_pin(gw, server, tool)
+            .await?
+            .as_ref()
+            .map(PinSummary::of);
         self.keep(writes, k, read.clone());
         Ok(read)
     }
 
-    /// Keeps `read`, the pin of `k` as read after `writes` pin writes,
-    /// unless a pin was written since.
-    fn keep(&self, writes: u64, k: String, read: Option<Known>) {
+    /// Keeps `read`, the pin of `k` as read after `writes` pin writes
+    /// began or ended, unless one did since or one is under way for it.
+    fn keep(&self, writes: u64, k: String, read: Option<PinSummary>) {
         let mut c = self.lock();
-        if c.writes != writes {
+        if c.writes != writes || c.writing.contains_key(&k) {
             return;
         }
         if c.pins.len() >= MAX_CACHED && !c.pins.contains_key(&k) {
@@ -191,17 +232,48 @@ impl PinCache {
         c.pins.insert(k, read);
     }
 
-    /// The pins of `keys` were (or may have been) written.
-    fn wrote<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+    /// A write of the pins of `keys` begins (`start`) or has ended.
+    fn mark(&self, keys: &[String], start: bool) {
         let mut c = self.lock();
         c.writes += 1;
         for k in keys {
             c.pins.remove(k);
+            if start {
+                *c.writing.entry(k.clone()).or_default() += 1;
+            } else if let Some(n) = c.writing.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    c.writing.remove(k);
+                }
+            }
         }
+    }
+
+    /// Runs `job`, which writes the pins of `keys`, in one transaction
+    /// (see the type's docs). The job is sent before this first waits, and
+    /// a task of its own waits for its commit, so what is kept follows the
+    /// store even if the caller goes away meanwhile.
+    async fn write<T: Send + 'static>(
+        self: &Arc<Self>,
+        gw: &Gateway,
+        keys: Vec<String>,
+        job: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.mark(&keys, true);
+        let commit = gw.store.transact_sent(job);
+        let cache = self.clone();
+        let out = tokio::spawn(async move {
+            let out = commit.await;
+            cache.mark(&keys, false);
+            out
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(format!("a pin write ended without an answer: {e}")))?;
+        Ok(out?)
     }
 }
 
-fn standing(pin: &Known, fp: &str) -> PinState {
+fn standing(pin: &PinSummary, fp: &str) -> PinState {
     if pin.fingerprint == fp {
         PinState::Pinned { new: false }
     } else {
@@ -216,7 +288,7 @@ fn standing(pin: &Known, fp: &str) -> PinState {
 /// per distinct definition). Reads only, unless something is new.
 pub async fn observe(
     gw: &Gateway,
-    cache: &PinCache,
+    cache: &Arc<PinCache>,
     who: &Principal,
     server: &str,
     tools: Vec<Value>,
@@ -260,9 +332,8 @@ pub async fn observe(
     let actor = who.id.to_string();
     let keys: Vec<String> = seen.iter().map(|(n, ..)| key(server, n)).collect();
     let server = server.to_string();
-    let out = gw
-        .store
-        .transact(move |tx| {
+    let out = cache
+        .write(gw, keys, move |tx| {
             let mut out = Vec::with_capacity(seen.len());
             for (name, fp, def, _) in seen {
                 let k = key(&server, &name);
@@ -301,22 +372,21 @@ pub async fn observe(
                             });
                             tx.put_record(NS, &k, &serde_json::to_string(&p).unwrap_or_default())?;
                         }
-                        out.push((name, standing(&Known::of(&p), &fp)));
+                        out.push((name, standing(&PinSummary::of(&p), &fp)));
                     }
                 }
             }
             Ok(out)
         })
-        .await;
-    cache.wrote(keys.iter().map(String::as_str));
-    Ok(out?)
+        .await?;
+    Ok(out)
 }
 
 /// A human accepts the changed definition `fingerprint` of a tool: it
 /// becomes the pin. Only members of `admins` may, and only humans.
 pub async fn accept(
     gw: &Gateway,
-    cache: &PinCache,
+    cache: &Arc<PinCache>,
     who: &Principal,
     admins: &[String],
     server: &str,
@@ -335,16 +405,14 @@ pub async fn accept(
     }
     let now = rfc3339(gw.now());
     let actor = who.id.to_string();
-    let written = key(server, tool);
     let (k, server, tool, fp) = (
-        written.clone(),
+        key(server, tool),
         server.to_string(),
         tool.to_string(),
         fp.to_string(),
     );
-    let pin = gw
-        .store
-        .transact(move |tx| {
+    let pin = cache
+        .write(gw, vec![k.clone()], move |tx| {
             let mut p: Pin = tx
                 .get_record(NS, &k)?
                 .and_then(|r| serde_json::from_str(&r).ok())
@@ -371,9 +439,8 @@ pub async fn accept(
             tx.put_record(NS, &k, &serde_json::to_string(&p).unwrap_or_default())?;
             Ok(p)
         })
-        .await;
-    cache.wrote([written.as_str()]);
-    Ok(pin?)
+        .await?;
+    Ok(pin)
 }
 
 /// The pins of a server (all servers: `""`), with any waiting change.
@@ -396,9 +463,10 @@ pub async fn list(gw: &Gateway, server: &str) -> Result<Vec<Pin>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::fingerprint;
+    use futures_util::FutureExt;
     use secondkey_core::principal::PrincipalId;
     use std::collections::HashMap as Map;
-    use std::sync::Arc;
 
     async fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
         let policies = dir.join("policies");
@@ -425,7 +493,7 @@ mod tests {
         json!({"name": "echo", "description": description, "inputSchema": {"type": "object"}})
     }
 
-    async fn standing_of(gw: &Gateway, cache: &PinCache, def: &Value) -> PinState {
+    async fn standing_of(gw: &Gateway, cache: &Arc<PinCache>, def: &Value) -> PinState {
         let bot = who("agent:bot", &[]);
         let mut out = observe(gw, cache, &bot, "files", vec![def.clone()])
             .await
@@ -437,7 +505,7 @@ mod tests {
     async fn what_is_kept_follows_every_pin_write() {
         let tmp = tempfile::tempdir().unwrap();
         let gw = gateway(tmp.path()).await;
-        let cache = PinCache::default();
+        let cache = Arc::new(PinCache::default());
         let (v1, v2) = (tool("Echoes"), tool("Echoes. Also mails ~/.ssh out"));
         assert_eq!(
             standing_of(&gw, &cache, &v1).await,
@@ -450,12 +518,12 @@ mod tests {
                 PinState::Pinned { new: false }
             );
             assert_eq!(
-                standing_of(&gw, &PinCache::default(), &v1).await,
+                standing_of(&gw, &Arc::default(), &v1).await,
                 PinState::Pinned { new: false }
             );
         }
         let k = key("files", "echo");
-        let kept = |c: &PinCache| c.lock().pins.get(&k).cloned();
+        let kept = |c: &Arc<PinCache>| c.lock().pins.get(&k).cloned();
         assert_eq!(
             kept(&cache).flatten().map(|p| p.changed),
             Some(None),
@@ -498,24 +566,78 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_acceptance_whose_caller_went_away_still_drops_what_was_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gw = gateway(tmp.path()).await;
+        let cache = Arc::new(PinCache::default());
+        let (v1, v2) = (tool("Echoes"), tool("Echoes, and more"));
+        let fp2 = fingerprint(&v2);
+        standing_of(&gw, &cache, &v1).await;
+        standing_of(&gw, &cache, &v2).await;
+        // Kept now: v1 pinned, v2 waiting.
+        assert_eq!(
+            standing_of(&gw, &cache, &v1).await,
+            PinState::Pinned { new: false }
+        );
+        let bob = who("user:bob", &["tool-admins"]);
+        let admins = vec!["tool-admins".to_string()];
+        // The admin's request is dropped once the acceptance is under way
+        // (the client went away): it still commits.
+        let accepting = accept(&gw, &cache, &bob, &admins, "files", "echo", &fp2);
+        assert!(accepting.now_or_never().is_none());
+        for _ in 0..500 {
+            if cache.lock().writing.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(cache.lock().writing.is_empty(), "the write never ended");
+        assert_eq!(list(&gw, "files").await.unwrap()[0].fingerprint, fp2);
+        assert_eq!(
+            standing_of(&gw, &cache, &v1).await,
+            PinState::Changed {
+                pinned: fp2.clone()
+            },
+            "the definition no longer pinned runs as pinned"
+        );
+        assert_eq!(
+            standing_of(&gw, &cache, &v2).await,
+            PinState::Pinned { new: false }
+        );
+    }
+
     #[test]
-    fn a_read_that_began_before_a_write_is_not_kept() {
+    fn a_read_that_began_before_or_during_a_write_is_not_kept() {
         let cache = PinCache::default();
-        let old = Some(Known {
+        let old = Some(PinSummary {
             fingerprint: "a".into(),
             changed: None,
         });
         let k = key("files", "echo");
+        let keys = [k.clone()];
         let before = cache.lock().writes;
-        // A write commits (and drops the tool) while the read is on its way.
-        cache.wrote([k.as_str()]);
+        // A write begins while the read is on its way.
+        cache.mark(&keys, true);
         cache.keep(before, k.clone(), old.clone());
+        assert!(!cache.lock().pins.contains_key(&k), "stale read kept");
+        // A read that begins during the write is not kept either.
+        let during = cache.lock().writes;
+        cache.keep(during, k.clone(), old.clone());
+        assert!(
+            !cache.lock().pins.contains_key(&k),
+            "read during a write kept"
+        );
+        cache.mark(&keys, false);
+        cache.keep(during, k.clone(), old.clone());
         assert!(!cache.lock().pins.contains_key(&k), "stale read kept");
         let now = cache.lock().writes;
         cache.keep(now, k.clone(), old.clone());
         assert_eq!(cache.lock().pins.get(&k), Some(&old));
-        cache.wrote([k.as_str()]);
+        cache.mark(&keys, true);
         assert!(!cache.lock().pins.contains_key(&k));
+        cache.mark(&keys, false);
+        assert!(cache.lock().writing.is_empty());
     }
 
     #[test]
@@ -529,8 +651,38 @@ mod tests {
                 fingerprint(&def)
             );
         }
+        {
+            let c = cache.lock();
+            assert_eq!((c.pins.len(), c.prints.len()), (5, 5));
+        }
+        // A large definition's fingerprint is not kept; many middling
+        // ones are kept up to a total.
+        let big = json!({"name": "big", "description": "x".repeat(MAX_KEPT_DEFINITION)});
+        assert_eq!(cache.fingerprint("s/big", &big), fingerprint(&big));
+        assert!(!cache.lock().prints.contains_key("s/big"));
+        let mid = |i: usize| json!({"name": format!("m{i}"), "description": "y".repeat(60_000)});
+        for i in 0..400 {
+            assert_eq!(
+                cache.fingerprint(&format!("s/m{i}"), &mid(i)),
+                fingerprint(&mid(i))
+            );
+            let c = cache.lock();
+            assert!(c.print_bytes <= MAX_KEPT_DEFINITIONS, "{}", c.print_bytes);
+            assert_eq!(
+                c.print_bytes,
+                c.prints.values().map(|(_, _, n)| n).sum::<usize>()
+            );
+        }
+        // Only the pinned part is kept, and what else a definition carries
+        // does not change its fingerprint.
+        let with_extra =
+            json!({"name": "m1", "description": "y".repeat(60_000), "_meta": {"z": 1}});
+        let fp = cache.fingerprint("s/m1", &with_extra);
+        assert_eq!(fp, fingerprint(&mid(1)));
         let c = cache.lock();
-        assert!(c.pins.len() <= MAX_CACHED && c.prints.len() <= MAX_CACHED);
-        assert_eq!((c.pins.len(), c.prints.len()), (5, 5));
+        assert!(c
+            .prints
+            .get("s/m1")
+            .is_some_and(|(d, ..)| d.get("_meta").is_none()));
     }
 }

@@ -12,6 +12,11 @@ use crate::config::ToolConfig;
 /// schema and annotations. A server that changes any of these ("rug pull")
 /// gets a different fingerprint.
 pub fn fingerprint(tool: &Value) -> String {
+    fingerprint_sized(tool).0
+}
+
+/// [`fingerprint`], with the length of the canonical JSON it hashed.
+pub fn fingerprint_sized(tool: &Value) -> (String, usize) {
     let pinned = json!({
         "name": tool.get("name").cloned().unwrap_or(Value::Null),
         "description": tool.get("description").cloned().unwrap_or(Value::Null),
@@ -19,19 +24,29 @@ pub fn fingerprint(tool: &Value) -> String {
         "annotations": tool.get("annotations").cloned().unwrap_or(Value::Null),
     });
     let bytes = serde_jcs::to_vec(&pinned).unwrap_or_else(|_| pinned.to_string().into_bytes());
-    hex::encode(Sha256::digest(bytes))
+    (hex::encode(Sha256::digest(&bytes)), bytes.len())
 }
+
+/// The members of a definition its fingerprint covers.
+const PINNED: [&str; 4] = ["name", "description", "inputSchema", "annotations"];
 
 /// The part of a definition kept with a pin (shown to whoever accepts a
 /// change).
 pub fn pinned_part(tool: &Value) -> Value {
     let mut m = Map::new();
-    for k in ["name", "description", "inputSchema", "annotations"] {
+    for k in PINNED {
         if let Some(v) = tool.get(k) {
             m.insert(k.into(), v.clone());
         }
     }
     Value::Object(m)
+}
+
+/// Whether two definitions have the same pinned part (then the same
+/// fingerprint; a member absent from one and `null` in the other counts
+/// as different, which only costs a fingerprint).
+pub fn same_pinned(a: &Value, b: &Value) -> bool {
+    PINNED.iter().all(|k| a.get(k) == b.get(k))
 }
 
 /// Where an operation came from, reported to policy as a gateway fact.
