@@ -76,7 +76,8 @@ pub enum ReportCmd {
         /// End (exclusive).
         #[arg(long)]
         to: String,
-        /// Only these principals (repeatable).
+        /// Only these principals (repeatable): principal ids such as
+        /// agent:report-bot.
         #[arg(long = "agent")]
         agents: Vec<String>,
         /// Only this dataset URI, or URIs starting with it.
@@ -104,6 +105,15 @@ pub fn report(cmd: ReportCmd) -> Result<ExitCode> {
     if !matches!(format.as_str(), "table" | "csv" | "json") {
         bail!("--format {format:?}: use table, csv or json");
     }
+    // Principal ids as everywhere: `kind:name`, letters folded to lower case.
+    let agents = agents
+        .iter()
+        .map(|a| {
+            secondkey_core::principal::PrincipalId::parse(a)
+                .map(|id| id.to_string())
+                .map_err(|e| anyhow::anyhow!("--agent {a:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let period = Period::parse(&from, &to)?;
     let entries = match source.entries()? {
         Ok(entries) => entries,

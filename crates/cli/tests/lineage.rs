@@ -430,6 +430,24 @@ fn a_day_of_three_agents_as_lineage_openlineage_usage_and_evidence() {
         (s, e["error"]["code"].as_str()),
         (400, Some("invalid_period"))
     );
+    // A malformed agent is refused; one in capitals is the same agent.
+    let (s, e) = g.call(
+        "GET",
+        "/v1/lineage/graph?agent=bogus",
+        Some("user:audrey"),
+        None,
+    );
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("invalid_principal")),
+        "{e}"
+    );
+    let lower = graph("user:audrey", "agent=agent:report-bot")["actions"].clone();
+    assert!(lower.as_u64() > Some(0), "{lower}");
+    assert_eq!(
+        graph("user:audrey", "agent=Agent:Report-Bot")["actions"],
+        lower
+    );
     let (s, _) = g.call("GET", "/v1/lineage/graph", None, None);
     assert_eq!(s, 401);
     let (_, doc) = g.call("GET", "/openapi.json", None, None);
@@ -546,11 +564,11 @@ fn a_day_of_three_agents_as_lineage_openlineage_usage_and_evidence() {
         "--to",
         &to,
         "--agent",
-        "agent:other-bot",
+        "Agent:Other-Bot",
         "--format",
         "json",
     ]);
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "an id in capitals is the same agent");
     let rows: Value = serde_json::from_str(&json_out).unwrap();
     let copy_row = rows
         .as_array()
@@ -562,6 +580,13 @@ fn a_day_of_three_agents_as_lineage_openlineage_usage_and_evidence() {
         (copy_row["exported"].as_u64(), copy_row["rows"].as_u64()),
         (Some(1), Some(25)),
         "{rows}"
+    );
+    let (code, out, err) = cli(&[
+        "report", "usage", "--config", &cfg, "--from", &from, "--to", &to, "--agent", "bogus",
+    ]);
+    assert!(
+        code != 0 && out.is_empty() && err.contains("--agent \"bogus\""),
+        "a malformed agent is refused, not answered with nothing: {err}"
     );
     let (code, _, err) = cli(&[
         "report", "usage", "--config", &cfg, "--from", &to, "--to", &from,

@@ -476,7 +476,7 @@ async fn lineage(
 /// 200 actions (the newest; `truncated` says when more matched).
 #[utoipa::path(get, path = "/v1/lineage/graph", params(crate::lineage::GraphQuery),
     responses((status = 200, description = "`{from, to, agent, dataset, environment, nodes: [{id, kind: principal|action|dataset, label, category, request?, approved?: {by, at, index}, at?, resource?, outcome?, entries}], edges: [{from, to, kind: ran|read|write|export, approved?, request?, entries}], actions, truncated}`", body = Object),
-              (status = 400, body = ErrorBody, description = "`invalid_period`, `invalid_filter`, `period_too_long`")))]
+              (status = 400, body = ErrorBody, description = "`invalid_period`, `invalid_filter`, `invalid_principal` (`agent` is not a principal id), `period_too_long`")))]
 async fn lineage_graph(
     State(s): State<AppState>,
     Caller(p): Caller,

@@ -79,9 +79,19 @@ impl GraphQuery {
                 ));
             }
         }
+        // A principal id as everywhere else (`kind:name`, folded to lower
+        // case): a malformed one is refused, not answered with nothing.
+        let agent = match nonempty(&self.agent) {
+            Some(a) => Some(
+                secondkey_core::principal::PrincipalId::parse(&a)
+                    .map_err(|e| ApiError::bad_request("invalid_principal", format!("agent: {e}")))?
+                    .to_string(),
+            ),
+            None => None,
+        };
         Ok(Filter {
             period: Period { from, to },
-            agent: nonempty(&self.agent),
+            agent,
             dataset: nonempty(&self.dataset),
             environment: nonempty(&self.environment),
             visible: None,
