@@ -13,6 +13,7 @@
 #   PROFILE=1 bench/pg.sh            # adds a perf profile of the gateway (10 clients, simple, strict)
 #   PROFILE=after bench/pg.sh        # the same for the @record("after") principal
 #   PROFILE_KEEP=file                # with PROFILE: keep perf.data there
+#   PROFILE_CLIENTS=1                # with PROFILE: profile with this many clients (default 10)
 #   AFTER_WINDOW=40ms bench/pg.sh    # [log] after_window (default 10ms, the product's default)
 #   SECONDKEY_BIN=path bench/pg.sh   # measures that binary instead of building this checkout's
 #
@@ -200,13 +201,15 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "${PROFILE:-0}" != 0 ]; then
   command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf" >&2; exit 1; }
   if [ "$PROFILE" = after ]; then puser=agent:fast ppw=$FTOKEN; else puser=agent:bench ppw=$TOKEN; fi
-  PGPASSWORD=$ppw pgbench -n -S -c 10 -j 2 -T 8 -h 127.0.0.1 -p "$SKPG_PORT" -U "$puser" bench >/dev/null 2>&1 &
+  pc=${PROFILE_CLIENTS:-10}
+  PGPASSWORD=$ppw pgbench -n -S -c "$pc" -j "$(( pc < 2 ? 1 : 2 ))" -T 8 -h 127.0.0.1 -p "$SKPG_PORT" -U "$puser" bench >/dev/null 2>&1 &
   sleep 1
   perf record -F 1999 --call-graph dwarf,16384 -p "$SKPID" -o "$WORK/perf.data" -- sleep 5 >/dev/null 2>&1
   wait "$!"
-  perf report -i "$WORK/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null | head -80
+  # (`head` closes the pipe early: not a failure of the run.)
+  perf report -i "$WORK/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null | head -80 || true
   # Commits per statement: the gateway's fdatasync calls over a run.
-  PGPASSWORD=$ppw pgbench -n -S -c 10 -j 2 -T 6 -h 127.0.0.1 -p "$SKPG_PORT" -U "$puser" bench 2>/dev/null \
+  PGPASSWORD=$ppw pgbench -n -S -c "$pc" -j "$(( pc < 2 ? 1 : 2 ))" -T 6 -h 127.0.0.1 -p "$SKPG_PORT" -U "$puser" bench 2>/dev/null \
     | awk '/^tps = / {print "tps while counting syncs: " int($3)}' &
   sleep 1
   perf stat -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync -p "$SKPID" -- sleep 4 2>&1 | grep -E "sys_enter|elapsed"
