@@ -221,10 +221,11 @@ async fn my_links(
 /// accounts (say, one they were talked into linking).
 async fn unlink_mine(
     State(s): State<AppState>,
+    Extension(inner): Extension<Arc<Inner>>,
     Caller(who): Caller,
     UrlPath(account): UrlPath<String>,
 ) -> Response {
-    match links::unlink(&s.gateway, &who.id, &account).await {
+    match links::unlink(&s.gateway, &inner.config.routing.linking, &who.id, &account).await {
         Ok(()) => axum::http::StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }

@@ -337,14 +337,22 @@ pub async fn linked_to(
 /// Unlinks `account` (`<platform>:<external id>`) if it is linked to
 /// `who`: its clicks count for nobody again until someone links it anew.
 /// Recorded as `identity.unlinked`. Someone else's link, or none, is
-/// `404`: which accounts others linked is not told.
-pub async fn unlink(gateway: &Gateway, who: &PrincipalId, account: &str) -> Result<(), ApiError> {
+/// `404`: which accounts others linked is not told. An account the
+/// configuration binds to `who` (and no web link of it) is `409
+/// configured_binding`: it is changed only in the configuration.
+pub async fn unlink(
+    gateway: &Gateway,
+    linking: &Linking,
+    who: &PrincipalId,
+    account: &str,
+) -> Result<(), ApiError> {
     let Some((platform, id)) = account.split_once(':') else {
         return Err(ApiError::bad_request(
             "invalid_account",
             "the account is <platform>:<external id>, e.g. slack:T0123/U0456",
         ));
     };
+    let bound = linking.accounts.get(account) == Some(who);
     let (platform, id, key) = (platform.to_string(), id.to_string(), account.to_string());
     let (owner, principal) = (who.clone(), who.to_string());
     let time = rfc3339(gateway.now());
@@ -354,6 +362,13 @@ pub async fn unlink(gateway: &Gateway, who: &PrincipalId, account: &str) -> Resu
         .transact(move |tx| {
             let mine = records::get::<Link>(tx, "link", &key)?
                 .is_some_and(|l| l.principal_id().as_ref() == Some(&owner));
+            if !mine && bound {
+                return Err(conflict(
+                    "configured_binding",
+                    "this account is bound to you by the gateway's configuration ([routing.accounts]): only an operator can unbind it, there",
+                )
+                .into());
+            }
             if !mine {
                 return Err(ApiError::not_found(missing).into());
             }

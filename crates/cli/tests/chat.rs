@@ -1273,6 +1273,33 @@ fn only_configured_chat_accounts_count_when_linking_is_configured() {
         json!([{"account": "slack:T0TEST/U_BOB", "platform": "slack", "external_id": "T0TEST/U_BOB",
                 "source": "configured", "counts": true}])
     );
+    // Bob cannot undo the configuration's binding through the API (and is
+    // told why); to anyone else it is just not theirs.
+    let (s, v) = g.call(
+        "DELETE",
+        "/v1/chat/links/slack:T0TEST%2FU_BOB",
+        Some("user:bob"),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("configured_binding")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[routing.accounts]"),
+        "{v}"
+    );
+    let (s, v) = g.call(
+        "DELETE",
+        "/v1/chat/links/slack:T0TEST%2FU_BOB",
+        Some("user:dave"),
+        None,
+    );
+    assert_eq!(s, 404, "{v}");
     click_now("U_BOB");
     let v = state(&g, &id);
     assert_eq!(v["state"], "approved", "{v}");
