@@ -75,8 +75,9 @@ fn check_names(server: &str, tool: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn read_pin(gw: &Gateway, server: &str, tool: &str) -> Result<Option<Pin>, ApiError> {
-    let k = key(server, tool);
+/// The pin stored under `k` ([`key`]).
+async fn read_pin(gw: &Gateway, k: &str) -> Result<Option<Pin>, ApiError> {
+    let k = k.to_string();
     // The embedded store answers a point read from a pooled connection in
     // microseconds, without waiting on the writer (WAL): read it here, on
     // the call's own task, instead of a hand-off to the blocking pool and
@@ -189,33 +190,22 @@ impl PinCache {
         fp
     }
 
-    /// The pin of `server`/`tool`: kept, or read from the store (and kept
-    /// if no pin was written meanwhile).
-    async fn pin(
-        &self,
-        gw: &Gateway,
-        server: &str,
-        tool: &str,
-    ) -> Result<Option<PinSummary>, ApiError> {
-        if gw.store.is_shared() {
-            return Ok(read_pin(gw, server, tool)
-                .await?
-                .as_ref()
-                .map(PinSummary::of));
-        }
-        let k = key(server, tool);
-        let writes = {
+    /// The pin under `k` ([`key`]): kept, or read from the store (and
+    /// kept if no pin was written meanwhile; never on a shared store).
+    async fn pin(&self, gw: &Gateway, k: &str) -> Result<Option<PinSummary>, ApiError> {
+        let writes = if gw.store.is_shared() {
+            None
+        } else {
             let c = self.lock();
-            if let Some(p) = c.pins.get(&k) {
+            if let Some(p) = c.pins.get(k) {
                 return Ok(p.clone());
             }
-            c.writes
+            Some(c.writes)
         };
-        let read = read_pin(gw, server, tool)
-            .await?
-            .as_ref()
-            .map(PinSummary::of);
-        self.keep(writes, k, read.clone());
+        let read = read_pin(gw, k).await?.as_ref().map(PinSummary::of);
+        if let Some(writes) = writes {
+            self.keep(writes, k.to_string(), read.clone());
+        }
         Ok(read)
     }
 
@@ -308,19 +298,20 @@ pub async fn observe(
             .ok_or_else(|| ApiError::bad_request("invalid_tool", "every tool has a string `name`"))?
             .to_string();
         check_names(server, &name)?;
-        let fp = cache.fingerprint(&key(server, &name), t);
-        let pin = cache.pin(gw, server, &name).await?;
+        let k = key(server, &name);
+        let fp = cache.fingerprint(&k, t);
+        let pin = cache.pin(gw, &k).await?;
         let needs_write = match &pin {
             None => true,
             Some(p) => p.fingerprint != fp && p.changed.as_ref() != Some(&fp),
         };
         dirty |= needs_write;
-        seen.push((name, fp, pinned_part(t), pin));
+        seen.push((name, k, fp, pin));
     }
     if !dirty {
         return Ok(seen
             .into_iter()
-            .map(|(n, fp, _, pin)| {
+            .map(|(n, _, fp, pin)| {
                 let st = pin
                     .map(|p| standing(&p, &fp))
                     .unwrap_or(PinState::Pinned { new: false });
@@ -330,13 +321,14 @@ pub async fn observe(
     }
     let now = rfc3339(gw.now());
     let actor = who.id.to_string();
-    let keys: Vec<String> = seen.iter().map(|(n, ..)| key(server, n)).collect();
+    // Only a write needs the definitions kept with pins.
+    let defs: Vec<Value> = tools.iter().map(pinned_part).collect();
+    let keys: Vec<String> = seen.iter().map(|(_, k, ..)| k.clone()).collect();
     let server = server.to_string();
     let out = cache
         .write(gw, keys, move |tx| {
             let mut out = Vec::with_capacity(seen.len());
-            for (name, fp, def, _) in seen {
-                let k = key(&server, &name);
+            for ((name, k, fp, _), def) in seen.into_iter().zip(defs) {
                 let pin: Option<Pin> = match tx.get_record(NS, &k)? {
                     Some(r) => Some(serde_json::from_str(&r).map_err(|e| {
                         ApiError::unavailable(format!("a stored pin is unreadable: {e}"))

@@ -2,7 +2,7 @@
 //! call of one counts as.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::ToolConfig;
@@ -17,12 +17,12 @@ pub fn fingerprint(tool: &Value) -> String {
 
 /// [`fingerprint`], with the length of the canonical JSON it hashed.
 pub fn fingerprint_sized(tool: &Value) -> (String, usize) {
-    let pinned = json!({
-        "name": tool.get("name").cloned().unwrap_or(Value::Null),
-        "description": tool.get("description").cloned().unwrap_or(Value::Null),
-        "inputSchema": tool.get("inputSchema").cloned().unwrap_or(Value::Null),
-        "annotations": tool.get("annotations").cloned().unwrap_or(Value::Null),
-    });
+    let pinned = Value::Object(
+        PINNED
+            .iter()
+            .map(|k| (k.to_string(), tool.get(k).cloned().unwrap_or(Value::Null)))
+            .collect(),
+    );
     let bytes = serde_jcs::to_vec(&pinned).unwrap_or_else(|_| pinned.to_string().into_bytes());
     (hex::encode(Sha256::digest(&bytes)), bytes.len())
 }
@@ -106,6 +106,7 @@ pub fn annotation_facts(tool: Option<&Value>) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn fingerprint_covers_the_definition_and_nothing_else() {
