@@ -11,9 +11,6 @@ use serde::Deserialize;
 
 use crate::scram::Verifier;
 
-/// The longest `hold_timeout` (`wait` mode).
-const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConnection {
@@ -268,9 +265,7 @@ pub fn parse(
                 .map_err(|e| invalid(key("hold_timeout"), e.to_string()))?,
             None => Duration::from_secs(15 * 60),
         };
-        // A held statement keeps its client connection and the upstream
-        // session's place; a day is longer than any review should take.
-        if hold_timeout > MAX_HOLD {
+        if hold_timeout > secondkey_server::config::MAX_HOLD_TIMEOUT {
             return Err(invalid(key("hold_timeout"), "at most 24h"));
         }
         let limits = limits(&raw, &key)?;

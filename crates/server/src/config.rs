@@ -1452,6 +1452,12 @@ fn limits_config(l: &RawLimits) -> Result<Limits, ConfigError> {
     })
 }
 
+/// The longest an adapter's `hold_timeout` may be (`wait` mode, the pg
+/// and SSH gateways): a held statement or command keeps its client
+/// connection and the upstream session's place, and a day is longer than
+/// any review should take.
+pub const MAX_HOLD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Whether `url` is `http://` to this machine: its host (no user info)
 /// is `localhost` or a loopback address — not merely a name that starts
 /// like one (`http://127.evil.example`, `http://localhost.evil.example`).

@@ -378,9 +378,7 @@ pub fn parse(
                 raw.hold_timeout.as_deref(),
                 Duration::from_secs(600),
             )?;
-            // A held command keeps its session open; a day is longer
-            // than any review should take.
-            if d > Duration::from_secs(24 * 3600) {
+            if d > secondkey_server::config::MAX_HOLD_TIMEOUT {
                 return Err(invalid("ssh_gateway.hold_timeout", "at most 24h"));
             }
             d
