@@ -11,6 +11,7 @@
 #
 #   bench/http.sh                  # DURATION=10 CONNECTIONS=32 RUNS=1
 #   DATA=/dev/shm bench/http.sh    # the store on tmpfs: what durability costs
+#   SECONDKEY_BIN=path bench/http.sh   # measure that binary, not this checkout's
 #
 # The upstream is nginx itself answering a fixed 2-byte body (so the
 # upstream costs as little as possible). Needs nginx and wrk (Debian); as
@@ -32,8 +33,14 @@ for tool in nginx wrk; do
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --locked -p secondkey >/dev/null 2>&1 || cargo build --release --locked -p secondkey
-SK=$PWD/target/release/secondkey
+# SECONDKEY_BIN: measure that binary (an A/B against another build) instead
+# of building this checkout's.
+if [ -n "${SECONDKEY_BIN:-}" ]; then
+  SK=$SECONDKEY_BIN
+else
+  cargo build --release --locked -p secondkey >/dev/null 2>&1 || cargo build --release --locked -p secondkey
+  SK=$PWD/target/release/secondkey
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d /tmp/sk-httpbench.XXXXXX)
