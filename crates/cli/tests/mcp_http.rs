@@ -2364,15 +2364,19 @@ fn http_a_session_its_client_left_idles_out_and_its_unfetched_runs_are_recorded_
     let results = settled_results(&e, 1);
     assert_unknown(&results[0], IDLE);
     assert_eq!(left.list_status(), 404, "the session left was ended");
-    // Upstream too, as the client's DELETE would have: only that one.
+    // Upstream too, as the client's DELETE would have: only that one,
+    // with the protocol version its client used.
     let deleted = e.up.headers.with_extension("jsonl.deleted");
     let left_id = left.id.clone().expect("a session");
+    let busy_id = busy.id.clone().expect("a session");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let d = std::fs::read_to_string(&deleted).unwrap_or_default();
-        if d.lines().any(|l| l == left_id) {
+        let ended: Vec<(&str, &str)> = d.lines().filter_map(|l| l.split_once(' ')).collect();
+        if ended.iter().any(|(sid, _)| *sid == left_id) {
+            assert_eq!(ended, [(left_id.as_str(), PROTOCOL)], "{d}");
             assert!(
-                !d.lines().any(|l| Some(l) == busy.id.as_deref()),
+                !ended.iter().any(|(sid, _)| *sid == busy_id),
                 "the session in use was not ended: {d}"
             );
             break;

@@ -267,6 +267,11 @@ struct SessionInfo {
     /// The tasks the upstream created for this session's decided calls:
     /// the only ones its `tasks/*` requests reach.
     tasks: Owned<TaskRun>,
+    /// The `MCP-Protocol-Version` the client last sent in this session:
+    /// sent with the `DELETE` that ends the session upstream when the
+    /// client left it ([`Inner::end_upstream`]), as the protocol asks of
+    /// every request after `initialize`.
+    protocol: Option<HeaderValue>,
 }
 
 impl SessionInfo {
@@ -389,8 +394,15 @@ struct InUse {
 
 impl InUse {
     /// Counts a request of `who` naming session `sid` on `server` (none
-    /// if the session is not theirs: it is refused).
-    fn enter(inner: &Arc<Inner>, server: &str, sid: &str, who: &Principal) -> Option<InUse> {
+    /// if the session is not theirs: it is refused), and keeps the
+    /// protocol version it names, if any.
+    fn enter(
+        inner: &Arc<Inner>,
+        server: &str,
+        sid: &str,
+        who: &Principal,
+        protocol: Option<&HeaderValue>,
+    ) -> Option<InUse> {
         let key = session_key(server, sid);
         let mut s = lock(&inner.sessions);
         let i = s
@@ -399,6 +411,9 @@ impl InUse {
             .filter(|i| i.principal == who.id.to_string())?;
         i.busy += 1;
         i.used = tokio::time::Instant::now();
+        if let Some(v) = protocol {
+            i.protocol = Some(v.clone());
+        }
         Some(InUse {
             inner: inner.clone(),
             key,
@@ -660,6 +675,7 @@ impl Inner {
                 ),
                 tools: ToolsSeen::default(),
                 tasks: Owned::default(),
+                protocol: None,
             },
         );
     }
@@ -786,18 +802,19 @@ impl Inner {
             let Some((server, sid)) = session_of_key(&key) else {
                 continue;
             };
-            asked.push((server.to_string(), sid.to_string(), i.principal));
             if matches!(how, SessionEnd::Idle) {
-                self.end_upstream(server, sid);
+                self.end_upstream(server, sid, i.protocol.take());
             }
+            asked.push((server.to_string(), sid.to_string(), i.principal));
         }
         record_unfetched(runs, tasks_why);
         self.end_asked(&asked, asked_why);
     }
 
-    /// Sends the upstream `server` a `DELETE` of its session `sid`, off the
+    /// Sends the upstream `server` a `DELETE` of its session `sid` (with the
+    /// session's `MCP-Protocol-Version`, when its client sent one), off the
     /// caller's path; what it answers only goes to the gateway's log.
-    fn end_upstream(self: &Arc<Self>, server: &str, sid: &str) {
+    fn end_upstream(self: &Arc<Self>, server: &str, sid: &str, protocol: Option<HeaderValue>) {
         let (Some(srv), Ok(sid_header)) = (
             self.servers.get(server).cloned(),
             HeaderValue::from_str(sid),
@@ -806,7 +823,10 @@ impl Inner {
         };
         let inner = self.clone();
         tokio::spawn(async move {
-            let headers = [("mcp-session-id".to_string(), sid_header)];
+            let mut headers = vec![("mcp-session-id".to_string(), sid_header)];
+            if let Some(v) = protocol {
+                headers.push(("mcp-protocol-version".to_string(), v));
+            }
             match upstream(&inner, &srv, Method::DELETE, &headers, None).await {
                 Ok(r) => {
                     tracing::debug!(server = %srv.name, status = %r.status(), "ended an idle MCP session upstream")
@@ -1698,7 +1718,13 @@ async fn post_mcp(
     body: Body,
 ) -> Response {
     let in_use = match session_of(&headers) {
-        Ok(Some(sid)) => InUse::enter(&inner, &server, &sid, &caller.0),
+        Ok(Some(sid)) => InUse::enter(
+            &inner,
+            &server,
+            &sid,
+            &caller.0,
+            headers.get("mcp-protocol-version"),
+        ),
         _ => None,
     };
     let resp = post_message(inner, s, caller, Path(server), peer, headers, body).await;

@@ -8,8 +8,9 @@ One tool, `report` (read-only, `execution.taskSupport: optional`): with
 `params.task` it answers a CreateTaskResult (status `working`) and keeps
 the result for `tasks/result`, which completes the task. `tasks/get`,
 `tasks/cancel` and `tasks/list` (pages of MCP_TASKS_PAGE, default 50,
-`nextCursor`) follow the spec. Over HTTP, the `Mcp-Session-Id` of every
-DELETE is written as a line to MCP_TEST_HEADERS + ".deleted". Tasks live in the JSON file MCP_TASKS_FILE
+`nextCursor`) follow the spec. Over HTTP, the `Mcp-Session-Id` and the
+`MCP-Protocol-Version` (`-` when absent) of every DELETE are written as a
+line, space-separated, to MCP_TEST_HEADERS + ".deleted". Tasks live in the JSON file MCP_TASKS_FILE
 when set, so that several server processes (one per stdio session) share
 them as one remote service would. Every request is recorded as a JSON line
 in MCP_TEST_RUNS (method, tool, taskId) and, over HTTP, MCP_TEST_HEADERS.
@@ -161,7 +162,8 @@ def serve_http(port):
         def do_DELETE(self):
             if os.environ.get("MCP_TEST_HEADERS"):
                 with open(os.environ["MCP_TEST_HEADERS"] + ".deleted", "a") as f:
-                    f.write(str(self.headers.get("Mcp-Session-Id")) + "\n")
+                    version = self.headers.get("MCP-Protocol-Version") or "-"
+                    f.write(f"{self.headers.get('Mcp-Session-Id')} {version}\n")
             self.reply(200)
 
         def do_POST(self):
