@@ -422,3 +422,54 @@ fn an_independent_witness_implementation_cosigns_our_log() {
     let log = std::fs::read_to_string(d.join("aics.log")).unwrap();
     assert!(log.contains(&format!("size {s1} -> {s2}")), "{log}");
 }
+
+/// A witness is reached by anyone, so its listener has the gateway's
+/// connection limits: a client that never finishes its request head is
+/// cut off after `header_read_timeout` (10 s by default), and the witness
+/// answers others meanwhile. Before, such a connection stayed open for
+/// as long as the client liked.
+#[test]
+fn a_witness_cuts_off_a_client_that_never_finishes_its_request() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A log key made for the purpose: no gateway needed.
+    let (code, log_vkey, err) = run_cli(
+        &[
+            "keys",
+            "generate",
+            "--name",
+            "log.test/l1",
+            "--out",
+            d.join("log.key").to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_w, url, _) = start_witness(d, log_vkey.trim());
+    let mut slow = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    slow.write_all(b"POST /add-checkpoint HTTP/1.1\r\nHost: witness\r\nX-Slow: ")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    let began = Instant::now();
+    let health = ureq::get(&format!("{url}/healthz")).call().unwrap();
+    assert_eq!(health.status(), 200);
+    let mut answer = Vec::new();
+    match slow.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the connection was not cut off: {e}"),
+    }
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(25),
+        "cut off after {waited:?}"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::WitnessConfig;
 use crate::error::ApiError;
+use crate::limits::conn::{ConnLimits, LimitedListener};
 use crate::Gateway;
 
 /// Records namespace of cosigned checkpoints: key `latest` holds the newest
@@ -481,10 +482,14 @@ pub fn router(svc: Arc<WitnessService>) -> Router {
         .with_state(svc)
 }
 
-/// Serves a witness on `listen` until SIGINT/SIGTERM.
+/// Serves a witness on `listen` until SIGINT/SIGTERM, under the
+/// connection limits of the gateway's listener at their defaults
+/// ([`ConnLimits`]): a witness is reached by anyone, so a client that
+/// trickles a request head, idles or floods connections is cut off as it
+/// would be there.
 pub async fn serve(listen: std::net::SocketAddr, svc: WitnessService) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    crate::limits::conn::raise_open_files_limit();
+    let listener = crate::limits::conn::bind(listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     eprintln!(
         "secondkey witness {} listening on http://{}",
@@ -493,7 +498,8 @@ pub async fn serve(listen: std::net::SocketAddr, svc: WitnessService) -> anyhow:
     );
     let app = router(Arc::new(svc));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    axum::serve(listener, app)
+    let listener = LimitedListener::new(listener, ConnLimits::default());
+    crate::limits::conn::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
