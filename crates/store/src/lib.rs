@@ -66,7 +66,7 @@ pub enum StoreError {
     },
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
-    #[error("the audit log is inconsistent with its last signed checkpoint: {0}. Restore the data directory from a backup and run `secondkey log verify`")]
+    #[error("the audit log is inconsistent with its last signed checkpoint: {0}. Restore the store from a backup (the data directory, or the PostgreSQL database of `[store] url`) and run `secondkey log verify`")]
     Tampered(String),
     #[error("log entry rejected: {0}")]
     Entry(String),
