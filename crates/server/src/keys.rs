@@ -50,17 +50,22 @@ pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// Reads a secret key file, refusing one that others may read. As
+/// PostgreSQL does for its TLS key: private to its owner, or — owned by
+/// root — readable by its group as well (mode 0640 at most), which is how
+/// Kubernetes mounts a secret for a pod with an `fsGroup`: the files are
+/// root's and the gateway reads them through that group.
 fn read_secret(path: &Path) -> Result<String, KeyError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let meta = std::fs::metadata(path).map_err(|e| file_err(path, e))?;
-        if meta.permissions().mode() & 0o077 != 0 {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & too_open_for(meta.uid()) != 0 {
             return Err(file_err(
                 path,
                 format!(
-                    "is readable by others (mode {:o}); run `chmod 600 {}`",
-                    meta.permissions().mode() & 0o777,
+                    "is readable by others (mode {mode:o}); run `chmod 600 {}` (a key file owned by root may also be readable by its group: 640)",
                     path.display()
                 ),
             ));
@@ -69,6 +74,16 @@ fn read_secret(path: &Path) -> Result<String, KeyError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .map_err(|e| file_err(path, e))
+}
+
+/// The permission bits a key file owned by `uid` must not have.
+#[cfg(unix)]
+fn too_open_for(uid: u32) -> u32 {
+    if uid == 0 {
+        0o037
+    } else {
+        0o077
+    }
 }
 
 /// Loads an existing log signer; never creates one (for verbs that only
@@ -172,5 +187,42 @@ mod tests {
         std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = load_or_create_grant_key(&g).unwrap_err().to_string();
         assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    /// Readable by its group: only if root owns the file (a Kubernetes
+    /// secret mounted for an `fsGroup`), and never writable by the group.
+    #[cfg(unix)]
+    #[test]
+    fn a_group_readable_key_is_taken_only_from_root() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert_eq!(too_open_for(0) & 0o040, 0, "root's: the group may read");
+        assert_ne!(
+            too_open_for(0) & 0o020,
+            0,
+            "root's: the group may not write"
+        );
+        assert_ne!(too_open_for(0) & 0o004, 0, "root's: others may not read");
+        assert_ne!(too_open_for(1000) & 0o040, 0, "anyone else's: private");
+        let dir = tempfile::tempdir().unwrap();
+        let g = dir.path().join("grant.key");
+        let k = load_or_create_grant_key(&g).unwrap();
+        let set = |mode| std::fs::set_permissions(&g, std::fs::Permissions::from_mode(mode));
+        set(0o440).unwrap();
+        let root = std::fs::metadata(&g).unwrap().uid() == 0;
+        match load_or_create_grant_key(&g) {
+            Ok(again) => {
+                assert!(root, "a group-readable key not owned by root was taken");
+                assert_eq!(again.verifying_key(), k.verifying_key());
+            }
+            Err(e) => {
+                assert!(!root, "a group-readable key owned by root was refused: {e}");
+                assert!(e.to_string().contains("chmod 600"), "{e}");
+            }
+        }
+        for mode in [0o460, 0o444] {
+            set(mode).unwrap();
+            let e = load_or_create_grant_key(&g).unwrap_err().to_string();
+            assert!(e.contains(&format!("mode {mode:o}")), "{e}");
+        }
     }
 }
