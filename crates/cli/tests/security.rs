@@ -836,6 +836,28 @@ fn an_event_stream_ends_when_its_workload_token_expires() {
     );
 }
 
+/// docs/identity.md: `[[identity.jwt]] leeway` narrows the clock skew
+/// allowed past a token's `exp` (60 s by default). The provider issues
+/// tokens that live 3 s; with `leeway = "1s"` one is refused 5 s after it
+/// was issued, where the default would still take it for a minute.
+#[test]
+fn a_workload_token_is_refused_past_its_exp_plus_the_configured_leeway() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = [json!({"sub": "etl-bot", "preferred_username": "etl-bot"})];
+    let (_idp, issuer) = oidc::start_idp_args(dir.path(), &users, &["--token-max-age", "3"]);
+    let extra = format!(
+        "\n[[identity.jwt]]\nissuer = \"{issuer}\"\naudience = \"agent-login\"\nprincipal_kind = \"agent\"\nprincipal_claim = \"preferred_username\"\nleeway = \"1s\"\nkeys_ttl = \"5m\"\n"
+    );
+    let g = Gateway::start_extra(dir.path(), DELETE_POLICIES, &extra);
+    let token = id_token_for(&issuer, "agent-login", "etl-bot");
+    let issued = Instant::now();
+    let (s, v) = post_as(&g, &token, "/v1/actions", &delete(1));
+    assert_eq!((s, v["decision"].as_str()), (200, Some("review")), "{v}");
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(issued.elapsed()));
+    let (s, v) = post_as(&g, &token, "/v1/actions", &delete(2));
+    assert_eq!(s, 401, "{v}");
+}
+
 /// docs/web.md: `[oidc.group_map]` — "when present only mapped groups
 /// count". An empty table is present: the provider's groups count for
 /// nothing, so someone the provider puts in `data-owners` (and the file

@@ -323,6 +323,11 @@ pub struct RawJwtIssuer {
     pub delegation_user_claim: Option<String>,
     /// Default: RS256, RS384, RS512, PS256, ES256, ES384, EdDSA.
     pub algorithms: Option<Vec<String>>,
+    /// Clock skew allowed on `exp` and `nbf` (default 60s; 1s to 5m).
+    pub leeway: Option<String>,
+    /// How long the issuer's fetched keys are used before they are fetched
+    /// again (default 1h; 1m to 24h).
+    pub keys_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -399,7 +404,19 @@ pub struct JwtIssuerConfig {
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     /// RFC 8693 delegation tokens accepted, naming the human in this claim.
     pub delegation_user_claim: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// How long fetched keys are used before they are fetched again.
+    pub keys_ttl: Duration,
 }
+
+/// `[[identity.jwt]]`'s `leeway` when not set, and its largest value.
+pub const JWT_LEEWAY: Duration = Duration::from_secs(60);
+const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
+/// `[[identity.jwt]]`'s `keys_ttl` when not set, and its bounds.
+pub const JWT_KEYS_TTL: Duration = Duration::from_secs(3600);
+const JWT_KEYS_TTL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(86_400));
 
 /// Top-level keys whose contents belong to an extension crate: the gateway
 /// keeps them raw in [`Config::sections`]; the extension's own parser names
@@ -1365,14 +1382,27 @@ fn acts_for(key: &str, items: &[String]) -> Result<Vec<ActsFor>, ConfigError> {
 }
 
 fn duration_key(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let range = (Duration::from_secs(1), Duration::from_secs(3600));
+    duration_in(key, v, default, range, "1s and 1h (e.g. \"10s\")")
+}
+
+/// A duration key's value (or `default`), refused outside `min..=max`,
+/// which `range` says in words.
+fn duration_in(
+    key: &str,
+    v: &Option<String>,
+    default: Duration,
+    (min, max): (Duration, Duration),
+    range: &str,
+) -> Result<Duration, ConfigError> {
     let d = match v {
         Some(s) => {
             secondkey_core::time::parse_duration(s).map_err(|e| invalid(key, e.to_string()))?
         }
         None => default,
     };
-    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
-        return Err(invalid(key, "must be between 1s and 1h (e.g. \"10s\")"));
+    if d < min || d > max {
+        return Err(invalid(key, format!("must be between {range}")));
     }
     Ok(d)
 }
@@ -1803,7 +1833,23 @@ fn jwt_issuer(
     if let Some(c) = &j.delegation_user_claim {
         check_claim_name(&key("delegation_user_claim"), c)?;
     }
+    let leeway = duration_in(
+        &key("leeway"),
+        &j.leeway,
+        JWT_LEEWAY,
+        (Duration::from_secs(1), MAX_JWT_LEEWAY),
+        "1s and 5m (e.g. \"30s\")",
+    )?;
+    let keys_ttl = duration_in(
+        &key("keys_ttl"),
+        &j.keys_ttl,
+        JWT_KEYS_TTL,
+        JWT_KEYS_TTL_RANGE,
+        "1m and 24h (e.g. \"1h\")",
+    )?;
     Ok(JwtIssuerConfig {
+        leeway,
+        keys_ttl,
         delegation_user_claim: j.delegation_user_claim.clone(),
         issuer: j.issuer.clone(),
         audiences,
@@ -2070,6 +2116,15 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             matches!(&j.keys, crate::jwt::KeySource::Metadata(u) if u == "https://token.example/.well-known/openid-configuration")
         );
         assert_eq!(j.map["repo:a/b"].as_str(), "service:deploy");
+        assert_eq!((j.leeway, j.keys_ttl), (JWT_LEEWAY, JWT_KEYS_TTL));
+        let set = load(
+            "[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nleeway = \"5s\"\nkeys_ttl = \"10m\"",
+        )
+        .unwrap();
+        assert_eq!(
+            (set.jwt_issuers[0].leeway, set.jwt_issuers[0].keys_ttl),
+            (Duration::from_secs(5), Duration::from_secs(600))
+        );
 
         let oidc = "[oidc]\nclient_id = \"sk\"\n";
         for (text, key) in [
@@ -2087,6 +2142,11 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\njwks_url = \"http://t.example/k\"".into(), "identity.jwt[0].jwks_url"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\n[identity.jwt.map]\nx = \"user:bob\"".into(), "identity.jwt[0].map.x"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nalgorithms = []".into(), "identity.jwt[0].algorithms"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nleeway = \"6m\"".into(), "identity.jwt[0].leeway"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nleeway = \"0s\"".into(), "identity.jwt[0].leeway"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nkeys_ttl = \"30s\"".into(), "identity.jwt[0].keys_ttl"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nkeys_ttl = \"2d\"".into(), "identity.jwt[0].keys_ttl"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nkeys_ttl = \"soon\"".into(), "identity.jwt[0].keys_ttl"),
             // A second entry for one issuer would never be consulted.
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\n[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"b\"\nprincipal_kind = \"agent\"".into(), "identity.jwt[1].issuer"),
         ] {

@@ -140,6 +140,8 @@ impl Identity {
                     c.keys.clone(),
                 );
                 vc.algorithms = c.algorithms.clone();
+                vc.leeway = c.leeway;
+                vc.cache_ttl = c.keys_ttl;
                 (c.clone(), Arc::new(JwtVerifier::new(vc)))
             })
             .collect();
