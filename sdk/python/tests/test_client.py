@@ -233,6 +233,12 @@ def test_plain_http_off_loopback_is_refused_unless_opted_in(cls, monkeypatch):
         assert cls(url, "t").url == url.rstrip("/")
     with pytest.raises(ValueError, match="is not a URL"):
         cls("http://gw:not-a-port", "t")
+    # The refusal names the host with its port, and never the user part.
+    with pytest.raises(ValueError, match=r"refusing the gateway URL http://10\.1\.2\.3:8750: "):
+        cls("http://10.1.2.3:8750", "t")
+    with pytest.raises(ValueError) as refused:
+        cls("http://user:s3cret@gw.example.com:81", "t")
+    assert "http://gw.example.com:81:" in str(refused.value) and "s3cret" not in str(refused.value)
     monkeypatch.setenv("SECONDKEY_URL", "http://gw.example.com")
     with pytest.raises(ValueError, match=REFUSED):
         cls(token="t")

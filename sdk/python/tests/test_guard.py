@@ -1,6 +1,7 @@
 """The guard against the real gateway: it runs once, only when authorized."""
 
 import asyncio
+import functools
 import json
 import signal
 import threading
@@ -197,6 +198,21 @@ async def test_async_guard_and_decorator(gateway, rita):
         assert runs == [1]
     with pytest.raises(TypeError):
         bot.guarded("read")(lambda: None)
+
+
+def test_a_function_without_a_name_needs_a_resource(bot):
+    # Its default resource, tool://<function name>, would be the same for
+    # every lambda (or partial): a policy on one would cover them all.
+    for fn in (lambda q: q, functools.partial(lambda q, r: q, r=1)):
+        with pytest.raises(TypeError, match="guarded needs a resource .* for a function without a name"):
+            bot.guarded("read")(fn)
+        bot.guarded("read", resource="crm://customers")(fn)
+        bot.guarded("read", action=lambda q: {"kind": "tool", "operation": "read", "resource": "x"})(fn)
+
+    def lookup(q: str) -> str:
+        return q
+
+    bot.guarded("read")(lookup)
 
 
 def test_decorator_runs_the_submitted_values_not_the_callers_live_objects(bot, rita):

@@ -159,7 +159,7 @@ function checkUrl(url, allowInsecureHttp) {
     throw new TypeError(`the gateway URL ${JSON.stringify(url)} is not a URL`);
   }
   if (u.protocol !== 'http:' || loopback(u.hostname) || allowInsecureHttp) return;
-  throw new Error(`refusing the gateway URL http://${u.hostname}: plain HTTP to a host that is not loopback would send the bearer token in clear; use https://, or opt in on a network you trust with allowInsecureHttp: true or SECONDKEY_ALLOW_INSECURE_HTTP=1`);
+  throw new Error(`refusing the gateway URL http://${u.host}: plain HTTP to a host that is not loopback would send the bearer token in clear; use https://, or opt in on a network you trust with allowInsecureHttp: true or SECONDKEY_ALLOW_INSECURE_HTTP=1`);
 }
 
 function fallbackToPoll(e) {
@@ -549,7 +549,13 @@ export class Client {
   guarded(opts, fn) {
     const { operation, kind = 'tool', resource, action, justification, context, mode, timeout, signal } = opts;
     if (!action && !operation) throw new TypeError('guarded needs an operation (or an action builder)');
-    const name = fn.name || 'function';
+    const name = fn.name;
+    // Its default resource, tool://<function name>, would be the same for every
+    // function without a name (an arrow written inline): a policy on one would
+    // cover all.
+    if (!action && !resource && !name) {
+      throw new TypeError('guarded needs a resource (or an action builder) for a function without a name: its default, tool://<function name>, would be shared by every such function');
+    }
     const self = this;
     if (action) {
       // A custom builder: the function gets the caller's arguments as they are.

@@ -10,6 +10,7 @@ import { MockLanguageModelV3 } from 'ai/test';
 import { z } from 'zod';
 import { guardTool, guardTools } from '../src/integrations/ai.js';
 import { startGateway, unique, decideWhenPending } from './helpers.js';
+import { Client } from '../src/index.js';
 
 let gw, bot, rita;
 before(async () => { gw = await startGateway(); bot = gw.client(); rita = gw.client('user:rita'); });
@@ -49,6 +50,23 @@ for (const decision of ['approve', 'deny']) {
     }
   });
 }
+
+test('guardTools: without policies every tool is guarded; with them only the named ones', async () => {
+  // A client the gateway refuses: a guarded tool cannot run, an unguarded one runs.
+  const refused = new Client({ url: bot.url, token: 'not-a-token-of-anyone' });
+  const runs = [];
+  const make = (n) => ({ description: n, execute: async () => { runs.push(n); return n; } });
+  const call = (t) => t.execute({}, { toolCallId: 'c1', messages: [] });
+  const all = guardTools({ a: make('a'), b: make('b') }, refused);
+  for (const name of ['a', 'b']) await assert.rejects(call(all[name]), /not run: secondkey could not authorize it/);
+  assert.deepEqual(runs, [], 'no tool ran unguarded');
+  const some = guardTools({ a: make('a'), b: make('b') }, refused, { a: true });
+  await assert.rejects(call(some.a), /not run: secondkey could not authorize it/);
+  assert.equal(await call(some.b), 'b', 'a tool not named is returned unchanged');
+  assert.deepEqual(runs, ['b']);
+  assert.throws(() => guardTools({ a: make('a') }, bot, 'a'), /policies must be an object/);
+  assert.throws(() => guardTools({ a: make('a') }, bot, null), /policies must be an object/);
+});
 
 test("the AI SDK wrapper runs the decided input, not the framework's object changed while the request waits", async () => {
   const seen = [];

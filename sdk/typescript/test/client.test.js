@@ -158,6 +158,9 @@ test('plain http:// to a host off loopback is refused unless opted in; loopback 
       assert.equal(new Client({ url, token: 't' }).url, url.replace(/\/+$/, ''));
     }
     assert.throws(() => new Client({ url: 'not a url', token: 't' }), /is not a URL/);
+    // The refusal names the host with its port, and never the user part.
+    assert.throws(() => new Client({ url: 'http://10.1.2.3:8750', token: 't' }), /refusing the gateway URL http:\/\/10\.1\.2\.3:8750: /);
+    assert.throws(() => new Client({ url: 'http://user:s3cret@gw.example.com:81', token: 't' }), (e) => e.message.includes('http://gw.example.com:81:') && !e.message.includes('s3cret'));
     process.env.SECONDKEY_URL = 'http://gw.example.com';
     assert.throws(() => new Client({ token: 't' }), refused);
     process.env.SECONDKEY_ALLOW_INSECURE_HTTP = '1';

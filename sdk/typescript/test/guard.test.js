@@ -105,6 +105,13 @@ test('grant mode verifies and consumes the grant before running', async () => {
   assert.equal((await bot.getRequest(auth.requestId)).state, 'executed');
 });
 
+test('guarded(): a function without a name needs a resource (its default would be shared by all such functions)', () => {
+  assert.throws(() => bot.guarded({ operation: 'read' }, async (q) => q), /guarded needs a resource .* for a function without a name/);
+  bot.guarded({ operation: 'read', resource: 'crm://customers' }, async (q) => q);
+  bot.guarded({ action: (q) => ({ kind: 'tool', operation: 'read', resource: `x://${q}` }) }, async (q) => q);
+  bot.guarded({ operation: 'read' }, async function lookup(q) { return q; });
+});
+
 test('guarded(): the call becomes the action; the result or exception is recorded', async () => {
   const calls = [];
   const sendEmail = bot.guarded({ operation: 'write', resource: 'crm://customers', justification: 'asked' }, async ({ to, body = 'hi' }) => {

@@ -79,6 +79,14 @@ def action_builder(
     then gets the caller's arguments).
     """
     sig = inspect.signature(fn)
+    name = getattr(fn, "__name__", "")
+    if action is None and not resource and (not name or name == "<lambda>"):
+        # Its default resource, tool://<function name>, would be the same for
+        # every function without a name: a policy on one would cover all.
+        raise TypeError(
+            "guarded needs a resource (or an action builder) for a function without a name "
+            f"({fn!r}): its default, tool://<function name>, would be shared by every such function"
+        )
 
     def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Built:
         if action is not None:
@@ -90,7 +98,7 @@ def action_builder(
         out: dict[str, Any] = {
             "kind": kind,
             "operation": operation,
-            "resource": resource or f"tool://{fn.__name__}",
+            "resource": resource or f"tool://{name}",
             "params": params,
         }
         if justification:

@@ -38,7 +38,7 @@ def check_url(url: str, allow_insecure_http: bool) -> None:
     if parsed.scheme != "http" or _loopback(parsed.host) or allow_insecure_http:
         return
     raise ValueError(
-        f"refusing the gateway URL http://{parsed.host}: plain HTTP to a host that is not loopback would send "
+        f"refusing the gateway URL http://{parsed.netloc.decode('ascii', 'replace')}: plain HTTP to a host that is not loopback would send "
         "the bearer token in clear; use https://, or opt in on a network you trust with "
         "allow_insecure_http=True or SECONDKEY_ALLOW_INSECURE_HTTP=1"
     )

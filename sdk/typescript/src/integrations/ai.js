@@ -32,6 +32,12 @@ export function guardTool(name, tool, client, policy = 'call') {
   };
 }
 
+// Without `policies` every tool is guarded (as `tool.call`); with them, only
+// the tools they name: the others are returned unchanged.
 export function guardTools(tools, client, policies) {
-  return Object.fromEntries(Object.entries(tools).map(([name, t]) => [name, name in policies ? guardTool(name, t, client, policies[name]) : t]));
+  if (policies === undefined) {
+    return Object.fromEntries(Object.entries(tools).map(([name, t]) => [name, guardTool(name, t, client, true)]));
+  }
+  if (policies === null || typeof policies !== 'object') throw new TypeError('guardTools: policies must be an object naming the tools to guard (or left out to guard them all)');
+  return Object.fromEntries(Object.entries(tools).map(([name, t]) => [name, Object.hasOwn(policies, name) ? guardTool(name, t, client, policies[name]) : t]));
 }
