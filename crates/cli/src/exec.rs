@@ -44,10 +44,12 @@ Exit codes:
            (the request stays pending: run the same step again to keep waiting)
   103      not run for another reason (withdrawn, revoked, approval already used)
   104      secondkey could not submit (gateway unreachable, bad token, invalid
-           arguments); a result that could not be recorded is a warning on
-           stderr, and the command's own code stands
-  127      the command could not be started (not found, not executable:
-           then nothing is submitted)
+           values such as a bad --wait-timeout); a result that could not be
+           recorded is a warning on stderr, and the command's own code stands
+  2        usage error (unknown flag, missing --resource): nothing submitted
+  127      the command could not be started: not found or not executable
+           (then nothing is submitted), or it failed to start after approval
+           (recorded as failed)
 The last line secondkey writes to stderr names the outcome.";
 
 #[derive(Args)]
@@ -56,7 +58,8 @@ pub struct ExecArgs {
     #[arg(long, env = "SECONDKEY_URL", default_value = "http://127.0.0.1:8750")]
     url: String,
     /// The environment variable that holds the bearer token (a static token,
-    /// or a CI OIDC token such as a GitLab `id_tokens` variable).
+    /// or a CI OIDC token such as a GitLab `id_tokens` variable). Without it
+    /// and without --oidc-audience, the token is read from SECONDKEY_TOKEN.
     #[arg(long)]
     token_env: Option<String>,
     /// GitHub Actions: request an OIDC token with this audience from the

@@ -412,6 +412,17 @@ fn exec_runs_a_held_deploy_once_after_approval_with_ci_identity() {
     for c in ["100", "101", "102", "103", "104", "127"] {
         assert!(out.contains(c), "{out}");
     }
+    // A usage error exits 2, as --help and docs/exec.md say, before
+    // anything is submitted.
+    let (code, _, err) = run_cli(
+        &["exec", "--bogus", "--resource", "x", "--", "true"],
+        &g.url,
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run_cli(&["exec", "--", "true"], &g.url, None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--resource"), "{err}");
 }
 
 /// The approval binds the program that runs and the `--bind` files by

@@ -636,6 +636,13 @@ fn bypass_corpus(g: &Gateway, access: &Path) {
     ] {
         let answer = raw(&addr, req(line, headers, body).as_bytes());
         assert_eq!((status_of(&answer), problem_code(&answer)), (status, code.to_string()), "{line} {headers:?}: {answer}");
+        if status == 405 {
+            // RFC 9110 §15.5.6: a 405 says which methods are relayed.
+            assert!(
+                answer.to_ascii_lowercase().contains("\r\nallow: get, head, post, put, patch, delete, options\r\n"),
+                "{answer}"
+            );
+        }
     }
     // Oversized: a declared length over max_body_bytes is refused before
     // the body is read.
@@ -1097,14 +1104,15 @@ value_env = "K8S_UPSTREAM_TOKEN"
         !ok && err.contains("Error from server (Forbidden)") && err.contains("no-recursive-rm"),
         "{err}"
     );
-    assert_eq!(
-        k8s_requests(&requests)
-            .iter()
-            .filter(|r| r["path"].as_str().unwrap().ends_with("/exec"))
-            .count(),
-        1,
-        "only the allowed exec reached the cluster"
-    );
+    let execs: Vec<Value> = k8s_requests(&requests)
+        .into_iter()
+        .filter(|r| r["path"].as_str().unwrap().ends_with("/exec"))
+        .collect();
+    assert_eq!(execs.len(), 1, "only the allowed exec reached the cluster");
+    // Sent as every other request is: its target in origin form (path and
+    // query), not the absolute URI.
+    let target = execs[0]["target"].as_str().unwrap();
+    assert!(target.starts_with("/api/v1/namespaces/"), "{target}");
 
     // A watch and logs -f stream: the first event and line arrive while
     // their streams are open (the fixture holds the rest until released).

@@ -148,7 +148,7 @@ fn refused(r: Refusal) -> Response<Body> {
         415 => "Request body not inspectable",
         _ => "Request refused before any decision",
     };
-    problem(
+    let mut resp = problem(
         r.status,
         r.code,
         title,
@@ -158,7 +158,15 @@ fn refused(r: Refusal) -> Response<Body> {
             if r.message.ends_with('.') { "" } else { "." }
         ),
         Map::new(),
-    )
+    );
+    // RFC 9110 §15.5.6: a 405 lists the methods that are relayed.
+    if r.status == 405 {
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static(request::RELAYED_METHODS),
+        );
+    }
+    resp
 }
 
 fn api_problem(e: &ApiError, title: &str) -> Response<Body> {
@@ -641,6 +649,19 @@ fn relay(up: &Upstream, resp: Response<hyper::body::Incoming>, rec: Recorder) ->
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
+/// `req` with its target in origin form (path and query only).
+fn origin_form<B>(mut req: Request<B>) -> Request<B> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    if let Ok(uri) = pq.parse() {
+        *req.uri_mut() = uri;
+    }
+    req
+}
+
 /// An upgrade (websocket, SPDY): sent on a connection of its own; on `101`
 /// both sides are joined and the bytes counted until either closes.
 async fn upgrade(
@@ -676,6 +697,10 @@ async fn upgrade(
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
+    // On a connection of its own, hyper sends the target as it is given:
+    // the path and query (origin form), as the pooled client sends every
+    // other request, not the absolute URI it was built with.
+    let req = origin_form(req);
     let mut resp = match sender.send_request(req).await {
         Ok(r) => r,
         Err(e) => {

@@ -337,6 +337,9 @@ pub fn query_value(t: &Target, lists: &BTreeSet<String>) -> Value {
     Value::Object(m)
 }
 
+/// The methods the gateway relays, as a `405`'s `Allow` lists them.
+pub const RELAYED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 /// The methods the gateway relays.
 pub fn check_method(m: &Method) -> Result<(), Refusal> {
     match *m {
@@ -350,9 +353,7 @@ pub fn check_method(m: &Method) -> Result<(), Refusal> {
         _ => Err(Refusal {
             status: 405,
             code: "method_not_supported",
-            message: format!(
-                "secondkey relays GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS, not {m}"
-            ),
+            message: format!("secondkey relays {RELAYED_METHODS}, not {m}"),
         }),
     }
 }

@@ -200,11 +200,13 @@ pub struct Upstream {
 }
 
 /// Request headers forwarded besides the recorded ones: they only say
-/// what the client is, or carry an upgrade's handshake. Not
+/// what the client is.
+const PASSED: [&str; 1] = ["user-agent"];
+
+/// An upgrade's handshake headers, forwarded with an upgrade only. Not
 /// `Sec-WebSocket-Extensions`: a compressed tunnel (permessage-deflate)
 /// would hide the credential from the mask on the way back.
-const PASSED: [&str; 5] = [
-    "user-agent",
+const HANDSHAKE: [&str; 4] = [
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-protocol",
@@ -300,7 +302,9 @@ impl Upstream {
                 }
             }
             for (k, v) in client_headers {
-                if PASSED.contains(&k.as_str()) && !self.cfg.headers.contains(k.as_str()) {
+                let passed = PASSED.contains(&k.as_str())
+                    || (upgrade.is_some() && HANDSHAKE.contains(&k.as_str()));
+                if passed && !self.cfg.headers.contains(k.as_str()) {
                     h.append(k.clone(), v.clone());
                 }
             }
@@ -368,5 +372,40 @@ mod tests {
         let ua: Vec<_> = h.get_all("user-agent").iter().collect();
         assert_eq!(ua, vec![&HeaderValue::from_static("curl/8")]);
         assert!(h.get("x-other").is_none());
+    }
+
+    /// An upgrade's handshake headers go up with an upgrade, and only
+    /// then: on a plain request they are not the client's to pass.
+    #[test]
+    fn handshake_headers_go_up_with_an_upgrade_only() {
+        let mut client = HeaderMap::new();
+        client.append("sec-websocket-key", HeaderValue::from_static("k"));
+        client.append("sec-websocket-version", HeaderValue::from_static("13"));
+        client.append(
+            "x-stream-protocol-version",
+            HeaderValue::from_static("v4.channel.k8s.io"),
+        );
+        let up = upstream();
+        let plain = up
+            .request(&http::Method::GET, "/x", "", &client, None, Bytes::new())
+            .unwrap();
+        for name in HANDSHAKE {
+            assert!(plain.headers().get(name).is_none(), "{name}");
+        }
+        assert!(plain.headers().get("upgrade").is_none());
+        let upgrade = up
+            .request(
+                &http::Method::GET,
+                "/x",
+                "",
+                &client,
+                Some("websocket"),
+                Bytes::new(),
+            )
+            .unwrap();
+        let h = upgrade.headers();
+        assert_eq!(h.get("sec-websocket-key").unwrap(), "k");
+        assert_eq!(h.get("sec-websocket-version").unwrap(), "13");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
     }
 }

@@ -10,7 +10,7 @@ the OpenAPI v3 discovery and group-version documents (reduced to the
 PATCH operations kubectl checks for `fieldValidation`), `exec` over
 WebSocket with the `v5.channel.k8s.io` / `v4.channel.k8s.io` channel protocol (one byte of channel, then data; a `Status` on channel 3
 ends the command). Every request that reaches it is appended to
-`K8S_FIXTURE_LOG` (JSON lines: method, path, query, the Authorization it
+`K8S_FIXTURE_LOG` (JSON lines: method, the request target as sent, path, query, the Authorization it
 got, body) so tests can count what ran.
 
 Usage: python3 k8s_fixture.py PORT   (env: K8S_FIXTURE_LOG, K8S_FIXTURE_TOKEN,
@@ -189,7 +189,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def record(self, body):
         u = urllib.parse.urlsplit(self.path)
-        entry = {"method": self.command, "path": u.path, "query": urllib.parse.parse_qs(u.query, keep_blank_values=True),
+        entry = {"method": self.command, "target": self.path, "path": u.path,
+                 "query": urllib.parse.parse_qs(u.query, keep_blank_values=True),
                  "authorization": self.headers.get("Authorization"), "content_type": self.headers.get("Content-Type"),
                  "upgrade": self.headers.get("Upgrade"), "body": body.decode("utf-8", "replace")}
         with LOCK, open(LOG, "a") as f:
