@@ -281,6 +281,25 @@ fn http_gateway_with_curl_httpx_and_httpbin() {
     let base = format!("{}/http/billing", g.url);
     let agent = bearer("agent:report-bot");
 
+    // The API's OpenAPI document describes the relay under every method it
+    // relays, each operation with an id of its own.
+    let (s, body, _) = curl(&[&format!("{}/openapi.json", g.url)]);
+    assert_eq!(s, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let relay = &doc["paths"]["/http/{upstream}/{path}"];
+    for m in ["get", "head", "post", "put", "patch", "delete", "options"] {
+        assert!(relay[m]["responses"]["405"].is_object(), "{m}: {relay}");
+    }
+    let ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "operation ids repeat: {ids:?}");
+
     // An allowed read: forwarded with the gateway's credential, which never
     // comes back (httpbin echoes it) and is not the agent's token.
     let (s, body, _) = curl(&["-H", &agent, &format!("{base}/bearer")]);

@@ -233,12 +233,39 @@ struct HttpDoc;
               (status = 400, description = "refused before any decision (`application/problem+json`: dot_segment, ambiguous_query, method_override, invalid_json, …); nothing forwarded"),
               (status = 401, description = "no or unknown token"),
               (status = 403, description = "`denied` (naming the policies and the decision id), `not_allowed`, or `not_approved`"),
+              (status = 405, description = "`method_not_supported`: a method other than GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS; `Allow` lists them"),
               (status = 409, description = "`hold = \"retry\"`: `approval_required`, with the request id and URL; `Retry-After`"),
               (status = 413, description = "larger than `max_body_bytes`"),
-              (status = 502, description = "the upstream could not be reached or failed"),
+              (status = 415, description = "`encoded_body`: a `Content-Encoding` other than identity; the body cannot be inspected"),
+              (status = 502, description = "the upstream could not be reached, failed before answering, or compressed its answer"),
+              (status = 503, description = "the log could not record the decision (the API's codes); nothing forwarded"),
               (status = "default", description = "the upstream's answer, relayed")))]
 #[allow(dead_code)]
 fn proxied_doc() {}
+
+/// [`HttpDoc`] with the relay described under every method it relays,
+/// each with an operation id of its own (`http_proxy_post`, …; GET keeps
+/// `http_proxy`), as OpenAPI wants them unique.
+fn http_doc() -> utoipa::openapi::OpenApi {
+    let mut doc = <HttpDoc as utoipa::OpenApi>::openapi();
+    for item in doc.paths.paths.values_mut() {
+        let Some(get) = item.get.clone() else {
+            continue;
+        };
+        let as_method = |m: &str| {
+            let mut op = get.clone();
+            op.operation_id = Some(format!("http_proxy_{m}"));
+            Some(op)
+        };
+        item.head = as_method("head");
+        item.post = as_method("post");
+        item.put = as_method("put");
+        item.patch = as_method("patch");
+        item.delete = as_method("delete");
+        item.options = as_method("options");
+    }
+    doc
+}
 
 impl secondkey_server::Extension for HttpGateway {
     fn name(&self) -> &'static str {
@@ -249,7 +276,7 @@ impl secondkey_server::Extension for HttpGateway {
         self.upstreams
             .iter()
             .any(|u| u.prefix.is_some())
-            .then(<HttpDoc as utoipa::OpenApi>::openapi)
+            .then(http_doc)
     }
 
     fn routes(&self) -> axum::Router<AppState> {
