@@ -17,6 +17,8 @@
 # upstream costs as little as possible). Needs nginx and wrk (Debian); as
 # root it installs them. Everything runs on 127.0.0.1 and is removed on exit.
 set -euo pipefail
+# A relative SECONDKEY_BIN is the caller's: resolved before leaving its directory.
+[ -n "${SECONDKEY_BIN:-}" ] && SECONDKEY_BIN=$(realpath -m -- "$SECONDKEY_BIN")
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
@@ -36,7 +38,8 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # SECONDKEY_BIN: measure that binary (an A/B against another build) instead
 # of building this checkout's.
 if [ -n "${SECONDKEY_BIN:-}" ]; then
-  SK=$SECONDKEY_BIN
+  SK=$(realpath -e "$SECONDKEY_BIN" 2>/dev/null) && [ -x "$SK" ] \
+    || { echo "SECONDKEY_BIN=$SECONDKEY_BIN is not an executable file" >&2; exit 1; }
 else
   cargo build --release --locked -p secondkey >/dev/null 2>&1 || cargo build --release --locked -p secondkey
   SK=$PWD/target/release/secondkey

@@ -33,12 +33,21 @@ enum { IDLE, ASKED, ANSWERED };
 static atomic_int state = IDLE;
 static long spins;
 
+/* A spin-wait hint to the CPU (none where there is no such instruction). */
+static inline void pause_cpu(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 /* Sleeps (after up to `spins` pauses) until `state` is `want`. */
 static void wait_for(int want) {
   for (;;) {
     int seen = atomic_load(&state);
     for (long i = 0; i < spins && seen != want; i++) {
-      __builtin_ia32_pause();
+      pause_cpu();
       seen = atomic_load(&state);
     }
     if (seen == want)

@@ -132,7 +132,11 @@ fn k8s_status(mut resp: Response<Body>) -> Response<Body> {
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::CACHE_CONTROL, "no-store");
-    for k in [http::header::RETRY_AFTER, http::header::WWW_AUTHENTICATE] {
+    for k in [
+        http::header::RETRY_AFTER,
+        http::header::WWW_AUTHENTICATE,
+        http::header::ALLOW,
+    ] {
         if let Some(v) = resp.headers().get(&k) {
             out = out.header(k, v.clone());
         }

@@ -406,6 +406,10 @@ mod tests {
         let h = upgrade.headers();
         assert_eq!(h.get("sec-websocket-key").unwrap(), "k");
         assert_eq!(h.get("sec-websocket-version").unwrap(), "13");
+        assert_eq!(
+            h.get("x-stream-protocol-version").unwrap(),
+            "v4.channel.k8s.io"
+        );
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
     }
 }

@@ -1840,6 +1840,12 @@ fn jwt_issuer(
         (Duration::from_secs(1), MAX_JWT_LEEWAY),
         "1s and 5m (e.g. \"30s\")",
     )?;
+    if leeway.subsec_nanos() != 0 {
+        return Err(invalid(
+            key("leeway"),
+            "is checked in whole seconds: give it in seconds (e.g. \"30s\")",
+        ));
+    }
     let keys_ttl = duration_in(
         &key("keys_ttl"),
         &j.keys_ttl,
@@ -2144,6 +2150,7 @@ token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nalgorithms = []".into(), "identity.jwt[0].algorithms"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nleeway = \"6m\"".into(), "identity.jwt[0].leeway"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nleeway = \"0s\"".into(), "identity.jwt[0].leeway"),
+            ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nleeway = \"1500ms\"".into(), "identity.jwt[0].leeway"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nkeys_ttl = \"30s\"".into(), "identity.jwt[0].keys_ttl"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nkeys_ttl = \"2d\"".into(), "identity.jwt[0].keys_ttl"),
             ("[[identity.jwt]]\nissuer = \"https://t.example\"\naudience = \"a\"\nkeys_ttl = \"soon\"".into(), "identity.jwt[0].keys_ttl"),

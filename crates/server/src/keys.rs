@@ -50,40 +50,77 @@ pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Reads a secret key file, refusing one that others may read. As
-/// PostgreSQL does for its TLS key: private to its owner, or — owned by
-/// root — readable by its group as well (mode 0640 at most), which is how
-/// Kubernetes mounts a secret for a pod with an `fsGroup`: the files are
-/// root's and the gateway reads them through that group.
+/// Reads a secret key file, refusing one that others may read: private to
+/// its owner, or — as PostgreSQL allows for its TLS key — owned by root
+/// and readable by its group too (mode 0640 at most) when this process is
+/// not root and that group is one of its own. That is how Kubernetes
+/// mounts a secret for a pod with an `fsGroup`: root's files, read through
+/// that group. The file is opened once (without blocking, so a FIFO is
+/// refused, not waited on) and that handle checked and read.
 fn read_secret(path: &Path) -> Result<String, KeyError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let mut file = opts.open(path).map_err(|e| file_err(path, e))?;
+    let meta = file.metadata().map_err(|e| file_err(path, e))?;
+    if !meta.is_file() {
+        return Err(file_err(path, "is not a regular file"));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let meta = std::fs::metadata(path).map_err(|e| file_err(path, e))?;
         let mode = meta.permissions().mode() & 0o777;
-        if mode & too_open_for(meta.uid()) != 0 {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if mode & forbidden_bits(meta.uid(), meta.gid(), euid, is_own_group) != 0 {
             return Err(file_err(
                 path,
                 format!(
-                    "is readable by others (mode {mode:o}); run `chmod 600 {}` (a key file owned by root may also be readable by its group: 640)",
+                    "may be read or written by others than its owner (mode {mode:o}); run `chmod 600 {}` (a Kubernetes secret: mount it with `defaultMode: 0440` and an `fsGroup` the gateway runs in — a key owned by root may be readable by one group of the gateway's own)",
                     path.display()
                 ),
             ));
         }
     }
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| file_err(path, e))
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| file_err(path, e))?;
+    Ok(text.trim().to_string())
 }
 
-/// The permission bits a key file owned by `uid` must not have.
+/// The permission bits a key file owned by `uid`:`gid` must not have, for
+/// a process running as `euid`: none for group or others, except that a
+/// file of root's may be readable by its group when that group is one of
+/// the (non-root) process's own.
 #[cfg(unix)]
-fn too_open_for(uid: u32) -> u32 {
-    if uid == 0 {
+fn forbidden_bits(uid: u32, gid: u32, euid: u32, own_group: impl Fn(u32) -> bool) -> u32 {
+    if uid == 0 && euid != 0 && own_group(gid) {
         0o037
     } else {
         0o077
     }
+}
+
+/// Whether `gid` is this process's effective group or one of its
+/// supplementary groups.
+#[cfg(unix)]
+fn is_own_group(gid: u32) -> bool {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    if unsafe { libc::getegid() } == gid {
+        return true;
+    }
+    // SAFETY: with a size of 0 getgroups only counts the groups.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let Ok(len) = usize::try_from(n) else {
+        return false;
+    };
+    let mut groups = vec![0 as libc::gid_t; len];
+    // SAFETY: `groups` has room for `n` entries, as passed.
+    let n = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    usize::try_from(n).is_ok_and(|n| groups[..n.min(len)].contains(&gid))
 }
 
 /// Loads an existing log signer; never creates one (for verbs that only
@@ -189,33 +226,51 @@ mod tests {
         assert!(e.contains("chmod 600"), "{e}");
     }
 
-    /// Readable by its group: only if root owns the file (a Kubernetes
-    /// secret mounted for an `fsGroup`), and never writable by the group.
+    /// Readable by its group: only a file of root's, only for a process
+    /// that is not root, and only through one of the process's own
+    /// groups; never writable by the group, never readable by others.
     #[cfg(unix)]
     #[test]
-    fn a_group_readable_key_is_taken_only_from_root() {
+    fn a_group_readable_key_is_taken_only_from_root_through_an_own_group() {
+        let mine = |g: u32| g == 2000;
+        // (file uid, file gid, process euid, bit, forbidden)
+        for (uid, gid, euid, bit, forbidden, why) in [
+            (0, 2000, 1000, 0o040, false, "root's, own group: may read"),
+            (0, 2000, 1000, 0o020, true, "the group may not write"),
+            (0, 2000, 1000, 0o004, true, "others may not read"),
+            (0, 100, 1000, 0o040, true, "a group not the process's own"),
+            (0, 2000, 0, 0o040, true, "a root process needs no group bit"),
+            (1000, 2000, 1000, 0o040, true, "not root's: private"),
+        ] {
+            assert_eq!(
+                forbidden_bits(uid, gid, euid, mine) & bit != 0,
+                forbidden,
+                "{why}"
+            );
+        }
+        // Through the files themselves: whoever runs this, a group-readable
+        // key is taken only under the rule above, and group-writable or
+        // world-readable ones never.
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        assert_eq!(too_open_for(0) & 0o040, 0, "root's: the group may read");
-        assert_ne!(
-            too_open_for(0) & 0o020,
-            0,
-            "root's: the group may not write"
-        );
-        assert_ne!(too_open_for(0) & 0o004, 0, "root's: others may not read");
-        assert_ne!(too_open_for(1000) & 0o040, 0, "anyone else's: private");
         let dir = tempfile::tempdir().unwrap();
         let g = dir.path().join("grant.key");
         let k = load_or_create_grant_key(&g).unwrap();
         let set = |mode| std::fs::set_permissions(&g, std::fs::Permissions::from_mode(mode));
         set(0o440).unwrap();
-        let root = std::fs::metadata(&g).unwrap().uid() == 0;
+        let meta = std::fs::metadata(&g).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let allowed = forbidden_bits(meta.uid(), meta.gid(), euid, is_own_group) & 0o040 == 0;
         match load_or_create_grant_key(&g) {
             Ok(again) => {
-                assert!(root, "a group-readable key not owned by root was taken");
+                assert!(allowed, "a group-readable key was taken against the rule");
                 assert_eq!(again.verifying_key(), k.verifying_key());
             }
             Err(e) => {
-                assert!(!root, "a group-readable key owned by root was refused: {e}");
+                assert!(
+                    !allowed,
+                    "a group-readable key the rule allows was refused: {e}"
+                );
                 assert!(e.to_string().contains("chmod 600"), "{e}");
             }
         }
@@ -224,5 +279,18 @@ mod tests {
             let e = load_or_create_grant_key(&g).unwrap_err().to_string();
             assert!(e.contains(&format!("mode {mode:o}")), "{e}");
         }
+    }
+
+    /// A FIFO where a key should be is refused, not waited on.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_path_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("grant.key");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = load_or_create_grant_key(&fifo).unwrap_err().to_string();
+        assert!(e.contains("is not a regular file"), "{e}");
     }
 }

@@ -445,7 +445,14 @@ impl WitnessService {
     }
 }
 
-async fn add_checkpoint(State(svc): State<Arc<WitnessService>>, body: Bytes) -> Response {
+async fn add_checkpoint(
+    State(svc): State<Arc<WitnessService>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_refused(&e),
+    };
     match svc.add_checkpoint(&body).await {
         Ok(line) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], line).into_response(),
         Err(Refusal::Conflict { latest, .. }) => (
@@ -482,13 +489,31 @@ pub fn router(svc: Arc<WitnessService>) -> Router {
         .with_state(svc)
 }
 
+/// A body that could not be read: `408` when it did not arrive within the
+/// listener's body timeout, `413` when too large, else `400`.
+fn body_refused(e: &axum::extract::rejection::BytesRejection) -> Response {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<crate::limits::conn::BodyTimedOut>() {
+            return (StatusCode::REQUEST_TIMEOUT, format!("{t}\n")).into_response();
+        }
+        cause = c.source();
+    }
+    (e.status(), format!("{}\n", e.body_text())).into_response()
+}
+
 /// Serves a witness on `listen` until SIGINT/SIGTERM, under the
 /// connection limits of the gateway's listener at their defaults
 /// ([`ConnLimits`]): a witness is reached by anyone, so a client that
 /// trickles a request head, idles or floods connections is cut off as it
 /// would be there.
 pub async fn serve(listen: std::net::SocketAddr, svc: WitnessService) -> anyhow::Result<()> {
-    crate::limits::conn::raise_open_files_limit();
+    // Connection caps that fit the open files this process may hold, as
+    // the gateway's: a flood must not leave no descriptor for state.json.
+    let limits = crate::limits::conn::fit_to_open_files(
+        ConnLimits::default(),
+        crate::limits::conn::raise_open_files_limit(),
+    );
     let listener = crate::limits::conn::bind(listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     eprintln!(
@@ -498,7 +523,7 @@ pub async fn serve(listen: std::net::SocketAddr, svc: WitnessService) -> anyhow:
     );
     let app = router(Arc::new(svc));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let listener = LimitedListener::new(listener, ConnLimits::default());
+    let listener = LimitedListener::new(listener, limits);
     crate::limits::conn::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {

@@ -233,6 +233,9 @@ def test_plain_http_off_loopback_is_refused_unless_opted_in(cls, monkeypatch):
         assert cls(url, "t").url == url.rstrip("/")
     with pytest.raises(ValueError, match="is not a URL"):
         cls("http://gw:not-a-port", "t")
+    with pytest.raises(ValueError, match="is not a URL") as bad:
+        cls("http://user:s3cret@gw:not-a-port", "t")
+    assert "s3cret" not in str(bad.value), bad.value
     # The refusal names the host with its port, and never the user part.
     with pytest.raises(ValueError, match=r"refusing the gateway URL http://10\.1\.2\.3:8750: "):
         cls("http://10.1.2.3:8750", "t")

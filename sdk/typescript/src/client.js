@@ -156,7 +156,7 @@ function checkUrl(url, allowInsecureHttp) {
   try {
     u = new URL(url);
   } catch {
-    throw new TypeError(`the gateway URL ${JSON.stringify(url)} is not a URL`);
+    throw new TypeError(`the gateway URL ${JSON.stringify(String(url).replace(/\/\/[^/@]*@/, '//…@'))} is not a URL`);
   }
   if (u.protocol !== 'http:' || loopback(u.hostname) || allowInsecureHttp) return;
   throw new Error(`refusing the gateway URL http://${u.host}: plain HTTP to a host that is not loopback would send the bearer token in clear; use https://, or opt in on a network you trust with allowInsecureHttp: true or SECONDKEY_ALLOW_INSECURE_HTTP=1`);

@@ -57,8 +57,10 @@ test('guardTools: without policies every tool is guarded; with them only the nam
   const runs = [];
   const make = (n) => ({ description: n, execute: async () => { runs.push(n); return n; } });
   const call = (t) => t.execute({}, { toolCallId: 'c1', messages: [] });
-  const all = guardTools({ a: make('a'), b: make('b') }, refused);
+  const providerTool = { type: 'provider', id: 'web_search' }; // no execute: runs nothing here
+  const all = guardTools({ a: make('a'), b: make('b'), search: providerTool }, refused);
   for (const name of ['a', 'b']) await assert.rejects(call(all[name]), /not run: secondkey could not authorize it/);
+  assert.equal(all.search, providerTool, 'a tool without execute is returned unchanged');
   assert.deepEqual(runs, [], 'no tool ran unguarded');
   const some = guardTools({ a: make('a'), b: make('b') }, refused, { a: true });
   await assert.rejects(call(some.a), /not run: secondkey could not authorize it/);

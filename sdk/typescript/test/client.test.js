@@ -158,6 +158,7 @@ test('plain http:// to a host off loopback is refused unless opted in; loopback 
       assert.equal(new Client({ url, token: 't' }).url, url.replace(/\/+$/, ''));
     }
     assert.throws(() => new Client({ url: 'not a url', token: 't' }), /is not a URL/);
+    assert.throws(() => new Client({ url: 'http://user:s3cret@gw:not-a-port', token: 't' }), (e) => /is not a URL/.test(e.message) && !e.message.includes('s3cret'));
     // The refusal names the host with its port, and never the user part.
     assert.throws(() => new Client({ url: 'http://10.1.2.3:8750', token: 't' }), /refusing the gateway URL http:\/\/10\.1\.2\.3:8750: /);
     assert.throws(() => new Client({ url: 'http://user:s3cret@gw.example.com:81', token: 't' }), (e) => e.message.includes('http://gw.example.com:81:') && !e.message.includes('s3cret'));

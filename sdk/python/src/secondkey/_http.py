@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from typing import Any, Optional
 
 import httpx
@@ -34,7 +35,8 @@ def check_url(url: str, allow_insecure_http: bool) -> None:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as e:
-        raise ValueError(f"the gateway URL {url!r} is not a URL: {e}") from None
+        hide = lambda text: re.sub(r"//[^/@]*@", "//…@", text)  # noqa: E731
+        raise ValueError(f"the gateway URL {hide(url)!r} is not a URL: {hide(str(e))}") from None
     if parsed.scheme != "http" or _loopback(parsed.host) or allow_insecure_http:
         return
     raise ValueError(

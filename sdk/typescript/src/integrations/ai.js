@@ -5,6 +5,9 @@
 // reviewer decides; it runs once, its result (or exception) is recorded, and a
 // refusal becomes the tool's error (a tool-error the model reads on its next
 // step) naming the policy and the request. Tools not named are unchanged.
+// Without the map every tool that has an execute is guarded (as tool.call);
+// tools without one (provider-defined, client-side) run nothing here and are
+// returned unchanged.
 // The tool's execute gets a copy of exactly the input that was submitted and
 // decided, not the AI SDK's object (which may change while a reviewer
 // decides); an input that is not JSON is refused (JcsError) before anything
@@ -36,7 +39,7 @@ export function guardTool(name, tool, client, policy = 'call') {
 // the tools they name: the others are returned unchanged.
 export function guardTools(tools, client, policies) {
   if (policies === undefined) {
-    return Object.fromEntries(Object.entries(tools).map(([name, t]) => [name, guardTool(name, t, client, true)]));
+    return Object.fromEntries(Object.entries(tools).map(([name, t]) => [name, typeof t.execute === 'function' ? guardTool(name, t, client, true) : t]));
   }
   if (policies === null || typeof policies !== 'object') throw new TypeError('guardTools: policies must be an object naming the tools to guard (or left out to guard them all)');
   return Object.fromEntries(Object.entries(tools).map(([name, t]) => [name, Object.hasOwn(policies, name) ? guardTool(name, t, client, policies[name]) : t]));
