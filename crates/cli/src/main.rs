@@ -606,7 +606,8 @@ fn policy(cmd: PolicyCmd) -> Result<ExitCode> {
                 failed += report.failures() + usize::from(report.error.is_some());
                 passed += report.cases.len() - report.failures();
             }
-            println!("{passed} passed, {failed} failed");
+            // Each file printed its own count; this is all of them.
+            println!("total: {passed} passed, {failed} failed");
             Ok(if failed == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -235,11 +235,16 @@ pub(crate) fn check(
 /// breaks. Returned trimmed.
 fn check_reason(r: &str) -> Result<String, String> {
     let t = r.trim();
-    if t.is_empty() {
+    if r.is_empty() {
         return Err(
             "@reason(\"\") is empty; say in a sentence why the policy applies, or drop @reason"
                 .to_owned(),
         );
+    }
+    if t.is_empty() {
+        return Err(format!(
+            "@reason({r:?}) is only whitespace; say in a sentence why the policy applies, or drop @reason"
+        ));
     }
     let n = t.chars().count();
     if n > MAX_REASON_CHARS {
@@ -333,8 +338,9 @@ pub(crate) fn parse_review<'a>(
     }
     let quorum = match quorum {
         None => 1,
-        Some(q) => match q.trim().parse::<u32>() {
-            Ok(n) if n >= 1 => n,
+        // Digits only: no sign, no spaces (as @ttl's number).
+        Some(q) => match q.parse::<u32>() {
+            Ok(n) if n >= 1 && q.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => {
                 return Err((
                     "quorum",
@@ -455,6 +461,14 @@ mod tests {
         assert!(review(true, &[("review", "a b")]).is_err());
         assert!(review(true, &[("review", "a"), ("quorum", "0")]).is_err());
         assert!(review(true, &[("review", "a"), ("quorum", "two")]).is_err());
+        // A whole number as written: no sign, no spaces.
+        for q in ["+2", " 2", "2 ", "-1", "2.0"] {
+            assert!(
+                review(true, &[("review", "a"), ("quorum", q)]).is_err(),
+                "{q:?}"
+            );
+        }
+        assert!(review(true, &[("review", "a"), ("quorum", "2")]).is_ok());
         assert!(review(true, &[("review", "a"), ("ttl", "soon")]).is_err());
         assert!(review(true, &[("review", "a"), ("grant_ttl", "0s")]).is_err());
     }
@@ -470,6 +484,9 @@ mod tests {
         for bad in ["", "   ", "tab\there", "nul\u{0}"] {
             assert!(check_reason(bad).is_err(), "{bad:?}");
         }
+        // A blank one is quoted as written, not as if it were empty.
+        let e = check_reason("   ").unwrap_err();
+        assert!(e.starts_with("@reason(\"   \") is only whitespace"), "{e}");
         let long = "é".repeat(MAX_REASON_CHARS);
         assert_eq!(check_reason(&long).as_deref(), Ok(long.as_str()));
         assert!(check_reason(&format!("{long}x")).is_err());
