@@ -114,12 +114,8 @@ fn body_error(e: axum::extract::rejection::BytesRejection, state: &AppState) -> 
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return too_large_body(state.gateway.config.max_body_bytes);
     }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(c) = cause {
-        if let Some(t) = c.downcast_ref::<crate::limits::conn::BodyTimedOut>() {
-            return ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", t.to_string());
-        }
-        cause = c.source();
+    if let Some(t) = crate::limits::conn::BodyTimedOut::in_causes(&e) {
+        return ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", t.to_string());
     }
     ApiError::bad_request("invalid_body", e.body_text())
 }

@@ -410,9 +410,9 @@ pub struct JwtIssuerConfig {
     pub keys_ttl: Duration,
 }
 
-/// `[[identity.jwt]]`'s `leeway` when not set, and its largest value.
+/// `[[identity.jwt]]`'s `leeway` when not set, and its bounds.
 pub const JWT_LEEWAY: Duration = Duration::from_secs(60);
-const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
+const JWT_LEEWAY_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
 /// `[[identity.jwt]]`'s `keys_ttl` when not set, and its bounds.
 pub const JWT_KEYS_TTL: Duration = Duration::from_secs(3600);
 const JWT_KEYS_TTL_RANGE: (Duration, Duration) =
@@ -1837,7 +1837,7 @@ fn jwt_issuer(
         &key("leeway"),
         &j.leeway,
         JWT_LEEWAY,
-        (Duration::from_secs(1), MAX_JWT_LEEWAY),
+        JWT_LEEWAY_RANGE,
         "1s and 5m (e.g. \"30s\")",
     )?;
     if leeway.subsec_nanos() != 0 {

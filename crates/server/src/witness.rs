@@ -492,12 +492,8 @@ pub fn router(svc: Arc<WitnessService>) -> Router {
 /// A body that could not be read: `408` when it did not arrive within the
 /// listener's body timeout, `413` when too large, else `400`.
 fn body_refused(e: &axum::extract::rejection::BytesRejection) -> Response {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(t) = c.downcast_ref::<crate::limits::conn::BodyTimedOut>() {
-            return (StatusCode::REQUEST_TIMEOUT, format!("{t}\n")).into_response();
-        }
-        cause = c.source();
+    if let Some(t) = crate::limits::conn::BodyTimedOut::in_causes(e) {
+        return (StatusCode::REQUEST_TIMEOUT, format!("{t}\n")).into_response();
     }
     (e.status(), format!("{}\n", e.body_text())).into_response()
 }

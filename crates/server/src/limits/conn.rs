@@ -615,6 +615,21 @@ async fn accept_failed(e: io::Error) {
 #[error("the request body did not arrive in full within {} s", .0.as_secs())]
 pub struct BodyTimedOut(pub Duration);
 
+impl BodyTimedOut {
+    /// The timeout somewhere in `e`'s chain of causes (a body extractor's
+    /// rejection wraps it), if the body failed for that.
+    pub fn in_causes<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimedOut> {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            if let Some(t) = c.downcast_ref::<BodyTimedOut>() {
+                return Some(t);
+            }
+            cause = c.source();
+        }
+        None
+    }
+}
+
 struct DeadlineBody {
     inner: Body,
     deadline: Instant,
