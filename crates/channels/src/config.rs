@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use secondkey_core::principal::{PrincipalId, PrincipalKind};
-use secondkey_server::config::ConfigError;
+use secondkey_server::config::{read_section, ConfigError};
 use secondkey_sinks::webhook::WebhookSecret;
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -255,11 +255,9 @@ fn section<T: serde::de::DeserializeOwned>(
 ) -> Result<Option<T>, ConfigError> {
     match sections.get(name) {
         None => Ok(None),
-        Some(v) => v
-            .clone()
-            .try_into()
+        Some(v) => read_section(v, name)
             .map(Some)
-            .map_err(|e: toml::de::Error| invalid(name, e.message().to_string())),
+            .map_err(|(k, m)| invalid(k, m)),
     }
 }
 
@@ -619,7 +617,8 @@ slack_channel = "C2"
             ("[slack]\nbot_token_env = \"NOPE\"\nsigning_secret_env = \"SLACK_SIGNING\"", "slack.bot_token_env"),
             ("[slack]\nbot_token_env = \"TEAMS_PW\"\nsigning_secret_env = \"SLACK_SIGNING\"", "slack.bot_token_env"),
             ("[slack]\nbot_token_env = \"SLACK_BOT\"\nsigning_secret_env = \"TEAMS_PW\"", "slack.signing_secret_env"),
-            ("[slack]\nbot_token = \"xoxb\"", "slack"),
+            ("[slack]\nbot_token = \"xoxb\"", "slack.bot_token"),
+            ("[slack]\nbot_token_env = 3", "slack.bot_token_env"),
             ("[slack]\nbot_token_env = \"SLACK_BOT\"\nsigning_secret_env = \"SLACK_SIGNING\"\napi_base = \"ftp://x\"", "slack.api_base"),
             ("[slack]\nbot_token_env = \"SLACK_BOT\"\nsigning_secret_env = \"SLACK_SIGNING\"\napi_base = \"http://slack.example/api\"", "slack.api_base"),
             ("[slack]\nbot_token_env = \"SLACK_BOT\"\nsigning_secret_env = \"SLACK_SIGNING\"\napi_base = \"http://127.0.0.1.evil.example/api\"", "slack.api_base"),

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secondkey_server::config::ConfigError;
+use secondkey_server::config::{read_section, ConfigError};
 use serde::Deserialize;
 
 use crate::routes::{OpenApi, Route};
@@ -349,10 +349,8 @@ pub fn parse(
     let mut out: Vec<UpstreamConfig> = Vec::new();
     for (i, v) in list.iter().enumerate() {
         let key = |k: &str| format!("http[{i}].{k}");
-        let raw: RawUpstream = v
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(format!("http[{i}]"), e.message().to_string()))?;
+        let raw: RawUpstream =
+            read_section(v, &format!("http[{i}]")).map_err(|(k, m)| invalid(k, m))?;
         if raw.name.is_empty()
             || raw.name.len() > 64
             || !raw

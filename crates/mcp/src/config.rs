@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secondkey_server::config::read_section;
 use serde::Deserialize;
 
 /// A configuration problem, naming the key.
@@ -207,10 +208,7 @@ impl McpConfig {
     pub fn parse(raw: Option<&toml::Value>, src: &Sources<'_>) -> Result<McpConfig, ConfigError> {
         let raw: RawMcp = match raw {
             None => RawMcp::default(),
-            Some(v) => v
-                .clone()
-                .try_into()
-                .map_err(|e: toml::de::Error| bad("mcp", e.message().to_string()))?,
+            Some(v) => read_section(v, "mcp").map_err(|(k, m)| bad(k, m))?,
         };
         let hold = Duration::from_secs(raw.hold_seconds.unwrap_or(50));
         if hold > MAX_SILENT_HOLD || hold.is_zero() {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secondkey_server::config::ConfigError;
+use secondkey_server::config::{read_section, ConfigError};
 use serde::Deserialize;
 
 use crate::scram::Verifier;
@@ -192,9 +192,8 @@ pub fn parse(
     let mut out: Vec<Connection> = Vec::new();
     for (i, v) in list.iter().enumerate() {
         let key = |k: &str| format!("postgres[{i}].{k}");
-        let mut raw: RawConnection = v.clone().try_into().map_err(|e: toml::de::Error| {
-            invalid(format!("postgres[{i}]"), e.message().to_string())
-        })?;
+        let mut raw: RawConnection =
+            read_section(v, &format!("postgres[{i}]")).map_err(|(k, m)| invalid(k, m))?;
         // Principal ids have one spelling: read in lowercase here as
         // everywhere else (docs/identity.md).
         for p in &mut raw.principals {
@@ -569,7 +568,18 @@ password_env = "PGPW"
             ),
             (
                 ("hold = \"retry\"", "hold = \"retry\"\nport = 1"),
-                "postgres[0]",
+                "postgres[0].port",
+            ),
+            (
+                (
+                    "hold = \"retry\"",
+                    "hold = \"retry\"\nmax_sessions = \"ten\"",
+                ),
+                "postgres[0].max_sessions",
+            ),
+            (
+                ("password_env = \"PGPW\"", "password_env = 5"),
+                "postgres[0].upstream.password_env",
             ),
         ] {
             let text = OK.replacen(edit.0, edit.1, 1);

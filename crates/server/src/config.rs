@@ -59,6 +59,26 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Reads an extension's section (or one table of an array of tables),
+/// found at `at` (`postgres[0]`), into its typed form. An error comes back
+/// as the key it is about and serde's message: a value of the wrong type
+/// or an unknown key deep in the section names its own key
+/// (`postgres[0].max_sessions`, `http[0].routes[1].method`).
+pub fn read_section<T: serde::de::DeserializeOwned>(
+    v: &toml::Value,
+    at: &str,
+) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let key = match path.as_str() {
+            "." => at.to_string(),
+            p if p.starts_with('[') => format!("{at}{p}"),
+            p => format!("{at}.{p}"),
+        };
+        (key, e.into_inner().message().to_string())
+    })
+}
+
 /// The canonical spelling of a URI-like resource for matching: scheme and
 /// host lowercased, user info dropped, the scheme's default port dropped.
 /// `None` for a resource with `.`/`..` path segments or percent-encoded dots,
@@ -1874,6 +1894,58 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, "test.toml", Path::new("/tmp"), &HashMap::new())
+    }
+
+    #[test]
+    fn a_section_error_names_the_key_it_is_about() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Rule {
+            #[allow(dead_code)]
+            operation: String,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Section {
+            #[allow(dead_code)]
+            limit: u32,
+            #[allow(dead_code)]
+            #[serde(default)]
+            rules: Vec<Rule>,
+        }
+        let read = |text: &str| {
+            let v: toml::Value = toml::from_str(text).unwrap();
+            read_section::<Section>(&v, "thing[2]")
+        };
+        assert!(read("limit = 3\nrules = [{operation = \"read\"}]").is_ok());
+        for (text, key, says) in [
+            (
+                "limit = \"ten\"",
+                "thing[2].limit",
+                "invalid type: string \"ten\"",
+            ),
+            ("limit = -1", "thing[2].limit", "invalid value"),
+            (
+                "limit = 1\nrules = [{operation = \"read\"}, {operation = 4}]",
+                "thing[2].rules[1].operation",
+                "invalid type: integer",
+            ),
+            (
+                "limit = 1\nrules = [{op = \"read\"}]",
+                "thing[2].rules[0].op",
+                "unknown field `op`",
+            ),
+            (
+                "limit = 1\nlimits = 2",
+                "thing[2].limits",
+                "unknown field `limits`",
+            ),
+            ("rules = []", "thing[2]", "missing field `limit`"),
+        ] {
+            let (k, m) = read(text).unwrap_err();
+            assert_eq!(k, key, "{text}: {m}");
+            assert!(m.contains(says), "{text}: {m}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::{Certificate, PrivateKey, PublicKey};
-use secondkey_server::config::ConfigError;
+use secondkey_server::config::{read_section, ConfigError};
 use serde::Deserialize;
 
 use crate::classify::{RawRule, Rule};
@@ -186,10 +186,7 @@ pub fn parse(
             base.join(p)
         }
     };
-    let raw: RawGateway = g
-        .clone()
-        .try_into()
-        .map_err(|e: toml::de::Error| invalid("ssh_gateway", e.message().to_string()))?;
+    let raw: RawGateway = read_section(g, "ssh_gateway").map_err(|(k, m)| invalid(k, m))?;
     let listen: SocketAddr = raw
         .listen
         .parse()
@@ -241,9 +238,8 @@ pub fn parse(
             .ok_or_else(|| invalid("ssh", "must be an array of tables: [[ssh]]"))?;
         for (i, v) in list.iter().enumerate() {
             let key = |k: &str| format!("ssh[{i}].{k}");
-            let raw: RawHost = v.clone().try_into().map_err(|e: toml::de::Error| {
-                invalid(format!("ssh[{i}]"), e.message().to_string())
-            })?;
+            let raw: RawHost =
+                read_section(v, &format!("ssh[{i}]")).map_err(|(k, m)| invalid(k, m))?;
             if raw.name.is_empty()
                 || !raw
                     .name
