@@ -735,6 +735,14 @@ fn http_a_duplicate_request_id_while_one_is_held_is_refused_and_nothing_runs_twi
             "{r}"
         );
     }
+    // Nor is another method with that id (a ping is relayed undecided).
+    let r = s.send(&json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}));
+    assert_eq!(
+        (&r.response()["id"], &r.response()["error"]["code"]),
+        (&json!(5), &json!(-32600)),
+        "{}",
+        r.body
+    );
     assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
     assert_eq!(e.pending(), vec![held.clone()], "nothing else was decided");
 
@@ -1478,12 +1486,32 @@ fn http_the_servers_requests_to_the_client_are_decided_before_the_client_sees_th
     let s = e.session("warehouse", "agent:report-bot");
     // Allowed: the roots request reaches the client, which answers it.
     let (asked, ev) = roots_asked(&s);
+    // Meanwhile the call (id 1) is in progress upstream: no other request
+    // of the session may use its id (the upstream could answer either, or
+    // leave the call waiting for ever); refused, never forwarded.
+    let seen = e.up.requests_seen();
+    for msg in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+        call_msg(&json!(1), "read_table", &json!({"table": "orders"}), None),
+    ] {
+        let a = s.send(&msg);
+        assert_eq!(
+            (&a.response()["id"], &a.response()["error"]["code"]),
+            (&json!(1), &json!(-32600)),
+            "{}",
+            a.body
+        );
+    }
+    assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
     let a = s.send(&json!({"jsonrpc": "2.0", "id": asked["id"],
                            "result": {"roots": [{"uri": "file:///work", "name": "work"}]}}));
     assert_eq!(a.status, 202, "{}", a.body);
     let rest = ev.rest();
     let r = rest.iter().find(|m| m["id"] == 1).expect("an answer");
     assert_eq!(tool_text(r), "roots: 1", "{r}");
+    // Answered, the id is free again.
+    let a = s.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}));
+    assert_eq!(a.response()["result"], json!({}), "{}", a.body);
     // Denied: the sampling request never reaches the client; the server
     // is answered with the refusal, which ends the call.
     let ev = s.call_streaming(

@@ -419,24 +419,51 @@ impl InUse {
             key,
         })
     }
+}
 
-    /// `resp` holding this until its body is done, if it is an event
-    /// stream (a JSON body is already complete).
-    fn until_sent(self, resp: Response) -> Response {
-        let sse = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if !sse {
-            return resp;
-        }
-        let (parts, body) = resp.into_parts();
-        let body = body.into_data_stream().map(move |chunk| {
-            let _in_use = &self;
-            chunk
-        });
-        Response::from_parts(parts, Body::from_stream(body))
+/// `resp`, holding `guard` until its body is done if it is an event
+/// stream (a JSON body is already complete: `guard` drops with the call).
+fn until_sent<G: Send + Sync + 'static>(guard: G, resp: Response) -> Response {
+    let sse = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !sse {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &guard;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// A request of a session in progress here, until its answer is sent: a
+/// second request of the session with its id is refused meanwhile
+/// (JSON-RPC ids are unique within an MCP session; an upstream given two
+/// could answer either, or leave the first waiting for ever).
+struct InFlight {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+impl InFlight {
+    /// `None` if a request with this key is in progress already.
+    fn enter(inner: &Arc<Inner>, key: String) -> Option<InFlight> {
+        lock(&inner.in_flight)
+            .insert(key.clone())
+            .then(|| InFlight {
+                inner: inner.clone(),
+                key,
+            })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.inner.in_flight).remove(&self.key);
     }
 }
 
@@ -536,6 +563,9 @@ struct Inner {
     http: reqwest::Client,
     /// Calls being decided or held, by caller, server, session and id.
     deciding: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Every request of a session in progress here, by caller, server,
+    /// session and id ([`InFlight`]).
+    in_flight: Mutex<HashSet<String>>,
     /// The sessions opened through the gateway, by [`session_key`].
     sessions: Mutex<Sessions>,
     /// The server's requests relayed to clients after a decision, by
@@ -595,6 +625,7 @@ impl McpExtension {
                 urls,
                 http,
                 deciding: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(HashSet::new()),
                 sessions: Mutex::new(Sessions::default()),
                 server_asked: Mutex::new(HashMap::new()),
                 refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
@@ -1727,13 +1758,27 @@ async fn post_mcp(
         ),
         _ => None,
     };
-    let resp = post_message(inner, s, caller, Path(server), peer, headers, body).await;
-    match in_use {
-        Some(u) => u.until_sent(resp),
-        None => resp,
+    let mut in_flight = None;
+    let resp = post_message(
+        inner,
+        s,
+        caller,
+        Path(server),
+        peer,
+        headers,
+        body,
+        &mut in_flight,
+    )
+    .await;
+    match (in_use, in_flight) {
+        (None, None) => resp,
+        guards => until_sent(guards, resp),
     }
 }
 
+/// Answers one message; a request of a session leaves its [`InFlight`]
+/// in `in_flight`, for the caller to hold until the answer is sent.
+#[allow(clippy::too_many_arguments)]
 async fn post_message(
     inner: Arc<Inner>,
     State(s): State<AppState>,
@@ -1742,6 +1787,7 @@ async fn post_message(
     peer: PeerInfo,
     headers: HeaderMap,
     body: Body,
+    in_flight: &mut Option<InFlight>,
 ) -> Response {
     let srv = match server_of(&inner, &server) {
         Ok(s) => s,
@@ -1785,6 +1831,20 @@ async fn post_message(
         },
         _ => None,
     };
+    if let (Kind::Request, Some(sid), Some(id)) = (msg.kind, &session, msg.id()) {
+        let key = format!("{}|{server}|{sid}|{}", p.id, id_key(id));
+        match InFlight::enter(&inner, key) {
+            Some(f) => *in_flight = Some(f),
+            None => {
+                return Json(error_response(
+                    id.clone(),
+                    jsonrpc::INVALID_REQUEST,
+                    "a request with this id is still in progress in this session; ids must be unique within a session. This one was not forwarded",
+                ))
+                .into_response()
+            }
+        }
+    }
     let watch = watch_of(
         &inner,
         &s.gateway,
