@@ -65,6 +65,11 @@ impl Env {
     /// The Python SDK client driving `secondkey mcp stdio` in front of the
     /// Python SDK server; one JSON line per step.
     fn stdio_client(&self, script: &Value, variant: &str) -> Child {
+        self.stdio_client_with(script, variant, &token_of("agent:report-bot"))
+    }
+
+    /// [`Env::stdio_client`] with the relay given `token`.
+    fn stdio_client_with(&self, script: &Value, variant: &str, token: &str) -> Child {
         let mut c = Command::new("python3");
         c.arg(python().join("test_client.py"))
             .arg(script.to_string())
@@ -76,7 +81,7 @@ impl Env {
             .arg("python3")
             .arg(python().join("test_server.py"))
             .arg("stdio")
-            .env("MCP_CLIENT_ENV_AGENT_TOKEN", token_of("agent:report-bot"))
+            .env("MCP_CLIENT_ENV_AGENT_TOKEN", token)
             .env("MCP_CLIENT_ENV_MCP_TEST_RUNS", &self.runs)
             .env("MCP_CLIENT_ENV_MCP_TEST_VARIANT", variant)
             .env(
@@ -260,6 +265,32 @@ fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
     );
     assert_eq!(s, 400, "{v}");
     assert!(v["error"]["code"].is_string(), "{v}");
+}
+
+/// A relay the gateway does not accept (here: a wrong token) cannot have
+/// the definitions checked: a call is refused, and the agent is told the
+/// gateway's reason, not that the server lists no such tool.
+#[test]
+fn stdio_a_relay_the_gateway_refuses_tells_the_agent_why_and_runs_nothing() {
+    let e = start("");
+    let out = outputs(e.stdio_client_with(
+        &steps(
+            "legacy",
+            json!([{"list": true}, {"call": "read_table", "args": {"table": "orders"}}]),
+        ),
+        "",
+        "not-the-token-of-anyone-here",
+    ));
+    assert_eq!(out[1]["isError"], true, "{out:?}");
+    let t = out[1]["text"].as_str().unwrap();
+    assert!(
+        t.contains("could not check the definition of tool \"read_table\"")
+            && t.contains("token")
+            && t.contains("Nothing ran")
+            && !t.contains("does not list"),
+        "{t}"
+    );
+    assert!(e.runs_of("read_table").is_empty(), "{:?}", e.runs());
 }
 
 #[test]

@@ -2900,7 +2900,11 @@ impl CallCtx {
                 })
             })
             .unwrap_or((None, false));
-        let known = Known { current, listed };
+        let known = Known {
+            current,
+            listed,
+            unchecked: None,
+        };
         let client_info = params
             .get("_meta")
             .and_then(|m| m.get("io.modelcontextprotocol/clientInfo"))

@@ -89,6 +89,10 @@ pub struct Known {
     /// The client itself listed the tool in this session (a listing
     /// secondkey made does not count): the `listed` fact.
     pub listed: bool,
+    /// Why the tool's definition, listed by the server, could not be
+    /// checked against its pin (the gateway refused or failed the check):
+    /// the refusal says so instead of "not listed".
+    pub unchecked: Option<String>,
 }
 
 /// A tool result that tells the agent what happened, as text it can read.
@@ -197,6 +201,12 @@ impl<D: Decider> Interceptor<D> {
             Err(refusal) => return Plan::Respond(refusal),
         };
         let Some((definition, pin)) = &known.current else {
+            if let Some(why) = &known.unchecked {
+                return Plan::Respond(tool_error(format!(
+                    "secondkey refused this call: the gateway could not check the definition of tool {tool:?} of server `{}` against its pin: {why}. Nothing ran.",
+                    self.server.name
+                )));
+            }
             return Plan::Respond(tool_error(format!(
                 "secondkey refused this call: the server `{}` does not list a tool named {tool:?}, so its definition cannot be checked. Nothing ran.",
                 self.server.name

@@ -51,6 +51,10 @@ enum Pending {
     TaskResult(Forward),
 }
 
+/// Most tools a relay remembers as unchecked (a server listing more is
+/// still refused for them, as "not listed").
+const MAX_UNCHECKED: usize = 10_000;
+
 #[derive(Default)]
 struct State {
     /// Client requests forwarded to the server, by id, with their share
@@ -62,6 +66,9 @@ struct State {
     /// process), with their pin standing; emptied when the server says its
     /// list changed.
     catalog: HashMap<String, (Value, PinState)>,
+    /// Tools the server listed whose definitions the gateway could not
+    /// check, with why (until a check of them succeeds).
+    unchecked: HashMap<String, String>,
     /// The tools the client itself listed since the list last changed.
     client_listed: HashSet<String>,
     client_info: Option<Value>,
@@ -649,16 +656,24 @@ impl<D: Decider> Relay<D> {
             self.list_tools(params).await;
             current = lock(&self.state).catalog.get(&tool).cloned();
         }
-        let (client_info, listed) = {
+        let (client_info, listed, unchecked) = {
             let st = lock(&self.state);
-            (st.client_info.clone(), st.client_listed.contains(&tool))
+            (
+                st.client_info.clone(),
+                st.client_listed.contains(&tool),
+                st.unchecked.get(&tool).cloned(),
+            )
         };
         let progress = jsonrpc::progress_token(Some(params)).map(|t| (t, self.to_client.sink()));
         let waiting = Waiting {
             progress,
             cancelled,
         };
-        let known = Known { current, listed };
+        let known = Known {
+            current,
+            listed,
+            unchecked,
+        };
         let plan = self
             .icp
             .tools_call(
@@ -816,13 +831,23 @@ impl<D: Decider> Relay<D> {
                     if by_client {
                         st.client_listed.insert(name.clone());
                     }
+                    st.unchecked.remove(&name);
                     st.catalog.insert(name, (d, pin));
                 }
             }
             Err(e) => {
                 // Without a pin check, calls of these tools stay unknown and
-                // are refused; say why.
+                // are refused, saying why.
                 eprintln!("secondkey: cannot check the tool definitions with the gateway: {e}");
+                let mut st = lock(&self.state);
+                let why = e.to_string();
+                for d in &defs {
+                    if let Some(name) = d.get("name").and_then(Value::as_str) {
+                        if st.unchecked.len() < MAX_UNCHECKED || st.unchecked.contains_key(name) {
+                            st.unchecked.insert(name.to_string(), why.clone());
+                        }
+                    }
+                }
             }
         }
     }
@@ -879,6 +904,7 @@ impl<D: Decider> Relay<D> {
             let mut st = lock(&self.state);
             st.catalog.clear();
             st.client_listed.clear();
+            st.unchecked.clear();
         }
         if msg.kind == Kind::Request {
             let method = msg.method().unwrap_or_default();
