@@ -250,7 +250,7 @@ impl McpConfig {
         }
         let max_result_bytes = raw
             .max_result_bytes
-            .unwrap_or_else(|| max_message_bytes.saturating_mul(4));
+            .unwrap_or_else(|| max_message_bytes.saturating_mul(4).max(64 * 1024));
         if !(64 * 1024..=256 * 1024 * 1024).contains(&max_result_bytes) {
             return Err(bad("mcp.max_result_bytes", "must be 64 KiB to 256 MiB"));
         }
@@ -498,6 +498,22 @@ mod tests {
         assert_eq!(s.tools["export_table"].operation.as_deref(), Some("export"));
         assert_eq!(s.dataset_prefix, "mcp://warehouse/");
         assert_eq!(c.server("other").dataset_prefix, "mcp://other/");
+    }
+
+    #[test]
+    fn the_smallest_message_limit_loads_with_the_other_limits_at_their_defaults() {
+        // `max_message_bytes` may be as low as `max_argument_bytes` + 1 KiB;
+        // the result limit's default (4 times it) does not go under its
+        // own floor then.
+        let c = parse("[mcp]\nmax_argument_bytes = 4096\nmax_message_bytes = 5120\n").unwrap();
+        assert_eq!(
+            (c.max_message_bytes, c.max_result_bytes, c.max_session_bytes),
+            (5120, 64 << 10, 64 << 10)
+        );
+        let c = parse("[mcp]\nmax_argument_bytes = 1\nmax_message_bytes = 1025\n").unwrap();
+        assert_eq!(c.max_result_bytes, 64 << 10);
+        let c = parse("[mcp]\nmax_message_bytes = 40000\n").unwrap();
+        assert_eq!(c.max_result_bytes, 160_000);
     }
 
     #[test]
