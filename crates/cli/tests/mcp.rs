@@ -176,10 +176,22 @@ fn check_allow_and_deny(e: &Env, out: &[Value]) {
     assert!(e.runs_of("delete_customer").is_empty());
 }
 
+/// The 2026-07-28 handshake (`server/discover`, which the SDK's clients
+/// send first in every mode but `legacy`) is relayed undecided, like
+/// `initialize`: no client's session starts with a denial in the log.
+fn assert_discover_relayed(e: &Env) {
+    let decided: Vec<Value> =
+        e.g.log_entries()
+            .into_iter()
+            .filter(|en| en.to_string().contains("server%2Fdiscover"))
+            .collect();
+    assert!(decided.is_empty(), "{decided:?}");
+}
+
 #[test]
 fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
     let e = start("");
-    for mode in ["legacy", "auto"] {
+    for mode in ["legacy", "auto", "2026-07-28"] {
         let out = outputs(e.stdio_client(
             &steps(
                 mode,
@@ -202,7 +214,8 @@ fn stdio_allow_deny_and_lineage_through_the_real_gateway() {
             "{t}"
         );
     }
-    assert_eq!(e.runs_of("read_table").len(), 2, "one run per allowed call");
+    assert_eq!(e.runs_of("read_table").len(), 3, "one run per allowed call");
+    assert_discover_relayed(&e);
     let (s, v) = e.g.call(
         "GET",
         "/v1/lineage?principal=agent:report-bot",
@@ -422,7 +435,7 @@ fn http_mode_holds_credentials_and_decides_every_call() {
     e.runs = runs;
     let url = format!("{}/mcp/warehouse", e.g.url);
     let agent = token_of("agent:report-bot");
-    for mode in ["legacy", "auto"] {
+    for mode in ["legacy", "auto", "2026-07-28"] {
         let out = outputs(e.http_client(
             &steps(
                 mode,
@@ -434,6 +447,7 @@ fn http_mode_holds_credentials_and_decides_every_call() {
         ));
         check_allow_and_deny(&e, &out);
     }
+    assert_discover_relayed(&e);
     let mut seen = Vec::new();
     let export = json!({"call": "export_table", "args": {"table": "customers", "destination": "s3://reports/c.csv"}, "progress": true});
     let client = e.http_client(

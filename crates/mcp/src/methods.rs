@@ -2,7 +2,7 @@
 //!
 //! Every request a client sends is one of four classes:
 //! - **listing and session upkeep**, relayed undecided: `initialize`,
-//!   `ping`, `tools/list`, `resources/list`, `resources/templates/list`,
+//!   `server/discover` (the handshake of the 2026-07-28 revision), `ping`, `tools/list`, `resources/list`, `resources/templates/list`,
 //!   `prompts/list`, `completion/complete`, `logging/setLevel`,
 //!   `resources/unsubscribe`;
 //! - **`tasks/*`** (`tasks/get`, `tasks/result`, `tasks/cancel`,
@@ -28,8 +28,9 @@ use serde_json::{json, Map, Value};
 use crate::action::resource as encoded;
 
 /// Methods relayed without a decision.
-const UPKEEP: [&str; 9] = [
+const UPKEEP: [&str; 10] = [
     "initialize",
+    "server/discover",
     "ping",
     "tools/list",
     "resources/list",
