@@ -974,6 +974,10 @@ fn an_rsa_key_is_refused_where_it_is_configured() {
             "ssh_gateway.keys[0].key",
         ),
         (host(&rsa), "ssh[0].key_file"),
+        (
+            format!("host_key_file = \"{}\"\n", rsa.display()),
+            "ssh_gateway.host_key_file",
+        ),
     ] {
         let config = dir.join("rsa.toml");
         std::fs::write(&config, format!("{base}{extra}")).unwrap();
@@ -981,6 +985,47 @@ fn an_rsa_key_is_refused_where_it_is_configured() {
             .unwrap_or_else(|_| panic!("serve accepted an RSA key as {key}"));
         assert!(err.contains(&format!("`{key}`")), "{err}");
         assert!(err.contains("not supported"), "{err}");
+    }
+}
+
+/// The SSH gateway's private keys (its host key, its keys for the
+/// upstream hosts) are refused at start when others may read them, as
+/// the log's key is.
+#[test]
+fn an_ssh_private_key_others_may_read_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ed_pub = keygen(&dir.join("host"), "host");
+    keygen(&dir.join("login"), "login");
+    let base = ssh_gateway_only(dir);
+    let host = format!(
+        "[[ssh]]\nname = \"h\"\naddress = \"127.0.0.1:1\"\nhost_key = \"127.0.0.1 {}\"\nuser = \"u\"\nkey_file = \"{}\"\n",
+        ed_pub.trim(),
+        dir.join("login").display()
+    );
+    for (file, key) in [
+        ("login", "ssh[0].key_file"),
+        ("host", "ssh_gateway.host_key_file"),
+    ] {
+        let path = dir.join(file);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = dir.join("perm.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "{base}host_key_file = \"{}\"\n{host}",
+                dir.join("host").display()
+            ),
+        )
+        .unwrap();
+        let err = serve_refusal(&config, &[])
+            .unwrap_or_else(|_| panic!("serve accepted {key} readable by others"));
+        assert!(
+            err.contains(&format!("`{key}`")) && err.contains("chmod 600"),
+            "{err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
 

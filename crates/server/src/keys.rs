@@ -56,8 +56,10 @@ pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), KeyError> {
 /// not root and that group is one of its own. That is how Kubernetes
 /// mounts a secret for a pod with an `fsGroup`: root's files, read through
 /// that group. The file is opened once (without blocking, so a FIFO is
-/// refused, not waited on) and that handle checked and read.
-fn read_secret(path: &Path) -> Result<String, KeyError> {
+/// refused, not waited on) and that handle checked and read. Other
+/// private keys the gateway holds (the SSH gateway's) are read this way
+/// too.
+pub fn read_secret(path: &Path) -> Result<String, KeyError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true);
     #[cfg(unix)]

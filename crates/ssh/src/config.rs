@@ -133,7 +133,7 @@ pub fn public_key(line: &str) -> Result<PublicKey, String> {
 
 /// Ed25519 and ECDSA are built in; any other key (RSA) is refused where it
 /// is configured, rather than one that could never log in or match.
-fn supported(alg: russh::keys::Algorithm) -> Result<(), String> {
+pub(crate) fn supported(alg: russh::keys::Algorithm) -> Result<(), String> {
     match alg {
         russh::keys::Algorithm::Ed25519 | russh::keys::Algorithm::Ecdsa { .. } => Ok(()),
         other => Err(format!(
@@ -263,8 +263,8 @@ pub fn parse(
             let host_key =
                 known_hosts_key(&raw.host_key).map_err(|e| invalid(key("host_key"), e))?;
             let key_text = match (&raw.key_file, &raw.key_env) {
-                (Some(f), None) => std::fs::read_to_string(resolve(f))
-                    .map_err(|e| invalid(key("key_file"), format!("cannot read {}: {e}", f.display())))?,
+                (Some(f), None) => secondkey_server::keys::read_secret(&resolve(f))
+                    .map_err(|e| invalid(key("key_file"), e.to_string()))?,
                 (None, Some(var)) => env
                     .get(var)
                     .cloned()

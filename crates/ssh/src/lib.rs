@@ -209,8 +209,19 @@ async fn accept_loop(
 /// The gateway's own host key: read, or created (Ed25519, mode 0600).
 fn load_or_create_host_key(path: &Path) -> anyhow::Result<PrivateKey> {
     if path.exists() {
-        return russh::keys::load_secret_key(path, None)
-            .map_err(|e| anyhow::anyhow!("ssh gateway host key {}: {e}", path.display()));
+        // A private key, read as the gateway reads its others (private to
+        // its owner), and one the gateway can sign with.
+        let bad = |e: String| {
+            anyhow::anyhow!(
+                "config key `ssh_gateway.host_key_file`: {}: {e}",
+                path.display()
+            )
+        };
+        let text = secondkey_server::keys::read_secret(path).map_err(|e| bad(e.to_string()))?;
+        let key = russh::keys::decode_secret_key(&text, None)
+            .map_err(|e| bad(format!("not an unencrypted OpenSSH private key: {e}")))?;
+        config::supported(key.algorithm()).map_err(bad)?;
+        return Ok(key);
     }
     let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
         .map_err(|e| anyhow::anyhow!("cannot create an ssh host key: {e}"))?;
