@@ -97,6 +97,11 @@ fn world(tmp: &Path) -> World {
 
 /// A world with its own `hold_timeout` and policies added to [`POLICY`].
 fn world_with(tmp: &Path, hold_timeout: &str, policy: &str) -> World {
+    world_full(tmp, hold_timeout, policy, "")
+}
+
+/// [`world_with`], with more `[ssh_gateway]` keys.
+fn world_full(tmp: &Path, hold_timeout: &str, policy: &str, gateway_keys: &str) -> World {
     let dir = tmp.to_path_buf();
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -202,6 +207,7 @@ listen = "127.0.0.1:{port}"
 host_key_file = "{d}/gateway_host_key"
 hold_timeout = "{hold_timeout}"
 recording_retention = "7d"
+{gateway_keys}
 
 [[ssh_gateway.keys]]
 principal = "agent:report-bot"
@@ -689,6 +695,131 @@ fn ssh_gateway_with_openssh_on_both_sides() {
     );
 }
 
+/// Forwarding the agent or a port back to the client is refused and
+/// logged with the peer, and the command still runs (an agent forwarding
+/// request wants no answer: the gateway's refusal once took the place of
+/// the command's own answer, and OpenSSH gave up with "exec request
+/// failed").
+#[test]
+fn forwarding_back_to_the_client_is_refused_and_logged_and_the_command_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let sock = w.dir.join("agent.sock");
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Killed(
+        Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ssh-agent"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let key = w.agent_key.clone();
+    for (opts, logged) in [
+        (&["-A"][..], "agent forwarding refused"),
+        (
+            &["-R", "0:127.0.0.1:9"][..],
+            "remote port forwarding refused",
+        ),
+    ] {
+        let out = run(Command::new("ssh")
+            .args(w.opts(&key))
+            .args(["-o", "ExitOnForwardFailure=no"])
+            .args(opts)
+            .args(["-p", &w.port.to_string(), "-l", "prod-db-1", "127.0.0.1"])
+            .args(["echo", "ran"])
+            .env("SSH_AUTH_SOCK", &sock)
+            .stdin(Stdio::null()));
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
+            (Some(0), "ran"),
+            "{opts:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = w.gateway_log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(logged))
+            .unwrap_or_else(|| panic!("{logged}: {log}"));
+        assert!(line.contains("127.0.0.1"), "with the peer: {line}");
+    }
+}
+
+/// `[ssh_gateway] max_connections_per_address`: a connection past it is
+/// closed before the SSH greeting and logged; one that ends frees its
+/// place. `login_timeout`: a client that never logs in is disconnected.
+#[test]
+fn connections_past_the_cap_and_clients_that_never_log_in_are_closed() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world_full(
+        tmp.path(),
+        "90s",
+        "",
+        "max_connections_per_address = 2\nlogin_timeout = \"2s\"",
+    );
+    let greeting = |s: &mut std::net::TcpStream| -> String {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut a = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    assert!(greeting(&mut a).starts_with("SSH-2.0-secondkey"));
+    let mut b = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    assert!(greeting(&mut b).starts_with("SSH-2.0-secondkey"));
+    // A third from the same address: closed, no greeting.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    assert_eq!(greeting(&mut c), "", "closed before the greeting");
+    assert!(w.gateway_log().contains("max_connections_per_address"));
+    // Neither of the first two logs in: both are closed after
+    // login_timeout, one after its SSH greeting, one without sending any.
+    a.write_all(b"SSH-2.0-lingering\r\n").unwrap();
+    let started = Instant::now();
+    for s in [&mut a, &mut b] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rest = Vec::new();
+        let r = s.read_to_end(&mut rest);
+        assert!(r.is_ok(), "closed by the gateway, not timed out: {r:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        w.gateway_log()
+            .contains("not logged in within ssh_gateway.login_timeout"),
+        "{}",
+        w.gateway_log()
+    );
+    // Their places are free again: an agent logs in and runs a command.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = run(&mut w.ssh(&w.agent_key.clone(), "prod-db-1", &["echo", "in"]));
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "in");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Whether a terminal is requested is part of what is approved: an
 /// approval given for a command without one is not used by the same
 /// command with one (a pager on a terminal starts a shell), and any
@@ -942,6 +1073,59 @@ fn a_hold_timeout_over_a_day_is_refused() {
         assert!(
             err.contains("ssh_gateway.hold_timeout") && err.contains(says),
             "{value}: {err}"
+        );
+    }
+}
+
+/// The listener's limits out of their ranges, or of the wrong type, stop
+/// the start and name the key.
+#[test]
+fn listener_limits_out_of_range_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for (line, key, says) in [
+        (
+            "login_timeout = \"0s\"",
+            "ssh_gateway.login_timeout",
+            "zero",
+        ),
+        (
+            "login_timeout = \"500ms\"",
+            "ssh_gateway.login_timeout",
+            "1s to 10m",
+        ),
+        (
+            "login_timeout = \"11m\"",
+            "ssh_gateway.login_timeout",
+            "1s to 10m",
+        ),
+        (
+            "max_connections = 0",
+            "ssh_gateway.max_connections",
+            "1 to 100000",
+        ),
+        (
+            "max_connections_per_address = 101",
+            "ssh_gateway.max_connections_per_address",
+            "1 to max_connections",
+        ),
+        (
+            "max_connections = 10\nmax_connections_per_address = 11",
+            "ssh_gateway.max_connections_per_address",
+            "1 to max_connections",
+        ),
+        (
+            "max_connections = \"ten\"",
+            "ssh_gateway.max_connections",
+            "invalid type",
+        ),
+    ] {
+        let config = dir.join("limits.toml");
+        std::fs::write(&config, format!("{}{line}\n", ssh_gateway_only(dir))).unwrap();
+        let err = serve_refusal(&config, &[]).unwrap_or_else(|_| panic!("serve accepted {line}"));
+        assert!(
+            err.contains(&format!("`{key}`")) && err.contains(says),
+            "{line}: {err}"
         );
     }
 }

@@ -22,6 +22,9 @@ struct RawGateway {
     hold_timeout: Option<String>,
     recordings_dir: Option<PathBuf>,
     recording_retention: Option<String>,
+    login_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     #[serde(default)]
     keys: Vec<RawKey>,
     #[serde(default)]
@@ -91,6 +94,11 @@ pub struct SshConfig {
     pub hold_timeout: Duration,
     pub recordings_dir: PathBuf,
     pub recording_retention: Duration,
+    /// A connection not logged in within this is closed.
+    pub login_timeout: Duration,
+    /// Client connections open at once, in all and from one IP address.
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
     /// Agents' public keys → principal id.
     pub keys: Vec<(PublicKey, String)>,
     /// Certificate authorities whose user certificates are accepted.
@@ -389,6 +397,36 @@ pub fn parse(
             raw.recording_retention.as_deref(),
             Duration::from_secs(90 * 86400),
         )?,
+        login_timeout: {
+            let d = duration(
+                "ssh_gateway.login_timeout",
+                raw.login_timeout.as_deref(),
+                Duration::from_secs(30),
+            )?;
+            if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+                return Err(invalid("ssh_gateway.login_timeout", "must be 1s to 10m"));
+            }
+            d
+        },
+        max_connections: match raw.max_connections.unwrap_or(100) {
+            n @ 1..=100_000 => n,
+            _ => {
+                return Err(invalid(
+                    "ssh_gateway.max_connections",
+                    "must be 1 to 100000",
+                ))
+            }
+        },
+        max_connections_per_address: match raw.max_connections_per_address {
+            None => 20.min(raw.max_connections.unwrap_or(100)),
+            Some(n) if n >= 1 && n <= raw.max_connections.unwrap_or(100) => n,
+            Some(_) => {
+                return Err(invalid(
+                    "ssh_gateway.max_connections_per_address",
+                    "must be 1 to max_connections",
+                ))
+            }
+        },
         keys,
         authorities,
         rules,

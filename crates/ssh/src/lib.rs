@@ -66,8 +66,60 @@ pub mod exit {
     pub const GATEWAY: u8 = 104;
 }
 
-/// How long an agent has to log in.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Client connections open on the listener, against
+/// `max_connections` and `max_connections_per_address`.
+#[derive(Default)]
+struct Gate {
+    open: usize,
+    per_address: HashMap<std::net::IpAddr, usize>,
+}
+
+/// A client connection counted in its [`Gate`] while it lives.
+struct Slot {
+    gate: Arc<std::sync::Mutex<Gate>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        g.open = g.open.saturating_sub(1);
+        if let Some(n) = g.per_address.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.per_address.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Counts a new connection from `ip`, or says which cap refuses it.
+fn admit(
+    gate: &Arc<std::sync::Mutex<Gate>>,
+    ip: std::net::IpAddr,
+    cfg: &SshConfig,
+) -> Result<Slot, String> {
+    let mut g = gate.lock().unwrap_or_else(|p| p.into_inner());
+    if g.open >= cfg.max_connections {
+        return Err(format!(
+            "{} connections are open (ssh_gateway.max_connections)",
+            cfg.max_connections
+        ));
+    }
+    let from = g.per_address.entry(ip).or_default();
+    if *from >= cfg.max_connections_per_address {
+        return Err(format!(
+            "{} connections from this address are open (ssh_gateway.max_connections_per_address)",
+            cfg.max_connections_per_address
+        ));
+    }
+    *from += 1;
+    g.open += 1;
+    Ok(Slot {
+        gate: gate.clone(),
+        ip,
+    })
+}
 
 /// The SSH gateway extension.
 pub struct SshGateway {
@@ -172,28 +224,78 @@ async fn accept_loop(
     config: Arc<russh::server::Config>,
     shared: Arc<Shared>,
 ) {
+    let gate = Arc::new(std::sync::Mutex::new(Gate::default()));
+    let login_timeout = shared.cfg.login_timeout;
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
+                let slot = match admit(&gate, peer.ip(), &shared.cfg) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        // Closed before the SSH greeting: the client reads
+                        // "connection closed by remote host".
+                        tracing::warn!(%peer, "ssh connection refused: {why}");
+                        drop(tcp);
+                        continue;
+                    }
+                };
                 let _ = tcp.set_nodelay(true);
+                // A second handle on the socket, to shut it if the agent
+                // does not log in in time: russh's session runs on a task
+                // of its own, which nothing else here can end.
+                let kill = {
+                    use std::os::fd::AsFd;
+                    tcp.as_fd()
+                        .try_clone_to_owned()
+                        .ok()
+                        .map(std::net::TcpStream::from)
+                };
                 let handler = Agent::new(shared.clone(), Some(peer));
+                let logged_in = handler.logged_in();
                 let config = config.clone();
                 tokio::spawn(async move {
-                    let started = tokio::time::timeout(
-                        LOGIN_TIMEOUT,
+                    let _slot = slot;
+                    let deadline = tokio::time::Instant::now() + login_timeout;
+                    let started = tokio::time::timeout_at(
+                        deadline,
                         russh::server::run_stream(config, tcp, handler),
                     )
                     .await;
-                    match started {
-                        Ok(Ok(session)) => match session.await {
-                            Ok(()) | Err(russh::Error::Disconnect) => {}
-                            Err(e) => {
-                                tracing::warn!(%peer, error = %e, "ssh connection ended by a protocol error")
-                            }
-                        },
-                        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "ssh connection refused"),
+                    let mut session = match started {
+                        Ok(Ok(session)) => session,
+                        Ok(Err(russh::Error::Disconnect)) => {
+                            tracing::info!(%peer, "ssh client left before its session started");
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, error = %e, "ssh connection refused");
+                            return;
+                        }
                         Err(_) => {
-                            tracing::warn!(%peer, "ssh connection refused: no SSH greeting in time")
+                            tracing::warn!(%peer, "ssh connection refused: no SSH greeting within ssh_gateway.login_timeout");
+                            return;
+                        }
+                    };
+                    let ended = match tokio::time::timeout_at(deadline, &mut session).await {
+                        Ok(ended) => ended,
+                        Err(_) if !logged_in.load(std::sync::atomic::Ordering::Acquire) => {
+                            tracing::warn!(%peer, "ssh connection closed: not logged in within ssh_gateway.login_timeout");
+                            if let Some(k) = &kill {
+                                let _ = k.shutdown(std::net::Shutdown::Both);
+                            }
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+                            return;
+                        }
+                        Err(_) => {
+                            drop(kill);
+                            session.await
+                        }
+                    };
+                    match ended {
+                        Ok(()) | Err(russh::Error::Disconnect) => {}
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "ssh connection ended by a protocol error")
                         }
                     }
                 });

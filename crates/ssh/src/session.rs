@@ -53,6 +53,9 @@ pub struct Agent {
     /// The jump-host form: the session inside a `direct-tcpip` channel to
     /// this host, by the principal that opened it.
     inner: Option<(String, String)>,
+    /// Set once the agent has logged in (the listener's login timeout
+    /// reads it).
+    logged_in: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Agent {
@@ -63,7 +66,13 @@ impl Agent {
             who: None,
             host: String::new(),
             inner: None,
+            logged_in: Arc::default(),
         }
+    }
+
+    /// The flag this handler sets once its agent has logged in.
+    pub fn logged_in(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.logged_in.clone()
     }
 
     /// `user` is `<host>` or `<principal>+<host>`; inside a jump, the host
@@ -98,6 +107,8 @@ impl Agent {
                 tracing::info!(peer = ?self.peer, principal = %p.id, host, how, "ssh agent logged in");
                 self.who = Some(p);
                 self.host = host.to_string();
+                self.logged_in
+                    .store(true, std::sync::atomic::Ordering::Release);
                 Auth::Accept
             }
             None => {
@@ -253,6 +264,57 @@ impl server::Handler for Agent {
         }
         Ok(())
     }
+
+    // Forwarding the agent, X11 or ports back to the client is refused and
+    // logged with the peer. russh answers these requests here, in order,
+    // as the client asked (OpenSSH wants no answer to an agent forwarding
+    // request): an answer sent later, from the channel's task, could be
+    // taken as the answer to the request after it (`exec`).
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        tracing::warn!(peer = ?self.peer, principal = ?self.who.as_ref().map(|p| p.id.to_string()),
+            "ssh: agent forwarding refused");
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::warn!(peer = ?self.peer, principal = ?self.who.as_ref().map(|p| p.id.to_string()),
+            "ssh: X11 forwarding refused");
+        session.channel_failure(channel)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        tracing::warn!(peer = ?self.peer, principal = ?self.who.as_ref().map(|p| p.id.to_string()),
+            address, port = *port, "ssh: remote port forwarding refused");
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        tracing::warn!(peer = ?self.peer, principal = ?self.who.as_ref().map(|p| p.id.to_string()),
+            socket_path, "ssh: remote socket forwarding refused");
+        Ok(false)
+    }
 }
 
 /// What a channel task knows about its connection.
@@ -368,9 +430,8 @@ async fn channel_task(mut ch: Channel<Msg>, ctx: Ctx) {
                 tracing::warn!(peer = ?ctx.peer, subsystem = %name, "ssh: unknown subsystem refused");
                 reply(&ctx, id, false).await;
             }
-            ChannelMsg::AgentForward { .. } | ChannelMsg::RequestX11 { .. } => {
-                reply(&ctx, id, false).await;
-            }
+            // Agent and X11 forwarding: refused and answered by the
+            // connection's handler (`Agent`), in order.
             _ => {}
         }
     }
@@ -729,7 +790,7 @@ async fn open_upstream(
     match pool.channel().await {
         Ok(up) => Some(up),
         Err(e) => {
-            tracing::warn!(host = %pool.host().name, error = %e, "ssh: upstream unavailable");
+            tracing::warn!(peer = ?ctx.peer, principal = %ctx.who.id, host = %pool.host().name, error = %e, "ssh: upstream unavailable");
             say(ch, &format!("secondkey: {e}\n"), pty).await;
             ctx.record(ex, false, json!({"error": e.to_string(), "ran": false}))
                 .await;
@@ -994,7 +1055,7 @@ async fn run_sftp(ch: &mut Channel<Msg>, ctx: &Ctx, env: Vec<String>) {
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(host = %pool.host().name, error = %e, "ssh: upstream unavailable");
+                    tracing::warn!(peer = ?ctx.peer, principal = %ctx.who.id, host = %pool.host().name, error = %e, "ssh: upstream unavailable");
                     say(ch, &format!("secondkey: {e}\n"), false).await;
                     return finish(ch, exit::GATEWAY).await;
                 }
