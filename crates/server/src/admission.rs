@@ -79,7 +79,7 @@ impl Admission {
             return Err(ApiError::limited(
                 "too_many_pending",
                 format!(
-                    "{requester} already has {pending} requests waiting for review, the most one principal may ([limits] max_pending_per_principal); wait for a decision, withdraw one, or retry later"
+                    "{requester} already has the most requests waiting for review that one principal may ({pending}, [limits] max_pending_per_principal); wait for a decision, withdraw one, or retry later"
                 ),
                 Duration::from_millis(u64::try_from(ms).unwrap_or(1000)),
             )
@@ -145,17 +145,15 @@ impl Gateway {
             self.admission.note(&who.id, code, self.now());
             let whose = if key.contains(" iss:") {
                 format!(
-                    "the principals of token issuer {:?} that no [[principals]] entry names",
+                    "the principals of token issuer {:?} that no [[principals]] entry names already have",
                     cred.unconfigured_issuer.as_deref().unwrap_or_default()
                 )
             } else {
-                who.id.to_string()
+                format!("{} already has", who.id)
             };
             ApiError::limited(
                 code,
-                format!(
-                    "{whose} already hold {cap} {what}, the most allowed ([limits]); {instead}"
-                ),
+                format!("{whose} the most {what} allowed at once ({cap}, [limits]); {instead}"),
                 Duration::from_secs(1),
             )
         })

@@ -160,11 +160,16 @@ pub fn known_hosts_key(line: &str) -> Result<PublicKey, String> {
             "markers (@cert-authority, @revoked) are not supported: pin the host's own key".into(),
         );
     }
+    const FORM: &str =
+        "expected `<host> <type> <base64>` (a known_hosts line, as ssh-keyscan prints it)";
     let mut parts = line.splitn(2, char::is_whitespace);
-    let _hosts = parts.next();
-    let rest = parts
-        .next()
-        .ok_or("expected `<host> <type> <base64>` (a known_hosts line)")?;
+    let hosts = parts.next().unwrap_or_default();
+    if hosts.starts_with("ssh-") || hosts.starts_with("ecdsa-") || hosts.starts_with("sk-") {
+        return Err(format!(
+            "{FORM}: this line starts with the key type {hosts:?}, not the host"
+        ));
+    }
+    let rest = parts.next().ok_or(FORM)?;
     public_key(rest.trim())
 }
 
@@ -445,5 +450,27 @@ pub fn recordings_dir(gateway: Option<&toml::Value>, base: &Path, data_dir: &Pat
         Some(d) if Path::new(d).is_absolute() => PathBuf::from(d),
         Some(d) => base.join(d),
         None => data_dir.join("recordings"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::known_hosts_key;
+
+    #[test]
+    fn a_host_key_line_without_its_host_says_what_is_missing() {
+        const KEY: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        assert!(known_hosts_key(&format!("db1 {KEY}")).is_ok());
+        assert!(known_hosts_key(&format!("[db1]:2222,10.0.0.5 {KEY} comment")).is_ok());
+        let e = known_hosts_key(KEY).unwrap_err();
+        assert!(
+            e.contains("<host> <type> <base64>") && e.contains("\"ssh-ed25519\", not the host"),
+            "{e}"
+        );
+        let e = known_hosts_key("db1").unwrap_err();
+        assert!(e.contains("<host> <type> <base64>"), "{e}");
+        let e = known_hosts_key(&format!("@cert-authority db1 {KEY}")).unwrap_err();
+        assert!(e.contains("markers"), "{e}");
     }
 }

@@ -519,7 +519,7 @@ impl Ctx {
                 say(
                     ch,
                     &format!(
-                        "secondkey could not decide this, so it was not run: {}\n",
+                        "secondkey: could not decide this, so it was not run: {}\n",
                         e.message
                     ),
                     pty,
@@ -926,13 +926,21 @@ async fn run_command(
 }
 
 async fn upstream_failed(ctx: &Ctx, ch: &Channel<Msg>, ex: &Execution, e: &str, pty: bool) {
-    say(
+    not_started(
+        ctx,
         ch,
-        &format!("secondkey: the upstream host did not start it: {e}\n"),
+        ex,
+        &format!("the upstream host did not start it: {e}"),
         pty,
     )
     .await;
-    ctx.record(ex, false, json!({"error": e, "ran": false}))
+}
+
+/// An authorized execution that did not start, for `why`: said to the
+/// agent, recorded as not run, exit 104.
+async fn not_started(ctx: &Ctx, ch: &Channel<Msg>, ex: &Execution, why: &str, pty: bool) {
+    say(ch, &format!("secondkey: {why}\n"), pty).await;
+    ctx.record(ex, false, json!({"error": why, "ran": false}))
         .await;
     finish(ch, exit::GATEWAY).await;
 }
@@ -970,8 +978,8 @@ async fn run_shell(ch: &mut Channel<Msg>, ctx: &Ctx, pty: Option<Pty>, env: Vec<
         Ok(r) => r,
         Err(e) => {
             // An allowed session is recorded, or it does not run.
-            let msg = format!("cannot start the session's recording: {e}");
-            return upstream_failed(ctx, ch, &ex, &msg, tty).await;
+            let msg = format!("the gateway cannot start the session's recording: {e}");
+            return not_started(ctx, ch, &ex, &msg, tty).await;
         }
     };
     if let Some(p) = &pty {
