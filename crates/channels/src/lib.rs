@@ -340,18 +340,31 @@ async fn link_confirm(
     }
     let who = &posted.user.principal;
     match links::complete(&s.gateway, &inner.config.routing.linking, &code, who).await {
-        Ok(ext) => Html(layout(
-            "Linked",
-            Some(&posted.user),
-            &format!(
-                "<h1>Linked</h1><p class=\"notice\">Your {} account <strong>{}</strong> is now linked to {}. \
-                 Your clicks there count as your reviews.</p><p><a href=\"/inbox\">Go to the inbox</a></p>",
-                esc(&ext.platform),
-                esc(&ext.display),
-                esc(who.id.as_str())
-            ),
-        ))
-        .into_response(),
+        Ok(ext) => {
+            // A person who signs in but is no configured principal may
+            // link, and their clicks count for nobody: say so here, not
+            // after their next click.
+            let counts = if s.gateway.config.principals.contains_key(who.id.as_str()) {
+                "Your clicks there count as your reviews.".to_string()
+            } else {
+                format!(
+                    "{} is not a configured principal of this gateway, so your clicks there count for nobody: review requests here, in the browser.",
+                    esc(who.id.as_str())
+                )
+            };
+            Html(layout(
+                "Linked",
+                Some(&posted.user),
+                &format!(
+                    "<h1>Linked</h1><p class=\"notice\">Your {} account <strong>{}</strong> is now linked to {}. \
+                     {counts}</p><p><a href=\"/inbox\">Go to the inbox</a></p>",
+                    esc(&ext.platform),
+                    esc(&ext.display),
+                    esc(who.id.as_str())
+                ),
+            ))
+            .into_response()
+        }
         Err(e) => WebReject::Page(e.status, e.message).into_response(),
     }
 }

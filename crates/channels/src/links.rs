@@ -83,35 +83,64 @@ fn conflict(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, code, msg)
 }
 
-/// The secondkey principal `external` counts as, as configured now (its
-/// groups are today's, not those at link time): the one
-/// `[routing.accounts]` binds it to, else (self-service linking only) the
-/// one it was linked to through the web. `None` when neither, or when that
-/// principal is no longer configured.
-pub async fn principal_of(
+/// Whom a chat account's clicks count for.
+pub enum Standing {
+    /// This principal, as configured now (its groups are today's, not
+    /// those at link time).
+    Counts(Principal),
+    /// Linked through the web to a person who signs in but is no
+    /// configured principal: clicks count for nobody, and linking again
+    /// would change nothing (they review in the browser).
+    Unconfigured(PrincipalId),
+    /// Nobody: not linked, a link voided since, or bound by the
+    /// configuration to a principal no longer configured.
+    Unlinked,
+}
+
+/// How `external` stands: the principal `[routing.accounts]` binds it
+/// to, else (self-service linking only) the one it was linked to through
+/// the web.
+pub async fn standing_of(
     gateway: &Gateway,
     linking: &Linking,
     external: &External,
-) -> Result<Option<Principal>, ApiError> {
+) -> Result<Standing, ApiError> {
     let key = external.key();
     if let Some(id) = linking.accounts.get(&key) {
-        return Ok(gateway.config.principals.get(id.as_str()).cloned());
+        return Ok(match gateway.config.principals.get(id.as_str()) {
+            Some(p) => Standing::Counts(p.clone()),
+            None => Standing::Unlinked,
+        });
     }
     if !linking.self_service {
-        return Ok(None);
+        return Ok(Standing::Unlinked);
     }
     let link: Option<Link> = records::read_async(&gateway.store, "link", key).await?;
     let Some((link, id)) = link.and_then(|l| l.principal_id().map(|id| (l, id))) else {
-        return Ok(None);
+        return Ok(Standing::Unlinked);
     };
     // Linked through a web sign-in that `secondkey sessions revoke` has
     // since voided: it counts for nobody until linked again.
     if let Some(before) = ended_before(gateway, id.as_str()).await? {
         if link.linked_at <= before {
-            return Ok(None);
+            return Ok(Standing::Unlinked);
         }
     }
-    Ok(gateway.config.principals.get(id.as_str()).cloned())
+    Ok(match gateway.config.principals.get(id.as_str()) {
+        Some(p) => Standing::Counts(p.clone()),
+        None => Standing::Unconfigured(id),
+    })
+}
+
+/// What a click of an account linked to `id`, who is no configured
+/// principal, is told: it counts for nobody; the request's page is
+/// where `id` reviews.
+pub fn counts_for_nobody(external: &External, id: &PrincipalId, request_url: &str) -> String {
+    format!(
+        "Your click was not counted: this {p} account is linked to {id}, who is not a configured principal of this gateway, \
+         so clicks here count for nobody (linking again changes nothing). Review in the browser instead: {request_url}",
+        p = external.platform
+    )
 }
 
 /// Whether a click from `external`, which counts for nobody, may be

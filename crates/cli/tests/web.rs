@@ -1200,6 +1200,50 @@ fn a_slack_account_is_linked_through_the_signed_in_web_session() {
     // Now bob's click is bob's review.
     assert_eq!(click("U_BOB").status, 200);
     assert_eq!(g.state_of(&id), ("approved".into(), 1));
+
+    // frank signs in through the provider but is no configured principal:
+    // he may link, the page says his clicks count for nobody, and his next
+    // click says so too (with the request's page) instead of offering
+    // another link.
+    let ephemeral_for_frank = |before: usize, what: &str| {
+        fakes::wait_for(&slack, what, |cs| {
+            cs[before..]
+                .iter()
+                .filter(|c| c.path == "chat.postEphemeral" && c.body["user"] == "U_FRANK")
+                .find_map(|c| c.body["text"].as_str().map(str::to_string))
+        })
+    };
+    let before = slack.lock().unwrap().len();
+    assert_eq!(click("U_FRANK").status, 200);
+    let text = ephemeral_for_frank(before, "a link for U_FRANK");
+    let at = text.find("/chat/link/").expect("a link offer");
+    let path: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "/-_".contains(*c))
+        .collect();
+    let frank = sign_in(&gw, "frank", &path);
+    let page = get_page(&gw, &frank.session, &path);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    let done = post_form(&gw, &frank.session, &path, &[("csrf", &csrf)], Some(&gw));
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(
+        done.body.contains("now linked to user:frank")
+            && done.body.contains("not a configured principal")
+            && done.body.contains("count for nobody"),
+        "{}",
+        done.body
+    );
+    let before = slack.lock().unwrap().len();
+    assert_eq!(click("U_FRANK").status, 200);
+    let text = ephemeral_for_frank(before, "frank's click answered");
+    assert!(
+        text.contains("linked to user:frank")
+            && text.contains("not a configured principal")
+            && text.contains(&format!("/requests/{id}"))
+            && !text.contains("/chat/link/"),
+        "{text}"
+    );
     let entries = common::log_entries(&g);
     assert!(
         entries

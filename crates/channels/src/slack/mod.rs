@@ -187,13 +187,21 @@ pub(crate) async fn interactions(
         }
     };
     let linking = &inner.config.routing.linking;
-    let who = match links::principal_of(&gateway, linking, &external).await {
-        Ok(Some(p)) => p,
-        Ok(None) if !links::may_link(linking, &external) => {
+    let who = match links::standing_of(&gateway, linking, &external).await {
+        Ok(links::Standing::Counts(p)) => p,
+        Ok(links::Standing::Unconfigured(linked)) => {
+            tell(links::counts_for_nobody(
+                &external,
+                &linked,
+                &gateway.request_url(&id),
+            ));
+            return StatusCode::OK.into_response();
+        }
+        Ok(links::Standing::Unlinked) if !links::may_link(linking, &external) => {
             tell(links::not_configured(&external));
             return StatusCode::OK.into_response();
         }
-        Ok(None) => {
+        Ok(links::Standing::Unlinked) => {
             match links::issue(&gateway, external, inner.config.routing.link_ttl).await {
                 Ok(url) => tell(format!(
                     "Your click was not counted: link your Slack account to your secondkey identity first (once). \

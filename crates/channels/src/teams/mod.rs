@@ -194,12 +194,19 @@ pub(crate) async fn messages(
         display: s("/from/name").unwrap_or(aad).to_string(),
     };
     let linking = &inner.config.routing.linking;
-    let who = match links::principal_of(&gateway, linking, &external).await {
-        Ok(Some(p)) => p,
-        Ok(None) if !links::may_link(linking, &external) => {
+    let who = match links::standing_of(&gateway, linking, &external).await {
+        Ok(links::Standing::Counts(p)) => p,
+        Ok(links::Standing::Unconfigured(linked)) => {
+            return message(links::counts_for_nobody(
+                &external,
+                &linked,
+                &gateway.request_url(id),
+            ))
+        }
+        Ok(links::Standing::Unlinked) if !links::may_link(linking, &external) => {
             return message(links::not_configured(&external))
         }
-        Ok(None) => {
+        Ok(links::Standing::Unlinked) => {
             return match links::issue(&gateway, external, inner.config.routing.link_ttl).await {
                 Ok(url) => message(format!(
                     "Your click was not counted: link your Teams account to your secondkey identity first (once). \
