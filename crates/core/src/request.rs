@@ -378,7 +378,7 @@ pub enum ReviewError {
     },
     /// The request expired. If `transition` is set, this call recorded the
     /// expiry and the caller must persist and log it; nothing else changed.
-    #[error("the request expired before this review; submit the action again")]
+    #[error("the request expired before this review; its requester must submit the action again to ask anew")]
     Expired {
         /// The expiry this call performed, if it performed one.
         transition: Option<Box<Transition>>,

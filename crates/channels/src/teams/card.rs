@@ -97,7 +97,12 @@ pub fn card(s: &Summary, note: Option<&str>) -> Value {
     // budget for the card. A part that does not fit says so and where the
     // whole action is.
     for e in s.excerpts(INLINE_LIMIT, INLINE_LIMIT, char::len_utf8) {
-        let head = if e.cut() {
+        let head = if e.cut() && e.shown.is_empty() {
+            format!(
+                "{} — {} bytes long, no room left on this card; the full action is on the request page (Open in secondkey).",
+                e.label, e.len
+            )
+        } else if e.cut() {
             format!(
                 "{} — {} bytes long; the first {} are shown; the full action is on the request page (Open in secondkey).",
                 e.label,
@@ -222,6 +227,15 @@ mod tests {
         let c = card(&s, None).to_string();
         assert!(
             c.contains("Parameters besides the statement — 26 bytes long; the first 10 are shown; the full action is on the request page"),
+            "{c}"
+        );
+        // A statement that fills the budget leaves no room: said so, not
+        // "the first 0 are shown".
+        s.what[0].text = "y".repeat(INLINE_LIMIT + 100);
+        let c = card(&s, None).to_string();
+        assert!(
+            c.contains("Parameters besides the statement — 26 bytes long, no room left on this card; the full action is on the request page")
+                && !c.contains("the first 0"),
             "{c}"
         );
     }

@@ -63,13 +63,22 @@ pub fn layout_with_script(
 }
 
 /// `s` as a sentence: a capital first letter and a closing full stop, so
-/// messages written for the API read as prose next to each other.
+/// messages written for the API read as prose next to each other. A
+/// message that starts with an id (`user:bob`, `req_01…`) keeps it as
+/// written: ids are lowercase.
 pub fn sentence(s: &str) -> String {
     let s = s.trim();
     let mut out = String::with_capacity(s.len() + 1);
+    let first_word = s.split_whitespace().next().unwrap_or_default();
+    let is_id =
+        first_word.contains([':', '_']) || first_word.contains(|c: char| c.is_ascii_digit());
     let mut chars = s.chars();
     if let Some(c) = chars.next() {
-        out.extend(c.to_uppercase());
+        if is_id {
+            out.push(c);
+        } else {
+            out.extend(c.to_uppercase());
+        }
         out.push_str(chars.as_str());
     }
     if !out.is_empty() && !out.ends_with(['.', '!', '?']) {
@@ -83,6 +92,9 @@ pub fn sentence(s: &str) -> String {
 pub fn error_page(status: StatusCode, message: &str) -> Html<String> {
     let reason = status.canonical_reason().unwrap_or("Error");
     let next = match status.as_u16() {
+        // A gateway without web sign-in has no sign-in page to offer: its
+        // message says what to use instead.
+        401 if message.contains("no [oidc] section") => "",
         401 => "<a href=\"/login\">Sign in</a> and try again.",
         403 => "If you think you should be able to do this, ask an administrator about your groups.",
         404 => "Check the link, or find the request in your <a href=\"/inbox\">inbox</a> or <a href=\"/history\">history</a>.",
@@ -948,6 +960,34 @@ mod tests {
     use secondkey_core::principal::Principal;
     use serde_json::json;
     use std::time::Duration;
+
+    #[test]
+    fn a_sentence_keeps_an_id_it_starts_with_as_written() {
+        assert_eq!(sentence("nothing to do"), "Nothing to do.");
+        assert_eq!(sentence("done!"), "Done!");
+        assert_eq!(
+            sentence("user:bob already reviewed this request"),
+            "user:bob already reviewed this request."
+        );
+        assert_eq!(
+            sentence("req_01a2b3 is a sensitive operation"),
+            "req_01a2b3 is a sensitive operation."
+        );
+        assert_eq!(sentence(""), "");
+    }
+
+    #[test]
+    fn without_web_sign_in_a_401_page_offers_no_sign_in() {
+        let page = error_page(
+            StatusCode::UNAUTHORIZED,
+            "Web sign-in is not configured on this gateway (no [oidc] section). Use the CLI or the REST API with a token.",
+        )
+        .0;
+        assert!(!page.contains("/login"), "{page}");
+        assert!(page.contains("REST API with a token"), "{page}");
+        let page = error_page(StatusCode::UNAUTHORIZED, "your session has ended").0;
+        assert!(page.contains("<a href=\"/login\">Sign in</a>"), "{page}");
+    }
 
     /// The request page of a held HTTP DELETE submitted over `transport`,
     /// split into what the gateway established and what the agent declared.
