@@ -728,6 +728,13 @@ fn forwarding_back_to_the_client_is_refused_and_logged_and_the_command_runs() {
     let key = w.agent_key.clone();
     for (opts, logged) in [
         (&["-A"][..], "agent forwarding refused"),
+        // Pipelined: an environment variable and agent forwarding before
+        // the command, each answered in its turn (or not, as asked; a
+        // command with a terminal is held, so none here).
+        (
+            &["-A", "-o", "SendEnv=LANG"][..],
+            "agent forwarding refused",
+        ),
         (
             &["-R", "0:127.0.0.1:9"][..],
             "remote port forwarding refused",
@@ -740,6 +747,7 @@ fn forwarding_back_to_the_client_is_refused_and_logged_and_the_command_runs() {
             .args(["-p", &w.port.to_string(), "-l", "prod-db-1", "127.0.0.1"])
             .args(["echo", "ran"])
             .env("SSH_AUTH_SOCK", &sock)
+            .env("LANG", "C.UTF-8")
             .stdin(Stdio::null()));
         assert_eq!(
             (

@@ -200,7 +200,7 @@ impl server::Handler for Agent {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(who) = self.who.clone() else {
             reply
@@ -214,7 +214,6 @@ impl server::Handler for Agent {
             who,
             host: self.host.clone(),
             peer: self.peer,
-            session: session.handle(),
         };
         tokio::spawn(channel_task(channel, ctx));
         Ok(())
@@ -265,11 +264,74 @@ impl server::Handler for Agent {
         Ok(())
     }
 
+    // Every channel request is answered here, as russh parses it, so in
+    // order and only if the client asked for an answer (russh keeps one
+    // "wants a reply" flag per channel, which the next request resets): an
+    // answer sent later, from the channel's task, could be taken as the
+    // answer to the request after it. OpenSSH sends `env` and agent
+    // forwarding requests without asking for an answer, between a
+    // `pty-req` and the `exec` that do. What each request then does is
+    // the channel task's (`channel_task`): whether a command runs is said
+    // on its stderr and exit status, not by refusing the request.
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == "sftp" {
+            session.channel_success(channel)
+        } else {
+            tracing::warn!(peer = ?self.peer, subsystem = %name, "ssh: unknown subsystem refused");
+            session.channel_failure(channel)
+        }
+    }
+
     // Forwarding the agent, X11 or ports back to the client is refused and
-    // logged with the peer. russh answers these requests here, in order,
-    // as the client asked (OpenSSH wants no answer to an agent forwarding
-    // request): an answer sent later, from the channel's task, could be
-    // taken as the answer to the request after it (`exec`).
+    // logged with the peer.
 
     async fn agent_request(
         &mut self,
@@ -324,7 +386,6 @@ struct Ctx {
     who: Principal,
     host: String,
     peer: Option<SocketAddr>,
-    session: server::Handle,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -374,7 +435,6 @@ async fn end(ch: &Channel<Msg>, status: u32, eof_sent: bool) {
 async fn channel_task(mut ch: Channel<Msg>, ctx: Ctx) {
     let mut pty: Option<Pty> = None;
     let mut env: Vec<String> = Vec::new();
-    let id = ch.id();
     loop {
         let Some(msg) = ch.wait().await else { return };
         match msg {
@@ -392,7 +452,6 @@ async fn channel_task(mut ch: Channel<Msg>, ctx: Ctx) {
                     rows: row_height,
                     modes: terminal_modes,
                 });
-                reply(&ctx, id, true).await;
             }
             ChannelMsg::WindowChange {
                 col_width,
@@ -404,47 +463,30 @@ async fn channel_task(mut ch: Channel<Msg>, ctx: Ctx) {
                     p.rows = row_height;
                 }
             }
-            ChannelMsg::SetEnv { variable_name, .. } => {
-                // Named in the action; values are not passed upstream.
-                if env.len() < 64 && !env.contains(&variable_name) {
-                    env.push(variable_name);
-                }
-                reply(&ctx, id, true).await;
+            // Named in the action; values are not passed upstream.
+            ChannelMsg::SetEnv { variable_name, .. }
+                if env.len() < 64 && !env.contains(&variable_name) =>
+            {
+                env.push(variable_name);
             }
             ChannelMsg::Exec { command, .. } => {
-                reply(&ctx, id, true).await;
                 run_command(&mut ch, &ctx, command, pty, env).await;
                 return;
             }
             ChannelMsg::RequestShell { .. } => {
-                reply(&ctx, id, true).await;
                 run_shell(&mut ch, &ctx, pty, env).await;
                 return;
             }
-            ChannelMsg::RequestSubsystem { name, .. } => {
-                if name == "sftp" {
-                    reply(&ctx, id, true).await;
-                    run_sftp(&mut ch, &ctx, env).await;
-                    return;
-                }
-                tracing::warn!(peer = ?ctx.peer, subsystem = %name, "ssh: unknown subsystem refused");
-                reply(&ctx, id, false).await;
+            // Any other subsystem was refused by the handler.
+            ChannelMsg::RequestSubsystem { name, .. } if name == "sftp" => {
+                run_sftp(&mut ch, &ctx, env).await;
+                return;
             }
-            // Agent and X11 forwarding: refused and answered by the
-            // connection's handler (`Agent`), in order.
+            // Other subsystems, agent and X11 forwarding: refused and
+            // answered by the connection's handler (`Agent`), in order.
             _ => {}
         }
     }
-}
-
-/// Answers a channel request. russh hands requests both to the channel
-/// and to the handler; the reply is the gateway's to send.
-async fn reply(ctx: &Ctx, id: ChannelId, ok: bool) {
-    let _ = if ok {
-        ctx.session.channel_success(id).await
-    } else {
-        ctx.session.channel_failure(id).await
-    };
 }
 
 impl Ctx {
