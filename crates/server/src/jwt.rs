@@ -46,6 +46,14 @@ pub enum JwtError {
     Algorithm(String),
     #[error("no key with id {0:?} in the issuer's key set")]
     UnknownKey(String),
+    #[error(
+        "the key with id {kid:?} in the issuer's key set is not for {alg} (its JWK names {key})"
+    )]
+    KeyAlgorithm {
+        kid: String,
+        alg: String,
+        key: String,
+    },
     #[error("the token is invalid: {0}")]
     Invalid(String),
     #[error("the issuer's keys could not be fetched: {0}")]
@@ -247,9 +255,22 @@ impl JwtVerifier {
         let (raw, jwk) = match self.find_key(kid.as_deref(), header.alg) {
             Some(k) => k,
             None => {
+                // A key set that has the key, but for another algorithm:
+                // said so, and no refetch (the key id is not new).
+                if let Some(e) = self.other_algorithm(kid.as_deref(), header.alg) {
+                    return Err(e);
+                }
                 self.refresh(kid.is_some()).await?;
-                self.find_key(kid.as_deref(), header.alg)
-                    .ok_or_else(|| JwtError::UnknownKey(kid.clone().unwrap_or_default()))?
+                match self.find_key(kid.as_deref(), header.alg) {
+                    Some(k) => k,
+                    None => {
+                        return Err(self
+                            .other_algorithm(kid.as_deref(), header.alg)
+                            .unwrap_or_else(|| {
+                                JwtError::UnknownKey(kid.clone().unwrap_or_default())
+                            }))
+                    }
+                }
             }
         };
         let key = DecodingKey::from_jwk(&jwk)
@@ -269,6 +290,35 @@ impl JwtVerifier {
         })
     }
 
+    /// The refusal of a token whose key id names a key of the cached set
+    /// that is not for `alg` (another key type, or a JWK `alg` naming
+    /// another algorithm); `None` without such a key.
+    fn other_algorithm(&self, kid: Option<&str>, alg: Algorithm) -> Option<JwtError> {
+        let kid = kid?;
+        let cache = self.cache.lock().ok()?;
+        let fresh = cache
+            .fetched
+            .is_some_and(|t| t.elapsed() < self.config.cache_ttl)
+            || matches!(self.config.keys, KeySource::Static(_));
+        let (_, j) = cache
+            .keys
+            .iter()
+            .find(|(_, j)| j.common.key_id.as_deref() == Some(kid))
+            .filter(|(_, j)| fresh && !usable(j, alg))?;
+        let key = match (&j.common.key_algorithm, &j.algorithm) {
+            (Some(ka), _) => format!("alg {ka:?}"),
+            (None, jsonwebtoken::jwk::AlgorithmParameters::RSA(_)) => "an RSA key".into(),
+            (None, jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_)) => "an EC key".into(),
+            (None, jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_)) => "an OKP key".into(),
+            (None, _) => "another key type".into(),
+        };
+        Some(JwtError::KeyAlgorithm {
+            kid: kid.to_string(),
+            alg: format!("{alg:?}"),
+            key,
+        })
+    }
+
     fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<(Value, Jwk)> {
         let cache = self.cache.lock().ok()?;
         let fresh = cache
@@ -278,36 +328,7 @@ impl JwtVerifier {
         if !fresh {
             return None;
         }
-        let usable = |j: &Jwk| {
-            let family_ok = matches!(
-                (&j.algorithm, alg),
-                (
-                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_),
-                    Algorithm::RS256
-                        | Algorithm::RS384
-                        | Algorithm::RS512
-                        | Algorithm::PS256
-                        | Algorithm::PS384
-                        | Algorithm::PS512
-                ) | (
-                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_),
-                    Algorithm::ES256 | Algorithm::ES384
-                ) | (
-                    jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_),
-                    Algorithm::EdDSA
-                )
-            );
-            let alg_ok = j
-                .common
-                .key_algorithm
-                .is_none_or(|ka| format!("{ka:?}") == format!("{alg:?}"));
-            let use_ok = !matches!(
-                j.common.public_key_use,
-                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
-            );
-            family_ok && alg_ok && use_ok
-        };
-        let mut candidates = cache.keys.iter().filter(|(_, j)| usable(j));
+        let mut candidates = cache.keys.iter().filter(|(_, j)| usable(j, alg));
         match kid {
             Some(kid) => candidates
                 .find(|(_, j)| j.common.key_id.as_deref() == Some(kid))
@@ -459,6 +480,39 @@ fn fetch_keys(source: &KeySource, insecure: bool) -> Result<Vec<(Value, Jwk)>, J
     parse_set(&set)
 }
 
+/// Whether `j` may verify a token signed with `alg`: its key type is of
+/// `alg`'s family, its JWK `alg` (if any) is `alg`, and it is not an
+/// encryption key.
+fn usable(j: &Jwk, alg: Algorithm) -> bool {
+    let family_ok = matches!(
+        (&j.algorithm, alg),
+        (
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_),
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        ) | (
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_),
+            Algorithm::ES256 | Algorithm::ES384
+        ) | (
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_),
+            Algorithm::EdDSA
+        )
+    );
+    let alg_ok = j
+        .common
+        .key_algorithm
+        .is_none_or(|ka| format!("{ka:?}") == format!("{alg:?}"));
+    let use_ok = !matches!(
+        j.common.public_key_use,
+        Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+    );
+    family_ok && alg_ok && use_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +573,26 @@ mod tests {
             v.verify(&token(&k1, "nope", good.clone())).await,
             Err(JwtError::UnknownKey(_))
         ));
+        // A known kid whose key is for another algorithm: said so, not
+        // "no key with id".
+        let b64 = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        let es = format!(
+            "{}.{}.AAAA",
+            b64(&json!({"alg": "ES256", "typ": "JWT", "kid": "k1"})),
+            b64(&good)
+        );
+        let e = v.verify(&es).await.unwrap_err();
+        assert_eq!(
+            e,
+            JwtError::KeyAlgorithm {
+                kid: "k1".into(),
+                alg: "ES256".into(),
+                key: "alg EdDSA".into()
+            }
+        );
+        assert!(e.to_string().contains("is not for ES256"), "{e}");
         let mut c = good.clone();
         c["iss"] = json!("https://evil.test");
         assert_eq!(
