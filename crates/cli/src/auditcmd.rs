@@ -177,6 +177,7 @@ enum EvidenceSub {
         after_help = "Example:\n  secondkey evidence verify ./evidence-q4 --key log.vkey --witness w1.vkey --min-witnesses 1\n\nExit status: 0 the report is exactly what the log proves for the whole period;\n3 it is, but the log ends before the period's end and no given witness cosigned it at or after that end;\nany other status: it failed, and says why."
     )]
     Verify {
+        /// The pack's directory, as `secondkey evidence --out` wrote it.
         dir: PathBuf,
         /// The log's verifier key, or a file holding it (required): get it
         /// from the operator out of band, never from the pack, which could
@@ -588,7 +589,7 @@ pub enum WitnessCmd {
         /// The witness's name (a schema-less URL is conventional).
         #[arg(long)]
         name: String,
-        /// Where to write the secret key; it must not exist.
+        /// Where to write the secret key: a new file in an existing directory.
         #[arg(long)]
         out: PathBuf,
     },
@@ -617,6 +618,7 @@ pub fn witness(cmd: WitnessCmd) -> Result<ExitCode> {
         WitnessCmd::Keygen { name, out } => {
             let c = secondkey_log::witness::Cosigner::generate(&name)
                 .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;
+            crate::key_dir_exists(&out)?;
             secondkey_server::keys::write_secret_file(&out, &format!("{}\n", c.to_string()))
                 .map_err(|e| anyhow!("{e} (it must not exist already)"))?;
             eprintln!(

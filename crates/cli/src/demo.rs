@@ -159,7 +159,12 @@ token_sha256 = "{carol}"
     stop?;
     say("7/7", "the audit log verifies; its signed checkpoint:");
     print!("{checkpoint}");
-    println!("\ndone. Re-run any step with the commands above, or read the log with `secondkey log export --config {}`", config_path.display());
+    println!(
+        "\ndone. The demo's gateway has stopped; its data stays in {}. Read the log with `secondkey log export --config {}`, or start the gateway again with `secondkey serve --config {}` to try the commands above.",
+        dir.display(),
+        config_path.display(),
+        config_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

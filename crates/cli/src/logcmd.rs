@@ -42,9 +42,14 @@ pub enum LogCmd {
         #[arg(long, default_value_t = 0)]
         min_witnesses: usize,
     },
-    /// Print an inclusion receipt for entry INDEX (verifies offline).
-    #[command(after_help = "Example:\n  secondkey log proof 42 > receipt.json")]
+    /// Print an inclusion receipt for entry INDEX (verifies offline). The
+    /// token must be a log reader's ([log] readers, default group
+    /// auditors).
+    #[command(
+        after_help = "Example:\n  secondkey log proof 42 --token \"$AUDITOR_TOKEN\" > receipt.json"
+    )]
     Proof {
+        /// The entry's index in the log (0 is the first).
         index: u64,
         #[command(flatten)]
         remote: Remote,
@@ -54,6 +59,8 @@ pub enum LogCmd {
         after_help = "Examples:\n  secondkey log export --config secondkey.toml --bundle ./audit\n  secondkey log export --config secondkey.toml --format ocsf --out events.json\n  secondkey log export --config secondkey.toml --format jsonl --expand   # lean statements with their full text"
     )]
     Export {
+        /// The gateway's config: the log is read from its data directory
+        /// (read-only; the gateway may be running).
         #[arg(long, env = "SECONDKEY_CONFIG")]
         config: PathBuf,
         /// Write a C2SP tlog-tiles copy (checkpoint + tiles + entry bundles).
@@ -104,6 +111,9 @@ pub enum LogCmd {
 fn key_text(k: &str) -> Result<String> {
     if Path::new(k).is_file() {
         std::fs::read_to_string(k).with_context(|| format!("cannot read key file {k}"))
+    } else if !k.contains('+') {
+        // Every key has `+`-separated fields: this was meant as a file.
+        bail!("{k}: no such file (and not a key: a key reads name+hash+base64)")
     } else {
         Ok(k.to_string())
     }

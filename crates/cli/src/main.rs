@@ -125,10 +125,18 @@ enum RecordingCmd {
         max_pause: f64,
     },
     /// List the kept recordings: id, size, SHA-256.
-    #[command(after_help = "Example:\n  secondkey recording list --config secondkey.toml")]
+    #[command(
+        after_help = "Example:\n  secondkey recording list --config secondkey.toml",
+        group(clap::ArgGroup::new("source").required(true).args(["config", "dir"]))
+    )]
     List {
-        #[arg(long, env = "SECONDKEY_CONFIG", required_unless_present = "dir")]
+        /// The gateway's config: its recordings directory
+        /// ([ssh_gateway] recordings_dir, default <data_dir>/recordings).
+        /// Give this or --dir.
+        #[arg(long, env = "SECONDKEY_CONFIG")]
         config: Option<PathBuf>,
+        /// The recordings directory itself (a copy, say). Give this or
+        /// --config.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -159,6 +167,7 @@ enum PolicyCmd {
         after_help = "Example:\n  secondkey policy validate ./policies --config secondkey.toml"
     )]
     Validate {
+        /// The policy directory (its *.cedar files).
         dir: PathBuf,
         /// The gateway's configuration file: check groups, quorums and
         /// `[policy] annotations` as the gateway will.
@@ -167,12 +176,16 @@ enum PolicyCmd {
     },
     /// Run the table-driven cases in DIR/*.tests.toml.
     #[command(after_help = "Example:\n  secondkey policy test ./policies")]
-    Test { dir: PathBuf },
+    Test {
+        /// The policy directory (its *.cedar and *.tests.toml files).
+        dir: PathBuf,
+    },
     /// Show which policies decide an action and why.
     #[command(
         after_help = "Example:\n  secondkey policy explain ./policies --principal agent:report-bot --owner user:alice \\\n      --group agents --action export.json --fact environment=prod"
     )]
     Explain {
+        /// The policy directory (its *.cedar files).
         dir: PathBuf,
         /// The principal, e.g. agent:report-bot.
         #[arg(long)]
@@ -228,6 +241,7 @@ enum RequestCmd {
     /// One request in full.
     #[command(after_help = "Example:\n  secondkey request show req_0123 --wait 30")]
     Show {
+        /// The request's id (`req_…`).
         id: String,
         /// Wait up to this many seconds for its state to change.
         #[arg(long)]
@@ -264,6 +278,7 @@ enum RequestCmd {
     /// Revoke an approval before its grant is used.
     #[command(after_help = "Example:\n  secondkey request revoke req_0123")]
     Revoke {
+        /// The request's id (`req_…`).
         id: String,
         #[command(flatten)]
         remote: Remote,
@@ -271,6 +286,7 @@ enum RequestCmd {
     /// Withdraw your own pending request.
     #[command(after_help = "Example:\n  secondkey request withdraw req_0123")]
     Withdraw {
+        /// The request's id (`req_…`).
         id: String,
         #[command(flatten)]
         remote: Remote,
@@ -281,12 +297,14 @@ enum RequestCmd {
 enum ActionCmd {
     /// Submit an action (JSON file, '-' for stdin); with --wait, wait for the
     /// decision and print the grant.
-    #[command(after_help = "Example:\n  secondkey action submit export.json --wait")]
+    #[command(
+        after_help = "Example:\n  secondkey action submit export.json --wait\n\nExit status: 0 allowed, or held (without --wait; the answer names the request), or approved (with --wait);\n2 denied, or (with --wait) decided otherwise: denied, expired, withdrawn;\n1 an error, including --wait giving up with the request still pending (it stays pending)."
+    )]
     Submit {
         /// The action as JSON, sent exactly as written ('-' reads stdin).
         file: PathBuf,
         /// If the action is held for review, wait for the decision and print
-        /// the request (exit 0 if approved, 2 otherwise).
+        /// the request (see the exit status below).
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this many seconds.
@@ -342,7 +360,8 @@ enum KeysCmd {
         /// The key name: use the log origin.
         #[arg(long)]
         name: String,
-        /// Where to write the private key; it must not exist.
+        /// Where to write the private key: a new file in an existing
+        /// directory.
         #[arg(long)]
         out: PathBuf,
     },
@@ -534,6 +553,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(KeysCmd::Generate { name, out }) => {
             let signer = secondkey_log::note::Signer::generate(&name)
                 .map_err(|e| anyhow!("cannot create a key named {name:?}: {e}"))?;
+            key_dir_exists(&out)?;
             secondkey_server::keys::write_secret_file(&out, &format!("{}\n", signer.to_string()))
                 .map_err(|e| anyhow!("{e} (it must not exist already)"))?;
             eprintln!(
@@ -543,6 +563,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", signer.verifier());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A new key goes into a directory that exists: a mistyped `--out` is an
+/// error, not a directory made where nobody will look for the key.
+pub(crate) fn key_dir_exists(out: &Path) -> Result<()> {
+    match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => bail!(
+            "{}: the directory {} does not exist; create it first (a key is only written into an existing directory)",
+            out.display(),
+            dir.display()
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -922,9 +955,18 @@ fn recording(cmd: RecordingCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RecordingCmd::List { config, dir } => {
+            let given = dir.is_some();
             let dir = recordings_dir(config, dir)?;
             let mut rows = Vec::new();
-            if let Ok(entries) = std::fs::read_dir(&dir) {
+            let listed = match std::fs::read_dir(&dir) {
+                Ok(entries) => Some(entries),
+                // A configured directory the gateway has not made yet
+                // holds no recordings; one named on the command line must
+                // exist.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !given => None,
+                Err(e) => bail!("cannot list {}: {e}", dir.display()),
+            };
+            if let Some(entries) = listed {
                 for e in entries.flatten() {
                     let p = e.path();
                     let Some(id) = p

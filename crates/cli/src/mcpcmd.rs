@@ -78,12 +78,23 @@ pub fn run(cmd: McpCmd) -> Result<ExitCode> {
     match cmd {
         McpCmd::Stdio(a) => stdio(a),
         McpCmd::Tools(ToolsCmd::List { server, remote }) => {
-            let path = match server {
-                Some(s) => format!("/v1/mcp/pins?server={}", query_escape(&s)),
+            let path = match &server {
+                Some(s) => format!("/v1/mcp/pins?server={}", query_escape(s)),
                 None => "/v1/mcp/pins".to_string(),
             };
             let v = remote.client()?.get(&path)?;
-            for p in v.as_array().cloned().unwrap_or_default() {
+            let pins = v.as_array().cloned().unwrap_or_default();
+            if pins.is_empty() {
+                // Said on stderr: stdout stays the list (empty).
+                eprintln!(
+                    "no pinned tools{}: a server's tools are pinned when they are first listed through the gateway",
+                    server
+                        .as_deref()
+                        .map(|s| format!(" for server {s:?}"))
+                        .unwrap_or_default()
+                );
+            }
+            for p in pins {
                 println!(
                     "{}/{}  {}{}",
                     p["server"].as_str().unwrap_or("?"),

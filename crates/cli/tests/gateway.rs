@@ -974,6 +974,99 @@ fn keys_generate_writes_a_private_file() {
         None,
     );
     assert_ne!(code, 0, "an existing key is never overwritten");
+    // A key only goes into a directory that exists: a mistyped --out is an
+    // error that makes nothing.
+    let missing = dir.path().join("no-such-dir");
+    for cmd in [["keys", "generate"], ["witness", "keygen"]] {
+        let out = missing.join("k.key");
+        let (code, _, err) = run_cli(
+            &[
+                cmd[0],
+                cmd[1],
+                "--name",
+                "example.org/log",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            "http://127.0.0.1:1",
+            None,
+        );
+        assert_eq!(code, 1, "{cmd:?}: {err}");
+        assert!(err.contains("does not exist; create it first"), "{err}");
+        assert!(!missing.exists(), "{cmd:?} made the directory");
+    }
+}
+
+/// Paths that name nothing are said to name nothing: a key "file" that
+/// does not exist, a bundle directory that does not exist, a recordings
+/// directory given on the command line that does not exist.
+#[test]
+fn offline_commands_say_when_a_path_names_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let (code, vkey, err) = run_cli(
+        &[
+            "keys",
+            "generate",
+            "--name",
+            "example.org/log",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let nope = dir.path().join("nope");
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec![
+                "log",
+                "verify",
+                "--bundle",
+                nope.to_str().unwrap(),
+                "--key",
+                vkey.trim(),
+            ],
+            "is not a directory: no bundle there",
+        ),
+        (
+            vec![
+                "log",
+                "verify",
+                "--bundle",
+                nope.to_str().unwrap(),
+                "--key",
+                "./log.vkey",
+            ],
+            "./log.vkey: no such file",
+        ),
+        (
+            vec![
+                "log",
+                "verify",
+                "--bundle",
+                nope.to_str().unwrap(),
+                "--key",
+                vkey.trim(),
+                "--witness",
+                "w1.vkey",
+            ],
+            "w1.vkey: no such file",
+        ),
+        (
+            vec!["recording", "list", "--dir", nope.to_str().unwrap()],
+            "cannot list",
+        ),
+    ];
+    for (args, says) in cases {
+        let (code, out, err) = run_cli(&args, "http://127.0.0.1:1", None);
+        assert_eq!(code, 1, "{args:?}: {out} {err}");
+        assert!(
+            err.contains(says) || out.contains(says),
+            "{args:?}: {out} {err}"
+        );
+    }
 }
 
 #[test]

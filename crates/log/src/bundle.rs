@@ -154,6 +154,10 @@ pub enum VerifyError {
         /// The missing file.
         path: PathBuf,
     },
+    /// The bundle's directory itself does not exist (a wrong path, not a
+    /// damaged bundle).
+    #[error("{0} is not a directory: no bundle there (check the path)")]
+    NoBundle(PathBuf),
     /// The checkpoint is not validly signed by the given key, or malformed.
     #[error("the checkpoint is not trustworthy: {0}")]
     Checkpoint(CheckpointError),
@@ -445,6 +449,9 @@ pub fn verify_bundle_entries(
     verifier: &Verifier,
     since: Option<&str>,
 ) -> Result<VerifiedBundle, VerifyError> {
+    if !dir.is_dir() {
+        return Err(VerifyError::NoBundle(dir.to_path_buf()));
+    }
     let cp_path = dir.join(CHECKPOINT_FILE);
     let note = fs::read_to_string(&cp_path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
