@@ -753,7 +753,7 @@ impl Request {
         }
         if self.excluded.contains(id) {
             return Some(Refusal::SelfReview(
-                "it is excluded from reviewing this request",
+                "it is excluded from reviewing this request: it is the person the requesting agent's delegation token acts for, or the user of the same name as a requester no [[principals]] entry names (docs/identity.md)",
             ));
         }
         if !who.is_human() {
