@@ -767,6 +767,56 @@ fn forwarding_back_to_the_client_is_refused_and_logged_and_the_command_runs() {
     }
 }
 
+/// The connection to the host breaks while an allowed command runs: the
+/// agent is told that whether it took effect is unknown (exit 104), and
+/// the result is recorded so.
+#[test]
+fn a_host_connection_lost_mid_command_says_the_outcome_is_unknown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let children = |pid: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    // `cat` with its input left open runs until its connection ends.
+    let mut c = w.ssh(&w.agent_key.clone(), "prod-db-1", &["cat"]);
+    c.stdin(Stdio::piped());
+    let mut agent = Watched::spawn(c);
+    let _input = agent.child.stdin.take().unwrap();
+    let sshd = w.sshd.id();
+    common::wait_until("the command to run on the host", || {
+        children(sshd).iter().any(|&p| !children(p).is_empty())
+    });
+    // Every process of the host's session, killed at once.
+    let mut all = children(sshd);
+    let mut i = 0;
+    while i < all.len() {
+        let more = children(all[i]);
+        all.extend(more);
+        i += 1;
+    }
+    for pid in all {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let (code, _, err) = agent.finish(30);
+    assert_eq!(code, 104, "{err:?}");
+    assert!(
+        err.iter().any(
+            |l| l.contains("secondkey: the connection to the host ended")
+                && l.contains("whether it took effect is unknown")
+        ),
+        "{err:?}"
+    );
+    common::wait_until("the result to be logged", || {
+        common::log_entries(&w.g).iter().any(|e| {
+            e["event"] == "action.result" && e.to_string().contains("\"status\":\"unknown\"")
+        })
+    });
+}
+
 /// `[ssh_gateway] max_connections_per_address`: a connection past it is
 /// closed before the SSH greeting and logged; one that ends frees its
 /// place. `login_timeout`: a client that never logs in is disconnected.

@@ -962,9 +962,25 @@ async fn run_command(
     let r = relay(ch, &mut up, held, None).await;
     let (ok, s) = summary(&r, started);
     ctx.record(&ex, ok, s).await;
-    if !r.agent_left {
-        end(ch, r.exit.unwrap_or(u32::from(exit::GATEWAY)), r.eof_sent).await;
+    finish_relayed(ch, &r, tty).await;
+}
+
+/// Ends the agent's channel as the host ended the command: its exit
+/// status, or 104 with a line saying the outcome is unknown when the
+/// connection to the host ended without one.
+async fn finish_relayed(ch: &Channel<Msg>, r: &Relayed, pty: bool) {
+    if r.agent_left {
+        return;
     }
+    if r.exit.is_none() && r.signal.is_none() {
+        say(
+            ch,
+            "secondkey: the connection to the host ended before the command's exit status: whether it took effect is unknown (recorded as unknown)\n",
+            pty,
+        )
+        .await;
+    }
+    end(ch, r.exit.unwrap_or(u32::from(exit::GATEWAY)), r.eof_sent).await;
 }
 
 async fn upstream_failed(ctx: &Ctx, ch: &Channel<Msg>, ex: &Execution, e: &str, pty: bool) {
@@ -1047,9 +1063,7 @@ async fn run_shell(ch: &mut Channel<Msg>, ctx: &Ctx, pty: Option<Pty>, env: Vec<
         }
     }
     ctx.record(&ex, ok, s).await;
-    if !r.agent_left {
-        end(ch, r.exit.unwrap_or(u32::from(exit::GATEWAY)), r.eof_sent).await;
-    }
+    finish_relayed(ch, &r, tty).await;
 }
 
 /// Ends an SFTP session whose client sent what the gateway cannot read:
