@@ -1554,3 +1554,93 @@ fn a_post_refused_before_its_body_is_answered_with_connection_close() {
     );
     assert_eq!(s, 200);
 }
+
+/// Starts `secondkey serve --config <config>` from `cwd` and returns the
+/// log's verifier key it serves, then stops it.
+fn served_verifier(cwd: &std::path::Path, config: &str, port: u16) -> String {
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config", config])
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/log/verifier-key");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let key = loop {
+        if let Ok(r) = ureq::get(&url).call() {
+            break r.into_string().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    key.trim().to_string()
+}
+
+/// With a relative `data_dir` and the config named by a relative path,
+/// the log's and the grants' keys are under `data_dir/keys` — where the
+/// session key is and the guides say — whatever directory the gateway is
+/// started from; a key an earlier build left under the config's directory
+/// twice over is still used (the log keeps its key).
+#[test]
+fn default_keys_are_under_data_dir_whatever_the_working_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let sub = root.join("sub");
+    std::fs::create_dir_all(sub.join("policies")).unwrap();
+    std::fs::write(
+        sub.join("policies/p.cedar"),
+        "permit(principal, action, resource);",
+    )
+    .unwrap();
+    let port = free_port();
+    std::fs::write(
+        sub.join("sk.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"d\"\npolicy_dir = \"policies\"\n"),
+    )
+    .unwrap();
+    let first = served_verifier(root, "sub/sk.toml", port);
+    for k in ["log.key", "grant.key", "session.key"] {
+        assert!(sub.join("d/keys").join(k).is_file(), "{k} under data_dir");
+    }
+    assert!(!sub.join("sub").exists(), "nothing under sub/sub");
+    // From the config's own directory: the same keys.
+    assert_eq!(served_verifier(&sub, "sk.toml", port), first);
+
+    // A log key where an earlier build put it (sub/sub/d/keys) and none
+    // where it belongs: that one is used.
+    let other = tempfile::tempdir().unwrap();
+    let root = other.path();
+    let sub = root.join("sub");
+    std::fs::create_dir_all(sub.join("policies")).unwrap();
+    std::fs::write(
+        sub.join("policies/p.cedar"),
+        "permit(principal, action, resource);",
+    )
+    .unwrap();
+    let port = free_port();
+    std::fs::write(
+        sub.join("sk.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"d\"\npolicy_dir = \"policies\"\n"),
+    )
+    .unwrap();
+    let old = sub.join("sub/d/keys");
+    std::fs::create_dir_all(&old).unwrap();
+    let (code, vkey, err) = run_cli(
+        &[
+            "keys",
+            "generate",
+            "--name",
+            "secondkey.local/log",
+            "--out",
+            old.join("log.key").to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(served_verifier(root, "sub/sk.toml", port), vkey.trim());
+    assert!(!sub.join("d/keys/log.key").exists(), "no second log key");
+}

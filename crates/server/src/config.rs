@@ -79,6 +79,29 @@ pub fn read_section<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// `data_dir/keys/<name>`, where the log's and the grants' keys live
+/// unless configured. Earlier builds put them under the config file's
+/// directory twice over when `data_dir` was relative and the config
+/// was named by a relative path (`sub/sk.toml`: `sub/sub/<data_dir>/keys`);
+/// a key found only there is used, with a warning to move it, so that an
+/// existing log keeps its key.
+fn default_key(base: &Path, data_dir: &Path, name: &str) -> PathBuf {
+    let path = data_dir.join("keys").join(name);
+    if path.is_absolute() || path.exists() {
+        return path;
+    }
+    let old = base.join(&path);
+    if old != path && old.is_file() {
+        tracing::warn!(
+            key = %old.display(),
+            expected = %path.display(),
+            "a key is where earlier releases put it by mistake: it is used; move it to the expected path"
+        );
+        return old;
+    }
+    path
+}
+
 /// The canonical spelling of a URI-like resource for matching: scheme and
 /// host lowercased, user info dropped, the scheme's default port dropped.
 /// `None` for a resource with `.`/`..` path segments or percent-encoded dots,
@@ -926,16 +949,18 @@ impl Config {
                 "must be a non-empty name without spaces or '+', like \"secondkey.example/log\"",
             ));
         }
-        let log_key_file = resolve(
-            raw.log
-                .key_file
-                .unwrap_or_else(|| data_dir.join("keys/log.key")),
-        );
-        let grant_key_file = resolve(
-            raw.grants
-                .key_file
-                .unwrap_or_else(|| data_dir.join("keys/grant.key")),
-        );
+        // A configured key file is read from the config file's directory
+        // when relative; the defaults are under `data_dir`, already so.
+        let log_key_file = raw
+            .log
+            .key_file
+            .map(&resolve)
+            .unwrap_or_else(|| default_key(base, &data_dir, "log.key"));
+        let grant_key_file = raw
+            .grants
+            .key_file
+            .map(&resolve)
+            .unwrap_or_else(|| default_key(base, &data_dir, "grant.key"));
         let allow_grant_ttl = match raw.grants.allow_ttl {
             Some(s) => secondkey_core::time::parse_duration(&s)
                 .map_err(|e| invalid("grants.allow_ttl", e.to_string()))?,
