@@ -1644,3 +1644,51 @@ fn default_keys_are_under_data_dir_whatever_the_working_directory() {
     assert_eq!(served_verifier(root, "sub/sk.toml", port), vkey.trim());
     assert!(!sub.join("d/keys/log.key").exists(), "no second log key");
 }
+
+/// A log key that did not sign the store's log (its file lost and made
+/// anew at start, or another directory's keys) is refused at start,
+/// naming the key file; with the key that signed it back, the gateway
+/// starts.
+#[test]
+fn a_log_key_that_did_not_sign_the_log_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start(dir.path());
+    assert_eq!(
+        g.submit("agent:report-bot", &read_action())["decision"],
+        "allow"
+    );
+    // A stop anchors the last checkpoint in the store.
+    g.stop();
+    let key = dir.path().join("data/keys/log.key");
+    let kept = dir.path().join("log.key.kept");
+    std::fs::rename(&key, &kept).unwrap();
+    let (code, _, err) = run_cli(
+        &[
+            "keys",
+            "generate",
+            "--name",
+            "test.secondkey/log",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let err = serve_refusal(&g.config, &[]).expect("a foreign log key is refused");
+    assert!(
+        err.contains("did not sign this store's log") && err.contains(key.to_str().unwrap()),
+        "{err}"
+    );
+    // Nor does a start without any log key make one and go on.
+    std::fs::remove_file(&key).unwrap();
+    let err = serve_refusal(&g.config, &[]).expect("a new log key is refused");
+    assert!(err.contains("did not sign this store's log"), "{err}");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::rename(&kept, &key).unwrap();
+    g.spawn();
+    assert_eq!(
+        g.submit("agent:report-bot", &read_action())["decision"],
+        "allow"
+    );
+}

@@ -68,6 +68,7 @@ pub async fn build_with(
     let session_key = keys::load_or_create_secret(&config.data_dir.join("keys/session.key"))?;
     let store = Store::open(config.store_options())
         .with_context(|| format!("opening {}", config.store_place()))?;
+    check_log_key(&store, &log_signer, &config.log_key_file)?;
     let gateway = Arc::new(adjust(
         Gateway::new(config, store, policy, log_signer, grant_key).with_session_key(session_key),
     ));
@@ -95,6 +96,43 @@ pub async fn build_with(
         .await
         .map_err(|e| anyhow::anyhow!("the audit log is not writable, refusing to start: {e}"))?;
     Ok(gateway)
+}
+
+/// Refuses a log key that did not sign the embedded store's last
+/// checkpoint: a log continued under another key (its file lost, or the gateway started
+/// with another data directory's keys) would fail every auditor's check
+/// with the key they hold.
+fn check_log_key(
+    store: &Store,
+    signer: &secondkey_log::note::Signer,
+    key_file: &std::path::Path,
+) -> anyhow::Result<()> {
+    use secondkey_log::checkpoint::Checkpoint;
+    // Replicas on a shared store compare all their keys instead, naming
+    // the files to copy from the others (`replicas::check_keys`).
+    if store.is_shared() {
+        return Ok(());
+    }
+    let Some(note) = store
+        .get_meta("checkpoint")
+        .map_err(|e| anyhow::anyhow!("cannot read the store's last checkpoint: {e}"))?
+    else {
+        return Ok(());
+    };
+    let verifier = signer.verifier();
+    if Checkpoint::open(&note, &verifier).is_ok() {
+        return Ok(());
+    }
+    let size = Checkpoint::parse_note_unverified(&note)
+        .map(|c| c.size.to_string())
+        .unwrap_or_else(|_| "?".into());
+    anyhow::bail!(
+        "the log key {} (verifier {verifier}) did not sign this store's log: its last checkpoint (size {size}) \
+         was signed by another key. Put the key that signed it back at {} (or point [log] key_file at it) and \
+         start again; a log continued under another key fails every auditor's check with the key they hold",
+        key_file.display(),
+        key_file.display()
+    )
 }
 
 /// A running gateway: its address and a handle to stop it.
