@@ -626,6 +626,9 @@ fn a_sink_that_cannot_start_refuses_serve_not_offline_checks() {
         !dir.path().join("data/sinks").exists(),
         "no sink ran: {err}"
     );
+    // A refused start leaves nothing: no data directory, keys or log
+    // entry saying the gateway started.
+    assert!(!dir.path().join("data").exists(), "nothing made: {err}");
     write("[[sinks]]\nname = \"siem\"\ntype = \"syslog\"\naddress = \"127.0.0.1:6514\"\nfacility = \"nope\"\n");
     for args in [
         vec!["policy", "validate", pol, "--config", cfg],

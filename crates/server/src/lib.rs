@@ -212,10 +212,16 @@ pub async fn start_with(
     if config.public_url == format!("http://{}", config.listen) && config.listen.port() == 0 {
         config.public_url = format!("http://{addr}");
     }
-    let gateway = build(config).await?;
     // A configured sink that cannot be built (its secret's environment
     // variable unset, most often) refuses the start: the operator asked
-    // for the export, so the gateway does not run without it.
+    // for the export, so the gateway does not run without it. Checked
+    // before the store is opened, so that a refused start leaves nothing
+    // (no data directory, keys or `gateway.started` entry).
+    for (i, cfg) in config.sinks.iter().enumerate() {
+        cfg.build(&config.log_origin)
+            .map_err(|e| anyhow::anyhow!("config key `sinks[{i}]`: {e}"))?;
+    }
+    let gateway = build(config).await?;
     let sinks = build_sinks(&gateway)?;
     let _ = gateway.connections.set(listener.connections());
     let keeper = spawn_background(gateway.clone(), sinks);
