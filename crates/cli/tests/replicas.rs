@@ -1198,7 +1198,9 @@ fn leads(g: &Gateway) -> bool {
 /// leads again and every replica is healthy.
 #[test]
 fn a_holder_whose_renewal_hangs_stands_down() {
-    let r = replicas(2);
+    // One Tokio worker, as on a 2-core machine: a read stuck on the frozen
+    // store must not take it (every other request would hang behind it).
+    let r = replicas_full(2, "", &[("TOKIO_WORKER_THREADS", "1")]);
     common::wait_until("a replica to hold the lease", || r.gws.iter().any(leads));
     let holder = r.gws.iter().position(leads).unwrap();
     // Resumed however the test ends, so the cluster can shut down.
@@ -1210,6 +1212,24 @@ fn a_holder_whose_renewal_hangs_stands_down() {
     }
     r.cluster.pause_server();
     let resume = Resume(&r.cluster);
+    // A reader waiting on the frozen store, on each replica (the
+    // checkpoint as published reads the witnesses' latest from the store).
+    let readers: Vec<_> = r
+        .gws
+        .iter()
+        .map(|g| {
+            let url = format!("{}/v1/log/checkpoint", g.url);
+            std::thread::spawn(move || {
+                let _ = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(120))
+                    .build()
+                    .get(&url)
+                    .set("Authorization", &format!("Bearer {}", token_of("user:bob")))
+                    .call();
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
     common::wait_until("the holder to stand down", || {
         lead_of(&r.gws[holder]) == Some(false)
     });
@@ -1223,7 +1243,14 @@ fn a_holder_whose_renewal_hangs_stands_down() {
                 .is_some_and(|m| m.contains("does not answer"))
     };
     common::wait_until("the stalled store reported", || stalled(&r.gws[holder]));
+    // The other replica answers too, its reader still waiting.
+    let other = &r.gws[1 - holder];
+    let (s, _) = other.call("GET", "/healthz", None, None);
+    assert!(s == 200 || s == 503, "{s}");
     drop(resume);
+    for t in readers {
+        t.join().unwrap();
+    }
     common::wait_until("a replica to lead again", || r.gws.iter().any(leads));
     common::wait_until("every replica healthy again", || {
         r.gws

@@ -276,7 +276,7 @@ impl Store {
     /// the newest log at once (a checkpoint request) call it too.
     pub fn catch_up(&self) -> Result<u64, StoreError> {
         match &self.inner.readers {
-            Readers::Pg(r) => r.catch_up(&self.inner.view, &self.inner.size_tx),
+            Readers::Pg(r) => off_worker(|| r.catch_up(&self.inner.view, &self.inner.size_tx)),
             Readers::Sqlite(_) => Ok(self.log_size()),
         }
     }
@@ -432,7 +432,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         match &self.inner.readers {
             Readers::Sqlite(r) => r.read(f),
-            Readers::Pg(r) => r.read(f),
+            Readers::Pg(r) => off_worker(|| r.read(f)),
         }
     }
 
@@ -655,6 +655,21 @@ impl Store {
             tx.put_meta("checkpoint", &note)
         })
         .await
+    }
+}
+
+/// Runs `f`, which may wait on the network for long (a PostgreSQL read,
+/// when the server hangs), without holding a Tokio worker: on a worker of
+/// a multi-thread runtime its other tasks move to another thread
+/// meanwhile, so one stuck read does not stop the gateway answering
+/// (`/healthz` says 503; other requests are refused, not hung). Anywhere
+/// else it just runs.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
