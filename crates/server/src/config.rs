@@ -1187,7 +1187,9 @@ impl Config {
             // business: `serve` refuses to start without it, while offline
             // commands (`policy validate --config`) need not have it.
             match s.build(&log_origin) {
-                Ok(_) | Err(secondkey_sinks::ConfigError::SecretEnv { .. }) => {}
+                Ok(_)
+                | Err(secondkey_sinks::ConfigError::SecretEnv { .. })
+                | Err(secondkey_sinks::ConfigError::ApiKeyEnv { .. }) => {}
                 Err(e) => return Err(invalid(format!("sinks[{i}]"), e.to_string())),
             }
         }

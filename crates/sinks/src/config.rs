@@ -167,6 +167,14 @@ pub enum ConfigError {
         /// The variable.
         var: String,
     },
+    /// `api_key_env` (OpenLineage) names an unset variable.
+    #[error("sink {name}: environment variable {var} (api_key_env) is not set; export it, or leave api_key_env out for an endpoint that needs no key")]
+    ApiKeyEnv {
+        /// The sink.
+        name: String,
+        /// The variable.
+        var: String,
+    },
     /// The secret is malformed.
     #[error("sink {name}: {source}")]
     Secret {
@@ -344,7 +352,7 @@ fn openlineage(
         });
     }
     let api_key = match &c.api_key_env {
-        Some(var) => Some(std::env::var(var).map_err(|_| ConfigError::SecretEnv {
+        Some(var) => Some(std::env::var(var).map_err(|_| ConfigError::ApiKeyEnv {
             name: c.name.clone(),
             var: var.clone(),
         })?),
@@ -428,6 +436,18 @@ mod tests {
             "[[sinks]]\nname = \"l\"\ntype = \"openlineage\"\nurl = \"https://x\"\nnamspace = \"x\"\n",
         );
         assert!(typo.is_err());
+        // An unset api_key_env says which key named it, and no `secret`
+        // (OpenLineage sinks have none).
+        let keyless: Server = toml::from_str(
+            "[[sinks]]\nname = \"l\"\ntype = \"openlineage\"\nurl = \"https://x\"\napi_key_env = \"SECONDKEY_TEST_SURELY_UNSET_VAR\"\n",
+        )
+        .unwrap();
+        let e = keyless.sinks[0].build("o").err().unwrap();
+        assert!(matches!(e, ConfigError::ApiKeyEnv { .. }), "{e}");
+        assert!(
+            e.to_string().contains("api_key_env") && !e.to_string().contains("`secret`"),
+            "{e}"
+        );
     }
 
     #[test]

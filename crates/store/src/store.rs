@@ -878,6 +878,14 @@ fn run_batch(
 ) -> (Result<(), String>, Replies) {
     let base = match backend.begin(view, size_tx) {
         Ok(base) => base,
+        // An unreachable PostgreSQL is said as such, to every job.
+        Err(e @ StoreError::PgDown(_)) => {
+            let failed = batch
+                .into_iter()
+                .map(|job| (job.reply, Err(not_committed(&e))))
+                .collect();
+            return (Err(format!("cannot begin a transaction: {e}")), failed);
+        }
         Err(e) => return fail_all(batch, &format!("cannot begin a transaction: {e}")),
     };
     top_up(&mut batch);
@@ -914,7 +922,7 @@ fn run_batch(
         backend.rollback();
         let failed = results
             .into_iter()
-            .map(|(reply, _)| (reply, Err(StoreError::Commit(e.to_string()))))
+            .map(|(reply, _)| (reply, Err(not_committed(&e))))
             .collect();
         return (Err(format!("commit failed: {e}")), failed);
     }
@@ -938,6 +946,16 @@ fn run_batch(
         }
     }
     (storage_failure.map_or(Ok(()), Err), results)
+}
+
+/// A batch's jobs' error when its commit failed with `e`: an unreachable
+/// PostgreSQL is said as such (its message already says that nothing was
+/// recorded), any other failure wrapped.
+fn not_committed(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::PgDown(m) => StoreError::PgDown(m.clone()),
+        other => StoreError::Commit(other.to_string()),
+    }
 }
 
 /// Jobs that failed after they returned get their error instead.
