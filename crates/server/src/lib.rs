@@ -174,10 +174,14 @@ impl Running {
             tracing::warn!(error = %e, "could not anchor the last checkpoint at shutdown");
         }
         // And give the witnesses the final checkpoint (bounded: a witness
-        // that is down does not hold the shutdown).
-        let final_round = witness::submit_once(&self.gateway);
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(15), final_round).await {
-            tracing::warn!(error = %e, "could not submit the last checkpoint to witnesses");
+        // that is down does not hold the shutdown) — on a shared store only
+        // the replica holding the background lease submits, as it does
+        // while running.
+        if !self.gateway.store.is_shared() || self.gateway.replica.is_leader() {
+            let final_round = witness::submit_once(&self.gateway);
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(15), final_round).await {
+                tracing::warn!(error = %e, "could not submit the last checkpoint to witnesses");
+            }
         }
         // Hand the background work over at once, not after the lease lapses.
         if let Some(keeper) = self.keeper.take() {

@@ -168,7 +168,7 @@ pub(crate) struct Target {
     pub(crate) config: tokio_postgres::Config,
     tls: PgTls,
     /// `user@host:port/db`, for messages (never the password).
-    display: String,
+    pub(crate) display: String,
 }
 
 impl PgOptions {
@@ -277,6 +277,12 @@ impl PgOptions {
             None => "localhost".into(),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
+        // An IPv6 address is written in brackets, as in the URL.
+        let host = if host.contains(':') && !host.starts_with('/') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         Ok(Target {
             config,
             tls,

@@ -426,6 +426,12 @@ fn urls_with_a_password_or_a_weak_sslmode_are_refused() {
             ca_file: Some("/etc/ca.pem".into())
         }
     );
+    // Messages write the server as its URL does: an IPv6 address in
+    // brackets, before the port.
+    let t = PgOptions::new("postgres://sk@[::1]:55436/sk?sslmode=disable")
+        .target()
+        .unwrap();
+    assert_eq!(t.display, "postgres://sk@[::1]:55436/sk");
     // The password never shows in debug output.
     let mut o = PgOptions::new("postgres://sk@db/sk");
     o.password = Some("hunter2".into());
