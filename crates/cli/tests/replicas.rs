@@ -1258,3 +1258,44 @@ fn a_holder_whose_renewal_hangs_stands_down() {
             .all(|g| g.call("GET", "/healthz", None, None).0 == 200)
     });
 }
+
+/// Witness submissions come from the lease holder only — the final one at
+/// shutdown too: a replica that does not hold the lease sends a witness
+/// nothing when it stops.
+#[test]
+fn only_the_lease_holder_submits_to_witnesses_even_at_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wkey = tmp.path().join("w1.key");
+    let (code, vkey, err) = run_cli(
+        &[
+            "witness",
+            "keygen",
+            "--name",
+            "w.example/w1",
+            "--out",
+            wkey.to_str().unwrap(),
+        ],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    // A witness that is never there: every submission fails, and says so.
+    let extra = format!(
+        "\n[[log.witnesses]]\nname = \"w1\"\nurl = \"http://127.0.0.1:1\"\nkey = \"{}\"\n",
+        vkey.trim()
+    );
+    let mut r = replicas_with(2, &extra);
+    common::wait_until("a replica to hold the lease", || r.gws.iter().any(leads));
+    let holder = r.gws.iter().position(leads).unwrap();
+    let other = 1 - holder;
+    r.gws[other].stop();
+    let log = std::fs::read_to_string(r.gws[other].dir.join("gateway.log")).unwrap();
+    assert!(
+        !log.contains("could not submit the last checkpoint") && !log.contains("witness=w1"),
+        "a replica without the lease submitted: {log}"
+    );
+    // The holder does submit (and fails, the witness being absent).
+    r.gws[holder].stop();
+    let log = std::fs::read_to_string(r.gws[holder].dir.join("gateway.log")).unwrap();
+    assert!(log.contains("w1"), "the holder submitted: {log}");
+}
