@@ -1672,6 +1672,14 @@ fn store_config(
         }
     });
     pg.check().map_err(|m| invalid("store.url", m))?;
+    pg.check_ca().map_err(|m| {
+        let key = if st.ca_file.is_some() {
+            "store.ca_file"
+        } else {
+            "store.url"
+        };
+        invalid(key, m)
+    })?;
     Ok(Some(pg))
 }
 
@@ -1921,6 +1929,49 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, "test.toml", Path::new("/tmp"), &HashMap::new())
+    }
+
+    #[test]
+    fn a_store_ca_file_that_cannot_be_used_is_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let env: HashMap<String, String> = [("PGPW".to_string(), "pw".to_string())].into();
+        let load = |query: &str, extra: &str| {
+            Config::from_toml(
+                &format!("[store]\nurl = \"postgres://sk@db.example/sk{query}\"\npassword_env = \"PGPW\"\n{extra}"),
+                "test.toml",
+                dir.path(),
+                &env,
+            )
+        };
+        for (query, extra, key, says) in [
+            (
+                "",
+                "ca_file = \"missing.pem\"\n",
+                "store.ca_file",
+                "cannot read the CA file",
+            ),
+            (
+                "",
+                "ca_file = \"empty.pem\"\n",
+                "store.ca_file",
+                "holds no certificate",
+            ),
+            (
+                "?sslrootcert=/nonexistent/ca.pem",
+                "",
+                "store.url",
+                "cannot read the CA file",
+            ),
+        ] {
+            let e = load(query, extra).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(says),
+                "{query}{extra}: {e}"
+            );
+        }
+        // Without a CA file, the web's roots: nothing to read.
+        assert!(load("", "").is_ok());
     }
 
     #[test]

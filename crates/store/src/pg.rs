@@ -188,6 +188,20 @@ impl PgOptions {
         self.target().map(|t| t.tls)
     }
 
+    /// Reads the CA file TLS would trust (`ca_file`, else the URL's
+    /// `sslrootcert`), so that a missing, unreadable or empty one is a
+    /// configuration error at start, not at the first connection.
+    pub fn check_ca(&self) -> Result<(), String> {
+        match self.check()? {
+            PgTls::VerifyFull { ca_file: Some(p) } => match tls::connector(Some(&p)) {
+                Ok(_) => Ok(()),
+                Err(StoreError::Pg(m)) => Err(m),
+                Err(e) => Err(e.to_string()),
+            },
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn target(&self) -> Result<Target, String> {
         let url = self.url.trim();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
