@@ -941,18 +941,7 @@ fn a_printing_command_whose_reader_left_ends_quietly() {
 fn keys_generate_writes_a_private_file() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("log.key");
-    let (code, out, err) = run_cli(
-        &[
-            "keys",
-            "generate",
-            "--name",
-            "example.org/log",
-            "--out",
-            key.to_str().unwrap(),
-        ],
-        "http://127.0.0.1:1",
-        None,
-    );
+    let (code, out, err) = keygen(["keys", "generate"], "example.org/log", &key);
     assert_eq!(code, 0, "{err}");
     assert!(out.trim().starts_with("example.org/log+"), "{out}");
     assert!(!out.contains("PRIVATE"), "the secret is never printed");
@@ -961,36 +950,13 @@ fn keys_generate_writes_a_private_file() {
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let (code, _, _) = run_cli(
-        &[
-            "keys",
-            "generate",
-            "--name",
-            "example.org/log",
-            "--out",
-            key.to_str().unwrap(),
-        ],
-        "http://127.0.0.1:1",
-        None,
-    );
+    let (code, _, _) = keygen(["keys", "generate"], "example.org/log", &key);
     assert_ne!(code, 0, "an existing key is never overwritten");
     // A key only goes into a directory that exists: a mistyped --out is an
     // error that makes nothing.
     let missing = dir.path().join("no-such-dir");
     for cmd in [["keys", "generate"], ["witness", "keygen"]] {
-        let out = missing.join("k.key");
-        let (code, _, err) = run_cli(
-            &[
-                cmd[0],
-                cmd[1],
-                "--name",
-                "example.org/log",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            "http://127.0.0.1:1",
-            None,
-        );
+        let (code, _, err) = keygen(cmd, "example.org/log", &missing.join("k.key"));
         assert_eq!(code, 1, "{cmd:?}: {err}");
         assert!(err.contains("does not exist; create it first"), "{err}");
         assert!(!missing.exists(), "{cmd:?} made the directory");
@@ -1003,61 +969,28 @@ fn keys_generate_writes_a_private_file() {
 #[test]
 fn offline_commands_say_when_a_path_names_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("log.key");
-    let (code, vkey, err) = run_cli(
-        &[
-            "keys",
-            "generate",
-            "--name",
-            "example.org/log",
-            "--out",
-            key.to_str().unwrap(),
-        ],
-        "http://127.0.0.1:1",
-        None,
+    let vkey = new_key(
+        ["keys", "generate"],
+        "example.org/log",
+        &dir.path().join("log.key"),
     );
-    assert_eq!(code, 0, "{err}");
     let nope = dir.path().join("nope");
+    let nope = nope.to_str().unwrap();
+    let verify = ["log", "verify", "--bundle", nope, "--key"];
     let cases: [(Vec<&str>, &str); 4] = [
         (
-            vec![
-                "log",
-                "verify",
-                "--bundle",
-                nope.to_str().unwrap(),
-                "--key",
-                vkey.trim(),
-            ],
+            [&verify[..], &[&vkey]].concat(),
             "is not a directory: no bundle there",
         ),
         (
-            vec![
-                "log",
-                "verify",
-                "--bundle",
-                nope.to_str().unwrap(),
-                "--key",
-                "./log.vkey",
-            ],
+            [&verify[..], &["./log.vkey"]].concat(),
             "./log.vkey: no such file",
         ),
         (
-            vec![
-                "log",
-                "verify",
-                "--bundle",
-                nope.to_str().unwrap(),
-                "--key",
-                vkey.trim(),
-                "--witness",
-                "w1.vkey",
-            ],
+            [&verify[..], &[&vkey, "--witness", "w1.vkey"]].concat(),
             "w1.vkey: no such file",
         ),
-        (
-            vec!["recording", "list", "--dir", nope.to_str().unwrap()],
-            "cannot list",
-        ),
+        (vec!["recording", "list", "--dir", nope], "cannot list"),
     ];
     for (args, says) in cases {
         let (code, out, err) = run_cli(&args, "http://127.0.0.1:1", None);
@@ -1579,15 +1512,9 @@ fn served_verifier(cwd: &std::path::Path, config: &str, port: u16) -> String {
     key.trim().to_string()
 }
 
-/// With a relative `data_dir` and the config named by a relative path,
-/// the log's and the grants' keys are under `data_dir/keys` — where the
-/// session key is and the guides say — whatever directory the gateway is
-/// started from; a key an earlier build left under the config's directory
-/// twice over is still used (the log keeps its key).
-#[test]
-fn default_keys_are_under_data_dir_whatever_the_working_directory() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
+/// `root/sub/sk.toml` with a relative `data_dir` (`d`) and policy
+/// directory, listening on a free port: `sub` and the port.
+fn relative_config(root: &std::path::Path) -> (std::path::PathBuf, u16) {
     let sub = root.join("sub");
     std::fs::create_dir_all(sub.join("policies")).unwrap();
     std::fs::write(
@@ -1601,6 +1528,19 @@ fn default_keys_are_under_data_dir_whatever_the_working_directory() {
         format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"d\"\npolicy_dir = \"policies\"\n"),
     )
     .unwrap();
+    (sub, port)
+}
+
+/// With a relative `data_dir` and the config named by a relative path,
+/// the log's and the grants' keys are under `data_dir/keys` — where the
+/// session key is and the guides say — whatever directory the gateway is
+/// started from; a key an earlier build left under the config's directory
+/// twice over is still used (the log keeps its key).
+#[test]
+fn default_keys_are_under_data_dir_whatever_the_working_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (sub, port) = relative_config(root);
     let first = served_verifier(root, "sub/sk.toml", port);
     for k in ["log.key", "grant.key", "session.key"] {
         assert!(sub.join("d/keys").join(k).is_file(), "{k} under data_dir");
@@ -1613,35 +1553,15 @@ fn default_keys_are_under_data_dir_whatever_the_working_directory() {
     // where it belongs: that one is used.
     let other = tempfile::tempdir().unwrap();
     let root = other.path();
-    let sub = root.join("sub");
-    std::fs::create_dir_all(sub.join("policies")).unwrap();
-    std::fs::write(
-        sub.join("policies/p.cedar"),
-        "permit(principal, action, resource);",
-    )
-    .unwrap();
-    let port = free_port();
-    std::fs::write(
-        sub.join("sk.toml"),
-        format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"d\"\npolicy_dir = \"policies\"\n"),
-    )
-    .unwrap();
+    let (sub, port) = relative_config(root);
     let old = sub.join("sub/d/keys");
     std::fs::create_dir_all(&old).unwrap();
-    let (code, vkey, err) = run_cli(
-        &[
-            "keys",
-            "generate",
-            "--name",
-            "secondkey.local/log",
-            "--out",
-            old.join("log.key").to_str().unwrap(),
-        ],
-        "http://127.0.0.1:1",
-        None,
+    let vkey = new_key(
+        ["keys", "generate"],
+        "secondkey.local/log",
+        &old.join("log.key"),
     );
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(served_verifier(root, "sub/sk.toml", port), vkey.trim());
+    assert_eq!(served_verifier(root, "sub/sk.toml", port), vkey);
     assert!(!sub.join("d/keys/log.key").exists(), "no second log key");
 }
 
@@ -1662,19 +1582,7 @@ fn a_log_key_that_did_not_sign_the_log_is_refused_at_start() {
     let key = dir.path().join("data/keys/log.key");
     let kept = dir.path().join("log.key.kept");
     std::fs::rename(&key, &kept).unwrap();
-    let (code, _, err) = run_cli(
-        &[
-            "keys",
-            "generate",
-            "--name",
-            "test.secondkey/log",
-            "--out",
-            key.to_str().unwrap(),
-        ],
-        "http://127.0.0.1:1",
-        None,
-    );
-    assert_eq!(code, 0, "{err}");
+    new_key(["keys", "generate"], "test.secondkey/log", &key);
     let err = serve_refusal(&g.config, &[]).expect("a foreign log key is refused");
     assert!(
         err.contains("did not sign this store's log") && err.contains(key.to_str().unwrap()),

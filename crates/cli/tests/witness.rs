@@ -435,20 +435,8 @@ fn a_witness_cuts_off_a_client_that_never_finishes_its_request() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A log key made for the purpose: no gateway needed.
-    let (code, log_vkey, err) = run_cli(
-        &[
-            "keys",
-            "generate",
-            "--name",
-            "log.test/l1",
-            "--out",
-            d.join("log.key").to_str().unwrap(),
-        ],
-        "http://127.0.0.1:1",
-        None,
-    );
-    assert_eq!(code, 0, "{err}");
-    let (_w, url, _) = start_witness(d, log_vkey.trim());
+    let log_vkey = new_key(["keys", "generate"], "log.test/l1", &d.join("log.key"));
+    let (_w, url, _) = start_witness(d, &log_vkey);
     let addr = url.trim_start_matches("http://");
     let mut slow_head = std::net::TcpStream::connect(addr).unwrap();
     slow_head

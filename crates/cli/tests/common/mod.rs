@@ -385,6 +385,25 @@ pub fn serve_refusal(path: &Path, env: &[(&str, &str)]) -> Result<String, String
     }
 }
 
+/// A new key at `out`, named `name`, made offline by `cmd` (`["keys",
+/// "generate"]` for a log key, `["witness", "keygen"]` for a witness's):
+/// the verifier key it prints. Panics when the command fails.
+pub fn new_key(cmd: [&str; 2], name: &str, out: &Path) -> String {
+    let (code, vkey, err) = keygen(cmd, name, out);
+    assert_eq!(code, 0, "{cmd:?} {name}: {err}");
+    vkey.trim().to_string()
+}
+
+/// [`new_key`] as run: exit code, stdout, stderr.
+pub fn keygen(cmd: [&str; 2], name: &str, out: &Path) -> (i32, String, String) {
+    let out = out.to_str().unwrap();
+    run_cli(
+        &[cmd[0], cmd[1], "--name", name, "--out", out],
+        "http://127.0.0.1:1",
+        None,
+    )
+}
+
 pub fn run_cli(args: &[&str], url: &str, token_for: Option<&str>) -> (i32, String, String) {
     let mut c = Command::new(BIN);
     c.args(args)
