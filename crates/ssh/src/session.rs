@@ -70,6 +70,11 @@ impl Agent {
         }
     }
 
+    /// The logged-in principal's id, for logs (none before login).
+    fn who_id(&self) -> Option<String> {
+        self.who.as_ref().map(|p| p.id.to_string())
+    }
+
     /// The flag this handler sets once its agent has logged in.
     pub fn logged_in(&self) -> Arc<std::sync::atomic::AtomicBool> {
         self.logged_in.clone()
@@ -338,7 +343,7 @@ impl server::Handler for Agent {
         _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        tracing::warn!(peer = ?self.peer, principal = ?self.who.as_ref().map(|p| p.id.to_string()),
+        tracing::warn!(peer = ?self.peer, principal = ?self.who_id(),
             "ssh: agent forwarding refused");
         Ok(false)
     }
@@ -352,7 +357,7 @@ impl server::Handler for Agent {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::warn!(peer = ?self.peer, principal = ?self.who.as_ref().map(|p| p.id.to_string()),
+        tracing::warn!(peer = ?self.peer, principal = ?self.who_id(),
             "ssh: X11 forwarding refused");
         session.channel_failure(channel)
     }
@@ -363,7 +368,7 @@ impl server::Handler for Agent {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        tracing::warn!(peer = ?self.peer, principal = ?self.who.as_ref().map(|p| p.id.to_string()),
+        tracing::warn!(peer = ?self.peer, principal = ?self.who_id(),
             address, port = *port, "ssh: remote port forwarding refused");
         Ok(false)
     }
@@ -373,7 +378,7 @@ impl server::Handler for Agent {
         socket_path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        tracing::warn!(peer = ?self.peer, principal = ?self.who.as_ref().map(|p| p.id.to_string()),
+        tracing::warn!(peer = ?self.peer, principal = ?self.who_id(),
             socket_path, "ssh: remote socket forwarding refused");
         Ok(false)
     }
