@@ -40,6 +40,8 @@ PermitRootLogin prohibit-password
 AllowUsers $ME
 MaxSessions 64
 MaxStartups 200
+# The upstream shell reads no dotfiles of the user running the bench.
+SetEnv HOME=$DIR
 LogLevel ERROR
 CFG
 [ "$(id -u)" = 0 ] && mkdir -p /run/sshd

@@ -126,11 +126,14 @@ fn world_full(tmp: &Path, hold_timeout: &str, policy: &str, gateway_keys: &str) 
     std::fs::write(dir.join("authorized_keys"), format!("{upstream_pub}\n")).unwrap();
     let sshd_port = free_port();
     let user = user_name();
+    // HOME is the test's directory so the upstream shell reads no dotfiles
+    // of the user running the tests: a login script that waits (a stale
+    // lock in root's ~/.bashrc held every command for 60 s) is not ours.
     let cfg = format!(
         "Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {d}/sshd_host_key\nPidFile none\nUsePAM no\n\
          AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
          KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
-         AllowUsers {user}\nSubsystem sftp internal-sftp\nSetEnv PATH={d}/bin:/usr/local/bin:/usr/bin:/bin\n\
+         AllowUsers {user}\nSubsystem sftp internal-sftp\nSetEnv HOME={d} PATH={d}/bin:/usr/local/bin:/usr/bin:/bin\n\
          LogLevel VERBOSE\n",
         d = dir.display()
     );
