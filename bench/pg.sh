@@ -16,6 +16,8 @@
 #   PROFILE_CLIENTS=1                # with PROFILE: profile with this many clients (default 10)
 #   AFTER_WINDOW=40ms bench/pg.sh    # [log] after_window (default 10ms, the product's default)
 #   SECONDKEY_BIN=path bench/pg.sh   # measures that binary instead of building this checkout's
+#   SPLIT=1 bench/pg.sh              # after each row, where the cores went per statement in the
+#                                    # pgbouncer, strict and after runs (bench/cpu_split.py)
 #
 # Needs postgresql-15, pgbench, pgbouncer, postgresql-15-pgaudit (Debian); as root it installs
 # pgbouncer and pgaudit itself. Everything runs on 127.0.0.1 with throwaway data and is
@@ -162,6 +164,16 @@ run() { # target mode clients → tps
     | awk '/^tps = / {print int($3); exit}'
 }
 
+# SPLIT=1: target mode clients → tps, like run, and the run's CPU split per
+# statement into $WORK/split.<target>.
+split_run() {
+  [ "${SPLIT:-}" = 1 ] || { run "$@"; return; }
+  python3 bench/cpu_split.py snap "$WORK/cpu.json" $BASHPID
+  local tps; tps=$(run "$@")
+  SPLIT_UNIT=statement python3 bench/cpu_split.py diff "$WORK/cpu.json" $BASHPID $((tps * DURATION)) \
+    pgbench=children postgres=postgres pgbouncer=pgbouncer gateway="$(head -c 15 <<<"${SK##*/}")" >"$WORK/split.$1"
+  echo "$tps"
+}
 echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg); duration ${DURATION}s per run; scale $SCALE"
 LOG0=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
@@ -184,13 +196,16 @@ printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s %8s %8s\n" mode c
   "sk/bnc" "after/bnc" "pga/bnc" "sk µs" "after µs" "after e/s" "strict"
 for mode in $MODES; do
   for c in $CLIENTS; do
-    d=$(run direct "$mode" "$c"); a=$(run pgaudit "$mode" "$c"); b=$(run pgbouncer "$mode" "$c")
-    t0=$(ticks); s=$(run secondkey "$mode" "$c"); t1=$(ticks); e1=$(log_size); m1=$(strict_count)
-    f=$(run after "$mode" "$c"); t2=$(ticks); e2=$(log_size); m2=$(strict_count)
+    d=$(run direct "$mode" "$c"); a=$(run pgaudit "$mode" "$c"); b=$(split_run pgbouncer "$mode" "$c")
+    t0=$(ticks); s=$(split_run secondkey "$mode" "$c"); t1=$(ticks); e1=$(log_size); m1=$(strict_count)
+    f=$(split_run after "$mode" "$c"); t2=$(ticks); e2=$(log_size); m2=$(strict_count)
     printf "%-9s %-8s %10s %10s %10s %10s %10s %9s %9s %9s %8s %8s %8s %8s\n" "$mode" "$c" "$d" "$a" "$b" "$s" "$f" \
       "$(ratio "$s" "$b")" "$(ratio "$f" "$b")" "$(ratio "$a" "$b")" \
       "$(per_stmt "$t0" "$t1" "$s")" "$(per_stmt "$t1" "$t2" "$f")" "$(per_entry "$e1" "$e2" "$f")" \
       "$(strict_share $m1 $m2)"
+    if [ "${SPLIT:-}" = 1 ]; then
+      for t in pgbouncer secondkey after; do echo "  $t: $(cat "$WORK/split.$t")"; done
+    fi
   done
 done
 LOG1=$(curl -s "http://127.0.0.1:$SKHTTP_PORT/v1/log/checkpoint" | sed -n 2p)

@@ -5,7 +5,9 @@
 #    answered with its grant) on one node with the embedded SQLite store, then
 #    on 1, 2 and 3 replicas sharing one PostgreSQL 15 store. Load: one wrk per
 #    replica, the connections split evenly, the rates summed (no balancer in
-#    the path, so its cost is not counted against either side).
+#    the path, so its cost is not counted against either side). Each phase
+#    also prints where the cores went per allow (bench/cpu_split.py): the
+#    gateways, PostgreSQL, wrk, the rest, and how busy the machine was.
 # 2. Approval on replica A -> the agent long-polling on replica B: how long
 #    after the approval was sent the agent has its answer (bench/replicas_wake.py).
 #
@@ -13,8 +15,11 @@
 # cores. PostgreSQL keeps its defaults (fsync, synchronous_commit on).
 #
 # Usage: bench/replicas.sh
-# Env:   CONNS=32  DURATION=15s  WAKES=200
+# Env:   CONNS=32  DURATION=15s (seconds)  WAKES=200
+#        SECONDKEY_BIN=path: measure that binary instead of building this checkout's
 set -euo pipefail
+# A relative SECONDKEY_BIN is the caller's: resolved before leaving its directory.
+[ -n "${SECONDKEY_BIN:-}" ] && SECONDKEY_BIN=$(realpath -m -- "$SECONDKEY_BIN")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 CONNS=${CONNS:-32}
@@ -25,9 +30,15 @@ PGBIN=/usr/lib/postgresql/15/bin
 command -v wrk >/dev/null || { echo "wrk is not installed: run 'apt-get install -y wrk' (as root)" >&2; exit 1; }
 [ -x "$PGBIN/initdb" ] || { echo "PostgreSQL 15 is missing; run: apt-get install -y postgresql-15" >&2; exit 1; }
 
-echo "== building the release binary"
-cargo build --release --locked -p secondkey --quiet
-SK=$ROOT/target/release/secondkey
+if [ -n "${SECONDKEY_BIN:-}" ]; then
+  # Measure that binary (an A/B against another build) instead of building this checkout's.
+  SK=$(realpath -e -- "$SECONDKEY_BIN" 2>/dev/null) && [ -x "$SK" ] \
+    || { echo "SECONDKEY_BIN=$SECONDKEY_BIN is not an executable file" >&2; exit 1; }
+else
+  echo "== building the release binary"
+  cargo build --release --locked -p secondkey --quiet
+  SK=$ROOT/target/release/secondkey
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d /tmp/sk-replicas-bench.XXXXXX)
@@ -150,6 +161,7 @@ load() {
     wrk -t1 -c2 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$port/v1/actions" >/dev/null
   done
   local wrks=()
+  python3 "$ROOT/bench/cpu_split.py" snap "$WORK/cpu.json" $$
   for port in "$@"; do
     wrk -t1 -c"$c" -d"$DURATION" -s "$WORK/post.lua" "http://127.0.0.1:$port/v1/actions" >"$WORK/wrk.$i" &
     wrks+=($!)
@@ -164,6 +176,9 @@ load() {
     errors=$((errors + $(sed 's/.*errors=\([0-9]*\).*/\1/' <<<"$r")))
   done
   echo "RESULT $label: $total allows/s (errors $errors) —$lines"
+  # Where the cores went: the gateways, PostgreSQL, wrk and the rest.
+  echo "       $(SPLIT_UNIT=allow python3 "$ROOT/bench/cpu_split.py" diff "$WORK/cpu.json" $$ $((total * ${DURATION%s})) \
+    gateways="$(head -c 15 <<<"${SK##*/}")" postgres=postgres wrk=children)"
 }
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
