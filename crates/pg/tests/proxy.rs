@@ -501,6 +501,14 @@ async fn extended_protocol_binds_parameters_into_the_action() {
         last["params"]["parameters_sha256"].as_str().map(str::len),
         Some(64)
     );
+    // A NULL parameter is decided like any other (policies see the other
+    // values), not refused as undecidable; it is logged as null.
+    let none: Option<i32> = None;
+    let r = c.query_opt(&st, &[&none]).await.unwrap();
+    assert!(r.is_none());
+    let allowed = env.events("action.allowed");
+    let last = &allowed.last().unwrap()["payload"]["action"];
+    assert_eq!(last["params"]["parameters"], serde_json::json!([null]));
     // A write to orders needs one review: held with its own parameters.
     let ins = c
         .prepare("INSERT INTO orders VALUES ($1, 1, 10)")

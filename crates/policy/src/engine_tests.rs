@@ -262,6 +262,32 @@ fn bad_request_is_denied_with_error() {
 }
 
 #[test]
+fn a_null_item_of_a_list_is_left_out_of_its_set() {
+    // A SQL NULL bound to a statement arrives as a null parameter: the
+    // statement is decided on the other values, not refused as undecidable.
+    let e = engine(&[(
+        "a.cedar",
+        r#"permit (principal, action, resource) when { context.params has parameters && context.params.parameters.contains(5) };
+           forbid (principal, action, resource) when { context.params has parameters && context.params.parameters.contains("x") };"#,
+    )]);
+    let who = principal("user:a", &[]);
+    let mut a = action("sql", "write", "r");
+    a.params.insert("parameters".into(), json!([null, 5]));
+    let d = e.decide(&who, &a, &none());
+    assert_eq!(d.outcome, Outcome::Allow, "{:?}", d.errors);
+    a.params.insert("parameters".into(), json!([null, 5, "x"]));
+    assert_eq!(e.decide(&who, &a, &none()).outcome, Outcome::Deny);
+    a.params.insert("parameters".into(), json!([null]));
+    let d = e.decide(&who, &a, &none());
+    assert_eq!(
+        (d.outcome, d.errors.is_empty()),
+        (Outcome::Deny, true),
+        "no permit matches a set without 5: {:?}",
+        d.errors
+    );
+}
+
+#[test]
 fn entities_and_context_reach_policies() {
     let e = engine(&[(
         "a.cedar",

@@ -344,16 +344,16 @@ fn value(v: &Value, path: &str) -> Result<RestrictedExpression, RequestError> {
                 });
             }
         },
+        // A list is a Cedar set, which keeps neither order nor repeats;
+        // Cedar has no null, so a null item is left out of it as a null
+        // member of a record is (a SQL NULL parameter, a JSON null in a
+        // tool's argument list). The logged action keeps the whole list.
         Value::Array(items) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                if item.is_null() {
-                    return Err(RequestError::Value {
-                        path: format!("{path}[{i}]"),
-                        problem: "null cannot be a member of a set; remove it".to_owned(),
-                    });
+                if !item.is_null() {
+                    out.push(value(item, &format!("{path}[{i}]"))?);
                 }
-                out.push(value(item, &format!("{path}[{i}]"))?);
             }
             RestrictedExpression::new_set(out)
         }
@@ -419,6 +419,12 @@ mod tests {
     #[test]
     fn nulls() {
         assert!(check_action(&action(json!({"n": null, "o": {"p": null}}))).is_ok());
-        assert!(check_action(&action(json!({"n": [null]}))).is_err());
+        // A null item of a list is left out of the set, at any depth; what
+        // is around it is still checked.
+        assert!(check_action(&action(json!({"n": [null, 1, [null]]}))).is_ok());
+        let err = check_action(&action(json!({"n": [null, 1.5]}))).unwrap_err();
+        assert!(err.to_string().starts_with("context.n[1]: 1.5"), "{err}");
+        // A bare null stays refused where it can only be a value.
+        assert!(value(&Value::Null, "x").is_err());
     }
 }
