@@ -300,8 +300,12 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
             special = Special::Deallocate(if d.isall { None } else { Some(d.name.clone()) });
             Operation::Read
         }
-        N::DiscardStmt(_) => {
-            special = Special::Deallocate(None);
+        N::DiscardStmt(d) => {
+            // Only DISCARD ALL drops prepared statements; DISCARD PLANS,
+            // SEQUENCES and TEMP keep them.
+            if d.target == protobuf::DiscardMode::DiscardAll as i32 {
+                special = Special::Deallocate(None);
+            }
             Operation::Read
         }
         N::VariableSetStmt(s) => variable_set(s)?,

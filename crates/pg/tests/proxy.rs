@@ -509,6 +509,14 @@ async fn extended_protocol_binds_parameters_into_the_action() {
     let allowed = env.events("action.allowed");
     let last = &allowed.last().unwrap()["payload"]["action"];
     assert_eq!(last["params"]["parameters"], serde_json::json!([null]));
+    // DISCARD PLANS keeps the prepared statements (only DISCARD ALL and
+    // DEALLOCATE drop them), in the server and in the gateway's mirror.
+    c.batch_execute("DISCARD PLANS").await.unwrap();
+    let r = c.query_one(&st, &[&1i32]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), "c1@example.com");
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    let e = c.query_one(&st, &[&1i32]).await.unwrap_err();
+    assert_eq!(code(&e), "26000", "{e}");
     // A write to orders needs one review: held with its own parameters.
     let ins = c
         .prepare("INSERT INTO orders VALUES ($1, 1, 10)")

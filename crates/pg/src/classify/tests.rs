@@ -973,6 +973,19 @@ fn deallocate_is_special() {
         c("DISCARD ALL").unwrap().statements[0].special,
         Special::Deallocate(None)
     );
+    // The other DISCARDs keep the session's prepared statements.
+    for sql in [
+        "DISCARD PLANS",
+        "DISCARD SEQUENCES",
+        "DISCARD TEMP",
+        "DISCARD TEMPORARY",
+    ] {
+        assert_eq!(
+            c(sql).unwrap().statements[0].special,
+            Special::None,
+            "{sql}"
+        );
+    }
     assert!(c("").unwrap().statements.is_empty());
 }
 
