@@ -123,6 +123,12 @@ pub struct Statement {
     /// column definition, `%TYPE`): its casts, operators and input may be
     /// user code.
     pub foreign_types: bool,
+    /// Whether the statement may change which schema an unqualified name
+    /// resolves to: SET or RESET of `search_path`, `role` or
+    /// `session_authorization`, RESET ALL, a call of `set_config`, a DO
+    /// block or a procedure. Names are read with the configured
+    /// `default_schema`, which is then no longer known to be right.
+    pub moves_names: bool,
 }
 
 /// Statements that change the proxy's own view of the session.
@@ -143,6 +149,21 @@ pub struct Classification {
 }
 
 impl Classification {
+    /// Whether a statement may change how unqualified names resolve
+    /// ([`Statement::moves_names`]).
+    pub fn moves_names(&self) -> bool {
+        self.statements.iter().any(|s| s.moves_names)
+    }
+
+    /// A table named without a schema, if any statement has one.
+    pub fn unqualified_table(&self) -> Option<&str> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.reads.iter().chain(&s.writes))
+            .find(|t| t.schema.is_none())
+            .map(|t| t.name.as_str())
+    }
+
     /// The operation of the whole query string (see [`combine`]).
     pub fn operation(&self) -> Operation {
         combine(&self.operations())
@@ -262,6 +283,7 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
     }
     let mut w = Walk::new(opts);
     let mut special = Special::None;
+    let mut moves_names = matches!(node, N::DoStmt(_) | N::CallStmt(_));
     let mut portal = None;
     let mut literal_independent = false;
     let base = match node {
@@ -308,7 +330,15 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
             }
             Operation::Read
         }
-        N::VariableSetStmt(s) => variable_set(s)?,
+        N::VariableSetStmt(s) => {
+            let kind = VariableSetKind::try_from(s.kind).unwrap_or(VariableSetKind::Undefined);
+            moves_names = kind == VariableSetKind::VarResetAll
+                || matches!(
+                    s.name.to_ascii_lowercase().as_str(),
+                    "search_path" | "role" | "session_authorization"
+                );
+            variable_set(s)?
+        }
         N::CopyStmt(c) => {
             w.walk(&tree, false);
             if let Some(rel) = &c.relation {
@@ -431,6 +461,10 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
     if !w.unknown.is_empty() {
         ops.insert(Operation::Write);
     }
+    moves_names |= w
+        .functions
+        .iter()
+        .any(|f| f.rsplit('.').next() == Some("set_config"));
     Ok((
         Statement {
             operation: combine(&ops),
@@ -445,6 +479,7 @@ fn statement(node: &N, opts: &Options) -> Result<(Statement, bool), ClassifyErro
             portal,
             literal_input,
             foreign_types,
+            moves_names,
         },
         literal_independent,
     ))

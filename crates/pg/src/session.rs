@@ -294,6 +294,11 @@ pub struct Session {
     syncs_done: u64,
     passing: Option<Passing>,
     tx_status: u8,
+    /// Set once a statement that may change how unqualified names resolve
+    /// ([`Statement::moves_names`]) was let through: from then on a table
+    /// named without a schema is refused, as `default_schema` may no
+    /// longer be the schema the server reads it in.
+    names_moved: bool,
     /// After an error in an extended-protocol batch: drop messages up to Sync.
     skipping: bool,
     /// Set when the server reports settings under which the classifier
@@ -345,6 +350,7 @@ impl Session {
             syncs_done: 0,
             passing: None,
             tx_status: b'I',
+            names_moved: false,
             skipping: false,
             poisoned: None,
             cancel,
@@ -690,6 +696,15 @@ impl Session {
                 ready,
                 parsed,
             });
+            if ready {
+                // A whole answer (to a Query or a function call) waits for
+                // the server's answers to what came before it, which the
+                // server keeps buffered until a Sync or Flush when the
+                // client sent extended-protocol messages without one. The
+                // client waits for ReadyForQuery, so the server must send
+                // them now; a Flush changes nothing else.
+                proto::put(&mut self.uout, b'H', |_| {});
+            }
         }
     }
 
@@ -1247,6 +1262,35 @@ impl Session {
     /// Decides a statement: `Ok(Ok(run))` to forward it, `Ok(Err(_))` to
     /// refuse it, `Err` when the session must end.
     async fn decide(
+        &mut self,
+        class: &Classification,
+        text: &str,
+        params: Option<&[Value]>,
+        wire_sha256: Option<&str>,
+        protocol: &str,
+    ) -> Result<Result<Run, Refusal>, End> {
+        // Tables are named by `default_schema`; after the session (or this
+        // very query string) may have changed the search path, an
+        // unqualified name may be another schema's table.
+        if self.names_moved || class.moves_names() {
+            if let Some(t) = class.unqualified_table() {
+                let schema = &self.sh.conn.default_schema;
+                return Ok(Err(Refusal::new(
+                    "0A000",
+                    format!("secondkey cannot tell which table \"{t}\" names: this session may have changed how names resolve (search_path, role, set_config, a DO block or procedure), and an unqualified table is read as {schema}.{t}; name its schema (schema.{t})"),
+                )));
+            }
+        }
+        let decided = self
+            .decide_named(class, text, params, wire_sha256, protocol)
+            .await;
+        if class.moves_names() && matches!(decided, Ok(Ok(_))) {
+            self.names_moved = true;
+        }
+        decided
+    }
+
+    async fn decide_named(
         &mut self,
         class: &Classification,
         text: &str,

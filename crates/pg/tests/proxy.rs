@@ -1211,6 +1211,94 @@ async fn answers(
     answers_until(s, upto_ready.then_some('Z')).await
 }
 
+/// Tables are named by `default_schema`. Once a session may have changed
+/// its search path (here a procedure calling set_config, which agents may
+/// run as a write), an unqualified table could be another schema's — read
+/// as `public.customers` but run on `secret.customers` — so it is refused
+/// with a hint to name the schema, in that session only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_search_path_may_have_moved_unqualified_tables_are_refused() {
+    let env = setup("retry").await;
+    let (direct, conn) = env.direct().connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    direct
+        .batch_execute(
+            "CREATE SCHEMA secret; CREATE TABLE secret.customers (id int, salary int); \
+             INSERT INTO secret.customers VALUES (1, 100); \
+             CREATE PROCEDURE public.move_path() LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM set_config('search_path', 'secret', false); END $$;",
+        )
+        .await
+        .unwrap();
+    let c = env.connect().await;
+    c.query("SELECT id FROM customers", &[]).await.unwrap();
+    c.batch_execute("CALL move_path()").await.unwrap();
+    for sql in ["SELECT salary FROM customers", "DELETE FROM customers"] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), "0A000", "{sql}: {e}");
+        assert!(
+            message(&e).contains("name its schema (schema.customers)"),
+            "{sql}: {e}"
+        );
+    }
+    // Extended protocol too; a qualified name is decided as before.
+    let e = c
+        .query("SELECT salary FROM customers", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000", "{e}");
+    let rows = c
+        .query("SELECT salary FROM secret.customers", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), 100);
+    // Nothing ran on the unqualified names; another session is not affected.
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM secret.customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let other = env.connect().await;
+    other.query("SELECT id FROM customers", &[]).await.unwrap();
+    env.stop().await;
+}
+
+/// A simple Query the gateway answers itself (refused, or not SQL) right
+/// after extended-protocol messages with no Sync: the client gets the
+/// server's answers to those, then the refusal and ReadyForQuery, without
+/// sending Sync — PostgreSQL answers a Query at once whatever came before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_query_after_an_unsynced_parse_is_answered_at_once() {
+    use bytes::BufMut;
+    use tokio::io::AsyncWriteExt;
+    let env = setup("retry").await;
+    for (q, want) in [("selec 1", "42601"), ("DROP TABLE customers", "42501")] {
+        let mut raw = raw_login(env.pg, "agent:report-bot").await;
+        let mut p = bytes::BytesMut::new();
+        secondkey_pg::proto::put_cstr(&mut p, "");
+        secondkey_pg::proto::put_cstr(&mut p, "SELECT id FROM customers");
+        p.put_u16(0);
+        let mut batch = frame(b'P', &p);
+        let mut body = bytes::BytesMut::new();
+        secondkey_pg::proto::put_cstr(&mut body, q);
+        batch.extend(frame(b'Q', &body));
+        raw.stream.write_all(&batch).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), answers(&mut raw, true))
+            .await
+            .unwrap_or_else(|_| panic!("{q}: no answer without a Sync"));
+        let types: String = got.iter().map(|m| m.0).collect();
+        assert_eq!(types, "1EZ", "{q}: {got:?}");
+        assert_eq!(got[1].1, want, "{q}: {got:?}");
+    }
+    // The table is still there: nothing refused ran.
+    let c = env.connect().await;
+    c.query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap();
+    env.stop().await;
+}
+
 /// Hostile bytes from a logged-in client: each ends only its own connection
 /// with a protocol error (08P01) naming what was wrong, or refuses the one
 /// statement; nothing malformed is forwarded or decided, and the gateway

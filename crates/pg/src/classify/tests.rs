@@ -964,6 +964,38 @@ fn names_in_attribute_notation_are_possible_calls() {
 }
 
 #[test]
+fn statements_that_may_move_the_search_path_are_marked() {
+    for sql in [
+        "SET search_path = secret",
+        "SET LOCAL search_path TO secret, public",
+        "RESET search_path",
+        "SET search_path TO DEFAULT",
+        "RESET ALL",
+        "SET ROLE other",
+        "RESET ROLE",
+        "SET SESSION AUTHORIZATION other",
+        "SELECT set_config('search_path', 'secret', false)",
+        "SELECT pg_catalog.set_config('search_path', 'secret', false)",
+        "DO $$ BEGIN END $$",
+        "CALL p()",
+    ] {
+        let class = c(sql).unwrap();
+        assert!(class.moves_names(), "{sql}");
+    }
+    for sql in [
+        "SET application_name = 'x'",
+        "SELECT * FROM t",
+        "SHOW search_path",
+        "SELECT current_setting('search_path')",
+    ] {
+        assert!(!c(sql).unwrap().moves_names(), "{sql}");
+    }
+    let class = c("SELECT 1 FROM s.a, b").unwrap();
+    assert_eq!(class.unqualified_table(), Some("b"));
+    assert_eq!(c("SELECT 1 FROM s.a").unwrap().unqualified_table(), None);
+}
+
+#[test]
 fn deallocate_is_special() {
     assert_eq!(
         c("DEALLOCATE p1").unwrap().statements[0].special,
