@@ -230,13 +230,13 @@ impl PgGateway {
                 )
             })?;
             let addr = listener.local_addr()?;
-            let client_tls =
-                match &conn.tls {
-                    Some((cert, key)) => Some(tls_acceptor(cert, key).map_err(|e| {
-                        anyhow::anyhow!("postgres connection {}: TLS: {e}", conn.name)
-                    })?),
-                    None => None,
-                };
+            let client_tls = match &conn.tls {
+                Some((cert, key)) => Some(
+                    tls_acceptor(cert, key)
+                        .map_err(|e| anyhow::anyhow!("postgres connection {}: {e}", conn.name))?,
+                ),
+                None => None,
+            };
             let upstream_tls = upstream::tls_config(&conn.upstream)
                 .map_err(|e| anyhow::anyhow!("postgres connection {}: {e}", conn.name))?;
             let shared = Arc::new(Shared {
@@ -279,10 +279,31 @@ fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let certs =
-        rustls_pemfile::certs(&mut &std::fs::read(cert)?[..]).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut &std::fs::read(key)?[..])?
-        .ok_or_else(|| anyhow::anyhow!("{} holds no private key", key.display()))?;
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!(
+                "[postgres.tls] {what} {}: cannot read it: {e}",
+                path.display()
+            )
+        })
+    };
+    let certs = rustls_pemfile::certs(&mut &read(cert, "cert_file")?[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("[postgres.tls] cert_file {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "[postgres.tls] cert_file {}: holds no PEM certificate",
+            cert.display()
+        );
+    }
+    let key = rustls_pemfile::private_key(&mut &read(key, "key_file")?[..])
+        .map_err(|e| anyhow::anyhow!("[postgres.tls] key_file {}: {e}", key.display()))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "[postgres.tls] key_file {}: holds no PEM private key",
+                key.display()
+            )
+        })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -661,5 +682,61 @@ async fn cancel(sh: &Shared, key: (i32, i32)) {
         if let Err(e) = upstream::cancel(&sh.conn.upstream, upstream).await {
             tracing::warn!(error = %e, "could not forward a cancel request");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tls_acceptor;
+
+    /// A `[postgres.tls]` file that cannot be used is named with its key
+    /// and path, and what is wrong with it.
+    #[test]
+    fn tls_files_that_cannot_be_used_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not PEM at all\n").unwrap();
+        let err = |cert: &std::path::Path, key: &std::path::Path| {
+            tls_acceptor(cert, key).err().expect("refused").to_string()
+        };
+        let e = err(&missing, &empty);
+        assert!(
+            e.starts_with(&format!(
+                "[postgres.tls] cert_file {}: cannot read it:",
+                missing.display()
+            )),
+            "{e}"
+        );
+        let e = err(&empty, &empty);
+        assert_eq!(
+            e,
+            format!(
+                "[postgres.tls] cert_file {}: holds no PEM certificate",
+                empty.display()
+            )
+        );
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert_file = dir.path().join("cert.pem");
+        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+        let e = err(&cert_file, &missing);
+        assert!(
+            e.starts_with(&format!(
+                "[postgres.tls] key_file {}: cannot read it:",
+                missing.display()
+            )),
+            "{e}"
+        );
+        let e = err(&cert_file, &cert_file);
+        assert_eq!(
+            e,
+            format!(
+                "[postgres.tls] key_file {}: holds no PEM private key",
+                cert_file.display()
+            )
+        );
+        let key_file = dir.path().join("key.pem");
+        std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+        assert!(tls_acceptor(&cert_file, &key_file).is_ok());
     }
 }
