@@ -1024,9 +1024,20 @@ fn unsatisfiable_quorum_and_unknown_groups() {
         i[0].message.contains("@quorum(\"3\") can never be met: @review(\"dba\") has 2 humans in config (agents and services never review)"),
         "{i:?}"
     );
-    // a group with agents only has no human
+    // a group with agents only has no human: said without naming a
+    // @quorum the policy may not have written (1 is the default)
     let e = load(&src("agents", "1"), config()).unwrap_err();
-    assert!(e.issues()[0].message.contains("has no human"), "{e}");
+    assert!(
+        e.issues()[0].message.ends_with("@review(\"agents\") can never be met: it needs a human approver and has none in config (agents and services never review); add reviewers to the group"),
+        "{e}"
+    );
+    let e = load(&src("agents", "2"), config()).unwrap_err();
+    assert!(
+        e.issues()[0]
+            .message
+            .contains("@quorum(\"2\") can never be met: @review(\"agents\") has no human"),
+        "{e}"
+    );
     // a person in two of the groups counts once
     let both = groups(
         &[("dba", &["user:ann"]), ("sec", &["user:ann"])],

@@ -186,7 +186,13 @@ impl Groups {
                 1 => "1 human".to_owned(),
                 n => format!("{n} humans"),
             };
-            if from_idp.is_empty() {
+            if from_idp.is_empty() && needed == 1 {
+                // The quorum may not have been written at all (1 is the
+                // default): say what is missing without naming it.
+                errors.push(format!(
+                    "@review(\"{groups}\") can never be met: it needs a human approver and has none in config (agents and services never review); add reviewers to the group"
+                ));
+            } else if from_idp.is_empty() {
                 errors.push(format!(
                     "@quorum(\"{}\") can never be met: @review(\"{groups}\") has {have} in config (agents and services never review); lower the quorum or add reviewers",
                     review.quorum
