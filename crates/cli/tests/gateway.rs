@@ -295,11 +295,36 @@ fn expiry_withdraw_and_revoke() {
         None,
     );
     assert!(s == 403 || s == 404, "{s}");
-    let (s, v) = g.call(
+    // Withdraw takes no body (or `{}`): any other body is refused and the
+    // request stays pending.
+    let path = format!("/v1/requests/{id}/withdraw");
+    for (ct, body, want) in [
+        ("application/json", &b"not json"[..], (400, "invalid_json")),
+        ("application/json", b"[1,2]", (400, "invalid_json")),
+        (
+            "application/json",
+            b"{\"reason\":\"x\"}",
+            (400, "unknown_field"),
+        ),
+        ("text/plain", b"{}", (415, "unsupported_media_type")),
+    ] {
+        let (s, v) = g.raw("POST", &path, Some("agent:report-bot"), ct, body);
+        assert_eq!((s, v["error"]["code"].as_str().unwrap_or("")), want, "{v}");
+        let (_, v) = g.call(
+            "GET",
+            &format!("/v1/requests/{id}"),
+            Some("agent:report-bot"),
+            None,
+        );
+        assert_eq!(v["state"], "pending", "{v}");
+    }
+    // Media types compare without case.
+    let (s, v) = g.raw(
         "POST",
-        &format!("/v1/requests/{id}/withdraw"),
+        &path,
         Some("agent:report-bot"),
-        None,
+        "Application/JSON; charset=utf-8",
+        b"{}",
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "withdrawn");
@@ -332,6 +357,14 @@ fn expiry_withdraw_and_revoke() {
         None,
     );
     assert!(s == 403 || s == 404);
+    let (s, v) = g.raw(
+        "POST",
+        &format!("/v1/requests/{id}/revoke"),
+        Some("user:bob"),
+        "text/plain",
+        b"garbage",
+    );
+    assert_eq!(s, 415, "a malformed revoke changes nothing: {v}");
     let (s, v) = g.call(
         "POST",
         &format!("/v1/requests/{id}/revoke"),
@@ -458,7 +491,11 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .set("Authorization", "Bearer wrong-token");
     r = r.set("Content-Type", "application/json");
     match r.send_string("{}") {
-        Err(ureq::Error::Status(401, _)) => {}
+        // It says how to authenticate (RFC 6750 §3).
+        Err(ureq::Error::Status(401, resp)) => assert_eq!(
+            resp.header("WWW-Authenticate"),
+            Some("Bearer realm=\"secondkey\"")
+        ),
         other => panic!("a wrong token must be 401, got {other:?}"),
     }
     let (s, v) = g.call(

@@ -1188,14 +1188,15 @@ impl Request {
         outcome: Outcome,
         _now: Timestamp,
     ) -> Result<Transition, TransitionError> {
+        // Recorded already — whatever state that outcome moved it to.
+        if self.outcome.is_some() {
+            return Err(TransitionError::OutcomeRecorded);
+        }
         if self.state != RequestState::Executed {
             return Err(TransitionError::WrongState {
                 state: self.state,
                 what: "an outcome can only be recorded for an executed action",
             });
-        }
-        if self.outcome.is_some() {
-            return Err(TransitionError::OutcomeRecorded);
         }
         self.outcome = Some(outcome);
         self.state = match outcome {

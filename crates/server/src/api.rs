@@ -67,11 +67,62 @@ impl FromRequest<AppState> for RawJson {
             .unwrap_or("")
             .to_string();
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
-        if !ct.starts_with("application/json") {
+        if !is_json(&ct) {
             return Err(unsupported_media());
         }
         Ok(RawJson(bytes))
     }
+}
+
+/// Whether a Content-Type is `application/json`, whatever its parameters
+/// (`; charset=utf-8`); media types compare without case (RFC 9110 §8.3.1).
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// The body of a call that takes none (withdraw, revoke): nothing, or the
+/// JSON object `{}`. Anything else is refused as any other call's malformed
+/// body is, before the call changes anything.
+pub struct NoBody;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Nothing {}
+
+impl FromRequest<AppState> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        if bytes.is_empty() {
+            return Ok(NoBody);
+        }
+        if !is_json(&ct) {
+            return Err(unsupported_media());
+        }
+        parse_json::<Nothing>(&bytes).map(|_| NoBody)
+    }
+}
+
+/// A call's JSON body: `invalid_json`, or `unknown_field` for a key it does
+/// not take.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let msg = e.to_string();
+        let code = if msg.contains("unknown field") {
+            "unknown_field"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(code, format!("the body is not valid: {msg}"))
+    })
 }
 
 /// A body of any type kept as bytes, read under `[requests]
@@ -137,15 +188,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let RawJson(bytes) = RawJson::from_request(req, state).await?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            let msg = e.to_string();
-            let code = if msg.contains("unknown field") {
-                "unknown_field"
-            } else {
-                "invalid_json"
-            };
-            ApiError::bad_request(code, format!("the body is not valid: {msg}"))
-        })
+        parse_json(&bytes).map(JsonBody)
     }
 }
 
@@ -771,25 +814,38 @@ async fn review_batch(
     Ok(Json(out))
 }
 
-/// The requester withdraws a pending request.
+/// The requester withdraws a pending request. The call takes no body (or
+/// `{}`).
 #[utoipa::path(post, path = "/v1/requests/{id}/withdraw", params(("id" = String, Path)),
-    responses((status = 200, body = RequestView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = RequestView),
+              (status = 400, body = ErrorBody, description = "a body other than none or `{}` (`invalid_json`, `unknown_field`); nothing was changed"),
+              (status = 404, body = ErrorBody, description = "no request of yours with this id"),
+              (status = 409, body = ErrorBody),
+              (status = 415, body = ErrorBody)))]
 async fn withdraw_request(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
+    _: NoBody,
 ) -> Result<Json<RequestView>, ApiError> {
     let req = s.gateway.withdraw(&p, &id).await?;
     Ok(Json(s.gateway.view(&p, &req)?))
 }
 
-/// An eligible reviewer revokes an approval before its grant is used.
+/// An eligible reviewer revokes an approval before its grant is used. The
+/// call takes no body (or `{}`).
 #[utoipa::path(post, path = "/v1/requests/{id}/revoke", params(("id" = String, Path)),
-    responses((status = 200, body = RequestView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = RequestView),
+              (status = 400, body = ErrorBody, description = "a body other than none or `{}` (`invalid_json`, `unknown_field`); nothing was changed"),
+              (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody, description = "no request with this id that you may review"),
+              (status = 409, body = ErrorBody),
+              (status = 415, body = ErrorBody)))]
 async fn revoke_request(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
+    _: NoBody,
 ) -> Result<Json<RequestView>, ApiError> {
     let req = s.gateway.revoke(&p, &id).await?;
     Ok(Json(s.gateway.view(&p, &req)?))

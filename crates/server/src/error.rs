@@ -145,6 +145,13 @@ impl IntoResponse for ApiError {
                     .insert(axum::http::header::RETRY_AFTER, v);
             }
         }
+        if status == StatusCode::UNAUTHORIZED {
+            // How to authenticate (RFC 9110 §11.6.1, RFC 6750 §3).
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"secondkey\""),
+            );
+        }
         if matches!(
             status,
             StatusCode::UNAUTHORIZED | StatusCode::PAYLOAD_TOO_LARGE

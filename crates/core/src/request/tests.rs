@@ -430,10 +430,18 @@ fn outcomes() {
         (t.from, t.to),
         (RequestState::Executed, RequestState::Failed)
     );
+    // A second report is refused as one, whichever state the first moved
+    // the request to (failed and unknown are states of their own).
     let e = unchanged_on_err(&mut r, |r| {
         r.record_outcome(Outcome::Succeeded, Timestamp(41))
     });
-    assert_eq!(e.code(), "already_decided");
+    assert_eq!(e.code(), "outcome_recorded");
+    let mut u = approved();
+    u.consume("grant-1", &d, &id("agent:bot"), Timestamp(30))
+        .unwrap();
+    u.record_outcome(Outcome::Unknown, Timestamp(40)).unwrap();
+    let e = unchanged_on_err(&mut u, |r| r.record_outcome(Outcome::Failed, Timestamp(41)));
+    assert_eq!(e.code(), "outcome_recorded");
 
     let mut r = approved();
     r.consume("grant-1", &d, &id("agent:bot"), Timestamp(30))
