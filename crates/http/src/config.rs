@@ -117,7 +117,11 @@ pub enum Credential {
     /// `Authorization: Bearer <value>`.
     Bearer(Secret),
     /// `<name>: <prefix><value>`.
-    Header { name: String, value: Secret },
+    Header {
+        name: String,
+        prefix: String,
+        value: Secret,
+    },
     /// `Authorization: Basic base64(<username>:<value>)`.
     Basic { username: String, password: Secret },
 }
@@ -128,7 +132,11 @@ impl Credential {
         use base64::Engine;
         match self {
             Credential::Bearer(s) => ("authorization".into(), Secret(format!("Bearer {}", s.0))),
-            Credential::Header { name, value } => (name.clone(), value.clone()),
+            Credential::Header {
+                name,
+                prefix,
+                value,
+            } => (name.clone(), Secret(format!("{prefix}{}", value.0))),
             Credential::Basic { username, password } => (
                 "authorization".into(),
                 Secret(format!(
@@ -274,6 +282,35 @@ impl UpstreamConfig {
     }
 }
 
+/// What a PEM file named in the configuration must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificates,
+    PrivateKey,
+}
+
+/// Checks at start that a PEM file can be used, so a bad one stops the
+/// start naming its key, before anything (the log included) is touched.
+fn check_pem(path: &Path, key: String, want: Pem) -> Result<(), ConfigError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| invalid(key.clone(), format!("cannot read {}: {e}", path.display())))?;
+    let ok = match want {
+        Pem::Certificates => rustls_pemfile::certs(&mut &bytes[..])
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|c| !c.is_empty()),
+        Pem::PrivateKey => matches!(rustls_pemfile::private_key(&mut &bytes[..]), Ok(Some(_))),
+    };
+    if ok {
+        Ok(())
+    } else {
+        let what = match want {
+            Pem::Certificates => "no PEM certificate",
+            Pem::PrivateKey => "no PEM private key",
+        };
+        Err(invalid(key, format!("{} holds {what}", path.display())))
+    }
+}
+
 fn invalid(key: String, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -385,7 +422,12 @@ pub fn parse(
             (Some(_), None) => {
                 return Err(invalid(key("listen_tls"), "only used with listen"));
             }
-            (Some(t), Some(_)) => Some((resolve(&t.cert_file), resolve(&t.key_file))),
+            (Some(t), Some(_)) => {
+                let (cert, tls_key) = (resolve(&t.cert_file), resolve(&t.key_file));
+                check_pem(&cert, key("listen_tls.cert_file"), Pem::Certificates)?;
+                check_pem(&tls_key, key("listen_tls.key_file"), Pem::PrivateKey)?;
+                Some((cert, tls_key))
+            }
         };
         let prefix = match (&raw.prefix, listen) {
             (Some(p), _) => {
@@ -602,7 +644,8 @@ pub fn parse(
                         }
                         Credential::Header {
                             name,
-                            value: Secret(format!("{}{}", c.prefix, value.0)),
+                            prefix: c.prefix.clone(),
+                            value,
                         }
                     }
                     "basic" => {
@@ -674,10 +717,11 @@ pub fn parse(
                         ))
                     }
                 };
-                Tls {
-                    ca_file: t.ca_file.as_deref().map(resolve),
-                    client,
+                let ca_file = t.ca_file.as_deref().map(resolve);
+                if let Some(f) = &ca_file {
+                    check_pem(f, tk("ca_file"), Pem::Certificates)?;
                 }
+                Tls { ca_file, client }
             }
         };
         out.push(UpstreamConfig {
@@ -784,6 +828,29 @@ mod tests {
         assert_eq!(crate::redact::Redactor::mask(&needles, &mut other), 0);
     }
 
+    /// A header credential with a prefix: the secret alone, and its base64
+    /// forms, are masked too, not only the whole header value.
+    #[test]
+    fn a_prefixed_header_secret_is_masked_alone() {
+        use base64::Engine;
+        let c = Credential::Header {
+            name: "x-api-key".into(),
+            prefix: "Key ".into(),
+            value: Secret("header-secret-value-ABCDEFG123".into()),
+        };
+        assert_eq!(c.header().1 .0, "Key header-secret-value-ABCDEFG123");
+        let needles = c.needles();
+        let b64 =
+            base64::engine::general_purpose::STANDARD.encode("header-secret-value-ABCDEFG123");
+        let mut body =
+            format!("{{\"raw\": \"header-secret-value-ABCDEFG123\", \"u64\": \"{b64}\"}}")
+                .into_bytes();
+        let masked = crate::redact::Redactor::mask(&needles, &mut body);
+        let body = String::from_utf8(body).unwrap();
+        assert!(masked >= 2 && !body.contains("ABCDEFG123"), "{body}");
+        assert!(!body.contains(&b64[4..24]), "{body}");
+    }
+
     const OK: &str = r#"
 [[http]]
 name = "github"
@@ -883,6 +950,14 @@ value_env = "GH_TOKEN"
                 ),
                 "http[0].headers",
             ),
+            // A compressed tunnel would hide the credential from the mask.
+            (
+                (
+                    "headers = [\"X-GitHub-Api-Version\"]",
+                    "headers = [\"Sec-WebSocket-Extensions\"]",
+                ),
+                "http[0].headers",
+            ),
         ] {
             let text = OK.replacen(edit.0, edit.1, 1);
             assert_ne!(text, OK, "{want}: the edit applies");
@@ -903,13 +978,44 @@ value_env = "GH_TOKEN"
             "TLS needs a listener of its own: {e}"
         );
         let with_listener = tls.replacen("hold = \"retry\"", "listen = \"127.0.0.1:0\"", 1);
-        let c = load(&with_listener).unwrap();
+        // Files that cannot be read stop the start, naming the key.
+        let e = load(&with_listener).unwrap_err().to_string();
+        assert!(
+            e.contains("http[0].listen_tls.cert_file")
+                && e.contains("cannot read /nonexistent/a.pem"),
+            "{e}"
+        );
+        // With real ones (relative to the config's directory) it loads.
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.path().join("a.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("a.key"), cert.key_pair.serialize_pem()).unwrap();
+        let v: toml::Value = toml::from_str(&with_listener).unwrap();
+        let principals: BTreeSet<String> = ["agent:bot".to_string()].into();
+        let env: HashMap<String, String> =
+            [("GH_TOKEN".to_string(), "ghp_s3cret".to_string())].into();
+        let c = parse(&v["http"], dir.path(), &principals, &env).unwrap();
         assert_eq!(
             c[0].listen_tls,
-            Some((
-                PathBuf::from("/nonexistent/a.pem"),
-                PathBuf::from("/nonexistent/a.key")
-            ))
+            Some((dir.path().join("a.pem"), dir.path().join("a.key")))
+        );
+        // A key file that holds no key, a CA file that holds no certificate.
+        std::fs::write(dir.path().join("a.key"), "not PEM\n").unwrap();
+        let e = parse(&v["http"], dir.path(), &principals, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http[0].listen_tls.key_file") && e.contains("holds no PEM private key"),
+            "{e}"
+        );
+        let ca = format!("{OK}[http.tls]\nca_file = \"a.key\"\n");
+        let v: toml::Value = toml::from_str(&ca).unwrap();
+        let e = parse(&v["http"], dir.path(), &principals, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http[0].tls.ca_file") && e.contains("holds no PEM certificate"),
+            "{e}"
         );
         let two = format!("{OK}\n[[http]]\nname = \"gh2\"\nupstream = \"http://x\"\nprincipals = [\"agent:bot\"]\nprefix = \"/http/github/sub\"\n");
         let e = load(&two).unwrap_err().to_string();

@@ -53,13 +53,17 @@ fn truthy(v: Option<&str>) -> bool {
 
 /// Reads a request. `segments` are the decoded path segments.
 pub fn parse(method: &Method, segments: &[String], q: &[(String, String)]) -> K8sRequest {
-    let nonresource = |verb: String| K8sRequest {
-        operation: if matches!(*method, Method::GET | Method::HEAD) {
+    // Reading discovery (`/api`, `/apis/<group>/<version>`), `/version`,
+    // the OpenAPI documents and the health checks is a read; anything
+    // else off the resource paths (`/logs`, `/debug/pprof`, `/metrics`, a
+    // path this list does not know) is `admin`, as is every other method.
+    let nonresource = |known: bool| K8sRequest {
+        operation: if known && matches!(*method, Method::GET | Method::HEAD) {
             "read"
         } else {
             "admin"
         },
-        verb,
+        verb: method.as_str().to_ascii_lowercase(),
         resource: None,
     };
     let s: Vec<&str> = segments
@@ -70,11 +74,13 @@ pub fn parse(method: &Method, segments: &[String], q: &[(String, String)]) -> K8
     let (group, version, mut rest) = match s.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
-        _ => return nonresource(method.as_str().to_ascii_lowercase()),
+        [] | ["api"] | ["apis"] | ["apis", _] => return nonresource(true),
+        ["version" | "openapi" | "healthz" | "livez" | "readyz", ..] => return nonresource(true),
+        _ => return nonresource(false),
     };
     if rest.is_empty() {
         // Discovery of a group version.
-        return nonresource(method.as_str().to_ascii_lowercase());
+        return nonresource(true);
     }
     // The legacy `/api/v1/proxy/…` form reaches nodes, pods and services
     // through the API server, as the `proxy` subresource does.
@@ -110,7 +116,7 @@ pub fn parse(method: &Method, segments: &[String], q: &[(String, String)]) -> K8
         }
     };
     if resource.is_empty() {
-        return nonresource(method.as_str().to_ascii_lowercase());
+        return nonresource(true);
     }
     let watch = watch_prefix || truthy(query(q, "watch"));
     let verb = match *method {
@@ -524,6 +530,57 @@ mod tests {
                 "post",
                 "admin",
                 "k8s://prod/_path/version",
+            ),
+            // Off the resource paths only discovery, the OpenAPI documents
+            // and health checks are reads: the node logs, profiling and
+            // metrics endpoints, or any path not listed, are admin.
+            (
+                Method::GET,
+                "/openapi/v3/apis/apps/v1",
+                "",
+                "get",
+                "read",
+                "k8s://prod/_path/openapi/v3/apis/apps/v1",
+            ),
+            (
+                Method::GET,
+                "/readyz",
+                "",
+                "get",
+                "read",
+                "k8s://prod/_path/readyz",
+            ),
+            (
+                Method::GET,
+                "/logs/syslog",
+                "",
+                "get",
+                "admin",
+                "k8s://prod/_path/logs/syslog",
+            ),
+            (
+                Method::GET,
+                "/debug/pprof/profile",
+                "",
+                "get",
+                "admin",
+                "k8s://prod/_path/debug/pprof/profile",
+            ),
+            (
+                Method::GET,
+                "/metrics",
+                "",
+                "get",
+                "admin",
+                "k8s://prod/_path/metrics",
+            ),
+            (
+                Method::GET,
+                "/foo/bar",
+                "",
+                "get",
+                "admin",
+                "k8s://prod/_path/foo/bar",
             ),
             // Every request on secrets answers with the secret: a no-op
             // dry-run patch, an update, a delete.

@@ -589,13 +589,14 @@ fn hop_by_hop(name: &str) -> bool {
 }
 
 /// The upstream's status and headers as ours, hop-by-hop headers dropped
-/// and the credential masked; `None` when the answer is compressed and
-/// must be checked for the credential.
+/// and the credential masked in their values, with how many times it was;
+/// `None` when the answer is compressed and must be checked for the
+/// credential.
 fn relay_head(
     up: &Upstream,
     resp: &Response<hyper::body::Incoming>,
     keep_upgrade: bool,
-) -> Option<http::response::Builder> {
+) -> Option<(http::response::Builder, u64)> {
     let mut out = Response::builder().status(resp.status());
     let encoded = resp
         .headers()
@@ -604,6 +605,7 @@ fn relay_head(
     if encoded && !up.needles.is_empty() {
         return None;
     }
+    let mut masked = 0;
     for (k, v) in resp.headers() {
         let name = k.as_str();
         if hop_by_hop(name) && !(keep_upgrade && (name == "upgrade" || name == "connection")) {
@@ -614,19 +616,21 @@ fn relay_head(
             continue;
         }
         let mut bytes = v.as_bytes().to_vec();
-        if Redactor::mask(&up.needles, &mut bytes) > 0 {
+        let n = Redactor::mask(&up.needles, &mut bytes);
+        if n > 0 {
+            masked += n;
             tracing::warn!(upstream = %up.cfg.name, header = name, "masked the upstream credential in a response header");
         }
         if let Ok(v) = HeaderValue::from_bytes(&bytes) {
             out = out.header(k.clone(), v);
         }
     }
-    Some(out)
+    Some((out, masked))
 }
 
 fn relay(up: &Upstream, resp: Response<hyper::body::Incoming>, rec: Recorder) -> Response<Body> {
     let status = resp.status();
-    let Some(head) = relay_head(up, &resp, false) else {
+    let Some((head, masked)) = relay_head(up, &resp, false) else {
         rec.finish(
             Some(status.as_u16()),
             0,
@@ -641,9 +645,12 @@ fn relay(up: &Upstream, resp: Response<hyper::body::Incoming>, rec: Recorder) ->
             Map::new(),
         );
     };
+    // The count recorded covers the head's values and the body.
+    let mut redactor = Redactor::new(up.needles.clone());
+    redactor.masked = masked;
     let body = RelayBody {
         inner: resp.into_body(),
-        redactor: Redactor::new(up.needles.clone()),
+        redactor,
         bytes: 0,
         status: status.as_u16(),
         rec: Some(rec),
@@ -725,7 +732,7 @@ async fn upgrade(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return relay(up, resp, rec);
     }
-    let Some(head) = relay_head(up, &resp, true) else {
+    let Some((head, _)) = relay_head(up, &resp, true) else {
         return relay(up, resp, rec);
     };
     let upstream_side = hyper::upgrade::on(&mut resp);

@@ -61,6 +61,9 @@ pub fn never_forwarded(name: &str) -> bool {
             | "via"
             | "http2-settings"
             | "proxy-connection"
+            // A compressed tunnel (permessage-deflate) would hide the
+            // credential from the mask on the way back.
+            | "sec-websocket-extensions"
     ) || name.starts_with("x-forwarded-")
         || name.starts_with("impersonate-")
         || name.starts_with("proxy-")
@@ -525,9 +528,45 @@ pub fn body_value(body: &[u8], media_type: Option<&str>) -> Result<Option<Value>
                 "`_method` in a form body asks some frameworks to change the method; send the method itself",
             ));
         }
+        Some("multipart/form-data") if multipart_names_method(body) => {
+            return Err(refuse(
+                "method_override",
+                "`_method` in a form body asks some frameworks to change the method; send the method itself",
+            ));
+        }
         _ => {}
     }
     Ok(Some(Value::Object(m)))
+}
+
+/// Whether any line of a multipart body is a part header naming the field
+/// `_method` (`Content-Disposition: form-data; name="_method"`, also as
+/// `name*=`), as Rack and Rails read it. Lines are not tied to the
+/// boundary: a file holding such a line is refused too, the ambiguous
+/// case counting against the request.
+fn multipart_names_method(body: &[u8]) -> bool {
+    body.split(|&b| b == b'\n').any(|line| {
+        let line = String::from_utf8_lossy(line);
+        let Some((name, rest)) = line.split_once(':') else {
+            return false;
+        };
+        name.trim().eq_ignore_ascii_case("content-disposition")
+            && rest.split(';').skip(1).any(|param| {
+                let Some((k, v)) = param.split_once('=') else {
+                    return false;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "name" => v.eq_ignore_ascii_case("_method"),
+                    // RFC 2231: charset'language'value.
+                    "name*" => v
+                        .rsplit('\'')
+                        .next()
+                        .is_some_and(|v| v.eq_ignore_ascii_case("_method")),
+                    _ => false,
+                }
+            })
+    })
 }
 
 #[cfg(test)]
@@ -720,6 +759,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, "method_override");
+        // The same field in a multipart form (as curl -F sends it), in any
+        // spelling Rack would read; other fields, and a file field whose
+        // name only ends like it, pass.
+        for part in [
+            "Content-Disposition: form-data; name=\"_method\"",
+            "content-disposition: form-data; NAME=_method",
+            "Content-Disposition: form-data; name*=utf-8''_method",
+        ] {
+            let body = format!("--xyz\r\n{part}\r\n\r\nDELETE\r\n--xyz--\r\n");
+            let e = body_value(body.as_bytes(), Some("multipart/form-data")).unwrap_err();
+            assert_eq!(e.code, "method_override", "{part}");
+        }
+        let ok = "--xyz\r\nContent-Disposition: form-data; name=\"title\"; filename=\"_method\"\r\n\r\nx\r\n--xyz\r\nContent-Disposition: form-data; name=\"my_method\"\r\n\r\nDELETE\r\n--xyz--\r\n";
+        assert!(body_value(ok.as_bytes(), Some("multipart/form-data")).is_ok());
         assert_eq!(body_value(b"", Some("application/json")).unwrap(), None);
         let big = format!("[{}1]", "1,".repeat(MAX_INLINE_JSON));
         let v = body_value(big.as_bytes(), Some("application/json"))
