@@ -60,18 +60,22 @@ impl FromRequest<AppState> for RawJson {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let ct = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let ct = content_type(&req);
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
         if !is_json(&ct) {
             return Err(unsupported_media());
         }
         Ok(RawJson(bytes))
     }
+}
+
+/// The request's Content-Type, or "" when it has none or it is not text.
+fn content_type(req: &Request) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Whether a Content-Type is `application/json`, whatever its parameters
@@ -94,12 +98,7 @@ impl FromRequest<AppState> for NoBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let ct = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let ct = content_type(&req);
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
         if bytes.is_empty() {
             return Ok(NoBody);
