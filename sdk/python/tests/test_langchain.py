@@ -98,6 +98,50 @@ async def test_middleware_async_and_unlisted_tools_run_untouched(gateway, rita):
         assert sent == ["c@example.com", "d@example.com"]
 
 
+async def test_a_blocking_client_alone_serves_an_async_agent(bot, rita):
+    # The guides show guard_tool(tool, client) and SecondkeyMiddleware(map,
+    # client); an agent run with ainvoke then decides through an AsyncClient
+    # made from that Client, instead of failing the whole run.
+    sent = []
+    resource = unique("lc-twin")
+    guarded = guard_tool(make_tool(sent), bot, policy={"operation": "write", "resource": resource})
+    agent = create_agent(model=script("send_email", {"to": "g@example.com", "body": "x"}), tools=[guarded])
+    join = in_thread(approve_when_pending, rita, resource)
+    result = await agent.ainvoke({"messages": [{"role": "user", "content": "email g"}]})
+    rid = join()
+    (msg,) = tool_messages(result)
+    assert sent == ["g@example.com"] and msg.content == "sent to g@example.com", msg
+    assert bot.get_request(rid).state == "executed"
+    resource = unique("lc-twin-mw")
+    mw = SecondkeyMiddleware({"send_email": {"operation": "write", "resource": resource}}, bot)
+    agent = create_agent(model=script("send_email", {"to": "h@example.com", "body": "x"}), tools=[make_tool(sent)],
+                         middleware=[mw])
+    join = in_thread(approve_when_pending, rita, resource, "deny", "no")
+    result = await agent.ainvoke({"messages": [{"role": "user", "content": "email h"}]})
+    join()
+    (msg,) = tool_messages(result)
+    assert sent == ["g@example.com"] and msg.status == "error", msg
+
+
+def test_integrations_refuse_what_is_not_a_client_when_made(bot):
+    sent = []
+    for bad in ("http://127.0.0.1:8750", object()):
+        with pytest.raises(TypeError, match="must be a secondkey.Client"):
+            guard_tool(make_tool(sent), bad, policy="write")
+        with pytest.raises(TypeError, match="must be a secondkey.Client"):
+            SecondkeyMiddleware({"send_email": "write"}, bad)
+    with pytest.raises(TypeError, match="async_client must be a secondkey.AsyncClient"):
+        guard_tool(make_tool(sent), bot, async_client=bot, policy="write")
+    # An AsyncClient given as the client is taken as the asynchronous one:
+    # a blocking invoke then says what is missing.
+    aclient = secondkey.AsyncClient(bot.url, "t")
+    guarded = guard_tool(make_tool(sent), aclient, policy="write")
+    assert guarded.client is None and guarded.async_client is aclient
+    with pytest.raises(RuntimeError, match="has no Client for a synchronous invoke"):
+        guarded.invoke({"to": "x@example.com", "body": "x"})
+    assert sent == []
+
+
 def test_middleware_runs_a_tool_mapped_to_false_as_it_is():
     from conftest import free_port
 

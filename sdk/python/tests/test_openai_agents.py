@@ -78,6 +78,29 @@ async def test_tool_approval_backed_by_secondkey(gateway, rita, decision):
             assert sent == [] and rid in seen and "sdk:writes-need-a-reviewer" in seen
 
 
+async def test_a_blocking_client_works_and_anything_else_is_refused_when_made(bot, rita):
+    sent = []
+
+    @function_tool
+    def send_email(to: str, body: str) -> str:
+        """Send an email to a customer."""
+        sent.append(to)
+        return f"sent to {to}"
+
+    for bad in ("http://127.0.0.1:8750", object()):
+        with pytest.raises(TypeError, match="must be a secondkey.Client"):
+            guard_function_tool(send_email, bad, policy="write")
+    # A blocking Client: the run decides through an AsyncClient made from it.
+    resource = unique("oa-twin")
+    tool = guard_function_tool(send_email, bot, policy={"operation": "write", "resource": resource})
+    model = ScriptedModel("send_email", {"to": "b@example.com", "body": "hi"})
+    agent = Agent(name="mailer", instructions="Send emails.", model=model, tools=[tool])
+    join = in_thread(approve_when_pending, rita, resource)
+    result = await Runner.run(agent, "email b@example.com")
+    join()
+    assert result.final_output == "All done." and sent == ["b@example.com"]
+
+
 async def test_policy_denial_reaches_the_model_without_running(gateway):
     ran = []
 

@@ -215,7 +215,10 @@ export class Client {
     const sig = signal ? AbortSignal.any([timer, signal]) : timer;
     let res;
     try {
-      res = await this.fetch(u, { method: op.method, headers, body, signal: sig });
+      // A redirect is an answer like any other (a ProtocolError), never
+      // followed: the gateway does not send one, and following it would
+      // send the call (and the Python SDK does not) somewhere else.
+      res = await this.fetch(u, { method: op.method, headers, body, signal: sig, redirect: 'manual' });
     } catch (e) {
       throw this._transport(e, timer);
     }

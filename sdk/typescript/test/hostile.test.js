@@ -78,6 +78,21 @@ test('garbage answers are typed errors', async () => {
   }
 });
 
+test('a redirect is not followed: it is a ProtocolError, as in the Python SDK', async () => {
+  let reached = 0;
+  const other = httpServer((req, res) => { reached++; res.writeHead(200, { 'content-type': J }); res.end('{"status":"ok","log_size":1}'); })
+    .listen(0, '127.0.0.1');
+  await new Promise((r) => other.on('listening', r));
+  const to = `http://127.0.0.1:${other.address().port}/healthz`;
+  for (const status of [301, 302, 307, 308]) {
+    const s = await canned([[status, J, '', { location: to }]]);
+    await assert.rejects(s.client.health(), (e) => e instanceof ProtocolError && String(e.message).includes(String(status)));
+    s.close();
+  }
+  assert.equal(reached, 0, 'the redirect target was never called');
+  other.close();
+});
+
 test('429 is typed with retryAfter; the guard waits and retries within its deadline', async () => {
   const limited = [429, J, '{"error":{"code":"too_many_pending","message":"slow down"}}', { 'retry-after': '1' }];
   let s = await canned([limited, [200, J, JSON.stringify(ALLOW)], [204, J, '']]);

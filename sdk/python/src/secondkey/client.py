@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from types import TracebackType
 from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterator, Optional, TypeVar
 
@@ -114,9 +115,25 @@ class Client(_Base):
     ):
         super().__init__(url, token, timeout, allow_insecure_http)  # refuses a bad URL before opening anything
         self._http = http or httpx.Client(timeout=timeout)
+        self._twins: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient]" = weakref.WeakKeyDictionary()
+        self._twins_lock = threading.Lock()
 
     def close(self) -> None:
         self._http.close()
+
+    def _async_twin(self) -> "AsyncClient":
+        """An :class:`AsyncClient` to the same gateway with the same token and
+        timeout, for an integration given only this blocking client and called
+        from asyncio (a LangChain ``ainvoke``): one per event loop, kept while
+        that loop lives (an httpx connection pool belongs to one loop)."""
+        loop = asyncio.get_running_loop()
+        with self._twins_lock:
+            twin = self._twins.get(loop)
+            if twin is None:
+                # The URL was checked when this client was made.
+                twin = AsyncClient(self._s.url, self._s.token, timeout=self._s.timeout, allow_insecure_http=True)
+                self._twins[loop] = twin
+            return twin
 
     def __enter__(self) -> "Client":
         return self

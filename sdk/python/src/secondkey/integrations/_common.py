@@ -6,8 +6,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+from ..client import AsyncClient, Client
 from ..errors import Denied, GuardTimeout, RequestEnded, SecondkeyError
 from ..jcs import json_copy
+
+
+def checked_clients(where: str, client: Any, async_client: Any) -> tuple[Optional[Client], Optional[AsyncClient]]:
+    """What an integration was given, checked when it is made: a ``Client``
+    and/or an ``AsyncClient`` (an ``AsyncClient`` given as ``client`` is taken
+    as the asynchronous one). Anything else is a ``TypeError`` now, not an
+    ``AttributeError`` in the middle of an agent's run."""
+    if isinstance(client, AsyncClient) and async_client is None:
+        client, async_client = None, client
+    if client is not None and not isinstance(client, Client):
+        raise TypeError(f"{where}: client must be a secondkey.Client (or an AsyncClient), not {type(client).__name__}")
+    if async_client is not None and not isinstance(async_client, AsyncClient):
+        raise TypeError(f"{where}: async_client must be a secondkey.AsyncClient, not {type(async_client).__name__}")
+    if client is None and async_client is None:
+        raise TypeError(f"{where} needs a Client, an AsyncClient, or both")
+    return client, async_client
+
+
+def async_for(client: Optional[Client], async_client: Optional[AsyncClient]) -> AsyncClient:
+    """The client an asynchronous call uses: the ``AsyncClient`` given, else
+    one made from the blocking ``Client`` (same gateway, token and timeout)."""
+    if async_client is not None:
+        return async_client
+    assert client is not None  # checked_clients
+    return client._async_twin()
 
 
 @dataclass(frozen=True)

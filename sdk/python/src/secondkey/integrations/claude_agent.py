@@ -21,10 +21,10 @@ from typing import Any, Callable, Optional
 
 from claude_agent_sdk import HookContext, HookInput, HookJSONOutput, HookMatcher, PermissionResultAllow, PermissionResultDeny, ToolPermissionContext
 
-from ..client import AsyncClient
+from ..client import AsyncClient, Client
 from ..errors import SecondkeyError
 from ..guard import Authorization, result_summary
-from ._common import ToolPolicy, tool_action, tool_error_text
+from ._common import ToolPolicy, async_for, checked_clients, tool_action, tool_error_text
 
 __all__ = ["SecondkeyPermissions", "default_operation"]
 
@@ -43,7 +43,7 @@ def default_operation(tool_name: str, tool_input: dict[str, Any]) -> str:
 class SecondkeyPermissions:
     def __init__(
         self,
-        client: AsyncClient,
+        client: "AsyncClient | Client",
         *,
         operation: Callable[[str, dict[str, Any]], str] = default_operation,
         resource: Callable[[str], str] = lambda tool: f"tool://claude-code/{tool}",
@@ -51,11 +51,18 @@ class SecondkeyPermissions:
         context: Optional[dict[str, Any]] = None,
         timeout: float = 300.0,
     ):
-        self.client = client
+        # A blocking Client works too: an AsyncClient to the same gateway is
+        # made for the event loop the hooks run on.
+        self._clients = checked_clients("SecondkeyPermissions", client, None)
         self._operation, self._resource = operation, resource
         self._justification, self._context, self._timeout = justification, context or {}, timeout
         #: Authorizations waiting for their tool's result, by tool_use_id.
         self.pending: dict[str, Authorization] = {}
+
+    @property
+    def client(self) -> AsyncClient:
+        """The AsyncClient the hooks use."""
+        return async_for(*self._clients)
 
     async def _decide(self, tool_name: str, tool_input: dict[str, Any]) -> Authorization:
         pol = ToolPolicy(operation=self._operation(tool_name, tool_input), resource=self._resource(tool_name),

@@ -25,7 +25,7 @@ from ..client import AsyncClient, Client
 from ..errors import SecondkeyError
 from ..guard import result_summary
 from ..jcs import JcsError, canonicalize, json_copy
-from ._common import PolicyLike, ToolPolicy, as_policy, tool_action, tool_error_text
+from ._common import PolicyLike, ToolPolicy, as_policy, async_for, checked_clients, tool_action, tool_error_text
 
 __all__ = ["guard_tool", "SecondkeyMiddleware", "ToolPolicy"]
 
@@ -47,8 +47,7 @@ def guard_tool(
     them once, itself — a validator that transforms its input cannot make
     what runs differ from what was decided.
     """
-    if client is None and async_client is None:
-        raise TypeError("guard_tool needs a Client, an AsyncClient, or both")
+    client, async_client = checked_clients("guard_tool", client, async_client)
     return _GuardedTool(
         name=tool.name,
         description=tool.description,
@@ -118,13 +117,11 @@ class _GuardedTool(BaseTool):
                             lambda e: self._refused(_call_id(input), e))
 
     async def ainvoke(self, input: Any, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Any:
-        if self.async_client is None:
-            raise RuntimeError(f"the guarded tool {self.name} has no AsyncClient for an asynchronous invoke")
         try:
             action, run_input = self._prepare(input)
         except SecondkeyError as e:
             return self._refused(_call_id(input), e)
-        return await _arun_decided(self.async_client, action, self.policy,
+        return await _arun_decided(async_for(self.client, self.async_client), action, self.policy,
                                    lambda: self.inner.ainvoke(run_input, config, **kwargs),
                                    lambda e: self._refused(_call_id(input), e))
 
@@ -293,8 +290,7 @@ class SecondkeyMiddleware(_middleware_base()):  # type: ignore[misc]
         async_client: Optional[AsyncClient] = None,
     ):
         super().__init__()
-        if client is None and async_client is None:
-            raise TypeError("SecondkeyMiddleware needs a Client, an AsyncClient, or both")
+        client, async_client = checked_clients("SecondkeyMiddleware", client, async_client)
         self.policies = {name: as_policy(p) for name, p in interrupt_on.items() if p is not False}
         self.client = client
         self.async_client = async_client
@@ -323,13 +319,11 @@ class SecondkeyMiddleware(_middleware_base()):  # type: ignore[misc]
         pol = self.policies.get(call["name"])
         if pol is None:
             return await handler(request)
-        if self.async_client is None:
-            raise RuntimeError("SecondkeyMiddleware has no AsyncClient for an asynchronous invoke")
         try:
             action = tool_action(call["name"], call["args"], pol)
         except SecondkeyError as e:
             return self._refused(call, e)
-        return await _arun_decided(self.async_client, action, pol, lambda: handler(_decided(request, action)),
+        return await _arun_decided(async_for(self.client, self.async_client), action, pol, lambda: handler(_decided(request, action)),
                                    lambda e: self._refused(call, e))
 
 

@@ -21,20 +21,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Union
 
 from agents import FunctionTool
 
-from ..client import AsyncClient
+from ..client import AsyncClient, Client
 from ..errors import SecondkeyError
 from ..jcs import JcsError, canonicalize
-from ._common import PolicyLike, ToolPolicy, as_policy, tool_action, tool_error_text
+from ._common import PolicyLike, ToolPolicy, as_policy, async_for, checked_clients, tool_action, tool_error_text
 
 __all__ = ["guard_function_tool", "ToolPolicy"]
 
 
-def guard_function_tool(tool: FunctionTool, client: AsyncClient, *, policy: PolicyLike = "call") -> FunctionTool:
+def guard_function_tool(tool: FunctionTool, client: Union[AsyncClient, Client], *, policy: PolicyLike = "call") -> FunctionTool:
     """A copy of ``tool`` that runs only when secondkey authorizes the call."""
+    clients = checked_clients("guard_function_tool", client, None)
     pol = as_policy(policy)
     inner = tool.on_invoke_tool
 
@@ -42,7 +43,7 @@ def guard_function_tool(tool: FunctionTool, client: AsyncClient, *, policy: Poli
         try:
             args = _arguments(tool.name, input_json)
             action = tool_action(tool.name, args, pol)
-            guard = client.guard(action, mode=pol.mode, timeout=pol.timeout)
+            guard = async_for(*clients).guard(action, mode=pol.mode, timeout=pol.timeout)
             auth = await guard.__aenter__()
         except SecondkeyError as e:
             return tool_error_text(tool.name, e)
