@@ -242,7 +242,11 @@ key_env = "GATEWAY_UPSTREAM_KEY"
         &policy,
         "",
         &extra,
-        &[("GATEWAY_UPSTREAM_KEY", key_text.as_str())],
+        &[
+            ("GATEWAY_UPSTREAM_KEY", key_text.as_str()),
+            // The gateway's log keeps its info lines (clients that left).
+            ("SECONDKEY_LOG", "warn,secondkey_ssh=info"),
+        ],
     );
     World {
         g,
@@ -665,6 +669,25 @@ fn ssh_gateway_with_openssh_on_both_sides() {
         err.iter()
             .any(|l| l.contains("larger than the gateway accepts")),
         "{err:?}"
+    );
+    // A client that connects and leaves mid-greeting (a port scan, a
+    // health check) is logged as having left, not as refused.
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+        s.write_all(b"SSH-2.0-half").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !w
+        .gateway_log()
+        .contains("ssh client left before its session started")
+    {
+        assert!(Instant::now() < deadline, "{}", w.gateway_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !w.gateway_log().contains("ssh connection refused"),
+        "{}",
+        w.gateway_log()
     );
     // …and garbage instead of SSH.
     {
@@ -1299,4 +1322,34 @@ fn recording_play_ends_quietly_when_its_reader_leaves() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("error"), "{err}");
+}
+
+/// A command that is not UTF-8 shows its invalid bytes as U+FFFD, so two
+/// such commands can read the same: the exact bytes are part of the action
+/// (`command_hex`), so each is its own request and one's approval cannot
+/// run the other.
+#[test]
+fn a_command_that_is_not_utf8_is_decided_on_its_exact_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let key = w.agent_key.clone();
+    let mut seen = Vec::new();
+    for byte in [0xffu8, 0xc0] {
+        let mut cmd = b"printf %s ".to_vec();
+        cmd.push(byte);
+        let mut c = w.ssh(&key, "prod-db-1", &[]);
+        c.arg(std::ffi::OsStr::from_bytes(&cmd));
+        let mut child = Watched::spawn(c);
+        let id = request_id(&child.wait_line("held for review as request"));
+        let (_, req) =
+            w.g.call("GET", &format!("/v1/requests/{id}"), Some("user:bob"), None);
+        let params = &req["action"]["params"];
+        assert_eq!(params["command"], "printf %s \u{fffd}", "{req}");
+        assert_eq!(params["command_hex"], hex::encode(&cmd), "{req}");
+        seen.push((id, req["digest"].clone()));
+        let _ = child.child.kill();
+        let _ = child.child.wait();
+    }
+    assert_ne!(seen[0], seen[1], "two requests, two digests");
 }

@@ -169,7 +169,24 @@ pub fn default_rules() -> Vec<Rule> {
     // Read programs that run other programs, change the system or write
     // files with some options. (`ip` is read by `ip_changes`: its words
     // are abbreviated.)
-    v.push(r(Admin, "dmesg", &["-c", "-C", "--clear", "--read-clear"]));
+    // dmesg also sets the console's log level and turns console logging
+    // off or on.
+    v.push(r(
+        Admin,
+        "dmesg",
+        &[
+            "-c",
+            "-C",
+            "--clear",
+            "--read-clear",
+            "-n",
+            "--console-level",
+            "-D",
+            "--console-off",
+            "-E",
+            "--console-on",
+        ],
+    ));
     // sort pipes its temporary files through the program named.
     v.push(r(Admin, "sort", &["--compress-program"]));
     v.push(r(Write, "sort", &["-o", "--output"]));
@@ -197,6 +214,10 @@ pub fn default_rules() -> Vec<Rule> {
     v.push(r(Admin, "date", &["-s", "--set"]));
     v.push(r(Admin, "hostname", &["-F", "--file", "-b", "--boot"]));
     v.push(r(Admin, "ss", &["-K", "--kill"]));
+    // `ss -D FILE` dumps raw TCP information into FILE; journalctl
+    // `--cursor-file` writes the cursor it ended at.
+    v.push(r(Write, "ss", &["-D", "--diag"]));
+    v.push(r(Write, "journalctl", &["--cursor-file"]));
     v.push(r(Write, "file", &["-C", "--compile"]));
     v.push(r(Read, "find", &[]));
     v.push(r(

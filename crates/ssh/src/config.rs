@@ -113,6 +113,19 @@ impl SshConfig {
     }
 }
 
+/// `host:port` with a port from 1 to 65535; an IPv6 host in brackets.
+fn host_and_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = if host.starts_with('[') {
+        host.ends_with(']') && host.len() > 2
+    } else {
+        !host.is_empty() && !host.contains(':') && !host.contains(char::is_whitespace)
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -354,6 +367,15 @@ pub fn parse(
                     ));
                 }
             }
+            if !host_and_port(&raw.address) {
+                return Err(invalid(
+                    key("address"),
+                    format!(
+                        "{:?} is not host:port (\"10.0.0.5:22\", \"db.internal:22\", \"[::1]:22\")",
+                        raw.address
+                    ),
+                ));
+            }
             let max_sessions = raw.max_sessions_per_connection.unwrap_or(8);
             if max_sessions == 0 || max_sessions > 64 {
                 return Err(invalid(
@@ -455,7 +477,33 @@ pub fn recordings_dir(gateway: Option<&toml::Value>, base: &Path, data_dir: &Pat
 
 #[cfg(test)]
 mod tests {
-    use super::known_hosts_key;
+    use super::{host_and_port, known_hosts_key};
+
+    #[test]
+    fn an_upstream_address_is_host_and_port() {
+        for ok in [
+            "10.0.0.5:22",
+            "db.internal:2222",
+            "[::1]:22",
+            "[fe80::1%eth0]:22",
+        ] {
+            assert!(host_and_port(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "nohostport",
+            "db:0",
+            "db:65536",
+            "db:ssh",
+            ":22",
+            "::1:22",
+            "[]:22",
+            "db internal:22",
+            "",
+        ] {
+            assert!(!host_and_port(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn a_host_key_line_without_its_host_says_what_is_missing() {

@@ -263,7 +263,7 @@ async fn accept_loop(
                     .await;
                     let mut session = match started {
                         Ok(Ok(session)) => session,
-                        Ok(Err(russh::Error::Disconnect)) => {
+                        Ok(Err(e)) if client_left(&e) => {
                             tracing::info!(%peer, "ssh client left before its session started");
                             return;
                         }
@@ -293,7 +293,10 @@ async fn accept_loop(
                         }
                     };
                     match ended {
-                        Ok(()) | Err(russh::Error::Disconnect) => {}
+                        Ok(()) => {}
+                        Err(e) if client_left(&e) => {
+                            tracing::info!(%peer, "ssh client left");
+                        }
                         Err(e) => {
                             tracing::warn!(%peer, error = %e, "ssh connection ended by a protocol error")
                         }
@@ -337,4 +340,19 @@ fn load_or_create_host_key(path: &Path) -> anyhow::Result<PrivateKey> {
         .map_err(|e| anyhow::anyhow!("cannot write the ssh host key {}: {e}", path.display()))?;
     tracing::info!(path = %path.display(), "created the ssh gateway's host key");
     Ok(key)
+}
+
+/// A client that went away — closed, reset or hung up, also in the middle
+/// of the handshake — rather than one that broke the protocol: logged at
+/// `info` as having left, not as refused.
+pub(crate) fn client_left(e: &russh::Error) -> bool {
+    use std::io::ErrorKind as K;
+    match e {
+        russh::Error::Disconnect | russh::Error::HUP => true,
+        russh::Error::IO(io) => matches!(
+            io.kind(),
+            K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+        ),
+        _ => false,
+    }
 }

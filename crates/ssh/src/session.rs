@@ -254,6 +254,9 @@ impl server::Handler for Agent {
                                 tracing::debug!(?peer, error = %e, "ssh jump session ended");
                             }
                         }
+                        Err(e) if crate::client_left(&e) => {
+                            tracing::info!(?peer, "ssh jump session ended: the client left")
+                        }
                         Err(e) => tracing::warn!(?peer, error = %e, "ssh jump session refused"),
                     }
                 });
@@ -904,6 +907,12 @@ async fn run_command(
     // The terminal is part of what is approved: the same command with a
     // pty is another action (a pager on a terminal starts a shell).
     let mut params = json!({"command": text, "env": env, "pty": tty});
+    if std::str::from_utf8(&command).is_err() {
+        // The text shows invalid bytes as U+FFFD, so two commands that
+        // differ only there read the same: the exact bytes are part of
+        // what is decided, or one's approval would run the other.
+        params["command_hex"] = json!(hex::encode(&command));
+    }
     if let Some(p) = &pty {
         params["term"] = json!(p.term);
     }
