@@ -743,6 +743,15 @@ fn http_a_duplicate_request_id_while_one_is_held_is_refused_and_nothing_runs_twi
         "{}",
         r.body
     );
+    // Nor the same id as a string: some servers (the official Python SDK's
+    // HTTP transport) read 5 and "5" as one id.
+    let r = s.send(&json!({"jsonrpc": "2.0", "id": "5", "method": "ping"}));
+    assert_eq!(
+        (&r.response()["id"], &r.response()["error"]["code"]),
+        (&json!("5"), &json!(-32600)),
+        "{}",
+        r.body
+    );
     assert_eq!(e.up.requests_seen(), seen, "nothing was forwarded");
     assert_eq!(e.pending(), vec![held.clone()], "nothing else was decided");
 
@@ -781,6 +790,35 @@ fn http_a_duplicate_request_id_while_one_is_held_is_refused_and_nothing_runs_twi
     // Once answered, the id is free again.
     let a = s.call(json!(5), "read_table", &json!({"table": "orders"}));
     assert_eq!(a.text(), "10 rows of orders", "{}", a.body);
+}
+
+/// Calls sent at once in a fresh session, before the gateway has read the
+/// server's tool list: each lists the tools for itself in the upstream
+/// session, under an id of its own (the official SDK server matches answers
+/// by id: one shared id lost answers and left calls unanswered for ever).
+#[test]
+fn http_concurrent_first_calls_in_a_session_are_each_answered() {
+    let e = start("", |url| server("warehouse", url, ""));
+    let s = e.session("warehouse", "agent:report-bot");
+    let answers: Vec<String> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..4)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || {
+                    s.call(
+                        json!(80 + i),
+                        "read_table",
+                        &json!({"table": format!("t{i}")}),
+                    )
+                    .text()
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a, &format!("10 rows of t{i}"), "{answers:?}");
+    }
 }
 
 #[test]
@@ -1746,6 +1784,54 @@ fn http_an_upstream_event_without_end_is_dropped_and_memory_stays_bounded() {
         "garbage done"
     );
     assert_peak_rss_under(e.gateway_pid(), GATEWAY_RSS_BOUND, "gateway");
+}
+
+/// An upstream answer that is not one strict JSON-RPC answer to the call —
+/// a key twice (`isError` false and true), not JSON, another id — never
+/// reaches the client as it is: the call ends with a tool error saying
+/// whether it took effect is unknown, as the log records it.
+#[test]
+fn http_an_unreadable_answer_is_not_relayed_and_is_recorded_unknown() {
+    let e = hostile("", &[]);
+    let s = e.session("hostile", "agent:report-bot");
+    s.list();
+    for (i, tool) in ["dupkey", "notjson", "otherid"].into_iter().enumerate() {
+        let id = json!(10 + i);
+        let a = s.call(id.clone(), tool, &json!({}));
+        assert_eq!(a.status, 200, "{tool}: {}", a.body);
+        assert_eq!(a.response()["id"], id, "{tool}: {}", a.body);
+        assert!(
+            a.is_error() && a.text().contains("whether it took effect is unknown"),
+            "{tool}: {}",
+            a.body
+        );
+        assert!(
+            !a.body.contains("not json") && !a.body.contains("\"other\""),
+            "{tool}: {}",
+            a.body
+        );
+    }
+    // Each is recorded with an unknown outcome, saying why.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = e.log();
+        let unknown: Vec<&Value> = log
+            .iter()
+            .filter(|l| {
+                let p = l["payload"].to_string();
+                p.contains("without a readable result") && p.contains("unknown")
+            })
+            .collect();
+        if unknown.len() >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            &log[log.len().saturating_sub(6)..]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Past `mcp.max_sessions`, an `initialize` is refused with 503 and a

@@ -444,6 +444,23 @@ fn until_sent<G: Send + Sync + 'static>(guard: G, resp: Response) -> Response {
 /// second request of the session with its id is refused meanwhile
 /// (JSON-RPC ids are unique within an MCP session; an upstream given two
 /// could answer either, or leave the first waiting for ever).
+/// An id for the gateway's own `tools/list` in an upstream session:
+/// `secondkey-tools-<this process's nonce>-<n>`, never the same twice.
+fn own_list_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let nonce = NONCE.get_or_init(|| {
+        let mut b = [0u8; 8];
+        getrandom::getrandom(&mut b).expect("the system's random source");
+        hex::encode(b)
+    });
+    format!(
+        "secondkey-tools-{nonce}-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 struct InFlight {
     inner: Arc<Inner>,
     key: String,
@@ -1832,14 +1849,15 @@ async fn post_message(
         _ => None,
     };
     if let (Kind::Request, Some(sid), Some(id)) = (msg.kind, &session, msg.id()) {
-        let key = format!("{}|{server}|{sid}|{}", p.id, id_key(id));
+        // Keyed loosely: 91 and "91" are one id to some servers.
+        let key = format!("{}|{server}|{sid}|{}", p.id, jsonrpc::loose_id_key(id));
         match InFlight::enter(&inner, key) {
             Some(f) => *in_flight = Some(f),
             None => {
                 return Json(error_response(
                     id.clone(),
                     jsonrpc::INVALID_REQUEST,
-                    "a request with this id is still in progress in this session; ids must be unique within a session. This one was not forwarded",
+                    "a request with this id (or the same id as a number or a string) is still in progress in this session; ids must be unique within a session. This one was not forwarded",
                 ))
                 .into_response()
             }
@@ -2430,15 +2448,16 @@ fn is_final_for(v: &Value, want: Option<&str>) -> bool {
 /// The JSON-RPC response to `id` in an upstream body (JSON or SSE).
 fn final_response(bytes: &[u8], sse: bool, id: Option<&Value>) -> Option<Value> {
     let want = id.map(id_key);
+    // Read strictly, as every message is: a repeated key or trailing bytes
+    // make an answer that two readers could read two ways.
+    let strict = |b: &[u8]| secondkey_core::action::parse_strict(b).ok();
     if sse {
         sse_payloads(bytes)
             .into_iter()
-            .filter_map(|d| serde_json::from_slice::<Value>(&d).ok())
+            .filter_map(|d| strict(&d))
             .find(|v| is_final_for(v, want.as_deref()))
     } else {
-        serde_json::from_slice::<Value>(bytes)
-            .ok()
-            .filter(|v| is_final_for(v, want.as_deref()))
+        strict(bytes).filter(|v| is_final_for(v, want.as_deref()))
     }
 }
 
@@ -2763,7 +2782,11 @@ impl CallCtx {
         let mut cursor: Option<Value> = None;
         for _ in 0..20 {
             let params = jsonrpc::own_list_params(call_params, cursor.take());
-            let req = json!({"jsonrpc": "2.0", "id": "secondkey-tools", "method": "tools/list", "params": params});
+            // Unique in the upstream session (calls decided at once each
+            // list the tools), and not one a client would pick.
+            let own_id = json!(own_list_id());
+            let req =
+                json!({"jsonrpc": "2.0", "id": own_id, "method": "tools/list", "params": params});
             let resp = upstream(
                 &self.inner,
                 &self.srv,
@@ -2791,7 +2814,7 @@ impl CallCtx {
             let bytes = collect(stream, answer_limit(&self.inner.config))
                 .await
                 .map_err(Unlisted::Error)?;
-            let answer = final_response(&bytes, sse, Some(&json!("secondkey-tools")));
+            let answer = final_response(&bytes, sse, Some(&own_id));
             let Some(result) = answer.as_ref().and_then(|r| r.get("result")) else {
                 let why = answer
                     .as_ref()
@@ -3079,11 +3102,15 @@ impl CallCtx {
             match final_response(&bytes, false, Some(&id)) {
                 Some(r) => self.learn_task(icp, fwd, &msg, &r),
                 None => {
-                    let outcome = Outcome::Lost(format!(
-                        "the upstream answered {} without a result",
+                    // Not one strict JSON-RPC answer to this call (not JSON,
+                    // a repeated key, another id): never relayed as it is,
+                    // since the agent could read it otherwise than the log.
+                    let why = format!(
+                        "the upstream answered {} without a readable result for this call",
                         head.status
-                    ));
-                    tokio::spawn(async move { icp.finished(&fwd, outcome).await });
+                    );
+                    icp.finished(&fwd, Outcome::Lost(why.clone())).await;
+                    return Json(result_response(id, lost_mid_call(&why))).into_response();
                 }
             }
             return relay_response(head, Body::from(bytes));

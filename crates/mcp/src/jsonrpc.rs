@@ -83,6 +83,17 @@ pub fn id_key(id: &Value) -> String {
     id.to_string()
 }
 
+/// The id as a server that reads ids loosely sees it: the number `91` and
+/// the string `"91"` are one (the official Python SDK's HTTP transport
+/// matches answers so). Two requests in progress in one session must not
+/// share it, or one of them is never answered.
+pub fn loose_id_key(id: &Value) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The top-level `id` of a message of which only `head`, its first bytes,
 /// was kept (the rest was over a size limit): how an answer to a request
 /// too large to read can still name it. `None` unless the head is the
@@ -656,6 +667,8 @@ mod tests {
     #[test]
     fn ids_of_different_types_differ() {
         assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
+        assert_eq!(loose_id_key(&json!(91)), loose_id_key(&json!("91")));
+        assert_ne!(loose_id_key(&json!(91)), loose_id_key(&json!("x91")));
     }
 
     mod hostile {

@@ -1151,6 +1151,18 @@ pub fn load_options_file(
             base_dir: base,
         },
     )?;
+    // The relay starts the server itself: a server's `url` (an HTTP
+    // upstream, the gateway's) would be ignored here, so it is refused.
+    let servers = table
+        .get("mcp")
+        .and_then(|m| m.get("servers"))
+        .and_then(toml::Value::as_array);
+    if let Some(i) = servers.and_then(|l| l.iter().position(|s| s.get("url").is_some())) {
+        return Err(bad(
+            &format!("mcp.servers[{i}].url"),
+            "the stdio relay starts its server as a command; a server with a url is served by the gateway over HTTP (secondkey serve), not by mcp stdio".into(),
+        ));
+    }
     Ok((s("url")?, s("token_env")?, cfg))
 }
 
@@ -1183,4 +1195,24 @@ pub async fn run_stdio(opts: Options) -> anyhow::Result<i32> {
         client_out,
     )
     .await
+}
+
+#[cfg(test)]
+mod options_file_tests {
+    /// A server table with a `url` would be ignored by the relay (it starts
+    /// its server as a command): refused, naming the key.
+    #[test]
+    fn a_server_with_a_url_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(
+            &p,
+            "[[mcp.servers]]\nname = \"b\"\n[[mcp.servers]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\n",
+        )
+        .unwrap();
+        let e = super::load_options_file(&p, &|_| None).unwrap_err();
+        assert_eq!(e.key, "mcp.servers[1].url", "{}", e.message);
+        std::fs::write(&p, "[[mcp.servers]]\nname = \"a\"\n").unwrap();
+        assert!(super::load_options_file(&p, &|_| None).is_ok());
+    }
 }

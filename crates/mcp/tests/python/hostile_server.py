@@ -24,7 +24,9 @@ TOOLS = [
     {"name": n, "description": d, "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}
     for n, d in [("flood", "floods"), ("garbage", "writes garbage"), ("crash", "exits"),
                  ("huge", "answers too much"), ("endless", "never ends its event"),
-                 ("huge_answer", "its answer itself is too large (stdio)")]
+                 ("huge_answer", "its answer itself is too large (stdio)"),
+                 ("dupkey", "answers with a key twice (HTTP)"), ("notjson", "answers with no JSON (HTTP)"),
+                 ("otherid", "answers under another id (HTTP)")]
 ]
 MIB = 1 << 20
 
@@ -113,6 +115,16 @@ def serve_http(port):
                 except OSError:
                     pass  # the gateway stopped reading
                 return
+            # Answers two readers could read two ways, or that answer no call.
+            if name == "dupkey":
+                body = ('{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"a"}],'
+                        '"isError":false,"isError":true}}' % json.dumps(mid))
+                return self.reply(200, body.encode())
+            if name == "notjson":
+                return self.reply(200, b"this is not json{")
+            if name == "otherid":
+                body = {"jsonrpc": "2.0", "id": "other", "result": {"content": [{"type": "text", "text": "b"}]}}
+                return self.reply(200, json.dumps(body).encode())
             if name == "endless":
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
