@@ -813,17 +813,25 @@ fn a_host_connection_lost_mid_command_says_the_outcome_is_unknown() {
     let mut agent = Watched::spawn(c);
     let _input = agent.child.stdin.take().unwrap();
     let sshd = w.sshd.id();
+    let descendants = || {
+        let mut all = children(sshd);
+        let mut i = 0;
+        while i < all.len() {
+            let more = children(all[i]);
+            all.extend(more);
+            i += 1;
+        }
+        all
+    };
+    // The command itself, not only the login's processes (those exist
+    // before the session channel is opened).
     common::wait_until("the command to run on the host", || {
-        children(sshd).iter().any(|&p| !children(p).is_empty())
+        descendants().iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "cat")
+        })
     });
     // Every process of the host's session, killed at once.
-    let mut all = children(sshd);
-    let mut i = 0;
-    while i < all.len() {
-        let more = children(all[i]);
-        all.extend(more);
-        i += 1;
-    }
+    let all = descendants();
     for pid in all {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
